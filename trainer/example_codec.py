@@ -1,0 +1,146 @@
+"""The data contract: `tf.train.Example` records with TF Model Garden segmentation keys.
+
+One record per image:
+
+- ``image/encoded``: PNG or JPEG bytes of the image (RGB or grey)
+- ``image/format``: ``b"png"`` or ``b"jpeg"``
+- ``image/height``, ``image/width``: int64
+- ``image/source_id``: bytes, unique id of the image (the file stem at ingest)
+- ``image/segmentation/class/encoded``: single-channel PNG of class ids ``0..C-1``,
+  ``ignore_index`` (default 255) for "no label"
+- ``image/segmentation/class/format``: ``b"png"``
+- ``image/segmentation/class/labeled`` (optional): int64 list of the classes the
+  annotator labelled in this image. Absent means "not recorded"; the pipeline's
+  ``labeled_policy`` decides what that means (see ``components/class_stats_beam.py``).
+
+This module is pure NumPy + Pillow + the Example proto; it is shared by ingest, the Beam
+statistics and the tests.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_KEY = "image/encoded"
+IMAGE_FORMAT_KEY = "image/format"
+HEIGHT_KEY = "image/height"
+WIDTH_KEY = "image/width"
+SOURCE_ID_KEY = "image/source_id"
+MASK_KEY = "image/segmentation/class/encoded"
+MASK_FORMAT_KEY = "image/segmentation/class/format"
+LABELED_KEY = "image/segmentation/class/labeled"
+
+DEFAULT_IGNORE_INDEX = 255
+
+
+class DecodeError(ValueError):
+    """Raised when image or mask bytes cannot be decoded."""
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 array [H, W] or [H, W, 3]."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f"encode_png expects uint8, got {array.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_array(data: bytes, what: str = "image") -> np.ndarray:
+    """Decode PNG/JPEG bytes to a uint8 array; raises DecodeError with a reason."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            # "P" keeps palette indices (VOC-style masks store class ids that way).
+            if img.mode not in ("P", "L", "RGB", "I", "I;16", "I;16B"):
+                img = img.convert("RGB")
+            array = np.asarray(img)
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise DecodeError(f"cannot decode {what}: {exc}") from exc
+    return array
+
+
+def image_format(data: bytes) -> bytes:
+    """b'png' or b'jpeg' from the magic number (b'unknown' otherwise)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"png"
+    if data[:3] == b"\xff\xd8\xff":
+        return b"jpeg"
+    return b"unknown"
+
+
+def build_example(
+    image_bytes: bytes,
+    mask_bytes: bytes,
+    source_id: str,
+    height: int,
+    width: int,
+    labeled: Optional[Sequence[int]] = None,
+):
+    """A `tf.train.Example` following the data contract."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    def _bytes(value: bytes):
+        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
+
+    def _ints(values):
+        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=list(values)))
+
+    feature = {
+        IMAGE_KEY: _bytes(image_bytes),
+        IMAGE_FORMAT_KEY: _bytes(image_format(image_bytes)),
+        HEIGHT_KEY: _ints([int(height)]),
+        WIDTH_KEY: _ints([int(width)]),
+        SOURCE_ID_KEY: _bytes(source_id.encode("utf-8")),
+        MASK_KEY: _bytes(mask_bytes),
+        MASK_FORMAT_KEY: _bytes(b"png"),
+    }
+    if labeled is not None:
+        feature[LABELED_KEY] = _ints(sorted(int(c) for c in labeled))
+    return example_pb2.Example(features=feature_pb2.Features(feature=feature))
+
+
+@dataclass
+class ParsedRecord:
+    """The raw fields of one record (bytes not yet decoded)."""
+
+    source_id: str
+    image_bytes: Optional[bytes]
+    mask_bytes: Optional[bytes]
+    height: Optional[int]
+    width: Optional[int]
+    labeled: Optional[list]  # None when the key is absent
+
+
+def parse_record(serialized: bytes) -> ParsedRecord:
+    """Parse a serialized Example into its raw fields; missing keys become None."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example.FromString(serialized)
+    feats = example.features.feature
+
+    def _first_bytes(key):
+        if key in feats and feats[key].bytes_list.value:
+            return feats[key].bytes_list.value[0]
+        return None
+
+    def _first_int(key):
+        if key in feats and feats[key].int64_list.value:
+            return int(feats[key].int64_list.value[0])
+        return None
+
+    source = _first_bytes(SOURCE_ID_KEY)
+    labeled = list(feats[LABELED_KEY].int64_list.value) if LABELED_KEY in feats else None
+    return ParsedRecord(
+        source_id=source.decode("utf-8", "replace") if source is not None else "",
+        image_bytes=_first_bytes(IMAGE_KEY),
+        mask_bytes=_first_bytes(MASK_KEY),
+        height=_first_int(HEIGHT_KEY),
+        width=_first_int(WIDTH_KEY),
+        labeled=labeled,
+    )
