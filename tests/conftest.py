@@ -1,0 +1,26 @@
+"""Test-session set-up shared by every test module.
+
+- Quiet TensorFlow logs.
+- Split the host CPU into 2 logical devices before TensorFlow initialises, so tests can
+  run `tf.distribute.MirroredStrategy` on ["/cpu:0", "/cpu:1"] without a GPU. Code that
+  does not ask for a strategy keeps using /cpu:0 as usual.
+- Beam runs in memory with one worker unless a test asks otherwise.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+if _cpus and len(tf.config.list_logical_devices("CPU")) < 2:
+    try:
+        tf.config.set_logical_device_configuration(
+            _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+        )
+    except RuntimeError:  # TF already initialised by a plugin; tests needing 2 devices skip
+        pass
+
+BEAM_TEST_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
