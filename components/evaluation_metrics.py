@@ -1,0 +1,63 @@
+"""Segmentation evaluation in NumPy: confusion matrix, per-class IoU, mIoU, blessing rule.
+
+Kept free of TensorFlow and TFX so it is tested directly and reused by the experiments.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """[C, C] int64 counts, rows = true class, columns = predicted; ignore pixels skipped.
+
+    Truth ids that are neither < C nor ``ignore_index`` raise ValueError (a data error, not
+    something to count silently).
+    """
+    truth = np.asarray(truth).astype(np.int64).ravel()
+    pred = np.asarray(pred).astype(np.int64).ravel()
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth has {truth.size} pixels but the prediction has {pred.size}")
+    valid = truth != ignore_index
+    bad = valid & ((truth < 0) | (truth >= num_classes))
+    if bad.any():
+        raise ValueError(f"mask has class ids {sorted(set(truth[bad].tolist()))[:10]} outside [0, {num_classes})")
+    if ((pred < 0) | (pred >= num_classes)).any():
+        raise ValueError(f"prediction has class ids outside [0, {num_classes})")
+    return np.bincount(truth[valid] * num_classes + pred[valid], minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def per_class_iou(cm: np.ndarray) -> np.ndarray:
+    """IoU per class; NaN where the class is neither in the truth nor predicted (undefined)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def summarize(cm: np.ndarray) -> dict:
+    """per_class_iou (None where undefined), miou over defined classes, pixel_accuracy."""
+    iou = per_class_iou(cm)
+    total = float(np.asarray(cm).sum())
+    return {
+        "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
+        "pixel_accuracy": float(np.trace(cm) / total) if total else 0.0,
+        "confusion_matrix": np.asarray(cm).astype(int).tolist(),
+    }
+
+
+def decide_blessing(miou: float, threshold: float, baseline_miou: Optional[float], tolerance: float) -> Tuple[bool, str]:
+    """Bless when mIoU >= threshold and, with a baseline, mIoU >= baseline - tolerance."""
+    if miou < threshold:
+        return False, f"mIoU {miou:.4f} is below the threshold {threshold:.4f}"
+    if baseline_miou is not None and miou < baseline_miou - tolerance:
+        return False, (f"mIoU {miou:.4f} is worse than the latest blessed model's {baseline_miou:.4f} "
+                       f"by more than the tolerance {tolerance:.4f}")
+    if baseline_miou is None:
+        return True, f"mIoU {miou:.4f} >= threshold {threshold:.4f} (no blessed model yet)"
+    return True, (f"mIoU {miou:.4f} >= threshold {threshold:.4f} and within {tolerance:.4f} of the "
+                  f"latest blessed model's {baseline_miou:.4f}")

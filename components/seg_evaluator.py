@@ -1,0 +1,210 @@
+"""SegEvaluator: per-class IoU, mIoU, pixel accuracy and confusion matrix; blesses models.
+
+TFMA has no segmentation metrics, so this component runs the exported serving model
+(``serving_default`` on encoded image bytes) over the evaluation split and compares the
+predicted class ids with the masks. With ``reference_masks_dir`` set (the sample data's
+``masks_full/``), an image whose ``source_id`` has a PNG there is scored against that
+complete mask instead of its (possibly partial) annotation, so the cost of missing
+annotations shows in the numbers.
+
+Blessing: mIoU >= ``miou_threshold`` and, when a ``baseline_model`` (latest blessed model,
+from a Resolver) is given, not worse than the baseline's mIoU on the same images by more
+than ``tolerance``. Outputs a standard ``ModelEvaluation`` (``evaluation.json``) and a
+``ModelBlessing`` with the ``blessed`` / ``current_model_id`` properties that ``Pusher``
+and the latest-blessed-model resolver read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.utils import io_utils, path_utils
+
+from components import evaluation_metrics
+from trainer import example_codec as codec
+
+EVALUATION_FILE = "evaluation.json"
+
+
+# --------------------------------------------------------------------------- model + data
+def load_predictor(model_dir: str) -> Callable[[List[bytes]], np.ndarray]:
+    """Wrap a serving SavedModel: list of same-size encoded images -> class ids [B,H,W]."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(model_dir)
+    signature = loaded.signatures["serving_default"]
+    (input_name,) = list(signature.structured_input_signature[1].keys())
+
+    def predict(images: List[bytes]) -> np.ndarray:
+        outputs = signature(**{input_name: tf.constant(images)})
+        if "class_ids" not in outputs:
+            raise ValueError(f"serving signature of {model_dir} returns {sorted(outputs)}; expected 'class_ids'")
+        ids = outputs["class_ids"].numpy()
+        return ids[..., 0] if ids.ndim == 4 else ids
+
+    return predict
+
+
+def iter_split_records(examples: types.Artifact, split: str) -> Iterator[bytes]:
+    import tensorflow as tf
+
+    uri = artifact_utils.get_split_uri([examples], split)
+    files = sorted(tf.io.gfile.glob(os.path.join(uri, "*")))
+    if not files:
+        raise ValueError(f"split {split!r} of {examples.uri} has no files: nothing to evaluate")
+    compression = "GZIP" if files[0].endswith(".gz") else None
+    for record in tf.data.TFRecordDataset(files, compression_type=compression):
+        yield record.numpy()
+
+
+def load_eval_set(records, reference_masks_dir: Optional[str]) -> Tuple[list, dict]:
+    """[(source_id, image_bytes, truth_mask)], counts of where truth came from / skipped."""
+    import tensorflow as tf
+
+    items, counts = [], {"reference_masks": 0, "annotation_masks": 0, "skipped": 0, "skipped_records": []}
+    for index, serialized in enumerate(records):
+        try:
+            record = codec.parse_record(serialized)
+            reference = os.path.join(reference_masks_dir, f"{record.source_id}.png") if reference_masks_dir else None
+            if reference and tf.io.gfile.exists(reference):
+                mask = codec.decode_array(tf.io.gfile.GFile(reference, "rb").read(), what=f"mask {reference}")
+                counts["reference_masks"] += 1
+            else:
+                if record.mask_bytes is None:
+                    raise ValueError("record has no mask")
+                mask = codec.decode_array(record.mask_bytes, what="mask")
+                counts["annotation_masks"] += 1
+            if record.image_bytes is None:
+                raise ValueError("record has no image")
+            items.append((record.source_id, record.image_bytes, mask))
+        except ValueError as exc:
+            counts["skipped"] += 1
+            counts["skipped_records"].append({"record_index": index, "reason": str(exc)})
+    return items, counts
+
+
+def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_size: int = 16) -> np.ndarray:
+    """Accumulated confusion matrix; images are batched by identical size."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    by_size: Dict[tuple, list] = {}
+    for item in items:
+        by_size.setdefault(item[2].shape[:2], []).append(item)
+    for group in by_size.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            pred = predict([image for _, image, _ in chunk])
+            for (source_id, _, truth), p in zip(chunk, pred):
+                if p.shape != truth.shape:
+                    raise ValueError(f"{source_id}: model returned a {p.shape} mask for a {truth.shape} image")
+                cm += evaluation_metrics.confusion_matrix(truth, p, num_classes, ignore_index)
+    return cm
+
+
+# --------------------------------------------------------------------------- TFX component
+class SegEvaluatorSpec(ComponentSpec):
+    PARAMETERS = {
+        "num_classes": ExecutionParameter(type=int),
+        "class_names": ExecutionParameter(type=str),  # JSON list
+        "ignore_index": ExecutionParameter(type=int),
+        "miou_threshold": ExecutionParameter(type=float),
+        "tolerance": ExecutionParameter(type=float),
+        "split": ExecutionParameter(type=str),
+        "reference_masks_dir": ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS = {
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+    }
+    OUTPUTS = {
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+class SegEvaluatorExecutor(base_executor.BaseExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        num_classes = int(exec_properties["num_classes"])
+        ignore_index = int(exec_properties["ignore_index"])
+        split = exec_properties["split"]
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+        print(f"SegEvaluator: evaluating {model.uri} on split {split!r}", flush=True)
+
+        items, counts = load_eval_set(iter_split_records(examples, split), exec_properties.get("reference_masks_dir"))
+        if not items:
+            raise ValueError(f"SegEvaluator: no usable record in split {split!r} of {examples.uri} "
+                             f"({counts['skipped']} skipped): check the eval split")
+        model_dir = path_utils.serving_model_path(model.uri)
+        cm = confusion_over(load_predictor(model_dir), items, num_classes, ignore_index)
+        result = evaluation_metrics.summarize(cm)
+
+        baseline_miou = None
+        baselines = input_dict.get("baseline_model") or []
+        if baselines and baselines[0].id != model.id:
+            baseline_dir = path_utils.serving_model_path(baselines[0].uri)
+            baseline_cm = confusion_over(load_predictor(baseline_dir), items, num_classes, ignore_index)
+            baseline_miou = evaluation_metrics.summarize(baseline_cm)["miou"]
+            blessing.set_string_custom_property("baseline_model_uri", baselines[0].uri)
+            blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
+        blessed, reason = evaluation_metrics.decide_blessing(
+            result["miou"], float(exec_properties["miou_threshold"]), baseline_miou,
+            float(exec_properties["tolerance"]))
+
+        result.update({
+            "class_names": json.loads(exec_properties["class_names"]),
+            "num_images": len(items),
+            "split": split,
+            "truth_sources": counts,
+            "blessed": blessed,
+            "reason": reason,
+            "threshold": float(exec_properties["miou_threshold"]),
+            "tolerance": float(exec_properties["tolerance"]),
+            "baseline_miou": baseline_miou,
+            "model_uri": model.uri,
+        })
+        io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE), json.dumps(result, indent=1))
+        evaluation.set_float_custom_property("miou", result["miou"])
+
+        blessing.set_string_custom_property("current_model", model.uri)
+        blessing.set_int_custom_property("current_model_id", model.id)
+        blessing.set_int_custom_property("blessed", int(blessed))
+        blessing.set_float_custom_property("miou", result["miou"])
+        marker = "BLESSED" if blessed else "NOT_BLESSED"
+        io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
+        logging.info("SegEvaluator: %s", reason)
+        print(f"SegEvaluator: mIoU {result['miou']:.4f} on {len(items)} images: "
+              f"{'blessed' if blessed else 'not blessed'} ({reason})", flush=True)
+
+
+class SegEvaluator(base_component.BaseComponent):
+    """Evaluate a segmentation model on a split and bless it (see module docstring)."""
+
+    SPEC_CLASS = SegEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(SegEvaluatorExecutor)
+
+    def __init__(self, examples: types.BaseChannel, model: types.BaseChannel, num_classes: int,
+                 class_names: List[str], ignore_index: int = codec.DEFAULT_IGNORE_INDEX,
+                 miou_threshold: float = 0.0, tolerance: float = 0.0, split: str = "eval",
+                 reference_masks_dir: Optional[str] = None, baseline_model: Optional[types.BaseChannel] = None):
+        if len(class_names) != num_classes:
+            raise ValueError(f"SegEvaluator: {len(class_names)} class names for num_classes={num_classes}")
+        spec = SegEvaluatorSpec(
+            examples=examples, model=model, baseline_model=baseline_model,
+            num_classes=num_classes, class_names=json.dumps(list(class_names)), ignore_index=ignore_index,
+            miou_threshold=float(miou_threshold), tolerance=float(tolerance), split=split,
+            reference_masks_dir=reference_masks_dir,
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        )
+        super().__init__(spec=spec)

@@ -1,0 +1,154 @@
+"""SegEvaluator: NumPy metrics vs hand-computed cases, and the executor on a real SavedModel."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+
+from components import evaluation_metrics as em
+from components.seg_evaluator import SegEvaluatorExecutor
+from trainer import example_codec as codec
+
+
+def test_confusion_matrix_hand_case():
+    truth = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 0, 2]])
+    cm = em.confusion_matrix(truth, pred, num_classes=3, ignore_index=255)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    s = em.summarize(cm)
+    # IoU: class 0: 1 / (2 + 2 - 1) ; class 1: 2 / (3 + 2 - 2) ; class 2: 0 / (1 + 0 - 0)
+    np.testing.assert_allclose(s["per_class_iou"], [1 / 3, 2 / 3, 0.0])
+    assert s["miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert s["pixel_accuracy"] == pytest.approx(3 / 5)
+
+
+def test_absent_class_is_undefined_not_zero():
+    cm = em.confusion_matrix(np.array([0, 0, 1]), np.array([0, 0, 1]), num_classes=3, ignore_index=255)
+    s = em.summarize(cm)
+    assert s["per_class_iou"] == [1.0, 1.0, None] and s["miou"] == 1.0
+
+
+def test_all_ignored_gives_zero_not_nan():
+    cm = em.confusion_matrix(np.full((2, 2), 255), np.zeros((2, 2)), num_classes=2, ignore_index=255)
+    s = em.summarize(cm)
+    assert s["miou"] == 0.0 and s["pixel_accuracy"] == 0.0
+
+
+def test_confusion_matrix_matches_numpy_loop():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, size=(5, 7))
+    truth[rng.random((5, 7)) < 0.2] = 255
+    pred = rng.integers(0, 4, size=(5, 7))
+    cm = em.confusion_matrix(truth, pred, 4, 255)
+    ref = np.zeros((4, 4), int)
+    for t, p in zip(truth.ravel(), pred.ravel()):
+        if t != 255:
+            ref[t, p] += 1
+    np.testing.assert_array_equal(cm, ref)
+
+
+def test_bad_ids_raise():
+    with pytest.raises(ValueError, match="outside"):
+        em.confusion_matrix(np.array([5]), np.array([0]), 3, 255)
+
+
+@pytest.mark.parametrize("miou, baseline, blessed", [(0.5, None, True), (0.2, None, False), (0.5, 0.51, True),
+                                                     (0.5, 0.6, False)])
+def test_blessing_rule(miou, baseline, blessed):
+    ok, reason = em.decide_blessing(miou, threshold=0.3, baseline_miou=baseline, tolerance=0.02)
+    assert ok is blessed and f"{miou:.4f}" in reason
+
+
+class _RedIsClassOne(tf.Module):
+    """A real serving model: class 1 where the red channel > threshold, else 0."""
+
+    def __init__(self, threshold):
+        super().__init__()
+        self.threshold = tf.Variable(threshold, dtype=tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, images):
+        decoded = tf.map_fn(lambda b: tf.io.decode_png(b, channels=3), images, fn_output_signature=tf.uint8)
+        ids = tf.cast(tf.cast(decoded[..., 0], tf.float32) > self.threshold, tf.int64)
+        return {"class_ids": ids}
+
+
+def _save_model(path, threshold):
+    module = _RedIsClassOne(threshold)
+    tf.saved_model.save(module, os.path.join(path, "Format-Serving"), signatures={"serving_default": module.serve})
+    model = standard_artifacts.Model()
+    model.uri = str(path)
+    return model
+
+
+def _examples(tmp_path, masks, images):
+    split = tmp_path / "examples" / "Split-eval"
+    split.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(split / "data.gz"), options="GZIP") as writer:
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            writer.write(codec.build_example(codec.encode_png(image), codec.encode_png(mask), f"img{i}",
+                                             *mask.shape).SerializeToString())
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = '["eval"]'
+    return examples
+
+
+def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3):
+    rng = np.random.default_rng(1)
+    images, masks = [], []
+    for size in ((6, 8), (6, 8), (5, 5)):
+        red = rng.integers(0, 256, size=size)
+        image = np.stack([red, np.zeros(size), np.zeros(size)], -1).astype(np.uint8)
+        masks.append((red > 128).astype(np.uint8))
+        images.append(image)
+    masks[0][0, 0] = 255
+    examples = _examples(tmp_path, masks, images)
+    evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
+    evaluation.uri, blessing.uri = str(tmp_path / "eval"), str(tmp_path / "blessing")
+    os.makedirs(evaluation.uri), os.makedirs(blessing.uri)
+    inputs = {"examples": [examples], "model": [model]}
+    if baseline is not None:
+        inputs["baseline_model"] = [baseline]
+    SegEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]}, {
+        "num_classes": 2, "class_names": '["bg", "red"]', "ignore_index": 255, "miou_threshold": threshold,
+        "tolerance": 0.05, "split": "eval", "reference_masks_dir": reference_dir})
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    return result, blessing, images, masks
+
+
+def test_executor_perfect_model_is_blessed(tmp_path):
+    model = _save_model(tmp_path / "model", 128.0)
+    result, blessing, _, masks = _run(tmp_path, model)
+    assert result["miou"] == 1.0 and result["num_images"] == 3 and result["blessed"]
+    valid = sum(int((m != 255).sum()) for m in masks)
+    assert np.sum(result["confusion_matrix"]) == valid
+    assert blessing.get_int_custom_property("blessed") == 1
+    assert os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+
+
+def test_executor_worse_than_baseline_is_not_blessed(tmp_path):
+    model = _save_model(tmp_path / "model", 200.0)  # misses red pixels in (128, 200]
+    model.id = 2
+    baseline = _save_model(tmp_path / "baseline", 128.0)
+    baseline.id = 1
+    result, blessing, images, masks = _run(tmp_path, model, baseline=baseline)
+    truth = np.concatenate([m.ravel() for m in masks])
+    pred = np.concatenate([(im[..., 0] > 200).astype(int).ravel() for im in images])
+    expected = em.summarize(em.confusion_matrix(truth, pred, 2, 255))["miou"]
+    assert result["miou"] == pytest.approx(expected) and result["baseline_miou"] == 1.0
+    assert not result["blessed"] and "latest blessed" in result["reason"]
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
+
+
+def test_executor_scores_against_reference_masks(tmp_path):
+    reference = tmp_path / "full"
+    reference.mkdir()
+    (reference / "img2.png").write_bytes(codec.encode_png(np.zeros((5, 5), np.uint8)))  # "complete" mask
+    model = _save_model(tmp_path / "model", 128.0)
+    result, _, _, _ = _run(tmp_path, model, reference_dir=str(reference))
+    assert result["truth_sources"]["reference_masks"] == 1 and result["truth_sources"]["annotation_masks"] == 2
+    assert result["miou"] < 1.0
