@@ -1,0 +1,163 @@
+"""`create_pipeline`: the one TFX DAG shared by the local and the Kubeflow runners.
+
+    ImportExampleGen (Span-N TFRecords from `segbalance ingest`)
+      -> StatisticsGen -> SchemaGen -> ExampleValidator              (TFDV record checks)
+      -> ClassStatsGen                                                (Beam: class stats, weights)
+      -> ClassDistributionValidator vs the previous run's ClassStats  (drift gate; optional)
+      -> Transform (trainer.preprocessing.preprocessing_fn)
+      -> SegTrainer (trainer.task.run_fn, loss from the ClassStats artifact)
+      -> SegEvaluator (vs the latest blessed model) -> Pusher (blessed models only)
+      -> DataReport (offline HTML)
+
+Module code is referenced by import path (``trainer.task.run_fn``), never by file, so the
+same pipeline runs from the installed package locally and in the Kubeflow image.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from pipeline.config import PipelineConfig
+
+SPAN_PATTERN = "Span-{SPAN}/data-*"
+
+
+def component_ids(with_drift: bool = False) -> List[str]:
+    """Node ids of the DAG in execution order (used for progress lines and tests)."""
+    ids = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "ClassStatsGen"]
+    if with_drift:
+        ids += ["latest_class_stats_resolver", "ClassDistributionValidator"]
+    ids += ["Transform", "SegTrainer", "latest_blessed_model_resolver", "SegEvaluator", "Pusher", "DataReport"]
+    return ids
+
+
+def trainer_custom_config(config: PipelineConfig) -> dict:
+    t = config.training
+    return {
+        "num_classes": config.num_classes,
+        "class_names": list(config.classes.names),
+        "ignore_index": config.classes.ignore_index,
+        "image_size": list(t.image_size),
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "learning_rate": t.learning_rate,
+        "depth": t.depth,
+        "base_filters": t.base_filters,
+        "loss": dict(t.loss),
+        "mixed_precision": t.mixed_precision,
+        "jit_compile": t.jit_compile,
+        "seed": t.seed,
+    }
+
+
+def create_pipeline(
+    config: PipelineConfig,
+    examples_dir: str,
+    pipeline_root: str,
+    serving_model_dir: str,
+    metadata_connection_config=None,
+    reference_masks_dir: Optional[str] = None,
+    with_drift: bool = False,
+    beam_pipeline_args: Optional[List[str]] = None,
+):
+    """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span)."""
+    from tfx import v1 as tfx
+    from tfx.proto import example_gen_pb2
+
+    from components.class_stats_gen import ClassStatsGen
+    from components.data_report import DataReport
+    from components.seg_evaluator import SegEvaluator
+    from components.seg_trainer import SegTrainer
+
+    names = list(config.classes.names)
+    eval_buckets = max(1, round(10 * config.data.eval_fraction))
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=examples_dir,
+        input_config=example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="single_split", pattern=SPAN_PATTERN)]),
+        output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+            splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=10 - eval_buckets),
+                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)],
+            partition_feature_name="image/source_id")),
+    )
+    examples = example_gen.outputs["examples"]
+    statistics_gen = tfx.components.StatisticsGen(examples=examples)
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                                        schema=schema_gen.outputs["schema"])
+    class_stats_gen = ClassStatsGen(
+        examples=examples, num_classes=config.num_classes, class_names=names,
+        ignore_index=config.classes.ignore_index, labeled_policy=config.data.labeled_policy)
+    class_stats = class_stats_gen.outputs["class_stats"]
+
+    components = [example_gen, statistics_gen, schema_gen, example_validator, class_stats_gen]
+    drift_gate = None
+    if with_drift:
+        from components.class_distribution_validator import ClassDistributionValidator
+
+        previous = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            class_stats=tfx.dsl.Channel(type=class_stats.type),
+        ).with_id("latest_class_stats_resolver")
+        drift_gate = ClassDistributionValidator(
+            class_stats=class_stats, baseline_class_stats=previous.outputs["class_stats"],
+            js_divergence=config.drift.js_divergence, max_abs_change=config.drift.max_abs_change,
+            missing_rate_change=config.drift.missing_rate_change, action=config.drift.action)
+        components += [previous, drift_gate]
+
+    custom_config = trainer_custom_config(config)
+    transform = tfx.components.Transform(
+        examples=examples, schema=schema_gen.outputs["schema"],
+        preprocessing_fn="trainer.preprocessing.preprocessing_fn", custom_config=custom_config)
+    trainer = SegTrainer(
+        examples=transform.outputs["transformed_examples"], transform_graph=transform.outputs["transform_graph"],
+        class_stats=class_stats, run_fn="trainer.task.run_fn",
+        train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
+        custom_config=custom_config)
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator_kwargs = {}
+    if drift_gate is not None:  # drift above the thresholds: the model is not blessed, so not pushed
+        evaluator_kwargs["drift_report"] = drift_gate.outputs["drift_report"]
+    evaluator = SegEvaluator(
+        examples=examples, model=trainer.outputs["model"], baseline_model=model_resolver.outputs["model"],
+        num_classes=config.num_classes, class_names=names, ignore_index=config.classes.ignore_index,
+        miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
+        reference_masks_dir=reference_masks_dir, **evaluator_kwargs)
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+    report_kwargs = {}
+    if drift_gate is not None:
+        report_kwargs["drift"] = drift_gate.outputs["drift_report"]
+    report = DataReport(
+        statistics=statistics_gen.outputs["statistics"], anomalies=example_validator.outputs["anomalies"],
+        class_stats=class_stats, evaluation=evaluator.outputs["evaluation"], **report_kwargs)
+    components += [transform, trainer, model_resolver, evaluator, pusher, report]
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=pipeline_root,
+        components=components,
+        enable_cache=True,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args if beam_pipeline_args is not None else config.beam_args),
+    )
+
+
+def local_paths(output_dir: str) -> dict:
+    """Where a local run keeps things (see README 'Run directory')."""
+    output_dir = os.path.abspath(output_dir)
+    return {
+        "output_dir": output_dir,
+        "metadata": os.path.join(output_dir, "metadata.sqlite"),
+        "pipeline_root": os.path.join(output_dir, "pipeline_root"),
+        "serving_model_dir": os.path.join(output_dir, "serving_model"),
+        "examples_dir": os.path.join(output_dir, "data"),
+        "sample_dir": os.path.join(output_dir, "sample_data"),
+        "report": os.path.join(output_dir, "report.html"),
+    }

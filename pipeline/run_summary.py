@@ -1,0 +1,88 @@
+"""What a local run produced, read back from its ML Metadata store (SQLite)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional
+
+
+def open_store(metadata_path: str):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    if not os.path.isfile(metadata_path):
+        raise FileNotFoundError(f"no ML Metadata store at {metadata_path}: run `segbalance run` first")
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def latest_artifact(store, type_name: str, live_only: bool = True):
+    """The newest artifact of a type (highest id), or None."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    try:
+        artifacts = store.get_artifacts_by_type(type_name)
+    except Exception:  # type not registered yet
+        return None
+    if live_only:
+        artifacts = [a for a in artifacts if a.state == metadata_store_pb2.Artifact.LIVE]
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def executions_by_component(store) -> Dict[str, List[str]]:
+    """{component id: [execution states]} for every execution recorded."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    out: Dict[str, List[str]] = {}
+    for execution in store.get_executions():
+        name = execution.custom_properties.get("component_id")
+        node = execution.properties.get("component_id") or name
+        key = node.string_value if node is not None else str(execution.type_id)
+        out.setdefault(key, []).append(metadata_store_pb2.Execution.State.Name(execution.last_known_state))
+    return out
+
+
+def _custom(artifact, key: str):
+    value = artifact.custom_properties.get(key)
+    if value is None:
+        return None
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+def summarize(paths: dict) -> dict:
+    store = open_store(paths["metadata"])
+    summary: dict = {"output_dir": paths["output_dir"], "metadata": paths["metadata"]}
+    stats = latest_artifact(store, "components.ClassStats")
+    if stats is not None:
+        summary["class_stats"] = stats.uri
+    evaluation = latest_artifact(store, "ModelEvaluation")
+    if evaluation is not None:
+        result = _read_json(os.path.join(evaluation.uri, "evaluation.json"))
+        if result:
+            summary.update(miou=result["miou"], num_eval_images=result["num_images"],
+                           blessed=result["blessed"], blessing_reason=result["reason"],
+                           per_class_iou=result["per_class_iou"], evaluation=evaluation.uri)
+            sources = result.get("truth_sources", {})
+            if sources.get("reference_masks"):
+                summary["truth"] = f"complete masks for {sources['reference_masks']} of {result['num_images']} images"
+    pushed = latest_artifact(store, "PushedModel")
+    if pushed is not None and _custom(pushed, "pushed") == 1:
+        summary["pushed_model"] = _custom(pushed, "pushed_destination")
+    model = latest_artifact(store, "Model")
+    if model is not None:
+        summary["model"] = model.uri
+    report = latest_artifact(store, "components.HtmlReport")
+    if report is not None and os.path.isfile(os.path.join(report.uri, "report.html")):
+        summary["report_artifact"] = os.path.join(report.uri, "report.html")
+    return summary
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,72 @@
+"""Pipeline config: defaults, YAML/JSON loading, and errors that name the field."""
+import json
+
+import pytest
+
+from pipeline import cli
+from pipeline.config import ConfigError, PipelineConfig, config_from_dict, load_config
+
+
+def test_defaults_are_the_shapes_sample():
+    config = load_config()
+    assert isinstance(config, PipelineConfig)
+    assert config.num_classes == 4 and config.data.dir is None and config.data.sample.kind == "shapes"
+    assert config.name == "segbalance"
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  epochs: 3\n  image_size: [32, 48]\nclasses:\n  names: [bg, a, b]\n"
+                    "evaluation:\n  miou_threshold: 1\n")
+    config = load_config(str(path), output_dir=str(tmp_path / "o"))
+    assert config.training.epochs == 3 and config.training.image_size == [32, 48]
+    assert config.num_classes == 3 and config.output_dir == str(tmp_path / "o")
+    assert config.evaluation.miou_threshold == 1.0 and isinstance(config.evaluation.miou_threshold, float)
+    json_path = tmp_path / "c.json"
+    json_path.write_text(json.dumps({"data": {"sample": {"num_images": 10}}}))
+    assert load_config(str(json_path)).data.sample.num_images == 10
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"trainng": {}}, "unknown field trainng"),
+    ({"training": {"epoch": 3}}, "unknown field training.epoch"),
+    ({"training": {"epochs": "ten"}}, "training.epochs: expected int"),
+    ({"training": {"epochs": True}}, "training.epochs: expected int"),
+    ({"training": {"image_size": 64}}, "training.image_size: expected a list"),
+    ({"training": {"epochs": 0}}, "training.epochs: must be >= 1"),
+    ({"classes": {"names": ["bg"]}}, "classes.names"),
+    ({"classes": {"names": ["bg", "a"], "ignore_index": 1}}, "classes.ignore_index"),
+    ({"name": "My_Pipeline"}, "not a valid pipeline name"),
+    ({"data": {"labeled_policy": "some"}}, "data.labeled_policy"),
+    ({"drift": {"action": "explode"}}, "drift.action"),
+])
+def test_invalid_values_name_the_field(values, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        config_from_dict(values)
+
+
+def test_data_dir_must_hold_data(tmp_path):
+    with pytest.raises(ConfigError, match="data.dir: .* is not a folder"):
+        config_from_dict({"data": {"dir": str(tmp_path / "missing")}})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="nothing to train on"):
+        config_from_dict({"data": {"dir": str(tmp_path / "empty")}})
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    (tmp_path / "bad.yaml").write_text("training: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(tmp_path / "bad.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(str(tmp_path / "list.yaml"))
+
+
+def test_run_cli_reports_config_errors(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("training:\n  epochs: -1\n")
+    assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "training.epochs" in err and "config error" in err
+    assert not (tmp_path / "o").exists()
