@@ -1,0 +1,89 @@
+"""Class weights: each scheme against a hand computation, zero counts, damping, clipping."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainer.class_weights import SCHEMES, all_scheme_weights, compute_class_weights, zero_count_classes
+
+COUNTS = [700, 200, 100]  # N = 1000, f = 0.7, 0.2, 0.1
+
+
+def test_inverse_frequency_hand_case():
+    w = compute_class_weights(COUNTS, "inverse_frequency", normalize=False)
+    np.testing.assert_allclose(w, [1000 / (3 * 700), 1000 / (3 * 200), 1000 / (3 * 100)])
+
+
+def test_median_frequency_hand_case():
+    w = compute_class_weights(COUNTS, "median_frequency", normalize=False)
+    np.testing.assert_allclose(w, [0.2 / 0.7, 1.0, 0.2 / 0.1])
+
+
+def test_enet_hand_case():
+    w = compute_class_weights(COUNTS, "enet", normalize=False)
+    np.testing.assert_allclose(w, [1 / math.log(1.02 + f) for f in (0.7, 0.2, 0.1)])
+
+
+def test_effective_number_hand_case():
+    w = compute_class_weights(COUNTS, "effective_number", beta=0.99, normalize=False)
+    np.testing.assert_allclose(w, [(1 - 0.99) / (1 - 0.99 ** n) for n in COUNTS])
+    default = compute_class_weights(COUNTS, "effective_number", normalize=False)
+    b = 1 - 1 / 1000
+    np.testing.assert_allclose(default, [(1 - b) / (1 - b ** n) for n in COUNTS])
+    assert default[2] > default[1] > default[0]  # not flat with the default beta
+
+
+def test_normalised_to_mean_one_over_present_classes():
+    for scheme in SCHEMES:
+        w = compute_class_weights([500, 0, 50, 5], scheme)
+        present = [0, 2, 3]
+        assert w[present].mean() == pytest.approx(1.0), scheme
+        assert w[1] == 0.0
+
+
+def test_zero_count_class_is_finite_and_listed():
+    assert zero_count_classes([3, 0, 1, 0]) == [1, 3]
+    for scheme in SCHEMES:
+        w = compute_class_weights([10, 0, 5], scheme, zero_count_weight=2.5)
+        assert np.isfinite(w).all() and w[1] == 2.5
+    assert np.array_equal(compute_class_weights([0, 0], "median_frequency"), [0.0, 0.0])
+
+
+def test_sqrt_damping_and_clipping():
+    raw = compute_class_weights(COUNTS, "inverse_frequency", normalize=False)
+    damped = compute_class_weights(COUNTS, "inverse_frequency", damping="sqrt", normalize=False)
+    np.testing.assert_allclose(damped, np.sqrt(raw))
+    clipped = compute_class_weights(COUNTS, "inverse_frequency", clip=(0.5, 2.0), normalize=False)
+    np.testing.assert_allclose(clipped, np.clip(raw, 0.5, 2.0))
+
+
+def test_rare_class_gets_the_largest_weight():
+    for scheme in SCHEMES[1:]:
+        w = compute_class_weights([9000, 900, 90], scheme)
+        assert w[2] > w[1] > w[0], scheme
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown class-weight scheme 'inverse'"):
+        compute_class_weights(COUNTS, "inverse")
+    with pytest.raises(ValueError, match="damping"):
+        compute_class_weights(COUNTS, "enet", damping="log")
+    with pytest.raises(ValueError, match=">= 0"):
+        compute_class_weights([1, -1], "enet")
+    with pytest.raises(ValueError, match="w_min must be <= w_max"):
+        compute_class_weights(COUNTS, "enet", clip=(3, 1))
+
+
+def test_all_scheme_weights_lists_every_scheme():
+    out = all_scheme_weights(COUNTS)
+    assert set(out) == set(SCHEMES) and all(len(v) == 3 for v in out.values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=12),
+       st.sampled_from(SCHEMES), st.booleans())
+def test_always_finite(counts, scheme, damp):
+    w = compute_class_weights(counts, scheme, damping="sqrt" if damp else None)
+    assert np.isfinite(w).all() and (w >= 0).all()

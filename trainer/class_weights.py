@@ -1,0 +1,92 @@
+"""Class weights from pixel counts (pure NumPy; shared by ClassStatsGen and the trainer).
+
+With ``n_c`` the pixel count of class c, ``N = sum(n)``, ``f_c = n_c / N`` and C classes:
+
+==================== ==========================================================
+``uniform``          1 for every class
+``inverse_frequency`` ``N / (C * n_c)``  (1 for every class when balanced)
+``median_frequency``  ``median(f) / f_c``  (Eigen & Fergus 2015; median over present classes)
+``enet``              ``1 / ln(k + f_c)``, k = 1.02 (Paszke et al. 2016)
+``effective_number``  ``(1 - b) / (1 - b ** n_c)`` (Cui et al. 2019); b defaults to
+                      ``1 - 1 / N`` so the weights are not flat for pixel counts
+==================== ==========================================================
+
+Then, in this order: optional ``damping="sqrt"`` (square root of the weights), clipping to
+``clip=(w_min, w_max)``, normalisation to mean 1 over the *present* classes.
+
+A class with zero pixels (absent from the data) gets ``zero_count_weight`` (default 0.0:
+it has no pixels to weight, and a finite value keeps losses finite) and is never inf/NaN;
+``zero_count_classes`` lists them so the statistics artifact can say so.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+SCHEMES = ("uniform", "inverse_frequency", "median_frequency", "enet", "effective_number")
+ENET_K = 1.02
+
+
+def zero_count_classes(pixel_counts: Sequence[int]) -> list:
+    return [int(c) for c in np.flatnonzero(np.asarray(pixel_counts) == 0)]
+
+
+def compute_class_weights(
+    pixel_counts: Sequence[int],
+    scheme: str,
+    *,
+    beta: Optional[float] = None,
+    enet_k: float = ENET_K,
+    damping: Optional[str] = None,
+    clip: Optional[Tuple[float, float]] = None,
+    normalize: bool = True,
+    zero_count_weight: float = 0.0,
+) -> np.ndarray:
+    """Weights [C] (float64) for ``scheme`` (see module docstring)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown class-weight scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    if damping not in (None, "sqrt"):
+        raise ValueError(f"unknown damping {damping!r}; use None or 'sqrt'")
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size < 1:
+        raise ValueError(f"pixel_counts must be a 1-D list of per-class counts, got shape {counts.shape}")
+    if (counts < 0).any():
+        raise ValueError("pixel_counts must be >= 0")
+    present = counts > 0
+    weights = np.full(counts.shape, float(zero_count_weight))
+    if not present.any():
+        return weights if scheme != "uniform" else np.ones_like(counts)
+    total = counts.sum()
+    freq = counts / total
+    num_classes = counts.size
+    if scheme == "uniform":
+        weights[present] = 1.0
+    elif scheme == "inverse_frequency":
+        weights[present] = total / (num_classes * counts[present])
+    elif scheme == "median_frequency":
+        weights[present] = np.median(freq[present]) / freq[present]
+    elif scheme == "enet":
+        weights[present] = 1.0 / np.log(enet_k + freq[present])
+    elif scheme == "effective_number":
+        b = 1.0 - 1.0 / total if beta is None else float(beta)
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"effective_number beta must be in [0, 1), got {b}")
+        # 1 - b**n computed as -expm1(n * log(b)) for accuracy when b is close to 1.
+        effective = -np.expm1(counts[present] * np.log(b)) if b > 0 else np.ones(present.sum())
+        weights[present] = (1.0 - b) / effective
+    if damping == "sqrt":
+        weights[present] = np.sqrt(weights[present])
+    if clip is not None:
+        w_min, w_max = clip
+        if w_min > w_max:
+            raise ValueError(f"clip=({w_min}, {w_max}): w_min must be <= w_max")
+        weights[present] = np.clip(weights[present], w_min, w_max)
+    if normalize:
+        weights[present] = weights[present] / weights[present].mean()
+    return weights
+
+
+def all_scheme_weights(pixel_counts: Sequence[int], **options) -> dict:
+    """{scheme: [C floats]} for every scheme with the same options."""
+    return {s: compute_class_weights(pixel_counts, s, **options).tolist() for s in SCHEMES}
