@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 COMMAND_MODULES = [
     "pipeline.sample_data",
     "pipeline.ingest",
+    "pipeline.stats",
     "pipeline.run",
 ]
 

@@ -1,0 +1,96 @@
+"""ClassStatsGen: the Beam class statistics (components/class_stats_beam.py) as a TFX component.
+
+    class_stats_gen = ClassStatsGen(
+        examples=example_gen.outputs["examples"], num_classes=4,
+        class_names=["background", "ellipse", "rectangle", "circle"],
+        labeled_policy="complete", weight_clip=(0.1, 10.0), splits=["train"])
+    class_stats_gen.outputs["class_stats"]   # ClassStats artifact
+
+Runs with the pipeline's ``beam_pipeline_args`` (DirectRunner locally, Dataflow / Flink /
+Spark with their usual flags).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+from components.artifacts import ClassStats
+from components.class_stats_beam import StatsOptions, run_class_stats
+from trainer.example_codec import DEFAULT_IGNORE_INDEX
+
+
+class ClassStatsGenSpec(ComponentSpec):
+    PARAMETERS = {
+        "num_classes": ExecutionParameter(type=int),
+        "class_names": ExecutionParameter(type=str),  # JSON list
+        "ignore_index": ExecutionParameter(type=int),
+        "labeled_policy": ExecutionParameter(type=str),
+        "suspect_threshold": ExecutionParameter(type=float),
+        "weight_options": ExecutionParameter(type=str),  # JSON dict for compute_class_weights
+        "splits": ExecutionParameter(type=str),  # JSON list
+    }
+    INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
+    OUTPUTS = {"class_stats": ChannelParameter(type=ClassStats)}
+
+
+class ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        output = artifact_utils.get_single_instance(output_dict["class_stats"])
+        splits = json.loads(exec_properties["splits"])
+        available = artifact_utils.decode_split_names(examples.split_names)
+        unknown = [s for s in splits if s not in available]
+        if unknown:
+            raise ValueError(f"ClassStatsGen: splits {unknown} not in {examples.uri} (has {available})")
+        weight_options = json.loads(exec_properties["weight_options"])
+        if weight_options.get("clip") is not None:
+            weight_options["clip"] = tuple(weight_options["clip"])
+        options = StatsOptions(
+            num_classes=int(exec_properties["num_classes"]),
+            class_names=json.loads(exec_properties["class_names"]),
+            ignore_index=int(exec_properties["ignore_index"]),
+            labeled_policy=exec_properties["labeled_policy"],
+            suspect_threshold=float(exec_properties["suspect_threshold"]),
+            weight_options=weight_options,
+        )
+        patterns = {s: os.path.join(artifact_utils.get_split_uri([examples], s), "*") for s in splits}
+        print(f"ClassStatsGen: counting classes in splits {splits} of {examples.uri}", flush=True)
+        stats = run_class_stats(patterns, output.uri, options, pipeline=self._make_beam_pipeline())
+        for key in ("num_records", "quarantined_records"):
+            output.set_int_custom_property(key, stats[key])
+        msg = (f"ClassStatsGen: {stats['num_records']} records, {stats['quarantined_records']} quarantined, "
+               f"pixel counts {stats['pixel_counts']}")
+        logging.info(msg)
+        print(msg, flush=True)
+
+
+class ClassStatsGen(base_beam_component.BaseBeamComponent):
+    """Per-class pixel/image counts, class weights and per-image label sets (see module docstring)."""
+
+    SPEC_CLASS = ClassStatsGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(ClassStatsGenExecutor)
+
+    def __init__(self, examples: types.BaseChannel, num_classes: int, class_names: Optional[Sequence[str]] = None,
+                 ignore_index: int = DEFAULT_IGNORE_INDEX, labeled_policy: str = "complete",
+                 suspect_threshold: float = 0.9, weight_damping: Optional[str] = None,
+                 weight_clip: Optional[Tuple[float, float]] = None, zero_count_weight: float = 0.0,
+                 splits: Sequence[str] = ("train",)):
+        # Validate now (at pipeline construction), not inside the executor.
+        options = StatsOptions(num_classes, list(class_names) if class_names else None, ignore_index,
+                               labeled_policy, suspect_threshold)
+        weight_options = {"damping": weight_damping, "clip": list(weight_clip) if weight_clip else None,
+                          "zero_count_weight": zero_count_weight}
+        spec = ClassStatsGenSpec(
+            examples=examples, num_classes=num_classes, class_names=json.dumps(options.class_names),
+            ignore_index=ignore_index, labeled_policy=labeled_policy, suspect_threshold=float(suspect_threshold),
+            weight_options=json.dumps(weight_options), splits=json.dumps(list(splits)),
+            class_stats=types.Channel(type=ClassStats))
+        super().__init__(spec=spec)

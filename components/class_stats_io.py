@@ -1,0 +1,53 @@
+"""Read a ClassStats directory (artifact URI or `segbalance stats --output`)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List
+
+from components.class_stats_beam import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE
+
+
+def read_class_stats(uri: str) -> dict:
+    """``class_stats.json`` as a dict; a clear error when the folder is not a ClassStats dir."""
+    import tensorflow as tf
+
+    path = os.path.join(uri, STATS_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{uri} holds no {STATS_FILE}: is it a ClassStats artifact / `segbalance stats` output?")
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def per_image_files(uri: str) -> List[str]:
+    import tensorflow as tf
+
+    return sorted(tf.io.gfile.glob(os.path.join(uri, f"{PER_IMAGE_PREFIX}-*.parquet")))
+
+
+def read_per_image(uri: str):
+    """The per-image table as a pandas DataFrame (one row per image)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    files = per_image_files(uri)
+    if not files:
+        return pd.DataFrame(columns=["source_id", "split", "present", "labeled", "missing", "suspect_missing",
+                                     "pixel_counts", "ignored_pixels"])
+    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+
+
+def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
+    """{source_id: labelled class ids} from the per-image table (what the trainer joins on)."""
+    table = read_per_image(uri)
+    return {sid: [int(c) for c in labeled] for sid, labeled in zip(table["source_id"], table["labeled"])}
+
+
+def read_quarantine(uri: str) -> List[dict]:
+    import tensorflow as tf
+
+    path = os.path.join(uri, QUARANTINE_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        return [json.loads(line) for line in f.read().splitlines() if line.strip()]

@@ -1,0 +1,46 @@
+"""`segbalance stats GLOB --num-classes C --output DIR`: class statistics without TFX.
+
+The same Beam code as the ClassStatsGen component, on TFRecord files matching GLOB
+(plain or .gz), writing the same layout: DIR/class_stats.json (counts, weights of every
+scheme, co-occurrence), DIR/per_image-*.parquet, DIR/quarantine.jsonl. The quickest way to
+get class weights for a data set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "stats", help="class frequencies, class weights and per-image label sets (Beam)",
+        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("glob", metavar="GLOB", help="TFRecord files, e.g. 'data/Span-0/data-*'")
+    parser.add_argument("--num-classes", type=int, required=True, help="C: class ids are 0..C-1")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--ignore-index", type=int, default=255)
+    parser.add_argument("--labeled-policy", choices=("complete", "partial"), default="complete",
+                        help="records without a labeled field: all classes labelled, or only the present ones")
+    parser.add_argument("--class-names", help="comma-separated names, C of them")
+    parser.add_argument("--suspect-threshold", type=float, default=0.9)
+    parser.add_argument("--beam-args", default="--direct_running_mode=in_memory --direct_num_workers=1",
+                        help="Beam pipeline options, quoted (e.g. '--runner=DataflowRunner --project=...')")
+    parser.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    from components.class_stats_beam import ClassStatsError, StatsOptions, run_class_stats
+
+    try:
+        names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+        options = StatsOptions(args.num_classes, names, args.ignore_index, args.labeled_policy,
+                               args.suspect_threshold)
+        stats = run_class_stats({"all": args.glob}, args.output, options, beam_args=shlex.split(args.beam_args))
+    except (ValueError, ClassStatsError) as exc:
+        print(f"segbalance stats: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"stats: {stats['num_records']} records, {stats['quarantined_records']} quarantined -> {args.output}")
+    print("median-frequency weights: " + json.dumps([round(w, 4) for w in stats["weights"]["median_frequency"]]))
+    return 0

@@ -1,0 +1,177 @@
+"""ClassStats Beam job: every number against an independent NumPy count; quarantine; CLI."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import class_stats_beam as csb
+from components import class_stats_io
+from pipeline import cli
+from trainer import example_codec as codec
+
+C = 4
+
+
+def make_records(seed=0, n=12, size=(6, 5)):
+    """Random masks with ignore pixels, labelled fields, an absent class (3) and bad records.
+
+    Returns (serialized records, NumPy reference of what must be counted).
+    """
+    rng = np.random.default_rng(seed)
+    records, good = [], []
+    for i in range(n):
+        mask = rng.choice([0, 1, 2], size=size, p=[0.6, 0.3, 0.1]).astype(np.uint8)
+        mask[rng.random(size) < 0.1] = 255
+        labeled = [0, 1] if i % 3 == 0 else ([0, 1, 2] if i % 3 == 1 else None)
+        ex = codec.build_example(codec.encode_png(np.zeros((*size, 3), np.uint8)), codec.encode_png(mask),
+                                 f"img{i}", *size, labeled)
+        records.append(ex.SerializeToString())
+        good.append((f"img{i}", mask, labeled))
+    bad_ids = np.full(size, 7, np.uint8)
+    records.append(codec.build_example(b"x", codec.encode_png(bad_ids), "bad_ids", *size).SerializeToString())
+    records.append(codec.build_example(b"x", b"not a png", "corrupt", *size).SerializeToString())
+    no_mask = codec.build_example(b"x", b"", "no_mask", *size)
+    del no_mask.features.feature[codec.MASK_KEY]
+    records.append(no_mask.SerializeToString())
+    out_of_range = codec.build_example(b"x", codec.encode_png(np.zeros(size, np.uint8)), "bad_labeled", *size, [0, 9])
+    records.append(out_of_range.SerializeToString())
+    return records, good
+
+
+def numpy_reference(good, policy="complete"):
+    pixel = np.zeros(C, np.int64)
+    images = np.zeros(C, np.int64)
+    cooc = np.zeros((C, C), np.int64)
+    missing_counts = np.zeros(C, np.int64)
+    ignored = 0
+    per_image = {}
+    for sid, mask, labeled in good:
+        valid = mask[mask != 255]
+        ignored += int((mask == 255).sum())
+        counts = np.array([(valid == c).sum() for c in range(C)])
+        pixel += counts
+        present = [c for c in range(C) if counts[c] > 0]
+        for a in present:
+            images[a] += 1
+            for b in present:
+                cooc[a, b] += 1
+        if labeled is None:
+            lab = set(range(C)) if policy == "complete" else set(present)
+        else:
+            lab = set(labeled)
+        lab |= set(present) | {0}
+        missing = sorted(set(range(C)) - lab)
+        for m in missing:
+            missing_counts[m] += 1
+        per_image[sid] = {"present": present, "labeled": sorted(lab), "missing": missing, "pixel_counts": counts}
+    return pixel, images, cooc, missing_counts, ignored, per_image
+
+
+def write_tfrecord(path, records):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for r in records:
+            writer.write(r)
+
+
+@pytest.fixture(scope="module")
+def stats_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stats")
+    records, good = make_records()
+    write_tfrecord(tmp / "data-0.tfrecord", records[:8])
+    write_tfrecord(tmp / "data-1.tfrecord", records[8:])
+    options = csb.StatsOptions(num_classes=C, class_names=["bg", "a", "b", "never"])
+    stats = csb.run_class_stats({"train": str(tmp / "data-*")}, str(tmp / "out"), options,
+                                beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    return tmp, stats, good
+
+
+def test_counts_match_numpy(stats_run):
+    tmp, stats, good = stats_run
+    pixel, images, cooc, missing, ignored, _ = numpy_reference(good)
+    assert stats["pixel_counts"] == pixel.tolist()
+    assert stats["image_counts"] == images.tolist()
+    assert stats["cooccurrence"] == cooc.tolist()
+    assert stats["missing_image_counts"] == missing.tolist()
+    assert stats["ignored_pixels"] == ignored
+    assert stats["total_pixels"] == int(pixel.sum()) + ignored == len(good) * 30
+    assert stats["num_records"] == len(good) and stats["quarantined_records"] == 4
+    assert stats["zero_count_classes"] == [3] and "[3]" in stats["zero_count_note"]
+    for scheme, weights in stats["weights"].items():
+        assert len(weights) == C and np.isfinite(weights).all() and weights[3] == 0.0, scheme
+    on_disk = class_stats_io.read_class_stats(str(tmp / "out"))
+    assert on_disk["pixel_counts"] == stats["pixel_counts"]
+
+
+def test_weights_match_class_weights_module(stats_run):
+    from trainer.class_weights import compute_class_weights
+
+    _, stats, good = stats_run
+    pixel = numpy_reference(good)[0]
+    np.testing.assert_allclose(stats["weights"]["median_frequency"], compute_class_weights(pixel, "median_frequency"))
+
+
+def test_per_image_rows(stats_run):
+    tmp, _, good = stats_run
+    _, _, _, _, _, ref = numpy_reference(good)
+    table = class_stats_io.read_per_image(str(tmp / "out"))
+    assert sorted(table["source_id"]) == sorted(ref)
+    for row in table.to_dict("records"):
+        expected = ref[row["source_id"]]
+        for key in ("present", "labeled", "missing"):
+            assert list(row[key]) == expected[key], (row["source_id"], key)
+        assert list(row["pixel_counts"]) == expected["pixel_counts"].tolist()
+    labeled = class_stats_io.labeled_by_source_id(str(tmp / "out"))
+    assert labeled["img0"] == [0, 1] + ([2] if 2 in ref["img0"]["present"] else [])
+
+
+def test_quarantine_names_each_bad_record(stats_run):
+    tmp, _, _ = stats_run
+    reasons = {q["source_id"]: q["reason"] for q in class_stats_io.read_quarantine(str(tmp / "out"))}
+    assert set(reasons) == {"bad_ids", "corrupt", "no_mask", "bad_labeled"}
+    assert "num_classes=4" in reasons["bad_ids"] and "no mask" in reasons["no_mask"]
+    assert "cannot decode" in reasons["corrupt"] or "mask" in reasons["corrupt"]
+    assert "outside [0, 4)" in reasons["bad_labeled"]
+
+
+def test_partial_policy_trusts_only_present_classes(tmp_path):
+    records, good = make_records(seed=1, n=6)
+    write_tfrecord(tmp_path / "d.tfrecord", records)
+    options = csb.StatsOptions(num_classes=C, labeled_policy="partial")
+    stats = csb.run_class_stats({"train": str(tmp_path / "d.tfrecord")}, str(tmp_path / "o"), options)
+    assert stats["missing_image_counts"] == numpy_reference(good, "partial")[3].tolist()
+
+
+def test_suspect_missing_hand_case():
+    totals = {"cooccurrence": [[10, 9, 9], [9, 9, 9], [9, 9, 9]], "image_counts": [10, 9, 9]}
+    row = {"present": [0, 1], "labeled": [0, 1], "missing": []}
+    assert csb.suspect_missing(row, totals, threshold=0.9)["suspect_missing"] == [2]
+    totals["cooccurrence"][1][2] = 5
+    assert csb.suspect_missing(row, totals, threshold=0.9)["suspect_missing"] == []
+    assert csb.suspect_missing({"present": [0]}, totals, 0.5)["suspect_missing"] == []
+
+
+def test_empty_and_all_bad_inputs_name_the_path(tmp_path):
+    options = csb.StatsOptions(num_classes=C)
+    with pytest.raises(csb.ClassStatsError, match="no files match .*nothing"):
+        csb.run_class_stats({"train": str(tmp_path / "nothing*")}, str(tmp_path / "o"), options)
+    write_tfrecord(tmp_path / "bad.tfrecord", make_records(n=0)[0])
+    with pytest.raises(csb.ClassStatsError, match="all 4 records in .*bad.tfrecord were quarantined"):
+        csb.run_class_stats({"train": str(tmp_path / "bad.tfrecord")}, str(tmp_path / "o2"), options)
+    write_tfrecord(tmp_path / "empty.tfrecord", [])
+    with pytest.raises(csb.ClassStatsError, match="no records in .*empty.tfrecord"):
+        csb.run_class_stats({"train": str(tmp_path / "empty.tfrecord")}, str(tmp_path / "o3"), options)
+
+
+def test_cli_and_two_workers_multiprocessing_give_identical_results(stats_run, tmp_path, capsys):
+    src, stats, _ = stats_run
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "cli"),
+                     "--class-names", "bg,a,b,never",
+                     "--beam-args", "--direct_running_mode=multi_processing --direct_num_workers=2"]) == 0
+    assert "4 quarantined" in capsys.readouterr().out
+    multi = class_stats_io.read_class_stats(str(tmp_path / "cli"))
+    for key in ("pixel_counts", "image_counts", "cooccurrence", "ignored_pixels", "num_records",
+                "quarantined_records", "weights", "missing_image_counts"):
+        assert multi[key] == stats[key], key
+    assert cli.main(["stats", str(tmp_path / "none*"), "--num-classes", "4", "--output", str(tmp_path / "x")]) == 2
+    assert "no files match" in capsys.readouterr().err
