@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.class_weights import SCHEMES, all_scheme_weights, compute_class_weights, zero_count_classes
+from trainer.class_weights import (SCHEMES, all_scheme_weights, compute_class_weights, default_beta,
+                                   zero_count_classes)
 
 COUNTS = [700, 200, 100]  # N = 1000, f = 0.7, 0.2, 0.1
 
@@ -87,3 +88,28 @@ def test_all_scheme_weights_lists_every_scheme():
 def test_always_finite(counts, scheme, damp):
     w = compute_class_weights(counts, scheme, damping="sqrt" if damp else None)
     assert np.isfinite(w).all() and (w >= 0).all()
+
+
+def test_clip_then_normalise_order():
+    raw = np.array([1000 / (3 * n) for n in COUNTS])
+    clipped = np.clip(raw, 0.5, 2.0)
+    w = compute_class_weights(COUNTS, "inverse_frequency", clip=(0.5, 2.0))
+    np.testing.assert_allclose(w, clipped / clipped.mean())
+    assert w.max() / w.min() <= 2.0 / 0.5 + 1e-12
+
+
+def test_default_beta_and_enet_k():
+    assert default_beta(COUNTS) == pytest.approx(1 - 1 / 1000)
+    w = compute_class_weights(COUNTS, "enet", enet_k=1.5, normalize=False)
+    np.testing.assert_allclose(w, [1 / math.log(1.5 + f) for f in (0.7, 0.2, 0.1)])
+
+
+def test_more_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="enet_k must be > 1"):
+        compute_class_weights(COUNTS, "enet", enet_k=1.0)
+    with pytest.raises(ValueError, match="beta must be in"):
+        compute_class_weights(COUNTS, "effective_number", beta=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        compute_class_weights([1.0, float("nan")], "uniform")
+    with pytest.raises(ValueError, match="zero_count_weight"):
+        compute_class_weights(COUNTS, "uniform", zero_count_weight=float("inf"))

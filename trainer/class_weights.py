@@ -14,9 +14,15 @@ With ``n_c`` the pixel count of class c, ``N = sum(n)``, ``f_c = n_c / N`` and C
 Then, in this order: optional ``damping="sqrt"`` (square root of the weights), clipping to
 ``clip=(w_min, w_max)``, normalisation to mean 1 over the *present* classes.
 
+Clipping comes before normalisation, so after normalisation the ratio between weights is
+bounded by ``w_max / w_min`` but the values themselves are rescaled (mean 1).
+
 A class with zero pixels (absent from the data) gets ``zero_count_weight`` (default 0.0:
-it has no pixels to weight, and a finite value keeps losses finite) and is never inf/NaN;
-``zero_count_classes`` lists them so the statistics artifact can say so.
+it has no pixels to weight, and a finite value keeps losses finite) in every scheme,
+outside clipping and normalisation, and is never inf/NaN; ``zero_count_classes`` lists
+them so the statistics artifact can say so. If no class has any pixel, every class gets
+``zero_count_weight`` (``uniform``: 1). ``ValueError`` for an unknown scheme or damping,
+negative/non-finite counts, ``beta`` outside [0, 1), ``enet_k <= 1`` or ``w_min > w_max``.
 """
 from __future__ import annotations
 
@@ -51,8 +57,14 @@ def compute_class_weights(
     counts = np.asarray(pixel_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size < 1:
         raise ValueError(f"pixel_counts must be a 1-D list of per-class counts, got shape {counts.shape}")
+    if not np.isfinite(counts).all():
+        raise ValueError("pixel_counts must be finite (got NaN or inf)")
     if (counts < 0).any():
         raise ValueError("pixel_counts must be >= 0")
+    if not np.isfinite(zero_count_weight) or zero_count_weight < 0:
+        raise ValueError(f"zero_count_weight must be finite and >= 0, got {zero_count_weight}")
+    if scheme == "enet" and not enet_k > 1.0:
+        raise ValueError(f"enet: enet_k must be > 1 so that ln(k + f) > 0, got {enet_k}")
     present = counts > 0
     weights = np.full(counts.shape, float(zero_count_weight))
     if not present.any():
@@ -79,7 +91,7 @@ def compute_class_weights(
         weights[present] = np.sqrt(weights[present])
     if clip is not None:
         w_min, w_max = clip
-        if w_min > w_max:
+        if not (np.isfinite(w_min) and np.isfinite(w_max)) or w_min > w_max:
             raise ValueError(f"clip=({w_min}, {w_max}): w_min must be <= w_max")
         weights[present] = np.clip(weights[present], w_min, w_max)
     if normalize:
@@ -90,3 +102,11 @@ def compute_class_weights(
 def all_scheme_weights(pixel_counts: Sequence[int], **options) -> dict:
     """{scheme: [C floats]} for every scheme with the same options."""
     return {s: compute_class_weights(pixel_counts, s, **options).tolist() for s in SCHEMES}
+
+
+def default_beta(pixel_counts: Sequence[int]) -> float:
+    """The effective-number beta used when ``beta=None``: ``1 - 1/N`` (N = total pixels)."""
+    total = float(np.sum(np.asarray(pixel_counts, dtype=np.float64)))
+    if total <= 0:
+        raise ValueError("default_beta: pixel_counts sum to zero")
+    return 1.0 - 1.0 / total
