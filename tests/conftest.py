@@ -24,3 +24,19 @@ if _cpus and not tf.config.get_logical_device_configuration(_cpus[0]):
         pass
 
 BEAM_TEST_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One MirroredStrategy over /cpu:0 and /cpu:1 for the whole session.
+
+    Collective instance keys restart with every new strategy object, so several strategies
+    in one process can collide ("Shape mismatch in the collective instance"): share this one.
+    """
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        pytest.skip("needs 2 logical CPU devices")
+    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])

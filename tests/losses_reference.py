@@ -1,0 +1,136 @@
+"""Independent NumPy (float64) references for trainer/losses.py, written from the formulas."""
+import numpy as np
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def softmax(z):
+    return np.exp(log_softmax(z))
+
+
+def split(y, ignore=255):
+    y = np.asarray(y)
+    if y.ndim == 4:
+        y = y[..., 0]
+    valid = (y != ignore)
+    return np.where(valid, y, 0).astype(int), valid.astype(float)
+
+
+def cross_entropy(y, z, cw=None, pw=None, ls=0.0, ignore=255):
+    labels, valid = split(y, ignore)
+    c = z.shape[-1]
+    lp = log_softmax(z.astype(np.float64))
+    total = 0.0
+    for idx in np.ndindex(labels.shape):
+        if not valid[idx]:
+            continue
+        target = np.full(c, ls / c)
+        target[labels[idx]] += 1 - ls
+        w = (cw[labels[idx]] if cw is not None else 1.0) * (pw[idx] if pw is not None else 1.0)
+        total += w * -(target * lp[idx]).sum()
+    return total / max(valid.sum(), 1)
+
+
+def focal(y, z, gamma, alpha=None, ignore=255):
+    labels, valid = split(y, ignore)
+    p = softmax(z.astype(np.float64))
+    total = 0.0
+    for idx in np.ndindex(labels.shape):
+        if valid[idx]:
+            pt = p[idx][labels[idx]]
+            a = alpha[labels[idx]] if alpha is not None else 1.0
+            total += -a * (1 - pt) ** gamma * np.log(pt)
+    return total / max(valid.sum(), 1)
+
+
+def class_sums(y, z, ignore=255):
+    labels, valid = split(y, ignore)
+    c = z.shape[-1]
+    p = softmax(z.astype(np.float64)) * valid[..., None]
+    g = np.eye(c)[labels] * valid[..., None]
+    return (p * g).sum((0, 1, 2)), p.sum((0, 1, 2)), g.sum((0, 1, 2))
+
+
+def dice(y, z, cw=None, smooth=1.0, ignore=255):
+    inter, pred, truth = class_sums(y, z, ignore)
+    d = (2 * inter + smooth) / (pred + truth + smooth)
+    w = np.ones_like(d) if cw is None else np.asarray(cw, float)
+    return 1 - (d * w).sum() / w.sum()
+
+
+def generalized_dice(y, z, smooth=1e-6, ignore=255):
+    inter, pred, truth = class_sums(y, z, ignore)
+    w = np.where(truth > 0, 1 / np.maximum(truth, 1) ** 2, 0)
+    w = np.where(truth > 0, w, w.max())
+    return 1 - (2 * (w * inter).sum() + smooth) / ((w * (pred + truth)).sum() + smooth)
+
+
+def tversky(y, z, alpha, beta, smooth=1.0, cw=None, ignore=255):
+    tp, pred, truth = class_sums(y, z, ignore)
+    t = (tp + smooth) / (tp + alpha * (pred - tp) + beta * (truth - tp) + smooth)
+    w = np.ones_like(t) if cw is None else np.asarray(cw, float)
+    return 1 - (t * w).sum() / w.sum()
+
+
+def labeled_sets(labeled):
+    return [set(np.flatnonzero(row)) | {0} for row in np.asarray(labeled)]
+
+
+def ignore_predicted(y, z, labeled, ignore=255):
+    labels, valid = split(y, ignore)
+    sets = labeled_sets(labeled)
+    pred = z.argmax(-1)
+    pw = np.ones(labels.shape)
+    for idx in np.ndindex(labels.shape):
+        if labels[idx] == 0 and pred[idx] not in sets[idx[0]]:
+            pw[idx] = 0.0
+    return cross_entropy(y, z, pw=pw, ignore=ignore)
+
+
+def marginal(y, z, labeled, cw=None, ignore=255):
+    labels, valid = split(y, ignore)
+    sets = labeled_sets(labeled)
+    c = z.shape[-1]
+    p = softmax(z.astype(np.float64))
+    total = 0.0
+    for idx in np.ndindex(labels.shape):
+        if not valid[idx]:
+            continue
+        if labels[idx] == 0:
+            merged = [0] + [k for k in range(c) if k not in sets[idx[0]]]
+            q = p[idx][merged].sum()
+        else:
+            q = p[idx][labels[idx]]
+        total += (cw[labels[idx]] if cw is not None else 1.0) * -np.log(q)
+    return total / max(valid.sum(), 1)
+
+
+def exclusion_ce(y, z, labeled, ignore=255):
+    labels, valid = split(y, ignore)
+    sets = labeled_sets(labeled)
+    c = z.shape[-1]
+    p = softmax(z.astype(np.float64))
+    total = 0.0
+    for idx in np.ndindex(labels.shape):
+        if valid[idx] and labels[idx] > 0:
+            total += sum(-np.log(1 - p[idx][k]) for k in range(c) if k not in sets[idx[0]])
+    return total / max(valid.sum(), 1)
+
+
+def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255):
+    labels, valid = split(y, ignore)
+    sets = labeled_sets(labeled)
+    c = z.shape[-1]
+    p = softmax(z.astype(np.float64))
+    values = []
+    for b in range(labels.shape[0]):
+        region = valid[b] * (labels[b] > 0)
+        if region.sum() == 0:
+            continue
+        for k in range(c):
+            if k not in sets[b]:
+                values.append(2 * (p[b, ..., k] * region).sum() / (p[b, ..., k].sum() + region.sum() + smooth))
+    return float(np.mean(values)) if values else 0.0

@@ -1,0 +1,278 @@
+"""trainer.losses against NumPy references, Keras built-ins, finite differences and edge cases."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests import losses_reference as ref
+from trainer import losses as L
+
+C = 4
+
+
+def data(seed=0, b=2, h=5, w=4, c=C, ignore_frac=0.15, scale=3.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, size=(b, h, w))
+    y[rng.random((b, h, w)) < ignore_frac] = 255
+    z = (rng.standard_normal((b, h, w, c)) * scale).astype(np.float32)
+    labeled = (rng.random((b, c)) < 0.5).astype(np.float32)
+    labeled[:, 0] = 1
+    return y, z, labeled
+
+
+CW = np.array([0.5, 1.0, 2.0, 4.0], np.float32)
+
+
+def _pw(y):
+    """Pixel weights in [0.5, 1.75], a deterministic function of the mask (works on tensors too)."""
+    y = tf.cast(y, tf.int32)
+    y = y[..., 0] if len(y.shape) == 4 else y
+    return 0.5 + tf.cast(tf.math.floormod(y * 7 + 3, 6), tf.float32) / 4.0
+
+
+CASES = {
+    "ce": (lambda y, z, l: L.weighted_cross_entropy(y, z), lambda y, z, l: ref.cross_entropy(y, z)),
+    "ce_weighted": (lambda y, z, l: L.weighted_cross_entropy(y, z, CW, pixel_weights=_pw(y)),
+                    lambda y, z, l: ref.cross_entropy(y, z, CW, _pw(y).numpy())),
+    "ce_smoothing": (lambda y, z, l: L.weighted_cross_entropy(y, z, label_smoothing=0.1),
+                     lambda y, z, l: ref.cross_entropy(y, z, ls=0.1)),
+    "focal": (lambda y, z, l: L.focal_loss(y, z, gamma=2.0, alpha=CW),
+              lambda y, z, l: ref.focal(y, z, 2.0, CW)),
+    "dice": (lambda y, z, l: L.dice_loss(y, z, CW), lambda y, z, l: ref.dice(y, z, CW)),
+    "generalized_dice": (lambda y, z, l: L.generalized_dice_loss(y, z), lambda y, z, l: ref.generalized_dice(y, z)),
+    "tversky": (lambda y, z, l: L.tversky_loss(y, z, alpha=0.3, beta=0.7),
+                lambda y, z, l: ref.tversky(y, z, 0.3, 0.7)),
+    "ignore_predicted": (lambda y, z, l: L.ignore_predicted_cross_entropy(y, z, l),
+                         lambda y, z, l: ref.ignore_predicted(y, z, l)),
+    "marginal": (lambda y, z, l: L.marginal_cross_entropy(y, z, l, CW), lambda y, z, l: ref.marginal(y, z, l, CW)),
+    "exclusion_ce": (lambda y, z, l: L.exclusion_loss(y, z, l), lambda y, z, l: ref.exclusion_ce(y, z, l)),
+    "exclusion_dice": (lambda y, z, l: L.exclusion_loss(y, z, l, form="dice"),
+                       lambda y, z, l: ref.exclusion_dice(y, z, l)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_numpy_reference(name, seed):
+    y, z, labeled = data(seed)
+    ours, theirs = CASES[name]
+    np.testing.assert_allclose(float(ours(y, z, labeled)), theirs(y, z, labeled), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_mask_with_channel_axis_gives_same_value(name):
+    y, z, labeled = data(2)
+    ours, _ = CASES[name]
+    np.testing.assert_allclose(float(ours(y[..., None], z, labeled)), float(ours(y, z, labeled)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_matches_finite_differences(name):
+    y, z, labeled = data(3, b=1, h=2, w=2, c=3, ignore_frac=0.2, scale=1.0)
+    labeled = np.array([[1, 0, 1]], np.float32)
+    y = np.array([[[0, 2], [1, 255]]])
+    ours, _ = CASES[name]
+    global CW  # the cases read CW at call time: use a 3-class version here
+    saved = CW
+    CW = np.array([0.5, 1.0, 2.0], np.float32)
+    try:
+        zt = tf.Variable(z.astype(np.float64))
+        with tf.GradientTape() as tape:
+            value = ours(y, tf.cast(zt, tf.float32), labeled)
+        grad = tape.gradient(value, zt).numpy()
+        eps = 1e-2
+        numeric = np.zeros_like(z, dtype=np.float64)
+        for idx in np.ndindex(z.shape):
+            plus, minus = z.astype(np.float64).copy(), z.astype(np.float64).copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            numeric[idx] = (float(ours(y, plus.astype(np.float32), labeled))
+                            - float(ours(y, minus.astype(np.float32), labeled))) / (2 * eps)
+    finally:
+        CW = saved
+    np.testing.assert_allclose(grad, numeric, atol=2e-3, rtol=2e-2)
+
+
+def test_ce_agrees_with_keras_sparse_ce_ignore_class():
+    y, z, _ = data(4, b=3, h=6, w=6)
+    builtin = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    np.testing.assert_allclose(float(L.weighted_cross_entropy(y, z)), float(builtin(y, z)), rtol=1e-5)
+
+
+def test_focal_agrees_with_keras_categorical_focal_per_class_alpha():
+    y, z, _ = data(5, ignore_frac=0.0)
+    builtin = keras.losses.CategoricalFocalCrossentropy(alpha=CW.tolist(), gamma=2.0, from_logits=True)
+    np.testing.assert_allclose(float(L.focal_loss(y, z, gamma=2.0, alpha=CW)),
+                               float(builtin(np.eye(C)[y], z)), rtol=1e-5)
+
+
+def test_dice_agrees_with_keras_dice_on_one_class():
+    y, z, _ = data(6, c=2, ignore_frac=0.0)
+    probs = tf.nn.softmax(z)[..., 1]
+    builtin = keras.losses.Dice(reduction="sum")(tf.cast(y == 1, tf.float32)[None], probs[None])
+    ours = L.dice_loss(y, z, class_weights=[0.0, 1.0], smooth=0.0)
+    np.testing.assert_allclose(float(ours), float(builtin), rtol=1e-5)
+
+
+def test_tversky_alpha_is_false_positive_weight_and_keras_swaps_them():
+    y, z, _ = data(7, c=2, ignore_frac=0.0)
+    probs = tf.nn.softmax(z)[..., 1]
+    truth = tf.cast(y == 1, tf.float32)
+    ours = L.tversky_loss(y, z, alpha=0.2, beta=0.8, class_weights=[0.0, 1.0], smooth=0.0)
+    keras_swapped = keras.losses.Tversky(alpha=0.8, beta=0.2, reduction="sum")(truth[None], probs[None])
+    np.testing.assert_allclose(float(ours), float(keras_swapped), rtol=1e-5)
+    # A prediction with only false positives costs more when alpha (FP weight) is larger.
+    yy = np.zeros((1, 2, 2), int)
+    yy[0, 0, 0] = 1
+    zz = np.zeros((1, 2, 2, 2), np.float32)
+    zz[..., 1] = 5.0  # everything predicted as class 1: 1 TP, 3 FP, 0 FN
+    fp_heavy = float(L.tversky_loss(yy, zz, alpha=0.9, beta=0.1, class_weights=[0, 1], smooth=0))
+    fn_heavy = float(L.tversky_loss(yy, zz, alpha=0.1, beta=0.9, class_weights=[0, 1], smooth=0))
+    assert fp_heavy > fn_heavy
+
+
+def test_marginal_with_everything_labelled_equals_weighted_ce():
+    y, z, _ = data(8)
+    all_labeled = np.ones((2, C), np.float32)
+    np.testing.assert_allclose(float(L.marginal_cross_entropy(y, z, all_labeled, CW)),
+                               float(L.weighted_cross_entropy(y, z, CW)), rtol=1e-6)
+    np.testing.assert_allclose(float(L.ignore_predicted_cross_entropy(y, z, all_labeled)),
+                               float(L.weighted_cross_entropy(y, z)), rtol=1e-6)
+    assert float(L.exclusion_loss(y, z, all_labeled)) == 0.0
+
+
+def test_seed_004_situation_missing_object_costs_less():
+    """An object the model finds but the annotator left out is punished by plain CE only."""
+    y = np.zeros((1, 8, 8), int)
+    y[0, 1:4, 1:4] = 1  # annotated object of class 1
+    # The model is right everywhere, and also finds an object of class 2 that the
+    # annotation lacks (those pixels are labelled background).
+    z = np.full((1, 8, 8, 3), -4.0, np.float32)
+    z[..., 0] = 4.0
+    z[0, 1:4, 1:4, 1], z[0, 1:4, 1:4, 0] = 4.0, -4.0
+    z[0, 5:8, 5:8, 2], z[0, 5:8, 5:8, 0] = 4.0, -4.0
+    labeled = np.array([[1, 1, 0]], np.float32)  # class 2 was not annotated in this image
+    plain = float(L.weighted_cross_entropy(y, z))
+    for aware in (L.ignore_predicted_cross_entropy(y, z, labeled), L.marginal_cross_entropy(y, z, labeled)):
+        assert float(aware) < plain / 5
+    # With class 2 labelled (the annotator says it is absent), the losses agree with CE.
+    labeled_all = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(float(L.marginal_cross_entropy(y, z, labeled_all)), plain, rtol=1e-6)
+
+
+def test_fn_and_fp_weights_and_low_confidence_hand_case():
+    y = np.array([[[1, 0]]])  # pixel 0: class 1, pixel 1: class 0
+    z = np.array([[[[2.0, 0.0], [2.0, 0.0]]]], np.float32)  # both predicted class 0
+    ce = -np.log(ref.softmax(z[0, 0].astype(np.float64)))
+    base = (ce[0, 1] + ce[1, 0]) / 2
+    assert float(L.weighted_cross_entropy(y, z)) == pytest.approx(base, rel=1e-5)
+    # pixel 0 is a false negative of class 1 and a false positive of class 0
+    got = float(L.weighted_cross_entropy(y, z, fn_weights=[1.0, 3.0], fp_weights=[0.5, 1.0]))
+    assert got == pytest.approx((3.0 * 0.5 * ce[0, 1] + ce[1, 0]) / 2, rel=1e-5)
+    assert float(L.weighted_cross_entropy(y, z, fn_weights=[1.0, 0.0])) == pytest.approx(ce[1, 0] / 2, rel=1e-5)
+    # max prob = softmax(2, 0)[0] = 0.88 < tau = 0.9: both pixels down-weighted by alpha
+    assert float(L.weighted_cross_entropy(y, z, low_confidence=(0.9, 0.25))) == pytest.approx(0.25 * base, rel=1e-5)
+    assert float(L.weighted_cross_entropy(y, z, low_confidence=(0.5, 0.25))) == pytest.approx(base, rel=1e-5)
+
+
+def test_low_confidence_weight_has_no_gradient_path():
+    y, z, _ = data(10)
+    zt = tf.Variable(z)
+    with tf.GradientTape(persistent=True) as tape:
+        a = L.weighted_cross_entropy(y, tf.identity(zt), low_confidence=(0.6, 0.5))
+    weight = L.pixel_weight_map(*L.prepare(y, z)[:3], low_confidence=(0.6, 0.5))
+    with tf.GradientTape() as tape2:
+        labels, valid, logits, c = L.prepare(y, zt)
+        per_pixel = -tf.reduce_sum(tf.one_hot(labels, c) * tf.nn.log_softmax(logits), -1)
+        b = tf.reduce_sum(per_pixel * weight) / tf.reduce_sum(valid)
+    np.testing.assert_allclose(tape.gradient(a, zt).numpy(), tape2.gradient(b, zt).numpy(), atol=1e-6)
+
+
+def test_top_k_percent_pixels_keeps_the_hardest():
+    y, z, _ = data(11, ignore_frac=0.0, b=1)
+    labels, valid, logits, c = L.prepare(y, z)
+    per_pixel = -np.take_along_axis(ref.log_softmax(z.astype(np.float64)), y[..., None], -1)[..., 0].ravel()
+    k = int(np.ceil(0.25 * per_pixel.size))
+    expected = np.sort(per_pixel)[-k:].mean()
+    np.testing.assert_allclose(float(L.weighted_cross_entropy(y, z, top_k_percent_pixels=0.25)), expected, rtol=1e-5)
+
+
+ALL = sorted(CASES)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_all_pixels_ignored_gives_zero_and_finite_gradients(name):
+    y, z, labeled = data(12)
+    y = np.full_like(y, 255)
+    zt = tf.Variable(z)
+    with tf.GradientTape() as tape:
+        value = CASES[name][0](y, tf.identity(zt), labeled)
+    grad = tape.gradient(value, zt)
+    assert np.isfinite(float(value))
+    assert grad is None or np.isfinite(grad.numpy()).all()
+    if name.startswith(("ce", "focal", "marginal", "ignore", "exclusion")):
+        assert float(value) == 0.0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_float16_logits_of_magnitude_40_batch_of_one(name):
+    rng = np.random.default_rng(13)
+    y = rng.integers(0, 2, size=(1, 4, 4))  # classes 2 and 3 absent from the batch
+    z = tf.Variable(tf.cast(rng.choice([-40.0, 40.0], size=(1, 4, 4, C)), tf.float16))
+    labeled = np.array([[1, 1, 0, 0]], np.float32)
+    with tf.GradientTape() as tape:
+        value = CASES[name][0](y, tf.identity(z), labeled)
+    grad = tape.gradient(value, z)
+    assert value.dtype == tf.float32 and np.isfinite(float(value))
+    assert np.isfinite(grad.numpy().astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_xla_jit_compile_gives_the_same_value(name):
+    y, z, labeled = data(14)
+    fn = CASES[name][0]
+    compiled = tf.function(lambda a, b, c: fn(a, b, c), jit_compile=True)
+    np.testing.assert_allclose(float(compiled(tf.constant(y), tf.constant(z), tf.constant(labeled))),
+                               float(fn(y, z, labeled)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_mirrored_strategy_matches_single_device(name, mirrored_strategy):
+    strategy = mirrored_strategy
+    y, z, labeled = data(15, b=4)
+    y[:2] = 255  # replica 0 gets far fewer valid pixels than replica 1
+    y[0, 0, 0] = 1
+    fn = CASES[name][0]
+    single = float(fn(y, z, labeled))
+
+    def shard(ctx):
+        i = ctx.replica_id_in_sync_group
+        return (tf.constant(y[2 * i:2 * i + 2]), tf.constant(z[2 * i:2 * i + 2]), tf.constant(labeled[2 * i:2 * i + 2]))
+
+    inputs = strategy.experimental_distribute_values_from_function(shard)
+    per_replica = strategy.run(tf.function(lambda a, b, c: fn(a, b, c)), args=inputs)
+    total = float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+    np.testing.assert_allclose(total, single, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 60.0), st.integers(1, 3))
+def test_finite_for_any_input(seed, scale, batch):
+    y, z, labeled = data(seed, b=batch, h=3, w=3, ignore_frac=0.5, scale=scale)
+    for name, (fn, _) in CASES.items():
+        zt = tf.Variable(z)
+        with tf.GradientTape() as tape:
+            value = fn(y, tf.identity(zt), labeled)
+        grad = tape.gradient(value, zt)
+        assert np.isfinite(float(value)), name
+        assert grad is None or np.isfinite(grad.numpy()).all(), name
+
+
+def test_bad_arguments():
+    y, z, labeled = data(16)
+    with pytest.raises(ValueError, match="form"):
+        L.exclusion_loss(y, z, labeled, form="focal")
+    with pytest.raises(ValueError, match="top_k_percent_pixels"):
+        L.weighted_cross_entropy(y, z, top_k_percent_pixels=1.5)
