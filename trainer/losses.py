@@ -80,6 +80,11 @@ def prepare(y_true, logits, ignore_index: int = DEFAULT_IGNORE_INDEX):
     return labels, ops.cast(valid, "float32"), logits, int(logits.shape[-1])
 
 
+def _pick(values, labels, num_classes: int):
+    """values[..., labels] via a one-hot product: static shapes, XLA-friendly with a dynamic batch."""
+    return ops.sum(values * ops.one_hot(labels, num_classes), axis=-1)
+
+
 def _gather_class(values, labels):
     """values [C] -> values[labels] as float32 [B,H,W]."""
     return ops.take(ops.convert_to_tensor(values, dtype="float32"), labels)
@@ -160,7 +165,7 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore
                pixel_weights=None, fn_weights=None, fp_weights=None, low_confidence=None):
     """Focal loss ``-alpha[y] (1 - p_y)^gamma log p_y`` (Lin et al. 2017); alpha per class or scalar."""
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
-    log_p = ops.take_along_axis(ops.log_softmax(logits, axis=-1), labels[..., None], axis=-1)[..., 0]
+    log_p = _pick(ops.log_softmax(logits, axis=-1), labels, c)
     # (1 - p)^gamma with p = exp(log_p); 1 - p = -expm1(log_p) is accurate when p -> 1.
     one_minus_p = ops.maximum(-ops.expm1(log_p), 0.0)
     per_pixel = -ops.power(one_minus_p, gamma) * log_p
@@ -198,7 +203,7 @@ def marginal_log_probs(labels, logits, labeled):
     c = int(logits.shape[-1])
     merge = 1.0 - _labeled_mask(labeled, c) + ops.one_hot(ops.zeros((1,), "int32"), c)[0]  # bg + unlabelled
     merged_logit = ops.logsumexp(ops.where(merge > 0, logits, _NEG), axis=-1)
-    own_logit = ops.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    own_logit = _pick(logits, labels, c)
     target_logit = ops.where(ops.equal(labels, 0), merged_logit, own_logit)
     return target_logit - ops.logsumexp(logits, axis=-1)
 

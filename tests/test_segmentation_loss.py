@@ -1,0 +1,136 @@
+"""SegmentationLoss (config, serialisation) and SegmentationModel (dict targets in model.fit)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from trainer import losses as L
+from trainer.class_weights import compute_class_weights
+from trainer.segmentation_loss import SegmentationLoss, validate_loss_config
+from trainer.segmentation_model import SegmentationModel
+
+C = 3
+CONFIG = {"terms": [{"type": "ce", "weight": 1.0}, {"type": "dice", "weight": 0.5},
+                    {"type": "exclusion", "weight": 0.25}],
+          "class_weights": "median_frequency", "missing_labels": "marginal"}
+
+
+def batch(seed=0, b=2, size=8):
+    rng = np.random.default_rng(seed)
+    mask = rng.integers(0, C, size=(b, size, size)).astype(np.int32)
+    mask[:, 0, 0] = 255
+    logits = rng.standard_normal((b, size, size, C)).astype(np.float32)
+    labeled = np.array([[1, 1, 0], [1, 0, 1]], np.float32)[:b]
+    pixel_weights = rng.uniform(0.5, 1.5, size=(b, size, size)).astype(np.float32)
+    return mask, logits, labeled, pixel_weights
+
+
+def test_value_is_the_weighted_sum_of_the_terms():
+    mask, logits, labeled, pw = batch()
+    counts = [900, 90, 10]
+    loss = SegmentationLoss(CONFIG, pixel_counts=counts)
+    w = compute_class_weights(counts, "median_frequency")
+    np.testing.assert_allclose(loss.class_weights, w)
+    expected = (L.marginal_cross_entropy(mask, logits, labeled, w, pixel_weights=pw)
+                + 0.5 * L.dice_loss(mask, logits, w, pixel_weights=pw)
+                + 0.25 * L.exclusion_loss(mask, logits, labeled, pixel_weights=pw))
+    got = loss({"mask": mask, "labeled": labeled, "pixel_weights": pw}, logits)
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
+    # A plain mask: plain weighted CE (nothing known missing) + Dice; exclusion has no labeled set.
+    plain = loss(mask, logits)
+    np.testing.assert_allclose(float(plain), float(L.weighted_cross_entropy(mask, logits, w)
+                                                   + 0.5 * L.dice_loss(mask, logits, w)), rtol=1e-5)
+
+
+def test_missing_label_modes_and_pixel_options():
+    mask, logits, labeled, _ = batch(1)
+    cfg = {"terms": [{"type": "ce"}], "missing_labels": "ignore_predicted", "fn_weights": [1, 2, 3],
+           "low_confidence": {"tau": 0.6, "alpha": 0.5}}
+    got = SegmentationLoss(cfg)({"mask": mask, "labeled": labeled}, logits)
+    expected = L.ignore_predicted_cross_entropy(mask, logits, labeled, fn_weights=[1, 2, 3],
+                                                low_confidence=(0.6, 0.5))
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
+    focal = SegmentationLoss({"terms": [{"type": "focal", "gamma": 1.0}, {"type": "tversky", "alpha": 0.3,
+                                                                           "beta": 0.7},
+                                        {"type": "generalized_dice"}], "class_weights": [1, 2, 3]})
+    expected = (L.focal_loss(mask, logits, gamma=1.0, class_weights=[1, 2, 3])
+                + L.tversky_loss(mask, logits, 0.3, 0.7, class_weights=[1, 2, 3])
+                + L.generalized_dice_loss(mask, logits))
+    np.testing.assert_allclose(float(focal(mask, logits)), float(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"terms": [{"type": "cross_entropy"}]}, "unknown loss term type 'cross_entropy'"),
+    ({"terms": [{"type": "ce", "gamma": 2}]}, "unknown parameter 'gamma'"),
+    ({"terms": []}, "non-empty list"),
+    ({"terms": [{"type": "ce"}], "class_weights": "inverse"}, "unknown class-weight scheme 'inverse'"),
+    ({"terms": [{"type": "ce"}], "missing_labels": "drop"}, "missing_labels"),
+    ({"terms": [{"type": "ce"}], "colour": 1}, "unknown loss config key 'colour'"),
+    ({"terms": [{"type": "exclusion", "form": "focal"}]}, "form must be"),
+    ({"terms": [{"type": "ce", "label_smoothing": 0.1}], "missing_labels": "marginal"}, "not supported"),
+])
+def test_bad_configs_name_the_problem(config, message):
+    with pytest.raises(ValueError, match=message):
+        validate_loss_config(config)
+
+
+def test_scheme_without_weights_is_an_error():
+    with pytest.raises(ValueError, match="pass class_weights="):
+        SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": "enet"})
+    with pytest.raises(ValueError, match="fn_weights has 2 values for 3 classes"):
+        validate_loss_config({"terms": [{"type": "ce"}], "fn_weights": [1, 2]}, num_classes=3)
+
+
+def test_serialisation_round_trip():
+    loss = SegmentationLoss(CONFIG, class_weights=[0.5, 1.0, 2.0])
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, SegmentationLoss)
+    assert restored.loss_config == loss.loss_config and restored.class_weights == [0.5, 1.0, 2.0]
+    mask, logits, labeled, _ = batch(2)
+    y = {"mask": mask, "labeled": labeled}
+    assert float(restored(y, logits)) == pytest.approx(float(loss(y, logits)))
+
+
+def tiny_model(size=8):
+    inputs = keras.Input((size, size, 3))
+    hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    logits = keras.layers.Conv2D(C, 1, dtype="float32")(hidden)
+    return SegmentationModel(inputs=inputs, outputs=logits)
+
+
+def dict_dataset(n=8, size=8):
+    rng = np.random.default_rng(3)
+    images = rng.uniform(size=(n, size, size, 3)).astype(np.float32)
+    masks = (images[..., 0] * C).astype(np.int32).clip(0, C - 1)
+    labeled = np.ones((n, C), np.float32)
+    labeled[::2, 2] = 0
+    y = {"mask": masks, "labeled": labeled, "pixel_weights": np.ones((n, size, size), np.float32)}
+    return tf.data.Dataset.from_tensor_slices((images, y)).batch(4), images, y
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_model_fit_receives_the_dict(jit):
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    loss = SegmentationLoss(CONFIG, class_weights=[0.5, 1.0, 2.0])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss,
+                  metrics=[keras.metrics.SparseCategoricalAccuracy()], jit_compile=jit)
+    ds, images, y = dict_dataset()
+    history = model.fit(ds, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert "sparse_categorical_accuracy" in history.history
+    # evaluate() reports exactly SegmentationLoss on the dict (marginal CE and exclusion need `labeled`).
+    result = model.evaluate(tf.data.Dataset.from_tensor_slices((images, y)).batch(8), verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["loss"], float(loss(y, model.predict(images, verbose=0))), rtol=1e-4)
+
+
+def test_keras_file_with_custom_loss_loads_in_safe_mode(tmp_path):
+    model = tiny_model()
+    model.compile(optimizer="adam", loss=SegmentationLoss(CONFIG, class_weights=[1.0, 1.0, 1.0]))
+    model.fit(dict_dataset()[0], epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(restored, SegmentationModel) and isinstance(restored.loss, SegmentationLoss)
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
