@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional
 
@@ -36,6 +38,8 @@ QUARANTINE = "quarantine"
 PER_IMAGE_PREFIX = "per_image"
 STATS_FILE = "class_stats.json"
 QUARANTINE_FILE = "quarantine.jsonl"
+# Keyword arguments of trainer.class_weights.compute_class_weights that StatsOptions accepts.
+WEIGHT_OPTION_KEYS = {"beta", "enet_k", "damping", "clip", "normalize", "zero_count_weight"}
 
 
 class ClassStatsError(RuntimeError):
@@ -60,6 +64,18 @@ class StatsOptions:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
+        if not 0.0 < self.suspect_threshold <= 1.0:
+            raise ValueError(f"suspect_threshold must be in (0, 1], got {self.suspect_threshold}")
+        check_weight_options(self.weight_options)
+
+
+def check_weight_options(weight_options: Dict) -> None:
+    """ValueError naming the bad key/value, at configuration time rather than after the Beam job."""
+    unknown = sorted(set(weight_options) - WEIGHT_OPTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown weight options {unknown}; expected some of {sorted(WEIGHT_OPTION_KEYS)}")
+    for scheme in class_weights.SCHEMES:  # same checks as the real call, on dummy counts
+        class_weights.compute_class_weights([2, 1], scheme, **weight_options)
 
 
 # --------------------------------------------------------------------------- per record
@@ -82,13 +98,7 @@ def image_row(serialized: bytes, split: str, options: StatsOptions):
         mask = codec.decode_array(record.mask_bytes, what="mask")
         if mask.ndim != 2:
             raise ValueError(f"mask has shape {mask.shape}; expected a single-channel [H, W] PNG")
-        values = mask.astype(np.int64).ravel()
-        ignored = values == options.ignore_index
-        bad = ~ignored & ((values < 0) | (values >= options.num_classes))
-        if bad.any():
-            raise ValueError(f"mask has class ids {sorted(set(values[bad].tolist()))[:10]} >= num_classes="
-                             f"{options.num_classes} that are not ignore_index={options.ignore_index}")
-        counts = np.bincount(values[~ignored], minlength=options.num_classes)
+        counts, ignored = count_mask(mask, options.num_classes, options.ignore_index)
         present = [int(c) for c in np.flatnonzero(counts)]
         if record.labeled is not None:
             out_of_range = [c for c in record.labeled if not 0 <= c < options.num_classes]
@@ -109,12 +119,57 @@ def image_row(serialized: bytes, split: str, options: StatsOptions):
         "labeled": sorted(labeled),
         "missing": sorted(set(range(options.num_classes)) - labeled),
         "pixel_counts": counts.astype(np.int64).tolist(),
-        "ignored_pixels": int(ignored.sum()),
+        "ignored_pixels": ignored,
     }
 
 
-def _rows(serialized: bytes, split: str, options: StatsOptions):
-    yield image_row(serialized, split, options)
+def count_mask(mask: np.ndarray, num_classes: int, ignore_index: int):
+    """(int64 counts [C], ignored pixel count) of a class-id mask; ValueError on ids outside
+    ``0..C-1`` that are not ``ignore_index``.
+
+    One ``np.bincount`` over the raw ids (256 bins for a uint8 mask) instead of masking out
+    the ignore pixels first: a single pass, no boolean copy of the image.
+    """
+    flat = mask.ravel()
+    if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
+        raise ValueError(f"mask has negative class ids (min {int(flat.min())})")
+    all_counts = np.bincount(flat, minlength=max(num_classes, ignore_index + 1)).astype(np.int64)
+    ignored = int(all_counts[ignore_index]) if ignore_index >= 0 else 0
+    extra = all_counts[num_classes:].copy()
+    if ignore_index >= num_classes:
+        extra[ignore_index - num_classes] = 0
+    if extra.any():
+        bad = (np.flatnonzero(extra) + num_classes).tolist()
+        raise ValueError(f"mask has class ids {bad[:10]} >= num_classes={num_classes} that are not "
+                         f"ignore_index={ignore_index}")
+    counts = all_counts[:num_classes].copy()
+    if 0 <= ignore_index < num_classes:  # an in-range ignore id is not a class here
+        counts[ignore_index] = 0
+    return counts, ignored
+
+
+class RecordStatsFn(beam.DoFn):
+    """``image_row`` as a DoFn with Beam counters and a progress line every ``log_every`` records."""
+
+    def __init__(self, split: str, options: StatsOptions, log_every: int = 1000):
+        self.split = split
+        self.options = options
+        self.log_every = log_every
+        self.records = beam.metrics.Metrics.counter("class_stats", "records")
+        self.quarantined = beam.metrics.Metrics.counter("class_stats", "quarantined")
+        self._seen = 0
+
+    def process(self, serialized: bytes):
+        out = image_row(serialized, self.split, self.options)
+        self.records.inc()
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            self.quarantined.inc()
+            logging.warning("ClassStats: quarantined %s (split %s): %s", out.value["source_id"], self.split,
+                            out.value["reason"])
+        self._seen += 1
+        if self._seen % self.log_every == 0:
+            logging.info("ClassStats: %d records of split %s read by this worker", self._seen, self.split)
+        yield out
 
 
 # --------------------------------------------------------------------------- global counts
@@ -186,7 +241,7 @@ def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions
         outputs = (
             p
             | f"Read[{split}]" >> beam.io.ReadFromTFRecord(pattern)
-            | f"Rows[{split}]" >> beam.FlatMap(_rows, split, options).with_outputs(QUARANTINE, main="rows")
+            | f"Rows[{split}]" >> beam.ParDo(RecordStatsFn(split, options)).with_outputs(QUARANTINE, main="rows")
         )
         rows.append(outputs.rows)
         quarantined.append(outputs[QUARANTINE])
@@ -252,6 +307,8 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
                             if zero else ""),
         "weights": class_weights.all_scheme_weights(pixel_counts, **options.weight_options),
         "weight_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.weight_options.items()},
+        "effective_number_beta": (options.weight_options.get("beta") or class_weights.default_beta(pixel_counts)
+                                  if sum(pixel_counts) else None),
         "cooccurrence": totals["cooccurrence"],
         "missing_image_counts": totals["missing_image_counts"],
         "images_with_missing": totals["images_with_missing"],
@@ -276,6 +333,23 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
         from apache_beam.options.pipeline_options import PipelineOptions
 
         pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
-    with pipeline as p:
-        build(p, file_patterns, options, output_dir)
+    logging.info("ClassStats: counting classes in %s -> %s", file_patterns, output_dir)
+    start = time.monotonic()
+    build(pipeline, file_patterns, options, output_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = _counters(result)
+    logging.info("ClassStats: Beam job done in %.1f s (%s)", time.monotonic() - start,
+                 ", ".join(f"{k} {v}" for k, v in counters.items()) or "no counters from this runner")
     return finalize(output_dir, options, list(file_patterns.values()), sorted(file_patterns))
+
+
+def _counters(result) -> Dict[str, int]:
+    """The ``class_stats`` Beam counters (records, quarantined), where the runner reports them."""
+    try:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        query = result.metrics().query(MetricsFilter().with_namespace("class_stats"))
+        return {c.key.metric.name: int(c.committed or c.attempted or 0) for c in query["counters"]}
+    except Exception:  # some runners do not support metrics queries
+        return {}

@@ -70,6 +70,9 @@ class ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor):
                f"pixel counts {stats['pixel_counts']}")
         logging.info(msg)
         print(msg, flush=True)
+        if stats["zero_count_note"]:
+            logging.warning("ClassStatsGen: %s", stats["zero_count_note"])
+            print(f"ClassStatsGen: {stats['zero_count_note']}", flush=True)
 
 
 class ClassStatsGen(base_beam_component.BaseBeamComponent):
@@ -82,12 +85,29 @@ class ClassStatsGen(base_beam_component.BaseBeamComponent):
                  ignore_index: int = DEFAULT_IGNORE_INDEX, labeled_policy: str = "complete",
                  suspect_threshold: float = 0.9, weight_damping: Optional[str] = None,
                  weight_clip: Optional[Tuple[float, float]] = None, zero_count_weight: float = 0.0,
+                 weight_beta: Optional[float] = None, weight_enet_k: float = 1.02,
                  splits: Sequence[str] = ("train",)):
+        """Args (all but ``examples`` become execution properties):
+          examples: Examples channel (TFRecords of the data contract, trainer/example_codec.py).
+          num_classes: C, class ids are ``0..C-1``.
+          class_names: C names (default ``class_0..``).
+          ignore_index: mask value meaning "no label" (default 255), counted as ``ignored_pixels``.
+          labeled_policy: ``"complete"`` or ``"partial"``: what a record without
+            ``image/segmentation/class/labeled`` means (see components/class_stats_beam.py).
+          suspect_threshold: co-occurrence rate in (0, 1] for ``suspect_missing``.
+          weight_damping, weight_clip, zero_count_weight, weight_beta, weight_enet_k: passed to
+            ``trainer.class_weights.compute_class_weights`` as damping, clip, zero_count_weight,
+            beta (None = 1 - 1/N), enet_k, for every scheme.
+          splits: the Examples splits to count together (default ``["train"]``).
+        """
+        if not splits:
+            raise ValueError("ClassStatsGen: splits must name at least one split")
         # Validate now (at pipeline construction), not inside the executor.
-        options = StatsOptions(num_classes, list(class_names) if class_names else None, ignore_index,
-                               labeled_policy, suspect_threshold)
         weight_options = {"damping": weight_damping, "clip": list(weight_clip) if weight_clip else None,
-                          "zero_count_weight": zero_count_weight}
+                          "zero_count_weight": float(zero_count_weight), "beta": weight_beta,
+                          "enet_k": float(weight_enet_k)}
+        options = StatsOptions(num_classes, list(class_names) if class_names else None, ignore_index,
+                               labeled_policy, suspect_threshold, weight_options)
         spec = ClassStatsGenSpec(
             examples=examples, num_classes=num_classes, class_names=json.dumps(options.class_names),
             ignore_index=ignore_index, labeled_policy=labeled_policy, suspect_threshold=float(suspect_threshold),

@@ -24,7 +24,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--labeled-policy", choices=("complete", "partial"), default="complete",
                         help="records without a labeled field: all classes labelled, or only the present ones")
     parser.add_argument("--class-names", help="comma-separated names, C of them")
-    parser.add_argument("--suspect-threshold", type=float, default=0.9)
+    parser.add_argument("--suspect-threshold", type=float, default=0.9,
+                        help="flag an absent class as suspect_missing when it co-occurs with each present "
+                             "foreground class in at least this fraction of their images")
+    parser.add_argument("--weight-damping", choices=("sqrt",), default=None, help="square-root damping of the weights")
+    parser.add_argument("--weight-clip", metavar="MIN,MAX", help="clip the weights to [MIN, MAX] (then normalise)")
+    parser.add_argument("--zero-count-weight", type=float, default=0.0,
+                        help="weight of classes with no pixel (default 0)")
     parser.add_argument("--beam-args", default="--direct_running_mode=in_memory --direct_num_workers=1",
                         help="Beam pipeline options, quoted (e.g. '--runner=DataflowRunner --project=...')")
     parser.set_defaults(func=_main)
@@ -35,12 +41,27 @@ def _main(args) -> int:
 
     try:
         names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+        weight_options = {"damping": args.weight_damping, "zero_count_weight": args.zero_count_weight,
+                          "clip": _clip(args.weight_clip)}
         options = StatsOptions(args.num_classes, names, args.ignore_index, args.labeled_policy,
-                               args.suspect_threshold)
+                               args.suspect_threshold, weight_options)
         stats = run_class_stats({"all": args.glob}, args.output, options, beam_args=shlex.split(args.beam_args))
     except (ValueError, ClassStatsError) as exc:
         print(f"segbalance stats: error: {exc}", file=sys.stderr)
         return 2
     print(f"stats: {stats['num_records']} records, {stats['quarantined_records']} quarantined -> {args.output}")
+    print("pixel counts: " + json.dumps(stats["pixel_counts"]))
     print("median-frequency weights: " + json.dumps([round(w, 4) for w in stats["weights"]["median_frequency"]]))
+    if stats["zero_count_note"]:
+        print("note: " + stats["zero_count_note"])
     return 0
+
+
+def _clip(text):
+    if not text:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--weight-clip expects MIN,MAX (two numbers), got {text!r}") from None
+    return [low, high]

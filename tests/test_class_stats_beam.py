@@ -1,4 +1,5 @@
-"""ClassStats Beam job: every number against an independent NumPy count; quarantine; CLI."""
+"""ClassStats Beam job (components/class_stats_beam.py): every number against an independent NumPy
+count on random masks with ignore pixels, labelled fields, an absent class and bad records."""
 import json
 
 import numpy as np
@@ -7,7 +8,6 @@ import tensorflow as tf
 
 from components import class_stats_beam as csb
 from components import class_stats_io
-from pipeline import cli
 from trainer import example_codec as codec
 
 C = 4
@@ -163,15 +163,91 @@ def test_empty_and_all_bad_inputs_name_the_path(tmp_path):
         csb.run_class_stats({"train": str(tmp_path / "empty.tfrecord")}, str(tmp_path / "o3"), options)
 
 
-def test_cli_and_two_workers_multiprocessing_give_identical_results(stats_run, tmp_path, capsys):
-    src, stats, _ = stats_run
-    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "cli"),
-                     "--class-names", "bg,a,b,never",
-                     "--beam-args", "--direct_running_mode=multi_processing --direct_num_workers=2"]) == 0
-    assert "4 quarantined" in capsys.readouterr().out
-    multi = class_stats_io.read_class_stats(str(tmp_path / "cli"))
-    for key in ("pixel_counts", "image_counts", "cooccurrence", "ignored_pixels", "num_records",
-                "quarantined_records", "weights", "missing_image_counts"):
-        assert multi[key] == stats[key], key
-    assert cli.main(["stats", str(tmp_path / "none*"), "--num-classes", "4", "--output", str(tmp_path / "x")]) == 2
-    assert "no files match" in capsys.readouterr().err
+def numpy_suspects(per_image, images, cooc, threshold):
+    """Independent suspect_missing: absent non-background classes whose co-occurrence rate with
+    every present foreground class reaches the threshold."""
+    out = {}
+    for sid, ref in per_image.items():
+        fg = np.array([c for c in ref["present"] if c != 0], dtype=int)
+        suspects = []
+        if fg.size:
+            rates = cooc[fg, :] / images[fg, None]
+            suspects = [c for c in range(1, C) if c not in ref["present"] and (rates[:, c] >= threshold).all()]
+        out[sid] = suspects
+    return out
+
+
+def test_suspect_missing_per_image_matches_numpy(stats_run):
+    tmp, stats, good = stats_run
+    _, images, cooc, _, _, ref = numpy_reference(good)
+    expected = numpy_suspects(ref, images, cooc, stats["suspect_threshold"])
+    table = class_stats_io.read_per_image(str(tmp / "out"))
+    got = {row["source_id"]: list(row["suspect_missing"]) for row in table.to_dict("records")}
+    assert got == expected
+
+
+def test_suspect_missing_end_to_end_hand_case(tmp_path):
+    """9 images hold classes {0, 1, 2}; the 10th holds {0, 1}: class 2 is suspect there only."""
+    full = np.array([[0, 1], [2, 2]], np.uint8)
+    partial = np.array([[0, 1], [1, 1]], np.uint8)
+    records = [codec.build_example(b"x", codec.encode_png(m), f"i{k}", 2, 2).SerializeToString()
+               for k, m in enumerate([full] * 9 + [partial])]
+    write_tfrecord(tmp_path / "d.tfrecord", records)
+    stats = csb.run_class_stats({"train": str(tmp_path / "d.tfrecord")}, str(tmp_path / "o"),
+                                csb.StatsOptions(num_classes=3, suspect_threshold=0.9))
+    assert stats["cooccurrence"] == [[10, 10, 9], [10, 10, 9], [9, 9, 9]]
+    table = class_stats_io.read_per_image(str(tmp_path / "o"))
+    suspects = {r["source_id"]: list(r["suspect_missing"]) for r in table.to_dict("records")}
+    assert suspects == {**{f"i{k}": [] for k in range(9)}, "i9": [2]}
+
+
+def test_count_mask_against_numpy():
+    rng = np.random.default_rng(5)
+    mask = rng.choice([0, 1, 2, 255], size=(7, 9)).astype(np.uint8)
+    counts, ignored = csb.count_mask(mask, 3, 255)
+    assert counts.tolist() == [int((mask == c).sum()) for c in range(3)] and ignored == int((mask == 255).sum())
+    # an ignore id inside 0..C-1 is not counted as a class
+    counts, ignored = csb.count_mask(mask, 256, 2)
+    assert counts[2] == 0 and ignored == int((mask == 2).sum()) and counts[255] == int((mask == 255).sum())
+    wide = np.array([[0, 300], [300, 1]], np.uint16)  # 16-bit masks
+    assert csb.count_mask(wide, 301, 255)[0][[0, 1, 300]].tolist() == [1, 1, 2]
+    with pytest.raises(ValueError, match=r"class ids \[3\] >= num_classes=3"):
+        csb.count_mask(np.array([[3, 255]], np.uint8), 3, 255)
+    with pytest.raises(ValueError, match="negative"):
+        csb.count_mask(np.array([[-1, 0]], np.int32), 3, 255)
+
+
+def test_garbage_bytes_and_rgb_mask_are_quarantined():
+    options = csb.StatsOptions(num_classes=3)
+    out = csb.image_row(b"\xff\xff\xff\xff", "train", options)
+    assert out.tag == csb.QUARANTINE and "not a tf.train.Example" in out.value["reason"]
+    rgb = codec.build_example(b"x", codec.encode_png(np.zeros((2, 2, 3), np.uint8)), "rgb", 2, 2)
+    out = csb.image_row(rgb.SerializeToString(), "train", options)
+    assert out.tag == csb.QUARANTINE and "single-channel" in out.value["reason"]
+    assert out.value["source_id"] == "rgb" and out.value["split"] == "train"
+
+
+def test_bad_options_fail_before_the_job():
+    with pytest.raises(ValueError, match="unknown weight options"):
+        csb.StatsOptions(num_classes=3, weight_options={"clipping": (1, 2)})
+    with pytest.raises(ValueError, match="w_min must be <= w_max"):
+        csb.StatsOptions(num_classes=3, weight_options={"clip": (2, 1)})
+    with pytest.raises(ValueError, match="suspect_threshold"):
+        csb.StatsOptions(num_classes=3, suspect_threshold=0.0)
+    with pytest.raises(ValueError, match="labeled_policy"):
+        csb.StatsOptions(num_classes=3, labeled_policy="sometimes")
+
+
+def test_weight_options_reach_every_scheme(tmp_path, stats_run):
+    from trainer.class_weights import SCHEMES, compute_class_weights, default_beta
+
+    src, _, good = stats_run
+    pixel = numpy_reference(good)[0]
+    opts = {"damping": "sqrt", "clip": (0.2, 5.0), "zero_count_weight": 1.5}
+    stats = csb.run_class_stats({"train": str(src / "data-*")}, str(tmp_path / "w"),
+                                csb.StatsOptions(num_classes=C, weight_options=opts))
+    for scheme in SCHEMES:
+        np.testing.assert_allclose(stats["weights"][scheme], compute_class_weights(pixel, scheme, **opts))
+        assert stats["weights"][scheme][3] == 1.5
+    assert stats["weight_options"]["clip"] == [0.2, 5.0]
+    assert stats["effective_number_beta"] == pytest.approx(default_beta(pixel))
