@@ -1,0 +1,114 @@
+"""tf.data input: raw examples -> transform graph -> (image, {"mask", "labeled"}) batches.
+
+- Reads the ExampleGen TFRecords (GZIP) and applies the tf.Transform graph in ``map``
+  (see ``trainer/preprocessing.py`` for why nothing is materialised).
+- ``labeled`` [C] per image is joined from the ClassStats per-image table by ``source_id``
+  (a ``tf.lookup.StaticHashTable``), so the labelled-set policy of the statistics (complete
+  or partial) is the one the loss sees. Images not in the table (e.g. the eval split,
+  whose statistics were not computed) count as completely labelled.
+- Training batches are augmented with random flips and a random crop (scale 0.7 to 1)
+  resized back, applied to the image, the mask (nearest) and the pixel weights together.
+- Parallel map, prefetch; deterministic order with a seed.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.preprocessing import IMAGE, MASK, SOURCE_ID
+
+
+def labeled_table(labeled_by_id: Dict[str, Sequence[int]], num_classes: int):
+    """(StaticHashTable source_id -> row, multi-hot matrix [N+1, C] whose last row is all ones)."""
+    ids = list(labeled_by_id)
+    matrix = np.zeros((len(ids) + 1, num_classes), np.float32)
+    for row, sid in enumerate(ids):
+        matrix[row, [int(c) for c in labeled_by_id[sid]]] = 1.0
+        matrix[row, 0] = 1.0
+    matrix[-1] = 1.0
+    if ids:
+        init = tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64))
+        table = tf.lookup.StaticHashTable(init, default_value=len(ids))
+    else:
+        table = None
+    return table, tf.constant(matrix)
+
+
+def augment(image, mask, weights, seed):
+    """Same random flip + crop for image (bilinear), mask and weights (nearest). Batched inputs."""
+    batch = tf.shape(image)[0]
+    size = tf.shape(image)[1:3]
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    flip_lr = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
+    flip_ud = tf.random.stateless_uniform([batch], seeds[1]) < 0.5
+
+    def flip(x):
+        x = tf.where(flip_lr[:, None, None, None], tf.reverse(x, [2]), x)
+        return tf.where(flip_ud[:, None, None, None], tf.reverse(x, [1]), x)
+
+    scale = tf.random.stateless_uniform([batch], seeds[2], 0.7, 1.0)
+    offset = tf.random.stateless_uniform([batch, 2], seeds[3]) * (1.0 - scale[:, None])
+    boxes = tf.concat([offset, offset + scale[:, None]], axis=1)
+    index = tf.range(batch)
+    image = tf.image.crop_and_resize(flip(image), boxes, index, size, method="bilinear")
+    labels = tf.stack([tf.cast(mask, tf.float32), weights], axis=-1)
+    labels = tf.image.crop_and_resize(flip(labels), boxes, index, size, method="nearest")
+    return image, tf.cast(labels[..., 0], mask.dtype), labels[..., 1]
+
+
+def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int, num_classes: int,
+                 labeled_by_id: Optional[Dict[str, Sequence[int]]] = None, training: bool = False,
+                 seed: int = 0, with_pixel_weights: bool = False, ignore_index: int = 255) -> tf.data.Dataset:
+    """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": [B,C] (, "pixel_weights")})."""
+    files = sorted({f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)})
+    if not files:
+        raise ValueError(f"no example files match {file_patterns}")
+    compression = "GZIP" if files[0].endswith(".gz") else None
+    feature_spec = tf_transform_output.raw_feature_spec()
+    transform = tf_transform_output.transform_features_layer()
+    table, matrix = labeled_table(labeled_by_id or {}, num_classes)
+
+    def to_model_inputs(serialized):
+        features = transform(tf.io.parse_example(serialized, feature_spec))
+        mask = tf.cast(features[MASK], tf.int32)
+        # ids >= C were quarantined and counted by ClassStatsGen: never train on them
+        mask = tf.where((mask >= num_classes) & (mask != ignore_index), ignore_index, mask)
+        if table is not None:
+            rows = table.lookup(tf.reshape(features[SOURCE_ID], [-1]))
+        else:
+            rows = tf.fill([tf.shape(mask)[0]], tf.cast(tf.shape(matrix)[0] - 1, tf.int64))
+        y = {"mask": mask, "labeled": tf.gather(matrix, rows)}
+        image = tf.cast(features[IMAGE], tf.float32)
+        if training or with_pixel_weights:
+            weights = tf.ones_like(mask, tf.float32)
+            y["pixel_weights"] = weights
+        return image, y
+
+    ds = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
+    if training:
+        ds = ds.shuffle(512, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training:
+        counter = tf.data.Dataset.counter()
+        ds = tf.data.Dataset.zip((ds, counter)).map(
+            lambda inputs, step: _augment_batch(inputs, tf.stack([tf.cast(seed, tf.int64), step])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if not with_pixel_weights:
+            ds = ds.map(lambda image, y: (image, {k: v for k, v in y.items() if k != "pixel_weights"}))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _augment_batch(inputs, seed):
+    image, y = inputs
+    image, mask, weights = augment(image, y["mask"], y["pixel_weights"], seed)
+    return image, {**y, "mask": mask, "pixel_weights": weights}
+
+
+def count_records(file_patterns: List[str]) -> int:
+    files = sorted({f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)})
+    if not files:
+        return 0
+    compression = "GZIP" if files[0].endswith(".gz") else None
+    return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))

@@ -1,0 +1,58 @@
+"""Serving exports: a SavedModel on encoded image bytes, and a Keras-native `.keras` file.
+
+SavedModel signature ``serving_default``:
+
+- input ``images``: string [B], PNG or JPEG bytes. All images of one request must have the
+  same size (a dense batch); send differently sized images in separate requests.
+- outputs ``class_ids``: int64 [B, H, W] at the input's original size, and
+  ``probabilities``: float32 [B, H, W, C]. The tf.Transform graph (decode, resize,
+  normalise) runs inside the model, then the logits are resized bilinearly back to the
+  original size before softmax / arg-max.
+
+``model.keras`` (same folder) holds the Keras model on normalised [B, h, w, 3] inputs, with
+the ``SegmentationLoss`` registered, and loads with ``keras.saving.load_model(path,
+safe_mode=True)``.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from trainer import example_codec as codec
+from trainer.preprocessing import IMAGE
+
+KERAS_FILE = "model.keras"
+
+
+class SegmentationServer(tf.Module):
+    def __init__(self, model, tf_transform_output, image_feature_dense: bool):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self._dense = image_feature_dense
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve(self, images):
+        first = tf.io.decode_image(images[0], channels=3, expand_animations=False)
+        original_size = tf.shape(first)[:2]
+        if self._dense:
+            raw = {codec.IMAGE_KEY: tf.reshape(images, [-1, 1])}
+        else:
+            count = tf.shape(images, out_type=tf.int64)[0]
+            indices = tf.stack([tf.range(count), tf.zeros([count], tf.int64)], axis=1)
+            raw = {codec.IMAGE_KEY: tf.SparseTensor(indices, images, tf.stack([count, 1]))}
+        features = self.tft_layer(raw)
+        logits = tf.cast(self.model(features[IMAGE], training=False), tf.float32)
+        logits = tf.image.resize(logits, original_size, method="bilinear")
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        return {"class_ids": tf.argmax(logits, axis=-1), "probabilities": probabilities}
+
+
+def export_serving_model(model, tf_transform_output, export_dir: str) -> str:
+    """Write the SavedModel (signature above) and ``model.keras`` into ``export_dir``."""
+    spec = tf_transform_output.raw_feature_spec()[codec.IMAGE_KEY]
+    server = SegmentationServer(model, tf_transform_output, isinstance(spec, tf.io.FixedLenFeature))
+    tf.saved_model.save(server, export_dir, signatures={"serving_default": server.serve})
+    model.save(os.path.join(export_dir, KERAS_FILE))
+    return export_dir

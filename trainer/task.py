@@ -1,0 +1,166 @@
+"""`run_fn`: the TFX Trainer entry point (``trainer.task.run_fn``).
+
+``fn_args.custom_config`` keys (the pipeline fills them from ``pipeline/config.py``):
+
+=================== =====================================================================
+num_classes         C (must match the ClassStats artifact)
+class_names         list of C names (metric names)
+ignore_index        mask value with no label (255)
+image_size          [H, W] the model sees (Transform resizes to it)
+epochs, batch_size  training length; batch_size is the global batch over all replicas
+learning_rate       Adam learning rate
+depth, base_filters U-Net size (``trainer/model.py``)
+loss                SegmentationLoss config; its ``class_weights`` may name a scheme,
+                    whose vector is read from the ClassStats artifact
+mixed_precision     true: ``mixed_float16`` policy (the loss stays float32)
+jit_compile         true: XLA-compile the train step
+seed                random seed (weights, shuffling, augmentation)
+devices             optional list of devices for MirroredStrategy (default: all GPUs if
+                    more than one, else the default strategy)
+steps_per_epoch     optional cap on the steps of an epoch
+class_stats_uri     added by the SegTrainer executor: the ClassStats artifact
+backup_dir          optional; default ``<model_run parent>/backup-<fingerprint>``, stable
+                    across retries of the same training, so an interrupted run resumes
+                    at the epoch it reached (``keras.callbacks.BackupAndRestore``)
+=================== =====================================================================
+
+Checks before training (each a ValueError saying what to change): loss config (unknown
+term or weight scheme), ``num_classes`` of config vs ClassStats, records whose masks hold
+ids >= C, and an empty training split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict
+
+import keras
+import tensorflow as tf
+
+from components.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
+from trainer import data, model as model_lib
+from trainer.metrics import segmentation_metrics
+from trainer.segmentation_loss import SegmentationLoss, validate_loss_config
+from trainer.serving import export_serving_model
+
+SUMMARY_FILE = "training_summary.json"
+MAX_BAD_ID_FRACTION = 0.1
+
+
+def resolve_class_weights(loss_config: dict, stats: dict):
+    scheme = loss_config.get("class_weights")
+    if isinstance(scheme, str):
+        if scheme not in stats["weights"]:
+            raise ValueError(f"weight scheme {scheme!r} is not in the ClassStats artifact "
+                             f"(has {sorted(stats['weights'])})")
+        return [float(w) for w in stats["weights"][scheme]]
+    return scheme
+
+
+def check_inputs(cfg: Dict[str, Any], stats: dict, quarantine: list, num_train: int) -> None:
+    num_classes = int(cfg["num_classes"])
+    validate_loss_config(cfg["loss"], num_classes)
+    if stats["num_classes"] != num_classes:
+        raise ValueError(f"config says num_classes={num_classes} but the ClassStats artifact was computed with "
+                         f"{stats['num_classes']}: make classes.names and the statistics agree")
+    if len(cfg.get("class_names", [])) not in (0, num_classes):
+        raise ValueError(f"{len(cfg['class_names'])} class names for num_classes={num_classes}")
+    bad_ids = [q for q in quarantine if "num_classes" in q.get("reason", "")]
+    total = stats["num_records"] + stats["quarantined_records"]
+    if total and len(bad_ids) / total > MAX_BAD_ID_FRACTION:
+        raise ValueError(f"{len(bad_ids)} of {total} records have class ids >= num_classes={num_classes} "
+                         f"(e.g. {bad_ids[0]['source_id']}: {bad_ids[0]['reason']}): the data has more classes "
+                         f"than the config; add them to classes.names")
+    if num_train == 0:
+        raise ValueError("the training split is empty: ingest more data or lower data.eval_fraction")
+
+
+def choose_strategy(devices=None) -> tf.distribute.Strategy:
+    if devices:
+        return tf.distribute.MirroredStrategy(list(devices))
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def backup_dir_for(cfg: dict, train_files, model_run_dir: str) -> str:
+    if cfg.get("backup_dir"):
+        return cfg["backup_dir"]
+    key = json.dumps({k: v for k, v in cfg.items() if k != "backup_dir"}, sort_keys=True) + json.dumps(
+        sorted(train_files))
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(os.path.dirname(os.path.normpath(model_run_dir)), f"backup-{fingerprint}")
+
+
+def run_fn(fn_args) -> None:
+    import tensorflow_transform as tft
+
+    cfg = dict(fn_args.custom_config or {})
+    if "class_stats_uri" not in cfg:
+        raise ValueError("custom_config has no class_stats_uri: run this run_fn through SegTrainer "
+                         "(components/seg_trainer.py), which passes the ClassStats artifact")
+    stats = read_class_stats(cfg["class_stats_uri"])
+    num_train = data.count_records(fn_args.train_files)
+    check_inputs(cfg, stats, read_quarantine(cfg["class_stats_uri"]), num_train)
+    num_classes = int(cfg["num_classes"])
+    class_names = cfg.get("class_names") or stats["class_names"]
+    class_weights = resolve_class_weights(cfg["loss"], stats)
+    seed = int(cfg.get("seed", 0))
+    keras.utils.set_random_seed(seed)
+
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    labeled = labeled_by_source_id(cfg["class_stats_uri"])
+    batch_size = int(cfg.get("batch_size", 16))
+    ignore_index = int(cfg.get("ignore_index", 255))
+    train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, batch_size, num_classes, labeled,
+                                 training=True, seed=seed, ignore_index=ignore_index)
+    eval_ds = data.make_dataset(fn_args.eval_files, tf_transform_output, batch_size, num_classes, labeled,
+                                ignore_index=ignore_index)
+
+    mixed = bool(cfg.get("mixed_precision", False))
+    previous_policy = keras.mixed_precision.global_policy().name
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = choose_strategy(cfg.get("devices"))
+    try:
+        with strategy.scope():
+            model = model_lib.build_unet(cfg.get("image_size", (64, 64)), num_classes, int(cfg.get("depth", 3)),
+                                         int(cfg.get("base_filters", 16)))
+            loss = SegmentationLoss(cfg["loss"], class_weights=class_weights)
+            model.compile(optimizer=keras.optimizers.Adam(float(cfg.get("learning_rate", 1e-3))), loss=loss,
+                          metrics=segmentation_metrics(class_names, ignore_index),
+                          jit_compile=bool(cfg.get("jit_compile", False)))
+        first_loss = float(loss(*_first_batch_targets(train_ds, model)))
+        backup = backup_dir_for(cfg, fn_args.train_files, fn_args.model_run_dir)
+        callbacks = [keras.callbacks.BackupAndRestore(backup),
+                     keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
+        callbacks += list(cfg.get("_extra_callbacks", []))
+        steps = cfg.get("steps_per_epoch") or None
+        print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
+              f"class weights {class_weights}, backup {backup}", flush=True)
+        history = model.fit(train_ds, validation_data=eval_ds, epochs=int(cfg.get("epochs", 1)),
+                            steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    export_serving_model(model, tf_transform_output, fn_args.serving_model_dir)
+    summary = {
+        "class_weights": class_weights,
+        "loss_config": cfg["loss"],
+        "initial_loss": first_loss,
+        "epochs_run": list(history.epoch),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "replicas": strategy.num_replicas_in_sync,
+        "mixed_precision": mixed,
+        "num_train_records": num_train,
+    }
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
+        f.write(json.dumps(summary, indent=1))
+
+
+def _first_batch_targets(dataset, model):
+    """(y, logits) of the first training batch before any update: records what the loss saw."""
+    images, y = next(iter(dataset))
+    return y, model(images, training=False)
