@@ -58,6 +58,7 @@ def create_pipeline(
     metadata_connection_config=None,
     reference_masks_dir: Optional[str] = None,
     with_drift: bool = False,
+    with_report: bool = True,
     beam_pipeline_args: Optional[List[str]] = None,
 ):
     """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span)."""
@@ -65,7 +66,6 @@ def create_pipeline(
     from tfx.proto import example_gen_pb2
 
     from components.class_stats_gen import ClassStatsGen
-    from components.data_report import DataReport
     from components.seg_evaluator import SegEvaluator
     from components.seg_trainer import SegTrainer
 
@@ -82,7 +82,7 @@ def create_pipeline(
     )
     examples = example_gen.outputs["examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
     class_stats_gen = ClassStatsGen(
@@ -108,9 +108,10 @@ def create_pipeline(
     custom_config = trainer_custom_config(config)
     transform = tfx.components.Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
-        preprocessing_fn="trainer.preprocessing.preprocessing_fn", custom_config=custom_config)
+        preprocessing_fn="trainer.preprocessing.preprocessing_fn", custom_config=custom_config,
+        materialize=False, disable_statistics=True)
     trainer = SegTrainer(
-        examples=transform.outputs["transformed_examples"], transform_graph=transform.outputs["transform_graph"],
+        examples=examples, transform_graph=transform.outputs["transform_graph"],
         class_stats=class_stats, run_fn="trainer.task.run_fn",
         train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
         custom_config=custom_config)
@@ -131,13 +132,16 @@ def create_pipeline(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
-    report_kwargs = {}
-    if drift_gate is not None:
-        report_kwargs["drift"] = drift_gate.outputs["drift_report"]
-    report = DataReport(
-        statistics=statistics_gen.outputs["statistics"], anomalies=example_validator.outputs["anomalies"],
-        class_stats=class_stats, evaluation=evaluator.outputs["evaluation"], **report_kwargs)
-    components += [transform, trainer, model_resolver, evaluator, pusher, report]
+    components += [transform, trainer, model_resolver, evaluator, pusher]
+    if with_report:
+        from components.data_report import DataReport
+
+        report_kwargs = {}
+        if drift_gate is not None:
+            report_kwargs["drift"] = drift_gate.outputs["drift_report"]
+        components.append(DataReport(
+            statistics=statistics_gen.outputs["statistics"], anomalies=example_validator.outputs["anomalies"],
+            class_stats=class_stats, evaluation=evaluator.outputs["evaluation"], **report_kwargs))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,

@@ -111,6 +111,7 @@ class ComponentProgress(logging.Handler):
         self.started = {}
         self.cached = set()
         self.current = None
+        self.extra_handlers = []
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -127,19 +128,36 @@ class ComponentProgress(logging.Handler):
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {how} in {took:.1f}s", flush=True)
 
 
+def quiet_library_output() -> None:
+    """Keep TensorFlow / Google client start-up chatter out of the console (call before importing TF)."""
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def _quiet_logs() -> ComponentProgress:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """absl INFO records go only to the progress handler; warnings and errors still print."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logging.get_absl_handler().setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
     progress = ComponentProgress()
-    logging.getLogger("absl").addHandler(progress)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.propagate = False
+    warnings_out = logging.StreamHandler(sys.stderr)
+    warnings_out.setLevel(logging.WARNING)
+    absl_logger.addHandler(warnings_out)
+    absl_logger.addHandler(progress)
+    progress.extra_handlers = [warnings_out]
     return progress
 
 
 # --------------------------------------------------------------------------- run
-def run_local(config: PipelineConfig, with_drift: bool = False) -> dict:
+def run_local(config: PipelineConfig, with_drift: bool = False, **pipeline_options) -> dict:
     """Run the DAG locally; returns the summary that `segbalance run` prints."""
     from tfx import v1 as tfx
 
@@ -153,13 +171,16 @@ def run_local(config: PipelineConfig, with_drift: bool = False) -> dict:
         config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
         serving_model_dir=paths["serving_model_dir"],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(paths["metadata"]),
-        reference_masks_dir=reference, with_drift=with_drift)
+        reference_masks_dir=reference, with_drift=with_drift, **pipeline_options)
     progress = _quiet_logs()
     started = time.time()
     try:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:
-        logging.getLogger("absl").removeHandler(progress)
+        absl_logger = logging.getLogger("absl")
+        for handler in [progress, *progress.extra_handlers]:
+            absl_logger.removeHandler(handler)
+        absl_logger.propagate = True
     summary = summarize(paths)
     summary["seconds"] = round(time.time() - started, 1)
     summary["cached_components"] = sorted(progress.cached)
@@ -197,6 +218,7 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
+    quiet_library_output()
     try:
         config = load_config(args.config, **{"data.dir": args.data, "output_dir": args.output_dir})
     except ConfigError as exc:
