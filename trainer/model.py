@@ -18,7 +18,8 @@ from trainer.segmentation_model import SegmentationModel
 def _block(x, filters: int, name: str):
     for i in (1, 2):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        # momentum 0.9: short trainings (a few hundred steps) still get usable moving statistics
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
