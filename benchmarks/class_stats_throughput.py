@@ -1,0 +1,167 @@
+"""Class-statistics throughput: the Beam job (1 and 2 workers) against a one-process NumPy bound.
+
+    .venv/bin/python benchmarks/class_stats_throughput.py [--num-masks 2000] [--size 512]
+        [--num-classes 8] [--shards 8] [--repeats 3]
+
+Data: ``--num-masks`` generated masks (rectangles of random classes on background, 2 %
+ignore pixels), written as gzip TFRecord shards of the data contract (each record also
+carries a flat grey image of the same size, so records are realistic to parse), the way
+ImportExampleGen writes them.
+
+Bound (one process, no Beam): for every serialized record, already read into memory,
+``parse_record`` + ``decode_array`` of the mask + ``np.bincount``. File reading is left out
+of the bound on purpose, so it is an upper bound for any job that must read the files.
+
+Beam variants: ``components.class_stats_beam.run_class_stats`` end to end (read, decode,
+count, quarantine check, CombineFn, co-occurrence, suspect_missing, Parquet + JSON
+output) with the DirectRunner: ``in_memory`` 1 worker, ``multi_processing`` 1 and 2
+workers. Each variant runs ``--repeats`` times, interleaved; medians are reported.
+
+Two figures per variant: end-to-end masks/s (wall time of the whole job, including the
+runner's start-up and worker-process spawn), and steady-state masks/s, from the
+difference between the full run and a run on ``--small`` masks (removes the fixed cost).
+Ratios are against the bound, so 1.0x means "as fast as the bare decode loop".
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from trainer import example_codec as codec  # noqa: E402
+
+VARIANTS = {
+    "beam_in_memory_1": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+    "beam_multi_processing_1": ["--direct_running_mode=multi_processing", "--direct_num_workers=1"],
+    "beam_multi_processing_2": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+}
+
+
+def make_mask(rng: np.random.Generator, size: int, num_classes: int) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(1, 7))):
+        c = int(rng.integers(1, num_classes))
+        y, x = rng.integers(0, size - 8, size=2)
+        h, w = rng.integers(4, size // 2, size=2)
+        mask[y:y + h, x:x + w] = c
+    mask[rng.random((size, size)) < 0.02] = 255
+    return mask
+
+
+def write_data(directory: Path, num_masks: int, size: int, num_classes: int, shards: int, seed: int = 0):
+    """Gzip TFRecord shards; returns the serialized records (for the bound) and the glob."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    image = codec.encode_png(np.full((size, size), 128, np.uint8))
+    records = [codec.build_example(image, codec.encode_png(make_mask(rng, size, num_classes)), f"m{i:06d}",
+                                   size, size).SerializeToString() for i in range(num_masks)]
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = max(1, min(shards, num_masks))
+    for s in range(shards):
+        with tf.io.TFRecordWriter(str(directory / f"data_tfrecord-{s:05d}-of-{shards:05d}.gz"), "GZIP") as writer:
+            for record in records[s::shards]:
+                writer.write(record)
+    return records, str(directory / "data_tfrecord-*.gz")
+
+
+def numpy_bound(records, num_classes: int) -> np.ndarray:
+    total = np.zeros(256, np.int64)
+    for serialized in records:
+        mask = codec.decode_array(codec.parse_record(serialized).mask_bytes, what="mask")
+        total += np.bincount(mask.ravel(), minlength=256)
+    return total[:num_classes]
+
+
+def run_beam(pattern: str, out: Path, num_classes: int, beam_args) -> dict:
+    from components.class_stats_beam import StatsOptions, run_class_stats
+
+    shutil.rmtree(out, ignore_errors=True)
+    return run_class_stats({"train": pattern}, str(out), StatsOptions(num_classes=num_classes), beam_args=beam_args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-masks", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--num-classes", type=int, default=8)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--small", type=int, default=16, help="masks in the run that measures the fixed cost")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+
+    import components.class_stats_beam  # noqa: F401  (import Beam/TF before any timing)
+
+    work = Path(tempfile.mkdtemp(prefix="segbalance-bench-classstats-"))
+    try:
+        records, pattern = write_data(work / "full", args.num_masks, args.size, args.num_classes, args.shards)
+        _, small_pattern = write_data(work / "small", args.small, args.size, args.num_classes, args.shards, seed=1)
+        expected = numpy_bound(records, args.num_classes)  # warm-up and reference counts
+
+        times = {"numpy_bound": []}
+        times.update({v: [] for v in variants})
+        small_times = {v: [] for v in variants}
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            numpy_bound(records, args.num_classes)
+            times["numpy_bound"].append(time.perf_counter() - start)
+            for name in variants:
+                start = time.perf_counter()
+                stats = run_beam(pattern, work / "out", args.num_classes, VARIANTS[name])
+                times[name].append(time.perf_counter() - start)
+                if stats["pixel_counts"] != expected.tolist() or stats["num_records"] != args.num_masks:
+                    raise SystemExit(f"{name}: counts differ from the NumPy bound's")
+                start = time.perf_counter()
+                run_beam(small_pattern, work / "out_small", args.num_classes, VARIANTS[name])
+                small_times[name].append(time.perf_counter() - start)
+            print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    bound = statistics.median(times["numpy_bound"])
+    bound_rate = args.num_masks / bound
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"\n{args.num_masks} masks {args.size}x{args.size}, C={args.num_classes}, {args.shards} gzip shards, "
+          f"median of {args.repeats}; {datetime.date.today()}; {os.cpu_count()} CPUs, "
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n")
+    print("| variant | workers | median s | masks/s end to end | ratio vs bound | fixed cost s "
+          "| steady masks/s | steady ratio | steady ratio per worker |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| numpy_bound | 1 | {bound:.2f} | {bound_rate:.0f} | 1.00x | - | {bound_rate:.0f} | 1.00x | 1.00x |")
+    steady = {}
+    for name in variants:
+        t = statistics.median(times[name])
+        t_small = statistics.median(small_times[name])
+        workers = int(VARIANTS[name][1].split("=")[1])
+        # The fixed cost is noisy on a shared machine; a difference below 5 % of the run is not a measurement.
+        steady_rate = (args.num_masks - args.small) / (t - t_small) if t - t_small > 0.05 * t else float("nan")
+        steady[name] = steady_rate
+        print(f"| {name} | {workers} | {t:.2f} | {args.num_masks / t:.0f} | {bound / t:.2f}x | {t_small:.2f} "
+              f"| {steady_rate:.0f} | {steady_rate / bound_rate:.2f}x | {steady_rate / bound_rate / workers:.2f}x |")
+    if "beam_multi_processing_1" in times and "beam_multi_processing_2" in times:
+        mp1 = statistics.median(times["beam_multi_processing_1"])
+        mp2 = statistics.median(times["beam_multi_processing_2"])
+        print(f"\nspeed-up 2 vs 1 worker (multi_processing): end to end {mp1 / mp2:.2f}x, steady state "
+              f"{steady['beam_multi_processing_2'] / steady['beam_multi_processing_1']:.2f}x")
+    print("raw times (s): " + "; ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in times.items()))
+    print("fixed-cost runs (s): " + "; ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in small_times.items()))
+
+
+if __name__ == "__main__":
+    main()
