@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS := --ignore-requires-python --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean chromium
 
 venv: $(STAMP)
 
@@ -21,7 +21,14 @@ $(STAMP): constraints.txt pyproject.toml
 run: $(STAMP)
 	$(BIN)/segbalance run
 
-test: $(STAMP)
+# The report test opens the HTML in a real headless browser (Debian's chromium).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium is not installed and this user cannot apt-get it: the browser test will be skipped"; fi; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 clean:

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "pipeline.ingest",
     "pipeline.stats",
     "pipeline.run",
+    "pipeline.report",
     "pipeline.experiment",
 ]
 
