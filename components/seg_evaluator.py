@@ -160,6 +160,11 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         blessed, reason = evaluation_metrics.decide_blessing(
             result["miou"], float(exec_properties["miou_threshold"]), baseline_miou,
             float(exec_properties["tolerance"]))
+        if blessed and baselines and baselines[0].id == model.id:
+            # A cached re-run: the trainer's model *is* the latest blessed model. Blessing it again
+            # would make Pusher copy it to a second version folder.
+            blessed, reason = False, (f"model {model.id} is already the latest blessed model (pushed before); "
+                                      f"not blessed again, so it is not pushed twice")
 
         result.update({
             "class_names": json.loads(exec_properties["class_names"]),

@@ -197,8 +197,11 @@ def print_summary(summary: dict) -> None:
     print(f"pipeline finished in {summary['seconds']}s (output: {summary['output_dir']})")
     print(f"  report:           {summary.get('report', 'not written')}")
     print(f"  class statistics: {summary.get('class_stats', 'not written')}")
-    if summary.get("pushed_model"):
+    if summary.get("pushed_model") and summary.get("pushed_this_run"):
         print(f"  pushed model:     {summary['pushed_model']}")
+    elif summary.get("pushed_model"):
+        print(f"  pushed model:     {summary['pushed_model']} (earlier run; this run: "
+              f"{summary.get('blessing_reason', 'not blessed')})")
     else:
         print(f"  pushed model:     none ({summary.get('blessing_reason', 'model not blessed')})")
     if summary.get("miou") is not None:

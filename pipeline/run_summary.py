@@ -44,6 +44,14 @@ def executions_by_component(store) -> Dict[str, List[str]]:
     return out
 
 
+def _has_type(store, type_name: str) -> bool:
+    try:
+        store.get_artifact_type(type_name)
+        return True
+    except Exception:
+        return False
+
+
 def _custom(artifact, key: str):
     value = artifact.custom_properties.get(key)
     if value is None:
@@ -68,9 +76,13 @@ def summarize(paths: dict) -> dict:
             sources = result.get("truth_sources", {})
             if sources.get("reference_masks"):
                 summary["truth"] = f"complete masks for {sources['reference_masks']} of {result['num_images']} images"
-    pushed = latest_artifact(store, "PushedModel")
-    if pushed is not None and _custom(pushed, "pushed") == 1:
-        summary["pushed_model"] = _custom(pushed, "pushed_destination")
+    pushes = [a for a in store.get_artifacts_by_type("PushedModel") if _custom(a, "pushed") == 1] \
+        if _has_type(store, "PushedModel") else []
+    if pushes:
+        latest_push = max(pushes, key=lambda a: a.id)
+        summary["pushed_model"] = _custom(latest_push, "pushed_destination")
+        latest_any = latest_artifact(store, "PushedModel")
+        summary["pushed_this_run"] = latest_any is not None and latest_any.id == latest_push.id
     model = latest_artifact(store, "Model")
     if model is not None:
         summary["model"] = model.uri

@@ -1,0 +1,131 @@
+"""The whole DAG on tiny data with LocalDagRunner: artifacts, blessing, push, cache, crash."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import run_summary
+from pipeline.config import load_config
+from pipeline.dag import component_ids
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data": {"sample": {"num_images": 32, "size": 32, "drop_fraction": 0.3}},
+    "training": {"image_size": [32, 32], "epochs": 2, "batch_size": 8, "depth": 2, "base_filters": 8},
+    "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0},
+}
+
+
+def _config_file(tmp_path, **changes):
+    values = json.loads(json.dumps(TINY))
+    for section, fields in changes.items():
+        values.setdefault(section, {}).update(fields)
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _run_cli(config_path, output_dir, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path),
+                           "--output-dir", str(output_dir)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    config_path = _config_file(tmp_path)
+    result = _run_cli(config_path, tmp_path / "out")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return tmp_path, config_path, result
+
+
+def test_first_run_produces_every_artifact(first_run):
+    tmp_path, _, result = first_run
+    out = tmp_path / "out"
+    summary = json.loads((out / "run_summary.json").read_text())
+    # One progress line per component as it starts and ends.
+    for node in component_ids():
+        assert f"{node}: started" in result.stdout and f"{node}: done" in result.stdout, node
+    stats = json.loads((Path(summary["class_stats"]) / "class_stats.json").read_text())
+    assert stats["num_classes"] == 4 and stats["num_records"] > 0
+    assert set(stats["weights"]) >= {"inverse_frequency", "median_frequency", "enet", "effective_number"}
+    evaluation = json.loads((Path(summary["evaluation"]) / "evaluation.json").read_text())
+    assert evaluation["blessed"] and 0.0 <= evaluation["miou"] <= 1.0
+    assert evaluation["truth_sources"]["reference_masks"] == evaluation["num_images"] > 0
+    pushed = Path(summary["pushed_model"])
+    assert pushed.parent == out / "serving_model" and (pushed / "saved_model.pb").is_file()
+    report = (out / "report.html").read_text()
+    assert "ellipse" in report and "circle" in report
+    for line in ("report:", "class statistics:", "pushed model:", "mIoU:"):
+        assert line in result.stdout
+    assert f"{evaluation['miou']:.4f}" in result.stdout
+
+
+def test_rerun_with_same_data_and_config_is_cached(first_run):
+    tmp_path, config_path, _ = first_run
+    result = _run_cli(config_path, tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for node in ("ImportExampleGen", "StatisticsGen", "ClassStatsGen", "Transform", "SegTrainer"):
+        assert f"{node}: cached" in result.stdout, node
+    assert "ingest: " in result.stdout and "unchanged" in result.stdout
+    # The evaluator re-runs (its baseline is now the first run's blessed model, the same model):
+    # it does not bless it again, so nothing is pushed twice.
+    assert "already the latest blessed model" in result.stdout
+    assert len(list((tmp_path / "out" / "serving_model").iterdir())) == 1
+    assert "(earlier run" in result.stdout
+
+
+def test_unblessed_model_is_not_pushed(first_run):
+    tmp_path, _, _ = first_run
+    strict = _config_file(tmp_path, evaluation={"miou_threshold": 1.0, "tolerance": 0.0})
+    result = _run_cli(strict, tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SegTrainer: cached" in result.stdout and "SegEvaluator: done" in result.stdout
+    assert "pushed model:" in result.stdout and "below the threshold" in result.stdout
+    assert len(list((tmp_path / "out" / "serving_model").iterdir())) == 1  # only the first run's push
+
+
+def test_crash_during_training_then_rerun_completes(tmp_path):
+    config_path = _config_file(tmp_path, training={"epochs": 20})
+    out = tmp_path / "out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path),
+                             "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    deadline = time.time() + 400
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "SegTrainer: started" in line or time.time() > deadline:
+            break
+    time.sleep(6)  # inside training (compiling, first epochs)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any("SegTrainer: started" in s for s in seen), "".join(seen[-50:])
+    stats_dir = run_summary.latest_artifact(run_summary.open_store(str(out / "metadata.sqlite")),
+                                            "components.ClassStats").uri
+    stats_before = (Path(stats_dir) / "class_stats.json").read_bytes()
+
+    resumed = _run_cli(config_path, out)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    for node in ("ImportExampleGen", "StatisticsGen", "ClassStatsGen", "Transform"):
+        assert f"{node}: cached" in resumed.stdout, node
+    assert (Path(stats_dir) / "class_stats.json").read_bytes() == stats_before
+    store = run_summary.open_store(str(out / "metadata.sqlite"))
+    states = run_summary.executions_by_component(store)
+    trainer_states = [s for key, value in states.items() if "SegTrainer" in key for s in value]
+    assert "COMPLETE" in trainer_states and len(trainer_states) >= 2, states
+    assert json.loads((out / "run_summary.json").read_text())["pushed_model"]
+
+
+def test_default_config_is_what_make_run_uses():
+    config = load_config()
+    assert config.data.dir is None and config.data.sample.drop_fraction > 0
