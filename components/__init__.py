@@ -1,3 +1,4 @@
 """TFX components and artifact types of segbalance (importable from the installed package;
 KFP v2 imports artifact classes by their TYPE_NAME, e.g. ``components.ClassStats``)."""
 from components.artifacts import ClassStats, DriftReport, HtmlReport  # noqa: F401
+from components.class_stats_gen import ClassStatsGen  # noqa: F401

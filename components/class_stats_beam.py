@@ -320,6 +320,20 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
     return stats
 
 
+def remove_previous_output(output_dir: str) -> None:
+    """Deletes the files of an earlier run in ``output_dir`` (only this layout's files), so a
+    rerun with a different number of Parquet shards cannot leave stale rows behind."""
+    import tensorflow as tf
+
+    stale = tf.io.gfile.glob(os.path.join(output_dir, f"{PER_IMAGE_PREFIX}-*.parquet"))
+    stale += [p for p in (os.path.join(output_dir, f) for f in (STATS_FILE, QUARANTINE_FILE, "_totals.json"))
+              if tf.io.gfile.exists(p)]
+    for path in stale:
+        tf.io.gfile.remove(path)
+    if stale:
+        logging.info("ClassStats: removed %d files of an earlier run in %s", len(stale), output_dir)
+
+
 def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: StatsOptions,
                     pipeline: Optional[beam.Pipeline] = None, beam_args: Optional[List[str]] = None) -> dict:
     """Run the Beam job over ``{split: file pattern}`` and write the artifact into ``output_dir``."""
@@ -329,6 +343,7 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
         if not tf.io.gfile.glob(pattern):
             raise ClassStatsError(f"no files match {pattern} (split {split!r}): check the path")
     tf.io.gfile.makedirs(output_dir)
+    remove_previous_output(output_dir)
     if pipeline is None:
         from apache_beam.options.pipeline_options import PipelineOptions
 

@@ -1,5 +1,6 @@
 """`segbalance stats`: same numbers as the Beam job in memory, with 2 worker processes, errors."""
 import numpy as np
+import pytest
 
 from components import class_stats_io
 from pipeline import cli
@@ -15,6 +16,7 @@ def _per_image(uri):
                                                     "pixel_counts")} for r in table.to_dict("records")}
 
 
+@pytest.mark.slow  # starts 2 Beam worker processes (~10 s)
 def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, tmp_path, capsys):
     src, in_memory, good = stats_run  # the Beam job with --direct_running_mode=in_memory --direct_num_workers=1
     pixel, images, cooc, missing, ignored, _ = numpy_reference(good)
@@ -31,6 +33,18 @@ def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, tmp_path
     assert _per_image(str(tmp_path / "cli")) == _per_image(str(src / "out"))
     assert sorted(q["source_id"] for q in class_stats_io.read_quarantine(str(tmp_path / "cli"))) == \
         ["bad_ids", "bad_labeled", "corrupt", "no_mask"]
+
+
+def test_rerun_into_the_same_directory_leaves_no_stale_rows(stats_run, tmp_path):
+    src, in_memory, _ = stats_run
+    out = tmp_path / "again"
+    out.mkdir()
+    stale = out / "per_image-00007-of-00008.parquet"
+    stale.write_bytes(b"rows of an earlier run")
+    (out / "notes.txt").write_text("not ours")
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(out)]) == 0
+    assert not stale.exists() and (out / "notes.txt").exists()
+    assert _per_image(str(out)) == _per_image(str(src / "out"))
 
 
 def test_weight_flags(stats_run, tmp_path):
