@@ -132,5 +132,6 @@ def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255):
             continue
         for k in range(c):
             if k not in sets[b]:
-                values.append(2 * (p[b, ..., k] * region).sum() / (p[b, ..., k].sum() + region.sum() + smooth))
+                pk = p[b, ..., k] * valid[b]
+                values.append(2 * (pk * region).sum() / (pk.sum() + region.sum() + smooth))
     return float(np.mean(values)) if values else 0.0

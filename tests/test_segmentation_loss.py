@@ -1,4 +1,6 @@
 """SegmentationLoss (config, serialisation) and SegmentationModel (dict targets in model.fit)."""
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -134,3 +136,65 @@ def test_keras_file_with_custom_loss_loads_in_safe_mode(tmp_path):
     assert isinstance(restored, SegmentationModel) and isinstance(restored.loss, SegmentationLoss)
     x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def _fit_one_epoch(strategy=None, policy=None):
+    """Two SGD steps on a fixed dict dataset; returns (weights, history loss, evaluate loss)."""
+    rng = np.random.default_rng(5)
+    images = rng.uniform(size=(8, 8, 8, 3)).astype(np.float32)
+    masks = (images[..., 0] * C).astype(np.int32).clip(0, C - 1)
+    masks[:4, :6] = 255  # the first replica's half of each batch is mostly ignored
+    labeled = np.ones((8, C), np.float32)
+    labeled[::2, 2] = 0
+    y = {"mask": masks, "labeled": labeled, "pixel_weights": rng.uniform(0.5, 1.5, (8, 8, 8)).astype(np.float32)}
+    ds = tf.data.Dataset.from_tensor_slices((images, y)).batch(4)
+    previous = keras.config.dtype_policy()
+    try:
+        if policy:
+            keras.config.set_dtype_policy(policy)
+        keras.utils.set_random_seed(0)
+        scope = strategy.scope() if strategy else contextlib.nullcontext()
+        with scope:
+            inputs = keras.Input((8, 8, 3))
+            hidden = keras.layers.Conv2D(4, 3, padding="same", activation="relu",
+                                         kernel_regularizer=keras.regularizers.L2(0.01))(inputs)
+            logits = keras.layers.Conv2D(C, 1)(hidden)  # float16 under mixed_float16
+            model = SegmentationModel(inputs=inputs, outputs=logits)
+            model.compile(optimizer=keras.optimizers.SGD(0.5), loss=SegmentationLoss(CONFIG, class_weights=[1, 2, 3]))
+        history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
+        evaluated = model.evaluate(ds.take(1), verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return model.get_weights(), history.history["loss"][0], evaluated
+
+
+def test_mirrored_fit_matches_single_device(mirrored_strategy):
+    """Same global batches on 1 device and on 2 replicas: same updates, same reported loss."""
+    single_w, single_loss, single_eval = _fit_one_epoch()
+    dist_w, dist_loss, dist_eval = _fit_one_epoch(mirrored_strategy)
+    for a, b in zip(single_w, dist_w):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dist_loss, single_loss, rtol=1e-4)
+    np.testing.assert_allclose(dist_eval, single_eval, rtol=1e-4)
+
+
+def test_mixed_float16_fit_keeps_the_loss_in_float32():
+    weights, loss, evaluated = _fit_one_epoch(policy="mixed_float16")
+    assert np.isfinite(loss) and np.isfinite(evaluated)
+    assert all(np.isfinite(w).all() for w in weights)
+    # float16 logits of magnitude 40 through the composed loss: float32 value, finite gradients.
+    rng = np.random.default_rng(6)
+    z = tf.Variable(tf.cast(rng.choice([-40.0, 40.0], size=(1, 4, 4, C)), tf.float16))
+    y = {"mask": rng.integers(0, 2, size=(1, 4, 4)), "labeled": np.array([[1, 1, 0]], np.float32)}
+    with tf.GradientTape() as tape:
+        value = SegmentationLoss(CONFIG, class_weights=[1, 2, 3])(y, tf.identity(z))
+    assert value.dtype == tf.float32 and np.isfinite(float(value))
+    assert np.isfinite(tape.gradient(value, z).numpy().astype(np.float32)).all()
+
+
+def test_sample_weight_is_refused_with_a_pointer_to_pixel_weights():
+    model = tiny_model()
+    model.compile(optimizer="sgd", loss=SegmentationLoss({"terms": [{"type": "ce"}]}))
+    ds, images, y = dict_dataset()
+    with pytest.raises(ValueError, match="pixel_weights"):
+        model.fit(images, y["mask"], sample_weight=np.ones(len(images), np.float32), verbose=0)

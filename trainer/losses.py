@@ -42,6 +42,11 @@ _NEG = -1e9  # "minus infinity" for masked logits that keeps gradients finite
 
 
 # --------------------------------------------------------------------------- helpers
+def num_replicas_in_sync() -> int:
+    """Replicas of the current ``tf.distribute`` replica context (1 outside a strategy)."""
+    return _num_replicas_and_context()[0]
+
+
 def _num_replicas_and_context():
     if keras.backend.backend() != "tensorflow":
         return 1, None
@@ -235,7 +240,8 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
 
     ``form="ce"``: ``sum over those pixels and c of -log(1 - p_c)``, reduced like CE (divided by
     the valid pixels). ``form="dice"``: mean over (image, unlabelled c) of the Dice overlap
-    ``2 sum(p_c R) / (sum p_c + sum R + smooth)`` between p_c and the annotated region R.
+    ``2 sum(p_c R) / (sum p_c + sum R + smooth)`` between p_c and the annotated region R
+    (sums over the image's valid pixels; images without annotated foreground are skipped).
     """
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     unlabeled = 1.0 - _labeled_mask(labeled, c)  # [B,1,1,C]
@@ -248,7 +254,7 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
         return reduce_pixels(per_pixel, region, valid)
     if form != "dice":
         raise ValueError(f"exclusion_loss form must be 'ce' or 'dice', got {form!r}")
-    probs = ops.exp(log_probs)
+    probs = ops.exp(log_probs) * valid[..., None]  # ignored pixels predict nothing
     region4 = region[..., None]
     overlap = ops.sum(probs * region4, axis=(1, 2))  # [B,C]
     size = ops.sum(probs, axis=(1, 2)) + ops.sum(region4, axis=(1, 2))
@@ -329,5 +335,5 @@ def tversky_loss(y_true, logits, alpha=0.5, beta=0.5, class_weights=None, ignore
 __all__ = [
     "weighted_cross_entropy", "focal_loss", "dice_loss", "generalized_dice_loss", "tversky_loss",
     "ignore_predicted_cross_entropy", "marginal_cross_entropy", "exclusion_loss", "pixel_weight_map",
-    "reduce_pixels", "prepare", "marginal_log_probs",
+    "reduce_pixels", "prepare", "marginal_log_probs", "num_replicas_in_sync",
 ]
