@@ -270,6 +270,13 @@ def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions
     )
 
 
+def _effective_number_beta(beta, pixel_counts):
+    """The beta the effective-number weights used (the given one, else 1 - 1/N)."""
+    if beta is not None:
+        return float(beta)
+    return class_weights.default_beta(pixel_counts) if sum(pixel_counts) else None
+
+
 def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], splits: List[str]) -> dict:
     """Turns the Beam totals into ``class_stats.json`` (adds weights); returns its content."""
     import tensorflow as tf
@@ -307,8 +314,7 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
                             if zero else ""),
         "weights": class_weights.all_scheme_weights(pixel_counts, **options.weight_options),
         "weight_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.weight_options.items()},
-        "effective_number_beta": (options.weight_options.get("beta") or class_weights.default_beta(pixel_counts)
-                                  if sum(pixel_counts) else None),
+        "effective_number_beta": _effective_number_beta(options.weight_options.get("beta"), pixel_counts),
         "cooccurrence": totals["cooccurrence"],
         "missing_image_counts": totals["missing_image_counts"],
         "images_with_missing": totals["images_with_missing"],

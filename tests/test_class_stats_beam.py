@@ -251,3 +251,4 @@ def test_weight_options_reach_every_scheme(tmp_path, stats_run):
         assert stats["weights"][scheme][3] == 1.5
     assert stats["weight_options"]["clip"] == [0.2, 5.0]
     assert stats["effective_number_beta"] == pytest.approx(default_beta(pixel))
+    assert csb._effective_number_beta(0.0, pixel.tolist()) == 0.0  # a given beta, even 0, is kept
