@@ -32,15 +32,14 @@ def latest_artifact(store, type_name: str, live_only: bool = True):
 
 
 def executions_by_component(store) -> Dict[str, List[str]]:
-    """{component id: [execution states]} for every execution recorded."""
+    """{component id: [execution states, oldest first]} from the TFX node contexts."""
     from ml_metadata.proto import metadata_store_pb2
 
     out: Dict[str, List[str]] = {}
-    for execution in store.get_executions():
-        name = execution.custom_properties.get("component_id")
-        node = execution.properties.get("component_id") or name
-        key = node.string_value if node is not None else str(execution.type_id)
-        out.setdefault(key, []).append(metadata_store_pb2.Execution.State.Name(execution.last_known_state))
+    for context in store.get_contexts_by_type("node"):
+        node = context.name.split(".", 1)[-1]  # "<pipeline>.<node id>"
+        executions = sorted(store.get_executions_by_context(context.id), key=lambda e: e.id)
+        out[node] = [metadata_store_pb2.Execution.State.Name(e.last_known_state) for e in executions]
     return out
 
 
