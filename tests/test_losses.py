@@ -276,3 +276,13 @@ def test_bad_arguments():
         L.exclusion_loss(y, z, labeled, form="focal")
     with pytest.raises(ValueError, match="top_k_percent_pixels"):
         L.weighted_cross_entropy(y, z, top_k_percent_pixels=1.5)
+
+
+def test_class_weighted_ce_agrees_with_keras_sparse_ce_with_sample_weights():
+    """Keras: sum of cw[y] * CE over non-ignored pixels ("sum" reduction) / number of valid pixels."""
+    y, z, _ = data(17, b=3, h=6, w=5)
+    valid = y != 255
+    sample_weight = np.where(valid, CW[np.where(valid, y, 0)], 0.0).astype(np.float32)
+    builtin = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255, reduction="sum")
+    expected = float(builtin(y, z, sample_weight=sample_weight)) / valid.sum()
+    np.testing.assert_allclose(float(L.weighted_cross_entropy(y, z, CW)), expected, rtol=1e-5)

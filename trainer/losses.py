@@ -156,11 +156,11 @@ def weighted_cross_entropy(y_true, logits, class_weights=None, ignore_index=DEFA
                            fn_weights=None, fp_weights=None, low_confidence=None):
     """Softmax cross entropy weighted per class / pixel; optional label smoothing and top-k pixels."""
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
-    log_probs = ops.log_softmax(logits, axis=-1)
-    target = ops.one_hot(labels, c)
     if label_smoothing:
-        target = target * (1.0 - label_smoothing) + label_smoothing / c
-    per_pixel = -ops.sum(target * log_probs, axis=-1)
+        target = ops.one_hot(labels, c) * (1.0 - label_smoothing) + label_smoothing / c
+        per_pixel = -ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1)
+    else:  # the backend's fused softmax cross entropy (one kernel for value and gradient)
+        per_pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     weight = pixel_weight_map(labels, valid, logits, class_weights, pixel_weights, fn_weights, fp_weights,
                               low_confidence)
     return reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels)
