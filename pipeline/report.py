@@ -1,13 +1,17 @@
 """`segbalance report STATS_DIR|RUN_DIR --output FILE.html`: one self-contained HTML page.
 
-Sections: data (TFDV feature statistics as tables, ExampleValidator anomalies), classes
-(pixel and image frequencies with a log-scale bar chart, the weights of every scheme,
-the co-occurrence heatmap), annotation gaps (the images with the most missing or
-suspect-missing classes), quarantined records, evaluation (per-class IoU, confusion
-matrix) and class-distribution drift when the run has them.
+Sections: a summary, ExampleValidator anomalies, TFDV feature statistics as tables, the
+classes (pixel and image frequencies, log-scale bar chart), the weights of every scheme,
+the co-occurrence heatmap, annotation gaps (the images with the most missing or
+suspect-missing classes), quarantined records, and, when the run has them, the evaluation
+(per-class IoU, confusion matrix) and the class-distribution drift.
 
-The page opens offline: charts are inline PNG (``data:`` URIs), the style is inline, there
-is no script and no external URL; every string that comes from the data is HTML-escaped.
+STATS_DIR is a `segbalance stats --output` folder or a ClassStats artifact (class_stats.json);
+RUN_DIR is a `segbalance run --output-dir` folder: its ML Metadata store (metadata.sqlite)
+gives the newest statistics, anomalies, class statistics, evaluation and drift artifacts.
+
+The page opens offline: charts are inline PNG (``data:`` URIs), the style is inline, there is
+no script and no external URL; every string that comes from the data is HTML-escaped.
 (``tfdv.visualize_statistics`` loads its viewer from a CDN, so it is not used.)
 """
 from __future__ import annotations
@@ -18,19 +22,32 @@ import html
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from pipeline import report_charts as charts
-from pipeline.report_sources import ReportSources, find_sources
+from pipeline.report_sources import DRIFT_FILE, EVALUATION_FILE, STATS_FILE, ReportSources, find_sources
 
 TOP_IMAGES = 25
+MAX_QUARANTINE_ROWS = 200
+STATS_PROTO = "FeatureStats.pb"  # tfx.components.statistics_gen.executor.DEFAULT_FILE_NAME
+ANOMALIES_PROTO = "SchemaDiff.pb"  # tfx.components.example_validator.executor.DEFAULT_FILE_NAME
+REQUIRED_KEYS = ("class_names", "pixel_counts", "image_counts", "num_records", "quarantined_records",
+                 "total_pixels", "ignored_pixels", "ignore_index", "weights")
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;
 color:#222;padding:0 16px} h1{font-size:1.6em} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:0.9em} th,td{border:1px solid #ccc;padding:3px 8px;
 text-align:right} th{background:#f3f3f3} td.l,th.l{text-align:left} .bad{color:#b00020;font-weight:600}
-.ok{color:#1b7a1b;font-weight:600} .note{color:#555;font-size:0.9em} img{max-width:100%}
+.ok{color:#1b7a1b;font-weight:600} .note{color:#555;font-size:0.9em} img{max-width:100%} nav a{margin-right:1em}
+ul.summary li{margin:2px 0}
 """
+
+
+class Section(NamedTuple):
+    anchor: str
+    title: str
+    body: str
+    summary: Optional[str] = None  # one line (HTML) for the summary list at the top
 
 
 def esc(value) -> str:
@@ -46,24 +63,109 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def table(header: List[str], rows: List[list], left: int = 1) -> str:
-    head = "".join(f'<th class="l">{esc(h)}</th>' if i < left else f"<th>{esc(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="l">{fmt(c)}</td>' if i < left else f"<td>{fmt(c)}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    cell = lambda tag, i, v: f'<{tag} class="l">{v}</{tag}>' if i < left else f"<{tag}>{v}</{tag}>"  # noqa: E731
+    head = "".join(cell("th", i, esc(h)) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, fmt(c)) for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _split_files(folder: str, file_name: str):
+    """[(split name, path)] for folder/Split-<name>/<file_name>, sorted by split."""
+    paths = sorted(glob.glob(os.path.join(glob.escape(folder), "Split-*", file_name)))
+    return [(os.path.basename(os.path.dirname(p))[len("Split-"):], p) for p in paths]
+
+
+def _missing_file(folder: str, what: str) -> str:
+    return f'<p class="bad">{esc(folder)} holds no {esc(what)}: this section could not be read.</p>'
+
+
 # --------------------------------------------------------------------------- sections
-def classes_section(stats: dict) -> str:
+def anomalies_section(anomalies_dir: str) -> Section:
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    files = _split_files(anomalies_dir, ANOMALIES_PROTO)
+    if not files:
+        return Section("anomalies", "Anomalies (ExampleValidator)",
+                       _missing_file(anomalies_dir, f"Split-*/{ANOMALIES_PROTO}"), '<span class="bad">unreadable</span>')
+    rows = []
+    for split, path in files:
+        anomalies = anomalies_pb2.Anomalies()
+        with open(path, "rb") as f:
+            anomalies.ParseFromString(f.read())
+        infos = sorted(anomalies.anomaly_info.items())
+        if anomalies.HasField("dataset_anomaly_info"):
+            infos.append(("(dataset)", anomalies.dataset_anomaly_info))
+        for feature, info in infos:
+            severity = anomalies_pb2.AnomalyInfo.Severity.Name(info.severity)
+            short = info.short_description or "; ".join(r.short_description for r in info.reason)
+            description = info.description or "; ".join(r.description for r in info.reason)
+            rows.append([split, feature, severity, short, description])
+        if anomalies.data_missing:
+            rows.append([split, "(dataset)", "ERROR", "No data", "the split has no examples"])
+    splits = ", ".join(split for split, _ in files)
+    if not rows:
+        return Section("anomalies", "Anomalies (ExampleValidator)",
+                       f'<p class="ok">No anomalies: splits {esc(splits)} match the schema.</p>',
+                       '<span class="ok">no anomalies</span>')
+    return Section("anomalies", "Anomalies (ExampleValidator)",
+                   table(["split", "feature", "severity", "anomaly", "description"], rows, left=5),
+                   f'<span class="bad">{len(rows)} anomal{"y" if len(rows) == 1 else "ies"}</span>')
+
+
+def tfdv_section(statistics_dir: str) -> Section:
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    files = _split_files(statistics_dir, STATS_PROTO)
+    if not files:
+        return Section("statistics", "Feature statistics (TFDV)",
+                       _missing_file(statistics_dir, f"Split-*/{STATS_PROTO}"))
+    parts = []
+    for split, path in files:
+        stats_list = statistics_pb2.DatasetFeatureStatisticsList()  # what tfdv.load_stats_binary parses
+        with open(path, "rb") as f:
+            stats_list.ParseFromString(f.read())
+        for dataset in stats_list.datasets:
+            numeric, strings = [], []
+            for feature in dataset.features:
+                name = "/".join(feature.path.step) or feature.name
+                kind = feature.WhichOneof("stats")
+                dtype = statistics_pb2.FeatureNameStatistics.Type.Name(feature.type).lower()
+                if kind == "num_stats":
+                    s = feature.num_stats
+                    c = s.common_stats
+                    numeric.append([name, dtype, c.num_non_missing, c.num_missing, c.avg_num_values, s.mean, s.std_dev,
+                                    s.min, s.max, s.num_zeros])
+                elif kind == "string_stats":
+                    s = feature.string_stats
+                    strings.append([name, dtype, s.common_stats.num_non_missing, s.common_stats.num_missing, s.unique,
+                                    s.avg_length])
+                elif kind == "bytes_stats":
+                    s = feature.bytes_stats
+                    strings.append([name, dtype, s.common_stats.num_non_missing, s.common_stats.num_missing, s.unique,
+                                    s.avg_num_bytes])
+            label = f"Split {split}" + (f" / {dataset.name}" if len(stats_list.datasets) > 1 and dataset.name else "")
+            parts.append(f"<h3>{esc(label)}: {dataset.num_examples} examples</h3>")
+            if numeric:
+                parts.append(table(["numeric feature", "type", "count", "missing", "values/example", "mean", "std",
+                                    "min", "max", "zeros"], numeric, left=2))
+            if strings:
+                parts.append(table(["bytes/string feature", "type", "count", "missing", "unique", "avg length"],
+                                   strings, left=2))
+    return Section("statistics", "Feature statistics (TFDV)", "\n".join(parts))
+
+
+def classes_sections(stats: dict) -> List[Section]:
     names = stats["class_names"]
     pixels = stats["pixel_counts"]
     valid = max(1, sum(pixels))
     records = max(1, stats["num_records"])
     pixel_freq = [p / valid for p in pixels]
     image_freq = [n / records for n in stats["image_counts"]]
-    rows = [[names[c], pixels[c], pixel_freq[c], stats["image_counts"][c], image_freq[c],
-             stats.get("missing_image_counts", [0] * len(names))[c]] for c in range(len(names))]
-    parts = [
-        "<h2>Classes</h2>",
+    missing = stats.get("missing_image_counts") or [None] * len(names)
+    rows = [[names[c], pixels[c], pixel_freq[c], stats["image_counts"][c], image_freq[c], missing[c]]
+            for c in range(len(names))]
+    zero = [names[c] for c in stats.get("zero_count_classes", [])]
+    body = [
         f"<p>{stats['num_records']} records, {stats['quarantined_records']} quarantined; "
         f"{stats['total_pixels']} pixels, {stats['ignored_pixels']} ignored (id {esc(stats['ignore_index'])}); "
         f"labelled-set policy for records without a <code>labeled</code> field: "
@@ -71,156 +173,147 @@ def classes_section(stats: dict) -> str:
         table(["class", "pixels", "pixel frequency", "images", "image frequency", "images where missing"], rows),
         charts.frequency_bars(names, pixel_freq, image_freq),
     ]
-    if stats.get("zero_count_classes"):
-        parts.append(f'<p class="bad">Classes with no pixels: {esc(stats.get("zero_count_note", ""))}</p>')
+    if zero:
+        body.insert(0, f'<p class="bad">Classes with no pixels: {esc(", ".join(zero))}. '
+                       f'{esc(stats.get("zero_count_note", ""))}</p>')
+    summary = (f"{len(names)} classes, rarest {esc(names[min(range(len(names)), key=lambda c: pixels[c])])}"
+               + (f'; <span class="bad">no pixels: {esc(", ".join(zero))}</span>' if zero else ""))
     weights = stats["weights"]
-    parts += ["<h2>Class weights</h2>",
-              '<p class="note">Normalised to mean 1 over the classes present (see trainer/class_weights.py).</p>',
-              table(["scheme", *names], [[scheme, *[round(w, 4) for w in values]] for scheme, values in weights.items()]),
-              charts.weight_bars(names, weights)]
+    options = stats.get("weight_options") or {}
+    weight_body = [
+        f'<p class="note">Options: {esc(", ".join(f"{k}={v}" for k, v in options.items()) or "defaults")}; '
+        "unless turned off, weights are normalised to mean 1 over the classes present "
+        "(trainer/class_weights.py).</p>",
+        table(["scheme", *names], [[scheme, *[float(w) for w in values]] for scheme, values in weights.items()]),
+        charts.weight_bars(names, weights)]
+    sections = [Section("classes", "Classes", "\n".join(body), summary),
+                Section("weights", "Class weights", "\n".join(weight_body))]
     if stats.get("cooccurrence"):
-        parts += ["<h2>Co-occurrence</h2>",
-                  '<p class="note">Number of images containing both classes (diagonal: images with the class).</p>',
-                  charts.heatmap(stats["cooccurrence"], names, "image co-occurrence", "class", "class")]
-    return "\n".join(parts)
+        sections.append(Section("cooccurrence", "Co-occurrence", "\n".join([
+            '<p class="note">Number of images containing both classes (diagonal: images with the class).</p>',
+            charts.heatmap(stats["cooccurrence"], names, "image co-occurrence", "class", "class")])))
+    return sections
 
 
-def gaps_section(class_stats_dir: str, names: List[str], top: int = TOP_IMAGES) -> str:
+def gaps_sections(class_stats_dir: str, names: List[str], top: int = TOP_IMAGES) -> List[Section]:
     from components.class_stats_io import read_per_image, read_quarantine
 
-    table_rows = []
     frame = read_per_image(class_stats_dir)
+    rows, with_gaps = [], 0
     if len(frame):
         frame = frame.assign(score=[len(m) + len(s) for m, s in zip(frame["missing"], frame["suspect_missing"])])
-        frame = frame[frame["score"] > 0].sort_values(["score", "source_id"], ascending=[False, True]).head(top)
+        frame = frame[frame["score"] > 0]
+        with_gaps = len(frame)
+        frame = frame.sort_values(["score", "source_id"], ascending=[False, True]).head(top)
         label = lambda ids: ", ".join(names[int(c)] for c in ids) or "-"  # noqa: E731
-        table_rows = [[r.source_id, label(r.present), label(r.missing), label(r.suspect_missing)]
-                      for r in frame.itertuples()]
-    parts = ["<h2>Annotation gaps</h2>",
-             '<p class="note"><b>missing</b>: not labelled in the image, so its absence proves nothing; '
-             "<b>suspect</b>: absent although it almost always appears with the image's classes.</p>"]
-    parts.append(table(["image", "present", "missing", "suspect missing"], table_rows) if table_rows
-                 else "<p>No image has missing or suspect-missing classes.</p>")
-    quarantine = read_quarantine(class_stats_dir)
-    parts.append("<h2>Quarantined records</h2>")
-    if quarantine:
-        parts.append(table(["record", "split", "reason"],
-                           [[q.get("source_id", q.get("record_index")), q.get("split", ""), q.get("reason", "")]
-                            for q in quarantine[:200]], left=3))
+        rows = [[r.source_id, label(r.present), label(r.missing), label(r.suspect_missing)] for r in frame.itertuples()]
+    gaps = ['<p class="note"><b>missing</b>: not labelled in the image, so its absence proves nothing; '
+            "<b>suspect missing</b>: absent although it almost always appears with the image's classes.</p>"]
+    if rows:
+        gaps += [f"<p>{with_gaps} images have missing or suspect-missing classes; the {len(rows)} with the most:</p>",
+                 table(["image", "present", "missing", "suspect missing"], rows, left=4)]
     else:
-        parts.append('<p class="ok">No record was quarantined.</p>')
-    return "\n".join(parts)
+        gaps.append('<p class="ok">No image has missing or suspect-missing classes.</p>')
+    quarantine = read_quarantine(class_stats_dir)
+    if quarantine:
+        shown = quarantine[:MAX_QUARANTINE_ROWS]
+        body = (f'<p class="bad">{len(quarantine)} records quarantined'
+                + (f" (first {len(shown)} shown)" if len(shown) < len(quarantine) else "") + ":</p>"
+                + table(["record", "split", "reason"],
+                        [[q.get("source_id", q.get("record_index")), q.get("split", ""), q.get("reason", "")]
+                         for q in shown], left=3))
+    else:
+        body = '<p class="ok">No record was quarantined.</p>'
+    return [Section("gaps", "Annotation gaps", "\n".join(gaps), f"{with_gaps} images with missing classes"),
+            Section("quarantine", "Quarantined records", body,
+                    f'<span class="bad">{len(quarantine)} quarantined records</span>' if quarantine
+                    else '<span class="ok">no quarantined record</span>')]
 
 
-def tfdv_section(statistics_dir: Optional[str]) -> str:
-    if not statistics_dir:
-        return ""
-    import tensorflow_data_validation as tfdv
-
-    parts = ["<h2>Feature statistics (TFDV)</h2>"]
-    for path in sorted(glob.glob(os.path.join(statistics_dir, "Split-*", "FeatureStats.pb"))):
-        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
-        dataset = tfdv.load_stats_binary(path).datasets[0]
-        numeric, strings = [], []
-        for feature in dataset.features:
-            name = "/".join(feature.path.step) or feature.name
-            kind = feature.WhichOneof("stats")
-            if kind == "num_stats":
-                s = feature.num_stats
-                common = s.common_stats
-                numeric.append([name, common.num_non_missing, common.num_missing, s.mean, s.std_dev, s.min, s.max,
-                                s.num_zeros])
-            elif kind in ("string_stats", "bytes_stats"):
-                s = getattr(feature, kind)
-                strings.append([name, s.common_stats.num_non_missing, s.common_stats.num_missing,
-                                getattr(s, "unique", ""), getattr(s, "avg_length", getattr(s, "avg_num_bytes", ""))])
-        parts.append(f"<h3>Split {esc(split)}: {dataset.num_examples} examples</h3>")
-        if numeric:
-            parts.append(table(["numeric feature", "present", "missing", "mean", "std", "min", "max", "zeros"],
-                               numeric))
-        if strings:
-            parts.append(table(["bytes/string feature", "present", "missing", "unique", "avg length"], strings))
-    return "\n".join(parts)
-
-
-def anomalies_section(anomalies_dir: Optional[str]) -> str:
-    if not anomalies_dir:
-        return ""
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
-
-    rows = []
-    for path in sorted(glob.glob(os.path.join(anomalies_dir, "Split-*", "SchemaDiff.pb"))):
-        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
-        anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
-            anomalies.ParseFromString(f.read())
-        for feature, info in sorted(anomalies.anomaly_info.items()):
-            rows.append([split, feature, info.short_description, info.description])
-        if anomalies.HasField("dataset_anomaly_info"):
-            info = anomalies.dataset_anomaly_info
-            rows.append([split, "(dataset)", info.short_description, info.description])
-    parts = ["<h2>Anomalies (ExampleValidator)</h2>"]
-    parts.append(table(["split", "feature", "anomaly", "description"], rows, left=4) if rows
-                 else '<p class="ok">No anomalies: every split matches the schema.</p>')
-    return "\n".join(parts)
-
-
-def evaluation_section(evaluation_dir: Optional[str]) -> str:
-    path = os.path.join(evaluation_dir, "evaluation.json") if evaluation_dir else None
-    if not path or not os.path.isfile(path):
-        return ""
-    with open(path) as f:
-        result = json.load(f)
+def evaluation_section(evaluation_dir: str) -> Section:
+    path = os.path.join(evaluation_dir, EVALUATION_FILE)
+    if not os.path.isfile(path):
+        return Section("evaluation", "Evaluation", _missing_file(evaluation_dir, EVALUATION_FILE))
+    result = _load_json(path)
     names = result["class_names"]
-    verdict = '<span class="ok">blessed</span>' if result["blessed"] else '<span class="bad">not blessed</span>'
-    return "\n".join([
-        "<h2>Evaluation</h2>",
-        f"<p>mIoU <b>{result['miou']:.4f}</b>, pixel accuracy {result['pixel_accuracy']:.4f} on "
-        f"{result['num_images']} images of split {esc(result.get('split', 'eval'))}: {verdict} "
-        f"({esc(result['reason'])}).</p>",
+    verdict = '<span class="ok">blessed</span>' if result.get("blessed") else '<span class="bad">not blessed</span>'
+    body = "\n".join([
+        f"<p>mIoU <b>{fmt(result.get('miou'))}</b>, pixel accuracy {fmt(result.get('pixel_accuracy'))} on "
+        f"{fmt(result.get('num_images'))} images of split {esc(result.get('split', 'eval'))}: {verdict} "
+        f"({esc(result.get('reason', ''))}).</p>",
         table(["class", "IoU"], [[n, v] for n, v in zip(names, result["per_class_iou"])]),
         charts.iou_bars(names, result["per_class_iou"]),
         charts.heatmap(result["confusion_matrix"], names, "confusion matrix (rows: truth, normalised)",
                        "true class", "predicted class", normalise_rows=True),
     ])
+    return Section("evaluation", "Evaluation", body, f"mIoU {fmt(result.get('miou'))}, {verdict}")
 
 
-def drift_section(drift_dir: Optional[str]) -> str:
-    path = os.path.join(drift_dir, "drift.json") if drift_dir else None
-    if not path or not os.path.isfile(path):
-        return ""
-    with open(path) as f:
-        drift = json.load(f)
-    status = drift.get("status", "ok")
-    css = "ok" if status == "ok" else "bad"
-    rows = [[k, drift.get(k), drift.get("thresholds", {}).get(k)]
-            for k in ("js_divergence", "max_abs_change", "missing_rate_change") if k in drift]
-    parts = ["<h2>Class-distribution drift</h2>", f'<p>Status: <span class="{css}">{esc(status)}</span></p>',
-             table(["measure", "value", "threshold"], rows)]
+def drift_section(drift_dir: str) -> Section:
+    path = os.path.join(drift_dir, DRIFT_FILE)
+    if not os.path.isfile(path):
+        return Section("drift", "Class-distribution drift", _missing_file(drift_dir, DRIFT_FILE))
+    drift = _load_json(path)
+    status = drift.get("status", "unknown")
+    status_html = f'<span class="{"ok" if status == "ok" else "bad"}">{esc(status)}</span>'
+    thresholds = drift.get("thresholds") or {}
+    rows = [[k, drift.get(k), thresholds.get(k)] for k in ("js_divergence", "max_abs_change", "missing_rate_change")
+            if k in drift]
+    parts = [f"<p>Status: {status_html}</p>", table(["measure", "value", "threshold"], rows)]
     if drift.get("new_classes"):
-        parts.append(f"<p class=\"bad\">New classes: {esc(drift['new_classes'])}</p>")
+        parts.append(f'<p class="bad">New classes: {esc(", ".join(map(str, drift["new_classes"])))}</p>')
     if drift.get("anomalies"):
         parts.append("<ul>" + "".join(f"<li>{esc(a)}</li>" for a in drift["anomalies"]) + "</ul>")
-    return "\n".join(parts)
+    return Section("drift", "Class-distribution drift", "\n".join(parts), f"drift {status_html}")
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def read_stats(class_stats_dir: str) -> dict:
+    path = os.path.join(class_stats_dir, STATS_FILE)
+    stats = _load_json(path)
+    absent = [k for k in REQUIRED_KEYS if k not in stats]
+    if absent:
+        raise ValueError(f"{path} lacks {', '.join(absent)}: is it written by ClassStatsGen / `segbalance stats`?")
+    sizes = {k: len(stats[k]) for k in ("pixel_counts", "image_counts")}
+    if any(n != len(stats["class_names"]) for n in sizes.values()):
+        raise ValueError(f"{path}: {len(stats['class_names'])} class_names but {sizes}")
+    return stats
 
 
 def render_report(sources: ReportSources, output_html: str, title: str = "segbalance data report") -> str:
-    """Write the page to ``output_html`` and return its path."""
-    from components.class_stats_io import read_class_stats
-
-    stats = read_class_stats(sources.class_stats_dir)
-    body = [
+    """Write the page to ``output_html`` (folders created) and return its path."""
+    sources.check()
+    stats = read_stats(sources.class_stats_dir)
+    sections: List[Section] = []
+    if sources.anomalies_dir:
+        sections.append(anomalies_section(sources.anomalies_dir))
+    if sources.statistics_dir:
+        sections.append(tfdv_section(sources.statistics_dir))
+    sections += classes_sections(stats)
+    sections += gaps_sections(sources.class_stats_dir, stats["class_names"])
+    if sources.evaluation_dir:
+        sections.append(evaluation_section(sources.evaluation_dir))
+    if sources.drift_dir:
+        sections.append(drift_section(sources.drift_dir))
+    inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__]
+    head = [
         f"<h1>{esc(title)}</h1>",
-        f'<p class="note">Class statistics: {esc(sources.class_stats_dir)}</p>',
-        drift_section(sources.drift_dir),
-        evaluation_section(sources.evaluation_dir),
-        classes_section(stats),
-        gaps_section(sources.class_stats_dir, stats["class_names"]),
-        anomalies_section(sources.anomalies_dir),
-        tfdv_section(sources.statistics_dir),
+        "<nav>" + "".join(f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in sections) + "</nav>",
+        '<h2 id="summary">Summary</h2><ul class="summary">'
+        f"<li>{stats['num_records']} records in splits {esc(', '.join(stats.get('splits', [])) or '?')}</li>"
+        + "".join(f"<li>{s.summary}</li>" for s in sections if s.summary) + "</ul>",
+        '<p class="note">Inputs: ' + "; ".join(f"{esc(n)}: {esc(v) if v else 'not given'}" for n, v in inputs) + "</p>",
     ]
+    body = head + [f'<h2 id="{s.anchor}">{esc(s.title)}</h2>\n{s.body}' for s in sections]
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{STYLE}</style></head><body>{''.join(b for b in body if b)}</body></html>")
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
     with open(output_html, "w", encoding="utf-8") as f:
         f.write(page)
@@ -241,9 +334,9 @@ def _main(args) -> int:
 
     quiet_library_output()
     try:
-        sources = find_sources(args.path)
-    except FileNotFoundError as exc:
+        path = render_report(find_sources(args.path), args.output)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"segbalance report: error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: wrote {render_report(sources, args.output)}")
+    print(f"report: wrote {path}")
     return 0

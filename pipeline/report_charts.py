@@ -38,7 +38,7 @@ def frequency_bars(class_names: Sequence[str], pixel_freq: Sequence[float], imag
     ax.set_xticks(x)
     ax.set_xticklabels(class_names, rotation=30, ha="right")
     ax.set_ylabel("fraction (log scale)")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return to_img(fig, "class pixel and image frequencies")
 
@@ -53,7 +53,7 @@ def weight_bars(class_names: Sequence[str], weights: Dict[str, List[float]]) -> 
     ax.set_xticks(x)
     ax.set_xticklabels(class_names, rotation=30, ha="right")
     ax.set_ylabel("class weight")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return to_img(fig, "class weights of every scheme")
 
@@ -73,10 +73,12 @@ def heatmap(matrix, labels: Sequence[str], title: str, row_label: str, col_label
     ax.set_ylabel(row_label)
     ax.set_title(title)
     if len(labels) <= 12:
+        middle = (shown.min() + shown.max()) / 2
         for i in range(len(labels)):
             for j in range(len(labels)):
                 text = f"{shown[i, j]:.2f}" if normalise_rows else f"{int(values[i, j])}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white")
+                colour = "black" if shown[i, j] > middle else "white"  # viridis: dark low end, yellow high end
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     fig.colorbar(image, ax=ax, fraction=0.046)
     return to_img(fig, title)
 
