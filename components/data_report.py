@@ -6,6 +6,7 @@ Inputs: ``statistics`` (ExampleStatistics), ``anomalies`` (ExampleAnomalies),
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, List, Optional
 
@@ -45,8 +46,12 @@ class DataReportExecutor(base_executor.BaseExecutor):
         sources = ReportSources(class_stats_dir=uri("class_stats"), statistics_dir=uri("statistics"),
                                 anomalies_dir=uri("anomalies"), evaluation_dir=uri("evaluation"),
                                 drift_dir=uri("drift"))
+        given = [key for key in ("statistics", "anomalies", "evaluation", "drift") if uri(key)]
+        print(f"DataReport: rendering {sources.class_stats_dir} with {', '.join(given) or 'no other input'}",
+              flush=True)
         path = render_report(sources, os.path.join(output.uri, REPORT_FILE))
-        print(f"DataReport: wrote {path}", flush=True)
+        logging.info("DataReport: wrote %s", path)
+        print(f"DataReport: wrote {path} ({os.path.getsize(path) // 1024} KiB)", flush=True)
 
 
 class DataReport(base_component.BaseComponent):

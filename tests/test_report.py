@@ -190,7 +190,7 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
         find_sources(str(moved))
 
 
-def test_data_report_executor_writes_report_html(report, tmp_path):
+def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
     from tfx import types
     from tfx.types import standard_artifacts
 
@@ -210,6 +210,9 @@ def test_data_report_executor_writes_report_html(report, tmp_path):
                              "class_stats": [artifact(ClassStats, sources.class_stats_dir)]},
                             {"report": [output]}, {})
     text = (tmp_path / "report_artifact" / "report.html").read_text()
+    out = capsys.readouterr().out
+    assert "DataReport: rendering" in out and "with statistics, anomalies" in out
+    assert f"DataReport: wrote {tmp_path / 'report_artifact' / 'report.html'}" in out
     assert "rare_circle" in text and "Out-of-range values" in text and "Evaluation</h2>" not in text
 
     component = DataReport(statistics=types.Channel(type=standard_artifacts.ExampleStatistics),
