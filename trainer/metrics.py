@@ -1,8 +1,14 @@
 """Per-class IoU and mIoU as Keras metrics on logits, skipping ignore pixels.
 
-Keras' own ``IoU`` / ``MeanIoU`` do the work (``sparse_y_pred=False`` takes the arg-max of
-the logits, ``ignore_class`` drops ignore pixels); ``SegmentationModel.compute_metrics``
-hands them the mask when ``y`` is a dict.
+``IoU_c = TP_c / (TP_c + FP_c + FN_c)`` accumulated over every pixel seen (not a mean of
+per-batch values), with the prediction the arg-max of the logits. Pixels whose truth is
+``ignore_index`` count nowhere. ``mIoU`` averages over the classes whose denominator is
+non-zero (a class absent from both truth and prediction is undefined, not 0 or 1).
+
+Keras' ``IoU`` / ``MeanIoU`` do the counting (a confusion matrix variable, so the metrics
+are correct under ``MirroredStrategy``); the subclasses here also accept ``y_true`` as the
+dict the trainer's dataset yields (``{"mask", "labeled", ...}``) and use its mask, so
+they work with or without ``SegmentationModel.compute_metrics`` unpacking it.
 """
 from __future__ import annotations
 
@@ -12,14 +18,46 @@ from typing import List, Sequence
 import keras
 
 
+def _mask_of(y_true):
+    return y_true["mask"] if isinstance(y_true, dict) else y_true
+
+
+@keras.saving.register_keras_serializable(package="segbalance")
+class ClassIoU(keras.metrics.IoU):
+    """IoU of the classes in ``target_class_ids`` (one class: that class's IoU) on logits."""
+
+    def __init__(self, num_classes: int, target_class_ids: Sequence[int], name=None, ignore_class=255,
+                 sparse_y_pred=False, **kwargs):
+        super().__init__(num_classes, list(target_class_ids), name=name, ignore_class=ignore_class,
+                         sparse_y_pred=sparse_y_pred, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(_mask_of(y_true), y_pred, sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="segbalance")
+class MeanIoU(keras.metrics.MeanIoU):
+    """mIoU on logits over the classes with a defined IoU."""
+
+    def __init__(self, num_classes: int, name=None, ignore_class=255, sparse_y_pred=False, **kwargs):
+        super().__init__(num_classes, name=name, ignore_class=ignore_class, sparse_y_pred=sparse_y_pred, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(_mask_of(y_true), y_pred, sample_weight)
+
+
 def metric_name(class_name: str) -> str:
+    """``iou_<class name>`` with anything but letters, digits and _ replaced."""
     return "iou_" + re.sub(r"[^0-9a-zA-Z_]+", "_", class_name).strip("_").lower()
 
 
 def segmentation_metrics(class_names: Sequence[str], ignore_index: int = 255) -> List[keras.metrics.Metric]:
+    """``[miou, iou_<name> for each class]``; logged by ``fit`` as ``miou``, ``val_iou_<name>``, ..."""
     num_classes = len(class_names)
-    metrics = [keras.metrics.MeanIoU(num_classes, name="miou", sparse_y_pred=False, ignore_class=ignore_index)]
-    for c, name in enumerate(class_names):
-        metrics.append(keras.metrics.IoU(num_classes, target_class_ids=[c], name=metric_name(name),
-                                         sparse_y_pred=False, ignore_class=ignore_index))
+    names = [metric_name(n) for n in class_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names {list(class_names)} give duplicate metric names {names}")
+    metrics = [MeanIoU(num_classes, name="miou", ignore_class=ignore_index)]
+    for c, name in enumerate(names):
+        metrics.append(ClassIoU(num_classes, [c], name=name, ignore_class=ignore_index))
     return metrics

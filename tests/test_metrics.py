@@ -1,0 +1,96 @@
+"""Per-class IoU / mIoU against a NumPy confusion-matrix reference."""
+import keras
+import numpy as np
+import pytest
+
+from trainer.metrics import ClassIoU, MeanIoU, metric_name, segmentation_metrics
+
+C, IGNORE = 4, 255
+
+
+def numpy_iou(masks, logits, num_classes=C, ignore=IGNORE):
+    """(per-class IoU with nan where undefined, nan-mean) from a confusion matrix."""
+    truth = np.concatenate([m.ravel() for m in masks])
+    pred = np.concatenate([lg.argmax(-1).ravel() for lg in logits])
+    keep = truth != ignore
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (truth[keep], pred[keep]), 1)
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1) - tp
+    iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+    return iou, np.nanmean(iou)
+
+
+def batch(rng, b=2, h=6, w=5, classes=C, absent=None):
+    mask = rng.integers(0, classes, (b, h, w))
+    mask[rng.random((b, h, w)) < 0.2] = IGNORE
+    logits = rng.normal(size=(b, h, w, C)).astype(np.float32)
+    if absent is not None:  # class never in truth nor prediction
+        mask[mask == absent] = 0
+        logits[..., absent] = -100.0
+    return mask, logits
+
+
+def results(metrics):
+    return {m.name: float(m.result()) for m in metrics}
+
+
+def test_matches_numpy_over_several_batches_and_accepts_dict():
+    rng = np.random.default_rng(0)
+    names = ["bg", "a", "b", "c"]
+    metrics = segmentation_metrics(names, IGNORE)
+    masks, logits = [], []
+    for i in range(3):
+        mask, lg = batch(rng)
+        y = {"mask": mask, "labeled": np.ones((2, C), np.float32)} if i % 2 else mask
+        for m in metrics:
+            m.update_state(y, lg)
+        masks.append(mask)
+        logits.append(lg)
+    iou, miou = numpy_iou(masks, logits)
+    got = results(metrics)
+    np.testing.assert_allclose(got["miou"], miou, rtol=1e-6)
+    for c, name in enumerate(names):
+        np.testing.assert_allclose(got[metric_name(name)], iou[c], rtol=1e-6)
+
+
+def test_absent_class_is_left_out_of_miou_batch_of_one_and_float16():
+    rng = np.random.default_rng(1)
+    mask, logits = batch(rng, b=1, absent=2)
+    miou = MeanIoU(C)
+    miou.update_state(mask, logits.astype(np.float16))
+    iou, expected = numpy_iou([mask], [logits])
+    assert np.isnan(iou[2])
+    np.testing.assert_allclose(float(miou.result()), expected, rtol=1e-3)
+    assert float(miou.result()) != pytest.approx(np.nan_to_num(iou).mean())  # not counted as 0
+
+
+def test_all_ignored_batch_gives_zero_not_nan():
+    metric = ClassIoU(C, [1])
+    metric.update_state(np.full((1, 3, 3), IGNORE), np.zeros((1, 3, 3, C), np.float32))
+    assert float(metric.result()) == 0.0
+
+
+def test_metric_names_and_duplicates():
+    assert metric_name("Traffic light!") == "iou_traffic_light"
+    with pytest.raises(ValueError, match="duplicate metric names"):
+        segmentation_metrics(["a b", "a-b"])
+
+
+def test_evaluate_with_dict_targets_matches_numpy_and_roundtrips_config():
+    from trainer.segmentation_loss import SegmentationLoss
+    from trainer.segmentation_model import SegmentationModel
+
+    rng = np.random.default_rng(2)
+    inputs = keras.Input((6, 5, 3))
+    model = SegmentationModel(inputs=inputs, outputs=keras.layers.Conv2D(C, 1)(inputs))
+    model.compile(loss=SegmentationLoss({"terms": [{"type": "ce"}]}), metrics=segmentation_metrics(list("wxyz")))
+    images = rng.normal(size=(4, 6, 5, 3)).astype(np.float32)
+    mask, _ = batch(rng, b=4)
+    y = {"mask": mask, "labeled": np.ones((4, C), np.float32)}
+    got = model.evaluate(images, y, batch_size=2, verbose=0, return_dict=True)
+    iou, miou = numpy_iou([mask], [model.predict(images, verbose=0)])
+    np.testing.assert_allclose(got["miou"], miou, rtol=1e-5)
+    np.testing.assert_allclose(got["iou_x"], iou[1], rtol=1e-5)
+    clone = ClassIoU.from_config(ClassIoU(C, [3], name="iou_z").get_config())
+    assert clone.target_class_ids == [3] and clone.ignore_class == IGNORE
