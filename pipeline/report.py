@@ -86,7 +86,8 @@ def anomalies_section(anomalies_dir: str) -> Section:
     files = _split_files(anomalies_dir, ANOMALIES_PROTO)
     if not files:
         return Section("anomalies", "Anomalies (ExampleValidator)",
-                       _missing_file(anomalies_dir, f"Split-*/{ANOMALIES_PROTO}"), '<span class="bad">unreadable</span>')
+                       _missing_file(anomalies_dir, f"Split-*/{ANOMALIES_PROTO}"),
+                       '<span class="bad">anomalies unreadable</span>')
     rows = []
     for split, path in files:
         anomalies = anomalies_pb2.Anomalies()

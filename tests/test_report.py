@@ -36,6 +36,8 @@ def test_page_has_every_section_and_number(report):
                     "Class-distribution drift"):
         assert re.search(rf'<h2 id="\w+">{re.escape(heading)}</h2>', text), heading
     found = cells(text)
+    classes = text.split('<h2 id="classes">')[1].split("<h2")[0]
+    assert re.findall(r'<tr><td class="l">([^<]*)</td>', classes) == [html.escape(name) for name in NAMES]
     for count in stats["pixel_counts"] + stats["image_counts"]:
         assert str(count) in found
     for scheme, weights in stats["weights"].items():  # the weights table: one row per scheme, C weights
