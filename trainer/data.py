@@ -8,7 +8,12 @@
   whose statistics were not computed) count as completely labelled.
 - Training batches are augmented with random flips and a random crop (scale 0.7 to 1)
   resized back, applied to the image, the mask (nearest) and the pixel weights together.
-- Parallel map, prefetch; deterministic order with a seed.
+- ``pixel_weights`` (optional): a weight map [B,H,W] for the loss, computed on the fly from
+  the transformed image and mask before augmentation (so it is cropped and flipped with
+  them); ``{"type": "edge", "image_weight": 1.0, "boundary_weight": 1.0}`` uses
+  ``trainer.weight_maps.edge_weights``. Without it no map is yielded (the loss uses 1).
+- Shuffle (training), batch, parallel map, prefetch; deterministic order for a seed.
+  ``repeat=True`` makes the training set endless (used with ``steps_per_epoch``).
 """
 from __future__ import annotations
 
@@ -58,11 +63,43 @@ def augment(image, mask, weights, seed):
     return image, tf.cast(labels[..., 0], mask.dtype), labels[..., 1]
 
 
+PIXEL_WEIGHT_TYPES = {"edge": {"image_weight", "boundary_weight"}}
+
+
+def validate_pixel_weights(config: Optional[dict]) -> None:
+    """ValueError naming the problem in a ``pixel_weights`` config (None = no map)."""
+    if config is None:
+        return
+    if not isinstance(config, dict) or config.get("type") not in PIXEL_WEIGHT_TYPES:
+        raise ValueError(f"pixel_weights must be null or a mapping with type one of {sorted(PIXEL_WEIGHT_TYPES)}, "
+                         f"got {config!r}")
+    extra = sorted(set(config) - {"type"} - PIXEL_WEIGHT_TYPES[config["type"]])
+    if extra:
+        raise ValueError(f"pixel_weights ({config['type']}): unknown parameter {extra[0]!r}; "
+                         f"allowed: {sorted(PIXEL_WEIGHT_TYPES[config['type']])}")
+
+
+def pixel_weight_map(image, mask, config: dict, num_classes: int, ignore_index: int):
+    """float32 [B,H,W] weight map of ``config`` (see module docstring)."""
+    from trainer import weight_maps
+
+    params = {k: float(v) for k, v in config.items() if k != "type"}
+    return tf.cast(weight_maps.edge_weights(image, mask, num_classes=num_classes, ignore_index=ignore_index,
+                                            **params), tf.float32)
+
+
+def example_files(file_patterns: List[str]) -> List[str]:
+    return sorted({f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)})
+
+
 def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int, num_classes: int,
                  labeled_by_id: Optional[Dict[str, Sequence[int]]] = None, training: bool = False,
-                 seed: int = 0, with_pixel_weights: bool = False, ignore_index: int = 255) -> tf.data.Dataset:
-    """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": [B,C] (, "pixel_weights")})."""
-    files = sorted({f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)})
+                 seed: int = 0, pixel_weights: Optional[dict] = None, ignore_index: int = 255,
+                 repeat: bool = False, shuffle_buffer: int = 512) -> tf.data.Dataset:
+    """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": float32 [B,C]
+    (, "pixel_weights": float32 [B,H,W] when ``pixel_weights`` is given)})."""
+    validate_pixel_weights(pixel_weights)
+    files = example_files(file_patterns)
     if not files:
         raise ValueError(f"no example files match {file_patterns}")
     compression = "GZIP" if files[0].endswith(".gz") else None
@@ -81,21 +118,24 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
             rows = tf.fill([tf.shape(mask)[0]], tf.cast(tf.shape(matrix)[0] - 1, tf.int64))
         y = {"mask": mask, "labeled": tf.gather(matrix, rows)}
         image = tf.cast(features[IMAGE], tf.float32)
-        if training or with_pixel_weights:
-            weights = tf.ones_like(mask, tf.float32)
-            y["pixel_weights"] = weights
+        if pixel_weights is not None:
+            y["pixel_weights"] = pixel_weight_map(image, mask, pixel_weights, num_classes, ignore_index)
+        elif training:  # carried through the augmentation, dropped below
+            y["pixel_weights"] = tf.ones_like(mask, tf.float32)
         return image, y
 
     ds = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
     if training:
-        ds = ds.shuffle(512, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     ds = ds.batch(batch_size).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training:
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip((ds, counter)).map(
             lambda inputs, step: _augment_batch(inputs, tf.stack([tf.cast(seed, tf.int64), step])),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if not with_pixel_weights:
+        if pixel_weights is None:
             ds = ds.map(lambda image, y: (image, {k: v for k, v in y.items() if k != "pixel_weights"}))
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -107,7 +147,8 @@ def _augment_batch(inputs, seed):
 
 
 def count_records(file_patterns: List[str]) -> int:
-    files = sorted({f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)})
+    """Number of records in the files (0 when no file matches)."""
+    files = example_files(file_patterns)
     if not files:
         return 0
     compression = "GZIP" if files[0].endswith(".gz") else None

@@ -4,7 +4,8 @@ Outputs (batch-major):
 
 - ``image``: float32 [B, H, W, 3], resized (bilinear) to ``custom_config["image_size"]`` and
   normalised with the per-channel mean and standard deviation that tf.Transform analysers
-  compute over the training split;
+  compute over the training split (the std is floored at 1 grey level, so a constant
+  channel does not divide by ~0);
 - ``mask``: int64 [B, H, W], resized with nearest neighbour (ids stay ids);
 - ``source_id``: string [B], used to join the per-image label sets of ClassStats.
 
@@ -14,8 +15,9 @@ images would be ~12 bytes per pixel against the ~1-3 bytes of the PNGs already i
 examples; applying the graph on the fly costs one decode per step, which the input
 pipeline benchmark shows is cheaper than the training step. The same graph goes into the
 serving model (``trainer/serving.py``), so serving takes encoded bytes and cannot drift
-from training; serving passes only ``image/encoded`` and tf.Transform drops the outputs
-that need the mask.
+from training. Serving passes only ``image/encoded``: tf.Transform fills the other raw
+features with defaults (empty bytes) and still computes every output, so the mask decoder
+accepts empty bytes; the serving model reads only the ``image`` output.
 """
 from __future__ import annotations
 
@@ -45,11 +47,21 @@ def decode_resize_image(encoded, image_size):
     return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([*image_size, 3], tf.float32))
 
 
-def decode_resize_mask(encoded, image_size):
-    """[B] single-channel PNG -> int64 [B, H, W], nearest-neighbour resize."""
+def decode_resize_mask(encoded, image_size, ignore_index: int = codec.DEFAULT_IGNORE_INDEX):
+    """[B] single-channel PNG -> int64 [B, H, W], nearest-neighbour resize.
+
+    Empty bytes give an all-``ignore_index`` mask: tf.Transform feeds ``b""`` for a feature
+    the caller did not pass (serving passes only the image), and the graph still computes
+    every output. A training record with an empty mask was quarantined and counted by
+    ClassStatsGen, and contributes no labelled pixel here.
+    """
     def one(data):
-        mask = tf.io.decode_png(data, channels=1, dtype=tf.uint8)
-        return tf.cast(tf.image.resize(mask, image_size, method="nearest")[..., 0], tf.int64)
+        def decode():
+            mask = tf.io.decode_png(data, channels=1, dtype=tf.uint8)
+            return tf.cast(tf.image.resize(mask, image_size, method="nearest")[..., 0], tf.int64)
+
+        return tf.cond(tf.strings.length(data) > 0, decode,
+                       lambda: tf.fill(image_size, tf.constant(ignore_index, tf.int64)))
     return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec(image_size, tf.int64))
 
 
@@ -64,7 +76,8 @@ def preprocessing_fn(inputs, custom_config=None):
     std = tf.sqrt(tft.var(pixels, reduce_instance_dims=False))
     outputs[IMAGE] = (image - mean) / tf.maximum(std, 1.0)
     if codec.MASK_KEY in inputs:
-        outputs[MASK] = decode_resize_mask(dense_column(inputs[codec.MASK_KEY], b""), image_size)
+        outputs[MASK] = decode_resize_mask(dense_column(inputs[codec.MASK_KEY], b""), image_size,
+                                           int(custom_config.get("ignore_index", codec.DEFAULT_IGNORE_INDEX)))
     if codec.SOURCE_ID_KEY in inputs:
         outputs[SOURCE_ID] = dense_column(inputs[codec.SOURCE_ID_KEY], b"")
     return outputs

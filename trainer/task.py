@@ -1,32 +1,53 @@
 """`run_fn`: the TFX Trainer entry point (``trainer.task.run_fn``).
 
-``fn_args.custom_config`` keys (the pipeline fills them from ``pipeline/config.py``):
+``fn_args.custom_config`` keys (the pipeline fills them from ``pipeline/config.py``;
+an unknown key is an error, so a typo does not silently train with a default):
 
 =================== =====================================================================
-num_classes         C (must match the ClassStats artifact)
-class_names         list of C names (metric names)
-ignore_index        mask value with no label (255)
-image_size          [H, W] the model sees (Transform resizes to it)
-epochs, batch_size  training length; batch_size is the global batch over all replicas
-learning_rate       Adam learning rate
-depth, base_filters U-Net size (``trainer/model.py``)
-loss                SegmentationLoss config; its ``class_weights`` may name a scheme,
-                    whose vector is read from the ClassStats artifact
-mixed_precision     true: ``mixed_float16`` policy (the loss stays float32)
+num_classes         C, required (must match the ClassStats artifact and the data)
+class_names         list of C names (metric names ``iou_<name>``); default: the artifact's
+ignore_index        mask value with no label (255); must match the artifact's
+image_size          [H, W] the model sees (Transform resizes to it); default [64, 64]
+epochs              number of epochs (1)
+batch_size          global batch over all replicas (16)
+steps_per_epoch     optional cap on the steps of an epoch (the training set then repeats)
+learning_rate       Adam learning rate (1e-3)
+depth, base_filters U-Net size (``trainer/model.py``; defaults 3 and 16)
+backbone            optional ``keras.applications`` class name (e.g. "MobileNetV2") used
+                    as the encoder, randomly initialised (nothing downloads)
+loss                SegmentationLoss config (``trainer/segmentation_loss.py``), required;
+                    its ``class_weights`` may name a scheme of ``trainer/class_weights.py``,
+                    whose vector is read from the ClassStats artifact's ``weights``
+pixel_weights       optional weight map for the loss, e.g. {"type": "edge",
+                    "image_weight": 1, "boundary_weight": 2} (``trainer/data.py``)
+mixed_precision     true: ``mixed_float16`` policy (logits and loss stay float32)
 jit_compile         true: XLA-compile the train step
-seed                random seed (weights, shuffling, augmentation)
-devices             optional list of devices for MirroredStrategy (default: all GPUs if
-                    more than one, else the default strategy)
-steps_per_epoch     optional cap on the steps of an epoch
-class_stats_uri     added by the SegTrainer executor: the ClassStats artifact
-backup_dir          optional; default ``<model_run parent>/backup-<fingerprint>``, stable
-                    across retries of the same training, so an interrupted run resumes
-                    at the epoch it reached (``keras.callbacks.BackupAndRestore``)
+devices             optional list of devices for MirroredStrategy; default: all GPUs when
+                    more than one is visible, else the default (single-device) strategy
+seed                random seed of weights, shuffling and augmentation (0)
+shuffle_buffer      records in the shuffle buffer (512)
+backup_dir          optional; default ``<ModelRun channel dir>/backup-<fingerprint>``
+class_stats_uri     set by the SegTrainer executor: the ClassStats artifact's URI
 =================== =====================================================================
 
-Checks before training (each a ValueError saying what to change): loss config (unknown
-term or weight scheme), ``num_classes`` of config vs ClassStats, records whose masks hold
-ids >= C, and an empty training split.
+Keys starting with ``_`` are in-process hooks for tests and benchmarks (not JSON):
+``_extra_callbacks`` (Keras callbacks appended after the standard ones) and ``_strategy``
+(a ``tf.distribute.Strategy`` to use instead of choosing one).
+
+Resuming: ``keras.callbacks.BackupAndRestore`` saves the model, optimizer and epoch at
+every epoch end. A retried TFX execution gets a new ``model_run`` directory, so the backup
+lives next to it in the ModelRun channel directory (``.../SegTrainer/model_run/``), under a
+fingerprint of the config and the training files: a retry of the same training resumes at
+the epoch it reached; a different training starts afresh. Keras deletes the backup when
+training finishes.
+
+TensorBoard logs go to ``<model_run_dir>/logs``; a summary of the run (weights used, the
+loss of the first batch before any update, history) to ``<model_run_dir>/training_summary.json``.
+
+Checks before training (each a ValueError saying what to change): unknown custom_config
+key, loss config (unknown term, parameter or weight scheme), ``num_classes`` of the config
+vs the ClassStats artifact vs the data (more than 10 % of records quarantined for ids >= C),
+``ignore_index`` vs the artifact, and an empty training split.
 """
 from __future__ import annotations
 
@@ -46,6 +67,11 @@ from trainer.serving import export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
 MAX_BAD_ID_FRACTION = 0.1
+CONFIG_KEYS = {
+    "num_classes", "class_names", "ignore_index", "image_size", "epochs", "batch_size", "steps_per_epoch",
+    "learning_rate", "depth", "base_filters", "backbone", "loss", "pixel_weights", "mixed_precision",
+    "jit_compile", "devices", "seed", "shuffle_buffer", "backup_dir", "class_stats_uri",
+}
 
 
 def resolve_class_weights(loss_config: dict, stats: dict):
@@ -58,14 +84,31 @@ def resolve_class_weights(loss_config: dict, stats: dict):
     return scheme
 
 
+def check_config(cfg: Dict[str, Any]) -> None:
+    """Errors in the custom_config alone (no artifact needed)."""
+    unknown = sorted(k for k in cfg if k not in CONFIG_KEYS and not k.startswith("_"))
+    if unknown:
+        raise ValueError(f"unknown trainer custom_config key {unknown[0]!r}; known keys: {', '.join(sorted(CONFIG_KEYS))}")
+    for key in ("num_classes", "loss"):
+        if key not in cfg:
+            raise ValueError(f"trainer custom_config needs {key!r}")
+    validate_loss_config(cfg["loss"], int(cfg["num_classes"]))
+    data.validate_pixel_weights(cfg.get("pixel_weights"))
+
+
 def check_inputs(cfg: Dict[str, Any], stats: dict, quarantine: list, num_train: int) -> None:
+    """Config vs ClassStats vs data; raises ValueError before anything is built."""
+    check_config(cfg)
     num_classes = int(cfg["num_classes"])
-    validate_loss_config(cfg["loss"], num_classes)
     if stats["num_classes"] != num_classes:
         raise ValueError(f"config says num_classes={num_classes} but the ClassStats artifact was computed with "
                          f"{stats['num_classes']}: make classes.names and the statistics agree")
     if len(cfg.get("class_names", [])) not in (0, num_classes):
         raise ValueError(f"{len(cfg['class_names'])} class names for num_classes={num_classes}")
+    ignore_index = int(cfg.get("ignore_index", 255))
+    if int(stats.get("ignore_index", ignore_index)) != ignore_index:
+        raise ValueError(f"config says ignore_index={ignore_index} but the ClassStats artifact used "
+                         f"{stats['ignore_index']}")
     bad_ids = [q for q in quarantine if "num_classes" in q.get("reason", "")]
     total = stats["num_records"] + stats["quarantined_records"]
     if total and len(bad_ids) / total > MAX_BAD_ID_FRACTION:
@@ -77,6 +120,7 @@ def check_inputs(cfg: Dict[str, Any], stats: dict, quarantine: list, num_train: 
 
 
 def choose_strategy(devices=None) -> tf.distribute.Strategy:
+    """MirroredStrategy on ``devices`` or on all GPUs when more than one; else the default strategy."""
     if devices:
         return tf.distribute.MirroredStrategy(list(devices))
     if len(tf.config.list_logical_devices("GPU")) > 1:
@@ -87,7 +131,7 @@ def choose_strategy(devices=None) -> tf.distribute.Strategy:
 def backup_dir_for(cfg: dict, train_files, model_run_dir: str) -> str:
     if cfg.get("backup_dir"):
         return cfg["backup_dir"]
-    key = json.dumps({k: v for k, v in cfg.items() if k != "backup_dir"}, sort_keys=True) + json.dumps(
+    key = json.dumps({k: v for k, v in cfg.items() if k != "backup_dir" and not k.startswith("_")}, sort_keys=True) + json.dumps(
         sorted(train_files))
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(os.path.dirname(os.path.normpath(model_run_dir)), f"backup-{fingerprint}")
@@ -100,6 +144,7 @@ def run_fn(fn_args) -> None:
     if "class_stats_uri" not in cfg:
         raise ValueError("custom_config has no class_stats_uri: run this run_fn through SegTrainer "
                          "(components/seg_trainer.py), which passes the ClassStats artifact")
+    check_config(cfg)
     stats = read_class_stats(cfg["class_stats_uri"])
     num_train = data.count_records(fn_args.train_files)
     check_inputs(cfg, stats, read_quarantine(cfg["class_stats_uri"]), num_train)
@@ -113,20 +158,24 @@ def run_fn(fn_args) -> None:
     labeled = labeled_by_source_id(cfg["class_stats_uri"])
     batch_size = int(cfg.get("batch_size", 16))
     ignore_index = int(cfg.get("ignore_index", 255))
+    steps = cfg.get("steps_per_epoch") or None
+    pixel_weights = cfg.get("pixel_weights")
     train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, batch_size, num_classes, labeled,
-                                 training=True, seed=seed, ignore_index=ignore_index)
-    eval_ds = data.make_dataset(fn_args.eval_files, tf_transform_output, batch_size, num_classes, labeled,
-                                ignore_index=ignore_index)
+                                 training=True, seed=seed, ignore_index=ignore_index, pixel_weights=pixel_weights,
+                                 repeat=steps is not None, shuffle_buffer=int(cfg.get("shuffle_buffer", 512)))
+    eval_ds = None
+    if data.count_records(fn_args.eval_files or []):
+        eval_ds = data.make_dataset(fn_args.eval_files, tf_transform_output, batch_size, num_classes, labeled,
+                                    ignore_index=ignore_index, pixel_weights=pixel_weights)
 
     mixed = bool(cfg.get("mixed_precision", False))
     previous_policy = keras.mixed_precision.global_policy().name
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = choose_strategy(cfg.get("devices"))
+    strategy = cfg.get("_strategy") or choose_strategy(cfg.get("devices"))
     try:
         with strategy.scope():
-            model = model_lib.build_unet(cfg.get("image_size", (64, 64)), num_classes, int(cfg.get("depth", 3)),
-                                         int(cfg.get("base_filters", 16)))
+            model = model_lib.build_model(cfg, num_classes)
             loss = SegmentationLoss(cfg["loss"], class_weights=class_weights)
             model.compile(optimizer=keras.optimizers.Adam(float(cfg.get("learning_rate", 1e-3))), loss=loss,
                           metrics=segmentation_metrics(class_names, ignore_index),
@@ -136,7 +185,6 @@ def run_fn(fn_args) -> None:
         callbacks = [keras.callbacks.BackupAndRestore(backup),
                      keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
         callbacks += list(cfg.get("_extra_callbacks", []))
-        steps = cfg.get("steps_per_epoch") or None
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
         history = model.fit(train_ds, validation_data=eval_ds, epochs=int(cfg.get("epochs", 1)),

@@ -1,0 +1,109 @@
+"""tf.data input: label-set join, joint augmentation, pixel weights, bad ids, determinism."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import trainer_inputs as ti
+from trainer import data, weight_maps
+from trainer import example_codec as codec
+
+
+def test_labeled_table_rows_and_default():
+    table, matrix = data.labeled_table({"a": [0, 2], "b": [1]}, 4)
+    rows = table.lookup(tf.constant(["b", "zzz", "a"])).numpy()
+    got = tf.gather(matrix, rows).numpy()
+    np.testing.assert_array_equal(got, [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0]])  # background always labelled
+    empty_table, empty = data.labeled_table({}, 3)
+    assert empty_table is None and empty.numpy().tolist() == [[1, 1, 1]]
+
+
+def blocks(batch=3, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.kron(rng.integers(0, 4, (batch, size // 8, size // 8)), np.ones((1, 8, 8), np.int64)).astype(np.int32)
+    image = np.repeat(mask[..., None].astype(np.float32), 3, axis=-1)
+    return tf.constant(image), tf.constant(mask)
+
+
+def test_augment_moves_image_mask_and_weights_together():
+    image, mask = blocks()
+    weights = tf.cast(mask, tf.float32) * 10.0 + 1.0
+    out_image, out_mask, out_weights = data.augment(image, mask, weights, tf.constant([3, 0], tf.int64))
+    assert out_mask.dtype == tf.int32 and out_image.shape == image.shape
+    np.testing.assert_array_equal(out_weights.numpy(), out_mask.numpy() * 10.0 + 1.0)  # same nearest warp
+    agree = np.mean(np.round(out_image.numpy()[..., 0]) == out_mask.numpy())  # bilinear vs nearest: edges differ
+    assert agree > 0.85
+    assert not np.array_equal(out_mask.numpy(), mask.numpy())  # something happened
+    again = data.augment(image, mask, weights, tf.constant([3, 0], tf.int64))[1]
+    other = data.augment(image, mask, weights, tf.constant([4, 0], tf.int64))[1]
+    np.testing.assert_array_equal(again.numpy(), out_mask.numpy())
+    assert not np.array_equal(other.numpy(), out_mask.numpy())
+
+
+def test_pixel_weight_config_errors():
+    data.validate_pixel_weights(None)
+    data.validate_pixel_weights({"type": "edge", "boundary_weight": 2})
+    with pytest.raises(ValueError, match="type one of"):
+        data.validate_pixel_weights({"type": "sobel"})
+    with pytest.raises(ValueError, match="unknown parameter 'w0'"):
+        data.validate_pixel_weights({"type": "edge", "w0": 2})
+
+
+@pytest.fixture(scope="module")
+def transform_output():
+    import tensorflow_transform as tft
+
+    return tft.TFTransformOutput(ti.tiny_pipeline()["transform_graph"])
+
+
+@pytest.mark.slow
+def test_dataset_from_transform_output(tmp_path, transform_output):
+    uris = ti.tiny_pipeline()
+    train = [os.path.join(uris["examples"], "Split-train", "*")]
+    stats_labeled = {"img000": [0, 1], "img004": [0, 1]}
+    ds = data.make_dataset(train, transform_output, 4, ti.NUM_CLASSES, stats_labeled, training=False)
+    seen = {}
+    for image, y in ds:
+        assert image.dtype == tf.float32 and image.shape[1:] == (16, 16, 3)
+        assert set(y) == {"mask", "labeled"} and y["mask"].dtype == tf.int32
+        seen.update({k: v for k, v in zip(range(len(seen), len(seen) + len(y["labeled"])), y["labeled"].numpy())})
+    assert len(seen) == data.count_records(train) == ti.NUM_RECORDS - data.count_records(
+        [os.path.join(uris["examples"], "Split-eval", "*")])
+    # the rows follow the record order; compare with the join done in Python
+    files = tf.io.gfile.glob(train[0])
+    ids = [codec.parse_record(r).source_id
+           for r in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator()]
+    expected = [[1, 1, 0] if sid in stats_labeled else [1, 1, 1] for sid in ids]
+    np.testing.assert_array_equal(np.stack([seen[i] for i in range(len(ids))]), expected)
+
+    # training: augmented, deterministic for a seed, endless with repeat, weights carried with the mask
+    pw = {"type": "edge", "image_weight": 0.0, "boundary_weight": 2.0}
+    first = [b for b in data.make_dataset(train, transform_output, 4, 3, training=True, seed=5, pixel_weights=pw)]
+    second = [b for b in data.make_dataset(train, transform_output, 4, 3, training=True, seed=5, pixel_weights=pw)]
+    for (i1, y1), (i2, y2) in zip(first, second):
+        np.testing.assert_array_equal(i1.numpy(), i2.numpy())
+        np.testing.assert_array_equal(y1["mask"].numpy(), y2["mask"].numpy())
+    _, y = first[0]
+    weights = y["pixel_weights"].numpy()
+    assert set(np.unique(weights)) <= {1.0, 3.0}  # 1 + 2 * boundary, cropped with nearest
+    endless = data.make_dataset(train, transform_output, 4, 3, training=True, repeat=True)
+    assert len(list(endless.take(3 * len(first)))) == 3 * len(first)
+
+    # evaluation with a weight map: exactly weight_maps.edge_weights of the transformed image and mask
+    image, y = next(iter(data.make_dataset(train, transform_output, 4, 3, pixel_weights=pw)))
+    expected = weight_maps.edge_weights(image, y["mask"], num_classes=3, image_weight=0.0, boundary_weight=2.0)
+    np.testing.assert_allclose(y["pixel_weights"].numpy(), np.asarray(expected))
+
+
+@pytest.mark.slow
+def test_ids_beyond_num_classes_become_ignore_and_missing_files_error(tmp_path, transform_output):
+    mask = np.array([[0, 1, 7, 255]] * 4, np.uint8)
+    image = np.zeros((4, 4, 3), np.uint8)
+    record = codec.build_example(codec.encode_png(image), codec.encode_png(mask), "bad", 4, 4).SerializeToString()
+    path = ti.write_tfrecord(str(tmp_path / "bad.tfrecord"), [record])
+    _, y = next(iter(data.make_dataset([path], transform_output, 1, 3)))
+    assert set(np.unique(y["mask"].numpy())) == {0, 1, 255}
+    with pytest.raises(ValueError, match="no example files match"):
+        data.make_dataset([str(tmp_path / "none-*")], transform_output, 1, 3)
+    assert data.count_records([str(tmp_path / "none-*")]) == 0

@@ -1,0 +1,154 @@
+"""Tiny real trainer inputs shared by the trainer tests.
+
+`tiny_pipeline()` runs ImportExampleGen -> ClassStatsGen -> Transform -> SegTrainer in a
+LocalDagRunner once per test process (cached) on 24 generated 32x32 images with 3 classes,
+and returns the artifact URIs. `fn_args_for()` builds the FnArgs that the SegTrainer
+executor would give `run_fn`, so tests can call `run_fn` directly on those artifacts.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import example_codec as codec
+
+NUM_CLASSES = 3
+NAMES = ["background", "square", "bar"]
+SIZE = 32
+NUM_RECORDS = 24
+# A schema for the raw examples (what SchemaGen(infer_feature_shape=True) gives: dense bytes).
+SCHEMA = """
+feature { name: "image/encoded" type: BYTES presence { min_fraction: 1 } shape { dim { size: 1 } } }
+feature { name: "image/format" type: BYTES presence { min_fraction: 1 } shape { dim { size: 1 } } }
+feature { name: "image/height" type: INT presence { min_fraction: 1 } shape { dim { size: 1 } } }
+feature { name: "image/width" type: INT presence { min_fraction: 1 } shape { dim { size: 1 } } }
+feature { name: "image/source_id" type: BYTES presence { min_fraction: 1 } shape { dim { size: 1 } } }
+feature { name: "image/segmentation/class/encoded" type: BYTES presence { min_fraction: 1 } shape { dim { size: 1 } } }
+feature { name: "image/segmentation/class/format" type: BYTES presence { min_fraction: 1 } shape { dim { size: 1 } } }
+feature { name: "image/segmentation/class/labeled" type: INT }
+"""
+CONFIG = {
+    "num_classes": NUM_CLASSES, "class_names": NAMES, "ignore_index": 255, "image_size": [16, 16],
+    "epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "depth": 2, "base_filters": 4, "steps_per_epoch": 2,
+    "loss": {"terms": [{"type": "ce", "weight": 1.0}], "class_weights": "inverse_frequency",
+             "missing_labels": "marginal"},
+    "seed": 1,
+}
+
+
+def make_image_and_mask(rng: np.random.Generator, height: int, width: int):
+    """A square (class 1) and a bar (class 2) on background; colours tell the classes apart."""
+    mask = np.zeros((height, width), np.uint8)
+    s = int(rng.integers(height // 4, height // 2))
+    y, x = rng.integers(0, height - s), rng.integers(0, width - s)
+    mask[y:y + s, x:x + s] = 1
+    if rng.random() < 0.6:
+        col = int(rng.integers(0, width - 3))
+        mask[:, col:col + 3] = 2
+    colours = np.array([[30, 30, 30], [200, 60, 60], [60, 60, 220]], np.float64)
+    image = colours[mask] + rng.normal(0, 20, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def make_examples(n: int = NUM_RECORDS, seed: int = 0, height: int = SIZE, width: int = SIZE,
+                  partial_every: int = 4) -> List[bytes]:
+    """Serialized records; every `partial_every`-th one records only {0, 1} as labelled."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        image, mask = make_image_and_mask(rng, height, width)
+        labeled = [0, 1] if partial_every and i % partial_every == 0 else None
+        if labeled is not None:
+            mask[mask == 2] = 0  # the bar was not annotated
+        example = codec.build_example(codec.encode_png(image), codec.encode_png(mask), f"img{i:03d}",
+                                      height, width, labeled=labeled)
+        records.append(example.SerializeToString())
+    return records
+
+
+def write_tfrecord(path: str, records: List[bytes], compression: Optional[str] = None) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, options=compression) as writer:
+        for record in records:
+            writer.write(record)
+    return path
+
+
+def write_schema(folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "schema.pbtxt"), "w") as f:
+        f.write(SCHEMA)
+    return os.path.join(folder, "schema.pbtxt")
+
+
+def run_tiny_pipeline(root: str, custom_config: dict = CONFIG, records: Optional[List[bytes]] = None) -> Dict[str, str]:
+    """Run the four components; return {"examples", "class_stats", "transform_graph", "model", "model_run"} URIs."""
+    from tfx import v1 as tfx
+
+    from components.class_stats_gen import ClassStatsGen
+    from components.seg_trainer import SegTrainer
+
+    write_tfrecord(os.path.join(root, "data", "data.tfrecord"), records or make_examples())
+    schema_dir = os.path.dirname(write_schema(os.path.join(root, "schema")))
+    example_gen = tfx.components.ImportExampleGen(input_base=os.path.join(root, "data"))
+    schema = tfx.components.ImportSchemaGen(schema_file=os.path.join(schema_dir, "schema.pbtxt"))
+    examples = example_gen.outputs["examples"]
+    class_stats = ClassStatsGen(examples=examples, num_classes=NUM_CLASSES, class_names=NAMES)
+    transform = tfx.components.Transform(
+        examples=examples, schema=schema.outputs["schema"], preprocessing_fn="trainer.preprocessing.preprocessing_fn",
+        custom_config=custom_config, materialize=False, disable_statistics=True)
+    trainer = SegTrainer(examples=examples, transform_graph=transform.outputs["transform_graph"],
+                         class_stats=class_stats.outputs["class_stats"], run_fn="trainer.task.run_fn",
+                         train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
+                         custom_config=custom_config)
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="seg-trainer-test", pipeline_root=os.path.join(root, "pipeline_root"),
+        components=[example_gen, schema, class_stats, transform, trainer], enable_cache=False,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.join(root, "metadata.sqlite")),
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+    def one(pattern):
+        found = sorted(glob.glob(os.path.join(root, "pipeline_root", pattern)))
+        assert len(found) == 1, (pattern, found)
+        return found[0]
+
+    return {
+        "examples": one("ImportExampleGen/examples/*"),
+        "class_stats": one("ClassStatsGen/class_stats/*"),
+        "transform_graph": one("Transform/transform_graph/*"),
+        "model": one("SegTrainer/model/*"),
+        "model_run": one("SegTrainer/model_run/*"),
+    }
+
+
+_CACHE: Dict[str, Dict[str, str]] = {}
+
+
+def tiny_pipeline() -> Dict[str, str]:
+    """The pipeline's artifact URIs, run once per process (in a temporary folder)."""
+    if "uris" not in _CACHE:
+        _CACHE["uris"] = run_tiny_pipeline(tempfile.mkdtemp(prefix="seg-trainer-"))
+    return _CACHE["uris"]
+
+
+def fn_args_for(uris: Dict[str, str], out_dir: str, custom_config: dict, class_stats_uri: Optional[str] = None,
+                train_files: Optional[List[str]] = None):
+    """FnArgs as the SegTrainer executor builds them, writing into `out_dir`."""
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    cfg = dict(custom_config)
+    cfg["class_stats_uri"] = class_stats_uri or uris["class_stats"]
+    return FnArgs(
+        train_files=train_files or [os.path.join(uris["examples"], "Split-train", "*")],
+        eval_files=[os.path.join(uris["examples"], "Split-eval", "*")],
+        transform_output=uris["transform_graph"], transform_graph_path=uris["transform_graph"],
+        serving_model_dir=os.path.join(out_dir, "model", "Format-Serving"),
+        model_run_dir=os.path.join(out_dir, "model_run"),
+        custom_config=cfg)
