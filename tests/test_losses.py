@@ -286,3 +286,17 @@ def test_class_weighted_ce_agrees_with_keras_sparse_ce_with_sample_weights():
     builtin = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255, reduction="sum")
     expected = float(builtin(y, z, sample_weight=sample_weight)) / valid.sum()
     np.testing.assert_allclose(float(L.weighted_cross_entropy(y, z, CW)), expected, rtol=1e-5)
+
+
+def test_vectors_of_the_wrong_length_name_the_argument():
+    y, z, labeled = data(18)  # C = 4
+    with pytest.raises(ValueError, match=r"class_weights must have one value per class \(4\)"):
+        L.weighted_cross_entropy(y, z, class_weights=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="fn_weights"):
+        L.marginal_cross_entropy(y, z, labeled, fn_weights=[1.0] * 5)
+    with pytest.raises(ValueError, match="alpha"):
+        L.focal_loss(y, z, alpha=[0.25, 0.75])
+    with pytest.raises(ValueError, match="class_weights"):
+        L.dice_loss(y, z, class_weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match=r"labeled must be \[B, 4\]"):
+        L.exclusion_loss(y, z, labeled[:, :3])

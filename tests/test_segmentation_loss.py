@@ -70,10 +70,31 @@ def test_missing_label_modes_and_pixel_options():
     ({"terms": [{"type": "ce"}], "colour": 1}, "unknown loss config key 'colour'"),
     ({"terms": [{"type": "exclusion", "form": "focal"}]}, "form must be"),
     ({"terms": [{"type": "ce", "label_smoothing": 0.1}], "missing_labels": "marginal"}, "not supported"),
+    ({"terms": [{"type": "dice", "weight": "half"}]}, r"terms\[0\] \(dice\): weight must be a finite number"),
+    ({"terms": [{"type": "ce"}, {"type": "tversky", "beta": -1}]}, r"terms\[1\] \(tversky\): beta"),
+    ({"terms": [{"type": "focal", "gamma": float("nan")}]}, "gamma must be a finite number"),
+    ({"terms": [{"type": "ce"}], "class_weights": [1.0, float("inf")]}, "class_weights must be finite"),
+    ({"terms": [{"type": "ce"}], "class_weights": 3}, "class_weights must be null, a scheme name"),
+    ({"terms": [{"type": "ce"}], "fn_weights": "high"}, "fn_weights must be a list"),
+    ({"terms": [{"type": "ce"}], "low_confidence": {"tau": 0.5}}, "low_confidence must be"),
 ])
 def test_bad_configs_name_the_problem(config, message):
     with pytest.raises(ValueError, match=message):
         validate_loss_config(config)
+
+
+def test_num_classes_checks_vectors_logits_and_dict_keys():
+    with pytest.raises(ValueError, match="class_weights has 2 values for 3 classes"):
+        SegmentationLoss({"terms": [{"type": "ce"}]}, class_weights=[1.0, 2.0], num_classes=3)
+    mask, logits, labeled, _ = batch(4)
+    loss = SegmentationLoss({"terms": [{"type": "ce"}]}, pixel_counts=[5, 0, 0, 5], **{})  # 4 classes implied
+    assert loss.num_classes == 4 and loss.get_config()["num_classes"] == 4
+    with pytest.raises(ValueError, match="built for 4 classes but the logits have 3 channels"):
+        loss(mask, logits)
+    with pytest.raises(ValueError, match="needs 'mask'"):
+        SegmentationLoss({"terms": [{"type": "ce"}]})({"labels": mask}, logits)
+    with pytest.raises(ValueError, match="got keys"):
+        SegmentationLoss({"terms": [{"type": "ce"}]})({"mask": mask, "weights": mask}, logits)
 
 
 def test_scheme_without_weights_is_an_error():

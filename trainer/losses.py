@@ -90,14 +90,25 @@ def _pick(values, labels, num_classes: int):
     return ops.sum(values * ops.one_hot(labels, num_classes), axis=-1)
 
 
-def _gather_class(values, labels):
+def _class_vector(values, num_classes: int, name: str):
+    """values as float32 [C]; ValueError when its (static) length is not C."""
+    vector = ops.convert_to_tensor(values, dtype="float32")
+    if len(vector.shape) != 1 or (vector.shape[0] is not None and int(vector.shape[0]) != num_classes):
+        raise ValueError(f"{name} must have one value per class ({num_classes}), got shape {tuple(vector.shape)}")
+    return vector
+
+
+def _gather_class(values, labels, num_classes: int, name: str = "class_weights"):
     """values [C] -> values[labels] as float32 [B,H,W]."""
-    return ops.take(ops.convert_to_tensor(values, dtype="float32"), labels)
+    return ops.take(_class_vector(values, num_classes, name), labels)
 
 
 def _labeled_mask(labeled, num_classes: int):
     """[B,C] float32 multi-hot with background forced to 1, shaped [B,1,1,C]."""
     lab = ops.cast(ops.convert_to_tensor(labeled), "float32")
+    if len(lab.shape) != 2 or (lab.shape[-1] is not None and int(lab.shape[-1]) != num_classes):
+        raise ValueError(f"labeled must be [B, {num_classes}] multi-hot (one column per class), "
+                         f"got shape {tuple(lab.shape)}")
     lab = ops.maximum(lab, ops.one_hot(ops.zeros((ops.shape(lab)[0],), "int32"), num_classes))
     return ops.reshape(lab, (-1, 1, 1, num_classes))
 
@@ -106,8 +117,9 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
                      fp_weights=None, low_confidence: Optional[Tuple[float, float]] = None):
     """Per-pixel weights [B,H,W] (0 on ignored pixels); the data-dependent parts use stop_gradient."""
     weight = valid
+    c = int(logits.shape[-1])
     if class_weights is not None:
-        weight = weight * _gather_class(class_weights, labels)
+        weight = weight * _gather_class(class_weights, labels, c)
     if pixel_weights is not None:
         pw = ops.cast(pixel_weights, "float32")
         if len(pw.shape) == 4:
@@ -119,9 +131,9 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
         wrong = ops.cast(ops.not_equal(pred, labels), "float32")
         factor = ops.ones_like(weight)
         if fn_weights is not None:
-            factor = factor * (1.0 + wrong * (_gather_class(fn_weights, labels) - 1.0))
+            factor = factor * (1.0 + wrong * (_gather_class(fn_weights, labels, c, "fn_weights") - 1.0))
         if fp_weights is not None:
-            factor = factor * (1.0 + wrong * (_gather_class(fp_weights, pred) - 1.0))
+            factor = factor * (1.0 + wrong * (_gather_class(fp_weights, pred, c, "fp_weights") - 1.0))
         if low_confidence is not None:
             tau, alpha = low_confidence
             unsure = ops.cast(ops.less(ops.max(probs, axis=-1), tau), "float32")
@@ -175,7 +187,7 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore
     one_minus_p = ops.maximum(-ops.expm1(log_p), 0.0)
     per_pixel = -ops.power(one_minus_p, gamma) * log_p
     if alpha is not None:
-        alpha_t = _gather_class(alpha, labels) if not isinstance(alpha, (int, float)) else float(alpha)
+        alpha_t = float(alpha) if isinstance(alpha, (int, float)) else _gather_class(alpha, labels, c, "alpha")
         per_pixel = per_pixel * alpha_t
     weight = pixel_weight_map(labels, valid, logits, class_weights, pixel_weights, fn_weights, fp_weights,
                               low_confidence)
@@ -282,7 +294,7 @@ def _class_sums(y_true, logits, ignore_index, pixel_weights):
 def _weighted_class_mean(values, class_weights, c):
     if class_weights is None:
         return ops.mean(values)
-    w = ops.convert_to_tensor(class_weights, dtype="float32")
+    w = _class_vector(class_weights, c, "class_weights")
     return ops.sum(values * w) / ops.maximum(ops.sum(w), 1e-12)
 
 
@@ -312,7 +324,7 @@ def generalized_dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAU
         w = present / ops.square(ops.maximum(truth, 1.0))
         w = ops.stop_gradient(w + (1.0 - present) * ops.max(w))
     else:
-        w = ops.convert_to_tensor(class_weights, dtype="float32")
+        w = _class_vector(class_weights, c, "class_weights")
     score = (2.0 * ops.sum(w * inter) + smooth) / (ops.sum(w * (pred + truth)) + smooth)
     return _replica_share(1.0 - score)
 

@@ -16,8 +16,12 @@ Config keys (all optional except ``terms``):
   the counts as ``pixel_counts=``). Applied to the ce/focal/dice/tversky terms.
 - ``missing_labels``: null, ``"ignore_predicted"`` or ``"marginal"``: which CE the ``ce``
   term uses when the image's ``labeled`` set is known.
+- ``weight_options``: options of ``compute_class_weights`` used with ``pixel_counts=``.
 - ``ignore_index`` (255), ``fn_weights`` / ``fp_weights`` (lists of C floats),
   ``low_confidence`` (``{"tau": 0.5, "alpha": 0.5}``): see ``trainer/losses.py``.
+
+``num_classes`` (optional, implied by ``pixel_counts``) checks vector lengths when the loss
+is built and the logits' channel count when it is called.
 
 ``y_true`` is an integer mask, or a dict ``{"mask": [B,H,W], "labeled": [B,C] multi-hot,
 "pixel_weights": [B,H,W]}`` (the extra keys optional). In ``model.fit`` use
@@ -27,6 +31,7 @@ dataset yields to this loss.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Optional, Sequence
 
 import keras
@@ -73,9 +78,28 @@ def validate_loss_config(config: dict, num_classes: Optional[int] = None) -> dic
                              f"missing_labels='marginal'")
         if kind == "exclusion" and term.get("form", "ce") not in ("ce", "dice"):
             raise ValueError(f"terms[{i}] (exclusion): form must be 'ce' or 'dice'")
+        for key in ("weight", "gamma", "smooth", "label_smoothing", "top_k_percent_pixels") + (
+                ("alpha", "beta") if kind == "tversky" else ()):
+            if key in term and not _is_number(term[key], minimum=0.0):
+                raise ValueError(f"terms[{i}] ({kind}): {key} must be a finite number >= 0, got {term[key]!r}")
     cw = config.get("class_weights")
     if isinstance(cw, str) and cw not in SCHEMES:
         raise ValueError(f"unknown class-weight scheme {cw!r} in loss config; choose one of {', '.join(SCHEMES)}")
+    if isinstance(cw, (list, tuple)) and not all(_is_number(w, minimum=0.0) for w in cw):
+        raise ValueError(f"class_weights must be finite numbers >= 0, got {cw!r}")
+    if cw is not None and not isinstance(cw, (str, list, tuple)):
+        raise ValueError(f"class_weights must be null, a scheme name or a list of C floats, got {cw!r}")
+    for key in ("fn_weights", "fp_weights"):
+        values = config.get(key)
+        if values is not None and (not isinstance(values, (list, tuple))
+                                   or not all(_is_number(w, minimum=0.0) for w in values)):
+            raise ValueError(f"{key} must be a list of C finite numbers >= 0, got {values!r}")
+    low = config.get("low_confidence")
+    if low is not None and (not isinstance(low, dict) or set(low) != {"tau", "alpha"}
+                            or not all(_is_number(v, minimum=0.0) for v in low.values())):
+        raise ValueError(f"low_confidence must be {{'tau': t, 'alpha': a}} with numbers >= 0, got {low!r}")
+    if "weight_options" in config and not isinstance(config["weight_options"], dict):
+        raise ValueError("weight_options must be a mapping of compute_class_weights options")
     if config.get("missing_labels") not in MISSING_LABELS:
         raise ValueError(f"missing_labels must be one of {MISSING_LABELS[1:]} or null, got {config['missing_labels']!r}")
     if num_classes is not None:
@@ -87,14 +111,24 @@ def validate_loss_config(config: dict, num_classes: Optional[int] = None) -> dic
     return config
 
 
+def _is_number(value, minimum=None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return minimum is None or value >= minimum
+
+
 @keras.saving.register_keras_serializable(package="segbalance")
 class SegmentationLoss(keras.losses.Loss):
     """Weighted sum of loss terms from ``config`` (see module docstring)."""
 
     def __init__(self, config: dict, class_weights: Optional[Sequence[float]] = None,
-                 pixel_counts: Optional[Sequence[int]] = None, name: str = "segmentation_loss", **kwargs):
+                 num_classes: Optional[int] = None, pixel_counts: Optional[Sequence[int]] = None,
+                 name: str = "segmentation_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.loss_config = copy.deepcopy(validate_loss_config(config))
+        if num_classes is None and pixel_counts is not None:
+            num_classes = len(pixel_counts)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.loss_config = copy.deepcopy(validate_loss_config(config, self.num_classes))
         scheme = self.loss_config.get("class_weights")
         if class_weights is None and isinstance(scheme, (list, tuple)):
             class_weights = scheme
@@ -105,6 +139,9 @@ class SegmentationLoss(keras.losses.Loss):
             class_weights = compute_class_weights(pixel_counts, scheme,
                                                   **self.loss_config.get("weight_options", {})).tolist()
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        if self.class_weights is not None and self.num_classes is not None \
+                and len(self.class_weights) != self.num_classes:
+            raise ValueError(f"class_weights has {len(self.class_weights)} values for {self.num_classes} classes")
         self.ignore_index = int(self.loss_config.get("ignore_index", L.DEFAULT_IGNORE_INDEX))
 
     def _pixel_options(self):
@@ -115,9 +152,17 @@ class SegmentationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         if isinstance(y_true, dict):
+            unknown = sorted(set(y_true) - {"mask", "labeled", "pixel_weights"})
+            if "mask" not in y_true or unknown:
+                raise ValueError(f"SegmentationLoss: a dict y_true needs 'mask' and may hold 'labeled' and "
+                                 f"'pixel_weights'; got keys {sorted(y_true)}")
             mask, labeled, pixel_weights = y_true["mask"], y_true.get("labeled"), y_true.get("pixel_weights")
         else:
             mask, labeled, pixel_weights = y_true, None, None
+        c = y_pred.shape[-1]
+        if self.num_classes is not None and c is not None and int(c) != self.num_classes:
+            raise ValueError(f"SegmentationLoss was built for {self.num_classes} classes but the logits have "
+                             f"{int(c)} channels (shape {tuple(y_pred.shape)})")
         missing = self.loss_config.get("missing_labels")
         cw, ii = self.class_weights, self.ignore_index
         total = ops.zeros((), "float32")
@@ -152,7 +197,8 @@ class SegmentationLoss(keras.losses.Loss):
 
     def get_config(self):
         base = super().get_config()
-        base.update({"config": copy.deepcopy(self.loss_config), "class_weights": self.class_weights})
+        base.update({"config": copy.deepcopy(self.loss_config), "class_weights": self.class_weights,
+                     "num_classes": self.num_classes})
         return base
 
     @classmethod
