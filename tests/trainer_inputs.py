@@ -152,3 +152,34 @@ def fn_args_for(uris: Dict[str, str], out_dir: str, custom_config: dict, class_s
         serving_model_dir=os.path.join(out_dir, "model", "Format-Serving"),
         model_run_dir=os.path.join(out_dir, "model_run"),
         custom_config=cfg)
+
+
+def run_executor(uris: Dict[str, str], out_dir: str, custom_config: dict, class_stats_uri: Optional[str] = None):
+    """Run the SegTrainer executor (not the whole pipeline) on the tiny pipeline's artifacts."""
+    import json
+
+    from google.protobuf import json_format
+    from tfx.proto import trainer_pb2
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from components.artifacts import ClassStats
+    from components.seg_trainer import SegTrainerExecutor
+
+    def artifact(cls, uri):
+        a = cls()
+        a.uri = uri
+        return a
+
+    examples = artifact(standard_artifacts.Examples, uris["examples"])
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    inputs = {"examples": [examples],
+              "transform_graph": [artifact(standard_artifacts.TransformGraph, uris["transform_graph"])],
+              "class_stats": [artifact(ClassStats, class_stats_uri or uris["class_stats"])]}
+    outputs = {"model": [artifact(standard_artifacts.Model, os.path.join(out_dir, "model"))],
+               "model_run": [artifact(standard_artifacts.ModelRun, os.path.join(out_dir, "model_run"))]}
+    properties = {"train_args": json_format.MessageToJson(trainer_pb2.TrainArgs(num_steps=0)),
+                  "eval_args": json_format.MessageToJson(trainer_pb2.EvalArgs(num_steps=0)),
+                  "custom_config": json.dumps(custom_config), "run_fn": "trainer.task.run_fn"}
+    SegTrainerExecutor().Do(inputs, outputs, properties)
+    with open(os.path.join(out_dir, "model_run", "training_summary.json")) as f:
+        return json.load(f)

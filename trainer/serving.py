@@ -2,10 +2,12 @@
 
 SavedModel signature ``serving_default``:
 
-- input ``images``: string [B], PNG or JPEG bytes. All images of one request must have the
-  same size (a dense batch); send differently sized images in separate requests.
-- outputs ``class_ids``: int64 [B, H, W] at the input's original size, and
-  ``probabilities``: float32 [B, H, W, C]. The tf.Transform graph (decode, resize,
+- input ``images``: string [B], PNG or JPEG bytes (RGB or grey). All images of one request
+  must have the same size (the outputs are dense tensors); a request mixing sizes fails
+  with "all images of one request must have the same size". Send differently sized
+  images in separate requests.
+- outputs ``class_ids``: int64 [B, H, W] at the input's original size H x W, and
+  ``probabilities``: float32 [B, H, W, C] (softmax; ``class_ids`` is its arg-max). The tf.Transform graph (decode, resize,
   normalise) runs inside the model, then the logits are resized bilinearly back to the
   original size before softmax / arg-max.
 
@@ -25,6 +27,22 @@ from trainer.preprocessing import IMAGE
 KERAS_FILE = "model.keras"
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def image_size_of(data):
+    """[height, width] int32 of PNG/JPEG bytes from the header (no full decode for PNG/JPEG)."""
+    def png():
+        width_height = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, little_endian=False)
+        return tf.reverse(width_height, [0])
+
+    def other():
+        return tf.cond(tf.image.is_jpeg(data), lambda: tf.image.extract_jpeg_shape(data)[:2],
+                       lambda: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))[:2])
+
+    return tf.cond(tf.equal(tf.strings.substr(data, 0, 8), PNG_MAGIC), png, other)
+
+
 class SegmentationServer(tf.Module):
     def __init__(self, model, tf_transform_output, image_feature_dense: bool):
         super().__init__()
@@ -34,8 +52,12 @@ class SegmentationServer(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(self, images):
-        first = tf.io.decode_image(images[0], channels=3, expand_animations=False)
-        original_size = tf.shape(first)[:2]
+        sizes = tf.map_fn(image_size_of, images, fn_output_signature=tf.TensorSpec([2], tf.int32))
+        original_size = sizes[0]
+        check = tf.debugging.assert_equal(sizes, tf.broadcast_to(original_size, tf.shape(sizes)), message=(
+            "all images of one request must have the same size; send differently sized images in separate requests"))
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
         if self._dense:
             raw = {codec.IMAGE_KEY: tf.reshape(images, [-1, 1])}
         else:

@@ -1,0 +1,73 @@
+"""Serving signature on encoded bytes (original sizes), and the .keras export (safe_mode=True)."""
+import io
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests import trainer_inputs as ti
+from trainer import example_codec as codec
+from trainer.segmentation_loss import SegmentationLoss
+from trainer.serving import KERAS_FILE, image_size_of
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported():
+    import tensorflow_transform as tft
+
+    uris = ti.tiny_pipeline()
+    path = os.path.join(uris["model"], "Format-Serving")
+    return (tf.saved_model.load(path).signatures["serving_default"], path,
+            tft.TFTransformOutput(uris["transform_graph"]))
+
+
+def pngs(height, width, n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return [codec.encode_png(ti.make_image_and_mask(rng, height, width)[0]) for _ in range(n)]
+
+
+def test_signature_returns_masks_at_each_request_size(exported):
+    serve, _, _ = exported
+    assert set(serve.structured_input_signature[1]) == {"images"}
+    for height, width in [(20, 28), (48, 40)]:
+        out = serve(images=tf.constant(pngs(height, width)))
+        assert out["class_ids"].shape == (2, height, width) and out["class_ids"].dtype == tf.int64
+        probs = out["probabilities"].numpy()
+        assert probs.shape == (2, height, width, ti.NUM_CLASSES)
+        np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(probs.argmax(-1), out["class_ids"].numpy())
+
+
+def test_keras_file_reloads_safely_and_predicts_like_the_signature(exported):
+    serve, path, transform_output = exported
+    model = keras.saving.load_model(os.path.join(path, KERAS_FILE), safe_mode=True)
+    assert isinstance(model.loss, SegmentationLoss) and model.loss.class_weights is not None
+    images = pngs(16, 16, n=3, seed=1)  # the model's own size: no resize on either side
+    served = serve(images=tf.constant(images))["probabilities"].numpy()
+    normalised = transform_output.transform_features_layer()({codec.IMAGE_KEY: tf.constant(images)[:, None]})["image"]
+    probs = tf.nn.softmax(model.predict(normalised, verbose=0), axis=-1).numpy()
+    np.testing.assert_allclose(probs, served, atol=1e-5)
+
+
+def test_jpeg_and_grey_inputs_and_mixed_sizes_error(exported):
+    serve, _, _ = exported
+    rgb = ti.make_image_and_mask(np.random.default_rng(2), 24, 20)[0]
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG")
+    out = serve(images=tf.constant([buffer.getvalue(), codec.encode_png(rgb[..., 0])]))
+    assert out["class_ids"].shape == (2, 24, 20)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same size"):
+        serve(images=tf.constant(pngs(16, 16, 1) + pngs(20, 16, 1)))
+
+
+def test_image_size_of_reads_headers():
+    rgb = np.zeros((7, 5, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG")
+    for data in (codec.encode_png(rgb), buffer.getvalue()):
+        assert image_size_of(tf.constant(data)).numpy().tolist() == [7, 5]
