@@ -28,6 +28,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils, path_utils
 
 from components import evaluation_metrics
+from components.artifacts import DriftReport
 from trainer import example_codec as codec
 
 EVALUATION_FILE = "evaluation.json"
@@ -122,6 +123,7 @@ class SegEvaluatorSpec(ComponentSpec):
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+        "drift_report": ChannelParameter(type=DriftReport, optional=True),
     }
     OUTPUTS = {
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -160,6 +162,10 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         blessed, reason = evaluation_metrics.decide_blessing(
             result["miou"], float(exec_properties["miou_threshold"]), baseline_miou,
             float(exec_properties["tolerance"]))
+        drift = (input_dict.get("drift_report") or [None])[0]
+        if blessed and drift is not None and drift.get_int_custom_property("blocked") == 1:
+            blessed, reason = False, (f"class-distribution drift blocked the push (see {drift.uri}/drift.json); "
+                                      f"the model itself reached {reason}")
         if blessed and baselines and baselines[0].id == model.id:
             # A cached re-run: the trainer's model *is* the latest blessed model. Blessing it again
             # would make Pusher copy it to a second version folder.
@@ -201,11 +207,12 @@ class SegEvaluator(base_component.BaseComponent):
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel, num_classes: int,
                  class_names: List[str], ignore_index: int = codec.DEFAULT_IGNORE_INDEX,
                  miou_threshold: float = 0.0, tolerance: float = 0.0, split: str = "eval",
-                 reference_masks_dir: Optional[str] = None, baseline_model: Optional[types.BaseChannel] = None):
+                 reference_masks_dir: Optional[str] = None, baseline_model: Optional[types.BaseChannel] = None,
+                 drift_report: Optional[types.BaseChannel] = None):
         if len(class_names) != num_classes:
             raise ValueError(f"SegEvaluator: {len(class_names)} class names for num_classes={num_classes}")
         spec = SegEvaluatorSpec(
-            examples=examples, model=model, baseline_model=baseline_model,
+            examples=examples, model=model, baseline_model=baseline_model, drift_report=drift_report,
             num_classes=num_classes, class_names=json.dumps(list(class_names)), ignore_index=ignore_index,
             miou_threshold=float(miou_threshold), tolerance=float(tolerance), split=split,
             reference_masks_dir=reference_masks_dir,

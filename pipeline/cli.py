@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "pipeline.run",
     "pipeline.report",
     "pipeline.experiment",
+    "kubeflow.compile_cmd",
+    "kubeflow.schedule",
 ]
 
 

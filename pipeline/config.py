@@ -48,7 +48,6 @@ class DataConfig:
     dir: Optional[str] = None  # images/ + masks/ (+ labeled.json, masks_full/); None: sample data
     labeled_policy: str = "complete"  # records without `labeled`: "complete" or "partial"
     eval_fraction: float = 0.2  # hash split of each span into train/eval
-    num_spans: int = 1  # the pipeline reads the latest N spans
     reference_masks_dir: Optional[str] = None  # complete masks for evaluation (default: masks_full/)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -169,7 +168,6 @@ def validate(config: PipelineConfig) -> PipelineConfig:
     check(config.data.labeled_policy in ("complete", "partial"), "data.labeled_policy",
           f"{config.data.labeled_policy!r}: use 'complete' or 'partial'")
     check(0.0 < config.data.eval_fraction < 1.0, "data.eval_fraction", "must be between 0 and 1")
-    check(config.data.num_spans >= 1, "data.num_spans", "must be >= 1")
     check(config.data.sample.kind in ("shapes", "voc", "arc2017", "nuclei"), "data.sample.kind",
           "use shapes, voc, arc2017 or nuclei")
     check(len(config.training.image_size) == 2 and all(s >= 8 for s in config.training.image_size),

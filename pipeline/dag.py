@@ -22,7 +22,7 @@ from pipeline.config import PipelineConfig
 SPAN_PATTERN = "Span-{SPAN}/data-*"
 
 
-def component_ids(with_drift: bool = False) -> List[str]:
+def component_ids(with_drift: bool = True) -> List[str]:
     """Node ids of the DAG in execution order (used for progress lines and tests)."""
     ids = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "ClassStatsGen"]
     if with_drift:
@@ -57,13 +57,14 @@ def create_pipeline(
     serving_model_dir: str,
     metadata_connection_config=None,
     reference_masks_dir: Optional[str] = None,
-    with_drift: bool = False,
+    with_drift: bool = True,
     with_report: bool = True,
+    span: Optional[int] = None,
     beam_pipeline_args: Optional[List[str]] = None,
 ):
-    """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span)."""
+    """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span, or ``span``)."""
     from tfx import v1 as tfx
-    from tfx.proto import example_gen_pb2
+    from tfx.proto import example_gen_pb2, range_config_pb2
 
     from components.class_stats_gen import ClassStatsGen
     from components.seg_evaluator import SegEvaluator
@@ -79,6 +80,8 @@ def create_pipeline(
             splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=10 - eval_buckets),
                     example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)],
             partition_feature_name="image/source_id")),
+        range_config=None if span is None else range_config_pb2.RangeConfig(
+            static_range=range_config_pb2.RangeConfig.StaticRange(start_span_number=span, end_span_number=span)),
     )
     examples = example_gen.outputs["examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)

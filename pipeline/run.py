@@ -157,7 +157,7 @@ def _quiet_logs() -> ComponentProgress:
 
 
 # --------------------------------------------------------------------------- run
-def run_local(config: PipelineConfig, with_drift: bool = False, **pipeline_options) -> dict:
+def run_local(config: PipelineConfig, with_drift: bool = True, **pipeline_options) -> dict:
     """Run the DAG locally; returns the summary that `segbalance run` prints."""
     from tfx import v1 as tfx
 

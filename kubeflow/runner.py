@@ -1,0 +1,91 @@
+"""Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (KubeflowV2DagRunner).
+
+The compiled PipelineJob JSON runs every component in one container image built from
+``kubeflow/Dockerfile`` (this package + ``constraints.txt``), so the custom components'
+executors (``components.*``) and the module code (``trainer.task.run_fn``,
+``trainer.preprocessing.preprocessing_fn``) import from the installed package.
+
+Paths: ``pipeline_root`` (a ``gs://`` / ``s3://`` URI, or an absolute path the cluster
+mounts) holds the artifacts; the examples are read from ``config.data.dir`` (a folder of
+``Span-N/`` TFRecords written by ``segbalance ingest --span N``) or, when it is not set,
+``<pipeline_root>/data``; blessed models are pushed to ``<pipeline_root>/serving_model``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Optional
+
+from pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
+
+URI_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+$")
+IMAGE_PATTERN = re.compile(r"^[a-z0-9]+([._/:@-][a-zA-Z0-9]+)*$")
+
+
+class CompileError(ValueError):
+    """Bad input for compilation; raised before anything is compiled."""
+
+
+def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Optional[str]) -> None:
+    if not re.match(PIPELINE_NAME_PATTERN, config.name):
+        raise CompileError(f"pipeline name {config.name!r} is not valid for KFP: use lower-case letters, digits "
+                           f"and '-', starting with a letter or digit (set `name:` in the config)")
+    if not image:
+        raise CompileError("no container image: pass --image REGISTRY/segbalance:TAG (build it from "
+                           "kubeflow/Dockerfile, see README 'Deploy to Kubeflow')")
+    if not IMAGE_PATTERN.match(image):
+        raise CompileError(f"{image!r} does not look like a container image reference (e.g. "
+                           f"gcr.io/my-project/segbalance:0.1)")
+    if not pipeline_root:
+        raise CompileError("no --pipeline-root: give a bucket URI such as gs://my-bucket/segbalance")
+    if not (URI_PATTERN.match(pipeline_root) or os.path.isabs(pipeline_root)):
+        raise CompileError(f"--pipeline-root {pipeline_root!r} is neither a URI (gs://..., s3://...) nor an "
+                           f"absolute path")
+
+
+def examples_root(config: PipelineConfig, pipeline_root: str) -> str:
+    return config.data.dir or pipeline_root.rstrip("/") + "/data"
+
+
+def check_span(examples_dir: str, span: Optional[int]) -> None:
+    """A local examples folder must hold the requested span (or any span); remote ones are not listed."""
+    if URI_PATTERN.match(examples_dir) and not examples_dir.startswith("file://"):
+        return
+    import glob
+
+    spans = sorted(int(p.rsplit("-", 1)[1]) for p in glob.glob(os.path.join(examples_dir, "Span-*"))
+                   if p.rsplit("-", 1)[1].isdigit())
+    if span is not None and span not in spans:
+        raise CompileError(f"span {span} does not exist in {examples_dir} (spans there: {spans or 'none'}); "
+                           f"ingest it with `segbalance ingest ... --output {examples_dir} --span {span}`")
+    if span is None and not spans and os.path.isdir(examples_dir):
+        raise CompileError(f"{examples_dir} has no Span-N folders: ingest data with `segbalance ingest --span 0`")
+
+
+def build_pipeline(config: PipelineConfig, pipeline_root: str, with_drift: bool = True, span: Optional[int] = None):
+    from pipeline.dag import create_pipeline
+
+    examples_dir = examples_root(config, pipeline_root)
+    check_span(examples_dir, span)
+    return create_pipeline(
+        config, examples_dir=examples_dir, pipeline_root=pipeline_root,
+        serving_model_dir=pipeline_root.rstrip("/") + "/serving_model",
+        reference_masks_dir=config.data.reference_masks_dir, with_drift=with_drift, span=span,
+        beam_pipeline_args=["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
+
+
+def compile_pipeline(config: PipelineConfig, output_json: str, image: Optional[str], pipeline_root: Optional[str],
+                     with_drift: bool = True, span: Optional[int] = None) -> dict:
+    """Write the PipelineJob JSON to ``output_json`` and return it as a dict."""
+    check_inputs(config, image, pipeline_root)
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+
+    pipeline = build_pipeline(config, pipeline_root, with_drift, span)
+    output_json = os.path.abspath(output_json)
+    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, display_name=config.name),
+        output_dir=os.path.dirname(output_json), output_filename=os.path.basename(output_json))
+    runner.run(pipeline, write_out=True)
+    with open(output_json) as f:
+        return json.load(f)

@@ -1,0 +1,136 @@
+"""`segbalance schedule --cron "0 3 * * 1"`: scheduled retraining.
+
+With ``--kfp-host URL``: creates a recurring run of the compiled pipeline
+(``--package pipeline.json`` from ``segbalance compile-kfp``) through
+``kfp.Client(host=URL).create_recurring_run`` (KFP wants 6-field cron, seconds first: the
+5-field expression given here gets a leading ``0``). Each run reads the latest span, so
+new data is picked up by ``segbalance ingest --span N`` into the pipeline's data folder;
+the drift gate and the evaluator's blessing decide whether the new model is pushed.
+
+Without a host: prints the recurring-run request it would send, plus a crontab line and a
+systemd service/timer pair that run ``segbalance run --data DIR`` locally on the same
+schedule.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+from typing import Callable, Optional
+
+FIELD = re.compile(r"^(\*|\d+(-\d+)?(,\d+(-\d+)?)*)(/\d+)?$")
+DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+
+
+class ScheduleError(ValueError):
+    pass
+
+
+def check_cron(cron: str) -> list:
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ScheduleError(f"--cron {cron!r}: give 5 fields (minute hour day-of-month month day-of-week), "
+                            f"e.g. '0 3 * * 1' for Mondays at 03:00")
+    for field, (lo, hi), name in zip(fields, RANGES, ["minute", "hour", "day of month", "month", "day of week"]):
+        if not FIELD.match(field):
+            raise ScheduleError(f"--cron {cron!r}: the {name} field {field!r} is not a number, range, list or '*'")
+        for number in map(int, re.findall(r"\d+", field.split("/")[0])):
+            if not lo <= number <= hi:
+                raise ScheduleError(f"--cron {cron!r}: {name} {number} is outside {lo}-{hi}")
+    return fields
+
+
+def kfp_cron(cron: str) -> str:
+    """5-field cron -> the 6-field form (seconds first) that KFP expects."""
+    return "0 " + " ".join(check_cron(cron))
+
+
+def systemd_on_calendar(cron: str) -> str:
+    minute, hour, dom, month, dow = check_cron(cron)
+    if any("/" in f or "-" in f for f in (minute, hour, dom, month, dow)):
+        raise ScheduleError("steps and ranges are not translated to systemd; use the crontab line")
+    days = "" if dow == "*" else ",".join(DAYS[int(d) % 7] for d in dow.split(",")) + " "
+    return f"{days}*-{month}-{dom} {hour.zfill(2) if hour != '*' else '*'}:{minute.zfill(2) if minute != '*' else '*'}:00"
+
+
+def recurring_run_request(package: str, cron: str, experiment_id: str, job_name: str,
+                          pipeline_root: Optional[str] = None) -> dict:
+    request = {"experiment_id": experiment_id, "job_name": job_name, "cron_expression": kfp_cron(cron),
+               "pipeline_package_path": package, "max_concurrency": 1, "no_catchup": True, "enabled": True,
+               "description": "segbalance scheduled retraining (latest span, drift gate, blessing)"}
+    if pipeline_root:
+        request["pipeline_root"] = pipeline_root
+    return request
+
+
+def create_recurring_run(client, package: str, cron: str, experiment: str, job_name: str,
+                         pipeline_root: Optional[str] = None):
+    """Through a ``kfp.Client``-like object: get or create the experiment, then the recurring run."""
+    if not os.path.isfile(package):
+        raise ScheduleError(f"--package {package} does not exist: run `segbalance compile-kfp --output {package}`")
+    try:
+        found = client.get_experiment(experiment_name=experiment)
+    except Exception:  # kfp raises when the experiment does not exist
+        found = client.create_experiment(name=experiment)
+    experiment_id = getattr(found, "experiment_id", None) or getattr(found, "id")
+    return client.create_recurring_run(**recurring_run_request(package, cron, experiment_id, job_name, pipeline_root))
+
+
+def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str) -> str:
+    command = (f"cd {shlex.quote(workdir)} && .venv/bin/segbalance run --data {shlex.quote(data_dir)} "
+               f"--output-dir {shlex.quote(output_dir)}")
+    lines = ["# crontab (crontab -e):", f"{' '.join(check_cron(cron))} {command} >> {shlex.quote(output_dir)}.log 2>&1"]
+    try:
+        calendar = systemd_on_calendar(cron)
+        lines += ["", "# systemd: ~/.config/systemd/user/segbalance.service", "[Unit]",
+                  "Description=segbalance retraining on the latest span", "[Service]", "Type=oneshot",
+                  f"ExecStart=/bin/sh -c {shlex.quote(command)}", "",
+                  "# ~/.config/systemd/user/segbalance.timer (systemctl --user enable --now segbalance.timer)",
+                  "[Unit]", "Description=segbalance retraining schedule", "[Timer]", f"OnCalendar={calendar}",
+                  "Persistent=true", "[Install]", "WantedBy=timers.target"]
+    except ScheduleError as exc:
+        lines += ["", f"# systemd timer: not generated ({exc})"]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "schedule", help="scheduled retraining: a KFP recurring run, or a local crontab/systemd timer",
+        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cron", required=True, help="5-field cron expression, e.g. '0 3 * * 1'")
+    parser.add_argument("--kfp-host", help="Kubeflow Pipelines endpoint; without it, print the definitions")
+    parser.add_argument("--package", default="pipeline.json", help="compiled pipeline (segbalance compile-kfp)")
+    parser.add_argument("--experiment", default="segbalance")
+    parser.add_argument("--job-name", default="segbalance-retraining")
+    parser.add_argument("--pipeline-root", help="override the compiled pipeline root")
+    parser.add_argument("--data", default="segbalance_output/data", help="local runs: the Span-N folder")
+    parser.add_argument("--output-dir", default="segbalance_output", help="local runs: the run directory")
+    parser.set_defaults(func=_main)
+
+
+def _main(args, client_factory: Optional[Callable] = None) -> int:
+    try:
+        check_cron(args.cron)
+        if args.kfp_host:
+            if client_factory is None:
+                import kfp
+
+                client_factory = kfp.Client
+            run = create_recurring_run(client_factory(host=args.kfp_host), args.package, args.cron, args.experiment,
+                                       args.job_name, args.pipeline_root)
+            print(f"schedule: recurring run created on {args.kfp_host}: {getattr(run, 'recurring_run_id', run)}")
+            return 0
+        request = recurring_run_request(args.package, args.cron, "<experiment id of " + args.experiment + ">",
+                                        args.job_name, args.pipeline_root)
+        print("# Kubeflow: kfp.Client(host=...).create_recurring_run(**request) with")
+        print(json.dumps(request, indent=1))
+        print()
+        print(local_schedule(args.cron, args.data, args.output_dir, os.getcwd()))
+        return 0
+    except ScheduleError as exc:
+        print(f"segbalance schedule: error: {exc}", file=sys.stderr)
+        return 2
