@@ -13,8 +13,9 @@ Conventions (the same for every function):
   Garden's convention): class weights change the balance between pixels, not the scale
   of the loss; a batch with no valid pixel gives 0 (not NaN). Under a
   ``tf.distribute`` strategy with R replicas the denominator is the *global* number of valid
-  pixels (an all-reduce), so the per-replica losses sum to the single-device loss of the
-  global batch, which is what gradient all-reduce (a sum) expects.
+  pixels (an all-reduce) and each replica returns its share (global loss / R): the
+  per-replica losses sum to the single-device loss of the global batch, and so do the
+  gradients Keras sums over replicas (``SegmentationModel`` reports the global value).
 - *Region losses* (Dice, generalized Dice, Tversky, exclusion Dice): sums over the whole
   (global) batch per class, then ``1 - weighted mean over classes``.
 - ``pixel_weights`` [B,H,W] multiplies each pixel's weight (region masks, the weight maps
@@ -187,7 +188,8 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore
     one_minus_p = ops.maximum(-ops.expm1(log_p), 0.0)
     per_pixel = -ops.power(one_minus_p, gamma) * log_p
     if alpha is not None:
-        alpha_t = float(alpha) if isinstance(alpha, (int, float)) else _gather_class(alpha, labels, c, "alpha")
+        scalar = isinstance(alpha, (int, float)) or getattr(alpha, "ndim", 1) == 0
+        alpha_t = float(alpha) if scalar else _gather_class(alpha, labels, c, "alpha")
         per_pixel = per_pixel * alpha_t
     weight = pixel_weight_map(labels, valid, logits, class_weights, pixel_weights, fn_weights, fp_weights,
                               low_confidence)
