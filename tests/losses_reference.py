@@ -135,3 +135,17 @@ def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255):
                 pk = p[b, ..., k] * valid[b]
                 values.append(2 * (pk * region).sum() / (pk.sum() + region.sum() + smooth))
     return float(np.mean(values)) if values else 0.0
+
+
+def error_weights(y, z, fn=None, fp=None, low=None, ignore=255):
+    """Per-pixel factors of fn_weights / fp_weights / low_confidence, from the definitions."""
+    labels, valid = split(y, ignore)
+    p = softmax(z.astype(np.float64))
+    pred = p.argmax(-1)
+    factor = np.ones(labels.shape)
+    for idx in np.ndindex(labels.shape):
+        if pred[idx] != labels[idx]:
+            factor[idx] *= (fn[labels[idx]] if fn is not None else 1.0) * (fp[pred[idx]] if fp is not None else 1.0)
+        if low is not None and p[idx].max() < low[0]:
+            factor[idx] *= low[1]
+    return factor

@@ -23,6 +23,8 @@ def data(seed=0, b=2, h=5, w=4, c=C, ignore_frac=0.15, scale=3.0):
 
 
 CW = np.array([0.5, 1.0, 2.0, 4.0], np.float32)
+FN = np.array([1.0, 0.0, 3.0, 2.0], np.float32)  # class 1's false negatives ignored, 2 and 3 penalised
+FP = np.array([2.0, 1.0, 0.5, 1.0], np.float32)
 
 
 def _pw(y):
@@ -38,6 +40,9 @@ CASES = {
                     lambda y, z, l: ref.cross_entropy(y, z, CW, _pw(y).numpy())),
     "ce_smoothing": (lambda y, z, l: L.weighted_cross_entropy(y, z, label_smoothing=0.1),
                      lambda y, z, l: ref.cross_entropy(y, z, ls=0.1)),
+    "ce_error_weights": (lambda y, z, l: L.weighted_cross_entropy(y, z, CW, fn_weights=FN[:len(CW)],
+                                                                  fp_weights=FP[:len(CW)], low_confidence=(0.5, 0.3)),
+                         lambda y, z, l: ref.cross_entropy(y, z, CW, ref.error_weights(y, z, FN, FP, (0.5, 0.3)))),
     "focal": (lambda y, z, l: L.focal_loss(y, z, gamma=2.0, alpha=CW),
               lambda y, z, l: ref.focal(y, z, 2.0, CW)),
     "dice": (lambda y, z, l: L.dice_loss(y, z, CW), lambda y, z, l: ref.dice(y, z, CW)),
