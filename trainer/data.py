@@ -13,7 +13,8 @@
   them); ``{"type": "edge", "image_weight": 1.0, "boundary_weight": 1.0}`` uses
   ``trainer.weight_maps.edge_weights``. Without it no map is yielded (the loss uses 1).
 - Shuffle (training), batch, parallel map, prefetch; deterministic order for a seed.
-  ``repeat=True`` makes the training set endless (used with ``steps_per_epoch``).
+  ``repeat=True`` makes the training set endless (used with ``steps_per_epoch``);
+  ``drop_remainder=True`` (used on several replicas) keeps every replica's batch non-empty.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def example_files(file_patterns: List[str]) -> List[str]:
 def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int, num_classes: int,
                  labeled_by_id: Optional[Dict[str, Sequence[int]]] = None, training: bool = False,
                  seed: int = 0, pixel_weights: Optional[dict] = None, ignore_index: int = 255,
-                 repeat: bool = False, shuffle_buffer: int = 512) -> tf.data.Dataset:
+                 repeat: bool = False, shuffle_buffer: int = 512, drop_remainder: bool = False) -> tf.data.Dataset:
     """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": float32 [B,C]
     (, "pixel_weights": float32 [B,H,W] when ``pixel_weights`` is given)})."""
     validate_pixel_weights(pixel_weights)
@@ -129,7 +130,7 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training:
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip((ds, counter)).map(

@@ -160,19 +160,28 @@ def run_fn(fn_args) -> None:
     ignore_index = int(cfg.get("ignore_index", 255))
     steps = cfg.get("steps_per_epoch") or None
     pixel_weights = cfg.get("pixel_weights")
+    strategy = cfg.get("_strategy") or choose_strategy(cfg.get("devices"))
+    # Several replicas: a last partial batch smaller than the replica count would leave a replica
+    # with an empty batch (the marginal loss then fails to broadcast), so drop partial batches.
+    # Validation then skips < batch_size records; SegEvaluator scores the whole eval split.
+    drop = strategy.num_replicas_in_sync > 1
+    if drop and num_train < batch_size:
+        raise ValueError(f"{num_train} training records fill no batch of {batch_size} on "
+                         f"{strategy.num_replicas_in_sync} replicas: lower batch_size")
     train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, batch_size, num_classes, labeled,
                                  training=True, seed=seed, ignore_index=ignore_index, pixel_weights=pixel_weights,
-                                 repeat=steps is not None, shuffle_buffer=int(cfg.get("shuffle_buffer", 512)))
+                                 repeat=steps is not None, shuffle_buffer=int(cfg.get("shuffle_buffer", 512)),
+                                 drop_remainder=drop)
     eval_ds = None
-    if data.count_records(fn_args.eval_files or []):
+    num_eval = data.count_records(fn_args.eval_files or [])
+    if num_eval >= (batch_size if drop else 1):
         eval_ds = data.make_dataset(fn_args.eval_files, tf_transform_output, batch_size, num_classes, labeled,
-                                    ignore_index=ignore_index, pixel_weights=pixel_weights)
+                                    ignore_index=ignore_index, pixel_weights=pixel_weights, drop_remainder=drop)
 
     mixed = bool(cfg.get("mixed_precision", False))
     previous_policy = keras.mixed_precision.global_policy().name
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = cfg.get("_strategy") or choose_strategy(cfg.get("devices"))
     try:
         with strategy.scope():
             model = model_lib.build_model(cfg, num_classes)

@@ -1,0 +1,133 @@
+"""run_fn: checks before training, resume after an interruption, mixed precision + MirroredStrategy, XLA."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import trainer_inputs as ti
+from trainer import task
+
+STATS = {"num_classes": 3, "num_records": 10, "quarantined_records": 0, "ignore_index": 255,
+         "weights": {"uniform": [1.0, 1.0, 1.0]}, "class_names": ti.NAMES}
+
+
+def check(cfg_changes=None, stats_changes=None, quarantine=(), num_train=10):
+    cfg = {**ti.CONFIG, **(cfg_changes or {})}
+    task.check_inputs(cfg, {**STATS, **(stats_changes or {})}, list(quarantine), num_train)
+
+
+def test_checks_before_training():
+    check()
+    cases = [
+        (dict(cfg_changes={"epoch": 3}), "unknown trainer custom_config key 'epoch'"),
+        (dict(cfg_changes={"loss": {"terms": [{"type": "lovasz"}]}}), "unknown loss term type 'lovasz'"),
+        (dict(cfg_changes={"loss": {"terms": [{"type": "ce"}], "class_weights": "inverse_sqrt"}}),
+         "unknown class-weight scheme 'inverse_sqrt'"),
+        (dict(stats_changes={"num_classes": 4}), "num_classes=3 but the ClassStats artifact was computed with 4"),
+        (dict(cfg_changes={"class_names": ["a", "b"]}), "2 class names for num_classes=3"),
+        (dict(stats_changes={"ignore_index": 0}), "ignore_index=255 but the ClassStats artifact used 0"),
+        (dict(stats_changes={"num_records": 8, "quarantined_records": 2},
+              quarantine=[{"source_id": f"x{i}", "reason": "class id 7 >= num_classes 3"} for i in range(2)]),
+         "2 of 10 records have class ids >= num_classes=3"),
+        (dict(num_train=0), "the training split is empty"),
+        (dict(cfg_changes={"pixel_weights": {"type": "blur"}}), "pixel_weights must be null"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check(**kwargs)
+
+
+def test_resolve_class_weights_from_the_artifact():
+    loss = {"terms": [{"type": "ce"}], "class_weights": "uniform"}
+    assert task.resolve_class_weights(loss, STATS) == [1.0, 1.0, 1.0]
+    assert task.resolve_class_weights({**loss, "class_weights": [1, 2, 3]}, STATS) == [1, 2, 3]
+    with pytest.raises(ValueError, match="'enet' is not in the ClassStats artifact"):
+        task.resolve_class_weights({**loss, "class_weights": "enet"}, STATS)
+
+
+def test_run_fn_errors_before_touching_the_transform_graph(tmp_path):
+    stats_dir = tmp_path / "stats"
+    stats_dir.mkdir()
+    (stats_dir / "class_stats.json").write_text(json.dumps(STATS))
+    empty = ti.write_tfrecord(str(tmp_path / "train" / "empty.tfrecord"), [])
+    uris = {"examples": str(tmp_path), "transform_graph": str(tmp_path / "no-such-graph")}
+    args = ti.fn_args_for(uris, str(tmp_path / "out"), ti.CONFIG, str(stats_dir), train_files=[empty])
+    with pytest.raises(ValueError, match="training split is empty"):
+        task.run_fn(args)
+    args.custom_config = {k: v for k, v in args.custom_config.items() if k != "class_stats_uri"}
+    with pytest.raises(ValueError, match="run this run_fn through SegTrainer"):
+        task.run_fn(args)
+
+
+def test_default_strategy_without_gpus():
+    assert not isinstance(task.choose_strategy(), tf.distribute.MirroredStrategy)
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated preemption after epoch 1")
+
+
+class Record(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.iterations_at_start = [], None
+
+    def on_train_begin(self, logs=None):
+        self.iterations_at_start = int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def summary_of(args):
+    with open(os.path.join(args.model_run_dir, task.SUMMARY_FILE)) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_at_the_saved_epoch(tmp_path):
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 4, "steps_per_epoch": 1}
+    first = ti.fn_args_for(uris, str(tmp_path / "run"), {**config, "_extra_callbacks": [Interrupt()]})
+    first.model_run_dir = str(tmp_path / "model_run" / "1")  # a retried TFX execution gets a new directory
+    with pytest.raises(KeyboardInterrupt):
+        task.run_fn(first)
+    backups = [d for d in os.listdir(tmp_path / "model_run") if d.startswith("backup-")]
+    assert len(backups) == 1
+    record = Record()
+    second = ti.fn_args_for(uris, str(tmp_path / "run"), {**config, "_extra_callbacks": [record]})
+    second.model_run_dir = str(tmp_path / "model_run" / "2")
+    task.run_fn(second)
+    assert record.epochs == [2, 3] and record.iterations_at_start == 2  # epochs 0 and 1 are not redone
+    assert summary_of(second)["epochs_run"] == [2, 3]
+    assert not [d for d in os.listdir(tmp_path / "model_run") if d.startswith("backup-")]  # removed when done
+
+
+@pytest.mark.slow
+def test_mixed_precision_on_two_mirrored_devices(tmp_path, mirrored_strategy):
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "mixed_precision": True, "_strategy": mirrored_strategy}
+    args = ti.fn_args_for(uris, str(tmp_path), config)
+    task.run_fn(args)
+    summary = summary_of(args)
+    assert summary["replicas"] == 2 and summary["mixed_precision"]
+    assert np.isfinite(summary["history"]["loss"]).all() and np.isfinite(summary["initial_loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    serve = tf.saved_model.load(args.serving_model_dir).signatures["serving_default"]
+    image = ti.make_image_and_mask(np.random.default_rng(0), 24, 24)[0]
+    from trainer.example_codec import encode_png
+    assert serve(images=tf.constant([encode_png(image)]))["class_ids"].shape == (1, 24, 24)
+
+
+@pytest.mark.slow
+def test_jit_compile_with_a_pixel_weight_map(tmp_path):
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "jit_compile": True, "pixel_weights": {"type": "edge", "boundary_weight": 2.0}}
+    args = ti.fn_args_for(uris, str(tmp_path), config)
+    task.run_fn(args)
+    assert np.isfinite(summary_of(args)["history"]["loss"]).all()
