@@ -161,8 +161,9 @@ def run_fn(fn_args) -> None:
     steps = cfg.get("steps_per_epoch") or None
     pixel_weights = cfg.get("pixel_weights")
     strategy = cfg.get("_strategy") or choose_strategy(cfg.get("devices"))
-    # Several replicas: a last partial batch smaller than the replica count would leave a replica
-    # with an empty batch (the marginal loss then fails to broadcast), so drop partial batches.
+    # Several replicas: a last partial batch can leave a replica with an empty batch, which Keras 3.6
+    # under MirroredStrategy does not survive (AddN shape mismatch / broadcast errors, with any loss),
+    # so partial batches are dropped.
     # Validation then skips < batch_size records; SegEvaluator scores the whole eval split.
     drop = strategy.num_replicas_in_sync > 1
     if drop and num_train < batch_size:
