@@ -1,0 +1,70 @@
+"""Scheduled retraining simulated locally: span 1 -> span 2 (similar) -> span 3 (shifted classes).
+
+The same commands a schedule runs: `segbalance ingest --span N` adds data, `segbalance run
+--data DATA` reads the latest span, the drift gate compares its ClassStats with the previous
+run's, and only blessed, un-blocked models are pushed.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import cli, sample_data
+from trainer.example_codec import decode_array, encode_png
+
+pytestmark = pytest.mark.slow
+
+
+def _shapes(root: Path, seed: int, relabel_ellipses_as_circles: bool = False) -> Path:
+    out = sample_data.write_sample_data("shapes", root, num_images=32, size=32, seed=seed, drop_fraction=0.2)
+    if relabel_ellipses_as_circles:  # the class distribution shifts: circles become common, ellipses vanish
+        for folder in ("masks", "masks_full"):
+            for path in (out / folder).glob("*.png"):
+                mask = decode_array(path.read_bytes()).copy()
+                mask[mask == 1] = 3
+                path.write_bytes(encode_png(mask))
+    return out
+
+
+def _ingest(raw: Path, data: Path, span: int) -> None:
+    assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(data), "--span", str(span),
+                     "--labeled", str(raw / "labeled.json")]) == 0
+
+
+def test_span_1_2_3_blesses_then_blocks_on_drift(tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "out"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "training": {"image_size": [32, 32], "epochs": 2, "batch_size": 8, "depth": 2, "base_filters": 8},
+        "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0},
+        "drift": {"js_divergence": 0.02, "max_abs_change": 0.03, "action": "block"},
+    }))
+    run = ["run", "--config", str(config), "--data", str(data), "--output-dir", str(out)]
+    versions = lambda: sorted(p.name for p in (out / "serving_model").iterdir())  # noqa: E731
+
+    _ingest(_shapes(tmp_path / "raw1", seed=1), data, 1)
+    assert cli.main(run) == 0
+    assert len(versions()) == 1
+
+    _ingest(_shapes(tmp_path / "raw2", seed=2), data, 2)
+    assert cli.main(run) == 0
+    printed = capsys.readouterr().out
+    assert "ClassDistributionValidator: ok" in printed
+    assert len(versions()) == 2  # similar data: trained, blessed, pushed
+
+    _ingest(_shapes(tmp_path / "raw3", seed=3, relabel_ellipses_as_circles=True), data, 3)
+    assert cli.main(run) == 0
+    printed = capsys.readouterr().out
+    assert "ClassDistributionValidator: blocked" in printed
+    assert len(versions()) == 2  # drift: not pushed
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert not summary["blessed"] and "drift blocked the push" in summary["blessing_reason"]
+    report = (out / "report.html").read_text()
+    assert "Class-distribution drift" in report and "blocked" in report and "circle" in report
+    drift_files = sorted((out / "pipeline_root" / "ClassDistributionValidator").glob("*/*/drift.json"),
+                         key=lambda p: int(p.parent.name))
+    drift = json.loads(drift_files[-1].read_text())
+    assert drift["status"] == "blocked" and drift["max_change_class"] in ("ellipse", "circle")
+    assert np.isclose(sum(drift["frequency_change"].values()), 0.0, atol=1e-9)
