@@ -78,10 +78,27 @@ class Plan:
                    num_images=32, test_images=8, size=32, epochs=2, batch_size=8)
 
 
+RESULTS_LOG = "results.jsonl"
+
+
+def load_results(work: Path) -> list:
+    path = work / RESULTS_LOG
+    if not path.is_file():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[(row["group"], row["loss"], row["seed"])] = row
+    return list(rows.values())
+
+
 # --------------------------------------------------------------------------- data
 def shapes_data(root: Path, plan: Plan, drop: float) -> Path:
     from pipeline import sample_data
 
+    if (root / "labeled.json").is_file():  # written by an earlier (resumed) run: same seed, same files
+        return root
     return sample_data.write_sample_data("shapes", root, plan.num_images, plan.size, seed=0, drop_fraction=drop)
 
 
@@ -200,15 +217,23 @@ def run_group(name: str, plan: Plan, config, losses: Dict[str, dict], names: Lis
     print(f"experiment: [{name}] pipeline for {config.data.dir}", flush=True)
     artifacts = pipeline_artifacts(config)
     base_cfg = trainer_custom_config(config)
+    done = {(r["group"], r["loss"], r["seed"]) for r in results}
     for loss_name in names:
         for seed in seeds:
+            if (name, loss_name, seed) in done and (keep_models is None or (loss_name, seed) not in keep_models):
+                print(f"experiment: [{name}] {loss_name} seed {seed}: done in an earlier run, reused", flush=True)
+                continue
             cell_dir = work / "cells" / f"{name}-{loss_name}-{seed}"
             outcome = train_cell(artifacts, base_cfg, losses[loss_name], seed, cell_dir)
             scores = evaluate(outcome["serving_dir"], items, config.num_classes)
-            results.append({"group": name, "loss": loss_name, "seed": seed, "miou": scores["miou"],
-                            "per_class_iou": scores["per_class_iou"], "seconds": outcome["seconds"],
-                            "history": outcome["history"], "class_weights": outcome["class_weights"],
-                            "class_names": list(config.classes.names)})
+            row = {"group": name, "loss": loss_name, "seed": seed, "miou": scores["miou"],
+                   "per_class_iou": scores["per_class_iou"], "seconds": outcome["seconds"],
+                   "history": outcome["history"], "class_weights": outcome["class_weights"],
+                   "class_names": list(config.classes.names)}
+            results[:] = [r for r in results if (r["group"], r["loss"], r["seed"]) != (name, loss_name, seed)]
+            results.append(row)
+            with open(work / RESULTS_LOG, "a") as log:  # a crashed or stopped run resumes from here
+                log.write(json.dumps(row) + "\n")
             print(f"experiment: [{name}] {loss_name} seed {seed}: test mIoU {scores['miou']:.4f} "
                   f"({outcome['seconds']}s)", flush=True)
             if keep_models is None or (loss_name, seed) not in keep_models:
@@ -224,7 +249,9 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None) -> dic
     work = Path(work or output / "_work")
     output.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results: list = []
+    results: list = load_results(work)
+    if results:
+        print(f"experiment: resuming, {len(results)} trainings already done in {work}", flush=True)
     test_dir = shapes_test_set(work / "shapes_test", plan)
     shapes_items = load_test_items(test_dir)
     example_drop = max(plan.drop_fractions)
@@ -240,7 +267,9 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None) -> dic
             for row in list(results):
                 for new, old in same.items():
                     if (row["group"] == "missing_drop0.0" and row["loss"] == old and new in plan.imbalance_losses
-                            and row["seed"] in plan.imbalance_seeds):
+                            and row["seed"] in plan.imbalance_seeds
+                            and not any((r["group"], r["loss"], r["seed"]) == ("imbalance_shapes", new, row["seed"])
+                                        for r in results)):
                         results.append({**row, "group": "imbalance_shapes", "loss": new})
             extra = [n for n in plan.imbalance_losses if n not in same or same[n] not in plan.missing_losses]
             run_group("imbalance_shapes", plan, config, IMBALANCE_LOSSES, extra, plan.imbalance_seeds,
