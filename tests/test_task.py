@@ -62,6 +62,16 @@ def test_run_fn_errors_before_touching_the_transform_graph(tmp_path):
         task.run_fn(args)
 
 
+def test_backup_dir_is_beside_the_model_run_and_keyed_by_the_training():
+    cfg = {**ti.CONFIG, "_extra_callbacks": [object()]}  # in-process hooks are not part of the key
+    a = task.backup_dir_for(cfg, ["gs://b/ex/Split-train/*"], "gs://b/root/SegTrainer/model_run/7/")
+    assert a.startswith("gs://b/root/SegTrainer/model_run/backup-")
+    assert task.backup_dir_for(ti.CONFIG, ["gs://b/ex/Split-train/*"], "gs://b/root/SegTrainer/model_run/8") == a
+    assert task.backup_dir_for({**ti.CONFIG, "epochs": 9}, ["gs://b/ex/Split-train/*"], "gs://b/x/7") != \
+        task.backup_dir_for(ti.CONFIG, ["gs://b/ex/Split-train/*"], "gs://b/x/7")
+    assert task.backup_dir_for({**ti.CONFIG, "backup_dir": "/tmp/b"}, [], "/x/7") == "/tmp/b"
+
+
 def test_default_strategy_without_gpus():
     assert not isinstance(task.choose_strategy(), tf.distribute.MirroredStrategy)
 

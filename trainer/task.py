@@ -134,7 +134,8 @@ def backup_dir_for(cfg: dict, train_files, model_run_dir: str) -> str:
     key = json.dumps({k: v for k, v in cfg.items() if k != "backup_dir" and not k.startswith("_")}, sort_keys=True) + json.dumps(
         sorted(train_files))
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(os.path.dirname(os.path.normpath(model_run_dir)), f"backup-{fingerprint}")
+    parent = model_run_dir.rstrip("/").rsplit("/", 1)[0]  # not os.path.normpath: it breaks gs://
+    return f"{parent}/backup-{fingerprint}"
 
 
 def run_fn(fn_args) -> None:
