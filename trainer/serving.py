@@ -44,6 +44,8 @@ def image_size_of(data):
 
 
 class SegmentationServer(tf.Module):
+    """The Keras model behind the Transform graph, with the ``serving_default`` signature ``serve``."""
+
     def __init__(self, model, tf_transform_output, image_feature_dense: bool):
         super().__init__()
         self.model = model
