@@ -139,6 +139,12 @@ def backup_dir_for(cfg: dict, train_files, model_run_dir: str) -> str:
 
 
 def run_fn(fn_args) -> None:
+    """Check, train, export: the TFX Trainer entry point (custom_config keys in the module docstring).
+
+    Writes the serving SavedModel and ``model.keras`` to ``fn_args.serving_model_dir``
+    (``trainer/serving.py``), TensorBoard logs and ``training_summary.json`` to
+    ``fn_args.model_run_dir``.
+    """
     import tensorflow_transform as tft
 
     cfg = dict(fn_args.custom_config or {})
