@@ -22,7 +22,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils
 
 from components.artifacts import ClassStats, DriftReport
-from components.drift_metrics import compare
+from components.drift_metrics import THRESHOLD_KEYS, compare
 
 DRIFT_FILE = "drift.json"
 
@@ -47,13 +47,19 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         from components.class_stats_io import read_class_stats
 
         current_artifact = artifact_utils.get_single_instance(input_dict["class_stats"])
-        baselines = [a for a in input_dict.get("baseline_class_stats") or [] if a.uri != current_artifact.uri]
+        baselines = list(input_dict.get("baseline_class_stats") or [])
+        if len(baselines) > 1:
+            raise ValueError(f"baseline_class_stats: expected at most one artifact (a latest-artifact resolver), "
+                             f"got {len(baselines)}: {[a.uri for a in baselines]}")
         current = read_class_stats(current_artifact.uri)
         baseline = read_class_stats(baselines[0].uri) if baselines else None
-        thresholds = {k: float(exec_properties[k]) for k in ("js_divergence", "max_abs_change", "missing_rate_change")}
+        thresholds = {k: float(exec_properties[k]) for k in THRESHOLD_KEYS}
         result = compare(current, baseline, thresholds, exec_properties["action"])
         result["current"] = current_artifact.uri
         result["baseline"] = baselines[0].uri if baselines else None
+        if baselines and baselines[0].uri == current_artifact.uri:
+            # ClassStatsGen was cached (same span, same config): the previous run's stats are these.
+            result["note"] = "the previous run's ClassStats are this run's (cached: same data)"
         output = artifact_utils.get_single_instance(output_dict["drift_report"])
         io_utils.write_string_file(os.path.join(output.uri, DRIFT_FILE), json.dumps(result, indent=1))
         output.set_int_custom_property("blocked", int(result["status"] == "blocked"))

@@ -1,70 +1,111 @@
-"""Class-distribution drift between two ClassStats (pure NumPy)."""
+"""Class-distribution drift between two ClassStats (pure NumPy, no TFX).
+
+Inputs are ``class_stats.json`` dicts (see contracts: ``class_names``, ``pixel_counts``,
+``num_records``, ``images_with_missing``). Classes are matched by name, so a class list
+that grew or was reordered between runs is compared class by class; a class the baseline
+did not have (or had no pixels of) is a *new class*.
+
+- frequencies: pixel count / all labelled pixels (ignored pixels are not counted);
+- Jensen-Shannon divergence in bits, ``0.5 KL(p||m) + 0.5 KL(q||m)``, ``m = (p+q)/2``
+  (0 = identical, 1 = disjoint supports);
+- largest absolute change of one class's frequency;
+- missing-annotation rate: images with at least one class not labelled / records.
+"""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
-
-def frequencies(counts, size: int) -> np.ndarray:
-    counts = np.zeros(size) if counts is None else np.asarray(counts, dtype=np.float64)
-    padded = np.zeros(size)
-    padded[:len(counts)] = counts
-    total = padded.sum()
-    return padded / total if total > 0 else padded
+THRESHOLD_KEYS = ("js_divergence", "max_abs_change", "missing_rate_change")
 
 
-def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence in bits (0 = identical, 1 = disjoint)."""
+def js_divergence(p, q) -> float:
+    """Jensen-Shannon divergence (base 2) of two frequency vectors that each sum to 1."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
     m = 0.5 * (p + q)
 
     def kl(a, b):
         mask = a > 0
         return float(np.sum(a[mask] * np.log2(a[mask] / b[mask])))
 
-    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+    return max(0.0, 0.5 * kl(p, m) + 0.5 * kl(q, m))
 
 
-def missing_rate(stats: dict) -> float:
-    return stats.get("images_with_missing", 0) / max(1, stats["num_records"])
+def aligned_counts(current: dict, baseline: dict):
+    """(names, current counts, baseline counts) over the union of both class lists, by name."""
+    names: List[str] = list(current["class_names"])
+    names += [n for n in baseline["class_names"] if n not in names]
+
+    def counts(stats):
+        if len(stats["class_names"]) != len(stats["pixel_counts"]) \
+                or len(set(stats["class_names"])) != len(stats["class_names"]):
+            raise ValueError(f"ClassStats has {len(stats['class_names'])} class names for "
+                             f"{len(stats['pixel_counts'])} pixel counts (names must be distinct)")
+        by_name = dict(zip(stats["class_names"], stats["pixel_counts"]))
+        return np.array([float(by_name.get(n, 0)) for n in names])
+
+    return names, counts(current), counts(baseline)
+
+
+def frequencies(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total > 0 else np.zeros_like(counts)
+
+
+def missing_rate(stats: dict) -> Optional[float]:
+    """Fraction of records with a class not labelled; None when the stats do not record it."""
+    if "images_with_missing" not in stats:
+        return None
+    return stats["images_with_missing"] / max(1, stats["num_records"])
 
 
 def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float], action: str = "block") -> dict:
     """drift.json content: measures, anomalies above ``thresholds`` and the status."""
-    result = {"thresholds": dict(thresholds), "action": action, "anomalies": [], "new_classes": []}
-    if baseline is None:
-        result.update(status="ok", note="no earlier ClassStats to compare with (first run)",
-                      js_divergence=0.0, max_abs_change=0.0, missing_rate_change=0.0)
-        return result
-    names = current["class_names"]
-    size = max(len(current["pixel_counts"]), len(baseline["pixel_counts"]))
-    p = frequencies(current["pixel_counts"], size)
-    q = frequencies(baseline["pixel_counts"], size)
-    base_counts = np.zeros(size)
-    base_counts[:len(baseline["pixel_counts"])] = baseline["pixel_counts"]
-    change = p - q
-    worst = int(np.argmax(np.abs(change)))
-    name = lambda c: names[c] if c < len(names) else f"class {c}"  # noqa: E731
-    result.update(
-        js_divergence=js_divergence(p, q),
-        max_abs_change=float(np.abs(change).max()),
-        max_change_class=name(worst),
-        frequency_change={name(c): float(change[c]) for c in range(size)},
-        new_classes=[name(c) for c in range(size) if base_counts[c] == 0 and p[c] > 0],
-        missing_rate=missing_rate(current), baseline_missing_rate=missing_rate(baseline),
-    )
-    result["missing_rate_change"] = abs(result["missing_rate"] - result["baseline_missing_rate"])
+    unknown = set(THRESHOLD_KEYS) - set(thresholds)
+    if unknown:
+        raise ValueError(f"drift thresholds miss {sorted(unknown)}")
+    if action not in ("block", "warn"):
+        raise ValueError(f"drift action must be 'block' or 'warn', got {action!r}")
+    result = {"thresholds": {k: float(thresholds[k]) for k in THRESHOLD_KEYS}, "action": action,
+              "anomalies": [], "new_classes": []}
     anomalies = result["anomalies"]
-    if result["js_divergence"] > thresholds["js_divergence"]:
-        anomalies.append(f"Jensen-Shannon divergence of class pixel frequencies {result['js_divergence']:.4f} > "
-                         f"{thresholds['js_divergence']}")
-    if result["max_abs_change"] > thresholds["max_abs_change"]:
-        anomalies.append(f"pixel frequency of {name(worst)} changed by {change[worst]:+.4f} (limit "
-                         f"{thresholds['max_abs_change']})")
-    if result["new_classes"]:
-        anomalies.append(f"classes absent before appear now: {', '.join(result['new_classes'])}")
-    if result["missing_rate_change"] > thresholds["missing_rate_change"]:
-        anomalies.append(f"fraction of images with missing annotations changed from "
-                         f"{result['baseline_missing_rate']:.3f} to {result['missing_rate']:.3f}")
+    if sum(current["pixel_counts"]) == 0:
+        anomalies.append("the new data has no labelled pixels")
+    if baseline is None:
+        result.update(note="no earlier ClassStats to compare with (first run)",
+                      js_divergence=0.0, max_abs_change=0.0, missing_rate_change=0.0)
+    else:
+        names, current_counts, base_counts = aligned_counts(current, baseline)
+        p, q = frequencies(current_counts), frequencies(base_counts)
+        change = p - q
+        worst = int(np.argmax(np.abs(change)))
+        result.update(
+            js_divergence=js_divergence(p, q) if base_counts.sum() > 0 and current_counts.sum() > 0 else 0.0,
+            max_abs_change=float(np.abs(change).max()),
+            max_change_class=names[worst],
+            frequency={n: float(v) for n, v in zip(names, p)},
+            baseline_frequency={n: float(v) for n, v in zip(names, q)},
+            frequency_change={n: float(v) for n, v in zip(names, change)},
+            new_classes=[n for n, b, c in zip(names, base_counts, current_counts) if b == 0 and c > 0],
+            missing_rate=missing_rate(current), baseline_missing_rate=missing_rate(baseline),
+        )
+        if result["missing_rate"] is None or result["baseline_missing_rate"] is None:
+            result["missing_rate_change"] = None
+            result["note"] = "missing-annotation rate not recorded in one of the ClassStats (not compared)"
+        else:
+            result["missing_rate_change"] = abs(result["missing_rate"] - result["baseline_missing_rate"])
+        if result["js_divergence"] > result["thresholds"]["js_divergence"]:
+            anomalies.append(f"Jensen-Shannon divergence of class pixel frequencies {result['js_divergence']:.4f} "
+                             f"> {thresholds['js_divergence']}")
+        if result["max_abs_change"] > result["thresholds"]["max_abs_change"]:
+            anomalies.append(f"pixel frequency of {names[worst]} changed by {change[worst]:+.4f} "
+                             f"({q[worst]:.4f} -> {p[worst]:.4f}; limit {thresholds['max_abs_change']})")
+        if result["new_classes"]:
+            anomalies.append(f"classes absent before appear now: {', '.join(result['new_classes'])}")
+        if result["missing_rate_change"] is not None \
+                and result["missing_rate_change"] > result["thresholds"]["missing_rate_change"]:
+            anomalies.append(f"fraction of images with missing annotations changed from "
+                             f"{result['baseline_missing_rate']:.3f} to {result['missing_rate']:.3f}")
     result["status"] = "ok" if not anomalies else ("blocked" if action == "block" else "warned")
     return result

@@ -28,7 +28,7 @@ class CompileError(ValueError):
 
 
 def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Optional[str]) -> None:
-    if not re.match(PIPELINE_NAME_PATTERN, config.name):
+    if not re.match(PIPELINE_NAME_PATTERN, config.name) or config.name.endswith("\n"):
         raise CompileError(f"pipeline name {config.name!r} is not valid for KFP: use lower-case letters, digits "
                            f"and '-', starting with a letter or digit (set `name:` in the config)")
     if not image:
@@ -88,4 +88,37 @@ def compile_pipeline(config: PipelineConfig, output_json: str, image: Optional[s
         output_dir=os.path.dirname(output_json), output_filename=os.path.basename(output_json))
     runner.run(pipeline, write_out=True)
     with open(output_json) as f:
-        return json.load(f)
+        job = json.load(f)
+    if fix_custom_type_resolver_queries(job["pipelineSpec"]):
+        with open(output_json, "w") as f:
+            json.dump(job, f, sort_keys=True)
+    return job
+
+
+GENERIC_QUERY = 'schema_title="tfx.Artifact"'
+
+
+def fix_custom_type_resolver_queries(spec: dict) -> list:
+    """Make latest-artifact resolver queries for custom types ask for that type.
+
+    TFX 1.16's KFP v2 step builder writes ``schema_title="tfx.Artifact"`` into the query of a
+    latest-artifact resolver whose channel has a custom type (``compiler_utils.get_artifact_title``
+    knows only the standard types), while the artifacts themselves are recorded under their
+    schema title (``components.ClassStats``): the query would never find the previous run's
+    ClassStats and the drift gate would always see a "first run". Returns the fixed queries.
+    """
+    import yaml
+
+    executor_component = {c["executorLabel"]: c for c in spec["components"].values() if "executorLabel" in c}
+    fixed = []
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        queries = executor.get("resolver", {}).get("outputArtifactQueries", {})
+        for key, query in queries.items():
+            if GENERIC_QUERY not in query.get("filter", ""):
+                continue
+            artifact_type = executor_component[label]["outputDefinitions"]["artifacts"][key]["artifactType"]
+            title = artifact_type.get("schemaTitle") or yaml.safe_load(artifact_type["instanceSchema"])["title"]
+            if title != "tfx.Artifact":
+                query["filter"] = query["filter"].replace(GENERIC_QUERY, f'schema_title="{title}"')
+                fixed.append((label, key, query["filter"]))
+    return fixed

@@ -1,0 +1,157 @@
+"""Drift math (components/drift_metrics.py) against hand-computed cases and SciPy; the
+ClassDistributionValidator executor (drift.json, `blocked` property) and component arguments."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+from components import drift_metrics
+
+LOOSE = {"js_divergence": 1.0, "max_abs_change": 1.0, "missing_rate_change": 1.0}
+TIGHT = {"js_divergence": 0.01, "max_abs_change": 0.1, "missing_rate_change": 0.1}
+
+
+def stats(counts, missing=0, records=10, names=("bg", "a", "b")):
+    return {"class_names": list(names), "pixel_counts": list(counts), "num_records": records,
+            "images_with_missing": missing}
+
+
+def test_identical_stats_have_no_drift():
+    base = stats([50, 30, 20], missing=2)
+    result = drift_metrics.compare(base, base, TIGHT)
+    assert result["status"] == "ok" and result["anomalies"] == []
+    assert result["js_divergence"] == 0.0 and result["max_abs_change"] == 0.0
+    assert result["missing_rate_change"] == 0.0 and result["new_classes"] == []
+
+
+def test_hand_computed_shift_with_a_new_class():
+    # p = [.5, 0, .5], q = [.5, .5, 0], m = [.5, .25, .25]
+    # KL(p||m) = .5 log2(.5/.5) + .5 log2(.5/.25) = .5 ; KL(q||m) = .5 ; JS = .5
+    base, shifted = stats([50, 50, 0], missing=1), stats([50, 0, 50], missing=6)
+    result = drift_metrics.compare(shifted, base, TIGHT)
+    assert result["js_divergence"] == pytest.approx(0.5)
+    assert result["max_abs_change"] == pytest.approx(0.5) and result["max_change_class"] in ("a", "b")
+    assert result["new_classes"] == ["b"]
+    assert result["missing_rate"] == pytest.approx(0.6) and result["baseline_missing_rate"] == pytest.approx(0.1)
+    assert result["missing_rate_change"] == pytest.approx(0.5)
+    assert result["status"] == "blocked" and len(result["anomalies"]) == 4
+    assert result["frequency_change"] == pytest.approx({"bg": 0.0, "a": -0.5, "b": 0.5})
+
+
+def test_disjoint_supports_give_one_bit():
+    assert drift_metrics.js_divergence([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_js_divergence_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 1000, size=6).astype(float)
+    b = rng.integers(0, 1000, size=6).astype(float)
+    a[seed % 6] = 0  # an absent class
+    names = [f"c{i}" for i in range(6)]
+    result = drift_metrics.compare(stats(a, names=names), stats(b, names=names), LOOSE)
+    # scipy returns the JS *distance* (square root of the divergence)
+    assert result["js_divergence"] == pytest.approx(jensenshannon(a / a.sum(), b / b.sum(), base=2) ** 2, abs=1e-12)
+    assert result["max_abs_change"] == pytest.approx(np.abs(a / a.sum() - b / b.sum()).max())
+
+
+def test_small_shift_below_thresholds_is_ok_and_warn_does_not_block():
+    base, near = stats([500, 300, 200]), stats([510, 295, 195])
+    result = drift_metrics.compare(near, base, TIGHT)
+    p, q = np.array([510, 295, 195]) / 1000, np.array([500, 300, 200]) / 1000
+    m = (p + q) / 2
+    by_hand = 0.5 * sum(p * np.log2(p / m)) + 0.5 * sum(q * np.log2(q / m))
+    assert result["js_divergence"] == pytest.approx(by_hand) and result["status"] == "ok"
+    warned = drift_metrics.compare(stats([50, 0, 50]), stats([50, 50, 0]), TIGHT, action="warn")
+    assert warned["status"] == "warned" and warned["anomalies"]
+
+
+def test_classes_are_matched_by_name_when_the_list_changes():
+    base = stats([60, 40], names=("bg", "a"))
+    current = stats([40, 60, 0], names=("a", "bg", "new"))  # reordered, and one more (empty) class
+    result = drift_metrics.compare(current, base, TIGHT)
+    assert result["js_divergence"] == 0.0 and result["new_classes"] == [] and result["status"] == "ok"
+    grown = drift_metrics.compare(stats([40, 60, 25], names=("a", "bg", "new")), base, TIGHT)
+    assert grown["new_classes"] == ["new"] and grown["status"] == "blocked"
+    assert set(grown["frequency_change"]) == {"a", "bg", "new"}
+
+
+def test_first_run_missing_fields_and_bad_arguments():
+    first = drift_metrics.compare(stats([1, 2, 3]), None, TIGHT)
+    assert first["status"] == "ok" and "first run" in first["note"]
+    no_rate = stats([50, 30, 20])
+    del no_rate["images_with_missing"]
+    result = drift_metrics.compare(no_rate, stats([50, 30, 20]), TIGHT)
+    assert result["missing_rate_change"] is None and "not compared" in result["note"]
+    empty = drift_metrics.compare(stats([0, 0, 0]), stats([50, 30, 20]), TIGHT)
+    assert empty["status"] == "blocked" and "no labelled pixels" in empty["anomalies"][0]
+    assert not math.isnan(empty["js_divergence"])
+    with pytest.raises(ValueError, match="thresholds miss"):
+        drift_metrics.compare(no_rate, None, {"js_divergence": 0.1})
+    with pytest.raises(ValueError, match="'block' or 'warn'"):
+        drift_metrics.compare(no_rate, None, TIGHT, action="stop")
+    with pytest.raises(ValueError, match="3 class names for 2 pixel counts"):
+        drift_metrics.compare(stats([1, 2]), stats([1, 2, 3]), TIGHT)
+
+
+def _class_stats_artifact(tmp_path, name, content):
+    from components.artifacts import ClassStats
+
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "class_stats.json").write_text(json.dumps(content))
+    artifact = ClassStats()
+    artifact.uri = str(folder)
+    return artifact
+
+
+@pytest.mark.parametrize("action, shifted, status, blocked", [
+    ("block", True, "blocked", 1), ("warn", True, "warned", 0), ("block", False, "ok", 0)])
+def test_executor_writes_drift_json_and_blocked(tmp_path, action, shifted, status, blocked):
+    from components.artifacts import DriftReport
+    from components.class_distribution_validator import ClassDistributionValidatorExecutor
+
+    current = _class_stats_artifact(tmp_path, "current", stats([50, 0, 50] if shifted else [50, 50, 0]))
+    baseline = _class_stats_artifact(tmp_path, "baseline", stats([50, 50, 0]))
+    report = DriftReport()
+    report.uri = str(tmp_path / "report")
+    (tmp_path / "report").mkdir()
+    ClassDistributionValidatorExecutor().Do(
+        {"class_stats": [current], "baseline_class_stats": [baseline]}, {"drift_report": [report]},
+        {**TIGHT, "action": action})
+    drift = json.loads((tmp_path / "report" / "drift.json").read_text())
+    assert drift["status"] == status and drift["baseline"] == baseline.uri and drift["current"] == current.uri
+    assert report.get_int_custom_property("blocked") == blocked
+    assert report.get_string_custom_property("status") == status
+
+
+def test_executor_first_run_and_cached_rerun(tmp_path):
+    from components.artifacts import DriftReport
+    from components.class_distribution_validator import ClassDistributionValidatorExecutor
+
+    current = _class_stats_artifact(tmp_path, "current", stats([50, 50, 0]))
+    for baselines, note in (([], "first run"), ([current], "cached")):
+        report = DriftReport()
+        report.uri = str(tmp_path / f"report{len(baselines)}")
+        ClassDistributionValidatorExecutor().Do(
+            {"class_stats": [current], "baseline_class_stats": baselines}, {"drift_report": [report]},
+            {**TIGHT, "action": "block"})
+        drift = json.loads((tmp_path / f"report{len(baselines)}" / "drift.json").read_text())
+        assert drift["status"] == "ok" and note in drift["note"]
+        assert report.get_int_custom_property("blocked") == 0
+
+
+def test_component_rejects_an_unknown_action():
+    from tfx import v1 as tfx
+
+    from components.artifacts import ClassStats
+    from components.class_distribution_validator import ClassDistributionValidator
+
+    channel = tfx.dsl.Channel(type=ClassStats)
+    with pytest.raises(ValueError, match="'block' or 'warn'"):
+        ClassDistributionValidator(class_stats=channel, action="stop")
+    gate = ClassDistributionValidator(class_stats=channel, js_divergence=0.1)
+    assert gate.outputs["drift_report"].type.TYPE_NAME == "components.DriftReport"
+    assert gate.exec_properties["js_divergence"] == 0.1 and gate.exec_properties["action"] == "block"

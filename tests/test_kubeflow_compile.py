@@ -1,0 +1,135 @@
+"""`segbalance compile-kfp`: the compiled JSON is a KFP PipelineSpec holding every node of the
+DAG with the image set; bad input fails before compiling; the Dockerfile installs the package."""
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubeflow.runner import CompileError, build_pipeline, compile_pipeline, fix_custom_type_resolver_queries
+from pipeline import cli
+from pipeline.config import config_from_dict
+from pipeline.dag import component_ids
+from tests.kubeflow_inputs import IMAGE, TINY, compile_into, write_span_data
+
+ENTRYPOINT = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+
+
+@pytest.fixture(scope="module")
+def span_data(tmp_path_factory):
+    return write_span_data(tmp_path_factory.mktemp("kfp_compile"))
+
+
+@pytest.fixture(scope="module")
+def compiled(span_data):
+    return compile_into(span_data)
+
+
+def test_compiled_json_is_a_pipeline_spec_with_every_component(span_data, compiled):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    path, spec = compiled
+    assert json.loads(path.read_text()) == spec
+    proto = json_format.ParseDict(spec["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    assert proto.pipeline_info.name == "segbalance"
+    tasks = proto.root.dag.tasks
+    # deploymentSpec is a Struct in PipelineSpec; its schema is PipelineDeploymentConfig
+    deployment = json_format.ParseDict(spec["pipelineSpec"]["deploymentSpec"],
+                                       pipeline_spec_pb2.PipelineDeploymentConfig())
+    config = config_from_dict({**TINY, "data": {"dir": str(span_data / "data")}})
+    nodes = build_pipeline(config, str(span_data / "root")).components
+    assert sorted(n.id for n in nodes) == sorted(component_ids(with_drift=True))
+    for node in nodes:
+        if node.id.endswith("resolver"):  # resolvers compile into query tasks, no container
+            assert any(t.startswith(node.id) for t in tasks), node.id
+            continue
+        assert node.id in tasks, node.id
+        executor = deployment.executors[proto.components[tasks[node.id].component_ref.name].executor_label]
+        container = executor.container
+        assert container.image == IMAGE, node.id
+        assert list(container.command) == ENTRYPOINT, node.id
+        class_path = container.args[list(container.args).index("--executor_class_path") + 1]
+        module, name = class_path.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), name) is node.executor_spec.executor_class, node.id
+    # the drift gate is wired: previous ClassStats -> validator -> evaluator (blessing) and report
+    assert {"ClassStatsGen", "latest_class_stats_resolver"} <= set(tasks["ClassDistributionValidator"].dependent_tasks)
+    assert "ClassDistributionValidator" in tasks["SegEvaluator"].dependent_tasks
+    assert tasks["SegEvaluator"].inputs.artifacts["drift_report"].task_output_artifact.producer_task == \
+        "ClassDistributionValidator"
+    assert "preCacheCheck" in json.dumps(spec["pipelineSpec"]["deploymentSpec"]["executors"]["ImportExampleGen_executor"])
+
+
+def test_latest_class_stats_query_asks_for_class_stats(compiled):
+    _, spec = compiled
+    query = spec["pipelineSpec"]["deploymentSpec"]["executors"]["latest_class_stats_resolver_executor"]
+    assert query["resolver"]["outputArtifactQueries"]["class_stats"]["filter"] == \
+        'schema_title="components.ClassStats" AND state=LIVE'
+    # the standard-type queries TFX writes are left alone
+    blessing = spec["pipelineSpec"]["deploymentSpec"]["executors"][
+        "latest_blessed_model_resolver-model-blessing-resolver_executor"]
+    assert blessing["resolver"]["outputArtifactQueries"]["model_blessing"]["filter"].startswith(
+        'schema_title="tfx.ModelBlessing" AND state=LIVE')
+    assert fix_custom_type_resolver_queries(spec["pipelineSpec"]) == []  # already fixed: nothing to do
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"image": ""}, "no container image"),
+    ({"image": None}, "no container image"),
+    ({"image": "Not An Image!"}, "does not look like a container image"),
+    ({"pipeline_root": "relative/root"}, "neither a URI"),
+    ({"span": 7}, "span 7 does not exist"),
+])
+def test_bad_inputs_fail_before_compiling(span_data, change, message):
+    out = span_data / "bad.json"
+    with pytest.raises(CompileError, match=message):
+        compile_into(span_data, name="bad.json", **change)
+    assert not out.exists()
+
+
+def test_a_folder_without_spans_is_refused(tmp_path):
+    from pipeline.config import ConfigError
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ConfigError, match="no Span-N/ folders"):
+        compile_into(tmp_path)
+    with pytest.raises(CompileError, match="no Span-N folders"):  # the check when the config is built in code
+        from kubeflow.runner import check_span
+        check_span(str(tmp_path / "data"), None)
+
+
+@pytest.mark.parametrize("name", ["Bad_Name", "-leading-dash", "has space", "x" * 129, "", "name\n"])
+def test_invalid_pipeline_names_are_refused(span_data, name):
+    config = config_from_dict({"data": {"dir": str(span_data / "data")}})
+    config.name = name
+    with pytest.raises(CompileError, match="not valid for KFP"):
+        compile_pipeline(config, str(span_data / "x.json"), IMAGE, "gs://bucket/root")
+
+
+def test_compile_kfp_cli(span_data, capsys):
+    cfg = span_data / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "data": {"dir": str(span_data / "data")}}))
+    out = span_data / "cli.json"
+    assert cli.main(["compile-kfp", "--output", str(out), "--image", IMAGE,
+                     "--pipeline-root", "gs://bucket/segbalance", "--config", str(cfg)]) == 0
+    assert f"wrote {out} (14 tasks" in capsys.readouterr().out
+    assert json.loads(out.read_text())["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/segbalance"
+    assert cli.main(["compile-kfp", "--output", str(span_data / "cli2.json"), "--pipeline-root", "gs://b",
+                     "--config", str(cfg), "--image", ""]) == 2
+    assert "no container image" in capsys.readouterr().err
+    assert cli.main(["compile-kfp", "--output", str(span_data / "cli3.json"), "--pipeline-root", "gs://b",
+                     "--config", str(cfg), "--image", IMAGE, "--span", "3"]) == 2
+    assert "span 3 does not exist" in capsys.readouterr().err and not (span_data / "cli3.json").exists()
+
+
+def test_dockerfile_installs_the_package_with_the_pins():
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "kubeflow" / "Dockerfile").read_text()
+    assert "FROM python:3.11" in text
+    assert "COPY constraints.txt" in text and "--ignore-requires-python -c constraints.txt ." in text
+    for package in ("components", "trainer", "pipeline", "kubeflow"):
+        assert f"COPY {package}/ {package}/" in text
+    assert "import components, trainer.task, trainer.preprocessing" in text
+    makefile = (root / "Makefile").read_text()
+    assert "PIP_FLAGS := --ignore-requires-python --disable-pip-version-check -c constraints.txt" in makefile
