@@ -65,6 +65,14 @@ def test_span_1_2_3_blesses_then_blocks_on_drift(tmp_path, capsys):
     assert "Class-distribution drift" in report and "blocked" in report and "circle" in report
     drift_files = sorted((out / "pipeline_root" / "ClassDistributionValidator").glob("*/*/drift.json"),
                          key=lambda p: int(p.parent.name))
+    assert len(drift_files) == 3
+    class_stats = sorted((out / "pipeline_root" / "ClassStatsGen" / "class_stats").iterdir(), key=lambda p: int(p.name))
+    assert len(class_stats) == 3
+    # the resolver runs before this run's ClassStatsGen: the baseline is the previous run's ClassStats
+    second = json.loads(drift_files[1].read_text())
+    assert second["current"] == str(class_stats[1]) and second["baseline"] == str(class_stats[0])
     drift = json.loads(drift_files[-1].read_text())
+    assert drift["current"] == str(class_stats[2]) and drift["baseline"] == str(class_stats[1])
+    assert json.loads(drift_files[0].read_text())["baseline"] is None  # span 1: first run
     assert drift["status"] == "blocked" and drift["max_change_class"] in ("ellipse", "circle")
     assert np.isclose(sum(drift["frequency_change"].values()), 0.0, atol=1e-9)
