@@ -12,8 +12,8 @@ replaced, and read the artifacts back from its ``outputFile``.
 What it proves: the compiled JSON is complete and consistent (executor class paths import
 from the installed package, parameters and artifact types round-trip through the KFP
 entrypoint, artifacts flow from task to task). What it does not: that the image builds and
-pulls, cluster permissions and storage (GCS) work, caching or resolver tasks (KFP runs
-those in its own control plane; they are skipped here).
+pulls, cluster permissions and storage (GCS) work, caching, and resolver tasks (KFP answers
+their queries from its metadata store; here their outputs are passed in as ``resolved``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import yaml
 
@@ -54,18 +54,20 @@ def _as_value_message(value) -> dict:
     return {"stringValue": str(value)}
 
 
-def topological(tasks: Dict[str, dict], wanted: List[str]) -> List[str]:
-    missing = [t for t in wanted if t not in tasks]
+def topological(tasks: Dict[str, dict], wanted: List[str], given: Iterable[str] = ()) -> List[str]:
+    """``wanted`` in dependency order; ``given`` are tasks whose outputs are supplied (resolvers)."""
+    missing = [t for t in list(wanted) + list(given) if t not in tasks]
     if missing:
         raise ValueError(f"tasks {missing} are not in the compiled pipeline (has {sorted(tasks)})")
-    order, done = [], set()
+    order, done = [], set(given)
 
     def visit(name):
         if name in done:
             return
         for dep in tasks[name].get("dependentTasks", []):
-            if dep not in wanted:
-                raise ValueError(f"task {name} needs {dep}: add it to the tasks to run")
+            if dep not in wanted and dep not in done:
+                raise ValueError(f"task {name} needs {dep}: add it to the tasks to run (or pass its "
+                                 f"outputs as resolved artifacts)")
             visit(dep)
         done.add(name)
         order.append(name)
@@ -86,17 +88,26 @@ def _run(command: List[str], executor_input: dict, extra_args: List[str], log_pa
 
 
 def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
-                       beam_args: Optional[List[str]] = None) -> Dict[str, Dict[str, dict]]:
-    """Run ``task_names`` of the compiled pipeline; returns {task: {output key: artifact JSON}}."""
+                       beam_args: Optional[List[str]] = None,
+                       resolved: Optional[Dict[str, Dict[str, dict]]] = None) -> Dict[str, Dict[str, dict]]:
+    """Run ``task_names`` of the compiled pipeline; returns {task: {output key: artifact JSON}}.
+
+    ``resolved`` stands in for resolver tasks (KFP answers their queries from its metadata
+    store): {resolver task: {output key: artifact JSON with uri, metadata, type}}.
+    """
     with open(spec_path) as f:
         spec = json.load(f)["pipelineSpec"]
     tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
     executors = spec["deploymentSpec"]["executors"]
-    produced: Dict[str, Dict[str, dict]] = {}
+    produced: Dict[str, Dict[str, dict]] = {k: dict(v) for k, v in (resolved or {}).items()}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for name in topological(tasks, task_names):
+    for name in topological(tasks, task_names, given=produced):
         task, component = tasks[name], components[tasks[name]["componentRef"]["name"]]
-        container = executors[component["executorLabel"]]["container"]
+        executor = executors[component["executorLabel"]]
+        if "container" not in executor:
+            raise ValueError(f"task {name} runs no container ({', '.join(executor)}): KFP resolves it from its "
+                             f"metadata store; pass its outputs as resolved={{'{name}': {{key: artifact}}}}")
+        container = executor["container"]
         task_dir = os.path.join(local_root, "_tasks", name)
         os.makedirs(task_dir, exist_ok=True)
         output_file = os.path.join(task_dir, "executor_output.json")
@@ -155,7 +166,7 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
             produced[name][key] = artifact
         for key, declared in outputs.items():  # outputs the executor did not rewrite
             produced[name].setdefault(key, declared["artifacts"][0])
-    return produced
+    return {name: outputs for name, outputs in produced.items() if name not in (resolved or {})}
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,7 @@ CHAIN = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ClassStatsGen", "Tra
 def test_task_order_follows_dependencies_and_names_missing_tasks():
     tasks = {"A": {}, "B": {"dependentTasks": ["A"]}, "C": {"dependentTasks": ["B", "A"]}}
     assert local_launcher.topological(tasks, ["C", "B", "A"]) == ["A", "B", "C"]
+    assert local_launcher.topological(tasks, ["C", "B"], given=["A"]) == ["B", "C"]
     with pytest.raises(ValueError, match="task C needs B"):
         local_launcher.topological(tasks, ["A", "C"])
     with pytest.raises(ValueError, match=r"tasks \['D'\] are not in the compiled pipeline"):
@@ -33,10 +34,22 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
     root = write_span_data(tmp_path, num_images=24)
     shutil.copytree(root / "data" / "Span-0", root / "data" / "Span-1")  # the driver must pick the latest
     spec_path, spec = compile_into(root)
+    # the previous run's ClassStats, as KFP's latest-artifact query would return it: all 'background'
+    previous = tmp_path / "previous_class_stats"
+    previous.mkdir()
+    (previous / "class_stats.json").write_text(json.dumps({
+        "class_names": ["background", "ellipse", "rectangle", "circle"], "pixel_counts": [1000, 0, 0, 0],
+        "num_records": 10, "images_with_missing": 0}))
+    resolved = {"latest_class_stats_resolver": {"class_stats": {
+        "name": "previous", "uri": str(previous), "metadata": {},
+        "type": {"instanceSchema": "title: components.ClassStats\ntype: object\n"}}}}
+    with pytest.raises(ValueError, match="runs no container"):
+        local_launcher.run_compiled_tasks(str(spec_path), ["latest_class_stats_resolver"], str(tmp_path / "r"))
     produced = local_launcher.run_compiled_tasks(
-        str(spec_path), CHAIN, str(tmp_path / "launcher_root"),
-        beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-    assert list(produced) == CHAIN  # dependency order: Transform waits for SchemaGen, SegTrainer for all
+        str(spec_path), CHAIN + ["ClassDistributionValidator"], str(tmp_path / "launcher_root"),
+        beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"], resolved=resolved)
+    # dependency order: Transform waits for SchemaGen, SegTrainer for all
+    assert list(produced) == CHAIN + ["ClassDistributionValidator"]
     examples = produced["ImportExampleGen"]["examples"]
     # the span resolved by the ExampleGen driver travels as a custom property
     assert examples["metadata"]["custom:span"] == 1 and "input_fingerprint" in examples["metadata"]
@@ -61,6 +74,13 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
     scheme = json.loads(scheme["runtimeValue"]["constantValue"]["stringValue"])["loss"]["class_weights"]
     assert summary["class_weights"] == pytest.approx(stats["weights"][scheme])
     assert summary["epochs_run"] == [0]
+    # the drift gate ran through the entrypoint too: DriftReport type and its `blocked` property round-trip
+    report = produced["ClassDistributionValidator"]["drift_report"]
+    assert yaml_title(report) == "components.DriftReport"
+    drift = json.loads((Path(report["uri"]) / "drift.json").read_text())
+    assert drift["baseline"] == str(previous) and drift["current"] == class_stats["uri"]
+    assert drift["status"] == "blocked" and set(drift["new_classes"]) <= {"ellipse", "rectangle", "circle"}
+    assert drift["new_classes"] and report["metadata"]["blocked"] == 1
 
 
 def yaml_title(artifact):
