@@ -182,6 +182,7 @@ class ClassCountsCombineFn(beam.CombineFn):
     def create_accumulator(self):
         c = self.num_classes
         return {"pixel_counts": np.zeros(c, np.int64), "image_counts": np.zeros(c, np.int64),
+                "present_image_pixels": np.zeros(c, np.int64),
                 "missing_image_counts": np.zeros(c, np.int64), "cooccurrence": np.zeros((c, c), np.int64),
                 "ignored_pixels": 0, "num_records": 0, "images_with_missing": 0}
 
@@ -189,6 +190,7 @@ class ClassCountsCombineFn(beam.CombineFn):
         acc["pixel_counts"] += np.asarray(row["pixel_counts"], np.int64)
         present = np.asarray(row["present"], np.int64)
         acc["image_counts"][present] += 1
+        acc["present_image_pixels"][present] += int(sum(row["pixel_counts"]))
         acc["cooccurrence"][np.ix_(present, present)] += 1
         acc["missing_image_counts"][np.asarray(row["missing"], np.int64)] += 1
         acc["images_with_missing"] += int(bool(row["missing"]))
@@ -304,6 +306,8 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
         "inputs": list(inputs),
         "pixel_counts": pixel_counts,
         "image_counts": totals["image_counts"],
+        # labelled pixels of the images that contain each class (median-frequency weights)
+        "present_image_pixels": totals["present_image_pixels"],
         "ignored_pixels": totals["ignored_pixels"],
         "total_pixels": int(sum(pixel_counts)) + totals["ignored_pixels"],
         "num_records": totals["num_records"],
@@ -312,7 +316,8 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
         "zero_count_note": (f"classes {zero} have no pixels: their weights are set to "
                             f"{options.weight_options.get('zero_count_weight', 0.0)} (see trainer/class_weights.py)"
                             if zero else ""),
-        "weights": class_weights.all_scheme_weights(pixel_counts, **options.weight_options),
+        "weights": class_weights.all_scheme_weights(pixel_counts, **options.weight_options,
+                                                    present_image_pixels=totals["present_image_pixels"]),
         "weight_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.weight_options.items()},
         "effective_number_beta": _effective_number_beta(options.weight_options.get("beta"), pixel_counts),
         "cooccurrence": totals["cooccurrence"],

@@ -163,8 +163,9 @@ def resolve_loss(loss: dict, class_stats_uri: str) -> dict:
     cw = loss.get("class_weights")
     if isinstance(cw, tuple):
         scheme, clip = cw
-        counts = read_class_stats(class_stats_uri)["pixel_counts"]
-        loss["class_weights"] = compute_class_weights(counts, scheme, clip=clip).tolist()
+        stats = read_class_stats(class_stats_uri)
+        loss["class_weights"] = compute_class_weights(stats["pixel_counts"], scheme, clip=clip,
+                                                      present_image_pixels=stats.get("present_image_pixels")).tolist()
     return loss
 
 

@@ -68,6 +68,16 @@ def numpy_reference(good, policy="complete"):
     return pixel, images, cooc, missing_counts, ignored, per_image
 
 
+def numpy_present_image_pixels(good):
+    """Per class: labelled (non-ignored) pixels of the images in which the class appears."""
+    totals = np.zeros(C, np.int64)
+    for _, mask, _ in good:
+        valid = mask[mask != 255]
+        for c in np.unique(valid):
+            totals[c] += valid.size
+    return totals
+
+
 def write_tfrecord(path, records):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for r in records:
@@ -108,7 +118,11 @@ def test_weights_match_class_weights_module(stats_run):
 
     _, stats, good = stats_run
     pixel = numpy_reference(good)[0]
-    np.testing.assert_allclose(stats["weights"]["median_frequency"], compute_class_weights(pixel, "median_frequency"))
+    present_pixels = numpy_present_image_pixels(good)
+    assert stats["present_image_pixels"] == present_pixels.tolist()
+    np.testing.assert_allclose(stats["weights"]["median_frequency"],
+                               compute_class_weights(pixel, "median_frequency", present_image_pixels=present_pixels))
+    np.testing.assert_allclose(stats["weights"]["enet"], compute_class_weights(pixel, "enet"))
 
 
 def test_per_image_rows(stats_run):
@@ -246,8 +260,10 @@ def test_weight_options_reach_every_scheme(tmp_path, stats_run):
     opts = {"damping": "sqrt", "clip": (0.2, 5.0), "zero_count_weight": 1.5}
     stats = csb.run_class_stats({"train": str(src / "data-*")}, str(tmp_path / "w"),
                                 csb.StatsOptions(num_classes=C, weight_options=opts))
+    present_pixels = numpy_present_image_pixels(good)
     for scheme in SCHEMES:
-        np.testing.assert_allclose(stats["weights"][scheme], compute_class_weights(pixel, scheme, **opts))
+        np.testing.assert_allclose(stats["weights"][scheme],
+                                   compute_class_weights(pixel, scheme, **opts, present_image_pixels=present_pixels))
         assert stats["weights"][scheme][3] == 1.5
     assert stats["weight_options"]["clip"] == [0.2, 5.0]
     assert stats["effective_number_beta"] == pytest.approx(default_beta(pixel))

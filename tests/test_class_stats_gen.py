@@ -11,7 +11,8 @@ from components.class_stats_gen import ClassStatsGen
 from components.class_stats_io import read_class_stats, read_quarantine
 from pipeline.run_summary import latest_artifact, open_store
 from components.class_stats_io import read_per_image
-from tests.test_class_stats_beam import C, make_records, numpy_reference, numpy_suspects, write_tfrecord
+from tests.test_class_stats_beam import (C, make_records, numpy_present_image_pixels, numpy_reference,
+                                         numpy_suspects, write_tfrecord)
 from trainer.class_weights import SCHEMES, compute_class_weights
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,8 @@ def test_component_in_local_dag_runner(tmp_path, capfd):
     assert artifact.custom_properties["quarantined_records"].int_value == 4
     assert stats["zero_count_classes"] == [3] and stats["class_names"] == ["bg", "a", "b", "never"]
     for scheme in SCHEMES:
-        np.testing.assert_allclose(stats["weights"][scheme], compute_class_weights(pixel, scheme))
+        np.testing.assert_allclose(stats["weights"][scheme], compute_class_weights(
+            pixel, scheme, present_image_pixels=numpy_present_image_pixels(good)))
     _, _, _, _, _, ref = numpy_reference(good)
     expected_suspects = numpy_suspects(ref, images, cooc, stats["suspect_threshold"])
     rows = {r["source_id"]: r for r in read_per_image(artifact.uri).to_dict("records")}

@@ -22,6 +22,32 @@ def test_median_frequency_hand_case():
     np.testing.assert_allclose(w, [0.2 / 0.7, 1.0, 0.2 / 0.1])
 
 
+def test_median_frequency_over_images_containing_the_class():
+    # Eigen & Fergus: g_c = pixels of c / pixels of the images where c appears.
+    # 3 images of 100 px: A = {bg 90, car 10}, B = {bg 60, car 40}, C = {bg 99, sign 1}.
+    counts, present_pixels = [249, 50, 1], [300, 200, 100]
+    g = np.array([249 / 300, 50 / 200, 1 / 100])
+    w = compute_class_weights(counts, "median_frequency", present_image_pixels=present_pixels, normalize=False)
+    np.testing.assert_allclose(w, np.median(g) / g)
+    # not a rescaled inverse frequency (which the global-frequency fallback is)
+    norm = compute_class_weights(counts, "median_frequency", present_image_pixels=present_pixels)
+    inverse = compute_class_weights(counts, "inverse_frequency")
+    assert not np.allclose(norm, inverse)
+    np.testing.assert_allclose(compute_class_weights(counts, "median_frequency"), inverse)
+    # absent classes keep zero_count_weight; P is ignored by the other schemes
+    w0 = compute_class_weights([10, 0, 5], "median_frequency", present_image_pixels=[20, 0, 10])
+    assert w0[1] == 0.0 and np.isfinite(w0).all()
+    np.testing.assert_allclose(compute_class_weights(counts, "enet", present_image_pixels=present_pixels),
+                               compute_class_weights(counts, "enet"))
+
+
+def test_present_image_pixels_must_fit_the_counts():
+    with pytest.raises(ValueError, match="shape"):
+        compute_class_weights([5, 5], "median_frequency", present_image_pixels=[10])
+    with pytest.raises(ValueError, match=">= pixel_counts"):
+        compute_class_weights([5, 5], "median_frequency", present_image_pixels=[10, 4])
+
+
 def test_enet_hand_case():
     w = compute_class_weights(COUNTS, "enet", normalize=False)
     np.testing.assert_allclose(w, [1 / math.log(1.02 + f) for f in (0.7, 0.2, 0.1)])

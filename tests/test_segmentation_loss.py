@@ -42,6 +42,12 @@ def test_value_is_the_weighted_sum_of_the_terms():
     plain = loss(mask, logits)
     np.testing.assert_allclose(float(plain), float(L.weighted_cross_entropy(mask, logits, w)
                                                    + 0.5 * L.dice_loss(mask, logits, w)), rtol=1e-5)
+    # ClassStats' present_image_pixels reach the median-frequency weights
+    present_pixels = [1000, 400, 100]
+    per_image = SegmentationLoss(CONFIG, pixel_counts=counts, present_image_pixels=present_pixels)
+    np.testing.assert_allclose(per_image.class_weights, compute_class_weights(
+        counts, "median_frequency", present_image_pixels=present_pixels))
+    assert not np.allclose(per_image.class_weights, w)
 
 
 def test_missing_label_modes_and_pixel_options():

@@ -5,7 +5,10 @@ With ``n_c`` the pixel count of class c, ``N = sum(n)``, ``f_c = n_c / N`` and C
 ==================== ==========================================================
 ``uniform``          1 for every class
 ``inverse_frequency`` ``N / (C * n_c)``  (1 for every class when balanced)
-``median_frequency``  ``median(f) / f_c``  (Eigen & Fergus 2015; median over present classes)
+``median_frequency``  ``median(g) / g_c`` with ``g_c = n_c / P_c`` (Eigen & Fergus 2015), P_c the
+                      pixels of the images in which class c appears; median over present
+                      classes. Without ``present_image_pixels`` (P) it falls back to
+                      ``g = f``, which after normalisation equals ``inverse_frequency``
 ``enet``              ``1 / ln(k + f_c)``, k = 1.02 (Paszke et al. 2016)
 ``effective_number``  ``(1 - b) / (1 - b ** n_c)`` (Cui et al. 2019); b defaults to
                       ``1 - 1 / N`` so the weights are not flat for pixel counts
@@ -48,8 +51,13 @@ def compute_class_weights(
     clip: Optional[Tuple[float, float]] = None,
     normalize: bool = True,
     zero_count_weight: float = 0.0,
+    present_image_pixels: Optional[Sequence[int]] = None,
 ) -> np.ndarray:
-    """Weights [C] (float64) for ``scheme`` (see module docstring)."""
+    """Weights [C] (float64) for ``scheme`` (see module docstring).
+
+    ``present_image_pixels[c]``: labelled pixels of the images that contain class c (used by
+    ``median_frequency`` only; ClassStats records it).
+    """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown class-weight scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     if damping not in (None, "sqrt"):
@@ -77,7 +85,8 @@ def compute_class_weights(
     elif scheme == "inverse_frequency":
         weights[present] = total / (num_classes * counts[present])
     elif scheme == "median_frequency":
-        weights[present] = np.median(freq[present]) / freq[present]
+        image_freq = freq if present_image_pixels is None else _image_frequency(counts, present_image_pixels)
+        weights[present] = np.median(image_freq[present]) / image_freq[present]
     elif scheme == "enet":
         weights[present] = 1.0 / np.log(enet_k + freq[present])
     elif scheme == "effective_number":
@@ -97,6 +106,17 @@ def compute_class_weights(
     if normalize:
         weights[present] = weights[present] / weights[present].mean()
     return weights
+
+
+def _image_frequency(counts: np.ndarray, present_image_pixels: Sequence[int]) -> np.ndarray:
+    """``n_c / P_c``; ValueError when P does not fit the counts (wrong length, P_c < n_c)."""
+    totals = np.asarray(present_image_pixels, dtype=np.float64)
+    if totals.shape != counts.shape:
+        raise ValueError(f"present_image_pixels has shape {totals.shape}, pixel_counts {counts.shape}")
+    if not np.isfinite(totals).all() or (totals < counts).any():
+        raise ValueError("present_image_pixels[c] must be finite and >= pixel_counts[c] (the images that "
+                         "contain class c hold at least its pixels)")
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
 def all_scheme_weights(pixel_counts: Sequence[int], **options) -> dict:

@@ -13,7 +13,8 @@ Config keys (all optional except ``terms``):
   beta = FN weight, smooth), ``exclusion`` (form: "ce" | "dice"; needs ``labeled``).
 - ``class_weights``: null, a list of C floats, or a scheme name of
   ``trainer/class_weights.py`` (then pass the resolved vector as ``class_weights=`` or
-  the counts as ``pixel_counts=``). Applied to the ce/focal/dice/tversky terms.
+  the counts as ``pixel_counts=``, plus ClassStats' ``present_image_pixels=`` for
+  ``median_frequency``). Applied to the ce/focal/dice/tversky terms.
 - ``missing_labels``: null, ``"ignore_predicted"`` or ``"marginal"``: which CE the ``ce``
   term uses when the image's ``labeled`` set is known.
 - ``weight_options``: options of ``compute_class_weights`` used with ``pixel_counts=``.
@@ -123,6 +124,7 @@ class SegmentationLoss(keras.losses.Loss):
 
     def __init__(self, config: dict, class_weights: Optional[Sequence[float]] = None,
                  num_classes: Optional[int] = None, pixel_counts: Optional[Sequence[int]] = None,
+                 present_image_pixels: Optional[Sequence[int]] = None,
                  name: str = "segmentation_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         if num_classes is None and pixel_counts is not None:
@@ -136,7 +138,7 @@ class SegmentationLoss(keras.losses.Loss):
             if pixel_counts is None:
                 raise ValueError(f"loss config names the class-weight scheme {scheme!r}: pass class_weights= "
                                  f"(e.g. ClassStats weights['{scheme}']) or pixel_counts=")
-            class_weights = compute_class_weights(pixel_counts, scheme,
+            class_weights = compute_class_weights(pixel_counts, scheme, present_image_pixels=present_image_pixels,
                                                   **self.loss_config.get("weight_options", {})).tolist()
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         if self.class_weights is not None and self.num_classes is not None \
