@@ -7,7 +7,8 @@ Pairs files by stem (``a.jpg`` + ``a.png``), checks every pair and writes
 - masks as single-channel PNG of class ids: greyscale masks as they are, palette
   ("P" mode) masks by palette index, RGB colour masks mapped to ids with ``--palette``;
 - ``image/segmentation/class/labeled`` from ``--labeled FILE.json``
-  (``{source_id: [class ids]}``) for the ids it lists.
+  (``{source_id: [class ids]}``) for the ids it lists; a stem there that matches no image
+  file is a warning (counted in the report), an error with ``--strict``.
 
 Output (``TARGET`` = ``DIR/Span-N`` with ``--span N``, else ``DIR``)::
 
@@ -17,8 +18,14 @@ Output (``TARGET`` = ``DIR/Span-N`` with ``--span N``, else ``DIR``)::
 Everything is written to a temporary sibling folder and renamed into place at the end, so
 a crash never leaves a half-written span; an existing non-empty TARGET is replaced only
 with ``--overwrite``. Bad pairs are reported (console + report) and skipped; the exit
-code is 0 when at least one record was written. With ``--strict`` any bad pair
-stops the command (exit 2) and nothing is written.
+code is 0 when at least one record was written. With ``--strict`` any bad pair (or
+``--labeled`` stem without image) stops the command (exit 2) and nothing is written.
+
+When nothing is written (every pair bad, or ``--strict`` and a problem) the report goes
+beside TARGET instead, as ``ingest_report.<TARGET name>.failed.json`` (e.g.
+``DIR/ingest_report.Span-3.failed.json``): TARGET is not created, so no empty span appears
+and the next run needs no ``--overwrite``; the error message gives the path. A later
+successful ingest into the same TARGET deletes it.
 """
 from __future__ import annotations
 
@@ -61,6 +68,7 @@ class IngestResult:
     written: List[str] = field(default_factory=list)
     bad: List[dict] = field(default_factory=list)
     num_pairs: int = 0
+    labeled_unmatched: List[str] = field(default_factory=list)  # --labeled stems with no image file
 
     def report(self) -> dict:
         return {
@@ -68,9 +76,27 @@ class IngestResult:
             "num_pairs_found": self.num_pairs,
             "num_written": len(self.written),
             "num_bad": len(self.bad),
+            "num_labeled_unmatched": len(self.labeled_unmatched),
             "bad": self.bad,
             "written": self.written,
+            "labeled_unmatched": self.labeled_unmatched,
         }
+
+    def failed_report(self, error: str) -> dict:
+        """The report when nothing was written: the pairs that were good are listed as not written."""
+        report = self.report()
+        report.update(error=error, num_written=0, written=[], good_not_written=self.written)
+        return report
+
+
+def failed_report_path(target: Path) -> Path:
+    """Where the report goes when nothing is written: beside TARGET (never inside it, so no empty
+    span is created), under a name that does not start with ``Span-`` (not taken for a span)."""
+    return target.parent / f"ingest_report.{target.name}.failed.json"
+
+
+def _sample(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -230,6 +256,11 @@ def ingest(
         result.bad.append({"source_id": stem, "mask": str(masks[stem]), "reason": f"mask has no image {stem}.* in {images_dir}"})
     for item in result.bad:
         print(f"ingest: skipped {item['source_id']}: {item['reason']}", file=sys.stderr)
+    if options.labeled is not None:
+        result.labeled_unmatched = sorted(set(options.labeled) - set(images))
+        if result.labeled_unmatched:
+            print(f"ingest: warning: {len(result.labeled_unmatched)} --labeled stems match no image file in "
+                  f"{images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
     result.num_pairs = len(pairs)
 
@@ -250,14 +281,12 @@ def ingest(
             result.written.extend(written)
             result.bad.extend(bad)
         result.written.sort()
+        problem = _nothing_written_reason(result, images_dir, masks_dir, strict)
+        if problem:
+            report_path = failed_report_path(target)
+            report_path.write_text(json.dumps(result.failed_report(problem), indent=1))
+            raise IngestError(f"{problem}; report: {report_path}")
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
-        if not result.written:
-            raise IngestError(f"no record was written from {images_dir} and {masks_dir}: all {len(result.bad)} pairs were bad "
-                              f"(first: {result.bad[0]['source_id']}: {result.bad[0]['reason']})" if result.bad else
-                              f"no image/mask pairs in {images_dir} and {masks_dir}")
-        if strict and result.bad:
-            raise IngestError(f"--strict: {len(result.bad)} of {len(result.bad) + len(result.written)} pairs are bad "
-                              f"(first: {result.bad[0]['source_id']}: {result.bad[0]['reason']}); nothing was written")
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             target.rename(old)
@@ -265,9 +294,29 @@ def ingest(
             shutil.rmtree(old)
         else:
             tmp.rename(target)
+        failed_report_path(target).unlink(missing_ok=True)  # an earlier failure's report is out of date
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _nothing_written_reason(result: IngestResult, images_dir: Path, masks_dir: Path, strict: bool) -> Optional[str]:
+    """Why nothing may be written (None: write the span)."""
+    first_bad = f"first: {result.bad[0]['source_id']}: {result.bad[0]['reason']}" if result.bad else ""
+    if not result.written:
+        if result.bad:
+            return (f"no record was written from {images_dir} and {masks_dir}: "
+                    f"all {len(result.bad)} pairs were bad ({first_bad})")
+        return f"no image/mask pairs in {images_dir} and {masks_dir}"
+    if strict and (result.bad or result.labeled_unmatched):
+        problems = []
+        if result.bad:
+            problems.append(f"{len(result.bad)} of {len(result.bad) + len(result.written)} pairs are bad ({first_bad})")
+        if result.labeled_unmatched:
+            problems.append(f"{len(result.labeled_unmatched)} --labeled stems match no image file in {images_dir} "
+                            f"({_sample(result.labeled_unmatched)})")
+        return "--strict: " + "; ".join(problems) + "; nothing was written"
+    return None
 
 
 # --------------------------------------------------------------------------- CLI
@@ -288,7 +337,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ignore-index", type=int, default=codec.DEFAULT_IGNORE_INDEX, help="'no label' id (default 255)")
     parser.add_argument("--palette", metavar="FILE", help="JSON [[r,g,b], ...] per class id, for RGB colour masks")
     parser.add_argument("--shards", type=int, default=1, help="output files, written in parallel (default 1)")
-    parser.add_argument("--strict", action="store_true", help="any bad pair stops the command (exit 2) and nothing is written")
+    parser.add_argument("--strict", action="store_true",
+                        help="any bad pair, or a --labeled stem with no image, stops the command (exit 2) and "
+                             "nothing is written")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output/span")
     parser.set_defaults(func=_main)
 
@@ -308,6 +359,7 @@ def _main(args) -> int:
     except IngestError as exc:
         print(f"segbalance ingest: error: {exc}", file=sys.stderr)
         return 2
+    unmatched = f", {len(result.labeled_unmatched)} --labeled stems without image" if result.labeled_unmatched else ""
     print(f"ingest: wrote {len(result.written)} records to {result.target} "
-          f"({len(result.bad)} bad, report {result.target / REPORT_NAME}, {time.time() - started:.1f}s)")
+          f"({len(result.bad)} bad{unmatched}, report {result.target / REPORT_NAME}, {time.time() - started:.1f}s)")
     return 0

@@ -13,8 +13,8 @@ from trainer import example_codec as codec
 C = 4
 
 
-def make_records(seed=0, n=12, size=(6, 5)):
-    """Random masks with ignore pixels, labelled fields, an absent class (3) and bad records.
+def make_records(seed=0, n=12, size=(6, 5), ignore=255):
+    """Random masks with ignore pixels (value ``ignore``), labelled fields, an absent class (3) and bad records.
 
     Returns (serialized records, NumPy reference of what must be counted).
     """
@@ -22,7 +22,7 @@ def make_records(seed=0, n=12, size=(6, 5)):
     records, good = [], []
     for i in range(n):
         mask = rng.choice([0, 1, 2], size=size, p=[0.6, 0.3, 0.1]).astype(np.uint8)
-        mask[rng.random(size) < 0.1] = 255
+        mask[rng.random(size) < 0.1] = ignore
         labeled = [0, 1] if i % 3 == 0 else ([0, 1, 2] if i % 3 == 1 else None)
         ex = codec.build_example(codec.encode_png(np.zeros((*size, 3), np.uint8)), codec.encode_png(mask),
                                  f"img{i}", *size, labeled)
@@ -39,7 +39,7 @@ def make_records(seed=0, n=12, size=(6, 5)):
     return records, good
 
 
-def numpy_reference(good, policy="complete"):
+def numpy_reference(good, policy="complete", ignore=255):
     pixel = np.zeros(C, np.int64)
     images = np.zeros(C, np.int64)
     cooc = np.zeros((C, C), np.int64)
@@ -47,8 +47,8 @@ def numpy_reference(good, policy="complete"):
     ignored = 0
     per_image = {}
     for sid, mask, labeled in good:
-        valid = mask[mask != 255]
-        ignored += int((mask == 255).sum())
+        valid = mask[mask != ignore]
+        ignored += int((mask == ignore).sum())
         counts = np.array([(valid == c).sum() for c in range(C)])
         pixel += counts
         present = [c for c in range(C) if counts[c] > 0]
@@ -68,11 +68,11 @@ def numpy_reference(good, policy="complete"):
     return pixel, images, cooc, missing_counts, ignored, per_image
 
 
-def numpy_present_image_pixels(good):
+def numpy_present_image_pixels(good, ignore=255):
     """Per class: labelled (non-ignored) pixels of the images in which the class appears."""
     totals = np.zeros(C, np.int64)
     for _, mask, _ in good:
-        valid = mask[mask != 255]
+        valid = mask[mask != ignore]
         for c in np.unique(valid):
             totals[c] += valid.size
     return totals

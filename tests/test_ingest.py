@@ -154,9 +154,84 @@ def test_strict_writes_nothing(tmp_path, case, capsys):
 def test_all_bad_exits_non_zero(tmp_path, capsys):
     _make_bad(tmp_path, "undecodable_mask")
     assert _run(tmp_path) == 2
-    assert "no record was written" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no record was written" in err
     assert not (tmp_path / "out").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks"]  # no temp folder left behind
+    # no temp folder left behind; the report survives beside the (not created) output folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "ingest_report.out.failed.json", "masks"]
+    assert f"report: {tmp_path / 'ingest_report.out.failed.json'}" in err
+    report = json.loads((tmp_path / "ingest_report.out.failed.json").read_text())
+    assert report["num_written"] == 0 and report["written"] == [] and report["num_bad"] == 1
+    assert report["bad"][0]["source_id"] == "bad" and "mask" in report["bad"][0]["reason"]
+    assert "no record was written" in report["error"]
+
+
+def test_strict_failure_report_survives_and_a_later_run_needs_no_overwrite(tmp_path, capsys):
+    _dataset(tmp_path, n=2)
+    _make_bad(tmp_path, "class_id_too_large")
+    assert _run(tmp_path, "--strict", "--span", "3") == 2
+    failed = tmp_path / "out" / "ingest_report.Span-3.failed.json"
+    assert f"report: {failed}" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "Span-3").exists() and list((tmp_path / "out").glob("Span-*")) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [failed.name]
+    report = json.loads(failed.read_text())
+    assert report["error"].startswith("--strict: 1 of 3 pairs are bad")
+    assert report["num_written"] == 0 and report["good_not_written"] == ["img0", "img1"]
+    assert [(b["source_id"], "outside" in b["reason"]) for b in report["bad"]] == [("bad", True)]
+    # fixed input, same span: no --overwrite needed (nothing was there), and the stale report goes
+    (tmp_path / "images" / "bad.png").unlink()
+    (tmp_path / "masks" / "bad.png").unlink()
+    assert _run(tmp_path, "--strict", "--span", "3") == 0
+    assert not failed.exists()
+    assert _report(tmp_path / "out" / "Span-3")["written"] == ["img0", "img1"]
+
+
+def test_labeled_stems_without_image_are_a_warning_or_a_strict_error(tmp_path, capsys):
+    _dataset(tmp_path, n=2)
+    (tmp_path / "labeled.json").write_text(json.dumps({"img0": [0, 1], "ghost": [0, 2], "img9": [0]}))
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json")) == 0
+    captured = capsys.readouterr()
+    assert "warning: 2 --labeled stems match no image file" in captured.err and "ghost, img9" in captured.err
+    assert "2 --labeled stems without image" in captured.out
+    report = _report(tmp_path / "out")
+    assert report["num_labeled_unmatched"] == 2 and report["labeled_unmatched"] == ["ghost", "img9"]
+    assert report["num_written"] == 2 and report["num_bad"] == 0
+    assert {r.source_id: r.labeled for r in _records(tmp_path / "out")} == {"img0": [0, 1], "img1": None}
+    first = (tmp_path / "out" / "data-00000-of-00001.tfrecord").read_bytes()
+    # --strict: an error, nothing replaced, the report beside the output folder
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json"), "--strict", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "--strict: 2 --labeled stems match no image file" in err and "(ghost, img9)" in err
+    assert (tmp_path / "out" / "data-00000-of-00001.tfrecord").read_bytes() == first
+    failed = tmp_path / "ingest_report.out.failed.json"
+    assert json.loads(failed.read_text())["labeled_unmatched"] == ["ghost", "img9"]
+    # every stem matched: no warning, the count is 0
+    (tmp_path / "labeled.json").write_text(json.dumps({"img1": [0, 2]}))
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json"), "--strict", "--overwrite") == 0
+    assert "warning" not in capsys.readouterr().err and not failed.exists()
+    assert _report(tmp_path / "out")["num_labeled_unmatched"] == 0
+
+
+@pytest.mark.parametrize("n, shards, expected", [
+    # one line every tenth of a shard once there are more than 100 pairs: 101 // 10 = 10, 101 // 2 // 10 = 5
+    (101, 1, {"data-00000-of-00001.tfrecord": [(k, 101) for k in range(10, 101, 10)]}),
+    (101, 2, {"data-00000-of-00002.tfrecord": [(k, 51) for k in range(5, 51, 5)],
+              "data-00001-of-00002.tfrecord": [(k, 50) for k in range(5, 51, 5)]}),
+    (100, 1, {}),
+])
+def test_progress_lines_on_more_than_100_pairs(tmp_path, capfd, n, shards, expected):
+    """capfd (file-descriptor capture): with --shards 2 the lines come from the worker processes."""
+    _dataset(tmp_path, n=n, size=(2, 2))
+    assert _run(tmp_path, "--shards", str(shards)) == 0
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.endswith(" pairs")]
+    got = {}
+    for line in lines:
+        prefix, shard, count, _ = line.split(" ")
+        assert prefix == "ingest:"
+        done, total = count.split("/")
+        got.setdefault(shard.rstrip(":"), []).append((int(done), int(total)))
+    assert {k: sorted(v) for k, v in got.items()} == expected
+    assert _report(tmp_path / "out")["num_written"] == n
 
 
 def test_empty_folders(tmp_path, capsys):

@@ -4,7 +4,8 @@ import pytest
 
 from components import class_stats_io
 from pipeline import cli
-from tests.test_class_stats_beam import make_records, numpy_reference, stats_run, write_tfrecord  # noqa: F401
+from tests.test_class_stats_beam import (make_records, numpy_present_image_pixels, numpy_reference,  # noqa: F401
+                                         numpy_suspects, stats_run, write_tfrecord)
 
 KEYS = ("pixel_counts", "image_counts", "cooccurrence", "ignored_pixels", "total_pixels", "num_records",
         "quarantined_records", "weights", "missing_image_counts", "zero_count_classes")
@@ -77,3 +78,54 @@ def test_errors_name_the_input(tmp_path, capsys):
     assert cli.main(["stats", str(tmp_path / "empty.tfrecord"), "--num-classes", "2", "--output",
                      str(tmp_path / "z"), "--class-names", "a,b,c"]) == 2
     assert "3 class names for num_classes=2" in capsys.readouterr().err
+
+
+def _assert_matches_numpy(out, good, policy="complete", ignore=255):
+    """Every count, the median-frequency weights and every per-image row of a `segbalance stats` output
+    against the NumPy reference of test_class_stats_beam (4 bad records quarantined)."""
+    from trainer.class_weights import compute_class_weights
+
+    pixel, images, cooc, missing, ignored, per_image = numpy_reference(good, policy, ignore)
+    stats = class_stats_io.read_class_stats(str(out))
+    assert stats["ignore_index"] == ignore and stats["labeled_policy"] == policy
+    assert stats["pixel_counts"] == pixel.tolist()
+    assert stats["image_counts"] == images.tolist()
+    assert stats["cooccurrence"] == cooc.tolist()
+    assert stats["missing_image_counts"] == missing.tolist()
+    assert stats["images_with_missing"] == sum(1 for r in per_image.values() if r["missing"])
+    assert stats["ignored_pixels"] == ignored and stats["total_pixels"] == int(pixel.sum()) + ignored
+    assert stats["num_records"] == len(good) and stats["quarantined_records"] == 4
+    assert stats["zero_count_classes"] == [c for c in range(len(pixel)) if pixel[c] == 0]
+    np.testing.assert_allclose(stats["weights"]["median_frequency"], compute_class_weights(
+        pixel, "median_frequency", present_image_pixels=numpy_present_image_pixels(good, ignore)))
+    rows = _per_image(str(out))
+    assert rows.keys() == per_image.keys()
+    suspects = numpy_suspects(per_image, images, cooc, stats["suspect_threshold"])
+    for sid, expected in per_image.items():
+        for key in ("present", "labeled", "missing"):
+            assert rows[sid][key] == expected[key], (sid, key)
+        assert rows[sid]["pixel_counts"] == expected["pixel_counts"].tolist(), sid
+        assert rows[sid]["suspect_missing"] == suspects[sid], sid
+
+
+@pytest.mark.parametrize("ignore", [9, 2])  # 9: outside 0..C-1; 2: a class id, which then counts as no label
+def test_ignore_index_flag(tmp_path, ignore):
+    records, good = make_records(seed=3, ignore=ignore)
+    assert sum(int((mask == ignore).sum()) for _, mask, _ in good) > 0
+    write_tfrecord(tmp_path / "data-0.tfrecord", records)
+    assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
+                     "--ignore-index", str(ignore)]) == 0
+    _assert_matches_numpy(tmp_path / "o", good, ignore=ignore)
+    if ignore == 2:  # class 2 is never counted: only ignored
+        stats = class_stats_io.read_class_stats(str(tmp_path / "o"))
+        assert stats["pixel_counts"][2] == 0 and stats["zero_count_classes"] == [2, 3]
+
+
+@pytest.mark.parametrize("policy", ["complete", "partial"])
+def test_labeled_policy_flag(stats_run, tmp_path, policy):
+    src, _, good = stats_run
+    # a third of the records have no labeled field: the two policies disagree on them
+    assert numpy_reference(good, "partial")[3].tolist() != numpy_reference(good, "complete")[3].tolist()
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
+                     "--labeled-policy", policy]) == 0
+    _assert_matches_numpy(tmp_path / "o", good, policy=policy)
