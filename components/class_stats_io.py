@@ -38,9 +38,21 @@ def read_per_image(uri: str):
 
 
 def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
-    """{source_id: labelled class ids} from the per-image table (what the trainer joins on)."""
+    """{source_id: labelled class ids} from the per-image table (what the trainer joins on).
+
+    ValueError when one source_id carries two different labelled sets (e.g. the same file
+    name in two spans of a ``data.num_spans`` window): the join could not tell them apart.
+    """
     table = read_per_image(uri)
-    return {sid: [int(c) for c in labeled] for sid, labeled in zip(table["source_id"], table["labeled"])}
+    joined: Dict[str, List[int]] = {}
+    for sid, labeled in zip(table["source_id"], table["labeled"]):
+        labeled = [int(c) for c in labeled]
+        if joined.setdefault(sid, labeled) != labeled:
+            raise ValueError(f"ClassStats {uri}: source_id {sid!r} appears in several records with different "
+                             f"labelled classes ({joined[sid]} and {labeled}), so the trainer cannot tell which "
+                             f"set belongs to which record. Give the images unique file names (image/source_id "
+                             f"is the file stem), e.g. across the spans of a data.num_spans window")
+    return joined
 
 
 def read_quarantine(uri: str) -> List[dict]:

@@ -48,6 +48,7 @@ class DataConfig:
     dir: Optional[str] = None  # images/ + masks/ (+ labeled.json, masks_full/); None: sample data
     labeled_policy: str = "complete"  # records without `labeled`: "complete" or "partial"
     eval_fraction: float = 0.2  # hash split of each span into train/eval
+    num_spans: int = 1  # local runs on Span-N/ data: train on the last K spans (pipeline/spans.py)
     reference_masks_dir: Optional[str] = None  # complete masks for evaluation (default: masks_full/)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -74,6 +75,7 @@ class TrainingConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     seed: int = 0
+    warm_start: bool = False  # start from the latest blessed model's weights (same architecture)
 
 
 @dataclass
@@ -87,7 +89,7 @@ class DriftConfig:
     js_divergence: float = 0.05  # Jensen-Shannon divergence of class pixel frequencies
     max_abs_change: float = 0.1  # largest change of one class's pixel frequency
     missing_rate_change: float = 0.2  # change of the fraction of images with missing classes
-    action: str = "block"  # "block" training and push, or "warn" and go on
+    action: str = "block"  # "block": the model is not blessed, so not pushed; "warn": recorded only
 
 
 @dataclass
@@ -168,6 +170,8 @@ def validate(config: PipelineConfig) -> PipelineConfig:
     check(config.data.labeled_policy in ("complete", "partial"), "data.labeled_policy",
           f"{config.data.labeled_policy!r}: use 'complete' or 'partial'")
     check(0.0 < config.data.eval_fraction < 1.0, "data.eval_fraction", "must be between 0 and 1")
+    check(isinstance(config.data.num_spans, int) and config.data.num_spans >= 1, "data.num_spans",
+          "give the number of latest spans to train on, >= 1")
     check(config.data.sample.kind in ("shapes", "voc", "arc2017", "nuclei"), "data.sample.kind",
           "use shapes, voc, arc2017 or nuclei")
     check(len(config.training.image_size) == 2 and all(s >= 8 for s in config.training.image_size),

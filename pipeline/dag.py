@@ -5,7 +5,8 @@
       -> ClassStatsGen                                                (Beam: class stats, weights)
       -> ClassDistributionValidator vs the previous run's ClassStats  (drift gate; optional)
       -> Transform (trainer.preprocessing.preprocessing_fn)
-      -> SegTrainer (trainer.task.run_fn, loss from the ClassStats artifact)
+      -> SegTrainer (trainer.task.run_fn, loss from the ClassStats artifact;
+                     warm start from the latest blessed model with training.warm_start)
       -> SegEvaluator (vs the latest blessed model) -> Pusher (blessed models only)
       -> DataReport (offline HTML)
 
@@ -47,6 +48,7 @@ def trainer_custom_config(config: PipelineConfig) -> dict:
         "mixed_precision": t.mixed_precision,
         "jit_compile": t.jit_compile,
         "seed": t.seed,
+        "warm_start": t.warm_start,
     }
 
 
@@ -108,6 +110,11 @@ def create_pipeline(
             missing_rate_change=config.drift.missing_rate_change, action=config.drift.action)
         components += [previous, drift_gate]
 
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
     custom_config = trainer_custom_config(config)
     transform = tfx.components.Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
@@ -116,13 +123,9 @@ def create_pipeline(
     trainer = SegTrainer(
         examples=examples, transform_graph=transform.outputs["transform_graph"],
         class_stats=class_stats, run_fn="trainer.task.run_fn",
+        base_model=model_resolver.outputs["model"] if config.training.warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
         custom_config=custom_config)
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
     evaluator_kwargs = {}
     if drift_gate is not None:  # drift above the thresholds: the model is not blessed, so not pushed
         evaluator_kwargs["drift_report"] = drift_gate.outputs["drift_report"]

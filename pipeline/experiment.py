@@ -40,6 +40,7 @@ MISSING_LOSSES = {
     "marginal_ce": {"terms": [CE], "missing_labels": "marginal"},
     "marginal_exclusion": {"terms": [CE, {"type": "exclusion", "weight": 0.5}], "missing_labels": "marginal"},
     "ce_dice": {"terms": [CE, {"type": "dice", "weight": 1.0}]},
+    "marginal_ce_dice": {"terms": [CE, {"type": "dice", "weight": 1.0}], "missing_labels": "marginal"},
 }
 CLIP = (0.5, 5.0)  # raw-weight clipping range of the "_clipped" variants (before normalisation)
 IMBALANCE_LOSSES = {
@@ -53,7 +54,7 @@ IMBALANCE_LOSSES = {
     "focal": {"terms": [{"type": "focal", "weight": 1.0, "gamma": 2.0}]},
     "ce_dice": {"terms": [CE, {"type": "dice", "weight": 1.0}]},
 }
-NUCLEI_LOSSES = ["unweighted", "median_frequency", "median_frequency_clipped", "enet", "ce_dice"]
+NUCLEI_LOSSES = list(IMBALANCE_LOSSES)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Plan:
     imbalance_losses: List[str] = field(default_factory=lambda: list(IMBALANCE_LOSSES))
     imbalance_seeds: List[int] = field(default_factory=lambda: [0, 1])
     nuclei_losses: List[str] = field(default_factory=lambda: list(NUCLEI_LOSSES))
-    nuclei_seeds: List[int] = field(default_factory=lambda: [0])
+    nuclei_seeds: List[int] = field(default_factory=lambda: [0, 1])
     num_images: int = 200
     test_images: int = 60
     size: int = 64

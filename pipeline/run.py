@@ -8,7 +8,7 @@ model are, and the model's mIoU on the complete masks.
 ``--data DIR`` takes either a folder with ``images/`` and ``masks/`` (plus optional
 ``labeled.json``, ``classes.json``, ``masks_full/``), ingested into ``OUTPUT/data/Span-0``
 when it changed, or a folder of ``Span-N/`` TFRecords written by ``segbalance ingest
---span N`` (the latest span is read). Re-running with unchanged data and config reuses
+--span N`` (the latest span is read; the last K with ``data.num_spans: K``). Re-running with unchanged data and config reuses
 every cached result.
 """
 from __future__ import annotations
@@ -68,9 +68,13 @@ def _ingest_if_changed(config: PipelineConfig, source: Path, examples_dir: Path)
         print(f"ingest: {source} unchanged, reusing {examples_dir / 'Span-0'}", flush=True)
         return
     labeled_file = source / "labeled.json"
-    options = ingest.IngestOptions(
-        num_classes=config.num_classes, ignore_index=config.classes.ignore_index,
-        labeled=ingest.load_labeled(labeled_file, config.num_classes) if labeled_file.is_file() else None)
+    try:
+        labeled = ingest.load_labeled(labeled_file, config.num_classes) if labeled_file.is_file() else None
+    except ingest.IngestError as exc:
+        raise ConfigError(f"classes.names lists {config.num_classes} classes, but {exc}; add the missing class "
+                          f"names to classes.names in the config (or fix {labeled_file})") from exc
+    options = ingest.IngestOptions(num_classes=config.num_classes, ignore_index=config.classes.ignore_index,
+                                   labeled=labeled)
     result = ingest.ingest(source / "images", source / "masks", examples_dir, span=0, options=options,
                            overwrite=True)
     out_of_range = [b for b in result.bad if "outside" in b["reason"]]
@@ -94,7 +98,15 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     else:
         source = Path(config.data.dir).resolve()
     if any(source.glob("Span-*")):
-        return str(source), config.data.reference_masks_dir
+        if config.data.num_spans == 1:
+            return str(source), config.data.reference_masks_dir
+        from pipeline.spans import span_window
+
+        window = Path(paths["output_dir"]) / "span_window"
+        used = span_window(source, config.data.num_spans, window)
+        print(f"data: training on spans {used} of {source} (data.num_spans = {config.data.num_spans}), "
+              f"linked in {window}", flush=True)
+        return str(window), config.data.reference_masks_dir
     _ingest_if_changed(config, source, Path(paths["examples_dir"]))
     reference = config.data.reference_masks_dir
     if reference is None and (source / "masks_full").is_dir():

@@ -70,3 +70,20 @@ def test_run_cli_reports_config_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training.epochs" in err and "config error" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_too_few_class_names_for_the_mask_ids_stops_the_run(tmp_path, capsys):
+    from pipeline import sample_data
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=12, size=32, seed=0)
+    (tmp_path / "c.yaml").write_text("classes:\n  names: [background, ellipse]\n")  # the masks hold ids 0..3
+    out = tmp_path / "o"
+    assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--data", str(raw), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "classes.names lists 2 classes" in err and "add the missing class names" in err
+    assert not (out / "metadata.sqlite").exists()  # stopped before the pipeline started
+    (raw / "labeled.json").unlink()  # now the masks' ids are what is out of range
+    assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--data", str(raw), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "classes.names lists 2 classes but" in err and "masks have larger class ids" in err
+    assert not (out / "metadata.sqlite").exists()

@@ -76,3 +76,50 @@ def test_span_1_2_3_blesses_then_blocks_on_drift(tmp_path, capsys):
     assert json.loads(drift_files[0].read_text())["baseline"] is None  # span 1: first run
     assert drift["status"] == "blocked" and drift["max_change_class"] in ("ellipse", "circle")
     assert np.isclose(sum(drift["frequency_change"].values()), 0.0, atol=1e-9)
+
+
+def _renamed(raw: Path, prefix: str) -> Path:
+    """The same pairs under file names unique to this span (source_id = file stem)."""
+    for folder in ("images", "masks", "masks_full"):
+        for path in (raw / folder).glob("*.png"):
+            path.rename(path.with_name(f"{prefix}_{path.name}"))
+    labeled = json.loads((raw / "labeled.json").read_text())
+    (raw / "labeled.json").write_text(json.dumps({f"{prefix}_{k}": v for k, v in labeled.items()}))
+    return raw
+
+
+def test_last_two_spans_with_warm_start(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"num_spans": 2},
+        "training": {"image_size": [32, 32], "epochs": 1, "batch_size": 8, "depth": 2, "base_filters": 8,
+                     "warm_start": True},
+        "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0},
+        "drift": {"action": "warn"},
+    }))
+    run = ["run", "--config", str(config), "--data", str(data), "--output-dir", str(out)]
+    for span in (1, 2):
+        _ingest(_renamed(_shapes(tmp_path / f"raw{span}", seed=span), f"s{span}"), data, span)
+    assert cli.main(run) == 0  # window = spans 1, 2; no blessed model yet
+    _ingest(_renamed(_shapes(tmp_path / "raw3", seed=3), "s3"), data, 3)
+    assert cli.main(run) == 0  # window = spans 2, 3; warm start from the first run's model
+
+    from components.class_stats_io import read_per_image
+
+    stats_dirs = sorted((out / "pipeline_root" / "ClassStatsGen" / "class_stats").iterdir(), key=lambda p: int(p.name))
+    prefixes = [sorted({sid.split("_")[0] for sid in read_per_image(str(d))["source_id"]}) for d in stats_dirs]
+    assert prefixes == [["s1", "s2"], ["s2", "s3"]]  # each run's statistics cover the last two spans
+    summaries = sorted((out / "pipeline_root" / "SegTrainer" / "model_run").glob("*/training_summary.json"),
+                       key=lambda p: int(p.parent.name))
+    first, second = (json.loads(p.read_text()) for p in summaries)
+    pushed = sorted((out / "serving_model").iterdir())
+    assert first["warm_started_from"] is None and len(pushed) == 2
+    models = sorted((out / "pipeline_root" / "SegTrainer" / "model").iterdir(), key=lambda p: int(p.name))
+    assert second["warm_started_from"] == str(models[0] / "Format-Serving" / "model.keras")
+    # the examples ExampleGen produced carry the latest span of the window
+    from pipeline.run_summary import open_store
+
+    store = open_store(str(out / "metadata.sqlite"))
+    spans = sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples"))
+    assert spans == [2, 3]

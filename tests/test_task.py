@@ -141,3 +141,43 @@ def test_jit_compile_with_a_pixel_weight_map(tmp_path):
     args = ti.fn_args_for(uris, str(tmp_path), config)
     task.run_fn(args)
     assert np.isfinite(summary_of(args)["history"]["loss"]).all()
+
+
+class WeightsAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = [np.array(w) for w in self.model.get_weights()]
+
+
+@pytest.mark.slow
+def test_warm_start_begins_from_the_base_model_weights(tmp_path):
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 1, "steps_per_epoch": 1}
+    base = ti.fn_args_for(uris, str(tmp_path / "base"), {**config, "seed": 1})
+    task.run_fn(base)
+    base_weights = keras.saving.load_model(os.path.join(base.serving_model_dir, "model.keras"),
+                                           compile=False).get_weights()
+
+    start = WeightsAtStart()
+    warm = ti.fn_args_for(uris, str(tmp_path / "warm"), {**config, "warm_start": True, "_extra_callbacks": [start]})
+    warm.base_model = base.serving_model_dir
+    task.run_fn(warm)
+    assert summary_of(warm)["warm_started_from"] == os.path.join(base.serving_model_dir, "model.keras")
+    assert len(start.weights) == len(base_weights)
+    for got, want in zip(start.weights, base_weights):
+        np.testing.assert_array_equal(got, want)
+
+    cold_start = WeightsAtStart()  # no blessed model yet: random initialisation, and the summary says so
+    cold = ti.fn_args_for(uris, str(tmp_path / "cold"), {**config, "warm_start": True,
+                                                          "_extra_callbacks": [cold_start]})
+    task.run_fn(cold)
+    assert summary_of(cold)["warm_started_from"] is None
+    assert not np.array_equal(cold_start.weights[0], base_weights[0])
+
+    other = ti.fn_args_for(uris, str(tmp_path / "other"), {**config, "warm_start": True, "base_filters": 8})
+    other.base_model = base.serving_model_dir
+    with pytest.raises(ValueError, match="warm_start: false"):
+        task.run_fn(other)
+    empty = ti.fn_args_for(uris, str(tmp_path / "empty"), {**config, "warm_start": True})
+    empty.base_model = str(tmp_path)
+    with pytest.raises(ValueError, match="has no model.keras"):
+        task.run_fn(empty)

@@ -27,6 +27,9 @@ devices             optional list of devices for MirroredStrategy; default: all 
 seed                random seed of weights, shuffling and augmentation (0)
 shuffle_buffer      records in the shuffle buffer (512)
 backup_dir          optional; default ``<ModelRun channel dir>/backup-<fingerprint>``
+warm_start          true: start from the weights of ``fn_args.base_model`` (the pipeline
+                    passes the latest blessed model) when there is one; the architectures
+                    must match, else a ValueError says so (false: random initialisation)
 class_stats_uri     set by the SegTrainer executor: the ClassStats artifact's URI
 =================== =====================================================================
 
@@ -54,7 +57,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import keras
 import tensorflow as tf
@@ -63,14 +66,14 @@ from components.class_stats_io import labeled_by_source_id, read_class_stats, re
 from trainer import data, model as model_lib
 from trainer.metrics import segmentation_metrics
 from trainer.segmentation_loss import SegmentationLoss, validate_loss_config
-from trainer.serving import export_serving_model
+from trainer.serving import KERAS_FILE, export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
 MAX_BAD_ID_FRACTION = 0.1
 CONFIG_KEYS = {
     "num_classes", "class_names", "ignore_index", "image_size", "epochs", "batch_size", "steps_per_epoch",
     "learning_rate", "depth", "base_filters", "backbone", "loss", "pixel_weights", "mixed_precision",
-    "jit_compile", "devices", "seed", "shuffle_buffer", "backup_dir", "class_stats_uri",
+    "jit_compile", "devices", "seed", "shuffle_buffer", "backup_dir", "class_stats_uri", "warm_start",
 }
 
 
@@ -193,6 +196,7 @@ def run_fn(fn_args) -> None:
     try:
         with strategy.scope():
             model = model_lib.build_model(cfg, num_classes)
+            warm_from = warm_start(model, fn_args.base_model) if cfg.get("warm_start") else None
             loss = SegmentationLoss(cfg["loss"], class_weights=class_weights)
             model.compile(optimizer=keras.optimizers.Adam(float(cfg.get("learning_rate", 1e-3))), loss=loss,
                           metrics=segmentation_metrics(class_names, ignore_index),
@@ -219,10 +223,30 @@ def run_fn(fn_args) -> None:
         "replicas": strategy.num_replicas_in_sync,
         "mixed_precision": mixed,
         "num_train_records": num_train,
+        "warm_started_from": warm_from,
     }
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=1))
+
+
+def warm_start(model, base_model: Optional[str]) -> Optional[str]:
+    """Load ``base_model``'s ``model.keras`` weights into ``model``; the file used, or None without one."""
+    if not base_model:
+        print("SegTrainer: warm_start is on but there is no blessed model yet: random initialisation", flush=True)
+        return None
+    path = os.path.join(base_model, KERAS_FILE)
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"warm start: the base model {base_model} has no {KERAS_FILE}; it was not exported by "
+                         f"this trainer. Set training.warm_start: false to train from scratch")
+    try:
+        model.load_weights(path)
+    except ValueError as exc:
+        raise ValueError(f"warm start: the weights in {path} do not fit this model ({exc}). The architecture "
+                         f"changed (image_size, depth, base_filters, backbone, num_classes): set "
+                         f"training.warm_start: false for this run") from exc
+    print(f"SegTrainer: warm start from {path}", flush=True)
+    return path
 
 
 def _first_batch_targets(dataset, model):

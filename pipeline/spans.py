@@ -1,0 +1,57 @@
+"""The last K spans of a ``Span-N/`` folder as one span, for local runs (``data.num_spans``).
+
+ImportExampleGen reads one span per execution (the latest, ``Span-{SPAN}`` in its
+pattern). To train on the last K spans locally, ``span_window`` builds
+``WINDOW/Span-<latest>/`` holding symbolic links ``data-span<M>-<file>`` to the
+``data-*`` files of spans latest-K+1 .. latest; ExampleGen then reads that folder and its
+Examples artifact carries the latest span number and every record of the window. The
+links point at the ingested files, so nothing is copied, and ExampleGen's fingerprint
+(paths, sizes, modification times of the targets) changes exactly when the window's
+spans or their files change: an unchanged window is a cache hit.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import List
+
+SPAN_DIR = re.compile(r"^Span-(\d+)$")
+
+
+def list_spans(examples_dir: Path) -> List[int]:
+    """Span numbers of ``examples_dir/Span-N/`` folders that hold ``data-*`` files, ascending."""
+    spans = []
+    for child in Path(examples_dir).iterdir():
+        match = SPAN_DIR.match(child.name)
+        if match and child.is_dir() and any(child.glob("data-*")):
+            spans.append(int(match.group(1)))
+    return sorted(spans)
+
+
+def span_window(examples_dir: Path, num_spans: int, window_dir: Path) -> List[int]:
+    """Rebuild ``window_dir`` as the last ``num_spans`` spans of ``examples_dir``; the spans used."""
+    if num_spans < 1:
+        raise ValueError(f"num_spans must be >= 1, got {num_spans}")
+    examples_dir, window_dir = Path(examples_dir).resolve(), Path(window_dir)
+    spans = list_spans(examples_dir)
+    if not spans:
+        raise ValueError(f"{examples_dir} has no Span-N/ folder with data-* files: run `segbalance ingest "
+                         f"IMAGES MASKS --output {examples_dir} --span N` first")
+    chosen = spans[-num_spans:]
+    staging = window_dir.with_name(window_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    target = staging / f"Span-{chosen[-1]}"
+    target.mkdir(parents=True)
+    for span in chosen:
+        for data_file in sorted((examples_dir / f"Span-{span}").glob("data-*")):
+            os.symlink(data_file, target / f"data-span{span}-{data_file.name[len('data-'):]}")
+    # Swap in the complete window only: a crash before this leaves the previous window intact.
+    old = window_dir.with_name(window_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if window_dir.exists():
+        window_dir.rename(old)
+    staging.rename(window_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return chosen
