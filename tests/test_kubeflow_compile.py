@@ -133,3 +133,14 @@ def test_dockerfile_installs_the_package_with_the_pins():
     assert "import components, trainer.task, trainer.preprocessing" in text
     makefile = (root / "Makefile").read_text()
     assert "PIP_FLAGS := --ignore-requires-python --disable-pip-version-check -c constraints.txt" in makefile
+
+
+def test_warm_start_wires_the_latest_blessed_model_into_the_trainer(span_data, tmp_path):
+    config = config_from_dict({**TINY, "data": {"dir": str(span_data / "data")},
+                               "training": {**TINY.get("training", {}), "warm_start": True}})
+    spec = compile_pipeline(config, str(tmp_path / "warm.json"), IMAGE, str(tmp_path / "root"))
+    trainer = spec["pipelineSpec"]["root"]["dag"]["tasks"]["SegTrainer"]
+    base = trainer["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"]
+    assert base["producerTask"].startswith("latest_blessed_model_resolver")
+    cold = compile_into(span_data, name="cold.json")[1]
+    assert "base_model" not in cold["pipelineSpec"]["root"]["dag"]["tasks"]["SegTrainer"]["inputs"]["artifacts"]
