@@ -34,42 +34,51 @@ def cross_entropy(y, z, cw=None, pw=None, ls=0.0, ignore=255):
     return total / max(valid.sum(), 1)
 
 
-def focal(y, z, gamma, alpha=None, ignore=255):
+def focal(y, z, gamma, alpha=None, ignore=255, cw=None, pw=None):
+    """alpha: per class (list) or scalar; cw[y] and pw (pixel weights) multiply each pixel's term."""
     labels, valid = split(y, ignore)
     p = softmax(z.astype(np.float64))
     total = 0.0
     for idx in np.ndindex(labels.shape):
         if valid[idx]:
             pt = p[idx][labels[idx]]
-            a = alpha[labels[idx]] if alpha is not None else 1.0
-            total += -a * (1 - pt) ** gamma * np.log(pt)
+            a = 1.0 if alpha is None else (alpha if np.ndim(alpha) == 0 else alpha[labels[idx]])
+            w = (cw[labels[idx]] if cw is not None else 1.0) * (pw[idx] if pw is not None else 1.0)
+            total += -w * a * (1 - pt) ** gamma * np.log(pt)
     return total / max(valid.sum(), 1)
 
 
-def class_sums(y, z, ignore=255):
+def class_sums(y, z, ignore=255, pw=None):
+    """Per class (sum p*g, sum p, sum g) over the valid pixels, each pixel times its weight pw."""
     labels, valid = split(y, ignore)
     c = z.shape[-1]
-    p = softmax(z.astype(np.float64)) * valid[..., None]
-    g = np.eye(c)[labels] * valid[..., None]
-    return (p * g).sum((0, 1, 2)), p.sum((0, 1, 2)), g.sum((0, 1, 2))
+    weight = valid if pw is None else valid * np.asarray(pw, np.float64)
+    p = softmax(z.astype(np.float64)) * weight[..., None]
+    g = np.eye(c)[labels] * weight[..., None]
+    # p and g both carry the weight, so the intersection is sum w * p * g (not w^2)
+    return (p * np.eye(c)[labels]).sum((0, 1, 2)), p.sum((0, 1, 2)), g.sum((0, 1, 2))
 
 
-def dice(y, z, cw=None, smooth=1.0, ignore=255):
-    inter, pred, truth = class_sums(y, z, ignore)
+def dice(y, z, cw=None, smooth=1.0, ignore=255, pw=None):
+    inter, pred, truth = class_sums(y, z, ignore, pw)
     d = (2 * inter + smooth) / (pred + truth + smooth)
     w = np.ones_like(d) if cw is None else np.asarray(cw, float)
     return 1 - (d * w).sum() / w.sum()
 
 
-def generalized_dice(y, z, smooth=1e-6, ignore=255):
-    inter, pred, truth = class_sums(y, z, ignore)
-    w = np.where(truth > 0, 1 / np.maximum(truth, 1) ** 2, 0)
-    w = np.where(truth > 0, w, w.max())
+def generalized_dice(y, z, smooth=1e-6, ignore=255, cw=None, pw=None):
+    """Default class weights 1 / G_c^2 (absent classes: the largest present weight); cw replaces them."""
+    inter, pred, truth = class_sums(y, z, ignore, pw)
+    if cw is None:
+        w = np.where(truth > 0, 1 / np.maximum(truth, 1) ** 2, 0)
+        w = np.where(truth > 0, w, w.max())
+    else:
+        w = np.asarray(cw, np.float64)
     return 1 - (2 * (w * inter).sum() + smooth) / ((w * (pred + truth)).sum() + smooth)
 
 
-def tversky(y, z, alpha, beta, smooth=1.0, cw=None, ignore=255):
-    tp, pred, truth = class_sums(y, z, ignore)
+def tversky(y, z, alpha, beta, smooth=1.0, cw=None, ignore=255, pw=None):
+    tp, pred, truth = class_sums(y, z, ignore, pw)
     t = (tp + smooth) / (tp + alpha * (pred - tp) + beta * (truth - tp) + smooth)
     w = np.ones_like(t) if cw is None else np.asarray(cw, float)
     return 1 - (t * w).sum() / w.sum()
@@ -108,7 +117,7 @@ def marginal(y, z, labeled, cw=None, ignore=255):
     return total / max(valid.sum(), 1)
 
 
-def exclusion_ce(y, z, labeled, ignore=255):
+def exclusion_ce(y, z, labeled, ignore=255, pw=None):
     labels, valid = split(y, ignore)
     sets = labeled_sets(labeled)
     c = z.shape[-1]
@@ -116,23 +125,26 @@ def exclusion_ce(y, z, labeled, ignore=255):
     total = 0.0
     for idx in np.ndindex(labels.shape):
         if valid[idx] and labels[idx] > 0:
-            total += sum(-np.log(1 - p[idx][k]) for k in range(c) if k not in sets[idx[0]])
+            w = pw[idx] if pw is not None else 1.0
+            total += w * sum(-np.log(1 - p[idx][k]) for k in range(c) if k not in sets[idx[0]])
     return total / max(valid.sum(), 1)
 
 
-def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255):
+def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255, pw=None):
+    """Each pixel's weight pw multiplies its share of every sum, as in the region losses."""
     labels, valid = split(y, ignore)
     sets = labeled_sets(labeled)
     c = z.shape[-1]
     p = softmax(z.astype(np.float64))
+    weight = valid if pw is None else valid * np.asarray(pw, np.float64)
     values = []
     for b in range(labels.shape[0]):
-        region = valid[b] * (labels[b] > 0)
+        region = weight[b] * (labels[b] > 0)
         if region.sum() == 0:
             continue
         for k in range(c):
             if k not in sets[b]:
-                pk = p[b, ..., k] * valid[b]
+                pk = p[b, ..., k] * weight[b]
                 values.append(2 * (pk * region).sum() / (pk.sum() + region.sum() + smooth))
     return float(np.mean(values)) if values else 0.0
 

@@ -1,4 +1,6 @@
 """trainer.losses against NumPy references, Keras built-ins, finite differences and edge cases."""
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -55,6 +57,24 @@ CASES = {
     "exclusion_ce": (lambda y, z, l: L.exclusion_loss(y, z, l), lambda y, z, l: ref.exclusion_ce(y, z, l)),
     "exclusion_dice": (lambda y, z, l: L.exclusion_loss(y, z, l, form="dice"),
                        lambda y, z, l: ref.exclusion_dice(y, z, l)),
+    # class weights > 1 (CW) and pixel weights (_pw, in [0.5, 1.75]) of every function that takes them
+    "focal_weighted": (lambda y, z, l: L.focal_loss(y, z, gamma=2.0, alpha=0.25, class_weights=CW,
+                                                    pixel_weights=_pw(y)),
+                       lambda y, z, l: ref.focal(y, z, 2.0, 0.25, cw=CW, pw=_pw(y).numpy())),
+    "dice_pixel_weights": (lambda y, z, l: L.dice_loss(y, z, CW, pixel_weights=_pw(y)),
+                           lambda y, z, l: ref.dice(y, z, CW, pw=_pw(y).numpy())),
+    "generalized_dice_class_weights": (lambda y, z, l: L.generalized_dice_loss(y, z, class_weights=CW),
+                                       lambda y, z, l: ref.generalized_dice(y, z, cw=CW)),
+    "generalized_dice_pixel_weights": (lambda y, z, l: L.generalized_dice_loss(y, z, pixel_weights=_pw(y)),
+                                       lambda y, z, l: ref.generalized_dice(y, z, pw=_pw(y).numpy())),
+    "tversky_class_weights": (lambda y, z, l: L.tversky_loss(y, z, alpha=0.3, beta=0.7, class_weights=CW),
+                              lambda y, z, l: ref.tversky(y, z, 0.3, 0.7, cw=CW)),
+    "tversky_pixel_weights": (lambda y, z, l: L.tversky_loss(y, z, alpha=0.3, beta=0.7, pixel_weights=_pw(y)),
+                              lambda y, z, l: ref.tversky(y, z, 0.3, 0.7, pw=_pw(y).numpy())),
+    "exclusion_ce_pixel_weights": (lambda y, z, l: L.exclusion_loss(y, z, l, pixel_weights=_pw(y)),
+                                   lambda y, z, l: ref.exclusion_ce(y, z, l, pw=_pw(y).numpy())),
+    "exclusion_dice_pixel_weights": (lambda y, z, l: L.exclusion_loss(y, z, l, form="dice", pixel_weights=_pw(y)),
+                                     lambda y, z, l: ref.exclusion_dice(y, z, l, pw=_pw(y).numpy())),
 }
 
 
@@ -136,6 +156,50 @@ def test_tversky_alpha_is_false_positive_weight_and_keras_swaps_them():
     fp_heavy = float(L.tversky_loss(yy, zz, alpha=0.9, beta=0.1, class_weights=[0, 1], smooth=0))
     fn_heavy = float(L.tversky_loss(yy, zz, alpha=0.1, beta=0.9, class_weights=[0, 1], smooth=0))
     assert fp_heavy > fn_heavy
+
+
+def test_region_losses_uniform_pixel_weight_hand_case():
+    """A confident, correct prediction: with smooth=0 every region score is 1 (loss 0) whatever the
+    (uniform) pixel weight, and scaling the weights does not change the loss."""
+    y = np.array([[[0, 1], [2, 2]]])
+    z = (np.eye(3)[y] * 40.0).astype(np.float32)  # p = 1 on the true class (to float32 precision)
+    for weight in (1.0, 2.0, 0.5):
+        pw = np.full(y.shape, weight, np.float32)
+        assert float(L.dice_loss(y, z, smooth=0.0, pixel_weights=pw)) == pytest.approx(0.0, abs=1e-6)
+        assert float(L.generalized_dice_loss(y, z, smooth=0.0, pixel_weights=pw)) == pytest.approx(0.0, abs=1e-6)
+        assert float(L.tversky_loss(y, z, smooth=0.0, pixel_weights=pw)) == pytest.approx(0.0, abs=1e-6)
+    # An imperfect prediction: hand values of I, P, G for one class, then weights x3.
+    y1 = np.array([[[1, 0]]])
+    z1 = np.zeros((1, 1, 2, 2), np.float32)  # p = 0.5 everywhere
+    # class 1 with pixel weights (2, 1): I = 2*0.5 = 1, P = 2*0.5 + 1*0.5 = 1.5, G = 2 -> D = 2 / 3.5
+    pw1 = np.array([[[2.0, 1.0]]], np.float32)
+    expected = 1 - 2 * 1.0 / 3.5
+    got = float(L.dice_loss(y1, z1, class_weights=[0.0, 1.0], smooth=0.0, pixel_weights=pw1))
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert float(L.dice_loss(y1, z1, class_weights=[0.0, 1.0], smooth=0.0, pixel_weights=3 * pw1)) == \
+        pytest.approx(expected, rel=1e-6)
+    # Tversky alpha=0.25, beta=0.75: TP = 1, FP = P - TP = 0.5, FN = G - TP = 1 -> 1 / (1 + 0.125 + 0.75)
+    got = float(L.tversky_loss(y1, z1, alpha=0.25, beta=0.75, class_weights=[0.0, 1.0], smooth=0.0,
+                               pixel_weights=pw1))
+    assert got == pytest.approx(1 - 1 / 1.875, rel=1e-6)
+
+
+PIXEL_WEIGHTED = [name for name in CASES if "pixel_weights" in name or name in ("ce_weighted", "focal_weighted")]
+
+
+@pytest.mark.parametrize("name", PIXEL_WEIGHTED)
+def test_pixels_of_weight_zero_do_not_change_the_loss(name, monkeypatch):
+    """_pw is 0 on class 1 here: changing the logits of those pixels leaves every loss as it was."""
+    y, z, labeled = data(19)
+    monkeypatch.setattr(sys.modules[__name__], "_pw", lambda t: tf.cast(tf.not_equal(
+        (t[..., 0] if len(t.shape) == 4 else t), 1), tf.float32))
+    zero = y == 1
+    assert zero.any() and (y[~zero] != 255).any()
+    fn = CASES[name][0]
+    before = float(fn(y, z, labeled))
+    z2 = z.copy()
+    z2[zero] = np.random.default_rng(20).standard_normal((zero.sum(), C)).astype(np.float32) * 5
+    np.testing.assert_allclose(float(fn(y, z2, labeled)), before, rtol=1e-6, atol=1e-7)
 
 
 def test_marginal_with_everything_labelled_equals_weighted_ce():

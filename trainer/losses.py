@@ -255,20 +255,20 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
     ``form="ce"``: ``sum over those pixels and c of -log(1 - p_c)``, reduced like CE (divided by
     the valid pixels). ``form="dice"``: mean over (image, unlabelled c) of the Dice overlap
     ``2 sum(p_c R) / (sum p_c + sum R + smooth)`` between p_c and the annotated region R
-    (sums over the image's valid pixels; images without annotated foreground are skipped).
+    (sums over the image's valid pixels, each times its pixel weight; images without
+    annotated foreground are skipped).
     """
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     unlabeled = 1.0 - _labeled_mask(labeled, c)  # [B,1,1,C]
-    region = valid * ops.cast(ops.greater(labels, 0), "float32")  # annotated foreground
-    if pixel_weights is not None:
-        region = region * _squeeze_weights(pixel_weights)
+    weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights)
+    region = weight * ops.cast(ops.greater(labels, 0), "float32")  # annotated foreground, weighted
     log_probs = ops.log_softmax(logits, axis=-1)
     if form == "ce":
         per_pixel = -ops.sum(_log1mexp(log_probs) * unlabeled, axis=-1)
         return reduce_pixels(per_pixel, region, valid)
     if form != "dice":
         raise ValueError(f"exclusion_loss form must be 'ce' or 'dice', got {form!r}")
-    probs = ops.exp(log_probs) * valid[..., None]  # ignored pixels predict nothing
+    probs = ops.exp(log_probs) * weight[..., None]  # ignored (and weight-0) pixels predict nothing
     region4 = region[..., None]
     overlap = ops.sum(probs * region4, axis=(1, 2))  # [B,C]
     size = ops.sum(probs, axis=(1, 2)) + ops.sum(region4, axis=(1, 2))
@@ -285,11 +285,12 @@ def _class_sums(y_true, logits, ignore_index, pixel_weights):
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights)
     probs = ops.softmax(logits, axis=-1) * weight[..., None]
-    onehot = ops.one_hot(labels, c) * weight[..., None]
+    onehot = ops.one_hot(labels, c)
     axes = (0, 1, 2)
+    # each pixel counts once with its weight: sum w p g, sum w p, sum w g (not w^2 in the intersection)
     inter = _global_sum(ops.sum(probs * onehot, axis=axes))
     pred = _global_sum(ops.sum(probs, axis=axes))
-    truth = _global_sum(ops.sum(onehot, axis=axes))
+    truth = _global_sum(ops.sum(onehot * weight[..., None], axis=axes))
     return inter, pred, truth, c
 
 
