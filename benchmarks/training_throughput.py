@@ -15,8 +15,8 @@ Measured (median of ``--repeats`` interleaved repeats of ``3 * --steps`` input b
   the transform graph (decode, resize, normalise), label-set join, joint flip/crop
   augmentation, prefetch. Nothing consumes the batches but the timer.
 - ``step (configured loss)``: examples/s of ``model.fit`` on the U-Net of ``build_unet`` with
-  the pipeline's default loss (``pipeline/config.py``: marginal CE with median-frequency
-  weights) on ``y = {"mask", "labeled"}``, fed from one batch cached in memory, so the
+  the pipeline's default loss (``pipeline/config.py``; when docs/benchmarks.md was
+  written: marginal CE with median-frequency weights) on ``y = {"mask", "labeled"}``, fed from one batch cached in memory, so the
   input costs nothing.
 - ``step (built-in CE)``: the same with ``keras.losses.SparseCategoricalCrossentropy(
   from_logits=True, ignore_class=255)`` on the mask.

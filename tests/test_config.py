@@ -14,6 +14,13 @@ def test_defaults_are_the_shapes_sample():
     assert config.name == "segbalance"
 
 
+def test_default_loss_is_the_one_the_experiment_supports():
+    from pipeline.experiment import MISSING_LOSSES
+
+    # README "Results": marginal CE + Dice without class weights; change both together
+    assert load_config().training.loss == MISSING_LOSSES["marginal_ce_dice"]
+
+
 def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  epochs: 3\n  image_size: [32, 48]\nclasses:\n  names: [bg, a, b]\n"
