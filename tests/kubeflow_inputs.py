@@ -6,7 +6,10 @@ from pipeline.config import config_from_dict
 
 IMAGE = "gcr.io/example/segbalance:0.1"
 TINY = {"data": {"sample": {"size": 32}},
-        "training": {"image_size": [32, 32], "epochs": 1, "batch_size": 8, "depth": 2, "base_filters": 8}}
+        # class weights from the artifact, so the launcher test can check they reach the trainer
+        "training": {"image_size": [32, 32], "epochs": 1, "batch_size": 8, "depth": 2, "base_filters": 8,
+                     "loss": {"terms": [{"type": "ce"}, {"type": "dice"}], "class_weights": "median_frequency",
+                              "missing_labels": "marginal"}}}
 
 
 def write_span_data(root: Path, num_images: int = 24) -> Path:
