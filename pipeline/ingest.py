@@ -220,7 +220,10 @@ def _write_shard(args) -> Tuple[List[str], List[dict]]:
                 bad.append({"source_id": stem, "image": str(image_path), "mask": str(mask_path), "reason": str(exc)})
                 print(f"ingest: skipped {stem}: {exc}", file=sys.stderr, flush=True)
             if progress_every and n % progress_every == 0:
-                print(f"ingest: {shard_path.name}: {n}/{len(pairs)} pairs", flush=True)
+                # one write per line: shard worker processes share stdout, and print() writes
+                # the text and the newline separately, so lines of two workers could merge
+                sys.stdout.write(f"ingest: {shard_path.name}: {n}/{len(pairs)} pairs\n")
+                sys.stdout.flush()
     return written, bad
 
 

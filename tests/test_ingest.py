@@ -1,5 +1,6 @@
 """`segbalance ingest`: round trip, every bad input, atomic output, CLI exit codes."""
 import json
+import re
 import subprocess
 import sys
 
@@ -223,13 +224,13 @@ def test_progress_lines_on_more_than_100_pairs(tmp_path, capfd, n, shards, expec
     """capfd (file-descriptor capture): with --shards 2 the lines come from the worker processes."""
     _dataset(tmp_path, n=n, size=(2, 2))
     assert _run(tmp_path, "--shards", str(shards)) == 0
-    lines = [line for line in capfd.readouterr().out.splitlines() if line.endswith(" pairs")]
+    out = capfd.readouterr().out
     got = {}
-    for line in lines:
-        prefix, shard, count, _ = line.split(" ")
-        assert prefix == "ingest:"
-        done, total = count.split("/")
-        got.setdefault(shard.rstrip(":"), []).append((int(done), int(total)))
+    for line in out.splitlines():
+        if line.endswith(" pairs"):
+            match = re.fullmatch(r"ingest: (\S+): (\d+)/(\d+) pairs", line)
+            assert match, f"garbled progress line {line!r}"
+            got.setdefault(match.group(1), []).append((int(match.group(2)), int(match.group(3))))
     assert {k: sorted(v) for k, v in got.items()} == expected
     assert _report(tmp_path / "out")["num_written"] == n
 
