@@ -36,6 +36,29 @@ def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, tmp_path
         ["bad_ids", "bad_labeled", "corrupt", "no_mask"]
 
 
+@pytest.mark.slow  # starts a Beam job service and an SDK worker pool (~15 s)
+def test_portable_runner_with_an_external_worker_pool(stats_run, tmp_path, capsys):
+    """The job through Beam's portability framework, as Flink/Spark/Dataflow v2 run it: the
+    pipeline goes as a proto to a job service; DoFns, the CombineFn, the side input and the
+    quarantine output run in SDK harness processes started by a separate worker pool."""
+    from tests.beam_services import portable_beam_args
+
+    src, in_memory, good = stats_run
+    with portable_beam_args(tmp_path) as beam_args:
+        assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "portable"),
+                         "--class-names", "bg,a,b,never", "--beam-args", " ".join(beam_args)]) == 0
+    assert "4 quarantined" in capsys.readouterr().out
+    assert "Requesting worker at" in (tmp_path / "job_service.log").read_text()
+    assert "SdkHarness" in (tmp_path / "worker_pool.log").read_text()  # the harness ran in the pool
+    portable = class_stats_io.read_class_stats(str(tmp_path / "portable"))
+    for key in KEYS:
+        assert portable[key] == in_memory[key], key
+    assert portable["pixel_counts"] == numpy_reference(good)[0].tolist()
+    assert _per_image(str(tmp_path / "portable")) == _per_image(str(src / "out"))
+    assert sorted(q["source_id"] for q in class_stats_io.read_quarantine(str(tmp_path / "portable"))) == \
+        ["bad_ids", "bad_labeled", "corrupt", "no_mask"]
+
+
 def test_rerun_into_the_same_directory_leaves_no_stale_rows(stats_run, tmp_path):
     src, in_memory, _ = stats_run
     out = tmp_path / "again"
