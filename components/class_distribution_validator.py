@@ -6,7 +6,9 @@ latest-artifact Resolver that runs before this run's ClassStatsGen) using
 of the class pixel frequencies, classes that were absent before, and the change in the
 fraction of images with missing annotations. Above a threshold it records an anomaly;
 with ``action="block"`` the DriftReport is marked ``blocked`` and SegEvaluator then does
-not bless the model, so Pusher does not push it (``"warn"``: recorded, not blocking).
+not bless the model, so Pusher does not push it; with ``action="block_training"`` it is
+marked ``blocked`` too and the pipeline's ``tfx.dsl.Cond`` on that mark skips SegTrainer,
+SegEvaluator and Pusher (``"warn"``: recorded, not blocking).
 Output ``drift_report`` (DriftReport) holds ``drift.json``; the report shows it.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils
 
 from components.artifacts import ClassStats, DriftReport
-from components.drift_metrics import THRESHOLD_KEYS, compare
+from components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare
 
 DRIFT_FILE = "drift.json"
 
@@ -64,6 +66,7 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         io_utils.write_string_file(os.path.join(output.uri, DRIFT_FILE), json.dumps(result, indent=1))
         output.set_int_custom_property("blocked", int(result["status"] == "blocked"))
         output.set_string_custom_property("status", result["status"])
+        output.set_string_custom_property("action", result["action"])
         detail = "; ".join(result["anomalies"]) or result.get("note", "within thresholds")
         print(f"ClassDistributionValidator: {result['status']} ({detail})", flush=True)
 
@@ -75,8 +78,8 @@ class ClassDistributionValidator(base_component.BaseComponent):
     def __init__(self, class_stats: types.BaseChannel, baseline_class_stats: Optional[types.BaseChannel] = None,
                  js_divergence: float = 0.05, max_abs_change: float = 0.1, missing_rate_change: float = 0.2,
                  action: str = "block"):
-        if action not in ("block", "warn"):
-            raise ValueError(f"action must be 'block' or 'warn', got {action!r}")
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         super().__init__(spec=ClassDistributionValidatorSpec(
             class_stats=class_stats, baseline_class_stats=baseline_class_stats,
             js_divergence=float(js_divergence), max_abs_change=float(max_abs_change),

@@ -60,13 +60,18 @@ def missing_rate(stats: dict) -> Optional[float]:
     return stats["images_with_missing"] / max(1, stats["num_records"])
 
 
+# "warn": recorded only; "block": the model is trained but not blessed, so not pushed;
+# "block_training": SegTrainer, SegEvaluator and Pusher do not run (a tfx.dsl.Cond in pipeline/dag.py)
+ACTIONS = ("warn", "block", "block_training")
+
+
 def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float], action: str = "block") -> dict:
     """drift.json content: measures, anomalies above ``thresholds`` and the status."""
     unknown = set(THRESHOLD_KEYS) - set(thresholds)
     if unknown:
         raise ValueError(f"drift thresholds miss {sorted(unknown)}")
-    if action not in ("block", "warn"):
-        raise ValueError(f"drift action must be 'block' or 'warn', got {action!r}")
+    if action not in ACTIONS:
+        raise ValueError(f"drift action must be one of {', '.join(ACTIONS)}, got {action!r}")
     result = {"thresholds": {k: float(thresholds[k]) for k in THRESHOLD_KEYS}, "action": action,
               "anomalies": [], "new_classes": []}
     anomalies = result["anomalies"]
@@ -107,5 +112,5 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
                 and result["missing_rate_change"] > result["thresholds"]["missing_rate_change"]:
             anomalies.append(f"fraction of images with missing annotations changed from "
                              f"{result['baseline_missing_rate']:.3f} to {result['missing_rate']:.3f}")
-    result["status"] = "ok" if not anomalies else ("blocked" if action == "block" else "warned")
+    result["status"] = "ok" if not anomalies else ("warned" if action == "warn" else "blocked")
     return result

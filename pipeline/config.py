@@ -90,7 +90,9 @@ class DriftConfig:
     js_divergence: float = 0.05  # Jensen-Shannon divergence of class pixel frequencies
     max_abs_change: float = 0.1  # largest change of one class's pixel frequency
     missing_rate_change: float = 0.2  # change of the fraction of images with missing classes
-    action: str = "block"  # "block": the model is not blessed, so not pushed; "warn": recorded only
+    # "block": the model is trained but not blessed, so not pushed; "block_training": trainer,
+    # evaluator and pusher do not run; "warn": recorded only
+    action: str = "block"
 
 
 @dataclass
@@ -181,7 +183,9 @@ def validate(config: PipelineConfig) -> PipelineConfig:
         check(getattr(config.training, key) >= 1, f"training.{key}", "must be >= 1")
     check(config.training.learning_rate > 0, "training.learning_rate", "must be > 0")
     check(0.0 <= config.evaluation.miou_threshold <= 1.0, "evaluation.miou_threshold", "must be in [0, 1]")
-    check(config.drift.action in ("block", "warn"), "drift.action", "use 'block' or 'warn'")
+    from components.drift_metrics import ACTIONS as DRIFT_ACTIONS  # here: `components` imports TFX
+
+    check(config.drift.action in DRIFT_ACTIONS, "drift.action", f"use one of {', '.join(DRIFT_ACTIONS)}")
     if config.data.dir is not None:
         path = Path(config.data.dir)
         check(path.is_dir(), "data.dir", f"{path} is not a folder; point it at a folder with images/ and masks/")

@@ -10,11 +10,17 @@
       -> SegEvaluator (vs the latest blessed model) -> Pusher (blessed models only)
       -> DataReport (offline HTML)
 
+With ``drift.action: block_training`` SegTrainer, SegEvaluator and Pusher sit in a
+``tfx.dsl.Cond`` on the DriftReport's ``blocked`` mark: a blocked run skips them (the
+report still runs, without an evaluation). With ``block`` the model is trained but not
+blessed; with ``warn`` the drift is only recorded.
+
 Module code is referenced by import path (``trainer.task.run_fn``), never by file, so the
 same pipeline runs from the installed package locally and in the Kubeflow image.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import List, Optional
 
@@ -120,25 +126,26 @@ def create_pipeline(
         examples=examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn="trainer.preprocessing.preprocessing_fn", custom_config=custom_config,
         materialize=False, disable_statistics=True)
-    trainer = SegTrainer(
-        examples=examples, transform_graph=transform.outputs["transform_graph"],
-        class_stats=class_stats, run_fn="trainer.task.run_fn",
-        base_model=model_resolver.outputs["model"] if config.training.warm_start else None,
-        train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
-        custom_config=custom_config)
-    evaluator_kwargs = {}
-    if drift_gate is not None:  # drift above the thresholds: the model is not blessed, so not pushed
-        evaluator_kwargs["drift_report"] = drift_gate.outputs["drift_report"]
-    evaluator = SegEvaluator(
-        examples=examples, model=trainer.outputs["model"], baseline_model=model_resolver.outputs["model"],
-        num_classes=config.num_classes, class_names=names, ignore_index=config.classes.ignore_index,
-        miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
-        reference_masks_dir=reference_masks_dir, **evaluator_kwargs)
-    pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
-    components += [transform, trainer, model_resolver, evaluator, pusher]
+    with training_gate(drift_gate, config.drift.action):  # nodes made in here run only when not blocked
+        trainer = SegTrainer(
+            examples=examples, transform_graph=transform.outputs["transform_graph"],
+            class_stats=class_stats, run_fn="trainer.task.run_fn",
+            base_model=model_resolver.outputs["model"] if config.training.warm_start else None,
+            train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
+            custom_config=custom_config)
+        evaluator_kwargs = {}
+        if drift_gate is not None:  # drift above the thresholds: the model is not blessed, so not pushed
+            evaluator_kwargs["drift_report"] = drift_gate.outputs["drift_report"]
+        evaluator = SegEvaluator(
+            examples=examples, model=trainer.outputs["model"], baseline_model=model_resolver.outputs["model"],
+            num_classes=config.num_classes, class_names=names, ignore_index=config.classes.ignore_index,
+            miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
+            reference_masks_dir=reference_masks_dir, **evaluator_kwargs)
+        pusher = tfx.components.Pusher(
+            model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+            push_destination=tfx.proto.PushDestination(
+                filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+    components += [transform, model_resolver, trainer, evaluator, pusher]
     if with_report:
         from components.data_report import DataReport
 
@@ -157,6 +164,16 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args if beam_pipeline_args is not None else config.beam_args),
     )
+
+
+def training_gate(drift_gate, action: str):
+    """``tfx.dsl.Cond`` on the DriftReport's ``blocked`` mark for ``action == "block_training"``
+    (the nodes created inside it are skipped in a blocked run), otherwise a context that does nothing."""
+    if drift_gate is None or action != "block_training":
+        return contextlib.nullcontext()
+    from tfx import v1 as tfx
+
+    return tfx.dsl.Cond(drift_gate.outputs["drift_report"].future()[0].custom_property("blocked") == 0)
 
 
 def local_paths(output_dir: str) -> dict:

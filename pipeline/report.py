@@ -260,7 +260,10 @@ def drift_section(drift_dir: str) -> Section:
     thresholds = drift.get("thresholds") or {}
     rows = [[k, drift.get(k), thresholds.get(k)] for k in ("js_divergence", "max_abs_change", "missing_rate_change")
             if k in drift]
-    parts = [f"<p>Status: {status_html}</p>", table(["measure", "value", "threshold"], rows)]
+    effect = {"block": "the model was trained but not blessed, so not pushed",
+              "block_training": "training, evaluation and push did not run"}.get(drift.get("action"))
+    effect_html = f" ({esc(effect)})" if status == "blocked" and effect else ""
+    parts = [f"<p>Status: {status_html}{effect_html}</p>", table(["measure", "value", "threshold"], rows)]
     if drift.get("new_classes"):
         parts.append(f'<p class="bad">New classes: {esc(", ".join(map(str, drift["new_classes"])))}</p>')
     if drift.get("anomalies"):

@@ -122,6 +122,7 @@ class ComponentProgress(logging.Handler):
         super().__init__(level=logging.INFO)
         self.started = {}
         self.cached = set()
+        self.skipped = set()
         self.current = None
         self.extra_handlers = []
 
@@ -133,10 +134,12 @@ class ComponentProgress(logging.Handler):
             print(f"[{time.strftime('%H:%M:%S')}] {self.current}: started", flush=True)
         elif message.startswith("A cached execution") and self.current:
             self.cached.add(self.current)
+        elif message.startswith("Skipping execution for ") and self.current:  # a tfx.dsl.Cond was false
+            self.skipped.add(self.current)
         elif message.startswith("Component ") and message.endswith(" is finished."):
             name = message[len("Component "):-len(" is finished.")]
             took = time.time() - self.started.get(name, time.time())
-            how = "cached" if name in self.cached else "done"
+            how = "cached" if name in self.cached else "skipped" if name in self.skipped else "done"
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {how} in {took:.1f}s", flush=True)
 
 

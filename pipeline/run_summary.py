@@ -66,6 +66,15 @@ def summarize(paths: dict) -> dict:
     if stats is not None:
         summary["class_stats"] = stats.uri
     evaluation = latest_artifact(store, "ModelEvaluation")
+    drift = latest_artifact(store, "components.DriftReport")
+    if drift is not None and _custom(drift, "blocked") == 1 and _custom(drift, "action") == "block_training":
+        # SegTrainer, SegEvaluator and Pusher were skipped: an older evaluation is not this run's
+        detail = _read_json(os.path.join(drift.uri, "drift.json")) or {}
+        summary["training_blocked"] = True
+        summary["blessing_reason"] = ("class-distribution drift blocked training: "
+                                      + ("; ".join(detail.get("anomalies", [])) or "see drift.json")
+                                      + f" ({drift.uri}/drift.json)")
+        evaluation = None
     if evaluation is not None:
         result = _read_json(os.path.join(evaluation.uri, "evaluation.json"))
         if result:

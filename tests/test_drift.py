@@ -90,7 +90,7 @@ def test_first_run_missing_fields_and_bad_arguments():
     assert not math.isnan(empty["js_divergence"])
     with pytest.raises(ValueError, match="thresholds miss"):
         drift_metrics.compare(no_rate, None, {"js_divergence": 0.1})
-    with pytest.raises(ValueError, match="'block' or 'warn'"):
+    with pytest.raises(ValueError, match="one of warn, block, block_training, got 'stop'"):
         drift_metrics.compare(no_rate, None, TIGHT, action="stop")
     with pytest.raises(ValueError, match="3 class names for 2 pixel counts"):
         drift_metrics.compare(stats([1, 2]), stats([1, 2, 3]), TIGHT)
@@ -108,7 +108,8 @@ def _class_stats_artifact(tmp_path, name, content):
 
 
 @pytest.mark.parametrize("action, shifted, status, blocked", [
-    ("block", True, "blocked", 1), ("warn", True, "warned", 0), ("block", False, "ok", 0)])
+    ("block", True, "blocked", 1), ("warn", True, "warned", 0), ("block", False, "ok", 0),
+    ("block_training", True, "blocked", 1), ("block_training", False, "ok", 0)])
 def test_executor_writes_drift_json_and_blocked(tmp_path, action, shifted, status, blocked):
     from components.artifacts import DriftReport
     from components.class_distribution_validator import ClassDistributionValidatorExecutor
@@ -125,6 +126,7 @@ def test_executor_writes_drift_json_and_blocked(tmp_path, action, shifted, statu
     assert drift["status"] == status and drift["baseline"] == baseline.uri and drift["current"] == current.uri
     assert report.get_int_custom_property("blocked") == blocked
     assert report.get_string_custom_property("status") == status
+    assert report.get_string_custom_property("action") == action == drift["action"]
 
 
 def test_executor_first_run_and_cached_rerun(tmp_path):
@@ -150,7 +152,7 @@ def test_component_rejects_an_unknown_action():
     from components.class_distribution_validator import ClassDistributionValidator
 
     channel = tfx.dsl.Channel(type=ClassStats)
-    with pytest.raises(ValueError, match="'block' or 'warn'"):
+    with pytest.raises(ValueError, match="one of warn, block, block_training, got 'stop'"):
         ClassDistributionValidator(class_stats=channel, action="stop")
     gate = ClassDistributionValidator(class_stats=channel, js_divergence=0.1)
     assert gate.outputs["drift_report"].type.TYPE_NAME == "components.DriftReport"

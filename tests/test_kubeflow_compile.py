@@ -144,3 +144,18 @@ def test_warm_start_wires_the_latest_blessed_model_into_the_trainer(span_data, t
     assert base["producerTask"].startswith("latest_blessed_model_resolver")
     cold = compile_into(span_data, name="cold.json")[1]
     assert "base_model" not in cold["pipelineSpec"]["root"]["dag"]["tasks"]["SegTrainer"]["inputs"]["artifacts"]
+
+
+def test_block_training_puts_trainer_evaluator_and_pusher_under_the_drift_condition(span_data, tmp_path):
+    config = config_from_dict({**TINY, "data": {"dir": str(span_data / "data")},
+                               "drift": {**TINY.get("drift", {}), "action": "block_training"}})
+    spec = compile_pipeline(config, str(tmp_path / "gated.json"), IMAGE, str(tmp_path / "root"))
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    for name in ("SegTrainer", "SegEvaluator", "Pusher"):
+        condition = tasks[name]["triggerPolicy"]["condition"]
+        assert "blocked" in condition and "ClassDistributionValidator" in json.dumps(tasks[name]), name
+        assert "ClassDistributionValidator" in tasks[name]["dependentTasks"], name
+    for name in ("Transform", "ClassStatsGen", "DataReport"):
+        assert "triggerPolicy" not in tasks[name], name
+    plain = compile_into(span_data, name="plain.json")[1]["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert "triggerPolicy" not in plain["SegTrainer"]

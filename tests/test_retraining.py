@@ -33,7 +33,7 @@ def _ingest(raw: Path, data: Path, span: int) -> None:
                      "--labeled", str(raw / "labeled.json")]) == 0
 
 
-def test_span_1_2_3_blesses_then_blocks_on_drift(tmp_path, capsys):
+def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
@@ -76,6 +76,32 @@ def test_span_1_2_3_blesses_then_blocks_on_drift(tmp_path, capsys):
     assert json.loads(drift_files[0].read_text())["baseline"] is None  # span 1: first run
     assert drift["status"] == "blocked" and drift["max_change_class"] in ("ellipse", "circle")
     assert np.isclose(sum(drift["frequency_change"].values()), 0.0, atol=1e-9)
+    assert "the model was trained but not blessed" in report
+
+    # span 4 shifts back, now with action block_training: SegTrainer, SegEvaluator, Pusher are skipped
+    models = lambda: sorted((out / "pipeline_root" / "SegTrainer" / "model").iterdir())  # noqa: E731
+    evaluations = lambda: sorted((out / "pipeline_root" / "SegEvaluator" / "evaluation").iterdir())  # noqa: E731
+    trained, evaluated = models(), evaluations()
+    assert len(trained) == 3 and len(evaluated) == 3
+    config.write_text(config.read_text().replace("action: block", "action: block_training"))
+    _ingest(_shapes(tmp_path / "raw4", seed=4), data, 4)
+    assert cli.main(run) == 0
+    printed = capsys.readouterr().out
+    assert "ClassDistributionValidator: blocked" in printed
+    assert all(f"{name}: skipped in" in printed for name in ("SegTrainer", "SegEvaluator", "Pusher"))
+    assert "DataReport: done in" in printed
+    assert models() == trained and evaluations() == evaluated and len(versions()) == 2
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["training_blocked"] and "drift blocked training" in summary["blessing_reason"]
+    assert "miou" not in summary  # the last evaluation is span 3's, not this run's
+    assert "drift blocked training" in printed
+    report = (out / "report.html").read_text()
+    assert "training, evaluation and push did not run" in report and "Evaluation" not in report
+    from pipeline.run_summary import executions_by_component, open_store
+
+    states = executions_by_component(open_store(str(out / "metadata.sqlite")))
+    assert len(states["SegTrainer"]) == 3 and all(s in ("COMPLETE", "CACHED") for s in states["SegTrainer"])
+    assert states["DataReport"][-1] == "COMPLETE" and len(states["DataReport"]) == 4
 
 
 def _renamed(raw: Path, prefix: str) -> Path:
