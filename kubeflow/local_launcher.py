@@ -7,7 +7,9 @@ pipeline root, created beforehand), run the task's ``lifecycle.preCacheCheck`` d
 has one (file-based ExampleGen: resolves the span and fingerprint) and merge its output,
 then run the container command (``python -m
 tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor ...``) with ``{{$}}``
-replaced, and read the artifacts back from its ``outputFile``.
+replaced, and read the artifacts back from its ``outputFile``. A task whose
+``triggerPolicy.condition`` is false (a ``tfx.dsl.Cond``, e.g. ``drift.action:
+block_training``) is skipped, and so is every task that needs its outputs.
 
 What it proves: the compiled JSON is complete and consistent (executor class paths import
 from the installed package, parameters and artifact types round-trip through the KFP
@@ -18,7 +20,9 @@ their queries from its metadata store; here their outputs are passed in as ``res
 from __future__ import annotations
 
 import json
+import operator
 import os
+import re
 import subprocess
 import sys
 from typing import Dict, Iterable, List, Optional
@@ -52,6 +56,32 @@ def _as_value_message(value) -> dict:
     if isinstance(value, float):
         return {"doubleValue": value}
     return {"stringValue": str(value)}
+
+
+# The form TFX compiles ``tfx.dsl.Cond(channel.future()[0].custom_property(P) OP V)`` into.
+_CONDITION = re.compile(r"""^\(?\s*inputs\.artifacts\['(?P<key>[^']+)'\]\.artifacts\[0\]\.metadata\['(?P<prop>[^']+)'\]"""
+                        r"""\s*(?P<op>==|!=|<=|>=|<|>)\s*(?P<value>-?[0-9.]+|'[^']*'|"[^"]*")\s*\)?$""")
+_OPERATORS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+              ">=": operator.ge}
+
+
+def condition_holds(condition: str, artifacts: Dict[str, dict]) -> bool:
+    """Evaluate a compiled ``triggerPolicy.condition`` against the task's input artifacts
+    ({input key: artifact JSON}); only the one-comparison form TFX's Cond on an artifact
+    property compiles to is understood, anything else is an error (never guessed)."""
+    match = _CONDITION.match(condition.strip())
+    if not match:
+        raise ValueError(f"unsupported triggerPolicy condition (the local launcher evaluates "
+                         f"inputs.artifacts['K'].artifacts[0].metadata['P'] OP VALUE only): {condition}")
+    key, prop, op, literal = match.group("key", "prop", "op", "value")
+    if key not in artifacts:
+        raise ValueError(f"condition {condition!r} reads input {key!r}, which the task does not have")
+    metadata = artifacts[key].get("metadata", {})
+    if prop not in metadata:
+        raise ValueError(f"condition {condition!r}: artifact {artifacts[key].get('uri')} has no metadata {prop!r}")
+    expected = literal[1:-1] if literal[0] in "'\"" else float(literal)
+    actual = metadata[prop] if isinstance(expected, str) else float(metadata[prop])
+    return _OPERATORS[op](actual, expected)
 
 
 def topological(tasks: Dict[str, dict], wanted: List[str], given: Iterable[str] = ()) -> List[str]:
@@ -90,7 +120,8 @@ def _run(command: List[str], executor_input: dict, extra_args: List[str], log_pa
 def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
                        beam_args: Optional[List[str]] = None,
                        resolved: Optional[Dict[str, Dict[str, dict]]] = None) -> Dict[str, Dict[str, dict]]:
-    """Run ``task_names`` of the compiled pipeline; returns {task: {output key: artifact JSON}}.
+    """Run ``task_names`` of the compiled pipeline; returns {task: {output key: artifact JSON}}
+    for the tasks that ran (a task skipped by its trigger condition has no entry).
 
     ``resolved`` stands in for resolver tasks (KFP answers their queries from its metadata
     store): {resolver task: {output key: artifact JSON with uri, metadata, type}}.
@@ -101,8 +132,14 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
     executors = spec["deploymentSpec"]["executors"]
     produced: Dict[str, Dict[str, dict]] = {k: dict(v) for k, v in (resolved or {}).items()}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    skipped: List[str] = []
     for name in topological(tasks, task_names, given=produced):
         task, component = tasks[name], components[tasks[name]["componentRef"]["name"]]
+        sources = [src["taskOutputArtifact"]["producerTask"] for src in task["inputs"].get("artifacts", {}).values()]
+        if any(src in skipped for src in sources):
+            print(f"local-launcher: {name} skipped (an input's producer was skipped)", flush=True)
+            skipped.append(name)
+            continue
         executor = executors[component["executorLabel"]]
         if "container" not in executor:
             raise ValueError(f"task {name} runs no container ({', '.join(executor)}): KFP resolves it from its "
@@ -119,6 +156,11 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
                                               [src["taskOutputArtifact"]["outputArtifactKey"]]]}
                           for key, src in task["inputs"].get("artifacts", {}).items()},
         }
+        condition = task.get("triggerPolicy", {}).get("condition")
+        if condition and not condition_holds(condition, {k: v["artifacts"][0] for k, v in inputs["artifacts"].items()}):
+            print(f"local-launcher: {name} skipped (condition false: {condition})", flush=True)
+            skipped.append(name)
+            continue
         outputs = {}
         for key, definition in component.get("outputDefinitions", {}).get("artifacts", {}).items():
             uri = os.path.join(local_root, name, key)

@@ -20,10 +20,12 @@ def write_span_data(root: Path, num_images: int = 24) -> Path:
     return root
 
 
-def compile_into(root: Path, image=IMAGE, pipeline_root=None, span=None, name="pipeline.json"):
+def compile_into(root: Path, image=IMAGE, pipeline_root=None, span=None, name="pipeline.json", drift=None):
+    """Compile the TINY config over ``root/data`` (``drift``: fields that replace TINY's drift section)."""
     from kubeflow.runner import compile_pipeline
 
-    config = config_from_dict({**TINY, "data": {"dir": str(root / "data")}})
+    config = config_from_dict({**TINY, "data": {"dir": str(root / "data")},
+                               "drift": {**TINY.get("drift", {}), **(drift or {})}})
     out = root / name
     spec = compile_pipeline(config, str(out), image, pipeline_root or str(root / "root"), span=span)
     return out, spec

@@ -147,9 +147,7 @@ def test_warm_start_wires_the_latest_blessed_model_into_the_trainer(span_data, t
 
 
 def test_block_training_puts_trainer_evaluator_and_pusher_under_the_drift_condition(span_data, tmp_path):
-    config = config_from_dict({**TINY, "data": {"dir": str(span_data / "data")},
-                               "drift": {**TINY.get("drift", {}), "action": "block_training"}})
-    spec = compile_pipeline(config, str(tmp_path / "gated.json"), IMAGE, str(tmp_path / "root"))
+    spec = compile_into(span_data, name="gated.json", drift={"action": "block_training"})[1]
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     for name in ("SegTrainer", "SegEvaluator", "Pusher"):
         condition = tasks[name]["triggerPolicy"]["condition"]

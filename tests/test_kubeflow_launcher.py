@@ -82,6 +82,32 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
     assert drift["status"] == "blocked" and set(drift["new_classes"]) <= {"ellipse", "rectangle", "circle"}
     assert drift["new_classes"] and report["metadata"]["blocked"] == 1
 
+    # compiled with drift.action block_training, the same blocked gate skips SegTrainer (its triggerPolicy)
+    gated_path, _ = compile_into(root, name="gated.json", drift={"action": "block_training"})
+    given = {k: produced[k] for k in ("ImportExampleGen", "Transform", "ClassStatsGen")}
+    gated = local_launcher.run_compiled_tasks(
+        str(gated_path), ["ClassDistributionValidator", "SegTrainer"], str(tmp_path / "gated_root"),
+        beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"], resolved={**resolved, **given})
+    assert list(gated) == ["ClassDistributionValidator"]
+    assert gated["ClassDistributionValidator"]["drift_report"]["metadata"]["blocked"] == 1
+    assert not (tmp_path / "gated_root" / "SegTrainer").exists()
+
+
+def test_trigger_conditions_are_evaluated_not_guessed():
+    condition = "(inputs.artifacts['_gate.drift_report'].artifacts[0].metadata['blocked'] == 0.0)"
+    report = lambda blocked: {"_gate.drift_report": {"uri": "/r", "metadata": {"blocked": blocked}}}  # noqa: E731
+    assert local_launcher.condition_holds(condition, report(0))
+    assert not local_launcher.condition_holds(condition, report(1))
+    assert local_launcher.condition_holds(condition.replace("== 0.0", "> 0"), report(1))
+    assert local_launcher.condition_holds(
+        "inputs.artifacts['a'].artifacts[0].metadata['status'] != 'ok'", {"a": {"metadata": {"status": "blocked"}}})
+    with pytest.raises(ValueError, match="unsupported triggerPolicy condition"):
+        local_launcher.condition_holds("inputs.parameter_values['x'] == 1", report(0))
+    with pytest.raises(ValueError, match="which the task does not have"):
+        local_launcher.condition_holds(condition, {"other": {"metadata": {}}})
+    with pytest.raises(ValueError, match="has no metadata 'blocked'"):
+        local_launcher.condition_holds(condition, {"_gate.drift_report": {"uri": "/r", "metadata": {}}})
+
 
 def yaml_title(artifact):
     import yaml
