@@ -26,6 +26,9 @@ from typing import Any, Dict, List, Optional
 from trainer.example_codec import DEFAULT_IGNORE_INDEX
 
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
+# components.drift_metrics.ACTIONS (tests/test_config.py checks they agree); not imported from
+# there because importing `components` imports TFX, which a config check must not wait for
+DRIFT_ACTIONS = ("warn", "block", "block_training")
 
 
 class ConfigError(ValueError):
@@ -183,8 +186,6 @@ def validate(config: PipelineConfig) -> PipelineConfig:
         check(getattr(config.training, key) >= 1, f"training.{key}", "must be >= 1")
     check(config.training.learning_rate > 0, "training.learning_rate", "must be > 0")
     check(0.0 <= config.evaluation.miou_threshold <= 1.0, "evaluation.miou_threshold", "must be in [0, 1]")
-    from components.drift_metrics import ACTIONS as DRIFT_ACTIONS  # here: `components` imports TFX
-
     check(config.drift.action in DRIFT_ACTIONS, "drift.action", f"use one of {', '.join(DRIFT_ACTIONS)}")
     if config.data.dir is not None:
         path = Path(config.data.dir)

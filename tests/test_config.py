@@ -21,6 +21,15 @@ def test_default_loss_is_the_one_the_experiment_supports():
     assert load_config().training.loss == MISSING_LOSSES["marginal_ce_dice"]
 
 
+def test_drift_actions_are_the_drift_gate_s():
+    from components.drift_metrics import ACTIONS
+    from pipeline.config import DRIFT_ACTIONS
+
+    assert DRIFT_ACTIONS == ACTIONS
+    for action in ACTIONS:
+        assert config_from_dict({"drift": {"action": action}}).drift.action == action
+
+
 def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  epochs: 3\n  image_size: [32, 48]\nclasses:\n  names: [bg, a, b]\n"
