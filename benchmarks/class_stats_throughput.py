@@ -12,7 +12,7 @@ Bound (one process, no Beam): for every serialized record, already read into mem
 ``parse_record`` + ``decode_array`` of the mask + ``np.bincount``. File reading is left out
 of the bound on purpose, so it is an upper bound for any job that must read the files.
 
-Beam variants: ``components.class_stats_beam.run_class_stats`` end to end (read, decode,
+Beam variants: ``segbalance.components.class_stats_beam.run_class_stats`` end to end (read, decode,
 count, quarantine check, CombineFn, co-occurrence, suspect_missing, Parquet + JSON
 output) with the DirectRunner: ``in_memory`` 1 worker, ``multi_processing`` 1 and 2
 workers. Each variant runs ``--repeats`` times, interleaved; medians are reported.
@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from trainer import example_codec as codec  # noqa: E402
+from segbalance.trainer import example_codec as codec  # noqa: E402
 
 VARIANTS = {
     "beam_in_memory_1": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
@@ -95,7 +95,7 @@ def cpu_seconds() -> float:
 
 
 def run_beam(pattern: str, out: Path, num_classes: int, beam_args) -> dict:
-    from components.class_stats_beam import StatsOptions, run_class_stats
+    from segbalance.components.class_stats_beam import StatsOptions, run_class_stats
 
     shutil.rmtree(out, ignore_errors=True)
     return run_class_stats({"train": pattern}, str(out), StatsOptions(num_classes=num_classes), beam_args=beam_args)
@@ -116,7 +116,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
 
-    import components.class_stats_beam  # noqa: F401  (import Beam/TF before any timing)
+    import segbalance.components.class_stats_beam  # noqa: F401  (import Beam/TF before any timing)
 
     work = Path(tempfile.mkdtemp(prefix="segbalance-bench-classstats-"))
     try:

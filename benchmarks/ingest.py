@@ -4,7 +4,7 @@
 
 Baseline (one process): read each image and mask, decode both with PIL, encode both to
 PNG again. That is the least work any ingest must do to check a pair. The ingest runs are
-`pipeline.ingest.ingest` with 1 and 2 shards (2 shards = 2 processes). Each variant is run
+`segbalance.pipeline.ingest.ingest` with 1 and 2 shards (2 shards = 2 processes). Each variant is run
 ``--repeats`` times, interleaved, and the median wall time is used; ratios are
 baseline time / ingest time, so > 1 means ingest is faster than the baseline.
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-from pipeline import ingest, sample_data  # noqa: E402
+from segbalance.pipeline import ingest, sample_data  # noqa: E402
 
 
 def pil_baseline(images_dir: Path, masks_dir: Path) -> int:

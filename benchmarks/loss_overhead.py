@@ -49,9 +49,9 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import weight_maps  # noqa: E402
-from trainer.model import build_unet  # noqa: E402
-from trainer.segmentation_loss import SegmentationLoss  # noqa: E402
+from segbalance.trainer import weight_maps  # noqa: E402
+from segbalance.trainer.model import build_unet  # noqa: E402
+from segbalance.trainer.segmentation_loss import SegmentationLoss  # noqa: E402
 
 NUM_CLASSES = 10
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 def timed_run(output_dir: Path) -> tuple:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--output-dir", str(output_dir)],
+    result = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "run", "--output-dir", str(output_dir)],
                             capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:

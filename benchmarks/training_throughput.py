@@ -11,7 +11,7 @@ TFRecord like ExampleGen's; the project's ``preprocessing_fn`` analysed with tf.
 Measured (median of ``--repeats`` interleaved repeats of ``3 * --steps`` input batches and
 ``--steps`` train steps, after a warm-up that excludes compilation):
 
-- ``input``: examples/s of ``trainer.data.make_dataset(training=True)`` alone: read, parse,
+- ``input``: examples/s of ``segbalance.trainer.data.make_dataset(training=True)`` alone: read, parse,
   the transform graph (decode, resize, normalise), label-set join, joint flip/crop
   augmentation, prefetch. Nothing consumes the batches but the timer.
 - ``step (configured loss)``: examples/s of ``model.fit`` on the U-Net of ``build_unet`` with
@@ -44,12 +44,12 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.config import TrainingConfig  # noqa: E402
+from segbalance.pipeline.config import TrainingConfig  # noqa: E402
 from tests import trainer_inputs as ti  # noqa: E402
-from trainer import data, preprocessing  # noqa: E402
-from trainer import example_codec as codec  # noqa: E402
-from trainer.model import build_unet  # noqa: E402
-from trainer.segmentation_loss import SegmentationLoss  # noqa: E402
+from segbalance.trainer import data, preprocessing  # noqa: E402
+from segbalance.trainer import example_codec as codec  # noqa: E402
+from segbalance.trainer.model import build_unet  # noqa: E402
+from segbalance.trainer.segmentation_loss import SegmentationLoss  # noqa: E402
 
 NUM_CLASSES = 3
 

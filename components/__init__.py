@@ -1,8 +1,7 @@
-"""TFX components and artifact types of segbalance (importable from the installed package;
-KFP v2 imports artifact classes by their TYPE_NAME, e.g. ``components.ClassStats``)."""
-from components.artifacts import ClassStats, DriftReport, HtmlReport  # noqa: F401
-from components.class_stats_gen import ClassStatsGen  # noqa: F401
-from components.seg_trainer import SegTrainer  # noqa: F401
-from components.data_report import DataReport  # noqa: F401
-from components.class_distribution_validator import ClassDistributionValidator  # noqa: F401
-from components.seg_evaluator import SegEvaluator  # noqa: F401
+"""TFX components of segbalance: thin TFX wrappers (``*_gen.py``, ``seg_*.py``, ...) around
+pure Beam / NumPy cores (``class_stats_beam.py``, ``drift_metrics.py``, ...).
+
+Import the component from its module, or from the ``segbalance`` root package
+(``segbalance.ClassStatsGen``, ``segbalance.ClassStats``): this package imports nothing on
+its own, so its light modules do not cost a TFX import.
+"""

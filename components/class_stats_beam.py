@@ -30,15 +30,15 @@ from typing import Dict, Iterable, List, Optional
 import apache_beam as beam
 import numpy as np
 
-from trainer import class_weights
-from trainer import example_codec as codec
+from segbalance.trainer import class_weights
+from segbalance.trainer import example_codec as codec
 
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
 PER_IMAGE_PREFIX = "per_image"
 STATS_FILE = "class_stats.json"
 QUARANTINE_FILE = "quarantine.jsonl"
-# Keyword arguments of trainer.class_weights.compute_class_weights that StatsOptions accepts.
+# Keyword arguments of segbalance.trainer.class_weights.compute_class_weights that StatsOptions accepts.
 WEIGHT_OPTION_KEYS = {"beta", "enet_k", "damping", "clip", "normalize", "zero_count_weight"}
 
 

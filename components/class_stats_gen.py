@@ -21,9 +21,9 @@ from tfx.dsl.components.base import base_beam_component, base_beam_executor, exe
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components.artifacts import ClassStats
-from components.class_stats_beam import StatsOptions, run_class_stats
-from trainer.example_codec import DEFAULT_IGNORE_INDEX
+from segbalance.components.artifacts import ClassStats
+from segbalance.components.class_stats_beam import StatsOptions, run_class_stats
+from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX
 
 
 class ClassStatsGenSpec(ComponentSpec):
@@ -96,7 +96,7 @@ class ClassStatsGen(base_beam_component.BaseBeamComponent):
             ``image/segmentation/class/labeled`` means (see components/class_stats_beam.py).
           suspect_threshold: co-occurrence rate in (0, 1] for ``suspect_missing``.
           weight_damping, weight_clip, zero_count_weight, weight_beta, weight_enet_k: passed to
-            ``trainer.class_weights.compute_class_weights`` as damping, clip, zero_count_weight,
+            ``segbalance.trainer.class_weights.compute_class_weights`` as damping, clip, zero_count_weight,
             beta (None = 1 - 1/N), enet_k, for every scheme.
           splits: the Examples splits to count together (default ``["train"]``).
         """

@@ -15,7 +15,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec
 
-from components.artifacts import ClassStats, DriftReport, HtmlReport
+from segbalance.components.artifacts import ClassStats, DriftReport, HtmlReport
 
 REPORT_FILE = "report.html"
 
@@ -35,8 +35,8 @@ class DataReportSpec(ComponentSpec):
 class DataReportExecutor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from pipeline.report import render_report
-        from pipeline.report_sources import ReportSources
+        from segbalance.pipeline.report import render_report
+        from segbalance.pipeline.report_sources import ReportSources
 
         def uri(key):
             artifacts = input_dict.get(key) or []

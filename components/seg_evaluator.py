@@ -27,9 +27,9 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
-from components import evaluation_metrics
-from components.artifacts import DriftReport
-from trainer import example_codec as codec
+from segbalance.components import evaluation_metrics
+from segbalance.components.artifacts import DriftReport
+from segbalance.trainer import example_codec as codec
 
 EVALUATION_FILE = "evaluation.json"
 

@@ -8,7 +8,7 @@ standard ``model`` (Model) and ``model_run`` (ModelRun) artifacts.
     trainer = SegTrainer(examples=example_gen.outputs["examples"],
                          transform_graph=transform.outputs["transform_graph"],
                          class_stats=class_stats_gen.outputs["class_stats"],
-                         run_fn="trainer.task.run_fn", custom_config={...})
+                         run_fn="segbalance.trainer.task.run_fn", custom_config={...})
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils
 
-from components.artifacts import ClassStats
+from segbalance.components.artifacts import ClassStats
 
 
 class SegTrainerSpec(standard_component_specs.TrainerSpec):
@@ -46,7 +46,7 @@ class SegTrainer(base_component.BaseComponent):
 
     def __init__(self, examples: types.BaseChannel, class_stats: types.BaseChannel,
                  transform_graph: Optional[types.BaseChannel] = None, schema: Optional[types.BaseChannel] = None,
-                 base_model: Optional[types.BaseChannel] = None, run_fn: str = "trainer.task.run_fn",
+                 base_model: Optional[types.BaseChannel] = None, run_fn: str = "segbalance.trainer.task.run_fn",
                  train_args: Optional[trainer_pb2.TrainArgs] = None, eval_args: Optional[trainer_pb2.EvalArgs] = None,
                  custom_config: Optional[Dict[str, Any]] = None):
         spec = SegTrainerSpec(

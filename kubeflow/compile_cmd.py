@@ -27,12 +27,12 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from pipeline.config import ConfigError, load_config
-    from pipeline.run import quiet_library_output
+    from segbalance.pipeline.config import ConfigError, load_config
+    from segbalance.pipeline.run import quiet_library_output
 
     quiet_library_output()
     os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")  # module code is in the image
-    from kubeflow.runner import CompileError, compile_pipeline
+    from segbalance.kubeflow.runner import CompileError, compile_pipeline
 
     try:
         config = load_config(args.config)

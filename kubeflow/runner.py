@@ -2,8 +2,8 @@
 
 The compiled PipelineJob JSON runs every component in one container image built from
 ``kubeflow/Dockerfile`` (this package + ``constraints.txt``), so the custom components'
-executors (``components.*``) and the module code (``trainer.task.run_fn``,
-``trainer.preprocessing.preprocessing_fn``) import from the installed package.
+executors (``segbalance.components.*``) and the module code (``segbalance.trainer.task.run_fn``,
+``segbalance.trainer.preprocessing.preprocessing_fn``) import from the installed package.
 
 Paths: ``pipeline_root`` (a ``gs://`` / ``s3://`` URI, or an absolute path the cluster
 mounts) holds the artifacts; the examples are read from ``config.data.dir`` (a folder of
@@ -17,7 +17,7 @@ import os
 import re
 from typing import Optional
 
-from pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
+from segbalance.pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
 
 URI_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+$")
 IMAGE_PATTERN = re.compile(r"^[a-z0-9]+([._/:@-][a-zA-Z0-9]+)*$")
@@ -64,7 +64,7 @@ def check_span(examples_dir: str, span: Optional[int]) -> None:
 
 
 def build_pipeline(config: PipelineConfig, pipeline_root: str, with_drift: bool = True, span: Optional[int] = None):
-    from pipeline.dag import create_pipeline
+    from segbalance.pipeline.dag import create_pipeline
 
     examples_dir = examples_root(config, pipeline_root)
     check_span(examples_dir, span)

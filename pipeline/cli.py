@@ -14,14 +14,14 @@ from typing import Optional, Sequence
 
 # (module path) in the order they appear in --help.
 COMMAND_MODULES = [
-    "pipeline.sample_data",
-    "pipeline.ingest",
-    "pipeline.stats",
-    "pipeline.run",
-    "pipeline.report",
-    "pipeline.experiment",
-    "kubeflow.compile_cmd",
-    "kubeflow.schedule",
+    "segbalance.pipeline.sample_data",
+    "segbalance.pipeline.ingest",
+    "segbalance.pipeline.stats",
+    "segbalance.pipeline.run",
+    "segbalance.pipeline.report",
+    "segbalance.pipeline.experiment",
+    "segbalance.kubeflow.compile_cmd",
+    "segbalance.kubeflow.schedule",
 ]
 
 

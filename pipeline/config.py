@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from trainer.example_codec import DEFAULT_IGNORE_INDEX
+from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX
 
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
 # components.drift_metrics.ACTIONS (tests/test_config.py checks they agree); not imported from
@@ -193,7 +193,7 @@ def validate(config: PipelineConfig) -> PipelineConfig:
         has_pairs = (path / "images").is_dir() or any(path.glob("Span-*"))
         check(has_pairs, "data.dir", f"{path} has no images/ folder and no Span-N/ folders: nothing to train on")
     try:
-        from trainer.segmentation_loss import validate_loss_config
+        from segbalance.trainer.segmentation_loss import validate_loss_config
     except ImportError:  # loss library not installed yet: the trainer checks again
         validate_loss_config = None
     if validate_loss_config is not None:

@@ -4,8 +4,8 @@
       -> StatisticsGen -> SchemaGen -> ExampleValidator              (TFDV record checks)
       -> ClassStatsGen                                                (Beam: class stats, weights)
       -> ClassDistributionValidator vs the previous run's ClassStats  (drift gate; optional)
-      -> Transform (trainer.preprocessing.preprocessing_fn)
-      -> SegTrainer (trainer.task.run_fn, loss from the ClassStats artifact;
+      -> Transform (segbalance.trainer.preprocessing.preprocessing_fn)
+      -> SegTrainer (segbalance.trainer.task.run_fn, loss from the ClassStats artifact;
                      warm start from the latest blessed model with training.warm_start)
       -> SegEvaluator (vs the latest blessed model) -> Pusher (blessed models only)
       -> DataReport (offline HTML)
@@ -15,7 +15,7 @@ With ``drift.action: block_training`` SegTrainer, SegEvaluator and Pusher sit in
 report still runs, without an evaluation). With ``block`` the model is trained but not
 blessed; with ``warn`` the drift is only recorded.
 
-Module code is referenced by import path (``trainer.task.run_fn``), never by file, so the
+Module code is referenced by import path (``segbalance.trainer.task.run_fn``), never by file, so the
 same pipeline runs from the installed package locally and in the Kubeflow image.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import contextlib
 import os
 from typing import List, Optional
 
-from pipeline.config import PipelineConfig
+from segbalance.pipeline.config import PipelineConfig
 
 SPAN_PATTERN = "Span-{SPAN}/data-*"
 
@@ -74,9 +74,9 @@ def create_pipeline(
     from tfx import v1 as tfx
     from tfx.proto import example_gen_pb2, range_config_pb2
 
-    from components.class_stats_gen import ClassStatsGen
-    from components.seg_evaluator import SegEvaluator
-    from components.seg_trainer import SegTrainer
+    from segbalance.components.class_stats_gen import ClassStatsGen
+    from segbalance.components.seg_evaluator import SegEvaluator
+    from segbalance.components.seg_trainer import SegTrainer
 
     names = list(config.classes.names)
     eval_buckets = max(1, round(10 * config.data.eval_fraction))
@@ -104,7 +104,7 @@ def create_pipeline(
     components = [example_gen, statistics_gen, schema_gen, example_validator, class_stats_gen]
     drift_gate = None
     if with_drift:
-        from components.class_distribution_validator import ClassDistributionValidator
+        from segbalance.components.class_distribution_validator import ClassDistributionValidator
 
         previous = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
@@ -124,12 +124,12 @@ def create_pipeline(
     custom_config = trainer_custom_config(config)
     transform = tfx.components.Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
-        preprocessing_fn="trainer.preprocessing.preprocessing_fn", custom_config=custom_config,
+        preprocessing_fn="segbalance.trainer.preprocessing.preprocessing_fn", custom_config=custom_config,
         materialize=False, disable_statistics=True)
     with training_gate(drift_gate, config.drift.action):  # nodes made in here run only when not blocked
         trainer = SegTrainer(
             examples=examples, transform_graph=transform.outputs["transform_graph"],
-            class_stats=class_stats, run_fn="trainer.task.run_fn",
+            class_stats=class_stats, run_fn="segbalance.trainer.task.run_fn",
             base_model=model_resolver.outputs["model"] if config.training.warm_start else None,
             train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
             custom_config=custom_config)
@@ -147,7 +147,7 @@ def create_pipeline(
                 filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
     components += [transform, model_resolver, trainer, evaluator, pusher]
     if with_report:
-        from components.data_report import DataReport
+        from segbalance.components.data_report import DataReport
 
         report_kwargs = {}
         if drift_gate is not None:

@@ -2,7 +2,7 @@
 
 For each data set the pipeline runs once (sample data -> ingest -> ImportExampleGen ->
 ClassStatsGen -> Transform -> SegTrainer -> SegEvaluator, with LocalDagRunner), then every
-(loss, seed) cell trains with the same ``trainer.task.run_fn`` on that pipeline's
+(loss, seed) cell trains with the same ``segbalance.trainer.task.run_fn`` on that pipeline's
 artifacts (examples, transform graph, ClassStats) and is scored on a held-out test set
 with **complete** masks (``components.seg_evaluator``):
 
@@ -96,7 +96,7 @@ def load_results(work: Path) -> list:
 
 # --------------------------------------------------------------------------- data
 def shapes_data(root: Path, plan: Plan, drop: float) -> Path:
-    from pipeline import sample_data
+    from segbalance.pipeline import sample_data
 
     if (root / "labeled.json").is_file():  # written by an earlier (resumed) run: same seed, same files
         return root
@@ -105,15 +105,15 @@ def shapes_data(root: Path, plan: Plan, drop: float) -> Path:
 
 def shapes_test_set(root: Path, plan: Plan) -> Path:
     """Held-out images (another seed: no image shared with training), complete masks."""
-    from pipeline import sample_data
+    from segbalance.pipeline import sample_data
 
     return sample_data.write_sample_data("shapes", root, plan.test_images, plan.size, seed=1000)
 
 
 def nuclei_data(root: Path, plan: Plan, seed: int = 0):
     """Train crops from the left 60% of the stardist image, test crops from the right 40%."""
-    from pipeline import sample_data
-    from trainer.example_codec import encode_png
+    from segbalance.pipeline import sample_data
+    from segbalance.trainer.example_codec import encode_png
 
     image, mask, names = sample_data.load_real_sample("nuclei")
     cut = int(mask.shape[1] * 0.6)
@@ -130,7 +130,7 @@ def nuclei_data(root: Path, plan: Plan, seed: int = 0):
 
 
 def load_test_items(folder: Path, mask_sub: str = "masks"):
-    from trainer.example_codec import decode_array
+    from segbalance.trainer.example_codec import decode_array
 
     items = []
     for path in sorted((folder / "images").glob("*.png")):
@@ -142,23 +142,23 @@ def load_test_items(folder: Path, mask_sub: str = "masks"):
 # --------------------------------------------------------------------------- runs
 def pipeline_artifacts(config) -> dict:
     """Run the pipeline for ``config``; return the URIs the trainer cells reuse."""
-    from pipeline.run import run_local
-    from pipeline.run_summary import latest_artifact, open_store
+    from segbalance.pipeline.run import run_local
+    from segbalance.pipeline.run_summary import latest_artifact, open_store
 
     summary = run_local(config, with_report=False)
     store = open_store(summary["metadata"])
     return {
         "examples": latest_artifact(store, "Examples").uri,
         "transform_graph": latest_artifact(store, "TransformGraph").uri,
-        "class_stats": latest_artifact(store, "components.ClassStats").uri,
+        "class_stats": latest_artifact(store, "segbalance.ClassStats").uri,
         "pipeline_miou": summary.get("miou"),
     }
 
 
 def resolve_loss(loss: dict, class_stats_uri: str) -> dict:
     """Turn ("scheme", clip) class weights into an explicit list from the ClassStats counts."""
-    from components.class_stats_io import read_class_stats
-    from trainer.class_weights import compute_class_weights
+    from segbalance.components.class_stats_io import read_class_stats
+    from segbalance.trainer.class_weights import compute_class_weights
 
     loss = copy.deepcopy(loss)
     cw = loss.get("class_weights")
@@ -171,10 +171,10 @@ def resolve_loss(loss: dict, class_stats_uri: str) -> dict:
 
 
 def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: Path) -> dict:
-    """One training with trainer.task.run_fn on the pipeline's artifacts."""
+    """One training with segbalance.trainer.task.run_fn on the pipeline's artifacts."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from trainer.task import SUMMARY_FILE, run_fn
+    from segbalance.trainer.task import SUMMARY_FILE, run_fn
 
     shutil.rmtree(workdir, ignore_errors=True)
     cfg = {**base_cfg, "loss": resolve_loss(loss, artifacts["class_stats"]), "seed": seed,
@@ -192,15 +192,15 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
 
 
 def evaluate(serving_dir: str, items, num_classes: int) -> dict:
-    from components import evaluation_metrics
-    from components.seg_evaluator import confusion_over, load_predictor
+    from segbalance.components import evaluation_metrics
+    from segbalance.components.seg_evaluator import confusion_over, load_predictor
 
     cm = confusion_over(load_predictor(serving_dir), items, num_classes, 255)
     return evaluation_metrics.summarize(cm)
 
 
 def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names: List[str], seed: int = 0):
-    from pipeline.config import config_from_dict
+    from segbalance.pipeline.config import config_from_dict
 
     return config_from_dict({
         "name": "segbalance-experiment", "output_dir": str(output_dir),
@@ -214,7 +214,7 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
 
 def run_group(name: str, plan: Plan, config, losses: Dict[str, dict], names: List[str], seeds: List[int],
               items, work: Path, results: list, keep_models: Optional[set] = None) -> None:
-    from pipeline.dag import trainer_custom_config
+    from segbalance.pipeline.dag import trainer_custom_config
 
     print(f"experiment: [{name}] pipeline for {config.data.dir}", flush=True)
     artifacts = pipeline_artifacts(config)
@@ -245,8 +245,8 @@ def run_group(name: str, plan: Plan, config, losses: Dict[str, dict], names: Lis
 
 
 def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None) -> dict:
-    from pipeline import experiment_report, seed004
-    from pipeline.sample_data import SHAPES_CLASSES
+    from segbalance.pipeline import experiment_report, seed004
+    from segbalance.pipeline.sample_data import SHAPES_CLASSES
 
     work = Path(work or output / "_work")
     output.mkdir(parents=True, exist_ok=True)
@@ -301,7 +301,7 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from pipeline.run import quiet_library_output
+    from segbalance.pipeline.run import quiet_library_output
 
     quiet_library_output()
     output = Path(args.output)

@@ -149,13 +149,13 @@ def plot_training_curves(results: list, group: str, path: Path) -> None:
 
 def plot_examples(results: list, items, drop_folder: Path, path: Path, group: str, count: int = 3) -> None:
     """image | complete mask | annotation (erased) | prediction per loss, for a few test images."""
-    from components.seg_evaluator import load_predictor
+    from segbalance.components.seg_evaluator import load_predictor
 
     rows = [r for r in results if r["group"] == group and r.get("serving_dir")]
     if not rows:
         return
     plt = _plt()
-    from trainer.example_codec import decode_array
+    from segbalance.trainer.example_codec import decode_array
 
     palette = np.array([[0, 0, 0], [230, 60, 50], [60, 180, 75], [50, 90, 230], [255, 255, 255]], np.uint8)
     colour = lambda m: palette[np.where(m == 255, 4, np.minimum(m, 3))]  # noqa: E731

@@ -24,8 +24,8 @@ import os
 import sys
 from typing import List, NamedTuple, Optional
 
-from pipeline import report_charts as charts
-from pipeline.report_sources import DRIFT_FILE, EVALUATION_FILE, STATS_FILE, ReportSources, find_sources
+from segbalance.pipeline import report_charts as charts
+from segbalance.pipeline.report_sources import DRIFT_FILE, EVALUATION_FILE, STATS_FILE, ReportSources, find_sources
 
 TOP_IMAGES = 25
 MAX_QUARANTINE_ROWS = 200
@@ -197,7 +197,7 @@ def classes_sections(stats: dict) -> List[Section]:
 
 
 def gaps_sections(class_stats_dir: str, names: List[str], top: int = TOP_IMAGES) -> List[Section]:
-    from components.class_stats_io import read_per_image, read_quarantine
+    from segbalance.components.class_stats_io import read_per_image, read_quarantine
 
     frame = read_per_image(class_stats_dir)
     rows, with_gaps = [], 0
@@ -334,7 +334,7 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from pipeline.run import quiet_library_output
+    from segbalance.pipeline.run import quiet_library_output
 
     quiet_library_output()
     try:

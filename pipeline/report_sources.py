@@ -52,7 +52,7 @@ def find_sources(path: str) -> ReportSources:
 
 
 def sources_from_metadata(metadata: str) -> ReportSources:
-    from pipeline.run_summary import latest_artifact, open_store
+    from segbalance.pipeline.run_summary import latest_artifact, open_store
 
     store = open_store(metadata)  # read-only SQLite connection
 
@@ -65,13 +65,13 @@ def sources_from_metadata(metadata: str) -> ReportSources:
                                     f"{artifact.uri}, which has no {required_file}: was the folder moved or deleted?")
         return artifact.uri
 
-    class_stats = uri("components.ClassStats", STATS_FILE)
+    class_stats = uri("segbalance.ClassStats", STATS_FILE)
     if class_stats is None:
         raise FileNotFoundError(f"{metadata} records no components.ClassStats artifact: run the pipeline "
                                 f"through ClassStatsGen first, or give a `segbalance stats` folder")
     return ReportSources(class_stats_dir=class_stats, statistics_dir=uri("ExampleStatistics"),
                          anomalies_dir=uri("ExampleAnomalies"), evaluation_dir=uri("ModelEvaluation"),
-                         drift_dir=uri("components.DriftReport") or _any_with_file(store, DRIFT_FILE))
+                         drift_dir=uri("segbalance.DriftReport") or _any_with_file(store, DRIFT_FILE))
 
 
 def _any_with_file(store, file_name: str) -> Optional[str]:

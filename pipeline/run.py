@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple
 
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 
 FINGERPRINT_FILE = "source_fingerprint.json"
 
@@ -42,7 +42,7 @@ def _fingerprint(folder: Path) -> str:
 
 
 def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:
-    from pipeline import sample_data
+    from segbalance.pipeline import sample_data
 
     wanted = {"sample": vars(config.data.sample)}
     marker = sample_dir / "sample_config.json"
@@ -59,7 +59,7 @@ def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:
 
 
 def _ingest_if_changed(config: PipelineConfig, source: Path, examples_dir: Path) -> None:
-    from pipeline import ingest
+    from segbalance.pipeline import ingest
 
     fingerprint = _fingerprint(source)
     stamp = examples_dir / FINGERPRINT_FILE
@@ -100,7 +100,7 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     if any(source.glob("Span-*")):
         if config.data.num_spans == 1:
             return str(source), config.data.reference_masks_dir
-        from pipeline.spans import span_window
+        from segbalance.pipeline.spans import span_window
 
         window = Path(paths["output_dir"]) / "span_window"
         used = span_window(source, config.data.num_spans, window)
@@ -186,8 +186,8 @@ def run_local(config: PipelineConfig, with_drift: bool = True, **pipeline_option
     """Run the DAG locally; returns the summary that `segbalance run` prints."""
     from tfx import v1 as tfx
 
-    from pipeline.dag import create_pipeline, local_paths
-    from pipeline.run_summary import summarize
+    from segbalance.pipeline.dag import create_pipeline, local_paths
+    from segbalance.pipeline.run_summary import summarize
 
     paths = local_paths(config.output_dir)
     os.makedirs(paths["output_dir"], exist_ok=True)

@@ -62,11 +62,11 @@ def _custom(artifact, key: str):
 def summarize(paths: dict) -> dict:
     store = open_store(paths["metadata"])
     summary: dict = {"output_dir": paths["output_dir"], "metadata": paths["metadata"]}
-    stats = latest_artifact(store, "components.ClassStats")
+    stats = latest_artifact(store, "segbalance.ClassStats")
     if stats is not None:
         summary["class_stats"] = stats.uri
     evaluation = latest_artifact(store, "ModelEvaluation")
-    drift = latest_artifact(store, "components.DriftReport")
+    drift = latest_artifact(store, "segbalance.DriftReport")
     if drift is not None and _custom(drift, "blocked") == 1 and _custom(drift, "action") == "block_training":
         # SegTrainer, SegEvaluator and Pusher were skipped: an older evaluation is not this run's
         detail = _read_json(os.path.join(drift.uri, "drift.json")) or {}
@@ -94,7 +94,7 @@ def summarize(paths: dict) -> dict:
     model = latest_artifact(store, "Model")
     if model is not None:
         summary["model"] = model.uri
-    report = latest_artifact(store, "components.HtmlReport")
+    report = latest_artifact(store, "segbalance.HtmlReport")
     if report is not None and os.path.isfile(os.path.join(report.uri, "report.html")):
         summary["report_artifact"] = os.path.join(report.uri, "report.html")
     return summary

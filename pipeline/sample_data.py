@@ -32,7 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
+from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
 
 SHAPES_CLASSES = ["background", "ellipse", "rectangle", "circle"]
 # Probability that an image contains each foreground class (ellipse, rectangle, circle).

@@ -47,7 +47,7 @@ def masks(n: int = 8, size: int = 64) -> np.ndarray:
 
 
 def revisit(seed: int = 4) -> dict:
-    from trainer import losses as L
+    from segbalance.trainer import losses as L
 
     rng = np.random.default_rng(seed)
     complete = masks()

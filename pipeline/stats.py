@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from components.class_stats_beam import ClassStatsError, StatsOptions, run_class_stats
+    from segbalance.components.class_stats_beam import ClassStatsError, StatsOptions, run_class_stats
 
     try:
         names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None

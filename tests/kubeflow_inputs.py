@@ -1,8 +1,8 @@
 """Shared inputs of the Kubeflow tests: a tiny Span-0 folder and a compile helper."""
 from pathlib import Path
 
-from pipeline import ingest, sample_data
-from pipeline.config import config_from_dict
+from segbalance.pipeline import ingest, sample_data
+from segbalance.pipeline.config import config_from_dict
 
 IMAGE = "gcr.io/example/segbalance:0.1"
 TINY = {"data": {"sample": {"size": 32}},
@@ -22,7 +22,7 @@ def write_span_data(root: Path, num_images: int = 24) -> Path:
 
 def compile_into(root: Path, image=IMAGE, pipeline_root=None, span=None, name="pipeline.json", drift=None):
     """Compile the TINY config over ``root/data`` (``drift``: fields that replace TINY's drift section)."""
-    from kubeflow.runner import compile_pipeline
+    from segbalance.kubeflow.runner import compile_pipeline
 
     config = config_from_dict({**TINY, "data": {"dir": str(root / "data")},
                                "drift": {**TINY.get("drift", {}), **(drift or {})}})

@@ -7,8 +7,8 @@ import pandas as pd
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from components import class_stats_beam as csb
-from pipeline.report_sources import ReportSources
+from segbalance.components import class_stats_beam as csb
+from segbalance.pipeline.report_sources import ReportSources
 from tests.test_class_stats_beam import make_records, write_tfrecord
 
 # A class name that would run as a script if the page did not escape it, and a class with no pixels.

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import class_stats_beam as csb
-from components import class_stats_io
-from trainer import example_codec as codec
+from segbalance.components import class_stats_beam as csb
+from segbalance.components import class_stats_io
+from segbalance.trainer import example_codec as codec
 
 C = 4
 
@@ -114,7 +114,7 @@ def test_counts_match_numpy(stats_run):
 
 
 def test_weights_match_class_weights_module(stats_run):
-    from trainer.class_weights import compute_class_weights
+    from segbalance.trainer.class_weights import compute_class_weights
 
     _, stats, good = stats_run
     pixel = numpy_reference(good)[0]
@@ -253,7 +253,7 @@ def test_bad_options_fail_before_the_job():
 
 
 def test_weight_options_reach_every_scheme(tmp_path, stats_run):
-    from trainer.class_weights import SCHEMES, compute_class_weights, default_beta
+    from segbalance.trainer.class_weights import SCHEMES, compute_class_weights, default_beta
 
     src, _, good = stats_run
     pixel = numpy_reference(good)[0]

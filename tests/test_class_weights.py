@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.class_weights import (SCHEMES, all_scheme_weights, compute_class_weights, default_beta,
+from segbalance.trainer.class_weights import (SCHEMES, all_scheme_weights, compute_class_weights, default_beta,
                                    zero_count_classes)
 
 COUNTS = [700, 200, 100]  # N = 1000, f = 0.7, 0.2, 0.1

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from pipeline import cli
-from pipeline.config import ConfigError, PipelineConfig, config_from_dict, load_config
+from segbalance.pipeline import cli
+from segbalance.pipeline.config import ConfigError, PipelineConfig, config_from_dict, load_config
 
 
 def test_defaults_are_the_shapes_sample():
@@ -15,15 +15,15 @@ def test_defaults_are_the_shapes_sample():
 
 
 def test_default_loss_is_the_one_the_experiment_supports():
-    from pipeline.experiment import MISSING_LOSSES
+    from segbalance.pipeline.experiment import MISSING_LOSSES
 
     # README "Results": marginal CE + Dice without class weights; change both together
     assert load_config().training.loss == MISSING_LOSSES["marginal_ce_dice"]
 
 
 def test_drift_actions_are_the_drift_gate_s():
-    from components.drift_metrics import ACTIONS
-    from pipeline.config import DRIFT_ACTIONS
+    from segbalance.components.drift_metrics import ACTIONS
+    from segbalance.pipeline.config import DRIFT_ACTIONS
 
     assert DRIFT_ACTIONS == ACTIONS
     for action in ACTIONS:
@@ -89,7 +89,7 @@ def test_run_cli_reports_config_errors(tmp_path, capsys):
 
 
 def test_too_few_class_names_for_the_mask_ids_stops_the_run(tmp_path, capsys):
-    from pipeline import sample_data
+    from segbalance.pipeline import sample_data
 
     raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=12, size=32, seed=0)
     (tmp_path / "c.yaml").write_text("classes:\n  names: [background, ellipse]\n")  # the masks hold ids 0..3

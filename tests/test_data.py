@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tests import trainer_inputs as ti
-from trainer import data, weight_maps
-from trainer import example_codec as codec
+from segbalance.trainer import data, weight_maps
+from segbalance.trainer import example_codec as codec
 
 
 def test_labeled_table_rows_and_default():

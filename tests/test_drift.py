@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from components import drift_metrics
+from segbalance.components import drift_metrics
 
 LOOSE = {"js_divergence": 1.0, "max_abs_change": 1.0, "missing_rate_change": 1.0}
 TIGHT = {"js_divergence": 0.01, "max_abs_change": 0.1, "missing_rate_change": 0.1}
@@ -97,7 +97,7 @@ def test_first_run_missing_fields_and_bad_arguments():
 
 
 def _class_stats_artifact(tmp_path, name, content):
-    from components.artifacts import ClassStats
+    from segbalance.components.artifacts import ClassStats
 
     folder = tmp_path / name
     folder.mkdir()
@@ -111,8 +111,8 @@ def _class_stats_artifact(tmp_path, name, content):
     ("block", True, "blocked", 1), ("warn", True, "warned", 0), ("block", False, "ok", 0),
     ("block_training", True, "blocked", 1), ("block_training", False, "ok", 0)])
 def test_executor_writes_drift_json_and_blocked(tmp_path, action, shifted, status, blocked):
-    from components.artifacts import DriftReport
-    from components.class_distribution_validator import ClassDistributionValidatorExecutor
+    from segbalance.components.artifacts import DriftReport
+    from segbalance.components.class_distribution_validator import ClassDistributionValidatorExecutor
 
     current = _class_stats_artifact(tmp_path, "current", stats([50, 0, 50] if shifted else [50, 50, 0]))
     baseline = _class_stats_artifact(tmp_path, "baseline", stats([50, 50, 0]))
@@ -130,8 +130,8 @@ def test_executor_writes_drift_json_and_blocked(tmp_path, action, shifted, statu
 
 
 def test_executor_first_run_and_cached_rerun(tmp_path):
-    from components.artifacts import DriftReport
-    from components.class_distribution_validator import ClassDistributionValidatorExecutor
+    from segbalance.components.artifacts import DriftReport
+    from segbalance.components.class_distribution_validator import ClassDistributionValidatorExecutor
 
     current = _class_stats_artifact(tmp_path, "current", stats([50, 50, 0]))
     for baselines, note in (([], "first run"), ([current], "cached")):
@@ -148,12 +148,12 @@ def test_executor_first_run_and_cached_rerun(tmp_path):
 def test_component_rejects_an_unknown_action():
     from tfx import v1 as tfx
 
-    from components.artifacts import ClassStats
-    from components.class_distribution_validator import ClassDistributionValidator
+    from segbalance.components.artifacts import ClassStats
+    from segbalance.components.class_distribution_validator import ClassDistributionValidator
 
     channel = tfx.dsl.Channel(type=ClassStats)
     with pytest.raises(ValueError, match="one of warn, block, block_training, got 'stop'"):
         ClassDistributionValidator(class_stats=channel, action="stop")
     gate = ClassDistributionValidator(class_stats=channel, js_divergence=0.1)
-    assert gate.outputs["drift_report"].type.TYPE_NAME == "components.DriftReport"
+    assert gate.outputs["drift_report"].type.TYPE_NAME == "segbalance.DriftReport"
     assert gate.exec_properties["js_divergence"] == 0.1 and gate.exec_properties["action"] == "block"

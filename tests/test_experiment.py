@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from pipeline import cli
-from pipeline.experiment import Plan, load_results
+from segbalance.pipeline import cli
+from segbalance.pipeline.experiment import Plan, load_results
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import cli, ingest
-from trainer import example_codec as codec
+from segbalance.pipeline import cli, ingest
+from segbalance.trainer import example_codec as codec
 
 
 def _write(path, array, mode=None):
@@ -304,10 +304,10 @@ def test_num_classes_from_classes_json(tmp_path):
 
 
 def test_cli_help_lists_every_option():
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "--help"],
+    result = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "ingest", "--help"],
                             capture_output=True, text=True, check=True)
     for option in ("--output", "--span", "--labeled", "--num-classes", "--ignore-index", "--palette",
                    "--shards", "--strict", "--overwrite"):
         assert option in result.stdout
-    top = subprocess.run([sys.executable, "-m", "pipeline.cli"], capture_output=True, text=True)
+    top = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli"], capture_output=True, text=True)
     assert top.returncode == 2 and "sample-data" in top.stdout and "ingest" in top.stdout

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubeflow.runner import CompileError, build_pipeline, compile_pipeline, fix_custom_type_resolver_queries
-from pipeline import cli
-from pipeline.config import config_from_dict
-from pipeline.dag import component_ids
+from segbalance.kubeflow.runner import CompileError, build_pipeline, compile_pipeline, fix_custom_type_resolver_queries
+from segbalance.pipeline import cli
+from segbalance.pipeline.config import config_from_dict
+from segbalance.pipeline.dag import component_ids
 from tests.kubeflow_inputs import IMAGE, TINY, compile_into, write_span_data
 
 ENTRYPOINT = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
@@ -65,7 +65,7 @@ def test_latest_class_stats_query_asks_for_class_stats(compiled):
     _, spec = compiled
     query = spec["pipelineSpec"]["deploymentSpec"]["executors"]["latest_class_stats_resolver_executor"]
     assert query["resolver"]["outputArtifactQueries"]["class_stats"]["filter"] == \
-        'schema_title="components.ClassStats" AND state=LIVE'
+        'schema_title="segbalance.ClassStats" AND state=LIVE'
     # the standard-type queries TFX writes are left alone
     blessing = spec["pipelineSpec"]["deploymentSpec"]["executors"][
         "latest_blessed_model_resolver-model-blessing-resolver_executor"]
@@ -89,13 +89,13 @@ def test_bad_inputs_fail_before_compiling(span_data, change, message):
 
 
 def test_a_folder_without_spans_is_refused(tmp_path):
-    from pipeline.config import ConfigError
+    from segbalance.pipeline.config import ConfigError
 
     (tmp_path / "data").mkdir()
     with pytest.raises(ConfigError, match="no Span-N/ folders"):
         compile_into(tmp_path)
     with pytest.raises(CompileError, match="no Span-N folders"):  # the check when the config is built in code
-        from kubeflow.runner import check_span
+        from segbalance.kubeflow.runner import check_span
         check_span(str(tmp_path / "data"), None)
 
 

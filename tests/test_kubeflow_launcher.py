@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kubeflow import local_launcher
+from segbalance.kubeflow import local_launcher
 from tests.kubeflow_inputs import compile_into, write_span_data
 
 CHAIN = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ClassStatsGen", "Transform", "SegTrainer"]
@@ -56,7 +56,7 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
     assert (Path(examples["uri"]) / "Split-train").is_dir() and (Path(examples["uri"]) / "Split-eval").is_dir()
     assert examples["type"]["schemaTitle"] == "tfx.Examples"
     class_stats = produced["ClassStatsGen"]["class_stats"]
-    assert yaml_title(class_stats) == "components.ClassStats"
+    assert yaml_title(class_stats) == "segbalance.ClassStats"
     stats = json.loads((Path(class_stats["uri"]) / "class_stats.json").read_text())
     import tensorflow as tf
 
@@ -76,7 +76,7 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
     assert summary["epochs_run"] == [0]
     # the drift gate ran through the entrypoint too: DriftReport type and its `blocked` property round-trip
     report = produced["ClassDistributionValidator"]["drift_report"]
-    assert yaml_title(report) == "components.DriftReport"
+    assert yaml_title(report) == "segbalance.DriftReport"
     drift = json.loads((Path(report["uri"]) / "drift.json").read_text())
     assert drift["baseline"] == str(previous) and drift["current"] == class_stats["uri"]
     assert drift["status"] == "blocked" and set(drift["new_classes"]) <= {"ellipse", "rectangle", "circle"}

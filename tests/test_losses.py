@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import losses_reference as ref
-from trainer import losses as L
+from segbalance.trainer import losses as L
 
 C = 4
 

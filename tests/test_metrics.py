@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from trainer.metrics import ClassIoU, MeanIoU, metric_name, segmentation_metrics
+from segbalance.trainer.metrics import ClassIoU, MeanIoU, metric_name, segmentation_metrics
 
 C, IGNORE = 4, 255
 
@@ -78,8 +78,8 @@ def test_metric_names_and_duplicates():
 
 
 def test_evaluate_with_dict_targets_matches_numpy_and_roundtrips_config():
-    from trainer.segmentation_loss import SegmentationLoss
-    from trainer.segmentation_model import SegmentationModel
+    from segbalance.trainer.segmentation_loss import SegmentationLoss
+    from segbalance.trainer.segmentation_model import SegmentationModel
 
     rng = np.random.default_rng(2)
     inputs = keras.Input((6, 5, 3))

@@ -3,8 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-from trainer.model import build_backbone_unet, build_model, build_unet
-from trainer.segmentation_model import SegmentationModel
+from segbalance.trainer.model import build_backbone_unet, build_model, build_unet
+from segbalance.trainer.segmentation_model import SegmentationModel
 
 
 def conv_params(k, cin, cout, bias=True):

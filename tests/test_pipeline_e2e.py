@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import run_summary
-from pipeline.config import load_config
-from pipeline.dag import component_ids
+from segbalance.pipeline import run_summary
+from segbalance.pipeline.config import load_config
+from segbalance.pipeline.dag import component_ids
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def _config_file(tmp_path, **changes):
 
 def _run_cli(config_path, output_dir, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path),
+    return subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "run", "--config", str(config_path),
                            "--output-dir", str(output_dir)], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -98,7 +98,7 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     config_path = _config_file(tmp_path, training={"epochs": 20})
     out = tmp_path / "out"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config", str(config_path),
+    proc = subprocess.Popen([sys.executable, "-m", "segbalance.pipeline.cli", "run", "--config", str(config_path),
                              "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True)
     deadline = time.time() + 400
@@ -112,7 +112,7 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     proc.wait()
     assert any("SegTrainer: started" in s for s in seen), "".join(seen[-50:])
     stats_dir = run_summary.latest_artifact(run_summary.open_store(str(out / "metadata.sqlite")),
-                                            "components.ClassStats").uri
+                                            "segbalance.ClassStats").uri
     stats_before = (Path(stats_dir) / "class_stats.json").read_bytes()
 
     resumed = _run_cli(config_path, out)

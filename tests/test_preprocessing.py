@@ -8,8 +8,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import trainer_inputs as ti
-from trainer import example_codec as codec
-from trainer.preprocessing import (IMAGE, MASK, SOURCE_ID, decode_resize_image, decode_resize_mask,
+from segbalance.trainer import example_codec as codec
+from segbalance.trainer.preprocessing import (IMAGE, MASK, SOURCE_ID, decode_resize_image, decode_resize_mask,
                                    dense_column)
 
 

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from pipeline import cli
-from pipeline.report import render_report
-from pipeline.report_sources import ReportSources, find_sources
+from segbalance.pipeline import cli
+from segbalance.pipeline.report import render_report
+from segbalance.pipeline.report_sources import ReportSources, find_sources
 from tests.report_inputs import ANOMALY, NAMES, write_report_inputs
 
 
@@ -57,7 +57,7 @@ def test_page_has_every_section_and_number(report):
 
 def test_annotation_gaps_are_ranked_by_missing_classes(report):
     tmp, _, _, text = report
-    from components.class_stats_io import read_per_image
+    from segbalance.components.class_stats_io import read_per_image
 
     frame = read_per_image(str(tmp / "stats"))
     score = {r.source_id: len(r.missing) + len(r.suspect_missing) for r in frame.itertuples()}
@@ -156,9 +156,9 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     store = _store(run / "metadata.sqlite")
-    _register(store, "components.ClassStats", tmp_path / "older_stats")  # older: not used
-    _register(store, "components.ClassStats", tmp / "stats")
-    _register(store, "components.ClassStats", tmp_path / "deleted", state="DELETED")  # newest, but not live
+    _register(store, "segbalance.ClassStats", tmp_path / "older_stats")  # older: not used
+    _register(store, "segbalance.ClassStats", tmp / "stats")
+    _register(store, "segbalance.ClassStats", tmp_path / "deleted", state="DELETED")  # newest, but not live
     _register(store, "ExampleStatistics", tmp / "statistics")
     _register(store, "ExampleAnomalies", tmp / "anomalies")
     _register(store, "ModelEvaluation", tmp / "evaluation")
@@ -186,7 +186,7 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     moved = tmp_path / "moved_run"
     moved.mkdir()
     store = _store(moved / "metadata.sqlite")
-    _register(store, "components.ClassStats", tmp_path / "gone")
+    _register(store, "segbalance.ClassStats", tmp_path / "gone")
     del store
     with pytest.raises(FileNotFoundError, match=r"ClassStats artifact .*gone, which has no class_stats.json"):
         find_sources(str(moved))
@@ -196,8 +196,8 @@ def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
     from tfx import types
     from tfx.types import standard_artifacts
 
-    from components.artifacts import ClassStats, HtmlReport
-    from components.data_report import DataReport, DataReportExecutor
+    from segbalance.components.artifacts import ClassStats, HtmlReport
+    from segbalance.components.data_report import DataReport, DataReportExecutor
 
     tmp, sources, _, _ = report
 
@@ -220,7 +220,7 @@ def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
     component = DataReport(statistics=types.Channel(type=standard_artifacts.ExampleStatistics),
                            anomalies=types.Channel(type=standard_artifacts.ExampleAnomalies),
                            class_stats=types.Channel(type=ClassStats))
-    assert component.outputs["report"].type_name == "components.HtmlReport"
+    assert component.outputs["report"].type_name == "segbalance.HtmlReport"
     with pytest.raises(TypeError):
         DataReport(statistics=types.Channel(type=ClassStats), anomalies=types.Channel(type=ClassStats),
                    class_stats=types.Channel(type=ClassStats))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.report import render_report
+from segbalance.pipeline.report import render_report
 from tests.report_inputs import ANOMALY, NAMES, write_report_inputs
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None,

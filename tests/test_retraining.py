@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import cli, sample_data
-from trainer.example_codec import decode_array, encode_png
+from segbalance.pipeline import cli, sample_data
+from segbalance.trainer.example_codec import decode_array, encode_png
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     assert "drift blocked training" in printed
     report = (out / "report.html").read_text()
     assert "training, evaluation and push did not run" in report and "Evaluation" not in report
-    from pipeline.run_summary import executions_by_component, open_store
+    from segbalance.pipeline.run_summary import executions_by_component, open_store
 
     states = executions_by_component(open_store(str(out / "metadata.sqlite")))
     assert len(states["SegTrainer"]) == 3 and all(s in ("COMPLETE", "CACHED") for s in states["SegTrainer"])
@@ -131,7 +131,7 @@ def test_last_two_spans_with_warm_start(tmp_path):
     _ingest(_renamed(_shapes(tmp_path / "raw3", seed=3), "s3"), data, 3)
     assert cli.main(run) == 0  # window = spans 2, 3; warm start from the first run's model
 
-    from components.class_stats_io import read_per_image
+    from segbalance.components.class_stats_io import read_per_image
 
     stats_dirs = sorted((out / "pipeline_root" / "ClassStatsGen" / "class_stats").iterdir(), key=lambda p: int(p.name))
     prefixes = [sorted({sid.split("_")[0] for sid in read_per_image(str(d))["source_id"]}) for d in stats_dirs]
@@ -144,7 +144,7 @@ def test_last_two_spans_with_warm_start(tmp_path):
     models = sorted((out / "pipeline_root" / "SegTrainer" / "model").iterdir(), key=lambda p: int(p.name))
     assert second["warm_started_from"] == str(models[0] / "Format-Serving" / "model.keras")
     # the examples ExampleGen produced carry the latest span of the window
-    from pipeline.run_summary import open_store
+    from segbalance.pipeline.run_summary import open_store
 
     store = open_store(str(out / "metadata.sqlite"))
     spans = sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples"))

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import cli, sample_data
-from trainer.example_codec import decode_array
+from segbalance.pipeline import cli, sample_data
+from segbalance.trainer.example_codec import decode_array
 
 
 def _read_set(folder, sub):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from kubeflow import schedule
-from pipeline import cli
+from segbalance.kubeflow import schedule
+from segbalance.pipeline import cli
 
 
 class FakeKfpClient:

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from components import evaluation_metrics as em
-from components.seg_evaluator import SegEvaluatorExecutor
-from trainer import example_codec as codec
+from segbalance.components import evaluation_metrics as em
+from segbalance.components.seg_evaluator import SegEvaluatorExecutor
+from segbalance.trainer import example_codec as codec
 
 
 def test_confusion_matrix_hand_case():

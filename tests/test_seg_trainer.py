@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from components import SegTrainer
-from components.seg_trainer import SegTrainerSpec
-from components.class_stats_io import read_class_stats
+from segbalance.components.seg_trainer import SegTrainer
+from segbalance.components.seg_trainer import SegTrainerSpec
+from segbalance.components.class_stats_io import read_class_stats
 from tests import trainer_inputs as ti
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ def test_spec_adds_class_stats_to_the_trainer_inputs():
     from tfx.types.standard_component_specs import TrainerSpec
 
     assert set(SegTrainerSpec.INPUTS) == set(TrainerSpec.INPUTS) | {"class_stats"}
-    assert SegTrainerSpec.INPUTS["class_stats"].type.TYPE_NAME == "components.ClassStats"
+    assert SegTrainerSpec.INPUTS["class_stats"].type.TYPE_NAME == "segbalance.ClassStats"
     assert set(SegTrainerSpec.OUTPUTS) == {"model", "model_run"}
 
 

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 import keras
 
-from trainer import losses as L
-from trainer.class_weights import compute_class_weights
-from trainer.segmentation_loss import SegmentationLoss, validate_loss_config
-from trainer.segmentation_model import SegmentationModel
+from segbalance.trainer import losses as L
+from segbalance.trainer.class_weights import compute_class_weights
+from segbalance.trainer.segmentation_loss import SegmentationLoss, validate_loss_config
+from segbalance.trainer.segmentation_model import SegmentationModel
 
 C = 3
 CONFIG = {"terms": [{"type": "ce", "weight": 1.0}, {"type": "dice", "weight": 0.5},

@@ -9,9 +9,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import trainer_inputs as ti
-from trainer import example_codec as codec
-from trainer.segmentation_loss import SegmentationLoss
-from trainer.serving import KERAS_FILE, image_size_of
+from segbalance.trainer import example_codec as codec
+from segbalance.trainer.segmentation_loss import SegmentationLoss
+from segbalance.trainer.serving import KERAS_FILE, image_size_of
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import class_stats_io
-from pipeline.config import ConfigError, config_from_dict
-from pipeline.spans import list_spans, span_window
+from segbalance.components import class_stats_io
+from segbalance.pipeline.config import ConfigError, config_from_dict
+from segbalance.pipeline.spans import list_spans, span_window
 
 
 def _spans(root, files_per_span):

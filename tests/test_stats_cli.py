@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from components import class_stats_io
-from pipeline import cli
+from segbalance.components import class_stats_io
+from segbalance.pipeline import cli
 from tests.test_class_stats_beam import (make_records, numpy_present_image_pixels, numpy_reference,  # noqa: F401
                                          numpy_suspects, stats_run, write_tfrecord)
 
@@ -72,7 +72,7 @@ def test_rerun_into_the_same_directory_leaves_no_stale_rows(stats_run, tmp_path)
 
 
 def test_weight_flags(stats_run, tmp_path):
-    from trainer.class_weights import compute_class_weights
+    from segbalance.trainer.class_weights import compute_class_weights
 
     src, _, good = stats_run
     pixel = numpy_reference(good)[0]
@@ -106,7 +106,7 @@ def test_errors_name_the_input(tmp_path, capsys):
 def _assert_matches_numpy(out, good, policy="complete", ignore=255):
     """Every count, the median-frequency weights and every per-image row of a `segbalance stats` output
     against the NumPy reference of test_class_stats_beam (4 bad records quarantined)."""
-    from trainer.class_weights import compute_class_weights
+    from segbalance.trainer.class_weights import compute_class_weights
 
     pixel, images, cooc, missing, ignored, per_image = numpy_reference(good, policy, ignore)
     stats = class_stats_io.read_class_stats(str(out))

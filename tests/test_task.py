@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests import trainer_inputs as ti
-from trainer import task
+from segbalance.trainer import task
 
 STATS = {"num_classes": 3, "num_records": 10, "quarantined_records": 0, "ignore_index": 255,
          "weights": {"uniform": [1.0, 1.0, 1.0]}, "class_names": ti.NAMES}
@@ -130,7 +130,7 @@ def test_mixed_precision_on_two_mirrored_devices(tmp_path, mirrored_strategy):
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     serve = tf.saved_model.load(args.serving_model_dir).signatures["serving_default"]
     image = ti.make_image_and_mask(np.random.default_rng(0), 24, 24)[0]
-    from trainer.example_codec import encode_png
+    from segbalance.trainer.example_codec import encode_png
     assert serve(images=tf.constant([encode_png(image)]))["class_ids"].shape == (1, 24, 24)
 
 

@@ -5,8 +5,8 @@ import tensorflow as tf
 import keras
 from scipy import ndimage
 
-from trainer import losses as L
-from trainer import weight_maps as W
+from segbalance.trainer import losses as L
+from segbalance.trainer import weight_maps as W
 
 
 def images(seed=0, b=2, h=7, w=6, ch=3):

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from trainer import example_codec as codec
+from segbalance.trainer import example_codec as codec
 
 NUM_CLASSES = 3
 NAMES = ["background", "square", "bar"]
@@ -90,8 +90,8 @@ def run_tiny_pipeline(root: str, custom_config: dict = CONFIG, records: Optional
     """Run the four components; return {"examples", "class_stats", "transform_graph", "model", "model_run"} URIs."""
     from tfx import v1 as tfx
 
-    from components.class_stats_gen import ClassStatsGen
-    from components.seg_trainer import SegTrainer
+    from segbalance.components.class_stats_gen import ClassStatsGen
+    from segbalance.components.seg_trainer import SegTrainer
 
     write_tfrecord(os.path.join(root, "data", "data.tfrecord"), records or make_examples())
     schema_dir = os.path.dirname(write_schema(os.path.join(root, "schema")))
@@ -100,10 +100,10 @@ def run_tiny_pipeline(root: str, custom_config: dict = CONFIG, records: Optional
     examples = example_gen.outputs["examples"]
     class_stats = ClassStatsGen(examples=examples, num_classes=NUM_CLASSES, class_names=NAMES)
     transform = tfx.components.Transform(
-        examples=examples, schema=schema.outputs["schema"], preprocessing_fn="trainer.preprocessing.preprocessing_fn",
+        examples=examples, schema=schema.outputs["schema"], preprocessing_fn="segbalance.trainer.preprocessing.preprocessing_fn",
         custom_config=custom_config, materialize=False, disable_statistics=True)
     trainer = SegTrainer(examples=examples, transform_graph=transform.outputs["transform_graph"],
-                         class_stats=class_stats.outputs["class_stats"], run_fn="trainer.task.run_fn",
+                         class_stats=class_stats.outputs["class_stats"], run_fn="segbalance.trainer.task.run_fn",
                          train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
                          custom_config=custom_config)
     pipeline = tfx.dsl.Pipeline(
@@ -162,8 +162,8 @@ def run_executor(uris: Dict[str, str], out_dir: str, custom_config: dict, class_
     from tfx.proto import trainer_pb2
     from tfx.types import artifact_utils, standard_artifacts
 
-    from components.artifacts import ClassStats
-    from components.seg_trainer import SegTrainerExecutor
+    from segbalance.components.artifacts import ClassStats
+    from segbalance.components.seg_trainer import SegTrainerExecutor
 
     def artifact(cls, uri):
         a = cls()
@@ -179,7 +179,7 @@ def run_executor(uris: Dict[str, str], out_dir: str, custom_config: dict, class_
                "model_run": [artifact(standard_artifacts.ModelRun, os.path.join(out_dir, "model_run"))]}
     properties = {"train_args": json_format.MessageToJson(trainer_pb2.TrainArgs(num_steps=0)),
                   "eval_args": json_format.MessageToJson(trainer_pb2.EvalArgs(num_steps=0)),
-                  "custom_config": json.dumps(custom_config), "run_fn": "trainer.task.run_fn"}
+                  "custom_config": json.dumps(custom_config), "run_fn": "segbalance.trainer.task.run_fn"}
     SegTrainerExecutor().Do(inputs, outputs, properties)
     with open(os.path.join(out_dir, "model_run", "training_summary.json")) as f:
         return json.load(f)

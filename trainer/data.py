@@ -11,7 +11,7 @@
 - ``pixel_weights`` (optional): a weight map [B,H,W] for the loss, computed on the fly from
   the transformed image and mask before augmentation (so it is cropped and flipped with
   them); ``{"type": "edge", "image_weight": 1.0, "boundary_weight": 1.0}`` uses
-  ``trainer.weight_maps.edge_weights``. Without it no map is yielded (the loss uses 1).
+  ``segbalance.trainer.weight_maps.edge_weights``. Without it no map is yielded (the loss uses 1).
 - Shuffle (training), batch, parallel map, prefetch; deterministic order for a seed.
   ``repeat=True`` makes the training set endless (used with ``steps_per_epoch``);
   ``drop_remainder=True`` (used on several replicas) keeps every replica's batch non-empty.
@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trainer.preprocessing import IMAGE, MASK, SOURCE_ID
+from segbalance.trainer.preprocessing import IMAGE, MASK, SOURCE_ID
 
 
 def labeled_table(labeled_by_id: Dict[str, Sequence[int]], num_classes: int):
@@ -82,7 +82,7 @@ def validate_pixel_weights(config: Optional[dict]) -> None:
 
 def pixel_weight_map(image, mask, config: dict, num_classes: int, ignore_index: int):
     """float32 [B,H,W] weight map of ``config`` (see module docstring)."""
-    from trainer import weight_maps
+    from segbalance.trainer import weight_maps
 
     params = {k: float(v) for k, v in config.items() if k != "type"}
     return tf.cast(weight_maps.edge_weights(image, mask, num_classes=num_classes, ignore_index=ignore_index,

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import keras
 
-from trainer.segmentation_model import SegmentationModel
+from segbalance.trainer.segmentation_model import SegmentationModel
 
 
 def _block(x, filters: int, name: str):

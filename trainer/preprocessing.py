@@ -24,7 +24,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import example_codec as codec
+from segbalance.trainer import example_codec as codec
 
 IMAGE = "image"
 MASK = "mask"
@@ -66,7 +66,7 @@ def decode_resize_mask(encoded, image_size, ignore_index: int = codec.DEFAULT_IG
 
 
 def preprocessing_fn(inputs, custom_config=None):
-    """tf.Transform entry point (referenced as ``trainer.preprocessing.preprocessing_fn``)."""
+    """tf.Transform entry point (referenced as ``segbalance.trainer.preprocessing.preprocessing_fn``)."""
     custom_config = custom_config or {}
     image_size = [int(s) for s in custom_config.get("image_size", (64, 64))]
     outputs = {}

@@ -38,8 +38,8 @@ from typing import Optional, Sequence
 import keras
 from keras import ops
 
-from trainer import losses as L
-from trainer.class_weights import SCHEMES, compute_class_weights
+from segbalance.trainer import losses as L
+from segbalance.trainer.class_weights import SCHEMES, compute_class_weights
 
 TERM_PARAMS = {
     "ce": {"label_smoothing", "top_k_percent_pixels"},

@@ -29,8 +29,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from trainer.losses import num_replicas_in_sync
-from trainer.segmentation_loss import SegmentationLoss
+from segbalance.trainer.losses import num_replicas_in_sync
+from segbalance.trainer.segmentation_loss import SegmentationLoss
 
 
 @keras.saving.register_keras_serializable(package="segbalance")

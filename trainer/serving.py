@@ -21,8 +21,8 @@ import os
 
 import tensorflow as tf
 
-from trainer import example_codec as codec
-from trainer.preprocessing import IMAGE
+from segbalance.trainer import example_codec as codec
+from segbalance.trainer.preprocessing import IMAGE
 
 KERAS_FILE = "model.keras"
 

@@ -1,4 +1,4 @@
-"""`run_fn`: the TFX Trainer entry point (``trainer.task.run_fn``).
+"""`run_fn`: the TFX Trainer entry point (``segbalance.trainer.task.run_fn``).
 
 ``fn_args.custom_config`` keys (the pipeline fills them from ``pipeline/config.py``;
 an unknown key is an error, so a typo does not silently train with a default):
@@ -62,11 +62,11 @@ from typing import Any, Dict, Optional
 import keras
 import tensorflow as tf
 
-from components.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
-from trainer import data, model as model_lib
-from trainer.metrics import segmentation_metrics
-from trainer.segmentation_loss import SegmentationLoss, validate_loss_config
-from trainer.serving import KERAS_FILE, export_serving_model
+from segbalance.components.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
+from segbalance.trainer import data, model as model_lib
+from segbalance.trainer.metrics import segmentation_metrics
+from segbalance.trainer.segmentation_loss import SegmentationLoss, validate_loss_config
+from segbalance.trainer.serving import KERAS_FILE, export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
 MAX_BAD_ID_FRACTION = 0.1
