@@ -3,20 +3,22 @@
 entrypoint can import it from the type name."""
 from tfx.types.artifact import Artifact
 
+from segbalance import contract
+
 
 class ClassStats(Artifact):
     """Class frequencies, weights and per-image label sets (layout: components/class_stats_beam.py)."""
 
-    TYPE_NAME = "segbalance.ClassStats"
+    TYPE_NAME = contract.CLASS_STATS_TYPE
 
 
 class HtmlReport(Artifact):
     """A self-contained HTML report (`report.html`)."""
 
-    TYPE_NAME = "segbalance.HtmlReport"
+    TYPE_NAME = contract.HTML_REPORT_TYPE
 
 
 class DriftReport(Artifact):
     """Class-distribution drift between two ClassStats (`drift.json`, custom property `blocked`)."""
 
-    TYPE_NAME = "segbalance.DriftReport"
+    TYPE_NAME = contract.DRIFT_REPORT_TYPE

@@ -26,7 +26,7 @@ from tfx.utils import io_utils
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare
 
-DRIFT_FILE = "drift.json"
+from segbalance.contract import DRIFT_FILE  # noqa: E402
 
 
 class ClassDistributionValidatorSpec(ComponentSpec):
@@ -46,7 +46,7 @@ class ClassDistributionValidatorSpec(ComponentSpec):
 class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from segbalance.components.class_stats_io import read_class_stats
+        from segbalance.trainer.class_stats_io import read_class_stats
 
         current_artifact = artifact_utils.get_single_instance(input_dict["class_stats"])
         baselines = list(input_dict.get("baseline_class_stats") or [])

@@ -35,9 +35,7 @@ from segbalance.trainer import example_codec as codec
 
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
-PER_IMAGE_PREFIX = "per_image"
-STATS_FILE = "class_stats.json"
-QUARANTINE_FILE = "quarantine.jsonl"
+from segbalance.contract import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE  # noqa: E402,F401
 # Keyword arguments of segbalance.trainer.class_weights.compute_class_weights that StatsOptions accepts.
 WEIGHT_OPTION_KEYS = {"beta", "enet_k", "damping", "clip", "normalize", "zero_count_weight"}
 

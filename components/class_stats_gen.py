@@ -23,7 +23,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from segbalance.components.artifacts import ClassStats
 from segbalance.components.class_stats_beam import StatsOptions, run_class_stats
-from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX
+from segbalance.contract import DEFAULT_IGNORE_INDEX
 
 
 class ClassStatsGenSpec(ComponentSpec):

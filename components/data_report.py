@@ -17,7 +17,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec
 
 from segbalance.components.artifacts import ClassStats, DriftReport, HtmlReport
 
-REPORT_FILE = "report.html"
+from segbalance.contract import REPORT_FILE  # noqa: E402
 
 
 class DataReportSpec(ComponentSpec):

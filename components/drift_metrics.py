@@ -17,6 +17,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from segbalance.contract import DRIFT_ACTIONS
+
 THRESHOLD_KEYS = ("js_divergence", "max_abs_change", "missing_rate_change")
 
 
@@ -62,7 +64,7 @@ def missing_rate(stats: dict) -> Optional[float]:
 
 # "warn": recorded only; "block": the model is trained but not blessed, so not pushed;
 # "block_training": SegTrainer, SegEvaluator and Pusher do not run (a tfx.dsl.Cond in pipeline/dag.py)
-ACTIONS = ("warn", "block", "block_training")
+ACTIONS = DRIFT_ACTIONS
 
 
 def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float], action: str = "block") -> dict:

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX
+from segbalance.contract import DEFAULT_IGNORE_INDEX, DRIFT_ACTIONS
 
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
 # components.drift_metrics.ACTIONS (tests/test_config.py checks they agree); not imported from
 # there because importing `components` imports TFX, which a config check must not wait for
-DRIFT_ACTIONS = ("warn", "block", "block_training")
 
 
 class ConfigError(ValueError):

@@ -150,14 +150,15 @@ def pipeline_artifacts(config) -> dict:
     return {
         "examples": latest_artifact(store, "Examples").uri,
         "transform_graph": latest_artifact(store, "TransformGraph").uri,
-        "class_stats": latest_artifact(store, "segbalance.ClassStats").uri,
+        "class_stats": latest_artifact(store, CLASS_STATS_TYPE).uri,
         "pipeline_miou": summary.get("miou"),
     }
 
 
 def resolve_loss(loss: dict, class_stats_uri: str) -> dict:
     """Turn ("scheme", clip) class weights into an explicit list from the ClassStats counts."""
-    from segbalance.components.class_stats_io import read_class_stats
+    from segbalance.contract import CLASS_STATS_TYPE
+    from segbalance.trainer.class_stats_io import read_class_stats
     from segbalance.trainer.class_weights import compute_class_weights
 
     loss = copy.deepcopy(loss)

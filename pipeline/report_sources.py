@@ -10,10 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-STATS_FILE = "class_stats.json"  # components/class_stats_beam.STATS_FILE (not imported: keeps this module light)
 METADATA_FILE = "metadata.sqlite"
-EVALUATION_FILE = "evaluation.json"
-DRIFT_FILE = "drift.json"
+from segbalance.contract import CLASS_STATS_TYPE, DRIFT_FILE, DRIFT_REPORT_TYPE, EVALUATION_FILE, STATS_FILE  # noqa: E402,F401
 
 
 @dataclass
@@ -65,13 +63,13 @@ def sources_from_metadata(metadata: str) -> ReportSources:
                                     f"{artifact.uri}, which has no {required_file}: was the folder moved or deleted?")
         return artifact.uri
 
-    class_stats = uri("segbalance.ClassStats", STATS_FILE)
+    class_stats = uri(CLASS_STATS_TYPE, STATS_FILE)
     if class_stats is None:
         raise FileNotFoundError(f"{metadata} records no components.ClassStats artifact: run the pipeline "
                                 f"through ClassStatsGen first, or give a `segbalance stats` folder")
     return ReportSources(class_stats_dir=class_stats, statistics_dir=uri("ExampleStatistics"),
                          anomalies_dir=uri("ExampleAnomalies"), evaluation_dir=uri("ModelEvaluation"),
-                         drift_dir=uri("segbalance.DriftReport") or _any_with_file(store, DRIFT_FILE))
+                         drift_dir=uri(DRIFT_REPORT_TYPE) or _any_with_file(store, DRIFT_FILE))
 
 
 def _any_with_file(store, file_name: str) -> Optional[str]:

@@ -5,6 +5,8 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from segbalance import contract
+
 
 def open_store(metadata_path: str):
     from ml_metadata.metadata_store import metadata_store
@@ -62,11 +64,11 @@ def _custom(artifact, key: str):
 def summarize(paths: dict) -> dict:
     store = open_store(paths["metadata"])
     summary: dict = {"output_dir": paths["output_dir"], "metadata": paths["metadata"]}
-    stats = latest_artifact(store, "segbalance.ClassStats")
+    stats = latest_artifact(store, contract.CLASS_STATS_TYPE)
     if stats is not None:
         summary["class_stats"] = stats.uri
     evaluation = latest_artifact(store, "ModelEvaluation")
-    drift = latest_artifact(store, "segbalance.DriftReport")
+    drift = latest_artifact(store, contract.DRIFT_REPORT_TYPE)
     if drift is not None and _custom(drift, "blocked") == 1 and _custom(drift, "action") == "block_training":
         # SegTrainer, SegEvaluator and Pusher were skipped: an older evaluation is not this run's
         detail = _read_json(os.path.join(drift.uri, "drift.json")) or {}
@@ -94,7 +96,7 @@ def summarize(paths: dict) -> dict:
     model = latest_artifact(store, "Model")
     if model is not None:
         summary["model"] = model.uri
-    report = latest_artifact(store, "segbalance.HtmlReport")
+    report = latest_artifact(store, contract.HTML_REPORT_TYPE)
     if report is not None and os.path.isfile(os.path.join(report.uri, "report.html")):
         summary["report_artifact"] = os.path.join(report.uri, "report.html")
     return summary

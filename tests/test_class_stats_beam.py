@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from segbalance.components import class_stats_beam as csb
-from segbalance.components import class_stats_io
+from segbalance.trainer import class_stats_io
 from segbalance.trainer import example_codec as codec
 
 C = 4

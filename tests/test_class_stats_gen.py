@@ -8,9 +8,9 @@ from tfx import v1 as tfx
 
 from segbalance.components.artifacts import ClassStats
 from segbalance.components.class_stats_gen import ClassStatsGen
-from segbalance.components.class_stats_io import read_class_stats, read_quarantine
+from segbalance.trainer.class_stats_io import read_class_stats, read_quarantine
 from segbalance.pipeline.run_summary import latest_artifact, open_store
-from segbalance.components.class_stats_io import read_per_image
+from segbalance.trainer.class_stats_io import read_per_image
 from tests.test_class_stats_beam import (C, make_records, numpy_present_image_pixels, numpy_reference,
                                          numpy_suspects, write_tfrecord)
 from segbalance.trainer.class_weights import SCHEMES, compute_class_weights

@@ -57,7 +57,7 @@ def test_page_has_every_section_and_number(report):
 
 def test_annotation_gaps_are_ranked_by_missing_classes(report):
     tmp, _, _, text = report
-    from segbalance.components.class_stats_io import read_per_image
+    from segbalance.trainer.class_stats_io import read_per_image
 
     frame = read_per_image(str(tmp / "stats"))
     score = {r.source_id: len(r.missing) + len(r.suspect_missing) for r in frame.itertuples()}

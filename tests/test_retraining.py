@@ -131,7 +131,7 @@ def test_last_two_spans_with_warm_start(tmp_path):
     _ingest(_renamed(_shapes(tmp_path / "raw3", seed=3), "s3"), data, 3)
     assert cli.main(run) == 0  # window = spans 2, 3; warm start from the first run's model
 
-    from segbalance.components.class_stats_io import read_per_image
+    from segbalance.trainer.class_stats_io import read_per_image
 
     stats_dirs = sorted((out / "pipeline_root" / "ClassStatsGen" / "class_stats").iterdir(), key=lambda p: int(p.name))
     prefixes = [sorted({sid.split("_")[0] for sid in read_per_image(str(d))["source_id"]}) for d in stats_dirs]

@@ -8,7 +8,7 @@ import pytest
 
 from segbalance.components.seg_trainer import SegTrainer
 from segbalance.components.seg_trainer import SegTrainerSpec
-from segbalance.components.class_stats_io import read_class_stats
+from segbalance.trainer.class_stats_io import read_class_stats
 from tests import trainer_inputs as ti
 
 pytestmark = pytest.mark.slow

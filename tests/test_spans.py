@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from segbalance.components import class_stats_io
+from segbalance.trainer import class_stats_io
 from segbalance.pipeline.config import ConfigError, config_from_dict
 from segbalance.pipeline.spans import list_spans, span_window
 

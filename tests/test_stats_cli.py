@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from segbalance.components import class_stats_io
+from segbalance.trainer import class_stats_io
 from segbalance.pipeline import cli
 from tests.test_class_stats_beam import (make_records, numpy_present_image_pixels, numpy_reference,  # noqa: F401
                                          numpy_suspects, stats_run, write_tfrecord)

@@ -23,18 +23,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-IMAGE_KEY = "image/encoded"
-IMAGE_FORMAT_KEY = "image/format"
-HEIGHT_KEY = "image/height"
-WIDTH_KEY = "image/width"
-SOURCE_ID_KEY = "image/source_id"
-MASK_KEY = "image/segmentation/class/encoded"
-MASK_FORMAT_KEY = "image/segmentation/class/format"
-LABELED_KEY = "image/segmentation/class/labeled"
-
-DEFAULT_IGNORE_INDEX = 255
+from segbalance.contract import (  # noqa: F401  (re-exported: the codec speaks the contract)
+    DEFAULT_IGNORE_INDEX, HEIGHT_KEY, IMAGE_FORMAT_KEY, IMAGE_KEY, LABELED_KEY, MASK_FORMAT_KEY, MASK_KEY,
+    SOURCE_ID_KEY, WIDTH_KEY,
+)
 
 
 class DecodeError(ValueError):
@@ -61,7 +55,9 @@ def decode_array(data: bytes, what: str = "image") -> np.ndarray:
                 img = img.convert("RGB")
             array = np.asarray(img)
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise DecodeError(f"cannot decode {what}: {exc}") from exc
+        # UnidentifiedImageError's text names the BytesIO object ("<_io.BytesIO object at 0x..>")
+        reason = "not an image format PIL reads" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise DecodeError(f"cannot decode {what}: {reason}") from exc
     return array
 
 

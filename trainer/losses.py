@@ -38,7 +38,7 @@ from typing import Optional, Sequence, Tuple
 import keras
 from keras import ops
 
-DEFAULT_IGNORE_INDEX = 255
+from segbalance.contract import DEFAULT_IGNORE_INDEX  # noqa: E402
 _NEG = -1e9  # "minus infinity" for masked logits that keeps gradients finite
 
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer.preprocessing import IMAGE
 
-KERAS_FILE = "model.keras"
+from segbalance.contract import KERAS_FILE  # noqa: E402,F401
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

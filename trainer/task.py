@@ -62,13 +62,14 @@ from typing import Any, Dict, Optional
 import keras
 import tensorflow as tf
 
-from segbalance.components.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
+from segbalance.contract import TRAINING_SUMMARY_FILE
+from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.metrics import segmentation_metrics
 from segbalance.trainer.segmentation_loss import SegmentationLoss, validate_loss_config
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
 
-SUMMARY_FILE = "training_summary.json"
+SUMMARY_FILE = TRAINING_SUMMARY_FILE
 MAX_BAD_ID_FRACTION = 0.1
 CONFIG_KEYS = {
     "num_classes", "class_names", "ignore_index", "image_size", "epochs", "batch_size", "steps_per_epoch",

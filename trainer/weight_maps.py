@@ -33,7 +33,7 @@ import numpy as np
 import keras
 from keras import ops
 
-DEFAULT_IGNORE_INDEX = 255
+from segbalance.contract import DEFAULT_IGNORE_INDEX  # noqa: E402
 
 _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32)
 

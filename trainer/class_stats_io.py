@@ -5,7 +5,7 @@ import json
 import os
 from typing import Dict, List
 
-from segbalance.components.class_stats_beam import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE
+from segbalance.contract import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE
 
 
 def read_class_stats(uri: str) -> dict:

@@ -1,0 +1,53 @@
+"""The data and artifact contract shared by every layer: record keys, the ignore index,
+artifact file names and type names.
+
+This module imports neither TensorFlow nor TFX (nor anything else of ours), so any module,
+a Beam worker included, can use it for the price of a plain Python import. It is the bottom
+of the import order checked by ``python -m segbalance.pipeline.import_check``:
+``kubeflow, pipeline -> components -> trainer -> contract``.
+"""
+from __future__ import annotations
+
+# --- tf.train.Example keys (TF Model Garden segmentation keys; README "Data format") ---------
+IMAGE_KEY = "image/encoded"
+IMAGE_FORMAT_KEY = "image/format"
+HEIGHT_KEY = "image/height"
+WIDTH_KEY = "image/width"
+SOURCE_ID_KEY = "image/source_id"
+MASK_KEY = "image/segmentation/class/encoded"
+MASK_FORMAT_KEY = "image/segmentation/class/format"
+LABELED_KEY = "image/segmentation/class/labeled"  # int64 list: classes the annotator labelled
+
+# Mask value meaning "no label here" unless the configuration says otherwise (classes.ignore_index).
+DEFAULT_IGNORE_INDEX = 255
+
+# --- ClassStats artifact layout (components/class_stats_beam.py writes it) -----------------
+STATS_FILE = "class_stats.json"
+PER_IMAGE_PREFIX = "per_image"  # per_image-*.parquet: one row per image
+QUARANTINE_FILE = "quarantine.jsonl"
+
+# --- other artifacts' files -----------------------------------------------------------------
+DRIFT_FILE = "drift.json"  # DriftReport
+EVALUATION_FILE = "evaluation.json"  # SegEvaluator's evaluation artifact
+REPORT_FILE = "report.html"  # HtmlReport
+TRAINING_SUMMARY_FILE = "training_summary.json"  # in the Model run directory
+KERAS_FILE = "model.keras"  # beside the SavedModel in the serving model
+
+# --- artifact type names (MLMD / KFP; the `segbalance` root package exports each class) -----
+CLASS_STATS_TYPE = "segbalance.ClassStats"
+DRIFT_REPORT_TYPE = "segbalance.DriftReport"
+HTML_REPORT_TYPE = "segbalance.HtmlReport"
+
+# --- drift gate -----------------------------------------------------------------------------
+DRIFT_ACTIONS = ("warn", "block", "block_training")
+
+
+# --- errors ---------------------------------------------------------------------------------
+class UserError(Exception):
+    """A user's mistake (a bad path, option, file or value), not a bug.
+
+    ``segbalance`` (pipeline/cli.py) prints its message as ONE line on stderr and exits with
+    code 2 (``segbalance --debug ...`` adds the traceback). The message names the input and
+    says what to do. ConfigError, IngestError, ClassStatsError, ... derive from it; any other
+    exception is a bug and keeps its traceback.
+    """
