@@ -61,3 +61,36 @@ def decide_blessing(miou: float, threshold: float, baseline_miou: Optional[float
         return True, f"mIoU {miou:.4f} >= threshold {threshold:.4f} (no blessed model yet)"
     return True, (f"mIoU {miou:.4f} >= threshold {threshold:.4f} and within {tolerance:.4f} of the "
                   f"latest blessed model's {baseline_miou:.4f}")
+
+
+# --------------------------------------------------------------------------- per image (the report's worst images)
+PER_IMAGE_FILE = "per_image.json"  # in SegEvaluator's evaluation artifact, beside evaluation.json
+PER_IMAGE_DIR = "per_image"  # downscaled PNGs named in PER_IMAGE_FILE
+THUMBNAIL_SIZE = 128  # longest side of the downscaled PNGs (pixels)
+
+
+def image_scores(cm: np.ndarray) -> dict:
+    """One image's scores from its own confusion matrix: ``miou`` over the classes defined in
+    the image (in its truth or its prediction), ``pixel_accuracy``, ``per_class_iou`` (None
+    where undefined). An image with no valid pixel has ``miou`` None."""
+    iou = per_class_iou(cm)
+    total = float(np.asarray(cm).sum())
+    return {
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() and total else None,
+        "pixel_accuracy": float(np.trace(cm) / total) if total else None,
+        "per_class_iou": [None if np.isnan(v) else round(float(v), 6) for v in iou],
+    }
+
+
+def downscale_nearest(array: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """Nearest-neighbour downscale so that the longest side is at most ``size`` (label maps keep
+    their ids: no value is invented between two classes). Smaller arrays are returned unchanged."""
+    array = np.asarray(array)
+    height, width = array.shape[:2]
+    scale = size / max(height, width)
+    if scale >= 1:
+        return array
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    rows = np.minimum(((np.arange(new_h) + 0.5) * height / new_h).astype(int), height - 1)
+    cols = np.minimum(((np.arange(new_w) + 0.5) * width / new_w).astype(int), width - 1)
+    return array[rows][:, cols]

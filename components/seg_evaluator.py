@@ -12,6 +12,11 @@ from a Resolver) is given, not worse than the baseline's mIoU on the same images
 than ``tolerance``. Outputs a standard ``ModelEvaluation`` (``evaluation.json``) and a
 ``ModelBlessing`` with the ``blessed`` / ``current_model_id`` properties that ``Pusher``
 and the latest-blessed-model resolver read.
+
+For the data report the evaluation artifact also holds ``per_image.json`` (every image's
+mIoU, pixel accuracy, per-class IoU and unlabelled classes) and ``per_image/*.png``:
+downscaled image, truth and prediction of the ``WORST_IMAGES`` lowest-mIoU images and the
+prediction of eval images with missing classes (``PerImageResults``).
 """
 from __future__ import annotations
 
@@ -31,7 +36,10 @@ from segbalance.components import evaluation_metrics
 from segbalance.components.artifacts import DriftReport
 from segbalance.trainer import example_codec as codec
 
-EVALUATION_FILE = "evaluation.json"
+from segbalance.contract import EVALUATION_FILE  # noqa: E402
+
+WORST_IMAGES = 8  # per_image.json: downscaled image, truth and prediction of the N lowest-mIoU eval images
+MAX_GAP_PREDICTIONS = 100  # ... and the prediction of at most this many eval images with missing classes
 
 
 # --------------------------------------------------------------------------- model + data
@@ -65,8 +73,13 @@ def iter_split_records(examples: types.Artifact, split: str) -> Iterator[bytes]:
         yield record.numpy()
 
 
-def load_eval_set(records, reference_masks_dir: Optional[str]) -> Tuple[list, dict]:
-    """[(source_id, image_bytes, truth_mask)], counts of where truth came from / skipped."""
+def load_eval_set(records, reference_masks_dir: Optional[str],
+                  labeled: Optional[Dict[str, Optional[List[int]]]] = None) -> Tuple[list, dict]:
+    """[(source_id, image_bytes, truth_mask)], counts of where truth came from / skipped.
+
+    ``labeled``, when given, is filled with {source_id: the record's labelled class ids, or None
+    when the record has no ``labeled`` field}.
+    """
     import tensorflow as tf
 
     items, counts = [], {"reference_masks": 0, "annotation_masks": 0, "skipped": 0, "skipped_records": []}
@@ -85,14 +98,20 @@ def load_eval_set(records, reference_masks_dir: Optional[str]) -> Tuple[list, di
             if record.image_bytes is None:
                 raise ValueError("record has no image")
             items.append((record.source_id, record.image_bytes, mask))
+            if labeled is not None:
+                labeled.setdefault(record.source_id, record.labeled)
         except ValueError as exc:
             counts["skipped"] += 1
             counts["skipped_records"].append({"record_index": index, "reason": str(exc)})
     return items, counts
 
 
-def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_size: int = 16) -> np.ndarray:
-    """Accumulated confusion matrix; images are batched by identical size."""
+def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_size: int = 16,
+                   on_image: Optional[Callable] = None) -> np.ndarray:
+    """Accumulated confusion matrix; images are batched by identical size.
+
+    ``on_image(source_id, image_bytes, truth, prediction, image_confusion_matrix)`` is called
+    for every image when given (PerImageResults records per-image scores with it)."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_size: Dict[tuple, list] = {}
     for item in items:
@@ -101,11 +120,91 @@ def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_si
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
             pred = predict([image for _, image, _ in chunk])
-            for (source_id, _, truth), p in zip(chunk, pred):
+            for (source_id, image, truth), p in zip(chunk, pred):
                 if p.shape != truth.shape:
                     raise ValueError(f"{source_id}: model returned a {p.shape} mask for a {truth.shape} image")
-                cm += evaluation_metrics.confusion_matrix(truth, p, num_classes, ignore_index)
+                image_cm = evaluation_metrics.confusion_matrix(truth, p, num_classes, ignore_index)
+                cm += image_cm
+                if on_image is not None:
+                    on_image(source_id, image, truth, p, image_cm)
     return cm
+
+
+class PerImageResults:
+    """Per-image scores of the evaluated model for the data report (``per_image.json``).
+
+    Every image gets its mIoU, pixel accuracy and per-class IoU (over its own pixels) and the
+    classes its record leaves unlabelled (``missing``). Downscaled PNGs go to ``per_image/``:
+    image, truth and prediction of the ``worst`` images with the lowest mIoU (ties: source_id),
+    and the prediction of up to ``max_gaps`` images with missing classes (most missing first),
+    so the report reads files and never runs a model. Truth / prediction PNGs hold class ids,
+    ignore pixels as ``ignore_value``.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int, labeled: Dict[str, Optional[List[int]]],
+                 worst: int = WORST_IMAGES, max_gaps: int = MAX_GAP_PREDICTIONS):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.labeled, self.worst, self.max_gaps = labeled, worst, max_gaps
+        self.ignore_value = 255 if num_classes < 255 else 65535
+        self.rows: List[dict] = []
+        self._worst: List[tuple] = []  # (miou, source_id, image, truth, prediction), downscaled
+        self._gaps: List[tuple] = []  # (-len(missing), source_id, missing, prediction), downscaled
+
+    def missing(self, source_id: str) -> List[int]:
+        labeled = self.labeled.get(source_id)
+        return [] if labeled is None else sorted(set(range(self.num_classes)) - set(labeled) - {0})
+
+    def __call__(self, source_id, image_bytes, truth, prediction, image_cm) -> None:
+        scores = evaluation_metrics.image_scores(image_cm)
+        missing = self.missing(source_id)
+        self.rows.append({"source_id": source_id, **scores, "missing": missing})
+        small = lambda labels: evaluation_metrics.downscale_nearest(self._labels(labels))  # noqa: E731
+        if scores["miou"] is not None:
+            self._worst.append((scores["miou"], source_id, image_bytes, small(truth), small(prediction)))
+            if len(self._worst) > self.worst:
+                self._worst.remove(max(self._worst, key=lambda t: t[:2]))
+        if missing:
+            self._gaps.append((-len(missing), source_id, missing, small(prediction)))
+            if len(self._gaps) > self.max_gaps:
+                self._gaps.remove(max(self._gaps, key=lambda t: t[:2]))
+
+    def _labels(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels).astype(np.int64)
+        labels = np.where((labels < 0) | (labels >= self.num_classes), self.ignore_value, labels)
+        return labels.astype(np.uint8 if self.ignore_value == 255 else np.uint16)
+
+    def write(self, folder: str) -> dict:
+        """Write ``per_image.json`` and ``per_image/*.png`` into ``folder``; returns the JSON content."""
+        from PIL import Image
+
+        def save(array: np.ndarray, name: str) -> str:
+            import io
+
+            relative = f"{evaluation_metrics.PER_IMAGE_DIR}/{name}"
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="PNG")
+            io_utils.write_bytes_file(os.path.join(folder, relative), buffer.getvalue())
+            return relative
+
+        worst = []
+        for rank, (miou, source_id, image_bytes, truth, prediction) in enumerate(sorted(self._worst, key=lambda t: t[:2])):
+            entry = {"source_id": source_id, "miou": miou, "truth": save(truth, f"worst-{rank:03d}-truth.png"),
+                     "prediction": save(prediction, f"worst-{rank:03d}-prediction.png")}
+            try:
+                image = codec.decode_array(image_bytes, what=f"image {source_id}")
+                with Image.fromarray(image) as pil:
+                    pil = pil.convert("RGB").resize(truth.shape[::-1], Image.BILINEAR)
+                    entry["image"] = save(np.asarray(pil), f"worst-{rank:03d}-image.png")
+            except ValueError as exc:
+                entry["image_error"] = str(exc)
+            worst.append(entry)
+        gaps = [{"source_id": source_id, "missing": missing, "prediction": save(prediction, f"gap-{rank:03d}-prediction.png")}
+                for rank, (_, source_id, missing, prediction) in enumerate(sorted(self._gaps, key=lambda t: t[:2]))]
+        content = {"num_classes": self.num_classes, "ignore_value": self.ignore_value,
+                   "thumbnail_size": evaluation_metrics.THUMBNAIL_SIZE, "images": self.rows, "worst": worst,
+                   "gap_predictions": gaps}
+        io_utils.write_string_file(os.path.join(folder, evaluation_metrics.PER_IMAGE_FILE), json.dumps(content))
+        return content
 
 
 # --------------------------------------------------------------------------- TFX component
@@ -143,13 +242,17 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
         print(f"SegEvaluator: evaluating {model.uri} on split {split!r}", flush=True)
 
-        items, counts = load_eval_set(iter_split_records(examples, split), exec_properties.get("reference_masks_dir"))
+        labeled: Dict[str, Optional[List[int]]] = {}
+        items, counts = load_eval_set(iter_split_records(examples, split), exec_properties.get("reference_masks_dir"),
+                                      labeled)
         if not items:
             raise ValueError(f"SegEvaluator: no usable record in split {split!r} of {examples.uri} "
                              f"({counts['skipped']} skipped): check the eval split")
         model_dir = path_utils.serving_model_path(model.uri)
-        cm = confusion_over(load_predictor(model_dir), items, num_classes, ignore_index)
+        per_image = PerImageResults(num_classes, ignore_index, labeled)
+        cm = confusion_over(load_predictor(model_dir), items, num_classes, ignore_index, on_image=per_image)
         result = evaluation_metrics.summarize(cm)
+        per_image.write(evaluation.uri)
 
         baseline_miou = None
         baselines = input_dict.get("baseline_model") or []

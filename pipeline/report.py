@@ -197,7 +197,7 @@ def classes_sections(stats: dict) -> List[Section]:
 
 
 def gaps_sections(class_stats_dir: str, names: List[str], top: int = TOP_IMAGES) -> List[Section]:
-    from segbalance.components.class_stats_io import read_per_image, read_quarantine
+    from segbalance.trainer.class_stats_io import read_per_image, read_quarantine
 
     frame = read_per_image(class_stats_dir)
     rows, with_gaps = [], 0

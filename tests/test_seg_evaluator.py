@@ -83,20 +83,21 @@ def _save_model(path, threshold):
     return model
 
 
-def _examples(tmp_path, masks, images):
+def _examples(tmp_path, masks, images, labeled=None):
     split = tmp_path / "examples" / "Split-eval"
     split.mkdir(parents=True)
+    labeled = labeled or [None] * len(masks)
     with tf.io.TFRecordWriter(str(split / "data.gz"), options="GZIP") as writer:
         for i, (image, mask) in enumerate(zip(images, masks)):
             writer.write(codec.build_example(codec.encode_png(image), codec.encode_png(mask), f"img{i}",
-                                             *mask.shape).SerializeToString())
+                                             *mask.shape, labeled=labeled[i]).SerializeToString())
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "examples")
     examples.split_names = '["eval"]'
     return examples
 
 
-def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3):
+def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labeled=None):
     rng = np.random.default_rng(1)
     images, masks = [], []
     for size in ((6, 8), (6, 8), (5, 5)):
@@ -105,7 +106,7 @@ def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3):
         masks.append((red > 128).astype(np.uint8))
         images.append(image)
     masks[0][0, 0] = 255
-    examples = _examples(tmp_path, masks, images)
+    examples = _examples(tmp_path, masks, images, labeled)
     evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
     evaluation.uri, blessing.uri = str(tmp_path / "eval"), str(tmp_path / "blessing")
     os.makedirs(evaluation.uri), os.makedirs(blessing.uri)
@@ -152,3 +153,75 @@ def test_executor_scores_against_reference_masks(tmp_path):
     result, _, _, _ = _run(tmp_path, model, reference_dir=str(reference))
     assert result["truth_sources"]["reference_masks"] == 1 and result["truth_sources"]["annotation_masks"] == 2
     assert result["miou"] < 1.0
+
+
+def _reference_image_iou(truth, pred, num_classes, ignore):
+    """Per-class IoU of one image from pixel sets (None where the class is in neither)."""
+    valid = truth != ignore
+    out = []
+    for c in range(num_classes):
+        inter = np.sum(valid & (truth == c) & (pred == c))
+        union = np.sum(valid & ((truth == c) | (pred == c)))
+        out.append(inter / union if union else None)
+    return out
+
+
+def test_per_image_results_for_the_report(tmp_path):
+    from PIL import Image
+
+    model = _save_model(tmp_path / "model", 200.0)  # misses red pixels in (128, 200]
+    result, _, images, masks = _run(tmp_path, model, labeled=[None, [0], [0, 1]])
+    per_image = json.loads((tmp_path / "eval" / em.PER_IMAGE_FILE).read_text())
+    assert [r["source_id"] for r in per_image["images"]] == ["img0", "img1", "img2"]
+    mious = {}
+    for i, row in enumerate(per_image["images"]):
+        pred = (images[i][..., 0] > 200).astype(int)
+        expected = _reference_image_iou(masks[i], pred, 2, 255)
+        assert row["per_class_iou"] == pytest.approx(expected, abs=1e-6)  # stored rounded to 6 digits
+        defined = [v for v in expected if v is not None]
+        assert row["miou"] == pytest.approx(sum(defined) / len(defined))
+        valid = masks[i] != 255
+        assert row["pixel_accuracy"] == pytest.approx(np.mean(pred[valid] == masks[i][valid]))
+        mious[row["source_id"]] = row["miou"]
+    assert [r["missing"] for r in per_image["images"]] == [[], [1], []]  # img1 labels only class 0
+    # worst images: all three (fewer than WORST_IMAGES), lowest mIoU first, PNGs hold the ids
+    assert [w["source_id"] for w in per_image["worst"]] == sorted(mious, key=lambda s: (mious[s], s))
+    for w in per_image["worst"]:
+        i = int(w["source_id"][3:])
+        truth = np.asarray(Image.open(tmp_path / "eval" / w["truth"]))
+        np.testing.assert_array_equal(truth, masks[i])  # 5x5 / 6x8 images: not downscaled; ignore stays 255
+        pred = np.asarray(Image.open(tmp_path / "eval" / w["prediction"]))
+        np.testing.assert_array_equal(pred, (images[i][..., 0] > 200).astype(np.uint8))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "eval" / w["image"])), images[i])
+    (gap,) = per_image["gap_predictions"]
+    assert gap["source_id"] == "img1" and gap["missing"] == [1]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "eval" / gap["prediction"])),
+                                  (images[1][..., 0] > 200).astype(np.uint8))
+    assert result["miou"] < 1.0
+
+
+def test_per_image_results_keep_only_the_worst(tmp_path):
+    from segbalance.components.seg_evaluator import PerImageResults
+
+    recorder = PerImageResults(num_classes=3, ignore_index=255, labeled={"e": [0, 1], "f": [0]}, worst=2, max_gaps=1)
+    truth = np.array([[0, 1], [2, 255]])
+    for sid, pred in [("a", truth % 255), ("b", np.zeros((2, 2))), ("c", np.array([[0, 1], [0, 0]])),
+                      ("d", np.zeros((2, 2))), ("e", np.zeros((2, 2))), ("f", np.zeros((2, 2)))]:
+        recorder(sid, b"", truth, pred, em.confusion_matrix(truth, pred, 3, 255))
+    content = recorder.write(str(tmp_path))
+    # mIoU: a 1, c (1 + 1 + 0) / 3, b / d / e / f (1/3 + 0 + 0) / 3: the two worst are b and d (by id)
+    assert [w["source_id"] for w in content["worst"]] == ["b", "d"]
+    assert content["worst"][0]["miou"] == pytest.approx(1 / 9)
+    assert "image_error" in content["worst"][0]  # b"" does not decode: said, not a crash
+    # missing: e lacks 2, f lacks 1 and 2: f kept (more missing)
+    assert [(g["source_id"], g["missing"]) for g in content["gap_predictions"]] == [("f", [1, 2])]
+
+
+def test_downscale_nearest_keeps_label_ids():
+    small = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    big = np.kron(small, np.ones((50, 50), np.uint8))  # 150 x 200: each id a 50 x 50 block
+    down = em.downscale_nearest(big, 100)
+    assert down.shape == (75, 100)
+    np.testing.assert_array_equal(em.downscale_nearest(big, 4), small)  # block centres
+    assert set(np.unique(down)) == set(range(12))
+    assert em.downscale_nearest(small, 128) is small  # already small: unchanged
