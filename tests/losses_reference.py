@@ -34,18 +34,39 @@ def cross_entropy(y, z, cw=None, pw=None, ls=0.0, ignore=255):
     return total / max(valid.sum(), 1)
 
 
+def _focal_parts(z, label):
+    """(p, 1 - p_y, log p_y) of one pixel in float64; 1 - p_y summed over the other classes (no
+    cancellation when p_y -> 1), log p_y = log1p(-(1 - p_y)) when p_y > 1/2."""
+    p = softmax(np.asarray(z, np.float64))
+    q = p.sum() - p[label] if p[label] < 0.5 else np.delete(p, label).sum()
+    log_p = np.log1p(-q) if q < 0.5 else log_softmax(np.asarray(z, np.float64))[label]
+    return p, q, log_p
+
+
 def focal(y, z, gamma, alpha=None, ignore=255, cw=None, pw=None):
     """alpha: per class (list) or scalar; cw[y] and pw (pixel weights) multiply each pixel's term."""
     labels, valid = split(y, ignore)
-    p = softmax(z.astype(np.float64))
     total = 0.0
     for idx in np.ndindex(labels.shape):
         if valid[idx]:
-            pt = p[idx][labels[idx]]
+            _, q, log_p = _focal_parts(z[idx], labels[idx])
             a = 1.0 if alpha is None else (alpha if np.ndim(alpha) == 0 else alpha[labels[idx]])
             w = (cw[labels[idx]] if cw is not None else 1.0) * (pw[idx] if pw is not None else 1.0)
-            total += -w * a * (1 - pt) ** gamma * np.log(pt)
+            total += -w * a * q ** gamma * log_p
     return total / max(valid.sum(), 1)
+
+
+def focal_pixel_gradient(z, label, gamma):
+    """Closed-form d/dz of -(1 - p_y)^gamma log p_y for one pixel (float64), gamma > 0:
+    dL/dp_y = gamma q^(gamma - 1) log p_y - q^gamma / p_y with q = 1 - p_y, dp_y/dz_j = p_y (1[j=y] - p_j).
+    Written as q^(gamma - 1) (gamma log p_y - q / p_y) so that q -> 0 stays finite in float64."""
+    p, q, log_p = _focal_parts(z, label)
+    if q == 0.0:
+        return np.zeros(len(p))
+    d_dp = q ** (gamma - 1) * (gamma * log_p - q / p[label])
+    dp_dz = -p[label] * p
+    dp_dz[label] = p[label] * q  # p_y (1 - p_y) without the cancellation
+    return d_dp * dp_dz
 
 
 def class_sums(y, z, ignore=255, pw=None):

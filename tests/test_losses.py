@@ -47,6 +47,8 @@ CASES = {
                          lambda y, z, l: ref.cross_entropy(y, z, CW, ref.error_weights(y, z, FN, FP, (0.5, 0.3)))),
     "focal": (lambda y, z, l: L.focal_loss(y, z, gamma=2.0, alpha=CW),
               lambda y, z, l: ref.focal(y, z, 2.0, CW)),
+    "focal_gamma_half": (lambda y, z, l: L.focal_loss(y, z, gamma=0.5),
+                         lambda y, z, l: ref.focal(y, z, 0.5)),
     "dice": (lambda y, z, l: L.dice_loss(y, z, CW), lambda y, z, l: ref.dice(y, z, CW)),
     "generalized_dice": (lambda y, z, l: L.generalized_dice_loss(y, z), lambda y, z, l: ref.generalized_dice(y, z)),
     "tversky": (lambda y, z, l: L.tversky_loss(y, z, alpha=0.3, beta=0.7),
@@ -369,3 +371,65 @@ def test_vectors_of_the_wrong_length_name_the_argument():
         L.dice_loss(y, z, class_weights=[1.0, 1.0])
     with pytest.raises(ValueError, match=r"labeled must be \[B, 4\]"):
         L.exclusion_loss(y, z, labeled[:, :3])
+
+
+# --------------------------------------------------------------------------- edge numerics (issue 13, item 10)
+def _value_and_grad(fn, z):
+    zt = tf.Variable(np.asarray(z, np.float32))
+    with tf.GradientTape() as tape:
+        value = fn(tf.identity(zt))
+    return float(value), tape.gradient(value, zt).numpy()
+
+
+def test_focal_reference_gradient_matches_finite_differences():
+    """The closed-form reference gradient agrees with central differences of the float64 reference."""
+    rng = np.random.default_rng(21)
+    for gamma in (0.25, 0.5, 2.0):
+        for margin in (0.0, 3.0, 9.0):
+            z = np.array([margin, 0.0, -1.0]) + rng.standard_normal(3) * 0.3
+            for label in (0, 2):
+                eps = 1e-5
+                numeric = [(ref.focal(np.array([[[label]]]), (z + eps * e)[None, None, None], gamma)
+                            - ref.focal(np.array([[[label]]]), (z - eps * e)[None, None, None], gamma)) / (2 * eps)
+                           for e in np.eye(3)]
+                np.testing.assert_allclose(ref.focal_pixel_gradient(z, label, gamma), numeric, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("margin", [0.0, 5.0, 17.0, 20.0, 40.0, 80.0])
+def test_focal_gradient_finite_and_exact_at_large_logit_margins(gamma, margin):
+    """log_softmax rounds log p_y to 0 from a margin of ~17 on; (1 - p)^gamma then had an infinite
+    derivative for gamma < 1 and the gradient was NaN. Value and gradient must match the float64
+    closed form (relative 1e-4; values below float32's range may flush to 0)."""
+    z = np.array([margin, 0.0, -1.0])
+    for label in (0, 2):  # the confident class and a very unlikely one
+        value, grad = _value_and_grad(lambda t: L.focal_loss(np.array([[[label]]]), t, gamma=gamma),
+                                      z[None, None, None])
+        assert np.isfinite(value) and np.isfinite(grad).all()
+        np.testing.assert_allclose(value, ref.focal(np.array([[[label]]]), z[None, None, None], gamma),
+                                   rtol=1e-4, atol=1e-37)
+        np.testing.assert_allclose(grad[0, 0, 0], ref.focal_pixel_gradient(z, label, gamma), rtol=1e-4, atol=1e-37)
+
+
+def test_focal_issue_case_gamma_half_margin_20():
+    value, grad = _value_and_grad(lambda t: L.focal_loss(np.zeros((1, 1, 1), int), t, gamma=0.5),
+                                  [[[[20.0, 0.0, 0.0]]]])
+    q = 2 * np.exp(-20.0) / (1 + 2 * np.exp(-20.0))  # 1 - p_y by hand
+    assert value == pytest.approx(q ** 1.5, rel=1e-5)  # -(q)^0.5 log(1 - q) = q^1.5 (1 + O(q))
+    np.testing.assert_allclose(grad[0, 0, 0], ref.focal_pixel_gradient(np.array([20.0, 0.0, 0.0]), 0, 0.5),
+                               rtol=1e-5)
+
+
+def test_focal_gamma_zero_is_cross_entropy_value_and_gradient():
+    """gamma = 0 equals CE exactly (same kernel), including margin-20 pixels, class and pixel weights."""
+    y, z, _ = data(22)
+    z[0, 0, 0] = [20.0, 0.0, 0.0, 0.0]
+    y[0, 0, 0] = 0
+    z[1, 1, 1] = [0.0, 0.0, -30.0, 0.0]
+    for kwargs in ({}, {"class_weights": CW, "pixel_weights": _pw(y)}):
+        focal = _value_and_grad(lambda t: L.focal_loss(y, t, gamma=0.0, **kwargs), z)
+        ce = _value_and_grad(lambda t: L.weighted_cross_entropy(y, t, **kwargs), z)
+        assert np.isfinite(focal[1]).all()
+        assert focal[0] == ce[0]
+        np.testing.assert_array_equal(focal[1], ce[1])
+    assert float(L.focal_loss(y, z, gamma=0)) == pytest.approx(ref.focal(y, z, 0.0), rel=1e-5)

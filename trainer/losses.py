@@ -179,14 +179,37 @@ def weighted_cross_entropy(y_true, logits, class_weights=None, ignore_index=DEFA
     return reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels)
 
 
+def _focal_terms(labels, logits, gamma, num_classes: int):
+    """Per-pixel ``-(1 - p_y)^gamma log p_y`` with finite, accurate gradients for any gamma >= 0.
+
+    ``1 - p_y`` is never formed by subtraction: ``log(1 - p_y) = logsumexp(z_k, k != y) - logsumexp(z)``
+    (exact to float32 rounding even when p_y rounds to 1), the factor is ``exp(gamma log(1 - p_y))``
+    and, when p_y > 1/2, ``log p_y = log1p(-(1 - p_y))`` (log_softmax would round it to 0 from a
+    margin of about 17 on). The derivative of ``x^gamma`` at x = 0 (infinite for gamma < 1, which
+    times 0 gave NaN) never appears: every factor of the chain rule is bounded.
+    """
+    log_z = ops.logsumexp(logits, axis=-1)
+    log_p = _pick(logits, labels, num_classes) - log_z
+    others = ops.where(ops.one_hot(labels, num_classes) > 0, _NEG, logits)
+    log_q = ops.logsumexp(others, axis=-1) - log_z  # log(1 - p_y)
+    near_one = ops.less(log_q, -math.log(2.0))  # p_y > 1/2: log p_y from 1 - p_y
+    safe_q = ops.where(near_one, log_q, -1.0)  # keeps the unused branch (and its gradient) finite
+    log_p = ops.where(near_one, ops.log1p(-ops.exp(safe_q)), log_p)
+    return -ops.exp(gamma * log_q) * log_p
+
+
 def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore_index=DEFAULT_IGNORE_INDEX,
                pixel_weights=None, fn_weights=None, fp_weights=None, low_confidence=None):
-    """Focal loss ``-alpha[y] (1 - p_y)^gamma log p_y`` (Lin et al. 2017); alpha per class or scalar."""
+    """Focal loss ``-alpha[y] (1 - p_y)^gamma log p_y`` (Lin et al. 2017); alpha per class or scalar.
+
+    gamma = 0 is cross entropy (the same fused kernel as ``weighted_cross_entropy``: equal values and
+    gradients); for gamma > 0 see ``_focal_terms`` (finite gradients for 0 < gamma < 1 too).
+    """
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
-    log_p = _pick(ops.log_softmax(logits, axis=-1), labels, c)
-    # (1 - p)^gamma with p = exp(log_p); 1 - p = -expm1(log_p) is accurate when p -> 1.
-    one_minus_p = ops.maximum(-ops.expm1(log_p), 0.0)
-    per_pixel = -ops.power(one_minus_p, gamma) * log_p
+    if isinstance(gamma, (int, float)) and float(gamma) == 0.0:
+        per_pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    else:
+        per_pixel = _focal_terms(labels, logits, gamma, c)
     if alpha is not None:
         scalar = isinstance(alpha, (int, float)) or getattr(alpha, "ndim", 1) == 0
         alpha_t = float(alpha) if scalar else _gather_class(alpha, labels, c, "alpha")
