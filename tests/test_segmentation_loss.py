@@ -68,21 +68,28 @@ def test_missing_label_modes_and_pixel_options():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"terms": [{"type": "cross_entropy"}]}, "unknown loss term type 'cross_entropy'"),
-    ({"terms": [{"type": "ce", "gamma": 2}]}, "unknown parameter 'gamma'"),
-    ({"terms": []}, "non-empty list"),
+    ({"terms": [{"type": "cross_entropy"}]}, r"loss.terms\[0\].type: unknown type 'cross_entropy'; choose one of ce,"),
+    ({"terms": [{"type": "ce", "gamma": 2}]}, r"unknown field loss.terms\[0\].gamma"),
+    ({"terms": []}, "loss.terms: list at least one term"),
+    ({"class_weights": "median_frequency"}, "loss.terms: required field is missing"),
     ({"terms": [{"type": "ce"}], "class_weights": "inverse"}, "unknown class-weight scheme 'inverse'"),
-    ({"terms": [{"type": "ce"}], "missing_labels": "drop"}, "missing_labels"),
-    ({"terms": [{"type": "ce"}], "colour": 1}, "unknown loss config key 'colour'"),
-    ({"terms": [{"type": "exclusion", "form": "focal"}]}, "form must be"),
+    ({"terms": [{"type": "ce"}], "missing_labels": "drop"}, "loss.missing_labels: 'drop' is not allowed"),
+    ({"terms": [{"type": "ce"}], "colour": 1}, "unknown field loss.colour"),
+    ({"terms": [{"type": "exclusion", "form": "focal"}]}, r"loss.terms\[0\].form: 'focal' is not allowed"),
     ({"terms": [{"type": "ce", "label_smoothing": 0.1}], "missing_labels": "marginal"}, "not supported"),
-    ({"terms": [{"type": "dice", "weight": "half"}]}, r"terms\[0\] \(dice\): weight must be a finite number"),
-    ({"terms": [{"type": "ce"}, {"type": "tversky", "beta": -1}]}, r"terms\[1\] \(tversky\): beta"),
-    ({"terms": [{"type": "focal", "gamma": float("nan")}]}, "gamma must be a finite number"),
-    ({"terms": [{"type": "ce"}], "class_weights": [1.0, float("inf")]}, "class_weights must be finite"),
-    ({"terms": [{"type": "ce"}], "class_weights": 3}, "class_weights must be null, a scheme name"),
-    ({"terms": [{"type": "ce"}], "fn_weights": "high"}, "fn_weights must be a list"),
-    ({"terms": [{"type": "ce"}], "low_confidence": {"tau": 0.5}}, "low_confidence must be"),
+    ({"terms": [{"type": "ce", "top_k_percent_pixels": 0}]}, r"terms\[0\].top_k_percent_pixels: must be in"),
+    ({"terms": [{"type": "dice", "weight": "half"}]}, r"loss.terms\[0\].weight: expected float"),
+    ({"terms": [{"type": "ce"}, {"type": "tversky", "beta": -1}]}, r"loss.terms\[1\].beta: must be a finite"),
+    ({"terms": [{"type": "focal", "gamma": float("nan")}]}, r"terms\[0\].gamma: must be a finite number"),
+    ({"terms": [{"type": "focal", "alpha": [1, -2]}]}, r"terms\[0\].alpha: must be null, a number"),
+    ({"terms": [{"type": "ce"}], "class_weights": [1.0, float("inf")]}, "loss.class_weights: must be finite"),
+    ({"terms": [{"type": "ce"}], "class_weights": 3}, "loss.class_weights: expected null or str or a list"),
+    ({"terms": [{"type": "ce"}], "fn_weights": "high"}, "loss.fn_weights: expected a list"),
+    ({"terms": [{"type": "ce"}], "low_confidence": {"tau": -0.5}}, "loss.low_confidence.tau: must be"),
+    ({"terms": [{"type": "ce"}], "low_confidence": {"tau": 0.5, "beta": 1}}, "unknown field loss.low_confidence"),
+    # one ignore index (classes.ignore_index), class-weight options in the stats section
+    ({"terms": [{"type": "ce"}], "ignore_index": 254}, "loss.ignore_index is not a setting any more"),
+    ({"terms": [{"type": "ce"}], "weight_options": {}}, "stats section"),
 ])
 def test_bad_configs_name_the_problem(config, message):
     with pytest.raises(ValueError, match=message):
@@ -106,7 +113,7 @@ def test_num_classes_checks_vectors_logits_and_dict_keys():
 def test_scheme_without_weights_is_an_error():
     with pytest.raises(ValueError, match="pass class_weights="):
         SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": "enet"})
-    with pytest.raises(ValueError, match="fn_weights has 2 values for 3 classes"):
+    with pytest.raises(ValueError, match="loss.fn_weights: has 2 values for 3 classes"):
         validate_loss_config({"terms": [{"type": "ce"}], "fn_weights": [1, 2]}, num_classes=3)
 
 
@@ -225,3 +232,94 @@ def test_sample_weight_is_refused_with_a_pointer_to_pixel_weights():
     ds, images, y = dict_dataset()
     with pytest.raises(ValueError, match="pixel_weights"):
         model.fit(images, y["mask"], sample_weight=np.ones(len(images), np.float32), verbose=0)
+
+
+# --------------------------------------------------------------------------- registry, ignore index
+def every_term_config():
+    from segbalance.trainer.loss_config import TERMS
+
+    return [{"type": name} for name in TERMS]
+
+
+def test_every_registered_term_has_typed_defaults_and_round_trips():
+    from segbalance.trainer.loss_config import TERMS, LossConfig
+    from segbalance.trainer.typed_config import from_dict, to_dict
+
+    assert set(TERMS) >= {"ce", "focal", "dice", "generalized_dice", "tversky", "exclusion"}
+    config = from_dict(LossConfig, {"terms": every_term_config()}, "loss")
+    for term, name in zip(config.terms, TERMS):
+        assert type(term) is TERMS[name] and term.weight == 1.0
+    assert from_dict(LossConfig, to_dict(config), "loss") == config
+    # defaults are the functions' defaults (trainer/losses.py): same value with and without them
+    mask, logits, labeled, pw = batch(3)
+    y = {"mask": mask, "labeled": labeled, "pixel_weights": pw}
+    expected = (L.weighted_cross_entropy(mask, logits, pixel_weights=pw) + L.focal_loss(mask, logits, pixel_weights=pw)
+                + L.dice_loss(mask, logits, pixel_weights=pw) + L.generalized_dice_loss(mask, logits, pixel_weights=pw)
+                + L.tversky_loss(mask, logits, pixel_weights=pw) + L.exclusion_loss(mask, logits, labeled, pixel_weights=pw))
+    np.testing.assert_allclose(float(SegmentationLoss(config)(y, logits)), float(expected), rtol=1e-5)
+
+
+def test_a_term_registered_in_one_place_is_composed_and_serialised():
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from segbalance.trainer.loss_config import TERMS, Term, register
+
+    @register
+    @dataclass
+    class SquaredDice(Term):  # a new term: one class, nothing else to touch
+        TYPE: ClassVar[str] = "squared_dice"
+        smooth: float = 1.0
+
+        def compute(self, x):
+            return L.dice_loss(x.mask, x.logits, ignore_index=x.ignore_index, smooth=self.smooth) ** 2
+
+    try:
+        mask, logits, _, _ = batch(5)
+        loss = SegmentationLoss({"terms": [{"type": "squared_dice", "weight": 0.5, "smooth": 2.0},
+                                           {"type": "ce"}]})
+        expected = 0.5 * L.dice_loss(mask, logits, smooth=2.0) ** 2 + L.weighted_cross_entropy(mask, logits)
+        np.testing.assert_allclose(float(loss(mask, logits)), float(expected), rtol=1e-6)
+        restored = keras.losses.deserialize(keras.losses.serialize(loss))
+        assert restored.loss_config["terms"][0] == {"type": "squared_dice", "weight": 0.5, "smooth": 2.0}
+        with pytest.raises(ValueError, match=r"unknown field loss.terms\[0\].gamma"):
+            validate_loss_config({"terms": [{"type": "squared_dice", "gamma": 1}]})
+    finally:
+        TERMS.pop("squared_dice")
+    with pytest.raises(ValueError, match="unknown type 'squared_dice'"):
+        validate_loss_config({"terms": [{"type": "squared_dice"}]})
+
+
+@pytest.mark.parametrize("missing_labels", [None, "marginal", "ignore_predicted"])
+def test_pixels_at_the_ignore_index_do_not_move_any_term(missing_labels):
+    """classes.ignore_index 254: those pixels count nowhere, for every registered term."""
+    mask, logits, labeled, pw = batch(6, size=12)
+    mask[:, 3:7, 2:9] = 254
+    mask[:, 0, 0] = 1  # batch() puts 255 there: with ignore_index 254 it is a (bad) label
+    ignored = mask == 254
+    config = {"terms": [dict(t, weight=w) for t, w in zip(every_term_config(), (1.0, 0.5, 0.7, 0.3, 0.9, 0.4))],
+              "class_weights": [0.5, 1.0, 2.0], "missing_labels": missing_labels, "fn_weights": [1, 2, 1]}
+    loss = SegmentationLoss(config, ignore_index=254, num_classes=C)
+    y = {"mask": mask, "labeled": labeled, "pixel_weights": pw}
+    value = float(loss(y, logits))
+    moved = logits.copy()
+    moved[ignored] = np.random.default_rng(1).normal(0, 20, size=moved[ignored].shape)
+    assert float(loss(y, moved)) == pytest.approx(value, rel=1e-6)
+    # the same as marking those pixels with weight 0 under the default ignore index 255
+    reference = SegmentationLoss(config, num_classes=C)
+    masked = np.where(ignored, 255, mask).astype(np.int32)
+    assert float(reference({**y, "mask": masked}, logits)) == pytest.approx(value, rel=1e-6)
+    assert float(loss(y, moved)) != pytest.approx(float(SegmentationLoss(config, num_classes=C)(
+        {**y, "mask": np.where(ignored, 0, mask).astype(np.int32)}, moved)), rel=1e-3)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert restored.ignore_index == 254 and float(restored(y, moved)) == pytest.approx(value, rel=1e-6)
+
+
+def test_models_saved_with_the_ignore_index_in_the_loss_config_still_load():
+    old = {"config": {"terms": [{"type": "ce", "weight": 1.0}], "ignore_index": 254,
+                      "weight_options": {"clip": [0.5, 2.0]}},
+           "class_weights": None, "num_classes": 3, "name": "segmentation_loss", "reduction": "sum_over_batch_size"}
+    loss = SegmentationLoss.from_config(old)
+    assert loss.ignore_index == 254 and loss.loss_config["terms"] == [{"type": "ce", "weight": 1.0,
+                                                                        "label_smoothing": 0.0,
+                                                                        "top_k_percent_pixels": 1.0}]
