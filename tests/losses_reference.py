@@ -30,7 +30,8 @@ def cross_entropy(y, z, cw=None, pw=None, ls=0.0, ignore=255):
         target = np.full(c, ls / c)
         target[labels[idx]] += 1 - ls
         w = (cw[labels[idx]] if cw is not None else 1.0) * (pw[idx] if pw is not None else 1.0)
-        total += w * -(target * lp[idx]).sum()
+        used = target > 0  # 0 log 0 = 0: a class of probability 0 (logit -inf) outside the target costs nothing
+        total += w * -(target[used] * lp[idx][used]).sum()
     return total / max(valid.sum(), 1)
 
 

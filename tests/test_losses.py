@@ -433,3 +433,37 @@ def test_focal_gamma_zero_is_cross_entropy_value_and_gradient():
         assert focal[0] == ce[0]
         np.testing.assert_array_equal(focal[1], ce[1])
     assert float(L.focal_loss(y, z, gamma=0)) == pytest.approx(ref.focal(y, z, 0.0), rel=1e-5)
+
+
+def _with_minus_inf_logits(seed=23):
+    """Every class gets a -inf logit on some valid pixel of another class; an ignored pixel (mapped to
+    class 0) has a -inf class-0 logit."""
+    y, z, labeled = data(seed, ignore_frac=0.1)
+    valid = np.argwhere(y != 255)
+    for k in range(C):
+        b, i, j = next(tuple(p) for p in valid if y[tuple(p)] != k and np.isfinite(z[tuple(p)]).all())
+        z[b, i, j, k] = -np.inf
+    y[1, 4, 3] = 255
+    z[1, 4, 3, 0] = -np.inf
+    return y, z, labeled
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"ce_smoothing"}))
+def test_minus_inf_logit_gives_reference_value_and_finite_gradient(name):
+    """A -inf logit (a class masked out by the model) made focal and marginal CE NaN: the one-hot
+    pick computed -inf * 0. Every loss must stay finite, equal the reference, with a finite gradient."""
+    y, z, labeled = _with_minus_inf_logits()
+    ours, theirs = CASES[name]
+    value, grad = _value_and_grad(lambda t: ours(y, t, labeled), z)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    np.testing.assert_allclose(value, theirs(y, z, labeled), rtol=2e-5, atol=1e-6)
+    assert (grad[np.isneginf(z)] == 0).all()  # a class of probability 0 stays there
+    compiled = tf.function(lambda a, b, c: ours(a, b, c), jit_compile=True)
+    np.testing.assert_allclose(float(compiled(tf.constant(y), tf.constant(z), tf.constant(labeled))), value, rtol=1e-5)
+
+
+def test_minus_inf_logit_with_label_smoothing_is_infinite():
+    """Label smoothing puts target mass eps / C on every class: on a class of probability 0 the cross
+    entropy is +inf, by definition (not NaN)."""
+    y, z, labeled = _with_minus_inf_logits()
+    assert float(L.weighted_cross_entropy(y, z, label_smoothing=0.1)) == np.inf == ref.cross_entropy(y, z, ls=0.1)

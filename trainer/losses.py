@@ -76,19 +76,27 @@ def _replica_share(loss):
 
 
 def prepare(y_true, logits, ignore_index: int = DEFAULT_IGNORE_INDEX):
-    """(labels int32 [B,H,W] with ignore -> 0, valid float32 [B,H,W], logits float32, C)."""
+    """(labels int32 [B,H,W] with ignore -> 0, valid float32 [B,H,W], logits float32, C).
+
+    The logits of ignored pixels are replaced by 0 (their gradient is exactly 0): whatever the
+    model emits there (a -inf logit on class 0, the class ignored pixels are mapped to) cannot
+    turn into an infinite per-pixel loss whose product with weight 0 is NaN.
+    """
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
     labels = ops.cast(ops.convert_to_tensor(y_true), "int32")
     if len(labels.shape) == len(logits.shape):
         labels = ops.squeeze(labels, axis=-1)
     valid = ops.not_equal(labels, ignore_index)
     labels = ops.where(valid, labels, ops.zeros_like(labels))
+    logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
     return labels, ops.cast(valid, "float32"), logits, int(logits.shape[-1])
 
 
 def _pick(values, labels, num_classes: int):
-    """values[..., labels] via a one-hot product: static shapes, XLA-friendly with a dynamic batch."""
-    return ops.sum(values * ops.one_hot(labels, num_classes), axis=-1)
+    """values[..., labels] by selection (``where`` on the one-hot), not a product with it: a -inf in
+    another class stays out (-inf * 0 is NaN) and its gradient is 0. Static shapes, XLA-friendly
+    with a dynamic batch."""
+    return ops.sum(ops.where(ops.one_hot(labels, num_classes) > 0, values, 0.0), axis=-1)
 
 
 def _class_vector(values, num_classes: int, name: str):
@@ -144,8 +152,12 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
 
 
 def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
-    """sum(weight * loss) / global number of valid pixels (see module docstring)."""
-    weighted = per_pixel * weight
+    """sum(weight * loss) / global number of valid pixels (see module docstring).
+
+    Pixels of weight 0 (ignored ones included) contribute exactly 0, even where their loss is
+    infinite (an ignored pixel, mapped to class 0, whose class-0 logit is -inf): inf * 0 would be NaN.
+    """
+    weighted = ops.where(ops.not_equal(weight, 0.0), per_pixel * weight, 0.0)
     count = valid
     if not 0.0 < top_k_percent_pixels <= 1.0:
         raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
