@@ -4,13 +4,21 @@ Each command module exposes ``add_parser(subparsers)``, which adds its parser an
 ``func`` (called with the parsed args, returns the exit code). Modules are imported only
 when listed here; heavy imports (TensorFlow, Beam, TFX) happen inside the commands, so
 ``segbalance --help`` is fast.
+
+Errors: a user's mistake (``segbalance.contract.UserError`` and its subclasses, or a bad
+argument) prints ONE line on stderr, ``segbalance COMMAND: error: ...``, and exits with code
+2; ``segbalance --debug COMMAND ...`` also prints the traceback. Any other exception is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 from typing import Optional, Sequence
+
+from segbalance.contract import UserError
 
 # (module path) in the order they appear in --help.
 COMMAND_MODULES = [
@@ -25,11 +33,25 @@ COMMAND_MODULES = [
 ]
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (not the usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def one_line(text: str) -> str:
+    """Collapse a message to one line (a multi-line message would read as several errors)."""
+    return " ".join(str(text).split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="segbalance",
         description="Semantic segmentation on imbalanced and partially annotated data, as a TFX pipeline.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the Python traceback as well as the one-line message")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers)
@@ -42,7 +64,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.flush()
+        print(f"segbalance {args.command}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

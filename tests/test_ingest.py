@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from segbalance.pipeline import cli, ingest
+from segbalance.pipeline import cli, ingest, output_guard
 from segbalance.trainer import example_codec as codec
 
 
@@ -245,17 +245,35 @@ def test_empty_folders(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "cannot read it"),
-    ('["a", "b"]', "top level must be an object"),
+    ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at line 1, column 2"),
+    ('{"img0": [0, 1],\n "img1": [0 2]}', "is not valid JSON: Expecting ',' delimiter at line 2, column 13"),
+    ('["a", "b"]', "the top level must be an object, got a JSON list"),
     ('{"img0": [0, 5]}', "outside [0, 3)"),
+    # only lists of integers: a string is not a list of its digits, floats and booleans are not ids
+    ('{"img0": "13"}', "key 'img0' is a JSON string ('13'), not a list of class ids"),
+    ('{"img0": 1}', "key 'img0' is a JSON integer (1), not a list of class ids"),
+    ('{"img0": [1.9, 0]}', "key 'img0' lists 1.9 (number); class ids must be integers"),
+    ('{"img0": [0, true]}', "key 'img0' lists True (boolean); class ids must be integers"),
+    ('{"img0": [0, "1"]}', "key 'img0' lists '1' (string); class ids must be integers"),
+    ('{"img0": [0, null]}', "key 'img0' lists None (null); class ids must be integers"),
+    ('{"img0": [0, -1]}', "key 'img0' lists negative class ids [-1]"),
 ])
 def test_bad_labeled_json(tmp_path, content, message, capsys):
     _dataset(tmp_path, n=1)
     (tmp_path / "labeled.json").write_text(content)
     assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json")) == 2
     err = capsys.readouterr().err
-    assert "labeled.json" in err and message in err
+    assert err.startswith(f"segbalance ingest: error: labeled file {tmp_path / 'labeled.json'}")
+    assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_labeled_json_lists_of_integers_are_valid(tmp_path):
+    """The valid form round-trips unchanged (the strict reading refuses only what is not a list of ints)."""
+    _dataset(tmp_path, n=2)
+    (tmp_path / "labeled.json").write_text('{"img0": [2, 0], "img1": []}')
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json")) == 0
+    assert {r.source_id: r.labeled for r in _records(tmp_path / "out")} == {"img0": [0, 2], "img1": []}
 
 
 def test_existing_span_needs_overwrite(tmp_path, capsys):
@@ -311,3 +329,210 @@ def test_cli_help_lists_every_option():
         assert option in result.stdout
     top = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli"], capture_output=True, text=True)
     assert top.returncode == 2 and "sample-data" in top.stdout and "ingest" in top.stdout
+
+
+# --------------------------------------------------------------------------- output safety (issue 13, item 1)
+def _tree(root):
+    """{relative path: bytes} of every file under root (what must survive a refused command)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(err, *parts):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segbalance ingest: error: "), err
+    assert "Traceback" not in err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+@pytest.mark.parametrize("output", [".", "images", "images/sub", "masks"])
+def test_overwrite_never_touches_the_input_folders(tmp_path, output, capsys):
+    """`ingest d/images d/masks --output d --overwrite` used to rename d aside and delete it."""
+    d = tmp_path / "d"
+    _dataset(d, n=2)
+    (d / "classes.json").write_text(json.dumps({"class_names": ["bg", "a", "b"]}))
+    before = _tree(d)
+    target = d / output
+    code = cli.main(["ingest", str(d / "images"), str(d / "masks"), "--output", str(target), "--overwrite"])
+    assert code == 2
+    relation = {".": "contains", "images": "is", "images/sub": "is inside", "masks": "is"}[output]
+    _one_error_line(capsys.readouterr().err, f"--output {target} {relation} the input folder", "nothing was written")
+    assert _tree(d) == before and sorted(p.name for p in d.iterdir()) == ["classes.json", "images", "masks"]
+    # with --span the span folder inside the inputs is refused too
+    if output != ".":
+        assert cli.main(["ingest", str(d / "images"), str(d / "masks"), "--output", str(target), "--span", "0"]) == 2
+        assert "the input folder" in capsys.readouterr().err and _tree(d) == before
+
+
+def test_overwrite_replaces_only_what_ingest_wrote(tmp_path, capsys):
+    _dataset(tmp_path, n=2)
+    # a user's folder: not empty, never written by ingest -> refused even with --overwrite
+    other = tmp_path / "out"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert _run(tmp_path, "--overwrite") == 2
+    _one_error_line(capsys.readouterr().err, f"--output {other} is not empty: it holds notes.txt, which segbalance "
+                    "ingest did not write; choose a new or empty folder (nothing was written or deleted)")
+    assert _tree(other) == {"notes.txt": b"mine"}
+    (other / "notes.txt").unlink()
+    # an ingest output carries the marker; --overwrite replaces it
+    assert _run(tmp_path) == 0
+    assert json.loads((other / output_guard.MARKER).read_text()) == {"written_by": "ingest", "target": "out"}
+    assert _run(tmp_path, "--overwrite") == 0
+    # ... unless someone put a file of theirs into it
+    (other / "notes.txt").write_text("mine")
+    assert _run(tmp_path, "--overwrite") == 2
+    _one_error_line(capsys.readouterr().err, f"--output {other} is not empty: it holds notes.txt")
+    assert (other / "notes.txt").read_text() == "mine" and (other / ingest.REPORT_NAME).is_file()
+    (other / "notes.txt").unlink()
+    # a folder written before the marker existed (report + shards only) is still ours
+    (other / output_guard.MARKER).unlink()
+    assert _run(tmp_path, "--overwrite") == 0
+    assert sorted(p.name for p in other.iterdir()) == [output_guard.MARKER, "data-00000-of-00001.tfrecord",
+                                                       ingest.REPORT_NAME]
+
+
+@pytest.mark.parametrize("span", [None, "0"])
+def test_output_that_is_a_file(tmp_path, span, capsys):
+    _dataset(tmp_path, n=1)
+    (tmp_path / "out").write_text("a file")
+    assert _run(tmp_path, *(["--span", span] if span else [])) == 2
+    target = tmp_path / "out" / f"Span-{span}" if span else tmp_path / "out"
+    where = f" ({tmp_path / 'out'} is a file)" if span else ""
+    _one_error_line(capsys.readouterr().err, f"--output {target} is not a folder{where}")
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_killed_ingest_leaves_nothing_a_data_glob_matches_and_the_next_run_cleans_it(tmp_path):
+    """SIGKILL in the middle of writing (no `finally` runs): the temporary folder is hidden, holds
+    no data-* file and no Span-* name; the next ingest into the same folder removes it."""
+    _dataset(tmp_path, n=4)
+    script = (
+        "import os, signal\n"
+        "from segbalance.pipeline import ingest\n"
+        "real = ingest.encode_pair\n"
+        "calls = []\n"
+        "def kill_on_third(*a):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*a)\n"
+        "ingest.encode_pair = kill_on_third\n"
+        f"ingest.ingest({str(tmp_path / 'images')!r}, {str(tmp_path / 'masks')!r}, {str(tmp_path / 'out')!r}, "
+        "span=1, options=ingest.IngestOptions(num_classes=3))\n")
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    (left,) = (tmp_path / "out").iterdir()
+    assert left.name.startswith(ingest.TMP_PREFIX) and left.name.startswith(".")
+    assert "Span-" not in left.name and "data-" not in left.name
+    assert [p.name for p in left.iterdir()] == ["shard-00000-of-00001.partial"]
+    for pattern in ("*/data-*", "Span-*/data-*", "*/*.tfrecord", "Span-*"):
+        assert tf.io.gfile.glob(str(tmp_path / "out" / pattern)) == [], pattern
+    # the next run (same parent folder) removes it; a live process's folder would be kept
+    assert _run(tmp_path, "--span", "2") == 0
+    assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(tmp_path / "out"),
+                     "--span", "1", "--num-classes", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Span-1", "Span-2"]
+
+
+def test_replacement_killed_between_renames_is_restored(tmp_path):
+    """A replacement killed after moving the old span aside: the next ingest puts it back."""
+    _dataset(tmp_path, n=2)
+    assert _run(tmp_path, "--span", "1") == 0
+    before = _tree(tmp_path / "out" / "Span-1")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = tmp_path / "out" / f"{ingest.OLD_PREFIX}{int(dead.stdout)}"
+    (tmp_path / "out" / "Span-1").rename(aside)
+    assert _run(tmp_path, "--span", "2") == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Span-1", "Span-2"]
+    assert _tree(tmp_path / "out" / "Span-1") == before
+
+
+# --------------------------------------------------------------------------- masks must be lossless (item 5)
+def _jpeg_bytes(array):
+    import io as _io
+    buffer = _io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_jpeg_masks_are_bad_pairs_even_under_a_png_name(tmp_path, capsys):
+    _dataset(tmp_path, n=2)
+    rng = np.random.default_rng(3)
+    ids = np.kron(rng.integers(0, 3, size=(3, 3)), np.ones((4, 4))).astype(np.uint8)  # 12x12 blocks
+    _write(tmp_path / "images" / "j.png", rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8))
+    (tmp_path / "masks" / "j.png").write_bytes(_jpeg_bytes(ids * 100))
+    _write(tmp_path / "images" / "k.png", rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8))
+    (tmp_path / "masks" / "k.jpg").write_bytes(_jpeg_bytes(ids))
+    assert _run(tmp_path) == 0
+    reasons = {b["source_id"]: b["reason"] for b in _report(tmp_path / "out")["bad"]}
+    assert reasons == {
+        "j": "mask j.png is JPEG data under a .png name: JPEG is lossy and changes class ids at region edges; "
+             "masks must be lossless PNG",
+        "k": "mask k.jpg is JPEG data: JPEG is lossy and changes class ids at region edges; masks must be lossless PNG"}
+    assert "no mask" not in capsys.readouterr().err
+    assert {r.source_id for r in _records(tmp_path / "out")} == {"img0", "img1"}
+    assert _run(tmp_path, "--strict", "--overwrite") == 2
+    err = capsys.readouterr().err.strip().splitlines()  # a "skipped" line per bad pair, then the error
+    assert err[:2] == ["ingest: skipped j: " + reasons["j"], "ingest: skipped k: " + reasons["k"]]
+    _one_error_line(err[2], "--strict: 2 of 4 pairs are bad", "JPEG")
+
+
+def test_one_bit_masks_are_ids_0_and_1_and_alpha_masks_are_named(tmp_path):
+    _dataset(tmp_path, n=1)
+    rng = np.random.default_rng(4)
+    bits = rng.integers(0, 2, size=(12, 10)).astype(bool)
+    for stem in ("bits", "la", "cmyk", "rgba"):
+        _write(tmp_path / "images" / f"{stem}.png", rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8))
+    Image.fromarray(bits).convert("1").save(tmp_path / "masks" / "bits.png")
+    assert Image.open(tmp_path / "masks" / "bits.png").mode == "1"
+    Image.fromarray(np.zeros((12, 10, 2), np.uint8), mode="LA").save(tmp_path / "masks" / "la.png")
+    Image.new("CMYK", (10, 12)).save(tmp_path / "masks" / "cmyk.tif")
+    rgba = np.full((12, 10, 4), 255, np.uint8)
+    rgba[0, 0, 3] = 128
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "masks" / "rgba.png")
+    assert _run(tmp_path) == 0
+    records = {r.source_id: r for r in _records(tmp_path / "out")}
+    assert sorted(records) == ["bits", "img0"]
+    np.testing.assert_array_equal(codec.decode_array(records["bits"].mask_bytes), bits.astype(np.uint8))
+    reasons = {b["source_id"]: b["reason"] for b in _report(tmp_path / "out")["bad"]}
+    assert reasons["la"].startswith("mask la.png is greyscale with an alpha channel (LA); class-id masks must be "
+                                    "single-channel")
+    assert reasons["cmyk"].startswith("mask cmyk.tif is CMYK colour; class-id masks must be single-channel")
+    assert reasons["rgba"].startswith("mask rgba.png is RGBA with 1 (partly) transparent pixels")
+    assert not any("3 channels" in r for r in reasons.values())
+
+
+@pytest.mark.parametrize("case, where", [("undecodable_image", "image bad.png"), ("undecodable_mask", "mask bad.png")])
+def test_undecodable_files_are_named_without_python_object_reprs(tmp_path, case, where):
+    _dataset(tmp_path, n=1)
+    _make_bad(tmp_path, case)
+    assert _run(tmp_path) == 0
+    (bad,) = _report(tmp_path / "out")["bad"]
+    assert where in bad["reason"] and "BytesIO" not in bad["reason"] and "0x" not in bad["reason"], bad["reason"]
+
+
+# --------------------------------------------------------------------------- class count (items 6, 8)
+@pytest.mark.parametrize("value", ["0", "-1", "257"])
+def test_num_classes_out_of_range_is_refused_not_replaced_by_classes_json(tmp_path, value, capsys):
+    _dataset(tmp_path, n=1)
+    (tmp_path / "classes.json").write_text(json.dumps({"class_names": ["bg", "a", "b"]}))
+    assert _run(tmp_path, num_classes=value) == 2
+    _one_error_line(capsys.readouterr().err, f"--num-classes must be between 1 and 256 (masks are 8-bit), got {value}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"class_names": ["bg", "a"', "is not valid JSON: Expecting ',' delimiter at line 1, column 27"),
+    ('["bg", "a"]', 'expected {"class_names": ["background", ...]}'),
+    ('{"names": ["bg", "a"]}', 'expected {"class_names": ["background", ...]}'),
+    ('{"class_names": []}', "with at least one name"),
+    ('{"class_names": "bg,a"}', "with at least one name"),
+    ('{"class_names": [0, 1]}', "(strings)"),
+])
+def test_malformed_classes_json(tmp_path, content, message, capsys):
+    _dataset(tmp_path, n=1)
+    (tmp_path / "classes.json").write_text(content)
+    code = cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(tmp_path / "out")])
+    assert code == 2
+    _one_error_line(capsys.readouterr().err, f"classes file {tmp_path / 'classes.json'}", message)

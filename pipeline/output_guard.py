@@ -1,0 +1,123 @@
+"""Never delete or overwrite what segbalance did not write: checks for the folders commands write.
+
+Every command that writes a folder (``ingest --output``, ``sample-data --output``, ``stats
+--output``, ``run --output-dir``) calls :func:`check_output_folder` before anything is written
+or moved. A folder may be written when it does not exist, is empty, or holds only what the
+same command wrote there before: its marker file (``.segbalance.json``, ``{"written_by":
+COMMAND}``) or, for folders written before the marker existed, its key file, and nothing
+but the command's own file names. Anything else (a file where a folder is expected, a folder
+holding the command's inputs or inside them, a folder with other files) is a
+:class:`~segbalance.contract.UserError`: one line, exit code 2, nothing moved.
+
+No TensorFlow/TFX imports: commands check their output before the slow imports.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from segbalance.contract import UserError
+
+MARKER = ".segbalance.json"
+
+
+class OutputError(UserError):
+    """An output path that must not be written (it is a file, holds inputs, or holds others' files)."""
+
+
+def write_marker(folder: os.PathLike, command: str, **extra) -> None:
+    Path(folder, MARKER).write_text(json.dumps({"written_by": command, **extra}) + "\n")
+
+
+def read_marker(folder: os.PathLike) -> Optional[dict]:
+    """The folder's marker as a dict, or None (no marker, or not readable)."""
+    try:
+        data = json.loads(Path(folder, MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def written_by(folder: os.PathLike) -> Optional[str]:
+    """The command named by the folder's marker, or None (no marker, or not ours)."""
+    return (read_marker(folder) or {}).get("written_by")
+
+
+def _related(a: Path, b: Path) -> Optional[str]:
+    """How output ``a`` relates to input ``b``: 'is', 'contains', 'is inside', or None."""
+    if a == b:
+        return "is"
+    if a in b.parents:
+        return "contains"
+    if b in a.parents:
+        return "is inside"
+    return None
+
+
+def check_not_inputs(folder: os.PathLike, option: str, inputs: Iterable[os.PathLike]) -> None:
+    """Refuse an output folder that is, contains or is inside one of the input folders."""
+    out = Path(folder).resolve()
+    for item in inputs:
+        relation = _related(out, Path(item).resolve())
+        if relation:
+            raise OutputError(f"{option} {folder} {relation} the input folder {item}: choose an output folder "
+                              f"outside the inputs (nothing was written)")
+
+
+def foreign_entries(folder: Path, owned: Sequence[str]) -> list:
+    """Names in ``folder`` that match none of the ``owned`` glob patterns (the marker is always owned)."""
+    patterns = [MARKER, *owned]
+    return sorted(p.name for p in folder.iterdir() if not any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
+
+
+def check_output_folder(
+    folder: os.PathLike,
+    *,
+    command: str,
+    option: str,
+    owned: Sequence[str],
+    key_file: Optional[str] = None,
+    inputs: Iterable[os.PathLike] = (),
+) -> bool:
+    """Check that ``folder`` may be written by ``command``; returns True when it already holds data
+    (of this command). Raises OutputError when it must not be written:
+
+    - it exists and is not a folder, or a path above it is a file;
+    - it is, contains or is inside one of ``inputs``;
+    - it is not empty, and either lacks the marker of ``command`` (and ``key_file``, the sign of
+      a folder written before markers existed) or holds names matching none of ``owned``.
+    """
+    path = Path(folder)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "" if parent == path else f" ({parent} is a file)"
+            raise OutputError(f"{option} {folder} is not a folder{where}: give a folder path")
+        if parent.exists():
+            break
+    check_not_inputs(path, option, inputs)
+    if not path.is_dir() or not any(path.iterdir()):
+        return False
+    ours = written_by(path) == command or (key_file is not None and (path / key_file).is_file())
+    foreign = foreign_entries(path, owned)
+    if foreign:
+        sample = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise OutputError(f"{option} {folder} is not empty: it holds {sample}, which segbalance {command} did not "
+                          f"write; choose a new or empty folder (nothing was written or deleted)")
+    if not ours:
+        raise OutputError(f"{option} {folder} is not empty and was not written by segbalance {command}; choose a new "
+                          f"or empty folder (nothing was written or deleted)")
+    return True
+
+
+# What `segbalance run` writes into its output directory is its own: it only writes these names
+# (pipeline/dag.py local_paths), so other files there are left alone; but a non-empty folder
+# that is not a run directory (no marker, no ML Metadata store) is refused.
+RUN_KEY_FILE = "metadata.sqlite"
+
+
+def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
+    """``segbalance run``'s output directory: new, empty, or an earlier run's (True)."""
+    return check_output_folder(folder, command="run", option=option, owned=("*",), key_file=RUN_KEY_FILE)
