@@ -17,13 +17,14 @@ import os
 import re
 from typing import Optional
 
+from segbalance.contract import UserError
 from segbalance.pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
 
 URI_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+$")
 IMAGE_PATTERN = re.compile(r"^[a-z0-9]+([._/:@-][a-zA-Z0-9]+)*$")
 
 
-class CompileError(ValueError):
+class CompileError(UserError, ValueError):
     """Bad input for compilation; raised before anything is compiled."""
 
 

@@ -21,12 +21,14 @@ import shlex
 import sys
 from typing import Callable, Optional
 
+from segbalance.contract import UserError
+
 FIELD = re.compile(r"^(\*|\d+(-\d+)?(,\d+(-\d+)?)*)(/\d+)?$")
 DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
 RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError, ValueError):
     pass
 
 

@@ -70,11 +70,20 @@ def focal_pixel_gradient(z, label, gamma):
     return d_dp * dp_dz
 
 
+def region_weight(valid, pw):
+    """Pixel weights of the region losses: valid * pw scaled to mean 1 over the valid pixels."""
+    if pw is None:
+        return valid
+    weight = valid * np.asarray(pw, np.float64)
+    return weight * (valid.sum() / weight.sum() if weight.sum() > 0 else 0.0)
+
+
 def class_sums(y, z, ignore=255, pw=None):
-    """Per class (sum p*g, sum p, sum g) over the valid pixels, each pixel times its weight pw."""
+    """Per class (sum p*g, sum p, sum g) over the valid pixels, each pixel times its weight pw
+    (rescaled to mean 1 over the valid pixels)."""
     labels, valid = split(y, ignore)
     c = z.shape[-1]
-    weight = valid if pw is None else valid * np.asarray(pw, np.float64)
+    weight = region_weight(valid, pw)
     p = softmax(z.astype(np.float64)) * weight[..., None]
     g = np.eye(c)[labels] * weight[..., None]
     # p and g both carry the weight, so the intersection is sum w * p * g (not w^2)
@@ -153,21 +162,22 @@ def exclusion_ce(y, z, labeled, ignore=255, pw=None):
 
 
 def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255, pw=None):
-    """Each pixel's weight pw multiplies its share of every sum, as in the region losses."""
+    """Each pixel counts once, times its weight pw (rescaled to mean 1 over the valid pixels of the
+    batch), in every sum, as in the region losses."""
     labels, valid = split(y, ignore)
     sets = labeled_sets(labeled)
     c = z.shape[-1]
     p = softmax(z.astype(np.float64))
-    weight = valid if pw is None else valid * np.asarray(pw, np.float64)
+    weight = region_weight(valid, pw)
     values = []
     for b in range(labels.shape[0]):
-        region = weight[b] * (labels[b] > 0)
-        if region.sum() == 0:
+        w, region = weight[b], (labels[b] > 0) * valid[b]
+        if (w * region).sum() == 0:
             continue
         for k in range(c):
             if k not in sets[b]:
-                pk = p[b, ..., k] * weight[b]
-                values.append(2 * (pk * region).sum() / (pk.sum() + region.sum() + smooth))
+                pk = p[b, ..., k]
+                values.append(2 * (w * pk * region).sum() / ((w * pk).sum() + (w * region).sum() + smooth))
     return float(np.mean(values)) if values else 0.0
 
 

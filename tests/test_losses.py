@@ -467,3 +467,43 @@ def test_minus_inf_logit_with_label_smoothing_is_infinite():
     entropy is +inf, by definition (not NaN)."""
     y, z, labeled = _with_minus_inf_logits()
     assert float(L.weighted_cross_entropy(y, z, label_smoothing=0.1)) == np.inf == ref.cross_entropy(y, z, ls=0.1)
+
+
+DICE_TYPE = {
+    "dice": lambda y, z, l, pw: L.dice_loss(y, z, pixel_weights=pw),
+    "dice_class_weights": lambda y, z, l, pw: L.dice_loss(y, z, CW, smooth=0.5, pixel_weights=pw),
+    "generalized_dice": lambda y, z, l, pw: L.generalized_dice_loss(y, z, pixel_weights=pw),
+    "tversky": lambda y, z, l, pw: L.tversky_loss(y, z, alpha=0.3, beta=0.7, pixel_weights=pw),
+    "exclusion_dice": lambda y, z, l, pw: L.exclusion_loss(y, z, l, form="dice", pixel_weights=pw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DICE_TYPE))
+def test_dice_type_losses_do_not_depend_on_a_uniform_weight_scale(name):
+    """A uniform pixel weight (0.01, 1, 2, 100) gives the unweighted value: the weights' unit must not
+    matter (exclusion Dice had the weight squared in the overlap: weight 2 doubled it, above 1)."""
+    y, z, labeled = data(24, b=3, h=6, w=5)
+    fn = DICE_TYPE[name]
+    unweighted = float(fn(y, z, labeled, None))
+    for scale in (0.01, 1.0, 2.0, 100.0):
+        value = float(fn(y, z, labeled, np.full(y.shape, scale, np.float32)))
+        assert 0.0 <= value <= 1.0
+        np.testing.assert_allclose(value, unweighted, rtol=2e-6, err_msg=f"uniform weight {scale}")
+    # non-uniform weights: multiplying all of them by a constant changes nothing either
+    pw = _pw(y).numpy()
+    np.testing.assert_allclose(float(fn(y, z, labeled, 100 * pw)), float(fn(y, z, labeled, pw)), rtol=2e-6)
+
+
+def test_exclusion_dice_weighted_hand_case():
+    """One image, C = 3, class 2 missing; pixel 0 annotated as class 1, pixel 1 background.
+    p_2 = (0.5, 0.25). R = (1, 0), smooth 1."""
+    y = np.array([[[1, 0]]])
+    z = np.log(np.array([[[[1.0, 1.0, 2.0], [1.5, 1.5, 1.0]]]], np.float32))
+    labeled = np.array([[1, 1, 0]], np.float32)
+    # unweighted (and any uniform weight): 2 * 0.5 / ((0.5 + 0.25) + 1 + 1)
+    for weight in (1.0, 2.0):
+        got = float(L.exclusion_loss(y, z, labeled, form="dice", pixel_weights=np.full((1, 1, 2), weight)))
+        assert got == pytest.approx(1.0 / 2.75, rel=1e-6)
+    # weights (3, 1) -> mean 1: (1.5, 0.5); overlap 1.5 * 0.5, P = 1.5 * 0.5 + 0.5 * 0.25, R = 1.5
+    got = float(L.exclusion_loss(y, z, labeled, form="dice", pixel_weights=np.array([[[3.0, 1.0]]])))
+    assert got == pytest.approx(2 * 0.75 / (0.875 + 1.5 + 1.0), rel=1e-6)

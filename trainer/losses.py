@@ -17,7 +17,9 @@ Conventions (the same for every function):
   per-replica losses sum to the single-device loss of the global batch, and so do the
   gradients Keras sums over replicas (``SegmentationModel`` reports the global value).
 - *Region losses* (Dice, generalized Dice, Tversky, exclusion Dice): sums over the whole
-  (global) batch per class, then ``1 - weighted mean over classes``.
+  (global) batch per class, then ``1 - weighted mean over classes``. Each pixel enters every
+  sum once, times its pixel weight; the pixel weights are rescaled to mean 1 over the valid
+  pixels, so these losses do not depend on the weights' scale (``smooth`` counts pixels).
 - ``pixel_weights`` [B,H,W] multiplies each pixel's weight (region masks, the weight maps
   of ``trainer/weight_maps.py``); ``class_weights`` [C] weights each pixel by its true class.
 - ``fn_weights`` / ``fp_weights`` [C] (CE family): a pixel of true class c whose arg-max
@@ -289,36 +291,57 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
 
     ``form="ce"``: ``sum over those pixels and c of -log(1 - p_c)``, reduced like CE (divided by
     the valid pixels). ``form="dice"``: mean over (image, unlabelled c) of the Dice overlap
-    ``2 sum(p_c R) / (sum p_c + sum R + smooth)`` between p_c and the annotated region R
-    (sums over the image's valid pixels, each times its pixel weight; images without
-    annotated foreground are skipped).
+    ``2 sum(w p_c R) / (sum w p_c + sum w R + smooth)`` between p_c and the annotated region R
+    (sums over the image's valid pixels, each pixel once with its weight w, the pixel weights
+    rescaled to mean 1 as in the region losses, so the value is in [0, 1) and does not depend
+    on the weights' scale; images without annotated foreground are skipped).
     """
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     unlabeled = 1.0 - _labeled_mask(labeled, c)  # [B,1,1,C]
-    weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights)
-    region = weight * ops.cast(ops.greater(labels, 0), "float32")  # annotated foreground, weighted
+    foreground = ops.cast(ops.greater(labels, 0), "float32")  # annotated foreground (0 on ignored pixels)
     log_probs = ops.log_softmax(logits, axis=-1)
     if form == "ce":
+        weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights)
         per_pixel = -ops.sum(_log1mexp(log_probs) * unlabeled, axis=-1)
-        return reduce_pixels(per_pixel, region, valid)
+        return reduce_pixels(per_pixel, weight * foreground, valid)
     if form != "dice":
         raise ValueError(f"exclusion_loss form must be 'ce' or 'dice', got {form!r}")
-    probs = ops.exp(log_probs) * weight[..., None]  # ignored (and weight-0) pixels predict nothing
-    region4 = region[..., None]
-    overlap = ops.sum(probs * region4, axis=(1, 2))  # [B,C]
-    size = ops.sum(probs, axis=(1, 2)) + ops.sum(region4, axis=(1, 2))
+    weight = _region_weight(valid, pixel_weights)[..., None]  # [B,H,W,1], mean 1 over valid pixels
+    probs = ops.exp(log_probs)
+    region = foreground[..., None]
+    # each pixel counts once with its weight: sum w p_c R, sum w p_c, sum w R (not w^2 in the overlap)
+    overlap = ops.sum(weight * probs * region, axis=(1, 2))  # [B,C]
+    region_size = ops.sum(weight * region, axis=(1, 2))  # [B,1]
+    size = ops.sum(weight * probs, axis=(1, 2)) + region_size
     dice = 2.0 * overlap / (size + smooth)
-    pairs = ops.reshape(unlabeled, (-1, c)) * ops.cast(ops.sum(region, axis=(1, 2)) > 0, "float32")[:, None]
+    pairs = ops.reshape(unlabeled, (-1, c)) * ops.cast(region_size > 0, "float32")
     total = _global_sum(ops.sum(dice * pairs))
     num = _global_sum(ops.sum(pairs))
     return _replica_share(total / ops.maximum(num, 1.0))
 
 
 # --------------------------------------------------------------------------- region losses
+def _region_weight(valid, pixel_weights):
+    """Pixel weights of the region losses: ``valid * pixel_weights`` rescaled to mean 1 over the
+    valid pixels of the (global) batch.
+
+    Sums are then in pixels, whatever the weights' unit: ``smooth`` keeps its meaning and a
+    uniform weight (0.01 or 100) gives the unweighted loss. Without pixel weights: ``valid``.
+    All weights 0: all 0 (the sums are 0, as for a batch with no valid pixel).
+    """
+    if pixel_weights is None:
+        return valid
+    weight = valid * _squeeze_weights(pixel_weights)
+    total = _global_sum(ops.sum(weight))
+    count = _global_sum(ops.sum(valid))
+    positive = ops.greater(total, 0.0)
+    return weight * ops.where(positive, count / ops.where(positive, total, 1.0), 0.0)
+
+
 def _class_sums(y_true, logits, ignore_index, pixel_weights):
     """Global per-class sums: (sum p*g, sum p, sum g) [C] each, over valid pixels."""
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
-    weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights)
+    weight = _region_weight(valid, pixel_weights)
     probs = ops.softmax(logits, axis=-1) * weight[..., None]
     onehot = ops.one_hot(labels, c)
     axes = (0, 1, 2)
