@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import glob
-import html
 import json
 import os
 import sys
-from typing import List, NamedTuple, Optional
+from typing import List, Optional
 
 from segbalance.pipeline import report_charts as charts
+from segbalance.pipeline import report_images
+from segbalance.pipeline import report_pictures as pictures
 from segbalance.pipeline.report_sources import DRIFT_FILE, EVALUATION_FILE, STATS_FILE, ReportSources, find_sources
+from segbalance.pipeline.report_html import STYLE, Raw, Section, esc, fmt, table  # noqa: F401 (re-exported)
 
 TOP_IMAGES = 25
 MAX_QUARANTINE_ROWS = 200
@@ -33,40 +35,6 @@ STATS_PROTO = "FeatureStats.pb"  # tfx.components.statistics_gen.executor.DEFAUL
 ANOMALIES_PROTO = "SchemaDiff.pb"  # tfx.components.example_validator.executor.DEFAULT_FILE_NAME
 REQUIRED_KEYS = ("class_names", "pixel_counts", "image_counts", "num_records", "quarantined_records",
                  "total_pixels", "ignored_pixels", "ignore_index", "weights")
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;
-color:#222;padding:0 16px} h1{font-size:1.6em} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:0.9em} th,td{border:1px solid #ccc;padding:3px 8px;
-text-align:right} th{background:#f3f3f3} td.l,th.l{text-align:left} .bad{color:#b00020;font-weight:600}
-.ok{color:#1b7a1b;font-weight:600} .note{color:#555;font-size:0.9em} img{max-width:100%} nav a{margin-right:1em}
-ul.summary li{margin:2px 0}
-"""
-
-
-class Section(NamedTuple):
-    anchor: str
-    title: str
-    body: str
-    summary: Optional[str] = None  # one line (HTML) for the summary list at the top
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return esc(value)
-
-
-def table(header: List[str], rows: List[list], left: int = 1) -> str:
-    cell = lambda tag, i, v: f'<{tag} class="l">{v}</{tag}>' if i < left else f"<{tag}>{v}</{tag}>"  # noqa: E731
-    head = "".join(cell("th", i, esc(h)) for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(cell("td", i, fmt(c)) for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _split_files(folder: str, file_name: str):
@@ -196,33 +164,42 @@ def classes_sections(stats: dict) -> List[Section]:
     return sections
 
 
-def gaps_sections(class_stats_dir: str, names: List[str], top: int = TOP_IMAGES) -> List[Section]:
-    from segbalance.trainer.class_stats_io import read_per_image, read_quarantine
+def gap_rows(frame, top: int = TOP_IMAGES):
+    """(number of images with gaps, the ``top`` of them with the most missing + suspect-missing classes)."""
+    if not len(frame):
+        return 0, frame
+    frame = frame.assign(score=[len(m) + len(s) for m, s in zip(frame["missing"], frame["suspect_missing"])])
+    frame = frame[frame["score"] > 0]
+    return len(frame), frame.sort_values(["score", "source_id"], ascending=[False, True]).head(top)
 
-    frame = read_per_image(class_stats_dir)
-    rows, with_gaps = [], 0
-    if len(frame):
-        frame = frame.assign(score=[len(m) + len(s) for m, s in zip(frame["missing"], frame["suspect_missing"])])
-        frame = frame[frame["score"] > 0]
-        with_gaps = len(frame)
-        frame = frame.sort_values(["score", "source_id"], ascending=[False, True]).head(top)
-        label = lambda ids: ", ".join(names[int(c)] for c in ids) or "-"  # noqa: E731
-        rows = [[r.source_id, label(r.present), label(r.missing), label(r.suspect_missing)] for r in frame.itertuples()]
+
+def gaps_sections(frame, quarantine: List[dict], names: List[str], records: dict, evaluation_dir: Optional[str],
+                  per_image: Optional[dict], top: int = TOP_IMAGES) -> List[Section]:
+    with_gaps, shown_gaps = gap_rows(frame, top)
+    label = lambda ids: ", ".join(str(names[int(c)]) for c in ids) or "-"  # noqa: E731
+    rows = [[r.source_id, label(r.present), label(r.missing), label(r.suspect_missing)]
+            for r in shown_gaps.itertuples()] if with_gaps else []
     gaps = ['<p class="note"><b>missing</b>: not labelled in the image, so its absence proves nothing; '
             "<b>suspect missing</b>: absent although it almost always appears with the image's classes.</p>"]
     if rows:
         gaps += [f"<p>{with_gaps} images have missing or suspect-missing classes; the {len(rows)} with the most:</p>",
-                 table(["image", "present", "missing", "suspect missing"], rows, left=4)]
+                 table(["image", "present", "missing", "suspect missing"], rows, left=4),
+                 pictures.gap_cases([{"source_id": r.source_id, "missing": r.missing,
+                                      "suspect_missing": r.suspect_missing} for r in shown_gaps.itertuples()],
+                                    records, names, evaluation_dir, per_image)]
     else:
         gaps.append('<p class="ok">No image has missing or suspect-missing classes.</p>')
-    quarantine = read_quarantine(class_stats_dir)
     if quarantine:
         shown = quarantine[:MAX_QUARANTINE_ROWS]
+        thumbs = pictures.MAX_QUARANTINE_THUMBS
         body = (f'<p class="bad">{len(quarantine)} records quarantined'
-                + (f" (first {len(shown)} shown)" if len(shown) < len(quarantine) else "") + ":</p>"
-                + table(["record", "split", "reason"],
-                        [[q.get("source_id", q.get("record_index")), q.get("split", ""), q.get("reason", "")]
-                         for q in shown], left=3))
+                + (f" (first {len(shown)} shown)" if len(shown) < len(quarantine) else "")
+                + f":</p><p class=\"note\">Thumbnails for the first {min(thumbs, len(shown))}, where the record "
+                "still decodes (image with its mask, or the image alone).</p>"
+                + table(["record", "split", "reason", "thumbnail"],
+                        [[q.get("source_id", q.get("record_index")), q.get("split", ""), q.get("reason", ""),
+                          pictures.quarantine_thumbnail(records, str(q.get("source_id")), len(names))
+                          if i < thumbs else "-"] for i, q in enumerate(shown)], left=3))
     else:
         body = '<p class="ok">No record was quarantined.</p>'
     return [Section("gaps", "Annotation gaps", "\n".join(gaps), f"{with_gaps} images with missing classes"),
@@ -231,7 +208,7 @@ def gaps_sections(class_stats_dir: str, names: List[str], top: int = TOP_IMAGES)
                     else '<span class="ok">no quarantined record</span>')]
 
 
-def evaluation_section(evaluation_dir: str) -> Section:
+def evaluation_section(evaluation_dir: str, per_image: Optional[dict] = None) -> Section:
     path = os.path.join(evaluation_dir, EVALUATION_FILE)
     if not os.path.isfile(path):
         return Section("evaluation", "Evaluation", _missing_file(evaluation_dir, EVALUATION_FILE))
@@ -246,6 +223,7 @@ def evaluation_section(evaluation_dir: str) -> Section:
         charts.iou_bars(names, result["per_class_iou"]),
         charts.heatmap(result["confusion_matrix"], names, "confusion matrix (rows: truth, normalised)",
                        "true class", "predicted class", normalise_rows=True),
+        pictures.worst_images(evaluation_dir, names, per_image),
     ])
     return Section("evaluation", "Evaluation", body, f"mIoU {fmt(result.get('miou'))}, {verdict}")
 
@@ -293,20 +271,42 @@ def read_stats(class_stats_dir: str) -> dict:
 
 def render_report(sources: ReportSources, output_html: str, title: str = "segbalance data report") -> str:
     """Write the page to ``output_html`` (folders created) and return its path."""
+    from segbalance.trainer.class_stats_io import read_per_image, read_quarantine
+
+    if os.path.isdir(output_html):
+        raise ValueError(f"the output {output_html} is a folder: give the report's file name, e.g. "
+                         f"{os.path.join(output_html, 'report.html')}")
     sources.check()
     stats = read_stats(sources.class_stats_dir)
+    names = [str(n) for n in stats["class_names"]]
+    frame = read_per_image(sources.class_stats_dir)
+    quarantine = read_quarantine(sources.class_stats_dir)
+    per_image = pictures.read_per_image_eval(sources.evaluation_dir)
+    samples = pictures.class_samples(frame, stats["pixel_counts"])
+    _, top_gaps = gap_rows(frame)
+    wanted = {sid for ids in samples.values() for sid in ids} | set(top_gaps["source_id"] if len(top_gaps) else [])
+    wanted |= {str(q.get("source_id")) for q in quarantine[:pictures.MAX_QUARANTINE_THUMBS]}
+    records, problems = report_images.load_records(stats.get("inputs") or [], wanted)
     sections: List[Section] = []
     if sources.anomalies_dir:
         sections.append(anomalies_section(sources.anomalies_dir))
     if sources.statistics_dir:
         sections.append(tfdv_section(sources.statistics_dir))
     sections += classes_sections(stats)
-    sections += gaps_sections(sources.class_stats_dir, stats["class_names"])
+    sections.append(pictures.class_examples_section(names, stats, samples, records, problems, frame))
+    sections += gaps_sections(frame, quarantine, names, records, sources.evaluation_dir, per_image)
+    if sources.model_run_dir:
+        sections.append(pictures.training_section(sources.model_run_dir))
     if sources.evaluation_dir:
-        sections.append(evaluation_section(sources.evaluation_dir))
+        sections.append(evaluation_section(sources.evaluation_dir, per_image))
     if sources.drift_dir:
         sections.append(drift_section(sources.drift_dir))
-    inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__]
+    spans = pictures.spans_section(sources.spans, names)
+    if spans is not None:
+        sections.append(spans)
+    inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__ if name != "spans"]
+    if sources.spans:
+        inputs.append(("spans", ", ".join(str(s.span) for s in sources.spans)))
     head = [
         f"<h1>{esc(title)}</h1>",
         "<nav>" + "".join(f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in sections) + "</nav>",
@@ -339,8 +339,9 @@ def _main(args) -> int:
     quiet_library_output()
     try:
         path = render_report(find_sources(args.path), args.output)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"segbalance report: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:  # FileNotFoundError, a folder or file in the way of --output
+        message = str(exc).replace("\n", " ")
+        print(f"segbalance report: error: {message}", file=sys.stderr)
         return 2
     print(f"report: wrote {path}")
     return 0

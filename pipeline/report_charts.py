@@ -1,4 +1,8 @@
-"""Matplotlib charts rendered to inline base64 PNG `<img>` tags (no file, no network)."""
+"""Matplotlib charts rendered to inline base64 PNG `<img>` tags (no file, no network).
+
+Text from the data (class names) is drawn as plain text: mathtext is off
+(``text.parse_math``), so a name like ``$\\frac{a}{b}$`` is printed as it is, not parsed
+(a malformed one used to stop the report with a mathtext ParseException)."""
 from __future__ import annotations
 
 import base64
@@ -15,6 +19,8 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    matplotlib.rcParams["text.parse_math"] = False  # class names are text, never TeX
+    matplotlib.rcParams["text.usetex"] = False
     return plt
 
 
@@ -94,3 +100,44 @@ def iou_bars(class_names: Sequence[str], iou: Sequence) -> str:
     ax.set_ylabel("IoU")
     ax.grid(axis="y", alpha=0.3)
     return to_img(fig, "per-class IoU")
+
+
+def training_curves(history: Dict[str, List[float]]) -> str:
+    """Loss (left) and mIoU (right) per epoch, training and validation."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, key, label in ((left, "loss", "loss"), (right, "miou", "mIoU")):
+        for prefix, style in (("", "-o"), ("val_", "--s")):
+            values = history.get(prefix + key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label=("validation " if prefix else "training ")
+                        + label, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    right.set_ylim(0, 1)
+    return to_img(fig, "training loss and mIoU per epoch")
+
+
+def span_lines(spans: Sequence[int], class_names: Sequence[str], frequencies, colours, blocked: Sequence[bool]) -> str:
+    """Pixel frequency of every class per span (one line per class, the page's class colours);
+    spans whose drift gate blocked are marked."""
+    plt = _plt()
+    values = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-7)  # [spans, C]; log scale floor
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(spans) + 4), 3.6))
+    for c, name in enumerate(class_names):
+        ax.plot(range(len(spans)), values[:, c], "-o", color=np.asarray(colours[c]) / 255.0, label=str(name),
+                markersize=4)
+    for i, flag in enumerate(blocked):
+        if flag:
+            ax.axvspan(i - 0.3, i + 0.3, color="#b00020", alpha=0.12)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(spans)))
+    ax.set_xticklabels([str(s) for s in spans])
+    ax.set_xlabel("span (shaded: drift gate blocked)")
+    ax.set_ylabel("pixel frequency (log scale)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.grid(alpha=0.3)
+    return to_img(fig, "class pixel frequency per span")

@@ -2,16 +2,29 @@
 
 A run folder is read through its ML Metadata store (``metadata.sqlite``, opened read-only):
 the newest live artifact of each type is used, and for drift the newest ``DriftReport`` or,
-failing that, the newest artifact of any type whose folder holds ``drift.json``.
+failing that, the newest artifact of any type whose folder holds ``drift.json``; the newest
+``ModelRun`` gives the training curves (``training_summary.json``); and every span the store
+has ClassStats for gives one point of the spans section (``span_history``).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 METADATA_FILE = "metadata.sqlite"
 from segbalance.contract import CLASS_STATS_TYPE, DRIFT_FILE, DRIFT_REPORT_TYPE, EVALUATION_FILE, STATS_FILE  # noqa: E402,F401
+from segbalance.contract import TRAINING_SUMMARY_FILE  # noqa: E402
+
+
+@dataclass
+class SpanStats:
+    """One span of a run's history: its newest ClassStats and the drift gate's decision on it."""
+
+    span: int
+    class_stats_dir: str
+    drift_status: Optional[str] = None  # ok / warn / blocked; None: no drift gate ran on these stats
+    drift_action: Optional[str] = None
 
 
 @dataclass
@@ -23,13 +36,15 @@ class ReportSources:
     anomalies_dir: Optional[str] = None  # ExampleAnomalies artifact: Split-<name>/SchemaDiff.pb
     evaluation_dir: Optional[str] = None  # ModelEvaluation artifact of SegEvaluator: evaluation.json
     drift_dir: Optional[str] = None  # DriftReport artifact (or any folder): drift.json
+    model_run_dir: Optional[str] = None  # ModelRun artifact of SegTrainer: training_summary.json (history)
+    spans: Optional[List[SpanStats]] = None  # span history (from ML Metadata); the section needs > 1 span
 
     def check(self) -> None:
         """FileNotFoundError naming the folder and the file it lacks."""
         if not self.class_stats_dir or not os.path.isfile(os.path.join(self.class_stats_dir, STATS_FILE)):
             raise FileNotFoundError(f"class statistics folder {self.class_stats_dir!r} has no {STATS_FILE}: "
                                     f"give a ClassStats artifact folder or a `segbalance stats --output` folder")
-        for name in ("statistics_dir", "anomalies_dir", "evaluation_dir", "drift_dir"):
+        for name in ("statistics_dir", "anomalies_dir", "evaluation_dir", "drift_dir", "model_run_dir"):
             path = getattr(self, name)
             if path is not None and not os.path.isdir(path):
                 raise FileNotFoundError(f"{name} {path!r} is not a folder")
@@ -69,7 +84,67 @@ def sources_from_metadata(metadata: str) -> ReportSources:
                                 f"through ClassStatsGen first, or give a `segbalance stats` folder")
     return ReportSources(class_stats_dir=class_stats, statistics_dir=uri("ExampleStatistics"),
                          anomalies_dir=uri("ExampleAnomalies"), evaluation_dir=uri("ModelEvaluation"),
-                         drift_dir=uri(DRIFT_REPORT_TYPE) or _any_with_file(store, DRIFT_FILE))
+                         drift_dir=uri(DRIFT_REPORT_TYPE) or _any_with_file(store, DRIFT_FILE),
+                         model_run_dir=uri("ModelRun"), spans=span_history(store))
+
+
+def span_history_from_metadata(metadata: str) -> List[SpanStats]:
+    """``span_history`` of a SQLite ML Metadata store (opened read-only)."""
+    from segbalance.pipeline.run_summary import open_store
+
+    return span_history(open_store(metadata))
+
+
+def span_history(store) -> List[SpanStats]:
+    """One SpanStats per span, ascending: the newest live ClassStats computed from Examples of
+    that span (lineage: ClassStats <- ClassStatsGen execution <- Examples ``span``), with the
+    decision of the newest DriftReport whose ``drift.json`` names those ClassStats as current."""
+    import json
+
+    from ml_metadata.proto import metadata_store_pb2
+
+    live = metadata_store_pb2.Artifact.LIVE
+    try:
+        stats = [a for a in store.get_artifacts_by_type(CLASS_STATS_TYPE) if a.state == live and a.uri]
+    except Exception:  # type not registered: no ClassStats yet
+        return []
+    if not stats:
+        return []
+    events = store.get_events_by_artifact_ids([a.id for a in stats])
+    producer = {e.artifact_id: e.execution_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT}
+    inputs = store.get_events_by_execution_ids(sorted(set(producer.values())))
+    input_ids = {e.artifact_id for e in inputs if e.type == metadata_store_pb2.Event.INPUT}
+    span_of_artifact = {}
+    for artifact in store.get_artifacts_by_id(sorted(input_ids)):
+        for props in (artifact.properties, artifact.custom_properties):
+            if "span" in props:
+                span_of_artifact[artifact.id] = int(props["span"].int_value)
+                break
+    span_of_execution = {}
+    for event in inputs:
+        if event.type == metadata_store_pb2.Event.INPUT and event.artifact_id in span_of_artifact:
+            span_of_execution[event.execution_id] = span_of_artifact[event.artifact_id]
+    decisions = {}
+    try:
+        reports = [a for a in store.get_artifacts_by_type(DRIFT_REPORT_TYPE) if a.state == live and a.uri]
+    except Exception:
+        reports = []
+    for report in sorted(reports, key=lambda a: a.id):  # newer reports overwrite older ones
+        path = os.path.join(report.uri, DRIFT_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                drift = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(drift, dict) and drift.get("current"):
+            decisions[os.path.normpath(drift["current"])] = (drift.get("status"), drift.get("action"))
+    newest = {}
+    for artifact in sorted(stats, key=lambda a: a.id):
+        span = span_of_execution.get(producer.get(artifact.id))
+        if span is not None and os.path.isfile(os.path.join(artifact.uri, STATS_FILE)):
+            newest[span] = artifact
+    return [SpanStats(span, a.uri, *decisions.get(os.path.normpath(a.uri), (None, None)))
+            for span, a in sorted(newest.items())]
 
 
 def _any_with_file(store, file_name: str) -> Optional[str]:

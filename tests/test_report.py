@@ -8,10 +8,19 @@ import shutil
 
 import pytest
 
-from segbalance.pipeline import cli
+import base64
+import io
+
+import numpy as np
+
+from pathlib import Path
+
+from segbalance.pipeline import cli, report_charts
+from segbalance.pipeline import report_pictures as pictures
 from segbalance.pipeline.report import render_report
+from segbalance.pipeline.report_html import fmt
 from segbalance.pipeline.report_sources import ReportSources, find_sources
-from tests.report_inputs import ANOMALY, NAMES, write_report_inputs
+from tests.report_inputs import ANOMALY, HISTORY, NAMES, ODD_ID, shape_records, write_report_inputs
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +41,8 @@ def cells(text):
 def test_page_has_every_section_and_number(report):
     _, _, stats, text = report
     for heading in ("Summary", "Anomalies (ExampleValidator)", "Feature statistics (TFDV)", "Classes",
-                    "Class weights", "Co-occurrence", "Annotation gaps", "Quarantined records", "Evaluation",
-                    "Class-distribution drift"):
+                    "Class weights", "Co-occurrence", "Class examples", "Annotation gaps", "Quarantined records",
+                    "Training", "Evaluation", "Class-distribution drift", "Spans"):
         assert re.search(rf'<h2 id="\w+">{re.escape(heading)}</h2>', text), heading
     found = cells(text)
     classes = text.split('<h2 id="classes">')[1].split("<h2")[0]
@@ -43,11 +52,14 @@ def test_page_has_every_section_and_number(report):
     for scheme, weights in stats["weights"].items():  # the weights table: one row per scheme, C weights
         row = re.search(rf'<tr><td class="l">{scheme}</td>(.*?)</tr>', text).group(1)
         assert cells(row) == [f"{w:.4g}" for w in weights], scheme
-    assert stats["zero_count_classes"] == [3] and "Classes with no pixels: never" in text
+    assert stats["zero_count_classes"] == [3] and f"Classes with no pixels: {html.escape(NAMES[3])}" in text
     assert "ERROR" in found and "Out-of-range values" in found
     assert "bad_ids" in found and f"{stats['quarantined_records']} records quarantined" in text
     assert "mIoU <b>0.55</b>" in text and "not blessed" in text and "blocked" in text
-    assert text.count("data:image/png;base64,") == 5  # frequencies, weights, co-occurrence, IoU, confusion
+    charts = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', text)  # matplotlib charts
+    assert charts == ["class pixel and image frequencies", "class weights of every scheme", "image co-occurrence",
+                      "training loss and mIoU per epoch", "per-class IoU", "confusion matrix (rows: truth, normalised)",
+                      "class pixel frequency per span"]
     # ...and the TFDV tables: the numeric one from the DataFrame (heights 6, 6, 7)
     row = re.search(r'<tr><td class="l">image/height</td>(.*?)</tr>', text).group(1)
     assert cells(row) == ["int", "3", "0", "1", f"{19 / 3:.4g}", f"{(2 / 9) ** 0.5:.4g}", "6", "7", "0"]
@@ -63,7 +75,8 @@ def test_annotation_gaps_are_ranked_by_missing_classes(report):
     score = {r.source_id: len(r.missing) + len(r.suspect_missing) for r in frame.itertuples()}
     gaps = text.split('id="gaps"')[1].split("<h2")[0]
     shown = re.findall(r'<tr><td class="l">([^<]+)</td>', gaps)
-    expected = sorted((sid for sid, s in score.items() if s > 0), key=lambda sid: (-score[sid], sid))
+    expected = [html.escape(sid) for sid in
+                sorted((sid for sid, s in score.items() if s > 0), key=lambda sid: (-score[sid], sid))]
     assert shown == expected and shown  # all of them: fewer than TOP_IMAGES
     assert f"{len(expected)} images have missing or suspect-missing classes" in gaps
 
@@ -72,8 +85,8 @@ def test_user_strings_are_escaped_and_nothing_loads_from_the_network(report):
     _, _, _, text = report
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert ANOMALY not in text and html.escape(ANOMALY) in text
-    assert re.findall(r"""(?:src|href)\s*=\s*["']?+(?!data:image/png;base64,|#)""", text) == []
-    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+    assert re.findall(r"""(?:src|href)\s*=\s*["']?+(?!data:image/(?:png|jpeg);base64,|#)""", text) == []
+    text = re.sub(r"data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+", "", text)
     assert "<link" not in text and "@import" not in text and "url(" not in text and "//" not in text
 
 
@@ -168,13 +181,16 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     _register(store, "Schema", tmp_path)  # an artifact without drift.json, newer than the drift ones
     _register(store, "SomeDriftCheck", tmp / "drift")  # no DriftReport type: found by its drift.json
     _register(store, "Schema", tmp_path / "schema")
+    _register(store, "ModelRun", tmp / "model_run")
     del store
     assert find_sources(str(run)) == ReportSources(
         class_stats_dir=str(tmp / "stats"), statistics_dir=str(tmp / "statistics"),
-        anomalies_dir=str(tmp / "anomalies"), evaluation_dir=str(tmp / "evaluation"), drift_dir=str(tmp / "drift"))
+        anomalies_dir=str(tmp / "anomalies"), evaluation_dir=str(tmp / "evaluation"), drift_dir=str(tmp / "drift"),
+        model_run_dir=str(tmp / "model_run"), spans=[])  # no ClassStats with a producing execution: no span
     assert cli.main(["report", str(run), "--output", str(tmp_path / "run.html")]) == 0
     text = (tmp_path / "run.html").read_text()
     assert '<h2 id="evaluation">Evaluation</h2>' in text and "Out-of-range values" in text and "blocked" in text
+    assert '<h2 id="training">Training</h2>' in text
 
     empty = tmp_path / "empty_run"
     empty.mkdir()
@@ -224,3 +240,185 @@ def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
     with pytest.raises(TypeError):
         DataReport(statistics=types.Channel(type=ClassStats), anomalies=types.Channel(type=ClassStats),
                    class_stats=types.Channel(type=ClassStats))
+
+
+# --------------------------------------------------------------------------- pictures
+def thumbs(fragment):
+    """[(alt, kind, pixels)] of the thumbnails in an HTML fragment."""
+    from PIL import Image
+
+    found = re.findall(r'<img class="thumb" alt="([^"]*)" width="\d+" height="\d+" '
+                       r'src="data:image/(png|jpeg);base64,([^"]+)"', fragment)
+    return [(html.unescape(alt), kind, np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))))
+            for alt, kind, data in found]
+
+
+def voc_colour(c):
+    """The PASCAL VOC colour of class c (bit-interleaved), written out independently of imgviz."""
+    r = g = b = 0
+    for j in range(8):
+        r |= ((c >> 0) & 1) << (7 - j)
+        g |= ((c >> 1) & 1) << (7 - j)
+        b |= ((c >> 2) & 1) << (7 - j)
+        c >>= 3
+    return np.array([r, g, b])
+
+
+def section(text, anchor):
+    return text.split(f'<h2 id="{anchor}">')[1].split("<h2")[0]
+
+
+def test_class_examples_show_images_with_the_class_rarest_first(report):
+    _, _, stats, text = report
+    _, pairs = shape_records()
+    examples = section(text, "examples")
+    order = sorted(range(4), key=lambda c: (stats["pixel_counts"][c], c))
+    headings = [html.unescape(h) for h in re.findall(r"<h3>(.*?)</h3>", examples)]
+    assert [h.rsplit(":", 2)[0] for h in headings] == [NAMES[c] for c in order]
+    strips = examples.split("<h3>")[1:]
+    for c, strip in zip(order, strips):
+        with_class = [sid for sid, (_, mask, _) in pairs.items() if (mask == c).any()]
+        shown = [alt[: -len(" with its mask")] for alt, _, _ in thumbs(strip)]
+        assert len(shown) == min(8, len(with_class)) and set(shown) <= set(with_class), NAMES[c]
+    # a thumbnail is the image with the mask at alpha 0.5 in the VOC colours (ignore: the image)
+    alt, kind, pixels = thumbs(strips[-1])[0]
+    image, mask, _ = pairs[alt[: -len(" with its mask")]]
+    expected = image.astype(float)
+    for c in range(4):
+        expected[mask == c] = 0.5 * image[mask == c] + 0.5 * voc_colour(c)
+    assert kind == "jpeg" and pixels.shape == image.shape
+    error = np.abs(pixels.astype(float) - expected).mean()  # JPEG (quality 80) of a noisy 40 px image
+    assert error < 10 and error < np.abs(pixels.astype(float) - image).mean() / 3  # far closer than no overlay
+
+
+def test_gap_cases_and_quarantine_thumbnails(report):
+    tmp, _, _, text = report
+    per_image = json.loads((tmp / "evaluation" / "per_image.json").read_text())
+    predicted = {g["source_id"] for g in per_image["gap_predictions"]}
+    gaps = section(text, "gaps")
+    cases = gaps.split('<div class="case">')[1:]
+    rows = re.findall(r'<tr><td class="l">([^<]+)</td>', gaps)
+    assert len(cases) == len(rows) and predicted
+    for row, case in zip(rows, cases):
+        sid = html.unescape(row)
+        alts = [alt for alt, _, _ in thumbs(case)]
+        assert alts[:2] == [f"image {sid}", f"annotated mask of {sid}"]
+        assert (f"prediction for {sid}" in alts) == (sid in predicted)
+        caption = html.unescape(re.search(r"<p>(.*?)</p>", case).group(1))
+        assert caption.startswith(f"{sid}: missing ") and NAMES[3] in caption
+    quarantine = section(text, "quarantine")
+    rows = dict(re.findall(r'<tr><td class="l">([^<]+)</td>.*?<td>(.*?)</td></tr>', quarantine))
+    assert sorted(rows) == ["bad_ids", "bad_labeled", "corrupt", "no_mask"]
+    assert [alt for alt, _, _ in thumbs(rows["bad_ids"])] == ["bad_ids with its mask"]
+    assert [alt for alt, _, _ in thumbs(rows["bad_labeled"])] == ["bad_labeled with its mask"]
+    assert "does not decode: cannot decode image" in rows["corrupt"] and "does not decode" in rows["no_mask"]
+
+
+def test_worst_images_with_reference_prediction_and_error_map(report):
+    tmp, _, _, text = report
+    _, pairs = shape_records()
+    order = sorted(pairs)
+    evaluation = section(text, "evaluation")
+    cases = evaluation.split('<div class="case">')[1:]
+    per_image = json.loads((tmp / "evaluation" / "per_image.json").read_text())
+    assert [w["source_id"] for w in per_image["worst"]] == [
+        html.unescape(re.search(r"<p>(.*?): mIoU", c).group(1)) for c in cases]
+    for case in cases:
+        (alt_image, _, _), (_, _, truth), (_, _, prediction), (alt, kind, error) = thumbs(case)
+        sid = alt[len("error map of "):]
+        _, mask, _ = pairs[sid]
+        i = order.index(sid)
+        expected_prediction = np.where((mask == 1) & (i % 2 == 0), 1, 0)  # tests/report_inputs.py's model
+        wrong = (mask != expected_prediction) & (mask != 255)
+        assert kind == "png" and alt_image == f"image {sid}"
+        np.testing.assert_array_equal(error[wrong], np.tile([220, 20, 60], (wrong.sum(), 1)))
+        np.testing.assert_array_equal(error[mask == 255], 255)
+        np.testing.assert_array_equal(error[~wrong & (mask != 255)], 200)
+        np.testing.assert_array_equal(truth[mask == 1], np.tile(voc_colour(1), ((mask == 1).sum(), 1)))
+
+
+def test_training_curves_and_spans(report):
+    _, sources, _, text = report
+    training = section(text, "training")
+    rows = [cells(r) for r in re.findall(r"<tr><td[^>]*>.*?</tr>", training)]
+    assert rows == [[str(e + 1)] + [f"{HISTORY[k][e]:.4g}" for k in ("loss", "val_loss", "miou", "val_miou")]
+                    for e in range(3)]
+    spans = section(text, "spans")
+    rows = [cells(r) for r in re.findall(r"<tr><td[^>]*>.*?</tr>", spans)]
+    assert [r[:3] for r in rows] == [["1", "10", "ok (action block)"], ["2", "11", "ok (action block)"],
+                                     ["3", "12", "blocked (action block)"]]
+    for span, row in zip(sources.spans, rows):
+        counts = json.loads((Path(span.class_stats_dir) / "class_stats.json").read_text())["pixel_counts"]
+        assert row[3:] == [fmt(n / sum(counts)) for n in counts]
+    assert "drift blocked span 3" in text
+    one = ReportSources(**{**sources.__dict__, "spans": sources.spans[:1]})
+    assert pictures.spans_section(one.spans, NAMES) is None  # one span: no section
+
+
+def test_metacharacters_render_as_text_everywhere(report):
+    _, _, _, text = report
+    for raw in (NAMES[1], NAMES[3], ODD_ID):
+        assert raw not in text and html.escape(raw) in text
+    assert "<i>" not in text and "<b>&" not in text
+    # matplotlib draws the names as text: a malformed TeX name is no longer a mathtext ParseException
+    for names in (["$\\frac$", "a_b^c"], ["$x", "$\\frac{a}{b}$"]):
+        assert report_charts.iou_bars(names, [0.1, 0.2]).startswith("<img")
+        assert report_charts.heatmap([[1, 2], [3, 4]], names, "t", "r", "c").startswith("<img")
+
+
+def test_report_output_that_is_a_folder_is_one_line_exit_2(report, tmp_path, capsys):
+    tmp, _, _, _ = report
+    assert cli.main(["report", str(tmp / "stats"), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a folder" in err and "report.html" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["report", str(tmp / "stats"), "--output", str(tmp_path / "file" / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("segbalance report: error:")
+
+
+def test_span_history_from_ml_metadata_lineage(tmp_path):
+    """ClassStats <- ClassStatsGen execution <- Examples(span); the drift decision whose drift.json names them."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from segbalance.pipeline.report_sources import SpanStats, span_history_from_metadata
+
+    store = _store(tmp_path / "metadata.sqlite")
+    gen_type = store.put_execution_type(pb.ExecutionType(name="ClassStatsGen"))
+    gate_type = store.put_execution_type(pb.ExecutionType(name="ClassDistributionValidator"))
+    examples_type = store.put_artifact_type(pb.ArtifactType(name="Examples", properties={"span": pb.INT}))
+    stats_type = store.put_artifact_type(pb.ArtifactType(name="segbalance.ClassStats"))
+    drift_type = store.put_artifact_type(pb.ArtifactType(name="segbalance.DriftReport"))
+
+    def event(kind):
+        return pb.Event(type=kind)
+
+    def class_stats(span, name):
+        examples = pb.Artifact(type_id=examples_type, uri=str(tmp_path / f"ex{name}"), state=pb.Artifact.LIVE)
+        examples.properties["span"].int_value = span
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "class_stats.json").write_text("{}")
+        stats = pb.Artifact(type_id=stats_type, uri=str(folder), state=pb.Artifact.LIVE)
+        store.put_execution(pb.Execution(type_id=gen_type), [(examples, event(pb.Event.INPUT)),
+                                                             (stats, event(pb.Event.OUTPUT))], [])
+        return str(folder)
+
+    def drift(current, status, name):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "drift.json").write_text(json.dumps({"current": current, "status": status, "action": "block"}))
+        report = pb.Artifact(type_id=drift_type, uri=str(folder), state=pb.Artifact.LIVE)
+        store.put_execution(pb.Execution(type_id=gate_type), [(report, event(pb.Event.OUTPUT))], [])
+
+    first = class_stats(1, "s1")
+    drift(first, "ok", "d1")
+    old_two = class_stats(2, "s2_old")  # span 2 computed twice: the newer statistics count
+    drift(old_two, "blocked", "d2_old")
+    two = class_stats(2, "s2")
+    drift(two, "warn", "d2a")
+    drift(two, "blocked", "d2b")  # newer decision on the same statistics wins
+    three = class_stats(3, "s3")  # no drift gate ran
+    del store
+    assert span_history_from_metadata(str(tmp_path / "metadata.sqlite")) == [
+        SpanStats(1, first, "ok", "block"), SpanStats(2, two, "blocked", "block"), SpanStats(3, three, None, None)]
