@@ -1,8 +1,12 @@
 """DataReport: the offline HTML report (pipeline/report.py) as a TFX component.
 
 Inputs: ``statistics`` (ExampleStatistics), ``anomalies`` (ExampleAnomalies),
-``class_stats`` (ClassStats), optional ``evaluation`` (ModelEvaluation of SegEvaluator) and
-``drift`` (DriftReport). Output: ``report`` (HtmlReport) holding ``report.html``.
+``class_stats`` (ClassStats), optional ``evaluation`` (ModelEvaluation of SegEvaluator),
+``drift`` (DriftReport) and ``model_run`` (SegTrainer's ModelRun: training curves). With the
+``metadata_path`` parameter (a local run's SQLite ML Metadata store) the report also shows the
+span history (per-class pixel frequency and the drift decision per span); a Kubeflow run has
+no such file, and the report leaves that section out. Output: ``report`` (HtmlReport) holding
+``report.html``.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
-from tfx.types.component_spec import ChannelParameter, ComponentSpec
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from segbalance.components.artifacts import ClassStats, DriftReport, HtmlReport
 
@@ -21,13 +25,14 @@ from segbalance.contract import REPORT_FILE  # noqa: E402
 
 
 class DataReportSpec(ComponentSpec):
-    PARAMETERS = {}
+    PARAMETERS = {"metadata_path": ExecutionParameter(type=str, optional=True)}
     INPUTS = {
         "statistics": ChannelParameter(type=standard_artifacts.ExampleStatistics),
         "anomalies": ChannelParameter(type=standard_artifacts.ExampleAnomalies),
         "class_stats": ChannelParameter(type=ClassStats),
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
         "drift": ChannelParameter(type=DriftReport, optional=True),
+        "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
     }
     OUTPUTS = {"report": ChannelParameter(type=HtmlReport)}
 
@@ -36,7 +41,7 @@ class DataReportExecutor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from segbalance.pipeline.report import render_report
-        from segbalance.pipeline.report_sources import ReportSources
+        from segbalance.pipeline.report_sources import ReportSources, span_history_from_metadata
 
         def uri(key):
             artifacts = input_dict.get(key) or []
@@ -45,8 +50,11 @@ class DataReportExecutor(base_executor.BaseExecutor):
         output = artifact_utils.get_single_instance(output_dict["report"])
         sources = ReportSources(class_stats_dir=uri("class_stats"), statistics_dir=uri("statistics"),
                                 anomalies_dir=uri("anomalies"), evaluation_dir=uri("evaluation"),
-                                drift_dir=uri("drift"))
-        given = [key for key in ("statistics", "anomalies", "evaluation", "drift") if uri(key)]
+                                drift_dir=uri("drift"), model_run_dir=uri("model_run"))
+        metadata_path = exec_properties.get("metadata_path")
+        if metadata_path and os.path.isfile(metadata_path):
+            sources.spans = span_history_from_metadata(metadata_path)
+        given = [key for key in ("statistics", "anomalies", "evaluation", "drift", "model_run") if uri(key)]
         print(f"DataReport: rendering {sources.class_stats_dir} with {', '.join(given) or 'no other input'}",
               flush=True)
         path = render_report(sources, os.path.join(output.uri, REPORT_FILE))
@@ -59,7 +67,8 @@ class DataReport(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(DataReportExecutor)
 
     def __init__(self, statistics: types.BaseChannel, anomalies: types.BaseChannel, class_stats: types.BaseChannel,
-                 evaluation: Optional[types.BaseChannel] = None, drift: Optional[types.BaseChannel] = None):
+                 evaluation: Optional[types.BaseChannel] = None, drift: Optional[types.BaseChannel] = None,
+                 model_run: Optional[types.BaseChannel] = None, metadata_path: Optional[str] = None):
         super().__init__(spec=DataReportSpec(statistics=statistics, anomalies=anomalies, class_stats=class_stats,
-                                             evaluation=evaluation, drift=drift,
-                                             report=types.Channel(type=HtmlReport)))
+                                             evaluation=evaluation, drift=drift, model_run=model_run,
+                                             metadata_path=metadata_path, report=types.Channel(type=HtmlReport)))

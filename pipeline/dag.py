@@ -152,9 +152,12 @@ def create_pipeline(
         report_kwargs = {}
         if drift_gate is not None:
             report_kwargs["drift"] = drift_gate.outputs["drift_report"]
+        if metadata_connection_config is not None and metadata_connection_config.HasField("sqlite"):
+            report_kwargs["metadata_path"] = metadata_connection_config.sqlite.filename_uri  # span history
         components.append(DataReport(
             statistics=statistics_gen.outputs["statistics"], anomalies=example_validator.outputs["anomalies"],
-            class_stats=class_stats, evaluation=evaluator.outputs["evaluation"], **report_kwargs))
+            class_stats=class_stats, evaluation=evaluator.outputs["evaluation"],
+            model_run=trainer.outputs["model_run"], **report_kwargs))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,

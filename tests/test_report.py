@@ -225,13 +225,15 @@ def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
     output = artifact(HtmlReport, tmp_path / "report_artifact")
     DataReportExecutor().Do({"statistics": [artifact(standard_artifacts.ExampleStatistics, sources.statistics_dir)],
                              "anomalies": [artifact(standard_artifacts.ExampleAnomalies, sources.anomalies_dir)],
-                             "class_stats": [artifact(ClassStats, sources.class_stats_dir)]},
-                            {"report": [output]}, {})
+                             "class_stats": [artifact(ClassStats, sources.class_stats_dir)],
+                             "model_run": [artifact(standard_artifacts.ModelRun, sources.model_run_dir)]},
+                            {"report": [output]}, {"metadata_path": str(tmp_path / "no_store.sqlite")})
     text = (tmp_path / "report_artifact" / "report.html").read_text()
     out = capsys.readouterr().out
-    assert "DataReport: rendering" in out and "with statistics, anomalies" in out
+    assert "DataReport: rendering" in out and "with statistics, anomalies, model_run" in out
     assert f"DataReport: wrote {tmp_path / 'report_artifact' / 'report.html'}" in out
     assert "rare_circle" in text and "Out-of-range values" in text and "Evaluation</h2>" not in text
+    assert "Training</h2>" in text and "Spans</h2>" not in text  # no store: no span history
 
     component = DataReport(statistics=types.Channel(type=standard_artifacts.ExampleStatistics),
                            anomalies=types.Channel(type=standard_artifacts.ExampleAnomalies),
