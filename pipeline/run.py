@@ -1,22 +1,27 @@
-"""`segbalance run [--config FILE] [--data DIR] [--output-dir DIR]`: the pipeline, locally.
+"""`segbalance run [--config FILE] [--data DIR] [--output-dir DIR] [--verbose]`: the pipeline, locally.
 
 With no flags: writes the shapes sample data (annotations dropped in 30% of the images),
 ingests it, runs the whole DAG with LocalDagRunner (SQLite ML Metadata in the output
 directory, caching on) and prints where the report, the class statistics and the pushed
-model are, and the model's mIoU on the complete masks.
+model are, the span(s) ExampleGen read, and the model's mIoU on the complete masks.
 
 ``--data DIR`` takes either a folder with ``images/`` and ``masks/`` (plus optional
-``labeled.json``, ``classes.json``, ``masks_full/``), ingested into ``OUTPUT/data/Span-0``
-when it changed, or a folder of ``Span-N/`` TFRecords written by ``segbalance ingest
---span N`` (the latest span is read; the last K with ``data.num_spans: K``). Re-running with unchanged data and config reuses
-every cached result.
+``labeled.json``, ``classes.json``, ``masks_full/``), or a folder of ``Span-N/`` TFRecords
+written by ``segbalance ingest --span N``. ImportExampleGen reads the latest span (the last
+K with ``data.num_spans: K``), so an images/ + masks/ folder is ingested into OUTPUT/data as
+its next span: ``Span-0`` the first time, one above the highest ``Span-N`` when OUTPUT/data
+already holds spans; unchanged data is not ingested again. The summary (console and
+run_summary.json) names the span(s) read, as ML Metadata records them. Re-running with
+unchanged data and config reuses every cached result.
+
+TensorFlow, Beam, TFX and Keras messages go to OUTPUT/logs/run-<time>.log, not the console
+(``--verbose`` shows them on the console instead).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -30,8 +35,8 @@ FINGERPRINT_FILE = "source_fingerprint.json"
 
 
 # --------------------------------------------------------------------------- data
-def _fingerprint(folder: Path) -> str:
-    digest = hashlib.sha256()
+def _fingerprint(folder: Path, options: dict) -> str:
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())  # what ingest checks masks against
     for sub in ("images", "masks", "labeled.json"):
         path = folder / sub
         files = sorted(path.iterdir()) if path.is_dir() else ([path] if path.is_file() else [])
@@ -39,6 +44,30 @@ def _fingerprint(folder: Path) -> str:
             st = f.stat()
             digest.update(f"{sub}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def check_data_folder(source: Path) -> None:
+    """Refuse a data folder that `run` cannot train on, before anything is written: IngestError
+    naming the folder and what to put there."""
+    from segbalance.pipeline.ingest import IMAGE_SUFFIXES, MASK_SUFFIXES, IngestError
+    from segbalance.pipeline.spans import list_spans
+
+    if not source.is_dir():
+        raise IngestError(f"data folder {source} does not exist or is not a folder; point --data at a folder "
+                          f"with images/ and masks/, or at Span-N/ folders written by `segbalance ingest`")
+    if any(p.is_dir() for p in source.glob("Span-*")):
+        if not list_spans(source):
+            raise IngestError(f"data folder {source}: its Span-N/ folders hold no data-* files; write a span with "
+                              f"`segbalance ingest IMAGES MASKS --output {source} --span N`")
+        return
+    for sub, suffixes, what in (("images", IMAGE_SUFFIXES, "image"), ("masks", MASK_SUFFIXES, "mask")):
+        folder = source / sub
+        if not folder.is_dir():
+            raise IngestError(f"data folder {source} has no {sub}/ folder: put the {what} files in {folder} "
+                              f"(one per image, same file stem), or point --data at Span-N/ folders written by "
+                              f"`segbalance ingest`")
+        if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
+            raise IngestError(f"data folder {source}: {folder} holds no {what} files ({', '.join(suffixes)})")
 
 
 def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:
@@ -58,37 +87,65 @@ def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:
     return sample_dir
 
 
-def _ingest_if_changed(config: PipelineConfig, source: Path, examples_dir: Path) -> None:
-    from segbalance.pipeline import ingest
-
-    fingerprint = _fingerprint(source)
-    stamp = examples_dir / FINGERPRINT_FILE
-    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint \
-            and (examples_dir / "Span-0").is_dir():
-        print(f"ingest: {source} unchanged, reusing {examples_dir / 'Span-0'}", flush=True)
-        return
-    labeled_file = source / "labeled.json"
+def _read_stamp(stamp: Path) -> dict:
     try:
-        labeled = ingest.load_labeled(labeled_file, config.num_classes) if labeled_file.is_file() else None
-    except ingest.IngestError as exc:
-        raise ConfigError(f"classes.names lists {config.num_classes} classes, but {exc}; add the missing class "
-                          f"names to classes.names in the config (or fix {labeled_file})") from exc
-    options = ingest.IngestOptions(num_classes=config.num_classes, ignore_index=config.classes.ignore_index,
-                                   labeled=labeled)
-    result = ingest.ingest(source / "images", source / "masks", examples_dir, span=0, options=options,
-                           overwrite=True)
+        return json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path) -> int:
+    """Ingest an images/ + masks/ folder into ``examples_dir`` as the span ImportExampleGen will read.
+
+    ImportExampleGen reads the latest ``Span-N/``, so fresh data becomes the next span: Span-0
+    in a new folder, one above the highest ``Span-N/`` when the folder already holds spans (from
+    earlier runs or `segbalance ingest --span N`). Unchanged data (same files, sizes, times,
+    class count and ignore index) whose span is still the latest is reused. Returns the span.
+    """
+    from segbalance.pipeline import ingest
+    from segbalance.pipeline.spans import list_spans, next_span
+
+    options = {"num_classes": config.num_classes, "ignore_index": config.classes.ignore_index}
+    fingerprint = _fingerprint(source, options)
+    stamp_path = examples_dir / FINGERPRINT_FILE
+    stamp = _read_stamp(stamp_path)
+    spans = list_spans(examples_dir)
+    if spans and stamp.get("fingerprint") == fingerprint and stamp.get("span", 0) == spans[-1]:
+        print(f"ingest: {source} unchanged, reusing {examples_dir / f'Span-{spans[-1]}'}", flush=True)
+        return spans[-1]
+    labeled_file = source / "labeled.json"
+    labeled = ingest.load_labeled(labeled_file, None) if labeled_file.is_file() else None  # names the file
+    too_large = sorted({c for ids in (labeled or {}).values() for c in ids if c >= config.num_classes})
+    if too_large:
+        raise ConfigError(f"classes.names lists {config.num_classes} classes, but {labeled_file} lists class ids "
+                          f"{too_large[:10]}; add the missing class names to classes.names in the config "
+                          f"(or fix {labeled_file})")
+    span = next_span(examples_dir)
+    result = ingest.ingest(source / "images", source / "masks", examples_dir, span=span,
+                           options=ingest.IngestOptions(num_classes=config.num_classes,
+                                                        ignore_index=config.classes.ignore_index, labeled=labeled))
     out_of_range = [b for b in result.bad if "outside" in b["reason"]]
     if out_of_range:
+        shutil.rmtree(result.target)  # written by this call a moment ago; it must not become the latest span
         raise ConfigError(
             f"classes.names lists {config.num_classes} classes but {len(out_of_range)} masks have larger class ids "
             f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); add the missing class names "
             f"to classes.names in the config")
-    stamp.write_text(json.dumps({"fingerprint": fingerprint, "source": str(source)}))
-    print(f"ingest: {len(result.written)} records to {result.target} ({len(result.bad)} bad)", flush=True)
+    stamp_path.write_text(json.dumps({"fingerprint": fingerprint, "source": str(source), "span": span}))
+    held = (f"; {examples_dir} already held span{'s' if len(spans) > 1 else ''} {', '.join(map(str, spans))}, "
+            f"so this data is the next span, the one this run reads") if spans else ""
+    bad = f", {len(result.bad)} bad pairs skipped (listed in {result.target / ingest.REPORT_NAME})" if result.bad else ""
+    print(f"ingest: {len(result.written)} records from {source} to {result.target}{bad}{held}", flush=True)
+    return span
 
 
 def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str]]:
-    """(examples_dir with Span-N/, reference masks dir or None); generates/ingests as needed."""
+    """(folder of Span-N/ for ImportExampleGen, reference masks dir or None); generates/ingests as needed.
+
+    A Span-N/ folder is read as it is (its latest span; the last K with data.num_spans: K). An
+    images/ + masks/ folder is ingested into OUTPUT/data as its next span (``ingest_as_next_span``)
+    and then read the same way, so what `run` says it ingested is the span ExampleGen reads."""
+    reference = config.data.reference_masks_dir
     if config.data.dir is None:
         source = _ensure_sample(config, Path(paths["sample_dir"]))
         if config.data.sample.kind != "shapes":
@@ -98,49 +155,21 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     else:
         source = Path(config.data.dir).resolve()
     if any(source.glob("Span-*")):
-        if config.data.num_spans == 1:
-            return str(source), config.data.reference_masks_dir
-        from segbalance.pipeline.spans import span_window
+        spans_dir = source
+    else:
+        spans_dir = Path(paths["examples_dir"])
+        ingest_as_next_span(config, source, spans_dir)
+        if reference is None and (source / "masks_full").is_dir():
+            reference = str(source / "masks_full")
+    if config.data.num_spans == 1:
+        return str(spans_dir), reference
+    from segbalance.pipeline.spans import span_window
 
-        window = Path(paths["output_dir"]) / "span_window"
-        used = span_window(source, config.data.num_spans, window)
-        print(f"data: training on spans {used} of {source} (data.num_spans = {config.data.num_spans}), "
-              f"linked in {window}", flush=True)
-        return str(window), config.data.reference_masks_dir
-    _ingest_if_changed(config, source, Path(paths["examples_dir"]))
-    reference = config.data.reference_masks_dir
-    if reference is None and (source / "masks_full").is_dir():
-        reference = str(source / "masks_full")
-    return paths["examples_dir"], reference
-
-
-# --------------------------------------------------------------------------- progress
-class ComponentProgress(logging.Handler):
-    """Turns LocalDagRunner's log records into one line per component start / end."""
-
-    def __init__(self):
-        super().__init__(level=logging.INFO)
-        self.started = {}
-        self.cached = set()
-        self.skipped = set()
-        self.current = None
-        self.extra_handlers = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Component ") and message.endswith(" is running."):
-            self.current = message[len("Component "):-len(" is running.")]
-            self.started[self.current] = time.time()
-            print(f"[{time.strftime('%H:%M:%S')}] {self.current}: started", flush=True)
-        elif message.startswith("A cached execution") and self.current:
-            self.cached.add(self.current)
-        elif message.startswith("Skipping execution for ") and self.current:  # a tfx.dsl.Cond was false
-            self.skipped.add(self.current)
-        elif message.startswith("Component ") and message.endswith(" is finished."):
-            name = message[len("Component "):-len(" is finished.")]
-            took = time.time() - self.started.get(name, time.time())
-            how = "cached" if name in self.cached else "skipped" if name in self.skipped else "done"
-            print(f"[{time.strftime('%H:%M:%S')}] {name}: {how} in {took:.1f}s", flush=True)
+    window = Path(paths["output_dir"]) / "span_window"
+    used = span_window(spans_dir, config.data.num_spans, window)
+    print(f"data: training on spans {used} of {spans_dir} (data.num_spans = {config.data.num_spans}), "
+          f"linked in {window}", flush=True)
+    return str(window), reference
 
 
 def quiet_library_output() -> None:
@@ -152,61 +181,43 @@ def quiet_library_output() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-# TFX's channel resolver warns on every resolver input under LocalDagRunner although the
-# query still resolves (the latest-artifact and blessed-model resolvers are tested).
-HARMLESS_WARNINGS = ("ArtifactQuery.property_predicate is not supported.",)
-
-
-def _known_harmless(record: logging.LogRecord) -> bool:
-    return record.getMessage() not in HARMLESS_WARNINGS
-
-
-def _quiet_logs() -> ComponentProgress:
-    """absl INFO records go only to the progress handler; warnings and errors still print."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.get_absl_handler().setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(max(handler.level, logging.WARNING))
-    progress = ComponentProgress()
-    absl_logger = logging.getLogger("absl")
-    absl_logger.propagate = False
-    warnings_out = logging.StreamHandler(sys.stderr)
-    warnings_out.setLevel(logging.WARNING)
-    warnings_out.addFilter(_known_harmless)
-    absl_logger.addHandler(warnings_out)
-    absl_logger.addHandler(progress)
-    progress.extra_handlers = [warnings_out]
-    return progress
-
-
 # --------------------------------------------------------------------------- run
-def run_local(config: PipelineConfig, with_drift: bool = True, **pipeline_options) -> dict:
-    """Run the DAG locally; returns the summary that `segbalance run` prints."""
-    from tfx import v1 as tfx
+def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = False, **pipeline_options) -> dict:
+    """Run the DAG locally; returns the summary that `segbalance run` prints.
 
-    from segbalance.pipeline.dag import create_pipeline, local_paths
-    from segbalance.pipeline.run_summary import summarize
+    Library output goes to OUTPUT/logs/run-<time>.log (``run_log``; on the console too with
+    ``verbose``). A data folder run cannot use is refused before anything is written."""
+    from segbalance.pipeline.dag import local_paths
+    from segbalance.pipeline.run_log import LibraryLog, route_absl, unroute_absl
 
     paths = local_paths(config.output_dir)
+    if config.data.dir is not None:
+        check_data_folder(Path(config.data.dir).resolve())
     os.makedirs(paths["output_dir"], exist_ok=True)
-    examples_dir, reference = prepare_data(config, paths)
-    pipeline = create_pipeline(
-        config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
-        serving_model_dir=paths["serving_model_dir"],
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(paths["metadata"]),
-        reference_masks_dir=reference, with_drift=with_drift, **pipeline_options)
-    progress = _quiet_logs()
-    started = time.time()
-    try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-    finally:
-        absl_logger = logging.getLogger("absl")
-        for handler in [progress, *progress.extra_handlers]:
-            absl_logger.removeHandler(handler)
-        absl_logger.propagate = True
-    summary = summarize(paths)
+    with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
+        examples_dir, reference = prepare_data(config, paths)
+        from tfx import v1 as tfx
+
+        from segbalance.pipeline.dag import create_pipeline
+        from segbalance.pipeline.run_summary import summarize
+
+        pipeline = create_pipeline(
+            config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
+            serving_model_dir=paths["serving_model_dir"],
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                paths["metadata"]),
+            reference_masks_dir=reference, with_drift=with_drift, **pipeline_options)
+        progress = route_absl(log)
+        started = time.time()
+        try:
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        except BaseException:
+            print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
+            raise
+        finally:
+            unroute_absl(progress)
+        summary = summarize(paths)
+    summary["log"] = str(log.path)
     summary["seconds"] = round(time.time() - started, 1)
     summary["cached_components"] = sorted(progress.cached)
     if summary.get("report_artifact"):
@@ -217,9 +228,25 @@ def run_local(config: PipelineConfig, with_drift: bool = True, **pipeline_option
     return summary
 
 
+def describe_data(data: dict) -> str:
+    """'span 3 of DIR (40 records)' from run_summary's ``data`` (what ML Metadata says ExampleGen read)."""
+    spans = data["spans"]
+    where = ", ".join(sorted({os.path.dirname(f) for f in data["span_folders"].values()}))
+    text = f"span{'s' if len(spans) > 1 else ''} {', '.join(map(str, spans))} of {where}"
+    records = data.get("records") or {}
+    if records and len(records) == len(spans):
+        text += f" ({' + '.join(str(records[str(s)]) for s in spans)} records)"
+    if not data.get("files_unchanged", True):
+        text += " (these files changed after ImportExampleGen read them)"
+    return text
+
+
 def print_summary(summary: dict) -> None:
     print("")
     print(f"pipeline finished in {summary['seconds']}s (output: {summary['output_dir']})")
+    data = summary.get("data")
+    if data:
+        print(f"  data:             {describe_data(data)}")
     print(f"  report:           {summary.get('report', 'not written')}")
     print(f"  class statistics: {summary.get('class_stats', 'not written')}")
     if summary.get("pushed_model") and summary.get("pushed_this_run"):
@@ -233,6 +260,7 @@ def print_summary(summary: dict) -> None:
         print(f"  mIoU:             {summary['miou']:.4f} on {summary.get('num_eval_images')} eval images "
               f"({summary.get('truth', 'annotation masks')})")
     print(f"  ML Metadata:      {summary['metadata']}")
+    print(f"  log:              {summary['log']} (library messages; `segbalance run --verbose` shows them)")
 
 
 def add_parser(subparsers) -> None:
@@ -242,6 +270,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML/JSON config (see pipeline/config.py)")
     parser.add_argument("--data", metavar="DIR", help="images/ + masks/ folder, or a folder of Span-N/ TFRecords")
     parser.add_argument("--output-dir", metavar="DIR", help="where metadata, artifacts, report and model go")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow/Beam/TFX/Keras messages on the console (default: only in "
+                             "OUTPUT/logs/run-<time>.log)")
     parser.set_defaults(func=_main)
 
 
@@ -254,7 +285,7 @@ def _main(args) -> int:
         return 2
     print(f"segbalance run: output in {os.path.abspath(config.output_dir)}", flush=True)
     try:
-        summary = run_local(config)
+        summary = run_local(config, verbose=args.verbose)
     except ConfigError as exc:
         print(f"segbalance run: config error: {exc}", file=sys.stderr)
         return 2

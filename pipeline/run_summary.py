@@ -1,6 +1,7 @@
 """What a local run produced, read back from its ML Metadata store (SQLite)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Dict, List, Optional
@@ -61,9 +62,69 @@ def _custom(artifact, key: str):
     return getattr(value, kind) if kind else None
 
 
+def data_used(store) -> Optional[dict]:
+    """What this run's ImportExampleGen read, from ML Metadata (not from what `run` meant to read).
+
+    The Examples artifact is the output of ImportExampleGen's latest finished execution (a
+    cache hit links the earlier artifact to the new execution). Its ``span`` property and the
+    producing execution's ``input_base`` and resolved pattern give the files; the spans are
+    that span, or for a ``data.num_spans`` window the spans its links name
+    (``data-span<M>-*``, see spans.py). ``files_unchanged``: the files matched now still have
+    the ``input_fingerprint`` ExampleGen recorded (count, bytes, modification times).
+    """
+    from ml_metadata.proto import metadata_store_pb2
+
+    nodes = [c for c in store.get_contexts_by_type("node") if c.name.split(".", 1)[-1] == "ImportExampleGen"]
+    finished = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    executions = [e for c in nodes for e in store.get_executions_by_context(c.id) if e.last_known_state in finished]
+    if not executions:
+        return None
+    execution = max(executions, key=lambda e: e.id)
+    output = [ev.artifact_id for ev in store.get_events_by_execution_ids([execution.id])
+              if ev.type == metadata_store_pb2.Event.OUTPUT]
+    if not output:
+        return None
+    examples = store.get_artifacts_by_id(output[:1])[0]
+    producer_id = min(ev.execution_id for ev in store.get_events_by_artifact_ids([examples.id])
+                      if ev.type == metadata_store_pb2.Event.OUTPUT)
+    producer = store.get_executions_by_id([producer_id])[0]
+    span, input_base = _custom(examples, "span"), _custom(producer, "input_base")
+    split = json.loads(_custom(producer, "input_config"))["splits"][0]
+    pattern = os.path.join(input_base, split["pattern"])
+
+    from tfx.utils import io_utils
+
+    from segbalance.pipeline.ingest import REPORT_NAME
+    from segbalance.pipeline.spans import WINDOW_LINK
+
+    files = sorted(glob.glob(pattern))
+    used = {"examples": examples.uri, "span": span, "input_base": input_base, "pattern": pattern,
+            "files_unchanged": io_utils.generate_fingerprint(split["name"], pattern)
+            == _custom(examples, "input_fingerprint")}
+    span_dirs: Dict[int, str] = {}
+    for f in files:
+        match = WINDOW_LINK.match(os.path.basename(f))
+        number = int(match.group(1)) if match else span
+        span_dirs.setdefault(number, os.path.dirname(os.path.realpath(f)))
+    if not span_dirs:  # the files are gone: the span is all ML Metadata still says
+        span_dirs[span] = os.path.join(input_base, f"Span-{span}")
+    used["spans"] = sorted(span_dirs)
+    used["span_folders"] = {str(k): v for k, v in sorted(span_dirs.items())}
+    records = {}
+    for number, folder in span_dirs.items():
+        report = _read_json(os.path.join(folder, REPORT_NAME))
+        if report and isinstance(report.get("num_written"), int):
+            records[str(number)] = report["num_written"]
+    used["records"] = records
+    return used
+
+
 def summarize(paths: dict) -> dict:
     store = open_store(paths["metadata"])
     summary: dict = {"output_dir": paths["output_dir"], "metadata": paths["metadata"]}
+    data = data_used(store)
+    if data is not None:
+        summary["data"] = data
     stats = latest_artifact(store, contract.CLASS_STATS_TYPE)
     if stats is not None:
         summary["class_stats"] = stats.uri

@@ -1,4 +1,5 @@
-"""The last K spans of a ``Span-N/`` folder as one span, for local runs (``data.num_spans``).
+"""Spans of a ``Span-N/`` folder for local runs: which span fresh data takes (``next_span``)
+and the last K spans as one span (``span_window``, ``data.num_spans``).
 
 ImportExampleGen reads one span per execution (the latest, ``Span-{SPAN}`` in its
 pattern). To train on the last K spans locally, ``span_window`` builds
@@ -18,16 +19,29 @@ from pathlib import Path
 from typing import List
 
 SPAN_DIR = re.compile(r"^Span-(\d+)$")
+WINDOW_LINK = re.compile(r"^data-span(\d+)-")  # a window link's name: data-span<M>-<file of span M>
 
 
 def list_spans(examples_dir: Path) -> List[int]:
-    """Span numbers of ``examples_dir/Span-N/`` folders that hold ``data-*`` files, ascending."""
+    """Span numbers of ``examples_dir/Span-N/`` folders that hold ``data-*`` files, ascending
+    (ImportExampleGen's ``Span-{SPAN}/data-*`` pattern matches these and only these)."""
     spans = []
+    if not Path(examples_dir).is_dir():
+        return spans
     for child in Path(examples_dir).iterdir():
         match = SPAN_DIR.match(child.name)
         if match and child.is_dir() and any(child.glob("data-*")):
             spans.append(int(match.group(1)))
     return sorted(spans)
+
+
+def next_span(examples_dir: Path) -> int:
+    """The span number a fresh ingest into ``examples_dir`` takes: one above every ``Span-N/``
+    folder there (with data or not, so it never collides with one), 0 for a new folder."""
+    examples_dir = Path(examples_dir)
+    numbers = [int(m.group(1)) for m in (SPAN_DIR.match(c.name) for c in examples_dir.iterdir()) if m] \
+        if examples_dir.is_dir() else []
+    return max(numbers) + 1 if numbers else 0
 
 
 def span_window(examples_dir: Path, num_spans: int, window_dir: Path) -> List[int]:

@@ -1,0 +1,210 @@
+"""What `segbalance run --data` trains on, what it refuses, and where library output goes.
+
+Fast: no pipeline runs here (tests/test_pipeline_e2e.py and tests/test_retraining.py run the
+DAG and check the same things through ML Metadata).
+"""
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segbalance.pipeline import cli, sample_data
+from segbalance.pipeline.config import config_from_dict
+from segbalance.pipeline.dag import local_paths
+from segbalance.pipeline.run import prepare_data
+from segbalance.pipeline.run_log import ComponentProgress, LibraryLog, route_absl, unroute_absl
+from segbalance.pipeline.spans import list_spans, next_span
+from segbalance.trainer.example_codec import encode_png
+
+
+def _raw(root: Path, seed: int, num_images: int, prefix: str = "") -> Path:
+    out = sample_data.write_sample_data("shapes", root, num_images=num_images, size=16, seed=seed, drop_fraction=0.0)
+    if prefix:
+        for folder in ("images", "masks", "masks_full"):
+            for path in (out / folder).glob("*.png"):
+                path.rename(path.with_name(f"{prefix}{path.name}"))
+        labeled = out / "labeled.json"
+        if labeled.is_file():
+            labeled.write_text(json.dumps({f"{prefix}{k}": v for k, v in json.loads(labeled.read_text()).items()}))
+    return out
+
+
+def _written(span_dir: Path) -> list:
+    return json.loads((span_dir / "ingest_report.json").read_text())["written"]
+
+
+def test_next_span_is_one_above_every_span_folder(tmp_path):
+    assert next_span(tmp_path / "missing") == 0 and list_spans(tmp_path / "missing") == []
+    (tmp_path / "Span-2").mkdir()
+    (tmp_path / "Span-2" / "data-00000-of-00001.tfrecord").write_bytes(b"")
+    (tmp_path / "Span-7").mkdir()  # no data: not a span ExampleGen reads, but the number is taken
+    (tmp_path / "Span-x").mkdir()
+    assert list_spans(tmp_path) == [2] and next_span(tmp_path) == 8
+
+
+def test_fresh_data_becomes_the_next_span_and_is_what_run_reads(tmp_path, capsys):
+    """issue 13 item 2: ingest --span 2 into OUTPUT/data, then run --data NEW: NEW must be read."""
+    out = tmp_path / "out"
+    old = _raw(tmp_path / "old", seed=1, num_images=3)
+    new = _raw(tmp_path / "new", seed=2, num_images=5, prefix="new_")
+    assert cli.main(["ingest", str(old / "images"), str(old / "masks"), "--output", str(out / "data"),
+                     "--span", "2"]) == 0
+    config = config_from_dict({"data": {"dir": str(new)}, "output_dir": str(out)})
+    paths = local_paths(str(out))
+    capsys.readouterr()
+
+    examples_dir, reference = prepare_data(config, paths)
+    printed = capsys.readouterr().out
+    data = out / "data"
+    assert examples_dir == str(data) and reference == str(new / "masks_full")
+    assert list_spans(data) == [2, 3]  # the latest span, the one ImportExampleGen reads, is the new data
+    assert _written(data / "Span-3") == sorted(p.stem for p in (new / "images").iterdir())
+    assert _written(data / "Span-2") == sorted(p.stem for p in (old / "images").iterdir())  # untouched
+    assert f"5 records from {new} to {data / 'Span-3'}" in printed and "already held span 2" in printed
+
+    # unchanged: not ingested again
+    assert prepare_data(config, paths)[0] == str(data)
+    assert "unchanged, reusing" in capsys.readouterr().out and list_spans(data) == [2, 3]
+
+    # changed (a pair removed): the next span again
+    for folder in ("images", "masks"):
+        (new / folder / "new_shapes_00004.png").unlink()
+    prepare_data(config, paths)
+    assert list_spans(data) == [2, 3, 4] and len(_written(data / "Span-4")) == 4
+
+    # a new ingest --span 5 by hand, then the same data again: it must not hide behind span 5
+    assert cli.main(["ingest", str(old / "images"), str(old / "masks"), "--output", str(data), "--span", "5"]) == 0
+    prepare_data(config, paths)
+    assert list_spans(data) == [2, 3, 4, 5, 6] and len(_written(data / "Span-6")) == 4
+
+    # data.num_spans: 2 reads the last two spans, through the window
+    windowed = config_from_dict({"data": {"dir": str(new), "num_spans": 2}, "output_dir": str(out)})
+    window, _ = prepare_data(windowed, paths)
+    assert window == str(out / "span_window") and list_spans(data) == [2, 3, 4, 5, 6]
+    links = sorted(p.name for p in (out / "span_window" / "Span-6").iterdir())
+    assert [n.split("-")[1] for n in links] == ["span5", "span6"]
+
+
+def test_class_ids_beyond_the_class_names_leave_no_span(tmp_path):
+    raw = _raw(tmp_path / "raw", seed=3, num_images=2)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[0, 0] = 7  # 4 class names in the default config
+    (raw / "masks" / "shapes_00000.png").write_bytes(encode_png(mask))
+    config = config_from_dict({"data": {"dir": str(raw)}, "output_dir": str(tmp_path / "out")})
+    from segbalance.pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="add the missing class names"):
+        prepare_data(config, local_paths(str(tmp_path / "out")))
+    assert list_spans(tmp_path / "out" / "data") == []  # the span written a moment ago is removed
+
+
+def _run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "run", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error_line(result, *names):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith("segbalance run: error:"), lines[0]
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def test_run_data_mistakes_are_one_line_and_leave_nothing(tmp_path):
+    """issue 13 item 6 (run parts): no masks/, empty folders, only bad pairs."""
+    no_masks = _raw(tmp_path / "no_masks", seed=1, num_images=2)
+    for path in (no_masks / "masks").iterdir():
+        path.unlink()
+    (no_masks / "masks").rmdir()
+    out = tmp_path / "out_a"
+    line = _one_error_line(_run_cli("--data", no_masks, "--output-dir", out), no_masks / "masks")
+    assert "no masks/ folder" in line and not out.exists()
+
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    out = tmp_path / "out_b"
+    line = _one_error_line(_run_cli("--data", empty, "--output-dir", out), empty / "images")
+    assert "holds no image files" in line and not out.exists()
+
+    bad = _raw(tmp_path / "bad", seed=2, num_images=3)
+    for path in (bad / "masks").iterdir():  # every mask has the wrong size: every pair is bad
+        path.write_bytes(encode_png(np.zeros((8, 8), np.uint8)))
+    out = tmp_path / "out_c"
+    line = _one_error_line(_run_cli("--data", bad, "--output-dir", out), bad / "images")
+    report = out / "data" / "ingest_report.Span-0.failed.json"
+    assert str(report) in line and json.loads(report.read_text())["num_bad"] == 3
+    # nothing half-made: the failed ingest's report and the run's log, no span, store or temp folder
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    logs = [p for p in left if p.startswith("logs/run-")]
+    assert left == sorted(["data", "data/ingest_report.Span-0.failed.json", "logs", *logs]) and len(logs) == 1
+    assert "skipped shapes_00000" in (out / logs[0]).read_text()  # the per-pair lines went to the log
+
+
+def test_library_output_goes_to_the_log_file_unless_verbose(tmp_path, capfd):
+    child = [sys.executable, "-c", "import os; os.write(2, b'worker process line\\n')"]
+    with LibraryLog(tmp_path / "logs") as log:
+        os.write(2, b"C++ level line\n")  # what TensorFlow's C++ logging does
+        subprocess.run(child, check=True)
+        print("python stderr line", file=sys.stderr)
+        print("progress line")
+        log.write("our line")
+    out, err = capfd.readouterr()
+    assert err == "" and out == "progress line\n"
+    text = log.path.read_text()
+    for line in ("C++ level line", "worker process line", "python stderr line", "our line"):
+        assert line in text, line
+    assert log.path.parent == tmp_path / "logs" and log.path.name.startswith("run-")
+
+    with LibraryLog(tmp_path / "logs", verbose=True) as verbose:
+        os.write(2, b"C++ level line\n")
+        subprocess.run(child, check=True)
+    err = capfd.readouterr().err
+    assert "C++ level line" in err and "worker process line" in err
+    assert verbose.path != log.path and "C++ level line" not in verbose.path.read_text()
+    os.write(2, b"after\n")  # descriptor 2 is the console again
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_absl_records_go_to_the_log_and_a_first_run_resolver_is_one_line(tmp_path, capfd):
+    from absl import logging as absl_logging
+
+    with LibraryLog(tmp_path / "logs") as log:
+        progress = route_absl(log)
+        try:
+            for message in ("Component latest_class_stats_resolver is running.",
+                            "Component Transform is running.", "Component Transform is finished."):
+                absl_logging.info(message)
+            try:  # what TFX's resolver node handler logs when the latest-artifact strategy finds nothing
+                raise RuntimeError("InputResolutionError: <LatestArtifactStrategy object> returned None.")
+            except RuntimeError as exc:
+                absl_logging.exception("[%s] Input resolution error: %s", "latest_class_stats_resolver", exc)
+            absl_logging.info("Component latest_class_stats_resolver is finished.")
+            absl_logging.warning("some library warning")
+        finally:
+            unroute_absl(progress)
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "Transform: started", "Transform: done in 0.0s",
+        "latest_class_stats_resolver: no earlier ClassStats (first run)"]
+    assert err == "" and "Traceback" not in out
+    text = log.path.read_text()
+    assert "Traceback" in text and "returned None" in text and "some library warning" in text
+    assert "latest_class_stats_resolver: no earlier ClassStats (first run)" in text
+    assert logging.getLogger("absl").propagate
+
+    # another resolution error is not a first run: it says so
+    progress = ComponentProgress()
+    for message in ("Component r_resolver is running.", "[r_resolver] Input resolution error: bad query",
+                    "Component r_resolver is finished."):
+        progress.emit(logging.LogRecord("absl", logging.INFO, __file__, 1, message, None, None))
+    assert "r_resolver: input resolution failed: bad query" in capfd.readouterr().out
