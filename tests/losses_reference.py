@@ -98,11 +98,14 @@ def dice(y, z, cw=None, smooth=1.0, ignore=255, pw=None):
 
 
 def generalized_dice(y, z, smooth=1e-6, ignore=255, cw=None, pw=None):
-    """Default class weights 1 / G_c^2 (absent classes: the largest present weight); cw replaces them."""
+    """Default class weights 1 / G_c^2 (Sudre et al.), absent classes the largest present weight
+    (MONAI), divided by that largest weight (a common factor of the ratio); cw replaces them."""
     inter, pred, truth = class_sums(y, z, ignore, pw)
     if cw is None:
-        w = np.where(truth > 0, 1 / np.maximum(truth, 1) ** 2, 0)
-        w = np.where(truth > 0, w, w.max())
+        present = truth > 0
+        w = np.where(present, 1 / np.where(present, truth, 1) ** 2, 0)
+        w = np.where(present, w, w.max())
+        w = w / w.max() if w.max() > 0 else np.ones_like(w)
     else:
         w = np.asarray(cw, np.float64)
     return 1 - (2 * (w * inter).sum() + smooth) / ((w * (pred + truth)).sum() + smooth)

@@ -507,3 +507,32 @@ def test_exclusion_dice_weighted_hand_case():
     # weights (3, 1) -> mean 1: (1.5, 0.5); overlap 1.5 * 0.5, P = 1.5 * 0.5 + 0.5 * 0.25, R = 1.5
     got = float(L.exclusion_loss(y, z, labeled, form="dice", pixel_weights=np.array([[[3.0, 1.0]]])))
     assert got == pytest.approx(2 * 0.75 / (0.875 + 1.5 + 1.0), rel=1e-6)
+
+
+def test_generalized_dice_sudre_weights_without_clamp_hand_case():
+    """Sudre et al.'s w_c = 1 / G_c^2 with a weighted volume below 1 (the old 1 / max(G_c, 1)^2 clamped
+    it), an absent but predicted class weighted like the rarest present one (MONAI), smooth 0."""
+    y = np.array([[[0, 0, 0, 1]]])
+    z = np.zeros((1, 1, 4, 3), np.float32)  # p = 1/3 everywhere
+    pw = np.array([[[1.0, 1.0, 1.0, 0.2]]], np.float32)
+    p = 1.0 / 3.0
+    G = np.array([3.0, 0.2, 0.0])
+    I = G * p
+    P = np.full(3, pw.sum() * p)
+    w = np.array([1 / 9.0, 25.0, 25.0])  # 1 / G^2; class 2 absent: the largest present weight
+    expected = 1 - 2 * (w * I).sum() / (w * (P + G)).sum()
+    for scale in (1.0, 0.01, 100.0):  # the ratio does not depend on the weights' unit
+        got = float(L.generalized_dice_loss(y, z, smooth=0.0, pixel_weights=scale * pw))
+        assert got == pytest.approx(expected, rel=1e-6)
+    # a weight ratio of 1e25: 1 / G^2 would overflow float32; the normalised weights do not
+    pw[0, 0, 3] = 1e-25
+    G[1] = 1e-25
+    I, P, w = G * p, np.full(3, pw.sum() * p), 1 / np.array([9.0, 1e-50, 1e-50])
+    extreme = float(L.generalized_dice_loss(y, z, smooth=0.0, pixel_weights=pw))
+    assert extreme == pytest.approx(1 - 2 * (w * I).sum() / (w * (P + G)).sum(), rel=1e-6)
+    # the normalised weights w / max(w) of the implementation give the literal 1 / G^2 value
+    y2, z2, _ = data(25, b=2, h=6, w=6)
+    inter, pred, truth = ref.class_sums(y2, z2, pw=_pw(y2).numpy())
+    literal = 1 / truth ** 2
+    sudre = 1 - 2 * (literal * inter).sum() / (literal * (pred + truth)).sum()
+    assert float(L.generalized_dice_loss(y2, z2, smooth=0.0, pixel_weights=_pw(y2))) == pytest.approx(sudre, rel=1e-6)

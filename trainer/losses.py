@@ -373,17 +373,24 @@ def dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAULT_IGNORE_IN
 
 def generalized_dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAULT_IGNORE_INDEX, smooth=1e-6,
                           pixel_weights=None):
-    """Generalized Dice (Sudre et al. 2017): ``1 - 2 sum_c w_c I_c / sum_c w_c (P_c + G_c)``.
+    """Generalized Dice (Sudre et al. 2017): ``1 - (2 sum_c w_c I_c + s) / (sum_c w_c (P_c + G_c) + s)``.
 
-    Default ``w_c = 1 / G_c^2`` from the batch (stop_gradient); a class absent from the
-    batch (G_c = 0) gets the largest weight of the present classes instead of infinity.
-    ``class_weights`` replaces w_c.
+    Default ``w_c`` proportional to ``1 / G_c^2`` (Sudre et al.), from the batch under
+    stop_gradient, computed as ``(G_min / G_c)^2`` with G_min the smallest volume of the classes
+    present: the rarest present class has weight 1. The score is a ratio, so this common factor
+    changes nothing (beyond the tiny smoothing s) and cannot overflow, whatever the pixel
+    weights' unit; there is no lower clamp on G_c (``1 / max(G_c, 1)^2`` changed the loss when
+    weighted volumes fell below 1). Absent classes (G_c = 0, where 1 / G_c^2 is infinite) get
+    the largest weight of the present classes, as MONAI's ``GeneralizedDiceLoss`` does: their
+    false positives (P_c) still count in the denominator. ``class_weights`` replaces w_c.
     """
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     if class_weights is None:
-        present = ops.cast(truth > 0, "float32")
-        w = present / ops.square(ops.maximum(truth, 1.0))
-        w = ops.stop_gradient(w + (1.0 - present) * ops.max(w))
+        present = ops.greater(truth, 0.0)
+        volume = ops.where(present, truth, ops.max(truth))  # absent classes: do not lower the minimum
+        smallest = ops.min(volume)
+        w = ops.where(present, ops.square(smallest / ops.where(present, truth, 1.0)), 1.0)
+        w = ops.stop_gradient(w)
     else:
         w = _class_vector(class_weights, c, "class_weights")
     score = (2.0 * ops.sum(w * inter) + smooth) / (ops.sum(w * (pred + truth)) + smooth)
