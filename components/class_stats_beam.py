@@ -5,8 +5,24 @@ sets: *present* (pixels in the mask), *labelled* (``image/segmentation/class/lab
 absent the ``labeled_policy`` decides: ``complete`` = every class, ``partial`` = only the
 present classes; background and present classes always count as labelled) and *missing*
 (= not labelled: its absence from the mask proves nothing). Records that cannot be used
-(corrupt PNG, no mask, ids >= C that are not the ignore index, labelled ids out of range)
-are quarantined with a reason and counted; the totals stay exact for the rest.
+downstream are quarantined with a reason (``kind`` + text) and counted; the totals stay exact
+for the rest. A record is usable when it parses as a ``tf.train.Example``; has a mask that
+is a single-channel PNG (8-bit grey or palette, 16-bit grey) with ids ``0..C-1`` or the
+ignore index; its ``labeled`` ids are in ``0..C-1``; and it has an image (PNG, JPEG, GIF or
+BMP: what Transform's ``tf.io.decode_image`` reads) of the mask's size.
+
+Every split given is checked; the class counts come from the *counted* splits only
+(``count_splits``, ClassStatsGen: ``train``). With ``examples_dir`` the job also writes the
+records that passed, unchanged, as gzip TFRecords ``examples_dir/Split-<split>/data_tfrecord-*.gz``
+(the layout of ExampleGen): ClassStatsGen's ``examples`` output, which Transform, SegTrainer
+and SegEvaluator read, so no quarantined record reaches them.
+
+No TensorFlow in the job (workers import Beam, NumPy, Pillow, pyarrow and tfx_bsl only):
+files are read by a small TFRecord reader (``iter_tfrecords``; a truncated or non-TFRecord
+file is an error naming the file), records go in batches (``beam.BatchElements``) through
+tfx_bsl's C++ ``tf.train.Example`` decoder, then PNG decode + ``np.bincount`` per mask. The
+driver uses Beam's ``FileSystems`` (local, gs://, ...), so ``segbalance stats`` does not
+import TensorFlow either.
 
 Global counts go through one CombineFn (memory O(C^2) per worker, for the co-occurrence
 matrix); per-image rows stream to Parquet shards, after a second step that adds
@@ -15,40 +31,59 @@ at least ``suspect_threshold`` of the images that contain each of this image's p
 foreground classes. That hints at annotation gaps even without a ``labeled`` field.
 
 Output directory layout (the ClassStats artifact): ``class_stats.json``,
-``per_image-*.parquet``, ``quarantine.jsonl`` (see ``components/class_stats_io.py``).
+``per_image-*.parquet``, ``quarantine.jsonl`` (see ``trainer/class_stats_io.py``).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import struct
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
+from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
+                                 PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE, UserError)
 from segbalance.trainer import class_weights
-from segbalance.trainer import example_codec as codec
 
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
-from segbalance.contract import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE  # noqa: E402,F401
+KEPT = "kept"
+BAD_FILE = "bad_file"
+TOTALS_FILE = "_totals.json"
+EXAMPLES_PREFIX = "data_tfrecord"  # ExampleGen's file prefix inside Split-<name>/
 # Keyword arguments of segbalance.trainer.class_weights.compute_class_weights that StatsOptions accepts.
 WEIGHT_OPTION_KEYS = {"beta", "enet_k", "damping", "clip", "normalize", "zero_count_weight"}
+# Image formats tf.io.decode_image (Transform's preprocessing_fn) decodes.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP")
+# PIL modes of a single-channel class-id PNG ("P": palette indices are the ids, VOC style).
+MASK_MODES = ("L", "P", "I", "I;16", "I;16B")
+MODE_NAMES = {"1": "1-bit", "LA": "grey + alpha", "PA": "palette + alpha", "RGB": "RGB", "RGBA": "RGBA",
+              "CMYK": "CMYK", "F": "float"}
+# Quarantine kinds (the ``kind`` of a quarantine row; counted per split in class_stats.json).
+KINDS = ("not_an_example", "no_mask", "bad_mask", "mask_ids", "labeled_ids", "no_image", "bad_image",
+         "size_mismatch")
+MAX_BATCH = 64  # records per tfx_bsl decode call
 
 
-class ClassStatsError(RuntimeError):
-    """The whole input is unusable (no records, or every record quarantined)."""
+class ClassStatsError(UserError):
+    """The input is unusable (no files, a corrupt file, no records, or every record quarantined)."""
 
 
 @dataclass
 class StatsOptions:
     num_classes: int
     class_names: Optional[List[str]] = None
-    ignore_index: int = codec.DEFAULT_IGNORE_INDEX
+    ignore_index: int = DEFAULT_IGNORE_INDEX
     labeled_policy: str = "complete"
     suspect_threshold: float = 0.9
     weight_options: Dict = field(default_factory=dict)  # passed to compute_class_weights
@@ -76,40 +111,226 @@ def check_weight_options(weight_options: Dict) -> None:
         class_weights.compute_class_weights([2, 1], scheme, **weight_options)
 
 
+# --------------------------------------------------------------------------- reading files
+class TFRecordFileError(ValueError):
+    """A file that is not a (complete) TFRecord file; the message says what is wrong and where."""
+
+
+def _masked_crc(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def iter_tfrecords(handle) -> Iterator[bytes]:
+    """The records of an open TFRecord file (already decompressed); TFRecordFileError when the
+    framing or a checksum is wrong (a truncated file, or not a TFRecord file at all)."""
+    index, offset = 0, 0
+    while True:
+        head = handle.read(12)
+        if not head:
+            return
+        if len(head) < 12:
+            raise TFRecordFileError(f"truncated: record {index} (at byte {offset}) stops after {len(head)} bytes "
+                                    f"of its 12-byte header")
+        length, length_crc = struct.unpack("<QI", head)
+        if _masked_crc(head[:8]) != length_crc:
+            raise TFRecordFileError(f"not a TFRecord file (bad length checksum of record {index} at byte {offset})")
+        body = handle.read(length + 4)
+        if len(body) < length + 4:
+            raise TFRecordFileError(f"truncated: record {index} (at byte {offset}) has {max(0, len(body) - 4)} of "
+                                    f"its {length} bytes")
+        data = body[:length]
+        if _masked_crc(data) != struct.unpack("<I", body[length:])[0]:
+            raise TFRecordFileError(f"corrupt: data checksum of record {index} (at byte {offset}) does not match")
+        yield data
+        index += 1
+        offset += 12 + length + 4
+
+
+class ReadTFRecordFileFn(beam.DoFn):
+    """File path -> its serialized records (``.gz`` files are gunzipped); an unreadable or
+    corrupt file goes to the ``bad_file`` output as ``{"path", "reason"}`` (the driver
+    turns it into one error naming the file) instead of failing the job with a hex dump."""
+
+    def process(self, path: str):
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+                for record in iter_tfrecords(handle):
+                    yield record
+        except TFRecordFileError as exc:
+            yield beam.pvalue.TaggedOutput(BAD_FILE, {"path": path, "reason": str(exc)})
+        except (OSError, EOFError, zlib.error) as exc:  # gzip: not gzip data, or cut short
+            gz = path.endswith(".gz")
+            reason = (f"cannot be read as a gzip file ({exc}): a .gz name means gzip-compressed TFRecords; "
+                      f"rename the file if it is not compressed" if gz else f"cannot be read ({exc})")
+            yield beam.pvalue.TaggedOutput(BAD_FILE, {"path": path, "reason": reason})
+
+
+def match_files(pattern: str) -> List[str]:
+    """Sorted files matching ``pattern`` (local or any Beam filesystem); [] when none."""
+    try:
+        result = FileSystems.match([pattern])[0]
+    except Exception:  # BeamIOError: nothing matched / the folder does not exist
+        return []
+    return sorted(m.path for m in result.metadata_list if not _is_dir(m.path))
+
+
+def _is_dir(path: str) -> bool:
+    return "://" not in path and os.path.isdir(path)
+
+
 # --------------------------------------------------------------------------- per record
-def _record_name(record: codec.ParsedRecord, serialized: bytes) -> str:
-    return record.source_id or f"sha1:{hashlib.sha1(serialized).hexdigest()[:16]}"
+@dataclass
+class RecordFields:
+    """The fields of one record the checks need (bytes not yet decoded; None when absent)."""
+
+    source_id: str
+    image_bytes: Optional[bytes]
+    mask_bytes: Optional[bytes]
+    labeled: Optional[List[int]]
 
 
-def image_row(serialized: bytes, split: str, options: StatsOptions):
-    """The per-image row (dict), or a tagged quarantine dict for an unusable record."""
+def _decoder_schema() -> bytes:
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = schema_pb2.Schema()
+    for name, kind in ((IMAGE_KEY, schema_pb2.BYTES), (SOURCE_ID_KEY, schema_pb2.BYTES),
+                       (MASK_KEY, schema_pb2.BYTES), (LABELED_KEY, schema_pb2.INT)):
+        feature = schema.feature.add()
+        feature.name, feature.type = name, kind
+    return schema.SerializeToString()
+
+
+def make_decoder():
+    """tfx_bsl's batch decoder of serialized ``tf.train.Example`` into Arrow, limited to our 4 keys."""
+    from tfx_bsl.coders import example_coder
+
+    return example_coder.ExamplesToRecordBatchDecoder(_decoder_schema())
+
+
+def _first(values):
+    return values[0] if values else None
+
+
+def decode_records(decoder, serialized: Sequence[bytes]) -> List[object]:
+    """One ``RecordFields`` per record, or the exception text for a record that is not an Example.
+
+    One C++ call per batch; when it fails (a bad record in the batch), each record again alone.
+    """
     try:
-        record = codec.parse_record(serialized)
-    except Exception as exc:  # not an Example at all
+        batch = decoder.DecodeBatch(list(serialized))
+    except Exception:  # a record of the batch does not parse: find which, one by one
+        if len(serialized) == 1:
+            try:
+                decoder.DecodeBatch(list(serialized))
+            except Exception as exc:  # noqa: BLE001 (tfx_bsl raises RuntimeError with the status)
+                return [str(exc)]
+        return [decode_records(decoder, [s])[0] for s in serialized]
+    columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
+    out = []
+    for image, sid, mask, labeled in zip(columns[IMAGE_KEY], columns[SOURCE_ID_KEY], columns[MASK_KEY],
+                                         columns[LABELED_KEY]):
+        sid = _first(sid)
+        out.append(RecordFields(source_id=sid.decode("utf-8", "replace") if sid is not None else "",
+                                image_bytes=_first(image), mask_bytes=_first(mask), labeled=labeled))
+    return out
+
+
+def _sha1_name(serialized: bytes) -> str:
+    return f"sha1:{hashlib.sha1(serialized).hexdigest()[:16]}"
+
+
+class Quarantined(ValueError):
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """Class ids [H, W] of a single-channel PNG mask; Quarantined (kind ``bad_mask``) otherwise."""
+    from PIL import Image
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        what = "JPEG" if data[:3] == b"\xff\xd8\xff" else "not PNG"
+        raise Quarantined("bad_mask", f"mask is {what}: masks must be lossless single-channel PNG")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            mode = img.mode
+            if mode not in MASK_MODES:
+                raise Quarantined("bad_mask", f"mask is a {MODE_NAMES.get(mode, mode)} PNG (mode {mode}); expected "
+                                              f"a single-channel [H, W] PNG of class ids (8-bit grey or palette)")
+            img.load()
+            return np.asarray(img)
+    except Quarantined:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise Quarantined("bad_mask", f"cannot decode mask: {exc}") from exc
+
+
+def check_image(data: Optional[bytes], mask_shape) -> None:
+    """Quarantined unless ``data`` is an image Transform decodes, of the mask's height and width.
+
+    PNG: the header and every chunk's CRC (``verify``, no decompression); other formats: a full decode.
+    """
+    from PIL import Image
+
+    if not data:
+        raise Quarantined("no_image", f"no image: the record lacks {IMAGE_KEY}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format, img.size
+            if fmt == "PNG":
+                img.verify()
+            else:
+                img.load()
+    except Exception as exc:  # noqa: BLE001
+        reason = "not an image format PIL reads" if type(exc).__name__ == "UnidentifiedImageError" else str(exc)
+        raise Quarantined("bad_image", f"cannot decode image: {reason}") from exc
+    if fmt not in IMAGE_FORMATS:
+        raise Quarantined("bad_image", f"image is {fmt}; the trainer decodes only {', '.join(IMAGE_FORMATS)}")
+    if (height, width) != tuple(mask_shape):
+        raise Quarantined("size_mismatch", f"image is {height}x{width} but its mask is "
+                                           f"{mask_shape[0]}x{mask_shape[1]}")
+
+
+def check_record(fields, serialized: bytes, split: str, options: "StatsOptions"):
+    """The per-image row (dict), or a tagged quarantine dict for an unusable record.
+
+    ``fields``: a ``RecordFields``, or the decoder's error text for a record that is not an Example.
+    """
+    if not isinstance(fields, RecordFields):
         return beam.pvalue.TaggedOutput(QUARANTINE, {
-            "source_id": f"sha1:{hashlib.sha1(serialized).hexdigest()[:16]}", "split": split,
-            "reason": f"not a tf.train.Example: {exc}"})
-    name = _record_name(record, serialized)
+            "source_id": _sha1_name(serialized), "split": split, "kind": "not_an_example",
+            "reason": f"not a tf.train.Example: {fields}"})
+    name = fields.source_id or _sha1_name(serialized)
     try:
-        if record.mask_bytes is None:
-            raise ValueError(f"no mask: the record lacks {codec.MASK_KEY}")
-        mask = codec.decode_array(record.mask_bytes, what="mask")
+        if fields.mask_bytes is None:
+            raise Quarantined("no_mask", f"no mask: the record lacks {MASK_KEY}")
+        mask = decode_mask(fields.mask_bytes)
         if mask.ndim != 2:
-            raise ValueError(f"mask has shape {mask.shape}; expected a single-channel [H, W] PNG")
-        counts, ignored = count_mask(mask, options.num_classes, options.ignore_index)
+            raise Quarantined("bad_mask", f"mask has shape {mask.shape}; expected a single-channel [H, W] PNG")
+        try:
+            counts, ignored = count_mask(mask, options.num_classes, options.ignore_index)
+        except ValueError as exc:
+            raise Quarantined("mask_ids", str(exc)) from exc
         present = [int(c) for c in np.flatnonzero(counts)]
-        if record.labeled is not None:
-            out_of_range = [c for c in record.labeled if not 0 <= c < options.num_classes]
+        if fields.labeled is not None:
+            out_of_range = [c for c in fields.labeled if not 0 <= c < options.num_classes]
             if out_of_range:
-                raise ValueError(f"labeled lists class ids {out_of_range} outside [0, {options.num_classes})")
-            labeled = set(record.labeled)
+                raise Quarantined("labeled_ids", f"labeled lists class ids {out_of_range} outside "
+                                                 f"[0, {options.num_classes})")
+            labeled = set(fields.labeled)
         elif options.labeled_policy == "complete":
             labeled = set(range(options.num_classes))
         else:
             labeled = set(present)
         labeled |= set(present) | {0}
-    except ValueError as exc:
-        return beam.pvalue.TaggedOutput(QUARANTINE, {"source_id": name, "split": split, "reason": str(exc)})
+        check_image(fields.image_bytes, mask.shape)
+    except Quarantined as exc:
+        return beam.pvalue.TaggedOutput(QUARANTINE, {"source_id": name, "split": split, "kind": exc.kind,
+                                                     "reason": str(exc)})
     return {
         "source_id": name,
         "split": split,
@@ -119,6 +340,11 @@ def image_row(serialized: bytes, split: str, options: StatsOptions):
         "pixel_counts": counts.astype(np.int64).tolist(),
         "ignored_pixels": ignored,
     }
+
+
+def image_row(serialized: bytes, split: str, options: StatsOptions, decoder=None):
+    """``check_record`` of one serialized record (tests, tools; the job decodes in batches)."""
+    return check_record(decode_records(decoder or make_decoder(), [serialized])[0], serialized, split, options)
 
 
 def count_mask(mask: np.ndarray, num_classes: int, ignore_index: int):
@@ -146,28 +372,40 @@ def count_mask(mask: np.ndarray, num_classes: int, ignore_index: int):
     return counts, ignored
 
 
-class RecordStatsFn(beam.DoFn):
-    """``image_row`` as a DoFn with Beam counters and a progress line every ``log_every`` records."""
+class BatchStatsFn(beam.DoFn):
+    """A batch of serialized records -> per-image rows (main output), quarantine rows and, with
+    ``keep``, the serialized records that passed (``kept``). Beam counters; a progress line
+    every ``log_every`` records."""
 
-    def __init__(self, split: str, options: StatsOptions, log_every: int = 1000):
+    def __init__(self, split: str, options: StatsOptions, keep: bool = False, log_every: int = 1000):
         self.split = split
         self.options = options
+        self.keep = keep
         self.log_every = log_every
         self.records = beam.metrics.Metrics.counter("class_stats", "records")
         self.quarantined = beam.metrics.Metrics.counter("class_stats", "quarantined")
         self._seen = 0
+        self._decoder = None
 
-    def process(self, serialized: bytes):
-        out = image_row(serialized, self.split, self.options)
-        self.records.inc()
-        if isinstance(out, beam.pvalue.TaggedOutput):
-            self.quarantined.inc()
-            logging.warning("ClassStats: quarantined %s (split %s): %s", out.value["source_id"], self.split,
-                            out.value["reason"])
-        self._seen += 1
-        if self._seen % self.log_every == 0:
-            logging.info("ClassStats: %d records of split %s read by this worker", self._seen, self.split)
-        yield out
+    def setup(self):
+        self._decoder = make_decoder()
+
+    def process(self, batch: List[bytes]):
+        if self._decoder is None:
+            self.setup()
+        for serialized, fields in zip(batch, decode_records(self._decoder, batch)):
+            out = check_record(fields, serialized, self.split, self.options)
+            self.records.inc()
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                self.quarantined.inc()
+                logging.warning("ClassStats: quarantined %s (split %s): %s", out.value["source_id"], self.split,
+                                out.value["reason"])
+            elif self.keep:
+                yield beam.pvalue.TaggedOutput(KEPT, serialized)
+            self._seen += 1
+            if self._seen % self.log_every == 0:
+                logging.info("ClassStats: %d records of split %s read by this worker", self._seen, self.split)
+            yield out
 
 
 # --------------------------------------------------------------------------- global counts
@@ -208,6 +446,37 @@ class ClassCountsCombineFn(beam.CombineFn):
         return {k: (v.tolist() if isinstance(v, np.ndarray) else int(v)) for k, v in acc.items()}
 
 
+class SplitCountsCombineFn(beam.CombineFn):
+    """``(split, kind)`` events (kind None = kept) -> {split: {read, kept, quarantined, quarantined_by_kind}}."""
+
+    def __init__(self, splits: Sequence[str]):
+        self.splits = list(splits)
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, event):
+        acc[tuple(event)] = acc.get(tuple(event), 0) + 1
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for acc in accumulators:
+            for key, n in acc.items():
+                merged[key] = merged.get(key, 0) + n
+        return merged
+
+    def extract_output(self, acc):
+        out = {}
+        for split in self.splits:
+            kinds = {kind: n for (s, kind), n in sorted(acc.items(), key=lambda kv: str(kv[0]))
+                     if s == split and kind is not None}
+            kept = acc.get((split, None), 0)
+            out[split] = {"read": kept + sum(kinds.values()), "kept": kept, "quarantined": sum(kinds.values()),
+                          "quarantined_by_kind": kinds}
+        return out
+
+
 def suspect_missing(row: dict, totals: dict, threshold: float) -> dict:
     """Adds ``suspect_missing``: absent classes that co-occur with every present foreground class."""
     foreground = [c for c in row["present"] if c != 0]
@@ -234,21 +503,49 @@ def _parquet_schema():
 
 
 # --------------------------------------------------------------------------- pipeline
-def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions, output_dir: str):
-    """Adds the statistics transforms to ``p``; results land in ``output_dir`` when it runs."""
-    rows, quarantined = [], []
-    for split, pattern in sorted(file_patterns.items()):
-        outputs = (
+def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions, output_dir: str,
+          count_splits: Optional[Sequence[str]] = None, examples_dir: Optional[str] = None,
+          files: Optional[Dict[str, List[str]]] = None):
+    """Adds the statistics transforms to ``p``; results land in ``output_dir`` when it runs.
+
+    ``count_splits``: the splits whose records the class counts cover (default: all).
+    ``examples_dir``: also write each split's records that passed to ``Split-<split>/``.
+    ``files``: {split: matched files} (default: matched here from ``file_patterns``).
+    """
+    splits = sorted(file_patterns)
+    count_splits = set(splits if count_splits is None else count_splits)
+    rows, quarantined, bad_files, events = [], [], [], []
+    for split in splits:
+        paths = files[split] if files is not None else match_files(file_patterns[split])
+        read = (
             p
-            | f"Read[{split}]" >> beam.io.ReadFromTFRecord(pattern)
-            | f"Rows[{split}]" >> beam.ParDo(RecordStatsFn(split, options)).with_outputs(QUARANTINE, main="rows")
+            | f"Files[{split}]" >> beam.Create(paths)
+            | f"SpreadFiles[{split}]" >> beam.Reshuffle()
+            | f"Read[{split}]" >> beam.ParDo(ReadTFRecordFileFn()).with_outputs(BAD_FILE, main="records")
         )
-        rows.append(outputs.rows)
+        bad_files.append(read[BAD_FILE])
+        outputs = (
+            read.records
+            | f"Batch[{split}]" >> beam.BatchElements(min_batch_size=1, max_batch_size=MAX_BATCH)
+            | f"Rows[{split}]" >> beam.ParDo(BatchStatsFn(split, options, keep=examples_dir is not None))
+            .with_outputs(QUARANTINE, KEPT, main="rows")
+        )
         quarantined.append(outputs[QUARANTINE])
+        events.append(outputs.rows | f"KeptEvents[{split}]" >> beam.Map(lambda row: (row["split"], None)))
+        if split in count_splits:
+            rows.append(outputs.rows)
+        if examples_dir is not None:
+            _ = outputs[KEPT] | f"WriteExamples[{split}]" >> beam.io.WriteToTFRecord(
+                os.path.join(examples_dir, f"Split-{split}", EXAMPLES_PREFIX), file_name_suffix=".gz",
+                compression_type=CompressionTypes.GZIP)
     rows = rows | "FlattenRows" >> beam.Flatten()
     quarantined = quarantined | "FlattenQuarantine" >> beam.Flatten()
+    events.append(quarantined | "QuarantineEvents" >> beam.Map(lambda q: (q["split"], q["kind"])))
+    split_counts = (events | "FlattenEvents" >> beam.Flatten()
+                    | "SplitCounts" >> beam.CombineGlobally(SplitCountsCombineFn(splits)))
+    bad_files = (bad_files | "FlattenBadFiles" >> beam.Flatten()
+                 | "BadFiles" >> beam.combiners.ToList())
     totals = rows | "Totals" >> beam.CombineGlobally(ClassCountsCombineFn(options.num_classes))
-    quarantine_count = quarantined | "CountQuarantine" >> beam.combiners.Count.Globally()
     (
         rows
         | "SuspectMissing" >> beam.Map(suspect_missing, beam.pvalue.AsSingleton(totals), options.suspect_threshold)
@@ -262,11 +559,12 @@ def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions
     )
     (
         totals
-        | "AddQuarantined" >> beam.Map(lambda t, q: {**t, "quarantined_records": q},
-                                       beam.pvalue.AsSingleton(quarantine_count))
+        | "AddSplitCounts" >> beam.Map(
+            lambda t, counts, bad: {**t, "split_counts": counts, "bad_files": sorted(bad, key=lambda b: b["path"])},
+            beam.pvalue.AsSingleton(split_counts), beam.pvalue.AsSingleton(bad_files))
         | "TotalsJson" >> beam.Map(json.dumps)
-        | "WriteTotals" >> beam.io.WriteToText(os.path.join(output_dir, "_totals"), file_name_suffix=".json",
-                                               shard_name_template="")
+        | "WriteTotals" >> beam.io.WriteToText(os.path.join(output_dir, TOTALS_FILE[:-len(".json")]),
+                                               file_name_suffix=".json", shard_name_template="")
     )
 
 
@@ -277,20 +575,44 @@ def _effective_number_beta(beta, pixel_counts):
     return class_weights.default_beta(pixel_counts) if sum(pixel_counts) else None
 
 
-def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], splits: List[str]) -> dict:
-    """Turns the Beam totals into ``class_stats.json`` (adds weights); returns its content."""
-    import tensorflow as tf
+def _read_text(path: str) -> str:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read().decode("utf-8")
 
-    totals_path = os.path.join(output_dir, "_totals.json")
-    with tf.io.gfile.GFile(totals_path) as f:
-        totals = json.loads(f.read())
-    tf.io.gfile.remove(totals_path)
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _delete(paths: Iterable[str]) -> None:
+    paths = [p for p in paths if FileSystems.exists(p)]
+    if paths:
+        FileSystems.delete(paths)
+
+
+def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], splits: List[str],
+             checked_splits: Optional[List[str]] = None) -> dict:
+    """Turns the Beam totals into ``class_stats.json`` (adds weights); returns its content.
+
+    ``splits``: the counted splits; ``checked_splits``: every split checked (default ``splits``).
+    """
+    totals_path = FileSystems.join(output_dir, TOTALS_FILE)
+    totals = json.loads(_read_text(totals_path))
+    _delete([totals_path])
     where = ", ".join(inputs)
+    if totals["bad_files"]:
+        bad = totals["bad_files"]
+        remove_previous_output(output_dir)  # nothing half-written stays behind
+        more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
+        raise ClassStatsError(f"{bad[0]['path']}: {bad[0]['reason']}{more}; remove or replace the file")
+    split_counts = totals["split_counts"]
+    quarantined = sum(split_counts[s]["quarantined"] for s in splits)
     if totals["num_records"] == 0:
-        if totals["quarantined_records"]:
+        if quarantined:
             raise ClassStatsError(
-                f"all {totals['quarantined_records']} records in {where} were quarantined; see "
-                f"{os.path.join(output_dir, QUARANTINE_FILE)} for the reasons")
+                f"all {quarantined} records in {where} were quarantined; see "
+                f"{FileSystems.join(output_dir, QUARANTINE_FILE)} for the reasons")
         raise ClassStatsError(f"no records in {where}: check the path / file pattern")
     pixel_counts = totals["pixel_counts"]
     zero = class_weights.zero_count_classes(pixel_counts)
@@ -308,8 +630,11 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
         "present_image_pixels": totals["present_image_pixels"],
         "ignored_pixels": totals["ignored_pixels"],
         "total_pixels": int(sum(pixel_counts)) + totals["ignored_pixels"],
-        "num_records": totals["num_records"],
-        "quarantined_records": totals["quarantined_records"],
+        "num_records": totals["num_records"],  # records counted (kept records of the counted splits)
+        "quarantined_records": quarantined,  # quarantined records of the counted splits
+        # every checked split: records read, kept (passed on downstream), quarantined (per kind)
+        "checked_splits": list(checked_splits or splits),
+        "split_counts": split_counts,
         "zero_count_classes": zero,
         "zero_count_note": (f"classes {zero} have no pixels: their weights are set to "
                             f"{options.weight_options.get('zero_count_weight', 0.0)} (see trainer/class_weights.py)"
@@ -324,48 +649,88 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
         "suspect_threshold": options.suspect_threshold,
         "options": asdict(options),
     }
-    with tf.io.gfile.GFile(os.path.join(output_dir, STATS_FILE), "w") as f:
-        f.write(json.dumps(stats, indent=1))
+    _write_text(FileSystems.join(output_dir, STATS_FILE), json.dumps(stats, indent=1))
     return stats
+
+
+def _own_files(output_dir: str) -> List[str]:
+    """This layout's files in ``output_dir`` (what the job writes there)."""
+    found = match_files(FileSystems.join(output_dir, f"{PER_IMAGE_PREFIX}-*.parquet"))
+    found += [p for p in (FileSystems.join(output_dir, f) for f in (STATS_FILE, QUARANTINE_FILE, TOTALS_FILE))
+              if FileSystems.exists(p)]
+    return found
 
 
 def remove_previous_output(output_dir: str) -> None:
     """Deletes the files of an earlier run in ``output_dir`` (only this layout's files), so a
     rerun with a different number of Parquet shards cannot leave stale rows behind."""
-    import tensorflow as tf
-
-    stale = tf.io.gfile.glob(os.path.join(output_dir, f"{PER_IMAGE_PREFIX}-*.parquet"))
-    stale += [p for p in (os.path.join(output_dir, f) for f in (STATS_FILE, QUARANTINE_FILE, "_totals.json"))
-              if tf.io.gfile.exists(p)]
-    for path in stale:
-        tf.io.gfile.remove(path)
+    stale = _own_files(output_dir)
+    _delete(stale)
     if stale:
         logging.info("ClassStats: removed %d files of an earlier run in %s", len(stale), output_dir)
 
 
-def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: StatsOptions,
-                    pipeline: Optional[beam.Pipeline] = None, beam_args: Optional[List[str]] = None) -> dict:
-    """Run the Beam job over ``{split: file pattern}`` and write the artifact into ``output_dir``."""
-    import tensorflow as tf
+def _beam_temp_dirs(folders: Iterable[str]) -> set:
+    """Beam file sinks' temporary folders (``beam-temp-*``) in ``folders``."""
+    found = set()
+    for folder in folders:
+        found.update(match_files(FileSystems.join(folder, "beam-temp-*")))
+        if "://" not in folder and os.path.isdir(folder):
+            found.update(os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("beam-temp-"))
+    return found
 
-    for split, pattern in file_patterns.items():
-        if not tf.io.gfile.glob(pattern):
+
+def _remove_tree(path: str) -> None:
+    if "://" not in path and os.path.isdir(path):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _delete(match_files(path.rstrip("/") + "/*"))
+
+
+def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: StatsOptions,
+                    pipeline: Optional[beam.Pipeline] = None, beam_args: Optional[List[str]] = None,
+                    count_splits: Optional[Sequence[str]] = None, examples_dir: Optional[str] = None) -> dict:
+    """Run the Beam job over ``{split: file pattern}`` and write the artifact into ``output_dir``.
+
+    Every split is checked; ``count_splits`` (default: all) are counted; with ``examples_dir``
+    the records that passed are written there per split (see the module docstring).
+    """
+    files = {}
+    for split, pattern in sorted(file_patterns.items()):
+        files[split] = match_files(pattern)
+        if not files[split]:
             raise ClassStatsError(f"no files match {pattern} (split {split!r}): check the path")
-    tf.io.gfile.makedirs(output_dir)
+    count_splits = sorted(file_patterns) if count_splits is None else sorted(count_splits)
+    unknown = [s for s in count_splits if s not in file_patterns]
+    if unknown:
+        raise ValueError(f"count_splits {unknown} not among the splits {sorted(file_patterns)}")
+    if not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
     remove_previous_output(output_dir)
     if pipeline is None:
         from apache_beam.options.pipeline_options import PipelineOptions
 
         pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
-    logging.info("ClassStats: counting classes in %s -> %s", file_patterns, output_dir)
+    logging.info("ClassStats: checking %s, counting %s -> %s", file_patterns, count_splits, output_dir)
+    write_dirs = [output_dir] + ([FileSystems.join(examples_dir, f"Split-{s}") for s in file_patterns]
+                                 if examples_dir else [])
+    temp_before = _beam_temp_dirs(write_dirs)
     start = time.monotonic()
-    build(pipeline, file_patterns, options, output_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
+    build(pipeline, file_patterns, options, output_dir, count_splits, examples_dir, files)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except BaseException:
+        for temp in sorted(_beam_temp_dirs(write_dirs) - temp_before):  # the sinks' leftovers of this run
+            _remove_tree(temp)
+        raise
     counters = _counters(result)
     logging.info("ClassStats: Beam job done in %.1f s (%s)", time.monotonic() - start,
                  ", ".join(f"{k} {v}" for k, v in counters.items()) or "no counters from this runner")
-    return finalize(output_dir, options, list(file_patterns.values()), sorted(file_patterns))
+    inputs = [file_patterns[s] for s in sorted(file_patterns) if s in count_splits]
+    return finalize(output_dir, options, inputs, count_splits, sorted(file_patterns))
 
 
 def _counters(result) -> Dict[str, int]:

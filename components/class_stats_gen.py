@@ -5,6 +5,15 @@
         class_names=["background", "ellipse", "rectangle", "circle"],
         labeled_policy="complete", weight_clip=(0.1, 10.0), splits=["train"])
     class_stats_gen.outputs["class_stats"]   # ClassStats artifact
+    class_stats_gen.outputs["clean_examples"]  # the records that passed the checks
+
+Every split of the input is checked; the counts and weights come from ``splits`` only.
+The ``clean_examples`` output (standard Examples: the same split names, span and version, gzip
+TFRecords ``Split-<name>/data_tfrecord-*.gz`` as ExampleGen writes them, each record's bytes
+unchanged) holds only the records that passed: Transform, SegTrainer and SegEvaluator read
+it, so a quarantined record reaches none of them. ``class_stats.json`` ``split_counts`` says,
+per split, how many records were read, kept and quarantined (by kind); ``quarantine.jsonl``
+lists each quarantined record with its split and reason.
 
 Runs with the pipeline's ``beam_pipeline_args`` (DirectRunner locally, Dataflow / Flink /
 Spark with their usual flags).
@@ -37,7 +46,24 @@ class ClassStatsGenSpec(ComponentSpec):
         "splits": ExecutionParameter(type=str),  # JSON list
     }
     INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
-    OUTPUTS = {"class_stats": ChannelParameter(type=ClassStats)}
+    OUTPUTS = {"class_stats": ChannelParameter(type=ClassStats),
+               # not "examples": a ComponentSpec key is either an input or an output
+               "clean_examples": ChannelParameter(type=standard_artifacts.Examples)}
+
+
+def stats_options(exec_properties: Dict[str, Any]) -> StatsOptions:
+    """The typed options the executor runs with, rebuilt from the execution properties."""
+    weight_options = json.loads(exec_properties["weight_options"])
+    if weight_options.get("clip") is not None:
+        weight_options["clip"] = tuple(weight_options["clip"])
+    return StatsOptions(
+        num_classes=int(exec_properties["num_classes"]),
+        class_names=json.loads(exec_properties["class_names"]),
+        ignore_index=int(exec_properties["ignore_index"]),
+        labeled_policy=exec_properties["labeled_policy"],
+        suspect_threshold=float(exec_properties["suspect_threshold"]),
+        weight_options=weight_options,
+    )
 
 
 class ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor):
@@ -45,34 +71,47 @@ class ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor):
            exec_properties: Dict[str, Any]) -> None:
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         output = artifact_utils.get_single_instance(output_dict["class_stats"])
+        clean = artifact_utils.get_single_instance(output_dict["clean_examples"])
         splits = json.loads(exec_properties["splits"])
         available = artifact_utils.decode_split_names(examples.split_names)
         unknown = [s for s in splits if s not in available]
         if unknown:
             raise ValueError(f"ClassStatsGen: splits {unknown} not in {examples.uri} (has {available})")
-        weight_options = json.loads(exec_properties["weight_options"])
-        if weight_options.get("clip") is not None:
-            weight_options["clip"] = tuple(weight_options["clip"])
-        options = StatsOptions(
-            num_classes=int(exec_properties["num_classes"]),
-            class_names=json.loads(exec_properties["class_names"]),
-            ignore_index=int(exec_properties["ignore_index"]),
-            labeled_policy=exec_properties["labeled_policy"],
-            suspect_threshold=float(exec_properties["suspect_threshold"]),
-            weight_options=weight_options,
-        )
-        patterns = {s: os.path.join(artifact_utils.get_split_uri([examples], s), "*") for s in splits}
-        print(f"ClassStatsGen: counting classes in splits {splits} of {examples.uri}", flush=True)
-        stats = run_class_stats(patterns, output.uri, options, pipeline=self._make_beam_pipeline())
+        options = stats_options(exec_properties)
+        patterns = {s: os.path.join(artifact_utils.get_split_uri([examples], s), "*") for s in available}
+        print(f"ClassStatsGen: checking splits {available} of {examples.uri}, counting classes in splits {splits}",
+              flush=True)
+        stats = run_class_stats(patterns, output.uri, options, pipeline=self._make_beam_pipeline(),
+                                count_splits=splits, examples_dir=clean.uri)
+        copy_examples_properties(examples, clean)
         for key in ("num_records", "quarantined_records"):
             output.set_int_custom_property(key, stats[key])
+        for split, counts in stats["split_counts"].items():
+            clean.set_int_custom_property(f"kept_{split}", counts["kept"])
+            clean.set_int_custom_property(f"quarantined_{split}", counts["quarantined"])
         msg = (f"ClassStatsGen: {stats['num_records']} records, {stats['quarantined_records']} quarantined, "
                f"pixel counts {stats['pixel_counts']}")
         logging.info(msg)
         print(msg, flush=True)
+        print("ClassStatsGen: records passed on (kept / read): " + ", ".join(
+            f"{s} {c['kept']}/{c['read']}" for s, c in stats["split_counts"].items()), flush=True)
         if stats["zero_count_note"]:
             logging.warning("ClassStatsGen: %s", stats["zero_count_note"])
             print(f"ClassStatsGen: {stats['zero_count_note']}", flush=True)
+
+
+def copy_examples_properties(source: types.Artifact, target: types.Artifact) -> None:
+    """The output Examples describe the same data as the input: split names, span, version and
+    the format properties Transform's TFXIO reads (``payload_format``; ``file_format`` is gzip
+    TFRecords, as written)."""
+    from tfx.components.util import examples_utils
+
+    target.split_names = source.split_names
+    for name in ("span", "version"):
+        if source.has_property(name):
+            setattr(target, name, getattr(source, name))
+    examples_utils.set_payload_format(target, examples_utils.get_payload_format(source))
+    examples_utils.set_file_format(target, "tfrecords_gzip")
 
 
 class ClassStatsGen(base_beam_component.BaseBeamComponent):
@@ -98,7 +137,7 @@ class ClassStatsGen(base_beam_component.BaseBeamComponent):
           weight_damping, weight_clip, zero_count_weight, weight_beta, weight_enet_k: passed to
             ``segbalance.trainer.class_weights.compute_class_weights`` as damping, clip, zero_count_weight,
             beta (None = 1 - 1/N), enet_k, for every scheme.
-          splits: the Examples splits to count together (default ``["train"]``).
+          splits: the Examples splits to count together (default ``["train"]``); every split is checked.
         """
         if not splits:
             raise ValueError("ClassStatsGen: splits must name at least one split")
@@ -112,5 +151,6 @@ class ClassStatsGen(base_beam_component.BaseBeamComponent):
             examples=examples, num_classes=num_classes, class_names=json.dumps(options.class_names),
             ignore_index=ignore_index, labeled_policy=labeled_policy, suspect_threshold=float(suspect_threshold),
             weight_options=json.dumps(weight_options), splits=json.dumps(list(splits)),
-            class_stats=types.Channel(type=ClassStats))
+            class_stats=types.Channel(type=ClassStats),
+            clean_examples=types.Channel(type=standard_artifacts.Examples))
         super().__init__(spec=spec)

@@ -2,9 +2,10 @@
 
     ImportExampleGen (Span-N TFRecords from `segbalance ingest`)
       -> StatisticsGen -> SchemaGen -> ExampleValidator              (TFDV record checks)
-      -> ClassStatsGen                                                (Beam: class stats, weights)
+      -> ClassStatsGen      (Beam: checks every split, class stats, weights; outputs the clean examples)
       -> ClassDistributionValidator vs the previous run's ClassStats  (drift gate; optional)
-      -> Transform (segbalance.trainer.preprocessing.preprocessing_fn)
+      -> Transform (segbalance.trainer.preprocessing.preprocessing_fn; Transform, SegTrainer and
+                    SegEvaluator read ClassStatsGen's clean examples: no quarantined record)
       -> SegTrainer (segbalance.trainer.task.run_fn, loss from the ClassStats artifact;
                      warm start from the latest blessed model with training.warm_start)
       -> SegEvaluator (vs the latest blessed model) -> Pusher (blessed models only)
@@ -100,6 +101,7 @@ def create_pipeline(
         examples=examples, num_classes=config.num_classes, class_names=names,
         ignore_index=config.classes.ignore_index, labeled_policy=config.data.labeled_policy)
     class_stats = class_stats_gen.outputs["class_stats"]
+    clean_examples = class_stats_gen.outputs["clean_examples"]  # only the records that passed ClassStatsGen's checks
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, class_stats_gen]
     drift_gate = None
@@ -123,12 +125,12 @@ def create_pipeline(
     ).with_id("latest_blessed_model_resolver")
     custom_config = trainer_custom_config(config)
     transform = tfx.components.Transform(
-        examples=examples, schema=schema_gen.outputs["schema"],
+        examples=clean_examples, schema=schema_gen.outputs["schema"],
         preprocessing_fn="segbalance.trainer.preprocessing.preprocessing_fn", custom_config=custom_config,
         materialize=False, disable_statistics=True)
     with training_gate(drift_gate, config.drift.action):  # nodes made in here run only when not blocked
         trainer = SegTrainer(
-            examples=examples, transform_graph=transform.outputs["transform_graph"],
+            examples=clean_examples, transform_graph=transform.outputs["transform_graph"],
             class_stats=class_stats, run_fn="segbalance.trainer.task.run_fn",
             base_model=model_resolver.outputs["model"] if config.training.warm_start else None,
             train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
@@ -137,7 +139,7 @@ def create_pipeline(
         if drift_gate is not None:  # drift above the thresholds: the model is not blessed, so not pushed
             evaluator_kwargs["drift_report"] = drift_gate.outputs["drift_report"]
         evaluator = SegEvaluator(
-            examples=examples, model=trainer.outputs["model"], baseline_model=model_resolver.outputs["model"],
+            examples=clean_examples, model=trainer.outputs["model"], baseline_model=model_resolver.outputs["model"],
             num_classes=config.num_classes, class_names=names, ignore_index=config.classes.ignore_index,
             miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
             reference_masks_dir=reference_masks_dir, **evaluator_kwargs)

@@ -204,7 +204,8 @@ def test_suspect_missing_end_to_end_hand_case(tmp_path):
     """9 images hold classes {0, 1, 2}; the 10th holds {0, 1}: class 2 is suspect there only."""
     full = np.array([[0, 1], [2, 2]], np.uint8)
     partial = np.array([[0, 1], [1, 1]], np.uint8)
-    records = [codec.build_example(b"x", codec.encode_png(m), f"i{k}", 2, 2).SerializeToString()
+    image = codec.encode_png(np.zeros((2, 2, 3), np.uint8))
+    records = [codec.build_example(image, codec.encode_png(m), f"i{k}", 2, 2).SerializeToString()
                for k, m in enumerate([full] * 9 + [partial])]
     write_tfrecord(tmp_path / "d.tfrecord", records)
     stats = csb.run_class_stats({"train": str(tmp_path / "d.tfrecord")}, str(tmp_path / "o"),

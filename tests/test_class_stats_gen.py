@@ -57,7 +57,7 @@ def test_component_in_local_dag_runner(tmp_path, capfd):
             [ref[sid][k] for k in ("present", "labeled", "missing")]
         assert list(row["suspect_missing"]) == expected_suspects[sid]
     log = "".join(capfd.readouterr())
-    assert "ClassStatsGen: counting classes in splits ['train', 'eval']" in log
+    assert "counting classes in splits ['train', 'eval']" in log
     assert f"ClassStatsGen: {len(good)} records, 4 quarantined" in log
 
 
@@ -77,3 +77,121 @@ def test_component_rejects_bad_arguments():
     props = component.exec_properties
     assert json.loads(props["splits"]) == ["train"] and props["ignore_index"] == 255
     assert json.loads(props["weight_options"])["beta"] == 0.999
+
+
+# --------------------------------------------------------------------------- the quarantine protects training
+def _split_of(source_id: str, eval_buckets: int) -> str:
+    """The split ImportExampleGen gives a record (dag.py: hash buckets on image/source_id; the
+    partition function of tfx.components.example_gen.base_example_gen_executor)."""
+    import hashlib
+
+    from tensorflow.core.example import feature_pb2
+
+    key = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[source_id.encode()]))
+    bucket = int(hashlib.sha256(key.SerializeToString(deterministic=True)).hexdigest(), 16) % 10
+    return "train" if bucket < 10 - eval_buckets else "eval"
+
+
+def _first_name(prefix: str, split: str, eval_buckets: int) -> str:
+    return next(f"{prefix}{k}" for k in range(1000) if _split_of(f"{prefix}{k}", eval_buckets) == split)
+
+
+def _read_gz_records(folder: str):
+    import glob
+
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(folder, "data_tfrecord-*.gz")))
+    assert files, folder
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, capfd):
+    """The real DAG (pipeline/dag.py, without drift gate and report) on data with a record without
+    image (train), an RGB mask (train) and a corrupt mask (eval): Transform, SegTrainer and
+    SegEvaluator run on ClassStatsGen's clean examples only; the counts agree everywhere."""
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.dag import create_pipeline
+    from segbalance.trainer import example_codec as codec
+    from tests.trainer_inputs import make_image_and_mask
+
+    config = config_from_dict({
+        "classes": {"names": ["background", "square", "bar"]},
+        "training": {"image_size": [16, 16], "epochs": 1, "batch_size": 2, "depth": 2, "base_filters": 4},
+        "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0}})
+    eval_buckets = max(1, round(10 * config.data.eval_fraction))
+    rng = np.random.default_rng(0)
+    good = {}
+    for k in range(14):
+        image, mask = make_image_and_mask(rng, 16, 16)
+        good[f"img{k}"] = codec.build_example(codec.encode_png(image), codec.encode_png(mask), f"img{k}",
+                                              16, 16).SerializeToString()
+    image, mask = make_image_and_mask(rng, 16, 16)
+    no_image = codec.build_example(codec.encode_png(image), codec.encode_png(mask),
+                                   _first_name("noimage", "train", eval_buckets), 16, 16)
+    del no_image.features.feature[codec.IMAGE_KEY]
+    rgb_mask = codec.build_example(codec.encode_png(image), codec.encode_png(np.stack([mask] * 3, -1)),
+                                   _first_name("rgbmask", "train", eval_buckets), 16, 16)
+    corrupt = codec.build_example(codec.encode_png(image), codec.encode_png(mask)[:40],
+                                  _first_name("corrupt", "eval", eval_buckets), 16, 16)
+    bad = {ex.features.feature[codec.SOURCE_ID_KEY].bytes_list.value[0].decode(): ex.SerializeToString()
+           for ex in (no_image, rgb_mask, corrupt)}
+    split_of = {sid: _split_of(sid, eval_buckets) for sid in [*good, *bad]}
+    good_by_split = {s: {sid for sid in good if split_of[sid] == s} for s in ("train", "eval")}
+    assert len(good_by_split["train"]) >= 4 and len(good_by_split["eval"]) >= 1, good_by_split
+    (tmp_path / "data" / "Span-0").mkdir(parents=True)
+    write_tfrecord(tmp_path / "data" / "Span-0" / "data-00000.tfrecord", [*good.values(), *bad.values()])
+
+    metadata = str(tmp_path / "metadata.sqlite")
+    pipeline = create_pipeline(
+        config, str(tmp_path / "data"), str(tmp_path / "root"), str(tmp_path / "serving"),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata),
+        with_drift=False, with_report=False,
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    nodes = {node.id: node for node in pipeline.components}
+    for consumer in ("Transform", "SegTrainer", "SegEvaluator"):  # the wiring: clean examples in
+        channel = nodes[consumer].inputs["examples"]
+        assert (channel.producer_component_id, channel.output_key) == ("ClassStatsGen", "clean_examples"), consumer
+    for reporter in ("StatisticsGen",):  # TFDV still sees (and reports on) the raw records
+        assert nodes[reporter].inputs["examples"].producer_component_id == "ImportExampleGen"
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+    store = open_store(metadata)
+    stats_uri = latest_artifact(store, ClassStats.TYPE_NAME).uri
+    stats = read_class_stats(stats_uri)
+    # ClassStatsGen: every split checked, counts from train only
+    assert stats["splits"] == ["train"] and stats["checked_splits"] == ["eval", "train"]
+    assert stats["split_counts"] == {
+        "train": {"read": len(good_by_split["train"]) + 2, "kept": len(good_by_split["train"]), "quarantined": 2,
+                  "quarantined_by_kind": {"bad_mask": 1, "no_image": 1}},
+        "eval": {"read": len(good_by_split["eval"]) + 1, "kept": len(good_by_split["eval"]), "quarantined": 1,
+                 "quarantined_by_kind": {"bad_mask": 1}}}
+    assert stats["num_records"] == len(good_by_split["train"]) and stats["quarantined_records"] == 2
+    quarantine = {q["source_id"]: q for q in read_quarantine(stats_uri)}
+    assert set(quarantine) == set(bad)
+    by_kind = {q["kind"]: q for q in quarantine.values()}
+    assert by_kind["no_image"]["split"] == "train" and "no image" in by_kind["no_image"]["reason"]
+    rgb, = [q for q in quarantine.values() if q["source_id"].startswith("rgbmask")]
+    assert rgb["split"] == "train" and "single-channel" in rgb["reason"] and "RGB" in rgb["reason"]
+    broken, = [q for q in quarantine.values() if q["source_id"].startswith("corrupt")]
+    assert broken["split"] == "eval" and "cannot decode mask" in broken["reason"]
+
+    # the clean examples: exactly the good records of each split, bytes unchanged
+    clean_uri = _only_dir(tmp_path / "root" / "ClassStatsGen" / "clean_examples")
+    for split in ("train", "eval"):
+        records = _read_gz_records(os.path.join(clean_uri, f"Split-{split}"))
+        assert sorted(records) == sorted(good[sid] for sid in good_by_split[split]), split
+    # what the trainer and the evaluator read
+    model_run = _only_dir(tmp_path / "root" / "SegTrainer" / "model_run")
+    summary = json.loads(open(os.path.join(model_run, "training_summary.json")).read())
+    assert summary["num_train_records"] == stats["split_counts"]["train"]["kept"]
+    evaluation = json.loads(open(os.path.join(_only_dir(tmp_path / "root" / "SegEvaluator" / "evaluation"),
+                                              "evaluation.json")).read())
+    assert evaluation["num_images"] == stats["split_counts"]["eval"]["kept"]
+    assert "records passed on (kept / read): " in "".join(capfd.readouterr())
+
+
+def _only_dir(folder):
+    found = [p for p in folder.iterdir() if p.is_dir()]
+    assert len(found) == 1, found
+    return str(found[0])
