@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
+import warnings
 from typing import Optional, Sequence
 
 from segbalance.contract import UserError
@@ -28,6 +30,7 @@ COMMAND_MODULES = [
     "segbalance.pipeline.run",
     "segbalance.pipeline.report",
     "segbalance.pipeline.experiment",
+    "segbalance.pipeline.config_cmd",
     "segbalance.kubeflow.compile_cmd",
     "segbalance.kubeflow.schedule",
 ]
@@ -58,12 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_third_party() -> None:
+    """Keep libraries' start-up chatter (TensorFlow C++ logs, google-api-core / Beam Future- and
+    DeprecationWarnings) off the console, so an error is the one line it should be. Our own
+    warnings still show; ``--debug`` shows everything."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"^(?!segbalance)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.debug:
+        quiet_third_party()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

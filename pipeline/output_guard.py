@@ -67,6 +67,16 @@ def check_not_inputs(folder: os.PathLike, option: str, inputs: Iterable[os.PathL
                               f"outside the inputs (nothing was written)")
 
 
+def _check_is_folder(path: Path, option: str) -> None:
+    """Refuse a path that is a file, or lies below a file."""
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "" if parent == path else f" ({parent} is a file)"
+            raise OutputError(f"{option} {path} is not a folder{where}: give a folder path")
+        if parent.exists():
+            break
+
+
 def foreign_entries(folder: Path, owned: Sequence[str]) -> list:
     """Names in ``folder`` that match none of the ``owned`` glob patterns (the marker is always owned)."""
     patterns = [MARKER, *owned]
@@ -91,20 +101,14 @@ def check_output_folder(
       a folder written before markers existed) or holds names matching none of ``owned``.
     """
     path = Path(folder)
-    for parent in [path, *path.parents]:
-        if parent.exists() and not parent.is_dir():
-            where = "" if parent == path else f" ({parent} is a file)"
-            raise OutputError(f"{option} {folder} is not a folder{where}: give a folder path")
-        if parent.exists():
-            break
+    _check_is_folder(path, option)
     check_not_inputs(path, option, inputs)
     if not path.is_dir() or not any(path.iterdir()):
         return False
     ours = written_by(path) == command or (key_file is not None and (path / key_file).is_file())
     foreign = foreign_entries(path, owned)
     if foreign:
-        sample = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
-        raise OutputError(f"{option} {folder} is not empty: it holds {sample}, which segbalance {command} did not "
+        raise OutputError(f"{option} {folder} is not empty: it holds {_sample(foreign)}, which segbalance {command} did not "
                           f"write; choose a new or empty folder (nothing was written or deleted)")
     if not ours:
         raise OutputError(f"{option} {folder} is not empty and was not written by segbalance {command}; choose a new "
@@ -112,12 +116,30 @@ def check_output_folder(
     return True
 
 
-# What `segbalance run` writes into its output directory is its own: it only writes these names
-# (pipeline/dag.py local_paths), so other files there are left alone; but a non-empty folder
-# that is not a run directory (no marker, no ML Metadata store) is refused.
+# What `segbalance run` writes into its output directory (pipeline/dag.py local_paths, run.py).
+# Run only writes these names, so other files in an earlier run's directory are left alone;
+# a non-empty folder that is not a run directory (no marker, no ML Metadata store) and holds
+# other names is refused. (``data/`` may already be there: ``ingest --output OUT/data --span N``
+# before the first ``run --data OUT/data --output-dir OUT``.)
 RUN_KEY_FILE = "metadata.sqlite"
+RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_model", "data", "sample_data",
+             "report.html", "run_summary.json", "logs", "span_window")
 
 
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     """``segbalance run``'s output directory: new, empty, or an earlier run's (True)."""
-    return check_output_folder(folder, command="run", option=option, owned=("*",), key_file=RUN_KEY_FILE)
+    path = Path(folder)
+    _check_is_folder(path, option)
+    if not path.is_dir() or not any(path.iterdir()):
+        return False
+    if written_by(path) == "run" or (path / RUN_KEY_FILE).is_file():
+        return True
+    foreign = foreign_entries(path, RUN_OWNED)
+    if foreign:
+        raise OutputError(f"{option} {folder} is not empty and is not a segbalance run directory (no {RUN_KEY_FILE}): "
+                          f"it holds {_sample(foreign)}; choose a new or empty folder (nothing was written or deleted)")
+    return True
+
+
+def _sample(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")

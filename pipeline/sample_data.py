@@ -22,16 +22,23 @@ Kinds:
 - ``nuclei``: the 2-D nuclei image and instance mask that ship inside ``stardist``
   (2018 Data Science Bowl); classes background, nucleus, boundary (instance borders
   derived with ``skimage.segmentation.find_boundaries``), cut into crops.
+
+DIR must be new, empty, or an earlier sample-data output (marker ``.segbalance.json``): its
+files are then replaced. Any other non-empty folder, or a file, is refused (exit code 2)
+before anything is written.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from segbalance.contract import UserError
+from segbalance.pipeline import output_guard
 from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
 
 SHAPES_CLASSES = ["background", "ellipse", "rectangle", "circle"]
@@ -41,6 +48,14 @@ SHAPES_PRESENCE = (0.9, 0.6, 0.3)
 SHAPES_COLOURS = np.array([[200, 70, 60], [70, 180, 80], [70, 90, 210]], dtype=np.float32)
 COLOUR_JITTER = 45.0
 KINDS = ("shapes", "voc", "arc2017", "nuclei")
+SUBFOLDERS = ("images", "masks", "masks_full")
+# What sample-data writes into DIR (`segbalance run` adds sample_config.json to its sample folder).
+OWNED = (*SUBFOLDERS, "classes.json", "labeled.json", "sample_config.json")
+OWNED_FILE = re.compile(rf"^({'|'.join(KINDS)})_\d{{5}}\.png$")
+
+
+class SampleDataError(UserError, ValueError):
+    """Bad arguments or output folder for sample-data (exit code 2)."""
 
 
 # --------------------------------------------------------------------------- shapes
@@ -110,7 +125,7 @@ def drop_annotations(
     Returns the new masks and, per index, the labelled classes (all minus the erased).
     """
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"--drop-fraction must be in [0, 1], got {fraction}")
+        raise SampleDataError(f"--drop-fraction must be in [0, 1], got {fraction}")
     rng = np.random.default_rng([seed, 0xD209])
     candidates = [i for i, m in enumerate(masks) if np.any((m > 0) & (m < num_classes))]
     chosen = rng.permutation(candidates)[: int(round(fraction * len(masks)))]
@@ -183,11 +198,18 @@ def write_sample_data(
     drop_fraction: float = 0.0,
 ) -> Path:
     """Write a sample data set (layout in the module docstring); returns the folder."""
+    if kind not in KINDS:
+        raise SampleDataError(f"unknown sample kind {kind!r}; choose one of {', '.join(KINDS)}")
     if num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {num_images}")
+        raise SampleDataError(f"--num-images must be >= 1, got {num_images}")
     if size < 16:
-        raise ValueError(f"--size must be >= 16 pixels, got {size}")
+        raise SampleDataError(f"--size must be >= 16 pixels, got {size}")
+    if kind != "shapes" and drop_fraction:
+        raise SampleDataError("--drop-fraction is only supported for the 'shapes' kind")
+    if not 0.0 <= drop_fraction <= 1.0:
+        raise SampleDataError(f"--drop-fraction must be in [0, 1], got {drop_fraction}")
     output = Path(output)
+    prepare_output(output)
     for sub in ("images", "masks"):
         (output / sub).mkdir(parents=True, exist_ok=True)
     if kind == "shapes":
@@ -197,8 +219,6 @@ def write_sample_data(
         masks, labeled = drop_annotations(full_masks, drop_fraction, len(class_names), seed)
         (output / "masks_full").mkdir(exist_ok=True)
     else:
-        if drop_fraction:
-            raise ValueError("--drop-fraction is only supported for the 'shapes' kind")
         image, mask, class_names = load_real_sample(kind)
         pairs = list(_random_crops(image, mask, num_images, size, seed))
         masks, full_masks, labeled = [m for _, m in pairs], None, None
@@ -214,6 +234,27 @@ def write_sample_data(
     if labeled is not None:
         (output / "labeled.json").write_text(json.dumps({ids[i]: labeled[i] for i in range(num_images)}, indent=0))
     return output
+
+
+def prepare_output(output: Path) -> None:
+    """Check DIR (module docstring), remove the files an earlier sample-data wrote there, and mark
+    DIR as ours before the first data file is written (so a killed run can be redone)."""
+    holds = output_guard.check_output_folder(output, command="sample-data", option="--output", owned=OWNED,
+                                             key_file="classes.json")
+    if holds:
+        folders = [output / sub for sub in SUBFOLDERS if (output / sub).is_dir()]
+        foreign = [f"{d.name}/{p.name}" for d in folders for p in sorted(d.iterdir()) if not OWNED_FILE.match(p.name)]
+        if foreign:
+            raise output_guard.OutputError(
+                f"--output {output} is not empty: it holds {', '.join(foreign[:3])}, which segbalance sample-data "
+                f"did not write; choose a new or empty folder (nothing was written or deleted)")
+        for folder in folders:
+            for path in folder.iterdir():
+                path.unlink()
+        for name in ("classes.json", "labeled.json"):
+            (output / name).unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    output_guard.write_marker(output, "sample-data")
 
 
 def add_parser(subparsers) -> None:
@@ -234,10 +275,6 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
-    try:
-        out = write_sample_data(args.kind, args.output, args.num_images, args.size, args.seed, args.drop_fraction)
-    except ValueError as exc:
-        print(f"segbalance sample-data: error: {exc}")
-        return 2
+    out = write_sample_data(args.kind, args.output, args.num_images, args.size, args.seed, args.drop_fraction)
     print(f"wrote {args.num_images} {args.kind} images and masks to {out}")
     return 0

@@ -109,3 +109,54 @@ def test_cli_writes_layout(tmp_path, capsys):
     for sub in ("images", "masks", "masks_full"):
         assert len(list((tmp_path / sub).glob("*.png"))) == 3
     assert (tmp_path / "classes.json").is_file() and (tmp_path / "labeled.json").is_file()
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_bad_arguments_are_one_line_on_stderr(tmp_path, capsys):
+    """They were printed on stdout; --size below 16 and --num-images 0 write nothing."""
+    for extra, message in ((["--num-images", "0"], "--num-images must be >= 1, got 0"),
+                           (["--size", "8"], "--size must be >= 16 pixels, got 8"),
+                           (["--drop-fraction", "-0.1"], "--drop-fraction must be in [0, 1], got -0.1")):
+        assert cli.main(["sample-data", "shapes", "--output", str(tmp_path / "o"), *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == f"segbalance sample-data: error: {message}\n"
+        assert not (tmp_path / "o").exists()
+
+
+def test_output_must_be_new_empty_or_an_earlier_sample(tmp_path, capsys):
+    # a user's folder (their images and classes.json) is never written into
+    user = tmp_path / "mydata"
+    (user / "images").mkdir(parents=True)
+    (user / "images" / "photo.png").write_bytes(b"mine")
+    (user / "classes.json").write_text('{"class_names": ["bg", "road"]}')
+    before = _tree(user)
+    assert cli.main(["sample-data", "shapes", "--output", str(user), "--num-images", "2", "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"segbalance sample-data: error: --output {user} is not empty: it holds images/photo.png, which "
+                   f"segbalance sample-data did not write; choose a new or empty folder (nothing was written or "
+                   f"deleted)\n")
+    assert _tree(user) == before
+    (user / "notes.txt").write_text("mine")
+    before = _tree(user)
+    assert cli.main(["sample-data", "shapes", "--output", str(user), "--num-images", "2", "--size", "16"]) == 2
+    assert f"--output {user} is not empty: it holds notes.txt, which" in capsys.readouterr().err
+    assert _tree(user) == before
+    # a file where the folder should be
+    (tmp_path / "f").write_text("x")
+    assert cli.main(["sample-data", "shapes", "--output", str(tmp_path / "f" / "sub")]) == 2
+    assert f"--output {tmp_path / 'f' / 'sub'} is not a folder ({tmp_path / 'f'} is a file)" in capsys.readouterr().err
+    # an earlier sample is replaced, without stale files from a bigger one
+    out = tmp_path / "sample"
+    assert cli.main(["sample-data", "shapes", "--output", str(out), "--num-images", "3", "--size", "16"]) == 0
+    assert cli.main(["sample-data", "voc", "--output", str(out), "--num-images", "2", "--size", "16"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["voc_00000.png", "voc_00001.png"]
+    assert not (out / "masks_full").exists() or not any((out / "masks_full").iterdir())
+    assert not (out / "labeled.json").exists()
+    # ... but not when someone put their own file into it
+    (out / "masks" / "extra.png").write_bytes(b"mine")
+    assert cli.main(["sample-data", "voc", "--output", str(out), "--num-images", "2", "--size", "16"]) == 2
+    assert "it holds masks/extra.png, which segbalance sample-data did not write" in capsys.readouterr().err
+    assert (out / "masks" / "extra.png").read_bytes() == b"mine" and len(list((out / "images").iterdir())) == 2
