@@ -70,7 +70,7 @@ def write_transform_graph(records, out_dir: str, image_size) -> str:
     schema = schema_utils.schema_from_feature_spec(feature_spec)
     path = os.path.join(out_dir, "raw.tfrecord")
     ti.write_tfrecord(path, records)
-    cfg = {"image_size": list(image_size)}
+    cfg = {"training": {"image_size": list(image_size)}}  # a TrainerConfig custom_config
     with beam.Pipeline(argv=["--direct_running_mode=in_memory", "--direct_num_workers=1"]) as pipeline:
         with tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):
             source = tfxio.TFExampleRecord(file_pattern=path, schema=schema)

@@ -1,90 +1,127 @@
-"""The one pipeline configuration: a dataclass tree, loadable from YAML or JSON.
+"""The one configuration of a run: a typed dataclass tree, loadable from YAML or JSON.
 
 Every field has a default that runs the bundled shapes sample (``segbalance run`` with no
-flags). A config file only lists what it changes, e.g.::
+flags); the defaults live in these dataclasses and nowhere else. A config file only lists
+what it changes, e.g.::
 
     data:
       dir: /data/my-set           # folder with images/ and masks/ (or Span-N/ sub-folders)
     classes:
       names: [background, road, car, person]
+    stats:
+      clip: [0.5, 5.0]            # class-weight options (trainer/class_weights.py)
     training:
       epochs: 20
       loss: {terms: [{type: ce, weight: 1}], class_weights: median_frequency}
 
-``load_config`` rejects unknown fields and wrong types with a ``ConfigError`` that names
-the field (``training.epochs``) and says what to do.
+Sections (each field is described once, beside its definition):
+
+- ``data``, ``stats``, ``evaluation``, ``drift``, ``name``, ``output_dir``, ``beam_args``: below;
+- ``classes`` and ``training``: ``trainer/training_config.py`` (what the trainer receives);
+- ``training.loss``: ``trainer/loss_config.py`` (the loss-term registry).
+
+``segbalance config show [--config FILE]`` prints the effective configuration (YAML);
+``segbalance config validate FILE`` checks one. ``load_config`` rejects unknown fields,
+wrong types and bad values with a ``ConfigError`` that names the field
+(``training.epochs: must be >= 1``). The DAG (``pipeline/dag.py``) hands each component its
+section serialised; the component rebuilds the same typed object.
+
+No TensorFlow / TFX imports: a config check and ``segbalance --help`` stay under a second.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
 
-from segbalance.contract import DEFAULT_IGNORE_INDEX, DRIFT_ACTIONS
+from segbalance.contract import DRIFT_ACTIONS
+from segbalance.trainer.class_weights import ENET_K
+from segbalance.trainer.loss_config import LossConfig
+from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, TrainingConfig
+from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict, validate_tree
 
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
-# components.drift_metrics.ACTIONS (tests/test_config.py checks they agree); not imported from
-# there because importing `components` imports TFX, which a config check must not wait for
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message names the field and what to do."""
+SAMPLE_KINDS = ("shapes", "voc", "arc2017", "nuclei")
 
 
 @dataclass
 class SampleConfig:
     """Sample data generated when ``data.dir`` is not set (``segbalance sample-data``)."""
 
-    kind: str = "shapes"
+    kind: Literal["shapes", "voc", "arc2017", "nuclei"] = "shapes"
     num_images: int = 240
     size: int = 64
     seed: int = 0
-    drop_fraction: float = 0.3
+    drop_fraction: float = 0.3  # shapes: fraction of images whose annotation drops a class
+
+    def validate(self, where: str) -> None:
+        require(self.num_images >= 1, f"{where}.num_images", "must be >= 1")
+        require(self.size >= 8, f"{where}.size", "must be >= 8")
+        require(0.0 <= self.drop_fraction <= 1.0, f"{where}.drop_fraction", "must be in [0, 1]")
 
 
 @dataclass
 class DataConfig:
-    dir: Optional[str] = None  # images/ + masks/ (+ labeled.json, masks_full/); None: sample data
-    labeled_policy: str = "complete"  # records without `labeled`: "complete" or "partial"
+    MOVED: ClassVar[Dict[str, str]] = {"labeled_policy": "set stats.labeled_policy instead"}
+
+    dir: Optional[str] = None  # images/ + masks/ (+ labeled.json, masks_full/), or Span-N/; None: sample data
     eval_fraction: float = 0.2  # hash split of each span into train/eval
     num_spans: int = 1  # local runs on Span-N/ data: train on the last K spans (pipeline/spans.py)
     reference_masks_dir: Optional[str] = None  # complete masks for evaluation (default: masks_full/)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+    def validate(self, where: str) -> None:
+        require(0.0 < self.eval_fraction < 1.0, f"{where}.eval_fraction", "must be between 0 and 1")
+        require(self.num_spans >= 1, f"{where}.num_spans", "give the number of latest spans to train on, >= 1")
+        if self.dir is not None and "://" not in self.dir:  # remote URIs are read by the cluster
+            path = Path(self.dir)
+            require(path.is_dir(), f"{where}.dir",
+                    f"{path} is not a folder; point it at a folder with images/ and masks/")
+            require((path / "images").is_dir() or any(path.glob("Span-*")), f"{where}.dir",
+                    f"{path} has no images/ folder and no Span-N/ folders: nothing to train on")
+
 
 @dataclass
-class ClassesConfig:
-    names: List[str] = field(default_factory=lambda: ["background", "ellipse", "rectangle", "circle"])
-    ignore_index: int = DEFAULT_IGNORE_INDEX
+class StatsConfig:
+    """ClassStatsGen's options (components/class_stats_gen.py); the weight options apply to
+    every scheme of ``trainer/class_weights.py``, whose docstring has the formulas."""
 
+    labeled_policy: Literal["complete", "partial"] = "complete"  # records without `labeled`
+    suspect_threshold: float = 0.9  # co-occurrence rate in (0, 1] for suspect_missing
+    clip: Optional[Tuple[float, float]] = None  # [w_min, w_max] of the raw weights, before normalisation
+    damping: Optional[Literal["sqrt"]] = None  # "sqrt": square root of the weights
+    zero_count_weight: float = 0.0  # weight of a class with no pixel
+    beta: Optional[float] = None  # effective_number beta; None: 1 - 1/N
+    enet_k: float = ENET_K  # enet: 1 / ln(k + f)
 
-@dataclass
-class TrainingConfig:
-    image_size: List[int] = field(default_factory=lambda: [64, 64])
-    epochs: int = 8
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    depth: int = 3
-    base_filters: int = 16
-    # Marginal CE + Dice, unweighted: what docs/results supports for partly annotated,
-    # imbalanced data (README "Results"); class weighting cost mIoU on the shapes data.
-    loss: Dict[str, Any] = field(default_factory=lambda: {
-        "terms": [{"type": "ce", "weight": 1.0}, {"type": "dice", "weight": 1.0}],
-        "missing_labels": "marginal",
-    })
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    seed: int = 0
-    warm_start: bool = False  # start from the latest blessed model's weights (same architecture)
+    def weight_options(self) -> Dict[str, Any]:
+        """Keyword arguments of ``compute_class_weights``."""
+        return {"clip": self.clip, "damping": self.damping, "zero_count_weight": self.zero_count_weight,
+                "beta": self.beta, "enet_k": self.enet_k}
+
+    def validate(self, where: str) -> None:
+        require(is_number(self.suspect_threshold) and 0.0 < self.suspect_threshold <= 1.0,
+                f"{where}.suspect_threshold", "must be in (0, 1]")
+        if self.clip is not None:
+            lo, hi = self.clip
+            require(is_number(lo, 0.0) and is_number(hi) and lo <= hi, f"{where}.clip",
+                    f"{list(self.clip)}: give [w_min, w_max] with 0 <= w_min <= w_max")
+        require(is_number(self.zero_count_weight, 0.0), f"{where}.zero_count_weight", "must be a finite number >= 0")
+        require(self.beta is None or (is_number(self.beta) and 0.0 <= self.beta < 1.0), f"{where}.beta",
+                "must be in [0, 1) or null (1 - 1/N)")
+        require(is_number(self.enet_k) and self.enet_k > 1.0, f"{where}.enet_k", "must be > 1 (ln(k + f) > 0)")
 
 
 @dataclass
 class EvaluationConfig:
     miou_threshold: float = 0.3  # absolute: a model below it is not blessed
     tolerance: float = 0.02  # may be this much worse than the latest blessed model
+
+    def validate(self, where: str) -> None:
+        require(0.0 <= self.miou_threshold <= 1.0, f"{where}.miou_threshold", "must be in [0, 1]")
+        require(is_number(self.tolerance, 0.0), f"{where}.tolerance", "must be a finite number >= 0")
 
 
 @dataclass
@@ -96,16 +133,23 @@ class DriftConfig:
     # evaluator and pusher do not run; "warn": recorded only
     action: str = "block"
 
+    def validate(self, where: str) -> None:
+        for name in ("js_divergence", "max_abs_change", "missing_rate_change"):
+            require(is_number(getattr(self, name), 0.0), f"{where}.{name}", "must be a finite number >= 0")
+        require(self.action in DRIFT_ACTIONS, f"{where}.action", f"use one of {', '.join(DRIFT_ACTIONS)}")
+
 
 @dataclass
 class PipelineConfig:
-    name: str = "segbalance"
-    output_dir: str = "segbalance_output"
+    name: str = "segbalance"  # pipeline name (ML Metadata, KFP): lower-case letters, digits, '-'
+    output_dir: str = "segbalance_output"  # local runs: metadata, artifacts, report, pushed model
     data: DataConfig = field(default_factory=DataConfig)
     classes: ClassesConfig = field(default_factory=ClassesConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    # Beam options of the Beam components (ClassStatsGen, Transform, ...); compile-kfp uses its own
     beam_args: List[str] = field(default_factory=lambda: ["--direct_running_mode=in_memory",
                                                           "--direct_num_workers=1"])
 
@@ -113,107 +157,37 @@ class PipelineConfig:
     def num_classes(self) -> int:
         return len(self.classes.names)
 
+    def trainer_config(self) -> TrainerConfig:
+        """The sections Transform and SegTrainer receive."""
+        return TrainerConfig(classes=self.classes, training=self.training)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
-
-# --------------------------------------------------------------------------- loading
-def _convert(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of fields, got {type(value).__name__} {value!r}")
-        return _build(annotation, value, where)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        return _convert(value, [a for a in args if a is not type(None)][0], where)
-    if origin in (list, List):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool):
-        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    return value
-
-
-def _build(cls, values: dict, where: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown field {prefix}{unknown[0]}; known fields{' of ' + where if where else ''}: "
-                          f"{', '.join(sorted(names))}")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
+    def validate(self, where: str) -> None:
+        require(re.match(PIPELINE_NAME_PATTERN, self.name) is not None and not self.name.endswith("\n"), "name",
+                f"{self.name!r} is not a valid pipeline name: use lower-case letters, digits and '-' (KFP rule)")
+        self.trainer_config().validate(where)
 
 
 def validate(config: PipelineConfig) -> PipelineConfig:
-    """Check values (not only types); raises ConfigError naming the field."""
-    import re
-
-    def check(ok: bool, where: str, message: str):
-        if not ok:
-            raise ConfigError(f"{where}: {message}")
-
-    check(bool(re.match(PIPELINE_NAME_PATTERN, config.name)), "name",
-          f"{config.name!r} is not a valid pipeline name: use lower-case letters, digits and '-' (KFP rule)")
-    check(len(config.classes.names) >= 2, "classes.names", "list at least 2 classes (background first)")
-    check(len(set(config.classes.names)) == len(config.classes.names), "classes.names", "class names must be unique")
-    check(config.classes.ignore_index >= config.num_classes, "classes.ignore_index",
-          f"{config.classes.ignore_index} collides with a class id (< {config.num_classes}); use e.g. 255")
-    check(config.data.labeled_policy in ("complete", "partial"), "data.labeled_policy",
-          f"{config.data.labeled_policy!r}: use 'complete' or 'partial'")
-    check(0.0 < config.data.eval_fraction < 1.0, "data.eval_fraction", "must be between 0 and 1")
-    check(isinstance(config.data.num_spans, int) and config.data.num_spans >= 1, "data.num_spans",
-          "give the number of latest spans to train on, >= 1")
-    check(config.data.sample.kind in ("shapes", "voc", "arc2017", "nuclei"), "data.sample.kind",
-          "use shapes, voc, arc2017 or nuclei")
-    check(len(config.training.image_size) == 2 and all(s >= 8 for s in config.training.image_size),
-          "training.image_size", "give [height, width], each >= 8")
-    for key in ("epochs", "batch_size", "depth", "base_filters"):
-        check(getattr(config.training, key) >= 1, f"training.{key}", "must be >= 1")
-    check(config.training.learning_rate > 0, "training.learning_rate", "must be > 0")
-    check(0.0 <= config.evaluation.miou_threshold <= 1.0, "evaluation.miou_threshold", "must be in [0, 1]")
-    check(config.drift.action in DRIFT_ACTIONS, "drift.action", f"use one of {', '.join(DRIFT_ACTIONS)}")
-    if config.data.dir is not None:
-        path = Path(config.data.dir)
-        check(path.is_dir(), "data.dir", f"{path} is not a folder; point it at a folder with images/ and masks/")
-        has_pairs = (path / "images").is_dir() or any(path.glob("Span-*"))
-        check(has_pairs, "data.dir", f"{path} has no images/ folder and no Span-N/ folders: nothing to train on")
-    try:
-        from segbalance.trainer.segmentation_loss import validate_loss_config
-    except ImportError:  # loss library not installed yet: the trainer checks again
-        validate_loss_config = None
-    if validate_loss_config is not None:
-        try:
-            validate_loss_config(config.training.loss)
-        except ValueError as exc:
-            raise ConfigError(f"training.loss: {exc}") from exc
+    """Check every section's values (not only types); ConfigError naming the field."""
+    validate_tree(config)
     return config
 
 
-def config_from_dict(values: dict) -> PipelineConfig:
-    return validate(_build(PipelineConfig, values or {}))
+def config_from_dict(values: Optional[dict]) -> PipelineConfig:
+    return from_dict(PipelineConfig, values or {})
 
 
 def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``."""
     values: dict = {}
     if path is not None:
-        text = Path(path).read_text() if Path(path).is_file() else None
-        if text is None:
-            raise ConfigError(f"config file {path} does not exist")
+        if not Path(path).is_file():
+            what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}")
+        text = Path(path).read_text()
         try:
             if str(path).endswith(".json"):
                 values = json.loads(text)
@@ -222,7 +196,7 @@ def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
 
                 values = yaml.safe_load(text) or {}
         except Exception as exc:
-            raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
+            raise ConfigError(f"config file {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of fields")
     for dotted, value in overrides.items():

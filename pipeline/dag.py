@@ -40,23 +40,18 @@ def component_ids(with_drift: bool = True) -> List[str]:
 
 
 def trainer_custom_config(config: PipelineConfig) -> dict:
-    t = config.training
-    return {
-        "num_classes": config.num_classes,
-        "class_names": list(config.classes.names),
-        "ignore_index": config.classes.ignore_index,
-        "image_size": list(t.image_size),
-        "epochs": t.epochs,
-        "batch_size": t.batch_size,
-        "learning_rate": t.learning_rate,
-        "depth": t.depth,
-        "base_filters": t.base_filters,
-        "loss": dict(t.loss),
-        "mixed_precision": t.mixed_precision,
-        "jit_compile": t.jit_compile,
-        "seed": t.seed,
-        "warm_start": t.warm_start,
-    }
+    """Transform's and SegTrainer's ``custom_config``: the ``classes`` and ``training`` sections,
+    serialised; ``preprocessing_fn`` and ``run_fn`` rebuild the typed ``TrainerConfig``."""
+    return config.trainer_config().to_custom_config()
+
+
+def class_stats_options(config: PipelineConfig) -> dict:
+    """ClassStatsGen's options from the ``classes`` and ``stats`` sections."""
+    s = config.stats
+    return {"num_classes": config.num_classes, "class_names": list(config.classes.names),
+            "ignore_index": config.classes.ignore_index, "labeled_policy": s.labeled_policy,
+            "suspect_threshold": s.suspect_threshold, "weight_damping": s.damping, "weight_clip": s.clip,
+            "zero_count_weight": s.zero_count_weight, "weight_beta": s.beta, "weight_enet_k": s.enet_k}
 
 
 def create_pipeline(
@@ -97,9 +92,7 @@ def create_pipeline(
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
-    class_stats_gen = ClassStatsGen(
-        examples=examples, num_classes=config.num_classes, class_names=names,
-        ignore_index=config.classes.ignore_index, labeled_policy=config.data.labeled_policy)
+    class_stats_gen = ClassStatsGen(examples=examples, **class_stats_options(config))
     class_stats = class_stats_gen.outputs["class_stats"]
     clean_examples = class_stats_gen.outputs["clean_examples"]  # only the records that passed ClassStatsGen's checks
 

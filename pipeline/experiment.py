@@ -46,14 +46,17 @@ CLIP = (0.5, 5.0)  # raw-weight clipping range of the "_clipped" variants (befor
 IMBALANCE_LOSSES = {
     "unweighted": {"terms": [CE]},
     "inverse_frequency": {"terms": [CE], "class_weights": "inverse_frequency"},
-    "inverse_frequency_clipped": {"terms": [CE], "class_weights": ("inverse_frequency", CLIP)},
+    "inverse_frequency_clipped": {"terms": [CE], "class_weights": "inverse_frequency"},
     "median_frequency": {"terms": [CE], "class_weights": "median_frequency"},
-    "median_frequency_clipped": {"terms": [CE], "class_weights": ("median_frequency", CLIP)},
+    "median_frequency_clipped": {"terms": [CE], "class_weights": "median_frequency"},
     "enet": {"terms": [CE], "class_weights": "enet"},
     "effective_number": {"terms": [CE], "class_weights": "effective_number"},
     "focal": {"terms": [{"type": "focal", "weight": 1.0, "gamma": 2.0}]},
     "ce_dice": {"terms": [CE, {"type": "dice", "weight": 1.0}]},
 }
+# Cells whose class weights use other `stats` options than the pipeline run's (fields of
+# pipeline/config.py StatsConfig): their weight vector is computed from the ClassStats counts.
+STATS_CHANGES = {"inverse_frequency_clipped": {"clip": CLIP}, "median_frequency_clipped": {"clip": CLIP}}
 NUCLEI_LOSSES = list(IMBALANCE_LOSSES)
 
 
@@ -142,6 +145,7 @@ def load_test_items(folder: Path, mask_sub: str = "masks"):
 # --------------------------------------------------------------------------- runs
 def pipeline_artifacts(config) -> dict:
     """Run the pipeline for ``config``; return the URIs the trainer cells reuse."""
+    from segbalance.contract import CLASS_STATS_TYPE
     from segbalance.pipeline.run import run_local
     from segbalance.pipeline.run_summary import latest_artifact, open_store
 
@@ -155,31 +159,36 @@ def pipeline_artifacts(config) -> dict:
     }
 
 
-def resolve_loss(loss: dict, class_stats_uri: str) -> dict:
-    """Turn ("scheme", clip) class weights into an explicit list from the ClassStats counts."""
-    from segbalance.contract import CLASS_STATS_TYPE
+def resolve_loss(loss: dict, class_stats_uri: str, stats_changes: Optional[dict] = None, base_stats=None) -> dict:
+    """The cell's loss config; with ``stats_changes`` (StatsConfig fields over ``base_stats``) its
+    class-weight scheme becomes the explicit vector computed from the ClassStats counts with them."""
+    from segbalance.pipeline.config import StatsConfig
     from segbalance.trainer.class_stats_io import read_class_stats
     from segbalance.trainer.class_weights import compute_class_weights
+    from segbalance.trainer.typed_config import from_dict, to_dict
 
     loss = copy.deepcopy(loss)
-    cw = loss.get("class_weights")
-    if isinstance(cw, tuple):
-        scheme, clip = cw
+    scheme = loss.get("class_weights")
+    if stats_changes and isinstance(scheme, str):
+        stats_config = from_dict(StatsConfig, {**to_dict(base_stats or StatsConfig()), **stats_changes}, "stats")
         stats = read_class_stats(class_stats_uri)
-        loss["class_weights"] = compute_class_weights(stats["pixel_counts"], scheme, clip=clip,
-                                                      present_image_pixels=stats.get("present_image_pixels")).tolist()
+        loss["class_weights"] = compute_class_weights(stats["pixel_counts"], scheme,
+                                                      present_image_pixels=stats.get("present_image_pixels"),
+                                                      **stats_config.weight_options()).tolist()
     return loss
 
 
 def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: Path) -> dict:
-    """One training with segbalance.trainer.task.run_fn on the pipeline's artifacts."""
+    """One training with segbalance.trainer.task.run_fn on the pipeline's artifacts (``base_cfg``: the
+    pipeline's trainer custom_config; the cell changes its loss and seed)."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     from segbalance.trainer.task import SUMMARY_FILE, run_fn
 
     shutil.rmtree(workdir, ignore_errors=True)
-    cfg = {**base_cfg, "loss": resolve_loss(loss, artifacts["class_stats"]), "seed": seed,
-           "class_stats_uri": artifacts["class_stats"], "backup_dir": str(workdir / "backup")}
+    cfg = copy.deepcopy(base_cfg)
+    cfg["training"].update({"loss": loss, "seed": seed, "backup_dir": str(workdir / "backup")})
+    cfg["class_stats_uri"] = artifacts["class_stats"]
     fn_args = FnArgs(
         train_files=[os.path.join(artifacts["examples"], "Split-train", "*")],
         eval_files=[os.path.join(artifacts["examples"], "Split-eval", "*")],
@@ -192,11 +201,11 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
             "history": summary["history"], "class_weights": summary["class_weights"]}
 
 
-def evaluate(serving_dir: str, items, num_classes: int) -> dict:
+def evaluate(serving_dir: str, items, num_classes: int, ignore_index: int) -> dict:
     from segbalance.components import evaluation_metrics
     from segbalance.components.seg_evaluator import confusion_over, load_predictor
 
-    cm = confusion_over(load_predictor(serving_dir), items, num_classes, 255)
+    cm = confusion_over(load_predictor(serving_dir), items, num_classes, ignore_index)
     return evaluation_metrics.summarize(cm)
 
 
@@ -227,8 +236,10 @@ def run_group(name: str, plan: Plan, config, losses: Dict[str, dict], names: Lis
                 print(f"experiment: [{name}] {loss_name} seed {seed}: done in an earlier run, reused", flush=True)
                 continue
             cell_dir = work / "cells" / f"{name}-{loss_name}-{seed}"
-            outcome = train_cell(artifacts, base_cfg, losses[loss_name], seed, cell_dir)
-            scores = evaluate(outcome["serving_dir"], items, config.num_classes)
+            loss = resolve_loss(losses[loss_name], artifacts["class_stats"], STATS_CHANGES.get(loss_name),
+                                config.stats)
+            outcome = train_cell(artifacts, base_cfg, loss, seed, cell_dir)
+            scores = evaluate(outcome["serving_dir"], items, config.num_classes, config.classes.ignore_index)
             row = {"group": name, "loss": loss_name, "seed": seed, "miou": scores["miou"],
                    "per_class_iou": scores["per_class_iou"], "seconds": outcome["seconds"],
                    "history": outcome["history"], "class_weights": outcome["class_weights"],

@@ -1,5 +1,6 @@
 """Pipeline config: defaults, YAML/JSON loading, and errors that name the field."""
 import json
+import re
 
 import pytest
 
@@ -16,9 +17,20 @@ def test_defaults_are_the_shapes_sample():
 
 def test_default_loss_is_the_one_the_experiment_supports():
     from segbalance.pipeline.experiment import MISSING_LOSSES
+    from segbalance.trainer.loss_config import loss_config
 
     # README "Results": marginal CE + Dice without class weights; change both together
-    assert load_config().training.loss == MISSING_LOSSES["marginal_ce_dice"]
+    assert load_config().training.loss == loss_config(MISSING_LOSSES["marginal_ce_dice"])
+
+
+def test_defaults_live_in_the_schema_only():
+    """The pipeline's values (8 epochs, 3e-3) are the one default; the trainer reads the same objects."""
+    from segbalance.trainer.training_config import TrainerConfig, TrainingConfig
+
+    assert TrainingConfig().epochs == 8 and TrainingConfig().learning_rate == 3e-3
+    config = load_config()
+    assert config.training == TrainingConfig() and config.trainer_config() == TrainerConfig()
+    assert TrainerConfig.from_custom_config({})[0] == TrainerConfig()  # run_fn with nothing set: same defaults
 
 
 def test_drift_actions_are_the_drift_gate_s():
@@ -50,15 +62,49 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"epochs": True}}, "training.epochs: expected int"),
     ({"training": {"image_size": 64}}, "training.image_size: expected a list"),
     ({"training": {"epochs": 0}}, "training.epochs: must be >= 1"),
+    ({"training": {"steps_per_epoch": 0}}, "training.steps_per_epoch: must be >= 1"),
+    ({"training": {"optimizer": "rmsprop"}}, "training.optimizer: 'rmsprop' is not allowed"),
+    ({"training": {"backbone": "mobilenet"}}, "training.backbone: 'mobilenet': give a keras.applications"),
+    ({"training": {"devices": []}}, "training.devices: list device names"),
+    # the U-Net halves the size `depth` times (a backbone once more): refused when the config loads
+    ({"training": {"image_size": [36, 36]}}, "training.image_size: [36, 36] must be divisible by 8 (the U-Net "
+                                              "halves it depth = 3 times); use e.g. [32, 32]"),
+    ({"training": {"image_size": [48, 40], "backbone": "MobileNetV2"}},
+     "training.image_size: [48, 40] must be divisible by 16 (the MobileNetV2 encoder halves it depth + 1"),
+    ({"training": {"pixel_weights": {"type": "sobel"}}}, "training.pixel_weights.type: unknown type 'sobel'"),
+    ({"training": {"pixel_weights": {"type": "edge", "w0": 2}}}, "unknown field training.pixel_weights.w0"),
+    ({"training": {"pixel_weights": {"type": "unet_border", "sigma": 0}}}, "training.pixel_weights.sigma: must be"),
+    ({"training": {"pixel_weights": {"type": "intensity_range", "ranges": [[2, 1, 3]]}}},
+     "training.pixel_weights.ranges[0]: lo=2.0 must be < hi=1.0"),
+    ({"training": {"pixel_weights": {"type": "feature_extractor", "model": "x.h5"}}},
+     "training.pixel_weights.model: 'x.h5': give the path of a saved Keras model file"),
+    ({"training": {"loss": {"terms": [{"type": "ce"}], "ignore_index": 254}}},
+     "training.loss.ignore_index is not a setting any more: the ignore index is set once, classes.ignore_index"),
+    ({"training": {"loss": {"terms": [{"type": "ce"}], "fn_weights": [1, 2]}}},
+     "training.loss.fn_weights: has 2 values for 4 classes"),
     ({"classes": {"names": ["bg"]}}, "classes.names"),
+    ({"classes": {"names": ["bg", "Car", "car"]}}, "classes.names: 'Car' and 'car' name the same class"),
+    ({"classes": {"names": ["bg", " "]}}, "classes.names[1]: a class name must not be empty"),
     ({"classes": {"names": ["bg", "a"], "ignore_index": 1}}, "classes.ignore_index"),
     ({"name": "My_Pipeline"}, "not a valid pipeline name"),
-    ({"data": {"labeled_policy": "some"}}, "data.labeled_policy"),
+    ({"data": {"labeled_policy": "partial"}}, "data.labeled_policy is not a setting any more: set stats.labeled_policy"),
+    ({"stats": {"labeled_policy": "some"}}, "stats.labeled_policy: 'some' is not allowed"),
+    ({"stats": {"clip": [5, 1]}}, "stats.clip: [5.0, 1.0]: give [w_min, w_max]"),
+    ({"stats": {"clip": [1]}}, "stats.clip: expected 2 values"),
+    ({"stats": {"damping": "log"}}, "stats.damping: 'log' is not allowed"),
+    ({"stats": {"beta": 1.0}}, "stats.beta: must be in [0, 1)"),
+    ({"stats": {"enet_k": 1.0}}, "stats.enet_k: must be > 1"),
+    ({"stats": {"suspect_threshold": 0}}, "stats.suspect_threshold: must be in (0, 1]"),
     ({"drift": {"action": "explode"}}, "drift.action"),
 ])
 def test_invalid_values_name_the_field(values, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_dict(values)
+
+
+def test_any_unique_class_names_are_accepted():
+    names = ["背景", "猫", "Café", "a b", "a-b"]  # metric names are made safe from them (trainer/metrics.py)
+    assert config_from_dict({"classes": {"names": names}}).classes.names == names
 
 
 def test_data_dir_must_hold_data(tmp_path):

@@ -44,9 +44,9 @@ def test_augment_moves_image_mask_and_weights_together():
 def test_pixel_weight_config_errors():
     data.validate_pixel_weights(None)
     data.validate_pixel_weights({"type": "edge", "boundary_weight": 2})
-    with pytest.raises(ValueError, match="type one of"):
+    with pytest.raises(ValueError, match="pixel_weights.type: unknown type 'sobel'; choose one of edge"):
         data.validate_pixel_weights({"type": "sobel"})
-    with pytest.raises(ValueError, match="unknown parameter 'w0'"):
+    with pytest.raises(ValueError, match="unknown field pixel_weights.w0"):
         data.validate_pixel_weights({"type": "edge", "w0": 2})
 
 

@@ -71,7 +71,7 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
     # the trainer's class weights are the ones in the ClassStats artifact the launcher handed over
     summary = json.loads((Path(produced["SegTrainer"]["model_run"]["uri"]) / "training_summary.json").read_text())
     scheme = spec["pipelineSpec"]["root"]["dag"]["tasks"]["SegTrainer"]["inputs"]["parameters"]["custom_config"]
-    scheme = json.loads(scheme["runtimeValue"]["constantValue"]["stringValue"])["loss"]["class_weights"]
+    scheme = json.loads(scheme["runtimeValue"]["constantValue"]["stringValue"])["training"]["loss"]["class_weights"]
     assert summary["class_weights"] == pytest.approx(stats["weights"][scheme])
     assert summary["epochs_run"] == [0]
     # the drift gate ran through the entrypoint too: DriftReport type and its `blocked` property round-trip

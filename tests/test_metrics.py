@@ -72,9 +72,16 @@ def test_all_ignored_batch_gives_zero_not_nan():
 
 
 def test_metric_names_and_duplicates():
+    from segbalance.trainer.metrics import metric_names
+
     assert metric_name("Traffic light!") == "iou_traffic_light"
-    with pytest.raises(ValueError, match="duplicate metric names"):
-        segmentation_metrics(["a b", "a-b"])
+    assert metric_name("Café") == "iou_cafe"
+    # names with no ASCII letter (CJK) or that clash once made safe get their class id
+    assert metric_names(["背景", "a b", "a-b", "猫", "road"]) == ["iou_0", "iou_1_a_b", "iou_2_a_b", "iou_3",
+                                                                   "iou_road"]
+    assert metric_names(["a", "a!", "1 a"]) == ["iou_0_a", "iou_1_a", "iou_2_1_a"]
+    names = [m.name for m in segmentation_metrics(["背景", "猫", "犬"])]
+    assert names == ["miou", "iou_0", "iou_1", "iou_2"]
 
 
 def test_evaluate_with_dict_targets_matches_numpy_and_roundtrips_config():

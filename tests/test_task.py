@@ -15,25 +15,28 @@ STATS = {"num_classes": 3, "num_records": 10, "quarantined_records": 0, "ignore_
 
 
 def check(cfg_changes=None, stats_changes=None, quarantine=(), num_train=10):
-    cfg = {**ti.CONFIG, **(cfg_changes or {})}
-    task.check_inputs(cfg, {**STATS, **(stats_changes or {})}, list(quarantine), num_train)
+    config, _ = task.trainer_config(ti.custom_config(cfg_changes or {}))
+    task.check_inputs(config, {**STATS, **(stats_changes or {})}, list(quarantine), num_train)
 
 
 def test_checks_before_training():
     check()
     cases = [
-        (dict(cfg_changes={"epoch": 3}), "unknown trainer custom_config key 'epoch'"),
-        (dict(cfg_changes={"loss": {"terms": [{"type": "lovasz"}]}}), "unknown loss term type 'lovasz'"),
+        (dict(cfg_changes={"epoch": 3}), "unknown field training.epoch"),
+        (dict(cfg_changes={"loss": {"terms": [{"type": "lovasz"}]}}), "unknown type 'lovasz'"),
         (dict(cfg_changes={"loss": {"terms": [{"type": "ce"}], "class_weights": "inverse_sqrt"}}),
          "unknown class-weight scheme 'inverse_sqrt'"),
+        (dict(cfg_changes={"loss": {"terms": [{"type": "ce"}], "ignore_index": 254}}),
+         "training.loss.ignore_index is not a setting any more: the ignore index is set once, classes.ignore_index"),
         (dict(stats_changes={"num_classes": 4}), "num_classes=3 but the ClassStats artifact was computed with 4"),
-        (dict(cfg_changes={"class_names": ["a", "b"]}), "2 class names for num_classes=3"),
-        (dict(stats_changes={"ignore_index": 0}), "ignore_index=255 but the ClassStats artifact used 0"),
+        (dict(cfg_changes={"class_names": ["a"]}), "classes.names: list at least 2 classes"),
+        (dict(stats_changes={"ignore_index": 0}), "classes.ignore_index=255 but the ClassStats artifact used 0"),
         (dict(stats_changes={"num_records": 8, "quarantined_records": 2},
               quarantine=[{"source_id": f"x{i}", "reason": "class id 7 >= num_classes 3"} for i in range(2)]),
          "2 of 10 records have class ids >= num_classes=3"),
         (dict(num_train=0), "the training split is empty"),
-        (dict(cfg_changes={"pixel_weights": {"type": "blur"}}), "pixel_weights must be null"),
+        (dict(cfg_changes={"pixel_weights": {"type": "blur"}}), "training.pixel_weights.type: unknown type 'blur'"),
+        (dict(cfg_changes={"image_size": [18, 18]}), r"training.image_size: \[18, 18\] must be divisible by 4"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -41,11 +44,13 @@ def test_checks_before_training():
 
 
 def test_resolve_class_weights_from_the_artifact():
+    from segbalance.trainer.loss_config import loss_config
+
     loss = {"terms": [{"type": "ce"}], "class_weights": "uniform"}
-    assert task.resolve_class_weights(loss, STATS) == [1.0, 1.0, 1.0]
-    assert task.resolve_class_weights({**loss, "class_weights": [1, 2, 3]}, STATS) == [1, 2, 3]
+    assert task.resolve_class_weights(loss_config(loss), STATS) == [1.0, 1.0, 1.0]
+    assert task.resolve_class_weights(loss_config({**loss, "class_weights": [1, 2, 3]}), STATS) == [1, 2, 3]
     with pytest.raises(ValueError, match="'enet' is not in the ClassStats artifact"):
-        task.resolve_class_weights({**loss, "class_weights": "enet"}, STATS)
+        task.resolve_class_weights(loss_config({**loss, "class_weights": "enet"}), STATS)
 
 
 def test_run_fn_errors_before_touching_the_transform_graph(tmp_path):
@@ -60,16 +65,31 @@ def test_run_fn_errors_before_touching_the_transform_graph(tmp_path):
     args.custom_config = {k: v for k, v in args.custom_config.items() if k != "class_stats_uri"}
     with pytest.raises(ValueError, match="run this run_fn through SegTrainer"):
         task.run_fn(args)
+    args.custom_config = {**ti.custom_config(epochs=0), "class_stats_uri": str(stats_dir)}
+    with pytest.raises(ValueError, match="training.epochs: must be >= 1"):
+        task.run_fn(args)
+
+
+def test_optimizer_and_learning_rate_come_from_the_config():
+    from segbalance.trainer.training_config import TrainingConfig
+
+    for name, cls in (("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW),
+                      ("sgd", keras.optimizers.SGD)):
+        optimizer = task.make_optimizer(TrainingConfig(optimizer=name, learning_rate=0.25))
+        assert type(optimizer) is cls and float(optimizer.learning_rate) == 0.25
+    assert float(task.make_optimizer(TrainingConfig()).learning_rate) == pytest.approx(3e-3)  # the schema default
 
 
 def test_backup_dir_is_beside_the_model_run_and_keyed_by_the_training():
-    cfg = {**ti.CONFIG, "_extra_callbacks": [object()]}  # in-process hooks are not part of the key
-    a = task.backup_dir_for(cfg, ["gs://b/ex/Split-train/*"], "gs://b/root/SegTrainer/model_run/7/")
+    def config(**changes):
+        return task.trainer_config(ti.custom_config(changes))[0]
+
+    a = task.backup_dir_for(config(), ["gs://b/ex/Split-train/*"], "gs://b/root/SegTrainer/model_run/7/")
     assert a.startswith("gs://b/root/SegTrainer/model_run/backup-")
-    assert task.backup_dir_for(ti.CONFIG, ["gs://b/ex/Split-train/*"], "gs://b/root/SegTrainer/model_run/8") == a
-    assert task.backup_dir_for({**ti.CONFIG, "epochs": 9}, ["gs://b/ex/Split-train/*"], "gs://b/x/7") != \
-        task.backup_dir_for(ti.CONFIG, ["gs://b/ex/Split-train/*"], "gs://b/x/7")
-    assert task.backup_dir_for({**ti.CONFIG, "backup_dir": "/tmp/b"}, [], "/x/7") == "/tmp/b"
+    assert task.backup_dir_for(config(), ["gs://b/ex/Split-train/*"], "gs://b/root/SegTrainer/model_run/8") == a
+    assert task.backup_dir_for(config(epochs=9), ["gs://b/ex/Split-train/*"], "gs://b/x/7") != \
+        task.backup_dir_for(config(), ["gs://b/ex/Split-train/*"], "gs://b/x/7")
+    assert task.backup_dir_for(config(backup_dir="/tmp/b"), [], "/x/7") == "/tmp/b"
 
 
 def test_default_strategy_without_gpus():

@@ -32,13 +32,28 @@ feature { name: "image/segmentation/class/encoded" type: BYTES presence { min_fr
 feature { name: "image/segmentation/class/format" type: BYTES presence { min_fraction: 1 } shape { dim { size: 1 } } }
 feature { name: "image/segmentation/class/labeled" type: INT }
 """
+# Shorthand of the trainer config used by these tests: the `training` fields, plus `class_names` and
+# `ignore_index` (the `classes` section). `custom_config()` turns it into what SegTrainer receives.
 CONFIG = {
-    "num_classes": NUM_CLASSES, "class_names": NAMES, "ignore_index": 255, "image_size": [16, 16],
+    "class_names": NAMES, "ignore_index": 255, "image_size": [16, 16],
     "epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "depth": 2, "base_filters": 4, "steps_per_epoch": 2,
     "loss": {"terms": [{"type": "ce", "weight": 1.0}], "class_weights": "inverse_frequency",
              "missing_labels": "marginal"},
     "seed": 1,
 }
+
+
+def custom_config(flat: Optional[dict] = None, **changes) -> dict:
+    """SegTrainer's custom_config ({"classes", "training"} + runtime keys) from CONFIG-style ``flat``
+    shorthand updated with ``changes``; a dict that already has "training" is returned as it is."""
+    if flat is not None and "training" in flat:
+        return {**flat, **changes}
+    training = {**CONFIG, **(flat or {}), **changes}
+    out = {"classes": {"names": training.pop("class_names"), "ignore_index": training.pop("ignore_index")}}
+    for key in [k for k in training if k.startswith("_") or k == "class_stats_uri"]:
+        out[key] = training.pop(key)
+    out["training"] = training
+    return out
 
 
 def make_image_and_mask(rng: np.random.Generator, height: int, width: int):
@@ -86,13 +101,14 @@ def write_schema(folder: str) -> str:
     return os.path.join(folder, "schema.pbtxt")
 
 
-def run_tiny_pipeline(root: str, custom_config: dict = CONFIG, records: Optional[List[bytes]] = None) -> Dict[str, str]:
+def run_tiny_pipeline(root: str, config: dict = CONFIG, records: Optional[List[bytes]] = None) -> Dict[str, str]:
     """Run the four components; return {"examples", "class_stats", "transform_graph", "model", "model_run"} URIs."""
     from tfx import v1 as tfx
 
     from segbalance.components.class_stats_gen import ClassStatsGen
     from segbalance.components.seg_trainer import SegTrainer
 
+    trainer_config = custom_config(config)
     write_tfrecord(os.path.join(root, "data", "data.tfrecord"), records or make_examples())
     schema_dir = os.path.dirname(write_schema(os.path.join(root, "schema")))
     example_gen = tfx.components.ImportExampleGen(input_base=os.path.join(root, "data"))
@@ -101,11 +117,11 @@ def run_tiny_pipeline(root: str, custom_config: dict = CONFIG, records: Optional
     class_stats = ClassStatsGen(examples=examples, num_classes=NUM_CLASSES, class_names=NAMES)
     transform = tfx.components.Transform(
         examples=examples, schema=schema.outputs["schema"], preprocessing_fn="segbalance.trainer.preprocessing.preprocessing_fn",
-        custom_config=custom_config, materialize=False, disable_statistics=True)
+        custom_config=trainer_config, materialize=False, disable_statistics=True)
     trainer = SegTrainer(examples=examples, transform_graph=transform.outputs["transform_graph"],
                          class_stats=class_stats.outputs["class_stats"], run_fn="segbalance.trainer.task.run_fn",
                          train_args=tfx.proto.TrainArgs(num_steps=0), eval_args=tfx.proto.EvalArgs(num_steps=0),
-                         custom_config=custom_config)
+                         custom_config=trainer_config)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="seg-trainer-test", pipeline_root=os.path.join(root, "pipeline_root"),
         components=[example_gen, schema, class_stats, transform, trainer], enable_cache=False,
@@ -138,12 +154,13 @@ def tiny_pipeline() -> Dict[str, str]:
     return _CACHE["uris"]
 
 
-def fn_args_for(uris: Dict[str, str], out_dir: str, custom_config: dict, class_stats_uri: Optional[str] = None,
+def fn_args_for(uris: Dict[str, str], out_dir: str, config: dict, class_stats_uri: Optional[str] = None,
                 train_files: Optional[List[str]] = None):
-    """FnArgs as the SegTrainer executor builds them, writing into `out_dir`."""
+    """FnArgs as the SegTrainer executor builds them (``config``: CONFIG-style shorthand or a
+    custom_config), writing into `out_dir`."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    cfg = dict(custom_config)
+    cfg = custom_config(config)
     cfg["class_stats_uri"] = class_stats_uri or uris["class_stats"]
     return FnArgs(
         train_files=train_files or [os.path.join(uris["examples"], "Split-train", "*")],
@@ -154,7 +171,7 @@ def fn_args_for(uris: Dict[str, str], out_dir: str, custom_config: dict, class_s
         custom_config=cfg)
 
 
-def run_executor(uris: Dict[str, str], out_dir: str, custom_config: dict, class_stats_uri: Optional[str] = None):
+def run_executor(uris: Dict[str, str], out_dir: str, config: dict, class_stats_uri: Optional[str] = None):
     """Run the SegTrainer executor (not the whole pipeline) on the tiny pipeline's artifacts."""
     import json
 
@@ -179,7 +196,7 @@ def run_executor(uris: Dict[str, str], out_dir: str, custom_config: dict, class_
                "model_run": [artifact(standard_artifacts.ModelRun, os.path.join(out_dir, "model_run"))]}
     properties = {"train_args": json_format.MessageToJson(trainer_pb2.TrainArgs(num_steps=0)),
                   "eval_args": json_format.MessageToJson(trainer_pb2.EvalArgs(num_steps=0)),
-                  "custom_config": json.dumps(custom_config), "run_fn": "segbalance.trainer.task.run_fn"}
+                  "custom_config": json.dumps(custom_config(config)), "run_fn": "segbalance.trainer.task.run_fn"}
     SegTrainerExecutor().Do(inputs, outputs, properties)
     with open(os.path.join(out_dir, "model_run", "training_summary.json")) as f:
         return json.load(f)

@@ -8,10 +8,12 @@
   whose statistics were not computed) count as completely labelled.
 - Training batches are augmented with random flips and a random crop (scale 0.7 to 1)
   resized back, applied to the image, the mask (nearest) and the pixel weights together.
-- ``pixel_weights`` (optional): a weight map [B,H,W] for the loss, computed on the fly from
-  the transformed image and mask before augmentation (so it is cropped and flipped with
-  them); ``{"type": "edge", "image_weight": 1.0, "boundary_weight": 1.0}`` uses
-  ``segbalance.trainer.weight_maps.edge_weights``. Without it no map is yielded (the loss uses 1).
+- ``pixel_weights`` (optional): a weight map [B,H,W] for the loss (``training.pixel_weights``:
+  ``edge``, ``unet_border``, ``intensity_range`` or ``feature_extractor``, parameters in
+  ``trainer/training_config.py``, formulas in ``trainer/weight_maps.py``), computed on the fly
+  from the transformed image and mask before augmentation (so it is cropped and flipped with
+  them; ``unet_border`` runs in NumPy through ``tf.numpy_function``). Without it no map is
+  yielded (the loss uses 1).
 - Shuffle (training), batch, parallel map, prefetch; deterministic order for a seed.
   ``repeat=True`` makes the training set endless (used with ``steps_per_epoch``);
   ``drop_remainder=True`` (used on several replicas) keeps every replica's batch non-empty.
@@ -23,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from segbalance.contract import DEFAULT_IGNORE_INDEX
 from segbalance.trainer.preprocessing import IMAGE, MASK, SOURCE_ID
 
 
@@ -64,29 +67,75 @@ def augment(image, mask, weights, seed):
     return image, tf.cast(labels[..., 0], mask.dtype), labels[..., 1]
 
 
-PIXEL_WEIGHT_TYPES = {"edge": {"image_weight", "boundary_weight"}}
+def pixel_weights_config(config) -> Optional["PixelWeights"]:
+    """The typed weight-map config (``trainer/training_config.py``) of ``config``: None, a mapping
+    with a ``type`` or already typed. ValueError (ConfigError) naming the problem."""
+    from segbalance.trainer.training_config import PIXEL_WEIGHT_TYPES, PixelWeights
+    from segbalance.trainer.typed_config import convert, validate_tree
+
+    if config is None or isinstance(config, tuple(PIXEL_WEIGHT_TYPES.values())):
+        typed = config
+    else:
+        typed = convert(config, Optional[PixelWeights], "pixel_weights")
+    validate_tree(typed, "pixel_weights")
+    return typed
 
 
-def validate_pixel_weights(config: Optional[dict]) -> None:
+def validate_pixel_weights(config) -> None:
     """ValueError naming the problem in a ``pixel_weights`` config (None = no map)."""
-    if config is None:
-        return
-    if not isinstance(config, dict) or config.get("type") not in PIXEL_WEIGHT_TYPES:
-        raise ValueError(f"pixel_weights must be null or a mapping with type one of {sorted(PIXEL_WEIGHT_TYPES)}, "
-                         f"got {config!r}")
-    extra = sorted(set(config) - {"type"} - PIXEL_WEIGHT_TYPES[config["type"]])
-    if extra:
-        raise ValueError(f"pixel_weights ({config['type']}): unknown parameter {extra[0]!r}; "
-                         f"allowed: {sorted(PIXEL_WEIGHT_TYPES[config['type']])}")
+    pixel_weights_config(config)
 
 
-def pixel_weight_map(image, mask, config: dict, num_classes: int, ignore_index: int):
-    """float32 [B,H,W] weight map of ``config`` (see module docstring)."""
+def pixel_weight_map(image, mask, config, num_classes: int, ignore_index: int):
+    """float32 [B,H,W] weight map of ``config`` (a ``training.pixel_weights`` type; the formulas are in
+    ``trainer/weight_maps.py``), from the transformed image and the mask."""
     from segbalance.trainer import weight_maps
+    from segbalance.trainer.training_config import (EdgeWeights, FeatureExtractorWeights, IntensityRangeWeights,
+                                                    UnetBorderWeights)
 
-    params = {k: float(v) for k, v in config.items() if k != "type"}
-    return tf.cast(weight_maps.edge_weights(image, mask, num_classes=num_classes, ignore_index=ignore_index,
-                                            **params), tf.float32)
+    config = pixel_weights_config(config)
+    if isinstance(config, EdgeWeights):
+        weights = weight_maps.edge_weights(image, mask, num_classes=num_classes, ignore_index=ignore_index,
+                                           image_weight=config.image_weight, boundary_weight=config.boundary_weight)
+    elif isinstance(config, IntensityRangeWeights):
+        weights = weight_maps.intensity_range_weights(image, [list(r) for r in config.ranges],
+                                                      default=config.default, channel=config.channel)
+    elif isinstance(config, UnetBorderWeights):
+        def border(m):
+            return weight_maps.unet_border_weights(m, w0=config.w0, sigma=config.sigma, ignore_index=ignore_index,
+                                                   connectivity=config.connectivity)
+
+        weights = tf.numpy_function(border, [mask], tf.float32, stateful=False)
+        weights = tf.ensure_shape(weights, mask.shape)
+    elif isinstance(config, FeatureExtractorWeights):
+        weights = weight_maps.feature_extractor_weights(image, feature_extractor(config.model, config.layer),
+                                                        strength=config.strength, reduce=config.reduce)
+    else:  # pragma: no cover - pixel_weights_config accepts only the types above
+        raise ValueError(f"no weight map for {config!r}")
+    return tf.cast(weights, tf.float32)
+
+
+_EXTRACTORS: Dict[tuple, object] = {}
+
+
+def feature_extractor(path: str, layer: Optional[str] = None):
+    """The saved Keras model at ``path`` (frozen), cut at ``layer`` when given; loaded once per process."""
+    import keras
+
+    key = (path, layer)
+    if key not in _EXTRACTORS:
+        if not tf.io.gfile.exists(path):
+            raise ValueError(f"training.pixel_weights.model: {path} does not exist (a saved .keras model)")
+        model = keras.saving.load_model(path, compile=False)
+        model.trainable = False
+        if layer is not None:
+            names = [lay.name for lay in model.layers]
+            if layer not in names:
+                raise ValueError(f"training.pixel_weights.layer: {layer!r} is not a layer of {path} "
+                                 f"(layers: {', '.join(names)})")
+            model = keras.Model(model.inputs, model.get_layer(layer).output)
+        _EXTRACTORS[key] = model
+    return _EXTRACTORS[key]
 
 
 def example_files(file_patterns: List[str]) -> List[str]:
@@ -95,11 +144,11 @@ def example_files(file_patterns: List[str]) -> List[str]:
 
 def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int, num_classes: int,
                  labeled_by_id: Optional[Dict[str, Sequence[int]]] = None, training: bool = False,
-                 seed: int = 0, pixel_weights: Optional[dict] = None, ignore_index: int = 255,
+                 seed: int = 0, pixel_weights=None, ignore_index: int = DEFAULT_IGNORE_INDEX,
                  repeat: bool = False, shuffle_buffer: int = 512, drop_remainder: bool = False) -> tf.data.Dataset:
     """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": float32 [B,C]
     (, "pixel_weights": float32 [B,H,W] when ``pixel_weights`` is given)})."""
-    validate_pixel_weights(pixel_weights)
+    pixel_weights = pixel_weights_config(pixel_weights)
     files = example_files(file_patterns)
     if not files:
         raise ValueError(f"no example files match {file_patterns}")

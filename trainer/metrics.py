@@ -13,9 +13,13 @@ they work with or without ``SegmentationModel.compute_metrics`` unpacking it.
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections import Counter
 from typing import List, Sequence
 
 import keras
+
+from segbalance.contract import DEFAULT_IGNORE_INDEX
 
 
 def _mask_of(y_true):
@@ -47,17 +51,34 @@ class MeanIoU(keras.metrics.MeanIoU):
 
 
 def metric_name(class_name: str) -> str:
-    """``iou_<class name>`` with anything but letters, digits and _ replaced."""
-    return "iou_" + re.sub(r"[^0-9a-zA-Z_]+", "_", class_name).strip("_").lower()
+    """``iou_<class name>`` with accents dropped and anything but letters, digits and _ replaced
+    (may be ``iou_`` alone for a name with no such character: ``metric_names`` makes them unique)."""
+    return "iou_" + _slug(class_name)
 
 
-def segmentation_metrics(class_names: Sequence[str], ignore_index: int = 255) -> List[keras.metrics.Metric]:
+def _slug(class_name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", class_name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^0-9a-zA-Z_]+", "_", ascii_name).strip("_").lower()
+
+
+def metric_names(class_names: Sequence[str]) -> List[str]:
+    """Safe, unique metric names, one per class: ``iou_<name>``; where that is empty (e.g. a CJK
+    name) or shared (``"a b"`` and ``"a-b"``), ``iou_<class id>`` / ``iou_<class id>_<name>``.
+    Keras and TensorBoard need ASCII identifiers; the user's names stay everywhere else."""
+    slugs = [_slug(n) for n in class_names]
+    counts = Counter(slugs)
+    names = [f"iou_{s}" if s and counts[s] == 1 else f"iou_{c}" + (f"_{s}" if s else "")
+             for c, s in enumerate(slugs)]
+    if len(set(names)) != len(names):  # e.g. "1 a" beside two "a": every name gets its id
+        names = [f"iou_{c}" + (f"_{s}" if s else "") for c, s in enumerate(slugs)]
+    return names
+
+
+def segmentation_metrics(class_names: Sequence[str], ignore_index: int = DEFAULT_IGNORE_INDEX
+                         ) -> List[keras.metrics.Metric]:
     """``[miou, iou_<name> for each class]``; logged by ``fit`` as ``miou``, ``val_iou_<name>``, ..."""
     num_classes = len(class_names)
-    names = [metric_name(n) for n in class_names]
-    if len(set(names)) != len(names):
-        raise ValueError(f"class names {list(class_names)} give duplicate metric names {names}")
     metrics = [MeanIoU(num_classes, name="miou", ignore_class=ignore_index)]
-    for c, name in enumerate(names):
+    for c, name in enumerate(metric_names(class_names)):
         metrics.append(ClassIoU(num_classes, [c], name=name, ignore_class=ignore_index))
     return metrics

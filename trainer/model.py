@@ -10,7 +10,9 @@ are downloaded: the model starts from a random initialisation.
 ``"MobileNetV2"``, ``"ResNet50"``, ``"EfficientNetB0"``) built with ``weights=None`` (random
 init, nothing downloads); its skip connections are the last feature maps at strides 2, 4,
 8 and 16, found by output shape, so any application whose features halve in size works.
-``build_model(cfg)`` picks one of the two from the trainer's custom_config.
+``build_model(training)`` picks one of the two from the ``training`` config section;
+``training.image_size`` is checked against ``2 ** depth`` (``2 ** (depth + 1)`` with a
+backbone) when the config is loaded (``trainer/training_config.py``).
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def _backbone_features(backbone: keras.Model, height: int, width: int):
 
 
 def build_backbone_unet(image_size: Sequence[int], num_classes: int, backbone: str, base_filters: int = 16,
-                        depth: int = 4) -> SegmentationModel:
+                        depth: int = 3) -> SegmentationModel:
     """U-Net decoder on a randomly initialised ``keras.applications.<backbone>`` encoder."""
     height, width = (int(s) for s in image_size)
     factor = 2 ** (depth + 1)
@@ -105,11 +107,15 @@ def build_backbone_unet(image_size: Sequence[int], num_classes: int, backbone: s
     return SegmentationModel(inputs=inputs, outputs=logits, name=f"unet_{backbone.lower()}")
 
 
-def build_model(cfg: dict, num_classes: int) -> SegmentationModel:
-    """The model the trainer's custom_config asks for (keys ``backbone``, ``depth``, ``base_filters``)."""
-    image_size = cfg.get("image_size", (64, 64))
-    backbone: Optional[str] = cfg.get("backbone")
-    if backbone:
-        return build_backbone_unet(image_size, num_classes, backbone, int(cfg.get("base_filters", 16)),
-                                   int(cfg.get("depth", 4)))
-    return build_unet(image_size, num_classes, int(cfg.get("depth", 3)), int(cfg.get("base_filters", 16)))
+def build_model(training, num_classes: int) -> SegmentationModel:
+    """The model ``training`` (a ``TrainingConfig``, or its mapping: image_size, depth, base_filters,
+    backbone) asks for."""
+    if isinstance(training, dict):
+        from segbalance.trainer.training_config import TrainingConfig
+        from segbalance.trainer.typed_config import from_dict
+
+        training = from_dict(TrainingConfig, training, "training")
+    if training.backbone:
+        return build_backbone_unet(training.image_size, num_classes, training.backbone, training.base_filters,
+                                   training.depth)
+    return build_unet(training.image_size, num_classes, training.depth, training.base_filters)

@@ -2,7 +2,8 @@
 
 Outputs (batch-major):
 
-- ``image``: float32 [B, H, W, 3], resized (bilinear) to ``custom_config["image_size"]`` and
+- ``image``: float32 [B, H, W, 3], resized (bilinear) to ``training.image_size`` of the
+  ``custom_config`` (the pipeline's ``TrainerConfig``, as SegTrainer gets it) and
   normalised with the per-channel mean and standard deviation that tf.Transform analysers
   compute over the training split (the std is floored at 1 grey level, so a constant
   channel does not divide by ~0);
@@ -67,8 +68,10 @@ def decode_resize_mask(encoded, image_size, ignore_index: int = codec.DEFAULT_IG
 
 def preprocessing_fn(inputs, custom_config=None):
     """tf.Transform entry point (referenced as ``segbalance.trainer.preprocessing.preprocessing_fn``)."""
-    custom_config = custom_config or {}
-    image_size = [int(s) for s in custom_config.get("image_size", (64, 64))]
+    from segbalance.trainer.training_config import TrainerConfig
+
+    config, _ = TrainerConfig.from_custom_config(custom_config)  # the same typed config as run_fn's
+    image_size = list(config.training.image_size)
     outputs = {}
     image = decode_resize_image(dense_column(inputs[codec.IMAGE_KEY], b""), image_size)
     pixels = tf.reshape(image, [-1, 3])
@@ -77,7 +80,7 @@ def preprocessing_fn(inputs, custom_config=None):
     outputs[IMAGE] = (image - mean) / tf.maximum(std, 1.0)
     if codec.MASK_KEY in inputs:
         outputs[MASK] = decode_resize_mask(dense_column(inputs[codec.MASK_KEY], b""), image_size,
-                                           int(custom_config.get("ignore_index", codec.DEFAULT_IGNORE_INDEX)))
+                                           config.classes.ignore_index)
     if codec.SOURCE_ID_KEY in inputs:
         outputs[SOURCE_ID] = dense_column(inputs[codec.SOURCE_ID_KEY], b"")
     return outputs

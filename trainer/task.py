@@ -1,37 +1,12 @@
 """`run_fn`: the TFX Trainer entry point (``segbalance.trainer.task.run_fn``).
 
-``fn_args.custom_config`` keys (the pipeline fills them from ``pipeline/config.py``;
-an unknown key is an error, so a typo does not silently train with a default):
-
-=================== =====================================================================
-num_classes         C, required (must match the ClassStats artifact and the data)
-class_names         list of C names (metric names ``iou_<name>``); default: the artifact's
-ignore_index        mask value with no label (255); must match the artifact's
-image_size          [H, W] the model sees (Transform resizes to it); default [64, 64]
-epochs              number of epochs (1)
-batch_size          global batch over all replicas (16)
-steps_per_epoch     optional cap on the steps of an epoch (the training set then repeats)
-learning_rate       Adam learning rate (1e-3)
-depth, base_filters U-Net size (``trainer/model.py``; defaults 3 and 16)
-backbone            optional ``keras.applications`` class name (e.g. "MobileNetV2") used
-                    as the encoder, randomly initialised (nothing downloads)
-loss                SegmentationLoss config (``trainer/segmentation_loss.py``), required;
-                    its ``class_weights`` may name a scheme of ``trainer/class_weights.py``,
-                    whose vector is read from the ClassStats artifact's ``weights``
-pixel_weights       optional weight map for the loss, e.g. {"type": "edge",
-                    "image_weight": 1, "boundary_weight": 2} (``trainer/data.py``)
-mixed_precision     true: ``mixed_float16`` policy (logits and loss stay float32)
-jit_compile         true: XLA-compile the train step
-devices             optional list of devices for MirroredStrategy; default: all GPUs when
-                    more than one is visible, else the default (single-device) strategy
-seed                random seed of weights, shuffling and augmentation (0)
-shuffle_buffer      records in the shuffle buffer (512)
-backup_dir          optional; default ``<ModelRun channel dir>/backup-<fingerprint>``
-warm_start          true: start from the weights of ``fn_args.base_model`` (the pipeline
-                    passes the latest blessed model) when there is one; the architectures
-                    must match, else a ValueError says so (false: random initialisation)
-class_stats_uri     set by the SegTrainer executor: the ClassStats artifact's URI
-=================== =====================================================================
+``fn_args.custom_config`` is the pipeline's ``TrainerConfig`` serialised,
+``{"classes": {...}, "training": {...}}`` (``pipeline/dag.py`` fills it from the config
+file; every field, its default and its meaning: ``trainer/training_config.py``), plus
+``class_stats_uri``, which the SegTrainer executor adds. ``run_fn`` rebuilds the typed
+``TrainerConfig`` from it: an unknown field, a wrong type or a bad value is a
+``ConfigError`` (a ValueError) naming the field, so a typo does not silently train with a
+default.
 
 Keys starting with ``_`` are in-process hooks for tests and benchmarks (not JSON):
 ``_extra_callbacks`` (Keras callbacks appended after the standard ones) and ``_strategy``
@@ -47,17 +22,17 @@ training finishes.
 TensorBoard logs go to ``<model_run_dir>/logs``; a summary of the run (weights used, the
 loss of the first batch before any update, history) to ``<model_run_dir>/training_summary.json``.
 
-Checks before training (each a ValueError saying what to change): unknown custom_config
-key, loss config (unknown term, parameter or weight scheme), ``num_classes`` of the config
-vs the ClassStats artifact vs the data (more than 10 % of records quarantined for ids >= C),
-``ignore_index`` vs the artifact, and an empty training split.
+Checks before training (each a ValueError saying what to change): the config (above),
+``num_classes`` of the config vs the ClassStats artifact vs the data (more than 10 % of
+records quarantined for ids >= C), ``classes.ignore_index`` vs the artifact's, a weight
+scheme the artifact lacks, and an empty training split.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import List, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -65,21 +40,23 @@ import tensorflow as tf
 from segbalance.contract import TRAINING_SUMMARY_FILE
 from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
 from segbalance.trainer import data, model as model_lib
+from segbalance.trainer.loss_config import LossConfig
 from segbalance.trainer.metrics import segmentation_metrics
-from segbalance.trainer.segmentation_loss import SegmentationLoss, validate_loss_config
+from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
+from segbalance.trainer.training_config import TrainerConfig, TrainingConfig
 
 SUMMARY_FILE = TRAINING_SUMMARY_FILE
 MAX_BAD_ID_FRACTION = 0.1
-CONFIG_KEYS = {
-    "num_classes", "class_names", "ignore_index", "image_size", "epochs", "batch_size", "steps_per_epoch",
-    "learning_rate", "depth", "base_filters", "backbone", "loss", "pixel_weights", "mixed_precision",
-    "jit_compile", "devices", "seed", "shuffle_buffer", "backup_dir", "class_stats_uri", "warm_start",
-}
 
 
-def resolve_class_weights(loss_config: dict, stats: dict):
-    scheme = loss_config.get("class_weights")
+def trainer_config(custom_config: Optional[dict]):
+    """(TrainerConfig, runtime extras) from SegTrainer's ``custom_config``: what run_fn trains with."""
+    return TrainerConfig.from_custom_config(custom_config)
+
+
+def resolve_class_weights(loss: LossConfig, stats: dict) -> Optional[List[float]]:
+    scheme = loss.class_weights
     if isinstance(scheme, str):
         if scheme not in stats["weights"]:
             raise ValueError(f"weight scheme {scheme!r} is not in the ClassStats artifact "
@@ -88,30 +65,15 @@ def resolve_class_weights(loss_config: dict, stats: dict):
     return scheme
 
 
-def check_config(cfg: Dict[str, Any]) -> None:
-    """Errors in the custom_config alone (no artifact needed)."""
-    unknown = sorted(k for k in cfg if k not in CONFIG_KEYS and not k.startswith("_"))
-    if unknown:
-        raise ValueError(f"unknown trainer custom_config key {unknown[0]!r}; known keys: {', '.join(sorted(CONFIG_KEYS))}")
-    for key in ("num_classes", "loss"):
-        if key not in cfg:
-            raise ValueError(f"trainer custom_config needs {key!r}")
-    validate_loss_config(cfg["loss"], int(cfg["num_classes"]))
-    data.validate_pixel_weights(cfg.get("pixel_weights"))
-
-
-def check_inputs(cfg: Dict[str, Any], stats: dict, quarantine: list, num_train: int) -> None:
+def check_inputs(config: TrainerConfig, stats: dict, quarantine: list, num_train: int) -> None:
     """Config vs ClassStats vs data; raises ValueError before anything is built."""
-    check_config(cfg)
-    num_classes = int(cfg["num_classes"])
+    num_classes = config.classes.num_classes
     if stats["num_classes"] != num_classes:
         raise ValueError(f"config says num_classes={num_classes} but the ClassStats artifact was computed with "
                          f"{stats['num_classes']}: make classes.names and the statistics agree")
-    if len(cfg.get("class_names", [])) not in (0, num_classes):
-        raise ValueError(f"{len(cfg['class_names'])} class names for num_classes={num_classes}")
-    ignore_index = int(cfg.get("ignore_index", 255))
+    ignore_index = config.classes.ignore_index
     if int(stats.get("ignore_index", ignore_index)) != ignore_index:
-        raise ValueError(f"config says ignore_index={ignore_index} but the ClassStats artifact used "
+        raise ValueError(f"config says classes.ignore_index={ignore_index} but the ClassStats artifact used "
                          f"{stats['ignore_index']}")
     bad_ids = [q for q in quarantine if "num_classes" in q.get("reason", "")]
     total = stats["num_records"] + stats["quarantined_records"]
@@ -123,7 +85,7 @@ def check_inputs(cfg: Dict[str, Any], stats: dict, quarantine: list, num_train: 
         raise ValueError("the training split is empty: ingest more data or lower data.eval_fraction")
 
 
-def choose_strategy(devices=None) -> tf.distribute.Strategy:
+def choose_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
     """MirroredStrategy on ``devices`` or on all GPUs when more than one; else the default strategy."""
     if devices:
         return tf.distribute.MirroredStrategy(list(devices))
@@ -132,18 +94,26 @@ def choose_strategy(devices=None) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def backup_dir_for(cfg: dict, train_files, model_run_dir: str) -> str:
-    if cfg.get("backup_dir"):
-        return cfg["backup_dir"]
-    key = json.dumps({k: v for k, v in cfg.items() if k != "backup_dir" and not k.startswith("_")}, sort_keys=True) + json.dumps(
-        sorted(train_files))
+def make_optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
+    """``training.optimizer`` at ``training.learning_rate`` (constant)."""
+    if training.optimizer == "sgd":
+        return keras.optimizers.SGD(training.learning_rate, momentum=0.9)
+    if training.optimizer == "adamw":
+        return keras.optimizers.AdamW(training.learning_rate)
+    return keras.optimizers.Adam(training.learning_rate)
+
+
+def backup_dir_for(config: TrainerConfig, train_files, model_run_dir: str) -> str:
+    if config.training.backup_dir:
+        return config.training.backup_dir
+    key = config.fingerprint_json() + json.dumps(sorted(train_files))
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     parent = model_run_dir.rstrip("/").rsplit("/", 1)[0]  # not os.path.normpath: it breaks gs://
     return f"{parent}/backup-{fingerprint}"
 
 
 def run_fn(fn_args) -> None:
-    """Check, train, export: the TFX Trainer entry point (custom_config keys in the module docstring).
+    """Check, train, export: the TFX Trainer entry point (custom_config in the module docstring).
 
     Writes the serving SavedModel and ``model.keras`` to ``fn_args.serving_model_dir``
     (``trainer/serving.py``), TensorBoard logs and ``training_summary.json`` to
@@ -151,65 +121,59 @@ def run_fn(fn_args) -> None:
     """
     import tensorflow_transform as tft
 
-    cfg = dict(fn_args.custom_config or {})
-    if "class_stats_uri" not in cfg:
+    config, extras = trainer_config(fn_args.custom_config)
+    if "class_stats_uri" not in extras:
         raise ValueError("custom_config has no class_stats_uri: run this run_fn through SegTrainer "
                          "(components/seg_trainer.py), which passes the ClassStats artifact")
-    check_config(cfg)
-    stats = read_class_stats(cfg["class_stats_uri"])
+    t, classes = config.training, config.classes
+    stats_uri = extras["class_stats_uri"]
+    stats = read_class_stats(stats_uri)
     num_train = data.count_records(fn_args.train_files)
-    check_inputs(cfg, stats, read_quarantine(cfg["class_stats_uri"]), num_train)
-    num_classes = int(cfg["num_classes"])
-    class_names = cfg.get("class_names") or stats["class_names"]
-    class_weights = resolve_class_weights(cfg["loss"], stats)
-    seed = int(cfg.get("seed", 0))
-    keras.utils.set_random_seed(seed)
+    check_inputs(config, stats, read_quarantine(stats_uri), num_train)
+    num_classes, ignore_index = classes.num_classes, classes.ignore_index
+    class_weights = resolve_class_weights(t.loss, stats)
+    keras.utils.set_random_seed(t.seed)
 
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    labeled = labeled_by_source_id(cfg["class_stats_uri"])
-    batch_size = int(cfg.get("batch_size", 16))
-    ignore_index = int(cfg.get("ignore_index", 255))
-    steps = cfg.get("steps_per_epoch") or None
-    pixel_weights = cfg.get("pixel_weights")
-    strategy = cfg.get("_strategy") or choose_strategy(cfg.get("devices"))
+    labeled = labeled_by_source_id(stats_uri)
+    steps = t.steps_per_epoch
+    strategy = extras.get("_strategy") or choose_strategy(t.devices)
     # Several replicas: a last partial batch can leave a replica with an empty batch, which Keras 3.6
     # under MirroredStrategy does not survive (AddN shape mismatch / broadcast errors, with any loss),
     # so partial batches are dropped.
     # Validation then skips < batch_size records; SegEvaluator scores the whole eval split.
     drop = strategy.num_replicas_in_sync > 1
-    if drop and num_train < batch_size:
-        raise ValueError(f"{num_train} training records fill no batch of {batch_size} on "
-                         f"{strategy.num_replicas_in_sync} replicas: lower batch_size")
-    train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, batch_size, num_classes, labeled,
-                                 training=True, seed=seed, ignore_index=ignore_index, pixel_weights=pixel_weights,
-                                 repeat=steps is not None, shuffle_buffer=int(cfg.get("shuffle_buffer", 512)),
-                                 drop_remainder=drop)
+    if drop and num_train < t.batch_size:
+        raise ValueError(f"{num_train} training records fill no batch of {t.batch_size} on "
+                         f"{strategy.num_replicas_in_sync} replicas: lower training.batch_size")
+    train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, t.batch_size, num_classes, labeled,
+                                 training=True, seed=t.seed, ignore_index=ignore_index, pixel_weights=t.pixel_weights,
+                                 repeat=steps is not None, shuffle_buffer=t.shuffle_buffer, drop_remainder=drop)
     eval_ds = None
     num_eval = data.count_records(fn_args.eval_files or [])
-    if num_eval >= (batch_size if drop else 1):
-        eval_ds = data.make_dataset(fn_args.eval_files, tf_transform_output, batch_size, num_classes, labeled,
-                                    ignore_index=ignore_index, pixel_weights=pixel_weights, drop_remainder=drop)
+    if num_eval >= (t.batch_size if drop else 1):
+        eval_ds = data.make_dataset(fn_args.eval_files, tf_transform_output, t.batch_size, num_classes, labeled,
+                                    ignore_index=ignore_index, pixel_weights=t.pixel_weights, drop_remainder=drop)
 
-    mixed = bool(cfg.get("mixed_precision", False))
     previous_policy = keras.mixed_precision.global_policy().name
-    if mixed:
+    if t.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with strategy.scope():
-            model = model_lib.build_model(cfg, num_classes)
-            warm_from = warm_start(model, fn_args.base_model) if cfg.get("warm_start") else None
-            loss = SegmentationLoss(cfg["loss"], class_weights=class_weights)
-            model.compile(optimizer=keras.optimizers.Adam(float(cfg.get("learning_rate", 1e-3))), loss=loss,
-                          metrics=segmentation_metrics(class_names, ignore_index),
-                          jit_compile=bool(cfg.get("jit_compile", False)))
+            model = model_lib.build_model(t, num_classes)
+            warm_from = warm_start(model, fn_args.base_model) if t.warm_start else None
+            loss = SegmentationLoss(t.loss, class_weights=class_weights, num_classes=num_classes,
+                                    ignore_index=ignore_index)
+            model.compile(optimizer=make_optimizer(t), loss=loss,
+                          metrics=segmentation_metrics(classes.names, ignore_index), jit_compile=t.jit_compile)
         first_loss = float(loss(*_first_batch_targets(train_ds, model)))
-        backup = backup_dir_for(cfg, fn_args.train_files, fn_args.model_run_dir)
+        backup = backup_dir_for(config, fn_args.train_files, fn_args.model_run_dir)
         callbacks = [keras.callbacks.BackupAndRestore(backup),
                      keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
-        callbacks += list(cfg.get("_extra_callbacks", []))
+        callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
-        history = model.fit(train_ds, validation_data=eval_ds, epochs=int(cfg.get("epochs", 1)),
+        history = model.fit(train_ds, validation_data=eval_ds, epochs=t.epochs,
                             steps_per_epoch=steps, callbacks=callbacks, verbose=2)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -217,12 +181,14 @@ def run_fn(fn_args) -> None:
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir)
     summary = {
         "class_weights": class_weights,
-        "loss_config": cfg["loss"],
+        "loss_config": loss.loss_config,
+        "ignore_index": ignore_index,
+        "config": config.to_custom_config(),
         "initial_loss": first_loss,
         "epochs_run": list(history.epoch),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "replicas": strategy.num_replicas_in_sync,
-        "mixed_precision": mixed,
+        "mixed_precision": t.mixed_precision,
         "num_train_records": num_train,
         "warm_started_from": warm_from,
     }

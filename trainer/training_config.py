@@ -1,0 +1,233 @@
+"""The trainer's part of the configuration, typed: ``classes``, ``training`` and what SegTrainer gets.
+
+The pipeline (``pipeline/config.py``) composes these sections with the others into the one
+``PipelineConfig``; the DAG hands Transform and SegTrainer ``TrainerConfig(classes,
+training)`` serialised as their ``custom_config`` (``{"classes": {...}, "training":
+{...}}``), and ``preprocessing_fn`` / ``run_fn`` rebuild the same typed object with
+``TrainerConfig.from_custom_config``. Every default is here; the README links to this
+module instead of repeating the table.
+
+``classes``
+  ``names``: C class names, background first (any text, unique ignoring case; metric
+  names are made safe from them, ``trainer/metrics.py``). ``ignore_index`` (255): the mask
+  value that means "no label", the ONE setting used by ingest, class statistics, the
+  input pipeline, the loss and the metrics; it must not be a class id (>= C).
+
+``training``
+  ============================ ==========================================================
+  ``image_size`` [64, 64]      [H, W] the model sees (Transform resizes); each must be
+                               divisible by ``2**depth`` (U-Net) or ``2**(depth+1)``
+                               (with a ``backbone``), the factor the encoder halves by
+  ``epochs`` 8                 passes over the training split (or ``steps_per_epoch``)
+  ``batch_size`` 16            global batch over all replicas
+  ``steps_per_epoch`` null     cap on the steps of an epoch (the training set repeats)
+  ``shuffle_buffer`` 512       records in the shuffle buffer
+  ``optimizer`` adam           ``adam``, ``adamw`` or ``sgd`` (momentum 0.9)
+  ``learning_rate`` 3e-3       constant (no schedule)
+  ``depth`` 3                  U-Net levels (encoder levels with a backbone)
+  ``base_filters`` 16          channels at full resolution, doubling per level
+  ``backbone`` null            a ``keras.applications`` class name (e.g. MobileNetV2) as
+                               the encoder, randomly initialised (nothing downloads)
+  ``loss``                     ``trainer/loss_config.py``; default marginal CE + Dice,
+                               unweighted (README "Results")
+  ``pixel_weights`` null       a weight map for the loss, ``type`` one of (parameters,
+                               defaults; ``trainer/weight_maps.py`` has the formulas):
+                               ``edge`` (image_weight 1, boundary_weight 1),
+                               ``unet_border`` (w0 10, sigma 5, connectivity 1),
+                               ``intensity_range`` (ranges: [[lo, hi, w], ...] required,
+                               default 1, channel null = mean; intensities of the
+                               *transformed* image, i.e. per-channel standardised),
+                               ``feature_extractor`` (model: path of a ``.keras`` model,
+                               required; layer null = its output, strength 1, reduce l2)
+  ``devices`` null             devices for MirroredStrategy, e.g. ["/gpu:0", "/gpu:1"];
+                               null: all GPUs when more than one, else one device
+  ``mixed_precision`` false    ``mixed_float16`` (logits and loss stay float32)
+  ``jit_compile`` false        XLA-compile the train step
+  ``seed`` 0                   weights, shuffling and augmentation
+  ``warm_start`` false         start from the latest blessed model (same architecture)
+  ``backup_dir`` null          BackupAndRestore folder; null: beside the ModelRun
+  ============================ ==========================================================
+
+No TensorFlow / Keras / TFX imports: ``segbalance config validate`` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
+
+from segbalance.contract import DEFAULT_IGNORE_INDEX
+from segbalance.trainer.loss_config import LossConfig, default_training_loss
+from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class ClassesConfig:
+    names: List[str] = field(default_factory=lambda: ["background", "ellipse", "rectangle", "circle"])
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def validate(self, where: str) -> None:
+        names = self.names
+        require(len(names) >= 2, f"{where}.names", "list at least 2 classes (background first)")
+        for i, name in enumerate(names):
+            require(bool(name.strip()), f"{where}.names[{i}]", "a class name must not be empty")
+        seen: Dict[str, str] = {}
+        for name in names:
+            key = name.strip().casefold()
+            require(key not in seen, f"{where}.names",
+                    f"{seen.get(key)!r} and {name!r} name the same class (names must be unique, ignoring case)")
+            seen[key] = name
+        require(self.num_classes <= self.ignore_index <= 65535, f"{where}.ignore_index",
+                f"{self.ignore_index} collides with a class id (< {self.num_classes}) or is not a mask value; "
+                f"use e.g. 255")
+
+
+# --------------------------------------------------------------------------- pixel weight maps
+@dataclass
+class EdgeWeights:
+    TYPE: ClassVar[str] = "edge"
+    image_weight: float = 1.0
+    boundary_weight: float = 1.0
+
+    def validate(self, where: str) -> None:
+        for name in ("image_weight", "boundary_weight"):
+            require(is_number(getattr(self, name), 0.0), f"{where}.{name}", "must be a finite number >= 0")
+
+
+@dataclass
+class UnetBorderWeights:
+    TYPE: ClassVar[str] = "unet_border"
+    w0: float = 10.0
+    sigma: float = 5.0
+    connectivity: Literal[1, 2] = 1  # 4- or 8-connected objects
+
+    def validate(self, where: str) -> None:
+        require(is_number(self.w0, 0.0), f"{where}.w0", "must be a finite number >= 0")
+        require(is_number(self.sigma) and self.sigma > 0, f"{where}.sigma", "must be a finite number > 0")
+
+
+@dataclass
+class IntensityRangeWeights:
+    TYPE: ClassVar[str] = "intensity_range"
+    ranges: List[Tuple[float, float, float]]  # (lo, hi, weight) of the transformed image's intensity
+    default: float = 1.0
+    channel: Optional[int] = None  # None: mean over the channels
+
+    def validate(self, where: str) -> None:
+        require(len(self.ranges) > 0, f"{where}.ranges", "give at least one [lo, hi, weight]")
+        for i, (lo, hi, w) in enumerate(self.ranges):
+            require(lo < hi, f"{where}.ranges[{i}]", f"lo={lo} must be < hi={hi}")
+            require(is_number(w, 0.0), f"{where}.ranges[{i}]", f"weight {w} must be a finite number >= 0")
+        require(is_number(self.default, 0.0), f"{where}.default", "must be a finite number >= 0")
+        require(self.channel is None or 0 <= self.channel < 3, f"{where}.channel", "use 0, 1, 2 or null (mean)")
+
+
+@dataclass
+class FeatureExtractorWeights:
+    TYPE: ClassVar[str] = "feature_extractor"
+    model: str  # path (or URI) of a saved Keras model (.keras) taking the transformed image
+    layer: Optional[str] = None  # use this layer's output instead of the model's
+    strength: float = 1.0
+    reduce: Literal["l2", "mean_abs"] = "l2"
+
+    def validate(self, where: str) -> None:
+        require(self.model.endswith(".keras"), f"{where}.model",
+                f"{self.model!r}: give the path of a saved Keras model file (.keras)")
+        require(is_number(self.strength, 0.0), f"{where}.strength", "must be a finite number >= 0")
+
+
+PixelWeights = Union[EdgeWeights, UnetBorderWeights, IntensityRangeWeights, FeatureExtractorWeights]
+PIXEL_WEIGHT_TYPES = {c.TYPE: c for c in (EdgeWeights, UnetBorderWeights, IntensityRangeWeights,
+                                           FeatureExtractorWeights)}
+
+
+# --------------------------------------------------------------------------- training
+def size_factor(depth: int, backbone: Optional[str]) -> int:
+    """What image height and width must be divisible by (``trainer/model.py``)."""
+    return 2 ** (depth + 1) if backbone else 2 ** depth
+
+
+@dataclass
+class TrainingConfig:
+    image_size: List[int] = field(default_factory=lambda: [64, 64])
+    epochs: int = 8
+    batch_size: int = 16
+    steps_per_epoch: Optional[int] = None
+    shuffle_buffer: int = 512
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = 3e-3
+    depth: int = 3
+    base_filters: int = 16
+    backbone: Optional[str] = None
+    loss: LossConfig = field(default_factory=default_training_loss)
+    pixel_weights: Optional[PixelWeights] = None
+    devices: Optional[List[str]] = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+    warm_start: bool = False
+    backup_dir: Optional[str] = None
+
+    def validate(self, where: str) -> None:
+        for name in ("epochs", "batch_size", "depth", "base_filters", "shuffle_buffer"):
+            require(getattr(self, name) >= 1, f"{where}.{name}", "must be >= 1")
+        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{where}.steps_per_epoch",
+                "must be >= 1 (or null: the whole training split)")
+        require(is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
+        require(self.backbone is None or re.match(r"^[A-Z][A-Za-z0-9_]*$", self.backbone) is not None,
+                f"{where}.backbone", f"{self.backbone!r}: give a keras.applications class name, e.g. MobileNetV2")
+        require(self.devices is None or (len(self.devices) > 0 and all(d.strip() for d in self.devices)),
+                f"{where}.devices", "list device names (e.g. ['/gpu:0', '/gpu:1']) or null")
+        size = self.image_size
+        require(len(size) == 2 and all(s >= 8 for s in size), f"{where}.image_size", "give [height, width], each >= 8")
+        factor = size_factor(self.depth, self.backbone)
+        if any(s % factor for s in size):
+            fix = [max(factor, round(s / factor) * factor) for s in size]
+            model = (f"the {self.backbone} encoder halves it depth + 1 = {self.depth + 1} times" if self.backbone
+                     else f"the U-Net halves it depth = {self.depth} times")
+            raise ConfigError(f"{where}.image_size: {list(size)} must be divisible by {factor} ({model}); "
+                              f"use e.g. {fix} or change {where}.depth")
+
+
+@dataclass
+class TrainerConfig:
+    """What Transform and SegTrainer receive (``custom_config``): classes + training."""
+
+    classes: ClassesConfig = field(default_factory=ClassesConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    # custom_config keys that are not configuration: the SegTrainer executor adds the ClassStats
+    # URI; keys starting with "_" are in-process hooks of tests and benchmarks (not JSON).
+    RUNTIME_KEYS: ClassVar[Tuple[str, ...]] = ("class_stats_uri",)
+
+    def validate(self, where: str) -> None:
+        self.training.loss.check_num_classes(self.classes.num_classes, f"{where + '.' if where else ''}training.loss")
+
+    def to_custom_config(self) -> dict:
+        """JSON-safe mapping for a component's ``custom_config``."""
+        return to_dict(self)
+
+    @classmethod
+    def from_custom_config(cls, custom_config: Optional[dict]) -> Tuple["TrainerConfig", Dict[str, Any]]:
+        """(typed config, runtime extras: ``class_stats_uri`` and ``_`` hooks) from a custom_config."""
+        values = dict(custom_config or {})
+        extras = {k: values.pop(k) for k in list(values) if k in cls.RUNTIME_KEYS or k.startswith("_")}
+        return from_dict(cls, values), extras
+
+    def fingerprint_json(self) -> str:
+        """Canonical JSON of what defines the training (``backup_dir`` left out)."""
+        values = to_dict(self)
+        values["training"].pop("backup_dir")
+        return json.dumps(values, sort_keys=True)
+
+
+__all__ = ["ClassesConfig", "TrainingConfig", "TrainerConfig", "PixelWeights", "PIXEL_WEIGHT_TYPES", "EdgeWeights",
+           "UnetBorderWeights", "IntensityRangeWeights", "FeatureExtractorWeights", "OPTIMIZERS", "size_factor",
+           "ConfigError"]
