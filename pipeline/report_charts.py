@@ -1,8 +1,8 @@
 """Matplotlib charts rendered to inline base64 PNG `<img>` tags (no file, no network).
 
-Text from the data (class names) is drawn as plain text: mathtext is off
-(``text.parse_math``), so a name like ``$\\frac{a}{b}$`` is printed as it is, not parsed
-(a malformed one used to stop the report with a mathtext ParseException)."""
+Text from the data (class names) is drawn as plain text: ``plain`` escapes its ``$`` signs,
+so matplotlib never enters mathtext for it and a name like ``$\\frac{a}{b}$`` is printed as
+it is (a malformed one used to stop the report with a mathtext ParseException)."""
 from __future__ import annotations
 
 import base64
@@ -19,9 +19,16 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matplotlib.rcParams["text.parse_math"] = False  # class names are text, never TeX
-    matplotlib.rcParams["text.usetex"] = False
     return plt
+
+
+def plain(text) -> str:
+    """``text`` as matplotlib shows it literally: ``\\$`` is a dollar sign, never the start of mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def plains(texts) -> List[str]:
+    return [plain(t) for t in texts]
 
 
 def to_img(fig, alt: str) -> str:
@@ -42,7 +49,7 @@ def frequency_bars(class_names: Sequence[str], pixel_freq: Sequence[float], imag
     ax.bar(x + 0.2, np.maximum(image_freq, floor), 0.4, label="image frequency")
     ax.set_yscale("log")
     ax.set_xticks(x)
-    ax.set_xticklabels(class_names, rotation=30, ha="right")
+    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
     ax.set_ylabel("fraction (log scale)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -55,9 +62,9 @@ def weight_bars(class_names: Sequence[str], weights: Dict[str, List[float]]) -> 
     width = 0.8 / max(1, len(weights))
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(class_names)), 3.6))
     for i, (scheme, values) in enumerate(weights.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=scheme)
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=plain(scheme))
     ax.set_xticks(x)
-    ax.set_xticklabels(class_names, rotation=30, ha="right")
+    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
     ax.set_ylabel("class weight")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -73,11 +80,11 @@ def heatmap(matrix, labels: Sequence[str], title: str, row_label: str, col_label
     image = ax.imshow(shown, cmap="viridis")
     ax.set_xticks(range(len(labels)))
     ax.set_yticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
-    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xticklabels(plains(labels), rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(plains(labels), fontsize=8)
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
-    ax.set_title(title)
+    ax.set_title(plain(title))
     if len(labels) <= 12:
         middle = (shown.min() + shown.max()) / 2
         for i in range(len(labels)):
@@ -95,7 +102,7 @@ def iou_bars(class_names: Sequence[str], iou: Sequence) -> str:
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names)), 3.2))
     ax.bar(range(len(class_names)), values, color="#4c72b0")
     ax.set_xticks(range(len(class_names)))
-    ax.set_xticklabels(class_names, rotation=30, ha="right")
+    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("IoU")
     ax.grid(axis="y", alpha=0.3)
@@ -128,7 +135,7 @@ def span_lines(spans: Sequence[int], class_names: Sequence[str], frequencies, co
     values = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-7)  # [spans, C]; log scale floor
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(spans) + 4), 3.6))
     for c, name in enumerate(class_names):
-        ax.plot(range(len(spans)), values[:, c], "-o", color=np.asarray(colours[c]) / 255.0, label=str(name),
+        ax.plot(range(len(spans)), values[:, c], "-o", color=np.asarray(colours[c]) / 255.0, label=plain(name),
                 markersize=4)
     for i, flag in enumerate(blocked):
         if flag:

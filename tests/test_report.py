@@ -363,6 +363,11 @@ def test_metacharacters_render_as_text_everywhere(report):
         assert raw not in text and html.escape(raw) in text
     assert "<i>" not in text and "<b>&" not in text
     # matplotlib draws the names as text: a malformed TeX name is no longer a mathtext ParseException
+    from matplotlib.text import Text
+
+    for name in NAMES + ["$\\frac$", "$x$ and $y$", "100$"]:
+        shown, is_math = Text(0, 0, report_charts.plain(name))._preprocess_math(report_charts.plain(name))
+        assert (shown, is_math) == (name, False), name  # printed literally, never parsed as TeX
     for names in (["$\\frac$", "a_b^c"], ["$x", "$\\frac{a}{b}$"]):
         assert report_charts.iou_bars(names, [0.1, 0.2]).startswith("<img")
         assert report_charts.heatmap([[1, 2], [3, 4]], names, "t", "r", "c").startswith("<img")

@@ -5,6 +5,11 @@ so nothing can load from the network and any request the page makes is seen. Chr
 calls a few of its own Google service endpoints in the background (component updates, sign-in,
 network time) whatever the page: those hosts are listed in BROWSER_OWN_HOSTS and left out; a
 control page with an external image and stylesheet shows that page requests are caught.
+
+Every ``<img>`` must have rendered: a copy of the page with a small inline script (the report
+itself has none) writes each image's ``naturalWidth`` into the DOM on ``load``, and
+``--dump-dom`` reads it back. The full-page screenshot the README shows is written to
+docs/report_screenshot.png.
 """
 import html
 import json
@@ -19,7 +24,7 @@ import numpy as np
 import pytest
 
 from segbalance.pipeline.report import render_report
-from tests.report_inputs import ANOMALY, NAMES, write_report_inputs
+from tests.report_inputs import ANOMALY, NAMES, ODD_ID, write_report_inputs
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None,
                                 reason="chromium is not installed: `make chromium` (run by `make test`) installs it")
@@ -31,6 +36,14 @@ QUIET = ["--no-first-run", "--disable-background-networking", "--disable-compone
          "--disable-extensions", "--disable-default-apps", "--disable-domain-reliability", "--no-pings",
          "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,Translate,MediaRouter"]
 WINDOW = (1280, 2400)
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "report_screenshot.png"
+IMAGE_CHECK = """<script>window.addEventListener("load", () => {
+  const out = document.createElement("pre"); out.id = "image-check";
+  out.textContent = JSON.stringify({height: document.documentElement.scrollHeight,
+    images: Array.from(document.images, i => [i.alt, i.naturalWidth, i.complete])});
+  document.body.appendChild(out);
+});</script>"""
 
 
 class RecordingProxy:
@@ -94,6 +107,13 @@ def test_control_page_requests_are_caught(browser, tmp_path):
     run("--dump-dom", control.as_uri())
     hosts = " ".join(proxy.page_requests())
     assert "example.invalid/a.png" in hosts and "cdn.example.invalid:443" in hosts
+    # the naturalWidth check sees an image that does not decode
+    broken = tmp_path / "broken.html"
+    broken.write_text('<p>x</p><img alt="ok" src="data:image/png;base64,' + PIXEL + '">'
+                      '<img alt="bad" src="data:image/png;base64,AAAA"></body>'.replace("</body>", IMAGE_CHECK))
+    dom = run("--virtual-time-budget=10000", "--dump-dom", broken.as_uri())
+    check = json.loads(html.unescape(re.search(r'<pre id="image-check">(.*?)</pre>', dom, re.S).group(1)))
+    assert [(alt, width > 0) for alt, width, _ in check["images"]] == [("ok", True), ("bad", False)]
 
 
 def test_report_renders_offline_with_its_content(browser, page, tmp_path):
@@ -103,21 +123,32 @@ def test_report_renders_offline_with_its_content(browser, page, tmp_path):
     dom = run("--dump-dom", uri)
     assert "<script" not in dom  # the class name below was not turned into an element
     text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))  # the text a reader sees
-    for name in NAMES:
+    for name in NAMES + [ODD_ID]:
         assert name in text, name
     stats = json.loads((Path(sources.class_stats_dir) / "class_stats.json").read_text())
     for scheme, weights in stats["weights"].items():
         assert f"{scheme} " + " ".join(f"{w:.4g}" for w in weights) in text, scheme
     assert ANOMALY in text and "Out-of-range values" in text
-    assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', dom)) == 5
+    page_images = re.findall(r'<img [^>]*src="data:image/(?:png|jpeg);base64,', dom)
+    assert len(page_images) == len(re.findall(r"<img ", dom)) > 50  # charts and thumbnails, all inline
 
+    checked = tmp_path / "checked.html"  # the page plus the inline naturalWidth check
+    checked.write_text(Path(path).read_text().replace("</body>", IMAGE_CHECK + "</body>"))
+    dom = run("--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}", "--dump-dom", checked.as_uri())
+    check = json.loads(html.unescape(re.search(r'<pre id="image-check">(.*?)</pre>', dom, re.S).group(1)))
+    assert len(check["images"]) == len(page_images)
+    broken = [alt for alt, width, complete in check["images"] if not (complete and width > 0)]
+    assert broken == []
+
+    height = min(int(check["height"]) + 40, 16000)
     shot = tmp_path / "report.png"
-    run(f"--screenshot={shot}", f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars", uri)
-    assert proxy.page_requests() == []  # neither load asked the network for anything
+    run(f"--screenshot={shot}", f"--window-size={WINDOW[0]},{height}", "--hide-scrollbars", uri)
+    assert proxy.page_requests() == []  # none of the loads asked the network for anything
 
     import matplotlib.image
 
     pixels = matplotlib.image.imread(str(shot))
-    assert pixels.shape[:2] == (WINDOW[1], WINDOW[0])
+    assert pixels.shape[:2] == (height, WINDOW[0])
     top = pixels[: WINDOW[1] // 2, :, :3]
     assert np.std(top) > 0.05 and (top.mean(axis=2) < 0.3).mean() > 0.005  # text and charts, not a blank page
+    shutil.copyfile(shot, SCREENSHOT)  # the README's picture of the report
