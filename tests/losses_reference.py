@@ -70,6 +70,12 @@ def focal_pixel_gradient(z, label, gamma):
     return d_dp * dp_dz
 
 
+def ratio(num, den, empty):
+    """num / den; ``empty`` where den == 0 (smooth = 0 and nothing to compare: 1 for a score, 0 for an overlap)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+
+
 def region_weight(valid, pw):
     """Pixel weights of the region losses: valid * pw scaled to mean 1 over the valid pixels."""
     if pw is None:
@@ -92,7 +98,7 @@ def class_sums(y, z, ignore=255, pw=None):
 
 def dice(y, z, cw=None, smooth=1.0, ignore=255, pw=None):
     inter, pred, truth = class_sums(y, z, ignore, pw)
-    d = (2 * inter + smooth) / (pred + truth + smooth)
+    d = ratio(2 * inter + smooth, pred + truth + smooth, 1.0)
     w = np.ones_like(d) if cw is None else np.asarray(cw, float)
     return 1 - (d * w).sum() / w.sum()
 
@@ -108,12 +114,12 @@ def generalized_dice(y, z, smooth=1e-6, ignore=255, cw=None, pw=None):
         w = w / w.max() if w.max() > 0 else np.ones_like(w)
     else:
         w = np.asarray(cw, np.float64)
-    return 1 - (2 * (w * inter).sum() + smooth) / ((w * (pred + truth)).sum() + smooth)
+    return 1 - ratio(2 * (w * inter).sum() + smooth, (w * (pred + truth)).sum() + smooth, 1.0)
 
 
 def tversky(y, z, alpha, beta, smooth=1.0, cw=None, ignore=255, pw=None):
     tp, pred, truth = class_sums(y, z, ignore, pw)
-    t = (tp + smooth) / (tp + alpha * (pred - tp) + beta * (truth - tp) + smooth)
+    t = ratio(tp + smooth, tp + alpha * (pred - tp) + beta * (truth - tp) + smooth, 1.0)
     w = np.ones_like(t) if cw is None else np.asarray(cw, float)
     return 1 - (t * w).sum() / w.sum()
 
@@ -180,7 +186,7 @@ def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255, pw=None):
         for k in range(c):
             if k not in sets[b]:
                 pk = p[b, ..., k]
-                values.append(2 * (w * pk * region).sum() / ((w * pk).sum() + (w * region).sum() + smooth))
+                values.append(ratio(2 * (w * pk * region).sum(), (w * pk).sum() + (w * region).sum() + smooth, 0.0))
     return float(np.mean(values)) if values else 0.0
 
 

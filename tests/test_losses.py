@@ -536,3 +536,58 @@ def test_generalized_dice_sudre_weights_without_clamp_hand_case():
     literal = 1 / truth ** 2
     sudre = 1 - 2 * (literal * inter).sum() / (literal * (pred + truth)).sum()
     assert float(L.generalized_dice_loss(y2, z2, smooth=0.0, pixel_weights=_pw(y2))) == pytest.approx(sudre, rel=1e-6)
+
+
+SMOOTH_ZERO = {
+    "dice": lambda y, z, l, pw=None: L.dice_loss(y, z, smooth=0.0, pixel_weights=pw),
+    "dice_class_weights": lambda y, z, l, pw=None: L.dice_loss(y, z, CW, smooth=0.0, pixel_weights=pw),
+    "generalized_dice": lambda y, z, l, pw=None: L.generalized_dice_loss(y, z, smooth=0.0, pixel_weights=pw),
+    "tversky": lambda y, z, l, pw=None: L.tversky_loss(y, z, alpha=0.3, beta=0.7, smooth=0.0, pixel_weights=pw),
+    "exclusion_dice": lambda y, z, l, pw=None: L.exclusion_loss(y, z, l, form="dice", smooth=0.0, pixel_weights=pw),
+}
+SMOOTH_ZERO_REF = {
+    "dice": lambda y, z, l: ref.dice(y, z, smooth=0.0),
+    "dice_class_weights": lambda y, z, l: ref.dice(y, z, CW, smooth=0.0),
+    "generalized_dice": lambda y, z, l: ref.generalized_dice(y, z, smooth=0.0),
+    "tversky": lambda y, z, l: ref.tversky(y, z, 0.3, 0.7, smooth=0.0),
+    "exclusion_dice": lambda y, z, l: ref.exclusion_dice(y, z, l, smooth=0.0),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("name", sorted(SMOOTH_ZERO))
+def test_smooth_zero_batch_without_valid_pixel_gives_zero(name, dtype):
+    """smooth = 0 passes config validation; Dice / Tversky / generalized Dice then returned NaN on a
+    batch with no valid pixel (0 / 0). They return 0 (as with smooth > 0) with a zero gradient,
+    eagerly and under XLA, for float32 and float16 logits; all pixel weights 0 likewise."""
+    y, z, labeled = data(26)
+    fn = SMOOTH_ZERO[name]
+    ignored = np.full_like(y, 255)
+    compiled = tf.function(lambda a, b, c: fn(a, b, c), jit_compile=True)
+    for yy, pw in ((ignored, None), (y, np.zeros(y.shape, np.float32))):
+        zt = tf.Variable(tf.cast(z, dtype))
+        with tf.GradientTape() as tape:
+            value = fn(yy, tf.identity(zt), labeled, pw)
+        grad = tape.gradient(value, zt)
+        assert float(value) == 0.0
+        assert grad is None or (grad.numpy() == 0).all()
+    # XLA may re-associate the class-weighted mean of ones: 0 up to float32 rounding
+    assert float(compiled(tf.constant(ignored), tf.cast(z, dtype), tf.constant(labeled))) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SMOOTH_ZERO))
+def test_smooth_zero_matches_reference_and_stays_finite_when_probabilities_underflow(name):
+    """Ordinary batch: the reference value. Logits +-60 in float16 (probabilities exp(-120) = 0 in
+    float32) with absent classes: P_c + G_c = 0 for an absent class, which scores 1 (no cost)."""
+    y, z, labeled = data(27)
+    fn = SMOOTH_ZERO[name]
+    np.testing.assert_allclose(float(fn(y, z, labeled)), SMOOTH_ZERO_REF[name](y, z, labeled), rtol=2e-5, atol=1e-6)
+    y = np.where(y == 3, 0, y)  # class 3 absent
+    z = np.where(np.eye(C, dtype=bool)[np.minimum(y, C - 1)], 60.0, -60.0)
+    zt = tf.Variable(tf.cast(z, tf.float16))
+    with tf.GradientTape() as tape:
+        value = fn(y, tf.identity(zt), labeled)
+    grad = tape.gradient(value, zt)
+    assert np.isfinite(float(value)) and np.isfinite(grad.numpy().astype(np.float32)).all()
+    if name != "exclusion_dice":  # a perfect, saturated prediction: every class scores 1
+        assert float(value) == pytest.approx(0.0, abs=1e-6)

@@ -101,6 +101,13 @@ def _pick(values, labels, num_classes: int):
     return ops.sum(ops.where(ops.one_hot(labels, num_classes) > 0, values, 0.0), axis=-1)
 
 
+def _ratio(num, den, empty: float):
+    """num / den where den > 0, ``empty`` where den == 0 (with smooth = 0: a class or an image with
+    nothing to overlap); the gradient there is 0, not NaN (the division sees a denominator of 1)."""
+    nonzero = ops.greater(den, 0.0)
+    return ops.where(nonzero, num / ops.where(nonzero, den, 1.0), empty)
+
+
 def _class_vector(values, num_classes: int, name: str):
     """values as float32 [C]; ValueError when its (static) length is not C."""
     vector = ops.convert_to_tensor(values, dtype="float32")
@@ -313,7 +320,7 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
     overlap = ops.sum(weight * probs * region, axis=(1, 2))  # [B,C]
     region_size = ops.sum(weight * region, axis=(1, 2))  # [B,1]
     size = ops.sum(weight * probs, axis=(1, 2)) + region_size
-    dice = 2.0 * overlap / (size + smooth)
+    dice = _ratio(2.0 * overlap, size + smooth, 0.0)  # nothing to overlap (smooth = 0): no overlap
     pairs = ops.reshape(unlabeled, (-1, c)) * ops.cast(region_size > 0, "float32")
     total = _global_sum(ops.sum(dice * pairs))
     num = _global_sum(ops.sum(pairs))
@@ -364,10 +371,12 @@ def dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAULT_IGNORE_IN
     """``1 - weighted mean_c (2 sum p_c g_c + s) / (sum p_c + sum g_c + s)`` over the batch.
 
     A class absent from the batch scores ``s / (sum p_c + s)``: 1 when it is not predicted
-    (no penalty), lower the more it is predicted; never NaN.
+    (no penalty), lower the more it is predicted; never NaN. With ``s = 0`` a class with
+    ``P_c + G_c = 0`` (a batch with no valid pixel, probabilities that underflow) scores 1 too,
+    with a zero gradient, so such a batch gives 0 as with ``s > 0``.
     """
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
-    dice = (2.0 * inter + smooth) / (pred + truth + smooth)
+    dice = _ratio(2.0 * inter + smooth, pred + truth + smooth, 1.0)
     return _replica_share(1.0 - _weighted_class_mean(dice, class_weights, c))
 
 
@@ -383,6 +392,7 @@ def generalized_dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAU
     weighted volumes fell below 1). Absent classes (G_c = 0, where 1 / G_c^2 is infinite) get
     the largest weight of the present classes, as MONAI's ``GeneralizedDiceLoss`` does: their
     false positives (P_c) still count in the denominator. ``class_weights`` replaces w_c.
+    With ``s = 0`` and a zero denominator (no valid pixel) the score is 1: loss 0, zero gradient.
     """
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     if class_weights is None:
@@ -393,7 +403,7 @@ def generalized_dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAU
         w = ops.stop_gradient(w)
     else:
         w = _class_vector(class_weights, c, "class_weights")
-    score = (2.0 * ops.sum(w * inter) + smooth) / (ops.sum(w * (pred + truth)) + smooth)
+    score = _ratio(2.0 * ops.sum(w * inter) + smooth, ops.sum(w * (pred + truth)) + smooth, 1.0)
     return _replica_share(1.0 - score)
 
 
@@ -404,11 +414,12 @@ def tversky_loss(y_true, logits, alpha=0.5, beta=0.5, class_weights=None, ignore
     alpha weights false positives, beta false negatives (beta > alpha favours recall).
     Note: ``keras.losses.Tversky`` in Keras 3.6 applies its ``alpha`` to false negatives
     and ``beta`` to false positives (the reverse of its docstring); ours follow the paper.
+    A zero denominator (``s = 0``, nothing in the class) scores 1, as in ``dice_loss``.
     """
     tp, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     fp = pred - tp
     fn = truth - tp
-    index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+    index = _ratio(tp + smooth, tp + alpha * fp + beta * fn + smooth, 1.0)
     return _replica_share(1.0 - _weighted_class_mean(index, class_weights, c))
 
 
