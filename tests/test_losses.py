@@ -591,3 +591,40 @@ def test_smooth_zero_matches_reference_and_stays_finite_when_probabilities_under
     assert np.isfinite(float(value)) and np.isfinite(grad.numpy().astype(np.float32)).all()
     if name != "exclusion_dice":  # a perfect, saturated prediction: every class scores 1
         assert float(value) == pytest.approx(0.0, abs=1e-6)
+
+
+EDGE = dict(CASES)
+EDGE.update({
+    "focal_gamma_zero": (lambda y, z, l: L.focal_loss(y, z, gamma=0.0, alpha=0.25), None),
+    **{f"{name}_smooth0": (lambda y, z, l, f=fn: f(y, z, l, _pw(y)), None) for name, fn in SMOOTH_ZERO.items()},
+})
+
+
+def _edge_batch(kind):
+    """Batch of one, 3x3, C = 4: all ignored / one class only / one valid pixel / background only."""
+    y = {"all_ignored": np.full((1, 3, 3), 255),
+         "one_class": np.full((1, 3, 3), 2),
+         "one_valid_pixel": np.where(np.arange(9).reshape(1, 3, 3) == 4, 1, 255),
+         "background_only": np.zeros((1, 3, 3), int)}[kind]
+    rng = np.random.default_rng(28)
+    z = rng.standard_normal((1, 3, 3, C)) * 30.0
+    z[0, 0, 0] = [60.0, -60.0, 0.0, -60.0]  # saturated: probabilities exp(-120) = 0 in float32
+    return y, tf.cast(z, tf.float16), np.array([[1, 0, 1, 0]], np.float32)
+
+
+@pytest.mark.parametrize("kind", ["all_ignored", "one_class", "one_valid_pixel", "background_only"])
+@pytest.mark.parametrize("name", sorted(EDGE))
+def test_every_loss_finite_at_the_edges(name, kind):
+    """Regression (issue 13, item 10): batch of one, float16 logits (some saturated), absent classes,
+    all-ignored batch, a single valid pixel: a float32, finite value and a finite gradient; an
+    all-ignored batch costs exactly 0."""
+    y, z, labeled = _edge_batch(kind)
+    zt = tf.Variable(z)
+    with tf.GradientTape() as tape:
+        value = EDGE[name][0](y, tf.identity(zt), labeled)
+    grad = tape.gradient(value, zt)
+    assert value.dtype == tf.float32 and np.isfinite(float(value))
+    assert grad is None or np.isfinite(grad.numpy().astype(np.float32)).all()
+    if kind == "all_ignored":
+        assert float(value) == 0.0
+        assert grad is None or (grad.numpy() == 0).all()
