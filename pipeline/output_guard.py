@@ -67,7 +67,7 @@ def check_not_inputs(folder: os.PathLike, option: str, inputs: Iterable[os.PathL
                               f"outside the inputs (nothing was written)")
 
 
-def _check_is_folder(path: Path, option: str) -> None:
+def check_is_folder(path: Path, option: str) -> None:
     """Refuse a path that is a file, or lies below a file."""
     for parent in [path, *path.parents]:
         if parent.exists() and not parent.is_dir():
@@ -101,7 +101,7 @@ def check_output_folder(
       a folder written before markers existed) or holds names matching none of ``owned``.
     """
     path = Path(folder)
-    _check_is_folder(path, option)
+    check_is_folder(path, option)
     check_not_inputs(path, option, inputs)
     if not path.is_dir() or not any(path.iterdir()):
         return False
@@ -129,7 +129,7 @@ RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     """``segbalance run``'s output directory: new, empty, or an earlier run's (True)."""
     path = Path(folder)
-    _check_is_folder(path, option)
+    check_is_folder(path, option)
     if not path.is_dir() or not any(path.iterdir()):
         return False
     if written_by(path) == "run" or (path / RUN_KEY_FILE).is_file():
@@ -143,3 +143,19 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
 
 def _sample(names: Sequence[str]) -> str:
     return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+
+def check_output_file(path: os.PathLike, option: str, is_ours) -> None:
+    """An output FILE: refuse a folder (or a path below a file), and an existing file that
+    ``is_ours(head)`` (its first 4 KB, text) does not recognise as written by segbalance."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file name, e.g. {path / 'report.html'}")
+    check_is_folder(path.parent, f"{option} {path}: its folder")
+    if path.exists():
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+        if not is_ours(head):
+            raise OutputError(f"{option} {path} exists and was not written by segbalance; choose another file name "
+                              f"(nothing was overwritten)")
+

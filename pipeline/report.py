@@ -316,12 +316,21 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
         '<p class="note">Inputs: ' + "; ".join(f"{esc(n)}: {esc(v) if v else 'not given'}" for n, v in inputs) + "</p>",
     ]
     body = head + [f'<h2 id="{s.anchor}">{esc(s.title)}</h2>\n{s.body}' for s in sections]
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{esc(title)}</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
     with open(output_html, "w", encoding="utf-8") as f:
         f.write(page)
     return output_html
+
+
+GENERATOR = '<meta name="generator" content="segbalance report">'
+
+
+def is_report(head: str) -> bool:
+    """Whether a file's first KB are a page this module wrote (pages before GENERATOR: by their title)."""
+    return GENERATOR in head or (head.startswith('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>')
+                                 and "segbalance" in head[:300])
 
 
 def add_parser(subparsers) -> None:
@@ -337,6 +346,9 @@ def _main(args) -> int:
     from segbalance.pipeline.run import quiet_library_output
 
     quiet_library_output()
+    from segbalance.pipeline.output_guard import check_output_file
+
+    check_output_file(args.output, "--output", is_report)  # never overwrite a file segbalance did not write
     try:
         path = render_report(find_sources(args.path), args.output)
     except (OSError, ValueError) as exc:  # FileNotFoundError, a folder or file in the way of --output
