@@ -118,11 +118,20 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
     try:
         check_cron(args.cron)
         if args.kfp_host:
+            if not os.path.isfile(args.package):  # before connecting: a missing file is the user's to fix first
+                raise ScheduleError(f"--package {args.package} does not exist or is not a file: run "
+                                    f"`segbalance compile-kfp --output {args.package}`")
             if client_factory is None:
                 import kfp
 
                 client_factory = kfp.Client
-            run = create_recurring_run(client_factory(host=args.kfp_host), args.package, args.cron, args.experiment,
+            try:
+                client = client_factory(host=args.kfp_host)
+            except Exception as exc:  # kfp.Client checks the host at once: urllib3/requests errors
+                reason = " ".join(str(exc).split())[:200]
+                raise ScheduleError(f"--kfp-host {args.kfp_host}: cannot connect to Kubeflow Pipelines "
+                                    f"({type(exc).__name__}: {reason}); check the URL and your access") from exc
+            run = create_recurring_run(client, args.package, args.cron, args.experiment,
                                        args.job_name, args.pipeline_root)
             print(f"schedule: recurring run created on {args.kfp_host}: {getattr(run, 'recurring_run_id', run)}")
             return 0

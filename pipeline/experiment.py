@@ -316,8 +316,12 @@ def _main(args) -> int:
     from segbalance.pipeline.run import quiet_library_output
 
     quiet_library_output()
+    from segbalance.pipeline.output_guard import check_is_folder
+
     output = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else output / "_work"
+    check_is_folder(output, "--output")  # a file there: one line now, not a traceback after the first training
+    check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
     report = run_experiment(output, Plan.quick() if args.quick else Plan(), work)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
