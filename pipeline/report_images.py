@@ -196,8 +196,10 @@ def load_records(patterns: Iterable[str], wanted: Iterable[str]) -> Tuple[Dict[s
                 name = record.source_id or f"sha1:{hashlib.sha1(serialized).hexdigest()[:16]}"
                 if name in wanted and name not in found:
                     found[name] = (record.image_bytes, record.mask_bytes)
+                    if len(found) == len(wanted):
+                        break
         except (OSError, ValueError, EOFError) as exc:
-            problems.append(f"{path}: {exc}")
+            problems.append(str(exc) if str(exc).startswith(path) else f"{path}: {exc}")
     return found, problems
 
 

@@ -429,3 +429,41 @@ def test_span_history_from_ml_metadata_lineage(tmp_path):
     del store
     assert span_history_from_metadata(str(tmp_path / "metadata.sqlite")) == [
         SpanStats(1, first, "ok", "block"), SpanStats(2, two, "blocked", "block"), SpanStats(3, three, None, None)]
+
+
+def test_record_reader_matches_tensorflow_and_names_a_truncated_file(tmp_path):
+    import hashlib
+
+    import tensorflow as tf
+
+    from segbalance.pipeline import report_images
+
+    records = [b"first", b"", b"x" * 70000]
+    for name, options in (("plain.tfrecord", None), ("zipped.gz", "GZIP")):
+        with tf.io.TFRecordWriter(str(tmp_path / name), options=options) as writer:
+            for r in records:
+                writer.write(r)
+        assert list(report_images.iter_tfrecords(str(tmp_path / name))) == records
+    data = (tmp_path / "plain.tfrecord").read_bytes()
+    (tmp_path / "cut.tfrecord").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"cut.tfrecord: truncated in record 2"):
+        list(report_images.iter_tfrecords(str(tmp_path / "cut.tfrecord")))
+    # load_records: by source_id, by ClassStats' sha1 name for a record without one, problems named
+    from segbalance.trainer import example_codec as codec
+
+    anonymous = codec.build_example(b"img", b"mask", "", 1, 1).SerializeToString()
+    named = codec.build_example(b"a", b"b", "n1", 1, 1).SerializeToString()
+    with tf.io.TFRecordWriter(str(tmp_path / "ex.tfrecord")) as writer:
+        for r in (named, b"not an example", anonymous):
+            writer.write(r)
+    sha = f"sha1:{hashlib.sha1(anonymous).hexdigest()[:16]}"
+    found, problems = report_images.load_records([str(tmp_path / "ex.tfrecord"), str(tmp_path / "cut.tfrecord")],
+                                                 {"n1", sha, "absent"})
+    assert found == {"n1": (b"a", b"b"), sha: (b"img", b"mask")}
+    assert problems == [f"{tmp_path / 'cut.tfrecord'}: truncated in record 2"]
+    found, problems = report_images.load_records([str(tmp_path / "moved" / "*")], {"n1"})
+    assert found == {} and "no file matches" in problems[0]
+    # the sample is fixed by the seed, not by the order of the ids
+    ids = [f"i{k}" for k in range(50)]
+    assert report_images.sample(ids, 8, 3) == report_images.sample(ids[::-1], 8, 3)
+    assert len(set(report_images.sample(ids, 8, 3))) == 8 and report_images.sample(ids[:5], 8, 3) == ids[:5]
