@@ -1,0 +1,220 @@
+"""Every `segbalance` sub-command under bad input: exit code 2, ONE line on stderr that names the
+input, no Python traceback (issue 13, "Done when" 2). `--debug` adds the traceback.
+
+Most cases call `cli.main` in-process (fast); two run the installed command in a subprocess, where
+library start-up output (TensorFlow, Beam, google-api-core warnings) would show too.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbalance.pipeline import cli
+
+SEGBALANCE = os.path.join(os.path.dirname(sys.executable), "segbalance")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace of good and bad inputs; tests must not change it (checked at the end)."""
+    root = tmp_path_factory.mktemp("cli_errors")
+    (root / "afile.txt").write_text("not a folder, not a TFRecord\n")
+    (root / "emptydir").mkdir()
+    (root / "bad.yaml").write_text("training: [1\n")
+    (root / "bad.json").write_text('{"img0": [0, 1')
+    (root / "user").mkdir()  # somebody's folder: never written into
+    (root / "user" / "notes.txt").write_text("mine\n")
+    (root / "report.txt").write_text("my own notes, not a report\n")
+    data = root / "data"  # a valid images/masks pair
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "images" / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "masks" / "a.png")
+    (data / "classes.json").write_text(json.dumps({"class_names": ["bg", "fg"]}))
+    bad_labeled = root / "bad_labeled"  # good pairs, labeled.json with a syntax error
+    for sub in ("images", "masks"):
+        (bad_labeled / sub).mkdir(parents=True)
+        (bad_labeled / sub / "a.png").write_bytes((data / sub / "a.png").read_bytes())
+    (bad_labeled / "labeled.json").write_text('{"a": [0, 1],\n "b": [0 1]}')
+    (root / "masks_is_file").mkdir()
+    (root / "masks_is_file" / "images").mkdir()
+    (root / "masks_is_file" / "masks").write_text("x")
+    return root
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _cases():
+    """(id, argv with {w} for the workspace, text the one line must contain)."""
+    return [
+        # sample-data
+        ("sample-data output is a file", ["sample-data", "shapes", "--output", "{w}/afile.txt"], "{w}/afile.txt"),
+        ("sample-data output below a file", ["sample-data", "shapes", "--output", "{w}/afile.txt/x"], "{w}/afile.txt"),
+        ("sample-data output is a user's folder", ["sample-data", "shapes", "--output", "{w}/user"], "{w}/user"),
+        ("sample-data num-images 0", ["sample-data", "shapes", "--output", "{w}/new", "--num-images", "0"],
+         "--num-images"),
+        ("sample-data size not a number", ["sample-data", "shapes", "--output", "{w}/new", "--size", "big"], "--size"),
+        ("sample-data unknown kind", ["sample-data", "cats", "--output", "{w}/new"], "'cats'"),
+        ("sample-data no output", ["sample-data", "shapes"], "--output"),
+        # ingest
+        ("ingest missing images folder", ["ingest", "{w}/nope", "{w}/data/masks", "--output", "{w}/new"], "{w}/nope"),
+        ("ingest images folder is a file", ["ingest", "{w}/afile.txt", "{w}/data/masks", "--output", "{w}/new"],
+         "{w}/afile.txt"),
+        ("ingest empty folders", ["ingest", "{w}/emptydir", "{w}/emptydir", "--output", "{w}/new"], "{w}/emptydir"),
+        ("ingest output is a file", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/afile.txt"],
+         "{w}/afile.txt"),
+        ("ingest output holds the inputs", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/data",
+                                            "--overwrite"], "{w}/data"),
+        ("ingest output is a user's folder", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/user",
+                                              "--overwrite"], "{w}/user"),
+        ("ingest labeled missing", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                    "--labeled", "{w}/nope.json"], "{w}/nope.json"),
+        ("ingest labeled is a folder", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                        "--labeled", "{w}/emptydir"], "{w}/emptydir"),
+        ("ingest labeled syntax", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                   "--labeled", "{w}/bad.json"], "{w}/bad.json"),
+        ("ingest palette not JSON", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                     "--palette", "{w}/afile.txt"], "{w}/afile.txt"),
+        ("ingest num-classes 0", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                  "--num-classes", "0"], "--num-classes"),
+        ("ingest num-classes not a number", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                             "--num-classes", "three"], "--num-classes"),
+        ("ingest shards 0", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new", "--shards", "0"],
+         "--shards"),
+        ("ingest span -1", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new", "--span", "-1"],
+         "--span"),
+        ("ingest ignore-index 300", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                     "--ignore-index", "300"], "--ignore-index"),
+        # stats
+        ("stats no file matches", ["stats", "{w}/nope/data-*", "--num-classes", "2", "--output", "{w}/new"],
+         "{w}/nope/data-*"),
+        ("stats input is not a TFRecord", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new"],
+         "{w}/afile.txt"),
+        ("stats input is a folder", ["stats", "{w}/emptydir", "--num-classes", "2", "--output", "{w}/new"],
+         "{w}/emptydir"),
+        ("stats output is a file", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/afile.txt"],
+         "{w}/afile.txt"),
+        ("stats num-classes 0", ["stats", "{w}/afile.txt", "--num-classes", "0", "--output", "{w}/new"],
+         "num_classes"),
+        ("stats weight-clip", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new",
+                               "--weight-clip", "1"], "--weight-clip"),
+        # report
+        ("report missing input", ["report", "{w}/nope", "--output", "{w}/new.html"], "{w}/nope"),
+        ("report input is a file", ["report", "{w}/afile.txt", "--output", "{w}/new.html"], "{w}/afile.txt"),
+        ("report input is empty", ["report", "{w}/emptydir", "--output", "{w}/new.html"], "{w}/emptydir"),
+        ("report output is a folder", ["report", "{w}/emptydir", "--output", "{w}/user"], "{w}/user"),
+        ("report output is a user's file", ["report", "{w}/emptydir", "--output", "{w}/report.txt"],
+         "{w}/report.txt"),
+        # run (errors found before the pipeline starts)
+        ("run config missing", ["run", "--config", "{w}/nope.yaml"], "{w}/nope.yaml"),
+        ("run config is a folder", ["run", "--config", "{w}/emptydir"], "{w}/emptydir"),
+        ("run config syntax", ["run", "--config", "{w}/bad.yaml"], "{w}/bad.yaml"),
+        ("run data missing", ["run", "--data", "{w}/nope", "--output-dir", "{w}/new"], "{w}/nope"),
+        ("run data is a file", ["run", "--data", "{w}/afile.txt", "--output-dir", "{w}/new"], "{w}/afile.txt"),
+        ("run data is empty", ["run", "--data", "{w}/emptydir", "--output-dir", "{w}/new"], "{w}/emptydir"),
+        ("run data masks is a file", ["run", "--data", "{w}/masks_is_file", "--output-dir", "{w}/new"],
+         "{w}/masks_is_file"),
+        ("run labeled.json syntax", ["run", "--data", "{w}/bad_labeled", "--output-dir", "{w}/new"],
+         "{w}/bad_labeled/labeled.json is not valid JSON: Expecting ',' delimiter at line 2, column 10"),
+        ("run output is a file", ["run", "--data", "{w}/data", "--output-dir", "{w}/afile.txt"], "{w}/afile.txt"),
+        ("run output is a user's folder", ["run", "--data", "{w}/data", "--output-dir", "{w}/user"], "{w}/user"),
+        # experiment (refused before any training)
+        ("experiment output is a file", ["experiment", "--output", "{w}/afile.txt"], "{w}/afile.txt"),
+        ("experiment work-dir below a file", ["experiment", "--output", "{w}/new", "--work-dir", "{w}/afile.txt/w"],
+         "{w}/afile.txt"),
+        # compile-kfp
+        ("compile-kfp output is a folder", ["compile-kfp", "--output", "{w}/emptydir", "--image", "r/s:1",
+                                            "--pipeline-root", "gs://b/r"], "{w}/emptydir"),
+        ("compile-kfp output is a user's file", ["compile-kfp", "--output", "{w}/report.txt", "--image", "r/s:1",
+                                                 "--pipeline-root", "gs://b/r"], "{w}/report.txt"),
+        ("compile-kfp config missing", ["compile-kfp", "--output", "{w}/new.json", "--config", "{w}/nope.yaml"],
+         "{w}/nope.yaml"),
+        ("compile-kfp span not a number", ["compile-kfp", "--output", "{w}/new.json", "--span", "last"], "--span"),
+        # schedule
+        ("schedule cron", ["schedule", "--cron", "every monday"], "every monday"),
+        ("schedule cron field", ["schedule", "--cron", "0 25 * * 1"], "0 25 * * 1"),
+        ("schedule package missing", ["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://127.0.0.1:9",
+                                      "--package", "{w}/nope.json"], "{w}/nope.json"),
+        ("schedule host unreachable", ["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://127.0.0.1:9",
+                                       "--package", "{w}/afile.txt"], "http://127.0.0.1:9"),
+    ] + _config_cases()
+
+
+def _config_cases():
+    """`segbalance config` when helper "config" has registered it."""
+    if "segbalance.pipeline.config" not in cli.COMMAND_MODULES and "segbalance.pipeline.config_cmd" not in \
+            cli.COMMAND_MODULES:
+        return []
+    return [("config file missing", ["config", "{w}/nope.yaml"], "{w}/nope.yaml")]
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("argv, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(ws, argv, names, capsys):
+    argv = [a.format(w=ws) for a in argv]
+    before = _snapshot(ws)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert re.match(rf"segbalance {argv[0]}: (config )?error: ", lines[0]), lines[0]
+    assert names.format(w=ws) in lines[0], lines[0]
+    assert _snapshot(ws) == before, "a refused command changed the workspace"
+
+
+def test_every_command_is_walked():
+    walked = {c[1][0] for c in CASES}
+    parser = cli.build_parser()
+    commands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    assert commands <= walked, sorted(commands - walked)
+
+
+def _subprocess(*argv):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    return subprocess.run([SEGBALANCE, *argv], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_installed_command_prints_exactly_one_line(ws):
+    """Through the installed entry point: nothing but the line on stderr (library start-up output
+    included: `stats` imports Beam, which printed four google-api-core FutureWarnings)."""
+    result = _subprocess("ingest", f"{ws}/data/images", f"{ws}/data/masks", "--output", f"{ws}/data", "--overwrite")
+    assert result.returncode == 2
+    assert result.stderr == (f"segbalance ingest: error: --output {ws}/data contains the input folder "
+                             f"{ws}/data/images: choose an output folder outside the inputs (nothing was written)\n")
+    result = _subprocess("stats", f"{ws}/nope/data-*", "--num-classes", "2", "--output", f"{ws}/new")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("segbalance stats: error: "), result.stderr
+
+
+def test_debug_shows_the_traceback(ws, capsys):
+    assert cli.main(["--debug", "ingest", f"{ws}/nope", f"{ws}/data/masks", "--output", f"{ws}/new"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "IngestError" in err
+    assert err.strip().splitlines()[-1] == f"segbalance ingest: error: image folder {ws}/nope does not exist or is " \
+                                           f"not a folder"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only user errors are shortened: anything else propagates (a bug must be visible)."""
+    from segbalance.pipeline import sample_data
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(sample_data, "write_sample_data", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["sample-data", "shapes", "--output", "x"])
