@@ -1,4 +1,5 @@
 """The whole DAG on tiny data with LocalDagRunner: artifacts, blessing, push, cache, crash."""
+import importlib.util
 import json
 import os
 import signal
@@ -51,9 +52,32 @@ def test_first_run_produces_every_artifact(first_run):
     tmp_path, _, result = first_run
     out = tmp_path / "out"
     summary = json.loads((out / "run_summary.json").read_text())
-    # One progress line per component as it starts and ends.
+    # One progress line per component as it starts and ends; a resolver: one line when it is done.
     for node in component_ids():
-        assert f"{node}: started" in result.stdout and f"{node}: done" in result.stdout, node
+        if node.endswith("_resolver"):
+            assert f"{node}: started" not in result.stdout, node
+        else:
+            assert f"{node}: started" in result.stdout and f"{node}: done" in result.stdout, node
+    assert "latest_blessed_model_resolver: done" in result.stdout
+    # A clean first run: the ClassStats resolver finds nothing and says so in one line (issue 13 item 9) ...
+    assert "] latest_class_stats_resolver: no earlier ClassStats (first run)\n" in result.stdout
+    console = result.stdout + result.stderr
+    for library_line in ("Traceback", "InputResolutionError", "Input resolution error", "python-snappy",
+                         "op_level_cost_estimator", "absl::InitializeLog", "W0000", "WARNING"):
+        assert library_line not in console, library_line
+    # ... and the library output is in the run's log file, named at the end of the console output
+    log = Path(summary["log"])
+    assert log.parent == out / "logs" and log.is_file() and f"log:              {log}" in result.stdout
+    text = log.read_text()
+    assert "InputResolutionError" in text and "Traceback" in text  # TFX's resolver traceback, kept in the log
+    if importlib.util.find_spec("snappy") is None:
+        assert "Couldn't find python-snappy" in text  # Beam's warning, written when ExampleGen writes records
+    assert "] SegTrainer: started" in text  # the progress lines too, so the log reads in order
+    # What ExampleGen read, from ML Metadata: the sample data's one span, all its records.
+    ingested = json.loads((out / "data" / "Span-0" / "ingest_report.json").read_text())["num_written"]
+    assert summary["data"]["spans"] == [0] and summary["data"]["records"] == {"0": ingested}
+    assert summary["data"]["files_unchanged"] and summary["data"]["examples"].startswith(str(out / "pipeline_root"))
+    assert f"data:             span 0 of {out / 'data'} ({ingested} records)" in result.stdout
     stats = json.loads((Path(summary["class_stats"]) / "class_stats.json").read_text())
     assert stats["num_classes"] == 4 and stats["num_records"] > 0
     assert set(stats["weights"]) >= {"inverse_frequency", "median_frequency", "enet", "effective_number"}
@@ -99,7 +123,7 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "segbalance.pipeline.cli", "run", "--config", str(config_path),
-                             "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--output-dir", str(out), "--verbose"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True)
     deadline = time.time() + 400
     seen = []
@@ -111,6 +135,11 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert any("SegTrainer: started" in s for s in seen), "".join(seen[-50:])
+    # --verbose: the library output is on the console (this is a first run: TFX's resolver traceback)
+    shown = "".join(seen)
+    assert "Input resolution error" in shown and "InputResolutionError" in shown
+    if importlib.util.find_spec("snappy") is None:
+        assert "Couldn't find python-snappy" in shown
     stats_dir = run_summary.latest_artifact(run_summary.open_store(str(out / "metadata.sqlite")),
                                             "segbalance.ClassStats").uri
     stats_before = (Path(stats_dir) / "class_stats.json").read_bytes()
