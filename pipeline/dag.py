@@ -142,7 +142,7 @@ def create_pipeline(
                 filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
     components += [transform, model_resolver, trainer, evaluator, pusher]
     if with_report:
-        from segbalance.components.data_report import DataReport
+        from segbalance.pipeline.report_component import DataReport
 
         report_kwargs = {}
         if drift_gate is not None:

@@ -343,9 +343,7 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from segbalance.pipeline.run import quiet_library_output
-
-    quiet_library_output()
+    # (cli.quiet_third_party keeps third-party start-up output quiet for every command)
     from segbalance.pipeline.output_guard import check_output_file
 
     check_output_file(args.output, "--output", is_report)  # never overwrite a file segbalance did not write

@@ -1,5 +1,8 @@
 """DataReport: the offline HTML report (pipeline/report.py) as a TFX component.
 
+It lives in the pipeline layer (not components/) because it renders with pipeline/report.py:
+imports flow one way, pipeline -> components (``python -m segbalance.pipeline.import_layers``).
+
 Inputs: ``statistics`` (ExampleStatistics), ``anomalies`` (ExampleAnomalies),
 ``class_stats`` (ClassStats), optional ``evaluation`` (ModelEvaluation of SegEvaluator),
 ``drift`` (DriftReport) and ``model_run`` (SegTrainer's ModelRun: training curves). With the

@@ -30,7 +30,7 @@ _EXPORTS: Dict[str, str] = {
     "ClassDistributionValidator": "segbalance.components.class_distribution_validator",
     "SegTrainer": "segbalance.components.seg_trainer",
     "SegEvaluator": "segbalance.components.seg_evaluator",
-    "DataReport": "segbalance.components.data_report",
+    "DataReport": "segbalance.pipeline.report_component",
     # losses
     "SegmentationLoss": "segbalance.trainer.segmentation_loss",
     "weighted_cross_entropy": "segbalance.trainer.losses",
