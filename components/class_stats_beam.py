@@ -73,6 +73,7 @@ MODE_NAMES = {"1": "1-bit", "LA": "grey + alpha", "PA": "palette + alpha", "RGB"
 KINDS = ("not_an_example", "no_mask", "bad_mask", "mask_ids", "labeled_ids", "no_image", "bad_image",
          "size_mismatch")
 MAX_BATCH = 64  # records per tfx_bsl decode call
+LOG = logging.getLogger("segbalance.class_stats")  # per-record lines (quarantine, progress)
 
 
 class ClassStatsError(UserError):
@@ -160,12 +161,19 @@ class ReadTFRecordFileFn(beam.DoFn):
                 for record in iter_tfrecords(handle):
                     yield record
         except TFRecordFileError as exc:
-            yield beam.pvalue.TaggedOutput(BAD_FILE, {"path": path, "reason": str(exc)})
+            fix = ("gzip-compressed TFRecords must end in .gz" if not path.endswith(".gz") else
+                   "replace it with a complete copy") if "not a TFRecord" in str(exc) else \
+                "replace it with a complete copy (or remove it)"
+            yield beam.pvalue.TaggedOutput(BAD_FILE, {"path": path, "reason": str(exc), "fix": fix})
         except (OSError, EOFError, zlib.error) as exc:  # gzip: not gzip data, or cut short
-            gz = path.endswith(".gz")
-            reason = (f"cannot be read as a gzip file ({exc}): a .gz name means gzip-compressed TFRecords; "
-                      f"rename the file if it is not compressed" if gz else f"cannot be read ({exc})")
-            yield beam.pvalue.TaggedOutput(BAD_FILE, {"path": path, "reason": reason})
+            if path.endswith(".gz") and isinstance(exc, EOFError):
+                reason, fix = f"gzip data cut short ({exc})", "replace it with a complete copy (or remove it)"
+            elif path.endswith(".gz"):
+                reason, fix = (f"not gzip data ({exc})", "a .gz name means gzip-compressed TFRecords: rename the "
+                                                         "file if it is not compressed, or remove it")
+            else:
+                reason, fix = f"cannot be read ({exc})", "check the file"
+            yield beam.pvalue.TaggedOutput(BAD_FILE, {"path": path, "reason": reason, "fix": fix})
 
 
 def match_files(pattern: str) -> List[str]:
@@ -398,13 +406,13 @@ class BatchStatsFn(beam.DoFn):
             self.records.inc()
             if isinstance(out, beam.pvalue.TaggedOutput):
                 self.quarantined.inc()
-                logging.warning("ClassStats: quarantined %s (split %s): %s", out.value["source_id"], self.split,
-                                out.value["reason"])
+                LOG.warning("ClassStats: quarantined %s (split %s): %s", out.value["source_id"], self.split,
+                            out.value["reason"])
             elif self.keep:
                 yield beam.pvalue.TaggedOutput(KEPT, serialized)
             self._seen += 1
             if self._seen % self.log_every == 0:
-                logging.info("ClassStats: %d records of split %s read by this worker", self._seen, self.split)
+                LOG.info("ClassStats: %d records of split %s read by this worker", self._seen, self.split)
             yield out
 
 
@@ -592,20 +600,22 @@ def _delete(paths: Iterable[str]) -> None:
 
 
 def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], splits: List[str],
-             checked_splits: Optional[List[str]] = None) -> dict:
+             checked_splits: Optional[List[str]] = None, checked_inputs: Optional[List[str]] = None) -> dict:
     """Turns the Beam totals into ``class_stats.json`` (adds weights); returns its content.
 
-    ``splits``: the counted splits; ``checked_splits``: every split checked (default ``splits``).
+    ``splits``/``inputs``: the counted splits and their file patterns; ``checked_splits``/
+    ``checked_inputs``: every split checked and its pattern (default: the counted ones).
     """
     totals_path = FileSystems.join(output_dir, TOTALS_FILE)
     totals = json.loads(_read_text(totals_path))
     _delete([totals_path])
+    inputs = list(inputs)
     where = ", ".join(inputs)
     if totals["bad_files"]:
         bad = totals["bad_files"]
         remove_previous_output(output_dir)  # nothing half-written stays behind
         more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
-        raise ClassStatsError(f"{bad[0]['path']}: {bad[0]['reason']}{more}; remove or replace the file")
+        raise ClassStatsError(f"{bad[0]['path']}: {bad[0]['reason']}{more}: {bad[0]['fix']}")
     split_counts = totals["split_counts"]
     quarantined = sum(split_counts[s]["quarantined"] for s in splits)
     if totals["num_records"] == 0:
@@ -634,6 +644,7 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
         "quarantined_records": quarantined,  # quarantined records of the counted splits
         # every checked split: records read, kept (passed on downstream), quarantined (per kind)
         "checked_splits": list(checked_splits or splits),
+        "checked_inputs": list(checked_inputs or inputs),
         "split_counts": split_counts,
         "zero_count_classes": zero,
         "zero_count_note": (f"classes {zero} have no pixels: their weights are set to "
@@ -706,7 +717,8 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
     unknown = [s for s in count_splits if s not in file_patterns]
     if unknown:
         raise ValueError(f"count_splits {unknown} not among the splits {sorted(file_patterns)}")
-    if not FileSystems.exists(output_dir):
+    created = not FileSystems.exists(output_dir)
+    if created:
         FileSystems.mkdirs(output_dir)
     remove_previous_output(output_dir)
     if pipeline is None:
@@ -722,15 +734,18 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
     try:
         result = pipeline.run()
         result.wait_until_finish()
+        counters = _counters(result)
+        logging.info("ClassStats: Beam job done in %.1f s (%s)", time.monotonic() - start,
+                     ", ".join(f"{k} {v}" for k, v in counters.items()) or "no counters from this runner")
+        inputs = [file_patterns[s] for s in sorted(file_patterns) if s in count_splits]
+        return finalize(output_dir, options, inputs, count_splits, sorted(file_patterns),
+                        [file_patterns[s] for s in sorted(file_patterns)])
     except BaseException:
         for temp in sorted(_beam_temp_dirs(write_dirs) - temp_before):  # the sinks' leftovers of this run
             _remove_tree(temp)
+        if created and "://" not in output_dir and os.path.isdir(output_dir) and not os.listdir(output_dir):
+            os.rmdir(output_dir)  # a folder this call made and left empty
         raise
-    counters = _counters(result)
-    logging.info("ClassStats: Beam job done in %.1f s (%s)", time.monotonic() - start,
-                 ", ".join(f"{k} {v}" for k, v in counters.items()) or "no counters from this runner")
-    inputs = [file_patterns[s] for s in sorted(file_patterns) if s in count_splits]
-    return finalize(output_dir, options, inputs, count_splits, sorted(file_patterns))
 
 
 def _counters(result) -> Dict[str, int]:

@@ -142,6 +142,11 @@ def classes_sections(stats: dict) -> List[Section]:
         table(["class", "pixels", "pixel frequency", "images", "image frequency", "images where missing"], rows),
         charts.frequency_bars(names, pixel_freq, image_freq),
     ]
+    if stats.get("split_counts"):  # ClassStatsGen checks every split; only kept records go downstream
+        body.insert(1, "<p>Records per split (read / passed on to training and evaluation / quarantined): "
+                       + ", ".join(f"{esc(s)} {c['read']} / {c['kept']} / {c['quarantined']}"
+                                   for s, c in stats["split_counts"].items())
+                       + f"; counted for the statistics: {esc(', '.join(stats.get('splits', [])))}.</p>")
     if zero:
         body.insert(0, f'<p class="bad">Classes with no pixels: {esc(", ".join(zero))}. '
                        f'{esc(stats.get("zero_count_note", ""))}</p>')
@@ -258,8 +263,10 @@ def _load_json(path: str) -> dict:
 
 
 def read_stats(class_stats_dir: str) -> dict:
+    from segbalance.trainer.class_stats_io import check_class_stats
+
     path = os.path.join(class_stats_dir, STATS_FILE)
-    stats = _load_json(path)
+    stats = check_class_stats(_load_json(path), path)  # types of hand-edited values: one line naming the key
     absent = [k for k in REQUIRED_KEYS if k not in stats]
     if absent:
         raise ValueError(f"{path} lacks {', '.join(absent)}: is it written by ClassStatsGen / `segbalance stats`?")

@@ -32,13 +32,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--weight-clip", metavar="MIN,MAX", help="clip the weights to [MIN, MAX] (then normalise)")
     parser.add_argument("--zero-count-weight", type=float, default=0.0,
                         help="weight of classes with no pixel (default 0)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log each quarantined record as it is found (they are all in DIR/quarantine.jsonl)")
     parser.add_argument("--beam-args", default="--direct_running_mode=in_memory --direct_num_workers=1",
                         help="Beam pipeline options, quoted (e.g. '--runner=DataflowRunner --project=...')")
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    from segbalance.components.class_stats_beam import ClassStatsError, StatsOptions, run_class_stats
+    import logging
+
+    from segbalance.components.class_stats_beam import LOG, ClassStatsError, StatsOptions, run_class_stats
+
+    if not args.verbose:  # errors stay one line; the quarantine is summarised below and listed in the file
+        LOG.setLevel(logging.ERROR)
     from segbalance.pipeline.output_guard import check_is_folder
 
     if "://" not in args.output:  # the job deletes and writes only its own files there (remove_previous_output)

@@ -78,8 +78,8 @@ def numpy_present_image_pixels(good, ignore=255):
     return totals
 
 
-def write_tfrecord(path, records):
-    with tf.io.TFRecordWriter(str(path)) as writer:
+def write_tfrecord(path, records, compression=None):
+    with tf.io.TFRecordWriter(str(path), compression) as writer:
         for r in records:
             writer.write(r)
 

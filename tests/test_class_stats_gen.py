@@ -167,6 +167,13 @@ def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, c
         "eval": {"read": len(good_by_split["eval"]) + 1, "kept": len(good_by_split["eval"]), "quarantined": 1,
                  "quarantined_by_kind": {"bad_mask": 1}}}
     assert stats["num_records"] == len(good_by_split["train"]) and stats["quarantined_records"] == 2
+    assert [p.split("/Split-")[1] for p in stats["checked_inputs"]] == ["eval/*", "train/*"]
+    from segbalance.pipeline.report import classes_sections  # the report says how many were left out
+
+    counts = stats["split_counts"]
+    body = classes_sections(stats)[0].body
+    assert f"train {counts['train']['read']} / {counts['train']['kept']} / 2" in body
+    assert f"eval {counts['eval']['read']} / {counts['eval']['kept']} / 1" in body
     quarantine = {q["source_id"]: q for q in read_quarantine(stats_uri)}
     assert set(quarantine) == set(bad)
     by_kind = {q["kind"]: q for q in quarantine.values()}

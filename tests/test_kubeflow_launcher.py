@@ -42,7 +42,7 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
         "num_records": 10, "images_with_missing": 0}))
     resolved = {"latest_class_stats_resolver": {"class_stats": {
         "name": "previous", "uri": str(previous), "metadata": {},
-        "type": {"instanceSchema": "title: components.ClassStats\ntype: object\n"}}}}
+        "type": {"instanceSchema": "title: segbalance.ClassStats\ntype: object\n"}}}}
     with pytest.raises(ValueError, match="runs no container"):
         local_launcher.run_compiled_tasks(str(spec_path), ["latest_class_stats_resolver"], str(tmp_path / "r"))
     produced = local_launcher.run_compiled_tasks(

@@ -1,4 +1,9 @@
 """`segbalance stats`: same numbers as the Beam job in memory, with 2 worker processes, errors."""
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -152,3 +157,98 @@ def test_labeled_policy_flag(stats_run, tmp_path, policy):
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
                      "--labeled-policy", policy]) == 0
     _assert_matches_numpy(tmp_path / "o", good, policy=policy)
+
+
+# --------------------------------------------------------------------------- bad files: one line, exit 2
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in err and not re.search(r"[0-9a-f]{24}", err), err  # no traceback, no hex dump
+    return lines[0]
+
+
+def test_plain_file_named_gz_is_one_line(tmp_path, capsys):
+    (tmp_path / "x.gz").write_text("not compressed at all\n")
+    assert cli.main(["stats", str(tmp_path / "x.gz"), "--num-classes", "4", "--output", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"segbalance stats: error: {tmp_path / 'x.gz'}: not gzip data")
+    assert "rename the file if it is not compressed" in line
+    assert not (tmp_path / "o").exists()  # the folder this run would have made is not left behind
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_truncated_tfrecord_names_the_file(tmp_path, capsys, compression):
+    records, _ = make_records(n=6)
+    suffix = ".gz" if compression else ""
+    write_tfrecord(tmp_path / f"data-0.tfrecord{suffix}", records[:5], compression)
+    cut = tmp_path / f"data-1.tfrecord{suffix}"
+    write_tfrecord(cut, records[5:], compression)
+    cut.write_bytes(cut.read_bytes()[:-30])
+    out = tmp_path / "out"
+    assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"error: {cut}: " in line and ("truncated" in line or "cut short" in line), line
+    assert "replace it with a complete copy" in line
+    assert not out.exists()
+
+
+@pytest.mark.slow  # a fresh `segbalance` process: what a user sees on stderr, Beam's own logging included
+def test_truncated_tfrecord_from_the_command_line_leaves_nothing_behind(tmp_path):
+    records, _ = make_records(n=6)
+    write_tfrecord(tmp_path / "data-0.tfrecord", records[:5])
+    cut = tmp_path / "data-1.tfrecord"
+    write_tfrecord(cut, records[5:])
+    cut.write_bytes(cut.read_bytes()[:-30])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("not ours")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "segbalance"), "stats",
+                             str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    line = _one_error_line(result.stderr)
+    last = len(records[5:]) - 1  # the cut hits the file's last record
+    assert line.startswith(f"segbalance stats: error: {cut}: truncated: record {last} "), line
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no beam-temp-*, no half-written layout
+
+
+def test_not_a_tfrecord_file(tmp_path, capsys):
+    (tmp_path / "data-0").write_text("hello, I am a text file\n")
+    assert cli.main(["stats", str(tmp_path / "data-0"), "--num-classes", "4", "--output", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'data-0'}: not a TFRecord file" in line
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("pixel_counts", ["12", "3", "4", "0"], "pixel_counts must be a list of non-negative integers"),
+    ("num_records", "10", "num_records must be a non-negative integer"),
+    ("weights", {"enet": [1.0, 2.0]}, "the per-class entries disagree on the number of classes"),
+    ("class_names", "bg,a,b,never", "class_names must be a list of strings"),
+])
+def test_hand_edited_class_stats_json_is_one_line(stats_run, tmp_path, capsys, key, value, message):
+    import json
+    import shutil
+
+    src, _, _ = stats_run
+    edited = tmp_path / "edited"
+    shutil.copytree(src / "out", edited)
+    path = edited / "class_stats.json"
+    stats = json.loads(path.read_text())
+    stats[key] = value
+    path.write_text(json.dumps(stats))
+    assert cli.main(["report", str(edited), "--output", str(tmp_path / "r.html")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{path}: {message}" in line and "regenerate it (`segbalance stats`" in line, line
+    assert not (tmp_path / "r.html").exists()
+    with pytest.raises(class_stats_io.ClassStatsFileError, match=message):  # every reader: trainer, drift gate
+        class_stats_io.read_class_stats(str(edited))
+
+
+def test_class_stats_json_that_is_not_json(stats_run, tmp_path):
+    import shutil
+
+    src, _, _ = stats_run
+    shutil.copytree(src / "out", tmp_path / "edited")
+    (tmp_path / "edited" / "class_stats.json").write_text('{"pixel_counts": [1, 2,}')
+    with pytest.raises(class_stats_io.ClassStatsFileError, match=r"class_stats.json is not valid JSON .*regenerate"):
+        class_stats_io.read_class_stats(str(tmp_path / "edited"))

@@ -5,18 +5,90 @@ import json
 import os
 from typing import Dict, List
 
-from segbalance.contract import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE
+from segbalance.contract import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE, UserError
+
+FIX = "the file was edited by hand or is damaged: regenerate it (`segbalance stats`, or rerun ClassStatsGen)"
+
+
+class ClassStatsFileError(UserError, ValueError):
+    """A class_stats.json that is not valid JSON or has a value of the wrong type."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _counts(v) -> bool:
+    return isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+
+
+_CHECKS = {  # key -> (test, what it must be); keys are checked when present
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "ignore_index": (_is_int, "an integer"),
+    "labeled_policy": (lambda v: v in ("complete", "partial"), "'complete' or 'partial'"),
+    "splits": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of split names"),
+    "checked_splits": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of split names"),
+    "zero_count_classes": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of class ids"),
+    "suspect_threshold": (_is_number, "a number"),
+    "cooccurrence": (lambda v: isinstance(v, list) and all(_counts(r) for r in v),
+                     "a list of lists of non-negative integers"),
+    "weights": (lambda v: isinstance(v, dict) and all(isinstance(w, list) and all(_is_number(x) for x in w)
+                                                      for w in v.values()), "a mapping of scheme to a list of numbers"),
+    "split_counts": (lambda v: isinstance(v, dict) and all(
+        isinstance(c, dict) and all(_is_int(c.get(k, 0)) and c.get(k, 0) >= 0 for k in ("read", "kept", "quarantined"))
+        for c in v.values()), "a mapping of split to read/kept/quarantined counts"),
+}
+for _key in ("pixel_counts", "image_counts", "present_image_pixels", "missing_image_counts"):
+    _CHECKS[_key] = (_counts, "a list of non-negative integers")
+for _key in ("num_records", "quarantined_records", "ignored_pixels", "total_pixels", "images_with_missing"):
+    _CHECKS[_key] = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+PER_CLASS = ("class_names", "pixel_counts", "image_counts", "present_image_pixels", "missing_image_counts",
+             "cooccurrence")
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_class_stats(stats, path: str) -> dict:
+    """``stats`` when every key present has its type and the per-class lists agree in length;
+    ClassStatsFileError naming the file and the key otherwise (a file may hold a subset of keys)."""
+    if not isinstance(stats, dict):
+        raise ClassStatsFileError(f"{path} holds {type(stats).__name__}, not a JSON object; {FIX}")
+    for key, (test, what) in _CHECKS.items():
+        if key in stats and not test(stats[key]):
+            raise ClassStatsFileError(f"{path}: {key} must be {what}, got {_short(stats[key])}; {FIX}")
+    sizes = {k: len(stats[k]) for k in PER_CLASS if k in stats}
+    sizes.update({f"weights[{s}]": len(w) for s, w in stats.get("weights", {}).items()})
+    if "num_classes" in stats:
+        sizes["num_classes"] = stats["num_classes"]
+    if len(set(sizes.values())) > 1:
+        raise ClassStatsFileError(f"{path}: the per-class entries disagree on the number of classes "
+                                  f"({', '.join(f'{k} {n}' for k, n in sizes.items())}); {FIX}")
+    return stats
 
 
 def read_class_stats(uri: str) -> dict:
-    """``class_stats.json`` as a dict; a clear error when the folder is not a ClassStats dir."""
+    """``class_stats.json`` as a dict; a clear error when the folder is not a ClassStats dir, the file is
+    not JSON or a value has the wrong type (``check_class_stats``)."""
     import tensorflow as tf
 
     path = os.path.join(uri, STATS_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{uri} holds no {STATS_FILE}: is it a ClassStats artifact / `segbalance stats` output?")
     with tf.io.gfile.GFile(path) as f:
-        return json.loads(f.read())
+        text = f.read()
+    try:
+        stats = json.loads(text)
+    except ValueError as exc:
+        raise ClassStatsFileError(f"{path} is not valid JSON ({exc}); {FIX}") from None
+    return check_class_stats(stats, path)
 
 
 def per_image_files(uri: str) -> List[str]:
