@@ -9,8 +9,10 @@ print on stdout, and the summary. Everything the libraries write goes to
   Beam's Python warnings (python-snappy), Keras warnings ("ran out of data"), anything a
   worker process prints: they all write to file descriptor 2, so ``LibraryLog`` points
   descriptor 2 (and ``sys.stderr``) at the log file for the run;
-- TFX's absl log records, INFO and up, with their tracebacks (``route_absl``), e.g. the
-  ``InputResolutionError`` a latest-artifact resolver raises when there is no artifact yet.
+- TFX's absl log records from WARNING up, with their tracebacks (``route_absl``), e.g. the
+  ``InputResolutionError`` a latest-artifact resolver raises when there is no artifact yet
+  (TFX's INFO records, mostly proto dumps, made a fresh run's log ~180 KB; ML Metadata keeps
+  what they say), and segbalance's progress lines, so the log reads in order.
 
 With ``verbose`` nothing is redirected: library output shows on the console as it comes
 (absl records from WARNING up, as before), and the log file gets the absl records and the
@@ -131,8 +133,8 @@ def _known_harmless(record: logging.LogRecord) -> bool:
 
 
 def route_absl(log: LibraryLog) -> ComponentProgress:
-    """absl records: INFO and up to the progress handler and the log file; with ``log.verbose``
-    WARNING and up also to the console. Returns the progress handler (``unroute_absl`` undoes it)."""
+    """absl records: INFO and up to the progress handler, WARNING and up to the log file and,
+    with ``log.verbose``, to the console. Returns the progress handler (``unroute_absl`` undoes it)."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.INFO)
@@ -143,7 +145,7 @@ def route_absl(log: LibraryLog) -> ComponentProgress:
     absl_logger = logging.getLogger("absl")
     absl_logger.propagate = False
     to_file = logging.StreamHandler(log.file)
-    to_file.setLevel(logging.INFO)
+    to_file.setLevel(logging.WARNING)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handlers = [to_file]
     if log.verbose:
