@@ -7,6 +7,7 @@ library start-up output (TensorFlow, Beam, google-api-core warnings) would show 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -173,7 +174,12 @@ def test_bad_input_is_one_line_exit_2(ws, argv, names, capsys):
     assert len(lines) == 1, err
     assert re.match(rf"segbalance {argv[0]}: (config )?error: ", lines[0]), lines[0]
     assert names.format(w=ws) in lines[0], lines[0]
-    assert _snapshot(ws) == before, "a refused command changed the workspace"
+    after = _snapshot(ws)
+    assert {k: after.get(k, "deleted") for k in before} == before, "a refused command changed or deleted inputs"
+    # a failed run may leave its new output folder with the run's log; nothing else may appear
+    created = sorted(set(after) - set(before))
+    assert all(k.split(os.sep)[0] == "new" for k in created), created
+    shutil.rmtree(ws / "new", ignore_errors=True)
 
 
 def test_every_command_is_walked():
