@@ -149,11 +149,17 @@ def _cases():
 
 
 def _config_cases():
-    """`segbalance config` when helper "config" has registered it."""
-    if "segbalance.pipeline.config" not in cli.COMMAND_MODULES and "segbalance.pipeline.config_cmd" not in \
-            cli.COMMAND_MODULES:
+    """`segbalance config` (helper "config"'s command) when it is registered."""
+    if "segbalance.pipeline.config_cmd" not in cli.COMMAND_MODULES:
         return []
-    return [("config file missing", ["config", "{w}/nope.yaml"], "{w}/nope.yaml")]
+    return [
+        ("config validate missing file", ["config", "validate", "{w}/nope.yaml"], "{w}/nope.yaml"),
+        ("config validate a folder", ["config", "validate", "{w}/emptydir"], "{w}/emptydir"),
+        ("config validate syntax", ["config", "validate", "{w}/bad.yaml"], "{w}/bad.yaml"),
+        ("config validate not YAML", ["config", "validate", "{w}/afile.txt"], "{w}/afile.txt"),
+        ("config show missing file", ["config", "show", "--config", "{w}/nope.yaml"], "{w}/nope.yaml"),
+        ("config unknown action", ["config", "edit"], "'edit'"),
+    ]
 
 
 CASES = _cases()
@@ -172,7 +178,7 @@ def test_bad_input_is_one_line_exit_2(ws, argv, names, capsys):
     assert code == 2, err
     assert "Traceback" not in err
     assert len(lines) == 1, err
-    assert re.match(rf"segbalance {argv[0]}: (config )?error: ", lines[0]), lines[0]
+    assert re.match(rf"segbalance {argv[0]}( [a-z]+)?: (config )?error: ", lines[0]), lines[0]
     assert names.format(w=ws) in lines[0], lines[0]
     after = _snapshot(ws)
     assert {k: after.get(k, "deleted") for k in before} == before, "a refused command changed or deleted inputs"
