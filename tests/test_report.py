@@ -213,7 +213,7 @@ def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
     from tfx.types import standard_artifacts
 
     from segbalance.components.artifacts import ClassStats, HtmlReport
-    from segbalance.components.data_report import DataReport, DataReportExecutor
+    from segbalance.pipeline.report_component import DataReport, DataReportExecutor
 
     tmp, sources, _, _ = report
 
