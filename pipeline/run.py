@@ -197,8 +197,6 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
 
     output_guard.check_run_dir(paths["output_dir"])  # new, empty or an earlier run's: never a user's folder
     os.makedirs(paths["output_dir"], exist_ok=True)
-    if output_guard.written_by(paths["output_dir"]) is None:
-        output_guard.write_marker(paths["output_dir"], "run")
     with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
         examples_dir, reference = prepare_data(config, paths)
         from tfx import v1 as tfx
