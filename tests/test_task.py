@@ -201,3 +201,69 @@ def test_warm_start_begins_from_the_base_model_weights(tmp_path):
     empty.base_model = str(tmp_path)
     with pytest.raises(ValueError, match="has no model.keras"):
         task.run_fn(empty)
+
+
+class KeepModel(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.trained = self.model
+
+
+@pytest.mark.slow
+def test_ignore_index_254_reaches_data_loss_and_metrics(tmp_path):
+    """classes.ignore_index 254, set once: run_fn's loss and metrics ignore 254-pixels, whose logits
+    then do not move the loss; class names without ASCII letters train (safe metric names)."""
+    import shutil
+
+    from segbalance.trainer import data
+    from segbalance.trainer.class_stats_io import read_class_stats
+    from segbalance.trainer.segmentation_loss import SegmentationLoss
+
+    uris = ti.tiny_pipeline()
+    stats_dir = tmp_path / "stats"
+    shutil.copytree(uris["class_stats"], stats_dir)
+    stats = read_class_stats(str(stats_dir))
+    (stats_dir / "class_stats.json").write_text(json.dumps({**stats, "ignore_index": 254}))
+    from segbalance.trainer import example_codec as codec
+
+    records = []
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        image, mask = ti.make_image_and_mask(rng, ti.SIZE, ti.SIZE)
+        mask[: ti.SIZE // 2, : ti.SIZE // 3] = 254  # a no-label block in every image
+        records.append(codec.build_example(codec.encode_png(image), codec.encode_png(mask), f"ig{i}",
+                                           ti.SIZE, ti.SIZE).SerializeToString())
+    train = ti.write_tfrecord(str(tmp_path / "train" / "ignore.tfrecord"), records)
+    keep = KeepModel()
+    config = ti.custom_config(ignore_index=254, class_names=["背景", "正方形", "棒"], epochs=1, steps_per_epoch=2,
+                              loss={"terms": [{"type": "ce"}, {"type": "dice"}], "missing_labels": "marginal"},
+                              _extra_callbacks=[keep])
+    args = ti.fn_args_for(uris, str(tmp_path / "out"), config, str(stats_dir), train_files=[train])
+    task.run_fn(args)
+    summary = summary_of(args)
+    assert summary["ignore_index"] == 254 and np.isfinite(summary["history"]["loss"]).all()
+    assert {"iou_0", "iou_1", "iou_2", "val_iou_0"} <= set(summary["history"])
+    model = keep.trained
+    loss = model.loss
+    assert isinstance(loss, SegmentationLoss) and loss.ignore_index == 254
+
+    def flat(metrics):
+        for m in metrics:
+            yield m
+            yield from flat(getattr(m, "metrics", []))
+
+    ious = [m for m in flat(model.metrics) if hasattr(m, "ignore_class")]
+    assert len(ious) == 4 and all(m.ignore_class == 254 for m in ious)  # miou + one per class
+    # the batches run_fn trains on keep 254 (not remapped), and 254-pixels do not move run_fn's loss
+    import tensorflow_transform as tft
+
+    dataset = data.make_dataset([train], tft.TFTransformOutput(uris["transform_graph"]), 8, 3, ignore_index=254)
+    images, y = next(iter(dataset))
+    ignored = y["mask"].numpy() == 254
+    assert ignored.mean() > 0.05
+    logits = model(images, training=False).numpy()
+    moved = logits.copy()
+    moved[ignored] += rng.normal(0, 10, size=moved[ignored].shape).astype(np.float32)
+    np.testing.assert_allclose(float(loss(y, moved)), float(loss(y, logits)), rtol=1e-6)
+    changed = logits.copy()
+    changed[~ignored] += rng.normal(0, 10, size=changed[~ignored].shape).astype(np.float32)
+    assert abs(float(loss(y, changed)) - float(loss(y, logits))) > 1e-3  # the check can fail
