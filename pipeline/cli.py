@@ -86,6 +86,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.flush()
         print(f"segbalance {args.command}: error: {one_line(exc)}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the commands' own clean-up (finally blocks) has run
+        if args.debug:
+            traceback.print_exc()
+        print(f"segbalance {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

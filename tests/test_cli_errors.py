@@ -230,3 +230,14 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(sample_data, "write_sample_data", broken)
     with pytest.raises(ZeroDivisionError):
         cli.main(["sample-data", "shapes", "--output", "x"])
+
+
+def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
+    from segbalance.pipeline import sample_data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_data, "write_sample_data", interrupted)
+    assert cli.main(["sample-data", "shapes", "--output", "x"]) == 130
+    assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"
