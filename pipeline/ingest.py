@@ -414,6 +414,10 @@ def ingest(
     target = output / f"Span-{span}" if span is not None else output
     if span is not None:  # OUTPUT itself must be a folder (or not exist yet) and not an input
         output_guard.check_not_inputs(output, "--output", (images_dir, masks_dir))
+    elif target.is_dir() and any(p.name.startswith("Span-") and p.is_dir() for p in target.iterdir()):
+        spans = sorted(p.name for p in target.iterdir() if p.name.startswith("Span-"))
+        raise IngestError(f"--output {target} holds spans ({', '.join(spans[:5])}): add --span N to write another "
+                          f"span there, or choose another --output")
     holds_data = output_guard.check_output_folder(
         target, command="ingest", option="--output",
         owned=OWNED, key_file=REPORT_NAME, inputs=(images_dir, masks_dir))

@@ -536,3 +536,13 @@ def test_malformed_classes_json(tmp_path, content, message, capsys):
     code = cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(tmp_path / "out")])
     assert code == 2
     _one_error_line(capsys.readouterr().err, f"classes file {tmp_path / 'classes.json'}", message)
+
+
+def test_output_holding_spans_needs_span(tmp_path, capsys):
+    _dataset(tmp_path, n=1)
+    assert _run(tmp_path, "--span", "0") == 0
+    before = _tree(tmp_path / "out")
+    assert _run(tmp_path, "--overwrite") == 2
+    _one_error_line(capsys.readouterr().err, f"--output {tmp_path / 'out'} holds spans (Span-0): add --span N")
+    assert _tree(tmp_path / "out") == before
+
