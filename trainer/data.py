@@ -108,8 +108,10 @@ def pixel_weight_map(image, mask, config, num_classes: int, ignore_index: int):
         weights = tf.numpy_function(border, [mask], tf.float32, stateful=False)
         weights = tf.ensure_shape(weights, mask.shape)
     elif isinstance(config, FeatureExtractorWeights):
-        weights = weight_maps.feature_extractor_weights(image, feature_extractor(config.model, config.layer),
-                                                        strength=config.strength, reduce=config.reduce)
+        with tf.init_scope():  # load eagerly even inside a tf.data / tf.function trace (else: fresh weights)
+            extractor = feature_extractor(config.model, config.layer)
+        weights = weight_maps.feature_extractor_weights(image, extractor, strength=config.strength,
+                                                        reduce=config.reduce)
     else:  # pragma: no cover - pixel_weights_config accepts only the types above
         raise ValueError(f"no weight map for {config!r}")
     return tf.cast(weights, tf.float32)
