@@ -149,3 +149,15 @@ def test_too_few_class_names_for_the_mask_ids_stops_the_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "classes.names lists 2 classes but" in err and "masks have larger class ids" in err
     assert not (out / "metadata.sqlite").exists()
+
+
+def test_config_modules_import_no_tensorflow_keras_or_tfx():
+    """Config checks (segbalance config validate, --help) must not wait for TF / TFX imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys, segbalance.pipeline.config, segbalance.pipeline.config_cmd, segbalance.trainer.loss_config; "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tfx', 'apache_beam', "
+            "'tensorflow_transform'}); print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
