@@ -161,3 +161,29 @@ def test_config_modules_import_no_tensorflow_keras_or_tfx():
             "'tensorflow_transform'}); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_experiment_clipped_cells_take_their_weight_options_from_the_stats_section(tmp_path):
+    """No tuple of its own: a cell's `stats` changes (StatsConfig fields) give its class weights."""
+    import numpy as np
+
+    from segbalance.pipeline.config import StatsConfig
+    from segbalance.pipeline.experiment import CLIP, IMBALANCE_LOSSES, STATS_CHANGES, resolve_loss
+    from segbalance.trainer.class_weights import compute_class_weights
+
+    counts, present = [9000, 400, 60, 0], [10000, 3000, 900, 0]
+    (tmp_path / "class_stats.json").write_text(json.dumps({"pixel_counts": counts, "present_image_pixels": present}))
+    assert STATS_CHANGES["median_frequency_clipped"] == {"clip": CLIP}
+    loss = resolve_loss(IMBALANCE_LOSSES["median_frequency_clipped"], str(tmp_path),
+                        STATS_CHANGES["median_frequency_clipped"], StatsConfig(zero_count_weight=0.5))
+    want = compute_class_weights(counts, "median_frequency", present_image_pixels=present, clip=CLIP,
+                                 zero_count_weight=0.5)
+    np.testing.assert_allclose(loss["class_weights"], want)
+    assert loss["class_weights"][3] == 0.5 and max(loss["class_weights"]) / min(loss["class_weights"][:3]) <= 10.0
+    unclipped = compute_class_weights(counts, "median_frequency", present_image_pixels=present)
+    assert not np.allclose(want, unclipped)  # the clip changed something
+    # cells without changes keep the scheme name: run_fn reads the artifact's vector
+    assert resolve_loss(IMBALANCE_LOSSES["median_frequency"], str(tmp_path), None) == \
+        IMBALANCE_LOSSES["median_frequency"]
+    with pytest.raises(ConfigError, match=r"stats.clip: \[5.0, 1.0\]"):
+        resolve_loss(IMBALANCE_LOSSES["median_frequency"], str(tmp_path), {"clip": [5, 1]})

@@ -130,7 +130,9 @@ def test_dockerfile_installs_the_package_with_the_pins():
     assert "COPY constraints.txt" in text and "--ignore-requires-python -c constraints.txt ." in text
     for package in ("components", "trainer", "pipeline", "kubeflow"):
         assert f"COPY {package}/ {package}/" in text
-    assert "import components, trainer.task, trainer.preprocessing" in text
+    # the image's build checks the installed namespace: the module code and artifact types import
+    assert "import segbalance, segbalance.components.artifacts, segbalance.trainer.task, " \
+           "segbalance.trainer.preprocessing; segbalance.ClassStats" in text
     makefile = (root / "Makefile").read_text()
     assert "PIP_FLAGS := --ignore-requires-python --disable-pip-version-check -c constraints.txt" in makefile
 
