@@ -467,3 +467,23 @@ def test_record_reader_matches_tensorflow_and_names_a_truncated_file(tmp_path):
     ids = [f"i{k}" for k in range(50)]
     assert report_images.sample(ids, 8, 3) == report_images.sample(ids[::-1], 8, 3)
     assert len(set(report_images.sample(ids, 8, 3))) == 8 and report_images.sample(ids[:5], 8, 3) == ids[:5]
+
+
+def test_thumbnails_are_downscaled_and_keep_class_ids():
+    from segbalance.pipeline import report_images
+
+    rng = np.random.default_rng(0)
+    mask = np.kron(rng.integers(0, 3, size=(6, 4)), np.ones((50, 50), int)).astype(np.uint8)  # 300 x 200 blocks
+    mask[:50, :50] = 255  # an ignored block
+    image = rng.integers(0, 256, size=(300, 200, 3)).astype(np.uint8)
+    shown = report_images.colour_mask(mask, 3)
+    assert shown.shape == (128, 85, 3)  # longest side 128
+    expected = np.array([*(voc_colour(c) for c in range(3)), [255, 255, 255]])  # ignore: white
+    blocks = np.where(mask == 255, 3, mask)[25::50, 25::50]  # block centres
+    centres = shown[(np.arange(6) * 50 + 25) * 128 // 300][:, (np.arange(4) * 50 + 25) * 85 // 200]
+    np.testing.assert_array_equal(centres, expected[blocks])
+    assert report_images.overlay(image, mask, 3).shape == (128, 85, 3)
+    # a mask of another size than its image: drawn over the image resized to the mask
+    assert report_images.overlay(image[:150, :100], mask, 3).shape == (128, 85, 3)
+    err = report_images.error_map(np.array([[0, 1], [255, 2]]), np.array([[0, 2], [1, 2]]), 3)
+    np.testing.assert_array_equal(err, [[[200] * 3, [220, 20, 60]], [[255] * 3, [200] * 3]])
