@@ -211,39 +211,60 @@ def _decoder_schema() -> bytes:
     return schema.SerializeToString()
 
 
-def make_decoder():
-    """tfx_bsl's batch decoder of serialized ``tf.train.Example`` into Arrow, limited to our 4 keys."""
-    from tfx_bsl.coders import example_coder
+class RecordDecoder:
+    """tfx_bsl's batch decoder of serialized ``tf.train.Example`` into Arrow, limited to our 4 keys.
 
-    return example_coder.ExamplesToRecordBatchDecoder(_decoder_schema())
+    One C++ call per batch; when it fails (a record of the batch is not an Example, or has a key
+    of the wrong type), each record again alone. tfx_bsl's decoder is unusable after an error
+    (every later call fails with "FinishFeature() must be called before DecodeFeature()"), so a
+    fresh one replaces it after each failure.
+    """
+
+    def __init__(self):
+        self._decoder = self._new()
+
+    @staticmethod
+    def _new():
+        from tfx_bsl.coders import example_coder
+
+        return example_coder.ExamplesToRecordBatchDecoder(_decoder_schema())
+
+    def _decode_batch(self, serialized: List[bytes]):
+        try:
+            return self._decoder.DecodeBatch(serialized)
+        except Exception:
+            self._decoder = self._new()
+            raise
+
+    def decode(self, serialized: Sequence[bytes]) -> List[object]:
+        """One ``RecordFields`` per record, or the decoder's error text for a record it cannot decode."""
+        try:
+            batch = self._decode_batch(list(serialized))
+        except Exception as exc:  # noqa: BLE001 (tfx_bsl raises RuntimeError with the status text)
+            if len(serialized) == 1:
+                return [str(exc)]
+            return [self.decode([s])[0] for s in serialized]
+        columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
+        out = []
+        for image, sid, mask, labeled in zip(columns[IMAGE_KEY], columns[SOURCE_ID_KEY], columns[MASK_KEY],
+                                             columns[LABELED_KEY]):
+            sid = _first(sid)
+            out.append(RecordFields(source_id=sid.decode("utf-8", "replace") if sid is not None else "",
+                                    image_bytes=_first(image), mask_bytes=_first(mask), labeled=labeled))
+        return out
+
+
+def make_decoder() -> RecordDecoder:
+    return RecordDecoder()
 
 
 def _first(values):
     return values[0] if values else None
 
 
-def decode_records(decoder, serialized: Sequence[bytes]) -> List[object]:
-    """One ``RecordFields`` per record, or the exception text for a record that is not an Example.
-
-    One C++ call per batch; when it fails (a bad record in the batch), each record again alone.
-    """
-    try:
-        batch = decoder.DecodeBatch(list(serialized))
-    except Exception:  # a record of the batch does not parse: find which, one by one
-        if len(serialized) == 1:
-            try:
-                decoder.DecodeBatch(list(serialized))
-            except Exception as exc:  # noqa: BLE001 (tfx_bsl raises RuntimeError with the status)
-                return [str(exc)]
-        return [decode_records(decoder, [s])[0] for s in serialized]
-    columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
-    out = []
-    for image, sid, mask, labeled in zip(columns[IMAGE_KEY], columns[SOURCE_ID_KEY], columns[MASK_KEY],
-                                         columns[LABELED_KEY]):
-        sid = _first(sid)
-        out.append(RecordFields(source_id=sid.decode("utf-8", "replace") if sid is not None else "",
-                                image_bytes=_first(image), mask_bytes=_first(mask), labeled=labeled))
-    return out
+def decode_records(decoder: RecordDecoder, serialized: Sequence[bytes]) -> List[object]:
+    """``decoder.decode(serialized)``."""
+    return decoder.decode(serialized)
 
 
 def _sha1_name(serialized: bytes) -> str:

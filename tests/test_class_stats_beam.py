@@ -269,3 +269,103 @@ def test_weight_options_reach_every_scheme(tmp_path, stats_run):
     assert stats["weight_options"]["clip"] == [0.2, 5.0]
     assert stats["effective_number_beta"] == pytest.approx(default_beta(pixel))
     assert csb._effective_number_beta(0.0, pixel.tolist()) == 0.0  # a given beta, even 0, is kept
+
+
+def test_the_job_imports_no_tensorflow(stats_run, tmp_path):
+    """The Beam job (its DoFns, CombineFns, the reader, tfx_bsl's decoder, the driver) in a fresh
+    interpreter: same numbers as the in-process run, and ``tensorflow`` never imported."""
+    import subprocess
+    import sys
+
+    src, in_process, _ = stats_run
+    script = f"""
+import json, pickle, sys
+from segbalance.components import class_stats_beam as csb
+options = csb.StatsOptions(num_classes={C}, class_names=["bg", "a", "b", "never"])
+# the DoFns as a worker gets them: pickled, unpickled, then called
+read = pickle.loads(pickle.dumps(csb.ReadTFRecordFileFn()))
+rows = pickle.loads(pickle.dumps(csb.BatchStatsFn("train", options, keep=True)))
+rows.setup()
+records = [r for path in csb.match_files({str(src / "data-*")!r}) for r in read.process(path)]
+outputs = list(rows.process(records))
+stats = csb.run_class_stats({{"train": {str(src / "data-*")!r}}}, {str(tmp_path / "out")!r}, options,
+                            beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+print(json.dumps({{"tf": sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.")),
+                  "records": len(records), "outputs": len(outputs), "pixel_counts": stats["pixel_counts"]}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["tf"] == []
+    assert out["records"] == in_process["num_records"] + in_process["quarantined_records"]
+    # every record gives a row or a quarantine entry; each kept one also its serialized bytes
+    assert out["outputs"] == out["records"] + in_process["num_records"]
+    assert out["pixel_counts"] == in_process["pixel_counts"]
+
+
+def test_batches_with_a_bad_record_decode_the_rest(stats_run):
+    """tfx_bsl decodes a batch in one call; one record that is not an Example fails that call, and
+    the batch is decoded again record by record: the others keep their fields."""
+    records, _ = make_records(n=3)
+    decoder = csb.make_decoder()
+    fields = csb.decode_records(decoder, [records[0], b"\xff\xff\xff\xff", records[1]])
+    assert isinstance(fields[1], str) and "parse" in fields[1].lower()
+    assert [f.source_id for f in (fields[0], fields[2])] == ["img0", "img1"]
+    wrong_type = tf.train.Example.FromString(records[2])
+    del wrong_type.features.feature[codec.LABELED_KEY].int64_list.value[:]
+    wrong_type.features.feature[codec.LABELED_KEY].bytes_list.value.append(b"1")
+    out = csb.image_row(wrong_type.SerializeToString(), "train", csb.StatsOptions(num_classes=C))
+    assert out.tag == csb.QUARANTINE and out.value["kind"] == "not_an_example"
+    assert "wrong type" in out.value["reason"]
+    # tfx_bsl's decoder breaks after such an error: the same RecordDecoder must go on decoding
+    fields = decoder.decode([wrong_type.SerializeToString(), records[0]])
+    assert "wrong type" in fields[0] and fields[1].source_id == "img0"
+    assert [f.source_id for f in decoder.decode([records[1], records[2]])] == ["img1", "img2"]
+
+
+def test_reader_matches_tensorflow_on_plain_and_gzip_files(tmp_path):
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    records, _ = make_records(n=5)
+    for name, compression in (("plain.tfrecord", None), ("zipped.tfrecord.gz", "GZIP")):
+        write_tfrecord(tmp_path / name, records, compression)
+        with FileSystems.open(str(tmp_path / name), compression_type=CompressionTypes.AUTO) as f:
+            assert list(csb.iter_tfrecords(f)) == records, name
+
+
+def test_record_checks_name_each_problem():
+    """Every quarantine kind on a hand-made record, and a good record that passes."""
+    options = csb.StatsOptions(num_classes=3)
+    mask = np.array([[0, 1], [2, 255]], np.uint8)
+    rgb_image = codec.encode_png(np.zeros((2, 2, 3), np.uint8))
+
+    def row(image=rgb_image, mask_bytes=codec.encode_png(mask), labeled=None):
+        return csb.image_row(codec.build_example(image, mask_bytes, "r", 2, 2, labeled).SerializeToString(),
+                             "train", options)
+
+    assert row()["pixel_counts"] == [1, 1, 1]
+    no_image = codec.build_example(rgb_image, codec.encode_png(mask), "r", 2, 2)
+    del no_image.features.feature[codec.IMAGE_KEY]
+    cases = {
+        "no_image": csb.image_row(no_image.SerializeToString(), "train", options),
+        "bad_image": row(image=rgb_image[:30]),
+        "size_mismatch": row(image=codec.encode_png(np.zeros((3, 2, 3), np.uint8))),
+        "bad_mask": row(mask_bytes=b"\xff\xd8\xff\xe0 jpeg bytes"),
+        "mask_ids": row(mask_bytes=codec.encode_png(np.array([[0, 7], [1, 1]], np.uint8))),
+        "labeled_ids": row(labeled=[0, 5]),
+    }
+    for kind, out in cases.items():
+        assert out.tag == csb.QUARANTINE and out.value["kind"] == kind, (kind, out.value)
+    assert "no image" in cases["no_image"].value["reason"]
+    assert "image is 3x2 but its mask is 2x2" in cases["size_mismatch"].value["reason"]
+    assert "JPEG" in cases["bad_mask"].value["reason"]
+    from PIL import Image
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2, 2, 2), np.uint8), mode="LA").save(buffer, format="PNG")
+    la = row(mask_bytes=buffer.getvalue())
+    assert la.value["kind"] == "bad_mask" and "grey + alpha" in la.value["reason"]
+    for kind in cases:
+        assert kind in csb.KINDS

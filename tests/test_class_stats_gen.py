@@ -183,11 +183,19 @@ def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, c
     broken, = [q for q in quarantine.values() if q["source_id"].startswith("corrupt")]
     assert broken["split"] == "eval" and "cannot decode mask" in broken["reason"]
 
-    # the clean examples: exactly the good records of each split, bytes unchanged
+    # the clean examples: exactly the good records of each split, their bytes as ImportExampleGen wrote them
+    import tensorflow as tf
+
+    def source_id(record):
+        return tf.train.Example.FromString(record).features.feature[codec.SOURCE_ID_KEY].bytes_list.value[0].decode()
+
+    raw_uri = _only_dir(tmp_path / "root" / "ImportExampleGen" / "examples")
     clean_uri = _only_dir(tmp_path / "root" / "ClassStatsGen" / "clean_examples")
     for split in ("train", "eval"):
+        raw = _read_gz_records(os.path.join(raw_uri, f"Split-{split}"))
         records = _read_gz_records(os.path.join(clean_uri, f"Split-{split}"))
-        assert sorted(records) == sorted(good[sid] for sid in good_by_split[split]), split
+        assert sorted(map(source_id, records)) == sorted(good_by_split[split]), split
+        assert sorted(records) == sorted(r for r in raw if source_id(r) in good), split
     # what the trainer and the evaluator read
     model_run = _only_dir(tmp_path / "root" / "SegTrainer" / "model_run")
     summary = json.loads(open(os.path.join(model_run, "training_summary.json")).read())

@@ -22,8 +22,35 @@ def _per_image(uri):
                                                     "pixel_counts")} for r in table.to_dict("records")}
 
 
+def _rows(uri):
+    """Every Parquet row, every column, in source_id order (shards and row order vary with the runner)."""
+    table = class_stats_io.read_per_image(uri)
+    rows = [{k: (list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
+    return sorted(rows, key=lambda r: r["source_id"])
+
+
+CLI_ARGS = ["--num-classes", "4", "--class-names", "bg,a,b,never"]
+
+
+@pytest.fixture(scope="module")
+def cli_in_memory(stats_run, tmp_path_factory):
+    """`segbalance stats` with the default in-memory runner: the reference the other runners must equal."""
+    src, _, _ = stats_run
+    out = tmp_path_factory.mktemp("cli_in_memory") / "out"
+    assert cli.main(["stats", str(src / "data-*"), *CLI_ARGS, "--output", str(out)]) == 0
+    return out
+
+
+def _assert_same_output(out, reference):
+    assert (out / "class_stats.json").read_bytes() == (reference / "class_stats.json").read_bytes()
+    assert _rows(str(out)) == _rows(str(reference))
+    assert sorted((out / "quarantine.jsonl").read_text().splitlines()) == \
+        sorted((reference / "quarantine.jsonl").read_text().splitlines())
+
+
 @pytest.mark.slow  # starts 2 Beam worker processes (~10 s)
-def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, tmp_path, capsys):
+def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, cli_in_memory, tmp_path, capsys):
     src, in_memory, good = stats_run  # the Beam job with --direct_running_mode=in_memory --direct_num_workers=1
     pixel, images, cooc, missing, ignored, _ = numpy_reference(good)
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "cli"),
@@ -39,10 +66,11 @@ def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, tmp_path
     assert _per_image(str(tmp_path / "cli")) == _per_image(str(src / "out"))
     assert sorted(q["source_id"] for q in class_stats_io.read_quarantine(str(tmp_path / "cli"))) == \
         ["bad_ids", "bad_labeled", "corrupt", "no_mask"]
+    _assert_same_output(tmp_path / "cli", cli_in_memory)  # byte for byte, row for row
 
 
 @pytest.mark.slow  # starts a Beam job service and an SDK worker pool (~15 s)
-def test_portable_runner_with_an_external_worker_pool(stats_run, tmp_path, capsys):
+def test_portable_runner_with_an_external_worker_pool(stats_run, cli_in_memory, tmp_path, capsys):
     """The job through Beam's portability framework, as Flink/Spark/Dataflow v2 run it: the
     pipeline goes as a proto to a job service; DoFns, the CombineFn, the side input and the
     quarantine output run in SDK harness processes started by a separate worker pool."""
@@ -62,6 +90,7 @@ def test_portable_runner_with_an_external_worker_pool(stats_run, tmp_path, capsy
     assert _per_image(str(tmp_path / "portable")) == _per_image(str(src / "out"))
     assert sorted(q["source_id"] for q in class_stats_io.read_quarantine(str(tmp_path / "portable"))) == \
         ["bad_ids", "bad_labeled", "corrupt", "no_mask"]
+    _assert_same_output(tmp_path / "portable", cli_in_memory)  # byte for byte, row for row
 
 
 def test_rerun_into_the_same_directory_leaves_no_stale_rows(stats_run, tmp_path):
