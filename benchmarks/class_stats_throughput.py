@@ -1,7 +1,7 @@
 """Class-statistics throughput: the Beam job (1 and 2 workers) against a one-process NumPy bound.
 
     .venv/bin/python benchmarks/class_stats_throughput.py [--num-masks 2000] [--size 512]
-        [--num-classes 8] [--shards 8] [--repeats 3]
+        [--num-classes 8] [--shards 8] [--repeats 3] [--sizes 128,256,512] [--size-masks 1000]
 
 Data: ``--num-masks`` generated masks (rectangles of random classes on background, 2 %
 ignore pixels), written as gzip TFRecord shards of the data contract (each record also
@@ -11,6 +11,10 @@ ImportExampleGen writes them.
 Bound (one process, no Beam): for every serialized record, already read into memory,
 ``parse_record`` + ``decode_array`` of the mask + ``np.bincount``. File reading is left out
 of the bound on purpose, so it is an upper bound for any job that must read the files.
+(The job does more per record than the bound: it also checks the image, a PNG chunk-CRC
+pass, and builds the label sets, co-occurrence and Parquet rows; it counts 8-bit masks with
+Pillow's C histogram where the bound uses ``np.bincount``, which first copies the mask to
+int64, so a steady ratio above 1.0x is possible.)
 
 Beam variants: ``segbalance.components.class_stats_beam.run_class_stats`` end to end (read, decode,
 count, quarantine check, CombineFn, co-occurrence, suspect_missing, Parquet + JSON
@@ -23,6 +27,14 @@ difference between the full run and a run on ``--small`` masks (removes the fixe
 Ratios are against the bound, so 1.0x means "as fast as the bare decode loop". The CPU
 seconds of the run (this process + the finished worker processes) show the work done,
 which, unlike wall time, does not depend on how busy a shared machine is.
+
+Worker start-up: wall time of a fresh interpreter that imports what a Beam worker of this
+job imports (Beam, the job module, tfx_bsl's decoder), median of 3, next to a fresh
+``import tensorflow`` (what the worker path cost before it stopped parsing with TF).
+
+Mask sizes (``--sizes``): ``--size-masks`` masks per size, in_memory runner, one repeat
+(+ the fixed-cost run): ms per mask for the bound and the job, and MB of records, to size
+a job from.
 """
 from __future__ import annotations
 
@@ -94,6 +106,50 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def startup_seconds(code: str, repeats: int = 3) -> float:
+    """Median wall time of ``python -c code`` in a fresh interpreter."""
+    import subprocess
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+WORKER_IMPORTS = ("import apache_beam, sys; from segbalance.components import class_stats_beam as c; "
+                  "c.RecordDecoder(); assert 'tensorflow' not in sys.modules")
+
+
+def size_table(work: Path, sizes, num_masks: int, num_classes: int, shards: int, small: int) -> None:
+    """ms per mask (bound, job end to end, job steady) at each mask size, in_memory runner, one repeat."""
+    print(f"\nmask sizes: {num_masks} masks each (+ {small} for the fixed cost), in_memory runner, 1 repeat\n")
+    print("| mask size | MB of records | bound ms/mask | job s end to end | job fixed cost s "
+          "| job steady ms/mask | steady ratio vs bound |")
+    print("|---|---|---|---|---|---|---|")
+    for size in sizes:
+        records, pattern = write_data(work / f"size{size}", num_masks, size, num_classes, shards)
+        _, small_pattern = write_data(work / f"size{size}_small", small, size, num_classes, shards, seed=1)
+        megabytes = sum(len(r) for r in records) / 1e6
+        start = time.perf_counter()
+        expected = numpy_bound(records, num_classes)
+        bound = time.perf_counter() - start
+        start = time.perf_counter()
+        stats = run_beam(pattern, work / "out_size", num_classes, VARIANTS["beam_in_memory_1"])
+        full = time.perf_counter() - start
+        if stats["pixel_counts"] != expected.tolist():
+            raise SystemExit(f"size {size}: counts differ from the NumPy bound's")
+        start = time.perf_counter()
+        run_beam(small_pattern, work / "out_size_small", num_classes, VARIANTS["beam_in_memory_1"])
+        fixed = time.perf_counter() - start
+        steady = (full - fixed) / (num_masks - small) * 1000
+        bound_ms = bound / num_masks * 1000
+        print(f"| {size}x{size} | {megabytes:.1f} | {bound_ms:.2f} | {full:.2f} | {fixed:.2f} | {steady:.2f} "
+              f"| {bound_ms / steady:.2f}x |")
+
+
 def run_beam(pattern: str, out: Path, num_classes: int, beam_args) -> dict:
     from segbalance.components.class_stats_beam import StatsOptions, run_class_stats
 
@@ -110,13 +166,21 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=16, help="masks in the run that measures the fixed cost")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--sizes", default="", help="comma-separated mask sizes for the size table (e.g. 128,256,512)")
+    parser.add_argument("--size-masks", type=int, default=1000, help="masks per size in the size table")
+    parser.add_argument("--skip-startup", action="store_true", help="do not time fresh-interpreter imports")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
 
-    import segbalance.components.class_stats_beam  # noqa: F401  (import Beam/TF before any timing)
+    if not args.skip_startup:  # before this process imports anything heavy (the machine is quietest now)
+        worker = startup_seconds(WORKER_IMPORTS)
+        tensorflow = startup_seconds("import tensorflow")
+        print(f"worker start-up (fresh interpreter: Beam + class_stats_beam + tfx_bsl decoder, no TensorFlow): "
+              f"{worker:.2f} s; a fresh `import tensorflow` alone: {tensorflow:.2f} s (median of 3)", flush=True)
+    import segbalance.components.class_stats_beam  # noqa: F401  (import Beam before any timing)
 
     work = Path(tempfile.mkdtemp(prefix="segbalance-bench-classstats-"))
     try:
@@ -176,6 +240,13 @@ def main() -> None:
               f"{steady['beam_multi_processing_2'] / steady['beam_multi_processing_1']:.2f}x")
     print("raw times (s): " + "; ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in times.items()))
     print("fixed-cost runs (s): " + "; ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in small_times.items()))
+    if args.sizes:
+        work = Path(tempfile.mkdtemp(prefix="segbalance-bench-classstats-sizes-"))
+        try:
+            size_table(work, [int(v) for v in args.sizes.split(",")], args.size_masks, args.num_classes,
+                       args.shards, args.small)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -277,8 +277,11 @@ class Quarantined(ValueError):
         self.kind = kind
 
 
-def decode_mask(data: bytes) -> np.ndarray:
-    """Class ids [H, W] of a single-channel PNG mask; Quarantined (kind ``bad_mask``) otherwise."""
+def decode_mask_counts(data: bytes):
+    """(int64 count of every id value, (H, W)) of a single-channel PNG mask; Quarantined (kind
+    ``bad_mask``) otherwise. 8-bit grey and palette masks are counted by Pillow's C histogram
+    (exact: one bin per value, no [H, W] int64 copy as ``np.bincount`` makes); 16-bit ones by
+    ``np.bincount``."""
     from PIL import Image
 
     if data[:8] != b"\x89PNG\r\n\x1a\n":
@@ -291,11 +294,17 @@ def decode_mask(data: bytes) -> np.ndarray:
                 raise Quarantined("bad_mask", f"mask is a {MODE_NAMES.get(mode, mode)} PNG (mode {mode}); expected "
                                               f"a single-channel [H, W] PNG of class ids (8-bit grey or palette)")
             img.load()
-            return np.asarray(img)
+            shape = (img.size[1], img.size[0])
+            if mode in ("L", "P"):
+                return np.asarray(img.histogram(), np.int64), shape
+            flat = np.asarray(img).ravel()
     except Quarantined:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise Quarantined("bad_mask", f"cannot decode mask: {exc}") from exc
+    if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
+        raise Quarantined("mask_ids", f"mask has negative class ids (min {int(flat.min())})")
+    return np.bincount(flat).astype(np.int64), shape
 
 
 def check_image(data: Optional[bytes], mask_shape) -> None:
@@ -337,11 +346,9 @@ def check_record(fields, serialized: bytes, split: str, options: "StatsOptions")
     try:
         if fields.mask_bytes is None:
             raise Quarantined("no_mask", f"no mask: the record lacks {MASK_KEY}")
-        mask = decode_mask(fields.mask_bytes)
-        if mask.ndim != 2:
-            raise Quarantined("bad_mask", f"mask has shape {mask.shape}; expected a single-channel [H, W] PNG")
+        value_counts, mask_shape = decode_mask_counts(fields.mask_bytes)
         try:
-            counts, ignored = count_mask(mask, options.num_classes, options.ignore_index)
+            counts, ignored = class_counts(value_counts, options.num_classes, options.ignore_index)
         except ValueError as exc:
             raise Quarantined("mask_ids", str(exc)) from exc
         present = [int(c) for c in np.flatnonzero(counts)]
@@ -356,7 +363,7 @@ def check_record(fields, serialized: bytes, split: str, options: "StatsOptions")
         else:
             labeled = set(present)
         labeled |= set(present) | {0}
-        check_image(fields.image_bytes, mask.shape)
+        check_image(fields.image_bytes, mask_shape)
     except Quarantined as exc:
         return beam.pvalue.TaggedOutput(QUARANTINE, {"source_id": name, "split": split, "kind": exc.kind,
                                                      "reason": str(exc)})
@@ -386,7 +393,14 @@ def count_mask(mask: np.ndarray, num_classes: int, ignore_index: int):
     flat = mask.ravel()
     if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
         raise ValueError(f"mask has negative class ids (min {int(flat.min())})")
-    all_counts = np.bincount(flat, minlength=max(num_classes, ignore_index + 1)).astype(np.int64)
+    return class_counts(np.bincount(flat).astype(np.int64), num_classes, ignore_index)
+
+
+def class_counts(value_counts: np.ndarray, num_classes: int, ignore_index: int):
+    """``count_mask`` from the count of every id value (index = id): (int64 counts [C], ignored)."""
+    size = max(num_classes, ignore_index + 1, len(value_counts))
+    all_counts = np.zeros(size, np.int64)
+    all_counts[:len(value_counts)] = value_counts
     ignored = int(all_counts[ignore_index]) if ignore_index >= 0 else 0
     extra = all_counts[num_classes:].copy()
     if ignore_index >= num_classes:

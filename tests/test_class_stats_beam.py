@@ -369,3 +369,26 @@ def test_record_checks_name_each_problem():
     assert la.value["kind"] == "bad_mask" and "grey + alpha" in la.value["reason"]
     for kind in cases:
         assert kind in csb.KINDS
+
+
+def test_mask_value_counts_against_numpy():
+    """8-bit grey and palette masks are counted by Pillow's histogram, 16-bit ones by np.bincount:
+    each equals np.bincount of the decoded ids."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    ids = rng.choice([0, 1, 2, 5, 255], size=(9, 11)).astype(np.uint8)
+    palette = Image.fromarray(ids, mode="P")
+    palette.putpalette(list(rng.integers(0, 256, 768)))
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    wide = np.array([[0, 300], [300, 1]], np.uint16)
+    wide_buffer = io.BytesIO()
+    Image.fromarray(wide).save(wide_buffer, format="PNG")
+    for data, expected in ((codec.encode_png(ids), ids), (buffer.getvalue(), ids), (wide_buffer.getvalue(), wide)):
+        counts, shape = csb.decode_mask_counts(data)
+        reference = np.bincount(expected.ravel())
+        assert shape == expected.shape
+        assert counts[:len(reference)].tolist() == reference.tolist() and not counts[len(reference):].any()
