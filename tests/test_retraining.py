@@ -34,7 +34,8 @@ def _ingest(raw: Path, data: Path, span: int) -> None:
 
 
 def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, capsys):
-    data, out = tmp_path / "data", tmp_path / "out"
+    out = tmp_path / "out"
+    data = out / "data"  # the spans live where `run --data IMAGES_AND_MASKS` ingests too
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "training": {"image_size": [32, 32], "epochs": 2, "batch_size": 8, "depth": 2, "base_filters": 8},
@@ -48,9 +49,20 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     assert cli.main(run) == 0
     assert len(versions()) == 1
 
-    _ingest(_shapes(tmp_path / "raw2", seed=2), data, 2)
-    assert cli.main(run) == 0
+    # span 2 arrives as a plain images/ + masks/ folder given to `run --data` (issue 13 item 2): it is
+    # ingested as the next span of OUTPUT/data and that span, not the older span 1, is what the run reads
+    capsys.readouterr()
+    raw2 = _renamed(_shapes(tmp_path / "raw2", seed=2), "s2")
+    assert cli.main(["run", "--config", str(config), "--data", str(raw2), "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert f"ingest: 32 records from {raw2} to {data / 'Span-2'}; {data} already held span 1" in printed
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["data"]["spans"] == [2] and summary["data"]["records"] == {"2": 32}
+    assert f"data:             span 2 of {data} (32 records)" in printed
+    from segbalance.trainer.class_stats_io import read_per_image
+
+    counted = read_per_image(str(Path(summary["class_stats"])))["source_id"]
+    assert len(counted) > 0 and all(sid.startswith("s2_") for sid in counted)  # raw2's images, none of span 1
     assert "ClassDistributionValidator: ok" in printed
     assert len(versions()) == 2  # similar data: trained, blessed, pushed
 
@@ -147,5 +159,9 @@ def test_last_two_spans_with_warm_start(tmp_path):
     from segbalance.pipeline.run_summary import open_store
 
     store = open_store(str(out / "metadata.sqlite"))
-    spans = sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples"))
+    spans = sorted(a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples")
+                   if "/ImportExampleGen/" in a.uri)  # ClassStatsGen's clean_examples are Examples too
     assert spans == [2, 3]
+    summary = json.loads((out / "run_summary.json").read_text())  # the window, as ML Metadata and the links say
+    assert summary["data"]["spans"] == [2, 3] and summary["data"]["records"] == {"2": 32, "3": 32}
+    assert summary["data"]["span_folders"] == {"2": str(data / "Span-2"), "3": str(data / "Span-3")}
