@@ -169,17 +169,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="comma-separated mask sizes for the size table (e.g. 128,256,512)")
     parser.add_argument("--size-masks", type=int, default=1000, help="masks per size in the size table")
     parser.add_argument("--skip-startup", action="store_true", help="do not time fresh-interpreter imports")
+    parser.add_argument("--startup-only", action="store_true", help="only time fresh-interpreter imports")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
 
-    if not args.skip_startup:  # before this process imports anything heavy (the machine is quietest now)
+    if not args.skip_startup:  # before this process imports anything heavy
         worker = startup_seconds(WORKER_IMPORTS)
+        beam = startup_seconds("import apache_beam")
         tensorflow = startup_seconds("import tensorflow")
         print(f"worker start-up (fresh interpreter: Beam + class_stats_beam + tfx_bsl decoder, no TensorFlow): "
-              f"{worker:.2f} s; a fresh `import tensorflow` alone: {tensorflow:.2f} s (median of 3)", flush=True)
+              f"{worker:.2f} s; `import apache_beam` alone: {beam:.2f} s; `import tensorflow` alone (what the "
+              f"worker path added before): {tensorflow:.2f} s (medians of 3)", flush=True)
+        if args.startup_only:
+            return
     import segbalance.components.class_stats_beam  # noqa: F401  (import Beam before any timing)
 
     work = Path(tempfile.mkdtemp(prefix="segbalance-bench-classstats-"))

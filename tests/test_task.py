@@ -34,6 +34,11 @@ def test_checks_before_training():
         (dict(stats_changes={"num_records": 8, "quarantined_records": 2},
               quarantine=[{"source_id": f"x{i}", "reason": "class id 7 >= num_classes 3"} for i in range(2)]),
          "2 of 10 records have class ids >= num_classes=3"),
+        # the quarantine lists every checked split; the fraction is over the counted (train) split only
+        (dict(stats_changes={"num_records": 8, "quarantined_records": 2, "splits": ["train"]},
+              quarantine=[{"source_id": f"x{i}", "split": "train" if i < 2 else "eval",
+                           "reason": "class id 7 >= num_classes 3"} for i in range(7)]),
+         "2 of 10 records have class ids >= num_classes=3"),
         (dict(num_train=0), "the training split is empty"),
         (dict(cfg_changes={"pixel_weights": {"type": "blur"}}), "training.pixel_weights.type: unknown type 'blur'"),
         (dict(cfg_changes={"image_size": [18, 18]}), r"training.image_size: \[18, 18\] must be divisible by 4"),

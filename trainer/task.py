@@ -75,7 +75,9 @@ def check_inputs(config: TrainerConfig, stats: dict, quarantine: list, num_train
     if int(stats.get("ignore_index", ignore_index)) != ignore_index:
         raise ValueError(f"config says classes.ignore_index={ignore_index} but the ClassStats artifact used "
                          f"{stats['ignore_index']}")
-    bad_ids = [q for q in quarantine if "num_classes" in q.get("reason", "")]
+    counted = set(stats.get("splits") or [])  # the quarantine lists every checked split; the totals the counted ones
+    bad_ids = [q for q in quarantine if "num_classes" in q.get("reason", "")
+               and (not counted or q.get("split") in counted)]
     total = stats["num_records"] + stats["quarantined_records"]
     if total and len(bad_ids) / total > MAX_BAD_ID_FRACTION:
         raise ValueError(f"{len(bad_ids)} of {total} records have class ids >= num_classes={num_classes} "
