@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/training_throughput.py [--size 64] [--batch 16] [--records 256]
         [--depth 3] [--filters 16] [--repeats 3] [--steps 20]
 
-Set-up, all in this process: ``--records`` generated shapes images (``tests/trainer_inputs``,
+Set-up, all in this process: ``--records`` generated shapes images (``segbalance sample-data shapes``'s generator,
 ``--source-size`` px, PNG, 4 classes, every 4th image partially labelled) written as a GZIP
 TFRecord like ExampleGen's; the project's ``preprocessing_fn`` analysed with tf.Transform
 (Beam, in memory) into a transform graph; a ClassStats-like label-set table for the join.
@@ -45,13 +45,32 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from segbalance.pipeline.config import TrainingConfig  # noqa: E402
-from tests import trainer_inputs as ti  # noqa: E402
 from segbalance.trainer import data, preprocessing  # noqa: E402
+from segbalance.pipeline.sample_data import SHAPES_CLASSES, draw_shapes_image  # noqa: E402
 from segbalance.trainer import example_codec as codec  # noqa: E402
 from segbalance.trainer.model import build_unet  # noqa: E402
 from segbalance.trainer.segmentation_loss import SegmentationLoss  # noqa: E402
 
-NUM_CLASSES = 3
+NUM_CLASSES = len(SHAPES_CLASSES)
+
+
+def shapes_records(n: int, size: int) -> list:
+    """``n`` serialized shapes examples (the sample data's generator); every 4th records {0, 1} as labelled."""
+    records = []
+    for i in range(n):
+        image, mask = draw_shapes_image(0, i, size)
+        labeled = [0, 1] if i % 4 == 0 else None
+        example = codec.build_example(codec.encode_png(image), codec.encode_png(mask), f"img{i:03d}", size, size,
+                                      labeled=labeled)
+        records.append(example.SerializeToString())
+    return records
+
+
+def write_tfrecord(path: str, records: list, compression=None) -> str:
+    with tf.io.TFRecordWriter(path, options=compression) as writer:
+        for record in records:
+            writer.write(record)
+    return path
 
 
 def write_transform_graph(records, out_dir: str, image_size) -> str:
@@ -69,7 +88,7 @@ def write_transform_graph(records, out_dir: str, image_size) -> str:
 
     schema = schema_utils.schema_from_feature_spec(feature_spec)
     path = os.path.join(out_dir, "raw.tfrecord")
-    ti.write_tfrecord(path, records)
+    write_tfrecord(path, records)
     cfg = {"training": {"image_size": list(image_size)}}  # a TrainerConfig custom_config
     with beam.Pipeline(argv=["--direct_running_mode=in_memory", "--direct_num_workers=1"]) as pipeline:
         with tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):
@@ -127,11 +146,11 @@ def main(argv=None) -> int:
 
     keras.utils.set_random_seed(0)
     work = tempfile.mkdtemp(prefix="train-throughput-")
-    records = ti.make_examples(args.records, seed=0, height=args.source_size, width=args.source_size)
+    records = shapes_records(args.records, args.source_size)
     t0 = time.perf_counter()
     graph = write_transform_graph(records, work, (args.size, args.size))
     print(f"transform analysis: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    gz = ti.write_tfrecord(os.path.join(work, "train.gz"), records, compression="GZIP")
+    gz = write_tfrecord(os.path.join(work, "train.gz"), records, compression="GZIP")
     output = tft.TFTransformOutput(graph)
     labeled = {f"img{i:03d}": [0, 1] for i in range(0, args.records, 4)}
     input_ds = data.make_dataset([gz], output, args.batch, NUM_CLASSES, labeled, training=True, repeat=True)
