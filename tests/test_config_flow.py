@@ -9,7 +9,8 @@ import yaml
 
 from segbalance.pipeline.config import PipelineConfig, StatsConfig, load_config
 from segbalance.trainer.loss_config import LossConfig
-from segbalance.trainer.training_config import (PIXEL_WEIGHT_TYPES, ClassesConfig, TrainerConfig, TrainingConfig)
+from segbalance.trainer.training_config import (PIXEL_WEIGHT_TYPES, Augmentation, ClassesConfig, LearningRateSchedule,
+                                                TrainerConfig, TrainingConfig)
 from segbalance.trainer.typed_config import from_dict, to_dict
 
 NAMES = ["背景", "Road", "car", "person"]
@@ -21,6 +22,11 @@ LOSS = {"terms": [{"type": "focal", "weight": 0.5, "gamma": 1.5, "alpha": [0.5, 
 TRAINING = {
     "image_size": [48, 32], "epochs": 3, "batch_size": 5, "steps_per_epoch": 7, "shuffle_buffer": 99,
     "optimizer": "sgd", "learning_rate": 0.05, "depth": 2, "base_filters": 6, "backbone": "MobileNetV2",
+    "lr_schedule": {"type": "polynomial", "warmup_epochs": 0.5, "final_fraction": 0.1, "power": 2.0},
+    "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4, "restore_best": False, "early_stopping_patience": 2,
+    "augmentation": {"scale": [0.5, 2.0], "flip_horizontal": False, "flip_vertical": False, "rotate90": True,
+                     "brightness": 0.2, "contrast": 0.3},
+    "backbone_weights": "/weights/encoder.weights.h5", "freeze_encoder_epochs": 1,
     "loss": LOSS, "pixel_weights": {"type": "unet_border", "w0": 3.0, "sigma": 2.0, "connectivity": 2},
     "devices": ["/cpu:0"], "mixed_precision": True, "jit_compile": True, "seed": 11, "warm_start": True,
     "backup_dir": "/tmp/segbalance-backup",
@@ -43,11 +49,15 @@ def fields_of(cls):
 def test_the_values_cover_every_field_and_differ_from_the_defaults():
     """A field added to the schema must get a value here, or this test fails."""
     for values, cls in ((TRAINING, TrainingConfig), (LOSS, LossConfig), (STATS, StatsConfig),
-                        (CLASSES, ClassesConfig)):
+                        (CLASSES, ClassesConfig), (TRAINING["lr_schedule"], LearningRateSchedule),
+                        (TRAINING["augmentation"], Augmentation)):
         assert set(values) == fields_of(cls), cls.__name__
     defaults = {**to_dict(TrainingConfig()), "loss": to_dict(LossConfig(terms=[]))}
     for name, value in TRAINING.items():
         assert value != defaults[name], name
+    for section in ("lr_schedule", "augmentation"):  # nested sections: every field differs too
+        for name, value in TRAINING[section].items():
+            assert value != defaults[section][name], (section, name)
     for name, value in LOSS.items():
         assert value != defaults["loss"][name], name
     for name, value in STATS.items():

@@ -22,12 +22,43 @@ module instead of repeating the table.
   ``batch_size`` 16            global batch over all replicas
   ``steps_per_epoch`` null     cap on the steps of an epoch (the training set repeats)
   ``shuffle_buffer`` 512       records in the shuffle buffer
-  ``optimizer`` adam           ``adam``, ``adamw`` or ``sgd`` (momentum 0.9)
-  ``learning_rate`` 3e-3       constant (no schedule)
+  ``optimizer`` adam           ``adam``, ``adamw`` or ``sgd``
+  ``learning_rate`` 3e-3       the peak learning rate (after any warm-up)
+  ``lr_schedule``              ``type``: ``constant`` (default), ``cosine`` (to
+                               ``final_fraction`` x the peak, 0) or ``polynomial``
+                               (``power`` 1 = linear, to ``final_fraction``), each after a
+                               linear warm-up from 0 over ``warmup_epochs`` (0: none);
+                               the decay spans the remaining steps of ``epochs``
+                               (``trainer/optimization.py``)
+  ``momentum`` 0.9             SGD momentum (``sgd`` only)
+  ``nesterov`` false           Nesterov momentum (``sgd`` only)
+  ``weight_decay`` null        decoupled weight decay; null: Keras' default (``adamw``
+                               0.004, none for ``adam`` / ``sgd``)
+  ``restore_best`` true        export the epoch with the best validation mIoU (its
+                               weights restored before export); false: the last epoch.
+                               Without an eval split: the last epoch
+  ``early_stopping_patience``  stop after this many epochs without a better validation
+  null                         mIoU (null: run all ``epochs``); resumes keep the count
+  ``augmentation``             training batches only (``trainer/data.py``), each part off
+                               by its neutral value: ``scale`` [1.0, 1.4] (zoom range:
+                               > 1 crops, < 1 shrinks and pads: image 0, mask
+                               ``ignore_index``), ``flip_horizontal`` true,
+                               ``flip_vertical`` true, ``rotate90`` false (square images),
+                               ``brightness`` 0 (shift of up to this many image standard
+                               deviations), ``contrast`` 0 (factor 1 +- this around the
+                               image mean); masks move with nearest-neighbour sampling
   ``depth`` 3                  U-Net levels (encoder levels with a backbone)
   ``base_filters`` 16          channels at full resolution, doubling per level
   ``backbone`` null            a ``keras.applications`` class name (e.g. MobileNetV2) as
-                               the encoder, randomly initialised (nothing downloads)
+                               the encoder; its own ``preprocess_input`` runs in the model
+                               (Transform then passes 0..255 pixels)
+  ``backbone_weights`` null    null: random initialisation; ``imagenet``: keras.applications'
+                               weights from the Keras cache (``~/.keras/models``), downloaded
+                               there when the host is reachable, else the run stops before
+                               training naming the file to place there; or the path of a
+                               weights file of that backbone (``model.save_weights``)
+  ``freeze_encoder_epochs`` 0  keep the encoder (backbone) frozen, BatchNorm statistics
+                               included, for the first N epochs
   ``loss``                     ``trainer/loss_config.py``; default marginal CE + Dice,
                                unweighted (README "Results")
   ``pixel_weights`` null       a weight map for the loss, ``type`` one of (parameters,
@@ -148,6 +179,43 @@ PIXEL_WEIGHT_TYPES = {c.TYPE: c for c in (EdgeWeights, UnetBorderWeights, Intens
                                            FeatureExtractorWeights)}
 
 
+# --------------------------------------------------------------------------- recipe
+@dataclass
+class LearningRateSchedule:
+    """``training.lr_schedule`` (module docstring); values: ``trainer/optimization.py``."""
+
+    type: Literal["constant", "cosine", "polynomial"] = "constant"
+    warmup_epochs: float = 0.0
+    final_fraction: float = 0.0
+    power: float = 1.0
+
+    def validate(self, where: str) -> None:
+        require(is_number(self.warmup_epochs, 0.0), f"{where}.warmup_epochs", "must be a number >= 0")
+        require(is_number(self.final_fraction, 0.0) and self.final_fraction <= 1.0, f"{where}.final_fraction",
+                "must be between 0 and 1 (a fraction of learning_rate)")
+        require(is_number(self.power) and self.power > 0, f"{where}.power", "must be > 0")
+
+
+@dataclass
+class Augmentation:
+    """``training.augmentation`` (module docstring); ``trainer/data.py`` applies it."""
+
+    scale: Tuple[float, float] = (1.0, 1.4)
+    flip_horizontal: bool = True
+    flip_vertical: bool = True
+    rotate90: bool = False
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    def validate(self, where: str) -> None:
+        lo, hi = self.scale
+        require(is_number(lo) and is_number(hi) and 0 < lo <= hi <= 4, f"{where}.scale",
+                f"{list(self.scale)}: give [min, max] zoom with 0 < min <= max <= 4 ([1, 1] = off)")
+        require(is_number(self.brightness, 0.0), f"{where}.brightness", "must be a number >= 0 (0 = off)")
+        require(is_number(self.contrast, 0.0) and self.contrast < 1, f"{where}.contrast",
+                "must be >= 0 and < 1 (0 = off)")
+
+
 # --------------------------------------------------------------------------- training
 def size_factor(depth: int, backbone: Optional[str]) -> int:
     """What image height and width must be divisible by (``trainer/model.py``)."""
@@ -163,9 +231,18 @@ class TrainingConfig:
     shuffle_buffer: int = 512
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = 3e-3
+    lr_schedule: LearningRateSchedule = field(default_factory=LearningRateSchedule)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: Optional[float] = None
+    restore_best: bool = True
+    early_stopping_patience: Optional[int] = None
+    augmentation: Augmentation = field(default_factory=Augmentation)
     depth: int = 3
     base_filters: int = 16
     backbone: Optional[str] = None
+    backbone_weights: Optional[str] = None
+    freeze_encoder_epochs: int = 0
     loss: LossConfig = field(default_factory=default_training_loss)
     pixel_weights: Optional[PixelWeights] = None
     devices: Optional[List[str]] = None
@@ -181,6 +258,20 @@ class TrainingConfig:
         require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{where}.steps_per_epoch",
                 "must be >= 1 (or null: the whole training split)")
         require(is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
+        require(is_number(self.momentum, 0.0) and self.momentum < 1, f"{where}.momentum", "must be >= 0 and < 1")
+        require(self.weight_decay is None or is_number(self.weight_decay, 0.0), f"{where}.weight_decay",
+                "must be a number >= 0 (or null: the optimizer's default)")
+        require(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+                f"{where}.early_stopping_patience", "must be >= 1 (or null: no early stopping)")
+        require(self.lr_schedule.warmup_epochs <= self.epochs, f"{where}.lr_schedule.warmup_epochs",
+                f"{self.lr_schedule.warmup_epochs} is longer than the training ({self.epochs} epochs)")
+        require(self.backbone_weights is None or bool(self.backbone), f"{where}.backbone_weights",
+                "needs a backbone (set training.backbone, e.g. MobileNetV2) or set it to null")
+        require(self.backbone_weights is None or bool(self.backbone_weights.strip()), f"{where}.backbone_weights",
+                "give imagenet, the path of a weights file, or null")
+        require(self.freeze_encoder_epochs >= 0, f"{where}.freeze_encoder_epochs", "must be >= 0")
+        require(self.freeze_encoder_epochs == 0 or bool(self.backbone), f"{where}.freeze_encoder_epochs",
+                "needs a backbone (the U-Net without one has no separate encoder); set it to 0")
         require(self.backbone is None or re.match(r"^[A-Z][A-Za-z0-9_]*$", self.backbone) is not None,
                 f"{where}.backbone", f"{self.backbone!r}: give a keras.applications class name, e.g. MobileNetV2")
         require(self.devices is None or (len(self.devices) > 0 and all(d.strip() for d in self.devices)),
@@ -228,6 +319,6 @@ class TrainerConfig:
         return json.dumps(values, sort_keys=True)
 
 
-__all__ = ["ClassesConfig", "TrainingConfig", "TrainerConfig", "PixelWeights", "PIXEL_WEIGHT_TYPES", "EdgeWeights",
+__all__ = ["ClassesConfig", "TrainingConfig", "LearningRateSchedule", "Augmentation", "TrainerConfig", "PixelWeights", "PIXEL_WEIGHT_TYPES", "EdgeWeights",
            "UnetBorderWeights", "IntensityRangeWeights", "FeatureExtractorWeights", "OPTIMIZERS", "size_factor",
            "ConfigError"]
