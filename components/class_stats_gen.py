@@ -110,6 +110,8 @@ def copy_examples_properties(source: types.Artifact, target: types.Artifact) -> 
     for name in ("span", "version"):
         if source.has_property(name):
             setattr(target, name, getattr(source, name))
+        if source.has_custom_property(name):  # KFP v2 carries the span as a custom property
+            target.set_int_custom_property(name, int(source.get_custom_property(name)))
     examples_utils.set_payload_format(target, examples_utils.get_payload_format(source))
     examples_utils.set_file_format(target, "tfrecords_gzip")
 

@@ -210,3 +210,24 @@ def _only_dir(folder):
     found = [p for p in folder.iterdir() if p.is_dir()]
     assert len(found) == 1, found
     return str(found[0])
+
+
+def test_clean_examples_keep_span_and_version_properties():
+    """The clean Examples describe the same data: span/version as properties and as the custom
+    properties KFP v2 uses (``custom:span``), split names and format."""
+    from tfx.types import standard_artifacts
+
+    from segbalance.components.class_stats_gen import copy_examples_properties
+
+    source = standard_artifacts.Examples()
+    source.split_names = '["train", "eval"]'
+    source.span, source.version = 3, 1
+    source.set_int_custom_property("span", 7)
+    source.set_float_custom_property("version", 2.0)
+    target = standard_artifacts.Examples()
+    copy_examples_properties(source, target)
+    assert (target.span, target.version, target.split_names) == (3, 1, '["train", "eval"]')
+    assert target.get_int_custom_property("span") == 7 and target.get_int_custom_property("version") == 2
+    plain = standard_artifacts.Examples()
+    copy_examples_properties(standard_artifacts.Examples(), plain)
+    assert not plain.has_custom_property("span")
