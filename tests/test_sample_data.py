@@ -94,11 +94,60 @@ def test_real_samples_ship_inside_packages(tmp_path, kind, num_classes):
         assert 0 < (mask == 2).sum() < (mask == 1).sum()
 
 
+def test_drop_fraction_on_a_real_kind_keeps_complete_masks(tmp_path):
+    out = sample_data.write_sample_data("nuclei", tmp_path, num_images=10, size=32, seed=2, drop_fraction=0.5)
+    masks, full = _read_set(out, "masks"), _read_set(out, "masks_full")
+    labeled = json.loads((out / "labeled.json").read_text())
+    changed = [k for k in masks if not np.array_equal(masks[k], full[k])]
+    assert len(changed) == 5 and all(len(labeled[k]) < 3 for k in changed)
+    for k in changed:
+        assert np.all(masks[k][masks[k] != full[k]] == 0)
+
+
+def test_part_splits_each_image_at_60_percent_of_its_columns(tmp_path):
+    image, mask, _ = sample_data.load_real_sample("nuclei")
+    cut = int(round(mask.shape[1] * sample_data.TRAIN_SHARE))
+    for part, columns in (("train", slice(0, cut)), ("test", slice(cut, None))):
+        out = sample_data.write_sample_data("nuclei", tmp_path / part, num_images=4, size=32, seed=0, part=part)
+        region = sample_data._to_rgb_uint8(image)[:, columns]
+        for crop in _read_set(out, "images").values():  # every crop is found inside its part of the image
+            windows = np.lib.stride_tricks.sliding_window_view(region, crop.shape)[..., 0, :, :, :]
+            assert np.any(np.all(windows == crop, axis=(-3, -2, -1)))
+
+
+def test_lesion_slices_cut_at_60_percent_of_the_lesion_range():
+    label = np.zeros((12, 4, 4), np.int32)
+    label[3:8, 1, 1] = 1  # lesion on slices 3..7: 5 slices, cut at 3 + ceil(3.0) = 6
+    assert sample_data.lesion_slices(label, "train").tolist() == [0, 1, 2, 3, 4, 5]
+    assert sample_data.lesion_slices(label, "test").tolist() == [6, 7, 8, 9, 10, 11]
+    assert sample_data.lesion_slices(label, "all").tolist() == list(range(12))
+
+
+def test_focused_crops_pad_small_images_and_find_rare_classes():
+    small = (np.full((20, 50, 3), 9, np.uint8), np.zeros((20, 50), np.uint8))
+    small[1][5, 40] = 2  # one pixel of a rare class in a 20-row image
+    large = (np.zeros((100, 100, 3), np.uint8), np.zeros((100, 100), np.uint8))
+    large[1][90:, 90:] = 1
+    crops = list(sample_data.focused_crops([[small], [large]], 200, 32, seed=1, num_classes=3))
+    assert all(img.shape == (32, 32, 3) and msk.shape == (32, 32) for img, msk in crops)
+    with_class = [sum(bool((m == c).any()) for _, m in crops) for c in (1, 2)]
+    # P(crop holds the class) = P(group) * (FOCUS + (1 - FOCUS) * P(a random window holds it)):
+    # small (padded to 32 x 50): windows start at column 0..18, column 40 lies in those from 9: 10 / 19;
+    # large: rows and columns 90..99 lie in windows starting at 59..68 of 0..68: (10 / 69) ** 2
+    for count, p_random in ((with_class[1], 10 / 19), (with_class[0], (10 / 69) ** 2)):
+        p = 0.5 * (0.5 + 0.5 * p_random)
+        assert abs(count - 200 * p) < 4 * np.sqrt(200 * p * (1 - p)), (count, 200 * p)
+    padded = [img for img, _ in crops if (img == 9).sum() == 20 * 32 * 3]
+    assert padded  # the 20-row image was padded with zeros below its rows
+    again = list(sample_data.focused_crops([[small], [large]], 200, 32, seed=1, num_classes=3))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(crops, again))
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="drop-fraction"):
         sample_data.write_sample_data("shapes", tmp_path, num_images=2, drop_fraction=1.5)
-    with pytest.raises(ValueError, match="only supported"):
-        sample_data.write_sample_data("voc", tmp_path, num_images=2, drop_fraction=0.5)
+    with pytest.raises(ValueError, match="--part is for the real kinds"):
+        sample_data.write_sample_data("shapes", tmp_path, num_images=2, part="train")
     assert cli.main(["sample-data", "shapes", "--output", str(tmp_path), "--num-images", "0"]) == 2
 
 
@@ -160,3 +209,70 @@ def test_output_must_be_new_empty_or_an_earlier_sample(tmp_path, capsys):
     assert cli.main(["sample-data", "voc", "--output", str(out), "--num-images", "2", "--size", "16"]) == 2
     assert "it holds masks/extra.png, which segbalance sample-data did not write" in capsys.readouterr().err
     assert (out / "masks" / "extra.png").read_bytes() == b"mine" and len(list((out / "images").iterdir())) == 2
+
+
+# --------------------------------------------------------------------------- package kinds
+from segbalance.contract import UserError  # noqa: E402
+from segbalance.pipeline import package_data  # noqa: E402
+
+EXPECTED = {
+    "buildings": ["background", "building", "edge", "contact"],
+    "lesions": ["background", "brain_lesion", "lung_lesion", "breast_lesion"],
+    "labelme": ["background", "bottle", "bus", "car", "chair", "person", "sofa"],
+}
+
+
+def _need_archive(kind):
+    try:  # never downloads: `make datasets` / `python -m segbalance.pipeline.package_data` does
+        package_data.archive_path(sample_data.PACKAGE_KINDS[kind])
+    except UserError as exc:
+        pytest.skip(f"package archive not fetched: {exc}")
+
+
+@pytest.mark.parametrize("kind, part", [("buildings", "train"), ("lesions", "test"), ("labelme", "test")])
+def test_package_kinds_write_valid_masks_with_rare_classes(tmp_path, kind, part):
+    _need_archive(kind)
+    out = sample_data.write_sample_data(kind, tmp_path / "a", num_images=40, size=48, seed=5, drop_fraction=0.3,
+                                        part=part)
+    classes = json.loads((out / "classes.json").read_text())
+    assert classes["class_names"] == EXPECTED[kind] and classes["ignore_index"] == 255
+    assert "PyPI" in classes["source"] and classes["licence"] == package_data.ARCHIVES[
+        sample_data.PACKAGE_KINDS[kind]].licence
+    images, masks, full = _read_set(out, "images"), _read_set(out, "masks"), _read_set(out, "masks_full")
+    assert images.keys() == masks.keys() == full.keys() and len(images) == 40
+    n = len(EXPECTED[kind])
+    counts = np.zeros(n, np.int64)
+    for key, mask in full.items():
+        assert images[key].shape == (48, 48, 3) and mask.shape == (48, 48)
+        valid = mask[mask != 255]
+        assert valid.max(initial=0) < n
+        counts += np.bincount(valid, minlength=n)
+    assert np.all(counts > 0), dict(zip(EXPECTED[kind], counts))  # every class, the rarest too
+    if kind != "labelme":
+        assert counts[1:].sum() < counts[0] and counts[-1] == counts[1:].min()  # the last class is the rarest
+    labeled = json.loads((out / "labeled.json").read_text())
+    assert sum(not np.array_equal(masks[k], full[k]) for k in masks) == round(0.3 * 40)
+    assert all(sorted(set(range(n)) - set(labeled[k])) == sorted(set(np.unique(full[k][masks[k] != full[k]])))
+               for k in masks)
+    same = sample_data.write_sample_data(kind, tmp_path / "b", num_images=40, size=48, seed=5, drop_fraction=0.3,
+                                         part=part)
+    other = sample_data.write_sample_data(kind, tmp_path / "c", num_images=40, size=48, seed=6, part=part)
+    assert _tree(same) == _tree(out)
+    assert any(not np.array_equal(a, b) for a, b in zip(_read_set(other, "images").values(), images.values()))
+
+
+def test_lesion_pixels_are_rare_in_the_scans():
+    _need_archive("lesions")
+    groups, names = sample_data.load_package_sample("lesions", "all")
+    masks = np.concatenate([np.stack([m for _, m in group]).ravel() for group in groups])
+    share = np.bincount(masks, minlength=4) / masks.size
+    assert 0 < share[1:].sum() < 0.002 and share[3] == share[1:].min()  # breast lesion: 143 voxels
+
+
+def test_missing_archive_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["sample-data", "buildings", "--output", str(out), "--cache-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "solaris-0.4.0-py3-none-any.whl is not in" in err
+    assert "run `python -m segbalance.pipeline.package_data solaris --cache-dir" in err
+    assert not out.exists()
