@@ -110,3 +110,10 @@ def test_import_check_command_exit_code():
     result = subprocess.run([sys.executable, "-m", "segbalance.pipeline.import_layers"], capture_output=True,
                             text=True)
     assert result.returncode == (1 if import_layers.check() else 0), result.stdout
+
+
+def test_every_root_export_resolves():
+    import segbalance
+
+    for name in segbalance.__all__:
+        assert getattr(segbalance, name).__name__ == name, name

@@ -47,6 +47,12 @@ _EXPORTS: Dict[str, str] = {
     "PipelineConfig": "segbalance.pipeline.config",
     "ConfigError": "segbalance.pipeline.config",
     "load_config": "segbalance.pipeline.config",
+    "DataConfig": "segbalance.pipeline.config",
+    "StatsConfig": "segbalance.pipeline.config",
+    "ClassesConfig": "segbalance.trainer.training_config",
+    "TrainingConfig": "segbalance.trainer.training_config",
+    "TrainerConfig": "segbalance.trainer.training_config",
+    "LossConfig": "segbalance.trainer.loss_config",
 }
 
 __all__ = sorted(_EXPORTS)
