@@ -33,8 +33,8 @@ job imports (Beam, the job module, tfx_bsl's decoder), median of 3, next to a fr
 ``import tensorflow`` (what the worker path cost before it stopped parsing with TF).
 
 Mask sizes (``--sizes``): ``--size-masks`` masks per size, in_memory runner, one repeat
-(+ the fixed-cost run): ms per mask for the bound and the job, and MB of records, to size
-a job from.
+(+ the fixed-cost run): CPU ms per mask for the bound and the job, the job's fixed CPU
+cost, and MB of records, to size a job from.
 """
 from __future__ import annotations
 
@@ -124,30 +124,33 @@ WORKER_IMPORTS = ("import apache_beam, sys; from segbalance.components import cl
 
 
 def size_table(work: Path, sizes, num_masks: int, num_classes: int, shards: int, small: int) -> None:
-    """ms per mask (bound, job end to end, job steady) at each mask size, in_memory runner, one repeat."""
-    print(f"\nmask sizes: {num_masks} masks each (+ {small} for the fixed cost), in_memory runner, 1 repeat\n")
-    print("| mask size | MB of records | bound ms/mask | job s end to end | job fixed cost s "
-          "| job steady ms/mask | steady ratio vs bound |")
+    """Per mask size: CPU ms per mask of the bound and of the job (in_memory runner, so the whole
+    job runs in this process and its CPU time is this process's), the job's fixed CPU cost, and
+    wall times. CPU time, unlike wall time, hardly depends on how busy a shared machine is."""
+    print(f"\nmask sizes: {num_masks} masks each (+ {small} for the fixed cost), in_memory runner, 1 repeat; "
+          f"CPU time of this process\n")
+    print("| mask size | MB of records | bound CPU ms/mask | job CPU ms/mask (steady) | job fixed CPU s "
+          "| steady ratio vs bound (CPU) | job wall s end to end |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
         records, pattern = write_data(work / f"size{size}", num_masks, size, num_classes, shards)
         _, small_pattern = write_data(work / f"size{size}_small", small, size, num_classes, shards, seed=1)
         megabytes = sum(len(r) for r in records) / 1e6
-        start = time.perf_counter()
+        start = cpu_seconds()
         expected = numpy_bound(records, num_classes)
-        bound = time.perf_counter() - start
-        start = time.perf_counter()
+        bound = cpu_seconds() - start
+        start, start_wall = cpu_seconds(), time.perf_counter()
         stats = run_beam(pattern, work / "out_size", num_classes, VARIANTS["beam_in_memory_1"])
-        full = time.perf_counter() - start
+        full, wall = cpu_seconds() - start, time.perf_counter() - start_wall
         if stats["pixel_counts"] != expected.tolist():
             raise SystemExit(f"size {size}: counts differ from the NumPy bound's")
-        start = time.perf_counter()
+        start = cpu_seconds()
         run_beam(small_pattern, work / "out_size_small", num_classes, VARIANTS["beam_in_memory_1"])
-        fixed = time.perf_counter() - start
+        fixed = cpu_seconds() - start
         steady = (full - fixed) / (num_masks - small) * 1000
         bound_ms = bound / num_masks * 1000
-        print(f"| {size}x{size} | {megabytes:.1f} | {bound_ms:.2f} | {full:.2f} | {fixed:.2f} | {steady:.2f} "
-              f"| {bound_ms / steady:.2f}x |")
+        print(f"| {size}x{size} | {megabytes:.1f} | {bound_ms:.2f} | {steady:.2f} | {fixed:.2f} "
+              f"| {bound_ms / steady:.2f}x | {wall:.2f} |", flush=True)
 
 
 def run_beam(pattern: str, out: Path, num_classes: int, beam_args) -> dict:
