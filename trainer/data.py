@@ -6,8 +6,15 @@
   (a ``tf.lookup.StaticHashTable``), so the labelled-set policy of the statistics (complete
   or partial) is the one the loss sees. Images not in the table (e.g. the eval split,
   whose statistics were not computed) count as completely labelled.
-- Training batches are augmented with random flips and a random crop (scale 0.7 to 1)
-  resized back, applied to the image, the mask (nearest) and the pixel weights together.
+- Training batches (only) are augmented on the CPU, each part set in ``training.augmentation``
+  (``trainer/training_config.py``): random flips, 90-degree rotations (square images; 180
+  degrees otherwise), a random zoom in ``scale`` (> 1 crops a random window, < 1 shrinks the
+  image into a random place) resized back to the same size, then brightness / contrast
+  jitter of the image. The geometry is applied to the image (bilinear), the mask (nearest
+  neighbour, so only its own values appear) and the pixel weights (nearest) together; where
+  a shrunk image leaves a border, the image is 0, the mask ``ignore_index`` (not
+  background) and the weight 0. Stateless random ops seeded by (``seed``, batch number):
+  the same seed gives the same batches.
 - ``pixel_weights`` (optional): a weight map [B,H,W] for the loss (``training.pixel_weights``:
   ``edge``, ``unet_border``, ``intensity_range`` or ``feature_extractor``, parameters in
   ``trainer/training_config.py``, formulas in ``trainer/weight_maps.py``), computed on the fly
@@ -45,26 +52,54 @@ def labeled_table(labeled_by_id: Dict[str, Sequence[int]], num_classes: int):
     return table, tf.constant(matrix)
 
 
-def augment(image, mask, weights, seed):
-    """Same random flip + crop for image (bilinear), mask and weights (nearest). Batched inputs."""
+def augment(image, mask, weights, seed, config=None, ignore_index: int = DEFAULT_IGNORE_INDEX):
+    """Batched (image [B,H,W,3], mask [B,H,W], weights [B,H,W]) augmented as ``config`` (an
+    ``Augmentation``; None: its defaults) says, with stateless ops seeded by ``seed`` [2]."""
+    from segbalance.trainer.training_config import Augmentation
+
+    config = config or Augmentation()
     batch = tf.shape(image)[0]
     size = tf.shape(image)[1:3]
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    flip_lr = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
-    flip_ud = tf.random.stateless_uniform([batch], seeds[1]) < 0.5
+    seeds = tf.random.experimental.stateless_split(seed, 7)
+    labels = [tf.cast(mask, tf.float32)[..., None], tf.cast(weights, tf.float32)[..., None]]
 
-    def flip(x):
-        x = tf.where(flip_lr[:, None, None, None], tf.reverse(x, [2]), x)
-        return tf.where(flip_ud[:, None, None, None], tf.reverse(x, [1]), x)
+    def geometric(fn):
+        nonlocal image, labels
+        image, labels = fn(image), [fn(x) for x in labels]
 
-    scale = tf.random.stateless_uniform([batch], seeds[2], 0.7, 1.0)
-    offset = tf.random.stateless_uniform([batch, 2], seeds[3]) * (1.0 - scale[:, None])
-    boxes = tf.concat([offset, offset + scale[:, None]], axis=1)
-    index = tf.range(batch)
-    image = tf.image.crop_and_resize(flip(image), boxes, index, size, method="bilinear")
-    labels = tf.stack([tf.cast(mask, tf.float32), weights], axis=-1)
-    labels = tf.image.crop_and_resize(flip(labels), boxes, index, size, method="nearest")
-    return image, tf.cast(labels[..., 0], mask.dtype), labels[..., 1]
+    def maybe(flag, fn):
+        return lambda x: tf.where(flag[:, None, None, None], fn(x), x)
+
+    if config.flip_horizontal:
+        geometric(maybe(tf.random.stateless_uniform([batch], seeds[0]) < 0.5, lambda x: tf.reverse(x, [2])))
+    if config.flip_vertical:
+        geometric(maybe(tf.random.stateless_uniform([batch], seeds[1]) < 0.5, lambda x: tf.reverse(x, [1])))
+    if config.rotate90:
+        square = image.shape[1] is not None and image.shape[1] == image.shape[2]
+        k = tf.random.stateless_uniform([batch], seeds[2], 0, 4, tf.int32)
+        for turns in ((1, 2, 3) if square else (2,)):
+            geometric(maybe(tf.equal(k, turns) if square else k >= 2, lambda x, t=turns: tf.image.rot90(x, t)))
+    lo, hi = config.scale
+    if (lo, hi) != (1.0, 1.0):
+        zoom = tf.random.stateless_uniform([batch], seeds[3], lo, hi)
+        side = 1.0 / zoom  # box side in normalised coordinates; > 1 reaches outside the image
+        offset = tf.random.stateless_uniform([batch, 2], seeds[4]) * (1.0 - side[:, None])
+        boxes = tf.concat([offset, offset + side[:, None]], axis=1)
+        index = tf.range(batch)
+        image = tf.image.crop_and_resize(image, boxes, index, size, method="bilinear", extrapolation_value=0.0)
+        labels = [tf.image.crop_and_resize(x, boxes, index, size, method="nearest", extrapolation_value=fill)
+                  for x, fill in zip(labels, (float(ignore_index), 0.0))]
+    if config.brightness or config.contrast:
+        mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
+        if config.contrast:
+            factor = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[5], 1.0 - config.contrast,
+                                                 1.0 + config.contrast)
+            image = (image - mean) * factor + mean
+        if config.brightness:
+            spread = tf.math.reduce_std(image, axis=[1, 2, 3], keepdims=True)
+            shift = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[6], -config.brightness, config.brightness)
+            image = image + shift * spread
+    return image, tf.cast(labels[0][..., 0], mask.dtype), labels[1][..., 0]
 
 
 def pixel_weights_config(config) -> Optional["PixelWeights"]:
@@ -147,9 +182,11 @@ def example_files(file_patterns: List[str]) -> List[str]:
 def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int, num_classes: int,
                  labeled_by_id: Optional[Dict[str, Sequence[int]]] = None, training: bool = False,
                  seed: int = 0, pixel_weights=None, ignore_index: int = DEFAULT_IGNORE_INDEX,
-                 repeat: bool = False, shuffle_buffer: int = 512, drop_remainder: bool = False) -> tf.data.Dataset:
+                 repeat: bool = False, shuffle_buffer: int = 512, drop_remainder: bool = False,
+                 augmentation=None) -> tf.data.Dataset:
     """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": float32 [B,C]
-    (, "pixel_weights": float32 [B,H,W] when ``pixel_weights`` is given)})."""
+    (, "pixel_weights": float32 [B,H,W] when ``pixel_weights`` is given)}). ``training``: shuffled
+    and augmented as ``augmentation`` says (an ``Augmentation``; None: its defaults)."""
     pixel_weights = pixel_weights_config(pixel_weights)
     files = example_files(file_patterns)
     if not files:
@@ -185,16 +222,17 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
     if training:
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda inputs, step: _augment_batch(inputs, tf.stack([tf.cast(seed, tf.int64), step])),
+            lambda inputs, step: _augment_batch(inputs, tf.stack([tf.cast(seed, tf.int64), step]), augmentation,
+                                                ignore_index),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if pixel_weights is None:
             ds = ds.map(lambda image, y: (image, {k: v for k, v in y.items() if k != "pixel_weights"}))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _augment_batch(inputs, seed):
+def _augment_batch(inputs, seed, augmentation, ignore_index):
     image, y = inputs
-    image, mask, weights = augment(image, y["mask"], y["pixel_weights"], seed)
+    image, mask, weights = augment(image, y["mask"], y["pixel_weights"], seed, augmentation, ignore_index)
     return image, {**y, "mask": mask, "pixel_weights": weights}
 
 
