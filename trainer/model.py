@@ -7,20 +7,108 @@ skip concatenations. Outputs logits [B, H, W, C] in float32 (so the loss stays f
 are downloaded: the model starts from a random initialisation.
 
 ``build_backbone_unet`` swaps the encoder for a ``keras.applications`` model (e.g.
-``"MobileNetV2"``, ``"ResNet50"``, ``"EfficientNetB0"``) built with ``weights=None`` (random
-init, nothing downloads); its skip connections are the last feature maps at strides 2, 4,
-8 and 16, found by output shape, so any application whose features halve in size works.
+``"MobileNetV2"``, ``"ResNet50"``, ``"EfficientNetB0"``), nested as the layer ``encoder``
+(a model whose outputs are the last feature maps at strides 2, 4, 8 and 16, found by
+output shape, so any application whose features halve in size works). Its weights
+(``training.backbone_weights``): None (random init), ``"imagenet"`` (keras.applications'
+file from the Keras cache; ``imagenet_weights_guard`` stops with a ``UserError`` naming the
+file when it is not cached and the weights host is unreachable, before anything
+downloads or trains) or the path of a weights file of that backbone. The family's own
+``preprocess_input`` (``keras.applications.<family>``) runs first in the model
+(``BackbonePreprocess``), on the 0..255 pixels Transform passes with a backbone.
 ``build_model(training)`` picks one of the two from the ``training`` config section;
 ``training.image_size`` is checked against ``2 ** depth`` (``2 ** (depth + 1)`` with a
 backbone) when the config is loaded (``trainer/training_config.py``).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from typing import Optional, Sequence
+from urllib.parse import urlparse
 
 import keras
 
+from segbalance.contract import UserError
 from segbalance.trainer.segmentation_model import SegmentationModel
+
+ENCODER = "encoder"  # the nested backbone's layer name (frozen by training.freeze_encoder_epochs)
+
+
+class BackboneWeightsError(ValueError, UserError):
+    """``training.backbone_weights`` cannot be used; the message says what to do."""
+
+
+@keras.saving.register_keras_serializable(package="segbalance")
+class BackbonePreprocess(keras.layers.Layer):
+    """``keras.applications.<family>.preprocess_input`` as a (serialisable) layer."""
+
+    def __init__(self, family: str, **kwargs):
+        super().__init__(**kwargs)
+        self.family = family
+
+    def call(self, inputs):
+        return getattr(keras.applications, self.family).preprocess_input(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "family": self.family}
+
+
+def backbone_family(backbone: str) -> str:
+    """The keras.applications module of a class name, e.g. MobileNetV2 -> mobilenet_v2."""
+    factory = getattr(keras.applications, backbone)
+    family = factory.__module__.rsplit(".", 1)[-1]
+    if not hasattr(getattr(keras.applications, family, None), "preprocess_input"):
+        raise ValueError(f"backbone {backbone!r}: no keras.applications.{family}.preprocess_input")
+    return family
+
+
+def keras_cache_dir() -> str:
+    """Where keras.utils.get_file caches application weights (``$KERAS_HOME`` or ~/.keras, then models/)."""
+    from keras.src.backend.config import keras_home
+
+    base = os.path.expanduser(keras_home())
+    if not os.access(base, os.W_OK) and not os.path.isdir(os.path.join(base, "models")):
+        base = os.path.join("/tmp", ".keras")  # get_file's own fallback
+    return os.path.join(base, "models")
+
+
+def host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """A TCP connection to the URL's host opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def imagenet_weights_guard(backbone: str):
+    """While keras.applications fetches ImageNet weights: a cached file is used; an uncached one is
+    downloaded only when its host answers, else ``BackboneWeightsError`` naming the file to place
+    in the Keras cache (checked before any download starts, so offline runs stop at once)."""
+    from keras.src.utils import file_utils
+
+    real_get_file = file_utils.get_file
+
+    def get_file(fname=None, origin=None, *args, **kwargs):
+        cache = (os.path.join(os.path.expanduser(kwargs["cache_dir"]), kwargs.get("cache_subdir", "datasets"))
+                 if kwargs.get("cache_dir") else keras_cache_dir())
+        name = fname or os.path.basename(urlparse(origin).path)
+        if not os.path.exists(os.path.join(cache, name)) and not host_reachable(origin):
+            raise BackboneWeightsError(
+                f"training.backbone_weights: imagenet: the {backbone} weights file {name} is not in the Keras cache "
+                f"and {urlparse(origin).hostname} is unreachable; download {origin} and place it as "
+                f"{os.path.join(cache, name)} (or set training.backbone_weights: null)")
+        return real_get_file(fname, origin, *args, **kwargs)
+
+    file_utils.get_file = get_file
+    try:
+        yield
+    finally:
+        file_utils.get_file = real_get_file
 
 
 def _block(x, filters: int, name: str):
@@ -74,9 +162,37 @@ def _backbone_features(backbone: keras.Model, height: int, width: int):
     return features
 
 
+def build_encoder(backbone: str, height: int, width: int, depth: int, weights: Optional[str] = None) -> keras.Model:
+    """``keras.applications.<backbone>`` (``weights``: None, "imagenet" or a file) as a model whose
+    outputs are its feature maps at strides 2 .. 2**(depth+1)."""
+    factory = getattr(keras.applications, backbone)
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise BackboneWeightsError(f"training.backbone_weights: {weights} is not a file; give the path of a "
+                                   f"{backbone} weights file (model.save_weights), imagenet or null")
+    try:
+        if weights == "imagenet":
+            with imagenet_weights_guard(backbone):
+                encoder = factory(include_top=False, weights="imagenet", input_shape=(height, width, 3))
+        else:
+            encoder = factory(include_top=False, weights=weights, input_shape=(height, width, 3))
+    except BackboneWeightsError:
+        raise
+    except (ValueError, OSError) as exc:
+        if weights is None:
+            raise
+        raise BackboneWeightsError(f"training.backbone_weights: {weights} does not load into {backbone} "
+                                   f"(include_top=False): {str(exc).splitlines()[0]}") from exc
+    features = _backbone_features(encoder, height, width)
+    strides = [2 ** k for k in range(1, depth + 2)]
+    missing = [s for s in strides if s not in features]
+    if missing:
+        raise ValueError(f"backbone {backbone!r} has no feature map at stride(s) {missing} for {height}x{width}")
+    return keras.Model(encoder.input, [features[s] for s in strides], name=ENCODER)
+
+
 def build_backbone_unet(image_size: Sequence[int], num_classes: int, backbone: str, base_filters: int = 16,
-                        depth: int = 3) -> SegmentationModel:
-    """U-Net decoder on a randomly initialised ``keras.applications.<backbone>`` encoder."""
+                        depth: int = 3, weights: Optional[str] = None) -> SegmentationModel:
+    """U-Net decoder on a ``keras.applications.<backbone>`` encoder (``weights``: see module docstring)."""
     height, width = (int(s) for s in image_size)
     factor = 2 ** (depth + 1)
     if height % factor or width % factor:
@@ -89,17 +205,13 @@ def build_backbone_unet(image_size: Sequence[int], num_classes: int, backbone: s
         known = [n for n in dir(keras.applications) if n[:1].isupper()]
         raise ValueError(f"unknown backbone {backbone!r}; use one of keras.applications: {', '.join(known)}")
     inputs = keras.Input((height, width, 3), name="image")
-    encoder = factory(include_top=False, weights=None, input_tensor=inputs)
-    features = _backbone_features(encoder, height, width)
-    strides = [2 ** k for k in range(1, depth + 2)]
-    missing = [s for s in strides if s not in features]
-    if missing:
-        raise ValueError(f"backbone {backbone!r} has no feature map at stride(s) {missing} for {height}x{width}")
-    x = features[strides[-1]]
-    for level in reversed(range(depth)):  # strides[level] is the skip at this level
+    encoder = build_encoder(backbone, height, width, depth, weights)
+    features = encoder(BackbonePreprocess(backbone_family(backbone), name="preprocess")(inputs))
+    x = features[-1]
+    for level in reversed(range(depth)):  # features[level] is the skip at this level (stride 2**(level+1))
         filters = base_filters * 2 ** (level + 1)
         x = keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}")(x)
-        x = keras.layers.Concatenate(name=f"skip{level}")([x, features[strides[level]]])
+        x = keras.layers.Concatenate(name=f"skip{level}")([x, features[level]])
         x = _block(x, filters, f"dec{level}")
     x = keras.layers.Conv2DTranspose(base_filters, 2, strides=2, name="up_full")(x)
     x = _block(x, base_filters, "dec_full")
@@ -117,5 +229,5 @@ def build_model(training, num_classes: int) -> SegmentationModel:
         training = from_dict(TrainingConfig, training, "training")
     if training.backbone:
         return build_backbone_unet(training.image_size, num_classes, training.backbone, training.base_filters,
-                                   training.depth)
+                                   training.depth, training.backbone_weights)
     return build_unet(training.image_size, num_classes, training.depth, training.base_filters)

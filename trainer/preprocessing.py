@@ -6,7 +6,8 @@ Outputs (batch-major):
   ``custom_config`` (the pipeline's ``TrainerConfig``, as SegTrainer gets it) and
   normalised with the per-channel mean and standard deviation that tf.Transform analysers
   compute over the training split (the std is floored at 1 grey level, so a constant
-  channel does not divide by ~0);
+  channel does not divide by ~0); with a ``training.backbone`` it stays in 0..255 and the
+  model applies the backbone family's own ``preprocess_input`` (``trainer/model.py``);
 - ``mask``: int64 [B, H, W], resized with nearest neighbour (ids stay ids);
 - ``source_id``: string [B], used to join the per-image label sets of ClassStats.
 
@@ -74,10 +75,13 @@ def preprocessing_fn(inputs, custom_config=None):
     image_size = list(config.training.image_size)
     outputs = {}
     image = decode_resize_image(dense_column(inputs[codec.IMAGE_KEY], b""), image_size)
-    pixels = tf.reshape(image, [-1, 3])
-    mean = tft.mean(pixels, reduce_instance_dims=False)
-    std = tf.sqrt(tft.var(pixels, reduce_instance_dims=False))
-    outputs[IMAGE] = (image - mean) / tf.maximum(std, 1.0)
+    if config.training.backbone:  # 0..255: the model applies the backbone family's own preprocess_input
+        outputs[IMAGE] = image
+    else:
+        pixels = tf.reshape(image, [-1, 3])
+        mean = tft.mean(pixels, reduce_instance_dims=False)
+        std = tf.sqrt(tft.var(pixels, reduce_instance_dims=False))
+        outputs[IMAGE] = (image - mean) / tf.maximum(std, 1.0)
     if codec.MASK_KEY in inputs:
         outputs[MASK] = decode_resize_mask(dense_column(inputs[codec.MASK_KEY], b""), image_size,
                                            config.classes.ignore_index)
