@@ -75,16 +75,6 @@ def test_run_fn_errors_before_touching_the_transform_graph(tmp_path):
         task.run_fn(args)
 
 
-def test_optimizer_and_learning_rate_come_from_the_config():
-    from segbalance.trainer.training_config import TrainingConfig
-
-    for name, cls in (("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW),
-                      ("sgd", keras.optimizers.SGD)):
-        optimizer = task.make_optimizer(TrainingConfig(optimizer=name, learning_rate=0.25))
-        assert type(optimizer) is cls and float(optimizer.learning_rate) == 0.25
-    assert float(task.make_optimizer(TrainingConfig()).learning_rate) == pytest.approx(3e-3)  # the schema default
-
-
 def test_backup_dir_is_beside_the_model_run_and_keyed_by_the_training():
     def config(**changes):
         return task.trainer_config(ti.custom_config(changes))[0]

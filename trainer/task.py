@@ -19,8 +19,16 @@ fingerprint of the config and the training files: a retry of the same training r
 the epoch it reached; a different training starts afresh. Keras deletes the backup when
 training finishes.
 
+The recipe (``training`` fields; ``trainer/optimization.py``, ``trainer/training_callbacks.py``):
+optimizer and learning-rate schedule over ``epochs`` x steps per epoch; the exported model
+is the epoch with the best validation mIoU (``restore_best``), optionally stopping early
+(``early_stopping_patience``); a backbone encoder may stay frozen for the first
+``freeze_encoder_epochs``.
+
 TensorBoard logs go to ``<model_run_dir>/logs``; a summary of the run (weights used, the
-loss of the first batch before any update, history) to ``<model_run_dir>/training_summary.json``.
+loss of the first batch before any update, history, ``best_epoch``, ``best_val_miou``,
+``stopped_epoch`` (0-based epochs, null when it did not apply), ``restored_best``) to
+``<model_run_dir>/training_summary.json``.
 
 Checks before training (each a ValueError saying what to change): the config (above),
 ``num_classes`` of the config vs the ClassStats artifact vs the data (more than 10 % of
@@ -42,9 +50,11 @@ from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_s
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.loss_config import LossConfig
 from segbalance.trainer.metrics import segmentation_metrics
+from segbalance.trainer.optimization import make_optimizer
 from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
-from segbalance.trainer.training_config import TrainerConfig, TrainingConfig
+from segbalance.trainer.training_callbacks import BestEpoch, FreezeEncoder
+from segbalance.trainer.training_config import TrainerConfig
 
 SUMMARY_FILE = TRAINING_SUMMARY_FILE
 MAX_BAD_ID_FRACTION = 0.1
@@ -96,15 +106,6 @@ def choose_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.St
     return tf.distribute.get_strategy()
 
 
-def make_optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
-    """``training.optimizer`` at ``training.learning_rate`` (constant)."""
-    if training.optimizer == "sgd":
-        return keras.optimizers.SGD(training.learning_rate, momentum=0.9)
-    if training.optimizer == "adamw":
-        return keras.optimizers.AdamW(training.learning_rate)
-    return keras.optimizers.Adam(training.learning_rate)
-
-
 def backup_dir_for(config: TrainerConfig, train_files, model_run_dir: str) -> str:
     if config.training.backup_dir:
         return config.training.backup_dir
@@ -150,7 +151,9 @@ def run_fn(fn_args) -> None:
                          f"{strategy.num_replicas_in_sync} replicas: lower training.batch_size")
     train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, t.batch_size, num_classes, labeled,
                                  training=True, seed=t.seed, ignore_index=ignore_index, pixel_weights=t.pixel_weights,
-                                 repeat=steps is not None, shuffle_buffer=t.shuffle_buffer, drop_remainder=drop)
+                                 repeat=steps is not None, shuffle_buffer=t.shuffle_buffer, drop_remainder=drop,
+                                 augmentation=t.augmentation)
+    steps_per_epoch = steps or (num_train // t.batch_size if drop else -(-num_train // t.batch_size))
     eval_ds = None
     num_eval = data.count_records(fn_args.eval_files or [])
     if num_eval >= (t.batch_size if drop else 1):
@@ -161,17 +164,21 @@ def run_fn(fn_args) -> None:
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        with strategy.scope():
+        with strategy.scope():  # backbone weights are fetched (or refused) here, before any training
             model = model_lib.build_model(t, num_classes)
             warm_from = warm_start(model, fn_args.base_model) if t.warm_start else None
             loss = SegmentationLoss(t.loss, class_weights=class_weights, num_classes=num_classes,
                                     ignore_index=ignore_index)
-            model.compile(optimizer=make_optimizer(t), loss=loss,
+            model.compile(optimizer=make_optimizer(t, steps_per_epoch), loss=loss,
                           metrics=segmentation_metrics(classes.names, ignore_index), jit_compile=t.jit_compile)
         first_loss = float(loss(*_first_batch_targets(train_ds, model)))
         backup = backup_dir_for(config, fn_args.train_files, fn_args.model_run_dir)
-        callbacks = [keras.callbacks.BackupAndRestore(backup),
-                     keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
+        best = BestEpoch(patience=t.early_stopping_patience, restore=t.restore_best, state_dir=backup)
+        # before BackupAndRestore: the encoder state and the optimizer are set before it restores, and
+        # the best weights are put back before it deletes its folder (which holds BestEpoch's state)
+        callbacks = [FreezeEncoder(model_lib.ENCODER, t.freeze_encoder_epochs)] if t.freeze_encoder_epochs else []
+        callbacks += [best, keras.callbacks.BackupAndRestore(backup),
+                      keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
         callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
@@ -193,6 +200,8 @@ def run_fn(fn_args) -> None:
         "mixed_precision": t.mixed_precision,
         "num_train_records": num_train,
         "warm_started_from": warm_from,
+        "steps_per_epoch": steps_per_epoch,
+        **best.summary(),  # best_epoch, best_val_miou, stopped_epoch (0-based, like epochs_run), restored_best
     }
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:

@@ -1,0 +1,450 @@
+"""Training recipe (issue 15): schedules and optimizers, augmentation, best epoch + early stopping,
+pretrained / local backbone weights with the family's preprocessing, encoder freeze."""
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segbalance.contract import UserError
+from segbalance.trainer import data, model as model_lib
+from segbalance.trainer.optimization import WarmupDecay, make_optimizer, make_schedule
+from segbalance.trainer.training_callbacks import BestEpoch
+from segbalance.trainer.training_config import Augmentation, TrainingConfig
+from segbalance.trainer.typed_config import ConfigError, from_dict
+
+
+# --------------------------------------------------------------------------- schedules / optimizers
+def reference_lr(step, peak, kind, warmup, decay, final=0.0, power=1.0):
+    """The schedule written out in plain Python (trainer/optimization.py's docstring)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / decay)
+    if kind == "constant":
+        return peak
+    if kind == "cosine":
+        return peak * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p)))
+    return peak * (final + (1 - final) * (1 - p) ** power)
+
+
+@pytest.mark.parametrize("kind,warmup_epochs,final,power", [
+    ("constant", 0, 0.0, 1.0), ("constant", 2, 0.0, 1.0), ("cosine", 0, 0.0, 1.0), ("cosine", 1.5, 0.1, 1.0),
+    ("polynomial", 0, 0.0, 1.0), ("polynomial", 1, 0.05, 2.0)])
+def test_schedule_values_match_the_formula(kind, warmup_epochs, final, power):
+    training = from_dict(TrainingConfig, {"epochs": 10, "learning_rate": 0.02, "lr_schedule": {
+        "type": kind, "warmup_epochs": warmup_epochs, "final_fraction": final, "power": power}})
+    steps_per_epoch = 4
+    schedule = make_schedule(training, steps_per_epoch)
+    warmup = round(warmup_epochs * steps_per_epoch)
+    decay = 10 * steps_per_epoch - warmup
+    for step in (0, 1, warmup - 1, warmup, warmup + 1, 17, 25, 39, 40, 55):
+        if step < 0:
+            continue
+        expected = reference_lr(step, 0.02, kind, warmup, decay, final, power)
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9), step
+    # end points: the peak right after warm-up, final_fraction x peak at the end and after
+    assert float(schedule(warmup)) == pytest.approx(0.02, rel=1e-5)
+    if kind != "constant":
+        assert float(schedule(40)) == pytest.approx(0.02 * final, abs=1e-9)
+        assert float(schedule(1000)) == pytest.approx(0.02 * final, abs=1e-9)
+    if warmup:
+        assert float(schedule(0)) == pytest.approx(0.02 / warmup)  # the first update is not at lr 0
+
+
+def test_keras_cosine_decay_agrees_without_warm_up():
+    ours = WarmupDecay(0.1, "cosine", 0, 30, final_fraction=0.2)
+    keras_cosine = keras.optimizers.schedules.CosineDecay(0.1, 30, alpha=0.2)
+    for step in (0, 7, 15, 29, 30, 45):
+        assert float(ours(step)) == pytest.approx(float(keras_cosine(step)), rel=1e-5)
+    keras_poly = keras.optimizers.schedules.PolynomialDecay(0.1, 30, end_learning_rate=0.01, power=2.0)
+    ours = WarmupDecay(0.1, "polynomial", 0, 30, final_fraction=0.1, power=2.0)
+    for step in (0, 7, 15, 29, 30, 45):
+        assert float(ours(step)) == pytest.approx(float(keras_poly(step)), rel=1e-5)
+
+
+def test_schedule_serialises():
+    schedule = WarmupDecay(0.1, "polynomial", 5, 20, 0.1, 2.0)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert isinstance(again, WarmupDecay) and again.get_config() == schedule.get_config()
+
+
+def test_optimizer_choice_momentum_nesterov_weight_decay():
+    for name, cls in (("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW),
+                      ("sgd", keras.optimizers.SGD)):
+        optimizer = make_optimizer(TrainingConfig(optimizer=name, learning_rate=0.25), 10)
+        assert type(optimizer) is cls and float(optimizer.learning_rate) == 0.25
+    assert float(make_optimizer(TrainingConfig(), 10).learning_rate) == pytest.approx(3e-3)  # the schema default
+    sgd = make_optimizer(TrainingConfig(optimizer="sgd", momentum=0.5, nesterov=True, weight_decay=0.01), 10)
+    assert sgd.momentum == 0.5 and sgd.nesterov and sgd.weight_decay == 0.01
+    assert make_optimizer(TrainingConfig(optimizer="adamw"), 10).weight_decay == pytest.approx(0.004)  # Keras' own
+    assert make_optimizer(TrainingConfig(optimizer="adam"), 10).weight_decay is None
+    assert make_optimizer(TrainingConfig(optimizer="adamw", weight_decay=0.1), 10).weight_decay == 0.1
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"lr_schedule": {"type": "step"}}, "training.lr_schedule.type: 'step' is not allowed"),
+    ({"lr_schedule": {"warmup_epochs": 9}}, "training.lr_schedule.warmup_epochs: 9.0 is longer"),
+    ({"lr_schedule": {"final_fraction": 1.5}}, "training.lr_schedule.final_fraction"),
+    ({"momentum": 1.0}, "training.momentum"),
+    ({"weight_decay": -1}, "training.weight_decay"),
+    ({"early_stopping_patience": 0}, "training.early_stopping_patience"),
+    ({"augmentation": {"scale": [2.0, 1.0]}}, "training.augmentation.scale"),
+    ({"augmentation": {"contrast": 1.0}}, "training.augmentation.contrast"),
+    ({"backbone_weights": "imagenet"}, "training.backbone_weights: needs a backbone"),
+    ({"freeze_encoder_epochs": 2}, "training.freeze_encoder_epochs: needs a backbone"),
+])
+def test_recipe_options_are_checked(values, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        from_dict(TrainingConfig, values, "training")
+
+
+# --------------------------------------------------------------------------- augmentation
+def coordinate_batch(batch=4, size=8):
+    """Image channels 0/1 = source row/column; mask = source pixel id row * size + column."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    image = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.float32)
+    mask = (rows * size + cols).astype(np.int32)
+    return tf.constant(np.repeat(image[None], batch, 0)), tf.constant(np.repeat(mask[None], batch, 0))
+
+
+def test_geometry_keeps_image_and_mask_aligned_and_pads_the_mask_with_ignore():
+    size, ignore = 8, 255
+    image, mask = coordinate_batch(16, size)
+    config = Augmentation(scale=(0.6, 1.8), flip_horizontal=True, flip_vertical=True, rotate90=True)
+    out_image, out_mask, out_weights = data.augment(image, mask, tf.ones_like(mask, tf.float32),
+                                                    tf.constant([7, 0], tf.int64), config, ignore)
+    out_image, out_mask, out_weights = out_image.numpy(), out_mask.numpy(), out_weights.numpy()
+    labelled = out_mask != ignore
+    # bilinear of a linear ramp gives the exact source coordinate; nearest picks the closest source pixel
+    assert np.all(np.abs(out_mask[labelled] // size - out_image[..., 0][labelled]) <= 0.5 + 1e-4)
+    assert np.all(np.abs(out_mask[labelled] % size - out_image[..., 1][labelled]) <= 0.5 + 1e-4)
+    assert set(np.unique(out_mask)) <= set(range(size * size)) | {ignore}
+    assert (~labelled).any() and labelled.mean() > 0.3  # some images shrunk: a border of ignore
+    np.testing.assert_array_equal(out_weights, labelled.astype(np.float32))  # padded weights 0
+    # padding is outside the source image: the image there is 0 in both channels
+    assert np.all(out_image[..., :2][~labelled] == 0.0)
+    # each transform happened to some image (a 90-degree turn swaps row and column directions)
+    row_step = np.diff(out_image[..., 0], axis=1)
+    assert (np.abs(row_step) > 0.1).any()
+
+
+def test_flips_and_rotations_equal_numpy():
+    image, mask = coordinate_batch(32, 8)
+    config = Augmentation(scale=(1.0, 1.0), flip_horizontal=True, flip_vertical=True, rotate90=True)
+    _, out_mask, _ = data.augment(image, mask, tf.ones_like(mask, tf.float32), tf.constant([3, 1], tf.int64), config)
+    source = mask.numpy()[0]
+    dihedral = [np.rot90(m, k) for m in (source, source[:, ::-1]) for k in range(4)]
+    seen = set()
+    for out in out_mask.numpy():
+        matches = [i for i, d in enumerate(dihedral) if np.array_equal(out, d)]
+        assert matches, "not a flip / 90-degree rotation of the input"
+        seen.add(matches[0])
+    assert len(seen) >= 6  # 32 draws cover most of the 8 symmetries
+    # a non-square image is never turned by 90 degrees
+    wide_image, wide_mask = tf.zeros([8, 8, 16, 3]), tf.reshape(tf.range(8 * 8 * 16), [8, 8, 16])
+    out = data.augment(wide_image, wide_mask, tf.ones([8, 8, 16]), tf.constant([1, 1], tf.int64),
+                       Augmentation(scale=(1.0, 1.0), rotate90=True))[1]
+    assert out.shape == (8, 8, 16)
+
+
+def test_mask_values_stay_ids_or_ignore_with_everything_on():
+    rng = np.random.default_rng(0)
+    mask = rng.choice([0, 1, 2, 254], size=(6, 16, 16)).astype(np.int32)
+    image = tf.constant(rng.normal(size=(6, 16, 16, 3)).astype(np.float32))
+    config = Augmentation(scale=(0.5, 2.0), rotate90=True, brightness=0.5, contrast=0.5)
+    for seed in range(5):
+        out_mask = data.augment(image, tf.constant(mask), tf.ones([6, 16, 16]), tf.constant([seed, 0], tf.int64),
+                                config, ignore_index=254)[1].numpy()
+        assert set(np.unique(out_mask)) <= {0, 1, 2, 254}
+
+
+def test_photometric_jitter_changes_the_image_only_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    image = tf.constant(rng.normal(2.0, 3.0, size=(8, 8, 8, 3)).astype(np.float32))
+    mask = tf.constant(rng.integers(0, 3, (8, 8, 8)).astype(np.int32))
+    config = Augmentation(scale=(1.0, 1.0), flip_horizontal=False, flip_vertical=False, brightness=0.4, contrast=0.3)
+    seed = tf.constant([9, 2], tf.int64)
+    out_image, out_mask, _ = data.augment(image, mask, tf.ones([8, 8, 8]), seed, config)
+    np.testing.assert_array_equal(out_mask.numpy(), mask.numpy())
+    x, y = image.numpy(), out_image.numpy()
+    for i in range(8):  # y = (x - channel mean) * c + channel mean + b * std(y before b), 0.7 <= c <= 1.3
+        fits = [np.polyfit(x[i, ..., ch].ravel(), y[i, ..., ch].ravel(), 1) for ch in range(3)]
+        slope = fits[0][0]
+        assert 0.7 - 1e-4 <= slope <= 1.3 + 1e-4
+        for ch, (s, intercept) in enumerate(fits):
+            assert s == pytest.approx(slope, abs=1e-4)
+            np.testing.assert_allclose(y[i, ..., ch], slope * x[i, ..., ch] + intercept, atol=1e-3)
+        shifts = y[i].mean(axis=(0, 1)) - x[i].mean(axis=(0, 1))  # the brightness shift, same for every channel
+        np.testing.assert_allclose(shifts, shifts[0], atol=1e-4)
+        assert abs(shifts[0]) <= 0.4 * np.std(x[i]) * 1.3 * 1.01
+    again = data.augment(image, mask, tf.ones([8, 8, 8]), seed, config)[0].numpy()
+    np.testing.assert_array_equal(again, y)
+    other = data.augment(image, mask, tf.ones([8, 8, 8]), tf.constant([10, 2], tf.int64), config)[0].numpy()
+    assert not np.allclose(other, y)
+
+
+def test_everything_off_is_the_identity():
+    image, mask = coordinate_batch(3, 8)
+    off = Augmentation(scale=(1.0, 1.0), flip_horizontal=False, flip_vertical=False)
+    out_image, out_mask, _ = data.augment(image, mask, tf.ones([3, 8, 8]), tf.constant([1, 2], tf.int64), off)
+    np.testing.assert_array_equal(out_image.numpy(), image.numpy())
+    np.testing.assert_array_equal(out_mask.numpy(), mask.numpy())
+
+
+# --------------------------------------------------------------------------- best epoch / early stopping
+class Scripted(keras.Model):
+    """A one-weight model for driving BestEpoch by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = self.add_weight(shape=(), initializer="zeros")
+
+    def call(self, x):
+        return x * self.w
+
+
+def drive(callback, model, values, start=0):
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch, value in enumerate(values, start):
+        model.w.assign(float(epoch))  # the weights "of" this epoch
+        callback.on_epoch_end(epoch, {"val_miou": value})
+        if getattr(model, "stop_training", False):
+            break
+    callback.on_train_end()
+
+
+def test_best_epoch_restores_and_stops_after_patience(tmp_path):
+    model = Scripted()
+    best = BestEpoch(patience=2, state_dir=str(tmp_path / "state"))
+    drive(best, model, [0.2, 0.5, 0.4, 0.45, 0.9, 0.1])
+    assert best.best_epoch == 1 and best.stopped_epoch == 3 and float(model.w) == 1.0  # epoch 1's weights back
+    assert best.summary() == {"best_epoch": 1, "best_val_miou": 0.5, "stopped_epoch": 3, "restored_best": True}
+    last = BestEpoch(restore=False)
+    model.stop_training = False
+    drive(last, model, [0.2, 0.5, 0.4])
+    assert float(model.w) == 2.0 and last.stopped_epoch is None  # restore_best false: the last epoch
+    none = BestEpoch()
+    drive(none, model, [])
+    assert none.summary()["best_epoch"] is None
+
+
+def test_best_epoch_survives_a_resume(tmp_path):
+    state = str(tmp_path / "state")
+    model = Scripted()
+    first = BestEpoch(patience=3, state_dir=state)
+    first.set_model(model)
+    first.on_train_begin()
+    for epoch, value in enumerate([0.3, 0.7, 0.6]):
+        model.w.assign(float(epoch))
+        first.on_epoch_end(epoch, {"val_miou": value})
+    # killed here; a new process resumes at epoch 3 with the state on disk
+    resumed_model = Scripted()
+    second = BestEpoch(patience=3, state_dir=state)
+    drive(second, resumed_model, [0.65, 0.5, 0.9], start=3)
+    assert second.best_epoch == 1 and second.stopped_epoch == 4  # patience counts epochs 2, 3, 4
+    assert float(resumed_model.w) == 1.0  # epoch 1's weights, read back from the state folder
+
+
+# --------------------------------------------------------------------------- backbone weights
+def test_local_backbone_weights_file_is_loaded(tmp_path):
+    encoder = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    recognisable = [np.full(w.shape, (i % 97) / 97.0 + 0.01, np.float32) for i, w in enumerate(encoder.get_weights())]
+    encoder.set_weights(recognisable)
+    path = str(tmp_path / "encoder.weights.h5")
+    encoder.save_weights(path)
+    training = from_dict(TrainingConfig, {"image_size": [64, 64], "backbone": "MobileNetV2", "depth": 3,
+                                          "base_filters": 4, "backbone_weights": path})
+    model = model_lib.build_model(training, 3)
+    by_id = {id(w): value for w, value in zip(encoder.weights, recognisable)}
+    compared = 0
+    for layer in model.get_layer("encoder").layers:  # the encoder up to the deepest skip it feeds
+        if not layer.weights:
+            continue
+        for w, source in zip(layer.weights, encoder.get_layer(layer.name).weights):
+            np.testing.assert_array_equal(np.array(w), by_id[id(source)], err_msg=w.path)
+            compared += 1
+    assert compared > 50
+    random = model_lib.build_model(from_dict(TrainingConfig, {**{"image_size": [64, 64], "backbone": "MobileNetV2",
+                                                                  "depth": 3, "base_filters": 4}}), 3)
+    assert not np.array_equal(np.array(random.get_layer("encoder").weights[0]), recognisable[0])
+
+
+def test_backbone_weights_errors_are_user_errors(tmp_path):
+    base = {"image_size": [32, 32], "backbone": "MobileNetV2", "depth": 3, "base_filters": 4}
+    with pytest.raises(UserError, match="training.backbone_weights: .*missing.weights.h5 is not a file"):
+        model_lib.build_model(from_dict(TrainingConfig, {**base, "backbone_weights": str(tmp_path / "missing.weights.h5")}), 3)
+    other = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    other.save_weights(str(tmp_path / "resnet.weights.h5"))
+    with pytest.raises(UserError, match="does not load into MobileNetV2"):
+        model_lib.build_model(from_dict(TrainingConfig, {**base, "backbone_weights": str(tmp_path / "resnet.weights.h5")}), 3)
+
+
+def test_imagenet_offline_fails_before_any_download_naming_the_cache_file(tmp_path, monkeypatch):
+    from keras.src.utils import file_utils
+
+    monkeypatch.setattr(model_lib, "keras_cache_dir", lambda: str(tmp_path / "models"))
+    monkeypatch.setattr(model_lib, "host_reachable", lambda url, timeout=3.0: False)
+    downloads = []
+    monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: downloads.append(a) or "/nowhere")
+    training = from_dict(TrainingConfig, {"image_size": [32, 32], "backbone": "MobileNetV2", "depth": 3,
+                                          "base_filters": 4, "backbone_weights": "imagenet"})
+    with pytest.raises(UserError) as caught:
+        model_lib.build_model(training, 3)
+    message = str(caught.value)
+    assert "\n" not in message and not downloads
+    expected = os.path.join(str(tmp_path / "models"), "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+    assert expected in message and "storage.googleapis.com" in message
+    # a cached file is used without asking the network: get_file is reached (it reads the cache)
+    (tmp_path / "models").mkdir()
+    open(expected, "wb").close()
+    with pytest.raises(Exception) as caught:
+        model_lib.build_model(training, 3)
+    assert downloads and downloads[0][0].endswith("_no_top.h5")
+
+
+def test_backbone_preprocessing_is_the_family_s(tmp_path):
+    model = model_lib.build_model(from_dict(TrainingConfig, {"image_size": [32, 32], "backbone": "MobileNetV2",
+                                                             "depth": 3, "base_filters": 4}), 3)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    layer = model.get_layer("preprocess")
+    np.testing.assert_allclose(np.asarray(layer(pixels)), pixels / 127.5 - 1.0, rtol=1e-6)  # mobilenet_v2: [-1, 1]
+    resnet = model_lib.BackbonePreprocess(model_lib.backbone_family("ResNet50"))
+    np.testing.assert_allclose(np.asarray(resnet(pixels)),
+                               np.asarray(keras.applications.resnet50.preprocess_input(pixels.copy())), rtol=1e-6)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, compile=False, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(again(pixels)), np.asarray(model(pixels)), rtol=1e-5, atol=1e-5)
+
+
+def test_with_a_backbone_transform_passes_0_to_255_pixels():
+    from segbalance.trainer import example_codec as codec
+    from segbalance.trainer.preprocessing import IMAGE, preprocessing_fn
+    from tests import trainer_inputs as ti
+
+    image, _ = ti.make_image_and_mask(np.random.default_rng(0), 40, 40)
+    config = ti.custom_config(image_size=[32, 32], backbone="MobileNetV2", depth=3)
+    out = preprocessing_fn({codec.IMAGE_KEY: tf.constant([[codec.encode_png(image)]])}, config)
+    expected = tf.image.resize(image[None].astype(np.float32), [32, 32], method="bilinear").numpy()
+    np.testing.assert_allclose(out[IMAGE].numpy(), expected, rtol=1e-5, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- encoder freeze
+class EncoderWeightsPerEpoch(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.start = self.snapshot()
+        self.after = []
+
+    def snapshot(self):
+        return ({w.path: np.array(w) for w in self.model.get_layer("encoder").weights},
+                {w.path: np.array(w) for w in self.model.get_layer("logits").weights})
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after.append(self.snapshot())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_encoder_frozen_for_the_first_epochs_then_trained(optimizer):
+    from segbalance.trainer.training_callbacks import FreezeEncoder
+
+    keras.utils.set_random_seed(0)
+    training = from_dict(TrainingConfig, {"image_size": [32, 32], "backbone": "MobileNetV2", "depth": 3,
+                                          "base_filters": 4, "optimizer": optimizer, "learning_rate": 0.05,
+                                          "freeze_encoder_epochs": 1, "epochs": 2})
+    model = model_lib.build_model(training, 3)
+    model.compile(optimizer=make_optimizer(training, 2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 3, (8, 32, 32)).astype(np.int32)
+    record = EncoderWeightsPerEpoch()
+    model.fit(x, y, batch_size=4, epochs=2, callbacks=[FreezeEncoder("encoder", 1), record], verbose=0)
+    (encoder_0, logits_0), (encoder_1, _) = record.after
+    start_encoder, start_logits = record.start
+    for path, value in start_encoder.items():  # kernels and BatchNorm moving statistics alike
+        np.testing.assert_array_equal(encoder_0[path], value, err_msg=path)
+    assert any(not np.array_equal(logits_0[p], v) for p, v in start_logits.items())  # the decoder trained
+    trainable = [w.path for w in model.get_layer("encoder").trainable_weights]
+    changed = [p for p in trainable if not np.array_equal(encoder_1[p], encoder_0[p])]
+    assert len(changed) > len(trainable) // 2  # epoch 2: the encoder trains
+    assert model.get_layer("encoder").trainable
+
+
+# --------------------------------------------------------------------------- run_fn: best epoch, early stopping
+class CorruptAfterTraining(keras.callbacks.Callback):
+    """From epoch ``start`` on, after the epoch's last training step (before validation), set the
+    model to one that predicts class 2 everywhere: a known-bad epoch."""
+
+    def __init__(self, start: int, steps: int):
+        super().__init__()
+        self.start, self.steps, self.epoch = start, steps, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch >= self.start and batch == self.steps - 1:
+            weights = [np.zeros_like(w) for w in self.model.get_weights()]
+            bias = self.model.get_layer("logits").bias
+            self.model.set_weights(weights)
+            bias.assign(np.array([0.0, 0.0, 10.0], np.float32))
+
+
+def exported_val_miou(uris, args):
+    import tensorflow_transform as tft
+
+    from segbalance.trainer.metrics import segmentation_metrics
+    from tests import trainer_inputs as ti
+
+    model = keras.saving.load_model(os.path.join(args.serving_model_dir, "model.keras"), compile=False)
+    eval_ds = data.make_dataset(args.eval_files, tft.TFTransformOutput(uris["transform_graph"]), ti.CONFIG["batch_size"],
+                                ti.NUM_CLASSES, ignore_index=255)
+    miou = segmentation_metrics(ti.NAMES, 255)[0]
+    for image, y in eval_ds:
+        miou.update_state(y["mask"], model(image, training=False))
+    return float(miou.result())
+
+
+@pytest.mark.slow
+def test_the_exported_model_is_the_best_epoch(tmp_path):
+    import json
+
+    from segbalance.trainer import task
+    from tests import trainer_inputs as ti
+
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 3, "steps_per_epoch": 3, "_extra_callbacks": [CorruptAfterTraining(2, 3)]}
+    args = ti.fn_args_for(uris, str(tmp_path), config)
+    task.run_fn(args)
+    with open(os.path.join(args.model_run_dir, task.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    history = summary["history"]["val_miou"]
+    assert history[2] < max(history[:2])  # the last epoch is the bad one
+    assert summary["best_epoch"] == int(np.argmax(history)) and summary["best_val_miou"] == pytest.approx(max(history))
+    assert summary["stopped_epoch"] is None and summary["restored_best"] and summary["epochs_run"] == [0, 1, 2]
+    assert exported_val_miou(uris, args) == pytest.approx(max(history), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_early_stopping_after_patience_keeps_the_best_epoch(tmp_path):
+    import json
+
+    from segbalance.trainer import task
+    from tests import trainer_inputs as ti
+
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 6, "steps_per_epoch": 3, "early_stopping_patience": 2,
+              "lr_schedule": {"type": "cosine", "warmup_epochs": 1}, "optimizer": "adamw",
+              "_extra_callbacks": [CorruptAfterTraining(1, 3)]}
+    args = ti.fn_args_for(uris, str(tmp_path), config)
+    task.run_fn(args)
+    with open(os.path.join(args.model_run_dir, task.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    history = summary["history"]["val_miou"]
+    assert history[0] > max(history[1:])  # precondition: every corrupted epoch is worse
+    assert summary["epochs_run"] == [0, 1, 2] and summary["stopped_epoch"] == 2 and summary["best_epoch"] == 0
+    assert exported_val_miou(uris, args) == pytest.approx(history[0], abs=1e-6)
+    assert not [d for d in os.listdir(os.path.dirname(args.model_run_dir)) if d.startswith("backup-")]

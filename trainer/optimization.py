@@ -1,0 +1,81 @@
+"""Optimizer and learning-rate schedule of ``training`` (``trainer/training_config.py``).
+
+``WarmupDecay`` is the one schedule: a linear warm-up to the peak ``learning_rate``
+over ``warmup_steps``, then ``constant``, ``cosine`` (to ``final_fraction`` x the peak) or
+``polynomial`` (power ``power``, to ``final_fraction`` x the peak) over ``decay_steps``;
+after ``warmup_steps + decay_steps`` it stays at the final value. At step ``s`` (the
+optimizer's iteration count, 0 for the first update) with ``w`` warm-up and ``d`` decay
+steps, ``p = min(1, (s - w) / d)`` and the peak ``lr``:
+
+- warm-up (``s < w``): ``lr * (s + 1) / w`` (the first update is not wasted at 0)
+- constant: ``lr``
+- cosine: ``lr * (f + (1 - f) * 0.5 * (1 + cos(pi * p)))``
+- polynomial: ``lr * (f + (1 - f) * (1 - p) ** power)``
+
+It is a registered, serialisable ``keras.optimizers.schedules.LearningRateSchedule``, so
+``model.keras`` and BackupAndRestore save and load it.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="segbalance")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    KINDS = ("constant", "cosine", "polynomial")
+
+    def __init__(self, learning_rate: float, kind: str = "constant", warmup_steps: int = 0, decay_steps: int = 1,
+                 final_fraction: float = 0.0, power: float = 1.0):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown schedule {kind!r}; use one of {', '.join(self.KINDS)}")
+        self.learning_rate = float(learning_rate)
+        self.kind = kind
+        self.warmup_steps = int(warmup_steps)
+        self.decay_steps = max(1, int(decay_steps))
+        self.final_fraction = float(final_fraction)
+        self.power = float(power)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        peak = self.learning_rate
+        if self.kind == "constant":
+            decayed = ops.convert_to_tensor(peak, "float32")
+        else:
+            progress = ops.clip((step - self.warmup_steps) / float(self.decay_steps), 0.0, 1.0)
+            if self.kind == "cosine":
+                shape = 0.5 * (1.0 + ops.cos(math.pi * progress))
+            else:
+                shape = ops.power(1.0 - progress, self.power)
+            f = self.final_fraction
+            decayed = peak * (f + (1.0 - f) * shape)
+        if self.warmup_steps <= 0:
+            return decayed
+        warm = peak * (step + 1.0) / float(self.warmup_steps)
+        return ops.where(step < self.warmup_steps, warm, decayed)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "kind": self.kind, "warmup_steps": self.warmup_steps,
+                "decay_steps": self.decay_steps, "final_fraction": self.final_fraction, "power": self.power}
+
+
+def make_schedule(training, steps_per_epoch: int) -> WarmupDecay:
+    """``training.lr_schedule`` over ``training.epochs`` epochs of ``steps_per_epoch`` steps."""
+    schedule = training.lr_schedule
+    total = max(1, int(training.epochs) * int(steps_per_epoch))
+    warmup = min(total, int(round(schedule.warmup_epochs * steps_per_epoch)))
+    return WarmupDecay(training.learning_rate, schedule.type, warmup, max(1, total - warmup),
+                       schedule.final_fraction, schedule.power)
+
+
+def make_optimizer(training, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """``training.optimizer`` with its schedule, momentum / nesterov (sgd) and weight decay."""
+    learning_rate = make_schedule(training, steps_per_epoch)
+    decay = {} if training.weight_decay is None else {"weight_decay": training.weight_decay}
+    if training.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=training.momentum, nesterov=training.nesterov, **decay)
+    if training.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, **decay)
+    return keras.optimizers.Adam(learning_rate, **decay)

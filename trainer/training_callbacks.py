@@ -1,0 +1,113 @@
+"""Keras callbacks of the training recipe: best epoch + early stopping, and a frozen encoder.
+
+``BestEpoch`` follows a validation metric (``val_miou``, larger is better): it keeps the
+weights of the best epoch, stops the training after ``patience`` epochs without a better
+value (``training.early_stopping_patience``; None: never) and, with ``restore``
+(``training.restore_best``), puts the best weights back when training ends, so the model
+``run_fn`` exports is the best epoch. Its state (best value, epoch, weights) is written to
+``state_dir`` at each improvement, inside the BackupAndRestore folder: a resumed training
+keeps its best epoch and its patience count. Place it *before* BackupAndRestore in the
+callback list (BackupAndRestore deletes its folder when training ends). Without the
+metric in the logs (no eval split) it does nothing and the last epoch is exported.
+
+``FreezeEncoder`` keeps a nested layer (the backbone ``encoder``) frozen for the first
+``epochs`` epochs: ``trainable = False`` (Keras then also runs its BatchNorm layers in
+inference mode) and the train function is rebuilt when that changes; the optimizer is
+built on every variable first, so its state covers the encoder once unfrozen. It only
+looks at the epoch number, so a resumed training freezes or not as a fresh one would.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MONITOR = "val_miou"
+
+
+class BestEpoch(keras.callbacks.Callback):
+    STATE, WEIGHTS = "best_epoch.json", "best_epoch_weights.npz"
+
+    def __init__(self, monitor: str = MONITOR, patience: Optional[int] = None, restore: bool = True,
+                 state_dir: Optional[str] = None):
+        super().__init__()
+        self.monitor, self.patience, self.restore, self.state_dir = monitor, patience, restore, state_dir
+        self.best, self.best_epoch, self.stopped_epoch, self._weights = -math.inf, None, None, None
+
+    def _path(self, name: str) -> str:
+        return f"{self.state_dir.rstrip('/')}/{name}"
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_epoch, self.stopped_epoch, self._weights = -math.inf, None, None, None
+        if self.state_dir and tf.io.gfile.exists(self._path(self.STATE)):  # a resumed training
+            with tf.io.gfile.GFile(self._path(self.STATE)) as f:
+                state = json.load(f)
+            self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if value > self.best:
+            self.best, self.best_epoch = value, epoch
+            self._weights = [np.array(w) for w in self.model.get_weights()]
+            self._save()
+        elif self.patience is not None and epoch - self.best_epoch >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            print(f"SegTrainer: early stopping after epoch {epoch + 1}: {self.monitor} has not improved on "
+                  f"{self.best:.4f} (epoch {self.best_epoch + 1}) for {self.patience} epoch(s)", flush=True)
+
+    def _save(self):
+        if not self.state_dir:
+            return
+        tf.io.gfile.makedirs(self.state_dir)
+        buffer = io.BytesIO()
+        np.savez(buffer, *self._weights)
+        with tf.io.gfile.GFile(self._path(self.WEIGHTS), "wb") as f:
+            f.write(buffer.getvalue())
+        with tf.io.gfile.GFile(self._path(self.STATE), "w") as f:  # written last: names complete weights
+            json.dump({"best": self.best, "best_epoch": self.best_epoch}, f)
+
+    def best_weights(self):
+        if self._weights is None and self.best_epoch is not None and self.state_dir:
+            with tf.io.gfile.GFile(self._path(self.WEIGHTS), "rb") as f:
+                arrays = np.load(io.BytesIO(f.read()))
+                self._weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        return self._weights
+
+    def on_train_end(self, logs=None):
+        if self.restore and self.best_epoch is not None:
+            self.model.set_weights(self.best_weights())
+            print(f"SegTrainer: restored the weights of epoch {self.best_epoch + 1} "
+                  f"({self.monitor} {self.best:.4f})", flush=True)
+
+    def summary(self) -> dict:
+        return {"best_epoch": self.best_epoch, f"best_{self.monitor}": None if self.best_epoch is None else self.best,
+                "stopped_epoch": self.stopped_epoch, "restored_best": bool(self.restore and self.best_epoch is not None)}
+
+
+class FreezeEncoder(keras.callbacks.Callback):
+    def __init__(self, layer_name: str, epochs: int):
+        super().__init__()
+        self.layer_name, self.epochs = layer_name, int(epochs)
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            with self.model.distribute_strategy.scope():
+                optimizer.build(self.model.trainable_variables)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        layer = self.model.get_layer(self.layer_name)
+        frozen = epoch < self.epochs
+        if layer.trainable == frozen:
+            layer.trainable = not frozen
+            self.model.make_train_function(force=True)
+            print(f"SegTrainer: epoch {epoch + 1}: encoder {'frozen' if frozen else 'trainable'}", flush=True)
