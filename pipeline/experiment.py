@@ -1,21 +1,25 @@
-"""`segbalance experiment [--quick] [--output docs/results]`: do the losses work?
+"""`segbalance experiment [--quick] [--output docs/results] [options]`: which loss, at convergence?
 
-For each data set the pipeline runs once (sample data -> ingest -> ImportExampleGen ->
-ClassStatsGen -> Transform -> SegTrainer -> SegEvaluator, with LocalDagRunner), then every
-(loss, seed) cell trains with the same ``segbalance.trainer.task.run_fn`` on that pipeline's
-artifacts (examples, transform graph, ClassStats) and is scored on a held-out test set
-with **complete** masks (``components.seg_evaluator``):
+For each data set and annotation drop rate the pipeline runs once (sample data -> ingest ->
+ImportExampleGen -> ClassStatsGen -> Transform -> SegTrainer for 1 epoch -> SegEvaluator, with
+LocalDagRunner) to produce the artifacts; then every cell of the grid **terms x class weighting x
+missing-label handling** (crossed, not one at a time) trains, per seed, with the same
+``segbalance.trainer.task.run_fn`` on them, until its validation mIoU has not improved for
+``--patience`` epochs or ``--max-epochs`` is reached (``training.early_stopping_patience``,
+``restore_best``: the best epoch is the model scored). Each is scored on a held-out test set
+with **complete** masks (``components.seg_evaluator``).
 
-1. missing annotations: shapes with annotation drop fractions {0, 0.3, 0.6}; plain CE,
-   class-weighted CE (median frequency), ignore-predicted CE (seed 004), marginal CE,
-   marginal + exclusion, CE + Dice;
-2. class imbalance: shapes (rare small circles) and the stardist nuclei image (thin
-   boundary class): unweighted vs each weighting scheme, clipped or not, focal, Dice;
-3. seed 004's numbers revisited (``pipeline/seed004.py``).
+Data sets (``segbalance sample-data`` kinds): ``shapes`` (synthetic, test = other seeds),
+``nuclei`` (stardist), and the real package kinds ``buildings`` (SpaceNet tile from solaris),
+``lesions`` (pyradiomics scans), ``labelme`` (3 VOC photos); the real kinds train on
+``--part train`` and are tested on ``--part test``. Annotation drop: ``--drops`` (default
+0, 0.3, 0.6; masks lose classes, ``labeled.json`` says which were annotated).
 
-Writes ``results.md``, ``results.json`` and PNG plots into the output folder. Seeds are
-fixed, so a re-run reproduces the table. ``--quick`` runs a 1-seed, 2-loss, tiny version
-(a few minutes) that the test suite uses.
+``results.json`` keeps every row with its per-epoch curves (``history``), best and stopping
+epoch; ``results.md`` has per-data-set tables, the mean rank of each cell over data sets x drop
+rates, the curves (PNG) and which cells hit the epoch cap before the plateau. Every finished
+training is appended to ``WORK/results.jsonl``, so a stopped run resumes where it stopped.
+``--quick``: shapes, drop 0.3, 2 cells, 1 seed, 2 epochs (the test suite's version).
 """
 from __future__ import annotations
 
@@ -23,24 +27,27 @@ import argparse
 import copy
 import json
 import os
+import platform
 import shutil
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
 CE = {"type": "ce", "weight": 1.0}
+DICE = {"type": "dice", "weight": 1.0}
+FOCAL = {"type": "focal", "weight": 1.0, "gamma": 2.0}
+# Named losses of earlier experiments (tests/test_config.py checks the default against these).
 MISSING_LOSSES = {
     "plain_ce": {"terms": [CE]},
     "weighted_ce_median": {"terms": [CE], "class_weights": "median_frequency"},
     "ignore_predicted_ce": {"terms": [CE], "missing_labels": "ignore_predicted"},
     "marginal_ce": {"terms": [CE], "missing_labels": "marginal"},
     "marginal_exclusion": {"terms": [CE, {"type": "exclusion", "weight": 0.5}], "missing_labels": "marginal"},
-    "ce_dice": {"terms": [CE, {"type": "dice", "weight": 1.0}]},
-    "marginal_ce_dice": {"terms": [CE, {"type": "dice", "weight": 1.0}], "missing_labels": "marginal"},
+    "ce_dice": {"terms": [CE, DICE]},
+    "marginal_ce_dice": {"terms": [CE, DICE], "missing_labels": "marginal"},
 }
 CLIP = (0.5, 5.0)  # raw-weight clipping range of the "_clipped" variants (before normalisation)
 IMBALANCE_LOSSES = {
@@ -51,35 +58,82 @@ IMBALANCE_LOSSES = {
     "median_frequency_clipped": {"terms": [CE], "class_weights": "median_frequency"},
     "enet": {"terms": [CE], "class_weights": "enet"},
     "effective_number": {"terms": [CE], "class_weights": "effective_number"},
-    "focal": {"terms": [{"type": "focal", "weight": 1.0, "gamma": 2.0}]},
-    "ce_dice": {"terms": [CE, {"type": "dice", "weight": 1.0}]},
+    "focal": {"terms": [FOCAL]},
+    "ce_dice": {"terms": [CE, DICE]},
 }
 # Cells whose class weights use other `stats` options than the pipeline run's (fields of
 # pipeline/config.py StatsConfig): their weight vector is computed from the ClassStats counts.
 STATS_CHANGES = {"inverse_frequency_clipped": {"clip": CLIP}, "median_frequency_clipped": {"clip": CLIP}}
-NUCLEI_LOSSES = list(IMBALANCE_LOSSES)
+
+# The crossed grid: a cell is (terms, weighting, missing-label handling).
+TERMS = {"ce": [CE], "ce_dice": [CE, DICE], "focal": [FOCAL]}
+WEIGHTINGS = {"none": None, "inverse_frequency": "inverse_frequency", "inverse_frequency_clipped": "inverse_frequency",
+              "median_frequency": "median_frequency", "median_frequency_clipped": "median_frequency",
+              "enet": "enet", "effective_number": "effective_number"}
+MISSING = {"none": None, "ignore_predicted": "ignore_predicted", "marginal": "marginal"}
+DATASETS = ("shapes", "nuclei", "buildings", "lesions", "labelme")
+
+
+def cell_name(terms: str, weighting: str, missing: str) -> str:
+    return f"{terms}/{weighting}/{missing}"
+
+
+def cell_loss(terms: str, weighting: str, missing: str) -> dict:
+    loss = {"terms": copy.deepcopy(TERMS[terms])}
+    if WEIGHTINGS[weighting]:
+        loss["class_weights"] = WEIGHTINGS[weighting]
+    if MISSING[missing]:
+        loss["missing_labels"] = MISSING[missing]
+    return loss
 
 
 @dataclass
 class Plan:
+    datasets: List[str] = field(default_factory=lambda: ["shapes", "nuclei", "buildings", "lesions"])
     drop_fractions: List[float] = field(default_factory=lambda: [0.0, 0.3, 0.6])
-    missing_losses: List[str] = field(default_factory=lambda: list(MISSING_LOSSES))
-    missing_seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    imbalance_losses: List[str] = field(default_factory=lambda: list(IMBALANCE_LOSSES))
-    imbalance_seeds: List[int] = field(default_factory=lambda: [0, 1])
-    nuclei_losses: List[str] = field(default_factory=lambda: list(NUCLEI_LOSSES))
-    nuclei_seeds: List[int] = field(default_factory=lambda: [0, 1])
+    terms: List[str] = field(default_factory=lambda: ["ce", "ce_dice"])
+    weightings: List[str] = field(default_factory=lambda: ["none", "median_frequency", "median_frequency_clipped",
+                                                           "effective_number"])
+    missing: List[str] = field(default_factory=lambda: ["none", "ignore_predicted", "marginal"])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     num_images: int = 200
     test_images: int = 60
     size: int = 64
-    epochs: int = 8
+    max_epochs: int = 150  # cap; a cell stops earlier when val mIoU has not improved for `patience` epochs
+    patience: int = 15
     batch_size: int = 16
 
     @classmethod
     def quick(cls) -> "Plan":
-        return cls(drop_fractions=[0.3], missing_losses=["plain_ce", "marginal_ce"], missing_seeds=[0],
-                   imbalance_losses=[], imbalance_seeds=[], nuclei_losses=[], nuclei_seeds=[],
-                   num_images=32, test_images=8, size=32, epochs=2, batch_size=8)
+        return cls(datasets=["shapes"], drop_fractions=[0.3], terms=["ce"], weightings=["none"],
+                   missing=["none", "marginal"], seeds=[0], num_images=32, test_images=8, size=32, max_epochs=2,
+                   patience=1, batch_size=8)
+
+    def cells(self) -> List[tuple]:
+        return [(t, w, m) for t in self.terms for w in self.weightings for m in self.missing]
+
+    def check(self) -> None:
+        """Every name known and every cell's loss a valid LossConfig, before the first training."""
+        from segbalance.contract import UserError
+        from segbalance.trainer.loss_config import loss_config
+        from segbalance.trainer.typed_config import ConfigError
+
+        for option, values, known in (("--datasets", self.datasets, DATASETS), ("--terms", self.terms, TERMS),
+                                      ("--weightings", self.weightings, WEIGHTINGS),
+                                      ("--missing", self.missing, MISSING)):
+            unknown = [v for v in values if v not in known]
+            if unknown or not values:
+                raise UserError(f"{option}: {', '.join(unknown) or 'nothing given'}; choose from {', '.join(known)}")
+        bad = [d for d in self.drop_fractions if not 0.0 <= d < 1.0]
+        if bad or not self.drop_fractions:
+            raise UserError(f"--drops: {bad or 'nothing given'}; each must be in [0, 1)")
+        if self.max_epochs < 1 or self.patience < 1 or not self.seeds:
+            raise UserError("--max-epochs and --patience must be >= 1 and --seeds must name at least one seed")
+        for cell in self.cells():
+            try:
+                loss_config(cell_loss(*cell))
+            except ConfigError as exc:
+                raise UserError(f"cell {cell_name(*cell)}: {exc}") from None
 
 
 RESULTS_LOG = "results.jsonl"
@@ -98,38 +152,32 @@ def load_results(work: Path) -> list:
 
 
 # --------------------------------------------------------------------------- data
-def shapes_data(root: Path, plan: Plan, drop: float) -> Path:
+def _sample(folder: Path, **options) -> Path:
+    """``write_sample_data(**options)`` into ``folder`` unless a finished earlier run wrote the same
+    (``sample_config.json`` is written last)."""
     from segbalance.pipeline import sample_data
 
-    if (root / "labeled.json").is_file():  # written by an earlier (resumed) run: same seed, same files
-        return root
-    return sample_data.write_sample_data("shapes", root, plan.num_images, plan.size, seed=0, drop_fraction=drop)
+    marker = folder / "sample_config.json"
+    if marker.is_file() and json.loads(marker.read_text()) == options:
+        return folder
+    sample_data.write_sample_data(output=folder, **options)
+    marker.write_text(json.dumps(options))
+    return folder
 
 
-def shapes_test_set(root: Path, plan: Plan) -> Path:
-    """Held-out images (another seed: no image shared with training), complete masks."""
-    from segbalance.pipeline import sample_data
-
-    return sample_data.write_sample_data("shapes", root, plan.test_images, plan.size, seed=1000)
-
-
-def nuclei_data(root: Path, plan: Plan, seed: int = 0):
-    """Train crops from the left 60% of the stardist image, test crops from the right 40%."""
-    from segbalance.pipeline import sample_data
-    from segbalance.trainer.example_codec import encode_png
-
-    image, mask, names = sample_data.load_real_sample("nuclei")
-    cut = int(mask.shape[1] * 0.6)
-    for folder, sl, count, crop_seed in ((root / "train", slice(0, cut), plan.num_images, seed),
-                                         (root / "test", slice(cut, None), plan.test_images, seed + 1)):
-        for sub in ("images", "masks"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        crops = sample_data._random_crops(image[:, sl], mask[:, sl], count, plan.size, crop_seed)
-        for i, (img, msk) in enumerate(crops):
-            (folder / "images" / f"nuclei_{i:05d}.png").write_bytes(encode_png(img))
-            (folder / "masks" / f"nuclei_{i:05d}.png").write_bytes(encode_png(msk))
-        (folder / "classes.json").write_text(json.dumps({"class_names": names, "ignore_index": 255}))
-    return root / "train", root / "test", names
+def dataset_folders(dataset: str, plan: Plan, drop: float, work: Path) -> tuple:
+    """(training folder with ``drop`` applied, held-out test folder with complete masks). Shapes:
+    the test images come from another seed; real kinds: from ``--part test`` of their images."""
+    common = {"kind": dataset, "size": plan.size}
+    if dataset == "shapes":
+        train = _sample(work / f"{dataset}_drop{drop}", num_images=plan.num_images, seed=0, drop_fraction=drop,
+                        **common)
+        test = _sample(work / f"{dataset}_test", num_images=plan.test_images, seed=1000, **common)
+    else:
+        train = _sample(work / f"{dataset}_drop{drop}", num_images=plan.num_images, seed=0, drop_fraction=drop,
+                        part="train", **common)
+        test = _sample(work / f"{dataset}_test", num_images=plan.test_images, seed=1, part="test", **common)
+    return train, test
 
 
 def load_test_items(folder: Path, mask_sub: str = "masks"):
@@ -178,16 +226,19 @@ def resolve_loss(loss: dict, class_stats_uri: str, stats_changes: Optional[dict]
     return loss
 
 
-def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: Path) -> dict:
+def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: Path, plan: Plan) -> dict:
     """One training with segbalance.trainer.task.run_fn on the pipeline's artifacts (``base_cfg``: the
-    pipeline's trainer custom_config; the cell changes its loss and seed)."""
+    pipeline's trainer custom_config; the cell changes its loss and seed, trains up to ``max_epochs``
+    with early stopping after ``patience`` epochs without a better val mIoU, best epoch restored)."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     from segbalance.trainer.task import SUMMARY_FILE, run_fn
 
     shutil.rmtree(workdir, ignore_errors=True)
     cfg = copy.deepcopy(base_cfg)
-    cfg["training"].update({"loss": loss, "seed": seed, "backup_dir": str(workdir / "backup")})
+    cfg["training"].update({"loss": loss, "seed": seed, "backup_dir": str(workdir / "backup"),
+                            "epochs": plan.max_epochs, "early_stopping_patience": plan.patience,
+                            "restore_best": True})
     cfg["class_stats_uri"] = artifacts["class_stats"]
     fn_args = FnArgs(
         train_files=[os.path.join(artifacts["examples"], "Split-train", "*")],
@@ -197,8 +248,13 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
     started = time.time()
     run_fn(fn_args)
     summary = json.loads((workdir / "run" / SUMMARY_FILE).read_text())
+    curve = summary["history"].get("val_miou", [])
     return {"serving_dir": str(workdir / "serving"), "seconds": round(time.time() - started, 1),
-            "history": summary["history"], "class_weights": summary["class_weights"]}
+            "history": summary["history"], "class_weights": summary["class_weights"],
+            "epochs_run": len(summary.get("epochs_run", curve)),
+            # 0-based; from run_fn's summary when it reports them, else from the curve
+            "best_epoch": summary.get("best_epoch", int(np.argmax(curve)) if curve else None),
+            "stopped_epoch": summary.get("stopped_epoch")}
 
 
 def evaluate(serving_dir: str, items, num_classes: int, ignore_index: int) -> dict:
@@ -210,111 +266,156 @@ def evaluate(serving_dir: str, items, num_classes: int, ignore_index: int) -> di
 
 
 def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names: List[str], seed: int = 0):
+    """The pipeline run that makes a group's artifacts (its own SegTrainer trains 1 epoch: the cells train)."""
     from segbalance.pipeline.config import config_from_dict
 
     return config_from_dict({
         "name": "segbalance-experiment", "output_dir": str(output_dir),
         "data": {"dir": str(data_dir)},
         "classes": {"names": list(class_names)},
-        "training": {"image_size": [plan.size, plan.size], "epochs": plan.epochs, "batch_size": plan.batch_size,
+        "training": {"image_size": [plan.size, plan.size], "epochs": 1, "batch_size": plan.batch_size,
                      "depth": 3 if plan.size % 8 == 0 else 2, "loss": {"terms": [CE]}, "seed": seed},
         "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0},
     })
 
 
-def run_group(name: str, plan: Plan, config, losses: Dict[str, dict], names: List[str], seeds: List[int],
-              items, work: Path, results: list, keep_models: Optional[set] = None) -> None:
+def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, results: list,
+              keep: set = frozenset()) -> None:
+    """Every (cell, seed) of one data set at one drop rate; rows go to ``results`` and results.jsonl.
+    Cells in ``keep`` keep their serving model (for the example pictures)."""
     from segbalance.pipeline.dag import trainer_custom_config
 
+    name = f"{dataset}_drop{drop}"
+    done = {(r["group"], r["loss"], r["seed"]): r for r in results}
+    todo = []
+    for cell in plan.cells():
+        for seed in plan.seeds:
+            earlier = done.get((name, cell_name(*cell), seed))
+            if earlier and ((cell, seed) not in keep or Path(earlier.get("serving_dir", "/nonexistent")).is_dir()):
+                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused", flush=True)
+            else:
+                todo.append((cell, seed))
+    if not todo:
+        return
     print(f"experiment: [{name}] pipeline for {config.data.dir}", flush=True)
     artifacts = pipeline_artifacts(config)
     base_cfg = trainer_custom_config(config)
-    done = {(r["group"], r["loss"], r["seed"]) for r in results}
-    for loss_name in names:
-        for seed in seeds:
-            if (name, loss_name, seed) in done and (keep_models is None or (loss_name, seed) not in keep_models):
-                print(f"experiment: [{name}] {loss_name} seed {seed}: done in an earlier run, reused", flush=True)
-                continue
-            cell_dir = work / "cells" / f"{name}-{loss_name}-{seed}"
-            loss = resolve_loss(losses[loss_name], artifacts["class_stats"], STATS_CHANGES.get(loss_name),
-                                config.stats)
-            outcome = train_cell(artifacts, base_cfg, loss, seed, cell_dir)
-            scores = evaluate(outcome["serving_dir"], items, config.num_classes, config.classes.ignore_index)
-            row = {"group": name, "loss": loss_name, "seed": seed, "miou": scores["miou"],
-                   "per_class_iou": scores["per_class_iou"], "seconds": outcome["seconds"],
-                   "history": outcome["history"], "class_weights": outcome["class_weights"],
-                   "class_names": list(config.classes.names)}
-            results[:] = [r for r in results if (r["group"], r["loss"], r["seed"]) != (name, loss_name, seed)]
-            results.append(row)
-            with open(work / RESULTS_LOG, "a") as log:  # a crashed or stopped run resumes from here
-                log.write(json.dumps(row) + "\n")
-            print(f"experiment: [{name}] {loss_name} seed {seed}: test mIoU {scores['miou']:.4f} "
-                  f"({outcome['seconds']}s)", flush=True)
-            if keep_models is None or (loss_name, seed) not in keep_models:
-                shutil.rmtree(cell_dir, ignore_errors=True)
-            else:
-                results[-1]["serving_dir"] = outcome["serving_dir"]
+    for cell, seed in todo:
+        loss_name, kept = cell_name(*cell), (cell, seed) in keep
+        cell_dir = work / "cells" / f"{name}-{loss_name.replace('/', '-')}-{seed}"
+        loss = resolve_loss(cell_loss(*cell), artifacts["class_stats"], STATS_CHANGES.get(cell[1]), config.stats)
+        outcome = train_cell(artifacts, base_cfg, loss, seed, cell_dir, plan)
+        scores = evaluate(outcome["serving_dir"], items, config.num_classes, config.classes.ignore_index)
+        row = {"group": name, "dataset": dataset, "drop": drop, "loss": loss_name, "terms": cell[0],
+               "weighting": cell[1], "missing": cell[2], "seed": seed, "miou": scores["miou"],
+               "per_class_iou": scores["per_class_iou"], "class_names": list(config.classes.names),
+               "max_epochs": plan.max_epochs, "patience": plan.patience,
+               **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
+                                          "stopped_epoch")}}
+        if kept:
+            row["serving_dir"] = outcome["serving_dir"]
+        else:
+            shutil.rmtree(cell_dir, ignore_errors=True)
+        results[:] = [r for r in results if (r["group"], r["loss"], r["seed"]) != (name, loss_name, seed)]
+        results.append(row)
+        with open(work / RESULTS_LOG, "a") as log:  # a crashed or stopped run resumes from here
+            log.write(json.dumps(row) + "\n")
+        print(f"experiment: [{name}] {loss_name} seed {seed}: test mIoU {scores['miou']:.4f}, "
+              f"{outcome['epochs_run']} epochs, best {outcome['best_epoch']} ({outcome['seconds']}s)", flush=True)
 
 
-def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None) -> dict:
+def example_cells(plan: Plan) -> set:
+    """At most 4 cells whose models are kept for the example pictures: the first terms, with and
+    without the first weighting and missing-label handling, first seed."""
+    weightings = list(dict.fromkeys([plan.weightings[0], plan.weightings[-1]]))
+    missing = list(dict.fromkeys([plan.missing[0], plan.missing[-1]]))
+    return {((plan.terms[0], w, m), plan.seeds[0]) for w in weightings for m in missing}
+
+
+def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, command: str = "segbalance experiment"
+                   ) -> dict:
     from segbalance.pipeline import experiment_report, seed004
-    from segbalance.pipeline.sample_data import SHAPES_CLASSES
 
+    plan.check()
     work = Path(work or output / "_work")
     output.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: list = load_results(work)
     if results:
         print(f"experiment: resuming, {len(results)} trainings already done in {work}", flush=True)
-    test_dir = shapes_test_set(work / "shapes_test", plan)
-    shapes_items = load_test_items(test_dir)
     example_drop = max(plan.drop_fractions)
-    for drop in plan.drop_fractions:
-        data = shapes_data(work / f"shapes_drop{drop}", plan, drop)
-        config = experiment_config(plan, data, work / f"run_drop{drop}", SHAPES_CLASSES)
-        keep = {(loss, plan.missing_seeds[0]) for loss in plan.missing_losses} if drop == example_drop else set()
-        run_group(f"missing_drop{drop}", plan, config, MISSING_LOSSES, plan.missing_losses, plan.missing_seeds,
-                  shapes_items, work, results, keep)
-        if drop == 0.0 and plan.imbalance_losses:
-            # Cells identical to ones just trained (same data, loss and seed) are reused, not retrained.
-            same = {"unweighted": "plain_ce", "median_frequency": "weighted_ce_median", "ce_dice": "ce_dice"}
-            for row in list(results):
-                for new, old in same.items():
-                    if (row["group"] == "missing_drop0.0" and row["loss"] == old and new in plan.imbalance_losses
-                            and row["seed"] in plan.imbalance_seeds
-                            and not any((r["group"], r["loss"], r["seed"]) == ("imbalance_shapes", new, row["seed"])
-                                        for r in results)):
-                        results.append({**row, "group": "imbalance_shapes", "loss": new})
-            extra = [n for n in plan.imbalance_losses if n not in same or same[n] not in plan.missing_losses]
-            run_group("imbalance_shapes", plan, config, IMBALANCE_LOSSES, extra, plan.imbalance_seeds,
-                      shapes_items, work, results)
-    if plan.nuclei_losses:
-        train_dir, nuclei_test, nuclei_names = nuclei_data(work / "nuclei", plan)
-        config = experiment_config(plan, train_dir, work / "run_nuclei", nuclei_names)
-        run_group("imbalance_nuclei", plan, config, IMBALANCE_LOSSES, plan.nuclei_losses, plan.nuclei_seeds,
-                  load_test_items(nuclei_test), work, results)
+    tests = {}
+    for dataset in plan.datasets:
+        for drop in plan.drop_fractions:
+            train_dir, test_dir = dataset_folders(dataset, plan, drop, work)
+            tests[dataset] = test_dir
+            names = json.loads((train_dir / "classes.json").read_text())["class_names"]
+            config = experiment_config(plan, train_dir, work / f"run_{dataset}_drop{drop}", names)
+            keep = example_cells(plan) if drop == example_drop else set()
+            run_group(dataset, drop, plan, config, load_test_items(test_dir), work, results, keep)
     report = {
-        "plan": plan.__dict__, "results": results, "seed004": seed004.revisit(),
-        "seconds": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"),
-        "command": "segbalance experiment" + (" --quick" if plan.epochs <= 2 else ""),
+        "plan": asdict(plan), "results": results, "seed004": seed004.revisit(),
+        "seconds": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"), "command": command,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
     }
-    experiment_report.write(report, output, shapes_items, example_drop)
+    experiment_report.write(report, output, {d: load_test_items(t) for d, t in tests.items()}, example_drop)
     return report
+
+
+def _floats(text: str) -> List[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> List[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "experiment", help="train small models to compare the losses (tables and plots)",
+        "experiment", help="train to convergence and compare losses across data sets (tables and plots)",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = Plan()
     parser.add_argument("--output", default="docs/results", help="where results.md and the plots go")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 losses, tiny data (a few minutes)")
-    parser.add_argument("--work-dir", help="scratch folder (default OUTPUT/_work, removed at the end)")
+    parser.add_argument("--quick", action="store_true", help="shapes, 2 cells, 1 seed, 2 epochs (a few minutes)")
+    parser.add_argument("--work-dir", help="scratch folder (default OUTPUT/_work, removed at the end); "
+                        "give one to resume a stopped run")
+    parser.add_argument("--datasets", type=_names, help=f"comma-separated, of {', '.join(DATASETS)} "
+                        f"(default {','.join(default.datasets)})")
+    parser.add_argument("--drops", type=_floats, help="annotation drop fractions (default 0,0.3,0.6)")
+    parser.add_argument("--terms", type=_names, help=f"of {', '.join(TERMS)} (default {','.join(default.terms)})")
+    parser.add_argument("--weightings", type=_names, help=f"of {', '.join(WEIGHTINGS)} "
+                        f"(default {','.join(default.weightings)})")
+    parser.add_argument("--missing", type=_names, help=f"of {', '.join(MISSING)} (default {','.join(default.missing)})")
+    parser.add_argument("--seeds", type=lambda t: [int(x) for x in _names(t)], help="default 0,1,2")
+    for option, kind in (("--max-epochs", int), ("--patience", int), ("--num-images", int),
+                         ("--test-images", int), ("--size", int), ("--batch-size", int)):
+        attr = option[2:].replace("-", "_")
+        parser.add_argument(option, type=kind, help=f"default {getattr(default, attr)}")
     parser.set_defaults(func=_main)
+
+
+ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "seeds", "max_epochs", "patience", "num_images",
+             "test_images", "size", "batch_size")
+
+
+def plan_from_args(args) -> Plan:
+    plan = Plan.quick() if args.quick else Plan()
+    for attr, value in (("datasets", args.datasets), ("drop_fractions", args.drops), ("terms", args.terms),
+                        ("weightings", args.weightings), ("missing", args.missing), ("seeds", args.seeds),
+                        ("max_epochs", args.max_epochs), ("patience", args.patience),
+                        ("num_images", args.num_images), ("test_images", args.test_images), ("size", args.size),
+                        ("batch_size", args.batch_size)):
+        if value is not None:
+            setattr(plan, attr, value)
+    plan.check()
+    return plan
 
 
 def _main(args) -> int:
     from segbalance.pipeline.run import quiet_library_output
 
+    plan = plan_from_args(args)  # a bad option: one line before anything is imported or written
     quiet_library_output()
     from segbalance.pipeline.output_guard import check_is_folder
 
@@ -322,7 +423,10 @@ def _main(args) -> int:
     work = Path(args.work_dir) if args.work_dir else output / "_work"
     check_is_folder(output, "--output")  # a file there: one line now, not a traceback after the first training
     check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
-    report = run_experiment(output, Plan.quick() if args.quick else Plan(), work)
+    given = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+             for k, v in vars(args).items() if k in ARG_NAMES and v is not None]
+    command = " ".join(["segbalance experiment", *(["--quick"] if args.quick else []), *given])
+    report = run_experiment(output, plan, work, command=command)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"experiment: {len(report['results'])} trainings in {report['seconds']}s; "

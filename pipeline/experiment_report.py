@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -25,20 +25,60 @@ def grouped(results: list) -> Dict[tuple, list]:
     return out
 
 
+def _datasets(results: list) -> List[str]:
+    return list(dict.fromkeys(r["dataset"] for r in results))
+
+
+def _drops(results: list, dataset: Optional[str] = None) -> List[float]:
+    return sorted({r["drop"] for r in results if dataset is None or r["dataset"] == dataset})
+
+
+def _losses(results: list) -> List[str]:
+    return list(dict.fromkeys(r["loss"] for r in results))
+
+
 def _per_class(rows: list, c: int) -> List[float]:
     return [r["per_class_iou"][c] for r in rows if r["per_class_iou"][c] is not None]
 
 
-def missing_table(results: list) -> List[str]:
+# --------------------------------------------------------------------------- ranks
+def mean_ranks(results: list) -> List[dict]:
+    """Rank the cells (losses) within each (data set, drop) group by their mean test mIoU over seeds
+    (1 = best, ties share the mean rank); average the ranks over the groups. Only cells measured in
+    every group take part, so each mean is over the same groups. Sorted best first."""
+    from scipy.stats import rankdata
+
     groups = grouped(results)
-    drops = sorted({float(g.split("drop")[1]) for g, _ in groups if g.startswith("missing_drop")})
-    losses = list(dict.fromkeys(r["loss"] for r in results if r["group"].startswith("missing_drop")))
-    if not drops:
+    names = sorted({g for g, _ in groups})
+    losses = [loss for loss in _losses(results) if all((g, loss) in groups for g in names)]
+    if not losses:
         return []
-    lines = ["| loss | " + " | ".join(f"mIoU, drop {d}" for d in drops) + " |",
-             "|---|" + "---|" * len(drops)]
-    for loss in losses:
-        cells = [_stats([r["miou"] for r in groups.get((f"missing_drop{d}", loss), [])]) for d in drops]
+    means = np.array([[np.mean([r["miou"] for r in groups[(g, loss)]]) for loss in losses] for g in names])
+    ranks = np.array([rankdata(-row, method="average") for row in means])  # [group, loss]
+    out = [{"loss": loss, "mean_rank": float(ranks[:, j].mean()), "groups": len(names),
+            "mean_miou": float(means[:, j].mean()), "worst_rank": float(ranks[:, j].max())}
+           for j, loss in enumerate(losses)]
+    return sorted(out, key=lambda d: (d["mean_rank"], -d["mean_miou"]))
+
+
+def rank_table(results: list) -> List[str]:
+    ranked = mean_ranks(results)
+    if not ranked:
+        return []
+    lines = ["| cell (terms/weighting/missing) | mean rank | worst rank | mean mIoU | groups |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {d['loss']} | {d['mean_rank']:.2f} | {d['worst_rank']:.1f} | {d['mean_miou']:.3f} | {d['groups']} |"
+              for d in ranked]
+    return lines
+
+
+# --------------------------------------------------------------------------- tables
+def dataset_table(results: list, dataset: str) -> List[str]:
+    rows = [r for r in results if r["dataset"] == dataset]
+    drops, groups = _drops(rows), grouped(rows)
+    lines = ["| cell | " + " | ".join(f"mIoU, drop {d}" for d in drops) + " |", "|---|" + "---|" * len(drops)]
+    for loss in _losses(rows):
+        cells = [_stats([r["miou"] for r in groups.get((f"{dataset}_drop{d}", loss), [])]) for d in drops]
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
     return lines
 
@@ -49,12 +89,30 @@ def per_class_table(results: list, group: str) -> List[str]:
         return []
     names = rows[0]["class_names"]
     groups = grouped(rows)
-    lines = ["| loss | mIoU | " + " | ".join(f"IoU {n}" for n in names) + " | seeds |",
+    lines = ["| cell | mIoU | " + " | ".join(f"IoU {n}" for n in names) + " | seeds |",
              "|---|---|" + "---|" * len(names) + "---|"]
     for (_, loss), cell in groups.items():
         per_class = [_stats(_per_class(cell, c)) for c in range(len(names))]
         lines.append(f"| {loss} | {_stats([r['miou'] for r in cell])} | " + " | ".join(per_class)
                      + f" | {len(cell)} |")
+    return lines
+
+
+def capped(row: dict) -> bool:
+    """The training ran to the epoch cap without early stopping: not shown to be on its plateau."""
+    return row["stopped_epoch"] is None and row["epochs_run"] >= row["max_epochs"]
+
+
+def convergence_table(results: list) -> List[str]:
+    lines = ["| group | trainings | stopped early | hit the epoch cap | epochs run (median, max) "
+             "| best epoch (median) |", "|---|---|---|---|---|---|"]
+    for group in dict.fromkeys(r["group"] for r in results):
+        rows = [r for r in results if r["group"] == group]
+        epochs = [r["epochs_run"] for r in rows]
+        best = [r["best_epoch"] + 1 for r in rows if r["best_epoch"] is not None]
+        lines.append(f"| {group} | {len(rows)} | {sum(r['stopped_epoch'] is not None for r in rows)} | "
+                     f"{sum(capped(r) for r in rows)} | {np.median(epochs):.0f}, {max(epochs)} | "
+                     f"{np.median(best) if best else float('nan'):.0f} |")
     return lines
 
 
@@ -79,27 +137,29 @@ def _plt():
     return plt
 
 
-def plot_miou_vs_drop(results: list, path: Path) -> None:
-    plt = _plt()
-    groups = grouped(results)
-    drops = sorted({float(g.split("drop")[1]) for g, _ in groups if g.startswith("missing_drop")})
-    losses = list(dict.fromkeys(r["loss"] for r in results if r["group"].startswith("missing_drop")))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for loss in losses:
-        means, stds = [], []
-        for d in drops:
-            values = [r["miou"] for r in groups.get((f"missing_drop{d}", loss), [])]
-            means.append(np.mean(values))
-            stds.append(np.std(values))
-        ax.errorbar(drops, means, yerr=stds, marker="o", capsize=3, label=loss)
-    ax.set_xlabel("fraction of images with erased annotations")
-    ax.set_ylabel("test mIoU (complete masks)")
-    ax.set_title("mIoU vs annotation drop (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def _save(fig, plt, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_miou_vs_drop(results: list, path: Path) -> None:
+    plt = _plt()
+    datasets = _datasets(results)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rows = [r for r in results if r["dataset"] == dataset]
+        drops, groups = _drops(rows), grouped(rows)
+        for loss in _losses(rows):
+            values = [[r["miou"] for r in groups.get((f"{dataset}_drop{d}", loss), [])] for d in drops]
+            ax.errorbar(drops, [np.mean(v) if v else np.nan for v in values],
+                        yerr=[np.std(v) if v else 0 for v in values], marker="o", capsize=3, label=loss)
+        ax.set_title(dataset)
+        ax.set_xlabel("fraction of images with erased annotations")
+        ax.set_ylabel("test mIoU (complete masks)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    _save(fig, plt, path)
 
 
 def plot_per_class(results: list, group: str, path: Path, title: str) -> None:
@@ -109,61 +169,62 @@ def plot_per_class(results: list, group: str, path: Path, title: str) -> None:
     plt = _plt()
     names = rows[0]["class_names"]
     groups = grouped(rows)
-    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(groups)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(groups)), 4.5))
     width = 0.8 / len(names)
     for c, name in enumerate(names):
         means = [np.mean(_per_class(cell, c) or [0]) for cell in groups.values()]
         stds = [np.std(_per_class(cell, c) or [0]) for cell in groups.values()]
         ax.bar(np.arange(len(groups)) + c * width, means, width, yerr=stds, capsize=2, label=name)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([loss for _, loss in groups], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([loss for _, loss in groups], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("test IoU")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, plt, path)
 
 
 def plot_training_curves(results: list, group: str, path: Path) -> None:
-    rows = [r for r in results if r["group"] == group and r["seed"] == min(x["seed"] for x in results)]
+    """Validation mIoU per epoch of every cell (first seed), its best epoch marked: the plateau."""
+    rows = [r for r in results if r["group"] == group]
+    rows = [r for r in rows if r["seed"] == min(x["seed"] for x in rows)]
     if not rows:
         return
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for row in rows:
-        axes[0].plot(row["history"]["loss"], label=row["loss"])
-        if "val_miou" in row["history"]:
-            axes[1].plot(row["history"]["val_miou"], label=row["loss"])
+        (line,) = axes[0].plot(row["history"]["loss"], label=row["loss"])
+        curve = row["history"].get("val_miou", [])
+        axes[1].plot(curve, color=line.get_color(), label=row["loss"])
+        if row["best_epoch"] is not None and row["best_epoch"] < len(curve):
+            axes[1].plot([row["best_epoch"]], [curve[row["best_epoch"]]], "o", color=line.get_color())
     axes[0].set_title(f"training loss ({group})")
-    axes[1].set_title("validation mIoU (annotated masks)")
+    axes[1].set_title("validation mIoU (annotated masks); dot = best epoch (exported)")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[1].legend(fontsize=7)
+    _save(fig, plt, path)
 
 
-def plot_examples(results: list, items, drop_folder: Path, path: Path, group: str, count: int = 3) -> None:
-    """image | complete mask | annotation (erased) | prediction per loss, for a few test images."""
+def plot_examples(results: list, items, path: Path, group: str, count: int = 3) -> None:
+    """image | complete mask | prediction per kept cell, for a few test images."""
     from segbalance.components.seg_evaluator import load_predictor
 
-    rows = [r for r in results if r["group"] == group and r.get("serving_dir")]
-    if not rows:
+    rows = [r for r in results if r["group"] == group and r.get("serving_dir") and Path(r["serving_dir"]).is_dir()]
+    if not rows or not items:
         return
     plt = _plt()
     from segbalance.trainer.example_codec import decode_array
 
-    palette = np.array([[0, 0, 0], [230, 60, 50], [60, 180, 75], [50, 90, 230], [255, 255, 255]], np.uint8)
-    colour = lambda m: palette[np.where(m == 255, 4, np.minimum(m, 3))]  # noqa: E731
+    palette = (np.array(plt.get_cmap("tab10").colors) * 255).astype(np.uint8)
+    palette = np.concatenate([[[0, 0, 0]], palette, [[255, 255, 255]]]).astype(np.uint8)
+    colour = lambda m: palette[np.where(m == 255, len(palette) - 1, np.minimum(m, len(palette) - 2))]  # noqa: E731
     chosen = items[:count]
     predictions = {r["loss"]: load_predictor(r["serving_dir"])([image for _, image, _ in chosen]) for r in rows}
     columns = 2 + len(predictions)
-    fig, axes = plt.subplots(count, columns, figsize=(1.8 * columns, 1.9 * count))
-    for i, (sid, image_bytes, mask) in enumerate(chosen):
+    fig, axes = plt.subplots(len(chosen), columns, figsize=(1.9 * columns, 1.9 * len(chosen)), squeeze=False)
+    for i, (_, image_bytes, mask) in enumerate(chosen):
         panels = [("image", decode_array(image_bytes)), ("complete mask", colour(mask))]
         panels += [(loss, colour(pred[i])) for loss, pred in predictions.items()]
         for j, (title, panel) in enumerate(panels):
@@ -171,53 +232,54 @@ def plot_examples(results: list, items, drop_folder: Path, path: Path, group: st
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
             if i == 0:
-                axes[i, j].set_title(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                axes[i, j].set_title(title, fontsize=6)
+    _save(fig, plt, path)
 
 
 # --------------------------------------------------------------------------- write
-def write(report: dict, output: Path, shapes_items, example_drop: float) -> None:
+def write(report: dict, output: Path, test_items: dict, example_drop: float) -> None:
+    """results.json (every row with its curves), results.md and the PNGs. ``test_items``: per data set."""
     results = report["results"]
-    for row in results:
-        row.pop("serving_dir_tmp", None)
+    plan = report["plan"]
     plot_miou_vs_drop(results, output / "miou_vs_drop.png")
-    example_group = f"missing_drop{example_drop}"
-    plot_per_class(results, example_group, output / "per_class_iou_missing.png",
-                   f"per-class test IoU, drop {example_drop}")
-    plot_per_class(results, "imbalance_shapes", output / "per_class_iou_imbalance_shapes.png",
-                   "per-class test IoU, shapes (circle = rare class)")
-    plot_per_class(results, "imbalance_nuclei", output / "per_class_iou_imbalance_nuclei.png",
-                   "per-class test IoU, nuclei (boundary = rare class)")
-    plot_training_curves(results, example_group, output / "training_curves.png")
-    plot_examples(results, shapes_items, output, output / "examples.png", example_group)
+    sections = []
+    for dataset in _datasets(results):
+        group = f"{dataset}_drop{example_drop}"
+        first = f"{dataset}_drop{min(_drops(results, dataset))}"
+        plot_per_class(results, group, output / f"per_class_iou_{dataset}.png",
+                       f"per-class test IoU, {dataset}, drop {example_drop}")
+        plot_training_curves(results, group, output / f"training_curves_{dataset}.png")
+        plot_examples(results, test_items.get(dataset, []), output / f"examples_{dataset}.png", group)
+        sections += [f"### {dataset}", "", *dataset_table(results, dataset), ""]
+        for g in dict.fromkeys([first, group]):
+            sections += [f"Per class, {g}:", "", *per_class_table(results, g), ""]
+        sections += [f"![per-class IoU {dataset}](per_class_iou_{dataset}.png)", "",
+                     f"![training curves {dataset}](training_curves_{dataset}.png)", ""]
+        if (output / f"examples_{dataset}.png").is_file():
+            sections += [f"![examples {dataset}](examples_{dataset}.png)", ""]
     for row in results:
         row.pop("serving_dir", None)
     (output / "results.json").write_text(json.dumps(report, indent=1))
 
-    plan = report["plan"]
     lines = [
         "# Experiment results", "",
-        f"Produced by `{report['command']}` on {report['date']} ({report['seconds']:.0f} s on a 2-core CPU machine). "
-        f"Shapes: {plan['num_images']} training images of {plan['size']}x{plan['size']} per data set, "
-        f"{plan['epochs']} epochs, batch {plan['batch_size']}; scores are on {plan['test_images']} held-out "
-        f"images with **complete** masks. mean ± std over seeds. Raw numbers: `results.json`.", "",
-        "## 1. Missing annotations (shapes)", "", *missing_table(results), "",
+        f"Produced by `{report['command']}` on {report['date']} ({report['seconds']:.0f} s on {report['machine']}). "
+        f"Data sets: {', '.join(plan['datasets'])}; annotation drop {', '.join(map(str, plan['drop_fractions']))}; "
+        f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
+        f"{plan['test_images']} held-out crops with **complete** masks; seeds {', '.join(map(str, plan['seeds']))}. "
+        f"Each training runs until validation mIoU has not improved for {plan['patience']} epochs "
+        f"(at most {plan['max_epochs']}); the best epoch is the model scored. mean ± std over seeds. "
+        f"Raw numbers and every curve: `results.json`.", "",
+        "## Mean rank over data sets and drop rates", "",
+        "Cells ranked by mean test mIoU within each (data set, drop) group (1 = best), averaged over groups:", "",
+        *rank_table(results), "",
+        "## Convergence", "",
+        "Trainings that hit the epoch cap without early stopping are not shown to be on their plateau:", "",
+        *convergence_table(results), "",
         "![mIoU vs drop](miou_vs_drop.png)", "",
-        f"Per class at drop {example_drop}:", "", *per_class_table(results, example_group), "",
-        "![per-class IoU](per_class_iou_missing.png)", "", "![training curves](training_curves.png)", "",
-        "![examples](examples.png)", "",
+        "## Per data set", "", *sections,
+        "## Seed 004's numbers, revisited", "", *seed004_table(report["seed004"]), "",
+        f"Annotations removed: {report['seed004']['removed']}. See `pipeline/seed004.py` for the "
+        "prediction used and why the blog's custom value fell below the complete-annotation CE.", "",
     ]
-    if any(r["group"] == "imbalance_shapes" for r in results):
-        lines += ["## 2. Class imbalance", "", "Shapes, no annotations dropped (circle is the rare class):", "",
-                  *per_class_table(results, "imbalance_shapes"), "",
-                  "![imbalance shapes](per_class_iou_imbalance_shapes.png)", ""]
-    if any(r["group"] == "imbalance_nuclei" for r in results):
-        lines += ["Nuclei (stardist image; train crops from the left 60 %, test crops from the right 40 %; "
-                  "boundary is the thin rare class):", "", *per_class_table(results, "imbalance_nuclei"), "",
-                  "![imbalance nuclei](per_class_iou_imbalance_nuclei.png)", ""]
-    lines += ["## 3. Seed 004's numbers, revisited", "", *seed004_table(report["seed004"]), "",
-              f"Annotations removed: {report['seed004']['removed']}. See `pipeline/seed004.py` for the "
-              "prediction used and why the blog's custom value fell below the complete-annotation CE.", ""]
     (output / "results.md").write_text("\n".join(lines))

@@ -1,31 +1,127 @@
-"""`segbalance experiment --quick`: the table's structure, and its numbers come from the run."""
+"""`segbalance experiment`: the crossed grid, mean ranks, data folders, and the --quick run end to end."""
 import json
 import re
 
+import numpy as np
 import pytest
 
-from segbalance.pipeline import cli
-from segbalance.pipeline.experiment import Plan, load_results
+from segbalance.contract import UserError
+from segbalance.pipeline import cli, experiment_report
+from segbalance.pipeline.experiment import Plan, cell_loss, dataset_folders, load_results
 
-pytestmark = pytest.mark.slow
+
+def test_cells_cross_terms_weightings_and_missing_label_handling():
+    plan = Plan(terms=["ce", "ce_dice"], weightings=["none", "median_frequency_clipped"],
+                missing=["none", "marginal"])
+    assert len(plan.cells()) == 8 and len(set(plan.cells())) == 8
+    assert cell_loss("ce_dice", "median_frequency_clipped", "marginal") == {
+        "terms": [{"type": "ce", "weight": 1.0}, {"type": "dice", "weight": 1.0}],
+        "class_weights": "median_frequency", "missing_labels": "marginal"}
+    assert cell_loss("ce", "none", "none") == {"terms": [{"type": "ce", "weight": 1.0}]}
+    Plan().check()  # the default grid is valid as a whole
 
 
-def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path):
+@pytest.mark.parametrize("change, message", [
+    ({"datasets": ["shapes", "cats"]}, "--datasets: cats; choose from shapes, nuclei, buildings, lesions, labelme"),
+    ({"weightings": []}, "--weightings: nothing given"),
+    ({"drop_fractions": [0.3, 1.0]}, "--drops: [1.0]; each must be in [0, 1)"),
+    ({"patience": 0}, "--max-epochs and --patience must be >= 1"),
+    ({"terms": ["focal"], "missing": ["marginal"]}, None),  # focal has no CE term: valid, marginal unused
+])
+def test_plan_check_names_the_bad_option(change, message):
+    plan = Plan(**change)
+    if message is None:
+        plan.check()
+        return
+    with pytest.raises(UserError, match=re.escape(message)):
+        plan.check()
+
+
+def test_bad_option_is_one_line_before_anything_runs(tmp_path, capsys):
+    assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--weightings", "none,squared"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--weightings: squared; choose from none," in err
+    assert not (tmp_path / "o").exists()
+
+
+def _row(dataset, drop, loss, seed, miou, epochs_run=10, stopped=None, best=4, max_epochs=10):
+    return {"group": f"{dataset}_drop{drop}", "dataset": dataset, "drop": drop, "loss": loss, "seed": seed,
+            "miou": miou, "epochs_run": epochs_run, "stopped_epoch": stopped, "best_epoch": best,
+            "max_epochs": max_epochs}
+
+
+def test_mean_ranks_against_a_hand_computed_case():
+    # group a: A 0.8 (mean of 0.7/0.9), B 0.6, C 0.6 -> ranks 1, 2.5, 2.5
+    # group b: A 0.5, B 0.7, C 0.1 -> ranks 2, 1, 3;  D is missing from group b: left out
+    rows = [_row("x", 0.0, "A", 0, 0.7), _row("x", 0.0, "A", 1, 0.9), _row("x", 0.0, "B", 0, 0.6),
+            _row("x", 0.0, "C", 0, 0.6), _row("x", 0.0, "D", 0, 0.99),
+            _row("y", 0.3, "A", 0, 0.5), _row("y", 0.3, "B", 0, 0.7), _row("y", 0.3, "C", 0, 0.1)]
+    ranked = experiment_report.mean_ranks(rows)
+    assert [d["loss"] for d in ranked] == ["A", "B", "C"]
+    assert [d["mean_rank"] for d in ranked] == [1.5, 1.75, 2.75]
+    assert [d["worst_rank"] for d in ranked] == [2.0, 2.5, 3.0]
+    np.testing.assert_allclose([d["mean_miou"] for d in ranked], [0.65, 0.65, 0.35])
+    assert all(d["groups"] == 2 for d in ranked)
+    table = experiment_report.rank_table(rows)
+    assert "| A | 1.50 | 2.0 | 0.650 | 2 |" in table and not any("| D |" in line for line in table)
+
+
+def test_convergence_table_counts_early_stops_and_capped_trainings():
+    rows = [_row("x", 0.0, "A", 0, 0.5, epochs_run=7, stopped=6, best=2),
+            _row("x", 0.0, "B", 0, 0.5, epochs_run=10, stopped=None, best=9),  # ran to the cap: not converged
+            _row("x", 0.0, "C", 0, 0.5, epochs_run=10, stopped=9, best=5)]  # stopped at the last epoch
+    assert experiment_report.convergence_table(rows)[2] == "| x_drop0.0 | 3 | 2 | 1 | 10, 10 | 6 |"
+
+
+def test_real_data_set_folders_train_on_one_part_and_test_on_the_other(tmp_path):
+    from segbalance.pipeline import package_data
+
+    try:
+        package_data.archive_path("solaris")
+    except UserError as exc:
+        pytest.skip(f"package archive not fetched: {exc}")
+    plan = Plan(num_images=6, test_images=4, size=32)
+    train, test = dataset_folders("buildings", plan, 0.5, tmp_path)
+    assert json.loads((train / "classes.json").read_text())["part"] == "train"
+    assert json.loads((test / "classes.json").read_text())["part"] == "test"
+    assert len(list((train / "images").iterdir())) == 6 and len(list((test / "images").iterdir())) == 4
+    labeled = json.loads((train / "labeled.json").read_text())
+    assert sum(len(v) < 4 for v in labeled.values()) == 3  # drop 0.5 of 6 crops
+    assert all(len(v) == 4 for v in json.loads((test / "labeled.json").read_text()).values())
+    before = {p: p.stat().st_mtime_ns for p in sorted(train.rglob("*.png"))}
+    assert dataset_folders("buildings", plan, 0.5, tmp_path)[0] == train  # resumed: reused, not rewritten
+    assert {p: p.stat().st_mtime_ns for p in sorted(train.rglob("*.png"))} == before
+
+
+@pytest.mark.slow
+def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys):
     out, work = tmp_path / "results", tmp_path / "work"
     assert cli.main(["experiment", "--quick", "--output", str(out), "--work-dir", str(work)]) == 0
     report = json.loads((out / "results.json").read_text())
     plan = Plan.quick()
     rows = report["results"]
-    assert {(r["loss"], r["seed"]) for r in rows} == {(loss, 0) for loss in plan.missing_losses}
-    assert all(0.0 <= r["miou"] <= 1.0 and len(r["per_class_iou"]) == 4 for r in rows)
+    assert {(r["loss"], r["seed"]) for r in rows} == {(f"ce/none/{m}", 0) for m in plan.missing}
+    assert report["command"] == "segbalance experiment --quick"
+    for row in rows:
+        assert 0.0 <= row["miou"] <= 1.0 and len(row["per_class_iou"]) == 4
+        curve = row["history"]["val_miou"]  # every curve kept, one value per epoch run
+        assert len(curve) == row["epochs_run"] <= plan.max_epochs and len(row["history"]["loss"]) == len(curve)
+        assert row["best_epoch"] == int(np.argmax(curve))
     table = (out / "results.md").read_text()
-    assert "| loss | mIoU, drop 0.3 |" in table
+    assert "| cell | mIoU, drop 0.3 |" in table
     for row in rows:  # every mIoU in the table is one the run measured
-        assert re.search(rf"\| {row['loss']} \| {row['miou']:.3f} \|", table), row["loss"]
+        assert re.search(rf"\| {re.escape(row['loss'])} \| {row['miou']:.3f} \|", table), row["loss"]
+    best = max(rows, key=lambda r: r["miou"])
+    assert f"| {best['loss']} | 1.00 |" in table or rows[0]["miou"] == rows[1]["miou"]  # the rank table
     seed004 = report["seed004"]["ours"]
     assert f"{seed004['plain_ce_missing']:.3f}" in table and seed004["plain_ce_missing"] > seed004["marginal_ce"]
-    for plot in ("miou_vs_drop.png", "per_class_iou_missing.png", "training_curves.png", "examples.png"):
+    for plot in ("miou_vs_drop.png", "per_class_iou_shapes.png", "training_curves_shapes.png",
+                 "examples_shapes.png"):
         assert (out / plot).stat().st_size > 5_000, plot
-    # A second run resumes: every training is reused from results.jsonl (except those kept for the plots).
-    logged = load_results(work)
-    assert len(logged) == len(rows)
+    assert len(load_results(work)) == len(rows)
+    # A second run resumes: nothing is trained again (the kept models are still in the work folder).
+    capsys.readouterr()
+    assert cli.main(["experiment", "--quick", "--output", str(out), "--work-dir", str(work)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier, reused") == len(rows) and "pipeline for" not in printed
+    assert [r["miou"] for r in json.loads((out / "results.json").read_text())["results"]] == [r["miou"] for r in rows]
