@@ -107,3 +107,23 @@ def test_ids_beyond_num_classes_become_ignore_and_missing_files_error(tmp_path, 
     with pytest.raises(ValueError, match="no example files match"):
         data.make_dataset([str(tmp_path / "none-*")], transform_output, 1, 3)
     assert data.count_records([str(tmp_path / "none-*")]) == 0
+
+
+@pytest.mark.slow
+def test_eval_batches_are_not_augmented(transform_output, monkeypatch):
+    """training=False: the transform graph's output as it is, whatever the augmentation config says."""
+    from segbalance.trainer.training_config import Augmentation
+
+    def no_augmentation(*args, **kwargs):
+        raise AssertionError("evaluation data was augmented")
+
+    monkeypatch.setattr(data, "augment", no_augmentation)
+    uris = ti.tiny_pipeline()
+    files = tf.io.gfile.glob(os.path.join(uris["examples"], "Split-eval", "*"))
+    everything = Augmentation(scale=(0.5, 2.0), rotate90=True, brightness=0.5, contrast=0.5)
+    image, y = next(iter(data.make_dataset(files, transform_output, 4, 3, augmentation=everything)))
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").take(4).as_numpy_iterator())
+    expected = transform_output.transform_features_layer()(
+        tf.io.parse_example(tf.constant(records), transform_output.raw_feature_spec()))
+    np.testing.assert_array_equal(image.numpy(), expected["image"].numpy())
+    np.testing.assert_array_equal(y["mask"].numpy(), expected["mask"].numpy())
