@@ -67,7 +67,8 @@ module instead of repeating the table.
                                ``unet_border`` (w0 10, sigma 5, connectivity 1),
                                ``intensity_range`` (ranges: [[lo, hi, w], ...] required,
                                default 1, channel null = mean; intensities of the
-                               *transformed* image, i.e. per-channel standardised),
+                               *transformed* image, i.e. per-channel standardised;
+                               0..255 with a ``backbone``),
                                ``feature_extractor`` (model: path of a ``.keras`` model,
                                required; layer null = its output, strength 1, reduce l2)
   ``devices`` null             devices for MirroredStrategy, e.g. ["/gpu:0", "/gpu:1"];
