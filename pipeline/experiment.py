@@ -321,7 +321,8 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
         with open(work / RESULTS_LOG, "a") as log:  # a crashed or stopped run resumes from here
             log.write(json.dumps(row) + "\n")
         print(f"experiment: [{name}] {loss_name} seed {seed}: test mIoU {scores['miou']:.4f}, "
-              f"{outcome['epochs_run']} epochs, best epoch {(outcome['best_epoch'] or 0) + 1} ({outcome['seconds']}s)", flush=True)
+              f"{outcome['epochs_run']} epochs, best epoch {(outcome['best_epoch'] or 0) + 1} "
+              f"({outcome['seconds']}s)", flush=True)
 
 
 def example_cells(plan: Plan) -> set:
