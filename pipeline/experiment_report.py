@@ -209,13 +209,13 @@ def plot_training_curves(results: list, group: str, path: Path) -> None:
 
 def plot_examples(results: list, items, path: Path, group: str, count: int = 3) -> None:
     """image | complete mask | prediction per kept cell, for a few test images."""
-    from segbalance.components.seg_evaluator import load_predictor
-
     rows = [r for r in results if r["group"] == group and r.get("serving_dir") and Path(r["serving_dir"]).is_dir()]
     if not rows or not items:
         return
-    plt = _plt()
+    from segbalance.components.seg_evaluator import load_predictor
     from segbalance.trainer.example_codec import decode_array
+
+    plt = _plt()
 
     palette = (np.array(plt.get_cmap("tab10").colors) * 255).astype(np.uint8)
     palette = np.concatenate([[[0, 0, 0]], palette, [[255, 255, 255]]]).astype(np.uint8)
@@ -264,9 +264,10 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
     lines = [
         "# Experiment results", "",
         f"Produced by `{report['command']}` on {report['date']} ({report['seconds']:.0f} s on {report['machine']}). "
-        f"Data sets: {', '.join(plan['datasets'])}; annotation drop {', '.join(map(str, plan['drop_fractions']))}; "
+        f"Data sets: {', '.join(_datasets(results))}; annotation drop {', '.join(map(str, _drops(results)))}; "
         f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
-        f"{plan['test_images']} held-out crops with **complete** masks; seeds {', '.join(map(str, plan['seeds']))}. "
+        f"{plan['test_images']} held-out crops with **complete** masks; seeds "
+        f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (all rows of the work folder). "
         f"Each training runs until validation mIoU has not improved for {plan['patience']} epochs "
         f"(at most {plan['max_epochs']}); the best epoch is the model scored. mean ± std over seeds. "
         f"Raw numbers and every curve: `results.json`.", "",
