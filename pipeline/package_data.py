@@ -46,11 +46,11 @@ ARCHIVES: Dict[str, Archive] = {
         "solaris==0.4.0", "solaris-0.4.0-py3-none-any.whl",
         "09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df", ("--only-binary", ":all:"),
         "solaris code Apache-2.0; its SpaceNet sample tile and building outlines are CC BY-SA 4.0 (SpaceNet)"),
-    # The archive's metadata says 3.0.1a1, so pip refuses `pyradiomics==3.1.0` by name: the pinned URL.
+    # 3.0.1, not 3.1.0: the 3.1.0 archive's metadata says 3.0.1a1, so pip refuses it by name; both ship the
+    # same data/ files (compared byte for byte on 2026-12-03).
     "pyradiomics": Archive(
-        "(pinned file address)/"
-        "pyradiomics-3.1.0.tar.gz", "pyradiomics-3.1.0.tar.gz",
-        "24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4", ("--no-binary", "pyradiomics"),
+        "pyradiomics==3.0.1", "pyradiomics-3.0.1.tar.gz",
+        "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5", ("--no-binary", "pyradiomics"),
         "pyradiomics BSD-3-Clause (LICENSE.txt, Harvard Medical School); its data/ test cases come without "
         "a separate licence"),
     "labelme": Archive(

@@ -30,7 +30,7 @@ Kinds read from a pinned package archive (``pipeline/package_data.py``; fetch it
   panchromatic band) with its building masks from 43 outlines; classes background,
   building, edge (a ring outside each outline), contact (between close buildings; rarest).
   CC BY-SA 4.0 data.
-- ``lesions`` (pyradiomics 3.1.0 source archive): five clinical scans (2 brain MR, 2 lung CT,
+- ``lesions`` (pyradiomics 3.0.1 source archive): five clinical scans (2 brain MR, 2 lung CT,
   1 breast MR) with lesion masks, cut into 2-D slices; classes background, brain_lesion,
   lung_lesion, breast_lesion (0.007 % to 0.25 % of a scan's voxels).
 - ``labelme`` (labelme 6.3.1 source archive): three PASCAL VOC 2011 photos with palette masks;
@@ -213,7 +213,7 @@ def load_real_sample(kind: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
 
 # --------------------------------------------------------------------------- package archives
 SOLARIS_DATA = "solaris/data/"
-RADIOMICS_DATA = "pyradiomics-3.1.0/data/"
+RADIOMICS_DATA = "pyradiomics-3.0.1/data/"
 RADIOMICS_CASES = {"brain1": 1, "brain2": 1, "lung1": 2, "lung2": 2, "breast1": 3}  # case -> class id
 LESION_CLASSES = ["background", "brain_lesion", "lung_lesion", "breast_lesion"]
 LABELME_VOC = "labelme-6.3.1/examples/semantic_segmentation/data_dataset_voc/"
@@ -221,7 +221,7 @@ LABELME_IDS = ("2011_000003", "2011_000006", "2011_000025")
 SOURCES = {
     "buildings": "solaris 0.4.0 wheel (PyPI), solaris/data/sample_geotiff.tif + sample_fbc_from_df2px.tif "
                  "(SpaceNet tile, footprint / boundary / contact bands)",
-    "lesions": "pyradiomics 3.1.0 source archive (PyPI), data/{brain1,brain2,breast1,lung1,lung2}_{image,label}.nrrd",
+    "lesions": "pyradiomics 3.0.1 source archive (PyPI), data/{brain1,brain2,breast1,lung1,lung2}_{image,label}.nrrd",
     "labelme": "labelme 6.3.1 source archive (PyPI), examples/semantic_segmentation/data_dataset_voc/",
 }
 

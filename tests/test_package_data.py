@@ -128,7 +128,7 @@ def test_pinned_archives_in_the_cache_match_their_hashes():
         pytest.skip(f"package archive not fetched: {exc}")
     for name, path in paths.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == package_data.ARCHIVES[name].sha256
-    label = package_data.read_members("pyradiomics", ["pyradiomics-3.1.0/data/breast1_label.nrrd"])
-    breast = read_nrrd(label["pyradiomics-3.1.0/data/breast1_label.nrrd"])
+    label = package_data.read_members("pyradiomics", ["pyradiomics-3.0.1/data/breast1_label.nrrd"])
+    breast = read_nrrd(label["pyradiomics-3.0.1/data/breast1_label.nrrd"])
     assert breast.shape == (21, 120, 45) and set(np.unique(breast).tolist()) == {0, 1}
     assert int(breast.sum()) == 143  # the lesion's voxel count (measured with an independent gzip + frombuffer)
