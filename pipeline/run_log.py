@@ -80,7 +80,20 @@ class LibraryLog:
                 os.dup2(self._saved_fd, 2)
                 os.close(self._saved_fd)
                 self._saved_fd = None
+            _repoint_handlers(self.file, sys.stderr)
             self.file.close()
+
+
+def _repoint_handlers(old_stream, new_stream) -> None:
+    """Logging handlers made inside the block (absl's, a library's StreamHandler) captured
+    ``sys.stderr``, i.e. the log file: point them back at the console before it closes, or
+    their next record is a "Logging error ... I/O operation on closed file"."""
+    loggers = [logging.getLogger()] + [obj for obj in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(obj, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is old_stream:
+                handler.setStream(new_stream)
 
 
 class ComponentProgress(logging.Handler):

@@ -176,6 +176,26 @@ def test_library_output_goes_to_the_log_file_unless_verbose(tmp_path, capfd):
     assert capfd.readouterr().err == "after\n"
 
 
+def test_handlers_made_during_the_run_survive_the_log_file_closing(tmp_path, capfd):
+    """A library that adds a StreamHandler(sys.stderr) during the run captured the log file;
+    after the run its records must reach the console, not fail on the closed file."""
+    import logging
+
+    logger = logging.getLogger("segbalance-test-library")
+    logger.propagate = False
+    with LibraryLog(tmp_path / "logs") as log:
+        handler = logging.StreamHandler(sys.stderr)
+        logger.addHandler(handler)
+        logger.warning("during the run")
+    try:
+        logger.warning("after the run")
+    finally:
+        logger.removeHandler(handler)
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "after the run" in err and "during the run" not in err
+    assert "during the run" in log.path.read_text()
+
+
 def test_absl_records_go_to_the_log_and_a_first_run_resolver_is_one_line(tmp_path, capfd):
     from absl import logging as absl_logging
 
