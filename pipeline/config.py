@@ -43,18 +43,19 @@ from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, Tra
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict, validate_tree
 
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
-SAMPLE_KINDS = ("shapes", "voc", "arc2017", "nuclei")
+# `segbalance sample-data` kinds (pipeline/sample_data.py reads this list)
+SAMPLE_KINDS = ("shapes", "voc", "arc2017", "nuclei", "buildings", "lesions", "labelme")
 
 
 @dataclass
 class SampleConfig:
     """Sample data generated when ``data.dir`` is not set (``segbalance sample-data``)."""
 
-    kind: Literal["shapes", "voc", "arc2017", "nuclei"] = "shapes"
+    kind: Literal[SAMPLE_KINDS] = "shapes"  # buildings / lesions / labelme need their package archive
     num_images: int = 240
     size: int = 64
     seed: int = 0
-    drop_fraction: float = 0.3  # shapes: fraction of images whose annotation drops a class
+    drop_fraction: float = 0.3  # fraction of images whose annotation drops a class (every kind)
 
     def validate(self, where: str) -> None:
         require(self.num_images >= 1, f"{where}.num_images", "must be >= 1")

@@ -80,8 +80,7 @@ def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:
         return sample_dir
     shutil.rmtree(sample_dir, ignore_errors=True)
     s = config.data.sample
-    sample_data.write_sample_data(s.kind, sample_dir, s.num_images, s.size, s.seed,
-                                  s.drop_fraction if s.kind == "shapes" else 0.0)
+    sample_data.write_sample_data(s.kind, sample_dir, s.num_images, s.size, s.seed, s.drop_fraction)
     marker.write_text(json.dumps(wanted))
     print(f"sample data: wrote {s.num_images} {s.kind} images to {sample_dir}", flush=True)
     return sample_dir

@@ -58,6 +58,7 @@ import numpy as np
 
 from segbalance.contract import UserError
 from segbalance.pipeline import output_guard
+from segbalance.pipeline.config import SAMPLE_KINDS
 from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
 
 SHAPES_CLASSES = ["background", "ellipse", "rectangle", "circle"]
@@ -67,7 +68,7 @@ SHAPES_PRESENCE = (0.9, 0.6, 0.3)
 SHAPES_COLOURS = np.array([[200, 70, 60], [70, 180, 80], [70, 90, 210]], dtype=np.float32)
 COLOUR_JITTER = 45.0
 PACKAGE_KINDS = {"buildings": "solaris", "lesions": "pyradiomics", "labelme": "labelme"}  # kind -> archive
-KINDS = ("shapes", "voc", "arc2017", "nuclei", *PACKAGE_KINDS)
+KINDS = SAMPLE_KINDS
 PARTS = ("all", "train", "test")
 TRAIN_SHARE = 0.6  # --part train: this share of each image's columns (of a lesion's slice range)
 FOCUS = 0.5  # package kinds: share of crops centred on a foreground pixel

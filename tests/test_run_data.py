@@ -230,3 +230,18 @@ def test_absl_records_go_to_the_log_and_a_first_run_resolver_is_one_line(tmp_pat
                     "Component r_resolver is finished."):
         progress.emit(logging.LogRecord("absl", logging.INFO, __file__, 1, message, None, None))
     assert "r_resolver: input resolution failed: bad query" in capfd.readouterr().out
+
+
+def test_sample_drop_fraction_applies_to_every_kind(tmp_path):
+    """data.sample.drop_fraction reaches the sample writer for a real kind too (it was shapes only)."""
+    import json as _json
+
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.run import _ensure_sample
+
+    config = config_from_dict({"data": {"sample": {"kind": "nuclei", "num_images": 6, "size": 32,
+                                                   "drop_fraction": 1.0}}})
+    folder = _ensure_sample(config, tmp_path / "sample")
+    labeled = _json.loads((folder / "labeled.json").read_text())
+    assert len(labeled) == 6 and (folder / "masks_full").is_dir()
+    assert any(len(ids) < 3 for ids in labeled.values())  # some class dropped from some image
