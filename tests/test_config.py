@@ -24,10 +24,10 @@ def test_default_loss_is_the_one_the_experiment_supports():
 
 
 def test_defaults_live_in_the_schema_only():
-    """The pipeline's values (8 epochs, 3e-3) are the one default; the trainer reads the same objects."""
+    """The pipeline's values (40 epochs, 3e-3) are the one default; the trainer reads the same objects."""
     from segbalance.trainer.training_config import TrainerConfig, TrainingConfig
 
-    assert TrainingConfig().epochs == 8 and TrainingConfig().learning_rate == 3e-3
+    assert TrainingConfig().epochs == 40 and TrainingConfig().learning_rate == 3e-3
     config = load_config()
     assert config.training == TrainingConfig() and config.trainer_config() == TrainerConfig()
     assert TrainerConfig.from_custom_config({})[0] == TrainerConfig()  # run_fn with nothing set: same defaults
