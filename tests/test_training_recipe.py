@@ -346,17 +346,20 @@ class EncoderWeightsPerEpoch(keras.callbacks.Callback):
         self.after.append(self.snapshot())
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_encoder_frozen_for_the_first_epochs_then_trained(optimizer):
+@pytest.mark.parametrize("optimizer,mirrored", [("adam", False), ("sgd", False),
+                                               pytest.param("adam", True, marks=pytest.mark.slow)])
+def test_encoder_frozen_for_the_first_epochs_then_trained(optimizer, mirrored, request):
     from segbalance.trainer.training_callbacks import FreezeEncoder
 
     keras.utils.set_random_seed(0)
     training = from_dict(TrainingConfig, {"image_size": [32, 32], "backbone": "MobileNetV2", "depth": 3,
                                           "base_filters": 4, "optimizer": optimizer, "learning_rate": 0.05,
                                           "freeze_encoder_epochs": 1, "epochs": 2})
-    model = model_lib.build_model(training, 3)
-    model.compile(optimizer=make_optimizer(training, 2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    strategy = request.getfixturevalue("mirrored_strategy") if mirrored else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = model_lib.build_model(training, 3)
+        model.compile(optimizer=make_optimizer(training, 2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 3, (8, 32, 32)).astype(np.int32)
