@@ -85,7 +85,7 @@ def test_optimizer_choice_momentum_nesterov_weight_decay():
 
 @pytest.mark.parametrize("values,message", [
     ({"lr_schedule": {"type": "step"}}, "training.lr_schedule.type: 'step' is not allowed"),
-    ({"lr_schedule": {"warmup_epochs": 9}}, "training.lr_schedule.warmup_epochs: 9.0 is longer"),
+    ({"epochs": 8, "lr_schedule": {"warmup_epochs": 9}}, "training.lr_schedule.warmup_epochs: 9.0 is longer"),
     ({"lr_schedule": {"final_fraction": 1.5}}, "training.lr_schedule.final_fraction"),
     ({"momentum": 1.0}, "training.momentum"),
     ({"weight_decay": -1}, "training.weight_decay"),
