@@ -40,7 +40,6 @@ import io
 import json
 import logging
 import os
-import struct
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
                                  PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE, UserError)
+from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
 
 SCHEMA_VERSION = 1
@@ -113,43 +113,6 @@ def check_weight_options(weight_options: Dict) -> None:
 
 
 # --------------------------------------------------------------------------- reading files
-class TFRecordFileError(ValueError):
-    """A file that is not a (complete) TFRecord file; the message says what is wrong and where."""
-
-
-def _masked_crc(data: bytes) -> int:
-    import google_crc32c
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def iter_tfrecords(handle) -> Iterator[bytes]:
-    """The records of an open TFRecord file (already decompressed); TFRecordFileError when the
-    framing or a checksum is wrong (a truncated file, or not a TFRecord file at all)."""
-    index, offset = 0, 0
-    while True:
-        head = handle.read(12)
-        if not head:
-            return
-        if len(head) < 12:
-            raise TFRecordFileError(f"truncated: record {index} (at byte {offset}) stops after {len(head)} bytes "
-                                    f"of its 12-byte header")
-        length, length_crc = struct.unpack("<QI", head)
-        if _masked_crc(head[:8]) != length_crc:
-            raise TFRecordFileError(f"not a TFRecord file (bad length checksum of record {index} at byte {offset})")
-        body = handle.read(length + 4)
-        if len(body) < length + 4:
-            raise TFRecordFileError(f"truncated: record {index} (at byte {offset}) has {max(0, len(body) - 4)} of "
-                                    f"its {length} bytes")
-        data = body[:length]
-        if _masked_crc(data) != struct.unpack("<I", body[length:])[0]:
-            raise TFRecordFileError(f"corrupt: data checksum of record {index} (at byte {offset}) does not match")
-        yield data
-        index += 1
-        offset += 12 + length + 4
-
-
 class ReadTFRecordFileFn(beam.DoFn):
     """File path -> its serialized records (``.gz`` files are gunzipped); an unreadable or
     corrupt file goes to the ``bad_file`` output as ``{"path", "reason"}`` (the driver

@@ -18,12 +18,13 @@ import gzip
 import hashlib
 import html
 import io
-import struct
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from segbalance.components.evaluation_metrics import THUMBNAIL_SIZE, downscale_nearest
+from segbalance.components.tfrecord_file import TFRecordFileError
+from segbalance.components.tfrecord_file import iter_tfrecords as read_tfrecords
 
 JPEG_QUALITY = 80
 
@@ -152,23 +153,19 @@ def sample(ids: Sequence[str], k: int, seed: int) -> List[str]:
 
 # --------------------------------------------------------------------------- TFRecords
 def iter_tfrecords(path: str) -> Iterator[bytes]:
-    """Records of a TFRecord file, gzip or not (by its first bytes); ValueError naming a truncated file."""
+    """Records of a TFRecord file, gzip or not (by its first bytes); ValueError naming a truncated
+    or corrupt file (the framing and checksums: ``components/tfrecord_file.py``)."""
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
     with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
-        index = 0
-        while True:
-            header = f.read(12)  # uint64 length, uint32 masked CRC of the length
-            if not header:
-                return
-            if len(header) < 12:
-                raise ValueError(f"{path}: truncated after record {index}")
-            (length,) = struct.unpack("<Q", header[:8])
-            data = f.read(length)
-            if len(data) < length or len(f.read(4)) < 4:
-                raise ValueError(f"{path}: truncated in record {index}")
-            index += 1
-            yield data
+        try:
+            yield from read_tfrecords(f)
+        except TFRecordFileError as exc:
+            if exc.kind == "truncated_header":
+                raise ValueError(f"{path}: truncated after record {exc.index}") from None
+            if exc.kind == "truncated":
+                raise ValueError(f"{path}: truncated in record {exc.index}") from None
+            raise ValueError(f"{path}: {exc}") from None
 
 
 def load_records(patterns: Iterable[str], wanted: Iterable[str]) -> Tuple[Dict[str, tuple], List[str]]:

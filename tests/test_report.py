@@ -487,3 +487,20 @@ def test_thumbnails_are_downscaled_and_keep_class_ids():
     assert report_images.overlay(image[:150, :100], mask, 3).shape == (128, 85, 3)
     err = report_images.error_map(np.array([[0, 1], [255, 2]]), np.array([[0, 2], [1, 2]]), 3)
     np.testing.assert_array_equal(err, [[[200] * 3, [220, 20, 60]], [[255] * 3, [200] * 3]])
+
+
+def test_record_reader_names_a_corrupt_record(tmp_path):
+    """The report's thumbnails read records with the ClassStats reader's checksums: a flipped
+    byte is a problem naming the file, not a garbled picture."""
+    import tensorflow as tf
+
+    from segbalance.pipeline import report_images
+
+    path = tmp_path / "flip.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(b"abcdefgh")
+    data = bytearray(path.read_bytes())
+    data[12] ^= 0xFF  # first data byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"flip.tfrecord: corrupt: data checksum of record 0"):
+        list(report_images.iter_tfrecords(str(path)))
