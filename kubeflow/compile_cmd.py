@@ -28,9 +28,6 @@ def add_parser(subparsers) -> None:
 
 def _main(args) -> int:
     from segbalance.pipeline.config import ConfigError, load_config
-    from segbalance.pipeline.run import quiet_library_output
-
-    quiet_library_output()
     from segbalance.pipeline.output_guard import check_output_file
 
     # a folder, or a file that is not a compiled pipeline, is refused before the slow compile

@@ -417,10 +417,7 @@ def plan_from_args(args) -> Plan:
 
 
 def _main(args) -> int:
-    from segbalance.pipeline.run import quiet_library_output
-
     plan = plan_from_args(args)  # a bad option: one line before anything is imported or written
-    quiet_library_output()
     from segbalance.pipeline.output_guard import check_is_folder
 
     output = Path(args.output)

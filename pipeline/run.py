@@ -171,15 +171,6 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     return str(window), reference
 
 
-def quiet_library_output() -> None:
-    """Keep TensorFlow / Google client start-up chatter out of the console (call before importing TF)."""
-    import warnings
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
 # --------------------------------------------------------------------------- run
 def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = False, **pipeline_options) -> dict:
     """Run the DAG locally; returns the summary that `segbalance run` prints.
@@ -279,7 +270,6 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
-    quiet_library_output()
     try:
         config = load_config(args.config, **{"data.dir": args.data, "output_dir": args.output_dir})
     except ConfigError as exc:
