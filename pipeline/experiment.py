@@ -65,13 +65,18 @@ IMBALANCE_LOSSES = {
 }
 # Cells whose class weights use other `stats` options than the pipeline run's (fields of
 # pipeline/config.py StatsConfig): their weight vector is computed from the ClassStats counts.
-STATS_CHANGES = {"inverse_frequency_clipped": {"clip": CLIP}, "median_frequency_clipped": {"clip": CLIP}}
+STATS_CHANGES = {"inverse_frequency_clipped": {"clip": CLIP}, "median_frequency_clipped": {"clip": CLIP},
+                 "median_frequency_clipped_decay": {"clip": CLIP}}
 
 # The crossed grid: a cell is (terms, weighting, missing-label handling).
 TERMS = {"ce": [CE], "ce_dice": [CE, DICE], "focal": [FOCAL]}
 WEIGHTINGS = {"none": None, "inverse_frequency": "inverse_frequency", "inverse_frequency_clipped": "inverse_frequency",
               "median_frequency": "median_frequency", "median_frequency_clipped": "median_frequency",
+              "median_frequency_clipped_decay": "median_frequency",
               "enet": "enet", "effective_number": "effective_number"}
+# Weightings whose class weights decay to 1 over this many epochs (loss.class_weight_decay_epochs):
+# the weights' early rare-class learning, then convergence on the unweighted loss.
+DECAY_EPOCHS = {"median_frequency_clipped_decay": 20}
 MISSING = {"none": None, "ignore_predicted": "ignore_predicted", "marginal": "marginal"}
 DATASETS = ("shapes", "nuclei", "buildings", "lesions", "labelme")
 
@@ -84,6 +89,8 @@ def cell_loss(terms: str, weighting: str, missing: str) -> dict:
     loss = {"terms": copy.deepcopy(TERMS[terms])}
     if WEIGHTINGS[weighting]:
         loss["class_weights"] = WEIGHTINGS[weighting]
+    if weighting in DECAY_EPOCHS:
+        loss["class_weight_decay_epochs"] = DECAY_EPOCHS[weighting]
     if MISSING[missing]:
         loss["missing_labels"] = MISSING[missing]
     return loss
@@ -94,7 +101,8 @@ class Plan:
     datasets: List[str] = field(default_factory=lambda: ["shapes", "nuclei", "buildings", "lesions"])
     drop_fractions: List[float] = field(default_factory=lambda: [0.0, 0.3, 0.6])
     terms: List[str] = field(default_factory=lambda: ["ce", "ce_dice"])
-    weightings: List[str] = field(default_factory=lambda: ["none", "median_frequency_clipped", "effective_number"])
+    weightings: List[str] = field(
+        default_factory=lambda: ["none", "median_frequency_clipped", "median_frequency_clipped_decay"])
     missing: List[str] = field(default_factory=lambda: ["none", "marginal"])
     # One seed over the grid (4 data sets x 3 drops x 12 cells = 144 trainings); add seeds for the
     # cells a conclusion depends on with a second run in the same --work-dir (rows accumulate).

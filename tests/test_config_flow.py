@@ -18,7 +18,7 @@ CLASSES = {"names": NAMES, "ignore_index": 254}
 LOSS = {"terms": [{"type": "focal", "weight": 0.5, "gamma": 1.5, "alpha": [0.5, 1, 1, 2]},
                   {"type": "tversky", "alpha": 0.3, "beta": 0.7, "smooth": 2.0}],
         "class_weights": "enet", "missing_labels": "ignore_predicted", "fn_weights": [1, 2, 1, 1],
-        "fp_weights": [1, 1, 3, 1], "low_confidence": {"tau": 0.4, "alpha": 0.2}}
+        "fp_weights": [1, 1, 3, 1], "low_confidence": {"tau": 0.4, "alpha": 0.2}, "class_weight_decay_epochs": 2}
 TRAINING = {
     "image_size": [48, 32], "epochs": 3, "batch_size": 5, "steps_per_epoch": 7, "shuffle_buffer": 99,
     "optimizer": "sgd", "learning_rate": 0.05, "depth": 2, "base_filters": 6, "backbone": "MobileNetV2",

@@ -18,6 +18,9 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
         "terms": [{"type": "ce", "weight": 1.0}, {"type": "dice", "weight": 1.0}],
         "class_weights": "median_frequency", "missing_labels": "marginal"}
     assert cell_loss("ce", "none", "none") == {"terms": [{"type": "ce", "weight": 1.0}]}
+    decaying = cell_loss("ce", "median_frequency_clipped_decay", "none")
+    assert decaying["class_weights"] == "median_frequency" and decaying["class_weight_decay_epochs"] == 20
+    Plan(weightings=["median_frequency_clipped_decay"]).check()
     Plan().check()  # the default grid is valid as a whole
 
 

@@ -117,7 +117,9 @@ def summary_of(args):
 @pytest.mark.slow
 def test_interrupted_training_resumes_at_the_saved_epoch(tmp_path):
     uris = ti.tiny_pipeline()
-    config = {**ti.CONFIG, "epochs": 4, "steps_per_epoch": 1}
+    # class weights decaying over 4 epochs: the resumed epochs continue the decay (mix 2/4, 3/4)
+    config = {**ti.CONFIG, "epochs": 4, "steps_per_epoch": 1,
+              "loss": {**ti.CONFIG["loss"], "class_weight_decay_epochs": 4}}
     first = ti.fn_args_for(uris, str(tmp_path / "run"), {**config, "_extra_callbacks": [Interrupt()]})
     first.model_run_dir = str(tmp_path / "model_run" / "1")  # a retried TFX execution gets a new directory
     with pytest.raises(KeyboardInterrupt):
@@ -130,6 +132,7 @@ def test_interrupted_training_resumes_at_the_saved_epoch(tmp_path):
     task.run_fn(second)
     assert record.epochs == [2, 3] and record.iterations_at_start == 2  # epochs 0 and 1 are not redone
     assert summary_of(second)["epochs_run"] == [2, 3]
+    assert summary_of(second)["history"]["class_weight_mix"] == [0.5, 0.75]
     assert not [d for d in os.listdir(tmp_path / "model_run") if d.startswith("backup-")]  # removed when done
 
 

@@ -29,7 +29,11 @@ of ``trainer/class_weights.py``: the pipeline takes that vector from the ClassSt
 artifact), ``missing_labels`` (null, ``ignore_predicted`` or ``marginal``: which CE the
 ``ce`` term uses when the image's labelled set is known), ``fn_weights`` / ``fp_weights``
 (C numbers), ``low_confidence`` (``{tau, alpha}``); see ``trainer/losses.py`` for their
-meaning. The ignore index is not a loss setting: it is ``classes.ignore_index``, handed to
+meaning. ``class_weight_decay_epochs`` (null, or N >= 1; needs ``class_weights``): the
+class weights move linearly from their vector ``w`` to 1 for every class over the first N
+epochs, ``(1 - e/N) * w + e/N`` in epoch ``e`` (0-based), and stay at 1 from epoch N on
+(rare classes are learnt early with the weights; the model then converges on the
+unweighted loss). The ignore index is not a loss setting: it is ``classes.ignore_index``, handed to
 ``SegmentationLoss(ignore_index=...)``; class-weight options (clip, damping, ...) are the
 ``stats`` section's (``pipeline/config.py``).
 
@@ -239,6 +243,7 @@ class LossConfig:
     fn_weights: Optional[List[float]] = None
     fp_weights: Optional[List[float]] = None
     low_confidence: Optional[LowConfidence] = None
+    class_weight_decay_epochs: Optional[int] = None
 
     def validate(self, where: str) -> None:
         require(len(self.terms) > 0, f"{where}.terms", "list at least one term, e.g. [{type: ce, weight: 1}]")
@@ -253,6 +258,12 @@ class LossConfig:
         elif cw is not None:
             require(all(is_number(w, 0.0) for w in cw), f"{where}.class_weights",
                     f"must be finite numbers >= 0, got {cw!r}")
+        decay = self.class_weight_decay_epochs
+        if decay is not None:
+            require(isinstance(decay, int) and not isinstance(decay, bool) and decay >= 1,
+                    f"{where}.class_weight_decay_epochs", f"must be an integer >= 1 or null, got {decay!r}")
+            require(cw is not None, f"{where}.class_weight_decay_epochs",
+                    "decays class weights toward 1: set class_weights too (a scheme or C numbers)")
         for name in ("fn_weights", "fp_weights"):
             values = getattr(self, name)
             require(values is None or all(is_number(w, 0.0) for w in values), f"{where}.{name}",

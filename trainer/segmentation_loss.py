@@ -21,6 +21,12 @@ channel count when it is called).
 "pixel_weights": [B,H,W]}`` (the extra keys optional). In ``model.fit`` use
 ``trainer.segmentation_model.SegmentationModel``, whose ``compute_loss`` hands the dict the
 dataset yields to this loss.
+
+With ``class_weight_decay_epochs: N`` in the config the weights used are
+``(1 - mix) * class_weights + mix`` with ``mix`` a non-trainable variable (0 when built);
+``set_class_weight_epoch(epoch)`` sets it to ``min(epoch / N, 1)``
+(``trainer.training_callbacks.ClassWeightDecay`` calls it at each epoch's start). A variable,
+not a constant: a compiled (XLA) train step reads its current value.
 """
 from __future__ import annotations
 
@@ -70,6 +76,25 @@ class SegmentationLoss(keras.losses.Loss):
                 and len(self.class_weights) != self.num_classes:
             raise ConfigError(f"class_weights has {len(self.class_weights)} values for {self.num_classes} classes")
         self.ignore_index = int(ignore_index)
+        self.class_weight_mix = None
+        if self.config.class_weight_decay_epochs is not None:
+            if self.class_weights is None:
+                raise ConfigError("class_weight_decay_epochs decays class weights toward 1: give class_weights")
+            self.class_weight_mix = keras.Variable(0.0, dtype="float32", trainable=False, name="class_weight_mix")
+
+    def set_class_weight_epoch(self, epoch: int) -> float:
+        """The decay's position at the start of ``epoch`` (0-based): ``min(epoch / N, 1)``, returned."""
+        if self.class_weight_mix is None:
+            raise ValueError("this SegmentationLoss has no class_weight_decay_epochs")
+        mix = min(float(epoch) / self.config.class_weight_decay_epochs, 1.0)
+        self.class_weight_mix.assign(mix)
+        return mix
+
+    def _class_weights(self):
+        if self.class_weight_mix is None:
+            return self.class_weights
+        mix = ops.convert_to_tensor(self.class_weight_mix, "float32")
+        return ops.convert_to_tensor(self.class_weights, "float32") * (1.0 - mix) + mix
 
     @property
     def loss_config(self) -> dict:
@@ -95,7 +120,7 @@ class SegmentationLoss(keras.losses.Loss):
             raise ValueError(f"SegmentationLoss was built for {self.num_classes} classes but the logits have "
                              f"{int(c)} channels (shape {tuple(y_pred.shape)})")
         inputs = TermInputs(mask=mask, logits=y_pred, labeled=labeled, pixel_weights=pixel_weights,
-                            class_weights=self.class_weights, ignore_index=self.ignore_index,
+                            class_weights=self._class_weights(), ignore_index=self.ignore_index,
                             missing_labels=self.config.missing_labels, pixel_options=self._pixel_options())
         total = ops.zeros((), "float32")
         for term in self.config.terms:

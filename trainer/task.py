@@ -23,7 +23,8 @@ The recipe (``training`` fields; ``trainer/optimization.py``, ``trainer/training
 optimizer and learning-rate schedule over ``epochs`` x steps per epoch; the exported model
 is the epoch with the best validation mIoU (``restore_best``), optionally stopping early
 (``early_stopping_patience``); a backbone encoder may stay frozen for the first
-``freeze_encoder_epochs``.
+``freeze_encoder_epochs``; class weights may decay toward 1 over the first
+``loss.class_weight_decay_epochs`` (``ClassWeightDecay``).
 
 TensorBoard logs go to ``<model_run_dir>/logs``; a summary of the run (weights used, the
 loss of the first batch before any update, history, ``best_epoch``, ``best_val_miou``,
@@ -53,7 +54,7 @@ from segbalance.trainer.metrics import segmentation_metrics
 from segbalance.trainer.optimization import make_optimizer
 from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
-from segbalance.trainer.training_callbacks import BestEpoch, FreezeEncoder
+from segbalance.trainer.training_callbacks import BestEpoch, ClassWeightDecay, FreezeEncoder
 from segbalance.trainer.training_config import TrainerConfig
 
 SUMMARY_FILE = TRAINING_SUMMARY_FILE
@@ -177,6 +178,8 @@ def run_fn(fn_args) -> None:
         # before BackupAndRestore: the encoder state and the optimizer are set before it restores, and
         # the best weights are put back before it deletes its folder (which holds BestEpoch's state)
         callbacks = [FreezeEncoder(model_lib.ENCODER, t.freeze_encoder_epochs)] if t.freeze_encoder_epochs else []
+        if loss.class_weight_mix is not None:  # loss.class_weight_decay_epochs
+            callbacks.append(ClassWeightDecay(loss))
         callbacks += [best, keras.callbacks.BackupAndRestore(backup),
                       keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
         callbacks += list(extras.get("_extra_callbacks", []))

@@ -15,6 +15,11 @@ metric in the logs (no eval split) it does nothing and the last epoch is exporte
 inference mode) and the train function is rebuilt when that changes; the optimizer is
 built on every variable first, so its state covers the encoder once unfrozen. It only
 looks at the epoch number, so a resumed training freezes or not as a fresh one would.
+
+``ClassWeightDecay`` moves a ``SegmentationLoss``'s class weights toward 1 (the loss's
+``class_weight_decay_epochs``): at each epoch's start it sets the loss's mix from the epoch
+number (so a resumed training continues the decay where it was) and writes it to the
+epoch's logs as ``class_weight_mix`` (History and training_summary.json keep the curve).
 """
 from __future__ import annotations
 
@@ -111,3 +116,18 @@ class FreezeEncoder(keras.callbacks.Callback):
             layer.trainable = not frozen
             self.model.make_train_function(force=True)
             print(f"SegTrainer: epoch {epoch + 1}: encoder {'frozen' if frozen else 'trainable'}", flush=True)
+
+
+class ClassWeightDecay(keras.callbacks.Callback):
+    LOG_KEY = "class_weight_mix"
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss, self.mix = loss, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.mix = self.loss.set_class_weight_epoch(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[self.LOG_KEY] = self.mix
