@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -42,10 +42,25 @@ def _per_class(rows: list, c: int) -> List[float]:
 
 
 # --------------------------------------------------------------------------- ranks
-def mean_ranks(results: list) -> List[dict]:
-    """Rank the cells (losses) within each (data set, drop) group by their mean test mIoU over seeds
-    (1 = best, ties share the mean rank); average the ranks over the groups. Only cells measured in
-    every group take part, so each mean is over the same groups. Sorted best first."""
+PLAIN_CE = "ce/none/none"  # the baseline cell: plain cross-entropy
+BUDGETS = (10, 20)  # epochs of the short-budget rankings
+
+
+def test_miou(row: dict) -> float:
+    return row["miou"]
+
+
+def budget_score(epochs: int) -> Callable[[dict], float]:
+    """A row's best validation mIoU within its first ``epochs`` epochs: what the best-epoch export
+    gives a user who trains only that long (validation masks are the annotated ones)."""
+    return lambda row: max(row["history"]["val_miou"][:epochs])
+
+
+def mean_ranks(results: list, score: Callable[[dict], float] = test_miou) -> List[dict]:
+    """Rank the cells (losses) within each (data set, drop) group by their mean ``score`` over seeds
+    (test mIoU unless told; 1 = best, ties share the mean rank); average the ranks over the groups.
+    Only cells measured in every group take part, so each mean is over the same groups. Sorted best
+    first."""
     from scipy.stats import rankdata
 
     groups = grouped(results)
@@ -53,7 +68,7 @@ def mean_ranks(results: list) -> List[dict]:
     losses = [loss for loss in _losses(results) if all((g, loss) in groups for g in names)]
     if not losses:
         return []
-    means = np.array([[np.mean([r["miou"] for r in groups[(g, loss)]]) for loss in losses] for g in names])
+    means = np.array([[np.mean([score(r) for r in groups[(g, loss)]]) for loss in losses] for g in names])
     ranks = np.array([rankdata(-row, method="average") for row in means])  # [group, loss]
     out = [{"loss": loss, "mean_rank": float(ranks[:, j].mean()), "groups": len(names),
             "mean_miou": float(means[:, j].mean()), "worst_rank": float(ranks[:, j].max())}
@@ -61,14 +76,91 @@ def mean_ranks(results: list) -> List[dict]:
     return sorted(out, key=lambda d: (d["mean_rank"], -d["mean_miou"]))
 
 
-def rank_table(results: list) -> List[str]:
-    ranked = mean_ranks(results)
+def rank_table(results: list, score: Callable[[dict], float] = test_miou) -> List[str]:
+    ranked = mean_ranks(results, score)
     if not ranked:
         return []
     lines = ["| cell (terms/weighting/missing) | mean rank | worst rank | mean mIoU | groups |",
              "|---|---|---|---|---|"]
     lines += [f"| {d['loss']} | {d['mean_rank']:.2f} | {d['worst_rank']:.1f} | {d['mean_miou']:.3f} | {d['groups']} |"
               for d in ranked]
+    return lines
+
+
+# --------------------------------------------------------------------------- goals
+def _cell_mean(results: list, dataset: str, drop: float, loss: str, value: Callable[[dict], Optional[float]]):
+    values = [value(r) for r in results if r["dataset"] == dataset and r["drop"] == drop and r["loss"] == loss]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _ordered_cells(results: list) -> List[str]:
+    ranked = [d["loss"] for d in mean_ranks(results)]
+    return ranked + [loss for loss in _losses(results) if loss not in ranked]
+
+
+def retention_table(results: list) -> List[str]:
+    """Per cell and data set: test mIoU at the highest drop rate as a share of the same cell's at the
+    lowest, and the mIoU points lost."""
+    datasets = [d for d in _datasets(results) if len(_drops(results, d)) > 1]
+    if not datasets:
+        return []
+    header = " | ".join(f"{d}: kept at drop {max(_drops(results, d))} (points lost)" for d in datasets)
+    lines = [f"| cell | {header} | min kept |", "|---|" + "---|" * (len(datasets) + 1)]
+    for loss in _ordered_cells(results):
+        cells, kept_all = [], []
+        for dataset in datasets:
+            drops = _drops(results, dataset)
+            low, high = (_cell_mean(results, dataset, d, loss, test_miou) for d in (drops[0], drops[-1]))
+            if low is None or high is None or low <= 0:
+                cells.append("n/a")
+                continue
+            kept_all.append(high / low)
+            cells.append(f"{100 * high / low:.0f} % ({100 * (low - high):+.1f})")
+        least = f"{100 * min(kept_all):.0f} %" if len(kept_all) == len(datasets) else "n/a"
+        lines.append(f"| {loss} | " + " | ".join(cells) + f" | {least} |")
+    return lines
+
+
+def rarest_classes(test_items: Dict[str, list], class_names: Dict[str, List[str]],
+                   ignore_index: int = 255) -> Dict[str, int]:
+    """Per data set: the foreground class with the fewest pixels in its held-out (complete) test masks
+    among those present there."""
+    out = {}
+    for dataset, items in test_items.items():
+        if dataset not in class_names or not items:
+            continue
+        c = len(class_names[dataset])
+        counts = np.zeros(c, np.int64)
+        for _, _, mask in items:
+            values = np.asarray(mask).ravel()
+            counts += np.bincount(values[values != ignore_index], minlength=c)[:c]
+        present = [k for k in range(1, c) if counts[k] > 0]
+        if present:
+            out[dataset] = min(present, key=lambda k: counts[k])
+    return out
+
+
+def rarest_class_table(results: list, rarest: Dict[str, int]) -> List[str]:
+    """Per cell and data set: the rarest class's test IoU minus plain CE's in the same group, averaged
+    over the drop rates (the cell's own IoU in brackets)."""
+    datasets = [d for d in _datasets(results) if d in rarest]
+    if not datasets or PLAIN_CE not in _losses(results):
+        return []
+    names = {r["dataset"]: r["class_names"] for r in results}
+    header = " | ".join(f"{d} ({names[d][rarest[d]]})" for d in datasets)
+    lines = [f"| cell | {header} |", "|---|" + "---|" * len(datasets)]
+    for loss in _ordered_cells(results):
+        cells = []
+        for dataset in datasets:
+            c = rarest[dataset]
+            iou = lambda r: r["per_class_iou"][c]  # noqa: E731
+            pairs = [(_cell_mean(results, dataset, d, loss, iou), _cell_mean(results, dataset, d, PLAIN_CE, iou))
+                     for d in _drops(results, dataset)]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            cells.append(f"{np.mean([a - b for a, b in pairs]):+.3f} ({np.mean([a for a, _ in pairs]):.3f})"
+                         if pairs else "n/a")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -274,6 +366,21 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         "## Mean rank over data sets and drop rates", "",
         "Cells ranked by mean test mIoU within each (data set, drop) group (1 = best), averaged over groups:", "",
         *rank_table(results), "",
+        "## Missing annotations: mIoU kept at the highest drop rate", "",
+        "Each cell's test mIoU at the highest drop as a share of its own at the lowest (complete masks "
+        "in the test set either way), and the mIoU points lost:", "",
+        *retention_table(results), "",
+        "## Imbalance: the rarest class against plain CE", "",
+        f"Test IoU of each data set's rarest foreground class (fewest pixels in its test masks) minus "
+        f"plain CE's (`{PLAIN_CE}`) in the same group, mean over drop rates; the cell's own IoU in brackets:",
+        "", *rarest_class_table(results, rarest_classes(test_items, {r["dataset"]: r["class_names"]
+                                                                     for r in results})), "",
+        "## A short training budget", "",
+        *[line for epochs in BUDGETS for line in (
+            f"Mean rank by the best **validation** mIoU within the first {epochs} epochs (what the best-epoch "
+            f"export gives with `training.epochs: {epochs}`; read from the same trainings' curves, so a "
+            f"schedule that depends on the epoch count is not re-run):", "",
+            *rank_table(results, budget_score(epochs)), "")],
         "## Convergence", "",
         "Trainings that hit the epoch cap without early stopping are not shown to be on their plateau:", "",
         *convergence_table(results), "",

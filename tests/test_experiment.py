@@ -69,6 +69,43 @@ def test_mean_ranks_against_a_hand_computed_case():
     assert "| A | 1.50 | 2.0 | 0.650 | 2 |" in table and not any("| D |" in line for line in table)
 
 
+def test_retention_table_against_a_hand_computed_case():
+    rows = [_row("x", 0.0, "A", 0, 0.8), _row("x", 0.6, "A", 0, 0.76), _row("x", 0.0, "B", 0, 0.5),
+            _row("x", 0.6, "B", 0, 0.3), _row("y", 0.0, "A", 0, 0.4), _row("y", 0.6, "A", 0, 0.2),
+            _row("y", 0.6, "A", 1, 0.4),  # seeds averaged: 0.3 at drop 0.6
+            _row("y", 0.0, "B", 0, 0.6), _row("y", 0.6, "B", 0, 0.6)]
+    table = experiment_report.retention_table(rows)
+    assert table[0] == "| cell | x: kept at drop 0.6 (points lost) | y: kept at drop 0.6 (points lost) | min kept |"
+    assert "| A | 95 % (+4.0) | 75 % (+10.0) | 75 % |" in table
+    assert "| B | 60 % (+20.0) | 100 % (+0.0) | 60 % |" in table
+
+
+def test_rarest_class_and_its_gain_over_plain_ce():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, :3] = 1  # 3 pixels of class 1
+    mask[1, :2] = 2  # 2 pixels of class 2 (the rarest present)
+    mask[3, 3] = 255  # ignored; class 3 is absent: not a candidate
+    names = ["bg", "a", "b", "c"]
+    assert experiment_report.rarest_classes({"x": [("s", b"", mask)]}, {"x": names}) == {"x": 2}
+
+    def row(drop, loss, iou2):
+        return {**_row("x", drop, loss, 0, 0.5), "class_names": names, "per_class_iou": [0.9, 0.5, iou2, None]}
+    rows = [row(0.0, "ce/none/none", 0.1), row(0.6, "ce/none/none", 0.0), row(0.0, "W", 0.4), row(0.6, "W", 0.2)]
+    table = experiment_report.rarest_class_table(rows, {"x": 2})
+    assert table[0] == "| cell | x (b) |"
+    assert "| W | +0.250 (0.300) |" in table and "| ce/none/none | +0.000 (0.050) |" in table
+    assert experiment_report.rarest_class_table([row(0.0, "W", 0.4)], {"x": 2}) == []  # no plain CE to compare
+
+
+def test_budget_ranks_use_the_best_validation_miou_within_the_budget():
+    fast = {**_row("x", 0.0, "fast", 0, 0.6), "history": {"val_miou": [0.5, 0.55, 0.56, 0.6]}}
+    slow = {**_row("x", 0.0, "slow", 0, 0.8), "history": {"val_miou": [0.1, 0.2, 0.7, 0.8]}}
+    assert experiment_report.budget_score(2)(fast) == 0.55 and experiment_report.budget_score(3)(slow) == 0.7
+    assert [d["loss"] for d in experiment_report.mean_ranks([fast, slow], experiment_report.budget_score(2))] \
+        == ["fast", "slow"]
+    assert [d["loss"] for d in experiment_report.mean_ranks([fast, slow])] == ["slow", "fast"]
+
+
 def test_convergence_table_counts_early_stops_and_capped_trainings():
     rows = [_row("x", 0.0, "A", 0, 0.5, epochs_run=7, stopped=6, best=2),
             _row("x", 0.0, "B", 0, 0.5, epochs_run=10, stopped=None, best=9),  # ran to the cap: not converged
