@@ -360,6 +360,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
         f"{plan['test_images']} held-out crops with **complete** masks; seeds "
         f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (all rows of the work folder). "
+        f"Learning-rate schedule `{plan.get('lr_schedule', 'constant')}` (`training.lr_schedule.type`). "
         f"Each training runs until validation mIoU has not improved for {plan['patience']} epochs "
         f"(at most {plan['max_epochs']}); the best epoch is the model scored. mean ± std over seeds. "
         f"Raw numbers and every curve: `results.json`.", "",

@@ -29,6 +29,7 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"weightings": []}, "--weightings: nothing given"),
     ({"drop_fractions": [0.3, 1.0]}, "--drops: [1.0]; each must be in [0, 1)"),
     ({"patience": 0}, "--max-epochs and --patience must be >= 1"),
+    ({"lr_schedule": "step"}, "--lr-schedule: step; choose from constant, cosine, polynomial, plateau"),
     ({"terms": ["focal"], "missing": ["marginal"]}, None),  # focal has no CE term: valid, marginal unused
 ])
 def test_plan_check_names_the_bad_option(change, message):
@@ -146,6 +147,8 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
         assert 0.0 <= row["miou"] <= 1.0 and len(row["per_class_iou"]) == 4
         curve = row["history"]["val_miou"]  # every curve kept, one value per epoch run
         assert len(curve) == row["epochs_run"] <= plan.max_epochs and len(row["history"]["loss"]) == len(curve)
+        # the plan's schedule reached run_fn: ReduceLROnPlateau logs the rate of every epoch
+        assert row["lr_schedule"] == plan.lr_schedule == "plateau" and len(row["history"]["learning_rate"]) == len(curve)
         assert row["best_epoch"] == int(np.argmax(curve))
     table = (out / "results.md").read_text()
     assert "| cell | mIoU, drop 0.3 |" in table

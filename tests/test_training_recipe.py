@@ -1,5 +1,6 @@
 """Training recipe (issue 15): schedules and optimizers, augmentation, best epoch + early stopping,
 pretrained / local backbone weights with the family's preprocessing, encoder freeze."""
+import json
 import math
 import os
 
@@ -88,6 +89,9 @@ def test_optimizer_choice_momentum_nesterov_weight_decay():
     ({"epochs": 8, "lr_schedule": {"warmup_epochs": 9}}, "training.lr_schedule.warmup_epochs: 9.0 is longer"),
     ({"lr_schedule": {"final_fraction": 1.5}}, "training.lr_schedule.final_fraction"),
     ({"momentum": 1.0}, "training.momentum"),
+    ({"lr_schedule": {"type": "plateau", "warmup_epochs": 1}}, "training.lr_schedule.warmup_epochs: plateau has no"),
+    ({"lr_schedule": {"type": "plateau", "factor": 1.0}}, "training.lr_schedule.factor"),
+    ({"lr_schedule": {"patience": 0}}, "training.lr_schedule.patience"),
     ({"weight_decay": -1}, "training.weight_decay"),
     ({"early_stopping_patience": 0}, "training.early_stopping_patience"),
     ({"augmentation": {"scale": [2.0, 1.0]}}, "training.augmentation.scale"),
@@ -451,3 +455,91 @@ def test_early_stopping_after_patience_keeps_the_best_epoch(tmp_path):
     assert summary["epochs_run"] == [0, 1, 2] and summary["stopped_epoch"] == 2 and summary["best_epoch"] == 0
     assert exported_val_miou(uris, args) == pytest.approx(history[0], abs=1e-6)
     assert not [d for d in os.listdir(os.path.dirname(args.model_run_dir)) if d.startswith("backup-")]
+
+
+def test_backbone_weights_are_checked_before_the_pipeline_starts(tmp_path, monkeypatch, capsys):
+    """`segbalance run` with ImageNet weights neither cached nor downloadable: exit 2 and one line
+    naming the cache file before any component runs; cached: the check passes without downloading."""
+    from keras.src.utils import file_utils
+
+    from segbalance.pipeline import cli
+
+    monkeypatch.setattr(model_lib, "keras_cache_dir", lambda: str(tmp_path / "models"))
+    monkeypatch.setattr(model_lib, "host_reachable", lambda url, timeout=3.0: False)
+    downloads = []
+    monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: downloads.append(a) or "/nowhere")
+    config = tmp_path / "config.yaml"
+    config.write_text("training:\n  image_size: [32, 32]\n  backbone: MobileNetV2\n  backbone_weights: imagenet\n"
+                      "  depth: 3\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", "--config", str(config), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = os.path.join(str(tmp_path / "models"), "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+    assert len(err) == 1 and expected in err[0] and "backbone_weights" in err[0]
+    assert not out.exists() and not downloads  # refused before the run folder or any download
+
+    training = from_dict(TrainingConfig, {"image_size": [32, 32], "backbone": "MobileNetV2", "depth": 3,
+                                          "backbone_weights": "imagenet"})
+    (tmp_path / "models").mkdir()
+    open(expected, "wb").close()
+    model_lib.check_backbone_weights(training)  # cached: passes
+    assert not downloads  # and stops before keras.applications reads (or fetches) the file
+    with pytest.raises(UserError, match="is not a file"):
+        model_lib.check_backbone_weights(from_dict(TrainingConfig, {"backbone": "MobileNetV2", "depth": 3,
+                                                                    "backbone_weights": str(tmp_path / "no.h5")}))
+    model_lib.check_backbone_weights(TrainingConfig())  # no backbone: nothing to check
+
+
+def reference_plateau(values, lr, factor, patience, min_lr):
+    """The learning rate used in each epoch under the plateau rule (a plain re-statement): after
+    ``patience`` epochs without a strictly better value the next epoch uses lr * factor (not below
+    min_lr), and the count restarts."""
+    best, wait, out = -math.inf, 0, []
+    for value in values:
+        out.append(lr)
+        if value > best:
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                if lr > min_lr:
+                    lr = max(lr * factor, min_lr)
+                wait = 0
+    return out
+
+
+@pytest.mark.slow
+def test_plateau_schedule_cuts_the_rate_when_val_miou_stalls(tmp_path):
+    from tests import trainer_inputs as ti
+    from segbalance.trainer import task
+
+    uris = ti.tiny_pipeline()
+    schedule = {"type": "plateau", "factor": 0.5, "patience": 1, "final_fraction": 0.3}
+    args = ti.fn_args_for(uris, str(tmp_path), {**ti.CONFIG, "epochs": 6, "steps_per_epoch": 1,
+                                                 "lr_schedule": schedule, "learning_rate": 0.05})
+    task.run_fn(args)
+    with open(os.path.join(args.model_run_dir, task.SUMMARY_FILE)) as f:
+        history = json.load(f)["history"]
+    expected = reference_plateau(history["val_miou"], 0.05, 0.5, 1, 0.3 * 0.05)
+    np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-6)
+    assert len(set(expected)) > 1 or len(set(history["val_miou"])) == len(history["val_miou"])  # exercised
+
+
+def test_plateau_optimizer_rate_is_a_variable_the_callback_lowers():
+    training = from_dict(TrainingConfig, {"learning_rate": 0.01, "lr_schedule": {"type": "plateau", "patience": 2,
+                                                                                  "factor": 0.1}}, "training")
+    optimizer = make_optimizer(training, steps_per_epoch=5)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=optimizer, loss="mse")
+    from segbalance.trainer.optimization import plateau_callback
+
+    callback = plateau_callback(training)
+    callback.set_model(model)
+    callback.on_train_begin()
+    seen = []
+    for epoch, value in enumerate([0.3, 0.2, 0.25, 0.4, 0.4, 0.4]):
+        logs = {"val_miou": value}
+        callback.on_epoch_end(epoch, logs)
+        seen.append(logs["learning_rate"])
+    np.testing.assert_allclose(seen, reference_plateau([0.3, 0.2, 0.25, 0.4, 0.4, 0.4], 0.01, 0.1, 2, 0.0), rtol=1e-6)
+    assert plateau_callback(from_dict(TrainingConfig, {}, "training")) is None

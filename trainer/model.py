@@ -111,6 +111,42 @@ def imagenet_weights_guard(backbone: str):
         file_utils.get_file = real_get_file
 
 
+class _WeightsAvailable(Exception):
+    """Raised by ``check_backbone_weights``'s stand-in download once the guard has passed."""
+
+
+def check_backbone_weights(training) -> None:
+    """Before a pipeline starts: ``BackboneWeightsError`` (a UserError) when ``training.backbone_weights``
+    cannot be had: a PATH that is not a file, or ImageNet weights neither in the Keras cache nor
+    downloadable (the same check SegTrainer's ``imagenet_weights_guard`` makes, without downloading:
+    keras.applications names the file, then the stand-in download stops). Nothing to check without
+    a backbone or weights."""
+    weights, backbone = training.backbone_weights, training.backbone
+    if not backbone or weights is None:
+        return
+    if weights != "imagenet":
+        if not os.path.isfile(weights):
+            raise BackboneWeightsError(f"training.backbone_weights: {weights} is not a file; give the path of a "
+                                       f"{backbone} weights file (model.save_weights), imagenet or null")
+        return
+    from keras.src.utils import file_utils
+
+    real_get_file = file_utils.get_file
+
+    def stop_before_download(*args, **kwargs):
+        raise _WeightsAvailable()
+
+    file_utils.get_file = stop_before_download
+    try:
+        with imagenet_weights_guard(backbone):  # wraps the stand-in: checks the cache and the host first
+            height, width = (int(s) for s in training.image_size)
+            getattr(keras.applications, backbone)(include_top=False, weights="imagenet", input_shape=(height, width, 3))
+    except _WeightsAvailable:
+        pass
+    finally:
+        file_utils.get_file = real_get_file
+
+
 def _block(x, filters: int, name: str):
     for i in (1, 2):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)

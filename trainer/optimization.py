@@ -14,6 +14,10 @@ steps, ``p = min(1, (s - w) / d)`` and the peak ``lr``:
 
 It is a registered, serialisable ``keras.optimizers.schedules.LearningRateSchedule``, so
 ``model.keras`` and BackupAndRestore save and load it.
+
+``plateau`` is not a function of the step: the optimizer gets the peak rate as a variable
+and ``plateau_callback`` (Keras' ``ReduceLROnPlateau`` on ``val_miou``) lowers it; the
+variable is part of the optimizer's state, so BackupAndRestore keeps the rate reached.
 """
 from __future__ import annotations
 
@@ -61,9 +65,12 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "decay_steps": self.decay_steps, "final_fraction": self.final_fraction, "power": self.power}
 
 
-def make_schedule(training, steps_per_epoch: int) -> WarmupDecay:
-    """``training.lr_schedule`` over ``training.epochs`` epochs of ``steps_per_epoch`` steps."""
+def make_schedule(training, steps_per_epoch: int):
+    """``training.lr_schedule`` over ``training.epochs`` epochs of ``steps_per_epoch`` steps (a
+    ``WarmupDecay``; for ``plateau`` the peak rate, which ``plateau_callback`` lowers)."""
     schedule = training.lr_schedule
+    if schedule.type == "plateau":
+        return float(training.learning_rate)
     total = max(1, int(training.epochs) * int(steps_per_epoch))
     warmup = min(total, int(round(schedule.warmup_epochs * steps_per_epoch)))
     return WarmupDecay(training.learning_rate, schedule.type, warmup, max(1, total - warmup),
@@ -79,3 +86,13 @@ def make_optimizer(training, steps_per_epoch: int) -> keras.optimizers.Optimizer
     if training.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, **decay)
     return keras.optimizers.Adam(learning_rate, **decay)
+
+
+def plateau_callback(training, monitor: str = "val_miou"):
+    """``ReduceLROnPlateau`` for ``lr_schedule.type: plateau`` (None for the other types)."""
+    schedule = training.lr_schedule
+    if schedule.type != "plateau":
+        return None
+    return keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=schedule.factor,
+                                             patience=schedule.patience, min_delta=0.0,
+                                             min_lr=schedule.final_fraction * training.learning_rate, verbose=1)

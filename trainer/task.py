@@ -51,7 +51,7 @@ from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_s
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.loss_config import LossConfig
 from segbalance.trainer.metrics import segmentation_metrics
-from segbalance.trainer.optimization import make_optimizer
+from segbalance.trainer.optimization import make_optimizer, plateau_callback
 from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
 from segbalance.trainer.training_callbacks import BestEpoch, ClassWeightDecay, FreezeEncoder
@@ -180,6 +180,9 @@ def run_fn(fn_args) -> None:
         callbacks = [FreezeEncoder(model_lib.ENCODER, t.freeze_encoder_epochs)] if t.freeze_encoder_epochs else []
         if loss.class_weight_mix is not None:  # loss.class_weight_decay_epochs
             callbacks.append(ClassWeightDecay(loss))
+        plateau = plateau_callback(t)
+        if plateau is not None:
+            callbacks.append(plateau)
         callbacks += [best, keras.callbacks.BackupAndRestore(backup),
                       keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
         callbacks += list(extras.get("_extra_callbacks", []))

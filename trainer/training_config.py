@@ -31,7 +31,13 @@ module instead of repeating the table.
                                (``power`` 1 = linear, to ``final_fraction``), each after a
                                linear warm-up from 0 over ``warmup_epochs`` (0: none);
                                the decay spans the remaining steps of ``epochs``
-                               (``trainer/optimization.py``)
+                               (``trainer/optimization.py``); or ``plateau``: the rate
+                               is multiplied by ``factor`` (0.5) when validation mIoU
+                               has not improved for ``patience`` (3) epochs, down to
+                               ``final_fraction`` x the peak (Keras'
+                               ``ReduceLROnPlateau``; no warm-up; the rate reached is
+                               kept by a resumed training, the epochs counted toward
+                               the next cut start again)
   ``momentum`` 0.9             SGD momentum (``sgd`` only)
   ``nesterov`` false           Nesterov momentum (``sgd`` only)
   ``weight_decay`` null        decoupled weight decay; null: Keras' default (``adamw``
@@ -187,13 +193,20 @@ PIXEL_WEIGHT_TYPES = {c.TYPE: c for c in (EdgeWeights, UnetBorderWeights, Intens
 class LearningRateSchedule:
     """``training.lr_schedule`` (module docstring); values: ``trainer/optimization.py``."""
 
-    type: Literal["constant", "cosine", "polynomial"] = "constant"
+    type: Literal["constant", "cosine", "polynomial", "plateau"] = "constant"
     warmup_epochs: float = 0.0
     final_fraction: float = 0.0
     power: float = 1.0
+    factor: float = 0.5
+    patience: int = 3
 
     def validate(self, where: str) -> None:
         require(is_number(self.warmup_epochs, 0.0), f"{where}.warmup_epochs", "must be a number >= 0")
+        require(self.type != "plateau" or self.warmup_epochs == 0, f"{where}.warmup_epochs",
+                "plateau has no warm-up: set warmup_epochs: 0 (or use cosine / polynomial with warm-up)")
+        require(is_number(self.factor) and 0 < self.factor < 1, f"{where}.factor", "must be between 0 and 1")
+        require(isinstance(self.patience, int) and not isinstance(self.patience, bool) and self.patience >= 1,
+                f"{where}.patience", "must be an integer >= 1 (epochs without a better val mIoU)")
         require(is_number(self.final_fraction, 0.0) and self.final_fraction <= 1.0, f"{where}.final_fraction",
                 "must be between 0 and 1 (a fraction of learning_rate)")
         require(is_number(self.power) and self.power > 0, f"{where}.power", "must be > 0")
