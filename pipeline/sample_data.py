@@ -27,8 +27,9 @@ Kinds read from a pinned package archive (``pipeline/package_data.py``; fetch it
 ``python -m segbalance.pipeline.package_data NAME``, nothing is downloaded at run time):
 
 - ``buildings`` (solaris 0.4.0 wheel): a real 900x900 SpaceNet satellite tile (0.5 m, one
-  panchromatic band) with its building masks from 43 outlines; classes background,
-  building, edge (a ring outside each outline), contact (between close buildings; rarest).
+  panchromatic band) with the instance masks of its 43 building outlines; classes background,
+  building, edge (a 3-pixel ring outside each outline), contact (background within 10 pixels
+  of two or more buildings; rarest).
   CC BY-SA 4.0 data.
 - ``lesions`` (pyradiomics 3.0.1 source archive): five clinical scans (2 brain MR, 2 lung CT,
   1 breast MR) with lesion masks, cut into 2-D slices; classes background, brain_lesion,
@@ -220,8 +221,8 @@ LESION_CLASSES = ["background", "brain_lesion", "lung_lesion", "breast_lesion"]
 LABELME_VOC = "labelme-6.3.1/examples/semantic_segmentation/data_dataset_voc/"
 LABELME_IDS = ("2011_000003", "2011_000006", "2011_000025")
 SOURCES = {
-    "buildings": "solaris 0.4.0 wheel (PyPI), solaris/data/sample_geotiff.tif + sample_fbc_from_df2px.tif "
-                 "(SpaceNet tile, footprint / boundary / contact bands)",
+    "buildings": "solaris 0.4.0 wheel (PyPI), solaris/data/sample_geotiff.tif + sample_inst_mask.tif "
+                 "(SpaceNet tile and its 43 building instance masks; edge and contact derived)",
     "lesions": "pyradiomics 3.0.1 source archive (PyPI), data/{brain1,brain2,breast1,lung1,lung2}_{image,label}.nrrd",
     "labelme": "labelme 6.3.1 source archive (PyPI), examples/semantic_segmentation/data_dataset_voc/",
 }
@@ -233,22 +234,51 @@ def _column_part(image: np.ndarray, mask: np.ndarray, part: str):
     return image[:, columns], mask[:, columns]
 
 
+EDGE_WIDTH = 3  # buildings: the edge class is the ring of this many pixels outside the outlines
+# buildings: contact = background within this many pixels (5 m) of two or more buildings; at 5 px the
+# tile had 65 contact pixels, none in the test columns (10: 1,831 train / 448 test)
+CONTACT_DISTANCE = 10
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return np.hypot(yy, xx) <= radius
+
+
+def building_classes(instances: np.ndarray) -> np.ndarray:
+    """[H, W, K] instance masks (one building per channel) -> class ids: 1 building, 2 edge (ring of
+    EDGE_WIDTH px outside the outlines), 3 contact (background within CONTACT_DISTANCE px of two or
+    more buildings), 0 the rest."""
+    from scipy import ndimage
+
+    footprints = instances > 0
+    building = footprints.any(axis=-1)
+    near = np.zeros(building.shape, np.int32)
+    for k in range(footprints.shape[-1]):
+        near += ndimage.binary_dilation(footprints[..., k], structure=_disk(CONTACT_DISTANCE))
+    mask = np.zeros(building.shape, np.uint8)
+    mask[ndimage.binary_dilation(building, structure=_disk(EDGE_WIDTH)) & ~building] = 2
+    mask[(near >= 2) & ~building] = 3
+    mask[building] = 1
+    return mask
+
+
 def _buildings(part: str, cache_dir) -> Tuple[list, List[str]]:
+    """The tile and its 43 building instance masks (``sample_inst_mask.tif``, solaris' rasterisation
+    of the tile's outlines). Not ``sample_fbc_from_df2px.tif``: its outlines are another tile's
+    (footprint IoU 0.04 with this tile's), so it labels trees as buildings."""
     import tifffile
 
     from segbalance.pipeline import package_data
 
     files = package_data.read_members("solaris", [SOLARIS_DATA + "sample_geotiff.tif",
-                                                  SOLARIS_DATA + "sample_fbc_from_df2px.tif"], cache_dir)
+                                                  SOLARIS_DATA + "sample_inst_mask.tif"], cache_dir)
     tile = tifffile.imread(io.BytesIO(files[SOLARIS_DATA + "sample_geotiff.tif"]))
-    bands = tifffile.imread(io.BytesIO(files[SOLARIS_DATA + "sample_fbc_from_df2px.tif"]))
-    if tile.ndim != 2 or bands.shape != (*tile.shape, 3):
-        raise ValueError(f"solaris data: tile {tile.shape} and footprint/boundary/contact bands {bands.shape} "
+    instances = tifffile.imread(io.BytesIO(files[SOLARIS_DATA + "sample_inst_mask.tif"]))
+    if tile.ndim != 2 or instances.ndim != 3 or instances.shape[:2] != tile.shape:
+        raise ValueError(f"solaris data: tile {tile.shape} and building instance masks {instances.shape} "
                          f"do not match")
-    mask = np.zeros(tile.shape, np.uint8)
-    for class_id in (1, 2, 3):  # later bands win: contact pixels also lie in the boundary band
-        mask[bands[..., class_id - 1] > 0] = class_id
-    image, mask = _column_part(_to_rgb_uint8(tile), mask, part)
+    image, mask = _column_part(_to_rgb_uint8(tile), building_classes(instances), part)
     return [[(image, mask)]], ["background", "building", "edge", "contact"]
 
 

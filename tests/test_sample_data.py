@@ -261,6 +261,39 @@ def test_package_kinds_write_valid_masks_with_rare_classes(tmp_path, kind, part)
     assert any(not np.array_equal(a, b) for a, b in zip(_read_set(other, "images").values(), images.values()))
 
 
+def test_building_labels_belong_to_the_tile():
+    """The building class equals solaris' own rasterisation of this tile's outlines
+    (sample_fp_mask_from_geojson.tif), which the former source (sample_fbc_from_df2px.tif, another
+    tile's outlines) overlapped with IoU 0.04."""
+    import io
+
+    import tifffile
+
+    _need_archive("buildings")
+    groups, names = sample_data.load_package_sample("buildings", "all")
+    (image, mask), = groups[0]
+    footprint = package_data.read_members("solaris", [sample_data.SOLARIS_DATA + "sample_fp_mask_from_geojson.tif"])
+    reference = tifffile.imread(io.BytesIO(next(iter(footprint.values())))) > 0
+    assert image.shape == (900, 900, 3) and mask.shape == reference.shape
+    building = mask == 1
+    assert (building & reference).sum() / (building | reference).sum() > 0.99
+    share = np.bincount(mask.ravel(), minlength=4) / mask.size
+    assert share[3] == share[1:].min() > 0  # contact: the rarest class, present
+
+
+def test_building_classes_on_a_hand_made_case():
+    instances = np.zeros((12, 20, 2), np.uint8)
+    instances[4:8, 2:6, 0] = 255
+    instances[4:8, 10:14, 1] = 255  # 4 columns of background between the two buildings
+    mask = sample_data.building_classes(instances)
+    assert (mask == 1).sum() == 32 and set(np.unique(mask[instances.any(-1)])) == {1}
+    assert (mask[4:8, 6:10] == 3).all()  # between them, within 10 px of both: contact
+    assert mask[0, 19] == 0  # hypot(4, 6) = 7.2 from the second building only, and outside its ring
+    single = sample_data.building_classes(instances[..., :1])  # one building: a ring, no contact
+    assert 3 not in single and single[5, 8] == 2 and single[5, 9] == 0  # 3 px right of it: edge; 4 px: not
+    assert not ((mask == 2) & instances.any(-1)).any()
+
+
 def test_lesion_pixels_are_rare_in_the_scans():
     _need_archive("lesions")
     groups, names = sample_data.load_package_sample("lesions", "all")
