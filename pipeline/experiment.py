@@ -5,7 +5,8 @@ ImportExampleGen -> ClassStatsGen -> Transform -> SegTrainer for 1 epoch -> SegE
 LocalDagRunner) to produce the artifacts; then every cell of the grid **terms x class weighting x
 missing-label handling** (crossed, not one at a time) trains, per seed, with the same
 ``segbalance.trainer.task.run_fn`` on them, until its validation mIoU has not improved for
-``--patience`` epochs or ``--max-epochs`` is reached (``training.early_stopping_patience``,
+``--patience`` epochs (counted from ``--min-epochs`` on) or ``--max-epochs`` is reached
+(``training.early_stopping_patience``, ``min_epochs``, the ``plateau`` rate schedule,
 ``restore_best``: the best epoch is the model scored). Each is scored on a held-out test set
 with **complete** masks (``components.seg_evaluator``).
 
@@ -118,6 +119,9 @@ class Plan:
     # val mIoU, so a training that stops early has settled at a lower rate rather than stopped on a
     # noisy curve at the peak rate (constant 3e-3 swung +-0.05 between epochs on shapes)
     lr_schedule: str = "plateau"
+    # no stop or rate cut before this many epochs (training.min_epochs): lesions under plain CE sat on
+    # background (val mIoU flat at 0.23) for 16 epochs and was stopped there; another cell broke out at 16
+    min_epochs: int = 25
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -143,8 +147,9 @@ class Plan:
         bad = [d for d in self.drop_fractions if not 0.0 <= d < 1.0]
         if bad or not self.drop_fractions:
             raise UserError(f"--drops: {bad or 'nothing given'}; each must be in [0, 1)")
-        if self.max_epochs < 1 or self.patience < 1 or not self.seeds:
-            raise UserError("--max-epochs and --patience must be >= 1 and --seeds must name at least one seed")
+        if self.max_epochs < 1 or self.patience < 1 or self.min_epochs < 0 or not self.seeds:
+            raise UserError("--max-epochs and --patience must be >= 1, --min-epochs >= 0 and --seeds must name at "
+                            "least one seed")
         if self.lr_schedule not in SCHEDULES:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
         for cell in self.cells():
@@ -256,7 +261,8 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
     cfg = copy.deepcopy(base_cfg)
     cfg["training"].update({"loss": loss, "seed": seed, "backup_dir": str(workdir / "backup"),
                             "epochs": plan.max_epochs, "early_stopping_patience": plan.patience,
-                            "restore_best": True, "lr_schedule": {"type": plan.lr_schedule}})
+                            "restore_best": True, "lr_schedule": {"type": plan.lr_schedule},
+                            "min_epochs": min(plan.min_epochs, plan.max_epochs)})
     cfg["class_stats_uri"] = artifacts["class_stats"]
     fn_args = FnArgs(
         train_files=[os.path.join(artifacts["examples"], "Split-train", "*")],
@@ -328,6 +334,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "weighting": cell[1], "missing": cell[2], "seed": seed, "miou": scores["miou"],
                "per_class_iou": scores["per_class_iou"], "class_names": list(config.classes.names),
                "max_epochs": plan.max_epochs, "patience": plan.patience, "lr_schedule": plan.lr_schedule,
+               "min_epochs": plan.min_epochs,
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
         if kept:
@@ -408,7 +415,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--missing", type=_names, help=f"of {', '.join(MISSING)} (default {','.join(default.missing)})")
     parser.add_argument("--seeds", type=lambda t: [int(x) for x in _names(t)], help="default 0")
     parser.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {default.lr_schedule}")
-    for option, kind in (("--max-epochs", int), ("--patience", int), ("--num-images", int),
+    for option, kind in (("--max-epochs", int), ("--patience", int), ("--min-epochs", int), ("--num-images", int),
                          ("--test-images", int), ("--size", int), ("--batch-size", int)):
         attr = option[2:].replace("-", "_")
         parser.add_argument(option, type=kind, help=f"default {getattr(default, attr)}")
@@ -416,7 +423,7 @@ def add_parser(subparsers) -> None:
 
 
 ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "seeds", "max_epochs", "patience", "num_images",
-             "test_images", "size", "batch_size", "lr_schedule")
+             "test_images", "size", "batch_size", "lr_schedule", "min_epochs")
 
 
 def plan_from_args(args) -> Plan:
@@ -425,7 +432,8 @@ def plan_from_args(args) -> Plan:
                         ("weightings", args.weightings), ("missing", args.missing), ("seeds", args.seeds),
                         ("max_epochs", args.max_epochs), ("patience", args.patience),
                         ("num_images", args.num_images), ("test_images", args.test_images), ("size", args.size),
-                        ("batch_size", args.batch_size), ("lr_schedule", args.lr_schedule)):
+                        ("batch_size", args.batch_size), ("lr_schedule", args.lr_schedule),
+                        ("min_epochs", args.min_epochs)):
         if value is not None:
             setattr(plan, attr, value)
     plan.check()

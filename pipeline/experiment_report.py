@@ -361,7 +361,8 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         f"{plan['test_images']} held-out crops with **complete** masks; seeds "
         f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (all rows of the work folder). "
         f"Learning-rate schedule `{plan.get('lr_schedule', 'constant')}` (`training.lr_schedule.type`). "
-        f"Each training runs until validation mIoU has not improved for {plan['patience']} epochs "
+        f"Each training runs at least {plan.get('min_epochs', 0)} epochs, then "
+        f"until validation mIoU has not improved for {plan['patience']} epochs "
         f"(at most {plan['max_epochs']}); the best epoch is the model scored. mean ± std over seeds. "
         f"Raw numbers and every curve: `results.json`.", "",
         "## Mean rank over data sets and drop rates", "",

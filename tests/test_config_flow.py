@@ -24,7 +24,7 @@ TRAINING = {
     "optimizer": "sgd", "learning_rate": 0.05, "depth": 2, "base_filters": 6, "backbone": "MobileNetV2",
     "lr_schedule": {"type": "polynomial", "warmup_epochs": 0.5, "final_fraction": 0.1, "power": 2.0,
                     "factor": 0.3, "patience": 5},
-    "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4, "restore_best": False, "early_stopping_patience": 2,
+    "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4, "restore_best": False, "early_stopping_patience": 2, "min_epochs": 2,
     "augmentation": {"scale": [0.5, 2.0], "flip_horizontal": False, "flip_vertical": False, "rotate90": True,
                      "brightness": 0.2, "contrast": 0.3},
     "backbone_weights": "/weights/encoder.weights.h5", "freeze_encoder_epochs": 1,

@@ -29,6 +29,7 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"weightings": []}, "--weightings: nothing given"),
     ({"drop_fractions": [0.3, 1.0]}, "--drops: [1.0]; each must be in [0, 1)"),
     ({"patience": 0}, "--max-epochs and --patience must be >= 1"),
+    ({"min_epochs": -1}, "--min-epochs >= 0"),
     ({"lr_schedule": "step"}, "--lr-schedule: step; choose from constant, cosine, polynomial, plateau"),
     ({"terms": ["focal"], "missing": ["marginal"]}, None),  # focal has no CE term: valid, marginal unused
 ])

@@ -94,6 +94,7 @@ def test_optimizer_choice_momentum_nesterov_weight_decay():
     ({"lr_schedule": {"patience": 0}}, "training.lr_schedule.patience"),
     ({"weight_decay": -1}, "training.weight_decay"),
     ({"early_stopping_patience": 0}, "training.early_stopping_patience"),
+    ({"epochs": 5, "min_epochs": 6}, "training.min_epochs: must be an integer from 0 to epochs"),
     ({"augmentation": {"scale": [2.0, 1.0]}}, "training.augmentation.scale"),
     ({"augmentation": {"contrast": 1.0}}, "training.augmentation.contrast"),
     ({"backbone_weights": "imagenet"}, "training.backbone_weights: needs a backbone"),
@@ -233,6 +234,38 @@ def test_best_epoch_restores_and_stops_after_patience(tmp_path):
     none = BestEpoch()
     drive(none, model, [])
     assert none.summary()["best_epoch"] is None
+
+
+def test_no_early_stop_before_min_epochs_and_patience_counts_from_there():
+    model = Scripted()
+    flat = [0.2, 0.5] + [0.3] * 10  # best at epoch 1, then flat (a model stuck on background looks like this)
+    best = BestEpoch(patience=2, min_epochs=6)
+    drive(best, model, flat)
+    assert best.stopped_epoch == 7  # without min_epochs: 3; with it: epochs 6 and 7 count, stop after 7
+    model.stop_training = False
+    late = BestEpoch(patience=2, min_epochs=6)
+    drive(late, model, [0.2, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.6, 0.3, 0.3, 0.3])
+    assert late.best_epoch == 7 and late.stopped_epoch == 9  # a better epoch after the minimum resets the count
+
+
+def test_plateau_cuts_start_at_min_epochs():
+    from segbalance.trainer.optimization import plateau_callback
+
+    training = from_dict(TrainingConfig, {"learning_rate": 0.01, "epochs": 10, "min_epochs": 4,
+                                          "lr_schedule": {"type": "plateau", "patience": 1, "factor": 0.5}}, "training")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=make_optimizer(training, 5), loss="mse")
+    callback = plateau_callback(training)
+    callback.set_model(model)
+    callback.on_train_begin()
+    values, seen = [0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], []
+    for epoch, value in enumerate(values):
+        logs = {"val_miou": value}
+        callback.on_epoch_end(epoch, logs)
+        seen.append(logs["learning_rate"])
+    # watched from epoch 4 on: 0.4 is its first value (best), 5 and 6 do not improve -> a cut after each
+    np.testing.assert_allclose(seen, [0.01] * 4 + reference_plateau(values[4:], 0.01, 0.5, 1, 0.0), rtol=1e-6)
+    assert seen[-1] < 0.01
 
 
 def test_best_epoch_survives_a_resume(tmp_path):

@@ -88,11 +88,28 @@ def make_optimizer(training, steps_per_epoch: int) -> keras.optimizers.Optimizer
     return keras.optimizers.Adam(learning_rate, **decay)
 
 
+class ReduceLROnPlateauAfter(keras.callbacks.ReduceLROnPlateau):
+    """Keras' ``ReduceLROnPlateau`` that starts watching at epoch ``start_epoch`` (0-based; before it
+    only the rate is logged), like ``EarlyStopping(start_from_epoch=...)``."""
+
+    def __init__(self, start_epoch: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.start_epoch = int(start_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.start_epoch:
+            if logs is not None:
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            return
+        super().on_epoch_end(epoch, logs)
+
+
 def plateau_callback(training, monitor: str = "val_miou"):
-    """``ReduceLROnPlateau`` for ``lr_schedule.type: plateau`` (None for the other types)."""
+    """The rate cut for ``lr_schedule.type: plateau`` (None for the other types), watching from
+    epoch ``training.min_epochs`` on."""
     schedule = training.lr_schedule
     if schedule.type != "plateau":
         return None
-    return keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=schedule.factor,
-                                             patience=schedule.patience, min_delta=0.0,
-                                             min_lr=schedule.final_fraction * training.learning_rate, verbose=1)
+    return ReduceLROnPlateauAfter(start_epoch=training.min_epochs, monitor=monitor, mode="max",
+                                  factor=schedule.factor, patience=schedule.patience, min_delta=0.0,
+                                  min_lr=schedule.final_fraction * training.learning_rate, verbose=1)

@@ -174,7 +174,8 @@ def run_fn(fn_args) -> None:
                           metrics=segmentation_metrics(classes.names, ignore_index), jit_compile=t.jit_compile)
         first_loss = float(loss(*_first_batch_targets(train_ds, model)))
         backup = backup_dir_for(config, fn_args.train_files, fn_args.model_run_dir)
-        best = BestEpoch(patience=t.early_stopping_patience, restore=t.restore_best, state_dir=backup)
+        best = BestEpoch(patience=t.early_stopping_patience, restore=t.restore_best, state_dir=backup,
+                         min_epochs=t.min_epochs)
         # before BackupAndRestore: the encoder state and the optimizer are set before it restores, and
         # the best weights are put back before it deletes its folder (which holds BestEpoch's state)
         callbacks = [FreezeEncoder(model_lib.ENCODER, t.freeze_encoder_epochs)] if t.freeze_encoder_epochs else []

@@ -2,7 +2,8 @@
 
 ``BestEpoch`` follows a validation metric (``val_miou``, larger is better): it keeps the
 weights of the best epoch, stops the training after ``patience`` epochs without a better
-value (``training.early_stopping_patience``; None: never) and, with ``restore``
+value (``training.early_stopping_patience``; None: never), counted from epoch ``min_epochs`` on
+when the best is older (``training.min_epochs``), and, with ``restore``
 (``training.restore_best``), puts the best weights back when training ends, so the model
 ``run_fn`` exports is the best epoch. Its state (best value, epoch, weights) is written to
 ``state_dir`` at each improvement, inside the BackupAndRestore folder: a resumed training
@@ -39,9 +40,10 @@ class BestEpoch(keras.callbacks.Callback):
     STATE, WEIGHTS = "best_epoch.json", "best_epoch_weights.npz"
 
     def __init__(self, monitor: str = MONITOR, patience: Optional[int] = None, restore: bool = True,
-                 state_dir: Optional[str] = None):
+                 state_dir: Optional[str] = None, min_epochs: int = 0):
         super().__init__()
         self.monitor, self.patience, self.restore, self.state_dir = monitor, patience, restore, state_dir
+        self.min_epochs = int(min_epochs)
         self.best, self.best_epoch, self.stopped_epoch, self._weights = -math.inf, None, None, None
 
     def _path(self, name: str) -> str:
@@ -63,7 +65,7 @@ class BestEpoch(keras.callbacks.Callback):
             self.best, self.best_epoch = value, epoch
             self._weights = [np.array(w) for w in self.model.get_weights()]
             self._save()
-        elif self.patience is not None and epoch - self.best_epoch >= self.patience:
+        elif self.patience is not None and epoch - max(self.best_epoch, self.min_epochs - 1) >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
             print(f"SegTrainer: early stopping after epoch {epoch + 1}: {self.monitor} has not improved on "

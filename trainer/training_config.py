@@ -47,6 +47,10 @@ module instead of repeating the table.
                                Without an eval split: the last epoch
   ``early_stopping_patience``  stop after this many epochs without a better validation
   null                         mIoU (null: run all ``epochs``); resumes keep the count
+  ``min_epochs`` 0             neither early stopping nor a ``plateau`` rate cut before
+                               this many epochs; their patience counts from there (a
+                               model still predicting background only, flat on its curve,
+                               is not stopped before it could start to learn)
   ``augmentation``             training batches only (``trainer/data.py``), each part off
                                by its neutral value: ``scale`` [1.0, 1.4] (zoom range:
                                > 1 crops, < 1 shrinks and pads: image 0, mask
@@ -253,6 +257,7 @@ class TrainingConfig:
     weight_decay: Optional[float] = None
     restore_best: bool = True
     early_stopping_patience: Optional[int] = None
+    min_epochs: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
     depth: int = 3
     base_filters: int = 16
@@ -279,6 +284,9 @@ class TrainingConfig:
                 "must be a number >= 0 (or null: the optimizer's default)")
         require(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
                 f"{where}.early_stopping_patience", "must be >= 1 (or null: no early stopping)")
+        require(isinstance(self.min_epochs, int) and not isinstance(self.min_epochs, bool)
+                and 0 <= self.min_epochs <= self.epochs, f"{where}.min_epochs",
+                f"must be an integer from 0 to epochs ({self.epochs})")
         require(self.lr_schedule.warmup_epochs <= self.epochs, f"{where}.lr_schedule.warmup_epochs",
                 f"{self.lr_schedule.warmup_epochs} is longer than the training ({self.epochs} epochs)")
         require(self.backbone_weights is None or bool(self.backbone), f"{where}.backbone_weights",
