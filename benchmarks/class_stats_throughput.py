@@ -59,6 +59,8 @@ VARIANTS = {
     "beam_in_memory_1": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
     "beam_multi_processing_1": ["--direct_running_mode=multi_processing", "--direct_num_workers=1"],
     "beam_multi_processing_2": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    # threads in this process: no worker start-up; parallel only where the decoders release the GIL
+    "beam_multi_threading_2": ["--direct_running_mode=multi_threading", "--direct_num_workers=2"],
 }
 
 

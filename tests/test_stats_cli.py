@@ -69,6 +69,14 @@ def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, cli_in_m
     _assert_same_output(tmp_path / "cli", cli_in_memory)  # byte for byte, row for row
 
 
+def test_two_threads_give_the_same_output(stats_run, cli_in_memory, tmp_path):
+    """multi_threading (no worker start-up; docs/benchmarks.md: the fastest local mode end to end)."""
+    src, _, _ = stats_run
+    assert cli.main(["stats", str(src / "data-*"), *CLI_ARGS, "--output", str(tmp_path / "threads"),
+                     "--beam-args", "--direct_running_mode=multi_threading --direct_num_workers=2"]) == 0
+    _assert_same_output(tmp_path / "threads", cli_in_memory)  # byte for byte, row for row
+
+
 @pytest.mark.slow  # starts a Beam job service and an SDK worker pool (~15 s)
 def test_portable_runner_with_an_external_worker_pool(stats_run, cli_in_memory, tmp_path, capsys):
     """The job through Beam's portability framework, as Flink/Spark/Dataflow v2 run it: the
