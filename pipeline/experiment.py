@@ -358,8 +358,10 @@ def example_cells(plan: Plan) -> set:
     return {((plan.terms[0], w, m), plan.seeds[0]) for w in weightings for m in missing}
 
 
-def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, command: str = "segbalance experiment"
-                   ) -> dict:
+def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, command: str = "segbalance experiment",
+                   report_only: bool = False) -> dict:
+    """Train what WORK/results.jsonl lacks, then write the report over every row there; with
+    ``report_only``, train nothing (a report of the rows so far, e.g. while other runs go on)."""
     from segbalance.pipeline import experiment_report, seed004
 
     plan.check()
@@ -368,14 +370,17 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: list = load_results(work)
-    if results:
-        print(f"experiment: resuming, {len(results)} trainings already done in {work}", flush=True)
+    if results or report_only:
+        print(f"experiment: {'report of' if report_only else 'resuming,'} {len(results)} trainings already done in "
+              f"{work}", flush=True)
     example_drop = max(plan.drop_fractions)
     tests = {}
     for dataset in plan.datasets:
         for drop in plan.drop_fractions:
             train_dir, test_dir = dataset_folders(dataset, plan, drop, work)
             tests[dataset] = test_dir
+            if report_only:
+                continue
             names = json.loads((train_dir / "classes.json").read_text())["class_names"]
             config = experiment_config(plan, train_dir, work / f"run_{dataset}_drop{drop}", names)
             keep = example_cells(plan) if drop == example_drop else set()
@@ -404,6 +409,9 @@ def add_parser(subparsers) -> None:
     default = Plan()
     parser.add_argument("--output", default="docs/results", help="where results.md and the plots go")
     parser.add_argument("--quick", action="store_true", help="shapes, 2 cells, 1 seed, 2 epochs (a few minutes)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: tables and plots of the rows in WORK/results.jsonl so far (needs "
+                             "--work-dir)")
     parser.add_argument("--work-dir", help="scratch folder (default OUTPUT/_work, removed at the end); "
                         "give one to resume a stopped run")
     parser.add_argument("--datasets", type=_names, help=f"comma-separated, of {', '.join(DATASETS)} "
@@ -451,7 +459,11 @@ def _main(args) -> int:
     given = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
              for k, v in vars(args).items() if k in ARG_NAMES and v is not None]
     command = " ".join(["segbalance experiment", *(["--quick"] if args.quick else []), *given])
-    report = run_experiment(output, plan, work, command=command)
+    if args.report_only and not args.work_dir:
+        from segbalance.contract import UserError
+
+        raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
+    report = run_experiment(output, plan, work, command=command, report_only=args.report_only)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"experiment: {len(report['results'])} trainings in {report['seconds']}s; "

@@ -355,7 +355,8 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
 
     lines = [
         "# Experiment results", "",
-        f"Produced by `{report['command']}` on {report['date']} ({report['seconds']:.0f} s on {report['machine']}). "
+        f"Produced by `{report['command']}` on {report['date']} ({len(results)} trainings, "
+        f"{sum(r.get('seconds', 0) for r in results) / 3600:.1f} h of training time on {report['machine']}). "
         f"Data sets: {', '.join(_datasets(results))}; annotation drop {', '.join(map(str, _drops(results)))}; "
         f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
         f"{plan['test_images']} held-out crops with **complete** masks; seeds "

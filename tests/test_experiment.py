@@ -169,3 +169,26 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert printed.count("done earlier, reused") == len(rows) and "pipeline for" not in printed
     assert [r["miou"] for r in json.loads((out / "results.json").read_text())["results"]] == [r["miou"] for r in rows]
+
+
+def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys):
+    from segbalance.pipeline import cli
+
+    work = tmp_path / "work"
+    work.mkdir()
+    names = ["background", "ellipse", "rectangle", "circle"]
+    rows = []
+    for loss, miou in (("ce/none/none", 0.5), ("ce/none/marginal", 0.6)):
+        row = {**_row("shapes", 0.3, loss, 0, miou, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
+               "weighting": "none", "missing": loss.rsplit("/", 1)[1], "class_names": names,
+               "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8, 0.7], "val_miou": [0.3, 0.5, 0.4]},
+               "class_weights": None, "seconds": 1800.0}
+        rows.append(row)
+    (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out), "--work-dir", str(work)]) == 0
+    assert not (work / "cells").exists() and not list(work.glob("run_*"))  # nothing trained
+    table = (out / "results.md").read_text()
+    assert "| ce/none/marginal | 1.00 |" in table and "(2 trainings, 1.0 h of training time" in table
+    assert "report of 2 trainings" in capsys.readouterr().out
+    assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out)]) == 2  # needs --work-dir
