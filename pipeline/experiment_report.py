@@ -329,6 +329,16 @@ def plot_examples(results: list, items, path: Path, group: str, count: int = 3) 
 
 
 # --------------------------------------------------------------------------- write
+def twins_note(results: list) -> str:
+    """Says which rows are another cell's training (every class annotated: marginal CE is plain CE)."""
+    twins = [r for r in results if r.get("same_training_as")]
+    if not twins:
+        return ""
+    groups = ", ".join(dict.fromkeys(r["group"] for r in twins))
+    return (f"{len(twins)} rows ({groups}: every class annotated in every image) are the training of the same "
+            f"cell without missing-label handling, which is then the same loss (marginal CE equals CE). ")
+
+
 def write(report: dict, output: Path, test_items: dict, example_drop: float) -> None:
     """results.json (every row with its curves), results.md and the PNGs. ``test_items``: per data set."""
     results = report["results"]
@@ -353,10 +363,12 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         row.pop("serving_dir", None)
     (output / "results.json").write_text(json.dumps(report, indent=1))
 
+    trained = [r for r in results if not r.get("same_training_as")]
     lines = [
         "# Experiment results", "",
-        f"Produced by `{report['command']}` on {report['date']} ({len(results)} trainings, "
-        f"{sum(r.get('seconds', 0) for r in results) / 3600:.1f} h of training time on {report['machine']}). "
+        f"Produced by `{report['command']}` on {report['date']} ({len(trained)} trainings, "
+        f"{sum(r.get('seconds', 0) for r in trained) / 3600:.1f} h of training time on {report['machine']}). "
+        f"{twins_note(results)}"
         f"Data sets: {', '.join(_datasets(results))}; annotation drop {', '.join(map(str, _drops(results)))}; "
         f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
         f"{plan['test_images']} held-out crops with **complete** masks; seeds "

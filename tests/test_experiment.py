@@ -192,3 +192,28 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
     assert "| ce/none/marginal | 1.00 |" in table and "(2 trainings, 1.0 h of training time" in table
     assert "report of 2 trainings" in capsys.readouterr().out
     assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out)]) == 2  # needs --work-dir
+
+
+def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(tmp_path, capsys):
+    """At drop 0 every class is annotated everywhere: marginal CE == CE, so the marginal cell's row is
+    the "none" cell's (marked), and nothing trains; with dropped annotations it would train."""
+    from segbalance.pipeline.experiment import experiment_config, fully_annotated, run_group
+
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"],
+                missing=["none", "marginal"], num_images=8, test_images=4, size=32)
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.0, work)
+    partial, _ = dataset_folders("shapes", plan, 0.5, work)
+    assert fully_annotated(train, 4) and not fully_annotated(partial, 4)
+    names = json.loads((train / "classes.json").read_text())["class_names"]
+    plain = {**_row("shapes", 0.0, "ce/none/none", 0, 0.42), "terms": "ce", "weighting": "none", "missing": "none",
+             "per_class_iou": [0.9, 0.4, 0.3, 0.1]}
+    results = [plain]
+    run_group("shapes", 0.0, plan, experiment_config(plan, train, work / "run", names), [], work, results)
+    twin = [r for r in results if r["loss"] == "ce/none/marginal"]
+    assert len(twin) == 1 and twin[0]["miou"] == 0.42 and twin[0]["missing"] == "marginal"
+    assert twin[0]["same_training_as"] == "ce/none/none" and twin[0]["per_class_iou"] == plain["per_class_iou"]
+    assert "pipeline for" not in capsys.readouterr().out and not (work / "run").exists()  # nothing trained
+    assert [r["loss"] for r in load_results(work)] == ["ce/none/marginal"]  # logged for a resumed run
+    note = experiment_report.twins_note(results)
+    assert note.startswith("1 rows (shapes_drop0.0: every class annotated") and experiment_report.twins_note([plain]) == ""
