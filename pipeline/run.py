@@ -183,9 +183,10 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     paths = local_paths(config.output_dir)
     if config.data.dir is not None:
         check_data_folder(Path(config.data.dir).resolve())
-    from segbalance.trainer.model import check_backbone_weights
+    if config.training.backbone and config.training.backbone_weights is not None:  # (imports Keras: only then)
+        from segbalance.trainer.model import check_backbone_weights
 
-    check_backbone_weights(config.training)  # offline without cached ImageNet weights: now, not at SegTrainer
+        check_backbone_weights(config.training)  # offline without cached ImageNet weights: now, not at SegTrainer
     from segbalance.pipeline import output_guard
 
     output_guard.check_run_dir(paths["output_dir"])  # new, empty or an earlier run's: never a user's folder

@@ -104,8 +104,9 @@ def test_class_ids_beyond_the_class_names_leave_no_span(tmp_path):
 
 
 def _run_cli(*args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
     return subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "run", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _one_error_line(result, *names):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from typing import List, Optional, Sequence
 
 import keras
@@ -189,8 +190,13 @@ def run_fn(fn_args) -> None:
         callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
-        history = model.fit(train_ds, validation_data=eval_ds, epochs=t.epochs,
-                            steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+        with warnings.catch_warnings():
+            if steps is None:  # one pass per epoch: the end of the data is the end of the epoch, as meant
+                # (Keras 3.6 warns "Your input ran out of data" at every epoch end even so; later Keras
+                # warns only when steps_per_epoch was set, which is when it still shows here)
+                warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+            history = model.fit(train_ds, validation_data=eval_ds, epochs=t.epochs,
+                                steps_per_epoch=steps, callbacks=callbacks, verbose=2)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
