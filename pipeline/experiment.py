@@ -314,8 +314,9 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
     todo = []
     for cell in plan.cells():
         for seed in plan.seeds:
-            earlier = done.get((name, cell_name(*cell), seed))
-            if earlier and ((cell, seed) not in keep or Path(earlier.get("serving_dir", "/nonexistent")).is_dir()):
+            # a row without its kept model (a resumed run on another machine) is reused all the same: the
+            # example pictures then show the cells whose models are there
+            if done.get((name, cell_name(*cell), seed)):
                 print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused", flush=True)
             else:
                 todo.append((cell, seed))

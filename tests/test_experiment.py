@@ -217,3 +217,19 @@ def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(
     assert [r["loss"] for r in load_results(work)] == ["ce/none/marginal"]  # logged for a resumed run
     note = experiment_report.twins_note(results)
     assert note.startswith("1 rows (shapes_drop0.0: every class annotated") and experiment_report.twins_note([plain]) == ""
+
+
+def test_a_resumed_row_is_reused_even_where_its_kept_model_is_gone(tmp_path, capsys):
+    """Rows copied from another machine (docs/results/runs) have no serving model: reused, not retrained."""
+    from segbalance.pipeline.experiment import experiment_config, run_group
+
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.6], terms=["ce"], weightings=["none"], missing=["none"],
+                num_images=8, test_images=4, size=32)
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.6, work)
+    row = {**_row("shapes", 0.6, "ce/none/none", 0, 0.3), "serving_dir": str(tmp_path / "elsewhere" / "serving")}
+    results = [row]
+    run_group("shapes", 0.6, plan, experiment_config(plan, train, work / "run", ["a", "b", "c", "d"]), [], work,
+              results, keep={(("ce", "none", "none"), 0)})
+    printed = capsys.readouterr().out
+    assert "done earlier, reused" in printed and "pipeline for" not in printed and results == [row]
