@@ -13,7 +13,8 @@ Kinds:
 - ``shapes``: synthetic ellipses, rectangles and circles on textured, noisy backgrounds
   with distractor blobs. Class frequencies are skewed: ellipses are large and common,
   rectangles medium, circles small and rare. ``--drop-fraction F`` erases a random
-  non-empty subset of the foreground classes present in a fraction F of the images (set
+  non-empty subset of the foreground classes present in a fraction F of the images that
+  hold a foreground class (set
   to background in ``masks/``, kept in ``masks_full/``) and leaves them out of
   ``labeled.json``: the partially annotated data set the losses are built for.
   Image ``i`` depends only on ``(seed, i)``, so data sets of different sizes share images.
@@ -143,17 +144,19 @@ def draw_shapes_image(seed: int, index: int, size: int) -> Tuple[np.ndarray, np.
 def drop_annotations(
     masks: Sequence[np.ndarray], fraction: float, num_classes: int, seed: int
 ) -> Tuple[List[np.ndarray], Dict[int, List[int]]]:
-    """Erase classes from a fraction of the masks.
+    """Erase classes from a fraction of the masks that hold a foreground class.
 
-    Picks ``round(fraction * n)`` of the masks that contain a foreground class; in each
-    erases a random non-empty subset of its foreground classes (pixels become 0).
-    Returns the new masks and, per index, the labelled classes (all minus the erased).
+    Picks ``round(fraction * m)`` of the ``m`` masks that contain a foreground class (masks of
+    background only have nothing to lose); in each erases a random non-empty subset of its
+    foreground classes (pixels become 0). Returns the new masks and, per index, the labelled
+    classes (all minus the erased). The fraction counts foreground masks, not all masks: on crops
+    of which half are background only (lesions), a fraction of all masks took every lesion at 0.6.
     """
     if not 0.0 <= fraction <= 1.0:
         raise SampleDataError(f"--drop-fraction must be in [0, 1], got {fraction}")
     rng = np.random.default_rng([seed, 0xD209])
     candidates = [i for i, m in enumerate(masks) if np.any((m > 0) & (m < num_classes))]
-    chosen = rng.permutation(candidates)[: int(round(fraction * len(masks)))]
+    chosen = rng.permutation(candidates)[: int(round(fraction * len(candidates)))]
     dropped = {int(i): set() for i in chosen}
     new_masks = [m.copy() for m in masks]
     for i in sorted(dropped):
@@ -464,7 +467,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--drop-fraction", type=float, default=0.0,
-                        help="fraction of images whose annotation loses some classes (masks_full/ keeps them)")
+                        help="fraction of the images with a foreground class whose annotation loses some of them "
+                             "(masks_full/ keeps them)")
     parser.add_argument("--part", choices=PARTS, default="all",
                         help="real kinds: the training (left 60 %%) or held-out (right 40 %%) part of each image")
     parser.add_argument("--cache-dir", help="package kinds: folder holding the archives (default "

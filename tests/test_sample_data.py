@@ -66,7 +66,21 @@ def test_drop_annotations_semantics(tmp_path):
         assert sorted(set(range(4)) - set(labeled[source_id])) == erased
         assert 0 in labeled[source_id]
         changed += bool(erased)
-    assert changed == round(0.4 * 30)
+    with_foreground = sum(bool(np.any((m > 0) & (m < 4))) for m in full.values())
+    assert changed == round(0.4 * with_foreground)
+
+
+def test_drop_fraction_counts_the_images_that_hold_a_foreground_class():
+    """Half the masks background only (as lesion crops): 0.6 takes classes from 60 % of the other half,
+    not from every one of them (0.6 of all 10 masks would be 6 > 5)."""
+    masks = [np.zeros((4, 4), np.uint8) for _ in range(10)]
+    for i in range(5):
+        masks[i][1:3, 1:3] = 1 + i % 2
+    new, labeled = sample_data.drop_annotations(masks, 0.6, 3, seed=0)
+    erased = [i for i in range(10) if labeled[i] != [0, 1, 2]]
+    assert len(erased) == 3 and set(erased) <= set(range(5))  # round(0.6 * 5)
+    kept = [i for i in range(5) if i not in erased]
+    assert all(np.array_equal(new[i], masks[i]) for i in kept) and all(not new[i].any() for i in erased)
 
 
 def test_drop_fraction_zero_keeps_masks_and_full_labels(tmp_path):
@@ -99,7 +113,8 @@ def test_drop_fraction_on_a_real_kind_keeps_complete_masks(tmp_path):
     masks, full = _read_set(out, "masks"), _read_set(out, "masks_full")
     labeled = json.loads((out / "labeled.json").read_text())
     changed = [k for k in masks if not np.array_equal(masks[k], full[k])]
-    assert len(changed) == 5 and all(len(labeled[k]) < 3 for k in changed)
+    with_foreground = sum(bool(np.any((m > 0) & (m < 3))) for m in full.values())
+    assert len(changed) == round(0.5 * with_foreground) > 0 and all(len(labeled[k]) < 3 for k in changed)
     for k in changed:
         assert np.all(masks[k][masks[k] != full[k]] == 0)
 
@@ -251,7 +266,8 @@ def test_package_kinds_write_valid_masks_with_rare_classes(tmp_path, kind, part)
     if kind != "labelme":
         assert counts[1:].sum() < counts[0] and counts[-1] == counts[1:].min()  # the last class is the rarest
     labeled = json.loads((out / "labeled.json").read_text())
-    assert sum(not np.array_equal(masks[k], full[k]) for k in masks) == round(0.3 * 40)
+    with_foreground = sum(bool(np.any((m > 0) & (m < n))) for m in full.values())
+    assert sum(not np.array_equal(masks[k], full[k]) for k in masks) == round(0.3 * with_foreground) > 0
     assert all(sorted(set(range(n)) - set(labeled[k])) == sorted(set(np.unique(full[k][masks[k] != full[k]])))
                for k in masks)
     same = sample_data.write_sample_data(kind, tmp_path / "b", num_images=40, size=48, seed=5, drop_fraction=0.3,
