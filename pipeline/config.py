@@ -55,7 +55,7 @@ class SampleConfig:
     num_images: int = 240
     size: int = 64
     seed: int = 0
-    drop_fraction: float = 0.3  # fraction of images whose annotation drops a class (every kind)
+    drop_fraction: float = 0.3  # fraction of the images with a foreground class whose annotation drops one
 
     def validate(self, where: str) -> None:
         require(self.num_images >= 1, f"{where}.num_images", "must be >= 1")

@@ -1,6 +1,6 @@
 """`segbalance run [--config FILE] [--data DIR] [--output-dir DIR] [--verbose]`: the pipeline, locally.
 
-With no flags: writes the shapes sample data (annotations dropped in 30% of the images),
+With no flags: writes the shapes sample data (annotations dropped in 30% of the images with a foreground class),
 ingests it, runs the whole DAG with LocalDagRunner (SQLite ML Metadata in the output
 directory, caching on) and prints where the report, the class statistics and the pushed
 model are, the span(s) ExampleGen read, and the model's mIoU on the complete masks.
