@@ -242,12 +242,13 @@ def plot_miou_vs_drop(results: list, path: Path) -> None:
     for ax, dataset in zip(axes[0], datasets):
         rows = [r for r in results if r["dataset"] == dataset]
         drops, groups = _drops(rows), grouped(rows)
-        for loss in _losses(rows):
+        for i, loss in enumerate(_losses(rows)):  # past 10 cells the colours repeat: the line style tells them apart
             values = [[r["miou"] for r in groups.get((f"{dataset}_drop{d}", loss), [])] for d in drops]
             ax.errorbar(drops, [np.mean(v) if v else np.nan for v in values],
-                        yerr=[np.std(v) if v else 0 for v in values], marker="o", capsize=3, label=loss)
+                        yerr=[np.std(v) if v else 0 for v in values], marker="o", capsize=3, label=loss,
+                        linestyle=("-", "--", ":")[i // 10 % 3])
         ax.set_title(dataset)
-        ax.set_xlabel("fraction of images with erased annotations")
+        ax.set_xlabel("annotation drop (fraction of the images with a foreground class)")
         ax.set_ylabel("test mIoU (complete masks)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
