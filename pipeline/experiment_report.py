@@ -300,6 +300,14 @@ def plot_training_curves(results: list, group: str, path: Path) -> None:
     _save(fig, plt, path)
 
 
+def example_items(items, count: int) -> list:
+    """The ``count`` test items with the most foreground classes in their complete masks (first ones on
+    ties): crops of background only show nothing of what the losses differ in."""
+    classes = [len(set(np.unique(mask).tolist()) - {0, 255}) for _, _, mask in items]
+    order = sorted(range(len(items)), key=lambda i: -classes[i])
+    return [items[i] for i in order[:count]]
+
+
 def plot_examples(results: list, items, path: Path, group: str, count: int = 3) -> None:
     """image | complete mask | prediction per kept cell, for a few test images."""
     rows = [r for r in results if r["group"] == group and r.get("serving_dir") and Path(r["serving_dir"]).is_dir()]
@@ -313,7 +321,7 @@ def plot_examples(results: list, items, path: Path, group: str, count: int = 3) 
     palette = (np.array(plt.get_cmap("tab10").colors) * 255).astype(np.uint8)
     palette = np.concatenate([[[0, 0, 0]], palette, [[255, 255, 255]]]).astype(np.uint8)
     colour = lambda m: palette[np.where(m == 255, len(palette) - 1, np.minimum(m, len(palette) - 2))]  # noqa: E731
-    chosen = items[:count]
+    chosen = example_items(items, count)
     predictions = {r["loss"]: load_predictor(r["serving_dir"])([image for _, image, _ in chosen]) for r in rows}
     columns = 2 + len(predictions)
     fig, axes = plt.subplots(len(chosen), columns, figsize=(1.9 * columns, 1.9 * len(chosen)), squeeze=False)

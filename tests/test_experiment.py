@@ -237,3 +237,10 @@ def test_a_resumed_row_is_reused_even_where_its_kept_model_is_gone(tmp_path, cap
               results, keep={(("ce", "none", "none"), 0)})
     printed = capsys.readouterr().out
     assert "done earlier, reused" in printed and "pipeline for" not in printed and results == [row]
+
+
+def test_example_pictures_show_the_crops_with_the_most_classes():
+    masks = [np.zeros((2, 2), np.uint8) for _ in range(4)]
+    masks[1][0, 0], masks[3][0, 0], masks[3][1, 1], masks[2][0, 1] = 1, 1, 2, 255
+    items = [(f"i{k}", b"", m) for k, m in enumerate(masks)]
+    assert [name for name, _, _ in experiment_report.example_items(items, 2)] == ["i3", "i1"]
