@@ -175,17 +175,13 @@ def load_results(work: Path) -> list:
 
 
 # --------------------------------------------------------------------------- data
-# What --drop-fraction counts (pipeline/sample_data.py drop_annotations); until 2026-12-03 it was all images.
-DROP_OF = "images with a foreground class"
-
-
 def _sample(folder: Path, **options) -> Path:
     """``write_sample_data(**options)`` into ``folder`` unless a finished earlier run wrote the same
     (``sample_config.json`` is written last)."""
     from segbalance.pipeline import sample_data
 
     marker = folder / "sample_config.json"
-    written = {**options, "drop_of": DROP_OF}  # data written under an earlier drop rule is written again
+    written = {**options, "drop_of": sample_data.DROP_OF}  # data of an earlier drop rule is written again
     if marker.is_file() and json.loads(marker.read_text()) == written:
         return folder
     sample_data.write_sample_data(output=folder, **options)

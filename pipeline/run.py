@@ -73,7 +73,7 @@ def check_data_folder(source: Path) -> None:
 def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:
     from segbalance.pipeline import sample_data
 
-    wanted = {"sample": vars(config.data.sample)}
+    wanted = {"sample": vars(config.data.sample), "drop_of": sample_data.DROP_OF}
     marker = sample_dir / "sample_config.json"
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         print(f"sample data: reusing {sample_dir}", flush=True)

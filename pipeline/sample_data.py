@@ -141,6 +141,12 @@ def draw_shapes_image(seed: int, index: int, size: int) -> Tuple[np.ndarray, np.
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+# What --drop-fraction counts (``drop_annotations``); until 2026-12-03 it was all images. The folders that
+# cache sample data (`segbalance run`, `segbalance experiment`) keep it in their marker, so data written
+# under the earlier rule is written again.
+DROP_OF = "images with a foreground class"
+
+
 def drop_annotations(
     masks: Sequence[np.ndarray], fraction: float, num_classes: int, seed: int
 ) -> Tuple[List[np.ndarray], Dict[int, List[int]]]:

@@ -246,3 +246,20 @@ def test_sample_drop_fraction_applies_to_every_kind(tmp_path):
     labeled = _json.loads((folder / "labeled.json").read_text())
     assert len(labeled) == 6 and (folder / "masks_full").is_dir()
     assert any(len(ids) < 3 for ids in labeled.values())  # some class dropped from some image
+
+
+def test_sample_data_of_an_earlier_drop_rule_is_written_again(tmp_path, capsys):
+    """A sample folder whose marker predates the foreground-image drop rule is rewritten, not reused."""
+    import json as _json
+
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.run import _ensure_sample
+
+    config = config_from_dict({"data": {"sample": {"num_images": 4, "size": 16}}})
+    folder = _ensure_sample(config, tmp_path / "sample")
+    marker = folder / "sample_config.json"
+    assert _ensure_sample(config, folder) == folder and "reusing" in capsys.readouterr().out
+    stamp = _json.loads(marker.read_text())
+    marker.write_text(_json.dumps({"sample": stamp["sample"]}))  # as written before the rule changed
+    _ensure_sample(config, folder)
+    assert "wrote 4 shapes images" in capsys.readouterr().out and _json.loads(marker.read_text()) == stamp
