@@ -55,6 +55,7 @@ class RecordingProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.requests = []
+        self.silent = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -66,10 +67,24 @@ class RecordingProxy:
             with conn:
                 conn.settimeout(5)
                 try:
-                    self.requests.append(conn.recv(4096).split(b"\r\n")[0].decode("latin-1"))
+                    line = self._request_line(conn)
+                    if line is None:  # closed before a byte was sent: one of Chromium's speculative
+                        self.silent += 1  # preconnects to the proxy itself, which names no host
+                        continue
+                    self.requests.append(line)
                     conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 except OSError:
                     pass
+
+    @staticmethod
+    def _request_line(conn):
+        data = b""
+        while b"\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n")[0].decode("latin-1") if data else None
 
     def page_requests(self):
         hosts = [re.match(r"\S+ (?:\w+://)?([^/:\s]+)", line) for line in self.requests]
