@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -387,10 +387,24 @@ def example_cells(plan: Plan) -> set:
     return {((plan.terms[0], w, m), plan.seeds[0]) for w in weightings for m in missing}
 
 
+# option of `segbalance experiment` -> the row field it selects on with --report-only
+ROW_FIELDS = {"datasets": "dataset", "drops": "drop", "terms": "terms", "weightings": "weighting",
+              "missing": "missing", "seeds": "seed"}
+
+
+def row_selector(args) -> Callable[[dict], bool]:
+    """The rows a report covers: those matching every one of these options the user gave (a
+    report of seed 0 only, or of the leading cells over three seeds, from one work folder)."""
+    chosen = {field_: getattr(args, option) for option, field_ in ROW_FIELDS.items()
+              if getattr(args, option, None) is not None}
+    return lambda row: all(row.get(field_) in values for field_, values in chosen.items())
+
+
 def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, command: str = "segbalance experiment",
-                   report_only: bool = False) -> dict:
+                   report_only: bool = False, select: Optional[Callable[[dict], bool]] = None) -> dict:
     """Train what WORK/results.jsonl lacks, then write the report over every row there; with
-    ``report_only``, train nothing (a report of the rows so far, e.g. while other runs go on)."""
+    ``report_only``, train nothing (a report of the rows so far, e.g. while other runs go on) and
+    report only the rows ``select`` keeps (all when None)."""
     from segbalance.pipeline import experiment_report, seed004
 
     plan.check()
@@ -399,6 +413,8 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: list = load_results(work)
+    if report_only and select is not None:
+        results = [row for row in results if select(row)]
     if results or report_only:
         print(f"experiment: {'report of' if report_only else 'resuming,'} {len(results)} trainings already done in "
               f"{work}", flush=True)
@@ -440,7 +456,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="shapes, 2 cells, 1 seed, 2 epochs (a few minutes)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tables and plots of the rows in WORK/results.jsonl so far (needs "
-                             "--work-dir)")
+                             "--work-dir); --datasets, --drops, --terms, --weightings, --missing and --seeds, "
+                             "when given, select the rows")
     parser.add_argument("--work-dir", help="scratch folder (default OUTPUT/_work, removed at the end); "
                         "give one to resume a stopped run")
     parser.add_argument("--datasets", type=_names, help=f"comma-separated, of {', '.join(DATASETS)} "
@@ -492,7 +509,8 @@ def _main(args) -> int:
         from segbalance.contract import UserError
 
         raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
-    report = run_experiment(output, plan, work, command=command, report_only=args.report_only)
+    report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
+                            select=row_selector(args))
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"experiment: {len(report['results'])} trainings in {report['seconds']}s; "

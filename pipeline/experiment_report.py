@@ -381,7 +381,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         f"Data sets: {', '.join(_datasets(results))}; annotation drop {', '.join(map(str, _drops(results)))}; "
         f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
         f"{plan['test_images']} held-out crops with **complete** masks; seeds "
-        f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (all rows of the work folder). "
+        f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (the rows of the work folder the command selects). "
         f"Learning-rate schedule `{plan.get('lr_schedule', 'constant')}` (`training.lr_schedule.type`). "
         f"Each training runs at least {plan.get('min_epochs', 0)} epochs, then "
         f"until validation mIoU has not improved for {plan['patience']} epochs "

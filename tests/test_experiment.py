@@ -198,6 +198,42 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
     assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out)]) == 2  # needs --work-dir
 
 
+def test_report_only_covers_the_rows_the_given_options_select(tmp_path):
+    """One work folder holds a seed-0 grid and more seeds for some cells: --seeds / --weightings /
+    --drops pick the rows of one report (ranks over equal seed sets), options not given select all."""
+    from segbalance.pipeline import cli
+
+    work = tmp_path / "work"
+    work.mkdir()
+    names = ["background", "ellipse", "rectangle", "circle"]
+    rows = []
+    for drop, weighting, seed, miou in ((0.0, "none", 0, 0.50), (0.0, "median_frequency_clipped", 0, 0.70),
+                                       (0.0, "none", 1, 0.90), (0.6, "none", 0, 0.40)):
+        loss = f"ce/{weighting}/none"
+        rows.append({**_row("shapes", drop, loss, seed, miou, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
+                     "weighting": weighting, "missing": "none", "class_names": names,
+                     "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8, 0.7],
+                                                                        "val_miou": [0.3, 0.5, 0.4]},
+                     "class_weights": None, "seconds": 60.0})
+    (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def report(*options):
+        out = tmp_path / "_".join(o.strip("-") for o in options)
+        assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out), "--work-dir", str(work),
+                         *options]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    assert len(report()["results"]) == 4
+    seed0 = report("--seeds", "0", "--drops", "0")["results"]
+    assert sorted(r["miou"] for r in seed0) == [0.50, 0.70]
+    # over seed 0 the weighted cell ranks first; the unweighted one's seed 1 is not mixed in
+    table = (tmp_path / "seeds_0_drops_0" / "results.md").read_text()
+    assert "| ce/median_frequency_clipped/none | 1.00 |" in table
+    plain = report("--weightings", "none")
+    assert sorted(r["miou"] for r in plain["results"]) == [0.40, 0.50, 0.90]
+    assert "--weightings none" in plain["command"]
+
+
 def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(tmp_path, capsys):
     """At drop 0 every class is annotated everywhere: marginal CE == CE, so the marginal cell's row is
     the "none" cell's (marked), and nothing trains; with dropped annotations it would train."""
