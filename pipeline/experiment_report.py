@@ -145,7 +145,9 @@ def rarest_class_table(results: list, rarest: Dict[str, int]) -> List[str]:
     """Per cell and data set: the rarest class's test IoU minus plain CE's in the same group, averaged
     over the drop rates (the cell's own IoU in brackets)."""
     datasets = [d for d in _datasets(results) if d in rarest]
-    if not datasets or PLAIN_CE not in _losses(results):
+    if PLAIN_CE not in _losses(results):
+        return [f"Not measured: plain CE (`{PLAIN_CE}`) is not among the reported rows."]
+    if not datasets:
         return []
     names = {r["dataset"]: r["class_names"] for r in results}
     header = " | ".join(f"{d} ({names[d][rarest[d]]})" for d in datasets)
