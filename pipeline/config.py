@@ -91,7 +91,9 @@ class StatsConfig:
 
     labeled_policy: Literal["complete", "partial"] = "complete"  # records without `labeled`
     suspect_threshold: float = 0.9  # co-occurrence rate in (0, 1] for suspect_missing
-    clip: Optional[Tuple[float, float]] = None  # [w_min, w_max] of the raw weights, before normalisation
+    # [w_min, w_max] of the raw weights, before normalisation; null: none. [0.5, 5.0] is the range of the
+    # default loss's median-frequency weights in the experiment (README "Results")
+    clip: Optional[Tuple[float, float]] = (0.5, 5.0)
     damping: Optional[Literal["sqrt"]] = None  # "sqrt": square root of the weights
     zero_count_weight: float = 0.0  # weight of a class with no pixel
     beta: Optional[float] = None  # effective_number beta; None: 1 - 1/N

@@ -298,6 +298,8 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
         "name": "segbalance-experiment", "output_dir": str(output_dir),
         "data": {"dir": str(data_dir)},
         "classes": {"names": list(class_names)},
+        # unclipped weights in the artifact: a "_clipped" cell clips its own (STATS_CHANGES), the others must not
+        "stats": {"clip": None},
         "training": {"image_size": [plan.size, plan.size], "epochs": 1, "batch_size": plan.batch_size,
                      "depth": 3 if plan.size % 8 == 0 else 2, "loss": {"terms": [CE]}, "seed": seed},
         "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0},
@@ -504,7 +506,8 @@ def _main(args) -> int:
     check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
     given = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
              for k, v in vars(args).items() if k in ARG_NAMES and v is not None]
-    command = " ".join(["segbalance experiment", *(["--quick"] if args.quick else []), *given])
+    command = " ".join(["segbalance experiment", *(["--quick"] if args.quick else []),
+                        *(["--report-only"] if args.report_only else []), *given])
     if args.report_only and not args.work_dir:
         from segbalance.contract import UserError
 

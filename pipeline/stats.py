@@ -15,6 +15,9 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
+    from segbalance.pipeline.config import StatsConfig
+
+    default = StatsConfig()  # the pipeline's `stats` defaults: one place for both
     parser = subparsers.add_parser(
         "stats", help="class frequencies, class weights and per-image label sets (Beam)",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,16 +25,19 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--num-classes", type=int, required=True, help="C: class ids are 0..C-1")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--ignore-index", type=int, default=255)
-    parser.add_argument("--labeled-policy", choices=("complete", "partial"), default="complete",
+    parser.add_argument("--labeled-policy", choices=("complete", "partial"), default=default.labeled_policy,
                         help="records without a labeled field: all classes labelled, or only the present ones")
     parser.add_argument("--class-names", help="comma-separated names, C of them")
-    parser.add_argument("--suspect-threshold", type=float, default=0.9,
+    parser.add_argument("--suspect-threshold", type=float, default=default.suspect_threshold,
                         help="flag an absent class as suspect_missing when it co-occurs with each present "
                              "foreground class in at least this fraction of their images")
-    parser.add_argument("--weight-damping", choices=("sqrt",), default=None, help="square-root damping of the weights")
-    parser.add_argument("--weight-clip", metavar="MIN,MAX", help="clip the weights to [MIN, MAX] (then normalise)")
-    parser.add_argument("--zero-count-weight", type=float, default=0.0,
-                        help="weight of classes with no pixel (default 0)")
+    parser.add_argument("--weight-damping", choices=("sqrt",), default=default.damping,
+                        help="square-root damping of the weights")
+    clip = ",".join(f"{v:g}" for v in default.clip) if default.clip else "none"
+    parser.add_argument("--weight-clip", metavar="MIN,MAX", default=clip,
+                        help=f"clip the raw weights to [MIN, MAX], then normalise; 'none': no clip (default {clip})")
+    parser.add_argument("--zero-count-weight", type=float, default=default.zero_count_weight,
+                        help=f"weight of classes with no pixel (default {default.zero_count_weight:g})")
     parser.add_argument("--verbose", action="store_true",
                         help="log each quarantined record as it is found (they are all in DIR/quarantine.jsonl)")
     parser.add_argument("--beam-args", default="--direct_running_mode=in_memory --direct_num_workers=1",
@@ -69,7 +75,7 @@ def _main(args) -> int:
 
 
 def _clip(text):
-    if not text:
+    if not text or text.strip().lower() == "none":
         return None
     try:
         low, high = (float(v) for v in text.split(","))

@@ -15,12 +15,15 @@ def test_defaults_are_the_shapes_sample():
     assert config.name == "segbalance"
 
 
-def test_default_loss_is_the_one_the_experiment_supports():
-    from segbalance.pipeline.experiment import MISSING_LOSSES
+def test_default_loss_is_the_experiment_cell_it_was_chosen_from():
+    from segbalance.pipeline.experiment import CLIP, STATS_CHANGES, cell_loss
     from segbalance.trainer.loss_config import loss_config
 
-    # README "Results": marginal CE + Dice without class weights; change both together
-    assert load_config().training.loss == loss_config(MISSING_LOSSES["marginal_ce_dice"])
+    # README "Results": the cell that ranked first; its loss and its weights' clip, changed together
+    cell = ("ce_dice", "median_frequency_clipped_decay", "marginal")
+    config = load_config()
+    assert config.training.loss == loss_config(cell_loss(*cell))
+    assert tuple(config.stats.clip) == CLIP == STATS_CHANGES[cell[1]]["clip"]
 
 
 def test_defaults_live_in_the_schema_only():

@@ -30,7 +30,8 @@ def _rows(uri):
     return sorted(rows, key=lambda r: r["source_id"])
 
 
-CLI_ARGS = ["--num-classes", "4", "--class-names", "bg,a,b,never"]
+# unclipped weights, like the Beam job's own default (StatsOptions) the runs below are compared with
+CLI_ARGS = ["--num-classes", "4", "--class-names", "bg,a,b,never", "--weight-clip", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, cli_in_m
     src, in_memory, good = stats_run  # the Beam job with --direct_running_mode=in_memory --direct_num_workers=1
     pixel, images, cooc, missing, ignored, _ = numpy_reference(good)
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "cli"),
-                     "--class-names", "bg,a,b,never",
+                     "--class-names", "bg,a,b,never", "--weight-clip", "none",
                      "--beam-args", "--direct_running_mode=multi_processing --direct_num_workers=2"]) == 0
     out = capsys.readouterr().out
     assert "4 quarantined" in out and "classes [3] have no pixels" in out
@@ -86,8 +87,8 @@ def test_portable_runner_with_an_external_worker_pool(stats_run, cli_in_memory, 
 
     src, in_memory, good = stats_run
     with portable_beam_args(tmp_path) as beam_args:
-        assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "portable"),
-                         "--class-names", "bg,a,b,never", "--beam-args", " ".join(beam_args)]) == 0
+        assert cli.main(["stats", str(src / "data-*"), *CLI_ARGS, "--output", str(tmp_path / "portable"),
+                         "--beam-args", " ".join(beam_args)]) == 0
     assert "4 quarantined" in capsys.readouterr().out
     assert "Requesting worker at" in (tmp_path / "job_service.log").read_text()
     assert "SdkHarness" in (tmp_path / "worker_pool.log").read_text()  # the harness ran in the pool
@@ -123,6 +124,26 @@ def test_weight_flags(stats_run, tmp_path):
     stats = class_stats_io.read_class_stats(str(tmp_path / "o"))
     np.testing.assert_allclose(stats["weights"]["enet"],
                                compute_class_weights(pixel, "enet", damping="sqrt", clip=(0.5, 3), zero_count_weight=2))
+
+
+def test_weight_defaults_are_the_pipeline_config_s(stats_run, tmp_path):
+    """Without weight flags `segbalance stats` clips like `segbalance run` (StatsConfig.clip); 'none' turns it off."""
+    from segbalance.pipeline.config import StatsConfig
+    from segbalance.trainer.class_weights import compute_class_weights
+
+    src, _, good = stats_run
+    pixel = numpy_reference(good)[0]
+    clip = StatsConfig().clip
+    assert clip is not None  # the default under test clips
+    weights = {}
+    for name, flags in (("default", []), ("none", ["--weight-clip", "none"])):
+        assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / name),
+                         *flags]) == 0
+        weights[name] = class_stats_io.read_class_stats(str(tmp_path / name))["weights"]
+    for scheme, clipped in (("default", clip), ("none", None)):
+        np.testing.assert_allclose(weights[scheme]["inverse_frequency"],
+                                   compute_class_weights(pixel, "inverse_frequency", clip=clipped))
+    assert weights["default"]["inverse_frequency"] != weights["none"]["inverse_frequency"]
 
 
 def test_errors_name_the_input(tmp_path, capsys):

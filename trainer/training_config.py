@@ -71,8 +71,9 @@ module instead of repeating the table.
                                weights file of that backbone (``model.save_weights``)
   ``freeze_encoder_epochs`` 0  keep the encoder (backbone) frozen, BatchNorm statistics
                                included, for the first N epochs
-  ``loss``                     ``trainer/loss_config.py``; default marginal CE + Dice,
-                               unweighted (README "Results")
+  ``loss``                     ``trainer/loss_config.py``; default marginal CE + Dice with
+                               median-frequency weights (``stats.clip``) decaying to 1
+                               over 20 epochs (README "Results")
   ``pixel_weights`` null       a weight map for the loss, ``type`` one of (parameters,
                                defaults; ``trainer/weight_maps.py`` has the formulas):
                                ``edge`` (image_weight 1, boundary_weight 1),
