@@ -176,16 +176,9 @@ def load_results(work: Path) -> list:
 
 # --------------------------------------------------------------------------- data
 def _sample(folder: Path, **options) -> Path:
-    """``write_sample_data(**options)`` into ``folder`` unless a finished earlier run wrote the same
-    (``sample_config.json`` is written last)."""
-    from segbalance.pipeline import sample_data
+    from segbalance.pipeline.sample_data import cached_sample
 
-    marker = folder / "sample_config.json"
-    written = {**options, "drop_of": sample_data.DROP_OF}  # data of an earlier drop rule is written again
-    if marker.is_file() and json.loads(marker.read_text()) == written:
-        return folder
-    sample_data.write_sample_data(output=folder, **options)
-    marker.write_text(json.dumps(written))
+    cached_sample(folder, **options)
     return folder
 
 

@@ -73,16 +73,11 @@ def check_data_folder(source: Path) -> None:
 def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:
     from segbalance.pipeline import sample_data
 
-    wanted = {"sample": vars(config.data.sample), "drop_of": sample_data.DROP_OF}
-    marker = sample_dir / "sample_config.json"
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        print(f"sample data: reusing {sample_dir}", flush=True)
-        return sample_dir
-    shutil.rmtree(sample_dir, ignore_errors=True)
     s = config.data.sample
-    sample_data.write_sample_data(s.kind, sample_dir, s.num_images, s.size, s.seed, s.drop_fraction)
-    marker.write_text(json.dumps(wanted))
-    print(f"sample data: wrote {s.num_images} {s.kind} images to {sample_dir}", flush=True)
+    if sample_data.cached_sample(sample_dir, **vars(s)):
+        print(f"sample data: reusing {sample_dir}", flush=True)
+    else:
+        print(f"sample data: wrote {s.num_images} {s.kind} images to {sample_dir}", flush=True)
     return sample_dir
 
 

@@ -75,7 +75,7 @@ PARTS = ("all", "train", "test")
 TRAIN_SHARE = 0.6  # --part train: this share of each image's columns (of a lesion's slice range)
 FOCUS = 0.5  # package kinds: share of crops centred on a foreground pixel
 SUBFOLDERS = ("images", "masks", "masks_full")
-# What sample-data writes into DIR (`segbalance run` adds sample_config.json to its sample folder).
+# What sample-data writes into DIR (cached_sample adds its marker, SAMPLE_MARKER, below).
 OWNED = (*SUBFOLDERS, "classes.json", "labeled.json", "sample_config.json")
 OWNED_FILE = re.compile(rf"^({'|'.join(KINDS)})_\d{{5}}\.png$")
 
@@ -142,9 +142,10 @@ def draw_shapes_image(seed: int, index: int, size: int) -> Tuple[np.ndarray, np.
 
 
 # What --drop-fraction counts (``drop_annotations``); until 2026-12-03 it was all images. The folders that
-# cache sample data (`segbalance run`, `segbalance experiment`) keep it in their marker, so data written
-# under the earlier rule is written again.
+# cache sample data (``cached_sample``) keep it in their marker, so data written under the earlier rule is
+# written again.
 DROP_OF = "images with a foreground class"
+SAMPLE_MARKER = "sample_config.json"  # written last by cached_sample: the options of a finished write
 
 
 def drop_annotations(
@@ -439,6 +440,24 @@ def write_sample_data(
     return output
 
 
+def cached_sample(folder: os.PathLike, **options) -> bool:
+    """``write_sample_data(output=folder, **options)`` unless a finished earlier call wrote the same
+    options under the same drop rule (``segbalance run``'s sample folder, the experiment's data
+    sets). The marker is written last, and an earlier one is removed before the first data file, so
+    a killed write is redone. True when the folder was reused."""
+    folder = Path(folder)
+    marker = folder / SAMPLE_MARKER
+    wanted = {**options, "drop_of": DROP_OF}
+    try:
+        if json.loads(marker.read_text()) == wanted:
+            return True
+    except (OSError, ValueError):
+        pass
+    write_sample_data(output=folder, **options)
+    marker.write_text(json.dumps(wanted))
+    return False
+
+
 def prepare_output(output: Path) -> None:
     """Check DIR (module docstring), remove the files an earlier sample-data wrote there, and mark
     DIR as ours before the first data file is written (so a killed run can be redone)."""
@@ -454,7 +473,7 @@ def prepare_output(output: Path) -> None:
         for folder in folders:
             for path in folder.iterdir():
                 path.unlink()
-        for name in ("classes.json", "labeled.json"):
+        for name in ("classes.json", "labeled.json", SAMPLE_MARKER):  # an old marker must not vouch for a half write
             (output / name).unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     output_guard.write_marker(output, "sample-data")

@@ -325,3 +325,26 @@ def test_missing_archive_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert err.count("\n") == 1 and "solaris-0.4.0-py3-none-any.whl is not in" in err
     assert "run `python -m segbalance.pipeline.package_data solaris --cache-dir" in err
     assert not out.exists()
+
+
+def test_cached_sample_reuses_a_finished_write_and_redoes_a_killed_one(tmp_path, monkeypatch):
+    """The marker names the options and drop rule of a finished write; a write killed after the old
+    files were removed leaves no marker, so asking again for the old options writes them again."""
+    folder = tmp_path / "sample"
+    small = {"kind": "shapes", "num_images": 3, "size": 16, "seed": 0, "drop_fraction": 0.0}
+    assert sample_data.cached_sample(folder, **small) is False
+    first = {p.name: p.read_bytes() for p in (folder / "images").iterdir()}
+    assert sample_data.cached_sample(folder, **small) is True
+    marker = json.loads((folder / sample_data.SAMPLE_MARKER).read_text())
+    assert marker == {**small, "drop_of": sample_data.DROP_OF}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_data, "draw_shapes_image", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sample_data.cached_sample(folder, **{**small, "num_images": 5})
+    assert not (folder / sample_data.SAMPLE_MARKER).exists() and not list((folder / "images").iterdir())
+    monkeypatch.undo()
+    assert sample_data.cached_sample(folder, **small) is False  # not vouched for by the old marker
+    assert {p.name: p.read_bytes() for p in (folder / "images").iterdir()} == first
