@@ -167,6 +167,32 @@ def test_jit_compile_with_a_pixel_weight_map(tmp_path):
     assert not [w for w in caught if "ran out of data" in str(w.message)]
 
 
+class CountBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+@pytest.mark.slow
+def test_steps_per_epoch_beyond_one_pass_repeats_the_training_set(tmp_path):
+    """More steps than one pass holds: the training set repeats, every step runs, nothing runs out."""
+    from segbalance.trainer import data
+
+    uris = ti.tiny_pipeline()
+    steps, counter = 7, CountBatches()
+    args = ti.fn_args_for(uris, str(tmp_path), {**ti.CONFIG, "epochs": 2, "steps_per_epoch": steps,
+                                                 "_extra_callbacks": [counter]})
+    assert data.count_records(args.train_files) < steps * ti.CONFIG["batch_size"]  # one pass is shorter
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task.run_fn(args)
+    assert counter.batches == 2 * steps and len(summary_of(args)["history"]["loss"]) == 2
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
 class WeightsAtStart(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.weights = [np.array(w) for w in self.model.get_weights()]

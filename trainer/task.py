@@ -191,10 +191,11 @@ def run_fn(fn_args) -> None:
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
         with warnings.catch_warnings():
-            if steps is None:  # one pass per epoch: the end of the data is the end of the epoch, as meant
-                # (Keras 3.6 warns "Your input ran out of data" at every epoch end even so; later Keras
-                # warns only when steps_per_epoch was set, which is when it still shows here)
-                warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+            # Keras 3.6 warns "Your input ran out of data" at the end of every finite pass: the training
+            # set without steps_per_epoch (one pass is the epoch, as meant) and the validation set always
+            # (evaluated to its end). With steps_per_epoch the training set repeats, so it cannot run out:
+            # the warning is never about a short training set here.
+            warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
             history = model.fit(train_ds, validation_data=eval_ds, epochs=t.epochs,
                                 steps_per_epoch=steps, callbacks=callbacks, verbose=2)
     finally:
