@@ -80,6 +80,8 @@ def test_retention_table_against_a_hand_computed_case():
     assert table[0] == "| cell | x: kept at drop 0.6 (points lost) | y: kept at drop 0.6 (points lost) | min kept |"
     assert "| A | 95 % (+4.0) | 75 % (+10.0) | 75 % |" in table
     assert "| B | 60 % (+20.0) | 100 % (+0.0) | 60 % |" in table
+    one_drop = experiment_report.retention_table([r for r in rows if r["drop"] == 0.0])
+    assert len(one_drop) == 1 and "Not measured" in one_drop[0]
 
 
 def test_rarest_class_and_its_gain_over_plain_ce():
