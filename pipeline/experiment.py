@@ -42,16 +42,6 @@ import numpy as np
 CE = {"type": "ce", "weight": 1.0}
 DICE = {"type": "dice", "weight": 1.0}
 FOCAL = {"type": "focal", "weight": 1.0, "gamma": 2.0}
-# Named losses of earlier experiments (tests/test_config.py checks the default against these).
-MISSING_LOSSES = {
-    "plain_ce": {"terms": [CE]},
-    "weighted_ce_median": {"terms": [CE], "class_weights": "median_frequency"},
-    "ignore_predicted_ce": {"terms": [CE], "missing_labels": "ignore_predicted"},
-    "marginal_ce": {"terms": [CE], "missing_labels": "marginal"},
-    "marginal_exclusion": {"terms": [CE, {"type": "exclusion", "weight": 0.5}], "missing_labels": "marginal"},
-    "ce_dice": {"terms": [CE, DICE]},
-    "marginal_ce_dice": {"terms": [CE, DICE], "missing_labels": "marginal"},
-}
 CLIP = (0.5, 5.0)  # raw-weight clipping range of the "_clipped" variants (before normalisation)
 IMBALANCE_LOSSES = {
     "unweighted": {"terms": [CE]},
