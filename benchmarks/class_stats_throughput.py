@@ -59,6 +59,10 @@ VARIANTS = {
     "beam_in_memory_1": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
     "beam_multi_processing_1": ["--direct_running_mode=multi_processing", "--direct_num_workers=1"],
     "beam_multi_processing_2": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    # the same with Beam's own worker processes (``sdk_worker_main``, all of Beam's optional IO
+    # imported) instead of segbalance.components.beam_worker
+    "beam_multi_processing_1_stock": ["--direct_running_mode=multi_processing", "--direct_num_workers=1"],
+    "beam_multi_processing_2_stock": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     # threads in this process: no worker start-up; parallel only where the decoders release the GIL
     "beam_multi_threading_2": ["--direct_running_mode=multi_threading", "--direct_num_workers=2"],
 }
@@ -121,8 +125,12 @@ def startup_seconds(code: str, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-WORKER_IMPORTS = ("import apache_beam, sys; from segbalance.components import class_stats_beam as c; "
-                  "c.RecordDecoder(); assert 'tensorflow' not in sys.modules")
+JOB_IMPORTS = ("import sys; from segbalance.components import class_stats_beam as c; c.RecordDecoder(); "
+               "assert 'tensorflow' not in sys.modules")
+# what a worker process of this job imports: segbalance.components.beam_worker, and Beam's own worker main
+WORKER_IMPORTS = ("from segbalance.components.beam_worker import keep_out_unused_modules; keep_out_unused_modules(); "
+                  "import apache_beam.runners.worker.sdk_worker_main; " + JOB_IMPORTS)
+STOCK_WORKER_IMPORTS = "import apache_beam.runners.worker.sdk_worker_main; " + JOB_IMPORTS
 
 
 def size_table(work: Path, sizes, num_masks: int, num_classes: int, shards: int, small: int) -> None:
@@ -142,12 +150,12 @@ def size_table(work: Path, sizes, num_masks: int, num_classes: int, shards: int,
         expected = numpy_bound(records, num_classes)
         bound = cpu_seconds() - start
         start, start_wall = cpu_seconds(), time.perf_counter()
-        stats = run_beam(pattern, work / "out_size", num_classes, VARIANTS["beam_in_memory_1"])
+        stats = run_beam(pattern, work / "out_size", num_classes, "beam_in_memory_1")
         full, wall = cpu_seconds() - start, time.perf_counter() - start_wall
         if stats["pixel_counts"] != expected.tolist():
             raise SystemExit(f"size {size}: counts differ from the NumPy bound's")
         start = cpu_seconds()
-        run_beam(small_pattern, work / "out_size_small", num_classes, VARIANTS["beam_in_memory_1"])
+        run_beam(small_pattern, work / "out_size_small", num_classes, "beam_in_memory_1")
         fixed = cpu_seconds() - start
         steady = (full - fixed) / (num_masks - small) * 1000
         bound_ms = bound / num_masks * 1000
@@ -155,11 +163,18 @@ def size_table(work: Path, sizes, num_masks: int, num_classes: int, shards: int,
               f"| {bound_ms / steady:.2f}x | {wall:.2f} |", flush=True)
 
 
-def run_beam(pattern: str, out: Path, num_classes: int, beam_args) -> dict:
+def run_beam(pattern: str, out: Path, num_classes: int, variant: str) -> dict:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from segbalance.components.class_stats_beam import StatsOptions, run_class_stats
 
     shutil.rmtree(out, ignore_errors=True)
-    return run_class_stats({"train": pattern}, str(out), StatsOptions(num_classes=num_classes), beam_args=beam_args)
+    args = VARIANTS[variant]
+    # "_stock": Beam's DirectRunner as Beam builds it; otherwise the job's own choice (components/local_runner.py)
+    pipeline = beam.Pipeline(options=PipelineOptions(args)) if variant.endswith("_stock") else None
+    return run_class_stats({"train": pattern}, str(out), StatsOptions(num_classes=num_classes), pipeline=pipeline,
+                           beam_args=args)
 
 
 def main() -> None:
@@ -183,10 +198,12 @@ def main() -> None:
 
     if not args.skip_startup:  # before this process imports anything heavy
         worker = startup_seconds(WORKER_IMPORTS)
+        stock = startup_seconds(STOCK_WORKER_IMPORTS)
         beam = startup_seconds("import apache_beam")
         tensorflow = startup_seconds("import tensorflow")
-        print(f"worker start-up (fresh interpreter: Beam + class_stats_beam + tfx_bsl decoder, no TensorFlow): "
-              f"{worker:.2f} s; `import apache_beam` alone: {beam:.2f} s; `import tensorflow` alone (what the "
+        print(f"worker start-up (fresh interpreter: segbalance's beam_worker + Beam's worker main + class_stats_beam + "
+              f"tfx_bsl decoder, no TensorFlow): {worker:.2f} s; the same with Beam's stock worker (all optional IO): "
+              f"{stock:.2f} s; `import apache_beam` alone: {beam:.2f} s; `import tensorflow` alone (what the "
               f"worker path added before): {tensorflow:.2f} s (medians of 3)", flush=True)
         if args.startup_only:
             return
@@ -209,13 +226,13 @@ def main() -> None:
             cpu["numpy_bound"].append(cpu_seconds() - start_cpu)
             for name in variants:
                 start, start_cpu = time.perf_counter(), cpu_seconds()
-                stats = run_beam(pattern, work / "out", args.num_classes, VARIANTS[name])
+                stats = run_beam(pattern, work / "out", args.num_classes, name)
                 times[name].append(time.perf_counter() - start)
                 cpu[name].append(cpu_seconds() - start_cpu)
                 if stats["pixel_counts"] != expected.tolist() or stats["num_records"] != args.num_masks:
                     raise SystemExit(f"{name}: counts differ from the NumPy bound's")
                 start = time.perf_counter()
-                run_beam(small_pattern, work / "out_small", args.num_classes, VARIANTS[name])
+                run_beam(small_pattern, work / "out_small", args.num_classes, name)
                 small_times[name].append(time.perf_counter() - start)
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     finally:
@@ -248,6 +265,11 @@ def main() -> None:
         mp2 = statistics.median(times["beam_multi_processing_2"])
         print(f"\nspeed-up 2 vs 1 worker (multi_processing): end to end {mp1 / mp2:.2f}x, steady state "
               f"{steady['beam_multi_processing_2'] / steady['beam_multi_processing_1']:.2f}x")
+    if "beam_multi_processing_1_stock" in times and "beam_multi_processing_2_stock" in times:
+        mp1 = statistics.median(times["beam_multi_processing_1_stock"])
+        mp2 = statistics.median(times["beam_multi_processing_2_stock"])
+        print(f"speed-up 2 vs 1 worker, Beam's stock workers: end to end {mp1 / mp2:.2f}x, steady state "
+              f"{steady['beam_multi_processing_2_stock'] / steady['beam_multi_processing_1_stock']:.2f}x")
     print("raw times (s): " + "; ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in times.items()))
     print("fixed-cost runs (s): " + "; ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in small_times.items()))
     if args.sizes:

@@ -720,9 +720,9 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
         FileSystems.mkdirs(output_dir)
     remove_previous_output(output_dir)
     if pipeline is None:
-        from apache_beam.options.pipeline_options import PipelineOptions
+        from segbalance.components.local_runner import make_pipeline
 
-        pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
+        pipeline = make_pipeline(beam_args)
     logging.info("ClassStats: checking %s, counting %s -> %s", file_patterns, count_splits, output_dir)
     write_dirs = [output_dir] + ([FileSystems.join(examples_dir, f"Split-{s}") for s in file_patterns]
                                  if examples_dir else [])

@@ -32,6 +32,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from segbalance.components.artifacts import ClassStats
 from segbalance.components.class_stats_beam import StatsOptions, run_class_stats
+from segbalance.components.local_runner import light_workers_apply, make_pipeline
 from segbalance.contract import DEFAULT_IGNORE_INDEX
 
 
@@ -67,6 +68,12 @@ def stats_options(exec_properties: Dict[str, Any]) -> StatsOptions:
 
 
 class ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor):
+    def _pipeline(self):
+        """TFX's Beam pipeline, with lighter worker processes for local multi-process runs."""
+        if self._make_beam_pipeline_fn is None and light_workers_apply(self._beam_pipeline_args):
+            return make_pipeline(self._beam_pipeline_args)
+        return self._make_beam_pipeline()
+
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         examples = artifact_utils.get_single_instance(input_dict["examples"])
@@ -81,7 +88,7 @@ class ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor):
         patterns = {s: os.path.join(artifact_utils.get_split_uri([examples], s), "*") for s in available}
         print(f"ClassStatsGen: checking splits {available} of {examples.uri}, counting classes in splits {splits}",
               flush=True)
-        stats = run_class_stats(patterns, output.uri, options, pipeline=self._make_beam_pipeline(),
+        stats = run_class_stats(patterns, output.uri, options, pipeline=self._pipeline(),
                                 count_splits=splits, examples_dir=clean.uri)
         copy_examples_properties(examples, clean)
         for key in ("num_records", "quarantined_records"):
