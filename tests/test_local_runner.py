@@ -63,3 +63,20 @@ def test_the_entry_point_keeps_the_unused_modules_out_of_a_fresh_interpreter():
                            capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert "pandas" in plain.stdout and "google.cloud.bigquery" in plain.stdout
+
+
+def test_the_tfx_executor_uses_the_light_runner_for_local_multi_process_runs():
+    from tfx.dsl.components.base import base_beam_executor
+
+    from segbalance.components.class_stats_gen import ClassStatsGenExecutor
+
+    def executor(args, make=None):
+        return ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor.Context(
+            beam_pipeline_args=args, make_beam_pipeline_fn=make))
+
+    multi = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    assert isinstance(executor(multi)._pipeline().runner, local_runner.LightWorkerRunner)
+    in_memory = executor(["--direct_running_mode=in_memory", "--direct_num_workers=1"])._pipeline()
+    assert not isinstance(in_memory.runner, local_runner.LightWorkerRunner)
+    own = beam.Pipeline()
+    assert executor(multi, make=lambda: own)._pipeline() is own  # a pipeline factory given to TFX wins
