@@ -374,7 +374,7 @@ def example_cells(plan: Plan) -> set:
 
 # option of `segbalance experiment` -> the row field it selects on with --report-only
 ROW_FIELDS = {"datasets": "dataset", "drops": "drop", "terms": "terms", "weightings": "weighting",
-              "missing": "missing", "seeds": "seed"}
+              "missing": "missing", "seeds": "seed", "cells": "loss"}
 
 
 def row_selector(args) -> Callable[[dict], bool]:
@@ -385,11 +385,39 @@ def row_selector(args) -> Callable[[dict], bool]:
     return lambda row: all(row.get(field_) in values for field_, values in chosen.items())
 
 
+def rescore_rows(rows: list, tests: dict) -> list:
+    """Each row whose serving model is still in its folder, scored again on ``tests[dataset]`` (a
+    test folder, e.g. one with more crops than the run's); its earlier score kept under
+    ``earlier_score``. Rows without their model are left out (printed)."""
+    scored, items = [], {}
+    for row in rows:
+        serving_dir = row.get("serving_dir")
+        if not serving_dir or not Path(serving_dir).is_dir():
+            continue
+        folder = tests[row["dataset"]]
+        if row["dataset"] not in items:
+            items[row["dataset"]] = load_test_items(folder)
+        ignore = json.loads((folder / "classes.json").read_text()).get("ignore_index", 255)
+        scores = evaluate(serving_dir, items[row["dataset"]], len(row["class_names"]), ignore)
+        scored.append({**row, "miou": scores["miou"], "per_class_iou": scores["per_class_iou"],
+                       "test_images": len(items[row["dataset"]]),
+                       "earlier_score": {k: row[k] for k in ("miou", "per_class_iou")}})
+        print(f"experiment: [{row['group']}] {row['loss']} seed {row['seed']}: test mIoU {row['miou']:.4f} on the "
+              f"run's test set, {scores['miou']:.4f} on {len(items[row['dataset']])} crops", flush=True)
+    if len(scored) < len(rows):
+        print(f"experiment: --rescore: {len(rows) - len(scored)} of {len(rows)} rows left out, their models are "
+              f"gone (the experiment keeps the models of its example cells only)", flush=True)
+    return scored
+
+
 def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, command: str = "segbalance experiment",
-                   report_only: bool = False, select: Optional[Callable[[dict], bool]] = None) -> dict:
+                   report_only: bool = False, select: Optional[Callable[[dict], bool]] = None,
+                   rescore: bool = False) -> dict:
     """Train what WORK/results.jsonl lacks, then write the report over every row there; with
     ``report_only``, train nothing (a report of the rows so far, e.g. while other runs go on) and
-    report only the rows ``select`` keeps (all when None)."""
+    report only the rows ``select`` keeps (all when None); ``rescore`` (with ``report_only``) scores
+    the rows whose models are still there again on this plan's test sets (``rescore_rows``). The
+    rows in WORK/results.jsonl are never changed."""
     from segbalance.pipeline import experiment_report, seed004
 
     plan.check()
@@ -415,6 +443,8 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
             config = experiment_config(plan, train_dir, work / f"run_{dataset}_drop{drop}", names)
             keep = example_cells(plan) if drop == example_drop else set()
             run_group(dataset, drop, plan, config, load_test_items(test_dir), work, results, keep)
+    if rescore:
+        results = rescore_rows(results, tests)
     report = {
         "plan": asdict(plan), "results": results, "seed004": seed004.revisit(),
         "seconds": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"), "command": command,
@@ -443,6 +473,9 @@ def add_parser(subparsers) -> None:
                         help="train nothing: tables and plots of the rows in WORK/results.jsonl so far (needs "
                              "--work-dir); --datasets, --drops, --terms, --weightings, --missing and --seeds, "
                              "when given, select the rows")
+    parser.add_argument("--rescore", action="store_true",
+                        help="with --report-only: score the selected rows whose models are still in the work "
+                             "folder again on --test-images held-out crops (rows without their model are left out)")
     parser.add_argument("--work-dir", help="scratch folder (default OUTPUT/_work, removed at the end); "
                         "give one to resume a stopped run")
     parser.add_argument("--datasets", type=_names, help=f"comma-separated, of {', '.join(DATASETS)} "
@@ -453,6 +486,8 @@ def add_parser(subparsers) -> None:
                         f"(default {','.join(default.weightings)})")
     parser.add_argument("--missing", type=_names, help=f"of {', '.join(MISSING)} (default {','.join(default.missing)})")
     parser.add_argument("--seeds", type=lambda t: [int(x) for x in _names(t)], help="default 0")
+    parser.add_argument("--cells", type=_names,
+                        help="with --report-only: report only these cells (TERMS/WEIGHTING/MISSING, comma-separated)")
     parser.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {default.lr_schedule}")
     for option, kind in (("--max-epochs", int), ("--patience", int), ("--min-epochs", int), ("--num-images", int),
                          ("--test-images", int), ("--size", int), ("--batch-size", int)):
@@ -461,8 +496,8 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_main)
 
 
-ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "seeds", "max_epochs", "patience", "num_images",
-             "test_images", "size", "batch_size", "lr_schedule", "min_epochs")
+ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "seeds", "cells", "max_epochs", "patience",
+             "num_images", "test_images", "size", "batch_size", "lr_schedule", "min_epochs")
 
 
 def plan_from_args(args) -> Plan:
@@ -481,7 +516,17 @@ def plan_from_args(args) -> Plan:
 
 def _main(args) -> int:
     plan = plan_from_args(args)  # a bad option: one line before anything is imported or written
+    from segbalance.contract import UserError
     from segbalance.pipeline.output_guard import check_is_folder
+
+    if (args.rescore or args.cells) and not args.report_only:
+        raise UserError("--rescore and --cells work on the rows of an earlier run: add --report-only and its "
+                        "--work-dir")
+    for name in args.cells or []:
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] not in TERMS or parts[1] not in WEIGHTINGS or parts[2] not in MISSING:
+            raise UserError(f"--cells: {name} is not a cell; write TERMS/WEIGHTING/MISSING, e.g. "
+                            f"{cell_name('ce_dice', 'none', 'marginal')}")
 
     output = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else output / "_work"
@@ -490,13 +535,12 @@ def _main(args) -> int:
     given = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
              for k, v in vars(args).items() if k in ARG_NAMES and v is not None]
     command = " ".join(["segbalance experiment", *(["--quick"] if args.quick else []),
-                        *(["--report-only"] if args.report_only else []), *given])
+                        *(["--report-only"] if args.report_only else []),
+                        *(["--rescore"] if args.rescore else []), *given])
     if args.report_only and not args.work_dir:
-        from segbalance.contract import UserError
-
         raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
     report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
-                            select=row_selector(args))
+                            select=row_selector(args), rescore=args.rescore)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"experiment: {len(report['results'])} trainings in {report['seconds']}s; "

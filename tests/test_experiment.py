@@ -7,7 +7,7 @@ import pytest
 
 from segbalance.contract import UserError
 from segbalance.pipeline import cli, experiment_report
-from segbalance.pipeline.experiment import Plan, cell_loss, dataset_folders, load_results
+from segbalance.pipeline.experiment import Plan, cell_loss, dataset_folders, load_results, load_test_items
 
 
 def test_cells_cross_terms_weightings_and_missing_label_handling():
@@ -46,6 +46,20 @@ def test_bad_option_is_one_line_before_anything_runs(tmp_path, capsys):
     assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--weightings", "none,squared"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--weightings: squared; choose from none," in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--rescore"], "--rescore and --cells work on the rows of an earlier run: add --report-only"),
+    (["--cells", "ce/none/none"], "--rescore and --cells work on the rows of an earlier run: add --report-only"),
+    (["--report-only", "--work-dir", "W", "--cells", "ce/none"], "--cells: ce/none is not a cell; write "
+     "TERMS/WEIGHTING/MISSING, e.g. ce_dice/none/marginal"),
+    (["--report-only", "--work-dir", "W", "--cells", "ce/none/squared"], "--cells: ce/none/squared is not a cell"),
+])
+def test_rescore_and_cells_options_are_checked_before_anything_runs(options, message, tmp_path, capsys):
+    assert cli.main(["experiment", "--output", str(tmp_path / "o"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "o").exists()
 
 
@@ -176,6 +190,32 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert printed.count("done earlier, reused") == len(rows) and "pipeline for" not in printed
     assert [r["miou"] for r in json.loads((out / "results.json").read_text())["results"]] == [r["miou"] for r in rows]
+    # --rescore: the kept models scored again on a larger test set; the run's own rows stay as they were
+    log_before = (work / "results.jsonl").read_bytes()
+    again = tmp_path / "rescored"
+    assert cli.main(["experiment", "--quick", "--report-only", "--rescore", "--test-images", "12",
+                     "--output", str(again), "--work-dir", str(work)]) == 0
+    assert (work / "results.jsonl").read_bytes() == log_before
+    rescored = json.loads((again / "results.json").read_text())
+    assert "--rescore" in rescored["command"] and "--test-images 12" in rescored["command"]
+    items = load_test_items(work / "shapes_test")
+    assert len(items) == 12
+    by_loss = {r["loss"]: r for r in rows}
+    models = {r["loss"]: r["serving_dir"] for r in load_results(work)}  # results.json leaves the paths out
+    for row in rescored["results"]:
+        assert row["test_images"] == 12
+        assert row["earlier_score"]["miou"] == by_loss[row["loss"]]["miou"]
+        # independent reference: the model's class ids against the 12 masks, IoU per class with NumPy
+        from segbalance.components.seg_evaluator import load_predictor
+        pred = load_predictor(models[row["loss"]])([image for _, image, _ in items])
+        truth = np.stack([mask for _, _, mask in items])
+        ious = []
+        for c in range(4):
+            inter, union = np.sum((pred == c) & (truth == c)), np.sum((pred == c) | (truth == c))
+            if union:
+                ious.append(inter / union)
+        assert row["miou"] == pytest.approx(np.mean(ious), abs=1e-6)
+    assert len(rescored["results"]) == len(rows)  # the quick run keeps both models (its example cells)
 
 
 def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys):
@@ -234,6 +274,10 @@ def test_report_only_covers_the_rows_the_given_options_select(tmp_path):
     assert "| ce/median_frequency_clipped/none | 1.00 |" in table
     plain = report("--weightings", "none")
     assert sorted(r["miou"] for r in plain["results"]) == [0.40, 0.50, 0.90]
+    # --cells picks whole cells (a cell with 3 seeds next to one with 1, without the others)
+    cells = report("--cells", "ce/median_frequency_clipped/none", "--drops", "0")
+    assert [r["miou"] for r in cells["results"]] == [0.70] and "--cells ce/median_frequency_clipped/none" in \
+        cells["command"]
     assert "--report-only" in plain["command"] and "--weightings none" in plain["command"]
 
 
