@@ -340,6 +340,28 @@ def plot_examples(results: list, items, path: Path, group: str, count: int = 3) 
 
 
 # --------------------------------------------------------------------------- write
+def test_sizes(results: list, default: int) -> str:
+    """The test-set sizes the rows were scored on (``test_images``; rows from before the field: ``default``)."""
+    return " or ".join(str(n) for n in sorted({r.get("test_images", default) for r in results} or {default}))
+
+
+def rescored_table(results: list) -> List[str]:
+    """Rows scored again (``experiment --rescore``): mIoU on the run's own test set and on this report's."""
+    rows = sorted((r for r in results if r.get("earlier_score")), key=lambda r: (r["group"], r["loss"], r["seed"]))
+    if not rows:
+        return []
+    sizes = sorted({r["test_images"] for r in rows})
+    lines = ["## Rescored", "",
+             f"These models were scored again (`--rescore`) on {', '.join(map(str, sizes))} held-out crops; every "
+             "table above uses the new scores. Their scores on the run's own test set:", "",
+             "| group | cell | seed | mIoU, run's test set | mIoU, this report | change |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        before = r["earlier_score"]["miou"]
+        lines.append(f"| {r['group']} | {r['loss']} | {r['seed']} | {before:.3f} | {r['miou']:.3f} "
+                     f"| {r['miou'] - before:+.3f} |")
+    return lines + [""]
+
+
 def twins_note(results: list) -> str:
     """Says which rows are another cell's training (every class annotated: marginal CE is plain CE)."""
     twins = [r for r in results if r.get("same_training_as")]
@@ -382,7 +404,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         f"{twins_note(results)}"
         f"Data sets: {', '.join(_datasets(results))}; annotation drop {', '.join(map(str, _drops(results)))}; "
         f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
-        f"{plan['test_images']} held-out crops with **complete** masks; seeds "
+        f"{test_sizes(results, plan['test_images'])} held-out crops with **complete** masks; seeds "
         f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (the rows of the work folder the command selects). "
         f"Learning-rate schedule `{plan.get('lr_schedule', 'constant')}` (`training.lr_schedule.type`). "
         f"Each training runs at least {plan.get('min_epochs', 0)} epochs, then "
@@ -407,6 +429,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
             f"export gives with `training.epochs: {epochs}`; read from the same trainings' curves, so a "
             f"schedule that depends on the epoch count is not re-run):", "",
             *rank_table(results, budget_score(epochs)), "")],
+        *rescored_table(results),
         "## Convergence", "",
         "Trainings that hit the epoch cap without early stopping are not shown to be on their plateau:", "",
         *convergence_table(results), "",

@@ -167,6 +167,7 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
     assert report["command"] == "segbalance experiment --quick"
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and len(row["per_class_iou"]) == 4
+        assert row["test_images"] == plan.test_images  # the size of the test set it was scored on
         curve = row["history"]["val_miou"]  # every curve kept, one value per epoch run
         assert len(curve) == row["epochs_run"] <= plan.max_epochs and len(row["history"]["loss"]) == len(curve)
         # the plan's schedule reached run_fn: ReduceLROnPlateau logs the rate of every epoch
@@ -216,6 +217,11 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
                 ious.append(inter / union)
         assert row["miou"] == pytest.approx(np.mean(ious), abs=1e-6)
     assert len(rescored["results"]) == len(rows)  # the quick run keeps both models (its example cells)
+    table = (again / "results.md").read_text()
+    assert "## Rescored" in table and "scored on 12 held-out crops" in table
+    for row in rescored["results"]:
+        assert (f"| {row['group']} | {row['loss']} | 0 | {row['earlier_score']['miou']:.3f} | {row['miou']:.3f} |"
+                in table), row["loss"]
 
 
 def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys):
@@ -327,3 +333,21 @@ def test_example_pictures_show_the_crops_with_the_most_classes():
     masks[1][0, 0], masks[3][0, 0], masks[3][1, 1], masks[2][0, 1] = 1, 1, 2, 255
     items = [(f"i{k}", b"", m) for k, m in enumerate(masks)]
     assert [name for name, _, _ in experiment_report.example_items(items, 2)] == ["i3", "i1"]
+
+
+def test_rescored_table_lists_each_rescored_row_with_both_scores():
+    rows = [{**_row("shapes", 0.0, "ce/none/none", 0, 0.86), "test_images": 600,
+             "earlier_score": {"miou": 0.81, "per_class_iou": []}},
+            _row("shapes", 0.0, "ce/none/marginal", 0, 0.5)]  # not rescored: not listed
+    lines = experiment_report.rescored_table(rows)
+    assert "on 600 held-out crops" in lines[2]
+    assert "| shapes_drop0.0 | ce/none/none | 0 | 0.810 | 0.860 | +0.050 |" in lines
+    assert not any("ce/none/marginal" in line for line in lines)
+    assert experiment_report.rescored_table([rows[1]]) == []
+
+
+def test_header_names_the_test_set_sizes_the_rows_were_scored_on():
+    rows = [{**_row("shapes", 0.0, "a", 0, 0.5), "test_images": 600}, _row("shapes", 0.0, "b", 0, 0.5)]
+    assert experiment_report.test_sizes(rows, 60) == "60 or 600"
+    assert experiment_report.test_sizes(rows[:1], 60) == "600"
+    assert experiment_report.test_sizes([], 60) == "60"
