@@ -334,7 +334,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "weighting": cell[1], "missing": cell[2], "seed": seed, "miou": scores["miou"],
                "per_class_iou": scores["per_class_iou"], "class_names": list(config.classes.names),
                "max_epochs": plan.max_epochs, "patience": plan.patience, "lr_schedule": plan.lr_schedule,
-               "min_epochs": plan.min_epochs, "test_images": len(items),
+               "min_epochs": plan.min_epochs, "num_images": plan.num_images, "test_images": len(items),
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
         if kept:

@@ -168,6 +168,7 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and len(row["per_class_iou"]) == 4
         assert row["test_images"] == plan.test_images  # the size of the test set it was scored on
+        assert row["num_images"] == plan.num_images  # and of the training set
         curve = row["history"]["val_miou"]  # every curve kept, one value per epoch run
         assert len(curve) == row["epochs_run"] <= plan.max_epochs and len(row["history"]["loss"]) == len(curve)
         # the plan's schedule reached run_fn: ReduceLROnPlateau logs the rate of every epoch
