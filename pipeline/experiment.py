@@ -175,16 +175,16 @@ def _sample(folder: Path, **options) -> Path:
 def dataset_folders(dataset: str, plan: Plan, drop: float, work: Path) -> tuple:
     """(training folder with ``drop`` applied, held-out test folder with complete masks). Shapes:
     the test images come from another seed; real kinds: from ``--part test`` of their images."""
-    common = {"kind": dataset, "size": plan.size}
-    if dataset == "shapes":
-        train = _sample(work / f"{dataset}_drop{drop}", num_images=plan.num_images, seed=0, drop_fraction=drop,
-                        **common)
-        test = _sample(work / f"{dataset}_test", num_images=plan.test_images, seed=1000, **common)
-    else:
-        train = _sample(work / f"{dataset}_drop{drop}", num_images=plan.num_images, seed=0, drop_fraction=drop,
-                        part="train", **common)
-        test = _sample(work / f"{dataset}_test", num_images=plan.test_images, seed=1, part="test", **common)
-    return train, test
+    part = {} if dataset == "shapes" else {"part": "train"}
+    train = _sample(work / f"{dataset}_drop{drop}", kind=dataset, size=plan.size, num_images=plan.num_images, seed=0,
+                    drop_fraction=drop, **part)
+    return train, test_folder(dataset, plan, work)
+
+
+def test_folder(dataset: str, plan: Plan, work: Path) -> Path:
+    """``work/<dataset>_test``: ``plan.test_images`` held-out crops with complete masks (see dataset_folders)."""
+    held_out = {"seed": 1000} if dataset == "shapes" else {"seed": 1, "part": "test"}
+    return _sample(work / f"{dataset}_test", kind=dataset, size=plan.size, num_images=plan.test_images, **held_out)
 
 
 def load_test_items(folder: Path, mask_sub: str = "masks"):
@@ -434,11 +434,12 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
     example_drop = max(plan.drop_fractions)
     tests = {}
     for dataset in plan.datasets:
+        if report_only:  # no training folders; --rescore's test sets apart from the run's own
+            tests[dataset] = test_folder(dataset, plan, work / f"rescore_test{plan.test_images}" if rescore else work)
+            continue
         for drop in plan.drop_fractions:
             train_dir, test_dir = dataset_folders(dataset, plan, drop, work)
             tests[dataset] = test_dir
-            if report_only:
-                continue
             names = json.loads((train_dir / "classes.json").read_text())["class_names"]
             config = experiment_config(plan, train_dir, work / f"run_{dataset}_drop{drop}", names)
             keep = example_cells(plan) if drop == example_drop else set()
@@ -471,11 +472,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="shapes, 2 cells, 1 seed, 2 epochs (a few minutes)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tables and plots of the rows in WORK/results.jsonl so far (needs "
-                             "--work-dir); --datasets, --drops, --terms, --weightings, --missing and --seeds, "
-                             "when given, select the rows")
+                             "--work-dir); --datasets, --drops, --terms, --weightings, --missing, --seeds and "
+                             "--cells, when given, select the rows")
     parser.add_argument("--rescore", action="store_true",
                         help="with --report-only: score the selected rows whose models are still in the work "
-                             "folder again on --test-images held-out crops (rows without their model are left out)")
+                             "folder again on --test-images held-out crops, written to WORK/rescore_testN (rows "
+                             "without their model are left out)")
     parser.add_argument("--work-dir", help="scratch folder (default OUTPUT/_work, removed at the end); "
                         "give one to resume a stopped run")
     parser.add_argument("--datasets", type=_names, help=f"comma-separated, of {', '.join(DATASETS)} "

@@ -200,8 +200,9 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
     assert (work / "results.jsonl").read_bytes() == log_before
     rescored = json.loads((again / "results.json").read_text())
     assert "--rescore" in rescored["command"] and "--test-images 12" in rescored["command"]
-    items = load_test_items(work / "shapes_test")
+    items = load_test_items(work / "rescore_test12" / "shapes_test")
     assert len(items) == 12
+    assert len(load_test_items(work / "shapes_test")) == plan.test_images  # the run's own test set untouched
     by_loss = {r["loss"]: r for r in rows}
     models = {r["loss"]: r["serving_dir"] for r in load_results(work)}  # results.json leaves the paths out
     for row in rescored["results"]:
