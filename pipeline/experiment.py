@@ -68,7 +68,10 @@ WEIGHTINGS = {"none": None, "inverse_frequency": "inverse_frequency", "inverse_f
 # Weightings whose class weights decay to 1 over this many epochs (loss.class_weight_decay_epochs):
 # the weights' early rare-class learning, then convergence on the unweighted loss.
 DECAY_EPOCHS = {"median_frequency_clipped_decay": 20}
-MISSING = {"none": None, "ignore_predicted": "ignore_predicted", "marginal": "marginal"}
+MISSING = {"none": None, "ignore_predicted": "ignore_predicted", "marginal": "marginal",
+           "marginal_dice": "marginal"}
+# Missing-label handlings that also make the Dice terms marginal (loss_config.Dice.marginal).
+MARGINAL_DICE = ("marginal_dice",)
 DATASETS = ("shapes", "nuclei", "buildings", "lesions", "labelme")
 SCHEDULES = ("constant", "cosine", "polynomial", "plateau")  # training.lr_schedule.type
 
@@ -85,6 +88,10 @@ def cell_loss(terms: str, weighting: str, missing: str) -> dict:
         loss["class_weight_decay_epochs"] = DECAY_EPOCHS[weighting]
     if MISSING[missing]:
         loss["missing_labels"] = MISSING[missing]
+    if missing in MARGINAL_DICE:
+        for term in loss["terms"]:
+            if term["type"] == "dice":
+                term["marginal"] = True
     return loss
 
 

@@ -103,6 +103,27 @@ def dice(y, z, cw=None, smooth=1.0, ignore=255, pw=None):
     return 1 - (d * w).sum() / w.sum()
 
 
+def marginal_dice(y, z, labeled, cw=None, smooth=1.0, ignore=255, pw=None):
+    """Dice after merging, image by image, the unlabelled classes' probabilities into background's."""
+    labels, valid = split(y, ignore)
+    c = z.shape[-1]
+    weight = region_weight(valid, pw)
+    p = softmax(z.astype(np.float64))
+    merged = np.zeros_like(p)
+    for i in range(p.shape[0]):
+        known = np.asarray(labeled[i], bool).copy()
+        known[0] = True  # background is always labelled
+        for k in range(c):
+            target = k if known[k] else 0
+            merged[i, ..., target] += p[i, ..., k]
+    merged = merged * weight[..., None]
+    g = np.eye(c)[labels] * weight[..., None]
+    inter, pred, truth = (merged * np.eye(c)[labels]).sum((0, 1, 2)), merged.sum((0, 1, 2)), g.sum((0, 1, 2))
+    d = ratio(2 * inter + smooth, pred + truth + smooth, 1.0)
+    w = np.ones_like(d) if cw is None else np.asarray(cw, float)
+    return 1 - (d * w).sum() / w.sum()
+
+
 def generalized_dice(y, z, smooth=1e-6, ignore=255, cw=None, pw=None):
     """Default class weights 1 / G_c^2 (Sudre et al.), absent classes the largest present weight
     (MONAI), divided by that largest weight (a common factor of the ratio); cw replaces them."""

@@ -22,6 +22,12 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     assert decaying["class_weights"] == "median_frequency" and decaying["class_weight_decay_epochs"] == 20
     Plan(weightings=["median_frequency_clipped_decay"]).check()
     Plan().check()  # the default grid is valid as a whole
+    # marginal_dice: marginal CE and a marginal Dice term (a valid LossConfig)
+    assert cell_loss("ce_dice", "none", "marginal_dice") == {
+        "terms": [{"type": "ce", "weight": 1.0}, {"type": "dice", "weight": 1.0, "marginal": True}],
+        "missing_labels": "marginal"}
+    assert cell_loss("ce_dice", "none", "marginal")["terms"][1] == {"type": "dice", "weight": 1.0}  # unchanged
+    Plan(missing=["marginal_dice"]).check()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -56,6 +56,9 @@ CASES = {
     "ignore_predicted": (lambda y, z, l: L.ignore_predicted_cross_entropy(y, z, l),
                          lambda y, z, l: ref.ignore_predicted(y, z, l)),
     "marginal": (lambda y, z, l: L.marginal_cross_entropy(y, z, l, CW), lambda y, z, l: ref.marginal(y, z, l, CW)),
+    "marginal_dice": (lambda y, z, l: L.dice_loss(y, z, CW, labeled=l), lambda y, z, l: ref.marginal_dice(y, z, l, CW)),
+    "marginal_dice_pixel_weights": (lambda y, z, l: L.dice_loss(y, z, pixel_weights=_pw(y), labeled=l),
+                                    lambda y, z, l: ref.marginal_dice(y, z, l, pw=_pw(y).numpy())),
     "exclusion_ce": (lambda y, z, l: L.exclusion_loss(y, z, l), lambda y, z, l: ref.exclusion_ce(y, z, l)),
     "exclusion_dice": (lambda y, z, l: L.exclusion_loss(y, z, l, form="dice"),
                        lambda y, z, l: ref.exclusion_dice(y, z, l)),
@@ -544,6 +547,7 @@ SMOOTH_ZERO = {
     "generalized_dice": lambda y, z, l, pw=None: L.generalized_dice_loss(y, z, smooth=0.0, pixel_weights=pw),
     "tversky": lambda y, z, l, pw=None: L.tversky_loss(y, z, alpha=0.3, beta=0.7, smooth=0.0, pixel_weights=pw),
     "exclusion_dice": lambda y, z, l, pw=None: L.exclusion_loss(y, z, l, form="dice", smooth=0.0, pixel_weights=pw),
+    "marginal_dice": lambda y, z, l, pw=None: L.dice_loss(y, z, smooth=0.0, pixel_weights=pw, labeled=l),
 }
 SMOOTH_ZERO_REF = {
     "dice": lambda y, z, l: ref.dice(y, z, smooth=0.0),
@@ -551,6 +555,7 @@ SMOOTH_ZERO_REF = {
     "generalized_dice": lambda y, z, l: ref.generalized_dice(y, z, smooth=0.0),
     "tversky": lambda y, z, l: ref.tversky(y, z, 0.3, 0.7, smooth=0.0),
     "exclusion_dice": lambda y, z, l: ref.exclusion_dice(y, z, l, smooth=0.0),
+    "marginal_dice": lambda y, z, l: ref.marginal_dice(y, z, l, smooth=0.0),
 }
 
 
@@ -589,7 +594,9 @@ def test_smooth_zero_matches_reference_and_stays_finite_when_probabilities_under
         value = fn(y, tf.identity(zt), labeled)
     grad = tape.gradient(value, zt)
     assert np.isfinite(float(value)) and np.isfinite(grad.numpy().astype(np.float32)).all()
-    if name != "exclusion_dice":  # a perfect, saturated prediction: every class scores 1
+    # a perfect, saturated prediction: every class scores 1 (marginal Dice: the random masks hold classes
+    # their `labeled` rows leave out, which it counts as background, so it is not 0 there)
+    if name not in ("exclusion_dice", "marginal_dice"):
         assert float(value) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -628,3 +635,37 @@ def test_every_loss_finite_at_the_edges(name, kind):
     if kind == "all_ignored":
         assert float(value) == 0.0
         assert grad is None or (grad.numpy() == 0).all()
+
+
+def test_marginal_dice_equals_dice_when_every_class_is_labelled_and_forgives_unlabelled_classes():
+    y, z, _ = data(6)
+    everything = np.ones((y.shape[0], C), np.float32)
+    np.testing.assert_allclose(float(L.dice_loss(y, z, CW, labeled=everything)), float(L.dice_loss(y, z, CW)),
+                               rtol=1e-6)
+    # hand case: one image, 2 background pixels and one of class 1; class 2 not labelled. The model puts
+    # class 2 on both background pixels (they may be class 2 the annotator left out).
+    y1 = np.array([[[0, 0, 1]]])
+    z1 = np.log(np.array([[[[0.1, 0.1, 0.8], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]]]], np.float32))
+    labeled = np.array([[1, 1, 0]], np.float32)
+    # merged probabilities: background 0.9, 0.9, 0.2; class 1 0.1, 0.1, 0.8; class 2 none
+    dice_bg = (2 * 1.8 + 1) / (2.0 + 2 + 1)
+    dice_1 = (2 * 0.8 + 1) / (1.0 + 1 + 1)
+    dice_2 = (0 + 1) / (0 + 0 + 1)
+    expected = 1 - (dice_bg + dice_1 + dice_2) / 3
+    np.testing.assert_allclose(float(L.dice_loss(y1, z1, labeled=labeled)), expected, rtol=1e-5)
+    assert float(L.dice_loss(y1, z1, labeled=labeled)) < float(L.dice_loss(y1, z1))  # plain: class 2 is an FP
+
+
+def test_dice_term_is_marginal_only_when_asked():
+    from segbalance.trainer.segmentation_loss import SegmentationLoss
+
+    y, z, labeled = data(7)
+    target = {"mask": y, "labeled": labeled}
+    plain = SegmentationLoss({"terms": [{"type": "dice"}]})(target, z)
+    marginal = SegmentationLoss({"terms": [{"type": "dice", "marginal": True}]})(target, z)
+    np.testing.assert_allclose(float(plain), float(L.dice_loss(y, z)), rtol=1e-6)
+    np.testing.assert_allclose(float(marginal), float(L.dice_loss(y, z, labeled=labeled)), rtol=1e-6)
+    assert abs(float(marginal) - float(plain)) > 1e-4  # the data leave classes unlabelled
+    # no `labeled` in the data: the marginal term is the plain one
+    np.testing.assert_allclose(float(SegmentationLoss({"terms": [{"type": "dice", "marginal": True}]})(y, z)),
+                               float(plain), rtol=1e-6)

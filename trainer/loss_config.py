@@ -149,6 +149,9 @@ class Focal(Term):
 class Dice(Term):
     TYPE: ClassVar[str] = "dice"
     smooth: float = 1.0
+    # marginal Dice: with the images' labelled sets, each image's unlabelled classes count as background
+    # (losses.dice_loss); without them (no `labeled` in the data) the plain form
+    marginal: bool = False
 
     def non_negative(self) -> tuple:
         return ("smooth",)
@@ -157,7 +160,8 @@ class Dice(Term):
         from segbalance.trainer import losses as L
 
         return L.dice_loss(x.mask, x.logits, class_weights=x.class_weights, ignore_index=x.ignore_index,
-                           smooth=self.smooth, pixel_weights=x.pixel_weights)
+                           smooth=self.smooth, pixel_weights=x.pixel_weights,
+                           labeled=x.labeled if self.marginal else None)
 
 
 @register

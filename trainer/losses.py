@@ -345,11 +345,18 @@ def _region_weight(valid, pixel_weights):
     return weight * ops.where(positive, count / ops.where(positive, total, 1.0), 0.0)
 
 
-def _class_sums(y_true, logits, ignore_index, pixel_weights):
-    """Global per-class sums: (sum p*g, sum p, sum g) [C] each, over valid pixels."""
+def _class_sums(y_true, logits, ignore_index, pixel_weights, labeled=None):
+    """Global per-class sums: (sum p*g, sum p, sum g) [C] each, over valid pixels. With ``labeled``
+    ([B,C]), each image's unlabelled classes are merged into background (their probabilities
+    count as background's there), as in marginal Dice."""
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     weight = _region_weight(valid, pixel_weights)
-    probs = ops.softmax(logits, axis=-1) * weight[..., None]
+    probs = ops.softmax(logits, axis=-1)
+    if labeled is not None:
+        keep = _labeled_mask(labeled, c)  # [B,1,1,C], background always 1
+        moved = ops.sum(probs * (1.0 - keep), axis=-1, keepdims=True)
+        probs = probs * keep + moved * ops.one_hot(ops.zeros((1,), "int32"), c)[0]
+    probs = probs * weight[..., None]
     onehot = ops.one_hot(labels, c)
     axes = (0, 1, 2)
     # each pixel counts once with its weight: sum w p g, sum w p, sum w g (not w^2 in the intersection)
@@ -367,15 +374,21 @@ def _weighted_class_mean(values, class_weights, c):
 
 
 def dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAULT_IGNORE_INDEX, smooth=1.0,
-              pixel_weights=None):
+              pixel_weights=None, labeled=None):
     """``1 - weighted mean_c (2 sum p_c g_c + s) / (sum p_c + sum g_c + s)`` over the batch.
 
     A class absent from the batch scores ``s / (sum p_c + s)``: 1 when it is not predicted
     (no penalty), lower the more it is predicted; never NaN. With ``s = 0`` a class with
     ``P_c + G_c = 0`` (a batch with no valid pixel, probabilities that underflow) scores 1 too,
     with a zero gradient, so such a batch gives 0 as with ``s > 0``.
+
+    ``labeled`` ([B,C] multi-hot): marginal Dice (Shi et al., MedIA 2021), the Dice counterpart of
+    ``marginal_cross_entropy``: in each image the probabilities of its unlabelled classes are
+    added to background's, so predicting a class that image's annotator did not label is not
+    counted against that class (in the plain form it is a false positive wherever the mask says
+    background). With every class labelled it equals the plain form.
     """
-    inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
+    inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights, labeled)
     dice = _ratio(2.0 * inter + smooth, pred + truth + smooth, 1.0)
     return _replica_share(1.0 - _weighted_class_mean(dice, class_weights, c))
 
