@@ -29,6 +29,29 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, igno
         num_classes, num_classes)
 
 
+def partial_truth(truth: np.ndarray, pred: np.ndarray, labeled, num_classes: int, ignore_index: int) -> np.ndarray:
+    """The truth a partial annotation can score: background pixels predicted as a class the image's
+    annotator did not label become ``ignore_index``.
+
+    ``labeled``: the image's labelled class ids (background always counts as labelled), or None
+    (a complete annotation: ``truth`` unchanged). Where a class was left unlabelled, a pixel marked
+    background may be that class, so predicting it there is neither a hit nor a miss; everything
+    else scores as usual (background predicted as background, a labelled class predicted on
+    background, every labelled foreground pixel). The same rule as ``ignore_predicted_cross_entropy``
+    and the trainer's validation metrics (``segbalance.trainer.metrics.metric_truth``).
+    """
+    if labeled is None:
+        return truth
+    unlabeled = np.ones(num_classes, bool)
+    unlabeled[[int(c) for c in labeled if 0 <= int(c) < num_classes]] = False
+    unlabeled[0] = False
+    if not unlabeled.any():
+        return truth
+    pred = np.asarray(pred).astype(np.int64)
+    hit = (np.asarray(truth) == 0) & unlabeled[np.clip(pred, 0, num_classes - 1)]
+    return np.where(hit, ignore_index, np.asarray(truth).astype(np.int64))
+
+
 def per_class_iou(cm: np.ndarray) -> np.ndarray:
     """IoU per class; NaN where the class is neither in the truth nor predicted (undefined)."""
     cm = np.asarray(cm, dtype=np.float64)

@@ -74,15 +74,18 @@ def iter_split_records(examples: types.Artifact, split: str) -> Iterator[bytes]:
 
 
 def load_eval_set(records, reference_masks_dir: Optional[str],
-                  labeled: Optional[Dict[str, Optional[List[int]]]] = None) -> Tuple[list, dict]:
+                  labeled: Optional[Dict[str, Optional[List[int]]]] = None,
+                  references: Optional[set] = None) -> Tuple[list, dict]:
     """[(source_id, image_bytes, truth_mask)], counts of where truth came from / skipped.
 
     ``labeled``, when given, is filled with {source_id: the record's labelled class ids, or None
-    when the record has no ``labeled`` field}.
+    when the record has no ``labeled`` field}; ``references`` with the source_ids whose truth is
+    a reference (complete) mask.
     """
     import tensorflow as tf
 
-    items, counts = [], {"reference_masks": 0, "annotation_masks": 0, "skipped": 0, "skipped_records": []}
+    items, counts = [], {"reference_masks": 0, "annotation_masks": 0, "skipped": 0, "skipped_records": [],
+                         "unscored_pixels": 0}
     for index, serialized in enumerate(records):
         try:
             record = codec.parse_record(serialized)
@@ -90,6 +93,8 @@ def load_eval_set(records, reference_masks_dir: Optional[str],
             if reference and tf.io.gfile.exists(reference):
                 mask = codec.decode_array(tf.io.gfile.GFile(reference, "rb").read(), what=f"mask {reference}")
                 counts["reference_masks"] += 1
+                if references is not None:
+                    references.add(record.source_id)
             else:
                 if record.mask_bytes is None:
                     raise ValueError("record has no mask")
@@ -107,11 +112,16 @@ def load_eval_set(records, reference_masks_dir: Optional[str],
 
 
 def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_size: int = 16,
-                   on_image: Optional[Callable] = None) -> np.ndarray:
+                   on_image: Optional[Callable] = None, partial: Optional[Dict[str, List[int]]] = None,
+                   counts: Optional[dict] = None) -> np.ndarray:
     """Accumulated confusion matrix; images are batched by identical size.
 
+    ``partial``: {source_id: labelled class ids} of the images scored against a partial
+    annotation; there a background pixel predicted as an unlabelled class is not scored
+    (``evaluation_metrics.partial_truth``), and ``counts["unscored_pixels"]`` adds them up.
     ``on_image(source_id, image_bytes, truth, prediction, image_confusion_matrix)`` is called
-    for every image when given (PerImageResults records per-image scores with it)."""
+    for every image when given (PerImageResults records per-image scores with it), with the
+    truth as scored."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_size: Dict[tuple, list] = {}
     for item in items:
@@ -123,6 +133,12 @@ def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_si
             for (source_id, image, truth), p in zip(chunk, pred):
                 if p.shape != truth.shape:
                     raise ValueError(f"{source_id}: model returned a {p.shape} mask for a {truth.shape} image")
+                if partial and source_id in partial:
+                    scored = evaluation_metrics.partial_truth(truth, p, partial[source_id], num_classes, ignore_index)
+                    if counts is not None:
+                        unscored = int(np.count_nonzero((scored == ignore_index) & (np.asarray(truth) != ignore_index)))
+                        counts["unscored_pixels"] = counts.get("unscored_pixels", 0) + unscored
+                    truth = scored
                 image_cm = evaluation_metrics.confusion_matrix(truth, p, num_classes, ignore_index)
                 cm += image_cm
                 if on_image is not None:
@@ -243,14 +259,18 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         print(f"SegEvaluator: evaluating {model.uri} on split {split!r}", flush=True)
 
         labeled: Dict[str, Optional[List[int]]] = {}
+        references: set = set()
         items, counts = load_eval_set(iter_split_records(examples, split), exec_properties.get("reference_masks_dir"),
-                                      labeled)
+                                      labeled, references)
+        # images scored against their own, possibly partial, annotation
+        partial = {sid: lab for sid, lab in labeled.items() if lab is not None and sid not in references}
         if not items:
             raise ValueError(f"SegEvaluator: no usable record in split {split!r} of {examples.uri} "
                              f"({counts['skipped']} skipped): check the eval split")
         model_dir = path_utils.serving_model_path(model.uri)
         per_image = PerImageResults(num_classes, ignore_index, labeled)
-        cm = confusion_over(load_predictor(model_dir), items, num_classes, ignore_index, on_image=per_image)
+        cm = confusion_over(load_predictor(model_dir), items, num_classes, ignore_index, on_image=per_image,
+                            partial=partial, counts=counts)
         result = evaluation_metrics.summarize(cm)
         per_image.write(evaluation.uri)
 
@@ -258,7 +278,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         baselines = input_dict.get("baseline_model") or []
         if baselines and baselines[0].id != model.id:
             baseline_dir = path_utils.serving_model_path(baselines[0].uri)
-            baseline_cm = confusion_over(load_predictor(baseline_dir), items, num_classes, ignore_index)
+            baseline_cm = confusion_over(load_predictor(baseline_dir), items, num_classes, ignore_index, partial=partial)
             baseline_miou = evaluation_metrics.summarize(baseline_cm)["miou"]
             blessing.set_string_custom_property("baseline_model_uri", baselines[0].uri)
             blessing.set_int_custom_property("baseline_model_id", baselines[0].id)

@@ -72,6 +72,10 @@ MISSING = {"none": None, "ignore_predicted": "ignore_predicted", "marginal": "ma
            "marginal_dice": "marginal"}
 # Missing-label handlings that also make the Dice terms marginal (loss_config.Dice.marginal).
 MARGINAL_DICE = ("marginal_dice",)
+# How the cells' validation mIoU (best epoch, early stop, plateau) treats partial annotations, recorded in each
+# row. Rows without the field were trained before 2026-12-03 (session 6), when a background pixel predicted as
+# a class the image left unlabelled counted as a miss; identical to this rule where every class is labelled.
+VALIDATION = "unlabelled-predictions-not-scored"
 DATASETS = ("shapes", "nuclei", "buildings", "lesions", "labelme")
 SCHEDULES = ("constant", "cosine", "polynomial", "plateau")  # training.lr_schedule.type
 
@@ -342,6 +346,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "per_class_iou": scores["per_class_iou"], "class_names": list(config.classes.names),
                "max_epochs": plan.max_epochs, "patience": plan.patience, "lr_schedule": plan.lr_schedule,
                "min_epochs": plan.min_epochs, "num_images": plan.num_images, "test_images": len(items),
+               "validation": VALIDATION,
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
         if kept:

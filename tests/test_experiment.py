@@ -7,7 +7,7 @@ import pytest
 
 from segbalance.contract import UserError
 from segbalance.pipeline import cli, experiment_report
-from segbalance.pipeline.experiment import Plan, cell_loss, dataset_folders, load_results, load_test_items
+from segbalance.pipeline.experiment import VALIDATION, Plan, cell_loss, dataset_folders, load_results, load_test_items
 
 
 def test_cells_cross_terms_weightings_and_missing_label_handling():
@@ -175,6 +175,7 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
         assert 0.0 <= row["miou"] <= 1.0 and len(row["per_class_iou"]) == 4
         assert row["test_images"] == plan.test_images  # the size of the test set it was scored on
         assert row["num_images"] == plan.num_images  # and of the training set
+        assert row.get("validation") == VALIDATION or row.get("same_training_as")  # how validation scored it
         curve = row["history"]["val_miou"]  # every curve kept, one value per epoch run
         assert len(curve) == row["epochs_run"] <= plan.max_epochs and len(row["history"]["loss"]) == len(curve)
         # the plan's schedule reached run_fn: ReduceLROnPlateau logs the rate of every epoch

@@ -101,3 +101,80 @@ def test_evaluate_with_dict_targets_matches_numpy_and_roundtrips_config():
     np.testing.assert_allclose(got["iou_x"], iou[1], rtol=1e-5)
     clone = ClassIoU.from_config(ClassIoU(C, [3], name="iou_z").get_config())
     assert clone.target_class_ids == [3] and clone.ignore_class == IGNORE
+
+
+def reference_partial_truth(masks, logits, labeled, ignore=IGNORE):
+    """Pixel by pixel: background truth predicted as a class missing from the image's labelled set
+    (background always labelled) becomes ignore."""
+    out = masks.copy()
+    pred = logits.argmax(-1)
+    for b, h, w in np.ndindex(*masks.shape):
+        p = pred[b, h, w]
+        if masks[b, h, w] == 0 and p != 0 and labeled[b, p] == 0:
+            out[b, h, w] = ignore
+    return out
+
+
+def test_partial_annotation_hand_case():
+    # 1 image, 2x2, class 2 not labelled: the pixel predicted 2 on background is not scored
+    mask = np.array([[[0, 0], [1, 0]]])
+    logits = np.eye(C, dtype=np.float32)[np.array([[[2, 0], [1, 1]]])] * 5.0
+    labeled = np.array([[1, 1, 0, 1]], np.float32)
+    miou = MeanIoU(C)
+    miou.update_state({"mask": mask, "labeled": labeled}, logits)
+    assert float(miou.result()) == pytest.approx(0.5)  # background 1/2, class 1 1/2, class 2 and 3 undefined
+    plain = MeanIoU(C)
+    plain.update_state(mask, logits)
+    assert float(plain.result()) == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)  # class 2 scored as a miss
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_partial_annotation_matches_numpy_and_keeps_complete_ones_unchanged(dtype):
+    from segbalance.components.evaluation_metrics import partial_truth
+    from segbalance.trainer.metrics import metric_truth
+
+    rng = np.random.default_rng(3)
+    mask, logits = batch(rng, b=3, h=5, w=4)
+    labeled = (rng.random((3, C)) < 0.5).astype(np.float32)
+    labeled[0] = 1.0  # one complete annotation
+    labeled[1, 0] = 0.0  # background counts as labelled even when the row says otherwise
+    expected = reference_partial_truth(mask, logits, np.maximum(labeled, np.eye(C)[0]))
+    got = np.asarray(metric_truth({"mask": mask, "labeled": labeled}, logits.astype(dtype)))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got[0], mask[0])
+    assert (got != mask).any()  # the case exercises the rule
+    for b in range(3):  # the NumPy rule SegEvaluator applies agrees
+        ids = np.flatnonzero(np.maximum(labeled[b], np.eye(C)[0]))
+        np.testing.assert_array_equal(partial_truth(mask[b], logits[b].argmax(-1), ids, C, IGNORE), expected[b])
+    names = list("wxyz")
+    metrics = segmentation_metrics(names, IGNORE)
+    for m in metrics:
+        m.update_state({"mask": mask, "labeled": labeled}, logits.astype(dtype))
+    iou, miou = numpy_iou([expected], [logits])
+    got = results(metrics)
+    np.testing.assert_allclose(got["miou"], miou, rtol=1e-6)
+    for c, name in enumerate(names):
+        np.testing.assert_allclose(got[metric_name(name)], iou[c], rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_validation_metrics_of_the_model_skip_unlabelled_predictions(jit_compile):
+    """model.evaluate (test_step -> compute_metrics) with the dataset's dict, batch size 1, XLA."""
+    from segbalance.trainer.segmentation_loss import SegmentationLoss
+    from segbalance.trainer.segmentation_model import SegmentationModel
+
+    rng = np.random.default_rng(4)
+    inputs = keras.Input((6, 5, 3))
+    model = SegmentationModel(inputs=inputs, outputs=keras.layers.Conv2D(C, 1)(inputs))
+    model.compile(loss=SegmentationLoss({"terms": [{"type": "ce"}], "missing_labels": "marginal"}, ignore_index=IGNORE),
+                  metrics=segmentation_metrics(list("wxyz"), IGNORE), jit_compile=jit_compile)
+    images = rng.normal(size=(3, 6, 5, 3)).astype(np.float32)
+    mask, _ = batch(rng, b=3)
+    labeled = np.array([[1, 0, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
+    got = model.evaluate(images, {"mask": mask, "labeled": labeled}, batch_size=1, verbose=0, return_dict=True)
+    logits = model.predict(images, verbose=0)
+    expected = reference_partial_truth(mask, logits, labeled)
+    assert (expected != mask).any()
+    iou, miou = numpy_iou([expected], [logits])
+    np.testing.assert_allclose(got["miou"], miou, rtol=1e-5)
+    np.testing.assert_allclose(got["iou_x"], iou[1], rtol=1e-5)

@@ -97,7 +97,8 @@ def _examples(tmp_path, masks, images, labeled=None):
     return examples
 
 
-def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labeled=None):
+def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labeled=None, erase=()):
+    """``erase``: indexes of images whose annotator skipped the red class (its pixels marked 0)."""
     rng = np.random.default_rng(1)
     images, masks = [], []
     for size in ((6, 8), (6, 8), (5, 5)):
@@ -106,6 +107,8 @@ def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labe
         masks.append((red > 128).astype(np.uint8))
         images.append(image)
     masks[0][0, 0] = 255
+    for i in erase:
+        masks[i][masks[i] == 1] = 0
     examples = _examples(tmp_path, masks, images, labeled)
     evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
     evaluation.uri, blessing.uri = str(tmp_path / "eval"), str(tmp_path / "blessing")
@@ -153,6 +156,54 @@ def test_executor_scores_against_reference_masks(tmp_path):
     result, _, _, _ = _run(tmp_path, model, reference_dir=str(reference))
     assert result["truth_sources"]["reference_masks"] == 1 and result["truth_sources"]["annotation_masks"] == 2
     assert result["miou"] < 1.0
+
+
+def test_partial_truth_hand_case():
+    # class 2 unlabelled: background predicted as 2 is not scored; background predicted as the
+    # labelled class 1 is a miss; labelled pixels score as usual
+    truth = np.array([[0, 0], [1, 0]])
+    pred = np.array([[2, 0], [1, 1]])
+    scored = em.partial_truth(truth, pred, [0, 1], 3, 255)
+    assert scored.tolist() == [[255, 0], [1, 0]]
+    result = em.summarize(em.confusion_matrix(scored, pred, 3, 255))
+    assert result["per_class_iou"] == [0.5, 0.5, None] and result["miou"] == 0.5
+    # scored as the annotation says, class 2 would count as a wrong prediction
+    assert em.summarize(em.confusion_matrix(truth, pred, 3, 255))["per_class_iou"][2] == 0.0
+    # every class labelled, or no labelled list: unchanged; background is always labelled
+    assert em.partial_truth(truth, pred, [0, 1, 2], 3, 255).tolist() == truth.tolist()
+    assert em.partial_truth(truth, pred, None, 3, 255) is truth
+    assert em.partial_truth(truth, np.zeros_like(pred), [1], 3, 255).tolist() == truth.tolist()
+
+
+def test_executor_does_not_score_unlabelled_classes_on_partial_annotations(tmp_path):
+    model = _save_model(tmp_path / "model", 128.0)  # perfect against the complete masks
+    result, _, images, masks = _run(tmp_path, model, labeled=[[0], [0, 1], [0, 1]], erase=[0])
+    # image 0's red pixels are marked background, but red was not labelled there: not scored
+    red0 = (images[0][..., 0] > 128) & (masks[0] != 255)
+    assert result["truth_sources"]["unscored_pixels"] == int(red0.sum()) > 0
+    assert result["miou"] == 1.0 and result["blessed"]
+    assert np.sum(result["confusion_matrix"]) == sum(int((m != 255).sum()) for m in masks) - int(red0.sum())
+    per_image = json.loads((tmp_path / "eval" / em.PER_IMAGE_FILE).read_text())
+    assert per_image["images"][0]["missing"] == [1] and per_image["images"][0]["miou"] == 1.0
+
+
+def test_executor_scores_partial_annotations_as_they_are_where_the_class_was_labelled(tmp_path):
+    # the same masks with red recorded as labelled (or no record of it): the red pixels count as misses
+    model = _save_model(tmp_path / "model", 128.0)
+    for labeled in ([[0, 1], [0, 1], [0, 1]], None):
+        folder = tmp_path / str(labeled is None)
+        folder.mkdir()
+        result, _, images, masks = _run(folder, model, labeled=labeled, erase=[0])
+        assert result["truth_sources"]["unscored_pixels"] == 0 and result["miou"] < 1.0
+
+
+def test_executor_reference_mask_wins_over_the_partial_rule(tmp_path):
+    reference = tmp_path / "full"
+    reference.mkdir()
+    (reference / "img0.png").write_bytes(codec.encode_png(np.zeros((6, 8), np.uint8)))  # red truly absent
+    model = _save_model(tmp_path / "model", 128.0)
+    result, _, _, _ = _run(tmp_path, model, reference_dir=str(reference), labeled=[[0], [0, 1], [0, 1]], erase=[0])
+    assert result["truth_sources"]["unscored_pixels"] == 0 and result["miou"] < 1.0
 
 
 def _reference_image_iou(truth, pred, num_classes, ignore):

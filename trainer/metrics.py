@@ -7,8 +7,16 @@ non-zero (a class absent from both truth and prediction is undefined, not 0 or 1
 
 Keras' ``IoU`` / ``MeanIoU`` do the counting (a confusion matrix variable, so the metrics
 are correct under ``MirroredStrategy``); the subclasses here also accept ``y_true`` as the
-dict the trainer's dataset yields (``{"mask", "labeled", ...}``) and use its mask, so
-they work with or without ``SegmentationModel.compute_metrics`` unpacking it.
+dict the trainer's dataset yields (``{"mask", "labeled", ...}``), so they work with or without
+``SegmentationModel.compute_metrics`` unpacking it.
+
+Partial annotations: with the dict's ``labeled`` [B,C] (the classes each image's annotator
+labelled; background always counts as labelled), a background pixel *predicted* as a class that
+image left unlabelled is not scored (``metric_truth``): it may be that class, so it is neither a
+hit nor a miss. Without this rule validation mIoU (which picks the exported epoch, stops early
+and cuts the learning rate) rewards a model for not predicting the classes annotators skipped.
+Everything else scores as usual; with every class labelled nothing changes. The same rule as
+``ignore_predicted_cross_entropy`` and SegEvaluator (``evaluation_metrics.partial_truth``).
 """
 from __future__ import annotations
 
@@ -18,12 +26,28 @@ from collections import Counter
 from typing import List, Sequence
 
 import keras
+from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX
+from segbalance.trainer.losses import _labeled_mask
 
 
-def _mask_of(y_true):
-    return y_true["mask"] if isinstance(y_true, dict) else y_true
+def metric_truth(y_true, y_pred, ignore_index: int = DEFAULT_IGNORE_INDEX):
+    """The mask the IoU metrics score: ``y_true`` itself, or for the dataset's dict its ``mask``
+    with background pixels predicted (arg-max of ``y_pred``) as an unlabelled class set to
+    ``ignore_index`` (see the module docstring). [B,H,W] int32."""
+    if not isinstance(y_true, dict):
+        return y_true
+    mask = y_true["mask"]
+    labeled = y_true.get("labeled")
+    if labeled is None or ignore_index is None:  # no ignore value to mark them with: scored as they are
+        return mask
+    num_classes = y_pred.shape[-1]
+    pred = ops.argmax(y_pred, axis=-1)
+    mask = ops.reshape(ops.cast(mask, "int32"), ops.shape(pred))
+    unlabeled = 1.0 - _labeled_mask(labeled, num_classes)  # [B,1,1,C], background 0
+    pred_unlabeled = ops.sum(ops.one_hot(pred, num_classes) * unlabeled, axis=-1) > 0.5
+    return ops.where(ops.logical_and(ops.equal(mask, 0), pred_unlabeled), int(ignore_index), mask)
 
 
 @keras.saving.register_keras_serializable(package="segbalance")
@@ -36,7 +60,7 @@ class ClassIoU(keras.metrics.IoU):
                          sparse_y_pred=sparse_y_pred, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(_mask_of(y_true), y_pred, sample_weight)
+        return super().update_state(metric_truth(y_true, y_pred, self.ignore_class), y_pred, sample_weight)
 
 
 @keras.saving.register_keras_serializable(package="segbalance")
@@ -47,7 +71,7 @@ class MeanIoU(keras.metrics.MeanIoU):
         super().__init__(num_classes, name=name, ignore_class=ignore_class, sparse_y_pred=sparse_y_pred, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(_mask_of(y_true), y_pred, sample_weight)
+        return super().update_state(metric_truth(y_true, y_pred, self.ignore_class), y_pred, sample_weight)
 
 
 def metric_name(class_name: str) -> str:

@@ -3,7 +3,8 @@
 A dataset may yield ``(image, {"mask": ..., "labeled": ..., "pixel_weights": ...})``.
 Keras' compiled loss would try to match that dict against the single logits output, so
 ``compute_loss`` hands ``y`` to the compiled loss object itself (a ``SegmentationLoss``,
-which reads the dict), and ``compute_metrics`` gives the metrics only the mask. Build it
+which reads the dict), and ``compute_metrics`` gives the metrics only the mask (with the
+pixels a partial annotation cannot score set to the ignore index, ``metrics.metric_truth``). Build it
 like a functional model::
 
     model = SegmentationModel(inputs=image, outputs=logits)
@@ -29,7 +30,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from segbalance.contract import DEFAULT_IGNORE_INDEX
 from segbalance.trainer.losses import num_replicas_in_sync
+from segbalance.trainer.metrics import metric_truth
 from segbalance.trainer.segmentation_loss import SegmentationLoss
 
 
@@ -60,5 +63,7 @@ class SegmentationModel(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y, dict):
-            y = y["mask"]
+            # Partial annotations: background pixels predicted as a class the image left unlabelled
+            # are not scored (metrics.metric_truth), with the loss's ignore index (the config's).
+            y = metric_truth(y, y_pred, getattr(self.loss, "ignore_index", DEFAULT_IGNORE_INDEX))
         return super().compute_metrics(x, y, y_pred, sample_weight)
