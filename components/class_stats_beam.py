@@ -31,7 +31,9 @@ at least ``suspect_threshold`` of the images that contain each of this image's p
 foreground classes. That hints at annotation gaps even without a ``labeled`` field.
 
 Output directory layout (the ClassStats artifact): ``class_stats.json``,
-``per_image-*.parquet``, ``quarantine.jsonl`` (see ``trainer/class_stats_io.py``).
+``per_image-*.parquet`` (counted splits), ``uncounted_per_image-*.parquet`` (the same rows for the
+splits only checked, e.g. eval, when there are any: validation reads their labelled sets),
+``quarantine.jsonl`` (see ``trainer/class_stats_io.py``).
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
-                                 PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE, UserError)
+                                 PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE,
+                                 UNCOUNTED_PER_IMAGE_PREFIX, UserError)
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
 
@@ -520,7 +523,7 @@ def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions
     """
     splits = sorted(file_patterns)
     count_splits = set(splits if count_splits is None else count_splits)
-    rows, quarantined, bad_files, events = [], [], [], []
+    rows, uncounted, quarantined, bad_files, events = [], [], [], [], []
     for split in splits:
         paths = files[split] if files is not None else match_files(file_patterns[split])
         read = (
@@ -538,8 +541,7 @@ def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions
         )
         quarantined.append(outputs[QUARANTINE])
         events.append(outputs.rows | f"KeptEvents[{split}]" >> beam.Map(lambda row: (row["split"], None)))
-        if split in count_splits:
-            rows.append(outputs.rows)
+        (rows if split in count_splits else uncounted).append(outputs.rows)
         if examples_dir is not None:
             _ = outputs[KEPT] | f"WriteExamples[{split}]" >> beam.io.WriteToTFRecord(
                 os.path.join(examples_dir, f"Split-{split}", EXAMPLES_PREFIX), file_name_suffix=".gz",
@@ -552,12 +554,17 @@ def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions
     bad_files = (bad_files | "FlattenBadFiles" >> beam.Flatten()
                  | "BadFiles" >> beam.combiners.ToList())
     totals = rows | "Totals" >> beam.CombineGlobally(ClassCountsCombineFn(options.num_classes))
-    (
-        rows
+    per_image = (
+        (rows if not uncounted else (rows, *uncounted) | "FlattenAllRows" >> beam.Flatten())
         | "SuspectMissing" >> beam.Map(suspect_missing, beam.pvalue.AsSingleton(totals), options.suspect_threshold)
-        | "WritePerImage" >> beam.io.WriteToParquet(os.path.join(output_dir, PER_IMAGE_PREFIX), _parquet_schema(),
-                                                    file_name_suffix=".parquet")
     )
+    if uncounted:  # rows of the checked-only splits: their labelled sets, in no count
+        per_image, per_image_uncounted = per_image | "CountedOrNot" >> beam.Partition(
+            lambda row, _, counted: 0 if row["split"] in counted else 1, 2, count_splits)
+        _ = per_image_uncounted | "WriteUncountedPerImage" >> beam.io.WriteToParquet(
+            os.path.join(output_dir, UNCOUNTED_PER_IMAGE_PREFIX), _parquet_schema(), file_name_suffix=".parquet")
+    _ = per_image | "WritePerImage" >> beam.io.WriteToParquet(os.path.join(output_dir, PER_IMAGE_PREFIX),
+                                                              _parquet_schema(), file_name_suffix=".parquet")
     (
         quarantined
         | "QuarantineJson" >> beam.Map(json.dumps, sort_keys=True)
@@ -664,7 +671,8 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
 
 def _own_files(output_dir: str) -> List[str]:
     """This layout's files in ``output_dir`` (what the job writes there)."""
-    found = match_files(FileSystems.join(output_dir, f"{PER_IMAGE_PREFIX}-*.parquet"))
+    found = [f for prefix in (PER_IMAGE_PREFIX, UNCOUNTED_PER_IMAGE_PREFIX)
+             for f in match_files(FileSystems.join(output_dir, f"{prefix}-*.parquet"))]
     found += [p for p in (FileSystems.join(output_dir, f) for f in (STATS_FILE, QUARANTINE_FILE, TOTALS_FILE))
               if FileSystems.exists(p)]
     return found

@@ -156,6 +156,38 @@ def test_partial_policy_trusts_only_present_classes(tmp_path):
     assert stats["missing_image_counts"] == numpy_reference(good, "partial")[3].tolist()
 
 
+def test_checked_only_split_gets_its_own_table_and_no_count(tmp_path):
+    """count_splits=["train"] with an eval split: eval's per-image rows (labelled sets under the same
+    policy) go to uncounted_per_image-*.parquet, its pixels into no count, and labeled_by_source_id
+    joins both tables (what training and validation batches read)."""
+    train, train_good = make_records(seed=4, n=6)
+    evaluation, eval_good = make_records(seed=5, n=5)
+    eval_records = [r for r in evaluation if b"img" in r]
+    write_tfrecord(tmp_path / "train.tfrecord", train)
+    write_tfrecord(tmp_path / "eval.tfrecord", [r.replace(b"img", b"evl") for r in eval_records])
+    eval_good = [(sid.replace("img", "evl"), mask, lab) for sid, mask, lab in eval_good]
+    options = csb.StatsOptions(num_classes=C, labeled_policy="partial")
+    out = tmp_path / "out"
+    stats = csb.run_class_stats({"train": str(tmp_path / "train.tfrecord"), "eval": str(tmp_path / "eval.tfrecord")},
+                                str(out), options, count_splits=["train"],
+                                beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    assert stats["pixel_counts"] == numpy_reference(train_good, "partial")[0].tolist()  # eval counts nowhere
+    counted = class_stats_io.read_per_image(str(out))
+    assert sorted(counted["source_id"]) == sorted(sid for sid, _, _ in train_good)
+    uncounted = class_stats_io.read_per_image(str(out), class_stats_io.UNCOUNTED_PER_IMAGE_PREFIX)
+    ref = numpy_reference(eval_good, "partial")[5]
+    assert sorted(uncounted["source_id"]) == sorted(ref) and set(uncounted["split"]) == {"eval"}
+    for row in uncounted.to_dict("records"):
+        assert [list(row[k]) for k in ("present", "labeled", "missing")] == \
+            [ref[row["source_id"]][k] for k in ("present", "labeled", "missing")]
+    joined = class_stats_io.labeled_by_source_id(str(out))
+    assert set(joined) == set(ref) | {sid for sid, _, _ in train_good}
+    assert all(joined[sid] == ref[sid]["labeled"] for sid in ref)
+    # a rerun into the same folder replaces both tables (no stale shard of either is left)
+    csb.remove_previous_output(str(out))
+    assert not list(out.glob("*.parquet"))
+
+
 def test_suspect_missing_hand_case():
     totals = {"cooccurrence": [[10, 9, 9], [9, 9, 9], [9, 9, 9]], "image_counts": [10, 9, 9]}
     row = {"present": [0, 1], "labeled": [0, 1], "missing": []}

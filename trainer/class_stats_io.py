@@ -5,7 +5,7 @@ import json
 import os
 from typing import Dict, List
 
-from segbalance.contract import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE, UserError
+from segbalance.contract import PER_IMAGE_PREFIX, QUARANTINE_FILE, STATS_FILE, UNCOUNTED_PER_IMAGE_PREFIX, UserError
 
 FIX = "the file was edited by hand or is damaged: regenerate it (`segbalance stats`, or rerun ClassStatsGen)"
 
@@ -91,18 +91,19 @@ def read_class_stats(uri: str) -> dict:
     return check_class_stats(stats, path)
 
 
-def per_image_files(uri: str) -> List[str]:
+def per_image_files(uri: str, prefix: str = PER_IMAGE_PREFIX) -> List[str]:
     import tensorflow as tf
 
-    return sorted(tf.io.gfile.glob(os.path.join(uri, f"{PER_IMAGE_PREFIX}-*.parquet")))
+    return sorted(tf.io.gfile.glob(os.path.join(uri, f"{prefix}-*.parquet")))
 
 
-def read_per_image(uri: str):
-    """The per-image table as a pandas DataFrame (one row per image)."""
+def read_per_image(uri: str, prefix: str = PER_IMAGE_PREFIX):
+    """The per-image table as a pandas DataFrame (one row per image): of the counted splits, or
+    with ``prefix=UNCOUNTED_PER_IMAGE_PREFIX`` of the splits only checked (e.g. eval)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
-    files = per_image_files(uri)
+    files = per_image_files(uri, prefix)
     if not files:
         return pd.DataFrame(columns=["source_id", "split", "present", "labeled", "missing", "suspect_missing",
                                      "pixel_counts", "ignored_pixels"])
@@ -110,12 +111,15 @@ def read_per_image(uri: str):
 
 
 def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
-    """{source_id: labelled class ids} from the per-image table (what the trainer joins on).
+    """{source_id: labelled class ids} from the per-image tables of every split ClassStatsGen
+    checked, counted or not (what the trainer joins on: training and validation batches).
 
     ValueError when one source_id carries two different labelled sets (e.g. the same file
     name in two spans of a ``data.num_spans`` window): the join could not tell them apart.
     """
-    table = read_per_image(uri)
+    import pandas as pd
+
+    table = pd.concat([read_per_image(uri), read_per_image(uri, UNCOUNTED_PER_IMAGE_PREFIX)], ignore_index=True)
     joined: Dict[str, List[int]] = {}
     for sid, labeled in zip(table["source_id"], table["labeled"]):
         labeled = [int(c) for c in labeled]

@@ -4,8 +4,9 @@
   (see ``trainer/preprocessing.py`` for why nothing is materialised).
 - ``labeled`` [C] per image is joined from the ClassStats per-image table by ``source_id``
   (a ``tf.lookup.StaticHashTable``), so the labelled-set policy of the statistics (complete
-  or partial) is the one the loss sees. Images not in the table (e.g. the eval split,
-  whose statistics were not computed) count as completely labelled.
+  or partial) is the one the loss and the validation metrics see (the eval split's rows are in
+  the artifact's ``uncounted_per_image`` table). Images not in the table (an artifact written
+  before that table existed) count as completely labelled.
 - Training batches (only) are augmented on the CPU, each part set in ``training.augmentation``
   (``trainer/training_config.py``): random flips, 90-degree rotations (square images; 180
   degrees otherwise), a random zoom in ``scale`` (> 1 crops a random window, < 1 shrinks the

@@ -23,7 +23,10 @@ DEFAULT_IGNORE_INDEX = 255
 
 # --- ClassStats artifact layout (components/class_stats_beam.py writes it) -----------------
 STATS_FILE = "class_stats.json"
-PER_IMAGE_PREFIX = "per_image"  # per_image-*.parquet: one row per image
+PER_IMAGE_PREFIX = "per_image"  # per_image-*.parquet: one row per image of the counted splits
+# uncounted_per_image-*.parquet: the same rows for the splits checked but not counted (e.g. eval), so
+# validation knows each eval image's labelled classes; not part of any count or weight.
+UNCOUNTED_PER_IMAGE_PREFIX = "uncounted_per_image"
 QUARANTINE_FILE = "quarantine.jsonl"
 
 # --- other artifacts' files -----------------------------------------------------------------
