@@ -20,7 +20,7 @@ def test_default_loss_is_the_experiment_cell_it_was_chosen_from():
     from segbalance.trainer.loss_config import loss_config
 
     # README "Results": the cell that ranked first; its loss and its weights' clip, changed together
-    cell = ("ce_dice", "median_frequency_clipped_decay", "marginal")
+    cell = ("ce_dice", "median_frequency_clipped_decay", "marginal_dice")
     config = load_config()
     assert config.training.loss == loss_config(cell_loss(*cell))
     assert tuple(config.stats.clip) == CLIP == STATS_CHANGES[cell[1]]["clip"]

@@ -71,7 +71,7 @@ module instead of repeating the table.
                                weights file of that backbone (``model.save_weights``)
   ``freeze_encoder_epochs`` 0  keep the encoder (backbone) frozen, BatchNorm statistics
                                included, for the first N epochs
-  ``loss``                     ``trainer/loss_config.py``; default marginal CE + Dice with
+  ``loss``                     ``trainer/loss_config.py``; default marginal CE + marginal Dice with
                                median-frequency weights (``stats.clip``) decaying to 1
                                over 20 epochs (README "Results")
   ``pixel_weights`` null       a weight map for the loss, ``type`` one of (parameters,
