@@ -178,3 +178,14 @@ def test_validation_metrics_of_the_model_skip_unlabelled_predictions(jit_compile
     iou, miou = numpy_iou([expected], [logits])
     np.testing.assert_allclose(got["miou"], miou, rtol=1e-5)
     np.testing.assert_allclose(got["iou_x"], iou[1], rtol=1e-5)
+
+
+def test_partial_annotation_rule_with_class_id_predictions():
+    """sparse_y_pred=True: the prediction is already class ids; the rule reads them as they are."""
+    mask = np.array([[[0, 0], [1, 0]]])
+    ids = np.array([[[2, 0], [1, 1]]])
+    labeled = np.array([[1, 1, 0, 1]], np.float32)
+    sparse, dense = MeanIoU(C, sparse_y_pred=True), MeanIoU(C)
+    sparse.update_state({"mask": mask, "labeled": labeled}, ids)
+    dense.update_state({"mask": mask, "labeled": labeled}, np.eye(C, dtype=np.float32)[ids])
+    assert float(sparse.result()) == pytest.approx(float(dense.result())) == pytest.approx(0.5)

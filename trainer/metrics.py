@@ -32,18 +32,23 @@ from segbalance.contract import DEFAULT_IGNORE_INDEX
 from segbalance.trainer.losses import _labeled_mask
 
 
-def metric_truth(y_true, y_pred, ignore_index: int = DEFAULT_IGNORE_INDEX):
+def metric_truth(y_true, y_pred, ignore_index: int = DEFAULT_IGNORE_INDEX, sparse_y_pred: bool = False,
+                 num_classes=None):
     """The mask the IoU metrics score: ``y_true`` itself, or for the dataset's dict its ``mask``
-    with background pixels predicted (arg-max of ``y_pred``) as an unlabelled class set to
-    ``ignore_index`` (see the module docstring). [B,H,W] int32."""
+    with background pixels predicted (arg-max of ``y_pred``; ``y_pred`` itself when
+    ``sparse_y_pred``, then with ``num_classes``) as an unlabelled class set to ``ignore_index``
+    (see the module docstring). [B,H,W] int32."""
     if not isinstance(y_true, dict):
         return y_true
     mask = y_true["mask"]
     labeled = y_true.get("labeled")
     if labeled is None or ignore_index is None:  # no ignore value to mark them with: scored as they are
         return mask
-    num_classes = y_pred.shape[-1]
-    pred = ops.argmax(y_pred, axis=-1)
+    if sparse_y_pred:
+        pred = ops.cast(y_pred, "int32")
+    else:
+        num_classes = y_pred.shape[-1]
+        pred = ops.argmax(y_pred, axis=-1)
     mask = ops.reshape(ops.cast(mask, "int32"), ops.shape(pred))
     unlabeled = 1.0 - _labeled_mask(labeled, num_classes)  # [B,1,1,C], background 0
     pred_unlabeled = ops.sum(ops.one_hot(pred, num_classes) * unlabeled, axis=-1) > 0.5
@@ -60,7 +65,8 @@ class ClassIoU(keras.metrics.IoU):
                          sparse_y_pred=sparse_y_pred, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(metric_truth(y_true, y_pred, self.ignore_class), y_pred, sample_weight)
+        truth = metric_truth(y_true, y_pred, self.ignore_class, self.sparse_y_pred, self.num_classes)
+        return super().update_state(truth, y_pred, sample_weight)
 
 
 @keras.saving.register_keras_serializable(package="segbalance")
@@ -71,7 +77,8 @@ class MeanIoU(keras.metrics.MeanIoU):
         super().__init__(num_classes, name=name, ignore_class=ignore_class, sparse_y_pred=sparse_y_pred, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(metric_truth(y_true, y_pred, self.ignore_class), y_pred, sample_weight)
+        truth = metric_truth(y_true, y_pred, self.ignore_class, self.sparse_y_pred, self.num_classes)
+        return super().update_state(truth, y_pred, sample_weight)
 
 
 def metric_name(class_name: str) -> str:
