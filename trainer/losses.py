@@ -240,6 +240,16 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore
     return reduce_pixels(per_pixel, weight, valid)
 
 
+def unlabelled_prediction_on_background(labels, pred, labeled, num_classes: int):
+    """float32 [B,H,W]: 1 where the label is background and the predicted class ``pred`` (ids
+    [B,H,W]) is one the image's ``labeled`` set ([B,C]) lacks, else 0. Such a pixel may be that
+    class, so neither the loss (``ignore_predicted_cross_entropy``) nor the IoU metrics
+    (``metrics.metric_truth``) count it."""
+    unlabeled = 1.0 - _labeled_mask(labeled, num_classes)  # [B,1,1,C], background 0
+    pred_unlabeled = ops.sum(ops.one_hot(pred, num_classes) * unlabeled, axis=-1)  # 1 if pred not in L
+    return ops.cast(ops.equal(labels, 0), "float32") * pred_unlabeled
+
+
 def ignore_predicted_cross_entropy(y_true, logits, labeled, class_weights=None, ignore_index=DEFAULT_IGNORE_INDEX,
                                    pixel_weights=None, **ce_options):
     """CE where background pixels predicted (arg-max) as a class missing from ``labeled`` get weight 0.
@@ -248,10 +258,7 @@ def ignore_predicted_cross_entropy(y_true, logits, labeled, class_weights=None, 
     """
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     pred = ops.argmax(ops.stop_gradient(logits), axis=-1)
-    unlabeled = 1.0 - _labeled_mask(labeled, c)  # [B,1,1,C]
-    pred_unlabeled = ops.sum(ops.one_hot(pred, c) * unlabeled, axis=-1)  # [B,H,W] 1 if pred not in L
-    is_background = ops.cast(ops.equal(labels, 0), "float32")
-    keep = 1.0 - is_background * pred_unlabeled
+    keep = 1.0 - unlabelled_prediction_on_background(labels, pred, labeled, c)
     pixel_weights = keep if pixel_weights is None else keep * _squeeze_weights(pixel_weights)
     return weighted_cross_entropy(y_true, logits, class_weights, ignore_index, pixel_weights, **ce_options)
 
@@ -439,5 +446,5 @@ def tversky_loss(y_true, logits, alpha=0.5, beta=0.5, class_weights=None, ignore
 __all__ = [
     "weighted_cross_entropy", "focal_loss", "dice_loss", "generalized_dice_loss", "tversky_loss",
     "ignore_predicted_cross_entropy", "marginal_cross_entropy", "exclusion_loss", "pixel_weight_map",
-    "reduce_pixels", "prepare", "marginal_log_probs", "num_replicas_in_sync",
+    "reduce_pixels", "prepare", "marginal_log_probs", "num_replicas_in_sync", "unlabelled_prediction_on_background",
 ]

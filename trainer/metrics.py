@@ -29,7 +29,7 @@ import keras
 from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX
-from segbalance.trainer.losses import _labeled_mask
+from segbalance.trainer.losses import unlabelled_prediction_on_background
 
 
 def metric_truth(y_true, y_pred, ignore_index: int = DEFAULT_IGNORE_INDEX, sparse_y_pred: bool = False,
@@ -50,9 +50,8 @@ def metric_truth(y_true, y_pred, ignore_index: int = DEFAULT_IGNORE_INDEX, spars
         num_classes = y_pred.shape[-1]
         pred = ops.argmax(y_pred, axis=-1)
     mask = ops.reshape(ops.cast(mask, "int32"), ops.shape(pred))
-    unlabeled = 1.0 - _labeled_mask(labeled, num_classes)  # [B,1,1,C], background 0
-    pred_unlabeled = ops.sum(ops.one_hot(pred, num_classes) * unlabeled, axis=-1) > 0.5
-    return ops.where(ops.logical_and(ops.equal(mask, 0), pred_unlabeled), int(ignore_index), mask)
+    unscored = unlabelled_prediction_on_background(mask, pred, labeled, num_classes) > 0.5
+    return ops.where(unscored, int(ignore_index), mask)
 
 
 @keras.saving.register_keras_serializable(package="segbalance")
