@@ -340,9 +340,17 @@ def plot_examples(results: list, items, path: Path, group: str, count: int = 3) 
 
 
 # --------------------------------------------------------------------------- write
+def row_values(results: list, key: str, default) -> str:
+    """The values of ``key`` the rows hold ("25 or 50"), rows without the field taken as ``default``.
+
+    The report states the protocol its rows were trained under, not the command line of the
+    ``--report-only`` call that writes it (which may select rows trained with other options)."""
+    return " or ".join(str(v) for v in sorted({r.get(key, default) for r in results} or {default}))
+
+
 def test_sizes(results: list, default: int) -> str:
     """The test-set sizes the rows were scored on (``test_images``; rows from before the field: ``default``)."""
-    return " or ".join(str(n) for n in sorted({r.get("test_images", default) for r in results} or {default}))
+    return row_values(results, "test_images", default)
 
 
 def rescored_table(results: list) -> List[str]:
@@ -403,13 +411,16 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         f"{sum(r.get('seconds', 0) for r in trained) / 3600:.1f} h of training time on {report['machine']}). "
         f"{twins_note(results)}"
         f"Data sets: {', '.join(_datasets(results))}; annotation drop {', '.join(map(str, _drops(results)))}; "
-        f"{plan['num_images']} training crops of {plan['size']}x{plan['size']} per data set and drop, scored on "
+        f"{row_values(results, 'num_images', plan['num_images'])} training crops of {plan['size']}x{plan['size']} "
+        f"per data set and drop, scored on "
         f"{test_sizes(results, plan['test_images'])} held-out crops with **complete** masks; seeds "
         f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (the rows of the work folder the command selects). "
-        f"Learning-rate schedule `{plan.get('lr_schedule', 'constant')}` (`training.lr_schedule.type`). "
-        f"Each training runs at least {plan.get('min_epochs', 0)} epochs, then "
-        f"until validation mIoU has not improved for {plan['patience']} epochs "
-        f"(at most {plan['max_epochs']}); the best epoch is the model scored. mean ± std over seeds. "
+        f"Learning-rate schedule `{row_values(results, 'lr_schedule', plan.get('lr_schedule', 'constant'))}` "
+        f"(`training.lr_schedule.type`). "
+        f"Each training runs at least {row_values(results, 'min_epochs', plan.get('min_epochs', 0))} epochs, then "
+        f"until validation mIoU has not improved for {row_values(results, 'patience', plan['patience'])} epochs "
+        f"(at most {row_values(results, 'max_epochs', plan['max_epochs'])}); the best epoch is the model scored. "
+        f"mean ± std over seeds. "
         f"Raw numbers and every curve: `results.json`.", "",
         "## Mean rank over data sets and drop rates", "",
         "Cells ranked by mean test mIoU within each (data set, drop) group (1 = best), averaged over groups:", "",

@@ -244,7 +244,7 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
         row = {**_row("shapes", 0.3, loss, 0, miou, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
                "weighting": "none", "missing": loss.rsplit("/", 1)[1], "class_names": names,
                "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8, 0.7], "val_miou": [0.3, 0.5, 0.4]},
-               "class_weights": None, "seconds": 1800.0}
+               "class_weights": None, "seconds": 1800.0, "min_epochs": 50, "patience": 20}
         rows.append(row)
     (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
@@ -252,6 +252,8 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
     assert not (work / "cells").exists() and not list(work.glob("run_*"))  # nothing trained
     table = (out / "results.md").read_text()
     assert "| ce/none/marginal | 1.00 |" in table and "(2 trainings, 1.0 h of training time" in table
+    # the header states the protocol the rows were trained under, not the --quick plan of this call
+    assert "runs at least 50 epochs" in table and "not improved for 20 epochs (at most 2)" in table
     assert "report of 2 trainings" in capsys.readouterr().out
     assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out)]) == 2  # needs --work-dir
 
@@ -360,3 +362,6 @@ def test_header_names_the_test_set_sizes_the_rows_were_scored_on():
     assert experiment_report.test_sizes(rows, 60) == "60 or 600"
     assert experiment_report.test_sizes(rows[:1], 60) == "600"
     assert experiment_report.test_sizes([], 60) == "60"
+    mixed = [{**rows[0], "patience": 20}, {**rows[1], "patience": 10}]
+    assert experiment_report.row_values(mixed, "patience", 5) == "10 or 20"
+    assert experiment_report.row_values(rows, "patience", 5) == "5"  # rows from before the field
