@@ -257,25 +257,31 @@ def plot_miou_vs_drop(results: list, path: Path) -> None:
     _save(fig, plt, path)
 
 
-def plot_per_class(results: list, group: str, path: Path, title: str) -> None:
-    rows = [r for r in results if r["group"] == group]
-    if not rows:
+def plot_per_class(results: list, groups: list, path: Path, dataset: str) -> None:
+    """Per-class test IoU of every cell, one panel per group (drop rate) in ``groups`` that has rows:
+    complete masks beside the highest drop, so a cell trained at one drop only still shows."""
+    panels = [(g, [r for r in results if r["group"] == g]) for g in dict.fromkeys(groups)]
+    panels = [(g, rows) for g, rows in panels if rows]
+    if not panels:
         return
     plt = _plt()
-    names = rows[0]["class_names"]
-    groups = grouped(rows)
-    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(groups)), 4.5))
+    names = panels[0][1][0]["class_names"]
+    most = max(len(grouped(rows)) for _, rows in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7, 1.2 * most) * len(panels), 4.5),
+                             sharey=True, squeeze=False)
     width = 0.8 / len(names)
-    for c, name in enumerate(names):
-        means = [np.mean(_per_class(cell, c) or [0]) for cell in groups.values()]
-        stds = [np.std(_per_class(cell, c) or [0]) for cell in groups.values()]
-        ax.bar(np.arange(len(groups)) + c * width, means, width, yerr=stds, capsize=2, label=name)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([loss for _, loss in groups], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("test IoU")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
+    for ax, (group, rows) in zip(axes[0], panels):
+        cells = grouped(rows)
+        for c, name in enumerate(names):
+            means = [np.mean(_per_class(cell, c) or [0]) for cell in cells.values()]
+            stds = [np.std(_per_class(cell, c) or [0]) for cell in cells.values()]
+            ax.bar(np.arange(len(cells)) + c * width, means, width, yerr=stds, capsize=2, label=name)
+        ax.set_xticks(np.arange(len(cells)) + 0.4 - width / 2)
+        ax.set_xticklabels([loss for _, loss in cells], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"per-class test IoU, {dataset}, drop {rows[0]['drop']}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test IoU")
+    axes[0][-1].legend(fontsize=7)
     _save(fig, plt, path)
 
 
@@ -389,8 +395,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
     for dataset in _datasets(results):
         group = f"{dataset}_drop{example_drop}"
         first = f"{dataset}_drop{min(_drops(results, dataset))}"
-        plot_per_class(results, group, output / f"per_class_iou_{dataset}.png",
-                       f"per-class test IoU, {dataset}, drop {example_drop}")
+        plot_per_class(results, [first, group], output / f"per_class_iou_{dataset}.png", dataset)
         plot_training_curves(results, group, output / f"training_curves_{dataset}.png")
         plot_examples(results, test_items.get(dataset, []), output / f"examples_{dataset}.png", group)
         sections += [f"### {dataset}", "", *dataset_table(results, dataset), ""]

@@ -122,6 +122,28 @@ def test_rarest_class_and_its_gain_over_plain_ce():
     assert len(no_plain) == 1 and "Not measured" in no_plain[0] and "ce/none/none" in no_plain[0]
 
 
+def test_per_class_plot_has_a_panel_per_drop_with_each_drops_own_cells(tmp_path, monkeypatch):
+    names = ["bg", "a"]
+
+    def row(drop, loss, seed, iou):
+        return {**_row("x", drop, loss, seed, 0.5), "class_names": names, "per_class_iou": [0.9, iou]}
+    rows = [row(0.0, "A", 0, 0.2), row(0.0, "A", 1, 0.4), row(0.0, "B", 0, 0.1),  # B only at drop 0
+            row(0.6, "A", 0, 0.3)]
+    saved = []
+    monkeypatch.setattr(experiment_report, "_save", lambda fig, plt, path: saved.append(fig))
+    experiment_report.plot_per_class(rows, ["x_drop0.0", "x_drop0.6", "x_drop0.6"], tmp_path / "p.png", "x")
+    (fig,) = saved
+    panels = fig.axes
+    assert [ax.get_title() for ax in panels] == ["per-class test IoU, x, drop 0.0", "per-class test IoU, x, drop 0.6"]
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["A", "B"]
+    assert [t.get_text() for t in panels[1].get_xticklabels()] == ["A"]
+    heights = [bar.get_height() for bar in panels[0].patches]  # class bg for A, B, then class a
+    np.testing.assert_allclose(heights, [0.9, 0.9, 0.3, 0.1])  # the cells' seed means
+    saved.clear()
+    experiment_report.plot_per_class(rows, ["x_drop0.3"], tmp_path / "q.png", "x")  # no rows: no plot
+    assert saved == []
+
+
 def test_budget_ranks_use_the_best_validation_miou_within_the_budget():
     fast = {**_row("x", 0.0, "fast", 0, 0.6), "history": {"val_miou": [0.5, 0.55, 0.56, 0.6]}}
     slow = {**_row("x", 0.0, "slow", 0, 0.8), "history": {"val_miou": [0.1, 0.2, 0.7, 0.8]}}
