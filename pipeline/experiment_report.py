@@ -300,7 +300,7 @@ def plot_training_curves(results: list, group: str, path: Path) -> None:
         if row["best_epoch"] is not None and row["best_epoch"] < len(curve):
             axes[1].plot([row["best_epoch"]], [curve[row["best_epoch"]]], "o", color=line.get_color())
     axes[0].set_title(f"training loss ({group})")
-    axes[1].set_title("validation mIoU (annotated masks); dot = best epoch (exported)")
+    axes[1].set_title("validation mIoU (annotated masks)\ndot = best epoch (exported)")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
