@@ -260,25 +260,24 @@ def plot_miou_vs_drop(results: list, path: Path) -> None:
 def plot_per_class(results: list, groups: list, path: Path, dataset: str) -> None:
     """Per-class test IoU of every cell, one panel per group (drop rate) in ``groups`` that has rows:
     complete masks beside the highest drop, so a cell trained at one drop only still shows."""
-    panels = [(g, [r for r in results if r["group"] == g]) for g in dict.fromkeys(groups)]
-    panels = [(g, rows) for g, rows in panels if rows]
+    selected = ([r for r in results if r["group"] == g] for g in dict.fromkeys(groups))
+    panels = [grouped(rows) for rows in selected if rows]  # per panel: (group, loss) -> rows
     if not panels:
         return
     plt = _plt()
-    names = panels[0][1][0]["class_names"]
-    most = max(len(grouped(rows)) for _, rows in panels)
+    names = next(iter(panels[0].values()))[0]["class_names"]
+    most = max(map(len, panels))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(7, 1.2 * most) * len(panels), 4.5),
                              sharey=True, squeeze=False)
     width = 0.8 / len(names)
-    for ax, (group, rows) in zip(axes[0], panels):
-        cells = grouped(rows)
+    for ax, cells in zip(axes[0], panels):
         for c, name in enumerate(names):
             means = [np.mean(_per_class(cell, c) or [0]) for cell in cells.values()]
             stds = [np.std(_per_class(cell, c) or [0]) for cell in cells.values()]
             ax.bar(np.arange(len(cells)) + c * width, means, width, yerr=stds, capsize=2, label=name)
         ax.set_xticks(np.arange(len(cells)) + 0.4 - width / 2)
         ax.set_xticklabels([loss for _, loss in cells], rotation=30, ha="right", fontsize=7)
-        ax.set_title(f"per-class test IoU, {dataset}, drop {rows[0]['drop']}")
+        ax.set_title(f"per-class test IoU, {dataset}, drop {next(iter(cells.values()))[0]['drop']}")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test IoU")
     axes[0][-1].legend(fontsize=7)
