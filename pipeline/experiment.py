@@ -304,6 +304,19 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
     })
 
 
+def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[dict]:
+    """The row in ``done`` that is ``cell``'s training when every class is annotated in every image:
+    the same terms and weighting with another missing-label handling (all of them are then the plain
+    loss), the "none" cell first; None for a "none" cell or when there is no such row."""
+    if cell[2] == "none":
+        return None
+    for missing in ("none", *(m for m in MISSING if m not in ("none", cell[2]))):
+        row = done.get((group, cell_name(cell[0], cell[1], missing), seed))
+        if row:
+            return row
+    return None
+
+
 def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, results: list,
               keep: set = frozenset()) -> None:
     """Every (cell, seed) of one data set at one drop rate; rows go to ``results`` and results.jsonl.
@@ -327,15 +340,16 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
     artifacts = None
     for cell, seed in todo:
         loss_name, kept = cell_name(*cell), (cell, seed) in keep
-        twin = done.get((name, cell_name(cell[0], cell[1], "none"), seed)) if complete and cell[2] != "none" else None
+        twin = complete_twin(done, name, cell, seed) if complete else None
         if twin and not kept:
-            # Every class annotated in every image: the missing-label CE equals plain CE (losses.py), so
-            # this cell's training is the "none" cell's; its row is that one's, marked as such.
+            # Every class annotated in every image: each missing-label handling is the plain loss (losses.py),
+            # so this cell's training is the twin's; its row is the trained one's, marked as such.
+            trained = twin.get("same_training_as") or twin["loss"]
             row = {**{k: v for k, v in twin.items() if k != "serving_dir"}, "loss": loss_name, "missing": cell[2],
-                   "same_training_as": twin["loss"]}
+                   "same_training_as": trained}
             _record(row, results, work)
             print(f"experiment: [{name}] {loss_name} seed {seed}: every image fully annotated, the same training "
-                  f"as {twin['loss']} (test mIoU {row['miou']:.4f})", flush=True)
+                  f"as {trained} (test mIoU {row['miou']:.4f})", flush=True)
             continue
         if artifacts is None:
             print(f"experiment: [{name}] pipeline for {config.data.dir}", flush=True)

@@ -85,6 +85,12 @@ def test_yaml_file_and_overrides(tmp_path):
      "training.loss.ignore_index is not a setting any more: the ignore index is set once, classes.ignore_index"),
     ({"training": {"loss": {"terms": [{"type": "ce"}], "fn_weights": [1, 2]}}},
      "training.loss.fn_weights: has 2 values for 4 classes"),
+    # missing_labels picks the ce term's form: with no ce term it would silently change nothing
+    ({"training": {"loss": {"terms": [{"type": "focal"}, {"type": "dice", "marginal": True}],
+                            "missing_labels": "marginal"}}},
+     "training.loss.missing_labels: 'marginal' changes the ce term only and there is none: add {type: ce}"),
+    ({"training": {"loss": {"terms": [{"type": "tversky"}], "missing_labels": "ignore_predicted"}}},
+     "training.loss.missing_labels: 'ignore_predicted' changes the ce term only"),
     ({"classes": {"names": ["bg"]}}, "classes.names"),
     ({"classes": {"names": ["bg", "Car", "car"]}}, "classes.names: 'Car' and 'car' name the same class"),
     ({"classes": {"names": ["bg", " "]}}, "classes.names[1]: a class name must not be empty"),

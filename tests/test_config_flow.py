@@ -16,7 +16,8 @@ from segbalance.trainer.typed_config import from_dict, to_dict
 NAMES = ["背景", "Road", "car", "person"]
 CLASSES = {"names": NAMES, "ignore_index": 254}
 LOSS = {"terms": [{"type": "focal", "weight": 0.5, "gamma": 1.5, "alpha": [0.5, 1, 1, 2]},
-                  {"type": "tversky", "alpha": 0.3, "beta": 0.7, "smooth": 2.0}],
+                  {"type": "tversky", "alpha": 0.3, "beta": 0.7, "smooth": 2.0},
+                  {"type": "ce", "weight": 0.25}],  # the term missing_labels changes
         "class_weights": "enet", "missing_labels": "ignore_predicted", "fn_weights": [1, 2, 1, 1],
         "fp_weights": [1, 1, 3, 1], "low_confidence": {"tau": 0.4, "alpha": 0.2}, "class_weight_decay_epochs": 2}
 TRAINING = {
@@ -160,7 +161,7 @@ def test_config_show_prints_what_validate_and_run_read(config, tmp_path, capsys)
                                                                       "beta": 0.7, "smooth": 2.0}
     (tmp_path / "shown.yaml").write_text(shown)
     assert cli.main(["config", "validate", str(tmp_path / "shown.yaml")]) == 0
-    assert "valid (4 classes, 3 epochs, 2 loss term(s))" in capsys.readouterr().out
+    assert "valid (4 classes, 3 epochs, 3 loss term(s))" in capsys.readouterr().out
     assert load_config(str(tmp_path / "shown.yaml")) == load_config(str(source))
     assert cli.main(["config", "show"]) == 0
     assert load_config() == from_dict(PipelineConfig, yaml.safe_load(capsys.readouterr().out))  # the defaults

@@ -37,7 +37,10 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"patience": 0}, "--max-epochs and --patience must be >= 1"),
     ({"min_epochs": -1}, "--min-epochs >= 0"),
     ({"lr_schedule": "step"}, "--lr-schedule: step; choose from constant, cosine, polynomial, plateau"),
-    ({"terms": ["focal"], "missing": ["marginal"]}, None),  # focal has no CE term: valid, marginal unused
+    # focal has no CE term, so marginal would change nothing: the cell is refused, not trained as focal/none/none
+    ({"terms": ["focal"], "missing": ["marginal"]},
+     "cell focal/none/marginal: loss.missing_labels: 'marginal' changes the ce term only and there is none"),
+    ({"terms": ["focal"], "missing": ["none"]}, None),
 ])
 def test_plan_check_names_the_bad_option(change, message):
     plan = Plan(**change)
@@ -343,6 +346,82 @@ def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(
     assert [r["loss"] for r in load_results(work)] == ["ce/none/marginal"]  # logged for a resumed run
     note = experiment_report.twins_note(results)
     assert note.startswith("1 rows (shapes_drop0.0: every class annotated") and experiment_report.twins_note([plain]) == ""
+
+
+@pytest.mark.parametrize("terms, weighting", [("ce", "none"), ("ce_dice", "median_frequency_clipped")])
+def test_every_missing_label_handling_is_the_plain_loss_when_every_class_is_labelled(terms, weighting):
+    """What the fully-annotated twins rest on: with every class in every image's labelled set, each
+    cell's loss and its gradient equal the "none" cell's; with a class unlabelled they differ."""
+    import tensorflow as tf
+
+    from segbalance.pipeline.experiment import MISSING
+    from segbalance.trainer.segmentation_loss import SegmentationLoss
+
+    rng = np.random.default_rng(3)
+    mask = rng.integers(0, 4, size=(2, 8, 8)).astype(np.int32)
+    mask[0, :2] = 255
+    logits = tf.constant(rng.normal(0, 2, size=(2, 8, 8, 4)).astype(np.float32))
+    weights = [0.4, 1.0, 2.5, 5.0]
+
+    def value_and_grad(missing, labeled):
+        loss = SegmentationLoss(cell_loss(terms, weighting, missing), class_weights=weights, num_classes=4)
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = loss({"mask": mask, "labeled": labeled}, logits)
+        return float(value), tape.gradient(value, logits).numpy()
+
+    complete, partial = np.ones((2, 4), np.float32), np.array([[1, 1, 0, 1], [1, 1, 1, 1]], np.float32)
+    plain, plain_grad = value_and_grad("none", complete)
+    for missing in MISSING:
+        value, grad = value_and_grad(missing, complete)
+        assert value == pytest.approx(plain, rel=1e-5), missing
+        np.testing.assert_allclose(grad, plain_grad, rtol=1e-4, atol=1e-7, err_msg=missing)
+    mask[0][mask[0] == 2] = 0  # the unlabelled class is background in that image's mask
+    changed = {m for m in MISSING if m != "none"
+               and value_and_grad(m, partial)[0] != pytest.approx(value_and_grad("none", partial)[0], rel=1e-4)}
+    assert changed == {"ignore_predicted", "marginal", "marginal_dice"}
+
+
+def test_a_fully_annotated_twin_is_found_under_any_missing_label_handling(tmp_path, capsys):
+    """With no "none" row, another handling's row of the same terms and weighting is the training
+    (marginal Dice == Dice and marginal CE == CE when everything is labelled); a twin of a twin names
+    the row that trained; another weighting is never a twin; and with dropped annotations nothing
+    is reused."""
+    from segbalance.pipeline.experiment import complete_twin, experiment_config, run_group
+
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce_dice"], weightings=["none"],
+                missing=["marginal_dice"], num_images=8, test_images=4, size=32)
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.0, work)
+    names = json.loads((train / "classes.json").read_text())["class_names"]
+    trained = {**_row("shapes", 0.0, "ce_dice/none/marginal", 0, 0.61), "terms": "ce_dice", "weighting": "none",
+               "missing": "marginal", "per_class_iou": [0.9, 0.6, 0.5, 0.4]}
+    other = {**_row("shapes", 0.0, "ce_dice/median_frequency_clipped/none", 0, 0.7)}
+    results = [trained, other]
+    run_group("shapes", 0.0, plan, experiment_config(plan, train, work / "run", names), [], work, results)
+    twin = [r for r in results if r["loss"] == "ce_dice/none/marginal_dice"]
+    assert len(twin) == 1 and twin[0]["miou"] == 0.61 and twin[0]["missing"] == "marginal_dice"
+    assert twin[0]["same_training_as"] == "ce_dice/none/marginal" and not (work / "run").exists()
+    assert "the same training as ce_dice/none/marginal" in capsys.readouterr().out
+
+    # a twin of a twin names the row that trained
+    results.remove(trained)
+    plan.missing = ["ignore_predicted"]
+    run_group("shapes", 0.0, plan, experiment_config(plan, train, work / "run", names), [], work, results)
+    chained = [r for r in results if r["loss"] == "ce_dice/none/ignore_predicted"]
+    assert len(chained) == 1 and chained[0]["same_training_as"] == "ce_dice/none/marginal"
+    assert chained[0]["miou"] == 0.61 and not (work / "run").exists()
+    # the "none" row is preferred when it is there
+    done = {(r["group"], r["loss"], r["seed"]): r for r in results}
+    plain = {**trained, "loss": "ce_dice/none/none", "missing": "none", "miou": 0.62}
+    done[("shapes_drop0.0", "ce_dice/none/none", 0)] = plain
+    assert complete_twin(done, "shapes_drop0.0", ("ce_dice", "none", "marginal_dice"), 0) is plain
+    # a plain cell, another weighting, terms or seed: no twin
+    assert complete_twin(done, "shapes_drop0.0", ("ce_dice", "none", "none"), 0) is None
+    assert complete_twin(done, "shapes_drop0.0", ("ce_dice", "median_frequency_clipped", "marginal"), 0) is other
+    assert complete_twin(done, "shapes_drop0.0", ("ce_dice", "median_frequency", "marginal"), 0) is None
+    assert complete_twin(done, "shapes_drop0.0", ("ce", "none", "marginal"), 0) is None
+    assert complete_twin(done, "shapes_drop0.0", ("ce_dice", "none", "marginal"), 1) is None
 
 
 def test_a_resumed_row_is_reused_even_where_its_kept_model_is_gone(tmp_path, capsys):

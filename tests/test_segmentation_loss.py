@@ -315,6 +315,21 @@ def test_pixels_at_the_ignore_index_do_not_move_any_term(missing_labels):
     assert restored.ignore_index == 254 and float(restored(y, moved)) == pytest.approx(value, rel=1e-6)
 
 
+def test_models_saved_with_missing_labels_and_no_ce_term_still_load_as_the_loss_they_computed():
+    saved = {"config": {"terms": [{"type": "focal", "weight": 1.0}, {"type": "dice", "weight": 0.5}],
+                        "missing_labels": "marginal"},
+             "class_weights": [0.5, 1.0, 2.0], "num_classes": 3, "name": "segmentation_loss"}
+    mask, logits, labeled, pw = batch(4)
+    loss = SegmentationLoss.from_config(saved)
+    assert loss.config.missing_labels is None
+    expected = L.focal_loss(mask, logits, class_weights=[0.5, 1.0, 2.0], pixel_weights=pw) \
+        + 0.5 * L.dice_loss(mask, logits, [0.5, 1.0, 2.0], pixel_weights=pw)
+    got = loss({"mask": mask, "labeled": labeled, "pixel_weights": pw}, logits)
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
+    with pytest.raises(ValueError, match="changes the ce term only"):  # a new loss says so instead
+        SegmentationLoss(saved["config"])
+
+
 def test_models_saved_with_the_ignore_index_in_the_loss_config_still_load():
     old = {"config": {"terms": [{"type": "ce", "weight": 1.0}], "ignore_index": 254,
                       "weight_options": {"clip": [0.5, 2.0]}},

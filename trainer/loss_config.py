@@ -251,6 +251,11 @@ class LossConfig:
 
     def validate(self, where: str) -> None:
         require(len(self.terms) > 0, f"{where}.terms", "list at least one term, e.g. [{type: ce, weight: 1}]")
+        # missing_labels chooses the ce term's form: without a ce term it would change nothing, silently
+        require(self.missing_labels is None or any(isinstance(t, CE) for t in self.terms), f"{where}.missing_labels",
+                f"{self.missing_labels!r} changes the ce term only and there is none: add {{type: ce}} to the "
+                f"terms, or set missing_labels: null (a dice term takes marginal: true; an exclusion term "
+                f"uses the labelled sets by itself)")
         for i, term in enumerate(self.terms):
             if isinstance(term, CE) and self.missing_labels == "marginal" and not term.is_plain():
                 raise ConfigError(f"{where}.terms[{i}]: label_smoothing / top_k_percent_pixels are not supported "

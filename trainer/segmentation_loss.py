@@ -145,6 +145,9 @@ class SegmentationLoss(keras.losses.Loss):
         if "ignore_index" in loss:
             config.setdefault("ignore_index", loss.pop("ignore_index"))
         loss.pop("weight_options", None)  # ditto: weights were resolved when the model was built
+        # models saved before missing_labels needed a ce term: there it changed nothing, so nothing is lost
+        if loss.get("missing_labels") and not any(t.get("type") == "ce" for t in loss.get("terms", [])):
+            loss["missing_labels"] = None
         config["config"] = loss
         return cls(**config)
 
