@@ -91,6 +91,11 @@ def test_yaml_file_and_overrides(tmp_path):
      "training.loss.missing_labels: 'marginal' changes the ce term only and there is none: add {type: ce}"),
     ({"training": {"loss": {"terms": [{"type": "tversky"}], "missing_labels": "ignore_predicted"}}},
      "training.loss.missing_labels: 'ignore_predicted' changes the ce term only"),
+    # fn / fp weights and low-confidence down-weighting act on the ce and focal terms' pixels only
+    ({"training": {"loss": {"terms": [{"type": "dice"}, {"type": "tversky"}], "fp_weights": [1, 2, 1, 1],
+                            "low_confidence": {"tau": 0.5}}}},
+     "training.loss.fp_weights: weighs the pixels of the ce and focal terms only and there is neither: add one to "
+     "the terms, or remove fp_weights, low_confidence"),
     ({"classes": {"names": ["bg"]}}, "classes.names"),
     ({"classes": {"names": ["bg", "Car", "car"]}}, "classes.names: 'Car' and 'car' name the same class"),
     ({"classes": {"names": ["bg", " "]}}, "classes.names[1]: a class name must not be empty"),

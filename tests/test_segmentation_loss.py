@@ -328,6 +328,16 @@ def test_models_saved_with_missing_labels_and_no_ce_term_still_load_as_the_loss_
     np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
     with pytest.raises(ValueError, match="changes the ce term only"):  # a new loss says so instead
         SegmentationLoss(saved["config"])
+    # the same for fn / fp weights and low_confidence without a ce or focal term
+    dice_only = {**saved, "config": {"terms": [{"type": "dice", "weight": 1.0}], "fn_weights": [1.0, 3.0, 1.0],
+                                     "low_confidence": {"tau": 0.5, "alpha": 0.5}}}
+    loaded = SegmentationLoss.from_config(dice_only)
+    assert loaded.config.fn_weights is None and loaded.config.low_confidence is None
+    np.testing.assert_allclose(float(loaded({"mask": mask, "pixel_weights": pw}, logits)),
+                               float(L.dice_loss(mask, logits, [0.5, 1.0, 2.0], pixel_weights=pw)), rtol=1e-5)
+    # where they do act (a focal term) they are kept
+    focal = SegmentationLoss.from_config({**dice_only, "config": {**dice_only["config"], "terms": [{"type": "focal"}]}})
+    assert focal.config.fn_weights == [1.0, 3.0, 1.0] and focal.config.low_confidence is not None
 
 
 def test_models_saved_with_the_ignore_index_in_the_loss_config_still_load():

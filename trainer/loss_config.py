@@ -27,9 +27,10 @@ Every term also has ``weight`` (1): the loss is ``sum(weight * term)``.
 ``LossConfig`` fields: ``terms`` (required), ``class_weights`` (null, C numbers, or a scheme
 of ``trainer/class_weights.py``: the pipeline takes that vector from the ClassStats
 artifact), ``missing_labels`` (null, ``ignore_predicted`` or ``marginal``: which CE the
-``ce`` term uses when the image's labelled set is known), ``fn_weights`` / ``fp_weights``
-(C numbers), ``low_confidence`` (``{tau, alpha}``); see ``trainer/losses.py`` for their
-meaning. ``class_weight_decay_epochs`` (null, or N >= 1; needs ``class_weights``): the
+``ce`` term uses when the image's labelled set is known; refused without a ``ce`` term),
+``fn_weights`` / ``fp_weights`` (C numbers), ``low_confidence`` (``{tau, alpha}``; these
+three weigh the pixels of the ``ce`` and ``focal`` terms and are refused without one); see
+``trainer/losses.py`` for their meaning. ``class_weight_decay_epochs`` (null, or N >= 1; needs ``class_weights``): the
 class weights move linearly from their vector ``w`` to 1 for every class over the first N
 epochs, ``(1 - e/N) * w + e/N`` in epoch ``e`` (0-based), and stay at 1 from epoch N on
 (rare classes are learnt early with the weights; the model then converges on the
@@ -260,6 +261,10 @@ class LossConfig:
             if isinstance(term, CE) and self.missing_labels == "marginal" and not term.is_plain():
                 raise ConfigError(f"{where}.terms[{i}]: label_smoothing / top_k_percent_pixels are not supported "
                                   f"with missing_labels: marginal")
+        pixel = [name for name in ("fn_weights", "fp_weights", "low_confidence") if getattr(self, name) is not None]
+        require(not pixel or any(isinstance(t, (CE, Focal)) for t in self.terms), f"{where}.{pixel[0] if pixel else ''}",
+                f"weighs the pixels of the ce and focal terms only and there is neither: add one to the terms, or "
+                f"remove {', '.join(pixel)} (a tversky term has alpha / beta for false positives / negatives)")
         cw = self.class_weights
         if isinstance(cw, str):
             require(cw in SCHEMES, f"{where}.class_weights",

@@ -145,9 +145,13 @@ class SegmentationLoss(keras.losses.Loss):
         if "ignore_index" in loss:
             config.setdefault("ignore_index", loss.pop("ignore_index"))
         loss.pop("weight_options", None)  # ditto: weights were resolved when the model was built
-        # models saved before missing_labels needed a ce term: there it changed nothing, so nothing is lost
-        if loss.get("missing_labels") and not any(t.get("type") == "ce" for t in loss.get("terms", [])):
+        # models saved before missing_labels needed a ce term (fn / fp weights and low_confidence a ce or
+        # focal term): there they changed nothing, so dropping them loads the loss that was computed
+        types = {t.get("type") for t in loss.get("terms", [])}
+        if "ce" not in types:
             loss["missing_labels"] = None
+        if not types & {"ce", "focal"}:
+            loss.update(fn_weights=None, fp_weights=None, low_confidence=None)
         config["config"] = loss
         return cls(**config)
 
