@@ -85,17 +85,20 @@ def test_yaml_file_and_overrides(tmp_path):
      "training.loss.ignore_index is not a setting any more: the ignore index is set once, classes.ignore_index"),
     ({"training": {"loss": {"terms": [{"type": "ce"}], "fn_weights": [1, 2]}}},
      "training.loss.fn_weights: has 2 values for 4 classes"),
-    # missing_labels picks the ce term's form: with no ce term it would silently change nothing
+    # a loss-wide field that no term of the loss reads would silently change nothing
     ({"training": {"loss": {"terms": [{"type": "focal"}, {"type": "dice", "marginal": True}],
                             "missing_labels": "marginal"}}},
-     "training.loss.missing_labels: 'marginal' changes the ce term only and there is none: add {type: ce}"),
+     "training.loss.missing_labels: no term of this loss uses it (only ce terms do): add one to the terms, or "
+     "remove missing_labels (a dice term takes marginal: true)"),
     ({"training": {"loss": {"terms": [{"type": "tversky"}], "missing_labels": "ignore_predicted"}}},
-     "training.loss.missing_labels: 'ignore_predicted' changes the ce term only"),
-    # fn / fp weights and low-confidence down-weighting act on the ce and focal terms' pixels only
+     "training.loss.missing_labels: no term of this loss uses it"),
     ({"training": {"loss": {"terms": [{"type": "dice"}, {"type": "tversky"}], "fp_weights": [1, 2, 1, 1],
                             "low_confidence": {"tau": 0.5}}}},
-     "training.loss.fp_weights: weighs the pixels of the ce and focal terms only and there is neither: add one to "
-     "the terms, or remove fp_weights, low_confidence"),
+     "training.loss.fp_weights: no term of this loss uses it (only ce, focal terms do): add one to the terms, or "
+     "remove fp_weights"),
+    ({"training": {"loss": {"terms": [{"type": "generalized_dice"}, {"type": "exclusion"}],
+                            "class_weights": "median_frequency", "class_weight_decay_epochs": 5}}},
+     "training.loss.class_weights: no term of this loss uses it (only ce, focal, dice, tversky terms do)"),
     ({"classes": {"names": ["bg"]}}, "classes.names"),
     ({"classes": {"names": ["bg", "Car", "car"]}}, "classes.names: 'Car' and 'car' name the same class"),
     ({"classes": {"names": ["bg", " "]}}, "classes.names[1]: a class name must not be empty"),

@@ -39,7 +39,7 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"lr_schedule": "step"}, "--lr-schedule: step; choose from constant, cosine, polynomial, plateau"),
     # focal has no CE term, so marginal would change nothing: the cell is refused, not trained as focal/none/none
     ({"terms": ["focal"], "missing": ["marginal"]},
-     "cell focal/none/marginal: loss.missing_labels: 'marginal' changes the ce term only and there is none"),
+     "cell focal/none/marginal: loss.missing_labels: no term of this loss uses it (only ce terms do)"),
     ({"terms": ["focal"], "missing": ["none"]}, None),
 ])
 def test_plan_check_names_the_bad_option(change, message):

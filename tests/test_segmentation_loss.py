@@ -284,6 +284,15 @@ def test_a_term_registered_in_one_place_is_composed_and_serialised():
         assert restored.loss_config["terms"][0] == {"type": "squared_dice", "weight": 0.5, "smooth": 2.0}
         with pytest.raises(ValueError, match=r"unknown field loss.terms\[0\].gamma"):
             validate_loss_config({"terms": [{"type": "squared_dice", "gamma": 1}]})
+        # loss-wide fields: refused unless a term declares it reads them (USES)
+        weighted = {"terms": [{"type": "squared_dice"}], "class_weights": [1.0, 2.0, 3.0]}
+        with pytest.raises(ValueError, match=r"loss.class_weights: no term of this loss uses it \(only ce, focal, "
+                                             r"dice, tversky terms do\)"):
+            validate_loss_config(weighted)
+        SquaredDice.USES = ("class_weights",)
+        assert validate_loss_config(weighted).class_weights == [1.0, 2.0, 3.0]
+        with pytest.raises(ValueError, match=r"only ce, focal, dice, tversky, squared_dice terms do"):
+            validate_loss_config({"terms": [{"type": "exclusion"}], "class_weights": [1.0, 2.0, 3.0]})
     finally:
         TERMS.pop("squared_dice")
     with pytest.raises(ValueError, match="unknown type 'squared_dice'"):
@@ -326,7 +335,7 @@ def test_models_saved_with_missing_labels_and_no_ce_term_still_load_as_the_loss_
         + 0.5 * L.dice_loss(mask, logits, [0.5, 1.0, 2.0], pixel_weights=pw)
     got = loss({"mask": mask, "labeled": labeled, "pixel_weights": pw}, logits)
     np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
-    with pytest.raises(ValueError, match="changes the ce term only"):  # a new loss says so instead
+    with pytest.raises(ValueError, match="missing_labels: no term of this loss uses it"):  # a new loss says so
         SegmentationLoss(saved["config"])
     # the same for fn / fp weights and low_confidence without a ce or focal term
     dice_only = {**saved, "config": {"terms": [{"type": "dice", "weight": 1.0}], "fn_weights": [1.0, 3.0, 1.0],
@@ -335,6 +344,13 @@ def test_models_saved_with_missing_labels_and_no_ce_term_still_load_as_the_loss_
     assert loaded.config.fn_weights is None and loaded.config.low_confidence is None
     np.testing.assert_allclose(float(loaded({"mask": mask, "pixel_weights": pw}, logits)),
                                float(L.dice_loss(mask, logits, [0.5, 1.0, 2.0], pixel_weights=pw)), rtol=1e-5)
+    # class weights (and their decay) with terms that have no class weights (generalized Dice, exclusion)
+    gdice = SegmentationLoss.from_config({**saved, "config": {"terms": [{"type": "generalized_dice"}],
+                                                              "class_weights": "median_frequency",
+                                                              "class_weight_decay_epochs": 3}})
+    assert gdice.class_weights is None and gdice.config.class_weights is None and gdice.class_weight_mix is None
+    np.testing.assert_allclose(float(gdice({"mask": mask, "pixel_weights": pw}, logits)),
+                               float(L.generalized_dice_loss(mask, logits, pixel_weights=pw)), rtol=1e-5)
     # where they do act (a focal term) they are kept
     focal = SegmentationLoss.from_config({**dice_only, "config": {**dice_only["config"], "terms": [{"type": "focal"}]}})
     assert focal.config.fn_weights == [1.0, 3.0, 1.0] and focal.config.low_confidence is not None

@@ -27,10 +27,12 @@ Every term also has ``weight`` (1): the loss is ``sum(weight * term)``.
 ``LossConfig`` fields: ``terms`` (required), ``class_weights`` (null, C numbers, or a scheme
 of ``trainer/class_weights.py``: the pipeline takes that vector from the ClassStats
 artifact), ``missing_labels`` (null, ``ignore_predicted`` or ``marginal``: which CE the
-``ce`` term uses when the image's labelled set is known; refused without a ``ce`` term),
-``fn_weights`` / ``fp_weights`` (C numbers), ``low_confidence`` (``{tau, alpha}``; these
-three weigh the pixels of the ``ce`` and ``focal`` terms and are refused without one); see
-``trainer/losses.py`` for their meaning. ``class_weight_decay_epochs`` (null, or N >= 1; needs ``class_weights``): the
+``ce`` term uses when the image's labelled set is known), ``fn_weights`` / ``fp_weights``
+(C numbers), ``low_confidence`` (``{tau, alpha}``; these three weigh the pixels of the
+``ce`` and ``focal`` terms); see ``trainer/losses.py`` for their meaning. Each term lists the
+loss-wide fields its ``compute`` reads in ``USES``; a field that is set but that no term of
+the loss reads is refused (it would change nothing), e.g. ``missing_labels`` without a
+``ce`` term or ``class_weights`` with ``generalized_dice`` alone. ``class_weight_decay_epochs`` (null, or N >= 1; needs ``class_weights``): the
 class weights move linearly from their vector ``w`` to 1 for every class over the first N
 epochs, ``(1 - e/N) * w + e/N`` in epoch ``e`` (0-based), and stay at 1 from epoch N on
 (rare classes are learnt early with the weights; the model then converges on the
@@ -43,7 +45,7 @@ No TensorFlow / Keras at import: ``compute`` imports ``trainer/losses.py`` when 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
 from segbalance.trainer.class_weights import SCHEMES
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict
@@ -76,6 +78,8 @@ class TermInputs:
 @dataclass
 class Term:
     TYPE: ClassVar[str] = ""
+    # the loss-wide LossConfig fields this term's compute reads; a field no term reads is refused
+    USES: ClassVar[Tuple[str, ...]] = ()
     weight: float = 1.0
 
     def non_negative(self) -> tuple:
@@ -95,6 +99,7 @@ class Term:
 @dataclass
 class CE(Term):
     TYPE: ClassVar[str] = "ce"
+    USES: ClassVar[Tuple[str, ...]] = ("class_weights", "missing_labels", "fn_weights", "fp_weights", "low_confidence")
     label_smoothing: float = 0.0
     top_k_percent_pixels: float = 1.0
 
@@ -126,6 +131,7 @@ class CE(Term):
 @dataclass
 class Focal(Term):
     TYPE: ClassVar[str] = "focal"
+    USES: ClassVar[Tuple[str, ...]] = ("class_weights", "fn_weights", "fp_weights", "low_confidence")
     gamma: float = 2.0
     alpha: Union[None, float, List[float]] = None  # scalar or one per class
 
@@ -149,6 +155,7 @@ class Focal(Term):
 @dataclass
 class Dice(Term):
     TYPE: ClassVar[str] = "dice"
+    USES: ClassVar[Tuple[str, ...]] = ("class_weights",)
     smooth: float = 1.0
     # marginal Dice: with the images' labelled sets, each image's unlabelled classes count as background
     # (losses.dice_loss); without them (no `labeled` in the data) the plain form
@@ -185,6 +192,7 @@ class GeneralizedDice(Term):
 @dataclass
 class Tversky(Term):
     TYPE: ClassVar[str] = "tversky"
+    USES: ClassVar[Tuple[str, ...]] = ("class_weights",)
     alpha: float = 0.5  # weight of the false positives
     beta: float = 0.5  # weight of the false negatives
     smooth: float = 1.0
@@ -232,6 +240,10 @@ class LowConfidence:
             require(is_number(getattr(self, name), 0.0), f"{where}.{name}", "must be a finite number >= 0")
 
 
+# The loss-wide fields a term reads (``Term.USES``); class_weight_decay_epochs needs class_weights.
+LOSS_WIDE = ("class_weights", "missing_labels", "fn_weights", "fp_weights", "low_confidence")
+
+
 @dataclass
 class LossConfig:
     """A ``SegmentationLoss``: weighted terms plus loss-wide settings (module docstring)."""
@@ -252,19 +264,15 @@ class LossConfig:
 
     def validate(self, where: str) -> None:
         require(len(self.terms) > 0, f"{where}.terms", "list at least one term, e.g. [{type: ce, weight: 1}]")
-        # missing_labels chooses the ce term's form: without a ce term it would change nothing, silently
-        require(self.missing_labels is None or any(isinstance(t, CE) for t in self.terms), f"{where}.missing_labels",
-                f"{self.missing_labels!r} changes the ce term only and there is none: add {{type: ce}} to the "
-                f"terms, or set missing_labels: null (a dice term takes marginal: true; an exclusion term "
-                f"uses the labelled sets by itself)")
+        for name in self.unread_fields():  # it would change nothing, silently
+            readers = ", ".join(t.TYPE for t in TERMS.values() if name in t.USES)
+            hint = " (a dice term takes marginal: true)" if name == "missing_labels" else ""
+            raise ConfigError(f"{where}.{name}: no term of this loss uses it (only {readers} terms do): add one to "
+                              f"the terms, or remove {name}{hint}")
         for i, term in enumerate(self.terms):
             if isinstance(term, CE) and self.missing_labels == "marginal" and not term.is_plain():
                 raise ConfigError(f"{where}.terms[{i}]: label_smoothing / top_k_percent_pixels are not supported "
                                   f"with missing_labels: marginal")
-        pixel = [name for name in ("fn_weights", "fp_weights", "low_confidence") if getattr(self, name) is not None]
-        require(not pixel or any(isinstance(t, (CE, Focal)) for t in self.terms), f"{where}.{pixel[0] if pixel else ''}",
-                f"weighs the pixels of the ce and focal terms only and there is neither: add one to the terms, or "
-                f"remove {', '.join(pixel)} (a tversky term has alpha / beta for false positives / negatives)")
         cw = self.class_weights
         if isinstance(cw, str):
             require(cw in SCHEMES, f"{where}.class_weights",
@@ -282,6 +290,11 @@ class LossConfig:
             values = getattr(self, name)
             require(values is None or all(is_number(w, 0.0) for w in values), f"{where}.{name}",
                     f"must be C finite numbers >= 0, got {values!r}")
+
+    def unread_fields(self) -> List[str]:
+        """The loss-wide fields that are set but that no term of ``terms`` reads (``Term.USES``)."""
+        return [name for name in LOSS_WIDE if getattr(self, name) is not None
+                and not any(name in t.USES for t in self.terms if isinstance(t, Term))]
 
     def check_num_classes(self, num_classes: int, where: str = "loss") -> None:
         """ConfigError when a per-class vector does not have ``num_classes`` values."""

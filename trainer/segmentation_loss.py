@@ -37,7 +37,7 @@ from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX
 from segbalance.trainer.class_weights import compute_class_weights
-from segbalance.trainer.loss_config import TERMS, LossConfig, TermInputs, loss_config
+from segbalance.trainer.loss_config import LOSS_WIDE, TERMS, LossConfig, TermInputs, loss_config
 from segbalance.trainer.typed_config import ConfigError, to_dict
 
 
@@ -145,13 +145,14 @@ class SegmentationLoss(keras.losses.Loss):
         if "ignore_index" in loss:
             config.setdefault("ignore_index", loss.pop("ignore_index"))
         loss.pop("weight_options", None)  # ditto: weights were resolved when the model was built
-        # models saved before missing_labels needed a ce term (fn / fp weights and low_confidence a ce or
-        # focal term): there they changed nothing, so dropping them loads the loss that was computed
-        types = {t.get("type") for t in loss.get("terms", [])}
-        if "ce" not in types:
-            loss["missing_labels"] = None
-        if not types & {"ce", "focal"}:
-            loss.update(fn_weights=None, fp_weights=None, low_confidence=None)
+        # models saved before a loss-wide field needed a term that reads it: there it changed nothing, so
+        # dropping it loads the loss that was computed
+        uses = {name for t in loss.get("terms", []) for name in getattr(TERMS.get(t.get("type")), "USES", ())}
+        for name in set(LOSS_WIDE) - uses:
+            if loss.get(name) is not None:
+                loss[name] = None
+                if name == "class_weights":
+                    config["class_weights"], loss["class_weight_decay_epochs"] = None, None
         config["config"] = loss
         return cls(**config)
 
