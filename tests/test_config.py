@@ -67,6 +67,8 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"epochs": 0}}, "training.epochs: must be >= 1"),
     ({"training": {"steps_per_epoch": 0}}, "training.steps_per_epoch: must be >= 1"),
     ({"training": {"optimizer": "rmsprop"}}, "training.optimizer: 'rmsprop' is not allowed"),
+    ({"training": {"optimizer": "adamw", "nesterov": True}},
+     "training.nesterov: Nesterov momentum is sgd's; adamw would ignore it: set optimizer: sgd or nesterov: false"),
     ({"training": {"backbone": "mobilenet"}}, "training.backbone: 'mobilenet': give a keras.applications"),
     ({"training": {"devices": []}}, "training.devices: list device names"),
     # the U-Net halves the size `depth` times (a backbone once more): refused when the config loads
