@@ -341,12 +341,13 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
     for cell, seed in todo:
         loss_name, kept = cell_name(*cell), (cell, seed) in keep
         twin = complete_twin(done, name, cell, seed) if complete else None
-        if twin and not kept:
+        if twin:
             # Every class annotated in every image: each missing-label handling is the plain loss (losses.py),
-            # so this cell's training is the twin's; its row is the trained one's, marked as such.
+            # so this cell's training is the twin's; its row is the trained one's, marked as such (with its
+            # model for the example pictures when this cell is one of them and the twin kept it).
             trained = twin.get("same_training_as") or twin["loss"]
-            row = {**{k: v for k, v in twin.items() if k != "serving_dir"}, "loss": loss_name, "missing": cell[2],
-                   "same_training_as": trained}
+            row = {**{k: v for k, v in twin.items() if k != "serving_dir" or kept}, "loss": loss_name,
+                   "missing": cell[2], "same_training_as": trained}
             _record(row, results, work)
             print(f"experiment: [{name}] {loss_name} seed {seed}: every image fully annotated, the same training "
                   f"as {trained} (test mIoU {row['miou']:.4f})", flush=True)

@@ -385,8 +385,8 @@ def test_every_missing_label_handling_is_the_plain_loss_when_every_class_is_labe
 def test_a_fully_annotated_twin_is_found_under_any_missing_label_handling(tmp_path, capsys):
     """With no "none" row, another handling's row of the same terms and weighting is the training
     (marginal Dice == Dice and marginal CE == CE when everything is labelled); a twin of a twin names
-    the row that trained; another weighting is never a twin; and with dropped annotations nothing
-    is reused."""
+    the row that trained; an example cell takes the twin's kept model; another weighting is never a
+    twin (dropped annotations: the test above)."""
     from segbalance.pipeline.experiment import complete_twin, experiment_config, run_group
 
     plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce_dice"], weightings=["none"],
@@ -411,6 +411,15 @@ def test_a_fully_annotated_twin_is_found_under_any_missing_label_handling(tmp_pa
     chained = [r for r in results if r["loss"] == "ce_dice/none/ignore_predicted"]
     assert len(chained) == 1 and chained[0]["same_training_as"] == "ce_dice/none/marginal"
     assert chained[0]["miou"] == 0.61 and not (work / "run").exists()
+    # an example cell (model kept for the pictures) is not trained again either: it gets the twin's model
+    plan.missing = ["marginal"]
+    results.append({**trained, "loss": "ce_dice/none/none", "missing": "none", "serving_dir": "/kept/model"})
+    run_group("shapes", 0.0, plan, experiment_config(plan, train, work / "run", names), [], work, results,
+              keep={(("ce_dice", "none", "marginal"), 0)})
+    example = [r for r in results if r["loss"] == "ce_dice/none/marginal"]
+    assert len(example) == 1 and example[0]["serving_dir"] == "/kept/model" and not (work / "run").exists()
+    assert example[0]["same_training_as"] == "ce_dice/none/none"
+    assert "serving_dir" not in chained[0]  # not an example cell: no model named
     # the "none" row is preferred when it is there
     done = {(r["group"], r["loss"], r["seed"]): r for r in results}
     plain = {**trained, "loss": "ce_dice/none/none", "missing": "none", "miou": 0.62}
