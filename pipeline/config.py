@@ -68,13 +68,19 @@ class DataConfig:
     MOVED: ClassVar[Dict[str, str]] = {"labeled_policy": "set stats.labeled_policy instead"}
 
     dir: Optional[str] = None  # images/ + masks/ (+ labeled.json, masks_full/), or Span-N/; None: sample data
-    eval_fraction: float = 0.2  # hash split of each span into train/eval
+    eval_fraction: float = 0.2  # hash split of each span into train/eval: a multiple of 0.1 (10 hash buckets)
     num_spans: int = 1  # local runs on Span-N/ data: train on the last K spans (pipeline/spans.py)
     reference_masks_dir: Optional[str] = None  # complete masks for evaluation (default: masks_full/)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self, where: str) -> None:
         require(0.0 < self.eval_fraction < 1.0, f"{where}.eval_fraction", "must be between 0 and 1")
+        # ImportExampleGen hashes records into 10 buckets (dag.py): another fraction would be rounded, silently
+        if abs(self.eval_fraction * 10 - round(self.eval_fraction * 10)) > 1e-6:
+            low = min(9, max(1, int(self.eval_fraction * 10)))
+            near = " or ".join(str(t / 10) for t in dict.fromkeys((low, min(9, low + 1))))
+            raise ConfigError(f"{where}.eval_fraction: {self.eval_fraction} is not a multiple of 0.1 (the split "
+                              f"hashes records into 10 buckets): use {near}")
         require(self.num_spans >= 1, f"{where}.num_spans", "give the number of latest spans to train on, >= 1")
         if self.dir is not None and "://" not in self.dir:  # remote URIs are read by the cluster
             path = Path(self.dir)

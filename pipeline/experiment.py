@@ -157,11 +157,17 @@ class Plan:
                             "least one seed")
         if self.lr_schedule not in SCHEDULES:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
+        seen = {}
         for cell in self.cells():
             try:
                 loss_config(cell_loss(*cell))
             except ConfigError as exc:
                 raise UserError(f"cell {cell_name(*cell)}: {exc}") from None
+            same = seen.setdefault(json.dumps(cell_loss(*cell), sort_keys=True), cell)
+            if same != cell:  # e.g. marginal_dice with terms that have no Dice term: marginal's loss
+                raise UserError(f"cells {cell_name(*same)} and {cell_name(*cell)} are the same loss and would "
+                                f"train twice: leave one of {same[2]} / {cell[2]} out of --missing, or give "
+                                f"--terms with a dice term")
 
 
 RESULTS_LOG = "results.jsonl"

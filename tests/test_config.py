@@ -101,6 +101,12 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"loss": {"terms": [{"type": "generalized_dice"}, {"type": "exclusion"}],
                             "class_weights": "median_frequency", "class_weight_decay_epochs": 5}}},
      "training.loss.class_weights: no term of this loss uses it (only ce, focal, dice, tversky terms do)"),
+    ({"training": {"min_epochs": 3}}, "training.min_epochs: holds off early stopping and plateau rate cuts, and "
+                                      "this training has neither: set early_stopping_patience"),
+    ({"data": {"eval_fraction": 0.25}}, "data.eval_fraction: 0.25 is not a multiple of 0.1 (the split hashes "
+                                        "records into 10 buckets): use 0.2 or 0.3"),
+    ({"data": {"eval_fraction": 0.95}}, "data.eval_fraction: 0.95 is not a multiple of 0.1 (the split hashes "
+                                        "records into 10 buckets): use 0.9"),
     ({"classes": {"names": ["bg"]}}, "classes.names"),
     ({"classes": {"names": ["bg", "Car", "car"]}}, "classes.names: 'Car' and 'car' name the same class"),
     ({"classes": {"names": ["bg", " "]}}, "classes.names[1]: a class name must not be empty"),

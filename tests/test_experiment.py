@@ -41,6 +41,10 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"terms": ["focal"], "missing": ["marginal"]},
      "cell focal/none/marginal: loss.missing_labels: no term of this loss uses it (only ce terms do)"),
     ({"terms": ["focal"], "missing": ["none"]}, None),
+    # marginal_dice without a Dice term is marginal's loss: it would train the same cell twice
+    ({"terms": ["ce", "ce_dice"], "weightings": ["none"], "missing": ["marginal", "marginal_dice"]},
+     "cells ce/none/marginal and ce/none/marginal_dice are the same loss and would train twice"),
+    ({"terms": ["ce_dice"], "missing": ["marginal", "marginal_dice"]}, None),
 ])
 def test_plan_check_names_the_bad_option(change, message):
     plan = Plan(**change)

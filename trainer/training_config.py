@@ -50,7 +50,8 @@ module instead of repeating the table.
   ``min_epochs`` 0             neither early stopping nor a ``plateau`` rate cut before
                                this many epochs; their patience counts from there (a
                                model still predicting background only, flat on its curve,
-                               is not stopped before it could start to learn)
+                               is not stopped before it could start to learn); > 0 needs
+                               early stopping or the plateau schedule
   ``augmentation``             training batches only (``trainer/data.py``), each part off
                                by its neutral value: ``scale`` [1.0, 1.4] (zoom range:
                                > 1 crops, < 1 shrinks and pads: image 0, mask
@@ -290,6 +291,9 @@ class TrainingConfig:
         require(isinstance(self.min_epochs, int) and not isinstance(self.min_epochs, bool)
                 and 0 <= self.min_epochs <= self.epochs, f"{where}.min_epochs",
                 f"must be an integer from 0 to epochs ({self.epochs})")
+        require(self.min_epochs == 0 or self.early_stopping_patience is not None or self.lr_schedule.type == "plateau",
+                f"{where}.min_epochs", "holds off early stopping and plateau rate cuts, and this training has "
+                "neither: set early_stopping_patience or lr_schedule.type: plateau, or min_epochs: 0")
         require(self.lr_schedule.warmup_epochs <= self.epochs, f"{where}.lr_schedule.warmup_epochs",
                 f"{self.lr_schedule.warmup_epochs} is longer than the training ({self.epochs} epochs)")
         require(self.backbone_weights is None or bool(self.backbone), f"{where}.backbone_weights",
