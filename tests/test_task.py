@@ -297,3 +297,43 @@ def test_ignore_index_254_reaches_data_loss_and_metrics(tmp_path):
     changed = logits.copy()
     changed[~ignored] += rng.normal(0, 10, size=changed[~ignored].shape).astype(np.float32)
     assert abs(float(loss(y, changed)) - float(loss(y, logits))) > 1e-3  # the check can fail
+
+
+def test_training_notes_name_the_options_this_data_leaves_without_effect():
+    from segbalance.trainer.training_config import TrainingConfig
+    from segbalance.trainer.typed_config import from_dict
+
+    def training(**changes):
+        return from_dict(TrainingConfig, changes, "training")
+
+    default = training()  # marginal CE + marginal Dice, restore_best
+    complete = {"a": [0, 1, 2], "b": [1, 2]}  # class 0 always counts as labelled
+    partial = {"a": [0, 1, 2], "b": [0, 2]}
+    note, = task.training_notes(default, complete, 3, validation_records=5)
+    assert note.startswith("every image has every class labelled") and "missing_labels: marginal, terms[1] " \
+        "(dice, marginal) act as the plain loss" in note and "stats.labeled_policy: partial" in note
+    assert task.training_notes(default, {}, 3, 5) == [note]  # no labelled sets recorded at all
+    assert task.training_notes(default, partial, 3, 5) == []
+    exclusion = training(loss={"terms": [{"type": "ce"}, {"type": "exclusion"}]})
+    assert "the loss's terms[1] (exclusion) act" in task.training_notes(exclusion, complete, 3, 5)[0]
+    plain = training(loss={"terms": [{"type": "ce"}]})
+    assert task.training_notes(plain, complete, 3, 5) == []
+    # no validation batches: what the best epoch, early stopping and the plateau schedule go by
+    none, = task.training_notes(training(early_stopping_patience=3, lr_schedule={"type": "plateau"}, min_epochs=1),
+                                partial, 3, 0)
+    assert none.startswith("no validation batches") and \
+        "so restore_best, early_stopping_patience, lr_schedule.type: plateau have nothing to go by" in none
+    assert task.training_notes(training(restore_best=False, loss={"terms": [{"type": "ce"}]}), complete, 3, 0) == []
+
+
+def test_run_fn_says_when_the_missing_label_handling_acts_as_the_plain_loss(tmp_path, capsys, monkeypatch):
+    """The tiny pipeline marks every 4th record partial: no note. The same run where ClassStats held
+    no partial set (a complete data set): CONFIG's marginal CE is plain CE, and run_fn says so."""
+    uris = ti.tiny_pipeline()
+    task.run_fn(ti.fn_args_for(uris, str(tmp_path / "partial"), ti.CONFIG))
+    assert "SegTrainer: note:" not in capsys.readouterr().out
+    monkeypatch.setattr(task, "labeled_by_source_id", lambda uri: {})
+    task.run_fn(ti.fn_args_for(uris, str(tmp_path / "complete"), ti.CONFIG))
+    out = capsys.readouterr().out
+    assert "SegTrainer: note: every image has every class labelled" in out
+    assert "the loss's missing_labels: marginal act as the plain loss" in out

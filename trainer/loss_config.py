@@ -291,6 +291,12 @@ class LossConfig:
             require(values is None or all(is_number(w, 0.0) for w in values), f"{where}.{name}",
                     f"must be C finite numbers >= 0, got {values!r}")
 
+    def label_set_options(self) -> List[str]:
+        """The options of this loss that read the images' labelled sets (all plain forms without them)."""
+        options = [f"missing_labels: {self.missing_labels}"] if self.missing_labels else []
+        options += [f"terms[{i}] ({t.TYPE}, marginal)" for i, t in enumerate(self.terms) if getattr(t, "marginal", False)]
+        return options + [f"terms[{i}] (exclusion)" for i, t in enumerate(self.terms) if isinstance(t, Exclusion)]
+
     def unread_fields(self) -> List[str]:
         """The loss-wide fields that are set but that no term of ``terms`` reads (``Term.USES``)."""
         return [name for name in LOSS_WIDE if getattr(self, name) is not None

@@ -190,6 +190,8 @@ def run_fn(fn_args) -> None:
         callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
+        for note in training_notes(t, labeled, num_classes, num_eval if eval_ds is not None else 0):
+            print(f"SegTrainer: note: {note}", flush=True)
         with warnings.catch_warnings():
             # Keras 3.6 warns "Your input ran out of data" at the end of every finite pass: the training
             # set without steps_per_epoch (one pass is the epoch, as meant) and the validation set always
@@ -220,6 +222,27 @@ def run_fn(fn_args) -> None:
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=1))
+
+
+def training_notes(training, labeled: dict, num_classes: int, validation_records: int) -> List[str]:
+    """Options of ``training`` that this data leaves without effect, each said once before training."""
+    notes = []
+    options = training.loss.label_set_options()
+    if options and all(set(range(num_classes)) <= {0, *map(int, row)} for row in labeled.values()):
+        notes.append(f"every image has every class labelled (no image/segmentation/class/labeled sets in the "
+                     f"records, or complete ones), so the loss's {', '.join(options)} act as the plain loss; if "
+                     f"annotators skipped classes, record them (`segbalance ingest` reads labeled.json) or set "
+                     f"stats.labeled_policy: partial")
+    if not validation_records:
+        uses = [name for name, on in (("restore_best", training.restore_best),
+                                      ("early_stopping_patience", training.early_stopping_patience),
+                                      ("lr_schedule.type: plateau", training.lr_schedule.type == "plateau"))
+                if on]
+        if uses:
+            notes.append(f"no validation batches (an empty eval split, or fewer records than a batch on several "
+                         f"replicas), so {', '.join(uses)} have nothing to go by: the last epoch is exported and "
+                         f"the rate is not cut; raise data.eval_fraction or add data")
+    return notes
 
 
 def warm_start(model, base_model: Optional[str]) -> Optional[str]:
