@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
+from segbalance.trainer.training_config import ClassesConfig
 
 FINGERPRINT_FILE = "source_fingerprint.json"
 
@@ -144,8 +145,11 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         source = _ensure_sample(config, Path(paths["sample_dir"]))
         if config.data.sample.kind != "shapes":
             names = json.loads((source / "classes.json").read_text())["class_names"]
-            if names != config.classes.names:
-                config.classes.names = names
+            if config.classes.names not in (names, ClassesConfig().names):  # the user's own names: not replaced
+                raise ConfigError(f"classes.names {config.classes.names} are not the {config.data.sample.kind} "
+                                  f"sample's classes {names}: remove classes.names (the sample data brings its "
+                                  f"own), or set data.dir to your data")
+            config.classes.names = names
     else:
         source = Path(config.data.dir).resolve()
     if any(source.glob("Span-*")):

@@ -263,3 +263,19 @@ def test_sample_data_of_an_earlier_drop_rule_is_written_again(tmp_path, capsys):
     marker.write_text(_json.dumps({k: v for k, v in stamp.items() if k != "drop_of"}))  # before the rule changed
     _ensure_sample(config, folder)
     assert "wrote 4 shapes images" in capsys.readouterr().out and _json.loads(marker.read_text()) == stamp
+
+
+def test_a_sample_kind_brings_its_class_names_but_never_replaces_the_users(tmp_path):
+    from segbalance.pipeline.config import ConfigError, config_from_dict
+    from segbalance.pipeline.run import prepare_data
+
+    sample = {"kind": "nuclei", "num_images": 4, "size": 32}
+    paths = {"sample_dir": str(tmp_path / "sample"), "examples_dir": str(tmp_path / "examples")}
+    config = config_from_dict({"data": {"sample": sample}})  # default names: the sample's replace them
+    prepare_data(config, paths)
+    assert config.classes.names == ["background", "nucleus", "boundary"]
+    mine = config_from_dict({"data": {"sample": sample}, "classes": {"names": ["bg", "cell", "edge"]}})
+    with pytest.raises(ConfigError, match=r"classes.names \['bg', 'cell', 'edge'\] are not the nuclei sample's "
+                                          r"classes \['background', 'nucleus', 'boundary'\]: remove classes.names"):
+        prepare_data(mine, {**paths, "examples_dir": str(tmp_path / "examples2")})
+    assert mine.classes.names == ["bg", "cell", "edge"]

@@ -337,3 +337,15 @@ def test_run_fn_says_when_the_missing_label_handling_acts_as_the_plain_loss(tmp_
     out = capsys.readouterr().out
     assert "SegTrainer: note: every image has every class labelled" in out
     assert "the loss's missing_labels: marginal act as the plain loss" in out
+
+
+def test_warm_start_says_its_weights_replace_the_backbone_weights(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.save(str(tmp_path / "model.keras"))
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert task.warm_start(other, str(tmp_path), "imagenet") == str(tmp_path / "model.keras")
+    np.testing.assert_array_equal(other.get_weights()[0], model.get_weights()[0])
+    assert capsys.readouterr().out.strip() == (f"SegTrainer: warm start from {tmp_path / 'model.keras'} (its weights "
+                                               f"replace training.backbone_weights: imagenet)")
+    task.warm_start(other, str(tmp_path))
+    assert capsys.readouterr().out.strip() == f"SegTrainer: warm start from {tmp_path / 'model.keras'}"

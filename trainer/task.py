@@ -168,7 +168,7 @@ def run_fn(fn_args) -> None:
     try:
         with strategy.scope():  # backbone weights are fetched (or refused) here, before any training
             model = model_lib.build_model(t, num_classes)
-            warm_from = warm_start(model, fn_args.base_model) if t.warm_start else None
+            warm_from = warm_start(model, fn_args.base_model, t.backbone_weights) if t.warm_start else None
             loss = SegmentationLoss(t.loss, class_weights=class_weights, num_classes=num_classes,
                                     ignore_index=ignore_index)
             model.compile(optimizer=make_optimizer(t, steps_per_epoch), loss=loss,
@@ -245,8 +245,9 @@ def training_notes(training, labeled: dict, num_classes: int, validation_records
     return notes
 
 
-def warm_start(model, base_model: Optional[str]) -> Optional[str]:
-    """Load ``base_model``'s ``model.keras`` weights into ``model``; the file used, or None without one."""
+def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str] = None) -> Optional[str]:
+    """Load ``base_model``'s ``model.keras`` weights into ``model``; the file used, or None without one.
+    Its weights replace the encoder's ``backbone_weights`` too, and the line printed says so."""
     if not base_model:
         print("SegTrainer: warm_start is on but there is no blessed model yet: random initialisation", flush=True)
         return None
@@ -260,7 +261,8 @@ def warm_start(model, base_model: Optional[str]) -> Optional[str]:
         raise ValueError(f"warm start: the weights in {path} do not fit this model ({exc}). The architecture "
                          f"changed (image_size, depth, base_filters, backbone, num_classes): set "
                          f"training.warm_start: false for this run") from exc
-    print(f"SegTrainer: warm start from {path}", flush=True)
+    replaced = f" (its weights replace training.backbone_weights: {backbone_weights})" if backbone_weights else ""
+    print(f"SegTrainer: warm start from {path}{replaced}", flush=True)
     return path
 
 
