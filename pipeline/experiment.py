@@ -371,6 +371,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "per_class_iou": scores["per_class_iou"], "class_names": list(config.classes.names),
                "max_epochs": plan.max_epochs, "patience": plan.patience, "lr_schedule": plan.lr_schedule,
                "min_epochs": plan.min_epochs, "num_images": plan.num_images, "test_images": len(items),
+               "size": plan.size, "batch_size": plan.batch_size,
                "validation": VALIDATION,
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}

@@ -204,6 +204,7 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
         assert 0.0 <= row["miou"] <= 1.0 and len(row["per_class_iou"]) == 4
         assert row["test_images"] == plan.test_images  # the size of the test set it was scored on
         assert row["num_images"] == plan.num_images  # and of the training set
+        assert (row["size"], row["batch_size"]) == (plan.size, plan.batch_size)  # crop size and batch
         assert row.get("validation") == VALIDATION or row.get("same_training_as")  # how validation scored it
         curve = row["history"]["val_miou"]  # every curve kept, one value per epoch run
         assert len(curve) == row["epochs_run"] <= plan.max_epochs and len(row["history"]["loss"]) == len(curve)
@@ -273,7 +274,8 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
         row = {**_row("shapes", 0.3, loss, 0, miou, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
                "weighting": "none", "missing": loss.rsplit("/", 1)[1], "class_names": names,
                "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8, 0.7], "val_miou": [0.3, 0.5, 0.4]},
-               "class_weights": None, "seconds": 1800.0, "min_epochs": 50, "patience": 20}
+               "class_weights": None, "seconds": 1800.0, "min_epochs": 50, "patience": 20, "size": 128,
+               "batch_size": 16}
         rows.append(row)
     (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
@@ -283,6 +285,7 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
     assert "| ce/none/marginal | 1.00 |" in table and "(2 trainings, 1.0 h of training time" in table
     # the header states the protocol the rows were trained under, not the --quick plan of this call
     assert "runs at least 50 epochs" in table and "not improved for 20 epochs (at most 2)" in table
+    assert "training crops of 128x128 per data set and drop (batch 16)" in table  # not --quick's 32 / 8
     assert "report of 2 trainings" in capsys.readouterr().out
     assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out)]) == 2  # needs --work-dir
 
