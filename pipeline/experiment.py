@@ -310,6 +310,20 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
     })
 
 
+# row field -> (Plan field, option) of the training protocol a row records
+PROTOCOL = {"max_epochs": ("max_epochs", "--max-epochs"), "patience": ("patience", "--patience"),
+            "min_epochs": ("min_epochs", "--min-epochs"), "lr_schedule": ("lr_schedule", "--lr-schedule"),
+            "size": ("size", "--size"), "batch_size": ("batch_size", "--batch-size"),
+            "num_images": ("num_images", "--num-images")}
+
+
+def protocol_differences(row: dict, plan: Plan) -> str:
+    """The options a reused row was trained with that differ from ``plan`` ("--max-epochs 100"); rows
+    from before a field was recorded are not compared on it."""
+    return ", ".join(f"{option} {row[key]}" for key, (field_name, option) in PROTOCOL.items()
+                     if key in row and row[key] != getattr(plan, field_name))
+
+
 def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[dict]:
     """The row in ``done`` that is ``cell``'s training when every class is annotated in every image:
     the same terms and weighting with another missing-label handling (all of them are then the plain
@@ -336,8 +350,12 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
         for seed in plan.seeds:
             # a row without its kept model (a resumed run on another machine) is reused all the same: the
             # example pictures then show the cells whose models are there
-            if done.get((name, cell_name(*cell), seed)):
-                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused", flush=True)
+            row = done.get((name, cell_name(*cell), seed))
+            if row:
+                other = protocol_differences(row, plan)
+                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused"
+                      f"{f' (trained with {other}; use another --work-dir to train it under this plan)' if other else ''}",
+                      flush=True)
             else:
                 todo.append((cell, seed))
     if not todo:

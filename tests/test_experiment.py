@@ -454,6 +454,13 @@ def test_a_resumed_row_is_reused_even_where_its_kept_model_is_gone(tmp_path, cap
               results, keep={(("ce", "none", "none"), 0)})
     printed = capsys.readouterr().out
     assert "done earlier, reused" in printed and "pipeline for" not in printed and results == [row]
+    # a row trained under another protocol is still reused, and the line says under which
+    assert "seed 0: done earlier, reused (trained with --max-epochs 10; use another --work-dir to train it under " \
+           "this plan)" in printed
+    same = {**row, "max_epochs": plan.max_epochs, "size": plan.size, "num_images": plan.num_images}
+    run_group("shapes", 0.6, plan, experiment_config(plan, train, work / "run", ["a", "b", "c", "d"]), [], work,
+              [same])
+    assert capsys.readouterr().out.strip().endswith("seed 0: done earlier, reused")
 
 
 def test_example_pictures_show_the_crops_with_the_most_classes():
