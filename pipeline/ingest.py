@@ -5,7 +5,8 @@ Pairs files by stem (``a.jpg`` + ``a.png``), checks every pair and writes
 
 - images (PNG/JPEG kept byte-for-byte; other formats re-encoded to PNG);
 - masks as single-channel PNG of class ids: greyscale masks as they are, palette
-  ("P" mode) masks by palette index, RGB colour masks mapped to ids with ``--palette``;
+  ("P" mode) masks by palette index, RGB colour masks mapped to ids with ``--palette``
+  (with ``--palette``, palette masks are mapped by their pixels' colours too);
 - ``image/segmentation/class/labeled`` from ``--labeled FILE.json``
   (``{source_id: [class ids]}``) for the ids it lists; a stem there that matches no image
   file is a warning (counted in the report), an error with ``--strict``.
@@ -238,9 +239,11 @@ _MASK_MODE_NAMES = {
 }
 
 
-def read_mask(data: bytes, name: str) -> np.ndarray:
+def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
     """Decode mask bytes to ids [H, W] (or colours [H, W, 3] for --palette); ValueError says what the
-    file is when it cannot be a mask: lossy (JPEG) data, an alpha channel, an unreadable file."""
+    file is when it cannot be a mask: lossy (JPEG) data, an alpha channel, an unreadable file.
+    ``colours`` (a --palette was given): a palette ("P") PNG gives its pixels' colours, which --palette
+    maps, not its palette indices (whose order need not be the --palette's)."""
     if codec.image_format(data) == b"jpeg":
         under = f" under a {Path(name).suffix} name" if Path(name).suffix.lower() not in (".jpg", ".jpeg") else ""
         raise ValueError(f"mask {name} is JPEG data{under}: JPEG is lossy and changes class ids at region edges; "
@@ -258,6 +261,8 @@ def read_mask(data: bytes, name: str) -> np.ndarray:
                                  f"(greyscale, palette or 1-bit PNG), or RGB colours with --palette")
             if mode == "1":  # 1-bit: ids 0 and 1
                 return np.asarray(img).astype(np.uint8)
+            if mode == "P" and colours:
+                return np.asarray(img.convert("RGB"))
             if mode == "RGBA":
                 alpha = np.asarray(img.getchannel("A"))
                 if (alpha != 255).any():
@@ -311,7 +316,7 @@ def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOpt
     if codec.image_format(image_bytes) == b"unknown":  # BMP/TIFF: store as PNG
         image_bytes = codec.encode_png(image)
     mask_bytes = mask_path.read_bytes()
-    mask = read_mask(mask_bytes, mask_path.name)
+    mask = read_mask(mask_bytes, mask_path.name, colours=options.palette is not None)
     if image.shape[:2] != mask.shape[:2]:
         raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but mask is {mask.shape[1]}x{mask.shape[0]} (WxH)")
     ids = _mask_ids(mask, options, mask_path.name)

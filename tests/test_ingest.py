@@ -93,6 +93,20 @@ def test_palette_mode_png_masks_keep_indices(tmp_path):
     np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), ids)
 
 
+def test_with_a_palette_file_palette_mode_masks_map_by_colour_not_by_index(tmp_path):
+    """A VOC-style "P" mask whose palette order differs from --palette: the colours decide the ids."""
+    index = np.array([[0, 1], [2, 1]], dtype=np.uint8)
+    _write(tmp_path / "images" / "p.png", np.zeros((2, 2, 3), np.uint8))
+    (tmp_path / "masks").mkdir()
+    mask = Image.fromarray(index, mode="P")
+    mask.putpalette([0, 0, 0, 0, 200, 0, 200, 0, 0] + [9] * (253 * 3))  # index 1 green, 2 red
+    mask.save(tmp_path / "masks" / "p.png")
+    (tmp_path / "palette.json").write_text(json.dumps([[0, 0, 0], [200, 0, 0], [0, 200, 0]]))  # 1 red, 2 green
+    assert _run(tmp_path, "--palette", str(tmp_path / "palette.json")) == 0
+    (record,) = _records(tmp_path / "out")
+    np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), [[0, 2], [1, 2]])
+
+
 BAD_CASES = {
     "undecodable_image": "image",
     "undecodable_mask": "mask",
