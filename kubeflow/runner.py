@@ -38,6 +38,10 @@ def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Op
     if not IMAGE_PATTERN.match(image):
         raise CompileError(f"{image!r} does not look like a container image reference (e.g. "
                            f"gcr.io/my-project/segbalance:0.1)")
+    if config.data.num_spans != 1:  # the window is a folder of symlinks made by the local run (pipeline/spans.py)
+        raise CompileError(f"data.num_spans is {config.data.num_spans}, but a compiled pipeline trains on one span "
+                           f"(the latest, or --span N): set data.num_spans: 1 for compile-kfp, or merge the spans "
+                           f"into one with `segbalance ingest`")
     if not pipeline_root:
         raise CompileError("no --pipeline-root: give a bucket URI such as gs://my-bucket/segbalance")
     if not (URI_PATTERN.match(pipeline_root) or os.path.isabs(pipeline_root)):

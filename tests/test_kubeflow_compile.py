@@ -88,6 +88,17 @@ def test_bad_inputs_fail_before_compiling(span_data, change, message):
     assert not out.exists()
 
 
+def test_a_span_window_is_refused_rather_than_compiled_as_the_latest_span(span_data):
+    from segbalance.kubeflow.runner import compile_pipeline
+    from segbalance.pipeline.config import config_from_dict
+    from tests.kubeflow_inputs import TINY
+
+    config = config_from_dict({**TINY, "data": {"dir": str(span_data / "data"), "num_spans": 2}})
+    with pytest.raises(CompileError, match="data.num_spans is 2, but a compiled pipeline trains on one span"):
+        compile_pipeline(config, str(span_data / "window.json"), "gcr.io/example/segbalance:0.1", str(span_data / "r"))
+    assert not (span_data / "window.json").exists()
+
+
 def test_a_folder_without_spans_is_refused(tmp_path):
     from segbalance.pipeline.config import ConfigError
 
