@@ -67,6 +67,7 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"epochs": 0}}, "training.epochs: must be >= 1"),
     ({"training": {"steps_per_epoch": 0}}, "training.steps_per_epoch: must be >= 1"),
     ({"training": {"optimizer": "rmsprop"}}, "training.optimizer: 'rmsprop' is not allowed"),
+    ({"training": {"momentum": 0.8}}, "training.momentum: 0.8 is sgd's momentum; adam would ignore it"),
     ({"training": {"optimizer": "adamw", "nesterov": True}},
      "training.nesterov: Nesterov momentum is sgd's; adamw would ignore it: set optimizer: sgd or nesterov: false"),
     ({"training": {"backbone": "mobilenet"}}, "training.backbone: 'mobilenet': give a keras.applications"),

@@ -284,6 +284,9 @@ class TrainingConfig:
         require(is_number(self.momentum, 0.0) and self.momentum < 1, f"{where}.momentum", "must be >= 0 and < 1")
         require(not self.nesterov or self.optimizer == "sgd", f"{where}.nesterov",
                 f"Nesterov momentum is sgd's; {self.optimizer} would ignore it: set optimizer: sgd or nesterov: false")
+        require(self.momentum == type(self).momentum or self.optimizer == "sgd", f"{where}.momentum",
+                f"{self.momentum} is sgd's momentum; {self.optimizer} would ignore it (its betas are Keras' "
+                f"defaults): set optimizer: sgd or remove momentum")
         require(self.weight_decay is None or is_number(self.weight_decay, 0.0), f"{where}.weight_decay",
                 "must be a number >= 0 (or null: the optimizer's default)")
         require(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
