@@ -67,6 +67,13 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"epochs": 0}}, "training.epochs: must be >= 1"),
     ({"training": {"steps_per_epoch": 0}}, "training.steps_per_epoch: must be >= 1"),
     ({"training": {"optimizer": "rmsprop"}}, "training.optimizer: 'rmsprop' is not allowed"),
+    ({"training": {"lr_schedule": {"type": "cosine", "power": 2}}},
+     "training.lr_schedule.power: 2.0 is read by the polynomial schedule only; type cosine would ignore it"),
+    ({"training": {"lr_schedule": {"type": "polynomial", "patience": 5}}},
+     "training.lr_schedule.patience: 5 is read by the plateau schedule only; type polynomial would ignore it"),
+    ({"training": {"lr_schedule": {"final_fraction": 0.1}}},
+     "training.lr_schedule.final_fraction: 0.1 is read by the cosine / polynomial / plateau schedule only; type "
+     "constant would ignore it"),
     ({"training": {"momentum": 0.8}}, "training.momentum: 0.8 is sgd's momentum; adam would ignore it"),
     ({"training": {"optimizer": "adamw", "nesterov": True}},
      "training.nesterov: Nesterov momentum is sgd's; adamw would ignore it: set optimizer: sgd or nesterov: false"),

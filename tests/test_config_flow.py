@@ -23,8 +23,7 @@ LOSS = {"terms": [{"type": "focal", "weight": 0.5, "gamma": 1.5, "alpha": [0.5, 
 TRAINING = {
     "image_size": [48, 32], "epochs": 3, "batch_size": 5, "steps_per_epoch": 7, "shuffle_buffer": 99,
     "optimizer": "sgd", "learning_rate": 0.05, "depth": 2, "base_filters": 6, "backbone": "MobileNetV2",
-    "lr_schedule": {"type": "polynomial", "warmup_epochs": 0.5, "final_fraction": 0.1, "power": 2.0,
-                    "factor": 0.3, "patience": 5},
+    "lr_schedule": {"type": "polynomial", "warmup_epochs": 0.5, "final_fraction": 0.1, "power": 2.0},
     "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4, "restore_best": False, "early_stopping_patience": 2, "min_epochs": 2,
     "augmentation": {"scale": [0.5, 2.0], "flip_horizontal": False, "flip_vertical": False, "rotate90": True,
                      "brightness": 0.2, "contrast": 0.3},
@@ -33,6 +32,8 @@ TRAINING = {
     "devices": ["/cpu:0"], "mixed_precision": True, "jit_compile": True, "seed": 11, "warm_start": True,
     "backup_dir": "/tmp/segbalance-backup",
 }
+# the plateau schedule's own fields (a schedule refuses another type's fields): the flow runs with each
+PLATEAU = {"type": "plateau", "final_fraction": 0.2, "factor": 0.3, "patience": 5}
 STATS = {"labeled_policy": "partial", "suspect_threshold": 0.5, "clip": [0.2, 8.0], "damping": "sqrt",
          "zero_count_weight": 0.5, "beta": 0.99, "enet_k": 1.5}
 # one non-default value for every parameter of every weight map (the pipeline above carries one of them)
@@ -51,14 +52,15 @@ def fields_of(cls):
 def test_the_values_cover_every_field_and_differ_from_the_defaults():
     """A field added to the schema must get a value here, or this test fails."""
     for values, cls in ((TRAINING, TrainingConfig), (LOSS, LossConfig), (STATS, StatsConfig),
-                        (CLASSES, ClassesConfig), (TRAINING["lr_schedule"], LearningRateSchedule),
+                        (CLASSES, ClassesConfig), ({**TRAINING["lr_schedule"], **PLATEAU}, LearningRateSchedule),
                         (TRAINING["augmentation"], Augmentation)):
         assert set(values) == fields_of(cls), cls.__name__
     defaults = {**to_dict(TrainingConfig()), "loss": to_dict(LossConfig(terms=[]))}
     for name, value in TRAINING.items():
         assert value != defaults[name], name
-    for section in ("lr_schedule", "augmentation"):  # nested sections: every field differs too
-        for name, value in TRAINING[section].items():
+    for section, values in (("lr_schedule", TRAINING["lr_schedule"]), ("lr_schedule", PLATEAU),
+                            ("augmentation", TRAINING["augmentation"])):  # nested sections: every field differs too
+        for name, value in values.items():
             assert value != defaults[section][name], (section, name)
     for name, value in LOSS.items():
         assert value != defaults["loss"][name], name
@@ -75,26 +77,29 @@ def test_the_values_cover_every_field_and_differ_from_the_defaults():
             assert to_dict(typed)[name] == value, (kind, name)
 
 
+@pytest.fixture(scope="module", params=["polynomial", "plateau"])
+def training(request):
+    return TRAINING if request.param == "polynomial" else {**TRAINING, "lr_schedule": PLATEAU}
+
+
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
+def config(training, tmp_path_factory):
     path = tmp_path_factory.mktemp("flow") / "config.yaml"
-    path.write_text(yaml.safe_dump({"name": "flow", "classes": CLASSES, "stats": STATS, "training": TRAINING},
+    path.write_text(yaml.safe_dump({"name": "flow", "classes": CLASSES, "stats": STATS, "training": training},
                                    allow_unicode=True))
     return load_config(str(path))
 
 
-def expected_trainer_config() -> TrainerConfig:
-    return from_dict(TrainerConfig, {"classes": CLASSES, "training": TRAINING})
-
-
-def check_trainer_config(custom_config: dict):
+def check_trainer_config(custom_config: dict, training: dict):
     """What run_fn rebuilds from the custom_config a runner hands the SegTrainer executor."""
     from segbalance.trainer import task
 
+    expected = from_dict(TrainerConfig, {"classes": CLASSES, "training": training})
     typed, extras = task.trainer_config({**custom_config, "class_stats_uri": "/stats"})
-    assert typed == expected_trainer_config() and extras == {"class_stats_uri": "/stats"}
-    for name, value in TRAINING.items():  # field by field, so a failure names the field
-        assert to_dict(getattr(typed.training, name)) == to_dict(getattr(expected_trainer_config().training, name)), name
+    assert typed == expected and extras == {"class_stats_uri": "/stats"}
+    for name, value in training.items():  # field by field, so a failure names the field
+        assert to_dict(getattr(typed.training, name)) == to_dict(getattr(expected.training, name)), name
+    assert to_dict(typed.training.lr_schedule) == {**to_dict(LearningRateSchedule()), **training["lr_schedule"]}
     assert typed.classes.names == NAMES and typed.classes.ignore_index == 254
 
 
@@ -109,7 +114,7 @@ def check_stats_options(exec_properties: dict):
     assert options.ignore_index == 254 and options.class_names == NAMES and options.num_classes == 4
 
 
-def test_every_field_reaches_run_fn_and_class_stats_gen_under_local_dag_runner(config, tmp_path):
+def test_every_field_reaches_run_fn_and_class_stats_gen_under_local_dag_runner(config, training, tmp_path):
     """The intermediate representation LocalDagRunner executes: each node's execution properties."""
     from tfx.dsl.compiler import compiler
 
@@ -124,14 +129,14 @@ def test_every_field_reaches_run_fn_and_class_stats_gen_under_local_dag_runner(c
         params = nodes[node_id].parameters.parameters
         return {k: getattr(v.field_value, v.field_value.WhichOneof("value")) for k, v in params.items()}
 
-    check_trainer_config(json.loads(properties("SegTrainer")["custom_config"]))
+    check_trainer_config(json.loads(properties("SegTrainer")["custom_config"]), training)
     assert json.loads(properties("Transform")["custom_config"]) == json.loads(properties("SegTrainer")["custom_config"])
     check_stats_options(properties("ClassStatsGen"))
     evaluator = properties("SegEvaluator")
     assert evaluator["ignore_index"] == 254 and json.loads(evaluator["class_names"]) == NAMES
 
 
-def test_every_field_reaches_run_fn_and_class_stats_gen_in_the_kfp_spec(config, tmp_path):
+def test_every_field_reaches_run_fn_and_class_stats_gen_in_the_kfp_spec(config, training, tmp_path):
     from segbalance.kubeflow.runner import compile_pipeline
 
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, dir="gs://bucket/flow/data"))
@@ -146,7 +151,7 @@ def test_every_field_reaches_run_fn_and_class_stats_gen_in_the_kfp_spec(config, 
             out[name] = next(iter(constant.values())) if isinstance(constant, dict) else constant
         return out
 
-    check_trainer_config(json.loads(parameters("SegTrainer")["custom_config"]))
+    check_trainer_config(json.loads(parameters("SegTrainer")["custom_config"]), training)
     check_stats_options(parameters("ClassStatsGen"))
 
 

@@ -37,7 +37,8 @@ module instead of repeating the table.
                                ``final_fraction`` x the peak (Keras'
                                ``ReduceLROnPlateau``; no warm-up; the rate reached is
                                kept by a resumed training, the epochs counted toward
-                               the next cut start again)
+                               the next cut start again); a field the type does not
+                               read, set away from its default, is refused
   ``momentum`` 0.9             SGD momentum (``sgd`` only)
   ``nesterov`` false           Nesterov momentum (``sgd`` only)
   ``weight_decay`` null        decoupled weight decay; null: Keras' default (``adamw``
@@ -206,7 +207,19 @@ class LearningRateSchedule:
     factor: float = 0.5
     patience: int = 3
 
+    # the fields each type reads (trainer/optimization.py); another type's field, set away from its
+    # default, would be ignored: refused
+    READS: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "constant": ("warmup_epochs",), "cosine": ("warmup_epochs", "final_fraction"),
+        "polynomial": ("warmup_epochs", "final_fraction", "power"),
+        "plateau": ("final_fraction", "factor", "patience")}
+
     def validate(self, where: str) -> None:
+        for name in ("final_fraction", "power", "factor", "patience"):
+            if name not in self.READS.get(self.type, ()) and getattr(self, name) != getattr(type(self), name):
+                users = " / ".join(t for t, reads in self.READS.items() if name in reads)
+                raise ConfigError(f"{where}.{name}: {getattr(self, name)} is read by the {users} schedule only; "
+                                  f"type {self.type} would ignore it: remove it or change type")
         require(is_number(self.warmup_epochs, 0.0), f"{where}.warmup_epochs", "must be a number >= 0")
         require(self.type != "plateau" or self.warmup_epochs == 0, f"{where}.warmup_epochs",
                 "plateau has no warm-up: set warmup_epochs: 0 (or use cosine / polynomial with warm-up)")
