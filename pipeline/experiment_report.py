@@ -381,8 +381,10 @@ def twins_note(results: list) -> str:
     if not twins:
         return ""
     groups = ", ".join(dict.fromkeys(r["group"] for r in twins))
+    pairs = ", ".join(f"{a} = {b}" for a, b in dict.fromkeys((r["loss"], r["same_training_as"]) for r in twins))
     return (f"{len(twins)} rows ({groups}: every class annotated in every image) are the training of the same "
-            f"cell without missing-label handling, which is then the same loss (marginal CE equals CE). ")
+            f"terms and weighting under another missing-label handling, which is then the same loss (marginal CE "
+            f"equals CE, marginal Dice equals Dice): {pairs}. ")
 
 
 def write(report: dict, output: Path, test_items: dict, example_drop: float) -> None:

@@ -353,6 +353,7 @@ def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(
     assert [r["loss"] for r in load_results(work)] == ["ce/none/marginal"]  # logged for a resumed run
     note = experiment_report.twins_note(results)
     assert note.startswith("1 rows (shapes_drop0.0: every class annotated") and experiment_report.twins_note([plain]) == ""
+    assert note.endswith("equals Dice): ce/none/marginal = ce/none/none. ")
 
 
 @pytest.mark.parametrize("terms, weighting", [("ce", "none"), ("ce_dice", "median_frequency_clipped")])
