@@ -353,9 +353,8 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
             row = done.get((name, cell_name(*cell), seed))
             if row:
                 other = protocol_differences(row, plan)
-                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused"
-                      f"{f' (trained with {other}; use another --work-dir to train it under this plan)' if other else ''}",
-                      flush=True)
+                why = f" (trained with {other}; use another --work-dir to train it under this plan)" if other else ""
+                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused{why}", flush=True)
             else:
                 todo.append((cell, seed))
     if not todo:

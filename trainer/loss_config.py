@@ -32,7 +32,8 @@ artifact), ``missing_labels`` (null, ``ignore_predicted`` or ``marginal``: which
 ``ce`` and ``focal`` terms); see ``trainer/losses.py`` for their meaning. Each term lists the
 loss-wide fields its ``compute`` reads in ``USES``; a field that is set but that no term of
 the loss reads is refused (it would change nothing), e.g. ``missing_labels`` without a
-``ce`` term or ``class_weights`` with ``generalized_dice`` alone. ``class_weight_decay_epochs`` (null, or N >= 1; needs ``class_weights``): the
+``ce`` term or ``class_weights`` with ``generalized_dice`` alone.
+``class_weight_decay_epochs`` (null, or N >= 1; needs ``class_weights``): the
 class weights move linearly from their vector ``w`` to 1 for every class over the first N
 epochs, ``(1 - e/N) * w + e/N`` in epoch ``e`` (0-based), and stay at 1 from epoch N on
 (rare classes are learnt early with the weights; the model then converges on the
@@ -294,7 +295,8 @@ class LossConfig:
     def label_set_options(self) -> List[str]:
         """The options of this loss that read the images' labelled sets (all plain forms without them)."""
         options = [f"missing_labels: {self.missing_labels}"] if self.missing_labels else []
-        options += [f"terms[{i}] ({t.TYPE}, marginal)" for i, t in enumerate(self.terms) if getattr(t, "marginal", False)]
+        options += [f"terms[{i}] ({t.TYPE}, marginal)" for i, t in enumerate(self.terms)
+                    if getattr(t, "marginal", False)]
         return options + [f"terms[{i}] (exclusion)" for i, t in enumerate(self.terms) if isinstance(t, Exclusion)]
 
     def unread_fields(self) -> List[str]:
