@@ -159,11 +159,12 @@ class Plan:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
         seen = {}
         for cell in self.cells():
+            loss = cell_loss(*cell)
             try:
-                loss_config(cell_loss(*cell))
+                loss_config(loss)
             except ConfigError as exc:
                 raise UserError(f"cell {cell_name(*cell)}: {exc}") from None
-            same = seen.setdefault(json.dumps(cell_loss(*cell), sort_keys=True), cell)
+            same = seen.setdefault(json.dumps(loss, sort_keys=True), cell)
             if same != cell:  # e.g. marginal_dice with terms that have no Dice term: marginal's loss
                 raise UserError(f"cells {cell_name(*same)} and {cell_name(*cell)} are the same loss and would "
                                 f"train twice: leave one of {same[2]} / {cell[2]} out of --missing, or give "
@@ -310,18 +311,15 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
     })
 
 
-# row field -> (Plan field, option) of the training protocol a row records
-PROTOCOL = {"max_epochs": ("max_epochs", "--max-epochs"), "patience": ("patience", "--patience"),
-            "min_epochs": ("min_epochs", "--min-epochs"), "lr_schedule": ("lr_schedule", "--lr-schedule"),
-            "size": ("size", "--size"), "batch_size": ("batch_size", "--batch-size"),
-            "num_images": ("num_images", "--num-images")}
+# the training protocol a row records: each a row field, the Plan field and (dashed) the option
+PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batch_size", "num_images")
 
 
 def protocol_differences(row: dict, plan: Plan) -> str:
     """The options a reused row was trained with that differ from ``plan`` ("--max-epochs 100"); rows
     from before a field was recorded are not compared on it."""
-    return ", ".join(f"{option} {row[key]}" for key, (field_name, option) in PROTOCOL.items()
-                     if key in row and row[key] != getattr(plan, field_name))
+    return ", ".join(f"--{key.replace('_', '-')} {row[key]}" for key in PROTOCOL
+                     if key in row and row[key] != getattr(plan, key))
 
 
 def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[dict]:
