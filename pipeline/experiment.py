@@ -3,12 +3,12 @@
 For each data set and annotation drop rate the pipeline runs once (sample data -> ingest ->
 ImportExampleGen -> ClassStatsGen -> Transform -> SegTrainer for 1 epoch -> SegEvaluator, with
 LocalDagRunner) to produce the artifacts; then every cell of the grid **terms x class weighting x
-missing-label handling** (crossed, not one at a time) trains, per seed, with the same
-``segbalance.trainer.task.run_fn`` on them, until its validation mIoU has not improved for
-``--patience`` epochs (counted from ``--min-epochs`` on) or ``--max-epochs`` is reached
-(``training.early_stopping_patience``, ``min_epochs``, the ``plateau`` rate schedule,
-``restore_best``: the best epoch is the model scored). Each is scored on a held-out test set
-with **complete** masks (``components.seg_evaluator``).
+missing-label handling** (crossed, not one at a time; ``--pixel-weights`` adds weight maps as a fourth
+axis) trains, per seed, with the same ``segbalance.trainer.task.run_fn`` on them, until its
+validation mIoU has not improved for ``--patience`` epochs (counted from ``--min-epochs`` on) or
+``--max-epochs`` is reached (``training.early_stopping_patience``, ``min_epochs``, the ``plateau``
+rate schedule, ``restore_best``: the best epoch is the model scored). Each is scored on a held-out
+test set with **complete** masks (``components.seg_evaluator``).
 
 Data sets (``segbalance sample-data`` kinds): ``shapes`` (synthetic, test = other seeds),
 ``nuclei`` (stardist), and the real package kinds ``buildings`` (SpaceNet tile from solaris),
@@ -76,12 +76,20 @@ MARGINAL_DICE = ("marginal_dice",)
 # row. Rows without the field were trained before 2026-12-03 (session 6), when a background pixel predicted as
 # a class the image left unlabelled counted as a miss; identical to this rule where every class is labelled.
 VALIDATION = "unlabelled-predictions-not-scored"
+# Pixel weight maps (training.pixel_weights, trainer/weight_maps.py) a cell can train with, at their defaults; "none"
+# (no map) keeps the three-part cell name, a map is its fourth part (ce_dice/none/marginal/unet_border).
+PIXEL_WEIGHTS = {"none": None, "unet_border": {"type": "unet_border"}, "edge": {"type": "edge"}}
 DATASETS = ("shapes", "nuclei", "buildings", "lesions", "labelme")
 SCHEDULES = ("constant", "cosine", "polynomial", "plateau")  # training.lr_schedule.type
 
 
-def cell_name(terms: str, weighting: str, missing: str) -> str:
-    return f"{terms}/{weighting}/{missing}"
+def cell_name(terms: str, weighting: str, missing: str, pixel_weights: str = "none") -> str:
+    return f"{terms}/{weighting}/{missing}" + ("" if pixel_weights == "none" else f"/{pixel_weights}")
+
+
+def cell_pixel_weights(cell: tuple) -> str:
+    """The weight map of a cell: (terms, weighting, missing) has none, a fourth part names it."""
+    return cell[3] if len(cell) > 3 else "none"
 
 
 def cell_loss(terms: str, weighting: str, missing: str) -> dict:
@@ -110,6 +118,8 @@ class Plan:
     # One seed over the grid (4 data sets x 3 drops x 12 cells = 144 trainings); add seeds for the
     # cells a conclusion depends on with a second run in the same --work-dir (rows accumulate).
     seeds: List[int] = field(default_factory=lambda: [0])
+    # of PIXEL_WEIGHTS, crossed with the other axes
+    pixel_weights: List[str] = field(default_factory=lambda: ["none"])
     num_images: int = 200
     test_images: int = 60
     size: int = 64
@@ -135,7 +145,9 @@ class Plan:
                    patience=1, batch_size=8)
 
     def cells(self) -> List[tuple]:
-        return [(t, w, m) for t in self.terms for w in self.weightings for m in self.missing]
+        """(terms, weighting, missing), with the weight map as a fourth part where there is one."""
+        return [(t, w, m, *([p] if p != "none" else [])) for t in self.terms for w in self.weightings
+                for m in self.missing for p in self.pixel_weights]
 
     def check(self) -> None:
         """Every name known and every cell's loss a valid LossConfig, before the first training."""
@@ -145,7 +157,8 @@ class Plan:
 
         for option, values, known in (("--datasets", self.datasets, DATASETS), ("--terms", self.terms, TERMS),
                                       ("--weightings", self.weightings, WEIGHTINGS),
-                                      ("--missing", self.missing, MISSING)):
+                                      ("--missing", self.missing, MISSING),
+                                      ("--pixel-weights", self.pixel_weights, PIXEL_WEIGHTS)):
             unknown = [v for v in values if v not in known]
             if unknown or not values:
                 raise UserError(f"{option}: {', '.join(unknown) or 'nothing given'}; choose from {', '.join(known)}")
@@ -159,12 +172,12 @@ class Plan:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
         seen = {}
         for cell in self.cells():
-            loss = cell_loss(*cell)
+            loss = cell_loss(*cell[:3])
             try:
                 loss_config(loss)
             except ConfigError as exc:
                 raise UserError(f"cell {cell_name(*cell)}: {exc}") from None
-            same = seen.setdefault(json.dumps(loss, sort_keys=True), cell)
+            same = seen.setdefault(json.dumps([loss, cell_pixel_weights(cell)], sort_keys=True), cell)
             if same != cell:  # e.g. marginal_dice with terms that have no Dice term: marginal's loss
                 raise UserError(f"cells {cell_name(*same)} and {cell_name(*cell)} are the same loss and would "
                                 f"train twice: leave one of {same[2]} / {cell[2]} out of --missing, or give "
@@ -255,10 +268,12 @@ def resolve_loss(loss: dict, class_stats_uri: str, stats_changes: Optional[dict]
     return loss
 
 
-def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: Path, plan: Plan) -> dict:
+def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: Path, plan: Plan,
+               pixel_weights: str = "none") -> dict:
     """One training with segbalance.trainer.task.run_fn on the pipeline's artifacts (``base_cfg``: the
-    pipeline's trainer custom_config; the cell changes its loss and seed, trains up to ``max_epochs``
-    with early stopping after ``patience`` epochs without a better val mIoU, best epoch restored)."""
+    pipeline's trainer custom_config; the cell changes its loss, weight map (a PIXEL_WEIGHTS name) and
+    seed, trains up to ``max_epochs`` with early stopping after ``patience`` epochs without a better val
+    mIoU, best epoch restored)."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     from segbalance.trainer.task import SUMMARY_FILE, run_fn
@@ -268,7 +283,8 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
     cfg["training"].update({"loss": loss, "seed": seed, "backup_dir": str(workdir / "backup"),
                             "epochs": plan.max_epochs, "early_stopping_patience": plan.patience,
                             "restore_best": True, "lr_schedule": {"type": plan.lr_schedule},
-                            "min_epochs": min(plan.min_epochs, plan.max_epochs)})
+                            "min_epochs": min(plan.min_epochs, plan.max_epochs),
+                            "pixel_weights": copy.deepcopy(PIXEL_WEIGHTS[pixel_weights])})
     cfg["class_stats_uri"] = artifacts["class_stats"]
     fn_args = FnArgs(
         train_files=[os.path.join(artifacts["examples"], "Split-train", "*")],
@@ -324,12 +340,12 @@ def protocol_differences(row: dict, plan: Plan) -> str:
 
 def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[dict]:
     """The row in ``done`` that is ``cell``'s training when every class is annotated in every image:
-    the same terms and weighting with another missing-label handling (all of them are then the plain
+    the same terms, weighting and weight map with another missing-label handling (all of them are then the plain
     loss), the "none" cell first; None for a "none" cell or when there is no such row."""
     if cell[2] == "none":
         return None
     for missing in ("none", *(m for m in MISSING if m not in ("none", cell[2]))):
-        row = done.get((group, cell_name(cell[0], cell[1], missing), seed))
+        row = done.get((group, cell_name(cell[0], cell[1], missing, *cell[3:]), seed))
         if row:
             return row
     return None
@@ -378,16 +394,15 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
             artifacts = pipeline_artifacts(config)
             base_cfg = trainer_custom_config(config)
         cell_dir = work / "cells" / f"{name}-{loss_name.replace('/', '-')}-{seed}"
-        loss = resolve_loss(cell_loss(*cell), artifacts["class_stats"], STATS_CHANGES.get(cell[1]), config.stats)
-        outcome = train_cell(artifacts, base_cfg, loss, seed, cell_dir, plan)
+        loss = resolve_loss(cell_loss(*cell[:3]), artifacts["class_stats"], STATS_CHANGES.get(cell[1]), config.stats)
+        outcome = train_cell(artifacts, base_cfg, loss, seed, cell_dir, plan, cell_pixel_weights(cell))
         scores = evaluate(outcome["serving_dir"], items, config.num_classes, config.classes.ignore_index)
         row = {"group": name, "dataset": dataset, "drop": drop, "loss": loss_name, "terms": cell[0],
-               "weighting": cell[1], "missing": cell[2], "seed": seed, "miou": scores["miou"],
-               "per_class_iou": scores["per_class_iou"], "class_names": list(config.classes.names),
-               "max_epochs": plan.max_epochs, "patience": plan.patience, "lr_schedule": plan.lr_schedule,
-               "min_epochs": plan.min_epochs, "num_images": plan.num_images, "test_images": len(items),
-               "size": plan.size, "batch_size": plan.batch_size,
-               "validation": VALIDATION,
+               "weighting": cell[1], "missing": cell[2], "pixel_weights": cell_pixel_weights(cell), "seed": seed,
+               "miou": scores["miou"], "per_class_iou": scores["per_class_iou"],
+               "class_names": list(config.classes.names), "max_epochs": plan.max_epochs, "patience": plan.patience,
+               "lr_schedule": plan.lr_schedule, "min_epochs": plan.min_epochs, "num_images": plan.num_images,
+               "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
         if kept:
@@ -422,12 +437,15 @@ def example_cells(plan: Plan) -> set:
     without the first weighting and missing-label handling, first seed."""
     weightings = list(dict.fromkeys([plan.weightings[0], plan.weightings[-1]]))
     missing = list(dict.fromkeys([plan.missing[0], plan.missing[-1]]))
-    return {((plan.terms[0], w, m), plan.seeds[0]) for w in weightings for m in missing}
+    maps = [] if plan.pixel_weights[0] == "none" else [plan.pixel_weights[0]]
+    return {((plan.terms[0], w, m, *maps), plan.seeds[0]) for w in weightings for m in missing}
 
 
 # option of `segbalance experiment` -> the row field it selects on with --report-only
 ROW_FIELDS = {"datasets": "dataset", "drops": "drop", "terms": "terms", "weightings": "weighting",
-              "missing": "missing", "seeds": "seed", "cells": "loss"}
+              "missing": "missing", "pixel_weights": "pixel_weights", "seeds": "seed", "cells": "loss"}
+# the value of a row field that rows written before it was recorded had
+ROW_DEFAULTS = {"pixel_weights": "none"}
 
 
 def row_selector(args) -> Callable[[dict], bool]:
@@ -435,7 +453,7 @@ def row_selector(args) -> Callable[[dict], bool]:
     report of seed 0 only, or of the leading cells over three seeds, from one work folder)."""
     chosen = {field_: getattr(args, option) for option, field_ in ROW_FIELDS.items()
               if getattr(args, option, None) is not None}
-    return lambda row: all(row.get(field_) in values for field_, values in chosen.items())
+    return lambda row: all(row.get(field_, ROW_DEFAULTS.get(field_)) in values for field_, values in chosen.items())
 
 
 def rescore_rows(rows: list, tests: dict) -> list:
@@ -525,8 +543,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="shapes, 2 cells, 1 seed, 2 epochs (a few minutes)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tables and plots of the rows in WORK/results.jsonl so far (needs "
-                             "--work-dir); --datasets, --drops, --terms, --weightings, --missing, --seeds and "
-                             "--cells, when given, select the rows")
+                             "--work-dir); --datasets, --drops, --terms, --weightings, --missing, --pixel-weights, "
+                             "--seeds and --cells, when given, select the rows")
     parser.add_argument("--rescore", action="store_true",
                         help="with --report-only: score the selected rows whose models are still in the work "
                              "folder again on --test-images held-out crops, written to WORK/rescore_testN (rows "
@@ -540,9 +558,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--weightings", type=_names, help=f"of {', '.join(WEIGHTINGS)} "
                         f"(default {','.join(default.weightings)})")
     parser.add_argument("--missing", type=_names, help=f"of {', '.join(MISSING)} (default {','.join(default.missing)})")
+    parser.add_argument("--pixel-weights", type=_names,
+                        help=f"weight maps (training.pixel_weights at their defaults), of {', '.join(PIXEL_WEIGHTS)} "
+                             f"(default none)")
     parser.add_argument("--seeds", type=lambda t: [int(x) for x in _names(t)], help="default 0")
     parser.add_argument("--cells", type=_names,
-                        help="with --report-only: report only these cells (TERMS/WEIGHTING/MISSING, comma-separated)")
+                        help="with --report-only: report only these cells (TERMS/WEIGHTING/MISSING[/PIXEL_WEIGHTS], "
+                             "comma-separated)")
     parser.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {default.lr_schedule}")
     for option, kind in (("--max-epochs", int), ("--patience", int), ("--min-epochs", int), ("--num-images", int),
                          ("--test-images", int), ("--size", int), ("--batch-size", int)):
@@ -551,14 +573,15 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_main)
 
 
-ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "seeds", "cells", "max_epochs", "patience",
-             "num_images", "test_images", "size", "batch_size", "lr_schedule", "min_epochs")
+ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "pixel_weights", "seeds", "cells", "max_epochs",
+             "patience", "num_images", "test_images", "size", "batch_size", "lr_schedule", "min_epochs")
 
 
 def plan_from_args(args) -> Plan:
     plan = Plan.quick() if args.quick else Plan()
     for attr, value in (("datasets", args.datasets), ("drop_fractions", args.drops), ("terms", args.terms),
-                        ("weightings", args.weightings), ("missing", args.missing), ("seeds", args.seeds),
+                        ("weightings", args.weightings), ("missing", args.missing),
+                        ("pixel_weights", args.pixel_weights), ("seeds", args.seeds),
                         ("max_epochs", args.max_epochs), ("patience", args.patience),
                         ("num_images", args.num_images), ("test_images", args.test_images), ("size", args.size),
                         ("batch_size", args.batch_size), ("lr_schedule", args.lr_schedule),
@@ -579,9 +602,11 @@ def _main(args) -> int:
                         "--work-dir")
     for name in args.cells or []:
         parts = name.split("/")
-        if len(parts) != 3 or parts[0] not in TERMS or parts[1] not in WEIGHTINGS or parts[2] not in MISSING:
-            raise UserError(f"--cells: {name} is not a cell; write TERMS/WEIGHTING/MISSING, e.g. "
-                            f"{cell_name('ce_dice', 'none', 'marginal')}")
+        if (len(parts) not in (3, 4) or parts[0] not in TERMS or parts[1] not in WEIGHTINGS or parts[2] not in MISSING
+                or parts[3:] not in ([], *([m] for m in PIXEL_WEIGHTS if m != "none"))):
+            raise UserError(f"--cells: {name} is not a cell; write TERMS/WEIGHTING/MISSING[/PIXEL_WEIGHTS], e.g. "
+                            f"{cell_name('ce_dice', 'none', 'marginal')} or "
+                            f"{cell_name('ce_dice', 'none', 'marginal', 'unet_border')}")
 
     output = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else output / "_work"

@@ -80,7 +80,7 @@ def rank_table(results: list, score: Callable[[dict], float] = test_miou) -> Lis
     ranked = mean_ranks(results, score)
     if not ranked:
         return []
-    lines = ["| cell (terms/weighting/missing) | mean rank | worst rank | mean mIoU | groups |",
+    lines = ["| cell (terms/weighting/missing[/weight map]) | mean rank | worst rank | mean mIoU | groups |",
              "|---|---|---|---|---|"]
     lines += [f"| {d['loss']} | {d['mean_rank']:.2f} | {d['worst_rank']:.1f} | {d['mean_miou']:.3f} | {d['groups']} |"
               for d in ranked]

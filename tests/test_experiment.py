@@ -1,6 +1,7 @@
 """`segbalance experiment`: the crossed grid, mean ranks, data folders, and the --quick run end to end."""
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -55,6 +56,79 @@ def test_plan_check_names_the_bad_option(change, message):
         plan.check()
 
 
+def test_pixel_weights_are_a_fourth_axis_named_only_where_a_map_is_used():
+    from segbalance.pipeline.experiment import cell_name, example_cells
+
+    plan = Plan(terms=["ce"], weightings=["none"], missing=["none", "marginal"], pixel_weights=["none", "unet_border"])
+    plan.check()
+    assert plan.cells() == [("ce", "none", "none"), ("ce", "none", "none", "unet_border"),
+                            ("ce", "none", "marginal"), ("ce", "none", "marginal", "unet_border")]
+    # rows of runs without maps keep their names; a map is the name's fourth part
+    assert [cell_name(*c) for c in plan.cells()] == ["ce/none/none", "ce/none/none/unet_border", "ce/none/marginal",
+                                                     "ce/none/marginal/unet_border"]
+    assert Plan().cells() == [c[:3] for c in Plan().cells()]
+    # the example cells carry the first map, so their models are kept when every cell trains with one
+    assert example_cells(Plan(terms=["ce"], weightings=["none"], missing=["none"], pixel_weights=["edge"])) == {
+        (("ce", "none", "none", "edge"), 0)}
+    with pytest.raises(UserError, match=re.escape("--pixel-weights: nothing given")):
+        Plan(pixel_weights=[]).check()
+
+
+def test_a_cell_with_a_weight_map_trains_with_it_and_its_row_says_so(tmp_path, monkeypatch):
+    """train_cell puts the map in run_fn's custom_config (a valid TrainerConfig with that map); the
+    row records it; a twin for a fully annotated set must have the same map; --pixel-weights selects
+    rows, old rows (no field) count as "none"."""
+    import argparse
+
+    from segbalance.pipeline import experiment
+    from segbalance.pipeline.dag import trainer_custom_config
+    from segbalance.trainer import task
+    from segbalance.trainer.training_config import UnetBorderWeights
+
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"],
+                missing=["none", "marginal"], pixel_weights=["unet_border"], num_images=8, test_images=4, size=32,
+                max_epochs=2, patience=1, min_epochs=0)
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.0, work)
+    names = json.loads((train / "classes.json").read_text())["class_names"]
+    config = experiment.experiment_config(plan, train, work / "run", names)
+
+    seen = []
+
+    def fake_run_fn(fn_args):
+        seen.append(task.trainer_config(fn_args.custom_config)[0].training)
+        (work / "cell" / "run").mkdir(parents=True)
+        (work / "cell" / "run" / task.SUMMARY_FILE).write_text(json.dumps(
+            {"history": {"val_miou": [0.1, 0.2]}, "class_weights": None}))
+
+    monkeypatch.setattr(task, "run_fn", fake_run_fn)
+    artifacts = {"examples": "E", "transform_graph": "T", "class_stats": "S"}
+    plain_ce = experiment.cell_loss("ce", "none", "none")
+    outcome = experiment.train_cell(artifacts, trainer_custom_config(config), plain_ce, 0, work / "cell", plan,
+                                    "unet_border")
+    assert seen[0].pixel_weights == UnetBorderWeights() and seen[0].epochs == 2 and outcome["best_epoch"] == 1
+    shutil.rmtree(work / "cell")
+    experiment.train_cell(artifacts, trainer_custom_config(config), plain_ce, 0, work / "cell", plan)
+    assert seen[1].pixel_weights is None
+
+    trained = []
+    monkeypatch.setattr(experiment, "pipeline_artifacts", lambda config: artifacts)
+    monkeypatch.setattr(experiment, "train_cell", lambda *a: trained.append(a[-1]) or {
+        "serving_dir": "M", "seconds": 1.0, "history": {}, "class_weights": None, "epochs_run": 2, "best_epoch": 1,
+        "stopped_epoch": None})
+    monkeypatch.setattr(experiment, "evaluate", lambda *a: {"miou": 0.5, "per_class_iou": [0.5] * 4})
+    # a fully annotated set: the row without the map is not this cell's twin
+    results = [{**_row("shapes", 0.0, "ce/none/none", 0, 0.9), "terms": "ce", "weighting": "none", "missing": "none"}]
+    experiment.run_group("shapes", 0.0, plan, config, [], work, results)
+    assert trained == ["unet_border"]
+    rows = {r["loss"]: r for r in results}
+    assert rows["ce/none/none/unet_border"]["pixel_weights"] == "unet_border"
+    assert "same_training_as" not in rows["ce/none/none/unet_border"]
+    assert rows["ce/none/marginal/unet_border"]["same_training_as"] == "ce/none/none/unet_border"
+    select = experiment.row_selector(argparse.Namespace(pixel_weights=["none"]))
+    assert [r["loss"] for r in results if select(r)] == ["ce/none/none"]
+
+
 def test_bad_option_is_one_line_before_anything_runs(tmp_path, capsys):
     assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--weightings", "none,squared"]) == 2
     err = capsys.readouterr().err
@@ -66,8 +140,11 @@ def test_bad_option_is_one_line_before_anything_runs(tmp_path, capsys):
     (["--rescore"], "--rescore and --cells work on the rows of an earlier run: add --report-only"),
     (["--cells", "ce/none/none"], "--rescore and --cells work on the rows of an earlier run: add --report-only"),
     (["--report-only", "--work-dir", "W", "--cells", "ce/none"], "--cells: ce/none is not a cell; write "
-     "TERMS/WEIGHTING/MISSING, e.g. ce_dice/none/marginal"),
+     "TERMS/WEIGHTING/MISSING[/PIXEL_WEIGHTS], e.g. ce_dice/none/marginal or ce_dice/none/marginal/unet_border"),
     (["--report-only", "--work-dir", "W", "--cells", "ce/none/squared"], "--cells: ce/none/squared is not a cell"),
+    (["--report-only", "--work-dir", "W", "--cells", "ce/none/none/none"], "--cells: ce/none/none/none is not a cell"),
+    (["--report-only", "--work-dir", "W", "--cells", "ce/none/none/blur"], "--cells: ce/none/none/blur is not a cell"),
+    (["--pixel-weights", "none,blur"], "--pixel-weights: blur; choose from none, unet_border, edge"),
 ])
 def test_rescore_and_cells_options_are_checked_before_anything_runs(options, message, tmp_path, capsys):
     assert cli.main(["experiment", "--output", str(tmp_path / "o"), *options]) == 2
