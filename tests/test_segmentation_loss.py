@@ -76,6 +76,9 @@ def test_missing_label_modes_and_pixel_options():
     ({"terms": [{"type": "ce"}], "missing_labels": "drop"}, "loss.missing_labels: 'drop' is not allowed"),
     ({"terms": [{"type": "ce"}], "colour": 1}, "unknown field loss.colour"),
     ({"terms": [{"type": "exclusion", "form": "focal"}]}, r"loss.terms\[0\].form: 'focal' is not allowed"),
+    # smooth is the Dice form's: with form ce (the default) a changed smooth changed nothing
+    ({"terms": [{"type": "ce"}, {"type": "exclusion", "smooth": 0.0}]},
+     r"loss.terms\[1\].smooth: only form: dice reads it \(got form: ce\)"),
     ({"terms": [{"type": "ce", "label_smoothing": 0.1}], "missing_labels": "marginal"}, "not supported"),
     ({"terms": [{"type": "ce", "top_k_percent_pixels": 0}]}, r"terms\[0\].top_k_percent_pixels: must be in"),
     ({"terms": [{"type": "dice", "weight": "half"}]}, r"loss.terms\[0\].weight: expected float"),
@@ -354,6 +357,17 @@ def test_models_saved_with_missing_labels_and_no_ce_term_still_load_as_the_loss_
     # where they do act (a focal term) they are kept
     focal = SegmentationLoss.from_config({**dice_only, "config": {**dice_only["config"], "terms": [{"type": "focal"}]}})
     assert focal.config.fn_weights == [1.0, 3.0, 1.0] and focal.config.low_confidence is not None
+    # an exclusion term's smooth with form ce (only the Dice form reads it): dropped; with form dice: kept
+    exclusion = {**saved, "config": {"terms": [{"type": "exclusion", "smooth": 0.0}]}}
+    loaded = SegmentationLoss.from_config(exclusion)
+    assert loaded.config.terms[0].smooth == 1.0
+    np.testing.assert_allclose(float(loaded({"mask": mask, "labeled": labeled, "pixel_weights": pw}, logits)),
+                               float(L.exclusion_loss(mask, logits, labeled, pixel_weights=pw)), rtol=1e-5)
+    dice_form = SegmentationLoss.from_config(
+        {**saved, "config": {"terms": [{"type": "exclusion", "form": "dice", "smooth": 0.0}]}})
+    assert dice_form.config.terms[0].smooth == 0.0
+    with pytest.raises(ValueError, match="smooth: only form: dice reads it"):  # a new loss says so
+        SegmentationLoss(exclusion["config"])
 
 
 def test_models_saved_with_the_ignore_index_in_the_loss_config_still_load():

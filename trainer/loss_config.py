@@ -18,8 +18,8 @@ type                parameters (defaults)                         function (trai
 ``generalized_dice`` smooth (1e-6)                                ``generalized_dice_loss``
 ``tversky``         alpha = FP weight (0.5), beta = FN weight     ``tversky_loss``
                     (0.5), smooth (1)
-``exclusion``       form ("ce" or "dice"), smooth (1)             ``exclusion_loss`` (0 without
-                                                                  the images' ``labeled`` sets)
+``exclusion``       form ("ce" or "dice"), smooth (1; form dice   ``exclusion_loss`` (0 without
+                    only)                                         the images' ``labeled`` sets)
 =================== ============================================= ===============================
 
 Every term also has ``weight`` (1): the loss is ``sum(weight * term)``.
@@ -217,6 +217,12 @@ class Exclusion(Term):
 
     def non_negative(self) -> tuple:
         return ("smooth",)
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        # only the Dice form has a denominator to smooth: with ce a changed smooth would change nothing
+        require(self.form == "dice" or self.smooth == 1.0, f"{where}.smooth",
+                f"only form: dice reads it (got form: {self.form}): remove smooth, or set form: dice")
 
     def compute(self, x: TermInputs):
         from segbalance.trainer import losses as L
