@@ -166,6 +166,41 @@ def rarest_class_table(results: list, rarest: Dict[str, int]) -> List[str]:
     return lines
 
 
+def _at_best(row: dict, key: str) -> Optional[float]:
+    """``history[key]`` at the row's best epoch (None where the curve or the best epoch is missing)."""
+    curve, best = row.get("history", {}).get(key), row.get("best_epoch")
+    return curve[best] if curve and best is not None and best < len(curve) else None
+
+
+def validation_table(results: list, rarest: Dict[str, int]) -> List[str]:
+    """Per group: the validation mIoU that chose each model (best epoch) beside its test mIoU, mean over
+    the trained rows, the range of the cells' gaps, and the same for the rarest class. A large gap says
+    the validation split does not predict held-out data (e.g. crops that overlap the training crops)."""
+    from segbalance.trainer.metrics import metric_names
+
+    lines = ["| group | trainings | validation mIoU (best epoch) | test mIoU | validation - test (cells) "
+             "| rarest class: validation / test |", "|---|---|---|---|---|---|"]
+    for group in dict.fromkeys(r["group"] for r in results):
+        rows = [r for r in results if r["group"] == group and not r.get("same_training_as")
+                and _at_best(r, "val_miou") is not None]
+        if not rows:
+            continue
+        val = [_at_best(r, "val_miou") for r in rows]
+        test = [r["miou"] for r in rows]
+        gaps = [np.mean([_at_best(r, "val_miou") - r["miou"] for r in cell]) for cell in grouped(rows).values()]
+        rare = "n/a"
+        c = rarest.get(rows[0]["dataset"])
+        if c is not None:
+            key = "val_" + metric_names(rows[0]["class_names"])[c]
+            pairs = [(_at_best(r, key), r["per_class_iou"][c]) for r in rows if _at_best(r, key) is not None]
+            if pairs:
+                rare = (f"{rows[0]['class_names'][c]} {np.mean([v for v, _ in pairs]):.3f} / "
+                        f"{np.mean([t for _, t in pairs]):.3f}")
+        lines.append(f"| {group} | {len(rows)} | {np.mean(val):.3f} | {np.mean(test):.3f} | "
+                     f"{np.mean(val) - np.mean(test):+.3f} ({min(gaps):+.3f} to {max(gaps):+.3f}) | {rare} |")
+    return lines
+
+
 # --------------------------------------------------------------------------- tables
 def dataset_table(results: list, dataset: str) -> List[str]:
     rows = [r for r in results if r["dataset"] == dataset]
@@ -411,6 +446,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
     (output / "results.json").write_text(json.dumps(report, indent=1))
 
     trained = [r for r in results if not r.get("same_training_as")]
+    rarest = rarest_classes(test_items, {r["dataset"]: r["class_names"] for r in results})
     lines = [
         "# Experiment results", "",
         f"Produced by `{report['command']}` on {report['date']} ({len(trained)} trainings, "
@@ -439,8 +475,14 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         "## Imbalance: the rarest class against plain CE", "",
         f"Test IoU of each data set's rarest foreground class (fewest pixels in its test masks) minus "
         f"plain CE's (`{PLAIN_CE}`) in the same group, mean over drop rates; the cell's own IoU in brackets:",
-        "", *rarest_class_table(results, rarest_classes(test_items, {r["dataset"]: r["class_names"]
-                                                                     for r in results})), "",
+        "", *rarest_class_table(results, rarest), "",
+        "## Validation against the test set", "",
+        "The validation mIoU at the best epoch (what chose each model) beside the same models' test mIoU, mean "
+        "over the trainings of each group (twins counted once); the gap's range over the cells in brackets. "
+        "Validation crops come from the training images' eval split, test crops from held-out images; with "
+        "dropped annotations validation scores the labelled classes only. A large positive gap says the "
+        "validation split does not predict held-out data:", "",
+        *validation_table(results, rarest), "",
         "## A short training budget", "",
         *[line for epochs in BUDGETS for line in (
             f"Mean rank by the best **validation** mIoU within the first {epochs} epochs (what the best-epoch "

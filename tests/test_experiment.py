@@ -159,6 +159,29 @@ def _row(dataset, drop, loss, seed, miou, epochs_run=10, stopped=None, best=4, m
             "max_epochs": max_epochs}
 
 
+def test_validation_table_against_a_hand_computed_case():
+    """Validation at the best epoch beside test: cell A (two seeds) val 0.8 / 0.6 at their best epochs,
+    test 0.5 / 0.4; cell B val 0.7, test 0.7; a twin row is counted once (left out); the rarest class
+    (id 2, "c z": metric val_iou_c_z) val 0.5 / 0.3 / 0.1 against test 0.0 / 0.1 / 0.2."""
+    names = ["bg", "b", "c z"]
+
+    def row(loss, seed, val, best, test, rare_val, rare_test, **extra):
+        return {**_row("x", 0.0, loss, seed, test, best=best), "class_names": names,
+                "per_class_iou": [0.9, 0.5, rare_test], **extra,
+                "history": {"val_miou": val, "val_iou_c_z": [rare_val] * len(val)}}
+
+    rows = [row("A", 0, [0.1, 0.8, 0.3], 1, 0.5, 0.5, 0.0), row("A", 1, [0.6], 0, 0.4, 0.3, 0.1),
+            row("B", 0, [0.2, 0.7], 1, 0.7, 0.1, 0.2),
+            row("C", 0, [0.2, 0.7], 1, 0.7, 0.1, 0.2, same_training_as="B")]
+    lines = experiment_report.validation_table(rows, {"x": 2})
+    assert len(lines) == 3
+    # val mean (0.8 + 0.6 + 0.7) / 3 = 0.7, test (0.5 + 0.4 + 0.7) / 3 = 0.533; gaps A +0.25, B 0.0
+    assert lines[2] == "| x_drop0.0 | 3 | 0.700 | 0.533 | +0.167 (+0.000 to +0.250) | c z 0.300 / 0.100 |"
+    # no rarest class known, or rows without curves: n/a, or no line
+    assert lines[2].replace("c z 0.300 / 0.100", "n/a") == experiment_report.validation_table(rows, {})[2]
+    assert experiment_report.validation_table([{**rows[0], "history": {}}], {"x": 2})[2:] == []
+
+
 def test_mean_ranks_against_a_hand_computed_case():
     # group a: A 0.8 (mean of 0.7/0.9), B 0.6, C 0.6 -> ranks 1, 2.5, 2.5
     # group b: A 0.5, B 0.7, C 0.1 -> ranks 2, 1, 3;  D is missing from group b: left out
@@ -294,6 +317,9 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
         assert re.search(rf"\| {re.escape(row['loss'])} \| {row['miou']:.3f} \|", table), row["loss"]
     best = max(rows, key=lambda r: r["miou"])
     assert f"| {best['loss']} | 1.00 |" in table or rows[0]["miou"] == rows[1]["miou"]  # the rank table
+    # the validation-vs-test line of the group, from the rows' own curves
+    val = np.mean([r["history"]["val_miou"][r["best_epoch"]] for r in rows])
+    assert f"| shapes_drop0.3 | {len(rows)} | {val:.3f} | {np.mean([r['miou'] for r in rows]):.3f} |" in table
     seed004 = report["seed004"]["ours"]
     assert f"{seed004['plain_ce_missing']:.3f}" in table and seed004["plain_ce_missing"] > seed004["marginal_ce"]
     for plot in ("miou_vs_drop.png", "per_class_iou_shapes.png", "training_curves_shapes.png",
