@@ -251,6 +251,13 @@ class LowConfidence:
 LOSS_WIDE = ("class_weights", "missing_labels", "fn_weights", "fp_weights", "low_confidence")
 
 
+def unread_fields(values: Dict[str, Any], term_types: List[Optional[type]]) -> List[str]:
+    """Of the loss-wide fields set (not None) in ``values``, those no term type reads (``Term.USES``);
+    for a checked ``LossConfig`` and for a raw saved config alike (unknown types read nothing)."""
+    uses = {name for cls in term_types for name in getattr(cls, "USES", ())}
+    return [name for name in LOSS_WIDE if values.get(name) is not None and name not in uses]
+
+
 @dataclass
 class LossConfig:
     """A ``SegmentationLoss``: weighted terms plus loss-wide settings (module docstring)."""
@@ -307,8 +314,7 @@ class LossConfig:
 
     def unread_fields(self) -> List[str]:
         """The loss-wide fields that are set but that no term of ``terms`` reads (``Term.USES``)."""
-        return [name for name in LOSS_WIDE if getattr(self, name) is not None
-                and not any(name in t.USES for t in self.terms if isinstance(t, Term))]
+        return unread_fields({name: getattr(self, name) for name in LOSS_WIDE}, [type(t) for t in self.terms])
 
     def check_num_classes(self, num_classes: int, where: str = "loss") -> None:
         """ConfigError when a per-class vector does not have ``num_classes`` values."""

@@ -37,7 +37,7 @@ from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX
 from segbalance.trainer.class_weights import compute_class_weights
-from segbalance.trainer.loss_config import LOSS_WIDE, TERMS, LossConfig, TermInputs, loss_config
+from segbalance.trainer.loss_config import TERMS, LossConfig, TermInputs, loss_config, unread_fields
 from segbalance.trainer.typed_config import ConfigError, to_dict
 
 
@@ -147,12 +147,10 @@ class SegmentationLoss(keras.losses.Loss):
         loss.pop("weight_options", None)  # ditto: weights were resolved when the model was built
         # models saved before a loss-wide field needed a term that reads it: there it changed nothing, so
         # dropping it loads the loss that was computed
-        uses = {name for t in loss.get("terms", []) for name in getattr(TERMS.get(t.get("type")), "USES", ())}
-        for name in set(LOSS_WIDE) - uses:
-            if loss.get(name) is not None:
-                loss[name] = None
-                if name == "class_weights":
-                    config["class_weights"], loss["class_weight_decay_epochs"] = None, None
+        for name in unread_fields(loss, [TERMS.get(t.get("type")) for t in loss.get("terms", [])]):
+            loss[name] = None
+            if name == "class_weights":
+                config["class_weights"], loss["class_weight_decay_epochs"] = None, None
         # ... and an exclusion term's smooth, which only form: dice reads
         loss["terms"] = [{k: v for k, v in t.items() if k != "smooth"}
                          if t.get("type") == "exclusion" and t.get("form", "ce") == "ce" else t
