@@ -345,5 +345,5 @@ def default_training_loss() -> LossConfig:
                       class_weight_decay_epochs=20, missing_labels="marginal")
 
 
-__all__ = ["TERMS", "register", "LossTerm", "LossConfig", "LowConfidence", "loss_config", "TermInputs",
+__all__ = ["TERMS", "register", "LossTerm", "LossConfig", "LowConfidence", "loss_config", "TermInputs", "unread_fields",
            "default_training_loss"] + [c.__name__ for c in TERMS.values()]
