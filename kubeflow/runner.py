@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 from typing import Optional
 
 from segbalance.contract import UserError
@@ -73,6 +74,10 @@ def build_pipeline(config: PipelineConfig, pipeline_root: str, with_drift: bool 
 
     examples_dir = examples_root(config, pipeline_root)
     check_span(examples_dir, span)
+    if config.data.split_by == "group" and os.path.isdir(examples_dir):  # local spans: their records are read
+        from segbalance.pipeline.run import check_span_groups
+
+        check_span_groups(Path(examples_dir), span)
     return create_pipeline(
         config, examples_dir=examples_dir, pipeline_root=pipeline_root,
         serving_model_dir=pipeline_root.rstrip("/") + "/serving_model",

@@ -69,6 +69,10 @@ class DataConfig:
 
     dir: Optional[str] = None  # images/ + masks/ (+ labeled.json, masks_full/), or Span-N/; None: sample data
     eval_fraction: float = 0.2  # hash split of each span into train/eval: a multiple of 0.1 (10 hash buckets)
+    # what the split hashes: each image on its own ("record", by image/source_id), or each group of images
+    # ("group", by image/group_id: groups.json beside images/, `segbalance ingest --groups`), so crops of one
+    # scene are never on both sides and validation measures held-out scenes
+    split_by: Literal["record", "group"] = "record"
     num_spans: int = 1  # local runs on Span-N/ data: train on the last K spans (pipeline/spans.py)
     reference_masks_dir: Optional[str] = None  # complete masks for evaluation (default: masks_full/)
     sample: SampleConfig = field(default_factory=SampleConfig)

@@ -54,6 +54,50 @@ def class_stats_options(config: PipelineConfig) -> dict:
             "zero_count_weight": s.zero_count_weight, "weight_beta": s.beta, "weight_enet_k": s.enet_k}
 
 
+def split_feature(config: PipelineConfig) -> str:
+    """The record feature ImportExampleGen hashes into train / eval (``data.split_by``)."""
+    from segbalance.contract import GROUP_KEY, SOURCE_ID_KEY
+
+    return GROUP_KEY if config.data.split_by == "group" else SOURCE_ID_KEY
+
+
+def eval_buckets(config: PipelineConfig) -> int:
+    """Of ImportExampleGen's 10 hash buckets, how many are the eval split (``data.eval_fraction``)."""
+    return max(1, round(10 * config.data.eval_fraction))
+
+
+def split_of(value: str, config: PipelineConfig) -> str:
+    """"train" or "eval": the split ImportExampleGen gives a record whose split feature holds ``value``
+    (its partition function: the sha256 of the serialized bytes feature, modulo the 10 buckets)."""
+    import hashlib
+
+    from tensorflow.core.example import feature_pb2
+
+    key = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value.encode("utf-8")]))
+    bucket = int(hashlib.sha256(key.SerializeToString(deterministic=True)).hexdigest(), 16) % 10
+    return "train" if bucket < 10 - eval_buckets(config) else "eval"
+
+
+def example_gen_component(config: PipelineConfig, examples_dir: str, span: Optional[int] = None):
+    """ImportExampleGen over ``examples_dir/Span-N/data-*`` (the latest span, or ``span``), hashing
+    ``split_feature(config)`` into train / eval (``data.eval_fraction``)."""
+    from tfx import v1 as tfx
+    from tfx.proto import example_gen_pb2, range_config_pb2
+
+    evaluated = eval_buckets(config)
+    return tfx.components.ImportExampleGen(
+        input_base=examples_dir,
+        input_config=example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="single_split", pattern=SPAN_PATTERN)]),
+        output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+            splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=10 - evaluated),
+                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=evaluated)],
+            partition_feature_name=split_feature(config))),
+        range_config=None if span is None else range_config_pb2.RangeConfig(
+            static_range=range_config_pb2.RangeConfig.StaticRange(start_span_number=span, end_span_number=span)),
+    )
+
+
 def create_pipeline(
     config: PipelineConfig,
     examples_dir: str,
@@ -68,25 +112,13 @@ def create_pipeline(
 ):
     """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span, or ``span``)."""
     from tfx import v1 as tfx
-    from tfx.proto import example_gen_pb2, range_config_pb2
 
     from segbalance.components.class_stats_gen import ClassStatsGen
     from segbalance.components.seg_evaluator import SegEvaluator
     from segbalance.components.seg_trainer import SegTrainer
 
     names = list(config.classes.names)
-    eval_buckets = max(1, round(10 * config.data.eval_fraction))
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=examples_dir,
-        input_config=example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="single_split", pattern=SPAN_PATTERN)]),
-        output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-            splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=10 - eval_buckets),
-                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)],
-            partition_feature_name="image/source_id")),
-        range_config=None if span is None else range_config_pb2.RangeConfig(
-            static_range=range_config_pb2.RangeConfig.StaticRange(start_span_number=span, end_span_number=span)),
-    )
+    example_gen = example_gen_component(config, examples_dir, span)
     examples = example_gen.outputs["examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)

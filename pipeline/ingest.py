@@ -10,6 +10,11 @@ Pairs files by stem (``a.jpg`` + ``a.png``), checks every pair and writes
 - ``image/segmentation/class/labeled`` from ``--labeled FILE.json``
   (``{source_id: [class ids]}``) for the ids it lists; a stem there that matches no image
   file is a warning (counted in the report), an error with ``--strict``.
+- ``image/group_id`` from ``--groups FILE.json`` (``{source_id: group}``: the scene, scan or
+  tile each image was cut from; ``data.split_by: group`` then keeps a group's images in one
+  split, so validation crops do not overlap training crops). With ``--groups`` every image
+  needs a group (else exit 2, nothing written); a stem there without image is a warning, an
+  error with ``--strict``.
 
 Output (``TARGET`` = ``DIR/Span-N`` with ``--span N``, else ``DIR``)::
 
@@ -87,6 +92,7 @@ class IngestOptions:
     ignore_index: int = codec.DEFAULT_IGNORE_INDEX
     palette: Optional[Dict[Tuple[int, int, int], int]] = None
     labeled: Optional[Dict[str, List[int]]] = None
+    groups: Optional[Dict[str, str]] = None  # source_id -> group (image/group_id)
 
 
 @dataclass
@@ -96,6 +102,8 @@ class IngestResult:
     bad: List[dict] = field(default_factory=list)
     num_pairs: int = 0
     labeled_unmatched: List[str] = field(default_factory=list)  # --labeled stems with no image file
+    groups_unmatched: List[str] = field(default_factory=list)  # --groups stems with no image file
+    num_groups: int = 0  # groups among the written records (0: no --groups)
 
     def report(self) -> dict:
         return {
@@ -104,9 +112,12 @@ class IngestResult:
             "num_written": len(self.written),
             "num_bad": len(self.bad),
             "num_labeled_unmatched": len(self.labeled_unmatched),
+            "num_groups": self.num_groups,
+            "num_groups_unmatched": len(self.groups_unmatched),
             "bad": self.bad,
             "written": self.written,
             "labeled_unmatched": self.labeled_unmatched,
+            "groups_unmatched": self.groups_unmatched,
         }
 
     def failed_report(self, error: str) -> dict:
@@ -202,6 +213,22 @@ def load_labeled(path: os.PathLike, num_classes: Optional[int]) -> Dict[str, Lis
             raise LabeledRangeError(f"labeled file {path}: class ids outside [0, {num_classes}) for {len(bad)} "
                                     f"entries ({sample})")
     return labeled
+
+
+def load_groups(path: os.PathLike) -> Dict[str, str]:
+    """``{source_id: group}``: each group a non-empty string or an integer (kept as its text).
+    IngestError names the file, the key and what is wrong."""
+    path = Path(path)
+    raw = _read_json(path, "groups file")
+    expected = 'expected {"source_id": "group", ...}, e.g. {"tile3_crop07": "tile3"}'
+    if not isinstance(raw, dict):
+        raise IngestError(f"groups file {path}: the top level must be an object, got a JSON {_json_type(raw)}; "
+                          f"{expected}")
+    for key, value in raw.items():
+        if not ((isinstance(value, str) and value.strip()) or _is_int(value)):
+            raise IngestError(f"groups file {path}: key {key!r} is a JSON {_json_type(value)} ({value!r}), not a "
+                              f"group name; {expected}")
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 def _json_type(value) -> str:
@@ -324,7 +351,8 @@ def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOpt
             and _is_grey_png(mask_bytes)):
         mask_bytes = codec.encode_png(ids)
     labeled = options.labeled.get(stem) if options.labeled is not None else None
-    example = codec.build_example(image_bytes, mask_bytes, stem, image.shape[0], image.shape[1], labeled)
+    group = options.groups[stem] if options.groups is not None else None
+    example = codec.build_example(image_bytes, mask_bytes, stem, image.shape[0], image.shape[1], labeled, group)
     return example.SerializeToString()
 
 
@@ -449,6 +477,16 @@ def ingest(
                   f"{images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
     result.num_pairs = len(pairs)
+    if options.groups is not None:
+        ungrouped = [stem for stem, _, _ in pairs if stem not in options.groups]
+        if ungrouped:
+            raise IngestError(f"--groups: {len(ungrouped)} of {len(pairs)} images have no group "
+                              f"({_sample(ungrouped)}); give every image one (its scene, scan or tile); nothing "
+                              f"was written")
+        result.groups_unmatched = sorted(set(options.groups) - set(images))
+        if result.groups_unmatched:
+            print(f"ingest: warning: {len(result.groups_unmatched)} --groups stems match no image file in "
+                  f"{images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(target.parent)
@@ -469,6 +507,8 @@ def ingest(
             result.written.extend(written)
             result.bad.extend(bad)
         result.written.sort()
+        if options.groups is not None:
+            result.num_groups = len({options.groups[stem] for stem in result.written})
         problem = _nothing_written_reason(result, images_dir, masks_dir, strict)
         if problem:
             report_path = failed_report_path(target)
@@ -500,13 +540,16 @@ def _nothing_written_reason(result: IngestResult, images_dir: Path, masks_dir: P
             return (f"no record was written from {images_dir} and {masks_dir}: "
                     f"all {len(result.bad)} pairs were bad ({first_bad})")
         return f"no image/mask pairs in {images_dir} and {masks_dir}"
-    if strict and (result.bad or result.labeled_unmatched):
+    if strict and (result.bad or result.labeled_unmatched or result.groups_unmatched):
         problems = []
         if result.bad:
             problems.append(f"{len(result.bad)} of {len(result.bad) + len(result.written)} pairs are bad ({first_bad})")
         if result.labeled_unmatched:
             problems.append(f"{len(result.labeled_unmatched)} --labeled stems match no image file in {images_dir} "
                             f"({_sample(result.labeled_unmatched)})")
+        if result.groups_unmatched:
+            problems.append(f"{len(result.groups_unmatched)} --groups stems match no image file in {images_dir} "
+                            f"({_sample(result.groups_unmatched)})")
         return "--strict: " + "; ".join(problems) + "; nothing was written"
     return None
 
@@ -524,14 +567,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--span", type=int, help="write under DIR/Span-N (for ImportExampleGen spans)")
     parser.add_argument("--labeled", metavar="FILE.json", help="{source_id: [labelled class ids]}")
+    parser.add_argument("--groups", metavar="FILE.json",
+                        help="{source_id: group}: the scene / scan / tile of each image (data.split_by: group)")
     parser.add_argument("--num-classes", type=int,
                         help="C: ids must be < C or ignore_index (default: from classes.json beside IMAGES_DIR)")
     parser.add_argument("--ignore-index", type=int, default=codec.DEFAULT_IGNORE_INDEX, help="'no label' id (default 255)")
     parser.add_argument("--palette", metavar="FILE", help="JSON [[r,g,b], ...] per class id, for RGB colour masks")
     parser.add_argument("--shards", type=int, default=1, help="output files, written in parallel (default 1)")
     parser.add_argument("--strict", action="store_true",
-                        help="any bad pair, or a --labeled stem with no image, stops the command (exit 2) and "
-                             "nothing is written")
+                        help="any bad pair, or a --labeled / --groups stem with no image, stops the command "
+                             "(exit 2) and nothing is written")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output/span that an earlier ingest wrote (never anything else)")
     parser.set_defaults(func=_main)
@@ -548,6 +593,7 @@ def _main(args) -> int:
         ignore_index=args.ignore_index,
         palette=load_palette(args.palette) if args.palette else None,
         labeled=load_labeled(args.labeled, num_classes) if args.labeled else None,
+        groups=load_groups(args.groups) if args.groups else None,
     )
     result = ingest(args.images_dir, args.masks_dir, args.output, args.span, options, args.shards,
                     args.overwrite, args.strict)

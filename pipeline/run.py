@@ -6,13 +6,13 @@ directory, caching on) and prints where the report, the class statistics and the
 model are, the span(s) ExampleGen read, and the model's mIoU on the complete masks.
 
 ``--data DIR`` takes either a folder with ``images/`` and ``masks/`` (plus optional
-``labeled.json``, ``classes.json``, ``masks_full/``), or a folder of ``Span-N/`` TFRecords
-written by ``segbalance ingest --span N``. ImportExampleGen reads the latest span (the last
-K with ``data.num_spans: K``), so an images/ + masks/ folder is ingested into OUTPUT/data as
-its next span: ``Span-0`` the first time, one above the highest ``Span-N`` when OUTPUT/data
-already holds spans; unchanged data is not ingested again. The summary (console and
-run_summary.json) names the span(s) read, as ML Metadata records them. Re-running with
-unchanged data and config reuses every cached result.
+``labeled.json``, ``groups.json`` (for ``data.split_by: group``), ``classes.json``,
+``masks_full/``), or a folder of ``Span-N/`` TFRecords written by ``segbalance ingest --span
+N``. ImportExampleGen reads the latest span (the last K with ``data.num_spans: K``), so an
+images/ + masks/ folder is ingested into OUTPUT/data as its next span: ``Span-0`` the first
+time, one above the highest ``Span-N`` when OUTPUT/data already holds spans; unchanged data is
+not ingested again. The summary (console and run_summary.json) names the span(s) read, as ML
+Metadata records them. Re-running with unchanged data and config reuses every cached result.
 
 TensorFlow, Beam, TFX and Keras messages go to OUTPUT/logs/run-<time>.log, not the console
 (``--verbose`` shows them on the console instead).
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple
 
+from segbalance.contract import GROUPS_FILE
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 from segbalance.trainer.training_config import ClassesConfig
 
@@ -38,7 +39,7 @@ FINGERPRINT_FILE = "source_fingerprint.json"
 # --------------------------------------------------------------------------- data
 def _fingerprint(folder: Path, options: dict) -> str:
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())  # what ingest checks masks against
-    for sub in ("images", "masks", "labeled.json"):
+    for sub in ("images", "masks", "labeled.json", *([GROUPS_FILE] if options.get("split_by") == "group" else [])):
         path = folder / sub
         files = sorted(path.iterdir()) if path.is_dir() else ([path] if path.is_file() else [])
         for f in files:
@@ -100,7 +101,12 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     from segbalance.pipeline import ingest
     from segbalance.pipeline.spans import list_spans, next_span
 
-    options = {"num_classes": config.num_classes, "ignore_index": config.classes.ignore_index}
+    groups, groups_file = None, source / GROUPS_FILE
+    if config.data.split_by == "group":  # groups.json is read for this only (and is in the fingerprint)
+        groups = ingest.load_groups(groups_file) if groups_file.is_file() else None
+        check_group_split(config, groups, groups_file)
+    options = {"num_classes": config.num_classes, "ignore_index": config.classes.ignore_index,
+               **({"split_by": "group"} if groups is not None else {})}
     fingerprint = _fingerprint(source, options)
     stamp_path = examples_dir / FINGERPRINT_FILE
     stamp = _read_stamp(stamp_path)
@@ -118,7 +124,8 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     span = next_span(examples_dir)
     result = ingest.ingest(source / "images", source / "masks", examples_dir, span=span,
                            options=ingest.IngestOptions(num_classes=config.num_classes,
-                                                        ignore_index=config.classes.ignore_index, labeled=labeled))
+                                                        ignore_index=config.classes.ignore_index, labeled=labeled,
+                                                        groups=groups))
     out_of_range = [b for b in result.bad if "outside" in b["reason"]]
     if out_of_range:
         shutil.rmtree(result.target)  # written by this call a moment ago; it must not become the latest span
@@ -132,6 +139,45 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     bad = f", {len(result.bad)} bad pairs skipped (listed in {result.target / ingest.REPORT_NAME})" if result.bad else ""
     print(f"ingest: {len(result.written)} records from {source} to {result.target}{bad}{held}", flush=True)
     return span
+
+
+def check_group_split(config: PipelineConfig, groups: Optional[dict], groups_file: Path) -> None:
+    """``data.split_by: group`` needs a group per image, and groups on both sides of the split:
+    ConfigError (exit 2) naming the file and what to do, before anything is ingested."""
+    from segbalance.pipeline.dag import split_of
+
+    if groups is None:
+        raise ConfigError(f"data.split_by: group needs {groups_file} ({{image stem: group}}, the scene, scan or "
+                          f"tile of each image): write it, or set data.split_by: record")
+    images = {p.stem for p in (groups_file.parent / "images").iterdir() if p.is_file()}
+    names = sorted({groups[stem] for stem in images if stem in groups})
+    sides = {name: split_of(name, config) for name in names}
+    for split in ("train", "eval"):
+        if split not in sides.values():
+            raise ConfigError(f"data.split_by: group: none of the {len(names)} groups in {groups_file} hashes into "
+                              f"the {split} split (data.eval_fraction {config.data.eval_fraction}); give more, "
+                              f"smaller groups, or set data.split_by: record")
+    evaluated = sum(1 for stem in images if sides.get(groups.get(stem)) == "eval")
+    print(f"data: split by group: {sum(v == 'eval' for v in sides.values())} of {len(names)} groups "
+          f"({evaluated} of {len(images)} images) in the eval split", flush=True)
+
+
+def check_span_groups(spans_dir: Path, span: Optional[int] = None) -> None:
+    """``data.split_by: group`` on Span-N/ folders: the records of ``span`` (default the latest) must
+    carry image/group_id (ImportExampleGen fails on the first record without it)."""
+    import tensorflow as tf
+
+    from segbalance.contract import GROUP_KEY
+    from segbalance.pipeline.spans import list_spans
+
+    spans = list_spans(spans_dir)
+    if not spans:
+        return  # nothing to read: the caller names that problem
+    span = spans_dir / f"Span-{spans[-1] if span is None else span}"
+    for record in tf.data.TFRecordDataset(sorted(str(p) for p in span.glob("data-*"))).take(1):
+        if GROUP_KEY not in tf.train.Example.FromString(record.numpy()).features.feature:
+            raise ConfigError(f"data.split_by: group: the records in {span} have no {GROUP_KEY}; ingest them again "
+                              f"with `segbalance ingest ... --groups FILE.json`, or set data.split_by: record")
 
 
 def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str]]:
@@ -154,6 +200,8 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         source = Path(config.data.dir).resolve()
     if any(source.glob("Span-*")):
         spans_dir = source
+        if config.data.split_by == "group":
+            check_span_groups(spans_dir)
     else:
         spans_dir = Path(paths["examples_dir"])
         ingest_as_next_span(config, source, spans_dir)

@@ -7,6 +7,8 @@ Every kind writes the same folder layout, which `segbalance ingest` reads::
     DIR/classes.json           {"class_names": [...], "ignore_index": 255, "source": ..., "licence": ...}
     DIR/labeled.json           {source_id: [labelled class ids]}     (shapes, package kinds, any --drop-fraction)
     DIR/masks_full/<id>.png    complete masks, before annotations were dropped (same kinds)
+    DIR/groups.json            {source_id: group}: where a crop came from (``crop_group``; shapes:
+                               each image its own), for ``data.split_by: group``
 
 Kinds:
 
@@ -58,7 +60,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from segbalance.contract import UserError
+from segbalance.contract import GROUPS_FILE, UserError
 from segbalance.pipeline import output_guard
 from segbalance.pipeline.config import SAMPLE_KINDS
 from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
@@ -76,7 +78,7 @@ TRAIN_SHARE = 0.6  # --part train: this share of each image's columns (of a lesi
 FOCUS = 0.5  # package kinds: share of crops centred on a foreground pixel
 SUBFOLDERS = ("images", "masks", "masks_full")
 # What sample-data writes into DIR (cached_sample adds its marker, SAMPLE_MARKER, below).
-OWNED = (*SUBFOLDERS, "classes.json", "labeled.json", "sample_config.json")
+OWNED = (*SUBFOLDERS, "classes.json", "labeled.json", GROUPS_FILE, "sample_config.json")
 OWNED_FILE = re.compile(rf"^({'|'.join(KINDS)})_\d{{5}}\.png$")
 
 
@@ -176,14 +178,33 @@ def drop_annotations(
 
 
 # --------------------------------------------------------------------------- real images
-def _random_crops(image: np.ndarray, mask: np.ndarray, num: int, size: int, seed: int):
+def _random_crops(image: np.ndarray, mask: np.ndarray, num: int, size: int, seed: int,
+                  places: Optional[list] = None):
+    """``num`` random crops; ``places`` (a list) gets each crop's (group, image, top, left)."""
     rng = np.random.default_rng(seed)
     height, width = mask.shape
     crop = min(size, height, width)
     for _ in range(num):
         top = int(rng.integers(0, height - crop + 1))
         left = int(rng.integers(0, width - crop + 1))
+        if places is not None:
+            places.append((0, 0, top, left))
         yield image[top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
+
+
+# groups.json of the cropped kinds: crops whose top-left corner lies in the same block of this many crop
+# sizes, of this many consecutive images (a scan's slices) of one source, are one group (data.split_by: group)
+GROUP_BLOCK = 2
+GROUP_SLICES = 8
+GROUPS_RULE = f"crop blocks of {GROUP_BLOCK} sizes, runs of {GROUP_SLICES} images"  # in the cache marker
+
+
+def crop_group(place: tuple, size: int) -> str:
+    """The group of a crop at ``place`` = (source group, image, top, left): its source, its run of
+    GROUP_SLICES images there and its GROUP_BLOCK x GROUP_BLOCK crop-size block."""
+    group, index, top, left = place
+    block = GROUP_BLOCK * size
+    return f"s{group}-i{index // GROUP_SLICES}-r{top // block}-c{left // block}"
 
 
 def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -346,10 +367,12 @@ def load_package_sample(kind: str, part: str = "all", cache_dir=None) -> Tuple[l
     return {"buildings": _buildings, "lesions": _lesions, "labelme": _labelme}[kind](part, cache_dir)
 
 
-def focused_crops(groups: list, num: int, size: int, seed: int, num_classes: int, focus: float = FOCUS):
+def focused_crops(groups: list, num: int, size: int, seed: int, num_classes: int, focus: float = FOCUS,
+                  places: Optional[list] = None):
     """``num`` crops of ``size`` (zero-padded where an image is smaller): each picks a group
     uniformly; with probability ``focus`` it is centred (+- size/4) on a pixel of a foreground class
-    drawn uniformly from those in the group, else it lies anywhere in a random image of the group."""
+    drawn uniformly from those in the group, else it lies anywhere in a random image of the group.
+    ``places`` (a list) gets each crop's (group, image, top, left)."""
     rng = np.random.default_rng([seed, 0xC209])
     padded = []
     for group in groups:
@@ -360,7 +383,8 @@ def focused_crops(groups: list, num: int, size: int, seed: int, num_classes: int
         where = {c: np.argwhere(np.stack([m == c for _, m in pad])) for c in range(1, num_classes)}
         padded.append((pad, {c: w for c, w in where.items() if len(w)}))
     for _ in range(num):
-        pairs, where = padded[int(rng.integers(len(padded)))]
+        chosen = int(rng.integers(len(padded)))
+        pairs, where = padded[chosen]
         if where and rng.random() < focus:
             points = where[list(where)[int(rng.integers(len(where)))]]
             index, row, col = points[int(rng.integers(len(points)))]
@@ -371,6 +395,8 @@ def focused_crops(groups: list, num: int, size: int, seed: int, num_classes: int
         image, mask = pairs[index]
         top = int(np.clip(row - size // 2, 0, mask.shape[0] - size))
         left = int(np.clip(col - size // 2, 0, mask.shape[1] - size))
+        if places is not None:
+            places.append((chosen, int(index), top, left))
         yield image[top:top + size, left:left + size], mask[top:top + size, left:left + size]
 
 
@@ -408,6 +434,7 @@ def write_sample_data(
     for sub in ("images", "masks"):
         (output / sub).mkdir(parents=True, exist_ok=True)
     classes = {"ignore_index": DEFAULT_IGNORE_INDEX}
+    places: list = []  # cropped kinds: where each crop came from (groups.json)
     if kind == "shapes":
         class_names = SHAPES_CLASSES
         pairs = [draw_shapes_image(seed, i, size) for i in range(num_images)]
@@ -415,12 +442,12 @@ def write_sample_data(
         from segbalance.pipeline import package_data
 
         groups, class_names = load_package_sample(kind, part, cache_dir)
-        pairs = list(focused_crops(groups, num_images, size, seed, len(class_names)))
+        pairs = list(focused_crops(groups, num_images, size, seed, len(class_names), places=places))
         classes.update(source=SOURCES[kind], licence=package_data.ARCHIVES[PACKAGE_KINDS[kind]].licence, part=part)
     else:
         image, mask, class_names = load_real_sample(kind)
         image, mask = _column_part(image, mask, part)
-        pairs = list(_random_crops(image, mask, num_images, size, seed))
+        pairs = list(_random_crops(image, mask, num_images, size, seed, places=places))
     full_masks = [m for _, m in pairs]
     with_labels = kind == "shapes" or kind in PACKAGE_KINDS or drop_fraction > 0
     masks, labeled = drop_annotations(full_masks, drop_fraction, len(class_names), seed)
@@ -437,6 +464,9 @@ def write_sample_data(
     (output / "classes.json").write_text(json.dumps(classes, indent=1))
     if with_labels:
         (output / "labeled.json").write_text(json.dumps({ids[i]: labeled[i] for i in range(num_images)}, indent=0))
+    # shapes images are independent draws: each its own group
+    groups_of = [crop_group(place, size) for place in places] if places else ids
+    (output / GROUPS_FILE).write_text(json.dumps(dict(zip(ids, groups_of)), indent=0))
     return output
 
 
@@ -447,7 +477,7 @@ def cached_sample(folder: os.PathLike, **options) -> bool:
     a killed write is redone. True when the folder was reused."""
     folder = Path(folder)
     marker = folder / SAMPLE_MARKER
-    wanted = {**options, "drop_of": DROP_OF}
+    wanted = {**options, "drop_of": DROP_OF, "groups": GROUPS_RULE}
     try:
         if json.loads(marker.read_text()) == wanted:
             return True
@@ -473,7 +503,8 @@ def prepare_output(output: Path) -> None:
         for folder in folders:
             for path in folder.iterdir():
                 path.unlink()
-        for name in ("classes.json", "labeled.json", SAMPLE_MARKER):  # an old marker must not vouch for a half write
+        # an old marker must not vouch for a half write
+        for name in ("classes.json", "labeled.json", GROUPS_FILE, SAMPLE_MARKER):
             (output / name).unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     output_guard.write_marker(output, "sample-data")

@@ -227,6 +227,49 @@ def test_labeled_stems_without_image_are_a_warning_or_a_strict_error(tmp_path, c
     assert _report(tmp_path / "out")["num_labeled_unmatched"] == 0
 
 
+def test_groups_are_written_and_every_image_needs_one(tmp_path, capsys):
+    """--groups: image/group_id on every record (data.split_by: group splits on it); an image without a
+    group stops the command (exit 2, one line, nothing written); a stem without image is a warning, an
+    error with --strict; integer groups are kept as their text."""
+    _dataset(tmp_path, n=3)
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"img0": "tileA", "img1": "tileA", "img2": 7, "ghost": "tileB"}))
+    assert _run(tmp_path, "--groups", str(groups)) == 0
+    captured = capsys.readouterr()
+    assert "warning: 1 --groups stems match no image file" in captured.err and "ghost" in captured.err
+    assert {r.source_id: r.group for r in _records(tmp_path / "out")} == {"img0": "tileA", "img1": "tileA",
+                                                                          "img2": "7"}
+    report = _report(tmp_path / "out")
+    assert report["num_groups"] == 2 and report["groups_unmatched"] == ["ghost"]
+    # without --groups: no group feature
+    assert _run(tmp_path, "--overwrite") == 0
+    assert {r.group for r in _records(tmp_path / "out")} == {None}
+    capsys.readouterr()
+    before = _tree(tmp_path / "out")
+    assert _run(tmp_path, "--groups", str(groups), "--strict", "--overwrite") == 2
+    err = capsys.readouterr().err  # the warning, then the error
+    _one_error_line(err.strip().splitlines()[-1], "--strict: 1 --groups stems match no image file", "ghost")
+    groups.write_text(json.dumps({"img0": "tileA", "img2": "tileB"}))
+    assert _run(tmp_path, "--groups", str(groups), "--overwrite") == 2
+    _one_error_line(capsys.readouterr().err, "--groups: 1 of 3 images have no group (img1)", "nothing was written")
+    assert _tree(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("content, message", [
+    ('["tileA"]', "the top level must be an object, got a JSON list"),
+    ('{"img0": ["tileA"]}', "key 'img0' is a JSON list (['tileA']), not a group name"),
+    ('{"img0": " "}', "key 'img0' is a JSON string (' '), not a group name"),
+    ('{"img0": true}', "key 'img0' is a JSON boolean (True), not a group name"),
+    ('{"img0": "a",', "is not valid JSON"),
+])
+def test_bad_groups_json(tmp_path, content, message, capsys):
+    _dataset(tmp_path, n=1)
+    (tmp_path / "groups.json").write_text(content)
+    assert _run(tmp_path, "--groups", str(tmp_path / "groups.json")) == 2
+    _one_error_line(capsys.readouterr().err, f"groups file {tmp_path / 'groups.json'}", message)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("n, shards, expected", [
     # one line every tenth of a shard once there are more than 100 pairs: 101 // 10 = 10, 101 // 2 // 10 = 5
     (101, 1, {"data-00000-of-00001.tfrecord": [(k, 101) for k in range(10, 101, 10)]}),
@@ -338,7 +381,7 @@ def test_num_classes_from_classes_json(tmp_path):
 def test_cli_help_lists_every_option():
     result = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "ingest", "--help"],
                             capture_output=True, text=True, check=True)
-    for option in ("--output", "--span", "--labeled", "--num-classes", "--ignore-index", "--palette",
+    for option in ("--output", "--span", "--labeled", "--groups", "--num-classes", "--ignore-index", "--palette",
                    "--shards", "--strict", "--overwrite"):
         assert option in result.stdout
     top = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli"], capture_output=True, text=True)

@@ -336,7 +336,7 @@ def test_cached_sample_reuses_a_finished_write_and_redoes_a_killed_one(tmp_path,
     first = {p.name: p.read_bytes() for p in (folder / "images").iterdir()}
     assert sample_data.cached_sample(folder, **small) is True
     marker = json.loads((folder / sample_data.SAMPLE_MARKER).read_text())
-    assert marker == {**small, "drop_of": sample_data.DROP_OF}
+    assert marker == {**small, "drop_of": sample_data.DROP_OF, "groups": sample_data.GROUPS_RULE}
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

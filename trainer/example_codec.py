@@ -12,6 +12,8 @@ One record per image:
 - ``image/segmentation/class/labeled`` (optional): int64 list of the classes the
   annotator labelled in this image. Absent means "not recorded"; the pipeline's
   ``labeled_policy`` decides what that means (see ``components/class_stats_beam.py``).
+- ``image/group_id`` (optional): bytes, the scene, scan or tile the image was cut from
+  (``segbalance ingest --groups``); ``data.split_by: group`` keeps each group in one split.
 
 This module is pure NumPy + Pillow + the Example proto; it is shared by ingest, the Beam
 statistics and the tests.
@@ -26,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segbalance.contract import (  # noqa: F401  (re-exported: the codec speaks the contract)
-    DEFAULT_IGNORE_INDEX, HEIGHT_KEY, IMAGE_FORMAT_KEY, IMAGE_KEY, LABELED_KEY, MASK_FORMAT_KEY, MASK_KEY,
+    DEFAULT_IGNORE_INDEX, GROUP_KEY, HEIGHT_KEY, IMAGE_FORMAT_KEY, IMAGE_KEY, LABELED_KEY, MASK_FORMAT_KEY, MASK_KEY,
     SOURCE_ID_KEY, WIDTH_KEY,
 )
 
@@ -77,6 +79,7 @@ def build_example(
     height: int,
     width: int,
     labeled: Optional[Sequence[int]] = None,
+    group: Optional[str] = None,
 ):
     """A `tf.train.Example` following the data contract."""
     from tensorflow.core.example import example_pb2, feature_pb2
@@ -98,6 +101,8 @@ def build_example(
     }
     if labeled is not None:
         feature[LABELED_KEY] = _ints(sorted(int(c) for c in labeled))
+    if group is not None:
+        feature[GROUP_KEY] = _bytes(group.encode("utf-8"))
     return example_pb2.Example(features=feature_pb2.Features(feature=feature))
 
 
@@ -111,6 +116,7 @@ class ParsedRecord:
     height: Optional[int]
     width: Optional[int]
     labeled: Optional[list]  # None when the key is absent
+    group: Optional[str] = None  # image/group_id; None when absent
 
 
 def parse_record(serialized: bytes) -> ParsedRecord:
@@ -139,4 +145,5 @@ def parse_record(serialized: bytes) -> ParsedRecord:
         height=_first_int(HEIGHT_KEY),
         width=_first_int(WIDTH_KEY),
         labeled=labeled,
+        group=_first_bytes(GROUP_KEY).decode("utf-8", "replace") if _first_bytes(GROUP_KEY) is not None else None,
     )

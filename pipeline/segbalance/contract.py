@@ -17,6 +17,8 @@ SOURCE_ID_KEY = "image/source_id"
 MASK_KEY = "image/segmentation/class/encoded"
 MASK_FORMAT_KEY = "image/segmentation/class/format"
 LABELED_KEY = "image/segmentation/class/labeled"  # int64 list: classes the annotator labelled
+GROUP_KEY = "image/group_id"  # bytes, optional: the scene / scan / tile an image was cut from (data.split_by)
+GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 
 # Mask value meaning "no label here" unless the configuration says otherwise (classes.ignore_index).
 DEFAULT_IGNORE_INDEX = 255

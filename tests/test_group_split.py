@@ -1,0 +1,179 @@
+"""`data.split_by: group`: crops of one scene / scan / tile are never on both sides of the split.
+
+ImportExampleGen hashes ``image/group_id`` (written by `segbalance ingest --groups`, or from the data
+folder's ``groups.json`` by `segbalance run`) instead of ``image/source_id``."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segbalance.contract import GROUP_KEY, GROUPS_FILE, SOURCE_ID_KEY
+from segbalance.pipeline import cli, ingest, sample_data
+from segbalance.pipeline.config import ConfigError, config_from_dict
+from segbalance.pipeline.dag import example_gen_component, local_paths, split_feature, split_of
+from segbalance.pipeline.run import prepare_data
+from segbalance.trainer import example_codec as codec
+
+
+def _config(tmp_path, **data):
+    return config_from_dict({"data": data, "output_dir": str(tmp_path / "out")})
+
+
+@pytest.mark.parametrize("eval_fraction", [0.1, 0.2, 0.5])
+def test_split_of_is_the_split_tfx_gives(tmp_path, eval_fraction):
+    """Reference: TFX's own partition function on a record carrying both keys."""
+    from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
+    from tfx.proto import example_gen_pb2
+
+    for split_by in ("record", "group"):
+        config = _config(tmp_path, eval_fraction=eval_fraction, split_by=split_by)
+        buckets = round(10 * eval_fraction)
+        split_config = example_gen_pb2.SplitConfig(
+            splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=10 - buckets),
+                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=buckets)],
+            partition_feature_name=split_feature(config))
+        sides = set()
+        for k in range(60):
+            record = codec.build_example(b"i", b"m", f"img{k}", 1, 1, group=f"tile{k % 23}-é")
+            value = f"tile{k % 23}-é" if split_by == "group" else f"img{k}"
+            tfx_side = ("train", "eval")[_PartitionFn(record, 2, [10 - buckets, 10], split_config)]
+            assert split_of(value, config) == tfx_side
+            sides.add(tfx_side)
+        assert sides == {"train", "eval"}
+    assert split_feature(_config(tmp_path)) == SOURCE_ID_KEY
+    assert split_feature(_config(tmp_path, split_by="group")) == GROUP_KEY
+
+
+def test_split_by_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="data.split_by: 'scene' is not allowed"):
+        _config(tmp_path, split_by="scene")
+
+
+def _grouped_data(root, groups_per_image):
+    """shapes images whose groups.json says ``groups_per_image(stem)``."""
+    folder = sample_data.write_sample_data("shapes", root, num_images=30, size=16, seed=4)
+    stems = sorted(p.stem for p in (folder / "images").iterdir())
+    (folder / GROUPS_FILE).write_text(json.dumps({s: groups_per_image(i) for i, s in enumerate(stems)}))
+    return folder, stems
+
+
+@pytest.mark.slow
+def test_importexamplegen_keeps_each_group_in_one_split(tmp_path):
+    """The pipeline's own ImportExampleGen (dag.example_gen_component) on data that `run` ingested with
+    groups: every group's records are in one split, the one split_of names; by record (the default)
+    the same groups straddle both splits."""
+    from tfx import v1 as tfx
+
+    folder, stems = _grouped_data(tmp_path / "raw", lambda i: f"scene{i // 3}")
+    groups = json.loads((folder / GROUPS_FILE).read_text())
+    for split_by in ("group", "record"):
+        config = _config(tmp_path / split_by, dir=str(folder), split_by=split_by)
+        paths = local_paths(str(tmp_path / split_by / "out"))
+        examples_dir, _ = prepare_data(config, paths)
+        example_gen = example_gen_component(config, examples_dir)
+        pipeline = tfx.dsl.Pipeline(
+            pipeline_name="group-split", pipeline_root=str(tmp_path / split_by / "root"), components=[example_gen],
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                str(tmp_path / split_by / "metadata.sqlite")),
+            beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+        side = {}
+        for split in ("train", "eval"):
+            root = tmp_path / split_by / "root"
+            files = sorted(str(p) for p in root.glob(f"ImportExampleGen/examples/*/Split-{split}/*"))
+            for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+                record = codec.parse_record(raw.numpy())
+                side[record.source_id] = split
+                assert record.group == (groups[record.source_id] if split_by == "group" else None)
+        assert sorted(side) == stems
+        by_group = {}
+        for stem, split in side.items():
+            by_group.setdefault(groups[stem], set()).add(split)
+        if split_by == "group":
+            assert all(len(s) == 1 for s in by_group.values())
+            assert {g: s.pop() for g, s in by_group.items()} == {g: split_of(g, config) for g in by_group}
+        else:
+            assert any(len(s) == 2 for s in by_group.values())  # what the group split prevents
+            assert side == {stem: split_of(stem, config) for stem in stems}
+
+
+def test_run_refuses_a_group_split_it_cannot_make(tmp_path, capsys):
+    """No groups.json, one group only, a group per image missing, Span-N records without groups: each a
+    ConfigError naming the file and what to do, before anything is ingested."""
+    folder, stems = _grouped_data(tmp_path / "raw", lambda i: "one-scene")
+    paths = local_paths(str(tmp_path / "out"))
+    config = _config(tmp_path, dir=str(folder), split_by="group")
+    with pytest.raises(ConfigError, match=r"none of the 1 groups in .*groups.json hashes into the (eval|train) split"):
+        prepare_data(config, paths)
+    (folder / GROUPS_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"data.split_by: group needs .*groups.json \(\{image stem: group\}"):
+        prepare_data(config, paths)
+    assert not (tmp_path / "out" / "data").exists()  # nothing ingested
+    # through the CLI: exit 2 and one line
+    (tmp_path / "c.yaml").write_text(json.dumps({"data": {"dir": str(folder), "split_by": "group"},
+                                                 "output_dir": str(tmp_path / "out")}))
+    assert cli.main(["run", "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "groups.json" in err[0] and "data.split_by: record" in err[0]
+    # Span-N folders ingested without --groups
+    ingest.ingest(folder / "images", folder / "masks", tmp_path / "spans", span=0)
+    spans = _config(tmp_path, dir=str(tmp_path / "spans"), split_by="group")
+    with pytest.raises(ConfigError, match=r"the records in .*Span-0 have no image/group_id; ingest them again"):
+        prepare_data(spans, paths)
+    # with groups: the split is made and says how
+    groups = {s: f"scene{i % 6}" for i, s in enumerate(stems)}
+    (folder / GROUPS_FILE).write_text(json.dumps(groups))
+    capsys.readouterr()
+    prepare_data(config, paths)
+    printed = capsys.readouterr().out
+    evaluated = sorted({g for g in groups.values() if split_of(g, config) == "eval"})
+    assert f"data: split by group: {len(evaluated)} of 6 groups" in printed
+    # a split by record ignores groups.json (its records carry no group)
+    plain = _config(tmp_path / "plain", dir=str(folder))
+    examples_dir, _ = prepare_data(plain, local_paths(str(tmp_path / "plain" / "out")))
+    written = sorted(str(p) for p in (tmp_path / "plain" / "out" / "data").rglob("data-*"))
+    first = next(iter(tf.data.TFRecordDataset(written)))
+    assert codec.parse_record(first.numpy()).group is None
+
+
+def test_compile_kfp_splits_by_group_and_checks_local_spans(tmp_path):
+    from tests.kubeflow_inputs import IMAGE, TINY
+
+    from segbalance.kubeflow.runner import compile_pipeline
+
+    folder, stems = _grouped_data(tmp_path / "raw", lambda i: f"scene{i % 5}")
+    groups = ingest.load_groups(folder / GROUPS_FILE)
+    ingest.ingest(folder / "images", folder / "masks", tmp_path / "data", span=0,
+                  options=ingest.IngestOptions(groups=groups))
+    config = config_from_dict({**TINY, "data": {"dir": str(tmp_path / "data"), "split_by": "group"}})
+    spec = compile_pipeline(config, str(tmp_path / "p.json"), IMAGE, str(tmp_path / "root"))
+    text = json.dumps(spec)
+    assert '\\"partition_feature_name\\": \\"image/group_id\\"' in text or \
+        '"partition_feature_name": "image/group_id"' in text.replace('\\"', '"')
+    plain = compile_pipeline(config_from_dict({**TINY, "data": {"dir": str(tmp_path / "data")}}),
+                             str(tmp_path / "q.json"), IMAGE, str(tmp_path / "root"))
+    assert "image/group_id" not in json.dumps(plain) and "image/source_id" in json.dumps(plain)
+    ingest.ingest(folder / "images", folder / "masks", tmp_path / "data", span=1)  # no groups
+    with pytest.raises(ConfigError, match="Span-1 have no image/group_id"):
+        compile_pipeline(config, str(tmp_path / "r.json"), IMAGE, str(tmp_path / "root"))
+
+
+def test_sample_data_groups_keep_overlapping_crops_together(tmp_path):
+    """Cropped kinds: a group is a block of GROUP_BLOCK crop sizes of one source image run; crops in
+    different groups start in different blocks; shapes: each image its own group."""
+    places = []
+    image = np.zeros((300, 200, 3), np.uint8)
+    mask = np.zeros((300, 200), np.uint8)
+    crops = list(sample_data._random_crops(image, mask, 50, 32, seed=2, places=places))
+    assert len(places) == len(crops) == 50
+    block = sample_data.GROUP_BLOCK * 32
+    for place in places:
+        _, _, top, left = place
+        assert sample_data.crop_group(place, 32) == f"s0-i0-r{top // block}-c{left // block}"
+    nuclei = sample_data.write_sample_data("nuclei", tmp_path / "n", num_images=40, size=32)
+    groups = json.loads((nuclei / GROUPS_FILE).read_text())
+    assert sorted(groups) == sorted(p.stem for p in (nuclei / "images").iterdir())
+    assert 1 < len(set(groups.values())) < 40
+    shapes = sample_data.write_sample_data("shapes", tmp_path / "s", num_images=5, size=16)
+    assert json.loads((shapes / GROUPS_FILE).read_text()) == {f"shapes_{i:05d}": f"shapes_{i:05d}" for i in range(5)}
