@@ -81,6 +81,7 @@ VALIDATION = "unlabelled-predictions-not-scored"
 PIXEL_WEIGHTS = {"none": None, "unet_border": {"type": "unet_border"}, "edge": {"type": "edge"}}
 DATASETS = ("shapes", "nuclei", "buildings", "lesions", "labelme")
 SCHEDULES = ("constant", "cosine", "polynomial", "plateau")  # training.lr_schedule.type
+SPLITS = ("record", "group")  # data.split_by
 
 
 def cell_name(terms: str, weighting: str, missing: str, pixel_weights: str = "none") -> str:
@@ -137,6 +138,9 @@ class Plan:
     # no stop or rate cut before this many epochs (training.min_epochs): lesions under plain CE sat on
     # background (val mIoU flat at 0.23) for 16 epochs and was stopped there; another cell broke out at 16
     min_epochs: int = 50
+    # data.split_by of every group's pipeline: "group" keeps overlapping crops of one source block on one side
+    # of the train / eval split (the sample data's groups.json), so validation does not score training crops
+    split_by: str = "record"
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -168,6 +172,8 @@ class Plan:
         if self.max_epochs < 1 or self.patience < 1 or self.min_epochs < 0 or not self.seeds:
             raise UserError("--max-epochs and --patience must be >= 1, --min-epochs >= 0 and --seeds must name at "
                             "least one seed")
+        if self.split_by not in SPLITS:
+            raise UserError(f"--split-by: {self.split_by}; choose from {', '.join(SPLITS)}")
         if self.lr_schedule not in SCHEDULES:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
         seen = {}
@@ -317,7 +323,7 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
 
     return config_from_dict({
         "name": "segbalance-experiment", "output_dir": str(output_dir),
-        "data": {"dir": str(data_dir)},
+        "data": {"dir": str(data_dir), "split_by": plan.split_by},
         "classes": {"names": list(class_names)},
         # unclipped weights in the artifact: a "_clipped" cell clips its own (STATS_CHANGES), the others must not
         "stats": {"clip": None},
@@ -328,7 +334,7 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
 
 
 # the training protocol a row records: each a row field, the Plan field and (dashed) the option
-PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batch_size", "num_images")
+PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batch_size", "num_images", "split_by")
 
 
 def protocol_differences(row: dict, plan: Plan) -> str:
@@ -403,6 +409,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "class_names": list(config.classes.names), "max_epochs": plan.max_epochs, "patience": plan.patience,
                "lr_schedule": plan.lr_schedule, "min_epochs": plan.min_epochs, "num_images": plan.num_images,
                "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
+               "split_by": plan.split_by,
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
         if kept:
@@ -566,6 +573,9 @@ def add_parser(subparsers) -> None:
                         help="with --report-only: report only these cells (TERMS/WEIGHTING/MISSING[/PIXEL_WEIGHTS], "
                              "comma-separated)")
     parser.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {default.lr_schedule}")
+    parser.add_argument("--split-by", choices=SPLITS,
+                        help=f"data.split_by of the pipeline runs (default {default.split_by}; group: the sample "
+                             f"data's crop blocks stay on one side of train / eval)")
     for option, kind in (("--max-epochs", int), ("--patience", int), ("--min-epochs", int), ("--num-images", int),
                          ("--test-images", int), ("--size", int), ("--batch-size", int)):
         attr = option[2:].replace("-", "_")
@@ -574,7 +584,7 @@ def add_parser(subparsers) -> None:
 
 
 ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "pixel_weights", "seeds", "cells", "max_epochs",
-             "patience", "num_images", "test_images", "size", "batch_size", "lr_schedule", "min_epochs")
+             "patience", "num_images", "test_images", "size", "batch_size", "lr_schedule", "min_epochs", "split_by")
 
 
 def plan_from_args(args) -> Plan:
@@ -585,7 +595,7 @@ def plan_from_args(args) -> Plan:
                         ("max_epochs", args.max_epochs), ("patience", args.patience),
                         ("num_images", args.num_images), ("test_images", args.test_images), ("size", args.size),
                         ("batch_size", args.batch_size), ("lr_schedule", args.lr_schedule),
-                        ("min_epochs", args.min_epochs)):
+                        ("min_epochs", args.min_epochs), ("split_by", args.split_by)):
         if value is not None:
             setattr(plan, attr, value)
     plan.check()

@@ -123,10 +123,26 @@ def test_a_cell_with_a_weight_map_trains_with_it_and_its_row_says_so(tmp_path, m
     assert trained == ["unet_border"]
     rows = {r["loss"]: r for r in results}
     assert rows["ce/none/none/unet_border"]["pixel_weights"] == "unet_border"
+    assert rows["ce/none/none/unet_border"]["split_by"] == "record"  # the plan's data.split_by, recorded
     assert "same_training_as" not in rows["ce/none/none/unet_border"]
     assert rows["ce/none/marginal/unet_border"]["same_training_as"] == "ce/none/none/unet_border"
     select = experiment.row_selector(argparse.Namespace(pixel_weights=["none"]))
     assert [r["loss"] for r in results if select(r)] == ["ce/none/none"]
+
+
+def test_split_by_reaches_the_pipeline_config_and_a_reused_row_says_it_was_split_otherwise(tmp_path):
+    from segbalance.pipeline.experiment import experiment_config, protocol_differences
+
+    plan = Plan(datasets=["shapes"], split_by="group", num_images=8, size=32)
+    plan.check()
+    folder = tmp_path / "d"
+    (folder / "images").mkdir(parents=True)
+    assert experiment_config(plan, folder, tmp_path / "o", ["a", "b"]).data.split_by == "group"
+    assert experiment_config(Plan(), folder, tmp_path / "o", ["a", "b"]).data.split_by == "record"
+    assert protocol_differences({"split_by": "record"}, plan) == "--split-by record"
+    assert protocol_differences({}, plan) == ""  # rows from before the field: not compared
+    with pytest.raises(UserError, match=re.escape("--split-by: scene; choose from record, group")):
+        Plan(split_by="scene").check()
 
 
 def test_bad_option_is_one_line_before_anything_runs(tmp_path, capsys):
