@@ -39,7 +39,8 @@ FINGERPRINT_FILE = "source_fingerprint.json"
 # --------------------------------------------------------------------------- data
 def _fingerprint(folder: Path, options: dict) -> str:
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())  # what ingest checks masks against
-    for sub in ("images", "masks", "labeled.json", *([GROUPS_FILE] if options.get("split_by") == "group" else [])):
+    grouped = [GROUPS_FILE] if options.get("split_by") == "group" else []
+    for sub in ("images", "masks", "labeled.json", *grouped):
         path = folder / sub
         files = sorted(path.iterdir()) if path.is_dir() else ([path] if path.is_file() else [])
         for f in files:
