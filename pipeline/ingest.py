@@ -184,16 +184,21 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _json_object(path: Path, what: str, expected: str) -> dict:
+    """The JSON object in ``path``; IngestError naming the file when it is not an object."""
+    raw = _read_json(path, what)
+    if not isinstance(raw, dict):
+        raise IngestError(f"{what} {path}: the top level must be an object, got a JSON {_json_type(raw)}; {expected}")
+    return raw
+
+
 def load_labeled(path: os.PathLike, num_classes: Optional[int]) -> Dict[str, List[int]]:
     """``{source_id: [class ids]}``: every value a JSON list of integers (no strings, floats or
     booleans: ``"13"`` is not ``[1, 3]``), ids in ``[0, num_classes)``. IngestError names the file,
     the key and what is wrong; ids out of range raise LabeledRangeError."""
     path = Path(path)
-    raw = _read_json(path, "labeled file")
     expected = 'expected {"source_id": [class ids], ...}, e.g. {"img1": [0, 2]}'
-    if not isinstance(raw, dict):
-        raise IngestError(f"labeled file {path}: the top level must be an object, got a JSON "
-                          f"{_json_type(raw)}; {expected}")
+    raw = _json_object(path, "labeled file", expected)
     for key, value in raw.items():
         if not isinstance(value, list):
             raise IngestError(f"labeled file {path}: key {key!r} is a JSON {_json_type(value)} ({value!r}), "
@@ -219,11 +224,8 @@ def load_groups(path: os.PathLike) -> Dict[str, str]:
     """``{source_id: group}``: each group a non-empty string or an integer (kept as its text).
     IngestError names the file, the key and what is wrong."""
     path = Path(path)
-    raw = _read_json(path, "groups file")
     expected = 'expected {"source_id": "group", ...}, e.g. {"tile3_crop07": "tile3"}'
-    if not isinstance(raw, dict):
-        raise IngestError(f"groups file {path}: the top level must be an object, got a JSON {_json_type(raw)}; "
-                          f"{expected}")
+    raw = _json_object(path, "groups file", expected)
     for key, value in raw.items():
         if not ((isinstance(value, str) and value.strip()) or _is_int(value)):
             raise IngestError(f"groups file {path}: key {key!r} is a JSON {_json_type(value)} ({value!r}), not a "
