@@ -333,6 +333,7 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
         assert re.search(rf"\| {re.escape(row['loss'])} \| {row['miou']:.3f} \|", table), row["loss"]
     best = max(rows, key=lambda r: r["miou"])
     assert f"| {best['loss']} | 1.00 |" in table or rows[0]["miou"] == rows[1]["miou"]  # the rank table
+    assert "train / eval split by record (`data.split_by`)" in table
     # the validation-vs-test line of the group, from the rows' own curves
     val = np.mean([r["history"]["val_miou"][r["best_epoch"]] for r in rows])
     assert f"| shapes_drop0.3 | {len(rows)} | {val:.3f} | {np.mean([r['miou'] for r in rows]):.3f} |" in table
