@@ -163,22 +163,22 @@ def check_group_split(config: PipelineConfig, groups: Optional[dict], groups_fil
           f"({evaluated} of {len(images)} images) in the eval split", flush=True)
 
 
-def check_span_groups(spans_dir: Path, span: Optional[int] = None) -> None:
-    """``data.split_by: group`` on Span-N/ folders: the records of ``span`` (default the latest) must
-    carry image/group_id (ImportExampleGen fails on the first record without it)."""
+def check_span_groups(spans_dir: Path, span: Optional[int] = None, num_spans: int = 1) -> None:
+    """``data.split_by: group`` on Span-N/ folders: the records of ``span``, else of the latest
+    ``num_spans`` spans (what ImportExampleGen reads), must carry image/group_id (ImportExampleGen
+    fails on the first record without it). One record per span: a span is one ingest."""
     import tensorflow as tf
 
     from segbalance.contract import GROUP_KEY
     from segbalance.pipeline.spans import list_spans
 
-    spans = list_spans(spans_dir)
-    if not spans:
-        return  # nothing to read: the caller names that problem
-    span = spans_dir / f"Span-{spans[-1] if span is None else span}"
-    for record in tf.data.TFRecordDataset(sorted(str(p) for p in span.glob("data-*"))).take(1):
-        if GROUP_KEY not in tf.train.Example.FromString(record.numpy()).features.feature:
-            raise ConfigError(f"data.split_by: group: the records in {span} have no {GROUP_KEY}; ingest them again "
-                              f"with `segbalance ingest ... --groups FILE.json`, or set data.split_by: record")
+    spans = [span] if span is not None else list_spans(spans_dir)[-num_spans:]
+    for folder in (spans_dir / f"Span-{n}" for n in spans):
+        for record in tf.data.TFRecordDataset(sorted(str(p) for p in folder.glob("data-*"))).take(1):
+            if GROUP_KEY not in tf.train.Example.FromString(record.numpy()).features.feature:
+                raise ConfigError(f"data.split_by: group: the records in {folder} have no {GROUP_KEY}; ingest them "
+                                  f"again with `segbalance ingest ... --groups FILE.json`, or set data.split_by: "
+                                  f"record")
 
 
 def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str]]:
@@ -201,13 +201,13 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         source = Path(config.data.dir).resolve()
     if any(source.glob("Span-*")):
         spans_dir = source
-        if config.data.split_by == "group":
-            check_span_groups(spans_dir)
     else:
         spans_dir = Path(paths["examples_dir"])
         ingest_as_next_span(config, source, spans_dir)
         if reference is None and (source / "masks_full").is_dir():
             reference = str(source / "masks_full")
+    if config.data.split_by == "group":  # every span read, also earlier spans of OUTPUT/data
+        check_span_groups(spans_dir, num_spans=config.data.num_spans)
     if config.data.num_spans == 1:
         return str(spans_dir), reference
     from segbalance.pipeline.spans import span_window

@@ -121,6 +121,13 @@ def test_run_refuses_a_group_split_it_cannot_make(tmp_path, capsys):
     spans = _config(tmp_path, dir=str(tmp_path / "spans"), split_by="group")
     with pytest.raises(ConfigError, match=r"the records in .*Span-0 have no image/group_id; ingest them again"):
         prepare_data(spans, paths)
+    # data.num_spans: 2 reads an earlier span too: it must have groups as well
+    ingest.ingest(folder / "images", folder / "masks", tmp_path / "spans", span=1,
+                  options=ingest.IngestOptions(groups={s: "g" for s in stems}))
+    prepare_data(_config(tmp_path, dir=str(tmp_path / "spans"), split_by="group"), paths)  # Span-1 only: fine
+    two = _config(tmp_path, dir=str(tmp_path / "spans"), split_by="group", num_spans=2)
+    with pytest.raises(ConfigError, match=r"the records in .*Span-0 have no image/group_id"):
+        prepare_data(two, paths)
     # with groups: the split is made and says how
     groups = {s: f"scene{i % 6}" for i, s in enumerate(stems)}
     (folder / GROUPS_FILE).write_text(json.dumps(groups))
