@@ -145,12 +145,14 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
 def check_group_split(config: PipelineConfig, groups: Optional[dict], groups_file: Path) -> None:
     """``data.split_by: group`` needs a group per image, and groups on both sides of the split:
     ConfigError (exit 2) naming the file and what to do, before anything is ingested."""
+    from segbalance.pipeline import ingest
     from segbalance.pipeline.dag import split_of
 
     if groups is None:
         raise ConfigError(f"data.split_by: group needs {groups_file} ({{image stem: group}}, the scene, scan or "
                           f"tile of each image): write it, or set data.split_by: record")
-    images = {p.stem for p in (groups_file.parent / "images").iterdir() if p.is_file()}
+    # the image stems ingest will read (its own lister: image suffixes only)
+    images = set(ingest._files_by_stem(groups_file.parent / "images", ingest.IMAGE_SUFFIXES, "image"))
     names = sorted({groups[stem] for stem in images if stem in groups})
     sides = {name: split_of(name, config) for name in names}
     for split in ("train", "eval"):

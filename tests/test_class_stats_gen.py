@@ -80,20 +80,12 @@ def test_component_rejects_bad_arguments():
 
 
 # --------------------------------------------------------------------------- the quarantine protects training
-def _split_of(source_id: str, eval_buckets: int) -> str:
-    """The split ImportExampleGen gives a record (dag.py: hash buckets on image/source_id; the
-    partition function of tfx.components.example_gen.base_example_gen_executor)."""
-    import hashlib
+def _first_name(prefix: str, split: str, config) -> str:
+    """The first ``prefix<k>`` ImportExampleGen puts in ``split`` (dag.split_of: tested against TFX's
+    partition function in tests/test_group_split.py)."""
+    from segbalance.pipeline.dag import split_of
 
-    from tensorflow.core.example import feature_pb2
-
-    key = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[source_id.encode()]))
-    bucket = int(hashlib.sha256(key.SerializeToString(deterministic=True)).hexdigest(), 16) % 10
-    return "train" if bucket < 10 - eval_buckets else "eval"
-
-
-def _first_name(prefix: str, split: str, eval_buckets: int) -> str:
-    return next(f"{prefix}{k}" for k in range(1000) if _split_of(f"{prefix}{k}", eval_buckets) == split)
+    return next(f"{prefix}{k}" for k in range(1000) if split_of(f"{prefix}{k}", config) == split)
 
 
 def _read_gz_records(folder: str):
@@ -111,7 +103,7 @@ def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, c
     image (train), an RGB mask (train) and a corrupt mask (eval): Transform, SegTrainer and
     SegEvaluator run on ClassStatsGen's clean examples only; the counts agree everywhere."""
     from segbalance.pipeline.config import config_from_dict
-    from segbalance.pipeline.dag import create_pipeline
+    from segbalance.pipeline.dag import create_pipeline, split_of as dag_split_of
     from segbalance.trainer import example_codec as codec
     from tests.trainer_inputs import make_image_and_mask
 
@@ -119,7 +111,6 @@ def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, c
         "classes": {"names": ["background", "square", "bar"]},
         "training": {"image_size": [16, 16], "epochs": 1, "batch_size": 2, "depth": 2, "base_filters": 4},
         "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0}})
-    eval_buckets = max(1, round(10 * config.data.eval_fraction))
     rng = np.random.default_rng(0)
     good = {}
     for k in range(14):
@@ -128,15 +119,15 @@ def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, c
                                               16, 16).SerializeToString()
     image, mask = make_image_and_mask(rng, 16, 16)
     no_image = codec.build_example(codec.encode_png(image), codec.encode_png(mask),
-                                   _first_name("noimage", "train", eval_buckets), 16, 16)
+                                   _first_name("noimage", "train", config), 16, 16)
     del no_image.features.feature[codec.IMAGE_KEY]
     rgb_mask = codec.build_example(codec.encode_png(image), codec.encode_png(np.stack([mask] * 3, -1)),
-                                   _first_name("rgbmask", "train", eval_buckets), 16, 16)
+                                   _first_name("rgbmask", "train", config), 16, 16)
     corrupt = codec.build_example(codec.encode_png(image), codec.encode_png(mask)[:40],
-                                  _first_name("corrupt", "eval", eval_buckets), 16, 16)
+                                  _first_name("corrupt", "eval", config), 16, 16)
     bad = {ex.features.feature[codec.SOURCE_ID_KEY].bytes_list.value[0].decode(): ex.SerializeToString()
            for ex in (no_image, rgb_mask, corrupt)}
-    split_of = {sid: _split_of(sid, eval_buckets) for sid in [*good, *bad]}
+    split_of = {sid: dag_split_of(sid, config) for sid in [*good, *bad]}
     good_by_split = {s: {sid for sid in good if split_of[sid] == s} for s in ("train", "eval")}
     assert len(good_by_split["train"]) >= 4 and len(good_by_split["eval"]) >= 1, good_by_split
     (tmp_path / "data" / "Span-0").mkdir(parents=True)

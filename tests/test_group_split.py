@@ -131,11 +131,13 @@ def test_run_refuses_a_group_split_it_cannot_make(tmp_path, capsys):
     # with groups: the split is made and says how
     groups = {s: f"scene{i % 6}" for i, s in enumerate(stems)}
     (folder / GROUPS_FILE).write_text(json.dumps(groups))
+    (folder / "images" / "notes.txt").write_text("not an image: ingest skips it, so does the count")
     capsys.readouterr()
     prepare_data(config, paths)
     printed = capsys.readouterr().out
     evaluated = sorted({g for g in groups.values() if split_of(g, config) == "eval"})
-    assert f"data: split by group: {len(evaluated)} of 6 groups" in printed
+    in_eval = sum(groups[s] in evaluated for s in stems)
+    assert f"data: split by group: {len(evaluated)} of 6 groups ({in_eval} of {len(stems)} images)" in printed
     # a split by record ignores groups.json (its records carry no group)
     plain = _config(tmp_path / "plain", dir=str(folder))
     examples_dir, _ = prepare_data(plain, local_paths(str(tmp_path / "plain" / "out")))

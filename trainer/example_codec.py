@@ -137,6 +137,7 @@ def parse_record(serialized: bytes) -> ParsedRecord:
         return None
 
     source = _first_bytes(SOURCE_ID_KEY)
+    group = _first_bytes(GROUP_KEY)
     labeled = list(feats[LABELED_KEY].int64_list.value) if LABELED_KEY in feats else None
     return ParsedRecord(
         source_id=source.decode("utf-8", "replace") if source is not None else "",
@@ -145,5 +146,5 @@ def parse_record(serialized: bytes) -> ParsedRecord:
         height=_first_int(HEIGHT_KEY),
         width=_first_int(WIDTH_KEY),
         labeled=labeled,
-        group=_first_bytes(GROUP_KEY).decode("utf-8", "replace") if _first_bytes(GROUP_KEY) is not None else None,
+        group=group.decode("utf-8", "replace") if group is not None else None,
     )
