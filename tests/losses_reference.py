@@ -185,7 +185,7 @@ def exclusion_ce(y, z, labeled, ignore=255, pw=None):
     p = softmax(z.astype(np.float64))
     total = 0.0
     for idx in np.ndindex(labels.shape):
-        if valid[idx] and labels[idx] > 0:
+        if valid[idx] and labels[idx] > 0 and labels[idx] in sets[idx[0]]:  # a labelled foreground class
             w = pw[idx] if pw is not None else 1.0
             total += w * sum(-np.log(1 - p[idx][k]) for k in range(c) if k not in sets[idx[0]])
     return total / max(valid.sum(), 1)
@@ -201,7 +201,8 @@ def exclusion_dice(y, z, labeled, smooth=1.0, ignore=255, pw=None):
     weight = region_weight(valid, pw)
     values = []
     for b in range(labels.shape[0]):
-        w, region = weight[b], (labels[b] > 0) * valid[b]
+        labelled = np.isin(labels[b], sorted(sets[b]))
+        w, region = weight[b], (labels[b] > 0) * labelled * valid[b]
         if (w * region).sum() == 0:
             continue
         for k in range(c):

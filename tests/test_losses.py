@@ -414,6 +414,41 @@ def test_focal_gradient_finite_and_exact_at_large_logit_margins(gamma, margin):
         np.testing.assert_allclose(grad[0, 0, 0], ref.focal_pixel_gradient(z, label, gamma), rtol=1e-4, atol=1e-37)
 
 
+@pytest.mark.parametrize("margin", [0.0, 5.0, 10.0, 17.0, 20.0, 40.0, 100.0])
+def test_exclusion_ce_confident_in_a_missing_class_value_and_gradient(margin):
+    """A pixel of labelled class 1 predicted as the image's missing class 2 with logit margin m:
+    ``-log(1 - p_2) = log(1 + e^m / 2)``, gradient ``p - (1/2, 1/2, 0)``. From log_softmax the
+    value stopped at -log(1e-7) = 16.1 from a margin of ~17 on and the gradient was 0: the pixels
+    the loss exists for were the ones it no longer pushed."""
+    z = np.array([0.0, 0.0, margin])
+    labeled = np.array([[1.0, 1.0, 0.0]], np.float32)
+    value, grad = _value_and_grad(lambda t: L.exclusion_loss(np.array([[[1]]]), t, labeled), z[None, None, None])
+    assert value == pytest.approx(np.logaddexp(0.0, margin - np.log(2.0)), rel=1e-5)
+    p = np.exp(z - np.logaddexp.reduce(z))
+    np.testing.assert_allclose(grad[0, 0, 0], p - [0.5, 0.5, 0.0], rtol=1e-4, atol=1e-7)
+    # confident in the labelled class instead: -log(1 - p_2) = log1p(-1 / (e^m + 2)), tiny but exact
+    z = np.array([0.0, margin, 0.0])
+    value, grad = _value_and_grad(lambda t: L.exclusion_loss(np.array([[[1]]]), t, labeled), z[None, None, None])
+    assert value == pytest.approx(-np.log1p(-1.0 / (np.exp(margin) + 2.0)), rel=1e-5, abs=1e-37)
+    assert np.isfinite(grad).all()
+
+
+def test_exclusion_only_counts_pixels_of_a_labelled_class():
+    """Contradictory data (class 2 in the mask, not in the image's labelled set): its pixels are not
+    'annotated as a labelled foreground class', so neither form pushes p_2 down on them."""
+    y = np.array([[[2, 2], [0, 1]]])
+    labeled = np.array([[1.0, 1.0, 0.0]], np.float32)
+    z = np.tile(np.array([0.0, 0.0, 3.0], np.float32), (1, 2, 2, 1))
+    by_hand = np.log((np.exp(3.0) + 2.0) / 2.0) / 4.0  # the one class-1 pixel, over 4 valid pixels
+    assert float(L.exclusion_loss(y, z, labeled)) == pytest.approx(by_hand, rel=1e-6)
+    assert float(L.exclusion_loss(y, z, labeled)) == pytest.approx(ref.exclusion_ce(y, z, labeled), rel=1e-6)
+    assert float(L.exclusion_loss(y, z, labeled, form="dice")) == pytest.approx(
+        ref.exclusion_dice(y, z, labeled), rel=1e-6)
+    p2 = np.exp(3.0) / (np.exp(3.0) + 2.0)  # region R = the class-1 pixel only
+    assert float(L.exclusion_loss(y, z, labeled, form="dice")) == pytest.approx(
+        2 * p2 / (4 * p2 + 1 + 1.0), rel=1e-6)
+
+
 def test_focal_issue_case_gamma_half_margin_20():
     value, grad = _value_and_grad(lambda t: L.focal_loss(np.zeros((1, 1, 1), int), t, gamma=0.5),
                                   [[[[20.0, 0.0, 0.0]]]])

@@ -235,6 +235,23 @@ def test_sample_weight_is_refused_with_a_pointer_to_pixel_weights():
     ds, images, y = dict_dataset()
     with pytest.raises(ValueError, match="pixel_weights"):
         model.fit(images, y["mask"], sample_weight=np.ones(len(images), np.float32), verbose=0)
+    # outside SegmentationModel too: Keras scaled the already-reduced loss by the mean weight, so
+    # weights (1, 0) halved the batch's loss instead of leaving the second image out
+    loss = SegmentationLoss({"terms": [{"type": "ce"}]})
+    with pytest.raises(ValueError, match="pixel_weights"):
+        loss(y["mask"][:2], np.zeros((2,) + y["mask"].shape[1:] + (C,), np.float32),
+             sample_weight=np.array([1.0, 0.0], np.float32))
+    plain = keras.Model(model.inputs, model.outputs)
+    plain.compile(optimizer="sgd", loss=loss)
+    with pytest.raises(ValueError, match="pixel_weights"):
+        plain.fit(images, y["mask"], sample_weight=np.ones(len(images), np.float32), verbose=0)
+    plain.fit(images, y["mask"], epochs=1, verbose=0)  # without weights it trains
+
+
+def test_config_round_trip_keeps_the_reduction():
+    loss = SegmentationLoss({"terms": [{"type": "ce"}]}, num_classes=C, reduction="sum")
+    loaded = SegmentationLoss.from_config(loss.get_config())
+    assert loaded.reduction == "sum" and loaded.get_config() == loss.get_config()
 
 
 # --------------------------------------------------------------------------- registry, ignore index

@@ -292,10 +292,19 @@ def marginal_cross_entropy(y_true, logits, labeled, class_weights=None, ignore_i
     return reduce_pixels(per_pixel, weight, valid)
 
 
-def _log1mexp(x):
-    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012)."""
-    x = ops.minimum(x, -1e-7)
-    return ops.where(x > -math.log(2.0), ops.log(-ops.expm1(x)), ops.log1p(-ops.exp(x)))
+def _log_one_minus_softmax(logits, num_classes: int):
+    """``log(1 - p_c)`` for every class c, [B,H,W,C], accurate however confident the model is.
+
+    Only the top class can have p > 1/2: there ``log(1 - p) = logsumexp(z_k, k != top) - logsumexp(z)``
+    (as in ``_focal_terms``; from log_softmax it would round to log(0) from a margin of about 17
+    on, a loss capped near 16 with no gradient); every other class has p <= 1/2, where
+    ``log1p(-p)`` is exact. The unused branches are kept finite, so are their gradients.
+    """
+    log_z = ops.logsumexp(logits, axis=-1, keepdims=True)
+    top = ops.one_hot(ops.argmax(logits, axis=-1), num_classes) > 0
+    log_q_top = ops.logsumexp(ops.where(top, _NEG, logits), axis=-1, keepdims=True) - log_z
+    log_p = ops.where(top, -1.0, logits - log_z)
+    return ops.where(top, log_q_top, ops.log1p(-ops.exp(log_p)))
 
 
 def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNORE_INDEX, pixel_weights=None,
@@ -311,17 +320,20 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
     on the weights' scale; images without annotated foreground are skipped).
     """
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
-    unlabeled = 1.0 - _labeled_mask(labeled, c)  # [B,1,1,C]
-    foreground = ops.cast(ops.greater(labels, 0), "float32")  # annotated foreground (0 on ignored pixels)
-    log_probs = ops.log_softmax(logits, axis=-1)
+    labeled_mask = _labeled_mask(labeled, c)  # [B,1,1,C]
+    unlabeled = 1.0 - labeled_mask
+    # annotated as a labelled foreground class (0 on ignored pixels, and on a class the image's
+    # labelled set lacks: contradictory data must not make the loss push against the mask)
+    foreground = ops.cast(ops.greater(labels, 0), "float32") * _pick(
+        ops.broadcast_to(labeled_mask, ops.shape(logits)), labels, c)
     if form == "ce":
         weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights)
-        per_pixel = -ops.sum(_log1mexp(log_probs) * unlabeled, axis=-1)
+        per_pixel = -ops.sum(_log_one_minus_softmax(logits, c) * unlabeled, axis=-1)
         return reduce_pixels(per_pixel, weight * foreground, valid)
     if form != "dice":
         raise ValueError(f"exclusion_loss form must be 'ce' or 'dice', got {form!r}")
     weight = _region_weight(valid, pixel_weights)[..., None]  # [B,H,W,1], mean 1 over valid pixels
-    probs = ops.exp(log_probs)
+    probs = ops.softmax(logits, axis=-1)
     region = foreground[..., None]
     # each pixel counts once with its weight: sum w p_c R, sum w p_c, sum w R (not w^2 in the overlap)
     overlap = ops.sum(weight * probs * region, axis=(1, 2))  # [B,C]

@@ -106,6 +106,14 @@ class SegmentationLoss(keras.losses.Loss):
         return {"fn_weights": self.config.fn_weights, "fp_weights": self.config.fp_weights,
                 "low_confidence": (low.tau, low.alpha) if low else None}
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # call() returns the batch's loss, already reduced over pixels: Keras would scale that scalar by
+        # the mean sample weight, so a per-image weight would reweight nothing. Refused, not ignored.
+        if sample_weight is not None:
+            raise ValueError("SegmentationLoss: per-sample weights (sample_weight=) are not supported; put a "
+                             "per-pixel weight map in y_true['pixel_weights'] instead")
+        return super().__call__(y_true, y_pred)
+
     def call(self, y_true, y_pred):
         if isinstance(y_true, dict):
             unknown = sorted(set(y_true) - {"mask", "labeled", "pixel_weights"})
@@ -138,7 +146,6 @@ class SegmentationLoss(keras.losses.Loss):
     @classmethod
     def from_config(cls, config: Any):
         config = dict(config)
-        config.pop("reduction", None)
         config.pop("dtype", None)
         loss = dict(config["config"])
         # models saved before the ignore index moved out of the loss config kept it there
