@@ -37,6 +37,7 @@ splits only checked, e.g. eval, when there are any: validation reads their label
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -149,6 +150,16 @@ def match_files(pattern: str) -> List[str]:
     except Exception:  # BeamIOError: nothing matched / the folder does not exist
         return []
     return sorted(m.path for m in result.metadata_list if not _is_dir(m.path))
+
+
+def match_input_files(pattern: str) -> List[str]:
+    """The input files of a job: a local pattern (no ``://``) is expanded with Python's glob
+    (sorted; wildcards may be in folder parts, e.g. ``out*/data-*``, which Beam's local match
+    does not expand; hidden names such as the ``.segbalance.json`` marker are not matched by a
+    wildcard); a remote pattern goes to Beam's filesystems (:func:`match_files`)."""
+    if "://" in pattern:
+        return match_files(pattern)
+    return sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
 
 
 def _is_dir(path: str) -> bool:
@@ -525,7 +536,7 @@ def build(p: beam.Pipeline, file_patterns: Dict[str, str], options: StatsOptions
     count_splits = set(splits if count_splits is None else count_splits)
     rows, uncounted, quarantined, bad_files, events = [], [], [], [], []
     for split in splits:
-        paths = files[split] if files is not None else match_files(file_patterns[split])
+        paths = files[split] if files is not None else match_input_files(file_patterns[split])
         read = (
             p
             | f"Files[{split}]" >> beam.Create(paths)
@@ -716,7 +727,7 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
     """
     files = {}
     for split, pattern in sorted(file_patterns.items()):
-        files[split] = match_files(pattern)
+        files[split] = match_input_files(pattern)
         if not files[split]:
             raise ClassStatsError(f"no files match {pattern} (split {split!r}): check the path")
     count_splits = sorted(file_patterns) if count_splits is None else sorted(count_splits)

@@ -3,7 +3,9 @@
 Pairs files by stem (``a.jpg`` + ``a.png``), checks every pair and writes
 `tf.train.Example` records with the Model Garden keys (``trainer/example_codec.py``):
 
-- images (PNG/JPEG kept byte-for-byte; other formats re-encoded to PNG);
+- images (PNG/JPEG kept byte-for-byte; other formats re-encoded to PNG as RGB or greyscale, a
+  palette BMP/TIFF by its colours; an image with an EXIF orientation tag is turned upright, as
+  viewers and annotation tools show it, and re-encoded to PNG);
 - masks as single-channel PNG of class ids: greyscale masks as they are, palette
   ("P" mode) masks by palette index, RGB colour masks mapped to ids with ``--palette``
   (with ``--palette``, palette masks are mapped by their pixels' colours too);
@@ -23,8 +25,16 @@ Output (``TARGET`` = ``DIR/Span-N`` with ``--span N``, else ``DIR``)::
 
 Masks must be lossless: PNG (or BMP/TIFF). JPEG data in a mask (a ``.jpg`` mask, or JPEG
 bytes under a ``.png`` name) is a bad pair: JPEG changes class ids at region edges. 1-bit
-masks are read as ids 0/1; masks with an alpha channel (LA, PA, RGBA) are bad pairs, named
-for what they are.
+masks are read as ids 0/1, 2- and 4-bit greyscale PNG masks by their stored values (0..3,
+0..15); masks with an alpha channel (LA, PA, RGBA) are bad pairs, named for what they are.
+Every file must decode completely (a PNG with a bad chunk checksum or without its end chunk
+is a bad pair). Each bad pair in the report has a ``code`` (e.g. ``class_ids_out_of_range``,
+``size_mismatch``, ``no_mask``, ``no_image``, ``undecodable``) beside its ``reason`` text.
+
+Only files directly in IMAGES_DIR / MASKS_DIR with an image suffix are read; other files (in
+sub-folders, other suffixes such as ``.webp``; not hidden ones) are named in a warning and
+listed in the report (``skipped_files``). Stems are compared in Unicode NFC (a macOS NFD
+``café`` pairs with an NFC ``café``), and so are the keys of ``--labeled`` / ``--groups``.
 
 Output safety: TARGET is never, contains no, and is not inside IMAGES_DIR or MASKS_DIR, and
 ``--overwrite`` only replaces a folder an earlier ingest wrote (its marker ``.segbalance.json``
@@ -52,13 +62,15 @@ import os
 import shutil
 import sys
 import time
+import unicodedata
+import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from segbalance.contract import UserError
 from segbalance.pipeline import output_guard
@@ -76,6 +88,8 @@ OLD_PREFIX = ".segbalance-ingest-old-"
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord
 PROGRESS_MIN_FILES = 100
 MAX_CLASSES = 256  # masks are 8-bit PNG
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored / turned (viewers apply it, TF's decoders do not)
+OUT_OF_RANGE = "class_ids_out_of_range"  # the bad-pair code `run` looks for (classes.names too short)
 
 
 class IngestError(UserError):
@@ -84,6 +98,44 @@ class IngestError(UserError):
 
 class LabeledRangeError(IngestError):
     """labeled.json lists class ids outside [0, num_classes) (too few class names, or a typo)."""
+
+
+class PairError(ValueError):
+    """One pair cannot be written: ``code`` (machine-readable, in the report) and the reason text."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+def _bad(stem: str, code: str, reason: str, image: Optional[Path] = None, mask: Optional[Path] = None) -> dict:
+    """A bad-pair entry of the report."""
+    entry = {"source_id": stem}
+    if image is not None:
+        entry["image"] = str(image)
+    if mask is not None:
+        entry["mask"] = str(mask)
+    entry.update(code=code, reason=reason)
+    return entry
+
+
+def _nfc(text: str) -> str:
+    """Unicode NFC: macOS file systems hand out names in NFD (``cafe`` + combining accent)."""
+    return unicodedata.normalize("NFC", text)
+
+
+def _nfc_keys(mapping: Optional[dict], what: str) -> Optional[dict]:
+    """``mapping`` with NFC keys; IngestError when two keys differ only in their Unicode form."""
+    if mapping is None:
+        return None
+    out, original = {}, {}
+    for key, value in mapping.items():
+        norm = _nfc(key)
+        if norm in out and original[norm] != key:
+            raise IngestError(f"{what}: keys {original[norm]!r} and {key!r} are the same name in different Unicode "
+                              f"forms (NFC / NFD); keep one")
+        out[norm], original[norm] = value, key
+    return out
 
 
 @dataclass
@@ -104,6 +156,8 @@ class IngestResult:
     labeled_unmatched: List[str] = field(default_factory=list)  # --labeled stems with no image file
     groups_unmatched: List[str] = field(default_factory=list)  # --groups stems with no image file
     num_groups: int = 0  # groups among the written records (0: no --groups)
+    skipped_files: List[str] = field(default_factory=list)  # files in the folders that ingest does not read
+    exif_rotated: List[str] = field(default_factory=list)  # written images turned upright by their EXIF tag
 
     def report(self) -> dict:
         return {
@@ -114,10 +168,14 @@ class IngestResult:
             "num_labeled_unmatched": len(self.labeled_unmatched),
             "num_groups": self.num_groups,
             "num_groups_unmatched": len(self.groups_unmatched),
+            "num_skipped_files": len(self.skipped_files),
+            "exif_rotated": len(self.exif_rotated),
             "bad": self.bad,
             "written": self.written,
             "labeled_unmatched": self.labeled_unmatched,
             "groups_unmatched": self.groups_unmatched,
+            "skipped_files": self.skipped_files,
+            "exif_rotated_source_ids": self.exif_rotated,
         }
 
     def failed_report(self, error: str) -> dict:
@@ -138,16 +196,49 @@ def _sample(names: Sequence[str], limit: int = 5) -> str:
 
 
 # --------------------------------------------------------------------------- inputs
-def _files_by_stem(folder: Path, suffixes: Sequence[str], what: str) -> Dict[str, Path]:
+@dataclass
+class Listing:
+    """One input folder: the files ingest reads, by (NFC) stem, and those it does not read."""
+
+    files: Dict[str, Path]
+    other_suffix: Dict[str, Path]  # non-hidden files directly in the folder with another suffix, by stem
+    subfolders: List[Path]  # non-hidden sub-folders (ingest does not recurse)
+
+    def skipped(self) -> List[Path]:
+        """Every non-hidden file ingest does not read: other suffixes, and files in sub-folders."""
+        inside = []
+        for sub in self.subfolders:
+            for root, dirs, names in os.walk(sub):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                inside += [Path(root, n) for n in sorted(names) if not n.startswith(".")]
+        return sorted([*self.other_suffix.values(), *inside])
+
+
+def list_folder(folder: Path, suffixes: Sequence[str], what: str) -> Listing:
+    """The files of ``folder`` (not recursive; hidden names skipped) by NFC stem; IngestError for a
+    missing folder or two files with one stem."""
     if not folder.is_dir():
         raise IngestError(f"{what} folder {folder} does not exist or is not a folder")
-    found: Dict[str, Path] = {}
+    listing = Listing({}, {}, [])
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in suffixes:
-            if path.stem in found:
-                raise IngestError(f"two {what} files share the stem {path.stem!r}: {found[path.stem].name}, {path.name}")
-            found[path.stem] = path
-    return found
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            listing.subfolders.append(path)
+        elif path.is_file():
+            stem = _nfc(path.stem)
+            if path.suffix.lower() not in suffixes:
+                listing.other_suffix.setdefault(stem, path)
+            elif stem in listing.files:
+                raise IngestError(f"two {what} files share the stem {stem!r}: {listing.files[stem].name}, {path.name}; "
+                                  f"keep one")
+            else:
+                listing.files[stem] = path
+    return listing
+
+
+def _files_by_stem(folder: Path, suffixes: Sequence[str], what: str) -> Dict[str, Path]:
+    return list_folder(folder, suffixes, what).files
 
 
 def _read_json(path: Path, what: str):
@@ -172,11 +263,20 @@ def load_palette(path: os.PathLike) -> Dict[Tuple[int, int, int], int]:
     raw = _read_json(Path(path), "--palette")
     try:
         items = enumerate(raw) if isinstance(raw, list) else ((int(k), v) for k, v in raw.items())
-        palette = {tuple(int(x) for x in rgb): int(class_id) for class_id, rgb in items}
+        items = [(int(class_id), tuple(int(x) for x in rgb)) for class_id, rgb in items]
     except Exception as exc:
         raise IngestError(f"--palette {path}: cannot read it as a JSON list of [r, g, b] per class ({exc})") from exc
-    if any(len(rgb) != 3 for rgb in palette):
-        raise IngestError(f"--palette {path}: every colour must have 3 components")
+    palette: Dict[Tuple[int, int, int], int] = {}
+    for class_id, rgb in items:
+        if len(rgb) != 3:
+            raise IngestError(f"--palette {path}: class {class_id} colour {list(rgb)}: every colour must have 3 "
+                              f"components [r, g, b]")
+        if not all(0 <= x <= 255 for x in rgb):
+            raise IngestError(f"--palette {path}: class {class_id} colour {list(rgb)} has values outside 0..255")
+        if rgb in palette:  # a dict would keep the last: the first class's pixels would silently change id
+            raise IngestError(f"--palette {path}: colour {list(rgb)} is given to class {palette[rgb]} and class "
+                              f"{class_id}; give each class its own colour")
+        palette[rgb] = class_id
     return palette
 
 
@@ -209,7 +309,7 @@ def load_labeled(path: os.PathLike, num_classes: Optional[int]) -> Dict[str, Lis
                               f"class ids must be integers; {expected}")
         if any(v < 0 for v in value):
             raise IngestError(f"labeled file {path}: key {key!r} lists negative class ids {[v for v in value if v < 0]}")
-    labeled = {str(k): list(v) for k, v in raw.items()}
+    labeled = _nfc_keys({str(k): list(v) for k, v in raw.items()}, f"labeled file {path}")
     if num_classes is not None:
         bad = {k: [c for c in v if not 0 <= c < num_classes] for k, v in labeled.items()}
         bad = {k: v for k, v in bad.items() if v}
@@ -230,7 +330,7 @@ def load_groups(path: os.PathLike) -> Dict[str, str]:
         if not ((isinstance(value, str) and value.strip()) or _is_int(value)):
             raise IngestError(f"groups file {path}: key {key!r} is a JSON {_json_type(value)} ({value!r}), not a "
                               f"group name; {expected}")
-    return {str(k): str(v) for k, v in raw.items()}
+    return _nfc_keys({str(k): str(v) for k, v in raw.items()}, f"groups file {path}")
 
 
 def _json_type(value) -> str:
@@ -238,9 +338,10 @@ def _json_type(value) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def infer_num_classes(images_dir: Path) -> Optional[int]:
-    """C from a ``classes.json`` beside the image folder (as ``sample-data`` writes); None without one."""
-    classes = Path(images_dir).parent / "classes.json"
+def read_class_names(classes: Path) -> Optional[List[str]]:
+    """The names in a ``classes.json`` (``{"class_names": [...]}``, as ``sample-data`` writes); None
+    without the file; IngestError naming it when malformed."""
+    classes = Path(classes)
     if not classes.exists():
         return None
     raw = _read_json(classes, "classes file")
@@ -250,7 +351,13 @@ def infer_num_classes(images_dir: Path) -> Optional[int]:
                           f"least one name (strings); fix it, or pass --num-classes")
     if len(names) > MAX_CLASSES:
         raise IngestError(f"classes file {classes}: {len(names)} class names; masks are 8-bit, at most {MAX_CLASSES}")
-    return len(names)
+    return names
+
+
+def infer_num_classes(images_dir: Path) -> Optional[int]:
+    """C from a ``classes.json`` beside the image folder (as ``sample-data`` writes); None without one."""
+    names = read_class_names(Path(images_dir).parent / "classes.json")
+    return None if names is None else len(names)
 
 
 # --------------------------------------------------------------------------- one pair
@@ -275,86 +382,145 @@ def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
     maps, not its palette indices (whose order need not be the --palette's)."""
     if codec.image_format(data) == b"jpeg":
         under = f" under a {Path(name).suffix} name" if Path(name).suffix.lower() not in (".jpg", ".jpeg") else ""
-        raise ValueError(f"mask {name} is JPEG data{under}: JPEG is lossy and changes class ids at region edges; "
-                         f"masks must be lossless PNG")
+        raise PairError("lossy_mask", f"mask {name} is JPEG data{under}: JPEG is lossy and changes class ids at "
+                                      f"region edges; masks must be lossless PNG")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             fmt, mode = img.format, img.mode
             if fmt not in LOSSLESS_MASK_FORMATS:
-                raise ValueError(f"mask {name} is {fmt} data; masks must be lossless PNG")
+                raise PairError("lossy_mask", f"mask {name} is {fmt} data; masks must be lossless PNG")
             if fmt == "TIFF" and "jpeg" in str(img.info.get("compression", "")).lower():
-                raise ValueError(f"mask {name} is a JPEG-compressed TIFF (lossy); masks must be lossless PNG")
+                raise PairError("lossy_mask", f"mask {name} is a JPEG-compressed TIFF (lossy); masks must be "
+                                              f"lossless PNG")
             if mode in _MASK_MODE_NAMES:
-                raise ValueError(f"mask {name} is {_MASK_MODE_NAMES[mode]}; class-id masks must be single-channel "
-                                 f"(greyscale, palette or 1-bit PNG), or RGB colours with --palette")
+                raise PairError("mask_mode", f"mask {name} is {_MASK_MODE_NAMES[mode]}; class-id masks must be "
+                                             f"single-channel (greyscale, palette or 1-bit PNG), or RGB colours "
+                                             f"with --palette")
+            _check_complete(data, f"mask {name}")
             if mode == "1":  # 1-bit: ids 0 and 1
                 return np.asarray(img).astype(np.uint8)
             if mode == "P" and colours:
                 return np.asarray(img.convert("RGB"))
+            if mode == "L" and fmt == "PNG" and _png_grey_depth(data) in (2, 4):
+                # PIL scales 2/4-bit grey to 0..255 (id 3 of a 2-bit mask would read 255, the ignore index)
+                return np.asarray(img) // (255 // (2 ** _png_grey_depth(data) - 1))
             if mode == "RGBA":
                 alpha = np.asarray(img.getchannel("A"))
                 if (alpha != 255).any():
-                    raise ValueError(f"mask {name} is RGBA with {int((alpha != 255).sum())} (partly) transparent "
-                                     f"pixels; class-id masks must be single-channel or opaque RGB with --palette")
+                    raise PairError("mask_mode", f"mask {name} is RGBA with {int((alpha != 255).sum())} (partly) "
+                                                 f"transparent pixels; class-id masks must be single-channel or "
+                                                 f"opaque RGB with --palette")
                 img = img.convert("RGB")
             return np.asarray(img)
     except UnidentifiedImageError:
-        raise ValueError(f"mask {name} is not an image PIL can read (expected PNG data)") from None
-    except ValueError:
+        raise PairError("undecodable", f"mask {name} is not an image PIL can read (expected PNG data)") from None
+    except PairError:
         raise
     except Exception as exc:  # PIL raises many types for truncated or corrupt data
-        raise ValueError(f"cannot decode mask {name}: {exc}") from exc
+        raise PairError("undecodable", f"cannot decode mask {name}: {exc}") from exc
+
+
+def _png_grey_depth(data: bytes) -> Optional[int]:
+    """The bit depth of a greyscale PNG (IHDR: byte 24 bit depth, byte 25 colour type 0); None otherwise."""
+    if codec.image_format(data) == b"png" and len(data) > 26 and data[25] == 0:
+        return data[24]
+    return None
+
+
+def _check_complete(data: bytes, what: str) -> None:
+    """PairError unless the file is complete: Pillow decodes a PNG with a bad chunk checksum or
+    without its end chunk, TensorFlow does not (the pipeline would then drop the record).
+    ``verify`` (on a fresh open: it consumes the file) checks PNG chunk CRCs and the IEND chunk."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except Exception as exc:
+        raise PairError("undecodable", f"{what} is damaged ({exc}): TensorFlow cannot decode it; export the "
+                                       f"file again") from None
+
+
+def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
+    """The bytes to store for an image, its (height, width) and whether it was turned upright.
+
+    PNG/JPEG bytes are kept as they are. Other formats (BMP, TIFF) are re-encoded to PNG from
+    their pixels: a palette image by its colours (not its indices), modes other than greyscale and
+    RGB as RGB (an alpha channel dropped, as TensorFlow's 3-channel decode of a PNG drops it). An
+    image with an EXIF orientation tag is turned as viewers (and annotation tools) show it and
+    re-encoded to PNG: masks are drawn on the image as shown. PairError says what is wrong."""
+    what = f"image {name}"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.mode.startswith("I") or img.mode == "F":
+                raise PairError("image_not_8bit", f"{what} is {img.mode} ({'16' if ';16' in img.mode else '32'}-bit); "
+                                                  f"expected 8-bit RGB or greyscale")
+            rotated = img.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9)
+            kept = codec.image_format(data) in (b"png", b"jpeg") and not rotated
+            _check_complete(data, what)
+            if kept:
+                return data, (img.height, img.width), False
+            out = ImageOps.exif_transpose(img) if rotated else img
+            if out.mode not in ("L", "RGB"):
+                with warnings.catch_warnings():  # "palette images with transparency": dropped on purpose
+                    warnings.simplefilter("ignore")
+                    out = out.convert("RGB")
+            return codec.encode_png(np.asarray(out)), (out.height, out.width), rotated
+    except UnidentifiedImageError:
+        raise PairError("undecodable", f"cannot decode {what}: not an image format PIL reads") from None
+    except PairError:
+        raise
+    except Exception as exc:  # PIL raises many types for truncated or corrupt data
+        raise PairError("undecodable", f"cannot decode {what}: {exc}") from exc
 
 
 def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.ndarray:
     if mask.ndim == 3:
         if options.palette is None:
-            raise ValueError(f"mask {name} is RGB colour (3 channels) and no --palette was given to map colours "
-                             f"to class ids")
+            raise PairError("rgb_mask_without_palette", f"mask {name} is RGB colour (3 channels) and no --palette "
+                                                        f"was given to map colours to class ids")
         rgb = mask[..., :3].reshape(-1, 3)
         colours, inverse = np.unique(rgb, axis=0, return_inverse=True)
         lookup = np.empty(len(colours), dtype=np.int64)
         for i, colour in enumerate(colours):
             key = tuple(int(x) for x in colour)
             if key not in options.palette:
-                raise ValueError(f"mask {name} colour {key} is not in --palette")
+                raise PairError("colour_not_in_palette", f"mask {name} colour {key} is not in --palette")
             lookup[i] = options.palette[key]
         mask = lookup[inverse.reshape(-1)].reshape(mask.shape[:2])
     if mask.ndim != 2:
-        raise ValueError(f"mask {name} has shape {mask.shape}; expected [H, W] or [H, W, 3]")
-    bad = (mask != options.ignore_index)
-    if options.num_classes is not None:
-        bad &= (mask >= options.num_classes)
-    else:
-        bad &= (mask > 254)
-    if bad.any() or (mask < 0).any():
-        ids = sorted(set(np.unique(mask[bad]).tolist()))
-        limit = f"num_classes={options.num_classes}" if options.num_classes else "255 values"
-        raise ValueError(f"mask {name} has class ids {ids[:10]} outside [0, {limit}) that are not "
-                         f"ignore_index={options.ignore_index}")
+        raise PairError("mask_shape", f"mask {name} has shape {mask.shape}; expected [H, W] or [H, W, 3]")
+    limit = options.num_classes if options.num_classes is not None else 255
+    bad = (mask != options.ignore_index) & ((mask >= limit) | (mask < 0))  # negatives: int32 TIFF masks
+    if bad.any():
+        ids = np.unique(mask[bad]).tolist()
+        shown = ids if len(ids) <= 10 else ids[:5] + ids[-5:]  # the smallest (negatives) and the largest
+        limit_text = f"num_classes={options.num_classes}" if options.num_classes else "255 values"
+        raise PairError(OUT_OF_RANGE, f"mask {name} has class ids {shown} outside [0, {limit_text}) that are not "
+                                      f"ignore_index={options.ignore_index}")
     return mask.astype(np.uint8)
 
 
-def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOptions) -> bytes:
-    """Check one pair and return its serialized Example; ValueError says what is wrong."""
-    image_bytes = image_path.read_bytes()
-    image = codec.decode_array(image_bytes, what=f"image {image_path.name}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image {image_path.name} is {image.dtype}; expected 8-bit")
-    if codec.image_format(image_bytes) == b"unknown":  # BMP/TIFF: store as PNG
-        image_bytes = codec.encode_png(image)
+def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOptions,
+                notes: Optional[List[str]] = None) -> bytes:
+    """Check one pair and return its serialized Example; PairError (a ValueError) says what is
+    wrong. ``notes`` gets "exif_rotated" when the image was turned upright by its EXIF tag."""
+    image_bytes, (height, width), rotated = read_image(image_path.read_bytes(), image_path.name)
     mask_bytes = mask_path.read_bytes()
     mask = read_mask(mask_bytes, mask_path.name, colours=options.palette is not None)
-    if image.shape[:2] != mask.shape[:2]:
-        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but mask is {mask.shape[1]}x{mask.shape[0]} (WxH)")
+    if (height, width) != mask.shape[:2]:
+        upright = " (turned upright by its EXIF orientation tag)" if rotated else ""
+        raise PairError("size_mismatch", f"image{upright} is {width}x{height} but mask is "
+                                         f"{mask.shape[1]}x{mask.shape[0]} (WxH)")
     ids = _mask_ids(mask, options, mask_path.name)
     if not (mask.ndim == 2 and mask.dtype == np.uint8 and codec.image_format(mask_bytes) == b"png"
             and _is_grey_png(mask_bytes)):
         mask_bytes = codec.encode_png(ids)
     labeled = options.labeled.get(stem) if options.labeled is not None else None
     group = options.groups[stem] if options.groups is not None else None
-    example = codec.build_example(image_bytes, mask_bytes, stem, image.shape[0], image.shape[1], labeled, group)
+    example = codec.build_example(image_bytes, mask_bytes, stem, height, width, labeled, group)
+    if rotated and notes is not None:
+        notes.append("exif_rotated")
     return example.SerializeToString()
 
 
@@ -364,25 +530,30 @@ def _is_grey_png(data: bytes) -> bool:
 
 
 # --------------------------------------------------------------------------- shards
-def _write_shard(args) -> Tuple[List[str], List[dict]]:
+def _write_shard(args) -> Tuple[List[str], List[dict], List[str]]:
+    """(written stems, bad-pair entries, written stems whose image was turned upright)."""
     import tensorflow as tf
 
     shard_path, name, pairs, options, progress_every = args  # name: the shard's final name
-    written, bad = [], []
+    written, bad, rotated = [], [], []
     with tf.io.TFRecordWriter(str(shard_path)) as writer:
         for n, (stem, image_path, mask_path) in enumerate(pairs, start=1):
+            notes: List[str] = []
             try:
-                writer.write(encode_pair(stem, image_path, mask_path, options))
+                writer.write(encode_pair(stem, image_path, mask_path, options, notes))
                 written.append(stem)
+                if "exif_rotated" in notes:
+                    rotated.append(stem)
             except (ValueError, OSError) as exc:
-                bad.append({"source_id": stem, "image": str(image_path), "mask": str(mask_path), "reason": str(exc)})
+                code = getattr(exc, "code", "undecodable" if isinstance(exc, ValueError) else "unreadable")
+                bad.append(_bad(stem, code, str(exc), image_path, mask_path))
                 print(f"ingest: skipped {stem}: {exc}", file=sys.stderr, flush=True)
             if progress_every and n % progress_every == 0:
                 # one write per line: shard worker processes share stdout, and print() writes
                 # the text and the newline separately, so lines of two workers could merge
                 sys.stdout.write(f"ingest: {name}: {n}/{len(pairs)} pairs\n")
                 sys.stdout.flush()
-    return written, bad
+    return written, bad, rotated
 
 
 def _pid_alive(pid: int) -> bool:
@@ -398,7 +569,9 @@ def _pid_alive(pid: int) -> bool:
 def clean_stale(parent: Path) -> List[Path]:
     """Remove what a killed ingest left in ``parent``: its temporary folders, and restore a previous
     TARGET moved aside by a replacement that was killed before it finished. Only folders of a
-    process that is no longer running, named by ingest, holding nothing but ingest's files."""
+    process that is no longer running, named by ingest, holding nothing but ingest's files. A
+    symbolic link (an older version renamed a symlinked --output aside) is renamed back when its
+    name is free, else left alone with a warning: never deleted, nor the folder it points to."""
     removed = []
     if not parent.is_dir():
         return removed
@@ -418,6 +591,10 @@ def clean_stale(parent: Path) -> List[Path]:
                 path.rename(parent / name)  # the replacement was killed between the two renames
                 print(f"ingest: restored {parent / name} (a killed ingest had moved it aside)", file=sys.stderr)
                 continue
+        if path.is_symlink():
+            print(f"ingest: warning: left {path} alone: a symbolic link (to {os.path.realpath(path)}) that an "
+                  f"earlier ingest moved aside; rename it back or remove it yourself", file=sys.stderr)
+            continue
         shutil.rmtree(path)
         removed.append(path)
     return removed
@@ -436,7 +613,11 @@ def ingest(
     """Ingest a folder pair (see module docstring). Raises IngestError for whole-input problems,
     output_guard.OutputError for an output that must not be written (both UserErrors)."""
     options = options or IngestOptions()
-    images_dir, masks_dir, output = Path(images_dir), Path(masks_dir), Path(output)
+    options = replace(options, labeled=_nfc_keys(options.labeled, "--labeled"),
+                      groups=_nfc_keys(options.groups, "--groups"))
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    # absolute ("." has no name to rename and no parent to hold the temporary folder) ...
+    output = Path(os.path.abspath(output))
     if shards < 1:
         raise IngestError(f"--shards must be >= 1, got {shards}")
     if span is not None and span < 0:
@@ -447,6 +628,10 @@ def ingest(
     if not 0 <= options.ignore_index <= 255:
         raise IngestError(f"--ignore-index must be between 0 and 255 (masks are 8-bit), got {options.ignore_index}")
     target = output / f"Span-{span}" if span is not None else output
+    clean_stale(target.parent)  # first: a span it restores needs --overwrite like any other
+    if target.is_symlink():  # ... and the real folder: renaming the link aside would replace the link
+        target = target.resolve()
+        clean_stale(target.parent)
     if span is not None:  # OUTPUT itself must be a folder (or not exist yet) and not an input
         output_guard.check_not_inputs(output, "--output", (images_dir, masks_dir))
     elif target.is_dir() and any(p.name.startswith("Span-") and p.is_dir() for p in target.iterdir()):
@@ -459,19 +644,23 @@ def ingest(
     if holds_data and not overwrite:
         raise IngestError(f"{target} already holds data; pass --overwrite to replace it, or choose another --span/--output")
 
-    images = _files_by_stem(images_dir, IMAGE_SUFFIXES, "image")
-    masks = _files_by_stem(masks_dir, MASK_SUFFIXES, "mask")
+    image_list = list_folder(images_dir, IMAGE_SUFFIXES, "image")
+    mask_list = list_folder(masks_dir, MASK_SUFFIXES, "mask")
+    images, masks = image_list.files, mask_list.files
     if images_dir.resolve() == masks_dir.resolve():
         raise IngestError(f"IMAGES_DIR and MASKS_DIR are the same folder ({images_dir}): keep masks in their own folder")
     if not images and not masks:
-        raise IngestError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} and no masks in {masks_dir}")
+        raise IngestError(_no_files_message(images_dir, masks_dir, image_list, mask_list))
     result = IngestResult(target=target)
-    for stem in sorted(set(images) - set(masks)):
-        result.bad.append({"source_id": stem, "image": str(images[stem]), "reason": f"image has no mask {stem}.* in {masks_dir}"})
-    for stem in sorted(set(masks) - set(images)):
-        result.bad.append({"source_id": stem, "mask": str(masks[stem]), "reason": f"mask has no image {stem}.* in {images_dir}"})
+    result.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
     for item in result.bad:
         print(f"ingest: skipped {item['source_id']}: {item['reason']}", file=sys.stderr)
+    named = {item.get("image") for item in result.bad} | {item.get("mask") for item in result.bad}
+    result.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped() if str(f) not in named]
+    if result.skipped_files:
+        print(f"ingest: warning: skipped {len(result.skipped_files)} files that ingest does not read "
+              f"({_sample(result.skipped_files, 3)}): it reads only files directly in {images_dir} and {masks_dir} "
+              f"(not in sub-folders) ending in {', '.join(IMAGE_SUFFIXES)}", file=sys.stderr)
     if options.labeled is not None:
         result.labeled_unmatched = sorted(set(options.labeled) - set(images))
         if result.labeled_unmatched:
@@ -491,7 +680,6 @@ def ingest(
                   f"{images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(target.parent)
     tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -505,10 +693,15 @@ def ingest(
                 outcomes = list(pool.map(_write_shard, jobs))
         else:
             outcomes = [_write_shard(jobs[0])]
-        for written, bad in outcomes:
+        for written, bad, rotated in outcomes:
             result.written.extend(written)
             result.bad.extend(bad)
+            result.exif_rotated.extend(rotated)
         result.written.sort()
+        result.exif_rotated.sort()
+        if result.exif_rotated:
+            print(f"ingest: {len(result.exif_rotated)} images had an EXIF orientation tag: stored turned upright, as "
+                  f"viewers and annotation tools show them ({_sample(result.exif_rotated, 3)})", flush=True)
         if options.groups is not None:
             result.num_groups = len({options.groups[stem] for stem in result.written})
         problem = _nothing_written_reason(result, images_dir, masks_dir, strict)
@@ -522,16 +715,63 @@ def ingest(
             job[0].rename(tmp / job[1])
         if target.exists():
             old = target.parent / f"{OLD_PREFIX}{os.getpid()}"
+            in_it = _cwd_inside(target)
             output_guard.write_marker(target, "ingest", target=target.name)  # lets clean_stale restore it
             target.rename(old)
             tmp.rename(target)
             shutil.rmtree(old)
+            if in_it:
+                print(f"ingest: note: {target} was replaced by a new folder; a shell that is in it still shows the "
+                      f"old, deleted one: run `cd {target}`", file=sys.stderr)
         else:
             tmp.rename(target)
         failed_report_path(target).unlink(missing_ok=True)  # an earlier failure's report is out of date
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _cwd_inside(folder: Path) -> bool:
+    try:
+        cwd = Path.cwd()
+    except OSError:  # the current folder was deleted
+        return False
+    return cwd == folder or folder in cwd.parents
+
+
+def _unpaired(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list: Listing) -> List[dict]:
+    """Bad-pair entries for an image without mask and a mask without image (or whose partner has a
+    suffix ingest does not read, e.g. ``.webp``: TensorFlow's decode_image cannot decode it)."""
+    images, masks, bad = image_list.files, mask_list.files, []
+    supported = ", ".join(IMAGE_SUFFIXES)
+    for stem in sorted(set(images) - set(masks)):
+        other = mask_list.other_suffix.get(stem)
+        if other is not None:
+            bad.append(_bad(stem, "unsupported_mask_extension", f"mask {other.name} has the suffix {other.suffix}, "
+                            f"which ingest does not read ({supported}): save it as PNG", images[stem], other))
+        else:
+            bad.append(_bad(stem, "no_mask", f"image has no mask {stem}.* in {masks_dir}", image=images[stem]))
+    for stem in sorted(set(masks) - set(images)):
+        other = image_list.other_suffix.get(stem)
+        if other is not None:
+            bad.append(_bad(stem, "unsupported_image_extension", f"image {other.name} has the suffix {other.suffix}, "
+                            f"which ingest does not read ({supported}): convert it to PNG or JPEG", other, masks[stem]))
+        else:
+            bad.append(_bad(stem, "no_image", f"mask has no image {stem}.* in {images_dir}", mask=masks[stem]))
+    return bad
+
+
+def _no_files_message(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list: Listing) -> str:
+    """The error when neither folder holds a file ingest reads: says why (sub-folders, other suffixes)."""
+    message = f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} and no masks in {masks_dir}"
+    subs = [str(p) for p in image_list.subfolders + mask_list.subfolders]
+    others = [p.name for p in [*image_list.other_suffix.values(), *mask_list.other_suffix.values()]]
+    if subs:
+        message += (f"; there are sub-folders ({_sample(subs, 3)}), and ingest does not look inside sub-folders: "
+                    f"put the files directly in {images_dir} and {masks_dir}")
+    if others:
+        message += f"; files with other suffixes are not read ({_sample(others, 3)}): convert them to PNG"
+    return message
 
 
 def _nothing_written_reason(result: IngestResult, images_dir: Path, masks_dir: Path, strict: bool) -> Optional[str]:

@@ -116,6 +116,15 @@ BAD_CASES = {
     "image_without_mask": "has no mask",
     "mask_without_image": "has no image",
 }
+BAD_CODES = {  # the machine-readable code of each (run.py matches "class_ids_out_of_range" exactly)
+    "undecodable_image": "undecodable",
+    "undecodable_mask": "undecodable",
+    "rgb_mask_no_palette": "rgb_mask_without_palette",
+    "size_mismatch": "size_mismatch",
+    "class_id_too_large": "class_ids_out_of_range",
+    "image_without_mask": "no_mask",
+    "mask_without_image": "no_image",
+}
 
 
 def _make_bad(tmp_path, case):
@@ -153,6 +162,7 @@ def test_bad_pair_is_reported_and_good_pairs_written(tmp_path, case, capsys):
     assert report["num_written"] == 2 and report["written"] == ["img0", "img1"]
     (bad,) = report["bad"]
     assert bad["source_id"] == "bad" and BAD_CASES[case] in bad["reason"]
+    assert bad["code"] == BAD_CODES[case]
     assert "skipped bad" in capsys.readouterr().err
     assert {r.source_id for r in _records(tmp_path / "out")} == {"img0", "img1"}
 
@@ -603,3 +613,269 @@ def test_output_holding_spans_needs_span(tmp_path, capsys):
     _one_error_line(capsys.readouterr().err, f"--output {tmp_path / 'out'} holds spans (Span-0): add --span N")
     assert _tree(tmp_path / "out") == before
 
+
+
+# --------------------------------------------------------------------------- QA pass on the ingest path
+def _palette_image(ids, colours):
+    image = Image.fromarray(ids, mode="P")
+    image.putpalette(np.asarray(colours, np.uint8).ravel().tolist() + [0] * (768 - 3 * len(colours)))
+    return image
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".tif"])
+def test_palette_bmp_and_tiff_images_are_stored_by_their_colours(tmp_path, suffix):
+    """Item 1: a "P" image in a format that is re-encoded (not PNG/JPEG) used to be stored as its palette
+    indices (a dark grey picture); the reference is the palette looked up with NumPy."""
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 4, size=(6, 5)).astype(np.uint8)
+    colours = np.array([[10, 20, 30], [200, 0, 0], [0, 200, 0], [0, 0, 200]], np.uint8)
+    (tmp_path / "images").mkdir()
+    _palette_image(ids, colours).save(tmp_path / "images" / f"p{suffix}")
+    assert Image.open(tmp_path / "images" / f"p{suffix}").mode == "P"
+    _write(tmp_path / "masks" / "p.png", ids % 3)
+    assert _run(tmp_path) == 0
+    (record,) = _records(tmp_path / "out")
+    np.testing.assert_array_equal(codec.decode_array(record.image_bytes), colours[ids])
+    np.testing.assert_array_equal(tf.io.decode_image(record.image_bytes, channels=3).numpy(), colours[ids])
+
+
+def _jpeg_with_orientation(array, orientation):
+    import io as _io
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = _io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_exif_rotated_images_are_stored_upright_and_counted(tmp_path, capsys):
+    """Item 2: orientation 6 = the stored pixels must be turned 90 degrees clockwise for display; the mask
+    was drawn on the displayed (4x6) picture. Reference: PIL's raw decode of the JPEG turned with np.rot90."""
+    import io as _io
+    rng = np.random.default_rng(12)
+    raw = np.kron(rng.integers(0, 256, size=(3, 2, 3)), np.ones((2, 2, 1))).astype(np.uint8)  # 6x4 stored
+    data = _jpeg_with_orientation(raw, 6)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "r.jpg").write_bytes(data)
+    upright = np.rot90(np.asarray(Image.open(_io.BytesIO(data)).convert("RGB")), k=-1)  # clockwise
+    assert upright.shape == (4, 6, 3)
+    mask = rng.integers(0, 3, size=(4, 6)).astype(np.uint8)
+    _write(tmp_path / "masks" / "r.png", mask)
+    _write(tmp_path / "images" / "u.jpg", raw)  # no tag: kept byte for byte, not counted
+    _write(tmp_path / "masks" / "u.png", np.zeros((6, 4), np.uint8))
+    assert _run(tmp_path) == 0
+    assert "ingest: 1 images had an EXIF orientation tag: stored turned upright" in capsys.readouterr().out
+    records = {r.source_id: r for r in _records(tmp_path / "out")}
+    assert (records["r"].height, records["r"].width) == (4, 6)
+    np.testing.assert_array_equal(codec.decode_array(records["r"].image_bytes), upright)
+    np.testing.assert_array_equal(codec.decode_array(records["r"].mask_bytes), mask)
+    assert records["u"].image_bytes == (tmp_path / "images" / "u.jpg").read_bytes()
+    report = _report(tmp_path / "out")
+    assert report["exif_rotated"] == 1 and report["exif_rotated_source_ids"] == ["r"]
+    # a mask of the stored (unturned) size no longer fits: the reason says the image was turned
+    _write(tmp_path / "masks" / "r.png", np.zeros((6, 4), np.uint8))
+    assert _run(tmp_path, "--overwrite") == 0
+    (bad,) = _report(tmp_path / "out")["bad"]
+    assert bad["code"] == "size_mismatch" and "turned upright by its EXIF orientation tag" in bad["reason"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[[0, 0, 0], [255, 0, 0], [0, 255, 0], [255, 0, 0]]",
+     "colour [255, 0, 0] is given to class 1 and class 3; give each class its own colour"),
+    ('{"0": [0, 0, 0], "2": [9, 9, 9], "5": [9, 9, 9]}', "colour [9, 9, 9] is given to class 2 and class 5"),
+    ("[[0, 0, 0], [256, 0, 0]]", "class 1 colour [256, 0, 0] has values outside 0..255"),
+    ("[[0, -1, 0]]", "class 0 colour [0, -1, 0] has values outside 0..255"),
+    ("[[0, 0]]", "class 0 colour [0, 0]: every colour must have 3 components"),
+])
+def test_palette_file_with_a_repeated_or_impossible_colour_is_refused(tmp_path, content, message, capsys):
+    """Item 3: a repeated colour used to map both classes' pixels to the last id, silently."""
+    _dataset(tmp_path, n=1)
+    (tmp_path / "palette.json").write_text(content)
+    assert _run(tmp_path, "--palette", str(tmp_path / "palette.json")) == 2
+    _one_error_line(capsys.readouterr().err, f"--palette {tmp_path / 'palette.json'}: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_files_ingest_does_not_read_are_named_and_counted(tmp_path, capsys):
+    """Item 4: files in sub-folders and files with other suffixes are listed (hidden files are not); a
+    .webp image beside its mask is a bad pair that names the suffix, not "mask has no image"."""
+    _dataset(tmp_path, n=2)
+    _write(tmp_path / "images" / "sub" / "deep" / "x.png", np.zeros((2, 2, 3), np.uint8))
+    _write(tmp_path / "masks" / "sub" / "x.png", np.zeros((2, 2), np.uint8))
+    (tmp_path / "images" / "notes.txt").write_text("mine")
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "images" / ".hidden").mkdir()
+    (tmp_path / "images" / ".hidden" / "y.png").write_bytes(b"")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "w.webp")
+    _write(tmp_path / "masks" / "w.png", np.zeros((4, 4), np.uint8))
+    assert _run(tmp_path) == 0
+    err = capsys.readouterr().err
+    report = _report(tmp_path / "out")
+    assert report["skipped_files"] == [str(tmp_path / "images" / "notes.txt"),
+                                       str(tmp_path / "images" / "sub" / "deep" / "x.png"),
+                                       str(tmp_path / "masks" / "sub" / "x.png")]
+    assert report["num_skipped_files"] == 3 and report["num_written"] == 2
+    (warning,) = [line for line in err.splitlines() if "warning" in line]
+    assert warning.startswith("ingest: warning: skipped 3 files that ingest does not read (")
+    assert "(not in sub-folders) ending in .png, .jpg, .jpeg, .bmp, .tif, .tiff" in warning
+    (bad,) = report["bad"]
+    assert bad["code"] == "unsupported_image_extension" and bad["image"] == str(tmp_path / "images" / "w.webp")
+    assert bad["reason"].startswith("image w.webp has the suffix .webp, which ingest does not read")
+    assert "has no image" not in err
+
+
+def test_only_sub_folders_says_ingest_does_not_recurse(tmp_path, capsys):
+    _write(tmp_path / "images" / "batch1" / "a.png", np.zeros((2, 2, 3), np.uint8))
+    _write(tmp_path / "masks" / "batch1" / "a.png", np.zeros((2, 2), np.uint8))
+    assert _run(tmp_path) == 2
+    _one_error_line(capsys.readouterr().err, "no image files", "there are sub-folders (",
+                    str(tmp_path / "images" / "batch1"), "ingest does not look inside sub-folders")
+
+
+def test_output_that_is_a_symlink_is_written_through_and_stale_links_are_left_alone(tmp_path, capsys):
+    """Item 5: --output LINK (to a folder) used to rename the link aside and crash in rmtree, leaving a
+    .segbalance-ingest-old-PID link that crashed every later ingest beside it."""
+    _dataset(tmp_path, n=2)
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "out").symlink_to(real, target_is_directory=True)
+    assert _run(tmp_path) == 0
+    assert _run(tmp_path, "--overwrite") == 0
+    assert (tmp_path / "out").is_symlink() and (tmp_path / "out").resolve() == real
+    assert sorted(p.name for p in real.iterdir()) == [output_guard.MARKER, "data-00000-of-00001.tfrecord",
+                                                      ingest.REPORT_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks", "out", "real"]
+    assert {r.source_id for r in _records(real)} == {"img0", "img1"}
+    # what the old version left after its crash: the link renamed aside (its name "out" taken by the new data)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    output_guard.write_marker(kept, "ingest", target="out")
+    (kept / ingest.REPORT_NAME).write_text("{}")
+    link = tmp_path / f"{ingest.OLD_PREFIX}{int(dead.stdout)}"
+    link.symlink_to(kept, target_is_directory=True)
+    capsys.readouterr()
+    assert _run(tmp_path, "--overwrite") == 0
+    assert f"ingest: warning: left {link} alone: a symbolic link (to {kept})" in capsys.readouterr().err
+    assert link.is_symlink() and sorted(p.name for p in kept.iterdir()) == [output_guard.MARKER, ingest.REPORT_NAME]
+    # its name free: renamed back (what the old version moved), and then it needs --overwrite like any output
+    (tmp_path / "out").unlink()
+    assert _run(tmp_path) == 2
+    assert f"ingest: restored {tmp_path / 'out'}" in capsys.readouterr().err
+    assert (tmp_path / "out").is_symlink() and not link.exists()
+    assert sorted(p.name for p in kept.iterdir()) == [output_guard.MARKER, ingest.REPORT_NAME]
+
+
+def test_output_dot_is_the_current_folder(tmp_path, monkeypatch, capsys):
+    """Item 6: `--output .` used to fail renaming '.'."""
+    _dataset(tmp_path, n=2)
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "out")
+    assert cli.main(["ingest", "../images", "../masks", "--output", ".", "--num-classes", "3"]) == 0
+    assert f"run `cd {tmp_path / 'out'}`" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # the folder the process was in was replaced by the new one
+    assert cli.main(["ingest", "images", "masks", "--output", "out/.", "--num-classes", "3", "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks", "out"]
+    assert {r.source_id for r in _records(tmp_path / "out")} == {"img0", "img1"}
+
+
+def _png_bytes(array):
+    import io as _io
+    buffer = _io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _bad_crc(data):
+    data = bytearray(data)
+    at = data.find(b"IDAT")
+    length = int.from_bytes(data[at - 4:at], "big")
+    data[at + 4 + length] ^= 0xFF  # first byte of the IDAT chunk's CRC
+    return bytes(data)
+
+
+def test_damaged_pngs_are_bad_pairs(tmp_path):
+    """Item 7: PIL decodes a PNG with a wrong IDAT checksum or without IEND; TensorFlow does not (checked
+    here: the reference), so ingest must not write them."""
+    _dataset(tmp_path, n=1)
+    rng = np.random.default_rng(13)
+    image = _png_bytes(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8))
+    mask = _png_bytes(np.ones((6, 6), np.uint8))
+    cases = {"imgcrc": (_bad_crc(image), mask), "noiend": (image[:-12], mask), "maskcrc": (image, _bad_crc(mask))}
+    for stem, (image_bytes, mask_bytes) in cases.items():
+        (tmp_path / "images" / f"{stem}.png").write_bytes(image_bytes)
+        (tmp_path / "masks" / f"{stem}.png").write_bytes(mask_bytes)
+        broken = image_bytes if image_bytes != image else mask_bytes
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_png(broken)
+    assert _run(tmp_path) == 0
+    bad = {b["source_id"]: b for b in _report(tmp_path / "out")["bad"]}
+    assert sorted(bad) == sorted(cases) and {b["code"] for b in bad.values()} == {"undecodable"}
+    assert bad["imgcrc"]["reason"].startswith("image imgcrc.png is damaged (") and "checksum" in bad["imgcrc"]["reason"]
+    assert bad["noiend"]["reason"].startswith("image noiend.png is damaged (")
+    assert "truncated" in bad["noiend"]["reason"]
+    assert bad["maskcrc"]["reason"].startswith("mask maskcrc.png is damaged (")
+    assert {r.source_id for r in _records(tmp_path / "out")} == {"img0"}
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_2_and_4_bit_grey_masks_keep_their_ids(tmp_path, bits):
+    """Item 8: Pillow scales 2/4-bit greyscale to 0..255 (2-bit id 3 read as 255, the ignore index)."""
+    ids = (np.arange(24).reshape(4, 6) % 2 ** bits).astype(np.uint8)  # every id 0..2^bits-1
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(ids, mode="L").save(tmp_path / "masks" / "m.png", bits=bits)
+    data = (tmp_path / "masks" / "m.png").read_bytes()
+    assert (data[24], data[25]) == (bits, 0)  # really a grey PNG of that depth
+    _write(tmp_path / "images" / "m.png", np.zeros((4, 6, 3), np.uint8))
+    assert _run(tmp_path, num_classes=2 ** bits) == 0
+    (record,) = _records(tmp_path / "out")
+    np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), ids)
+    np.testing.assert_array_equal(tf.io.decode_png(record.mask_bytes).numpy()[..., 0], ids)
+
+
+def test_negative_ids_of_an_int32_tiff_mask_are_listed(tmp_path):
+    """Item 9: the reason listed "class ids []" for negative ids."""
+    _dataset(tmp_path, n=1)
+    ids = np.array([[-5, -1, 0], [1, 2, 3]], np.int32)
+    Image.fromarray(ids, mode="I").save(tmp_path / "masks" / "neg.tif")
+    _write(tmp_path / "images" / "neg.png", np.zeros((2, 3, 3), np.uint8))
+    assert _run(tmp_path) == 0
+    (bad,) = _report(tmp_path / "out")["bad"]
+    assert bad["code"] == "class_ids_out_of_range"
+    assert bad["reason"].startswith("mask neg.tif has class ids [-5, -1, 3] outside [0, num_classes=3)")
+
+
+def test_nfc_and_nfd_names_pair(tmp_path):
+    """Item 10: macOS writes NFD names; the same stem typed (labeled.json, groups.json) is usually NFC."""
+    import unicodedata
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    _write(tmp_path / "images" / f"{nfd}.png", np.zeros((2, 2, 3), np.uint8))
+    _write(tmp_path / "masks" / f"{nfc}.png", np.ones((2, 2), np.uint8))
+    (tmp_path / "labeled.json").write_text(json.dumps({nfd: [0, 1]}))
+    (tmp_path / "groups.json").write_text(json.dumps({nfc: "g"}))
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json"), "--groups", str(tmp_path / "groups.json")) == 0
+    (record,) = _records(tmp_path / "out")
+    assert (record.source_id, record.labeled, record.group) == (nfc, [0, 1], "g")
+    report = _report(tmp_path / "out")
+    assert report["bad"] == [] and report["labeled_unmatched"] == [] and report["groups_unmatched"] == []
+    # two keys that are one name in two forms: refused, not one silently dropped
+    (tmp_path / "labeled.json").write_text(json.dumps({nfd: [0, 1], nfc: [0]}))
+    with pytest.raises(ingest.IngestError, match="same name in different Unicode forms"):
+        ingest.load_labeled(tmp_path / "labeled.json", 3)
+
+
+def test_stats_reads_an_ingest_output_by_a_relative_glob(tmp_path, monkeypatch):
+    """Item 11: `segbalance stats 'o*/data-*'` (wildcard in a folder part, relative) found no files, and
+    'out0/*' matched the hidden .segbalance.json marker."""
+    from segbalance.components import class_stats_beam as csb
+
+    _dataset(tmp_path, n=3)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["ingest", "images", "masks", "--output", "out0", "--num-classes", "3"]) == 0
+    assert csb.match_input_files("o*/data-*") == ["out0/data-00000-of-00001.tfrecord"]
+    assert csb.match_input_files("out0/*") == ["out0/data-00000-of-00001.tfrecord", "out0/ingest_report.json"]
+    assert csb.match_input_files("nothing*/data-*") == []
+    assert cli.main(["stats", "o*/data-*", "--num-classes", "3", "--output", "st"]) == 0
+    stats = json.loads((tmp_path / "st" / "class_stats.json").read_text())
+    assert stats["num_records"] == 3 and stats["quarantined_records"] == 0
