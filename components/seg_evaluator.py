@@ -20,6 +20,7 @@ prediction of eval images with missing classes (``PerImageResults``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -223,6 +224,38 @@ class PerImageResults:
         return content
 
 
+def _tree_digest(folder: str) -> Optional[str]:
+    """SHA-256 over every file below ``folder`` (relative path and bytes; the graph *and* the
+    variables: two models of one architecture share saved_model.pb), or None if it is no folder."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(folder):
+        return None
+    digest = hashlib.sha256()
+    for root, _, files in sorted(tf.io.gfile.walk(folder)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, folder).encode() + b"\0")
+            with tf.io.gfile.GFile(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def pushed_copy(model_dir: str, destination: str) -> Optional[str]:
+    """The version folder under ``destination`` (Pusher's layout: one folder per push) holding this
+    serving model, file for file, or None."""
+    import tensorflow as tf
+
+    ours = _tree_digest(model_dir)
+    if ours is None or not tf.io.gfile.isdir(destination):
+        return None
+    for version in sorted(tf.io.gfile.listdir(destination)):
+        folder = os.path.join(destination, version.rstrip("/"))
+        if _tree_digest(folder) == ours:
+            return folder
+    return None
+
+
 # --------------------------------------------------------------------------- TFX component
 class SegEvaluatorSpec(ComponentSpec):
     PARAMETERS = {
@@ -233,6 +266,9 @@ class SegEvaluatorSpec(ComponentSpec):
         "tolerance": ExecutionParameter(type=float),
         "split": ExecutionParameter(type=str),
         "reference_masks_dir": ExecutionParameter(type=str, optional=True),
+        # the Pusher's base directory: a model blessed before but never pushed there (a run stopped
+        # between SegEvaluator and Pusher) is blessed again, so the re-run pushes it
+        "push_destination": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -291,9 +327,14 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
                                       f"the model itself reached {reason}")
         if blessed and baselines and baselines[0].id == model.id:
             # A cached re-run: the trainer's model *is* the latest blessed model. Blessing it again
-            # would make Pusher copy it to a second version folder.
-            blessed, reason = False, (f"model {model.id} is already the latest blessed model (pushed before); "
-                                      f"not blessed again, so it is not pushed twice")
+            # would make Pusher copy it to a second version folder -- unless it never got there.
+            destination = exec_properties.get("push_destination")
+            if destination is None or pushed_copy(model_dir, destination) is not None:
+                blessed, reason = False, (f"model {model.id} is already the latest blessed model (pushed before); "
+                                          f"not blessed again, so it is not pushed twice")
+            else:
+                reason = (f"{reason}; blessed before but not in {destination} (the run stopped before Pusher): "
+                          f"blessed again so it is pushed")
 
         result.update({
             "class_names": json.loads(exec_properties["class_names"]),
@@ -331,14 +372,14 @@ class SegEvaluator(base_component.BaseComponent):
                  class_names: List[str], ignore_index: int = codec.DEFAULT_IGNORE_INDEX,
                  miou_threshold: float = 0.0, tolerance: float = 0.0, split: str = "eval",
                  reference_masks_dir: Optional[str] = None, baseline_model: Optional[types.BaseChannel] = None,
-                 drift_report: Optional[types.BaseChannel] = None):
+                 drift_report: Optional[types.BaseChannel] = None, push_destination: Optional[str] = None):
         if len(class_names) != num_classes:
             raise ValueError(f"SegEvaluator: {len(class_names)} class names for num_classes={num_classes}")
         spec = SegEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, drift_report=drift_report,
             num_classes=num_classes, class_names=json.dumps(list(class_names)), ignore_index=ignore_index,
             miou_threshold=float(miou_threshold), tolerance=float(tolerance), split=split,
-            reference_masks_dir=reference_masks_dir,
+            reference_masks_dir=reference_masks_dir, push_destination=push_destination,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         )

@@ -29,6 +29,8 @@ from typing import Dict, Iterable, List, Optional
 
 import yaml
 
+from segbalance.pipeline.config import LOCAL_BEAM_ARGS
+
 
 def _schema_title(definition: dict) -> str:
     artifact_type = definition["artifactType"]
@@ -219,8 +221,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", required=True, help="comma-separated task names")
     parser.add_argument("--root", required=True, help="local folder used as the pipeline root")
     args = parser.parse_args(argv)
-    produced = run_compiled_tasks(args.spec, args.tasks.split(","), args.root,
-                                  ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    produced = run_compiled_tasks(args.spec, args.tasks.split(","), args.root, list(LOCAL_BEAM_ARGS))
     print(json.dumps({t: {k: a["uri"] for k, a in outs.items()} for t, outs in produced.items()}, indent=1))
     return 0
 

@@ -43,6 +43,12 @@ def check_cron(cron: str) -> list:
         for number in map(int, re.findall(r"\d+", field.split("/")[0])):
             if not lo <= number <= hi:
                 raise ScheduleError(f"--cron {cron!r}: {name} {number} is outside {lo}-{hi}")
+        for first, last in re.findall(r"(\d+)-(\d+)", field.split("/")[0]):
+            if int(first) > int(last):
+                raise ScheduleError(f"--cron {cron!r}: the {name} range {first}-{last} runs backwards; cron "
+                                    f"rejects it (write {last}-{first}, or a list)")
+        if "/" in field and int(field.split("/")[1]) == 0:
+            raise ScheduleError(f"--cron {cron!r}: the {name} step /0 never advances; cron rejects it (use /1 or more)")
     return fields
 
 
@@ -82,10 +88,17 @@ def create_recurring_run(client, package: str, cron: str, experiment: str, job_n
     return client.create_recurring_run(**recurring_run_request(package, cron, experiment_id, job_name, pipeline_root))
 
 
-def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str) -> str:
-    command = (f"cd {shlex.quote(workdir)} && .venv/bin/segbalance run --data {shlex.quote(data_dir)} "
+def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str, config: Optional[str] = None) -> str:
+    """A crontab line and a systemd service + timer running ``segbalance run`` in ``workdir``, with
+    ``--config config`` (absolute) when given: every scheduled run trains with the same options."""
+    with_config = f" --config {shlex.quote(os.path.abspath(config))}" if config else ""
+    # this installation's own command, absolute: cron and systemd start in another folder and PATH
+    program = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "segbalance")
+    command = (f"cd {shlex.quote(workdir)} && {shlex.quote(program)} run{with_config} --data {shlex.quote(data_dir)} "
                f"--output-dir {shlex.quote(output_dir)}")
-    lines = ["# crontab (crontab -e):", f"{' '.join(check_cron(cron))} {command} >> {shlex.quote(output_dir)}.log 2>&1"]
+    lines = [] if config else ["# no --config: each scheduled run uses the default configuration "
+                               "(give --config FILE, the file of your first run)"]
+    lines += ["# crontab (crontab -e):", f"{' '.join(check_cron(cron))} {command} >> {shlex.quote(output_dir)}.log 2>&1"]
     try:
         calendar = systemd_on_calendar(cron)
         lines += ["", "# systemd: ~/.config/systemd/user/segbalance.service", "[Unit]",
@@ -109,14 +122,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--experiment", default="segbalance")
     parser.add_argument("--job-name", default="segbalance-retraining")
     parser.add_argument("--pipeline-root", help="override the compiled pipeline root")
-    parser.add_argument("--data", default="segbalance_output/data", help="local runs: the Span-N folder")
-    parser.add_argument("--output-dir", default="segbalance_output", help="local runs: the run directory")
+    parser.add_argument("--config", metavar="FILE",
+                        help="local runs: the config every scheduled run uses (checked now); a KFP recurring run "
+                             "uses the config compiled into --package")
+    parser.add_argument("--data", help="local runs: the Span-N folder (default: the config's data.dir, else "
+                                       "OUTPUT_DIR/data)")
+    parser.add_argument("--output-dir", help="local runs: the run directory (default: the config's output_dir)")
     parser.set_defaults(func=_main)
 
 
 def _main(args, client_factory: Optional[Callable] = None) -> int:
     try:
         check_cron(args.cron)
+        if args.kfp_host and args.config:
+            raise ScheduleError("--config is for local runs: a KFP recurring run uses the config compiled into "
+                                f"--package; pass it to `segbalance compile-kfp --config {args.config}`")
         if args.kfp_host:
             if not os.path.isfile(args.package):  # before connecting: a missing file is the user's to fix first
                 raise ScheduleError(f"--package {args.package} does not exist or is not a file: run "
@@ -135,13 +155,18 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
                                        args.job_name, args.pipeline_root)
             print(f"schedule: recurring run created on {args.kfp_host}: {getattr(run, 'recurring_run_id', run)}")
             return 0
+        from segbalance.pipeline.config import load_config
+
+        config = load_config(args.config)  # ConfigError (exit 2) names the file and field, before any output
         request = recurring_run_request(args.package, args.cron, "<experiment id of " + args.experiment + ">",
                                         args.job_name, args.pipeline_root)
         print("# Kubeflow: kfp.Client(host=...).create_recurring_run(**request) with")
         print(json.dumps(request, indent=1))
         print()
-        print(local_schedule(args.cron, args.data, args.output_dir, os.getcwd()))
+        output_dir = args.output_dir or config.output_dir
+        data = args.data or config.data.dir or os.path.join(output_dir, "data")
+        print(local_schedule(args.cron, data, output_dir, os.getcwd(), args.config))
         return 0
-    except ScheduleError as exc:
+    except UserError as exc:
         print(f"segbalance schedule: error: {exc}", file=sys.stderr)
         return 2

@@ -86,6 +86,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.flush()
         print(f"segbalance {args.command}: error: {one_line(exc)}", file=sys.stderr, flush=True)
         return 2
+    except PermissionError as exc:  # the user's path, not our code: an unwritable output folder, say
+        if args.debug:
+            traceback.print_exc()
+        print(f"segbalance {args.command}: error: permission denied: {exc.filename}: choose a folder you can write "
+              f"(and read), or change its permissions", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C: the commands' own clean-up (finally blocks) has run
         if args.debug:
             traceback.print_exc()

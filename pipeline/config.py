@@ -43,6 +43,10 @@ from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, Tra
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict, validate_tree
 
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
+# Beam options when ``beam_args`` is null: a local run (one in-memory worker, the CI machine's 2 cores
+# shared with TensorFlow), and a compiled Kubeflow task (a worker process per core of its container)
+LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+KUBEFLOW_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
 # `segbalance sample-data` kinds (pipeline/sample_data.py reads this list)
 SAMPLE_KINDS = ("shapes", "voc", "arc2017", "nuclei", "buildings", "lesions", "labelme")
 
@@ -86,6 +90,10 @@ class DataConfig:
             raise ConfigError(f"{where}.eval_fraction: {self.eval_fraction} is not a multiple of 0.1 (the split "
                               f"hashes records into 10 buckets): use {near}")
         require(self.num_spans >= 1, f"{where}.num_spans", "give the number of latest spans to train on, >= 1")
+        ref = self.reference_masks_dir
+        if ref is not None and "://" not in ref:  # without it scoring would fall back to the partial masks
+            require(Path(ref).is_dir(), f"{where}.reference_masks_dir",
+                    f"{ref} is not a folder; point it at the complete masks (one per image, same stems) or remove it")
         if self.dir is not None and "://" not in self.dir:  # remote URIs are read by the cluster
             path = Path(self.dir)
             require(path.is_dir(), f"{where}.dir",
@@ -147,8 +155,10 @@ class DriftConfig:
     action: str = "block"
 
     def validate(self, where: str) -> None:
+        # each measure is in [0, 1] (JS divergence in bits): a threshold above 1 is a gate that never fires
         for name in ("js_divergence", "max_abs_change", "missing_rate_change"):
-            require(is_number(getattr(self, name), 0.0), f"{where}.{name}", "must be a finite number >= 0")
+            require(is_number(getattr(self, name), 0.0) and getattr(self, name) <= 1.0, f"{where}.{name}",
+                    "must be in [0, 1] (the measure's range; 1 or more never fires)")
         require(self.action in DRIFT_ACTIONS, f"{where}.action", f"use one of {', '.join(DRIFT_ACTIONS)}")
 
 
@@ -162,9 +172,15 @@ class PipelineConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
-    # Beam options of the Beam components (ClassStatsGen, Transform, ...); compile-kfp uses its own
-    beam_args: List[str] = field(default_factory=lambda: ["--direct_running_mode=in_memory",
-                                                          "--direct_num_workers=1"])
+    # Beam options of the Beam components (ClassStatsGen, Transform, ...), e.g. ["--runner=DataflowRunner",
+    # "--project=...", ...]; null: LOCAL_BEAM_ARGS on a local run, KUBEFLOW_BEAM_ARGS in `compile-kfp`
+    beam_args: Optional[List[str]] = None
+
+    def beam_args_for(self, kubeflow: bool) -> List[str]:
+        """The Beam options a local run (``kubeflow=False``) or a compiled pipeline passes."""
+        if self.beam_args is not None:
+            return list(self.beam_args)
+        return list(KUBEFLOW_BEAM_ARGS if kubeflow else LOCAL_BEAM_ARGS)
 
     @property
     def num_classes(self) -> int:
@@ -193,6 +209,32 @@ def config_from_dict(values: Optional[dict]) -> PipelineConfig:
     return from_dict(PipelineConfig, values or {})
 
 
+def _unique(pairs, lines=None) -> dict:
+    """A mapping from (key, value) pairs; a key given twice is an error (YAML and JSON would keep the
+    last one without a word: `epochs: 2` ... `epochs: 3` trained 3 epochs)."""
+    mapping: dict = {}
+    for i, (key, value) in enumerate(pairs):
+        if key in mapping:
+            where = f" (line {lines[i]})" if lines else ""
+            raise ConfigError(f"{key!r} is given twice{where}: keep one")
+        mapping[key] = value
+    return mapping
+
+
+def _parse(text: str, json_file: bool):
+    if json_file:
+        return json.loads(text, object_pairs_hook=_unique)
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)
+            pairs = [(self.construct_object(k, deep=deep), self.construct_object(v, deep=deep)) for k, v in node.value]
+            return _unique(pairs, [k.start_mark.line + 1 for k, _ in node.value])
+
+    return yaml.load(text, Loader=UniqueKeyLoader) or {}
+
+
 def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``."""
     values: dict = {}
@@ -202,22 +244,27 @@ def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
             raise ConfigError(f"config file {path} {what}")
         text = Path(path).read_text()
         try:
-            if str(path).endswith(".json"):
-                values = json.loads(text)
-            else:
-                import yaml
-
-                values = yaml.safe_load(text) or {}
+            values = _parse(text, json_file=str(path).endswith(".json"))
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
         except Exception as exc:
             raise ConfigError(f"config file {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of fields")
+    given = []
     for dotted, value in overrides.items():
         if value is None:
             continue
+        given.append(dotted)
         node = values
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return config_from_dict(values)
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        message = str(exc)
+        from_file = path is not None and str(path) not in message and not any(
+            message.startswith(name) for name in given)  # a command-line value is not in the file
+        raise ConfigError(f"{message} (in {path})" if from_file else message) from None

@@ -26,6 +26,7 @@ import os
 from typing import List, Optional
 
 from segbalance.pipeline.config import PipelineConfig
+from segbalance.trainer.typed_config import to_dict
 
 SPAN_PATTERN = "Span-{SPAN}/data-*"
 
@@ -43,6 +44,15 @@ def trainer_custom_config(config: PipelineConfig) -> dict:
     """Transform's and SegTrainer's ``custom_config``: the ``classes`` and ``training`` sections,
     serialised; ``preprocessing_fn`` and ``run_fn`` rebuild the typed ``TrainerConfig``."""
     return config.trainer_config().to_custom_config()
+
+
+def transform_custom_config(config: PipelineConfig) -> dict:
+    """Transform's ``custom_config``: only what ``preprocessing_fn`` reads (the image size, whether
+    a backbone takes 0..255 pixels, the ignore index; ``depth`` so the size check is the trainer's).
+    A changed loss, seed or epoch count leaves Transform cached."""
+    t = config.training
+    return {"classes": to_dict(config.classes),
+            "training": {"image_size": list(t.image_size), "backbone": t.backbone, "depth": t.depth}}
 
 
 def class_stats_options(config: PipelineConfig) -> dict:
@@ -94,7 +104,7 @@ def example_gen_component(config: PipelineConfig, examples_dir: str, span: Optio
                     example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=evaluated)],
             partition_feature_name=split_feature(config))),
         range_config=None if span is None else range_config_pb2.RangeConfig(
-            static_range=range_config_pb2.RangeConfig.StaticRange(start_span_number=span, end_span_number=span)),
+            static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)),
     )
 
 
@@ -151,7 +161,8 @@ def create_pipeline(
     custom_config = trainer_custom_config(config)
     transform = tfx.components.Transform(
         examples=clean_examples, schema=schema_gen.outputs["schema"],
-        preprocessing_fn="segbalance.trainer.preprocessing.preprocessing_fn", custom_config=custom_config,
+        preprocessing_fn="segbalance.trainer.preprocessing.preprocessing_fn",
+        custom_config=transform_custom_config(config),
         materialize=False, disable_statistics=True)
     with training_gate(drift_gate, config.drift.action):  # nodes made in here run only when not blocked
         trainer = SegTrainer(
@@ -167,7 +178,7 @@ def create_pipeline(
             examples=clean_examples, model=trainer.outputs["model"], baseline_model=model_resolver.outputs["model"],
             num_classes=config.num_classes, class_names=names, ignore_index=config.classes.ignore_index,
             miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
-            reference_masks_dir=reference_masks_dir, **evaluator_kwargs)
+            reference_masks_dir=reference_masks_dir, push_destination=serving_model_dir, **evaluator_kwargs)
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
             push_destination=tfx.proto.PushDestination(
@@ -192,7 +203,7 @@ def create_pipeline(
         components=components,
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(beam_pipeline_args if beam_pipeline_args is not None else config.beam_args),
+        beam_pipeline_args=list(beam_pipeline_args if beam_pipeline_args is not None else config.beam_args_for(kubeflow=False)),
     )
 
 

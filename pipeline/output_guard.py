@@ -127,18 +127,28 @@ RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_
 
 
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
-    """``segbalance run``'s output directory: new, empty, or an earlier run's (True)."""
+    """``segbalance run``'s output directory: new, empty, or an earlier run's (True).
+
+    An earlier run's: its marker (``run`` writes one), or, from before markers, an ML Metadata
+    store beside only names a run writes. A folder holding only ``data/`` (spans ingested there
+    before the first run) is new. Anything else is refused: names alone (a user's report.html,
+    logs/) do not make a folder ours, nor does a metadata.sqlite beside the user's own files."""
     path = Path(folder)
     check_is_folder(path, option)
     if not path.is_dir() or not any(path.iterdir()):
         return False
-    if written_by(path) == "run" or (path / RUN_KEY_FILE).is_file():
+    if written_by(path) == "run":
         return True
     foreign = foreign_entries(path, RUN_OWNED)
     if foreign:
-        raise OutputError(f"{option} {folder} is not empty and is not a segbalance run directory (no {RUN_KEY_FILE}): "
-                          f"it holds {_sample(foreign)}; choose a new or empty folder (nothing was written or deleted)")
-    return True
+        raise OutputError(f"{option} {folder} is not empty and is not a segbalance run directory: it holds "
+                          f"{_sample(foreign)}; choose a new or empty folder (nothing was written or deleted)")
+    names = {p.name for p in path.iterdir()}
+    if RUN_KEY_FILE in names or names <= {"data"}:
+        return RUN_KEY_FILE in names
+    raise OutputError(f"{option} {folder} is not empty and was not written by segbalance run (no marker, no "
+                      f"{RUN_KEY_FILE}): it holds {_sample(sorted(names))}; choose a new or empty folder (nothing was "
+                      f"written or deleted)")
 
 
 def _sample(names: Sequence[str]) -> str:

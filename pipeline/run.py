@@ -123,11 +123,19 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                           f"{too_large[:10]}; add the missing class names to classes.names in the config "
                           f"(or fix {labeled_file})")
     span = next_span(examples_dir)
-    result = ingest.ingest(source / "images", source / "masks", examples_dir, span=span,
-                           options=ingest.IngestOptions(num_classes=config.num_classes,
-                                                        ignore_index=config.classes.ignore_index, labeled=labeled,
-                                                        groups=groups))
-    out_of_range = [b for b in result.bad if "outside" in b["reason"]]
+    palette_hint = (f"colour (RGB) masks need a palette, which `run` does not take: ingest them once with "
+                    f"`segbalance ingest {source / 'images'} {source / 'masks'} --palette PALETTE.json --output "
+                    f"{examples_dir} --span {span}`, then `segbalance run --data {examples_dir}`")
+    try:
+        result = ingest.ingest(source / "images", source / "masks", examples_dir, span=span,
+                               options=ingest.IngestOptions(num_classes=config.num_classes,
+                                                            ignore_index=config.classes.ignore_index,
+                                                            labeled=labeled, groups=groups))
+    except ingest.IngestError as exc:
+        if "no --palette was given" not in str(exc):  # every pair bad, the first for want of a palette
+            raise
+        raise ingest.IngestError(f"{exc}; {palette_hint}") from None
+    out_of_range = [b for b in result.bad if b.get("code") == "class_ids_out_of_range"]
     if out_of_range:
         shutil.rmtree(result.target)  # written by this call a moment ago; it must not become the latest span
         raise ConfigError(
@@ -139,7 +147,46 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
             f"so this data is the next span, the one this run reads") if spans else ""
     bad = f", {len(result.bad)} bad pairs skipped (listed in {result.target / ingest.REPORT_NAME})" if result.bad else ""
     print(f"ingest: {len(result.written)} records from {source} to {result.target}{bad}{held}", flush=True)
+    if any(b.get("code") == "rgb_mask_without_palette" for b in result.bad):
+        print(f"ingest: warning: {palette_hint}", flush=True)
+    for unmatched, name in ((result.labeled_unmatched, "labeled.json"), (result.groups_unmatched, GROUPS_FILE)):
+        if unmatched:  # on the console, not only in the log: their labelled sets / groups are not used
+            print(f"ingest: warning: {len(unmatched)} keys of {source / name} match no image file (first: "
+                  f"{', '.join(unmatched[:3])}); keys are image file stems (e.g. 'img_001' for images/img_001.png)",
+                  flush=True)
     return span
+
+
+def adopt_class_names(config: PipelineConfig, names: list, origin: str) -> None:
+    """The data's own class names (a sample kind's, or DATA/classes.json) for a config that left
+    ``classes.names`` at its default; names the user gave that differ are a ConfigError. The config
+    is checked again with the new class count (per-class vectors, ignore index)."""
+    from segbalance.pipeline.config import validate
+
+    if config.classes.names == names:
+        return
+    if config.classes.names != ClassesConfig().names:  # the user's own names: never replaced
+        raise ConfigError(f"classes.names {config.classes.names} are not {origin} {names}: remove classes.names "
+                          f"(the data names its classes), or make the two agree")
+    config.classes.names = list(names)
+    validate(config)
+    print(f"classes: {len(names)} from {origin}: {', '.join(names)}", flush=True)
+
+
+def check_output_beside_data(output: Path, data: Path, examples_dir: Path) -> None:
+    """The run directory must not be, or lie inside, the data folder (the run would write into the
+    user's data); an images/ + masks/ folder must not lie in OUTPUT/data, where run writes spans.
+    (A Span-N folder there, OUTPUT/data itself, is the documented retraining layout.)"""
+    from segbalance.pipeline.output_guard import OutputError
+
+    output = output.resolve()
+    if output == data or data in output.parents:
+        raise OutputError(f"--output-dir {output} {'is' if output == data else 'is inside'} the data folder {data}: "
+                          f"choose an output folder outside the data (nothing was written)")
+    spans = any(data.glob("Span-*"))
+    if not spans and (data == examples_dir or examples_dir in data.parents):
+        raise OutputError(f"--data {data} lies in {examples_dir}, where run writes the spans it ingests: move "
+                          f"images/ and masks/ out of it, or give another --output-dir (nothing was written)")
 
 
 def check_group_split(config: PipelineConfig, groups: Optional[dict], groups_file: Path) -> None:
@@ -194,13 +241,14 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         source = _ensure_sample(config, Path(paths["sample_dir"]))
         if config.data.sample.kind != "shapes":
             names = json.loads((source / "classes.json").read_text())["class_names"]
-            if config.classes.names not in (names, ClassesConfig().names):  # the user's own names: not replaced
-                raise ConfigError(f"classes.names {config.classes.names} are not the {config.data.sample.kind} "
-                                  f"sample's classes {names}: remove classes.names (the sample data brings its "
-                                  f"own), or set data.dir to your data")
-            config.classes.names = names
+            adopt_class_names(config, names, f"the {config.data.sample.kind} sample's classes")
     else:
         source = Path(config.data.dir).resolve()
+        from segbalance.pipeline.ingest import read_class_names
+
+        names = read_class_names(source / "classes.json")  # IngestError naming the file when malformed
+        if names is not None:
+            adopt_class_names(config, names, f"the classes of {source / 'classes.json'}")
     if any(source.glob("Span-*")):
         spans_dir = source
     else:
@@ -240,7 +288,11 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     from segbalance.pipeline import output_guard
 
     output_guard.check_run_dir(paths["output_dir"])  # new, empty or an earlier run's: never a user's folder
+    if config.data.dir is not None and "://" not in config.data.dir:
+        check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
+                                  Path(paths["examples_dir"]))
     os.makedirs(paths["output_dir"], exist_ok=True)
+    output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
     with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
         examples_dir, reference = prepare_data(config, paths)
         from tfx import v1 as tfx
@@ -327,13 +379,13 @@ def _main(args) -> int:
     try:
         config = load_config(args.config, **{"data.dir": args.data, "output_dir": args.output_dir})
     except ConfigError as exc:
-        print(f"segbalance run: config error: {exc}", file=sys.stderr)
+        print(f"segbalance run: error: {exc}", file=sys.stderr)
         return 2
     print(f"segbalance run: output in {os.path.abspath(config.output_dir)}", flush=True)
     try:
         summary = run_local(config, verbose=args.verbose)
     except ConfigError as exc:
-        print(f"segbalance run: config error: {exc}", file=sys.stderr)
+        print(f"segbalance run: error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary)
     return 0

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    from segbalance.pipeline.config import StatsConfig
+    from segbalance.contract import DEFAULT_IGNORE_INDEX
+    from segbalance.pipeline.config import LOCAL_BEAM_ARGS, StatsConfig
 
     default = StatsConfig()  # the pipeline's `stats` defaults: one place for both
     parser = subparsers.add_parser(
@@ -24,7 +26,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("glob", metavar="GLOB", help="TFRecord files, e.g. 'data/Span-0/data-*'")
     parser.add_argument("--num-classes", type=int, required=True, help="C: class ids are 0..C-1")
     parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--ignore-index", type=int, default=255)
+    parser.add_argument("--ignore-index", type=int, default=DEFAULT_IGNORE_INDEX)
     parser.add_argument("--labeled-policy", choices=("complete", "partial"), default=default.labeled_policy,
                         help="records without a labeled field: all classes labelled, or only the present ones")
     parser.add_argument("--class-names", help="comma-separated names, C of them")
@@ -38,9 +40,13 @@ def add_parser(subparsers) -> None:
                         help=f"clip the raw weights to [MIN, MAX], then normalise; 'none': no clip (default {clip})")
     parser.add_argument("--zero-count-weight", type=float, default=default.zero_count_weight,
                         help=f"weight of classes with no pixel (default {default.zero_count_weight:g})")
+    parser.add_argument("--weight-beta", type=float, default=default.beta,
+                        help="effective_number beta in [0, 1) (default: 1 - 1/N, N the pixel count)")
+    parser.add_argument("--enet-k", type=float, default=default.enet_k,
+                        help=f"enet weights 1 / ln(k + f), k > 1 (default {default.enet_k:g})")
     parser.add_argument("--verbose", action="store_true",
                         help="log each quarantined record as it is found (they are all in DIR/quarantine.jsonl)")
-    parser.add_argument("--beam-args", default="--direct_running_mode=in_memory --direct_num_workers=1",
+    parser.add_argument("--beam-args", default=shlex.join(LOCAL_BEAM_ARGS),
                         help="Beam pipeline options, quoted (e.g. '--runner=DataflowRunner --project=...')")
     parser.set_defaults(func=_main)
 
@@ -52,18 +58,36 @@ def _main(args) -> int:
 
     if not args.verbose:  # errors stay one line; the quarantine is summarised below and listed in the file
         LOG.setLevel(logging.ERROR)
-    from segbalance.pipeline.output_guard import check_is_folder
+    from segbalance.components import class_stats_beam as layout
+    from segbalance.pipeline import output_guard
 
-    if "://" not in args.output:  # the job deletes and writes only its own files there (remove_previous_output)
-        check_is_folder(Path(args.output), "--output")
+    local = "://" not in args.output
+    try:
+        if local:  # new, empty, or an earlier `segbalance stats` output (its marker): never a user's folder
+            owned = (layout.STATS_FILE, layout.QUARANTINE_FILE, layout.TOTALS_FILE, "beam-temp-*",
+                     f"{layout.PER_IMAGE_PREFIX}-*.parquet", f"{layout.UNCOUNTED_PER_IMAGE_PREFIX}-*.parquet")
+            output_guard.check_output_folder(args.output, command="stats", option="--output", owned=owned)
+            created = not Path(args.output).exists()
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            output_guard.write_marker(args.output, "stats")  # what the job writes next is ours
+    except output_guard.OutputError as exc:
+        print(f"segbalance stats: error: {exc}", file=sys.stderr)
+        return 2
     try:
         names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-        weight_options = {"damping": args.weight_damping, "zero_count_weight": args.zero_count_weight,
-                          "clip": _clip(args.weight_clip)}
+        from segbalance.pipeline.config import StatsConfig
+
+        # the pipeline's own `stats` section: the same checks (a bad value names its field)
+        section = StatsConfig(labeled_policy=args.labeled_policy, suspect_threshold=args.suspect_threshold,
+                              clip=_clip(args.weight_clip), damping=args.weight_damping,
+                              zero_count_weight=args.zero_count_weight, beta=args.weight_beta, enet_k=args.enet_k)
+        section.validate("stats")
         options = StatsOptions(args.num_classes, names, args.ignore_index, args.labeled_policy,
-                               args.suspect_threshold, weight_options)
+                               args.suspect_threshold, section.weight_options())
         stats = run_class_stats({"all": args.glob}, args.output, options, beam_args=shlex.split(args.beam_args))
     except (ValueError, ClassStatsError) as exc:
+        if local and created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
+            shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind
         print(f"segbalance stats: error: {exc}", file=sys.stderr)
         return 2
     print(f"stats: {stats['num_records']} records, {stats['quarantined_records']} quarantined -> {args.output}")

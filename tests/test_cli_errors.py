@@ -31,6 +31,11 @@ def ws(tmp_path_factory):
     (root / "user").mkdir()  # somebody's folder: never written into
     (root / "user" / "notes.txt").write_text("mine\n")
     (root / "report.txt").write_text("my own notes, not a report\n")
+    (root / "myreport").mkdir()  # only names a run writes, but the user's: a run overwrote report.html
+    (root / "myreport" / "report.html").write_text("<html>my own report</html>\n")
+    (root / "mydb").mkdir()  # a metadata.sqlite beside the user's thesis: not a run directory either
+    (root / "mydb" / "metadata.sqlite").write_bytes(b"SQLite format 3\x00")
+    (root / "mydb" / "thesis.docx").write_text("mine\n")
     data = root / "data"  # a valid images/masks pair
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
@@ -126,6 +131,12 @@ def _cases():
          "{w}/bad_labeled/labeled.json is not valid JSON: Expecting ',' delimiter at line 2, column 10"),
         ("run output is a file", ["run", "--data", "{w}/data", "--output-dir", "{w}/afile.txt"], "{w}/afile.txt"),
         ("run output is a user's folder", ["run", "--data", "{w}/data", "--output-dir", "{w}/user"], "{w}/user"),
+        ("run output holds a user's report.html", ["run", "--data", "{w}/data", "--output-dir", "{w}/myreport"],
+         "{w}/myreport is not empty and was not written by segbalance run"),
+        ("run output holds metadata.sqlite and user files", ["run", "--data", "{w}/data", "--output-dir", "{w}/mydb"],
+         "{w}/mydb is not empty and is not a segbalance run directory: it holds thesis.docx"),
+        ("run output inside the data", ["run", "--data", "{w}/data", "--output-dir", "{w}/data/out"],
+         "is inside the data folder {w}/data"),
         # experiment (refused before any training)
         ("experiment output is a file", ["experiment", "--output", "{w}/afile.txt"], "{w}/afile.txt"),
         ("experiment work-dir below a file", ["experiment", "--output", "{w}/new", "--work-dir", "{w}/afile.txt/w"],
@@ -241,3 +252,12 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(sample_data, "write_sample_data", interrupted)
     assert cli.main(["sample-data", "shapes", "--output", "x"]) == 130
     assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs (not writable, even by root)")
+@pytest.mark.parametrize("argv", [["sample-data", "shapes", "--output", "/sys/segbalance_test"],
+                                  ["run", "--output-dir", "/sys/segbalance_test"]])
+def test_an_unwritable_output_is_one_line_not_a_traceback(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "permission denied: /sys/segbalance_test" in err and "Traceback" not in err

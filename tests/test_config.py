@@ -77,7 +77,18 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"momentum": 0.8}}, "training.momentum: 0.8 is sgd's momentum; adam would ignore it"),
     ({"training": {"optimizer": "adamw", "nesterov": True}},
      "training.nesterov: Nesterov momentum is sgd's; adamw would ignore it: set optimizer: sgd or nesterov: false"),
-    ({"training": {"backbone": "mobilenet"}}, "training.backbone: 'mobilenet': give a keras.applications"),
+    ({"training": {"backbone": "mobilenet"}}, "training.backbone: 'mobilenet' is not a keras.applications model: "
+                                              "use one of ConvNeXtBase, "),
+    # these passed `config validate` and failed at SegTrainer, minutes in, with a traceback
+    ({"training": {"backbone": "NotAModel"}}, "training.backbone: 'NotAModel' is not a keras.applications model"),
+    ({"training": {"seed": -5}}, "training.seed: -5 is outside 0..2**32 - 1"),
+    ({"classes": {"ignore_index": 300}}, "classes.ignore_index: 300 collides with a class id (< 4) or is not an "
+                                         "8-bit mask value"),
+    ({"data": {"reference_masks_dir": "/nonexistent/masks"}}, "data.reference_masks_dir: /nonexistent/masks is not "
+                                                              "a folder"),
+    ({"training": {"loss": {"terms": [{"type": "ce"}], "low_confidence": {"tau": 2}}}},
+     "training.loss.low_confidence.tau: 2.0: give the top-probability threshold, in (0, 1]"),
+    ({"drift": {"js_divergence": 5}}, "drift.js_divergence: must be in [0, 1]"),
     ({"training": {"devices": []}}, "training.devices: list device names"),
     # the U-Net halves the size `depth` times (a backbone once more): refused when the config loads
     ({"training": {"image_size": [36, 36]}}, "training.image_size: [36, 36] must be divisible by 8 (the U-Net "
@@ -163,7 +174,7 @@ def test_run_cli_reports_config_errors(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("training:\n  epochs: -1\n")
     assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "training.epochs" in err and "config error" in err
+    assert "training.epochs" in err and "segbalance run: error:" in err and "(in " in err
     assert not (tmp_path / "o").exists()
 
 
@@ -173,6 +184,10 @@ def test_too_few_class_names_for_the_mask_ids_stops_the_run(tmp_path, capsys):
     raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=12, size=32, seed=0)
     (tmp_path / "c.yaml").write_text("classes:\n  names: [background, ellipse]\n")  # the masks hold ids 0..3
     out = tmp_path / "o"
+    assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--data", str(raw), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err  # the folder's classes.json names 4 classes: the two lists disagree
+    assert "classes.names ['background', 'ellipse'] are not the classes of" in err and "classes.json" in err
+    (raw / "classes.json").unlink()  # without it, the labelled sets and the masks tell
     assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--data", str(raw), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert "classes.names lists 2 classes" in err and "add the missing class names" in err
@@ -220,3 +235,67 @@ def test_experiment_clipped_cells_take_their_weight_options_from_the_stats_secti
         IMBALANCE_LOSSES["median_frequency"]
     with pytest.raises(ConfigError, match=r"stats.clip: \[5.0, 1.0\]"):
         resolve_loss(IMBALANCE_LOSSES["median_frequency"], str(tmp_path), {"clip": [5, 1]})
+
+
+def test_backbone_names_are_keras_applications_models():
+    """The config's list (checked without importing Keras) is the pinned Keras' own."""
+    import keras
+
+    from segbalance.trainer.training_config import KERAS_APPLICATIONS
+
+    models = [n for n in dir(keras.applications) if n[:1].isupper() and callable(getattr(keras.applications, n))]
+    assert list(KERAS_APPLICATIONS) == models
+
+
+@pytest.mark.parametrize("name, text", [
+    ("c.yaml", "training:\n  epochs: 2\n  batch_size: 4\n  epochs: 3\n"),
+    ("c.json", '{"training": {"epochs": 2, "epochs": 3}}'),
+])
+def test_a_key_given_twice_is_refused(tmp_path, name, text):
+    """YAML and JSON keep the last of two equal keys without a word (it trained 3 epochs)."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=r"'epochs' is given twice" + (r" \(line 4\)" if name.endswith("yaml") else "")):
+        load_config(str(tmp_path / name))
+    (tmp_path / "ok.yaml").write_text("base: &b {epochs: 2}\n")  # anchors and a single key stay fine
+    with pytest.raises(ConfigError, match="unknown field base"):
+        load_config(str(tmp_path / "ok.yaml"))
+
+
+def test_file_errors_name_the_file_but_not_for_command_line_values(tmp_path):
+    (tmp_path / "c.yaml").write_text("training:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"training.epochs: must be >= 1 \(in .*c.yaml\)"):
+        load_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("training:\n  epochs: 2\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(tmp_path / "d.yaml"), **{"data.dir": str(tmp_path / "missing")})
+    assert str(raised.value).startswith("data.dir: ") and "d.yaml" not in str(raised.value)
+
+
+def test_run_takes_the_class_names_of_the_data_folder(tmp_path, capsys):
+    """DATA/classes.json was read for sample data only: `run --data` on a 2-class folder trained and
+    scored 4 classes (the shapes defaults), reporting half the mIoU, without a word."""
+    import json
+
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.run import prepare_data
+    from segbalance.pipeline import sample_data
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=6, size=32, seed=0)
+    (raw / "classes.json").write_text(json.dumps({"class_names": ["bg", "ellipse", "rectangle", "circle"]}))
+    config = config_from_dict({"data": {"dir": str(raw)}})
+    paths = {"sample_dir": str(tmp_path / "s"), "examples_dir": str(tmp_path / "examples"),
+             "output_dir": str(tmp_path)}
+    prepare_data(config, paths)
+    assert config.classes.names == ["bg", "ellipse", "rectangle", "circle"]
+    assert "classes: 4 from the classes of" in capsys.readouterr().out
+    # per-class vectors are checked against the data's class count at once, not at Transform
+    (raw / "classes.json").write_text(json.dumps({"class_names": ["bg", "a", "b", "c", "d"]}))
+    config = config_from_dict({"data": {"dir": str(raw)},
+                               "training": {"loss": {"terms": [{"type": "ce"}], "fn_weights": [1, 2, 2, 2]}}})
+    with pytest.raises(ConfigError, match="training.loss.fn_weights: has 4 values for 5 classes"):
+        prepare_data(config, {**paths, "examples_dir": str(tmp_path / "examples2")})
+    (raw / "classes.json").write_text("[\"bg\", \"a\"]")  # not the documented form: named, not guessed
+    from segbalance.pipeline.ingest import IngestError
+
+    with pytest.raises(IngestError, match=r"classes file .*classes.json: expected \{\"class_names\""):
+        prepare_data(config_from_dict({"data": {"dir": str(raw)}}), {**paths, "examples_dir": str(tmp_path / "e3")})

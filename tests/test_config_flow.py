@@ -130,7 +130,14 @@ def test_every_field_reaches_run_fn_and_class_stats_gen_under_local_dag_runner(c
         return {k: getattr(v.field_value, v.field_value.WhichOneof("value")) for k, v in params.items()}
 
     check_trainer_config(json.loads(properties("SegTrainer")["custom_config"]), training)
-    assert json.loads(properties("Transform")["custom_config"]) == json.loads(properties("SegTrainer")["custom_config"])
+    # Transform: only what preprocessing_fn reads (the same typed object, defaults elsewhere)
+    from segbalance.trainer.training_config import TrainerConfig
+
+    transform, _ = TrainerConfig.from_custom_config(json.loads(properties("Transform")["custom_config"]))
+    trainer, _ = TrainerConfig.from_custom_config(json.loads(properties("SegTrainer")["custom_config"]))
+    assert transform.classes == trainer.classes
+    for name in ("image_size", "backbone", "depth"):
+        assert getattr(transform.training, name) == getattr(trainer.training, name), name
     check_stats_options(properties("ClassStatsGen"))
     evaluator = properties("SegEvaluator")
     assert evaluator["ignore_index"] == 254 and json.loads(evaluator["class_names"]) == NAMES
@@ -175,3 +182,17 @@ def test_config_show_prints_what_validate_and_run_read(config, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("segbalance config validate: error: training.image_size: [36, 36] must be divisible by 8")
+
+
+def test_transform_s_config_ignores_what_preprocessing_fn_does_not_read():
+    """Any training change (seed, loss, epochs) changed Transform's custom_config, so its cache key:
+    a re-run with a new seed re-ran Transform. Only what preprocessing_fn reads may change it."""
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.dag import transform_custom_config
+
+    base = transform_custom_config(config_from_dict({}))
+    for change in ({"seed": 7}, {"epochs": 3}, {"loss": {"terms": [{"type": "focal"}]}}, {"learning_rate": 0.1}):
+        assert transform_custom_config(config_from_dict({"training": change})) == base, change
+    for change in ({"image_size": [32, 32]}, {"backbone": "MobileNetV2"}):
+        assert transform_custom_config(config_from_dict({"training": change})) != base, change
+    assert transform_custom_config(config_from_dict({"classes": {"ignore_index": 254}})) != base

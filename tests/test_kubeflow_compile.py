@@ -170,3 +170,33 @@ def test_block_training_puts_trainer_evaluator_and_pusher_under_the_drift_condit
         assert "triggerPolicy" not in tasks[name], name
     plain = compile_into(span_data, name="plain.json")[1]["pipelineSpec"]["root"]["dag"]["tasks"]
     assert "triggerPolicy" not in plain["SegTrainer"]
+
+
+def test_the_config_s_beam_args_reach_every_compiled_beam_task(span_data, compiled, tmp_path):
+    """compile-kfp passed its own Beam options whatever the config said (a Dataflow config
+    compiled into DirectRunner tasks without a word); null keeps the per-core default."""
+    from segbalance.pipeline.config import KUBEFLOW_BEAM_ARGS
+
+    mine = ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp"]
+    config = config_from_dict({**TINY, "data": {"dir": str(span_data / "data")}, "beam_args": mine})
+    spec = compile_pipeline(config, str(tmp_path / "beam.json"), IMAGE, str(tmp_path / "root"))
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    text = {name: json.dumps(e) for name, e in executors.items()}
+    for name in ("ClassStatsGen_executor", "Transform_executor", "StatisticsGen_executor"):
+        assert all(arg in text[name] for arg in mine), name
+        assert "direct_running_mode" not in text[name], name
+    default = json.dumps(compiled[1]["pipelineSpec"]["deploymentSpec"]["executors"]["ClassStatsGen_executor"])
+    assert all(arg in default for arg in KUBEFLOW_BEAM_ARGS) and "DataflowRunner" not in default
+
+
+def test_a_given_span_compiles_into_a_static_range(tmp_path):
+    """`compile-kfp --span N` crashed (AttributeError: StaticRange) on every call."""
+    import shutil
+
+    root = write_span_data(tmp_path, num_images=8)
+    shutil.copytree(root / "data" / "Span-0", root / "data" / "Span-1")
+    for span, expected in ((1, {"start_span_number": 1, "end_span_number": 1}), (0, {})):  # 0: proto defaults
+        spec = compile_into(root, span=span, name=f"span{span}.json")[1]
+        params = spec["pipelineSpec"]["root"]["dag"]["tasks"]["ImportExampleGen"]["inputs"]["parameters"]
+        range_config = json.loads(params["range_config"]["runtimeValue"]["constantValue"]["stringValue"])
+        assert range_config == {"static_range": expected}, span

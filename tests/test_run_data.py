@@ -279,3 +279,32 @@ def test_a_sample_kind_brings_its_class_names_but_never_replaces_the_users(tmp_p
                                           r"classes \['background', 'nucleus', 'boundary'\]: remove classes.names"):
         prepare_data(mine, {**paths, "examples_dir": str(tmp_path / "examples2")})
     assert mine.classes.names == ["bg", "cell", "edge"]
+
+
+def test_run_on_colour_masks_says_how_to_ingest_them_and_warns_of_unmatched_labeled_keys(tmp_path, capsys):
+    """`run --data` told the user to pass --palette, an option `run` does not have; labeled.json keys
+    that matched no image were reported in the log file only (their labelled sets silently unused)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.ingest import IngestError
+    from segbalance.pipeline.run import ingest_as_next_span
+
+    data = tmp_path / "colour"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "images" / f"a{i}.png")
+        Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(data / "masks" / f"a{i}.png")
+    with pytest.raises(IngestError, match=r"colour \(RGB\) masks need a palette, which `run` does not take: "
+                                          r"ingest them once with `segbalance ingest .* --palette PALETTE.json"):
+        ingest_as_next_span(config_from_dict({}), data, tmp_path / "out1")
+    for i in range(2):  # now greyscale masks, and a labeled.json keyed by file names instead of stems
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "masks" / f"a{i}.png")
+    (data / "labeled.json").write_text(json.dumps({"a0.png": [0, 1], "a1.png": [0]}))
+    ingest_as_next_span(config_from_dict({}), data, tmp_path / "out2")
+    out = capsys.readouterr().out
+    assert "ingest: warning: 2 keys of" in out and "labeled.json match no image file (first: a0.png, a1.png)" in out

@@ -1,6 +1,7 @@
 """`segbalance schedule`: a KFP recurring run through a client object (a fake one that records
 the calls), and, without a host, the printed request, crontab line and systemd timer."""
 import json
+import os
 
 import pytest
 
@@ -85,6 +86,8 @@ def test_without_host_prints_the_request_crontab_and_systemd_timer(capsys):
     ("daily", "give 5 fields"),
     ("0 3 * * 1 2026", "give 5 fields"),
     ("x 3 * * 1", "minute field 'x'"),
+    ("*/0 * * * *", "the minute step /0 never advances"),
+    ("0 5-1 * * *", "the hour range 5-1 runs backwards"),
     ("0 3 0 * *", "day of month 0 is outside 1-31"),
 ])
 def test_bad_cron_expressions(cron, message, capsys):
@@ -94,7 +97,7 @@ def test_bad_cron_expressions(cron, message, capsys):
 
 def test_steps_get_a_crontab_line_but_no_systemd_translation():
     text = schedule.local_schedule("*/15 * * * *", "d", "o", "/w")
-    assert text.splitlines()[1].startswith("*/15 * * * * cd /w && ")
+    assert next(line for line in text.splitlines() if line.startswith("*/15")).startswith("*/15 * * * * cd /w && ")
     assert "systemd timer: not generated" in text
     assert schedule.systemd_on_calendar("0 3 * * 0") == "Sun *-*-* 03:00:00"
     assert schedule.systemd_on_calendar("5 * 1 6 *") == "*-6-1 *:05:00"
@@ -105,3 +108,37 @@ def test_a_missing_package_is_refused_before_any_call(tmp_path):
     with pytest.raises(schedule.ScheduleError, match="does not exist"):
         schedule.create_recurring_run(client, str(tmp_path / "nope.json"), "0 3 * * 1", "e", "j")
     assert client.calls == []
+
+
+def test_a_local_schedule_runs_with_the_config_it_was_given(tmp_path, capsys, monkeypatch):
+    """The crontab / systemd lines ran `segbalance run` without --config: every scheduled run
+    trained with the defaults (loss, epochs, drift thresholds, class names)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("output_dir: /srv/seg\ntraining: {epochs: 3}\n")
+    assert cli.main(["schedule", "--cron", "0 3 * * 1", "--config", "c.yaml"]) == 0
+    out = capsys.readouterr().out
+    crontab = next(line for line in out.splitlines() if line.startswith("0 3 * * 1 "))
+    assert f"segbalance run --config {tmp_path / 'c.yaml'} --data /srv/seg/data --output-dir /srv/seg" in crontab
+    program = crontab.split(" && ")[1].split(" run ")[0]  # absolute: cron starts elsewhere, without the venv
+    assert os.path.isabs(program) and os.access(program, os.X_OK)
+    assert f"--config {tmp_path / 'c.yaml'}" in next(line for line in out.splitlines() if line.startswith("ExecStart"))
+    assert "no --config" not in out
+    # without one, the output says what the runs will use
+    assert cli.main(["schedule", "--cron", "0 3 * * 1"]) == 0
+    out = capsys.readouterr().out
+    assert "# no --config: each scheduled run uses the default configuration" in out
+    assert "run --data segbalance_output/data --output-dir segbalance_output" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
+    (["--config", "bad.yaml"], "training.epochs: must be >= 1"),
+    (["--config", "bad.yaml", "--kfp-host", "http://kfp"], "--config is for local runs"),
+])
+def test_a_bad_or_misplaced_config_is_refused(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("training: {epochs: 0}\n")
+    assert cli.main(["schedule", "--cron", "0 3 * * 1", *extra]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.err.count("\n") == 1
+    assert captured.out == ""  # nothing printed before the error

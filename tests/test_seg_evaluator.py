@@ -97,7 +97,8 @@ def _examples(tmp_path, masks, images, labeled=None):
     return examples
 
 
-def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labeled=None, erase=()):
+def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labeled=None, erase=(),
+         push_destination=None):
     """``erase``: indexes of images whose annotator skipped the red class (its pixels marked 0)."""
     rng = np.random.default_rng(1)
     images, masks = [], []
@@ -118,7 +119,8 @@ def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labe
         inputs["baseline_model"] = [baseline]
     SegEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]}, {
         "num_classes": 2, "class_names": '["bg", "red"]', "ignore_index": 255, "miou_threshold": threshold,
-        "tolerance": 0.05, "split": "eval", "reference_masks_dir": reference_dir})
+        "tolerance": 0.05, "split": "eval", "reference_masks_dir": reference_dir,
+        **({"push_destination": push_destination} if push_destination else {})})
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     return result, blessing, images, masks
 
@@ -276,3 +278,34 @@ def test_downscale_nearest_keeps_label_ids():
     np.testing.assert_array_equal(em.downscale_nearest(big, 4), small)  # block centres
     assert set(np.unique(down)) == set(range(12))
     assert em.downscale_nearest(small, 128) is small  # already small: unchanged
+
+
+def test_a_blessed_model_that_never_reached_the_pusher_is_blessed_again(tmp_path):
+    """A run stopped between SegEvaluator and Pusher: on the re-run the model is its own baseline
+    (the latest blessed model). It was refused as "pushed before" although nothing was pushed, so
+    no run ever pushed it. Now: blessed again when the push destination lacks it, refused when a
+    version folder there holds it (no second push)."""
+    import shutil
+
+    from segbalance.components.seg_evaluator import pushed_copy
+
+    model = _save_model(tmp_path / "model", 128.0)
+    model.id = 7
+    destination = tmp_path / "serving_model"
+    destination.mkdir()
+    result, blessing, _, _ = _run(tmp_path / "a", model, baseline=model, push_destination=str(destination))
+    assert result["blessed"] and "blessed again so it is pushed" in result["reason"]
+    assert blessing.get_int_custom_property("blessed") == 1
+    _save_model(tmp_path / "other", 200.0)  # another model's push does not count, nor one that differs
+    shutil.copytree(tmp_path / "other" / "Format-Serving", destination / "1700000000")  # in its weights only:
+    shutil.copytree(tmp_path / "model" / "Format-Serving", destination / "1699999999")
+    variables = sorted((destination / "1699999999" / "variables").glob("variables.data-*"))
+    changed = bytearray(variables[0].read_bytes())
+    changed[-1] ^= 1  # same graph, other weights
+    variables[0].write_bytes(bytes(changed))
+    assert pushed_copy(str(tmp_path / "model" / "Format-Serving"), str(destination)) is None
+    shutil.copytree(tmp_path / "model" / "Format-Serving", destination / "1700000001")
+    assert pushed_copy(str(tmp_path / "model" / "Format-Serving"), str(destination)) == str(destination / "1700000001")
+    result, blessing, _, _ = _run(tmp_path / "b", model, baseline=model, push_destination=str(destination))
+    assert not result["blessed"] and "pushed before" in result["reason"]
+    assert blessing.get_int_custom_property("blessed") == 0

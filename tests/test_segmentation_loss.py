@@ -88,7 +88,10 @@ def test_missing_label_modes_and_pixel_options():
     ({"terms": [{"type": "ce"}], "class_weights": [1.0, float("inf")]}, "loss.class_weights: must be finite"),
     ({"terms": [{"type": "ce"}], "class_weights": 3}, "loss.class_weights: expected null or str or a list"),
     ({"terms": [{"type": "ce"}], "fn_weights": "high"}, "loss.fn_weights: expected a list"),
-    ({"terms": [{"type": "ce"}], "low_confidence": {"tau": -0.5}}, "loss.low_confidence.tau: must be"),
+    ({"terms": [{"type": "ce"}], "low_confidence": {"tau": -0.5}}, r"loss.low_confidence.tau: -0.5: give the top-"),
+    ({"terms": [{"type": "ce"}], "low_confidence": {"tau": 1.5}}, r"tau: 1.5: give the top-probability threshold, "
+                                                                  r"in \(0, 1\]"),
+    ({"terms": [{"type": "ce"}], "low_confidence": {"alpha": -1}}, "loss.low_confidence.alpha: must be"),
     ({"terms": [{"type": "ce"}], "low_confidence": {"tau": 0.5, "beta": 1}}, "unknown field loss.low_confidence"),
     # one ignore index (classes.ignore_index), class-weight options in the stats section
     ({"terms": [{"type": "ce"}], "ignore_index": 254}, "loss.ignore_index is not a setting any more"),

@@ -9,6 +9,7 @@ import pytest
 
 from segbalance.trainer import class_stats_io
 from segbalance.pipeline import cli
+from segbalance.pipeline.config import StatsConfig
 from tests.test_class_stats_beam import (make_records, numpy_present_image_pixels, numpy_reference,  # noqa: F401
                                          numpy_suspects, stats_run, write_tfrecord)
 
@@ -105,13 +106,29 @@ def test_portable_runner_with_an_external_worker_pool(stats_run, cli_in_memory, 
 def test_rerun_into_the_same_directory_leaves_no_stale_rows(stats_run, tmp_path):
     src, in_memory, _ = stats_run
     out = tmp_path / "again"
-    out.mkdir()
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(out)]) == 0
     stale = out / "per_image-00007-of-00008.parquet"
     stale.write_bytes(b"rows of an earlier run")
-    (out / "notes.txt").write_text("not ours")
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(out)]) == 0
-    assert not stale.exists() and (out / "notes.txt").exists()
+    assert not stale.exists()
     assert _per_image(str(out)) == _per_image(str(src / "out"))
+
+
+def test_a_folder_stats_did_not_write_is_refused_and_left_as_it_was(stats_run, tmp_path, capsys):
+    """A user's folder holding a hand-made class_stats.json (and notes) was written over: the stats
+    files replaced, quarantine.jsonl emptied. Now refused, exit 2, nothing touched."""
+    src, _, _ = stats_run
+    mine = tmp_path / "myproject"
+    mine.mkdir()
+    files = {"class_stats.json": '{"my": "hand-made"}', "quarantine.jsonl": "my notes\n", "notes.txt": "keep"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "segbalance stats did not write" in err and "nothing was written" in err
+    assert {p.name: p.read_text() for p in mine.iterdir()} == files
+    # an ingest output (the records' own folder) is not a stats folder either
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(src)]) == 2
 
 
 def test_weight_flags(stats_run, tmp_path):
@@ -124,6 +141,24 @@ def test_weight_flags(stats_run, tmp_path):
     stats = class_stats_io.read_class_stats(str(tmp_path / "o"))
     np.testing.assert_allclose(stats["weights"]["enet"],
                                compute_class_weights(pixel, "enet", damping="sqrt", clip=(0.5, 3), zero_count_weight=2))
+    # the two options the pipeline's `stats` section has that the command lacked
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o2"),
+                     "--weight-beta", "0.99", "--enet-k", "1.5"]) == 0
+    stats = class_stats_io.read_class_stats(str(tmp_path / "o2"))
+    clip = StatsConfig().clip
+    np.testing.assert_allclose(stats["weights"]["enet"], compute_class_weights(pixel, "enet", enet_k=1.5, clip=clip))
+    np.testing.assert_allclose(stats["weights"]["effective_number"],
+                               compute_class_weights(pixel, "effective_number", beta=0.99, clip=clip))
+
+
+@pytest.mark.parametrize("flags, message", [(["--enet-k", "1"], "stats.enet_k: must be > 1"),
+                                            (["--weight-beta", "1"], "stats.beta: must be in [0, 1)"),
+                                            (["--suspect-threshold", "2"], "stats.suspect_threshold: must be in")])
+def test_bad_option_values_are_refused_with_the_field(tmp_path, capsys, flags, message):
+    (tmp_path / "data-0").write_bytes(b"")
+    assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
+                     *flags]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_weight_defaults_are_the_pipeline_config_s(stats_run, tmp_path):
@@ -258,8 +293,6 @@ def test_truncated_tfrecord_from_the_command_line_leaves_nothing_behind(tmp_path
     write_tfrecord(cut, records[5:])
     cut.write_bytes(cut.read_bytes()[:-30])
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("not ours")
     result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "segbalance"), "stats",
                              str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(out)],
                             capture_output=True, text=True, timeout=300)
@@ -267,7 +300,7 @@ def test_truncated_tfrecord_from_the_command_line_leaves_nothing_behind(tmp_path
     line = _one_error_line(result.stderr)
     last = len(records[5:]) - 1  # the cut hits the file's last record
     assert line.startswith(f"segbalance stats: error: {cut}: truncated: record {last} "), line
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no beam-temp-*, no half-written layout
+    assert not out.exists()  # no beam-temp-*, no half-written layout, no folder of only our marker
 
 
 def test_not_a_tfrecord_file(tmp_path, capsys):

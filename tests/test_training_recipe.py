@@ -495,6 +495,35 @@ def test_early_stopping_after_patience_keeps_the_best_epoch(tmp_path):
     assert not [d for d in os.listdir(os.path.dirname(args.model_run_dir)) if d.startswith("backup-")]
 
 
+@pytest.mark.slow
+def test_a_training_stopped_during_the_export_resumes_without_training_again(tmp_path, monkeypatch):
+    """BackupAndRestore deleted its backup when fit ended, before the export: a run stopped while
+    exporting trained every epoch again. Now the backup goes once the model is exported."""
+    from segbalance.trainer import task
+    from tests import trainer_inputs as ti
+
+    uris = ti.tiny_pipeline()
+    args = ti.fn_args_for(uris, str(tmp_path), {**ti.CONFIG, "epochs": 3, "steps_per_epoch": 2})
+    export = task.export_serving_model
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt  # the process is stopped while writing the serving model
+
+    monkeypatch.setattr(task, "export_serving_model", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        task.run_fn(args)
+    parent = os.path.dirname(args.model_run_dir)
+    assert [d for d in os.listdir(parent) if d.startswith("backup-")]  # kept for the next attempt
+    monkeypatch.setattr(task, "export_serving_model", export)
+    task.run_fn(args)
+    with open(os.path.join(args.model_run_dir, task.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["epochs_run"] == []  # nothing trained again
+    assert summary["best_epoch"] is not None and summary["restored_best"]
+    assert exported_val_miou(uris, args) == pytest.approx(summary["best_val_miou"], abs=1e-6)
+    assert not [d for d in os.listdir(parent) if d.startswith("backup-")]
+
+
 def test_backbone_weights_are_checked_before_the_pipeline_starts(tmp_path, monkeypatch, capsys):
     """`segbalance run` with ImageNet weights neither cached nor downloadable: exit 2 and one line
     naming the cache file before any component runs; cached: the check passes without downloading."""

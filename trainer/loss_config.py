@@ -243,8 +243,10 @@ class LowConfidence:
     alpha: float = 0.5  # ... weigh alpha
 
     def validate(self, where: str) -> None:
-        for name in ("tau", "alpha"):
-            require(is_number(getattr(self, name), 0.0), f"{where}.{name}", "must be a finite number >= 0")
+        # a top probability is at most 1: tau > 1 would down-weight every pixel, tau 0 none
+        require(is_number(self.tau) and 0.0 < self.tau <= 1.0, f"{where}.tau",
+                f"{self.tau!r}: give the top-probability threshold, in (0, 1]")
+        require(is_number(self.alpha, 0.0), f"{where}.alpha", "must be a finite number >= 0")
 
 
 # The loss-wide fields a term reads (``Term.USES``); class_weight_decay_epochs needs class_weights.

@@ -185,7 +185,9 @@ def run_fn(fn_args) -> None:
         plateau = plateau_callback(t)
         if plateau is not None:
             callbacks.append(plateau)
-        callbacks += [best, keras.callbacks.BackupAndRestore(backup),
+        # the backup outlives fit: it is deleted once the model is exported, so a run stopped during the
+        # export resumes with nothing left to train (BestEpoch's state there gives the best weights back)
+        callbacks += [best, keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
                       keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
         callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
@@ -222,6 +224,8 @@ def run_fn(fn_args) -> None:
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=1))
+    if tf.io.gfile.exists(backup):  # exported and summarised: the training's backup is done with
+        tf.io.gfile.rmtree(backup)
 
 
 def training_notes(training, labeled: dict, num_classes: int, validation_records: int) -> List[str]:

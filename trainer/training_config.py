@@ -100,7 +100,6 @@ No TensorFlow / Keras / TFX imports: ``segbalance config validate`` stays fast.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
@@ -131,9 +130,9 @@ class ClassesConfig:
             require(key not in seen, f"{where}.names",
                     f"{seen.get(key)!r} and {name!r} name the same class (names must be unique, ignoring case)")
             seen[key] = name
-        require(self.num_classes <= self.ignore_index <= 65535, f"{where}.ignore_index",
-                f"{self.ignore_index} collides with a class id (< {self.num_classes}) or is not a mask value; "
-                f"use e.g. 255")
+        require(self.num_classes <= self.ignore_index <= 255, f"{where}.ignore_index",
+                f"{self.ignore_index} collides with a class id (< {self.num_classes}) or is not an 8-bit mask "
+                f"value (masks are stored as 8-bit PNG); use e.g. 255")
 
 
 # --------------------------------------------------------------------------- pixel weight maps
@@ -252,6 +251,18 @@ class Augmentation:
 
 
 # --------------------------------------------------------------------------- training
+# keras.applications' model classes in the pinned Keras (3.6), so a config check needs no Keras import;
+# tests/test_config.py compares it with dir(keras.applications)
+KERAS_APPLICATIONS = (
+    "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtSmall", "ConvNeXtTiny", "ConvNeXtXLarge", "DenseNet121", "DenseNet169",
+    "DenseNet201", "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3", "EfficientNetB4",
+    "EfficientNetB5", "EfficientNetB6", "EfficientNetB7", "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2",
+    "EfficientNetV2B3", "EfficientNetV2L", "EfficientNetV2M", "EfficientNetV2S", "InceptionResNetV2", "InceptionV3",
+    "MobileNet", "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small", "NASNetLarge", "NASNetMobile", "ResNet101",
+    "ResNet101V2", "ResNet152", "ResNet152V2", "ResNet50", "ResNet50V2", "VGG16", "VGG19", "Xception")
+SEED_RANGE = (0, 2 ** 32 - 1)  # keras.utils.set_random_seed's
+
+
 def size_factor(depth: int, backbone: Optional[str]) -> int:
     """What image height and width must be divisible by (``trainer/model.py``)."""
     return 2 ** (depth + 1) if backbone else 2 ** depth
@@ -319,8 +330,10 @@ class TrainingConfig:
         require(self.freeze_encoder_epochs >= 0, f"{where}.freeze_encoder_epochs", "must be >= 0")
         require(self.freeze_encoder_epochs == 0 or bool(self.backbone), f"{where}.freeze_encoder_epochs",
                 "needs a backbone (the U-Net without one has no separate encoder); set it to 0")
-        require(self.backbone is None or re.match(r"^[A-Z][A-Za-z0-9_]*$", self.backbone) is not None,
-                f"{where}.backbone", f"{self.backbone!r}: give a keras.applications class name, e.g. MobileNetV2")
+        require(self.backbone is None or self.backbone in KERAS_APPLICATIONS, f"{where}.backbone",
+                f"{self.backbone!r} is not a keras.applications model: use one of {', '.join(KERAS_APPLICATIONS)}")
+        require(SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], f"{where}.seed",
+                f"{self.seed} is outside {SEED_RANGE[0]}..2**32 - 1 (Keras' seed range)")
         require(self.devices is None or (len(self.devices) > 0 and all(d.strip() for d in self.devices)),
                 f"{where}.devices", "list device names (e.g. ['/gpu:0', '/gpu:1']) or null")
         size = self.image_size
