@@ -24,6 +24,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils
 
 from segbalance.components.artifacts import ClassStats, DriftReport
+from segbalance.components.component_config import DriftConfig
 from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare
 
 from segbalance.contract import DRIFT_FILE  # noqa: E402
@@ -76,8 +77,8 @@ class ClassDistributionValidator(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(ClassDistributionValidatorExecutor)
 
     def __init__(self, class_stats: types.BaseChannel, baseline_class_stats: Optional[types.BaseChannel] = None,
-                 js_divergence: float = 0.05, max_abs_change: float = 0.1, missing_rate_change: float = 0.2,
-                 action: str = "block"):
+                 js_divergence: float = DriftConfig.js_divergence, max_abs_change: float = DriftConfig.max_abs_change,
+                 missing_rate_change: float = DriftConfig.missing_rate_change, action: str = DriftConfig.action):
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         super().__init__(spec=ClassDistributionValidatorSpec(

@@ -56,6 +56,7 @@ from apache_beam.io.filesystems import FileSystems
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
                                  PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE,
                                  UNCOUNTED_PER_IMAGE_PREFIX, UserError)
+from segbalance.components.component_config import StatsConfig
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
 
@@ -89,8 +90,8 @@ class StatsOptions:
     num_classes: int
     class_names: Optional[List[str]] = None
     ignore_index: int = DEFAULT_IGNORE_INDEX
-    labeled_policy: str = "complete"
-    suspect_threshold: float = 0.9
+    labeled_policy: str = StatsConfig.labeled_policy
+    suspect_threshold: float = StatsConfig.suspect_threshold
     weight_options: Dict = field(default_factory=dict)  # passed to compute_class_weights
 
     def __post_init__(self):

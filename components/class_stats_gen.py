@@ -32,6 +32,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from segbalance.components.artifacts import ClassStats
 from segbalance.components.class_stats_beam import StatsOptions, run_class_stats
+from segbalance.components.component_config import StatsConfig
 from segbalance.components.local_runner import light_workers_apply, make_pipeline
 from segbalance.contract import DEFAULT_IGNORE_INDEX
 
@@ -130,10 +131,12 @@ class ClassStatsGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(ClassStatsGenExecutor)
 
     def __init__(self, examples: types.BaseChannel, num_classes: int, class_names: Optional[Sequence[str]] = None,
-                 ignore_index: int = DEFAULT_IGNORE_INDEX, labeled_policy: str = "complete",
-                 suspect_threshold: float = 0.9, weight_damping: Optional[str] = None,
-                 weight_clip: Optional[Tuple[float, float]] = None, zero_count_weight: float = 0.0,
-                 weight_beta: Optional[float] = None, weight_enet_k: float = 1.02,
+                 ignore_index: int = DEFAULT_IGNORE_INDEX, labeled_policy: str = StatsConfig.labeled_policy,
+                 suspect_threshold: float = StatsConfig.suspect_threshold,
+                 weight_damping: Optional[str] = StatsConfig.damping,
+                 weight_clip: Optional[Tuple[float, float]] = StatsConfig.clip,
+                 zero_count_weight: float = StatsConfig.zero_count_weight,
+                 weight_beta: Optional[float] = StatsConfig.beta, weight_enet_k: float = StatsConfig.enet_k,
                  splits: Sequence[str] = ("train",)):
         """Args (all but ``examples`` become execution properties):
           examples: Examples channel (TFRecords of the data contract, trainer/example_codec.py).

@@ -35,6 +35,7 @@ from tfx.utils import io_utils, path_utils
 
 from segbalance.components import evaluation_metrics
 from segbalance.components.artifacts import DriftReport
+from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
 
 from segbalance.contract import EVALUATION_FILE  # noqa: E402
@@ -370,7 +371,8 @@ class SegEvaluator(base_component.BaseComponent):
 
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel, num_classes: int,
                  class_names: List[str], ignore_index: int = codec.DEFAULT_IGNORE_INDEX,
-                 miou_threshold: float = 0.0, tolerance: float = 0.0, split: str = "eval",
+                 miou_threshold: float = EvaluationConfig.miou_threshold,
+                 tolerance: float = EvaluationConfig.tolerance, split: str = "eval",
                  reference_masks_dir: Optional[str] = None, baseline_model: Optional[types.BaseChannel] = None,
                  drift_report: Optional[types.BaseChannel] = None, push_destination: Optional[str] = None):
         if len(class_names) != num_classes:

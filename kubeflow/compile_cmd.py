@@ -31,7 +31,7 @@ def _main(args) -> int:
     from segbalance.pipeline.output_guard import check_output_file
 
     # a folder, or a file that is not a compiled pipeline, is refused before the slow compile
-    check_output_file(args.output, "--output", lambda head: '"pipelineSpec"' in head)
+    check_output_file(args.output, "--output", lambda head: '"pipelineSpec"' in head, example="pipeline.json")
     os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")  # module code is in the image
     from segbalance.kubeflow.runner import CompileError, compile_pipeline
 

@@ -62,6 +62,8 @@ def check_span(examples_dir: str, span: Optional[int]) -> None:
 
     spans = sorted(int(p.rsplit("-", 1)[1]) for p in glob.glob(os.path.join(examples_dir, "Span-*"))
                    if p.rsplit("-", 1)[1].isdigit())
+    if span is not None and span < 0:
+        raise CompileError(f"--span {span}: spans are numbered from 0 (segbalance ingest --span N, N >= 0)")
     if span is not None and span not in spans:
         raise CompileError(f"span {span} does not exist in {examples_dir} (spans there: {spans or 'none'}); "
                            f"ingest it with `segbalance ingest ... --output {examples_dir} --span {span}`")

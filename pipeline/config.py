@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
 
+from segbalance.components.component_config import DriftConfig, EvaluationConfig, StatsConfig
 from segbalance.contract import DRIFT_ACTIONS
-from segbalance.trainer.class_weights import ENET_K
 from segbalance.trainer.loss_config import LossConfig
 from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, TrainingConfig
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict, validate_tree
@@ -100,66 +100,6 @@ class DataConfig:
                     f"{path} is not a folder; point it at a folder with images/ and masks/")
             require((path / "images").is_dir() or any(path.glob("Span-*")), f"{where}.dir",
                     f"{path} has no images/ folder and no Span-N/ folders: nothing to train on")
-
-
-@dataclass
-class StatsConfig:
-    """ClassStatsGen's options (components/class_stats_gen.py); the weight options apply to
-    every scheme of ``trainer/class_weights.py``, whose docstring has the formulas."""
-
-    labeled_policy: Literal["complete", "partial"] = "complete"  # records without `labeled`
-    suspect_threshold: float = 0.9  # co-occurrence rate in (0, 1] for suspect_missing
-    # [w_min, w_max] of the raw weights, before normalisation; null: none. [0.5, 5.0] is the range of the
-    # default loss's median-frequency weights in the experiment (README "Results")
-    clip: Optional[Tuple[float, float]] = (0.5, 5.0)
-    damping: Optional[Literal["sqrt"]] = None  # "sqrt": square root of the weights
-    zero_count_weight: float = 0.0  # weight of a class with no pixel
-    beta: Optional[float] = None  # effective_number beta; None: 1 - 1/N
-    enet_k: float = ENET_K  # enet: 1 / ln(k + f)
-
-    def weight_options(self) -> Dict[str, Any]:
-        """Keyword arguments of ``compute_class_weights``."""
-        return {"clip": self.clip, "damping": self.damping, "zero_count_weight": self.zero_count_weight,
-                "beta": self.beta, "enet_k": self.enet_k}
-
-    def validate(self, where: str) -> None:
-        require(is_number(self.suspect_threshold) and 0.0 < self.suspect_threshold <= 1.0,
-                f"{where}.suspect_threshold", "must be in (0, 1]")
-        if self.clip is not None:
-            lo, hi = self.clip
-            require(is_number(lo, 0.0) and is_number(hi) and lo <= hi, f"{where}.clip",
-                    f"{list(self.clip)}: give [w_min, w_max] with 0 <= w_min <= w_max")
-        require(is_number(self.zero_count_weight, 0.0), f"{where}.zero_count_weight", "must be a finite number >= 0")
-        require(self.beta is None or (is_number(self.beta) and 0.0 <= self.beta < 1.0), f"{where}.beta",
-                "must be in [0, 1) or null (1 - 1/N)")
-        require(is_number(self.enet_k) and self.enet_k > 1.0, f"{where}.enet_k", "must be > 1 (ln(k + f) > 0)")
-
-
-@dataclass
-class EvaluationConfig:
-    miou_threshold: float = 0.3  # absolute: a model below it is not blessed
-    tolerance: float = 0.02  # may be this much worse than the latest blessed model
-
-    def validate(self, where: str) -> None:
-        require(0.0 <= self.miou_threshold <= 1.0, f"{where}.miou_threshold", "must be in [0, 1]")
-        require(is_number(self.tolerance, 0.0), f"{where}.tolerance", "must be a finite number >= 0")
-
-
-@dataclass
-class DriftConfig:
-    js_divergence: float = 0.05  # Jensen-Shannon divergence of class pixel frequencies
-    max_abs_change: float = 0.1  # largest change of one class's pixel frequency
-    missing_rate_change: float = 0.2  # change of the fraction of images with missing classes
-    # "block": the model is trained but not blessed, so not pushed; "block_training": trainer,
-    # evaluator and pusher do not run; "warn": recorded only
-    action: str = "block"
-
-    def validate(self, where: str) -> None:
-        # each measure is in [0, 1] (JS divergence in bits): a threshold above 1 is a gate that never fires
-        for name in ("js_divergence", "max_abs_change", "missing_rate_change"):
-            require(is_number(getattr(self, name), 0.0) and getattr(self, name) <= 1.0, f"{where}.{name}",
-                    "must be in [0, 1] (the measure's range; 1 or more never fires)")
-        require(self.action in DRIFT_ACTIONS, f"{where}.action", f"use one of {', '.join(DRIFT_ACTIONS)}")
 
 
 @dataclass

@@ -155,12 +155,13 @@ def _sample(names: Sequence[str]) -> str:
     return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
 
-def check_output_file(path: os.PathLike, option: str, is_ours) -> None:
+def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "report.html") -> None:
     """An output FILE: refuse a folder (or a path below a file), and an existing file that
-    ``is_ours(head)`` (its first 4 KB, text) does not recognise as written by segbalance."""
+    ``is_ours(head)`` (its first 4 KB, text) does not recognise as written by segbalance.
+    ``example``: the file name the refusal of a folder suggests."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{option} {path} is a folder; give a file name, e.g. {path / 'report.html'}")
+        raise OutputError(f"{option} {path} is a folder; give a file name, e.g. {path / example}")
     check_is_folder(path.parent, f"{option} {path}: its folder")
     if path.exists():
         with open(path, "rb") as f:

@@ -80,7 +80,7 @@ def sources_from_metadata(metadata: str) -> ReportSources:
 
     class_stats = uri(CLASS_STATS_TYPE, STATS_FILE)
     if class_stats is None:
-        raise FileNotFoundError(f"{metadata} records no components.ClassStats artifact: run the pipeline "
+        raise FileNotFoundError(f"{metadata} records no segbalance.ClassStats artifact: run the pipeline "
                                 f"through ClassStatsGen first, or give a `segbalance stats` folder")
     return ReportSources(class_stats_dir=class_stats, statistics_dir=uri("ExampleStatistics"),
                          anomalies_dir=uri("ExampleAnomalies"), evaluation_dir=uri("ModelEvaluation"),

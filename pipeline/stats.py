@@ -95,6 +95,11 @@ def _main(args) -> int:
     print("median-frequency weights: " + json.dumps([round(w, 4) for w in stats["weights"]["median_frequency"]]))
     if stats["zero_count_note"]:
         print("note: " + stats["zero_count_note"])
+    too_large = sum(c["quarantined_by_kind"].get("mask_ids", 0) for c in stats["split_counts"].values())
+    read = sum(c["read"] for c in stats["split_counts"].values())
+    if too_large and too_large >= 0.1 * read:  # the trainer refuses such data (run_fn: more than 10 %)
+        print(f"warning: {too_large} of {read} records have mask class ids >= --num-classes {args.num_classes} "
+              f"(listed in {args.output}/quarantine.jsonl): is --num-classes too small?")
     return 0
 
 

@@ -8,6 +8,7 @@ from tfx import v1 as tfx
 
 from segbalance.components.artifacts import ClassStats
 from segbalance.components.class_stats_gen import ClassStatsGen
+from segbalance.components.component_config import StatsConfig
 from segbalance.trainer.class_stats_io import read_class_stats, read_quarantine
 from segbalance.pipeline.run_summary import latest_artifact, open_store
 from segbalance.trainer.class_stats_io import read_per_image
@@ -44,9 +45,10 @@ def test_component_in_local_dag_runner(tmp_path, capfd):
     assert len(read_quarantine(artifact.uri)) == 4
     assert artifact.custom_properties["quarantined_records"].int_value == 4
     assert stats["zero_count_classes"] == [3] and stats["class_names"] == ["bg", "a", "b", "never"]
+    clip = StatsConfig().clip  # the component's default is the config's (it was no clip)
     for scheme in SCHEMES:
         np.testing.assert_allclose(stats["weights"][scheme], compute_class_weights(
-            pixel, scheme, present_image_pixels=numpy_present_image_pixels(good)))
+            pixel, scheme, present_image_pixels=numpy_present_image_pixels(good), clip=clip))
     _, _, _, _, _, ref = numpy_reference(good)
     expected_suspects = numpy_suspects(ref, images, cooc, stats["suspect_threshold"])
     rows = {r["source_id"]: r for r in read_per_image(artifact.uri).to_dict("records")}

@@ -143,7 +143,7 @@ def _cases():
          "{w}/afile.txt"),
         # compile-kfp
         ("compile-kfp output is a folder", ["compile-kfp", "--output", "{w}/emptydir", "--image", "r/s:1",
-                                            "--pipeline-root", "gs://b/r"], "{w}/emptydir"),
+                                            "--pipeline-root", "gs://b/r"], "e.g. {w}/emptydir/pipeline.json"),
         ("compile-kfp output is a user's file", ["compile-kfp", "--output", "{w}/report.txt", "--image", "r/s:1",
                                                  "--pipeline-root", "gs://b/r"], "{w}/report.txt"),
         ("compile-kfp config missing", ["compile-kfp", "--output", "{w}/new.json", "--config", "{w}/nope.yaml"],

@@ -299,3 +299,34 @@ def test_run_takes_the_class_names_of_the_data_folder(tmp_path, capsys):
 
     with pytest.raises(IngestError, match=r"classes file .*classes.json: expected \{\"class_names\""):
         prepare_data(config_from_dict({"data": {"dir": str(raw)}}), {**paths, "examples_dir": str(tmp_path / "e3")})
+
+
+def test_the_components_keyword_defaults_are_the_config_s():
+    """ClassStatsGen defaulted to no weight clip and SegEvaluator to threshold 0 / tolerance 0, where
+    `segbalance run` clips to [0.5, 5] and blesses from 0.3 / 0.02: a user's own pipeline got other
+    defaults. The components now take theirs from the config sections."""
+    import inspect
+
+    from segbalance.components.class_distribution_validator import ClassDistributionValidator
+    from segbalance.components.class_stats_beam import StatsOptions
+    from segbalance.components.class_stats_gen import ClassStatsGen
+    from segbalance.components.seg_evaluator import SegEvaluator
+    from segbalance.pipeline.config import DriftConfig, EvaluationConfig, StatsConfig
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+
+    stats, gen = StatsConfig(), defaults(ClassStatsGen.__init__)
+    assert (gen["labeled_policy"], gen["suspect_threshold"], gen["weight_damping"], gen["weight_clip"],
+            gen["zero_count_weight"], gen["weight_beta"], gen["weight_enet_k"]) == \
+        (stats.labeled_policy, stats.suspect_threshold, stats.damping, stats.clip, stats.zero_count_weight,
+         stats.beta, stats.enet_k)
+    options = StatsOptions(num_classes=2)
+    assert (options.labeled_policy, options.suspect_threshold) == (stats.labeled_policy, stats.suspect_threshold)
+    evaluator = defaults(SegEvaluator.__init__)
+    assert (evaluator["miou_threshold"], evaluator["tolerance"]) == (EvaluationConfig().miou_threshold,
+                                                                     EvaluationConfig().tolerance)
+    drift, validator = DriftConfig(), defaults(ClassDistributionValidator.__init__)
+    assert {k: validator[k] for k in ("js_divergence", "max_abs_change", "missing_rate_change", "action")} == \
+        {"js_divergence": drift.js_divergence, "max_abs_change": drift.max_abs_change,
+         "missing_rate_change": drift.missing_rate_change, "action": drift.action}

@@ -132,6 +132,9 @@ def test_compile_kfp_cli(span_data, capsys):
     assert cli.main(["compile-kfp", "--output", str(span_data / "cli3.json"), "--pipeline-root", "gs://b",
                      "--config", str(cfg), "--image", IMAGE, "--span", "3"]) == 2
     assert "span 3 does not exist" in capsys.readouterr().err and not (span_data / "cli3.json").exists()
+    assert cli.main(["compile-kfp", "--output", str(span_data / "cli4.json"), "--pipeline-root", "gs://b",
+                     "--config", str(cfg), "--image", IMAGE, "--span", "-1"]) == 2
+    assert "--span -1: spans are numbered from 0" in capsys.readouterr().err
 
 
 def test_dockerfile_installs_the_package_with_the_pins():

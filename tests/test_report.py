@@ -197,7 +197,7 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     store = _store(empty / "metadata.sqlite")
     _register(store, "ExampleStatistics", tmp / "statistics")
     del store
-    with pytest.raises(FileNotFoundError, match="records no components.ClassStats artifact"):
+    with pytest.raises(FileNotFoundError, match="records no segbalance.ClassStats artifact"):
         find_sources(str(empty))
     moved = tmp_path / "moved_run"
     moved.mkdir()

@@ -63,6 +63,9 @@ def test_jpeg_and_grey_inputs_and_mixed_sizes_error(exported):
     assert out["class_ids"].shape == (2, 24, 20)
     with pytest.raises(tf.errors.InvalidArgumentError, match="same size"):
         serve(images=tf.constant(pngs(16, 16, 1) + pngs(20, 16, 1)))
+    # an empty request: a message, not "slice index 0 of dimension 0 out of bounds"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the request holds no image"):
+        serve(images=tf.constant([], tf.string))
 
 
 def test_image_size_of_reads_headers():

@@ -343,3 +343,14 @@ def test_class_stats_json_that_is_not_json(stats_run, tmp_path):
     (tmp_path / "edited" / "class_stats.json").write_text('{"pixel_counts": [1, 2,}')
     with pytest.raises(class_stats_io.ClassStatsFileError, match=r"class_stats.json is not valid JSON .*regenerate"):
         class_stats_io.read_class_stats(str(tmp_path / "edited"))
+
+
+def test_a_num_classes_below_the_masks_ids_is_pointed_out(stats_run, tmp_path, capsys):
+    """Most records quarantined for class ids >= C and exit 0 with no hint: the likely cause is
+    --num-classes, so say so."""
+    src, _, _ = stats_run
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "2", "--output", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "have mask class ids >= --num-classes 2" in out and "is --num-classes too small?" in out
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "p")]) == 0
+    assert "too small" not in capsys.readouterr().out

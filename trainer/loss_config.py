@@ -87,10 +87,20 @@ class Term:
         """Parameters that must be finite numbers >= 0 (``weight`` always is)."""
         return ()
 
+    @classmethod
+    def unread_params(cls, values: Dict[str, Any]) -> Dict[str, str]:
+        """{parameter: why and what to do} for the parameters set in ``values`` (a term's mapping)
+        that this term, so configured, does not read: ``validate`` refuses them,
+        ``SegmentationLoss.from_config`` drops them from models saved before the rule (where they
+        changed nothing)."""
+        return {}
+
     def validate(self, where: str) -> None:
         for name in ("weight",) + self.non_negative():
             value = getattr(self, name)
             require(is_number(value, 0.0), f"{where}.{name}", f"must be a finite number >= 0, got {value!r}")
+        for name, message in self.unread_params(to_dict(self)).items():
+            raise ConfigError(f"{where}.{name}: {message}")
 
     def compute(self, x: TermInputs):  # pragma: no cover - every term overrides it
         raise NotImplementedError
@@ -218,11 +228,13 @@ class Exclusion(Term):
     def non_negative(self) -> tuple:
         return ("smooth",)
 
-    def validate(self, where: str) -> None:
-        super().validate(where)
+    @classmethod
+    def unread_params(cls, values: Dict[str, Any]) -> Dict[str, str]:
         # only the Dice form has a denominator to smooth: with ce a changed smooth would change nothing
-        require(self.form == "dice" or self.smooth == 1.0, f"{where}.smooth",
-                f"only form: dice reads it (got form: {self.form}): remove smooth, or set form: dice")
+        form = values.get("form", cls.form)
+        if form == "ce" and values.get("smooth", cls.smooth) != cls.smooth:
+            return {"smooth": f"only form: dice reads it (got form: {form}): remove smooth, or set form: dice"}
+        return {}
 
     def compute(self, x: TermInputs):
         from segbalance.trainer import losses as L

@@ -158,10 +158,9 @@ class SegmentationLoss(keras.losses.Loss):
             loss[name] = None
             if name == "class_weights":
                 config["class_weights"], loss["class_weight_decay_epochs"] = None, None
-        # ... and an exclusion term's smooth, which only form: dice reads
-        loss["terms"] = [{k: v for k, v in t.items() if k != "smooth"}
-                         if t.get("type") == "exclusion" and t.get("form", "ce") == "ce" else t
-                         for t in loss.get("terms", [])]
+        # ... and a term's parameter that the term, so configured, does not read (Term.unread_params)
+        loss["terms"] = [{k: v for k, v in t.items() if k not in TERMS[t["type"]].unread_params(t)}
+                         if t.get("type") in TERMS else t for t in loss.get("terms", [])]
         config["config"] = loss
         return cls(**config)
 

@@ -54,6 +54,10 @@ class SegmentationServer(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(self, images):
+        empty = tf.debugging.assert_positive(tf.size(images), message=(
+            "the request holds no image; send at least one encoded PNG or JPEG image"))
+        with tf.control_dependencies([empty]):
+            images = tf.identity(images)
         sizes = tf.map_fn(image_size_of, images, fn_output_signature=tf.TensorSpec([2], tf.int32))
         original_size = sizes[0]
         check = tf.debugging.assert_equal(sizes, tf.broadcast_to(original_size, tf.shape(sizes)), message=(
