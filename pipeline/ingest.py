@@ -56,6 +56,7 @@ successful ingest into the same TARGET deletes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -375,6 +376,20 @@ _MASK_MODE_NAMES = {
 }
 
 
+@contextlib.contextmanager
+def _decoding(what: str, expected: str):
+    """Any decoding failure of PIL inside the block becomes PairError("undecodable") naming ``what``
+    (PIL raises many types for truncated or corrupt data); a PairError passes through."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise PairError("undecodable", f"{what} is not an image PIL can read ({expected})") from None
+    except PairError:
+        raise
+    except Exception as exc:
+        raise PairError("undecodable", f"cannot decode {what}: {exc}") from exc
+
+
 def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
     """Decode mask bytes to ids [H, W] (or colours [H, W, 3] for --palette); ValueError says what the
     file is when it cannot be a mask: lossy (JPEG) data, an alpha channel, an unreadable file.
@@ -384,7 +399,7 @@ def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
         under = f" under a {Path(name).suffix} name" if Path(name).suffix.lower() not in (".jpg", ".jpeg") else ""
         raise PairError("lossy_mask", f"mask {name} is JPEG data{under}: JPEG is lossy and changes class ids at "
                                       f"region edges; masks must be lossless PNG")
-    try:
+    with _decoding(f"mask {name}", "expected PNG data"):
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             fmt, mode = img.format, img.mode
@@ -413,12 +428,6 @@ def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
                                                  f"opaque RGB with --palette")
                 img = img.convert("RGB")
             return np.asarray(img)
-    except UnidentifiedImageError:
-        raise PairError("undecodable", f"mask {name} is not an image PIL can read (expected PNG data)") from None
-    except PairError:
-        raise
-    except Exception as exc:  # PIL raises many types for truncated or corrupt data
-        raise PairError("undecodable", f"cannot decode mask {name}: {exc}") from exc
 
 
 def _png_grey_depth(data: bytes) -> Optional[int]:
@@ -449,7 +458,7 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
     image with an EXIF orientation tag is turned as viewers (and annotation tools) show it and
     re-encoded to PNG: masks are drawn on the image as shown. PairError says what is wrong."""
     what = f"image {name}"
-    try:
+    with _decoding(what, "PNG, JPEG, BMP or TIFF"):
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
@@ -466,12 +475,6 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
                     warnings.simplefilter("ignore")
                     out = out.convert("RGB")
             return codec.encode_png(np.asarray(out)), (out.height, out.width), rotated
-    except UnidentifiedImageError:
-        raise PairError("undecodable", f"cannot decode {what}: not an image format PIL reads") from None
-    except PairError:
-        raise
-    except Exception as exc:  # PIL raises many types for truncated or corrupt data
-        raise PairError("undecodable", f"cannot decode {what}: {exc}") from exc
 
 
 def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.ndarray:
