@@ -71,7 +71,9 @@ WEIGHT_OPTION_KEYS = {"beta", "enet_k", "damping", "clip", "normalize", "zero_co
 # Image formats tf.io.decode_image (Transform's preprocessing_fn) decodes.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP")
 # PIL modes of a single-channel class-id PNG ("P": palette indices are the ids, VOC style).
-MASK_MODES = ("L", "P", "I", "I;16", "I;16B")
+MASK_MODES = ("L",)  # what Transform's tf.io.decode_png(channels=1, uint8) reads as the ids themselves
+# masks it reads as other values: palette indices become grey levels of the colours, 16-bit values are scaled
+TF_MISREAD_MASK_MODES = {"P": "palette (indexed-colour)", "I": "16-bit", "I;16": "16-bit", "I;16B": "16-bit"}
 MODE_NAMES = {"1": "1-bit", "LA": "grey + alpha", "PA": "palette + alpha", "RGB": "RGB", "RGBA": "RGBA",
               "CMYK": "CMYK", "F": "float"}
 # Quarantine kinds (the ``kind`` of a quarantine row; counted per split in class_stats.json).
@@ -256,10 +258,12 @@ class Quarantined(ValueError):
 
 
 def decode_mask_counts(data: bytes):
-    """(int64 count of every id value, (H, W)) of a single-channel PNG mask; Quarantined (kind
-    ``bad_mask``) otherwise. 8-bit grey and palette masks are counted by Pillow's C histogram
-    (exact: one bin per value, no [H, W] int64 copy as ``np.bincount`` makes); 16-bit ones by
-    ``np.bincount``."""
+    """(int64 count of every id value, (H, W)) of a greyscale PNG mask, counted by Pillow's C
+    histogram (exact: one bin per value, no [H, W] int64 copy); Quarantined (kind ``bad_mask``)
+    otherwise. Palette and 16-bit PNGs are quarantined too: Transform decodes masks with
+    ``tf.io.decode_png(channels=1, dtype=uint8)``, which turns a palette into grey levels of its
+    colours and scales 16-bit values to 8 bits, so the ids counted here would not be the ids the
+    model is trained on (`segbalance ingest` writes 8-bit grey from either)."""
     from PIL import Image
 
     if data[:8] != b"\x89PNG\r\n\x1a\n":
@@ -268,21 +272,19 @@ def decode_mask_counts(data: bytes):
     try:
         with Image.open(io.BytesIO(data)) as img:
             mode = img.mode
+            if mode in TF_MISREAD_MASK_MODES:
+                raise Quarantined("bad_mask", f"mask is a {TF_MISREAD_MASK_MODES[mode]} PNG: TensorFlow decodes it to "
+                                              f"other values than its class ids; write the ids as an 8-bit greyscale "
+                                              f"PNG (segbalance ingest converts such masks)")
             if mode not in MASK_MODES:
                 raise Quarantined("bad_mask", f"mask is a {MODE_NAMES.get(mode, mode)} PNG (mode {mode}); expected "
-                                              f"a single-channel [H, W] PNG of class ids (8-bit grey or palette)")
+                                              f"a single-channel [H, W] PNG of class ids (8-bit grey)")
             img.load()
-            shape = (img.size[1], img.size[0])
-            if mode in ("L", "P"):
-                return np.asarray(img.histogram(), np.int64), shape
-            flat = np.asarray(img).ravel()
+            return np.asarray(img.histogram(), np.int64), (img.size[1], img.size[0])
     except Quarantined:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise Quarantined("bad_mask", f"cannot decode mask: {exc}") from exc
-    if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
-        raise Quarantined("mask_ids", f"mask has negative class ids (min {int(flat.min())})")
-    return np.bincount(flat).astype(np.int64), shape
 
 
 def check_image(data: Optional[bytes], mask_shape) -> None:

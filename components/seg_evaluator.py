@@ -34,7 +34,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils, path_utils
 
 from segbalance.components import evaluation_metrics
-from segbalance.components.artifacts import DriftReport
+from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
 
@@ -276,6 +276,9 @@ class SegEvaluatorSpec(ComponentSpec):
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
         "drift_report": ChannelParameter(type=DriftReport, optional=True),
+        # each image's labelled set as validation reads it (ClassStats' per-image table: the recorded set,
+        # or stats.labeled_policy's rule for a record without one, plus the classes present)
+        "class_stats": ChannelParameter(type=ClassStats, optional=True),
     }
     OUTPUTS = {
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -299,6 +302,12 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         references: set = set()
         items, counts = load_eval_set(iter_split_records(examples, split), exec_properties.get("reference_masks_dir"),
                                       labeled, references)
+        stats = (input_dict.get("class_stats") or [None])[0]
+        if stats is not None:  # the sets validation used (labeled_policy applied); a record's own field otherwise
+            from segbalance.trainer.class_stats_io import labeled_by_source_id
+
+            known = labeled_by_source_id(stats.uri)
+            labeled = {sid: known.get(sid, lab) for sid, lab in labeled.items()}
         # images scored against their own, possibly partial, annotation
         partial = {sid: lab for sid, lab in labeled.items() if lab is not None and sid not in references}
         if not items:
@@ -374,11 +383,13 @@ class SegEvaluator(base_component.BaseComponent):
                  miou_threshold: float = EvaluationConfig.miou_threshold,
                  tolerance: float = EvaluationConfig.tolerance, split: str = "eval",
                  reference_masks_dir: Optional[str] = None, baseline_model: Optional[types.BaseChannel] = None,
-                 drift_report: Optional[types.BaseChannel] = None, push_destination: Optional[str] = None):
+                 drift_report: Optional[types.BaseChannel] = None, push_destination: Optional[str] = None,
+                 class_stats: Optional[types.BaseChannel] = None):
         if len(class_names) != num_classes:
             raise ValueError(f"SegEvaluator: {len(class_names)} class names for num_classes={num_classes}")
         spec = SegEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, drift_report=drift_report,
+            class_stats=class_stats,
             num_classes=num_classes, class_names=json.dumps(list(class_names)), ignore_index=ignore_index,
             miou_threshold=float(miou_threshold), tolerance=float(tolerance), split=split,
             reference_masks_dir=reference_masks_dir, push_destination=push_destination,

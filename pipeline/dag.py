@@ -178,7 +178,8 @@ def create_pipeline(
             examples=clean_examples, model=trainer.outputs["model"], baseline_model=model_resolver.outputs["model"],
             num_classes=config.num_classes, class_names=names, ignore_index=config.classes.ignore_index,
             miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
-            reference_masks_dir=reference_masks_dir, push_destination=serving_model_dir, **evaluator_kwargs)
+            reference_masks_dir=reference_masks_dir, push_destination=serving_model_dir, class_stats=class_stats,
+            **evaluator_kwargs)
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
             push_destination=tfx.proto.PushDestination(

@@ -98,7 +98,7 @@ def _examples(tmp_path, masks, images, labeled=None):
 
 
 def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labeled=None, erase=(),
-         push_destination=None):
+         push_destination=None, stats_policy=None):
     """``erase``: indexes of images whose annotator skipped the red class (its pixels marked 0)."""
     rng = np.random.default_rng(1)
     images, masks = [], []
@@ -117,6 +117,16 @@ def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labe
     inputs = {"examples": [examples], "model": [model]}
     if baseline is not None:
         inputs["baseline_model"] = [baseline]
+    if stats_policy is not None:  # a ClassStats artifact of these records, as ClassStatsGen writes it
+        from segbalance.components import class_stats_beam as csb
+        from segbalance.components.artifacts import ClassStats
+
+        stats = ClassStats()
+        stats.uri = str(tmp_path / "class_stats")
+        csb.run_class_stats({"eval": str(tmp_path / "examples" / "Split-eval" / "data.gz")}, stats.uri,
+                            csb.StatsOptions(num_classes=2, labeled_policy=stats_policy),
+                            beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        inputs["class_stats"] = [stats]
     SegEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]}, {
         "num_classes": 2, "class_names": '["bg", "red"]', "ignore_index": 255, "miou_threshold": threshold,
         "tolerance": 0.05, "split": "eval", "reference_masks_dir": reference_dir,
@@ -309,3 +319,20 @@ def test_a_blessed_model_that_never_reached_the_pusher_is_blessed_again(tmp_path
     result, blessing, _, _ = _run(tmp_path / "b", model, baseline=model, push_destination=str(destination))
     assert not result["blessed"] and "pushed before" in result["reason"]
     assert blessing.get_int_custom_property("blessed") == 0
+
+
+def test_the_labeled_policy_reaches_the_evaluator_through_class_stats(tmp_path):
+    """Records without a labelled set under stats.labeled_policy: partial are labelled for their
+    present classes only; validation scored them so, SegEvaluator as complete annotations (it read
+    the record's own field): the blessed mIoU penalised what validation left out. Here every image's
+    annotator skipped the red class, which the model finds."""
+    model = _save_model(tmp_path / "model", 128.0)
+    complete, _, images, masks = _run(tmp_path / "c", model, erase=(0, 1, 2), stats_policy="complete")
+    partial, _, _, _ = _run(tmp_path / "p", model, erase=(0, 1, 2), stats_policy="partial")
+    alone, _, _, _ = _run(tmp_path / "n", model, erase=(0, 1, 2))  # no ClassStats: the records' own fields
+    red = sum(int(((im[..., 0] > 128) & (m != 255)).sum()) for im, m in zip(images, masks))  # valid pixels
+    assert red > 0
+    # partial: the red predictions on background are not scored -> every scored pixel is right
+    assert partial["miou"] == 1.0 and partial["truth_sources"]["unscored_pixels"] == red
+    assert complete["miou"] < 1.0 and complete["truth_sources"]["unscored_pixels"] == 0
+    assert alone["miou"] == complete["miou"]
