@@ -38,8 +38,8 @@ class StatsConfig:
                 f"{where}.suspect_threshold", "must be in (0, 1]")
         if self.clip is not None:
             lo, hi = self.clip
-            require(is_number(lo, 0.0) and is_number(hi) and lo <= hi, f"{where}.clip",
-                    f"{list(self.clip)}: give [w_min, w_max] with 0 <= w_min <= w_max")
+            require(is_number(lo, 0.0) and is_number(hi) and lo <= hi and hi > 0, f"{where}.clip",
+                    f"{list(self.clip)}: give [w_min, w_max] with 0 <= w_min <= w_max and w_max > 0")
         require(is_number(self.zero_count_weight, 0.0), f"{where}.zero_count_weight", "must be a finite number >= 0")
         require(self.beta is None or (is_number(self.beta) and 0.0 <= self.beta < 1.0), f"{where}.beta",
                 "must be in [0, 1) or null (1 - 1/N)")

@@ -277,7 +277,7 @@ def test_garbage_bytes_and_rgb_mask_are_quarantined():
 def test_bad_options_fail_before_the_job():
     with pytest.raises(ValueError, match="unknown weight options"):
         csb.StatsOptions(num_classes=3, weight_options={"clipping": (1, 2)})
-    with pytest.raises(ValueError, match="w_min must be <= w_max"):
+    with pytest.raises(ValueError, match="give 0 <= w_min <= w_max"):
         csb.StatsOptions(num_classes=3, weight_options={"clip": (2, 1)})
     with pytest.raises(ValueError, match="suspect_threshold"):
         csb.StatsOptions(num_classes=3, suspect_threshold=0.0)

@@ -69,7 +69,7 @@ def test_component_rejects_bad_arguments():
         ClassStatsGen(examples=channel, num_classes=3, labeled_policy="sometimes")
     with pytest.raises(ValueError, match="2 class names for num_classes=3"):
         ClassStatsGen(examples=channel, num_classes=3, class_names=["a", "b"])
-    with pytest.raises(ValueError, match="w_min must be <= w_max"):
+    with pytest.raises(ValueError, match="give 0 <= w_min <= w_max"):
         ClassStatsGen(examples=channel, num_classes=3, weight_clip=(3.0, 1.0))
     with pytest.raises(ValueError, match="beta must be in"):
         ClassStatsGen(examples=channel, num_classes=3, weight_beta=1.5)

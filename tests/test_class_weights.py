@@ -53,13 +53,30 @@ def test_enet_hand_case():
     np.testing.assert_allclose(w, [1 / math.log(1.02 + f) for f in (0.7, 0.2, 0.1)])
 
 
+def _mean_one(values):
+    values = np.asarray(values, float)
+    return values / values.mean()
+
+
 def test_effective_number_hand_case():
+    """(1 - b) / (1 - b^n), scaled to mean 1 as Cui et al. do (before any clip)."""
     w = compute_class_weights(COUNTS, "effective_number", beta=0.99, normalize=False)
-    np.testing.assert_allclose(w, [(1 - 0.99) / (1 - 0.99 ** n) for n in COUNTS])
+    np.testing.assert_allclose(w, _mean_one([(1 - 0.99) / (1 - 0.99 ** n) for n in COUNTS]))
     default = compute_class_weights(COUNTS, "effective_number", normalize=False)
     b = 1 - 1 / 1000
-    np.testing.assert_allclose(default, [(1 - b) / (1 - b ** n) for n in COUNTS])
+    np.testing.assert_allclose(default, _mean_one([(1 - b) / (1 - b ** n) for n in COUNTS]))
     assert default[2] > default[1] > default[0]  # not flat with the default beta
+
+
+def test_effective_number_survives_the_default_clip():
+    """Raw, the weights are ~1/n_c (1e-6 here): the default clip [0.5, 5] lifted every class to 0.5,
+    so the scheme gave uniform weights on any real data set."""
+    counts = [1_000_000, 1_000, 10]
+    b = 1 - 1 / sum(counts)
+    scaled = _mean_one([(1 - b) / (1 - b ** n) for n in counts])
+    clipped = compute_class_weights(counts, "effective_number", clip=(0.5, 5.0))
+    np.testing.assert_allclose(clipped, _mean_one(np.clip(scaled, 0.5, 5.0)))
+    assert clipped[2] / clipped[0] == pytest.approx(scaled[2] / 0.5)  # not uniform: the rare class leads
 
 
 def test_normalised_to_mean_one_over_present_classes():
@@ -99,7 +116,7 @@ def test_errors_name_the_problem():
         compute_class_weights(COUNTS, "enet", damping="log")
     with pytest.raises(ValueError, match=">= 0"):
         compute_class_weights([1, -1], "enet")
-    with pytest.raises(ValueError, match="w_min must be <= w_max"):
+    with pytest.raises(ValueError, match="give 0 <= w_min <= w_max"):
         compute_class_weights(COUNTS, "enet", clip=(3, 1))
 
 
@@ -135,6 +152,8 @@ def test_more_bad_options_are_rejected():
         compute_class_weights(COUNTS, "enet", enet_k=1.0)
     with pytest.raises(ValueError, match="beta must be in"):
         compute_class_weights(COUNTS, "effective_number", beta=1.0)
+    with pytest.raises(ValueError, match=r"w_max > 0 \(all weights 0 cannot be normalised\)"):
+        compute_class_weights(COUNTS, "median_frequency", clip=(0.0, 0.0))  # it gave NaN weights
     with pytest.raises(ValueError, match="finite"):
         compute_class_weights([1.0, float("nan")], "uniform")
     with pytest.raises(ValueError, match="zero_count_weight"):

@@ -135,6 +135,7 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"stats": {"labeled_policy": "some"}}, "stats.labeled_policy: 'some' is not allowed"),
     ({"stats": {"clip": [5, 1]}}, "stats.clip: [5.0, 1.0]: give [w_min, w_max]"),
     ({"stats": {"clip": [1]}}, "stats.clip: expected 2 values"),
+    ({"stats": {"clip": [0, 0]}}, r"stats.clip: [0.0, 0.0]: give [w_min, w_max] with 0 <= w_min <= w_max and w_max > 0"),
     ({"stats": {"damping": "log"}}, "stats.damping: 'log' is not allowed"),
     ({"stats": {"beta": 1.0}}, "stats.beta: must be in [0, 1)"),
     ({"stats": {"enet_k": 1.0}}, "stats.enet_k: must be > 1"),

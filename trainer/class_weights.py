@@ -10,7 +10,9 @@ With ``n_c`` the pixel count of class c, ``N = sum(n)``, ``f_c = n_c / N`` and C
                       classes. Without ``present_image_pixels`` (P) it falls back to
                       ``g = f``, which after normalisation equals ``inverse_frequency``
 ``enet``              ``1 / ln(k + f_c)``, k = 1.02 (Paszke et al. 2016)
-``effective_number``  ``(1 - b) / (1 - b ** n_c)`` (Cui et al. 2019); b defaults to
+``effective_number``  ``(1 - b) / (1 - b ** n_c)`` (Cui et al. 2019), scaled to mean 1 over the
+                      present classes as in the paper (raw, they are ~1/n_c: any clip such as
+                      the default [0.5, 5] flattened them to uniform); b defaults to
                       ``1 - 1 / N`` so the weights are not flat for pixel counts
 ==================== ==========================================================
 
@@ -25,7 +27,8 @@ it has no pixels to weight, and a finite value keeps losses finite) in every sch
 outside clipping and normalisation, and is never inf/NaN; ``zero_count_classes`` lists
 them so the statistics artifact can say so. If no class has any pixel, every class gets
 ``zero_count_weight`` (``uniform``: 1). ``ValueError`` for an unknown scheme or damping,
-negative/non-finite counts, ``beta`` outside [0, 1), ``enet_k <= 1`` or ``w_min > w_max``.
+negative/non-finite counts, ``beta`` outside [0, 1), ``enet_k <= 1``, ``w_min > w_max`` or
+``w_max <= 0``.
 """
 from __future__ import annotations
 
@@ -95,13 +98,15 @@ def compute_class_weights(
             raise ValueError(f"effective_number beta must be in [0, 1), got {b}")
         # 1 - b**n computed as -expm1(n * log(b)) for accuracy when b is close to 1.
         effective = -np.expm1(counts[present] * np.log(b)) if b > 0 else np.ones(present.sum())
-        weights[present] = (1.0 - b) / effective
+        raw = (1.0 - b) / effective
+        weights[present] = raw / raw.mean()
     if damping == "sqrt":
         weights[present] = np.sqrt(weights[present])
     if clip is not None:
         w_min, w_max = clip
-        if not (np.isfinite(w_min) and np.isfinite(w_max)) or w_min > w_max:
-            raise ValueError(f"clip=({w_min}, {w_max}): w_min must be <= w_max")
+        if not (np.isfinite(w_min) and np.isfinite(w_max)) or w_min > w_max or w_max <= 0:
+            raise ValueError(f"clip=({w_min}, {w_max}): give 0 <= w_min <= w_max with w_max > 0 (all weights 0 "
+                             f"cannot be normalised)")
         weights[present] = np.clip(weights[present], w_min, w_max)
     if normalize:
         weights[present] = weights[present] / weights[present].mean()
