@@ -56,9 +56,14 @@ def metric_truth(y_true, y_pred, ignore_index: int = DEFAULT_IGNORE_INDEX, spars
 
 @keras.saving.register_keras_serializable(package="segbalance")
 class ClassIoU(keras.metrics.IoU):
-    """IoU of the classes in ``target_class_ids`` (one class: that class's IoU) on logits."""
+    """IoU of the classes in ``target_class_ids`` (one class: that class's IoU) on logits.
 
-    def __init__(self, num_classes: int, target_class_ids: Sequence[int], name=None, ignore_class=255,
+    A class absent from both truth and prediction reads 0 here (Keras' IoU convention: the per-class
+    curves in the history and the report show 0 for it), while ``mIoU`` leaves it out and
+    SegEvaluator's ``per_class_iou`` says None: read a 0 beside a class with no pixels as undefined."""
+
+    def __init__(self, num_classes: int, target_class_ids: Sequence[int], name=None,
+                 ignore_class=DEFAULT_IGNORE_INDEX,
                  sparse_y_pred=False, **kwargs):
         super().__init__(num_classes, list(target_class_ids), name=name, ignore_class=ignore_class,
                          sparse_y_pred=sparse_y_pred, **kwargs)
@@ -72,7 +77,7 @@ class ClassIoU(keras.metrics.IoU):
 class MeanIoU(keras.metrics.MeanIoU):
     """mIoU on logits over the classes with a defined IoU."""
 
-    def __init__(self, num_classes: int, name=None, ignore_class=255, sparse_y_pred=False, **kwargs):
+    def __init__(self, num_classes: int, name=None, ignore_class=DEFAULT_IGNORE_INDEX, sparse_y_pred=False, **kwargs):
         super().__init__(num_classes, name=name, ignore_class=ignore_class, sparse_y_pred=sparse_y_pred, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
