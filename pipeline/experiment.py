@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -172,6 +173,15 @@ class Plan:
         if self.max_epochs < 1 or self.patience < 1 or self.min_epochs < 0 or not self.seeds:
             raise UserError("--max-epochs and --patience must be >= 1, --min-epochs >= 0 and --seeds must name at "
                             "least one seed")
+        from segbalance.trainer.training_config import SEED_RANGE
+
+        bad_seeds = [s for s in self.seeds if not SEED_RANGE[0] <= s <= SEED_RANGE[1]]
+        if bad_seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"--seeds: {bad_seeds or self.seeds}: give distinct seeds from 0 to 2**32 - 1 (a seed "
+                            f"twice would train the same cell twice)")
+        if self.num_images < 1 or self.test_images < 1:
+            raise UserError(f"--num-images and --test-images must be >= 1, got {self.num_images} and "
+                            f"{self.test_images}")
         if self.split_by not in SPLITS:
             raise UserError(f"--split-by: {self.split_by}; choose from {', '.join(SPLITS)}")
         if self.lr_schedule not in SCHEDULES:
@@ -194,14 +204,32 @@ RESULTS_LOG = "results.jsonl"
 
 
 def load_results(work: Path) -> list:
+    """The rows of WORK/results.jsonl (the last one of a cell that appears twice). A damaged last line
+    (the run was stopped while appending it) is moved to results.jsonl.partial, so that cell trains
+    again and the next row is not glued to it; a damaged line before the last is a UserError naming it."""
+    from segbalance.contract import UserError
+
     path = work / RESULTS_LOG
     if not path.is_file():
         return []
+    lines = path.read_text().splitlines()
     rows = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            rows[(row["group"], row["loss"], row["seed"])] = row
+        except ValueError:
+            if any(rest.strip() for rest in lines[number:]):
+                raise UserError(f"{path} line {number} is not a JSON row (the file was edited or damaged); "
+                                f"repair or remove that line") from None
+            with open(path.with_name(RESULTS_LOG + ".partial"), "a") as kept:
+                kept.write(line + "\n")
+            path.write_text("".join(f"{ok}\n" for ok in lines[:number - 1]))
+            print(f"experiment: the last row of {path} was cut short (a stopped run); moved to "
+                  f"{path.name}.partial, its cell trains again", flush=True)
+            break
+        rows[(row["group"], row["loss"], row["seed"])] = row
     return list(rows.values())
 
 
@@ -286,11 +314,15 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
 
     shutil.rmtree(workdir, ignore_errors=True)
     cfg = copy.deepcopy(base_cfg)
-    cfg["training"].update({"loss": loss, "seed": seed, "backup_dir": str(workdir / "backup"),
+    cfg["training"].update({"loss": loss, "seed": seed,
                             "epochs": plan.max_epochs, "early_stopping_patience": plan.patience,
                             "restore_best": True, "lr_schedule": {"type": plan.lr_schedule},
                             "min_epochs": min(plan.min_epochs, plan.max_epochs),
                             "pixel_weights": copy.deepcopy(PIXEL_WEIGHTS[pixel_weights])})
+    # beside the cell folder (which a retry clears), keyed by the whole training config and its data: a
+    # stopped cell resumes from its last epoch, never from another configuration's
+    key = hashlib.sha256(json.dumps([cfg, artifacts], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cfg["training"]["backup_dir"] = str(workdir.parent / f"{workdir.name}.backup-{key}")
     cfg["class_stats_uri"] = artifacts["class_stats"]
     fn_args = FnArgs(
         train_files=[os.path.join(artifacts["examples"], "Split-train", "*")],
@@ -506,6 +538,12 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
     results: list = load_results(work)
     if report_only and select is not None:
         results = [row for row in results if select(row)]
+    if report_only and not results:
+        from segbalance.contract import UserError
+
+        raise UserError(f"--report-only: no rows to report in {work / RESULTS_LOG}"
+                        f"{' match the selection' if select is not None else ''}; check --work-dir and the "
+                        f"--datasets / --seeds / --cells given")
     if results or report_only:
         print(f"experiment: {'report of' if report_only else 'resuming,'} {len(results)} trainings already done in "
               f"{work}", flush=True)
@@ -602,6 +640,19 @@ def plan_from_args(args) -> Plan:
     return plan
 
 
+def check_experiment_folder(folder: Path, option: str, key_file: str) -> None:
+    """OutputError unless ``folder`` is new, empty, marked by ``experiment`` or holds ``key_file``
+    (an experiment's from before markers): the experiment rewrites its files there."""
+    from segbalance.pipeline.output_guard import OutputError, written_by
+
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if written_by(folder) == "experiment" or (folder / key_file).is_file():
+        return
+    raise OutputError(f"{option} {folder} is not empty and was not written by segbalance experiment; choose a new or "
+                      f"empty folder (nothing was written or deleted)")
+
+
 def _main(args) -> int:
     plan = plan_from_args(args)  # a bad option: one line before anything is imported or written
     from segbalance.contract import UserError
@@ -622,6 +673,13 @@ def _main(args) -> int:
     work = Path(args.work_dir) if args.work_dir else output / "_work"
     check_is_folder(output, "--output")  # a file there: one line now, not a traceback after the first training
     check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
+    # it writes results.md, plots and (without --work-dir) deletes OUTPUT/_work at the end: only in a new or
+    # empty folder or an earlier experiment's (its marker, or results.json / results.jsonl from before markers)
+    check_experiment_folder(output, "--output", "results.json")
+    if args.work_dir:
+        check_experiment_folder(work, "--work-dir", RESULTS_LOG)
+    if args.report_only and not (work / RESULTS_LOG).is_file():
+        raise UserError(f"--report-only: {work} holds no {RESULTS_LOG}; give the --work-dir of an earlier run")
     given = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
              for k, v in vars(args).items() if k in ARG_NAMES and v is not None]
     command = " ".join(["segbalance experiment", *(["--quick"] if args.quick else []),
@@ -629,6 +687,11 @@ def _main(args) -> int:
                         *(["--rescore"] if args.rescore else []), *given])
     if args.report_only and not args.work_dir:
         raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
+    from segbalance.pipeline.output_guard import write_marker
+
+    for folder in (output, work):  # marked before anything else is written: a stopped run may resume here
+        folder.mkdir(parents=True, exist_ok=True)
+        write_marker(folder, "experiment")
     report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
                             select=row_selector(args), rescore=args.rescore)
     if not args.work_dir:

@@ -421,6 +421,8 @@ def write_sample_data(
         raise SampleDataError(f"--size must be >= 16 pixels, got {size}")
     if not 0.0 <= drop_fraction <= 1.0:
         raise SampleDataError(f"--drop-fraction must be in [0, 1], got {drop_fraction}")
+    if not 0 <= seed < 2 ** 32:  # NumPy's seed range
+        raise SampleDataError(f"--seed must be from 0 to 2**32 - 1, got {seed}")
     if part not in PARTS:
         raise SampleDataError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
     if kind == "shapes" and part != "all":

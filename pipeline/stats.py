@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -84,7 +85,10 @@ def _main(args) -> int:
         section.validate("stats")
         options = StatsOptions(args.num_classes, names, args.ignore_index, args.labeled_policy,
                                args.suspect_threshold, section.weight_options())
-        stats = run_class_stats({"all": args.glob}, args.output, options, beam_args=shlex.split(args.beam_args))
+        # a local pattern is stored absolute (class_stats.json "inputs"): the report reads the records from
+        # wherever it is run, and a relative pattern read elsewhere said the records had been moved
+        pattern = args.glob if "://" in args.glob else os.path.abspath(args.glob)
+        stats = run_class_stats({"all": pattern}, args.output, options, beam_args=shlex.split(args.beam_args))
     except (ValueError, ClassStatsError) as exc:
         if local and created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
             shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind

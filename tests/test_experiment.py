@@ -1,5 +1,6 @@
 """`segbalance experiment`: the crossed grid, mean ranks, data folders, and the --quick run end to end."""
 import json
+from pathlib import Path
 import re
 import shutil
 
@@ -46,6 +47,10 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"terms": ["ce", "ce_dice"], "weightings": ["none"], "missing": ["marginal", "marginal_dice"]},
      "cells ce/none/marginal and ce/none/marginal_dice are the same loss and would train twice"),
     ({"terms": ["ce_dice"], "missing": ["marginal", "marginal_dice"]}, None),
+    # these ran the first group's pipeline (minutes) before failing, or trained a cell twice
+    ({"seeds": [-1]}, "--seeds: [-1]: give distinct seeds from 0 to 2**32 - 1"),
+    ({"seeds": [1, 1]}, "--seeds: [1, 1]: give distinct seeds"),
+    ({"test_images": 0}, "--num-images and --test-images must be >= 1, got 200 and 0"),
 ])
 def test_plan_check_names_the_bad_option(change, message):
     plan = Plan(**change)
@@ -110,6 +115,14 @@ def test_a_cell_with_a_weight_map_trains_with_it_and_its_row_says_so(tmp_path, m
     shutil.rmtree(work / "cell")
     experiment.train_cell(artifacts, trainer_custom_config(config), plain_ce, 0, work / "cell", plan)
     assert seen[1].pixel_weights is None
+    # the backup lies beside the cell folder (a retry clears the cell folder: it restarted from epoch 0),
+    # the same for a retry of the same training, another for another configuration
+    backups = [Path(t.backup_dir) for t in seen]
+    assert all(b.parent == work and b.name.startswith("cell.backup-") for b in backups)
+    assert backups[0] != backups[1]
+    shutil.rmtree(work / "cell")
+    experiment.train_cell(artifacts, trainer_custom_config(config), plain_ce, 0, work / "cell", plan)
+    assert Path(seen[2].backup_dir) == backups[1]
 
     trained = []
     monkeypatch.setattr(experiment, "pipeline_artifacts", lambda config: artifacts)
@@ -430,7 +443,7 @@ def test_report_only_covers_the_rows_the_given_options_select(tmp_path):
     (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def report(*options):
-        out = tmp_path / "_".join(o.strip("-") for o in options)
+        out = tmp_path / ("report_" + "_".join(o.strip("-") for o in options))
         assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out), "--work-dir", str(work),
                          *options]) == 0
         return json.loads((out / "results.json").read_text())
@@ -439,7 +452,7 @@ def test_report_only_covers_the_rows_the_given_options_select(tmp_path):
     seed0 = report("--seeds", "0", "--drops", "0")["results"]
     assert sorted(r["miou"] for r in seed0) == [0.50, 0.70]
     # over seed 0 the weighted cell ranks first; the unweighted one's seed 1 is not mixed in
-    table = (tmp_path / "seeds_0_drops_0" / "results.md").read_text()
+    table = (tmp_path / "report_seeds_0_drops_0" / "results.md").read_text()
     assert "| ce/median_frequency_clipped/none | 1.00 |" in table
     plain = report("--weightings", "none")
     assert sorted(r["miou"] for r in plain["results"]) == [0.40, 0.50, 0.90]
@@ -610,3 +623,49 @@ def test_header_names_the_test_set_sizes_the_rows_were_scored_on():
     mixed = [{**rows[0], "patience": 20}, {**rows[1], "patience": 10}]
     assert experiment_report.row_values(mixed, "patience", 5) == "10 or 20"
     assert experiment_report.row_values(rows, "patience", 5) == "5"  # rows from before the field
+
+
+def test_an_output_or_work_folder_the_experiment_did_not_write_is_refused(tmp_path, capsys):
+    """--output was only checked for being a folder: the run replaced a user's results.md and deleted
+    OUTPUT/_work with the user's file in it."""
+    from segbalance.pipeline import cli
+
+    mine = tmp_path / "mine"
+    (mine / "_work").mkdir(parents=True)
+    (mine / "_work" / "precious.txt").write_text("keep")
+    (mine / "results.md").write_text("my notes")
+    assert cli.main(["experiment", "--quick", "--output", str(mine)]) == 2
+    assert "is not empty and was not written by segbalance experiment" in capsys.readouterr().err
+    assert (mine / "_work" / "precious.txt").read_text() == "keep" and (mine / "results.md").read_text() == "my notes"
+    assert cli.main(["experiment", "--quick", "--output", str(tmp_path / "o"), "--work-dir", str(mine)]) == 2
+    assert "--work-dir" in capsys.readouterr().err
+
+
+def test_report_only_without_rows_is_one_line(tmp_path, capsys):
+    from segbalance.pipeline import cli
+
+    assert cli.main(["experiment", "--report-only", "--work-dir", str(tmp_path / "typo"), "--output",
+                     str(tmp_path / "o")]) == 2
+    assert "holds no results.jsonl; give the --work-dir of an earlier run" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()  # a mistyped --work-dir is not created
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "results.jsonl").write_text(json.dumps(_row("shapes", 0.3, "ce/none/none", 0, 0.5)) + "\n")
+    assert cli.main(["experiment", "--quick", "--report-only", "--work-dir", str(work), "--output",
+                     str(tmp_path / "o"), "--seeds", "7"]) == 2
+    assert "no rows to report" in capsys.readouterr().err
+
+
+def test_a_row_cut_short_by_a_stop_is_set_aside_and_its_cell_trains_again(tmp_path, capsys):
+    from segbalance.pipeline.experiment import RESULTS_LOG, load_results
+
+    rows = [_row("shapes", 0.3, loss, 0, 0.5) for loss in ("ce/none/none", "ce/none/marginal")]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / RESULTS_LOG).write_text(text[:-20])  # stopped while appending the second row
+    assert [r["loss"] for r in load_results(tmp_path)] == ["ce/none/none"]
+    assert "cut short" in capsys.readouterr().out
+    assert (tmp_path / RESULTS_LOG).read_text() == json.dumps(rows[0]) + "\n"  # the next append starts clean
+    assert (tmp_path / (RESULTS_LOG + ".partial")).read_text() == text[:-20].splitlines()[1] + "\n"
+    (tmp_path / RESULTS_LOG).write_text("{broken\n" + json.dumps(rows[1]) + "\n")  # damage before the end
+    with pytest.raises(UserError, match="line 1 is not a JSON row"):
+        load_results(tmp_path)

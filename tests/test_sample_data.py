@@ -183,7 +183,8 @@ def test_bad_arguments_are_one_line_on_stderr(tmp_path, capsys):
     """They were printed on stdout; --size below 16 and --num-images 0 write nothing."""
     for extra, message in ((["--num-images", "0"], "--num-images must be >= 1, got 0"),
                            (["--size", "8"], "--size must be >= 16 pixels, got 8"),
-                           (["--drop-fraction", "-0.1"], "--drop-fraction must be in [0, 1], got -0.1")):
+                           (["--drop-fraction", "-0.1"], "--drop-fraction must be in [0, 1], got -0.1"),
+                           (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1")):  # was a traceback
         assert cli.main(["sample-data", "shapes", "--output", str(tmp_path / "o"), *extra]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err == f"segbalance sample-data: error: {message}\n"

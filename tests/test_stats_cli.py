@@ -354,3 +354,16 @@ def test_a_num_classes_below_the_masks_ids_is_pointed_out(stats_run, tmp_path, c
     assert "have mask class ids >= --num-classes 2" in out and "is --num-classes too small?" in out
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "p")]) == 0
     assert "too small" not in capsys.readouterr().out
+
+
+def test_a_relative_glob_is_stored_absolute(stats_run, tmp_path, monkeypatch):
+    """class_stats.json "inputs" held the pattern as typed: a report made from another folder said the
+    records had been moved or deleted."""
+    import json as _json
+
+    src, _, _ = stats_run
+    monkeypatch.chdir(src.parent)
+    assert cli.main(["stats", f"{src.name}/data-*", "--num-classes", "4", "--output", str(tmp_path / "o")]) == 0
+    inputs = _json.loads((tmp_path / "o" / "class_stats.json").read_text())["inputs"]
+    recorded = list(inputs.values()) if isinstance(inputs, dict) else inputs
+    assert recorded == [str(src / "data-*")]
