@@ -639,9 +639,17 @@ def finalize(output_dir: str, options: StatsOptions, inputs: Iterable[str], spli
     quarantined = sum(split_counts[s]["quarantined"] for s in splits)
     if totals["num_records"] == 0:
         if quarantined:
+            # the reasons in the message itself: a failed pipeline component's output folder is removed
+            kinds: Dict[str, int] = {}
+            for s in splits:
+                for kind, n in split_counts[s]["quarantined_by_kind"].items():
+                    kinds[kind] = kinds.get(kind, 0) + n
+            first = _first_quarantine_row(output_dir)
+            example = f"; first: {first['source_id']}: {first['reason']}" if first else ""
             raise ClassStatsError(
-                f"all {quarantined} records in {where} were quarantined; see "
-                f"{FileSystems.join(output_dir, QUARANTINE_FILE)} for the reasons")
+                f"all {quarantined} records in {where} were quarantined "
+                f"({', '.join(f'{k}: {n}' for k, n in sorted(kinds.items()))}){example}; the list is in "
+                f"{FileSystems.join(output_dir, QUARANTINE_FILE)}")
         raise ClassStatsError(f"no records in {where}: check the path / file pattern")
     pixel_counts = totals["pixel_counts"]
     zero = class_weights.zero_count_classes(pixel_counts)
@@ -690,6 +698,19 @@ def _own_files(output_dir: str) -> List[str]:
     found += [p for p in (FileSystems.join(output_dir, f) for f in (STATS_FILE, QUARANTINE_FILE, TOTALS_FILE))
               if FileSystems.exists(p)]
     return found
+
+
+def _first_quarantine_row(output_dir: str) -> Optional[dict]:
+    """The first row of the quarantine list written into ``output_dir``, or None."""
+    path = FileSystems.join(output_dir, QUARANTINE_FILE)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        line = f.readline().decode("utf-8", errors="replace").strip()
+    try:
+        return json.loads(line) if line else None
+    except ValueError:
+        return None
 
 
 def remove_previous_output(output_dir: str) -> None:

@@ -202,8 +202,15 @@ def test_empty_and_all_bad_inputs_name_the_path(tmp_path):
     with pytest.raises(csb.ClassStatsError, match="no files match .*nothing"):
         csb.run_class_stats({"train": str(tmp_path / "nothing*")}, str(tmp_path / "o"), options)
     write_tfrecord(tmp_path / "bad.tfrecord", make_records(n=0)[0])
-    with pytest.raises(csb.ClassStatsError, match="all 4 records in .*bad.tfrecord were quarantined"):
+    with pytest.raises(csb.ClassStatsError, match="all 4 records in .*bad.tfrecord were quarantined") as raised:
         csb.run_class_stats({"train": str(tmp_path / "bad.tfrecord")}, str(tmp_path / "o2"), options)
+    # the reasons are in the message (a failed pipeline component's folder, and its list, is removed)
+    rows = [json.loads(line) for line in (tmp_path / "o2" / csb.QUARANTINE_FILE).read_text().splitlines()]
+    kinds = {}
+    for row in rows:
+        kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
+    assert f"({', '.join(f'{k}: {n}' for k, n in sorted(kinds.items()))}); first: {rows[0]['source_id']}: " \
+           f"{rows[0]['reason']}" in str(raised.value)
     write_tfrecord(tmp_path / "empty.tfrecord", [])
     with pytest.raises(csb.ClassStatsError, match="no records in .*empty.tfrecord"):
         csb.run_class_stats({"train": str(tmp_path / "empty.tfrecord")}, str(tmp_path / "o3"), options)
