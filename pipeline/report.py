@@ -44,6 +44,9 @@ def _split_files(folder: str, file_name: str):
 
 
 def _missing_file(folder: str, what: str) -> str:
+    if not os.path.isdir(folder):  # an artifact folder ML Metadata records, moved or deleted since
+        return (f'<p class="bad">{esc(folder)} does not exist (moved or deleted since the run recorded it): '
+                f'this section could not be read.</p>')
     return f'<p class="bad">{esc(folder)} holds no {esc(what)}: this section could not be read.</p>'
 
 

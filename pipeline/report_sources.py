@@ -38,6 +38,9 @@ class ReportSources:
     drift_dir: Optional[str] = None  # DriftReport artifact (or any folder): drift.json
     model_run_dir: Optional[str] = None  # ModelRun artifact of SegTrainer: training_summary.json (history)
     spans: Optional[List[SpanStats]] = None  # span history (from ML Metadata); the section needs > 1 span
+    # artifact folders ML Metadata names (a run directory): one that was moved or deleted is flagged in its
+    # section, not a refusal of the whole report; folders given directly must exist
+    recorded: bool = False
 
     def check(self) -> None:
         """FileNotFoundError naming the folder and the file it lacks."""
@@ -46,7 +49,7 @@ class ReportSources:
                                     f"give a ClassStats artifact folder or a `segbalance stats --output` folder")
         for name in ("statistics_dir", "anomalies_dir", "evaluation_dir", "drift_dir", "model_run_dir"):
             path = getattr(self, name)
-            if path is not None and not os.path.isdir(path):
+            if path is not None and not os.path.isdir(path) and not self.recorded:
                 raise FileNotFoundError(f"{name} {path!r} is not a folder")
 
 
@@ -85,7 +88,7 @@ def sources_from_metadata(metadata: str) -> ReportSources:
     return ReportSources(class_stats_dir=class_stats, statistics_dir=uri("ExampleStatistics"),
                          anomalies_dir=uri("ExampleAnomalies"), evaluation_dir=uri("ModelEvaluation"),
                          drift_dir=uri(DRIFT_REPORT_TYPE) or _any_with_file(store, DRIFT_FILE),
-                         model_run_dir=uri("ModelRun"), spans=span_history(store))
+                         model_run_dir=uri("ModelRun"), spans=span_history(store), recorded=True)
 
 
 def span_history_from_metadata(metadata: str) -> List[SpanStats]:

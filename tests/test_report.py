@@ -119,6 +119,15 @@ def test_bad_inputs_name_the_file_and_the_problem(report, tmp_path):
         render_report(ReportSources(class_stats_dir=str(tmp_path)), str(tmp_path / "x.html"))
     with pytest.raises(FileNotFoundError, match="drift_dir .*nowhere.* is not a folder"):
         render_report(ReportSources(str(tmp / "stats"), drift_dir=str(tmp_path / "nowhere")), str(tmp_path / "x.html"))
+    # folders ML Metadata records (a run directory), moved or deleted since: flagged in their sections,
+    # the rest of the report is written (it refused the whole report, naming an internal field)
+    gone = {name: str(tmp_path / f"gone_{name}") for name in ("statistics_dir", "anomalies_dir", "evaluation_dir",
+                                                              "drift_dir", "model_run_dir")}
+    render_report(ReportSources(str(tmp / "stats"), recorded=True, **gone), str(tmp_path / "moved.html"))
+    text = (tmp_path / "moved.html").read_text()
+    assert "rare_circle" in text
+    for name in ("statistics_dir", "anomalies_dir", "evaluation_dir", "drift_dir"):
+        assert f"gone_{name} does not exist (moved or deleted since the run recorded it)" in text, name
     broken = tmp_path / "broken"
     shutil.copytree(tmp / "stats", broken)
     stats = json.loads((broken / "class_stats.json").read_text())
