@@ -147,7 +147,7 @@ class Plan:
     def quick(cls) -> "Plan":
         return cls(datasets=["shapes"], drop_fractions=[0.3], terms=["ce"], weightings=["none"],
                    missing=["none", "marginal"], seeds=[0], num_images=32, test_images=8, size=32, max_epochs=2,
-                   patience=1, batch_size=8)
+                   patience=1, batch_size=8, min_epochs=2)  # min_epochs: what min(50, max_epochs) trained
 
     def cells(self) -> List[tuple]:
         """(terms, weighting, missing), with the weight map as a fourth part where there is one."""
@@ -439,7 +439,8 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "weighting": cell[1], "missing": cell[2], "pixel_weights": cell_pixel_weights(cell), "seed": seed,
                "miou": scores["miou"], "per_class_iou": scores["per_class_iou"],
                "class_names": list(config.classes.names), "max_epochs": plan.max_epochs, "patience": plan.patience,
-               "lr_schedule": plan.lr_schedule, "min_epochs": plan.min_epochs, "num_images": plan.num_images,
+               "lr_schedule": plan.lr_schedule, "min_epochs": min(plan.min_epochs, plan.max_epochs),
+               "num_images": plan.num_images,
                "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
                "split_by": plan.split_by,
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
