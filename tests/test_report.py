@@ -192,10 +192,11 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     _register(store, "Schema", tmp_path / "schema")
     _register(store, "ModelRun", tmp / "model_run")
     del store
+    # spans=[]: no ClassStats with a producing execution; recorded: the folders come from ML Metadata
     assert find_sources(str(run)) == ReportSources(
         class_stats_dir=str(tmp / "stats"), statistics_dir=str(tmp / "statistics"),
         anomalies_dir=str(tmp / "anomalies"), evaluation_dir=str(tmp / "evaluation"), drift_dir=str(tmp / "drift"),
-        model_run_dir=str(tmp / "model_run"), spans=[])  # no ClassStats with a producing execution: no span
+        model_run_dir=str(tmp / "model_run"), spans=[], recorded=True)
     assert cli.main(["report", str(run), "--output", str(tmp_path / "run.html")]) == 0
     text = (tmp_path / "run.html").read_text()
     assert '<h2 id="evaluation">Evaluation</h2>' in text and "Out-of-range values" in text and "blocked" in text
