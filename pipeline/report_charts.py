@@ -13,6 +13,17 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 
+def _class_axis(ax, class_names: Sequence[str], ylabel: str, legend: bool = False) -> None:
+    """One tick per class (names made plain, turned 30 degrees), the y label, a y grid and, with
+    ``legend``, the legend outside the plot on the right."""
+    ax.set_xticks(np.arange(len(class_names)))
+    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def _plt():
     import matplotlib
 
@@ -48,11 +59,7 @@ def frequency_bars(class_names: Sequence[str], pixel_freq: Sequence[float], imag
     ax.bar(x - 0.2, np.maximum(pixel_freq, floor), 0.4, label="pixel frequency")
     ax.bar(x + 0.2, np.maximum(image_freq, floor), 0.4, label="image frequency")
     ax.set_yscale("log")
-    ax.set_xticks(x)
-    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
-    ax.set_ylabel("fraction (log scale)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    _class_axis(ax, class_names, "fraction (log scale)", legend=True)
     return to_img(fig, "class pixel and image frequencies")
 
 
@@ -63,11 +70,7 @@ def weight_bars(class_names: Sequence[str], weights: Dict[str, List[float]]) -> 
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(class_names)), 3.6))
     for i, (scheme, values) in enumerate(weights.items()):
         ax.bar(x + i * width - 0.4 + width / 2, values, width, label=plain(scheme))
-    ax.set_xticks(x)
-    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
-    ax.set_ylabel("class weight")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    _class_axis(ax, class_names, "class weight", legend=True)
     return to_img(fig, "class weights of every scheme")
 
 
@@ -101,11 +104,8 @@ def iou_bars(class_names: Sequence[str], iou: Sequence) -> str:
     values = [0.0 if v is None else v for v in iou]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names)), 3.2))
     ax.bar(range(len(class_names)), values, color="#4c72b0")
-    ax.set_xticks(range(len(class_names)))
-    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("IoU")
-    ax.grid(axis="y", alpha=0.3)
+    _class_axis(ax, class_names, "IoU")
     return to_img(fig, "per-class IoU")
 
 
