@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import platform
@@ -310,7 +309,7 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
     mIoU, best epoch restored)."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from segbalance.trainer.task import SUMMARY_FILE, run_fn
+    from segbalance.trainer.task import SUMMARY_FILE, backup_dir_for, run_fn, trainer_config
 
     shutil.rmtree(workdir, ignore_errors=True)
     cfg = copy.deepcopy(base_cfg)
@@ -319,13 +318,13 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
                             "restore_best": True, "lr_schedule": {"type": plan.lr_schedule},
                             "min_epochs": min(plan.min_epochs, plan.max_epochs),
                             "pixel_weights": copy.deepcopy(PIXEL_WEIGHTS[pixel_weights])})
-    # beside the cell folder (which a retry clears), keyed by the whole training config and its data: a
-    # stopped cell resumes from its last epoch, never from another configuration's
-    key = hashlib.sha256(json.dumps([cfg, artifacts], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    cfg["training"]["backup_dir"] = str(workdir.parent / f"{workdir.name}.backup-{key}")
+    train_files = [os.path.join(artifacts["examples"], "Split-train", "*")]
+    # the trainer's own backup key (config and training files), placed beside the cell folder, which a retry
+    # clears: a stopped cell resumes from its last epoch, never from another configuration's
+    cfg["training"]["backup_dir"] = backup_dir_for(trainer_config(cfg)[0], train_files, str(workdir))
     cfg["class_stats_uri"] = artifacts["class_stats"]
     fn_args = FnArgs(
-        train_files=[os.path.join(artifacts["examples"], "Split-train", "*")],
+        train_files=train_files,
         eval_files=[os.path.join(artifacts["examples"], "Split-eval", "*")],
         transform_output=artifacts["transform_graph"], serving_model_dir=str(workdir / "serving"),
         model_run_dir=str(workdir / "run"), custom_config=cfg)
@@ -641,23 +640,10 @@ def plan_from_args(args) -> Plan:
     return plan
 
 
-def check_experiment_folder(folder: Path, option: str, key_file: str) -> None:
-    """OutputError unless ``folder`` is new, empty, marked by ``experiment`` or holds ``key_file``
-    (an experiment's from before markers): the experiment rewrites its files there."""
-    from segbalance.pipeline.output_guard import OutputError, written_by
-
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return
-    if written_by(folder) == "experiment" or (folder / key_file).is_file():
-        return
-    raise OutputError(f"{option} {folder} is not empty and was not written by segbalance experiment; choose a new or "
-                      f"empty folder (nothing was written or deleted)")
-
-
 def _main(args) -> int:
     plan = plan_from_args(args)  # a bad option: one line before anything is imported or written
     from segbalance.contract import UserError
-    from segbalance.pipeline.output_guard import check_is_folder
+    from segbalance.pipeline.output_guard import check_is_folder, check_output_folder
 
     if (args.rescore or args.cells) and not args.report_only:
         raise UserError("--rescore and --cells work on the rows of an earlier run: add --report-only and its "
@@ -672,13 +658,13 @@ def _main(args) -> int:
 
     output = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else output / "_work"
-    check_is_folder(output, "--output")  # a file there: one line now, not a traceback after the first training
-    check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
     # it writes results.md, plots and (without --work-dir) deletes OUTPUT/_work at the end: only in a new or
-    # empty folder or an earlier experiment's (its marker, or results.json / results.jsonl from before markers)
-    check_experiment_folder(output, "--output", "results.json")
+    # empty folder or an earlier experiment's (its marker, or results.json / results.jsonl from before markers);
+    # a file there: one line now, not a traceback after the first training
+    check_output_folder(output, command="experiment", option="--output", owned=None, key_file="results.json")
+    check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
     if args.work_dir:
-        check_experiment_folder(work, "--work-dir", RESULTS_LOG)
+        check_output_folder(work, command="experiment", option="--work-dir", owned=None, key_file=RESULTS_LOG)
     if args.report_only and not (work / RESULTS_LOG).is_file():
         raise UserError(f"--report-only: {work} holds no {RESULTS_LOG}; give the --work-dir of an earlier run")
     given = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"

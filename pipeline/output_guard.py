@@ -88,7 +88,7 @@ def check_output_folder(
     *,
     command: str,
     option: str,
-    owned: Sequence[str],
+    owned: Optional[Sequence[str]],
     key_file: Optional[str] = None,
     inputs: Iterable[os.PathLike] = (),
 ) -> bool:
@@ -98,7 +98,8 @@ def check_output_folder(
     - it exists and is not a folder, or a path above it is a file;
     - it is, contains or is inside one of ``inputs``;
     - it is not empty, and either lacks the marker of ``command`` (and ``key_file``, the sign of
-      a folder written before markers existed) or holds names matching none of ``owned``.
+      a folder written before markers existed) or holds names matching none of ``owned``
+      (``owned=None``: any names, for a command that only rewrites its own files among others').
     """
     path = Path(folder)
     check_is_folder(path, option)
@@ -106,7 +107,7 @@ def check_output_folder(
     if not path.is_dir() or not any(path.iterdir()):
         return False
     ours = written_by(path) == command or (key_file is not None and (path / key_file).is_file())
-    foreign = foreign_entries(path, owned)
+    foreign = foreign_entries(path, owned) if owned is not None else []
     if foreign:
         raise OutputError(f"{option} {folder} is not empty: it holds {_sample(foreign)}, which segbalance {command} did not "
                           f"write; choose a new or empty folder (nothing was written or deleted)")

@@ -118,7 +118,7 @@ def test_a_cell_with_a_weight_map_trains_with_it_and_its_row_says_so(tmp_path, m
     # the backup lies beside the cell folder (a retry clears the cell folder: it restarted from epoch 0),
     # the same for a retry of the same training, another for another configuration
     backups = [Path(t.backup_dir) for t in seen]
-    assert all(b.parent == work and b.name.startswith("cell.backup-") for b in backups)
+    assert all(b.parent == work and b.name.startswith("backup-") for b in backups)
     assert backups[0] != backups[1]
     shutil.rmtree(work / "cell")
     experiment.train_cell(artifacts, trainer_custom_config(config), plain_ce, 0, work / "cell", plan)

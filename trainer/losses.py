@@ -211,8 +211,7 @@ def _focal_terms(labels, logits, gamma, num_classes: int):
     """
     log_z = ops.logsumexp(logits, axis=-1)
     log_p = _pick(logits, labels, num_classes) - log_z
-    others = ops.where(ops.one_hot(labels, num_classes) > 0, _NEG, logits)
-    log_q = ops.logsumexp(others, axis=-1) - log_z  # log(1 - p_y)
+    log_q = _log_rest(logits, ops.one_hot(labels, num_classes) > 0, log_z)  # log(1 - p_y)
     near_one = ops.less(log_q, -math.log(2.0))  # p_y > 1/2: log p_y from 1 - p_y
     safe_q = ops.where(near_one, log_q, -1.0)  # keeps the unused branch (and its gradient) finite
     log_p = ops.where(near_one, ops.log1p(-ops.exp(safe_q)), log_p)
@@ -292,18 +291,26 @@ def marginal_cross_entropy(y_true, logits, labeled, class_weights=None, ignore_i
     return reduce_pixels(per_pixel, weight, valid)
 
 
+def _log_rest(logits, picked, log_z):
+    """``log(1 - p_k) = logsumexp(z_j, j != k) - logsumexp(z)`` [B,H,W] for the class k marked by the
+    boolean one-hot ``picked`` [B,H,W,C] (``log_z``: logsumexp(z), [B,H,W]): never formed as 1 - p, so
+    exact to float32 rounding even where p_k rounds to 1; the masked logit is _NEG, not -inf, so
+    gradients stay finite."""
+    return ops.logsumexp(ops.where(picked, _NEG, logits), axis=-1) - log_z
+
+
 def _log_one_minus_softmax(logits, num_classes: int):
     """``log(1 - p_c)`` for every class c, [B,H,W,C], accurate however confident the model is.
 
-    Only the top class can have p > 1/2: there ``log(1 - p) = logsumexp(z_k, k != top) - logsumexp(z)``
-    (as in ``_focal_terms``; from log_softmax it would round to log(0) from a margin of about 17
-    on, a loss capped near 16 with no gradient); every other class has p <= 1/2, where
+    Only the top class can have p > 1/2: there ``_log_rest`` (from log_softmax it would round to
+    log(0) from a margin of about 17 on, a loss capped near 16 with no gradient); every other
+    class has p <= 1/2, where
     ``log1p(-p)`` is exact. The unused branches are kept finite, so are their gradients.
     """
-    log_z = ops.logsumexp(logits, axis=-1, keepdims=True)
+    log_z = ops.logsumexp(logits, axis=-1)
     top = ops.one_hot(ops.argmax(logits, axis=-1), num_classes) > 0
-    log_q_top = ops.logsumexp(ops.where(top, _NEG, logits), axis=-1, keepdims=True) - log_z
-    log_p = ops.where(top, -1.0, logits - log_z)
+    log_q_top = _log_rest(logits, top, log_z)[..., None]
+    log_p = ops.where(top, -1.0, logits - log_z[..., None])
     return ops.where(top, log_q_top, ops.log1p(-ops.exp(log_p)))
 
 
