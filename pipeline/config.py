@@ -34,13 +34,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Literal, Optional
 
 from segbalance.components.component_config import DriftConfig, EvaluationConfig, StatsConfig
-from segbalance.contract import DRIFT_ACTIONS
+from segbalance.contract import DRIFT_ACTIONS  # noqa: F401 (re-exported beside DriftConfig)
 from segbalance.trainer.loss_config import LossConfig
 from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, TrainingConfig
-from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict, validate_tree
+from segbalance.trainer.typed_config import ConfigError, from_dict, require, to_dict, validate_tree
 
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
 # Beam options when ``beam_args`` is null: a local run (one in-memory worker, the CI machine's 2 cores

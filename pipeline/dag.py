@@ -204,7 +204,8 @@ def create_pipeline(
         components=components,
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(beam_pipeline_args if beam_pipeline_args is not None else config.beam_args_for(kubeflow=False)),
+        beam_pipeline_args=(list(beam_pipeline_args) if beam_pipeline_args is not None
+                            else config.beam_args_for(kubeflow=False)),
     )
 
 

@@ -94,7 +94,10 @@ OUT_OF_RANGE = "class_ids_out_of_range"  # the bad-pair code `run` looks for (cl
 
 
 class IngestError(UserError):
-    """A problem with the whole input (not one pair): the command stops with exit code 2."""
+    """A problem with the whole input (not one pair): the command stops with exit code 2. ``codes``:
+    the bad pairs' codes when nothing was written for them (what a caller may add advice for)."""
+
+    codes: frozenset = frozenset()
 
 
 class LabeledRangeError(IngestError):
@@ -711,7 +714,9 @@ def ingest(
         if problem:
             report_path = failed_report_path(target)
             report_path.write_text(json.dumps(result.failed_report(problem), indent=1))
-            raise IngestError(f"{problem}; report: {report_path}")
+            error = IngestError(f"{problem}; report: {report_path}")
+            error.codes = frozenset(b["code"] for b in result.bad)
+            raise error
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
         output_guard.write_marker(tmp, "ingest", target=target.name)
         for job in jobs:  # complete: give the shards their data-* names (still inside the hidden folder)

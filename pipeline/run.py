@@ -132,7 +132,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                                                             ignore_index=config.classes.ignore_index,
                                                             labeled=labeled, groups=groups))
     except ingest.IngestError as exc:
-        if "no --palette was given" not in str(exc):  # every pair bad, the first for want of a palette
+        if "rgb_mask_without_palette" not in exc.codes:  # nothing written, pairs refused for want of a palette
             raise
         raise ingest.IngestError(f"{exc}; {palette_hint}") from None
     out_of_range = [b for b in result.bad if b.get("code") == "class_ids_out_of_range"]

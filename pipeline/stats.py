@@ -56,28 +56,24 @@ def _main(args) -> int:
     import logging
 
     from segbalance.components.class_stats_beam import LOG, ClassStatsError, StatsOptions, run_class_stats
+    from segbalance.contract import MAX_BAD_ID_FRACTION
 
     if not args.verbose:  # errors stay one line; the quarantine is summarised below and listed in the file
         LOG.setLevel(logging.ERROR)
     from segbalance.components import class_stats_beam as layout
     from segbalance.pipeline import output_guard
+    from segbalance.pipeline.config import StatsConfig
 
     local = "://" not in args.output
-    try:
-        if local:  # new, empty, or an earlier `segbalance stats` output (its marker): never a user's folder
-            owned = (layout.STATS_FILE, layout.QUARANTINE_FILE, layout.TOTALS_FILE, "beam-temp-*",
-                     f"{layout.PER_IMAGE_PREFIX}-*.parquet", f"{layout.UNCOUNTED_PER_IMAGE_PREFIX}-*.parquet")
-            output_guard.check_output_folder(args.output, command="stats", option="--output", owned=owned)
-            created = not Path(args.output).exists()
-            Path(args.output).mkdir(parents=True, exist_ok=True)
-            output_guard.write_marker(args.output, "stats")  # what the job writes next is ours
-    except output_guard.OutputError as exc:
-        print(f"segbalance stats: error: {exc}", file=sys.stderr)
-        return 2
+    created = local and not Path(args.output).exists()
+    if local:  # new, empty, or an earlier `segbalance stats` output (its marker): never a user's folder
+        owned = (layout.STATS_FILE, layout.QUARANTINE_FILE, layout.TOTALS_FILE, "beam-temp-*",
+                 f"{layout.PER_IMAGE_PREFIX}-*.parquet", f"{layout.UNCOUNTED_PER_IMAGE_PREFIX}-*.parquet")
+        output_guard.check_output_folder(args.output, command="stats", option="--output", owned=owned)
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        output_guard.write_marker(args.output, "stats")  # what the job writes next is ours
     try:
         names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-        from segbalance.pipeline.config import StatsConfig
-
         # the pipeline's own `stats` section: the same checks (a bad value names its field)
         section = StatsConfig(labeled_policy=args.labeled_policy, suspect_threshold=args.suspect_threshold,
                               clip=_clip(args.weight_clip), damping=args.weight_damping,
@@ -90,7 +86,7 @@ def _main(args) -> int:
         pattern = args.glob if "://" in args.glob else os.path.abspath(args.glob)
         stats = run_class_stats({"all": pattern}, args.output, options, beam_args=shlex.split(args.beam_args))
     except (ValueError, ClassStatsError) as exc:
-        if local and created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
+        if created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
             shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind
         print(f"segbalance stats: error: {exc}", file=sys.stderr)
         return 2
@@ -101,7 +97,7 @@ def _main(args) -> int:
         print("note: " + stats["zero_count_note"])
     too_large = sum(c["quarantined_by_kind"].get("mask_ids", 0) for c in stats["split_counts"].values())
     read = sum(c["read"] for c in stats["split_counts"].values())
-    if too_large and too_large >= 0.1 * read:  # the trainer refuses such data (run_fn: more than 10 %)
+    if too_large and too_large >= MAX_BAD_ID_FRACTION * read:  # the trainer refuses such data (run_fn)
         print(f"warning: {too_large} of {read} records have mask class ids >= --num-classes {args.num_classes} "
               f"(listed in {args.output}/quarantine.jsonl): is --num-classes too small?")
     return 0

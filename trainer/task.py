@@ -47,7 +47,7 @@ from typing import List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from segbalance.contract import TRAINING_SUMMARY_FILE
+from segbalance.contract import MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE
 from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.loss_config import LossConfig
@@ -59,7 +59,6 @@ from segbalance.trainer.training_callbacks import BestEpoch, ClassWeightDecay, F
 from segbalance.trainer.training_config import TrainerConfig
 
 SUMMARY_FILE = TRAINING_SUMMARY_FILE
-MAX_BAD_ID_FRACTION = 0.1
 
 
 def trainer_config(custom_config: Optional[dict]):

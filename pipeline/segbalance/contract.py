@@ -30,6 +30,9 @@ PER_IMAGE_PREFIX = "per_image"  # per_image-*.parquet: one row per image of the 
 # validation knows each eval image's labelled classes; not part of any count or weight.
 UNCOUNTED_PER_IMAGE_PREFIX = "uncounted_per_image"
 QUARANTINE_FILE = "quarantine.jsonl"
+# more than this fraction of the records quarantined for class ids >= C: the trainer refuses the data
+# (the config lacks class names), `segbalance stats` points at --num-classes
+MAX_BAD_ID_FRACTION = 0.1
 
 # --- other artifacts' files -----------------------------------------------------------------
 DRIFT_FILE = "drift.json"  # DriftReport
