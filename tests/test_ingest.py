@@ -273,11 +273,8 @@ def test_groups_are_written_and_every_image_needs_one(tmp_path, capsys):
     ('{"img0": "a",', "is not valid JSON"),
 ])
 def test_bad_groups_json(tmp_path, content, message, capsys):
-    _dataset(tmp_path, n=1)
-    (tmp_path / "groups.json").write_text(content)
-    assert _run(tmp_path, "--groups", str(tmp_path / "groups.json")) == 2
-    _one_error_line(capsys.readouterr().err, f"groups file {tmp_path / 'groups.json'}", message)
-    assert not (tmp_path / "out").exists()
+    _refused_file_option(tmp_path, capsys, "--groups", "groups.json", content,
+                         f"groups file {tmp_path / 'groups.json'}", message)
 
 
 @pytest.mark.parametrize("n, shards, expected", [
@@ -326,13 +323,8 @@ def test_empty_folders(tmp_path, capsys):
     ('{"img0": [0, -1]}', "key 'img0' lists negative class ids [-1]"),
 ])
 def test_bad_labeled_json(tmp_path, content, message, capsys):
-    _dataset(tmp_path, n=1)
-    (tmp_path / "labeled.json").write_text(content)
-    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json")) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"segbalance ingest: error: labeled file {tmp_path / 'labeled.json'}")
-    assert message in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "out").exists()
+    _refused_file_option(tmp_path, capsys, "--labeled", "labeled.json", content,
+                         f"labeled file {tmp_path / 'labeled.json'}", message)
 
 
 def test_labeled_json_lists_of_integers_are_valid(tmp_path):
@@ -410,6 +402,18 @@ def _one_error_line(err, *parts):
     assert "Traceback" not in err
     for part in parts:
         assert part in lines[0], (part, lines[0])
+
+
+def _refused_file_option(tmp_path, capsys, option, name, content, lead, *parts):
+    """Ingest of one good pair with ``option`` naming a file of ``content``: exit 2, one error line that
+    starts with ``lead`` (the file named) and holds ``parts``, nothing written."""
+    _dataset(tmp_path, n=1)
+    (tmp_path / name).write_text(content)
+    assert _run(tmp_path, option, str(tmp_path / name)) == 2
+    err = capsys.readouterr().err
+    _one_error_line(err, *parts)
+    assert err.startswith(f"segbalance ingest: error: {lead}"), err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("output", [".", "images", "images/sub", "masks"])
@@ -689,11 +693,8 @@ def test_exif_rotated_images_are_stored_upright_and_counted(tmp_path, capsys):
 ])
 def test_palette_file_with_a_repeated_or_impossible_colour_is_refused(tmp_path, content, message, capsys):
     """Item 3: a repeated colour used to map both classes' pixels to the last id, silently."""
-    _dataset(tmp_path, n=1)
-    (tmp_path / "palette.json").write_text(content)
-    assert _run(tmp_path, "--palette", str(tmp_path / "palette.json")) == 2
-    _one_error_line(capsys.readouterr().err, f"--palette {tmp_path / 'palette.json'}: {message}")
-    assert not (tmp_path / "out").exists()
+    _refused_file_option(tmp_path, capsys, "--palette", "palette.json", content,
+                         f"--palette {tmp_path / 'palette.json'}: {message}")
 
 
 def test_files_ingest_does_not_read_are_named_and_counted(tmp_path, capsys):
