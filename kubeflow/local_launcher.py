@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from typing import Dict, Iterable, List, Optional
 
 import yaml
@@ -111,8 +112,10 @@ def topological(tasks: Dict[str, dict], wanted: List[str], given: Iterable[str] 
 
 def _run(command: List[str], executor_input: dict, extra_args: List[str], log_path: str, env: dict) -> None:
     args = [a if a != "{{$}}" else json.dumps(executor_input) for a in command]
-    with open(log_path, "w") as log:
-        result = subprocess.run(args + extra_args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # A container's /tmp goes with the container; here each task gets a temporary folder of its own
+    # (TFX's Beam executors build a ~50 MB worker package there on every run and never remove it).
+    with open(log_path, "w") as log, tempfile.TemporaryDirectory(prefix="tmp-", dir=os.path.dirname(log_path)) as tmp:
+        result = subprocess.run(args + extra_args, stdout=log, stderr=subprocess.STDOUT, env=dict(env, TMPDIR=tmp))
     if result.returncode != 0:
         with open(log_path) as log:
             tail = log.read()[-4000:]

@@ -7,14 +7,17 @@ when listed here; heavy imports (TensorFlow, Beam, TFX) happen inside the comman
 
 Errors: a user's mistake (``segbalance.contract.UserError`` and its subclasses, or a bad
 argument) prints ONE line on stderr, ``segbalance COMMAND: error: ...``, and exits with code
-2; ``segbalance --debug COMMAND ...`` also prints the traceback. Any other exception is a bug
+2; so does what the user's machine refuses (an unwritable folder, a full disk).
+``segbalance --debug COMMAND ...`` also prints the traceback. Any other exception is a bug
 and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import shutil
 import sys
 import traceback
 import warnings
@@ -70,6 +73,23 @@ def quiet_third_party() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"^(?!segbalance)")
 
 
+def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
+    """The path a full disk refused, when ``exc`` or an exception it was raised from (or while
+    handling) is "No space left on device"; None otherwise. TFX wraps the OSError: a copy's
+    ``shutil.Error`` lists its failures as text, and its launcher raises again while publishing."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+            for failure in exc.args[0]:
+                if isinstance(failure, tuple) and len(failure) == 3 and f"[Errno {errno.ENOSPC}]" in str(failure[2]):
+                    return str(failure[1])
+        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return str(exc.filename or "?")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -91,6 +111,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"segbalance {args.command}: error: permission denied: {exc.filename}: choose a folder you can write "
               f"(and read), or change its permissions", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:
+        where = no_space_left(exc)
+        if where is None:  # a bug: keep the traceback
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"segbalance {args.command}: error: no space left on the device (writing {where}): free space there "
+              f"(the temporary folder, TMPDIR, counts too) and run the same command again; a run resumes where it "
+              f"stopped", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the commands' own clean-up (finally blocks) has run
         if args.debug:

@@ -298,6 +298,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         from tfx import v1 as tfx
 
         from segbalance.pipeline.dag import create_pipeline
+        from segbalance.pipeline.local_dag import run_dag_locally
         from segbalance.pipeline.run_summary import summarize
 
         pipeline = create_pipeline(
@@ -309,7 +310,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         progress = route_absl(log)
         started = time.time()
         try:
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            run_dag_locally(pipeline)
         except BaseException:
             print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
             raise

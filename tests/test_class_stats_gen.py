@@ -10,6 +10,7 @@ from segbalance.components.artifacts import ClassStats
 from segbalance.components.class_stats_gen import ClassStatsGen
 from segbalance.components.component_config import StatsConfig
 from segbalance.trainer.class_stats_io import read_class_stats, read_quarantine
+from segbalance.pipeline.local_dag import run_dag_locally
 from segbalance.pipeline.run_summary import latest_artifact, open_store
 from segbalance.trainer.class_stats_io import read_per_image
 from tests.test_class_stats_beam import (C, make_records, numpy_present_image_pixels, numpy_reference,
@@ -32,7 +33,7 @@ def test_component_in_local_dag_runner(tmp_path, capfd):
         components=[example_gen, stats_gen], enable_cache=True,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata),
         beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    run_dag_locally(pipeline)
 
     artifact = latest_artifact(open_store(metadata), ClassStats.TYPE_NAME)
     assert artifact is not None and os.path.isdir(artifact.uri)
@@ -147,7 +148,7 @@ def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, c
         assert (channel.producer_component_id, channel.output_key) == ("ClassStatsGen", "clean_examples"), consumer
     for reporter in ("StatisticsGen",):  # TFDV still sees (and reports on) the raw records
         assert nodes[reporter].inputs["examples"].producer_component_id == "ImportExampleGen"
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    run_dag_locally(pipeline)
 
     store = open_store(metadata)
     stats_uri = latest_artifact(store, ClassStats.TYPE_NAME).uri

@@ -261,3 +261,48 @@ def test_an_unwritable_output_is_one_line_not_a_traceback(argv, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "permission denied: /sys/segbalance_test" in err and "Traceback" not in err
+
+
+def _full_disk_inside_tfx():
+    """What the CI run hit: TFX's copy fails with ENOSPC (a shutil.Error listing it as text), and its
+    launcher raises again while publishing the failed execution."""
+    import shutil
+
+    try:
+        try:
+            raise shutil.Error([("/venv/tfx/py.typed", "/tmp/tmpx/build/tfx/tfx/py.typed",
+                                 "[Errno 28] No space left on device: '/tmp/tmpx/build/tfx/tfx/py.typed'")])
+        except shutil.Error:
+            raise RuntimeError("publishing the failed execution failed")
+    except RuntimeError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("raised, where", [
+    (OSError(28, "No space left on device", "/out/model/variables.data"), "/out/model/variables.data"),
+    (_full_disk_inside_tfx(), "/tmp/tmpx/build/tfx/tfx/py.typed"),
+])
+def test_a_full_disk_is_one_line_exit_2(raised, where, monkeypatch, capsys):
+    from segbalance.pipeline import sample_data
+
+    def full(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(sample_data, "write_sample_data", full)
+    assert cli.main(["sample-data", "shapes", "--output", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no space left on the device (writing {where})" in err
+    assert "run the same command again" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("raised", [OSError(5, "Input/output error", "/out/x"), RuntimeError("a bug"),
+                                    ValueError("a bug")])
+def test_other_failures_keep_their_traceback(raised, monkeypatch):
+    from segbalance.pipeline import sample_data
+
+    def broken(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(sample_data, "write_sample_data", broken)
+    with pytest.raises(type(raised)):
+        cli.main(["sample-data", "shapes", "--output", "x"])

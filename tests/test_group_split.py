@@ -11,6 +11,7 @@ import tensorflow as tf
 from segbalance.contract import GROUP_KEY, GROUPS_FILE, SOURCE_ID_KEY
 from segbalance.pipeline import cli, ingest, sample_data
 from segbalance.pipeline.config import ConfigError, config_from_dict
+from segbalance.pipeline.local_dag import run_dag_locally
 from segbalance.pipeline.dag import example_gen_component, local_paths, split_feature, split_of
 from segbalance.pipeline.run import prepare_data
 from segbalance.trainer import example_codec as codec
@@ -77,7 +78,7 @@ def test_importexamplegen_keeps_each_group_in_one_split(tmp_path):
             metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
                 str(tmp_path / split_by / "metadata.sqlite")),
             beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        run_dag_locally(pipeline)
         side = {}
         for split in ("train", "eval"):
             root = tmp_path / split_by / "root"

@@ -30,7 +30,10 @@ def test_driver_parameters_become_value_messages():
 
 
 @pytest.mark.slow
-def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
+def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system_tmp"  # the temp folder the task commands would inherit
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
     root = write_span_data(tmp_path, num_images=24)
     shutil.copytree(root / "data" / "Span-0", root / "data" / "Span-1")  # the driver must pick the latest
     spec_path, spec = compile_into(root)
@@ -50,6 +53,11 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path):
         beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"], resolved=resolved)
     # dependency order: Transform waits for SchemaGen, SegTrainer for all
     assert list(produced) == CHAIN + ["ClassDistributionValidator"]
+    # each task ran with a temporary folder of its own, removed with it (TFX's Beam executors leave a
+    # ~50 MB worker package in theirs): nothing in the inherited temp folder, nothing left beside the logs
+    assert not list(system_tmp.glob("*/build/tfx"))
+    assert not list((tmp_path / "launcher_root" / "_tasks").glob("*/tmp-*"))
+    assert (tmp_path / "launcher_root" / "_tasks" / "Transform" / "executor.log").is_file()
     examples = produced["ImportExampleGen"]["examples"]
     # the span resolved by the ExampleGen driver travels as a custom property
     assert examples["metadata"]["custom:span"] == 1 and "input_fingerprint" in examples["metadata"]

@@ -7,14 +7,17 @@ executor would give `run_fn`, so tests can call `run_fn` directly on those artif
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import os
+import shutil
 import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from segbalance.pipeline.local_dag import run_dag_locally
 from segbalance.trainer import example_codec as codec
 
 NUM_CLASSES = 3
@@ -128,7 +131,7 @@ def run_tiny_pipeline(root: str, config: dict = CONFIG, records: Optional[List[b
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(root, "metadata.sqlite")),
         beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    run_dag_locally(pipeline)
 
     def one(pattern):
         found = sorted(glob.glob(os.path.join(root, "pipeline_root", pattern)))
@@ -150,7 +153,9 @@ _CACHE: Dict[str, Dict[str, str]] = {}
 def tiny_pipeline() -> Dict[str, str]:
     """The pipeline's artifact URIs, run once per process (in a temporary folder)."""
     if "uris" not in _CACHE:
-        _CACHE["uris"] = run_tiny_pipeline(tempfile.mkdtemp(prefix="seg-trainer-"))
+        root = tempfile.mkdtemp(prefix="seg-trainer-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # the test process's own folder
+        _CACHE["uris"] = run_tiny_pipeline(root)
     return _CACHE["uris"]
 
 
