@@ -4,7 +4,9 @@
 (``pipeline/config.py``), the defaults filled in, a config file's values applied. Save it,
 edit it, and pass it back with ``--config``. ``validate`` checks a file without running
 anything: unknown fields, wrong types and bad values (``training.image_size`` that the
-model cannot divide, duplicate class names, an unknown loss term, ...). A bad file exits
+model cannot divide, duplicate class names, an unknown loss term, ...) and, as ``run`` does, the
+class names against a ``classes.json`` in ``data.dir`` (a config that leaves ``classes.names``
+at its default takes the data's; other names are an error). A bad file exits
 with code 2 and one line on stderr that names the field; neither command imports
 TensorFlow or TFX.
 """
@@ -38,6 +40,7 @@ def add_parser(subparsers) -> None:
 
 def _main(args) -> int:
     from segbalance.pipeline.config import ConfigError, load_config
+    from segbalance.pipeline.run import adopt_class_names, data_class_names
 
     action = getattr(args, "config_action", None)
     if action is None:
@@ -46,6 +49,9 @@ def _main(args) -> int:
     path = args.config if action == "show" else args.file
     try:
         config = load_config(path)
+        found = data_class_names(config)  # what a run does: the data's classes.json names the classes
+        if found is not None:
+            adopt_class_names(config, *found, announce=False)
     except ConfigError as exc:
         message = " ".join(str(exc).split())
         print(f"{PROG} {action}: error: {message}" + (f" (in {path})" if path and str(path) not in message else ""),
@@ -54,6 +60,7 @@ def _main(args) -> int:
     if action == "show":
         sys.stdout.write(effective_yaml(config))
     else:
-        print(f"{path}: valid ({config.num_classes} classes, {config.training.epochs} epochs, "
+        origin = f" from {found[1]}" if found is not None else ""
+        print(f"{path}: valid ({config.num_classes} classes{origin}, {config.training.epochs} epochs, "
               f"{len(config.training.loss.terms)} loss term(s))")
     return 0

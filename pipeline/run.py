@@ -157,7 +157,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     return span
 
 
-def adopt_class_names(config: PipelineConfig, names: list, origin: str) -> None:
+def adopt_class_names(config: PipelineConfig, names: list, origin: str, announce: bool = True) -> None:
     """The data's own class names (a sample kind's, or DATA/classes.json) for a config that left
     ``classes.names`` at its default; names the user gave that differ are a ConfigError. The config
     is checked again with the new class count (per-class vectors, ignore index)."""
@@ -170,7 +170,20 @@ def adopt_class_names(config: PipelineConfig, names: list, origin: str) -> None:
                           f"(the data names its classes), or make the two agree")
     config.classes.names = list(names)
     validate(config)
-    print(f"classes: {len(names)} from {origin}: {', '.join(names)}", flush=True)
+    if announce:
+        print(f"classes: {len(names)} from {origin}: {', '.join(names)}", flush=True)
+
+
+def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str]]:
+    """(names, where) from the ``classes.json`` of a local ``data.dir``; None without one (or for
+    sample data, or a remote folder). A malformed file is an IngestError naming it."""
+    if config.data.dir is None or "://" in config.data.dir:
+        return None
+    from segbalance.pipeline.ingest import read_class_names
+
+    classes = Path(config.data.dir).resolve() / "classes.json"
+    names = read_class_names(classes)
+    return None if names is None else (names, f"the classes of {classes}")
 
 
 def check_output_beside_data(output: Path, data: Path, examples_dir: Path) -> None:
@@ -244,11 +257,9 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
             adopt_class_names(config, names, f"the {config.data.sample.kind} sample's classes")
     else:
         source = Path(config.data.dir).resolve()
-        from segbalance.pipeline.ingest import read_class_names
-
-        names = read_class_names(source / "classes.json")  # IngestError naming the file when malformed
-        if names is not None:
-            adopt_class_names(config, names, f"the classes of {source / 'classes.json'}")
+        found = data_class_names(config)
+        if found is not None:
+            adopt_class_names(config, *found)
     if any(source.glob("Span-*")):
         spans_dir = source
     else:

@@ -5,6 +5,8 @@
   run `tf.distribute.MirroredStrategy` on ["/cpu:0", "/cpu:1"] without a GPU. Code that
   does not ask for a strategy keeps using /cpu:0 as usual.
 - Beam runs in memory with one worker unless a test asks otherwise.
+- The session fails if it leaves a TFX worker package (~50 MB each, never removed by TFX) in
+  the temp folder: a local run goes through ``run_dag_locally`` (a full /tmp once failed CI).
 """
 import os
 
@@ -40,3 +42,19 @@ def mirrored_strategy():
     if len(devices) < 2:
         pytest.skip("needs 2 logical CPU devices")
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def _tfx_packages() -> set:
+    import glob
+    import tempfile
+
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "*", "build", "tfx")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_tfx_package_left_in_temp():
+    before = _tfx_packages()
+    yield
+    left = sorted(_tfx_packages() - before)
+    assert not left, (f"{len(left)} TFX worker package(s) left in the temp folder, e.g. {left[0]}: run local "
+                      f"pipelines with segbalance.pipeline.local_dag.run_dag_locally")

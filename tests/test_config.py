@@ -302,6 +302,43 @@ def test_run_takes_the_class_names_of_the_data_folder(tmp_path, capsys):
         prepare_data(config_from_dict({"data": {"dir": str(raw)}}), {**paths, "examples_dir": str(tmp_path / "e3")})
 
 
+def test_config_validate_and_show_check_the_data_folder_s_class_names(tmp_path, capsys):
+    """`config validate` passed a file whose classes.names contradict DATA/classes.json (and whose
+    per-class vectors fit the defaults, not the data); `run` then refused it. Both commands now read
+    the data's classes as `run` does."""
+    import json
+
+    import yaml
+
+    from segbalance.pipeline import cli
+
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "classes.json").write_text(json.dumps({"class_names": ["bg", "road", "car"]}))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"dir": str(raw)}}))
+    assert cli.main(["config", "validate", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{config}: valid (3 classes from the classes of {raw / 'classes.json'},") and \
+        out.count("\n") == 1
+    assert cli.main(["config", "show", "--config", str(config)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["classes"]["names"] == ["bg", "road", "car"]  # YAML only
+    for body, message in [
+        ({"classes": {"names": ["bg", "road", "car", "bike"]}}, "are not the classes of"),
+        ({"training": {"loss": {"terms": [{"type": "ce"}], "fn_weights": [1, 2, 2, 2]}}},
+         "training.loss.fn_weights: has 4 values for 3 classes"),
+    ]:
+        config.write_text(yaml.safe_dump({"data": {"dir": str(raw)}, **body}))
+        assert cli.main(["config", "validate", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and str(config) in err
+    (raw / "classes.json").write_text("[\"bg\"]")  # malformed: the file is named
+    config.write_text(yaml.safe_dump({"data": {"dir": str(raw)}}))
+    assert cli.main(["config", "validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"classes file {raw / 'classes.json'}" in err
+
+
 def test_the_components_keyword_defaults_are_the_config_s():
     """ClassStatsGen defaulted to no weight clip and SegEvaluator to threshold 0 / tolerance 0, where
     `segbalance run` clips to [0.5, 5] and blesses from 0.3 / 0.02: a user's own pipeline got other

@@ -69,10 +69,12 @@ def test_the_tfx_executor_uses_the_light_runner_for_local_multi_process_runs():
     from tfx.dsl.components.base import base_beam_executor
 
     from segbalance.components.class_stats_gen import ClassStatsGenExecutor
+    from segbalance.pipeline.local_dag import no_worker_package_for_direct_runs
 
     def executor(args, make=None):
-        return ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor.Context(
-            beam_pipeline_args=args, make_beam_pipeline_fn=make))
+        with no_worker_package_for_direct_runs():  # as run_dag_locally runs it (TFX leaves 50 MB in /tmp otherwise)
+            return ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor.Context(
+                beam_pipeline_args=args, make_beam_pipeline_fn=make))
 
     multi = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     assert isinstance(executor(multi)._pipeline().runner, local_runner.LightWorkerRunner)
