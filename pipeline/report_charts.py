@@ -2,7 +2,10 @@
 
 Text from the data (class names) is drawn as plain text: ``plain`` escapes its ``$`` signs,
 so matplotlib never enters mathtext for it and a name like ``$\\frac{a}{b}$`` is printed as
-it is (a malformed one used to stop the report with a mathtext ParseException)."""
+it is (a malformed one used to stop the report with a mathtext ParseException). Ticks and
+legends show names shortened to ``LABEL_LIMIT`` characters (``short_labels``): one 400-character
+name made a 2,800 x 1,900 pixel chart that was mostly its label. The page's tables keep the
+full names."""
 from __future__ import annotations
 
 import base64
@@ -17,7 +20,7 @@ def _class_axis(ax, class_names: Sequence[str], ylabel: str, legend: bool = Fals
     """One tick per class (names made plain, turned 30 degrees), the y label, a y grid and, with
     ``legend``, the legend outside the plot on the right."""
     ax.set_xticks(np.arange(len(class_names)))
-    ax.set_xticklabels(plains(class_names), rotation=30, ha="right")
+    ax.set_xticklabels(short_labels(class_names), rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     if legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -40,6 +43,25 @@ def plain(text) -> str:
 
 def plains(texts) -> List[str]:
     return [plain(t) for t in texts]
+
+
+LABEL_LIMIT = 24  # characters of a class name in a tick or legend
+
+
+def short_labels(names: Sequence[str], limit: int = LABEL_LIMIT) -> List[str]:
+    """Names for ticks and legends: plain, at most ``limit`` characters (the middle elided, so a
+    path-like name keeps its start and its leaf); when two would then read the same, each is
+    prefixed with its class id."""
+    def short(name: str) -> str:
+        if len(name) <= limit:
+            return name
+        head = (limit - 1) // 2
+        return name[:head] + "\u2026" + name[len(name) - (limit - 1 - head):]
+
+    shown = [short(str(n)) for n in names]
+    if len(set(shown)) < len(shown):
+        shown = [f"{i}: {s}" for i, s in enumerate(shown)]
+    return plains(shown)
 
 
 def to_img(fig, alt: str) -> str:
@@ -83,8 +105,8 @@ def heatmap(matrix, labels: Sequence[str], title: str, row_label: str, col_label
     image = ax.imshow(shown, cmap="viridis")
     ax.set_xticks(range(len(labels)))
     ax.set_yticks(range(len(labels)))
-    ax.set_xticklabels(plains(labels), rotation=45, ha="right", fontsize=8)
-    ax.set_yticklabels(plains(labels), fontsize=8)
+    ax.set_xticklabels(short_labels(labels), rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(short_labels(labels), fontsize=8)
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     ax.set_title(plain(title))
@@ -101,9 +123,12 @@ def heatmap(matrix, labels: Sequence[str], title: str, row_label: str, col_label
 
 def iou_bars(class_names: Sequence[str], iou: Sequence) -> str:
     plt = _plt()
-    values = [0.0 if v is None else v for v in iou]
+    values = [np.nan if v is None else v for v in iou]  # None: neither in the labels nor predicted
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names)), 3.2))
     ax.bar(range(len(class_names)), values, color="#4c72b0")
+    for c, v in enumerate(iou):
+        if v is None:  # no bar, which would read as an IoU of 0
+            ax.text(c, 0.02, "n/a", ha="center", va="bottom", fontsize=8, color="#555555")
     ax.set_ylim(0, 1)
     _class_axis(ax, class_names, "IoU")
     return to_img(fig, "per-class IoU")
@@ -134,8 +159,8 @@ def span_lines(spans: Sequence[int], class_names: Sequence[str], frequencies, co
     plt = _plt()
     values = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-7)  # [spans, C]; log scale floor
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(spans) + 4), 3.6))
-    for c, name in enumerate(class_names):
-        ax.plot(range(len(spans)), values[:, c], "-o", color=np.asarray(colours[c]) / 255.0, label=plain(name),
+    for c, name in enumerate(short_labels(class_names)):
+        ax.plot(range(len(spans)), values[:, c], "-o", color=np.asarray(colours[c]) / 255.0, label=name,
                 markersize=4)
     for i, flag in enumerate(blocked):
         if flag:

@@ -383,6 +383,43 @@ def test_metacharacters_render_as_text_everywhere(report):
         assert report_charts.heatmap([[1, 2], [3, 4]], names, "t", "r", "c").startswith("<img")
 
 
+def _png_size(img_tag: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(img_tag.split("base64,")[1].split('"')[0]))).size
+
+
+def test_long_class_names_are_shortened_in_charts_not_in_tables():
+    """A 400-character class name made a 2,831 x 1,856 pixel IoU chart, mostly its tick label."""
+    long_names = ["background", "ontology/vehicle/car/sedan/four-door/" + "red" * 30, "x" * 400]
+    shown = report_charts.short_labels(long_names)
+    assert shown[0] == "background" and all(len(s) <= report_charts.LABEL_LIMIT for s in shown)
+    assert shown[1].startswith("ontology/v") and shown[1].endswith("redred") and "\u2026" in shown[1]
+    # names that would read the same get their class id; a '$' stays literal
+    assert report_charts.short_labels(["a" * 30 + "1", "a" * 30 + "1", "b$"]) == \
+        ["0: " + "a" * 11 + "\u2026" + "a" * 11 + "1", "1: " + "a" * 11 + "\u2026" + "a" * 11 + "1", r"2: b\$"]
+    short_size = _png_size(report_charts.iou_bars(["bg", "a", "b"], [0.5, 0.2, 0.1]))
+    for chart in (report_charts.iou_bars(long_names, [0.5, 0.2, None]),
+                  report_charts.heatmap([[1, 2, 3]] * 3, long_names, "t", "r", "c"),
+                  report_charts.span_lines([0, 1], long_names, [[.5, .3, .2], [.4, .4, .2]],
+                                           [(0, 0, 0), (255, 0, 0), (0, 255, 0)], [False, True])):
+        width, height = _png_size(chart)
+        assert width < 2 * short_size[0] and height < 2 * short_size[1], (width, height, short_size)
+
+
+def test_an_absent_class_has_no_iou_bar_but_n_a(monkeypatch):
+    """None (a class neither labelled nor predicted) was drawn as a bar of IoU 0, a failed class."""
+    monkeypatch.setattr(report_charts, "to_img", lambda fig, alt: fig)
+    fig = report_charts.iou_bars(["bg", "absent", "poor"], [0.9, None, 0.0])
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[0] == 0.9 and np.isnan(heights[1]) and heights[2] == 0.0
+    assert [(t.get_text(), t.get_position()[0]) for t in ax.texts] == [("n/a", 1)]
+
+
 def test_report_output_that_is_a_folder_is_one_line_exit_2(report, tmp_path, capsys):
     tmp, _, _, _ = report
     assert cli.main(["report", str(tmp / "stats"), "--output", str(tmp_path)]) == 2
