@@ -255,6 +255,19 @@ def test_folder(dataset: str, plan: Plan, work: Path) -> Path:
     return _sample(work / f"{dataset}_test", kind=dataset, size=plan.size, num_images=plan.test_images, **held_out)
 
 
+def reported_test_folder(dataset: str, plan: Plan, work: Path) -> Path:
+    """The test set whose pictures a ``--report-only`` report shows: the work folder's own, as the
+    run of the rows left it, whatever plan wrote it (a report never rewrites the work folder: a
+    plain call on a ``--quick`` work folder used to replace its test set with the full plan's);
+    without one, a new one in ``work/report_test``."""
+    from segbalance.pipeline.sample_data import SAMPLE_MARKER
+
+    own = work / f"{dataset}_test"
+    if (own / SAMPLE_MARKER).is_file():
+        return own
+    return test_folder(dataset, plan, work / "report_test")
+
+
 def load_test_items(folder: Path, mask_sub: str = "masks"):
     from segbalance.trainer.example_codec import decode_array
 
@@ -547,19 +560,22 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
     if results or report_only:
         print(f"experiment: {'report of' if report_only else 'resuming,'} {len(results)} trainings already done in "
               f"{work}", flush=True)
-    example_drop = max(plan.drop_fractions)
+    # the pictures' drop: the plan's highest, or on a report the rows' (they may come from another plan)
+    example_drop = max(row["drop"] for row in results) if report_only else max(plan.drop_fractions)
     tests = {}
-    for dataset in plan.datasets:
-        if report_only:  # no training folders; --rescore's test sets apart from the run's own
-            tests[dataset] = test_folder(dataset, plan, work / f"rescore_test{plan.test_images}" if rescore else work)
-            continue
-        for drop in plan.drop_fractions:
-            train_dir, test_dir = dataset_folders(dataset, plan, drop, work)
-            tests[dataset] = test_dir
-            names = json.loads((train_dir / "classes.json").read_text())["class_names"]
-            config = experiment_config(plan, train_dir, work / f"run_{dataset}_drop{drop}", names)
-            keep = example_cells(plan) if drop == example_drop else set()
-            run_group(dataset, drop, plan, config, load_test_items(test_dir), work, results, keep)
+    if report_only:  # no training folders; the test sets of the data sets the rows cover
+        for dataset in dict.fromkeys(row["dataset"] for row in results):
+            tests[dataset] = (test_folder(dataset, plan, work / f"rescore_test{plan.test_images}") if rescore
+                              else reported_test_folder(dataset, plan, work))
+    else:
+        for dataset in plan.datasets:
+            for drop in plan.drop_fractions:
+                train_dir, test_dir = dataset_folders(dataset, plan, drop, work)
+                tests[dataset] = test_dir
+                names = json.loads((train_dir / "classes.json").read_text())["class_names"]
+                config = experiment_config(plan, train_dir, work / f"run_{dataset}_drop{drop}", names)
+                keep = example_cells(plan) if drop == example_drop else set()
+                run_group(dataset, drop, plan, config, load_test_items(test_dir), work, results, keep)
     if rescore:
         results = rescore_rows(results, tests)
     report = {

@@ -421,6 +421,32 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
     assert "training crops of 128x128 per data set and drop (batch 16)" in table  # not --quick's 32 / 8
     assert "report of 2 trainings" in capsys.readouterr().out
     assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out)]) == 2  # needs --work-dir
+    # only the rows' data set has a test set, written beside the work folder's own (there is none here)
+    assert [p.name for p in (work / "report_test").iterdir()] == ["shapes_test"] and not (work / "shapes_test").exists()
+
+
+def test_a_report_never_rewrites_the_work_folder_s_test_set(tmp_path):
+    """A plain `--report-only` on a `--quick` work folder wrote the full plan's test set (other size,
+    other count, every data set of the plan) over the one the rows were scored on."""
+    from segbalance.pipeline import cli
+    from segbalance.pipeline.experiment import Plan, test_folder
+    from segbalance.pipeline.sample_data import SAMPLE_MARKER
+
+    work = tmp_path / "work"
+    own = test_folder("shapes", Plan.quick(), work)
+    before = {p.relative_to(own): p.read_bytes() for p in own.rglob("*") if p.is_file()}
+    row = {**_row("shapes", 0.3, "ce/none/none", 0, 0.5, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
+           "weighting": "none", "missing": "none", "class_names": ["background", "ellipse", "rectangle", "circle"],
+           "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8], "val_miou": [0.3, 0.5]},
+           "class_weights": None, "seconds": 60.0}
+    (work / "results.jsonl").write_text(json.dumps(row) + "\n")
+    assert cli.main(["experiment", "--report-only", "--output", str(tmp_path / "out"), "--work-dir", str(work)]) == 0
+    assert {p.relative_to(own): p.read_bytes() for p in own.rglob("*") if p.is_file()} == before
+    assert json.loads((own / SAMPLE_MARKER).read_text())["size"] == Plan.quick().size != Plan().size
+    from segbalance.pipeline.output_guard import MARKER
+
+    # no other data set's test set written (the plan's default lists several)
+    assert sorted(p.name for p in work.iterdir() if p.name != MARKER) == ["results.jsonl", "shapes_test"]
 
 
 def test_report_only_covers_the_rows_the_given_options_select(tmp_path):
