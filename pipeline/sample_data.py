@@ -450,6 +450,11 @@ def write_sample_data(
         image, mask, class_names = load_real_sample(kind)
         image, mask = _column_part(image, mask, part)
         pairs = list(_random_crops(image, mask, num_images, size, seed, places=places))
+        crop = min(size, *mask.shape)
+        if crop < size:  # the one source image is smaller: say so rather than hand back other sizes unasked
+            print(f"sample-data: the {kind} image{'' if part == 'all' else f' ({part} part)'} is "
+                  f"{mask.shape[1]}x{mask.shape[0]} pixels: its crops are {crop}x{crop}, not {size}x{size}; "
+                  f"give --size {crop} or less to get the size asked for", flush=True)
     full_masks = [m for _, m in pairs]
     with_labels = kind == "shapes" or kind in PACKAGE_KINDS or drop_fraction > 0
     masks, labeled = drop_annotations(full_masks, drop_fraction, len(class_names), seed)

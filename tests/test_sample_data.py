@@ -108,6 +108,21 @@ def test_real_samples_ship_inside_packages(tmp_path, kind, num_classes):
         assert 0 < (mask == 2).sum() < (mask == 1).sum()
 
 
+def test_a_real_image_smaller_than_size_says_its_crop_size(tmp_path, capsys):
+    """voc / arc2017 / nuclei crop one image: a --size beyond it gave smaller crops without a word."""
+    _, mask, _ = sample_data.load_real_sample("voc")
+    height, width = mask.shape
+    part_width = int(round(width * sample_data.TRAIN_SHARE))
+    crop = min(height, part_width)
+    out = sample_data.write_sample_data("voc", tmp_path / "big", num_images=2, size=crop + 40, seed=0, part="train")
+    assert capsys.readouterr().out.splitlines() == [
+        f"sample-data: the voc image (train part) is {part_width}x{height} pixels: its crops are {crop}x{crop}, "
+        f"not {crop + 40}x{crop + 40}; give --size {crop} or less to get the size asked for"]
+    assert {m.shape for m in _read_set(out, "masks").values()} == {(crop, crop)}
+    sample_data.write_sample_data("voc", tmp_path / "fits", num_images=2, size=crop, seed=0, part="train")
+    assert capsys.readouterr().out == ""
+
+
 def test_drop_fraction_on_a_real_kind_keeps_complete_masks(tmp_path):
     out = sample_data.write_sample_data("nuclei", tmp_path, num_images=10, size=32, seed=2, drop_fraction=0.5)
     masks, full = _read_set(out, "masks"), _read_set(out, "masks_full")
