@@ -287,6 +287,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     Library output goes to OUTPUT/logs/run-<time>.log (``run_log``; on the console too with
     ``verbose``). A data folder run cannot use is refused before anything is written."""
     from segbalance.pipeline.dag import local_paths
+    from segbalance.pipeline.run_lock import cancel_abandoned, exclusive_run
     from segbalance.pipeline.run_log import LibraryLog, route_absl, unroute_absl
 
     paths = local_paths(config.output_dir)
@@ -304,39 +305,44 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                                   Path(paths["examples_dir"]))
     os.makedirs(paths["output_dir"], exist_ok=True)
     output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
-    with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
-        examples_dir, reference = prepare_data(config, paths)
-        from tfx import v1 as tfx
+    with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
+        abandoned = cancel_abandoned(paths["metadata"])
+        if abandoned:
+            print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
+                  f"CANCELED", flush=True)
+        with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
+            examples_dir, reference = prepare_data(config, paths)
+            from tfx import v1 as tfx
 
-        from segbalance.pipeline.dag import create_pipeline
-        from segbalance.pipeline.local_dag import run_dag_locally
-        from segbalance.pipeline.run_summary import summarize
+            from segbalance.pipeline.dag import create_pipeline
+            from segbalance.pipeline.local_dag import run_dag_locally
+            from segbalance.pipeline.run_summary import summarize
 
-        pipeline = create_pipeline(
-            config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
-            serving_model_dir=paths["serving_model_dir"],
-            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                paths["metadata"]),
-            reference_masks_dir=reference, with_drift=with_drift, **pipeline_options)
-        progress = route_absl(log)
-        started = time.time()
-        try:
-            run_dag_locally(pipeline)
-        except BaseException:
-            print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
-            raise
-        finally:
-            unroute_absl(progress)
-        summary = summarize(paths)
-    summary["log"] = str(log.path)
-    summary["seconds"] = round(time.time() - started, 1)
-    summary["cached_components"] = sorted(progress.cached)
-    if summary.get("report_artifact"):
-        shutil.copyfile(summary["report_artifact"], paths["report"])
-        summary["report"] = paths["report"]
-    with open(os.path.join(paths["output_dir"], "run_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    return summary
+            pipeline = create_pipeline(
+                config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
+                serving_model_dir=paths["serving_model_dir"],
+                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                    paths["metadata"]),
+                reference_masks_dir=reference, with_drift=with_drift, **pipeline_options)
+            progress = route_absl(log)
+            started = time.time()
+            try:
+                run_dag_locally(pipeline)
+            except BaseException:
+                print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
+                raise
+            finally:
+                unroute_absl(progress)
+            summary = summarize(paths)
+        summary["log"] = str(log.path)
+        summary["seconds"] = round(time.time() - started, 1)
+        summary["cached_components"] = sorted(progress.cached)
+        if summary.get("report_artifact"):
+            shutil.copyfile(summary["report_artifact"], paths["report"])
+            summary["report"] = paths["report"]
+        with open(os.path.join(paths["output_dir"], "run_summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        return summary
 
 
 def describe_data(data: dict) -> str:

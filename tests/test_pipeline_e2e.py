@@ -151,8 +151,16 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     assert (Path(stats_dir) / "class_stats.json").read_bytes() == stats_before
     store = run_summary.open_store(str(out / "metadata.sqlite"))
     states = run_summary.executions_by_component(store)
-    # The killed training left a RUNNING (never finished) execution; the re-run added a COMPLETE one.
-    assert states["SegTrainer"][-1] == "COMPLETE" and len(states["SegTrainer"]) >= 2, states
+    # The killed training left a RUNNING execution; the re-run marked it CANCELED (with a note) and
+    # added a COMPLETE one: nothing stays RUNNING for good.
+    assert states["SegTrainer"] == ["CANCELED", "COMPLETE"], states
+    assert "metadata: 1 execution(s) an earlier run left unfinished (it was stopped) marked CANCELED" in \
+        resumed.stdout
+    assert not [node for node, s in states.items() if "RUNNING" in s or "NEW" in s], states
+    from segbalance.pipeline.run_lock import ABANDONED_NOTE
+
+    canceled = [e for e in store.get_executions() if ABANDONED_NOTE in e.custom_properties]
+    assert len(canceled) == 1 and "killed" in canceled[0].custom_properties[ABANDONED_NOTE].string_value
     assert states["ClassStatsGen"] == ["COMPLETE", "CACHED"], states
     assert json.loads((out / "run_summary.json").read_text())["pushed_model"]
 

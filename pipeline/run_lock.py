@@ -1,0 +1,73 @@
+"""One `segbalance run` at a time per output folder, and what a killed run left in ML Metadata.
+
+Two runs on one output folder would share its metadata store, its pushed-model folder and its
+spans, and either could push the other's model. ``exclusive_run`` holds an advisory lock
+(``fcntl.flock``) on ``OUTPUT/.segbalance.lock`` for the whole run; the system releases it when
+the process ends, however it ends, so a killed run never leaves a stale lock. A second run is
+refused with one line naming the holder.
+
+A run that is killed (SIGKILL, power loss) cannot record how its component ended: TFX leaves
+that execution RUNNING in ML Metadata for good, and the next run (a new pipeline-run context)
+starts a new one beside it. Holding the lock proves no run is using the store, so
+``cancel_abandoned`` marks such executions CANCELED, with a note, and the store says what
+happened.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from typing import Iterator
+
+from segbalance.pipeline.output_guard import OutputError
+
+LOCK_FILE = ".segbalance.lock"
+ABANDONED_NOTE = "segbalance_abandoned"  # custom property of an execution a killed run left RUNNING
+
+
+@contextlib.contextmanager
+def exclusive_run(output_dir: str, option: str = "--output-dir") -> Iterator[None]:
+    """Hold the output folder's run lock for the block; OutputError (exit 2) when another run holds it."""
+    path = os.path.join(output_dir, LOCK_FILE)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputError(f"{option} {output_dir} is in use by another segbalance run ({holder}): wait for it to "
+                              f"finish, or give another {option}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def cancel_abandoned(metadata_path: str) -> int:
+    """Mark the executions left NEW or RUNNING in the store CANCELED (call while holding the run
+    lock: no run is using the store); returns how many. A missing store has none."""
+    if not os.path.isfile(metadata_path):
+        return 0
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    store = metadata_store.MetadataStore(config)
+    state = metadata_store_pb2.Execution.State
+    left = [e for e in store.get_executions() if e.last_known_state in (state.NEW, state.RUNNING)]
+    found = time.strftime("%Y-%m-%d %H:%M:%S")
+    for execution in left:
+        execution.last_known_state = state.CANCELED
+        execution.custom_properties[ABANDONED_NOTE].string_value = (
+            f"the run that started this execution stopped before it ended (killed?); marked CANCELED by the "
+            f"next run, {found}")
+    if left:
+        store.put_executions(left)
+    return len(left)
