@@ -541,12 +541,24 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
     report only the rows ``select`` keeps (all when None); ``rescore`` (with ``report_only``) scores
     the rows whose models are still there again on this plan's test sets (``rescore_rows``). The
     rows in WORK/results.jsonl are never changed."""
-    from segbalance.pipeline import experiment_report, seed004
+    import contextlib
+
+    from segbalance.pipeline.run_lock import exclusive_run
 
     plan.check()
     work = Path(work or output / "_work")
     output.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    # two trainings on one work folder would train the same cells and append the same rows; a
+    # report reads the rows while a training goes on, so it takes no lock
+    with contextlib.nullcontext() if report_only else exclusive_run(str(work), option="--work-dir"):
+        return _train_and_report(output, plan, work, command, report_only, select, rescore)
+
+
+def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report_only: bool,
+                      select: Optional[Callable[[dict], bool]], rescore: bool) -> dict:
+    from segbalance.pipeline import experiment_report, seed004
+
     started = time.time()
     results: list = load_results(work)
     if report_only and select is not None:

@@ -425,6 +425,27 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
     assert [p.name for p in (work / "report_test").iterdir()] == ["shapes_test"] and not (work / "shapes_test").exists()
 
 
+def test_one_training_per_work_folder_but_a_report_may_read_it_meanwhile(tmp_path, capsys):
+    from segbalance.pipeline import cli
+    from segbalance.pipeline.run_lock import exclusive_run
+
+    work = tmp_path / "work"
+    work.mkdir()
+    row = {**_row("shapes", 0.3, "ce/none/none", 0, 0.5, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
+           "weighting": "none", "missing": "none", "class_names": ["background", "ellipse", "rectangle", "circle"],
+           "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8], "val_miou": [0.3, 0.5]},
+           "class_weights": None, "seconds": 60.0}
+    (work / "results.jsonl").write_text(json.dumps(row) + "\n")
+    with exclusive_run(str(work), option="--work-dir"):  # a training in progress
+        assert cli.main(["experiment", "--quick", "--output", str(tmp_path / "second"), "--work-dir", str(work)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--work-dir" in err and "is in use by another segbalance run" in err
+        assert not list(work.glob("shapes_drop*"))  # refused before any data or training
+        assert cli.main(["experiment", "--quick", "--report-only", "--output", str(tmp_path / "report"),
+                         "--work-dir", str(work)]) == 0
+    assert (tmp_path / "report" / "results.md").is_file()
+
+
 def test_a_report_never_rewrites_the_work_folder_s_test_set(tmp_path):
     """A plain `--report-only` on a `--quick` work folder wrote the full plan's test set (other size,
     other count, every data set of the plan) over the one the rows were scored on."""
