@@ -53,13 +53,11 @@ def cancel_abandoned(metadata_path: str) -> int:
     lock: no run is using the store); returns how many. A missing store has none."""
     if not os.path.isfile(metadata_path):
         return 0
-    from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    store = metadata_store.MetadataStore(config)
+    from segbalance.pipeline.run_summary import open_store
+
+    store = open_store(metadata_path, writable=True)
     state = metadata_store_pb2.Execution.State
     left = [e for e in store.get_executions() if e.last_known_state in (state.NEW, state.RUNNING)]
     found = time.strftime("%Y-%m-%d %H:%M:%S")

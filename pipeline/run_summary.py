@@ -9,15 +9,17 @@ from typing import Dict, List, Optional
 from segbalance import contract
 
 
-def open_store(metadata_path: str):
+def open_store(metadata_path: str, writable: bool = False):
+    """The run's ML Metadata store, read-only unless ``writable``; FileNotFoundError without one."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
     if not os.path.isfile(metadata_path):
         raise FileNotFoundError(f"no ML Metadata store at {metadata_path}: run `segbalance run` first")
+    modes = metadata_store_pb2.SqliteMetadataSourceConfig
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    config.sqlite.connection_mode = modes.READWRITE if writable else modes.READONLY
     return metadata_store.MetadataStore(config)
 
 
