@@ -182,7 +182,11 @@ def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
         if not Path(path).is_file():
             what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
             raise ConfigError(f"config file {path} {what}")
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                              f"position {exc.start}): save it as UTF-8") from None
         try:
             values = _parse(text, json_file=str(path).endswith(".json"))
         except ConfigError as exc:

@@ -306,3 +306,18 @@ def test_other_failures_keep_their_traceback(raised, monkeypatch):
     monkeypatch.setattr(sample_data, "write_sample_data", broken)
     with pytest.raises(type(raised)):
         cli.main(["sample-data", "shapes", "--output", "x"])
+
+
+@pytest.mark.parametrize("argv", [["config", "validate", "{f}"], ["compile-kfp", "--output", "{d}/p.json", "--image",
+                                  "gcr.io/p/s:1", "--pipeline-root", "gs://b/r", "--config", "{f}"],
+                                  ["schedule", "--cron", "0 3 * * 1", "--config", "{f}"],
+                                  ["run", "--config", "{f}", "--output-dir", "{d}/out"]])
+def test_a_config_file_that_is_not_utf8_is_one_line(argv, tmp_path, capsys):
+    config = tmp_path / "latin1.yaml"
+    raw = "classes:\n  names: [background, Stra\u00dfe]\n".encode("latin-1")
+    config.write_bytes(raw)
+    assert cli.main([a.format(f=config, d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    where = raw.index(b"\xdf")
+    assert err.count("\n") == 1 and f"config file {config} is not UTF-8 text (byte 0xdf at position {where})" in err
+    assert "Traceback" not in err
