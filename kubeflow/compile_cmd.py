@@ -1,8 +1,10 @@
-"""`segbalance compile-kfp --output pipeline.json [--image IMAGE] [--pipeline-root URI] [--config FILE]`.
+"""`segbalance compile-kfp --output pipeline.yaml [--image IMAGE] [--pipeline-root URI] [--config FILE]`.
 
 Compiles the pipeline (the same ``create_pipeline`` as ``segbalance run``, with the drift
-gate) into a Kubeflow Pipelines v2 / Vertex AI PipelineJob JSON. Submit it with the kfp
-client or Vertex AI (README, "Deploy to Kubeflow"); ``segbalance schedule`` makes it recurring.
+gate). ``--output NAME.yaml`` (or ``.yml``) writes the Kubeflow Pipelines v2 package that
+``kfp.Client`` submits and ``segbalance schedule --kfp-host`` makes recurring; any other name
+(``pipeline.json``) writes the Vertex AI PipelineJob JSON (``aiplatform.PipelineJob``). Relative
+local paths in the config are made absolute (printed). See README, "Deploy to Kubeflow".
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex AI",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", required=True, metavar="pipeline.json")
+    parser.add_argument("--output", required=True, metavar="pipeline.yaml",
+                        help="NAME.yaml: the KFP package (kfp.Client, schedule); NAME.json: Vertex AI PipelineJob")
     parser.add_argument("--image", default=os.environ.get(DEFAULT_IMAGE_ENV),
                         help=f"container image with this package (default: ${DEFAULT_IMAGE_ENV})")
     parser.add_argument("--pipeline-root", metavar="URI", help="artifact root, e.g. gs://bucket/segbalance")
@@ -31,7 +34,10 @@ def _main(args) -> int:
     from segbalance.pipeline.output_guard import check_output_file
 
     # a folder, or a file that is not a compiled pipeline, is refused before the slow compile
-    check_output_file(args.output, "--output", lambda head: '"pipelineSpec"' in head, example="pipeline.json")
+    from segbalance.kubeflow.runner import PACKAGE_HEADER
+
+    check_output_file(args.output, "--output", lambda head: '"pipelineSpec"' in head or head.startswith(PACKAGE_HEADER),
+                      example="pipeline.yaml")
     os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")  # module code is in the image
     from segbalance.kubeflow.runner import CompileError, compile_pipeline
 

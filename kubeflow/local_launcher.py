@@ -122,6 +122,16 @@ def _run(command: List[str], executor_input: dict, extra_args: List[str], log_pa
         raise RuntimeError(f"task command failed ({result.returncode}): {' '.join(command[:3])} ...\n{tail}")
 
 
+def load_spec(spec_path: str) -> dict:
+    """The PipelineSpec of what ``compile-kfp`` wrote: the KFP package (``.yaml``) or the job JSON."""
+    from segbalance.kubeflow.runner import KFP_PACKAGE_SUFFIXES
+
+    with open(spec_path) as f:
+        if spec_path.lower().endswith(KFP_PACKAGE_SUFFIXES):
+            return yaml.safe_load(f)
+        return json.load(f)["pipelineSpec"]
+
+
 def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
                        beam_args: Optional[List[str]] = None,
                        resolved: Optional[Dict[str, Dict[str, dict]]] = None) -> Dict[str, Dict[str, dict]]:
@@ -131,8 +141,7 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
     ``resolved`` stands in for resolver tasks (KFP answers their queries from its metadata
     store): {resolver task: {output key: artifact JSON with uri, metadata, type}}.
     """
-    with open(spec_path) as f:
-        spec = json.load(f)["pipelineSpec"]
+    spec = load_spec(spec_path)
     tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
     executors = spec["deploymentSpec"]["executors"]
     produced: Dict[str, Dict[str, dict]] = {k: dict(v) for k, v in (resolved or {}).items()}

@@ -12,17 +12,26 @@ mounts) holds the artifacts; the examples are read from ``config.data.dir`` (a f
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from segbalance.contract import UserError
 from segbalance.pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
 
 URI_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+$")
-IMAGE_PATTERN = re.compile(r"^[a-z0-9]+([._/:@-][a-zA-Z0-9]+)*$")
+# Docker's reference grammar (distribution/reference): [registry[:port]/]path[:tag][@digest]; the
+# path's components are lower-case, a tag is at most 128 word characters, dots and dashes
+_DOMAIN = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?"
+                           rf"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$")
+# --output FILE.yaml: the PipelineSpec package kfp.Client takes; any other name: the PipelineJob JSON
+KFP_PACKAGE_SUFFIXES = (".yaml", ".yml")
+PACKAGE_HEADER = "# Kubeflow Pipelines v2 package (PipelineSpec) written by segbalance compile-kfp\n"
 
 
 class CompileError(UserError, ValueError):
@@ -45,9 +54,38 @@ def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Op
                            f"into one with `segbalance ingest`")
     if not pipeline_root:
         raise CompileError("no --pipeline-root: give a bucket URI such as gs://my-bucket/segbalance")
+    check_pipeline_root(pipeline_root)
+
+
+def check_pipeline_root(pipeline_root: str) -> None:
     if not (URI_PATTERN.match(pipeline_root) or os.path.isabs(pipeline_root)):
         raise CompileError(f"--pipeline-root {pipeline_root!r} is neither a URI (gs://..., s3://...) nor an "
                            f"absolute path")
+
+
+def _is_local_relative(path: Optional[str]) -> bool:
+    return bool(path) and not URI_PATTERN.match(path) and not os.path.isabs(path)
+
+
+def with_absolute_paths(config: PipelineConfig) -> Tuple[PipelineConfig, List[str]]:
+    """A copy of ``config`` whose relative local paths are absolute (from this working folder), and
+    'field: old -> new' for each. The compiled tasks run elsewhere, in another working folder: a
+    relative data.dir found no spans there, and a relative reference_masks_dir was not found, so
+    the model was scored against the partial masks without a word."""
+    config = copy.deepcopy(config)
+    changed = []
+    fields = [(config.data, "dir", "data.dir"), (config.data, "reference_masks_dir", "data.reference_masks_dir"),
+              (config.training, "backup_dir", "training.backup_dir")]
+    if config.training.backbone_weights not in (None, "imagenet"):
+        fields.append((config.training, "backbone_weights", "training.backbone_weights"))
+    if getattr(config.training.pixel_weights, "model", None):
+        fields.append((config.training.pixel_weights, "model", "training.pixel_weights.model"))
+    for section, name, where in fields:
+        value = getattr(section, name)
+        if _is_local_relative(value):
+            setattr(section, name, os.path.abspath(value))
+            changed.append(f"{where}: {value} -> {getattr(section, name)}")
+    return config, changed
 
 
 def examples_root(config: PipelineConfig, pipeline_root: str) -> str:
@@ -87,24 +125,68 @@ def build_pipeline(config: PipelineConfig, pipeline_root: str, with_drift: bool 
         beam_pipeline_args=config.beam_args_for(kubeflow=True))
 
 
-def compile_pipeline(config: PipelineConfig, output_json: str, image: Optional[str], pipeline_root: Optional[str],
+def compile_pipeline(config: PipelineConfig, output: str, image: Optional[str], pipeline_root: Optional[str],
                      with_drift: bool = True, span: Optional[int] = None) -> dict:
-    """Write the PipelineJob JSON to ``output_json`` and return it as a dict."""
+    """Compile; write ``output`` (``.yaml`` / ``.yml``: the KFP package, ``kfp_package``; otherwise
+    the Vertex AI PipelineJob JSON) and return the PipelineJob as a dict."""
+    import tempfile
+
     check_inputs(config, image, pipeline_root)
+    check_writable(output)
+    config, changed = with_absolute_paths(config)
+    for change in changed:
+        print(f"compile-kfp: {change} (relative to this folder; the cluster must see that path)", flush=True)
+    if config.data.dir is None and config.data.sample != type(config.data.sample)():
+        print(f"compile-kfp: data.sample is for local runs and not compiled; the pipeline reads the spans in "
+              f"{examples_root(config, pipeline_root)} (segbalance ingest --span N)", flush=True)
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
     pipeline = build_pipeline(config, pipeline_root, with_drift, span)
-    output_json = os.path.abspath(output_json)
-    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, display_name=config.name),
-        output_dir=os.path.dirname(output_json), output_filename=os.path.basename(output_json))
-    runner.run(pipeline, write_out=True)
-    with open(output_json) as f:
-        job = json.load(f)
-    if fix_custom_type_resolver_queries(job["pipelineSpec"]):
-        with open(output_json, "w") as f:
-            json.dump(job, f, sort_keys=True)
+    with tempfile.TemporaryDirectory(prefix="segbalance-compile-") as folder:
+        runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+            config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, display_name=config.name),
+            output_dir=folder, output_filename="pipeline.json")
+        runner.run(pipeline, write_out=True)
+        with open(os.path.join(folder, "pipeline.json")) as f:
+            job = json.load(f)
+    fix_custom_type_resolver_queries(job["pipelineSpec"])
+    write_compiled(job, output)
     return job
+
+
+def kfp_package(job: dict) -> dict:
+    """The PipelineSpec of a compiled PipelineJob, as ``kfp.Client().create_run_from_pipeline_package``
+    and ``create_recurring_run`` read it (a YAML file of the bare spec; they refuse the job JSON),
+    with the job's pipeline root as its ``defaultPipelineRoot``."""
+    spec = dict(job["pipelineSpec"])
+    root = job.get("runtimeConfig", {}).get("gcsOutputDirectory")
+    if root:
+        spec["defaultPipelineRoot"] = root
+    return spec
+
+
+def check_writable(output: str) -> None:
+    """Before the slow compile: the output's folder, where it exists, must be writable."""
+    folder = Path(output).resolve().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise CompileError(f"--output {output}: {folder} is not writable; choose a folder you can write")
+
+
+def write_compiled(job: dict, output: str) -> None:
+    import yaml
+
+    if output.lower().endswith(KFP_PACKAGE_SUFFIXES):
+        text = PACKAGE_HEADER + yaml.safe_dump(kfp_package(job), sort_keys=False, allow_unicode=True)
+    else:
+        text = json.dumps(job, sort_keys=True)
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CompileError(f"--output {output}: cannot write it ({exc.strerror or exc}); choose a folder you can "
+                           f"write") from None
 
 
 GENERIC_QUERY = 'schema_title="tfx.Artifact"'

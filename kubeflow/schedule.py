@@ -1,9 +1,9 @@
 """`segbalance schedule --cron "0 3 * * 1"`: scheduled retraining.
 
 With ``--kfp-host URL``: creates a recurring run of the compiled pipeline
-(``--package pipeline.json`` from ``segbalance compile-kfp``) through
+(``--package pipeline.yaml`` from ``segbalance compile-kfp --output pipeline.yaml``) through
 ``kfp.Client(host=URL).create_recurring_run`` (KFP wants 6-field cron, seconds first: the
-5-field expression given here gets a leading ``0``). Each run reads the latest span, so
+5-field expression given here gets a leading ``0``, and a day of week 7 becomes 0). Each run reads the latest span, so
 new data is picked up by ``segbalance ingest --span N`` into the pipeline's data folder;
 the drift gate and the evaluator's blessing decide whether the new model is pushed.
 
@@ -53,8 +53,26 @@ def check_cron(cron: str) -> list:
 
 
 def kfp_cron(cron: str) -> str:
-    """5-field cron -> the 6-field form (seconds first) that KFP expects."""
-    return "0 " + " ".join(check_cron(cron))
+    """5-field cron -> the 6-field form (seconds first) that KFP expects. KFP's scheduler (robfig/cron)
+    takes day of week 0-6 only: a 7 (Sunday, as crontab also writes it) becomes 0."""
+    fields = check_cron(cron)
+    fields[4] = kfp_day_of_week(fields[4])
+    return "0 " + " ".join(fields)
+
+
+def kfp_day_of_week(field: str) -> str:
+    """A day-of-week field with 7 in it, as the list of days 0-6 it means ('1-7' -> '0,1,2,3,4,5,6');
+    without a 7, unchanged."""
+    base, _, step = field.partition("/")
+    if "7" not in re.findall(r"\d+", base):
+        return field
+    days = set()
+    parts = base.split(",")
+    for i, part in enumerate(parts):
+        every = int(step) if step and i == len(parts) - 1 else 1  # the step binds to the last element
+        first, _, last = part.partition("-")
+        days.update(range(int(first), int(last or (7 if every > 1 else first)) + 1, every))
+    return ",".join(str(d) for d in sorted({d % 7 for d in days}))
 
 
 def systemd_on_calendar(cron: str) -> str:
@@ -75,11 +93,37 @@ def recurring_run_request(package: str, cron: str, experiment_id: str, job_name:
     return request
 
 
+def check_package(package: str) -> None:
+    """``--package`` must be the KFP package that ``segbalance compile-kfp --output NAME.yaml`` writes:
+    kfp.Client refuses other names, and the PipelineJob JSON (for Vertex AI) is not a PipelineSpec."""
+    from segbalance.kubeflow.runner import KFP_PACKAGE_SUFFIXES
+
+    stem, suffix = os.path.splitext(package)
+    yaml_name = package if suffix.lower() in KFP_PACKAGE_SUFFIXES else stem + ".yaml"
+    if not os.path.isfile(package):
+        raise ScheduleError(f"--package {package} does not exist or is not a file: run `segbalance compile-kfp "
+                            f"--output {yaml_name}`")
+    if suffix.lower() not in KFP_PACKAGE_SUFFIXES:
+        raise ScheduleError(f"--package {package}: Kubeflow Pipelines takes the YAML package (a .json file is the "
+                            f"Vertex AI PipelineJob): run `segbalance compile-kfp --output {yaml_name}` with the same "
+                            f"options and give that")
+    import yaml
+
+    try:
+        with open(package, encoding="utf-8") as f:
+            spec = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ScheduleError(f"--package {package} is not YAML ({' '.join(str(exc).split())[:120]}): give the file "
+                            f"`segbalance compile-kfp --output {package}` writes") from None
+    if not isinstance(spec, dict) or not {"pipelineInfo", "root", "deploymentSpec"} <= set(spec):
+        raise ScheduleError(f"--package {package} is not a compiled pipeline (no pipelineInfo / root / "
+                            f"deploymentSpec): give the file `segbalance compile-kfp --output {package}` writes")
+
+
 def create_recurring_run(client, package: str, cron: str, experiment: str, job_name: str,
                          pipeline_root: Optional[str] = None):
     """Through a ``kfp.Client``-like object: get or create the experiment, then the recurring run."""
-    if not os.path.isfile(package):
-        raise ScheduleError(f"--package {package} does not exist: run `segbalance compile-kfp --output {package}`")
+    check_package(package)
     try:
         found = client.get_experiment(experiment_name=experiment)
     except Exception:  # kfp raises when the experiment does not exist
@@ -118,7 +162,8 @@ def add_parser(subparsers) -> None:
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cron", required=True, help="5-field cron expression, e.g. '0 3 * * 1'")
     parser.add_argument("--kfp-host", help="Kubeflow Pipelines endpoint; without it, print the definitions")
-    parser.add_argument("--package", default="pipeline.json", help="compiled pipeline (segbalance compile-kfp)")
+    parser.add_argument("--package", default="pipeline.yaml",
+                        help="the KFP package: segbalance compile-kfp --output pipeline.yaml")
     parser.add_argument("--experiment", default="segbalance")
     parser.add_argument("--job-name", default="segbalance-retraining")
     parser.add_argument("--pipeline-root", help="override the compiled pipeline root")
@@ -137,10 +182,12 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         if args.kfp_host and args.config:
             raise ScheduleError("--config is for local runs: a KFP recurring run uses the config compiled into "
                                 f"--package; pass it to `segbalance compile-kfp --config {args.config}`")
+        if args.pipeline_root:
+            from segbalance.kubeflow.runner import check_pipeline_root
+
+            check_pipeline_root(args.pipeline_root)
         if args.kfp_host:
-            if not os.path.isfile(args.package):  # before connecting: a missing file is the user's to fix first
-                raise ScheduleError(f"--package {args.package} does not exist or is not a file: run "
-                                    f"`segbalance compile-kfp --output {args.package}`")
+            check_package(args.package)  # before connecting: a wrong file is the user's to fix first
             if client_factory is None:
                 import kfp
 

@@ -137,6 +137,80 @@ def test_compile_kfp_cli(span_data, capsys):
     assert "--span -1: spans are numbered from 0" in capsys.readouterr().err
 
 
+def test_a_yaml_output_is_the_package_kfp_client_submits(span_data, tmp_path, monkeypatch, capsys):
+    """compile-kfp wrote only the Vertex AI PipelineJob JSON, which kfp.Client refuses (it takes a
+    YAML PipelineSpec): README's kfp submit and `schedule --kfp-host` could not work. A relative
+    data.dir was compiled as it was and found nothing in the task's working folder."""
+    from kfp.client import client as kfp_client
+
+    from segbalance.kubeflow.runner import PACKAGE_HEADER
+
+    monkeypatch.chdir(span_data)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "data": {"dir": "data", "reference_masks_dir": "raw/masks_full",
+                                                    "sample": {"num_images": 99}}}))
+    out = tmp_path / "pipeline.yaml"
+    assert cli.main(["compile-kfp", "--output", str(out), "--image", IMAGE, "--pipeline-root", "gs://b/root",
+                     "--config", str(cfg)]) == 0
+    printed = capsys.readouterr().out
+    assert f"compile-kfp: data.dir: data -> {span_data / 'data'} (relative to this folder" in printed
+    assert f"data.reference_masks_dir: raw/masks_full -> {span_data / 'raw' / 'masks_full'}" in printed
+    assert "data.sample" not in printed  # data.dir is set: nothing of the sample section is dropped
+    text = out.read_text()
+    assert text.startswith(PACKAGE_HEADER)
+    doc = kfp_client._extract_pipeline_yaml(str(out))  # what kfp.Client.create_run_from_pipeline_package reads
+    assert doc.pipeline_spec.pipeline_info.name == "segbalance" and doc.pipeline_spec.default_pipeline_root == \
+        "gs://b/root"
+    assert len(doc.pipeline_spec.root.dag.tasks) == 14
+    parameters = json.dumps(yaml.safe_load(text)["root"]["dag"]["tasks"])
+    assert str(span_data / "data") in parameters and str(span_data / "raw" / "masks_full") in parameters
+    # the same spec as the job JSON's (the local launcher reads either)
+    from segbalance.kubeflow import local_launcher
+
+    assert cli.main(["compile-kfp", "--output", str(tmp_path / "job.json"), "--image", IMAGE, "--pipeline-root",
+                     "gs://b/root", "--config", str(cfg)]) == 0
+    package = local_launcher.load_spec(str(out))
+    assert package.pop("defaultPipelineRoot") == "gs://b/root"
+    assert package == local_launcher.load_spec(str(tmp_path / "job.json"))
+    # compiling again over its own package is fine; a YAML file of the user's is not overwritten
+    assert cli.main(["compile-kfp", "--output", str(out), "--image", IMAGE, "--pipeline-root", "gs://b/root",
+                     "--config", str(cfg)]) == 0
+    (tmp_path / "mine.yaml").write_text("my: notes\n")
+    assert cli.main(["compile-kfp", "--output", str(tmp_path / "mine.yaml"), "--image", IMAGE, "--pipeline-root",
+                     "gs://b/root", "--config", str(cfg)]) == 2
+    assert (tmp_path / "mine.yaml").read_text() == "my: notes\n"
+
+
+def test_sample_options_are_said_to_be_left_out(tmp_path, capsys):
+    config = config_from_dict({**TINY, "data": {"sample": {"num_images": 99}}})
+    compile_pipeline(config, str(tmp_path / "p.json"), IMAGE, str(tmp_path / "root"))
+    assert (f"compile-kfp: data.sample is for local runs and not compiled; the pipeline reads the spans in "
+            f"{tmp_path / 'root'}/data") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("image, valid", [
+    ("gcr.io/my-project/segbalance:0.1", True), ("localhost:5000/seg", True), ("seg", True),
+    ("a__b/c", True), ("registry.example.com:443/team/seg-balance_x:v1.2-rc.1", True),
+    ("gcr.io/p/seg@sha256:" + "a" * 64, True), ("gcr.io/p/seg:1@sha256:" + "0" * 64, True),
+    ("gcr.io/My-Project/seg:1", False), ("gcr.io/p/SEG:1", False), ("gcr.io/p/seg:1:2", False),
+    ("Not An Image!", False), ("gcr.io/p/seg:" + "t" * 129, False), ("gcr.io//seg", False), ("seg-", False),
+])
+def test_image_references_follow_docker_s_grammar(image, valid):
+    from segbalance.kubeflow.runner import IMAGE_PATTERN
+
+    assert bool(IMAGE_PATTERN.match(image)) is valid
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    from segbalance.kubeflow import runner
+
+    with pytest.raises(CompileError, match=r"--output /proc/segbalance_test.json: cannot write it \("):
+        runner.write_compiled({"pipelineSpec": {}, "runtimeConfig": {}}, "/proc/segbalance_test.json")
+    monkeypatch.setattr(runner.os, "access", lambda path, mode: False)  # a read-only folder (tests run as root)
+    with pytest.raises(CompileError, match=f"--output {tmp_path}/new/p.json: {tmp_path} is not writable"):
+        runner.check_writable(str(tmp_path / "new" / "p.json"))
+
+
 def test_dockerfile_installs_the_package_with_the_pins():
     root = Path(__file__).resolve().parents[1]
     text = (root / "kubeflow" / "Dockerfile").read_text()

@@ -9,6 +9,13 @@ from segbalance.kubeflow import schedule
 from segbalance.pipeline import cli
 
 
+def _package(folder):
+    """The smallest file check_package takes for a compiled package (the real one: test below)."""
+    package = folder / "pipeline.yaml"
+    package.write_text("pipelineInfo: {name: segbalance}\nroot: {dag: {tasks: {}}}\ndeploymentSpec: {executors: {}}\n")
+    return package
+
+
 class FakeKfpClient:
     """Records what segbalance asks of a kfp.Client (no network, no mock of our own code)."""
 
@@ -31,8 +38,7 @@ class FakeKfpClient:
 
 
 def test_recurring_run_request_through_the_client(tmp_path, capsys):
-    package = tmp_path / "pipeline.json"
-    package.write_text("{}")
+    package = _package(tmp_path)
     clients = []
 
     def factory(host):
@@ -54,8 +60,7 @@ def test_recurring_run_request_through_the_client(tmp_path, capsys):
 
 
 def test_an_existing_experiment_is_reused(tmp_path):
-    package = tmp_path / "pipeline.json"
-    package.write_text("{}")
+    package = _package(tmp_path)
     client = FakeKfpClient("h", experiments={"segbalance": "exp-7"})
     schedule.create_recurring_run(client, str(package), "15 4 1 * *", "segbalance", "monthly")
     assert [c[0] for c in client.calls] == ["get_experiment", "create_recurring_run"]
@@ -75,7 +80,7 @@ def test_without_host_prints_the_request_crontab_and_systemd_timer(capsys):
     assert cli.main(["schedule", "--cron", "30 2 * * 1,4", "--data", "/data/spans", "--output-dir", "/srv/out"]) == 0
     out = capsys.readouterr().out
     request = json.loads(out[out.index("{"):out.index("}") + 1])
-    assert request["cron_expression"] == "0 30 2 * * 1,4" and request["pipeline_package_path"] == "pipeline.json"
+    assert request["cron_expression"] == "0 30 2 * * 1,4" and request["pipeline_package_path"] == "pipeline.yaml"
     crontab = next(line for line in out.splitlines() if line.startswith("30 2 * * 1,4 "))
     assert "segbalance run --data /data/spans --output-dir /srv/out" in crontab
     assert "OnCalendar=Mon,Thu *-*-* 02:30:00" in out and "Type=oneshot" in out
@@ -108,6 +113,76 @@ def test_a_missing_package_is_refused_before_any_call(tmp_path):
     with pytest.raises(schedule.ScheduleError, match="does not exist"):
         schedule.create_recurring_run(client, str(tmp_path / "nope.json"), "0 3 * * 1", "e", "j")
     assert client.calls == []
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("p.json", '{"pipelineSpec": {}}', "Kubeflow Pipelines takes the YAML package (a .json file is the Vertex AI "
+                                       "PipelineJob): run `segbalance compile-kfp --output {d}/p.yaml`"),
+    ("p.yaml", "a: [1", "is not YAML"),
+    ("p.yaml", "just: notes\n", "is not a compiled pipeline"),
+    ("missing.json", None, "does not exist or is not a file: run `segbalance compile-kfp --output {d}/missing.yaml`"),
+])
+def test_a_package_kfp_cannot_take_is_one_line_before_connecting(name, content, message, tmp_path, capsys):
+    """kfp.Client refuses a .json package (and the job JSON is not a PipelineSpec): the schedule
+    used to reach the client and end in its ValueError traceback."""
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    connected = []
+    args = cli.build_parser().parse_args(["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://kfp.local",
+                                          "--package", str(tmp_path / name)])
+    assert schedule._main(args, client_factory=lambda host: connected.append(host)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(d=tmp_path) in err and not connected
+
+
+def test_kfp_s_own_client_takes_the_compiled_package(tmp_path, capsys):
+    """The real kfp.Client code path (its package loading and request building), with only the server
+    call replaced: the recurring run it would send carries our pipeline, root and cron."""
+    kfp = pytest.importorskip("kfp")
+    from tests.kubeflow_inputs import compile_into, write_span_data
+
+    package, _ = compile_into(write_span_data(tmp_path), name="pipeline.yaml", pipeline_root="gs://b/root")
+    sent = []
+
+    class OfflineClient(kfp.Client):
+        def __init__(self, host=None):
+            self.host = host
+
+        def get_experiment(self, experiment_name=None, **kwargs):
+            return type("Experiment", (), {"experiment_id": "exp-1"})()
+
+        @property
+        def _recurring_run_api(self):
+            class Api:
+                def recurring_run_service_create_recurring_run(self, body):
+                    sent.append(body)
+                    return type("RecurringRun", (), {"recurring_run_id": "rr-9"})()
+            return Api()
+
+    args = cli.build_parser().parse_args(["schedule", "--cron", "0 3 * * 7", "--kfp-host", "http://kfp.local",
+                                          "--package", str(package)])
+    assert schedule._main(args, client_factory=OfflineClient) == 0
+    (body,) = sent
+    assert body.trigger.cron_schedule.cron == "0 0 3 * * 0"  # KFP's scheduler takes days 0-6
+    assert body.pipeline_spec["pipelineInfo"]["name"] == "segbalance"
+    assert len(body.pipeline_spec["root"]["dag"]["tasks"]) == 14
+    # the compiled root travels in the package (KFP's defaultPipelineRoot); --pipeline-root would override it
+    assert body.pipeline_spec["defaultPipelineRoot"] == "gs://b/root" and body.runtime_config.pipeline_root is None
+    assert "rr-9" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field, kfp", [("7", "0"), ("1-7", "0,1,2,3,4,5,6"), ("5-7", "0,5,6"), ("1,7", "0,1"),
+                                        ("1-7/2", "0,1,3,5"), ("2-6/2", "2-6/2"), ("*", "*"), ("0", "0"),
+                                        ("*/2", "*/2"), ("6,7", "0,6")])
+def test_day_of_week_7_becomes_0_for_kfp(field, kfp):
+    assert schedule.kfp_day_of_week(field) == kfp
+    assert schedule.kfp_cron(f"0 3 * * {field}") == f"0 0 3 * * {kfp}"
+
+
+def test_a_pipeline_root_that_is_not_a_uri_or_absolute_is_refused(capsys):
+    assert cli.main(["schedule", "--cron", "0 3 * * 1", "--pipeline-root", "not a uri"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--pipeline-root 'not a uri' is neither a URI" in err
 
 
 def test_a_local_schedule_runs_with_the_config_it_was_given(tmp_path, capsys, monkeypatch):
