@@ -150,6 +150,7 @@ def compile_pipeline(config: PipelineConfig, output: str, image: Optional[str], 
         with open(os.path.join(folder, "pipeline.json")) as f:
             job = json.load(f)
     fix_custom_type_resolver_queries(job["pipelineSpec"])
+    fix_condition_input_keys(job["pipelineSpec"])
     write_compiled(job, output)
     return job
 
@@ -215,4 +216,38 @@ def fix_custom_type_resolver_queries(spec: dict) -> list:
             if title != "tfx.Artifact":
                 query["filter"] = query["filter"].replace(GENERIC_QUERY, f'schema_title="{title}"')
                 fixed.append((label, key, query["filter"]))
+    return fixed
+
+
+_CONDITION_INPUT = re.compile(r"inputs\.artifacts\['(_(?P<producer>[^'.]+)\.(?P<key>[^']+))'\]")
+
+
+def fix_condition_input_keys(spec: dict) -> list:
+    """Make each task's ``triggerPolicy`` condition read an input the task has.
+
+    TFX 1.16 compiles ``tfx.dsl.Cond`` on a channel into a condition on the input
+    ``_<producer>.<key>`` and adds that input to the task, unless the task already consumes the
+    channel under its own name (SegEvaluator's ``drift_report``, DataReport's ``drift``): then it
+    adds nothing but still writes ``_<producer>.<key>`` in the condition, which names no input of
+    the task, so KFP could not evaluate it. Rewrites such references to the task's own input key;
+    returns (task, old key, new key) for each."""
+    fixed = []
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        condition = task.get("triggerPolicy", {}).get("condition")
+        if not condition:
+            continue
+        inputs = task.get("inputs", {}).get("artifacts", {})
+
+        def own_key(match):
+            implicit, producer, key = match.group(1, "producer", "key")
+            if implicit in inputs:
+                return match.group(0)
+            for input_key, source in inputs.items():
+                output = source.get("taskOutputArtifact", {})
+                if output.get("producerTask") == producer and output.get("outputArtifactKey") == key:
+                    fixed.append((name, implicit, input_key))
+                    return f"inputs.artifacts['{input_key}']"
+            return match.group(0)
+
+        task["triggerPolicy"]["condition"] = _CONDITION_INPUT.sub(own_key, condition)
     return fixed

@@ -12,8 +12,10 @@
       -> DataReport (offline HTML)
 
 With ``drift.action: block_training`` SegTrainer, SegEvaluator and Pusher sit in a
-``tfx.dsl.Cond`` on the DriftReport's ``blocked`` mark: a blocked run skips them (the
-report still runs, without an evaluation). With ``block`` the model is trained but not
+``tfx.dsl.Cond`` on the DriftReport's ``blocked`` mark: a blocked run skips them, and its
+report comes from a second DataReport node (``DataReportBlocked``, under the opposite
+condition) that takes no input of a skipped node: Kubeflow's driver fails on an input artifact
+whose producer was skipped, optional or not. With ``block`` the model is trained but not
 blessed; with ``warn`` the drift is only recorded.
 
 Module code is referenced by import path (``segbalance.trainer.task.run_fn``), never by file, so the
@@ -31,8 +33,12 @@ from segbalance.trainer.typed_config import to_dict
 SPAN_PATTERN = "Span-{SPAN}/data-*"
 
 
+BLOCKED_REPORT_ID = "DataReportBlocked"  # the report of a run the drift gate blocked (action block_training)
+
+
 def component_ids(with_drift: bool = True) -> List[str]:
-    """Node ids of the DAG in execution order (used for progress lines and tests)."""
+    """Node ids of the DAG in execution order (used for progress lines and tests); with
+    ``drift.action: block_training`` a ``BLOCKED_REPORT_ID`` node follows DataReport."""
     ids = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "ClassStatsGen"]
     if with_drift:
         ids += ["latest_class_stats_resolver", "ClassDistributionValidator"]
@@ -188,15 +194,20 @@ def create_pipeline(
     if with_report:
         from segbalance.pipeline.report_component import DataReport
 
-        report_kwargs = {}
+        report_kwargs = {"statistics": statistics_gen.outputs["statistics"],
+                         "anomalies": example_validator.outputs["anomalies"], "class_stats": class_stats}
         if drift_gate is not None:
             report_kwargs["drift"] = drift_gate.outputs["drift_report"]
         if metadata_connection_config is not None and metadata_connection_config.HasField("sqlite"):
             report_kwargs["metadata_path"] = metadata_connection_config.sqlite.filename_uri  # span history
-        components.append(DataReport(
-            statistics=statistics_gen.outputs["statistics"], anomalies=example_validator.outputs["anomalies"],
-            class_stats=class_stats, evaluation=evaluator.outputs["evaluation"],
-            model_run=trainer.outputs["model_run"], **report_kwargs))
+        with training_gate(drift_gate, config.drift.action):
+            components.append(DataReport(evaluation=evaluator.outputs["evaluation"],
+                                         model_run=trainer.outputs["model_run"], **report_kwargs))
+        if drift_gate is not None and config.drift.action == "block_training":
+            # Kubeflow resolves no input of a skipped task (its driver fails on the missing artifact): a
+            # blocked run's report is this node's, without the training's inputs
+            with training_gate(drift_gate, config.drift.action, blocked=True):
+                components.append(DataReport(**report_kwargs).with_id(BLOCKED_REPORT_ID))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
@@ -209,14 +220,15 @@ def create_pipeline(
     )
 
 
-def training_gate(drift_gate, action: str):
+def training_gate(drift_gate, action: str, blocked: bool = False):
     """``tfx.dsl.Cond`` on the DriftReport's ``blocked`` mark for ``action == "block_training"``
-    (the nodes created inside it are skipped in a blocked run), otherwise a context that does nothing."""
+    (the nodes created inside it are skipped in a blocked run; with ``blocked``, they run only in
+    a blocked run), otherwise a context that does nothing."""
     if drift_gate is None or action != "block_training":
         return contextlib.nullcontext()
     from tfx import v1 as tfx
 
-    return tfx.dsl.Cond(drift_gate.outputs["drift_report"].future()[0].custom_property("blocked") == 0)
+    return tfx.dsl.Cond(drift_gate.outputs["drift_report"].future()[0].custom_property("blocked") == int(blocked))
 
 
 def local_paths(output_dir: str) -> dict:

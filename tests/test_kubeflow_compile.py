@@ -239,14 +239,32 @@ def test_warm_start_wires_the_latest_blessed_model_into_the_trainer(span_data, t
 def test_block_training_puts_trainer_evaluator_and_pusher_under_the_drift_condition(span_data, tmp_path):
     spec = compile_into(span_data, name="gated.json", drift={"action": "block_training"})[1]
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-    for name in ("SegTrainer", "SegEvaluator", "Pusher"):
+    assert len(tasks) == 15 and "DataReportBlocked" in tasks  # one more node than without block_training
+    for name in ("SegTrainer", "SegEvaluator", "Pusher", "DataReport"):
         condition = tasks[name]["triggerPolicy"]["condition"]
-        assert "blocked" in condition and "ClassDistributionValidator" in json.dumps(tasks[name]), name
+        assert "blocked" in condition and condition.rstrip(")").endswith("== 0.0"), (name, condition)
         assert "ClassDistributionValidator" in tasks[name]["dependentTasks"], name
-    for name in ("Transform", "ClassStatsGen", "DataReport"):
+    # a blocked run's report: the opposite condition, and no input from a node the gate skips
+    blocked = tasks["DataReportBlocked"]
+    assert blocked["triggerPolicy"]["condition"].rstrip(")").endswith("== 1.0"), blocked["triggerPolicy"]
+    assert not {"SegTrainer", "SegEvaluator", "Pusher"} & set(blocked["dependentTasks"])
+    for name in ("Transform", "ClassStatsGen"):
         assert "triggerPolicy" not in tasks[name], name
+    # every condition reads an input its task has (TFX wrote '_ClassDistributionValidator.drift_report' for
+    # the tasks that consume that channel under their own name, and gave them no such input)
+    import re
+
+    for name, task in tasks.items():
+        for key in re.findall(r"inputs\.artifacts\['([^']+)'\]", task.get("triggerPolicy", {}).get("condition", "")):
+            assert key in task["inputs"]["artifacts"], (name, key)
+    assert "inputs.artifacts['drift']" in blocked["triggerPolicy"]["condition"]
+    assert "inputs.artifacts['drift_report']" in tasks["SegEvaluator"]["triggerPolicy"]["condition"]
+    from segbalance.kubeflow.runner import fix_condition_input_keys
+
+    assert fix_condition_input_keys(spec["pipelineSpec"]) == []  # already fixed: nothing to do
     plain = compile_into(span_data, name="plain.json")[1]["pipelineSpec"]["root"]["dag"]["tasks"]
-    assert "triggerPolicy" not in plain["SegTrainer"]
+    assert "triggerPolicy" not in plain["SegTrainer"] and "triggerPolicy" not in plain["DataReport"]
+    assert "DataReportBlocked" not in plain
 
 
 def test_the_config_s_beam_args_reach_every_compiled_beam_task(span_data, compiled, tmp_path):

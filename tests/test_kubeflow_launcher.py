@@ -91,14 +91,22 @@ def test_compiled_tasks_produce_class_stats_and_a_trained_model(tmp_path, monkey
     assert drift["new_classes"] and report["metadata"]["blocked"] == 1
 
     # compiled with drift.action block_training, the same blocked gate skips SegTrainer (its triggerPolicy)
+    # ... and the blocked run still gets its report, from DataReportBlocked (DataReport reads the skipped
+    # SegEvaluator's output, which KFP cannot resolve: it is skipped too)
     gated_path, _ = compile_into(root, name="gated.json", drift={"action": "block_training"})
-    given = {k: produced[k] for k in ("ImportExampleGen", "Transform", "ClassStatsGen")}
+    given = {k: produced[k] for k in ("ImportExampleGen", "StatisticsGen", "SchemaGen", "Transform", "ClassStatsGen")}
+    no_model = {"latest_blessed_model_resolver-model-resolver": {"model": {
+        "name": "none", "uri": str(tmp_path / "no_model"), "metadata": {}, "type": {"schemaTitle": "tfx.Model"}}}}
     gated = local_launcher.run_compiled_tasks(
-        str(gated_path), ["ClassDistributionValidator", "SegTrainer"], str(tmp_path / "gated_root"),
-        beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"], resolved={**resolved, **given})
-    assert list(gated) == ["ClassDistributionValidator"]
+        str(gated_path), ["ExampleValidator", "ClassDistributionValidator", "SegTrainer", "SegEvaluator", "Pusher",
+                          "DataReport", "DataReportBlocked"], str(tmp_path / "gated_root"),
+        beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        resolved={**resolved, **given, **no_model})
+    assert list(gated) == ["ExampleValidator", "ClassDistributionValidator", "DataReportBlocked"]
     assert gated["ClassDistributionValidator"]["drift_report"]["metadata"]["blocked"] == 1
     assert not (tmp_path / "gated_root" / "SegTrainer").exists()
+    page = (Path(gated["DataReportBlocked"]["report"]["uri"]) / "report.html").read_text()
+    assert "training, evaluation and push did not run" in page and "Class-distribution drift" in page
 
 
 def test_trigger_conditions_are_evaluated_not_guessed():

@@ -101,7 +101,7 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     printed = capsys.readouterr().out
     assert "ClassDistributionValidator: blocked" in printed
     assert all(f"{name}: skipped in" in printed for name in ("SegTrainer", "SegEvaluator", "Pusher"))
-    assert "DataReport: done in" in printed
+    assert "DataReport: skipped in" in printed and "DataReportBlocked: done in" in printed  # its twin
     assert models() == trained and evaluations() == evaluated and len(versions()) == 2
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["training_blocked"] and "drift blocked training" in summary["blessing_reason"]
@@ -113,7 +113,8 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
 
     states = executions_by_component(open_store(str(out / "metadata.sqlite")))
     assert len(states["SegTrainer"]) == 3 and all(s in ("COMPLETE", "CACHED") for s in states["SegTrainer"])
-    assert states["DataReport"][-1] == "COMPLETE" and len(states["DataReport"]) == 4
+    assert states["DataReport"] == ["COMPLETE"] * 3, states  # compiled with block_training: in the Cond
+    assert states["DataReportBlocked"] == ["COMPLETE"], states
 
 
 def _renamed(raw: Path, prefix: str) -> Path:
