@@ -104,9 +104,9 @@ def check_package(package: str) -> None:
         raise ScheduleError(f"--package {package} does not exist or is not a file: run `segbalance compile-kfp "
                             f"--output {yaml_name}`")
     if suffix.lower() not in KFP_PACKAGE_SUFFIXES:
-        raise ScheduleError(f"--package {package}: Kubeflow Pipelines takes the YAML package (a .json file is the "
-                            f"Vertex AI PipelineJob): run `segbalance compile-kfp --output {yaml_name}` with the same "
-                            f"options and give that")
+        what = "a .json file is the Vertex AI PipelineJob" if suffix.lower() == ".json" else ".yaml or .yml"
+        raise ScheduleError(f"--package {package}: Kubeflow Pipelines takes the YAML package ({what}): run "
+                            f"`segbalance compile-kfp --output {yaml_name}` with the same options and give that")
     import yaml
 
     try:

@@ -26,6 +26,7 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_errors")
     (root / "afile.txt").write_text("not a folder, not a TFRecord\n")
     (root / "emptydir").mkdir()
+    (root / "pipeline.yaml").write_text("pipelineInfo: {name: p}\nroot: {}\ndeploymentSpec: {}\n")  # a KFP package
     (root / "bad.yaml").write_text("training: [1\n")
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
@@ -143,7 +144,7 @@ def _cases():
          "{w}/afile.txt"),
         # compile-kfp
         ("compile-kfp output is a folder", ["compile-kfp", "--output", "{w}/emptydir", "--image", "r/s:1",
-                                            "--pipeline-root", "gs://b/r"], "e.g. {w}/emptydir/pipeline.json"),
+                                            "--pipeline-root", "gs://b/r"], "e.g. {w}/emptydir/pipeline.yaml"),
         ("compile-kfp output is a user's file", ["compile-kfp", "--output", "{w}/report.txt", "--image", "r/s:1",
                                                  "--pipeline-root", "gs://b/r"], "{w}/report.txt"),
         ("compile-kfp config missing", ["compile-kfp", "--output", "{w}/new.json", "--config", "{w}/nope.yaml"],
@@ -155,7 +156,10 @@ def _cases():
         ("schedule package missing", ["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://127.0.0.1:9",
                                       "--package", "{w}/nope.json"], "{w}/nope.json"),
         ("schedule host unreachable", ["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://127.0.0.1:9",
-                                       "--package", "{w}/afile.txt"], "http://127.0.0.1:9"),
+                                       "--package", "{w}/pipeline.yaml"], "http://127.0.0.1:9"),
+        ("schedule package not yaml", ["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://127.0.0.1:9",
+                                       "--package", "{w}/afile.txt"], "Kubeflow Pipelines takes the YAML package "
+                                                                      "(.yaml or .yml)"),
     ] + _config_cases()
 
 
