@@ -9,7 +9,10 @@ annotations shows in the numbers.
 
 Blessing: mIoU >= ``miou_threshold`` and, when a ``baseline_model`` (latest blessed model,
 from a Resolver) is given, not worse than the baseline's mIoU on the same images by more
-than ``tolerance``. Outputs a standard ``ModelEvaluation`` (``evaluation.json``) and a
+than ``tolerance``. A baseline whose classes are not this run's, id for id (its
+``classes.json``, ``trainer/model_classes.py``: other names, count or order; a model without one:
+the channel count of its ``probabilities`` output), is not compared: ``evaluation.json``'s
+``baseline_skipped`` and the reason say why, and the threshold alone decides. Outputs a standard ``ModelEvaluation`` (``evaluation.json``) and a
 ``ModelBlessing`` with the ``blessed`` / ``current_model_id`` properties that ``Pusher``
 and the latest-blessed-model resolver read.
 
@@ -37,6 +40,7 @@ from segbalance.components import evaluation_metrics
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
+from segbalance.trainer.model_classes import class_mismatch, read_model_classes
 
 from segbalance.contract import EVALUATION_FILE  # noqa: E402
 
@@ -61,6 +65,22 @@ def load_predictor(model_dir: str) -> Callable[[List[bytes]], np.ndarray]:
         return ids[..., 0] if ids.ndim == 4 else ids
 
     return predict
+
+
+def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Optional[str]:
+    """Why the serving model in ``model_dir`` does not predict ``class_names`` id for id, or None: its
+    recorded ``classes.json``; without one (exported before it existed), the class count of its
+    ``probabilities`` output (names unknown: same count, compared)."""
+    import tensorflow as tf
+
+    recorded = read_model_classes(model_dir)
+    channels = None
+    if recorded is None:
+        outputs = tf.saved_model.load(model_dir).signatures["serving_default"].structured_outputs
+        probabilities = outputs.get("probabilities")
+        if probabilities is not None and probabilities.shape.rank and probabilities.shape[-1] is not None:
+            channels = int(probabilities.shape[-1])
+    return class_mismatch(class_names, recorded, channels)
 
 
 def iter_split_records(examples: types.Artifact, split: str) -> Iterator[bytes]:
@@ -320,17 +340,28 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         result = evaluation_metrics.summarize(cm)
         per_image.write(evaluation.uri)
 
-        baseline_miou = None
+        class_names = json.loads(exec_properties["class_names"])
+        threshold = float(exec_properties["miou_threshold"])
+        baseline_miou, baseline_skipped = None, None
         baselines = input_dict.get("baseline_model") or []
         if baselines and baselines[0].id != model.id:
             baseline_dir = path_utils.serving_model_path(baselines[0].uri)
-            baseline_cm = confusion_over(load_predictor(baseline_dir), items, num_classes, ignore_index, partial=partial)
-            baseline_miou = evaluation_metrics.summarize(baseline_cm)["miou"]
-            blessing.set_string_custom_property("baseline_model_uri", baselines[0].uri)
-            blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
+            mismatch = baseline_class_mismatch(baseline_dir, class_names)
+            if mismatch:  # its ids mean other classes (or lie outside [0, C)): no comparison on these images
+                baseline_skipped = f"the latest blessed model {baselines[0].uri} was not compared: {mismatch}"
+                blessing.set_string_custom_property("baseline_skipped", baseline_skipped)
+            else:
+                baseline_cm = confusion_over(load_predictor(baseline_dir), items, num_classes, ignore_index,
+                                             partial=partial)
+                baseline_miou = evaluation_metrics.summarize(baseline_cm)["miou"]
+                blessing.set_string_custom_property("baseline_model_uri", baselines[0].uri)
+                blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
         blessed, reason = evaluation_metrics.decide_blessing(
-            result["miou"], float(exec_properties["miou_threshold"]), baseline_miou,
-            float(exec_properties["tolerance"]))
+            result["miou"], threshold, baseline_miou, float(exec_properties["tolerance"]))
+        if baseline_skipped:
+            if blessed:  # not "no blessed model yet": there is one, of other classes
+                reason = f"mIoU {result['miou']:.4f} >= threshold {threshold:.4f}"
+            reason = f"{reason}; {baseline_skipped}"
         drift = (input_dict.get("drift_report") or [None])[0]
         if blessed and drift is not None and drift.get_int_custom_property("blocked") == 1:
             blessed, reason = False, (f"class-distribution drift blocked the push (see {drift.uri}/drift.json); "
@@ -347,15 +378,16 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
                           f"blessed again so it is pushed")
 
         result.update({
-            "class_names": json.loads(exec_properties["class_names"]),
+            "class_names": class_names,
             "num_images": len(items),
             "split": split,
             "truth_sources": counts,
             "blessed": blessed,
             "reason": reason,
-            "threshold": float(exec_properties["miou_threshold"]),
+            "threshold": threshold,
             "tolerance": float(exec_properties["tolerance"]),
             "baseline_miou": baseline_miou,
+            "baseline_skipped": baseline_skipped,
             "model_uri": model.uri,
         })
         io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE), json.dumps(result, indent=1))

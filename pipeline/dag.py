@@ -149,12 +149,16 @@ def create_pipeline(
     if with_drift:
         from segbalance.components.class_distribution_validator import ClassDistributionValidator
 
+        from segbalance.components.artifacts import DriftReport
+
         previous = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
             class_stats=tfx.dsl.Channel(type=class_stats.type),
+            drift_report=tfx.dsl.Channel(type=DriftReport),
         ).with_id("latest_class_stats_resolver")
         drift_gate = ClassDistributionValidator(
             class_stats=class_stats, baseline_class_stats=previous.outputs["class_stats"],
+            previous_report=previous.outputs["drift_report"],
             js_divergence=config.drift.js_divergence, max_abs_change=config.drift.max_abs_change,
             missing_rate_change=config.drift.missing_rate_change, action=config.drift.action)
         components += [previous, drift_gate]

@@ -68,17 +68,32 @@ def find_sources(path: str) -> ReportSources:
 
 
 def sources_from_metadata(metadata: str) -> ReportSources:
-    from segbalance.pipeline.run_summary import latest_artifact, open_store
+    """The artifacts of the latest run (``run_summary.last_run_outputs``: what it made or reused
+    from the cache; nothing of a node it skipped). The newest artifact of each type, taken one by
+    one, mixed runs: a cached ClassStatsGen's statistics with another run's training."""
+    from segbalance.pipeline.run_summary import last_run_outputs, latest_artifact, open_store
 
     store = open_store(metadata)  # read-only SQLite connection
+    run = last_run_outputs(store, with_report=True)
+    made = {}  # type -> the artifact the run's own node made (resolvers' outputs are earlier runs')
+    if run is not None:
+        for type_name, node, key in ((CLASS_STATS_TYPE, "ClassStatsGen", "class_stats"),
+                                     ("ExampleStatistics", "StatisticsGen", "statistics"),
+                                     ("ExampleAnomalies", "ExampleValidator", "anomalies"),
+                                     ("ModelEvaluation", "SegEvaluator", "evaluation"),
+                                     (DRIFT_REPORT_TYPE, "ClassDistributionValidator", "drift_report"),
+                                     ("ModelRun", "SegTrainer", "model_run")):
+            if key in run.get(node, {}):
+                made[type_name] = run[node][key]
 
     def uri(type_name: str, required_file: Optional[str] = None) -> Optional[str]:
-        artifact = latest_artifact(store, type_name)
+        artifact = made.get(type_name) if run is not None else latest_artifact(store, type_name)
         if artifact is None:
             return None
         if required_file and not os.path.isfile(os.path.join(artifact.uri, required_file)):
-            raise FileNotFoundError(f"the newest {type_name} artifact in {metadata} (id {artifact.id}) points to "
-                                    f"{artifact.uri}, which has no {required_file}: was the folder moved or deleted?")
+            raise FileNotFoundError(f"the {type_name} artifact of the latest run in {metadata} (id {artifact.id}) "
+                                    f"points to {artifact.uri}, which has no {required_file}: was the folder moved "
+                                    f"or deleted?")
         return artifact.uri
 
     class_stats = uri(CLASS_STATS_TYPE, STATS_FILE)

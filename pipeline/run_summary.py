@@ -4,9 +4,10 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from segbalance import contract
+from segbalance.pipeline.dag import BLOCKED_REPORT_ID
 
 
 def open_store(metadata_path: str, writable: bool = False):
@@ -54,6 +55,42 @@ def _has_type(store, type_name: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def last_run_outputs(store, with_report: bool = False) -> Optional[Dict[str, Dict[str, Any]]]:
+    """{node id: {output key: artifact}} of the latest pipeline run (its ``pipeline_run`` context):
+    what each node of that run produced, or reused from the cache (a cached execution links the
+    earlier artifacts); ``"_cached"``: whether the node's execution was a cache hit. A node the run
+    skipped (drift gate) or did not reach has no entry. ``with_report``: the latest run that wrote
+    its report (a run stopped before the end is passed over), else the latest. None when the store
+    records no run. The newest artifact of a type is not this: a cached node's outputs are older
+    than another run's, and a skipped node leaves the previous run's newest."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id, reverse=True)
+    if not runs:
+        return None
+    finished = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    node_of = {}
+    for context in store.get_contexts_by_type("node"):
+        for execution in store.get_executions_by_context(context.id):
+            node_of[execution.id] = context.name.split(".", 1)[-1]
+    run_executions = [[e for e in store.get_executions_by_context(run.id) if e.last_known_state in finished]
+                      for run in runs]
+    reported = [ex for ex in run_executions if {node_of.get(e.id) for e in ex} & {"DataReport", BLOCKED_REPORT_ID}]
+    executions = reported[0] if with_report and reported else run_executions[0]
+    events = [ev for ev in store.get_events_by_execution_ids([e.id for e in executions])
+              if ev.type == metadata_store_pb2.Event.OUTPUT]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(list({ev.artifact_id for ev in events}))}
+    outputs: Dict[str, Dict[str, Any]] = {}
+    for ev in events:
+        key = ev.path.steps[0].key if ev.path.steps else ""
+        outputs.setdefault(node_of.get(ev.execution_id, "?"), {})[key] = artifacts[ev.artifact_id]
+    states = {node_of.get(e.id, "?"): e.last_known_state for e in executions}
+    for node, state in states.items():
+        outputs.setdefault(node, {})
+        outputs[node]["_cached"] = state == metadata_store_pb2.Execution.CACHED
+    return outputs
 
 
 def _custom(artifact, key: str):
@@ -122,16 +159,22 @@ def data_used(store) -> Optional[dict]:
 
 
 def summarize(paths: dict) -> dict:
+    """What the latest run used and made (``last_run_outputs``), and the model being served."""
     store = open_store(paths["metadata"])
     summary: dict = {"output_dir": paths["output_dir"], "metadata": paths["metadata"]}
     data = data_used(store)
     if data is not None:
         summary["data"] = data
-    stats = latest_artifact(store, contract.CLASS_STATS_TYPE)
+    run = last_run_outputs(store) or {}
+
+    def made(node: str, key: str):
+        return run.get(node, {}).get(key)
+
+    stats = made("ClassStatsGen", "class_stats")
     if stats is not None:
         summary["class_stats"] = stats.uri
-    evaluation = latest_artifact(store, "ModelEvaluation")
-    drift = latest_artifact(store, contract.DRIFT_REPORT_TYPE)
+    evaluation = made("SegEvaluator", "evaluation")
+    drift = made("ClassDistributionValidator", "drift_report")
     if drift is not None and _custom(drift, "blocked") == 1 and _custom(drift, "action") == "block_training":
         # SegTrainer, SegEvaluator and Pusher were skipped: an older evaluation is not this run's
         detail = _read_json(os.path.join(drift.uri, "drift.json")) or {}
@@ -151,15 +194,16 @@ def summarize(paths: dict) -> dict:
                 summary["truth"] = f"complete masks for {sources['reference_masks']} of {result['num_images']} images"
     pushes = [a for a in store.get_artifacts_by_type("PushedModel") if _custom(a, "pushed") == 1] \
         if _has_type(store, "PushedModel") else []
-    if pushes:
+    if pushes:  # the model being served: the newest push of any run
         latest_push = max(pushes, key=lambda a: a.id)
         summary["pushed_model"] = _custom(latest_push, "pushed_destination")
-        latest_any = latest_artifact(store, "PushedModel")
-        summary["pushed_this_run"] = latest_any is not None and latest_any.id == latest_push.id
-    model = latest_artifact(store, "Model")
+        pushed = made("Pusher", "pushed_model")
+        summary["pushed_this_run"] = bool(pushed is not None and not run["Pusher"]["_cached"]
+                                          and pushed.id == latest_push.id)
+    model = made("SegTrainer", "model")
     if model is not None:
         summary["model"] = model.uri
-    report = latest_artifact(store, contract.HTML_REPORT_TYPE)
+    report = made("DataReport", "report") or made(BLOCKED_REPORT_ID, "report")
     if report is not None and os.path.isfile(os.path.join(report.uri, "report.html")):
         summary["report_artifact"] = os.path.join(report.uri, "report.html")
     return summary

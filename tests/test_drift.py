@@ -134,7 +134,7 @@ def test_executor_first_run_and_cached_rerun(tmp_path):
     from segbalance.components.class_distribution_validator import ClassDistributionValidatorExecutor
 
     current = _class_stats_artifact(tmp_path, "current", stats([50, 50, 0]))
-    for baselines, note in (([], "first run"), ([current], "cached")):
+    for baselines, note in (([], "first run"), ([current], "no gate decision was recorded")):
         report = DriftReport()
         report.uri = str(tmp_path / f"report{len(baselines)}")
         ClassDistributionValidatorExecutor().Do(
@@ -143,6 +143,47 @@ def test_executor_first_run_and_cached_rerun(tmp_path):
         drift = json.loads((tmp_path / f"report{len(baselines)}" / "drift.json").read_text())
         assert drift["status"] == "ok" and note in drift["note"]
         assert report.get_int_custom_property("blocked") == 0
+
+
+def test_a_rerun_on_the_same_data_keeps_the_baseline_its_data_was_judged_against(tmp_path):
+    """A re-run (or the resume of a stopped run) on unchanged data: ClassStatsGen is cached, the
+    latest ClassStats are this run's own, and compared with themselves they passed: the blocked
+    model was then trained, blessed and pushed. The gate now judges them against the baseline of the
+    run that made them (its DriftReport, from the same resolver)."""
+    from segbalance.components.artifacts import DriftReport
+    from segbalance.components.class_distribution_validator import ClassDistributionValidatorExecutor
+
+    accepted = _class_stats_artifact(tmp_path, "accepted", stats([50, 50, 0]))
+    shifted = _class_stats_artifact(tmp_path, "shifted", stats([50, 0, 50]))
+
+    def gate(name, baselines, previous=(), action="block"):
+        report = DriftReport()
+        report.uri = str(tmp_path / name)
+        ClassDistributionValidatorExecutor().Do(
+            {"class_stats": [shifted], "baseline_class_stats": baselines, "previous_report": list(previous)},
+            {"drift_report": [report]}, {**TIGHT, "action": action})
+        return report, json.loads((tmp_path / name / "drift.json").read_text())
+
+    first, drift = gate("first", [accepted])
+    assert drift["status"] == "blocked"
+    # the re-run: the resolver hands over this run's own ClassStats and the first run's report
+    again, drift = gate("again", [shifted], [first])
+    assert drift["status"] == "blocked" and drift["baseline"] == accepted.uri and drift["current"] == shifted.uri
+    assert again.get_int_custom_property("blocked") == 1 and "compared with that run's baseline" in drift["note"]
+    # and the one after it (the resolver now hands over the re-run's report, which names the same baseline)
+    _, drift = gate("third", [shifted], [again], action="block_training")
+    assert drift["status"] == "blocked" and drift["baseline"] == accepted.uri and drift["action"] == "block_training"
+    # the run that made these ClassStats stopped before the gate: the last report judged the accepted ones,
+    # which are the baseline; without any report there is nothing to compare with, and the note says so
+    other = DriftReport()
+    other.uri = str(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "drift.json").write_text(json.dumps({"current": accepted.uri, "baseline": None}))
+    _, drift = gate("stopped", [shifted], [other])
+    assert drift["status"] == "blocked" and drift["baseline"] == accepted.uri and "stopped before the gate" in \
+        drift["note"]
+    _, drift = gate("unjudged", [shifted], [])
+    assert drift["status"] == "ok" and drift["baseline"] is None and "no gate decision" in drift["note"]
 
 
 def test_component_rejects_an_unknown_action():

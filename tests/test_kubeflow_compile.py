@@ -66,6 +66,12 @@ def test_latest_class_stats_query_asks_for_class_stats(compiled):
     query = spec["pipelineSpec"]["deploymentSpec"]["executors"]["latest_class_stats_resolver_executor"]
     assert query["resolver"]["outputArtifactQueries"]["class_stats"]["filter"] == \
         'schema_title="segbalance.ClassStats" AND state=LIVE'
+    # the previous run's DriftReport, for a re-run on the same data (the gate keeps that run's baseline)
+    assert query["resolver"]["outputArtifactQueries"]["drift_report"]["filter"] == \
+        'schema_title="segbalance.DriftReport" AND state=LIVE'
+    gate = spec["pipelineSpec"]["root"]["dag"]["tasks"]["ClassDistributionValidator"]["inputs"]["artifacts"]
+    assert gate["previous_report"]["taskOutputArtifact"] == {"producerTask": "latest_class_stats_resolver",
+                                                             "outputArtifactKey": "drift_report"}
     # the standard-type queries TFX writes are left alone
     blessing = spec["pipelineSpec"]["deploymentSpec"]["executors"][
         "latest_blessed_model_resolver-model-blessing-resolver_executor"]

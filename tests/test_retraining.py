@@ -105,6 +105,8 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     assert models() == trained and evaluations() == evaluated and len(versions()) == 2
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["training_blocked"] and "drift blocked training" in summary["blessing_reason"]
+    assert not summary["pushed_this_run"] and "model" not in summary  # the served model is an earlier run's
+    assert "(earlier run; this run: class-distribution drift blocked training" in printed
     assert "miou" not in summary  # the last evaluation is span 3's, not this run's
     assert "drift blocked training" in printed
     report = (out / "report.html").read_text()
@@ -115,6 +117,18 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     assert len(states["SegTrainer"]) == 3 and all(s in ("COMPLETE", "CACHED") for s in states["SegTrainer"])
     assert states["DataReport"] == ["COMPLETE"] * 3, states  # compiled with block_training: in the Cond
     assert states["DataReportBlocked"] == ["COMPLETE"], states
+
+    # the same run again (or its resume after a stop): ClassStatsGen is cached, so the latest ClassStats
+    # are this run's own; compared with themselves they passed and the blocked model was trained and
+    # pushed. The gate keeps the baseline the blocked run judged against.
+    assert cli.main(run) == 0
+    printed = capsys.readouterr().out
+    assert "ClassDistributionValidator: blocked" in printed and "SegTrainer: skipped in" in printed
+    assert models() == trained and len(versions()) == 2
+    drift_files = sorted((out / "pipeline_root" / "ClassDistributionValidator").glob("*/*/drift.json"),
+                         key=lambda p: int(p.parent.name))
+    again, judged = (json.loads(p.read_text()) for p in (drift_files[-1], drift_files[-2]))
+    assert again["current"] == judged["current"] and again["baseline"] == judged["baseline"] != judged["current"]
 
 
 def _renamed(raw: Path, prefix: str) -> Path:

@@ -83,6 +83,36 @@ def _save_model(path, threshold):
     return model
 
 
+class _RedIsClass(tf.Module):
+    """A serving model as the trainer exports it: class ``red_id`` where the red channel > 128, else 0,
+    with the ``probabilities`` output ([B, H, W, num_classes]) that tells its class count."""
+
+    def __init__(self, red_id, num_classes):
+        super().__init__()
+        self.red_id, self.num_classes = red_id, num_classes
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, images):
+        decoded = tf.map_fn(lambda b: tf.io.decode_png(b, channels=3), images, fn_output_signature=tf.uint8)
+        ids = tf.cast(decoded[..., 0] > 128, tf.int64) * self.red_id
+        return {"class_ids": ids, "probabilities": tf.one_hot(ids, self.num_classes)}
+
+
+def _save_classes_model(path, red_id, num_classes, class_names=None):
+    """A model predicting red as ``red_id`` of ``num_classes``; ``class_names`` recorded beside it (as
+    run_fn does) unless None (a model exported before classes.json)."""
+    from segbalance.trainer.model_classes import write_model_classes
+
+    module = _RedIsClass(red_id, num_classes)
+    serving = os.path.join(path, "Format-Serving")
+    tf.saved_model.save(module, serving, signatures={"serving_default": module.serve})
+    if class_names is not None:
+        write_model_classes(serving, class_names)
+    model = standard_artifacts.Model()
+    model.uri = str(path)
+    return model
+
+
 def _examples(tmp_path, masks, images, labeled=None):
     split = tmp_path / "examples" / "Split-eval"
     split.mkdir(parents=True)
@@ -336,3 +366,40 @@ def test_the_labeled_policy_reaches_the_evaluator_through_class_stats(tmp_path):
     assert partial["miou"] == 1.0 and partial["truth_sources"]["unscored_pixels"] == red
     assert complete["miou"] < 1.0 and complete["truth_sources"]["unscored_pixels"] == 0
     assert alone["miou"] == complete["miou"]
+
+
+@pytest.mark.parametrize("red_id, num_classes, class_names, why", [
+    (3, 4, ["bg", "circle", "square", "red"], "trained for classes ['bg', 'circle', 'square', 'red']"),
+    (3, 4, None, "it predicts 4 classes, this run has 2"),  # exported before classes.json: its channels
+    (0, 2, ["red", "bg"], "trained for classes ['red', 'bg'], this run has ['bg', 'red']"),  # ids swapped
+])
+def test_a_baseline_of_other_classes_is_skipped_not_compared(tmp_path, red_id, num_classes, class_names, why):
+    """The latest blessed model was trained with other classes (another count: its ids reach past
+    this run's, which crashed the evaluator with "prediction has class ids outside [0, 2)" on every
+    later run; or the same names in another order: its ids mean other classes). It is not compared:
+    evaluation.json and the reason say why, and the threshold alone decides."""
+    model = _save_model(tmp_path / "model", 128.0)
+    model.id = 2
+    baseline = _save_classes_model(tmp_path / "baseline", red_id, num_classes, class_names)
+    baseline.id = 1
+    result, blessing, _, _ = _run(tmp_path, model, baseline=baseline)
+    assert result["miou"] == 1.0 and result["blessed"] and result["baseline_miou"] is None
+    assert why in result["baseline_skipped"] and str(tmp_path / "baseline") in result["baseline_skipped"]
+    assert result["reason"] == f"mIoU 1.0000 >= threshold 0.3000; {result['baseline_skipped']}"
+    assert blessing.get_string_custom_property("baseline_skipped") == result["baseline_skipped"]
+    assert blessing.get_int_custom_property("blessed") == 1
+    # below the threshold: not blessed, and still said why the baseline was left out
+    result, _, _, _ = _run(tmp_path / "low", model, baseline=baseline, threshold=1.1)
+    assert not result["blessed"] and result["reason"].startswith("mIoU 1.0000 is below the threshold 1.1000; ")
+    assert why in result["reason"]
+
+
+def test_a_baseline_of_the_same_classes_is_compared(tmp_path):
+    model = _save_model(tmp_path / "model", 200.0)  # misses red pixels in (128, 200]
+    model.id = 2
+    for name, class_names in (("recorded", ["bg", "red"]), ("channels", None)):  # names, or 2 output channels
+        baseline = _save_classes_model(tmp_path / name / "baseline", 1, 2, class_names)
+        baseline.id = 1
+        result, _, _, _ = _run(tmp_path / name, model, baseline=baseline)
+        assert result["baseline_miou"] == 1.0 and result["baseline_skipped"] is None
+        assert not result["blessed"] and "latest blessed" in result["reason"]

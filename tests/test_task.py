@@ -231,6 +231,16 @@ def test_warm_start_begins_from_the_base_model_weights(tmp_path):
     empty.base_model = str(tmp_path)
     with pytest.raises(ValueError, match="has no model.keras"):
         task.run_fn(empty)
+    # the export records the class names; a run naming them in another order has other ids: refused
+    with open(os.path.join(base.serving_model_dir, "classes.json")) as f:
+        assert json.load(f) == {"class_names": ti.NAMES, "num_classes": ti.NUM_CLASSES}
+    swapped = ["background", "bar", "square"]
+    reordered = ti.fn_args_for(uris, str(tmp_path / "reordered"), {**config, "warm_start": True,
+                                                                    "class_names": swapped})
+    reordered.base_model = base.serving_model_dir
+    with pytest.raises(ValueError, match=r"trained for classes \['background', 'square', 'bar'\], this run has "
+                                         r"\['background', 'bar', 'square'\].*warm_start: false"):
+        task.run_fn(reordered)
 
 
 class KeepModel(keras.callbacks.Callback):
@@ -349,3 +359,25 @@ def test_warm_start_says_its_weights_replace_the_backbone_weights(tmp_path, caps
                                                f"replace training.backbone_weights: imagenet)")
     task.warm_start(other, str(tmp_path))
     assert capsys.readouterr().out.strip() == f"SegTrainer: warm start from {tmp_path / 'model.keras'}"
+
+
+def test_warm_start_refuses_a_base_model_of_other_class_names(tmp_path, capsys):
+    """Ids swapped between runs ([background, ellipse, rectangle, circle] -> [background, circle,
+    rectangle, ellipse]): the weights fit, but each output channel means another class. Warm start
+    fine-tuned from them without a word; now it refuses, naming both lists."""
+    from segbalance.trainer.model_classes import write_model_classes
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    model.save(str(tmp_path / "model.keras"))
+    old, new = ["background", "ellipse", "rectangle", "circle"], ["background", "circle", "rectangle", "ellipse"]
+    write_model_classes(str(tmp_path), old)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    with pytest.raises(ValueError) as caught:
+        task.warm_start(other, str(tmp_path), None, new)
+    assert str(old) in str(caught.value) and str(new) in str(caught.value)
+    assert "Set training.warm_start: false" in str(caught.value)
+    assert not np.array_equal(other.get_weights()[0], model.get_weights()[0])  # nothing loaded
+    assert task.warm_start(other, str(tmp_path), None, old) == str(tmp_path / "model.keras")  # same names: loads
+    np.testing.assert_array_equal(other.get_weights()[0], model.get_weights()[0])
+    (tmp_path / "classes.json").unlink()  # a model exported before classes.json: nothing to compare names with
+    assert task.warm_start(other, str(tmp_path), None, new) == str(tmp_path / "model.keras")
