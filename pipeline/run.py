@@ -109,12 +109,21 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     options = {"num_classes": config.num_classes, "ignore_index": config.classes.ignore_index,
                **({"split_by": "group"} if groups is not None else {})}
     fingerprint = _fingerprint(source, options)
+    plain = {k: v for k, v in options.items() if k != "split_by"}
+    plain_fingerprint = _fingerprint(source, plain) if plain != options else fingerprint
     stamp_path = examples_dir / FINGERPRINT_FILE
     stamp = _read_stamp(stamp_path)
     spans = list_spans(examples_dir)
-    if spans and stamp.get("fingerprint") == fingerprint and stamp.get("span", 0) == spans[-1]:
+    # unchanged data is reused; so is a span ingested with group ids for a run that splits by record
+    # (only split_by changed: ingesting the same images again made a window train on them twice)
+    same = stamp.get("fingerprint") == fingerprint or (groups is None and stamp.get("with_groups")
+                                                       and stamp.get("plain_fingerprint") == plain_fingerprint)
+    if spans and same and stamp.get("span", 0) == spans[-1]:
         print(f"ingest: {source} unchanged, reusing {examples_dir / f'Span-{spans[-1]}'}", flush=True)
         return spans[-1]
+    if config.data.split_by == "group" and config.data.num_spans > 1 and spans:
+        # the earlier spans the new one joins in the window: refused before the new span is written
+        check_span_groups(examples_dir, num_spans=config.data.num_spans - 1)
     labeled_file = source / "labeled.json"
     labeled = ingest.load_labeled(labeled_file, None) if labeled_file.is_file() else None  # names the file
     too_large = sorted({c for ids in (labeled or {}).values() for c in ids if c >= config.num_classes})
@@ -142,7 +151,8 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
             f"classes.names lists {config.num_classes} classes but {len(out_of_range)} masks have larger class ids "
             f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); add the missing class names "
             f"to classes.names in the config")
-    stamp_path.write_text(json.dumps({"fingerprint": fingerprint, "source": str(source), "span": span}))
+    stamp_path.write_text(json.dumps({"fingerprint": fingerprint, "source": str(source), "span": span,
+                                      "plain_fingerprint": plain_fingerprint, "with_groups": groups is not None}))
     held = (f"; {examples_dir} already held span{'s' if len(spans) > 1 else ''} {', '.join(map(str, spans))}, "
             f"so this data is the next span, the one this run reads") if spans else ""
     bad = f", {len(result.bad)} bad pairs skipped (listed in {result.target / ingest.REPORT_NAME})" if result.bad else ""

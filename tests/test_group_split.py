@@ -147,6 +147,31 @@ def test_run_refuses_a_group_split_it_cannot_make(tmp_path, capsys):
     assert codec.parse_record(first.numpy()).group is None
 
 
+def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_reingest(tmp_path):
+    """A split_by: group window over an earlier span without group ids was refused after the new span
+    had been ingested; following the advice (split_by: record) ingested the same images again, and the
+    window trained on them twice."""
+    from segbalance.pipeline.spans import list_spans
+
+    first, _ = _grouped_data(tmp_path / "raw1", lambda i: f"a{i % 6}")
+    paths = local_paths(str(tmp_path / "out"))
+    prepare_data(_config(tmp_path, dir=str(first)), paths)  # by record: Span-0 has no group ids
+    second, _ = _grouped_data(tmp_path / "raw2", lambda i: f"b{i % 6}")
+    with pytest.raises(ConfigError, match=r"the records in .*Span-0 have no image/group_id"):
+        prepare_data(_config(tmp_path, dir=str(second), split_by="group", num_spans=2), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0]  # refused before the new span was written
+    # ingested once with groups, the same data by record (split_by alone changed) is that span, not a new one
+    prepare_data(_config(tmp_path, dir=str(second), split_by="group"), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1]
+    prepare_data(_config(tmp_path, dir=str(second), num_spans=2), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1]
+    # the other way (record -> group) needs the group ids: a new span, with them
+    third, _ = _grouped_data(tmp_path / "raw3", lambda i: f"c{i % 6}")
+    prepare_data(_config(tmp_path, dir=str(third)), paths)
+    prepare_data(_config(tmp_path, dir=str(third), split_by="group"), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3]
+
+
 def test_compile_kfp_splits_by_group_and_checks_local_spans(tmp_path):
     from tests.kubeflow_inputs import IMAGE, TINY
 

@@ -34,7 +34,9 @@ loss of the first batch before any update, history, ``best_epoch``, ``best_val_m
 Checks before training (each a ValueError saying what to change): the config (above),
 ``num_classes`` of the config vs the ClassStats artifact vs the data (more than 10 % of
 records quarantined for ids >= C), ``classes.ignore_index`` vs the artifact's, a weight
-scheme the artifact lacks, and an empty training split.
+scheme the artifact lacks, and an empty training split; with ``training.warm_start``, a base
+model of another architecture or recorded with other class names (``classes.json`` beside it,
+written at export: ``trainer/model_classes.py``; another order means its ids are other classes).
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ from segbalance.contract import MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE
 from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.loss_config import LossConfig
+from segbalance.trainer.model_classes import class_mismatch, read_model_classes, write_model_classes
 from segbalance.trainer.metrics import segmentation_metrics
 from segbalance.trainer.optimization import make_optimizer, plateau_callback
 from segbalance.trainer.segmentation_loss import SegmentationLoss
@@ -120,8 +123,8 @@ def run_fn(fn_args) -> None:
     """Check, train, export: the TFX Trainer entry point (custom_config in the module docstring).
 
     Writes the serving SavedModel and ``model.keras`` to ``fn_args.serving_model_dir``
-    (``trainer/serving.py``), TensorBoard logs and ``training_summary.json`` to
-    ``fn_args.model_run_dir``.
+    (``trainer/serving.py``) with ``classes.json`` (the class names, ``trainer/model_classes.py``),
+    TensorBoard logs and ``training_summary.json`` to ``fn_args.model_run_dir``.
     """
     import tensorflow_transform as tft
 
@@ -167,7 +170,8 @@ def run_fn(fn_args) -> None:
     try:
         with strategy.scope():  # backbone weights are fetched (or refused) here, before any training
             model = model_lib.build_model(t, num_classes)
-            warm_from = warm_start(model, fn_args.base_model, t.backbone_weights) if t.warm_start else None
+            warm_from = (warm_start(model, fn_args.base_model, t.backbone_weights, classes.names)
+                         if t.warm_start else None)
             loss = SegmentationLoss(t.loss, class_weights=class_weights, num_classes=num_classes,
                                     ignore_index=ignore_index)
             model.compile(optimizer=make_optimizer(t, steps_per_epoch), loss=loss,
@@ -205,6 +209,7 @@ def run_fn(fn_args) -> None:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir)
+    write_model_classes(fn_args.serving_model_dir, classes.names)  # warm start and SegEvaluator's baseline check
     summary = {
         "class_weights": class_weights,
         "loss_config": loss.loss_config,
@@ -248,9 +253,12 @@ def training_notes(training, labeled: dict, num_classes: int, validation_records
     return notes
 
 
-def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str] = None) -> Optional[str]:
+def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str] = None,
+               class_names: Optional[Sequence[str]] = None) -> Optional[str]:
     """Load ``base_model``'s ``model.keras`` weights into ``model``; the file used, or None without one.
-    Its weights replace the encoder's ``backbone_weights`` too, and the line printed says so."""
+    Its weights replace the encoder's ``backbone_weights`` too, and the line printed says so. With
+    ``class_names``, a base model recorded with other class names (``classes.json``: another count or
+    order, so its output channels mean other classes) is refused."""
     if not base_model:
         print("SegTrainer: warm_start is on but there is no blessed model yet: random initialisation", flush=True)
         return None
@@ -258,6 +266,10 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
     if not tf.io.gfile.exists(path):
         raise ValueError(f"warm start: the base model {base_model} has no {KERAS_FILE}; it was not exported by "
                          f"this trainer. Set training.warm_start: false to train from scratch")
+    mismatch = class_mismatch(class_names, read_model_classes(base_model)) if class_names is not None else None
+    if mismatch:
+        raise ValueError(f"warm start: the base model {base_model} does not fit this run's classes: {mismatch}; "
+                         f"its output channels mean other classes. Set training.warm_start: false for this run")
     try:
         model.load_weights(path)
     except ValueError as exc:
