@@ -12,9 +12,9 @@ from a Resolver) is given, not worse than the baseline's mIoU on the same images
 than ``tolerance``. A baseline whose classes are not this run's, id for id (its
 ``classes.json``, ``trainer/model_classes.py``: other names, count or order; a model without one:
 the channel count of its ``probabilities`` output), is not compared: ``evaluation.json``'s
-``baseline_skipped`` and the reason say why, and the threshold alone decides. Outputs a standard ``ModelEvaluation`` (``evaluation.json``) and a
-``ModelBlessing`` with the ``blessed`` / ``current_model_id`` properties that ``Pusher``
-and the latest-blessed-model resolver read.
+``baseline_skipped`` and the reason say why, and the threshold alone decides. Outputs a
+standard ``ModelEvaluation`` (``evaluation.json``) and a ``ModelBlessing`` with the ``blessed`` /
+``current_model_id`` properties that ``Pusher`` and the latest-blessed-model resolver read.
 
 For the data report the evaluation artifact also holds ``per_image.json`` (every image's
 mIoU, pixel accuracy, per-class IoU and unlabelled classes) and ``per_image/*.png``:

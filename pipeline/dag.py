@@ -27,13 +27,11 @@ import contextlib
 import os
 from typing import List, Optional
 
+from segbalance.contract import BLOCKED_REPORT_ID
 from segbalance.pipeline.config import PipelineConfig
 from segbalance.trainer.typed_config import to_dict
 
 SPAN_PATTERN = "Span-{SPAN}/data-*"
-
-
-BLOCKED_REPORT_ID = "DataReportBlocked"  # the report of a run the drift gate blocked (action block_training)
 
 
 def component_ids(with_drift: bool = True) -> List[str]:

@@ -7,7 +7,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from segbalance import contract
-from segbalance.pipeline.dag import BLOCKED_REPORT_ID
+from segbalance.contract import BLOCKED_REPORT_ID
 
 
 def open_store(metadata_path: str, writable: bool = False):

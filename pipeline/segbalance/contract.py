@@ -45,6 +45,8 @@ KERAS_FILE = "model.keras"  # beside the SavedModel in the serving model
 CLASS_STATS_TYPE = "segbalance.ClassStats"
 DRIFT_REPORT_TYPE = "segbalance.DriftReport"
 HTML_REPORT_TYPE = "segbalance.HtmlReport"
+# the node id of the report of a run the drift gate blocked (drift.action: block_training; pipeline/dag.py)
+BLOCKED_REPORT_ID = "DataReportBlocked"
 
 # --- drift gate -----------------------------------------------------------------------------
 DRIFT_ACTIONS = ("warn", "block", "block_training")
