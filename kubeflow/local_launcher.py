@@ -132,6 +132,15 @@ def load_spec(spec_path: str) -> dict:
         return json.load(f)["pipelineSpec"]
 
 
+def _produced(produced: Dict[str, Dict[str, dict]], output: dict, resolved: Dict[str, Dict[str, dict]]) -> list:
+    """The artifact list a task input gets from its producer's output; a resolver output that
+    ``resolved`` leaves out is a query that matched nothing (KFP passes an empty list)."""
+    producer, key = output["producerTask"], output["outputArtifactKey"]
+    if producer in resolved and key not in resolved[producer]:
+        return []
+    return [produced[producer][key]]
+
+
 def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
                        beam_args: Optional[List[str]] = None,
                        resolved: Optional[Dict[str, Dict[str, dict]]] = None) -> Dict[str, Dict[str, dict]]:
@@ -139,7 +148,8 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
     for the tasks that ran (a task skipped by its trigger condition has no entry).
 
     ``resolved`` stands in for resolver tasks (KFP answers their queries from its metadata
-    store): {resolver task: {output key: artifact JSON with uri, metadata, type}}.
+    store): {resolver task: {output key: artifact JSON with uri, metadata, type}}; a key left out
+    is a query that found nothing (an empty input, as on a first run).
     """
     spec = load_spec(spec_path)
     tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
@@ -166,12 +176,12 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
         inputs = {
             "parameters": dict(constants),
             "parameterValues": {k: _plain(v) for k, v in constants.items()},
-            "artifacts": {key: {"artifacts": [produced[src["taskOutputArtifact"]["producerTask"]]
-                                              [src["taskOutputArtifact"]["outputArtifactKey"]]]}
+            "artifacts": {key: {"artifacts": _produced(produced, src["taskOutputArtifact"], resolved or {})}
                           for key, src in task["inputs"].get("artifacts", {}).items()},
         }
         condition = task.get("triggerPolicy", {}).get("condition")
-        if condition and not condition_holds(condition, {k: v["artifacts"][0] for k, v in inputs["artifacts"].items()}):
+        if condition and not condition_holds(condition, {k: v["artifacts"][0] for k, v in inputs["artifacts"].items()
+                                                         if v["artifacts"]}):
             print(f"local-launcher: {name} skipped (condition false: {condition})", flush=True)
             skipped.append(name)
             continue
