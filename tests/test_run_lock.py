@@ -8,6 +8,7 @@ import pytest
 from segbalance.pipeline import cli
 from segbalance.pipeline.output_guard import OutputError
 from segbalance.pipeline.run_lock import ABANDONED_NOTE, LOCK_FILE, cancel_abandoned, exclusive_run
+from tests.mlmd_inputs import new_store
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
@@ -49,28 +50,18 @@ def test_the_lock_goes_with_a_killed_process(tmp_path):
         pass
 
 
-def _store(path):
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(path)
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return metadata_store.MetadataStore(config)
-
-
 def test_executions_left_running_are_marked_canceled_with_a_note(tmp_path):
     from ml_metadata.proto import metadata_store_pb2
 
     assert cancel_abandoned(str(tmp_path / "none.sqlite")) == 0  # no store yet: nothing to do, nothing created
     assert not (tmp_path / "none.sqlite").exists()
-    store = _store(tmp_path / "metadata.sqlite")
+    store = new_store(tmp_path / "metadata.sqlite")
     state = metadata_store_pb2.Execution.State
     type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name="SegTrainer"))
     given = [state.COMPLETE, state.RUNNING, state.CACHED, state.NEW, state.FAILED]
     ids = store.put_executions([metadata_store_pb2.Execution(type_id=type_id, last_known_state=s) for s in given])
     assert cancel_abandoned(str(tmp_path / "metadata.sqlite")) == 2
-    after = {e.id: e for e in _store(tmp_path / "metadata.sqlite").get_executions_by_id(ids)}
+    after = {e.id: e for e in new_store(tmp_path / "metadata.sqlite").get_executions_by_id(ids)}
     expected = [state.COMPLETE, state.CANCELED, state.CACHED, state.CANCELED, state.FAILED]
     assert [after[i].last_known_state for i in ids] == expected
     assert [ABANDONED_NOTE in after[i].custom_properties for i in ids] == [False, True, False, True, False]

@@ -6,17 +6,7 @@ the summary and `segbalance report RUN_DIR` named (and mixed in) those. A run th
 (SegTrainer, Pusher skipped) was said to have pushed the previous run's model."""
 import json
 
-import pytest
-
-
-def _store(path):
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(path)
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return metadata_store.MetadataStore(config)
+from tests.mlmd_inputs import new_store
 
 
 class Runs:
@@ -26,7 +16,7 @@ class Runs:
     def __init__(self, path):
         from ml_metadata.proto import metadata_store_pb2 as pb
 
-        self.pb, self.store, self.folder = pb, _store(path), path.parent
+        self.pb, self.store, self.folder = pb, new_store(path), path.parent
         self.run_type = self.store.put_context_type(pb.ContextType(name="pipeline_run"))
         self.node_type = self.store.put_context_type(pb.ContextType(name="node"))
         self.execution_type = self.store.put_execution_type(pb.ExecutionType(name="component"))
