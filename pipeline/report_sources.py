@@ -83,8 +83,8 @@ def sources_from_metadata(metadata: str) -> ReportSources:
                                      ("ModelEvaluation", "SegEvaluator", "evaluation"),
                                      (DRIFT_REPORT_TYPE, "ClassDistributionValidator", "drift_report"),
                                      ("ModelRun", "SegTrainer", "model_run")):
-            if key in run.get(node, {}):
-                made[type_name] = run[node][key]
+            if run.get(node, key) is not None:
+                made[type_name] = run.get(node, key)
 
     def uri(type_name: str, required_file: Optional[str] = None) -> Optional[str]:
         artifact = made.get(type_name) if run is not None else latest_artifact(store, type_name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set
 
 from segbalance import contract
 from segbalance.contract import BLOCKED_REPORT_ID
@@ -57,14 +58,24 @@ def _has_type(store, type_name: str) -> bool:
         return False
 
 
-def last_run_outputs(store, with_report: bool = False) -> Optional[Dict[str, Dict[str, Any]]]:
-    """{node id: {output key: artifact}} of the latest pipeline run (its ``pipeline_run`` context):
-    what each node of that run produced, or reused from the cache (a cached execution links the
-    earlier artifacts); ``"_cached"``: whether the node's execution was a cache hit. A node the run
-    skipped (drift gate) or did not reach has no entry. ``with_report``: the latest run that wrote
-    its report (a run stopped before the end is passed over), else the latest. None when the store
-    records no run. The newest artifact of a type is not this: a cached node's outputs are older
-    than another run's, and a skipped node leaves the previous run's newest."""
+@dataclass
+class RunOutputs:
+    """What the nodes of one pipeline run made, or took from the cache (``last_run_outputs``)."""
+
+    artifacts: Dict[str, Dict[str, Any]]  # node id -> output key -> MLMD artifact
+    cached: Set[str]  # the nodes whose execution was a cache hit
+
+    def get(self, node: str, key: str):
+        return self.artifacts.get(node, {}).get(key)
+
+
+def last_run_outputs(store, with_report: bool = False) -> Optional[RunOutputs]:
+    """The outputs of the latest pipeline run (its ``pipeline_run`` context): what each node of that
+    run produced, or reused from the cache (a cached execution links the earlier artifacts). A node
+    the run skipped (drift gate) or did not reach has none. ``with_report``: the latest run that
+    wrote its report (a run stopped before the end is passed over), else the latest. None when the
+    store records no run. The newest artifact of a type is not this: a cached node's outputs are
+    older than another run's, and a skipped node leaves the previous run's newest."""
     from ml_metadata.proto import metadata_store_pb2
 
     runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id, reverse=True)
@@ -81,16 +92,13 @@ def last_run_outputs(store, with_report: bool = False) -> Optional[Dict[str, Dic
     executions = reported[0] if with_report and reported else run_executions[0]
     events = [ev for ev in store.get_events_by_execution_ids([e.id for e in executions])
               if ev.type == metadata_store_pb2.Event.OUTPUT]
-    artifacts = {a.id: a for a in store.get_artifacts_by_id(list({ev.artifact_id for ev in events}))}
-    outputs: Dict[str, Dict[str, Any]] = {}
+    by_id = {a.id: a for a in store.get_artifacts_by_id(list({ev.artifact_id for ev in events}))}
+    artifacts: Dict[str, Dict[str, Any]] = {node_of.get(e.id, "?"): {} for e in executions}
     for ev in events:
         key = ev.path.steps[0].key if ev.path.steps else ""
-        outputs.setdefault(node_of.get(ev.execution_id, "?"), {})[key] = artifacts[ev.artifact_id]
-    states = {node_of.get(e.id, "?"): e.last_known_state for e in executions}
-    for node, state in states.items():
-        outputs.setdefault(node, {})
-        outputs[node]["_cached"] = state == metadata_store_pb2.Execution.CACHED
-    return outputs
+        artifacts[node_of.get(ev.execution_id, "?")][key] = by_id[ev.artifact_id]
+    cached = {node_of.get(e.id, "?") for e in executions if e.last_known_state == metadata_store_pb2.Execution.CACHED}
+    return RunOutputs(artifacts, cached)
 
 
 def _custom(artifact, key: str):
@@ -165,10 +173,8 @@ def summarize(paths: dict) -> dict:
     data = data_used(store)
     if data is not None:
         summary["data"] = data
-    run = last_run_outputs(store) or {}
-
-    def made(node: str, key: str):
-        return run.get(node, {}).get(key)
+    run = last_run_outputs(store) or RunOutputs({}, set())
+    made = run.get
 
     stats = made("ClassStatsGen", "class_stats")
     if stats is not None:
@@ -198,7 +204,7 @@ def summarize(paths: dict) -> dict:
         latest_push = max(pushes, key=lambda a: a.id)
         summary["pushed_model"] = _custom(latest_push, "pushed_destination")
         pushed = made("Pusher", "pushed_model")
-        summary["pushed_this_run"] = bool(pushed is not None and not run["Pusher"]["_cached"]
+        summary["pushed_this_run"] = bool(pushed is not None and "Pusher" not in run.cached
                                           and pushed.id == latest_push.id)
     model = made("SegTrainer", "model")
     if model is not None:

@@ -79,8 +79,9 @@ def test_the_latest_run_s_outputs_are_its_own_cached_or_made(tmp_path):
               ("latest_blessed_model_resolver", done, {"model": model_b})])  # a resolver hands over older ones
     store = open_store(str(tmp_path / "metadata.sqlite"))
     last = last_run_outputs(store)
-    assert last["ClassStatsGen"]["class_stats"].uri == stats_a.uri and last["ClassStatsGen"]["_cached"]
-    assert last["SegTrainer"]["model"].uri == model_a.uri and not last["SegEvaluator"]["_cached"]
+    assert last.get("ClassStatsGen", "class_stats").uri == stats_a.uri and "ClassStatsGen" in last.cached
+    assert last.get("SegTrainer", "model").uri == model_a.uri and "SegEvaluator" not in last.cached
+    assert last.artifacts["latest_blessed_model_resolver"] == {"model": model_b}  # a node's own outputs only
     paths = {"output_dir": str(tmp_path), "metadata": str(tmp_path / "metadata.sqlite")}
     summary = summarize(paths)
     assert summary["class_stats"] == stats_a.uri and summary["model"] == model_a.uri  # not run 2's
