@@ -31,15 +31,13 @@ def add_parser(subparsers) -> None:
 
 def _main(args) -> int:
     from segbalance.pipeline.config import ConfigError, load_config
+    from segbalance.kubeflow.runner import PACKAGE_HEADER, CompileError, compile_pipeline
     from segbalance.pipeline.output_guard import check_output_file
 
     # a folder, or a file that is not a compiled pipeline, is refused before the slow compile
-    from segbalance.kubeflow.runner import PACKAGE_HEADER
-
     check_output_file(args.output, "--output", lambda head: '"pipelineSpec"' in head or head.startswith(PACKAGE_HEADER),
                       example="pipeline.yaml")
     os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")  # module code is in the image
-    from segbalance.kubeflow.runner import CompileError, compile_pipeline
 
     try:
         config = load_config(args.config)

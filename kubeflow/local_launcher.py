@@ -124,10 +124,10 @@ def _run(command: List[str], executor_input: dict, extra_args: List[str], log_pa
 
 def load_spec(spec_path: str) -> dict:
     """The PipelineSpec of what ``compile-kfp`` wrote: the KFP package (``.yaml``) or the job JSON."""
-    from segbalance.kubeflow.runner import KFP_PACKAGE_SUFFIXES
+    from segbalance.kubeflow.runner import is_kfp_package
 
     with open(spec_path) as f:
-        if spec_path.lower().endswith(KFP_PACKAGE_SUFFIXES):
+        if is_kfp_package(spec_path):
             return yaml.safe_load(f)
         return json.load(f)["pipelineSpec"]
 

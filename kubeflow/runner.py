@@ -31,6 +31,12 @@ IMAGE_PATTERN = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::
                            rf"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$")
 # --output FILE.yaml: the PipelineSpec package kfp.Client takes; any other name: the PipelineJob JSON
 KFP_PACKAGE_SUFFIXES = (".yaml", ".yml")
+
+
+def is_kfp_package(path: str) -> bool:
+    """Whether ``path`` names the KFP package (YAML) rather than the PipelineJob JSON."""
+    return path.lower().endswith(KFP_PACKAGE_SUFFIXES)
+
 PACKAGE_HEADER = "# Kubeflow Pipelines v2 package (PipelineSpec) written by segbalance compile-kfp\n"
 
 
@@ -178,7 +184,7 @@ def check_writable(output: str) -> None:
 def write_compiled(job: dict, output: str) -> None:
     import yaml
 
-    if output.lower().endswith(KFP_PACKAGE_SUFFIXES):
+    if is_kfp_package(output):
         text = PACKAGE_HEADER + yaml.safe_dump(kfp_package(job), sort_keys=False, allow_unicode=True)
     else:
         text = json.dumps(job, sort_keys=True)

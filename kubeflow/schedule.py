@@ -96,14 +96,14 @@ def recurring_run_request(package: str, cron: str, experiment_id: str, job_name:
 def check_package(package: str) -> None:
     """``--package`` must be the KFP package that ``segbalance compile-kfp --output NAME.yaml`` writes:
     kfp.Client refuses other names, and the PipelineJob JSON (for Vertex AI) is not a PipelineSpec."""
-    from segbalance.kubeflow.runner import KFP_PACKAGE_SUFFIXES
+    from segbalance.kubeflow.runner import is_kfp_package
 
     stem, suffix = os.path.splitext(package)
-    yaml_name = package if suffix.lower() in KFP_PACKAGE_SUFFIXES else stem + ".yaml"
+    yaml_name = package if is_kfp_package(package) else stem + ".yaml"
     if not os.path.isfile(package):
         raise ScheduleError(f"--package {package} does not exist or is not a file: run `segbalance compile-kfp "
                             f"--output {yaml_name}`")
-    if suffix.lower() not in KFP_PACKAGE_SUFFIXES:
+    if not is_kfp_package(package):
         what = "a .json file is the Vertex AI PipelineJob" if suffix.lower() == ".json" else ".yaml or .yml"
         raise ScheduleError(f"--package {package}: Kubeflow Pipelines takes the YAML package ({what}): run "
                             f"`segbalance compile-kfp --output {yaml_name}` with the same options and give that")

@@ -145,9 +145,8 @@ def create_pipeline(
     components = [example_gen, statistics_gen, schema_gen, example_validator, class_stats_gen]
     drift_gate = None
     if with_drift:
-        from segbalance.components.class_distribution_validator import ClassDistributionValidator
-
         from segbalance.components.artifacts import DriftReport
+        from segbalance.components.class_distribution_validator import ClassDistributionValidator
 
         previous = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,

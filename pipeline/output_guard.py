@@ -22,6 +22,7 @@ from typing import Iterable, Optional, Sequence
 from segbalance.contract import UserError
 
 MARKER = ".segbalance.json"
+LOCK_FILE = ".segbalance.lock"  # held by a run while it uses its folder (run_lock.exclusive_run)
 
 
 class OutputError(UserError):
@@ -124,7 +125,7 @@ def check_output_folder(
 # before the first ``run --data OUT/data --output-dir OUT``.)
 RUN_KEY_FILE = "metadata.sqlite"
 RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_model", "data", "sample_data",
-             "report.html", "run_summary.json", "logs", "span_window", ".segbalance.lock")
+             "report.html", "run_summary.json", "logs", "span_window", LOCK_FILE)
 
 
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 
 
 def _class_axis(ax, class_names: Sequence[str], ylabel: str, legend: bool = False) -> None:
-    """One tick per class (names made plain, turned 30 degrees), the y label, a y grid and, with
+    """One tick per class (``short_labels``, turned 30 degrees), the y label, a y grid and, with
     ``legend``, the legend outside the plot on the right."""
     ax.set_xticks(np.arange(len(class_names)))
     ax.set_xticklabels(short_labels(class_names), rotation=30, ha="right")

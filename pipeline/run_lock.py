@@ -20,9 +20,8 @@ import os
 import time
 from typing import Iterator
 
-from segbalance.pipeline.output_guard import OutputError
+from segbalance.pipeline.output_guard import LOCK_FILE, OutputError
 
-LOCK_FILE = ".segbalance.lock"
 ABANDONED_NOTE = "segbalance_abandoned"  # custom property of an execution a killed run left RUNNING
 
 

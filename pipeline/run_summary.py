@@ -86,10 +86,16 @@ def last_run_outputs(store, with_report: bool = False) -> Optional[RunOutputs]:
     for context in store.get_contexts_by_type("node"):
         for execution in store.get_executions_by_context(context.id):
             node_of[execution.id] = context.name.split(".", 1)[-1]
-    run_executions = [[e for e in store.get_executions_by_context(run.id) if e.last_known_state in finished]
-                      for run in runs]
-    reported = [ex for ex in run_executions if {node_of.get(e.id) for e in ex} & {"DataReport", BLOCKED_REPORT_ID}]
-    executions = reported[0] if with_report and reported else run_executions[0]
+
+    def finished_in(run):
+        return [e for e in store.get_executions_by_context(run.id) if e.last_known_state in finished]
+
+    def reported(executions) -> bool:
+        return bool({node_of.get(e.id) for e in executions} & {"DataReport", BLOCKED_REPORT_ID})
+
+    executions = finished_in(runs[0])
+    if with_report and not reported(executions):  # stopped before its report: the newest run that wrote one
+        executions = next((ex for ex in map(finished_in, runs[1:]) if reported(ex)), executions)
     events = [ev for ev in store.get_events_by_execution_ids([e.id for e in executions])
               if ev.type == metadata_store_pb2.Event.OUTPUT]
     by_id = {a.id: a for a in store.get_artifacts_by_id(list({ev.artifact_id for ev in events}))}
