@@ -30,7 +30,24 @@ from typing import Dict, Iterable, List, Optional
 
 import yaml
 
+from segbalance.contract import UserError
 from segbalance.pipeline.config import LOCAL_BEAM_ARGS
+
+PROG = "python -m segbalance.kubeflow.local_launcher"
+
+
+class LauncherError(UserError, ValueError):
+    """A request the compiled pipeline cannot satisfy (unknown task, missing dependency, a resolver
+    task, an unreadable spec file): one line from the command line, exit code 2."""
+
+
+class TaskFailed(RuntimeError):
+    """A task's command exited non-zero; ``log_path`` holds its whole output."""
+
+    def __init__(self, task: str, returncode: int, log_path: str, tail: str):
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        super().__init__(f"task {task} failed (exit code {returncode}): see {log_path}\n{tail}")
+        self.task, self.returncode, self.log_path, self.last_line = task, returncode, log_path, last.strip()
 
 
 def _schema_title(definition: dict) -> str:
@@ -91,7 +108,7 @@ def topological(tasks: Dict[str, dict], wanted: List[str], given: Iterable[str] 
     """``wanted`` in dependency order; ``given`` are tasks whose outputs are supplied (resolvers)."""
     missing = [t for t in list(wanted) + list(given) if t not in tasks]
     if missing:
-        raise ValueError(f"tasks {missing} are not in the compiled pipeline (has {sorted(tasks)})")
+        raise LauncherError(f"tasks {missing} are not in the compiled pipeline (has {sorted(tasks)})")
     order, done = [], set(given)
 
     def visit(name):
@@ -99,7 +116,7 @@ def topological(tasks: Dict[str, dict], wanted: List[str], given: Iterable[str] 
             return
         for dep in tasks[name].get("dependentTasks", []):
             if dep not in wanted and dep not in done:
-                raise ValueError(f"task {name} needs {dep}: add it to the tasks to run (or pass its "
+                raise LauncherError(f"task {name} needs {dep}: add it to the tasks to run (or pass its "
                                  f"outputs as resolved artifacts)")
             visit(dep)
         done.add(name)
@@ -110,7 +127,8 @@ def topological(tasks: Dict[str, dict], wanted: List[str], given: Iterable[str] 
     return order
 
 
-def _run(command: List[str], executor_input: dict, extra_args: List[str], log_path: str, env: dict) -> None:
+def _run(task: str, command: List[str], executor_input: dict, extra_args: List[str], log_path: str,
+         env: dict) -> None:
     args = [a if a != "{{$}}" else json.dumps(executor_input) for a in command]
     # A container's /tmp goes with the container; here each task gets a temporary folder of its own
     # (TFX's Beam executors build a ~50 MB worker package there on every run and never remove it).
@@ -119,17 +137,26 @@ def _run(command: List[str], executor_input: dict, extra_args: List[str], log_pa
     if result.returncode != 0:
         with open(log_path) as log:
             tail = log.read()[-4000:]
-        raise RuntimeError(f"task command failed ({result.returncode}): {' '.join(command[:3])} ...\n{tail}")
+        raise TaskFailed(task, result.returncode, log_path, tail)
 
 
 def load_spec(spec_path: str) -> dict:
     """The PipelineSpec of what ``compile-kfp`` wrote: the KFP package (``.yaml``) or the job JSON."""
     from segbalance.kubeflow.runner import is_kfp_package
 
-    with open(spec_path) as f:
-        if is_kfp_package(spec_path):
-            return yaml.safe_load(f)
-        return json.load(f)["pipelineSpec"]
+    what = "KFP package (YAML)" if is_kfp_package(spec_path) else "PipelineJob JSON"
+    try:
+        with open(spec_path) as f:
+            spec = yaml.safe_load(f) if is_kfp_package(spec_path) else json.load(f)["pipelineSpec"]
+    except FileNotFoundError:
+        raise LauncherError(f"{spec_path}: no such file: pass the file `segbalance compile-kfp --output` wrote")
+    except (ValueError, KeyError, TypeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise LauncherError(f"{spec_path}: not a {what} written by `segbalance compile-kfp` ({exc}): "
+                            f"compile again and pass that file")
+    if not isinstance(spec, dict) or not {"root", "components", "deploymentSpec"} <= set(spec):
+        raise LauncherError(f"{spec_path}: not a {what} written by `segbalance compile-kfp` (no root, components "
+                            f"and deploymentSpec): compile again and pass that file")
+    return spec
 
 
 def _produced(produced: Dict[str, Dict[str, dict]], output: dict, resolved: Dict[str, Dict[str, dict]]) -> list:
@@ -166,7 +193,7 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
             continue
         executor = executors[component["executorLabel"]]
         if "container" not in executor:
-            raise ValueError(f"task {name} runs no container ({', '.join(executor)}): KFP resolves it from its "
+            raise LauncherError(f"task {name} runs no container ({', '.join(executor)}): KFP resolves it from its "
                              f"metadata store; pass its outputs as resolved={{'{name}': {{key: artifact}}}}")
         container = executor["container"]
         task_dir = os.path.join(local_root, "_tasks", name)
@@ -208,7 +235,7 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
         if driver:
             if os.path.exists(output_file):
                 os.remove(output_file)
-            _run(command_of(driver), executor_input, extra, os.path.join(task_dir, "driver.log"), env)
+            _run(name, command_of(driver), executor_input, extra, os.path.join(task_dir, "driver.log"), env)
             with open(output_file) as f:
                 driver_output = json.load(f)
             for key, value in driver_output.get("parameterValues", {}).items():
@@ -221,7 +248,7 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
         if os.path.exists(output_file):
             os.remove(output_file)
         print(f"local-launcher: {name}", flush=True)
-        _run(command_of(container), executor_input, extra, os.path.join(task_dir, "executor.log"), env)
+        _run(name, command_of(container), executor_input, extra, os.path.join(task_dir, "executor.log"), env)
         with open(output_file) as f:
             result = json.load(f)
         produced[name] = {}
@@ -236,16 +263,29 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
 
 
 def main(argv=None) -> int:
-    import argparse
+    from segbalance.pipeline.cli import ArgumentParser, run_reporting_errors
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("spec")
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="the file `segbalance compile-kfp --output` wrote (NAME.json or NAME.yaml)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names")
     parser.add_argument("--root", required=True, help="local folder used as the pipeline root")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the Python traceback too")
     args = parser.parse_args(argv)
-    produced = run_compiled_tasks(args.spec, args.tasks.split(","), args.root, list(LOCAL_BEAM_ARGS))
-    print(json.dumps({t: {k: a["uri"] for k, a in outs.items()} for t, outs in produced.items()}, indent=1))
-    return 0
+
+    def launch() -> int:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        try:
+            produced = run_compiled_tasks(args.spec, tasks, args.root, list(LOCAL_BEAM_ARGS))
+        except TaskFailed as exc:  # the task's own output is in its log; one line says where
+            if args.debug:
+                raise
+            print(f"{PROG}: error: task {exc.task} failed (exit code {exc.returncode}); its output: {exc.log_path}"
+                  f"{'; last line: ' + exc.last_line if exc.last_line else ''}", file=sys.stderr, flush=True)
+            return 1
+        print(json.dumps({t: {k: a["uri"] for k, a in outs.items()} for t, outs in produced.items()}, indent=1))
+        return 0
+
+    return run_reporting_errors(launch, PROG, args.debug)
 
 
 if __name__ == "__main__":

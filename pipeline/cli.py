@@ -21,7 +21,7 @@ import shutil
 import sys
 import traceback
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from segbalance.contract import UserError
 
@@ -98,36 +98,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if not args.debug:
         quiet_third_party()
+    return run_reporting_errors(lambda: args.func(args), f"segbalance {args.command}", args.debug)
+
+
+def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bool = False) -> int:
+    """``call()``'s exit code; a user's mistake, a refused permission or a full disk is one line on
+    stderr (``PROG: error: ...``, exit code 2; ``debug`` adds the traceback), Ctrl-C exits 130,
+    and any other exception (a bug) keeps its traceback."""
     try:
-        return int(args.func(args) or 0)
+        return int(call() or 0)
     except UserError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         sys.stderr.flush()
-        print(f"segbalance {args.command}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr, flush=True)
         return 2
     except PermissionError as exc:  # the user's path, not our code: an unwritable output folder, say
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        print(f"segbalance {args.command}: error: permission denied: {exc.filename}: choose a folder you can write "
+        print(f"{prog}: error: permission denied: {exc.filename}: choose a folder you can write "
               f"(and read), or change its permissions", file=sys.stderr, flush=True)
         return 2
     except Exception as exc:
         where = no_space_left(exc)
         if where is None:  # a bug: keep the traceback
             raise
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        print(f"segbalance {args.command}: error: no space left on the device (writing {where}): free space there "
+        print(f"{prog}: error: no space left on the device (writing {where}): free space there "
               f"(the temporary folder, TMPDIR, counts too) and run the same command again; a run resumes where it "
               f"stopped", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the commands' own clean-up (finally blocks) has run
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        print(f"segbalance {args.command}: interrupted", file=sys.stderr, flush=True)
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

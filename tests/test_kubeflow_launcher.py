@@ -130,3 +130,69 @@ def yaml_title(artifact):
 
     kind = artifact["type"]
     return kind.get("schemaTitle") or yaml.safe_load(kind["instanceSchema"])["title"]
+
+
+def tiny_spec(tmp_path, code_by_task):
+    """A PipelineJob JSON whose tasks run ``python -c CODE EXECUTOR_INPUT`` (in the order given)."""
+    names = list(code_by_task)
+    tasks = {name: {"componentRef": {"name": f"comp-{name}"}, "inputs": {},
+                    **({"dependentTasks": names[:i]} if i else {})} for i, name in enumerate(names)}
+    components = {f"comp-{name}": {"executorLabel": f"exec-{name}"} for name in names}
+    executors = {f"exec-{name}": {"container": {"command": ["python", "-c", code], "args": ["{{$}}"]}}
+                 for name, code in code_by_task.items()}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"pipelineSpec": {"root": {"dag": {"tasks": tasks}}, "components": components,
+                                                  "deploymentSpec": {"executors": executors}}}))
+    return path
+
+
+WRITES_OUTPUT = ("import json, sys; e = json.loads(sys.argv[1]); "
+                 "open(e['outputs']['outputFile'], 'w').write('{}')")
+
+
+def test_command_line_runs_tasks_and_names_a_failed_task_s_log_in_one_line(tmp_path, capsys):
+    spec = tiny_spec(tmp_path, {"A": WRITES_OUTPUT, "B": "import sys; print('step one'); print('boom: bad input'); "
+                                                        "sys.exit(3)"})
+    assert local_launcher.main([str(spec), "--tasks", "A", "--root", str(tmp_path / "root")]) == 0
+    assert json.loads(capsys.readouterr().out.split("local-launcher: A\n", 1)[1]) == {"A": {}}
+    code = local_launcher.main([str(spec), "--tasks", "A,B", "--root", str(tmp_path / "root")])
+    err = capsys.readouterr().err
+    log = tmp_path / "root" / "_tasks" / "B" / "executor.log"
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"task B failed (exit code 3); its output: {log}; last line: boom: bad input" in err
+    assert "step one" in log.read_text()
+    with pytest.raises(local_launcher.TaskFailed, match="task B failed"):  # the API keeps the exception
+        local_launcher.run_compiled_tasks(str(spec), ["A", "B"], str(tmp_path / "root"))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no such file: pass the file `segbalance compile-kfp --output` wrote"),
+    ("not_json", "not a PipelineJob JSON written by `segbalance compile-kfp`"),
+    ("yaml_without_spec", "not a KFP package (YAML) written by `segbalance compile-kfp` (no root"),
+    ("unknown_task", "tasks ['C'] are not in the compiled pipeline"),
+    ("missing_dependency", "task B needs A: add it to the tasks to run"),
+    ("no_tasks_option", "the following arguments are required: --tasks"),
+])
+def test_command_line_mistakes_are_one_line_exit_2(tmp_path, capsys, case, expected):
+    spec = tiny_spec(tmp_path, {"A": WRITES_OUTPUT, "B": WRITES_OUTPUT})
+    argv = {"missing": [str(tmp_path / "nope.json"), "--tasks", "A"],
+            "not_json": [str(tmp_path / "bad.json"), "--tasks", "A"],
+            "yaml_without_spec": [str(tmp_path / "bad.yaml"), "--tasks", "A"],
+            "unknown_task": [str(spec), "--tasks", "A,C"],
+            "missing_dependency": [str(spec), "--tasks", "B"],
+            "no_tasks_option": [str(spec)]}[case]
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "bad.yaml").write_text("pipelineInfo: {name: x}\n")
+    code = exit_code(argv + ["--root", str(tmp_path / "root")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"{local_launcher.PROG}: error: ") and expected in err
+    assert not (tmp_path / "root" / "_tasks").exists()  # nothing ran
+
+
+def exit_code(argv) -> int:
+    """What the command line exits with: main's return value, or argparse's SystemExit code."""
+    try:
+        return local_launcher.main(argv)
+    except SystemExit as exc:
+        return exc.code
