@@ -31,11 +31,28 @@ class LightWorkerRunner(fn_runner.FnApiRunner):
         return super().run_via_runner_api(pipeline_proto, options)
 
 
+# The names Beam accepts for its local runner (``--runner``, any case; none given means the DirectRunner).
+DIRECT_RUNNERS = frozenset({"direct", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner"})
+# Of those, the ones that run Beam's FnApiRunner (and its ``direct_running_mode``) on this machine.
+FN_API_DIRECT_RUNNERS = frozenset({"direct", "directrunner"})
+
+
+def _runner(beam_args: Sequence[str]) -> Optional[str]:
+    runner = PipelineOptions(flags=list(beam_args)).view_as(StandardOptions).runner
+    return None if runner is None else str(runner).lower()
+
+
+def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
+    """True when these Beam options run the pipeline with the DirectRunner (named, or by default)."""
+    runner = _runner(beam_args)
+    return runner is None or runner in DIRECT_RUNNERS
+
+
 def light_workers_apply(beam_args: Sequence[str]) -> bool:
     """True for the DirectRunner (named or by default) in ``multi_processing`` mode."""
-    options = PipelineOptions(list(beam_args))
-    return (options.view_as(StandardOptions).runner in (None, "DirectRunner")
-            and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
+    runner = _runner(beam_args)
+    return ((runner is None or runner in FN_API_DIRECT_RUNNERS)
+            and PipelineOptions(list(beam_args)).view_as(DirectOptions).direct_running_mode == "multi_processing")
 
 
 def make_pipeline(beam_args: Optional[List[str]] = None) -> beam.Pipeline:

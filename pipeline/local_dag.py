@@ -16,18 +16,9 @@ whose Beam options pick a remote runner still gets TFX's package, exactly as bef
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Sequence
+from typing import Iterator, List
 
-# The names Beam accepts for its local runner (``--runner``; none given means the DirectRunner).
-DIRECT_RUNNERS = frozenset({"direct", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner"})
-
-
-def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
-    """True when these Beam options run the pipeline with the DirectRunner (the default)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    runner = PipelineOptions(flags=list(beam_args)).view_as(StandardOptions).runner
-    return runner is None or str(runner).lower() in DIRECT_RUNNERS
+from segbalance.components.local_runner import runs_on_this_machine
 
 
 @contextlib.contextmanager

@@ -14,10 +14,12 @@ def test_only_the_local_multi_process_mode_gets_the_light_runner():
     light = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     assert local_runner.light_workers_apply(light)
     assert local_runner.light_workers_apply(["--runner=DirectRunner", *light])
+    assert local_runner.light_workers_apply(["--runner", "direct", *light])  # Beam's alias, any case
     assert isinstance(local_runner.make_pipeline(light).runner, local_runner.LightWorkerRunner)
     for args in (["--direct_running_mode=in_memory", "--direct_num_workers=1"],
                  ["--direct_running_mode=multi_threading", "--direct_num_workers=2"],
-                 ["--runner=PortableRunner", "--job_endpoint=localhost:1", *light], []):
+                 ["--runner=PortableRunner", "--job_endpoint=localhost:1", *light],
+                 ["--runner=BundleBasedDirectRunner", *light], []):
         assert not local_runner.light_workers_apply(args), args
         assert not isinstance(local_runner.make_pipeline(args).runner, local_runner.LightWorkerRunner), args
 
