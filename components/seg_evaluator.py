@@ -49,11 +49,12 @@ MAX_GAP_PREDICTIONS = 100  # ... and the prediction of at most this many eval im
 
 
 # --------------------------------------------------------------------------- model + data
-def load_predictor(model_dir: str) -> Callable[[List[bytes]], np.ndarray]:
-    """Wrap a serving SavedModel: list of same-size encoded images -> class ids [B,H,W]."""
+def load_predictor(model_dir: str, loaded=None) -> Callable[[List[bytes]], np.ndarray]:
+    """Wrap a serving SavedModel: list of same-size encoded images -> class ids [B,H,W]
+    (``loaded``: the SavedModel of ``model_dir`` when the caller has already loaded it)."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(model_dir)
+    loaded = loaded if loaded is not None else tf.saved_model.load(model_dir)
     signature = loaded.signatures["serving_default"]
     (input_name,) = list(signature.structured_input_signature[1].keys())
 
@@ -67,20 +68,23 @@ def load_predictor(model_dir: str) -> Callable[[List[bytes]], np.ndarray]:
     return predict
 
 
-def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Optional[str]:
-    """Why the serving model in ``model_dir`` does not predict ``class_names`` id for id, or None: its
-    recorded ``classes.json``; without one (exported before it existed), the class count of its
-    ``probabilities`` output (names unknown: same count, compared)."""
+def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Tuple[Optional[str], Any]:
+    """(why the serving model in ``model_dir`` does not predict ``class_names`` id for id, or None;
+    the SavedModel when reading it was needed, else None): its recorded ``classes.json``; without
+    one (exported before it existed), the class count of its ``probabilities`` output (names
+    unknown: same count, compared). The caller scores with the returned SavedModel rather than
+    loading it a second time."""
     import tensorflow as tf
 
     recorded = read_model_classes(model_dir)
-    channels = None
+    channels, loaded = None, None
     if recorded is None:
-        outputs = tf.saved_model.load(model_dir).signatures["serving_default"].structured_outputs
+        loaded = tf.saved_model.load(model_dir)
+        outputs = loaded.signatures["serving_default"].structured_outputs
         probabilities = outputs.get("probabilities")
         if probabilities is not None and probabilities.shape.rank and probabilities.shape[-1] is not None:
             channels = int(probabilities.shape[-1])
-    return class_mismatch(class_names, recorded, channels)
+    return class_mismatch(class_names, recorded, channels), loaded
 
 
 def iter_split_records(examples: types.Artifact, split: str) -> Iterator[bytes]:
@@ -346,12 +350,12 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         baselines = input_dict.get("baseline_model") or []
         if baselines and baselines[0].id != model.id:
             baseline_dir = path_utils.serving_model_path(baselines[0].uri)
-            mismatch = baseline_class_mismatch(baseline_dir, class_names)
+            mismatch, loaded_baseline = baseline_class_mismatch(baseline_dir, class_names)
             if mismatch:  # its ids mean other classes (or lie outside [0, C)): no comparison on these images
                 baseline_skipped = f"the latest blessed model {baselines[0].uri} was not compared: {mismatch}"
                 blessing.set_string_custom_property("baseline_skipped", baseline_skipped)
             else:
-                baseline_cm = confusion_over(load_predictor(baseline_dir), items, num_classes, ignore_index,
+                baseline_cm = confusion_over(load_predictor(baseline_dir, loaded_baseline), items, num_classes, ignore_index,
                                              partial=partial)
                 baseline_miou = evaluation_metrics.summarize(baseline_cm)["miou"]
                 blessing.set_string_custom_property("baseline_model_uri", baselines[0].uri)

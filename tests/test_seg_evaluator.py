@@ -394,12 +394,20 @@ def test_a_baseline_of_other_classes_is_skipped_not_compared(tmp_path, red_id, n
     assert why in result["reason"]
 
 
-def test_a_baseline_of_the_same_classes_is_compared(tmp_path):
+def test_a_baseline_of_the_same_classes_is_compared(tmp_path, monkeypatch):
+    import tensorflow as tf
+
     model = _save_model(tmp_path / "model", 200.0)  # misses red pixels in (128, 200]
     model.id = 2
+    loads = []
+    real_load = tf.saved_model.load
+    monkeypatch.setattr(tf.saved_model, "load", lambda path, *a, **k: loads.append(str(path)) or real_load(path, *a, **k))
     for name, class_names in (("recorded", ["bg", "red"]), ("channels", None)):  # names, or 2 output channels
         baseline = _save_classes_model(tmp_path / name / "baseline", 1, 2, class_names)
         baseline.id = 1
+        loads.clear()
         result, _, _, _ = _run(tmp_path / name, model, baseline=baseline)
         assert result["baseline_miou"] == 1.0 and result["baseline_skipped"] is None
         assert not result["blessed"] and "latest blessed" in result["reason"]
+        # each model is loaded once, also the one without classes.json (read for its channel count)
+        assert sorted(loads) == sorted({*loads}) and len(loads) == 2, loads
