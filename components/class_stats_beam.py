@@ -66,8 +66,7 @@ KEPT = "kept"
 BAD_FILE = "bad_file"
 TOTALS_FILE = "_totals.json"
 EXAMPLES_PREFIX = "data_tfrecord"  # ExampleGen's file prefix inside Split-<name>/
-# Keyword arguments of segbalance.trainer.class_weights.compute_class_weights that StatsOptions accepts.
-WEIGHT_OPTION_KEYS = {"beta", "enet_k", "damping", "clip", "normalize", "zero_count_weight"}
+WEIGHT_OPTION_KEYS = class_weights.WEIGHT_OPTION_KEYS  # the options StatsOptions.weight_options accepts
 # Image formats tf.io.decode_image (Transform's preprocessing_fn) decodes.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP")
 # PIL modes of a single-channel class-id PNG ("P": palette indices are the ids, VOC style).
@@ -107,16 +106,7 @@ class StatsOptions:
             raise ValueError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
         if not 0.0 < self.suspect_threshold <= 1.0:
             raise ValueError(f"suspect_threshold must be in (0, 1], got {self.suspect_threshold}")
-        check_weight_options(self.weight_options)
-
-
-def check_weight_options(weight_options: Dict) -> None:
-    """ValueError naming the bad key/value, at configuration time rather than after the Beam job."""
-    unknown = sorted(set(weight_options) - WEIGHT_OPTION_KEYS)
-    if unknown:
-        raise ValueError(f"unknown weight options {unknown}; expected some of {sorted(WEIGHT_OPTION_KEYS)}")
-    for scheme in class_weights.SCHEMES:  # same checks as the real call, on dummy counts
-        class_weights.compute_class_weights([2, 1], scheme, **weight_options)
+        class_weights.check_weight_options(self.weight_options)
 
 
 # --------------------------------------------------------------------------- reading files

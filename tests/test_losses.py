@@ -704,3 +704,73 @@ def test_dice_term_is_marginal_only_when_asked():
     # no `labeled` in the data: the marginal term is the plain one
     np.testing.assert_allclose(float(SegmentationLoss({"terms": [{"type": "dice", "marginal": True}]})(y, z)),
                                float(plain), rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda y, z, l: L.focal_loss(y, z, gamma=-1.0), "gamma must be finite and >= 0, got -1.0"),
+    (lambda y, z, l: L.focal_loss(y, z, alpha=[1.0, -0.5, 1.0, 1.0]), "alpha must be finite and >= 0"),
+    (lambda y, z, l: L.tversky_loss(y, z, alpha=-1.0), "alpha must be finite and >= 0"),
+    (lambda y, z, l: L.tversky_loss(y, z, beta=float("nan")), "beta must be finite and >= 0"),
+    (lambda y, z, l: L.dice_loss(y, z, smooth=-1.0), "smooth must be finite and >= 0"),
+    (lambda y, z, l: L.generalized_dice_loss(y, z, smooth=-1e-6), "smooth must be finite and >= 0"),
+    (lambda y, z, l: L.exclusion_loss(y, z, l, form="dice", smooth=-1.0), "smooth must be finite and >= 0"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, label_smoothing=1.5), r"label_smoothing must be in \[0, 1\)"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, low_confidence=(2.0, 0.5)), r"low_confidence tau must be in \(0"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, low_confidence=(0.5, -1.0)), "low_confidence alpha must be"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, class_weights=[-1.0, 1, 1, 1]), "class_weights must be finite"),
+    (lambda y, z, l: L.marginal_cross_entropy(y, z, l, class_weights=[np.nan, 1, 1, 1]), "class_weights must be"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, fn_weights=[1.0, -2.0, 1, 1]), "fn_weights must be finite"),
+    (lambda y, z, l: L.dice_loss(y, z, class_weights=tf.constant([1.0, 1, -1, 1])), "class_weights must be finite"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, top_k_percent_pixels=0.0), r"top_k_percent_pixels must be in \(0"),
+])
+def test_out_of_range_arguments_are_refused_by_name(call, message):
+    """What the config layer refuses, the functions refuse too (a negative Tversky alpha gave a negative loss)."""
+    y, z, labeled = data()
+    with pytest.raises(ValueError, match=message):
+        call(y, z, labeled)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice", "generalized_dice", "tversky", "marginal_ce", "exclusion_ce"])
+def test_mask_shape_pixel_weights_labeled_and_ids_are_checked(name):
+    """A mask, weight map or label set of the wrong shape, and ids outside the classes, are a ValueError
+    naming the input (were a TensorFlow broadcast / kernel error, or a silent value for Dice)."""
+    fn = {"ce": lambda y, z, l, pw: L.weighted_cross_entropy(y, z, pixel_weights=pw),
+          "focal": lambda y, z, l, pw: L.focal_loss(y, z, pixel_weights=pw),
+          "dice": lambda y, z, l, pw: L.dice_loss(y, z, pixel_weights=pw, labeled=l),
+          "generalized_dice": lambda y, z, l, pw: L.generalized_dice_loss(y, z, pixel_weights=pw),
+          "tversky": lambda y, z, l, pw: L.tversky_loss(y, z, pixel_weights=pw),
+          "marginal_ce": lambda y, z, l, pw: L.marginal_cross_entropy(y, z, l, pixel_weights=pw),
+          "exclusion_ce": lambda y, z, l, pw: L.exclusion_loss(y, z, l, pixel_weights=pw)}[name]
+    y, z, labeled = data(b=2, h=6, w=4)
+    pw = np.ones((2, 6, 4), np.float32)
+    assert np.isfinite(float(fn(y, z, labeled, pw)))  # well-formed
+    assert np.isfinite(float(fn(y[..., None], z, labeled, pw[..., None])))  # [B,H,W,1] forms
+    with pytest.raises(ValueError, match=r"y_true has shape \(2, 3, 4\); expected \(2, 6, 4\)"):
+        fn(y[:, :3], z, labeled, pw)
+    with pytest.raises(ValueError, match=r"y_true has shape \(2, 6, 4, 3\)"):  # an RGB mask
+        fn(np.repeat(y[..., None], 3, axis=-1), z, labeled, pw)
+    with pytest.raises(ValueError, match=r"pixel_weights has shape \(2, 3, 4\); expected \(2, 6, 4\)"):
+        fn(y, z, labeled, pw[:, :3])
+    bad = y.copy()
+    bad[0, 0, 0], bad[1, 0, 0] = 7, -2
+    with pytest.raises(ValueError, match=r"class ids \[-2, 7\] outside \[0, 4\) that are not the ignore_index \(255\)"):
+        fn(bad, z, labeled, pw)
+    if name in ("dice", "marginal_ce", "exclusion_ce"):
+        with pytest.raises(ValueError, match=r"labeled must be \[B, 4\] multi-hot \(one row per image of the batch, B = 2"):
+            fn(y, z, np.ones((3, 4), np.float32), pw)
+
+
+def test_shape_checks_let_unknown_dimensions_through_under_xla():
+    """Inside a traced step with a dynamic batch nothing is inspected but the static dims: the values are
+    symbolic (the pipeline's data is checked upstream) and the loss compiles with jit_compile."""
+    y, z, labeled = data(b=3, h=4, w=4)
+    spec = (tf.TensorSpec([None, 4, 4], tf.int32), tf.TensorSpec([None, 4, 4, C], tf.float32),
+            tf.TensorSpec([None, C], tf.float32))
+
+    @tf.function(jit_compile=True, input_signature=spec)
+    def step(y, z, lab):
+        return L.marginal_cross_entropy(y, z, lab, class_weights=tf.constant(CW), pixel_weights=tf.ones_like(z[..., 0]))
+
+    np.testing.assert_allclose(float(step(y.astype(np.int32), z, labeled)),
+                               float(L.marginal_cross_entropy(y, z, labeled, class_weights=CW,
+                                                              pixel_weights=np.ones(y.shape, np.float32))), rtol=1e-6)

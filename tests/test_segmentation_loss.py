@@ -104,7 +104,7 @@ def test_bad_configs_name_the_problem(config, message):
 
 def test_num_classes_checks_vectors_logits_and_dict_keys():
     with pytest.raises(ValueError, match="class_weights has 2 values for 3 classes"):
-        SegmentationLoss({"terms": [{"type": "ce"}]}, class_weights=[1.0, 2.0], num_classes=3)
+        SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": "enet"}, class_weights=[1.0, 2.0], num_classes=3)
     mask, logits, labeled, _ = batch(4)
     loss = SegmentationLoss({"terms": [{"type": "ce"}]}, pixel_counts=[5, 0, 0, 5], **{})  # 4 classes implied
     assert loss.num_classes == 4 and loss.get_config()["num_classes"] == 4
@@ -398,3 +398,53 @@ def test_models_saved_with_the_ignore_index_in_the_loss_config_still_load():
     assert loss.ignore_index == 254 and loss.loss_config["terms"] == [{"type": "ce", "weight": 1.0,
                                                                         "label_smoothing": 0.0,
                                                                         "top_k_percent_pixels": 1.0}]
+
+
+def test_the_decay_position_is_saved_with_the_model(tmp_path):
+    """A model saved after the class weights decayed reloads with the same loss (was: mix back to 0, the
+    undecayed weights: 1.76 became 3.91 on this case)."""
+    mask, logits, _, _ = batch(3, b=2, size=8)
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(C, 1)(inp))
+    loss = SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": [0.2, 1.0, 5.0], "class_weight_decay_epochs": 4},
+                            num_classes=C)
+    model.compile(optimizer="sgd", loss=loss)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    for epoch in (0, 2, 4):
+        assert loss.set_class_weight_epoch(epoch) == min(epoch / 4, 1.0)
+        before = float(loss(mask, model(x)))
+        path = tmp_path / f"m{epoch}.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True)
+        assert float(loaded.loss.class_weight_mix.numpy()) == min(epoch / 4, 1.0)
+        np.testing.assert_allclose(float(loaded.loss(mask, loaded(x))), before, rtol=1e-6)
+    # the reference at the end: fully decayed = unweighted CE
+    np.testing.assert_allclose(before, float(L.weighted_cross_entropy(mask, model(x))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("config, kwargs, message", [
+    ({"class_weights": "median_frequency"}, {"class_weights": [-1.0, 1.0, 1.0]}, "class_weights= must be finite"),
+    ({"class_weights": "median_frequency"}, {"class_weights": [float("nan"), 1.0, 1.0]}, "finite numbers >= 0"),
+    ({}, {"class_weights": [1.0, 2.0, 3.0]}, "the loss config has class_weights: null"),
+    ({"class_weights": [1.0, 1.0, 1.0]}, {"class_weights": [9.0, 9.0, 9.0]}, "differs from the loss config's"),
+    ({"class_weights": "inverse_frequency"}, {"pixel_counts": [10, 5, 2], "weight_options": {"clpi": [0.5, 5]}},
+     r"unknown weight options \['clpi'\]"),
+    ({}, {"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
+    ({}, {"ignore_index": 2.5}, "ignore_index must be an integer"),
+])
+def test_constructor_arguments_are_checked_like_the_config(config, kwargs, message):
+    """The vector and options given beside the config get the config's rules (a NaN vector gave a NaN
+    loss; a vector beside class_weights: null was used; a typo in weight_options was a TypeError)."""
+    with pytest.raises(ValueError, match=message):
+        SegmentationLoss({"terms": [{"type": "ce"}], **config}, **kwargs)
+
+
+def test_a_vector_equal_to_the_config_s_own_is_accepted_and_old_saved_pairs_still_load():
+    mask, logits, _, _ = batch()
+    same = SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": [0.5, 1.0, 2.0]}, class_weights=[0.5, 1, 2])
+    # saved before the rule: class_weights: null in the config and the vector beside it (the vector was used)
+    old = SegmentationLoss.from_config({"config": {"terms": [{"type": "ce"}]}, "class_weights": [0.5, 1.0, 2.0],
+                                        "num_classes": 3, "name": "segmentation_loss"})
+    expected = float(L.weighted_cross_entropy(mask, logits, class_weights=[0.5, 1.0, 2.0]))
+    np.testing.assert_allclose([float(same(mask, logits)), float(old(mask, logits))], [expected] * 2, rtol=1e-6)
+    assert old.config.class_weights == [0.5, 1.0, 2.0]

@@ -38,6 +38,18 @@ import numpy as np
 
 SCHEMES = ("uniform", "inverse_frequency", "median_frequency", "enet", "effective_number")
 ENET_K = 1.02
+# The keyword options of compute_class_weights a configuration passes (the ``stats`` section's
+# clip, damping, ...; StatsOptions.weight_options, SegmentationLoss(weight_options=)).
+WEIGHT_OPTION_KEYS = frozenset({"beta", "enet_k", "damping", "clip", "normalize", "zero_count_weight"})
+
+
+def check_weight_options(weight_options: dict) -> None:
+    """ValueError naming the bad key/value, at configuration time rather than after the Beam job."""
+    unknown = sorted(set(weight_options) - WEIGHT_OPTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown weight options {unknown}; expected some of {sorted(WEIGHT_OPTION_KEYS)}")
+    for scheme in SCHEMES:  # same checks as the real call, on dummy counts
+        compute_class_weights([2, 1], scheme, **weight_options)
 
 
 def zero_count_classes(pixel_counts: Sequence[int]) -> list:

@@ -29,6 +29,13 @@ Conventions (the same for every function):
   below tau get their weight multiplied by alpha. These factors are computed under
   ``stop_gradient``.
 
+- *Arguments*: a mask, weight map or ``labeled`` whose static shape does not fit the logits, a
+  hyper-parameter out of its range (``gamma``, ``alpha``, ``beta``, ``smooth``, a weight vector:
+  finite and >= 0; ``label_smoothing`` in [0, 1); ``low_confidence`` tau in (0, 1]) and, when the
+  mask's values are known (an eager call), a class id outside [0, C) that is not the
+  ``ignore_index`` are a ``ValueError`` naming the argument. Inside a traced train step the
+  values are symbolic and only static shapes are checked (ClassStatsGen has checked the data).
+
 Missing annotations: ``labeled`` [B,C] multi-hot marks the classes annotated in each image
 (background always counts as labelled). See ``docs/losses.md`` for the maths.
 """
@@ -38,6 +45,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX  # noqa: E402
@@ -77,6 +85,72 @@ def _replica_share(loss):
     return loss / float(replicas) if replicas > 1 else loss
 
 
+# --------------------------------------------------------------------------- argument checks
+# Values known when a function is called (Python numbers, NumPy arrays, eager tensors) are
+# checked, and a bad one is a ValueError naming the argument. Inside a traced function (a Keras
+# train step) tensors are symbolic and are not inspected; there the pipeline has checked the data
+# (ClassStatsGen quarantines masks with ids outside the classes).
+
+
+def _concrete(value) -> Optional[np.ndarray]:
+    """``value`` as a float64 NumPy array when its values are known now, None when symbolic."""
+    if isinstance(value, (bool, int, float, list, tuple, np.ndarray, np.generic)):
+        try:
+            return np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError, NotImplementedError):  # a list of symbolic tensors, say
+            return None
+    try:
+        return np.asarray(ops.convert_to_numpy(value), dtype=np.float64)
+    except Exception:  # a symbolic tensor (traced function, Keras functional input)
+        return None
+
+
+def _shown(array: np.ndarray) -> str:
+    return str(array.tolist()) if array.size <= 8 else f"{array.size} values, min {array.min():g}"
+
+
+def check_non_negative(**values) -> None:
+    """ValueError naming the first argument (a number or a vector) that is not finite and >= 0."""
+    for name, value in values.items():
+        array = None if value is None else _concrete(value)
+        if array is not None and not (np.isfinite(array).all() and (array >= 0).all()):
+            raise ValueError(f"{name} must be finite and >= 0, got {_shown(array)}")
+
+
+def check_in_range(name: str, value, low: float, high: float, low_open: bool = False,
+                   high_open: bool = False) -> None:
+    """ValueError naming ``name`` when its (known) value lies outside the interval."""
+    array = _concrete(value)
+    if array is None:
+        return
+    above = array > low if low_open else array >= low
+    below = array < high if high_open else array <= high
+    if not (np.isfinite(array).all() and above.all() and below.all()):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {_shown(array)}")
+
+
+def _check_shape(name: str, tensor, expected, what: str) -> None:
+    """ValueError when ``tensor``'s static shape differs from ``expected`` (unknown dims match)."""
+    shape, expected = tuple(tensor.shape), tuple(expected)
+    if len(shape) != len(expected) or any(a is not None and b is not None and int(a) != int(b)
+                                          for a, b in zip(shape, expected)):
+        raise ValueError(f"{name} has shape {shape}; expected {expected} ({what})")
+
+
+def _check_label_ids(labels, num_classes: int, ignore_index: int) -> None:
+    """ValueError listing mask ids outside ``[0, num_classes)`` that are not ``ignore_index`` (known
+    masks only): CE would fail in the kernel (or give NaN on a GPU) and the region losses would
+    count such a pixel as no class at all."""
+    ids = _concrete(labels)
+    if ids is None:
+        return
+    bad = np.unique(ids[((ids < 0) | (ids >= num_classes)) & (ids != ignore_index)])
+    if bad.size:
+        raise ValueError(f"y_true holds class ids {[int(b) for b in bad[:8]]} outside [0, {num_classes}) that are "
+                         f"not the ignore_index ({ignore_index}): remap them, or mark them with the ignore_index")
+
+
 def prepare(y_true, logits, ignore_index: int = DEFAULT_IGNORE_INDEX):
     """(labels int32 [B,H,W] with ignore -> 0, valid float32 [B,H,W], logits float32, C).
 
@@ -86,8 +160,10 @@ def prepare(y_true, logits, ignore_index: int = DEFAULT_IGNORE_INDEX):
     """
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
     labels = ops.cast(ops.convert_to_tensor(y_true), "int32")
-    if len(labels.shape) == len(logits.shape):
+    if len(labels.shape) == len(logits.shape) and labels.shape[-1] in (1, None):
         labels = ops.squeeze(labels, axis=-1)
+    _check_shape("y_true", labels, logits.shape[:-1], "class ids [B,H,W] or [B,H,W,1] for logits [B,H,W,C]")
+    _check_label_ids(labels, int(logits.shape[-1]), ignore_index)
     valid = ops.not_equal(labels, ignore_index)
     labels = ops.where(valid, labels, ops.zeros_like(labels))
     logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
@@ -113,6 +189,7 @@ def _class_vector(values, num_classes: int, name: str):
     vector = ops.convert_to_tensor(values, dtype="float32")
     if len(vector.shape) != 1 or (vector.shape[0] is not None and int(vector.shape[0]) != num_classes):
         raise ValueError(f"{name} must have one value per class ({num_classes}), got shape {tuple(vector.shape)}")
+    check_non_negative(**{name: vector})
     return vector
 
 
@@ -121,11 +198,14 @@ def _gather_class(values, labels, num_classes: int, name: str = "class_weights")
     return ops.take(_class_vector(values, num_classes, name), labels)
 
 
-def _labeled_mask(labeled, num_classes: int):
-    """[B,C] float32 multi-hot with background forced to 1, shaped [B,1,1,C]."""
+def _labeled_mask(labeled, num_classes: int, batch=None):
+    """[B,C] float32 multi-hot with background forced to 1, shaped [B,1,1,C] (``batch``: the
+    logits' batch size, checked when known)."""
     lab = ops.cast(ops.convert_to_tensor(labeled), "float32")
-    if len(lab.shape) != 2 or (lab.shape[-1] is not None and int(lab.shape[-1]) != num_classes):
-        raise ValueError(f"labeled must be [B, {num_classes}] multi-hot (one column per class), "
+    if len(lab.shape) != 2 or (lab.shape[-1] is not None and int(lab.shape[-1]) != num_classes) or \
+            (batch is not None and lab.shape[0] is not None and int(lab.shape[0]) != int(batch)):
+        raise ValueError(f"labeled must be [B, {num_classes}] multi-hot (one row per image of the batch"
+                         f"{'' if batch is None else ', B = ' + str(batch)}, one column per class), "
                          f"got shape {tuple(lab.shape)}")
     lab = ops.maximum(lab, ops.one_hot(ops.zeros((ops.shape(lab)[0],), "int32"), num_classes))
     return ops.reshape(lab, (-1, 1, 1, num_classes))
@@ -139,10 +219,10 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
     if class_weights is not None:
         weight = weight * _gather_class(class_weights, labels, c)
     if pixel_weights is not None:
-        pw = ops.cast(pixel_weights, "float32")
-        if len(pw.shape) == 4:
-            pw = ops.squeeze(pw, axis=-1)
-        weight = weight * pw
+        weight = weight * _squeeze_weights(pixel_weights, valid)
+    if low_confidence is not None:
+        check_in_range("low_confidence tau", low_confidence[0], 0.0, 1.0, low_open=True)
+        check_non_negative(**{"low_confidence alpha": low_confidence[1]})
     if fn_weights is not None or fp_weights is not None or low_confidence is not None:
         probs = ops.stop_gradient(ops.softmax(logits, axis=-1))
         pred = ops.cast(ops.argmax(probs, axis=-1), "int32")
@@ -168,8 +248,7 @@ def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
     """
     weighted = ops.where(ops.not_equal(weight, 0.0), per_pixel * weight, 0.0)
     count = valid
-    if not 0.0 < top_k_percent_pixels <= 1.0:
-        raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
+    check_in_range("top_k_percent_pixels", top_k_percent_pixels, 0.0, 1.0, low_open=True)
     if top_k_percent_pixels < 1.0:
         pixels = math.prod(int(d) for d in weighted.shape[1:])
         k = max(1, int(math.ceil(top_k_percent_pixels * pixels)))
@@ -189,6 +268,7 @@ def weighted_cross_entropy(y_true, logits, class_weights=None, ignore_index=DEFA
                            pixel_weights=None, label_smoothing=0.0, top_k_percent_pixels=1.0,
                            fn_weights=None, fp_weights=None, low_confidence=None):
     """Softmax cross entropy weighted per class / pixel; optional label smoothing and top-k pixels."""
+    check_in_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     if label_smoothing:
         target = ops.one_hot(labels, c) * (1.0 - label_smoothing) + label_smoothing / c
@@ -225,6 +305,7 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore
     gamma = 0 is cross entropy (the same fused kernel as ``weighted_cross_entropy``: equal values and
     gradients); for gamma > 0 see ``_focal_terms`` (finite gradients for 0 < gamma < 1 too).
     """
+    check_non_negative(gamma=gamma, alpha=alpha)
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     if isinstance(gamma, (int, float)) and float(gamma) == 0.0:
         per_pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -244,7 +325,7 @@ def unlabelled_prediction_on_background(labels, pred, labeled, num_classes: int)
     [B,H,W]) is one the image's ``labeled`` set ([B,C]) lacks, else 0. Such a pixel may be that
     class, so neither the loss (``ignore_predicted_cross_entropy``) nor the IoU metrics
     (``metrics.metric_truth``) count it."""
-    unlabeled = 1.0 - _labeled_mask(labeled, num_classes)  # [B,1,1,C], background 0
+    unlabeled = 1.0 - _labeled_mask(labeled, num_classes, labels.shape[0])  # [B,1,1,C], background 0
     pred_unlabeled = ops.sum(ops.one_hot(pred, num_classes) * unlabeled, axis=-1)  # 1 if pred not in L
     return ops.cast(ops.equal(labels, 0), "float32") * pred_unlabeled
 
@@ -258,19 +339,23 @@ def ignore_predicted_cross_entropy(y_true, logits, labeled, class_weights=None, 
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     pred = ops.argmax(ops.stop_gradient(logits), axis=-1)
     keep = 1.0 - unlabelled_prediction_on_background(labels, pred, labeled, c)
-    pixel_weights = keep if pixel_weights is None else keep * _squeeze_weights(pixel_weights)
+    pixel_weights = keep if pixel_weights is None else keep * _squeeze_weights(pixel_weights, valid)
     return weighted_cross_entropy(y_true, logits, class_weights, ignore_index, pixel_weights, **ce_options)
 
 
-def _squeeze_weights(pixel_weights):
-    pw = ops.cast(pixel_weights, "float32")
-    return ops.squeeze(pw, axis=-1) if len(pw.shape) == 4 else pw
+def _squeeze_weights(pixel_weights, like):
+    """pixel_weights [B,H,W] (or [B,H,W,1]) as float32 [B,H,W]; ValueError unless shaped like ``like``."""
+    pw = ops.cast(ops.convert_to_tensor(pixel_weights), "float32")
+    if len(pw.shape) == len(like.shape) + 1 and pw.shape[-1] in (1, None):
+        pw = ops.squeeze(pw, axis=-1)
+    _check_shape("pixel_weights", pw, like.shape, "one weight per pixel of the mask, [B,H,W] or [B,H,W,1]")
+    return pw
 
 
 def marginal_log_probs(labels, logits, labeled):
     """log q(y) with background merged with every unlabelled class (logsumexp), [B,H,W]."""
     c = int(logits.shape[-1])
-    merge = 1.0 - _labeled_mask(labeled, c) + ops.one_hot(ops.zeros((1,), "int32"), c)[0]  # bg + unlabelled
+    merge = 1.0 - _labeled_mask(labeled, c, logits.shape[0]) + ops.one_hot(ops.zeros((1,), "int32"), c)[0]  # bg + unlabelled
     merged_logit = ops.logsumexp(ops.where(merge > 0, logits, _NEG), axis=-1)
     own_logit = _pick(logits, labels, c)
     target_logit = ops.where(ops.equal(labels, 0), merged_logit, own_logit)
@@ -326,15 +411,16 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
     rescaled to mean 1 as in the region losses, so the value is in [0, 1) and does not depend
     on the weights' scale; images without annotated foreground are skipped).
     """
+    check_non_negative(smooth=smooth)
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
-    labeled_mask = _labeled_mask(labeled, c)  # [B,1,1,C]
+    labeled_mask = _labeled_mask(labeled, c, logits.shape[0])  # [B,1,1,C]
     unlabeled = 1.0 - labeled_mask
     # annotated as a labelled foreground class (0 on ignored pixels, and on a class the image's
     # labelled set lacks: contradictory data must not make the loss push against the mask)
     foreground = ops.cast(ops.greater(labels, 0), "float32") * _pick(
         ops.broadcast_to(labeled_mask, ops.shape(logits)), labels, c)
     if form == "ce":
-        weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights)
+        weight = valid if pixel_weights is None else valid * _squeeze_weights(pixel_weights, valid)
         per_pixel = -ops.sum(_log_one_minus_softmax(logits, c) * unlabeled, axis=-1)
         return reduce_pixels(per_pixel, weight * foreground, valid)
     if form != "dice":
@@ -364,7 +450,7 @@ def _region_weight(valid, pixel_weights):
     """
     if pixel_weights is None:
         return valid
-    weight = valid * _squeeze_weights(pixel_weights)
+    weight = valid * _squeeze_weights(pixel_weights, valid)
     total = _global_sum(ops.sum(weight))
     count = _global_sum(ops.sum(valid))
     positive = ops.greater(total, 0.0)
@@ -379,7 +465,7 @@ def _class_sums(y_true, logits, ignore_index, pixel_weights, labeled=None):
     weight = _region_weight(valid, pixel_weights)
     probs = ops.softmax(logits, axis=-1)
     if labeled is not None:
-        keep = _labeled_mask(labeled, c)  # [B,1,1,C], background always 1
+        keep = _labeled_mask(labeled, c, logits.shape[0])  # [B,1,1,C], background always 1
         moved = ops.sum(probs * (1.0 - keep), axis=-1, keepdims=True)
         probs = probs * keep + moved * ops.one_hot(ops.zeros((1,), "int32"), c)[0]
     probs = probs * weight[..., None]
@@ -414,6 +500,7 @@ def dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAULT_IGNORE_IN
     counted against that class (in the plain form it is a false positive wherever the mask says
     background). With every class labelled it equals the plain form.
     """
+    check_non_negative(smooth=smooth)
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights, labeled)
     dice = _ratio(2.0 * inter + smooth, pred + truth + smooth, 1.0)
     return _replica_share(1.0 - _weighted_class_mean(dice, class_weights, c))
@@ -433,6 +520,7 @@ def generalized_dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAU
     false positives (P_c) still count in the denominator. ``class_weights`` replaces w_c.
     With ``s = 0`` and a zero denominator (no valid pixel) the score is 1: loss 0, zero gradient.
     """
+    check_non_negative(smooth=smooth)
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     if class_weights is None:
         present = ops.greater(truth, 0.0)
@@ -455,6 +543,7 @@ def tversky_loss(y_true, logits, alpha=0.5, beta=0.5, class_weights=None, ignore
     and ``beta`` to false positives (the reverse of its docstring); ours follow the paper.
     A zero denominator (``s = 0``, nothing in the class) scores 1, as in ``dice_loss``.
     """
+    check_non_negative(alpha=alpha, beta=beta, smooth=smooth)
     tp, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     fp = pred - tp
     fn = truth - tp

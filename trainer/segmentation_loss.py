@@ -33,10 +33,11 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import keras
+import numpy as np
 from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX
-from segbalance.trainer.class_weights import compute_class_weights
+from segbalance.trainer.class_weights import check_weight_options, compute_class_weights
 from segbalance.trainer.loss_config import TERMS, LossConfig, TermInputs, loss_config, unread_fields
 from segbalance.trainer.typed_config import ConfigError, to_dict
 
@@ -60,27 +61,52 @@ class SegmentationLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         if num_classes is None and pixel_counts is not None:
             num_classes = len(pixel_counts)
+        if num_classes is not None and (isinstance(num_classes, bool) or not float(num_classes).is_integer()
+                                        or int(num_classes) < 1):
+            raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        if isinstance(ignore_index, bool) or not float(ignore_index).is_integer():
+            raise ConfigError(f"ignore_index must be an integer (the mask value with no label), got {ignore_index!r}")
         self.num_classes = None if num_classes is None else int(num_classes)
         self.config = validate_loss_config(config, self.num_classes)
-        scheme = self.config.class_weights
-        if class_weights is None and isinstance(scheme, list):
-            class_weights = scheme
-        if class_weights is None and isinstance(scheme, str):
-            if pixel_counts is None:
-                raise ConfigError(f"loss config names the class-weight scheme {scheme!r}: pass class_weights= "
-                                  f"(e.g. ClassStats weights['{scheme}']) or pixel_counts=")
-            class_weights = compute_class_weights(pixel_counts, scheme, present_image_pixels=present_image_pixels,
-                                                  **(weight_options or {})).tolist()
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        if self.class_weights is not None and self.num_classes is not None \
-                and len(self.class_weights) != self.num_classes:
-            raise ConfigError(f"class_weights has {len(self.class_weights)} values for {self.num_classes} classes")
+        self.class_weights = self._resolve_class_weights(class_weights, pixel_counts, present_image_pixels,
+                                                         weight_options)
         self.ignore_index = int(ignore_index)
         self.class_weight_mix = None
         if self.config.class_weight_decay_epochs is not None:
             if self.class_weights is None:
                 raise ConfigError("class_weight_decay_epochs decays class weights toward 1: give class_weights")
             self.class_weight_mix = keras.Variable(0.0, dtype="float32", trainable=False, name="class_weight_mix")
+
+    def _resolve_class_weights(self, class_weights, pixel_counts, present_image_pixels, weight_options):
+        """The class-weight vector: ``class_weights=`` for the config's scheme (or its own vector), else
+        computed from ``pixel_counts``; ConfigError when it contradicts the config or is not C finite
+        numbers >= 0 (the config's own vector is held to the same rule by LossConfig)."""
+        scheme = self.config.class_weights
+        if class_weights is not None:
+            if scheme is None:
+                raise ConfigError("class_weights= was given but the loss config has class_weights: null (no class "
+                                  "weighting): name the scheme the vector comes from in the config (e.g. "
+                                  "class_weights: median_frequency), or leave class_weights= out")
+            given = np.asarray(class_weights, dtype=np.float64).ravel()
+            if isinstance(scheme, list) and not np.array_equal(given, np.asarray(scheme, dtype=np.float64)):
+                raise ConfigError(f"class_weights= {given.tolist()} differs from the loss config's class_weights "
+                                  f"{scheme}: give the vector once")
+            if not (np.isfinite(given).all() and (given >= 0).all()):
+                raise ConfigError(f"class_weights= must be finite numbers >= 0, got {given.tolist()}")
+        elif isinstance(scheme, list):
+            class_weights = scheme
+        elif isinstance(scheme, str):
+            if pixel_counts is None:
+                raise ConfigError(f"loss config names the class-weight scheme {scheme!r}: pass class_weights= "
+                                  f"(e.g. ClassStats weights['{scheme}']) or pixel_counts=")
+            if weight_options:
+                check_weight_options(weight_options)
+            class_weights = compute_class_weights(pixel_counts, scheme, present_image_pixels=present_image_pixels,
+                                                  **(weight_options or {})).tolist()
+        weights = None if class_weights is None else [float(w) for w in class_weights]
+        if weights is not None and self.num_classes is not None and len(weights) != self.num_classes:
+            raise ConfigError(f"class_weights has {len(weights)} values for {self.num_classes} classes")
+        return weights
 
     def set_class_weight_epoch(self, epoch: int) -> float:
         """The decay's position at the start of ``epoch`` (0-based): ``min(epoch / N, 1)``, returned."""
@@ -141,17 +167,24 @@ class SegmentationLoss(keras.losses.Loss):
         base = super().get_config()
         base.update({"config": self.loss_config, "class_weights": self.class_weights,
                      "num_classes": self.num_classes, "ignore_index": self.ignore_index})
+        if self.class_weight_mix is not None:  # where the decay stood: a reloaded model computes the same loss
+            base["class_weight_mix"] = float(ops.convert_to_numpy(self.class_weight_mix))
         return base
 
     @classmethod
     def from_config(cls, config: Any):
         config = dict(config)
         config.pop("dtype", None)
+        mix = config.pop("class_weight_mix", None)
         loss = dict(config["config"])
         # models saved before the ignore index moved out of the loss config kept it there
         if "ignore_index" in loss:
             config.setdefault("ignore_index", loss.pop("ignore_index"))
         loss.pop("weight_options", None)  # ditto: weights were resolved when the model was built
+        # models saved when a class_weights= vector beside class_weights: null was used (refused now):
+        # the config names that vector, which loads the loss that was computed
+        if loss.get("class_weights") is None and config.get("class_weights") is not None:
+            loss["class_weights"] = list(config["class_weights"])
         # models saved before a loss-wide field needed a term that reads it: there it changed nothing, so
         # dropping it loads the loss that was computed
         for name in unread_fields(loss, [TERMS.get(t.get("type")) for t in loss.get("terms", [])]):
@@ -162,7 +195,10 @@ class SegmentationLoss(keras.losses.Loss):
         loss["terms"] = [{k: v for k, v in t.items() if k not in TERMS[t["type"]].unread_params(t)}
                          if t.get("type") in TERMS else t for t in loss.get("terms", [])]
         config["config"] = loss
-        return cls(**config)
+        restored = cls(**config)
+        if mix is not None and restored.class_weight_mix is not None:
+            restored.class_weight_mix.assign(float(mix))
+        return restored
 
 
 __all__ = ["SegmentationLoss", "validate_loss_config", "TERMS"]
