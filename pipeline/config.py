@@ -175,6 +175,21 @@ def _parse(text: str, json_file: bool):
     return yaml.load(text, Loader=UniqueKeyLoader) or {}
 
 
+def names_from_data(values: dict) -> None:
+    """A config that names no classes takes those of its local ``data.dir``'s ``classes.json`` (as a
+    run does) *before* it is checked: per-class lists (``training.loss.class_weights``,
+    ``fn_weights``, ...) are then checked against the data's classes, not the default four."""
+    classes, data = values.get("classes", {}), values.get("data")
+    directory = data.get("dir") if isinstance(data, dict) else None
+    if not isinstance(classes, dict) or "names" in classes or not isinstance(directory, str) or "://" in directory:
+        return
+    from segbalance.pipeline.ingest import read_class_names
+
+    names = read_class_names(Path(directory).resolve() / "classes.json")
+    if names is not None:
+        values["classes"] = {**classes, "names": names}
+
+
 def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``."""
     values: dict = {}
@@ -206,6 +221,7 @@ def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
+        names_from_data(values)
         return config_from_dict(values)
     except ConfigError as exc:
         message = str(exc)

@@ -293,7 +293,8 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
     _, top_gaps = gap_rows(frame)
     wanted = {sid for ids in samples.values() for sid in ids} | set(top_gaps["source_id"] if len(top_gaps) else [])
     wanted |= {str(q.get("source_id")) for q in quarantine[:pictures.MAX_QUARANTINE_THUMBS]}
-    records, problems = report_images.load_records(stats.get("inputs") or [], wanted)
+    # every checked split's files: a quarantined eval record is found there too (not "record not found")
+    records, problems = report_images.load_records(stats.get("checked_inputs") or stats.get("inputs") or [], wanted)
     sections: List[Section] = []
     if sources.anomalies_dir:
         sections.append(anomalies_section(sources.anomalies_dir))

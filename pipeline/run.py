@@ -62,6 +62,12 @@ def check_data_folder(source: Path) -> None:
         if not list_spans(source):
             raise IngestError(f"data folder {source}: its Span-N/ folders hold no data-* files; write a span with "
                               f"`segbalance ingest IMAGES MASKS --output {source} --span N`")
+        pairs = [sub for sub in ("images", "masks") if (source / sub).is_dir()]
+        if pairs:  # which would it train on? Span-N/ (read as they are) and images/ (ingested) are two data sets
+            raise IngestError(f"data folder {source} holds both Span-N/ folders and {' and '.join(pairs)}/: run would "
+                              f"read the spans and leave the image files unused; ingest them as the next span "
+                              f"(`segbalance ingest {source / 'images'} {source / 'masks'} --output {source} --span N`) "
+                              f"and move them out, or point --data at a folder with only one of the two")
         return
     for sub, suffixes, what in (("images", IMAGE_SUFFIXES, "image"), ("masks", MASK_SUFFIXES, "mask")):
         folder = source / sub
@@ -127,10 +133,12 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     labeled_file = source / "labeled.json"
     labeled = ingest.load_labeled(labeled_file, None) if labeled_file.is_file() else None  # names the file
     too_large = sorted({c for ids in (labeled or {}).values() for c in ids if c >= config.num_classes})
+    names_file = source / "classes.json"
+    add_names = (f"add the missing class names to {names_file}" if names_file.is_file() else
+                 "add the missing class names to classes.names in the config")
     if too_large:
         raise ConfigError(f"classes.names lists {config.num_classes} classes, but {labeled_file} lists class ids "
-                          f"{too_large[:10]}; add the missing class names to classes.names in the config "
-                          f"(or fix {labeled_file})")
+                          f"{too_large[:10]}; {add_names} (or fix {labeled_file})")
     span = next_span(examples_dir)
     palette_hint = (f"colour (RGB) masks need a palette, which `run` does not take: ingest them once with "
                     f"`segbalance ingest {source / 'images'} {source / 'masks'} --palette PALETTE.json --output "
@@ -149,8 +157,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         shutil.rmtree(result.target)  # written by this call a moment ago; it must not become the latest span
         raise ConfigError(
             f"classes.names lists {config.num_classes} classes but {len(out_of_range)} masks have larger class ids "
-            f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); add the missing class names "
-            f"to classes.names in the config")
+            f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); {add_names} (or fix those masks)")
     stamp_path.write_text(json.dumps({"fingerprint": fingerprint, "source": str(source), "span": span,
                                       "plain_fingerprint": plain_fingerprint, "with_groups": groups is not None}))
     held = (f"; {examples_dir} already held span{'s' if len(spans) > 1 else ''} {', '.join(map(str, spans))}, "
@@ -173,13 +180,12 @@ def adopt_class_names(config: PipelineConfig, names: list, origin: str, announce
     is checked again with the new class count (per-class vectors, ignore index)."""
     from segbalance.pipeline.config import validate
 
-    if config.classes.names == names:
-        return
-    if config.classes.names != ClassesConfig().names:  # the user's own names: never replaced
-        raise ConfigError(f"classes.names {config.classes.names} are not {origin} {names}: remove classes.names "
-                          f"(the data names its classes), or make the two agree")
-    config.classes.names = list(names)
-    validate(config)
+    if config.classes.names != names:
+        if config.classes.names != ClassesConfig().names:  # the user's own names: never replaced
+            raise ConfigError(f"classes.names {config.classes.names} are not {origin} {names}: remove classes.names "
+                              f"(the data names its classes), or make the two agree")
+        config.classes.names = list(names)
+        validate(config)
     if announce:
         print(f"classes: {len(names)} from {origin}: {', '.join(names)}", flush=True)
 

@@ -1,5 +1,6 @@
 """Pipeline config: defaults, YAML/JSON loading, and errors that name the field."""
 import json
+import os
 import re
 
 import pytest
@@ -332,6 +333,17 @@ def test_config_validate_and_show_check_the_data_folder_s_class_names(tmp_path, 
         assert cli.main(["config", "validate", str(config)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and str(config) in err
+    # per-class lists sized for the data's classes are valid (they were checked against the default 4 first)
+    from segbalance.pipeline.config import load_config
+
+    right = {"terms": [{"type": "ce"}], "class_weights": [1, 3, 5], "fn_weights": [1, 2, 2], "missing_labels": "marginal"}
+    config.write_text(yaml.safe_dump({"data": {"dir": str(raw)}, "training": {"loss": right}}))
+    assert cli.main(["config", "validate", str(config)]) == 0, capsys.readouterr().err
+    assert "valid (3 classes" in capsys.readouterr().out
+    loaded = load_config(str(config))
+    assert loaded.classes.names == ["bg", "road", "car"] and loaded.training.loss.class_weights == [1, 3, 5]
+    relative = load_config(None, **{"data.dir": os.path.relpath(raw), "training.epochs": 2})  # --data DIR, cwd-relative
+    assert relative.classes.names == ["bg", "road", "car"]
     (raw / "classes.json").write_text("[\"bg\"]")  # malformed: the file is named
     config.write_text(yaml.safe_dump({"data": {"dir": str(raw)}}))
     assert cli.main(["config", "validate", str(config)]) == 2

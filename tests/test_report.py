@@ -551,3 +551,24 @@ def test_record_reader_names_a_corrupt_record(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"flip.tfrecord: corrupt: data checksum of record 0"):
         list(report_images.iter_tfrecords(str(path)))
+
+
+def test_a_quarantined_eval_record_is_shown_from_the_eval_files(tmp_path):
+    """The report looked for quarantined records in the counted (train) split's files only: an eval
+    record's row said "record not found in the input files" although it is there."""
+    from segbalance.components import class_stats_beam as csb
+    from tests.report_inputs import write_tfrecord
+
+    records, _ = shape_records()
+    bad = [r for r in records if b"bad_ids" in r]
+    write_tfrecord(tmp_path / "train.tfrecord", [r for r in records if r not in bad])
+    write_tfrecord(tmp_path / "eval.tfrecord", bad)
+    csb.run_class_stats({"train": str(tmp_path / "train.tfrecord"), "eval": str(tmp_path / "eval.tfrecord")},
+                        str(tmp_path / "stats"), csb.StatsOptions(num_classes=4, class_names=NAMES),
+                        count_splits=["train"])
+    page = tmp_path / "report.html"
+    render_report(ReportSources(class_stats_dir=str(tmp_path / "stats")), str(page))
+    rows = dict(re.findall(r'<tr><td class="l">([^<]+)</td>.*?<td>(.*?)</td></tr>', section(page.read_text(),
+                                                                                          "quarantine")))
+    assert "record not found" not in rows["bad_ids"]
+    assert [alt for alt, _, _ in thumbs(rows["bad_ids"])] == ["bad_ids with its mask"]

@@ -4,6 +4,7 @@ Fast: no pipeline runs here (tests/test_pipeline_e2e.py and tests/test_retrainin
 DAG and check the same things through ML Metadata).
 """
 import json
+import re
 import logging
 import os
 import subprocess
@@ -98,9 +99,31 @@ def test_class_ids_beyond_the_class_names_leave_no_span(tmp_path):
     config = config_from_dict({"data": {"dir": str(raw)}, "output_dir": str(tmp_path / "out")})
     from segbalance.pipeline.config import ConfigError
 
-    with pytest.raises(ConfigError, match="add the missing class names"):
+    # the data's classes.json names the classes: the advice points there (adding them to the config is refused)
+    assert (raw / "classes.json").is_file()
+    with pytest.raises(ConfigError, match=re.escape(f"add the missing class names to {raw / 'classes.json'} "
+                                                    f"(or fix those masks)")):
         prepare_data(config, local_paths(str(tmp_path / "out")))
     assert list_spans(tmp_path / "out" / "data") == []  # the span written a moment ago is removed
+    (raw / "classes.json").unlink()  # without it, the config's classes.names are the list to extend
+    with pytest.raises(ConfigError, match="add the missing class names to classes.names in the config"):
+        prepare_data(config_from_dict({"data": {"dir": str(raw)}, "output_dir": str(tmp_path / "out")}),
+                     local_paths(str(tmp_path / "out")))
+
+
+def test_a_data_folder_with_spans_and_image_files_is_refused(tmp_path, capsys):
+    """Span-N/ beside images/ + masks/: run read the spans and left the 72 image pairs unused, silently."""
+    from segbalance.pipeline import cli
+
+    raw = _raw(tmp_path / "data", seed=3, num_images=2)
+    (raw / "Span-0").mkdir()
+    (raw / "Span-0" / "data-00000.tfrecord").write_bytes(b"")
+    out = tmp_path / "out"
+    assert cli.main(["run", "--data", str(raw), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds both Span-N/ folders and images and masks/" in err
+    assert f"segbalance ingest {raw / 'images'} {raw / 'masks'} --output {raw} --span N" in err
+    assert not out.exists()  # refused before anything was written
 
 
 def _run_cli(*args, timeout=300):
