@@ -42,7 +42,7 @@ from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer.model_classes import class_mismatch, read_model_classes
 
-from segbalance.contract import EVALUATION_FILE  # noqa: E402
+from segbalance.contract import DEFAULT_IGNORE_INDEX, EVALUATION_FILE  # noqa: E402
 
 WORST_IMAGES = 8  # per_image.json: downscaled image, truth and prediction of the N lowest-mIoU eval images
 MAX_GAP_PREDICTIONS = 100  # ... and the prediction of at most this many eval images with missing classes
@@ -99,14 +99,50 @@ def iter_split_records(examples: types.Artifact, split: str) -> Iterator[bytes]:
         yield record.numpy()
 
 
+def reference_mask_problem(mask: np.ndarray, size: Optional[Tuple[int, int]], num_classes: int,
+                           ignore_index: int) -> Optional[str]:
+    """What makes a decoded reference mask unusable for an image of ``size`` (height, width; None:
+    not checked), or None."""
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        return f"has {mask.shape[-1]} channels (colour); expected one channel of class ids"
+    if size is not None and tuple(mask.shape) != tuple(size):
+        return f"is {mask.shape[1]}x{mask.shape[0]} pixels, its image {size[1]}x{size[0]}"
+    bad = np.unique(mask[(mask != ignore_index) & ((mask < 0) | (mask >= num_classes))])
+    if bad.size:
+        return (f"has class ids {bad[:10].tolist()} outside [0, {num_classes}) that are not the ignore index "
+                f"{ignore_index}")
+    return None
+
+
+def _image_size(record) -> Optional[Tuple[int, int]]:
+    if record.height and record.width:
+        return int(record.height), int(record.width)
+    if record.image_bytes is None:
+        return None
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(record.image_bytes)) as image:
+            return image.size[1], image.size[0]
+    except Exception:
+        return None  # the prediction then names the image
+
+
 def load_eval_set(records, reference_masks_dir: Optional[str],
                   labeled: Optional[Dict[str, Optional[List[int]]]] = None,
-                  references: Optional[set] = None) -> Tuple[list, dict]:
+                  references: Optional[set] = None, num_classes: Optional[int] = None,
+                  ignore_index: int = DEFAULT_IGNORE_INDEX) -> Tuple[list, dict]:
     """[(source_id, image_bytes, truth_mask)], counts of where truth came from / skipped.
 
     ``labeled``, when given, is filled with {source_id: the record's labelled class ids, or None
     when the record has no ``labeled`` field}; ``references`` with the source_ids whose truth is
-    a reference (complete) mask.
+    a reference (complete) mask. A reference mask that cannot be scored against (colour, another
+    size than its image, ids outside ``num_classes`` when given) skips its image, counted in
+    ``skipped_records`` with the file and the reason.
     """
     import tensorflow as tf
 
@@ -118,6 +154,9 @@ def load_eval_set(records, reference_masks_dir: Optional[str],
             reference = os.path.join(reference_masks_dir, f"{record.source_id}.png") if reference_masks_dir else None
             if reference and tf.io.gfile.exists(reference):
                 mask = codec.decode_array(tf.io.gfile.GFile(reference, "rb").read(), what=f"mask {reference}")
+                problem = reference_mask_problem(mask, _image_size(record), num_classes or 256, ignore_index)
+                if problem:
+                    raise ValueError(f"reference mask {reference} {problem}")
                 counts["reference_masks"] += 1
                 if references is not None:
                     references.add(record.source_id)
@@ -325,7 +364,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         labeled: Dict[str, Optional[List[int]]] = {}
         references: set = set()
         items, counts = load_eval_set(iter_split_records(examples, split), exec_properties.get("reference_masks_dir"),
-                                      labeled, references)
+                                      labeled, references, num_classes, ignore_index)
         stats = (input_dict.get("class_stats") or [None])[0]
         if stats is not None:  # the sets validation used (labeled_policy applied); a record's own field otherwise
             from segbalance.trainer.class_stats_io import labeled_by_source_id

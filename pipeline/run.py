@@ -276,13 +276,20 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         found = data_class_names(config)
         if found is not None:
             adopt_class_names(config, *found)
-    if any(source.glob("Span-*")):
+    spans = any(source.glob("Span-*"))
+    if reference is None and not spans and (source / "masks_full").is_dir():
+        reference = str(source / "masks_full")
+    if spans:
         spans_dir = source
     else:
         spans_dir = Path(paths["examples_dir"])
-        ingest_as_next_span(config, source, spans_dir)
-        if reference is None and (source / "masks_full").is_dir():
-            reference = str(source / "masks_full")
+        ingest_as_next_span(config, source, spans_dir)  # first: its checks of the masks' ids say more
+    if reference is not None and "://" not in reference:  # before any component runs
+        from segbalance.pipeline.reference_masks import check_reference_masks
+
+        images = None if spans else source / "images"
+        count = check_reference_masks(Path(reference), config.num_classes, config.classes.ignore_index, images)
+        print(f"reference masks: {count} in {reference} (eval images with one are scored against it)", flush=True)
     if config.data.split_by == "group":  # every span read, also earlier spans of OUTPUT/data
         check_span_groups(spans_dir, num_spans=config.data.num_spans)
     if config.data.num_spans == 1:

@@ -200,6 +200,25 @@ def test_executor_scores_against_reference_masks(tmp_path):
     assert result["miou"] < 1.0
 
 
+def test_a_reference_mask_it_cannot_score_against_skips_its_image_and_says_why(tmp_path):
+    """An RGB reference mask failed after training with "model returned a (5, 5) mask for a (5, 5, 3)
+    image" (a traceback that blamed the model); another size or ids outside the classes likewise."""
+    model = _save_model(tmp_path / "model", 128.0)
+    for case, mask in [("rgb", np.zeros((5, 5, 3), np.uint8)), ("size", np.zeros((4, 5), np.uint8)),
+                       ("ids", np.full((5, 5), 7, np.uint8))]:
+        reference = tmp_path / case / "full"
+        reference.mkdir(parents=True)
+        (reference / "img2.png").write_bytes(codec.encode_png(mask))
+        result, _, _, _ = _run(tmp_path / case, model, reference_dir=str(reference))
+        sources = result["truth_sources"]
+        assert sources["reference_masks"] == 0 and sources["annotation_masks"] == 2 and sources["skipped"] == 1
+        (skipped,) = sources["skipped_records"]
+        assert skipped["reason"].startswith(f"reference mask {reference / 'img2.png'} ")
+        assert {"rgb": "has 3 channels (colour)", "size": "is 5x4 pixels, its image 5x5",
+                "ids": "has class ids [7] outside [0, 2)"}[case] in skipped["reason"]
+        assert result["num_images"] == 2
+
+
 def test_partial_truth_hand_case():
     # class 2 unlabelled: background predicted as 2 is not scored; background predicted as the
     # labelled class 1 is a miss; labelled pixels score as usual

@@ -1,0 +1,57 @@
+"""Reference (complete) masks are checked before a run: pipeline/reference_masks.py."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbalance.pipeline import cli, sample_data
+from segbalance.pipeline.reference_masks import ReferenceMaskError, check_reference_masks, image_sizes
+from segbalance.trainer.example_codec import encode_png
+
+
+def _data(tmp_path):
+    return sample_data.write_sample_data("shapes", tmp_path / "data", num_images=4, size=16, seed=2, drop_fraction=0.5)
+
+
+def test_good_reference_masks_pass_and_bad_ones_are_named(tmp_path):
+    data = _data(tmp_path)
+    full = data / "masks_full"
+    assert check_reference_masks(full, 4, 255, data / "images") == 4
+    names = sorted(p.name for p in full.glob("*.png"))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(full / names[0])  # colour
+    (full / names[1]).write_bytes(encode_png(np.zeros((8, 16), np.uint8)))  # half the height
+    bad_ids = np.zeros((16, 16), np.uint8)
+    bad_ids[0, :2] = [9, 255]  # 255 is the ignore index: fine; 9 is not a class
+    (full / names[2]).write_bytes(encode_png(bad_ids))
+    (full / "no_such_image.png").write_bytes(b"not read: no image of that name")
+    with pytest.raises(ReferenceMaskError) as raised:
+        check_reference_masks(full, 4, 255, data / "images")
+    message = str(raised.value)
+    assert message.startswith(f"reference masks in {full}: 3 of 4 cannot be scored against (")
+    assert f"{names[0]} has 3 channels (colour)" in message and f"{names[1]} is 16x8 pixels, its image 16x16" in message
+    assert f"{names[2]} has class ids [9] outside [0, 4)" in message and "no_such_image" not in message
+    # without an images folder (Span-N data) sizes are not known; channels and ids still are
+    with pytest.raises(ReferenceMaskError, match="3 of 5 cannot be scored against .no_such_image.png cannot decode"):
+        check_reference_masks(full, 4, 255)
+
+
+def test_sizes_follow_the_exif_orientation_ingest_applies(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned by 90 degrees: shown 30 wide x 40 high
+    Image.new("RGB", (40, 30)).save(folder / "phone.jpg", exif=exif.tobytes())
+    Image.new("RGB", (40, 30)).save(folder / "plain.png")
+    assert image_sizes(folder) == {"phone": (40, 30), "plain": (30, 40)}
+
+
+def test_run_refuses_bad_reference_masks_before_anything_runs(tmp_path, capsys):
+    data = _data(tmp_path)
+    first = sorted((data / "masks_full").glob("*.png"))[0]
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(first)
+    out = tmp_path / "out"
+    assert cli.main(["run", "--data", str(data), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"reference masks in {data / 'masks_full'}: 1 of 4" in err
+    assert not (out / "metadata.sqlite").exists()  # no component ran
