@@ -303,6 +303,18 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     return str(window), reference
 
 
+def check_records_to_read(config: PipelineConfig, examples_dir: Path) -> None:
+    """What ImportExampleGen will read (the latest ``Span-N`` of ``examples_dir``; a span window is one
+    such folder) parses and fills both splits: SpanRecordError (one line, exit 2) before any component."""
+    from segbalance.pipeline.span_records import check_span_records
+    from segbalance.pipeline.spans import list_spans
+
+    latest = list_spans(examples_dir)[-1:]
+    split = check_span_records(examples_dir, latest, config)
+    print(f"data: {split['train']} training and {split['eval']} eval records in {examples_dir}/Span-{latest[0]}",
+          flush=True)
+
+
 # --------------------------------------------------------------------------- run
 def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = False, **pipeline_options) -> dict:
     """Run the DAG locally; returns the summary that `segbalance run` prints.
@@ -335,6 +347,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                   f"CANCELED", flush=True)
         with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
             examples_dir, reference = prepare_data(config, paths)
+            check_records_to_read(config, Path(examples_dir))
             from tfx import v1 as tfx
 
             from segbalance.pipeline.dag import create_pipeline

@@ -1,0 +1,75 @@
+"""Check the records of the spans a run is about to read, before ImportExampleGen reads them.
+
+ImportExampleGen parses every record of ``Span-N/data-*`` as a ``tf.train.Example`` and hashes
+its split feature (``image/source_id``, or ``image/group_id`` with ``data.split_by: group``) into
+train / eval. A record that is not an Example, or has no split feature, stopped a run with a Beam
+traceback; a data set whose records all hash into one split stopped Transform with
+``KeyError: 'image/encoded'``. ``check_span_records`` reads the same files first and turns each of
+these into one line naming the file, the record and what to do.
+"""
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List
+
+from segbalance.contract import UserError
+
+
+class SpanRecordError(UserError):
+    """Records ImportExampleGen cannot read or split (the message names the file and record)."""
+
+
+def span_files(spans_dir: Path, spans: List[int]) -> List[Path]:
+    """The ``data-*`` files of ``spans`` (ImportExampleGen's ``Span-{SPAN}/data-*`` pattern)."""
+    return sorted(p for span in spans for p in (Path(spans_dir) / f"Span-{span}").glob("data-*") if p.is_file())
+
+
+def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, int]:
+    """{"train": n, "eval": m}: how the records of ``spans`` split; SpanRecordError for a record
+    that is not a tf.train.Example or lacks the split feature, a file that is not TFRecord, or a
+    split left empty."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+
+    from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords
+    from segbalance.pipeline.dag import eval_buckets, split_feature, split_of
+
+    key = split_feature(config)
+    counts: Counter = Counter()
+    files = span_files(spans_dir, spans)
+    for path in files:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        index = -1
+        try:
+            with opener(path, "rb") as handle:
+                for index, serialized in enumerate(iter_tfrecords(handle)):
+                    try:
+                        example = example_pb2.Example.FromString(serialized)
+                    except DecodeError:
+                        raise SpanRecordError(
+                            f"{path}: record {index} is not a tf.train.Example ({len(serialized)} bytes): remove it "
+                            f"(rewrite the file without it), or write the span again with `segbalance ingest`") from None
+                    values = example.features.feature[key].bytes_list.value if key in example.features.feature else []
+                    if not values:
+                        raise SpanRecordError(
+                            f"{path}: record {index} has no {key} feature, which ImportExampleGen splits on "
+                            f"(data.split_by: {config.data.split_by}): add it to every record, or write the span "
+                            f"with `segbalance ingest`" + (" --groups" if config.data.split_by == "group" else ""))
+                    counts[split_of(values[0].decode("utf-8", "replace"), config)] += 1
+        except (TFRecordFileError, OSError, EOFError) as exc:
+            if isinstance(exc, SpanRecordError):
+                raise
+            raise SpanRecordError(f"{path}: not a readable TFRecord file (after record {index}: {exc}): replace it "
+                                  f"with a complete copy, or remove it") from None
+    total = sum(counts.values())
+    fraction = eval_buckets(config) / 10
+    for split in ("train", "eval"):
+        if total and not counts[split]:
+            raise SpanRecordError(
+                f"{spans_dir}: all {total} records of span(s) {spans} hash into the "
+                f"{'eval' if split == 'train' else 'train'} split, none into {split} (data.eval_fraction "
+                f"{fraction:g}, by {key}): add images (with fewer than about {round(3 / fraction)} images one split "
+                f"is often empty), or change data.eval_fraction")
+    return {"train": counts["train"], "eval": counts["eval"]}

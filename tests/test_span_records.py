@@ -1,0 +1,76 @@
+"""The records a run is about to read are checked first (pipeline/span_records.py)."""
+import re
+
+import numpy as np
+import pytest
+
+from segbalance.pipeline import cli
+from segbalance.pipeline.config import config_from_dict
+from segbalance.pipeline.dag import split_of
+from segbalance.pipeline.span_records import SpanRecordError, check_span_records
+from segbalance.trainer import example_codec as codec
+from tests.test_class_stats_beam import write_tfrecord
+
+CONFIG = config_from_dict({})
+IMAGE = codec.encode_png(np.zeros((4, 4, 3), np.uint8))
+MASK = codec.encode_png(np.zeros((4, 4), np.uint8))
+
+
+def record(source_id: str, group=None) -> bytes:
+    return codec.build_example(IMAGE, MASK, source_id, 4, 4, group=group).SerializeToString()
+
+
+def span(tmp_path, records, name="data-00000-of-00001.tfrecord", compression=None):
+    folder = tmp_path / "spans" / "Span-3"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tfrecord(folder / name, records, compression)
+    return tmp_path / "spans"
+
+
+def test_counts_follow_importexamplegen_s_split(tmp_path):
+    ids = [f"img_{i:03d}" for i in range(40)]
+    spans = span(tmp_path, [record(i) for i in ids[:25]])
+    span(tmp_path, [record(i) for i in ids[25:]], name="data-00001.tfrecord.gz", compression="GZIP")
+    expected = {s: sum(split_of(i, CONFIG) == s for i in ids) for s in ("train", "eval")}
+    assert check_span_records(spans, [3], CONFIG) == expected and expected["eval"] > 0
+
+
+def test_a_record_that_is_not_an_example_is_named(tmp_path):
+    spans = span(tmp_path, [record("a"), record("b"), b"this is not a tf.train.Example at all"])
+    path = spans / "Span-3" / "data-00000-of-00001.tfrecord"
+    with pytest.raises(SpanRecordError, match=re.escape(f"{path}: record 2 is not a tf.train.Example (37 bytes)")):
+        check_span_records(spans, [3], CONFIG)
+
+
+def test_a_record_without_the_split_feature_is_named(tmp_path):
+    spans = span(tmp_path, [record("a"), record("b")])
+    group_config = config_from_dict({"data": {"split_by": "group"}})
+    with pytest.raises(SpanRecordError, match=r"record 0 has no image/group_id feature, which ImportExampleGen splits on "
+                                              r"\(data.split_by: group\).*`segbalance ingest` --groups"):
+        check_span_records(spans, [3], group_config)
+
+
+def test_a_cut_file_is_named(tmp_path):
+    spans = span(tmp_path, [record("a"), record("b")])
+    path = spans / "Span-3" / "data-00000-of-00001.tfrecord"
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(SpanRecordError, match=re.escape(f"{path}: not a readable TFRecord file (after record 0")):
+        check_span_records(spans, [3], CONFIG)
+
+
+def test_a_split_left_empty_is_refused(tmp_path):
+    ids = [i for i in (f"img_{n}" for n in range(60)) if split_of(i, CONFIG) == "train"][:3]
+    spans = span(tmp_path, [record(i) for i in ids])
+    with pytest.raises(SpanRecordError, match=r"all 3 records of span\(s\) \[3\] hash into the train split, none "
+                                              r"into eval \(data.eval_fraction 0.2, by image/source_id\)"):
+        check_span_records(spans, [3], CONFIG)
+
+
+def test_run_stops_on_a_bad_record_before_any_component(tmp_path, capsys):
+    ids = [f"img_{i:03d}" for i in range(12)]
+    spans = span(tmp_path, [record(i) for i in ids] + [b"not an example"])
+    out = tmp_path / "out"
+    assert cli.main(["run", "--data", str(spans), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "record 12 is not a tf.train.Example" in err and "Traceback" not in err
+    assert not (out / "metadata.sqlite").exists()
