@@ -190,8 +190,27 @@ def names_from_data(values: dict) -> None:
         values["classes"] = {**classes, "names": names}
 
 
-def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
-    """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``."""
+def replaced_loss_defaults(values: dict, config: PipelineConfig) -> List[str]:
+    """A note when ``training.loss`` (given as a whole, unlike the other sections, which merge
+    field by field) leaves out default-loss fields whose value it thereby changes; [] otherwise."""
+    from segbalance.trainer.loss_config import default_training_loss
+
+    training = values.get("training")
+    loss = training.get("loss") if isinstance(training, dict) else None
+    if not isinstance(loss, dict):
+        return []
+    default, yours = to_dict(default_training_loss()), to_dict(config.training.loss)
+    dropped = [f"{key}: {yours[key]} (default {default[key]})" for key in default
+               if key != "terms" and key not in loss and yours.get(key) != default[key]]
+    if not dropped:
+        return []
+    return [f"training.loss replaces the default loss as a whole: {'; '.join(dropped)}; give "
+            f"{' and '.join(d.split(':')[0] for d in dropped)} in training.loss to keep the default"]
+
+
+def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None, **overrides: Any) -> PipelineConfig:
+    """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``; ``notes``, when
+    given, receives what the user may not expect (``replaced_loss_defaults``)."""
     values: dict = {}
     if path is not None:
         if not Path(path).is_file():
@@ -222,7 +241,10 @@ def load_config(path: Optional[str] = None, **overrides: Any) -> PipelineConfig:
         node[leaf] = value
     try:
         names_from_data(values)
-        return config_from_dict(values)
+        config = config_from_dict(values)
+        if notes is not None:
+            notes.extend(replaced_loss_defaults(values, config))
+        return config
     except ConfigError as exc:
         message = str(exc)
         from_file = path is not None and str(path) not in message and not any(

@@ -48,7 +48,8 @@ def _main(args) -> int:
         return 2
     path = args.config if action == "show" else args.file
     try:
-        config = load_config(path)
+        notes: list = []
+        config = load_config(path, notes)
         found = data_class_names(config)  # what a run does: the data's classes.json names the classes
         if found is not None:
             adopt_class_names(config, *found, announce=False)
@@ -57,6 +58,8 @@ def _main(args) -> int:
         print(f"{PROG} {action}: error: {message}" + (f" (in {path})" if path and str(path) not in message else ""),
               file=sys.stderr)
         return 2
+    for note in notes:  # stderr: `config show` output stays YAML
+        print(f"{PROG} {action}: note: {note}", file=sys.stderr)
     if action == "show":
         sys.stdout.write(effective_yaml(config))
     else:

@@ -430,12 +430,15 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
+    notes: list = []
     try:
-        config = load_config(args.config, **{"data.dir": args.data, "output_dir": args.output_dir})
+        config = load_config(args.config, notes, **{"data.dir": args.data, "output_dir": args.output_dir})
     except ConfigError as exc:
         print(f"segbalance run: error: {exc}", file=sys.stderr)
         return 2
     print(f"segbalance run: output in {os.path.abspath(config.output_dir)}", flush=True)
+    for note in notes:
+        print(f"config: note: {note}", flush=True)
     try:
         summary = run_local(config, verbose=args.verbose)
     except ConfigError as exc:

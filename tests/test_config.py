@@ -380,3 +380,33 @@ def test_the_components_keyword_defaults_are_the_config_s():
     assert {k: validator[k] for k in ("js_divergence", "max_abs_change", "missing_rate_change", "action")} == \
         {"js_divergence": drift.js_divergence, "max_abs_change": drift.max_abs_change,
          "missing_rate_change": drift.missing_rate_change, "action": drift.action}
+
+
+def test_a_loss_that_leaves_out_default_fields_gets_a_note(tmp_path, capsys):
+    """training.loss is taken as a whole (other sections merge field by field): a file that changed only
+    the terms silently dropped the default's class weights, their decay and marginal CE. Now it is said."""
+    import yaml
+
+    from segbalance.trainer.loss_config import default_training_loss
+    from segbalance.trainer.typed_config import to_dict
+
+    default = to_dict(default_training_loss())
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"training": {"loss": {"terms": [{"type": "ce"}, {"type": "dice"}]}}}))
+    notes = []
+    config = load_config(str(path), notes)
+    assert config.training.loss.class_weights is None and config.training.loss.missing_labels is None
+    (note,) = notes
+    for key in ("class_weights", "class_weight_decay_epochs", "missing_labels"):
+        assert f"{key}: None (default {default[key]})" in note
+    assert note.startswith("training.loss replaces the default loss as a whole: ")
+    assert cli.main(["config", "validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"segbalance config validate: note: {note}\n" and "valid" in captured.out
+    # every field given (null on purpose, or kept): no note; other sections never get one
+    given = {"terms": [{"type": "ce"}], "class_weights": None, "class_weight_decay_epochs": None, "missing_labels": None}
+    for body in ({"training": {"loss": given}}, {"training": {"epochs": 3}}, {}):
+        path.write_text(yaml.safe_dump(body))
+        notes = []
+        load_config(str(path), notes)
+        assert notes == [], body
