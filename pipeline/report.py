@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import sys
+from collections import Counter
 from typing import List, Optional
 
 from segbalance.pipeline import report_charts as charts
@@ -216,6 +217,36 @@ def gaps_sections(frame, quarantine: List[dict], names: List[str], records: dict
                     else '<span class="ok">no quarantined record</span>')]
 
 
+def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
+    """The image pairs ingest skipped (from each read span's ``ingest_report.json``): they never
+    became records, so ClassStats cannot count them; None without a report."""
+    if not report_paths:
+        return None
+    rows, total, written, codes = [], 0, 0, Counter()
+    for path in report_paths:
+        report = _load_json(path)
+        span = os.path.basename(os.path.dirname(path))
+        bad = report.get("bad") or []
+        total += int(report.get("num_bad", len(bad)))
+        written += int(report.get("num_written", 0))
+        codes.update(b.get("code", "?") for b in bad)
+        rows += [[span, os.path.basename(b.get("image") or b.get("mask") or str(b.get("source_id"))),
+                  b.get("code", ""), b.get("reason", "")] for b in bad]
+    where = "; ".join(report_paths)
+    if not total:
+        return Section("ingest", "Ingest",
+                       f'<p class="ok">Every image pair was ingested ({written} records; {esc(where)}).</p>',
+                       '<span class="ok">every image pair ingested</span>')
+    shown = rows[:MAX_QUARANTINE_ROWS]
+    body = (f'<p class="bad">{total} image pairs were not ingested (they are in no record, so no count, '
+            f"weight or score includes them); {written} were:</p>"
+            + table(["reason", "pairs"], [[code, n] for code, n in codes.most_common()])
+            + (f"<p>First {len(shown)}:</p>" if len(shown) < len(rows) else "")
+            + table(["span", "file", "reason", "detail"], shown, left=4)
+            + f'<p class="note">From {esc(where)}.</p>')
+    return Section("ingest", "Ingest", body, f'<span class="bad">{total} image pairs not ingested</span>')
+
+
 def evaluation_section(evaluation_dir: str, per_image: Optional[dict] = None) -> Section:
     path = os.path.join(evaluation_dir, EVALUATION_FILE)
     if not os.path.isfile(path):
@@ -302,6 +333,9 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
         sections.append(tfdv_section(sources.statistics_dir))
     sections += classes_sections(stats)
     sections.append(pictures.class_examples_section(names, stats, samples, records, problems, frame))
+    not_ingested = not_ingested_section(sources.ingest_reports or [])
+    if not_ingested is not None:
+        sections.append(not_ingested)
     sections += gaps_sections(frame, quarantine, names, records, sources.evaluation_dir, per_image)
     if sources.model_run_dir:
         sections.append(pictures.training_section(sources.model_run_dir))
@@ -313,6 +347,7 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
     if spans is not None:
         sections.append(spans)
     inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__ if name != "spans"]
+    inputs = [(name, "; ".join(value) if isinstance(value, list) else value) for name, value in inputs]
     if sources.spans:
         inputs.append(("spans", ", ".join(str(s.span) for s in sources.spans)))
     head = [

@@ -38,6 +38,9 @@ class ReportSources:
     drift_dir: Optional[str] = None  # DriftReport artifact (or any folder): drift.json
     model_run_dir: Optional[str] = None  # ModelRun artifact of SegTrainer: training_summary.json (history)
     spans: Optional[List[SpanStats]] = None  # span history (from ML Metadata); the section needs > 1 span
+    # ingest_report.json of each span the run read (``segbalance ingest`` / `run` wrote it beside the
+    # records): the image pairs that were not ingested, and why
+    ingest_reports: Optional[List[str]] = None
     # artifact folders ML Metadata names (a run directory): one that was moved or deleted is flagged in its
     # section, not a refusal of the whole report; folders given directly must exist
     recorded: bool = False
@@ -103,7 +106,19 @@ def sources_from_metadata(metadata: str) -> ReportSources:
     return ReportSources(class_stats_dir=class_stats, statistics_dir=uri("ExampleStatistics"),
                          anomalies_dir=uri("ExampleAnomalies"), evaluation_dir=uri("ModelEvaluation"),
                          drift_dir=uri(DRIFT_REPORT_TYPE) or _any_with_file(store, DRIFT_FILE),
-                         model_run_dir=uri("ModelRun"), spans=span_history(store), recorded=True)
+                         model_run_dir=uri("ModelRun"), spans=span_history(store),
+                         ingest_reports=ingest_reports_read(store), recorded=True)
+
+
+def ingest_reports_read(store) -> List[str]:
+    """The ``ingest_report.json`` files of the spans the latest ImportExampleGen read (those that have one)."""
+    from segbalance.pipeline.ingest import REPORT_NAME
+    from segbalance.pipeline.run_summary import data_used
+
+    data = data_used(store) or {}
+    reports = [os.path.join(folder, REPORT_NAME) for _, folder in sorted(data.get("span_folders", {}).items(),
+                                                                          key=lambda item: int(item[0]))]
+    return [r for r in reports if os.path.isfile(r)]
 
 
 def span_history_from_metadata(metadata: str) -> List[SpanStats]:

@@ -400,6 +400,9 @@ def print_summary(summary: dict) -> None:
     data = summary.get("data")
     if data:
         print(f"  data:             {describe_data(data)}")
+        for span, skipped in sorted((data.get("not_ingested") or {}).items(), key=lambda item: int(item[0])):
+            print(f"  not ingested:     {skipped['pairs']} image pair(s) of span {span} (each with its reason: "
+                  f"{skipped['report']})")
     print(f"  report:           {summary.get('report', 'not written')}")
     print(f"  class statistics: {summary.get('class_stats', 'not written')}")
     if summary.get("pushed_model") and summary.get("pushed_this_run"):

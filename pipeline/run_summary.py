@@ -163,12 +163,15 @@ def data_used(store) -> Optional[dict]:
         span_dirs[span] = os.path.join(input_base, f"Span-{span}")
     used["spans"] = sorted(span_dirs)
     used["span_folders"] = {str(k): v for k, v in sorted(span_dirs.items())}
-    records = {}
+    records, not_ingested = {}, {}
     for number, folder in span_dirs.items():
         report = _read_json(os.path.join(folder, REPORT_NAME))
         if report and isinstance(report.get("num_written"), int):
             records[str(number)] = report["num_written"]
+        if report and report.get("num_bad"):  # image pairs ingest skipped, each with its reason in the report
+            not_ingested[str(number)] = {"pairs": int(report["num_bad"]), "report": os.path.join(folder, REPORT_NAME)}
     used["records"] = records
+    used["not_ingested"] = not_ingested
     return used
 
 

@@ -1,6 +1,7 @@
 """The whole DAG on tiny data with LocalDagRunner: artifacts, blessing, push, cache, crash."""
 import importlib.util
 import json
+import re
 import os
 import signal
 import subprocess
@@ -78,6 +79,10 @@ def test_first_run_produces_every_artifact(first_run):
     assert summary["data"]["spans"] == [0] and summary["data"]["records"] == {"0": ingested}
     assert summary["data"]["files_unchanged"] and summary["data"]["examples"].startswith(str(out / "pipeline_root"))
     assert f"data:             span 0 of {out / 'data'} ({ingested} records)" in result.stdout
+    assert summary["data"]["not_ingested"] == {} and "not ingested:" not in result.stdout  # no bad pair here
+    split = re.search(rf"data: (\d+) training and (\d+) eval records in {re.escape(str(out / 'data'))}/Span-0\n",
+                      result.stdout)
+    assert split and int(split.group(1)) + int(split.group(2)) == ingested and int(split.group(2)) > 0
     stats = json.loads((Path(summary["class_stats"]) / "class_stats.json").read_text())
     assert stats["num_classes"] == 4 and stats["num_records"] > 0
     assert set(stats["weights"]) >= {"inverse_frequency", "median_frequency", "enet", "effective_number"}
@@ -88,6 +93,8 @@ def test_first_run_produces_every_artifact(first_run):
     assert pushed.parent == out / "serving_model" and (pushed / "saved_model.pb").is_file()
     report = (out / "report.html").read_text()
     assert "ellipse" in report and "circle" in report
+    assert f"Every image pair was ingested ({ingested} records; {out / 'data' / 'Span-0' / 'ingest_report.json'})" \
+        in report
     for line in ("report:", "class statistics:", "pushed model:", "mIoU:"):
         assert line in result.stdout
     assert f"{evaluation['miou']:.4f}" in result.stdout

@@ -192,11 +192,12 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     _register(store, "Schema", tmp_path / "schema")
     _register(store, "ModelRun", tmp / "model_run")
     del store
-    # spans=[]: no ClassStats with a producing execution; recorded: the folders come from ML Metadata
+    # spans=[]: no ClassStats with a producing execution; ingest_reports=[]: no ImportExampleGen execution;
+    # recorded: the folders come from ML Metadata
     assert find_sources(str(run)) == ReportSources(
         class_stats_dir=str(tmp / "stats"), statistics_dir=str(tmp / "statistics"),
         anomalies_dir=str(tmp / "anomalies"), evaluation_dir=str(tmp / "evaluation"), drift_dir=str(tmp / "drift"),
-        model_run_dir=str(tmp / "model_run"), spans=[], recorded=True)
+        model_run_dir=str(tmp / "model_run"), spans=[], ingest_reports=[], recorded=True)
     assert cli.main(["report", str(run), "--output", str(tmp_path / "run.html")]) == 0
     text = (tmp_path / "run.html").read_text()
     assert '<h2 id="evaluation">Evaluation</h2>' in text and "Out-of-range values" in text and "blocked" in text
@@ -572,3 +573,37 @@ def test_a_quarantined_eval_record_is_shown_from_the_eval_files(tmp_path):
                                                                                           "quarantine")))
     assert "record not found" not in rows["bad_ids"]
     assert [alt for alt, _, _ in thumbs(rows["bad_ids"])] == ["bad_ids with its mask"]
+
+
+def test_image_pairs_ingest_skipped_are_in_the_report_and_the_summary(tmp_path, capsys):
+    """Pairs dropped at ingest went to the log and ingest_report.json only: the report said "No record
+    was quarantined" and the run summary said nothing, also on a re-run."""
+    from segbalance.pipeline import sample_data
+    from segbalance.pipeline.run import print_summary
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=6, size=16, seed=1)
+    (raw / "masks" / "shapes_00001.png").unlink()  # an image without its mask
+    (raw / "images" / "shapes_00002.png").write_bytes(b"not an image")
+    assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                     "--span", "4"]) == 0
+    ingest_report = tmp_path / "spans" / "Span-4" / "ingest_report.json"
+    from tests.report_inputs import write_report_inputs
+
+    (tmp_path / "inputs").mkdir()
+    sources = write_report_inputs(tmp_path / "inputs")
+    sources.ingest_reports = [str(ingest_report)]
+    page = tmp_path / "report.html"
+    render_report(sources, str(page))
+    text = section(page.read_text(), "ingest")
+    assert "2 image pairs were not ingested" in text and "4 were" in text
+    rows = re.findall(r'<tr><td class="l">(Span-4)</td><td class="l">([^<]+)</td><td class="l">([^<]+)</td>', text)
+    assert sorted((file, code) for _, file, code in rows) == [("shapes_00001.png", "no_mask"),
+                                                              ("shapes_00002.png", "undecodable")]
+    assert "2 image pairs not ingested" in page.read_text().split('<h2 id="summary">')[1].split("</ul>")[0]
+    summary = {"seconds": 1, "output_dir": "o", "metadata": "m", "log": "l",
+               "data": {"spans": [4], "span_folders": {"4": str(ingest_report.parent)}, "records": {"4": 4},
+                        "not_ingested": {"4": {"pairs": 2, "report": str(ingest_report)}}}}
+    capsys.readouterr()
+    print_summary(summary)
+    assert f"  not ingested:     2 image pair(s) of span 4 (each with its reason: {ingest_report})" in \
+        capsys.readouterr().out
