@@ -74,3 +74,31 @@ def test_image_size_of_reads_headers():
     Image.fromarray(rgb).save(buffer, format="JPEG")
     for data in (codec.encode_png(rgb), buffer.getvalue()):
         assert image_size_of(tf.constant(data)).numpy().tolist() == [7, 5]
+
+
+@pytest.mark.parametrize("orientation", [6, 3, 8])
+def test_a_phone_jpeg_is_scored_upright_as_ingest_trains_on_it(exported, orientation):
+    """A JPEG with an EXIF orientation tag (a phone's portrait photo): ingest turns it upright, the served
+    model predicted on the sideways pixels and returned a mask of the stored (landscape) shape."""
+    from PIL import ImageOps
+
+    serve, _, transform_output = exported
+    stored = ti.make_image_and_mask(np.random.default_rng(5), 24, 40)[0]  # stored 40 wide x 24 high
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    phone = buffer.getvalue()
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(phone)))  # what ingest writes, and a viewer shows
+    upright = codec.encode_png(np.asarray(shown.convert("RGB")))
+    assert tuple(image_size_of(tf.constant(phone)).numpy()) == (shown.height, shown.width)
+    out = serve(images=tf.constant([phone]))
+    assert out["class_ids"].shape == (1, shown.height, shown.width)
+    reference = serve(images=tf.constant([upright]))["probabilities"].numpy()
+    # the same pixels up to JPEG decoding (TensorFlow's and PIL's decoders round differently)
+    assert np.abs(out["probabilities"].numpy() - reference).mean() < 0.02
+    layer = transform_output.transform_features_layer()
+    model_input = {name: layer({codec.IMAGE_KEY: tf.constant([[data]])})["image"].numpy()
+                   for name, data in (("phone", phone), ("upright", upright), ("stored", codec.encode_png(stored)))}
+    assert np.abs(model_input["phone"] - model_input["upright"]).mean() < \
+        np.abs(model_input["stored"] - model_input["upright"]).mean() / 10

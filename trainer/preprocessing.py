@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from segbalance.trainer import example_codec as codec
+from segbalance.trainer import exif_orientation
 
 IMAGE = "image"
 MASK = "mask"
@@ -42,9 +43,11 @@ def dense_column(x, default):
 
 
 def decode_resize_image(encoded, image_size):
-    """[B] encoded PNG/JPEG -> float32 [B, H, W, 3] in [0, 255], bilinear resize."""
+    """[B] encoded PNG/JPEG -> float32 [B, H, W, 3] in [0, 255], bilinear resize; a JPEG's EXIF
+    orientation is applied first (as ingest, viewers and annotation tools apply it)."""
     def one(data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = exif_orientation.upright(image, exif_orientation.orientation(data))
         return tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear")
     return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([*image_size, 3], tf.float32))
 

@@ -2,7 +2,8 @@
 
 SavedModel signature ``serving_default``:
 
-- input ``images``: string [B], PNG or JPEG bytes (RGB or grey). All images of one request
+- input ``images``: string [B], PNG or JPEG bytes (RGB or grey); a JPEG's EXIF orientation
+  is applied (a phone's portrait photo is scored upright, as ingest trains on it). All images of one request
   must have the same size (the outputs are dense tensors); a request mixing sizes fails
   with "all images of one request must have the same size". Send differently sized
   images in separate requests.
@@ -22,6 +23,7 @@ import os
 import tensorflow as tf
 
 from segbalance.trainer import example_codec as codec
+from segbalance.trainer import exif_orientation
 from segbalance.trainer.preprocessing import IMAGE
 
 from segbalance.contract import KERAS_FILE  # noqa: E402,F401
@@ -31,7 +33,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def image_size_of(data):
-    """[height, width] int32 of PNG/JPEG bytes from the header (no full decode for PNG/JPEG)."""
+    """[height, width] int32 of PNG/JPEG bytes from the header (no full decode for PNG/JPEG), as the
+    image is shown: a JPEG's EXIF orientation 5-8 swaps them (the Transform graph turns it upright)."""
+    return exif_orientation.upright_size(header_size(data), exif_orientation.orientation(data))
+
+
+def header_size(data):
+    """[height, width] int32 of the stored pixels, from the header (no full decode for PNG/JPEG)."""
     def png():
         width_height = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, little_endian=False)
         return tf.reverse(width_height, [0])
