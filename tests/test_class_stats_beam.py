@@ -438,3 +438,28 @@ def test_mask_value_counts_against_numpy_and_what_the_trainer_decodes():
         assert not np.array_equal(seen, ids), what  # the premise: TensorFlow does not read the ids
         with pytest.raises(csb.Quarantined, match=f"mask is a {what}.* PNG: TensorFlow decodes it to other values"):
             csb.decode_mask_counts(data)
+
+
+def test_a_turned_jpeg_s_mask_must_fit_the_shown_image():
+    """The trainer turns a JPEG by its EXIF orientation (trainer/exif_orientation.py): a mask drawn on the
+    shown (portrait) image fits; one of the stored (landscape) pixels would train misaligned and is
+    quarantined, saying why."""
+    from PIL import Image
+    import io
+
+    options = csb.StatsOptions(num_classes=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(buffer, "JPEG", exif=exif.tobytes())  # stored 4 wide x 2 high
+
+    def row(mask_shape):
+        mask = codec.encode_png(np.zeros(mask_shape, np.uint8))
+        return csb.image_row(codec.build_example(buffer.getvalue(), mask, "phone", *mask_shape).SerializeToString(),
+                             "train", options)
+
+    assert row((4, 2))["pixel_counts"] == [8, 0, 0]  # shown 2 wide x 4 high
+    stored = row((2, 4))
+    assert stored.tag == csb.QUARANTINE and stored.value["kind"] == "size_mismatch"
+    assert "image is 4x2 as shown (its EXIF orientation turns it by 90 degrees) but its mask is 2x4" in \
+        stored.value["reason"]
