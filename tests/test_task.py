@@ -381,3 +381,32 @@ def test_warm_start_refuses_a_base_model_of_other_class_names(tmp_path, capsys):
     np.testing.assert_array_equal(other.get_weights()[0], model.get_weights()[0])
     (tmp_path / "classes.json").unlink()  # a model exported before classes.json: nothing to compare names with
     assert task.warm_start(other, str(tmp_path), None, new) == str(tmp_path / "model.keras")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps_per_epoch", [None, 3])  # one pass an epoch; or 3 batches of an endless stream
+def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path, steps_per_epoch):
+    """Resuming restored the weights and the epoch but restarted the data: the shuffle order and the
+    augmentation seeds of epoch 0 again (validation mIoU 0.62 against 0.73 in the outside check). Every
+    batch is now a function of the seed and its place in the stream, which a resumed fit starts at."""
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 4, "steps_per_epoch": steps_per_epoch,
+              "augmentation": {"flip_horizontal": True, "flip_vertical": True, "scale": [0.8, 1.25],
+                               "brightness": 0.1}}
+    whole = ti.fn_args_for(uris, str(tmp_path / "whole"), config)
+    task.run_fn(whole)
+    first = ti.fn_args_for(uris, str(tmp_path / "run"), {**config, "_extra_callbacks": [Interrupt()]})
+    first.model_run_dir = str(tmp_path / "run" / "model_run_1")
+    with pytest.raises(KeyboardInterrupt):
+        task.run_fn(first)
+    second = ti.fn_args_for(uris, str(tmp_path / "run"), config)
+    second.model_run_dir = str(tmp_path / "run" / "model_run_2")
+    task.run_fn(second)
+    assert summary_of(second)["epochs_run"] == [2, 3]
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(summary_of(second)["history"][key], summary_of(whole)["history"][key][2:],
+                                   rtol=1e-5, err_msg=key)
+    resumed = keras.saving.load_model(os.path.join(second.serving_model_dir, task.KERAS_FILE), safe_mode=True)
+    uninterrupted = keras.saving.load_model(os.path.join(whole.serving_model_dir, task.KERAS_FILE), safe_mode=True)
+    for a, b in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

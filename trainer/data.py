@@ -22,7 +22,9 @@
   from the transformed image and mask before augmentation (so it is cropped and flipped with
   them; ``unet_border`` runs in NumPy through ``tf.numpy_function``). Without it no map is
   yielded (the loss uses 1).
-- Shuffle (training), batch, parallel map, prefetch; deterministic order for a seed.
+- Shuffle (training), batch, parallel map, prefetch; deterministic order for a seed: pass p
+  over the files is shuffled with (seed, p), batch i of the stream augmented with (seed, i),
+  so a training resumed at an epoch (``start_batch``) sees the batches an uninterrupted one saw.
   ``repeat=True`` makes the training set endless (used with ``steps_per_epoch``);
   ``drop_remainder=True`` (used on several replicas) keeps every replica's batch non-empty.
 """
@@ -184,10 +186,17 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
                  labeled_by_id: Optional[Dict[str, Sequence[int]]] = None, training: bool = False,
                  seed: int = 0, pixel_weights=None, ignore_index: int = DEFAULT_IGNORE_INDEX,
                  repeat: bool = False, shuffle_buffer: int = 512, drop_remainder: bool = False,
-                 augmentation=None) -> tf.data.Dataset:
+                 augmentation=None, start_batch: int = 0) -> tf.data.Dataset:
     """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": float32 [B,C]
     (, "pixel_weights": float32 [B,H,W] when ``pixel_weights`` is given)}). ``training``: shuffled
-    and augmented as ``augmentation`` says (an ``Augmentation``; None: its defaults)."""
+    and augmented as ``augmentation`` says (an ``Augmentation``; None: its defaults).
+
+    A training set is a stream of passes over the files, pass p shuffled with a seed of its own
+    (``seed``, p) and batch i of the stream augmented with seeds (``seed``, i): every batch is a
+    function of the seed and its place in the stream, not of how often the dataset was iterated.
+    ``repeat``: the stream is endless (else one pass); ``start_batch``: it starts there, so a
+    training resumed at epoch e (``start_batch`` = e x steps per epoch) gets the batches the
+    uninterrupted training got."""
     pixel_weights = pixel_weights_config(pixel_weights)
     files = example_files(file_patterns)
     if not files:
@@ -214,20 +223,30 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
             y["pixel_weights"] = tf.ones_like(mask, tf.float32)
         return image, y
 
-    ds = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if training:
-        counter = tf.data.Dataset.counter()
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda inputs, step: _augment_batch(inputs, tf.stack([tf.cast(seed, tf.int64), step]), augmentation,
-                                                ignore_index),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if pixel_weights is None:
-            ds = ds.map(lambda image, y: (image, {k: v for k, v in y.items() if k != "pixel_weights"}))
+    def records():
+        return tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
+
+    if not training:
+        ds = records().repeat() if repeat else records()
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
+            to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def one_pass(p):
+        shuffled = records().shuffle(shuffle_buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + p,
+                                     reshuffle_each_iteration=False)
+        return shuffled.batch(batch_size, drop_remainder=drop_remainder)
+
+    passes = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+    ds = passes.flat_map(one_pass).enumerate()  # (place in the stream, serialized batch)
+    if start_batch:
+        ds = ds.skip(start_batch)  # still serialized: skipping decodes nothing
+    ds = ds.map(lambda step, serialized: _augment_batch(to_model_inputs(serialized),
+                                                         tf.stack([tf.cast(seed, tf.int64), step]), augmentation,
+                                                         ignore_index),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if pixel_weights is None:
+        ds = ds.map(lambda image, y: (image, {k: v for k, v in y.items() if k != "pixel_weights"}))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

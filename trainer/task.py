@@ -153,11 +153,15 @@ def run_fn(fn_args) -> None:
     if drop and num_train < t.batch_size:
         raise ValueError(f"{num_train} training records fill no batch of {t.batch_size} on "
                          f"{strategy.num_replicas_in_sync} replicas: lower training.batch_size")
+    steps_per_epoch = steps or (num_train // t.batch_size if drop else -(-num_train // t.batch_size))
+    backup = backup_dir_for(config, fn_args.train_files, fn_args.model_run_dir)
+    resumed_at = backed_up_epochs(backup)  # BackupAndRestore starts fit there: the data stream starts there too
+    # an endless stream, steps_per_epoch batches an epoch (one pass without training.steps_per_epoch): every
+    # batch a function of the seed and its place, so a resumed training gets the uninterrupted one's batches
     train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, t.batch_size, num_classes, labeled,
                                  training=True, seed=t.seed, ignore_index=ignore_index, pixel_weights=t.pixel_weights,
-                                 repeat=steps is not None, shuffle_buffer=t.shuffle_buffer, drop_remainder=drop,
-                                 augmentation=t.augmentation)
-    steps_per_epoch = steps or (num_train // t.batch_size if drop else -(-num_train // t.batch_size))
+                                 repeat=True, shuffle_buffer=t.shuffle_buffer, drop_remainder=drop,
+                                 augmentation=t.augmentation, start_batch=resumed_at * steps_per_epoch)
     eval_ds = None
     num_eval = data.count_records(fn_args.eval_files or [])
     if num_eval >= (t.batch_size if drop else 1):
@@ -177,7 +181,6 @@ def run_fn(fn_args) -> None:
             model.compile(optimizer=make_optimizer(t, steps_per_epoch), loss=loss,
                           metrics=segmentation_metrics(classes.names, ignore_index), jit_compile=t.jit_compile)
         first_loss = float(loss(*_first_batch_targets(train_ds, model)))
-        backup = backup_dir_for(config, fn_args.train_files, fn_args.model_run_dir)
         best = BestEpoch(patience=t.early_stopping_patience, restore=t.restore_best, state_dir=backup,
                          min_epochs=t.min_epochs)
         # before BackupAndRestore: the encoder state and the optimizer are set before it restores, and
@@ -198,13 +201,11 @@ def run_fn(fn_args) -> None:
         for note in training_notes(t, labeled, num_classes, num_eval if eval_ds is not None else 0):
             print(f"SegTrainer: note: {note}", flush=True)
         with warnings.catch_warnings():
-            # Keras 3.6 warns "Your input ran out of data" at the end of every finite pass: the training
-            # set without steps_per_epoch (one pass is the epoch, as meant) and the validation set always
-            # (evaluated to its end). With steps_per_epoch the training set repeats, so it cannot run out:
-            # the warning is never about a short training set here.
+            # Keras 3.6 warns "Your input ran out of data" at the end of every finite pass: the validation
+            # set (evaluated to its end). The training set is endless: the warning is never about it.
             warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
             history = model.fit(train_ds, validation_data=eval_ds, epochs=t.epochs,
-                                steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+                                steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -279,6 +280,16 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
     replaced = f" (its weights replace training.backbone_weights: {backbone_weights})" if backbone_weights else ""
     print(f"SegTrainer: warm start from {path}{replaced}", flush=True)
     return path
+
+
+def backed_up_epochs(backup_dir: str) -> int:
+    """The epochs BackupAndRestore's ``training_metadata.json`` in ``backup_dir`` records as done (0
+    without one): where a resumed fit starts."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not tf.io.gfile.exists(path):
+        return 0
+    with tf.io.gfile.GFile(path) as f:
+        return int(json.loads(f.read()).get("epoch", 0))
 
 
 def _first_batch_targets(dataset, model):
