@@ -127,3 +127,45 @@ def test_eval_batches_are_not_augmented(transform_output, monkeypatch):
         tf.io.parse_example(tf.constant(records), transform_output.raw_feature_spec()))
     np.testing.assert_array_equal(image.numpy(), expected["image"].numpy())
     np.testing.assert_array_equal(y["mask"].numpy(), expected["mask"].numpy())
+
+
+def test_the_training_stream_resumes_at_any_batch_without_reading_earlier_passes():
+    """Batch i of the stream is the same whether the stream starts at 0 or at i (start_batch), with each
+    pass batched alone (the last batch of a pass is partial) or batches running across passes (all full)."""
+    uris = ti.tiny_pipeline()
+    output = __import__("tensorflow_transform").TFTransformOutput(uris["transform_graph"])
+    files = [os.path.join(uris["examples"], "Split-train", "*")]
+    n = data.count_records(files)
+    for across in (False, True):
+        def stream(start):
+            ds = data.make_dataset(files, output, 4, ti.NUM_CLASSES, training=True, seed=0, repeat=True,
+                                   shuffle_buffer=5, start_batch=start, num_records=n, batch_across_passes=across,
+                                   augmentation=None)
+            return [(image.numpy(), y["mask"].numpy()) for image, y in ds.take(12 - start)]
+
+        whole = stream(0)
+        sizes = [len(m) for _, m in whole]
+        if across:
+            assert set(sizes) == {4}  # every batch full
+        else:  # a pass ends in its own batch, partial when 4 does not divide n
+            assert sizes[: -(-n // 4)] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+        for start in (3, 7):
+            resumed = stream(start)
+            for (a_image, a_mask), (b_image, b_mask) in zip(whole[start:], resumed):
+                np.testing.assert_array_equal(a_mask, b_mask)
+                np.testing.assert_allclose(a_image, b_image)
+        # each pass is a new order (seed, pass), not the first pass again
+        first, second = np.concatenate([m for _, m in whole[:2]]), np.concatenate([m for _, m in whole[2:4]])
+        assert not np.array_equal(first[:4], second[:4])
+
+
+def test_a_global_seed_of_zero_builds_the_stream():
+    """Dataset.shuffle with a per-pass tensor seed failed to build under tf.random.set_seed(0) (training.seed
+    0, the default): the pipeline's SegTrainer stopped while the tests (seed 1) passed."""
+    uris = ti.tiny_pipeline()
+    output = __import__("tensorflow_transform").TFTransformOutput(uris["transform_graph"])
+    tf.random.set_seed(0)
+    ds = data.make_dataset([os.path.join(uris["examples"], "Split-train", "*")], output, 4, ti.NUM_CLASSES,
+                           training=True, seed=0, repeat=True)
+    image, y = next(iter(ds))
+    assert image.shape[0] == 4

@@ -186,17 +186,23 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
                  labeled_by_id: Optional[Dict[str, Sequence[int]]] = None, training: bool = False,
                  seed: int = 0, pixel_weights=None, ignore_index: int = DEFAULT_IGNORE_INDEX,
                  repeat: bool = False, shuffle_buffer: int = 512, drop_remainder: bool = False,
-                 augmentation=None, start_batch: int = 0) -> tf.data.Dataset:
+                 augmentation=None, start_batch: int = 0, num_records: Optional[int] = None,
+                 batch_across_passes: bool = False) -> tf.data.Dataset:
     """Batches of (image float32 [B,H,W,3], {"mask": int32 [B,H,W], "labeled": float32 [B,C]
     (, "pixel_weights": float32 [B,H,W] when ``pixel_weights`` is given)}). ``training``: shuffled
     and augmented as ``augmentation`` says (an ``Augmentation``; None: its defaults).
 
-    A training set is a stream of passes over the files, pass p shuffled with a seed of its own
+    A training set is a stream of passes over the files, pass p shuffled with seeds of its own
     (``seed``, p) and batch i of the stream augmented with seeds (``seed``, i): every batch is a
     function of the seed and its place in the stream, not of how often the dataset was iterated.
-    ``repeat``: the stream is endless (else one pass); ``start_batch``: it starts there, so a
-    training resumed at epoch e (``start_batch`` = e x steps per epoch) gets the batches the
-    uninterrupted training got."""
+    ``repeat``: the stream is endless (else one pass); ``batch_across_passes``: batches run on from
+    one pass into the next (``training.steps_per_epoch``: every batch full), else each pass is
+    batched alone (one pass is an epoch); ``start_batch``: the stream starts there, so a training
+    resumed at epoch e (``start_batch`` = e x steps per epoch) gets the batches the uninterrupted
+    one got; the passes before it are not read (``num_records``: the records in a pass, counted
+    when not given)."""
+    if start_batch and num_records is None:
+        num_records = count_records(file_patterns)
     pixel_weights = pixel_weights_config(pixel_weights)
     files = example_files(file_patterns)
     if not files:
@@ -232,18 +238,30 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
             to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def one_pass(p):
-        shuffled = records().shuffle(shuffle_buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + p,
-                                     reshuffle_each_iteration=False)
-        return shuffled.batch(batch_size, drop_remainder=drop_remainder)
+    seed64 = tf.constant(int(seed), tf.int64)
 
-    passes = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
-    ds = passes.flat_map(one_pass).enumerate()  # (place in the stream, serialized batch)
-    if start_batch:
-        ds = ds.skip(start_batch)  # still serialized: skipping decodes nothing
+    def one_pass(p):
+        """Pass p over the records, shuffled in blocks of ``shuffle_buffer`` by stateless ops seeded
+        (seed, p, block) (Dataset.shuffle takes no per-pass tensor seed with a global seed of 0)."""
+        def shuffled(block_index, block):
+            return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
+                block, seed=tf.stack([seed64, p * 1_000_003 + block_index])))
+
+        return records().batch(shuffle_buffer).enumerate().flat_map(shuffled)
+
+    if batch_across_passes:  # batches run on from one pass into the next: all of them full
+        first_pass, skip = divmod(start_batch * batch_size, num_records or 1) if start_batch else (0, 0)
+        passes = tf.data.Dataset.counter(first_pass) if repeat else tf.data.Dataset.range(first_pass, first_pass + 1)
+        ds = passes.flat_map(one_pass).skip(skip).batch(batch_size, drop_remainder=drop_remainder)
+    else:  # a pass is batched alone: one pass is one epoch
+        per_pass = max(1, num_records // batch_size if drop_remainder else -(-num_records // batch_size)) \
+            if start_batch else 1
+        first_pass, skip = divmod(start_batch, per_pass)
+        passes = tf.data.Dataset.counter(first_pass) if repeat else tf.data.Dataset.range(first_pass, first_pass + 1)
+        ds = passes.flat_map(lambda p: one_pass(p).batch(batch_size, drop_remainder=drop_remainder)).skip(skip)
+    ds = ds.enumerate(start=start_batch)  # (place in the stream, serialized batch); whole passes were not read
     ds = ds.map(lambda step, serialized: _augment_batch(to_model_inputs(serialized),
-                                                         tf.stack([tf.cast(seed, tf.int64), step]), augmentation,
-                                                         ignore_index),
+                                                         tf.stack([seed64, step]), augmentation, ignore_index),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if pixel_weights is None:
         ds = ds.map(lambda image, y: (image, {k: v for k, v in y.items() if k != "pixel_weights"}))

@@ -161,7 +161,8 @@ def run_fn(fn_args) -> None:
     train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, t.batch_size, num_classes, labeled,
                                  training=True, seed=t.seed, ignore_index=ignore_index, pixel_weights=t.pixel_weights,
                                  repeat=True, shuffle_buffer=t.shuffle_buffer, drop_remainder=drop,
-                                 augmentation=t.augmentation, start_batch=resumed_at * steps_per_epoch)
+                                 augmentation=t.augmentation, start_batch=resumed_at * steps_per_epoch,
+                                 num_records=num_train, batch_across_passes=steps is not None)
     eval_ds = None
     num_eval = data.count_records(fn_args.eval_files or [])
     if num_eval >= (t.batch_size if drop else 1):
