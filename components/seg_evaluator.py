@@ -127,7 +127,9 @@ def _image_size(record) -> Optional[Tuple[int, int]]:
 
     try:
         with Image.open(io.BytesIO(record.image_bytes)) as image:
-            return image.size[1], image.size[0]
+            turned = image.format == "JPEG" and image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            width, height = image.size
+            return (width, height) if turned else (height, width)  # as shown: the model turns it upright
     except Exception:
         return None  # the prediction then names the image
 

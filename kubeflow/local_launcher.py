@@ -148,7 +148,7 @@ def load_spec(spec_path: str) -> dict:
     try:
         with open(spec_path) as f:
             spec = yaml.safe_load(f) if is_kfp_package(spec_path) else json.load(f)["pipelineSpec"]
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise LauncherError(f"{spec_path}: no such file: pass the file `segbalance compile-kfp --output` wrote")
     except (ValueError, KeyError, TypeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise LauncherError(f"{spec_path}: not a {what} written by `segbalance compile-kfp` ({exc}): "

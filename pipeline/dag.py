@@ -83,12 +83,17 @@ def eval_buckets(config: PipelineConfig) -> int:
 def split_of(value: str, config: PipelineConfig) -> str:
     """"train" or "eval": the split ImportExampleGen gives a record whose split feature holds ``value``
     (its partition function: the sha256 of the serialized bytes feature, modulo the 10 buckets)."""
-    import hashlib
-
     from tensorflow.core.example import feature_pb2
 
-    key = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value.encode("utf-8")]))
-    bucket = int(hashlib.sha256(key.SerializeToString(deterministic=True)).hexdigest(), 16) % 10
+    return split_of_feature(feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value.encode("utf-8")])),
+                            config)
+
+
+def split_of_feature(feature, config: PipelineConfig) -> str:
+    """``split_of`` for a record's own split Feature (every value, the bytes as they are)."""
+    import hashlib
+
+    bucket = int(hashlib.sha256(feature.SerializeToString(deterministic=True)).hexdigest(), 16) % 10
     return "train" if bucket < 10 - eval_buckets(config) else "eval"
 
 

@@ -10,6 +10,7 @@ these into one line naming the file, the record and what to do.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List
@@ -34,7 +35,7 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
     from tensorflow.core.example import example_pb2
 
     from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords
-    from segbalance.pipeline.dag import eval_buckets, split_feature, split_of
+    from segbalance.pipeline.dag import eval_buckets, split_feature, split_of_feature
 
     key = split_feature(config)
     counts: Counter = Counter()
@@ -57,8 +58,8 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
                             f"{path}: record {index} has no {key} feature, which ImportExampleGen splits on "
                             f"(data.split_by: {config.data.split_by}): add it to every record, or write the span "
                             f"with `segbalance ingest`" + (" --groups" if config.data.split_by == "group" else ""))
-                    counts[split_of(values[0].decode("utf-8", "replace"), config)] += 1
-        except (TFRecordFileError, OSError, EOFError) as exc:
+                    counts[split_of_feature(example.features.feature[key], config)] += 1
+        except (TFRecordFileError, OSError, EOFError, zlib.error) as exc:
             if isinstance(exc, SpanRecordError):
                 raise
             raise SpanRecordError(f"{path}: not a readable TFRecord file (after record {index}: {exc}): replace it "

@@ -167,6 +167,7 @@ def test_command_line_runs_tasks_and_names_a_failed_task_s_log_in_one_line(tmp_p
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", "no such file: pass the file `segbalance compile-kfp --output` wrote"),
+    ("folder", "no such file: pass the file `segbalance compile-kfp --output` wrote"),
     ("not_json", "not a PipelineJob JSON written by `segbalance compile-kfp`"),
     ("yaml_without_spec", "not a KFP package (YAML) written by `segbalance compile-kfp` (no root"),
     ("unknown_task", "tasks ['C'] are not in the compiled pipeline"),
@@ -176,6 +177,7 @@ def test_command_line_runs_tasks_and_names_a_failed_task_s_log_in_one_line(tmp_p
 def test_command_line_mistakes_are_one_line_exit_2(tmp_path, capsys, case, expected):
     spec = tiny_spec(tmp_path, {"A": WRITES_OUTPUT, "B": WRITES_OUTPUT})
     argv = {"missing": [str(tmp_path / "nope.json"), "--tasks", "A"],
+            "folder": [str(tmp_path), "--tasks", "A"],
             "not_json": [str(tmp_path / "bad.json"), "--tasks", "A"],
             "yaml_without_spec": [str(tmp_path / "bad.yaml"), "--tasks", "A"],
             "unknown_task": [str(spec), "--tasks", "A,C"],

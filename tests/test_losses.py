@@ -774,3 +774,22 @@ def test_shape_checks_let_unknown_dimensions_through_under_xla():
     np.testing.assert_allclose(float(step(y.astype(np.int32), z, labeled)),
                                float(L.marginal_cross_entropy(y, z, labeled, class_weights=CW,
                                                               pixel_weights=np.ones(y.shape, np.float32))), rtol=1e-6)
+
+
+def test_weight_maps_and_label_sets_that_broadcast_are_accepted():
+    """A shared [H,W] map, per-image [B,1,1] weights and one [1,C] label set broadcast as before the
+    shape checks; they equal the same values spelled out in full."""
+    y, z, labeled = data(b=2, h=6, w=4)
+    shared = np.linspace(0.5, 1.5, 24, dtype=np.float32).reshape(6, 4)
+    np.testing.assert_allclose(float(L.weighted_cross_entropy(y, z, pixel_weights=shared)),
+                               float(L.weighted_cross_entropy(y, z, pixel_weights=np.broadcast_to(shared, (2, 6, 4)))),
+                               rtol=1e-6)
+    per_image = np.array([0.5, 2.0], np.float32).reshape(2, 1, 1)
+    np.testing.assert_allclose(float(L.dice_loss(y, z, pixel_weights=per_image)),
+                               float(L.dice_loss(y, z, pixel_weights=np.broadcast_to(per_image, (2, 6, 4)))),
+                               rtol=1e-6)
+    one = labeled[:1]
+    np.testing.assert_allclose(float(L.marginal_cross_entropy(y, z, one)),
+                               float(L.marginal_cross_entropy(y, z, np.repeat(one, 2, axis=0))), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"pixel_weights has shape \(3, 6, 4\)"):
+        L.weighted_cross_entropy(y, z, pixel_weights=np.ones((3, 6, 4), np.float32))

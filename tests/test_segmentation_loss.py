@@ -448,3 +448,7 @@ def test_a_vector_equal_to_the_config_s_own_is_accepted_and_old_saved_pairs_stil
     expected = float(L.weighted_cross_entropy(mask, logits, class_weights=[0.5, 1.0, 2.0]))
     np.testing.assert_allclose([float(same(mask, logits)), float(old(mask, logits))], [expected] * 2, rtol=1e-6)
     assert old.config.class_weights == [0.5, 1.0, 2.0]
+    # ... and beside a different vector in the config: the class_weights= vector was the one used
+    both = SegmentationLoss.from_config({"config": {"terms": [{"type": "ce"}], "class_weights": [1.0, 1.0, 1.0]},
+                                         "class_weights": [0.5, 1.0, 2.0], "num_classes": 3})
+    np.testing.assert_allclose(float(both(mask, logits)), expected, rtol=1e-6)

@@ -74,3 +74,29 @@ def test_run_stops_on_a_bad_record_before_any_component(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "record 12 is not a tf.train.Example" in err and "Traceback" not in err
     assert not (out / "metadata.sqlite").exists()
+
+
+def test_a_damaged_gzip_file_is_named(tmp_path):
+    spans = span(tmp_path, [record(f"r{i}") for i in range(20)], name="data-00000.tfrecord.gz", compression="GZIP")
+    path = spans / "Span-3" / "data-00000.tfrecord.gz"
+    raw = bytearray(path.read_bytes())
+    raw[40:60] = b"\xff" * 20  # the deflate stream, not the header
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SpanRecordError, match=re.escape(f"{path}: not a readable TFRecord file")):
+        check_span_records(spans, [3], CONFIG)
+
+
+def test_the_split_hashes_the_record_s_whole_feature():
+    """ImportExampleGen hashes the serialized Feature: every value, the bytes as they are."""
+    import hashlib
+
+    from tensorflow.core.example import feature_pb2
+
+    from segbalance.pipeline.dag import split_of_feature
+
+    for values in ([b"a"], [b"a", b"b"], [b"\xff\xfe not utf-8"]):
+        feature = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=values))
+        bucket = int(hashlib.sha256(feature.SerializeToString(deterministic=True)).hexdigest(), 16) % 10
+        assert split_of_feature(feature, CONFIG) == ("train" if bucket < 8 else "eval")
+    assert split_of("img_001", CONFIG) == split_of_feature(
+        feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[b"img_001"])), CONFIG)

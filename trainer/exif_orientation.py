@@ -42,14 +42,15 @@ def orientation(data) -> tf.Tensor:
 
         def from_tiff():
             tiff = parts[1]  # the TIFF structure; its offsets count from here
-            order = tf.strings.substr(tiff, 0, 2)
-            little = tf.equal(order, b"II")
-            valid = tf.logical_or(little, tf.equal(order, b"MM"))
-            ifd = _uints(tiff, 4, 4, little)
-            count = tf.minimum(_uints(tiff, ifd, 2, little), MAX_ENTRIES)
-            starts = ifd + 2 + 12 * tf.range(MAX_ENTRIES, dtype=tf.int64)
-            tags = _uints(tiff, starts, 2, little)
-            values = _uints(tiff, starts + 8, 2, little)
+            header = tf.strings.substr(tiff, 0, 4)
+            little = tf.equal(header, b"II*\x00")  # byte order and the TIFF magic number 42
+            valid = tf.logical_or(little, tf.equal(header, b"MM\x00*"))
+            ifd = tf.minimum(_uints(tiff, 4, 4, little), tf.cast(tf.strings.length(tiff), tf.int64))
+            block = tf.strings.substr(tiff, ifd, 2 + 12 * MAX_ENTRIES)  # IFD0 alone: small slices below
+            count = tf.minimum(_uints(block, 0, 2, little), MAX_ENTRIES)
+            starts = 2 + 12 * tf.range(MAX_ENTRIES, dtype=tf.int64)
+            tags = _uints(block, starts, 2, little)
+            values = _uints(block, starts + 8, 2, little)
             found = tf.logical_and(tf.equal(tags, ORIENTATION_TAG), tf.range(MAX_ENTRIES, dtype=tf.int64) < count)
             value = tf.reduce_max(tf.where(found, values, tf.zeros_like(values)))  # 0: not found
             ok = tf.logical_and(valid, tf.logical_and(value >= 1, value <= 8))

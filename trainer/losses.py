@@ -138,6 +138,15 @@ def _check_shape(name: str, tensor, expected, what: str) -> None:
         raise ValueError(f"{name} has shape {shape}; expected {expected} ({what})")
 
 
+def _check_broadcastable(name: str, tensor, expected, what: str) -> None:
+    """ValueError unless ``tensor``'s static shape broadcasts to ``expected`` without changing it: no
+    more dims, each trailing one equal, 1 or unknown (a shared [H, W] map, one [1, C] label set)."""
+    shape, expected = tuple(tensor.shape), tuple(expected)
+    if len(shape) > len(expected) or any(a is not None and b is not None and int(a) not in (1, int(b))
+                                         for a, b in zip(reversed(shape), reversed(expected))):
+        raise ValueError(f"{name} has shape {shape}; expected {expected} ({what})")
+
+
 def _check_label_ids(labels, num_classes: int, ignore_index: int) -> None:
     """ValueError listing mask ids outside ``[0, num_classes)`` that are not ``ignore_index`` (known
     masks only): CE would fail in the kernel (or give NaN on a GPU) and the region losses would
@@ -203,7 +212,7 @@ def _labeled_mask(labeled, num_classes: int, batch=None):
     logits' batch size, checked when known)."""
     lab = ops.cast(ops.convert_to_tensor(labeled), "float32")
     if len(lab.shape) != 2 or (lab.shape[-1] is not None and int(lab.shape[-1]) != num_classes) or \
-            (batch is not None and lab.shape[0] is not None and int(lab.shape[0]) != int(batch)):
+            (batch is not None and lab.shape[0] is not None and int(lab.shape[0]) not in (1, int(batch))):
         raise ValueError(f"labeled must be [B, {num_classes}] multi-hot (one row per image of the batch"
                          f"{'' if batch is None else ', B = ' + str(batch)}, one column per class), "
                          f"got shape {tuple(lab.shape)}")
@@ -348,7 +357,8 @@ def _squeeze_weights(pixel_weights, like):
     pw = ops.cast(ops.convert_to_tensor(pixel_weights), "float32")
     if len(pw.shape) == len(like.shape) + 1 and pw.shape[-1] in (1, None):
         pw = ops.squeeze(pw, axis=-1)
-    _check_shape("pixel_weights", pw, like.shape, "one weight per pixel of the mask, [B,H,W] or [B,H,W,1]")
+    _check_broadcastable("pixel_weights", pw, like.shape,
+                         "one weight per pixel of the mask, [B,H,W] or [B,H,W,1], or a shape that broadcasts to it")
     return pw
 
 

@@ -183,7 +183,9 @@ class SegmentationLoss(keras.losses.Loss):
         loss.pop("weight_options", None)  # ditto: weights were resolved when the model was built
         # models saved when a class_weights= vector beside class_weights: null was used (refused now):
         # the config names that vector, which loads the loss that was computed
-        if loss.get("class_weights") is None and config.get("class_weights") is not None:
+        # ... and beside a different vector in the config (the class_weights= vector was the one used)
+        if config.get("class_weights") is not None and (loss.get("class_weights") is None or (
+                isinstance(loss.get("class_weights"), list) and loss["class_weights"] != config["class_weights"])):
             loss["class_weights"] = list(config["class_weights"])
         # models saved before a loss-wide field needed a term that reads it: there it changed nothing, so
         # dropping it loads the loss that was computed
