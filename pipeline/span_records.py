@@ -5,15 +5,18 @@ its split feature (``image/source_id``, or ``image/group_id`` with ``data.split_
 train / eval. A record that is not an Example, or has no split feature, stopped a run with a Beam
 traceback; a data set whose records all hash into one split stopped Transform with
 ``KeyError: 'image/encoded'``. ``check_span_records`` reads the same files first and turns each of
-these into one line naming the file, the record and what to do.
+these into one line naming the file, the record and what to do. A span `segbalance ingest` wrote
+(its ``ingest_report.json`` lists the records and is newer than every file) is not read again:
+ingest built those records, and the report's source ids give the split counts.
 """
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from segbalance.contract import UserError
 
@@ -27,6 +30,32 @@ def span_files(spans_dir: Path, spans: List[int]) -> List[Path]:
     return sorted(p for span in spans for p in (Path(spans_dir) / f"Span-{span}").glob("data-*") if p.is_file())
 
 
+def counts_from_ingest_reports(spans_dir: Path, spans: List[int], config, files: List[Path]) -> Optional[Counter]:
+    """The split counts without reading a record, for spans `segbalance ingest` wrote and nobody
+    changed since (it built every record itself; its report lists their source ids and was
+    written after them); None otherwise (then every record is read)."""
+    from segbalance.pipeline.dag import split_of
+    from segbalance.pipeline.ingest import REPORT_NAME
+
+    if config.data.split_by != "record" or not files:
+        return None
+    counts: Counter = Counter()
+    for span in spans:
+        folder = Path(spans_dir) / f"Span-{span}"
+        report_path = folder / REPORT_NAME
+        try:
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+            written = report["written"]
+            newest = max(p.stat().st_mtime for p in files if p.parent == folder)
+            fresh = report_path.stat().st_mtime >= newest and not any(p.is_symlink() for p in files)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not fresh or not isinstance(written, list) or len(written) != report.get("num_written"):
+            return None
+        counts.update(split_of(str(source_id), config) for source_id in written)
+    return counts
+
+
 def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, int]:
     """{"train": n, "eval": m}: how the records of ``spans`` split; SpanRecordError for a record
     that is not a tf.train.Example or lacks the split feature, a file that is not TFRecord, or a
@@ -38,9 +67,11 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
     from segbalance.pipeline.dag import eval_buckets, split_feature, split_of_feature
 
     key = split_feature(config)
-    counts: Counter = Counter()
     files = span_files(spans_dir, spans)
-    for path in files:
+    counts = counts_from_ingest_reports(spans_dir, spans, config, files)
+    to_read = files if counts is None else []
+    counts = counts if counts is not None else Counter()
+    for path in to_read:
         opener = gzip.open if path.name.endswith(".gz") else open
         index = -1
         try:

@@ -100,3 +100,38 @@ def test_the_split_hashes_the_record_s_whole_feature():
         assert split_of_feature(feature, CONFIG) == ("train" if bucket < 8 else "eval")
     assert split_of("img_001", CONFIG) == split_of_feature(
         feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[b"img_001"])), CONFIG)
+
+
+def test_a_span_ingest_wrote_is_counted_from_its_report_and_read_once_changed(tmp_path, monkeypatch):
+    """Reading every record on every run costs minutes on a large span: a span ingest wrote (report newer
+    than its files) is counted from the report's source ids; a file changed after it is read again."""
+    import os
+    import time
+
+    from segbalance.pipeline import sample_data, span_records
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=20, size=16, seed=4)
+    assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                     "--span", "0"]) == 0
+    spans = tmp_path / "spans"
+    read_counts = {}
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        read_counts[str(path)] = read_counts.get(str(path), 0) + 1
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(span_records, "open", counting_open, raising=False)
+    from_report = check_span_records(spans, [0], CONFIG)
+    assert read_counts == {} and sum(from_report.values()) == 20
+    report = spans / "Span-0" / "ingest_report.json"
+    stale = report.stat().st_mtime - 10
+    os.utime(report, (stale, stale))  # a data file is now newer than the report: read again
+    assert check_span_records(spans, [0], CONFIG) == from_report and read_counts
+    (data_file,) = list((spans / "Span-0").glob("data-*"))
+    with real_open(data_file, "ab") as handle:  # a record appended after ingest: found, not trusted away
+        write_tfrecord(tmp_path / "extra.tfrecord", [b"not an example"])
+        handle.write((tmp_path / "extra.tfrecord").read_bytes())
+    time.sleep(0.01)
+    with pytest.raises(SpanRecordError, match="record 20 is not a tf.train.Example"):
+        check_span_records(spans, [0], CONFIG)
