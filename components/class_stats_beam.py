@@ -59,6 +59,7 @@ from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, M
 from segbalance.components.component_config import StatsConfig
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
+from segbalance.trainer.example_codec import exif_orientation, shown_size
 
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
@@ -79,7 +80,6 @@ MODE_NAMES = {"1": "1-bit", "LA": "grey + alpha", "PA": "palette + alpha", "RGB"
 KINDS = ("not_an_example", "no_mask", "bad_mask", "mask_ids", "labeled_ids", "no_image", "bad_image",
          "size_mismatch")
 MAX_BATCH = 64  # records per tfx_bsl decode call
-EXIF_ORIENTATION = 0x0112  # JPEG tag: 5-8 turn the image by 90 degrees
 LOG = logging.getLogger("segbalance.class_stats")  # per-record lines (quarantine, progress)
 
 
@@ -289,8 +289,10 @@ def check_image(data: Optional[bytes], mask_shape) -> None:
         raise Quarantined("no_image", f"no image: the record lacks {IMAGE_KEY}")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            fmt, (width, height) = img.format, img.size
-            turned = fmt == "JPEG" and img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            fmt = img.format
+            # the trainer turns a JPEG as shown (trainer/exif_orientation.py): the mask must fit that
+            turned = fmt == "JPEG" and exif_orientation(img) in (5, 6, 7, 8)
+            height, width = shown_size(img, turn=turned)
             if fmt == "PNG":
                 img.verify()
             else:
@@ -300,8 +302,6 @@ def check_image(data: Optional[bytes], mask_shape) -> None:
         raise Quarantined("bad_image", f"cannot decode image: {reason}") from exc
     if fmt not in IMAGE_FORMATS:
         raise Quarantined("bad_image", f"image is {fmt}; the trainer decodes only {', '.join(IMAGE_FORMATS)}")
-    if turned:  # the trainer turns it upright (trainer/exif_orientation.py): the mask must fit the shown image
-        height, width = width, height
     if (height, width) != tuple(mask_shape):
         shown = " as shown (its EXIF orientation turns it by 90 degrees)" if turned else ""
         raise Quarantined("size_mismatch", f"image is {height}x{width}{shown} but its mask is "

@@ -126,10 +126,8 @@ def _image_size(record) -> Optional[Tuple[int, int]]:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(record.image_bytes)) as image:
-            turned = image.format == "JPEG" and image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-            width, height = image.size
-            return (width, height) if turned else (height, width)  # as shown: the model turns it upright
+        with Image.open(io.BytesIO(record.image_bytes)) as image:  # as shown: the model turns a JPEG upright
+            return codec.shown_size(image, turn=image.format == "JPEG")
     except Exception:
         return None  # the prediction then names the image
 
@@ -396,8 +394,8 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
                 baseline_skipped = f"the latest blessed model {baselines[0].uri} was not compared: {mismatch}"
                 blessing.set_string_custom_property("baseline_skipped", baseline_skipped)
             else:
-                baseline_cm = confusion_over(load_predictor(baseline_dir, loaded_baseline), items, num_classes, ignore_index,
-                                             partial=partial)
+                baseline_cm = confusion_over(load_predictor(baseline_dir, loaded_baseline), items, num_classes,
+                                             ignore_index, partial=partial)
                 baseline_miou = evaluation_metrics.summarize(baseline_cm)["miou"]
                 blessing.set_string_custom_property("baseline_model_uri", baselines[0].uri)
                 blessing.set_int_custom_property("baseline_model_id", baselines[0].id)

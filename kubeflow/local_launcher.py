@@ -117,7 +117,7 @@ def topological(tasks: Dict[str, dict], wanted: List[str], given: Iterable[str] 
         for dep in tasks[name].get("dependentTasks", []):
             if dep not in wanted and dep not in done:
                 raise LauncherError(f"task {name} needs {dep}: add it to the tasks to run (or pass its "
-                                 f"outputs as resolved artifacts)")
+                                    f"outputs as resolved artifacts)")
             visit(dep)
         done.add(name)
         order.append(name)
@@ -144,10 +144,11 @@ def load_spec(spec_path: str) -> dict:
     """The PipelineSpec of what ``compile-kfp`` wrote: the KFP package (``.yaml``) or the job JSON."""
     from segbalance.kubeflow.runner import is_kfp_package
 
-    what = "KFP package (YAML)" if is_kfp_package(spec_path) else "PipelineJob JSON"
+    package = is_kfp_package(spec_path)
+    what = "KFP package (YAML)" if package else "PipelineJob JSON"
     try:
         with open(spec_path) as f:
-            spec = yaml.safe_load(f) if is_kfp_package(spec_path) else json.load(f)["pipelineSpec"]
+            spec = yaml.safe_load(f) if package else json.load(f)["pipelineSpec"]
     except (FileNotFoundError, IsADirectoryError):
         raise LauncherError(f"{spec_path}: no such file: pass the file `segbalance compile-kfp --output` wrote")
     except (ValueError, KeyError, TypeError, yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -194,7 +195,7 @@ def run_compiled_tasks(spec_path: str, task_names: List[str], local_root: str,
         executor = executors[component["executorLabel"]]
         if "container" not in executor:
             raise LauncherError(f"task {name} runs no container ({', '.join(executor)}): KFP resolves it from its "
-                             f"metadata store; pass its outputs as resolved={{'{name}': {{key: artifact}}}}")
+                                f"metadata store; pass its outputs as resolved={{'{name}': {{key: artifact}}}}")
         container = executor["container"]
         task_dir = os.path.join(local_root, "_tasks", name)
         os.makedirs(task_dir, exist_ok=True)

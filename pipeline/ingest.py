@@ -89,7 +89,6 @@ OLD_PREFIX = ".segbalance-ingest-old-"
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord
 PROGRESS_MIN_FILES = 100
 MAX_CLASSES = 256  # masks are 8-bit PNG
-EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored / turned (viewers apply it, TF's decoders do not)
 OUT_OF_RANGE = "class_ids_out_of_range"  # the bad-pair code `run` looks for (classes.names too short)
 
 
@@ -467,7 +466,7 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
             if img.mode.startswith("I") or img.mode == "F":
                 raise PairError("image_not_8bit", f"{what} is {img.mode} ({'16' if ';16' in img.mode else '32'}-bit); "
                                                   f"expected 8-bit RGB or greyscale")
-            rotated = img.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9)
+            rotated = codec.exif_orientation(img) in range(2, 9)
             kept = codec.image_format(data) in (b"png", b"jpeg") and not rotated
             _check_complete(data, what)
             if kept:

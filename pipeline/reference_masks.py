@@ -13,8 +13,6 @@ from typing import Dict, Optional, Tuple
 
 from segbalance.contract import UserError
 
-EXIF_ORIENTATION = 0x0112  # orientations 5-8 turn the image by 90 degrees (ingest applies them)
-
 
 class ReferenceMaskError(UserError):
     """Reference masks that cannot be scored against (the message names them)."""
@@ -25,6 +23,7 @@ def image_sizes(images_dir: Path) -> Dict[str, Tuple[int, int]]:
     from PIL import Image
 
     from segbalance.pipeline.ingest import IMAGE_SUFFIXES
+    from segbalance.trainer.example_codec import shown_size
 
     sizes = {}
     for path in sorted(images_dir.iterdir()):
@@ -32,11 +31,9 @@ def image_sizes(images_dir: Path) -> Dict[str, Tuple[int, int]]:
             continue
         try:
             with Image.open(path) as image:
-                width, height = image.size
-                turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+                sizes[path.stem] = shown_size(image)  # ingest turns any format by its EXIF tag
         except Exception:  # ingest names an unreadable image itself
             continue
-        sizes[path.stem] = (width, height) if turned else (height, width)
     return sizes
 
 

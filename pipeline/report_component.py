@@ -44,7 +44,7 @@ class DataReportExecutor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from segbalance.pipeline.report import render_report
-        from segbalance.pipeline.report_sources import ReportSources, ingest_reports_read, span_history_from_metadata
+        from segbalance.pipeline.report_sources import ReportSources, ingest_reports_read, span_history
         from segbalance.pipeline.run_summary import open_store
 
         def uri(key):
@@ -57,8 +57,9 @@ class DataReportExecutor(base_executor.BaseExecutor):
                                 drift_dir=uri("drift"), model_run_dir=uri("model_run"))
         metadata_path = exec_properties.get("metadata_path")
         if metadata_path and os.path.isfile(metadata_path):
-            sources.spans = span_history_from_metadata(metadata_path)
-            sources.ingest_reports = ingest_reports_read(open_store(metadata_path))
+            store = open_store(metadata_path)  # read-only, once for both
+            sources.spans = span_history(store)
+            sources.ingest_reports = ingest_reports_read(store)
         given = [key for key in ("statistics", "anomalies", "evaluation", "drift", "model_run") if uri(key)]
         print(f"DataReport: rendering {sources.class_stats_dir} with {', '.join(given) or 'no other input'}",
               flush=True)

@@ -249,15 +249,18 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
 
         return records().batch(shuffle_buffer).enumerate().flat_map(shuffled)
 
+    # where start_batch lies: the pass it falls in, and what to skip of that pass (records, or batches)
+    if not start_batch:
+        first_pass, skip = 0, 0
+    elif batch_across_passes:
+        first_pass, skip = divmod(start_batch * batch_size, num_records or 1)
+    else:
+        first_pass, skip = divmod(start_batch, max(1, num_records // batch_size if drop_remainder
+                                                   else -(-num_records // batch_size)))
+    passes = tf.data.Dataset.counter(first_pass) if repeat else tf.data.Dataset.range(first_pass, first_pass + 1)
     if batch_across_passes:  # batches run on from one pass into the next: all of them full
-        first_pass, skip = divmod(start_batch * batch_size, num_records or 1) if start_batch else (0, 0)
-        passes = tf.data.Dataset.counter(first_pass) if repeat else tf.data.Dataset.range(first_pass, first_pass + 1)
         ds = passes.flat_map(one_pass).skip(skip).batch(batch_size, drop_remainder=drop_remainder)
     else:  # a pass is batched alone: one pass is one epoch
-        per_pass = max(1, num_records // batch_size if drop_remainder else -(-num_records // batch_size)) \
-            if start_batch else 1
-        first_pass, skip = divmod(start_batch, per_pass)
-        passes = tf.data.Dataset.counter(first_pass) if repeat else tf.data.Dataset.range(first_pass, first_pass + 1)
         ds = passes.flat_map(lambda p: one_pass(p).batch(batch_size, drop_remainder=drop_remainder)).skip(skip)
     ds = ds.enumerate(start=start_batch)  # (place in the stream, serialized batch); whole passes were not read
     ds = ds.map(lambda step, serialized: _augment_batch(to_model_inputs(serialized),

@@ -37,6 +37,21 @@ class DecodeError(ValueError):
     """Raised when image or mask bytes cannot be decoded."""
 
 
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored / turned (viewers apply it, TF's decoders do not)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """A PIL image's EXIF orientation tag, 1 when it has none."""
+    return int(image.getexif().get(EXIF_ORIENTATION, 1))
+
+
+def shown_size(image: Image.Image, turn: bool = True) -> tuple:
+    """(height, width) of a PIL image as shown: an EXIF orientation of 5-8 turns it by 90 degrees
+    (``turn=False``: as stored, for a format the trainer does not turn)."""
+    width, height = image.size
+    return (width, height) if turn and exif_orientation(image) in (5, 6, 7, 8) else (height, width)
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a uint8 array [H, W] or [H, W, 3]."""
     array = np.asarray(array)

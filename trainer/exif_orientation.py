@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from segbalance.trainer.example_codec import EXIF_ORIENTATION as ORIENTATION_TAG
+
 EXIF_HEADER = b"Exif\x00\x00"
-ORIENTATION_TAG = 0x0112
 HEAD_BYTES = 65536 + 4  # an APP1 segment is at most 64 KiB; EXIF must sit in the first one
 MAX_ENTRIES = 64  # IFD0 entries searched for the tag (cameras write a dozen or two)
 

@@ -365,7 +365,8 @@ def _squeeze_weights(pixel_weights, like):
 def marginal_log_probs(labels, logits, labeled):
     """log q(y) with background merged with every unlabelled class (logsumexp), [B,H,W]."""
     c = int(logits.shape[-1])
-    merge = 1.0 - _labeled_mask(labeled, c, logits.shape[0]) + ops.one_hot(ops.zeros((1,), "int32"), c)[0]  # bg + unlabelled
+    # background + the classes the image's annotator left out
+    merge = 1.0 - _labeled_mask(labeled, c, logits.shape[0]) + ops.one_hot(ops.zeros((1,), "int32"), c)[0]
     merged_logit = ops.logsumexp(ops.where(merge > 0, logits, _NEG), axis=-1)
     own_logit = _pick(logits, labels, c)
     target_logit = ops.where(ops.equal(labels, 0), merged_logit, own_logit)
