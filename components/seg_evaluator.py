@@ -121,13 +121,8 @@ def _image_size(record) -> Optional[Tuple[int, int]]:
         return int(record.height), int(record.width)
     if record.image_bytes is None:
         return None
-    import io
-
-    from PIL import Image
-
     try:
-        with Image.open(io.BytesIO(record.image_bytes)) as image:  # as shown: the model turns a JPEG upright
-            return codec.shown_size(image, turn=image.format == "JPEG")
+        return codec.record_image_size(record.image_bytes)  # as shown: the model turns a JPEG or PNG upright
     except Exception:
         return None  # the prediction then names the image
 

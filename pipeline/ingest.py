@@ -462,11 +462,11 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
     what = f"image {name}"
     with _decoding(what, "PNG, JPEG, BMP or TIFF"):
         with Image.open(io.BytesIO(data)) as img:
+            rotated = codec.exif_orientation(img) in range(2, 9)  # from the header, as the trainer reads it
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
                 raise PairError("image_not_8bit", f"{what} is {img.mode} ({'16' if ';16' in img.mode else '32'}-bit); "
                                                   f"expected 8-bit RGB or greyscale")
-            rotated = codec.exif_orientation(img) in range(2, 9)
             kept = codec.image_format(data) in (b"png", b"jpeg") and not rotated
             _check_complete(data, what)
             if kept:

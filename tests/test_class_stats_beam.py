@@ -440,10 +440,11 @@ def test_mask_value_counts_against_numpy_and_what_the_trainer_decodes():
             csb.decode_mask_counts(data)
 
 
-def test_a_turned_jpeg_s_mask_must_fit_the_shown_image():
-    """The trainer turns a JPEG by its EXIF orientation (trainer/exif_orientation.py): a mask drawn on the
-    shown (portrait) image fits; one of the stored (landscape) pixels would train misaligned and is
-    quarantined, saying why."""
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_turned_image_s_mask_must_fit_the_shown_image(fmt):
+    """The trainer turns a JPEG (Exif segment) or a PNG (eXIf chunk) by its EXIF orientation
+    (trainer/exif_orientation.py): a mask drawn on the shown (portrait) image fits; one of the stored
+    (landscape) pixels would train misaligned and is quarantined, saying why."""
     from PIL import Image
     import io
 
@@ -451,7 +452,7 @@ def test_a_turned_jpeg_s_mask_must_fit_the_shown_image():
     exif = Image.Exif()
     exif[0x0112] = 6
     buffer = io.BytesIO()
-    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(buffer, "JPEG", exif=exif.tobytes())  # stored 4 wide x 2 high
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(buffer, fmt, exif=exif.tobytes())  # stored 4 wide x 2 high
 
     def row(mask_shape):
         mask = codec.encode_png(np.zeros(mask_shape, np.uint8))

@@ -1,5 +1,6 @@
 """trainer/exif_orientation.py against PIL's ImageOps.exif_transpose (what ingest applies)."""
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -80,3 +81,86 @@ def test_works_inside_a_saved_graph(tmp_path):
     tf.saved_model.save(module, str(tmp_path / "m"))
     loaded = tf.saved_model.load(str(tmp_path / "m"))
     assert int(loaded.f(tf.constant(_jpeg(_pattern(), 6)))) == 6
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _pil_orientation(data: bytes) -> int:
+    return int(Image.open(io.BytesIO(data)).getexif().get(0x0112, 1))
+
+
+@pytest.mark.parametrize("k", [3, 6, 8])
+def test_png_exif_chunk_is_read_as_pil_reads_it(k):
+    """A PNG's eXIf chunk: ingest (PIL) turns the picture, so the serving graph must too."""
+    buffer = io.BytesIO()
+    Image.fromarray(_pattern()).save(buffer, "PNG", exif=_exif(k))
+    data = buffer.getvalue()
+    assert b"eXIf" in data and _pil_orientation(data) == k
+    assert int(eo.orientation(tf.constant(data))) == k
+    pil = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    turned = eo.upright(tf.io.decode_png(data, channels=3), eo.orientation(tf.constant(data))).numpy()
+    np.testing.assert_array_equal(turned, pil)  # lossless: exactly PIL's picture
+
+
+def test_jpeg_segments_are_walked_not_searched():
+    """The Exif APP1 segment behind a 64 KiB ICC profile (APP2) is found; 'Exif' bytes in a comment
+    (COM) or after the start of scan are not an Exif segment; fill bytes before a marker are skipped.
+    Each case agrees with PIL (what ingest applies)."""
+    turned = _jpeg(_pattern(), 6)
+    app1 = turned.index(b"\xff\xe1")
+    length = struct.unpack(">H", turned[app1 + 2:app1 + 4])[0]
+    exif_segment = turned[app1:app1 + 2 + length]
+    rest = turned[:app1] + turned[app1 + 2 + length:]  # the same JPEG without its Exif segment
+    icc = _segment(0xE2, b"ICC_PROFILE\x00" + bytes(65533 - 12))
+    behind_icc = rest[:2] + icc + exif_segment + rest[2:]
+    tiff = b"MM\x00*" + struct.pack(">IHHHII", 8, 1, 0x0112, 3, 1, 6 << 16) + bytes(4)
+    plain = _jpeg(_pattern())
+    in_comment = plain[:2] + _segment(0xFE, b"Exif\x00\x00" + tiff) + plain[2:]
+    after_scan = plain[:-2] + b"\xff\xe1Exif\x00\x00" + tiff + plain[-2:]
+    filled = rest[:2] + b"\xff\xff" + exif_segment[1:] + rest[2:]
+    for data, expected in ((behind_icc, 6), (in_comment, 1), (after_scan, 1), (filled, 6), (rest, 1)):
+        assert _pil_orientation(data) == expected
+        assert int(eo.orientation(tf.constant(data))) == expected
+
+
+def test_cut_and_malformed_walks_end():
+    """A length field that points past the end, a zero-length segment and a cut PNG chunk: the walk
+    stops (orientation 1) instead of failing or looping."""
+    plain = _jpeg(_pattern())
+    png = io.BytesIO()
+    Image.fromarray(_pattern()).save(png, "PNG", exif=_exif(6))
+    cases = (plain[:2] + b"\xff\xe1\xff\xff", plain[:2] + b"\xff\xe1\x00\x00" + plain[2:],
+             png.getvalue()[:40], b"\x89PNG\r\n\x1a\n\xff\xff\xff\xffeXIf")
+    for data in cases:
+        assert int(eo.orientation(tf.constant(data))) == 1, data[:24]
+
+
+def test_a_png_exif_chunk_after_the_pixel_data_is_not_read_anywhere():
+    """The PNG specification puts eXIf before IDAT and the graph's walk ends at IDAT (a large PNG of
+    many small IDAT chunks would otherwise cost a walk over all of them): ingest, the statistics and
+    the evaluator read the header the same way, so such a file is upright everywhere."""
+    import zlib
+
+    from segbalance.trainer import example_codec as codec
+
+    buffer = io.BytesIO()
+    Image.fromarray(_pattern()).save(buffer, "PNG")
+    plain = buffer.getvalue()
+    tiff = _exif(6)
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    late = plain[:-12] + chunk + plain[-12:]  # before IEND, after IDAT
+    assert int(eo.orientation(tf.constant(late))) == 1
+    assert codec.exif_orientation(Image.open(io.BytesIO(late))) == 1
+    assert codec.record_image_size(late) == (24, 40)
+    early = io.BytesIO()
+    Image.fromarray(_pattern()).save(early, "PNG", exif=tiff)
+    assert codec.exif_orientation(Image.open(io.BytesIO(early.getvalue()))) == 6
+    assert codec.record_image_size(early.getvalue()) == (40, 24)

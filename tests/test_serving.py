@@ -11,7 +11,7 @@ from PIL import Image
 from tests import trainer_inputs as ti
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer.segmentation_loss import SegmentationLoss
-from segbalance.trainer.serving import KERAS_FILE, image_size_of
+from segbalance.trainer.serving import KERAS_FILE, PNG_MAGIC, image_size_of
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,11 @@ def test_jpeg_and_grey_inputs_and_mixed_sizes_error(exported):
     # an empty request: a message, not "slice index 0 of dimension 0 out of bounds"
     with pytest.raises(tf.errors.InvalidArgumentError, match="the request holds no image"):
         serve(images=tf.constant([], tf.string))
+    # bytes that start as a PNG but end before its size (IHDR): the decoder's error, not a UnicodeDecodeError
+    # or "incompatible shape at a list index" from slicing the missing header
+    for length in (8, 12, 16, 17, 20, 23):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="DecodeImage"):
+            serve(images=tf.constant([PNG_MAGIC + b"\x01" * (length - 8)]))
 
 
 def test_image_size_of_reads_headers():
@@ -102,3 +107,22 @@ def test_a_phone_jpeg_is_scored_upright_as_ingest_trains_on_it(exported, orienta
                    for name, data in (("phone", phone), ("upright", upright), ("stored", codec.encode_png(stored)))}
     assert np.abs(model_input["phone"] - model_input["upright"]).mean() < \
         np.abs(model_input["stored"] - model_input["upright"]).mean() / 10
+
+
+def test_a_png_with_an_exif_chunk_is_scored_upright_like_its_upright_copy(exported):
+    """A PNG's eXIf orientation (ingest turns it, as PIL does): the served model scored the stored pixels
+    and returned a mask of their shape. PNG is lossless: the turned copy gives the same prediction."""
+    from PIL import ImageOps
+
+    serve, _, _ = exported
+    stored = ti.make_image_and_mask(np.random.default_rng(6), 24, 40)[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "PNG", exif=exif.tobytes())
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))).convert("RGB"))
+    assert shown.shape[:2] == (40, 24)
+    out = serve(images=tf.constant([buffer.getvalue()]))
+    assert out["class_ids"].shape == (1, 40, 24)
+    reference = serve(images=tf.constant([codec.encode_png(shown)]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), reference["probabilities"].numpy(), atol=1e-5)

@@ -41,8 +41,17 @@ EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored / turned (viewers appl
 
 
 def exif_orientation(image: Image.Image) -> int:
-    """A PIL image's EXIF orientation tag, 1 when it has none."""
-    return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    """A PIL image's EXIF orientation tag, 1 when it has none, read from the header as the trainer's
+    graph reads it (``trainer/exif_orientation.py``): a PNG's eXIf chunk counts before the pixel data,
+    where the PNG specification puts it (PIL's ``getexif`` would decode the whole PNG to look for a
+    later one). Call it before ``load()``."""
+    if image.format != "PNG":
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    if not image.info.get("exif"):
+        return 1
+    exif = Image.Exif()
+    exif.load(image.info["exif"])
+    return int(exif.get(EXIF_ORIENTATION, 1))
 
 
 def shown_size(image: Image.Image, turn: bool = True) -> tuple:
@@ -50,6 +59,14 @@ def shown_size(image: Image.Image, turn: bool = True) -> tuple:
     (``turn=False``: as stored, for a format the trainer does not turn)."""
     width, height = image.size
     return (width, height) if turn and exif_orientation(image) in (5, 6, 7, 8) else (height, width)
+
+
+def record_image_size(data: bytes) -> tuple:
+    """(height, width) of a record's encoded image as the trainer and the serving model see it: a JPEG
+    or PNG turned by its EXIF orientation (``trainer/exif_orientation.py``), other formats as stored.
+    Reads the header only. Raises PIL's errors for bytes it cannot open."""
+    with Image.open(io.BytesIO(data)) as image:
+        return shown_size(image, turn=image.format in ("JPEG", "PNG"))
 
 
 def encode_png(array: np.ndarray) -> bytes:

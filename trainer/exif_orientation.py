@@ -6,9 +6,13 @@ to turn it; ``tf.io.decode_image`` ignores the tag. The masks are drawn on the t
 training records hold upright images, and the serving model must turn a raw phone JPEG the same
 way, or it predicts on a sideways image and returns a mask of the wrong shape.
 
-``orientation(data)`` reads the tag from a JPEG's ``Exif`` segment with string ops only (no
-Python at serving time, so it is part of the SavedModel); ``upright(image, k)`` applies it as
-PIL does; ``upright_size(size, k)`` is the size after turning.
+``orientation(data)`` reads the tag with string ops only (no Python at serving time, so it is part
+of the SavedModel) where PIL finds it: a JPEG's first ``APP1`` segment that starts ``Exif\\0\\0``
+(the marker segments before the scan are walked, so a large ICC profile before it is no obstacle
+and ``Exif`` bytes in a comment are not taken for it) and a PNG's ``eXIf`` chunk before the pixel
+data (where the PNG specification puts it; ``example_codec.exif_orientation`` reads the same for
+ingest and the statistics). ``upright(image, k)`` applies it as PIL does; ``upright_size(size, k)``
+is the size after turning.
 """
 from __future__ import annotations
 
@@ -17,49 +21,104 @@ import tensorflow as tf
 from segbalance.trainer.example_codec import EXIF_ORIENTATION as ORIENTATION_TAG
 
 EXIF_HEADER = b"Exif\x00\x00"
-HEAD_BYTES = 65536 + 4  # an APP1 segment is at most 64 KiB; EXIF must sit in the first one
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_ENTRIES = 64  # IFD0 entries searched for the tag (cameras write a dozen or two)
+MAX_SEGMENTS = 1 << 16  # JPEG marker segments / PNG chunks walked before giving up (orientation 1)
+JPEG_SOS, JPEG_EOI, JPEG_APP1 = 0xDA, 0xD9, 0xE1
 
 
 def _uints(data, positions, length: int, little_endian):
-    """Unsigned big- or little-endian integers (int64, the shape of ``positions``) of ``length`` (2 or
-    4) bytes at each position of ``data``; bytes past its end read as 0 (a cut or malformed block is
-    not an error)."""
+    """Unsigned big- or little-endian integers (int64, the shape of ``positions``) of ``length`` (1, 2
+    or 4) bytes at each position of ``data``; bytes past its end read as 0 (a cut or malformed block
+    is not an error). The slices are cut from ``data`` (broadcast, not copied: it may be a whole
+    image) and then padded."""
     positions = tf.minimum(tf.cast(positions, tf.int64), tf.cast(tf.strings.length(data), tf.int64))
-    padded = data + b"\x00" * length  # every slice then has ``length`` bytes
-    slices = tf.strings.substr(tf.fill(tf.shape(positions), padded), positions, tf.fill(tf.shape(positions),
-                                                                                        tf.constant(length, tf.int64)))
-    raw = tf.cast(tf.io.decode_raw(slices, tf.uint8), tf.int64)  # [..., length]
+    pieces = tf.strings.substr(data, positions, tf.fill(tf.shape(positions), tf.constant(length, tf.int64)))
+    pieces = tf.strings.substr(pieces + b"\x00" * length, 0, length)  # every slice has ``length`` bytes
+    raw = tf.cast(tf.io.decode_raw(pieces, tf.uint8), tf.int64)  # [..., length]
     raw = tf.cond(little_endian, lambda: tf.reverse(raw, [-1]), lambda: raw)
     return tf.reduce_sum(raw * tf.constant([256 ** (length - 1 - i) for i in range(length)], tf.int64), axis=-1)
 
 
+def _big(data, position, length: int):
+    return _uints(data, position, length, tf.constant(False))
+
+
+def _walk(data, first, step):
+    """(start, length) of the TIFF block found by walking segments from byte ``first``: ``step(pos)``
+    gives (next pos, stop, found, block start, block length); (-1, 0) when none is found."""
+    size = tf.cast(tf.strings.length(data), tf.int64)
+
+    def more(pos, start, length, done):
+        return tf.logical_and(tf.logical_not(done), pos + 8 <= size)
+
+    def body(pos, start, length, done):
+        following, stop, found, block_start, block_length = step(pos)
+        return (following, tf.where(found, block_start, start), tf.where(found, block_length, length),
+                tf.logical_or(stop, found))
+
+    init = (tf.constant(first, tf.int64), tf.constant(-1, tf.int64), tf.constant(0, tf.int64), tf.constant(False))
+    _, start, length, _ = tf.while_loop(more, body, init, maximum_iterations=MAX_SEGMENTS)
+    return start, length
+
+
+def _jpeg_step(data):
+    def step(pos):
+        marker = _big(data, pos + 1, 1)
+        fill = tf.equal(marker, 0xFF)  # a fill byte before a marker
+        stop = tf.logical_or(tf.not_equal(_big(data, pos, 1), 0xFF),
+                             tf.logical_or(tf.equal(marker, JPEG_SOS), tf.equal(marker, JPEG_EOI)))
+        segment = _big(data, pos + 2, 2)  # counts its own two length bytes
+        exif = tf.logical_and(tf.equal(marker, JPEG_APP1),
+                              tf.equal(tf.strings.substr(data, pos + 4, len(EXIF_HEADER)), EXIF_HEADER))
+        found = tf.logical_and(tf.logical_not(stop), exif)
+        following = tf.where(fill, pos + 1, pos + 2 + tf.maximum(segment, 2))
+        return following, stop, found, pos + 4 + len(EXIF_HEADER), segment - 2 - len(EXIF_HEADER)
+    return step
+
+
+def _png_step(data):
+    def step(pos):
+        length = _big(data, pos, 4)
+        kind = tf.strings.substr(data, pos + 4, 4)
+        # eXIf sits before the pixel data (PNG specification): the walk ends at the first IDAT, so a large
+        # PNG of many small IDAT chunks costs a few chunk headers, not thousands
+        stop = tf.logical_or(tf.equal(kind, b"IDAT"), tf.equal(kind, b"IEND"))
+        found = tf.equal(kind, b"eXIf")
+        return pos + 12 + length, stop, found, pos + 8, length  # length, type, data, CRC
+    return step
+
+
+def _from_tiff(tiff) -> tf.Tensor:
+    """The orientation tag (int32; 1 when absent or outside 1-8) of an EXIF TIFF block."""
+    header = tf.strings.substr(tiff, 0, 4)
+    little = tf.equal(header, b"II*\x00")  # byte order and the TIFF magic number 42
+    valid = tf.logical_or(little, tf.equal(header, b"MM\x00*"))
+    ifd = tf.minimum(_uints(tiff, 4, 4, little), tf.cast(tf.strings.length(tiff), tf.int64))
+    block = tf.strings.substr(tiff, ifd, 2 + 12 * MAX_ENTRIES)  # IFD0 alone: small slices below
+    count = tf.minimum(_uints(block, 0, 2, little), MAX_ENTRIES)
+    starts = 2 + 12 * tf.range(MAX_ENTRIES, dtype=tf.int64)
+    tags = _uints(block, starts, 2, little)
+    values = _uints(block, starts + 8, 2, little)
+    found = tf.logical_and(tf.equal(tags, ORIENTATION_TAG), tf.range(MAX_ENTRIES, dtype=tf.int64) < count)
+    value = tf.reduce_max(tf.where(found, values, tf.zeros_like(values)))  # 0: not found
+    ok = tf.logical_and(valid, tf.logical_and(value >= 1, value <= 8))
+    return tf.cast(tf.where(ok, value, 1), tf.int32)
+
+
 def orientation(data) -> tf.Tensor:
-    """The EXIF orientation (int32, 1-8) of encoded image bytes; 1 for a non-JPEG, a JPEG without
-    EXIF or without the tag, and for a value outside 1-8."""
-    def from_jpeg():
-        head = tf.strings.substr(data, 0, HEAD_BYTES)
-        parts = tf.strings.split(head, sep=EXIF_HEADER, maxsplit=1)
+    """The EXIF orientation (int32, 1-8) of encoded image bytes: from a JPEG's Exif APP1 segment or a
+    PNG's eXIf chunk; 1 for other formats, without EXIF or the tag, and for a value outside 1-8."""
+    def found_in(first, step):
+        def read():
+            start, length = _walk(data, first, step(data))
+            return tf.cond(start >= 0, lambda: _from_tiff(tf.strings.substr(data, start, tf.maximum(length, 0))),
+                           lambda: tf.constant(1, tf.int32))
+        return read
 
-        def from_tiff():
-            tiff = parts[1]  # the TIFF structure; its offsets count from here
-            header = tf.strings.substr(tiff, 0, 4)
-            little = tf.equal(header, b"II*\x00")  # byte order and the TIFF magic number 42
-            valid = tf.logical_or(little, tf.equal(header, b"MM\x00*"))
-            ifd = tf.minimum(_uints(tiff, 4, 4, little), tf.cast(tf.strings.length(tiff), tf.int64))
-            block = tf.strings.substr(tiff, ifd, 2 + 12 * MAX_ENTRIES)  # IFD0 alone: small slices below
-            count = tf.minimum(_uints(block, 0, 2, little), MAX_ENTRIES)
-            starts = 2 + 12 * tf.range(MAX_ENTRIES, dtype=tf.int64)
-            tags = _uints(block, starts, 2, little)
-            values = _uints(block, starts + 8, 2, little)
-            found = tf.logical_and(tf.equal(tags, ORIENTATION_TAG), tf.range(MAX_ENTRIES, dtype=tf.int64) < count)
-            value = tf.reduce_max(tf.where(found, values, tf.zeros_like(values)))  # 0: not found
-            ok = tf.logical_and(valid, tf.logical_and(value >= 1, value <= 8))
-            return tf.cast(tf.where(ok, value, 1), tf.int32)
-
-        return tf.cond(tf.size(parts) > 1, from_tiff, lambda: tf.constant(1, tf.int32))
-
-    return tf.cond(tf.image.is_jpeg(data), from_jpeg, lambda: tf.constant(1, tf.int32))
+    is_png = tf.equal(tf.strings.substr(data, 0, len(PNG_MAGIC)), PNG_MAGIC)
+    return tf.cond(tf.image.is_jpeg(data), found_in(2, _jpeg_step),
+                   lambda: tf.cond(is_png, found_in(len(PNG_MAGIC), _png_step), lambda: tf.constant(1, tf.int32)))
 
 
 def upright(image, k) -> tf.Tensor:

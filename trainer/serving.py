@@ -24,12 +24,12 @@ import tensorflow as tf
 
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer import exif_orientation
+from segbalance.trainer.exif_orientation import PNG_MAGIC
 from segbalance.trainer.preprocessing import IMAGE
 
 from segbalance.contract import KERAS_FILE  # noqa: E402,F401
 
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def image_size_of(data):
@@ -48,7 +48,10 @@ def header_size(data):
         return tf.cond(tf.image.is_jpeg(data), lambda: tf.image.extract_jpeg_shape(data)[:2],
                        lambda: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))[:2])
 
-    return tf.cond(tf.equal(tf.strings.substr(data, 0, 8), PNG_MAGIC), png, other)
+    # a PNG's size sits in its IHDR chunk (bytes 16-24); shorter bytes go to the decoder, which says
+    # what is wrong with them (slicing them failed with errors about tensor lists, or UnicodeDecodeError)
+    header = tf.logical_and(tf.equal(tf.strings.substr(data, 0, 8), PNG_MAGIC), tf.strings.length(data) >= 24)
+    return tf.cond(header, png, other)
 
 
 class SegmentationServer(tf.Module):
