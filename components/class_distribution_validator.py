@@ -1,14 +1,20 @@
 """ClassDistributionValidator: the drift gate of scheduled retraining.
 
-Compares the new ClassStats with the previous run's (``baseline_class_stats``, from a
-latest-artifact Resolver that runs before this run's ClassStatsGen; when ClassStatsGen was
-cached those are this run's own, and the baseline is the one the previous run's DriftReport,
-``previous_report``, judged them against) using
-``components/drift_metrics.py``: Jensen-Shannon divergence and the largest absolute change
-of the class pixel frequencies, classes that were absent before, and the change in the
-fraction of images with missing annotations. Above a threshold it records an anomaly;
-with ``action="block"`` the DriftReport is marked ``blocked`` and SegEvaluator then does
-not bless the model, so Pusher does not push it; with ``action="block_training"`` it is
+Compares the new ClassStats with the **last accepted** ones: those of the latest run whose
+gate did not block (``accepted`` in the previous run's DriftReport, ``previous_report``, from a
+latest-artifact resolver that runs before this run's ClassStatsGen). A blocked span therefore
+never becomes the baseline: a distribution cannot drift in through a chain of blocked runs
+(each close to the blocked one before it), and a re-run on the same data (cached ClassStats)
+stays blocked. The first run, and stores without a recorded decision, fall back to the latest
+ClassStats (``baseline_class_stats``). To accept a new distribution that is expected, run once
+with ``action="warn"``: a run that is not blocked is accepted, and the runs after it compare
+with its ClassStats.
+
+The measures (``components/drift_metrics.py``): Jensen-Shannon divergence and the largest
+absolute change of the class pixel frequencies, classes that were absent before, and the
+change in the fraction of images with missing annotations. Above a threshold it records an
+anomaly; with ``action="block"`` the DriftReport is marked ``blocked`` and SegEvaluator then
+does not bless the model, so Pusher does not push it; with ``action="block_training"`` it is
 marked ``blocked`` too and the pipeline's ``tfx.dsl.Cond`` on that mark skips SegTrainer,
 SegEvaluator and Pusher (``"warn"``: recorded, not blocking).
 Output ``drift_report`` (DriftReport) holds ``drift.json``; the report shows it.
@@ -30,7 +36,7 @@ from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
 from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare
 
-from segbalance.contract import DRIFT_FILE  # noqa: E402
+from segbalance.contract import DRIFT_FILE, STATS_FILE  # noqa: E402
 
 
 class ClassDistributionValidatorSpec(ComponentSpec):
@@ -43,8 +49,8 @@ class ClassDistributionValidatorSpec(ComponentSpec):
     INPUTS = {
         "class_stats": ChannelParameter(type=ClassStats),
         "baseline_class_stats": ChannelParameter(type=ClassStats, optional=True),
-        # the previous run's DriftReport (the same latest-artifact resolver): a re-run on the same data
-        # keeps the baseline that run judged against
+        # the previous run's DriftReport (the same latest-artifact resolver): its "accepted" ClassStats
+        # are the baseline
         "previous_report": ChannelParameter(type=DriftReport, optional=True),
     }
     OUTPUTS = {"drift_report": ChannelParameter(type=DriftReport)}
@@ -61,48 +67,68 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
             raise ValueError(f"baseline_class_stats: expected at most one artifact (a latest-artifact resolver), "
                              f"got {len(baselines)}: {[a.uri for a in baselines]}")
         current = read_class_stats(current_artifact.uri)
-        baseline_uri = baselines[0].uri if baselines else None
-        note = None
-        if baseline_uri == current_artifact.uri:
-            # ClassStatsGen was cached (same span, same config): the latest ClassStats are this run's own.
-            # Compared with themselves they would always pass, and a re-run (or the resume of a stopped
-            # run) pushed what the gate had blocked: judge against the baseline of the run that made them.
-            baseline_uri, note = judged_baseline(current_artifact.uri, input_dict.get("previous_report") or [])
+        baseline_uri, note = accepted_baseline(current_artifact.uri, baselines[0].uri if baselines else None,
+                                               input_dict.get("previous_report") or [])
         baseline = read_class_stats(baseline_uri) if baseline_uri else None
         thresholds = {k: float(exec_properties[k]) for k in THRESHOLD_KEYS}
         result = compare(current, baseline, thresholds, exec_properties["action"])
         result["current"] = current_artifact.uri
         result["baseline"] = baseline_uri
+        # what the next run compares with: a blocked distribution is not accepted
+        result["accepted"] = baseline_uri if result["status"] == "blocked" else current_artifact.uri
         if note:
             result["note"] = note
+        if result["status"] == "blocked":
+            result["advice"] = ACCEPT_ADVICE
         output = artifact_utils.get_single_instance(output_dict["drift_report"])
         io_utils.write_string_file(os.path.join(output.uri, DRIFT_FILE), json.dumps(result, indent=1))
         output.set_int_custom_property("blocked", int(result["status"] == "blocked"))
         output.set_string_custom_property("status", result["status"])
         output.set_string_custom_property("action", result["action"])
         detail = "; ".join(result["anomalies"]) or result.get("note", "within thresholds")
-        print(f"ClassDistributionValidator: {result['status']} ({detail})", flush=True)
+        print(f"ClassDistributionValidator: {result['status']} ({detail})"
+              + (f"; {ACCEPT_ADVICE}" if result["status"] == "blocked" else ""), flush=True)
 
 
-def judged_baseline(current_uri: str, previous_reports: List[types.Artifact]):
-    """(baseline URI, note) for a run whose ClassStats are the previous run's: the baseline the
-    latest DriftReport compared them with (None: that was a first run); when that report judged
-    other ClassStats (the run that made these stopped before the gate), those; without a report,
-    None and a note saying nothing could be compared."""
+ACCEPT_ADVICE = ("if this class distribution is expected, accept it: run once with drift.action: warn (later runs "
+                 "compare with the ClassStats of the last run that was not blocked)")
+
+
+def accepted_by(judged: Dict[str, Any]) -> Optional[str]:
+    """The ClassStats URI a gate decision (a ``drift.json``) accepted: its ``accepted`` field; for
+    reports written before it existed, the baseline when it blocked, else the ClassStats it judged."""
+    if "accepted" in judged:
+        return judged["accepted"]
+    return judged.get("baseline") if judged.get("status") == "blocked" else judged.get("current")
+
+
+def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_reports: List[types.Artifact]):
+    """(baseline URI or None, note or None): the ClassStats the latest gate decision accepted; without
+    a readable decision (a first run, or reports gone), the latest ClassStats ``latest_uri`` unless
+    they are this run's own (ClassStatsGen cached), which would compare the data with itself."""
+    note = None
     for report in previous_reports:
         path = os.path.join(report.uri, DRIFT_FILE)
         if not fileio.exists(path):
             continue
         with fileio.open(path) as f:
-            judged = json.loads(f.read())
-        if judged.get("current") == current_uri and judged.get("baseline") != current_uri:
-            return judged.get("baseline"), (f"this run's ClassStats are the previous run's (cached: same data): "
-                                            f"compared with that run's baseline, as it was ({report.uri})")
-        if judged.get("current") and judged.get("current") != current_uri:
-            return judged["current"], (f"this run's ClassStats were made by a run that stopped before the gate: "
-                                       f"compared with the ClassStats the last gate judged ({report.uri})")
-    return None, ("this run's ClassStats are the previous run's (cached: same data) and no gate decision was "
-                  "recorded: nothing to compare with")
+            accepted = accepted_by(json.loads(f.read()))
+        if not accepted:
+            return None, f"the last gate ({report.uri}) accepted no ClassStats yet: nothing to compare with"
+        if not fileio.exists(os.path.join(accepted, STATS_FILE)):
+            note = f"the ClassStats the last gate accepted ({accepted}) are gone"
+            break
+        if accepted == current_uri:
+            return accepted, f"these ClassStats were accepted by the last gate ({report.uri}): the data is unchanged"
+        if accepted != latest_uri:
+            return accepted, (f"compared with the ClassStats the last gate accepted ({report.uri}), not the latest "
+                              f"ones ({latest_uri}): those were blocked, or their run stopped before the gate")
+        return accepted, None
+    if latest_uri is None:
+        return None, note  # a first run: compare() says so
+    if latest_uri == current_uri:
+        return None, "; ".join(filter(None, [note, "no gate decision was recorded: nothing to compare with"]))
+    return latest_uri, (f"{note}: compared with the latest ClassStats" if note else None)
 
 
 class ClassDistributionValidator(base_component.BaseComponent):

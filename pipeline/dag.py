@@ -3,7 +3,7 @@
     ImportExampleGen (Span-N TFRecords from `segbalance ingest`)
       -> StatisticsGen -> SchemaGen -> ExampleValidator              (TFDV record checks)
       -> ClassStatsGen      (Beam: checks every split, class stats, weights; outputs the clean examples)
-      -> ClassDistributionValidator vs the previous run's ClassStats  (drift gate; optional)
+      -> ClassDistributionValidator vs the last accepted ClassStats  (drift gate; optional)
       -> Transform (segbalance.trainer.preprocessing.preprocessing_fn; Transform, SegTrainer and
                     SegEvaluator read ClassStatsGen's clean examples: no quarantined record)
       -> SegTrainer (segbalance.trainer.task.run_fn, loss from the ClassStats artifact;

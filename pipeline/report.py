@@ -281,6 +281,11 @@ def drift_section(drift_dir: str) -> Section:
               "block_training": "training, evaluation and push did not run"}.get(drift.get("action"))
     effect_html = f" ({esc(effect)})" if status == "blocked" and effect else ""
     parts = [f"<p>Status: {status_html}{effect_html}</p>", table(["measure", "value", "threshold"], rows)]
+    baseline = drift.get("baseline")
+    parts.append(f"<p>Compared with {'the ClassStats in ' + esc(baseline) if baseline else 'nothing'}"
+                 + (f" ({esc(drift['note'])})" if drift.get("note") else "") + ".</p>")
+    if status == "blocked" and drift.get("advice"):
+        parts.append(f"<p>{esc(drift['advice'][0].upper() + drift['advice'][1:])}.</p>")
     if drift.get("new_classes"):
         parts.append(f'<p class="bad">New classes: {esc(", ".join(map(str, drift["new_classes"])))}</p>')
     if drift.get("anomalies"):

@@ -244,8 +244,9 @@ def spans_section(spans, names: Sequence[str]) -> Optional[Section]:
         rows.append([item.span, stats.get("num_records"), decision, *frequency])
     if len(rows) < 2:
         return None
-    body = [f"<p>{len(rows)} spans. The drift gate compares each span's class statistics with the previous "
-            "run's; its decision is the one recorded for that span's statistics.</p>",
+    body = [f"<p>{len(rows)} spans. The drift gate compares each span's class statistics with the last "
+            "accepted ones (of the latest run it did not block); its decision is the one recorded for that span's "
+            "statistics.</p>",
             charts.span_lines([r[0] for r in rows], names, frequencies, images.palette(len(names)), blocked),
             table(["span", "records", "drift decision", *names], rows, left=1)]
     body += [f'<p class="bad">{esc(n)}</p>' for n in notes]

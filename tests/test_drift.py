@@ -145,45 +145,95 @@ def test_executor_first_run_and_cached_rerun(tmp_path):
         assert report.get_int_custom_property("blocked") == 0
 
 
-def test_a_rerun_on_the_same_data_keeps_the_baseline_its_data_was_judged_against(tmp_path):
-    """A re-run (or the resume of a stopped run) on unchanged data: ClassStatsGen is cached, the
-    latest ClassStats are this run's own, and compared with themselves they passed: the blocked
-    model was then trained, blessed and pushed. The gate now judges them against the baseline of the
-    run that made them (its DriftReport, from the same resolver)."""
+def _gate(tmp_path, name, current, baselines, previous=(), action="block"):
     from segbalance.components.artifacts import DriftReport
     from segbalance.components.class_distribution_validator import ClassDistributionValidatorExecutor
 
+    report = DriftReport()
+    report.uri = str(tmp_path / name)
+    ClassDistributionValidatorExecutor().Do(
+        {"class_stats": [current], "baseline_class_stats": baselines, "previous_report": list(previous)},
+        {"drift_report": [report]}, {**TIGHT, "action": action})
+    return report, json.loads((tmp_path / name / "drift.json").read_text())
+
+
+def test_a_rerun_on_the_same_data_keeps_the_baseline_its_data_was_judged_against(tmp_path):
+    """A re-run (or the resume of a stopped run) on unchanged data: ClassStatsGen is cached, the
+    latest ClassStats are this run's own, and compared with themselves they passed: the blocked
+    model was then trained, blessed and pushed. The gate judges them against the ClassStats the last
+    decision accepted (the previous DriftReport, from the same resolver)."""
     accepted = _class_stats_artifact(tmp_path, "accepted", stats([50, 50, 0]))
     shifted = _class_stats_artifact(tmp_path, "shifted", stats([50, 0, 50]))
 
-    def gate(name, baselines, previous=(), action="block"):
-        report = DriftReport()
-        report.uri = str(tmp_path / name)
-        ClassDistributionValidatorExecutor().Do(
-            {"class_stats": [shifted], "baseline_class_stats": baselines, "previous_report": list(previous)},
-            {"drift_report": [report]}, {**TIGHT, "action": action})
-        return report, json.loads((tmp_path / name / "drift.json").read_text())
-
-    first, drift = gate("first", [accepted])
-    assert drift["status"] == "blocked"
+    first, drift = _gate(tmp_path, "first", shifted, [accepted])
+    assert drift["status"] == "blocked" and drift["accepted"] == accepted.uri and "drift.action: warn" in drift["advice"]
     # the re-run: the resolver hands over this run's own ClassStats and the first run's report
-    again, drift = gate("again", [shifted], [first])
+    again, drift = _gate(tmp_path, "again", shifted, [shifted], [first])
     assert drift["status"] == "blocked" and drift["baseline"] == accepted.uri and drift["current"] == shifted.uri
-    assert again.get_int_custom_property("blocked") == 1 and "compared with that run's baseline" in drift["note"]
+    assert again.get_int_custom_property("blocked") == 1 and "the last gate accepted" in drift["note"]
     # and the one after it (the resolver now hands over the re-run's report, which names the same baseline)
-    _, drift = gate("third", [shifted], [again], action="block_training")
+    _, drift = _gate(tmp_path, "third", shifted, [shifted], [again], action="block_training")
     assert drift["status"] == "blocked" and drift["baseline"] == accepted.uri and drift["action"] == "block_training"
-    # the run that made these ClassStats stopped before the gate: the last report judged the accepted ones,
-    # which are the baseline; without any report there is nothing to compare with, and the note says so
-    other = DriftReport()
-    other.uri = str(tmp_path / "other")
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "drift.json").write_text(json.dumps({"current": accepted.uri, "baseline": None}))
-    _, drift = gate("stopped", [shifted], [other])
-    assert drift["status"] == "blocked" and drift["baseline"] == accepted.uri and "stopped before the gate" in \
-        drift["note"]
-    _, drift = gate("unjudged", [shifted], [])
+    # the run that made these ClassStats stopped before the gate: the last decision accepted others
+    # (a report written before "accepted" existed: what it judged, as it passed), which are the baseline;
+    # without any report there is nothing to compare with, and the note says so
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "drift.json").write_text(json.dumps({"current": accepted.uri, "baseline": None, "status": "ok"}))
+    _, drift = _gate(tmp_path, "stopped", shifted, [shifted], [_drift_report(other)])
+    assert drift["status"] == "blocked" and drift["baseline"] == accepted.uri
+    _, drift = _gate(tmp_path, "unjudged", shifted, [shifted], [])
     assert drift["status"] == "ok" and drift["baseline"] is None and "no gate decision" in drift["note"]
+
+
+def _drift_report(folder):
+    from segbalance.components.artifacts import DriftReport
+
+    report = DriftReport()
+    report.uri = str(folder)
+    return report
+
+
+def test_the_baseline_is_the_last_accepted_distribution_not_the_previous_run_s(tmp_path):
+    """Blocked spans never become the baseline: a distribution that moves in small steps, each
+    within the thresholds of the blocked span before it, stays blocked against the last accepted
+    one (with the previous run's ClassStats as baseline the second step passed and was pushed); a
+    span that shifts back passes; a run with action warn accepts a new distribution, and the next
+    run compares with it."""
+    base = _class_stats_artifact(tmp_path, "base", stats([60, 40, 0]))
+    step1 = _class_stats_artifact(tmp_path, "step1", stats([60, 25, 15]))
+    step2 = _class_stats_artifact(tmp_path, "step2", stats([60, 20, 20]))  # within the thresholds of step1
+    back = _class_stats_artifact(tmp_path, "back", stats([61, 39, 0]))
+    from segbalance.components.drift_metrics import compare
+
+    assert compare(stats([60, 20, 20]), stats([60, 25, 15]), TIGHT)["status"] == "ok"  # the previous run's rule
+
+    first, drift = _gate(tmp_path, "r0", base, [])
+    assert drift["status"] == "ok" and drift["accepted"] == base.uri and drift["baseline"] is None
+    r1, drift = _gate(tmp_path, "r1", step1, [base], [first])
+    assert drift["status"] == "blocked" and drift["accepted"] == base.uri
+    r2, drift = _gate(tmp_path, "r2", step2, [step1], [r1])  # the resolver's latest ClassStats: step1
+    assert drift["status"] == "blocked" and drift["baseline"] == base.uri and drift["accepted"] == base.uri
+    assert "the last gate accepted" in drift["note"] and step1.uri in drift["note"]
+    r3, drift = _gate(tmp_path, "r3", back, [step2], [r2])
+    assert drift["status"] == "ok" and drift["baseline"] == base.uri and drift["accepted"] == back.uri
+    # the new distribution is expected: one run with warn accepts it
+    r4, drift = _gate(tmp_path, "r4", step2, [back], [r3], action="warn")
+    assert drift["status"] == "warned" and drift["accepted"] == step2.uri and "advice" not in drift
+    r5, drift = _gate(tmp_path, "r5", step2, [step2], [r4])
+    assert drift["status"] == "ok" and drift["baseline"] == step2.uri and "accepted by the last gate" in drift["note"]
+    # the accepted ClassStats were deleted: the latest ones, with a note
+    import shutil
+
+    shutil.rmtree(step2.uri)
+    _, drift = _gate(tmp_path, "r6", back, [step1], [r5])
+    assert drift["baseline"] == step1.uri and "are gone" in drift["note"]
+    # a first run the gate blocked (no labelled pixels) accepted nothing: the next has no baseline
+    empty = _class_stats_artifact(tmp_path, "empty", stats([0, 0, 0]))
+    blocked_first, drift = _gate(tmp_path, "e0", empty, [])
+    assert drift["status"] == "blocked" and drift["accepted"] is None
+    _, drift = _gate(tmp_path, "e1", base, [empty], [blocked_first])
+    assert drift["status"] == "ok" and drift["baseline"] is None and "accepted no ClassStats" in drift["note"]
 
 
 def test_component_rejects_an_unknown_action():

@@ -89,17 +89,24 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     assert drift["status"] == "blocked" and drift["max_change_class"] in ("ellipse", "circle")
     assert np.isclose(sum(drift["frequency_change"].values()), 0.0, atol=1e-9)
     assert "the model was trained but not blessed" in report
+    assert f"Compared with the ClassStats in {class_stats[1]}" in report
+    assert "accept it: run once with drift.action: warn" in report
 
-    # span 4 shifts back, now with action block_training: SegTrainer, SegEvaluator, Pusher are skipped
+    # span 4 drifted like span 3, now with action block_training: SegTrainer, SegEvaluator, Pusher are skipped.
+    # It is compared with span 2 (the last accepted), not with the blocked span 3, which it resembles (with
+    # the previous run's ClassStats as baseline it passed, and the drift came in through a blocked span)
     models = lambda: sorted((out / "pipeline_root" / "SegTrainer" / "model").iterdir())  # noqa: E731
     evaluations = lambda: sorted((out / "pipeline_root" / "SegEvaluator" / "evaluation").iterdir())  # noqa: E731
     trained, evaluated = models(), evaluations()
     assert len(trained) == 3 and len(evaluated) == 3
     config.write_text(config.read_text().replace("action: block", "action: block_training"))
-    _ingest(_shapes(tmp_path / "raw4", seed=4), data, 4)
+    _ingest(_shapes(tmp_path / "raw4", seed=4, relabel_ellipses_as_circles=True), data, 4)
     assert cli.main(run) == 0
     printed = capsys.readouterr().out
-    assert "ClassDistributionValidator: blocked" in printed
+    assert "ClassDistributionValidator: blocked" in printed and "run once with drift.action: warn" in printed
+    fourth = json.loads(sorted((out / "pipeline_root" / "ClassDistributionValidator").glob("*/*/drift.json"),
+                               key=lambda p: int(p.parent.name))[-1].read_text())
+    assert fourth["baseline"] == str(class_stats[1]) and fourth["accepted"] == str(class_stats[1])
     assert all(f"{name}: skipped in" in printed for name in ("SegTrainer", "SegEvaluator", "Pusher"))
     assert "DataReport: skipped in" in printed and "DataReportBlocked: done in" in printed  # its twin
     assert models() == trained and evaluations() == evaluated and len(versions()) == 2
