@@ -208,27 +208,33 @@ def replaced_loss_defaults(values: dict, config: PipelineConfig) -> List[str]:
             f"{' and '.join(d.split(':')[0] for d in dropped)} in training.loss to keep the default"]
 
 
+def read_values(path) -> dict:
+    """The fields a YAML/JSON config file gives (a nested dict, not yet checked against the schema);
+    ConfigError naming the file when it is missing, not UTF-8, not YAML/JSON, gives a key twice or
+    is not a mapping."""
+    if not Path(path).is_file():
+        what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"position {exc.start}): save it as UTF-8") from None
+    try:
+        values = _parse(text, json_file=str(path).endswith(".json"))
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of fields")
+    return values
+
+
 def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None, **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``; ``notes``, when
     given, receives what the user may not expect (``replaced_loss_defaults``)."""
-    values: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
-            raise ConfigError(f"config file {path} {what}")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-                              f"position {exc.start}): save it as UTF-8") from None
-        try:
-            values = _parse(text, json_file=str(path).endswith(".json"))
-        except ConfigError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        except Exception as exc:
-            raise ConfigError(f"config file {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path}: the top level must be a mapping of fields")
+    values: dict = read_values(path) if path is not None else {}
     given = []
     for dotted, value in overrides.items():
         if value is None:

@@ -23,6 +23,9 @@ training is appended to ``WORK/results.jsonl``, so a stopped run resumes where i
 a later run in the same ``--work-dir`` (more seeds for some cells, another data set) adds to it:
 the report covers every row there.
 ``--quick``: shapes, drop 0.3, 2 cells, 1 seed, 2 epochs (the test suite's version).
+``--config FILE``: the model, optimizer, augmentation and the rest of the recipe from a
+``run`` config; the fields the experiment sets itself are not used (a note says which;
+``pipeline/experiment_config.py``).
 """
 from __future__ import annotations
 
@@ -141,6 +144,10 @@ class Plan:
     # data.split_by of every group's pipeline: "group" keeps overlapping crops of one source block on one side
     # of the train / eval split (the sample data's groups.json), so validation does not score training crops
     split_by: str = "record"
+    # --config: the file, and its values the cells use (pipeline/experiment_config.py: the fields the
+    # experiment owns left out); empty: the defaults
+    config: Optional[str] = None
+    config_values: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -185,6 +192,13 @@ class Plan:
             raise UserError(f"--split-by: {self.split_by}; choose from {', '.join(SPLITS)}")
         if self.lr_schedule not in SCHEDULES:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
+        if self.config_values:
+            from segbalance.pipeline.config import config_from_dict
+
+            try:
+                config_from_dict(self.config_values)
+            except ConfigError as exc:
+                raise UserError(f"--config {self.config}: {exc}") from None
         seen = {}
         for cell in self.cells():
             loss = cell_loss(*cell[:3])
@@ -364,17 +378,21 @@ def evaluate(serving_dir: str, items, num_classes: int, ignore_index: int) -> di
 def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names: List[str], seed: int = 0):
     """The pipeline run that makes a group's artifacts (its own SegTrainer trains 1 epoch: the cells train)."""
     from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.experiment_config import merged
 
-    return config_from_dict({
+    training = {"image_size": [plan.size, plan.size], "epochs": 1, "batch_size": plan.batch_size,
+                "loss": {"terms": [CE]}, "seed": seed}
+    if "depth" not in plan.config_values.get("training", {}):  # the U-Net's depth for the crop size
+        training["depth"] = 3 if plan.size % 8 == 0 else 2
+    return config_from_dict(merged(plan.config_values, {
         "name": "segbalance-experiment", "output_dir": str(output_dir),
         "data": {"dir": str(data_dir), "split_by": plan.split_by},
         "classes": {"names": list(class_names)},
         # unclipped weights in the artifact: a "_clipped" cell clips its own (STATS_CHANGES), the others must not
         "stats": {"clip": None},
-        "training": {"image_size": [plan.size, plan.size], "epochs": 1, "batch_size": plan.batch_size,
-                     "depth": 3 if plan.size % 8 == 0 else 2, "loss": {"terms": [CE]}, "seed": seed},
+        "training": training,
         "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0},
-    })
+    }))
 
 
 # the training protocol a row records: each a row field, the Plan field and (dashed) the option
@@ -384,8 +402,14 @@ PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batc
 def protocol_differences(row: dict, plan: Plan) -> str:
     """The options a reused row was trained with that differ from ``plan`` ("--max-epochs 100"); rows
     from before a field was recorded are not compared on it."""
-    return ", ".join(f"--{key.replace('_', '-')} {row[key]}" for key in PROTOCOL
-                     if key in row and row[key] != getattr(plan, key))
+    from segbalance.pipeline.experiment_config import config_digest
+
+    differences = [f"--{key.replace('_', '-')} {row[key]}" for key in PROTOCOL
+                   if key in row and row[key] != getattr(plan, key)]
+    if "config_digest" in row and row["config_digest"] != config_digest(plan.config_values):
+        differences.append(f"--config values of digest {row['config_digest']}" if row["config_digest"]
+                           else "no --config")
+    return ", ".join(differences)
 
 
 def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[dict]:
@@ -406,6 +430,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
     """Every (cell, seed) of one data set at one drop rate; rows go to ``results`` and results.jsonl.
     Cells in ``keep`` keep their serving model (for the example pictures)."""
     from segbalance.pipeline.dag import trainer_custom_config
+    from segbalance.pipeline.experiment_config import config_digest
 
     name = f"{dataset}_drop{drop}"
     done = {(r["group"], r["loss"], r["seed"]): r for r in results}
@@ -454,7 +479,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "lr_schedule": plan.lr_schedule, "min_epochs": min(plan.min_epochs, plan.max_epochs),
                "num_images": plan.num_images,
                "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
-               "split_by": plan.split_by,
+               "split_by": plan.split_by, "config_digest": config_digest(plan.config_values),
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
         if kept:
@@ -500,11 +525,16 @@ ROW_FIELDS = {"datasets": "dataset", "drops": "drop", "terms": "terms", "weighti
 ROW_DEFAULTS = {"pixel_weights": "none"}
 
 
-def row_selector(args) -> Callable[[dict], bool]:
+def row_selector(args, plan: Optional[Plan] = None) -> Callable[[dict], bool]:
     """The rows a report covers: those matching every one of these options the user gave (a
-    report of seed 0 only, or of the leading cells over three seeds, from one work folder)."""
+    report of seed 0 only, or of the leading cells over three seeds, from one work folder); with
+    ``--config`` (``plan.config``), those trained with its values."""
+    from segbalance.pipeline.experiment_config import config_digest
+
     chosen = {field_: getattr(args, option) for option, field_ in ROW_FIELDS.items()
               if getattr(args, option, None) is not None}
+    if plan is not None and plan.config:
+        chosen["config_digest"] = [config_digest(plan.config_values)]
     return lambda row: all(row.get(field_, ROW_DEFAULTS.get(field_)) in values for field_, values in chosen.items())
 
 
@@ -638,6 +668,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cells", type=_names,
                         help="with --report-only: report only these cells (TERMS/WEIGHTING/MISSING[/PIXEL_WEIGHTS], "
                              "comma-separated)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a segbalance config (YAML/JSON, as for `run --config`): the model, optimizer, "
+                             "augmentation, stats options and the rest of training the cells use; the fields the "
+                             "experiment sets itself (data, classes, loss, seed, epochs, patience, rate schedule, "
+                             "image and batch size, ...) are not used, and a note says which")
     parser.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {default.lr_schedule}")
     parser.add_argument("--split-by", choices=SPLITS,
                         help=f"data.split_by of the pipeline runs (default {default.split_by}; group: the sample "
@@ -649,7 +684,8 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_main)
 
 
-ARG_NAMES = ("datasets", "drops", "terms", "weightings", "missing", "pixel_weights", "seeds", "cells", "max_epochs",
+ARG_NAMES = ("config", "datasets", "drops", "terms", "weightings", "missing", "pixel_weights", "seeds", "cells",
+             "max_epochs",
              "patience", "num_images", "test_images", "size", "batch_size", "lr_schedule", "min_epochs", "split_by")
 
 
@@ -664,6 +700,14 @@ def plan_from_args(args) -> Plan:
                         ("min_epochs", args.min_epochs), ("split_by", args.split_by)):
         if value is not None:
             setattr(plan, attr, value)
+    if getattr(args, "config", None):
+        from segbalance.pipeline.config import read_values
+        from segbalance.pipeline.experiment_config import owned_notes, split_owned
+
+        plan.config = args.config
+        plan.config_values, dropped = split_owned(read_values(args.config))
+        for note in owned_notes(dropped, args.config):
+            print(f"note: {note}", flush=True)
     plan.check()
     return plan
 
@@ -708,7 +752,7 @@ def _main(args) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         write_marker(folder, "experiment")
     report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
-                            select=row_selector(args), rescore=args.rescore)
+                            select=row_selector(args, plan), rescore=args.rescore)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"experiment: {len(report['results'])} trainings in {report['seconds']}s; "

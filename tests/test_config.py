@@ -123,6 +123,9 @@ def test_yaml_file_and_overrides(tmp_path):
      "training.loss.class_weights: no term of this loss uses it (only ce, focal, dice, tversky terms do)"),
     ({"training": {"min_epochs": 3}}, "training.min_epochs: holds off early stopping and plateau rate cuts, and "
                                       "this training has neither: set early_stopping_patience"),
+    ({"training": {"backbone": "MobileNetV2", "epochs": 10, "freeze_encoder_epochs": 11}},
+     "training.freeze_encoder_epochs: 11 is longer than the training (10 epochs): the encoder would never train; "
+     "give at most 10"),
     ({"data": {"eval_fraction": 0.25}}, "data.eval_fraction: 0.25 is not a multiple of 0.1 (the split hashes "
                                         "records into 10 buckets): use 0.2 or 0.3"),
     ({"data": {"eval_fraction": 0.95}}, "data.eval_fraction: 0.95 is not a multiple of 0.1 (the split hashes "
@@ -410,3 +413,22 @@ def test_a_loss_that_leaves_out_default_fields_gets_a_note(tmp_path, capsys):
         notes = []
         load_config(str(path), notes)
         assert notes == [], body
+
+
+def test_config_validate_notes_a_backbone_weights_file_that_is_not_there(tmp_path, capsys):
+    """`run` refused it and `config validate` said valid without a word; it now says so in a note (a
+    config compiled for a cluster may name a file that is only there, so it is not an error)."""
+    import yaml
+
+    from segbalance.pipeline import cli
+
+    config = tmp_path / "c.yaml"
+    missing = tmp_path / "missing.weights.h5"
+    config.write_text(yaml.safe_dump({"training": {"backbone": "MobileNetV2", "backbone_weights": str(missing)}}))
+    assert cli.main(["config", "validate", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert f"note: training.backbone_weights: {missing} is not a file" in captured.err
+    assert "`segbalance run` here refuses it" in captured.err and "valid" in captured.out
+    missing.write_bytes(b"weights")
+    assert cli.main(["config", "validate", str(config)]) == 0
+    assert "note" not in capsys.readouterr().err

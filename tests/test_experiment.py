@@ -10,6 +10,7 @@ import pytest
 from segbalance.contract import UserError
 from segbalance.pipeline import cli, experiment_report
 from segbalance.pipeline.experiment import VALIDATION, Plan, cell_loss, dataset_folders, load_results, load_test_items
+from tests.experiment_fakes import recording_run_fn
 
 
 def test_cells_cross_terms_weightings_and_missing_label_handling():
@@ -99,14 +100,7 @@ def test_a_cell_with_a_weight_map_trains_with_it_and_its_row_says_so(tmp_path, m
     config = experiment.experiment_config(plan, train, work / "run", names)
 
     seen = []
-
-    def fake_run_fn(fn_args):
-        seen.append(task.trainer_config(fn_args.custom_config)[0].training)
-        (work / "cell" / "run").mkdir(parents=True)
-        (work / "cell" / "run" / task.SUMMARY_FILE).write_text(json.dumps(
-            {"history": {"val_miou": [0.1, 0.2]}, "class_weights": None}))
-
-    monkeypatch.setattr(task, "run_fn", fake_run_fn)
+    monkeypatch.setattr(task, "run_fn", recording_run_fn(work / "cell", seen))
     artifacts = {"examples": "E", "transform_graph": "T", "class_stats": "S"}
     plain_ce = experiment.cell_loss("ce", "none", "none")
     outcome = experiment.train_cell(artifacts, trainer_custom_config(config), plain_ce, 0, work / "cell", plan,

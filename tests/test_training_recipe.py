@@ -248,24 +248,57 @@ def test_no_early_stop_before_min_epochs_and_patience_counts_from_there():
     assert late.best_epoch == 7 and late.stopped_epoch == 9  # a better epoch after the minimum resets the count
 
 
-def test_plateau_cuts_start_at_min_epochs():
+def _plateau_rates(values, min_epochs, patience, state_dir=None, resume_at=None):
+    """The rate of each epoch under plateau_callback (a fresh callback from ``resume_at`` on when given:
+    a resumed training, same optimizer, state read from ``state_dir``)."""
     from segbalance.trainer.optimization import plateau_callback
 
-    training = from_dict(TrainingConfig, {"learning_rate": 0.01, "epochs": 10, "min_epochs": 4,
-                                          "lr_schedule": {"type": "plateau", "patience": 1, "factor": 0.5}}, "training")
+    training = from_dict(TrainingConfig, {"learning_rate": 0.01, "epochs": len(values), "min_epochs": min_epochs,
+                                          "lr_schedule": {"type": "plateau", "patience": patience, "factor": 0.5}},
+                         "training")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=make_optimizer(training, 5), loss="mse")
-    callback = plateau_callback(training)
-    callback.set_model(model)
-    callback.on_train_begin()
-    values, seen = [0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], []
+    seen, callback = [], None
     for epoch, value in enumerate(values):
+        if callback is None or epoch == resume_at:
+            callback = plateau_callback(training, state_dir=state_dir)
+            callback.set_model(model)
+            callback.on_train_begin()
+        callback.on_epoch_begin(epoch)
         logs = {"val_miou": value}
         callback.on_epoch_end(epoch, logs)
         seen.append(logs["learning_rate"])
-    # watched from epoch 4 on: 0.4 is its first value (best), 5 and 6 do not improve -> a cut after each
-    np.testing.assert_allclose(seen, [0.01] * 4 + reference_plateau(values[4:], 0.01, 0.5, 1, 0.0), rtol=1e-6)
-    assert seen[-1] < 0.01
+    return seen
+
+
+@pytest.mark.parametrize("values, min_epochs, patience", [
+    ([0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], 4, 1),
+    ([0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], 3, 1),
+    ([0.1, 0.3, 0.2, 0.25, 0.29, 0.28, 0.31, 0.1, 0.1, 0.1], 4, 2),
+    ([0.1, 0.3, 0.2, 0.25, 0.29, 0.28, 0.31, 0.1, 0.1, 0.1], 0, 2),
+])
+def test_plateau_cuts_start_at_min_epochs_and_count_like_early_stopping(values, min_epochs, patience):
+    """No cut before min_epochs; the patience counts from there against the best value so far, earlier
+    epochs included (a first watched epoch worse than an earlier best is no improvement): the first
+    cut comes where early stopping with the same patience stops (QA: it came an epoch later, and a
+    partial recovery below the real best reset the count, losing the cut at epoch 5 of the third curve)."""
+    seen = _plateau_rates(values, min_epochs, patience)
+    np.testing.assert_allclose(seen, reference_plateau(values, 0.01, 0.5, patience, 0.0, start=min_epochs), rtol=1e-6)
+    first_cut = next(epoch for epoch in range(len(seen) - 1) if seen[epoch + 1] < seen[epoch])
+    stopper = BestEpoch(patience=patience, min_epochs=min_epochs)
+    drive(stopper, Scripted(), values)
+    assert first_cut == stopper.stopped_epoch >= min_epochs
+
+
+@pytest.mark.parametrize("resume_at", [2, 5, 6, 8])
+def test_plateau_state_survives_a_resume(tmp_path, resume_at):
+    """A resumed training (a new callback at epoch ``resume_at``, state from the backup folder) cuts the
+    rate in the epochs the uninterrupted one does; before, the best value restarted at -inf."""
+    values = [0.1, 0.3, 0.2, 0.25, 0.29, 0.28, 0.31, 0.1, 0.1, 0.1]
+    expected = _plateau_rates(values, 4, 2)
+    assert _plateau_rates(values, 4, 2, str(tmp_path / "backup"), resume_at) == expected
+    if resume_at == 5:  # without the state the resumed callback took 0.28 for a new best and lost the cut
+        assert _plateau_rates(values, 4, 2, None, resume_at) != expected
 
 
 def test_best_epoch_survives_a_resume(tmp_path):
@@ -557,16 +590,41 @@ def test_backbone_weights_are_checked_before_the_pipeline_starts(tmp_path, monke
     model_lib.check_backbone_weights(TrainingConfig())  # no backbone: nothing to check
 
 
-def reference_plateau(values, lr, factor, patience, min_lr):
+def test_a_weights_file_that_does_not_load_stops_the_run_before_the_pipeline(tmp_path, capsys):
+    """A damaged file, or another backbone's: exit 2 and one line before any component runs (it
+    failed at SegTrainer, after statistics and Transform); a good file passes the check."""
+    from segbalance.pipeline import cli
+
+    damaged = tmp_path / "damaged.weights.h5"
+    damaged.write_bytes(b"junk")
+    other = tmp_path / "other.weights.h5"
+    keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(other)
+    for path in (damaged, other):
+        config = tmp_path / "config.yaml"
+        config.write_text(f"training:\n  image_size: [32, 32]\n  backbone: MobileNetV2\n  depth: 3\n"
+                          f"  backbone_weights: {path}\n")
+        out = tmp_path / "out"
+        assert cli.main(["run", "--config", str(config), "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"training.backbone_weights: {path} does not load into MobileNetV2" in err[0]
+        assert not out.exists()
+    good = tmp_path / "good.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(good)
+    model_lib.check_backbone_weights(from_dict(TrainingConfig, {"image_size": [32, 32], "backbone": "MobileNetV2",
+                                                                "depth": 3, "backbone_weights": str(good)}))
+
+
+def reference_plateau(values, lr, factor, patience, min_lr, start=0):
     """The learning rate used in each epoch under the plateau rule (a plain re-statement): after
     ``patience`` epochs without a strictly better value the next epoch uses lr * factor (not below
-    min_lr), and the count restarts."""
+    min_lr), and the count restarts; epochs before ``start`` (min_epochs) set the best value but do
+    not count."""
     best, wait, out = -math.inf, 0, []
-    for value in values:
+    for epoch, value in enumerate(values):
         out.append(lr)
         if value > best:
             best, wait = value, 0
-        else:
+        elif epoch >= start:
             wait += 1
             if wait >= patience:
                 if lr > min_lr:

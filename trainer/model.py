@@ -32,6 +32,7 @@ import keras
 
 from segbalance.contract import UserError
 from segbalance.trainer.segmentation_model import SegmentationModel
+from segbalance.trainer.training_config import weights_file_problem
 
 ENCODER = "encoder"  # the nested backbone's layer name (frozen by training.freeze_encoder_epochs)
 
@@ -117,17 +118,17 @@ class _WeightsAvailable(Exception):
 
 def check_backbone_weights(training) -> None:
     """Before a pipeline starts: ``BackboneWeightsError`` (a UserError) when ``training.backbone_weights``
-    cannot be had: a PATH that is not a file, or ImageNet weights neither in the Keras cache nor
+    cannot be had: a PATH that is not a file or does not load into the backbone, or ImageNet weights neither in the Keras cache nor
     downloadable (the same check SegTrainer's ``imagenet_weights_guard`` makes, without downloading:
     keras.applications names the file, then the stand-in download stops). Nothing to check without
     a backbone or weights."""
     weights, backbone = training.backbone_weights, training.backbone
     if not backbone or weights is None:
         return
-    if weights != "imagenet":
-        if not os.path.isfile(weights):
-            raise BackboneWeightsError(f"training.backbone_weights: {weights} is not a file; give the path of a "
-                                       f"{backbone} weights file (model.save_weights), imagenet or null")
+    if weights != "imagenet":  # loaded once here: a damaged or another model's file stops the run now
+        height, width = (int(s) for s in training.image_size)
+        load_backbone(backbone, height, width, weights)
+        keras.backend.clear_session()
         return
     from keras.src.utils import file_utils
 
@@ -198,19 +199,18 @@ def _backbone_features(backbone: keras.Model, height: int, width: int):
     return features
 
 
-def build_encoder(backbone: str, height: int, width: int, depth: int, weights: Optional[str] = None) -> keras.Model:
-    """``keras.applications.<backbone>`` (``weights``: None, "imagenet" or a file) as a model whose
-    outputs are its feature maps at strides 2 .. 2**(depth+1)."""
+def load_backbone(backbone: str, height: int, width: int, weights: Optional[str] = None) -> keras.Model:
+    """``keras.applications.<backbone>(include_top=False)`` at this input size with ``weights`` (None,
+    "imagenet" or a file); BackboneWeightsError (a UserError) naming the field when they cannot be had."""
     factory = getattr(keras.applications, backbone)
-    if weights not in (None, "imagenet") and not os.path.isfile(weights):
-        raise BackboneWeightsError(f"training.backbone_weights: {weights} is not a file; give the path of a "
-                                   f"{backbone} weights file (model.save_weights), imagenet or null")
+    problem = weights_file_problem(backbone, weights)
+    if problem:
+        raise BackboneWeightsError(problem)
     try:
         if weights == "imagenet":
             with imagenet_weights_guard(backbone):
-                encoder = factory(include_top=False, weights="imagenet", input_shape=(height, width, 3))
-        else:
-            encoder = factory(include_top=False, weights=weights, input_shape=(height, width, 3))
+                return factory(include_top=False, weights="imagenet", input_shape=(height, width, 3))
+        return factory(include_top=False, weights=weights, input_shape=(height, width, 3))
     except BackboneWeightsError:
         raise
     except (ValueError, OSError) as exc:
@@ -218,6 +218,12 @@ def build_encoder(backbone: str, height: int, width: int, depth: int, weights: O
             raise
         raise BackboneWeightsError(f"training.backbone_weights: {weights} does not load into {backbone} "
                                    f"(include_top=False): {str(exc).splitlines()[0]}") from exc
+
+
+def build_encoder(backbone: str, height: int, width: int, depth: int, weights: Optional[str] = None) -> keras.Model:
+    """``keras.applications.<backbone>`` (``weights``: None, "imagenet" or a file) as a model whose
+    outputs are its feature maps at strides 2 .. 2**(depth+1)."""
+    encoder = load_backbone(backbone, height, width, weights)
     features = _backbone_features(encoder, height, width)
     strides = [2 ** k for k in range(1, depth + 2)]
     missing = [s for s in strides if s not in features]

@@ -21,9 +21,12 @@ variable is part of the optimizer's state, so BackupAndRestore keeps the rate re
 """
 from __future__ import annotations
 
+import json
 import math
+from typing import Optional
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -89,27 +92,72 @@ def make_optimizer(training, steps_per_epoch: int) -> keras.optimizers.Optimizer
 
 
 class ReduceLROnPlateauAfter(keras.callbacks.ReduceLROnPlateau):
-    """Keras' ``ReduceLROnPlateau`` that starts watching at epoch ``start_epoch`` (0-based; before it
-    only the rate is logged), like ``EarlyStopping(start_from_epoch=...)``."""
+    """Keras' ``ReduceLROnPlateau`` that cuts no rate before epoch ``start_epoch`` (0-based) and counts
+    its patience from there as ``BestEpoch`` counts early stopping's: the epochs before it still set
+    the best value (a first watched epoch worse than an earlier best is no improvement), but none of
+    them counts toward the patience. With ``state_dir`` (the BackupAndRestore folder) its best value,
+    wait and cooldown are written after every epoch and read back by a resumed training, so a
+    resume cuts the rate where the uninterrupted training does."""
 
-    def __init__(self, start_epoch: int = 0, **kwargs):
+    STATE = "plateau.json"
+
+    def __init__(self, start_epoch: int = 0, state_dir: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
-        self.start_epoch = int(start_epoch)
+        self.start_epoch, self.state_dir = int(start_epoch), state_dir
+        self._resume: Optional[dict] = None
+
+    def _path(self) -> str:
+        return f"{self.state_dir.rstrip('/')}/{self.STATE}"
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._resume = None
+        if self.state_dir and tf.io.gfile.exists(self._path()):
+            with tf.io.gfile.GFile(self._path()) as f:
+                self._resume = json.load(f)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # a resumed fit starts at the epoch after the last backup: take the state that epoch ended with
+        # (the file may be one epoch ahead of the backup when a run stopped between the two writes)
+        if self._resume is not None:
+            state = self._resume.get(str(epoch - 1))
+            if state is not None:
+                self.best, self.wait, self.cooldown_counter = float(state["best"]), int(state["wait"]), \
+                    int(state["cooldown_counter"])
+            self._resume = None
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch < self.start_epoch:
+            current = (logs or {}).get(self.monitor)
+            if current is not None and self.monitor_op(current, self.best):
+                self.best = float(current)
+            self.wait = 0
             if logs is not None:
                 logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        else:
+            super().on_epoch_end(epoch, logs)
+        self._save(epoch)
+
+    def _save(self, epoch: int) -> None:
+        if not self.state_dir:
             return
-        super().on_epoch_end(epoch, logs)
+        tf.io.gfile.makedirs(self.state_dir)
+        state = {"best": float(self.best), "wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter)}
+        previous = {}
+        if tf.io.gfile.exists(self._path()):
+            with tf.io.gfile.GFile(self._path()) as f:
+                previous = json.load(f)
+        kept = {key: value for key, value in previous.items() if key == str(epoch - 1)}
+        with tf.io.gfile.GFile(self._path(), "w") as f:
+            json.dump({**kept, str(epoch): state}, f)
 
 
-def plateau_callback(training, monitor: str = "val_miou"):
+def plateau_callback(training, monitor: str = "val_miou", state_dir: Optional[str] = None):
     """The rate cut for ``lr_schedule.type: plateau`` (None for the other types), watching from
-    epoch ``training.min_epochs`` on."""
+    epoch ``training.min_epochs`` on; its state kept in ``state_dir`` for a resumed training."""
     schedule = training.lr_schedule
     if schedule.type != "plateau":
         return None
-    return ReduceLROnPlateauAfter(start_epoch=training.min_epochs, monitor=monitor, mode="max",
+    return ReduceLROnPlateauAfter(start_epoch=training.min_epochs, state_dir=state_dir, monitor=monitor, mode="max",
                                   factor=schedule.factor, patience=schedule.patience, min_delta=0.0,
                                   min_lr=schedule.final_fraction * training.learning_rate, verbose=1)

@@ -189,7 +189,7 @@ def run_fn(fn_args) -> None:
         callbacks = [FreezeEncoder(model_lib.ENCODER, t.freeze_encoder_epochs)] if t.freeze_encoder_epochs else []
         if loss.class_weight_mix is not None:  # loss.class_weight_decay_epochs
             callbacks.append(ClassWeightDecay(loss))
-        plateau = plateau_callback(t)
+        plateau = plateau_callback(t, state_dir=backup)
         if plateau is not None:
             callbacks.append(plateau)
         # the backup outlives fit: it is deleted once the model is exported, so a run stopped during the

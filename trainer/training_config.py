@@ -328,6 +328,9 @@ class TrainingConfig:
         require(self.backbone_weights is None or bool(self.backbone_weights.strip()), f"{where}.backbone_weights",
                 "give imagenet, the path of a weights file, or null")
         require(self.freeze_encoder_epochs >= 0, f"{where}.freeze_encoder_epochs", "must be >= 0")
+        require(self.freeze_encoder_epochs <= self.epochs, f"{where}.freeze_encoder_epochs",
+                f"{self.freeze_encoder_epochs} is longer than the training ({self.epochs} epochs): the encoder "
+                f"would never train; give at most {self.epochs} (that many keeps it frozen throughout)")
         require(self.freeze_encoder_epochs == 0 or bool(self.backbone), f"{where}.freeze_encoder_epochs",
                 "needs a backbone (the U-Net without one has no separate encoder); set it to 0")
         require(self.backbone is None or self.backbone in KERAS_APPLICATIONS, f"{where}.backbone",
@@ -345,6 +348,17 @@ class TrainingConfig:
                      else f"the U-Net halves it depth = {self.depth} times")
             raise ConfigError(f"{where}.image_size: {list(size)} must be divisible by {factor} ({model}); "
                               f"use e.g. {fix} or change {where}.depth")
+
+
+def weights_file_problem(backbone: Optional[str], weights: Optional[str]) -> Optional[str]:
+    """The one-line error for ``training.backbone_weights`` naming a file that is not there (None when
+    it is, or for null and imagenet); no TensorFlow import: ``config validate`` checks it too."""
+    import os
+
+    if not backbone or weights in (None, "imagenet") or os.path.isfile(weights):
+        return None
+    return (f"training.backbone_weights: {weights} is not a file; give the path of a {backbone} weights file "
+            f"(model.save_weights), imagenet or null")
 
 
 @dataclass

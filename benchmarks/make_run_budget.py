@@ -1,0 +1,122 @@
+"""What `make run` pushes for a given training budget, with its curves, time and machine on record.
+
+    .venv/bin/python benchmarks/make_run_budget.py [--epochs 40,60,80] [--record FILE] [--plot FILE]
+
+For each epoch budget, runs `segbalance run` (the `make run` job: shapes sample data, whole DAG
+on CPU) into a fresh output folder with a config that sets only ``training.epochs`` (40 is the
+default config itself: no ``--config``), and appends one JSON line per run to ``--record``
+(default ``docs/results/make_run/runs.jsonl``): the pushed model's mIoU on the eval images'
+complete masks, the restored best epoch (1-based), the validation mIoU of every epoch, wall and
+CPU seconds (user + sys of the child processes), the load average, the commit and the machine.
+``--plot`` draws the validation curves of the runs just made. The README's `make run` figures
+come from this file.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_once(epochs: int, work: Path, default_epochs: int) -> dict:
+    output = work / f"epochs{epochs}"
+    command = [sys.executable, "-m", "segbalance.pipeline.cli", "run", "--output-dir", str(output)]
+    if epochs != default_epochs:
+        config = work / f"epochs{epochs}.yaml"
+        config.write_text(f"training:\n  epochs: {epochs}\n")
+        command += ["--config", str(config)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        sys.exit(f"segbalance run failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    summary = json.loads((output / "run_summary.json").read_text())
+    training = json.loads((_model_run(output) / "training_summary.json").read_text())
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+        "command": " ".join(["segbalance", *command[3:]]).replace(str(work), "WORK"),
+        "epochs": epochs, "miou": summary.get("miou"), "num_eval_images": summary.get("num_eval_images"),
+        "best_epoch": None if training.get("best_epoch") is None else training["best_epoch"] + 1,
+        "best_val_miou": training.get("best_val_miou"),
+        "val_miou": [round(v, 4) for v in training["history"]["val_miou"]],
+        "wall_s": round(wall, 1),
+        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
+        "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def _model_run(output: Path) -> Path:
+    runs = sorted((output / "pipeline_root" / "SegTrainer" / "model_run").iterdir(), key=lambda p: int(p.name))
+    return runs[-1]
+
+
+def plot(rows: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for row in rows:
+        epochs = range(1, len(row["val_miou"]) + 1)
+        ax.plot(epochs, row["val_miou"], label=f"{row['epochs']} epochs: pushed {row['miou']:.3f}")
+        if row["best_epoch"]:
+            ax.plot(row["best_epoch"], row["val_miou"][row["best_epoch"] - 1], "o", color=ax.lines[-1].get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mIoU")
+    ax.set_title("make run (shapes sample data): validation mIoU per epoch; dot = restored best")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", default="40", help="comma-separated epoch budgets (default 40)")
+    parser.add_argument("--record", default=str(ROOT / "docs/results/make_run/runs.jsonl"))
+    parser.add_argument("--plot", help="PNG of the validation curves of these runs")
+    args = parser.parse_args()
+    from segbalance.trainer.training_config import TrainingConfig
+
+    default_epochs = TrainingConfig().epochs
+    budgets = [int(e) for e in args.epochs.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="segbalance-make-run-"))
+    rows = []
+    try:
+        for epochs in budgets:
+            row = run_once(epochs, work, default_epochs)
+            rows.append(row)
+            Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.record, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{epochs} epochs: pushed mIoU {row['miou']:.4f}, best epoch {row['best_epoch']} "
+                  f"(validation {row['best_val_miou']:.4f}), {row['wall_s']} s wall, {row['cpu_s']} s CPU, "
+                  f"load {row['load_before']} -> {row['load_after']}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.plot and rows:
+        plot(rows, Path(args.plot))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`segbalance experiment --config FILE`: the user's configuration under the experiment's protocol.
+
+The experiment compares losses, so it sets per data set and cell what the comparison varies or
+holds fixed (``OWNED``: the data, the classes, the loss, the seed, the epoch budget, early
+stopping, the rate schedule, the image and batch size, the weight map ...), each from one of its
+own options. Everything else a ``run`` config can set comes from ``--config``: the model (depth,
+base filters, a keras.applications backbone and its weights, encoder freezing), the optimizer,
+learning rate and weight decay, augmentation, the ``stats`` weighting options, mixed precision,
+Beam arguments. A field the file gives that the experiment owns is not used, and
+``owned_notes`` says which and which option sets it instead.
+
+Rows record ``config_digest`` (of the values used), so a later run in the same ``--work-dir``
+with another file says that a reused row was trained otherwise, as it does for the other
+protocol options.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Dict, List, Optional, Tuple
+
+# dotted config field -> the experiment option (or rule) that sets it instead
+OWNED: Dict[str, str] = {
+    "name": "the experiment's own",
+    "output_dir": "--work-dir",
+    "data": "--datasets, --num-images, --split-by",
+    "classes": "the data set's classes",
+    "evaluation": "every cell is scored on the held-out test set",
+    "drift": "each group's pipeline runs once",
+    "stats.clip": "the *_clipped weightings (--weightings)",
+    "training.loss": "--terms, --weightings, --missing",
+    "training.pixel_weights": "--pixel-weights",
+    "training.seed": "--seeds",
+    "training.epochs": "--max-epochs",
+    "training.early_stopping_patience": "--patience",
+    "training.min_epochs": "--min-epochs",
+    "training.lr_schedule": "--lr-schedule",
+    "training.restore_best": "always on: the best epoch is scored",
+    "training.image_size": "--size",
+    "training.batch_size": "--batch-size",
+    "training.backup_dir": "each cell's own, in --work-dir",
+    "training.warm_start": "every cell starts from the same initial weights",
+}
+
+
+def split_owned(values: dict) -> Tuple[dict, List[str]]:
+    """(``values`` without the fields the experiment owns, the dotted names of those left out)."""
+    kept, dropped = copy.deepcopy(values), []
+    for dotted in OWNED:
+        *parents, leaf = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            del node[leaf]
+            dropped.append(dotted)
+    return kept, dropped
+
+
+def owned_notes(dropped: List[str], path: str) -> List[str]:
+    return [f"{path}: {dotted} is not used by the experiment ({OWNED[dotted]} sets it)" for dotted in dropped]
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``base`` updated by ``over``, section by section (``over`` wins; neither is changed)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_digest(values: Optional[dict]) -> Optional[str]:
+    """A short digest of the config values the experiment used (None without ``--config``)."""
+    if not values:
+        return None
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]

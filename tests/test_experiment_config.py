@@ -1,0 +1,120 @@
+"""`segbalance experiment --config FILE`: the user's recipe reaches every cell, the protocol stays the experiment's."""
+import json
+
+import pytest
+import yaml
+
+from segbalance.pipeline import cli
+from segbalance.pipeline.experiment import Plan, dataset_folders
+from segbalance.pipeline.experiment_config import OWNED, config_digest, merged, split_owned
+from tests.experiment_fakes import recording_run_fn
+
+USER = {
+    "name": "mine", "data": {"dir": "/somewhere", "split_by": "group"}, "classes": {"names": ["a", "b"]},
+    "stats": {"clip": [0.1, 10.0], "damping": "sqrt"},
+    "training": {"optimizer": "sgd", "momentum": 0.8, "learning_rate": 0.01, "weight_decay": 0.0001,
+                 "base_filters": 8, "epochs": 7, "seed": 3, "batch_size": 2, "loss": {"terms": [{"type": "focal"}]},
+                 "augmentation": {"rotate90": True, "brightness": 0.1}, "lr_schedule": {"type": "cosine"}},
+}
+
+
+def test_owned_fields_are_left_out_and_named():
+    kept, dropped = split_owned(USER)
+    assert sorted(dropped) == sorted(["name", "data", "classes", "stats.clip", "training.epochs", "training.seed",
+                                      "training.batch_size", "training.loss", "training.lr_schedule"])
+    assert kept == {"stats": {"damping": "sqrt"},
+                    "training": {"optimizer": "sgd", "momentum": 0.8, "learning_rate": 0.01, "weight_decay": 0.0001,
+                                 "base_filters": 8, "augmentation": {"rotate90": True, "brightness": 0.1}}}
+    assert USER["training"]["epochs"] == 7  # the caller's dict is not changed
+    assert all(dotted.split(".")[0] in ("name", "output_dir", "data", "classes", "evaluation", "drift", "stats",
+                                        "training") for dotted in OWNED)
+
+
+def test_merged_and_digest():
+    assert merged({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 5}, "e": 2}) == {"a": {"b": 5, "c": 2}, "d": 1, "e": 2}
+    assert config_digest({}) is None and config_digest(None) is None
+    assert config_digest({"a": 1, "b": 2}) == config_digest({"b": 2, "a": 1}) != config_digest({"a": 1, "b": 3})
+
+
+def test_the_user_s_recipe_reaches_the_cells_and_the_protocol_stays_the_experiment_s(tmp_path, monkeypatch):
+    """train_cell hands run_fn a custom_config whose training has the file's optimizer, rate, weight
+    decay, filters and augmentation, and the experiment's epochs, patience, seed, size, batch and loss;
+    the row records the config's digest, and a reused row trained with other values says so."""
+    from segbalance.pipeline import experiment
+    from segbalance.pipeline.dag import trainer_custom_config
+    from segbalance.trainer import task
+
+    kept, _ = split_owned(USER)
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"], missing=["none"],
+                num_images=8, test_images=4, size=32, max_epochs=2, patience=1, min_epochs=0, batch_size=4,
+                config="user.yaml", config_values=kept)
+    plan.check()
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.0, work)
+    names = json.loads((train / "classes.json").read_text())["class_names"]
+    config = experiment.experiment_config(plan, train, work / "run", names, seed=1)
+    assert config.stats.damping == "sqrt" and config.stats.clip is None and config.data.split_by == "record"
+    assert config.training.depth == 3  # the experiment's choice for 32x32 crops: the file does not set it
+    assert experiment.experiment_config(
+        Plan(size=32, config_values={"training": {"depth": 2}}), train, work / "run", names).training.depth == 2
+
+    seen = []
+    monkeypatch.setattr(task, "run_fn", recording_run_fn(work / "cell", seen))
+    artifacts = {"examples": "E", "transform_graph": "T", "class_stats": "S"}
+    experiment.train_cell(artifacts, trainer_custom_config(config), experiment.cell_loss("ce", "none", "none"), 5,
+                          work / "cell", plan)
+    training = seen[0]
+    assert (training.optimizer, training.momentum, training.learning_rate, training.weight_decay,
+            training.base_filters) == ("sgd", 0.8, 0.01, 0.0001, 8)
+    assert training.augmentation.rotate90 and training.augmentation.brightness == 0.1
+    assert training.augmentation.flip_horizontal  # a field the file leaves out keeps its default
+    assert (training.epochs, training.early_stopping_patience, training.seed, training.batch_size,
+            list(training.image_size), training.lr_schedule.type) == (2, 1, 5, 4, [32, 32], "plateau")
+    assert [type(t).__name__ for t in training.loss.terms] == ["CE"]
+
+    monkeypatch.setattr(experiment, "pipeline_artifacts", lambda config: artifacts)
+    monkeypatch.setattr(experiment, "train_cell", lambda *a: {
+        "serving_dir": "M", "seconds": 1.0, "history": {}, "class_weights": None, "epochs_run": 2, "best_epoch": 1,
+        "stopped_epoch": None})
+    monkeypatch.setattr(experiment, "evaluate", lambda *a: {"miou": 0.5, "per_class_iou": [0.5] * 4})
+    results = []
+    experiment.run_group("shapes", 0.0, plan, config, [], work, results)
+    assert results[0]["config_digest"] == config_digest(kept) is not None
+    assert experiment.protocol_differences(results[0], plan) == ""
+    assert experiment.protocol_differences(results[0], Plan(**{**plan.__dict__, "config_values": {}})) == \
+        f"--config values of digest {config_digest(kept)}"
+    assert experiment.protocol_differences({**results[0], "config_digest": None}, plan) == "no --config"
+
+
+def test_the_command_line_notes_owned_fields_and_refuses_bad_values_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"training": {"optimizer": "lion"}}))
+    assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--config {bad}: training.optimizer" in err
+    missing = tmp_path / "missing.yaml"
+    assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--config", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"config file {missing} does not exist" in err
+    assert not (tmp_path / "o").exists()
+    # owned fields: a note each, before anything runs (here a bad --weightings then stops it)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(USER))
+    assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--config", str(mine),
+                     "--weightings", "squared"]) == 2
+    printed = capsys.readouterr().out
+    assert f"note: {mine}: training.epochs is not used by the experiment (--max-epochs sets it)" in printed
+    assert f"note: {mine}: data is not used by the experiment" in printed
+
+
+def test_a_report_with_config_covers_the_rows_trained_with_it(tmp_path):
+    import argparse
+
+    from segbalance.pipeline.experiment import row_selector
+
+    kept, _ = split_owned(USER)
+    plan = Plan(config="user.yaml", config_values=kept)
+    rows = [{"config_digest": config_digest(kept)}, {"config_digest": None}, {}]
+    args = argparse.Namespace()
+    assert [select for select in map(row_selector(args, plan), rows)] == [True, False, False]
+    assert all(map(row_selector(args, Plan()), rows))
