@@ -225,7 +225,7 @@ def spans_section(spans, names: Sequence[str]) -> Optional[Section]:
     """Per-class pixel frequency across spans and the drift decision per span (None with < 2 spans)."""
     if not spans or len(spans) < 2:
         return None
-    rows, frequencies, blocked, notes = [], [], [], []
+    rows, frequencies, blocked, notes, spans_shown = [], [], [], [], []
     for item in spans:
         path = os.path.join(item.class_stats_dir, "class_stats.json")
         with open(path, encoding="utf-8") as f:
@@ -237,20 +237,26 @@ def spans_section(spans, names: Sequence[str]) -> Optional[Section]:
         total = max(1, sum(counts))
         frequency = [n / total for n in counts]
         frequencies.append(frequency)
+        spans_shown.append(item.span)
         blocked.append(item.drift_status == "blocked")
         decision = item.drift_status or "no drift gate"
         if item.drift_status and item.drift_action:
             decision += f" (action {item.drift_action})"
-        rows.append([item.span, stats.get("num_records"), decision, *frequency])
+        label = item.span if not item.window else f"{item.span} (window {', '.join(map(str, item.window))})"
+        rows.append([label, stats.get("num_records"), decision, *frequency])
     if len(rows) < 2:
         return None
     body = [f"<p>{len(rows)} spans. The drift gate compares each span's class statistics with the last "
             "accepted ones (of the latest run it did not block); its decision is the one recorded for that span's "
             "statistics.</p>",
-            charts.span_lines([r[0] for r in rows], names, frequencies, images.palette(len(names)), blocked),
+            charts.span_lines(spans_shown, names, frequencies, images.palette(len(names)), blocked),
             table(["span", "records", "drift decision", *names], rows, left=1)]
+    if any(item.window for item in spans):
+        body.append("<p>A row of a <code>data.num_spans</code> window counts every span of the window under its "
+                    "latest span; the window is named where its links are still in the run folder (the links of "
+                    "earlier windows are replaced by the latest window's).</p>")
     body += [f'<p class="bad">{esc(n)}</p>' for n in notes]
-    flagged = [str(r[0]) for r, b in zip(rows, blocked) if b]
+    flagged = [str(span) for span, b in zip(spans_shown, blocked) if b]
     summary = f"{len(rows)} spans" + (f', <span class="bad">drift blocked span {esc(", ".join(flagged))}</span>'
                                       if flagged else "")
     return Section("spans", "Spans", "\n".join(body), summary)

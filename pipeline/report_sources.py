@@ -25,6 +25,7 @@ class SpanStats:
     class_stats_dir: str
     drift_status: Optional[str] = None  # ok / warn / blocked; None: no drift gate ran on these stats
     drift_action: Optional[str] = None
+    window: Optional[List[int]] = None  # the spans these ClassStats counted, for a data.num_spans window
 
 
 @dataclass
@@ -147,16 +148,18 @@ def span_history(store) -> List[SpanStats]:
     producer = {e.artifact_id: e.execution_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT}
     inputs = store.get_events_by_execution_ids(sorted(set(producer.values())))
     input_ids = {e.artifact_id for e in inputs if e.type == metadata_store_pb2.Event.INPUT}
-    span_of_artifact = {}
+    span_of_artifact, window_of_artifact = {}, {}
     for artifact in store.get_artifacts_by_id(sorted(input_ids)):
         for props in (artifact.properties, artifact.custom_properties):
             if "span" in props:
                 span_of_artifact[artifact.id] = int(props["span"].int_value)
+                window_of_artifact[artifact.id] = _window(store, artifact)
                 break
-    span_of_execution = {}
+    span_of_execution, window_of_execution = {}, {}
     for event in inputs:
         if event.type == metadata_store_pb2.Event.INPUT and event.artifact_id in span_of_artifact:
             span_of_execution[event.execution_id] = span_of_artifact[event.artifact_id]
+            window_of_execution[event.execution_id] = window_of_artifact[event.artifact_id]
     decisions = {}
     try:
         reports = [a for a in store.get_artifacts_by_type(DRIFT_REPORT_TYPE) if a.state == live and a.uri]
@@ -176,8 +179,21 @@ def span_history(store) -> List[SpanStats]:
         span = span_of_execution.get(producer.get(artifact.id))
         if span is not None and os.path.isfile(os.path.join(artifact.uri, STATS_FILE)):
             newest[span] = artifact
-    return [SpanStats(span, a.uri, *decisions.get(os.path.normpath(a.uri), (None, None)))
+    return [SpanStats(span, a.uri, *decisions.get(os.path.normpath(a.uri), (None, None)),
+                      window=window_of_execution.get(producer.get(a.id)))
             for span, a in sorted(newest.items())]
+
+
+def _window(store, examples) -> Optional[List[int]]:
+    """The spans of a ``data.num_spans`` window an Examples artifact holds (None for one span, or
+    when its ImportExampleGen execution is not recorded)."""
+    from segbalance.pipeline.run_summary import examples_spans
+
+    try:
+        spans = sorted(examples_spans(store, examples)[3])
+    except (ValueError, KeyError, TypeError):  # no producing execution with an input config
+        return None
+    return spans if len(spans) > 1 else None
 
 
 def _any_with_file(store, file_name: str) -> Optional[str]:

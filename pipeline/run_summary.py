@@ -5,7 +5,7 @@ import glob
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from segbalance import contract
 from segbalance.contract import BLOCKED_REPORT_ID
@@ -115,6 +115,30 @@ def _custom(artifact, key: str):
     return getattr(value, kind) if kind else None
 
 
+def examples_spans(store, examples) -> Tuple[int, str, dict, Dict[int, str]]:
+    """(span, input_base, the first split of the input config, {span: its folder}) of an Examples
+    artifact, from the ImportExampleGen execution that produced it: its ``span`` property, or for a
+    ``data.num_spans`` window the spans its links name (``data-span<M>-*``, see spans.py); when the
+    files are gone, the span alone."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    from segbalance.pipeline.spans import WINDOW_LINK
+
+    producer_id = min(ev.execution_id for ev in store.get_events_by_artifact_ids([examples.id])
+                      if ev.type == metadata_store_pb2.Event.OUTPUT)
+    producer = store.get_executions_by_id([producer_id])[0]
+    span, input_base = _custom(examples, "span"), _custom(producer, "input_base")
+    split = json.loads(_custom(producer, "input_config"))["splits"][0]
+    span_dirs: Dict[int, str] = {}
+    for f in sorted(glob.glob(os.path.join(input_base, split["pattern"]))):
+        match = WINDOW_LINK.match(os.path.basename(f))
+        number = int(match.group(1)) if match else span
+        span_dirs.setdefault(number, os.path.dirname(os.path.realpath(f)))
+    if not span_dirs:  # the files are gone: the span is all ML Metadata still says
+        span_dirs[span] = os.path.join(input_base, f"Span-{span}")
+    return span, input_base, split, span_dirs
+
+
 def data_used(store) -> Optional[dict]:
     """What this run's ImportExampleGen read, from ML Metadata (not from what `run` meant to read).
 
@@ -138,29 +162,16 @@ def data_used(store) -> Optional[dict]:
     if not output:
         return None
     examples = store.get_artifacts_by_id(output[:1])[0]
-    producer_id = min(ev.execution_id for ev in store.get_events_by_artifact_ids([examples.id])
-                      if ev.type == metadata_store_pb2.Event.OUTPUT)
-    producer = store.get_executions_by_id([producer_id])[0]
-    span, input_base = _custom(examples, "span"), _custom(producer, "input_base")
-    split = json.loads(_custom(producer, "input_config"))["splits"][0]
+    span, input_base, split, span_dirs = examples_spans(store, examples)
     pattern = os.path.join(input_base, split["pattern"])
 
     from tfx.utils import io_utils
 
     from segbalance.pipeline.ingest import REPORT_NAME
-    from segbalance.pipeline.spans import WINDOW_LINK
 
-    files = sorted(glob.glob(pattern))
     used = {"examples": examples.uri, "span": span, "input_base": input_base, "pattern": pattern,
             "files_unchanged": io_utils.generate_fingerprint(split["name"], pattern)
             == _custom(examples, "input_fingerprint")}
-    span_dirs: Dict[int, str] = {}
-    for f in files:
-        match = WINDOW_LINK.match(os.path.basename(f))
-        number = int(match.group(1)) if match else span
-        span_dirs.setdefault(number, os.path.dirname(os.path.realpath(f)))
-    if not span_dirs:  # the files are gone: the span is all ML Metadata still says
-        span_dirs[span] = os.path.join(input_base, f"Span-{span}")
     used["spans"] = sorted(span_dirs)
     used["span_folders"] = {str(k): v for k, v in sorted(span_dirs.items())}
     records, not_ingested = {}, {}

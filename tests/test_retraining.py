@@ -187,3 +187,9 @@ def test_last_two_spans_with_warm_start(tmp_path):
     summary = json.loads((out / "run_summary.json").read_text())  # the window, as ML Metadata and the links say
     assert summary["data"]["spans"] == [2, 3] and summary["data"]["records"] == {"2": 32, "3": 32}
     assert summary["data"]["span_folders"] == {"2": str(data / "Span-2"), "3": str(data / "Span-3")}
+    # the report's span table names the window its row counted (it showed 64 records under "3" alone)
+    from segbalance.pipeline.report_sources import span_history
+
+    history = span_history(store)
+    assert [(item.span, item.window) for item in history] == [(2, None), (3, [2, 3])]  # span 2's links replaced
+    assert '<td class="l">3 (window 2, 3)</td>' in (out / "report.html").read_text()
