@@ -1,13 +1,14 @@
-"""What `make run` pushes for a given training budget, with its curves, time and machine on record.
+"""What `make run` scores for a given training budget, with its curves, time and machine on record.
 
     .venv/bin/python benchmarks/make_run_budget.py [--epochs 40,60,80] [--record FILE] [--plot FILE]
 
 For each epoch budget, runs `segbalance run` (the `make run` job: shapes sample data, whole DAG
 on CPU) into a fresh output folder with a config that sets only ``training.epochs`` (40 is the
 default config itself: no ``--config``), and appends one JSON line per run to ``--record``
-(default ``docs/results/make_run/runs.jsonl``): the pushed model's mIoU on the eval images'
-complete masks, the restored best epoch (1-based), the validation mIoU of every epoch, wall and
-CPU seconds (user + sys of the child processes), the load average, the commit and the machine.
+(default ``docs/results/make_run/runs.jsonl``): the model's mIoU on the eval images' complete
+masks (SegEvaluator's; ``blessed`` / ``pushed_this_run`` say whether it was pushed), the
+restored best epoch (1-based), the validation mIoU of every epoch, wall and CPU seconds (user +
+sys of the child processes), the load average, the commit and the machine.
 ``--plot`` draws the validation curves of the runs just made. The README's `make run` figures
 come from this file.
 """
@@ -53,6 +54,7 @@ def run_once(epochs: int, work: Path, default_epochs: int) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "command": " ".join(["segbalance", *command[3:]]).replace(str(work), "WORK"),
         "epochs": epochs, "miou": summary.get("miou"), "num_eval_images": summary.get("num_eval_images"),
+        "blessed": summary.get("blessed"), "pushed_this_run": summary.get("pushed_this_run"),
         "best_epoch": None if training.get("best_epoch") is None else training["best_epoch"] + 1,
         "best_val_miou": training.get("best_val_miou"),
         "val_miou": [round(v, 4) for v in training["history"]["val_miou"]],
@@ -76,7 +78,7 @@ def plot(rows: list, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for row in rows:
         epochs = range(1, len(row["val_miou"]) + 1)
-        ax.plot(epochs, row["val_miou"], label=f"{row['epochs']} epochs: pushed {row['miou']:.3f}")
+        ax.plot(epochs, row["val_miou"], label=f"{row['epochs']} epochs: scored {row['miou']:.3f}")
         if row["best_epoch"]:
             ax.plot(row["best_epoch"], row["val_miou"][row["best_epoch"] - 1], "o", color=ax.lines[-1].get_color())
     ax.set_xlabel("epoch")
@@ -109,8 +111,8 @@ def main() -> None:
             Path(args.record).parent.mkdir(parents=True, exist_ok=True)
             with open(args.record, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{epochs} epochs: pushed mIoU {row['miou']:.4f}, best epoch {row['best_epoch']} "
-                  f"(validation {row['best_val_miou']:.4f}), {row['wall_s']} s wall, {row['cpu_s']} s CPU, "
+            print(f"{epochs} epochs: mIoU {row['miou']:.4f} (pushed: {row['pushed_this_run']}), best epoch "
+                  f"{row['best_epoch']} (validation {row['best_val_miou']:.4f}), {row['wall_s']} s wall, {row['cpu_s']} s CPU, "
                   f"load {row['load_before']} -> {row['load_after']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

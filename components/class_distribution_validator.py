@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from tfx import types
@@ -34,7 +35,7 @@ from tfx.utils import io_utils
 
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
-from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare
+from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare, drift_fields
 
 from segbalance.contract import DRIFT_FILE, STATS_FILE  # noqa: E402
 
@@ -67,17 +68,23 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
             raise ValueError(f"baseline_class_stats: expected at most one artifact (a latest-artifact resolver), "
                              f"got {len(baselines)}: {[a.uri for a in baselines]}")
         current = read_class_stats(current_artifact.uri)
-        baseline_uri, note = accepted_baseline(current_artifact.uri, baselines[0].uri if baselines else None,
-                                               input_dict.get("previous_report") or [])
-        baseline = read_class_stats(baseline_uri) if baseline_uri else None
+        base = accepted_baseline(current_artifact.uri, baselines[0].uri if baselines else None,
+                                 input_dict.get("previous_report") or [])
         thresholds = {k: float(exec_properties[k]) for k in THRESHOLD_KEYS}
-        result = compare(current, baseline, thresholds, exec_properties["action"])
+        result = compare(current, base.stats, thresholds, exec_properties["action"])
+        if base.lost:  # the accepted counts are gone and the last decision blocked: nothing safe to pass against
+            result["anomalies"].append(base.note)
+            result["status"] = "warned" if result["action"] == "warn" else "blocked"
         result["current"] = current_artifact.uri
-        result["baseline"] = baseline_uri
-        # what the next run compares with: a blocked distribution is not accepted
-        result["accepted"] = baseline_uri if result["status"] == "blocked" else current_artifact.uri
-        if note:
-            result["note"] = note
+        result["baseline"] = base.uri
+        # what the next run compares with, and a copy of its counts (the artifact may be deleted): a blocked
+        # distribution is not accepted
+        accepted = (base.uri, base.stats) if result["status"] == "blocked" else (current_artifact.uri, current)
+        result["accepted"] = accepted[0]
+        result["accepted_counts"] = drift_fields(accepted[1]) if accepted[1] is not None else None
+        notes = [n for n in (result.get("note"), None if base.lost else base.note) if n]
+        if notes:
+            result["note"] = "; ".join(notes)
         if result["status"] == "blocked":
             result["advice"] = ACCEPT_ADVICE
         output = artifact_utils.get_single_instance(output_dict["drift_report"])
@@ -90,8 +97,20 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
               + (f"; {ACCEPT_ADVICE}" if result["status"] == "blocked" else ""), flush=True)
 
 
-ACCEPT_ADVICE = ("if this class distribution is expected, accept it: run once with drift.action: warn (later runs "
-                 "compare with the ClassStats of the last run that was not blocked)")
+ACCEPT_ADVICE = ("if this class distribution is expected, accept it: run once with drift.action: warn (on Kubeflow: "
+                 "a pipeline compiled with it); later runs compare with the ClassStats of the last run that was "
+                 "not blocked")
+
+
+@dataclass
+class Baseline:
+    """What the gate compares with: the ClassStats URI, their content (None: nothing to compare
+    with), a note, and ``lost``: the accepted ones are gone while the last decision blocked."""
+
+    uri: Optional[str]
+    stats: Optional[dict]
+    note: Optional[str] = None
+    lost: bool = False
 
 
 def accepted_by(judged: Dict[str, Any]) -> Optional[str]:
@@ -102,33 +121,50 @@ def accepted_by(judged: Dict[str, Any]) -> Optional[str]:
     return judged.get("baseline") if judged.get("status") == "blocked" else judged.get("current")
 
 
-def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_reports: List[types.Artifact]):
-    """(baseline URI or None, note or None): the ClassStats the latest gate decision accepted; without
-    a readable decision (a first run, or reports gone), the latest ClassStats ``latest_uri`` unless
-    they are this run's own (ClassStatsGen cached), which would compare the data with itself."""
+def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_reports: List[types.Artifact]) -> Baseline:
+    """The ClassStats the latest gate decision accepted (their artifact, or the copy of their counts
+    the decision kept when the artifact is gone); without a readable decision (a first run, or
+    reports gone), the latest ClassStats ``latest_uri`` unless they are this run's own
+    (ClassStatsGen cached), which would compare the data with itself."""
+    from segbalance.trainer.class_stats_io import read_class_stats
+
     note = None
     for report in previous_reports:
         path = os.path.join(report.uri, DRIFT_FILE)
         if not fileio.exists(path):
             continue
         with fileio.open(path) as f:
-            accepted = accepted_by(json.loads(f.read()))
+            judged = json.loads(f.read())
+        accepted = accepted_by(judged)
         if not accepted:
-            return None, f"the last gate ({report.uri}) accepted no ClassStats yet: nothing to compare with"
+            return Baseline(None, None, f"the last gate ({report.uri}) accepted no ClassStats yet: nothing to "
+                                        f"compare with")
         if not fileio.exists(os.path.join(accepted, STATS_FILE)):
-            note = f"the ClassStats the last gate accepted ({accepted}) are gone"
+            if judged.get("accepted_counts"):
+                return Baseline(accepted, judged["accepted_counts"],
+                                f"the ClassStats the last gate accepted ({accepted}) are gone: compared with the "
+                                f"copy of their counts in {path}")
+            note = f"the ClassStats the last gate accepted ({accepted}) are gone and {path} keeps no copy of them"
+            if judged.get("status") == "blocked" or accepted != latest_uri:
+                # the latest ClassStats are the blocked (or unjudged) ones: comparing with them would let them in
+                return Baseline(None, None, f"{note}: nothing accepted to compare with", lost=True)
             break
+        stats = read_class_stats(accepted)
         if accepted == current_uri:
-            return accepted, f"these ClassStats were accepted by the last gate ({report.uri}): the data is unchanged"
+            return Baseline(accepted, stats, f"these ClassStats were accepted by the last gate ({report.uri}): "
+                                             f"the data is unchanged")
         if accepted != latest_uri:
-            return accepted, (f"compared with the ClassStats the last gate accepted ({report.uri}), not the latest "
-                              f"ones ({latest_uri}): those were blocked, or their run stopped before the gate")
-        return accepted, None
+            return Baseline(accepted, stats, f"compared with the ClassStats the last gate accepted ({report.uri}), "
+                                             f"not the latest ones ({latest_uri}): those were blocked, or their run "
+                                             f"stopped before the gate")
+        return Baseline(accepted, stats)
     if latest_uri is None:
-        return None, note  # a first run: compare() says so
+        return Baseline(None, None, note)  # a first run: compare() says so
     if latest_uri == current_uri:
-        return None, "; ".join(filter(None, [note, "no gate decision was recorded: nothing to compare with"]))
-    return latest_uri, (f"{note}: compared with the latest ClassStats" if note else None)
+        return Baseline(None, None, "; ".join(filter(None, [note, "no gate decision was recorded: nothing to compare "
+                                                                   "with"])))
+    return Baseline(latest_uri, read_class_stats(latest_uri), f"{note}: compared with the latest ClassStats" if note
+                    else None)
 
 
 class ClassDistributionValidator(base_component.BaseComponent):

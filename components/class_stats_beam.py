@@ -69,7 +69,7 @@ TOTALS_FILE = "_totals.json"
 EXAMPLES_PREFIX = "data_tfrecord"  # ExampleGen's file prefix inside Split-<name>/
 WEIGHT_OPTION_KEYS = class_weights.WEIGHT_OPTION_KEYS  # the options StatsOptions.weight_options accepts
 # Image formats tf.io.decode_image (Transform's preprocessing_fn) decodes.
-IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP")
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP")  # MPO: a phone's multi-picture JPEG (TF decodes the first)
 # PIL modes of a single-channel class-id PNG ("P": palette indices are the ids, VOC style).
 MASK_MODES = ("L",)  # what Transform's tf.io.decode_png(channels=1, uint8) reads as the ids themselves
 # masks it reads as other values: palette indices become grey levels of the colours, 16-bit values are scaled

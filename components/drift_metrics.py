@@ -50,6 +50,15 @@ def aligned_counts(current: dict, baseline: dict):
     return names, counts(current), counts(baseline)
 
 
+DRIFT_FIELDS = ("class_names", "pixel_counts", "num_records", "images_with_missing")  # what compare() reads
+
+
+def drift_fields(stats: dict) -> dict:
+    """The part of a class_stats.json that ``compare`` reads (a DriftReport keeps it for the
+    accepted ClassStats, so a deleted artifact can still be compared with)."""
+    return {key: stats[key] for key in DRIFT_FIELDS if key in stats}
+
+
 def frequencies(counts: np.ndarray) -> np.ndarray:
     total = counts.sum()
     return counts / total if total > 0 else np.zeros_like(counts)

@@ -5,11 +5,11 @@
 edit it, and pass it back with ``--config``. ``validate`` checks a file without running
 anything: unknown fields, wrong types and bad values (``training.image_size`` that the
 model cannot divide, duplicate class names, an unknown loss term, ...) and, as ``run`` does, the
-class names against a ``classes.json`` in ``data.dir``; a ``training.backbone_weights`` file that
-is not on this machine is a note (``run`` refuses it; a pipeline compiled for a cluster reads it there) (a config that leaves ``classes.names``
+class names against a ``classes.json`` in ``data.dir`` (a config that leaves ``classes.names``
 at its default takes the data's; other names are an error). A bad file exits
 with code 2 and one line on stderr that names the field; neither command imports
-TensorFlow or TFX.
+TensorFlow or TFX. A ``training.backbone_weights`` file that is not on this machine is a note
+(``run`` refuses it; a pipeline compiled for a cluster reads it there).
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def _main(args) -> int:
             adopt_class_names(config, *found, announce=False)
         missing = weights_file_problem(config.training.backbone, config.training.backbone_weights)
         if action == "validate" and missing:  # `run` here refuses it; a compiled pipeline reads it on the cluster
-            notes.append(f"{missing} on this machine: `segbalance run` here refuses it (a pipeline compiled for a "
-                         f"cluster reads it there)")
+            notes.append(f"{missing} (not on this machine: `segbalance run` here refuses it; a pipeline compiled "
+                         f"for a cluster reads it there)")
     except ConfigError as exc:
         message = " ".join(str(exc).split())
         print(f"{PROG} {action}: error: {message}" + (f" (in {path})" if path and str(path) not in message else ""),

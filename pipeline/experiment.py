@@ -192,13 +192,15 @@ class Plan:
             raise UserError(f"--split-by: {self.split_by}; choose from {', '.join(SPLITS)}")
         if self.lr_schedule not in SCHEDULES:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
-        if self.config_values:
+        if self.config_values:  # as a cell trains with it: the file's values under this plan's protocol
             from segbalance.pipeline.config import config_from_dict
+            from segbalance.pipeline.experiment_config import merged
 
             try:
-                config_from_dict(self.config_values)
+                config_from_dict(merged(self.config_values, {"training": {**cell_training(self),
+                                                                          **unet_depth(self)}}))
             except ConfigError as exc:
-                raise UserError(f"--config {self.config}: {exc}") from None
+                raise UserError(f"--config {self.config} under this experiment's options: {exc}") from None
         seen = {}
         for cell in self.cells():
             loss = cell_loss(*cell[:3])
@@ -340,11 +342,11 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
 
     shutil.rmtree(workdir, ignore_errors=True)
     cfg = copy.deepcopy(base_cfg)
-    cfg["training"].update({"loss": loss, "seed": seed,
-                            "epochs": plan.max_epochs, "early_stopping_patience": plan.patience,
-                            "restore_best": True, "lr_schedule": {"type": plan.lr_schedule},
-                            "min_epochs": min(plan.min_epochs, plan.max_epochs),
+    cfg["training"].update({**cell_training(plan), "loss": loss, "seed": seed,
                             "pixel_weights": copy.deepcopy(PIXEL_WEIGHTS[pixel_weights])})
+    freeze = plan.config_values.get("training", {}).get("freeze_encoder_epochs")
+    if freeze is not None:  # the group's 1-epoch pipeline run held it to 1
+        cfg["training"]["freeze_encoder_epochs"] = freeze
     train_files = [os.path.join(artifacts["examples"], "Split-train", "*")]
     # the trainer's own backup key (config and training files), placed beside the cell folder, which a retry
     # clears: a stopped cell resumes from its last epoch, never from another configuration's
@@ -375,15 +377,31 @@ def evaluate(serving_dir: str, items, num_classes: int, ignore_index: int) -> di
     return evaluation_metrics.summarize(cm)
 
 
+def cell_training(plan: Plan) -> dict:
+    """The training fields the experiment's protocol sets for every cell (the loss, seed and weight
+    map are the cell's own)."""
+    return {"image_size": [plan.size, plan.size], "batch_size": plan.batch_size, "epochs": plan.max_epochs,
+            "early_stopping_patience": plan.patience, "restore_best": True, "lr_schedule": {"type": plan.lr_schedule},
+            "min_epochs": min(plan.min_epochs, plan.max_epochs)}
+
+
+def unet_depth(plan: Plan) -> dict:
+    """The U-Net's depth for the crop size, unless the --config file sets one."""
+    if "depth" in plan.config_values.get("training", {}):
+        return {}
+    return {"depth": 3 if plan.size % 8 == 0 else 2}
+
+
 def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names: List[str], seed: int = 0):
     """The pipeline run that makes a group's artifacts (its own SegTrainer trains 1 epoch: the cells train)."""
     from segbalance.pipeline.config import config_from_dict
     from segbalance.pipeline.experiment_config import merged
 
     training = {"image_size": [plan.size, plan.size], "epochs": 1, "batch_size": plan.batch_size,
-                "loss": {"terms": [CE]}, "seed": seed}
-    if "depth" not in plan.config_values.get("training", {}):  # the U-Net's depth for the crop size
-        training["depth"] = 3 if plan.size % 8 == 0 else 2
+                "loss": {"terms": [CE]}, "seed": seed, **unet_depth(plan)}
+    freeze = plan.config_values.get("training", {}).get("freeze_encoder_epochs")
+    if freeze:  # this pipeline's own SegTrainer trains 1 epoch (the cells train); train_cell puts it back
+        training["freeze_encoder_epochs"] = min(int(freeze), 1)
     return config_from_dict(merged(plan.config_values, {
         "name": "segbalance-experiment", "output_dir": str(output_dir),
         "data": {"dir": str(data_dir), "split_by": plan.split_by},
@@ -406,8 +424,9 @@ def protocol_differences(row: dict, plan: Plan) -> str:
 
     differences = [f"--{key.replace('_', '-')} {row[key]}" for key in PROTOCOL
                    if key in row and row[key] != getattr(plan, key)]
-    if "config_digest" in row and row["config_digest"] != config_digest(plan.config_values):
-        differences.append(f"--config values of digest {row['config_digest']}" if row["config_digest"]
+    # a row without the field was trained before --config existed: with the defaults
+    if row.get("config_digest") != config_digest(plan.config_values):
+        differences.append(f"--config values of digest {row['config_digest']}" if row.get("config_digest")
                            else "no --config")
     return ", ".join(differences)
 

@@ -28,6 +28,7 @@ OWNED: Dict[str, str] = {
     "classes": "the data set's classes",
     "evaluation": "every cell is scored on the held-out test set",
     "drift": "each group's pipeline runs once",
+    "beam_args": "the experiment's pipelines run locally",
     "stats.clip": "the *_clipped weightings (--weightings)",
     "training.loss": "--terms, --weightings, --missing",
     "training.pixel_weights": "--pixel-weights",
@@ -45,7 +46,8 @@ OWNED: Dict[str, str] = {
 
 
 def split_owned(values: dict) -> Tuple[dict, List[str]]:
-    """(``values`` without the fields the experiment owns, the dotted names of those left out)."""
+    """(``values`` without the fields the experiment owns and without sections left empty, the
+    dotted names of those left out)."""
     kept, dropped = copy.deepcopy(values), []
     for dotted in OWNED:
         *parents, leaf = dotted.split(".")
@@ -55,7 +57,41 @@ def split_owned(values: dict) -> Tuple[dict, List[str]]:
         if isinstance(node, dict) and leaf in node:
             del node[leaf]
             dropped.append(dotted)
-    return kept, dropped
+    return _pruned(kept, lambda path, value: value == {}), dropped
+
+
+def _pruned(values: dict, drop, path: Tuple[str, ...] = ()) -> dict:
+    """``values`` without the entries ``drop(path, value)`` is true for, sections first pruned inside
+    (a section left empty goes too)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _pruned(value, drop, (*path, key))
+        if not drop((*path, key), value) and value != {}:
+            out[key] = value
+    return out
+
+
+def differences_from_defaults(values: dict) -> dict:
+    """The entries of ``values`` whose value is not the default's (a file that writes a default out
+    trains what one that leaves it out does)."""
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.trainer.typed_config import to_dict
+
+    defaults = to_dict(config_from_dict({}))
+
+    def default_of(path):
+        node = defaults
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return _MISSING
+            node = node[key]
+        return node
+
+    return _pruned(values, lambda path, value: not isinstance(value, dict) and value == default_of(path))
+
+
+_MISSING = object()
 
 
 def owned_notes(dropped: List[str], path: str) -> List[str]:
@@ -74,7 +110,9 @@ def merged(base: dict, over: dict) -> dict:
 
 
 def config_digest(values: Optional[dict]) -> Optional[str]:
-    """A short digest of the config values the experiment used (None without ``--config``)."""
-    if not values:
+    """A short digest of the config values the experiment used that are not the defaults (None
+    without ``--config``, or when the file changes no default)."""
+    effective = differences_from_defaults(values or {})
+    if not effective:
         return None
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(effective, sort_keys=True, default=str).encode()).hexdigest()[:12]

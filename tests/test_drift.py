@@ -222,17 +222,33 @@ def test_the_baseline_is_the_last_accepted_distribution_not_the_previous_run_s(t
     assert drift["status"] == "warned" and drift["accepted"] == step2.uri and "advice" not in drift
     r5, drift = _gate(tmp_path, "r5", step2, [step2], [r4])
     assert drift["status"] == "ok" and drift["baseline"] == step2.uri and "accepted by the last gate" in drift["note"]
-    # the accepted ClassStats were deleted: the latest ones, with a note
+    # the accepted ClassStats were deleted (a retention policy deletes the oldest first): the decision's
+    # copy of their counts is the baseline; with the latest ones instead, the blocked step1 let step2 in
     import shutil
 
     shutil.rmtree(step2.uri)
     _, drift = _gate(tmp_path, "r6", back, [step1], [r5])
-    assert drift["baseline"] == step1.uri and "are gone" in drift["note"]
+    assert drift["baseline"] == step2.uri and "compared with the copy of their counts" in drift["note"]
+    assert drift["status"] == "blocked" and drift["accepted_counts"]["pixel_counts"] == [60, 20, 20]
+    shutil.rmtree(base.uri)
+    again = _class_stats_artifact(tmp_path, "step2_again", stats([60, 20, 20]))
+    _, drift = _gate(tmp_path, "r7", again, [step1], [r2])  # r2 blocked step2 against base, now deleted
+    assert drift["status"] == "blocked" and drift["baseline"] == base.uri
+    # a decision written before the copy existed: a blocked one, its accepted ClassStats gone, cannot be
+    # judged against the blocked latest ones: blocked, saying why
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "drift.json").write_text(json.dumps({"current": step1.uri, "baseline": base.uri, "status": "blocked"}))
+    _, drift = _gate(tmp_path, "r8", back, [step1], [_drift_report(legacy)])
+    assert drift["status"] == "blocked" and drift["baseline"] is None
+    assert any("keeps no copy of them: nothing accepted to compare with" in a for a in drift["anomalies"])
+    _, drift = _gate(tmp_path, "r9", back, [step1], [_drift_report(legacy)], action="warn")
+    assert drift["status"] == "warned" and drift["accepted"] == back.uri  # warn accepts, as always
     # a first run the gate blocked (no labelled pixels) accepted nothing: the next has no baseline
     empty = _class_stats_artifact(tmp_path, "empty", stats([0, 0, 0]))
     blocked_first, drift = _gate(tmp_path, "e0", empty, [])
     assert drift["status"] == "blocked" and drift["accepted"] is None
-    _, drift = _gate(tmp_path, "e1", base, [empty], [blocked_first])
+    _, drift = _gate(tmp_path, "e1", back, [empty], [blocked_first])
     assert drift["status"] == "ok" and drift["baseline"] is None and "accepted no ClassStats" in drift["note"]
 
 

@@ -164,3 +164,59 @@ def test_a_png_exif_chunk_after_the_pixel_data_is_not_read_anywhere():
     Image.fromarray(_pattern()).save(early, "PNG", exif=tiff)
     assert codec.exif_orientation(Image.open(io.BytesIO(early.getvalue()))) == 6
     assert codec.record_image_size(early.getvalue()) == (40, 24)
+
+
+def _codec_orientation(data: bytes) -> int:
+    from segbalance.trainer import example_codec as codec
+
+    with Image.open(io.BytesIO(data)) as image:
+        return codec.exif_orientation(image)
+
+
+def test_graph_and_codec_agree_on_mutated_jpegs():
+    """The graph's walk and example_codec (ingest, ClassStatsGen, SegEvaluator) read one orientation
+    for files PIL's reader accepts: stray bytes and standalone markers before the Exif segment (the
+    graph stopped there, PIL walked on) and an orientation only in XMP (PIL's getexif takes it, viewers
+    and the graph do not: neither does the codec now)."""
+    turned = _jpeg(_pattern(), 6)
+    app1 = turned.index(b"\xff\xe1")
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    plain = _jpeg(_pattern())
+    cases = {
+        "zero bytes before Exif": (turned[:app1] + b"\x00\x00" + turned[app1:], 6),
+        "RST marker before Exif": (turned[:app1] + b"\xff\xd0" + turned[app1:], 6),
+        "second SOI before Exif": (turned[:app1] + b"\xff\xd8" + turned[app1:], 6),
+        "fill bytes before Exif": (turned[:app1] + b"\xff\xff\xff" + turned[app1 + 1:], 6),
+        "orientation in XMP only": (plain[:2] + _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + xmp)
+                                    + plain[2:], 1),
+    }
+    for name, (data, expected) in cases.items():
+        assert int(eo.orientation(tf.constant(data))) == expected, name
+        assert _codec_orientation(data) == expected, name
+
+
+def test_an_mpo_is_turned_and_counted_as_a_jpeg():
+    """A phone's multi-picture JPEG (PIL's format "MPO"): the graph decodes and turns its first picture;
+    the codec's size turned only "JPEG" and ClassStatsGen quarantined the format."""
+    from segbalance.components.class_stats_beam import IMAGE_FORMATS
+    from segbalance.trainer import example_codec as codec
+
+    buffer = io.BytesIO()
+    first, second = Image.fromarray(_pattern()), Image.fromarray(_pattern()[::-1].copy())
+    first.save(buffer, "MPO", save_all=True, append_images=[second], exif=_exif(6))
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).format == "MPO" and "MPO" in IMAGE_FORMATS
+    assert int(eo.orientation(tf.constant(data))) == 6 == _codec_orientation(data)
+    assert codec.record_image_size(data) == (40, 24)
+    assert tuple(eo.upright_size(tf.shape(tf.io.decode_jpeg(data))[:2], eo.orientation(tf.constant(data))).numpy()) \
+        == (40, 24)
+
+
+def test_a_crafted_file_of_many_segments_costs_a_bounded_walk():
+    """Thousands of comment segments before the Exif one: the walk gives up after MAX_SEGMENTS
+    (orientation 1) instead of walking them all."""
+    turned = _jpeg(_pattern(), 6)
+    comments = _segment(0xFE, b"x") * (eo.MAX_SEGMENTS + 10)
+    assert int(eo.orientation(tf.constant(turned[:2] + comments + turned[2:]))) == 1
+    assert int(eo.orientation(tf.constant(turned[:2] + _segment(0xFE, b"x") * 100 + turned[2:]))) == 6

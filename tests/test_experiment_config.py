@@ -27,7 +27,7 @@ def test_owned_fields_are_left_out_and_named():
                                  "base_filters": 8, "augmentation": {"rotate90": True, "brightness": 0.1}}}
     assert USER["training"]["epochs"] == 7  # the caller's dict is not changed
     assert all(dotted.split(".")[0] in ("name", "output_dir", "data", "classes", "evaluation", "drift", "stats",
-                                        "training") for dotted in OWNED)
+                                        "training", "beam_args") for dotted in OWNED)
 
 
 def test_merged_and_digest():
@@ -91,7 +91,7 @@ def test_the_command_line_notes_owned_fields_and_refuses_bad_values_in_one_line(
     bad.write_text(yaml.safe_dump({"training": {"optimizer": "lion"}}))
     assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--config {bad}: training.optimizer" in err
+    assert err.count("\n") == 1 and f"--config {bad} under this experiment's options: training.optimizer" in err
     missing = tmp_path / "missing.yaml"
     assert cli.main(["experiment", "--output", str(tmp_path / "o"), "--config", str(missing)]) == 2
     err = capsys.readouterr().err
@@ -118,3 +118,46 @@ def test_a_report_with_config_covers_the_rows_trained_with_it(tmp_path):
     args = argparse.Namespace()
     assert [select for select in map(row_selector(args, plan), rows)] == [True, False, False]
     assert all(map(row_selector(args, Plan()), rows))
+
+
+def test_the_file_is_checked_as_the_cells_train_and_freezing_reaches_them(tmp_path, monkeypatch):
+    """Plan.check validated the file against the default 40 epochs and 64x64 crops, and the group's
+    1-epoch pipeline run refused any freeze_encoder_epochs >= 2 after the data was built: the file is
+    now checked under the plan's epochs and size, the pipeline run freezes at most its one epoch, and
+    every cell freezes the file's number."""
+    from segbalance.contract import UserError
+    from segbalance.pipeline import experiment
+    from segbalance.pipeline.dag import trainer_custom_config
+    from segbalance.trainer import task
+
+    recipe = {"training": {"backbone": "MobileNetV2", "freeze_encoder_epochs": 5}}
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"], missing=["none"],
+                num_images=8, test_images=4, size=32, max_epochs=10, patience=2, min_epochs=0, batch_size=4,
+                config="r.yaml", config_values=recipe)
+    plan.check()
+    with pytest.raises(UserError, match=r"freeze_encoder_epochs: 60 is longer than the training \(10 epochs\)"):
+        Plan(**{**plan.__dict__, "config_values": {"training": {**recipe["training"], "freeze_encoder_epochs": 60}}}
+             ).check()
+    with pytest.raises(UserError, match=r"under this experiment's options: training.image_size: \[40, 40\]"):
+        Plan(size=40, config_values={"training": {"depth": 4}}).check()
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.0, work)
+    names = json.loads((train / "classes.json").read_text())["class_names"]
+    config = experiment.experiment_config(plan, train, work / "run", names)
+    assert config.training.freeze_encoder_epochs == 1 and config.training.epochs == 1
+    seen = []
+    monkeypatch.setattr(task, "run_fn", recording_run_fn(work / "cell", seen))
+    experiment.train_cell({"examples": "E", "transform_graph": "T", "class_stats": "S"}, trainer_custom_config(config),
+                          experiment.cell_loss("ce", "none", "none"), 0, work / "cell", plan)
+    assert seen[0].freeze_encoder_epochs == 5 and seen[0].epochs == 10 and seen[0].backbone == "MobileNetV2"
+
+
+def test_the_digest_ignores_defaults_and_legacy_rows_count_as_trained_without_a_config():
+    from segbalance.pipeline.experiment import protocol_differences
+
+    assert config_digest({"training": {"optimizer": "adam", "augmentation": {"rotate90": False}}}) is None
+    assert split_owned({"training": {"epochs": 3}, "beam_args": ["--x"]}) == ({}, ["beam_args", "training.epochs"])
+    mine = Plan(config="m.yaml", config_values={"training": {"optimizer": "sgd"}})
+    assert protocol_differences({"max_epochs": 150}, mine) == "no --config"  # a row from before the field
+    assert protocol_differences({"max_epochs": 150}, Plan()) == ""
+    assert protocol_differences({}, Plan(config="d.yaml", config_values={"training": {"optimizer": "adam"}})) == ""

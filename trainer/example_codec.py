@@ -40,12 +40,16 @@ class DecodeError(ValueError):
 EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored / turned (viewers apply it, TF's decoders do not)
 
 
+TURNED_FORMATS = ("JPEG", "MPO", "PNG")  # PIL's names of the formats the trainer's graph turns
+
+
 def exif_orientation(image: Image.Image) -> int:
     """A PIL image's EXIF orientation tag, 1 when it has none, read from the header as the trainer's
-    graph reads it (``trainer/exif_orientation.py``): a PNG's eXIf chunk counts before the pixel data,
-    where the PNG specification puts it (PIL's ``getexif`` would decode the whole PNG to look for a
-    later one). Call it before ``load()``."""
-    if image.format != "PNG":
+    graph reads it (``trainer/exif_orientation.py``): for a JPEG (or MPO) its Exif segment, for a PNG
+    its eXIf chunk before the pixel data, where the PNG specification puts it (PIL's ``getexif``
+    would also take an XMP ``tiff:Orientation``, which viewers and the graph ignore, and decode a
+    whole PNG to look for a later chunk); other formats by ``getexif``. Call it before ``load()``."""
+    if image.format not in TURNED_FORMATS:
         return int(image.getexif().get(EXIF_ORIENTATION, 1))
     if not image.info.get("exif"):
         return 1
@@ -66,7 +70,7 @@ def record_image_size(data: bytes) -> tuple:
     or PNG turned by its EXIF orientation (``trainer/exif_orientation.py``), other formats as stored.
     Reads the header only. Raises PIL's errors for bytes it cannot open."""
     with Image.open(io.BytesIO(data)) as image:
-        return shown_size(image, turn=image.format in ("JPEG", "PNG"))
+        return shown_size(image, turn=image.format in TURNED_FORMATS)
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -23,7 +23,10 @@ from segbalance.trainer.example_codec import EXIF_ORIENTATION as ORIENTATION_TAG
 EXIF_HEADER = b"Exif\x00\x00"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_ENTRIES = 64  # IFD0 entries searched for the tag (cameras write a dozen or two)
-MAX_SEGMENTS = 1 << 16  # JPEG marker segments / PNG chunks walked before giving up (orientation 1)
+# JPEG marker segments (or stray bytes) / PNG chunks walked before giving up (orientation 1): cameras
+# write a few dozen before the scan (an ICC profile takes at most 255); a crafted file of tens of
+# thousands of segments would otherwise cost seconds per image
+MAX_SEGMENTS = 1024
 JPEG_SOS, JPEG_EOI, JPEG_APP1 = 0xDA, 0xD9, 0xE1
 
 
@@ -63,16 +66,23 @@ def _walk(data, first, step):
 
 
 def _jpeg_step(data):
+    """One step over a JPEG's markers as PIL's reader takes them: a byte that is not 0xFF and a fill
+    0xFF are skipped, FF00 and the standalone markers (TEM, RST0-7, SOI) have no length, the scan
+    (SOS) or the end (EOI) stops the walk, and every other marker has a segment of its own length."""
     def step(pos):
         marker = _big(data, pos + 1, 1)
-        fill = tf.equal(marker, 0xFF)  # a fill byte before a marker
-        stop = tf.logical_or(tf.not_equal(_big(data, pos, 1), 0xFF),
-                             tf.logical_or(tf.equal(marker, JPEG_SOS), tf.equal(marker, JPEG_EOI)))
+        stray = tf.not_equal(_big(data, pos, 1), 0xFF)
+        fill = tf.equal(marker, 0xFF)
+        bare = tf.logical_or(tf.equal(marker, 0x00), tf.equal(marker, 0x01))
+        bare = tf.logical_or(bare, tf.logical_and(marker >= 0xD0, marker <= 0xD8))
+        stop = tf.logical_and(tf.logical_not(stray), tf.logical_or(tf.equal(marker, JPEG_SOS),
+                                                                    tf.equal(marker, JPEG_EOI)))
         segment = _big(data, pos + 2, 2)  # counts its own two length bytes
         exif = tf.logical_and(tf.equal(marker, JPEG_APP1),
                               tf.equal(tf.strings.substr(data, pos + 4, len(EXIF_HEADER)), EXIF_HEADER))
-        found = tf.logical_and(tf.logical_not(stop), exif)
-        following = tf.where(fill, pos + 1, pos + 2 + tf.maximum(segment, 2))
+        found = tf.logical_and(tf.logical_not(stray), exif)
+        following = tf.where(tf.logical_or(stray, fill), pos + 1,
+                             tf.where(bare, pos + 2, pos + 2 + tf.maximum(segment, 2)))
         return following, stop, found, pos + 4 + len(EXIF_HEADER), segment - 2 - len(EXIF_HEADER)
     return step
 

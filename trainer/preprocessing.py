@@ -43,7 +43,7 @@ def dense_column(x, default):
 
 
 def decode_resize_image(encoded, image_size):
-    """[B] encoded PNG/JPEG -> float32 [B, H, W, 3] in [0, 255], bilinear resize; a JPEG's EXIF
+    """[B] encoded PNG/JPEG -> float32 [B, H, W, 3] in [0, 255], bilinear resize; an EXIF (JPEG or PNG)
     orientation is applied first (as ingest, viewers and annotation tools apply it)."""
     def one(data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)

@@ -2,8 +2,9 @@
 
 SavedModel signature ``serving_default``:
 
-- input ``images``: string [B], PNG or JPEG bytes (RGB or grey); a JPEG's EXIF orientation
-  is applied (a phone's portrait photo is scored upright, as ingest trains on it). All images of one request
+- input ``images``: string [B], PNG or JPEG bytes (RGB or grey); an EXIF orientation (a JPEG's
+  Exif segment, a PNG's eXIf chunk) is applied (a phone's portrait photo is scored upright, as
+  ingest trains on it). All images of one request
   must have the same size (the outputs are dense tensors); a request mixing sizes fails
   with "all images of one request must have the same size". Send differently sized
   images in separate requests.
@@ -34,7 +35,8 @@ from segbalance.contract import KERAS_FILE  # noqa: E402,F401
 
 def image_size_of(data):
     """[height, width] int32 of PNG/JPEG bytes from the header (no full decode for PNG/JPEG), as the
-    image is shown: a JPEG's EXIF orientation 5-8 swaps them (the Transform graph turns it upright)."""
+    image is shown: an EXIF orientation 5-8 (a JPEG's Exif segment, a PNG's eXIf chunk) swaps them
+    (the Transform graph turns it upright)."""
     return exif_orientation.upright_size(header_size(data), exif_orientation.orientation(data))
 
 
