@@ -409,7 +409,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
             # would make Pusher copy it to a second version folder -- unless it never got there.
             destination = exec_properties.get("push_destination")
             if destination is None or pushed_copy(model_dir, destination) is not None:
-                blessed, reason = False, (f"model {model.id} is already the latest blessed model (pushed before); "
+                blessed, reason = False, (f"model {model.uri} is already the latest blessed model (pushed before); "
                                           f"not blessed again, so it is not pushed twice")
             else:
                 reason = (f"{reason}; blessed before but not in {destination} (the run stopped before Pusher): "

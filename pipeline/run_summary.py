@@ -201,6 +201,9 @@ def summarize(paths: dict) -> dict:
         summary["class_stats"] = stats.uri
     evaluation = made("SegEvaluator", "evaluation")
     drift = made("ClassDistributionValidator", "drift_report")
+    if drift is not None:  # the gate's decision, for a scheduler that reads the summary, not the console
+        summary["drift"] = {"status": _custom(drift, "status"), "action": _custom(drift, "action"),
+                            "report": os.path.join(drift.uri, "drift.json")}
     if drift is not None and _custom(drift, "blocked") == 1 and _custom(drift, "action") == "block_training":
         # SegTrainer, SegEvaluator and Pusher were skipped: an older evaluation is not this run's
         detail = _read_json(os.path.join(drift.uri, "drift.json")) or {}

@@ -2,6 +2,7 @@
 ClassDistributionValidator executor (drift.json, `blocked` property) and component arguments."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_executor_first_run_and_cached_rerun(tmp_path):
         assert report.get_int_custom_property("blocked") == 0
 
 
-def _gate(tmp_path, name, current, baselines, previous=(), action="block"):
+def _gate(tmp_path, name, current, baselines, previous=(), action="block", thresholds=TIGHT):
     from segbalance.components.artifacts import DriftReport
     from segbalance.components.class_distribution_validator import ClassDistributionValidatorExecutor
 
@@ -153,7 +154,7 @@ def _gate(tmp_path, name, current, baselines, previous=(), action="block"):
     report.uri = str(tmp_path / name)
     ClassDistributionValidatorExecutor().Do(
         {"class_stats": [current], "baseline_class_stats": baselines, "previous_report": list(previous)},
-        {"drift_report": [report]}, {**TIGHT, "action": action})
+        {"drift_report": [report]}, {**thresholds, "action": action})
     return report, json.loads((tmp_path / name / "drift.json").read_text())
 
 
@@ -220,8 +221,12 @@ def test_the_baseline_is_the_last_accepted_distribution_not_the_previous_run_s(t
     # the new distribution is expected: one run with warn accepts it
     r4, drift = _gate(tmp_path, "r4", step2, [back], [r3], action="warn")
     assert drift["status"] == "warned" and drift["accepted"] == step2.uri and "advice" not in drift
+    # the same data again (a resumed or repeated warn run): the decision that accepted it, repeated
+    # against its baseline (it recorded "ok" against itself: the drift was no longer on record)
     r5, drift = _gate(tmp_path, "r5", step2, [step2], [r4])
-    assert drift["status"] == "ok" and drift["baseline"] == step2.uri and "accepted by the last gate" in drift["note"]
+    assert drift["status"] == "warned" and drift["baseline"] == back.uri and drift["accepted"] == step2.uri
+    assert drift["js_divergence"] > TIGHT["js_divergence"] and "its decision, repeated" in drift["note"]
+    assert "advice" not in drift
     # the accepted ClassStats were deleted (a retention policy deletes the oldest first): the decision's
     # copy of their counts is the baseline; with the latest ones instead, the blocked step1 let step2 in
     import shutil
@@ -244,6 +249,16 @@ def test_the_baseline_is_the_last_accepted_distribution_not_the_previous_run_s(t
     assert any("keeps no copy of them: nothing accepted to compare with" in a for a in drift["anomalies"])
     _, drift = _gate(tmp_path, "r9", back, [step1], [_drift_report(legacy)], action="warn")
     assert drift["status"] == "warned" and drift["accepted"] == back.uri  # warn accepts, as always
+    # a legacy decision that passed, its ClassStats (also the latest) gone: a traceback before (it read the
+    # missing folder); now blocked, and the note says why, not "first run"
+    passed = tmp_path / "legacy_ok"
+    passed.mkdir()
+    gone = tmp_path / "gone"
+    (passed / "drift.json").write_text(json.dumps({"current": str(gone), "baseline": None, "status": "ok"}))
+    latest = _class_stats_artifact(tmp_path, "gone", stats([60, 40, 0]))
+    shutil.rmtree(latest.uri)
+    _, drift = _gate(tmp_path, "r10", back, [latest], [_drift_report(passed)])
+    assert drift["status"] == "blocked" and "keeps no copy of them" in drift["note"] and "first run" not in drift["note"]
     # a first run the gate blocked (no labelled pixels) accepted nothing: the next has no baseline
     empty = _class_stats_artifact(tmp_path, "empty", stats([0, 0, 0]))
     blocked_first, drift = _gate(tmp_path, "e0", empty, [])
@@ -264,3 +279,44 @@ def test_component_rejects_an_unknown_action():
     gate = ClassDistributionValidator(class_stats=channel, js_divergence=0.1)
     assert gate.outputs["drift_report"].type.TYPE_NAME == "segbalance.DriftReport"
     assert gate.exec_properties["js_divergence"] == 0.1 and gate.exec_properties["action"] == "block"
+
+
+def _window_stats(tmp_path, name, images):
+    """A ClassStats folder with a per-image table: ``images`` maps source_id -> (pixel counts, missing)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segbalance.trainer.class_stats_io import PER_IMAGE_PREFIX
+
+    counts = [sum(c[i] for c, _ in images.values()) for i in range(3)]
+    artifact = _class_stats_artifact(tmp_path, name, stats(counts, sum(bool(m) for _, m in images.values()),
+                                                              records=len(images)))
+    table = pa.table({"source_id": list(images), "pixel_counts": [list(c) for c, _ in images.values()],
+                      "missing": [list(m) for _, m in images.values()]})
+    pq.write_table(table, os.path.join(artifact.uri, f"{PER_IMAGE_PREFIX}-00000-of-00001.parquet"))
+    return artifact
+
+
+WINDOW = {"js_divergence": 0.05, "max_abs_change": 0.1, "missing_rate_change": 0.2}
+
+
+def test_a_window_is_judged_on_the_images_the_accepted_window_did_not_count(tmp_path):
+    """data.num_spans: 2. Compared whole, each window shares a span with the accepted one, so a shift
+    arriving span by span was diluted and passed twice (QA: the served model ended up trained on drifted
+    data only, and the real distribution was then blocked). The new span alone is judged: blocked."""
+    normal = {f"n{i}": ((60, 38, 2), []) for i in range(20)}
+    drifted = {f"d{i}": ((60, 20, 20), ["a"] if i < 2 else []) for i in range(10)}
+    w01 = _window_stats(tmp_path, "w01", normal)
+    w12 = _window_stats(tmp_path, "w12", {**{k: normal[k] for k in list(normal)[10:]}, **drifted})
+    from segbalance.components.drift_metrics import compare
+
+    assert compare(stats([1200, 580, 220], records=20), stats([1200, 760, 40], records=20), WINDOW)["status"] == "ok"
+    first, drift = _gate(tmp_path, "g0", w01, [], thresholds=WINDOW)
+    assert drift["status"] == "ok"
+    _, drift = _gate(tmp_path, "g1", w12, [w01], [first], thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["new_images"] == 10 and drift["baseline"] == w01.uri
+    assert "10 images were counted by the ClassStats compared with" in drift["note"]
+    assert drift["frequency"]["b"] == pytest.approx(0.2) and drift["missing_rate"] == pytest.approx(0.2)
+    # an unchanged window (every image counted before) is compared whole: the same data, ok
+    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w01_again", normal), [w01], [first], thresholds=WINDOW)
+    assert drift["status"] == "ok" and "new_images" not in drift

@@ -73,6 +73,8 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     assert len(versions()) == 2  # drift: not pushed
     summary = json.loads((out / "run_summary.json").read_text())
     assert not summary["blessed"] and "drift blocked the push" in summary["blessing_reason"]
+    assert summary["drift"]["status"] == "blocked" and summary["drift"]["action"] == "block"
+    assert Path(summary["drift"]["report"]).is_file()
     report = (out / "report.html").read_text()
     assert "Class-distribution drift" in report and "blocked" in report and "circle" in report
     drift_files = sorted((out / "pipeline_root" / "ClassDistributionValidator").glob("*/*/drift.json"),

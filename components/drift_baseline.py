@@ -1,0 +1,137 @@
+"""What the drift gate compares new ClassStats with: the last accepted distribution.
+
+Each gate decision (``drift.json``) records ``accepted``: the ClassStats it judged when it did
+not block, its own baseline when it blocked, and ``accepted_counts``, a copy of their class
+counts (``drift_metrics.drift_fields``), so a deleted artifact can still be compared with.
+``accepted_baseline`` reads the previous decision (handed over by the latest-artifact resolver):
+
+- the ClassStats it accepted, or the copy of their counts when the artifact is gone;
+- the same ClassStats as this run's (unchanged data, ClassStatsGen cached): the previous
+  decision is repeated against its own baseline, with its status (the data was accepted then);
+- without a readable decision (a first run, reports gone): the latest ClassStats, unless they
+  are this run's own; with the accepted ones gone and no copy: ``lost`` (nothing accepted to
+  compare with: the gate blocks rather than judge against unaccepted data).
+
+``new_images`` handles ``data.num_spans`` windows: a window shares images with the accepted
+one, and compared whole, a shift that arrives span by span is diluted by the overlap and passes
+run after run. The images the accepted ClassStats did not count are judged alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from tfx import types
+from tfx.dsl.io import fileio
+
+from segbalance.contract import DRIFT_FILE, STATS_FILE
+
+
+@dataclass
+class Baseline:
+    """What the gate compares with: the ClassStats URI, their content (None: nothing to compare
+    with), a note; ``lost``: the accepted ones are gone with no copy; ``repeat``: the status of the
+    decision that accepted these same ClassStats (unchanged data)."""
+
+    uri: Optional[str]
+    stats: Optional[dict]
+    note: Optional[str] = None
+    lost: bool = False
+    repeat: Optional[str] = None
+    from_artifact: bool = False  # stats read from the artifact (its per-image table is there too)
+
+
+def accepted_by(judged: Dict[str, Any]) -> Optional[str]:
+    """The ClassStats URI a gate decision (a ``drift.json``) accepted: its ``accepted`` field; for
+    reports written before it existed, the baseline when it blocked, else the ClassStats it judged."""
+    if "accepted" in judged:
+        return judged["accepted"]
+    return judged.get("baseline") if judged.get("status") == "blocked" else judged.get("current")
+
+
+def _stats_at(uri: Optional[str]) -> Optional[dict]:
+    from segbalance.trainer.class_stats_io import read_class_stats
+
+    if not uri or not fileio.exists(os.path.join(uri, STATS_FILE)):
+        return None
+    return read_class_stats(uri)
+
+
+def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_reports: List[types.Artifact]) -> Baseline:
+    """The baseline of this run (see the module docstring); ``latest_uri``: the resolver's latest
+    ClassStats (None on a first run)."""
+    for report in previous_reports:
+        path = os.path.join(report.uri, DRIFT_FILE)
+        if not fileio.exists(path):
+            continue
+        with fileio.open(path) as f:
+            judged = json.loads(f.read())
+        accepted = accepted_by(judged)
+        if not accepted:
+            return Baseline(None, None, f"the last gate ({report.uri}) accepted no ClassStats yet: nothing to "
+                                        f"compare with")
+        if accepted == current_uri and judged.get("current") == current_uri:
+            # unchanged data the last gate accepted: its decision again, against its baseline
+            earlier = judged.get("baseline")
+            stats = _stats_at(earlier) if earlier else None
+            if earlier and stats is None and judged.get("baseline_counts"):
+                stats = judged["baseline_counts"]
+            if not earlier or stats is not None:
+                return Baseline(earlier, stats, f"the same ClassStats the last gate accepted ({report.uri}, "
+                                                f"{judged.get('status')}): its decision, repeated",
+                                repeat=judged.get("status"), from_artifact=_stats_at(earlier) is not None)
+        stats = _stats_at(accepted)
+        if stats is not None:
+            if accepted == current_uri:
+                return Baseline(accepted, stats, f"these ClassStats were accepted by the last gate ({report.uri}): "
+                                                 f"the data is unchanged", from_artifact=True)
+            if accepted != latest_uri:
+                whose = ("these ClassStats (the same data)" if latest_uri == current_uri
+                         else f"the latest ones ({latest_uri})")
+                return Baseline(accepted, stats, f"compared with the ClassStats the last gate accepted ({report.uri}), "
+                                                 f"not {whose}: those were blocked, or their run stopped before "
+                                                 f"the gate", from_artifact=True)
+            return Baseline(accepted, stats, from_artifact=True)
+        if judged.get("accepted_counts"):
+            return Baseline(accepted, judged["accepted_counts"],
+                            f"the ClassStats the last gate accepted ({accepted}) are gone: compared with the copy "
+                            f"of their counts in {path}")
+        return Baseline(None, None, f"the ClassStats the last gate accepted ({accepted}) are gone and {path} keeps "
+                                    f"no copy of them: nothing accepted to compare with", lost=True)
+    if latest_uri is None:
+        return Baseline(None, None)  # a first run: compare() says so
+    if latest_uri == current_uri:
+        return Baseline(None, None, "no gate decision was recorded: nothing to compare with")
+    stats = _stats_at(latest_uri)
+    if stats is None:
+        return Baseline(None, None, f"the latest ClassStats ({latest_uri}) are gone and no gate decision was "
+                                    f"recorded: nothing to compare with", lost=True)
+    return Baseline(latest_uri, stats, from_artifact=True)
+
+
+def new_images(current_uri: str, current: dict, baseline_uri: str):
+    """(the part of ``current`` that ``baseline_uri``'s ClassStats did not count, how many images the
+    two share), by ``image/source_id`` in their per-image tables: for a ``data.num_spans`` window,
+    the spans that are new since the accepted window. ``(current, 0)`` when they share no image or a
+    table cannot be read; ``(None, shared)`` when every image was counted before."""
+    from segbalance.trainer.class_stats_io import read_per_image
+
+    try:
+        rows = read_per_image(current_uri)
+        before = set(read_per_image(baseline_uri)["source_id"])
+    except (OSError, ValueError, KeyError):
+        return current, 0
+    fresh = rows[~rows["source_id"].isin(before)]
+    shared = len(rows) - len(fresh)
+    if shared == 0:
+        return current, 0
+    if len(fresh) == 0:
+        return None, shared
+    counts = [0] * len(current["class_names"])
+    for pixel_counts in fresh["pixel_counts"]:
+        for i, n in enumerate(pixel_counts):
+            counts[i] += int(n)
+    return {"class_names": list(current["class_names"]), "pixel_counts": counts, "num_records": len(fresh),
+            "images_with_missing": int(sum(bool(len(m)) for m in fresh["missing"]))}, shared
