@@ -73,9 +73,9 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         if base.from_artifact and base.uri != current_artifact.uri:  # a window: its new images alone
             judged, shared = new_images(current_artifact.uri, current, base.uri)
         thresholds = {k: float(exec_properties[k]) for k in THRESHOLD_KEYS}
-        result = compare(judged if judged is not None else current, base.stats, thresholds, exec_properties["action"])
+        result = compare(judged, base.stats, thresholds, exec_properties["action"])
         notes = [result.get("note"), base.note]
-        if shared and judged is not None:
+        if judged is not current:
             notes.append(f"{shared} images were counted by the ClassStats compared with (a data.num_spans window): "
                          f"the {judged['num_records']} new ones are judged alone")
             result["new_images"] = judged["num_records"]

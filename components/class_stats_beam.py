@@ -59,7 +59,7 @@ from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, M
 from segbalance.components.component_config import StatsConfig
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
-from segbalance.trainer.example_codec import record_image_size
+from segbalance.trainer.example_codec import TURNED_FORMATS, shown_size
 
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
@@ -290,14 +290,14 @@ def check_image(data: Optional[bytes], mask_shape) -> None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
-            stored = img.size[::-1]
+            # the trainer turns a JPEG or PNG as shown (trainer/exif_orientation.py): the mask must fit that;
+            # read from the header, before verify / load
+            height, width = shown_size(img, turn=fmt in TURNED_FORMATS)
+            turned = (height, width) != img.size[::-1]
             if fmt == "PNG":
                 img.verify()
             else:
                 img.load()
-        # the trainer turns a JPEG or PNG as shown (trainer/exif_orientation.py): the mask must fit that
-        height, width = record_image_size(data)
-        turned = (height, width) != tuple(stored)
     except Exception as exc:  # noqa: BLE001
         reason = "not an image format PIL reads" if type(exc).__name__ == "UnidentifiedImageError" else str(exc)
         raise Quarantined("bad_image", f"cannot decode image: {reason}") from exc

@@ -75,13 +75,12 @@ def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_repo
         if accepted == current_uri and judged.get("current") == current_uri:
             # unchanged data the last gate accepted: its decision again, against its baseline
             earlier = judged.get("baseline")
-            stats = _stats_at(earlier) if earlier else None
-            if earlier and stats is None and judged.get("baseline_counts"):
-                stats = judged["baseline_counts"]
+            from_artifact = _stats_at(earlier)
+            stats = from_artifact if from_artifact is not None else (judged.get("baseline_counts") if earlier else None)
             if not earlier or stats is not None:
                 return Baseline(earlier, stats, f"the same ClassStats the last gate accepted ({report.uri}, "
                                                 f"{judged.get('status')}): its decision, repeated",
-                                repeat=judged.get("status"), from_artifact=_stats_at(earlier) is not None)
+                                repeat=judged.get("status"), from_artifact=from_artifact is not None)
         stats = _stats_at(accepted)
         if stats is not None:
             if accepted == current_uri:
@@ -115,7 +114,8 @@ def new_images(current_uri: str, current: dict, baseline_uri: str):
     """(the part of ``current`` that ``baseline_uri``'s ClassStats did not count, how many images the
     two share), by ``image/source_id`` in their per-image tables: for a ``data.num_spans`` window,
     the spans that are new since the accepted window. ``(current, 0)`` when they share no image or a
-    table cannot be read; ``(None, shared)`` when every image was counted before."""
+    table cannot be read, and ``(current, shared)`` when every image was counted before (the same
+    data: compared whole)."""
     from segbalance.trainer.class_stats_io import read_per_image
 
     try:
@@ -125,10 +125,8 @@ def new_images(current_uri: str, current: dict, baseline_uri: str):
         return current, 0
     fresh = rows[~rows["source_id"].isin(before)]
     shared = len(rows) - len(fresh)
-    if shared == 0:
-        return current, 0
-    if len(fresh) == 0:
-        return None, shared
+    if shared == 0 or len(fresh) == 0:
+        return current, shared
     counts = [0] * len(current["class_names"])
     for pixel_counts in fresh["pixel_counts"]:
         for i, n in enumerate(pixel_counts):

@@ -105,16 +105,17 @@ class ReduceLROnPlateauAfter(keras.callbacks.ReduceLROnPlateau):
         super().__init__(**kwargs)
         self.start_epoch, self.state_dir = int(start_epoch), state_dir
         self._resume: Optional[dict] = None
+        self._written: dict = {}  # what plateau.json holds: {epoch: state}, the last two epochs
 
     def _path(self) -> str:
         return f"{self.state_dir.rstrip('/')}/{self.STATE}"
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._resume = None
+        self._resume, self._written = None, {}
         if self.state_dir and tf.io.gfile.exists(self._path()):
             with tf.io.gfile.GFile(self._path()) as f:
-                self._resume = json.load(f)
+                self._resume = self._written = json.load(f)
 
     def on_epoch_begin(self, epoch, logs=None):
         # a resumed fit starts at the epoch after the last backup: take the state that epoch ended with
@@ -143,13 +144,10 @@ class ReduceLROnPlateauAfter(keras.callbacks.ReduceLROnPlateau):
             return
         tf.io.gfile.makedirs(self.state_dir)
         state = {"best": float(self.best), "wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter)}
-        previous = {}
-        if tf.io.gfile.exists(self._path()):
-            with tf.io.gfile.GFile(self._path()) as f:
-                previous = json.load(f)
-        kept = {key: value for key, value in previous.items() if key == str(epoch - 1)}
+        kept = {key: value for key, value in self._written.items() if key == str(epoch - 1)}
+        self._written = {**kept, str(epoch): state}
         with tf.io.gfile.GFile(self._path(), "w") as f:
-            json.dump({**kept, str(epoch): state}, f)
+            json.dump(self._written, f)
 
 
 def plateau_callback(training, monitor: str = "val_miou", state_dir: Optional[str] = None):
