@@ -10,9 +10,13 @@ the accepted ClassStats counted are left out: the new spans are judged alone, so
 arrives span by span is not diluted by the overlap. To accept a new distribution that is
 expected, run once with ``action="warn"``: a run that is not blocked is accepted.
 
+A window that still holds images a gate blocked is blocked again (until a ``warn`` run accepts
+them), and the new images beside them are judged without them.
+
 The measures (``components/drift_metrics.py``): Jensen-Shannon divergence and the largest
-absolute change of the class pixel frequencies, classes that were absent before, and the
-change in the fraction of images with missing annotations. Above a threshold it records an
+absolute change of the class pixel frequencies, classes that were absent before, classes
+that vanished where they would have shown (``vanished_class_chance``), and the change in
+the fraction of images with missing annotations. Above a threshold it records an
 anomaly; with ``action="block"`` the DriftReport is marked ``blocked`` and SegEvaluator then
 does not bless the model, so Pusher does not push it; with ``action="block_training"`` it is
 marked ``blocked`` too and the pipeline's ``tfx.dsl.Cond`` on that mark skips SegTrainer,
@@ -33,10 +37,10 @@ from tfx.utils import io_utils
 
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
-from segbalance.components.drift_baseline import accepted_baseline, new_images
+from segbalance.components.drift_baseline import accepted_baseline, held_back, new_images
 from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare, drift_fields
 
-from segbalance.contract import DRIFT_FILE  # noqa: E402
+from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE  # noqa: E402
 
 
 class ClassDistributionValidatorSpec(ComponentSpec):
@@ -44,6 +48,8 @@ class ClassDistributionValidatorSpec(ComponentSpec):
         "js_divergence": ExecutionParameter(type=float),
         "max_abs_change": ExecutionParameter(type=float),
         "missing_rate_change": ExecutionParameter(type=float),
+        # optional: a pipeline compiled before it existed runs with the config's default
+        "vanished_class_chance": ExecutionParameter(type=float, optional=True),
         "action": ExecutionParameter(type=str),
     }
     INPUTS = {
@@ -67,22 +73,32 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
             raise ValueError(f"baseline_class_stats: expected at most one artifact (a latest-artifact resolver), "
                              f"got {len(baselines)}: {[a.uri for a in baselines]}")
         current = read_class_stats(current_artifact.uri)
-        base = accepted_baseline(current_artifact.uri, baselines[0].uri if baselines else None,
-                                 input_dict.get("previous_report") or [])
-        judged, shared = current, 0
-        if base.from_artifact and base.uri != current_artifact.uri:  # a window: its new images alone
-            judged, shared = new_images(current_artifact.uri, current, base.uri)
-        thresholds = {k: float(exec_properties[k]) for k in THRESHOLD_KEYS}
+        previous = input_dict.get("previous_report") or []
+        base = accepted_baseline(current_artifact.uri, baselines[0].uri if baselines else None, previous)
+        blocked_before, blocked_by = held_back(previous)
+        window = new_images(current_artifact.uri, current,
+                            base.uri if base.from_artifact and base.uri != current_artifact.uri else None,
+                            blocked_before)
+        judged = window.judged
+        thresholds = {k: float(exec_properties[k] if exec_properties.get(k) is not None else getattr(DriftConfig, k))
+                      for k in THRESHOLD_KEYS}
         result = compare(judged, base.stats, thresholds, exec_properties["action"])
+        judged_drifted = bool(result["anomalies"])
         notes = [result.get("note"), base.note]
         if judged is not current:
-            notes.append(f"{shared} images were counted by the ClassStats compared with (a data.num_spans window): "
-                         f"the {judged['num_records']} new ones are judged alone")
+            notes.append(f"{window.shared} images were counted by the ClassStats compared with (a data.num_spans "
+                         f"window): the {judged['num_records']} new ones are judged alone"
+                         + (f", without the {len(window.held)} blocked before" if window.held else ""))
             result["new_images"] = judged["num_records"]
+        if window.held:  # a window still holding a span the gate blocked: not accepted by a normal span beside it
+            result["held_back_images"] = len(window.held)
+            result["anomalies"].append(f"{len(window.held)} images the last gate blocked ({blocked_by}) are still in "
+                                       f"the data, and no run has accepted them")
         if base.lost:  # the accepted counts are gone: nothing accepted to pass the data against
             result["anomalies"].append(base.note)
-            result["status"] = "warned" if result["action"] == "warn" else "blocked"
             notes = [base.note]
+        if result["anomalies"]:
+            result["status"] = "warned" if result["action"] == "warn" else "blocked"
         if base.repeat in ("ok", "warned"):  # unchanged data, accepted before: the same decision
             result["status"] = base.repeat
         result["current"] = current_artifact.uri
@@ -99,6 +115,13 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         if result["status"] == "blocked":
             result["advice"] = ACCEPT_ADVICE
         output = artifact_utils.get_single_instance(output_dict["drift_report"])
+        if result["status"] == "blocked" and window.judged_ids is not None:
+            # what the next gate holds back while a window still has them: the images blocked before and
+            # the ones judged now when they drifted (a blocked span, not its normal neighbour)
+            blocked = set(window.held) | (set(window.judged_ids) if judged_drifted or base.lost else set())
+            io_utils.write_string_file(os.path.join(output.uri, BLOCKED_IMAGES_FILE),
+                                       "".join(f"{sid}\n" for sid in sorted(blocked)))
+            result["blocked_images"] = len(blocked)
         io_utils.write_string_file(os.path.join(output.uri, DRIFT_FILE), json.dumps(result, indent=1))
         output.set_int_custom_property("blocked", int(result["status"] == "blocked"))
         output.set_string_custom_property("status", result["status"])
@@ -121,11 +144,13 @@ class ClassDistributionValidator(base_component.BaseComponent):
     def __init__(self, class_stats: types.BaseChannel, baseline_class_stats: Optional[types.BaseChannel] = None,
                  js_divergence: float = DriftConfig.js_divergence, max_abs_change: float = DriftConfig.max_abs_change,
                  missing_rate_change: float = DriftConfig.missing_rate_change, action: str = DriftConfig.action,
-                 previous_report: Optional[types.BaseChannel] = None):
+                 previous_report: Optional[types.BaseChannel] = None,
+                 vanished_class_chance: float = DriftConfig.vanished_class_chance):
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         super().__init__(spec=ClassDistributionValidatorSpec(
             class_stats=class_stats, baseline_class_stats=baseline_class_stats, previous_report=previous_report,
             js_divergence=float(js_divergence), max_abs_change=float(max_abs_change),
-            missing_rate_change=float(missing_rate_change), action=action,
+            missing_rate_change=float(missing_rate_change), vanished_class_chance=float(vanished_class_chance),
+            action=action,
             drift_report=types.Channel(type=DriftReport)))

@@ -61,6 +61,9 @@ class DriftConfig:
     js_divergence: float = 0.05  # Jensen-Shannon divergence of class pixel frequencies
     max_abs_change: float = 0.1  # largest change of one class's pixel frequency
     missing_rate_change: float = 0.2  # change of the fraction of images with missing classes
+    # a class the baseline had and the new data has no pixel of is an anomaly when the chance of that, had its
+    # image frequency f not changed, (1 - f) ** new records, is below this (0: never)
+    vanished_class_chance: float = 0.01
     # "block": the model is trained but not blessed, so not pushed; "block_training": trainer,
     # evaluator and pusher do not run; "warn": recorded only
     action: str = "block"
@@ -70,4 +73,6 @@ class DriftConfig:
         for name in ("js_divergence", "max_abs_change", "missing_rate_change"):
             require(is_number(getattr(self, name), 0.0) and getattr(self, name) <= 1.0, f"{where}.{name}",
                     "must be in [0, 1] (the measure's range; 1 or more never fires)")
+        require(is_number(self.vanished_class_chance, 0.0) and self.vanished_class_chance <= 1.0,
+                f"{where}.vanished_class_chance", "must be in [0, 1] (a chance; 0 never fires)")
         require(self.action in DRIFT_ACTIONS, f"{where}.action", f"use one of {', '.join(DRIFT_ACTIONS)}")

@@ -14,19 +14,22 @@ counts (``drift_metrics.drift_fields``), so a deleted artifact can still be comp
 
 ``new_images`` handles ``data.num_spans`` windows: a window shares images with the accepted
 one, and compared whole, a shift that arrives span by span is diluted by the overlap and passes
-run after run. The images the accepted ClassStats did not count are judged alone.
+run after run. The images the accepted ClassStats did not count are judged alone. A blocked
+decision lists the images it did not accept (``held_back``); while a window still holds them the
+gate blocks again, and the new images beside them are judged without them (judged together, a
+new normal span halved the blocked span's shift and let it be trained on).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from tfx import types
 from tfx.dsl.io import fileio
 
-from segbalance.contract import DRIFT_FILE, STATS_FILE
+from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE, STATS_FILE
 
 
 @dataclass
@@ -110,26 +113,59 @@ def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_repo
     return Baseline(latest_uri, stats, from_artifact=True)
 
 
-def new_images(current_uri: str, current: dict, baseline_uri: str):
-    """(the part of ``current`` that ``baseline_uri``'s ClassStats did not count, how many images the
-    two share), by ``image/source_id`` in their per-image tables: for a ``data.num_spans`` window,
-    the spans that are new since the accepted window. ``(current, 0)`` when they share no image or a
-    table cannot be read, and ``(current, shared)`` when every image was counted before (the same
-    data: compared whole)."""
+@dataclass
+class Window:
+    """What the gate judges: ``judged`` (class counts of the images the accepted ClassStats did not
+    count, or ``current`` whole), ``shared`` (images counted before), ``held`` (source_ids an earlier
+    gate blocked that are still in the data), ``judged_ids`` (the judged images' source_ids; None
+    without per-image tables)."""
+
+    judged: dict
+    shared: int = 0
+    held: List[str] = field(default_factory=list)
+    judged_ids: Optional[List[str]] = None
+
+
+def held_back(previous_reports: List[types.Artifact]) -> Tuple[FrozenSet[str], Optional[str]]:
+    """(source_ids the last gate blocked and no run has accepted since, that report's URI): a
+    blocked decision lists them in ``BLOCKED_IMAGES_FILE``; an accepting one lists none."""
+    for report in previous_reports:
+        path = os.path.join(report.uri, BLOCKED_IMAGES_FILE)
+        if fileio.exists(path):
+            with fileio.open(path) as f:
+                return frozenset(line for line in f.read().splitlines() if line), report.uri
+    return frozenset(), None
+
+
+def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
+               blocked: FrozenSet[str] = frozenset()) -> Window:
+    """Split ``current`` by ``image/source_id`` in the per-image tables: the images ``baseline_uri``'s
+    ClassStats counted (a ``data.num_spans`` window shares them with the accepted window), those an
+    earlier gate ``blocked`` (still unaccepted), and the rest, which are judged alone: a shift that
+    arrives span by span is not diluted by the overlap, and a blocked span is not diluted by a new
+    normal one beside it. With nothing new besides blocked images those are judged; with nothing
+    new at all (the same data) ``current`` is judged whole."""
     from segbalance.trainer.class_stats_io import read_per_image
 
     try:
         rows = read_per_image(current_uri)
-        before = set(read_per_image(baseline_uri)["source_id"])
+        before = set(read_per_image(baseline_uri)["source_id"]) if baseline_uri else set()
     except (OSError, ValueError, KeyError):
-        return current, 0
-    fresh = rows[~rows["source_id"].isin(before)]
-    shared = len(rows) - len(fresh)
-    if shared == 0 or len(fresh) == 0:
-        return current, shared
+        return Window(current)
+    if len(rows) == 0:
+        return Window(current)
+    new = rows[~rows["source_id"].isin(before)]
+    held = new[new["source_id"].isin(blocked)]
+    fresh = new[~new["source_id"].isin(blocked)]
+    judged = fresh if len(fresh) else new
+    window = Window(current, len(rows) - len(new), sorted(held["source_id"]), list(judged["source_id"]))
+    if len(judged) in (0, len(rows)):  # the same data, or every image is new: compared whole
+        return window
     counts = [0] * len(current["class_names"])
-    for pixel_counts in fresh["pixel_counts"]:
+    for pixel_counts in judged["pixel_counts"]:
         for i, n in enumerate(pixel_counts):
             counts[i] += int(n)
-    return {"class_names": list(current["class_names"]), "pixel_counts": counts, "num_records": len(fresh),
-            "images_with_missing": int(sum(bool(len(m)) for m in fresh["missing"]))}, shared
+    window.judged = {"class_names": list(current["class_names"]), "pixel_counts": counts,
+                     "num_records": len(judged),
+                     "images_with_missing": int(sum(bool(len(m)) for m in judged["missing"]))}
+    return window

@@ -9,7 +9,11 @@ did not have (or had no pixels of) is a *new class*.
 - Jensen-Shannon divergence in bits, ``0.5 KL(p||m) + 0.5 KL(q||m)``, ``m = (p+q)/2``
   (0 = identical, 1 = disjoint supports);
 - largest absolute change of one class's frequency;
-- missing-annotation rate: images with at least one class not labelled / records.
+- missing-annotation rate: images with at least one class not labelled / records;
+- vanished classes: classes the baseline had and the new data has no pixel of. Each gets the
+  chance of that if nothing had changed, ``(1 - f) ** n`` with ``f`` the baseline's fraction of
+  images holding the class and ``n`` the new records: a rare class absent from a small span is
+  likely (no anomaly), one absent from a span where it would have shown in several images is not.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import numpy as np
 
 from segbalance.contract import DRIFT_ACTIONS
 
-THRESHOLD_KEYS = ("js_divergence", "max_abs_change", "missing_rate_change")
+THRESHOLD_KEYS = ("js_divergence", "max_abs_change", "missing_rate_change", "vanished_class_chance")
 
 
 def js_divergence(p, q) -> float:
@@ -50,7 +54,7 @@ def aligned_counts(current: dict, baseline: dict):
     return names, counts(current), counts(baseline)
 
 
-DRIFT_FIELDS = ("class_names", "pixel_counts", "num_records", "images_with_missing")  # what compare() reads
+DRIFT_FIELDS = ("class_names", "pixel_counts", "image_counts", "num_records", "images_with_missing")  # compare() reads
 
 
 def drift_fields(stats: dict) -> dict:
@@ -69,6 +73,22 @@ def missing_rate(stats: dict) -> Optional[float]:
     if "images_with_missing" not in stats:
         return None
     return stats["images_with_missing"] / max(1, stats["num_records"])
+
+
+def vanished_chances(current: dict, baseline: dict) -> Dict[str, Optional[float]]:
+    """Classes with baseline pixels and none now, each with the chance that none of the new records
+    holds it if its image frequency were unchanged: ``(1 - image_counts / num_records) ** new records``
+    (None when the baseline does not record image counts)."""
+    names, current_counts, base_counts = aligned_counts(current, baseline)
+    images = dict(zip(baseline["class_names"], baseline.get("image_counts") or [None] * len(baseline["class_names"])))
+    records = int(current.get("num_records", 0))
+    chances: Dict[str, Optional[float]] = {}
+    for name, before, now in zip(names, base_counts, current_counts):
+        if before > 0 and now == 0:
+            held = images.get(name)
+            frequency = min(1.0, held / max(1, baseline["num_records"])) if held is not None else None
+            chances[name] = None if frequency is None else float((1.0 - frequency) ** records)
+    return chances
 
 
 # "warn": recorded only; "block": the model is trained but not blessed, so not pushed;
@@ -90,7 +110,8 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
         anomalies.append("the new data has no labelled pixels")
     if baseline is None:
         result.update(note="no earlier ClassStats to compare with (first run)",
-                      js_divergence=0.0, max_abs_change=0.0, missing_rate_change=0.0)
+                      js_divergence=0.0, max_abs_change=0.0, missing_rate_change=0.0, vanished_classes={},
+                      vanished_class_chance=None)
     else:
         names, current_counts, base_counts = aligned_counts(current, baseline)
         p, q = frequencies(current_counts), frequencies(base_counts)
@@ -105,7 +126,10 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
             frequency_change={n: float(v) for n, v in zip(names, change)},
             new_classes=[n for n, b, c in zip(names, base_counts, current_counts) if b == 0 and c > 0],
             missing_rate=missing_rate(current), baseline_missing_rate=missing_rate(baseline),
+            vanished_classes=vanished_chances(current, baseline),
         )
+        judged = [c for c in result["vanished_classes"].values() if c is not None]
+        result["vanished_class_chance"] = min(judged) if judged else None
         if result["missing_rate"] is None or result["baseline_missing_rate"] is None:
             result["missing_rate_change"] = None
             result["note"] = "missing-annotation rate not recorded in one of the ClassStats (not compared)"
@@ -119,6 +143,13 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
                              f"({q[worst]:.4f} -> {p[worst]:.4f}; limit {thresholds['max_abs_change']})")
         if result["new_classes"]:
             anomalies.append(f"classes absent before appear now: {', '.join(result['new_classes'])}")
+        unlikely = {n: c for n, c in result["vanished_classes"].items()
+                    if c is not None and c < result["thresholds"]["vanished_class_chance"]}
+        if unlikely:
+            baseline_images = dict(zip(baseline["class_names"], baseline["image_counts"]))
+            anomalies.append("classes present before have no pixels now: " + ", ".join(
+                f"{n} (in {baseline_images[n]} of {baseline['num_records']} images before, none of "
+                f"{current['num_records']} now; chance {c:.2g} if unchanged)" for n, c in unlikely.items()))
         if result["missing_rate_change"] is not None \
                 and result["missing_rate_change"] > result["thresholds"]["missing_rate_change"]:
             anomalies.append(f"fraction of images with missing annotations changed from "

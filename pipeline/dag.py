@@ -162,7 +162,8 @@ def create_pipeline(
             class_stats=class_stats, baseline_class_stats=previous.outputs["class_stats"],
             previous_report=previous.outputs["drift_report"],
             js_divergence=config.drift.js_divergence, max_abs_change=config.drift.max_abs_change,
-            missing_rate_change=config.drift.missing_rate_change, action=config.drift.action)
+            missing_rate_change=config.drift.missing_rate_change,
+            vanished_class_chance=config.drift.vanished_class_chance, action=config.drift.action)
         components += [previous, drift_gate]
 
     model_resolver = tfx.dsl.Resolver(

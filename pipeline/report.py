@@ -277,6 +277,9 @@ def drift_section(drift_dir: str) -> Section:
     thresholds = drift.get("thresholds") or {}
     rows = [[k, drift.get(k), thresholds.get(k)] for k in ("js_divergence", "max_abs_change", "missing_rate_change")
             if k in drift]
+    if drift.get("vanished_class_chance") is not None:  # an anomaly below its threshold, not above
+        rows.append(["vanished_class_chance (lowest; anomaly below)", drift["vanished_class_chance"],
+                     thresholds.get("vanished_class_chance")])
     effect = {"block": "the model was trained but not blessed, so not pushed",
               "block_training": "training, evaluation and push did not run"}.get(drift.get("action"))
     effect_html = f" ({esc(effect)})" if status == "blocked" and effect else ""
@@ -288,6 +291,9 @@ def drift_section(drift_dir: str) -> Section:
         parts.append(f"<p>{esc(drift['advice'][0].upper() + drift['advice'][1:])}.</p>")
     if drift.get("new_classes"):
         parts.append(f'<p class="bad">New classes: {esc(", ".join(map(str, drift["new_classes"])))}</p>')
+    if drift.get("vanished_classes"):
+        parts.append(f'<p>Classes with no pixels now (chance if unchanged): '
+                     f'{esc(", ".join(f"{n} ({fmt(c)})" for n, c in drift["vanished_classes"].items()))}</p>')
     if drift.get("anomalies"):
         parts.append("<ul>" + "".join(f"<li>{esc(a)}</li>" for a in drift["anomalies"]) + "</ul>")
     return Section("drift", "Class-distribution drift", "\n".join(parts), f"drift {status_html}")

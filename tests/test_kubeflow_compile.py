@@ -301,3 +301,19 @@ def test_a_given_span_compiles_into_a_static_range(tmp_path):
         params = spec["pipelineSpec"]["root"]["dag"]["tasks"]["ImportExampleGen"]["inputs"]["parameters"]
         range_config = json.loads(params["range_config"]["runtimeValue"]["constantValue"]["stringValue"])
         assert range_config == {"static_range": expected}, span
+
+
+def test_every_drift_field_reaches_the_gate_in_the_kfp_spec(span_data, tmp_path):
+    """The drift section's every field, set off its default, is a parameter of the compiled gate."""
+    import dataclasses
+
+    from segbalance.pipeline.config import DriftConfig
+
+    values = {"js_divergence": 0.07, "max_abs_change": 0.15, "missing_rate_change": 0.3,
+              "vanished_class_chance": 0.002, "action": "warn"}
+    assert set(values) == {f.name for f in dataclasses.fields(DriftConfig)}
+    assert all(values[k] != v for k, v in dataclasses.asdict(DriftConfig()).items())
+    spec = compile_into(span_data, name="drift_fields.json", drift=values)[1]
+    parameters = spec["pipelineSpec"]["root"]["dag"]["tasks"]["ClassDistributionValidator"]["inputs"]["parameters"]
+    compiled = {k: next(iter(parameters[k]["runtimeValue"]["constantValue"].values())) for k in values}
+    assert compiled == values

@@ -607,3 +607,18 @@ def test_image_pairs_ingest_skipped_are_in_the_report_and_the_summary(tmp_path, 
     print_summary(summary)
     assert f"  not ingested:     2 image pair(s) of span 4 (each with its reason: {ingest_report})" in \
         capsys.readouterr().out
+
+
+def test_the_drift_section_shows_vanished_classes_with_their_chance(tmp_path):
+    from segbalance.pipeline.report import drift_section
+
+    (tmp_path / "drift.json").write_text(json.dumps({
+        "status": "blocked", "action": "block", "js_divergence": 0.01, "max_abs_change": 0.02,
+        "missing_rate_change": 0.0, "vanished_classes": {"rare <b>": 0.0001048576, "bus": 0.5},
+        "vanished_class_chance": 0.0001048576, "new_classes": [],
+        "anomalies": ["classes present before have no pixels now: rare <b> (chance 0.0001 if unchanged)"],
+        "thresholds": {"js_divergence": 0.05, "max_abs_change": 0.1, "missing_rate_change": 0.2,
+                       "vanished_class_chance": 0.01}}))
+    body = drift_section(str(tmp_path)).body
+    assert "vanished_class_chance (lowest; anomaly below)" in body and "0.0001" in body
+    assert "rare &lt;b&gt; (0.0001" in body and "bus (0.5" in body and "rare <b>" not in body
