@@ -54,8 +54,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
-                                 PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE,
-                                 UNCOUNTED_PER_IMAGE_PREFIX, UserError)
+                                 MAX_CLASSES, PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE,
+                                 UNCOUNTED_PER_IMAGE_PREFIX, UserError, ignore_index_problem)
 from segbalance.components.component_config import StatsConfig
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
@@ -97,8 +97,11 @@ class StatsOptions:
     weight_options: Dict = field(default_factory=dict)  # passed to compute_class_weights
 
     def __post_init__(self):
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must be between 1 and {MAX_CLASSES} (masks are 8-bit), got {self.num_classes}")
+        problem = ignore_index_problem(self.num_classes, self.ignore_index)
+        if problem:
+            raise ValueError(f"ignore_index {problem}")
         if self.labeled_policy not in ("complete", "partial"):
             raise ValueError(f"labeled_policy must be 'complete' or 'partial', got {self.labeled_policy!r}")
         if self.class_names is None:

@@ -42,7 +42,7 @@ from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer.model_classes import class_mismatch, read_model_classes
 
-from segbalance.contract import DEFAULT_IGNORE_INDEX, EVALUATION_FILE  # noqa: E402
+from segbalance.contract import DEFAULT_IGNORE_INDEX, EVALUATION_FILE, source_id_of  # noqa: E402
 
 WORST_IMAGES = 8  # per_image.json: downscaled image, truth and prediction of the N lowest-mIoU eval images
 MAX_GAP_PREDICTIONS = 100  # ... and the prediction of at most this many eval images with missing classes
@@ -127,6 +127,26 @@ def _image_size(record) -> Optional[Tuple[int, int]]:
         return None  # the prediction then names the image
 
 
+def reference_paths(folder: str) -> Dict[str, str]:
+    """{source_id: path} of the reference masks ``folder/<name>.png``, by the source_id of the file
+    stem (NFC: a name macOS wrote in NFD matches its image); of two names with one source_id, the
+    one spelled as the source_id. Local or remote (``tf.io.gfile``)."""
+    import tensorflow as tf
+
+    paths: Dict[str, str] = {}
+    if not tf.io.gfile.isdir(folder):  # checked before the run where it is local (config, reference_masks)
+        return paths
+    for name in sorted(tf.io.gfile.listdir(folder)):
+        name = name.rstrip("/")
+        if not name.endswith(".png"):
+            continue
+        stem = name[:-len(".png")]
+        source_id = source_id_of(stem)
+        if source_id not in paths or stem == source_id:
+            paths[source_id] = os.path.join(folder, name)
+    return paths
+
+
 def load_eval_set(records, reference_masks_dir: Optional[str],
                   labeled: Optional[Dict[str, Optional[List[int]]]] = None,
                   references: Optional[set] = None, num_classes: Optional[int] = None,
@@ -143,11 +163,12 @@ def load_eval_set(records, reference_masks_dir: Optional[str],
 
     items, counts = [], {"reference_masks": 0, "annotation_masks": 0, "skipped": 0, "skipped_records": [],
                          "unscored_pixels": 0}
+    reference_files = reference_paths(reference_masks_dir) if reference_masks_dir else {}
     for index, serialized in enumerate(records):
         try:
             record = codec.parse_record(serialized)
-            reference = os.path.join(reference_masks_dir, f"{record.source_id}.png") if reference_masks_dir else None
-            if reference and tf.io.gfile.exists(reference):
+            reference = reference_files.get(record.source_id)
+            if reference:
                 mask = codec.decode_array(tf.io.gfile.GFile(reference, "rb").read(), what=f"mask {reference}")
                 problem = reference_mask_problem(mask, _image_size(record), num_classes or 256, ignore_index)
                 if problem:

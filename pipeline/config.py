@@ -183,9 +183,9 @@ def names_from_data(values: dict) -> None:
     directory = data.get("dir") if isinstance(data, dict) else None
     if not isinstance(classes, dict) or "names" in classes or not isinstance(directory, str) or "://" in directory:
         return
-    from segbalance.pipeline.ingest import read_class_names
+    from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
 
-    names = read_class_names(Path(directory).resolve() / "classes.json")
+    names = read_class_names(Path(directory).resolve() / "classes.json", instead=CONFIG_CLASSES_HINT)
     if names is not None:
         values["classes"] = {**classes, "names": names}
 

@@ -369,6 +369,17 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
             "stopped_epoch": summary.get("stopped_epoch")}
 
 
+def train_and_score(logs_dir: Path, train: Callable[[], dict], score: Callable[[str], dict]):
+    """(train(), score(its serving_dir)) with library output (TensorFlow's C++ log lines, grappler's
+    "Error in PredictCost()", Keras warnings) in ``logs_dir/run-<time>.log``, as `segbalance run`
+    keeps it off the console; Keras progress and our lines (stdout) still show."""
+    from segbalance.pipeline.run_log import LibraryLog
+
+    with LibraryLog(logs_dir):
+        outcome = train()
+        return outcome, score(outcome["serving_dir"])
+
+
 def evaluate(serving_dir: str, items, num_classes: int, ignore_index: int) -> dict:
     from segbalance.components import evaluation_metrics
     from segbalance.components.seg_evaluator import confusion_over, load_predictor
@@ -489,8 +500,9 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
             base_cfg = trainer_custom_config(config)
         cell_dir = work / "cells" / f"{name}-{loss_name.replace('/', '-')}-{seed}"
         loss = resolve_loss(cell_loss(*cell[:3]), artifacts["class_stats"], STATS_CHANGES.get(cell[1]), config.stats)
-        outcome = train_cell(artifacts, base_cfg, loss, seed, cell_dir, plan, cell_pixel_weights(cell))
-        scores = evaluate(outcome["serving_dir"], items, config.num_classes, config.classes.ignore_index)
+        outcome, scores = train_and_score(work / "logs", lambda: train_cell(
+            artifacts, base_cfg, loss, seed, cell_dir, plan, cell_pixel_weights(cell)),
+            lambda served: evaluate(served, items, config.num_classes, config.classes.ignore_index))
         row = {"group": name, "dataset": dataset, "drop": drop, "loss": loss_name, "terms": cell[0],
                "weighting": cell[1], "missing": cell[2], "pixel_weights": cell_pixel_weights(cell), "seed": seed,
                "miou": scores["miou"], "per_class_iou": scores["per_class_iou"],

@@ -8,7 +8,8 @@ Pairs files by stem (``a.jpg`` + ``a.png``), checks every pair and writes
   viewers and annotation tools show it, and re-encoded to PNG);
 - masks as single-channel PNG of class ids: greyscale masks as they are, palette
   ("P" mode) masks by palette index, RGB colour masks mapped to ids with ``--palette``
-  (with ``--palette``, palette masks are mapped by their pixels' colours too);
+  (with colours in ``--palette``, palette masks are mapped by their pixels' colours too; with grey
+  values, single-channel masks by their values, e.g. binary masks saved as 0/255);
 - ``image/segmentation/class/labeled`` from ``--labeled FILE.json``
   (``{source_id: [class ids]}``) for the ids it lists; a stem there that matches no image
   file is a warning (counted in the report), an error with ``--strict``.
@@ -63,17 +64,16 @@ import os
 import shutil
 import sys
 import time
-import unicodedata
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segbalance.contract import UserError
+from segbalance.contract import MAX_CLASSES, UserError, ignore_index_problem, source_id_of
 from segbalance.pipeline import output_guard
 from segbalance.trainer import example_codec as codec
 
@@ -88,7 +88,6 @@ TMP_PREFIX = ".segbalance-ingest-tmp-"  # hidden, no "Span-" and no "data-": no 
 OLD_PREFIX = ".segbalance-ingest-old-"
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord
 PROGRESS_MIN_FILES = 100
-MAX_CLASSES = 256  # masks are 8-bit PNG
 OUT_OF_RANGE = "class_ids_out_of_range"  # the bad-pair code `run` looks for (classes.names too short)
 
 
@@ -122,9 +121,7 @@ def _bad(stem: str, code: str, reason: str, image: Optional[Path] = None, mask: 
     return entry
 
 
-def _nfc(text: str) -> str:
-    """Unicode NFC: macOS file systems hand out names in NFD (``cafe`` + combining accent)."""
-    return unicodedata.normalize("NFC", text)
+_nfc = source_id_of
 
 
 def _nfc_keys(mapping: Optional[dict], what: str) -> Optional[dict]:
@@ -145,7 +142,7 @@ def _nfc_keys(mapping: Optional[dict], what: str) -> Optional[dict]:
 class IngestOptions:
     num_classes: Optional[int] = None
     ignore_index: int = codec.DEFAULT_IGNORE_INDEX
-    palette: Optional[Dict[Tuple[int, int, int], int]] = None
+    palette: Optional[Dict[Union[Tuple[int, int, int], int], int]] = None  # colours and grey values -> ids
     labeled: Optional[Dict[str, List[int]]] = None
     groups: Optional[Dict[str, str]] = None  # source_id -> group (image/group_id)
 
@@ -161,6 +158,10 @@ class IngestResult:
     num_groups: int = 0  # groups among the written records (0: no --groups)
     skipped_files: List[str] = field(default_factory=list)  # files in the folders that ingest does not read
     exif_rotated: List[str] = field(default_factory=list)  # written images turned upright by their EXIF tag
+    num_classes: Optional[int] = None  # the class count ids were checked against (None: not checked)
+    ignore_index: int = codec.DEFAULT_IGNORE_INDEX
+    max_class_id: int = -1  # the largest class id in the written masks (ignore_index not counted; -1: none)
+    masks_with_ignore: int = 0  # written masks holding ignore_index pixels
 
     def report(self) -> dict:
         return {
@@ -173,6 +174,10 @@ class IngestResult:
             "num_groups_unmatched": len(self.groups_unmatched),
             "num_skipped_files": len(self.skipped_files),
             "exif_rotated": len(self.exif_rotated),
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+            "max_class_id": self.max_class_id,
+            "masks_with_ignore": self.masks_with_ignore,
             "bad": self.bad,
             "written": self.written,
             "labeled_unmatched": self.labeled_unmatched,
@@ -261,16 +266,27 @@ def _read_json(path: Path, what: str):
                           f"column {exc.colno}") from exc
 
 
-def load_palette(path: os.PathLike) -> Dict[Tuple[int, int, int], int]:
-    """A palette file: JSON list of [r, g, b] indexed by class id, or {"id": [r, g, b]}."""
+def load_palette(path: os.PathLike) -> Dict[Union[Tuple[int, int, int], int], int]:
+    """A palette file: JSON list of [r, g, b] indexed by class id, or {"id": [r, g, b]}; a grey value
+    instead of [r, g, b] maps that value of single-channel masks (e.g. {"0": 0, "1": 255} for binary
+    masks saved as 0/255). Keys of the result: (r, g, b) tuples and grey-value ints."""
     raw = _read_json(Path(path), "--palette")
     try:
         items = enumerate(raw) if isinstance(raw, list) else ((int(k), v) for k, v in raw.items())
-        items = [(int(class_id), tuple(int(x) for x in rgb)) for class_id, rgb in items]
+        items = [(int(class_id), int(v) if _is_int(v) else tuple(int(x) for x in v)) for class_id, v in items]
     except Exception as exc:
-        raise IngestError(f"--palette {path}: cannot read it as a JSON list of [r, g, b] per class ({exc})") from exc
-    palette: Dict[Tuple[int, int, int], int] = {}
+        raise IngestError(f"--palette {path}: cannot read it as a JSON list of [r, g, b] (or grey values) per class "
+                          f"({exc})") from exc
+    palette: Dict[Union[Tuple[int, int, int], int], int] = {}
     for class_id, rgb in items:
+        if isinstance(rgb, int):  # a grey value of single-channel (8- or 16-bit) masks
+            if not 0 <= rgb <= 65535:
+                raise IngestError(f"--palette {path}: class {class_id} grey value {rgb} is outside 0..65535")
+            if rgb in palette:
+                raise IngestError(f"--palette {path}: grey value {rgb} is given to class {palette[rgb]} and class "
+                                  f"{class_id}; give each class its own value")
+            palette[rgb] = class_id
+            continue
         if len(rgb) != 3:
             raise IngestError(f"--palette {path}: class {class_id} colour {list(rgb)}: every colour must have 3 "
                               f"components [r, g, b]")
@@ -341,9 +357,13 @@ def _json_type(value) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def read_class_names(classes: Path) -> Optional[List[str]]:
+# what `run` and `config` say instead of "pass --num-classes", an option they do not have
+CONFIG_CLASSES_HINT = "remove it and list the classes in the config's classes.names"
+
+
+def read_class_names(classes: Path, instead: str = "pass --num-classes") -> Optional[List[str]]:
     """The names in a ``classes.json`` (``{"class_names": [...]}``, as ``sample-data`` writes); None
-    without the file; IngestError naming it when malformed."""
+    without the file; IngestError naming it when malformed (``instead``: what else the user can do)."""
     classes = Path(classes)
     if not classes.exists():
         return None
@@ -351,7 +371,7 @@ def read_class_names(classes: Path) -> Optional[List[str]]:
     names = raw.get("class_names") if isinstance(raw, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise IngestError(f"classes file {classes}: expected {{\"class_names\": [\"background\", ...]}} with at "
-                          f"least one name (strings); fix it, or pass --num-classes")
+                          f"least one name (strings); fix it, or {instead}")
     if len(names) > MAX_CLASSES:
         raise IngestError(f"classes file {classes}: {len(names)} class names; masks are 8-bit, at most {MAX_CLASSES}")
     return names
@@ -490,9 +510,21 @@ def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.nd
         for i, colour in enumerate(colours):
             key = tuple(int(x) for x in colour)
             if key not in options.palette:
-                raise PairError("colour_not_in_palette", f"mask {name} colour {key} is not in --palette")
+                raise PairError("colour_not_in_palette", f"mask {name} colour {key} is not in --palette: give it its "
+                                                         f"class, or 'no label' with \"{options.ignore_index}\": "
+                                                         f"{list(key)} (e.g. a VOC border)")
             lookup[i] = options.palette[key]
         mask = lookup[inverse.reshape(-1)].reshape(mask.shape[:2])
+    elif mask.ndim == 2 and options.palette is not None and any(isinstance(k, int) for k in options.palette):
+        values, inverse = np.unique(mask, return_inverse=True)  # grey values of single-channel masks -> ids
+        lookup = np.empty(len(values), dtype=np.int64)
+        for i, value in enumerate(values.tolist()):
+            if value not in options.palette:
+                raise PairError("value_not_in_palette", f"mask {name} value {value} is not in --palette, which maps "
+                                                        f"single-channel masks by their grey values: give every "
+                                                        f"value its class (\"{options.ignore_index}\": V for 'no label')")
+            lookup[i] = options.palette[value]
+        mask = lookup[inverse.reshape(-1)].reshape(mask.shape)
     if mask.ndim != 2:
         raise PairError("mask_shape", f"mask {name} has shape {mask.shape}; expected [H, W] or [H, W, 3]")
     limit = options.num_classes if options.num_classes is not None else 255
@@ -509,24 +541,38 @@ def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.nd
 def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOptions,
                 notes: Optional[List[str]] = None) -> bytes:
     """Check one pair and return its serialized Example; PairError (a ValueError) says what is
-    wrong. ``notes`` gets "exif_rotated" when the image was turned upright by its EXIF tag."""
+    wrong. ``notes`` gets "exif_rotated" when the image was turned upright by its EXIF tag, and
+    ``MAX_ID_NOTE`` + the mask's largest class id (ignore_index not counted)."""
     image_bytes, (height, width), rotated = read_image(image_path.read_bytes(), image_path.name)
     mask_bytes = mask_path.read_bytes()
-    mask = read_mask(mask_bytes, mask_path.name, colours=options.palette is not None)
+    mask = read_mask(mask_bytes, mask_path.name, colours=_has_colours(options.palette))
     if (height, width) != mask.shape[:2]:
         upright = " (turned upright by its EXIF orientation tag)" if rotated else ""
         raise PairError("size_mismatch", f"image{upright} is {width}x{height} but mask is "
                                          f"{mask.shape[1]}x{mask.shape[0]} (WxH)")
     ids = _mask_ids(mask, options, mask_path.name)
-    if not (mask.ndim == 2 and mask.dtype == np.uint8 and codec.image_format(mask_bytes) == b"png"
-            and _is_grey_png(mask_bytes)):
+    if options.palette is not None or not (mask.ndim == 2 and mask.dtype == np.uint8
+                                           and codec.image_format(mask_bytes) == b"png" and _is_grey_png(mask_bytes)):
         mask_bytes = codec.encode_png(ids)
     labeled = options.labeled.get(stem) if options.labeled is not None else None
     group = options.groups[stem] if options.groups is not None else None
     example = codec.build_example(image_bytes, mask_bytes, stem, height, width, labeled, group)
-    if rotated and notes is not None:
-        notes.append("exif_rotated")
+    if notes is not None:
+        if rotated:
+            notes.append("exif_rotated")
+        labelled = ids[ids != options.ignore_index]
+        if labelled.size:
+            notes.append(f"{MAX_ID_NOTE}{int(labelled.max())}")
+        if labelled.size < ids.size:
+            notes.append("has_ignore")
     return example.SerializeToString()
+
+
+MAX_ID_NOTE = "max_class_id="  # encode_pair's note of a mask's largest class id
+
+
+def _has_colours(palette: Optional[dict]) -> bool:
+    return palette is not None and any(isinstance(key, tuple) for key in palette)
 
 
 def _is_grey_png(data: bytes) -> bool:
@@ -535,12 +581,13 @@ def _is_grey_png(data: bytes) -> bool:
 
 
 # --------------------------------------------------------------------------- shards
-def _write_shard(args) -> Tuple[List[str], List[dict], List[str]]:
-    """(written stems, bad-pair entries, written stems whose image was turned upright)."""
+def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int]:
+    """(written stems, bad-pair entries, written stems whose image was turned upright, the largest class id,
+    the number of written masks holding the ignore index)."""
     import tensorflow as tf
 
     shard_path, name, pairs, options, progress_every = args  # name: the shard's final name
-    written, bad, rotated = [], [], []
+    written, bad, rotated, max_id, with_ignore = [], [], [], -1, 0
     with tf.io.TFRecordWriter(str(shard_path)) as writer:
         for n, (stem, image_path, mask_path) in enumerate(pairs, start=1):
             notes: List[str] = []
@@ -549,6 +596,8 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str]]:
                 written.append(stem)
                 if "exif_rotated" in notes:
                     rotated.append(stem)
+                max_id = max([max_id] + [int(n[len(MAX_ID_NOTE):]) for n in notes if n.startswith(MAX_ID_NOTE)])
+                with_ignore += "has_ignore" in notes
             except (ValueError, OSError) as exc:
                 code = getattr(exc, "code", "undecodable" if isinstance(exc, ValueError) else "unreadable")
                 bad.append(_bad(stem, code, str(exc), image_path, mask_path))
@@ -558,7 +607,7 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str]]:
                 # the text and the newline separately, so lines of two workers could merge
                 sys.stdout.write(f"ingest: {name}: {n}/{len(pairs)} pairs\n")
                 sys.stdout.flush()
-    return written, bad, rotated
+    return written, bad, rotated, max_id, with_ignore
 
 
 def _pid_alive(pid: int) -> bool:
@@ -630,8 +679,9 @@ def ingest(
     if options.num_classes is not None and not 1 <= options.num_classes <= MAX_CLASSES:
         raise IngestError(f"--num-classes must be between 1 and {MAX_CLASSES} (masks are 8-bit), "
                           f"got {options.num_classes}")
-    if not 0 <= options.ignore_index <= 255:
-        raise IngestError(f"--ignore-index must be between 0 and 255 (masks are 8-bit), got {options.ignore_index}")
+    problem = ignore_index_problem(options.num_classes, options.ignore_index)
+    if problem:
+        raise IngestError(f"--ignore-index {problem}")
     target = output / f"Span-{span}" if span is not None else output
     clean_stale(target.parent)  # first: a span it restores needs --overwrite like any other
     if target.is_symlink():  # ... and the real folder: renaming the link aside would replace the link
@@ -656,7 +706,7 @@ def ingest(
         raise IngestError(f"IMAGES_DIR and MASKS_DIR are the same folder ({images_dir}): keep masks in their own folder")
     if not images and not masks:
         raise IngestError(_no_files_message(images_dir, masks_dir, image_list, mask_list))
-    result = IngestResult(target=target)
+    result = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
     result.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
     for item in result.bad:
         print(f"ingest: skipped {item['source_id']}: {item['reason']}", file=sys.stderr)
@@ -698,15 +748,23 @@ def ingest(
                 outcomes = list(pool.map(_write_shard, jobs))
         else:
             outcomes = [_write_shard(jobs[0])]
-        for written, bad, rotated in outcomes:
+        for written, bad, rotated, max_id, with_ignore in outcomes:
             result.written.extend(written)
             result.bad.extend(bad)
             result.exif_rotated.extend(rotated)
+            result.max_class_id = max(result.max_class_id, max_id)
+            result.masks_with_ignore += with_ignore
         result.written.sort()
         result.exif_rotated.sort()
         if result.exif_rotated:
             print(f"ingest: {len(result.exif_rotated)} images had an EXIF orientation tag: stored turned upright, as "
                   f"viewers and annotation tools show them ({_sample(result.exif_rotated, 3)})", flush=True)
+        if result.written and result.max_class_id <= 0 and result.masks_with_ignore:
+            ii = options.ignore_index  # 0/255 binary masks: the foreground would be 'no label', never learnt
+            print(f"ingest: warning: no mask holds a class id other than 0, and {result.masks_with_ignore} of "
+                  f"{len(result.written)} hold the ignore index {ii}: if these are binary masks saved as 0/{ii}, "
+                  f"their foreground is ignored, not learnt; map it with --palette FILE holding "
+                  f'{{"0": 0, "1": {ii}}}', file=sys.stderr, flush=True)
         if options.groups is not None:
             result.num_groups = len({options.groups[stem] for stem in result.written})
         problem = _nothing_written_reason(result, images_dir, masks_dir, strict)
@@ -821,7 +879,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--num-classes", type=int,
                         help="C: ids must be < C or ignore_index (default: from classes.json beside IMAGES_DIR)")
     parser.add_argument("--ignore-index", type=int, default=codec.DEFAULT_IGNORE_INDEX, help="'no label' id (default 255)")
-    parser.add_argument("--palette", metavar="FILE", help="JSON [[r,g,b], ...] per class id, for RGB colour masks")
+    parser.add_argument("--palette", metavar="FILE",
+                        help='JSON [[r,g,b], ...] per class id, for RGB colour masks, or {"id": [r,g,b] or grey value} '
+                             '(e.g. {"0": 0, "1": 255} for binary 0/255 masks; {"255": [224,224,192]}: a VOC border '
+                             'colour as ignore)')
     parser.add_argument("--shards", type=int, default=1, help="output files, written in parallel (default 1)")
     parser.add_argument("--strict", action="store_true",
                         help="any bad pair, or a --labeled / --groups stem with no image, stops the command "
@@ -849,4 +910,8 @@ def _main(args) -> int:
     unmatched = f", {len(result.labeled_unmatched)} --labeled stems without image" if result.labeled_unmatched else ""
     print(f"ingest: wrote {len(result.written)} records to {result.target} "
           f"({len(result.bad)} bad{unmatched}, report {result.target / REPORT_NAME}, {time.time() - started:.1f}s)")
+    if result.num_classes is None and result.written:  # F6 (QA session 18): say that nothing checked the ids
+        print(f"ingest: note: class ids were not checked (no classes.json beside {args.images_dir}, no "
+              f"--num-classes); the largest id in the masks is {result.max_class_id} (recorded in the report): "
+              f"a run refuses the span if its classes.names are fewer", file=sys.stderr)
     return 0

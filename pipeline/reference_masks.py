@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from segbalance.contract import UserError
+from segbalance.contract import UserError, source_id_of
 
 
 class ReferenceMaskError(UserError):
@@ -19,7 +19,7 @@ class ReferenceMaskError(UserError):
 
 
 def image_sizes(images_dir: Path) -> Dict[str, Tuple[int, int]]:
-    """{file stem: (height, width) as ingest stores the image (EXIF orientation applied)}; headers only."""
+    """{source_id of the file stem: (height, width) as ingest stores the image (EXIF orientation applied)}; headers only."""
     from PIL import Image
 
     from segbalance.pipeline.ingest import IMAGE_SUFFIXES
@@ -31,7 +31,7 @@ def image_sizes(images_dir: Path) -> Dict[str, Tuple[int, int]]:
             continue
         try:
             with Image.open(path) as image:
-                sizes[path.stem] = shown_size(image)  # ingest turns any format by its EXIF tag
+                sizes[source_id_of(path.stem)] = shown_size(image)  # ingest turns any format by its EXIF tag
         except Exception:  # ingest names an unreadable image itself
             continue
     return sizes
@@ -41,18 +41,19 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
                           images_dir: Optional[Path] = None) -> int:
     """The number of reference masks in ``folder`` (for the images of ``images_dir`` when given);
     ReferenceMaskError naming the unusable ones (the first five, and how many in all)."""
-    from segbalance.components.seg_evaluator import reference_mask_problem
+    from segbalance.components.seg_evaluator import reference_mask_problem, reference_paths
     from segbalance.trainer import example_codec as codec
 
     sizes = image_sizes(images_dir) if images_dir is not None and images_dir.is_dir() else None
     problems, checked = [], 0
-    for path in sorted(Path(folder).glob("*.png")):
-        if sizes is not None and path.stem not in sizes:
+    for source_id, name in sorted(reference_paths(str(folder)).items()):
+        path = Path(name)
+        if sizes is not None and source_id not in sizes:
             continue  # no image of that name: the evaluator never reads it
         checked += 1
         try:
             problem = reference_mask_problem(codec.decode_array(path.read_bytes(), what="mask"),
-                                             sizes[path.stem] if sizes else None, num_classes, ignore_index)
+                                             sizes[source_id] if sizes else None, num_classes, ignore_index)
         except ValueError as exc:  # DecodeError
             problem = str(exc)
         if problem:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple
 
-from segbalance.contract import GROUPS_FILE
+from segbalance.contract import GROUPS_FILE, UserError
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 from segbalance.trainer.training_config import ClassesConfig
 
@@ -195,10 +195,10 @@ def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str]]:
     sample data, or a remote folder). A malformed file is an IngestError naming it."""
     if config.data.dir is None or "://" in config.data.dir:
         return None
-    from segbalance.pipeline.ingest import read_class_names
+    from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
 
     classes = Path(config.data.dir).resolve() / "classes.json"
-    names = read_class_names(classes)
+    names = read_class_names(classes, instead=CONFIG_CLASSES_HINT)
     return None if names is None else (names, f"the classes of {classes}")
 
 
@@ -338,47 +338,67 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     if config.data.dir is not None and "://" not in config.data.dir:
         check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
                                   Path(paths["examples_dir"]))
-    os.makedirs(paths["output_dir"], exist_ok=True)
-    output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
-    with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
-        abandoned = cancel_abandoned(paths["metadata"])
-        if abandoned:
-            print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
-                  f"CANCELED", flush=True)
-        with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
-            examples_dir, reference = prepare_data(config, paths)
-            check_records_to_read(config, Path(examples_dir))
-            from tfx import v1 as tfx
+    created = not os.path.exists(paths["output_dir"])
+    pipeline_started = []  # from then on the folder holds a run's artifacts and metadata: kept
+    try:
+        os.makedirs(paths["output_dir"], exist_ok=True)
+        output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
+        with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
+            abandoned = cancel_abandoned(paths["metadata"])
+            if abandoned:
+                print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
+                      f"CANCELED", flush=True)
+            with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
+                examples_dir, reference = prepare_data(config, paths)
+                check_records_to_read(config, Path(examples_dir))
+                from tfx import v1 as tfx
 
-            from segbalance.pipeline.dag import create_pipeline
-            from segbalance.pipeline.local_dag import run_dag_locally
-            from segbalance.pipeline.run_summary import summarize
+                from segbalance.pipeline.dag import create_pipeline
+                from segbalance.pipeline.local_dag import run_dag_locally
+                from segbalance.pipeline.run_summary import summarize
 
-            pipeline = create_pipeline(
-                config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
-                serving_model_dir=paths["serving_model_dir"],
-                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                    paths["metadata"]),
-                reference_masks_dir=reference, with_drift=with_drift, **pipeline_options)
-            progress = route_absl(log)
-            started = time.time()
-            try:
-                run_dag_locally(pipeline)
-            except BaseException:
-                print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
-                raise
-            finally:
-                unroute_absl(progress)
-            summary = summarize(paths)
-        summary["log"] = str(log.path)
-        summary["seconds"] = round(time.time() - started, 1)
-        summary["cached_components"] = sorted(progress.cached)
-        if summary.get("report_artifact"):
-            shutil.copyfile(summary["report_artifact"], paths["report"])
-            summary["report"] = paths["report"]
-        with open(os.path.join(paths["output_dir"], "run_summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        return summary
+                pipeline = create_pipeline(
+                    config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
+                    serving_model_dir=paths["serving_model_dir"],
+                    metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                        paths["metadata"]),
+                    reference_masks_dir=reference, with_drift=with_drift, **pipeline_options)
+                progress = route_absl(log)
+                started = time.time()
+                try:
+                    pipeline_started.append(True)
+                    run_dag_locally(pipeline)
+                except BaseException:
+                    print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
+                    raise
+                finally:
+                    unroute_absl(progress)
+                summary = summarize(paths)
+            summary["log"] = str(log.path)
+            summary["seconds"] = round(time.time() - started, 1)
+            summary["cached_components"] = sorted(progress.cached)
+            if summary.get("report_artifact"):
+                shutil.copyfile(summary["report_artifact"], paths["report"])
+                summary["report"] = paths["report"]
+            with open(os.path.join(paths["output_dir"], "run_summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+            return summary
+    except UserError:
+        if created and not pipeline_started:  # refused before any component: no empty run folder left (QA)
+            remove_scaffolding(Path(paths["output_dir"]))
+        raise
+
+
+def remove_scaffolding(folder: Path) -> None:
+    """Remove a run folder this run created when it holds nothing but the run's marker, lock file, log
+    and empty folders (a refusal before any component ran). A failed ingest's report, which the error
+    names, keeps the folder."""
+    from segbalance.pipeline.output_guard import LOCK_FILE, MARKER
+
+    scaffolding = {MARKER, LOCK_FILE, "logs"}
+    if any(p.is_file() and p.relative_to(folder).parts[0] not in scaffolding for p in folder.rglob("*")):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def describe_data(data: dict) -> str:

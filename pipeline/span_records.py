@@ -35,25 +35,75 @@ def counts_from_ingest_reports(spans_dir: Path, spans: List[int], config, files:
     changed since (it built every record itself; its report lists their source ids and was
     written after them); None otherwise (then every record is read)."""
     from segbalance.pipeline.dag import split_of
-    from segbalance.pipeline.ingest import REPORT_NAME
 
     if config.data.split_by != "record" or not files or any(p.is_symlink() for p in files):  # a window: links
         return None
     counts: Counter = Counter()
     for span in spans:
-        folder = Path(spans_dir) / f"Span-{span}"
-        report_path = folder / REPORT_NAME
-        try:
-            report = json.loads(report_path.read_text(encoding="utf-8"))
-            written = report["written"]
-            newest = max(p.stat().st_mtime for p in files if p.parent == folder)
-            fresh = report_path.stat().st_mtime >= newest
-        except (OSError, ValueError, KeyError, TypeError):
+        report = ingest_report(Path(spans_dir) / f"Span-{span}", files)
+        if report is None:
             return None
-        if not fresh or not isinstance(written, list) or len(written) != report.get("num_written"):
-            return None
-        counts.update(split_of(str(source_id), config) for source_id in written)
+        counts.update(split_of(str(source_id), config) for source_id in report["written"])
     return counts
+
+
+def ingest_report(folder: Path, files: List[Path]) -> Optional[dict]:
+    """The ``ingest_report.json`` of a span folder when `segbalance ingest` wrote it after every one of
+    the folder's ``files`` (nobody changed the records since) and it lists them; else None."""
+    from segbalance.pipeline.ingest import REPORT_NAME
+
+    report_path = folder / REPORT_NAME
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        written = report["written"]
+        newest = max(p.stat().st_mtime for p in files if p.parent == folder)
+        fresh = report_path.stat().st_mtime >= newest
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not fresh or not isinstance(written, list) or len(written) != report.get("num_written"):
+        return None
+    return report
+
+
+def check_class_ids(spans_dir: Path, spans: List[int], config, files: List[Path]) -> None:
+    """SpanRecordError when a span's ingest report records class ids the config has no name for (a
+    Span-N folder run with the default 4 classes trained for half a minute, then stopped with a
+    traceback: QA, session 18). Spans without a current report are checked by the trainer."""
+    for span in spans:
+        folder = Path(spans_dir) / f"Span-{span}"
+        report = ingest_report(folder, files)
+        largest = report.get("max_class_id") if report is not None else None
+        if isinstance(largest, int) and largest >= config.num_classes:
+            raise SpanRecordError(
+                f"{folder}: its masks hold class ids up to {largest} ({folder.name}/ingest_report.json), but "
+                f"classes.names lists {config.num_classes} classes: name all {largest + 1} (or more) classes in the "
+                f"config's classes.names, in id order")
+
+
+def _check_unique(example, path: Path, index: int, seen: Dict[str, tuple]) -> None:
+    """SpanRecordError when two records carry one ``image/source_id`` but different image or mask bytes
+    (e.g. two sample data sets, both named shapes_000NN, as the spans of a ``data.num_spans`` window):
+    the trainer joins labelled classes, and the evaluator reference masks and per-image results, by
+    source_id. The same record twice (one image delivered in two spans) passes."""
+    import hashlib
+
+    from segbalance.contract import IMAGE_KEY, MASK_KEY, SOURCE_ID_KEY
+
+    feature = example.features.feature
+    ids = feature[SOURCE_ID_KEY].bytes_list.value if SOURCE_ID_KEY in feature else []
+    if not ids:
+        return
+    source_id = ids[0].decode("utf-8", "replace")
+    digest = hashlib.sha1()
+    for key in (IMAGE_KEY, MASK_KEY):
+        for value in (feature[key].bytes_list.value if key in feature else []):
+            digest.update(value)
+    first = seen.setdefault(source_id, (path, index, digest.digest()))
+    if first[2] != digest.digest():
+        raise SpanRecordError(
+            f"image/source_id {source_id!r} names two different records ({first[0]} record {first[1]}, and {path} "
+            f"record {index}): give the images unique file names (the source_id is the file stem), e.g. rename one "
+            f"data set's files before ingesting it")
 
 
 def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, int]:
@@ -68,9 +118,11 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
 
     key = split_feature(config)
     files = span_files(spans_dir, spans)
+    check_class_ids(spans_dir, spans, config, files)
     counts = counts_from_ingest_reports(spans_dir, spans, config, files)
     to_read = files if counts is None else []
     counts = counts if counts is not None else Counter()
+    seen: Dict[str, tuple] = {}
     for path in to_read:
         opener = gzip.open if path.name.endswith(".gz") else open
         index = -1
@@ -90,6 +142,7 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
                             f"(data.split_by: {config.data.split_by}): add it to every record, or write the span "
                             f"with `segbalance ingest`" + (" --groups" if config.data.split_by == "group" else ""))
                     counts[split_of_feature(example.features.feature[key], config)] += 1
+                    _check_unique(example, path, index, seen)
         except (TFRecordFileError, OSError, EOFError, zlib.error) as exc:
             raise SpanRecordError(f"{path}: not a readable TFRecord file (after record {index}: {exc}): replace it "
                                   f"with a complete copy, or remove it") from None

@@ -99,6 +99,12 @@ def _cases():
          "--span"),
         ("ingest ignore-index 300", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
                                      "--ignore-index", "300"], "--ignore-index"),
+        # an ignore index inside the class range turned that class's pixels into "no label" (QA, session 18)
+        ("ingest ignore-index is a class", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                            "--num-classes", "4", "--ignore-index", "2"],
+         "--ignore-index 2 collides with a class id (< 4)"),
+        ("ingest 256 classes and ignore 255", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
+                                               "--num-classes", "256"], "--ignore-index 255 collides"),
         # stats
         ("stats no file matches", ["stats", "{w}/nope/data-*", "--num-classes", "2", "--output", "{w}/new"],
          "{w}/nope/data-*"),
@@ -110,6 +116,12 @@ def _cases():
          "{w}/afile.txt"),
         ("stats num-classes 0", ["stats", "{w}/afile.txt", "--num-classes", "0", "--output", "{w}/new"],
          "num_classes"),
+        ("stats ignore-index is a class", ["stats", "{w}/afile.txt", "--num-classes", "21", "--output", "{w}/new",
+                                           "--ignore-index", "5"], "ignore_index 5 collides with a class id (< 21)"),
+        ("stats ignore-index 300", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new",
+                                    "--ignore-index", "300"], "ignore_index 300 is not an 8-bit mask value"),
+        ("stats num-classes 300", ["stats", "{w}/afile.txt", "--num-classes", "300", "--output", "{w}/new"],
+         "num_classes must be between 1 and 256"),
         ("stats weight-clip", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new",
                                "--weight-clip", "1"], "--weight-clip"),
         # report

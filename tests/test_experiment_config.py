@@ -161,3 +161,23 @@ def test_the_digest_ignores_defaults_and_legacy_rows_count_as_trained_without_a_
     assert protocol_differences({"max_epochs": 150}, mine) == "no --config"  # a row from before the field
     assert protocol_differences({"max_epochs": 150}, Plan()) == ""
     assert protocol_differences({}, Plan(config="d.yaml", config_values={"training": {"optimizer": "adam"}})) == ""
+
+
+def test_library_output_of_a_cell_goes_to_the_log_not_the_console(tmp_path, capfd):
+    """QA (session 18, helper 29): `experiment --quick` printed a dozen TensorFlow "Error in PredictCost()"
+    lines on the console; `run` keeps library output in its log, and so does each cell now."""
+    import os
+
+    from segbalance.pipeline.experiment import train_and_score
+
+    def train():
+        os.write(2, b"op_level_cost_estimator.cc:699] Error in PredictCost() for the op\n")
+        print("experiment: our own line")
+        return {"serving_dir": str(tmp_path / "served")}
+
+    outcome, scores = train_and_score(tmp_path / "logs", train, lambda served: {"served": served})
+    assert scores == {"served": str(tmp_path / "served")} and outcome["serving_dir"] == scores["served"]
+    out, err = capfd.readouterr()
+    assert "PredictCost" not in err and "experiment: our own line" in out
+    (log,) = list((tmp_path / "logs").glob("run-*.log"))
+    assert "Error in PredictCost()" in log.read_text()

@@ -880,3 +880,56 @@ def test_stats_reads_an_ingest_output_by_a_relative_glob(tmp_path, monkeypatch):
     assert cli.main(["stats", "o*/data-*", "--num-classes", "3", "--output", "st"]) == 0
     stats = json.loads((tmp_path / "st" / "class_stats.json").read_text())
     assert stats["num_records"] == 3 and stats["quarantined_records"] == 0
+
+
+def test_binary_0_255_masks_are_named_and_mapped_by_grey_values(tmp_path, capsys):
+    """QA (session 18, real data): binary masks saved as 0/255 became background + 'no label' with "0 bad";
+    the foreground was never learnt. Ingest now warns, and --palette maps grey values."""
+    rng = np.random.default_rng(3)
+    masks = {}
+    for i in range(3):
+        mask = np.where(rng.random((12, 10)) < 0.4, 255, 0).astype(np.uint8)
+        _write(tmp_path / "images" / f"b{i}.png", rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+        _write(tmp_path / "masks" / f"b{i}.png", mask)
+        masks[f"b{i}"] = mask
+    assert _run(tmp_path, num_classes=2) == 0
+    err = capsys.readouterr().err
+    assert 'no mask holds a class id other than 0, and 3 of 3 hold the ignore index 255' in err
+    assert '--palette FILE holding {"0": 0, "1": 255}' in err
+    report = _report(tmp_path / "out")
+    assert (report["num_classes"], report["max_class_id"], report["masks_with_ignore"]) == (2, 0, 3)
+    (tmp_path / "binary.json").write_text(json.dumps({"0": 0, "1": 255}))
+    assert _run(tmp_path, "--palette", str(tmp_path / "binary.json"), "--overwrite", num_classes=2) == 0
+    assert "no mask holds" not in capsys.readouterr().err
+    for record in _records(tmp_path / "out"):
+        np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), masks[record.source_id] // 255)
+    assert _report(tmp_path / "out")["max_class_id"] == 1
+    # a value the grey palette does not map is a bad pair that says what to add
+    (tmp_path / "half.json").write_text(json.dumps({"1": 255}))
+    assert _run(tmp_path, "--palette", str(tmp_path / "half.json"), "--overwrite", num_classes=2) == 2
+    assert "value 0 is not in --palette, which maps single-channel masks by their grey values" in \
+        capsys.readouterr().err
+
+
+def test_a_voc_border_colour_maps_to_the_ignore_index(tmp_path, capsys):
+    """QA (session 18): VOC colour masks carry a (224, 224, 192) border; the palette's dict form gives it the
+    ignore index, and the error for an unknown colour says so."""
+    colours = {0: (0, 0, 0), 1: (128, 0, 0)}
+    ids = np.zeros((12, 10), np.uint8)
+    ids[3:8, 2:6] = 1
+    rgb = np.array([colours[i] for i in ids.ravel()], np.uint8).reshape(12, 10, 3)
+    rgb[3, 2:6] = (224, 224, 192)
+    _write(tmp_path / "images" / "voc.png", np.zeros((12, 10, 3), np.uint8))
+    _write(tmp_path / "masks" / "voc.png", rgb)
+    _write(tmp_path / "images" / "other.png", np.zeros((12, 10, 3), np.uint8))
+    _write(tmp_path / "masks" / "other.png", np.zeros((12, 10, 3), np.uint8))
+    (tmp_path / "palette.json").write_text(json.dumps([list(c) for c in colours.values()]))
+    assert _run(tmp_path, "--palette", str(tmp_path / "palette.json"), num_classes=2) == 0
+    assert "colour (224, 224, 192) is not in --palette: give it its class, or 'no label' with \"255\": " \
+           "[224, 224, 192]" in capsys.readouterr().err
+    (tmp_path / "palette.json").write_text(json.dumps({"0": [0, 0, 0], "1": [128, 0, 0], "255": [224, 224, 192]}))
+    assert _run(tmp_path, "--palette", str(tmp_path / "palette.json"), "--overwrite", num_classes=2) == 0
+    (record,) = [r for r in _records(tmp_path / "out") if r.source_id == "voc"]
+    expected = ids.copy()
+    expected[3, 2:6] = 255
+    np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), expected)

@@ -55,3 +55,33 @@ def test_run_refuses_bad_reference_masks_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"reference masks in {data / 'masks_full'}: 1 of 4" in err
     assert not (out / "metadata.sqlite").exists()  # no component ran
+
+
+def test_a_reference_mask_named_in_nfd_is_found_for_its_image(tmp_path):
+    """QA (session 18, real data): macOS writes "café" as NFD. Ingest gives the image the NFC source_id, and
+    the evaluator looked up reference masks only by that spelling: the image was scored silently against
+    its partial annotation ("complete masks for 13 of 14 images")."""
+    import unicodedata
+
+    from segbalance.components.seg_evaluator import load_eval_set, reference_paths
+    from segbalance.trainer.example_codec import build_example
+
+    nfd, nfc = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    assert nfd != nfc
+    images, full = tmp_path / "images", tmp_path / "masks_full"
+    images.mkdir()
+    full.mkdir()
+    Image.new("RGB", (6, 4)).save(images / f"{nfd}.png")
+    complete, partial = np.full((4, 6), 2, np.uint8), np.zeros((4, 6), np.uint8)
+    (full / f"{nfd}.png").write_bytes(encode_png(complete))
+    (full / "other.png").write_bytes(encode_png(complete))
+    assert check_reference_masks(full, 4, 255, images) == 1  # found for its image, checked (other.png: no image)
+    assert reference_paths(str(full)) == {nfc: str(full / f"{nfd}.png"), "other": str(full / "other.png")}
+    image_png = (images / f"{nfd}.png").read_bytes()
+    record = build_example(image_png, encode_png(partial), source_id=nfc, height=4, width=6).SerializeToString()
+    items, counts = load_eval_set([record], str(full))
+    assert counts["reference_masks"] == 1 and counts["annotation_masks"] == 0
+    np.testing.assert_array_equal(items[0][2], complete)
+    # both spellings on disk: the one spelled as the source_id wins
+    (full / f"{nfc}.png").write_bytes(encode_png(np.ones((4, 6), np.uint8)))
+    assert reference_paths(str(full))[nfc] == str(full / f"{nfc}.png")

@@ -135,3 +135,61 @@ def test_a_span_ingest_wrote_is_counted_from_its_report_and_read_once_changed(tm
     time.sleep(0.01)
     with pytest.raises(SpanRecordError, match="record 20 is not a tf.train.Example"):
         check_span_records(spans, [0], CONFIG)
+
+
+def test_a_span_whose_masks_hold_more_classes_than_the_config_names_is_refused_first(tmp_path, capsys):
+    """QA (session 18, helpers 29 and 30): a Span-N folder run with too few class names trained for half a
+    minute and then stopped with a traceback (exit 1). Ingest records the largest class id in its report,
+    and the run refuses the span in one line before any component; without a class count ingest says
+    it checked no ids."""
+    import json
+
+    from segbalance.pipeline import sample_data
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=16, size=16, seed=5)
+    (raw / "classes.json").unlink()  # no class count: ingest checks no ids, and says so
+    assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                     "--span", "0"]) == 0
+    assert "class ids were not checked" in capsys.readouterr().err
+    report = json.loads((tmp_path / "spans" / "Span-0" / "ingest_report.json").read_text())
+    largest = max(int(codec.decode_array(p.read_bytes(), what="mask").max()) for p in (raw / "masks").iterdir())
+    assert (report["num_classes"], report["ignore_index"], report["max_class_id"]) == (None, 255, largest) == \
+        (None, 255, 3)
+    two = config_from_dict({"classes": {"names": ["background", "square"]}})
+    with pytest.raises(SpanRecordError, match=re.escape("masks hold class ids up to 3 (Span-0/ingest_report.json), "
+                                                        "but classes.names lists 2 classes: name all 4")):
+        check_span_records(tmp_path / "spans", [0], two)
+    assert sum(check_span_records(tmp_path / "spans", [0], CONFIG).values()) == 16  # 4 names: fine
+    config = tmp_path / "two.yaml"
+    config.write_text("classes: {names: [background, square]}\n")
+    assert cli.main(["run", "--config", str(config), "--data", str(tmp_path / "spans"),
+                     "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "name all 4 (or more) classes" in err[0]
+    assert not (tmp_path / "out").exists()  # refused before any component: no empty run folder left behind
+
+
+def test_one_source_id_on_two_different_records_is_refused(tmp_path):
+    """QA (session 18, helper 29): two sample data sets (both named shapes_000NN) as the spans of a window
+    stopped the trainer with a traceback (different labelled sets under one source_id). Read first: one
+    line naming both records. The same record twice passes."""
+    other = codec.build_example(codec.encode_png(np.ones((4, 4, 3), np.uint8)), MASK, "a", 4, 4).SerializeToString()
+    spans = span(tmp_path, [record("a"), record("b"), record(f"c{0}"), record("a")])
+    span(tmp_path, [record(f"d{i}") for i in range(12)], name="data-00001.tfrecord")
+    assert sum(check_span_records(spans, [3], CONFIG).values()) == 16
+    span(tmp_path, [record("e"), other], name="data-00002.tfrecord")
+    first, second = spans / "Span-3" / "data-00000-of-00001.tfrecord", spans / "Span-3" / "data-00002.tfrecord"
+    with pytest.raises(SpanRecordError, match=re.escape(f"image/source_id 'a' names two different records ({first} "
+                                                        f"record 0, and {second} record 1): give the images unique")):
+        check_span_records(spans, [3], CONFIG)
+
+
+def test_the_trainer_s_data_errors_are_the_user_s():
+    """Where the run cannot refuse first (a Kubeflow run, a window of spans without reports), the trainer's
+    data checks are UserErrors: one line and exit 2, not a traceback."""
+    from segbalance.contract import UserError
+    from segbalance.trainer.class_stats_io import DuplicateSourceIdError
+    from segbalance.trainer.task import DataMismatchError
+
+    assert issubclass(DataMismatchError, UserError) and issubclass(DataMismatchError, ValueError)
+    assert issubclass(DuplicateSourceIdError, UserError) and issubclass(DuplicateSourceIdError, ValueError)

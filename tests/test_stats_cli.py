@@ -229,7 +229,7 @@ def _assert_matches_numpy(out, good, policy="complete", ignore=255):
         assert rows[sid]["suspect_missing"] == suspects[sid], sid
 
 
-@pytest.mark.parametrize("ignore", [9, 2])  # 9: outside 0..C-1; 2: a class id, which then counts as no label
+@pytest.mark.parametrize("ignore", [9, 4])  # outside 0..C-1 (4: the first value after the classes)
 def test_ignore_index_flag(tmp_path, ignore):
     records, good = make_records(seed=3, ignore=ignore)
     assert sum(int((mask == ignore).sum()) for _, mask, _ in good) > 0
@@ -237,9 +237,17 @@ def test_ignore_index_flag(tmp_path, ignore):
     assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
                      "--ignore-index", str(ignore)]) == 0
     _assert_matches_numpy(tmp_path / "o", good, ignore=ignore)
-    if ignore == 2:  # class 2 is never counted: only ignored
-        stats = class_stats_io.read_class_stats(str(tmp_path / "o"))
-        assert stats["pixel_counts"][2] == 0 and stats["zero_count_classes"] == [2, 3]
+
+
+def test_an_ignore_index_inside_the_classes_is_refused(tmp_path, capsys):
+    """It made every pixel of that class 'no label' with exit 0 (QA, session 18: bottle at 0 pixels)."""
+    records, _ = make_records(seed=3, ignore=2)
+    write_tfrecord(tmp_path / "data-0.tfrecord", records)
+    assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
+                     "--ignore-index", "2"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "ignore_index 2 collides with a class id (< 4): every pixel of class 2 would be taken as 'no label'" in line
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("policy", ["complete", "partial"])

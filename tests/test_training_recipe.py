@@ -668,3 +668,19 @@ def test_plateau_optimizer_rate_is_a_variable_the_callback_lowers():
         seen.append(logs["learning_rate"])
     np.testing.assert_allclose(seen, reference_plateau([0.3, 0.2, 0.25, 0.4, 0.4, 0.4], 0.01, 0.1, 2, 0.0), rtol=1e-6)
     assert plateau_callback(from_dict(TrainingConfig, {}, "training")) is None
+
+
+def test_the_imagenet_check_shows_no_keras_input_shape_note(tmp_path, monkeypatch):
+    """QA (session 18, helper 29): offline, `run` printed Keras's two-line "input_shape is undefined or
+    non-square" UserWarning before its one-line error; the check builds the backbone only to find the file."""
+    import warnings
+
+    monkeypatch.setattr(model_lib, "keras_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(model_lib, "host_reachable", lambda url, timeout=3.0: False)
+    training = from_dict(TrainingConfig, {"image_size": [32, 48], "backbone": "MobileNetV2", "depth": 3,
+                                          "backbone_weights": "imagenet"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="is not in the Keras cache"):
+            model_lib.check_backbone_weights(training)
+    assert not [str(w.message) for w in caught if issubclass(w.category, UserWarning)]

@@ -110,11 +110,15 @@ def read_per_image(uri: str, prefix: str = PER_IMAGE_PREFIX):
     return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
 
 
+class DuplicateSourceIdError(UserError, ValueError):
+    """One source_id on records with different labelled classes: the user's data to fix (one line, exit 2)."""
+
+
 def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
     """{source_id: labelled class ids} from the per-image tables of every split ClassStatsGen
     checked, counted or not (what the trainer joins on: training and validation batches).
 
-    ValueError when one source_id carries two different labelled sets (e.g. the same file
+    DuplicateSourceIdError (a ValueError) when one source_id carries two different labelled sets (e.g. the same file
     name in two spans of a ``data.num_spans`` window): the join could not tell them apart.
     """
     import pandas as pd
@@ -124,7 +128,7 @@ def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
     for sid, labeled in zip(table["source_id"], table["labeled"]):
         labeled = [int(c) for c in labeled]
         if joined.setdefault(sid, labeled) != labeled:
-            raise ValueError(f"ClassStats {uri}: source_id {sid!r} appears in several records with different "
+            raise DuplicateSourceIdError(f"ClassStats {uri}: source_id {sid!r} appears in several records with different "
                              f"labelled classes ({joined[sid]} and {labeled}), so the trainer cannot tell which "
                              f"set belongs to which record. Give the images unique file names (image/source_id "
                              f"is the file stem), e.g. across the spans of a data.num_spans window")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 from typing import Optional, Sequence
 from urllib.parse import urlparse
 
@@ -141,7 +142,10 @@ def check_backbone_weights(training) -> None:
     try:
         with imagenet_weights_guard(backbone):  # wraps the stand-in: checks the cache and the host first
             height, width = (int(s) for s in training.image_size)
-            getattr(keras.applications, backbone)(include_top=False, weights="imagenet", input_shape=(height, width, 3))
+            with warnings.catch_warnings():  # "input_shape is undefined or non-square": a note for training, not here
+                warnings.simplefilter("ignore", UserWarning)
+                getattr(keras.applications, backbone)(include_top=False, weights="imagenet",
+                                                      input_shape=(height, width, 3))
     except _WeightsAvailable:
         pass
     finally:

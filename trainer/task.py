@@ -49,7 +49,7 @@ from typing import List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from segbalance.contract import MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE
+from segbalance.contract import MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE, UserError
 from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.loss_config import LossConfig
@@ -79,26 +79,31 @@ def resolve_class_weights(loss: LossConfig, stats: dict) -> Optional[List[float]
     return scheme
 
 
+class DataMismatchError(UserError, ValueError):
+    """The config and the data disagree (class count, ignore index, an empty split): the user's to fix,
+    so `segbalance run` prints it as one line and exits 2."""
+
+
 def check_inputs(config: TrainerConfig, stats: dict, quarantine: list, num_train: int) -> None:
-    """Config vs ClassStats vs data; raises ValueError before anything is built."""
+    """Config vs ClassStats vs data; raises DataMismatchError (a ValueError) before anything is built."""
     num_classes = config.classes.num_classes
     if stats["num_classes"] != num_classes:
-        raise ValueError(f"config says num_classes={num_classes} but the ClassStats artifact was computed with "
+        raise DataMismatchError(f"config says num_classes={num_classes} but the ClassStats artifact was computed with "
                          f"{stats['num_classes']}: make classes.names and the statistics agree")
     ignore_index = config.classes.ignore_index
     if int(stats.get("ignore_index", ignore_index)) != ignore_index:
-        raise ValueError(f"config says classes.ignore_index={ignore_index} but the ClassStats artifact used "
+        raise DataMismatchError(f"config says classes.ignore_index={ignore_index} but the ClassStats artifact used "
                          f"{stats['ignore_index']}")
     counted = set(stats.get("splits") or [])  # the quarantine lists every checked split; the totals the counted ones
     bad_ids = [q for q in quarantine if "num_classes" in q.get("reason", "")
                and (not counted or q.get("split") in counted)]
     total = stats["num_records"] + stats["quarantined_records"]
     if total and len(bad_ids) / total > MAX_BAD_ID_FRACTION:
-        raise ValueError(f"{len(bad_ids)} of {total} records have class ids >= num_classes={num_classes} "
+        raise DataMismatchError(f"{len(bad_ids)} of {total} records have class ids >= num_classes={num_classes} "
                          f"(e.g. {bad_ids[0]['source_id']}: {bad_ids[0]['reason']}): the data has more classes "
                          f"than the config; add them to classes.names")
     if num_train == 0:
-        raise ValueError("the training split is empty: ingest more data or lower data.eval_fraction")
+        raise DataMismatchError("the training split is empty: ingest more data or lower data.eval_fraction")
 
 
 def choose_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:

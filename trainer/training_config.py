@@ -103,7 +103,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
-from segbalance.contract import DEFAULT_IGNORE_INDEX
+from segbalance.contract import DEFAULT_IGNORE_INDEX, ignore_index_problem
 from segbalance.trainer.loss_config import LossConfig, default_training_loss
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict
 
@@ -130,9 +130,8 @@ class ClassesConfig:
             require(key not in seen, f"{where}.names",
                     f"{seen.get(key)!r} and {name!r} name the same class (names must be unique, ignoring case)")
             seen[key] = name
-        require(self.num_classes <= self.ignore_index <= 255, f"{where}.ignore_index",
-                f"{self.ignore_index} collides with a class id (< {self.num_classes}) or is not an 8-bit mask "
-                f"value (masks are stored as 8-bit PNG); use e.g. 255")
+        problem = ignore_index_problem(self.num_classes, self.ignore_index)
+        require(problem is None, f"{where}.ignore_index", problem)
 
 
 # --------------------------------------------------------------------------- pixel weight maps

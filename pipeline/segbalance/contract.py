@@ -8,6 +8,8 @@ of the import order checked by ``python -m segbalance.pipeline.import_check``:
 """
 from __future__ import annotations
 
+from typing import Optional
+
 # --- tf.train.Example keys (TF Model Garden segmentation keys; README "Data format") ---------
 IMAGE_KEY = "image/encoded"
 IMAGE_FORMAT_KEY = "image/format"
@@ -20,8 +22,32 @@ LABELED_KEY = "image/segmentation/class/labeled"  # int64 list: classes the anno
 GROUP_KEY = "image/group_id"  # bytes, optional: the scene / scan / tile an image was cut from (data.split_by)
 GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 
+
+
+def source_id_of(stem: str) -> str:
+    """The ``image/source_id`` of a file stem: Unicode NFC (macOS file systems hand out names in NFD,
+    ``cafe`` + a combining accent), so an image, its mask, its reference mask and its entry in
+    labeled.json / groups.json match however each name was written."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", stem)
+
+
 # Mask value meaning "no label here" unless the configuration says otherwise (classes.ignore_index).
 DEFAULT_IGNORE_INDEX = 255
+MAX_CLASSES = 256  # masks are 8-bit PNG: class ids 0..255
+
+
+def ignore_index_problem(num_classes: Optional[int], ignore_index: int) -> Optional[str]:
+    """Why ``ignore_index`` cannot mean "no label" in 8-bit masks of class ids ``0..num_classes-1``
+    (None: it can; ``num_classes`` None: not known yet). One rule for the config, ingest and stats:
+    an ignore index inside the class range silently turned every pixel of that class into "no label"."""
+    if not 0 <= ignore_index <= 255:
+        return f"{ignore_index} is not an 8-bit mask value (masks are stored as 8-bit PNG); use e.g. 255"
+    if num_classes is not None and ignore_index < num_classes:
+        return (f"{ignore_index} collides with a class id (< {num_classes}): every pixel of class {ignore_index} "
+                f"would be taken as 'no label'; use a value from {num_classes} to 255, e.g. 255")
+    return None
 
 # --- ClassStats artifact layout (components/class_stats_beam.py writes it) -----------------
 STATS_FILE = "class_stats.json"
@@ -36,6 +62,7 @@ MAX_BAD_ID_FRACTION = 0.1
 
 # --- other artifacts' files -----------------------------------------------------------------
 DRIFT_FILE = "drift.json"  # DriftReport
+BLOCKED_IMAGES_FILE = "blocked_images.txt"  # DriftReport of a blocked run: the source_ids it did not accept
 EVALUATION_FILE = "evaluation.json"  # SegEvaluator's evaluation artifact
 REPORT_FILE = "report.html"  # HtmlReport
 TRAINING_SUMMARY_FILE = "training_summary.json"  # in the Model run directory
