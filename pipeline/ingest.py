@@ -471,6 +471,21 @@ def _check_complete(data: bytes, what: str) -> None:
                                        f"file again") from None
 
 
+def _as_served(data: bytes) -> Optional[np.ndarray]:
+    """A JPEG's pixels as the served model sees the original bytes: TensorFlow's decoder, turned upright
+    by its EXIF tag in the same graph ops (PIL's decoder differs by up to 14 grey levels; QA, session 18).
+    None when TensorFlow cannot decode it (PIL's pixels are stored then)."""
+    import tensorflow as tf
+
+    from segbalance.trainer import exif_orientation
+
+    try:
+        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return exif_orientation.upright(decoded, exif_orientation.orientation(tf.constant(data))).numpy()
+    except (tf.errors.InvalidArgumentError, ValueError):
+        return None
+
+
 def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
     """The bytes to store for an image, its (height, width) and whether it was turned upright.
 
@@ -491,6 +506,10 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
             _check_complete(data, what)
             if kept:
                 return data, (img.height, img.width), False
+            if rotated and codec.image_format(data) == b"jpeg":
+                served = _as_served(data)
+                if served is not None:
+                    return codec.encode_png(served), served.shape[:2], True
             out = ImageOps.exif_transpose(img) if rotated else img
             if out.mode not in ("L", "RGB"):
                 with warnings.catch_warnings():  # "palette images with transparency": dropped on purpose

@@ -654,15 +654,18 @@ def _jpeg_with_orientation(array, orientation):
 
 def test_exif_rotated_images_are_stored_upright_and_counted(tmp_path, capsys):
     """Item 2: orientation 6 = the stored pixels must be turned 90 degrees clockwise for display; the mask
-    was drawn on the displayed (4x6) picture. Reference: PIL's raw decode of the JPEG turned with np.rot90."""
+    was drawn on the displayed (4x6) picture. Reference: TensorFlow's decode of the JPEG (what the served
+    model decodes from the original bytes) turned with np.rot90; PIL's decoder differs (QA, session 18:
+    the model trained on PIL's pixels and served TensorFlow's, up to 14 grey levels apart)."""
     import io as _io
     rng = np.random.default_rng(12)
-    raw = np.kron(rng.integers(0, 256, size=(3, 2, 3)), np.ones((2, 2, 1))).astype(np.uint8)  # 6x4 stored
+    raw = rng.integers(0, 256, size=(6, 4, 3)).astype(np.uint8)  # 6x4 stored, noisy: the decoders differ
     data = _jpeg_with_orientation(raw, 6)
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "r.jpg").write_bytes(data)
-    upright = np.rot90(np.asarray(Image.open(_io.BytesIO(data)).convert("RGB")), k=-1)  # clockwise
-    assert upright.shape == (4, 6, 3)
+    upright = np.rot90(tf.io.decode_jpeg(data, channels=3).numpy(), k=-1)  # clockwise
+    pil = np.rot90(np.asarray(Image.open(_io.BytesIO(data)).convert("RGB")), k=-1)
+    assert upright.shape == (4, 6, 3) and not np.array_equal(upright, pil)
     mask = rng.integers(0, 3, size=(4, 6)).astype(np.uint8)
     _write(tmp_path / "masks" / "r.png", mask)
     _write(tmp_path / "images" / "u.jpg", raw)  # no tag: kept byte for byte, not counted
