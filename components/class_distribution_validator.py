@@ -37,7 +37,7 @@ from tfx.utils import io_utils
 
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
-from segbalance.components.drift_baseline import accepted_baseline, held_back, new_images
+from segbalance.components.drift_baseline import accepted_baseline, blocked_lines, held_back, new_images
 from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare, drift_fields
 
 from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE  # noqa: E402
@@ -85,6 +85,8 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         result = compare(judged, base.stats, thresholds, exec_properties["action"])
         judged_drifted = bool(result["anomalies"])
         notes = [result.get("note"), base.note]
+        if window.judged_images is not None and base.stats is not None:
+            result["new_images"] = len(window.judged_images)  # judged; 0: the same data as the baseline's
         if judged is not current:
             notes.append(f"{window.shared} images were counted by the ClassStats compared with (a data.num_spans "
                          f"window): the {judged['num_records']} new ones are judged alone"
@@ -112,22 +114,21 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         notes = [n for n in notes if n]
         if notes:
             result["note"] = "; ".join(dict.fromkeys(notes))
-        if result["status"] == "blocked":
-            result["advice"] = ACCEPT_ADVICE
+        if result["status"] == "blocked":  # held back only: the new images passed, the blocked ones are still in
+            result["advice"] = HELD_ADVICE if window.held and not judged_drifted and not base.lost else ACCEPT_ADVICE
         output = artifact_utils.get_single_instance(output_dict["drift_report"])
-        if result["status"] == "blocked" and window.judged_ids is not None:
+        if result["status"] == "blocked" and window.judged_images is not None:
             # what the next gate holds back while a window still has them: the images blocked before and
             # the ones judged now when they drifted (a blocked span, not its normal neighbour)
-            blocked = set(window.held) | (set(window.judged_ids) if judged_drifted or base.lost else set())
-            io_utils.write_string_file(os.path.join(output.uri, BLOCKED_IMAGES_FILE),
-                                       "".join(f"{sid}\n" for sid in sorted(blocked)))
+            blocked = window.held + (window.judged_images if judged_drifted or base.lost else [])
+            io_utils.write_string_file(os.path.join(output.uri, BLOCKED_IMAGES_FILE), blocked_lines(blocked))
             result["blocked_images"] = len(blocked)
         io_utils.write_string_file(os.path.join(output.uri, DRIFT_FILE), json.dumps(result, indent=1))
         output.set_int_custom_property("blocked", int(result["status"] == "blocked"))
         output.set_string_custom_property("status", result["status"])
         output.set_string_custom_property("action", result["action"])
         detail = "; ".join(result["anomalies"]) or result.get("note", "within thresholds")
-        after = {"blocked": f"; {ACCEPT_ADVICE}",
+        after = {"blocked": f"; {result.get('advice')}",
                  "warned": "; accepted: later runs compare with these ClassStats"}.get(result["status"], "")
         print(f"ClassDistributionValidator: {result['status']} ({detail}){after}", flush=True)
 
@@ -135,6 +136,11 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
 ACCEPT_ADVICE = ("if this class distribution is expected, accept it: run once with drift.action: warn (on Kubeflow: "
                  "a pipeline compiled with it); later runs compare with the ClassStats of the last run that was "
                  "not blocked")
+
+
+HELD_ADVICE = ("the new images are within the thresholds; the images blocked before leave the training window "
+               "data.num_spans spans after their own (or remove their span from the data), and the runs pass "
+               "again; to train on them as they are, run once with drift.action: warn")
 
 
 class ClassDistributionValidator(base_component.BaseComponent):

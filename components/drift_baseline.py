@@ -116,35 +116,50 @@ def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_repo
 @dataclass
 class Window:
     """What the gate judges: ``judged`` (class counts of the images the accepted ClassStats did not
-    count, or ``current`` whole), ``shared`` (images counted before), ``held`` (source_ids an earlier
-    gate blocked that are still in the data), ``judged_ids`` (the judged images' source_ids; None
-    without per-image tables)."""
+    count, or ``current`` whole), ``shared`` (images counted before), ``held`` (images an earlier gate
+    blocked that are still in the data), ``judged_images`` (the judged images; None without per-image
+    tables). Images are ``{"source_id", "pixel_counts"}``: a blocked image is held back only while its
+    counts are the same (a corrected mask re-delivered under the same name is judged anew)."""
 
     judged: dict
     shared: int = 0
-    held: List[str] = field(default_factory=list)
-    judged_ids: Optional[List[str]] = None
+    held: List[dict] = field(default_factory=list)
+    judged_images: Optional[List[dict]] = None
+
+
+def _image(source_id, pixel_counts) -> dict:
+    return {"source_id": str(source_id), "pixel_counts": [int(n) for n in pixel_counts]}
+
+
+def _key(image: dict) -> str:
+    return json.dumps([image["source_id"], image["pixel_counts"]])
 
 
 def held_back(previous_reports: List[types.Artifact]) -> Tuple[FrozenSet[str], Optional[str]]:
-    """(source_ids the last gate blocked and no run has accepted since, that report's URI): a
-    blocked decision lists them in ``BLOCKED_IMAGES_FILE``; an accepting one lists none."""
+    """(the images the last gate blocked and no run has accepted since, as ``_key``s; that report's URI):
+    a blocked decision lists them in ``BLOCKED_IMAGES_FILE`` (JSON lines of ``{"source_id",
+    "pixel_counts"}``); an accepting one lists none."""
     for report in previous_reports:
         path = os.path.join(report.uri, BLOCKED_IMAGES_FILE)
         if fileio.exists(path):
             with fileio.open(path) as f:
-                return frozenset(line for line in f.read().splitlines() if line), report.uri
+                return frozenset(_key(json.loads(line)) for line in f.read().splitlines() if line), report.uri
     return frozenset(), None
+
+
+def blocked_lines(images: List[dict]) -> str:
+    """``BLOCKED_IMAGES_FILE``'s content for ``images``."""
+    return "".join(json.dumps(image) + "\n" for image in sorted(images, key=_key))
 
 
 def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
                blocked: FrozenSet[str] = frozenset()) -> Window:
     """Split ``current`` by ``image/source_id`` in the per-image tables: the images ``baseline_uri``'s
     ClassStats counted (a ``data.num_spans`` window shares them with the accepted window), those an
-    earlier gate ``blocked`` (still unaccepted), and the rest, which are judged alone: a shift that
-    arrives span by span is not diluted by the overlap, and a blocked span is not diluted by a new
-    normal one beside it. With nothing new besides blocked images those are judged; with nothing
-    new at all (the same data) ``current`` is judged whole."""
+    earlier gate ``blocked`` (the same id and counts, still unaccepted), and the rest, which are judged
+    alone: a shift that arrives span by span is not diluted by the overlap, and a blocked span is not
+    diluted by a new normal one beside it. With nothing new besides blocked images those are judged;
+    with nothing new at all (the same data) ``current`` is judged whole."""
     from segbalance.trainer.class_stats_io import read_per_image
 
     try:
@@ -155,10 +170,13 @@ def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
     if len(rows) == 0:
         return Window(current)
     new = rows[~rows["source_id"].isin(before)]
-    held = new[new["source_id"].isin(blocked)]
-    fresh = new[~new["source_id"].isin(blocked)]
+    images = [_image(sid, counts) for sid, counts in zip(new["source_id"], new["pixel_counts"])]
+    is_held = [_key(image) in blocked for image in images]
+    held = [image for image, h in zip(images, is_held) if h]
+    fresh = new[[not h for h in is_held]]
     judged = fresh if len(fresh) else new
-    window = Window(current, len(rows) - len(new), sorted(held["source_id"]), list(judged["source_id"]))
+    judged_images = [image for image, h in zip(images, is_held) if not h] if len(fresh) else images
+    window = Window(current, len(rows) - len(new), held, judged_images)
     if len(judged) in (0, len(rows)):  # the same data, or every image is new: compared whole
         return window
     counts = [0] * len(current["class_names"])

@@ -128,9 +128,8 @@ def _image_size(record) -> Optional[Tuple[int, int]]:
 
 
 def reference_paths(folder: str) -> Dict[str, str]:
-    """{source_id: path} of the reference masks ``folder/<name>.png``, by the source_id of the file
-    stem (NFC: a name macOS wrote in NFD matches its image); of two names with one source_id, the
-    one spelled as the source_id. Local or remote (``tf.io.gfile``)."""
+    """{file stem as written: path} of the reference masks ``folder/<name>.png``; local or remote
+    (``tf.io.gfile``). ``reference_lookup`` finds a record's file in it."""
     import tensorflow as tf
 
     paths: Dict[str, str] = {}
@@ -138,13 +137,21 @@ def reference_paths(folder: str) -> Dict[str, str]:
         return paths
     for name in sorted(tf.io.gfile.listdir(folder)):
         name = name.rstrip("/")
-        if not name.endswith(".png"):
-            continue
-        stem = name[:-len(".png")]
-        source_id = source_id_of(stem)
-        if source_id not in paths or stem == source_id:
-            paths[source_id] = os.path.join(folder, name)
+        if name.endswith(".png"):
+            paths[name[:-len(".png")]] = os.path.join(folder, name)
     return paths
+
+
+def reference_lookup(paths: Dict[str, str]) -> Callable[[str], Optional[str]]:
+    """source_id -> its reference mask in ``paths`` (``reference_paths``), or None: the file spelled as the
+    source_id, else one whose stem has the same Unicode NFC form (macOS writes "café" in NFD; ingest's
+    source_ids are NFC, other tools' may be either); of several such files the NFC-spelled one."""
+    by_nfc: Dict[str, str] = {}
+    for stem, path in paths.items():
+        key = source_id_of(stem)
+        if key not in by_nfc or stem == key:
+            by_nfc[key] = path
+    return lambda source_id: paths.get(source_id) or by_nfc.get(source_id_of(source_id))
 
 
 def load_eval_set(records, reference_masks_dir: Optional[str],
@@ -163,11 +170,11 @@ def load_eval_set(records, reference_masks_dir: Optional[str],
 
     items, counts = [], {"reference_masks": 0, "annotation_masks": 0, "skipped": 0, "skipped_records": [],
                          "unscored_pixels": 0}
-    reference_files = reference_paths(reference_masks_dir) if reference_masks_dir else {}
+    reference_for = reference_lookup(reference_paths(reference_masks_dir) if reference_masks_dir else {})
     for index, serialized in enumerate(records):
         try:
             record = codec.parse_record(serialized)
-            reference = reference_files.get(record.source_id)
+            reference = reference_for(record.source_id)
             if reference:
                 mask = codec.decode_array(tf.io.gfile.GFile(reference, "rb").read(), what=f"mask {reference}")
                 problem = reference_mask_problem(mask, _image_size(record), num_classes or 256, ignore_index)

@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
                         help="NAME.yaml: the KFP package (kfp.Client, schedule); NAME.json: Vertex AI PipelineJob")
     parser.add_argument("--image", default=os.environ.get(DEFAULT_IMAGE_ENV),
                         help=f"container image with this package (default: ${DEFAULT_IMAGE_ENV})")
-    parser.add_argument("--pipeline-root", metavar="URI",
-                        help="required: artifact root, e.g. gs://bucket/segbalance (an absolute path for a local run)")
+    parser.add_argument("--pipeline-root", metavar="URI", required=True,
+                        help="artifact root, e.g. gs://bucket/segbalance (an absolute path for a local run)")
     parser.add_argument("--config", metavar="FILE", help="pipeline config (YAML/JSON); data.dir = the Span-N folder")
     parser.add_argument("--span", type=int, help="read this span instead of the latest")
     parser.set_defaults(func=_main)

@@ -46,8 +46,8 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
 
     sizes = image_sizes(images_dir) if images_dir is not None and images_dir.is_dir() else None
     problems, checked = [], 0
-    for source_id, name in sorted(reference_paths(str(folder)).items()):
-        path = Path(name)
+    for stem, name in sorted(reference_paths(str(folder)).items()):
+        path, source_id = Path(name), source_id_of(stem)
         if sizes is not None and source_id not in sizes:
             continue  # no image of that name: the evaluator never reads it
         checked += 1

@@ -338,12 +338,17 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     if config.data.dir is not None and "://" not in config.data.dir:
         check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
                                   Path(paths["examples_dir"]))
-    created = not os.path.exists(paths["output_dir"])
+    parent = os.path.dirname(os.path.abspath(paths["output_dir"]))
+    os.makedirs(parent, exist_ok=True)
+    try:  # made by this call (not merely absent a moment ago: two runs may start on one new folder)
+        os.mkdir(paths["output_dir"])
+        created = True
+    except FileExistsError:
+        created = False
+    output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
     pipeline_started = []  # from then on the folder holds a run's artifacts and metadata: kept
-    try:
-        os.makedirs(paths["output_dir"], exist_ok=True)
-        output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
-        with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
+    with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
+        try:
             abandoned = cancel_abandoned(paths["metadata"])
             if abandoned:
                 print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
@@ -383,19 +388,19 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
             with open(os.path.join(paths["output_dir"], "run_summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)
             return summary
-    except UserError:
-        if created and not pipeline_started:  # refused before any component: no empty run folder left (QA)
-            remove_scaffolding(Path(paths["output_dir"]))
-        raise
+        except UserError:
+            if created and not pipeline_started:  # refused before any component, while this run holds the
+                remove_scaffolding(Path(paths["output_dir"]))  # folder: no empty run folder left (QA)
+            raise
 
 
 def remove_scaffolding(folder: Path) -> None:
-    """Remove a run folder this run created when it holds nothing but the run's marker, lock file, log
-    and empty folders (a refusal before any component ran). A failed ingest's report, which the error
+    """Remove a run folder this run created when it holds nothing but the run's marker, lock file, log,
+    span window (links) and empty folders (a refusal before any component ran). A failed ingest's report, which the error
     names, keeps the folder."""
     from segbalance.pipeline.output_guard import LOCK_FILE, MARKER
 
-    scaffolding = {MARKER, LOCK_FILE, "logs"}
+    scaffolding = {MARKER, LOCK_FILE, "logs", "span_window"}  # span_window: links to the user's spans
     if any(p.is_file() and p.relative_to(folder).parts[0] not in scaffolding for p in folder.rglob("*")):
         return
     shutil.rmtree(folder, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -66,44 +67,89 @@ def ingest_report(folder: Path, files: List[Path]) -> Optional[dict]:
 
 
 def check_class_ids(spans_dir: Path, spans: List[int], config, files: List[Path]) -> None:
-    """SpanRecordError when a span's ingest report records class ids the config has no name for (a
-    Span-N folder run with the default 4 classes trained for half a minute, then stopped with a
-    traceback: QA, session 18). Spans without a current report are checked by the trainer."""
-    for span in spans:
-        folder = Path(spans_dir) / f"Span-{span}"
-        report = ingest_report(folder, files)
-        largest = report.get("max_class_id") if report is not None else None
+    """SpanRecordError when an ingest report of the spans read records class ids the config has no name
+    for, or another ignore index than the config's on masks that hold it (a Span-N folder run with the
+    default 4 classes trained for half a minute, then stopped with a traceback: QA, session 18). A
+    ``data.num_spans`` window's links are followed to the spans' own folders. Spans without a current
+    report are checked by the trainer."""
+    folders: Dict[Path, List[Path]] = {}
+    for path in files:  # a window links each span's files: their reports are beside the targets
+        real = Path(os.path.realpath(path))
+        folders.setdefault(real.parent, []).append(real)
+    for folder, its_files in sorted(folders.items()):
+        report = ingest_report(folder, its_files)
+        if report is None:
+            continue
+        where = f"{folder} ({folder.name}/ingest_report.json)"
+        largest, ignore = report.get("max_class_id"), report.get("ignore_index")
         if isinstance(largest, int) and largest >= config.num_classes:
             raise SpanRecordError(
-                f"{folder}: its masks hold class ids up to {largest} ({folder.name}/ingest_report.json), but "
-                f"classes.names lists {config.num_classes} classes: name all {largest + 1} (or more) classes in the "
-                f"config's classes.names, in id order")
+                f"{where}: its masks hold class ids up to {largest}, but classes.names lists {config.num_classes} "
+                f"classes: name all {largest + 1} (or more) classes in the config's classes.names, in id order")
+        if isinstance(ignore, int) and ignore != config.classes.ignore_index and report.get("masks_with_ignore", 1):
+            raise SpanRecordError(
+                f"{where}: its masks mark 'no label' with {ignore} (ingest --ignore-index), the config with "
+                f"classes.ignore_index {config.classes.ignore_index}: set classes.ignore_index: {ignore}, or ingest "
+                f"the span again with --ignore-index {config.classes.ignore_index}")
 
 
-def _check_unique(example, path: Path, index: int, seen: Dict[str, tuple]) -> None:
-    """SpanRecordError when two records carry one ``image/source_id`` but different image or mask bytes
-    (e.g. two sample data sets, both named shapes_000NN, as the spans of a ``data.num_spans`` window):
-    the trainer joins labelled classes, and the evaluator reference masks and per-image results, by
-    source_id. The same record twice (one image delivered in two spans) passes."""
-    import hashlib
+class _SourceIds:
+    """Refuses two records under one ``image/source_id`` with different image or mask bytes (e.g. two
+    sample data sets, both named shapes_000NN, as the spans of a ``data.num_spans`` window): the trainer
+    joins labelled classes, and the evaluator reference masks and per-image results, by source_id. The
+    same record twice (one image delivered in two spans) passes. Cheap per record (the lengths and a
+    CRC of the small mask); the bytes are hashed only for an id that repeats with the same fingerprint."""
 
-    from segbalance.contract import IMAGE_KEY, MASK_KEY, SOURCE_ID_KEY
+    def __init__(self):
+        self.first: Dict[str, tuple] = {}
+        self.digests: Dict[Path, list] = {}
 
-    feature = example.features.feature
-    ids = feature[SOURCE_ID_KEY].bytes_list.value if SOURCE_ID_KEY in feature else []
-    if not ids:
-        return
-    source_id = ids[0].decode("utf-8", "replace")
-    digest = hashlib.sha1()
-    for key in (IMAGE_KEY, MASK_KEY):
-        for value in (feature[key].bytes_list.value if key in feature else []):
-            digest.update(value)
-    first = seen.setdefault(source_id, (path, index, digest.digest()))
-    if first[2] != digest.digest():
+    def add(self, example, path: Path, index: int) -> None:
+        source_id, image, mask = _identity(example)
+        if source_id is None:
+            return
+        cheap = (len(image), len(mask), zlib.crc32(mask))
+        first = self.first.setdefault(source_id, (path, index, cheap))
+        if first[:2] == (path, index):
+            return
+        if first[2] == cheap and self._digest(first[0], first[1]) == _digest(image, mask):
+            return
         raise SpanRecordError(
             f"image/source_id {source_id!r} names two different records ({first[0]} record {first[1]}, and {path} "
             f"record {index}): give the images unique file names (the source_id is the file stem), e.g. rename one "
             f"data set's files before ingesting it")
+
+    def _digest(self, path: Path, index: int) -> bytes:
+        if path not in self.digests:  # each file hashed at most once
+            from tensorflow.core.example import example_pb2
+
+            from segbalance.components.tfrecord_file import iter_tfrecords
+
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(path, "rb") as handle:
+                self.digests[path] = [_digest(*_identity(example_pb2.Example.FromString(r))[1:])
+                                      for r in iter_tfrecords(handle)]
+        return self.digests[path][index]
+
+
+def _identity(example):
+    """(source_id or None, image bytes, mask bytes) of a tf.train.Example."""
+    from segbalance.contract import IMAGE_KEY, MASK_KEY, SOURCE_ID_KEY
+
+    feature = example.features.feature
+
+    def first(key):
+        values = feature[key].bytes_list.value if key in feature else []
+        return values[0] if values else b""
+
+    source_id = first(SOURCE_ID_KEY)
+    return (source_id.decode("utf-8", "replace") if source_id else None), first(IMAGE_KEY), first(MASK_KEY)
+
+
+def _digest(image: bytes, mask: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha1(len(image).to_bytes(8, "little") + image + mask).digest()
 
 
 def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, int]:
@@ -122,7 +168,7 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
     counts = counts_from_ingest_reports(spans_dir, spans, config, files)
     to_read = files if counts is None else []
     counts = counts if counts is not None else Counter()
-    seen: Dict[str, tuple] = {}
+    seen = _SourceIds()
     for path in to_read:
         opener = gzip.open if path.name.endswith(".gz") else open
         index = -1
@@ -142,7 +188,7 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
                             f"(data.split_by: {config.data.split_by}): add it to every record, or write the span "
                             f"with `segbalance ingest`" + (" --groups" if config.data.split_by == "group" else ""))
                     counts[split_of_feature(example.features.feature[key], config)] += 1
-                    _check_unique(example, path, index, seen)
+                    seen.add(example, path, index)
         except (TFRecordFileError, OSError, EOFError, zlib.error) as exc:
             raise SpanRecordError(f"{path}: not a readable TFRecord file (after record {index}: {exc}): replace it "
                                   f"with a complete copy, or remove it") from None

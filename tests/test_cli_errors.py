@@ -104,7 +104,8 @@ def _cases():
                                             "--num-classes", "4", "--ignore-index", "2"],
          "--ignore-index 2 collides with a class id (< 4)"),
         ("ingest 256 classes and ignore 255", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
-                                               "--num-classes", "256"], "--ignore-index 255 collides"),
+                                               "--num-classes", "256"],
+         "8-bit masks have no value left for 'no label' beside 256 classes; at most 255 classes"),
         # stats
         ("stats no file matches", ["stats", "{w}/nope/data-*", "--num-classes", "2", "--output", "{w}/new"],
          "{w}/nope/data-*"),
@@ -159,7 +160,10 @@ def _cases():
                                             "--pipeline-root", "gs://b/r"], "e.g. {w}/emptydir/pipeline.yaml"),
         ("compile-kfp output is a user's file", ["compile-kfp", "--output", "{w}/report.txt", "--image", "r/s:1",
                                                  "--pipeline-root", "gs://b/r"], "{w}/report.txt"),
-        ("compile-kfp config missing", ["compile-kfp", "--output", "{w}/new.json", "--config", "{w}/nope.yaml"],
+        ("compile-kfp without --pipeline-root", ["compile-kfp", "--output", "{w}/new.json", "--image", "r/s:1"],
+         "--pipeline-root"),
+        ("compile-kfp config missing", ["compile-kfp", "--output", "{w}/new.json", "--pipeline-root", "/tmp/root",
+                                        "--config", "{w}/nope.yaml"],
          "{w}/nope.yaml"),
         ("compile-kfp span not a number", ["compile-kfp", "--output", "{w}/new.json", "--span", "last"], "--span"),
         # schedule

@@ -63,7 +63,7 @@ def test_a_reference_mask_named_in_nfd_is_found_for_its_image(tmp_path):
     its partial annotation ("complete masks for 13 of 14 images")."""
     import unicodedata
 
-    from segbalance.components.seg_evaluator import load_eval_set, reference_paths
+    from segbalance.components.seg_evaluator import load_eval_set, reference_lookup, reference_paths
     from segbalance.trainer.example_codec import build_example
 
     nfd, nfc = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
@@ -76,12 +76,18 @@ def test_a_reference_mask_named_in_nfd_is_found_for_its_image(tmp_path):
     (full / f"{nfd}.png").write_bytes(encode_png(complete))
     (full / "other.png").write_bytes(encode_png(complete))
     assert check_reference_masks(full, 4, 255, images) == 1  # found for its image, checked (other.png: no image)
-    assert reference_paths(str(full)) == {nfc: str(full / f"{nfd}.png"), "other": str(full / "other.png")}
+    assert reference_paths(str(full)) == {nfd: str(full / f"{nfd}.png"), "other": str(full / "other.png")}
+    find = reference_lookup(reference_paths(str(full)))
+    assert find(nfc) == find(nfd) == str(full / f"{nfd}.png") and find("other") and find("none") is None
     image_png = (images / f"{nfd}.png").read_bytes()
     record = build_example(image_png, encode_png(partial), source_id=nfc, height=4, width=6).SerializeToString()
     items, counts = load_eval_set([record], str(full))
     assert counts["reference_masks"] == 1 and counts["annotation_masks"] == 0
     np.testing.assert_array_equal(items[0][2], complete)
-    # both spellings on disk: the one spelled as the source_id wins
+    # a record another tool wrote with an NFD source_id finds the file too (review: only NFC ids did)
+    nfd_record = build_example(image_png, encode_png(partial), source_id=nfd, height=4, width=6).SerializeToString()
+    assert load_eval_set([nfd_record], str(full))[1]["reference_masks"] == 1
+    # both spellings on disk: each record gets the file spelled as its source_id
     (full / f"{nfc}.png").write_bytes(encode_png(np.ones((4, 6), np.uint8)))
-    assert reference_paths(str(full))[nfc] == str(full / f"{nfc}.png")
+    find = reference_lookup(reference_paths(str(full)))
+    assert find(nfc) == str(full / f"{nfc}.png") and find(nfd) == str(full / f"{nfd}.png")

@@ -156,8 +156,8 @@ def test_a_span_whose_masks_hold_more_classes_than_the_config_names_is_refused_f
     assert (report["num_classes"], report["ignore_index"], report["max_class_id"]) == (None, 255, largest) == \
         (None, 255, 3)
     two = config_from_dict({"classes": {"names": ["background", "square"]}})
-    with pytest.raises(SpanRecordError, match=re.escape("masks hold class ids up to 3 (Span-0/ingest_report.json), "
-                                                        "but classes.names lists 2 classes: name all 4")):
+    with pytest.raises(SpanRecordError, match=re.escape("Span-0 (Span-0/ingest_report.json): its masks hold class ids "
+                                                        "up to 3, but classes.names lists 2 classes: name all 4")):
         check_span_records(tmp_path / "spans", [0], two)
     assert sum(check_span_records(tmp_path / "spans", [0], CONFIG).values()) == 16  # 4 names: fine
     config = tmp_path / "two.yaml"
@@ -193,3 +193,73 @@ def test_the_trainer_s_data_errors_are_the_user_s():
 
     assert issubclass(DataMismatchError, UserError) and issubclass(DataMismatchError, ValueError)
     assert issubclass(DuplicateSourceIdError, UserError) and issubclass(DuplicateSourceIdError, ValueError)
+
+
+def test_a_window_s_spans_are_checked_through_its_links_and_the_ignore_index_too(tmp_path):
+    """Review (session 18): the class-id check looked for ingest_report.json in the window folder, which holds
+    only links, and passed every window; and a span ingested with another ignore index was not compared."""
+    from segbalance.pipeline import sample_data
+    from segbalance.pipeline.spans import span_window
+
+    for span, seed in ((0, 5), (1, 6)):
+        raw = sample_data.write_sample_data("shapes", tmp_path / f"raw{span}", num_images=12, size=16, seed=seed)
+        for path in list((raw / "images").iterdir()) + list((raw / "masks").iterdir()):
+            path.rename(path.with_name(f"s{span}_{path.name}"))  # unique source_ids across the spans
+        first = sorted((raw / "masks").iterdir())[0]
+        mask = codec.decode_array(first.read_bytes(), what="mask").copy()
+        mask[0, 0] = 255  # a 'no label' pixel: the span's ignore index matters
+        first.write_bytes(codec.encode_png(mask))
+        assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                         "--span", str(span)]) == 0
+    window = tmp_path / "window"
+    assert span_window(tmp_path / "spans", 2, window) == [0, 1]
+    (latest,) = [int(p.name.split("-")[1]) for p in window.glob("Span-*")]
+    two = config_from_dict({"classes": {"names": ["background", "square"]}})
+    with pytest.raises(SpanRecordError, match=r"Span-0 \(Span-0/ingest_report.json\): its masks hold class ids up "
+                                              r"to 3"):
+        check_span_records(window, [latest], two)
+    assert sum(check_span_records(window, [latest], CONFIG).values()) == 24
+    other_ignore = config_from_dict({"classes": {"ignore_index": 254}})
+    with pytest.raises(SpanRecordError, match="its masks mark 'no label' with 255 .ingest --ignore-index., the config "
+                                              "with classes.ignore_index 254: set classes.ignore_index: 255"):
+        check_span_records(tmp_path / "spans", [1], other_ignore)
+
+
+def test_a_run_refused_by_another_run_s_lock_leaves_the_folder(tmp_path, monkeypatch):
+    """Review (session 18): two runs starting on one new folder both took it for their own; the one the lock
+    refused removed the folder (the other's lock, marker and log) as an empty leftover. Clean-up happens only
+    while holding the lock."""
+    import contextlib
+
+    from segbalance.pipeline import output_guard, run as run_module
+
+    @contextlib.contextmanager
+    def held_by_another(folder):
+        raise output_guard.OutputError(f"{folder} is in use by another segbalance run")
+        yield
+
+    monkeypatch.setattr(run_module, "exclusive_run", held_by_another, raising=False)
+    monkeypatch.setattr("segbalance.pipeline.run_lock.exclusive_run", held_by_another)
+    out = tmp_path / "out"
+    assert cli.main(["run", "--output-dir", str(out)]) == 2
+    assert out.is_dir() and (out / output_guard.MARKER).exists()
+
+
+def test_a_window_of_two_data_sets_under_the_same_names_is_refused_and_leaves_nothing(tmp_path, capsys):
+    """QA (session 18, helpers 29 and 31): two sample data sets (both shapes_000NN) as the spans of a window
+    stopped the trainer with a traceback; now one line before any component, and the refused run leaves no
+    folder (its span window's links included)."""
+    from segbalance.pipeline import sample_data
+
+    for span, seed in ((0, 5), (1, 6)):
+        raw = sample_data.write_sample_data("shapes", tmp_path / f"raw{span}", num_images=12, size=16, seed=seed)
+        assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                         "--span", str(span)]) == 0
+    capsys.readouterr()
+    config = tmp_path / "window.yaml"
+    config.write_text("data: {num_spans: 2}\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", "--config", str(config), "--data", str(tmp_path / "spans"), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image/source_id 'shapes_00000' names two different records" in err[0], err
+    assert not out.exists()

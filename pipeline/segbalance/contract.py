@@ -44,6 +44,9 @@ def ignore_index_problem(num_classes: Optional[int], ignore_index: int) -> Optio
     an ignore index inside the class range silently turned every pixel of that class into "no label"."""
     if not 0 <= ignore_index <= 255:
         return f"{ignore_index} is not an 8-bit mask value (masks are stored as 8-bit PNG); use e.g. 255"
+    if num_classes is not None and num_classes > 255:
+        return (f"{ignore_index}: 8-bit masks have no value left for 'no label' beside {num_classes} classes; "
+                f"at most 255 classes (ids 0..254, 'no label' 255)")
     if num_classes is not None and ignore_index < num_classes:
         return (f"{ignore_index} collides with a class id (< {num_classes}): every pixel of class {ignore_index} "
                 f"would be taken as 'no label'; use a value from {num_classes} to 255, e.g. 255")
@@ -62,7 +65,8 @@ MAX_BAD_ID_FRACTION = 0.1
 
 # --- other artifacts' files -----------------------------------------------------------------
 DRIFT_FILE = "drift.json"  # DriftReport
-BLOCKED_IMAGES_FILE = "blocked_images.txt"  # DriftReport of a blocked run: the source_ids it did not accept
+# DriftReport of a blocked run: the images it did not accept, JSON lines {"source_id", "pixel_counts"}
+BLOCKED_IMAGES_FILE = "blocked_images.jsonl"
 EVALUATION_FILE = "evaluation.json"  # SegEvaluator's evaluation artifact
 REPORT_FILE = "report.html"  # HtmlReport
 TRAINING_SUMMARY_FILE = "training_summary.json"  # in the Model run directory
