@@ -1,6 +1,6 @@
 """Cost of the record check `segbalance run` makes before ImportExampleGen (pipeline/span_records.py):
-the duplicate-source_id check (a SHA-1 of each record's image and mask bytes) against the same
-check without it, measured in the same run.
+the duplicate-source_id check (per record: the image and mask lengths and a CRC-32 of the mask; the
+bytes are hashed only for an id that repeats) against the same check without it, in the same run.
 
     .venv/bin/python benchmarks/span_check.py [--records 2000] [--size 128] [--repeats 3]
 

@@ -120,9 +120,9 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         if result["status"] == "blocked" and window.judged_images is not None:
             # what the next gate holds back while a window still has them: the images blocked before and
             # the ones judged now when they drifted (a blocked span, not its normal neighbour)
-            blocked = window.held + (window.judged_images if judged_drifted or base.lost else [])
-            io_utils.write_string_file(os.path.join(output.uri, BLOCKED_IMAGES_FILE), blocked_lines(blocked))
-            result["blocked_images"] = len(blocked)
+            lines = blocked_lines(window.held + (window.judged_images if judged_drifted or base.lost else []))
+            io_utils.write_string_file(os.path.join(output.uri, BLOCKED_IMAGES_FILE), lines)
+            result["blocked_images"] = lines.count("\n")
         io_utils.write_string_file(os.path.join(output.uri, DRIFT_FILE), json.dumps(result, indent=1))
         output.set_int_custom_property("blocked", int(result["status"] == "blocked"))
         output.set_string_custom_property("status", result["status"])

@@ -127,18 +127,21 @@ class Window:
     judged_images: Optional[List[dict]] = None
 
 
-def _image(source_id, pixel_counts) -> dict:
-    return {"source_id": str(source_id), "pixel_counts": [int(n) for n in pixel_counts]}
+def _image(source_id, pixel_counts, class_names) -> dict:
+    """An image as a blocked decision records it: its counts by class name, classes without pixels left
+    out, so a class added to classes.names later (a 0 at the end of every row) changes no image."""
+    return {"source_id": str(source_id),
+            "pixel_counts": {name: int(n) for name, n in zip(class_names, pixel_counts) if int(n)}}
 
 
 def _key(image: dict) -> str:
-    return json.dumps([image["source_id"], image["pixel_counts"]])
+    return json.dumps([image["source_id"], sorted(image["pixel_counts"].items())])
 
 
 def held_back(previous_reports: List[types.Artifact]) -> Tuple[FrozenSet[str], Optional[str]]:
     """(the images the last gate blocked and no run has accepted since, as ``_key``s; that report's URI):
     a blocked decision lists them in ``BLOCKED_IMAGES_FILE`` (JSON lines of ``{"source_id",
-    "pixel_counts"}``); an accepting one lists none."""
+    "pixel_counts": {class name: count}}``); an accepting one lists none."""
     for report in previous_reports:
         path = os.path.join(report.uri, BLOCKED_IMAGES_FILE)
         if fileio.exists(path):
@@ -148,8 +151,9 @@ def held_back(previous_reports: List[types.Artifact]) -> Tuple[FrozenSet[str], O
 
 
 def blocked_lines(images: List[dict]) -> str:
-    """``BLOCKED_IMAGES_FILE``'s content for ``images``."""
-    return "".join(json.dumps(image) + "\n" for image in sorted(images, key=_key))
+    """``BLOCKED_IMAGES_FILE``'s content for ``images``, each once."""
+    unique = {_key(image): image for image in images}
+    return "".join(json.dumps(unique[key]) + "\n" for key in sorted(unique))
 
 
 def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
@@ -170,7 +174,7 @@ def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
     if len(rows) == 0:
         return Window(current)
     new = rows[~rows["source_id"].isin(before)]
-    images = [_image(sid, counts) for sid, counts in zip(new["source_id"], new["pixel_counts"])]
+    images = [_image(sid, counts, current["class_names"]) for sid, counts in zip(new["source_id"], new["pixel_counts"])]
     is_held = [_key(image) in blocked for image in images]
     held = [image for image, h in zip(images, is_held) if h]
     fresh = new[[not h for h in is_held]]

@@ -102,9 +102,11 @@ class _SourceIds:
 
     def __init__(self):
         self.first: Dict[str, tuple] = {}
-        self.digests: Dict[Path, list] = {}
+        self.digests: Dict[Path, list] = {}  # files read whole before: each hashed at most once
+        self.current: Optional[Path] = None
 
     def add(self, example, path: Path, index: int) -> None:
+        self.current = path
         source_id, image, mask = _identity(example)
         if source_id is None:
             return
@@ -120,16 +122,25 @@ class _SourceIds:
             f"data set's files before ingesting it")
 
     def _digest(self, path: Path, index: int) -> bytes:
-        if path not in self.digests:  # each file hashed at most once
-            from tensorflow.core.example import example_pb2
+        """The digest of record ``index`` of ``path``, read again: ``path`` is an earlier file (read and
+        checked whole: hashed once, every record) or the file being read (a repeat within it: read up to
+        ``index`` only, since the records after the one being checked are not checked yet)."""
+        from tensorflow.core.example import example_pb2
 
-            from segbalance.components.tfrecord_file import iter_tfrecords
+        from segbalance.components.tfrecord_file import iter_tfrecords
 
-            opener = gzip.open if path.name.endswith(".gz") else open
-            with opener(path, "rb") as handle:
-                self.digests[path] = [_digest(*_identity(example_pb2.Example.FromString(r))[1:])
-                                      for r in iter_tfrecords(handle)]
-        return self.digests[path][index]
+        if path in self.digests:
+            return self.digests[path][index]
+        current = path == self.current
+        digests = []
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            for n, record in enumerate(iter_tfrecords(handle)):
+                digests.append(_digest(*_identity(example_pb2.Example.FromString(record))[1:]))
+                if current and n == index:
+                    return digests[index]
+        self.digests[path] = digests
+        return digests[index]
 
 
 def _identity(example):
@@ -170,6 +181,7 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
     counts = counts if counts is not None else Counter()
     seen = _SourceIds()
     for path in to_read:
+        path = Path(os.path.realpath(path))  # a window's link: name (and read) the user's own file
         opener = gzip.open if path.name.endswith(".gz") else open
         index = -1
         try:

@@ -86,6 +86,8 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"seed": -5}}, "training.seed: -5 is outside 0..2**32 - 1"),
     ({"classes": {"ignore_index": 300}}, "classes.ignore_index: 300 is not an 8-bit mask value"),
     ({"classes": {"ignore_index": 2}}, "classes.ignore_index: 2 collides with a class id (< 4): every pixel of class 2"),
+    ({"classes": {"names": [f"c{i}" for i in range(256)]}},
+     "classes.ignore_index: 255: 8-bit masks have no value left for 'no label' beside 256 classes; at most 255"),
     ({"data": {"reference_masks_dir": "/nonexistent/masks"}}, "data.reference_masks_dir: /nonexistent/masks is not "
                                                               "a folder"),
     ({"training": {"loss": {"terms": [{"type": "ce"}], "low_confidence": {"tau": 2}}}},

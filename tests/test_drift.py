@@ -281,16 +281,16 @@ def test_component_rejects_an_unknown_action():
     assert gate.exec_properties["js_divergence"] == 0.1 and gate.exec_properties["action"] == "block"
 
 
-def _window_stats(tmp_path, name, images):
+def _window_stats(tmp_path, name, images, names=("bg", "a", "b")):
     """A ClassStats folder with a per-image table: ``images`` maps source_id -> (pixel counts, missing)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from segbalance.trainer.class_stats_io import PER_IMAGE_PREFIX
 
-    counts = [sum(c[i] for c, _ in images.values()) for i in range(3)]
+    counts = [sum(c[i] for c, _ in images.values()) for i in range(len(names))]
     artifact = _class_stats_artifact(tmp_path, name, stats(counts, sum(bool(m) for _, m in images.values()),
-                                                              records=len(images)))
+                                                              records=len(images), names=names))
     table = pa.table({"source_id": list(images), "pixel_counts": [list(c) for c, _ in images.values()],
                       "missing": [list(m) for _, m in images.values()]})
     pq.write_table(table, os.path.join(artifact.uri, f"{PER_IMAGE_PREFIX}-00000-of-00001.parquet"))
@@ -383,7 +383,8 @@ def test_a_window_still_holding_a_blocked_span_is_blocked_and_its_new_span_judge
     w12 = _window_stats(tmp_path, "w12", {**{k: normal[k] for k in list(normal)[10:]}, **drifted})
     second, drift = _gate(tmp_path, "g1", w12, [w01], [first], thresholds=WINDOW)
     assert drift["status"] == "blocked" and drift["blocked_images"] == 10
-    assert _blocked(tmp_path / "g1") == [{"source_id": k, "pixel_counts": [60, 20, 20]} for k in sorted(drifted)]
+    assert _blocked(tmp_path / "g1") == [{"source_id": k, "pixel_counts": {"bg": 60, "a": 20, "b": 20}}
+                                         for k in sorted(drifted)]
     # spans 2 and 3: the blocked span beside a new normal one. Judged together (the old way) they pass
     mixed = {**drifted, **{k: fresh[k] for k in list(fresh)[:10]}}
     together = drift_metrics.compare(stats([1200, 580, 220], records=20), stats([1200, 760, 40], records=20), WINDOW)
@@ -419,8 +420,9 @@ def test_a_window_of_only_blocked_images_stays_blocked(tmp_path):
     blocked, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", {**normal, **drifted}), [w0], [first],
                            thresholds=WINDOW)
     assert drift["status"] == "blocked" and drift["blocked_images"] == 10
-    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", drifted), [w0], [blocked], thresholds=WINDOW)
+    again, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", drifted), [w0], [blocked], thresholds=WINDOW)
     assert drift["status"] == "blocked" and drift["held_back_images"] == 10 and drift["js_divergence"] > 0.05
+    assert drift["blocked_images"] == 10 == len(_blocked(tmp_path / "g2"))  # each image once (review: 20 lines)
 
 
 def test_a_blocked_span_re_delivered_with_corrected_masks_is_judged_anew(tmp_path):
@@ -438,3 +440,21 @@ def test_a_blocked_span_re_delivered_with_corrected_masks_is_judged_anew(tmp_pat
     assert drift["status"] == "ok" and "held_back_images" not in drift and drift["js_divergence"] == 0.0
     _, drift = _gate(tmp_path, "g3", _window_stats(tmp_path, "w3", drifted), [w0], [blocked], thresholds=WINDOW)
     assert drift["status"] == "blocked" and drift["held_back_images"] == 10  # the same masks: still held back
+
+
+def test_a_class_added_to_the_names_does_not_release_held_back_images(tmp_path):
+    """Review (session 18): held-back images were keyed by their pixel-count list, which grows a 0 when a
+    class is added to classes.names; no key matched and the blocked span, judged with a normal one, was
+    accepted. The counts are kept by class name, zero counts left out."""
+    normal = {f"n{i}": ((60, 38, 2), []) for i in range(10)}
+    w0 = _window_stats(tmp_path, "w0", normal)
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=WINDOW)
+    drifted = {f"d{i}": ((60, 20, 20), []) for i in range(10)}
+    blocked, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", drifted), [w0], [first], thresholds=WINDOW)
+    assert drift["status"] == "blocked"
+    four = ("bg", "a", "b", "c")
+    mixed = {**{k: (c + (0,), m) for k, (c, m) in drifted.items()},
+             **{f"m{i}": ((60, 38, 2, 0), []) for i in range(10)}}
+    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", mixed, names=four), [w0], [blocked],
+                     thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["held_back_images"] == 10 and drift["new_images"] == 10

@@ -584,12 +584,12 @@ def test_undecodable_files_are_named_without_python_object_reprs(tmp_path, case,
 
 
 # --------------------------------------------------------------------------- class count (items 6, 8)
-@pytest.mark.parametrize("value", ["0", "-1", "257"])
+@pytest.mark.parametrize("value", ["0", "-1", "256"])
 def test_num_classes_out_of_range_is_refused_not_replaced_by_classes_json(tmp_path, value, capsys):
     _dataset(tmp_path, n=1)
     (tmp_path / "classes.json").write_text(json.dumps({"class_names": ["bg", "a", "b"]}))
     assert _run(tmp_path, num_classes=value) == 2
-    _one_error_line(capsys.readouterr().err, f"--num-classes must be between 1 and 256 (masks are 8-bit), got {value}")
+    _one_error_line(capsys.readouterr().err, f"--num-classes must be between 1 and 255 (masks are 8-bit), got {value}")
     assert not (tmp_path / "out").exists()
 
 

@@ -263,3 +263,13 @@ def test_a_window_of_two_data_sets_under_the_same_names_is_refused_and_leaves_no
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image/source_id 'shapes_00000' names two different records" in err[0], err
     assert not out.exists()
+
+
+def test_an_id_repeated_in_one_file_before_a_bad_record_names_the_bad_record(tmp_path):
+    """Review (session 18): the duplicate check read the whole file of an id's first record again, parsing
+    records the main loop had not checked yet: a repeat followed by a bad record was a DecodeError
+    traceback. The bad record is named, as without the repeat."""
+    spans = span(tmp_path, [record("a"), record("a"), *[record(f"x{i}") for i in range(10)],
+                            b"this is not a tf.train.Example at all"])
+    with pytest.raises(SpanRecordError, match=r"record 12 is not a tf.train.Example \(37 bytes\)"):
+        check_span_records(spans, [3], CONFIG)

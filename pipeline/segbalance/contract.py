@@ -35,7 +35,7 @@ def source_id_of(stem: str) -> str:
 
 # Mask value meaning "no label here" unless the configuration says otherwise (classes.ignore_index).
 DEFAULT_IGNORE_INDEX = 255
-MAX_CLASSES = 256  # masks are 8-bit PNG: class ids 0..255
+MAX_CLASSES = 255  # masks are 8-bit PNG: class ids 0..254, and one value (255 by default) for "no label"
 
 
 def ignore_index_problem(num_classes: Optional[int], ignore_index: int) -> Optional[str]:
