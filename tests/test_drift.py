@@ -410,17 +410,25 @@ def test_a_window_still_holding_a_blocked_span_is_blocked_and_its_new_span_judge
     assert "held_back_images" not in drift
 
 
-def test_a_window_of_only_blocked_images_stays_blocked(tmp_path):
-    """Every new image was blocked before (the window moved but the new span is empty of new images):
-    the blocked ones are judged again, and the gate still blocks."""
+def _blocked_span(tmp_path, with_normal=False):
+    """(accepted window w0 of 10 normal images, the DriftReport that blocked 10 drifted ones d0..d9 (beside
+    w0's images with ``with_normal``), the drifted images)."""
     normal = {f"n{i}": ((60, 38, 2), []) for i in range(10)}
     drifted = {f"d{i}": ((60, 20, 20), []) for i in range(10)}
     w0 = _window_stats(tmp_path, "w0", normal)
     first, _ = _gate(tmp_path, "g0", w0, [], thresholds=WINDOW)
-    blocked, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", {**normal, **drifted}), [w0], [first],
-                           thresholds=WINDOW)
+    blocked, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", {**(normal if with_normal else {}),
+                                                                          **drifted}),
+                           [w0], [first], thresholds=WINDOW)
     assert drift["status"] == "blocked" and drift["blocked_images"] == 10
-    again, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", drifted), [w0], [blocked], thresholds=WINDOW)
+    return w0, blocked, drifted
+
+
+def test_a_window_of_only_blocked_images_stays_blocked(tmp_path):
+    """Every new image was blocked before (the window moved but the new span is empty of new images):
+    the blocked ones are judged again, and the gate still blocks."""
+    w0, blocked, drifted = _blocked_span(tmp_path, with_normal=True)
+    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", drifted), [w0], [blocked], thresholds=WINDOW)
     assert drift["status"] == "blocked" and drift["held_back_images"] == 10 and drift["js_divergence"] > 0.05
     assert drift["blocked_images"] == 10 == len(_blocked(tmp_path / "g2"))  # each image once (review: 20 lines)
 
@@ -429,12 +437,7 @@ def test_a_blocked_span_re_delivered_with_corrected_masks_is_judged_anew(tmp_pat
     """Review (session 18): held-back images were matched by source_id alone, so a blocked span whose masks
     were corrected and ingested again under the same names stayed blocked, the message saying the blocked
     images were still in the data. A blocked image is held back only while its pixel counts are the same."""
-    normal = {f"n{i}": ((60, 38, 2), []) for i in range(10)}
-    w0 = _window_stats(tmp_path, "w0", normal)
-    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=WINDOW)
-    drifted = {f"d{i}": ((60, 20, 20), []) for i in range(10)}
-    blocked, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", drifted), [w0], [first], thresholds=WINDOW)
-    assert drift["status"] == "blocked"
+    w0, blocked, drifted = _blocked_span(tmp_path)
     corrected = {f"d{i}": ((60, 38, 2), []) for i in range(10)}  # the same names, corrected masks
     _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", corrected), [w0], [blocked], thresholds=WINDOW)
     assert drift["status"] == "ok" and "held_back_images" not in drift and drift["js_divergence"] == 0.0
@@ -446,12 +449,7 @@ def test_a_class_added_to_the_names_does_not_release_held_back_images(tmp_path):
     """Review (session 18): held-back images were keyed by their pixel-count list, which grows a 0 when a
     class is added to classes.names; no key matched and the blocked span, judged with a normal one, was
     accepted. The counts are kept by class name, zero counts left out."""
-    normal = {f"n{i}": ((60, 38, 2), []) for i in range(10)}
-    w0 = _window_stats(tmp_path, "w0", normal)
-    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=WINDOW)
-    drifted = {f"d{i}": ((60, 20, 20), []) for i in range(10)}
-    blocked, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", drifted), [w0], [first], thresholds=WINDOW)
-    assert drift["status"] == "blocked"
+    w0, blocked, drifted = _blocked_span(tmp_path)
     four = ("bg", "a", "b", "c")
     mixed = {**{k: (c + (0,), m) for k, (c, m) in drifted.items()},
              **{f"m{i}": ((60, 38, 2, 0), []) for i in range(10)}}
