@@ -37,7 +37,8 @@ from tfx.utils import io_utils
 
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
-from segbalance.components.drift_baseline import accepted_baseline, blocked_lines, held_back, new_images
+from segbalance.components.drift_baseline import (accepted_baseline, blocked_lines, held_back, new_images,
+                                                  still_blocked)
 from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare, drift_fields
 
 from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE  # noqa: E402
@@ -117,10 +118,12 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         if result["status"] == "blocked":  # held back only: the new images passed, the blocked ones are still in
             result["advice"] = HELD_ADVICE if window.held and not judged_drifted and not base.lost else ACCEPT_ADVICE
         output = artifact_utils.get_single_instance(output_dict["drift_report"])
-        if result["status"] == "blocked" and window.judged_images is not None:
-            # what the next gate holds back while a window still has them: the images blocked before and
-            # the ones judged now when they drifted (a blocked span, not its normal neighbour)
-            lines = blocked_lines(window.held + (window.judged_images if judged_drifted or base.lost else []))
+        # what the next gates hold back while a window has them: the images blocked before and not accepted
+        # since, and the ones judged now when they drifted (a blocked span, not its normal neighbour)
+        judged_blocked = window.judged_images if (judged_drifted or base.lost) and window.judged_images else []
+        remaining = still_blocked(blocked_before, window.held, judged_blocked, result["status"] == "blocked")
+        if remaining:
+            lines = blocked_lines(remaining)
             io_utils.write_string_file(os.path.join(output.uri, BLOCKED_IMAGES_FILE), lines)
             result["blocked_images"] = lines.count("\n")
         io_utils.write_string_file(os.path.join(output.uri, DRIFT_FILE), json.dumps(result, indent=1))

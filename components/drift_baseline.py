@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Collection, Dict, List, Optional, Tuple
 
 from tfx import types
 from tfx.dsl.io import fileio
@@ -138,16 +138,30 @@ def _key(image: dict) -> str:
     return json.dumps([image["source_id"], sorted(image["pixel_counts"].items())])
 
 
-def held_back(previous_reports: List[types.Artifact]) -> Tuple[FrozenSet[str], Optional[str]]:
-    """(the images the last gate blocked and no run has accepted since, as ``_key``s; that report's URI):
-    a blocked decision lists them in ``BLOCKED_IMAGES_FILE`` (JSON lines of ``{"source_id",
-    "pixel_counts": {class name: count}}``); an accepting one lists none."""
+def held_back(previous_reports: List[types.Artifact]) -> Tuple[Dict[str, dict], Optional[str]]:
+    """({``_key``: image} of every image a gate blocked and no run has accepted since; the last report's
+    URI). Each decision carries the list forward in ``BLOCKED_IMAGES_FILE`` (JSON lines of ``{"source_id",
+    "pixel_counts": {class name: count}}``), a passing one too: a blocked span that a later window of
+    another size takes in again is still known (QA: it came back diluted and was trained on)."""
     for report in previous_reports:
         path = os.path.join(report.uri, BLOCKED_IMAGES_FILE)
         if fileio.exists(path):
             with fileio.open(path) as f:
-                return frozenset(_key(json.loads(line)) for line in f.read().splitlines() if line), report.uri
-    return frozenset(), None
+                images = [json.loads(line) for line in f.read().splitlines() if line]
+            return {_key(image): image for image in images}, report.uri
+    return {}, None
+
+
+def still_blocked(before: Dict[str, dict], held: List[dict], judged: List[dict], blocked: bool) -> List[dict]:
+    """The images no run has accepted after this decision: ``before``'s, plus the judged ones when it
+    blocked them; a decision that passes (or warns) accepts the ``held`` images its data holds."""
+    remaining = dict(before)
+    if blocked:
+        remaining.update({_key(image): image for image in held + judged})
+    else:
+        for image in held:
+            remaining.pop(_key(image), None)
+    return list(remaining.values())
 
 
 def blocked_lines(images: List[dict]) -> str:
@@ -157,7 +171,7 @@ def blocked_lines(images: List[dict]) -> str:
 
 
 def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
-               blocked: FrozenSet[str] = frozenset()) -> Window:
+               blocked: Collection[str] = frozenset()) -> Window:
     """Split ``current`` by ``image/source_id`` in the per-image tables: the images ``baseline_uri``'s
     ClassStats counted (a ``data.num_spans`` window shares them with the accepted window), those an
     earlier gate ``blocked`` (the same id and counts, still unaccepted), and the rest, which are judged

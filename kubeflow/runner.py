@@ -49,8 +49,8 @@ def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Op
         raise CompileError(f"pipeline name {config.name!r} is not valid for KFP: use lower-case letters, digits "
                            f"and '-', starting with a letter or digit (set `name:` in the config)")
     if not image:
-        raise CompileError("no container image: pass --image REGISTRY/segbalance:TAG (build it from "
-                           "kubeflow/Dockerfile, see README 'Deploy to Kubeflow')")
+        raise CompileError("no container image: pass --image REGISTRY/segbalance:TAG or set $SEGBALANCE_IMAGE "
+                           "(build it from kubeflow/Dockerfile, see README 'Deploy to Kubeflow')")
     if not IMAGE_PATTERN.match(image):
         raise CompileError(f"{image!r} does not look like a container image reference (e.g. "
                            f"gcr.io/my-project/segbalance:0.1)")

@@ -27,7 +27,7 @@ Output (``TARGET`` = ``DIR/Span-N`` with ``--span N``, else ``DIR``)::
 Masks must be lossless: PNG (or BMP/TIFF). JPEG data in a mask (a ``.jpg`` mask, or JPEG
 bytes under a ``.png`` name) is a bad pair: JPEG changes class ids at region edges. 1-bit
 masks are read as ids 0/1, 2- and 4-bit greyscale PNG masks by their stored values (0..3,
-0..15); masks with an alpha channel (LA, PA, RGBA) are bad pairs, named for what they are.
+0..15); masks with an alpha channel (LA, PA, transparent RGBA) are bad pairs, named for what they are.
 Every file must decode completely (a PNG with a bad chunk checksum or without its end chunk
 is a bad pair). Each bad pair in the report has a ``code`` (e.g. ``class_ids_out_of_range``,
 ``size_mismatch``, ``no_mask``, ``no_image``, ``undecodable``) beside its ``reason`` text.

@@ -27,7 +27,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("glob", metavar="GLOB", help="TFRecord files, e.g. 'data/Span-0/data-*'")
     parser.add_argument("--num-classes", type=int, required=True, help="C: class ids are 0..C-1")
     parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--ignore-index", type=int, default=DEFAULT_IGNORE_INDEX)
+    parser.add_argument("--ignore-index", type=int, default=DEFAULT_IGNORE_INDEX,
+                        help=f"mask value meaning 'no label' (default {DEFAULT_IGNORE_INDEX}); must lie outside the "
+                             f"classes, C..255")
     parser.add_argument("--labeled-policy", choices=("complete", "partial"), default=default.labeled_policy,
                         help="records without a labeled field: all classes labelled, or only the present ones")
     parser.add_argument("--class-names", help="comma-separated names, C of them")

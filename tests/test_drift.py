@@ -456,3 +456,21 @@ def test_a_class_added_to_the_names_does_not_release_held_back_images(tmp_path):
     _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", mixed, names=four), [w0], [blocked],
                      thresholds=WINDOW)
     assert drift["status"] == "blocked" and drift["held_back_images"] == 10 and drift["new_images"] == 10
+
+
+def test_a_blocked_span_is_remembered_past_a_passing_run(tmp_path):
+    """QA (session 18, helper 34): only the last gate's blocked images were held back. Span 2 blocked, span 3
+    passed alone, then data.num_spans: 3 took spans 2-4 in: span 2 was judged with span 4, diluted, passed
+    and was trained on and pushed. Every decision carries the unaccepted images forward."""
+    w0, blocked, drifted = _blocked_span(tmp_path)
+    normal3 = {f"m{i}": ((60, 38, 2), []) for i in range(10)}
+    passed, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", normal3), [w0], [blocked], thresholds=WINDOW)
+    assert drift["status"] == "ok" and drift["blocked_images"] == 10  # carried, not accepted
+    assert [i["source_id"] for i in _blocked(tmp_path / "g2")] == sorted(drifted)
+    normal4 = {f"k{i}": ((60, 38, 2), []) for i in range(10)}
+    wide = _window_stats(tmp_path, "w234", {**drifted, **normal3, **normal4})
+    _, drift = _gate(tmp_path, "g3", wide, [_window_stats(tmp_path, "w2b", normal3)], [passed], thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["held_back_images"] == 10
+    # judged together, the new spans 2 and 4 would pass: the dilution the hold-back prevents
+    mixed = drift_metrics.compare(stats([1200, 580, 220], records=20), stats([600, 380, 20], records=10), WINDOW)
+    assert mixed["status"] == "ok"
