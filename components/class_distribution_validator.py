@@ -92,7 +92,6 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
             notes.append(f"{window.shared} images were counted by the ClassStats compared with (a data.num_spans "
                          f"window): the {judged['num_records']} new ones are judged alone"
                          + (f", without the {len(window.held)} blocked before" if window.held else ""))
-            result["new_images"] = judged["num_records"]
         if window.held:  # a window still holding a span the gate blocked: not accepted by a normal span beside it
             result["held_back_images"] = len(window.held)
             result["anomalies"].append(f"{len(window.held)} images the last gate blocked ({blocked_by}) are still in "

@@ -152,22 +152,22 @@ def held_back(previous_reports: List[types.Artifact]) -> Tuple[Dict[str, dict], 
     return {}, None
 
 
-def still_blocked(before: Dict[str, dict], held: List[dict], judged: List[dict], blocked: bool) -> List[dict]:
-    """The images no run has accepted after this decision: ``before``'s, plus the judged ones when it
-    blocked them; a decision that passes (or warns) accepts the ``held`` images its data holds."""
+def still_blocked(before: Dict[str, dict], held: List[dict], judged: List[dict], blocked: bool) -> Dict[str, dict]:
+    """{``_key``: image} of the images no run has accepted after this decision: ``before``'s, plus the
+    judged ones when it blocked them; a decision that passes (or warns) accepts the ``held`` images its
+    data holds."""
     remaining = dict(before)
     if blocked:
         remaining.update({_key(image): image for image in held + judged})
     else:
         for image in held:
             remaining.pop(_key(image), None)
-    return list(remaining.values())
+    return remaining
 
 
-def blocked_lines(images: List[dict]) -> str:
-    """``BLOCKED_IMAGES_FILE``'s content for ``images``, each once."""
-    unique = {_key(image): image for image in images}
-    return "".join(json.dumps(unique[key]) + "\n" for key in sorted(unique))
+def blocked_lines(images: Dict[str, dict]) -> str:
+    """``BLOCKED_IMAGES_FILE``'s content for ``images`` ({``_key``: image}, as ``still_blocked`` gives)."""
+    return "".join(json.dumps(images[key]) + "\n" for key in sorted(images))
 
 
 def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],

@@ -75,11 +75,12 @@ def missing_rate(stats: dict) -> Optional[float]:
     return stats["images_with_missing"] / max(1, stats["num_records"])
 
 
-def vanished_chances(current: dict, baseline: dict) -> Dict[str, Optional[float]]:
-    """Classes with baseline pixels and none now, each with the chance that none of the new records
-    holds it if its image frequency were unchanged: ``(1 - image_counts / num_records) ** new records``
-    (None when the baseline does not record image counts)."""
-    names, current_counts, base_counts = aligned_counts(current, baseline)
+def vanished_chances(names, current_counts, base_counts, current: dict,
+                     baseline: dict) -> Dict[str, Optional[float]]:
+    """Classes with baseline pixels and none now (``aligned_counts``' names and counts), each with the
+    chance that none of the new records holds it if its image frequency were unchanged:
+    ``(1 - image_counts / num_records) ** new records`` (None when the baseline does not record
+    image counts)."""
     images = dict(zip(baseline["class_names"], baseline.get("image_counts") or [None] * len(baseline["class_names"])))
     records = int(current.get("num_records", 0))
     chances: Dict[str, Optional[float]] = {}
@@ -126,7 +127,7 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
             frequency_change={n: float(v) for n, v in zip(names, change)},
             new_classes=[n for n, b, c in zip(names, base_counts, current_counts) if b == 0 and c > 0],
             missing_rate=missing_rate(current), baseline_missing_rate=missing_rate(baseline),
-            vanished_classes=vanished_chances(current, baseline),
+            vanished_classes=vanished_chances(names, current_counts, base_counts, current, baseline),
         )
         judged = [c for c in result["vanished_classes"].values() if c is not None]
         result["vanished_class_chance"] = min(judged) if judged else None

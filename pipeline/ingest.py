@@ -121,16 +121,13 @@ def _bad(stem: str, code: str, reason: str, image: Optional[Path] = None, mask: 
     return entry
 
 
-_nfc = source_id_of
-
-
 def _nfc_keys(mapping: Optional[dict], what: str) -> Optional[dict]:
     """``mapping`` with NFC keys; IngestError when two keys differ only in their Unicode form."""
     if mapping is None:
         return None
     out, original = {}, {}
     for key, value in mapping.items():
-        norm = _nfc(key)
+        norm = source_id_of(key)
         if norm in out and original[norm] != key:
             raise IngestError(f"{what}: keys {original[norm]!r} and {key!r} are the same name in different Unicode "
                               f"forms (NFC / NFD); keep one")
@@ -234,7 +231,7 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str) -> Listing:
         if path.is_dir():
             listing.subfolders.append(path)
         elif path.is_file():
-            stem = _nfc(path.stem)
+            stem = source_id_of(path.stem)
             if path.suffix.lower() not in suffixes:
                 listing.other_suffix.setdefault(stem, path)
             elif stem in listing.files:

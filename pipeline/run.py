@@ -346,7 +346,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     except FileExistsError:
         created = False
     output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
-    pipeline_started = []  # from then on the folder holds a run's artifacts and metadata: kept
+    pipeline_started = False  # from then on the folder holds a run's artifacts and metadata: kept
     with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
         try:
             abandoned = cancel_abandoned(paths["metadata"])
@@ -371,7 +371,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                 progress = route_absl(log)
                 started = time.time()
                 try:
-                    pipeline_started.append(True)
+                    pipeline_started = True
                     run_dag_locally(pipeline)
                 except BaseException:
                     print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
@@ -396,8 +396,8 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
 
 def remove_scaffolding(folder: Path) -> None:
     """Remove a run folder this run created when it holds nothing but the run's marker, lock file, log,
-    span window (links) and empty folders (a refusal before any component ran). A failed ingest's report, which the error
-    names, keeps the folder."""
+    span window (links) and empty folders (a refusal before any component ran). A failed ingest's
+    report, which the error names, keeps the folder."""
     from segbalance.pipeline.output_guard import LOCK_FILE, MARKER
 
     scaffolding = {MARKER, LOCK_FILE, "logs", "span_window"}  # span_window: links to the user's spans

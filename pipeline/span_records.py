@@ -31,19 +31,28 @@ def span_files(spans_dir: Path, spans: List[int]) -> List[Path]:
     return sorted(p for span in spans for p in (Path(spans_dir) / f"Span-{span}").glob("data-*") if p.is_file())
 
 
-def counts_from_ingest_reports(spans_dir: Path, spans: List[int], config, files: List[Path]) -> Optional[Counter]:
+def span_reports(files: List[Path]) -> Dict[Path, Optional[dict]]:
+    """{folder of ``files`` (a window's links followed to the spans' own folders): its current
+    ``ingest_report`` or None}, each report read once."""
+    folders: Dict[Path, List[Path]] = {}
+    for path in files:
+        real = Path(os.path.realpath(path))
+        folders.setdefault(real.parent, []).append(real)
+    return {folder: ingest_report(folder, its_files) for folder, its_files in sorted(folders.items())}
+
+
+def counts_from_ingest_reports(reports: Dict[Path, Optional[dict]], config, files: List[Path]) -> Optional[Counter]:
     """The split counts without reading a record, for spans `segbalance ingest` wrote and nobody
     changed since (it built every record itself; its report lists their source ids and was
-    written after them); None otherwise (then every record is read)."""
+    written after them); None otherwise (then every record is read). ``reports``: ``span_reports``."""
     from segbalance.pipeline.dag import split_of
 
     if config.data.split_by != "record" or not files or any(p.is_symlink() for p in files):  # a window: links
         return None
+    if any(report is None for report in reports.values()):
+        return None
     counts: Counter = Counter()
-    for span in spans:
-        report = ingest_report(Path(spans_dir) / f"Span-{span}", files)
-        if report is None:
-            return None
+    for report in reports.values():
         counts.update(split_of(str(source_id), config) for source_id in report["written"])
     return counts
 
@@ -66,18 +75,13 @@ def ingest_report(folder: Path, files: List[Path]) -> Optional[dict]:
     return report
 
 
-def check_class_ids(spans_dir: Path, spans: List[int], config, files: List[Path]) -> None:
+def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     """SpanRecordError when an ingest report of the spans read records class ids the config has no name
     for, or another ignore index than the config's on masks that hold it (a Span-N folder run with the
     default 4 classes trained for half a minute, then stopped with a traceback: QA, session 18). A
     ``data.num_spans`` window's links are followed to the spans' own folders. Spans without a current
-    report are checked by the trainer."""
-    folders: Dict[Path, List[Path]] = {}
-    for path in files:  # a window links each span's files: their reports are beside the targets
-        real = Path(os.path.realpath(path))
-        folders.setdefault(real.parent, []).append(real)
-    for folder, its_files in sorted(folders.items()):
-        report = ingest_report(folder, its_files)
+    report are checked by the trainer. ``reports``: ``span_reports``."""
+    for folder, report in reports.items():
         if report is None:
             continue
         where = f"{folder} ({folder.name}/ingest_report.json)"
@@ -127,20 +131,25 @@ class _SourceIds:
         ``index`` only, since the records after the one being checked are not checked yet)."""
         from tensorflow.core.example import example_pb2
 
-        from segbalance.components.tfrecord_file import iter_tfrecords
-
         if path in self.digests:
             return self.digests[path][index]
         current = path == self.current
         digests = []
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as handle:
-            for n, record in enumerate(iter_tfrecords(handle)):
-                digests.append(_digest(*_identity(example_pb2.Example.FromString(record))[1:]))
-                if current and n == index:
-                    return digests[index]
+        for n, record in enumerate(_records(path)):
+            digests.append(_digest(*_identity(example_pb2.Example.FromString(record))[1:]))
+            if current and n == index:
+                return digests[index]
         self.digests[path] = digests
         return digests[index]
+
+
+def _records(path: Path):
+    """The serialized records of a TFRecord file (``.gz``: gunzipped)."""
+    from segbalance.components.tfrecord_file import iter_tfrecords
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        yield from iter_tfrecords(handle)
 
 
 def _identity(example):
@@ -170,37 +179,36 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
     from google.protobuf.message import DecodeError
     from tensorflow.core.example import example_pb2
 
-    from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords
+    from segbalance.components.tfrecord_file import TFRecordFileError
     from segbalance.pipeline.dag import eval_buckets, split_feature, split_of_feature
 
     key = split_feature(config)
     files = span_files(spans_dir, spans)
-    check_class_ids(spans_dir, spans, config, files)
-    counts = counts_from_ingest_reports(spans_dir, spans, config, files)
+    reports = span_reports(files)
+    check_class_ids(reports, config)
+    counts = counts_from_ingest_reports(reports, config, files)
     to_read = files if counts is None else []
     counts = counts if counts is not None else Counter()
     seen = _SourceIds()
     for path in to_read:
         path = Path(os.path.realpath(path))  # a window's link: name (and read) the user's own file
-        opener = gzip.open if path.name.endswith(".gz") else open
         index = -1
         try:
-            with opener(path, "rb") as handle:
-                for index, serialized in enumerate(iter_tfrecords(handle)):
-                    try:
-                        example = example_pb2.Example.FromString(serialized)
-                    except DecodeError:
-                        raise SpanRecordError(
-                            f"{path}: record {index} is not a tf.train.Example ({len(serialized)} bytes): remove it "
-                            f"(rewrite the file without it), or write the span again with `segbalance ingest`") from None
-                    values = example.features.feature[key].bytes_list.value if key in example.features.feature else []
-                    if not values:
-                        raise SpanRecordError(
-                            f"{path}: record {index} has no {key} feature, which ImportExampleGen splits on "
-                            f"(data.split_by: {config.data.split_by}): add it to every record, or write the span "
-                            f"with `segbalance ingest`" + (" --groups" if config.data.split_by == "group" else ""))
-                    counts[split_of_feature(example.features.feature[key], config)] += 1
-                    seen.add(example, path, index)
+            for index, serialized in enumerate(_records(path)):
+                try:
+                    example = example_pb2.Example.FromString(serialized)
+                except DecodeError:
+                    raise SpanRecordError(
+                        f"{path}: record {index} is not a tf.train.Example ({len(serialized)} bytes): remove it "
+                        f"(rewrite the file without it), or write the span again with `segbalance ingest`") from None
+                values = example.features.feature[key].bytes_list.value if key in example.features.feature else []
+                if not values:
+                    raise SpanRecordError(
+                        f"{path}: record {index} has no {key} feature, which ImportExampleGen splits on "
+                        f"(data.split_by: {config.data.split_by}): add it to every record, or write the span "
+                        f"with `segbalance ingest`" + (" --groups" if config.data.split_by == "group" else ""))
+                counts[split_of_feature(example.features.feature[key], config)] += 1
+                seen.add(example, path, index)
         except (TFRecordFileError, OSError, EOFError, zlib.error) as exc:
             raise SpanRecordError(f"{path}: not a readable TFRecord file (after record {index}: {exc}): replace it "
                                   f"with a complete copy, or remove it") from None

@@ -118,8 +118,8 @@ def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
     """{source_id: labelled class ids} from the per-image tables of every split ClassStatsGen
     checked, counted or not (what the trainer joins on: training and validation batches).
 
-    DuplicateSourceIdError (a ValueError) when one source_id carries two different labelled sets (e.g. the same file
-    name in two spans of a ``data.num_spans`` window): the join could not tell them apart.
+    DuplicateSourceIdError (a ValueError) when one source_id carries two different labelled sets (e.g.
+    the same file name in two spans of a ``data.num_spans`` window): the join could not tell them apart.
     """
     import pandas as pd
 
@@ -128,10 +128,11 @@ def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
     for sid, labeled in zip(table["source_id"], table["labeled"]):
         labeled = [int(c) for c in labeled]
         if joined.setdefault(sid, labeled) != labeled:
-            raise DuplicateSourceIdError(f"ClassStats {uri}: source_id {sid!r} appears in several records with different "
-                             f"labelled classes ({joined[sid]} and {labeled}), so the trainer cannot tell which "
-                             f"set belongs to which record. Give the images unique file names (image/source_id "
-                             f"is the file stem), e.g. across the spans of a data.num_spans window")
+            raise DuplicateSourceIdError(
+                f"ClassStats {uri}: source_id {sid!r} appears in several records with different labelled classes "
+                f"({joined[sid]} and {labeled}), so the trainer cannot tell which set belongs to which record. "
+                f"Give the images unique file names (image/source_id is the file stem), e.g. across the spans of "
+                f"a data.num_spans window")
     return joined
 
 
