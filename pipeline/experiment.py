@@ -21,7 +21,10 @@ epoch; ``results.md`` has per-data-set tables, the mean rank of each cell over d
 rates, the curves (PNG) and which cells hit the epoch cap before the plateau. Every finished
 training is appended to ``WORK/results.jsonl``, so a stopped run resumes where it stopped, and
 a later run in the same ``--work-dir`` (more seeds for some cells, another data set) adds to it:
-the report covers every row there.
+the report covers every row there. A row counts as done only for a run with the values it was
+trained with (``--config`` digest, epochs, patience, size, batch, crops, split, test crops); a
+cell trained otherwise trains again, and a report of rows trained with several sets of values
+reports each set on its own (ranks within a set, never across).
 ``--quick``: shapes, drop 0.3, 2 cells, 1 seed, 2 epochs (the test suite's version).
 ``--config FILE``: the model, optimizer, augmentation and the rest of the recipe from a
 ``run`` config; the fields the experiment sets itself are not used (a note says which;
@@ -34,6 +37,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -192,15 +196,17 @@ class Plan:
             raise UserError(f"--split-by: {self.split_by}; choose from {', '.join(SPLITS)}")
         if self.lr_schedule not in SCHEDULES:
             raise UserError(f"--lr-schedule: {self.lr_schedule}; choose from {', '.join(SCHEDULES)}")
-        if self.config_values:  # as a cell trains with it: the file's values under this plan's protocol
-            from segbalance.pipeline.config import config_from_dict
-            from segbalance.pipeline.experiment_config import merged
+        # as a cell trains: the --config file's values (if any) under this plan's protocol; without a file
+        # --size and --batch-size are checked here too (a bad one failed in the first group's pipeline)
+        from segbalance.pipeline.config import config_from_dict
+        from segbalance.pipeline.experiment_config import merged
 
-            try:
-                config_from_dict(merged(self.config_values, {"training": {**cell_training(self),
-                                                                          **unet_depth(self)}}))
-            except ConfigError as exc:
-                raise UserError(f"--config {self.config} under this experiment's options: {exc}") from None
+        try:
+            config_from_dict(merged(self.config_values, {"training": {**cell_training(self), **unet_depth(self)}}))
+        except ConfigError as exc:
+            where = (f"--config {self.config} under this experiment's options" if self.config or self.config_values
+                     else "--size / --batch-size")
+            raise UserError(f"{where}: {exc}") from None
         seen = {}
         for cell in self.cells():
             loss = cell_loss(*cell[:3])
@@ -218,10 +224,13 @@ class Plan:
 RESULTS_LOG = "results.jsonl"
 
 
-def load_results(work: Path) -> list:
-    """The rows of WORK/results.jsonl (the last one of a cell that appears twice). A damaged last line
-    (the run was stopped while appending it) is moved to results.jsonl.partial, so that cell trains
-    again and the next row is not glued to it; a damaged line before the last is a UserError naming it."""
+def load_results(work: Path, report_only: bool = False) -> list:
+    """The rows of WORK/results.jsonl (the last one of a cell trained twice with the same values,
+    ``trained_with``; a cell trained with other values has a row for each). A damaged last line (the
+    run was stopped while appending it) is moved to results.jsonl.partial, so that cell trains again
+    and the next row is not glued to it; with ``report_only`` it is left out with a note and nothing is
+    written (a report may read while a training appends). A damaged line before the last is a UserError
+    naming it."""
     from segbalance.contract import UserError
 
     path = work / RESULTS_LOG
@@ -238,13 +247,17 @@ def load_results(work: Path) -> list:
             if any(rest.strip() for rest in lines[number:]):
                 raise UserError(f"{path} line {number} is not a JSON row (the file was edited or damaged); "
                                 f"repair or remove that line") from None
+            if report_only:
+                print(f"experiment: the last line of {path} is not a whole row (a training appending it, or a run "
+                      f"stopped while it did); left out of this report, the file is not changed", flush=True)
+                break
             with open(path.with_name(RESULTS_LOG + ".partial"), "a") as kept:
                 kept.write(line + "\n")
             path.write_text("".join(f"{ok}\n" for ok in lines[:number - 1]))
             print(f"experiment: the last row of {path} was cut short (a stopped run); moved to "
                   f"{path.name}.partial, its cell trains again", flush=True)
             break
-        rows[(row["group"], row["loss"], row["seed"])] = row
+        rows[row_key(row)] = row
     return list(rows.values())
 
 
@@ -425,21 +438,51 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
 
 
 # the training protocol a row records: each a row field, the Plan field and (dashed) the option
-PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batch_size", "num_images", "split_by")
+PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batch_size", "num_images", "split_by",
+            "test_images")
 
 
-def protocol_differences(row: dict, plan: Plan) -> str:
-    """The options a reused row was trained with that differ from ``plan`` ("--max-epochs 100"); rows
-    from before a field was recorded are not compared on it."""
+def trained_with(row: dict) -> tuple:
+    """What a row was trained (and scored) with: its ``config_digest`` (rows from before the field: None,
+    the defaults) and the PROTOCOL fields it records. Rows of one cell with other values are other rows."""
+    return (("config_digest", row.get("config_digest")), *((key, row[key]) for key in PROTOCOL if key in row))
+
+
+def row_key(row: dict) -> tuple:
+    return row["group"], row["loss"], row["seed"], trained_with(row)
+
+
+def plan_values(plan: Plan, test_images: Optional[int] = None) -> dict:
+    """The values a row trained under ``plan`` records (``trained_with``); ``test_images``: the size
+    of the test set its group is scored on (default the plan's)."""
     from segbalance.pipeline.experiment_config import config_digest
 
-    differences = [f"--{key.replace('_', '-')} {row[key]}" for key in PROTOCOL
-                   if key in row and row[key] != getattr(plan, key)]
-    # a row without the field was trained before --config existed: with the defaults
-    if row.get("config_digest") != config_digest(plan.config_values):
-        differences.append(f"--config values of digest {row['config_digest']}" if row.get("config_digest")
-                           else "no --config")
-    return ", ".join(differences)
+    return {"config_digest": config_digest(plan.config_values),
+            **{key: getattr(plan, key) for key in PROTOCOL}, "min_epochs": min(plan.min_epochs, plan.max_epochs),
+            **({} if test_images is None else {"test_images": test_images})}
+
+
+def describe_values(values: dict) -> List[str]:
+    """``{"max_epochs": 100, "config_digest": None}`` as the options: ["no --config", "--max-epochs 100"]."""
+    out = []
+    for key, value in values.items():
+        if key == "config_digest":
+            out.append(f"--config values of digest {value}" if value else "no --config")
+        else:
+            out.append(f"--{key.replace('_', '-')} {value}")
+    return out
+
+
+def protocol_differences(row: dict, plan: Plan, test_images: Optional[int] = None) -> str:
+    """The options a row was trained with that differ from ``plan`` ("--max-epochs 100"), "" when it
+    was trained as ``plan`` trains; rows from before a field was recorded are not compared on it (a row
+    without ``config_digest`` was trained before --config existed: with the defaults)."""
+    return value_differences(row, plan_values(plan, test_images))
+
+
+def value_differences(row: dict, wanted: dict) -> str:
+    """``protocol_differences`` against ``wanted`` (``plan_values``)."""
+    return ", ".join(describe_values({key: value for key, value in trained_with(row) if value != wanted[key]}))
 
 
 def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[dict]:
@@ -460,22 +503,28 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
     """Every (cell, seed) of one data set at one drop rate; rows go to ``results`` and results.jsonl.
     Cells in ``keep`` keep their serving model (for the example pictures)."""
     from segbalance.pipeline.dag import trainer_custom_config
-    from segbalance.pipeline.experiment_config import config_digest
 
     name = f"{dataset}_drop{drop}"
-    done = {(r["group"], r["loss"], r["seed"]): r for r in results}
+    # only rows trained with this run's values count as done (and as a fully annotated cell's twin); a row
+    # trained with other values (another --config, --max-epochs, ...) stays in results.jsonl beside the new one
+    done, other, wanted = {}, {}, plan_values(plan, len(items))
+    for r in results:
+        if r["group"] == name:
+            differences = value_differences(r, wanted)
+            (other if differences else done)[(r["group"], r["loss"], r["seed"])] = differences or r
     todo = []
     for cell in plan.cells():
         for seed in plan.seeds:
             # a row without its kept model (a resumed run on another machine) is reused all the same: the
             # example pictures then show the cells whose models are there
-            row = done.get((name, cell_name(*cell), seed))
-            if row:
-                other = protocol_differences(row, plan)
-                why = f" (trained with {other}; use another --work-dir to train it under this plan)" if other else ""
-                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused{why}", flush=True)
-            else:
-                todo.append((cell, seed))
+            key = (name, cell_name(*cell), seed)
+            if key in done:
+                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: done earlier, reused", flush=True)
+                continue
+            if key in other:
+                print(f"experiment: [{name}] {cell_name(*cell)} seed {seed}: its row in {RESULTS_LOG} was trained "
+                      f"with {other[key]}: trained again with this run's values (that row stays)", flush=True)
+            todo.append((cell, seed))
     if not todo:
         return
     complete = fully_annotated(Path(config.data.dir), config.num_classes)
@@ -510,7 +559,8 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "lr_schedule": plan.lr_schedule, "min_epochs": min(plan.min_epochs, plan.max_epochs),
                "num_images": plan.num_images,
                "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
-               "split_by": plan.split_by, "config_digest": config_digest(plan.config_values),
+               "split_by": plan.split_by, "config_digest": wanted["config_digest"],
+               **({"config": plan.config} if wanted["config_digest"] else {}),  # the file, for the report
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
         if kept:
@@ -525,8 +575,8 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
 
 
 def _record(row: dict, results: list, work: Path) -> None:
-    key = (row["group"], row["loss"], row["seed"])
-    results[:] = [r for r in results if (r["group"], r["loss"], r["seed"]) != key]
+    key = row_key(row)
+    results[:] = [r for r in results if row_key(r) != key]
     results.append(row)
     with open(work / RESULTS_LOG, "a") as log:  # a crashed or stopped run resumes from here
         log.write(json.dumps(row) + "\n")
@@ -596,23 +646,31 @@ def rescore_rows(rows: list, tests: dict) -> list:
 
 def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, command: str = "segbalance experiment",
                    report_only: bool = False, select: Optional[Callable[[dict], bool]] = None,
-                   rescore: bool = False) -> dict:
-    """Train what WORK/results.jsonl lacks, then write the report over every row there; with
-    ``report_only``, train nothing (a report of the rows so far, e.g. while other runs go on) and
-    report only the rows ``select`` keeps (all when None); ``rescore`` (with ``report_only``) scores
-    the rows whose models are still there again on this plan's test sets (``rescore_rows``). The
-    rows in WORK/results.jsonl are never changed."""
+                   rescore: bool = False, mark: bool = False) -> dict:
+    """Train what WORK/results.jsonl lacks for this plan's values, then write the report over every
+    row there; with ``report_only``, train nothing (a report of the rows so far, e.g. while other runs
+    go on) and report only the rows ``select`` keeps (all when None); ``rescore`` (with
+    ``report_only``) scores the rows whose models are still there again on this plan's test sets
+    (``rescore_rows``). The rows in WORK/results.jsonl are never changed. ``mark``: put the
+    experiment's marker in ``output`` and ``work`` where they have none (after the work folder's lock
+    is taken: a run the lock refuses writes nothing)."""
     import contextlib
 
+    from segbalance.pipeline.output_guard import MARKER, write_marker
     from segbalance.pipeline.run_lock import exclusive_run
 
     plan.check()
     work = Path(work or output / "_work")
-    output.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     # two trainings on one work folder would train the same cells and append the same rows; a
     # report reads the rows while a training goes on, so it takes no lock
     with contextlib.nullcontext() if report_only else exclusive_run(str(work), option="--work-dir"):
+        output.mkdir(parents=True, exist_ok=True)
+        # before anything else is written (a stopped run resumes here); an existing marker is left as it is, and
+        # a report marks no work folder (it holds results.jsonl already)
+        for folder in ((output, *(() if report_only else (work,))) if mark else ()):
+            if not (folder / MARKER).exists():
+                write_marker(folder, "experiment")
         return _train_and_report(output, plan, work, command, report_only, select, rescore)
 
 
@@ -621,7 +679,7 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
     from segbalance.pipeline import experiment_report, seed004
 
     started = time.time()
-    results: list = load_results(work)
+    results: list = load_results(work, report_only=report_only)
     if report_only and select is not None:
         results = [row for row in results if select(row)]
     if report_only and not results:
@@ -657,15 +715,34 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
     }
     experiment_report.write(report, output, {d: load_test_items(t) for d, t in tests.items()}, example_drop)
+    if report.get("training_sets"):
+        print(f"experiment: the rows were trained with {len(report['training_sets'])} sets of values ("
+              f"{'; '.join(s['label'] for s in report['training_sets'])}): results.md reports each set on its own",
+              flush=True)
     return report
-
-
-def _floats(text: str) -> List[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def _names(text: str) -> List[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _numbers(kind: type, one: str, many: str, example: str) -> Callable[[str], list]:
+    """An argparse type: comma-separated ``kind`` values; ArgumentTypeError naming the one that is not
+    (argparse said "invalid <lambda> value")."""
+    def parse(text: str) -> list:
+        values = []
+        for item in _names(text):
+            try:
+                values.append(kind(item))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not {one}; give comma-separated {many}, e.g. "
+                                                 f"{example}") from None
+        return values
+    return parse
+
+
+_floats = _numbers(float, "a number", "numbers", "0,0.3,0.6")
+_ints = _numbers(int, "an integer", "integers", "0,1,2")
 
 
 def add_parser(subparsers) -> None:
@@ -695,7 +772,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--pixel-weights", type=_names,
                         help=f"weight maps (training.pixel_weights at their defaults), of {', '.join(PIXEL_WEIGHTS)} "
                              f"(default none)")
-    parser.add_argument("--seeds", type=lambda t: [int(x) for x in _names(t)], help="default 0")
+    parser.add_argument("--seeds", type=_ints, help="default 0")
     parser.add_argument("--cells", type=_names,
                         help="with --report-only: report only these cells (TERMS/WEIGHTING/MISSING[/PIXEL_WEIGHTS], "
                              "comma-separated)")
@@ -715,9 +792,10 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_main)
 
 
-ARG_NAMES = ("config", "datasets", "drops", "terms", "weightings", "missing", "pixel_weights", "seeds", "cells",
-             "max_epochs",
-             "patience", "num_images", "test_images", "size", "batch_size", "lr_schedule", "min_epochs", "split_by")
+# the options the recorded command names (with --quick, --report-only and --rescore): all, so it runs again as written
+ARG_NAMES = ("output", "work_dir", "config", "datasets", "drops", "terms", "weightings", "missing", "pixel_weights",
+             "seeds", "cells", "max_epochs", "patience", "num_images", "test_images", "size", "batch_size",
+             "lr_schedule", "min_epochs", "split_by")
 
 
 def plan_from_args(args) -> Plan:
@@ -770,20 +848,16 @@ def _main(args) -> int:
         check_output_folder(work, command="experiment", option="--work-dir", owned=None, key_file=RESULTS_LOG)
     if args.report_only and not (work / RESULTS_LOG).is_file():
         raise UserError(f"--report-only: {work} holds no {RESULTS_LOG}; give the --work-dir of an earlier run")
-    given = [f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+    # what this run was given, so the command in results.md / results.json runs again as it is
+    given = [f"--{k.replace('_', '-')} {shlex.quote(','.join(map(str, v)) if isinstance(v, list) else str(v))}"
              for k, v in vars(args).items() if k in ARG_NAMES and v is not None]
     command = " ".join(["segbalance experiment", *(["--quick"] if args.quick else []),
                         *(["--report-only"] if args.report_only else []),
                         *(["--rescore"] if args.rescore else []), *given])
     if args.report_only and not args.work_dir:
         raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
-    from segbalance.pipeline.output_guard import write_marker
-
-    for folder in (output, work):  # marked before anything else is written: a stopped run may resume here
-        folder.mkdir(parents=True, exist_ok=True)
-        write_marker(folder, "experiment")
     report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
-                            select=row_selector(args, plan), rescore=args.rescore)
+                            select=row_selector(args, plan), rescore=args.rescore, mark=True)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"experiment: {len(report['results'])} trainings in {report['seconds']}s; "

@@ -9,9 +9,10 @@ learning rate and weight decay, augmentation, the ``stats`` weighting options, m
 Beam arguments. A field the file gives that the experiment owns is not used, and
 ``owned_notes`` says which and which option sets it instead.
 
-Rows record ``config_digest`` (of the values used), so a later run in the same ``--work-dir``
-with another file says that a reused row was trained otherwise, as it does for the other
-protocol options.
+Rows record ``config_digest`` (of the values used, as the schema types them), so a later run in
+the same ``--work-dir`` with another file trains those cells again instead of reusing rows
+trained otherwise, as it does for the other protocol options, and a report of both ranks each
+set of rows on its own.
 """
 from __future__ import annotations
 
@@ -74,11 +75,12 @@ def _pruned(values: dict, drop, path: Tuple[str, ...] = ()) -> dict:
 
 def differences_from_defaults(values: dict) -> dict:
     """The entries of ``values`` whose value is not the default's (a file that writes a default out
-    trains what one that leaves it out does)."""
-    from segbalance.pipeline.config import config_from_dict
-    from segbalance.trainer.typed_config import to_dict
+    trains what one that leaves it out does). Both sides are the typed values (``typed_values``), so
+    ``learning_rate: 1`` and ``1.0`` are one value."""
+    from segbalance.pipeline.config import PipelineConfig
+    from segbalance.trainer.typed_config import build, to_dict
 
-    defaults = to_dict(config_from_dict({}))
+    defaults = to_dict(build(PipelineConfig, {}))
 
     def default_of(path):
         node = defaults
@@ -88,7 +90,17 @@ def differences_from_defaults(values: dict) -> dict:
             node = node[key]
         return node
 
-    return _pruned(values, lambda path, value: not isinstance(value, dict) and value == default_of(path))
+    return _pruned(typed_values(values), lambda path, value: not isinstance(value, dict) and value == default_of(path))
+
+
+def typed_values(values: dict) -> dict:
+    """The whole configuration ``values`` gives, as the schema types it (an int given for a float
+    field is that float), every other field at its default; ConfigError on a wrong type. Its checks
+    (``validate``) run in ``Plan.check``, under the experiment's options."""
+    from segbalance.pipeline.config import PipelineConfig
+    from segbalance.trainer.typed_config import build, to_dict
+
+    return to_dict(build(PipelineConfig, values or {}))
 
 
 _MISSING = object()
@@ -110,8 +122,8 @@ def merged(base: dict, over: dict) -> dict:
 
 
 def config_digest(values: Optional[dict]) -> Optional[str]:
-    """A short digest of the config values the experiment used that are not the defaults (None
-    without ``--config``, or when the file changes no default)."""
+    """A short digest of the config values the experiment used that are not the defaults, as the
+    schema types them (None without ``--config``, or when the file changes no default)."""
     effective = differences_from_defaults(values or {})
     if not effective:
         return None

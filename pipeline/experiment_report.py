@@ -422,42 +422,53 @@ def twins_note(results: list) -> str:
             f"equals CE, marginal Dice equals Dice): {pairs}. ")
 
 
-def write(report: dict, output: Path, test_items: dict, example_drop: float) -> None:
-    """results.json (every row with its curves), results.md and the PNGs. ``test_items``: per data set."""
-    results = report["results"]
-    plan = report["plan"]
-    plot_miou_vs_drop(results, output / "miou_vs_drop.png")
-    sections = []
-    for dataset in _datasets(results):
-        group = f"{dataset}_drop{example_drop}"
-        first = f"{dataset}_drop{min(_drops(results, dataset))}"
-        plot_per_class(results, [first, group], output / f"per_class_iou_{dataset}.png", dataset)
-        plot_training_curves(results, group, output / f"training_curves_{dataset}.png")
-        plot_examples(results, test_items.get(dataset, []), output / f"examples_{dataset}.png", group)
-        sections += [f"### {dataset}", "", *dataset_table(results, dataset), ""]
-        for g in dict.fromkeys([first, group]):
-            sections += [f"Per class, {g}:", "", *per_class_table(results, g), ""]
-        sections += [f"![per-class IoU {dataset}](per_class_iou_{dataset}.png)", "",
-                     f"![training curves {dataset}](training_curves_{dataset}.png)", ""]
-        if (output / f"examples_{dataset}.png").is_file():
-            sections += [f"![examples {dataset}](examples_{dataset}.png)", ""]
-    for row in results:
-        row.pop("serving_dir", None)
-    (output / "results.json").write_text(json.dumps(report, indent=1))
+NOT_RECORDED = "not recorded"  # a field a row from before it was recorded lacks
 
-    trained = [r for r in results if not r.get("same_training_as")]
-    rarest = rarest_classes(test_items, {r["dataset"]: r["class_names"] for r in results})
-    lines = [
-        "# Experiment results", "",
-        f"Produced by `{report['command']}` on {report['date']} ({len(trained)} trainings, "
-        f"{sum(r.get('seconds', 0) for r in trained) / 3600:.1f} h of training time on {report['machine']}). "
-        f"{twins_note(results)}"
+
+def training_sets(results: list) -> List[tuple]:
+    """The rows by what they were trained with (``experiment.trained_with``: the --config digest and
+    the protocol options), on the fields whose recorded values differ among them: ``[(values,
+    rows)]`` in the order of first appearance; one set, ``({}, results)``, when they agree. A row from
+    before a field was recorded counts as any value of it while the recorded values agree, as
+    ``NOT_RECORDED`` where they differ."""
+    from segbalance.pipeline.experiment import trained_with
+
+    recorded = [dict(trained_with(r)) for r in results]
+    fields = list(dict.fromkeys(key for values in recorded for key in values))
+    differing = [key for key in fields if len({values[key] for values in recorded if key in values}) > 1]
+    sets: dict = {}
+    for row, values in zip(results, recorded):
+        chosen = {key: values.get(key, NOT_RECORDED) for key in differing}
+        sets.setdefault(tuple(chosen.items()), (chosen, []))[1].append(row)
+    return list(sets.values())
+
+
+def set_label(values: dict, rows: list) -> str:
+    """A set's values as the options that gave them ("--config b.yaml (values of digest 1a2b), --max-epochs 2")."""
+    parts = []
+    for key, value in values.items():
+        if key == "config_digest":
+            files = ", ".join(dict.fromkeys(r["config"] for r in rows if r.get("config")))
+            parts.append("no --config (the defaults)" if value is None else
+                         f"--config {files} (values of digest {value})" if files else
+                         f"--config values of digest {value}")
+        else:
+            option = "--" + key.replace("_", "-")
+            parts.append(f"{option} {NOT_RECORDED} (rows from before the field)" if value == NOT_RECORDED
+                         else f"{option} {value}")
+    return ", ".join(parts)
+
+
+def protocol_text(results: list, plan: dict) -> str:
+    """The data and the training protocol the rows were trained under, from the rows."""
+    return (
         f"Data sets: {', '.join(_datasets(results))}; annotation drop {', '.join(map(str, _drops(results)))}; "
         f"{row_values(results, 'num_images', plan['num_images'])} training crops of "
         f"{' or '.join(f'{v}x{v}' for v in row_values(results, 'size', plan['size']).split(' or '))} "
         f"per data set and drop (batch {row_values(results, 'batch_size', plan.get('batch_size', 16))}), scored on "
         f"{test_sizes(results, plan['test_images'])} held-out crops with **complete** masks; seeds "
-        f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (the rows of the work folder the command selects). "
+        f"{', '.join(map(str, sorted({r['seed'] for r in results})))} "
+        f"(the rows of the work folder the command selects). "
         f"Learning-rate schedule `{row_values(results, 'lr_schedule', plan.get('lr_schedule', 'constant'))}` "
         f"(`training.lr_schedule.type`); train / eval split by "
         f"{row_values(results, 'split_by', plan.get('split_by', 'record'))} (`data.split_by`). "
@@ -465,7 +476,29 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         f"until validation mIoU has not improved for {row_values(results, 'patience', plan['patience'])} epochs "
         f"(at most {row_values(results, 'max_epochs', plan['max_epochs'])}); the best epoch is the model scored. "
         f"mean ± std over seeds. "
-        f"Raw numbers and every curve: `results.json`.", "",
+        f"Raw numbers and every curve: `results.json`.")
+
+
+def _set_sections(results: list, output: Path, test_items: dict, example_drop: float, suffix: str) -> List[str]:
+    """The plots (PNG names end in ``suffix``) and the Markdown sections of one set of rows."""
+    plot_miou_vs_drop(results, output / f"miou_vs_drop{suffix}.png")
+    sections = []
+    for dataset in _datasets(results):
+        group = f"{dataset}_drop{example_drop}"
+        first = f"{dataset}_drop{min(_drops(results, dataset))}"
+        per_class, curves, examples = (f"{kind}_{dataset}{suffix}.png" for kind in
+                                       ("per_class_iou", "training_curves", "examples"))
+        plot_per_class(results, [first, group], output / per_class, dataset)
+        plot_training_curves(results, group, output / curves)
+        plot_examples(results, test_items.get(dataset, []), output / examples, group)
+        sections += [f"### {dataset}", "", *dataset_table(results, dataset), ""]
+        for g in dict.fromkeys([first, group]):
+            sections += [f"Per class, {g}:", "", *per_class_table(results, g), ""]
+        sections += [f"![per-class IoU {dataset}]({per_class})", "", f"![training curves {dataset}]({curves})", ""]
+        if (output / examples).is_file():
+            sections += [f"![examples {dataset}]({examples})", ""]
+    rarest = rarest_classes(test_items, {r["dataset"]: r["class_names"] for r in results})
+    return [
         "## Mean rank over data sets and drop rates", "",
         "Cells ranked by mean test mIoU within each (data set, drop) group (1 = best), averaged over groups:", "",
         *rank_table(results), "",
@@ -494,8 +527,50 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         "## Convergence", "",
         "Trainings that hit the epoch cap without early stopping are not shown to be on their plateau:", "",
         *convergence_table(results), "",
-        "![mIoU vs drop](miou_vs_drop.png)", "",
+        f"![mIoU vs drop](miou_vs_drop{suffix}.png)", "",
         "## Per data set", "", *sections,
+    ]
+
+
+def write(report: dict, output: Path, test_items: dict, example_drop: float) -> None:
+    """results.json (every row with its curves), results.md and the PNGs. ``test_items``: per data set.
+    Rows trained with other values (``training_sets``) are reported set by set, each with its own
+    tables, ranks and plots (``_setN`` in their names), and ``results.json`` lists the sets under
+    ``training_sets``: cells are never ranked across sets."""
+    results = report["results"]
+    plan = report["plan"]
+    sets = training_sets(results)
+    several = len(sets) > 1
+    bodies = []
+    for number, (values, rows) in enumerate(sets, 1):
+        drop = example_drop if any(r["drop"] == example_drop for r in rows) else max(r["drop"] for r in rows)
+        bodies.append(_set_sections(rows, output, test_items, drop, f"_set{number}" if several else ""))
+    for row in results:
+        row.pop("serving_dir", None)
+    if several:
+        report["training_sets"] = [{"set": number, "values": values, "label": set_label(values, rows),
+                                    "rows": len(rows), "mean_ranks": mean_ranks(rows)}
+                                   for number, (values, rows) in enumerate(sets, 1)]
+    (output / "results.json").write_text(json.dumps(report, indent=1))
+
+    trained = [r for r in results if not r.get("same_training_as")]
+    produced = (f"Produced by `{report['command']}` on {report['date']} ({len(trained)} trainings, "
+                f"{sum(r.get('seconds', 0) for r in trained) / 3600:.1f} h of training time on {report['machine']}). "
+                f"{twins_note(results)}")
+    if not several:
+        body = [produced + protocol_text(results, plan), "", *bodies[0]]
+    else:
+        body = [produced, "",
+                f"**The rows were trained with {len(sets)} sets of values** (`--config` digest or protocol "
+                f"options): each set is reported on its own below, its cells ranked within the set, never across "
+                f"sets. What differs between the sets:", "",
+                *(f"- set {number} ({len(rows)} rows): {set_label(values, rows)}"
+                  for number, (values, rows) in enumerate(sets, 1)), ""]
+        for number, ((values, rows), sections) in enumerate(zip(sets, bodies), 1):
+            body += [f"## Set {number}: {set_label(values, rows)}", "", protocol_text(rows, plan), "",
+                     *(f"#{line}" if line.startswith("#") else line for line in sections)]
+    lines = [
+        "# Experiment results", "", *body,
         "## Seed 004's numbers, revisited", "", *seed004_table(report["seed004"]), "",
         f"Annotations removed: {report['seed004']['removed']}. See `pipeline/seed004.py` for the "
         "prediction used and why the blog's custom value fell below the complete-annotation CE.", "",

@@ -14,3 +14,20 @@ def recording_run_fn(cell_dir, seen: list):
             {"history": {"val_miou": [0.1, 0.2]}, "class_weights": None}))
 
     return run_fn
+
+
+def fake_cells(monkeypatch, trained: list, miou: float = 0.5, num_classes: int = 4):
+    """``experiment.run_group`` without a pipeline run or a training: each cell trained appends its seed
+    to ``trained`` and scores ``miou`` (every class too)."""
+    from segbalance.pipeline import experiment
+
+    monkeypatch.setattr(experiment, "pipeline_artifacts",
+                        lambda config: {"examples": "E", "transform_graph": "T", "class_stats": "S"})
+
+    def train_cell(artifacts, base_cfg, loss, seed, workdir, plan, pixel_weights="none"):
+        trained.append(seed)
+        return {"serving_dir": str(workdir / "serving"), "seconds": 1.0, "history": {"val_miou": [miou]},
+                "class_weights": None, "epochs_run": 1, "best_epoch": 0, "stopped_epoch": None}
+
+    monkeypatch.setattr(experiment, "train_cell", train_cell)
+    monkeypatch.setattr(experiment, "evaluate", lambda *a: {"miou": miou, "per_class_iou": [miou] * num_classes})

@@ -10,7 +10,7 @@ import pytest
 from segbalance.contract import UserError
 from segbalance.pipeline import cli, experiment_report
 from segbalance.pipeline.experiment import VALIDATION, Plan, cell_loss, dataset_folders, load_results, load_test_items
-from tests.experiment_fakes import recording_run_fn
+from tests.experiment_fakes import fake_cells, recording_run_fn
 
 
 def test_cells_cross_terms_weightings_and_missing_label_handling():
@@ -52,6 +52,10 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"seeds": [-1]}, "--seeds: [-1]: give distinct seeds from 0 to 2**32 - 1"),
     ({"seeds": [1, 1]}, "--seeds: [1, 1]: give distinct seeds"),
     ({"test_images": 0}, "--num-images and --test-images must be >= 1, got 200 and 0"),
+    # checked without --config too (they failed in the first group's pipeline run)
+    ({"size": 0}, "--size / --batch-size: training.image_size: give [height, width], each >= 8"),
+    ({"size": 30}, "--size / --batch-size: training.image_size: [30, 30] must be divisible by 4"),
+    ({"batch_size": 0}, "--size / --batch-size: training.batch_size: must be >= 1"),
 ])
 def test_plan_check_names_the_bad_option(change, message):
     plan = Plan(**change)
@@ -322,7 +326,7 @@ def test_quick_experiment_writes_tables_and_plots_from_the_run(tmp_path, capsys)
     plan = Plan.quick()
     rows = report["results"]
     assert {(r["loss"], r["seed"]) for r in rows} == {(f"ce/none/{m}", 0) for m in plan.missing}
-    assert report["command"] == "segbalance experiment --quick"
+    assert report["command"] == f"segbalance experiment --quick --output {out} --work-dir {work}"  # runs again
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and len(row["per_class_iou"]) == 4
         assert row["test_images"] == plan.test_images  # the size of the test set it was scored on
@@ -420,7 +424,10 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
 
 
 def test_one_training_per_work_folder_but_a_report_may_read_it_meanwhile(tmp_path, capsys):
+    """A refused training writes nothing (QA D7: it created and marked its --output), and neither it nor
+    a report rewrites the work folder's marker."""
     from segbalance.pipeline import cli
+    from segbalance.pipeline.output_guard import MARKER, write_marker
     from segbalance.pipeline.run_lock import exclusive_run
 
     work = tmp_path / "work"
@@ -430,14 +437,23 @@ def test_one_training_per_work_folder_but_a_report_may_read_it_meanwhile(tmp_pat
            "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8], "val_miou": [0.3, 0.5]},
            "class_weights": None, "seconds": 60.0}
     (work / "results.jsonl").write_text(json.dumps(row) + "\n")
+    write_marker(work, "experiment", started="by the training in progress")
+    marker = (work / MARKER).read_bytes()
     with exclusive_run(str(work), option="--work-dir"):  # a training in progress
         assert cli.main(["experiment", "--quick", "--output", str(tmp_path / "second"), "--work-dir", str(work)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--work-dir" in err and "is in use by another segbalance run" in err
         assert not list(work.glob("shapes_drop*"))  # refused before any data or training
+        assert not (tmp_path / "second").exists()  # nor an --output folder
         assert cli.main(["experiment", "--quick", "--report-only", "--output", str(tmp_path / "report"),
                          "--work-dir", str(work)]) == 0
     assert (tmp_path / "report" / "results.md").is_file()
+    assert (work / MARKER).read_bytes() == marker
+    (tmp_path / "report" / MARKER).write_text(json.dumps({"written_by": "experiment", "first": "report"}))
+    assert cli.main(["experiment", "--quick", "--report-only", "--output", str(tmp_path / "report"),
+                     "--work-dir", str(work)]) == 0  # into its own earlier --output: the marker stays
+    assert json.loads((tmp_path / "report" / MARKER).read_text())["first"] == "report"
+    assert (work / MARKER).read_bytes() == marker
 
 
 def test_a_report_never_rewrites_the_work_folder_s_test_set(tmp_path):
@@ -510,7 +526,7 @@ def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(
     from segbalance.pipeline.experiment import experiment_config, fully_annotated, run_group
 
     plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"],
-                missing=["none", "marginal"], num_images=8, test_images=4, size=32)
+                missing=["none", "marginal"], num_images=8, test_images=4, size=32, max_epochs=10)  # as _row's
     work = tmp_path / "work"
     train, _ = dataset_folders("shapes", plan, 0.0, work)
     partial, _ = dataset_folders("shapes", plan, 0.5, work)
@@ -573,7 +589,7 @@ def test_a_fully_annotated_twin_is_found_under_any_missing_label_handling(tmp_pa
     from segbalance.pipeline.experiment import complete_twin, experiment_config, run_group
 
     plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce_dice"], weightings=["none"],
-                missing=["marginal_dice"], num_images=8, test_images=4, size=32)
+                missing=["marginal_dice"], num_images=8, test_images=4, size=32, max_epochs=10)  # as _row's
     work = tmp_path / "work"
     train, _ = dataset_folders("shapes", plan, 0.0, work)
     names = json.loads((train / "classes.json").read_text())["class_names"]
@@ -624,19 +640,14 @@ def test_a_resumed_row_is_reused_even_where_its_kept_model_is_gone(tmp_path, cap
                 num_images=8, test_images=4, size=32)
     work = tmp_path / "work"
     train, _ = dataset_folders("shapes", plan, 0.6, work)
-    row = {**_row("shapes", 0.6, "ce/none/none", 0, 0.3), "serving_dir": str(tmp_path / "elsewhere" / "serving")}
+    row = {**_row("shapes", 0.6, "ce/none/none", 0, 0.3, max_epochs=plan.max_epochs), "size": plan.size,
+           "num_images": plan.num_images, "serving_dir": str(tmp_path / "elsewhere" / "serving")}
     results = [row]
     run_group("shapes", 0.6, plan, experiment_config(plan, train, work / "run", ["a", "b", "c", "d"]), [], work,
               results, keep={(("ce", "none", "none"), 0)})
     printed = capsys.readouterr().out
-    assert "done earlier, reused" in printed and "pipeline for" not in printed and results == [row]
-    # a row trained under another protocol is still reused, and the line says under which
-    assert "seed 0: done earlier, reused (trained with --max-epochs 10; use another --work-dir to train it under " \
-           "this plan)" in printed
-    same = {**row, "max_epochs": plan.max_epochs, "size": plan.size, "num_images": plan.num_images}
-    run_group("shapes", 0.6, plan, experiment_config(plan, train, work / "run", ["a", "b", "c", "d"]), [], work,
-              [same])
-    assert capsys.readouterr().out.strip().endswith("seed 0: done earlier, reused")
+    assert printed.strip().endswith("seed 0: done earlier, reused") and "pipeline for" not in printed
+    assert results == [row]
 
 
 def test_example_pictures_show_the_crops_with_the_most_classes():
@@ -711,3 +722,189 @@ def test_a_row_cut_short_by_a_stop_is_set_aside_and_its_cell_trains_again(tmp_pa
     (tmp_path / RESULTS_LOG).write_text("{broken\n" + json.dumps(rows[1]) + "\n")  # damage before the end
     with pytest.raises(UserError, match="line 1 is not a JSON row"):
         load_results(tmp_path)
+
+
+NAMES = ["background", "ellipse", "rectangle", "circle"]
+
+
+def _report_row(loss, seed, miou, drop=0.3, **changes):
+    """A whole row of a --quick training (what a report needs), trained with the values ``changes`` alters."""
+    return {**_row("shapes", drop, loss, seed, miou, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
+            "weighting": "none", "missing": loss.split("/")[2], "class_names": NAMES,
+            "per_class_iou": [0.9, 0.5, 0.4, 0.2], "history": {"loss": [1.0, 0.8, 0.7], "val_miou": [0.3, 0.5, 0.4]},
+            "class_weights": None, "seconds": 60.0, "patience": 1, "min_epochs": 2, "size": 32, "batch_size": 8,
+            "num_images": 32, "test_images": 8, "lr_schedule": "plateau", "split_by": "record", "config_digest": None,
+            **changes}
+
+
+def test_a_row_trained_with_other_values_is_trained_again_and_stays_beside_the_new_one(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """QA D2: rows were reused by (group, cell, seed) only, so a run with another --config, --max-epochs
+    or test set counted rows trained otherwise as its own (a note on the console only), and a fully
+    annotated cell copied such a row as its twin. Now such a cell trains again; the old row stays."""
+    from segbalance.pipeline import experiment
+    from segbalance.pipeline.experiment import RESULTS_LOG, run_group
+
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"],
+                missing=["none", "marginal"], seeds=[0, 1, 2, 3], num_images=8, test_images=4, size=32,
+                max_epochs=10)
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.0, work)
+    config = experiment.experiment_config(plan, train, work / "run", NAMES)
+    ours = experiment.plan_values(plan)  # what a row trained by this plan records
+    assert ours == {"config_digest": None, "max_epochs": 10, "patience": 20, "min_epochs": 10,
+                    "lr_schedule": "plateau", "size": 32, "batch_size": 16, "num_images": 8, "split_by": "record",
+                    "test_images": 4}
+
+    def row(seed, miou, **changes):
+        return {**_row("shapes", 0.0, "ce/none/none", seed, miou), "terms": "ce", "weighting": "none",
+                "missing": "none", **ours, **changes}
+
+    earlier = [row(0, 0.9, config_digest="0123456789ab", config="b.yaml"),  # another --config
+               row(1, 0.8, max_epochs=150),  # another --max-epochs
+               row(2, 0.7, test_images=60),  # scored on another test set
+               row(3, 0.6)]  # this plan's values: its row
+    (work / RESULTS_LOG).write_text("".join(json.dumps(r) + "\n" for r in earlier))
+    results = load_results(work)
+    trained = []
+    fake_cells(monkeypatch, trained, miou=0.5)
+    run_group("shapes", 0.0, plan, config, [None] * 4, work, results)
+    assert trained == [0, 1, 2]
+    printed = capsys.readouterr().out
+    for seed, other in ((0, "--config values of digest 0123456789ab"), (1, "--max-epochs 150"),
+                        (2, "--test-images 60")):
+        assert (f"ce/none/none seed {seed}: its row in results.jsonl was trained with {other}: trained again with "
+                f"this run's values (that row stays)") in printed
+    assert "ce/none/none seed 3: done earlier, reused" in printed
+    rows = load_results(work)  # the earlier rows stay, each new row beside them
+    assert [r for r in rows if r in earlier] == earlier and len(rows) == 4 + 3 + 4
+    new = {(r["loss"], r["seed"]): r for r in rows if r not in earlier}
+    assert all(experiment.protocol_differences(r, plan, 4) == "" for r in new.values())
+    # the fully annotated marginal cell is the twin of this run's row, never of one trained otherwise
+    assert [new[("ce/none/marginal", s)]["miou"] for s in range(4)] == [0.5, 0.5, 0.5, 0.6]
+    assert all(new[("ce/none/marginal", s)]["same_training_as"] == "ce/none/none" for s in range(4))
+    # a second run reuses this run's rows and trains nothing
+    run_group("shapes", 0.0, plan, config, [None] * 4, work, load_results(work))
+    assert trained == [0, 1, 2] and capsys.readouterr().out.count("done earlier, reused") == 8
+
+
+def test_a_report_of_rows_trained_with_other_values_ranks_each_set_on_its_own(tmp_path, capsys):
+    """QA D2: `--report-only` (and a training's report) ranked rows of another --config with the
+    defaults' rows (one of a cell's rows replaced the other, silently). Each set of values is now
+    listed, and its cells are ranked within it."""
+    import yaml
+
+    from segbalance.pipeline.experiment_config import config_digest
+
+    recipe = {"training": {"optimizer": "sgd", "learning_rate": 0.01}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(recipe))
+    digest = config_digest(recipe)
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = [_report_row("ce/none/none", 0, 0.5), _report_row("ce/none/marginal", 0, 0.6),
+            _report_row("ce/none/none", 0, 0.9, config_digest=digest, config="b.yaml"),
+            _report_row("ce/none/marginal", 0, 0.4, config_digest=digest, config="b.yaml")]
+    (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert cli.main(["experiment", "--report-only", "--output", str(out), "--work-dir", str(work)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [r["miou"] for r in report["results"]] == [0.5, 0.6, 0.9, 0.4]
+    sets = report["training_sets"]
+    assert [(s["set"], s["values"], s["rows"]) for s in sets] == [(1, {"config_digest": None}, 2),
+                                                                 (2, {"config_digest": digest}, 2)]
+    assert [[(d["loss"], d["mean_rank"], d["mean_miou"]) for d in s["mean_ranks"]] for s in sets] == [
+        [("ce/none/marginal", 1.0, 0.6), ("ce/none/none", 2.0, 0.5)],
+        [("ce/none/none", 1.0, 0.9), ("ce/none/marginal", 2.0, 0.4)]]
+    table = (out / "results.md").read_text()
+    assert "**The rows were trained with 2 sets of values**" in table
+    assert "- set 1 (2 rows): no --config (the defaults)" in table
+    assert f"- set 2 (2 rows): --config b.yaml (values of digest {digest})" in table
+    first, second = table.split(f"## Set 2: --config b.yaml (values of digest {digest})")
+    assert "## Set 1: no --config (the defaults)" in first
+    assert "| ce/none/marginal | 1.00 |" in first and "| ce/none/none | 2.00 |" in first
+    assert "| ce/none/none | 1.00 |" in second and "| ce/none/marginal | 2.00 |" in second
+    second = second.split("## Seed 004")[0]
+    assert "(4 trainings" in first  # the run as a whole
+    # each set's tables hold its own rows only (the data set table: the cell's mIoU)
+    assert "| ce/none/none | 0.500 |" in first and "| ce/none/none | 0.900 |" not in first
+    assert "| ce/none/none | 0.900 |" in second and "| ce/none/none | 0.500 |" not in second
+    assert "### Mean rank over data sets and drop rates" in second  # a set's sections sit under its heading
+    assert "![mIoU vs drop](miou_vs_drop_set2.png)" in second
+    assert (out / "miou_vs_drop_set1.png").is_file() and (out / "training_curves_shapes_set2.png").is_file()
+    assert "trained with 2 sets of values (no --config (the defaults); --config b.yaml" in capsys.readouterr().out
+    # --config selects the rows trained with the file's values: one set, the usual report
+    one = tmp_path / "one"
+    assert cli.main(["experiment", "--report-only", "--config", str(tmp_path / "b.yaml"), "--output", str(one),
+                     "--work-dir", str(work)]) == 0
+    report = json.loads((one / "results.json").read_text())
+    assert [r["miou"] for r in report["results"]] == [0.9, 0.4] and "training_sets" not in report
+    assert "sets of values" not in (one / "results.md").read_text()
+
+
+def test_training_sets_split_on_the_recorded_values_that_differ():
+    """Rows from before a field was recorded are not split off while the recorded values agree (the
+    published reports mix them); where they differ, a row without the field is its own set."""
+    from segbalance.pipeline.experiment_report import training_sets
+
+    legacy = _report_row("ce/none/none", 0, 0.5)
+    del legacy["size"], legacy["config_digest"]
+    rows = [legacy, _report_row("ce/none/none", 1, 0.6)]
+    assert training_sets(rows) == [({}, rows)]
+    wide = _report_row("ce/none/none", 2, 0.7, size=64, config_digest=None)
+    (a, a_rows), (b, b_rows), (c, c_rows) = training_sets([*rows, wide])
+    assert (a, b, c) == ({"size": "not recorded"}, {"size": 32}, {"size": 64})
+    assert (a_rows, b_rows, c_rows) == ([legacy], [rows[1]], [wide])
+
+
+def test_a_report_skips_a_cut_short_last_row_and_writes_nothing_in_the_work_folder(tmp_path, capsys):
+    """QA D3: --report-only moved a half-written last line (a training appending it) to
+    results.jsonl.partial and rewrote results.jsonl: it now leaves that line out with a note."""
+    from segbalance.pipeline.experiment import RESULTS_LOG
+
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = [_report_row("ce/none/none", 0, 0.5), _report_row("ce/none/marginal", 0, 0.6)]
+    text = "".join(json.dumps(r) + "\n" for r in rows)[:-20]  # the second row half written
+    (work / RESULTS_LOG).write_text(text)
+    assert [r["loss"] for r in load_results(work, report_only=True)] == ["ce/none/none"]
+    assert "left out of this report, the file is not changed" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert cli.main(["experiment", "--report-only", "--output", str(out), "--work-dir", str(work)]) == 0
+    assert (work / RESULTS_LOG).read_text() == text and not (work / (RESULTS_LOG + ".partial")).exists()
+    assert [r["miou"] for r in json.loads((out / "results.json").read_text())["results"]] == [0.5]
+
+
+def test_the_recorded_command_runs_again(tmp_path):
+    """QA D6: the command in results.md / results.json left out --work-dir and --output, so a recorded
+    `--report-only` could not be run again."""
+    import shlex
+
+    work = tmp_path / "my work"  # a path that needs quoting
+    work.mkdir()
+    rows = [_report_row("ce/none/none", 0, 0.5), _report_row("ce/none/marginal", 0, 0.6)]
+    (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert cli.main(["experiment", "--report-only", "--seeds", "0", "--output", str(out), "--work-dir", str(work)]) == 0
+    first = json.loads((out / "results.json").read_text())
+    command = first["command"]
+    assert command == (f"segbalance experiment --report-only --output {shlex.quote(str(out))} "
+                       f"--work-dir {shlex.quote(str(work))} --seeds 0")
+    assert f"`{command}`" in (out / "results.md").read_text()
+    shutil.rmtree(out)
+    argv = shlex.split(command)
+    assert argv[:2] == ["segbalance", "experiment"] and cli.main(argv[1:]) == 0
+    assert json.loads((out / "results.json").read_text())["results"] == first["results"]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--seeds", "0,x", "argument --seeds: 'x' is not an integer; give comma-separated integers, e.g. 0,1,2"),
+    ("--drops", "0.3,abc", "argument --drops: 'abc' is not a number; give comma-separated numbers, e.g. 0,0.3,0.6"),
+])
+def test_a_list_option_that_does_not_parse_names_the_value(option, value, message, tmp_path, capsys):
+    """QA D9: argparse said "invalid <lambda> value" and "invalid _floats value"."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["experiment", "--output", str(tmp_path / "o"), option, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "invalid" not in err
+    assert not (tmp_path / "o").exists()

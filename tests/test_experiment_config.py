@@ -33,7 +33,26 @@ def test_owned_fields_are_left_out_and_named():
 def test_merged_and_digest():
     assert merged({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 5}, "e": 2}) == {"a": {"b": 5, "c": 2}, "d": 1, "e": 2}
     assert config_digest({}) is None and config_digest(None) is None
-    assert config_digest({"a": 1, "b": 2}) == config_digest({"b": 2, "a": 1}) != config_digest({"a": 1, "b": 3})
+    one = {"training": {"optimizer": "sgd", "base_filters": 8}}
+    assert config_digest(one) == config_digest({"training": {"base_filters": 8, "optimizer": "sgd"}}) != \
+        config_digest({"training": {"optimizer": "sgd", "base_filters": 16}})
+
+
+def test_equal_values_give_one_digest():
+    """QA D4: the digest hashed the file's raw values, so `learning_rate: 1` and `1.0` (or
+    `weight_decay: 0` and `0.0`) were "trained otherwise"; it is now of the typed values."""
+    from segbalance.pipeline.experiment_config import differences_from_defaults
+
+    assert config_digest({"training": {"learning_rate": 1}}) == config_digest({"training": {"learning_rate": 1.0}})
+    assert config_digest({"training": {"weight_decay": 0}}) == config_digest({"training": {"weight_decay": 0.0}})
+    assert config_digest({"training": {"learning_rate": 1}}) != config_digest({"training": {"learning_rate": 2}})
+    assert differences_from_defaults({"training": {"learning_rate": 1}}) == {"training": {"learning_rate": 1.0}}
+    # the typed values: an int for a float field is that float
+    assert isinstance(differences_from_defaults({"training": {"learning_rate": 1}})["training"]["learning_rate"],
+                      float)
+    # the digest of a file's values is the one of the same values spelled otherwise, read from YAML
+    assert config_digest(yaml.safe_load("training: {learning_rate: 1, weight_decay: 0}")) == \
+        config_digest(yaml.safe_load("training: {learning_rate: 1.0, weight_decay: 0.0}"))
 
 
 def test_the_user_s_recipe_reaches_the_cells_and_the_protocol_stays_the_experiment_s(tmp_path, monkeypatch):
@@ -78,7 +97,7 @@ def test_the_user_s_recipe_reaches_the_cells_and_the_protocol_stays_the_experime
         "stopped_epoch": None})
     monkeypatch.setattr(experiment, "evaluate", lambda *a: {"miou": 0.5, "per_class_iou": [0.5] * 4})
     results = []
-    experiment.run_group("shapes", 0.0, plan, config, [], work, results)
+    experiment.run_group("shapes", 0.0, plan, config, [None] * 4, work, results)  # 4 test crops, as the plan
     assert results[0]["config_digest"] == config_digest(kept) is not None
     assert experiment.protocol_differences(results[0], plan) == ""
     assert experiment.protocol_differences(results[0], Plan(**{**plan.__dict__, "config_values": {}})) == \
