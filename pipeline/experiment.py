@@ -46,6 +46,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from segbalance.pipeline.experiment_config import PROTOCOL, trained_with
+
 CE = {"type": "ce", "weight": 1.0}
 DICE = {"type": "dice", "weight": 1.0}
 FOCAL = {"type": "focal", "weight": 1.0, "gamma": 2.0}
@@ -435,17 +437,6 @@ def experiment_config(plan: Plan, data_dir: Path, output_dir: Path, class_names:
         "training": training,
         "evaluation": {"miou_threshold": 0.0, "tolerance": 1.0},
     }))
-
-
-# the training protocol a row records: each a row field, the Plan field and (dashed) the option
-PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batch_size", "num_images", "split_by",
-            "test_images")
-
-
-def trained_with(row: dict) -> tuple:
-    """What a row was trained (and scored) with: its ``config_digest`` (rows from before the field: None,
-    the defaults) and the PROTOCOL fields it records. Rows of one cell with other values are other rows."""
-    return (("config_digest", row.get("config_digest")), *((key, row[key]) for key in PROTOCOL if key in row))
 
 
 def row_key(row: dict) -> tuple:

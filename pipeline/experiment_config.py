@@ -128,3 +128,14 @@ def config_digest(values: Optional[dict]) -> Optional[str]:
     if not effective:
         return None
     return hashlib.sha256(json.dumps(effective, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# the training protocol a row records: each a row field, the Plan field and (dashed) the option
+PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batch_size", "num_images", "split_by",
+            "test_images")
+
+
+def trained_with(row: dict) -> tuple:
+    """What a row was trained (and scored) with: its ``config_digest`` (rows from before the field: None,
+    the defaults) and the PROTOCOL fields it records. Rows of one cell with other values are other rows."""
+    return (("config_digest", row.get("config_digest")), *((key, row[key]) for key in PROTOCOL if key in row))

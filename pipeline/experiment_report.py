@@ -426,12 +426,12 @@ NOT_RECORDED = "not recorded"  # a field a row from before it was recorded lacks
 
 
 def training_sets(results: list) -> List[tuple]:
-    """The rows by what they were trained with (``experiment.trained_with``: the --config digest and
+    """The rows by what they were trained with (``experiment_config.trained_with``: the --config digest and
     the protocol options), on the fields whose recorded values differ among them: ``[(values,
     rows)]`` in the order of first appearance; one set, ``({}, results)``, when they agree. A row from
     before a field was recorded counts as any value of it while the recorded values agree, as
     ``NOT_RECORDED`` where they differ."""
-    from segbalance.pipeline.experiment import trained_with
+    from segbalance.pipeline.experiment_config import trained_with
 
     recorded = [dict(trained_with(r)) for r in results]
     fields = list(dict.fromkeys(key for values in recorded for key in values))
