@@ -138,6 +138,33 @@ def test_interrupted_training_resumes_at_the_saved_epoch(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_backup_left_half_written_is_set_aside_and_the_training_starts_again(tmp_path, capsys):
+    """QA (helper 35): a run killed while Keras wrote latest.weights.h5 left a cut file, and every later run
+    of that training (the backup folder is keyed by config and data) stopped with an h5py traceback. The
+    backup is moved aside, kept, with one line, and the training starts from its first epoch."""
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 3, "steps_per_epoch": 1}
+    first = ti.fn_args_for(uris, str(tmp_path / "run"), {**config, "_extra_callbacks": [Interrupt()]})
+    first.model_run_dir = str(tmp_path / "model_run" / "1")
+    with pytest.raises(KeyboardInterrupt):
+        task.run_fn(first)
+    [backup] = [d for d in os.listdir(tmp_path / "model_run") if d.startswith("backup-")]
+    weights = tmp_path / "model_run" / backup / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])  # what a kill in the middle of Keras's write left
+    record = Record()
+    second = ti.fn_args_for(uris, str(tmp_path / "run"), {**config, "_extra_callbacks": [record]})
+    second.model_run_dir = str(tmp_path / "model_run" / "2")
+    capsys.readouterr()
+    task.run_fn(second)
+    assert record.epochs == [0, 1, 2] and record.iterations_at_start == 0
+    printed = capsys.readouterr().out
+    assert f"the training backup in {tmp_path / 'model_run' / backup} cannot be read" in printed
+    assert "training starts from the first epoch" in printed
+    [aside] = [d for d in os.listdir(tmp_path / "model_run") if d.startswith(f"{backup}.unreadable-")]
+    assert (tmp_path / "model_run" / aside / "latest.weights.h5").stat().st_size == 1000  # kept as it was
+
+
+@pytest.mark.slow
 def test_mixed_precision_on_two_mirrored_devices(tmp_path, mirrored_strategy):
     uris = ti.tiny_pipeline()
     config = {**ti.CONFIG, "mixed_precision": True, "_strategy": mirrored_strategy}

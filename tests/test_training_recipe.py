@@ -318,6 +318,41 @@ def test_best_epoch_survives_a_resume(tmp_path):
     assert float(resumed_model.w) == 1.0  # epoch 1's weights, read back from the state folder
 
 
+def test_a_backup_stopped_while_saving_keeps_the_previous_epoch_whole(tmp_path, monkeypatch):
+    """Keras's BackupAndRestore wrote latest.weights.h5 in place: a process stopped during the write left a
+    file no resume could read (QA, helper 35). SafeBackupAndRestore writes beside it and renames."""
+    from segbalance.trainer.training_callbacks import SafeBackupAndRestore, unreadable_backup
+
+    def model():
+        built = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        built.compile(optimizer="adam", loss="mse")
+        return built
+
+    trained, backup = model(), tmp_path / "backup"
+    trained.fit(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"), epochs=1, verbose=0,
+                callbacks=[SafeBackupAndRestore(str(backup), delete_checkpoint=False)])
+    epoch_1 = [np.array(w) for w in trained.get_weights()]
+    trained.layers[0].kernel.assign(np.full((3, 2), 7.0, "float32"))  # epoch 2 changed the weights
+
+    def stopped(filepath, overwrite=True):  # the process is stopped half-way through the write
+        with open(filepath, "wb") as f:
+            f.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trained, "save_weights", stopped)
+    callback = SafeBackupAndRestore(str(backup), delete_checkpoint=False)
+    callback.set_model(trained)
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_epoch_end(1)
+    assert unreadable_backup(str(backup)) is None
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    restored = model()
+    restored.load_weights(str(backup / "latest.weights.h5"))
+    assert all(np.array_equal(a, b) for a, b in zip(restored.get_weights(), epoch_1))
+    (backup / "training_metadata.json").write_text('{"epoch": ')  # cut short too: found unreadable
+    assert unreadable_backup(str(backup)).startswith("JSONDecodeError")
+
+
 # --------------------------------------------------------------------------- backbone weights
 def test_local_backbone_weights_file_is_loaded(tmp_path):
     encoder = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))

@@ -29,6 +29,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from segbalance.trainer.training_callbacks import replace_file
+
 
 @keras.saving.register_keras_serializable(package="segbalance")
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -146,8 +148,7 @@ class ReduceLROnPlateauAfter(keras.callbacks.ReduceLROnPlateau):
         state = {"best": float(self.best), "wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter)}
         kept = {key: value for key, value in self._written.items() if key == str(epoch - 1)}
         self._written = {**kept, str(epoch): state}
-        with tf.io.gfile.GFile(self._path(), "w") as f:
-            json.dump(self._written, f)
+        replace_file(self._path(), json.dumps(self._written))
 
 
 def plateau_callback(training, monitor: str = "val_miou", state_dir: Optional[str] = None):

@@ -58,7 +58,8 @@ from segbalance.trainer.metrics import segmentation_metrics
 from segbalance.trainer.optimization import make_optimizer, plateau_callback
 from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
-from segbalance.trainer.training_callbacks import BestEpoch, ClassWeightDecay, FreezeEncoder
+from segbalance.trainer.training_callbacks import (BACKUP_METADATA, BestEpoch, ClassWeightDecay, FreezeEncoder,
+                                                   SafeBackupAndRestore, set_aside_unreadable_backup)
 from segbalance.trainer.training_config import TrainerConfig
 
 SUMMARY_FILE = TRAINING_SUMMARY_FILE
@@ -160,6 +161,7 @@ def run_fn(fn_args) -> None:
                          f"{strategy.num_replicas_in_sync} replicas: lower training.batch_size")
     steps_per_epoch = steps or (num_train // t.batch_size if drop else -(-num_train // t.batch_size))
     backup = backup_dir_for(config, fn_args.train_files, fn_args.model_run_dir)
+    set_aside_unreadable_backup(backup)  # a backup a stopped run left half-written: start again, one line
     resumed_at = backed_up_epochs(backup)  # BackupAndRestore starts fit there: the data stream starts there too
     # an endless stream, steps_per_epoch batches an epoch (one pass without training.steps_per_epoch): every
     # batch a function of the seed and its place, so a resumed training gets the uninterrupted one's batches
@@ -199,7 +201,7 @@ def run_fn(fn_args) -> None:
             callbacks.append(plateau)
         # the backup outlives fit: it is deleted once the model is exported, so a run stopped during the
         # export resumes with nothing left to train (BestEpoch's state there gives the best weights back)
-        callbacks += [best, keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
+        callbacks += [best, SafeBackupAndRestore(backup, delete_checkpoint=False),
                       keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
         callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
@@ -291,7 +293,7 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
 def backed_up_epochs(backup_dir: str) -> int:
     """The epochs BackupAndRestore's ``training_metadata.json`` in ``backup_dir`` records as done (0
     without one): where a resumed fit starts."""
-    path = os.path.join(backup_dir, "training_metadata.json")
+    path = os.path.join(backup_dir, BACKUP_METADATA)
     if not tf.io.gfile.exists(path):
         return 0
     with tf.io.gfile.GFile(path) as f:

@@ -17,6 +17,13 @@ inference mode) and the train function is rebuilt when that changes; the optimiz
 built on every variable first, so its state covers the encoder once unfrozen. It only
 looks at the epoch number, so a resumed training freezes or not as a fresh one would.
 
+``SafeBackupAndRestore`` is Keras's ``BackupAndRestore`` with each file replaced whole (written beside
+it, then renamed over it): Keras writes ``latest.weights.h5`` in place, and a training killed while it
+wrote left a file no resume could read (QA, session 19: every later run of that training stopped with
+an h5py traceback). ``set_aside_unreadable_backup`` moves such a backup (from an earlier release or a
+damaged disk) aside with one line, and the training starts again from its first epoch. The state files
+of ``BestEpoch`` and the plateau schedule are replaced whole too (``replace_file``).
+
 ``ClassWeightDecay`` moves a ``SegmentationLoss``'s class weights toward 1 (the loss's
 ``class_weight_decay_epochs``): at each epoch's start it sets the loss's mix from the epoch
 number (so a resumed training continues the decay where it was) and writes it to the
@@ -27,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from typing import Optional
 
 import keras
@@ -34,6 +42,58 @@ import numpy as np
 import tensorflow as tf
 
 MONITOR = "val_miou"
+BACKUP_WEIGHTS, BACKUP_METADATA = "latest.weights.h5", "training_metadata.json"  # BackupAndRestore's files
+
+
+def replace_file(path: str, content) -> None:
+    """Writes ``content`` (bytes or str) beside ``path`` and renames it over ``path``: a process stopped
+    while writing leaves the previous file whole (on object stores the rename is a copy of a complete file)."""
+    partial = f"{path}.partial"
+    with tf.io.gfile.GFile(partial, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    tf.io.gfile.rename(partial, path, overwrite=True)
+
+
+class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose weights and metadata files are replaced whole (module docstring)."""
+
+    def _save_model(self):
+        tf.io.gfile.makedirs(self.backup_dir)
+        incoming = f"{self.backup_dir.rstrip('/')}/incoming.weights.h5"  # Keras wants the .weights.h5 ending
+        self.model.save_weights(filepath=incoming, overwrite=True)
+        tf.io.gfile.rename(incoming, self._weights_path, overwrite=True)
+        replace_file(self._training_metadata_path,
+                     json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
+def unreadable_backup(backup_dir: str) -> Optional[str]:
+    """Why the BackupAndRestore files in ``backup_dir`` cannot be read (None: readable, or no backup)."""
+    import h5py
+
+    weights, metadata = (f"{backup_dir.rstrip('/')}/{name}" for name in (BACKUP_WEIGHTS, BACKUP_METADATA))
+    try:
+        if tf.io.gfile.exists(metadata):
+            with tf.io.gfile.GFile(metadata) as f:
+                int(json.loads(f.read())["epoch"])
+        if tf.io.gfile.exists(weights):
+            with tf.io.gfile.GFile(weights, "rb") as f, h5py.File(io.BytesIO(f.read()), "r") as h5:
+                h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None
+
+
+def set_aside_unreadable_backup(backup_dir: str) -> Optional[str]:
+    """Renames a backup whose files cannot be read to ``BACKUP.unreadable-<time>`` (kept, not deleted) and
+    says so in one line, so the training starts from its first epoch; returns the new name."""
+    problem = unreadable_backup(backup_dir)
+    if problem is None:
+        return None
+    aside = f"{backup_dir.rstrip('/')}.unreadable-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    tf.io.gfile.rename(backup_dir, aside)
+    print(f"SegTrainer: the training backup in {backup_dir} cannot be read ({problem}; a run stopped while "
+          f"writing it); moved to {aside}, training starts from the first epoch", flush=True)
+    return aside
 
 
 class BestEpoch(keras.callbacks.Callback):
@@ -77,10 +137,9 @@ class BestEpoch(keras.callbacks.Callback):
         tf.io.gfile.makedirs(self.state_dir)
         buffer = io.BytesIO()
         np.savez(buffer, *self._weights)
-        with tf.io.gfile.GFile(self._path(self.WEIGHTS), "wb") as f:
-            f.write(buffer.getvalue())
-        with tf.io.gfile.GFile(self._path(self.STATE), "w") as f:  # written last: names complete weights
-            json.dump({"best": self.best, "best_epoch": self.best_epoch}, f)
+        replace_file(self._path(self.WEIGHTS), buffer.getvalue())
+        # written last: names complete weights
+        replace_file(self._path(self.STATE), json.dumps({"best": self.best, "best_epoch": self.best_epoch}))
 
     def best_weights(self):
         if self._weights is None and self.best_epoch is not None and self.state_dir:
