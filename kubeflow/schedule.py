@@ -142,7 +142,10 @@ def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str, conf
                f"--output-dir {shlex.quote(output_dir)}")
     lines = [] if config else ["# no --config: each scheduled run uses the default configuration "
                                "(give --config FILE, the file of your first run)"]
-    lines += ["# crontab (crontab -e):", f"{' '.join(check_cron(cron))} {command} >> {shlex.quote(output_dir)}.log 2>&1"]
+    lines += ["# exit status of each run: 0 done, 2 a mistake in the config or data (one line says what), 3 the "
+              "drift gate blocked the new span (run_summary.json: drift), so systemd marks that run failed",
+              "# crontab (crontab -e):",
+              f"{' '.join(check_cron(cron))} {command} >> {shlex.quote(output_dir)}.log 2>&1"]
     try:
         calendar = systemd_on_calendar(cron)
         lines += ["", "# systemd: ~/.config/systemd/user/segbalance.service", "[Unit]",

@@ -16,6 +16,12 @@ Metadata records them. Re-running with unchanged data and config reuses every ca
 
 TensorFlow, Beam, TFX and Keras messages go to OUTPUT/logs/run-<time>.log, not the console
 (``--verbose`` shows them on the console instead).
+
+Exit status: 0 the run finished (its model pushed, or not blessed and the summary says why); 2 a
+mistake in the options, the config or the data (one line says what to do); 3 the drift gate blocked
+the new data (nothing trained on it was pushed; run_summary.json ``drift`` and its drift.json say why
+and how to accept it), so a scheduler (cron, a systemd timer) sees the run that needs a person;
+130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -34,6 +40,9 @@ from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 from segbalance.trainer.training_config import ClassesConfig
 
 FINGERPRINT_FILE = "source_fingerprint.json"
+# the drift gate blocked the new data: not a failure of the run, but one a person must look at; a 0 made a
+# blocked scheduled run look like a good one to cron and systemd (only run_summary.json told)
+EXIT_DRIFT_BLOCKED = 3
 
 
 # --------------------------------------------------------------------------- data
@@ -440,8 +449,27 @@ def print_summary(summary: dict) -> None:
     if summary.get("miou") is not None:
         print(f"  mIoU:             {summary['miou']:.4f} on {summary.get('num_eval_images')} eval images "
               f"({summary.get('truth', 'annotation masks')})")
+    drift = summary.get("drift")
+    if drift:
+        print(f"  drift gate:       {drift_line(drift)}")
     print(f"  ML Metadata:      {summary['metadata']}")
     print(f"  log:              {summary['log']} (library messages; `segbalance run --verbose` shows them)")
+
+
+def drift_line(drift: dict) -> str:
+    """The gate's decision as the summary prints it: status, what it stopped, where it is written."""
+    status = drift.get("status") or "not recorded"
+    if status == "blocked":
+        stopped = "nothing was trained" if drift.get("action") == "block_training" else "the model was not pushed"
+        status += f" ({stopped}; exit status {EXIT_DRIFT_BLOCKED})"
+    elif status == "warned":
+        status += " (drift.action: warn; recorded only)"
+    return f"{status}, {drift['report']}"
+
+
+def exit_status(summary: dict) -> int:
+    """0, or EXIT_DRIFT_BLOCKED when this run's drift gate blocked its data."""
+    return EXIT_DRIFT_BLOCKED if (summary.get("drift") or {}).get("status") == "blocked" else 0
 
 
 def add_parser(subparsers) -> None:
@@ -473,4 +501,4 @@ def _main(args) -> int:
         print(f"segbalance run: error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary)
-    return 0
+    return exit_status(summary)

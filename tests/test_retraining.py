@@ -63,13 +63,14 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
 
     counted = read_per_image(str(Path(summary["class_stats"])))["source_id"]
     assert len(counted) > 0 and all(sid.startswith("s2_") for sid in counted)  # raw2's images, none of span 1
-    assert "ClassDistributionValidator: ok" in printed
+    assert "ClassDistributionValidator: ok" in printed and "drift gate:       ok, " in printed
     assert len(versions()) == 2  # similar data: trained, blessed, pushed
 
     _ingest(_shapes(tmp_path / "raw3", seed=3, relabel_ellipses_as_circles=True), data, 3)
-    assert cli.main(run) == 0
+    assert cli.main(run) == 3  # a scheduler sees the blocked run (it exited 0, like a good one)
     printed = capsys.readouterr().out
     assert "ClassDistributionValidator: blocked" in printed
+    assert "drift gate:       blocked (the model was not pushed; exit status 3), " in printed
     assert len(versions()) == 2  # drift: not pushed
     summary = json.loads((out / "run_summary.json").read_text())
     assert not summary["blessed"] and "drift blocked the push" in summary["blessing_reason"]
@@ -103,7 +104,7 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     assert len(trained) == 3 and len(evaluated) == 3
     config.write_text(config.read_text().replace("action: block", "action: block_training"))
     _ingest(_shapes(tmp_path / "raw4", seed=4, relabel_ellipses_as_circles=True), data, 4)
-    assert cli.main(run) == 0
+    assert cli.main(run) == 3
     printed = capsys.readouterr().out
     assert "ClassDistributionValidator: blocked" in printed and "run once with drift.action: warn" in printed
     fourth = json.loads(sorted((out / "pipeline_root" / "ClassDistributionValidator").glob("*/*/drift.json"),
@@ -130,9 +131,10 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     # the same run again (or its resume after a stop): ClassStatsGen is cached, so the latest ClassStats
     # are this run's own; compared with themselves they passed and the blocked model was trained and
     # pushed. The gate keeps the baseline the blocked run judged against.
-    assert cli.main(run) == 0
+    assert cli.main(run) == 3
     printed = capsys.readouterr().out
     assert "ClassDistributionValidator: blocked" in printed and "SegTrainer: skipped in" in printed
+    assert "drift gate:       blocked (nothing was trained; exit status 3), " in printed
     assert models() == trained and len(versions()) == 2
     drift_files = sorted((out / "pipeline_root" / "ClassDistributionValidator").glob("*/*/drift.json"),
                          key=lambda p: int(p.parent.name))

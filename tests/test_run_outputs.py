@@ -138,3 +138,28 @@ def test_pushed_this_run_is_the_run_s_own_pusher(tmp_path):
     assert not summary["pushed_this_run"] and summary["pushed_model"] == "/serving/v1"
     runs.run([("Pusher", done, {"pushed_model": pushed("not", 0)})])  # not blessed: Pusher ran, pushed nothing
     assert not summarize(paths)["pushed_this_run"]
+
+
+def test_the_exit_status_tells_a_scheduler_that_the_drift_gate_blocked(tmp_path, monkeypatch, capsys):
+    """A run the drift gate blocked exited 0, like a good one: cron and a systemd timer saw success and
+    only run_summary.json said otherwise. It exits 3; ok and warn runs exit 0; each prints the decision."""
+    from segbalance.pipeline import cli, run
+
+    cases = [({"status": "ok", "action": "block"}, 0, "ok, "),
+             ({"status": "warned", "action": "warn"}, 0, "warned (drift.action: warn; recorded only), "),
+             ({"status": "blocked", "action": "block"}, 3, "blocked (the model was not pushed; exit status 3), "),
+             ({"status": "blocked", "action": "block_training"}, 3,
+              "blocked (nothing was trained; exit status 3), "),
+             (None, 0, None)]
+    for drift, code, line in cases:
+        summary = {"seconds": 1, "output_dir": str(tmp_path), "metadata": "m.sqlite", "log": "run.log"}
+        if drift is not None:
+            summary["drift"] = dict(drift, report=str(tmp_path / "drift.json"))
+        monkeypatch.setattr(run, "run_local", lambda config, verbose=False, _s=summary: _s)
+        assert cli.main(["run", "--output-dir", str(tmp_path / "out")]) == code, drift
+        printed = capsys.readouterr().out
+        if line is None:
+            assert "drift gate:" not in printed
+        else:
+            assert f"  drift gate:       {line}{tmp_path / 'drift.json'}\n" in printed
+    assert run.exit_status({"drift": {"status": "blocked"}}) == run.EXIT_DRIFT_BLOCKED == 3

@@ -84,6 +84,7 @@ def test_without_host_prints_the_request_crontab_and_systemd_timer(capsys):
     crontab = next(line for line in out.splitlines() if line.startswith("30 2 * * 1,4 "))
     assert "segbalance run --data /data/spans --output-dir /srv/out" in crontab
     assert "OnCalendar=Mon,Thu *-*-* 02:30:00" in out and "Type=oneshot" in out
+    assert "3 the drift gate blocked the new span" in out  # what a blocked run's exit status means
 
 
 @pytest.mark.parametrize("cron, message", [
