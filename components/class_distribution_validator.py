@@ -16,9 +16,10 @@ them), and the new images beside them are judged without them.
 The measures (``components/drift_metrics.py``): Jensen-Shannon divergence and the largest
 absolute change of the class pixel frequencies, classes that were absent before, classes
 that vanished where they would have shown (``vanished_class_chance``), and the change in
-the fraction of images with missing annotations. Above a threshold it records an
-anomaly; with ``action="block"`` the DriftReport is marked ``blocked`` and SegEvaluator then
-does not bless the model, so Pusher does not push it; with ``action="block_training"`` it is
+the fraction of images with missing annotations. Above a threshold, and (``significance``) above
+what sampling alone gives for this many new images (bootstrap draws of the accepted images'
+per-image table), it records an anomaly; with ``action="block"`` the DriftReport is marked
+``blocked`` and SegEvaluator then does not bless the model, so Pusher does not push it; with ``action="block_training"`` it is
 marked ``blocked`` too and the pipeline's ``tfx.dsl.Cond`` on that mark skips SegTrainer,
 SegEvaluator and Pusher (``"warn"``: recorded, not blocking).
 Output ``drift_report`` (DriftReport) holds ``drift.json``; the report shows it.
@@ -37,9 +38,10 @@ from tfx.utils import io_utils
 
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
-from segbalance.components.drift_baseline import (accepted_baseline, blocked_lines, held_back, new_images,
-                                                  still_blocked)
-from segbalance.components.drift_metrics import ACTIONS, THRESHOLD_KEYS, compare, drift_fields
+from segbalance.components.drift_baseline import (accepted_baseline, accepted_images, blocked_lines, held_back,
+                                                  new_images, still_blocked)
+from segbalance.components.drift_metrics import (ACTIONS, THRESHOLD_KEYS, aligned_counts, aligned_rows, compare,
+                                                 drift_fields, sampling_limits)
 
 from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE  # noqa: E402
 
@@ -51,6 +53,7 @@ class ClassDistributionValidatorSpec(ComponentSpec):
         "missing_rate_change": ExecutionParameter(type=float),
         # optional: a pipeline compiled before it existed runs with the config's default
         "vanished_class_chance": ExecutionParameter(type=float, optional=True),
+        "significance": ExecutionParameter(type=float, optional=True),
         "action": ExecutionParameter(type=str),
     }
     INPUTS = {
@@ -81,11 +84,22 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
                             base.uri if base.from_artifact and base.uri != current_artifact.uri else None,
                             blocked_before)
         judged = window.judged
-        thresholds = {k: float(exec_properties[k] if exec_properties.get(k) is not None else getattr(DriftConfig, k))
-                      for k in THRESHOLD_KEYS}
-        result = compare(judged, base.stats, thresholds, exec_properties["action"])
+        option = lambda k: float(exec_properties[k] if exec_properties.get(k) is not None  # noqa: E731
+                                 else getattr(DriftConfig, k))  # optional ones: absent from older compiled pipelines
+        thresholds = {k: option(k) for k in THRESHOLD_KEYS}
+        limits, unsampled = None, None
+        if base.stats is not None and option("significance") > 0:
+            images = accepted_images(base)
+            if images is None:
+                unsampled = ("the accepted images' per-image table is not there (a copy of their counts): the "
+                             "thresholds alone decided, without what sampling alone gives")
+            else:
+                names = aligned_counts(judged, base.stats)[0]
+                limits = sampling_limits(aligned_rows(names, base.stats["class_names"], images[0]), images[1],
+                                         judged["num_records"], option("significance"))
+        result = compare(judged, base.stats, thresholds, exec_properties["action"], limits)
         judged_drifted = bool(result["anomalies"])
-        notes = [result.get("note"), base.note]
+        notes = [result.get("note"), base.note, unsampled]
         if window.judged_images is not None and base.stats is not None:
             result["new_images"] = len(window.judged_images)  # judged; 0: the same data as the baseline's
         if judged is not current:
@@ -153,12 +167,13 @@ class ClassDistributionValidator(base_component.BaseComponent):
                  js_divergence: float = DriftConfig.js_divergence, max_abs_change: float = DriftConfig.max_abs_change,
                  missing_rate_change: float = DriftConfig.missing_rate_change, action: str = DriftConfig.action,
                  previous_report: Optional[types.BaseChannel] = None,
-                 vanished_class_chance: float = DriftConfig.vanished_class_chance):
+                 vanished_class_chance: float = DriftConfig.vanished_class_chance,
+                 significance: float = DriftConfig.significance):
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         super().__init__(spec=ClassDistributionValidatorSpec(
             class_stats=class_stats, baseline_class_stats=baseline_class_stats, previous_report=previous_report,
             js_divergence=float(js_divergence), max_abs_change=float(max_abs_change),
             missing_rate_change=float(missing_rate_change), vanished_class_chance=float(vanished_class_chance),
-            action=action,
+            significance=float(significance), action=action,
             drift_report=types.Channel(type=DriftReport)))

@@ -113,6 +113,27 @@ def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_repo
     return Baseline(latest_uri, stats, from_artifact=True)
 
 
+def accepted_images(base: Baseline) -> Optional[Tuple[Any, Any]]:
+    """(pixel counts [B, classes] in the accepted ClassStats' class order, has-missing flags [B]) of the
+    images the accepted ClassStats counted, from their per-image table; None when only the copy of their
+    counts is left or the table is missing or does not fit the class list."""
+    import numpy as np
+
+    from segbalance.trainer.class_stats_io import read_per_image
+
+    if base.stats is None or not base.from_artifact:
+        return None
+    try:
+        rows = read_per_image(base.uri)
+        counts = np.array([list(c) for c in rows["pixel_counts"]], np.float64)
+        missing = np.array([len(m) > 0 for m in rows["missing"]], bool)
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(rows) == 0 or counts.ndim != 2 or counts.shape[1] != len(base.stats["class_names"]):
+        return None
+    return counts, missing
+
+
 @dataclass
 class Window:
     """What the gate judges: ``judged`` (class counts of the images the accepted ClassStats did not

@@ -163,7 +163,8 @@ def create_pipeline(
             previous_report=previous.outputs["drift_report"],
             js_divergence=config.drift.js_divergence, max_abs_change=config.drift.max_abs_change,
             missing_rate_change=config.drift.missing_rate_change,
-            vanished_class_chance=config.drift.vanished_class_chance, action=config.drift.action)
+            vanished_class_chance=config.drift.vanished_class_chance, significance=config.drift.significance,
+            action=config.drift.action)
         components += [previous, drift_gate]
 
     model_resolver = tfx.dsl.Resolver(

@@ -275,15 +275,25 @@ def drift_section(drift_dir: str) -> Section:
     status = drift.get("status", "unknown")
     status_html = f'<span class="{"ok" if status == "ok" else "bad"}">{esc(status)}</span>'
     thresholds = drift.get("thresholds") or {}
-    rows = [[k, drift.get(k), thresholds.get(k)] for k in ("js_divergence", "max_abs_change", "missing_rate_change")
-            if k in drift]
+    sampling = drift.get("sampling")  # what sampling alone gives (decisions from session 19 on)
+    rows = [[k, drift.get(k), thresholds.get(k)] + ([sampling.get(k)] if sampling else [])
+            for k in ("js_divergence", "max_abs_change", "missing_rate_change") if k in drift]
     if drift.get("vanished_class_chance") is not None:  # an anomaly below its threshold, not above
         rows.append(["vanished_class_chance (lowest; anomaly below)", drift["vanished_class_chance"],
-                     thresholds.get("vanished_class_chance")])
+                     thresholds.get("vanished_class_chance")] + (["-"] if sampling else []))
+    header = ["measure", "value", "threshold"]
+    if sampling:
+        header.append(f"sampling alone (chance {fmt(sampling.get('significance'))}, {sampling.get('new_images')} "
+                      f"new images)")
     effect = {"block": "the model was trained but not blessed, so not pushed",
               "block_training": "training, evaluation and push did not run"}.get(drift.get("action"))
     effect_html = f" ({esc(effect)})" if status == "blocked" and effect else ""
-    parts = [f"<p>Status: {status_html}{effect_html}</p>", table(["measure", "value", "threshold"], rows)]
+    parts = [f"<p>Status: {status_html}{effect_html}</p>", table(header, rows)]
+    if sampling:
+        parts.append(f"<p>A measure is an anomaly above its threshold and above what sampling alone gives: the value "
+                     f"that {sampling.get('new_images')} images drawn from the {sampling.get('accepted_images')} "
+                     f"accepted ones exceed with chance {fmt(sampling.get('significance'))} "
+                     f"({sampling.get('draws')} bootstrap draws).</p>")
     baseline = drift.get("baseline")
     parts.append(f"<p>Compared with {'the ClassStats in ' + esc(baseline) if baseline else 'nothing'}"
                  + (f" ({esc(drift['note'])})" if drift.get("note") else "") + ".</p>")

@@ -3,6 +3,7 @@ ClassDistributionValidator executor (drift.json, `blocked` property) and compone
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -474,3 +475,122 @@ def test_a_blocked_span_is_remembered_past_a_passing_run(tmp_path):
     # judged together, the new spans 2 and 4 would pass: the dilution the hold-back prevents
     mixed = drift_metrics.compare(stats([1200, 580, 220], records=20), stats([600, 380, 20], records=10), WINDOW)
     assert mixed["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- what sampling alone gives
+def test_sampling_limits_of_a_hand_computed_case():
+    """Two accepted images, one all class 0 (with a class not labelled), one all class 1; one new image:
+    n_eff = round(1 * 2 / 3) = 1, so a draw is one of the two images, and each measure takes one value:
+    max_abs_change 0.5, missing-rate change 0.5, JS([1, 0], [0.5, 0.5]) = 0.5 log2(4/3) + 0.25 log2(2/3)
+    + 0.25 log2(2) (hand-computed)."""
+    rows = np.array([[10, 0], [0, 10]])
+    limits = drift_metrics.sampling_limits(rows, [True, False], 1, significance=0.01)
+    js = 0.5 * math.log2(4 / 3) + 0.25 * math.log2(2 / 3) + 0.25 * math.log2(2)
+    assert limits["js_divergence"] == pytest.approx(js) == pytest.approx(jensenshannon([1, 0], [0.5, 0.5], base=2) ** 2)
+    assert limits["max_abs_change"] == pytest.approx(0.5) and limits["missing_rate_change"] == pytest.approx(0.5)
+    assert (limits["n_eff"], limits["new_images"], limits["accepted_images"]) == (1, 1, 2)
+    # identical accepted images: sampling cannot move the frequencies
+    same = drift_metrics.sampling_limits(np.tile([[6, 3, 1]], (50, 1)), [False] * 50, 10, 0.005)
+    assert same["js_divergence"] == same["max_abs_change"] == same["missing_rate_change"] == 0.0
+    assert same["n_eff"] == round(10 * 50 / 60)
+    assert drift_metrics.sampling_limits(rows, [False, False], 5, significance=0.0) is None  # off
+    assert drift_metrics.sampling_limits(np.zeros((0, 2)), [], 5, 0.01) is None  # nothing accepted
+    assert drift_metrics.sampling_limits(np.zeros((3, 2)), [False] * 3, 5, 0.01) is None  # no labelled pixel
+
+
+def _population(rng, images, classes=4):
+    """Per-image pixel counts with class mixtures that vary from image to image (Dirichlet), and whether
+    each image has a class not labelled (30 %)."""
+    mix = rng.dirichlet([4.0, 1.0, 0.5, 0.2][:classes], size=images)
+    return np.stack([rng.multinomial(1024, m) for m in mix]), rng.random(images) < 0.3
+
+
+def test_sampling_limits_hold_the_false_alarm_rate_of_normal_spans():
+    """New spans drawn from the accepted images' own distribution exceed the limits about as often as the
+    significance says (each measure), whatever the span size; a NumPy reference: the same quantile
+    from resampling both the accepted images and the new span (no n_eff shortcut)."""
+    rng = np.random.default_rng(3)
+    counts, missing = _population(rng, 6000)
+    for n, significance in ((10, 0.1), (80, 0.1)):
+        exceeded = {k: 0 for k in drift_metrics.SAMPLED}
+        trials = 150
+        for _ in range(trials):
+            picks = rng.choice(len(counts), 200 + n, replace=False)
+            accepted, new = picks[:200], picks[200:]
+            limits = drift_metrics.sampling_limits(counts[accepted], missing[accepted], n, significance, draws=500,
+                                                   seed=int(rng.integers(1 << 30)))
+            base = drift_metrics.frequencies(counts[accepted].sum(0))
+            p = drift_metrics.frequencies(counts[new].sum(0))
+            values = {"js_divergence": drift_metrics.js_divergence(p, base),
+                      "max_abs_change": float(np.abs(p - base).max()),
+                      "missing_rate_change": abs(missing[new].mean() - missing[accepted].mean())}
+            for k in exceeded:
+                exceeded[k] += values[k] > limits[k]
+        for k, hits in exceeded.items():  # binomial(150, 0.1): mean 15, sd 3.7
+            assert 4 <= hits <= 28, (n, k, hits)
+    # the n_eff shortcut against resampling both sides, on one accepted set
+    accepted = rng.choice(len(counts), 200, replace=False)
+    rows, base = counts[accepted], drift_metrics.frequencies(counts[accepted].sum(0))
+    two_sided = []
+    for _ in range(2000):
+        a = rows[rng.integers(0, 200, 200)].sum(0)
+        b = rows[rng.integers(0, 200, 40)].sum(0)
+        two_sided.append(float(np.abs(drift_metrics.frequencies(b) - drift_metrics.frequencies(a)).max()))
+    limits = drift_metrics.sampling_limits(rows, missing[accepted], 40, 0.05)
+    assert limits["max_abs_change"] == pytest.approx(np.quantile(two_sided, 0.95), rel=0.15)
+    assert drift_metrics.sampling_limits(rows, missing[accepted], 40, 0.05) == limits  # fixed seed: a re-run agrees
+
+
+def test_a_change_within_what_sampling_gives_is_not_an_anomaly():
+    base, current = stats([600, 300, 100], records=200), stats([560, 330, 110], records=10)
+    tight = {**TIGHT, "js_divergence": 0.001, "max_abs_change": 0.01}
+    assert drift_metrics.compare(current, base, tight)["status"] == "blocked"  # JS 0.0017, max change 0.04
+    noisy = {"js_divergence": 0.05, "max_abs_change": 0.2, "missing_rate_change": 0.3, "significance": 0.005,
+             "new_images": 10, "accepted_images": 200, "n_eff": 10, "draws": 2000}
+    result = drift_metrics.compare(current, base, tight, limits=noisy)
+    assert result["status"] == "ok" and result["sampling"] == noisy
+    quiet = {**noisy, "js_divergence": 0.0001, "max_abs_change": 0.001}
+    result = drift_metrics.compare(current, base, tight, limits=quiet)
+    assert result["status"] == "blocked" and len(result["anomalies"]) == 2
+    assert "sampling alone exceeds 0.001 with chance 0.005 for 10 new images against 200 accepted" in \
+        result["anomalies"][1]
+    first = drift_metrics.compare(current, None, tight, limits=quiet)  # nothing to compare with
+    assert first["sampling"] is None and first["status"] == "ok"
+
+
+def test_aligned_rows_follow_the_names():
+    rows = drift_metrics.aligned_rows(["bg", "a", "b", "new"], ["b", "bg", "a"], [[1, 2, 3], [4, 5, 6]])
+    assert rows.tolist() == [[2, 3, 1, 0], [5, 6, 4, 0]]
+
+
+def test_the_gate_draws_its_limits_from_the_accepted_images(tmp_path):
+    """A normal 5-image span of varied images (labelme-like photos) moved the frequencies by more than fixed
+    thresholds allow, and was blocked; the gate now also asks whether sampling alone moves them that far. With
+    ``significance`` 0 the thresholds alone decide (the behaviour until session 19); a span really shifted is
+    blocked either way; with only a copy of the accepted counts left, the thresholds decide and it says so."""
+    rng = np.random.default_rng(0)
+    counts, _ = _population(rng, 60, classes=3)
+    accepted = {f"a{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[:50])}
+    normal = {f"n{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[50:55])}
+    shifted = {f"s{i}": ((int(c[0]), 0, int(c[1] + c[2])), []) for i, c in enumerate(counts[55:60])}
+    tight = {**TIGHT, "js_divergence": 0.001, "max_abs_change": 0.01}
+    w0 = _window_stats(tmp_path, "w0", accepted)
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=tight)
+    w1 = _window_stats(tmp_path, "w1", normal)
+    read = lambda artifact: json.loads((Path(artifact.uri) / "class_stats.json").read_text())  # noqa: E731
+    assert drift_metrics.compare(read(w1), read(w0), tight)["status"] == "blocked"  # the thresholds alone
+    _, drift = _gate(tmp_path, "g1", w1, [w0], [first], thresholds=tight)
+    assert drift["status"] == "ok", drift["anomalies"]
+    limits = drift["sampling"]
+    assert (limits["new_images"], limits["accepted_images"], limits["n_eff"]) == (5, 50, 5)
+    assert limits["significance"] == 0.005 and limits["js_divergence"] > drift["js_divergence"]
+    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", normal), [w0], [first],
+                     thresholds={**tight, "significance": 0.0})
+    assert drift["status"] == "blocked" and drift["sampling"] is None
+    _, drift = _gate(tmp_path, "g3", _window_stats(tmp_path, "w3", shifted), [w0], [first], thresholds=tight)
+    assert drift["status"] == "blocked" and drift["sampling"] is not None
+    import shutil
+
+    shutil.rmtree(tmp_path / "w0")  # a retention policy deleted the accepted ClassStats: their copy is left
+    _, drift = _gate(tmp_path, "g4", _window_stats(tmp_path, "w4", normal), [w0], [first], thresholds=tight)
+    assert drift["sampling"] is None and "the thresholds alone decided" in drift["note"]

@@ -622,3 +622,25 @@ def test_the_drift_section_shows_vanished_classes_with_their_chance(tmp_path):
     body = drift_section(str(tmp_path)).body
     assert "vanished_class_chance (lowest; anomaly below)" in body and "0.0001" in body
     assert "rare &lt;b&gt; (0.0001" in body and "bus (0.5" in body and "rare <b>" not in body
+
+
+def test_the_drift_section_shows_what_sampling_alone_gives(tmp_path):
+    from segbalance.pipeline.report import drift_section
+
+    drift = {"status": "ok", "action": "block", "js_divergence": 0.031, "max_abs_change": 0.07,
+             "missing_rate_change": 0.1, "new_classes": [], "anomalies": [],
+             "thresholds": {"js_divergence": 0.01, "max_abs_change": 0.03, "missing_rate_change": 0.05,
+                            "vanished_class_chance": 0.01},
+             "sampling": {"js_divergence": 0.2071, "max_abs_change": 0.3833, "missing_rate_change": 0.4,
+                          "significance": 0.005, "new_images": 10, "accepted_images": 200, "n_eff": 10,
+                          "draws": 2000}}
+    (tmp_path / "drift.json").write_text(json.dumps(drift))
+    body = drift_section(str(tmp_path)).body
+    assert "sampling alone (chance 0.005, 10 new images)" in body
+    rows = re.findall(r"<tr><td[^>]*>(js_divergence|max_abs_change)</td>(.*?)</tr>", body)
+    assert [name for name, _ in rows] == ["js_divergence", "max_abs_change"]
+    assert "0.2071" in rows[0][1] and "0.3833" in rows[1][1]
+    assert "10 images drawn from the 200 accepted ones exceed with chance 0.005 (2000 bootstrap draws)" in body
+    del drift["sampling"]  # a decision from before session 19: three columns, no sentence
+    (tmp_path / "drift.json").write_text(json.dumps(drift))
+    assert "sampling alone" not in drift_section(str(tmp_path)).body
