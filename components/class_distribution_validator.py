@@ -19,9 +19,9 @@ that vanished where they would have shown (``vanished_class_chance``), and the c
 the fraction of images with missing annotations. Above a threshold, and (``significance``) above
 what sampling alone gives for this many new images (bootstrap draws of the accepted images'
 per-image table), it records an anomaly; with ``action="block"`` the DriftReport is marked
-``blocked`` and SegEvaluator then does not bless the model, so Pusher does not push it; with ``action="block_training"`` it is
-marked ``blocked`` too and the pipeline's ``tfx.dsl.Cond`` on that mark skips SegTrainer,
-SegEvaluator and Pusher (``"warn"``: recorded, not blocking).
+``blocked`` and SegEvaluator then does not bless the model, so Pusher does not push it; with
+``action="block_training"`` it is marked ``blocked`` too and the pipeline's ``tfx.dsl.Cond`` on
+that mark skips SegTrainer, SegEvaluator and Pusher (``"warn"``: recorded, not blocking).
 Output ``drift_report`` (DriftReport) holds ``drift.json``; the report shows it.
 """
 from __future__ import annotations
