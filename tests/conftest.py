@@ -5,6 +5,8 @@
   run `tf.distribute.MirroredStrategy` on ["/cpu:0", "/cpu:1"] without a GPU. Code that
   does not ask for a strategy keeps using /cpu:0 as usual.
 - Beam runs in memory with one worker unless a test asks otherwise.
+- Test files with slow tests run first (``make test`` spreads whole files over two worker
+  processes: a long file started last would leave the other worker idle at the end).
 - The session fails if it leaves a TFX worker package (~50 MB each, never removed by TFX) in
   the temp folder: a local run goes through ``run_dag_locally`` (a full /tmp once failed CI).
 """
@@ -58,3 +60,9 @@ def no_tfx_package_left_in_temp():
     left = sorted(_tfx_packages() - before)
     assert not left, (f"{len(left)} TFX worker package(s) left in the temp folder, e.g. {left[0]}: run local "
                       f"pipelines with segbalance.pipeline.local_dag.run_dag_locally")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files that hold a test marked ``slow`` first, each file's tests in their own order (stable sort)."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

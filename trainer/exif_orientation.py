@@ -116,9 +116,15 @@ def _from_tiff(tiff) -> tf.Tensor:
     return tf.cast(tf.where(ok, value, 1), tf.int32)
 
 
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 def orientation(data) -> tf.Tensor:
-    """The EXIF orientation (int32, 1-8) of encoded image bytes: from a JPEG's Exif APP1 segment or a
-    PNG's eXIf chunk; 1 for other formats, without EXIF or the tag, and for a value outside 1-8."""
+    """The EXIF orientation (int32, 1-8) of encoded image bytes (a scalar string): from a JPEG's Exif
+    APP1 segment or a PNG's eXIf chunk; 1 for other formats, without EXIF or the tag, and for a value
+    outside 1-8.
+
+    A ``tf.function`` traced once per process: Transform traces ``preprocessing_fn`` about ten times
+    and the serving export once more, and building this graph cost about 0.8 s of Python each time
+    (0.1 s as a call of the traced function); ingest's eager calls run the traced graph too."""
     def found_in(first, step):
         def read():
             start, length = _walk(data, first, step(data))
