@@ -266,10 +266,11 @@ def make_dataset(file_patterns: List[str], tf_transform_output, batch_size: int,
     if batch_across_passes:  # batches run on from one pass into the next: all of them full
         ds = passes.flat_map(no_autograph(one_pass)).skip(skip).batch(batch_size, drop_remainder=drop_remainder)
     else:  # a pass is batched alone: one pass is one epoch
-        ds = passes.flat_map(no_autograph(lambda p: one_pass(p).batch(batch_size, drop_remainder=drop_remainder))).skip(skip)
+        ds = passes.flat_map(no_autograph(lambda p: one_pass(p).batch(batch_size, drop_remainder=drop_remainder)))
+        ds = ds.skip(skip)
     ds = ds.enumerate(start=start_batch)  # (place in the stream, serialized batch); whole passes were not read
-    ds = ds.map(no_autograph(lambda step, serialized: _augment_batch(to_model_inputs(serialized), tf.stack([seed64, step]),
-                                                              augmentation, ignore_index)),
+    ds = ds.map(no_autograph(lambda step, serialized: _augment_batch(
+                    to_model_inputs(serialized), tf.stack([seed64, step]), augmentation, ignore_index)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if pixel_weights is None:
         ds = ds.map(no_autograph(lambda image, y: (image, {k: v for k, v in y.items() if k != "pixel_weights"})))
