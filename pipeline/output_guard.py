@@ -125,7 +125,8 @@ def check_output_folder(
 # before the first ``run --data OUT/data --output-dir OUT``.)
 RUN_KEY_FILE = "metadata.sqlite"
 RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_model", "data", "sample_data",
-             "report.html", "run_summary.json", "logs", "span_window", LOCK_FILE)
+             "report.html", "run_summary.json", "run_summary.previous.json", "run_summary.json.partial", "logs",
+             "span_window", LOCK_FILE)
 
 
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:

@@ -357,19 +357,23 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
     pipeline_started = False  # from then on the folder holds a run's artifacts and metadata: kept
     with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
+        from segbalance.pipeline import run_summary
+
+        previous = run_summary.set_aside_summary(paths["output_dir"])  # never read as this run's
+        log_path = None
         try:
             abandoned = cancel_abandoned(paths["metadata"])
             if abandoned:
                 print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
                       f"CANCELED", flush=True)
             with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
+                log_path = str(log.path)
                 examples_dir, reference = prepare_data(config, paths)
                 check_records_to_read(config, Path(examples_dir))
                 from tfx import v1 as tfx
 
                 from segbalance.pipeline.dag import create_pipeline
                 from segbalance.pipeline.local_dag import run_dag_locally
-                from segbalance.pipeline.run_summary import summarize
 
                 pipeline = create_pipeline(
                     config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
@@ -387,19 +391,22 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                     raise
                 finally:
                     unroute_absl(progress)
-                summary = summarize(paths)
-            summary["log"] = str(log.path)
+                summary = run_summary.summarize(paths)
+            blocked = (summary.get("drift") or {}).get("status") == "blocked"
+            summary = {"status": "blocked" if blocked else "done", **summary, "log": log_path,
+                       "previous_summary": previous}
             summary["seconds"] = round(time.time() - started, 1)
             summary["cached_components"] = sorted(progress.cached)
             if summary.get("report_artifact"):
                 shutil.copyfile(summary["report_artifact"], paths["report"])
                 summary["report"] = paths["report"]
-            with open(os.path.join(paths["output_dir"], "run_summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+            run_summary.write_summary(paths["output_dir"], summary)
             return summary
-        except UserError:
-            if created and not pipeline_started:  # refused before any component, while this run holds the
-                remove_scaffolding(Path(paths["output_dir"]))  # folder: no empty run folder left (QA)
+        except BaseException as exc:
+            if isinstance(exc, UserError) and created and not pipeline_started:  # refused before any component,
+                remove_scaffolding(Path(paths["output_dir"]))  # in a folder this run made: none left behind (QA)
+            if os.path.isdir(paths["output_dir"]):
+                run_summary.write_summary(paths["output_dir"], run_summary.unfinished_summary(exc, log_path, previous))
             raise
 
 

@@ -244,3 +244,38 @@ def _read_json(path: str) -> Optional[dict]:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+# The run directory's summary of the latest `segbalance run` (run.py), and the one before it: a run
+# sets the previous summary aside when it takes the folder, so run_summary.json never describes
+# an earlier run while a later one failed, was refused or is under way.
+SUMMARY_FILE, PREVIOUS_SUMMARY_FILE = "run_summary.json", "run_summary.previous.json"
+
+
+def set_aside_summary(output_dir: str) -> Optional[str]:
+    """Renames OUTPUT/run_summary.json to run_summary.previous.json (replacing an older one); its new
+    path, or None when there was none."""
+    current, previous = (os.path.join(output_dir, name) for name in (SUMMARY_FILE, PREVIOUS_SUMMARY_FILE))
+    if not os.path.isfile(current):
+        return None
+    os.replace(current, previous)
+    return previous
+
+
+def write_summary(output_dir: str, summary: dict) -> str:
+    """OUTPUT/run_summary.json, written beside and renamed over (never half-written)."""
+    path = os.path.join(output_dir, SUMMARY_FILE)
+    with open(f"{path}.partial", "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(f"{path}.partial", path)
+    return path
+
+
+def unfinished_summary(exc: BaseException, log: Optional[str], previous: Optional[str]) -> dict:
+    """The summary of a run that did not finish: ``status`` refused (a mistake in the config or data,
+    exit 2), interrupted (Ctrl-C) or failed, the one-line error, the log and the previous summary."""
+    status = ("refused" if isinstance(exc, contract.UserError)
+              else "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+    error = " ".join(str(exc).split()) or type(exc).__name__
+    return {"status": status, "error": error if status == "refused" else f"{type(exc).__name__}: {error}",
+            "log": log, "previous_summary": previous}

@@ -53,6 +53,7 @@ def test_first_run_produces_every_artifact(first_run):
     tmp_path, _, result = first_run
     out = tmp_path / "out"
     summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "done" and summary["previous_summary"] is None  # a first run
     # One progress line per component as it starts and ends; a resolver: one line when it is done.
     for node in component_ids():
         if node.endswith("_resolver"):

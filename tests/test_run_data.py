@@ -166,11 +166,13 @@ def test_run_data_mistakes_are_one_line_and_leave_nothing(tmp_path):
     line = _one_error_line(_run_cli("--data", bad, "--output-dir", out), bad / "images")
     report = out / "data" / "ingest_report.Span-0.failed.json"
     assert str(report) in line and json.loads(report.read_text())["num_bad"] == 3
-    # nothing half-made: the failed ingest's report, the run's log, the run folder's marker (output_guard) and
-    # its lock file (run_lock); no span, store or temp folder
+    # nothing half-made: the failed ingest's report, the run's log and summary (refused), the run folder's marker
+    # (output_guard) and its lock file (run_lock); no span, store or temp folder
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     logs = [p for p in left if p.startswith("logs/run-")]
-    expected = ["data", "data/ingest_report.Span-0.failed.json", "logs", *logs]
+    expected = ["data", "data/ingest_report.Span-0.failed.json", "logs", *logs, "run_summary.json"]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "refused" and str(report) in summary["error"] and summary["log"] == str(out / logs[0])
     assert sorted(p for p in left if p not in (".segbalance.json", ".segbalance.lock")) == sorted(expected) and \
         len(logs) == 1, left
     assert "skipped shapes_00000" in (out / logs[0]).read_text()  # the per-pair lines went to the log

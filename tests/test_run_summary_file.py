@@ -1,0 +1,80 @@
+"""run_summary.json describes the latest run only: a run that is refused, fails or is interrupted in a
+folder an earlier run wrote does not leave that run's summary (its mIoU, its pushed model) to be read
+as its own. The earlier summary is kept as run_summary.previous.json."""
+import json
+
+import pytest
+
+from segbalance.contract import UserError
+from segbalance.pipeline import cli, run
+from segbalance.pipeline.output_guard import write_marker
+from segbalance.pipeline.run_summary import (PREVIOUS_SUMMARY_FILE, SUMMARY_FILE, set_aside_summary,
+                                             unfinished_summary, write_summary)
+
+EARLIER = {"status": "done", "miou": 0.91, "pushed_model": "/somewhere/serving_model/1"}
+
+
+class DataProblem(UserError, ValueError):
+    pass
+
+
+def an_earlier_run(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    write_marker(str(out), "run")
+    (out / SUMMARY_FILE).write_text(json.dumps(EARLIER))
+    return out
+
+
+@pytest.mark.parametrize("error, status, code, line", [
+    (DataProblem("masks/a.png: class id 9 >= num_classes 4; add the class to classes.names"), "refused", 2,
+     "masks/a.png: class id 9 >= num_classes 4; add the class to classes.names"),
+    (RuntimeError("disk\nfull"), "failed", None, "RuntimeError: disk full"),  # a bug: the traceback is shown
+])
+def test_a_run_that_does_not_finish_replaces_the_summary_and_keeps_the_earlier_one(tmp_path, monkeypatch, capsys,
+                                                                                   error, status, code, line):
+    out = an_earlier_run(tmp_path)
+
+    def prepare_data(config, paths):
+        raise error
+
+    monkeypatch.setattr(run, "prepare_data", prepare_data)
+    if code is None:
+        with pytest.raises(type(error)):
+            cli.main(["run", "--output-dir", str(out)])
+    else:
+        assert cli.main(["run", "--output-dir", str(out)]) == code
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["status"] == status and summary["error"] == line
+    assert "miou" not in summary and "pushed_model" not in summary
+    assert summary["previous_summary"] == str(out / PREVIOUS_SUMMARY_FILE)
+    assert json.loads((out / PREVIOUS_SUMMARY_FILE).read_text()) == EARLIER
+    assert summary["log"].startswith(str(out / "logs")) and (out / "logs").is_dir()
+    assert not (out / f"{SUMMARY_FILE}.partial").exists()
+    # the next run sets the failed run's summary aside in turn: the earlier success is not kept twice
+    with pytest.raises(type(error)):
+        run.run_local(run.load_config(None, [], output_dir=str(out)))
+    assert json.loads((out / PREVIOUS_SUMMARY_FILE).read_text())["status"] == status
+    capsys.readouterr()
+
+
+def test_a_refusal_in_a_new_folder_leaves_no_folder_and_no_summary(tmp_path, monkeypatch, capsys):
+    def prepare_data(config, paths):
+        raise DataProblem("no images")
+
+    monkeypatch.setattr(run, "prepare_data", prepare_data)
+    assert cli.main(["run", "--output-dir", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+    assert capsys.readouterr().err.strip() == "segbalance run: error: no images"
+
+
+def test_unfinished_summary_statuses_and_the_file_helpers(tmp_path):
+    assert unfinished_summary(KeyboardInterrupt(), None, None)["status"] == "interrupted"
+    assert unfinished_summary(KeyboardInterrupt(), None, None)["error"] == "KeyboardInterrupt: KeyboardInterrupt"
+    assert unfinished_summary(DataProblem("bad"), "x.log", "p.json") == {
+        "status": "refused", "error": "bad", "log": "x.log", "previous_summary": "p.json"}
+    assert set_aside_summary(str(tmp_path)) is None and not (tmp_path / PREVIOUS_SUMMARY_FILE).exists()
+    write_summary(str(tmp_path), {"a": 1})
+    assert set_aside_summary(str(tmp_path)) == str(tmp_path / PREVIOUS_SUMMARY_FILE)
+    assert not (tmp_path / SUMMARY_FILE).exists()
+    assert json.loads((tmp_path / PREVIOUS_SUMMARY_FILE).read_text()) == {"a": 1}
