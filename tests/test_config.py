@@ -29,10 +29,12 @@ def test_default_loss_is_the_experiment_cell_it_was_chosen_from():
 
 
 def test_defaults_live_in_the_schema_only():
-    """The pipeline's values (40 epochs, 3e-3) are the one default; the trainer reads the same objects."""
+    """The pipeline's values (24 epochs, 3e-3 decayed by a cosine) are the one default; the trainer reads the same
+    objects."""
     from segbalance.trainer.training_config import TrainerConfig, TrainingConfig
 
-    assert TrainingConfig().epochs == 40 and TrainingConfig().learning_rate == 3e-3
+    assert TrainingConfig().epochs == 24 and TrainingConfig().learning_rate == 3e-3
+    assert TrainingConfig().lr_schedule.type == "cosine"
     config = load_config()
     assert config.training == TrainingConfig() and config.trainer_config() == TrainerConfig()
     assert TrainerConfig.from_custom_config({})[0] == TrainerConfig()  # run_fn with nothing set: same defaults
@@ -73,7 +75,7 @@ def test_yaml_file_and_overrides(tmp_path):
      "training.lr_schedule.power: 2.0 is read by the polynomial schedule only; type cosine would ignore it"),
     ({"training": {"lr_schedule": {"type": "polynomial", "patience": 5}}},
      "training.lr_schedule.patience: 5 is read by the plateau schedule only; type polynomial would ignore it"),
-    ({"training": {"lr_schedule": {"final_fraction": 0.1}}},
+    ({"training": {"lr_schedule": {"type": "constant", "final_fraction": 0.1}}},
      "training.lr_schedule.final_fraction: 0.1 is read by the cosine / polynomial / plateau schedule only; type "
      "constant would ignore it"),
     ({"training": {"momentum": 0.8}}, "training.momentum: 0.8 is sgd's momentum; adam would ignore it"),

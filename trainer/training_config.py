@@ -18,15 +18,16 @@ module instead of repeating the table.
   ``image_size`` [64, 64]      [H, W] the model sees (Transform resizes); each must be
                                divisible by ``2**depth`` (U-Net) or ``2**(depth+1)``
                                (with a ``backbone``), the factor the encoder halves by
-  ``epochs`` 40                passes over the training split (or ``steps_per_epoch``);
-                               40 keeps ``make run`` within 5 minutes on 2 cores (README
-                               "The pipeline": measured against 8 epochs and cosine)
+  ``epochs`` 24                passes over the training split (or ``steps_per_epoch``);
+                               24 with the cosine schedule keeps ``make run`` within 5
+                               minutes on the slower 2-core machine (README "The
+                               pipeline": measured against 20 and 40 epochs, constant)
   ``batch_size`` 16            global batch over all replicas
   ``steps_per_epoch`` null     cap on the steps of an epoch (the training set repeats)
   ``shuffle_buffer`` 512       records in the shuffle buffer
   ``optimizer`` adam           ``adam``, ``adamw`` or ``sgd``
   ``learning_rate`` 3e-3       the peak learning rate (after any warm-up)
-  ``lr_schedule``              ``type``: ``constant`` (default), ``cosine`` (to
+  ``lr_schedule``              ``type``: ``constant``, ``cosine`` (default; to
                                ``final_fraction`` x the peak, 0) or ``polynomial``
                                (``power`` 1 = linear, to ``final_fraction``), each after a
                                linear warm-up from 0 over ``warmup_epochs`` (0: none);
@@ -198,7 +199,7 @@ PIXEL_WEIGHT_TYPES = {c.TYPE: c for c in (EdgeWeights, UnetBorderWeights, Intens
 class LearningRateSchedule:
     """``training.lr_schedule`` (module docstring); values: ``trainer/optimization.py``."""
 
-    type: Literal["constant", "cosine", "polynomial", "plateau"] = "constant"
+    type: Literal["constant", "cosine", "polynomial", "plateau"] = "cosine"
     warmup_epochs: float = 0.0
     final_fraction: float = 0.0
     power: float = 1.0
@@ -270,7 +271,7 @@ def size_factor(depth: int, backbone: Optional[str]) -> int:
 @dataclass
 class TrainingConfig:
     image_size: List[int] = field(default_factory=lambda: [64, 64])
-    epochs: int = 40
+    epochs: int = 24
     batch_size: int = 16
     steps_per_epoch: Optional[int] = None
     shuffle_buffer: int = 512
