@@ -1,11 +1,11 @@
 """What `make run` scores for a given training budget, with its curves, time and machine on record.
 
-    .venv/bin/python benchmarks/make_run_budget.py [--epochs 40,60,80] [--record FILE] [--plot FILE]
+    .venv/bin/python benchmarks/make_run_budget.py [--epochs 24,40,80] [--record FILE] [--plot FILE]
     .venv/bin/python benchmarks/make_run_budget.py --variant NAME:training.epochs=24,training.batch_size=8 ...
 
 For each epoch budget, runs `segbalance run` (the `make run` job: shapes sample data, whole DAG
-on CPU) into a fresh output folder with a config that sets only ``training.epochs`` (40 is the
-default config itself: no ``--config``); each ``--variant`` (repeatable; ``--epochs`` is then not
+on CPU) into a fresh output folder with a config that sets only ``training.epochs`` (the default's
+own epochs run the default config itself: no ``--config``); each ``--variant`` (repeatable; ``--epochs`` is then not
 run unless given) runs it with a config that sets the dotted fields it names (values read as YAML).
 Appends one JSON line per run to ``--record``
 (default ``docs/results/make_run/runs.jsonl``): the model's mIoU on the eval images' complete
@@ -78,7 +78,8 @@ def run_once(epochs: int, work: Path, default_epochs: int, variant=None) -> dict
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "command": " ".join(["segbalance", *command[3:]]).replace(str(work), "WORK"),
         "variant": name, "config": changes,
-        "epochs": training["config"]["training"]["epochs"], "miou": summary.get("miou"), "num_eval_images": summary.get("num_eval_images"),
+        "epochs": training["config"]["training"]["epochs"], "miou": summary.get("miou"),
+        "num_eval_images": summary.get("num_eval_images"),
         "blessed": summary.get("blessed"), "pushed_this_run": summary.get("pushed_this_run"),
         "best_epoch": None if training.get("best_epoch") is None else training["best_epoch"] + 1,
         "best_val_miou": training.get("best_val_miou"),
@@ -120,7 +121,7 @@ def plot(rows: list, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", help="comma-separated epoch budgets (default 40 when no --variant is given)")
+    parser.add_argument("--epochs", help="comma-separated epoch budgets (default: the default config's, when no --variant is given)")
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME:field.path=value[,...]: a run with these config fields set (repeatable)")
     parser.add_argument("--record", default=str(ROOT / "docs/results/make_run/runs.jsonl"))
@@ -129,7 +130,7 @@ def main() -> None:
     from segbalance.trainer.training_config import TrainingConfig
 
     default_epochs = TrainingConfig().epochs
-    budgets = [int(e) for e in (args.epochs or ("" if args.variant else "40")).split(",") if e]
+    budgets = [int(e) for e in (args.epochs or ("" if args.variant else str(default_epochs))).split(",") if e]
     runs = [(epochs, None) for epochs in budgets] + [(None, parse_variant(v)) for v in args.variant]
     work = Path(tempfile.mkdtemp(prefix="segbalance-make-run-"))
     rows = []

@@ -26,6 +26,7 @@ and how to accept it), so a scheduler (cron, a systemd timer) sees the run that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -392,9 +393,8 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                 finally:
                     unroute_absl(progress)
                 summary = run_summary.summarize(paths)
-            blocked = (summary.get("drift") or {}).get("status") == "blocked"
-            summary = {"status": "blocked" if blocked else "done", **summary, "log": log_path,
-                       "previous_summary": previous}
+            summary = {"status": "blocked" if exit_status(summary) == EXIT_DRIFT_BLOCKED else "done", **summary,
+                       "log": log_path, "previous_summary": previous}
             summary["seconds"] = round(time.time() - started, 1)
             summary["cached_components"] = sorted(progress.cached)
             if summary.get("report_artifact"):
@@ -406,7 +406,9 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
             if isinstance(exc, UserError) and created and not pipeline_started:  # refused before any component,
                 remove_scaffolding(Path(paths["output_dir"]))  # in a folder this run made: none left behind (QA)
             if os.path.isdir(paths["output_dir"]):
-                run_summary.write_summary(paths["output_dir"], run_summary.unfinished_summary(exc, log_path, previous))
+                with contextlib.suppress(OSError):  # (a full disk): the run's own error is the one to show
+                    run_summary.write_summary(paths["output_dir"],
+                                              run_summary.unfinished_summary(exc, log_path, previous))
             raise
 
 

@@ -75,6 +75,8 @@ def test_span_1_2_3_blesses_then_blocks_on_drift_then_blocks_training(tmp_path, 
     summary = json.loads((out / "run_summary.json").read_text())
     assert not summary["blessed"] and "drift blocked the push" in summary["blessing_reason"]
     assert summary["drift"]["status"] == "blocked" and summary["drift"]["action"] == "block"
+    assert summary["status"] == "blocked" and summary["previous_summary"] == str(out / "run_summary.previous.json")
+    assert json.loads((out / "run_summary.previous.json").read_text())["status"] == "done"  # the run before
     assert Path(summary["drift"]["report"]).is_file()
     report = (out / "report.html").read_text()
     assert "Class-distribution drift" in report and "blocked" in report and "circle" in report
