@@ -124,9 +124,11 @@ def check_output_folder(
 # other names is refused. (``data/`` may already be there: ``ingest --output OUT/data --span N``
 # before the first ``run --data OUT/data --output-dir OUT``.)
 RUN_KEY_FILE = "metadata.sqlite"
+# the latest run's summary and the one before it (pipeline/run_summary.py writes them)
+SUMMARY_FILE, PREVIOUS_SUMMARY_FILE = "run_summary.json", "run_summary.previous.json"
 RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_model", "data", "sample_data",
-             "report.html", "run_summary.json", "run_summary.previous.json", "run_summary.json.partial", "logs",
-             "span_window", LOCK_FILE)
+             "report.html", SUMMARY_FILE, PREVIOUS_SUMMARY_FILE, f"{SUMMARY_FILE}.partial", "logs", "span_window",
+             LOCK_FILE)
 
 
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from segbalance import contract
 from segbalance.contract import BLOCKED_REPORT_ID
+from segbalance.pipeline.output_guard import PREVIOUS_SUMMARY_FILE, SUMMARY_FILE
 
 
 def open_store(metadata_path: str, writable: bool = False):
@@ -246,10 +247,10 @@ def _read_json(path: str) -> Optional[dict]:
         return None
 
 
-# The run directory's summary of the latest `segbalance run` (run.py), and the one before it: a run
-# sets the previous summary aside when it takes the folder, so run_summary.json never describes
-# an earlier run while a later one failed, was refused or is under way.
-SUMMARY_FILE, PREVIOUS_SUMMARY_FILE = "run_summary.json", "run_summary.previous.json"
+# The run directory's summary of the latest `segbalance run` (run.py), and the one before it (their
+# names: output_guard, beside the other names a run writes): a run sets the previous summary aside
+# when it takes the folder, so run_summary.json never describes an earlier run while a later one
+# failed, was refused or is under way.
 
 
 def set_aside_summary(output_dir: str) -> Optional[str]:
