@@ -203,21 +203,42 @@ class CountBatches(keras.callbacks.Callback):
         self.batches += 1
 
 
+class CountTrainStepTraces(keras.callbacks.Callback):
+    """How often fit's train function runs the Python ``train_step`` (once per trace: fit calls the
+    tf.function after ``on_train_begin``, and the trace looks ``train_step`` up on the model then)."""
+
+    def __init__(self):
+        super().__init__()
+        self.traces = 0
+
+    def on_train_begin(self, logs=None):
+        step = self.model.train_step
+
+        def counted(data):
+            self.traces += 1
+            return step(data)
+
+        self.model.train_step = counted
+
+
 @pytest.mark.slow
 def test_steps_per_epoch_beyond_one_pass_repeats_the_training_set(tmp_path):
-    """More steps than one pass holds: the training set repeats, every step runs, nothing runs out."""
+    """More steps than one pass holds: the training set repeats, every step runs, nothing runs out.
+    The train step is traced once: the optimizer is built before fit (built inside the first step, its
+    variables made TensorFlow trace the step twice, about 7 s of every training on 2 CPU cores)."""
     from segbalance.trainer import data
 
     uris = ti.tiny_pipeline()
-    steps, counter = 7, CountBatches()
+    steps, counter, traces = 7, CountBatches(), CountTrainStepTraces()
     args = ti.fn_args_for(uris, str(tmp_path), {**ti.CONFIG, "epochs": 2, "steps_per_epoch": steps,
-                                                 "_extra_callbacks": [counter]})
+                                                 "_extra_callbacks": [counter, traces]})
     assert data.count_records(args.train_files) < steps * ti.CONFIG["batch_size"]  # one pass is shorter
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         task.run_fn(args)
     assert counter.batches == 2 * steps and len(summary_of(args)["history"]["loss"]) == 2
     assert not [w for w in caught if "ran out of data" in str(w.message)]
+    assert traces.traces == 1
 
 
 class WeightsAtStart(keras.callbacks.Callback):
