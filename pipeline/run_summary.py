@@ -277,6 +277,8 @@ def unfinished_summary(exc: BaseException, log: Optional[str], previous: Optiona
     exit 2), interrupted (Ctrl-C) or failed, the one-line error, the log and the previous summary."""
     status = ("refused" if isinstance(exc, contract.UserError)
               else "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
-    error = " ".join(str(exc).split()) or type(exc).__name__
-    return {"status": status, "error": error if status == "refused" else f"{type(exc).__name__}: {error}",
-            "log": log, "previous_summary": previous}
+    message, kind = " ".join(str(exc).split()), type(exc).__name__
+    # a refusal's message is the one line the user reads; otherwise the kind of error leads, once (a bare
+    # Ctrl-C has no message: "KeyboardInterrupt")
+    error = (message or kind) if status == "refused" else f"{kind}: {message}" if message else kind
+    return {"status": status, "error": error, "log": log, "previous_summary": previous}

@@ -70,7 +70,8 @@ def test_a_refusal_in_a_new_folder_leaves_no_folder_and_no_summary(tmp_path, mon
 
 def test_unfinished_summary_statuses_and_the_file_helpers(tmp_path):
     assert unfinished_summary(KeyboardInterrupt(), None, None)["status"] == "interrupted"
-    assert unfinished_summary(KeyboardInterrupt(), None, None)["error"] == "KeyboardInterrupt: KeyboardInterrupt"
+    assert unfinished_summary(KeyboardInterrupt(), None, None)["error"] == "KeyboardInterrupt"
+    assert unfinished_summary(RuntimeError("disk\n full"), None, None)["error"] == "RuntimeError: disk full"
     assert unfinished_summary(DataProblem("bad"), "x.log", "p.json") == {
         "status": "refused", "error": "bad", "log": "x.log", "previous_summary": "p.json"}
     assert set_aside_summary(str(tmp_path)) is None and not (tmp_path / PREVIOUS_SUMMARY_FILE).exists()
