@@ -326,6 +326,33 @@ def test_building_classes_on_a_hand_made_case():
     assert not ((mask == 2) & instances.any(-1)).any()
 
 
+def test_building_classes_equal_dilating_the_whole_tile():
+    """building_classes dilates each building within its box widened by the contact distance; a NumPy
+    reference dilating the whole tile (what it did before) gives the same mask, buildings at the
+    borders, touching each other and an empty channel included."""
+    from scipy import ndimage
+
+    def reference(instances):
+        footprints = instances > 0
+        building = footprints.any(-1)
+        near = sum(ndimage.binary_dilation(footprints[..., k], structure=sample_data._disk(sample_data.CONTACT_DISTANCE))
+                   .astype(np.int32) for k in range(footprints.shape[-1]))
+        mask = np.zeros(building.shape, np.uint8)
+        mask[ndimage.binary_dilation(building, structure=sample_data._disk(sample_data.EDGE_WIDTH)) & ~building] = 2
+        mask[(near >= 2) & ~building] = 3
+        mask[building] = 1
+        return mask
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        instances = np.zeros((64, 80, 7), np.uint8)
+        for k in range(6):  # channel 6 stays empty
+            y, x = rng.integers(0, 60), rng.integers(0, 76)
+            instances[y:y + rng.integers(1, 12), x:x + rng.integers(1, 12), k] = 255
+        instances[:2, :3, 0] = instances[-3:, -2:, 1] = 255  # at the tile's corners
+        np.testing.assert_array_equal(sample_data.building_classes(instances), reference(instances))
+
+
 def test_lesion_pixels_are_rare_in_the_scans():
     _need_archive("lesions")
     groups, names = sample_data.load_package_sample("lesions", "all")
