@@ -203,7 +203,7 @@ class CountTrainStepTraces(keras.callbacks.Callback):
 def test_steps_per_epoch_beyond_one_pass_repeats_the_training_set(tmp_path):
     """More steps than one pass holds: the training set repeats, every step runs, nothing runs out.
     The train step is traced once: the optimizer is built before fit (built inside the first step, its
-    variables made TensorFlow trace the step twice, about 7 s of every training on 2 CPU cores)."""
+    variables made TensorFlow trace the step twice, about 5 s of every training on 2 CPU cores)."""
     from segbalance.trainer import data
 
     uris = ti.tiny_pipeline()

@@ -189,7 +189,8 @@ def run_fn(fn_args) -> None:
             model.compile(optimizer=make_optimizer(t, steps_per_epoch), loss=loss,
                           metrics=segmentation_metrics(classes.names, ignore_index), jit_compile=t.jit_compile)
             # built here, not inside the first train step: a tf.function that creates variables is traced
-            # twice (once creating them, once using them), which cost about 7 s a training on 2 CPU cores
+            # twice (once creating them, once using them), which cost about 5 s a training on 2 CPU cores
+            # (docs/benchmarks.md, "Test suite", session 22)
             model.optimizer.build(model.trainable_variables)
         first_loss = float(loss(*_first_batch_targets(train_ds, model)))
         best = BestEpoch(patience=t.early_stopping_patience, restore=t.restore_best, state_dir=backup,
