@@ -326,11 +326,14 @@ def check_records_to_read(config: PipelineConfig, examples_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- run
-def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = False, **pipeline_options) -> dict:
+def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = False, announce: bool = False,
+              **pipeline_options) -> dict:
     """Run the DAG locally; returns the summary that `segbalance run` prints.
 
     Library output goes to OUTPUT/logs/run-<time>.log (``run_log``; on the console too with
-    ``verbose``). A data folder run cannot use is refused before anything is written."""
+    ``verbose``). A data folder run cannot use is refused before anything is written. ``announce``:
+    print where the output goes once every check has passed and the pipeline starts (a refused run
+    prints its one error line only)."""
     from segbalance.pipeline.dag import local_paths
     from segbalance.pipeline.run_lock import cancel_abandoned, exclusive_run
     from segbalance.pipeline.run_log import LibraryLog, route_absl, unroute_absl
@@ -371,6 +374,8 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                 log_path = str(log.path)
                 examples_dir, reference = prepare_data(config, paths)
                 check_records_to_read(config, Path(examples_dir))
+                if announce:
+                    print(f"segbalance run: output in {os.path.abspath(config.output_dir)}", flush=True)
                 from tfx import v1 as tfx
 
                 from segbalance.pipeline.dag import create_pipeline
@@ -501,11 +506,10 @@ def _main(args) -> int:
     except ConfigError as exc:
         print(f"segbalance run: error: {exc}", file=sys.stderr)
         return 2
-    print(f"segbalance run: output in {os.path.abspath(config.output_dir)}", flush=True)
     for note in notes:
         print(f"config: note: {note}", flush=True)
     try:
-        summary = run_local(config, verbose=args.verbose)
+        summary = run_local(config, verbose=args.verbose, announce=True)
     except ConfigError as exc:
         print(f"segbalance run: error: {exc}", file=sys.stderr)
         return 2

@@ -203,11 +203,14 @@ def test_bad_input_is_one_line_exit_2(ws, argv, names, capsys):
         code = cli.main(argv)
     except SystemExit as exc:  # argparse
         code = exc.code
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
     lines = err.strip().splitlines()
     assert code == 2, err
     assert "Traceback" not in err
     assert len(lines) == 1, err
+    # and nothing before it on stdout: `run` printed "output in DIR" first, though it wrote nothing there
+    assert printed.out == "", printed.out
     assert re.match(rf"segbalance {argv[0]}( [a-z]+)?: (config )?error: ", lines[0]), lines[0]
     assert names.format(w=ws) in lines[0], lines[0]
     after = _snapshot(ws)

@@ -164,8 +164,10 @@ def test_a_span_whose_masks_hold_more_classes_than_the_config_names_is_refused_f
     config.write_text("classes: {names: [background, square]}\n")
     assert cli.main(["run", "--config", str(config), "--data", str(tmp_path / "spans"),
                      "--output-dir", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    printed = capsys.readouterr()
+    err = printed.err.strip().splitlines()
     assert len(err) == 1 and "name all 4 (or more) classes" in err[0]
+    assert "output in" not in printed.out  # the run never started: the error is the one line it prints
     assert not (tmp_path / "out").exists()  # refused before any component: no empty run folder left behind
 
 
