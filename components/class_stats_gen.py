@@ -97,12 +97,15 @@ class ClassStatsGenExecutor(base_beam_executor.BaseBeamExecutor):
         for split, counts in stats["split_counts"].items():
             clean.set_int_custom_property(f"kept_{split}", counts["kept"])
             clean.set_int_custom_property(f"quarantined_{split}", counts["quarantined"])
-        msg = (f"ClassStatsGen: {stats['num_records']} records, {stats['quarantined_records']} quarantined, "
-               f"pixel counts {stats['pixel_counts']}")
+        msg = (f"ClassStatsGen: {stats['num_records']} records, {stats['quarantined_records']} quarantined in the "
+               f"counted split(s) {', '.join(splits)}, pixel counts {stats['pixel_counts']}")
         logging.info(msg)
         print(msg, flush=True)
+        quarantined = sum(c["quarantined"] for c in stats["split_counts"].values())
         print("ClassStatsGen: records passed on (kept / read): " + ", ".join(
-            f"{s} {c['kept']}/{c['read']}" for s, c in stats["split_counts"].items()), flush=True)
+            f"{s} {c['kept']}/{c['read']}" for s, c in stats["split_counts"].items())
+            + (f"; {quarantined} quarantined in all, each with its reason in "
+               f"{os.path.join(output.uri, 'quarantine.jsonl')}" if quarantined else ""), flush=True)
         if stats["zero_count_note"]:
             logging.warning("ClassStatsGen: %s", stats["zero_count_note"])
             print(f"ClassStatsGen: {stats['zero_count_note']}", flush=True)

@@ -451,6 +451,11 @@ def print_summary(summary: dict) -> None:
         for span, skipped in sorted((data.get("not_ingested") or {}).items(), key=lambda item: int(item[0])):
             print(f"  not ingested:     {skipped['pairs']} image pair(s) of span {span} (each with its reason: "
                   f"{skipped['report']})")
+    quarantined = summary.get("quarantined") or {}
+    if quarantined.get("records"):
+        print(f"  quarantined:      {quarantined['records']} of {quarantined['read']} records ("
+              + ", ".join(f"{split} {n}" for split, n in quarantined["by_split"].items())
+              + f"), kept out of training and evaluation (each with its reason: {quarantined['list']})")
     print(f"  report:           {summary.get('report', 'not written')}")
     print(f"  class statistics: {summary.get('class_stats', 'not written')}")
     if summary.get("pushed_model") and summary.get("pushed_this_run"):

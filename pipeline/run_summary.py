@@ -200,6 +200,13 @@ def summarize(paths: dict) -> dict:
     stats = made("ClassStatsGen", "class_stats")
     if stats is not None:
         summary["class_stats"] = stats.uri
+        counts = (_read_json(os.path.join(stats.uri, "class_stats.json")) or {}).get("split_counts")
+        if counts:  # records ClassStatsGen kept out of Transform, training and evaluation, every split
+            summary["quarantined"] = {
+                "records": sum(c["quarantined"] for c in counts.values()),
+                "by_split": {split: c["quarantined"] for split, c in sorted(counts.items())},
+                "read": sum(c["read"] for c in counts.values()),
+                "list": os.path.join(stats.uri, "quarantine.jsonl")}
     evaluation = made("SegEvaluator", "evaluation")
     drift = made("ClassDistributionValidator", "drift_report")
     if drift is not None:  # the gate's decision, for a scheduler that reads the summary, not the console

@@ -197,7 +197,21 @@ def test_quarantined_records_reach_no_transform_trainer_or_evaluator(tmp_path, c
     evaluation = json.loads(open(os.path.join(_only_dir(tmp_path / "root" / "SegEvaluator" / "evaluation"),
                                               "evaluation.json")).read())
     assert evaluation["num_images"] == stats["split_counts"]["eval"]["kept"]
-    assert "records passed on (kept / read): " in "".join(capfd.readouterr())
+    printed = "".join(capfd.readouterr())
+    assert "records passed on (kept / read): " in printed
+    # every split's quarantined records, on the console and in the run's summary (the counted line said 2:
+    # train's only, and the summary named none; QA, session 23)
+    assert f"3 quarantined in all, each with its reason in {stats_uri}/quarantine.jsonl" in printed
+    from segbalance.pipeline.run import print_summary
+    from segbalance.pipeline.run_summary import summarize
+
+    summary = summarize({"metadata": metadata, "output_dir": str(tmp_path)})
+    read = counts["train"]["read"] + counts["eval"]["read"]
+    assert summary["quarantined"] == {"records": 3, "by_split": {"eval": 1, "train": 2}, "read": read,
+                                      "list": f"{stats_uri}/quarantine.jsonl"}
+    print_summary({**summary, "seconds": 1.0, "log": "run.log"})
+    assert (f"  quarantined:      3 of {read} records (eval 1, train 2), kept out of training and evaluation "
+            f"(each with its reason: {stats_uri}/quarantine.jsonl)") in capfd.readouterr().out
 
 
 def _only_dir(folder):
