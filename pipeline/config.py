@@ -98,8 +98,19 @@ class DataConfig:
             path = Path(self.dir)
             require(path.is_dir(), f"{where}.dir",
                     f"{path} is not a folder; point it at a folder with images/ and masks/")
-            require((path / "images").is_dir() or any(path.glob("Span-*")), f"{where}.dir",
-                    f"{path} has no images/ folder and no Span-N/ folders: nothing to train on")
+            require((path / "images").is_dir() or any(path.glob("Span-*")), f"{where}.dir", no_data_hint(path))
+
+
+def no_data_hint(path: Path) -> str:
+    """Why a data folder with neither images/ nor Span-N/ cannot be read, and what to give instead."""
+    if re.fullmatch(r"Span-\d+", path.name) and any(path.glob("*.tfrecord*")):
+        return (f"{path} is one span's folder; give the folder that holds it, --data {path.parent} "
+                f"(the run reads its latest span, or the last data.num_spans)")
+    if any(path.glob("data-*.tfrecord*")):
+        return (f"{path} holds TFRecords that `segbalance ingest` wrote without --span, and a run reads Span-N/ "
+                f"folders: ingest again with --span 0 (or move the files into {path / 'Span-0'}/)")
+    return (f"{path} has no images/ folder and no Span-N/ folders: nothing to train on; give a folder with "
+            f"images/ and masks/, or the --output of `segbalance ingest ... --span N`")
 
 
 @dataclass

@@ -166,8 +166,33 @@ def test_data_dir_must_hold_data(tmp_path):
     with pytest.raises(ConfigError, match="data.dir: .* is not a folder"):
         config_from_dict({"data": {"dir": str(tmp_path / "missing")}})
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="nothing to train on"):
+    with pytest.raises(ConfigError, match="nothing to train on; give a folder with images/ and masks/, or the "
+                                          "--output of `segbalance ingest ... --span N`"):
         config_from_dict({"data": {"dir": str(tmp_path / "empty")}})
+
+
+def test_a_data_dir_of_ingest_output_without_spans_says_what_to_give(tmp_path):
+    """QA (session 23): `ingest` without --span writes its shards into the output folder itself, and `run
+    --data` on it (or on one Span-N folder) said only "nothing to train on"."""
+    shard = "data-00000-of-00001.tfrecord"  # what `segbalance ingest` names its shards (pipeline/ingest.py OWNED)
+    from fnmatch import fnmatch
+
+    from segbalance.pipeline.ingest import OWNED
+
+    assert fnmatch(shard, OWNED[0])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / shard).write_bytes(b"")
+    with pytest.raises(ConfigError, match=re.escape(f"{flat} holds TFRecords that `segbalance ingest` wrote without "
+                                                    "--span, and a run reads Span-N/ folders: ingest again with --span 0")):
+        config_from_dict({"data": {"dir": str(flat)}})
+    span = tmp_path / "spans" / "Span-3"
+    span.mkdir(parents=True)
+    (span / shard).write_bytes(b"")
+    with pytest.raises(ConfigError, match=re.escape(f"{span} is one span's folder; give the folder that holds it, "
+                                                    f"--data {span.parent}")):
+        config_from_dict({"data": {"dir": str(span)}})
+    assert config_from_dict({"data": {"dir": str(span.parent)}}).data.dir == str(span.parent)  # and that is read
 
 
 def test_bad_files(tmp_path):
