@@ -445,7 +445,7 @@ def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
                     raise PairError("mask_mode", f"mask {name} is RGBA with {int((alpha != 255).sum())} (partly) "
                                                  f"transparent pixels; class-id masks must be single-channel or "
                                                  f"opaque RGB with --palette")
-                img = img.convert("RGB")
+                # opaque: mapped by its RGB colours like an RGB mask (``_mask_ids``), named RGBA in its errors
             return np.asarray(img)
 
 
@@ -498,7 +498,8 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
                 raise PairError("image_not_8bit", f"{what} is {img.mode} ({'16' if ';16' in img.mode else '32'}-bit); "
-                                                  f"expected 8-bit RGB or greyscale")
+                                                  f"expected 8-bit RGB or greyscale: convert it to 8 bits (scale its "
+                                                  f"values to 0-255) before ingest")
             kept = codec.image_format(data) in (b"png", b"jpeg") and not rotated
             _check_complete(data, what)
             if kept:
@@ -518,7 +519,14 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
 def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.ndarray:
     if mask.ndim == 3:
         if options.palette is None:
-            raise PairError("rgb_mask_without_palette", f"mask {name} is RGB colour (3 channels) and no --palette "
+            channels = "RGBA, 4" if mask.shape[-1] == 4 else f"RGB colour, {mask.shape[-1]}"
+            rgb = mask[..., :3]
+            if (rgb == rgb[..., :1]).all():  # grey ids written as RGB: say so, and what to do
+                raise PairError("rgb_mask_without_palette", f"mask {name} is {channels} channels, all equal: class "
+                                                            f"ids saved as RGB; save the masks single-channel (8-bit "
+                                                            f"greyscale), or map them with --palette "
+                                                            f"'{{\"0\": [0, 0, 0], \"1\": [1, 1, 1], ...}}'")
+            raise PairError("rgb_mask_without_palette", f"mask {name} is {channels} channels, and no --palette "
                                                         f"was given to map colours to class ids")
         rgb = mask[..., :3].reshape(-1, 3)
         colours, inverse = np.unique(rgb, axis=0, return_inverse=True)

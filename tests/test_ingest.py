@@ -110,7 +110,12 @@ def test_with_a_palette_file_palette_mode_masks_map_by_colour_not_by_index(tmp_p
 BAD_CASES = {
     "undecodable_image": "image",
     "undecodable_mask": "mask",
-    "rgb_mask_no_palette": "3 channels",
+    "rgb_mask_no_palette": "is RGB colour, 3 channels, and no --palette",
+    # QA (session 23): class ids saved as RGB were called colour masks, with no hint; RGBA was "3 channels"
+    "grey_ids_saved_as_rgb": "is RGB colour, 3 channels, all equal: class ids saved as RGB; save the masks "
+                             "single-channel (8-bit greyscale), or map them with --palette",
+    "rgba_mask_no_palette": "is RGBA, 4 channels, and no --palette",
+    "image_16_bit": "(16-bit); expected 8-bit RGB or greyscale: convert it to 8 bits",
     "size_mismatch": "but mask is",
     "class_id_too_large": "outside",
     "image_without_mask": "has no mask",
@@ -120,6 +125,9 @@ BAD_CODES = {  # the machine-readable code of each (run.py matches "class_ids_ou
     "undecodable_image": "undecodable",
     "undecodable_mask": "undecodable",
     "rgb_mask_no_palette": "rgb_mask_without_palette",
+    "grey_ids_saved_as_rgb": "rgb_mask_without_palette",
+    "rgba_mask_no_palette": "rgb_mask_without_palette",
+    "image_16_bit": "image_not_8bit",
     "size_mismatch": "size_mismatch",
     "class_id_too_large": "class_ids_out_of_range",
     "image_without_mask": "no_mask",
@@ -141,6 +149,16 @@ def _make_bad(tmp_path, case):
     elif case == "rgb_mask_no_palette":
         _write(tmp_path / "images" / "bad.png", image)
         _write(tmp_path / "masks" / "bad.png", image)
+    elif case == "grey_ids_saved_as_rgb":
+        _write(tmp_path / "images" / "bad.png", image)
+        _write(tmp_path / "masks" / "bad.png", np.repeat(rng.integers(0, 3, (6, 6, 1), dtype=np.uint8), 3, axis=-1))
+    elif case == "rgba_mask_no_palette":
+        _write(tmp_path / "images" / "bad.png", image)
+        _write(tmp_path / "masks" / "bad.png", np.concatenate([image, np.full((6, 6, 1), 255, np.uint8)], -1))
+    elif case == "image_16_bit":
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 60000, (6, 6)).astype(np.uint16)).save(tmp_path / "images" / "bad.png")
+        _write(tmp_path / "masks" / "bad.png", np.zeros((6, 6), np.uint8))
     elif case == "size_mismatch":
         _write(tmp_path / "images" / "bad.png", image)
         _write(tmp_path / "masks" / "bad.png", np.zeros((5, 6), np.uint8))
