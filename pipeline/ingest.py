@@ -268,12 +268,20 @@ def load_palette(path: os.PathLike) -> Dict[Union[Tuple[int, int, int], int], in
     instead of [r, g, b] maps that value of single-channel masks (e.g. {"0": 0, "1": 255} for binary
     masks saved as 0/255). Keys of the result: (r, g, b) tuples and grey-value ints."""
     raw = _read_json(Path(path), "--palette")
-    try:
-        items = enumerate(raw) if isinstance(raw, list) else ((int(k), v) for k, v in raw.items())
-        items = [(int(class_id), int(v) if _is_int(v) else tuple(int(x) for x in v)) for class_id, v in items]
-    except Exception as exc:
-        raise IngestError(f"--palette {path}: cannot read it as a JSON list of [r, g, b] (or grey values) per class "
-                          f"({exc})") from exc
+    if not isinstance(raw, (list, dict)):
+        raise IngestError(f"--palette {path}: cannot read it as a JSON list of [r, g, b] (or grey values) per class, "
+                          f"or an object {{\"id\": [r, g, b]}}; it holds {json.dumps(raw)[:40]}")
+    items = []
+    for key, value in (enumerate(raw) if isinstance(raw, list) else raw.items()):
+        if not (_is_int(key) or (isinstance(key, str) and key.strip().isdigit())):
+            raise IngestError(f"--palette {path}: key {json.dumps(key)} is not a class id (0, 1, 2, ...)")
+        if _is_int(value):
+            items.append((int(key), value))
+        elif isinstance(value, list) and all(_is_int(x) for x in value):
+            items.append((int(key), tuple(value)))
+        else:  # (a bool is no grey value, a colour name no colour: say which entry)
+            raise IngestError(f"--palette {path}: class {int(key)}: {json.dumps(value)[:40]} is neither a colour "
+                              f"[r, g, b] of integers nor a grey value")
     palette: Dict[Union[Tuple[int, int, int], int], int] = {}
     for class_id, rgb in items:
         if isinstance(rgb, int):  # a grey value of single-channel (8- or 16-bit) masks

@@ -711,6 +711,12 @@ def test_exif_rotated_images_are_stored_upright_and_counted(tmp_path, capsys):
     ("[[0, 0, 0], [256, 0, 0]]", "class 1 colour [256, 0, 0] has values outside 0..255"),
     ("[[0, -1, 0]]", "class 0 colour [0, -1, 0] has values outside 0..255"),
     ("[[0, 0]]", "class 0 colour [0, 0]: every colour must have 3 components"),
+    # QA (session 23): these said "cannot read it as a JSON list ... (invalid literal for int() ...: 'r')"
+    ('{"0": [0, 0, 0], "1": "red"}', 'class 1: "red" is neither a colour [r, g, b] of integers nor a grey value'),
+    ('{"0": [0, 0, 0], "1": [0.5, 0, 0]}', "class 1: [0.5, 0, 0] is neither a colour"),
+    ('{"0": true}', "class 0: true is neither a colour"),
+    ('{"road": [1, 2, 3]}', 'key "road" is not a class id (0, 1, 2, ...)'),
+    ('"red"', 'cannot read it as a JSON list of [r, g, b] (or grey values) per class, or an object'),
 ])
 def test_palette_file_with_a_repeated_or_impossible_colour_is_refused(tmp_path, content, message, capsys):
     """Item 3: a repeated colour used to map both classes' pixels to the last id, silently."""
