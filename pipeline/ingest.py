@@ -208,6 +208,7 @@ class Listing:
     files: Dict[str, Path]
     other_suffix: Dict[str, Path]  # non-hidden files directly in the folder with another suffix, by stem
     subfolders: List[Path]  # non-hidden sub-folders (ingest does not recurse)
+    broken: Dict[str, Path] = field(default_factory=dict)  # links to nothing, with a suffix ingest reads, by stem
 
     def skipped(self) -> List[Path]:
         """Every non-hidden file ingest does not read: other suffixes, and files in sub-folders."""
@@ -230,6 +231,9 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str) -> Listing:
             continue
         if path.is_dir():
             listing.subfolders.append(path)
+        elif path.is_symlink() and not path.exists():  # a dangling link: named as one, never "has no image"
+            target = listing.broken if path.suffix.lower() in suffixes else listing.other_suffix
+            target.setdefault(source_id_of(path.stem), path)
         elif path.is_file():
             stem = source_id_of(path.stem)
             if path.suffix.lower() not in suffixes:
@@ -841,16 +845,31 @@ def _unpaired(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list:
     suffix ingest does not read, e.g. ``.webp``: TensorFlow's decode_image cannot decode it)."""
     images, masks, bad = image_list.files, mask_list.files, []
     supported = ", ".join(IMAGE_SUFFIXES)
+
+    def dangling(link: Path) -> str:
+        return f"{link.name} is a link to {os.readlink(link)}, which does not exist"
+
+    for stem in sorted((set(image_list.broken) | set(mask_list.broken)) - set(images) - set(masks)):
+        image, mask = image_list.broken.get(stem), mask_list.broken.get(stem)
+        bad.append(_bad(stem, "broken_link", "; ".join(f"{what} {dangling(link)}" for what, link in
+                                                       (("image", image), ("mask", mask)) if link is not None),
+                        image, mask))
     for stem in sorted(set(images) - set(masks)):
         other = mask_list.other_suffix.get(stem)
-        if other is not None:
+        if stem in mask_list.broken:
+            bad.append(_bad(stem, "broken_link", f"mask {dangling(mask_list.broken[stem])}", images[stem],
+                            mask_list.broken[stem]))
+        elif other is not None:
             bad.append(_bad(stem, "unsupported_mask_extension", f"mask {other.name} has the suffix {other.suffix}, "
                             f"which ingest does not read ({supported}): save it as PNG", images[stem], other))
         else:
             bad.append(_bad(stem, "no_mask", f"image has no mask {stem}.* in {masks_dir}", image=images[stem]))
     for stem in sorted(set(masks) - set(images)):
         other = image_list.other_suffix.get(stem)
-        if other is not None:
+        if stem in image_list.broken:
+            bad.append(_bad(stem, "broken_link", f"image {dangling(image_list.broken[stem])}", image_list.broken[stem],
+                            masks[stem]))
+        elif other is not None:
             bad.append(_bad(stem, "unsupported_image_extension", f"image {other.name} has the suffix {other.suffix}, "
                             f"which ingest does not read ({supported}): convert it to PNG or JPEG", other, masks[stem]))
         else:

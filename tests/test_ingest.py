@@ -960,3 +960,29 @@ def test_a_voc_border_colour_maps_to_the_ignore_index(tmp_path, capsys):
     expected = ids.copy()
     expected[3, 2:6] = 255
     np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), expected)
+
+
+def test_a_link_to_nothing_is_named_as_one(tmp_path, capsys):
+    """QA (session 23): an image that is a dangling link was reported as "mask has no image"; one whose
+    mask was a dangling link too was in no list at all."""
+    _dataset(tmp_path, n=2)
+    _write(tmp_path / "masks" / "imglink.png", np.zeros((12, 10), np.uint8))
+    (tmp_path / "images" / "imglink.png").symlink_to(tmp_path / "gone" / "a.png")
+    _write(tmp_path / "images" / "masklink.png", np.zeros((12, 10, 3), np.uint8))
+    (tmp_path / "masks" / "masklink.png").symlink_to("nowhere.png")
+    (tmp_path / "images" / "both.jpg").symlink_to("x.jpg")
+    (tmp_path / "masks" / "both.png").symlink_to("y.png")
+    (tmp_path / "images" / "notes.txt").symlink_to("z.txt")  # a suffix ingest does not read: listed as skipped
+    assert _run(tmp_path) == 0
+    report = _report(tmp_path / "out")
+    assert report["num_written"] == 2
+    bad = {b["source_id"]: b for b in report["bad"]}
+    assert {k: b["code"] for k, b in bad.items()} == {"imglink": "broken_link", "masklink": "broken_link",
+                                                      "both": "broken_link"}
+    assert bad["imglink"]["reason"] == f"image imglink.png is a link to {tmp_path / 'gone' / 'a.png'}, which does not exist"
+    assert bad["masklink"]["reason"] == "mask masklink.png is a link to nowhere.png, which does not exist"
+    assert bad["both"]["reason"] == ("image both.jpg is a link to x.jpg, which does not exist; "
+                                     "mask both.png is a link to y.png, which does not exist")
+    assert bad["both"]["image"] == str(tmp_path / "images" / "both.jpg")
+    assert report["skipped_files"] == [str(tmp_path / "images" / "notes.txt")]
+    assert "ingest: skipped imglink: image imglink.png is a link to" in capsys.readouterr().err
