@@ -268,6 +268,9 @@ def size_factor(depth: int, backbone: Optional[str]) -> int:
     return 2 ** (depth + 1) if backbone else 2 ** depth
 
 
+INT32_MAX = 2 ** 31 - 1  # the largest epoch count, batch size, ... a training takes
+
+
 @dataclass
 class TrainingConfig:
     image_size: List[int] = field(default_factory=lambda: [64, 64])
@@ -302,8 +305,10 @@ class TrainingConfig:
     def validate(self, where: str) -> None:
         for name in ("epochs", "batch_size", "depth", "base_filters", "shuffle_buffer"):
             require(getattr(self, name) >= 1, f"{where}.{name}", "must be >= 1")
-        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{where}.steps_per_epoch",
-                "must be >= 1 (or null: the whole training split)")
+            # (TensorFlow takes them as 32/64-bit integers: a larger value stopped SegTrainer, not the config check)
+            require(getattr(self, name) <= INT32_MAX, f"{where}.{name}", f"must be <= {INT32_MAX}")
+        require(self.steps_per_epoch is None or 1 <= self.steps_per_epoch <= INT32_MAX, f"{where}.steps_per_epoch",
+                f"must be between 1 and {INT32_MAX} (or null: the whole training split)")
         require(is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
         require(is_number(self.momentum, 0.0) and self.momentum < 1, f"{where}.momentum", "must be >= 0 and < 1")
         require(not self.nesterov or self.optimizer == "sgd", f"{where}.nesterov",
