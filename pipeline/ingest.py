@@ -243,6 +243,9 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str) -> Listing:
                                   f"keep one")
             else:
                 listing.files[stem] = path
+    for stem in sorted(set(listing.broken) & set(listing.files)):  # as for two files: not one left out unsaid
+        raise IngestError(f"two {what} files share the stem {stem!r}: {listing.files[stem].name}, "
+                          f"{listing.broken[stem].name} (a link to nothing); keep one")
     return listing
 
 
@@ -530,9 +533,9 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
 
 def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.ndarray:
     if mask.ndim == 3:
+        rgb = mask[..., :3]
         if options.palette is None:
             channels = "RGBA, 4" if mask.shape[-1] == 4 else f"RGB colour, {mask.shape[-1]}"
-            rgb = mask[..., :3]
             if (rgb == rgb[..., :1]).all():  # grey ids written as RGB: say so, and what to do
                 raise PairError("rgb_mask_without_palette", f"mask {name} is {channels} channels, all equal: class "
                                                             f"ids saved as RGB; save the masks single-channel (8-bit "
@@ -540,8 +543,7 @@ def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.nd
                                                             f"'{{\"0\": [0, 0, 0], \"1\": [1, 1, 1], ...}}'")
             raise PairError("rgb_mask_without_palette", f"mask {name} is {channels} channels, and no --palette "
                                                         f"was given to map colours to class ids")
-        rgb = mask[..., :3].reshape(-1, 3)
-        colours, inverse = np.unique(rgb, axis=0, return_inverse=True)
+        colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
         lookup = np.empty(len(colours), dtype=np.int64)
         for i, colour in enumerate(colours):
             key = tuple(int(x) for x in colour)

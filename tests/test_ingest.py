@@ -986,3 +986,12 @@ def test_a_link_to_nothing_is_named_as_one(tmp_path, capsys):
     assert bad["both"]["image"] == str(tmp_path / "images" / "both.jpg")
     assert report["skipped_files"] == [str(tmp_path / "images" / "notes.txt")]
     assert "ingest: skipped imglink: image imglink.png is a link to" in capsys.readouterr().err
+
+
+def test_a_link_to_nothing_beside_a_file_of_its_stem_is_refused_like_two_files(tmp_path, capsys):
+    """It would otherwise be left out unsaid: the file of that stem pairs, the link is in no list."""
+    _dataset(tmp_path, n=2)
+    (tmp_path / "images" / "img0.jpg").symlink_to("gone.jpg")
+    assert _run(tmp_path) == 2
+    assert ("two image files share the stem 'img0': img0.png, img0.jpg (a link to nothing); keep one"
+            in capsys.readouterr().err)
