@@ -35,6 +35,26 @@ def cross_entropy(y, z, cw=None, pw=None, ls=0.0, ignore=255):
     return total / max(valid.sum(), 1)
 
 
+def cross_entropy_top_k(y, z, fraction, cw=None, ignore=255):
+    """Class-weighted CE over each image's hardest pixels: the ceil(fraction * H * W) largest weighted
+    losses of the image (ties at the k-th value kept, ignored pixels counting as 0), averaged over the kept
+    labelled pixels of the batch."""
+    labels, valid = split(y, ignore)
+    lp = log_softmax(z.astype(np.float64))
+    per = -np.take_along_axis(lp, labels[..., None], -1)[..., 0]
+    w = valid * (np.asarray(cw, np.float64)[labels] if cw is not None else 1.0)
+    with np.errstate(invalid="ignore"):
+        weighted = np.where(w != 0, per * w, 0.0)
+    total, count = 0.0, 0
+    for image, labelled in zip(weighted, valid):
+        flat, flat_valid = image.ravel(), labelled.ravel().astype(bool)
+        k = max(1, int(np.ceil(fraction * flat.size)))
+        keep = (flat >= np.sort(flat)[::-1][k - 1]) & flat_valid
+        total += flat[keep].sum()
+        count += keep.sum()
+    return total / max(count, 1)
+
+
 def _focal_parts(z, label):
     """(p, 1 - p_y, log p_y) of one pixel in float64; 1 - p_y summed over the other classes (no
     cancellation when p_y -> 1), log p_y = log1p(-(1 - p_y)) when p_y > 1/2."""

@@ -41,6 +41,23 @@ def test_augment_moves_image_mask_and_weights_together():
     assert not np.array_equal(other.numpy(), out_mask.numpy())
 
 
+def test_augment_keeps_the_static_image_size():
+    """Traced as in the training stream (batch size unknown), every augmentation returns the static image
+    size it was given: the scale crop resized to a size tensor and lost it, so the loss saw [B, None, None]."""
+    from segbalance.trainer.training_config import Augmentation
+
+    spec = (tf.TensorSpec([None, 32, 24, 3], tf.float32), tf.TensorSpec([None, 32, 24], tf.int32),
+            tf.TensorSpec([None, 32, 24], tf.float32))
+    def augmented(config):
+        return tf.function(lambda i, m, w: data.augment(i, m, w, tf.constant([1, 0], tf.int64), config),
+                           input_signature=spec)
+
+    for config in (Augmentation(), Augmentation(scale=(0.5, 2.0), rotate90=True, brightness=0.5, contrast=0.5)):
+        traced = augmented(config)
+        outputs = traced.get_concrete_function().structured_outputs
+        assert [o.shape.as_list() for o in outputs] == [[None, 32, 24, 3], [None, 32, 24], [None, 32, 24]]
+
+
 def test_pixel_weight_config_errors():
     data.validate_pixel_weights(None)
     data.validate_pixel_weights({"type": "edge", "boundary_weight": 2})

@@ -45,6 +45,8 @@ CASES = {
     "ce_error_weights": (lambda y, z, l: L.weighted_cross_entropy(y, z, CW, fn_weights=FN[:len(CW)],
                                                                   fp_weights=FP[:len(CW)], low_confidence=(0.5, 0.3)),
                          lambda y, z, l: ref.cross_entropy(y, z, CW, ref.error_weights(y, z, FN, FP, (0.5, 0.3)))),
+    "ce_top_k": (lambda y, z, l: L.weighted_cross_entropy(y, z, CW, top_k_percent_pixels=0.3),
+                 lambda y, z, l: ref.cross_entropy_top_k(y, z, 0.3, CW)),
     "focal": (lambda y, z, l: L.focal_loss(y, z, gamma=2.0, alpha=CW),
               lambda y, z, l: ref.focal(y, z, 2.0, CW)),
     "focal_gamma_half": (lambda y, z, l: L.focal_loss(y, z, gamma=0.5),
@@ -310,6 +312,19 @@ def test_xla_jit_compile_gives_the_same_value(name):
     compiled = tf.function(lambda a, b, c: fn(a, b, c), jit_compile=True)
     np.testing.assert_allclose(float(compiled(tf.constant(y), tf.constant(z), tf.constant(labeled))),
                                float(fn(y, z, labeled)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unknown_image_size_in_a_traced_step_gives_the_same_value(name):
+    """A training step traces the loss with [B, None, None] masks (model.fit over a dataset of unknown
+    image size): every loss must build and, compiled with XLA, equal the eager value. top-k pixels read
+    the image size from the static shape and failed there (int(None)) in every SegTrainer run."""
+    y, z, labeled = data(16, b=2, h=6, w=5)
+    spec = (tf.TensorSpec([None, None, None], tf.int64), tf.TensorSpec([None, None, None, C], tf.float32),
+            tf.TensorSpec([None, C], tf.float32))
+    fn = CASES[name][0]
+    traced = tf.function(lambda a, b, c: fn(a, b, c), input_signature=spec, jit_compile=True)
+    np.testing.assert_allclose(float(traced(y, z, labeled)), float(fn(y, z, labeled)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ALL)

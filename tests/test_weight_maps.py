@@ -88,13 +88,16 @@ def test_feature_extractor_weights_match_numpy_and_accept_a_keras_model():
     lo, hi = mean_abs.min((1, 2), keepdims=True), mean_abs.max((1, 2), keepdims=True)
     np.testing.assert_allclose(np.asarray(W.feature_extractor_weights(x, same_size, reduce="mean_abs")),
                                1 + (mean_abs - lo) / (hi - lo), rtol=1e-5)
-    inputs = keras.Input((8, 8, 3))
+    inputs = keras.Input((None, None, 3))
     features = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # [B,4,4,4]: resized to 8x8
     extractor = keras.Model(inputs, features)
     got = np.asarray(W.feature_extractor_weights(x, extractor, strength=2.0))
     assert got.shape == (2, 8, 8) and np.isfinite(got).all()
     np.testing.assert_allclose(got.min((1, 2)), 1.0, atol=1e-5)
     np.testing.assert_allclose(got.max((1, 2)), 3.0, atol=1e-5)
+    unknown_size = tf.function(lambda t: W.feature_extractor_weights(t, extractor, strength=2.0),
+                               input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    np.testing.assert_allclose(unknown_size(x).numpy(), got, rtol=1e-5)  # image size from the tensor, not static
     constant = W.feature_extractor_weights(x, lambda t: tf.ones_like(t))
     np.testing.assert_allclose(np.asarray(constant), 1.0)
     with pytest.raises(ValueError, match="reduce"):

@@ -68,6 +68,7 @@ def augment(image, mask, weights, seed, config=None, ignore_index: int = DEFAULT
     config = config or Augmentation()
     batch = tf.shape(image)[0]
     size = tf.shape(image)[1:3]
+    image_shape = image.shape
     seeds = tf.random.experimental.stateless_split(seed, 7)
     labels = [tf.cast(mask, tf.float32)[..., None], tf.cast(weights, tf.float32)[..., None]]
 
@@ -107,6 +108,9 @@ def augment(image, mask, weights, seed, config=None, ignore_index: int = DEFAULT
             spread = tf.math.reduce_std(image, axis=[1, 2, 3], keepdims=True)
             shift = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[6], -config.brightness, config.brightness)
             image = image + shift * spread
+    # every step keeps the size; crop_and_resize to a size tensor loses the static one, which the loss
+    # and XLA use
+    image, labels = tf.ensure_shape(image, image_shape), [tf.ensure_shape(x, image_shape[:-1] + [1]) for x in labels]
     return image, tf.cast(labels[0][..., 0], mask.dtype), labels[1][..., 0]
 
 

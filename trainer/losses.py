@@ -259,8 +259,9 @@ def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
     count = valid
     check_in_range("top_k_percent_pixels", top_k_percent_pixels, 0.0, 1.0, low_open=True)
     if top_k_percent_pixels < 1.0:
-        pixels = math.prod(int(d) for d in weighted.shape[1:])
-        k = max(1, int(math.ceil(top_k_percent_pixels * pixels)))
+        # the image size from the tensor, not its static shape: a training step traces with [B, None, None]
+        pixels = math.prod(ops.shape(weighted)[1:])
+        k = ops.maximum(1, ops.cast(ops.ceil(top_k_percent_pixels * ops.cast(pixels, "float32")), "int32"))
         flat = ops.reshape(weighted, (-1, pixels))
         kth = ops.top_k(ops.stop_gradient(flat), k=k, sorted=True)[0][:, k - 1:k]
         keep = ops.cast(ops.greater_equal(ops.stop_gradient(flat), kth), "float32")

@@ -137,7 +137,7 @@ def feature_extractor_weights(image, extractor, *, strength: float = 1.0, reduce
         act = ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
     else:
         act = ops.mean(ops.abs(features), axis=-1, keepdims=True)
-    height, width = int(image.shape[1]), int(image.shape[2])
+    height, width = ops.shape(image)[1], ops.shape(image)[2]  # tensors where the static size is unknown
     act = ops.image.resize(act, (height, width), interpolation="bilinear")[..., 0]
     low = ops.min(act, axis=(1, 2), keepdims=True)
     high = ops.max(act, axis=(1, 2), keepdims=True)
