@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Literal, Optional
 
 from segbalance.components.component_config import DriftConfig, EvaluationConfig, StatsConfig
-from segbalance.contract import DRIFT_ACTIONS  # noqa: F401 (re-exported beside DriftConfig)
+from segbalance.contract import DRIFT_ACTIONS, UserError  # noqa: F401 (DRIFT_ACTIONS re-exported beside DriftConfig)
 from segbalance.trainer.loss_config import LossConfig
 from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, TrainingConfig
 from segbalance.trainer.typed_config import ConfigError, from_dict, require, to_dict, validate_tree
@@ -186,17 +186,31 @@ def _parse(text: str, json_file: bool):
     return yaml.load(text, Loader=UniqueKeyLoader) or {}
 
 
-def names_from_data(values: dict) -> None:
-    """A config that names no classes takes those of its local ``data.dir``'s ``classes.json`` (as a
-    run does) *before* it is checked: per-class lists (``training.loss.class_weights``,
-    ``fn_weights``, ...) are then checked against the data's classes, not the default four."""
-    classes, data = values.get("classes", {}), values.get("data")
-    directory = data.get("dir") if isinstance(data, dict) else None
-    if not isinstance(classes, dict) or "names" in classes or not isinstance(directory, str) or "://" in directory:
+def names_from_data(values: dict, sample: bool = True) -> None:
+    """A config that names no classes takes those of its local ``data.dir``'s ``classes.json``, or
+    without a ``data.dir`` (``sample``: a local run) those of its ``data.sample.kind``, as a run does,
+    *before* it is checked: per-class lists (``training.loss.class_weights``, ``fn_weights``, ...)
+    are then checked against the data's classes, not the default four."""
+    classes, data = values.get("classes", {}), values.get("data", {})
+    if not isinstance(classes, dict) or "names" in classes or not isinstance(data, dict):
         return
-    from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
+    directory = data.get("dir")
+    if isinstance(directory, str) and "://" not in directory:
+        from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
 
-    names = read_class_names(Path(directory).resolve() / "classes.json", instead=CONFIG_CLASSES_HINT)
+        names = read_class_names(Path(directory).resolve() / "classes.json", instead=CONFIG_CLASSES_HINT)
+    elif directory is None and sample and isinstance(data.get("sample"), dict):
+        kind = data["sample"].get("kind")
+        if not isinstance(kind, str) or kind not in SAMPLE_KINDS or kind == "shapes":
+            return  # shapes: the default names; another value is the schema's error
+        from segbalance.pipeline.sample_data import sample_class_names
+
+        try:
+            names = sample_class_names(kind)
+        except UserError as exc:  # its package archive is not in the cache: what to run
+            raise ConfigError(f"data.sample.kind: {kind}: {exc}") from None
+    else:
+        return
     if names is not None:
         values["classes"] = {**classes, "names": names}
 
@@ -242,9 +256,11 @@ def read_values(path) -> dict:
     return values
 
 
-def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None, **overrides: Any) -> PipelineConfig:
+def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None, sample_names: bool = True,
+                **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``; ``notes``, when
-    given, receives what the user may not expect (``replaced_loss_defaults``)."""
+    given, receives what the user may not expect (``replaced_loss_defaults``); ``sample_names``: a
+    config for a local run, whose ``data.sample`` names the classes (``names_from_data``)."""
     values: dict = read_values(path) if path is not None else {}
     given = []
     for dotted, value in overrides.items():
@@ -257,7 +273,7 @@ def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None, *
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        names_from_data(values)
+        names_from_data(values, sample_names)
         config = config_from_dict(values)
         if notes is not None:
             notes.extend(replaced_loss_defaults(values, config))

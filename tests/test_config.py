@@ -389,6 +389,51 @@ def test_config_validate_and_show_check_the_data_folder_s_class_names(tmp_path, 
     assert err.count("\n") == 1 and f"classes file {raw / 'classes.json'}" in err
 
 
+def test_a_sample_kind_names_the_classes_before_the_file_is_checked(tmp_path, capsys, monkeypatch):
+    """With data.sample.kind voc (21 classes) `config validate` counted the 4 default names: a 21-value
+    fn_weights was refused ('21 values for 4 classes') and a 4-value one passed, which `run` then
+    refused ('4 values for 21 classes'). Validate, show and a local run now take the sample's names
+    first (those sample-data writes); compile-kfp, which does not compile data.sample, does not."""
+    import yaml
+
+    from segbalance.contract import UserError
+    from segbalance.pipeline import package_data, sample_data
+
+    for kind in ("voc", "nuclei"):  # the names the written sample's classes.json holds
+        written = sample_data.write_sample_data(kind, tmp_path / kind, num_images=1, size=16)
+        assert sample_data.sample_class_names(kind) == json.loads((written / "classes.json").read_text())["class_names"]
+    voc = sample_data.sample_class_names("voc")
+    assert len(voc) == 21
+    config = tmp_path / "voc.yaml"
+
+    def write(fn_weights, **extra):
+        config.write_text(yaml.safe_dump({"data": {"sample": {"kind": "voc"}}, **extra, "training": {"loss": {
+            "terms": [{"type": "ce"}], "fn_weights": fn_weights, "missing_labels": None}}}))
+
+    write([1.0] * 21)
+    assert cli.main(["config", "validate", str(config)]) == 0, capsys.readouterr().err
+    assert "valid (21 classes" in capsys.readouterr().out
+    assert cli.main(["config", "show", "--config", str(config)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["classes"]["names"] == voc
+    assert load_config(str(config)).num_classes == 21
+    with pytest.raises(ConfigError, match="has 21 values for 4 classes"):  # compile-kfp: the names it compiles
+        load_config(str(config), sample_names=False)
+    write([1.0] * 4)
+    assert cli.main(["config", "validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training.loss.fn_weights: has 4 values for 21 classes" in err
+    write([1.0] * 4, classes={"names": ["bg", "a", "b", "c"]})  # the user's own names: run refuses them, as before
+    assert load_config(str(config)).classes.names == ["bg", "a", "b", "c"]
+    assert load_config(None, **{"data.dir": str(tmp_path / "voc")}).classes.names == voc  # --data: its classes.json
+    monkeypatch.setenv(package_data.CACHE_ENV, str(tmp_path / "no-cache"))  # labelme's names are in its archive
+    config.write_text(yaml.safe_dump({"data": {"sample": {"kind": "labelme"}}}))
+    with pytest.raises(UserError):
+        package_data.archive_path("labelme")
+    assert cli.main(["config", "validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.sample.kind: labelme:" in err and "is not in" in err
+
+
 def test_the_components_keyword_defaults_are_the_config_s():
     """ClassStatsGen defaulted to no weight clip and SegEvaluator to threshold 0 / tolerance 0, where
     `segbalance run` clips to [0.5, 5] and blesses from 0.3 / 0.02: a user's own pipeline got other
