@@ -8,8 +8,8 @@ model cannot divide, duplicate class names, an unknown loss term, ...) and, as `
 class names against a ``classes.json`` in ``data.dir`` (a config that leaves ``classes.names``
 at its default takes the data's; other names are an error). A bad file exits
 with code 2 and one line on stderr that names the field; neither command imports
-TensorFlow or TFX. A ``training.backbone_weights`` file that is not on this machine is a note
-(``run`` refuses it; a pipeline compiled for a cluster reads it there).
+TensorFlow or TFX. A ``training.backbone_weights`` or ``training.pixel_weights.model`` file that is
+not on this machine is a note (``run`` refuses it; a pipeline compiled for a cluster reads it there).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
 def _main(args) -> int:
     from segbalance.pipeline.config import ConfigError, load_config
     from segbalance.pipeline.run import adopt_class_names, data_class_names
-    from segbalance.trainer.training_config import weights_file_problem
+    from segbalance.trainer.training_config import pixel_weights_file_problem, weights_file_problem
 
     action = getattr(args, "config_action", None)
     if action is None:
@@ -55,9 +55,11 @@ def _main(args) -> int:
         found = data_class_names(config)  # what a run does: the data's classes.json names the classes
         if found is not None:
             adopt_class_names(config, *found, announce=False)
-        missing = weights_file_problem(config.training.backbone, config.training.backbone_weights)
-        if action == "validate" and missing:  # `run` here refuses it; a compiled pipeline reads it on the cluster
-            notes.append(f"{missing} (not on this machine: `segbalance run` here refuses it; a pipeline compiled "
+        missing = [problem for problem in (
+            weights_file_problem(config.training.backbone, config.training.backbone_weights),
+            pixel_weights_file_problem(config.training.pixel_weights)) if problem]
+        for problem in missing if action == "validate" else ():  # `run` here refuses it; a cluster reads it there
+            notes.append(f"{problem} (not on this machine: `segbalance run` here refuses it; a pipeline compiled "
                          f"for a cluster reads it there)")
     except ConfigError as exc:
         message = " ".join(str(exc).split())

@@ -345,6 +345,10 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         from segbalance.trainer.model import check_backbone_weights
 
         check_backbone_weights(config.training)  # offline without cached ImageNet weights: now, not at SegTrainer
+    if getattr(config.training.pixel_weights, "model", None):  # a feature extractor (imports Keras: only then)
+        from segbalance.trainer.data import feature_extractor
+
+        feature_extractor(config.training.pixel_weights.model, config.training.pixel_weights.layer)  # loads or refuses
     from segbalance.pipeline import output_guard
 
     output_guard.check_run_dir(paths["output_dir"])  # new, empty or an earlier run's: never a user's folder

@@ -68,3 +68,30 @@ def test_feature_extractor_map_loads_a_saved_model_and_cuts_it_at_a_layer(tmp_pa
         data.feature_extractor(path, "third")
     with pytest.raises(ValueError, match="does not exist"):
         data.feature_extractor(str(tmp_path / "none.keras"))
+
+
+def test_run_refuses_a_feature_extractor_it_cannot_load_before_any_component(tmp_path, capsys):
+    """A missing pixel_weights model passed `config validate` without a word and stopped SegTrainer with a
+    traceback (exit 1) after the data was ingested and counted; `run` now loads it first (exit 2, one
+    line, nothing written) and `config validate` notes a file that is not on this machine (QA)."""
+    import yaml
+
+    from segbalance.pipeline import cli
+
+    config, output = tmp_path / "c.yaml", tmp_path / "out"
+    missing = tmp_path / "nope.keras"
+    config.write_text(yaml.safe_dump({"training": {"pixel_weights": {"type": "feature_extractor",
+                                                                     "model": str(missing)}}}))
+    assert cli.main(["config", "validate", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert f"note: training.pixel_weights.model: {missing} is not a file" in captured.err and "valid" in captured.out
+    assert cli.main(["run", "--config", str(config), "--output-dir", str(output)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and f"training.pixel_weights.model: {missing} does not exist" in captured.err
+    assert captured.out == "" and not output.exists()
+    missing.write_bytes(b"not a zip")  # there, but no Keras model
+    assert cli.main(["run", "--config", str(config), "--output-dir", str(output)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "does not load as a Keras model" in captured.err
+    assert captured.out == "" and not output.exists()
+    assert cli.main(["config", "validate", str(config)]) == 0 and "note" not in capsys.readouterr().err

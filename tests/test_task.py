@@ -252,11 +252,11 @@ def test_warm_start_begins_from_the_base_model_weights(tmp_path, capsys):
 
     other = ti.fn_args_for(uris, str(tmp_path / "other"), {**config, "warm_start": True, "base_filters": 8})
     other.base_model = base.serving_model_dir
-    with pytest.raises(ValueError, match="warm_start: false"):
+    with pytest.raises(task.WarmStartError, match="warm_start: false"):  # a UserError: one line, exit 2
         task.run_fn(other)
     empty = ti.fn_args_for(uris, str(tmp_path / "empty"), {**config, "warm_start": True})
     empty.base_model = str(tmp_path)
-    with pytest.raises(ValueError, match="has no model.keras"):
+    with pytest.raises(task.WarmStartError, match="has no model.keras"):
         task.run_fn(empty)
     # the export records the class names; a run naming them in another order has other ids: refused
     with open(os.path.join(base.serving_model_dir, "classes.json")) as f:
@@ -399,7 +399,7 @@ def test_warm_start_refuses_a_base_model_of_other_class_names(tmp_path, capsys):
     old, new = ["background", "ellipse", "rectangle", "circle"], ["background", "circle", "rectangle", "ellipse"]
     write_model_classes(str(tmp_path), old)
     other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(task.WarmStartError) as caught:
         task.warm_start(other, str(tmp_path), None, new)
     assert str(old) in str(caught.value) and str(new) in str(caught.value)
     assert "Set training.warm_start: false" in str(caught.value)

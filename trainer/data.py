@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from segbalance.contract import DEFAULT_IGNORE_INDEX
+from segbalance.contract import DEFAULT_IGNORE_INDEX, UserError
 from segbalance.trainer.preprocessing import IMAGE, MASK, SOURCE_ID
 
 # Every function given to tf.data is traced as written (its Python `if`s test Python values, never
@@ -167,6 +167,11 @@ def pixel_weight_map(image, mask, config, num_classes: int, ignore_index: int):
 _EXTRACTORS: Dict[tuple, object] = {}
 
 
+class PixelWeightsModelError(UserError, ValueError):
+    """``training.pixel_weights`` names a feature-extractor model that is not there, does not load or has
+    no such layer: the user's to fix (`segbalance run` checks it before any component runs)."""
+
+
 def feature_extractor(path: str, layer: Optional[str] = None):
     """The saved Keras model at ``path`` (frozen), cut at ``layer`` when given; loaded once per process."""
     import keras
@@ -174,14 +179,19 @@ def feature_extractor(path: str, layer: Optional[str] = None):
     key = (path, layer)
     if key not in _EXTRACTORS:
         if not tf.io.gfile.exists(path):
-            raise ValueError(f"training.pixel_weights.model: {path} does not exist (a saved .keras model)")
-        model = keras.saving.load_model(path, compile=False)
+            raise PixelWeightsModelError(f"training.pixel_weights.model: {path} does not exist (a saved .keras model)")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # not a Keras archive, or one of layers this Keras cannot build
+            raise PixelWeightsModelError(f"training.pixel_weights.model: {path} does not load as a Keras model "
+                                         f"({' '.join(str(exc).split())[:300]}); save it with model.save(PATH.keras)"
+                                         ) from exc
         model.trainable = False
         if layer is not None:
             names = [lay.name for lay in model.layers]
             if layer not in names:
-                raise ValueError(f"training.pixel_weights.layer: {layer!r} is not a layer of {path} "
-                                 f"(layers: {', '.join(names)})")
+                raise PixelWeightsModelError(f"training.pixel_weights.layer: {layer!r} is not a layer of {path} "
+                                             f"(layers: {', '.join(names)})")
             model = keras.Model(model.inputs, model.get_layer(layer).output)
         _EXTRACTORS[key] = model
     return _EXTRACTORS[key]

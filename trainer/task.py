@@ -85,6 +85,11 @@ class DataMismatchError(UserError, ValueError):
     so `segbalance run` prints it as one line and exits 2."""
 
 
+class WarmStartError(UserError, ValueError):
+    """The base model of ``training.warm_start`` does not fit this run (architecture, class names, no
+    model.keras): the user's to fix (warm_start: false for the run), one line and exit 2 from `run`."""
+
+
 def check_inputs(config: TrainerConfig, stats: dict, quarantine: list, num_train: int) -> None:
     """Config vs ClassStats vs data; raises DataMismatchError (a ValueError) before anything is built."""
     num_classes = config.classes.num_classes
@@ -277,16 +282,16 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
         return None
     path = os.path.join(base_model, KERAS_FILE)
     if not tf.io.gfile.exists(path):
-        raise ValueError(f"warm start: the base model {base_model} has no {KERAS_FILE}; it was not exported by "
+        raise WarmStartError(f"warm start: the base model {base_model} has no {KERAS_FILE}; it was not exported by "
                          f"this trainer. Set training.warm_start: false to train from scratch")
     mismatch = class_mismatch(class_names, read_model_classes(base_model)) if class_names is not None else None
     if mismatch:
-        raise ValueError(f"warm start: the base model {base_model} does not fit this run's classes: {mismatch}; "
+        raise WarmStartError(f"warm start: the base model {base_model} does not fit this run's classes: {mismatch}; "
                          f"its output channels mean other classes. Set training.warm_start: false for this run")
     try:
         model.load_weights(path)
     except ValueError as exc:
-        raise ValueError(f"warm start: the weights in {path} do not fit this model ({exc}). The architecture "
+        raise WarmStartError(f"warm start: the weights in {path} do not fit this model ({exc}). The architecture "
                          f"changed (image_size, depth, base_filters, backbone, num_classes): set "
                          f"training.warm_start: false for this run") from exc
     replaced = f" (its weights replace training.backbone_weights: {backbone_weights})" if backbone_weights else ""

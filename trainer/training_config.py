@@ -366,6 +366,17 @@ def weights_file_problem(backbone: Optional[str], weights: Optional[str]) -> Opt
             f"(model.save_weights), imagenet or null")
 
 
+def pixel_weights_file_problem(pixel_weights) -> Optional[str]:
+    """The one-line problem of a ``feature_extractor`` weight map whose local ``model`` file is not there
+    (None otherwise, and for a URI, which only the machine that trains can see); no TensorFlow import."""
+    import os
+
+    model = getattr(pixel_weights, "model", None)
+    if not isinstance(model, str) or "://" in model or os.path.isfile(model):
+        return None
+    return f"training.pixel_weights.model: {model} is not a file; give the path of a saved Keras model (.keras)"
+
+
 @dataclass
 class TrainerConfig:
     """What Transform and SegTrainer receive (``custom_config``): classes + training."""
