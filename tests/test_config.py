@@ -108,6 +108,7 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"epochs": 2 ** 31}}, "training.epochs: must be <= 2147483647"),
     ({"training": {"steps_per_epoch": 2 ** 40}}, "training.steps_per_epoch: must be between 1 and 2147483647"),
     ({"training": {"pixel_weights": {"type": "edge", "w0": 2}}}, "unknown field training.pixel_weights.w0"),
+    ({"training": {"learning_rate": float("inf")}}, "training.learning_rate: must be a finite number > 0"),
     ({"training": {"pixel_weights": {"type": "unet_border", "sigma": 0}}}, "training.pixel_weights.sigma: must be"),
     ({"training": {"pixel_weights": {"type": "intensity_range", "ranges": [[2, 1, 3]]}}},
      "training.pixel_weights.ranges[0]: lo=2.0 must be < hi=1.0"),

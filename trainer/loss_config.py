@@ -292,6 +292,9 @@ class LossConfig:
 
     def validate(self, where: str) -> None:
         require(len(self.terms) > 0, f"{where}.terms", "list at least one term, e.g. [{type: ce, weight: 1}]")
+        weights = [term.weight for term in self.terms]
+        require(not all(is_number(w, 0.0) for w in weights) or any(w > 0 for w in weights), f"{where}.terms",
+                "every term has weight 0, so the loss is 0 and nothing is learnt: give a term a weight > 0")
         for name in self.unread_fields():  # it would change nothing, silently
             readers = ", ".join(t.TYPE for t in TERMS.values() if name in t.USES)
             hint = " (a dice term takes marginal: true)" if name == "missing_labels" else ""
@@ -314,6 +317,9 @@ class LossConfig:
                     f"{where}.class_weight_decay_epochs", f"must be an integer >= 1 or null, got {decay!r}")
             require(cw is not None, f"{where}.class_weight_decay_epochs",
                     "decays class weights toward 1: set class_weights too (a scheme or C numbers)")
+            require(cw != "uniform", f"{where}.class_weight_decay_epochs",
+                    "class_weights: uniform is 1 for every class already, so there is nothing to decay: remove "
+                    "class_weight_decay_epochs, or choose another scheme")
         for name in ("fn_weights", "fp_weights"):
             values = getattr(self, name)
             require(values is None or all(is_number(w, 0.0) for w in values), f"{where}.{name}",

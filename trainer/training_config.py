@@ -227,7 +227,7 @@ class LearningRateSchedule:
                 f"{where}.patience", "must be an integer >= 1 (epochs without a better val mIoU)")
         require(is_number(self.final_fraction, 0.0) and self.final_fraction <= 1.0, f"{where}.final_fraction",
                 "must be between 0 and 1 (a fraction of learning_rate)")
-        require(is_number(self.power) and self.power > 0, f"{where}.power", "must be > 0")
+        require(is_number(self.power) and self.power > 0, f"{where}.power", "must be a finite number > 0")
 
 
 @dataclass
@@ -309,7 +309,7 @@ class TrainingConfig:
             require(getattr(self, name) <= INT32_MAX, f"{where}.{name}", f"must be <= {INT32_MAX}")
         require(self.steps_per_epoch is None or 1 <= self.steps_per_epoch <= INT32_MAX, f"{where}.steps_per_epoch",
                 f"must be between 1 and {INT32_MAX} (or null: the whole training split)")
-        require(is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
+        require(is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate", "must be a finite number > 0")
         require(is_number(self.momentum, 0.0) and self.momentum < 1, f"{where}.momentum", "must be >= 0 and < 1")
         require(not self.nesterov or self.optimizer == "sgd", f"{where}.nesterov",
                 f"Nesterov momentum is sgd's; {self.optimizer} would ignore it: set optimizer: sgd or nesterov: false")
