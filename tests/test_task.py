@@ -350,6 +350,10 @@ def test_training_notes_name_the_options_this_data_leaves_without_effect():
     assert note.startswith("every image has every class labelled") and "missing_labels: marginal, terms[1] " \
         "(dice, marginal) act as the plain loss" in note and "stats.labeled_policy: partial" in note
     assert task.training_notes(default, {}, 3, 5) == [note]  # no labelled sets recorded at all
+    assert note.endswith("or set stats.labeled_policy: partial")
+    partial_policy, = task.training_notes(default, complete, 3, 5, labeled_policy="partial")  # already set: not advised
+    assert "every class in every mask (stats.labeled_policy: partial)" in partial_policy
+    assert partial_policy.endswith("(`segbalance ingest` reads labeled.json)")
     assert task.training_notes(default, partial, 3, 5) == []
     exclusion = training(loss={"terms": [{"type": "ce"}, {"type": "exclusion"}]})
     assert "the loss's terms[1] (exclusion) act" in task.training_notes(exclusion, complete, 3, 5)[0]

@@ -215,7 +215,8 @@ def run_fn(fn_args) -> None:
         callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
-        for note in training_notes(t, labeled, num_classes, num_eval if eval_ds is not None else 0):
+        for note in training_notes(t, labeled, num_classes, num_eval if eval_ds is not None else 0,
+                                   stats.get("labeled_policy", "complete")):
             print(f"SegTrainer: note: {note}", flush=True)
         with warnings.catch_warnings():
             # Keras 3.6 warns "Your input ran out of data" at the end of every finite pass: the validation
@@ -250,15 +251,20 @@ def run_fn(fn_args) -> None:
         tf.io.gfile.rmtree(backup)
 
 
-def training_notes(training, labeled: dict, num_classes: int, validation_records: int) -> List[str]:
-    """Options of ``training`` that this data leaves without effect, each said once before training."""
+def training_notes(training, labeled: dict, num_classes: int, validation_records: int,
+                   labeled_policy: str = "complete") -> List[str]:
+    """Options of ``training`` that this data leaves without effect, each said once before training;
+    ``labeled_policy``: the ClassStats' (what a record without a labelled set meant)."""
     notes = []
     options = training.loss.label_set_options()
     if options and all(set(range(num_classes)) <= {0, *map(int, row)} for row in labeled.values()):
-        notes.append(f"every image has every class labelled (no image/segmentation/class/labeled sets in the "
-                     f"records, or complete ones), so the loss's {', '.join(options)} act as the plain loss; if "
-                     f"annotators skipped classes, record them (`segbalance ingest` reads labeled.json) or set "
-                     f"stats.labeled_policy: partial")
+        why, fix = ("no image/segmentation/class/labeled sets in the records, or complete ones",
+                    " or set stats.labeled_policy: partial")
+        if labeled_policy == "partial":  # the present classes counted as labelled, and every image holds them all
+            why, fix = "complete labelled sets, or every class in every mask (stats.labeled_policy: partial)", ""
+        notes.append(f"every image has every class labelled ({why}), so the loss's {', '.join(options)} act as "
+                     f"the plain loss; if annotators skipped classes, record them (`segbalance ingest` reads "
+                     f"labeled.json){fix}")
     if not validation_records:
         uses = [name for name, on in (("restore_best", training.restore_best),
                                       ("early_stopping_patience", training.early_stopping_patience),
