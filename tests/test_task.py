@@ -380,6 +380,23 @@ def test_run_fn_says_when_the_missing_label_handling_acts_as_the_plain_loss(tmp_
     assert "the loss's missing_labels: marginal act as the plain loss" in out
 
 
+def test_warm_start_from_another_architecture_is_one_short_line(tmp_path):
+    """Another base_filters: Keras names every layer that did not load (a 4,000-character line); the error
+    is the user's (one line, exit 2 from `run`) and keeps the first mismatch and what to do."""
+    from segbalance.contract import UserError
+
+    def layers(width):
+        return keras.Sequential([keras.Input((3,))] + [keras.layers.Dense(width, name=f"layer_with_a_long_name_{i}")
+                                                       for i in range(12)])
+
+    layers(8).save(str(tmp_path / "model.keras"))
+    with pytest.raises(UserError) as caught:
+        task.warm_start(layers(16), str(tmp_path))
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 600, message
+    assert "shape" in message and message.endswith("set training.warm_start: false for this run")
+
+
 def test_warm_start_says_its_weights_replace_the_backbone_weights(tmp_path, capsys):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.save(str(tmp_path / "model.keras"))

@@ -296,8 +296,10 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
                          f"its output channels mean other classes. Set training.warm_start: false for this run")
     try:
         model.load_weights(path)
-    except ValueError as exc:
-        raise WarmStartError(f"warm start: the weights in {path} do not fit this model ({exc}). The architecture "
+    except ValueError as exc:  # Keras lists every layer that did not load: the first mismatch says enough
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 240 else detail[:240].rsplit(" ", 1)[0] + " ..."
+        raise WarmStartError(f"warm start: the weights in {path} do not fit this model ({detail}). The architecture "
                          f"changed (image_size, depth, base_filters, backbone, num_classes): set "
                          f"training.warm_start: false for this run") from exc
     replaced = f" (its weights replace training.backbone_weights: {backbone_weights})" if backbone_weights else ""
