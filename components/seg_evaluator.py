@@ -38,6 +38,7 @@ from tfx.utils import io_utils, path_utils
 
 from segbalance.components import evaluation_metrics
 from segbalance.components.artifacts import ClassStats, DriftReport
+from segbalance.components.staged_pusher import is_version_folder
 from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer.model_classes import class_mismatch, read_model_classes
@@ -336,7 +337,7 @@ def pushed_copy(model_dir: str, destination: str) -> Optional[str]:
     ours = _tree_digest(model_dir)
     if ours is None or not tf.io.gfile.isdir(destination):
         return None
-    for version in sorted(tf.io.gfile.listdir(destination)):
+    for version in sorted(v for v in tf.io.gfile.listdir(destination) if is_version_folder(v)):
         folder = os.path.join(destination, version.rstrip("/"))
         if _tree_digest(folder) == ours:
             return folder

@@ -135,6 +135,7 @@ def create_pipeline(
     from segbalance.components.class_stats_gen import ClassStatsGen
     from segbalance.components.seg_evaluator import SegEvaluator
     from segbalance.components.seg_trainer import SegTrainer
+    from segbalance.components.staged_pusher import Pusher as StagedPusher
 
     names = list(config.classes.names)
     example_gen = example_gen_component(config, examples_dir, span)
@@ -194,7 +195,7 @@ def create_pipeline(
             miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
             reference_masks_dir=reference_masks_dir, push_destination=serving_model_dir, class_stats=class_stats,
             **evaluator_kwargs)
-        pusher = tfx.components.Pusher(
+        pusher = StagedPusher(  # tfx.components.Pusher, its version folder appearing whole
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
             push_destination=tfx.proto.PushDestination(
                 filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))

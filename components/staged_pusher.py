@@ -1,0 +1,81 @@
+"""Pusher whose version folder appears whole: TFX's Pusher, copying into a staging folder first.
+
+TFX's Pusher copies the model straight into ``BASE/<unix time>/`` (``saved_model.pb`` last). A run
+stopped during that copy (killed, a full disk) left a numbered folder that was empty, or held no
+``saved_model.pb``: the highest version, which TF Serving and similar servers load, was broken
+until a later push (QA, session 24). This executor lets TFX copy into
+``BASE/.incoming-<time>-<random>/<version>/`` and renames the finished folder to ``BASE/<version>``
+(one rename on a local file system; servers ignore folders whose names are not numbers). A stopped
+push leaves only the hidden staging folder: ``remove_stale_staging`` (``segbalance run`` calls it
+while it holds the run folder's lock) removes those, and SegEvaluator blesses the model again, so
+the re-run pushes it (``seg_evaluator.pushed_copy`` finds no version holding it).
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Dict, List, Optional
+
+from tfx import types
+from tfx.components.pusher import component as pusher_component
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
+from tfx.proto import pusher_pb2
+from tfx.types import standard_component_specs
+from tfx.utils import proto_utils
+
+STAGING_PREFIX = ".incoming-"
+
+
+def is_version_folder(name: str) -> bool:
+    """A pushed version's folder name (what a model server loads): digits only, no staging folder."""
+    return name.rstrip("/").isdigit()
+
+
+def remove_stale_staging(base_directory: str) -> List[str]:
+    """Remove the staging folders a stopped push left in ``base_directory`` (only ours, by name); the paths
+    removed. Call it only while no push into that folder can run (``segbalance run`` holds its lock)."""
+    if not fileio.isdir(base_directory):
+        return []
+    stale = [os.path.join(base_directory, name.rstrip("/")) for name in fileio.listdir(base_directory)
+             if name.startswith(STAGING_PREFIX)]
+    for path in stale:
+        fileio.rmtree(path)
+    return stale
+
+
+class StagedPushExecutor(pusher_executor.Executor):
+    """TFX's Pusher executor with the push staged (module docstring); filesystem destinations only."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        self._base = destination.filesystem.base_directory
+        self._staging = os.path.join(self._base, f"{STAGING_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:8]}")
+        destination.filesystem.base_directory = self._staging
+        staged = {**exec_properties,
+                  standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(destination)}
+        try:
+            super().Do(input_dict, output_dict, staged)
+        finally:
+            if fileio.exists(self._staging):  # empty after the rename; a failed copy's part is not served
+                fileio.rmtree(self._staging)
+
+    def _MarkPushed(self, model_push: types.Artifact, pushed_destination: str,
+                    pushed_version: Optional[str] = None) -> None:
+        version = int(os.path.basename(pushed_destination.rstrip("/")))
+        final = os.path.join(self._base, str(version))
+        while fileio.exists(final):  # a push in the same second: the next free version, never over one
+            version += 1
+            final = os.path.join(self._base, str(version))
+        fileio.rename(pushed_destination, final)
+        super()._MarkPushed(model_push, final, str(version))
+
+
+class Pusher(pusher_component.Pusher):
+    """``tfx.components.Pusher`` with ``StagedPushExecutor`` (same id, spec and outputs)."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(StagedPushExecutor)

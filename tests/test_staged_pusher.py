@@ -1,0 +1,82 @@
+"""StagedPushExecutor: a version folder appears whole or not at all (a push stopped mid-copy left an empty or
+saved_model.pb-less folder as the highest version, QA session 24); stale staging folders are ours to remove."""
+import os
+
+import pytest
+from tfx.dsl.io import fileio
+from tfx.proto import pusher_pb2
+from tfx.types import standard_artifacts, standard_component_specs
+from tfx.utils import proto_utils
+
+from segbalance.components import seg_evaluator, staged_pusher
+
+
+def _model(tmp_path):
+    serving = tmp_path / "model" / "Format-Serving"
+    (serving / "variables").mkdir(parents=True, exist_ok=True)
+    (serving / "saved_model.pb").write_bytes(b"graph")
+    (serving / "variables" / "variables.index").write_bytes(b"index")
+    (serving / "model.keras").write_bytes(b"keras")
+    model = standard_artifacts.Model()
+    model.uri = str(tmp_path / "model")
+    return model
+
+
+def _push(tmp_path, name="push"):
+    model = _model(tmp_path)
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / "blessing")
+    blessing.set_int_custom_property("blessed", 1)
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / name)
+    destination = pusher_pb2.PushDestination(
+        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(tmp_path / "serving")))
+    staged_pusher.StagedPushExecutor().Do(
+        {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_BLESSING_KEY: [blessing]},
+        {standard_component_specs.PUSHED_MODEL_KEY: [pushed]},
+        {standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(destination)})
+    return pushed
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def test_a_push_renames_a_complete_copy_into_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(staged_pusher.pusher_executor.time, "time", lambda: 1_700_000_000.5)  # one second, twice
+    first, second = _push(tmp_path, "push1"), _push(tmp_path, "push2")
+    serving = tmp_path / "serving"
+    assert sorted(os.listdir(serving)) == ["1700000000", "1700000001"]  # the same second: the next free version
+    for pushed, version in ((first, "1700000000"), (second, "1700000001")):
+        assert pushed.get_int_custom_property("pushed") == 1
+        assert pushed.get_string_custom_property("pushed_destination") == str(serving / version)
+        assert pushed.get_string_custom_property("pushed_version") == version
+        assert _files(serving / version) == _files(tmp_path / "model" / "Format-Serving")
+    assert seg_evaluator.pushed_copy(str(tmp_path / "model" / "Format-Serving"), str(serving)) == str(
+        serving / "1700000000")
+
+
+def test_a_push_that_fails_mid_copy_leaves_no_version_folder(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):  # the last file, saved_model.pb, cannot be written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(staged_pusher.pusher_executor.io_utils, "copy_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _push(tmp_path)
+    assert os.listdir(tmp_path / "serving") == []  # neither a version nor the staged part
+
+
+def test_stale_staging_folders_are_removed_and_never_taken_for_a_version(tmp_path):
+    serving = tmp_path / "serving"
+    stale = serving / f"{staged_pusher.STAGING_PREFIX}1700000000-0a1b2c3d" / "1700000000"
+    stale.mkdir(parents=True)
+    (stale / "model.keras").write_bytes(b"keras")  # a copy stopped by a kill: no saved_model.pb
+    model_dir = _model(tmp_path).uri + "/Format-Serving"
+    fileio.copy(model_dir + "/saved_model.pb", str(stale / "saved_model.pb"))
+    (serving / "1600000000").mkdir()  # an earlier push, and a file of the user's: kept
+    (serving / "README").write_text("mine")
+    assert not staged_pusher.is_version_folder(stale.parent.name) and staged_pusher.is_version_folder("1600000000/")
+    assert seg_evaluator.pushed_copy(model_dir, str(serving)) is None  # a staged copy is not a push
+    assert staged_pusher.remove_stale_staging(str(serving)) == [str(stale.parent)]
+    assert sorted(os.listdir(serving)) == ["1600000000", "README"]
+    assert staged_pusher.remove_stale_staging(str(tmp_path / "none")) == []
