@@ -814,6 +814,9 @@ def ingest(
             raise error
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
         output_guard.write_marker(tmp, "ingest", target=target.name)
+        if not overwrite and target.is_dir() and any(target.iterdir()):  # another command wrote it meanwhile
+            raise IngestError(f"{target} was written by another command while this ingest ran; nothing was "
+                              f"replaced: pass --overwrite to replace it, or choose another --span/--output")
         for job in jobs:  # complete: give the shards their data-* names (still inside the hidden folder)
             job[0].rename(tmp / job[1])
         if target.exists():

@@ -366,6 +366,32 @@ def test_existing_span_needs_overwrite(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["Span-0"]  # no temp/old folders left
 
 
+def test_a_span_another_ingest_wrote_meanwhile_is_not_replaced(tmp_path, monkeypatch, capsys):
+    """Two ingests into one span at once: the --overwrite check ran at the start only, so the second to
+    finish replaced the first's records, and both said `wrote N records` (QA: 600 written, 350 left).
+    The one finishing last now stops without replacing anything, unless it was given --overwrite."""
+    _dataset(tmp_path, n=2)
+    other = tmp_path / "other"
+    _dataset(other, n=3, seed=4)
+    real_write_marker, started = ingest.output_guard.write_marker, []
+
+    def the_other_ingest_finishes_first(folder, *args, **kwargs):  # while this one is still writing
+        real_write_marker(folder, *args, **kwargs)
+        if not started:
+            started.append(folder)
+            assert cli.main(["ingest", str(other / "images"), str(other / "masks"), "--output",
+                             str(tmp_path / "out"), "--num-classes", "3", "--span", "0"]) == 0
+
+    monkeypatch.setattr(ingest.output_guard, "write_marker", the_other_ingest_finishes_first)
+    assert _run(tmp_path, "--span", "0") == 2
+    err = capsys.readouterr().err
+    assert "out/Span-0 was written by another command while this ingest ran; nothing was replaced" in err
+    assert len(_records(tmp_path / "out" / "Span-0")) == 3  # the other's records, whole
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["Span-0"]  # this one's temporary folder is gone
+    assert _run(tmp_path, "--span", "0", "--overwrite") == 0  # asked for: replaced
+    assert len(_records(tmp_path / "out" / "Span-0")) == 2
+
+
 def test_crash_mid_write_leaves_no_partial_span(tmp_path, monkeypatch):
     _dataset(tmp_path, n=3)
     calls = {"n": 0}
