@@ -73,21 +73,26 @@ def quiet_third_party() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"^(?!segbalance)")
 
 
-def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
-    """The path a full disk refused, when ``exc`` or an exception it was raised from (or while
-    handling) is "No space left on device"; None otherwise. TFX wraps the OSError: a copy's
-    ``shutil.Error`` lists its failures as text, and its launcher raises again while publishing."""
+def failed_path(exc: Optional[BaseException], code: int) -> Optional[str]:
+    """The path an OSError of ``errno`` ``code`` names, when ``exc`` or an exception it was raised from (or
+    while handling) is one; None otherwise. TFX wraps the OSError: a copy's ``shutil.Error`` lists its
+    failures as text, and its launcher raises again while publishing."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
             for failure in exc.args[0]:
-                if isinstance(failure, tuple) and len(failure) == 3 and f"[Errno {errno.ENOSPC}]" in str(failure[2]):
+                if isinstance(failure, tuple) and len(failure) == 3 and f"[Errno {code}]" in str(failure[2]):
                     return str(failure[1])
-        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        elif isinstance(exc, OSError) and exc.errno == code:
             return str(exc.filename or "?")
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
+    """The path a full disk refused ("No space left on device", ``failed_path``), or None."""
+    return failed_path(exc, errno.ENOSPC)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -120,14 +125,18 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
               f"(and read), or change its permissions", file=sys.stderr, flush=True)
         return 2
     except Exception as exc:
-        where = no_space_left(exc)
-        if where is None:  # a bug: keep the traceback
+        full, read_only = no_space_left(exc), failed_path(exc, errno.EROFS)
+        if full is None and read_only is None:  # a bug: keep the traceback
             raise
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: no space left on the device (writing {where}): free space there "
-              f"(the temporary folder, TMPDIR, counts too) and run the same command again; a run resumes where it "
-              f"stopped", file=sys.stderr, flush=True)
+        if full is not None:
+            print(f"{prog}: error: no space left on the device (writing {full}): free space there "
+                  f"(the temporary folder, TMPDIR, counts too) and run the same command again; a run resumes where "
+                  f"it stopped", file=sys.stderr, flush=True)
+        else:  # a read-only mount (a container's readOnly volume, say): as unwritable as a denied permission
+            print(f"{prog}: error: read-only file system: {read_only}: choose a folder on a file system you can "
+                  f"write, or mount it read-write", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the commands' own clean-up (finally blocks) has run
         if debug:

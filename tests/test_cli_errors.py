@@ -317,6 +317,27 @@ def test_a_full_disk_is_one_line_exit_2(raised, where, monkeypatch, capsys):
     assert "run the same command again" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", [["sample-data", "shapes", "--output", "x"], ["run", "--output-dir", "x"]])
+def test_a_read_only_file_system_is_one_line_exit_2(command, monkeypatch, tmp_path, capsys):
+    """A read-only mount (EROFS; root ignores permissions, not a read-only mount) was a traceback and exit 1
+    from run, ingest, sample-data and stats (QA): only PermissionError was the user's. Also when TFX wraps it."""
+    from segbalance.pipeline import output_guard, sample_data
+
+    def read_only(*args, **kwargs):
+        try:
+            raise OSError(30, "Read-only file system", str(tmp_path / "x" / ".segbalance.json"))
+        except OSError as exc:
+            raise RuntimeError("publishing the failed execution failed") from exc
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sample_data, "write_sample_data", read_only)
+    monkeypatch.setattr(output_guard, "write_marker", read_only)
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"error: read-only file system: {tmp_path / 'x' / '.segbalance.json'}: choose a folder" in err
+
+
 @pytest.mark.parametrize("raised", [OSError(5, "Input/output error", "/out/x"), RuntimeError("a bug"),
                                     ValueError("a bug")])
 def test_other_failures_keep_their_traceback(raised, monkeypatch):
