@@ -41,7 +41,7 @@ def _main(args) -> int:
     os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")  # module code is in the image
 
     try:
-        config = load_config(args.config, sample_names=False)  # data.sample is not compiled
+        config = load_config(args.config)  # data.sample is not compiled: the config names the classes
         spec = compile_pipeline(config, args.output, args.image, args.pipeline_root, span=args.span)
     except (ConfigError, CompileError) as exc:
         print(f"segbalance compile-kfp: error: {exc}", file=sys.stderr)

@@ -206,8 +206,10 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
             print(f"schedule: recurring run created on {args.kfp_host}: {getattr(run, 'recurring_run_id', run)}")
             return 0
         from segbalance.pipeline.config import load_config
+        from segbalance.pipeline.sample_data import sample_class_names
 
-        config = load_config(args.config)  # ConfigError (exit 2) names the file and field, before any output
+        # ConfigError (exit 2) names the file and field, before any output; checked as the local run will
+        config = load_config(args.config, None, sample_class_names)
         request = recurring_run_request(args.package, args.cron, "<experiment id of " + args.experiment + ">",
                                         args.job_name, args.pipeline_root)
         print("# Kubeflow: kfp.Client(host=...).create_recurring_run(**request) with")

@@ -34,7 +34,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Literal, Optional
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional
 
 from segbalance.components.component_config import DriftConfig, EvaluationConfig, StatsConfig
 from segbalance.contract import DRIFT_ACTIONS, UserError  # noqa: F401 (DRIFT_ACTIONS re-exported beside DriftConfig)
@@ -186,11 +186,12 @@ def _parse(text: str, json_file: bool):
     return yaml.load(text, Loader=UniqueKeyLoader) or {}
 
 
-def names_from_data(values: dict, sample: bool = True) -> None:
+def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[str]]] = None) -> None:
     """A config that names no classes takes those of its local ``data.dir``'s ``classes.json``, or
-    without a ``data.dir`` (``sample``: a local run) those of its ``data.sample.kind``, as a run does,
-    *before* it is checked: per-class lists (``training.loss.class_weights``, ``fn_weights``, ...)
-    are then checked against the data's classes, not the default four."""
+    without a ``data.dir`` those of its ``data.sample.kind`` (``sample_names(kind)``, given for a local
+    run: ``sample_data.sample_class_names``), as a run does, *before* it is checked: per-class lists
+    (``training.loss.class_weights``, ``fn_weights``, ...) are then checked against the data's classes,
+    not the default four."""
     classes, data = values.get("classes", {}), values.get("data", {})
     if not isinstance(classes, dict) or "names" in classes or not isinstance(data, dict):
         return
@@ -199,14 +200,12 @@ def names_from_data(values: dict, sample: bool = True) -> None:
         from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
 
         names = read_class_names(Path(directory).resolve() / "classes.json", instead=CONFIG_CLASSES_HINT)
-    elif directory is None and sample and isinstance(data.get("sample"), dict):
+    elif directory is None and sample_names is not None and isinstance(data.get("sample"), dict):
         kind = data["sample"].get("kind")
         if not isinstance(kind, str) or kind not in SAMPLE_KINDS or kind == "shapes":
             return  # shapes: the default names; another value is the schema's error
-        from segbalance.pipeline.sample_data import sample_class_names
-
         try:
-            names = sample_class_names(kind)
+            names = sample_names(kind)
         except UserError as exc:  # its package archive is not in the cache: what to run
             raise ConfigError(f"data.sample.kind: {kind}: {exc}") from None
     else:
@@ -256,11 +255,11 @@ def read_values(path) -> dict:
     return values
 
 
-def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None, sample_names: bool = True,
-                **overrides: Any) -> PipelineConfig:
+def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None,
+                sample_names: Optional[Callable[[str], List[str]]] = None, **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``; ``notes``, when
-    given, receives what the user may not expect (``replaced_loss_defaults``); ``sample_names``: a
-    config for a local run, whose ``data.sample`` names the classes (``names_from_data``)."""
+    given, receives what the user may not expect (``replaced_loss_defaults``); ``sample_names``: for
+    a local run's config, whose ``data.sample`` names the classes (``names_from_data``)."""
     values: dict = read_values(path) if path is not None else {}
     given = []
     for dotted, value in overrides.items():

@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
 def _main(args) -> int:
     from segbalance.pipeline.config import ConfigError, load_config
     from segbalance.pipeline.run import adopt_class_names, data_class_names
+    from segbalance.pipeline.sample_data import sample_class_names
     from segbalance.trainer.training_config import pixel_weights_file_problem, weights_file_problem
 
     action = getattr(args, "config_action", None)
@@ -51,7 +52,7 @@ def _main(args) -> int:
     path = args.config if action == "show" else args.file
     try:
         notes: list = []
-        config = load_config(path, notes)
+        config = load_config(path, notes, sample_class_names)  # a local run's: data.sample names the classes
         found = data_class_names(config)  # what a run does: the data's classes.json names the classes
         if found is not None:
             adopt_class_names(config, *found, announce=False)

@@ -516,7 +516,10 @@ def add_parser(subparsers) -> None:
 def _main(args) -> int:
     notes: list = []
     try:
-        config = load_config(args.config, notes, **{"data.dir": args.data, "output_dir": args.output_dir})
+        from segbalance.pipeline.sample_data import sample_class_names
+
+        config = load_config(args.config, notes, sample_class_names,
+                             **{"data.dir": args.data, "output_dir": args.output_dir})
     except ConfigError as exc:
         print(f"segbalance run: error: {exc}", file=sys.stderr)
         return 2
