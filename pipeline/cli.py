@@ -9,7 +9,8 @@ Errors: a user's mistake (``segbalance.contract.UserError`` and its subclasses, 
 argument) prints ONE line on stderr, ``segbalance COMMAND: error: ...``, and exits with code
 2; so does what the user's machine refuses (an unwritable folder, a full disk).
 ``segbalance --debug COMMAND ...`` also prints the traceback. Any other exception is a bug
-and keeps its traceback.
+and keeps its traceback. Ctrl-C exits 130 and SIGTERM (``systemctl stop``, ``timeout``, ``kill``)
+143, each after the commands' clean-up has run (``run`` records its summary as interrupted).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import errno
 import importlib
 import os
 import shutil
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from typing import Callable, Optional, Sequence
@@ -95,6 +98,15 @@ def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
     return failed_path(exc, errno.ENOSPC)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the command stops as on Ctrl-C (its ``finally`` blocks and summaries run), exit 143. Without
+    a handler Python died at once: no message, and `run` left no run_summary.json (QA)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -103,7 +115,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if not args.debug:
         quiet_third_party()
-    return run_reporting_errors(lambda: args.func(args), f"segbalance {args.command}", args.debug)
+    on_main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there only)
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
+    try:
+        return run_reporting_errors(lambda: args.func(args), f"segbalance {args.command}", args.debug)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bool = False) -> int:
@@ -138,9 +156,12 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
             print(f"{prog}: error: read-only file system: {read_only}: choose a folder on a file system you can "
                   f"write, or mount it read-write", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: the commands' own clean-up (finally blocks) has run
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the commands' own clean-up (finally blocks) has run
         if debug:
             traceback.print_exc()
+        if isinstance(exc, Terminated):
+            print(f"{prog}: stopped (SIGTERM); run the same command again to resume", file=sys.stderr, flush=True)
+            return 128 + signal.SIGTERM
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
 

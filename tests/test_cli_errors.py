@@ -276,6 +276,32 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"
 
 
+def test_sigterm_stops_like_ctrl_c_exit_143(monkeypatch, capsys):
+    """systemd's stop, `timeout` and `kill` send SIGTERM: Python died at once (exit 143, no message, `run`
+    left no run_summary.json); it now stops through the commands' clean-up, one line, exit 143."""
+    import signal
+
+    from segbalance.pipeline import sample_data
+
+    cleaned = []
+
+    def terminated(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(sample_data, "write_sample_data", terminated)
+    assert cli.main(["sample-data", "shapes", "--output", "x"]) == 143
+    assert capsys.readouterr().err == ("segbalance sample-data: stopped (SIGTERM); run the same command again to "
+                                       "resume\n")
+    assert cleaned == [True] and signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+    assert isinstance(cli.Terminated(), KeyboardInterrupt)  # run's summary: status interrupted
+
+
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs (not writable, even by root)")
 @pytest.mark.parametrize("argv", [["sample-data", "shapes", "--output", "/sys/segbalance_test"],
                                   ["run", "--output-dir", "/sys/segbalance_test"]])
