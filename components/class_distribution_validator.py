@@ -103,8 +103,9 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         if window.judged_images is not None and base.stats is not None:
             result["new_images"] = len(window.judged_images)  # judged; 0: the same data as the baseline's
         if judged is not current:
-            notes.append(f"{window.shared} images were counted by the ClassStats compared with (a data.num_spans "
-                         f"window): the {judged['num_records']} new ones are judged alone"
+            notes.append(f"{window.shared} images were counted by the ClassStats compared with too (the same span "
+                         f"again, or spans a data.num_spans window shares): the {judged['num_records']} new ones are "
+                         f"judged alone"
                          + (f", without the {len(window.held)} blocked before" if window.held else ""))
         if window.held:  # a window still holding a span the gate blocked: not accepted by a normal span beside it
             result["held_back_images"] = len(window.held)

@@ -440,9 +440,9 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
             if destination is None or pushed_copy(model_dir, destination) is not None:
                 blessed, reason = False, (f"model {model.uri} is already the latest blessed model (pushed before); "
                                           f"not blessed again, so it is not pushed twice")
-            else:
-                reason = (f"{reason}; blessed before but not in {destination} (the run stopped before Pusher): "
-                          f"blessed again so it is pushed")
+            else:  # its own baseline: not "no blessed model yet"
+                reason = (f"mIoU {result['miou']:.4f} >= threshold {threshold:.4f}; blessed before but not in "
+                          f"{destination} (the run stopped before Pusher): blessed again so it is pushed")
 
         result.update({
             "class_names": class_names,

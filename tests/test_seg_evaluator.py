@@ -354,6 +354,7 @@ def test_a_blessed_model_that_never_reached_the_pusher_is_blessed_again(tmp_path
     destination.mkdir()
     result, blessing, _, _ = _run(tmp_path / "a", model, baseline=model, push_destination=str(destination))
     assert result["blessed"] and "blessed again so it is pushed" in result["reason"]
+    assert "no blessed model yet" not in result["reason"]  # it is one (QA: the reason said both)
     assert blessing.get_int_custom_property("blessed") == 1
     _save_model(tmp_path / "other", 200.0)  # another model's push does not count, nor one that differs
     shutil.copytree(tmp_path / "other" / "Format-Serving", destination / "1700000000")  # in its weights only:
