@@ -374,10 +374,15 @@ def test_run_fn_says_when_the_missing_label_handling_acts_as_the_plain_loss(tmp_
     task.run_fn(ti.fn_args_for(uris, str(tmp_path / "partial"), ti.CONFIG))
     assert "SegTrainer: note:" not in capsys.readouterr().out
     monkeypatch.setattr(task, "labeled_by_source_id", lambda uri: {})
+    stopped = tmp_path / "complete" / "backup-0123456789abcdef"  # another training's, stopped (QA: never said)
+    stopped.mkdir(parents=True)
+    (stopped / "latest.weights.h5").write_bytes(b"w" * 2 ** 19)
     task.run_fn(ti.fn_args_for(uris, str(tmp_path / "complete"), ti.CONFIG))
     out = capsys.readouterr().out
     assert "SegTrainer: note: every image has every class labelled" in out
     assert "the loss's missing_labels: marginal act as the plain loss" in out
+    assert f"SegTrainer: note: 1 backup(s) of other trainings that were stopped (0.5 MiB): {stopped};" in out
+    assert stopped.is_dir() and [p.name for p in (tmp_path / "complete").glob("backup-*")] == [stopped.name]
 
 
 def test_warm_start_from_another_architecture_is_one_short_line(tmp_path):

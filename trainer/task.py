@@ -168,6 +168,12 @@ def run_fn(fn_args) -> None:
     backup = backup_dir_for(config, fn_args.train_files, fn_args.model_run_dir)
     set_aside_unreadable_backup(backup)  # a backup a stopped run left half-written: start again, one line
     resumed_at = backed_up_epochs(backup)  # BackupAndRestore starts fit there: the data stream starts there too
+    others = other_backups(backup)
+    if others:  # kept (a training of that config and data resumes from them; a concurrent one may be writing)
+        size = sum(file_size for folder in others for file_size in _file_sizes(folder)) / 2 ** 20
+        print(f"SegTrainer: note: {len(others)} backup(s) of other trainings that were stopped ({size:.1f} MiB): "
+              f"{', '.join(others[:3])}; a training of the same config and data resumes from one, and deleting "
+              f"them frees the space", flush=True)
     # an endless stream, steps_per_epoch batches an epoch (one pass without training.steps_per_epoch): every
     # batch a function of the seed and its place, so a resumed training gets the uninterrupted one's batches
     train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, t.batch_size, num_classes, labeled,
@@ -305,6 +311,22 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
     replaced = f" (its weights replace training.backbone_weights: {backbone_weights})" if backbone_weights else ""
     print(f"SegTrainer: warm start from {path}{replaced}", flush=True)
     return path
+
+
+def other_backups(backup: str) -> List[str]:
+    """The other ``backup-*`` folders beside ``backup`` (trainings of another config or data that were
+    stopped: each is deleted when its training finishes), sorted."""
+    parent, name = backup.rstrip("/").rsplit("/", 1)
+    if not name.startswith("backup-") or not tf.io.gfile.isdir(parent):
+        return []
+    return sorted(f"{parent}/{entry.rstrip('/')}" for entry in tf.io.gfile.listdir(parent)
+                  if entry.startswith("backup-") and entry.rstrip("/") != name)
+
+
+def _file_sizes(folder: str):
+    for root, _, files in tf.io.gfile.walk(folder):
+        for file in files:
+            yield tf.io.gfile.stat(f"{root.rstrip('/')}/{file}").length
 
 
 def backed_up_epochs(backup_dir: str) -> int:
