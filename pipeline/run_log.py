@@ -1,8 +1,9 @@
 """What `segbalance run` shows on the console and what goes to its log file.
 
 The console gets segbalance's own lines: one progress line per component (resolvers: one
-line when they finish, e.g. ``no earlier ClassStats (first run)``), what the components
-print on stdout, and the summary. Everything the libraries write goes to
+line when they finish, e.g. ``no earlier ClassStats (first run)``; a component that prints
+nothing itself adds ``still running (N min)`` every minute), what the components print on
+stdout, and the summary. Everything the libraries write goes to
 ``OUTPUT/logs/run-<UTC time>.log``:
 
 - TensorFlow's C++ log lines (grappler's cost-estimator errors, ``absl::InitializeLog``),
@@ -24,6 +25,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -96,10 +98,21 @@ def _repoint_handlers(old_stream, new_stream) -> None:
                 handler.setStream(new_stream)
 
 
-class ComponentProgress(logging.Handler):
-    """Turns LocalDagRunner's log records into one line per component start / end."""
+# A component that prints nothing of its own (Beam jobs: StatisticsGen, ClassStatsGen, Transform) says it
+# is still running once a minute, so a long run on big data does not look hung (SegTrainer prints epochs).
+HEARTBEAT_SECONDS = 60.0
+QUIET_WHILE_RUNNING = ("SegTrainer",)
 
-    def __init__(self, echo: Callable[[str], None] = lambda line: None):
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+class ComponentProgress(logging.Handler):
+    """Turns LocalDagRunner's log records into one line per component start / end, and a line every
+    ``heartbeat`` seconds while a silent component runs (``start_heartbeat`` / ``stop_heartbeat``)."""
+
+    def __init__(self, echo: Callable[[str], None] = lambda line: None, heartbeat: float = HEARTBEAT_SECONDS):
         super().__init__(level=logging.INFO)
         self.started = {}
         self.cached = set()
@@ -108,6 +121,30 @@ class ComponentProgress(logging.Handler):
         self.current = None
         self.extra_handlers = []
         self.echo = echo  # also write each line here (the log file)
+        self.heartbeat = heartbeat
+        self._finished = set()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="segbalance-progress", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        beats = {}  # component -> heartbeat lines printed
+        while not self._stop.wait(min(1.0, self.heartbeat / 4)):
+            name = self.current
+            if name is None or name in self._finished or name.endswith("_resolver") or name in QUIET_WHILE_RUNNING:
+                continue
+            elapsed = time.time() - self.started[name]
+            if elapsed >= self.heartbeat * (beats.get(name, 0) + 1):
+                beats[name] = int(elapsed // self.heartbeat)
+                self._print(name, f"still running ({_duration(elapsed)})")
 
     def _print(self, name: str, what: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {name}: {what}"
@@ -117,8 +154,10 @@ class ComponentProgress(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if message.startswith("Component ") and message.endswith(" is running."):
-            self.current = message[len("Component "):-len(" is running.")]
-            self.started[self.current] = time.time()
+            name = message[len("Component "):-len(" is running.")]
+            self.started[name] = time.time()
+            self._finished.discard(name)
+            self.current = name
             if not self.current.endswith("_resolver"):  # resolvers: one line when finished
                 self._print(self.current, "started")
         elif message.startswith("A cached execution") and self.current:
@@ -133,6 +172,7 @@ class ComponentProgress(logging.Handler):
                 self.unresolved[node] = f"input resolution failed: {error.splitlines()[0]} (see the log file)"
         elif message.startswith("Component ") and message.endswith(" is finished."):
             name = message[len("Component "):-len(" is finished.")]
+            self._finished.add(name)
             took = time.time() - self.started.get(name, time.time())
             if name in self.unresolved:
                 self._print(name, self.unresolved[name])
@@ -169,10 +209,12 @@ def route_absl(log: LibraryLog) -> ComponentProgress:
     for handler in [*handlers, progress]:
         absl_logger.addHandler(handler)
     progress.extra_handlers = handlers
+    progress.start_heartbeat()
     return progress
 
 
 def unroute_absl(progress: ComponentProgress) -> None:
+    progress.stop_heartbeat()
     absl_logger = logging.getLogger("absl")
     for handler in [progress, *progress.extra_handlers]:
         absl_logger.removeHandler(handler)

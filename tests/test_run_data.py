@@ -259,6 +259,38 @@ def test_absl_records_go_to_the_log_and_a_first_run_resolver_is_one_line(tmp_pat
     assert "r_resolver: input resolution failed: bad query" in capfd.readouterr().out
 
 
+def test_a_silent_component_says_it_is_still_running(capfd):
+    """A Beam component on big data printed nothing between `started` and `done` for minutes (QA): the
+    progress handler now adds a line every heartbeat while one runs; not for SegTrainer (its epochs
+    show) and never after the component finished."""
+    import re
+    import time as _time
+
+    progress = ComponentProgress(heartbeat=0.2)
+    progress.start_heartbeat()
+
+    def say(message):
+        progress.emit(logging.LogRecord("absl", logging.INFO, __file__, 1, message, None, None))
+
+    try:
+        say("Component StatisticsGen is running.")
+        _time.sleep(0.7)
+        say("Component StatisticsGen is finished.")
+        after_statistics = capfd.readouterr().out
+        _time.sleep(0.5)
+        say("Component SegTrainer is running.")
+        _time.sleep(0.5)
+        say("Component SegTrainer is finished.")
+    finally:
+        progress.stop_heartbeat()
+    beats = re.findall(r"StatisticsGen: still running \((\d+) s\)", after_statistics)
+    assert 1 <= len(beats) <= 4, after_statistics  # every 0.2 s of the 0.7 s (fewer on a loaded machine)
+    assert re.search(r"StatisticsGen: done in [\d.]+s$", after_statistics.rstrip())
+    later = capfd.readouterr().out
+    assert "still running" not in later and "SegTrainer: started" in later  # after done: quiet; SegTrainer: epochs
+    assert not progress._thread.is_alive()
+
+
 def test_sample_drop_fraction_applies_to_every_kind(tmp_path):
     """data.sample.drop_fraction reaches the sample writer for a real kind too (it was shapes only)."""
     import json as _json
