@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -12,8 +13,13 @@ from segbalance.contract import BLOCKED_REPORT_ID
 from segbalance.pipeline.output_guard import PREVIOUS_SUMMARY_FILE, SUMMARY_FILE
 
 
+class MetadataStoreError(contract.UserError, RuntimeError):
+    """A ``metadata.sqlite`` that ML Metadata cannot open (empty, not SQLite, damaged): one line, exit 2."""
+
+
 def open_store(metadata_path: str, writable: bool = False):
-    """The run's ML Metadata store, read-only unless ``writable``; FileNotFoundError without one."""
+    """The run's ML Metadata store, read-only unless ``writable``; FileNotFoundError without one,
+    MetadataStoreError when the file is no store ML Metadata can open."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
@@ -23,7 +29,15 @@ def open_store(metadata_path: str, writable: bool = False):
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
     config.sqlite.connection_mode = modes.READWRITE if writable else modes.READONLY
-    return metadata_store.MetadataStore(config)
+    try:
+        return metadata_store.MetadataStore(config)
+    except RuntimeError as exc:  # MLMD's "file is not a database", or an empty file opened read-only
+        found = re.search(r"executing query: (.*?) query:", " ".join(str(exc).split()))
+        reason = ("an empty file" if os.path.getsize(metadata_path) == 0
+                  else found.group(1) if found else " ".join(str(exc).split())[:200])
+        raise MetadataStoreError(f"{metadata_path} cannot be opened as an ML Metadata store ({reason}): it is empty "
+                                 f"or damaged; move it aside and run `segbalance run` again (a new store: nothing "
+                                 f"is taken from the cache)") from exc
 
 
 def latest_artifact(store, type_name: str, live_only: bool = True):

@@ -276,6 +276,21 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"
 
 
+def test_a_run_folder_with_a_damaged_metadata_store_is_one_line(tmp_path, capsys):
+    """`run` opens its folder's metadata.sqlite first (to cancel what a stopped run left): a damaged one
+    was ML Metadata's traceback; it is one line naming the file and what to do, exit 2, the file kept."""
+    from segbalance.pipeline import output_guard
+
+    output_guard.write_marker(tmp_path, "run")
+    (tmp_path / "metadata.sqlite").write_bytes(b"garbage")
+    assert cli.main(["run", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "metadata.sqlite cannot be opened as an ML Metadata store (file is not a database)" in err
+    assert "move it aside and run `segbalance run` again" in err
+    assert (tmp_path / "metadata.sqlite").read_bytes() == b"garbage"
+
+
 def test_sigterm_stops_like_ctrl_c_exit_143(monkeypatch, capsys):
     """systemd's stop, `timeout` and `kill` send SIGTERM: Python died at once (exit 143, no message, `run`
     left no run_summary.json); it now stops through the commands' clean-up, one line, exit 143."""

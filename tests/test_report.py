@@ -154,6 +154,18 @@ def test_cli_on_a_stats_dir(report, tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, reason", [(b"", "an empty file"), (b"garbage", "file is not a database")])
+def test_a_metadata_store_that_cannot_be_opened_is_one_line(tmp_path, capsys, content, reason):
+    """An empty or damaged metadata.sqlite (a disk that filled, a copy cut short) was ML Metadata's
+    RuntimeError and a traceback from `report` and `run`; it is one line naming the file, exit 2."""
+    (tmp_path / "metadata.sqlite").write_bytes(content)
+    assert cli.main(["report", str(tmp_path), "--output", str(tmp_path / "x.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'metadata.sqlite'} cannot be opened as an ML Metadata store ({reason})" in err
+    assert not (tmp_path / "x.html").exists() and (tmp_path / "metadata.sqlite").read_bytes() == content
+
+
 def _store(path):
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
