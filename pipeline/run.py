@@ -374,13 +374,14 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
             if abandoned:
                 print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
                       f"CANCELED", flush=True)
-            from segbalance.components.staged_pusher import remove_stale_staging
-
-            for stale in remove_stale_staging(paths["serving_model_dir"]):  # under the lock: no push under way
-                print(f"Pusher: removed {stale}, the unfinished copy of a push that was stopped (never served)",
-                      flush=True)
             with LibraryLog(os.path.join(paths["output_dir"], "logs"), verbose=verbose) as log:
                 log_path = str(log.path)
+                # (inside the log: the import brings TFX and TensorFlow, whose start-up lines belong there)
+                from segbalance.components.staged_pusher import remove_stale_staging
+
+                for stale in remove_stale_staging(paths["serving_model_dir"]):  # under the lock: no push under way
+                    print(f"Pusher: removed {stale}, the unfinished copy of a push that was stopped (never served)",
+                          flush=True)
                 examples_dir, reference = prepare_data(config, paths)
                 check_records_to_read(config, Path(examples_dir))
                 if announce:

@@ -294,20 +294,21 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
         return None
     path = os.path.join(base_model, KERAS_FILE)
     if not tf.io.gfile.exists(path):
-        raise WarmStartError(f"warm start: the base model {base_model} has no {KERAS_FILE}; it was not exported by "
-                         f"this trainer. Set training.warm_start: false to train from scratch")
+        raise WarmStartError(f"warm start: the base model {base_model} has no {KERAS_FILE}; it was not exported "
+                             f"by this trainer. Set training.warm_start: false to train from scratch")
     mismatch = class_mismatch(class_names, read_model_classes(base_model)) if class_names is not None else None
     if mismatch:
-        raise WarmStartError(f"warm start: the base model {base_model} does not fit this run's classes: {mismatch}; "
-                         f"its output channels mean other classes. Set training.warm_start: false for this run")
+        raise WarmStartError(f"warm start: the base model {base_model} does not fit this run's classes: "
+                             f"{mismatch}; its output channels mean other classes. Set training.warm_start: false "
+                             f"for this run")
     try:
         model.load_weights(path)
     except ValueError as exc:  # Keras lists every layer that did not load: the first mismatch says enough
         detail = " ".join(str(exc).split())
         detail = detail if len(detail) <= 240 else detail[:240].rsplit(" ", 1)[0] + " ..."
-        raise WarmStartError(f"warm start: the weights in {path} do not fit this model ({detail}). The architecture "
-                         f"changed (image_size, depth, base_filters, backbone, num_classes): set "
-                         f"training.warm_start: false for this run") from exc
+        raise WarmStartError(f"warm start: the weights in {path} do not fit this model ({detail}). The "
+                             f"architecture changed (image_size, depth, base_filters, backbone, num_classes): set "
+                             f"training.warm_start: false for this run") from exc
     replaced = f" (its weights replace training.backbone_weights: {backbone_weights})" if backbone_weights else ""
     print(f"SegTrainer: warm start from {path}{replaced}", flush=True)
     return path

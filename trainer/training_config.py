@@ -309,7 +309,8 @@ class TrainingConfig:
             require(getattr(self, name) <= INT32_MAX, f"{where}.{name}", f"must be <= {INT32_MAX}")
         require(self.steps_per_epoch is None or 1 <= self.steps_per_epoch <= INT32_MAX, f"{where}.steps_per_epoch",
                 f"must be between 1 and {INT32_MAX} (or null: the whole training split)")
-        require(is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate", "must be a finite number > 0")
+        require(is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate",
+                "must be a finite number > 0")
         require(is_number(self.momentum, 0.0) and self.momentum < 1, f"{where}.momentum", "must be >= 0 and < 1")
         require(not self.nesterov or self.optimizer == "sgd", f"{where}.nesterov",
                 f"Nesterov momentum is sgd's; {self.optimizer} would ignore it: set optimizer: sgd or nesterov: false")
