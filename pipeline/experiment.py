@@ -476,6 +476,24 @@ def value_differences(row: dict, wanted: dict) -> str:
     return ", ".join(describe_values({key: value for key, value in trained_with(row) if value != wanted[key]}))
 
 
+def rows_plan(plan: dict, results: list) -> dict:
+    """``results.json``'s ``plan`` for a ``--report-only`` call: the values its rows were trained with,
+    not the call's own options (its default ``--max-epochs`` is not what rows trained with 150 had).
+    A PROTOCOL field every row records takes their value, None where they differ (``training_sets``
+    lists the sets); data sets, drop rates and seeds are the rows'; the rest stay the call's."""
+    plan = dict(plan)
+    if not results:
+        return plan
+    for key in PROTOCOL:
+        if all(key in row for row in results):
+            values = {row[key] for row in results}
+            plan[key] = values.pop() if len(values) == 1 else None
+    plan["datasets"] = list(dict.fromkeys(row["dataset"] for row in results))
+    plan["drop_fractions"] = sorted({row["drop"] for row in results})
+    plan["seeds"] = sorted({row["seed"] for row in results})
+    return plan
+
+
 def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[dict]:
     """The row in ``done`` that is ``cell``'s training when every class is annotated in every image:
     the same terms, weighting and weight map with another missing-label handling (all of them are then the plain
@@ -701,7 +719,8 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
     if rescore:
         results = rescore_rows(results, tests)
     report = {
-        "plan": asdict(plan), "results": results, "seed004": seed004.revisit(),
+        "plan": rows_plan(asdict(plan), results) if report_only else asdict(plan), "results": results,
+        "seed004": seed004.revisit(),
         "seconds": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"), "command": command,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
     }

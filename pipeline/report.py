@@ -2,13 +2,15 @@
 
 Sections: a summary, ExampleValidator anomalies, TFDV feature statistics as tables, the
 classes (pixel and image frequencies, log-scale bar chart), the weights of every scheme,
-the co-occurrence heatmap, annotation gaps (the images with the most missing or
-suspect-missing classes), quarantined records, and, when the run has them, the evaluation
-(per-class IoU, confusion matrix) and the class-distribution drift.
+the co-occurrence heatmap, class examples (image and mask thumbnails), the image pairs
+ingest skipped, annotation gaps (the images with the most missing or suspect-missing
+classes), quarantined records, and, when the run has them, the training curves, the
+evaluation (per-class IoU, confusion matrix), the class-distribution drift and the spans.
 
 STATS_DIR is a `segbalance stats --output` folder or a ClassStats artifact (class_stats.json);
 RUN_DIR is a `segbalance run --output-dir` folder: its ML Metadata store (metadata.sqlite)
-gives the newest statistics, anomalies, class statistics, evaluation and drift artifacts.
+gives the artifacts of the latest run that wrote a report, by lineage (what its nodes made
+or took from the cache; a node it skipped gives nothing, never an earlier run's artifact).
 
 The page opens offline: charts are inline PNG (``data:`` URIs), the style is inline, there is
 no script and no external URL; every string that comes from the data is HTML-escaped.

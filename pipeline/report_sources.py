@@ -1,10 +1,12 @@
 """Where the data report's inputs are: a ClassStats folder, or a run folder with ML Metadata.
 
 A run folder is read through its ML Metadata store (``metadata.sqlite``, opened read-only):
-the newest live artifact of each type is used, and for drift the newest ``DriftReport`` or,
-failing that, the newest artifact of any type whose folder holds ``drift.json``; the newest
-``ModelRun`` gives the training curves (``training_summary.json``); and every span the store
-has ClassStats for gives one point of the spans section (``span_history``).
+the artifacts of the latest run that wrote a report, by lineage (its ``pipeline_run`` context:
+what its nodes made or took from the cache, so a skipped node gives nothing, never an earlier
+run's artifact); its ``ModelRun`` gives the training curves (``training_summary.json``); and every
+span the store has ClassStats for gives one point of the spans section (``span_history``). A store
+without run contexts falls back to the newest live artifact of each type (for drift, of any type
+whose folder holds ``drift.json``).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class ReportSources:
 
 
 def find_sources(path: str) -> ReportSources:
-    """STATS_DIR (has class_stats.json) or RUN_DIR (has metadata.sqlite): the newest artifacts."""
+    """STATS_DIR (has class_stats.json) or RUN_DIR (has metadata.sqlite): the latest run's artifacts."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a folder: give a statistics folder (with {STATS_FILE}) "
                                 f"or a `segbalance run` output folder (with {METADATA_FILE})")
@@ -106,7 +108,7 @@ def sources_from_metadata(metadata: str) -> ReportSources:
                                 f"through ClassStatsGen first, or give a `segbalance stats` folder")
     return ReportSources(class_stats_dir=class_stats, statistics_dir=uri("ExampleStatistics"),
                          anomalies_dir=uri("ExampleAnomalies"), evaluation_dir=uri("ModelEvaluation"),
-                         drift_dir=uri(DRIFT_REPORT_TYPE) or _any_with_file(store, DRIFT_FILE),
+                         drift_dir=uri(DRIFT_REPORT_TYPE) if run is not None else _any_with_file(store, DRIFT_FILE),
                          model_run_dir=uri("ModelRun"), spans=span_history(store),
                          ingest_reports=ingest_reports_read(store), recorded=True)
 

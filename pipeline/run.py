@@ -21,7 +21,8 @@ Exit status: 0 the run finished (its model pushed, or not blessed and the summar
 mistake in the options, the config or the data (one line says what to do); 3 the drift gate blocked
 the new data (nothing trained on it was pushed; run_summary.json ``drift`` and its drift.json say why
 and how to accept it), so a scheduler (cron, a systemd timer) sees the run that needs a person;
-130 interrupted (Ctrl-C).
+130 interrupted (Ctrl-C), 143 stopped by SIGTERM (`systemctl stop`, `timeout`); after either,
+run_summary.json says ``interrupted`` and the same command resumes.
 """
 from __future__ import annotations
 

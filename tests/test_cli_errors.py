@@ -317,6 +317,19 @@ def test_sigterm_stops_like_ctrl_c_exit_143(monkeypatch, capsys):
     assert isinstance(cli.Terminated(), KeyboardInterrupt)  # run's summary: status interrupted
 
 
+def test_run_help_lists_every_exit_status(capsys):
+    """A scheduler's author reads `run --help` for the statuses: 143 (SIGTERM) was missing there."""
+    import signal
+
+    from segbalance.pipeline.run import EXIT_DRIFT_BLOCKED
+
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for status in (0, 2, EXIT_DRIFT_BLOCKED, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+        assert f" {status} " in text, status
+
+
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs (not writable, even by root)")
 @pytest.mark.parametrize("argv", [["sample-data", "shapes", "--output", "/sys/segbalance_test"],
                                   ["run", "--output-dir", "/sys/segbalance_test"]])

@@ -417,6 +417,11 @@ def test_report_only_reports_the_rows_so_far_and_trains_nothing(tmp_path, capsys
     # the header states the protocol the rows were trained under, not the --quick plan of this call
     assert "runs at least 50 epochs" in table and "not improved for 20 epochs (at most 2)" in table
     assert "training crops of 128x128 per data set and drop (batch 16)" in table  # not --quick's 32 / 8
+    plan = json.loads((out / "results.json").read_text())["plan"]  # it held the --quick call's options
+    assert {key: plan[key] for key in ("max_epochs", "min_epochs", "patience", "size", "batch_size", "datasets",
+                                       "drop_fractions", "seeds")} == {
+        "max_epochs": 2, "min_epochs": 50, "patience": 20, "size": 128, "batch_size": 16, "datasets": ["shapes"],
+        "drop_fractions": [0.3], "seeds": [0]}
     assert "report of 2 trainings" in capsys.readouterr().out
     assert cli.main(["experiment", "--quick", "--report-only", "--output", str(out)]) == 2  # needs --work-dir
     # only the rows' data set has a test set, written beside the work folder's own (there is none here)
@@ -908,3 +913,21 @@ def test_a_list_option_that_does_not_parse_names_the_value(option, value, messag
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "invalid" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_report_s_plan_is_what_its_rows_were_trained_with():
+    """results.json's plan held the --report-only call's own options (max 100 epochs, patience 10) over rows
+    trained with 150 / 20; fields whose rows differ are None (training_sets lists them), unrecorded ones stay."""
+    from dataclasses import asdict
+
+    from segbalance.pipeline.experiment import Plan, rows_plan
+
+    rows = [{"dataset": "nuclei", "drop": 0.6, "seed": 2, "max_epochs": 150, "patience": 20, "size": 64},
+            {"dataset": "shapes", "drop": 0.0, "seed": 0, "max_epochs": 150, "patience": 10, "size": 64},
+            {"dataset": "nuclei", "drop": 0.0, "seed": 0, "max_epochs": 150, "patience": 20}]
+    call = asdict(Plan(max_epochs=100, patience=5, size=32))
+    plan = rows_plan(call, rows)
+    assert (plan["max_epochs"], plan["patience"], plan["size"]) == (150, None, 32)  # size: not every row says
+    assert (plan["datasets"], plan["drop_fractions"], plan["seeds"]) == (["nuclei", "shapes"], [0.0, 0.6], [0, 2])
+    assert plan["terms"] == call["terms"] and call["max_epochs"] == 100  # the rest stays; the input is not changed
+    assert rows_plan(call, []) == call

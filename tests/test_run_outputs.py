@@ -113,6 +113,13 @@ def test_the_latest_run_s_outputs_are_its_own_cached_or_made(tmp_path):
     assert sources_from_metadata(str(tmp_path / "metadata.sqlite")).class_stats_dir == stats_c.uri
     assert summarize(paths)["class_stats"] == stats_d.uri  # the run itself (the summary is written by it)
 
+    # a run without the gate (drift off in its config): no drift section, not run c's decision
+    stats_e = runs.artifact("segbalance.ClassStats", "stats_e", stats_file)
+    report_e = runs.artifact("segbalance.HtmlReport", "report_e", {"report.html": "<html></html>"})
+    runs.run([("ClassStatsGen", done, {"class_stats": stats_e}), ("DataReport", done, {"report": report_e})])
+    sources = sources_from_metadata(str(tmp_path / "metadata.sqlite"))
+    assert sources.class_stats_dir == stats_e.uri and sources.drift_dir is None
+
 
 def test_pushed_this_run_is_the_run_s_own_pusher(tmp_path):
     from segbalance.pipeline.run_summary import summarize
