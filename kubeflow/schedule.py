@@ -14,18 +14,21 @@ schedule.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import re
 import shlex
 import sys
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from segbalance.contract import UserError
 
 FIELD = re.compile(r"^(\*|\d+(-\d+)?(,\d+(-\d+)?)*)(/\d+)?$")
 DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
 RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+KFP_CLIENT_SUFFIXES = (".yaml", ".yml")  # kfp.Client's package names, case-sensitive (compile-kfp takes any case)
 
 
 class ScheduleError(UserError, ValueError):
@@ -75,12 +78,31 @@ def kfp_day_of_week(field: str) -> str:
     return ",".join(str(d) for d in sorted({d % 7 for d in days}))
 
 
-def systemd_on_calendar(cron: str) -> str:
+def systemd_on_calendar(cron: str) -> List[str]:
+    """The timer's ``OnCalendar=`` values for a cron expression (a timer fires on any of them). Cron runs
+    on a day that matches the day of month **or** the day of week when both are restricted, and one
+    calendar event needs both: such an expression gives two events, one per field."""
     minute, hour, dom, month, dow = check_cron(cron)
     if any("/" in f or "-" in f for f in (minute, hour, dom, month, dow)):
         raise ScheduleError("steps and ranges are not translated to systemd; use the crontab line")
+    time_of_day = f"{hour.zfill(2) if hour != '*' else '*'}:{minute.zfill(2) if minute != '*' else '*'}:00"
     days = "" if dow == "*" else ",".join(DAYS[int(d) % 7] for d in dow.split(",")) + " "
-    return f"{days}*-{month}-{dom} {hour.zfill(2) if hour != '*' else '*'}:{minute.zfill(2) if minute != '*' else '*'}:00"
+    if dom != "*" and dow != "*":
+        return [f"*-{month}-{dom} {time_of_day}", f"{days}*-{month}-* {time_of_day}"]
+    return [f"{days}*-{month}-{dom} {time_of_day}"]
+
+
+def crontab_command(command: str) -> str:
+    """``command`` as a crontab line's command: cron ends the command at an unescaped ``%`` (the rest
+    becomes its standard input), so a ``%`` in a path is written ``\\%``."""
+    return command.replace("%", "\\%")
+
+
+def systemd_exec_arg(arg: str) -> str:
+    """``arg`` as one literal argument of an ``Exec*=`` line: double-quoted with ``\\`` and ``"`` escaped
+    (systemd's C-style escapes), ``%`` (its specifiers) and ``$`` (its environment variables) doubled."""
+    quoted = '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quoted.replace("%", "%%").replace("$", "$$")
 
 
 def recurring_run_request(package: str, cron: str, experiment_id: str, job_name: str,
@@ -107,6 +129,9 @@ def check_package(package: str) -> None:
         what = "a .json file is the Vertex AI PipelineJob" if suffix.lower() == ".json" else ".yaml or .yml"
         raise ScheduleError(f"--package {package}: Kubeflow Pipelines takes the YAML package ({what}): run "
                             f"`segbalance compile-kfp --output {yaml_name}` with the same options and give that")
+    if not package.endswith(KFP_CLIENT_SUFFIXES):
+        raise ScheduleError(f"--package {package}: kfp.Client reads only names ending in "
+                            f"{' or '.join(KFP_CLIENT_SUFFIXES)} (lower case): rename it to {stem + '.yaml'}")
     import yaml
 
     try:
@@ -140,23 +165,42 @@ def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str, conf
     program = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "segbalance")
     command = (f"cd {shlex.quote(workdir)} && {shlex.quote(program)} run{with_config} --data {shlex.quote(data_dir)} "
                f"--output-dir {shlex.quote(output_dir)}")
+    # the console output beside the run folder, by absolute path ("out/" or "." named ".log" inside it, which
+    # made the folder one `run` refuses)
+    log = os.path.normpath(os.path.join(workdir, output_dir)) + ".log"
     lines = [] if config else ["# no --config: each scheduled run uses the default configuration "
                                "(give --config FILE, the file of your first run)"]
     lines += ["# exit status of each run: 0 done, 2 a mistake in the config or data (one line says what), 3 the "
               "drift gate blocked the new span (run_summary.json: drift), so systemd marks that run failed",
               "# crontab (crontab -e):",
-              f"{' '.join(check_cron(cron))} {command} >> {shlex.quote(output_dir)}.log 2>&1"]
+              f"{' '.join(check_cron(cron))} {crontab_command(f'{command} >> {shlex.quote(log)} 2>&1')}"]
     try:
-        calendar = systemd_on_calendar(cron)
+        calendars = systemd_on_calendar(cron)
         lines += ["", "# systemd: ~/.config/systemd/user/segbalance.service", "[Unit]",
                   "Description=segbalance retraining on the latest span", "[Service]", "Type=oneshot",
-                  f"ExecStart=/bin/sh -c {shlex.quote(command)}", "",
+                  f"ExecStart=/bin/sh -c {systemd_exec_arg(command)}", "",
                   "# ~/.config/systemd/user/segbalance.timer (systemctl --user enable --now segbalance.timer)",
-                  "[Unit]", "Description=segbalance retraining schedule", "[Timer]", f"OnCalendar={calendar}",
-                  "Persistent=true", "[Install]", "WantedBy=timers.target"]
+                  "[Unit]", "Description=segbalance retraining schedule", "[Timer]",
+                  *(f"OnCalendar={calendar}" for calendar in calendars), "Persistent=true", "[Install]",
+                  "WantedBy=timers.target"]
     except ScheduleError as exc:
         lines += ["", f"# systemd timer: not generated ({exc})"]
     return "\n".join(lines)
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+@contextlib.contextmanager
+def kfp_logging_off():
+    """No log records while kfp talks to the host (``Client`` logs every failed health check with its
+    traceback, five times, before it raises): the command's one line says what failed."""
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def add_parser(subparsers) -> None:
@@ -195,14 +239,21 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
                 import kfp
 
                 client_factory = kfp.Client
-            try:
-                client = client_factory(host=args.kfp_host)
-            except Exception as exc:  # kfp.Client checks the host at once: urllib3/requests errors
-                reason = " ".join(str(exc).split())[:200]
-                raise ScheduleError(f"--kfp-host {args.kfp_host}: cannot connect to Kubeflow Pipelines "
-                                    f"({type(exc).__name__}: {reason}); check the URL and your access") from exc
-            run = create_recurring_run(client, args.package, args.cron, args.experiment,
-                                       args.job_name, args.pipeline_root)
+            with kfp_logging_off():  # its retries log each failure with a traceback; the reason is in our line
+                try:
+                    client = client_factory(host=args.kfp_host)
+                except Exception as exc:  # kfp.Client checks the host at once: urllib3/requests errors
+                    raise ScheduleError(f"--kfp-host {args.kfp_host}: cannot connect to Kubeflow Pipelines "
+                                        f"({_reason(exc)}); check the URL and your access") from exc
+                try:
+                    run = create_recurring_run(client, args.package, args.cron, args.experiment,
+                                               args.job_name, args.pipeline_root)
+                except UserError:
+                    raise
+                except Exception as exc:  # the server's answer (kfp_server_api.ApiException: 403, 404, ...)
+                    raise ScheduleError(f"--kfp-host {args.kfp_host} did not create the recurring run "
+                                        f"({_reason(exc)}); check your access to experiment {args.experiment!r} "
+                                        f"and the package") from exc
             print(f"schedule: recurring run created on {args.kfp_host}: {getattr(run, 'recurring_run_id', run)}")
             return 0
         from segbalance.pipeline.config import load_config

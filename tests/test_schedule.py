@@ -2,6 +2,11 @@
 the calls), and, without a host, the printed request, crontab line and systemd timer."""
 import json
 import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -105,8 +110,68 @@ def test_steps_get_a_crontab_line_but_no_systemd_translation():
     text = schedule.local_schedule("*/15 * * * *", "d", "o", "/w")
     assert next(line for line in text.splitlines() if line.startswith("*/15")).startswith("*/15 * * * * cd /w && ")
     assert "systemd timer: not generated" in text
-    assert schedule.systemd_on_calendar("0 3 * * 0") == "Sun *-*-* 03:00:00"
-    assert schedule.systemd_on_calendar("5 * 1 6 *") == "*-6-1 *:05:00"
+    assert schedule.systemd_on_calendar("0 3 * * 0") == ["Sun *-*-* 03:00:00"]
+    assert schedule.systemd_on_calendar("5 * 1 6 *") == ["*-6-1 *:05:00"]
+
+
+def test_day_of_month_and_day_of_week_both_set_run_on_either_as_in_cron(capsys):
+    """Cron runs '0 12 13 * 5' every Friday and every 13th; the timer said `Fri *-*-13` (Friday the 13th
+    only: 2 runs a year for 64)."""
+    assert schedule.systemd_on_calendar("0 12 13 * 5") == ["*-*-13 12:00:00", "Fri *-*-* 12:00:00"]
+    assert schedule.systemd_on_calendar("30 3 1,15 6 1,7") == ["*-6-1,15 03:30:00", "Mon,Sun *-6-* 03:30:00"]
+    assert cli.main(["schedule", "--cron", "0 12 13 * 5", "--output-dir", "/srv/out"]) == 0
+    timer = capsys.readouterr().out.split("[Timer]")[1]
+    assert [line for line in timer.splitlines() if line.startswith("OnCalendar=")] == [
+        "OnCalendar=*-*-13 12:00:00", "OnCalendar=Fri *-*-* 12:00:00"]  # a timer fires on any of its calendars
+
+
+def _cron_command(line: str) -> str:
+    """What cron hands to /bin/sh from a crontab line: the text after the five fields up to the first
+    unescaped %, with each \\% made %."""
+    command = line.split(" ", 5)[5]
+    cut = re.search(r"(?<!\\)%", command)
+    return (command[:cut.start()] if cut else command).replace("\\%", "%")
+
+
+def _systemd_words(value: str) -> list:
+    """An Exec*= value split as systemd does for the words this module writes (bare words, and double quotes
+    with C escapes), then its %% and $$ undone."""
+    words = re.findall(r'"((?:[^"\\]|\\.)*)"|(\S+)', value)
+    out = []
+    for quoted, bare in words:
+        word = re.sub(r"\\(.)", r"\1", quoted) if quoted or not bare else bare
+        assert not re.search(r"%[^%]", word.replace("%%", "")) and "$" not in word.replace("$$", "")
+        out.append(word.replace("%%", "%").replace("$$", "$"))
+    return out
+
+
+@pytest.mark.parametrize("name", ["plain", "w d", "50%off", "it's", 'say "hi"', "$HOME", "back\\slash", "%h"])
+def test_paths_reach_the_command_literally_through_cron_and_systemd(tmp_path, name):
+    """A % in a path cut cron's command (the run never happened); systemd read % as a specifier and $ as a
+    variable; an output folder given as "out/" logged to "out/.log", which then made `run` refuse it."""
+    work = tmp_path / name
+    config = work / f"{name}.yaml"
+    text = schedule.local_schedule("0 3 * * 1", str(work / "data"), f"{name}/", str(work), str(config))
+    crontab = next(line for line in text.splitlines() if line.startswith("0 3 * * 1 "))
+    words = shlex.split(_cron_command(crontab))  # POSIX sh word splitting
+    program = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "segbalance")
+    assert words == ["cd", str(work), "&&", program, "run", "--config", str(config), "--data", str(work / "data"),
+                     "--output-dir", f"{name}/", ">>", str(work / name) + ".log", "2>&1"]
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    sh, dash_c, command = _systemd_words(exec_start[len("ExecStart="):])
+    assert (sh, dash_c) == ("/bin/sh", "-c")
+    assert shlex.split(command) == words[:-3]  # the same command, without the redirect (journald keeps it)
+    if shutil.which("systemd-analyze"):  # systemd's own parser: specifiers and quoting accepted
+        unit = tmp_path / "segbalance.service"
+        unit.write_text("\n".join(text.split("# systemd: ~/.config/systemd/user/segbalance.service\n")[1]
+                                  .split("\n\n")[0].splitlines()) + "\n")
+        done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert "specifier" not in done.stderr and "Invalid" not in done.stderr, done.stderr
+
+
+def test_the_log_of_a_run_folder_given_as_dot_lies_beside_it():
+    text = schedule.local_schedule("0 3 * * 1", "d", ".", "/srv/seg")
+    assert next(line for line in text.splitlines() if line.startswith("0 3")).endswith(" >> /srv/seg.log 2>&1")
 
 
 def test_a_missing_package_is_refused_before_any_call(tmp_path):
@@ -134,6 +199,59 @@ def test_a_package_kfp_cannot_take_is_one_line_before_connecting(name, content, 
     assert schedule._main(args, client_factory=lambda host: connected.append(host)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message.format(d=tmp_path) in err and not connected
+
+
+def test_an_upper_case_suffix_kfp_client_would_refuse_is_one_line(tmp_path, capsys):
+    package = _package(tmp_path)
+    shouting = package.with_name("P.YAML")
+    package.rename(shouting)
+    connected = []
+    args = cli.build_parser().parse_args(["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://kfp.local",
+                                          "--package", str(shouting)])
+    assert schedule._main(args, client_factory=lambda host: connected.append(host)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reads only names ending in .yaml or .yml (lower case)" in err
+    assert f"rename it to {tmp_path / 'P.yaml'}" in err and not connected
+
+
+class LoudFailingClient(FakeKfpClient):
+    """kfp.Client against a host that is not KFP: it logs each failed health check with a traceback."""
+
+    def __init__(self, host):
+        import logging
+
+        for attempt in range(5):
+            try:
+                raise ConnectionError("Failed to get healthz info")
+            except ConnectionError:
+                logging.exception("Failed to get healthz info attempt %d of 5.", attempt + 1)
+        raise TimeoutError("Failed getting healthz endpoint after 5 attempts.")
+
+
+class RefusingClient(FakeKfpClient):
+    def create_recurring_run(self, **request):
+        import logging
+
+        logging.error("HTTP response body: forbidden")
+        raise RuntimeError("(403) Reason: Forbidden")
+
+
+@pytest.mark.parametrize("factory, message", [
+    (LoudFailingClient, "cannot connect to Kubeflow Pipelines (TimeoutError: Failed getting healthz endpoint"),
+    (RefusingClient, "did not create the recurring run (RuntimeError: (403) Reason: Forbidden); check your access"),
+])
+def test_a_host_that_fails_is_one_line_without_kfp_s_log(tmp_path, capfd, caplog, factory, message):
+    """Against a host that was not KFP, kfp's retries printed 5 tracebacks (226 lines) before our line; a
+    server refusing the run (403) was a traceback, exit 1."""
+    args = cli.build_parser().parse_args(["schedule", "--cron", "0 3 * * 1", "--kfp-host", "http://kfp.local",
+                                          "--package", str(_package(tmp_path))])
+    assert schedule._main(args, client_factory=factory) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not caplog.records  # (pytest holds log records back from stderr; a user's console showed them)
+    import logging
+
+    assert not logging.root.manager.disable  # logging is back on after the command
 
 
 def test_kfp_s_own_client_takes_the_compiled_package(tmp_path, capsys):
