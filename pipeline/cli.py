@@ -21,12 +21,13 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import traceback
 import warnings
 from typing import Callable, Optional, Sequence
 
 from segbalance.contract import UserError
+from segbalance.pipeline import stop_signals
+from segbalance.pipeline.stop_signals import Terminated  # noqa: F401 (segbalance.pipeline.cli.Terminated)
 
 # (module path) in the order they appear in --help.
 COMMAND_MODULES = [
@@ -98,15 +99,6 @@ def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
     return failed_path(exc, errno.ENOSPC)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: the command stops as on Ctrl-C (its ``finally`` blocks and summaries run), exit 143. Without
-    a handler Python died at once: no message, and `run` left no run_summary.json (QA)."""
-
-
-def _terminated(signum, frame):
-    raise Terminated()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -115,13 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if not args.debug:
         quiet_third_party()
-    on_main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there only)
-    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
-    try:
+    with stop_signals.handled():
         return run_reporting_errors(lambda: args.func(args), f"segbalance {args.command}", args.debug)
-    finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bool = False) -> int:
@@ -143,6 +130,8 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
               f"(and read), or change its permissions", file=sys.stderr, flush=True)
         return 2
     except Exception as exc:
+        if stop_signals.received() is not None:  # the stop, raised inside TensorFlow's callbacks as another type
+            return _stopped(prog, stop_signals.received(), debug)
         full, read_only = no_space_left(exc), failed_path(exc, errno.EROFS)
         if full is None and read_only is None:  # a bug: keep the traceback
             raise
@@ -157,13 +146,18 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
                   f"write, or mount it read-write", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the commands' own clean-up (finally blocks) has run
-        if debug:
-            traceback.print_exc()
-        if isinstance(exc, Terminated):
-            print(f"{prog}: stopped (SIGTERM); run the same command again to resume", file=sys.stderr, flush=True)
-            return 128 + signal.SIGTERM
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return _stopped(prog, stop_signals.stopped(exc), debug)
+
+
+def _stopped(prog: str, signum: int, debug: bool) -> int:
+    """One line and 130 (Ctrl-C) or 143 (SIGTERM)."""
+    if debug:
+        traceback.print_exc()
+    if signum == signal.SIGTERM:
+        print(f"{prog}: stopped (SIGTERM); run the same command again to resume", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
+    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+    return 130
 
 if __name__ == "__main__":
     sys.exit(main())

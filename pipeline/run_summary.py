@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import signal
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -296,9 +297,15 @@ def write_summary(output_dir: str, summary: dict) -> str:
 def unfinished_summary(exc: BaseException, log: Optional[str], previous: Optional[str]) -> dict:
     """The summary of a run that did not finish: ``status`` refused (a mistake in the config or data,
     exit 2), interrupted (Ctrl-C) or failed, the one-line error, the log and the previous summary."""
-    status = ("refused" if isinstance(exc, contract.UserError)
-              else "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+    from segbalance.pipeline.stop_signals import stopped
+
+    signum = stopped(exc)  # also a stop raised inside TensorFlow's callbacks as another type (a RuntimeError)
+    status = ("interrupted" if signum is not None else "refused" if isinstance(exc, contract.UserError)
+              else "failed")
     message, kind = " ".join(str(exc).split()), type(exc).__name__
+    if signum is not None and not isinstance(exc, KeyboardInterrupt):
+        kind, message = ("Terminated" if signum == signal.SIGTERM else "KeyboardInterrupt",
+                         f"(raised as {kind}: {message[:160]})")
     # a refusal's message is the one line the user reads; otherwise the kind of error leads, once (a bare
     # Ctrl-C has no message: "KeyboardInterrupt")
     error = (message or kind) if status == "refused" else f"{kind}: {message}" if message else kind

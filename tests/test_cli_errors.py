@@ -317,6 +317,40 @@ def test_sigterm_stops_like_ctrl_c_exit_143(monkeypatch, capsys):
     assert isinstance(cli.Terminated(), KeyboardInterrupt)  # run's summary: status interrupted
 
 
+@pytest.mark.parametrize("signum, status, line", [
+    ("SIGTERM", 143, "stopped (SIGTERM); run the same command again to resume"), ("SIGINT", 130, "interrupted")])
+def test_a_stop_raised_inside_tensorflow_as_another_error_is_still_a_stop(monkeypatch, capsys, signum, status, line):
+    """QA: SIGTERM while SegEvaluator loaded a SavedModel arrived through TensorFlow's pybind11 callback as a
+    RuntimeError ("MISMATCH of original and normalized active exception types ... REPLACED BY Terminated"):
+    a traceback, exit 1, and run_summary.json "failed" although the run had only been stopped."""
+    import signal
+
+    from segbalance.pipeline import sample_data
+    from segbalance.pipeline.run_summary import unfinished_summary
+
+    summaries = []
+
+    def stopped_inside_a_callback(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), getattr(signal, signum))
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        except KeyboardInterrupt:  # what pybind11 does with it
+            error = RuntimeError("pybind11::error_already_set: MISMATCH of original and normalized active "
+                                 "exception types: ORIGINAL InvalidArgumentError REPLACED BY Terminated")
+            summaries.append(unfinished_summary(error, None, None))
+            raise error from None
+
+    monkeypatch.setattr(sample_data, "write_sample_data", stopped_inside_a_callback)
+    assert cli.main(["sample-data", "shapes", "--output", "x"]) == status
+    assert capsys.readouterr().err == f"segbalance sample-data: {line}\n"
+    [summary] = summaries
+    assert summary["status"] == "interrupted" and summary["error"].startswith(
+        ("Terminated" if signum == "SIGTERM" else "KeyboardInterrupt") + ": (raised as RuntimeError: pybind11")
+    assert unfinished_summary(RuntimeError("x"), None, None)["status"] == "failed"  # the next command starts clean
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_run_help_lists_every_exit_status(capsys):
     """A scheduler's author reads `run --help` for the statuses: 143 (SIGTERM) was missing there."""
     import signal
