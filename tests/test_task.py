@@ -461,11 +461,15 @@ def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path, steps
     task.run_fn(second)
     steps = summary_of(second)["steps_per_epoch"]
     assert record.epochs == [2, 3] and record.iterations_at_start == 2 * steps  # epochs 0 and 1 are not redone
-    assert summary_of(second)["epochs_run"] == [2, 3]
-    assert summary_of(second)["history"]["class_weight_mix"] == [0.5, 0.75]
+    # the summary covers the whole training, not only the resumed fit's epochs (QA 25: [2, 3], and a best epoch
+    # of 2 read off history[2] = epoch 4's value)
+    assert summary_of(second)["epochs_run"] == summary_of(whole)["epochs_run"] == [0, 1, 2, 3]
+    assert summary_of(second)["history"]["class_weight_mix"] == [0.0, 0.25, 0.5, 0.75]
+    assert set(summary_of(second)["history"]) == set(summary_of(whole)["history"])
+    assert summary_of(second)["best_epoch"] == summary_of(whole)["best_epoch"]
     assert not [d for d in os.listdir(tmp_path / "run") if d.startswith("backup-")]  # removed when done
-    for key in ("loss", "val_loss"):
-        np.testing.assert_allclose(summary_of(second)["history"][key], summary_of(whole)["history"][key][2:],
+    for key in ("loss", "val_loss", "val_miou"):
+        np.testing.assert_allclose(summary_of(second)["history"][key], summary_of(whole)["history"][key],
                                    rtol=1e-5, err_msg=key)
     resumed = keras.saving.load_model(os.path.join(second.serving_model_dir, task.KERAS_FILE), safe_mode=True)
     uninterrupted = keras.saving.load_model(os.path.join(whole.serving_model_dir, task.KERAS_FILE), safe_mode=True)

@@ -719,3 +719,23 @@ def test_the_imagenet_check_shows_no_keras_input_shape_note(tmp_path, monkeypatc
         with pytest.raises(UserError, match="is not in the Keras cache"):
             model_lib.check_backbone_weights(training)
     assert not [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_the_epoch_log_keeps_the_epochs_before_a_resume_and_replaces_a_replayed_one(tmp_path):
+    from segbalance.trainer.training_callbacks import EpochLog
+
+    first = EpochLog(state_dir=str(tmp_path / "backup"))
+    first.on_train_begin()
+    for epoch, loss in enumerate([0.9, 0.7, 0.6]):  # stopped during epoch 3, after its log was written
+        first.on_epoch_end(epoch, {"loss": loss, "val_miou": 0.1 * epoch})
+    resumed = EpochLog(state_dir=str(tmp_path / "backup"))  # the backup had epochs 0-1: epoch 2 runs again
+    resumed.on_train_begin()
+    resumed.on_epoch_end(2, {"loss": 0.5, "val_miou": 0.25, "learning_rate": 0.001})
+    resumed.on_epoch_end(3, {"loss": 0.4, "val_miou": 0.3, "learning_rate": 0.001})
+    assert resumed.epochs() == [0, 1, 2, 3]
+    history = resumed.history()
+    assert history["loss"] == [0.9, 0.7, 0.5, 0.4] and history["val_miou"] == [0.0, 0.1, 0.25, 0.3]
+    assert np.isnan(history["learning_rate"][:2]).all() and history["learning_rate"][2:] == [0.001, 0.001]
+    fresh = EpochLog(state_dir=str(tmp_path / "other"))
+    fresh.on_train_begin()
+    assert fresh.epochs() == [] and fresh.history() == {}

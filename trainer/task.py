@@ -58,8 +58,8 @@ from segbalance.trainer.metrics import segmentation_metrics
 from segbalance.trainer.optimization import make_optimizer, plateau_callback
 from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
-from segbalance.trainer.training_callbacks import (BACKUP_METADATA, BestEpoch, ClassWeightDecay, FreezeEncoder,
-                                                   SafeBackupAndRestore, set_aside_unreadable_backup)
+from segbalance.trainer.training_callbacks import (BACKUP_METADATA, BestEpoch, ClassWeightDecay, EpochLog,
+                                                   FreezeEncoder, SafeBackupAndRestore, set_aside_unreadable_backup)
 from segbalance.trainer.training_config import TrainerConfig
 
 SUMMARY_FILE = TRAINING_SUMMARY_FILE
@@ -216,7 +216,8 @@ def run_fn(fn_args) -> None:
             callbacks.append(plateau)
         # the backup outlives fit: it is deleted once the model is exported, so a run stopped during the
         # export resumes with nothing left to train (BestEpoch's state there gives the best weights back)
-        callbacks += [best, SafeBackupAndRestore(backup, delete_checkpoint=False),
+        epoch_log = EpochLog(state_dir=backup)  # the history of every epoch, also those before a resume
+        callbacks += [best, epoch_log, SafeBackupAndRestore(backup, delete_checkpoint=False),
                       keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))]
         callbacks += list(extras.get("_extra_callbacks", []))
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
@@ -228,8 +229,8 @@ def run_fn(fn_args) -> None:
             # Keras 3.6 warns "Your input ran out of data" at the end of every finite pass: the validation
             # set (evaluated to its end). The training set is endless: the warning is never about it.
             warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
-            history = model.fit(train_ds, validation_data=eval_ds, epochs=t.epochs,
-                                steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2)
+            model.fit(train_ds, validation_data=eval_ds, epochs=t.epochs, steps_per_epoch=steps_per_epoch,
+                      callbacks=callbacks, verbose=2)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -241,8 +242,8 @@ def run_fn(fn_args) -> None:
         "ignore_index": ignore_index,
         "config": config.to_custom_config(),
         "initial_loss": first_loss,
-        "epochs_run": list(history.epoch),
-        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "epochs_run": epoch_log.epochs(),
+        "history": epoch_log.history(),
         "replicas": strategy.num_replicas_in_sync,
         "mixed_precision": t.mixed_precision,
         "num_train_records": num_train,
