@@ -453,6 +453,13 @@ def plan_values(plan: Plan, test_images: Optional[int] = None) -> dict:
             **({} if test_images is None else {"test_images": test_images})}
 
 
+def values_digest(values: dict) -> str:
+    """8 hex digits naming ``plan_values``: a cell's folder per set of values it is trained with."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def describe_values(values: dict) -> List[str]:
     """``{"max_epochs": 100, "config_digest": None}`` as the options: ["no --config", "--max-epochs 100"]."""
     out = []
@@ -556,7 +563,9 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
             print(f"experiment: [{name}] pipeline for {config.data.dir}", flush=True)
             artifacts = pipeline_artifacts(config)
             base_cfg = trainer_custom_config(config)
-        cell_dir = work / "cells" / f"{name}-{loss_name.replace('/', '-')}-{seed}"
+        # the values it trains with in the name: a cell trained again with others in the same --work-dir wrote
+        # over the model the earlier row kept (QA 25: its examples and --rescore then showed the new model)
+        cell_dir = work / "cells" / f"{name}-{loss_name.replace('/', '-')}-{seed}-{values_digest(wanted)}"
         loss = resolve_loss(cell_loss(*cell[:3]), artifacts["class_stats"], STATS_CHANGES.get(cell[1]), config.stats)
         outcome, scores = train_and_score(work / "logs", lambda: train_cell(
             artifacts, base_cfg, loss, seed, cell_dir, plan, cell_pixel_weights(cell)),
@@ -665,16 +674,18 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
     is taken: a run the lock refuses writes nothing)."""
     import contextlib
 
-    from segbalance.pipeline.output_guard import MARKER, write_marker
+    from segbalance.pipeline.output_guard import MARKER, check_is_folder, make_folder, write_marker
     from segbalance.pipeline.run_lock import exclusive_run
 
     plan.check()
     work = Path(work or output / "_work")
-    work.mkdir(parents=True, exist_ok=True)
+    check_is_folder(output, "--output")  # a link to nothing was mkdir's FileExistsError, a traceback (QA 25)
+    check_is_folder(work, "--work-dir")
+    make_folder(work, "--work-dir")
     # two trainings on one work folder would train the same cells and append the same rows; a
     # report reads the rows while a training goes on, so it takes no lock
     with contextlib.nullcontext() if report_only else exclusive_run(str(work), option="--work-dir"):
-        output.mkdir(parents=True, exist_ok=True)
+        make_folder(output, "--output")
         # before anything else is written (a stopped run resumes here); an existing marker is left as it is, and
         # a report marks no work folder (it holds results.jsonl already)
         for folder in ((output, *(() if report_only else (work,))) if mark else ()):

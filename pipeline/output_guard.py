@@ -13,6 +13,7 @@ No TensorFlow/TFX imports: commands check their output before the slow imports.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -69,13 +70,31 @@ def check_not_inputs(folder: os.PathLike, option: str, inputs: Iterable[os.PathL
 
 
 def check_is_folder(path: Path, option: str) -> None:
-    """Refuse a path that is a file, or lies below a file."""
+    """Refuse a path that is a file, lies below a file, or is (or lies below) a link to nothing."""
     for parent in [path, *path.parents]:
+        if parent.is_symlink() and not parent.exists():  # mkdir: FileExistsError, a traceback (QA 25)
+            where = "" if parent == path else f" ({parent} is one)"
+            raise OutputError(f"{option} {path} is a link to a folder that does not exist{where}: "
+                              f"{os.readlink(parent)}; create that folder or give another path")
         if parent.exists() and not parent.is_dir():
             where = "" if parent == path else f" ({parent} is a file)"
             raise OutputError(f"{option} {path} is not a folder{where}: give a folder path")
         if parent.exists():
             break
+
+
+def make_folder(path: Path, option: str) -> None:
+    """``mkdir -p path``; a path that cannot be made (``/proc/x``, a name too long) is one line naming the
+    option (a refused permission, a full disk and a read-only mount are the command line's own lines)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EROFS):
+            raise
+        raise OutputError(f"{option} {path}: cannot create the folder ({exc.strerror or exc}); give a folder "
+                          f"path that can be created") from exc
 
 
 def foreign_entries(folder: Path, owned: Sequence[str]) -> list:

@@ -1,5 +1,6 @@
 """`segbalance experiment`: the crossed grid, mean ranks, data folders, and the --quick run end to end."""
 import json
+import os
 from pathlib import Path
 import re
 import shutil
@@ -699,6 +700,25 @@ def test_an_output_or_work_folder_the_experiment_did_not_write_is_refused(tmp_pa
     assert "--work-dir" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--output", "--work-dir"])
+def test_a_link_to_nothing_or_an_uncreatable_folder_is_one_line(tmp_path, capsys, option):
+    """QA 25: --output or --work-dir a dangling link was mkdir's FileExistsError traceback (exit 1), and
+    --output /proc/x its FileNotFoundError."""
+    from segbalance.pipeline import cli
+
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    paths = {"--output": str(tmp_path / "o"), "--work-dir": str(tmp_path / "w"), option: str(tmp_path / "link")}
+    assert cli.main(["experiment", "--quick", *(x for item in paths.items() for x in item)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{option} {tmp_path / 'link'} is a link to a folder that does not exist" in err
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "o").exists()
+    if option == "--output" and os.path.isdir("/proc/self"):
+        assert cli.main(["experiment", "--quick", "--output", "/proc/segbalance_test", "--work-dir",
+                         str(tmp_path / "w")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--output /proc/segbalance_test: cannot create the folder" in err
+
+
 def test_report_only_without_rows_is_one_line(tmp_path, capsys):
     from segbalance.pipeline import cli
 
@@ -791,6 +811,14 @@ def test_a_row_trained_with_other_values_is_trained_again_and_stays_beside_the_n
     # a second run reuses this run's rows and trains nothing
     run_group("shapes", 0.0, plan, config, [None] * 4, work, load_results(work))
     assert trained == [0, 1, 2] and capsys.readouterr().out.count("done earlier, reused") == 8
+    # a kept model per set of values: another --max-epochs trained into the earlier row's folder (QA 25)
+    import dataclasses
+
+    cell = ("ce", "none", "none")
+    for values in (dataclasses.replace(plan, max_epochs=20), dataclasses.replace(plan, max_epochs=30)):
+        run_group("shapes", 0.0, values, config, [None] * 4, work, load_results(work), keep={(cell, 0)})
+    kept = [r["serving_dir"] for r in load_results(work) if r.get("serving_dir") and r["seed"] == 0]
+    assert len(kept) == 2 and len(set(kept)) == 2
 
 
 def test_a_report_of_rows_trained_with_other_values_ranks_each_set_on_its_own(tmp_path, capsys):
