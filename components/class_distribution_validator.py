@@ -99,7 +99,9 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
                                          judged["num_records"], option("significance"))
         result = compare(judged, base.stats, thresholds, exec_properties["action"], limits)
         judged_drifted = bool(result["anomalies"])
-        notes = [result.get("note"), base.note, unsampled]
+        # a repeated first decision had nothing to compare with then: "(first run)" would be wrong now (QA 25)
+        first_note = None if base.repeat and base.uri is None else result.get("note")
+        notes = [first_note, base.note, unsampled]
         if window.judged_images is not None and base.stats is not None:
             result["new_images"] = len(window.judged_images)  # judged; 0: the same data as the baseline's
         if judged is not current:

@@ -81,8 +81,9 @@ def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_repo
             from_artifact = _stats_at(earlier)
             stats = from_artifact if from_artifact is not None else (judged.get("baseline_counts") if earlier else None)
             if not earlier or stats is not None:
+                then = "" if earlier else ", with nothing to compare them with then"
                 return Baseline(earlier, stats, f"the same ClassStats the last gate accepted ({report.uri}, "
-                                                f"{judged.get('status')}): its decision, repeated",
+                                                f"{judged.get('status')}{then}): its decision, repeated",
                                 repeat=judged.get("status"), from_artifact=from_artifact is not None)
         stats = _stats_at(accepted)
         if stats is not None:

@@ -171,7 +171,8 @@ def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str, conf
     lines = [] if config else ["# no --config: each scheduled run uses the default configuration "
                                "(give --config FILE, the file of your first run)"]
     lines += ["# exit status of each run: 0 done, 2 a mistake in the config or data (one line says what), 3 the "
-              "drift gate blocked the new span (run_summary.json: drift), so systemd marks that run failed",
+              "drift gate blocked the new span (run_summary.json: drift), so systemd marks that run failed; "
+              "130 / 143 stopped by Ctrl-C / SIGTERM (systemctl stop): the next run resumes",
               "# crontab (crontab -e):",
               f"{' '.join(check_cron(cron))} {crontab_command(f'{command} >> {shlex.quote(log)} 2>&1')}"]
     try:
@@ -188,8 +189,11 @@ def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str, conf
     return "\n".join(lines)
 
 
-def _reason(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+def _reason(exc: Exception, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > limit:  # cut at a word, and say so
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}"
 
 
 @contextlib.contextmanager

@@ -159,6 +159,17 @@ def _gate(tmp_path, name, current, baselines, previous=(), action="block", thres
     return report, json.loads((tmp_path / name / "drift.json").read_text())
 
 
+def test_a_repeated_first_decision_does_not_say_first_run(tmp_path):
+    """QA 25: the second run on unchanged data printed "no earlier ClassStats to compare with (first run); the
+    same ClassStats the last gate accepted (...): its decision, repeated"."""
+    current = _class_stats_artifact(tmp_path, "current", stats([50, 50, 0]))
+    first, drift = _gate(tmp_path, "first", current, [])
+    assert "first run" in drift["note"]
+    _, again = _gate(tmp_path, "again", current, [current], previous=[first])
+    assert again["status"] == "ok" and "first run" not in again["note"], again["note"]
+    assert "with nothing to compare them with then): its decision, repeated" in again["note"]
+
+
 def test_a_rerun_on_the_same_data_keeps_the_baseline_its_data_was_judged_against(tmp_path):
     """A re-run (or the resume of a stopped run) on unchanged data: ClassStatsGen is cached, the
     latest ClassStats are this run's own, and compared with themselves they passed: the blocked

@@ -90,6 +90,10 @@ def test_without_host_prints_the_request_crontab_and_systemd_timer(capsys):
     assert "segbalance run --data /data/spans --output-dir /srv/out" in crontab
     assert "OnCalendar=Mon,Thu *-*-* 02:30:00" in out and "Type=oneshot" in out
     assert "3 the drift gate blocked the new span" in out  # what a blocked run's exit status means
+    assert "143 stopped by Ctrl-C / SIGTERM (systemctl stop)" in out.replace("130 / ", "")
+    long = ConnectionError("Max retries exceeded with url: /apis/v2/healthz " + "(Caused by NewConnectionError) " * 9)
+    cut = schedule._reason(long)[len("ConnectionError: "):]
+    assert cut.endswith(" ...") and len(cut) <= 204 and (str(long) + " ").startswith(cut[:-4] + " ")  # at a word
 
 
 @pytest.mark.parametrize("cron, message", [
