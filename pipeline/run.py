@@ -324,6 +324,12 @@ def check_records_to_read(config: PipelineConfig, examples_dir: Path) -> None:
     split = check_span_records(examples_dir, latest, config)
     print(f"data: {split['train']} training and {split['eval']} eval records in {examples_dir}/Span-{latest[0]}",
           flush=True)
+    repeated = split["repeated"]
+    if repeated:  # QA 25: a drop folder ingested whole each time put its old images in every span of a window
+        names = ", ".join(sorted(repeated)[:3]) + (", ..." if len(repeated) > 3 else "")
+        print(f"data: note: {sum(repeated.values())} records repeat an identical record of another span "
+              f"({len(repeated)} images: {names}): each copy is counted and trained on; give a new span only its "
+              f"new images, or set data.num_spans: 1", flush=True)
 
 
 # --------------------------------------------------------------------------- run

@@ -101,13 +101,15 @@ class _SourceIds:
     """Refuses two records under one ``image/source_id`` with different image or mask bytes (e.g. two
     sample data sets, both named shapes_000NN, as the spans of a ``data.num_spans`` window): the trainer
     joins labelled classes, and the evaluator reference masks and per-image results, by source_id. The
-    same record twice (one image delivered in two spans) passes. Cheap per record (the lengths and a
+    same record twice (one image delivered in two spans) passes, counted in ``repeated`` (the run says
+    so: such an image is counted and trained twice). Cheap per record (the lengths and a
     CRC of the small mask); the bytes are hashed only for an id that repeats with the same fingerprint."""
 
     def __init__(self):
         self.first: Dict[str, tuple] = {}
         self.digests: Dict[Path, list] = {}  # files read whole before: each hashed at most once
         self.current: Optional[Path] = None
+        self.repeated: Counter = Counter()  # source_id -> further identical records
 
     def add(self, example, path: Path, index: int) -> None:
         self.current = path
@@ -119,6 +121,7 @@ class _SourceIds:
         if first[:2] == (path, index):
             return
         if first[2] == cheap and self._digest(first[0], first[1]) == _digest(image, mask):
+            self.repeated[source_id] += 1
             return
         raise SpanRecordError(
             f"image/source_id {source_id!r} names two different records ({first[0]} record {first[1]}, and {path} "
@@ -172,10 +175,11 @@ def _digest(image: bytes, mask: bytes) -> bytes:
     return hashlib.sha1(len(image).to_bytes(8, "little") + image + mask).digest()
 
 
-def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, int]:
-    """{"train": n, "eval": m}: how the records of ``spans`` split; SpanRecordError for a record
-    that is not a tf.train.Example or lacks the split feature, a file that is not TFRecord, or a
-    split left empty."""
+def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, object]:
+    """{"train": n, "eval": m, "repeated": {source_id: k}}: how the records of ``spans`` split, and the
+    images whose identical record comes k more times (read records only: a window's); SpanRecordError
+    for a record that is not a tf.train.Example or lacks the split feature, a file that is not TFRecord,
+    or a split left empty."""
     from google.protobuf.message import DecodeError
     from tensorflow.core.example import example_pb2
 
@@ -221,4 +225,4 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, i
                 f"{'eval' if split == 'train' else 'train'} split, none into {split} (data.eval_fraction "
                 f"{fraction:g}, by {key}): add images (with fewer than about {round(3 / fraction)} images one split "
                 f"is often empty), or change data.eval_fraction")
-    return {"train": counts["train"], "eval": counts["eval"]}
+    return {"train": counts["train"], "eval": counts["eval"], "repeated": dict(seen.repeated)}

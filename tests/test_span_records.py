@@ -32,7 +32,7 @@ def test_counts_follow_importexamplegen_s_split(tmp_path):
     spans = span(tmp_path, [record(i) for i in ids[:25]])
     span(tmp_path, [record(i) for i in ids[25:]], name="data-00001.tfrecord.gz", compression="GZIP")
     expected = {s: sum(split_of(i, CONFIG) == s for i in ids) for s in ("train", "eval")}
-    assert check_span_records(spans, [3], CONFIG) == expected and expected["eval"] > 0
+    assert check_span_records(spans, [3], CONFIG) == {**expected, "repeated": {}} and expected["eval"] > 0
 
 
 def test_a_record_that_is_not_an_example_is_named(tmp_path):
@@ -123,7 +123,7 @@ def test_a_span_ingest_wrote_is_counted_from_its_report_and_read_once_changed(tm
 
     monkeypatch.setattr(span_records, "open", counting_open, raising=False)
     from_report = check_span_records(spans, [0], CONFIG)
-    assert read_counts == {} and sum(from_report.values()) == 20
+    assert read_counts == {} and from_report["train"] + from_report["eval"] == 20
     report = spans / "Span-0" / "ingest_report.json"
     stale = report.stat().st_mtime - 10
     os.utime(report, (stale, stale))  # a data file is now newer than the report: read again
@@ -159,7 +159,8 @@ def test_a_span_whose_masks_hold_more_classes_than_the_config_names_is_refused_f
     with pytest.raises(SpanRecordError, match=re.escape("Span-0 (Span-0/ingest_report.json): its masks hold class ids "
                                                         "up to 3, but classes.names lists 2 classes: name all 4")):
         check_span_records(tmp_path / "spans", [0], two)
-    assert sum(check_span_records(tmp_path / "spans", [0], CONFIG).values()) == 16  # 4 names: fine
+    checked = check_span_records(tmp_path / "spans", [0], CONFIG)
+    assert checked["train"] + checked["eval"] == 16  # 4 names: fine
     config = tmp_path / "two.yaml"
     config.write_text("classes: {names: [background, square]}\n")
     assert cli.main(["run", "--config", str(config), "--data", str(tmp_path / "spans"),
@@ -178,12 +179,28 @@ def test_one_source_id_on_two_different_records_is_refused(tmp_path):
     other = codec.build_example(codec.encode_png(np.ones((4, 4, 3), np.uint8)), MASK, "a", 4, 4).SerializeToString()
     spans = span(tmp_path, [record("a"), record("b"), record(f"c{0}"), record("a")])
     span(tmp_path, [record(f"d{i}") for i in range(12)], name="data-00001.tfrecord")
-    assert sum(check_span_records(spans, [3], CONFIG).values()) == 16
+    checked = check_span_records(spans, [3], CONFIG)
+    assert checked["train"] + checked["eval"] == 16 and checked["repeated"] == {"a": 1}  # counted (the run says so)
     span(tmp_path, [record("e"), other], name="data-00002.tfrecord")
     first, second = spans / "Span-3" / "data-00000-of-00001.tfrecord", spans / "Span-3" / "data-00002.tfrecord"
     with pytest.raises(SpanRecordError, match=re.escape(f"image/source_id 'a' names two different records ({first} "
                                                         f"record 0, and {second} record 1): give the images unique")):
         check_span_records(spans, [3], CONFIG)
+
+
+def test_a_window_repeating_a_span_s_images_says_so(tmp_path, capsys):
+    """QA 25: a drop folder that grows, run with `--data` each time and data.num_spans 2, put its first
+    images in both spans of the window: counted and trained twice, without a word."""
+    from segbalance.pipeline.run import check_records_to_read
+
+    spans = span(tmp_path, [record(f"img_{i}") for i in range(12)] + [record("img_0"), record("img_1")])
+    check_records_to_read(CONFIG, spans)
+    out = capsys.readouterr().out
+    assert ("data: note: 2 records repeat an identical record of another span (2 images: img_0, img_1): each copy "
+            "is counted and trained on; give a new span only its new images, or set data.num_spans: 1") in out
+    other = span(tmp_path / "unique", [record(f"img_{i}") for i in range(12)])
+    check_records_to_read(CONFIG, other)
+    assert "note" not in capsys.readouterr().out
 
 
 def test_the_trainer_s_data_errors_are_the_user_s():
@@ -220,7 +237,8 @@ def test_a_window_s_spans_are_checked_through_its_links_and_the_ignore_index_too
     with pytest.raises(SpanRecordError, match=r"Span-0 \(Span-0/ingest_report.json\): its masks hold class ids up "
                                               r"to 3"):
         check_span_records(window, [latest], two)
-    assert sum(check_span_records(window, [latest], CONFIG).values()) == 24
+    checked = check_span_records(window, [latest], CONFIG)
+    assert checked["train"] + checked["eval"] == 24 and checked["repeated"] == {}
     other_ignore = config_from_dict({"classes": {"ignore_index": 254}})
     with pytest.raises(SpanRecordError, match="its masks mark 'no label' with 255 .ingest --ignore-index., the config "
                                               "with classes.ignore_index 254: set classes.ignore_index: 255"):
