@@ -179,9 +179,14 @@ class Plan:
             unknown = [v for v in values if v not in known]
             if unknown or not values:
                 raise UserError(f"{option}: {', '.join(unknown) or 'nothing given'}; choose from {', '.join(known)}")
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:  # (QA 25: each cell of such a name trained twice, two rows)
+                raise UserError(f"{option}: {', '.join(twice)} given twice; name each once")
         bad = [d for d in self.drop_fractions if not 0.0 <= d < 1.0]
         if bad or not self.drop_fractions:
             raise UserError(f"--drops: {bad or 'nothing given'}; each must be in [0, 1)")
+        if len(set(self.drop_fractions)) != len(self.drop_fractions):
+            raise UserError(f"--drops: {self.drop_fractions}: a drop rate given twice; name each once")
         if self.max_epochs < 1 or self.patience < 1 or self.min_epochs < 0 or not self.seeds:
             raise UserError("--max-epochs and --patience must be >= 1, --min-epochs >= 0 and --seeds must name at "
                             "least one seed")
@@ -662,16 +667,33 @@ def rescore_rows(rows: list, tests: dict) -> list:
     return scored
 
 
+def rescore_plan(plan: Plan, results: list, dataset: str) -> Plan:
+    """``plan`` with the crop size the rows of ``dataset`` were trained on: ``--rescore`` scores them on new
+    crops of that size (QA 25: rows of 32x32 were scored on the default 64x64 crops). Rows of several sizes:
+    UserError (select rows of one size)."""
+    import dataclasses
+
+    from segbalance.contract import UserError
+
+    sizes = sorted({row.get("size", plan.size) for row in results if row["dataset"] == dataset})
+    if len(sizes) > 1:
+        raise UserError(f"--rescore: the selected {dataset} rows were trained on crops of "
+                        f"{' and '.join(f'{s}x{s}' for s in sizes)}: rescore rows of one size at a time (select "
+                        f"them with --cells / --seeds, or report them from separate work folders)")
+    return dataclasses.replace(plan, size=sizes[0]) if sizes else plan
+
+
 def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, command: str = "segbalance experiment",
                    report_only: bool = False, select: Optional[Callable[[dict], bool]] = None,
-                   rescore: bool = False, mark: bool = False) -> dict:
+                   rescore: bool = False, mark: bool = False, scratch: bool = False) -> dict:
     """Train what WORK/results.jsonl lacks for this plan's values, then write the report over every
     row there; with ``report_only``, train nothing (a report of the rows so far, e.g. while other runs
     go on) and report only the rows ``select`` keeps (all when None); ``rescore`` (with
     ``report_only``) scores the rows whose models are still there again on this plan's test sets
     (``rescore_rows``). The rows in WORK/results.jsonl are never changed. ``mark``: put the
     experiment's marker in ``output`` and ``work`` where they have none (after the work folder's lock
-    is taken: a run the lock refuses writes nothing)."""
+    is taken: a run the lock refuses writes nothing); ``scratch``: the work folder's marker says it is
+    the default scratch folder, which the command removes at the end (a run that stops leaves it to resume)."""
     import contextlib
 
     from segbalance.pipeline.output_guard import MARKER, check_is_folder, make_folder, write_marker
@@ -690,7 +712,7 @@ def run_experiment(output: Path, plan: Plan, work: Optional[Path] = None, comman
         # a report marks no work folder (it holds results.jsonl already)
         for folder in ((output, *(() if report_only else (work,))) if mark else ()):
             if not (folder / MARKER).exists():
-                write_marker(folder, "experiment")
+                write_marker(folder, "experiment", **({"scratch": True} if scratch and folder == work else {}))
         return _train_and_report(output, plan, work, command, report_only, select, rescore)
 
 
@@ -716,7 +738,8 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
     tests = {}
     if report_only:  # no training folders; the test sets of the data sets the rows cover
         for dataset in dict.fromkeys(row["dataset"] for row in results):
-            tests[dataset] = (test_folder(dataset, plan, work / f"rescore_test{plan.test_images}") if rescore
+            tests[dataset] = (test_folder(dataset, rescore_plan(plan, results, dataset),
+                                          work / f"rescore_test{plan.test_images}") if rescore
                               else reported_test_folder(dataset, plan, work))
     else:
         for dataset in plan.datasets:
@@ -845,7 +868,7 @@ def plan_from_args(args) -> Plan:
 def _main(args) -> int:
     plan = plan_from_args(args)  # a bad option: one line before anything is imported or written
     from segbalance.contract import UserError
-    from segbalance.pipeline.output_guard import check_is_folder, check_output_folder
+    from segbalance.pipeline.output_guard import check_is_folder, check_output_folder, read_marker
 
     if (args.rescore or args.cells) and not args.report_only:
         raise UserError("--rescore and --cells work on the rows of an earlier run: add --report-only and its "
@@ -860,6 +883,9 @@ def _main(args) -> int:
 
     output = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else output / "_work"
+    # removed at the end only when it is the default scratch folder (this run's, or a stopped default run's):
+    # an OUTPUT/_work given as --work-dir before, with its rows and models, was resumed from and deleted (QA 25)
+    scratch = not args.work_dir and (not work.exists() or (read_marker(work) or {}).get("scratch") is True)
     # it writes results.md, plots and (without --work-dir) deletes OUTPUT/_work at the end: only in a new or
     # empty folder or an earlier experiment's (its marker, or results.json / results.jsonl from before markers);
     # a file there: one line now, not a traceback after the first training
@@ -878,9 +904,11 @@ def _main(args) -> int:
     if args.report_only and not args.work_dir:
         raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
     report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
-                            select=row_selector(args, plan), rescore=args.rescore, mark=True)
-    if not args.work_dir:
+                            select=row_selector(args, plan), rescore=args.rescore, mark=True, scratch=scratch)
+    if scratch:
         shutil.rmtree(work, ignore_errors=True)
+    elif not args.work_dir:
+        print(f"experiment: kept {work} (it was there before this run: its rows and models)", flush=True)
     print(f"experiment: {len(report['results'])} trainings in {report['seconds']}s; "
           f"tables and plots in {output}", flush=True)
     return 0

@@ -224,7 +224,12 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
     became records, so ClassStats cannot count them; None without a report."""
     if not report_paths:
         return None
+    from segbalance.pipeline.span_records import current_ingest_report
+
     rows, total, written, codes = [], 0, 0, Counter()
+    changed = [os.path.dirname(p) for p in report_paths if current_ingest_report(os.path.dirname(p)) is None]
+    note = (f'<p class="note">Records were added to or changed in {esc(", ".join(changed))} after ingest wrote '
+            f"its report: the counts here are ingest's, not the span's.</p>" if changed else "")
     for path in report_paths:
         report = _load_json(path)
         span = os.path.basename(os.path.dirname(path))
@@ -237,7 +242,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
     where = "; ".join(report_paths)
     if not total:
         return Section("ingest", "Ingest",
-                       f'<p class="ok">Every image pair was ingested ({written} records; {esc(where)}).</p>',
+                       f'<p class="ok">Every image pair was ingested ({written} records; {esc(where)}).</p>' + note,
                        '<span class="ok">every image pair ingested</span>')
     shown = rows[:MAX_QUARANTINE_ROWS]
     body = (f'<p class="bad">{total} image pairs were not ingested (they are in no record, so no count, '
@@ -245,7 +250,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
             + table(["reason", "pairs"], [[code, n] for code, n in codes.most_common()])
             + (f"<p>First {len(shown)}:</p>" if len(shown) < len(rows) else "")
             + table(["span", "file", "reason", "detail"], shown, left=4)
-            + f'<p class="note">From {esc(where)}.</p>')
+            + f'<p class="note">From {esc(where)}.</p>' + note)
     return Section("ingest", "Ingest", body, f'<span class="bad">{total} image pairs not ingested</span>')
 
 

@@ -190,11 +190,14 @@ def data_used(store) -> Optional[dict]:
             == _custom(examples, "input_fingerprint")}
     used["spans"] = sorted(span_dirs)
     used["span_folders"] = {str(k): v for k, v in sorted(span_dirs.items())}
+    from segbalance.pipeline.span_records import current_ingest_report
+
     records, not_ingested = {}, {}
     for number, folder in span_dirs.items():
         report = _read_json(os.path.join(folder, REPORT_NAME))
-        if report and isinstance(report.get("num_written"), int):
-            records[str(number)] = report["num_written"]
+        current = current_ingest_report(folder)  # a file added after ingest: its count is not the span's (QA 25)
+        if current and isinstance(current.get("num_written"), int):
+            records[str(number)] = current["num_written"]
         if report and report.get("num_bad"):  # image pairs ingest skipped, each with its reason in the report
             not_ingested[str(number)] = {"pairs": int(report["num_bad"]), "report": os.path.join(folder, REPORT_NAME)}
     used["records"] = records

@@ -75,6 +75,14 @@ def ingest_report(folder: Path, files: List[Path]) -> Optional[dict]:
     return report
 
 
+def current_ingest_report(folder: os.PathLike) -> Optional[dict]:
+    """``ingest_report`` of a span folder over its own ``data-*`` files: None when there is none, or when
+    files were added or changed after `segbalance ingest` wrote it (its counts are then not the span's)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("data-*") if p.is_file())
+    return ingest_report(folder, files) if files else None
+
+
 def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     """SpanRecordError when an ingest report of the spans read records class ids the config has no name
     for, or another ignore index than the config's on masks that hold it (a Span-N folder run with the

@@ -26,7 +26,7 @@ def fake_cells(monkeypatch, trained: list, miou: float = 0.5, num_classes: int =
 
     def train_cell(artifacts, base_cfg, loss, seed, workdir, plan, pixel_weights="none"):
         trained.append(seed)
-        return {"serving_dir": str(workdir / "serving"), "seconds": 1.0, "history": {"val_miou": [miou]},
+        return {"serving_dir": str(workdir / "serving"), "seconds": 1.0, "history": {"val_miou": [miou], "loss": [1.0]},
                 "class_weights": None, "epochs_run": 1, "best_epoch": 0, "stopped_epoch": None}
 
     monkeypatch.setattr(experiment, "train_cell", train_cell)

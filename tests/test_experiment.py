@@ -173,6 +173,9 @@ def test_bad_option_is_one_line_before_anything_runs(tmp_path, capsys):
     (["--report-only", "--work-dir", "W", "--cells", "ce/none/none/none"], "--cells: ce/none/none/none is not a cell"),
     (["--report-only", "--work-dir", "W", "--cells", "ce/none/none/blur"], "--cells: ce/none/none/blur is not a cell"),
     (["--pixel-weights", "none,blur"], "--pixel-weights: blur; choose from none, unet_border, edge"),
+    (["--terms", "ce,ce"], "--terms: ce given twice; name each once"),  # QA 25: trained twice, two rows
+    (["--datasets", "shapes,nuclei,shapes"], "--datasets: shapes given twice"),
+    (["--drops", "0.3,0.3"], "--drops: [0.3, 0.3]: a drop rate given twice"),
 ])
 def test_rescore_and_cells_options_are_checked_before_anything_runs(options, message, tmp_path, capsys):
     assert cli.main(["experiment", "--output", str(tmp_path / "o"), *options]) == 2
@@ -959,3 +962,43 @@ def test_a_report_s_plan_is_what_its_rows_were_trained_with():
     assert (plan["datasets"], plan["drop_fractions"], plan["seeds"]) == (["nuclei", "shapes"], [0.0, 0.6], [0, 2])
     assert plan["terms"] == call["terms"] and call["max_epochs"] == 100  # the rest stays; the input is not changed
     assert rows_plan(call, []) == call
+
+
+def test_only_the_default_scratch_work_folder_is_removed_at_the_end(tmp_path, monkeypatch, capsys):
+    """QA 25: a run without --work-dir resumed from an OUTPUT/_work that an earlier run had been given as its
+    --work-dir (rows, kept models) and then deleted it."""
+    from segbalance.pipeline.output_guard import read_marker, write_marker
+
+    trained = []
+    fake_cells(monkeypatch, trained)
+    out = tmp_path / "R"
+    assert cli.main(["experiment", "--quick", "--output", str(out), "--work-dir", str(out / "_work")]) == 0
+    rows = (out / "_work" / "results.jsonl").read_text()
+    assert cli.main(["experiment", "--quick", "--output", str(out)]) == 0
+    assert (out / "_work" / "results.jsonl").read_text() == rows and len(trained) == 2  # resumed from, and kept
+    assert f"experiment: kept {out / '_work'} (it was there before this run" in capsys.readouterr().out
+    scratch = tmp_path / "S"  # the default: this run's scratch folder goes at its end
+    assert cli.main(["experiment", "--quick", "--output", str(scratch)]) == 0
+    assert not (scratch / "_work").exists() and (scratch / "results.md").is_file()
+    stopped = tmp_path / "T"  # a stopped default run's scratch folder: resumed, then removed too
+    (stopped / "_work").mkdir(parents=True)
+    write_marker(stopped / "_work", "experiment", scratch=True)
+    write_marker(stopped, "experiment")
+    assert read_marker(stopped / "_work")["scratch"] is True
+    assert cli.main(["experiment", "--quick", "--output", str(stopped)]) == 0
+    assert not (stopped / "_work").exists()
+
+
+def test_rescoring_uses_the_crop_size_the_rows_were_trained_on():
+    """QA 25: `--report-only --rescore` without --size scored rows trained on 32x32 crops on new 64x64 ones
+    (the plan's default) while results.md said 32x32."""
+    from segbalance.pipeline.experiment import rescore_plan
+
+    rows = [{**_row("shapes", 0.3, "ce/none/none", seed, 0.5), "size": 32} for seed in (0, 1)]
+    rows.append({**_row("nuclei", 0.3, "ce/none/none", 0, 0.5), "size": 48})
+    assert Plan().size == 64 and rescore_plan(Plan(), rows, "shapes").size == 32
+    assert rescore_plan(Plan(), rows, "nuclei").size == 48
+    assert rescore_plan(Plan(), [_row("shapes", 0.3, "ce/none/none", 0, 0.5)], "shapes").size == 64  # unrecorded
+    with pytest.raises(UserError, match="--rescore: the selected shapes rows were trained on crops of 32x32 and "
+                                        "64x64: rescore rows of one size at a time"):
+        rescore_plan(Plan(), rows + [{**_row("shapes", 0.3, "ce/none/marginal", 0, 0.5), "size": 64}], "shapes")

@@ -5,6 +5,7 @@ import html
 import json
 import re
 import shutil
+import time
 
 import pytest
 
@@ -612,6 +613,18 @@ def test_image_pairs_ingest_skipped_are_in_the_report_and_the_summary(tmp_path, 
     assert sorted((file, code) for _, file, code in rows) == [("shapes_00001.png", "no_mask"),
                                                               ("shapes_00002.png", "undecodable")]
     assert "2 image pairs not ingested" in page.read_text().split('<h2 id="summary">')[1].split("</ul>")[0]
+    assert "Records were added to" not in text
+    # a file of records added to the span after ingest (QA 25: "16 records" for a span of 19): said, and the
+    # run summary's count (current_ingest_report) is dropped rather than wrong
+    from segbalance.pipeline.span_records import current_ingest_report
+
+    assert current_ingest_report(ingest_report.parent)["num_written"] == 4
+    time.sleep(0.01)
+    (ingest_report.parent / "data-extra.tfrecord").write_bytes(b"")
+    assert current_ingest_report(ingest_report.parent) is None
+    render_report(sources, str(page))
+    assert (f"Records were added to or changed in {ingest_report.parent} after ingest wrote its report: the counts "
+            f"here are ingest's, not the span's.") in section(page.read_text(), "ingest")
     summary = {"seconds": 1, "output_dir": "o", "metadata": "m", "log": "l",
                "data": {"spans": [4], "span_folders": {"4": str(ingest_report.parent)}, "records": {"4": 4},
                         "not_ingested": {"4": {"pairs": 2, "report": str(ingest_report)}}}}

@@ -583,10 +583,20 @@ def test_a_training_stopped_during_the_export_resumes_without_training_again(tmp
     parent = os.path.dirname(args.model_run_dir)
     assert [d for d in os.listdir(parent) if d.startswith("backup-")]  # kept for the next attempt
     monkeypatch.setattr(task, "export_serving_model", export)
+
+    class Epochs(keras.callbacks.Callback):
+        ran = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.ran.append(epoch)
+
+    args = ti.fn_args_for(uris, str(tmp_path), {**ti.CONFIG, "epochs": 3, "steps_per_epoch": 2,
+                                                "_extra_callbacks": [Epochs()]})
     task.run_fn(args)
     with open(os.path.join(args.model_run_dir, task.SUMMARY_FILE)) as f:
         summary = json.load(f)
-    assert summary["epochs_run"] == []  # nothing trained again
+    assert Epochs.ran == []  # nothing trained again
+    assert summary["epochs_run"] == [0, 1, 2] and len(summary["history"]["loss"]) == 3  # the training's epochs
     assert summary["best_epoch"] is not None and summary["restored_best"]
     assert exported_val_miou(uris, args) == pytest.approx(summary["best_val_miou"], abs=1e-6)
     assert not [d for d in os.listdir(parent) if d.startswith("backup-")]
