@@ -374,12 +374,14 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
     spans = pictures.spans_section(sources.spans, names)
     if spans is not None:
         sections.append(spans)
-    inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__ if name != "spans"]
+    inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__
+              if name not in ("spans", "note")]
     inputs = [(name, "; ".join(value) if isinstance(value, list) else value) for name, value in inputs]
     if sources.spans:
         inputs.append(("spans", ", ".join(str(s.span) for s in sources.spans)))
     head = [
         f"<h1>{esc(title)}</h1>",
+        *([f'<p class="bad">{esc(sources.note)}</p>'] if sources.note else []),
         "<nav>" + "".join(f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in sections) + "</nav>",
         '<h2 id="summary">Summary</h2><ul class="summary">'
         f"<li>{stats['num_records']} records in splits {esc(', '.join(stats.get('splits', [])) or '?')}</li>"

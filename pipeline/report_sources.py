@@ -47,6 +47,8 @@ class ReportSources:
     # artifact folders ML Metadata names (a run directory): one that was moved or deleted is flagged in its
     # section, not a refusal of the whole report; folders given directly must exist
     recorded: bool = False
+    # a line for the top of the page: the run folder's latest run did not finish (its run_summary.json)
+    note: Optional[str] = None
 
     def check(self) -> None:
         """FileNotFoundError naming the folder and the file it lacks."""
@@ -70,7 +72,30 @@ def find_sources(path: str) -> ReportSources:
     if not os.path.isfile(metadata):
         raise FileNotFoundError(f"{path} has neither {STATS_FILE} (a statistics folder) nor {METADATA_FILE} "
                                 f"(a `segbalance run` output folder): point the report at one of those")
-    return sources_from_metadata(metadata)
+    sources = sources_from_metadata(metadata)
+    sources.note = unfinished_run_note(path)
+    return sources
+
+
+def unfinished_run_note(run_dir: str) -> Optional[str]:
+    """What the page should say first when the folder's latest run did not finish (QA 25: a report of a
+    run stopped in training just lacked its training and evaluation sections, without a word)."""
+    import json
+
+    from segbalance.pipeline.output_guard import SUMMARY_FILE
+
+    try:
+        with open(os.path.join(run_dir, SUMMARY_FILE), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if status not in ("interrupted", "failed", "refused"):
+        return None
+    error = f" ({summary['error']})" if summary.get("error") else ""
+    return (f"The latest run in this folder did not finish: {SUMMARY_FILE} says {status}{error}. This page shows "
+            f"what the ML Metadata store records (the last run that wrote a report, else this one): the sections of "
+            f"the steps it did not reach are missing. Run the same `segbalance run` command again to finish it.")
 
 
 def sources_from_metadata(metadata: str) -> ReportSources:

@@ -215,6 +215,16 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     text = (tmp_path / "run.html").read_text()
     assert '<h2 id="evaluation">Evaluation</h2>' in text and "Out-of-range values" in text and "blocked" in text
     assert '<h2 id="training">Training</h2>' in text
+    assert "did not finish" not in text
+    # the folder's latest run was stopped (QA 25: the page lacked sections without saying why)
+    (run / "run_summary.json").write_text(json.dumps({"status": "interrupted", "error": "Terminated"}))
+    assert find_sources(str(run)).note.startswith(
+        "The latest run in this folder did not finish: run_summary.json says interrupted (Terminated).")
+    assert cli.main(["report", str(run), "--output", str(tmp_path / "run.html")]) == 0
+    head = (tmp_path / "run.html").read_text().split('<h2 id="summary">')[0]
+    assert '<p class="bad">The latest run in this folder did not finish' in head and "Run the same" in head
+    (run / "run_summary.json").write_text(json.dumps({"status": "done"}))
+    assert find_sources(str(run)).note is None
 
     empty = tmp_path / "empty_run"
     empty.mkdir()
