@@ -224,7 +224,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
     became records, so ClassStats cannot count them; None without a report."""
     if not report_paths:
         return None
-    from segbalance.pipeline.span_records import current_ingest_report
+    from segbalance.pipeline.ingest_reports import current_ingest_report
 
     rows, total, written, codes = [], 0, 0, Counter()
     changed = [os.path.dirname(p) for p in report_paths if current_ingest_report(os.path.dirname(p)) is None]

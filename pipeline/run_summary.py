@@ -190,7 +190,7 @@ def data_used(store) -> Optional[dict]:
             == _custom(examples, "input_fingerprint")}
     used["spans"] = sorted(span_dirs)
     used["span_folders"] = {str(k): v for k, v in sorted(span_dirs.items())}
-    from segbalance.pipeline.span_records import current_ingest_report
+    from segbalance.pipeline.ingest_reports import current_ingest_report
 
     records, not_ingested = {}, {}
     for number, folder in span_dirs.items():

@@ -12,7 +12,6 @@ ingest built those records, and the report's source ids give the split counts.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import zlib
 from collections import Counter
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from segbalance.contract import UserError
+from segbalance.pipeline.ingest_reports import ingest_report
 
 
 class SpanRecordError(UserError):
@@ -55,32 +55,6 @@ def counts_from_ingest_reports(reports: Dict[Path, Optional[dict]], config, file
     for report in reports.values():
         counts.update(split_of(str(source_id), config) for source_id in report["written"])
     return counts
-
-
-def ingest_report(folder: Path, files: List[Path]) -> Optional[dict]:
-    """The ``ingest_report.json`` of a span folder when `segbalance ingest` wrote it after every one of
-    the folder's ``files`` (nobody changed the records since) and it lists them; else None."""
-    from segbalance.pipeline.ingest import REPORT_NAME
-
-    report_path = folder / REPORT_NAME
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        written = report["written"]
-        newest = max(p.stat().st_mtime for p in files if p.parent == folder)
-        fresh = report_path.stat().st_mtime >= newest
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not fresh or not isinstance(written, list) or len(written) != report.get("num_written"):
-        return None
-    return report
-
-
-def current_ingest_report(folder: os.PathLike) -> Optional[dict]:
-    """``ingest_report`` of a span folder over its own ``data-*`` files: None when there is none, or when
-    files were added or changed after `segbalance ingest` wrote it (its counts are then not the span's)."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.glob("data-*") if p.is_file())
-    return ingest_report(folder, files) if files else None
 
 
 def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:

@@ -626,7 +626,7 @@ def test_image_pairs_ingest_skipped_are_in_the_report_and_the_summary(tmp_path, 
     assert "Records were added to" not in text
     # a file of records added to the span after ingest (QA 25: "16 records" for a span of 19): said, and the
     # run summary's count (current_ingest_report) is dropped rather than wrong
-    from segbalance.pipeline.span_records import current_ingest_report
+    from segbalance.pipeline.ingest_reports import current_ingest_report
 
     assert current_ingest_report(ingest_report.parent)["num_written"] == 4
     time.sleep(0.01)
