@@ -23,7 +23,7 @@ import shlex
 import sys
 from typing import Callable, List, Optional
 
-from segbalance.contract import UserError
+from segbalance.contract import UserError, message_excerpt
 
 FIELD = re.compile(r"^(\*|\d+(-\d+)?(,\d+(-\d+)?)*)(/\d+)?$")
 DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
@@ -190,10 +190,7 @@ def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str, conf
 
 
 def _reason(exc: Exception, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > limit:  # cut at a word, and say so
-        text = text[:limit].rsplit(" ", 1)[0] + " ..."
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {message_excerpt(exc, limit)}"
 
 
 @contextlib.contextmanager

@@ -460,9 +460,9 @@ def plan_values(plan: Plan, test_images: Optional[int] = None) -> dict:
 
 def values_digest(values: dict) -> str:
     """8 hex digits naming ``plan_values``: a cell's folder per set of values it is trained with."""
-    import hashlib
+    from segbalance.pipeline.experiment_config import json_digest
 
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return json_digest(values, 8)
 
 
 def describe_values(values: dict) -> List[str]:

@@ -121,13 +121,19 @@ def merged(base: dict, over: dict) -> dict:
     return out
 
 
+def json_digest(value, length: int) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``value`` as sorted-key JSON (the experiment's
+    names for a --config's values and for a cell's training values)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def config_digest(values: Optional[dict]) -> Optional[str]:
     """A short digest of the config values the experiment used that are not the defaults, as the
     schema types them (None without ``--config``, or when the file changes no default)."""
     effective = differences_from_defaults(values or {})
     if not effective:
         return None
-    return hashlib.sha256(json.dumps(effective, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return json_digest(effective, 12)
 
 
 # the training protocol a row records: each a row field, the Plan field and (dashed) the option

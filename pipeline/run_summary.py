@@ -194,8 +194,8 @@ def data_used(store) -> Optional[dict]:
 
     records, not_ingested = {}, {}
     for number, folder in span_dirs.items():
-        report = _read_json(os.path.join(folder, REPORT_NAME))
         current = current_ingest_report(folder)  # a file added after ingest: its count is not the span's (QA 25)
+        report = current or _read_json(os.path.join(folder, REPORT_NAME))  # (read once when it is current)
         if current and isinstance(current.get("num_written"), int):
             records[str(number)] = current["num_written"]
         if report and report.get("num_bad"):  # image pairs ingest skipped, each with its reason in the report

@@ -49,7 +49,7 @@ from typing import List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from segbalance.contract import MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE, UserError
+from segbalance.contract import MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE, UserError, message_excerpt
 from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.loss_config import LossConfig
@@ -305,8 +305,7 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
     try:
         model.load_weights(path)
     except ValueError as exc:  # Keras lists every layer that did not load: the first mismatch says enough
-        detail = " ".join(str(exc).split())
-        detail = detail if len(detail) <= 240 else detail[:240].rsplit(" ", 1)[0] + " ..."
+        detail = message_excerpt(exc, 240)
         raise WarmStartError(f"warm start: the weights in {path} do not fit this model ({detail}). The "
                              f"architecture changed (image_size, depth, base_filters, backbone, num_classes): set "
                              f"training.warm_start: false for this run") from exc

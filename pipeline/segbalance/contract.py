@@ -84,6 +84,13 @@ DRIFT_ACTIONS = ("warn", "block", "block_training")
 
 
 # --- errors ---------------------------------------------------------------------------------
+def message_excerpt(text, limit: int) -> str:
+    """A library's message (``text``: a string or an exception) for our one-line errors: on one line, and
+    past ``limit`` characters cut at a word and ended with " ..." (Keras lists every layer, kfp its retries)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 class UserError(Exception):
     """A user's mistake (a bad path, option, file or value), not a bug.
 
