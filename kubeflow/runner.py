@@ -128,7 +128,7 @@ def build_pipeline(config: PipelineConfig, pipeline_root: str, with_drift: bool 
         config, examples_dir=examples_dir, pipeline_root=pipeline_root,
         serving_model_dir=pipeline_root.rstrip("/") + "/serving_model",
         reference_masks_dir=config.data.reference_masks_dir, with_drift=with_drift, span=span,
-        beam_pipeline_args=config.beam_args_for(kubeflow=True))
+        beam_pipeline_args=config.beam_args_for(kubeflow=True), for_kubeflow=True)
 
 
 def compile_pipeline(config: PipelineConfig, output: str, image: Optional[str], pipeline_root: Optional[str],

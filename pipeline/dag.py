@@ -128,8 +128,13 @@ def create_pipeline(
     with_report: bool = True,
     span: Optional[int] = None,
     beam_pipeline_args: Optional[List[str]] = None,
+    for_kubeflow: bool = False,
 ):
-    """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span, or ``span``)."""
+    """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span, or ``span``).
+
+    ``for_kubeflow``: the ClassStats resolver uses TFX's ``LatestArtifactStrategy``, the only
+    latest-artifact strategy Kubeflow's compiler takes; locally ``LatestEachStrategy`` (same
+    artifacts, but a first run's resolver completes instead of failing in ML Metadata)."""
     from tfx import v1 as tfx
 
     from segbalance.components.class_stats_gen import ClassStatsGen
@@ -154,8 +159,10 @@ def create_pipeline(
         from segbalance.components.artifacts import DriftReport
         from segbalance.components.class_distribution_validator import ClassDistributionValidator
 
+        from segbalance.components.latest_artifacts import LatestEachStrategy
+
         previous = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy if for_kubeflow else LatestEachStrategy,
             class_stats=tfx.dsl.Channel(type=class_stats.type),
             drift_report=tfx.dsl.Channel(type=DriftReport),
         ).with_id("latest_class_stats_resolver")

@@ -1,7 +1,7 @@
 """What `segbalance run` shows on the console and what goes to its log file.
 
 The console gets segbalance's own lines: one progress line per component (resolvers: one
-line when they finish, e.g. ``no earlier ClassStats (first run)``; a component that prints
+line when they finish, e.g. ``no blessed model yet``; a component that prints
 nothing itself adds ``still running (N min)`` every minute), what the components print on
 stdout, and the summary. Everything the libraries write goes to
 ``OUTPUT/logs/run-<UTC time>.log``:
@@ -10,10 +10,9 @@ stdout, and the summary. Everything the libraries write goes to
   Beam's Python warnings (python-snappy), Keras warnings ("ran out of data"), anything a
   worker process prints: they all write to file descriptor 2, so ``LibraryLog`` points
   descriptor 2 (and ``sys.stderr``) at the log file for the run;
-- TFX's absl log records from WARNING up, with their tracebacks (``route_absl``), e.g. the
-  ``InputResolutionError`` a latest-artifact resolver raises when there is no artifact yet
-  (TFX's INFO records, mostly proto dumps, made a fresh run's log ~180 KB; ML Metadata keeps
-  what they say), and segbalance's progress lines, so the log reads in order.
+- TFX's absl log records from WARNING up, with their tracebacks (``route_absl``; TFX's INFO
+  records, mostly proto dumps, made a fresh run's log ~180 KB; ML Metadata keeps what they
+  say), and segbalance's progress lines, so the log reads in order.
 
 With ``verbose`` nothing is redirected: library output shows on the console as it comes
 (absl records from WARNING up, as before), and the log file gets the absl records and the
@@ -34,11 +33,16 @@ from typing import Callable, Optional
 # query still resolves (the latest-artifact and blessed-model resolvers are tested).
 HARMLESS_WARNINGS = ("ArtifactQuery.property_predicate is not supported.",)
 
-# What a resolver that found nothing yet means (LatestArtifactStrategy "returned None").
+# What a resolver that found nothing yet means (every channel resolved to no artifact; TFX's
+# LatestArtifactStrategy, which Kubeflow's DAG keeps, "returned None" instead).
 EMPTY_RESOLUTION = {
     "latest_class_stats_resolver": "no earlier ClassStats (first run)",
+    "latest_blessed_model_resolver": "no blessed model yet",
 }
 _RESOLUTION_ERROR = re.compile(r"^\[([^\]]+)\] Input resolution error: (.*)", re.S)
+# TFX's resolver node logs "[node] Resolved inputs: ({'key': [Artifact(...)], ...},)" (a tuple of dicts;
+# a list in other TFX versions); nothing found:
+_RESOLVED_NOTHING = re.compile(r"^\[([^\]]+_resolver)\] Resolved inputs: [\[(]\{('[^']*': \[\](, )?)+\},?[\])]$")
 
 
 class LibraryLog:
@@ -157,6 +161,7 @@ class ComponentProgress(logging.Handler):
             name = message[len("Component "):-len(" is running.")]
             self.started[name] = time.time()
             self._finished.discard(name)
+            self.unresolved.pop(name, None)
             self.current = name
             if not self.current.endswith("_resolver"):  # resolvers: one line when finished
                 self._print(self.current, "started")
@@ -164,6 +169,9 @@ class ComponentProgress(logging.Handler):
             self.cached.add(self.current)
         elif message.startswith("Skipping execution for ") and self.current:  # a tfx.dsl.Cond was false
             self.skipped.add(self.current)
+        elif _RESOLVED_NOTHING.match(message):
+            node = _RESOLVED_NOTHING.match(message).group(1)
+            self.unresolved[node] = EMPTY_RESOLUTION.get(node, "nothing to resolve yet (first run)")
         elif _RESOLUTION_ERROR.match(message):
             node, error = _RESOLUTION_ERROR.match(message).groups()
             if "returned None" in error:  # a latest-artifact strategy found no artifact: nothing there yet

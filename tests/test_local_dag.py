@@ -77,3 +77,41 @@ def test_a_local_run_leaves_no_tfx_package_in_the_temp_folder(tmp_path, monkeypa
     run_dag_locally(_example_gen_pipeline(tmp_path / "ours"))
     assert not [p for p in temp.iterdir() if p not in before and (p / "build").exists()]
     assert list((tmp_path / "ours" / "pipeline_root" / "ImportExampleGen" / "examples").glob("*/Split-train/*"))
+
+
+def test_the_local_class_stats_resolver_resolves_each_channel_and_kubeflow_keeps_tfx_s_strategy(tmp_path):
+    """TFX's LatestArtifactStrategy returns None when one channel is empty (a first run): the local
+    orchestrator then records the resolver's execution as FAILED in ML Metadata, with a traceback. The
+    local DAG's strategy resolves each channel on its own, as Kubeflow's metadata queries do; Kubeflow's
+    compiler takes TFX's class only, so its DAG keeps it."""
+    from tfx import v1 as tfx
+    from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
+
+    from segbalance.components.artifacts import ClassStats, DriftReport
+    from segbalance.components.latest_artifacts import LatestEachStrategy
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.dag import create_pipeline
+
+    def artifact(cls, artifact_id):
+        made = cls()
+        made.id = artifact_id
+        return made
+
+    older, newer = artifact(ClassStats, 4), artifact(ClassStats, 9)
+    inputs = {"class_stats": [older, newer], "drift_report": []}
+    assert LatestArtifactStrategy().resolve_artifacts(None, inputs) is None  # what failed the first run
+    resolved = LatestEachStrategy().resolve_artifacts(None, inputs)
+    assert resolved == {"class_stats": [newer], "drift_report": []}
+    assert LatestEachStrategy().resolve_artifacts(None, {"class_stats": [], "drift_report": []}) == \
+        {"class_stats": [], "drift_report": []}
+    report = artifact(DriftReport, 10)
+    assert LatestEachStrategy().resolve_artifacts(None, {"class_stats": [newer, older], "drift_report": [report]}) \
+        == {"class_stats": [newer], "drift_report": [report]}
+
+    config = config_from_dict({"classes": {"names": ["background", "a"]}})
+    for for_kubeflow, strategy in ((False, LatestEachStrategy), (True, LatestArtifactStrategy)):
+        pipeline = create_pipeline(config, str(tmp_path / "data"), str(tmp_path / "root"), str(tmp_path / "serving"),
+                                   for_kubeflow=for_kubeflow)
+        resolver, = [node for node in pipeline.components if node.id == "latest_class_stats_resolver"]
+        assert isinstance(resolver, tfx.dsl.Resolver)
+        assert resolver._strategy_class is strategy, for_kubeflow  # (TFX keeps it in no public attribute)

@@ -259,6 +259,33 @@ def test_absl_records_go_to_the_log_and_a_first_run_resolver_is_one_line(tmp_pat
     assert "r_resolver: input resolution failed: bad query" in capfd.readouterr().out
 
 
+def test_a_resolver_that_found_nothing_says_so_and_one_that_found_something_is_done(capfd):
+    """The local DAG's resolvers resolve each channel on its own (``LatestEachStrategy``): a first run's
+    resolver completes with empty lists, which TFX logs as ``Resolved inputs``; the line says what that
+    means. Found artifacts, or some channel empty and another not, is ``done``."""
+    progress = ComponentProgress()
+
+    def resolve(node, resolved):
+        for message in (f"Component {node} is running.", f"[{node}] Resolved inputs: {resolved}",
+                        f"Component {node} is finished."):
+            progress.emit(logging.LogRecord("absl", logging.INFO, __file__, 1, message, None, None))
+
+    resolve("latest_class_stats_resolver", "({'class_stats': [], 'drift_report': []},)")  # as TFX 1.16 logs it
+    resolve("latest_blessed_model_resolver", "({'model': [], 'model_blessing': []},)")
+    resolve("other_resolver", "[{'x': []}]")
+    resolve("latest_class_stats_resolver", "({'class_stats': [Artifact(artifact: id: 3)], 'drift_report': []},)")
+    resolve("latest_blessed_model_resolver", "[{'model': [Artifact(artifact: id: 7)], 'model_blessing': []}]")
+    resolve("ImportExampleGen", "({},)")  # a component without inputs logs this too: not a resolver
+    resolve("Evaluator", "({'baseline_model': []},)")  # nor is one whose only input is empty
+    lines = [line.split("] ", 1)[1] for line in capfd.readouterr().out.splitlines()]
+    assert lines == ["latest_class_stats_resolver: no earlier ClassStats (first run)",
+                     "latest_blessed_model_resolver: no blessed model yet",
+                     "other_resolver: nothing to resolve yet (first run)",
+                     "latest_class_stats_resolver: done in 0.0s", "latest_blessed_model_resolver: done in 0.0s",
+                     "ImportExampleGen: started", "ImportExampleGen: done in 0.0s",
+                     "Evaluator: started", "Evaluator: done in 0.0s"]
+
+
 def test_a_silent_component_says_it_is_still_running(capfd):
     """A Beam component on big data printed nothing between `started` and `done` for minutes (QA): the
     progress handler now adds a line every heartbeat while one runs; not for SegTrainer (its epochs
