@@ -36,9 +36,9 @@ def cross_entropy(y, z, cw=None, pw=None, ls=0.0, ignore=255):
 
 
 def cross_entropy_top_k(y, z, fraction, cw=None, ignore=255):
-    """Class-weighted CE over each image's hardest pixels: the ceil(fraction * H * W) largest weighted
-    losses of the image (ties at the k-th value kept, ignored pixels counting as 0), averaged over the kept
-    labelled pixels of the batch."""
+    """Class-weighted CE over each image's hardest pixels: the ceil(fraction * H * W) labelled pixels with
+    the largest weighted losses (ties taken in pixel order; ignored pixels only when fewer than k are
+    labelled, and then not counted), averaged over the kept labelled pixels of the batch."""
     labels, valid = split(y, ignore)
     lp = log_softmax(z.astype(np.float64))
     per = -np.take_along_axis(lp, labels[..., None], -1)[..., 0]
@@ -49,7 +49,10 @@ def cross_entropy_top_k(y, z, fraction, cw=None, ignore=255):
     for image, labelled in zip(weighted, valid):
         flat, flat_valid = image.ravel(), labelled.ravel().astype(bool)
         k = max(1, int(np.ceil(fraction * flat.size)))
-        keep = (flat >= np.sort(flat)[::-1][k - 1]) & flat_valid
+        order = np.argsort(-np.where(flat_valid, flat, -1.0), kind="stable")  # largest first, ties in pixel order
+        keep = np.zeros(flat.size, bool)
+        keep[order[:k]] = True
+        keep &= flat_valid
         total += flat[keep].sum()
         count += keep.sum()
     return total / max(count, 1)

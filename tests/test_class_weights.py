@@ -118,6 +118,8 @@ def test_errors_name_the_problem():
         compute_class_weights([1, -1], "enet")
     with pytest.raises(ValueError, match="give 0 <= w_min <= w_max"):
         compute_class_weights(COUNTS, "enet", clip=(3, 1))
+    with pytest.raises(ValueError, match="give 0 <= w_min <= w_max"):  # QA 26: a negative w_min passed
+        compute_class_weights(COUNTS, "enet", clip=(-1, 5))
 
 
 def test_all_scheme_weights_lists_every_scheme():

@@ -275,6 +275,27 @@ def test_top_k_percent_pixels_keeps_the_hardest():
     np.testing.assert_allclose(float(L.weighted_cross_entropy(y, z, top_k_percent_pixels=0.25)), expected, rtol=1e-5)
 
 
+def test_top_k_keeps_exactly_k_pixels_when_weighted_losses_tie_at_zero():
+    """QA 26: with fewer than k pixels of non-zero weighted loss (class weight 0 here) the k-th value was 0
+    and every pixel tied with it was kept and counted: top_k 0.25 gave the top_k 1.0 value. Hand case: 4x4,
+    2 pixels of class 1 (weight 1), 14 of class 0 (weight 0), uniform logits (loss ln 2 each): k = 4
+    pixels are kept, 2 of loss ln 2 and 2 of 0: 2 ln 2 / 4. Eager and under XLA."""
+    y = np.zeros((1, 4, 4), np.int32)
+    y[0, 0, :2] = 1
+    z = np.zeros((1, 4, 4, 2), np.float32)
+    expected = 2 * np.log(2) / 4
+    top = lambda y, z: L.weighted_cross_entropy(y, z, class_weights=[0.0, 1.0], top_k_percent_pixels=0.25)  # noqa
+    np.testing.assert_allclose(float(top(y, z)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(tf.function(top, jit_compile=True)(y, z)), expected, rtol=1e-6)
+    assert float(L.weighted_cross_entropy(y, z, class_weights=[0.0, 1.0])) == pytest.approx(2 * np.log(2) / 16)
+    # ignored pixels are never among the k while labelled ones are left: 13 ignored, 3 labelled (k = 4)
+    few = np.full((1, 4, 4), 255, np.int32)
+    few[0, 0, :3] = [1, 1, 0]
+    np.testing.assert_allclose(float(top(few, z)), 2 * np.log(2) / 3, rtol=1e-6)
+    np.testing.assert_allclose(float(top(few, z)), ref.cross_entropy_top_k(few, z, 0.25, [0.0, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(float(top(y, z)), ref.cross_entropy_top_k(y, z, 0.25, [0.0, 1.0]), rtol=1e-6)
+
+
 ALL = sorted(CASES)
 
 
@@ -770,6 +791,18 @@ def test_mask_shape_pixel_weights_labeled_and_ids_are_checked(name):
     bad[0, 0, 0], bad[1, 0, 0] = 7, -2
     with pytest.raises(ValueError, match=r"class ids \[-2, 7\] outside \[0, 4\) that are not the ignore_index \(255\)"):
         fn(bad, z, labeled, pw)
+    # QA 26: weight values were never checked: -1 everywhere made CE negative and Dice exactly 0, NaN made
+    # Dice 0; a float mask of 1.7 was class 1 without a word (a mask resized with interpolation)
+    for value, shown in ((-1.0, "48 values, min -1$"), (np.nan, "48 values, min nan$")):
+        odd = pw.copy()
+        odd[1, 2, 3] = value
+        with pytest.raises(ValueError, match="pixel_weights must be finite and >= 0, got .*" + shown):
+            fn(y, z, labeled, odd)
+    assert np.isfinite(float(fn(y.astype(np.float32), z, labeled, pw)))  # whole numbers as floats: fine
+    fractional = y.astype(np.float32)
+    fractional[0, 1, 1] = 1.7
+    with pytest.raises(ValueError, match=r"y_true holds values \[1.7\d*\] that are not whole class ids"):
+        fn(fractional, z, labeled, pw)
     if name in ("dice", "marginal_ce", "exclusion_ce"):
         with pytest.raises(ValueError, match=r"labeled must be \[B, 4\] multi-hot \(one row per image of the batch, B = 2"):
             fn(y, z, np.ones((3, 4), np.float32), pw)

@@ -116,7 +116,7 @@ def compute_class_weights(
         weights[present] = np.sqrt(weights[present])
     if clip is not None:
         w_min, w_max = clip
-        if not (np.isfinite(w_min) and np.isfinite(w_max)) or w_min > w_max or w_max <= 0:
+        if not (np.isfinite(w_min) and np.isfinite(w_max)) or w_min < 0 or w_min > w_max or w_max <= 0:
             raise ValueError(f"clip=({w_min}, {w_max}): give 0 <= w_min <= w_max with w_max > 0 (all weights 0 "
                              f"cannot be normalised)")
         weights[present] = np.clip(weights[present], w_min, w_max)

@@ -160,6 +160,18 @@ def _check_label_ids(labels, num_classes: int, ignore_index: int) -> None:
                          f"not the ignore_index ({ignore_index}): remap them, or mark them with the ignore_index")
 
 
+def _check_whole_ids(y_true) -> None:
+    """ValueError for a float mask (known values) holding values that are not class ids: the cast to
+    int32 would truncate 1.7 to class 1 without a word (a resized mask interpolated, say)."""
+    ids = _concrete(y_true)
+    if ids is None:
+        return
+    bad = np.unique(ids[~(np.isfinite(ids) & (ids == np.round(ids)))])
+    if bad.size:
+        raise ValueError(f"y_true holds values {bad[:8].tolist()} that are not whole class ids: masks must "
+                         f"hold integers (resize them with nearest-neighbour interpolation)")
+
+
 def prepare(y_true, logits, ignore_index: int = DEFAULT_IGNORE_INDEX):
     """(labels int32 [B,H,W] with ignore -> 0, valid float32 [B,H,W], logits float32, C).
 
@@ -168,7 +180,10 @@ def prepare(y_true, logits, ignore_index: int = DEFAULT_IGNORE_INDEX):
     turn into an infinite per-pixel loss whose product with weight 0 is NaN.
     """
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
-    labels = ops.cast(ops.convert_to_tensor(y_true), "int32")
+    y_true = ops.convert_to_tensor(y_true)
+    if "float" in str(y_true.dtype):
+        _check_whole_ids(y_true)
+    labels = ops.cast(y_true, "int32")
     if len(labels.shape) == len(logits.shape) and labels.shape[-1] in (1, None):
         labels = ops.squeeze(labels, axis=-1)
     _check_shape("y_true", labels, logits.shape[:-1], "class ids [B,H,W] or [B,H,W,1] for logits [B,H,W,C]")
@@ -263,9 +278,17 @@ def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
         pixels = math.prod(ops.shape(weighted)[1:])
         k = ops.maximum(1, ops.cast(ops.ceil(top_k_percent_pixels * ops.cast(pixels, "float32")), "int32"))
         flat = ops.reshape(weighted, (-1, pixels))
-        kth = ops.top_k(ops.stop_gradient(flat), k=k, sorted=True)[0][:, k - 1:k]
-        keep = ops.cast(ops.greater_equal(ops.stop_gradient(flat), kth), "float32")
-        keep = keep * ops.reshape(valid, (-1, pixels))
+        flat_valid = ops.reshape(valid, (-1, pixels))
+        # exactly k pixels per image: ignored pixels last (score -1 < any loss), ties at the k-th value
+        # taken in pixel order. Keeping every tie kept all pixels of weighted loss 0 when fewer than k
+        # had a non-zero one (class weight 0, say) and divided by them (QA 26).
+        score = ops.where(flat_valid > 0, ops.stop_gradient(flat), -1.0)
+        kth = ops.top_k(score, k=k, sorted=True)[0][:, k - 1:k]
+        above = ops.greater(score, kth)
+        tied = ops.equal(score, kth)
+        room = k - ops.sum(ops.cast(above, "int32"), axis=1, keepdims=True)
+        tied_first = ops.logical_and(tied, ops.less_equal(ops.cumsum(ops.cast(tied, "int32"), axis=1), room))
+        keep = ops.cast(ops.logical_or(above, tied_first), "float32") * flat_valid
         weighted = flat * keep
         count = keep
     total = _global_sum(ops.sum(weighted))
@@ -360,6 +383,7 @@ def _squeeze_weights(pixel_weights, like):
         pw = ops.squeeze(pw, axis=-1)
     _check_broadcastable("pixel_weights", pw, like.shape,
                          "one weight per pixel of the mask, [B,H,W] or [B,H,W,1], or a shape that broadcasts to it")
+    check_non_negative(pixel_weights=pw)  # a negative or NaN weight turned CE negative and Dice into 0 (QA 26)
     return pw
 
 

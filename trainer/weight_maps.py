@@ -154,7 +154,9 @@ def unet_border_weights(mask, *, w0: float = 10.0, sigma: float = 5.0, class_wei
     Euclidean distances to the nearest and second-nearest object. Objects are the
     connected components (4-connected with ``connectivity=1``, 8 with 2) of each
     foreground class separately, so touching objects of different classes are separate.
-    ``w_c`` is ``class_weights[mask]`` (1 without class weights; 0 on ignored pixels).
+    ``w_c`` is ``class_weights[mask]`` (1 without class weights; 0 on ignored pixels). As in the
+    paper's equation 2, the border term is added on every pixel (object pixels next to a gap too,
+    and ignored ones, which the losses leave out anyway).
     With fewer than two objects in an image the border term is 0. Offline: SciPy
     distance transforms, one per object; call it once per mask and store the map, or
     from ``tf.data`` through ``tf.numpy_function``.
