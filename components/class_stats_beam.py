@@ -108,6 +108,14 @@ class StatsOptions:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
+        empty = [i for i, name in enumerate(self.class_names) if not str(name).strip()]
+        if empty:  # the pipeline's classes.names refuses these too (ClassesConfig.validate)
+            raise ValueError(f"class name {empty[0]} is empty: give every class a name")
+        folded = [str(name).strip().casefold() for name in self.class_names]
+        repeated = sorted({name for name in self.class_names if folded.count(str(name).strip().casefold()) > 1})
+        if repeated:
+            raise ValueError(f"class names must be unique (ignoring case): {', '.join(map(repr, repeated))} "
+                             f"name the same class")
         if not 0.0 < self.suspect_threshold <= 1.0:
             raise ValueError(f"suspect_threshold must be in (0, 1], got {self.suspect_threshold}")
         class_weights.check_weight_options(self.weight_options)
@@ -273,12 +281,35 @@ def decode_mask_counts(data: bytes):
             if mode not in MASK_MODES:
                 raise Quarantined("bad_mask", f"mask is a {MODE_NAMES.get(mode, mode)} PNG (mode {mode}); expected "
                                               f"a single-channel [H, W] PNG of class ids (8-bit grey)")
+            bits = data[24] if len(data) > 25 and data[12:16] == b"IHDR" else 8  # IHDR's bit depth
+            if bits != 8:  # Pillow and TensorFlow both stretch 2- and 4-bit grey to 0..255 (id 3 of 2 bits: 255)
+                raise Quarantined("bad_mask", f"mask is a {bits}-bit greyscale PNG: TensorFlow scales its values to "
+                                              f"8 bits (id 1 of a {bits}-bit mask reads as {255 // (2 ** bits - 1)}); "
+                                              f"write the ids as an 8-bit greyscale PNG")
+            img.verify()  # every chunk's CRC and the end chunk: TensorFlow refuses a damaged PNG that Pillow reads
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             return np.asarray(img.histogram(), np.int64), (img.size[1], img.size[0])
     except Quarantined:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise Quarantined("bad_mask", f"cannot decode mask: {exc}") from exc
+
+
+def check_bmp(data: bytes, mode: str) -> None:
+    """Quarantined unless TensorFlow's BMP decoder reads ``data`` as Pillow does. It takes the bits per
+    pixel as the channel count and ignores palette and compression: 1- and 4-bit BMPs fail in the
+    trainer ("Number of channels ... was 0") and an 8-bit palette BMP decodes to its indices as grey
+    levels (measured, session 26). Kept: 24- and 32-bit, and 8-bit with a grey palette (Pillow: mode L)."""
+    bits = int.from_bytes(data[28:30], "little") if len(data) >= 34 else 0
+    compression = int.from_bytes(data[30:34], "little") if len(data) >= 34 else 0
+    if (bits in (24, 32) and compression in (0, 3)) or (bits == 8 and mode == "L" and compression == 0):
+        return
+    what = "a palette" if bits == 8 and mode != "L" else \
+        f"{bits} bit{'s' * (bits != 1)} per pixel" if compression in (0, 3) else "run-length compression"
+    raise Quarantined("bad_image", f"image is a BMP with {what}: TensorFlow decodes only uncompressed 24- and "
+                                   f"32-bit and 8-bit grey BMPs as they are; convert it to PNG "
+                                   f"(segbalance ingest does)")
 
 
 def check_image(data: Optional[bytes], mask_shape) -> None:
@@ -292,7 +323,7 @@ def check_image(data: Optional[bytes], mask_shape) -> None:
         raise Quarantined("no_image", f"no image: the record lacks {IMAGE_KEY}")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
+            fmt, mode = img.format, img.mode
             # the trainer turns a JPEG or PNG as shown (trainer/exif_orientation.py): the mask must fit that;
             # read from the header, before verify / load
             height, width = shown_size(img, turn=fmt in TURNED_FORMATS)
@@ -306,6 +337,8 @@ def check_image(data: Optional[bytes], mask_shape) -> None:
         raise Quarantined("bad_image", f"cannot decode image: {reason}") from exc
     if fmt not in IMAGE_FORMATS:
         raise Quarantined("bad_image", f"image is {fmt}; the trainer decodes only {', '.join(IMAGE_FORMATS)}")
+    if fmt == "BMP":
+        check_bmp(data, mode)
     if (height, width) != tuple(mask_shape):
         shown = " as shown (its EXIF orientation turns it by 90 degrees)" if turned else ""
         raise Quarantined("size_mismatch", f"image is {height}x{width}{shown} but its mask is "

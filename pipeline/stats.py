@@ -97,12 +97,28 @@ def _main(args) -> int:
     print("median-frequency weights: " + json.dumps([round(w, 4) for w in stats["weights"]["median_frequency"]]))
     if stats["zero_count_note"]:
         print("note: " + stats["zero_count_note"])
+    repeated = repeated_source_ids(args.output)
+    if repeated:
+        print(f"warning: {len(repeated)} image/source_id value(s) name more than one record (e.g. {repeated[0]!r}): "
+              f"each was counted once per record; the trainer joins records by this id and refuses one id with "
+              f"different labelled classes: give every image its own id")
     too_large = sum(c["quarantined_by_kind"].get("mask_ids", 0) for c in stats["split_counts"].values())
     read = sum(c["read"] for c in stats["split_counts"].values())
-    if too_large and too_large >= MAX_BAD_ID_FRACTION * read:  # the trainer refuses such data (run_fn)
+    if too_large and too_large > MAX_BAD_ID_FRACTION * read:  # the trainer refuses such data (run_fn, the same rule)
         print(f"warning: {too_large} of {read} records have mask class ids >= --num-classes {args.num_classes} "
               f"(listed in {args.output}/quarantine.jsonl): is --num-classes too small?")
     return 0
+
+
+def repeated_source_ids(output: str) -> list:
+    """The source ids of more than one usable record in a stats output (its per-image tables), sorted."""
+    import pandas as pd
+
+    from segbalance.trainer.class_stats_io import UNCOUNTED_PER_IMAGE_PREFIX, read_per_image
+
+    ids = pd.concat([read_per_image(output)["source_id"], read_per_image(output, UNCOUNTED_PER_IMAGE_PREFIX)["source_id"]])
+    counts = ids.value_counts()
+    return sorted(counts[counts > 1].index.tolist())
 
 
 def _clip(text):

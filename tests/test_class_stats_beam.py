@@ -440,6 +440,83 @@ def test_mask_value_counts_against_numpy_and_what_the_trainer_decodes():
             csb.decode_mask_counts(data)
 
 
+def _grey_png(ids: np.ndarray, bits: int) -> bytes:
+    """A greyscale PNG storing ``ids`` as they are at ``bits`` (1, 2, 4 or 8) per pixel."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + np.packbits(np.unpackbits(row[:, None], axis=1)[:, 8 - bits:].ravel()).tobytes()
+                    for row in ids.astype(np.uint8))
+    header = struct.pack(">IIBBBBB", ids.shape[1], ids.shape[0], bits, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_masks_tensorflow_rescales_or_refuses_are_quarantined():
+    """QA 26: 2- and 4-bit grey PNG masks were counted by the values Pillow stretches them to (id 3 of a
+    2-bit mask became 255, the ignore index), and damaged PNGs (cut, no end chunk, a wrong CRC) that
+    Pillow reads were kept although Transform's tf.io.decode_png refuses them. The premises are checked
+    against TensorFlow itself."""
+    import tensorflow as tf
+
+    ids = np.zeros((6, 8), np.uint8)
+    ids[:, 4:] = 3
+    ids[0, 0] = 1
+    assert _grey_png(ids, 8) and csb.decode_mask_counts(_grey_png(ids, 8))[0][:4].tolist() == [23, 1, 0, 24]
+    for bits in (2, 4):
+        data = _grey_png(ids, bits)
+        seen = tf.io.decode_png(data, channels=1, dtype=tf.uint8).numpy()[..., 0]
+        assert not np.array_equal(seen, ids) and seen[0, 0] == 255 // (2 ** bits - 1), bits  # stretched
+        with pytest.raises(csb.Quarantined, match=f"mask is a {bits}-bit greyscale PNG: TensorFlow scales"):
+            csb.decode_mask_counts(data)
+    good = codec.encode_png(ids)
+    idat = good.find(b"IDAT") - 4
+    crc_at = idat + 8 + int.from_bytes(good[idat:idat + 4], "big")
+    damaged = {"cut": good[:-20], "no end chunk": good[:good.rfind(b"IEND") - 4],
+               "wrong CRC": good[:crc_at] + bytes([good[crc_at] ^ 1]) + good[crc_at + 1:]}
+    for what, data in damaged.items():
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_png(data, channels=1, dtype=tf.uint8)
+        with pytest.raises(csb.Quarantined, match="cannot decode mask"):
+            csb.decode_mask_counts(data)
+
+
+def test_bmp_images_tensorflow_cannot_read_as_pillow_does_are_quarantined():
+    """QA 26: TensorFlow's BMP decoder takes the bits per pixel as channels and ignores the palette: a 1-bit
+    BMP fails in the trainer and an 8-bit palette BMP decodes to its indices as grey. Both are quarantined;
+    24-, 32-bit and grey 8-bit BMPs decode as Pillow shows them and are kept."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (6, 5, 3), np.uint8)
+    grey = rng.integers(0, 256, (6, 5), np.uint8)
+    images = {"1-bit": Image.fromarray(grey > 128).convert("1"),
+              "palette": Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16),
+              "grey": Image.fromarray(grey), "24-bit": Image.fromarray(rgb),
+              "32-bit": Image.fromarray(np.dstack([rgb, np.full((6, 5), 255, np.uint8)]))}
+    for what, image in images.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="BMP")
+        data = buffer.getvalue()
+        shown = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        try:
+            read = tf.io.decode_image(data, channels=3).numpy()
+            same = np.array_equal(read, shown)
+        except tf.errors.InvalidArgumentError:
+            same = False
+        assert same == (what in ("grey", "24-bit", "32-bit")), what  # the premise, from TensorFlow itself
+        if same:
+            csb.check_image(data, (6, 5))
+        else:
+            with pytest.raises(csb.Quarantined, match="image is a BMP with (1 bit per pixel|a palette): TensorFlow"):
+                csb.check_image(data, (6, 5))
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_a_turned_image_s_mask_must_fit_the_shown_image(fmt):
     """The trainer turns a JPEG (Exif segment) or a PNG (eXIf chunk) by its EXIF orientation

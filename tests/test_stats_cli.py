@@ -364,6 +364,46 @@ def test_a_num_classes_below_the_masks_ids_is_pointed_out(stats_run, tmp_path, c
     assert "too small" not in capsys.readouterr().out
 
 
+def _one_file(tmp_path, ids, bad=()):
+    """data-0: a 4x4 record per name in ``ids`` (classes 0 and 1), those in ``bad`` holding class id 3."""
+    from segbalance.trainer import example_codec as codec
+
+    records = []
+    for sid in ids:
+        mask = np.zeros((4, 4), np.uint8)
+        mask[:2] = 3 if sid in bad else 1
+        records.append(codec.build_example(codec.encode_png(np.zeros((4, 4, 3), np.uint8)), codec.encode_png(mask),
+                                           sid, 4, 4).SerializeToString())
+    write_tfrecord(tmp_path / "data-0", records)
+    return str(tmp_path / "data-*")
+
+
+def test_repeated_source_ids_and_the_bad_id_hint_follow_the_trainer_s_rules(tmp_path, capsys):
+    """QA 26: two records named alike were counted twice without a word (the trainer then refused the
+    output); empty or repeated --class-names passed (the pipeline's classes.names refuses them); the
+    too-many-ids hint fired at exactly 10 % of the records, where the trainer (more than 10 %) trains."""
+    glob = _one_file(tmp_path, ["a", "b", "same", "same"])
+    assert cli.main(["stats", glob, "--num-classes", "2", "--output", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "stats: 4 records, 0 quarantined" in out
+    assert "warning: 1 image/source_id value(s) name more than one record (e.g. 'same')" in out
+    for names, message in (("bg,", "class name 1 is empty"), ("bg,BG", "class names must be unique (ignoring case): "
+                                                                     "'BG', 'bg' name the same class")):
+        assert cli.main(["stats", glob, "--num-classes", "2", "--class-names", names,
+                         "--output", str(tmp_path / "n")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    ids = [f"r{i}" for i in range(10)]
+    (tmp_path / "ten").mkdir()
+    glob = _one_file(tmp_path / "ten", ids, bad={"r0"})
+    assert cli.main(["stats", glob, "--num-classes", "2", "--output", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "stats: 9 records, 1 quarantined" in out and "too small" not in out and "warning" not in out
+    glob = _one_file(tmp_path / "ten", ids, bad={"r0", "r1"})
+    assert cli.main(["stats", glob, "--num-classes", "2", "--output", str(tmp_path / "t2")]) == 0
+    assert "2 of 10 records have mask class ids >= --num-classes 2" in capsys.readouterr().out
+
+
 def test_a_relative_glob_is_stored_absolute(stats_run, tmp_path, monkeypatch):
     """class_stats.json "inputs" held the pattern as typed: a report made from another folder said the
     records had been moved or deleted."""
