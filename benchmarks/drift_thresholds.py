@@ -4,7 +4,9 @@ size n, on the sample data sets (real: nuclei, buildings, lesions, labelme; synt
     .venv/bin/python benchmarks/drift_thresholds.py [--reps 200] [--seed 0] [--work-dir DIR] [--output FILE]
 
 Every decision is the product's own: ``drift_metrics.compare`` with ``sampling_limits`` drawn from the
-accepted images' per-image counts, as ClassDistributionValidator makes it, under several rules:
+accepted images' per-image counts and the classes each image holds (the vanished and new classes'
+chances; images without group ids: ``benchmarks/drift_groups.py`` has spans of whole groups), as
+ClassDistributionValidator makes it, under several rules:
 the thresholds before session 19 alone (``significance`` 0), the current defaults, and the sampling
 limit with lower or no thresholds. The accepted distribution is B = 200 images drawn from a pool of
 ``segbalance sample-data`` crops; a normal span is n other images of the same pool (drop 0 or 0.3); a
@@ -157,7 +159,7 @@ def main() -> None:
     parser.add_argument("--output", help="also write the tables to this markdown file")
     args = parser.parse_args()
 
-    from segbalance.components.drift_metrics import compare, sampling_limits
+    from segbalance.components.drift_metrics import class_presence, compare, sampling_limits
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -184,6 +186,7 @@ def main() -> None:
         for _ in range(args.reps):
             accepted, cases = spans_of(kind, pools, rng, subset)
             base = {key: stats(names, c, m, True) for key, (c, m) in accepted.items()}
+            held = {key: class_presence(c)[:2] for key, (c, _) in accepted.items()}  # the gate's, from the tables
             for n in SPANS:
                 tick = time.perf_counter()
                 limits = {key: sampling_limits(c, m, n, significance) for key, (c, m) in accepted.items()}
@@ -191,8 +194,10 @@ def main() -> None:
                 decisions += len(limits)
                 for case, (key, counts, missing) in cases.items():
                     current = stats(names, counts[:n], missing[:n], False)
+                    presence = {"new": class_presence(counts[:n])[:2], "accepted": held[key], "unit": "images"}
                     for rule, (thresholds, sig) in compared.items():
-                        result = compare(current, base[key], thresholds, "block", limits[key] if sig else None)
+                        result = compare(current, base[key], thresholds, "block", limits[key] if sig else None,
+                                         presence)
                         blocked.setdefault((kind, case, n, rule), []).append(result["status"] == "blocked")
         print(f"{kind}: done at {time.perf_counter() - start:.0f} s", flush=True)
 

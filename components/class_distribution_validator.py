@@ -39,7 +39,7 @@ from tfx.utils import io_utils
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
 from segbalance.components.drift_baseline import (accepted_baseline, accepted_images, blocked_lines, held_back,
-                                                  new_images, still_blocked)
+                                                  judged_presence, new_images, still_blocked)
 from segbalance.components.drift_metrics import (ACTIONS, THRESHOLD_KEYS, aligned_counts, aligned_rows, compare,
                                                  drift_fields, sampling_limits)
 
@@ -53,6 +53,7 @@ class ClassDistributionValidatorSpec(ComponentSpec):
         "missing_rate_change": ExecutionParameter(type=float),
         # optional: a pipeline compiled before it existed runs with the config's default
         "vanished_class_chance": ExecutionParameter(type=float, optional=True),
+        "new_class_chance": ExecutionParameter(type=float, optional=True),
         "significance": ExecutionParameter(type=float, optional=True),
         "action": ExecutionParameter(type=str),
     }
@@ -87,17 +88,21 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         option = lambda k: float(exec_properties[k] if exec_properties.get(k) is not None  # noqa: E731
                                  else getattr(DriftConfig, k))  # optional ones: absent from older compiled pipelines
         thresholds = {k: option(k) for k in THRESHOLD_KEYS}
-        limits, unsampled = None, None
-        if base.stats is not None and option("significance") > 0:
-            images = accepted_images(base)
-            if images is None:
-                unsampled = ("the accepted images' per-image table is not there (a copy of their counts): the "
-                             "thresholds alone decided, without what sampling alone gives")
-            else:
-                names = aligned_counts(judged, base.stats)[0]
-                limits = sampling_limits(aligned_rows(names, base.stats["class_names"], images[0]), images[1],
-                                         judged["num_records"], option("significance"))
-        result = compare(judged, base.stats, thresholds, exec_properties["action"], limits)
+        limits, unsampled, presence = None, None, None
+        images = accepted_images(base) if base.stats is not None else None
+        if images is not None:
+            names = aligned_counts(judged, base.stats)[0]
+            counts, missing, groups = images
+            accepted_rows = aligned_rows(names, base.stats["class_names"], counts)
+            presence = judged_presence(window, names, current["class_names"], accepted_rows, groups)
+            if option("significance") > 0:
+                limits = sampling_limits(accepted_rows, missing, judged["num_records"], option("significance"),
+                                         groups=groups,
+                                         new_groups=window.judged_groups if groups is not None else None)
+        elif base.stats is not None and option("significance") > 0:
+            unsampled = ("the accepted images' per-image table is not there (a copy of their counts): the "
+                         "thresholds alone decided, without what sampling alone gives")
+        result = compare(judged, base.stats, thresholds, exec_properties["action"], limits, presence)
         judged_drifted = bool(result["anomalies"])
         # a repeated first decision had nothing to compare with then: "(first run)" would be wrong now (QA 25)
         first_note = None if base.repeat and base.uri is None else result.get("note")
@@ -171,12 +176,13 @@ class ClassDistributionValidator(base_component.BaseComponent):
                  missing_rate_change: float = DriftConfig.missing_rate_change, action: str = DriftConfig.action,
                  previous_report: Optional[types.BaseChannel] = None,
                  vanished_class_chance: float = DriftConfig.vanished_class_chance,
-                 significance: float = DriftConfig.significance):
+                 significance: float = DriftConfig.significance,
+                 new_class_chance: float = DriftConfig.new_class_chance):
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         super().__init__(spec=ClassDistributionValidatorSpec(
             class_stats=class_stats, baseline_class_stats=baseline_class_stats, previous_report=previous_report,
             js_divergence=float(js_divergence), max_abs_change=float(max_abs_change),
             missing_rate_change=float(missing_rate_change), vanished_class_chance=float(vanished_class_chance),
-            significance=float(significance), action=action,
+            significance=float(significance), new_class_chance=float(new_class_chance), action=action,
             drift_report=types.Channel(type=DriftReport)))

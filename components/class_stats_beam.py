@@ -53,7 +53,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from segbalance.contract import (DEFAULT_IGNORE_INDEX, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
+from segbalance.contract import (DEFAULT_IGNORE_INDEX, GROUP_KEY, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
                                  MAX_CLASSES, PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE,
                                  UNCOUNTED_PER_IMAGE_PREFIX, UserError, ignore_index_problem)
 from segbalance.components.component_config import StatsConfig
@@ -180,6 +180,7 @@ class RecordFields:
     image_bytes: Optional[bytes]
     mask_bytes: Optional[bytes]
     labeled: Optional[List[int]]
+    group: Optional[str] = None  # image/group_id: the scene / scan / tile the image was cut from
 
 
 def _decoder_schema() -> bytes:
@@ -187,7 +188,7 @@ def _decoder_schema() -> bytes:
 
     schema = schema_pb2.Schema()
     for name, kind in ((IMAGE_KEY, schema_pb2.BYTES), (SOURCE_ID_KEY, schema_pb2.BYTES),
-                       (MASK_KEY, schema_pb2.BYTES), (LABELED_KEY, schema_pb2.INT)):
+                       (MASK_KEY, schema_pb2.BYTES), (LABELED_KEY, schema_pb2.INT), (GROUP_KEY, schema_pb2.BYTES)):
         feature = schema.feature.add()
         feature.name, feature.type = name, kind
     return schema.SerializeToString()
@@ -228,11 +229,12 @@ class RecordDecoder:
             return [self.decode([s])[0] for s in serialized]
         columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
         out = []
-        for image, sid, mask, labeled in zip(columns[IMAGE_KEY], columns[SOURCE_ID_KEY], columns[MASK_KEY],
-                                             columns[LABELED_KEY]):
-            sid = _first(sid)
+        for image, sid, mask, labeled, group in zip(columns[IMAGE_KEY], columns[SOURCE_ID_KEY], columns[MASK_KEY],
+                                                    columns[LABELED_KEY], columns[GROUP_KEY]):
+            sid, group = _first(sid), _first(group)
             out.append(RecordFields(source_id=sid.decode("utf-8", "replace") if sid is not None else "",
-                                    image_bytes=_first(image), mask_bytes=_first(mask), labeled=labeled))
+                                    image_bytes=_first(image), mask_bytes=_first(mask), labeled=labeled,
+                                    group=group.decode("utf-8", "replace") if group is not None else None))
         return out
 
 
@@ -387,6 +389,7 @@ def check_record(fields, serialized: bytes, split: str, options: "StatsOptions")
         "missing": sorted(set(range(options.num_classes)) - labeled),
         "pixel_counts": counts.astype(np.int64).tolist(),
         "ignored_pixels": ignored,
+        "group_id": fields.group,
     }
 
 
@@ -554,7 +557,7 @@ def _parquet_schema():
     ints = pa.list_(pa.int32())
     return pa.schema([("source_id", pa.string()), ("split", pa.string()), ("present", ints), ("labeled", ints),
                       ("missing", ints), ("suspect_missing", ints), ("pixel_counts", pa.list_(pa.int64())),
-                      ("ignored_pixels", pa.int64())])
+                      ("ignored_pixels", pa.int64()), ("group_id", pa.string())])
 
 
 # --------------------------------------------------------------------------- pipeline

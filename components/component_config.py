@@ -67,6 +67,10 @@ class DriftConfig:
     # a class the baseline had and the new data has no pixel of is an anomaly when the chance of that, had its
     # image frequency f not changed, (1 - f) ** new records, is below this (0: never)
     vanished_class_chance: float = 0.01
+    # a class the baseline had no pixel of is an anomaly when the chance that every image (group, where the
+    # images have group ids) holding it falls among the new ones, had nothing changed, is below this (0: never;
+    # without per-image tables every new class is)
+    new_class_chance: float = 0.01
     # a change blocks only where sampling alone (this many new images drawn from the accepted ones: bootstrap
     # draws of their per-image table) exceeds it with a chance below this; 0: the thresholds alone decide
     significance: float = 0.005
@@ -79,8 +83,9 @@ class DriftConfig:
         for name in ("js_divergence", "max_abs_change", "missing_rate_change"):
             require(is_number(getattr(self, name), 0.0) and getattr(self, name) <= 1.0, f"{where}.{name}",
                     "must be in [0, 1] (the measure's range; 1 or more never fires)")
-        require(is_number(self.vanished_class_chance, 0.0) and self.vanished_class_chance <= 1.0,
-                f"{where}.vanished_class_chance", "must be in [0, 1] (a chance; 0 never fires)")
+        for name in ("vanished_class_chance", "new_class_chance"):
+            require(is_number(getattr(self, name), 0.0) and getattr(self, name) <= 1.0, f"{where}.{name}",
+                    "must be in [0, 1] (a chance; 0 never fires)")
         require(is_number(self.significance, 0.0) and self.significance <= 0.5, f"{where}.significance",
                 "must be in [0, 0.5] (a chance; 0 turns the sampling limit off)")
         require(self.action in DRIFT_ACTIONS, f"{where}.action", f"use one of {', '.join(DRIFT_ACTIONS)}")

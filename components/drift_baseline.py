@@ -114,10 +114,11 @@ def accepted_baseline(current_uri: str, latest_uri: Optional[str], previous_repo
     return Baseline(latest_uri, stats, from_artifact=True)
 
 
-def accepted_images(base: Baseline) -> Optional[Tuple[Any, Any]]:
-    """(pixel counts [B, classes] in the accepted ClassStats' class order, has-missing flags [B]) of the
-    images the accepted ClassStats counted, from their per-image table; None when only the copy of their
-    counts is left or the table is missing or does not fit the class list."""
+def accepted_images(base: Baseline) -> Optional[Tuple[Any, Any, Optional[list]]]:
+    """(pixel counts [B, classes] in the accepted ClassStats' class order, has-missing flags [B], group ids
+    [B] (None for an image without one; the list None for a table written before they were recorded)) of
+    the images the accepted ClassStats counted, from their per-image table; None when only the copy of
+    their counts is left or the table is missing or does not fit the class list."""
     import numpy as np
 
     from segbalance.trainer.class_stats_io import read_per_image
@@ -132,7 +133,24 @@ def accepted_images(base: Baseline) -> Optional[Tuple[Any, Any]]:
         return None
     if len(rows) == 0 or counts.ndim != 2 or counts.shape[1] != len(base.stats["class_names"]):
         return None
-    return counts, missing
+    return counts, missing, group_ids(rows)
+
+
+def group_ids(rows) -> Optional[list]:
+    """The ``group_id`` column of a per-image table as a list (None for images without one); None when
+    the table has no such column (written before session 26)."""
+    if "group_id" not in rows:
+        return None
+    return [g if isinstance(g, str) else None for g in rows["group_id"]]
+
+
+def group_count(rows) -> Optional[int]:
+    """How many groups the images of a per-image table come from, an image without ``group_id`` being
+    one of its own; None without the column."""
+    ids = group_ids(rows)
+    if ids is None:
+        return None
+    return len({g for g in ids if g is not None}) + sum(g is None for g in ids)
 
 
 @dataclass
@@ -147,6 +165,8 @@ class Window:
     shared: int = 0
     held: List[dict] = field(default_factory=list)
     judged_images: Optional[List[dict]] = None
+    judged_groups: Optional[int] = None  # how many groups the judged images come from (``group_count``)
+    judged_table: Any = None  # the judged images' per-image rows (a DataFrame; None without per-image tables)
 
 
 def _image(source_id, pixel_counts, class_names) -> dict:
@@ -218,7 +238,9 @@ def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
     judged_images = [image for image, h in zip(images, is_held) if not h] if len(fresh) else images
     window = Window(current, len(rows) - len(new), held, judged_images)
     if len(judged) in (0, len(rows)):  # the same data, or every image is new: compared whole
+        window.judged_groups, window.judged_table = group_count(rows), rows
         return window
+    window.judged_groups, window.judged_table = group_count(judged), judged
     counts = [0] * len(current["class_names"])
     for pixel_counts in judged["pixel_counts"]:
         for i, n in enumerate(pixel_counts):
@@ -227,3 +249,21 @@ def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
                      "num_records": len(judged),
                      "images_with_missing": int(sum(bool(len(m)) for m in judged["missing"]))}
     return window
+
+
+def judged_presence(window: Window, names: List[str], class_names: List[str], accepted_rows, accepted_groups):
+    """``drift_metrics.compare``'s ``presence`` for the judged images of ``window`` against the accepted ones
+    (``accepted_rows`` aligned to ``names``): in groups when both sides' tables record group ids, else in
+    images; None without the judged images' per-image table."""
+    from segbalance.components.drift_metrics import aligned_rows, class_presence
+
+    table = window.judged_table
+    if table is None or len(table) == 0:
+        return None
+    rows = aligned_rows(names, class_names, [list(c) for c in table["pixel_counts"]])
+    new_groups = group_ids(table)
+    if accepted_groups is None or new_groups is None:
+        accepted_groups = new_groups = None
+    new_held, new_units, unit = class_presence(rows, new_groups)
+    accepted_held, accepted_units, _ = class_presence(accepted_rows, accepted_groups)
+    return {"new": (new_held, new_units), "accepted": (accepted_held, accepted_units), "unit": unit}

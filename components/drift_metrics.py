@@ -25,13 +25,13 @@ smallest change that blocks.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from segbalance.contract import DRIFT_ACTIONS
 
-THRESHOLD_KEYS = ("js_divergence", "max_abs_change", "missing_rate_change", "vanished_class_chance")
+THRESHOLD_KEYS = ("js_divergence", "max_abs_change", "missing_rate_change", "vanished_class_chance", "new_class_chance")
 
 
 def js_divergence(p, q) -> float:
@@ -88,20 +88,55 @@ def missing_rate(stats: dict) -> Optional[float]:
 
 
 def vanished_chances(names, current_counts, base_counts, current: dict,
-                     baseline: dict) -> Dict[str, Optional[float]]:
+                     baseline: dict, presence: Optional[dict] = None) -> Dict[str, Optional[float]]:
     """Classes with baseline pixels and none now (``aligned_counts``' names and counts), each with the
     chance that none of the new records holds it if its image frequency were unchanged:
     ``(1 - image_counts / num_records) ** new records`` (None when the baseline does not record
-    image counts)."""
+    image counts). With ``presence`` (``class_presence`` of both sides) in its units: groups where the
+    images have them (``(1 - f_g) ** m``, f_g the fraction of accepted groups holding the class, m the
+    new groups: crops of one tile hold the same classes, so n of them are not n chances)."""
     images = dict(zip(baseline["class_names"], baseline.get("image_counts") or [None] * len(baseline["class_names"])))
     records = int(current.get("num_records", 0))
     chances: Dict[str, Optional[float]] = {}
-    for name, before, now in zip(names, base_counts, current_counts):
+    for i, (name, before, now) in enumerate(zip(names, base_counts, current_counts)):
         if before > 0 and now == 0:
+            if presence is not None:
+                held, units = presence["accepted"][0][i], presence["accepted"][1]
+                chances[name] = float((1.0 - min(1.0, held / max(1, units))) ** presence["new"][1])
+                continue
             held = images.get(name)
             frequency = min(1.0, held / max(1, baseline["num_records"])) if held is not None else None
             chances[name] = None if frequency is None else float((1.0 - frequency) ** records)
     return chances
+
+
+def new_class_chances(names, current_counts, base_counts, presence: dict) -> Dict[str, float]:
+    """Classes without baseline pixels that have pixels now, each with the chance that every unit
+    (image, or group) holding it falls among the new ones when accepted and new units are drawn from one
+    population (exchangeable): with k of the m new units holding it and none of the G accepted ones,
+    ``C(m, k) / C(m + G, k) = prod_i (m - i) / (m + G - i)``. A rare class in one new image of a big
+    span is likely (0.04 for one of 26 new images beside 600); one that fills a span is not."""
+    (new_held, new_units), (_, accepted_units) = presence["new"], presence["accepted"]
+    chances: Dict[str, float] = {}
+    for i, (name, before, now) in enumerate(zip(names, base_counts, current_counts)):
+        if before == 0 and now > 0:
+            k = int(new_held[i])
+            chances[name] = float(np.prod([(new_units - j) / (new_units + accepted_units - j) for j in range(k)]))
+    return chances
+
+
+def class_presence(rows: np.ndarray, groups=None) -> Tuple[np.ndarray, int, str]:
+    """(units holding each class [C], units, "groups" or "images") of per-image pixel counts ``rows`` [N, C]:
+    the units are the images' groups (an image without one is its own) or, without ``groups``, the images."""
+    rows = np.asarray(rows, np.float64).reshape(len(rows), -1)
+    if groups is None:
+        return (rows > 0).sum(0), len(rows), "images"
+    labels = [g if g is not None else ("", i) for i, g in enumerate(groups)]
+    index: Dict[Any, int] = {}
+    of = np.array([index.setdefault(label, len(index)) for label in labels], dtype=np.int64)
+    held = np.zeros((len(index), rows.shape[1]), bool)
+    np.logical_or.at(held, of, rows > 0)
+    return held.sum(0), len(index), "groups"
 
 
 SAMPLED = ("js_divergence", "max_abs_change", "missing_rate_change")  # the measures sampling_limits bounds
@@ -119,34 +154,56 @@ def aligned_rows(names: List[str], class_names: List[str], rows) -> np.ndarray:
 
 
 def sampling_limits(rows: np.ndarray, missing, n: int, significance: float, draws: int = DRAWS,
-                    seed: int = 0) -> Optional[dict]:
+                    seed: int = 0, groups=None, new_groups: Optional[int] = None) -> Optional[dict]:
     """How far n new images drawn from the accepted distribution lie from it by chance: the
     ``1 - significance`` quantile of each ``SAMPLED`` measure between ``draws`` bootstrap samples of the
     accepted images (``rows``: their per-image pixel counts, aligned; ``missing``: whether each has a
     class not labelled) and the accepted totals. A sample holds ``n_eff = n B / (n + B)`` images (B
     accepted): the variance of a new span's frequencies about the accepted ones is that of a sample
     of n plus the accepted ones' own, sigma^2 (1/n + 1/B) = sigma^2 / n_eff. A fixed ``seed`` makes a
-    re-run's decision the same. None when there is nothing to draw from or ``significance`` is 0."""
+    re-run's decision the same. None when there is nothing to draw from or ``significance`` is 0.
+
+    ``groups`` (one label per accepted image; None: an image of its own) and ``new_groups`` (how many
+    groups the n new images come from): images of one group (crops of one tile, slices of one scan) are
+    alike, so a span of n images from m groups varies like m draws, not n. The bootstrap then draws
+    whole groups, ``m_eff = m G / (m + G)`` of the G accepted ones (a cluster bootstrap). With every
+    group a single image this is the image bootstrap above, draw for draw."""
     rows = np.asarray(rows, np.float64)
     missing = np.asarray(missing, np.float64)
     accepted = len(rows)
     if accepted == 0 or n <= 0 or significance <= 0 or rows.sum() == 0:
         return None
-    n_eff = max(1, int(round(n * accepted / (n + accepted))))
-    base, base_missing = frequencies(rows.sum(0)), float(missing.mean())
+    sizes = np.ones(accepted)
+    grouped = {}
+    if groups is not None:
+        labels = [g if g is not None else ("", i) for i, g in enumerate(groups)]  # ungrouped: its own
+        index = {}
+        of = np.array([index.setdefault(label, len(index)) for label in labels])  # first-seen order
+        m = int(new_groups) if new_groups is not None else n
+        if len(index) < accepted or m < n:
+            grouped = {"groups": len(index), "new_groups": m}
+            sizes = np.bincount(of, minlength=len(index)).astype(np.float64)
+            rows = np.stack([np.bincount(of, weights=rows[:, c], minlength=len(index)) for c in range(rows.shape[1])],
+                            axis=1)
+            missing = np.bincount(of, weights=missing, minlength=len(index))
+    units = len(rows)  # images, or groups
+    drawn = grouped.get("new_groups", n)
+    n_eff = max(1, int(round(drawn * units / (drawn + units))))
+    base, base_missing = frequencies(rows.sum(0)), float(missing.sum() / sizes.sum() if grouped else missing.mean())
     rng = np.random.default_rng(seed)
     step = max(1, _GATHER // (n_eff * max(1, rows.shape[1])))
     measures: Dict[str, list] = {k: [] for k in SAMPLED}
     for start in range(0, draws, step):
-        picks = rng.integers(0, accepted, size=(min(step, draws - start), n_eff))
+        picks = rng.integers(0, units, size=(min(step, draws - start), n_eff))
         counts = rows[picks].sum(1)
         p = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
         measures["js_divergence"].append(js_rows(p, base))
         measures["max_abs_change"].append(np.abs(p - base).max(1))
-        measures["missing_rate_change"].append(np.abs(missing[picks].mean(1) - base_missing))
+        rate = missing[picks].sum(1) / sizes[picks].sum(1) if grouped else missing[picks].mean(1)
+        measures["missing_rate_change"].append(np.abs(rate - base_missing))
     limits = {k: float(np.quantile(np.concatenate(v), 1.0 - significance)) for k, v in measures.items()}
     return {**limits, "significance": float(significance), "new_images": int(n), "accepted_images": accepted,
-            "n_eff": n_eff, "draws": int(draws)}
+            "n_eff": n_eff, "draws": int(draws), **grouped}
 
 
 # "warn": recorded only; "block": the model is trained but not blessed, so not pushed;
@@ -155,10 +212,13 @@ ACTIONS = DRIFT_ACTIONS
 
 
 def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float], action: str = "block",
-            limits: Optional[dict] = None) -> dict:
+            limits: Optional[dict] = None, presence: Optional[dict] = None) -> dict:
     """drift.json content: measures, anomalies and the status. A ``SAMPLED`` measure is an anomaly above
     its threshold and, with ``limits`` (``sampling_limits`` for these images), above what sampling alone
-    gives too."""
+    gives too. ``presence``: {"new": (units holding each class, units), "accepted": (the same), "unit":
+    "groups" | "images"} (``class_presence``, classes in ``aligned_counts``' order), from the per-image
+    tables: a vanished class's chance is then counted in those units, and a new class is an anomaly only
+    where its chance (``new_class_chances``) is below ``new_class_chance``; without it every new class is."""
     unknown = set(THRESHOLD_KEYS) - set(thresholds)
     if unknown:
         raise ValueError(f"drift thresholds miss {sorted(unknown)}")
@@ -172,9 +232,12 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
         return value > result["thresholds"][measure] and (limits is None or value > limits[measure])
 
     def limit(measure: str) -> str:
-        return "" if limits is None else (f"; sampling alone exceeds {limits[measure]:.4g} with chance "
-                                          f"{limits['significance']:g} for {limits['new_images']} new images "
-                                          f"against {limits['accepted_images']} accepted")
+        if limits is None:
+            return ""
+        groups = lambda key: f" ({limits[key]} groups)" if "groups" in limits else ""  # noqa: E731
+        return (f"; sampling alone exceeds {limits[measure]:.4g} with chance {limits['significance']:g} for "
+                f"{limits['new_images']} new images{groups('new_groups')} against {limits['accepted_images']} "
+                f"accepted{groups('groups')}")
     anomalies = result["anomalies"]
     if sum(current["pixel_counts"]) == 0:
         anomalies.append("the new data has no labelled pixels")
@@ -196,8 +259,11 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
             frequency_change={n: float(v) for n, v in zip(names, change)},
             new_classes=[n for n, b, c in zip(names, base_counts, current_counts) if b == 0 and c > 0],
             missing_rate=missing_rate(current), baseline_missing_rate=missing_rate(baseline),
-            vanished_classes=vanished_chances(names, current_counts, base_counts, current, baseline),
+            vanished_classes=vanished_chances(names, current_counts, base_counts, current, baseline, presence),
         )
+        if presence is not None:
+            result["new_class_chances"] = new_class_chances(names, current_counts, base_counts, presence)
+            result["presence_unit"] = presence["unit"]
         judged = [c for c in result["vanished_classes"].values() if c is not None]
         result["vanished_class_chance"] = min(judged) if judged else None
         if result["missing_rate"] is None or result["baseline_missing_rate"] is None:
@@ -212,11 +278,24 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
             anomalies.append(f"pixel frequency of {names[worst]} changed by {change[worst]:+.4f} "
                              f"({q[worst]:.4f} -> {p[worst]:.4f}; limit {thresholds['max_abs_change']}"
                              f"{limit('max_abs_change')})")
-        if result["new_classes"]:
+        if presence is None and result["new_classes"]:
             anomalies.append(f"classes absent before appear now: {', '.join(result['new_classes'])}")
+        elif presence is not None:
+            unit = presence["unit"]
+            surprising = {n: c for n, c in result["new_class_chances"].items()
+                          if c < result["thresholds"]["new_class_chance"]}
+            if surprising:
+                anomalies.append("classes absent before appear now: " + ", ".join(
+                    f"{n} (in {int(presence['new'][0][names.index(n)])} of {presence['new'][1]} new {unit}, none "
+                    f"of {presence['accepted'][1]} before; chance {c:.2g} if unchanged)" for n, c in surprising.items()))
         unlikely = {n: c for n, c in result["vanished_classes"].items()
                     if c is not None and c < result["thresholds"]["vanished_class_chance"]}
-        if unlikely:
+        if unlikely and presence is not None:
+            unit = presence["unit"]
+            anomalies.append("classes present before have no pixels now: " + ", ".join(
+                f"{n} (in {int(presence['accepted'][0][names.index(n)])} of {presence['accepted'][1]} {unit} before, "
+                f"none of {presence['new'][1]} now; chance {c:.2g} if unchanged)" for n, c in unlikely.items()))
+        elif unlikely:
             baseline_images = dict(zip(baseline["class_names"], baseline["image_counts"]))
             anomalies.append("classes present before have no pixels now: " + ", ".join(
                 f"{n} (in {baseline_images[n]} of {baseline['num_records']} images before, none of "

@@ -172,6 +172,7 @@ def create_pipeline(
             js_divergence=config.drift.js_divergence, max_abs_change=config.drift.max_abs_change,
             missing_rate_change=config.drift.missing_rate_change,
             vanished_class_chance=config.drift.vanished_class_chance, significance=config.drift.significance,
+            new_class_chance=config.drift.new_class_chance,
             action=config.drift.action)
         components += [previous, drift_gate]
 

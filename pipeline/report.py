@@ -288,6 +288,9 @@ def drift_section(drift_dir: str) -> Section:
     if drift.get("vanished_class_chance") is not None:  # an anomaly below its threshold, not above
         rows.append(["vanished_class_chance (lowest; anomaly below)", drift["vanished_class_chance"],
                      thresholds.get("vanished_class_chance")] + (["-"] if sampling else []))
+    if drift.get("new_class_chances"):  # decisions from session 26 on: new classes weighed by their chance
+        rows.append(["new_class_chance (lowest; anomaly below)", min(drift["new_class_chances"].values()),
+                     thresholds.get("new_class_chance")] + (["-"] if sampling else []))
     header = ["measure", "value", "threshold"]
     if sampling:
         header.append(f"sampling alone (chance {fmt(sampling.get('significance'))}, {sampling.get('new_images')} "
@@ -297,17 +300,21 @@ def drift_section(drift_dir: str) -> Section:
     effect_html = f" ({esc(effect)})" if status == "blocked" and effect else ""
     parts = [f"<p>Status: {status_html}{effect_html}</p>", table(header, rows)]
     if sampling:
+        groups = (f"; whole groups drawn: the new images come from {sampling['new_groups']} groups, the accepted "
+                  f"ones from {sampling['groups']}") if "groups" in sampling else ""
         parts.append(f"<p>A measure is an anomaly above its threshold and above what sampling alone gives: the value "
                      f"that {sampling.get('new_images')} images drawn from the {sampling.get('accepted_images')} "
                      f"accepted ones exceed with chance {fmt(sampling.get('significance'))} "
-                     f"({sampling.get('draws')} bootstrap draws).</p>")
+                     f"({sampling.get('draws')} bootstrap draws){esc(groups)}.</p>")
     baseline = drift.get("baseline")
     parts.append(f"<p>Compared with {'the ClassStats in ' + esc(baseline) if baseline else 'nothing'}"
                  + (f" ({esc(drift['note'])})" if drift.get("note") else "") + ".</p>")
     if status == "blocked" and drift.get("advice"):
         parts.append(f"<p>{esc(drift['advice'][0].upper() + drift['advice'][1:])}.</p>")
     if drift.get("new_classes"):
-        parts.append(f'<p class="bad">New classes: {esc(", ".join(map(str, drift["new_classes"])))}</p>')
+        chances = drift.get("new_class_chances") or {}
+        shown = ", ".join(f"{n} ({fmt(chances[n])})" if n in chances else str(n) for n in drift["new_classes"])
+        parts.append(f'<p class="bad">New classes{" (chance if unchanged)" if chances else ""}: {esc(shown)}</p>')
     if drift.get("vanished_classes"):
         parts.append(f'<p>Classes with no pixels now (chance if unchanged): '
                      f'{esc(", ".join(f"{n} ({fmt(c)})" for n, c in drift["vanished_classes"].items()))}</p>')

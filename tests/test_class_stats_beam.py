@@ -25,7 +25,7 @@ def make_records(seed=0, n=12, size=(6, 5), ignore=255):
         mask[rng.random(size) < 0.1] = ignore
         labeled = [0, 1] if i % 3 == 0 else ([0, 1, 2] if i % 3 == 1 else None)
         ex = codec.build_example(codec.encode_png(np.zeros((*size, 3), np.uint8)), codec.encode_png(mask),
-                                 f"img{i}", *size, labeled)
+                                 f"img{i}", *size, labeled, group=record_group(i))
         records.append(ex.SerializeToString())
         good.append((f"img{i}", mask, labeled))
     bad_ids = np.full(size, 7, np.uint8)
@@ -37,6 +37,11 @@ def make_records(seed=0, n=12, size=(6, 5), ignore=255):
     out_of_range = codec.build_example(b"x", codec.encode_png(np.zeros(size, np.uint8)), "bad_labeled", *size, [0, 9])
     records.append(out_of_range.SerializeToString())
     return records, good
+
+
+def record_group(i):
+    """``make_records``' image/group_id of record i: a tile for even records, none for odd ones."""
+    return f"tile{i % 3}" if i % 2 == 0 else None
 
 
 def numpy_reference(good, policy="complete", ignore=255):
@@ -135,6 +140,8 @@ def test_per_image_rows(stats_run):
         for key in ("present", "labeled", "missing"):
             assert list(row[key]) == expected[key], (row["source_id"], key)
         assert list(row["pixel_counts"]) == expected["pixel_counts"].tolist()
+        assert row["group_id"] == record_group(int(row["source_id"][3:])), row["source_id"]  # None: no group
+    assert table["group_id"].isna().sum() == sum(record_group(int(sid[3:])) is None for sid in ref) > 0
     labeled = class_stats_io.labeled_by_source_id(str(tmp / "out"))
     assert labeled["img0"] == [0, 1] + ([2] if 2 in ref["img0"]["present"] else [])
 

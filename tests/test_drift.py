@@ -11,8 +11,10 @@ from scipy.spatial.distance import jensenshannon
 
 from segbalance.components import drift_metrics
 
-LOOSE = {"js_divergence": 1.0, "max_abs_change": 1.0, "missing_rate_change": 1.0, "vanished_class_chance": 0.0}
-TIGHT = {"js_divergence": 0.01, "max_abs_change": 0.1, "missing_rate_change": 0.1, "vanished_class_chance": 0.01}
+LOOSE = {"js_divergence": 1.0, "max_abs_change": 1.0, "missing_rate_change": 1.0, "vanished_class_chance": 0.0,
+         "new_class_chance": 0.01}
+TIGHT = {"js_divergence": 0.01, "max_abs_change": 0.1, "missing_rate_change": 0.1, "vanished_class_chance": 0.01,
+         "new_class_chance": 0.01}
 
 
 def stats(counts, missing=0, records=10, names=("bg", "a", "b")):
@@ -293,8 +295,9 @@ def test_component_rejects_an_unknown_action():
     assert gate.exec_properties["js_divergence"] == 0.1 and gate.exec_properties["action"] == "block"
 
 
-def _window_stats(tmp_path, name, images, names=("bg", "a", "b")):
-    """A ClassStats folder with a per-image table: ``images`` maps source_id -> (pixel counts, missing)."""
+def _window_stats(tmp_path, name, images, names=("bg", "a", "b"), groups=None):
+    """A ClassStats folder with a per-image table: ``images`` maps source_id -> (pixel counts, missing);
+    ``groups``: source_id -> group_id (None: a table without the column, as before session 26)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -303,13 +306,17 @@ def _window_stats(tmp_path, name, images, names=("bg", "a", "b")):
     counts = [sum(c[i] for c, _ in images.values()) for i in range(len(names))]
     artifact = _class_stats_artifact(tmp_path, name, stats(counts, sum(bool(m) for _, m in images.values()),
                                                               records=len(images), names=names))
-    table = pa.table({"source_id": list(images), "pixel_counts": [list(c) for c, _ in images.values()],
-                      "missing": [list(m) for _, m in images.values()]})
+    columns = {"source_id": list(images), "pixel_counts": [list(c) for c, _ in images.values()],
+               "missing": [list(m) for _, m in images.values()]}
+    if groups is not None:
+        columns["group_id"] = pa.array([groups.get(sid) for sid in images], pa.string())
+    table = pa.table(columns)
     pq.write_table(table, os.path.join(artifact.uri, f"{PER_IMAGE_PREFIX}-00000-of-00001.parquet"))
     return artifact
 
 
-WINDOW = {"js_divergence": 0.05, "max_abs_change": 0.1, "missing_rate_change": 0.2, "vanished_class_chance": 0.01}
+WINDOW = {"js_divergence": 0.05, "max_abs_change": 0.1, "missing_rate_change": 0.2, "vanished_class_chance": 0.01,
+          "new_class_chance": 0.01}
 
 
 def test_a_window_is_judged_on_the_images_the_accepted_window_did_not_count(tmp_path):
@@ -606,3 +613,176 @@ def test_the_gate_draws_its_limits_from_the_accepted_images(tmp_path):
     shutil.rmtree(tmp_path / "w0")  # a retention policy deleted the accepted ClassStats: their copy is left
     _, drift = _gate(tmp_path, "g4", _window_stats(tmp_path, "w4", normal), [w0], [first], thresholds=tight)
     assert drift["sampling"] is None and "the thresholds alone decided" in drift["note"]
+
+
+def _grouped_population(rng, groups, per_group, classes=4):
+    """Images cut from ``groups`` tiles: each tile has its own class mixture (Dirichlet), its images vary a
+    little around it, so images of one tile are alike. Returns counts [G * per_group, classes], missing
+    flags (each tile's annotator left classes out at a rate of their own) and group labels."""
+    counts, missing, labels = [], [], []
+    for g in range(groups):
+        mix = rng.dirichlet([4.0, 1.0, 0.5, 0.2][:classes])
+        partial = rng.beta(0.6, 1.4)  # how often this tile's annotator left a class out
+        for _ in range(per_group):
+            counts.append(rng.multinomial(1024, rng.dirichlet(mix * 200 + 1e-3)))
+            missing.append(rng.random() < partial)
+            labels.append(f"tile{g}")
+    return np.array(counts), np.array(missing), np.array(labels)
+
+
+def test_grouped_limits_with_every_group_one_image_are_the_image_limits_draw_for_draw():
+    rng = np.random.default_rng(5)
+    counts, missing = _population(rng, 120)
+    plain = drift_metrics.sampling_limits(counts, missing, 12, 0.05)
+    assert drift_metrics.sampling_limits(counts, missing, 12, 0.05, groups=[f"g{i}" for i in range(120)],
+                                         new_groups=12) == plain
+    assert drift_metrics.sampling_limits(counts, missing, 12, 0.05, groups=[None] * 120, new_groups=12) == plain
+    assert "groups" not in plain
+
+
+def test_grouped_limits_of_a_hand_computed_case():
+    """Four accepted images from two tiles: tile A two images all class 0 (one with a class not labelled),
+    tile B two images all class 1; two new images from one tile. m_eff = round(1 * 2 / 3) = 1: a draw is one
+    whole tile: max_abs_change 0.5, missing-rate change |0.5 - 0.25| = |0 - 0.25| = 0.25, JS as in the image
+    case. Drawn image by image (n_eff = round(2 * 4 / 6) = 1 too) a draw is one image: the missing-rate
+    change is 0.75 or 0.25."""
+    rows = np.array([[10, 0], [10, 0], [0, 10], [0, 10]])
+    missing = [True, False, False, False]
+    limits = drift_metrics.sampling_limits(rows, missing, 2, 0.01, groups=["A", "A", "B", "B"], new_groups=1)
+    js = 0.5 * math.log2(4 / 3) + 0.25 * math.log2(2 / 3) + 0.25 * math.log2(2)
+    assert limits["js_divergence"] == pytest.approx(js) and limits["max_abs_change"] == pytest.approx(0.5)
+    assert limits["missing_rate_change"] == pytest.approx(0.25)
+    assert (limits["groups"], limits["new_groups"], limits["n_eff"], limits["accepted_images"]) == (2, 1, 1, 4)
+    assert drift_metrics.sampling_limits(rows, missing, 2, 0.01)["missing_rate_change"] == pytest.approx(0.75)
+    # an image without a group is a group of its own
+    mixed = drift_metrics.sampling_limits(rows, missing, 2, 0.01, groups=["A", "A", None, None], new_groups=2)
+    assert mixed["groups"] == 3 and mixed["n_eff"] == round(2 * 3 / 5)
+
+
+def test_grouped_limits_hold_the_false_alarm_rate_where_image_limits_do_not():
+    """Spans of whole tiles (new crops of new tiles) from a population whose tiles differ: drawn image by
+    image, the bootstrap takes a span of n crops for n independent images and its limits are far too tight
+    (most normal spans are blocked); drawing whole tiles holds about the significance asked."""
+    rng = np.random.default_rng(11)
+    counts, missing, labels = _grouped_population(rng, 400, 8)
+    tiles = np.unique(labels)
+    significance, trials, new_tiles = 0.1, 150, 2
+    hits = {"grouped": {k: 0 for k in drift_metrics.SAMPLED}, "images": {k: 0 for k in drift_metrics.SAMPLED}}
+    for _ in range(trials):
+        picked = rng.choice(tiles, 40 + new_tiles, replace=False)
+        accepted, new = np.isin(labels, picked[:40]), np.isin(labels, picked[40:])
+        base = drift_metrics.frequencies(counts[accepted].sum(0))
+        p = drift_metrics.frequencies(counts[new].sum(0))
+        values = {"js_divergence": drift_metrics.js_divergence(p, base),
+                  "max_abs_change": float(np.abs(p - base).max()),
+                  "missing_rate_change": abs(missing[new].mean() - missing[accepted].mean())}
+        seed = int(rng.integers(1 << 30))
+        limits = {"grouped": drift_metrics.sampling_limits(counts[accepted], missing[accepted], int(new.sum()),
+                                                           significance, draws=500, seed=seed,
+                                                           groups=labels[accepted], new_groups=new_tiles),
+                  "images": drift_metrics.sampling_limits(counts[accepted], missing[accepted], int(new.sum()),
+                                                          significance, draws=500, seed=seed)}
+        for how in hits:
+            for k in drift_metrics.SAMPLED:
+                hits[how][k] += values[k] > limits[how][k]
+    for k in drift_metrics.SAMPLED:  # binomial(150, 0.1): mean 15, sd 3.7
+        assert 4 <= hits["grouped"][k] <= 30, (k, hits)
+        assert hits["images"][k] >= 45, (k, hits)  # 3 times the rate asked, or more
+
+
+def test_the_gate_draws_whole_groups_when_the_per_image_tables_have_them(tmp_path):
+    """The per-image tables record each image's group_id (ClassStatsGen, from image/group_id): the gate's
+    bootstrap then draws whole groups of the accepted images, as many as the new images come from; a table
+    without the column (written before session 26) is drawn image by image, as before."""
+    rng = np.random.default_rng(2)
+    counts, _, labels = _grouped_population(rng, 12, 5, classes=3)
+    accepted = {f"a{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[:50])}
+    normal = {f"n{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[50:60])}
+    groups = {**{f"a{i}": str(g) for i, g in enumerate(labels[:50])},
+              **{f"n{i}": str(g) for i, g in enumerate(labels[50:60])}}
+    loose = {**TIGHT, "js_divergence": 0.0, "max_abs_change": 0.0}
+    w0 = _window_stats(tmp_path, "w0", accepted, groups=groups)
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=loose)
+    _, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", normal, groups=groups), [w0], [first],
+                     thresholds=loose)
+    limits = drift["sampling"]
+    assert (limits["groups"], limits["new_groups"], limits["new_images"], limits["accepted_images"]) == (10, 2, 10, 50)
+    assert limits["n_eff"] == round(2 * 10 / 12)
+    by_image = drift_metrics.sampling_limits(counts[:50], np.zeros(50), 10, limits["significance"])
+    assert limits["max_abs_change"] > by_image["max_abs_change"]
+    shifted = drift_metrics.compare(stats([10, 80, 10]), stats([80, 10, 10]), TIGHT, limits=limits)
+    assert "for 10 new images (2 groups) against 50 accepted (10 groups)" in shifted["anomalies"][0]
+    w0_old = _window_stats(tmp_path, "w0_old", accepted)  # no group_id column
+    first_old, _ = _gate(tmp_path, "g2", w0_old, [], thresholds=loose)
+    _, drift = _gate(tmp_path, "g3", _window_stats(tmp_path, "w1_old", normal), [w0_old], [first_old],
+                     thresholds=loose)
+    assert "groups" not in drift["sampling"] and drift["sampling"]["n_eff"] == round(10 * 50 / 60)
+
+
+def test_new_class_chance_of_hand_computed_cases():
+    """C(m, k) / C(m + G, k): every unit holding a class the accepted ones never had falls among the new ones.
+    One of 26 new images beside 600 accepted: 26 / 626 (likely: listed, no anomaly); five: about 8e-8 (an
+    anomaly naming the counts). Without ``presence`` every new class is an anomaly, as before."""
+    names = ["bg", "a", "rare"]
+    base, current = stats([900, 100, 0], records=600, names=names), stats([880, 100, 20], records=26, names=names)
+    one = {"new": (np.array([26, 10, 1]), 26), "accepted": (np.array([600, 200, 0]), 600), "unit": "images"}
+    result = drift_metrics.compare(current, base, LOOSE, presence=one)
+    assert result["new_classes"] == ["rare"] and result["new_class_chances"] == {"rare": pytest.approx(26 / 626)}
+    assert result["status"] == "ok" and result["presence_unit"] == "images"
+    five = {**one, "new": (np.array([26, 10, 5]), 26)}
+    result = drift_metrics.compare(current, base, LOOSE, presence=five)
+    expected = math.comb(26, 5) / math.comb(626, 5)
+    assert result["new_class_chances"]["rare"] == pytest.approx(expected) and expected < 1e-7
+    assert result["status"] == "blocked"
+    assert f"rare (in 5 of 26 new images, none of 600 before; chance {expected:.2g} if unchanged)" in \
+        result["anomalies"][0]
+    assert drift_metrics.compare(current, base, {**LOOSE, "new_class_chance": 0.0}, presence=five)["status"] == "ok"
+    assert drift_metrics.compare(current, base, LOOSE)["status"] == "blocked"  # no per-image tables: as before
+
+
+def test_class_presence_counts_groups_and_vanished_chances_use_them():
+    """Units holding each class: images, or groups (an image without a group is one of its own). A class in 3
+    of 10 accepted tiles (15 of 50 crops) missing from 10 new crops of 2 tiles: drawn as 10 independent
+    images its chance would be 0.7 ** 10 = 0.028 (below a threshold of 0.05: an anomaly); as 2 tiles it
+    is 0.7 ** 2 = 0.49."""
+    rows = np.array([[5, 1, 0], [5, 0, 0], [5, 0, 2], [5, 1, 0]])
+    assert [list(x) if isinstance(x, np.ndarray) else x for x in drift_metrics.class_presence(rows)] == \
+        [[4, 2, 1], 4, "images"]
+    held, units, unit = drift_metrics.class_presence(rows, ["t1", "t1", "t2", None])
+    assert held.tolist() == [3, 2, 1] and (units, unit) == (3, "groups")
+    names = ["bg", "a"]
+    base = {**stats([900, 100], records=50, names=names), "image_counts": [50, 15]}
+    current = stats([1000, 0], records=10, names=names)
+    by_image = drift_metrics.compare(current, base, {**LOOSE, "vanished_class_chance": 0.05})
+    assert by_image["vanished_classes"] == {"a": pytest.approx(0.7 ** 10)} and by_image["status"] == "blocked"
+    tiles = {"new": (np.array([2, 0]), 2), "accepted": (np.array([10, 3]), 10), "unit": "groups"}
+    by_tile = drift_metrics.compare(current, base, {**LOOSE, "vanished_class_chance": 0.05}, presence=tiles)
+    assert by_tile["vanished_classes"] == {"a": pytest.approx(0.7 ** 2)} and by_tile["status"] == "ok"
+    assert by_tile["vanished_class_chance"] == pytest.approx(0.49)
+
+
+def test_the_gate_counts_new_classes_in_groups_from_the_per_image_tables(tmp_path):
+    """A rare class the accepted tiles lacked, in the crops of one new tile beside 9 accepted tiles: as 5
+    crops it would look impossible (C(5,5)/C(50,5)); as one tile of one new tile it has chance 1/10: listed,
+    not blocked. The same class in every crop of a window of 10 new tiles (and in no accepted one) blocks."""
+    rng = np.random.default_rng(4)
+    accepted, groups = {}, {}
+    for t in range(9):
+        for j in range(5):
+            accepted[f"a{t}_{j}"] = ((int(rng.integers(500, 600)), int(rng.integers(50, 100)), 0), [])
+            groups[f"a{t}_{j}"] = f"tile{t}"
+    one_tile = {f"n{j}": ((int(rng.integers(500, 600)), int(rng.integers(50, 100)), 30), []) for j in range(5)}
+    groups.update({sid: "tile9" for sid in one_tile})
+    w0 = _window_stats(tmp_path, "w0", accepted, groups=groups)
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=LOOSE)
+    _, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", one_tile, groups=groups), [w0], [first],
+                     thresholds=LOOSE)
+    assert drift["new_classes"] == ["b"] and drift["presence_unit"] == "groups"
+    assert drift["new_class_chances"] == {"b": pytest.approx(1 / 10)} and drift["status"] == "ok", drift["anomalies"]
+    many = {f"m{t}_{j}": ((int(rng.integers(500, 600)), 60, 30), []) for t in range(10) for j in range(2)}
+    groups.update({sid: f"new{sid[1:].split('_')[0]}" for sid in many})
+    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", many, groups=groups), [w0], [first],
+                     thresholds=LOOSE)
+    chance = math.comb(10, 10) / math.comb(19, 10)
+    assert drift["new_class_chances"] == {"b": pytest.approx(chance)} and drift["status"] == "blocked"
+    assert f"b (in 10 of 10 new groups, none of 9 before; chance {chance:.2g} if unchanged)" in drift["anomalies"][0]

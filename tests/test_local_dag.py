@@ -115,3 +115,21 @@ def test_the_local_class_stats_resolver_resolves_each_channel_and_kubeflow_keeps
         resolver, = [node for node in pipeline.components if node.id == "latest_class_stats_resolver"]
         assert isinstance(resolver, tfx.dsl.Resolver)
         assert resolver._strategy_class is strategy, for_kubeflow  # (TFX keeps it in no public attribute)
+
+
+def test_every_drift_field_reaches_the_local_gate(tmp_path):
+    """The drift section's every field, set off its default, is an execution property of the local DAG's
+    ClassDistributionValidator (the Kubeflow spec: test_kubeflow_compile)."""
+    import dataclasses
+
+    from segbalance.pipeline.config import DriftConfig, config_from_dict
+    from segbalance.pipeline.dag import create_pipeline
+
+    values = {"js_divergence": 0.07, "max_abs_change": 0.15, "missing_rate_change": 0.3, "vanished_class_chance": 0.002,
+              "significance": 0.02, "action": "warn", "new_class_chance": 0.003}
+    assert set(values) == {f.name for f in dataclasses.fields(DriftConfig)}
+    assert all(values[k] != v for k, v in dataclasses.asdict(DriftConfig()).items())
+    config = config_from_dict({"classes": {"names": ["background", "a"]}, "drift": values})
+    pipeline = create_pipeline(config, str(tmp_path / "data"), str(tmp_path / "root"), str(tmp_path / "serving"))
+    gate, = [node for node in pipeline.components if node.id == "ClassDistributionValidator"]
+    assert {k: gate.exec_properties[k] for k in values} == values

@@ -659,6 +659,27 @@ def test_the_drift_section_shows_vanished_classes_with_their_chance(tmp_path):
     assert "rare &lt;b&gt; (0.0001" in body and "bus (0.5" in body and "rare <b>" not in body
 
 
+def test_the_drift_section_shows_new_class_chances_and_groups(tmp_path):
+    """Decisions from session 26: new classes with their chance, the lowest in the table, and a bootstrap
+    that drew whole groups says so."""
+    from segbalance.pipeline.report import drift_section
+
+    (tmp_path / "drift.json").write_text(json.dumps({
+        "status": "ok", "action": "block", "js_divergence": 0.01, "max_abs_change": 0.02, "missing_rate_change": 0.0,
+        "new_classes": ["rare <b>", "bus"], "new_class_chances": {"rare <b>": 0.1, "bus": 0.0415},
+        "presence_unit": "groups", "anomalies": [],
+        "thresholds": {"js_divergence": 0.05, "max_abs_change": 0.1, "missing_rate_change": 0.2,
+                       "vanished_class_chance": 0.01, "new_class_chance": 0.01},
+        "sampling": {"js_divergence": 0.2, "max_abs_change": 0.3, "missing_rate_change": 0.4, "significance": 0.005,
+                     "new_images": 10, "accepted_images": 50, "n_eff": 2, "draws": 2000, "groups": 10,
+                     "new_groups": 2}}))
+    body = drift_section(str(tmp_path)).body
+    assert re.search(r"new_class_chance \(lowest; anomaly below\)</td><td[^>]*>0.0415</td><td[^>]*>0.01<", body), body
+    assert "New classes (chance if unchanged): rare &lt;b&gt; (0.1), bus (0.0415)" in body
+    assert "(2000 bootstrap draws); whole groups drawn: the new images come from 2 groups, the accepted ones from 10." \
+        in body
+
+
 def test_the_drift_section_shows_what_sampling_alone_gives(tmp_path):
     from segbalance.pipeline.report import drift_section
 
