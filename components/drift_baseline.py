@@ -147,10 +147,10 @@ def group_ids(rows) -> Optional[list]:
 def group_count(rows) -> Optional[int]:
     """How many groups the images of a per-image table come from, an image without ``group_id`` being
     one of its own; None without the column."""
+    from segbalance.components.drift_metrics import group_index
+
     ids = group_ids(rows)
-    if ids is None:
-        return None
-    return len({g for g in ids if g is not None}) + sum(g is None for g in ids)
+    return None if ids is None else group_index(ids)[1]
 
 
 @dataclass

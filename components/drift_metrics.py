@@ -13,7 +13,13 @@ did not have (or had no pixels of) is a *new class*.
 - vanished classes: classes the baseline had and the new data has no pixel of. Each gets the
   chance of that if nothing had changed, ``(1 - f) ** n`` with ``f`` the baseline's fraction of
   images holding the class and ``n`` the new records: a rare class absent from a small span is
-  likely (no anomaly), one absent from a span where it would have shown in several images is not.
+  likely (no anomaly), one absent from a span where it would have shown in several images is not;
+- new classes: classes the baseline had no pixel of, each with the chance that all the new images
+  holding it would be new ones had nothing changed (``new_class_chances``; session 26: before, every
+  new class was an anomaly).
+
+Where the images carry group ids (``image/group_id``: crops of one tile, slices of one scan) both
+chances and the bootstrap below count groups, not images (``class_presence``, ``sampling_limits``).
 
 What sampling alone gives (``sampling_limits``): n new images drawn from the accepted distribution
 differ from it by chance, and by how much depends on n and on the data (QA, session 19: the null
@@ -125,18 +131,24 @@ def new_class_chances(names, current_counts, base_counts, presence: dict) -> Dic
     return chances
 
 
+def group_index(groups) -> Tuple[np.ndarray, int]:
+    """(each image's group number [N], number of groups) of group labels, numbered in first-seen order; an
+    image without a group (None) is a group of its own."""
+    index: Dict[Any, int] = {}
+    of = [index.setdefault(g if g is not None else ("", i), len(index)) for i, g in enumerate(groups)]
+    return np.array(of, dtype=np.int64), len(index)
+
+
 def class_presence(rows: np.ndarray, groups=None) -> Tuple[np.ndarray, int, str]:
     """(units holding each class [C], units, "groups" or "images") of per-image pixel counts ``rows`` [N, C]:
     the units are the images' groups (an image without one is its own) or, without ``groups``, the images."""
     rows = np.asarray(rows, np.float64).reshape(len(rows), -1)
     if groups is None:
         return (rows > 0).sum(0), len(rows), "images"
-    labels = [g if g is not None else ("", i) for i, g in enumerate(groups)]
-    index: Dict[Any, int] = {}
-    of = np.array([index.setdefault(label, len(index)) for label in labels], dtype=np.int64)
-    held = np.zeros((len(index), rows.shape[1]), bool)
+    of, count = group_index(groups)
+    held = np.zeros((count, rows.shape[1]), bool)
     np.logical_or.at(held, of, rows > 0)
-    return held.sum(0), len(index), "groups"
+    return held.sum(0), count, "groups"
 
 
 SAMPLED = ("js_divergence", "max_abs_change", "missing_rate_change")  # the measures sampling_limits bounds
@@ -176,16 +188,14 @@ def sampling_limits(rows: np.ndarray, missing, n: int, significance: float, draw
     sizes = np.ones(accepted)
     grouped = {}
     if groups is not None:
-        labels = [g if g is not None else ("", i) for i, g in enumerate(groups)]  # ungrouped: its own
-        index = {}
-        of = np.array([index.setdefault(label, len(index)) for label in labels])  # first-seen order
+        of, count = group_index(groups)
         m = int(new_groups) if new_groups is not None else n
-        if len(index) < accepted or m < n:
-            grouped = {"groups": len(index), "new_groups": m}
-            sizes = np.bincount(of, minlength=len(index)).astype(np.float64)
-            rows = np.stack([np.bincount(of, weights=rows[:, c], minlength=len(index)) for c in range(rows.shape[1])],
+        if count < accepted or m < n:
+            grouped = {"groups": count, "new_groups": m}
+            sizes = np.bincount(of, minlength=count).astype(np.float64)
+            rows = np.stack([np.bincount(of, weights=rows[:, c], minlength=count) for c in range(rows.shape[1])],
                             axis=1)
-            missing = np.bincount(of, weights=missing, minlength=len(index))
+            missing = np.bincount(of, weights=missing, minlength=count)
     units = len(rows)  # images, or groups
     drawn = grouped.get("new_groups", n)
     n_eff = max(1, int(round(drawn * units / (drawn + units))))
