@@ -214,22 +214,31 @@ def blocked_lines(images: Dict[str, dict]) -> str:
 
 def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
                blocked: Collection[str] = frozenset()) -> Window:
-    """Split ``current`` by ``image/source_id`` in the per-image tables: the images ``baseline_uri``'s
-    ClassStats counted (a ``data.num_spans`` window shares them with the accepted window), those an
-    earlier gate ``blocked`` (the same id and counts, still unaccepted), and the rest, which are judged
-    alone: a shift that arrives span by span is not diluted by the overlap, and a blocked span is not
-    diluted by a new normal one beside it. With nothing new besides blocked images those are judged;
-    with nothing new at all (the same data) ``current`` is judged whole."""
-    from segbalance.trainer.class_stats_io import read_per_image
+    """Split ``current`` by ``image/source_id`` and class counts in the per-image tables: the images
+    ``baseline_uri``'s ClassStats counted (the same id and counts: a ``data.num_spans`` window shares them
+    with the accepted window), those an earlier gate ``blocked`` (the same id and counts, still
+    unaccepted), and the rest, which are judged alone: a shift that arrives span by span is not diluted by
+    the overlap, and a blocked span is not diluted by a new normal one beside it. An image under an earlier
+    image's name with other counts is new (deliveries that number their files from 1 each time: until
+    session 26 the gate took them for the accepted images and judged only the rest). With nothing new
+    besides blocked images those are judged; with nothing new at all (the same data) ``current`` is judged
+    whole."""
+    from segbalance.trainer.class_stats_io import read_class_stats, read_per_image
 
     try:
         rows = read_per_image(current_uri)
-        before = set(read_per_image(baseline_uri)["source_id"]) if baseline_uri else set()
+        before = set()
+        if baseline_uri:
+            earlier, names = read_per_image(baseline_uri), read_class_stats(baseline_uri)["class_names"]
+            before = {_key(_image(sid, counts, names)) for sid, counts in zip(earlier["source_id"],
+                                                                             earlier["pixel_counts"])}
     except (OSError, ValueError, KeyError):
         return Window(current)
     if len(rows) == 0:
         return Window(current)
-    new = rows[~rows["source_id"].isin(before)]
+    keys = [_key(_image(sid, counts, current["class_names"])) for sid, counts in zip(rows["source_id"],
+                                                                                   rows["pixel_counts"])]
+    new = rows[[key not in before for key in keys]]
     images = [_image(sid, counts, current["class_names"]) for sid, counts in zip(new["source_id"], new["pixel_counts"])]
     is_held = [_key(image) in blocked for image in images]
     held = [image for image, h in zip(images, is_held) if h]

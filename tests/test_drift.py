@@ -342,6 +342,23 @@ def test_a_window_is_judged_on_the_images_the_accepted_window_did_not_count(tmp_
     assert drift["status"] == "ok" and drift["new_images"] == 0
 
 
+def test_a_delivery_that_reuses_file_names_is_judged_whole(tmp_path):
+    """QA 26 (an end-to-end run): a span whose files are numbered from 1 again, like the accepted span's,
+    but hold other images, was taken for the accepted images: only the images with new names were judged
+    (7 of 46). An image is shared only with the same name and the same class counts."""
+    accepted = {f"img{i}": ((60, 38, 2), []) for i in range(20)}
+    renamed = {f"img{i}": ((60, 20, 20), []) for i in range(20)}  # the same 20 names, drifted content
+    w0 = _window_stats(tmp_path, "w0", accepted)
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=WINDOW)
+    _, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", renamed), [w0], [first], thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["new_images"] == 20 and "counted by the ClassStats" not in \
+        drift.get("note", "")
+    half = {**{f"img{i}": accepted[f"img{i}"] for i in range(10)}, **{f"img{i}": renamed[f"img{i}"] for i in range(10, 20)}}
+    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", half), [w0], [first], thresholds=WINDOW)
+    assert drift["new_images"] == 10 and "10 images were counted by the ClassStats compared with too" in drift["note"]
+    assert drift["frequency"]["b"] == pytest.approx(0.2) and drift["status"] == "blocked"
+
+
 def test_a_vanished_class_is_an_anomaly_where_it_would_have_shown():
     """QA (session 17): a class present before and absent now was no anomaly of its own; only JS saw it,
     too little for a rare class. Hand-computed: 'b' was in 6 of 10 baseline images, so none of n new
