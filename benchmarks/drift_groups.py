@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drift_thresholds import POOL, pool, shifted, stats  # noqa: E402  (same pools, same counting)
+from drift_thresholds import POOL, pool, shifted, show, stats  # noqa: E402  (same pools, same counting)
 
 KINDS = ("nuclei", "buildings", "lesions", "labelme")
 SPAN_GROUPS = (1, 2, 4, 8)
@@ -108,12 +108,8 @@ def main() -> None:
              f"default thresholds and significance {default.significance}. Cells: mean images in the span, % of "
              f"spans blocked with the bootstrap drawing images, and drawing whole groups.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines.append(f"\nTotal: {time.perf_counter() - start:.0f} s.")
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    show(lines, start, args.output)
 
 
 if __name__ == "__main__":

@@ -215,11 +215,15 @@ def main() -> None:
                      for rule in compared]
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(f"Total: {time.perf_counter() - start:.0f} s.")
-    text = "\n".join(lines)
+    show(lines, start, args.output)
+
+
+def show(lines: list, start: float, output=None) -> None:
+    """Print the tables with the total time since ``start``; also write them to ``output`` when given."""
+    text = "\n".join(lines + [f"Total: {time.perf_counter() - start:.0f} s."])
     print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    if output:
+        Path(output).write_text(text + "\n")
 
 
 if __name__ == "__main__":
