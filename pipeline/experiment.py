@@ -46,6 +46,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from segbalance.contract import counted
 from segbalance.pipeline.experiment_config import PROTOCOL, trained_with
 
 CE = {"type": "ce", "weight": 1.0}
@@ -593,7 +594,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
         _record(row, results, work)
         done[(name, loss_name, seed)] = row
         print(f"experiment: [{name}] {loss_name} seed {seed}: test mIoU {scores['miou']:.4f}, "
-              f"{outcome['epochs_run']} epochs, best epoch {(outcome['best_epoch'] or 0) + 1} "
+              f"{counted(outcome['epochs_run'], 'epoch')}, best epoch {(outcome['best_epoch'] or 0) + 1} "
               f"({outcome['seconds']}s)", flush=True)
 
 
@@ -662,7 +663,7 @@ def rescore_rows(rows: list, tests: dict) -> list:
         print(f"experiment: [{row['group']}] {row['loss']} seed {row['seed']}: test mIoU {row['miou']:.4f} on the "
               f"run's test set, {scores['miou']:.4f} on {len(items[row['dataset']])} crops", flush=True)
     if len(scored) < len(rows):
-        print(f"experiment: --rescore: {len(rows) - len(scored)} of {len(rows)} rows left out, their models are "
+        print(f"experiment: --rescore: {len(rows) - len(scored)} of {counted(len(rows), 'row')} left out, their models are "
               f"gone (the experiment keeps the models of its example cells only)", flush=True)
     return scored
 

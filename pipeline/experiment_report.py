@@ -8,6 +8,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from segbalance.contract import counted
+
 
 def _stats(values: List[float]) -> str:
     values = [v for v in values if v is not None]
@@ -417,7 +419,8 @@ def twins_note(results: list) -> str:
         return ""
     groups = ", ".join(dict.fromkeys(r["group"] for r in twins))
     pairs = ", ".join(f"{a} = {b}" for a, b in dict.fromkeys((r["loss"], r["same_training_as"]) for r in twins))
-    return (f"{len(twins)} rows ({groups}: every class annotated in every image) are the training of the same "
+    return (f"{counted(len(twins), 'row')} ({groups}: every class annotated in every image) "
+            f"{'is' if len(twins) == 1 else 'are'} the training of the same "
             f"terms and weighting under another missing-label handling, which is then the same loss (marginal CE "
             f"equals CE, marginal Dice equals Dice): {pairs}. ")
 
@@ -441,6 +444,11 @@ def training_sets(results: list) -> List[tuple]:
         chosen = {key: values.get(key, NOT_RECORDED) for key in differing}
         sets.setdefault(tuple(chosen.items()), (chosen, []))[1].append(row)
     return list(sets.values())
+
+
+def training_time(seconds: float) -> str:
+    """``2.3 h``, or ``12 min`` under a tenth of an hour (a quick run read "0.0 h")."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{max(1, round(seconds / 60))} min"
 
 
 def set_label(values: dict, rows: list) -> str:
@@ -555,7 +563,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
 
     trained = [r for r in results if not r.get("same_training_as")]
     produced = (f"Produced by `{report['command']}` on {report['date']} ({len(trained)} trainings, "
-                f"{sum(r.get('seconds', 0) for r in trained) / 3600:.1f} h of training time on {report['machine']}). "
+                f"{training_time(sum(r.get('seconds', 0) for r in trained))} of training time on {report['machine']}). "
                 f"{twins_note(results)}")
     if not several:
         body = [produced + protocol_text(results, plan), "", *bodies[0]]
@@ -564,7 +572,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
                 f"**The rows were trained with {len(sets)} sets of values** (`--config` digest or protocol "
                 f"options): each set is reported on its own below, its cells ranked within the set, never across "
                 f"sets. What differs between the sets:", "",
-                *(f"- set {number} ({len(rows)} rows): {set_label(values, rows)}"
+                *(f"- set {number} ({counted(len(rows), 'row')}): {set_label(values, rows)}"
                   for number, (values, rows) in enumerate(sets, 1)), ""]
         for number, ((values, rows), sections) in enumerate(zip(sets, bodies), 1):
             body += [f"## Set {number}: {set_label(values, rows)}", "", protocol_text(rows, plan), "",

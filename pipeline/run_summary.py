@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from segbalance import contract
-from segbalance.contract import BLOCKED_REPORT_ID
+from segbalance.contract import BLOCKED_REPORT_ID, message_excerpt
 from segbalance.pipeline.output_guard import PREVIOUS_SUMMARY_FILE, SUMMARY_FILE
 
 
@@ -35,7 +35,7 @@ def open_store(metadata_path: str, writable: bool = False):
     except RuntimeError as exc:  # MLMD's "file is not a database", or an empty file opened read-only
         found = re.search(r"executing query: (.*?) query:", " ".join(str(exc).split()))
         reason = ("an empty file" if os.path.getsize(metadata_path) == 0
-                  else found.group(1) if found else " ".join(str(exc).split())[:200])
+                  else found.group(1) if found else message_excerpt(exc, 200))
         raise MetadataStoreError(f"{metadata_path} cannot be opened as an ML Metadata store ({reason}): it is empty "
                                  f"or damaged; move it aside and run `segbalance run` again (a new store: nothing "
                                  f"is taken from the cache)") from exc

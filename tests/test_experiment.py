@@ -551,7 +551,8 @@ def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(
     assert "pipeline for" not in capsys.readouterr().out and not (work / "run").exists()  # nothing trained
     assert [r["loss"] for r in load_results(work)] == ["ce/none/marginal"]  # logged for a resumed run
     note = experiment_report.twins_note(results)
-    assert note.startswith("1 rows (shapes_drop0.0: every class annotated") and experiment_report.twins_note([plain]) == ""
+    assert note.startswith("1 row (shapes_drop0.0: every class annotated in every image) is the training") and \
+        experiment_report.twins_note([plain]) == ""
     assert note.endswith("equals Dice): ce/none/marginal = ce/none/none. ")
 
 
@@ -1002,3 +1003,13 @@ def test_rescoring_uses_the_crop_size_the_rows_were_trained_on():
     with pytest.raises(UserError, match="--rescore: the selected shapes rows were trained on crops of 32x32 and "
                                         "64x64: rescore rows of one size at a time"):
         rescore_plan(Plan(), rows + [{**_row("shapes", 0.3, "ce/none/marginal", 0, 0.5), "size": 64}], "shapes")
+
+
+def test_counts_and_training_time_read_as_words():
+    """Cosmetic (QA 25): "1 epochs", "1 rows" and "0.0 h of training time" after a quick run."""
+    from segbalance.contract import counted
+    from segbalance.pipeline.experiment_report import training_time
+
+    assert [counted(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    assert [training_time(s) for s in (20, 90, 359, 360, 3600, 9000)] == \
+        ["1 min", "2 min", "6 min", "0.1 h", "1.0 h", "2.5 h"]

@@ -79,3 +79,22 @@ def test_unfinished_summary_statuses_and_the_file_helpers(tmp_path):
     assert set_aside_summary(str(tmp_path)) == str(tmp_path / PREVIOUS_SUMMARY_FILE)
     assert not (tmp_path / SUMMARY_FILE).exists()
     assert json.loads((tmp_path / PREVIOUS_SUMMARY_FILE).read_text()) == {"a": 1}
+
+
+def test_a_long_store_error_is_cut_at_a_word_with_an_ellipsis(tmp_path, monkeypatch):
+    """open_store cut ML Metadata's message at 200 characters mid-word, without saying so (QA 25)."""
+    from ml_metadata.metadata_store import metadata_store
+
+    from segbalance.pipeline import run_summary
+
+    store = tmp_path / "metadata.sqlite"
+    store.write_bytes(b"x" * 10)
+
+    def refuse(config):
+        raise RuntimeError("word " * 100)
+
+    monkeypatch.setattr(metadata_store, "MetadataStore", refuse)
+    with pytest.raises(run_summary.MetadataStoreError) as caught:
+        run_summary.open_store(str(store))
+    reason = str(caught.value).split("(", 1)[1].split(")", 1)[0]
+    assert reason.endswith("word ...") and len(reason) <= 204 and "wor ..." not in reason

@@ -91,6 +91,11 @@ def message_excerpt(text, limit: int) -> str:
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``: a count and its noun (plural with an s)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class UserError(Exception):
     """A user's mistake (a bad path, option, file or value), not a bug.
 
