@@ -43,7 +43,7 @@ from segbalance.components.drift_baseline import (accepted_baseline, accepted_im
 from segbalance.components.drift_metrics import (ACTIONS, THRESHOLD_KEYS, aligned_counts, aligned_rows, compare,
                                                  drift_fields, sampling_limits)
 
-from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE  # noqa: E402
+from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE, counted  # noqa: E402
 
 
 class ClassDistributionValidatorSpec(ComponentSpec):
@@ -116,7 +116,7 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
                          + (f", without the {len(window.held)} blocked before" if window.held else ""))
         if window.held:  # a window still holding a span the gate blocked: not accepted by a normal span beside it
             result["held_back_images"] = len(window.held)
-            result["anomalies"].append(f"{len(window.held)} images the last gate blocked ({blocked_by}) are still in "
+            result["anomalies"].append(f"{counted(len(window.held), 'image')} the last gate blocked ({blocked_by}) are still in "
                                        f"the data, and no run has accepted them")
         if base.lost:  # the accepted counts are gone: nothing accepted to pass the data against
             result["anomalies"].append(base.note)
@@ -152,6 +152,11 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         output.set_string_custom_property("status", result["status"])
         output.set_string_custom_property("action", result["action"])
         detail = "; ".join(result["anomalies"]) or result.get("note", "within thresholds")
+        chances = result.get("new_class_chances") or {}
+        listed = [n for n, c in chances.items() if not c < result["thresholds"]["new_class_chance"]]
+        if listed:  # new classes that did not block (likely enough by chance, or new_class_chance 0): said too
+            detail += "; new classes, not an anomaly: " + ", ".join(
+                f"{n} (chance {chances[n]:.2g} if unchanged)" for n in listed)
         after = {"blocked": f"; {result.get('advice')}",
                  "warned": "; accepted: later runs compare with these ClassStats"}.get(result["status"], "")
         print(f"ClassDistributionValidator: {result['status']} ({detail}){after}", flush=True)
@@ -162,9 +167,10 @@ ACCEPT_ADVICE = ("if this class distribution is expected, accept it: run once wi
                  "not blocked")
 
 
-HELD_ADVICE = ("the new images are within the thresholds; the images blocked before leave the training window "
-               "data.num_spans spans after their own (or remove their span from the data), and the runs pass "
-               "again; to train on them as they are, run once with drift.action: warn")
+HELD_ADVICE = ("the new images are within the thresholds; the images blocked before are still in the data (the same "
+               "files, delivered again or in a data.num_spans window that still holds their span): remove them from "
+               "the data, or wait until their span leaves the window, and the runs pass again; to train on them as "
+               "they are, run once with drift.action: warn")
 
 
 class ClassDistributionValidator(base_component.BaseComponent):

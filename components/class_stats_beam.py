@@ -390,6 +390,9 @@ def check_record(fields, serialized: bytes, split: str, options: "StatsOptions")
         "pixel_counts": counts.astype(np.int64).tolist(),
         "ignored_pixels": ignored,
         "group_id": fields.group,
+        # the image's and mask's bytes (CRC-32): the drift gate tells a file delivered again from another
+        # file under the same name with the same counts (two all-background crops numbered alike)
+        "content_crc32": zlib.crc32(fields.mask_bytes, zlib.crc32(fields.image_bytes or b"")),
     }
 
 
@@ -557,7 +560,7 @@ def _parquet_schema():
     ints = pa.list_(pa.int32())
     return pa.schema([("source_id", pa.string()), ("split", pa.string()), ("present", ints), ("labeled", ints),
                       ("missing", ints), ("suspect_missing", ints), ("pixel_counts", pa.list_(pa.int64())),
-                      ("ignored_pixels", pa.int64()), ("group_id", pa.string())])
+                      ("ignored_pixels", pa.int64()), ("group_id", pa.string()), ("content_crc32", pa.int64())])
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -169,15 +169,37 @@ class Window:
     judged_table: Any = None  # the judged images' per-image rows (a DataFrame; None without per-image tables)
 
 
-def _image(source_id, pixel_counts, class_names) -> dict:
+def _image(source_id, pixel_counts, class_names, content=None) -> dict:
     """An image as a blocked decision records it: its counts by class name, classes without pixels left
-    out, so a class added to classes.names later (a 0 at the end of every row) changes no image."""
-    return {"source_id": str(source_id),
-            "pixel_counts": {name: int(n) for name, n in zip(class_names, pixel_counts) if int(n)}}
+    out, so a class added to classes.names later (a 0 at the end of every row) changes no image; and the
+    CRC-32 of its bytes (``content_crc32``) where the per-image table has it (from session 26)."""
+    image = {"source_id": str(source_id),
+             "pixel_counts": {name: int(n) for name, n in zip(class_names, pixel_counts) if int(n)}}
+    if content is not None and content == content:  # not None / NaN (a table without the column)
+        image["content_crc32"] = int(content)
+    return image
+
+
+def _images(rows, class_names) -> List[dict]:
+    """``_image`` of every row of a per-image table."""
+    contents = rows["content_crc32"] if "content_crc32" in rows else [None] * len(rows)
+    return [_image(sid, counts, class_names, content)
+            for sid, counts, content in zip(rows["source_id"], rows["pixel_counts"], contents)]
+
+
+def _without_content(image: dict) -> dict:
+    return {k: v for k, v in image.items() if k != "content_crc32"}
+
+
+def _known(image: dict, keys: Collection[str]) -> bool:
+    """Whether ``image`` is among ``keys`` (``_key``s): with its content, or by id and counts where the
+    recorded image has no content (recorded before session 26)."""
+    return _key(image) in keys or _key(_without_content(image)) in keys
 
 
 def _key(image: dict) -> str:
-    return json.dumps([image["source_id"], sorted(image["pixel_counts"].items())])
+    return json.dumps([image["source_id"], sorted(image["pixel_counts"].items())]
+                      + ([image["content_crc32"]] if "content_crc32" in image else []))
 
 
 def held_back(previous_reports: List[types.Artifact]) -> Tuple[Dict[str, dict], Optional[str]]:
@@ -202,8 +224,9 @@ def still_blocked(before: Dict[str, dict], held: List[dict], judged: List[dict],
     if blocked:
         remaining.update({_key(image): image for image in held + judged})
     else:
-        for image in held:
+        for image in held:  # accepted: recorded with its content, or (before session 26) without
             remaining.pop(_key(image), None)
+            remaining.pop(_key(_without_content(image)), None)
     return remaining
 
 
@@ -229,18 +252,16 @@ def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
         rows = read_per_image(current_uri)
         before = set()
         if baseline_uri:
-            earlier, names = read_per_image(baseline_uri), read_class_stats(baseline_uri)["class_names"]
-            before = {_key(_image(sid, counts, names)) for sid, counts in zip(earlier["source_id"],
-                                                                             earlier["pixel_counts"])}
+            earlier = read_per_image(baseline_uri)
+            before = {_key(image) for image in _images(earlier, read_class_stats(baseline_uri)["class_names"])}
     except (OSError, ValueError, KeyError):
         return Window(current)
     if len(rows) == 0:
         return Window(current)
-    keys = [_key(_image(sid, counts, current["class_names"])) for sid, counts in zip(rows["source_id"],
-                                                                                   rows["pixel_counts"])]
-    new = rows[[key not in before for key in keys]]
-    images = [_image(sid, counts, current["class_names"]) for sid, counts in zip(new["source_id"], new["pixel_counts"])]
-    is_held = [_key(image) in blocked for image in images]
+    current_images = _images(rows, current["class_names"])
+    new = rows[[not _known(image, before) for image in current_images]]
+    images = _images(new, current["class_names"])
+    is_held = [_known(image, blocked) for image in images]
     held = [image for image, h in zip(images, is_held) if h]
     fresh = new[[not h for h in is_held]]
     judged = fresh if len(fresh) else new
@@ -271,7 +292,8 @@ def judged_presence(window: Window, names: List[str], class_names: List[str], ac
         return None
     rows = aligned_rows(names, class_names, [list(c) for c in table["pixel_counts"]])
     new_groups = group_ids(table)
-    if accepted_groups is None or new_groups is None:
+    if accepted_groups is None or new_groups is None or \
+            all(g is None for g in [*accepted_groups, *new_groups]):  # no image has a group: images (QA 26)
         accepted_groups = new_groups = None
     new_held, new_units, unit = class_presence(rows, new_groups)
     accepted_held, accepted_units, _ = class_presence(accepted_rows, accepted_groups)

@@ -2,6 +2,8 @@
 count on random masks with ignore pixels, labelled fields, an absent class and bad records."""
 import json
 
+import zlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -141,6 +143,9 @@ def test_per_image_rows(stats_run):
             assert list(row[key]) == expected[key], (row["source_id"], key)
         assert list(row["pixel_counts"]) == expected["pixel_counts"].tolist()
         assert row["group_id"] == record_group(int(row["source_id"][3:])), row["source_id"]  # None: no group
+        mask = next(m for sid, m, _ in good if sid == row["source_id"])
+        image = codec.encode_png(np.zeros((*mask.shape, 3), np.uint8))
+        assert row["content_crc32"] == zlib.crc32(codec.encode_png(mask), zlib.crc32(image)), row["source_id"]
     assert table["group_id"].isna().sum() == sum(record_group(int(sid[3:])) is None for sid in ref) > 0
     labeled = class_stats_io.labeled_by_source_id(str(tmp / "out"))
     assert labeled["img0"] == [0, 1] + ([2] if 2 in ref["img0"]["present"] else [])

@@ -295,9 +295,10 @@ def test_component_rejects_an_unknown_action():
     assert gate.exec_properties["js_divergence"] == 0.1 and gate.exec_properties["action"] == "block"
 
 
-def _window_stats(tmp_path, name, images, names=("bg", "a", "b"), groups=None):
+def _window_stats(tmp_path, name, images, names=("bg", "a", "b"), groups=None, contents=None):
     """A ClassStats folder with a per-image table: ``images`` maps source_id -> (pixel counts, missing);
-    ``groups``: source_id -> group_id (None: a table without the column, as before session 26)."""
+    ``groups``: source_id -> group_id, ``contents``: source_id -> content_crc32 (None: a table without the
+    column, as before session 26)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -310,6 +311,8 @@ def _window_stats(tmp_path, name, images, names=("bg", "a", "b"), groups=None):
                "missing": [list(m) for _, m in images.values()]}
     if groups is not None:
         columns["group_id"] = pa.array([groups.get(sid) for sid in images], pa.string())
+    if contents is not None:
+        columns["content_crc32"] = pa.array([contents[sid] for sid in images], pa.int64())
     table = pa.table(columns)
     pq.write_table(table, os.path.join(artifact.uri, f"{PER_IMAGE_PREFIX}-00000-of-00001.parquet"))
     return artifact
@@ -357,6 +360,60 @@ def test_a_delivery_that_reuses_file_names_is_judged_whole(tmp_path):
     _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", half), [w0], [first], thresholds=WINDOW)
     assert drift["new_images"] == 10 and "10 images were counted by the ClassStats compared with too" in drift["note"]
     assert drift["frequency"]["b"] == pytest.approx(0.2) and drift["status"] == "blocked"
+
+
+def test_other_files_under_reused_names_with_the_same_counts_are_not_held_or_shared(tmp_path, capsys):
+    """QA 26 (helper 47): images were matched by name and class counts; every all-background crop has the same
+    counts, so a normal delivery numbered like a blocked one was held back ("1 images the last gate blocked
+    ... are still in the data") run after run, and some of its images were taken for accepted ones. The
+    per-image table records the CRC-32 of each record's image and mask; with it, only the same files match.
+    A table or blocked list from before session 26 (no content) still matches by name and counts."""
+    accepted = {f"img{i}": ((60, 38, 2), []) for i in range(20)}
+    blank = (100, 0, 0)
+    drifted = {**{f"img{i}": ((60, 20, 20), []) for i in range(19)}, "img19": (blank, [])}
+    crc = lambda prefix, images: {sid: hash((prefix, sid)) % (1 << 31) for sid in images}  # noqa: E731
+    w0 = _window_stats(tmp_path, "w0", accepted, contents=crc("a", accepted))
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=WINDOW)
+    blocked, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", drifted, contents=crc("d", drifted)),
+                           [w0], [first], thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["blocked_images"] == 20
+    normal = {**{f"img{i}": ((60, 38, 2), []) for i in range(19)}, "img19": (blank, [])}  # other files, same names
+    _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w2", normal, contents=crc("n", normal)), [w0],
+                     [blocked], thresholds=WINDOW)
+    assert drift["status"] == "ok", drift["anomalies"]
+    assert drift["new_images"] == 20 and "held_back_images" not in drift and "counted by the ClassStats" not in \
+        drift.get("note", "")
+    # the same blank file delivered again is held back, with the advice that fits a one-span window too
+    again = {**normal, "img19": (blank, [])}
+    contents = {**crc("n", normal), "img19": crc("d", drifted)["img19"]}
+    _, drift = _gate(tmp_path, "g3", _window_stats(tmp_path, "w3", again, contents=contents), [w0], [blocked],
+                     thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["held_back_images"] == 1
+    assert "1 image the last gate blocked" in drift["anomalies"][-1]
+    assert "still in the data (the same files, delivered again or in a data.num_spans window" in drift["advice"]
+    # tables without content (before session 26): matched by name and counts, as they were
+    old_first, _ = _gate(tmp_path, "g4", _window_stats(tmp_path, "w4", accepted), [], thresholds=WINDOW)
+    old_blocked, _ = _gate(tmp_path, "g5", _window_stats(tmp_path, "w5", drifted), [w0], [old_first],
+                           thresholds=WINDOW)
+    _, drift = _gate(tmp_path, "g6", _window_stats(tmp_path, "w6", normal, contents=crc("n", normal)), [w0],
+                     [old_blocked], thresholds=WINDOW)
+    assert drift["held_back_images"] == 1 and drift["status"] == "blocked"
+
+
+def test_new_classes_that_do_not_block_are_said_on_the_console_and_ungrouped_tables_count_images(tmp_path, capsys):
+    """QA 26 (helper 47): a new class below the anomaly line showed in drift.json and the report only, not on the
+    console a cron user reads; and a table whose group_id column is all null was described in "groups"."""
+    accepted = {f"a{i}": ((60, 40, 0), []) for i in range(30)}
+    new = {**{f"n{i}": ((60, 40, 0), []) for i in range(9)}, "n9": ((60, 30, 10), [])}
+    w0 = _window_stats(tmp_path, "w0", accepted, groups={})
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=LOOSE)
+    capsys.readouterr()
+    _, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", new, groups={}), [w0], [first], thresholds=LOOSE)
+    assert drift["status"] == "ok" and drift["presence_unit"] == "images" and "groups" not in drift["sampling"]
+    assert drift["new_class_chances"] == {"b": pytest.approx(10 / 40)}
+    line = capsys.readouterr().out
+    assert "ClassDistributionValidator: ok (" in line and "new classes, not an anomaly: b (chance 0.25 if unchanged)" \
+        in line
 
 
 def test_a_vanished_class_is_an_anomaly_where_it_would_have_shown():
@@ -430,7 +487,7 @@ def test_a_window_still_holding_a_blocked_span_is_blocked_and_its_new_span_judge
     assert drift["status"] == "blocked" and drift["held_back_images"] == 10 and drift["new_images"] == 10
     assert drift["js_divergence"] == 0.0 and drift["accepted"] == w01.uri  # the new span alone is normal
     # the advice: wait for the blocked span to leave the window (QA: "accept with warn" would take it in too)
-    assert drift["advice"].startswith("the new images are within the thresholds; the images blocked before leave")
+    assert drift["advice"].startswith("the new images are within the thresholds; the images blocked before are still in the data")
     assert any("10 images the last gate blocked" in a and str(tmp_path / "g1") in a for a in drift["anomalies"])
     assert [i["source_id"] for i in _blocked(tmp_path / "g2")] == sorted(drifted)  # not the normal span
     # spans 3 and 4: the blocked span has left the window; both new normal spans pass and are accepted

@@ -106,7 +106,7 @@ def read_per_image(uri: str, prefix: str = PER_IMAGE_PREFIX):
     files = per_image_files(uri, prefix)
     if not files:
         return pd.DataFrame(columns=["source_id", "split", "present", "labeled", "missing", "suspect_missing",
-                                     "pixel_counts", "ignored_pixels", "group_id"])
+                                     "pixel_counts", "ignored_pixels", "group_id", "content_crc32"])
     return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
 
 
