@@ -109,8 +109,11 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         notes = [first_note, base.note, unsampled]
         if window.judged_images is not None and base.stats is not None:
             result["new_images"] = len(window.judged_images)  # judged; 0: the same data as the baseline's
+        if judged is current and window.judged_images == [] and window.shared and base.stats is not None:
+            notes.append(f"all {counted(window.shared, 'image')} were counted by the ClassStats compared with (the same "
+                         f"files again): the data is compared whole")
         if judged is not current:
-            notes.append(f"{window.shared} images were counted by the ClassStats compared with too (the same span "
+            notes.append(f"{counted(window.shared, 'image')} were counted by the ClassStats compared with too (the same span "
                          f"again, or spans a data.num_spans window shares): the {judged['num_records']} new ones are "
                          f"judged alone"
                          + (f", without the {len(window.held)} blocked before" if window.held else ""))

@@ -343,6 +343,8 @@ def test_a_window_is_judged_on_the_images_the_accepted_window_did_not_count(tmp_
     # an unchanged window (every image counted before) is compared whole: the same data, ok
     _, drift = _gate(tmp_path, "g2", _window_stats(tmp_path, "w01_again", normal), [w01], [first], thresholds=WINDOW)
     assert drift["status"] == "ok" and drift["new_images"] == 0
+    assert "all 20 images were counted by the ClassStats compared with (the same files again): the data is compared " \
+        "whole" in drift["note"]  # QA 26: new_images 0 beside a sampling block for 20, without a word
 
 
 def test_a_delivery_that_reuses_file_names_is_judged_whole(tmp_path):
