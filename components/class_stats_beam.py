@@ -183,14 +183,15 @@ class RecordFields:
     group: Optional[str] = None  # image/group_id: the scene / scan / tile the image was cut from
 
 
-def _decoder_schema() -> bytes:
+def _decoder_schema(keys=None) -> bytes:
     from tensorflow_metadata.proto.v0 import schema_pb2
 
     schema = schema_pb2.Schema()
-    for name, kind in ((IMAGE_KEY, schema_pb2.BYTES), (SOURCE_ID_KEY, schema_pb2.BYTES),
-                       (MASK_KEY, schema_pb2.BYTES), (LABELED_KEY, schema_pb2.INT), (GROUP_KEY, schema_pb2.BYTES)):
+    kinds = {IMAGE_KEY: schema_pb2.BYTES, SOURCE_ID_KEY: schema_pb2.BYTES, MASK_KEY: schema_pb2.BYTES,
+             LABELED_KEY: schema_pb2.INT, GROUP_KEY: schema_pb2.BYTES}
+    for name in keys or (IMAGE_KEY, SOURCE_ID_KEY, MASK_KEY, LABELED_KEY):
         feature = schema.feature.add()
-        feature.name, feature.type = name, kind
+        feature.name, feature.type = name, kinds[name]
     return schema.SerializeToString()
 
 
@@ -205,12 +206,13 @@ class RecordDecoder:
 
     def __init__(self):
         self._decoder = self._new()
+        self._group_decoder = self._new((GROUP_KEY,))
 
     @staticmethod
-    def _new():
+    def _new(keys=None):
         from tfx_bsl.coders import example_coder
 
-        return example_coder.ExamplesToRecordBatchDecoder(_decoder_schema())
+        return example_coder.ExamplesToRecordBatchDecoder(_decoder_schema(keys))
 
     def _decode_batch(self, serialized: List[bytes]):
         try:
@@ -218,6 +220,19 @@ class RecordDecoder:
         except Exception:
             self._decoder = self._new()
             raise
+
+    def _groups(self, serialized: List[bytes]) -> List[Optional[str]]:
+        """``image/group_id`` of each record, None where it is absent or not bytes: a decoder of its own, so
+        a group id of another type (an int64 in a user's records) costs the record its group, not the record
+        (a group is optional; with ``data.split_by: group`` the span check refuses such records first)."""
+        try:
+            batch = self._group_decoder.DecodeBatch(serialized)
+        except Exception:  # noqa: BLE001
+            self._group_decoder = self._new((GROUP_KEY,))
+            return [None] * len(serialized) if len(serialized) == 1 else \
+                [self._groups([s])[0] for s in serialized]
+        values = [_first(v) for v in batch.column(0).to_pylist()]
+        return [v.decode("utf-8", "replace") if v is not None else None for v in values]
 
     def decode(self, serialized: Sequence[bytes]) -> List[object]:
         """One ``RecordFields`` per record, or the decoder's error text for a record it cannot decode."""
@@ -230,11 +245,11 @@ class RecordDecoder:
         columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
         out = []
         for image, sid, mask, labeled, group in zip(columns[IMAGE_KEY], columns[SOURCE_ID_KEY], columns[MASK_KEY],
-                                                    columns[LABELED_KEY], columns[GROUP_KEY]):
-            sid, group = _first(sid), _first(group)
+                                                    columns[LABELED_KEY], self._groups(list(serialized))):
+            sid = _first(sid)
             out.append(RecordFields(source_id=sid.decode("utf-8", "replace") if sid is not None else "",
                                     image_bytes=_first(image), mask_bytes=_first(mask), labeled=labeled,
-                                    group=group.decode("utf-8", "replace") if group is not None else None))
+                                    group=group))
         return out
 
 
@@ -303,6 +318,10 @@ def check_bmp(data: bytes, mode: str) -> None:
     pixel as the channel count and ignores palette and compression: 1- and 4-bit BMPs fail in the
     trainer ("Number of channels ... was 0") and an 8-bit palette BMP decodes to its indices as grey
     levels (measured, session 26). Kept: 24- and 32-bit, and 8-bit with a grey palette (Pillow: mode L)."""
+    header = int.from_bytes(data[14:18], "little") if len(data) >= 18 else 0
+    if header < 40:  # an OS/2 1.x header (12 bytes): bit depth and compression lie elsewhere
+        raise Quarantined("bad_image", f"image is a BMP with a {header}-byte (OS/2) header, which TensorFlow "
+                                       f"does not read; convert it to PNG (segbalance ingest does)")
     bits = int.from_bytes(data[28:30], "little") if len(data) >= 34 else 0
     compression = int.from_bytes(data[30:34], "little") if len(data) >= 34 else 0
     if (bits in (24, 32) and compression in (0, 3)) or (bits == 8 and mode == "L" and compression == 0):

@@ -222,6 +222,8 @@ def still_blocked(before: Dict[str, dict], held: List[dict], judged: List[dict],
     data holds."""
     remaining = dict(before)
     if blocked:
+        for image in held:  # recorded before session 26 without its content: now with it, once
+            remaining.pop(_key(_without_content(image)), None)
         remaining.update({_key(image): image for image in held + judged})
     else:
         for image in held:  # accepted: recorded with its content, or (before session 26) without

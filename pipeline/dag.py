@@ -133,8 +133,10 @@ def create_pipeline(
     """The TFX pipeline for ``config``, reading ``examples_dir/Span-N/data-*`` (latest span, or ``span``).
 
     ``for_kubeflow``: the ClassStats resolver uses TFX's ``LatestArtifactStrategy``, the only
-    latest-artifact strategy Kubeflow's compiler takes; locally ``LatestEachStrategy`` (same
-    artifacts, but a first run's resolver completes instead of failing in ML Metadata)."""
+    latest-artifact strategy Kubeflow's compiler takes (Kubeflow queries each output on its own);
+    locally ``LatestEachStrategy``: each channel on its own too, so a first run's resolver completes
+    instead of failing in ML Metadata, and with ClassStats but no DriftReport (a run stopped before
+    its gate) the gate compares with the latest ClassStats instead of nothing (TFX's returned none)."""
     from tfx import v1 as tfx
 
     from segbalance.components.class_stats_gen import ClassStatsGen

@@ -495,6 +495,38 @@ def test_masks_tensorflow_rescales_or_refuses_are_quarantined():
             csb.decode_mask_counts(data)
 
 
+def test_a_group_id_of_another_type_costs_the_record_its_group_not_the_record():
+    """Review 26: with image/group_id in tfx_bsl's decoder schema as bytes, a user's record carrying an int64
+    group id failed to decode and was quarantined whole ("not a tf.train.Example"); the trainer ignores such a
+    group. It keeps the record now, without a group; a bytes group next to it in the batch is read."""
+    image, mask = codec.encode_png(np.zeros((4, 4, 3), np.uint8)), codec.encode_png(np.zeros((4, 4), np.uint8))
+    odd = codec.build_example(image, mask, "int_group", 4, 4)
+    odd.features.feature[codec.GROUP_KEY].int64_list.value.append(7)
+    fine = codec.build_example(image, mask, "bytes_group", 4, 4, group="tile1")
+    rows = csb.decode_records(csb.make_decoder(), [odd.SerializeToString(), fine.SerializeToString()])
+    assert [(r.source_id, r.group) for r in rows] == [("int_group", None), ("bytes_group", "tile1")]
+    row = csb.image_row(odd.SerializeToString(), "train", csb.StatsOptions(num_classes=2))
+    assert isinstance(row, dict) and row["group_id"] is None
+
+
+def test_an_os2_bmp_header_is_quarantined_by_name():
+    """Review 26: bit depth and compression were read at the offsets of a 40-byte header; in an OS/2 BMP
+    (12-byte header) they are pixel data."""
+    import struct
+
+    width, height = 4, 2
+    row = bytes([10, 20, 30] * width)  # 24-bit BGR, 12 bytes a row (a multiple of 4)
+    pixels = row * height
+    core = struct.pack("<IHHHH", 12, width, height, 1, 24)
+    data = b"BM" + struct.pack("<IHHI", 14 + 12 + len(pixels), 0, 0, 26) + core + pixels
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(data)).size == (width, height)  # Pillow reads it
+    with pytest.raises(csb.Quarantined, match=r"BMP with a 12-byte \(OS/2\) header"):
+        csb.check_image(data, (height, width))
+
+
 def test_bmp_images_tensorflow_cannot_read_as_pillow_does_are_quarantined():
     """QA 26: TensorFlow's BMP decoder takes the bits per pixel as channels and ignores the palette: a 1-bit
     BMP fails in the trainer and an 8-bit palette BMP decodes to its indices as grey. Both are quarantined;

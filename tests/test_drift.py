@@ -400,6 +400,7 @@ def test_other_files_under_reused_names_with_the_same_counts_are_not_held_or_sha
     _, drift = _gate(tmp_path, "g6", _window_stats(tmp_path, "w6", normal, contents=crc("n", normal)), [w0],
                      [old_blocked], thresholds=WINDOW)
     assert drift["held_back_images"] == 1 and drift["status"] == "blocked"
+    assert drift["blocked_images"] == 20  # the held image once, now with its content (review 26: twice)
 
 
 def test_new_classes_that_do_not_block_are_said_on_the_console_and_ungrouped_tables_count_images(tmp_path, capsys):

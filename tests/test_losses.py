@@ -294,6 +294,12 @@ def test_top_k_keeps_exactly_k_pixels_when_weighted_losses_tie_at_zero():
     np.testing.assert_allclose(float(top(few, z)), 2 * np.log(2) / 3, rtol=1e-6)
     np.testing.assert_allclose(float(top(few, z)), ref.cross_entropy_top_k(few, z, 0.25, [0.0, 1.0]), rtol=1e-6)
     np.testing.assert_allclose(float(top(y, z)), ref.cross_entropy_top_k(y, z, 0.25, [0.0, 1.0]), rtol=1e-6)
+    # more than k pixels of infinite loss: inf, as without top-k (review 26: a left-out one gave inf * 0 = NaN)
+    hopeless = np.zeros((1, 4, 4, 2), np.float32)
+    hopeless[..., 1] = -np.inf
+    ones = np.ones((1, 4, 4), np.int32)
+    assert np.isinf(float(L.weighted_cross_entropy(ones, hopeless, top_k_percent_pixels=0.25)))
+    assert np.isinf(float(L.weighted_cross_entropy(ones, hopeless)))
 
 
 ALL = sorted(CASES)

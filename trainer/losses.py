@@ -289,7 +289,7 @@ def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
         room = k - ops.sum(ops.cast(above, "int32"), axis=1, keepdims=True)
         tied_first = ops.logical_and(tied, ops.less_equal(ops.cumsum(ops.cast(tied, "int32"), axis=1), room))
         keep = ops.cast(ops.logical_or(above, tied_first), "float32") * flat_valid
-        weighted = flat * keep
+        weighted = ops.where(keep > 0, flat, 0.0)  # not flat * keep: an infinite loss left out is 0, not NaN
         count = keep
     total = _global_sum(ops.sum(weighted))
     num = _global_sum(ops.sum(count))
