@@ -55,7 +55,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, GROUP_KEY, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
                                  MAX_CLASSES, PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE,
-                                 UNCOUNTED_PER_IMAGE_PREFIX, UserError, ignore_index_problem)
+                                 UNCOUNTED_PER_IMAGE_PREFIX, UserError, ignore_index_problem, same_class_names)
 from segbalance.components.component_config import StatsConfig
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
@@ -111,8 +111,7 @@ class StatsOptions:
         empty = [i for i, name in enumerate(self.class_names) if not str(name).strip()]
         if empty:  # the pipeline's classes.names refuses these too (ClassesConfig.validate)
             raise ValueError(f"class name {empty[0]} is empty: give every class a name")
-        folded = [str(name).strip().casefold() for name in self.class_names]
-        repeated = sorted({name for name in self.class_names if folded.count(str(name).strip().casefold()) > 1})
+        repeated = sorted({name for pair in same_class_names(self.class_names) for name in pair})
         if repeated:
             raise ValueError(f"class names must be unique (ignoring case): {', '.join(map(repr, repeated))} "
                              f"name the same class")

@@ -104,7 +104,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
-from segbalance.contract import DEFAULT_IGNORE_INDEX, ignore_index_problem
+from segbalance.contract import DEFAULT_IGNORE_INDEX, ignore_index_problem, same_class_names
 from segbalance.trainer.loss_config import LossConfig, default_training_loss
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict
 
@@ -125,12 +125,10 @@ class ClassesConfig:
         require(len(names) >= 2, f"{where}.names", "list at least 2 classes (background first)")
         for i, name in enumerate(names):
             require(bool(name.strip()), f"{where}.names[{i}]", "a class name must not be empty")
-        seen: Dict[str, str] = {}
-        for name in names:
-            key = name.strip().casefold()
-            require(key not in seen, f"{where}.names",
-                    f"{seen.get(key)!r} and {name!r} name the same class (names must be unique, ignoring case)")
-            seen[key] = name
+        same = same_class_names(names)
+        if same:
+            raise ConfigError(f"{where}.names: {same[0][0]!r} and {same[0][1]!r} name the same class (names must be "
+                              f"unique, ignoring case)")
         problem = ignore_index_problem(self.num_classes, self.ignore_index)
         require(problem is None, f"{where}.ignore_index", problem)
 

@@ -8,7 +8,7 @@ of the import order checked by ``python -m segbalance.pipeline.import_check``:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 # --- tf.train.Example keys (TF Model Garden segmentation keys; README "Data format") ---------
 IMAGE_KEY = "image/encoded"
@@ -89,6 +89,19 @@ def message_excerpt(text, limit: int) -> str:
     past ``limit`` characters cut at a word and ended with " ..." (Keras lists every layer, kfp its retries)."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def same_class_names(names: Sequence[str]) -> List[Tuple[str, str]]:
+    """(earlier name, later name) for each class name that names, ignoring case and surrounding spaces, a
+    class an earlier name already named: the one rule for classes.names and `segbalance stats --class-names`."""
+    seen, pairs = {}, []
+    for name in names:
+        key = str(name).strip().casefold()
+        if key in seen:
+            pairs.append((seen[key], name))
+        else:
+            seen[key] = name
+    return pairs
 
 
 def counted(n: int, noun: str) -> str:
