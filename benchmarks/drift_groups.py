@@ -67,6 +67,9 @@ def main() -> None:
             accepted = np.isin(of, order[:taken])
             base = stats(names, counts[accepted], missing[accepted], True)
             seed = int(rng.integers(1 << 30))
+            # what the gate passes compare() from the per-image tables: the classes each unit holds
+            held = {"images": class_presence(counts[accepted])[:2],
+                    "groups": class_presence(counts[accepted], groups[accepted])[:2]}
             for k in SPAN_GROUPS:
                 new = np.isin(of, order[taken:taken + k])
                 n = int(new.sum())
@@ -75,19 +78,16 @@ def main() -> None:
                                                     seed=seed),
                           "groups": sampling_limits(counts[accepted], missing[accepted], n, default.significance,
                                                     seed=seed, groups=groups[accepted], new_groups=k)}
-                # what the gate passes compare() from the per-image tables: classes held by images / by groups
-                presence = {}
-                for how, labels_of in (("images", (None, None)), ("groups", (groups[accepted], groups[new]))):
-                    accepted_held, accepted_units, unit = class_presence(counts[accepted], labels_of[0])
-                    presence[how] = lambda span, labels_of=labels_of, a=(accepted_held, accepted_units), unit=unit: {
-                        "new": class_presence(span, labels_of[1])[:2], "accepted": a, "unit": unit}
+                new_groups = {"images": None, "groups": groups[new]}
                 spans = {"normal": counts[new]}
                 if len(foreground) > 1:
                     spans["relabelled"] = shifted(counts[new], "relabel", foreground[0], foreground[1])
                 for case, span in spans.items():
                     current = stats(names, span, missing[new], False)
                     for how, limit in limits.items():
-                        result = compare(current, base, thresholds, "block", limit, presence[how](span))
+                        presence = {"new": class_presence(span, new_groups[how])[:2], "accepted": held[how],
+                                    "unit": how}
+                        result = compare(current, base, thresholds, "block", limit, presence)
                         cells[how, k, case].append(result["status"] == "blocked")
                         if case == "normal":
                             for anomaly in result["anomalies"]:

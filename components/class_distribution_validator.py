@@ -82,8 +82,7 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         base = accepted_baseline(current_artifact.uri, baselines[0].uri if baselines else None, previous)
         blocked_before, blocked_by = held_back(previous)
         window = new_images(current_artifact.uri, current,
-                            base.uri if base.from_artifact and base.uri != current_artifact.uri else None,
-                            blocked_before)
+                            base if base.from_artifact and base.uri != current_artifact.uri else None, blocked_before)
         judged = window.judged
         option = lambda k: float(exec_properties[k] if exec_properties.get(k) is not None  # noqa: E731
                                  else getattr(DriftConfig, k))  # optional ones: absent from older compiled pipelines
@@ -97,8 +96,7 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
             presence = judged_presence(window, names, current["class_names"], accepted_rows, groups)
             if option("significance") > 0:
                 limits = sampling_limits(accepted_rows, missing, judged["num_records"], option("significance"),
-                                         groups=groups,
-                                         new_groups=window.judged_groups if groups is not None else None)
+                                         groups=groups, new_groups=window.judged_groups)
         elif base.stats is not None and option("significance") > 0:
             unsampled = ("the accepted images' per-image table is not there (a copy of their counts): the "
                          "thresholds alone decided, without what sampling alone gives")

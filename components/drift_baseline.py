@@ -237,10 +237,10 @@ def blocked_lines(images: Dict[str, dict]) -> str:
     return "".join(json.dumps(images[key]) + "\n" for key in sorted(images))
 
 
-def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
+def new_images(current_uri: str, current: dict, baseline: Optional[Baseline],
                blocked: Collection[str] = frozenset()) -> Window:
     """Split ``current`` by ``image/source_id`` and class counts in the per-image tables: the images
-    ``baseline_uri``'s ClassStats counted (the same id and counts: a ``data.num_spans`` window shares them
+    ``baseline``'s ClassStats (read from their artifact) counted (the same id and counts: a ``data.num_spans`` window shares them
     with the accepted window), those an earlier gate ``blocked`` (the same id and counts, still
     unaccepted), and the rest, which are judged alone: a shift that arrives span by span is not diluted by
     the overlap, and a blocked span is not diluted by a new normal one beside it. An image under an earlier
@@ -248,21 +248,21 @@ def new_images(current_uri: str, current: dict, baseline_uri: Optional[str],
     session 26 the gate took them for the accepted images and judged only the rest). With nothing new
     besides blocked images those are judged; with nothing new at all (the same data) ``current`` is judged
     whole."""
-    from segbalance.trainer.class_stats_io import read_class_stats, read_per_image
+    from segbalance.trainer.class_stats_io import read_per_image
 
     try:
         rows = read_per_image(current_uri)
         before = set()
-        if baseline_uri:
-            earlier = read_per_image(baseline_uri)
-            before = {_key(image) for image in _images(earlier, read_class_stats(baseline_uri)["class_names"])}
+        if baseline is not None:
+            before = {_key(image) for image in _images(read_per_image(baseline.uri), baseline.stats["class_names"])}
     except (OSError, ValueError, KeyError):
         return Window(current)
     if len(rows) == 0:
         return Window(current)
-    current_images = _images(rows, current["class_names"])
-    new = rows[[not _known(image, before) for image in current_images]]
-    images = _images(new, current["class_names"])
+    every = _images(rows, current["class_names"])
+    is_new = [not _known(image, before) for image in every]
+    new = rows[is_new]
+    images = [image for image, unseen in zip(every, is_new) if unseen]
     is_held = [_known(image, blocked) for image in images]
     held = [image for image, h in zip(images, is_held) if h]
     fresh = new[[not h for h in is_held]]

@@ -112,12 +112,9 @@ def _main(args) -> int:
 
 def repeated_source_ids(output: str) -> list:
     """The source ids of more than one usable record in a stats output (its per-image tables), sorted."""
-    import pandas as pd
+    from segbalance.trainer.class_stats_io import read_every_per_image
 
-    from segbalance.trainer.class_stats_io import UNCOUNTED_PER_IMAGE_PREFIX, read_per_image
-
-    ids = pd.concat([read_per_image(output)["source_id"], read_per_image(output, UNCOUNTED_PER_IMAGE_PREFIX)["source_id"]])
-    counts = ids.value_counts()
+    counts = read_every_per_image(output)["source_id"].value_counts()
     return sorted(counts[counts > 1].index.tolist())
 
 

@@ -110,6 +110,13 @@ def read_per_image(uri: str, prefix: str = PER_IMAGE_PREFIX):
     return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
 
 
+def read_every_per_image(uri: str):
+    """The per-image rows of every split ClassStatsGen checked, counted or not, as one DataFrame."""
+    import pandas as pd
+
+    return pd.concat([read_per_image(uri), read_per_image(uri, UNCOUNTED_PER_IMAGE_PREFIX)], ignore_index=True)
+
+
 class DuplicateSourceIdError(UserError, ValueError):
     """One source_id on records with different labelled classes: the user's data to fix (one line, exit 2)."""
 
@@ -121,9 +128,7 @@ def labeled_by_source_id(uri: str) -> Dict[str, List[int]]:
     DuplicateSourceIdError (a ValueError) when one source_id carries two different labelled sets (e.g.
     the same file name in two spans of a ``data.num_spans`` window): the join could not tell them apart.
     """
-    import pandas as pd
-
-    table = pd.concat([read_per_image(uri), read_per_image(uri, UNCOUNTED_PER_IMAGE_PREFIX)], ignore_index=True)
+    table = read_every_per_image(uri)
     joined: Dict[str, List[int]] = {}
     for sid, labeled in zip(table["source_id"], table["labeled"]):
         labeled = [int(c) for c in labeled]
