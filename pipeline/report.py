@@ -302,10 +302,15 @@ def drift_section(drift_dir: str) -> Section:
     if sampling:
         groups = (f"; whole groups drawn: the new images come from {sampling['new_groups']} groups, the accepted "
                   f"ones from {sampling['groups']}") if "groups" in sampling else ""
+        factor = sampling.get("small_sample_factor")  # decisions from session 27 on
+        units = sampling.get("groups", sampling.get("accepted_images"))
+        widened = (f"; widened {factor:.3g}x (the JS divergence {factor ** 2:.3g}x) because only {units} accepted "
+                   f"{'groups' if 'groups' in sampling else 'images'} show how much they differ"
+                   if factor and factor >= 1.005 else "")
         parts.append(f"<p>A measure is an anomaly above its threshold and above what sampling alone gives: the value "
                      f"that {sampling.get('new_images')} images drawn from the {sampling.get('accepted_images')} "
                      f"accepted ones exceed with chance {fmt(sampling.get('significance'))} "
-                     f"({sampling.get('draws')} bootstrap draws){esc(groups)}.</p>")
+                     f"({sampling.get('draws')} bootstrap draws){esc(groups)}{esc(widened)}.</p>")
     baseline = drift.get("baseline")
     parts.append(f"<p>Compared with {'the ClassStats in ' + esc(baseline) if baseline else 'nothing'}"
                  + (f" ({esc(drift['note'])})" if drift.get("note") else "") + ".</p>")

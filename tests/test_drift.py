@@ -575,23 +575,47 @@ def test_a_blocked_span_is_remembered_past_a_passing_run(tmp_path):
 
 # --------------------------------------------------------------------------- what sampling alone gives
 def test_sampling_limits_of_a_hand_computed_case():
-    """Two accepted images, one all class 0 (with a class not labelled), one all class 1; one new image:
-    n_eff = round(1 * 2 / 3) = 1, so a draw is one of the two images, and each measure takes one value:
+    """Ten accepted images, five all class 0, five all class 1, every other one with a class not labelled;
+    one new image: n_eff = round(1 * 10 / 11) = 1, so a draw is one image, and each measure takes one value:
     max_abs_change 0.5, missing-rate change 0.5, JS([1, 0], [0.5, 0.5]) = 0.5 log2(4/3) + 0.25 log2(2/3)
-    + 0.25 log2(2) (hand-computed)."""
-    rows = np.array([[10, 0], [0, 10]])
-    limits = drift_metrics.sampling_limits(rows, [True, False], 1, significance=0.01)
+    + 0.25 log2(2) (hand-computed); each widened by the small-sample factor of 10 units (JS by its square)."""
+    rows = np.array([[10, 0]] * 5 + [[0, 10]] * 5)
+    limits = drift_metrics.sampling_limits(rows, [True, False] * 5, 1, significance=0.01)
     js = 0.5 * math.log2(4 / 3) + 0.25 * math.log2(2 / 3) + 0.25 * math.log2(2)
-    assert limits["js_divergence"] == pytest.approx(js) == pytest.approx(jensenshannon([1, 0], [0.5, 0.5], base=2) ** 2)
-    assert limits["max_abs_change"] == pytest.approx(0.5) and limits["missing_rate_change"] == pytest.approx(0.5)
-    assert (limits["n_eff"], limits["new_images"], limits["accepted_images"]) == (1, 1, 2)
+    assert js == pytest.approx(jensenshannon([1, 0], [0.5, 0.5], base=2) ** 2)
+    f = limits["small_sample_factor"]
+    assert f == pytest.approx(drift_metrics.small_sample_factor(10, 0.01)) and 1.3 < f < 1.35
+    assert limits["js_divergence"] == pytest.approx(js * f * f)
+    assert limits["max_abs_change"] == pytest.approx(0.5 * f) and limits["missing_rate_change"] == pytest.approx(0.5 * f)
+    assert (limits["n_eff"], limits["new_images"], limits["accepted_images"]) == (1, 1, 10)
     # identical accepted images: sampling cannot move the frequencies
     same = drift_metrics.sampling_limits(np.tile([[6, 3, 1]], (50, 1)), [False] * 50, 10, 0.005)
     assert same["js_divergence"] == same["max_abs_change"] == same["missing_rate_change"] == 0.0
     assert same["n_eff"] == round(10 * 50 / 60)
-    assert drift_metrics.sampling_limits(rows, [False, False], 5, significance=0.0) is None  # off
+    assert drift_metrics.sampling_limits(rows, [False] * 10, 5, significance=0.0) is None  # off
     assert drift_metrics.sampling_limits(np.zeros((0, 2)), [], 5, 0.01) is None  # nothing accepted
     assert drift_metrics.sampling_limits(np.zeros((3, 2)), [False] * 3, 5, 0.01) is None  # no labelled pixel
+    # two accepted images cannot tell how much images differ: every limit is 1, which no change exceeds
+    two = drift_metrics.sampling_limits(np.array([[10, 0], [0, 10]]), [True, False], 1, significance=0.01)
+    assert two["js_divergence"] == two["max_abs_change"] == two["missing_rate_change"] == 1.0
+
+
+def test_small_sample_factor_of_closed_forms():
+    """t(U - 1) / z at 1 - s/2, times sqrt(U / (U - 1)), from the closed forms of Student's t with 1 degree of
+    freedom (Cauchy: tan(pi (q - 1/2))) and 2 (t = (2q - 1) / sqrt(2 q (1 - q))), and the standard library's
+    normal quantile; 1 for a single unit; close to 1 for many."""
+    from statistics import NormalDist
+
+    for s in (0.01, 0.005, 0.1):
+        q = 1 - s / 2
+        z = NormalDist().inv_cdf(q)
+        assert drift_metrics.small_sample_factor(2, s) == pytest.approx(math.tan(math.pi * (q - 0.5)) / z * math.sqrt(2))
+        t2 = (2 * q - 1) / math.sqrt(2 * q * (1 - q))
+        assert drift_metrics.small_sample_factor(3, s) == pytest.approx(t2 / z * math.sqrt(1.5))
+        assert drift_metrics.small_sample_factor(10**6, s) == pytest.approx(1.0, abs=1e-4)
+        assert drift_metrics.small_sample_factor(1, s) == drift_metrics.small_sample_factor(0, s) == 1.0
+    factors = [drift_metrics.small_sample_factor(u, 0.005) for u in (2, 3, 5, 16, 50, 600)]
+    assert factors == sorted(factors, reverse=True)  # fewer units, wider limits
 
 
 def _population(rng, images, classes=4):
@@ -718,22 +742,58 @@ def test_grouped_limits_with_every_group_one_image_are_the_image_limits_draw_for
 
 
 def test_grouped_limits_of_a_hand_computed_case():
-    """Four accepted images from two tiles: tile A two images all class 0 (one with a class not labelled),
-    tile B two images all class 1; two new images from one tile. m_eff = round(1 * 2 / 3) = 1: a draw is one
-    whole tile: max_abs_change 0.5, missing-rate change |0.5 - 0.25| = |0 - 0.25| = 0.25, JS as in the image
-    case. Drawn image by image (n_eff = round(2 * 4 / 6) = 1 too) a draw is one image: the missing-rate
-    change is 0.75 or 0.25."""
-    rows = np.array([[10, 0], [10, 0], [0, 10], [0, 10]])
-    missing = [True, False, False, False]
-    limits = drift_metrics.sampling_limits(rows, missing, 2, 0.01, groups=["A", "A", "B", "B"], new_groups=1)
+    """Twenty accepted images from ten tiles of two: tiles 0-4 all class 0 (one image of each with a class not
+    labelled), tiles 5-9 all class 1; two new images from one tile. m_eff = round(1 * 10 / 11) = 1: a draw is
+    one whole tile: max_abs_change 0.5, missing-rate change |0.5 - 0.25| = |0 - 0.25| = 0.25, JS as in the
+    image case; each widened by the factor of 10 units. Drawn image by image (n_eff = round(2 * 20 / 22) = 2)
+    a draw is two images, both with a class not labelled 1 time in 16: the missing-rate change's 99th
+    percentile is |1 - 0.25| = 0.75, widened by the factor of 20 units."""
+    rows = np.array([[10, 0]] * 10 + [[0, 10]] * 10)
+    missing = [True, False] * 5 + [False] * 10
+    tiles = [f"tile{i // 2}" for i in range(20)]
+    limits = drift_metrics.sampling_limits(rows, missing, 2, 0.01, groups=tiles, new_groups=1)
     js = 0.5 * math.log2(4 / 3) + 0.25 * math.log2(2 / 3) + 0.25 * math.log2(2)
-    assert limits["js_divergence"] == pytest.approx(js) and limits["max_abs_change"] == pytest.approx(0.5)
-    assert limits["missing_rate_change"] == pytest.approx(0.25)
-    assert (limits["groups"], limits["new_groups"], limits["n_eff"], limits["accepted_images"]) == (2, 1, 1, 4)
-    assert drift_metrics.sampling_limits(rows, missing, 2, 0.01)["missing_rate_change"] == pytest.approx(0.75)
+    f10, f20 = drift_metrics.small_sample_factor(10, 0.01), drift_metrics.small_sample_factor(20, 0.01)
+    assert limits["small_sample_factor"] == pytest.approx(f10)
+    assert limits["js_divergence"] == pytest.approx(js * f10 ** 2)
+    assert limits["max_abs_change"] == pytest.approx(0.5 * f10)
+    assert limits["missing_rate_change"] == pytest.approx(0.25 * f10)
+    assert (limits["groups"], limits["new_groups"], limits["n_eff"], limits["accepted_images"]) == (10, 1, 1, 20)
+    by_image = drift_metrics.sampling_limits(rows, missing, 2, 0.01)
+    assert by_image["n_eff"] == 2 and by_image["missing_rate_change"] == pytest.approx(0.75 * f20)
     # an image without a group is a group of its own
-    mixed = drift_metrics.sampling_limits(rows, missing, 2, 0.01, groups=["A", "A", None, None], new_groups=2)
-    assert mixed["groups"] == 3 and mixed["n_eff"] == round(2 * 3 / 5)
+    mixed = drift_metrics.sampling_limits(rows, missing, 2, 0.01, groups=tiles[:10] + [None] * 10, new_groups=2)
+    assert mixed["groups"] == 15 and mixed["n_eff"] == round(2 * 15 / 17)
+    assert mixed["small_sample_factor"] == pytest.approx(drift_metrics.small_sample_factor(15, 0.01))
+
+
+def test_limits_from_a_few_groups_hold_the_false_alarm_rate():
+    """With the crops of only 4 accepted tiles, the bootstrap's own quantiles took the 4 tiles' spread for the
+    spread of all tiles: a normal new tile exceeded them 2 to 5 times as often as the significance asked.
+    Widened by the small-sample factor they hold it (binomial(150, 0.1): mean 15, sd 3.7)."""
+    rng = np.random.default_rng(7)
+    counts, missing, labels = _grouped_population(rng, 200, 6)
+    tiles = np.unique(labels)
+    significance, trials = 0.1, 150
+    hits = {k: 0 for k in drift_metrics.SAMPLED}
+    unwidened = {k: 0 for k in drift_metrics.SAMPLED}
+    for _ in range(trials):
+        picked = rng.choice(tiles, 5, replace=False)
+        accepted, new = np.isin(labels, picked[:4]), np.isin(labels, picked[4:])
+        base = drift_metrics.frequencies(counts[accepted].sum(0))
+        p = drift_metrics.frequencies(counts[new].sum(0))
+        values = {"js_divergence": drift_metrics.js_divergence(p, base),
+                  "max_abs_change": float(np.abs(p - base).max()),
+                  "missing_rate_change": abs(missing[new].mean() - missing[accepted].mean())}
+        limits = drift_metrics.sampling_limits(counts[accepted], missing[accepted], int(new.sum()), significance,
+                                               draws=500, seed=int(rng.integers(1 << 30)), groups=labels[accepted],
+                                               new_groups=1)
+        f = limits["small_sample_factor"]
+        for k in drift_metrics.SAMPLED:
+            hits[k] += values[k] > limits[k]
+            unwidened[k] += values[k] > limits[k] / (f * f if k == "js_divergence" else f)
+    assert all(h <= 33 for h in hits.values()), hits
+    assert unwidened["js_divergence"] >= 45 and unwidened["max_abs_change"] >= 30, unwidened
 
 
 def test_grouped_limits_hold_the_false_alarm_rate_where_image_limits_do_not():

@@ -696,7 +696,16 @@ def test_the_drift_section_shows_what_sampling_alone_gives(tmp_path):
     rows = re.findall(r"<tr><td[^>]*>(js_divergence|max_abs_change)</td>(.*?)</tr>", body)
     assert [name for name, _ in rows] == ["js_divergence", "max_abs_change"]
     assert "0.2071" in rows[0][1] and "0.3833" in rows[1][1]
-    assert "10 images drawn from the 200 accepted ones exceed with chance 0.005 (2000 bootstrap draws)" in body
+    assert "10 images drawn from the 200 accepted ones exceed with chance 0.005 (2000 bootstrap draws)." in body
+    # session 27: limits from a few units are widened, and the page says by how much and why
+    drift["sampling"].update(small_sample_factor=1.25, groups=12, new_groups=2)
+    (tmp_path / "drift.json").write_text(json.dumps(drift))
+    body = drift_section(str(tmp_path)).body
+    assert ("the new images come from 2 groups, the accepted ones from 12; widened 1.25x (the JS divergence "
+            "1.56x) because only 12 accepted groups show how much they differ.") in body
+    drift["sampling"].update(small_sample_factor=1.004)  # many units: nothing worth saying
+    (tmp_path / "drift.json").write_text(json.dumps(drift))
+    assert "widened" not in drift_section(str(tmp_path)).body
     del drift["sampling"]  # a decision from before session 19: three columns, no sentence
     (tmp_path / "drift.json").write_text(json.dumps(drift))
     assert "sampling alone" not in drift_section(str(tmp_path)).body
