@@ -359,7 +359,7 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
     mIoU, best epoch restored)."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from segbalance.trainer.task import SUMMARY_FILE, backup_dir_for, run_fn, trainer_config
+    from segbalance.trainer.task import SUMMARY_FILE, run_fn
 
     shutil.rmtree(workdir, ignore_errors=True)
     cfg = copy.deepcopy(base_cfg)
@@ -369,9 +369,9 @@ def train_cell(artifacts: dict, base_cfg: dict, loss: dict, seed: int, workdir: 
     if freeze is not None:  # the group's 1-epoch pipeline run held it to 1
         cfg["training"]["freeze_encoder_epochs"] = freeze
     train_files = [os.path.join(artifacts["examples"], "Split-train", "*")]
-    # the trainer's own backup key (config and training files), placed beside the cell folder, which a retry
-    # clears: a stopped cell resumes from its last epoch, never from another configuration's
-    cfg["training"]["backup_dir"] = backup_dir_for(trainer_config(cfg)[0], train_files, str(workdir))
+    # the trainer's backup (keyed by config and training files) beside the cell folder, which a retry clears:
+    # a stopped cell resumes from its last epoch, never from another configuration's
+    cfg["training"]["backup_dir"] = str(workdir.parent)
     cfg["class_stats_uri"] = artifacts["class_stats"]
     fn_args = FnArgs(
         train_files=train_files,

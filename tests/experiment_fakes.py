@@ -1,4 +1,5 @@
 """Stand-ins for `segbalance experiment` tests: a run_fn that records the training config it gets."""
+import dataclasses
 import json
 
 
@@ -8,7 +9,10 @@ def recording_run_fn(cell_dir, seen: list):
     from segbalance.trainer import task
 
     def run_fn(fn_args):
-        seen.append(task.trainer_config(fn_args.custom_config)[0].training)
+        config = task.trainer_config(fn_args.custom_config)[0]
+        # backup_dir: the folder run_fn would back up into
+        seen.append(dataclasses.replace(config.training, backup_dir=task.backup_dir_for(
+            config, fn_args.train_files, fn_args.model_run_dir)))
         (cell_dir / "run").mkdir(parents=True)
         (cell_dir / "run" / task.SUMMARY_FILE).write_text(json.dumps(
             {"history": {"val_miou": [0.1, 0.2]}, "class_weights": None}))

@@ -85,7 +85,27 @@ def test_backup_dir_is_beside_the_model_run_and_keyed_by_the_training():
     assert task.backup_dir_for(config(), ["gs://b/ex/Split-train/*"], "gs://b/root/SegTrainer/model_run/8") == a
     assert task.backup_dir_for(config(epochs=9), ["gs://b/ex/Split-train/*"], "gs://b/x/7") != \
         task.backup_dir_for(config(), ["gs://b/ex/Split-train/*"], "gs://b/x/7")
-    assert task.backup_dir_for(config(backup_dir="/tmp/b"), [], "/x/7") == "/tmp/b"
+    # training.backup_dir: the folder the backup is kept in, keyed the same way (it was the backup itself)
+    mine = task.backup_dir_for(config(backup_dir="/tmp/b/"), ["gs://b/ex/Split-train/*"], "/x/7")
+    assert mine == "/tmp/b/" + a.rsplit("/", 1)[1]
+    assert task.backup_dir_for(config(backup_dir="gs://c", epochs=9), [], "/x/7").startswith("gs://c/backup-")
+
+
+def test_a_backup_dir_the_user_names_keeps_what_it_held(tmp_path):
+    """QA 27: with training.backup_dir set, the named folder was the backup, deleted after the export with
+    every file the user kept there. The backup is now a backup-<key> folder inside it, and only that goes."""
+    uris = ti.tiny_pipeline()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("kept")
+    config = {**ti.CONFIG, "epochs": 3, "backup_dir": str(mine)}
+    with pytest.raises(KeyboardInterrupt):
+        task.run_fn(ti.fn_args_for(uris, str(tmp_path / "out"), {**config, "_extra_callbacks": [Interrupt()]}))
+    [backup] = [p for p in mine.iterdir() if p.name.startswith("backup-")]
+    assert task.backed_up_epochs(str(backup)) == 2
+    task.run_fn(ti.fn_args_for(uris, str(tmp_path / "out"), config))  # resumes from it, then removes it
+    assert sorted(p.name for p in mine.iterdir()) == ["precious.txt"]
+    assert (mine / "precious.txt").read_text() == "kept"
 
 
 def test_default_strategy_without_gpus():

@@ -122,12 +122,16 @@ def choose_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.St
 
 
 def backup_dir_for(config: TrainerConfig, train_files, model_run_dir: str) -> str:
-    if config.training.backup_dir:
-        return config.training.backup_dir
+    """This training's BackupAndRestore folder, ``backup-<fingerprint of config and training files>``: in
+    ``training.backup_dir`` when set, else beside the ModelRun folder (a retried TFX execution gets a new
+    one). The folder is deleted once the model is exported, so it is never the one a user names (QA 27:
+    ``backup_dir`` was the backup itself, and the user's folder was deleted with all it held), and a
+    training never resumes from another configuration's backup."""
     key = config.fingerprint_json() + json.dumps(sorted(train_files))
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    parent = model_run_dir.rstrip("/").rsplit("/", 1)[0]  # not os.path.normpath: it breaks gs://
-    return f"{parent}/backup-{fingerprint}"
+    # not os.path.normpath: it breaks gs://
+    parent = config.training.backup_dir or model_run_dir.rstrip("/").rsplit("/", 1)[0]
+    return f"{parent.rstrip('/')}/backup-{fingerprint}"
 
 
 def run_fn(fn_args) -> None:

@@ -93,7 +93,8 @@ module instead of repeating the table.
   ``jit_compile`` false        XLA-compile the train step
   ``seed`` 0                   weights, shuffling and augmentation
   ``warm_start`` false         start from the latest blessed model (same architecture)
-  ``backup_dir`` null          BackupAndRestore folder; null: beside the ModelRun
+  ``backup_dir`` null          folder the BackupAndRestore backup (``backup-<key of config and
+                               data>``, deleted after export) is kept in; null: beside the ModelRun
   ============================ ==========================================================
 
 No TensorFlow / Keras / TFX imports: ``segbalance config validate`` stays fast.
