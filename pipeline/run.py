@@ -213,6 +213,21 @@ def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str]]:
     return None if names is None else (names, f"the classes of {classes}")
 
 
+def keep_class_names(spans_dir: Path, names: list) -> None:
+    """``spans_dir/classes.json``: the class names the data brought (a sample kind's, DATA/classes.json)
+    beside the spans run ingested them into, so that a later `run --data spans_dir` (the command
+    `segbalance schedule` prints) trains the same classes. QA 27: it fell back to the four default
+    names, and a scheduled run of a voc sample config was refused, one of the nuclei sample trained
+    three classes under the shapes' names."""
+    target = spans_dir / "classes.json"
+    text = json.dumps({"class_names": list(names)}, indent=1)
+    if target.is_file() and target.read_text() == text:
+        return
+    partial = spans_dir / "classes.json.partial"
+    partial.write_text(text)
+    os.replace(partial, target)
+
+
 def check_output_beside_data(output: Path, data: Path, examples_dir: Path) -> None:
     """The run directory must not be, or lie inside, the data folder (the run would write into the
     user's data); an images/ + masks/ folder must not lie in OUTPUT/data, where run writes spans.
@@ -277,16 +292,18 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     images/ + masks/ folder is ingested into OUTPUT/data as its next span (``ingest_as_next_span``)
     and then read the same way, so what `run` says it ingested is the span ExampleGen reads."""
     reference = config.data.reference_masks_dir
+    data_names = None  # the class names the data brought (a sample kind's, DATA/classes.json)
     if config.data.dir is None:
         source = _ensure_sample(config, Path(paths["sample_dir"]))
         if config.data.sample.kind != "shapes":
-            names = json.loads((source / "classes.json").read_text())["class_names"]
-            adopt_class_names(config, names, f"the {config.data.sample.kind} sample's classes")
+            data_names = json.loads((source / "classes.json").read_text())["class_names"]
+            adopt_class_names(config, data_names, f"the {config.data.sample.kind} sample's classes")
     else:
         source = Path(config.data.dir).resolve()
         found = data_class_names(config)
         if found is not None:
             adopt_class_names(config, *found)
+            data_names = found[0]
     spans = any(source.glob("Span-*"))
     if reference is None and not spans and (source / "masks_full").is_dir():
         reference = str(source / "masks_full")
@@ -295,6 +312,8 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     else:
         spans_dir = Path(paths["examples_dir"])
         ingest_as_next_span(config, source, spans_dir)  # first: its checks of the masks' ids say more
+        if data_names is not None:
+            keep_class_names(spans_dir, data_names)
     if reference is not None and "://" not in reference:  # before any component runs
         from segbalance.pipeline.reference_masks import check_reference_masks
 

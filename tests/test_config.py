@@ -329,6 +329,14 @@ def test_run_takes_the_class_names_of_the_data_folder(tmp_path, capsys):
     prepare_data(config, paths)
     assert config.classes.names == ["bg", "ellipse", "rectangle", "circle"]
     assert "classes: 4 from the classes of" in capsys.readouterr().out
+    # kept beside the spans: a run on them (a scheduled `run --data OUTPUT/data`) has the same classes
+    spans = config_from_dict({"data": {"dir": paths["examples_dir"]}})
+    prepare_data(spans, paths)
+    assert spans.classes.names == ["bg", "ellipse", "rectangle", "circle"]
+    mine = config_from_dict({"data": {"dir": str(raw)}, "classes": {"names": ["x", "y", "z", "w"]}})
+    with pytest.raises(ConfigError, match="remove classes.names"):  # the user's names still never replaced
+        prepare_data(mine, {**paths, "examples_dir": str(tmp_path / "examples1")})
+    assert not (tmp_path / "examples1").exists()
     # per-class vectors are checked against the data's class count at once, not at Transform
     (raw / "classes.json").write_text(json.dumps({"class_names": ["bg", "a", "b", "c", "d"]}))
     config = config_from_dict({"data": {"dir": str(raw)},

@@ -359,6 +359,11 @@ def test_a_sample_kind_brings_its_class_names_but_never_replaces_the_users(tmp_p
     config = config_from_dict({"data": {"sample": sample}})  # default names: the sample's replace them
     prepare_data(config, paths)
     assert config.classes.names == ["background", "nucleus", "boundary"]
+    # QA 27: the spans folder keeps them, so `run --data OUTPUT/data` (what `schedule` prints) trains the same
+    # classes; before, it fell back to the four default names
+    again = config_from_dict({"data": {"dir": paths["examples_dir"], "sample": sample}})
+    prepare_data(again, paths)
+    assert again.classes.names == ["background", "nucleus", "boundary"]
     mine = config_from_dict({"data": {"sample": sample}, "classes": {"names": ["bg", "cell", "edge"]}})
     with pytest.raises(ConfigError, match=r"classes.names \['bg', 'cell', 'edge'\] are not the nuclei sample's "
                                           r"classes \['background', 'nucleus', 'boundary'\]: remove classes.names"):
