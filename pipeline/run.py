@@ -371,6 +371,10 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         from segbalance.trainer.model import check_backbone_weights
 
         check_backbone_weights(config.training)  # offline without cached ImageNet weights: now, not at SegTrainer
+    if config.training.devices:  # (imports TensorFlow: only then)
+        from segbalance.trainer.task import check_devices
+
+        check_devices(config.training.devices)  # now, not at SegTrainer's first step
     if getattr(config.training.pixel_weights, "model", None):  # a feature extractor (imports Keras: only then)
         from segbalance.trainer.data import feature_extractor
 

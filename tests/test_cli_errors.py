@@ -28,6 +28,7 @@ def ws(tmp_path_factory):
     (root / "emptydir").mkdir()
     (root / "pipeline.yaml").write_text("pipelineInfo: {name: p}\nroot: {}\ndeploymentSpec: {}\n")  # a KFP package
     (root / "bad.yaml").write_text("training: [1\n")
+    (root / "devices.yaml").write_text("training:\n  devices: [/gpu:7]\n")
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
     (root / "user" / "notes.txt").write_text("mine\n")
@@ -136,6 +137,9 @@ def _cases():
         ("run config is a folder", ["run", "--config", "{w}/emptydir"], "{w}/emptydir"),
         ("run config syntax", ["run", "--config", "{w}/bad.yaml"], "{w}/bad.yaml"),
         ("run data missing", ["run", "--data", "{w}/nope", "--output-dir", "{w}/new"], "{w}/nope"),
+        # QA 27: it failed at SegTrainer's first step, with TensorFlow's traceback
+        ("run devices not here", ["run", "--config", "{w}/devices.yaml", "--output-dir", "{w}/new"],
+         "training.devices: '/gpu:7' is not a device of this machine"),
         ("run data is a file", ["run", "--data", "{w}/afile.txt", "--output-dir", "{w}/new"], "{w}/afile.txt"),
         ("run data is empty", ["run", "--data", "{w}/emptydir", "--output-dir", "{w}/new"], "{w}/emptydir"),
         ("run data masks is a file", ["run", "--data", "{w}/masks_is_file", "--output-dir", "{w}/new"],

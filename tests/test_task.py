@@ -112,6 +112,23 @@ def test_default_strategy_without_gpus():
     assert not isinstance(task.choose_strategy(), tf.distribute.MirroredStrategy)
 
 
+def test_devices_this_machine_lacks_are_named_before_training():
+    """QA 27: training.devices ['/gpu:0', '/gpu:1'] on a CPU machine failed at SegTrainer's first step with
+    TensorFlow's traceback; a spelling TensorFlow cannot read too."""
+    cpu = tf.config.list_logical_devices("CPU")[0].name  # e.g. /device:CPU:0
+    for fine in (["/cpu:0"], ["CPU:0"], ["cpu"], [cpu], ["/job:localhost/replica:0/task:0/device:CPU:0"]):
+        task.check_devices(fine)
+    task.check_devices(None)
+    task.check_devices([])
+    for wrong, named in ((["/gpu:0", "/gpu:1"], "/gpu:0"), (["/cpu:0", "/cpu:99"], "/cpu:99"), (["foo"], "foo"),
+                         (["/gpu:x"], "/gpu:x")):
+        with pytest.raises(task.DevicesError, match=rf"training.devices: '{named}' is not a device of this "
+                                                    rf"machine \(it has {cpu}"):
+            task.check_devices(wrong)
+    with pytest.raises(task.DevicesError):
+        task.choose_strategy(["/gpu:3"])
+
+
 class Interrupt(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 1:

@@ -112,9 +112,34 @@ def check_inputs(config: TrainerConfig, stats: dict, quarantine: list, num_train
         raise DataMismatchError("the training split is empty: ingest more data or lower data.eval_fraction")
 
 
+class DevicesError(ValueError, UserError):
+    """``training.devices`` names a device this machine does not have; the message says what to do."""
+
+
+def check_devices(devices: Optional[Sequence[str]]) -> None:
+    """``training.devices`` names devices of this machine (type and index, e.g. ``/gpu:0``; a job or task
+    part is not compared): DevicesError naming the first that is not, and those there are. QA 27: it
+    failed at SegTrainer's first step with TensorFlow's traceback, after the Beam components had run."""
+    if not devices:
+        return
+    there = [d.name for d in tf.config.list_logical_devices()]
+    present = [tf.DeviceSpec.from_string(name) for name in there]
+    for device in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(device)
+        except ValueError:
+            spec = None
+        if spec is None or spec.device_type is None or not any(
+                p.device_type == spec.device_type and spec.device_index in (None, p.device_index) for p in present):
+            raise DevicesError(f"training.devices: {device!r} is not a device of this machine (it has "
+                               f"{', '.join(there)}); name some of those, or remove training.devices (all GPUs "
+                               f"when more than one, else one device)")
+
+
 def choose_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
     """MirroredStrategy on ``devices`` or on all GPUs when more than one; else the default strategy."""
     if devices:
+        check_devices(devices)
         return tf.distribute.MirroredStrategy(list(devices))
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
