@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Literal, Optional, Tuple
 
 from segbalance.contract import DRIFT_ACTIONS
-from segbalance.trainer.class_weights import ENET_K
+from segbalance.trainer.class_weights import DEFAULT_CLIP, ENET_K
 from segbalance.trainer.typed_config import is_number, require
 
 
@@ -22,7 +22,7 @@ class StatsConfig:
     suspect_threshold: float = 0.9  # co-occurrence rate in (0, 1] for suspect_missing
     # [w_min, w_max] of the raw weights, before normalisation; null: none. [0.5, 5.0] is the range of the
     # default loss's median-frequency weights in the experiment (README "Results")
-    clip: Optional[Tuple[float, float]] = (0.5, 5.0)
+    clip: Optional[Tuple[float, float]] = DEFAULT_CLIP
     damping: Optional[Literal["sqrt"]] = None  # "sqrt": square root of the weights
     zero_count_weight: float = 0.0  # weight of a class with no pixel
     beta: Optional[float] = None  # effective_number beta; None: 1 - 1/N

@@ -48,11 +48,13 @@ import numpy as np
 
 from segbalance.contract import counted
 from segbalance.pipeline.experiment_config import PROTOCOL, trained_with
+from segbalance.trainer.class_weights import DEFAULT_CLIP
+from segbalance.trainer.loss_config import default_training_loss
 
 CE = {"type": "ce", "weight": 1.0}
 DICE = {"type": "dice", "weight": 1.0}
 FOCAL = {"type": "focal", "weight": 1.0, "gamma": 2.0}
-CLIP = (0.5, 5.0)  # raw-weight clipping range of the "_clipped" variants (before normalisation)
+CLIP = DEFAULT_CLIP  # raw-weight clipping range of the "_clipped" variants (before normalisation): stats.clip's
 IMBALANCE_LOSSES = {
     "unweighted": {"terms": [CE]},
     "inverse_frequency": {"terms": [CE], "class_weights": "inverse_frequency"},
@@ -77,7 +79,7 @@ WEIGHTINGS = {"none": None, "inverse_frequency": "inverse_frequency", "inverse_f
               "enet": "enet", "effective_number": "effective_number"}
 # Weightings whose class weights decay to 1 over this many epochs (loss.class_weight_decay_epochs):
 # the weights' early rare-class learning, then convergence on the unweighted loss.
-DECAY_EPOCHS = {"median_frequency_clipped_decay": 20}
+DECAY_EPOCHS = {"median_frequency_clipped_decay": default_training_loss().class_weight_decay_epochs}  # the default's
 MISSING = {"none": None, "ignore_predicted": "ignore_predicted", "marginal": "marginal",
            "marginal_dice": "marginal"}
 # Missing-label handlings that also make the Dice terms marginal (loss_config.Dice.marginal).

@@ -31,7 +31,7 @@ def test_value_is_the_weighted_sum_of_the_terms():
     mask, logits, labeled, pw = batch()
     counts = [900, 90, 10]
     loss = SegmentationLoss(CONFIG, pixel_counts=counts)
-    w = compute_class_weights(counts, "median_frequency")
+    w = compute_class_weights(counts, "median_frequency", clip=(0.5, 5.0))  # the stats section's default clip
     np.testing.assert_allclose(loss.class_weights, w)
     expected = (L.marginal_cross_entropy(mask, logits, labeled, w, pixel_weights=pw)
                 + 0.5 * L.dice_loss(mask, logits, w, pixel_weights=pw)
@@ -46,8 +46,30 @@ def test_value_is_the_weighted_sum_of_the_terms():
     present_pixels = [1000, 400, 100]
     per_image = SegmentationLoss(CONFIG, pixel_counts=counts, present_image_pixels=present_pixels)
     np.testing.assert_allclose(per_image.class_weights, compute_class_weights(
-        counts, "median_frequency", present_image_pixels=present_pixels))
+        counts, "median_frequency", present_image_pixels=present_pixels, clip=(0.5, 5.0)))
     assert not np.allclose(per_image.class_weights, w)
+
+
+def test_weights_from_pixel_counts_are_the_pipeline_s_by_default():
+    """QA 27: SegmentationLoss(pixel_counts=) computed unclipped weights, while the pipeline's (ClassStats,
+    stats.clip default [0.5, 5.0]) are clipped: the same "default loss" weighed the rarest class 3.37 in
+    Python and 2.66 in the pipeline. Hand-computed: median frequency of [9000, 1500, 1200, 100] with every
+    class in every image is median(f) / f = 1350 / c = [0.15, 0.9, 1.125, 13.5]; clipped to [0.5, 5] that is
+    [0.5, 0.9, 1.125, 5], normalised to mean 1 over the classes."""
+    from segbalance.components.component_config import StatsConfig
+
+    counts = [9000, 1500, 1200, 100]
+    loss = SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": "median_frequency"}, pixel_counts=counts)
+    clipped = np.array([0.5, 0.9, 1.125, 5.0])
+    np.testing.assert_allclose(loss.class_weights, clipped / clipped.mean())
+    assert StatsConfig().clip == (0.5, 5.0)  # the one default, shared
+    unclipped = SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": "median_frequency"},
+                                 pixel_counts=counts, weight_options={"clip": None})
+    raw = np.array([0.15, 0.9, 1.125, 13.5])
+    np.testing.assert_allclose(unclipped.class_weights, raw / raw.mean())
+    with pytest.raises(ValueError, match="unknown weight options"):
+        SegmentationLoss({"terms": [{"type": "ce"}], "class_weights": "median_frequency"}, pixel_counts=counts,
+                         weight_options={"clipp": None})
 
 
 def test_missing_label_modes_and_pixel_options():

@@ -38,6 +38,10 @@ import numpy as np
 
 SCHEMES = ("uniform", "inverse_frequency", "median_frequency", "enet", "effective_number")
 ENET_K = 1.02
+# [w_min, w_max] of the raw weights before normalisation, the ``stats.clip`` default (StatsConfig) and
+# SegmentationLoss's when it computes weights from pixel_counts= itself: the range of the default loss's
+# median-frequency weights in the experiment (README "Results")
+DEFAULT_CLIP = (0.5, 5.0)
 # The keyword options of compute_class_weights a configuration passes (the ``stats`` section's
 # clip, damping, ...; StatsOptions.weight_options, SegmentationLoss(weight_options=)).
 WEIGHT_OPTION_KEYS = frozenset({"beta", "enet_k", "damping", "clip", "normalize", "zero_count_weight"})

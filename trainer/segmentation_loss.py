@@ -12,7 +12,8 @@ A bad key, term type, parameter or scheme is a ``ConfigError`` (a ``ValueError``
 
 Arguments besides ``config``: ``class_weights`` (the vector for a scheme name; or give
 ``pixel_counts=`` (+ ClassStats' ``present_image_pixels=`` for ``median_frequency``) and
-``weight_options=`` (the ``stats`` section's clip, damping, ...) to compute it),
+``weight_options=`` (the ``stats`` section's clip, damping, ...; its default clip [0.5, 5.0] unless
+given, ``{"clip": None}`` for none) to compute it),
 ``ignore_index`` (the mask value with no label; default 255), ``num_classes`` (optional,
 implied by ``pixel_counts``: checks vector lengths when the loss is built and the logits'
 channel count when it is called).
@@ -37,7 +38,7 @@ import numpy as np
 from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX
-from segbalance.trainer.class_weights import check_weight_options, compute_class_weights
+from segbalance.trainer.class_weights import DEFAULT_CLIP, check_weight_options, compute_class_weights
 from segbalance.trainer.loss_config import TERMS, LossConfig, TermInputs, loss_config, unread_fields
 from segbalance.trainer.typed_config import ConfigError, to_dict
 
@@ -99,10 +100,12 @@ class SegmentationLoss(keras.losses.Loss):
             if pixel_counts is None:
                 raise ConfigError(f"loss config names the class-weight scheme {scheme!r}: pass class_weights= "
                                   f"(e.g. ClassStats weights['{scheme}']) or pixel_counts=")
-            if weight_options:
-                check_weight_options(weight_options)
+            # the stats section's default clip, as ClassStats' weights have it (QA 27: unclipped here, so the
+            # same "default loss" weighed a rare class 3.4 where the pipeline gives 2.7); given options win
+            options = {"clip": DEFAULT_CLIP, **(weight_options or {})}
+            check_weight_options(options)
             class_weights = compute_class_weights(pixel_counts, scheme, present_image_pixels=present_image_pixels,
-                                                  **(weight_options or {})).tolist()
+                                                  **options).tolist()
         weights = None if class_weights is None else [float(w) for w in class_weights]
         if weights is not None and self.num_classes is not None and len(weights) != self.num_classes:
             raise ConfigError(f"class_weights has {len(weights)} values for {self.num_classes} classes")
