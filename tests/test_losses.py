@@ -251,6 +251,12 @@ def test_fn_and_fp_weights_and_low_confidence_hand_case():
     # max prob = softmax(2, 0)[0] = 0.88 < tau = 0.9: both pixels down-weighted by alpha
     assert float(L.weighted_cross_entropy(y, z, low_confidence=(0.9, 0.25))) == pytest.approx(0.25 * base, rel=1e-5)
     assert float(L.weighted_cross_entropy(y, z, low_confidence=(0.5, 0.25))) == pytest.approx(base, rel=1e-5)
+    # the config's form (loss.low_confidence: {tau, alpha}) is taken too (QA 27: a bare KeyError: 0)
+    assert float(L.weighted_cross_entropy(y, z, low_confidence={"tau": 0.9, "alpha": 0.25})) == \
+        pytest.approx(0.25 * base, rel=1e-5)
+    for bad in ({"tau": 0.9}, [0.9], "ab", {"tau": 0.9, "alpha": 0.2, "beta": 1}):
+        with pytest.raises(ValueError, match=r"low_confidence must be \(tau, alpha\) or \{'tau'"):
+            L.weighted_cross_entropy(y, z, low_confidence=bad)
 
 
 def test_low_confidence_weight_has_no_gradient_path():

@@ -25,8 +25,8 @@ Conventions (the same for every function):
 - ``fn_weights`` / ``fp_weights`` [C] (CE family): a pixel of true class c whose arg-max
   is another class k is a false negative of c and a false positive of k; its weight is
   multiplied by ``fn_weights[c]`` and ``fp_weights[k]`` (0 ignores those errors, > 1
-  penalises them). ``low_confidence=(tau, alpha)``: pixels whose max probability is
-  below tau get their weight multiplied by alpha. These factors are computed under
+  penalises them). ``low_confidence=(tau, alpha)`` (or the config's ``{"tau": .., "alpha": ..}``):
+  pixels whose max probability is below tau get their weight multiplied by alpha. These factors are computed under
   ``stop_gradient``.
 
 - *Arguments*: a mask, weight map or ``labeled`` whose static shape does not fit the logits, a
@@ -235,6 +235,20 @@ def _labeled_mask(labeled, num_classes: int, batch=None):
     return ops.reshape(lab, (-1, 1, 1, num_classes))
 
 
+def _tau_alpha(low_confidence) -> Tuple[float, float]:
+    """``(tau, alpha)`` of ``low_confidence``: a pair, or the configuration's mapping ``{"tau", "alpha"}``
+    (QA 27: the mapping gave a bare ``KeyError: 0``); ValueError naming what is expected otherwise."""
+    if isinstance(low_confidence, dict) and set(low_confidence) == {"tau", "alpha"}:
+        return low_confidence["tau"], low_confidence["alpha"]
+    if not isinstance(low_confidence, (str, bytes, dict)):
+        try:
+            tau, alpha = low_confidence
+            return tau, alpha
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"low_confidence must be (tau, alpha) or {{'tau': ..., 'alpha': ...}}, got {low_confidence!r}")
+
+
 def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=None, fn_weights=None,
                      fp_weights=None, low_confidence: Optional[Tuple[float, float]] = None):
     """Per-pixel weights [B,H,W] (0 on ignored pixels); the data-dependent parts use stop_gradient."""
@@ -245,6 +259,7 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
     if pixel_weights is not None:
         weight = weight * _squeeze_weights(pixel_weights, valid)
     if low_confidence is not None:
+        low_confidence = _tau_alpha(low_confidence)
         check_in_range("low_confidence tau", low_confidence[0], 0.0, 1.0, low_open=True)
         check_non_negative(**{"low_confidence alpha": low_confidence[1]})
     if fn_weights is not None or fp_weights is not None or low_confidence is not None:
