@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 DEFAULT_IMAGE_ENV = "SEGBALANCE_IMAGE"
 
@@ -44,8 +43,9 @@ def _main(args) -> int:
         config = load_config(args.config)  # data.sample is not compiled: the config names the classes
         spec = compile_pipeline(config, args.output, args.image, args.pipeline_root, span=args.span)
     except (ConfigError, CompileError) as exc:
-        print(f"segbalance compile-kfp: error: {exc}", file=sys.stderr)
-        return 2
+        from segbalance.pipeline.cli import error_line
+
+        return error_line("segbalance compile-kfp", str(exc), args)
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     print(f"compile-kfp: wrote {args.output} ({len(tasks)} tasks, image {args.image})")
     return 0

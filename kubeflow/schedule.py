@@ -272,5 +272,6 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         print(local_schedule(args.cron, data, output_dir, os.getcwd(), args.config))
         return 0
     except UserError as exc:
-        print(f"segbalance schedule: error: {exc}", file=sys.stderr)
-        return 2
+        from segbalance.pipeline.cli import error_line
+
+        return error_line("segbalance schedule", str(exc), args)

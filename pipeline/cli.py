@@ -55,6 +55,16 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def error_line(prog: str, message: str, args: Optional[argparse.Namespace] = None) -> int:
+    """A command's own report of the error it caught: its traceback first with ``--debug`` (``args.debug``;
+    QA 27: the commands that catch their own errors printed none), then one line; returns exit code 2."""
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    sys.stderr.flush()
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="segbalance",
@@ -108,7 +118,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.debug:
         quiet_third_party()
     with stop_signals.handled():
-        return run_reporting_errors(lambda: args.func(args), f"segbalance {args.command}", args.debug)
+        code = run_reporting_errors(lambda: args.func(args), f"segbalance {args.command}", args.debug)
+    try:
+        sys.stdout.flush()  # what is still buffered, here rather than at exit (a pipe's reader may be gone)
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``segbalance schedule | head -1``): nothing to report (QA 27: a
+    BrokenPipeError traceback). stdout goes to /dev/null so that Python's flush at exit raises nothing
+    more; 141 (128 + SIGPIPE), as a shell reports a writer its reader left."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (a test's capture)
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bool = False) -> int:
@@ -129,6 +156,8 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
         print(f"{prog}: error: permission denied: {exc.filename}: choose a folder you can write "
               f"(and read), or change its permissions", file=sys.stderr, flush=True)
         return 2
+    except BrokenPipeError:  # before OSError's rules: the reader of stdout left, not an error of the user's
+        return _reader_gone()
     except Exception as exc:
         if stop_signals.received() is not None:  # the stop, raised inside TensorFlow's callbacks as another type
             return _stopped(prog, stop_signals.received(), debug)

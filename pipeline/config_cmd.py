@@ -63,10 +63,11 @@ def _main(args) -> int:
             notes.append(f"{problem} (not on this machine: `segbalance run` here refuses it; a pipeline compiled "
                          f"for a cluster reads it there)")
     except ConfigError as exc:
+        from segbalance.pipeline.cli import error_line
+
         message = " ".join(str(exc).split())
-        print(f"{PROG} {action}: error: {message}" + (f" (in {path})" if path and str(path) not in message else ""),
-              file=sys.stderr)
-        return 2
+        return error_line(f"{PROG} {action}", message + (f" (in {path})" if path and str(path) not in message else ""),
+                          args)
     for note in notes:  # stderr: `config show` output stays YAML
         print(f"{PROG} {action}: note: {note}", file=sys.stderr)
     if action == "show":

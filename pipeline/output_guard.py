@@ -183,9 +183,11 @@ def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "r
     """An output FILE: refuse a folder (or a path below a file), and an existing file that
     ``is_ours(head)`` (its first 4 KB, text) does not recognise as written by segbalance.
     ``example``: the file name the refusal of a folder suggests."""
+    named = str(path)
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{option} {path} is a folder; give a file name, e.g. {path / example}")
+    # a name ending in a separator is a folder too, made or not (QA 27: "[Errno 21] Is a directory")
+    if path.is_dir() or named.endswith((os.sep, "/")):
+        raise OutputError(f"{option} {named} is a folder; give a file name, e.g. {path / example}")
     check_is_folder(path.parent, f"{option} {path}: its folder")
     if path.exists():
         with open(path, "rb") as f:

@@ -22,7 +22,6 @@ import argparse
 import glob
 import json
 import os
-import sys
 from collections import Counter
 from typing import List, Optional
 
@@ -435,8 +434,8 @@ def _main(args) -> int:
     try:
         path = render_report(find_sources(args.path), args.output)
     except (OSError, ValueError) as exc:  # FileNotFoundError, a folder or file in the way of --output
-        message = str(exc).replace("\n", " ")
-        print(f"segbalance report: error: {message}", file=sys.stderr)
-        return 2
+        from segbalance.pipeline.cli import error_line
+
+        return error_line("segbalance report", str(exc), args)
     print(f"report: wrote {path}")
     return 0

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Tuple
@@ -545,6 +544,8 @@ def add_parser(subparsers) -> None:
 
 
 def _main(args) -> int:
+    from segbalance.pipeline.cli import error_line
+
     notes: list = []
     try:
         from segbalance.pipeline.sample_data import sample_class_names
@@ -552,14 +553,12 @@ def _main(args) -> int:
         config = load_config(args.config, notes, sample_class_names,
                              **{"data.dir": args.data, "output_dir": args.output_dir})
     except ConfigError as exc:
-        print(f"segbalance run: error: {exc}", file=sys.stderr)
-        return 2
+        return error_line("segbalance run", str(exc), args)
     for note in notes:
         print(f"config: note: {note}", flush=True)
     try:
         summary = run_local(config, verbose=args.verbose, announce=True)
     except ConfigError as exc:
-        print(f"segbalance run: error: {exc}", file=sys.stderr)
-        return 2
+        return error_line("segbalance run", str(exc), args)
     print_summary(summary)
     return exit_status(summary)

@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 
@@ -90,8 +89,9 @@ def _main(args) -> int:
     except (ValueError, ClassStatsError) as exc:
         if created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
             shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind
-        print(f"segbalance stats: error: {exc}", file=sys.stderr)
-        return 2
+        from segbalance.pipeline.cli import error_line
+
+        return error_line("segbalance stats", str(exc), args)
     print(f"stats: {stats['num_records']} records, {stats['quarantined_records']} quarantined -> {args.output}")
     print("pixel counts: " + json.dumps(stats["pixel_counts"]))
     print("median-frequency weights: " + json.dumps([round(w, 4) for w in stats["weights"]["median_frequency"]]))

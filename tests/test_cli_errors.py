@@ -130,6 +130,9 @@ def _cases():
         ("report input is a file", ["report", "{w}/afile.txt", "--output", "{w}/new.html"], "{w}/afile.txt"),
         ("report input is empty", ["report", "{w}/emptydir", "--output", "{w}/new.html"], "{w}/emptydir"),
         ("report output is a folder", ["report", "{w}/emptydir", "--output", "{w}/user"], "{w}/user"),
+        # QA 27: a folder not made yet was "[Errno 21] Is a directory: 'newdir/'"
+        ("report output a new folder", ["report", "{w}/emptydir", "--output", "{w}/newdir/"],
+         "--output {w}/newdir/ is a folder; give a file name, e.g. {w}/newdir/report.html"),
         ("report output is a user's file", ["report", "{w}/emptydir", "--output", "{w}/report.txt"],
          "{w}/report.txt"),
         # run (errors found before the pipeline starts)
@@ -255,6 +258,41 @@ def test_debug_shows_the_traceback(ws, capsys):
     assert "Traceback (most recent call last)" in err and "IngestError" in err
     assert err.strip().splitlines()[-1] == f"segbalance ingest: error: image folder {ws}/nope does not exist or is " \
                                            f"not a folder"
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["config", "validate", "{w}/bad.yaml"], "segbalance config validate: error: "),
+    (["stats", "{w}/data/images/img0.png", "--num-classes", "2", "--output", "{w}/new"], "segbalance stats: error: "),
+    (["report", "{w}/nope", "--output", "{w}/new/r.html"], "segbalance report: error: "),
+    (["compile-kfp", "--output", "{w}/new/p.yaml", "--image", "r/s:1", "--pipeline-root", "gs://b/r", "--config",
+      "{w}/bad.yaml"], "segbalance compile-kfp: error: "),
+    (["schedule", "--cron", "every monday"], "segbalance schedule: error: "),
+    (["run", "--config", "{w}/bad.yaml"], "segbalance run: error: "),
+], ids=["config", "stats", "report", "compile-kfp", "schedule", "run"])
+def test_debug_shows_the_traceback_of_commands_that_report_their_own_errors(ws, argv, line, capsys):
+    """QA 27: the commands that catch their own errors printed the line alone with --debug."""
+    assert cli.main(["--debug", *(a.format(w=ws) for a in argv)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith(line), err
+    assert cli.main([a.format(w=ws) for a in argv]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    shutil.rmtree(ws / "new", ignore_errors=True)
+
+
+def test_a_reader_that_stops_reading_is_no_traceback(ws):
+    """`segbalance schedule | head -1` (the reader leaves before the writer is done) printed a BrokenPipeError
+    traceback and exited 1 (QA 27): nothing now, and 141 (128 + SIGPIPE), as a shell reports it. A pipe whose
+    reader is gone from the start makes it certain."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    try:
+        result = subprocess.run([SEGBALANCE, "schedule", "--cron", "0 3 * * 1"], stdout=write,
+                                stderr=subprocess.PIPE, text=True, env=env, timeout=300, cwd=ws)
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
