@@ -236,6 +236,35 @@ def test_best_epoch_restores_and_stops_after_patience(tmp_path):
     assert none.summary()["best_epoch"] is None
 
 
+def test_first_reason_keeps_the_line_after_a_colon():
+    keras_message = ("A total of 104 objects could not be loaded. Example error message for object <Conv2D name=Conv1, "
+                     "built=True>:\n\nLayer 'Conv1' expected 1 variables, but received 0 variables during loading. "
+                     "Expected: ['kernel']\n\nList of objects that could not be loaded:\n[<Conv2D ...>]")
+    assert model_lib.first_reason(keras_message) == (
+        "A total of 104 objects could not be loaded. Example error message for object <Conv2D name=Conv1, "
+        "built=True>: Layer 'Conv1' expected 1 variables, but received 0 variables during loading. Expected: ['kernel']")
+    assert model_lib.first_reason("Unable to open file\nmore") == "Unable to open file"
+    assert model_lib.first_reason("") == ""
+    assert model_lib.first_reason("word " * 200).endswith(" ...") and len(model_lib.first_reason("word " * 200)) < 410
+
+
+def test_a_nan_is_no_improvement_and_no_crash(capsys):
+    """QA 27: a NaN val_miou before any number stopped early stopping with a TypeError (best_epoch None)."""
+    model = Scripted()
+    best = BestEpoch(patience=2)
+    drive(best, model, [math.nan, 0.1, 0.2])
+    assert best.best_epoch == 2 and best.stopped_epoch is None and float(model.w) == 2.0
+    model.stop_training = False
+    stuck = BestEpoch(patience=2)
+    drive(stuck, model, [math.nan, math.nan, math.nan])
+    assert stuck.best_epoch is None and stuck.stopped_epoch == 1  # as with EarlyStopping: 2 epochs without a number
+    assert "val_miou has not been a number for 2 epoch(s)" in capsys.readouterr().out
+    model.stop_training = False
+    after = BestEpoch(patience=2)
+    drive(after, model, [0.3, math.nan, math.nan, 0.9])
+    assert after.best_epoch == 0 and after.stopped_epoch == 2
+
+
 def test_no_early_stop_before_min_epochs_and_patience_counts_from_there():
     model = Scripted()
     flat = [0.2, 0.5] + [0.3] * 10  # best at epoch 1, then flat (a model stuck on background looks like this)
@@ -652,6 +681,7 @@ def test_a_weights_file_that_does_not_load_stops_the_run_before_the_pipeline(tmp
         assert cli.main(["run", "--config", str(config), "--output-dir", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"training.backbone_weights: {path} does not load into MobileNetV2" in err[0]
+        assert not err[0].endswith(":"), err[0]  # QA 27: Keras' reason is on its next line; it was dropped
         assert not out.exists()
     good = tmp_path / "good.weights.h5"
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(good)

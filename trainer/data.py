@@ -13,8 +13,8 @@
   image into a random place) resized back to the same size, then brightness / contrast
   jitter of the image. The geometry is applied to the image (bilinear), the mask (nearest
   neighbour, so only its own values appear) and the pixel weights (nearest) together; where
-  a shrunk image leaves a border, the image is 0, the mask ``ignore_index`` (not
-  background) and the weight 0. Stateless random ops seeded by (``seed``, batch number):
+  a shrunk image leaves a border, the image is 0 (then shifted by the brightness / contrast
+  jitter with the rest), the mask ``ignore_index`` (not background) and the weight 0. Stateless random ops seeded by (``seed``, batch number):
   the same seed gives the same batches.
 - ``pixel_weights`` (optional): a weight map [B,H,W] for the loss (``training.pixel_weights``:
   ``edge``, ``unet_border``, ``intensity_range`` or ``feature_extractor``, parameters in

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import keras
 
-from segbalance.contract import UserError
+from segbalance.contract import UserError, message_excerpt
 from segbalance.trainer.segmentation_model import SegmentationModel
 from segbalance.trainer.training_config import weights_file_problem
 
@@ -221,7 +221,18 @@ def load_backbone(backbone: str, height: int, width: int, weights: Optional[str]
         if weights is None:
             raise
         raise BackboneWeightsError(f"training.backbone_weights: {weights} does not load into {backbone} "
-                                   f"(include_top=False): {str(exc).splitlines()[0]}") from exc
+                                   f"(include_top=False): {first_reason(str(exc))}") from exc
+
+
+def first_reason(text: str, limit: int = 400) -> str:
+    """The first line of a library's message, with the line after it when it ends in a colon (Keras: "...
+    Example error message for object <Conv2D name=Conv1, built=True>:" and the reason on the next line;
+    QA 27: the line ended at the colon); cut at a word past ``limit`` characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    reason = lines[0] + (f" {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else "")
+    return message_excerpt(reason, limit)
 
 
 def build_encoder(backbone: str, height: int, width: int, depth: int, weights: Optional[str] = None) -> keras.Model:

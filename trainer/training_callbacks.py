@@ -125,11 +125,15 @@ class BestEpoch(keras.callbacks.Callback):
             self.best, self.best_epoch = value, epoch
             self._weights = [np.array(w) for w in self.model.get_weights()]
             self._save()
-        elif self.patience is not None and epoch - max(self.best_epoch, self.min_epochs - 1) >= self.patience:
+        elif self.patience is not None and epoch - max(-1 if self.best_epoch is None else self.best_epoch,
+                                                       self.min_epochs - 1) >= self.patience:
+            # (a NaN is no improvement; before any number, best_epoch is None: QA 27, a TypeError)
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            print(f"SegTrainer: early stopping after epoch {epoch + 1}: {self.monitor} has not improved on "
-                  f"{self.best:.4f} (epoch {self.best_epoch + 1}) for {self.patience} epoch(s)", flush=True)
+            since = (f"not improved on {self.best:.4f} (epoch {self.best_epoch + 1})" if self.best_epoch is not None
+                     else "not been a number")
+            print(f"SegTrainer: early stopping after epoch {epoch + 1}: {self.monitor} has {since} for "
+                  f"{self.patience} epoch(s)", flush=True)
 
     def _save(self):
         if not self.state_dir:
