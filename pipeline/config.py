@@ -65,6 +65,8 @@ class SampleConfig:
         require(self.num_images >= 1, f"{where}.num_images", "must be >= 1")
         require(self.size >= 8, f"{where}.size", "must be >= 8")
         require(0.0 <= self.drop_fraction <= 1.0, f"{where}.drop_fraction", "must be in [0, 1]")
+        # NumPy's seed range (QA 27: -1 passed `config validate`, and run named sample-data's --seed)
+        require(0 <= self.seed < 2 ** 32, f"{where}.seed", "must be from 0 to 2**32 - 1")
 
 
 @dataclass

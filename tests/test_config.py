@@ -69,6 +69,14 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"epochs": True}}, "training.epochs: expected int"),
     ({"training": {"image_size": 64}}, "training.image_size: expected a list"),
     ({"training": {"epochs": 0}}, "training.epochs: must be >= 1"),
+    ({"data": {"sample": {"seed": -1}}}, "data.sample.seed: must be from 0 to 2**32 - 1"),  # QA 27
+    ({"data": {"sample": {"seed": 2 ** 32}}}, "data.sample.seed: must be from 0 to 2**32 - 1"),
+    # PyYAML reads 3e-3 as text (YAML 1.1 wants a dot): the message says how to write it (QA 27)
+    ({"training": {"learning_rate": "3e-3"}},
+     "training.learning_rate: expected float, got str '3e-3' (YAML reads 3e-3 as text: write 0.003 or 3.0e-3)"),
+    ({"training": {"learning_rate": "fast"}}, "training.learning_rate: expected float, got str 'fast'"),
+    ({"training": {"learning_rate": "0.5"}},
+     "training.learning_rate: expected float, got str '0.5' (a number in quotes: write 0.5 without them)"),
     ({"training": {"steps_per_epoch": 0}}, "training.steps_per_epoch: must be between 1 and 2147483647"),
     ({"training": {"optimizer": "rmsprop"}}, "training.optimizer: 'rmsprop' is not allowed"),
     ({"training": {"lr_schedule": {"type": "cosine", "power": 2}}},
