@@ -53,6 +53,20 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_main)
 
 
+# the fields the checks name (the pipeline's `stats` section, StatsOptions) -> this command's flags
+FLAG_OF = {"stats.labeled_policy": "--labeled-policy", "stats.suspect_threshold": "--suspect-threshold",
+           "stats.clip": "--weight-clip", "stats.damping": "--weight-damping",
+           "stats.zero_count_weight": "--zero-count-weight", "stats.beta": "--weight-beta", "stats.enet_k": "--enet-k",
+           "ignore_index": "--ignore-index", "num_classes": "--num-classes", "suspect_threshold": "--suspect-threshold"}
+
+
+def as_flags(message: str) -> str:
+    """A check's message with the field it starts with named as the flag a user of this command typed
+    (QA 27: `--weight-beta 1.5` was refused as "stats.beta: must be in [0, 1)", a name `--help` never shows)."""
+    field = message.split(":", 1)[0].split(" ", 1)[0]
+    return FLAG_OF[field] + message[len(field):] if field in FLAG_OF else message
+
+
 def _main(args) -> int:
     import logging
 
@@ -91,7 +105,7 @@ def _main(args) -> int:
             shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind
         from segbalance.pipeline.cli import error_line
 
-        return error_line("segbalance stats", str(exc), args)
+        return error_line("segbalance stats", as_flags(str(exc)), args)
     print(f"stats: {stats['num_records']} records, {stats['quarantined_records']} quarantined -> {args.output}")
     print("pixel counts: " + json.dumps(stats["pixel_counts"]))
     print("median-frequency weights: " + json.dumps([round(w, 4) for w in stats["weights"]["median_frequency"]]))

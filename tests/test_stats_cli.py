@@ -151,10 +151,10 @@ def test_weight_flags(stats_run, tmp_path):
                                compute_class_weights(pixel, "effective_number", beta=0.99, clip=clip))
 
 
-@pytest.mark.parametrize("flags, message", [(["--enet-k", "1"], "stats.enet_k: must be > 1"),
-                                            (["--weight-beta", "1"], "stats.beta: must be in [0, 1)"),
-                                            (["--suspect-threshold", "2"], "stats.suspect_threshold: must be in")])
-def test_bad_option_values_are_refused_with_the_field(tmp_path, capsys, flags, message):
+@pytest.mark.parametrize("flags, message", [(["--enet-k", "1"], "--enet-k: must be > 1"),
+                                            (["--weight-beta", "1"], "--weight-beta: must be in [0, 1)"),
+                                            (["--suspect-threshold", "2"], "--suspect-threshold: must be in")])
+def test_bad_option_values_are_refused_with_the_flag(tmp_path, capsys, flags, message):
     (tmp_path / "data-0").write_bytes(b"")
     assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
                      *flags]) == 2
@@ -246,7 +246,7 @@ def test_an_ignore_index_inside_the_classes_is_refused(tmp_path, capsys):
     assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
                      "--ignore-index", "2"]) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert "ignore_index 2 collides with a class id (< 4): every pixel of class 2 would be taken as 'no label'" in line
+    assert "--ignore-index 2 collides with a class id (< 4): every pixel of class 2 would be taken as 'no label'" in line
     assert not (tmp_path / "o").exists()
 
 
