@@ -145,6 +145,11 @@ def compile_pipeline(config: PipelineConfig, output: str, image: Optional[str], 
     if config.data.dir is None and config.data.sample != type(config.data.sample)():
         print(f"compile-kfp: data.sample is for local runs and not compiled; the pipeline reads the spans in "
               f"{examples_root(config, pipeline_root)} (segbalance ingest --span N)", flush=True)
+    if config.data.dir is None and config.data.sample.kind != "shapes" and \
+            config.classes.names == type(config.classes)().names:  # QA 27: said of the data only
+        print(f"compile-kfp: note: nor are the {config.data.sample.kind} sample's class names: the pipeline trains "
+              f"classes.names, here the {config.num_classes} defaults ({', '.join(config.classes.names)}); set "
+              f"classes.names to your data's classes", flush=True)
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
     pipeline = build_pipeline(config, pipeline_root, with_drift, span)

@@ -149,6 +149,9 @@ class PipelineConfig:
     def validate(self, where: str) -> None:
         require(re.match(PIPELINE_NAME_PATTERN, self.name) is not None and not self.name.endswith("\n"), "name",
                 f"{self.name!r} is not a valid pipeline name: use lower-case letters, digits and '-' (KFP rule)")
+        # '' was the current folder, refused by run as "--output-dir ... is not empty" (QA 27)
+        require(bool(self.output_dir.strip()), "output_dir", "is empty: name the folder a run writes into "
+                "(default segbalance_output)")
         self.trainer_config().validate(where)
 
 

@@ -69,6 +69,7 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"epochs": True}}, "training.epochs: expected int"),
     ({"training": {"image_size": 64}}, "training.image_size: expected a list"),
     ({"training": {"epochs": 0}}, "training.epochs: must be >= 1"),
+    ({"output_dir": ""}, "output_dir: is empty: name the folder a run writes into"),  # QA 27
     ({"data": {"sample": {"seed": -1}}}, "data.sample.seed: must be from 0 to 2**32 - 1"),  # QA 27
     ({"data": {"sample": {"seed": 2 ** 32}}}, "data.sample.seed: must be from 0 to 2**32 - 1"),
     # PyYAML reads 3e-3 as text (YAML 1.1 wants a dot): the message says how to write it (QA 27)

@@ -190,8 +190,15 @@ def test_a_yaml_output_is_the_package_kfp_client_submits(span_data, tmp_path, mo
 def test_sample_options_are_said_to_be_left_out(tmp_path, capsys):
     config = config_from_dict({**TINY, "data": {"sample": {"num_images": 99}}})
     compile_pipeline(config, str(tmp_path / "p.json"), IMAGE, str(tmp_path / "root"))
+    out = capsys.readouterr().out
     assert (f"compile-kfp: data.sample is for local runs and not compiled; the pipeline reads the spans in "
-            f"{tmp_path / 'root'}/data") in capsys.readouterr().out
+            f"{tmp_path / 'root'}/data") in out
+    assert "class names" not in out  # shapes: the default names are its own
+    # QA 27: a real kind's class names are not compiled either (config validate shows them; the spec has 4)
+    config = config_from_dict({**TINY, "data": {"sample": {"kind": "voc"}}})
+    compile_pipeline(config, str(tmp_path / "p.json"), IMAGE, str(tmp_path / "root"))
+    assert ("compile-kfp: note: nor are the voc sample's class names: the pipeline trains classes.names, here the "
+            "4 defaults (background, ellipse, rectangle, circle); set classes.names") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("image, valid", [
