@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import os
 import shutil
 import signal
@@ -85,6 +86,12 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"^(?!segbalance)")
+    # Beam's multi_processing workers are interpreters of their own: the filters reach them through the
+    # environment, and the job service relays their log lines at WARNING ("No semi_persistent_directory
+    # found"); errors still show (QA 27: `stats --beam-args "--direct_running_mode=multi_processing ..."`,
+    # the README's own example, printed four such lines)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
 
 
 def failed_path(exc: Optional[BaseException], code: int) -> Optional[str]:

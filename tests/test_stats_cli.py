@@ -52,13 +52,15 @@ def _assert_same_output(out, reference):
 
 
 @pytest.mark.slow  # starts 2 Beam worker processes (~10 s)
-def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, cli_in_memory, tmp_path, capsys):
+def test_in_memory_and_two_worker_processes_agree_with_numpy(stats_run, cli_in_memory, tmp_path, capfd):
     src, in_memory, good = stats_run  # the Beam job with --direct_running_mode=in_memory --direct_num_workers=1
     pixel, images, cooc, missing, ignored, _ = numpy_reference(good)
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "cli"),
                      "--class-names", "bg,a,b,never", "--weight-clip", "none",
                      "--beam-args", "--direct_running_mode=multi_processing --direct_num_workers=2"]) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()  # the worker processes' output too (file descriptors)
+    # QA 27: the workers' google-api-core FutureWarnings and Beam's relayed WARNs reached the console
+    assert "FutureWarning" not in err and "semi_persistent_directory" not in err, err
     assert "4 quarantined" in out and "classes [3] have no pixels" in out
     multi = class_stats_io.read_class_stats(str(tmp_path / "cli"))
     for key in KEYS:
