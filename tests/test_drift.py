@@ -625,6 +625,14 @@ def _population(rng, images, classes=4):
     return np.stack([rng.multinomial(1024, m) for m in mix]), rng.random(images) < 0.3
 
 
+def _span_measures(counts, missing, accepted, new) -> dict:
+    """The SAMPLED measures of the new images' span against the accepted ones (index arrays or masks), by hand."""
+    base = drift_metrics.frequencies(counts[accepted].sum(0))
+    p = drift_metrics.frequencies(counts[new].sum(0))
+    return {"js_divergence": drift_metrics.js_divergence(p, base), "max_abs_change": float(np.abs(p - base).max()),
+            "missing_rate_change": abs(missing[new].mean() - missing[accepted].mean())}
+
+
 def test_sampling_limits_hold_the_false_alarm_rate_of_normal_spans():
     """New spans drawn from the accepted images' own distribution exceed the limits about as often as the
     significance says (each measure), whatever the span size; a NumPy reference: the same quantile
@@ -639,11 +647,7 @@ def test_sampling_limits_hold_the_false_alarm_rate_of_normal_spans():
             accepted, new = picks[:200], picks[200:]
             limits = drift_metrics.sampling_limits(counts[accepted], missing[accepted], n, significance, draws=500,
                                                    seed=int(rng.integers(1 << 30)))
-            base = drift_metrics.frequencies(counts[accepted].sum(0))
-            p = drift_metrics.frequencies(counts[new].sum(0))
-            values = {"js_divergence": drift_metrics.js_divergence(p, base),
-                      "max_abs_change": float(np.abs(p - base).max()),
-                      "missing_rate_change": abs(missing[new].mean() - missing[accepted].mean())}
+            values = _span_measures(counts, missing, accepted, new)
             for k in exceeded:
                 exceeded[k] += values[k] > limits[k]
         for k, hits in exceeded.items():  # binomial(150, 0.1): mean 15, sd 3.7
@@ -780,11 +784,7 @@ def test_limits_from_a_few_groups_hold_the_false_alarm_rate():
     for _ in range(trials):
         picked = rng.choice(tiles, 5, replace=False)
         accepted, new = np.isin(labels, picked[:4]), np.isin(labels, picked[4:])
-        base = drift_metrics.frequencies(counts[accepted].sum(0))
-        p = drift_metrics.frequencies(counts[new].sum(0))
-        values = {"js_divergence": drift_metrics.js_divergence(p, base),
-                  "max_abs_change": float(np.abs(p - base).max()),
-                  "missing_rate_change": abs(missing[new].mean() - missing[accepted].mean())}
+        values = _span_measures(counts, missing, accepted, new)
         limits = drift_metrics.sampling_limits(counts[accepted], missing[accepted], int(new.sum()), significance,
                                                draws=500, seed=int(rng.integers(1 << 30)), groups=labels[accepted],
                                                new_groups=1)
@@ -808,11 +808,7 @@ def test_grouped_limits_hold_the_false_alarm_rate_where_image_limits_do_not():
     for _ in range(trials):
         picked = rng.choice(tiles, 40 + new_tiles, replace=False)
         accepted, new = np.isin(labels, picked[:40]), np.isin(labels, picked[40:])
-        base = drift_metrics.frequencies(counts[accepted].sum(0))
-        p = drift_metrics.frequencies(counts[new].sum(0))
-        values = {"js_divergence": drift_metrics.js_divergence(p, base),
-                  "max_abs_change": float(np.abs(p - base).max()),
-                  "missing_rate_change": abs(missing[new].mean() - missing[accepted].mean())}
+        values = _span_measures(counts, missing, accepted, new)
         seed = int(rng.integers(1 << 30))
         limits = {"grouped": drift_metrics.sampling_limits(counts[accepted], missing[accepted], int(new.sum()),
                                                            significance, draws=500, seed=seed,
