@@ -204,7 +204,9 @@ def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[st
     if isinstance(directory, str) and "://" not in directory:
         from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
 
-        names = read_class_names(Path(directory).resolve() / "classes.json", instead=CONFIG_CLASSES_HINT)
+        from segbalance.pipeline.spans import class_names_file
+
+        names = read_class_names(class_names_file(Path(directory).resolve()), instead=CONFIG_CLASSES_HINT)
     elif directory is None and sample_names is not None and isinstance(data.get("sample"), dict):
         kind = data["sample"].get("kind")
         if not isinstance(kind, str) or kind not in SAMPLE_KINDS or kind == "shapes":

@@ -41,6 +41,7 @@ from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 from segbalance.trainer.training_config import ClassesConfig
 
 FINGERPRINT_FILE = "source_fingerprint.json"
+CLASSES_FILE = "classes.json"  # {"class_names": [...]}: a data folder's, and each span's run ingested
 # the drift gate blocked the new data: not a failure of the run, but one a person must look at; a 0 made a
 # blocked scheduled run look like a good one to cron and systemd (only run_summary.json told)
 EXIT_DRIFT_BLOCKED = 3
@@ -201,28 +202,31 @@ def adopt_class_names(config: PipelineConfig, names: list, origin: str, announce
 
 
 def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str]]:
-    """(names, where) from the ``classes.json`` of a local ``data.dir``; None without one (or for
-    sample data, or a remote folder). A malformed file is an IngestError naming it."""
+    """(names, where) from the ``classes.json`` of a local ``data.dir`` (of its latest ``Span-N/`` where run
+    ingested it, ``class_names_file``); None without one (or for sample data, or a remote folder). A
+    malformed file is an IngestError naming it."""
     if config.data.dir is None or "://" in config.data.dir:
         return None
     from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
+    from segbalance.pipeline.spans import class_names_file
 
-    classes = Path(config.data.dir).resolve() / "classes.json"
+    classes = class_names_file(Path(config.data.dir).resolve())
     names = read_class_names(classes, instead=CONFIG_CLASSES_HINT)
     return None if names is None else (names, f"the classes of {classes}")
 
 
-def keep_class_names(spans_dir: Path, names: list) -> None:
-    """``spans_dir/classes.json``: the class names the data brought (a sample kind's, DATA/classes.json)
-    beside the spans run ingested them into, so that a later `run --data spans_dir` (the command
-    `segbalance schedule` prints) trains the same classes. QA 27: it fell back to the four default
-    names, and a scheduled run of a voc sample config was refused, one of the nuclei sample trained
-    three classes under the shapes' names."""
-    target = spans_dir / "classes.json"
+def keep_class_names(span_dir: Path, names: list) -> None:
+    """``Span-N/classes.json``: the class names a span run ingested was written with (ImportExampleGen
+    reads ``data-*`` only), so that a later `run --data OUTPUT/data` (the command `segbalance schedule`
+    prints) trains the same classes: ``data_class_names`` reads the latest span's. QA 27: it fell back to
+    the four default names (a voc sample config's scheduled run was refused, a nuclei one would train
+    three classes under the shapes' names); one file for the whole folder went stale when a later span
+    had other classes."""
+    target = span_dir / CLASSES_FILE
     text = json.dumps({"class_names": list(names)}, indent=1)
     if target.is_file() and target.read_text() == text:
         return
-    partial = spans_dir / "classes.json.partial"
+    partial = span_dir / f"{CLASSES_FILE}.partial"
     partial.write_text(text)
     os.replace(partial, target)
 
@@ -291,18 +295,16 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     images/ + masks/ folder is ingested into OUTPUT/data as its next span (``ingest_as_next_span``)
     and then read the same way, so what `run` says it ingested is the span ExampleGen reads."""
     reference = config.data.reference_masks_dir
-    data_names = None  # the class names the data brought (a sample kind's, DATA/classes.json)
     if config.data.dir is None:
         source = _ensure_sample(config, Path(paths["sample_dir"]))
         if config.data.sample.kind != "shapes":
-            data_names = json.loads((source / "classes.json").read_text())["class_names"]
-            adopt_class_names(config, data_names, f"the {config.data.sample.kind} sample's classes")
+            names = json.loads((source / "classes.json").read_text())["class_names"]
+            adopt_class_names(config, names, f"the {config.data.sample.kind} sample's classes")
     else:
         source = Path(config.data.dir).resolve()
         found = data_class_names(config)
         if found is not None:
             adopt_class_names(config, *found)
-            data_names = found[0]
     spans = any(source.glob("Span-*"))
     if reference is None and not spans and (source / "masks_full").is_dir():
         reference = str(source / "masks_full")
@@ -310,9 +312,8 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         spans_dir = source
     else:
         spans_dir = Path(paths["examples_dir"])
-        ingest_as_next_span(config, source, spans_dir)  # first: its checks of the masks' ids say more
-        if data_names is not None:
-            keep_class_names(spans_dir, data_names)
+        span = ingest_as_next_span(config, source, spans_dir)  # first: its checks of the masks' ids say more
+        keep_class_names(spans_dir / f"Span-{span}", config.classes.names)
     if reference is not None and "://" not in reference:  # before any component runs
         from segbalance.pipeline.reference_masks import check_reference_masks
 

@@ -338,10 +338,24 @@ def test_run_takes_the_class_names_of_the_data_folder(tmp_path, capsys):
     prepare_data(config, paths)
     assert config.classes.names == ["bg", "ellipse", "rectangle", "circle"]
     assert "classes: 4 from the classes of" in capsys.readouterr().out
-    # kept beside the spans: a run on them (a scheduled `run --data OUTPUT/data`) has the same classes
+    # kept with the span: a run on the spans (a scheduled `run --data OUTPUT/data`) has the same classes
     spans = config_from_dict({"data": {"dir": paths["examples_dir"]}})
     prepare_data(spans, paths)
     assert spans.classes.names == ["bg", "ellipse", "rectangle", "circle"]
+    assert json.loads((tmp_path / "examples" / "Span-0" / "classes.json").read_text())["class_names"] == \
+        ["bg", "ellipse", "rectangle", "circle"]
+    # a later span of data without classes.json, whose names the config gives: the latest span's names rule,
+    # not a file left from the first (QA 27 review: one OUTPUT/data/classes.json went stale)
+    other = sample_data.write_sample_data("shapes", tmp_path / "raw2", num_images=6, size=32, seed=1)
+    (other / "classes.json").unlink()
+    mine = {"classes": {"names": ["bg", "x", "y", "z"]}}
+    prepare_data(config_from_dict({"data": {"dir": str(other)}, **mine}), paths)
+    again = config_from_dict({"data": {"dir": paths["examples_dir"]}, **mine})
+    prepare_data(again, paths)
+    assert again.classes.names == ["bg", "x", "y", "z"]
+    unnamed = config_from_dict({"data": {"dir": paths["examples_dir"]}})
+    prepare_data(unnamed, paths)
+    assert unnamed.classes.names == ["bg", "x", "y", "z"]
     mine = config_from_dict({"data": {"dir": str(raw)}, "classes": {"names": ["x", "y", "z", "w"]}})
     with pytest.raises(ConfigError, match="remove classes.names"):  # the user's names still never replaced
         prepare_data(mine, {**paths, "examples_dir": str(tmp_path / "examples1")})
