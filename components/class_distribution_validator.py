@@ -41,7 +41,7 @@ from segbalance.components.component_config import DriftConfig
 from segbalance.components.drift_baseline import (accepted_baseline, accepted_images, blocked_lines, held_back,
                                                   judged_presence, new_images, still_blocked)
 from segbalance.components.drift_metrics import (ACTIONS, THRESHOLD_KEYS, aligned_counts, aligned_rows, compare,
-                                                 drift_fields, sampling_limits)
+                                                 drift_fields, sampling_limits, too_few_units)
 
 from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE, counted  # noqa: E402
 
@@ -104,7 +104,7 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         judged_drifted = bool(result["anomalies"])
         # a repeated first decision had nothing to compare with then: "(first run)" would be wrong now (QA 25)
         first_note = None if base.repeat and base.uri is None else result.get("note")
-        notes = [first_note, base.note, unsampled]
+        notes = [first_note, base.note, unsampled, too_few_units(limits)]
         if window.judged_images is not None and base.stats is not None:
             result["new_images"] = len(window.judged_images)  # judged; 0: the same data as the baseline's
         if judged is current and window.judged_images == [] and window.shared and base.stats is not None:

@@ -31,11 +31,12 @@ smallest change that blocks.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from segbalance.contract import DRIFT_ACTIONS
+from segbalance.contract import DRIFT_ACTIONS, counted
 
 THRESHOLD_KEYS = ("js_divergence", "max_abs_change", "missing_rate_change", "vanished_class_chance", "new_class_chance")
 
@@ -215,11 +216,28 @@ def sampling_limits(rows: np.ndarray, missing, n: int, significance: float, draw
         rate = missing[picks].sum(1) / sizes[picks].sum(1) if grouped else missing[picks].mean(1)
         measures["missing_rate_change"].append(np.abs(rate - base_missing))
     factor = small_sample_factor(units, significance)
-    # each measure lies in [0, 1]: a limit of 1 is one no change exceeds
-    limits = {k: min(1.0, float(np.quantile(np.concatenate(v), 1.0 - significance))
-                     * (factor ** 2 if k == "js_divergence" else factor)) for k, v in measures.items()}
+
+    def widened(measure: str, quantile: float) -> float:  # each measure lies in [0, 1]: no change exceeds 1
+        if not math.isfinite(factor):
+            return 1.0
+        return min(1.0, quantile * (factor ** 2 if measure == "js_divergence" else factor))
+
+    limits = {k: widened(k, float(np.quantile(np.concatenate(v), 1.0 - significance))) for k, v in measures.items()}
     return {**limits, "significance": float(significance), "new_images": int(n), "accepted_images": accepted,
-            "n_eff": n_eff, "draws": int(draws), "small_sample_factor": factor, **grouped}
+            "n_eff": n_eff, "draws": int(draws), "small_sample_factor": factor if math.isfinite(factor) else None,
+            **grouped}
+
+
+def too_few_units(limits: Optional[dict]) -> Optional[str]:
+    """A note when every sampled limit is 1 (no change exceeds it): the accepted units were too few to tell
+    how much units differ (``small_sample_factor``), so only the class rules could block; else None."""
+    if not limits or any(limits[k] < 1.0 for k in SAMPLED):
+        return None
+    unit = "group" if "groups" in limits else "image"
+    count = limits.get("groups", limits["accepted_images"])
+    return (f"the accepted images are {counted(count, unit)}: too few to tell how much {unit}s differ, so the "
+            f"frequency and missing-rate changes could not block (new and vanished classes still could); accept "
+            f"more {unit}s")
 
 
 def small_sample_factor(units: int, significance: float) -> float:
@@ -231,9 +249,10 @@ def small_sample_factor(units: int, significance: float) -> float:
     units only: 3 groups 6.1, 16 groups 1.21, 50 1.06, 600 images 1.005 at 0.005 (session 27: with the
     crops of 3 nuclei tiles accepted, a normal new tile was blocked 42 % of the time, 2 % with it;
     ``benchmarks/drift_groups.py``). The JS divergence, quadratic in the frequency changes, is widened
-    by its square. 1 for fewer than 2 units (no spread to learn from)."""
+    by its square. Infinite for fewer than 2 units (t with no degree of freedom: one unit shows no spread,
+    so no change can be told from chance; the limits are then 1, which no change exceeds)."""
     if units < 2:
-        return 1.0
+        return math.inf
     from scipy.stats import norm, t
 
     q = 1.0 - significance / 2

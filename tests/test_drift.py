@@ -598,12 +598,24 @@ def test_sampling_limits_of_a_hand_computed_case():
     # two accepted images cannot tell how much images differ: every limit is 1, which no change exceeds
     two = drift_metrics.sampling_limits(np.array([[10, 0], [0, 10]]), [True, False], 1, significance=0.01)
     assert two["js_divergence"] == two["max_abs_change"] == two["missing_rate_change"] == 1.0
+    assert drift_metrics.too_few_units(two) == (
+        "the accepted images are 2 images: too few to tell how much images differ, so the frequency and missing-rate "
+        "changes could not block (new and vanished classes still could); accept more images")
+    # one accepted unit shows no spread at all: the same, not the opposite (review 27: its limits were 0, so the
+    # thresholds alone decided, while 2 units turned the sampled measures off)
+    one = drift_metrics.sampling_limits(np.array([[10, 0], [8, 2]]), [True, False], 1, 0.01, groups=["A", "A"],
+                                        new_groups=1)
+    assert one["small_sample_factor"] is None and one["groups"] == 1
+    assert one["js_divergence"] == one["max_abs_change"] == one["missing_rate_change"] == 1.0
+    assert "are 1 group: too few to tell how much groups differ" in drift_metrics.too_few_units(one)
+    assert drift_metrics.too_few_units(limits) is None and drift_metrics.too_few_units(None) is None
+    json.dumps(one, allow_nan=False)  # drift.json stays strict JSON
 
 
 def test_small_sample_factor_of_closed_forms():
     """t(U - 1) / z at 1 - s/2, times sqrt(U / (U - 1)), from the closed forms of Student's t with 1 degree of
     freedom (Cauchy: tan(pi (q - 1/2))) and 2 (t = (2q - 1) / sqrt(2 q (1 - q))), and the standard library's
-    normal quantile; 1 for a single unit; close to 1 for many."""
+    normal quantile; infinite for a single unit (no degree of freedom); close to 1 for many."""
     from statistics import NormalDist
 
     for s in (0.01, 0.005, 0.1):
@@ -613,8 +625,8 @@ def test_small_sample_factor_of_closed_forms():
         t2 = (2 * q - 1) / math.sqrt(2 * q * (1 - q))
         assert drift_metrics.small_sample_factor(3, s) == pytest.approx(t2 / z * math.sqrt(1.5))
         assert drift_metrics.small_sample_factor(10**6, s) == pytest.approx(1.0, abs=1e-4)
-        assert drift_metrics.small_sample_factor(1, s) == drift_metrics.small_sample_factor(0, s) == 1.0
-    factors = [drift_metrics.small_sample_factor(u, 0.005) for u in (2, 3, 5, 16, 50, 600)]
+        assert drift_metrics.small_sample_factor(1, s) == drift_metrics.small_sample_factor(0, s) == math.inf
+    factors = [drift_metrics.small_sample_factor(u, 0.005) for u in (1, 2, 3, 5, 16, 50, 600)]
     assert factors == sorted(factors, reverse=True)  # fewer units, wider limits
 
 
@@ -793,6 +805,7 @@ def test_limits_from_a_few_groups_hold_the_false_alarm_rate():
             hits[k] += values[k] > limits[k]
             unwidened[k] += values[k] > limits[k] / (f * f if k == "js_divergence" else f)
     assert all(h <= 33 for h in hits.values()), hits
+    assert sum(hits.values()) >= 20, hits  # and not so wide that normal spans never reach them (expected: 45)
     assert unwidened["js_divergence"] >= 45 and unwidened["max_abs_change"] >= 30, unwidened
 
 
@@ -850,6 +863,23 @@ def test_the_gate_draws_whole_groups_when_the_per_image_tables_have_them(tmp_pat
     _, drift = _gate(tmp_path, "g3", _window_stats(tmp_path, "w1_old", normal), [w0_old], [first_old],
                      thresholds=loose)
     assert "groups" not in drift["sampling"] and drift["sampling"]["n_eff"] == round(10 * 50 / 60)
+
+
+def test_the_gate_says_when_too_few_accepted_groups_let_no_change_block(tmp_path):
+    """Accepted crops of one tile: the limits are 1 (no change exceeds them) and drift.json says why."""
+    rng = np.random.default_rng(4)
+    counts, _, labels = _grouped_population(rng, 2, 5, classes=3)
+    accepted = {f"a{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[:5])}
+    new = {f"n{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[5:])}
+    groups = {**{f"a{i}": "tile0" for i in range(5)}, **{f"n{i}": "tile1" for i in range(5)}}
+    loose = {**TIGHT, "js_divergence": 0.0, "max_abs_change": 0.0}
+    w0 = _window_stats(tmp_path, "w0", accepted, groups=groups)
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=loose)
+    _, drift = _gate(tmp_path, "g1", _window_stats(tmp_path, "w1", new, groups=groups), [w0], [first],
+                     thresholds=loose)
+    assert drift["sampling"]["groups"] == 1 and drift["sampling"]["small_sample_factor"] is None
+    assert "the accepted images are 1 group: too few to tell how much groups differ" in drift["note"]
+    assert not any("Jensen-Shannon" in a or "pixel frequency" in a for a in drift["anomalies"])
 
 
 def test_new_class_chance_of_hand_computed_cases():
