@@ -86,12 +86,25 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"^(?!segbalance)")
-    # Beam's multi_processing workers are interpreters of their own: the filters reach them through the
-    # environment, and the job service relays their log lines at WARNING ("No semi_persistent_directory
-    # found"); errors still show (QA 27: `stats --beam-args "--direct_running_mode=multi_processing ..."`,
-    # the README's own example, printed four such lines)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Beam's multi_processing workers are interpreters of their own: google-api-core's start-up warning is
+    # left out there through the environment (that one only: a user's PYTHONWARNINGS wins), and the job
+    # service's relay of their "No semi_persistent_directory found" line is dropped, other lines kept (QA 27:
+    # `stats --beam-args "--direct_running_mode=multi_processing ..."`, the README's example, printed four)
+    os.environ.setdefault("PYTHONWARNINGS", f"ignore::FutureWarning:{GOOGLE_VERSION_WARNING}")
+    relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    if not any(isinstance(f, _NoSemiPersistentLine) for f in relay.filters):
+        relay.addFilter(_NoSemiPersistentLine())
+
+
+GOOGLE_VERSION_WARNING = "google.api_core._python_version_support"  # the module whose FutureWarning it is
+
+
+class _NoSemiPersistentLine(logging.Filter):
+    """Drops Beam's relayed worker line about a missing semi_persistent_directory (a local multi-process run
+    has none, and nothing of ours is defined in __main__); every other line passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "semi_persistent_directory" not in record.getMessage()
 
 
 def failed_path(exc: Optional[BaseException], code: int) -> Optional[str]:
@@ -129,14 +142,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         sys.stdout.flush()  # what is still buffered, here rather than at exit (a pipe's reader may be gone)
     except BrokenPipeError:
-        return _reader_gone()
+        if not stdout_reader_gone():
+            raise
+        return _reader_gone(args.debug)
     return code
 
 
-def _reader_gone() -> int:
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end); False
+    for anything else, a file, a terminal, or no file descriptor (a test's capture)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _reader_gone(debug: bool = False) -> int:
     """stdout's reader closed the pipe (``segbalance schedule | head -1``): nothing to report (QA 27: a
-    BrokenPipeError traceback). stdout goes to /dev/null so that Python's flush at exit raises nothing
-    more; 141 (128 + SIGPIPE), as a shell reports a writer its reader left."""
+    BrokenPipeError traceback; ``--debug`` still shows it). stdout goes to /dev/null so that Python's
+    flush at exit raises nothing more; 141 (128 + SIGPIPE), as a shell reports a writer its reader left."""
+    if debug:
+        traceback.print_exc()
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -163,8 +193,10 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
         print(f"{prog}: error: permission denied: {exc.filename}: choose a folder you can write "
               f"(and read), or change its permissions", file=sys.stderr, flush=True)
         return 2
-    except BrokenPipeError:  # before OSError's rules: the reader of stdout left, not an error of the user's
-        return _reader_gone()
+    except BrokenPipeError:
+        if not stdout_reader_gone():  # another pipe (a worker's, a socket): a bug, with its traceback
+            raise
+        return _reader_gone(debug)  # the reader of stdout left: not an error at all
     except Exception as exc:
         if stop_signals.received() is not None:  # the stop, raised inside TensorFlow's callbacks as another type
             return _stopped(prog, stop_signals.received(), debug)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -60,9 +61,16 @@ FLAG_OF = {"stats.labeled_policy": "--labeled-policy", "stats.suspect_threshold"
            "ignore_index": "--ignore-index", "num_classes": "--num-classes", "suspect_threshold": "--suspect-threshold"}
 
 
+# the config's words that have flags of their own here (review 27)
+REWORDED = ((re.compile(r"^(\d+) class names for num_classes=(\d+)$"), r"--class-names gives \1 names for --num-classes \2"),
+            (re.compile(r" or null \(1 - 1/N\)"), " (leave it out for 1 - 1/N)"))
+
+
 def as_flags(message: str) -> str:
     """A check's message with the field it starts with named as the flag a user of this command typed
     (QA 27: `--weight-beta 1.5` was refused as "stats.beta: must be in [0, 1)", a name `--help` never shows)."""
+    for pattern, words in REWORDED:
+        message = pattern.sub(words, message)
     field = message.split(":", 1)[0].split(" ", 1)[0]
     return FLAG_OF[field] + message[len(field):] if field in FLAG_OF else message
 

@@ -127,7 +127,9 @@ def _cases():
                                "--weight-clip", "1"], "--weight-clip"),
         # QA 27: the checks named the pipeline's fields (stats.beta, stats.clip, ...), not the flags typed
         ("stats weight-beta", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new",
-                               "--weight-beta", "1.5"], "error: --weight-beta: must be in [0, 1)"),
+                               "--weight-beta", "1.5"], "error: --weight-beta: must be in [0, 1) (leave it out for 1 - 1/N)"),
+        ("stats class-names count", ["stats", "{w}/afile.txt", "--num-classes", "3", "--output", "{w}/new",
+                                     "--class-names", "a,b"], "error: --class-names gives 2 names for --num-classes 3"),
         ("stats weight-clip order", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new",
                                      "--weight-clip", "5,1"], "error: --weight-clip: "),
         ("stats suspect-threshold", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new",
@@ -245,7 +247,8 @@ def test_every_command_is_walked():
 
 
 def _subprocess(*argv):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    # as a user's shell has it (an in-process cli.main of another test may have set both)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
     return subprocess.run([SEGBALANCE, *argv], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -295,13 +298,30 @@ def test_a_reader_that_stops_reading_is_no_traceback(ws):
     reader is gone from the start makes it certain."""
     read, write = os.pipe()
     os.close(read)
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
     try:
         result = subprocess.run([SEGBALANCE, "schedule", "--cron", "0 3 * * 1"], stdout=write,
                                 stderr=subprocess.PIPE, text=True, env=env, timeout=300, cwd=ws)
     finally:
         os.close(write)
     assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback(monkeypatch, capsys):
+    """Review 27: every BrokenPipeError was taken for stdout's reader leaving (exit 141, nothing said); one from
+    another pipe (a worker's, a socket) is a bug and keeps its traceback."""
+    from segbalance.pipeline import sample_data
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sample_data, "write_sample_data", broken)
+    monkeypatch.setattr(cli, "stdout_reader_gone", lambda: False)
+    with pytest.raises(BrokenPipeError):
+        cli.main(["sample-data", "shapes", "--output", "x"])
+    monkeypatch.setattr(cli, "stdout_reader_gone", lambda: True)  # stdout's reader did leave
+    assert cli.main(["sample-data", "shapes", "--output", "x"]) == 141
+    assert capsys.readouterr().err == ""
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

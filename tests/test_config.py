@@ -76,6 +76,10 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"learning_rate": "3e-3"}},
      "training.learning_rate: expected float, got str '3e-3' (YAML reads 3e-3 as text: write 0.003 or 3.0e-3)"),
     ({"training": {"learning_rate": "fast"}}, "training.learning_rate: expected float, got str 'fast'"),
+    ({"training": {"learning_rate": "1e-5"}},  # review 27: the hint must be a form YAML reads as a number
+     "training.learning_rate: expected float, got str '1e-5' (YAML reads 1e-5 as text: write 1.0e-5)"),
+    ({"training": {"learning_rate": "1.0e5"}},
+     "training.learning_rate: expected float, got str '1.0e5' (YAML reads 1.0e5 as text: write 100000.0 or 1.0e+5)"),
     ({"training": {"learning_rate": "0.5"}},
      "training.learning_rate: expected float, got str '0.5' (a number in quotes: write 0.5 without them)"),
     ({"training": {"steps_per_epoch": 0}}, "training.steps_per_epoch: must be between 1 and 2147483647"),

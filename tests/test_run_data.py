@@ -127,7 +127,8 @@ def test_a_data_folder_with_spans_and_image_files_is_refused(tmp_path, capsys):
 
 
 def _run_cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    # as a user's shell has it (an in-process cli.main of another test may have set both)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
     return subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "run", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -136,8 +136,9 @@ def convert(value: Any, annotation: Any, where: str) -> Any:
 
 
 def _as_number(value: Any) -> str:
-    """How to write a number YAML read as text: PyYAML (YAML 1.1) takes ``3e-3`` for a string, a
-    mantissa without a dot (QA 27: the message named the field but not the fix); "" otherwise."""
+    """How to write a number YAML read as text: PyYAML (YAML 1.1) takes ``3e-3`` and ``1.0e5`` for strings
+    (a float needs a dot and a signed exponent: ``3.0e-3``, ``1.0e+5``; QA 27: the message named the field
+    but not the fix); "" for text that is no number."""
     if not isinstance(value, str):
         return ""
     try:
@@ -146,10 +147,13 @@ def _as_number(value: Any) -> str:
         return ""
     if number != number or number in (float("inf"), float("-inf")):  # "nan", "inf": no number to suggest
         return ""
+    plain = repr(number)
     mantissa, _, exponent = value.strip().lower().partition("e")
-    if exponent and "." not in mantissa:
-        return f" (YAML reads {value} as text: write {number!r} or {mantissa}.0e{exponent})"
-    return f" (a number in quotes: write {number!r} without them)"
+    if exponent and ("." not in mantissa or exponent[0] not in "+-"):  # YAML 1.1 wants both (1.0e+5)
+        sign, digits = (exponent[0], exponent[1:]) if exponent[0] in "+-" else ("+", exponent)
+        dotted = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign}{digits}"
+        return f" (YAML reads {value} as text: write {dotted if 'e' in plain else plain + ' or ' + dotted})"
+    return f" (a number in quotes: write {value.strip()} without them)"
 
 
 def _build_tagged(classes: Iterable[type], value: Any, where: str):
