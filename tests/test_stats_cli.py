@@ -200,7 +200,7 @@ def test_errors_name_the_input(tmp_path, capsys):
     assert "--weight-clip expects MIN,MAX" in capsys.readouterr().err
     assert cli.main(["stats", str(tmp_path / "empty.tfrecord"), "--num-classes", "2", "--output",
                      str(tmp_path / "z"), "--class-names", "a,b,c"]) == 2
-    assert "3 class names for num_classes=2" in capsys.readouterr().err
+    assert "--class-names gives 3 names for --num-classes 2" in capsys.readouterr().err
 
 
 def _assert_matches_numpy(out, good, policy="complete", ignore=255):
