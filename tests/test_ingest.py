@@ -1,4 +1,5 @@
 """`segbalance ingest`: round trip, every bad input, atomic output, CLI exit codes."""
+import contextlib
 import json
 import re
 import subprocess
@@ -1021,3 +1022,41 @@ def test_a_link_to_nothing_beside_a_file_of_its_stem_is_refused_like_two_files(t
     assert _run(tmp_path) == 2
     assert ("two image files share the stem 'img0': img0.png, img0.jpg (a link to nothing); keep one"
             in capsys.readouterr().err)
+
+
+def test_shard_workers_end_with_a_killed_ingest(tmp_path):
+    """QA 27: SIGKILL on `segbalance ingest --shards 2` left both workers running (re-parented to init, about
+    0.5 GiB each) for good. Workers started as ingest starts them (its initializer) die with their parent."""
+    import os
+    import signal
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from segbalance.pipeline.ingest import die_with_parent\n"
+        "pool = ProcessPoolExecutor(2, initializer=die_with_parent, initargs=(os.getpid(),))\n"
+        "futures = [pool.submit(time.sleep, 120) for _ in range(2)]\n"
+        "time.sleep(2)\n"
+        "print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.time() + 20
+        alive = workers
+        while alive and time.time() < deadline:
+            alive = [p for p in workers if os.path.exists(f"/proc/{p}") and
+                     open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+            time.sleep(0.2)
+        assert not alive, alive
+    finally:
+        parent.kill()
+        for pid in workers:  # the failing case's orphans
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
