@@ -19,6 +19,7 @@ import errno
 import importlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -124,9 +125,26 @@ def failed_path(exc: Optional[BaseException], code: int) -> Optional[str]:
     return None
 
 
+# a full disk in other words than an OSError's: TensorFlow's ResourceExhaustedError ("PATH; No space left on
+# device") and SQLite's through ML Metadata ("database or disk is full"); QA 27: a traceback and exit 1
+_TF_FULL = re.compile(r"(?:\}\} )?(\S+); No space left on device")
+_SQLITE_FULL = "database or disk is full"
+
+
 def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
-    """The path a full disk refused ("No space left on device", ``failed_path``), or None."""
-    return failed_path(exc, errno.ENOSPC)
+    """What a full disk refused to write (a path, "the ML Metadata store"; ``failed_path``), or None."""
+    found = failed_path(exc, errno.ENOSPC)
+    seen = set()
+    while found is None and exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        match = _TF_FULL.search(text)
+        if match:
+            return match.group(1)
+        if _SQLITE_FULL in text:
+            return "the ML Metadata store (metadata.sqlite)"
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -459,9 +459,33 @@ def _full_disk_inside_tfx():
         return exc
 
 
+class ResourceExhausted(Exception):
+    """Stands for tensorflow.errors.ResourceExhaustedError (its str() is its message; no TensorFlow import here)."""
+
+
+def _wrapped(inner: BaseException) -> BaseException:
+    """``inner`` raised again as the cause of another error, as TFX's launcher does."""
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise RuntimeError("the component failed") from exc
+    except RuntimeError as outer:
+        return outer
+
+
 @pytest.mark.parametrize("raised, where", [
     (OSError(28, "No space left on device", "/out/model/variables.data"), "/out/model/variables.data"),
     (_full_disk_inside_tfx(), "/tmp/tmpx/build/tfx/tfx/py.typed"),
+    # QA 27 (a tmpfs filled at each step): TensorFlow's and SQLite's words for it were a traceback, exit 1
+    (_wrapped(ResourceExhausted("/out/pipeline_root/SegTrainer/model/10/Format-Serving/"
+                                                            "saved_model.pb.tmp4a92; No space left on device")),
+     "/out/pipeline_root/SegTrainer/model/10/Format-Serving/saved_model.pb.tmp4a92"),
+    (ResourceExhausted("{{function_node __wrapped__CreateSummaryFileWriter_device_/job:"
+                                                  "localhost/replica:0/task:0/device:CPU:0}} /out/logs/events.out; No "
+                                                  "space left on device [Op:CreateSummaryFileWriter]"), "/out/logs/events.out"),
+    (_wrapped(RuntimeError("Failed to establish connection to Metadata storage with error: Error when executing query: "
+                           "database or disk is full query: COMMIT;")), "the ML Metadata store (metadata.sqlite)"),
 ])
 def test_a_full_disk_is_one_line_exit_2(raised, where, monkeypatch, capsys):
     from segbalance.pipeline import sample_data
