@@ -498,7 +498,10 @@ def print_summary(summary: dict) -> None:
               + f"), kept out of training and evaluation (each with its reason: {quarantined['list']})")
     print(f"  report:           {summary.get('report', 'not written')}")
     print(f"  class statistics: {summary.get('class_stats', 'not written')}")
-    if summary.get("pushed_model") and summary.get("pushed_this_run"):
+    if summary.get("push_unrecorded"):
+        print(f"  pushed model:     {summary['pushed_model']} (the newest version there; pushed by a run that "
+              f"stopped before ML Metadata recorded it)")
+    elif summary.get("pushed_model") and summary.get("pushed_this_run"):
         print(f"  pushed model:     {summary['pushed_model']}")
     elif summary.get("pushed_model"):
         print(f"  pushed model:     {summary['pushed_model']} (earlier run; this run: "

@@ -255,6 +255,12 @@ def summarize(paths: dict) -> dict:
         pushed = made("Pusher", "pushed_model")
         summary["pushed_this_run"] = bool(pushed is not None and "Pusher" not in run.cached
                                           and pushed.id == latest_push.id)
+    served = served_version(paths.get("serving_model_dir"))
+    if served is not None and (not summary.get("pushed_model")
+                               or os.path.realpath(summary["pushed_model"]) != os.path.realpath(served)):
+        # a push that reached its place but not ML Metadata (the run stopped between the two; QA 27: every later
+        # run said "pushed model: none" while that version was served)
+        summary.update(pushed_model=served, pushed_this_run=False, push_unrecorded=True)
     model = made("SegTrainer", "model")
     if model is not None:
         summary["model"] = model.uri
@@ -262,6 +268,16 @@ def summarize(paths: dict) -> dict:
     if report is not None and os.path.isfile(os.path.join(report.uri, "report.html")):
         summary["report_artifact"] = os.path.join(report.uri, "report.html")
     return summary
+
+
+def served_version(destination: Optional[str]) -> Optional[str]:
+    """The newest version folder (digits only, Pusher's names) in the local push destination: the model a
+    model server loads; None without one."""
+    if not destination or not os.path.isdir(destination):
+        return None
+    versions = [name for name in os.listdir(destination)
+                if name.isdigit() and os.path.isdir(os.path.join(destination, name))]
+    return os.path.normpath(os.path.join(destination, max(versions, key=int))) if versions else None
 
 
 def _read_json(path: str) -> Optional[dict]:

@@ -145,6 +145,19 @@ def test_pushed_this_run_is_the_run_s_own_pusher(tmp_path):
     assert not summary["pushed_this_run"] and summary["pushed_model"] == "/serving/v1"
     runs.run([("Pusher", done, {"pushed_model": pushed("not", 0)})])  # not blessed: Pusher ran, pushed nothing
     assert not summarize(paths)["pushed_this_run"]
+    # QA 27: a push killed after its version folder took its place, before ML Metadata recorded it: that version
+    # is served, and the summary says so instead of the older recorded one (or "none")
+    serving = tmp_path / "serving_model"
+    (serving / "v1").mkdir(parents=True)  # not a version name: ignored
+    (serving / "100").mkdir()
+    (serving / "9").mkdir()
+    paths["serving_model_dir"] = str(serving)
+    summary = summarize(paths)
+    assert summary["pushed_model"] == str(serving / "100") and summary["push_unrecorded"]
+    assert not summary["pushed_this_run"]
+    (serving / "100").rmdir()
+    (serving / "9").rmdir()
+    assert summarize(paths)["pushed_model"] == "/serving/v1"  # nothing there: what ML Metadata recorded
 
 
 def test_the_exit_status_tells_a_scheduler_that_the_drift_gate_blocked(tmp_path, monkeypatch, capsys):
