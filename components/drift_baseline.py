@@ -44,6 +44,16 @@ class Baseline:
     lost: bool = False
     repeat: Optional[str] = None
     from_artifact: bool = False  # stats read from the artifact (its per-image table is there too)
+    _rows: Any = field(default=None, repr=False, compare=False)
+
+    def per_image(self):
+        """The per-image table of the ClassStats at ``uri``, read once: the gate matches the new images
+        against it and draws its bootstrap from it (it read the table twice)."""
+        if self._rows is None:
+            from segbalance.trainer.class_stats_io import read_per_image
+
+            self._rows = read_per_image(self.uri)
+        return self._rows
 
 
 def accepted_by(judged: Dict[str, Any]) -> Optional[str]:
@@ -121,12 +131,10 @@ def accepted_images(base: Baseline) -> Optional[Tuple[Any, Any, Optional[list]]]
     their counts is left or the table is missing or does not fit the class list."""
     import numpy as np
 
-    from segbalance.trainer.class_stats_io import read_per_image
-
     if base.stats is None or not base.from_artifact:
         return None
     try:
-        rows = read_per_image(base.uri)
+        rows = base.per_image()
         counts = np.array([list(c) for c in rows["pixel_counts"]], np.float64)
         missing = np.array([len(m) > 0 for m in rows["missing"]], bool)
     except (OSError, ValueError, KeyError):
@@ -254,7 +262,7 @@ def new_images(current_uri: str, current: dict, baseline: Optional[Baseline],
         rows = read_per_image(current_uri)
         before = set()
         if baseline is not None:
-            before = {_key(image) for image in _images(read_per_image(baseline.uri), baseline.stats["class_names"])}
+            before = {_key(image) for image in _images(baseline.per_image(), baseline.stats["class_names"])}
     except (OSError, ValueError, KeyError):
         return Window(current)
     if len(rows) == 0:
