@@ -38,12 +38,11 @@ from tfx.utils import io_utils, path_utils
 
 from segbalance.components import evaluation_metrics
 from segbalance.components.artifacts import ClassStats, DriftReport
-from segbalance.components.staged_pusher import is_version_folder
 from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer.model_classes import class_mismatch, read_model_classes
 
-from segbalance.contract import DEFAULT_IGNORE_INDEX, EVALUATION_FILE, source_id_of  # noqa: E402
+from segbalance.contract import DEFAULT_IGNORE_INDEX, EVALUATION_FILE, is_version_folder, source_id_of  # noqa: E402
 
 WORST_IMAGES = 8  # per_image.json: downscaled image, truth and prediction of the N lowest-mIoU eval images
 MAX_GAP_PREDICTIONS = 100  # ... and the prediction of at most this many eval images with missing classes

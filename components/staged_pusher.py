@@ -29,11 +29,6 @@ from tfx.utils import proto_utils
 STAGING_PREFIX = ".incoming-"
 
 
-def is_version_folder(name: str) -> bool:
-    """A pushed version's folder name (what a model server loads): digits only, no staging folder."""
-    return name.rstrip("/").isdigit()
-
-
 def remove_stale_staging(base_directory: str) -> List[str]:
     """Remove the staging folders a stopped push left in ``base_directory`` (only ours, by name); the paths
     removed. Call it only while no push into that folder can run (``segbalance run`` holds its lock)."""

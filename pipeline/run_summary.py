@@ -276,7 +276,7 @@ def served_version(destination: Optional[str]) -> Optional[str]:
     if not destination or not os.path.isdir(destination):
         return None
     versions = [name for name in os.listdir(destination)
-                if name.isdigit() and os.path.isdir(os.path.join(destination, name))]
+                if contract.is_version_folder(name) and os.path.isdir(os.path.join(destination, name))]
     return os.path.normpath(os.path.join(destination, max(versions, key=int))) if versions else None
 
 

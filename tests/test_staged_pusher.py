@@ -9,6 +9,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
 from segbalance.components import seg_evaluator, staged_pusher
+from segbalance.contract import is_version_folder
 
 
 def _model(tmp_path):
@@ -75,7 +76,7 @@ def test_stale_staging_folders_are_removed_and_never_taken_for_a_version(tmp_pat
     fileio.copy(model_dir + "/saved_model.pb", str(stale / "saved_model.pb"))
     (serving / "1600000000").mkdir()  # an earlier push, and a file of the user's: kept
     (serving / "README").write_text("mine")
-    assert not staged_pusher.is_version_folder(stale.parent.name) and staged_pusher.is_version_folder("1600000000/")
+    assert not is_version_folder(stale.parent.name) and is_version_folder("1600000000/")
     assert seg_evaluator.pushed_copy(model_dir, str(serving)) is None  # a staged copy is not a push
     assert staged_pusher.remove_stale_staging(str(serving)) == [str(stale.parent)]
     assert sorted(os.listdir(serving)) == ["1600000000", "README"]

@@ -72,6 +72,12 @@ REPORT_FILE = "report.html"  # HtmlReport
 TRAINING_SUMMARY_FILE = "training_summary.json"  # in the Model run directory
 KERAS_FILE = "model.keras"  # beside the SavedModel in the serving model
 
+
+def is_version_folder(name: str) -> bool:
+    """A pushed version's folder name in the push destination (what a model server loads): digits only, no
+    staging folder."""
+    return name.rstrip("/").isdigit()
+
 # --- artifact type names (MLMD / KFP; the `segbalance` root package exports each class) -----
 CLASS_STATS_TYPE = "segbalance.ClassStats"
 DRIFT_REPORT_TYPE = "segbalance.DriftReport"
