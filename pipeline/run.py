@@ -36,12 +36,11 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple
 
-from segbalance.contract import GROUPS_FILE, UserError
+from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, UserError
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 from segbalance.trainer.training_config import ClassesConfig
 
 FINGERPRINT_FILE = "source_fingerprint.json"
-CLASSES_FILE = "classes.json"  # {"class_names": [...]}: a data folder's, and each span's run ingested
 # the drift gate blocked the new data: not a failure of the run, but one a person must look at; a 0 made a
 # blocked scheduled run look like a good one to cron and systemd (only run_summary.json told)
 EXIT_DRIFT_BLOCKED = 3
@@ -144,7 +143,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     labeled_file = source / "labeled.json"
     labeled = ingest.load_labeled(labeled_file, None) if labeled_file.is_file() else None  # names the file
     too_large = sorted({c for ids in (labeled or {}).values() for c in ids if c >= config.num_classes})
-    names_file = source / "classes.json"
+    names_file = source / CLASS_NAMES_FILE
     add_names = (f"add the missing class names to {names_file}" if names_file.is_file() else
                  "add the missing class names to classes.names in the config")
     if too_large:
@@ -222,11 +221,11 @@ def keep_class_names(span_dir: Path, names: list) -> None:
     the four default names (a voc sample config's scheduled run was refused, a nuclei one would train
     three classes under the shapes' names); one file for the whole folder went stale when a later span
     had other classes."""
-    target = span_dir / CLASSES_FILE
+    target = span_dir / CLASS_NAMES_FILE
     text = json.dumps({"class_names": list(names)}, indent=1)
     if target.is_file() and target.read_text() == text:
         return
-    partial = span_dir / f"{CLASSES_FILE}.partial"
+    partial = span_dir / f"{CLASS_NAMES_FILE}.partial"
     partial.write_text(text)
     os.replace(partial, target)
 
@@ -298,7 +297,7 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     if config.data.dir is None:
         source = _ensure_sample(config, Path(paths["sample_dir"]))
         if config.data.sample.kind != "shapes":
-            names = json.loads((source / "classes.json").read_text())["class_names"]
+            names = json.loads((source / CLASS_NAMES_FILE).read_text())["class_names"]
             adopt_class_names(config, names, f"the {config.data.sample.kind} sample's classes")
     else:
         source = Path(config.data.dir).resolve()

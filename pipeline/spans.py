@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import List
 
+from segbalance.contract import CLASS_NAMES_FILE
+
 SPAN_DIR = re.compile(r"^Span-(\d+)$")
 WINDOW_LINK = re.compile(r"^data-span(\d+)-")  # a window link's name: data-span<M>-<file of span M>
 
@@ -26,8 +28,8 @@ def class_names_file(folder: Path) -> Path:
     """Where a data folder's class names are: its latest ``Span-N/classes.json`` (written by `run` with the
     span), else ``folder/classes.json`` (the user's, or a folder of images/ and masks/)."""
     spans = list_spans(folder)
-    latest = Path(folder) / f"Span-{spans[-1]}" / "classes.json" if spans else None
-    return latest if latest is not None and latest.is_file() else Path(folder) / "classes.json"
+    latest = Path(folder) / f"Span-{spans[-1]}" / CLASS_NAMES_FILE if spans else None
+    return latest if latest is not None and latest.is_file() else Path(folder) / CLASS_NAMES_FILE
 
 
 def list_spans(examples_dir: Path) -> List[int]:

@@ -20,6 +20,9 @@ MASK_KEY = "image/segmentation/class/encoded"
 MASK_FORMAT_KEY = "image/segmentation/class/format"
 LABELED_KEY = "image/segmentation/class/labeled"  # int64 list: classes the annotator labelled
 GROUP_KEY = "image/group_id"  # bytes, optional: the scene / scan / tile an image was cut from (data.split_by)
+# in a data folder beside images/ (sample-data, a user's) and in each Span-N/ that `run` ingested:
+# {"class_names": [...]}
+CLASS_NAMES_FILE = "classes.json"
 GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 
 
