@@ -112,38 +112,40 @@ def failed_path(exc: Optional[BaseException], code: int) -> Optional[str]:
     """The path an OSError of ``errno`` ``code`` names, when ``exc`` or an exception it was raised from (or
     while handling) is one; None otherwise. TFX wraps the OSError: a copy's ``shutil.Error`` lists its
     failures as text, and its launcher raises again while publishing."""
+    for raised in _chain(exc):
+        if isinstance(raised, shutil.Error) and raised.args and isinstance(raised.args[0], list):
+            for failure in raised.args[0]:
+                if isinstance(failure, tuple) and len(failure) == 3 and f"[Errno {code}]" in str(failure[2]):
+                    return str(failure[1])
+        elif isinstance(raised, OSError) and raised.errno == code:
+            return str(raised.filename or "?")
+    return None
+
+
+def _chain(exc: Optional[BaseException]):
+    """``exc`` and the exceptions it was raised from or while handling, each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-            for failure in exc.args[0]:
-                if isinstance(failure, tuple) and len(failure) == 3 and f"[Errno {code}]" in str(failure[2]):
-                    return str(failure[1])
-        elif isinstance(exc, OSError) and exc.errno == code:
-            return str(exc.filename or "?")
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return None
 
 
 # a full disk in other words than an OSError's: TensorFlow's ResourceExhaustedError ("PATH; No space left on
 # device") and SQLite's through ML Metadata ("database or disk is full"); QA 27: a traceback and exit 1
-_TF_FULL = re.compile(r"(?:\}\} )?(\S+); No space left on device")
+_TF_FULL = re.compile(r"(\S+); No space left on device")
 _SQLITE_FULL = "database or disk is full"
 
 
 def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
     """What a full disk refused to write (a path, "the ML Metadata store"; ``failed_path``), or None."""
     found = failed_path(exc, errno.ENOSPC)
-    seen = set()
-    while found is None and exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc)
-        match = _TF_FULL.search(text)
+    for raised in _chain(exc) if found is None else ():
+        match = _TF_FULL.search(str(raised))
         if match:
             return match.group(1)
-        if _SQLITE_FULL in text:
+        if _SQLITE_FULL in str(raised):
             return "the ML Metadata store (metadata.sqlite)"
-        exc = exc.__cause__ or exc.__context__
     return found
 
 

@@ -145,7 +145,7 @@ def _as_number(value: Any) -> str:
         number = float(value)
     except ValueError:
         return ""
-    if number != number or number in (float("inf"), float("-inf")):  # "nan", "inf": no number to suggest
+    if not math.isfinite(number):  # "nan", "inf": no number to suggest
         return ""
     plain = repr(number)
     mantissa, _, exponent = value.strip().lower().partition("e")
