@@ -58,7 +58,7 @@ def add_parser(subparsers) -> None:
 FLAG_OF = {"stats.labeled_policy": "--labeled-policy", "stats.suspect_threshold": "--suspect-threshold",
            "stats.clip": "--weight-clip", "stats.damping": "--weight-damping",
            "stats.zero_count_weight": "--zero-count-weight", "stats.beta": "--weight-beta", "stats.enet_k": "--enet-k",
-           "ignore_index": "--ignore-index", "num_classes": "--num-classes", "suspect_threshold": "--suspect-threshold"}
+           "ignore_index": "--ignore-index", "num_classes": "--num-classes"}
 
 
 # the config's words that have flags of their own here (review 27)
