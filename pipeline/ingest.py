@@ -93,7 +93,8 @@ OUT_OF_RANGE = "class_ids_out_of_range"  # the bad-pair code `run` looks for (cl
 
 class IngestError(UserError):
     """A problem with the whole input (not one pair): the command stops with exit code 2. ``codes``:
-    the bad pairs' codes when nothing was written for them (what a caller may add advice for)."""
+    the bad pairs' codes when nothing was written for them, or ``ungrouped_images`` (what a caller
+    may add advice for)."""
 
     codes: frozenset = frozenset()
 
@@ -142,6 +143,7 @@ class IngestOptions:
     palette: Optional[Dict[Union[Tuple[int, int, int], int], int]] = None  # colours and grey values -> ids
     labeled: Optional[Dict[str, List[int]]] = None
     groups: Optional[Dict[str, str]] = None  # source_id -> group (image/group_id)
+    groups_source: str = "--groups"  # what messages call the groups (`segbalance run`: DIR/groups.json)
 
 
 @dataclass
@@ -716,9 +718,12 @@ def ingest(
     shards: int = 1,
     overwrite: bool = False,
     strict: bool = False,
+    marker_extra: Optional[dict] = None,
 ) -> IngestResult:
     """Ingest a folder pair (see module docstring). Raises IngestError for whole-input problems,
-    output_guard.OutputError for an output that must not be written (both UserErrors)."""
+    output_guard.OutputError for an output that must not be written (both UserErrors).
+    ``marker_extra``: more fields for the target's marker, written with the records in one rename
+    (`segbalance run` records there which source folder the span holds)."""
     options = options or IngestOptions()
     options = replace(options, labeled=_nfc_keys(options.labeled, "--labeled"),
                       groups=_nfc_keys(options.groups, "--groups"))
@@ -779,12 +784,14 @@ def ingest(
     if options.groups is not None:
         ungrouped = [stem for stem, _, _ in pairs if stem not in options.groups]
         if ungrouped:
-            raise IngestError(f"--groups: {len(ungrouped)} of {len(pairs)} images have no group "
-                              f"({_sample(ungrouped)}); give every image one (its scene, scan or tile); nothing "
-                              f"was written")
+            error = IngestError(f"{options.groups_source}: {len(ungrouped)} of {len(pairs)} images have no group "
+                                f"({_sample(ungrouped)}); give every image one (its scene, scan or tile); nothing "
+                                f"was written")
+            error.codes = frozenset({"ungrouped_images"})
+            raise error
         result.groups_unmatched = sorted(set(options.groups) - set(images))
         if result.groups_unmatched:
-            print(f"ingest: warning: {len(result.groups_unmatched)} --groups stems match no image file in "
+            print(f"ingest: warning: {len(result.groups_unmatched)} {options.groups_source} stems match no image file in "
                   f"{images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -829,7 +836,7 @@ def ingest(
             error.codes = frozenset(b["code"] for b in result.bad)
             raise error
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
-        output_guard.write_marker(tmp, "ingest", target=target.name)
+        output_guard.write_marker(tmp, "ingest", target=target.name, **(marker_extra or {}))
         if not overwrite and target.is_dir() and any(target.iterdir()):  # another command wrote it meanwhile
             raise IngestError(f"{target} was written by another command while this ingest ran; nothing was "
                               f"replaced: pass --overwrite to replace it, or choose another --span/--output")
@@ -838,7 +845,8 @@ def ingest(
         if target.exists():
             old = target.parent / f"{OLD_PREFIX}{os.getpid()}"
             in_it = _cwd_inside(target)
-            output_guard.write_marker(target, "ingest", target=target.name)  # lets clean_stale restore it
+            kept = {k: v for k, v in (output_guard.read_marker(target) or {}).items() if k != "written_by"}
+            output_guard.write_marker(target, "ingest", **{**kept, "target": target.name})  # clean_stale restores it
             target.rename(old)
             tmp.rename(target)
             shutil.rmtree(old)

@@ -6,7 +6,8 @@ directory, caching on) and prints where the report, the class statistics and the
 model are, the span(s) ExampleGen read, and the model's mIoU on the complete masks.
 
 ``--data DIR`` takes either a folder with ``images/`` and ``masks/`` (plus optional
-``labeled.json``, ``groups.json`` (for ``data.split_by: group``), ``classes.json``,
+``labeled.json``, ``groups.json`` (each image's scene: the drift gate counts in groups, and
+``data.split_by: group`` splits on them), ``classes.json``,
 ``masks_full/``), or a folder of ``Span-N/`` TFRecords written by ``segbalance ingest --span
 N``. ImportExampleGen reads the latest span (the last K with ``data.num_spans: K``), so an
 images/ + masks/ folder is ingested into OUTPUT/data as its next span: ``Span-0`` the first
@@ -40,7 +41,8 @@ from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, UserError
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 from segbalance.trainer.training_config import ClassesConfig
 
-FINGERPRINT_FILE = "source_fingerprint.json"
+FINGERPRINT_FILE = "source_fingerprint.json"  # read only: where versions before the span's marker recorded it
+SOURCE_KEY = "run_source"  # a span's marker: the folder `run` ingested into it (fingerprints)
 # the drift gate blocked the new data: not a failure of the run, but one a person must look at; a 0 made a
 # blocked scheduled run look like a good one to cron and systemd (only run_summary.json told)
 EXIT_DRIFT_BLOCKED = 3
@@ -107,35 +109,56 @@ def _read_stamp(stamp: Path) -> dict:
         return {}
 
 
+def _recorded_source(examples_dir: Path, span: int) -> dict:
+    """What `run` recorded of the folder it ingested as ``Span-<span>`` (fingerprints, ``with_groups``):
+    the span's marker, else ``source_fingerprint.json`` (spans written before the marker held it) when
+    it names that span; {} for a span `run` did not ingest."""
+    from segbalance.pipeline import output_guard
+
+    recorded = (output_guard.read_marker(examples_dir / f"Span-{span}") or {}).get(SOURCE_KEY)
+    if isinstance(recorded, dict):
+        return recorded
+    stamp = _read_stamp(examples_dir / FINGERPRINT_FILE)
+    return stamp if stamp.get("span", 0) == span else {}
+
+
 def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path) -> int:
     """Ingest an images/ + masks/ folder into ``examples_dir`` as the span ImportExampleGen will read.
 
     ImportExampleGen reads the latest ``Span-N/``, so fresh data becomes the next span: Span-0
     in a new folder, one above the highest ``Span-N/`` when the folder already holds spans (from
     earlier runs or `segbalance ingest --span N`). Unchanged data (same files, sizes, times,
-    class count and ignore index) whose span is still the latest is reused. Returns the span.
+    class count and ignore index) whose span is still the latest is reused. ``source/groups.json``,
+    when there, gives the records their ``image/group_id`` whatever ``data.split_by`` (the drift
+    gate counts in groups; ``split_by: group`` also splits on them). Returns the span.
     """
     from segbalance.pipeline import ingest
     from segbalance.pipeline.spans import list_spans, next_span
 
-    groups, groups_file = None, source / GROUPS_FILE
-    if config.data.split_by == "group":  # groups.json is read for this only (and is in the fingerprint)
-        groups = ingest.load_groups(groups_file) if groups_file.is_file() else None
+    groups_file = source / GROUPS_FILE
+    groups = ingest.load_groups(groups_file) if groups_file.is_file() else None
+    if config.data.split_by == "group":
         check_group_split(config, groups, groups_file)
+    # "split_by": "group" means "with group ids" (the key of earlier versions, kept: their spans stay reused)
     options = {"num_classes": config.num_classes, "ignore_index": config.classes.ignore_index,
                **({"split_by": "group"} if groups is not None else {})}
     fingerprint = _fingerprint(source, options)
     plain = {k: v for k, v in options.items() if k != "split_by"}
     plain_fingerprint = _fingerprint(source, plain) if plain != options else fingerprint
-    stamp_path = examples_dir / FINGERPRINT_FILE
-    stamp = _read_stamp(stamp_path)
     spans = list_spans(examples_dir)
-    # unchanged data is reused; so is a span ingested with group ids for a run that splits by record
-    # (only split_by changed: ingesting the same images again made a window train on them twice)
-    same = stamp.get("fingerprint") == fingerprint or (groups is None and stamp.get("with_groups")
-                                                       and stamp.get("plain_fingerprint") == plain_fingerprint)
-    if spans and same and stamp.get("span", 0) == spans[-1]:
+    recorded = _recorded_source(examples_dir, spans[-1]) if spans else {}
+    # unchanged data is reused, also when only its groups changed and the split does not use them: ingesting
+    # the same images again made a window train on them twice (a split by group needs the new group ids)
+    regrouped = recorded.get("fingerprint") != fingerprint
+    if spans and (not regrouped or (recorded.get("plain_fingerprint") == plain_fingerprint
+                                    and (groups is None or config.data.split_by == "record"))):
         print(f"ingest: {source} unchanged, reusing {examples_dir / f'Span-{spans[-1]}'}", flush=True)
+        if regrouped and groups is not None:
+            print(f"ingest: note: {groups_file} is newer than {examples_dir / f'Span-{spans[-1]}'}, whose records "
+                  f"keep the group ids they were ingested with{'' if recorded.get('with_groups') else ' (none)'}; "
+                  f"the drift gate counts in those: to give them the file's, run `segbalance ingest "
+                  f"{source / 'images'} {source / 'masks'} --groups {groups_file} --output {examples_dir} "
+                  f"--span {spans[-1]} --overwrite`", flush=True)
         return spans[-1]
     if config.data.split_by == "group" and config.data.num_spans > 1 and spans:
         # the earlier spans the new one joins in the window: refused before the new span is written
@@ -153,12 +176,19 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     palette_hint = (f"colour (RGB) masks need a palette, which `run` does not take: ingest them once with "
                     f"`segbalance ingest {source / 'images'} {source / 'masks'} --palette PALETTE.json --output "
                     f"{examples_dir} --span {span}`, then `segbalance run --data {examples_dir}`")
-    try:
+    recorded = {"fingerprint": fingerprint, "source": str(source), "span": span,
+                "plain_fingerprint": plain_fingerprint, "with_groups": groups is not None}
+    try:  # what run ingested is recorded in the span's own marker, renamed into place with its records
         result = ingest.ingest(source / "images", source / "masks", examples_dir, span=span,
                                options=ingest.IngestOptions(num_classes=config.num_classes,
                                                             ignore_index=config.classes.ignore_index,
-                                                            labeled=labeled, groups=groups))
+                                                            labeled=labeled, groups=groups,
+                                                            groups_source=str(groups_file)),
+                               marker_extra={SOURCE_KEY: recorded})
     except ingest.IngestError as exc:
+        if "ungrouped_images" in exc.codes and config.data.split_by == "record":
+            raise ingest.IngestError(f"{exc}; or remove {groups_file} (with data.split_by: record it only lets "
+                                     f"the drift gate count in groups)") from None
         if "rgb_mask_without_palette" not in exc.codes:  # nothing written, pairs refused for want of a palette
             raise
         raise ingest.IngestError(f"{exc}; {palette_hint}") from None
@@ -168,8 +198,6 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         raise ConfigError(
             f"classes.names lists {config.num_classes} classes but {len(out_of_range)} masks have larger class ids "
             f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); {add_names} (or fix those masks)")
-    stamp_path.write_text(json.dumps({"fingerprint": fingerprint, "source": str(source), "span": span,
-                                      "plain_fingerprint": plain_fingerprint, "with_groups": groups is not None}))
     held = (f"; {examples_dir} already held span{'s' if len(spans) > 1 else ''} {', '.join(map(str, spans))}, "
             f"so this data is the next span, the one this run reads") if spans else ""
     bad = f", {len(result.bad)} bad pairs skipped (listed in {result.target / ingest.REPORT_NAME})" if result.bad else ""
@@ -304,6 +332,10 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         found = data_class_names(config)
         if found is not None:
             adopt_class_names(config, *found)
+    from segbalance.pipeline.ingest import clean_stale
+
+    for folder in (source, Path(paths["examples_dir"])):  # a span a killed `ingest --overwrite` moved aside
+        clean_stale(folder)  # is put back before the latest span is chosen (else an older one was read)
     spans = any(source.glob("Span-*"))
     if reference is None and not spans and (source / "masks_full").is_dir():
         reference = str(source / "masks_full")

@@ -86,7 +86,7 @@ def test_importexamplegen_keeps_each_group_in_one_split(tmp_path):
             for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
                 record = codec.parse_record(raw.numpy())
                 side[record.source_id] = split
-                assert record.group == (groups[record.source_id] if split_by == "group" else None)
+                assert record.group == groups[record.source_id]  # by record too: the drift gate counts groups
         assert sorted(side) == stems
         by_group = {}
         for stem, split in side.items():
@@ -139,23 +139,41 @@ def test_run_refuses_a_group_split_it_cannot_make(tmp_path, capsys):
     evaluated = sorted({g for g in groups.values() if split_of(g, config) == "eval"})
     in_eval = sum(groups[s] in evaluated for s in stems)
     assert f"data: split by group: {len(evaluated)} of 6 groups ({in_eval} of {len(stems)} images)" in printed
-    # a split by record ignores groups.json (its records carry no group)
+    # a split by record writes groups.json's group ids too (the drift gate counts in groups), and does not
+    # need groups on both sides
+    (folder / GROUPS_FILE).write_text(json.dumps({s: "one-scene" for s in stems}))
     plain = _config(tmp_path / "plain", dir=str(folder))
     examples_dir, _ = prepare_data(plain, local_paths(str(tmp_path / "plain" / "out")))
     written = sorted(str(p) for p in (tmp_path / "plain" / "out" / "data").rglob("data-*"))
-    first = next(iter(tf.data.TFRecordDataset(written)))
-    assert codec.parse_record(first.numpy()).group is None
+    assert {codec.parse_record(r.numpy()).group for r in tf.data.TFRecordDataset(written)} == {"one-scene"}
 
 
-def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_reingest(tmp_path):
+def test_a_split_by_record_refuses_images_without_a_group_naming_the_file(tmp_path, capsys):
+    """groups.json read by a split by record: an image without a group is refused as `ingest --groups`
+    refuses it, in one line naming the file and both ways out; nothing is written."""
+    folder, stems = _grouped_data(tmp_path / "raw", lambda i: f"scene{i % 4}")
+    groups = json.loads((folder / GROUPS_FILE).read_text())
+    del groups[stems[3]], groups[stems[7]]
+    (folder / GROUPS_FILE).write_text(json.dumps(groups))
+    (tmp_path / "c.yaml").write_text(json.dumps({"data": {"dir": str(folder)}, "output_dir": str(tmp_path / "out")}))
+    assert cli.main(["run", "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"{folder / GROUPS_FILE}: 2 of {len(stems)} images have no group ({stems[3]}, {stems[7]})" in err[0]
+    assert f"or remove {folder / GROUPS_FILE}" in err[0] and "--groups" not in err[0]
+    assert not list((tmp_path / "out").rglob("data-*"))
+
+
+def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_reingest(tmp_path, capsys):
     """A split_by: group window over an earlier span without group ids was refused after the new span
     had been ingested; following the advice (split_by: record) ingested the same images again, and the
     window trained on them twice."""
     from segbalance.pipeline.spans import list_spans
 
     first, _ = _grouped_data(tmp_path / "raw1", lambda i: f"a{i % 6}")
+    (first / GROUPS_FILE).unlink()
     paths = local_paths(str(tmp_path / "out"))
-    prepare_data(_config(tmp_path, dir=str(first)), paths)  # by record: Span-0 has no group ids
+    prepare_data(_config(tmp_path, dir=str(first)), paths)  # no groups.json: Span-0 has no group ids
     second, _ = _grouped_data(tmp_path / "raw2", lambda i: f"b{i % 6}")
     with pytest.raises(ConfigError, match=r"the records in .*Span-0 have no image/group_id"):
         prepare_data(_config(tmp_path, dir=str(second), split_by="group", num_spans=2), paths)
@@ -165,11 +183,54 @@ def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_
     assert list_spans(tmp_path / "out" / "data") == [0, 1]
     prepare_data(_config(tmp_path, dir=str(second), num_spans=2), paths)
     assert list_spans(tmp_path / "out" / "data") == [0, 1]
-    # the other way (record -> group) needs the group ids: a new span, with them
+    # ... and the other way: a split by record wrote groups.json's ids, which a split by group uses
     third, _ = _grouped_data(tmp_path / "raw3", lambda i: f"c{i % 6}")
     prepare_data(_config(tmp_path, dir=str(third)), paths)
     prepare_data(_config(tmp_path, dir=str(third), split_by="group"), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1, 2]
+    # groups.json written after its images were ingested: a split by record keeps the span (and says how to
+    # give it the new ids); a split by group needs them, so the data becomes a new span with them
+    fourth, _ = _grouped_data(tmp_path / "raw4", lambda i: f"d{i % 6}")
+    groups = (fourth / GROUPS_FILE).read_text()
+    (fourth / GROUPS_FILE).unlink()
+    prepare_data(_config(tmp_path, dir=str(fourth)), paths)
+    (fourth / GROUPS_FILE).write_text(groups)
+    capsys.readouterr()
+    prepare_data(_config(tmp_path, dir=str(fourth)), paths)
+    out = capsys.readouterr().out
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3]
+    assert (f"{fourth / GROUPS_FILE} is newer than {tmp_path / 'out' / 'data' / 'Span-3'}, whose records keep the "
+            f"group ids they were ingested with (none)") in out and "--span 3 --overwrite" in out
+    prepare_data(_config(tmp_path, dir=str(fourth), split_by="group"), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3, 4]
+
+
+def test_a_span_is_reused_from_its_own_marker(tmp_path):
+    """What `run` ingested is recorded in the span's marker, renamed into place with the records: a run
+    killed after that rename (before a separate file recorded it) does not make the next run ingest the
+    same data again as a new span. Spans recorded by earlier versions' source_fingerprint.json are still
+    reused."""
+    from segbalance.pipeline import output_guard
+    from segbalance.pipeline.run import FINGERPRINT_FILE, SOURCE_KEY
+    from segbalance.pipeline.spans import list_spans
+
+    folder, _ = _grouped_data(tmp_path / "raw", lambda i: f"s{i % 5}")
+    paths = local_paths(str(tmp_path / "out"))
+    data = tmp_path / "out" / "data"
+    prepare_data(_config(tmp_path, dir=str(folder)), paths)
+    (data / FINGERPRINT_FILE).unlink(missing_ok=True)  # the kill: nothing recorded beside the span
+    prepare_data(_config(tmp_path, dir=str(folder)), paths)
+    assert list_spans(data) == [0]
+    recorded = output_guard.read_marker(data / "Span-0")[SOURCE_KEY]
+    assert recorded["source"] == str(folder) and recorded["with_groups"] is True
+    # a span an earlier version ingested: its marker holds no record, source_fingerprint.json does
+    output_guard.write_marker(data / "Span-0", "ingest", target="Span-0")
+    (data / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "span": 0}))
+    prepare_data(_config(tmp_path, dir=str(folder)), paths)
+    assert list_spans(data) == [0]
+    (data / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "span": 5}))  # names another span: not this one
+    prepare_data(_config(tmp_path, dir=str(folder)), paths)
+    assert list_spans(data) == [0, 1]
 
 
 def test_compile_kfp_splits_by_group_and_checks_local_spans(tmp_path):

@@ -149,8 +149,9 @@ def _renamed(raw: Path, prefix: str) -> Path:
     for folder in ("images", "masks", "masks_full"):
         for path in (raw / folder).glob("*.png"):
             path.rename(path.with_name(f"{prefix}_{path.name}"))
-    labeled = json.loads((raw / "labeled.json").read_text())
-    (raw / "labeled.json").write_text(json.dumps({f"{prefix}_{k}": v for k, v in labeled.items()}))
+    for keyed in ("labeled.json", "groups.json"):
+        stems = json.loads((raw / keyed).read_text())
+        (raw / keyed).write_text(json.dumps({f"{prefix}_{k}": v for k, v in stems.items()}))
     return raw
 
 

@@ -29,9 +29,9 @@ def _raw(root: Path, seed: int, num_images: int, prefix: str = "") -> Path:
         for folder in ("images", "masks", "masks_full"):
             for path in (out / folder).glob("*.png"):
                 path.rename(path.with_name(f"{prefix}{path.name}"))
-        labeled = out / "labeled.json"
-        if labeled.is_file():
-            labeled.write_text(json.dumps({f"{prefix}{k}": v for k, v in json.loads(labeled.read_text()).items()}))
+        for keyed in (out / "labeled.json", out / "groups.json"):
+            if keyed.is_file():
+                keyed.write_text(json.dumps({f"{prefix}{k}": v for k, v in json.loads(keyed.read_text()).items()}))
     return out
 
 
@@ -89,6 +89,32 @@ def test_fresh_data_becomes_the_next_span_and_is_what_run_reads(tmp_path, capsys
     assert window == str(out / "span_window") and list_spans(data) == [2, 3, 4, 5, 6]
     links = sorted(p.name for p in (out / "span_window" / "Span-6").iterdir())
     assert [n.split("-")[1] for n in links] == ["span5", "span6"]
+
+
+def test_a_span_a_killed_ingest_moved_aside_is_restored_before_run_picks_the_latest(tmp_path, capsys):
+    """`ingest --overwrite` killed between its two renames leaves the span it replaces under a hidden
+    name: `run --data SPANS` read the span before it as the latest (an older one, silently), and `run
+    --data IMAGES_DIR` ingested the same data again as a new span. Both put it back first."""
+    from segbalance.pipeline import ingest
+
+    raw = [_raw(tmp_path / f"raw{k}", seed=k, num_images=2, prefix=f"s{k}_") for k in range(2)]
+    spans = tmp_path / "spans"
+    for k, folder in enumerate(raw):
+        assert cli.main(["ingest", str(folder / "images"), str(folder / "masks"), "--output", str(spans),
+                         "--span", str(k)]) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (spans / "Span-1").rename(spans / f"{ingest.OLD_PREFIX}{int(dead.stdout)}")
+    config = config_from_dict({"data": {"dir": str(spans)}, "output_dir": str(tmp_path / "out")})
+    assert prepare_data(config, local_paths(str(tmp_path / "out")))[0] == str(spans)
+    assert list_spans(spans) == [0, 1] and _written(spans / "Span-1") == ["s1_shapes_00000", "s1_shapes_00001"]
+    assert "restored" in capsys.readouterr().err
+    # the same through run's own OUTPUT/data
+    out = tmp_path / "out2"
+    config = config_from_dict({"data": {"dir": str(raw[1])}, "output_dir": str(out)})
+    prepare_data(config, local_paths(str(out)))
+    (out / "data" / "Span-0").rename(out / "data" / f"{ingest.OLD_PREFIX}{int(dead.stdout)}")
+    prepare_data(config, local_paths(str(out)))
+    assert list_spans(out / "data") == [0]  # put back and reused, not ingested again as Span-1
 
 
 def test_class_ids_beyond_the_class_names_leave_no_span(tmp_path):
