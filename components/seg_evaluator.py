@@ -246,9 +246,10 @@ class PerImageResults:
     """
 
     def __init__(self, num_classes: int, ignore_index: int, labeled: Dict[str, Optional[List[int]]],
-                 worst: int = WORST_IMAGES, max_gaps: int = MAX_GAP_PREDICTIONS):
+                 worst: int = WORST_IMAGES, max_gaps: int = MAX_GAP_PREDICTIONS, references: Optional[set] = None):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.labeled, self.worst, self.max_gaps = labeled, worst, max_gaps
+        self.references = references or set()  # source_ids scored against a reference mask (else their annotation)
         self.ignore_value = 255 if num_classes < 255 else 65535
         self.rows: List[dict] = []
         self._worst: List[tuple] = []  # (miou, source_id, image, truth, prediction), downscaled
@@ -293,6 +294,7 @@ class PerImageResults:
         worst = []
         for rank, (miou, source_id, image_bytes, truth, prediction) in enumerate(sorted(self._worst, key=lambda t: t[:2])):
             entry = {"source_id": source_id, "miou": miou, "truth": save(truth, f"worst-{rank:03d}-truth.png"),
+                     "truth_from": "reference" if source_id in self.references else "annotation",
                      "prediction": save(prediction, f"worst-{rank:03d}-prediction.png")}
             try:
                 image = codec.decode_array(image_bytes, what=f"image {source_id}")
@@ -400,7 +402,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
             raise ValueError(f"SegEvaluator: no usable record in split {split!r} of {examples.uri} "
                              f"({counts['skipped']} skipped): check the eval split")
         model_dir = path_utils.serving_model_path(model.uri)
-        per_image = PerImageResults(num_classes, ignore_index, labeled)
+        per_image = PerImageResults(num_classes, ignore_index, labeled, references=references)
         cm = confusion_over(load_predictor(model_dir), items, num_classes, ignore_index, on_image=per_image,
                             partial=partial, counts=counts)
         result = evaluation_metrics.summarize(cm)

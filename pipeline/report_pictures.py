@@ -157,6 +157,9 @@ def quarantine_thumbnail(records: dict, name: str, num_classes: int) -> Raw:
     return Raw(f'<span class="note">does not decode: {esc(problem)}</span>')
 
 
+TRUTH_CAPTIONS = {"reference": "reference mask", "annotation": "annotated mask"}  # per_image.json truth_from
+
+
 def worst_images(evaluation_dir: str, names: Sequence[str], per_image: Optional[dict]) -> str:
     """Image, reference mask, prediction and error map of the evaluation's worst images."""
     if per_image is None:
@@ -166,7 +169,8 @@ def worst_images(evaluation_dir: str, names: Sequence[str], per_image: Optional[
     scored = [r["miou"] for r in per_image.get("images", []) if r.get("miou") is not None]
     parts = [f"<h3>The {len(worst)} eval images with the lowest mIoU</h3>",
              f'<p class="note">Per-image mIoU over {len(scored)} images: median {fmt(float(np.median(scored)) if scored else None)}'
-             ". Error map: red where the prediction differs from the reference mask, white where ignored.</p>"]
+             ". Error map: red where the prediction differs from the mask the image was scored against (its "
+             "reference mask, else its own annotation), white where not scored.</p>"]
     for entry in worst:
         truth = _read_png(evaluation_dir, entry.get("truth"))
         prediction = _read_png(evaluation_dir, entry.get("prediction"))
@@ -176,7 +180,8 @@ def worst_images(evaluation_dir: str, names: Sequence[str], per_image: Optional[
             pictures.append(figure(images.img(images.to_rgb(image), f"image {entry['source_id']}", "jpeg"), "image"))
         else:
             pictures.append(_text_figure(entry.get("image_error", "image file missing"), "image"))
-        for array, caption in ((truth, "reference mask"), (prediction, "prediction")):
+        scored_against = TRUTH_CAPTIONS.get(entry.get("truth_from"), "scored mask")  # older files: no truth_from
+        for array, caption in ((truth, scored_against), (prediction, "prediction")):
             if array is None:
                 pictures.append(_text_figure("file missing", caption))
             else:

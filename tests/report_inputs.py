@@ -56,7 +56,8 @@ def write_per_image_eval(folder: Path, pairs: dict) -> dict:
     every other image's class-1 pixels."""
     from segbalance.components.seg_evaluator import PerImageResults
 
-    recorder = PerImageResults(len(NAMES), 255, {sid: labeled for sid, (_, _, labeled) in pairs.items()}, worst=3)
+    recorder = PerImageResults(len(NAMES), 255, {sid: labeled for sid, (_, _, labeled) in pairs.items()}, worst=3,
+                               references=set(sorted(pairs)[::2]))  # every other image scored against a reference
     for i, (sid, (image, mask, _)) in enumerate(sorted(pairs.items())):
         prediction = np.where((mask == 1) & (i % 2 == 0), 1, 0)
         recorder(sid, codec.encode_png(image), mask, prediction, em.confusion_matrix(mask, prediction, len(NAMES), 255))

@@ -360,8 +360,10 @@ def test_worst_images_with_reference_prediction_and_error_map(report):
     assert [w["source_id"] for w in per_image["worst"]] == [
         html.unescape(re.search(r"<p>(.*?): mIoU", c).group(1)) for c in cases]
     for case in cases:
-        (alt_image, _, _), (_, _, truth), (_, _, prediction), (alt, kind, error) = thumbs(case)
+        (alt_image, _, _), (alt_truth, _, truth), (_, _, prediction), (alt, kind, error) = thumbs(case)
         sid = alt[len("error map of "):]
+        scored = "reference mask" if sorted(pairs).index(sid) % 2 == 0 else "annotated mask"  # report_inputs
+        assert alt_truth == f"{scored} of {sid}" and f"<figcaption>{scored}</figcaption>" in case
         _, mask, _ = pairs[sid]
         i = order.index(sid)
         expected_prediction = np.where((mask == 1) & (i % 2 == 0), 1, 0)  # tests/report_inputs.py's model

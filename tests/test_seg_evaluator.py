@@ -315,7 +315,8 @@ def test_per_image_results_for_the_report(tmp_path):
 def test_per_image_results_keep_only_the_worst(tmp_path):
     from segbalance.components.seg_evaluator import PerImageResults
 
-    recorder = PerImageResults(num_classes=3, ignore_index=255, labeled={"e": [0, 1], "f": [0]}, worst=2, max_gaps=1)
+    recorder = PerImageResults(num_classes=3, ignore_index=255, labeled={"e": [0, 1], "f": [0]}, worst=2, max_gaps=1,
+                               references={"d"})
     truth = np.array([[0, 1], [2, 255]])
     for sid, pred in [("a", truth % 255), ("b", np.zeros((2, 2))), ("c", np.array([[0, 1], [0, 0]])),
                       ("d", np.zeros((2, 2))), ("e", np.zeros((2, 2))), ("f", np.zeros((2, 2)))]:
@@ -324,6 +325,7 @@ def test_per_image_results_keep_only_the_worst(tmp_path):
     # mIoU: a 1, c (1 + 1 + 0) / 3, b / d / e / f (1/3 + 0 + 0) / 3: the two worst are b and d (by id)
     assert [w["source_id"] for w in content["worst"]] == ["b", "d"]
     assert content["worst"][0]["miou"] == pytest.approx(1 / 9)
+    assert [w["truth_from"] for w in content["worst"]] == ["annotation", "reference"]  # the report's caption
     assert "image_error" in content["worst"][0]  # b"" does not decode: said, not a crash
     # missing: e lacks 2, f lacks 1 and 2: f kept (more missing)
     assert [(g["source_id"], g["missing"]) for g in content["gap_predictions"]] == [("f", [1, 2])]
