@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, UserError
+from segbalance.pipeline import stop_signals
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
 from segbalance.trainer.training_config import ClassesConfig
 
@@ -463,8 +464,9 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                 try:
                     pipeline_started = True
                     run_dag_locally(pipeline)
-                except BaseException:
-                    print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
+                except BaseException as exc:
+                    if stop_signals.stopped(exc) is None:  # a stop says so in one line (cli), not two
+                        print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
                     raise
                 finally:
                     unroute_absl(progress)

@@ -98,3 +98,38 @@ def test_a_long_store_error_is_cut_at_a_word_with_an_ellipsis(tmp_path, monkeypa
         run_summary.open_store(str(store))
     reason = str(caught.value).split("(", 1)[1].split(")", 1)[0]
     assert reason.endswith("word ...") and len(reason) <= 204 and "wor ..." not in reason
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "failure"])
+def test_a_stopped_pipeline_says_so_in_one_line_and_a_failed_one_names_its_log(tmp_path, monkeypatch, capsys, stop):
+    """SIGTERM inside the pipeline printed two lines ("the pipeline stopped; library messages are in LOG",
+    then "stopped (SIGTERM)"); a failure still names the log, where the libraries' messages went."""
+    import os
+    import signal
+
+    from segbalance.pipeline import local_dag
+
+    def run_dag_locally(pipeline):
+        if stop == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        raise RuntimeError("a component failed")
+
+    monkeypatch.setattr(local_dag, "run_dag_locally", run_dag_locally)
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"data": {"sample": {"num_images": 30, "size": 16}}}))
+    argv = ["run", "--config", str(config), "--output-dir", str(tmp_path / "out")]
+    if stop == "SIGTERM":
+        assert cli.main(argv) == 143
+    else:
+        with pytest.raises(RuntimeError, match="a component failed"):
+            cli.main(argv)
+    captured = capsys.readouterr()
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    named = f"segbalance run: the pipeline stopped; library messages are in {summary['log']}"
+    if stop == "SIGTERM":
+        assert summary["status"] == "interrupted" and named not in captured.out
+        assert captured.err == "segbalance run: stopped (SIGTERM); run the same command again to resume\n"
+    else:
+        assert summary["status"] == "failed" and named in captured.out
