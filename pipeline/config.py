@@ -153,6 +153,11 @@ class PipelineConfig:
         require(bool(self.output_dir.strip()), "output_dir", "is empty: name the folder a run writes into "
                 "(default segbalance_output)")
         self.trainer_config().validate(where)
+        if self.beam_args is not None:  # Beam drops a flag it does not know unread (the direct runner)
+            from segbalance.pipeline.beam_options import beam_args_problem
+
+            problem = beam_args_problem(self.beam_args)
+            require(problem is None, "beam_args", str(problem))
 
 
 def validate(config: PipelineConfig) -> PipelineConfig:

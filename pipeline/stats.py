@@ -85,6 +85,7 @@ def _main(args) -> int:
         LOG.setLevel(logging.ERROR)
     from segbalance.components import class_stats_beam as layout
     from segbalance.pipeline import output_guard
+    from segbalance.pipeline.beam_options import beam_args_problem
     from segbalance.pipeline.config import StatsConfig
 
     local = "://" not in args.output
@@ -107,7 +108,11 @@ def _main(args) -> int:
         # a local pattern is stored absolute (class_stats.json "inputs"): the report reads the records from
         # wherever it is run, and a relative pattern read elsewhere said the records had been moved
         pattern = args.glob if "://" in args.glob else os.path.abspath(args.glob)
-        stats = run_class_stats({"all": pattern}, args.output, options, beam_args=shlex.split(args.beam_args))
+        beam_args = shlex.split(args.beam_args)
+        problem = beam_args_problem(beam_args)
+        if problem:
+            raise ValueError(f"--beam-args: {problem}")
+        stats = run_class_stats({"all": pattern}, args.output, options, beam_args=beam_args)
     except (ValueError, ClassStatsError) as exc:
         if created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
             shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind

@@ -175,6 +175,38 @@ def test_invalid_values_name_the_field(values, message):
         config_from_dict(values)
 
 
+@pytest.mark.parametrize("beam_args, message", [
+    (["--direct_num_workerz=2"], "beam_args: '--direct_num_workerz=2' is not an option of Beam's direct runner, which "
+                                 "would drop it unread: did you mean --direct_num_workers?"),
+    (["direct_running_mode=in_memory"], "beam_args: 'direct_running_mode=in_memory' is not an option of Beam's direct "
+                                        "runner, which would drop it unread: did you mean --direct_running_mode?"),
+    (["--runner=Flinck"], "beam_args: --runner=Flinck is not a Beam runner: use one of DataflowRunner, "),
+    (["--direct_num_workers=two"], "beam_args: argument --direct_num_workers: invalid int value: 'two'"),
+    (["--direct_running_mode=threads"], "beam_args: argument --direct_running_mode: invalid choice: 'threads'"),
+    (["--runner=DirectRunner", "--frobnicate"], "'--frobnicate' is not an option of Beam's direct runner"),
+])
+def test_beam_args_are_parsed_as_beam_parses_them(beam_args, message):
+    """Beam drops a flag it does not know with a line in the log only: the direct runner ran with its default;
+    an unknown runner or a bad value failed when the first Beam component started, with Beam's traceback."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict({"beam_args": beam_args})
+
+
+def test_beam_args_beam_accepts_are_accepted():
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    from segbalance.pipeline.config import KUBEFLOW_BEAM_ARGS, LOCAL_BEAM_ARGS
+
+    for beam_args in (LOCAL_BEAM_ARGS, KUBEFLOW_BEAM_ARGS, ["--direct_num_worker=2"],  # a prefix, as Beam reads it
+                      ["--runner", "direct", "--direct_num_workers", "2"],
+                      ["--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/t"],
+                      ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--a_job_server_flag=1"],  # handed on
+                      ["--runner=apache_beam.runners.direct.DirectRunner", "--my_runner_flag"]):
+        assert config_from_dict({"beam_args": list(beam_args)}).beam_args == list(beam_args)
+    assert PipelineOptions(["--direct_num_worker=2"]).view_as(DirectOptions).direct_num_workers == 2  # Beam agrees
+    assert PipelineOptions(["--direct_num_workerz=2"]).view_as(DirectOptions).direct_num_workers == 1  # dropped
+
+
 def test_any_unique_class_names_are_accepted():
     names = ["背景", "猫", "Café", "a b", "a-b"]  # metric names are made safe from them (trainer/metrics.py)
     assert config_from_dict({"classes": {"names": names}}).classes.names == names

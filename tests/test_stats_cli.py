@@ -313,6 +313,17 @@ def test_truncated_tfrecord_from_the_command_line_leaves_nothing_behind(tmp_path
     assert not out.exists()  # no beam-temp-*, no half-written layout, no folder of only our marker
 
 
+def test_beam_args_beam_would_drop_are_refused_before_the_job(tmp_path, capsys):
+    records, _ = make_records(n=2)
+    write_tfrecord(tmp_path / "data-0.tfrecord", records)
+    assert cli.main(["stats", str(tmp_path / "data-*"), "--num-classes", "4", "--output", str(tmp_path / "o"),
+                     "--beam-args", "--direct_running_mode=in_memory --direct_num_workerz=2"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == ("segbalance stats: error: --beam-args: '--direct_num_workerz=2' is not an option of Beam's direct "
+                    "runner, which would drop it unread: did you mean --direct_num_workers?")
+    assert not (tmp_path / "o").exists()
+
+
 def test_not_a_tfrecord_file(tmp_path, capsys):
     (tmp_path / "data-0").write_text("hello, I am a text file\n")
     assert cli.main(["stats", str(tmp_path / "data-0"), "--num-classes", "4", "--output", str(tmp_path / "o")]) == 2
