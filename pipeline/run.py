@@ -155,9 +155,10 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                                     and (groups is None or config.data.split_by == "record"))):
         print(f"ingest: {source} unchanged, reusing {examples_dir / f'Span-{spans[-1]}'}", flush=True)
         if regrouped and groups is not None:
-            print(f"ingest: note: {groups_file} is newer than {examples_dir / f'Span-{spans[-1]}'}, whose records "
-                  f"keep the group ids they were ingested with{'' if recorded.get('with_groups') else ' (none)'}; "
-                  f"the drift gate counts in those: to give them the file's, run `segbalance ingest "
+            earlier = recorded.get("with_groups")
+            print(f"ingest: note: the records of {examples_dir / f'Span-{spans[-1]}'} were ingested before "
+                  f"{groups_file} {'changed' if earlier else 'was read'} and keep {'its earlier' if earlier else 'no'} "
+                  f"group ids, which the drift gate counts in: to give them the file's, run `segbalance ingest "
                   f"{source / 'images'} {source / 'masks'} --groups {groups_file} --output {examples_dir} "
                   f"--span {spans[-1]} --overwrite`", flush=True)
         return spans[-1]

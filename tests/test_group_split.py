@@ -188,6 +188,11 @@ def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_
     prepare_data(_config(tmp_path, dir=str(third)), paths)
     prepare_data(_config(tmp_path, dir=str(third), split_by="group"), paths)
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2]
+    (third / GROUPS_FILE).write_text((third / GROUPS_FILE).read_text().replace('"c0"', '"c9"'))
+    capsys.readouterr()
+    prepare_data(_config(tmp_path, dir=str(third)), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1, 2]
+    assert "changed and keep its earlier group ids" in capsys.readouterr().out
     # groups.json written after its images were ingested: a split by record keeps the span (and says how to
     # give it the new ids); a split by group needs them, so the data becomes a new span with them
     fourth, _ = _grouped_data(tmp_path / "raw4", lambda i: f"d{i % 6}")
@@ -199,8 +204,12 @@ def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_
     prepare_data(_config(tmp_path, dir=str(fourth)), paths)
     out = capsys.readouterr().out
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3]
-    assert (f"{fourth / GROUPS_FILE} is newer than {tmp_path / 'out' / 'data' / 'Span-3'}, whose records keep the "
-            f"group ids they were ingested with (none)") in out and "--span 3 --overwrite" in out
+    assert (f"the records of {tmp_path / 'out' / 'data' / 'Span-3'} were ingested before {fourth / GROUPS_FILE} was "
+            f"read and keep no group ids") in out and "--span 3 --overwrite" in out
+    (fourth / GROUPS_FILE).write_text(groups.replace('"d0"', '"d9"'))  # changed: the span keeps the earlier ids
+    capsys.readouterr()
+    prepare_data(_config(tmp_path, dir=str(fourth)), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3] and "keep no group ids" in capsys.readouterr().out
     prepare_data(_config(tmp_path, dir=str(fourth), split_by="group"), paths)
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3, 4]
 
