@@ -949,3 +949,88 @@ def test_the_gate_counts_new_classes_in_groups_from_the_per_image_tables(tmp_pat
     chance = math.comb(10, 10) / math.comb(19, 10)
     assert drift["new_class_chances"] == {"b": pytest.approx(chance)} and drift["status"] == "blocked"
     assert f"b (in 10 of 10 new groups, none of 9 before; chance {chance:.2g} if unchanged)" in drift["anomalies"][0]
+
+
+# --------------------------------------------------------------------------- classes too rare to sample (session 28)
+def test_a_class_one_accepted_unit_holds_is_left_out_of_the_bootstrap():
+    """Eleven accepted images: 5 all class 0, 5 all class 1, one half class 0, half class 2 (the only one holding
+    class 2). One new image: n_eff = round(11 / 12) = 1, a draw is one image. Without class 2 the base is
+    [60, 50] / 110, a draw [1, 0] or [0, 1]: the largest change's quantile is 60 / 110 (a [0, 1] draw, 5 in
+    11), JS that of [0, 1] against [6/11, 5/11] (SciPy); with class 2 kept they were 0.5833 (= 1 - 50/120)
+    and another JS."""
+    rows = np.array([[10, 0, 0]] * 5 + [[0, 10, 0]] * 5 + [[10, 0, 10]])
+    limits = drift_metrics.sampling_limits(rows, [False] * 11, 1, significance=0.01)
+    f = drift_metrics.small_sample_factor(11, 0.01)
+    assert limits["unsampled_classes"] == [2]
+    assert limits["max_abs_change"] == pytest.approx(60 / 110 * f)
+    js = jensenshannon([0, 1], [6 / 11, 5 / 11], base=2) ** 2
+    assert limits["js_divergence"] == pytest.approx(js * f * f)
+    # every class held by 2 units or more: nothing left out; a class none holds (a new class if it comes) is
+    assert drift_metrics.sampling_limits(rows[:10, :2], [False] * 10, 1, 0.01)["unsampled_classes"] == []
+    assert drift_metrics.sampling_limits(rows[:10], [False] * 10, 1, 0.01)["unsampled_classes"] == [2]
+    # counted in groups: the class is held by one group of two images
+    grouped = drift_metrics.sampling_limits(np.vstack([rows, [[10, 0, 5]]]), [False] * 12, 2, 0.01,
+                                            groups=[f"g{i}" for i in range(11)] + ["g10"], new_groups=1)
+    assert grouped["groups"] == 11 and grouped["unsampled_classes"] == [2]
+    json.dumps(limits, allow_nan=False)
+
+
+def test_compare_leaves_the_unsampled_classes_out_of_js_and_the_largest_change():
+    """Baseline [50, 50, 0], new [50, 40, 10], class 2 unsampled: compared on classes 0 and 1 the new span is
+    [5/9, 4/9] against [1/2, 1/2]: largest change 1/18 = 0.0556 (below a limit of 0.08: no block); with class
+    2 counted it was 0.1 (class 2: 0 -> 0.1), above the limit. The reported frequencies keep every class."""
+    limits = {"js_divergence": 0.05, "max_abs_change": 0.08, "missing_rate_change": 1.0, "significance": 0.005,
+              "new_images": 10, "accepted_images": 20, "unsampled_classes": [2]}
+    result = drift_metrics.compare(stats([50, 40, 10]), stats([50, 50, 0]), {**LOOSE, "max_abs_change": 0.0,
+                                                                             "js_divergence": 0.0}, limits=limits)
+    assert result["max_abs_change"] == pytest.approx(1 / 18) and result["max_change_class"] == "bg"
+    assert result["js_divergence"] == pytest.approx(jensenshannon([5 / 9, 4 / 9], [0.5, 0.5], base=2) ** 2)
+    assert result["unsampled_classes"] == ["b"] and result["frequency"]["b"] == pytest.approx(0.1)
+    assert not any("Jensen" in a or "pixel frequency" in a for a in result["anomalies"]), result["anomalies"]
+    tight = drift_metrics.compare(stats([50, 40, 10]), stats([50, 50, 0]), {**LOOSE, "max_abs_change": 0.0},
+                                  limits={**limits, "max_abs_change": 0.05})
+    assert any("without b, too rare in the accepted data to sample" in a for a in tight["anomalies"])
+
+
+def test_rare_class_chance_is_the_hypergeometric_tail():
+    """A class 1 of 29 accepted groups holds, in k of 8 new groups: the chance that at least k of its 1 + k
+    holders fall among the 8 new of 37 units, SciPy's hypergeometric survival function; k = 3 by hand:
+    (C(4,3) C(33,5) + C(33,4)) / C(37,8) = 990264 / 38608020. k = 4 (0.001) is an anomaly at 0.01."""
+    from scipy.stats import hypergeom
+
+    names = ["bg", "a", "rare"]
+    for k in (1, 2, 3, 4):
+        presence = {"new": (np.array([8, 8, k]), 8), "accepted": (np.array([29, 29, 1]), 29), "unit": "groups"}
+        chances = drift_metrics.rare_class_chances(names, np.array([900, 90, 10]), presence, [2])
+        assert chances["rare"] == pytest.approx(hypergeom.sf(k - 1, 37, 1 + k, 8))
+    presence = {"new": (np.array([8, 8, 3]), 8), "accepted": (np.array([29, 29, 1]), 29), "unit": "groups"}
+    assert drift_metrics.rare_class_chances(names, np.array([900, 90, 10]), presence, [2])["rare"] == \
+        pytest.approx(990264 / 38608020)
+    limits = {"js_divergence": 1.0, "max_abs_change": 1.0, "missing_rate_change": 1.0, "significance": 0.005,
+              "new_images": 8, "accepted_images": 29, "unsampled_classes": [2]}
+    four = {"new": (np.array([8, 8, 4]), 8), "accepted": (np.array([29, 29, 1]), 29), "unit": "groups"}
+    result = drift_metrics.compare(stats([900, 90, 10], names=names), stats([900, 99, 1], names=names), LOOSE,
+                                   limits=limits, presence=four)
+    assert result["rare_class_chances"]["rare"] == pytest.approx(hypergeom.sf(3, 37, 5, 8))
+    assert result["status"] == "blocked" and "rare (in 4 of 8 new groups, 1 of 29 before; chance" in \
+        result["anomalies"][0]
+
+
+def test_a_normal_group_holding_a_class_no_accepted_group_holds_is_not_blocked():
+    """Twenty accepted tiles of background and class a (their share varies a little); a new tile that also holds
+    class b (20 % of its pixels), which no accepted tile holds: its chance of being the one holder of 21 is
+    1/21, not surprising. Until session 28 the bootstrap, which gave class b no spread, blocked it through the
+    JS divergence and the largest change (0.2 against limits of a few hundredths)."""
+    rng = np.random.default_rng(5)
+    rows = np.array([[int(rng.integers(700, 800)), int(rng.integers(200, 300)), 0] for _ in range(40)])
+    tiles = [f"t{i // 2}" for i in range(40)]
+    new_rows = np.array([[600, 200, 200], [560, 240, 200]])
+    limits = drift_metrics.sampling_limits(rows, [False] * 40, 2, 0.005, groups=tiles, new_groups=1)
+    presence = {"new": drift_metrics.class_presence(new_rows, ["n", "n"])[:2],
+                "accepted": drift_metrics.class_presence(rows, tiles)[:2], "unit": "groups"}
+    base = {**stats(rows.sum(0).tolist(), records=40), "image_counts": (rows > 0).sum(0).tolist()}
+    thresholds = {**LOOSE, "js_divergence": 0.01, "max_abs_change": 0.03, "new_class_chance": 0.01}
+    result = drift_metrics.compare(stats(new_rows.sum(0).tolist(), records=2), base, thresholds, limits=limits,
+                                   presence=presence)
+    assert result["new_class_chances"] == {"b": pytest.approx(1 / 21)}
+    assert result["unsampled_classes"] == ["b"] and result["status"] == "ok", result["anomalies"]
