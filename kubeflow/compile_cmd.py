@@ -31,12 +31,11 @@ def add_parser(subparsers) -> None:
 
 def _main(args) -> int:
     from segbalance.pipeline.config import ConfigError, load_config
-    from segbalance.kubeflow.runner import PACKAGE_HEADER, CompileError, compile_pipeline
+    from segbalance.kubeflow.runner import CompileError, compile_pipeline, is_compiled_pipeline
     from segbalance.pipeline.output_guard import check_output_file
 
     # a folder, or a file that is not a compiled pipeline, is refused before the slow compile
-    check_output_file(args.output, "--output", lambda head: '"pipelineSpec"' in head or head.startswith(PACKAGE_HEADER),
-                      example="pipeline.yaml")
+    check_output_file(args.output, "--output", is_compiled_pipeline, example="pipeline.yaml", read=None)
     os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")  # module code is in the image
 
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from segbalance.contract import UserError
+from segbalance.pipeline.output_guard import write_text_atomic
 from segbalance.pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
 
 URI_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+$")
@@ -38,6 +39,19 @@ def is_kfp_package(path: str) -> bool:
     return path.lower().endswith(KFP_PACKAGE_SUFFIXES)
 
 PACKAGE_HEADER = "# Kubeflow Pipelines v2 package (PipelineSpec) written by segbalance compile-kfp\n"
+
+
+def is_compiled_pipeline(text: str) -> bool:
+    """Whether a file's text is what `compile-kfp` writes, which it may replace: the YAML package under
+    ``PACKAGE_HEADER``, or the PipelineJob JSON whose executors run segbalance's components. Another
+    pipeline's job (any KFP JSON has a "pipelineSpec") is not (QA 56: it was overwritten)."""
+    if text.startswith(PACKAGE_HEADER):
+        return True
+    try:
+        job = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(job, dict) and "pipelineSpec" in job and '"segbalance.components.' in text
 
 
 class CompileError(UserError, ValueError):
@@ -195,7 +209,7 @@ def write_compiled(job: dict, output: str) -> None:
         text = json.dumps(job, sort_keys=True)
     try:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text, encoding="utf-8")
+        write_text_atomic(output, text)  # a killed write left a cut file the next compile refused as not ours
     except OSError as exc:
         raise CompileError(f"--output {output}: cannot write it ({exc.strerror or exc}); choose a folder you can "
                            f"write") from None

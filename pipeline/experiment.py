@@ -234,6 +234,27 @@ class Plan:
 RESULTS_LOG = "results.jsonl"
 
 
+def is_results_file(path: Path) -> bool:
+    """Whether ``path`` is an experiment's results.json (the sign of an --output from before markers): a JSON
+    object with its plan, rows and command. A results.json of another tool's is not (QA 56: it was overwritten)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"plan", "results", "command"} <= set(report)
+
+
+def is_results_log(path: Path) -> bool:
+    """Whether ``path`` is an experiment's results.jsonl (a --work-dir from before markers): its first row is a
+    training's."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = json.loads(next((line for line in f if line.strip()), "null"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and {"group", "dataset", "loss", "miou"} <= set(row)
+
+
 def load_results(work: Path, report_only: bool = False) -> list:
     """The rows of WORK/results.jsonl (the last one of a cell trained twice with the same values,
     ``trained_with``; a cell trained with other values has a row for each). A damaged last line (the
@@ -892,10 +913,12 @@ def _main(args) -> int:
     # it writes results.md, plots and (without --work-dir) deletes OUTPUT/_work at the end: only in a new or
     # empty folder or an earlier experiment's (its marker, or results.json / results.jsonl from before markers);
     # a file there: one line now, not a traceback after the first training
-    check_output_folder(output, command="experiment", option="--output", owned=None, key_file="results.json")
+    check_output_folder(output, command="experiment", option="--output", owned=None, key_file="results.json",
+                        key_check=is_results_file)
     check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
     if args.work_dir:
-        check_output_folder(work, command="experiment", option="--work-dir", owned=None, key_file=RESULTS_LOG)
+        check_output_folder(work, command="experiment", option="--work-dir", owned=None, key_file=RESULTS_LOG,
+                            key_check=is_results_log)
     if args.report_only and not (work / RESULTS_LOG).is_file():
         raise UserError(f"--report-only: {work} holds no {RESULTS_LOG}; give the --work-dir of an earlier run")
     # what this run was given, so the command in results.md / results.json runs again as it is

@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from segbalance.contract import counted
+from segbalance.pipeline.output_guard import write_text_atomic
 
 
 def _stats(values: List[float]) -> str:
@@ -559,7 +560,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         report["training_sets"] = [{"set": number, "values": values, "label": set_label(values, rows),
                                     "rows": len(rows), "mean_ranks": mean_ranks(rows)}
                                    for number, (values, rows) in enumerate(sets, 1)]
-    (output / "results.json").write_text(json.dumps(report, indent=1))
+    write_text_atomic(output / "results.json", json.dumps(report, indent=1))  # a stopped report leaves the last whole
 
     trained = [r for r in results if not r.get("same_training_as")]
     produced = (f"Produced by `{report['command']}` on {report['date']} ({len(trained)} trainings, "

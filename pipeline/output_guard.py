@@ -4,8 +4,9 @@ Every command that writes a folder (``ingest --output``, ``sample-data --output`
 --output``, ``run --output-dir``) calls :func:`check_output_folder` before anything is written
 or moved. A folder may be written when it does not exist, is empty, or holds only what the
 same command wrote there before: its marker file (``.segbalance.json``, ``{"written_by":
-COMMAND}``) or, for folders written before the marker existed, its key file, and nothing
-but the command's own file names. Anything else (a file where a folder is expected, a folder
+COMMAND}``) or, for folders written before the marker existed, its key file (whose content must
+be the command's: a file name alone is no sign, a user's data folder has a ``classes.json`` too),
+and nothing but the command's own file names. Anything else (a file where a folder is expected, a folder
 holding the command's inputs or inside them, a folder with other files) is a
 :class:`~segbalance.contract.UserError`: one line, exit code 2, nothing moved.
 
@@ -13,12 +14,14 @@ No TensorFlow/TFX imports: commands check their output before the slow imports.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
 import os
+import sqlite3
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from segbalance.contract import UserError
 
@@ -110,6 +113,7 @@ def check_output_folder(
     option: str,
     owned: Optional[Sequence[str]],
     key_file: Optional[str] = None,
+    key_check: Optional[Callable[[Path], bool]] = None,
     inputs: Iterable[os.PathLike] = (),
 ) -> bool:
     """Check that ``folder`` may be written by ``command``; returns True when it already holds data
@@ -118,15 +122,17 @@ def check_output_folder(
     - it exists and is not a folder, or a path above it is a file;
     - it is, contains or is inside one of ``inputs``;
     - it is not empty, and either lacks the marker of ``command`` (and ``key_file``, the sign of
-      a folder written before markers existed) or holds names matching none of ``owned``
-      (``owned=None``: any names, for a command that only rewrites its own files among others').
+      a folder written before markers existed, when ``key_check(path)`` says its content is the
+      command's) or holds names matching none of ``owned`` (``owned=None``: any names, for a
+      command that only rewrites its own files among others').
     """
     path = Path(folder)
     check_is_folder(path, option)
     check_not_inputs(path, option, inputs)
     if not path.is_dir() or not any(path.iterdir()):
         return False
-    ours = written_by(path) == command or (key_file is not None and (path / key_file).is_file())
+    key = path / key_file if key_file is not None else None
+    ours = written_by(path) == command or (key is not None and key.is_file() and (key_check is None or key_check(key)))
     foreign = foreign_entries(path, owned) if owned is not None else []
     if foreign:
         raise OutputError(f"{option} {folder} is not empty: it holds {_sample(foreign)}, which segbalance {command} did not "
@@ -153,8 +159,8 @@ RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     """``segbalance run``'s output directory: new, empty, or an earlier run's (True).
 
-    An earlier run's: its marker (``run`` writes one), or, from before markers, an ML Metadata
-    store beside only names a run writes. A folder holding only ``data/`` (spans ingested there
+    An earlier run's: its marker (``run`` writes one), or, from before markers, the ML Metadata
+    store of a segbalance pipeline (``is_run_store``) beside only names a run writes. A folder holding only ``data/`` (spans ingested there
     before the first run) is new. Anything else is refused: names alone (a user's report.html,
     logs/) do not make a folder ours, nor does a metadata.sqlite beside the user's own files."""
     path = Path(folder)
@@ -168,21 +174,52 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
         raise OutputError(f"{option} {folder} is not empty and is not a segbalance run directory: it holds "
                           f"{_sample(foreign)}; choose a new or empty folder (nothing was written or deleted)")
     names = {p.name for p in path.iterdir()}
-    if RUN_KEY_FILE in names or names <= {"data"}:
-        return RUN_KEY_FILE in names
+    if names <= {"data"}:
+        return False
+    if RUN_KEY_FILE in names and is_run_store(path / RUN_KEY_FILE):
+        return True
+    if RUN_KEY_FILE in names:  # another pipeline's ML Metadata store, or an application's database
+        raise OutputError(f"{option} {folder} is not a segbalance run directory: its {RUN_KEY_FILE} is not the ML "
+                          f"Metadata store of a segbalance pipeline; choose a new or empty folder (nothing was written "
+                          f"or deleted)")
     raise OutputError(f"{option} {folder} is not empty and was not written by segbalance run (no marker, no "
                       f"{RUN_KEY_FILE}): it holds {_sample(sorted(names))}; choose a new or empty folder (nothing was "
                       f"written or deleted)")
+
+
+def is_run_store(path: Path) -> bool:
+    """Whether ``path`` is the ML Metadata store of a segbalance pipeline (SQLite whose ``Type`` table
+    names a segbalance component or artifact type), read only. Another TFX pipeline's store, whose
+    unfinished executions a run would mark CANCELED, and an application's metadata.sqlite are not."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM Type WHERE name LIKE 'segbalance.%' LIMIT 1").fetchone() is not None
+    except sqlite3.Error:  # not a database, or no Type table: not an ML Metadata store
+        return False
+
+
+def write_text_atomic(path: os.PathLike, text: str) -> None:
+    """``path`` replaced by ``text`` in one rename: a command killed while writing (or a full disk) leaves
+    the earlier file whole, never a cut one (which the next run could not tell as its own, and refused).
+    The text goes to a hidden file of this process beside it first."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _sample(names: Sequence[str]) -> str:
     return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
 
-def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "report.html") -> None:
+def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "report.html",
+                      read: Optional[int] = 4096) -> None:
     """An output FILE: refuse a folder (or a path below a file), and an existing file that
-    ``is_ours(head)`` (its first 4 KB, text) does not recognise as written by segbalance.
-    ``example``: the file name the refusal of a folder suggests."""
+    ``is_ours(head)`` (its first ``read`` bytes as text; None: all of it) does not recognise as
+    written by segbalance. ``example``: the file name the refusal of a folder suggests."""
     named = str(path)
     path = Path(path)
     # a name ending in a separator is a folder too, made or not (QA 27: "[Errno 21] Is a directory")
@@ -191,7 +228,7 @@ def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "r
     check_is_folder(path.parent, f"{option} {path}: its folder")
     if path.exists():
         with open(path, "rb") as f:
-            head = f.read(4096).decode("utf-8", errors="replace")
+            head = (f.read() if read is None else f.read(read)).decode("utf-8", errors="replace")
         if not is_ours(head):
             raise OutputError(f"{option} {path} exists and was not written by segbalance; choose another file name "
                               f"(nothing was overwritten)")

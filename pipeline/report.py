@@ -26,6 +26,7 @@ from collections import Counter
 from typing import List, Optional
 
 from segbalance.pipeline import report_charts as charts
+from segbalance.pipeline.output_guard import write_text_atomic
 from segbalance.pipeline import report_images
 from segbalance.pipeline import report_pictures as pictures
 from segbalance.pipeline.report_sources import DRIFT_FILE, EVALUATION_FILE, STATS_FILE, ReportSources, find_sources
@@ -403,8 +404,7 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{esc(title)}</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
-    with open(output_html, "w", encoding="utf-8") as f:
-        f.write(page)
+    write_text_atomic(output_html, page)  # a killed write left an empty file the next call refused as not ours
     return output_html
 
 

@@ -525,8 +525,9 @@ def cached_sample(folder: os.PathLike, **options) -> bool:
 def prepare_output(output: Path) -> None:
     """Check DIR (module docstring), remove the files an earlier sample-data wrote there, and mark
     DIR as ours before the first data file is written (so a killed run can be redone)."""
-    holds = output_guard.check_output_folder(output, command="sample-data", option="--output", owned=OWNED,
-                                             key_file="classes.json")
+    # its marker only: classes.json (the sign of folders written before markers) is in users' data folders too,
+    # whose images a sample-data aimed at them deleted when their names looked like a sample's (QA 56)
+    holds = output_guard.check_output_folder(output, command="sample-data", option="--output", owned=OWNED)
     if holds:
         folders = [output / sub for sub in SUBFOLDERS if (output / sub).is_dir()]
         foreign = [f"{d.name}/{p.name}" for d in folders for p in sorted(d.iterdir()) if not OWNED_FILE.match(p.name)]

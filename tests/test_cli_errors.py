@@ -38,6 +38,22 @@ def ws(tmp_path_factory):
     (root / "mydb").mkdir()  # a metadata.sqlite beside the user's thesis: not a run directory either
     (root / "mydb" / "metadata.sqlite").write_bytes(b"SQLite format 3\x00")
     (root / "mydb" / "thesis.docx").write_text("mine\n")
+    # QA 56: names alone made these outputs "ours" (classes.json, metadata.sqlite, "pipelineSpec", results.json)
+    tiles = root / "tiles"  # a user's data folder whose files look like a sample's: sample-data deleted them
+    for sub in ("images", "masks"):
+        (tiles / sub).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 7, np.uint8)).save(tiles / sub / "buildings_00001.png")
+    (tiles / "classes.json").write_text(json.dumps({"class_names": ["background", "building"]}))
+    import sqlite3
+
+    (root / "appdb").mkdir()  # an application's metadata.sqlite, alone: run made it an ML Metadata store
+    with sqlite3.connect(root / "appdb" / "metadata.sqlite") as db:
+        db.execute("CREATE TABLE photos (name TEXT)")
+        db.execute("INSERT INTO photos VALUES ('holiday.jpg')")
+    db.close()
+    (root / "other.json").write_text('{"displayName": "fraud-detection", "pipelineSpec": {"root": {}}}\n')
+    (root / "myresults").mkdir()  # another tool's results.json: experiment overwrote it
+    (root / "myresults" / "results.json").write_text('{"model": "resnet50", "top1": 0.812}\n')
     data = root / "data"  # a valid images/masks pair
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
@@ -66,6 +82,8 @@ def _cases():
         ("sample-data output is a file", ["sample-data", "shapes", "--output", "{w}/afile.txt"], "{w}/afile.txt"),
         ("sample-data output below a file", ["sample-data", "shapes", "--output", "{w}/afile.txt/x"], "{w}/afile.txt"),
         ("sample-data output is a user's folder", ["sample-data", "shapes", "--output", "{w}/user"], "{w}/user"),
+        ("sample-data output is a user's data folder", ["sample-data", "shapes", "--output", "{w}/tiles"],
+         "{w}/tiles is not empty and was not written by segbalance sample-data"),
         ("sample-data num-images 0", ["sample-data", "shapes", "--output", "{w}/new", "--num-images", "0"],
          "--num-images"),
         ("sample-data size not a number", ["sample-data", "shapes", "--output", "{w}/new", "--size", "big"], "--size"),
@@ -166,10 +184,16 @@ def _cases():
          "{w}/myreport is not empty and was not written by segbalance run"),
         ("run output holds metadata.sqlite and user files", ["run", "--data", "{w}/data", "--output-dir", "{w}/mydb"],
          "{w}/mydb is not empty and is not a segbalance run directory: it holds thesis.docx"),
+        ("run output holds an application's metadata.sqlite", ["run", "--data", "{w}/data", "--output-dir",
+                                                               "{w}/appdb"],
+         "{w}/appdb is not a segbalance run directory: its metadata.sqlite is not the ML Metadata store of a "
+         "segbalance pipeline"),
         ("run output inside the data", ["run", "--data", "{w}/data", "--output-dir", "{w}/data/out"],
          "is inside the data folder {w}/data"),
         # experiment (refused before any training)
         ("experiment output is a file", ["experiment", "--output", "{w}/afile.txt"], "{w}/afile.txt"),
+        ("experiment output holds another tool's results.json", ["experiment", "--output", "{w}/myresults"],
+         "{w}/myresults is not empty and was not written by segbalance experiment"),
         ("experiment work-dir below a file", ["experiment", "--output", "{w}/new", "--work-dir", "{w}/afile.txt/w"],
          "{w}/afile.txt"),
         # compile-kfp
@@ -177,6 +201,9 @@ def _cases():
                                             "--pipeline-root", "gs://b/r"], "e.g. {w}/emptydir/pipeline.yaml"),
         ("compile-kfp output is a user's file", ["compile-kfp", "--output", "{w}/report.txt", "--image", "r/s:1",
                                                  "--pipeline-root", "gs://b/r"], "{w}/report.txt"),
+        ("compile-kfp output is another pipeline's job", ["compile-kfp", "--output", "{w}/other.json", "--image",
+                                                          "r/s:1", "--pipeline-root", "gs://b/r"],
+         "{w}/other.json exists and was not written by segbalance"),
         ("compile-kfp without --pipeline-root", ["compile-kfp", "--output", "{w}/new.json", "--image", "r/s:1"],
          "--pipeline-root"),
         ("compile-kfp config missing", ["compile-kfp", "--output", "{w}/new.json", "--pipeline-root", "/tmp/root",

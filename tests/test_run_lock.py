@@ -67,3 +67,61 @@ def test_executions_left_running_are_marked_canceled_with_a_note(tmp_path):
     assert [ABANDONED_NOTE in after[i].custom_properties for i in ids] == [False, True, False, True, False]
     assert "stopped before it ended" in after[ids[1]].custom_properties[ABANDONED_NOTE].string_value
     assert cancel_abandoned(str(tmp_path / "metadata.sqlite")) == 0
+
+
+def test_another_pipeline_s_store_is_never_taken_for_a_run_directory(tmp_path, capsys):
+    """QA 56: a folder holding another TFX pipeline's metadata.sqlite (with a RUNNING execution) passed as a
+    run directory from before markers: `run` marked that pipeline's execution CANCELED, and wrote its marker
+    there, even though it then stopped with exit 2. Only a store that names segbalance's types is a run's."""
+    import hashlib
+
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from segbalance.pipeline import cli
+    from segbalance.pipeline.output_guard import check_run_dir, is_run_store
+    from tests.mlmd_inputs import new_store
+
+    other = tmp_path / "tfxother"
+    other.mkdir()
+    store = new_store(other / "metadata.sqlite")
+    trainer = store.put_execution_type(pb.ExecutionType(name="tfx.components.trainer.component.Trainer"))
+    store.put_executions([pb.Execution(type_id=trainer, last_known_state=pb.Execution.RUNNING)])
+    (other / "report.html").write_text("<html>theirs</html>")
+    del store
+    digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in other.iterdir()}  # noqa: E731
+    before = digest()
+    assert not is_run_store(other / "metadata.sqlite")
+    assert cli.main(["run", "--output-dir", str(other)]) == 2
+    assert "its metadata.sqlite is not the ML Metadata store of a segbalance pipeline" in capsys.readouterr().err
+    assert digest() == before  # no execution cancelled, no marker, no lock
+    # a store a segbalance pipeline wrote (its component and artifact types), from before markers: an earlier run's
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    store = new_store(ours / "metadata.sqlite")
+    store.put_artifact_type(pb.ArtifactType(name="segbalance.ClassStats"))
+    del store
+    assert is_run_store(ours / "metadata.sqlite") and check_run_dir(ours)
+    (ours / "notes.sqlite").write_bytes(b"not a database at all")
+    assert not is_run_store(ours / "notes.sqlite") and not is_run_store(tmp_path / "missing.sqlite")
+
+
+def test_a_file_written_in_one_rename_survives_a_failed_write(tmp_path, monkeypatch):
+    """QA 56: report and compile-kfp truncated their file, then wrote it: a kill (or a full disk) between
+    left an empty file, which the next call refused as not segbalance's."""
+    from pathlib import Path
+
+    from segbalance.pipeline.output_guard import write_text_atomic
+
+    target = tmp_path / "report.html"
+    write_text_atomic(target, "first")
+    assert target.read_text() == "first"
+    real = Path.write_text
+
+    def cut(self, text, **kwargs):
+        real(self, text[:2], **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", cut)
+    with pytest.raises(OSError):
+        write_text_atomic(target, "second, longer")
+    assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]

@@ -215,9 +215,8 @@ def test_output_must_be_new_empty_or_an_earlier_sample(tmp_path, capsys):
     before = _tree(user)
     assert cli.main(["sample-data", "shapes", "--output", str(user), "--num-images", "2", "--size", "16"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"segbalance sample-data: error: --output {user} is not empty: it holds images/photo.png, which "
-                   f"segbalance sample-data did not write; choose a new or empty folder (nothing was written or "
-                   f"deleted)\n")
+    assert err == (f"segbalance sample-data: error: --output {user} is not empty and was not written by segbalance "
+                   f"sample-data; choose a new or empty folder (nothing was written or deleted)\n")
     assert _tree(user) == before
     (user / "notes.txt").write_text("mine")
     before = _tree(user)
