@@ -386,8 +386,10 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
     spans = pictures.spans_section(sources.spans, names)
     if spans is not None:
         sections.append(spans)
+    shown = sources.shown_as or {}
     inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__
-              if name not in ("spans", "note")]
+              if name not in ("spans", "note", "shown_as")]
+    inputs = [(name, shown.get(value, value) if isinstance(value, str) else value) for name, value in inputs]
     inputs = [(name, "; ".join(value) if isinstance(value, list) else value) for name, value in inputs]
     if sources.spans:
         inputs.append(("spans", ", ".join(str(s.span) for s in sources.spans)))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, List, Optional
 
 from tfx import types
@@ -24,7 +26,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from segbalance.components.artifacts import ClassStats, DriftReport, HtmlReport
 
-from segbalance.contract import REPORT_FILE  # noqa: E402
+from segbalance.contract import REPORT_FILE, TRAINING_SUMMARY_FILE  # noqa: E402
 
 
 class DataReportSpec(ComponentSpec):
@@ -52,20 +54,70 @@ class DataReportExecutor(base_executor.BaseExecutor):
             return artifacts[0].uri if artifacts else None
 
         output = artifact_utils.get_single_instance(output_dict["report"])
-        sources = ReportSources(class_stats_dir=uri("class_stats"), statistics_dir=uri("statistics"),
-                                anomalies_dir=uri("anomalies"), evaluation_dir=uri("evaluation"),
-                                drift_dir=uri("drift"), model_run_dir=uri("model_run"))
-        metadata_path = exec_properties.get("metadata_path")
-        if metadata_path and os.path.isfile(metadata_path):
-            store = open_store(metadata_path)  # read-only, once for both
-            sources.spans = span_history(store)
-            sources.ingest_reports = ingest_reports_read(store)
-        given = [key for key in ("statistics", "anomalies", "evaluation", "drift", "model_run") if uri(key)]
-        print(f"DataReport: rendering {sources.class_stats_dir} with {', '.join(given) or 'no other input'}",
-              flush=True)
-        path = render_report(sources, os.path.join(output.uri, REPORT_FILE))
-        logging.info("DataReport: wrote %s", path)
-        print(f"DataReport: wrote {path} ({os.path.getsize(path) // 1024} KiB)", flush=True)
+        target = os.path.join(output.uri, REPORT_FILE)
+        staging = tempfile.mkdtemp(prefix="segbalance-report-")  # local copies of remote artifacts
+        shown: Dict[str, str] = {}
+
+        def local(key, only=None):
+            remote = uri(key)
+            if remote is None or "://" not in remote:
+                return remote
+            folder = copy_artifact(remote, os.path.join(staging, key), only)
+            shown[folder] = remote
+            return folder
+
+        try:  # a Kubeflow run's artifacts are on gs:// (s3://, ...): the report reads and writes local files
+            sources = ReportSources(class_stats_dir=local("class_stats"), statistics_dir=local("statistics"),
+                                    anomalies_dir=local("anomalies"), evaluation_dir=local("evaluation"),
+                                    drift_dir=local("drift"), model_run_dir=local("model_run", [TRAINING_SUMMARY_FILE]),
+                                    shown_as=shown)
+            metadata_path = exec_properties.get("metadata_path")
+            if metadata_path and os.path.isfile(metadata_path):
+                store = open_store(metadata_path)  # read-only, once for both
+                sources.spans = span_history(store)
+                sources.ingest_reports = ingest_reports_read(store)
+            given = [key for key in ("statistics", "anomalies", "evaluation", "drift", "model_run") if uri(key)]
+            print(f"DataReport: rendering {uri('class_stats')} with {', '.join(given) or 'no other input'}",
+                  flush=True)
+            path = render_report(sources, os.path.join(staging, REPORT_FILE) if "://" in target else target)
+            if path != target:
+                import tensorflow as tf
+
+                tf.io.gfile.makedirs(output.uri)
+                tf.io.gfile.copy(path, target, overwrite=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logging.info("DataReport: wrote %s", target)
+        print(f"DataReport: wrote {target} ({size_of(target) // 1024} KiB)", flush=True)
+
+
+def copy_artifact(uri: str, folder: str, only: Optional[List[str]] = None) -> str:
+    """``folder`` holding the files of the artifact at ``uri`` on a remote file system (gs://, s3://:
+    TensorFlow's), all of them or the relative paths ``only``; the report reads local files."""
+    import tensorflow as tf
+
+    base = uri.rstrip("/")
+    names = list(only or [])
+    if only is None:
+        for root, _, files in tf.io.gfile.walk(base):
+            below = root[len(base):].strip("/")
+            names += [f"{below}/{name}" if below else name for name in files]
+    for name in names:
+        source = f"{base}/{name}"
+        if not tf.io.gfile.exists(source):  # e.g. a ModelRun without training_summary.json: its section says so
+            continue
+        os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+        tf.io.gfile.copy(source, os.path.join(folder, name), overwrite=True)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def size_of(path: str) -> int:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.stat(path).length
+    return os.path.getsize(path)
 
 
 class DataReport(base_component.BaseComponent):

@@ -13,6 +13,7 @@ Images come from the TFRecords the class statistics were computed from (``class_
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -152,12 +153,33 @@ def sample(ids: Sequence[str], k: int, seed: int) -> List[str]:
 
 
 # --------------------------------------------------------------------------- TFRecords
+def _remote(path: str) -> bool:
+    return "://" in path  # gs://, s3://, hdfs://: TensorFlow's file systems (imported only for them)
+
+
+def _glob(pattern: str) -> List[str]:
+    if _remote(pattern):
+        import tensorflow as tf
+
+        return tf.io.gfile.glob(pattern)
+    return glob.glob(pattern)
+
+
+def _open(path: str):
+    if _remote(path):  # the records of a Kubeflow run's Examples artifact
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, "rb")
+    return open(path, "rb")
+
+
 def iter_tfrecords(path: str) -> Iterator[bytes]:
     """Records of a TFRecord file, gzip or not (by its first bytes); ValueError naming a truncated
     or corrupt file (the framing and checksums: ``components/tfrecord_file.py``)."""
-    with open(path, "rb") as raw:
+    with _open(path) as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+    with _open(path) as raw, (gzip.GzipFile(fileobj=raw, mode="rb") if compressed
+                              else contextlib.nullcontext(raw)) as f:
         try:
             yield from read_tfrecords(f)
         except TFRecordFileError as exc:
@@ -177,7 +199,7 @@ def load_records(patterns: Iterable[str], wanted: Iterable[str]) -> Tuple[Dict[s
     wanted = set(wanted)
     found: Dict[str, tuple] = {}
     problems: List[str] = []
-    files = sorted({f for pattern in patterns for f in glob.glob(pattern)})
+    files = sorted({f for pattern in patterns for f in _glob(pattern)})
     if wanted and not files:
         problems.append(f"no file matches {', '.join(patterns) or '(no input recorded)'}: "
                         f"the records were moved or deleted, so no picture is shown")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 METADATA_FILE = "metadata.sqlite"
 from segbalance.contract import CLASS_STATS_TYPE, DRIFT_FILE, DRIFT_REPORT_TYPE, EVALUATION_FILE, STATS_FILE  # noqa: E402,F401
@@ -49,6 +49,8 @@ class ReportSources:
     recorded: bool = False
     # a line for the top of the page: the run folder's latest run did not finish (its run_summary.json)
     note: Optional[str] = None
+    # {local folder: the address the page names}: artifacts on a remote file system, read from local copies
+    shown_as: Optional[Dict[str, str]] = None
 
     def check(self) -> None:
         """FileNotFoundError naming the folder and the file it lacks."""

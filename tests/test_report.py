@@ -2,6 +2,8 @@
 sections, error messages, sources from a STATS_DIR and from a run's ML Metadata, the CLI and
 the DataReport component's executor. The browser check is in test_report_browser.py."""
 import html
+import os
+import tempfile
 import json
 import re
 import shutil
@@ -276,6 +278,62 @@ def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
     with pytest.raises(TypeError):
         DataReport(statistics=types.Channel(type=ClassStats), anomalies=types.Channel(type=ClassStats),
                    class_stats=types.Channel(type=ClassStats))
+
+
+def test_data_report_reads_and_writes_artifacts_on_a_remote_file_system(report, tmp_path, capsys):
+    """A Kubeflow run's artifacts are on gs:// (s3://, ...): the report read them with local file calls, found
+    no class_stats.json and failed the run's last step (nor could it write its page there). Here TensorFlow's
+    ram:// file system stands in for gs://, records included: the page equals the one of the local folders,
+    and names the remote addresses."""
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
+    from segbalance.components.artifacts import ClassStats, DriftReport, HtmlReport
+    from segbalance.pipeline.report_component import DataReportExecutor
+
+    tmp, sources, _, _ = report
+    remote = f"ram://report-{tmp_path.name}"
+    local_dirs = {"class_stats": sources.class_stats_dir, "statistics": sources.statistics_dir,
+                  "anomalies": sources.anomalies_dir, "evaluation": sources.evaluation_dir,
+                  "drift": sources.drift_dir, "model_run": sources.model_run_dir}
+    for key, folder in local_dirs.items():
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                target = f"{remote}/{key}/{path.relative_to(folder)}"
+                tf.io.gfile.makedirs(os.path.dirname(target))
+                tf.io.gfile.copy(str(path), target, overwrite=True)
+    tf.io.gfile.copy(str(tmp / "data.tfrecord"), f"{remote}/records/data.tfrecord")
+    stats = json.loads((Path(sources.class_stats_dir) / "class_stats.json").read_text())
+    for key in ("inputs", "checked_inputs"):  # the records the statistics were computed from, remote too
+        if key in stats:
+            stats[key] = [f"{remote}/records/data.tfrecord" for _ in stats[key]]
+    tf.io.gfile.remove(f"{remote}/class_stats/class_stats.json")  # (ram:// writes over a file without cutting it)
+    with tf.io.gfile.GFile(f"{remote}/class_stats/class_stats.json", "w") as f:
+        f.write(json.dumps(stats))
+    types = {"class_stats": ClassStats, "statistics": standard_artifacts.ExampleStatistics,
+             "anomalies": standard_artifacts.ExampleAnomalies, "evaluation": standard_artifacts.ModelEvaluation,
+             "drift": DriftReport, "model_run": standard_artifacts.ModelRun}
+
+    def run(where, out):
+        inputs = {}
+        for key, cls in types.items():
+            artifact = cls()
+            artifact.uri = where[key]
+            inputs[key] = [artifact]
+        output = HtmlReport()
+        output.uri = out
+        DataReportExecutor().Do(inputs, {"report": [output]}, {})
+        with tf.io.gfile.GFile(f"{out}/report.html") as f:
+            return f.read()
+
+    far = run({key: f"{remote}/{key}" for key in types}, f"{remote}/out")
+    near = run(local_dirs, str(tmp_path / "out"))
+    assert f"DataReport: wrote {remote}/out/report.html" in capsys.readouterr().out
+    inputs = re.compile(r'<p class="note">Inputs: .*?</p>')
+    assert f"class_stats_dir: {remote}/class_stats" in inputs.search(far).group(0)  # the addresses, not copies
+    assert inputs.sub("", far) == inputs.sub("", near)
+    assert "rare_circle" in far and "no file matches" not in far and 'class="thumb"' in far
+    assert not [p for p in Path(tempfile.gettempdir()).glob("segbalance-report-*")]  # the copies are gone
 
 
 # --------------------------------------------------------------------------- pictures
