@@ -73,7 +73,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segbalance.contract import MAX_CLASSES, UserError, ignore_index_problem, source_id_of
+from segbalance.contract import CLASS_NAMES_FILE, MAX_CLASSES, UserError, ignore_index_problem, source_id_of
 from segbalance.pipeline import output_guard
 from segbalance.trainer import example_codec as codec
 
@@ -83,7 +83,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = IMAGE_SUFFIXES
 LOSSLESS_MASK_FORMATS = ("PNG", "BMP", "TIFF")  # PIL format names
 REPORT_NAME = "ingest_report.json"
-OWNED = ("data-*-of-*.tfrecord", REPORT_NAME)  # what ingest writes into TARGET (and the marker)
+# what ingest writes into TARGET (and the marker), and the class names `run` keeps beside a span's records
+# (QA 59: `ingest --overwrite` refused every span run had ingested)
+OWNED = ("data-*-of-*.tfrecord", REPORT_NAME, CLASS_NAMES_FILE)
 TMP_PREFIX = ".segbalance-ingest-tmp-"  # hidden, no "Span-" and no "data-": no data glob matches
 OLD_PREFIX = ".segbalance-ingest-old-"
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord
@@ -665,16 +667,6 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int]:
     return written, bad, rotated, max_id, with_ignore
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def clean_stale(parent: Path) -> List[Path]:
     """Remove what a killed ingest left in ``parent``: its temporary folders, and restore a previous
     TARGET moved aside by a replacement that was killed before it finished. Only folders of a
@@ -691,7 +683,7 @@ def clean_stale(parent: Path) -> List[Path]:
                 break
         else:
             continue
-        if _pid_alive(int(pid)) or output_guard.foreign_entries(path, (*OWNED, "*" + PARTIAL_SUFFIX)):
+        if output_guard.pid_alive(int(pid)) or output_guard.foreign_entries(path, (*OWNED, "*" + PARTIAL_SUFFIX)):
             continue
         if prefix == OLD_PREFIX:
             marker = output_guard.read_marker(path) or {}

@@ -20,6 +20,7 @@ import fnmatch
 import json
 import os
 import sqlite3
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -191,24 +192,56 @@ def is_run_store(path: Path) -> bool:
     """Whether ``path`` is the ML Metadata store of a segbalance pipeline (SQLite whose ``Type`` table
     names a segbalance component or artifact type), read only. Another TFX pipeline's store, whose
     unfinished executions a run would mark CANCELED, and an application's metadata.sqlite are not."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+    def names_ours(database: Path, mode: str = "ro") -> bool:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode={mode}", uri=True)) as db:
             return db.execute("SELECT 1 FROM Type WHERE name LIKE 'segbalance.%' LIMIT 1").fetchone() is not None
-    except sqlite3.Error:  # not a database, or no Type table: not an ML Metadata store
-        return False
+
+    journal = path.with_name(path.name + "-journal")
+    try:
+        return names_ours(path)
+    except sqlite3.Error:  # not a database, no Type table; or a run killed mid-write left a journal to roll back
+        if not journal.is_file():
+            return False
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:  # rolled back in a copy: the user's files are not touched
+        shutil.copyfile(path, Path(scratch, path.name))
+        shutil.copyfile(journal, Path(scratch, journal.name))
+        try:
+            return names_ours(Path(scratch, path.name), mode="rw")  # rw: SQLite rolls the copy back
+        except sqlite3.Error:
+            return False
 
 
 def write_text_atomic(path: os.PathLike, text: str) -> None:
     """``path`` replaced by ``text`` in one rename: a command killed while writing (or a full disk) leaves
     the earlier file whole, never a cut one (which the next run could not tell as its own, and refused).
     The text goes to a hidden file of this process beside it first."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a symbolic link keeps pointing to the page (QA 59: it became a file)
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.partial"):  # of a writer killed before its rename
+        pid = stale.name[len(path.name) + 2:-len(".partial")]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         partial.write_text(text, encoding="utf-8")
+        if path.exists():
+            os.chmod(partial, path.stat().st_mode & 0o7777)  # the file's own permissions, not the umask's
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _sample(names: Sequence[str]) -> str:

@@ -116,11 +116,18 @@ def _recorded_source(examples_dir: Path, span: int) -> dict:
     it names that span; {} for a span `run` did not ingest."""
     from segbalance.pipeline import output_guard
 
-    recorded = (output_guard.read_marker(examples_dir / f"Span-{span}") or {}).get(SOURCE_KEY)
+    marker = examples_dir / f"Span-{span}" / output_guard.MARKER
+    recorded = (output_guard.read_marker(marker.parent) or {}).get(SOURCE_KEY)
     if isinstance(recorded, dict):
         return recorded
-    stamp = _read_stamp(examples_dir / FINGERPRINT_FILE)
-    return stamp if stamp.get("span", 0) == span else {}
+    stamp_path = examples_dir / FINGERPRINT_FILE
+    stamp = _read_stamp(stamp_path)
+    if stamp.get("span", 0) != span:
+        return {}
+    with contextlib.suppress(OSError):  # the span written again after the stamp (`ingest --overwrite`): not that data
+        if marker.stat().st_mtime_ns > stamp_path.stat().st_mtime_ns:
+            return {}
+    return stamp
 
 
 def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path) -> int:
@@ -154,13 +161,12 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     if spans and (not regrouped or (recorded.get("plain_fingerprint") == plain_fingerprint
                                     and (groups is None or config.data.split_by == "record"))):
         print(f"ingest: {source} unchanged, reusing {examples_dir / f'Span-{spans[-1]}'}", flush=True)
-        if regrouped and groups is not None:
+        if regrouped and groups is not None:  # the span keeps its records: a window must not train on them twice
             earlier = recorded.get("with_groups")
-            print(f"ingest: note: the records of {examples_dir / f'Span-{spans[-1]}'} were ingested before "
-                  f"{groups_file} {'changed' if earlier else 'was read'} and keep {'its earlier' if earlier else 'no'} "
-                  f"group ids, which the drift gate counts in: to give them the file's, run `segbalance ingest "
-                  f"{source / 'images'} {source / 'masks'} --groups {groups_file} --output {examples_dir} "
-                  f"--span {spans[-1]} --overwrite`", flush=True)
+            print(f"ingest: note: {examples_dir / f'Span-{spans[-1]}'} was ingested before {groups_file} "
+                  f"{'changed' if earlier else 'was read'}: its records keep {'the earlier' if earlier else 'no'} group "
+                  f"ids, which the drift gate counts in; the next span ingested from this folder takes the file's",
+                  flush=True)
         return spans[-1]
     if config.data.split_by == "group" and config.data.num_spans > 1 and spans:
         # the earlier spans the new one joins in the window: refused before the new span is written

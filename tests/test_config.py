@@ -184,6 +184,10 @@ def test_invalid_values_name_the_field(values, message):
     (["--direct_num_workers=two"], "beam_args: argument --direct_num_workers: invalid int value: 'two'"),
     (["--direct_running_mode=threads"], "beam_args: argument --direct_running_mode: invalid choice: 'threads'"),
     (["--runner=DirectRunner", "--frobnicate"], "'--frobnicate' is not an option of Beam's direct runner"),
+    (["--runner=apache_beam.runners.direct.direct_runner.DirectRunner", "--direct_num_workerz=2"],
+     "'--direct_num_workerz=2' is not an option of Beam's direct runner"),
+    (["--help"], "'--help' is not an option of Beam's direct runner"),  # Beam printed its help and exited
+    (["-h"], "'-h' is not an option of Beam's direct runner"),
 ])
 def test_beam_args_are_parsed_as_beam_parses_them(beam_args, message):
     """Beam drops a flag it does not know with a line in the log only: the direct runner ran with its default;
@@ -201,7 +205,7 @@ def test_beam_args_beam_accepts_are_accepted():
                       ["--runner", "direct", "--direct_num_workers", "2"],
                       ["--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/t"],
                       ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--a_job_server_flag=1"],  # handed on
-                      ["--runner=apache_beam.runners.direct.DirectRunner", "--my_runner_flag"]):
+                      ["--runner=mypackage.runners.MyRunner", "--my_runner_flag"]):
         assert config_from_dict({"beam_args": list(beam_args)}).beam_args == list(beam_args)
     assert PipelineOptions(["--direct_num_worker=2"]).view_as(DirectOptions).direct_num_workers == 2  # Beam agrees
     assert PipelineOptions(["--direct_num_workerz=2"]).view_as(DirectOptions).direct_num_workers == 1  # dropped

@@ -3,6 +3,7 @@
 ImportExampleGen hashes ``image/group_id`` (written by `segbalance ingest --groups`, or from the data
 folder's ``groups.json`` by `segbalance run`) instead of ``image/source_id``."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from segbalance.pipeline import cli, ingest, sample_data
 from segbalance.pipeline.config import ConfigError, config_from_dict
 from segbalance.pipeline.local_dag import run_dag_locally
 from segbalance.pipeline.dag import example_gen_component, local_paths, split_feature, split_of
-from segbalance.pipeline.run import prepare_data
+from segbalance.pipeline.run import check_span_groups, prepare_data
 from segbalance.trainer import example_codec as codec
 
 
@@ -192,9 +193,9 @@ def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_
     capsys.readouterr()
     prepare_data(_config(tmp_path, dir=str(third)), paths)
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2]
-    assert "changed and keep its earlier group ids" in capsys.readouterr().out
-    # groups.json written after its images were ingested: a split by record keeps the span (and says how to
-    # give it the new ids); a split by group needs them, so the data becomes a new span with them
+    assert "changed: its records keep the earlier group ids" in capsys.readouterr().out
+    # groups.json written after its images were ingested: a split by record keeps the span and says so; new
+    # data from the folder takes the file's ids
     fourth, _ = _grouped_data(tmp_path / "raw4", lambda i: f"d{i % 6}")
     groups = (fourth / GROUPS_FILE).read_text()
     (fourth / GROUPS_FILE).unlink()
@@ -204,14 +205,20 @@ def test_a_window_refused_for_groups_leaves_no_span_and_split_by_alone_does_not_
     prepare_data(_config(tmp_path, dir=str(fourth)), paths)
     out = capsys.readouterr().out
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3]
-    assert (f"the records of {tmp_path / 'out' / 'data' / 'Span-3'} were ingested before {fourth / GROUPS_FILE} was "
-            f"read and keep no group ids") in out and "--span 3 --overwrite" in out
+    assert (f"{tmp_path / 'out' / 'data' / 'Span-3'} was ingested before {fourth / GROUPS_FILE} was read: its "
+            f"records keep no group ids, which the drift gate counts in; the next span ingested from this folder "
+            f"takes the file's") in out
     (fourth / GROUPS_FILE).write_text(groups.replace('"d0"', '"d9"'))  # changed: the span keeps the earlier ids
     capsys.readouterr()
     prepare_data(_config(tmp_path, dir=str(fourth)), paths)
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3] and "keep no group ids" in capsys.readouterr().out
-    prepare_data(_config(tmp_path, dir=str(fourth), split_by="group"), paths)
+    for folder in ("images", "masks"):  # new data from the folder: a new span, with the file's group ids
+        (fourth / folder / sorted(p.name for p in (fourth / folder).iterdir())[0]).unlink()
+    prepare_data(_config(tmp_path, dir=str(fourth)), paths)
     assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3, 4]
+    check_span_groups(tmp_path / "out" / "data", span=4)  # refuses records without image/group_id
+    prepare_data(_config(tmp_path, dir=str(fourth), split_by="group"), paths)
+    assert list_spans(tmp_path / "out" / "data") == [0, 1, 2, 3, 4]  # with ids already: reused
 
 
 def test_a_span_is_reused_from_its_own_marker(tmp_path):
@@ -237,9 +244,14 @@ def test_a_span_is_reused_from_its_own_marker(tmp_path):
     (data / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "span": 0}))
     prepare_data(_config(tmp_path, dir=str(folder)), paths)
     assert list_spans(data) == [0]
-    (data / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "span": 5}))  # names another span: not this one
+    # ... unless the span was written again after it (`ingest --overwrite`): the stamp no longer describes it
+    os.utime(data / FINGERPRINT_FILE, ns=(1, 1))
     prepare_data(_config(tmp_path, dir=str(folder)), paths)
     assert list_spans(data) == [0, 1]
+    output_guard.write_marker(data / "Span-1", "ingest", target="Span-1")
+    (data / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "span": 5}))  # names another span: not this one
+    prepare_data(_config(tmp_path, dir=str(folder)), paths)
+    assert list_spans(data) == [0, 1, 2]
 
 
 def test_compile_kfp_splits_by_group_and_checks_local_spans(tmp_path):

@@ -115,6 +115,13 @@ def test_a_span_a_killed_ingest_moved_aside_is_restored_before_run_picks_the_lat
     (out / "data" / "Span-0").rename(out / "data" / f"{ingest.OLD_PREFIX}{int(dead.stdout)}")
     prepare_data(config, local_paths(str(out)))
     assert list_spans(out / "data") == [0]  # put back and reused, not ingested again as Span-1
+    # a span run ingested (with the class names it keeps beside the records) can be replaced by ingest --overwrite
+    assert (out / "data" / "Span-0" / "classes.json").is_file()
+    assert cli.main(["ingest", str(raw[0] / "images"), str(raw[0] / "masks"), "--output", str(out / "data"),
+                     "--span", "0", "--overwrite"]) == 0
+    assert _written(out / "data" / "Span-0") == ["s0_shapes_00000", "s0_shapes_00001"]
+    prepare_data(config, local_paths(str(out)))  # other data than run's folder now: that folder is the next span
+    assert list_spans(out / "data") == [0, 1] and _written(out / "data" / "Span-1")[0].startswith("s1_")
 
 
 def test_class_ids_beyond_the_class_names_leave_no_span(tmp_path):

@@ -103,6 +103,27 @@ def test_another_pipeline_s_store_is_never_taken_for_a_run_directory(tmp_path, c
     assert is_run_store(ours / "metadata.sqlite") and check_run_dir(ours)
     (ours / "notes.sqlite").write_bytes(b"not a database at all")
     assert not is_run_store(ours / "notes.sqlite") and not is_run_store(tmp_path / "missing.sqlite")
+    # a run killed mid-write left a journal: read only, SQLite cannot roll it back ("readonly database"), and
+    # the run directory was refused as not a run's (QA 59); a copy is rolled back instead, the files untouched
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    writer = ("import os, sqlite3\n"
+              "db = sqlite3.connect('metadata.sqlite', isolation_level=None)\n"
+              "db.execute('CREATE TABLE Type (id INTEGER PRIMARY KEY, name TEXT)')\n"
+              "db.execute(\"INSERT INTO Type(name) VALUES ('segbalance.ClassStats')\")\n"
+              "db.execute('CREATE TABLE Execution (id INTEGER PRIMARY KEY, state INT)')\n"
+              "db.execute('INSERT INTO Execution(state) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+              "WHERE x < 5000) SELECT 1 FROM c')\n"
+              "db.execute('BEGIN')\n"
+              "db.execute(\"UPDATE Type SET name = 'x'\")\n"
+              "db.execute('PRAGMA cache_size=1')\n"
+              "db.execute('INSERT INTO Execution(state) SELECT 3 FROM Execution')\n"
+              "os._exit(9)\n")
+    subprocess.run([sys.executable, "-c", writer], cwd=hot, check=False)
+    assert (hot / "metadata.sqlite-journal").is_file()
+    files = {p.name: p.read_bytes() for p in hot.iterdir()}
+    assert is_run_store(hot / "metadata.sqlite") and check_run_dir(hot)
+    assert {p.name: p.read_bytes() for p in hot.iterdir()} == files
 
 
 def test_a_file_written_in_one_rename_survives_a_failed_write(tmp_path, monkeypatch):
@@ -125,3 +146,24 @@ def test_a_file_written_in_one_rename_survives_a_failed_write(tmp_path, monkeypa
     with pytest.raises(OSError):
         write_text_atomic(target, "second, longer")
     assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_a_file_written_in_one_rename_keeps_its_link_and_mode_and_clears_a_killed_writer_s_copy(tmp_path):
+    """QA 59: the rename replaced a symbolic link with a file and reset the permissions to the umask's; a
+    writer killed before its rename left its hidden copy beside the file for good."""
+    import os
+
+    from segbalance.pipeline.output_guard import write_text_atomic
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "report.html").write_text("old")
+    os.chmod(pages / "report.html", 0o640)
+    (tmp_path / "report.html").symlink_to(pages / "report.html")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = pages / f".report.html.{int(dead.stdout)}.partial"
+    leftover.write_text("cut")
+    write_text_atomic(tmp_path / "report.html", "new")
+    assert (tmp_path / "report.html").is_symlink() and (pages / "report.html").read_text() == "new"
+    assert (pages / "report.html").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in pages.iterdir()) == ["report.html"]  # the dead writer's copy is gone
