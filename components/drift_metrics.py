@@ -389,23 +389,17 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
                              f"{limit('max_abs_change')}{without})")
         if presence is None and result["new_classes"]:
             anomalies.append(f"classes absent before appear now: {', '.join(result['new_classes'])}")
-        elif presence is not None:
-            unit = presence["unit"]
-            surprising = {n: c for n, c in result["new_class_chances"].items()
-                          if c < result["thresholds"]["new_class_chance"]}
-            if surprising:
-                anomalies.append("classes absent before appear now: " + ", ".join(
-                    f"{n} (in {int(presence['new'][0][names.index(n)])} of {presence['new'][1]} new {unit}, none "
-                    f"of {presence['accepted'][1]} before; chance {c:.2g} if unchanged)" for n, c in surprising.items()))
-        if presence is not None and result.get("rare_class_chances"):
-            unit = presence["unit"]
-            spread = {n: c for n, c in result["rare_class_chances"].items()
-                      if c < result["thresholds"]["new_class_chance"]}
-            if spread:
-                anomalies.append("classes rare before are in more units now: " + ", ".join(
-                    f"{n} (in {int(presence['new'][0][names.index(n)])} of {presence['new'][1]} new {unit}, "
-                    f"{int(presence['accepted'][0][names.index(n)])} of {presence['accepted'][1]} before; chance "
-                    f"{c:.2g} if unchanged)" for n, c in spread.items()))
+        elif presence is not None:  # a class new now, or held by one accepted unit: judged by how many hold it
+            for key, title in (("new_class_chances", "classes absent before appear now"),
+                               ("rare_class_chances", "classes rare before are in more units now")):
+                unlikely_now = {n: c for n, c in result.get(key, {}).items()
+                                if c < result["thresholds"]["new_class_chance"]}
+                if unlikely_now:
+                    anomalies.append(f"{title}: " + ", ".join(
+                        f"{n} (in {int(presence['new'][0][names.index(n)])} of {presence['new'][1]} new "
+                        f"{presence['unit']}, {int(presence['accepted'][0][names.index(n)]) or 'none'} of "
+                        f"{presence['accepted'][1]} before; chance {c:.2g} if unchanged)"
+                        for n, c in unlikely_now.items()))
         unlikely = {n: c for n, c in result["vanished_classes"].items()
                     if c is not None and c < result["thresholds"]["vanished_class_chance"]}
         if unlikely and presence is not None:

@@ -783,8 +783,8 @@ def ingest(
             raise error
         result.groups_unmatched = sorted(set(options.groups) - set(images))
         if result.groups_unmatched:
-            print(f"ingest: warning: {len(result.groups_unmatched)} {options.groups_source} stems match no image file in "
-                  f"{images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
+            print(f"ingest: warning: {len(result.groups_unmatched)} {options.groups_source} stems match no image file "
+                  f"in {images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}"

@@ -161,9 +161,10 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     """``segbalance run``'s output directory: new, empty, or an earlier run's (True).
 
     An earlier run's: its marker (``run`` writes one), or, from before markers, the ML Metadata
-    store of a segbalance pipeline (``is_run_store``) beside only names a run writes. A folder holding only ``data/`` (spans ingested there
-    before the first run) is new. Anything else is refused: names alone (a user's report.html,
-    logs/) do not make a folder ours, nor does a metadata.sqlite beside the user's own files."""
+    store of a segbalance pipeline (``is_run_store``) beside only names a run writes. A folder
+    holding only ``data/`` (spans ingested there before the first run) is new. Anything else is
+    refused: names alone (a user's report.html, logs/) do not make a folder ours, nor does a
+    metadata.sqlite beside the user's own files, or another pipeline's or program's."""
     path = Path(folder)
     check_is_folder(path, option)
     if not path.is_dir() or not any(path.iterdir()):
