@@ -41,6 +41,26 @@ def remove_stale_staging(base_directory: str) -> List[str]:
     return stale
 
 
+def move_folder(source: str, target: str) -> None:
+    """``source`` renamed to ``target``: one rename on a local file system. An object store (gs://, s3://) has
+    no folder rename (TensorFlow's copies object by object in name order, ``saved_model.pb`` before
+    ``variables/``; ram:// moved the folder's entry and left the version empty, QA 58): there the files are
+    copied one by one, ``saved_model.pb`` last, so a server that loads a version holding one never loads a
+    part; checked before the push is recorded (the staging copy is removed after)."""
+    if "://" not in source:
+        fileio.rename(source, target)
+        return
+    base = source.rstrip("/")
+    files = sorted((f"{root.rstrip('/')}/{name}" for root, _, names in fileio.walk(base) for name in names),
+                   key=lambda path: os.path.basename(path) == "saved_model.pb")
+    for path in files:
+        destination = target.rstrip("/") + path[len(base):]
+        fileio.makedirs(os.path.dirname(destination))
+        fileio.copy(path, destination, overwrite=True)
+    if not fileio.exists(f"{target.rstrip('/')}/saved_model.pb"):
+        raise RuntimeError(f"Pusher: {target} holds no saved_model.pb after the copy from {source}")
+
+
 class StagedPushExecutor(pusher_executor.Executor):
     """TFX's Pusher executor with the push staged (module docstring); filesystem destinations only."""
 
@@ -66,7 +86,7 @@ class StagedPushExecutor(pusher_executor.Executor):
         while fileio.exists(final):  # a push in the same second: the next free version, never over one
             version += 1
             final = os.path.join(self._base, str(version))
-        fileio.rename(pushed_destination, final)
+        move_folder(pushed_destination, final)
         super()._MarkPushed(model_push, final, str(version))
 
 

@@ -383,12 +383,17 @@ def test_a_backup_stopped_while_saving_keeps_the_previous_epoch_whole(tmp_path, 
 
 
 # --------------------------------------------------------------------------- backbone weights
-def test_local_backbone_weights_file_is_loaded(tmp_path):
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_local_backbone_weights_file_is_loaded(tmp_path, where):
+    """remote: a file on gs:// in a compiled pipeline (ram:// here) was refused as "not a file" (QA 58)."""
     encoder = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
     recognisable = [np.full(w.shape, (i % 97) / 97.0 + 0.01, np.float32) for i, w in enumerate(encoder.get_weights())]
     encoder.set_weights(recognisable)
     path = str(tmp_path / "encoder.weights.h5")
     encoder.save_weights(path)
+    if where == "remote":
+        tf.io.gfile.copy(path, f"ram://{tmp_path.name}/encoder.weights.h5", overwrite=True)
+        path = f"ram://{tmp_path.name}/encoder.weights.h5"
     training = from_dict(TrainingConfig, {"image_size": [64, 64], "backbone": "MobileNetV2", "depth": 3,
                                           "base_filters": 4, "backbone_weights": path})
     model = model_lib.build_model(training, 3)
@@ -410,6 +415,10 @@ def test_backbone_weights_errors_are_user_errors(tmp_path):
     base = {"image_size": [32, 32], "backbone": "MobileNetV2", "depth": 3, "base_filters": 4}
     with pytest.raises(UserError, match="training.backbone_weights: .*missing.weights.h5 is not a file"):
         model_lib.build_model(from_dict(TrainingConfig, {**base, "backbone_weights": str(tmp_path / "missing.weights.h5")}), 3)
+    with pytest.raises(UserError, match="training.backbone_weights: ram://nowhere/missing.weights.h5 is not a file this "
+                                       "machine can read"):
+        model_lib.build_model(from_dict(TrainingConfig, {**base, "backbone_weights": "ram://nowhere/missing.weights.h5"}),
+                              3)
     other = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
     other.save_weights(str(tmp_path / "resnet.weights.h5"))
     with pytest.raises(UserError, match="does not load into MobileNetV2"):

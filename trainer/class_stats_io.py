@@ -103,11 +103,15 @@ def read_per_image(uri: str, prefix: str = PER_IMAGE_PREFIX):
     import pandas as pd
     import pyarrow.parquet as pq
 
+    from segbalance.trainer.remote_files import readable
+
     files = per_image_files(uri, prefix)
     if not files:
         return pd.DataFrame(columns=["source_id", "split", "present", "labeled", "missing", "suspect_missing",
                                      "pixel_counts", "ignored_pixels", "group_id", "content_crc32"])
-    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    # pyarrow has file systems of its own: a remote file is read as bytes through TensorFlow's (QA 58)
+    return pd.concat([pq.read_table(readable(f)).to_pandas() for f in files], ignore_index=True)
+
 
 
 def read_every_per_image(uri: str):

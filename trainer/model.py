@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 import keras
 
 from segbalance.contract import UserError, message_excerpt
+from segbalance.trainer.remote_files import is_remote, local_copy_of
 from segbalance.trainer.segmentation_model import SegmentationModel
 from segbalance.trainer.training_config import weights_file_problem
 
@@ -203,18 +204,31 @@ def _backbone_features(backbone: keras.Model, height: int, width: int):
     return features
 
 
+def remote_weights_problem(weights: Optional[str]) -> Optional[str]:
+    """Why a ``backbone_weights`` file on a remote file system (gs://, s3://) cannot be read here, or None."""
+    if not weights or not is_remote(weights):
+        return None
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(weights) or tf.io.gfile.isdir(weights):
+        return (f"training.backbone_weights: {weights} is not a file this machine can read; give the path of a weights "
+                f"file (model.save_weights), imagenet or null")
+    return None
+
+
 def load_backbone(backbone: str, height: int, width: int, weights: Optional[str] = None) -> keras.Model:
     """``keras.applications.<backbone>(include_top=False)`` at this input size with ``weights`` (None,
     "imagenet" or a file); BackboneWeightsError (a UserError) naming the field when they cannot be had."""
     factory = getattr(keras.applications, backbone)
-    problem = weights_file_problem(backbone, weights)
+    problem = weights_file_problem(backbone, weights) or remote_weights_problem(weights)
     if problem:
         raise BackboneWeightsError(problem)
     try:
         if weights == "imagenet":
             with imagenet_weights_guard(backbone):
                 return factory(include_top=False, weights="imagenet", input_shape=(height, width, 3))
-        return factory(include_top=False, weights=weights, input_shape=(height, width, 3))
+        with local_copy_of(weights) as local:  # a file on gs:// (a compiled pipeline's): h5py reads local files
+            return factory(include_top=False, weights=local, input_shape=(height, width, 3))
     except BackboneWeightsError:
         raise
     except (ValueError, OSError) as exc:

@@ -60,6 +60,7 @@ from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
 from segbalance.trainer.training_callbacks import (BACKUP_METADATA, BestEpoch, ClassWeightDecay, EpochLog,
                                                    FreezeEncoder, SafeBackupAndRestore, set_aside_unreadable_backup)
+from segbalance.trainer.remote_files import local_copy_of
 from segbalance.trainer.training_config import TrainerConfig
 
 SUMMARY_FILE = TRAINING_SUMMARY_FILE
@@ -332,7 +333,8 @@ def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str]
                              f"{mismatch}; its output channels mean other classes. Set training.warm_start: false "
                              f"for this run")
     try:
-        model.load_weights(path)
+        with local_copy_of(path) as local:  # Keras opens model.keras with zipfile: local files only (QA 58)
+            model.load_weights(local)
     except ValueError as exc:  # Keras lists every layer that did not load: the first mismatch says enough
         detail = message_excerpt(exc, 240)
         raise WarmStartError(f"warm start: the weights in {path} do not fit this model ({detail}). The "

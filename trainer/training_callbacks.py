@@ -41,6 +41,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from segbalance.trainer.remote_files import local_copy_of
+
 MONITOR = "val_miou"
 BACKUP_WEIGHTS, BACKUP_METADATA = "latest.weights.h5", "training_metadata.json"  # BackupAndRestore's files
 
@@ -60,10 +62,22 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         tf.io.gfile.makedirs(self.backup_dir)
         incoming = f"{self.backup_dir.rstrip('/')}/incoming.weights.h5"  # Keras wants the .weights.h5 ending
-        self.model.save_weights(filepath=incoming, overwrite=True)
+        with local_copy_of(incoming, write=True) as local:  # h5py writes local files only (gs:// backup: QA 58)
+            self.model.save_weights(filepath=local, overwrite=True)
         tf.io.gfile.rename(incoming, self._weights_path, overwrite=True)
         replace_file(self._training_metadata_path,
                      json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+    def on_train_begin(self, logs=None):  # Keras resumes with model.load_weights(path): h5py, local files only
+        if "://" not in self._weights_path or not tf.io.gfile.exists(self._weights_path):
+            return super().on_train_begin(logs)
+        remote = self._weights_path
+        with local_copy_of(remote) as local:
+            self._weights_path = local
+            try:
+                return super().on_train_begin(logs)
+            finally:
+                self._weights_path = remote
 
 
 def unreadable_backup(backup_dir: str) -> Optional[str]:

@@ -362,6 +362,8 @@ def weights_file_problem(backbone: Optional[str], weights: Optional[str]) -> Opt
 
     if not backbone or weights in (None, "imagenet") or os.path.isfile(weights):
         return None
+    if "://" in weights:  # checked where the pipeline trains (remote_weights_problem), not by `config validate`
+        return None
     return (f"training.backbone_weights: {weights} is not a file; give the path of a {backbone} weights file "
             f"(model.save_weights), imagenet or null")
 
