@@ -7,7 +7,8 @@ until a later push (QA, session 24). This executor lets TFX copy into
 ``BASE/.incoming-<time>-<random>/<version>/`` and renames the finished folder to ``BASE/<version>``
 (one rename on a local file system; servers ignore folders whose names are not numbers). A stopped
 push leaves only the hidden staging folder: ``remove_stale_staging`` (``segbalance run`` calls it
-while it holds the run folder's lock) removes those, and SegEvaluator blesses the model again, so
+while it holds the run folder's lock; every push removes those over a day old, where no lock guards
+the folder: a Kubeflow run) removes those, and SegEvaluator blesses the model again, so
 the re-run pushes it (``seg_evaluator.pushed_copy`` finds no version holding it).
 """
 from __future__ import annotations
@@ -29,13 +30,26 @@ from tfx.utils import proto_utils
 STAGING_PREFIX = ".incoming-"
 
 
-def remove_stale_staging(base_directory: str) -> List[str]:
+STALE_AFTER_S = 24 * 3600  # a staging folder this old is a stopped push's wherever runs are not locked
+
+
+def staging_started(name: str) -> Optional[int]:
+    """The unix time in a staging folder's name (``.incoming-<time>-<random>``), or None for another name."""
+    parts = name.rstrip("/")[len(STAGING_PREFIX):].split("-") if name.startswith(STAGING_PREFIX) else []
+    return int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else None
+
+
+def remove_stale_staging(base_directory: str, older_than_s: Optional[float] = None) -> List[str]:
     """Remove the staging folders a stopped push left in ``base_directory`` (only ours, by name); the paths
-    removed. Call it only while no push into that folder can run (``segbalance run`` holds its lock)."""
+    removed. Without ``older_than_s``, call it only while no push into that folder can run (``segbalance
+    run`` holds its lock); with it, only folders started that long ago go (a Kubeflow run's Pusher, which
+    no lock keeps from another run's push, removes those older than ``STALE_AFTER_S``)."""
     if not fileio.isdir(base_directory):
         return []
+    now = time.time()
     stale = [os.path.join(base_directory, name.rstrip("/")) for name in fileio.listdir(base_directory)
-             if name.startswith(STAGING_PREFIX)]
+             if staging_started(name) is not None
+             and (older_than_s is None or now - staging_started(name) > older_than_s)]
     for path in stale:
         fileio.rmtree(path)
     return stale
@@ -69,6 +83,9 @@ class StagedPushExecutor(pusher_executor.Executor):
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         self._base = destination.filesystem.base_directory
+        for stale in remove_stale_staging(self._base, older_than_s=STALE_AFTER_S):  # on a cluster nothing else does
+            print(f"Pusher: removed {stale}, the unfinished copy of a push stopped over a day ago (never served)",
+                  flush=True)
         self._staging = os.path.join(self._base, f"{STAGING_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:8]}")
         destination.filesystem.base_directory = self._staging
         staged = {**exec_properties,

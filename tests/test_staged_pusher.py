@@ -81,3 +81,24 @@ def test_stale_staging_folders_are_removed_and_never_taken_for_a_version(tmp_pat
     assert staged_pusher.remove_stale_staging(str(serving)) == [str(stale.parent)]
     assert sorted(os.listdir(serving)) == ["1600000000", "README"]
     assert staged_pusher.remove_stale_staging(str(tmp_path / "none")) == []
+
+
+def test_a_push_removes_staging_folders_over_a_day_old_and_keeps_recent_ones(tmp_path, capsys):
+    """On a cluster no `segbalance run` holds the folder's lock and removes a stopped push's staging folder: they
+    piled up (QA 58). Each push removes those started over a day ago; a recent one may be another run's push."""
+    import time
+
+    serving = tmp_path / "serving"
+    old = serving / f"{staged_pusher.STAGING_PREFIX}{int(time.time()) - 2 * 24 * 3600}-0a1b2c3d"
+    recent = serving / f"{staged_pusher.STAGING_PREFIX}{int(time.time()) - 60}-4e5f6a7b"
+    for folder in (old, recent):
+        (folder / "1700000000").mkdir(parents=True)
+        (folder / "1700000000" / "model.keras").write_bytes(b"keras")
+    (serving / f"{staged_pusher.STAGING_PREFIX}notes").mkdir()  # not a name a push makes: left alone
+    _push(tmp_path)
+    left = sorted(os.listdir(serving))
+    assert old.name not in left and recent.name in left and f"{staged_pusher.STAGING_PREFIX}notes" in left
+    assert sum(is_version_folder(name) for name in left) == 1
+    assert f"Pusher: removed {old}" in capsys.readouterr().out
+    assert staged_pusher.staging_started(old.name) == int(old.name.split("-")[1])
+    assert staged_pusher.staging_started("1700000000") is None
