@@ -130,33 +130,30 @@ def new_class_chances(names, current_counts, base_counts, presence: dict) -> Dic
     ``C(m, k) / C(m + G, k) = prod_i (m - i) / (m + G - i)``. A rare class in one new image of a big
     span is likely (0.04 for one of 26 new images beside 600); one that fills a span is not."""
     (new_held, new_units), (_, accepted_units) = presence["new"], presence["accepted"]
-    chances: Dict[str, float] = {}
-    for i, (name, before, now) in enumerate(zip(names, base_counts, current_counts)):
-        if before == 0 and now > 0:
-            k = int(new_held[i])
-            chances[name] = float(np.prod([(new_units - j) / (new_units + accepted_units - j) for j in range(k)]))
-    return chances
+    return {name: held_by_new_chance(0, int(new_held[i]), new_units, accepted_units)
+            for i, (name, before, now) in enumerate(zip(names, base_counts, current_counts)) if before == 0 and now > 0}
+
+
+def held_by_new_chance(h: int, k: int, new_units: int, accepted_units: int) -> float:
+    """The chance that at least ``k`` of the ``h + k`` units holding a class are among the ``new_units`` when
+    they and the ``accepted_units`` are drawn from one population: the hypergeometric tail
+    ``sum_{j >= k} C(h + k, j) C(G + m - h - k, m - j) / C(G + m, m)`` (G accepted, m new units); with h = 0,
+    ``C(m, k) / C(m + G, k)``."""
+    holders, total = h + k, new_units + accepted_units
+    tail = sum(math.comb(holders, j) * math.comb(total - holders, new_units - j)
+               for j in range(k, min(new_units, holders) + 1))
+    return float(tail / math.comb(total, new_units))
 
 
 def rare_class_chances(names, current_counts, presence: dict, unsampled) -> Dict[str, float]:
     """Classes the sampled measures leave out (``unsampled``: indices, ``sampling_limits``' ``unsampled_classes``)
     that some accepted units hold and that have pixels now, each with the chance that at least k of the h + k
     units holding it fall among the m new ones when accepted (G) and new units are drawn from one population:
-    the hypergeometric tail ``sum_{j >= k} C(h + k, j) C(G + m - h - k, m - j) / C(G + m, m)`` (h accepted units
-    hold it, k new ones). With h = 0 it is ``new_class_chances``' ``C(m, k) / C(m + G, k)``; those classes are
-    left to it."""
+    ``held_by_new_chance`` (h accepted units hold it, k new ones). Classes no accepted unit holds are left to
+    ``new_class_chances``."""
     (new_held, new_units), (accepted_held, accepted_units) = presence["new"], presence["accepted"]
-    total = new_units + accepted_units
-    chances: Dict[str, float] = {}
-    for i in unsampled:
-        h, k = int(accepted_held[i]), int(new_held[i])
-        if h == 0 or k == 0 or current_counts[i] == 0:
-            continue
-        holders = h + k
-        tail = sum(math.comb(holders, j) * math.comb(total - holders, new_units - j)
-                   for j in range(k, min(new_units, holders) + 1))
-        chances[names[i]] = float(tail / math.comb(total, new_units))
-    return chances
+    return {names[i]: held_by_new_chance(int(accepted_held[i]), int(new_held[i]), new_units, accepted_units)
+            for i in unsampled if accepted_held[i] > 0 and new_held[i] > 0 and current_counts[i] > 0}
 
 
 def group_index(groups) -> Tuple[np.ndarray, int]:
