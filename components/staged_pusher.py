@@ -27,6 +27,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
+from segbalance.trainer.remote_files import is_remote
+
 STAGING_PREFIX = ".incoming-"
 
 
@@ -47,9 +49,9 @@ def remove_stale_staging(base_directory: str, older_than_s: Optional[float] = No
     if not fileio.isdir(base_directory):
         return []
     now = time.time()
-    stale = [os.path.join(base_directory, name.rstrip("/")) for name in fileio.listdir(base_directory)
-             if staging_started(name) is not None
-             and (older_than_s is None or now - staging_started(name) > older_than_s)]
+    started = {name.rstrip("/"): staging_started(name) for name in fileio.listdir(base_directory)}
+    stale = [os.path.join(base_directory, name) for name, when in started.items()
+             if when is not None and (older_than_s is None or now - when > older_than_s)]
     for path in stale:
         fileio.rmtree(path)
     return stale
@@ -61,7 +63,7 @@ def move_folder(source: str, target: str) -> None:
     ``variables/``; ram:// moved the folder's entry and left the version empty, QA 58): there the files are
     copied one by one, ``saved_model.pb`` last, so a server that loads a version holding one never loads a
     part; checked before the push is recorded (the staging copy is removed after)."""
-    if "://" not in source:
+    if not is_remote(source):
         fileio.rename(source, target)
         return
     base = source.rstrip("/")

@@ -19,7 +19,9 @@ import errno
 import fnmatch
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -133,7 +135,8 @@ def check_output_folder(
     if not path.is_dir() or not any(path.iterdir()):
         return False
     key = path / key_file if key_file is not None else None
-    ours = written_by(path) == command or (key is not None and key.is_file() and (key_check is None or key_check(key)))
+    ours = written_by(path) == command or (key is not None and key.is_file()
+                                           and (key_check is None or key_check(key)))
     foreign = foreign_entries(path, owned) if owned is not None else []
     if foreign:
         raise OutputError(f"{option} {folder} is not empty: it holds {_sample(foreign)}, which segbalance {command} did not "
@@ -203,9 +206,6 @@ def is_run_store(path: Path) -> bool:
     except sqlite3.Error:  # not a database, no Type table; or a run killed mid-write left a journal to roll back
         if not journal.is_file():
             return False
-    import shutil
-    import tempfile
-
     with tempfile.TemporaryDirectory() as scratch:  # rolled back in a copy: the user's files are not touched
         shutil.copyfile(path, Path(scratch, path.name))
         shutil.copyfile(journal, Path(scratch, journal.name))

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
+import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
@@ -27,6 +28,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from segbalance.components.artifacts import ClassStats, DriftReport, HtmlReport
 
 from segbalance.contract import REPORT_FILE, TRAINING_SUMMARY_FILE  # noqa: E402
+from segbalance.trainer.remote_files import is_remote  # noqa: E402
 
 
 class DataReportSpec(ComponentSpec):
@@ -60,7 +62,7 @@ class DataReportExecutor(base_executor.BaseExecutor):
 
         def local(key, only=None):
             remote = uri(key)
-            if remote is None or "://" not in remote:
+            if remote is None or not is_remote(remote):
                 return remote
             folder = copy_artifact(remote, os.path.join(staging, key), only)
             shown[folder] = remote
@@ -79,23 +81,19 @@ class DataReportExecutor(base_executor.BaseExecutor):
             given = [key for key in ("statistics", "anomalies", "evaluation", "drift", "model_run") if uri(key)]
             print(f"DataReport: rendering {uri('class_stats')} with {', '.join(given) or 'no other input'}",
                   flush=True)
-            path = render_report(sources, os.path.join(staging, REPORT_FILE) if "://" in target else target)
+            path = render_report(sources, os.path.join(staging, REPORT_FILE) if is_remote(target) else target)
             if path != target:
-                import tensorflow as tf
-
                 tf.io.gfile.makedirs(output.uri)
                 tf.io.gfile.copy(path, target, overwrite=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         logging.info("DataReport: wrote %s", target)
-        print(f"DataReport: wrote {target} ({size_of(target) // 1024} KiB)", flush=True)
+        print(f"DataReport: wrote {target} ({tf.io.gfile.stat(target).length // 1024} KiB)", flush=True)
 
 
 def copy_artifact(uri: str, folder: str, only: Optional[List[str]] = None) -> str:
     """``folder`` holding the files of the artifact at ``uri`` on a remote file system (gs://, s3://:
     TensorFlow's), all of them or the relative paths ``only``; the report reads local files."""
-    import tensorflow as tf
-
     base = uri.rstrip("/")
     names = list(only or [])
     if only is None:
@@ -110,14 +108,6 @@ def copy_artifact(uri: str, folder: str, only: Optional[List[str]] = None) -> st
         tf.io.gfile.copy(source, os.path.join(folder, name), overwrite=True)
     os.makedirs(folder, exist_ok=True)
     return folder
-
-
-def size_of(path: str) -> int:
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.stat(path).length
-    return os.path.getsize(path)
 
 
 class DataReport(base_component.BaseComponent):

@@ -26,6 +26,7 @@ import numpy as np
 from segbalance.components.evaluation_metrics import THUMBNAIL_SIZE, downscale_nearest
 from segbalance.components.tfrecord_file import TFRecordFileError
 from segbalance.components.tfrecord_file import iter_tfrecords as read_tfrecords
+from segbalance.trainer.remote_files import is_remote
 
 JPEG_QUALITY = 80
 
@@ -153,12 +154,8 @@ def sample(ids: Sequence[str], k: int, seed: int) -> List[str]:
 
 
 # --------------------------------------------------------------------------- TFRecords
-def _remote(path: str) -> bool:
-    return "://" in path  # gs://, s3://, hdfs://: TensorFlow's file systems (imported only for them)
-
-
 def _glob(pattern: str) -> List[str]:
-    if _remote(pattern):
+    if is_remote(pattern):  # gs://, s3://: TensorFlow's file systems (imported only for them)
         import tensorflow as tf
 
         return tf.io.gfile.glob(pattern)
@@ -166,7 +163,7 @@ def _glob(pattern: str) -> List[str]:
 
 
 def _open(path: str):
-    if _remote(path):  # the records of a Kubeflow run's Examples artifact
+    if is_remote(path):  # the records of a Kubeflow run's Examples artifact
         import tensorflow as tf
 
         return tf.io.gfile.GFile(path, "rb")

@@ -164,9 +164,9 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         if regrouped and groups is not None:  # the span keeps its records: a window must not train on them twice
             earlier = recorded.get("with_groups")
             print(f"ingest: note: {examples_dir / f'Span-{spans[-1]}'} was ingested before {groups_file} "
-                  f"{'changed' if earlier else 'was read'}: its records keep {'the earlier' if earlier else 'no'} group "
-                  f"ids, which the drift gate counts in; the next span ingested from this folder takes the file's",
-                  flush=True)
+                  f"{'changed' if earlier else 'was read'}: its records keep {'the earlier' if earlier else 'no'} "
+                  f"group ids, which the drift gate counts in; the next span ingested from this folder takes the "
+                  f"file's", flush=True)
         return spans[-1]
     if config.data.split_by == "group" and config.data.num_spans > 1 and spans:
         # the earlier spans the new one joins in the window: refused before the new span is written
@@ -261,9 +261,9 @@ def keep_class_names(span_dir: Path, names: list) -> None:
     text = json.dumps({"class_names": list(names)}, indent=1)
     if target.is_file() and target.read_text() == text:
         return
-    partial = span_dir / f"{CLASS_NAMES_FILE}.partial"
-    partial.write_text(text)
-    os.replace(partial, target)
+    from segbalance.pipeline.output_guard import write_text_atomic
+
+    write_text_atomic(target, text)
 
 
 def check_output_beside_data(output: Path, data: Path, examples_dir: Path) -> None:

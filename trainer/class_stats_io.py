@@ -113,7 +113,6 @@ def read_per_image(uri: str, prefix: str = PER_IMAGE_PREFIX):
     return pd.concat([pq.read_table(readable(f)).to_pandas() for f in files], ignore_index=True)
 
 
-
 def read_every_per_image(uri: str):
     """The per-image rows of every split ClassStatsGen checked, counted or not, as one DataFrame."""
     import pandas as pd

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from segbalance.trainer.remote_files import local_copy_of
+from segbalance.trainer.remote_files import is_remote, local_copy_of
 
 MONITOR = "val_miou"
 BACKUP_WEIGHTS, BACKUP_METADATA = "latest.weights.h5", "training_metadata.json"  # BackupAndRestore's files
@@ -69,7 +69,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
                      json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
     def on_train_begin(self, logs=None):  # Keras resumes with model.load_weights(path): h5py, local files only
-        if "://" not in self._weights_path or not tf.io.gfile.exists(self._weights_path):
+        if not is_remote(self._weights_path) or not tf.io.gfile.exists(self._weights_path):
             return super().on_train_begin(logs)
         remote = self._weights_path
         with local_copy_of(remote) as local:
