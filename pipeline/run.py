@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 
 from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, UserError
 from segbalance.pipeline import stop_signals
-from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config
+from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config, read_values
 from segbalance.trainer.training_config import ClassesConfig
 
 FINGERPRINT_FILE = "source_fingerprint.json"  # read only: where versions before the span's marker recorded it
@@ -266,7 +266,7 @@ def keep_class_names(span_dir: Path, names: list) -> None:
     write_text_atomic(target, text)
 
 
-def check_output_beside_data(output: Path, data: Path, examples_dir: Path) -> None:
+def check_output_beside_data(output: Path, data: Path, examples_dir: Path, option: str = "--output-dir") -> None:
     """The run directory must not be, or lie inside, the data folder (the run would write into the
     user's data); an images/ + masks/ folder must not lie in OUTPUT/data, where run writes spans.
     (A Span-N folder there, OUTPUT/data itself, is the documented retraining layout.)"""
@@ -274,12 +274,12 @@ def check_output_beside_data(output: Path, data: Path, examples_dir: Path) -> No
 
     output = output.resolve()
     if output == data or data in output.parents:
-        raise OutputError(f"--output-dir {output} {'is' if output == data else 'is inside'} the data folder {data}: "
+        raise OutputError(f"{option} {output} {'is' if output == data else 'is inside'} the data folder {data}: "
                           f"choose an output folder outside the data (nothing was written)")
     spans = any(data.glob("Span-*"))
     if not spans and (data == examples_dir or examples_dir in data.parents):
         raise OutputError(f"--data {data} lies in {examples_dir}, where run writes the spans it ingests: move "
-                          f"images/ and masks/ out of it, or give another --output-dir (nothing was written)")
+                          f"images/ and masks/ out of it, or give another {option} (nothing was written)")
 
 
 def check_group_split(config: PipelineConfig, groups: Optional[dict], groups_file: Path) -> None:
@@ -392,13 +392,14 @@ def check_records_to_read(config: PipelineConfig, examples_dir: Path) -> None:
 
 # --------------------------------------------------------------------------- run
 def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = False, announce: bool = False,
-              **pipeline_options) -> dict:
+              output_option: str = "--output-dir", **pipeline_options) -> dict:
     """Run the DAG locally; returns the summary that `segbalance run` prints.
 
     Library output goes to OUTPUT/logs/run-<time>.log (``run_log``; on the console too with
     ``verbose``). A data folder run cannot use is refused before anything is written. ``announce``:
     print where the output goes once every check has passed and the pipeline starts (a refused run
-    prints its one error line only)."""
+    prints its one error line only). ``output_option``: how messages name the output folder (the
+    option or config field it came from)."""
     from segbalance.pipeline.dag import local_paths
     from segbalance.pipeline.run_lock import cancel_abandoned, exclusive_run
     from segbalance.pipeline.run_log import LibraryLog, route_absl, unroute_absl
@@ -420,10 +421,10 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         feature_extractor(config.training.pixel_weights.model, config.training.pixel_weights.layer)  # loads or refuses
     from segbalance.pipeline import output_guard
 
-    output_guard.check_run_dir(paths["output_dir"])  # new, empty or an earlier run's: never a user's folder
+    output_guard.check_run_dir(paths["output_dir"], output_option)  # new, empty or an earlier run's: never a user's folder
     if config.data.dir is not None and "://" not in config.data.dir:
         check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
-                                  Path(paths["examples_dir"]))
+                                  Path(paths["examples_dir"]), output_option)
     parent = os.path.dirname(os.path.abspath(paths["output_dir"]))
     os.makedirs(parent, exist_ok=True)
     try:  # made by this call (not merely absent a moment ago: two runs may start on one new folder)
@@ -433,7 +434,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         created = False
     output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
     pipeline_started = False  # from then on the folder holds a run's artifacts and metadata: kept
-    with exclusive_run(paths["output_dir"]):  # one run per folder; a second is refused (exit 2)
+    with exclusive_run(paths["output_dir"], output_option):  # one run per folder; a second is refused (exit 2)
         from segbalance.pipeline import run_summary
 
         previous = run_summary.set_aside_summary(paths["output_dir"])  # never read as this run's
@@ -587,6 +588,15 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_main)
 
 
+def output_option(args) -> str:
+    """How messages name the output folder: ``--output-dir``, or the config file's ``output_dir``
+    when the folder came from there (a user told to "give another --output-dir" looked for a flag
+    they never used)."""
+    if args.output_dir is None and args.config is not None and "output_dir" in read_values(args.config):
+        return f"output_dir (in {args.config})"
+    return "--output-dir"
+
+
 def _main(args) -> int:
     from segbalance.pipeline.cli import error_line
 
@@ -601,7 +611,7 @@ def _main(args) -> int:
     for note in notes:
         print(f"config: note: {note}", flush=True)
     try:
-        summary = run_local(config, verbose=args.verbose, announce=True)
+        summary = run_local(config, verbose=args.verbose, announce=True, output_option=output_option(args))
     except ConfigError as exc:
         return error_line("segbalance run", str(exc), args)
     print_summary(summary)

@@ -29,6 +29,7 @@ def ws(tmp_path_factory):
     (root / "pipeline.yaml").write_text("pipelineInfo: {name: p}\nroot: {}\ndeploymentSpec: {}\n")  # a KFP package
     (root / "bad.yaml").write_text("training: [1\n")
     (root / "devices.yaml").write_text("training:\n  devices: [/gpu:7]\n")
+    (root / "user_output.yaml").write_text(f"output_dir: {root / 'user'}\n")  # the output folder from the config
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
     (root / "user" / "notes.txt").write_text("mine\n")
@@ -180,6 +181,10 @@ def _cases():
          "{w}/bad_labeled/labeled.json is not valid JSON: Expecting ',' delimiter at line 2, column 10"),
         ("run output is a file", ["run", "--data", "{w}/data", "--output-dir", "{w}/afile.txt"], "{w}/afile.txt"),
         ("run output is a user's folder", ["run", "--data", "{w}/data", "--output-dir", "{w}/user"], "{w}/user"),
+        # the message named a --output-dir flag the user never gave (note 28)
+        ("run output from the config is a user's folder", ["run", "--data", "{w}/data", "--config",
+                                                           "{w}/user_output.yaml"],
+         "output_dir (in {w}/user_output.yaml) {w}/user is not empty"),
         ("run output holds a user's report.html", ["run", "--data", "{w}/data", "--output-dir", "{w}/myreport"],
          "{w}/myreport is not empty and was not written by segbalance run"),
         ("run output holds metadata.sqlite and user files", ["run", "--data", "{w}/data", "--output-dir", "{w}/mydb"],
