@@ -1,4 +1,5 @@
 """trainer.losses against NumPy references, Keras built-ins, finite differences and edge cases."""
+import math
 import sys
 
 import numpy as np
@@ -279,6 +280,23 @@ def test_top_k_percent_pixels_keeps_the_hardest():
     k = int(np.ceil(0.25 * per_pixel.size))
     expected = np.sort(per_pixel)[-k:].mean()
     np.testing.assert_allclose(float(L.weighted_cross_entropy(y, z, top_k_percent_pixels=0.25)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p, pixels", [(0.3, 100), (0.15, 100), (0.6, 400), (0.3, 400), (0.5, 64), (0.07, 100)])
+def test_top_k_keeps_ceil_p_hw_pixels_without_float_rounding(p, pixels):
+    """QA 62: k was ceil(float32(p) * HW), and float32(0.3) * 100 = 30.000002 kept 31 pixels. Distinct
+    per-pixel losses, so the value tells k: the mean of the k largest (k = ceil(p HW) of the exact
+    decimal, computed with fractions). Eager and under XLA."""
+    from fractions import Fraction
+
+    k = math.ceil(Fraction(str(p)) * pixels)
+    y = np.zeros((1, 1, pixels), np.int32)
+    z = np.zeros((1, 1, pixels, 2), np.float32)
+    z[0, 0, :, 1] = np.linspace(5.0, -5.0, pixels)  # CE of class 0: softplus(z1), all different
+    per_pixel = np.sort(np.logaddexp(0.0, z[0, 0, :, 1].astype(np.float64)))[::-1]
+    top = lambda y, z: L.weighted_cross_entropy(y, z, top_k_percent_pixels=p)  # noqa: E731
+    np.testing.assert_allclose(float(top(y, z)), per_pixel[:k].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(tf.function(top, jit_compile=True)(y, z)), per_pixel[:k].mean(), rtol=1e-6)
 
 
 def test_top_k_keeps_exactly_k_pixels_when_weighted_losses_tie_at_zero():
@@ -770,6 +788,15 @@ def test_dice_term_is_marginal_only_when_asked():
     (lambda y, z, l: L.weighted_cross_entropy(y, z, fn_weights=[1.0, -2.0, 1, 1]), "fn_weights must be finite"),
     (lambda y, z, l: L.dice_loss(y, z, class_weights=tf.constant([1.0, 1, -1, 1])), "class_weights must be finite"),
     (lambda y, z, l: L.weighted_cross_entropy(y, z, top_k_percent_pixels=0.0), r"top_k_percent_pixels must be in \(0"),
+    # QA 62: a list where one number is expected failed in TensorFlow's broadcasting, naming nothing
+    (lambda y, z, l: L.focal_loss(y, z, gamma=[1.0, 2.0]), r"gamma must be one number, got shape \(2,\)"),
+    (lambda y, z, l: L.dice_loss(y, z, smooth=[1.0, 2.0]), r"smooth must be one number"),
+    (lambda y, z, l: L.tversky_loss(y, z, alpha=[0.3, 0.4]), r"alpha must be one number"),
+    # a scheme name belongs to the loss config: a bare TypeError before
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, class_weights="median_frequency"),
+     r"class_weights must be 4 numbers, got 'median_frequency': a scheme name is resolved by SegmentationLoss"),
+    # logits without the class axis were blamed on y_true, asking for an impossible shape
+    (lambda y, z, l: L.weighted_cross_entropy(y, z[..., 0]), r"logits has shape \(\d+, \d+, \d+\); expected \[B,H,W,C\]"),
 ])
 def test_out_of_range_arguments_are_refused_by_name(call, message):
     """What the config layer refuses, the functions refuse too (a negative Tversky alpha gave a negative loss)."""

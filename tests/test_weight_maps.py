@@ -173,3 +173,28 @@ def test_maps_run_under_xla_and_in_tf_data_and_feed_the_losses():
     per_pixel = -np.take_along_axis(logits - np.log(np.exp(logits).sum(-1, keepdims=True)), mask[..., None], -1)[..., 0]
     np.testing.assert_allclose(float(L.weighted_cross_entropy(mask, logits, pixel_weights=weights)),
                                (weights * per_pixel).sum() / mask.size, rtol=1e-5)
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda x, m: W.edge_weights(x, m, num_classes=3, image_weight=-3.0), "image_weight must be finite and >= 0"),
+    (lambda x, m: W.edge_weights(x, m, num_classes=3, boundary_weight=NAN), "boundary_weight must be finite"),
+    (lambda x, m: W.intensity_range_weights(x, [(0.0, 100.0, -2.0)]), "intensity range 0 weight must be finite"),
+    (lambda x, m: W.intensity_range_weights(x, [(0.0, 100.0, 2.0)], default=NAN), "default must be finite"),
+    (lambda x, m: W.feature_extractor_weights(x, lambda a: 2 * a - 3, strength=-5.0), "strength must be finite"),
+    (lambda x, m: W.unet_border_weights(m, w0=-10.0), "w0 must be finite and >= 0"),
+    (lambda x, m: W.unet_border_weights(m, w0=NAN), "w0 must be finite and >= 0"),
+    (lambda x, m: W.unet_border_weights(m, sigma=NAN), "sigma must be finite and > 0"),
+    (lambda x, m: W.unet_border_weights(m, sigma=[1.0, 2.0]), "sigma must be one number"),
+    (lambda x, m: W.unet_border_weights(m, class_weights=[1.0, -1.0, 1.0]), "class_weights must be finite and >= 0"),
+])
+def test_weight_parameters_that_would_make_a_negative_or_nan_map_are_refused(build, message):
+    """QA 62: each of these returned a map with negative or NaN weights, which a traced training step
+    (model.fit) uses without a check (a negative weight turns descent into ascent on its pixels)."""
+    x = images(3, b=1, h=8, w=8)
+    mask = np.zeros((1, 8, 8), int)
+    mask[0, 1:3, 1:3], mask[0, 5:7, 5:7] = 1, 2
+    with pytest.raises(ValueError, match=message):
+        build(x, mask)

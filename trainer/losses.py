@@ -117,6 +117,14 @@ def check_non_negative(**values) -> None:
             raise ValueError(f"{name} must be finite and >= 0, got {_shown(array)}")
 
 
+def check_scalar(**values) -> None:
+    """ValueError naming the first argument that is not one number (a list where a number is
+    expected failed in TensorFlow's broadcasting, naming no argument: QA 62)."""
+    for name, value in values.items():
+        if value is not None and len(getattr(value, "shape", np.shape(value))) != 0:
+            raise ValueError(f"{name} must be one number, got shape {tuple(np.shape(value))}")
+
+
 def check_in_range(name: str, value, low: float, high: float, low_open: bool = False,
                    high_open: bool = False) -> None:
     """ValueError naming ``name`` when its (known) value lies outside the interval."""
@@ -180,6 +188,9 @@ def prepare(y_true, logits, ignore_index: int = DEFAULT_IGNORE_INDEX):
     turn into an infinite per-pixel loss whose product with weight 0 is NaN.
     """
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
+    if len(logits.shape) != 4:  # blamed on y_true before, asking for an impossible shape (QA 62)
+        raise ValueError(f"logits has shape {tuple(logits.shape)}; expected [B,H,W,C] (one score per class, "
+                         f"the last axis)")
     y_true = ops.convert_to_tensor(y_true)
     if "float" in str(y_true.dtype):
         _check_whole_ids(y_true)
@@ -210,6 +221,9 @@ def _ratio(num, den, empty: float):
 
 def _class_vector(values, num_classes: int, name: str):
     """values as float32 [C]; ValueError when its (static) length is not C."""
+    if isinstance(values, (str, bytes)):  # a scheme name is the loss config's (a bare TypeError: QA 62)
+        raise ValueError(f"{name} must be {num_classes} numbers, got {values!r}: a scheme name is resolved by "
+                         f"SegmentationLoss(config, pixel_counts=...) or class_weights.compute_class_weights")
     vector = ops.convert_to_tensor(values, dtype="float32")
     if len(vector.shape) != 1 or (vector.shape[0] is not None and int(vector.shape[0]) != num_classes):
         raise ValueError(f"{name} must have one value per class ({num_classes}), got shape {tuple(vector.shape)}")
@@ -291,7 +305,9 @@ def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
     if top_k_percent_pixels < 1.0:
         # the image size from the tensor, not its static shape: a training step traces with [B, None, None]
         pixels = math.prod(ops.shape(weighted)[1:])
-        k = ops.maximum(1, ops.cast(ops.ceil(top_k_percent_pixels * ops.cast(pixels, "float32")), "int32"))
+        # p H W to a relative 1e-6 first: float32(0.3) * 100 is 30.000002, whose ceiling kept 31 (QA 62)
+        k = ops.maximum(1, ops.cast(ops.ceil(ops.cast(pixels, "float32") * (top_k_percent_pixels * (1.0 - 1e-6))),
+                                    "int32"))
         flat = ops.reshape(weighted, (-1, pixels))
         flat_valid = ops.reshape(valid, (-1, pixels))
         # exactly k pixels per image: ignored pixels last (score -1 < any loss), ties at the k-th value
@@ -353,6 +369,7 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore
     gamma = 0 is cross entropy (the same fused kernel as ``weighted_cross_entropy``: equal values and
     gradients); for gamma > 0 see ``_focal_terms`` (finite gradients for 0 < gamma < 1 too).
     """
+    check_scalar(gamma=gamma)
     check_non_negative(gamma=gamma, alpha=alpha)
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     if isinstance(gamma, (int, float)) and float(gamma) == 0.0:
@@ -462,6 +479,7 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
     rescaled to mean 1 as in the region losses, so the value is in [0, 1) and does not depend
     on the weights' scale; images without annotated foreground are skipped).
     """
+    check_scalar(smooth=smooth)
     check_non_negative(smooth=smooth)
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     labeled_mask = _labeled_mask(labeled, c, logits.shape[0])  # [B,1,1,C]
@@ -551,6 +569,7 @@ def dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAULT_IGNORE_IN
     counted against that class (in the plain form it is a false positive wherever the mask says
     background). With every class labelled it equals the plain form.
     """
+    check_scalar(smooth=smooth)
     check_non_negative(smooth=smooth)
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights, labeled)
     dice = _ratio(2.0 * inter + smooth, pred + truth + smooth, 1.0)
@@ -571,6 +590,7 @@ def generalized_dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAU
     false positives (P_c) still count in the denominator. ``class_weights`` replaces w_c.
     With ``s = 0`` and a zero denominator (no valid pixel) the score is 1: loss 0, zero gradient.
     """
+    check_scalar(smooth=smooth)
     check_non_negative(smooth=smooth)
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     if class_weights is None:
@@ -594,6 +614,7 @@ def tversky_loss(y_true, logits, alpha=0.5, beta=0.5, class_weights=None, ignore
     and ``beta`` to false positives (the reverse of its docstring); ours follow the paper.
     A zero denominator (``s = 0``, nothing in the class) scores 1, as in ``dice_loss``.
     """
+    check_scalar(alpha=alpha, beta=beta, smooth=smooth)
     check_non_negative(alpha=alpha, beta=beta, smooth=smooth)
     tp, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     fp = pred - tp
