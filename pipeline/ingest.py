@@ -73,7 +73,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segbalance.contract import CLASS_NAMES_FILE, MAX_CLASSES, UserError, ignore_index_problem, source_id_of
+from segbalance.contract import (CLASS_NAMES_FILE, MAX_CLASSES, REFERENCE_MASKS_FOLDER, UserError, ignore_index_problem,
+                                 source_id_of)
 from segbalance.pipeline import output_guard
 from segbalance.trainer import example_codec as codec
 
@@ -85,7 +86,7 @@ LOSSLESS_MASK_FORMATS = ("PNG", "BMP", "TIFF")  # PIL format names
 REPORT_NAME = "ingest_report.json"
 # what ingest writes into TARGET (and the marker), and the class names `run` keeps beside a span's records
 # (QA 59: `ingest --overwrite` refused every span run had ingested)
-OWNED = ("data-*-of-*.tfrecord", REPORT_NAME, CLASS_NAMES_FILE)
+OWNED = ("data-*-of-*.tfrecord", REPORT_NAME, CLASS_NAMES_FILE, REFERENCE_MASKS_FOLDER, f".{REFERENCE_MASKS_FOLDER}.*")
 TMP_PREFIX = ".segbalance-ingest-tmp-"  # hidden, no "Span-" and no "data-": no data glob matches
 OLD_PREFIX = ".segbalance-ingest-old-"
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord
@@ -146,6 +147,7 @@ class IngestOptions:
     labeled: Optional[Dict[str, List[int]]] = None
     groups: Optional[Dict[str, str]] = None  # source_id -> group (image/group_id)
     groups_source: str = "--groups"  # what messages call the groups (`segbalance run`: DIR/groups.json)
+    reference_masks: Optional[Path] = None  # complete masks (<stem>.png), kept in TARGET/reference_masks/
 
 
 @dataclass
@@ -163,6 +165,7 @@ class IngestResult:
     ignore_index: int = codec.DEFAULT_IGNORE_INDEX
     max_class_id: int = -1  # the largest class id in the written masks (ignore_index not counted; -1: none)
     masks_with_ignore: int = 0  # written masks holding ignore_index pixels
+    num_reference_masks: int = 0  # complete masks kept for evaluation (--reference-masks)
 
     def report(self) -> dict:
         return {
@@ -179,6 +182,7 @@ class IngestResult:
             "ignore_index": self.ignore_index,
             "max_class_id": self.max_class_id,
             "masks_with_ignore": self.masks_with_ignore,
+            "num_reference_masks": self.num_reference_masks,
             "bad": self.bad,
             "written": self.written,
             "labeled_unmatched": self.labeled_unmatched,
@@ -786,6 +790,11 @@ def ingest(
             print(f"ingest: warning: {len(result.groups_unmatched)} {options.groups_source} stems match no image file "
                   f"in {images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
 
+    if options.reference_masks is not None:  # unusable ones are named before anything is written
+        from segbalance.pipeline.reference_masks import check_reference_masks
+
+        check_reference_masks(Path(options.reference_masks), options.num_classes or MAX_CLASSES + 1,
+                              options.ignore_index, images_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -827,6 +836,11 @@ def ingest(
             error = IngestError(f"{problem}; report: {report_path}")
             error.codes = frozenset(b["code"] for b in result.bad)
             raise error
+        if options.reference_masks is not None:
+            from segbalance.pipeline.reference_masks import copy_reference_masks
+
+            result.num_reference_masks = copy_reference_masks(Path(options.reference_masks), result.written,
+                                                              tmp / REFERENCE_MASKS_FOLDER)
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
         output_guard.write_marker(tmp, "ingest", target=target.name, **(marker_extra or {}))
         if not overwrite and target.is_dir() and any(target.iterdir()):  # another command wrote it meanwhile
@@ -955,6 +969,9 @@ def add_parser(subparsers) -> None:
                         help='JSON [[r,g,b], ...] per class id, for RGB colour masks, or {"id": [r,g,b] or grey value} '
                              '(e.g. {"0": 0, "1": 255} for binary 0/255 masks; {"255": [224,224,192]}: a VOC border '
                              'colour as ignore)')
+    parser.add_argument("--reference-masks", metavar="DIR",
+                        help="complete masks (<stem>.png, e.g. masks_full/) kept with the records in "
+                             "TARGET/reference_masks/: `segbalance run` scores the eval images against them")
     parser.add_argument("--shards", type=int, default=1, help="output files, written in parallel (default 1)")
     parser.add_argument("--strict", action="store_true",
                         help="any bad pair, or a --labeled / --groups stem with no image, stops the command "
@@ -970,18 +987,24 @@ def _main(args) -> int:
         raise IngestError(f"--num-classes must be between 1 and {MAX_CLASSES} (masks are 8-bit), got "
                           f"{args.num_classes}; leave it out to read the class count from classes.json")
     num_classes = args.num_classes if args.num_classes is not None else infer_num_classes(Path(args.images_dir))
+    if args.reference_masks is not None and not Path(args.reference_masks).is_dir():
+        raise IngestError(f"--reference-masks {args.reference_masks} is not a folder: give the folder of complete "
+                          f"masks (<stem>.png), or leave the option out")
     options = IngestOptions(
         num_classes=num_classes,
         ignore_index=args.ignore_index,
         palette=load_palette(args.palette) if args.palette else None,
         labeled=load_labeled(args.labeled, num_classes) if args.labeled else None,
         groups=load_groups(args.groups) if args.groups else None,
+        reference_masks=Path(args.reference_masks) if args.reference_masks else None,
     )
     result = ingest(args.images_dir, args.masks_dir, args.output, args.span, options, args.shards,
                     args.overwrite, args.strict)
     unmatched = f", {len(result.labeled_unmatched)} --labeled stems without image" if result.labeled_unmatched else ""
+    references = (f", {result.num_reference_masks} reference masks" if args.reference_masks is not None else "")
     print(f"ingest: wrote {len(result.written)} records to {result.target} "
-          f"({len(result.bad)} bad{unmatched}, report {result.target / REPORT_NAME}, {time.time() - started:.1f}s)")
+          f"({len(result.bad)} bad{unmatched}{references}, report {result.target / REPORT_NAME}, "
+          f"{time.time() - started:.1f}s)")
     if result.num_classes is None and result.written:  # F6 (QA session 18): say that nothing checked the ids
         print(f"ingest: note: class ids were not checked (no classes.json beside {args.images_dir}, no "
               f"--num-classes); the largest id in the masks is {result.max_class_id} (recorded in the report): "

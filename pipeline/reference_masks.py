@@ -8,10 +8,13 @@ with what is wrong, before anything runs.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
-from segbalance.contract import UserError, source_id_of
+from segbalance.contract import REFERENCE_MASKS_FOLDER, UserError, source_id_of
 
 
 class ReferenceMaskError(UserError):
@@ -65,3 +68,50 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
             f"of class ids 0..{num_classes - 1} (ignore: {ignore_index}) the size of its image, or remove it "
             f"(that image is then scored against its own annotation)")
     return checked
+
+
+def copy_reference_masks(folder: Path, source_ids: Iterable[str], target: Path) -> int:
+    """Copy the reference masks of ``source_ids`` found in ``folder`` to ``target/<source_id>.png``
+    (made when one is found); the number copied. A span keeps them beside its records, so a later run
+    over the span folder (``run --data OUTPUT/data``, the scheduled run) scores its eval images
+    against the same truth as the run that ingested them."""
+    from segbalance.components.seg_evaluator import reference_lookup, reference_paths
+
+    find = reference_lookup(reference_paths(str(folder)))
+    copied = 0
+    for source_id in source_ids:
+        path = find(source_id)
+        if path is not None:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target / f"{source_id}.png")
+            copied += 1
+    return copied
+
+
+def sync_span_references(span_dir: Path, folder: Path) -> int:
+    """Make ``span_dir/reference_masks`` hold ``folder``'s masks of the span's records (its ingest
+    report's ``written``), replacing what it held in one rename; the number it holds. A span reused
+    when only the complete masks changed (they are not part of what makes a span new) gets them."""
+    report = span_dir / "ingest_report.json"
+    written = json.loads(report.read_text()).get("written", []) if report.is_file() else []
+    staging = span_dir / f".{REFERENCE_MASKS_FOLDER}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    count = copy_reference_masks(folder, written, staging)
+    target = span_dir / REFERENCE_MASKS_FOLDER
+    if count and target.is_dir() and _same_files(staging, target):
+        shutil.rmtree(staging)
+        return count
+    old = span_dir / f".{REFERENCE_MASKS_FOLDER}.old-{os.getpid()}"
+    if target.is_dir():
+        target.rename(old)
+    if count:
+        staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return count
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+

@@ -158,9 +158,16 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     # unchanged data is reused, also when only its groups changed and the split does not use them: ingesting
     # the same images again made a window train on them twice (a split by group needs the new group ids)
     regrouped = recorded.get("fingerprint") != fingerprint
+    full = source / "masks_full"  # complete masks: kept with the span, so later runs over it score against them
+    full = full if config.data.reference_masks_dir is None and full.is_dir() else None
     if spans and (not regrouped or (recorded.get("plain_fingerprint") == plain_fingerprint
                                     and (groups is None or config.data.split_by == "record"))):
         print(f"ingest: {source} unchanged, reusing {examples_dir / f'Span-{spans[-1]}'}", flush=True)
+        if full is not None:  # they may have changed (or be new: spans of earlier versions kept none)
+            from segbalance.pipeline.reference_masks import check_reference_masks, sync_span_references
+
+            check_reference_masks(full, config.num_classes, config.classes.ignore_index, source / "images")
+            sync_span_references(examples_dir / f"Span-{spans[-1]}", full)
         if regrouped and groups is not None:  # the span keeps its records: a window must not train on them twice
             earlier = recorded.get("with_groups")
             print(f"ingest: note: {examples_dir / f'Span-{spans[-1]}'} was ingested before {groups_file} "
@@ -191,7 +198,8 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                                options=ingest.IngestOptions(num_classes=config.num_classes,
                                                             ignore_index=config.classes.ignore_index,
                                                             labeled=labeled, groups=groups,
-                                                            groups_source=str(groups_file)),
+                                                            groups_source=str(groups_file),
+                                                            reference_masks=full),
                                marker_extra={SOURCE_KEY: recorded})
     except ingest.IngestError as exc:
         if "ungrouped_images" in exc.codes and config.data.split_by == "record":
@@ -345,31 +353,41 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     for folder in (source, Path(paths["examples_dir"])):  # a span a killed `ingest --overwrite` moved aside
         clean_stale(folder)  # is put back before the latest span is chosen (else an older one was read)
     spans = any(source.glob("Span-*"))
-    if reference is None and not spans and (source / "masks_full").is_dir():
-        reference = str(source / "masks_full")
     if spans:
         spans_dir = source
     else:
         spans_dir = Path(paths["examples_dir"])
         span = ingest_as_next_span(config, source, spans_dir)  # first: its checks of the masks' ids say more
         keep_class_names(spans_dir / f"Span-{span}", config.classes.names)
+    if config.data.split_by == "group":  # every span read, also earlier spans of OUTPUT/data
+        check_span_groups(spans_dir, num_spans=config.data.num_spans)
+    read_dir = spans_dir
+    if config.data.num_spans > 1:
+        from segbalance.pipeline.spans import span_window
+
+        read_dir = Path(paths["output_dir"]) / "span_window"
+        used = span_window(spans_dir, config.data.num_spans, read_dir)
+        print(f"data: training on spans {used} of {spans_dir} (data.num_spans = {config.data.num_spans}), "
+              f"linked in {read_dir}", flush=True)
+    if reference is None:  # the complete masks the spans read keep (ingest --reference-masks, run of masks_full/)
+        reference = span_references(read_dir)
     if reference is not None and "://" not in reference:  # before any component runs
         from segbalance.pipeline.reference_masks import check_reference_masks
 
-        images = None if spans else source / "images"
-        count = check_reference_masks(Path(reference), config.num_classes, config.classes.ignore_index, images)
+        count = check_reference_masks(Path(reference), config.num_classes, config.classes.ignore_index)
         print(f"reference masks: {count} in {reference} (eval images with one are scored against it)", flush=True)
-    if config.data.split_by == "group":  # every span read, also earlier spans of OUTPUT/data
-        check_span_groups(spans_dir, num_spans=config.data.num_spans)
-    if config.data.num_spans == 1:
-        return str(spans_dir), reference
-    from segbalance.pipeline.spans import span_window
+    return str(read_dir), reference
 
-    window = Path(paths["output_dir"]) / "span_window"
-    used = span_window(spans_dir, config.data.num_spans, window)
-    print(f"data: training on spans {used} of {spans_dir} (data.num_spans = {config.data.num_spans}), "
-          f"linked in {window}", flush=True)
-    return str(window), reference
+
+def span_references(spans_dir: Path) -> Optional[str]:
+    """The reference masks kept with the latest span of ``spans_dir`` (a span window links those of
+    its spans there), or None."""
+    from segbalance.contract import REFERENCE_MASKS_FOLDER
+    from segbalance.pipeline.spans import list_spans
+
+    latest = list_spans(spans_dir)[-1:]
+    folder = spans_dir / f"Span-{latest[0]}" / REFERENCE_MASKS_FOLDER if latest else None
+    return str(folder) if folder is not None and folder.is_dir() else None
 
 
 def check_records_to_read(config: PipelineConfig, examples_dir: Path) -> None:

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import List
 
-from segbalance.contract import CLASS_NAMES_FILE
+from segbalance.contract import CLASS_NAMES_FILE, REFERENCE_MASKS_FOLDER
 
 SPAN_DIR = re.compile(r"^Span-(\d+)$")
 WINDOW_LINK = re.compile(r"^data-span(\d+)-")  # a window link's name: data-span<M>-<file of span M>
@@ -71,6 +71,13 @@ def span_window(examples_dir: Path, num_spans: int, window_dir: Path) -> List[in
     for span in chosen:
         for data_file in sorted((examples_dir / f"Span-{span}").glob("data-*")):
             os.symlink(data_file, target / f"data-span{span}-{data_file.name[len('data-'):]}")
+        # the spans' reference masks, in the window's latest span as run reads them (a later span's wins)
+        for reference in sorted((examples_dir / f"Span-{span}" / REFERENCE_MASKS_FOLDER).glob("*.png")):
+            link = target / REFERENCE_MASKS_FOLDER / reference.name
+            link.parent.mkdir(exist_ok=True)
+            if link.is_symlink():
+                link.unlink()
+            os.symlink(reference, link)
     # Swap in the complete window only: a crash before this leaves the previous window intact.
     old = window_dir.with_name(window_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

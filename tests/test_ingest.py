@@ -1060,3 +1060,37 @@ def test_shard_workers_end_with_a_killed_ingest(tmp_path):
         for pid in workers:  # the failing case's orphans
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_reference_masks_are_kept_with_the_records(tmp_path, capsys):
+    """--reference-masks DIR: the complete masks of the written records go to TARGET/reference_masks/
+    (where `segbalance run` finds them for every later run over the span); one of an image that is
+    not written stays out; unusable ones are refused before anything is written."""
+    pairs = _dataset(tmp_path, n=3)
+    full = tmp_path / "masks_full"
+    for stem, (_, mask) in pairs.items():
+        _write(full / f"{stem}.png", np.minimum(mask, 2))
+    _write(full / "orphan.png", np.zeros((12, 10), np.uint8))  # no image of that name
+    (tmp_path / "masks" / "img2.png").unlink()  # img2: an image without mask, not written
+    out = tmp_path / "out"
+    assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "1",
+                     "--num-classes", "3", "--reference-masks", str(full)]) == 0
+    kept = out / "Span-1" / "reference_masks"
+    assert sorted(p.name for p in kept.iterdir()) == ["img0.png", "img1.png"]
+    assert all((kept / n).read_bytes() == (full / n).read_bytes() for n in ("img0.png", "img1.png"))
+    assert _report(out / "Span-1")["num_reference_masks"] == 2
+    assert "2 reference masks" in capsys.readouterr().out
+    # the span is ingest's own, reference masks and all: --overwrite replaces it
+    assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "1",
+                     "--num-classes", "3", "--overwrite"]) == 0
+    assert not kept.exists()
+    capsys.readouterr()
+    # a reference mask of another size than its image: named, nothing written
+    _write(full / "img0.png", np.zeros((5, 5), np.uint8))
+    assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "2",
+                     "--num-classes", "3", "--reference-masks", str(full)]) == 2
+    err = capsys.readouterr().err
+    assert "img0.png is 5x5 pixels, its image 10x12" in err and not (out / "Span-2").exists()
+    assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "2",
+                     "--reference-masks", str(tmp_path / "nope")]) == 2
+    assert f"--reference-masks {tmp_path / 'nope'} is not a folder" in capsys.readouterr().err

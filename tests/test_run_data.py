@@ -39,6 +39,57 @@ def _written(span_dir: Path) -> list:
     return json.loads((span_dir / "ingest_report.json").read_text())["written"]
 
 
+def _same_pngs(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.glob("*.png"))
+    return names == sorted(p.name for p in b.glob("*.png")) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def test_the_complete_masks_stay_with_the_span_for_later_runs_over_the_span_folder(tmp_path, capsys):
+    """QA 63: `run --data NEW` scored against NEW/masks_full, and the scheduled `run --data OUTPUT/data`
+    that followed, over the same span, against the partial annotations: the same model was not
+    blessed (mIoU 0.39 on complete masks), then blessed and pushed (0.57 on annotation masks). The
+    span keeps copies of its records' complete masks; every later run over the span reads them, a
+    span window links its spans' (a later span's copy wins); a reused span takes corrected ones."""
+    out = tmp_path / "out"
+    paths = local_paths(str(out))
+    first = _raw(tmp_path / "first", seed=1, num_images=4, prefix="a_")
+    second = _raw(tmp_path / "second", seed=2, num_images=3, prefix="b_")
+    data = out / "data"
+    for source in (first, second):
+        prepare_data(config_from_dict({"data": {"dir": str(source)}, "output_dir": str(out)}), paths)
+    assert list_spans(data) == [0, 1]
+    assert _same_pngs(data / "Span-0" / "reference_masks", first / "masks_full")
+    assert json.loads((data / "Span-1" / "ingest_report.json").read_text())["num_reference_masks"] == 3
+    capsys.readouterr()
+    # the scheduled run: the span folder itself
+    examples_dir, reference = prepare_data(config_from_dict({"data": {"dir": str(data)}, "output_dir": str(out)}),
+                                           paths)
+    assert examples_dir == str(data) and reference == str(data / "Span-1" / "reference_masks")
+    assert f"reference masks: 3 in {reference}" in capsys.readouterr().out
+    # a window of both spans: every eval image of the window has its reference
+    window_config = config_from_dict({"data": {"dir": str(data), "num_spans": 2}, "output_dir": str(out)})
+    examples_dir, reference = prepare_data(window_config, paths)
+    linked = Path(reference)
+    assert linked.parent.parent == out / "span_window"
+    assert sorted(p.name for p in linked.iterdir()) == sorted(
+        [p.name for p in (first / "masks_full").iterdir()] + [p.name for p in (second / "masks_full").iterdir()])
+    assert all((linked / p.name).read_bytes() == p.read_bytes() for p in (first / "masks_full").iterdir())
+    # a config's reference_masks_dir still wins
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    _, reference = prepare_data(config_from_dict({"data": {"dir": str(data), "reference_masks_dir": str(mine)},
+                                                  "output_dir": str(out)}), paths)
+    assert reference == str(mine)
+    # corrected complete masks of unchanged data: the span is reused and takes them
+    corrected = sorted((second / "masks_full").glob("*.png"))[0]
+    corrected.write_bytes(encode_png(np.zeros((16, 16), np.uint8)))
+    _, reference = prepare_data(config_from_dict({"data": {"dir": str(second)}, "output_dir": str(out)}), paths)
+    assert list_spans(data) == [0, 1] and reference == str(data / "Span-1" / "reference_masks")
+    assert _same_pngs(data / "Span-1" / "reference_masks", second / "masks_full")
+    assert not [p for p in (data / "Span-1").iterdir() if p.name.startswith(".reference_masks")]
+
+
 def test_next_span_is_one_above_every_span_folder(tmp_path):
     assert next_span(tmp_path / "missing") == 0 and list_spans(tmp_path / "missing") == []
     (tmp_path / "Span-2").mkdir()
@@ -62,7 +113,9 @@ def test_fresh_data_becomes_the_next_span_and_is_what_run_reads(tmp_path, capsys
     examples_dir, reference = prepare_data(config, paths)
     printed = capsys.readouterr().out
     data = out / "data"
-    assert examples_dir == str(data) and reference == str(new / "masks_full")
+    # the complete masks stay with the span (copies of masks_full/ for its records)
+    assert examples_dir == str(data) and reference == str(data / "Span-3" / "reference_masks")
+    assert _same_pngs(data / "Span-3" / "reference_masks", new / "masks_full")
     assert list_spans(data) == [2, 3]  # the latest span, the one ImportExampleGen reads, is the new data
     assert _written(data / "Span-3") == sorted(p.stem for p in (new / "images").iterdir())
     assert _written(data / "Span-2") == sorted(p.stem for p in (old / "images").iterdir())  # untouched
@@ -87,8 +140,9 @@ def test_fresh_data_becomes_the_next_span_and_is_what_run_reads(tmp_path, capsys
     windowed = config_from_dict({"data": {"dir": str(new), "num_spans": 2}, "output_dir": str(out)})
     window, _ = prepare_data(windowed, paths)
     assert window == str(out / "span_window") and list_spans(data) == [2, 3, 4, 5, 6]
-    links = sorted(p.name for p in (out / "span_window" / "Span-6").iterdir())
+    links = sorted(p.name for p in (out / "span_window" / "Span-6").glob("data-*"))
     assert [n.split("-")[1] for n in links] == ["span5", "span6"]
+    assert sorted(p.name for p in (out / "span_window" / "Span-6").iterdir()) == links + ["reference_masks"]
 
 
 def test_a_span_a_killed_ingest_moved_aside_is_restored_before_run_picks_the_latest(tmp_path, capsys):

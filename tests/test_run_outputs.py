@@ -175,7 +175,7 @@ def test_the_exit_status_tells_a_scheduler_that_the_drift_gate_blocked(tmp_path,
         summary = {"seconds": 1, "output_dir": str(tmp_path), "metadata": "m.sqlite", "log": "run.log"}
         if drift is not None:
             summary["drift"] = dict(drift, report=str(tmp_path / "drift.json"))
-        monkeypatch.setattr(run, "run_local", lambda config, verbose=False, announce=False, _s=summary: _s)
+        monkeypatch.setattr(run, "run_local", lambda config, verbose=False, announce=False, _s=summary, **_: _s)
         assert cli.main(["run", "--output-dir", str(tmp_path / "out")]) == code, drift
         printed = capsys.readouterr().out
         if line is None:

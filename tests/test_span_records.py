@@ -254,7 +254,7 @@ def test_a_run_refused_by_another_run_s_lock_leaves_the_folder(tmp_path, monkeyp
     from segbalance.pipeline import output_guard, run as run_module
 
     @contextlib.contextmanager
-    def held_by_another(folder):
+    def held_by_another(folder, option="--output-dir"):
         raise output_guard.OutputError(f"{folder} is in use by another segbalance run")
         yield
 
