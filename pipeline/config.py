@@ -203,9 +203,13 @@ def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[st
     (``training.loss.class_weights``, ``fn_weights``, ...) are then checked against the data's classes,
     not the default four."""
     classes, data = values.get("classes", {}), values.get("data", {})
-    if not isinstance(classes, dict) or "names" in classes or not isinstance(data, dict):
+    if not isinstance(classes, dict) or not isinstance(data, dict):
         return
     directory = data.get("dir")
+    if "names" in classes:
+        if directory is None and sample_names is not None:
+            check_sample_names(classes["names"], data.get("sample", {}), sample_names)
+        return
     if isinstance(directory, str) and "://" not in directory:
         from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
 
@@ -226,22 +230,58 @@ def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[st
         values["classes"] = {**classes, "names": names}
 
 
+def check_sample_names(names, sample, sample_names: Callable[[str], List[str]]) -> None:
+    """A local run without ``data.dir`` trains on sample data, whose classes are the sample kind's:
+    other ``classes.names`` are a ConfigError now (QA 63: `config validate` said valid, and `run` wrote
+    the sample data, then blamed the sample's own classes.json)."""
+    kind = sample.get("kind", "shapes") if isinstance(sample, dict) else None
+    if not isinstance(kind, str) or kind not in SAMPLE_KINDS:
+        return  # the schema's error
+    try:
+        expected = sample_names(kind)
+    except UserError:  # its package archive is not in the cache: the run says what to fetch
+        return
+    # shapes' names are the defaults: a user may rename them, not change their number (`run` adopts
+    # another kind's names and refuses different ones, after writing the sample: refused here first)
+    if (len(names) != len(expected)) if kind == "shapes" else (names != expected):
+        raise ConfigError(f"classes.names: {names} are not the classes of the {kind} sample data {expected}, "
+                          f"which a run without data.dir trains on: remove classes.names, or set data.dir to your "
+                          f"own data")
+
+
 def replaced_loss_defaults(values: dict, config: PipelineConfig) -> List[str]:
     """A note when ``training.loss`` (given as a whole, unlike the other sections, which merge
     field by field) leaves out default-loss fields whose value it thereby changes; [] otherwise."""
-    from segbalance.trainer.loss_config import default_training_loss
+    from segbalance.trainer.loss_config import TERMS, default_training_loss, unread_fields
 
     training = values.get("training")
     loss = training.get("loss") if isinstance(training, dict) else None
     if not isinstance(loss, dict):
         return []
     default, yours = to_dict(default_training_loss()), to_dict(config.training.loss)
-    dropped = [f"{key}: {yours[key]} (default {default[key]})" for key in default
-               if key != "terms" and key not in loss and yours.get(key) != default[key]]
+    term_types = [type(term) for term in config.training.loss.terms]
+    shown = lambda value: "null" if value is None else value  # noqa: E731 (as YAML writes it)
+    dropped, keepable = [], []
+    for key in default:
+        if key == "terms" or key in loss or yours.get(key) == default[key]:
+            continue
+        # a default this loss cannot take is not one to give (QA 63: validation then refused it)
+        if unread_fields({key: default[key]}, term_types):
+            readers = ", ".join(t.TYPE for t in TERMS.values() if key in t.USES)
+            why = f"only {readers} terms read it" + ("; a dice term takes marginal: true"
+                                                    if key == "missing_labels" else "")
+        elif key == "class_weight_decay_epochs" and (
+                unread_fields({"class_weights": default["class_weights"]}, term_types)
+                or ("class_weights" in loss and yours.get("class_weights") in (None, "uniform"))):
+            why = "it decays class weights, which this loss has none of"
+        else:
+            why = None
+            keepable.append(key)
+        dropped.append(f"{key}: {shown(yours[key])} (default {shown(default[key])}{': ' + why if why else ''})")
     if not dropped:
         return []
-    return [f"training.loss replaces the default loss as a whole: {'; '.join(dropped)}; give "
-            f"{' and '.join(d.split(':')[0] for d in dropped)} in training.loss to keep the default"]
+    keep = (f"; give {' and '.join(keepable)} in training.loss to keep the default" if keepable else "")
+    return [f"training.loss replaces the default loss as a whole: {'; '.join(dropped)}{keep}"]
 
 
 def read_values(path) -> dict:

@@ -790,11 +790,6 @@ def ingest(
             print(f"ingest: warning: {len(result.groups_unmatched)} {options.groups_source} stems match no image file "
                   f"in {images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
 
-    if options.reference_masks is not None:  # unusable ones are named before anything is written
-        from segbalance.pipeline.reference_masks import check_reference_masks
-
-        check_reference_masks(Path(options.reference_masks), options.num_classes or MAX_CLASSES + 1,
-                              options.ignore_index, images_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -836,9 +831,12 @@ def ingest(
             error = IngestError(f"{problem}; report: {report_path}")
             error.codes = frozenset(b["code"] for b in result.bad)
             raise error
-        if options.reference_masks is not None:
-            from segbalance.pipeline.reference_masks import copy_reference_masks
+        if options.reference_masks is not None:  # unusable ones are named before anything is in place (after
+            # the masks' own checks, which say more: a class count too small shows in both)
+            from segbalance.pipeline.reference_masks import check_reference_masks, copy_reference_masks
 
+            check_reference_masks(Path(options.reference_masks), options.num_classes or MAX_CLASSES + 1,
+                                  options.ignore_index, images_dir)
             result.num_reference_masks = copy_reference_masks(Path(options.reference_masks), result.written,
                                                               tmp / REFERENCE_MASKS_FOLDER)
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))

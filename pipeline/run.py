@@ -66,7 +66,7 @@ def check_data_folder(source: Path) -> None:
     """Refuse a data folder that `run` cannot train on, before anything is written: IngestError
     naming the folder and what to put there."""
     from segbalance.pipeline.ingest import IMAGE_SUFFIXES, MASK_SUFFIXES, IngestError
-    from segbalance.pipeline.spans import list_spans
+    from segbalance.pipeline.spans import list_spans, next_span
 
     if not source.is_dir():
         raise IngestError(f"data folder {source} does not exist or is not a folder; point --data at a folder "
@@ -77,10 +77,12 @@ def check_data_folder(source: Path) -> None:
                               f"`segbalance ingest IMAGES MASKS --output {source} --span N`")
         pairs = [sub for sub in ("images", "masks") if (source / sub).is_dir()]
         if pairs:  # which would it train on? Span-N/ (read as they are) and images/ (ingested) are two data sets
+            # (ingest refuses an --output that holds its inputs: the advice moves them out first, QA 63)
             raise IngestError(f"data folder {source} holds both Span-N/ folders and {' and '.join(pairs)}/: run would "
-                              f"read the spans and leave the image files unused; ingest them as the next span "
-                              f"(`segbalance ingest {source / 'images'} {source / 'masks'} --output {source} --span N`) "
-                              f"and move them out, or point --data at a folder with only one of the two")
+                              f"read the spans and leave the image files unused; move images/ and masks/ out of it "
+                              f"(to NEW/, say) and ingest them as its next span (`segbalance ingest NEW/images "
+                              f"NEW/masks --output {source} --span {next_span(source)}`), or point --data at a folder "
+                              f"with only one of the two")
         return
     for sub, suffixes, what in (("images", IMAGE_SUFFIXES, "image"), ("masks", MASK_SUFFIXES, "mask")):
         folder = source / sub
@@ -164,10 +166,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                                     and (groups is None or config.data.split_by == "record"))):
         print(f"ingest: {source} unchanged, reusing {examples_dir / f'Span-{spans[-1]}'}", flush=True)
         if full is not None:  # they may have changed (or be new: spans of earlier versions kept none)
-            from segbalance.pipeline.reference_masks import check_reference_masks, sync_span_references
-
-            check_reference_masks(full, config.num_classes, config.classes.ignore_index, source / "images")
-            sync_span_references(examples_dir / f"Span-{spans[-1]}", full)
+            keep_references(examples_dir / f"Span-{spans[-1]}", full, config, source / "images")
         if regrouped and groups is not None:  # the span keeps its records: a window must not train on them twice
             earlier = recorded.get("with_groups")
             print(f"ingest: note: {examples_dir / f'Span-{spans[-1]}'} was ingested before {groups_file} "
@@ -198,8 +197,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                                options=ingest.IngestOptions(num_classes=config.num_classes,
                                                             ignore_index=config.classes.ignore_index,
                                                             labeled=labeled, groups=groups,
-                                                            groups_source=str(groups_file),
-                                                            reference_masks=full),
+                                                            groups_source=str(groups_file)),
                                marker_extra={SOURCE_KEY: recorded})
     except ingest.IngestError as exc:
         if "ungrouped_images" in exc.codes and config.data.split_by == "record":
@@ -214,6 +212,12 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         raise ConfigError(
             f"classes.names lists {config.num_classes} classes but {len(out_of_range)} masks have larger class ids "
             f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); {add_names} (or fix those masks)")
+    if full is not None:  # checked after the masks' own ids, which say more (a class count too small shows in both)
+        try:
+            keep_references(result.target, full, config, source / "images")
+        except UserError:
+            shutil.rmtree(result.target)  # written by this call a moment ago: not a span of unusable references
+            raise
     held = (f"; {examples_dir} already held span{'s' if len(spans) > 1 else ''} {', '.join(map(str, spans))}, "
             f"so this data is the next span, the one this run reads") if spans else ""
     bad = f", {len(result.bad)} bad pairs skipped (listed in {result.target / ingest.REPORT_NAME})" if result.bad else ""
@@ -226,6 +230,16 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                   f"{', '.join(unmatched[:3])}); keys are image file stems (e.g. 'img_001' for images/img_001.png)",
                   flush=True)
     return span
+
+
+def keep_references(span_dir: Path, full: Path, config: PipelineConfig, images: Path) -> None:
+    """Copy ``full``'s complete masks of the span's records into ``span_dir/reference_masks`` (checked
+    first: ReferenceMaskError naming the unusable ones). A run killed before this reuses the span and
+    copies them then."""
+    from segbalance.pipeline.reference_masks import check_reference_masks, sync_span_references
+
+    check_reference_masks(full, config.num_classes, config.classes.ignore_index, images)
+    sync_span_references(span_dir, full)
 
 
 def adopt_class_names(config: PipelineConfig, names: list, origin: str, announce: bool = True) -> None:

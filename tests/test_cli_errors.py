@@ -30,6 +30,7 @@ def ws(tmp_path_factory):
     (root / "bad.yaml").write_text("training: [1\n")
     (root / "devices.yaml").write_text("training:\n  devices: [/gpu:7]\n")
     (root / "user_output.yaml").write_text(f"output_dir: {root / 'user'}\n")  # the output folder from the config
+    (root / "fewnames.yaml").write_text("classes: {names: [a, b]}\n")  # names for sample data of 4 classes
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
     (root / "user" / "notes.txt").write_text("mine\n")
@@ -181,6 +182,12 @@ def _cases():
          "{w}/bad_labeled/labeled.json is not valid JSON: Expecting ',' delimiter at line 2, column 10"),
         ("run output is a file", ["run", "--data", "{w}/data", "--output-dir", "{w}/afile.txt"], "{w}/afile.txt"),
         ("run output is a user's folder", ["run", "--data", "{w}/data", "--output-dir", "{w}/user"], "{w}/user"),
+        # QA 63: run wrote 240 sample images, then blamed the sample's own classes.json
+        ("run class names other than the sample's", ["run", "--config", "{w}/fewnames.yaml", "--output-dir",
+                                                     "{w}/new"],
+         "classes.names: ['a', 'b'] are not the classes of the shapes sample data"),
+        ("config validate class names other than the sample's", ["config", "validate", "{w}/fewnames.yaml"],
+         "classes.names: ['a', 'b'] are not the classes of the shapes sample data"),
         # the message named a --output-dir flag the user never gave (note 28)
         ("run output from the config is a user's folder", ["run", "--data", "{w}/data", "--config",
                                                            "{w}/user_output.yaml"],

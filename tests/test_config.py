@@ -494,8 +494,9 @@ def test_a_sample_kind_names_the_classes_before_the_file_is_checked(tmp_path, ca
     assert cli.main(["config", "validate", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training.loss.fn_weights: has 4 values for 21 classes" in err
-    write([1.0] * 4, classes={"names": ["bg", "a", "b", "c"]})  # the user's own names: run refuses them, as before
-    assert load_config(str(config), sample_names=sample_data.sample_class_names).classes.names == ["bg", "a", "b", "c"]
+    write([1.0] * 4, classes={"names": ["bg", "a", "b", "c"]})  # the user's own names: refused before the run
+    with pytest.raises(ConfigError, match=r"classes.names: \['bg', 'a', 'b', 'c'\] are not the classes of the voc"):
+        load_config(str(config), sample_names=sample_data.sample_class_names)  # (QA 63: run wrote the sample first)
     assert load_config(None, **{"data.dir": str(tmp_path / "voc")}).classes.names == voc  # --data: its classes.json
     monkeypatch.setenv(package_data.CACHE_ENV, str(tmp_path / "no-cache"))  # labelme's names are in its archive
     config.write_text(yaml.safe_dump({"data": {"sample": {"kind": "labelme"}}}))
@@ -551,8 +552,10 @@ def test_a_loss_that_leaves_out_default_fields_gets_a_note(tmp_path, capsys):
     assert config.training.loss.class_weights is None and config.training.loss.missing_labels is None
     (note,) = notes
     for key in ("class_weights", "class_weight_decay_epochs", "missing_labels"):
-        assert f"{key}: None (default {default[key]})" in note
+        assert f"{key}: null (default {default[key]})" in note  # as YAML says it (it printed None)
     assert note.startswith("training.loss replaces the default loss as a whole: ")
+    assert note.endswith("give class_weights and missing_labels and class_weight_decay_epochs in training.loss "
+                         "to keep the default")
     assert cli.main(["config", "validate", str(path)]) == 0
     captured = capsys.readouterr()
     assert captured.err == f"segbalance config validate: note: {note}\n" and "valid" in captured.out
@@ -563,6 +566,41 @@ def test_a_loss_that_leaves_out_default_fields_gets_a_note(tmp_path, capsys):
         notes = []
         load_config(str(path), notes)
         assert notes == [], body
+
+
+def test_the_loss_note_asks_only_for_defaults_the_loss_can_take(tmp_path, capsys):
+    """QA 63: a loss without a ce term was told to give missing_labels to keep the default, and
+    `config validate` then refused exactly that (no term reads it). Each field the note asks for,
+    given as the note says, validates; the others say why they cannot be kept."""
+    import yaml
+
+    from segbalance.trainer.loss_config import default_training_loss
+    from segbalance.trainer.typed_config import to_dict
+
+    default = to_dict(default_training_loss())
+    path = tmp_path / "c.yaml"
+    for loss, asked, refused in (
+            ({"terms": [{"type": "focal"}, {"type": "tversky"}], "class_weights": "effective_number"},
+             ["class_weight_decay_epochs"], {"missing_labels": "only ce terms read it; a dice term takes marginal"}),
+            ({"terms": [{"type": "dice"}]}, ["class_weights", "class_weight_decay_epochs"],
+             {"missing_labels": "only ce terms read it"}),
+            ({"terms": [{"type": "generalized_dice"}]}, [],
+             {"missing_labels": "only ce terms", "class_weights": "only ", "class_weight_decay_epochs":
+              "it decays class weights, which this loss has none of"}),
+            ({"terms": [{"type": "ce"}], "class_weights": None}, ["missing_labels"],
+             {"class_weight_decay_epochs": "it decays class weights"})):
+        path.write_text(yaml.safe_dump({"training": {"loss": loss}}))
+        notes = []
+        load_config(str(path), notes)
+        (note,) = notes
+        for key, why in refused.items():
+            assert f"{key}: null (default {default[key]}: {why}" in note, note
+        assert ("give " + " and ".join(asked) + " in training.loss to keep the default" in note) == bool(asked), note
+        path.write_text(yaml.safe_dump({"training": {"loss": {**loss, **{k: default[k] for k in asked}}}}))
+        notes = []
+        load_config(str(path), notes)  # what the note asks for is valid ...
+        assert notes == [] or all("give" not in n for n in notes), notes  # ... and asked for no more
+        assert cli.main(["config", "validate", str(path)]) == 0, capsys.readouterr().err
 
 
 def test_config_validate_notes_a_backbone_weights_file_that_is_not_there(tmp_path, capsys):

@@ -60,7 +60,7 @@ def test_the_complete_masks_stay_with_the_span_for_later_runs_over_the_span_fold
         prepare_data(config_from_dict({"data": {"dir": str(source)}, "output_dir": str(out)}), paths)
     assert list_spans(data) == [0, 1]
     assert _same_pngs(data / "Span-0" / "reference_masks", first / "masks_full")
-    assert json.loads((data / "Span-1" / "ingest_report.json").read_text())["num_reference_masks"] == 3
+    assert len(list((data / "Span-1" / "reference_masks").glob("*.png"))) == 3
     capsys.readouterr()
     # the scheduled run: the span folder itself
     examples_dir, reference = prepare_data(config_from_dict({"data": {"dir": str(data)}, "output_dir": str(out)}),
@@ -209,8 +209,20 @@ def test_a_data_folder_with_spans_and_image_files_is_refused(tmp_path, capsys):
     assert cli.main(["run", "--data", str(raw), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds both Span-N/ folders and images and masks/" in err
-    assert f"segbalance ingest {raw / 'images'} {raw / 'masks'} --output {raw} --span N" in err
     assert not out.exists()  # refused before anything was written
+    # the advice, followed literally, works (QA 63: it was an ingest into the folder holding its inputs,
+    # which ingest refuses)
+    advice = re.search(r"`segbalance ingest (NEW/images) (NEW/masks) --output (\S+) --span (\d+)`", err)
+    assert advice and advice.group(3) == str(raw) and advice.group(4) == "1", err
+    new = tmp_path / "NEW"
+    new.mkdir()
+    for sub in ("images", "masks"):
+        (raw / sub).rename(new / sub)
+    assert cli.main(["ingest", str(new / "images"), str(new / "masks"), "--output", advice.group(3), "--span",
+                     advice.group(4), "--num-classes", "4"]) == 0
+    from segbalance.pipeline.run import check_data_folder
+
+    check_data_folder(raw)  # accepted now
 
 
 def _run_cli(*args, timeout=300):
