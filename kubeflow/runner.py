@@ -156,9 +156,11 @@ def compile_pipeline(config: PipelineConfig, output: str, image: Optional[str], 
     config, changed = with_absolute_paths(config)
     for change in changed:
         print(f"compile-kfp: {change} (relative to this folder; the cluster must see that path)", flush=True)
-    if config.data.dir is None and config.data.sample != type(config.data.sample)():
-        print(f"compile-kfp: data.sample is for local runs and not compiled; the pipeline reads the spans in "
-              f"{examples_root(config, pipeline_root)} (segbalance ingest --span N)", flush=True)
+    if config.data.dir is None:  # said without a data.sample too (QA 63: where it read was nowhere said)
+        sample = ("data.sample is for local runs and not compiled; " if config.data.sample != type(config.data.sample)()
+                  else "no data.dir in the config: ")
+        print(f"compile-kfp: {sample}the pipeline reads the spans in {examples_root(config, pipeline_root)} "
+              f"(segbalance ingest --span N)", flush=True)
     if config.data.dir is None and config.data.sample.kind != "shapes" and \
             config.classes.names == type(config.classes)().names:  # QA 27: said of the data only
         print(f"compile-kfp: note: nor are the {config.data.sample.kind} sample's class names: the pipeline trains "

@@ -25,7 +25,7 @@ import signal
 import sys
 import traceback
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from segbalance.contract import UserError
 from segbalance.pipeline import stop_signals
@@ -149,9 +149,33 @@ def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
     return found
 
 
+# options whose value is itself a list of flags: ``--beam-args --runner=DirectRunner`` is taken as
+# ``--beam-args=--runner=DirectRunner`` (argparse reads a value starting with "-" as an option; QA 63)
+FLAG_VALUED_OPTIONS = ("--beam-args",)
+
+
+def join_flag_values(argv: Sequence[str]) -> List[str]:
+    """``argv`` with each FLAG_VALUED_OPTIONS option and a following value that starts with "-" joined by "="."""
+    joined: List[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in FLAG_VALUED_OPTIONS:
+            value = next(items, None)
+            if value is not None and value.startswith("-"):
+                joined.append(f"{item}={value}")
+                continue
+            joined.extend([item] if value is None else [item, value])
+            continue
+        joined.append(item)
+    return joined
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(join_flag_values(sys.argv[1:] if argv is None else argv))
+    if extra:  # named by the sub-command's parser (was the top level's, which has other options: QA 63)
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        (commands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -135,6 +135,12 @@ def _cases():
          "{w}/emptydir"),
         ("stats output is a file", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/afile.txt"],
          "{w}/afile.txt"),
+        # QA 63: one Beam flag as the value of --beam-args was an argparse error ("expected one argument")
+        ("stats beam-args one flag, misspelt", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output", "{w}/new",
+                                                "--beam-args", "--direct_num_workerz=2"],
+         "'--direct_num_workerz=2' is not an option of Beam's direct runner"),
+        # QA 63: an unknown option was the top-level parser's error, pointing at `segbalance --help`
+        ("run unknown option", ["run", "--bogus"], "unrecognized arguments: --bogus (see `segbalance run --help`)"),
         ("stats num-classes 0", ["stats", "{w}/afile.txt", "--num-classes", "0", "--output", "{w}/new"],
          "--num-classes"),
         ("stats ignore-index is a class", ["stats", "{w}/afile.txt", "--num-classes", "21", "--output", "{w}/new",
