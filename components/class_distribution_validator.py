@@ -38,13 +38,24 @@ from tfx.utils import io_utils
 
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import DriftConfig
-from segbalance.components.drift_baseline import (accepted_baseline, accepted_images, blocked_lines, held_back,
-                                                  judged_presence, new_images, still_blocked)
+from segbalance.components.drift_baseline import (accepted_baseline, accepted_images, blocked_lines, group_ids,
+                                                  held_back, judged_presence, new_images, still_blocked)
 from segbalance.components.drift_metrics import (ACTIONS, THRESHOLD_KEYS, aligned_counts, aligned_rows, compare,
                                                  drift_fields, sampling_limits, too_few_units)
 
 from segbalance.contract import BLOCKED_IMAGES_FILE, DRIFT_FILE, counted  # noqa: E402
 
+
+def ungrouped_note(accepted_groups, new_groups) -> Optional[str]:
+    """A note when the accepted images carry group ids and none of the new ones do: the gate then counts
+    each new image as a group of its own, so crops of a few scenes weigh as many (QA 63: the README's own
+    retraining step ingested a span without --groups after a run of grouped sample data)."""
+    if not accepted_groups or not any(g is not None for g in accepted_groups):
+        return None
+    if new_groups is None or all(g is None for g in new_groups):
+        return ("the accepted images have group ids and the new ones none: each new image counts as a group of "
+                "its own (ingest with --groups FILE.json, or give run --data a groups.json beside images/)")
+    return None
 
 class ClassDistributionValidatorSpec(ComponentSpec):
     PARAMETERS = {
@@ -104,7 +115,9 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         judged_drifted = bool(result["anomalies"])
         # a repeated first decision had nothing to compare with then: "(first run)" would be wrong now (QA 25)
         first_note = None if base.repeat and base.uri is None else result.get("note")
-        notes = [first_note, base.note, unsampled, too_few_units(limits)]
+        grouping = ungrouped_note(images[2] if images is not None else None,
+                                  None if window.judged_table is None else group_ids(window.judged_table))
+        notes = [first_note, base.note, unsampled, too_few_units(limits), grouping]
         if window.judged_images is not None and base.stats is not None:
             result["new_images"] = len(window.judged_images)  # judged; 0: the same data as the baseline's
         if judged is current and window.judged_images == [] and window.shared and base.stats is not None:
@@ -153,6 +166,8 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         output.set_string_custom_property("status", result["status"])
         output.set_string_custom_property("action", result["action"])
         detail = "; ".join(result["anomalies"]) or result.get("note", "within thresholds")
+        if result["anomalies"] and grouping:  # it bears on the decision: on the console too
+            detail += f"; note: {grouping}"
         chances = result.get("new_class_chances") or {}
         listed = [n for n, c in chances.items() if not c < result["thresholds"]["new_class_chance"]]
         if listed:  # new classes that did not block (likely enough by chance, or new_class_chance 0): said too

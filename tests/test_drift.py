@@ -882,6 +882,27 @@ def test_the_gate_says_when_too_few_accepted_groups_let_no_change_block(tmp_path
     assert not any("Jensen-Shannon" in a or "pixel frequency" in a for a in drift["anomalies"])
 
 
+def test_the_gate_says_when_new_images_have_no_groups_beside_grouped_accepted_ones(tmp_path):
+    """QA 63: a span ingested without --groups after a run of grouped data (the README's retraining step
+    after `make run`, whose sample data carries groups): each new image counts as a group of its own,
+    and nothing said so. A new span with groups, or accepted images without, gets no such note."""
+    rng = np.random.default_rng(5)
+    counts, _, labels = _grouped_population(rng, 12, 5, classes=3)
+    accepted = {f"a{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[:50])}
+    new = {f"n{i}": (tuple(int(v) for v in c), []) for i, c in enumerate(counts[50:60])}
+    grouped = {f"a{i}": str(g) for i, g in enumerate(labels[:50])}
+    note = "the accepted images have group ids and the new ones none: each new image counts as a group of its own"
+    for name, accepted_groups, new_groups, said in (
+            ("mixed", grouped, {}, True),  # the new table has the column, every value null
+            ("both", grouped, {f"n{i}": str(g) for i, g in enumerate(labels[50:60])}, False),
+            ("neither", {}, {}, False)):
+        w0 = _window_stats(tmp_path, f"{name}0", accepted, groups=accepted_groups)
+        first, _ = _gate(tmp_path, f"{name}g0", w0, [])
+        _, drift = _gate(tmp_path, f"{name}g1", _window_stats(tmp_path, f"{name}1", new, groups=new_groups), [w0],
+                         [first])
+        assert (note in (drift.get("note") or "")) is said, (name, drift.get("note"))
+
+
 def test_new_class_chance_of_hand_computed_cases():
     """C(m, k) / C(m + G, k): every unit holding a class the accepted ones never had falls among the new ones.
     One of 26 new images beside 600 accepted: 26 / 626 (likely: listed, no anomaly); five: about 8e-8 (an
