@@ -221,7 +221,37 @@ def held_back(previous_reports: List[types.Artifact]) -> Tuple[Dict[str, dict], 
             with fileio.open(path) as f:
                 images = [json.loads(line) for line in f.read().splitlines() if line]
             return {_key(image): image for image in images}, report.uri
+        blocked = blocked_by_old_report(report.uri)
+        if blocked:
+            return blocked, report.uri
     return {}, None
+
+
+def blocked_by_old_report(uri: str) -> Dict[str, dict]:
+    """{``_key``: image} of the images a blocked decision written before ``BLOCKED_IMAGES_FILE`` existed
+    (before 2026-12-05) judged: those of the ClassStats it judged (``current``) that its baseline's did
+    not count; {} for a decision that passed, or whose tables are gone. QA 61: the list was read from
+    the file only, so a span an older version blocked was trained on, pushed and accepted by the first
+    run after an upgrade (judged beside a normal span of its window, its shift diluted)."""
+    from segbalance.trainer.class_stats_io import read_class_stats, read_per_image
+
+    path = os.path.join(uri, DRIFT_FILE)
+    if not fileio.exists(path):
+        return {}
+    with fileio.open(path) as f:
+        judged = json.loads(f.read())
+    current, baseline = judged.get("current"), judged.get("baseline")
+    # a decision since the file came (with the vanished-class rule, 322ba35) wrote it when it held any image
+    written_since = "vanished_class_chance" in (judged.get("thresholds") or {})
+    if judged.get("status") != "blocked" or not current or written_since:
+        return {}
+    try:
+        of = lambda uri: _images(read_per_image(uri), read_class_stats(uri)["class_names"])  # noqa: E731
+        before = {_key(image) for image in of(baseline)} if baseline else set()
+        images = of(current)
+    except (OSError, ValueError, KeyError):  # tables deleted or unreadable: nothing known to hold back
+        return {}
+    return {_key(image): image for image in images if not _known(image, before)}
 
 
 def still_blocked(before: Dict[str, dict], held: List[dict], judged: List[dict], blocked: bool) -> Dict[str, dict]:

@@ -175,6 +175,12 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     if written_by(path) == "run":
         return True
     foreign = foreign_entries(path, RUN_OWNED)
+    if foreign and RUN_KEY_FILE in {p.name for p in path.iterdir()} and is_run_store(path / RUN_KEY_FILE):
+        # an earlier version's run directory (before markers): a new folder would lose its drift baseline,
+        # blessed models and served versions (QA 61: the message said to choose one)
+        raise OutputError(f"{option} {folder} is a run directory of an earlier segbalance, but it also holds "
+                          f"{_sample(foreign)}, which a run does not write: move that out of it and run again "
+                          f"(nothing was written or deleted)")
     if foreign:
         raise OutputError(f"{option} {folder} is not empty and is not a segbalance run directory: it holds "
                           f"{_sample(foreign)}; choose a new or empty folder (nothing was written or deleted)")

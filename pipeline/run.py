@@ -129,7 +129,10 @@ def _recorded_source(examples_dir: Path, span: int) -> dict:
     with contextlib.suppress(OSError):  # the span written again after the stamp (`ingest --overwrite`): not that data
         if marker.stat().st_mtime_ns > stamp_path.stat().st_mtime_ns:
             return {}
-    return stamp
+    # a stamp older than plain_fingerprint (4984419 and before): its fingerprint is the plain one where that
+    # run read no groups (else the grouped one, which `fingerprint` matches); QA 61: such a folder with a
+    # groups.json was ingested again as a new span, and a window trained on every image twice
+    return {"plain_fingerprint": stamp.get("fingerprint"), **stamp}
 
 
 def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path) -> int:

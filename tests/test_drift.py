@@ -882,6 +882,34 @@ def test_the_gate_says_when_too_few_accepted_groups_let_no_change_block(tmp_path
     assert not any("Jensen-Shannon" in a or "pixel frequency" in a for a in drift["anomalies"])
 
 
+def test_a_span_blocked_before_blocked_images_were_recorded_is_still_held_back(tmp_path):
+    """QA 61: a decision written before 2026-12-05 has no blocked_images.jsonl; the span it blocked, judged
+    after an upgrade beside a normal span of a data.num_spans window (its shift diluted), was trained on,
+    pushed and accepted. Its blocked images are now the images of the ClassStats it judged that its
+    baseline did not count; an old decision that passed holds nothing back."""
+    accepted = {f"a{i}": ((60, 38, 2), []) for i in range(20)}
+    drifted = {f"d{i}": ((60, 20, 20), []) for i in range(20)}
+    normal = {f"n{i}": ((60, 38, 2), []) for i in range(20)}
+    w0 = _window_stats(tmp_path, "w0", accepted)
+    first, _ = _gate(tmp_path, "g0", w0, [], thresholds=WINDOW)
+    w1 = _window_stats(tmp_path, "w1", {**accepted, **drifted})  # a window of the accepted span and the drifted one
+    blocked, drift = _gate(tmp_path, "g1", w1, [w0], [first], thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["blocked_images"] == 20
+    (tmp_path / "g1" / "blocked_images.jsonl").unlink()  # as an older version wrote it: no file, no vanished rule
+    old = json.loads((tmp_path / "g1" / "drift.json").read_text())
+    del old["thresholds"]["vanished_class_chance"]
+    (tmp_path / "g1" / "drift.json").write_text(json.dumps(old))
+    w2 = _window_stats(tmp_path, "w2", {**drifted, **normal})  # the next window: the blocked span beside a normal one
+    _, drift = _gate(tmp_path, "g2", w2, [w0], [blocked], thresholds=WINDOW)
+    assert drift["status"] == "blocked" and drift["held_back_images"] == 20, drift
+    assert "20 images the last gate blocked" in drift["anomalies"][-1]
+    # an old decision that passed: nothing held back
+    (tmp_path / "g0" / "blocked_images.jsonl").unlink(missing_ok=True)
+    _, drift = _gate(tmp_path, "g3", _window_stats(tmp_path, "w3", {**accepted, **normal}), [w0], [first],
+                     thresholds=WINDOW)
+    assert drift["status"] == "ok" and "held_back_images" not in drift, drift
+
+
 def test_the_gate_says_when_new_images_have_no_groups_beside_grouped_accepted_ones(tmp_path):
     """QA 63: a span ingested without --groups after a run of grouped data (the README's retraining step
     after `make run`, whose sample data carries groups): each new image counts as a group of its own,

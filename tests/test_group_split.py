@@ -252,6 +252,13 @@ def test_a_span_is_reused_from_its_own_marker(tmp_path):
     (data / FINGERPRINT_FILE).write_text(json.dumps({**recorded, "span": 5}))  # names another span: not this one
     prepare_data(_config(tmp_path, dir=str(folder)), paths)
     assert list_spans(data) == [0, 1, 2]
+    # QA 61: a stamp of 4984419 and before has no plain_fingerprint; that run read no groups.json, so its
+    # fingerprint is the plain one: the folder is the same data (it was ingested again as a new span)
+    output_guard.write_marker(data / "Span-2", "ingest", target="Span-2")
+    (data / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": recorded["plain_fingerprint"],
+                                                     "source": str(folder), "span": 2}))
+    prepare_data(_config(tmp_path, dir=str(folder)), paths)
+    assert list_spans(data) == [0, 1, 2]
 
 
 def test_compile_kfp_splits_by_group_and_checks_local_spans(tmp_path):

@@ -103,6 +103,12 @@ def test_another_pipeline_s_store_is_never_taken_for_a_run_directory(tmp_path, c
     assert is_run_store(ours / "metadata.sqlite") and check_run_dir(ours)
     (ours / "notes.sqlite").write_bytes(b"not a database at all")
     assert not is_run_store(ours / "notes.sqlite") and not is_run_store(tmp_path / "missing.sqlite")
+    # QA 61: with a user's file beside it, it was "not a segbalance run directory ... choose a new folder"
+    # (losing its drift baseline, blessed models, served versions): what to move out, instead
+    with pytest.raises(OutputError, match=rf"{ours} is a run directory of an earlier segbalance, but it also holds "
+                                          rf"notes.sqlite, which a run does not write: move that out of it"):
+        check_run_dir(ours)
+    (ours / "notes.sqlite").unlink()
     # a run killed mid-write left a journal: read only, SQLite cannot roll it back ("readonly database"), and
     # the run directory was refused as not a run's (QA 59); a copy is rolled back instead, the files untouched
     hot = tmp_path / "hot"
