@@ -43,6 +43,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -194,6 +195,17 @@ def _decoder_schema(keys=None) -> bytes:
     return schema.SerializeToString()
 
 
+@dataclass
+class Undecodable:
+    """A record the Example decoder refused: its error text (``str``) and its source id when readable."""
+
+    error: str
+    source_id: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.error
+
+
 class RecordDecoder:
     """tfx_bsl's batch decoder of serialized ``tf.train.Example`` into Arrow, limited to our 4 keys.
 
@@ -206,6 +218,7 @@ class RecordDecoder:
     def __init__(self):
         self._decoder = self._new()
         self._group_decoder = self._new((GROUP_KEY,))
+        self._id_decoder = self._new((SOURCE_ID_KEY,))
 
     @staticmethod
     def _new(keys=None):
@@ -233,13 +246,25 @@ class RecordDecoder:
         values = [_first(v) for v in batch.column(0).to_pylist()]
         return [v.decode("utf-8", "replace") if v is not None else None for v in values]
 
+    def _source_id(self, record: bytes) -> Optional[str]:
+        """``image/source_id`` of a record the full decoder refused (another key of the wrong type), read by
+        a decoder of its own; None when it is not readable either (QA 64: such a record was named by the
+        hash of its bytes although its id was there)."""
+        try:
+            value = _first(self._id_decoder.DecodeBatch([record]).column(0).to_pylist()[0])
+        except Exception:  # noqa: BLE001
+            self._id_decoder = self._new((SOURCE_ID_KEY,))
+            return None
+        return value.decode("utf-8", "replace") if value is not None else None
+
     def decode(self, serialized: Sequence[bytes]) -> List[object]:
-        """One ``RecordFields`` per record, or the decoder's error text for a record it cannot decode."""
+        """One ``RecordFields`` per record, or an ``Undecodable`` (the decoder's error text) for a record it
+        cannot decode."""
         try:
             batch = self._decode_batch(list(serialized))
         except Exception as exc:  # noqa: BLE001 (tfx_bsl raises RuntimeError with the status text)
             if len(serialized) == 1:
-                return [str(exc)]
+                return [Undecodable(str(exc), self._source_id(serialized[0]))]
             return [self.decode([s])[0] for s in serialized]
         columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
         out = []
@@ -263,6 +288,12 @@ def _first(values):
 def decode_records(decoder: RecordDecoder, serialized: Sequence[bytes]) -> List[object]:
     """``decoder.decode(serialized)``."""
     return decoder.decode(serialized)
+
+
+def plain_reason(exc: Exception) -> str:
+    """``exc``'s text without the object reprs PIL puts in (``<_io.BytesIO object at 0x7f...>``: the address
+    differs from run to run, so two runs over the same data wrote different quarantine files, QA 64)."""
+    return re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(exc)) or type(exc).__name__
 
 
 def _sha1_name(serialized: bytes) -> str:
@@ -309,7 +340,7 @@ def decode_mask_counts(data: bytes):
     except Quarantined:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise Quarantined("bad_mask", f"cannot decode mask: {exc}") from exc
+        raise Quarantined("bad_mask", f"cannot decode mask: {plain_reason(exc)}") from exc
 
 
 def check_bmp(data: bytes, mode: str) -> None:
@@ -372,7 +403,8 @@ def check_record(fields, serialized: bytes, split: str, options: "StatsOptions")
     """
     if not isinstance(fields, RecordFields):
         return beam.pvalue.TaggedOutput(QUARANTINE, {
-            "source_id": _sha1_name(serialized), "split": split, "kind": "not_an_example",
+            "source_id": getattr(fields, "source_id", None) or _sha1_name(serialized), "split": split,
+            "kind": "not_an_example",
             "reason": f"not a tf.train.Example: {fields}"})
     name = fields.source_id or _sha1_name(serialized)
     try:

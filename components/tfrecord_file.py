@@ -14,7 +14,7 @@ class TFRecordFileError(ValueError):
     """A file that is not a (complete) TFRecord file; the message says what is wrong and where.
 
     ``kind`` is ``truncated_header``, ``truncated`` (in the data), ``not_tfrecord`` or ``corrupt``;
-    ``index`` is the record it happened in."""
+    ``index`` is the record it happened in, from 0 (the message counts from 1: "record 2" is the second)."""
 
     def __init__(self, message: str, kind: str, index: int):
         super().__init__(message)
@@ -38,19 +38,21 @@ def iter_tfrecords(handle) -> Iterator[bytes]:
         if not head:
             return
         if len(head) < 12:
-            raise TFRecordFileError(f"truncated: record {index} (at byte {offset}) stops after {len(head)} bytes "
+            raise TFRecordFileError(f"truncated: record {index + 1} (at byte {offset}) stops after {len(head)} bytes "
                                     f"of its 12-byte header", "truncated_header", index)
         length, length_crc = struct.unpack("<QI", head)
         if _masked_crc(head[:8]) != length_crc:
-            raise TFRecordFileError(f"not a TFRecord file (bad length checksum of record {index} at byte {offset})",
+            raise TFRecordFileError(f"not a TFRecord file (bad length checksum of record {index + 1} at byte {offset})",
                                     "not_tfrecord", index)
         body = handle.read(length + 4)
-        if len(body) < length + 4:
-            raise TFRecordFileError(f"truncated: record {index} (at byte {offset}) has {max(0, len(body) - 4)} of "
-                                    f"its {length} bytes", "truncated", index)
+        if len(body) < length + 4:  # (QA 64: the count took 4 bytes off a payload cut short, as if its CRC was there)
+            held = (f"all {length} of its bytes but not its 4-byte checksum" if len(body) >= length
+                    else f"{len(body)} of its {length} bytes")
+            raise TFRecordFileError(f"truncated: record {index + 1} (at byte {offset}) has {held}", "truncated",
+                                    index)
         data = body[:length]
         if _masked_crc(data) != struct.unpack("<I", body[length:])[0]:
-            raise TFRecordFileError(f"corrupt: data checksum of record {index} (at byte {offset}) does not match",
+            raise TFRecordFileError(f"corrupt: data checksum of record {index + 1} (at byte {offset}) does not match",
                                     "corrupt", index)
         yield data
         index += 1

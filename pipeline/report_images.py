@@ -183,7 +183,7 @@ def iter_tfrecords(path: str) -> Iterator[bytes]:
             if exc.kind == "truncated_header":
                 raise ValueError(f"{path}: truncated after record {exc.index}") from None
             if exc.kind == "truncated":
-                raise ValueError(f"{path}: truncated in record {exc.index}") from None
+                raise ValueError(f"{path}: truncated in record {exc.index + 1}") from None  # counted from 1
             raise ValueError(f"{path}: {exc}") from None
 
 

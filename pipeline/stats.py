@@ -114,6 +114,8 @@ def _main(args) -> int:
             raise ValueError(f"--beam-args: {problem}")
         stats = run_class_stats({"all": pattern}, args.output, options, beam_args=beam_args)
     except (ValueError, ClassStatsError) as exc:
+        if created:  # the failed job leaves nothing empty behind (QA 64: files without records, every record
+            remove_empty_outputs(Path(args.output))  # quarantined: empty tables, an empty quarantine.jsonl)
         if created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
             shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind
         from segbalance.pipeline.cli import error_line
@@ -135,6 +137,22 @@ def _main(args) -> int:
         print(f"warning: {too_large} of {read} records have mask class ids >= --num-classes {args.num_classes} "
               f"(listed in {args.output}/quarantine.jsonl): is --num-classes too small?")
     return 0
+
+
+def remove_empty_outputs(folder: Path) -> None:
+    """Remove the per-image tables without rows and an empty quarantine list a failed job wrote in ``folder``
+    (a quarantine list with records stays: the error names it)."""
+    import pyarrow.parquet as pq
+
+    from segbalance.components import class_stats_beam as layout
+
+    for pattern in (f"{layout.PER_IMAGE_PREFIX}-*.parquet", f"{layout.UNCOUNTED_PER_IMAGE_PREFIX}-*.parquet"):
+        for table in folder.glob(pattern):
+            if pq.ParquetFile(table).metadata.num_rows == 0:
+                table.unlink()
+    quarantine = folder / layout.QUARANTINE_FILE
+    if quarantine.is_file() and quarantine.stat().st_size == 0:
+        quarantine.unlink()
 
 
 def repeated_source_ids(output: str) -> list:

@@ -360,7 +360,7 @@ def test_batches_with_a_bad_record_decode_the_rest(stats_run):
     records, _ = make_records(n=3)
     decoder = csb.make_decoder()
     fields = csb.decode_records(decoder, [records[0], b"\xff\xff\xff\xff", records[1]])
-    assert isinstance(fields[1], str) and "parse" in fields[1].lower()
+    assert isinstance(fields[1], csb.Undecodable) and "parse" in str(fields[1]).lower() and fields[1].source_id is None
     assert [f.source_id for f in (fields[0], fields[2])] == ["img0", "img1"]
     wrong_type = tf.train.Example.FromString(records[2])
     del wrong_type.features.feature[codec.LABELED_KEY].int64_list.value[:]
@@ -368,9 +368,12 @@ def test_batches_with_a_bad_record_decode_the_rest(stats_run):
     out = csb.image_row(wrong_type.SerializeToString(), "train", csb.StatsOptions(num_classes=C))
     assert out.tag == csb.QUARANTINE and out.value["kind"] == "not_an_example"
     assert "wrong type" in out.value["reason"]
+    assert out.value["source_id"] == "img2"  # QA 64: its id is readable; it was named by the hash of its bytes
+    garbage = csb.image_row(b"\xff\xff\xff\xff", "train", csb.StatsOptions(num_classes=C))
+    assert garbage.value["source_id"].startswith("sha1:")  # no id to read
     # tfx_bsl's decoder breaks after such an error: the same RecordDecoder must go on decoding
     fields = decoder.decode([wrong_type.SerializeToString(), records[0]])
-    assert "wrong type" in fields[0] and fields[1].source_id == "img0"
+    assert "wrong type" in str(fields[0]) and fields[1].source_id == "img0"
     assert [f.source_id for f in decoder.decode([records[1], records[2]])] == ["img1", "img2"]
 
 
@@ -493,6 +496,10 @@ def test_masks_tensorflow_rescales_or_refuses_are_quarantined():
             tf.io.decode_png(data, channels=1, dtype=tf.uint8)
         with pytest.raises(csb.Quarantined, match="cannot decode mask"):
             csb.decode_mask_counts(data)
+    # QA 64: PIL's reason held "<_io.BytesIO object at 0x7f...>", another address on every run
+    with pytest.raises(csb.Quarantined) as raised:
+        csb.decode_mask_counts(b"\x89PNG\r\n\x1a\nthis is not a png")
+    assert "object at 0x" not in str(raised.value) and str(raised.value).startswith("cannot decode mask: ")
 
 
 def test_a_group_id_of_another_type_costs_the_record_its_group_not_the_record():

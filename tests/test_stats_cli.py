@@ -309,7 +309,7 @@ def test_truncated_tfrecord_from_the_command_line_leaves_nothing_behind(tmp_path
     assert result.returncode == 2, result.stderr
     line = _one_error_line(result.stderr)
     last = len(records[5:]) - 1  # the cut hits the file's last record
-    assert line.startswith(f"segbalance stats: error: {cut}: truncated: record {last} "), line
+    assert line.startswith(f"segbalance stats: error: {cut}: truncated: record {last + 1} "), line  # from 1
     assert not out.exists()  # no beam-temp-*, no half-written layout, no folder of only our marker
 
 
@@ -428,3 +428,42 @@ def test_a_relative_glob_is_stored_absolute(stats_run, tmp_path, monkeypatch):
     inputs = _json.loads((tmp_path / "o" / "class_stats.json").read_text())["inputs"]
     recorded = list(inputs.values()) if isinstance(inputs, dict) else inputs
     assert recorded == [str(src / "data-*")]
+
+
+def test_a_failed_job_leaves_no_empty_tables_behind(tmp_path, capsys):
+    """QA 64: files without records left the folder with our marker, an empty per-image table (which
+    readers take for a valid empty one) and an empty quarantine.jsonl; with every record quarantined the
+    empty table stayed beside the quarantine list the error names."""
+    empty = tmp_path / "empty.tfrecord"
+    empty.write_bytes(b"")
+    out = tmp_path / "out_empty"
+    assert cli.main(["stats", str(empty), "--num-classes", "4", "--output", str(out)]) == 2
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    records, _ = make_records(n=12)
+    write_tfrecord(tmp_path / "allbad.tfrecord", records)  # with C = 1 every mask holds an id out of range
+    out = tmp_path / "out_bad"
+    code = cli.main(["stats", str(tmp_path / "allbad.tfrecord"), "--num-classes", "1", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "quarantine.jsonl" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [".segbalance.json", "quarantine.jsonl"]
+
+
+@pytest.mark.parametrize("kept, said", [(28, "has 28 of its"), ("all", "has all"), (0, "has 0 of its")])
+def test_a_truncated_record_is_counted_from_one_with_the_bytes_it_has(tmp_path, kept, said):
+    """QA 64: the count took the 4 CRC bytes off a payload cut short ("24 of its 580 bytes" for 28), and the
+    second record was "record 1" (from 0, not said)."""
+    from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords
+
+    records, _ = make_records(n=2)
+    path = tmp_path / "cut.tfrecord"
+    write_tfrecord(path, records)
+    first = 12 + len(records[0]) + 4
+    keep = len(records[1]) if kept == "all" else kept
+    path.write_bytes(path.read_bytes()[:first + 12 + keep])
+    with open(path, "rb") as handle, pytest.raises(TFRecordFileError) as raised:
+        list(iter_tfrecords(handle))
+    message = str(raised.value)
+    assert message.startswith(f"truncated: record 2 (at byte {first}) {said}"), message
+    if kept == "all":
+        assert f"all {len(records[1])} of its bytes but not its 4-byte checksum" in message
