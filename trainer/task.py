@@ -201,9 +201,11 @@ def run_fn(fn_args) -> None:
     others = other_backups(backup)
     if others:  # kept (a training of that config and data resumes from them; a concurrent one may be writing)
         size = sum(file_size for folder in others for file_size in _file_sizes(folder)) / 2 ** 20
+        # (QA 61: after an upgrade the same command's backup is another training's when a default changed)
         print(f"SegTrainer: note: {len(others)} backup(s) of other trainings that were stopped ({size:.1f} MiB): "
-              f"{', '.join(others[:3])}; a training of the same config and data resumes from one, and deleting "
-              f"them frees the space", flush=True)
+              f"{', '.join(others[:3])}; a training of the same settings and data resumes from one (the settings "
+              f"with their defaults: a default an upgrade changed makes another training), and deleting them "
+              f"frees the space", flush=True)
     # an endless stream, steps_per_epoch batches an epoch (one pass without training.steps_per_epoch): every
     # batch a function of the seed and its place, so a resumed training gets the uninterrupted one's batches
     train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, t.batch_size, num_classes, labeled,
