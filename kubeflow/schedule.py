@@ -261,7 +261,7 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         from segbalance.pipeline.sample_data import sample_class_names
 
         # ConfigError (exit 2) names the file and field, before any output; checked as the local run will
-        config = load_config(args.config, None, sample_class_names)
+        config = load_config(args.config, None, sample_class_names, sample_check="off")  # its run has --data
         request = recurring_run_request(args.package, args.cron, "<experiment id of " + args.experiment + ">",
                                         args.job_name, args.pipeline_root)
         print("# Kubeflow: kfp.Client(host=...).create_recurring_run(**request) with")

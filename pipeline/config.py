@@ -196,19 +196,26 @@ def _parse(text: str, json_file: bool):
     return yaml.load(text, Loader=UniqueKeyLoader) or {}
 
 
-def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[str]]] = None) -> None:
+def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[str]]] = None,
+                    sample_check: str = "error", notes: Optional[List[str]] = None) -> None:
     """A config that names no classes takes those of its local ``data.dir``'s ``classes.json``, or
     without a ``data.dir`` those of its ``data.sample.kind`` (``sample_names(kind)``, given for a local
     run: ``sample_data.sample_class_names``), as a run does, *before* it is checked: per-class lists
     (``training.loss.class_weights``, ``fn_weights``, ...) are then checked against the data's classes,
-    not the default four."""
+    not the default four. ``sample_check``: what other ``classes.names`` than the sample data's are, in a
+    config without ``data.dir`` (``check_sample_names``): "error" (`run`, which trains on the sample),
+    "note" (`config validate` / `show`: the config may be for --data, compile-kfp or schedule), "off"."""
     classes, data = values.get("classes", {}), values.get("data", {})
     if not isinstance(classes, dict) or not isinstance(data, dict):
         return
     directory = data.get("dir")
     if "names" in classes:
-        if directory is None and sample_names is not None:
-            check_sample_names(classes["names"], data.get("sample", {}), sample_names)
+        problem = (check_sample_names(classes["names"], data.get("sample", {}), sample_names)
+                   if directory is None and sample_names is not None and sample_check != "off" else None)
+        if problem and sample_check == "error":
+            raise ConfigError(problem)
+        if problem and notes is not None:
+            notes.append(f"{problem} (a local run without data.dir or --data refuses it)")
         return
     if isinstance(directory, str) and "://" not in directory:
         from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
@@ -230,23 +237,26 @@ def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[st
         values["classes"] = {**classes, "names": names}
 
 
-def check_sample_names(names, sample, sample_names: Callable[[str], List[str]]) -> None:
-    """A local run without ``data.dir`` trains on sample data, whose classes are the sample kind's:
-    other ``classes.names`` are a ConfigError now (QA 63: `config validate` said valid, and `run` wrote
-    the sample data, then blamed the sample's own classes.json)."""
+def check_sample_names(names, sample, sample_names: Callable[[str], List[str]]) -> Optional[str]:
+    """What is wrong with ``classes.names`` for the sample data a local run without ``data.dir`` trains on
+    (the sample kind's classes), or None (QA 63: `config validate` said valid, and `run` wrote the sample
+    data, then blamed the sample's own classes.json). Names that are not a list of strings: the schema's
+    error (None here)."""
     kind = sample.get("kind", "shapes") if isinstance(sample, dict) else None
     if not isinstance(kind, str) or kind not in SAMPLE_KINDS:
-        return  # the schema's error
+        return None  # the schema's error
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None  # the schema's error (QA 65: a number here was a TypeError traceback)
     try:
         expected = sample_names(kind)
     except UserError:  # its package archive is not in the cache: the run says what to fetch
-        return
+        return None
     # shapes' names are the defaults: a user may rename them, not change their number (`run` adopts
     # another kind's names and refuses different ones, after writing the sample: refused here first)
     if (len(names) != len(expected)) if kind == "shapes" else (names != expected):
-        raise ConfigError(f"classes.names: {names} are not the classes of the {kind} sample data {expected}, "
-                          f"which a run without data.dir trains on: remove classes.names, or set data.dir to your "
-                          f"own data")
+        return (f"classes.names: {names} are not the classes of the {kind} sample data {expected}, which a run "
+                f"without data.dir trains on: remove classes.names, or set data.dir to your own data")
+    return None
 
 
 def replaced_loss_defaults(values: dict, config: PipelineConfig) -> List[str]:
@@ -268,8 +278,9 @@ def replaced_loss_defaults(values: dict, config: PipelineConfig) -> List[str]:
         # a default this loss cannot take is not one to give (QA 63: validation then refused it)
         if unread_fields({key: default[key]}, term_types):
             readers = ", ".join(t.TYPE for t in TERMS.values() if key in t.USES)
-            why = f"only {readers} terms read it" + ("; a dice term takes marginal: true"
-                                                    if key == "missing_labels" else "")
+            dice = [t for t in config.training.loss.terms if getattr(t, "TYPE", "") == "dice"]
+            hint = key == "missing_labels" and dice and not any(getattr(t, "marginal", False) for t in dice)
+            why = f"only {readers} terms read it" + ("; a dice term takes marginal: true" if hint else "")
         elif key == "class_weight_decay_epochs" and (
                 unread_fields({"class_weights": default["class_weights"]}, term_types)
                 or ("class_weights" in loss and yours.get("class_weights") in (None, "uniform"))):
@@ -308,7 +319,8 @@ def read_values(path) -> dict:
 
 
 def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None,
-                sample_names: Optional[Callable[[str], List[str]]] = None, **overrides: Any) -> PipelineConfig:
+                sample_names: Optional[Callable[[str], List[str]]] = None, sample_check: str = "error",
+                **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``; ``notes``, when
     given, receives what the user may not expect (``replaced_loss_defaults``); ``sample_names``: for
     a local run's config, whose ``data.sample`` names the classes (``names_from_data``)."""
@@ -324,7 +336,7 @@ def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None,
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        names_from_data(values, sample_names)
+        names_from_data(values, sample_names, sample_check, notes)
         config = config_from_dict(values)
         if notes is not None:
             notes.extend(replaced_loss_defaults(values, config))

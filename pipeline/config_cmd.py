@@ -52,7 +52,9 @@ def _main(args) -> int:
     path = args.config if action == "show" else args.file
     try:
         notes: list = []
-        config = load_config(path, notes, sample_class_names)  # a local run's: data.sample names the classes
+        # a local run's: data.sample names the classes; names unlike the sample's are a note (the file may be for
+        # --data, compile-kfp or schedule: QA 65)
+        config = load_config(path, notes, sample_class_names, sample_check="note")
         found = data_class_names(config)  # what a run does: the data's classes.json names the classes
         if found is not None:
             adopt_class_names(config, *found, announce=False)

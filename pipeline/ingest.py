@@ -73,12 +73,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segbalance.contract import (CLASS_NAMES_FILE, MAX_CLASSES, REFERENCE_MASKS_FOLDER, UserError, ignore_index_problem,
-                                 source_id_of)
+from segbalance.contract import (CLASS_NAMES_FILE, IMAGE_SUFFIXES, MAX_CLASSES, REFERENCE_MASKS_FOLDER, UserError,
+                                 ignore_index_problem, source_id_of)
 from segbalance.pipeline import output_guard
 from segbalance.trainer import example_codec as codec
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Mask files are listed with every image suffix, so a .jpg mask is a bad pair that says why
 # (masks must be lossless) instead of an image "without mask".
 MASK_SUFFIXES = IMAGE_SUFFIXES
@@ -1000,6 +999,9 @@ def _main(args) -> int:
                     args.overwrite, args.strict)
     unmatched = f", {len(result.labeled_unmatched)} --labeled stems without image" if result.labeled_unmatched else ""
     references = (f", {result.num_reference_masks} reference masks" if args.reference_masks is not None else "")
+    if args.reference_masks is not None and result.written and not result.num_reference_masks:
+        print(f"ingest: warning: --reference-masks {args.reference_masks} holds no <source_id>.png of the written "
+              f"records: evaluation scores them against their own masks", file=sys.stderr)
     print(f"ingest: wrote {len(result.written)} records to {result.target} "
           f"({len(result.bad)} bad{unmatched}{references}, report {result.target / REPORT_NAME}, "
           f"{time.time() - started:.1f}s)")

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
 
-from segbalance.contract import REFERENCE_MASKS_FOLDER, UserError, source_id_of
+from segbalance.contract import IMAGE_SUFFIXES, REFERENCE_MASKS_FOLDER, UserError, source_id_of
 
 
 class ReferenceMaskError(UserError):
@@ -25,7 +25,6 @@ def image_sizes(images_dir: Path) -> Dict[str, Tuple[int, int]]:
     """{source_id of the file stem: (height, width) as ingest stores the image (EXIF orientation applied)}; headers only."""
     from PIL import Image
 
-    from segbalance.pipeline.ingest import IMAGE_SUFFIXES
     from segbalance.trainer.example_codec import shown_size
 
     sizes = {}
@@ -92,6 +91,12 @@ def sync_span_references(span_dir: Path, folder: Path) -> int:
     """Make ``span_dir/reference_masks`` hold ``folder``'s masks of the span's records (its ingest
     report's ``written``), replacing what it held in one rename; the number it holds. A span reused
     when only the complete masks changed (they are not part of what makes a span new) gets them."""
+    from segbalance.pipeline.output_guard import pid_alive
+
+    for left in span_dir.glob(f".{REFERENCE_MASKS_FOLDER}.*-*"):  # a killed sync's (QA 65: nothing removed them)
+        pid = left.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
     report = span_dir / "ingest_report.json"
     written = json.loads(report.read_text()).get("written", []) if report.is_file() else []
     staging = span_dir / f".{REFERENCE_MASKS_FOLDER}.tmp-{os.getpid()}"

@@ -391,7 +391,10 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
     if reference is not None and "://" not in reference:  # before any component runs
         from segbalance.pipeline.reference_masks import check_reference_masks
 
-        count = check_reference_masks(Path(reference), config.num_classes, config.classes.ignore_index)
+        # sizes against the images where they are here (a config's folder beside images/ + masks/; QA 65: lost
+        # in 6ee0e25); a span's copies were checked so when they were made
+        images = source / "images" if not spans and config.data.reference_masks_dir is not None else None
+        count = check_reference_masks(Path(reference), config.num_classes, config.classes.ignore_index, images)
         print(f"reference masks: {count} in {reference} (eval images with one are scored against it)", flush=True)
     return str(read_dir), reference
 

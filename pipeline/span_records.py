@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from segbalance.contract import UserError
+from segbalance.contract import UserError, counted
 from segbalance.pipeline.ingest_reports import ingest_report
 
 
@@ -106,8 +106,8 @@ class _SourceIds:
             self.repeated[source_id] += 1
             return
         raise SpanRecordError(
-            f"image/source_id {source_id!r} names two different records ({first[0]} record {first[1]}, and {path} "
-            f"record {index}): give the images unique file names (the source_id is the file stem), e.g. rename one "
+            f"image/source_id {source_id!r} names two different records ({first[0]} record {first[1] + 1}, and {path} "
+            f"record {index + 1}): give the images unique file names (the source_id is the file stem), e.g. rename one "
             f"data set's files before ingesting it")
 
     def _digest(self, path: Path, index: int) -> bytes:
@@ -185,18 +185,20 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, o
                     example = example_pb2.Example.FromString(serialized)
                 except DecodeError:
                     raise SpanRecordError(
-                        f"{path}: record {index} is not a tf.train.Example ({len(serialized)} bytes): remove it "
+                        f"{path}: record {index + 1} is not a tf.train.Example ({len(serialized)} bytes): remove it "
                         f"(rewrite the file without it), or write the span again with `segbalance ingest`") from None
                 values = example.features.feature[key].bytes_list.value if key in example.features.feature else []
                 if not values:
                     raise SpanRecordError(
-                        f"{path}: record {index} has no {key} feature, which ImportExampleGen splits on "
+                        f"{path}: record {index + 1} has no {key} feature, which ImportExampleGen splits on "
                         f"(data.split_by: {config.data.split_by}): add it to every record, or write the span "
                         f"with `segbalance ingest`" + (" --groups" if config.data.split_by == "group" else ""))
                 counts[split_of_feature(example.features.feature[key], config)] += 1
                 seen.add(example, path, index)
         except (TFRecordFileError, OSError, EOFError, zlib.error) as exc:
-            raise SpanRecordError(f"{path}: not a readable TFRecord file (after record {index}: {exc}): replace it "
+            # records counted from 1, as the reader's own message counts them (QA 65: "after record 1: truncated: record 3")
+            raise SpanRecordError(f"{path}: not a readable TFRecord file (after {counted(index + 1, 'good record')}: "
+                                  f"{exc}): replace it "
                                   f"with a complete copy, or remove it") from None
     total = sum(counts.values())
     fraction = eval_buckets(config) / 10

@@ -114,8 +114,8 @@ def _main(args) -> int:
             raise ValueError(f"--beam-args: {problem}")
         stats = run_class_stats({"all": pattern}, args.output, options, beam_args=beam_args)
     except (ValueError, ClassStatsError) as exc:
-        if created:  # the failed job leaves nothing empty behind (QA 64: files without records, every record
-            remove_empty_outputs(Path(args.output))  # quarantined: empty tables, an empty quarantine.jsonl)
+        if local and Path(args.output).is_dir():  # (new, or ours: checked above) the failed job leaves nothing
+            remove_empty_outputs(Path(args.output))  # empty (QA 64/65: files without records, every record quarantined)
         if created and [p.name for p in Path(args.output).iterdir()] == [output_guard.MARKER]:
             shutil.rmtree(args.output)  # nothing but our marker: the failed job leaves no folder behind
         from segbalance.pipeline.cli import error_line

@@ -31,6 +31,7 @@ def ws(tmp_path_factory):
     (root / "devices.yaml").write_text("training:\n  devices: [/gpu:7]\n")
     (root / "user_output.yaml").write_text(f"output_dir: {root / 'user'}\n")  # the output folder from the config
     (root / "fewnames.yaml").write_text("classes: {names: [a, b]}\n")  # names for sample data of 4 classes
+    (root / "numbernames.yaml").write_text("classes: {names: 5}\n")
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
     (root / "user" / "notes.txt").write_text("mine\n")
@@ -192,8 +193,10 @@ def _cases():
         ("run class names other than the sample's", ["run", "--config", "{w}/fewnames.yaml", "--output-dir",
                                                      "{w}/new"],
          "classes.names: ['a', 'b'] are not the classes of the shapes sample data"),
-        ("config validate class names other than the sample's", ["config", "validate", "{w}/fewnames.yaml"],
-         "classes.names: ['a', 'b'] are not the classes of the shapes sample data"),
+        # QA 65: a number or null there was a TypeError traceback (exit 1) once the sample's names were checked
+        ("run class names a number", ["run", "--config", "{w}/numbernames.yaml", "--output-dir", "{w}/new"],
+         "classes.names"),
+        ("config validate class names a number", ["config", "validate", "{w}/numbernames.yaml"], "classes.names"),
         # the message named a --output-dir flag the user never gave (note 28)
         ("run output from the config is a user's folder", ["run", "--data", "{w}/data", "--config",
                                                            "{w}/user_output.yaml"],

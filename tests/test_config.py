@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from segbalance.pipeline import cli
+from segbalance.pipeline import cli, sample_data
 from segbalance.pipeline.config import ConfigError, PipelineConfig, config_from_dict, load_config
 
 
@@ -581,9 +581,11 @@ def test_the_loss_note_asks_only_for_defaults_the_loss_can_take(tmp_path, capsys
     path = tmp_path / "c.yaml"
     for loss, asked, refused in (
             ({"terms": [{"type": "focal"}, {"type": "tversky"}], "class_weights": "effective_number"},
-             ["class_weight_decay_epochs"], {"missing_labels": "only ce terms read it; a dice term takes marginal"}),
+             ["class_weight_decay_epochs"], {"missing_labels": "only ce terms read it)"}),  # no dice term: no hint
             ({"terms": [{"type": "dice"}]}, ["class_weights", "class_weight_decay_epochs"],
-             {"missing_labels": "only ce terms read it"}),
+             {"missing_labels": "only ce terms read it; a dice term takes marginal: true)"}),
+            ({"terms": [{"type": "dice", "marginal": True}]}, ["class_weights", "class_weight_decay_epochs"],
+             {"missing_labels": "only ce terms read it)"}),  # marginal already (QA 65)
             ({"terms": [{"type": "generalized_dice"}]}, [],
              {"missing_labels": "only ce terms", "class_weights": "only ", "class_weight_decay_epochs":
               "it decays class weights, which this loss has none of"}),
@@ -601,6 +603,28 @@ def test_the_loss_note_asks_only_for_defaults_the_loss_can_take(tmp_path, capsys
         load_config(str(path), notes)  # what the note asks for is valid ...
         assert notes == [] or all("give" not in n for n in notes), notes  # ... and asked for no more
         assert cli.main(["config", "validate", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_names_unlike_the_sample_s_are_refused_by_run_and_a_note_elsewhere(tmp_path, capsys):
+    """QA 63: `run` without data.dir wrote the sample data, then refused the names; it now refuses them first.
+    QA 65: `config validate` and `schedule --config` refused them too, though such a config is for --data, a
+    data.dir given later, or compile-kfp (whose pipeline reads PIPELINE_ROOT/data): a note there."""
+    config = tmp_path / "few.yaml"
+    config.write_text("classes: {names: [a, b]}\n")
+    message = "classes.names: ['a', 'b'] are not the classes of the shapes sample data"
+    assert cli.main(["run", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert cli.main(["config", "validate", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "valid (2 classes" in captured.out and f"note: {message}" in captured.err
+    assert "(a local run without data.dir or --data refuses it)" in captured.err
+    assert cli.main(["schedule", "--cron", "0 3 * * 1", "--config", str(config), "--output-dir",
+                     str(tmp_path / "sched")]) == 0
+    assert message not in capsys.readouterr().err
+    # with --data the sample's names do not matter
+    data = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=2, size=16)
+    (data / "classes.json").unlink()  # the names come from the config
+    assert load_config(str(config), [], sample_data.sample_class_names, **{"data.dir": str(data)}).num_classes == 2
 
 
 def test_config_validate_notes_a_backbone_weights_file_that_is_not_there(tmp_path, capsys):

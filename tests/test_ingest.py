@@ -1094,3 +1094,7 @@ def test_reference_masks_are_kept_with_the_records(tmp_path, capsys):
     assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "2",
                      "--reference-masks", str(tmp_path / "nope")]) == 2
     assert f"--reference-masks {tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+    (tmp_path / "none").mkdir()  # QA 65: none of the records' masks there was said nowhere
+    assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "3",
+                     "--num-classes", "3", "--reference-masks", str(tmp_path / "none")]) == 0
+    assert "holds no <source_id>.png of the written records" in capsys.readouterr().err

@@ -299,6 +299,21 @@ def test_top_k_keeps_ceil_p_hw_pixels_without_float_rounding(p, pixels):
     np.testing.assert_allclose(float(tf.function(top, jit_compile=True)(y, z)), per_pixel[:k].mean(), rtol=1e-6)
 
 
+def test_top_k_count_is_exact_for_large_images():
+    """QA 65: a float32 product with a relative tolerance of 1e-6 kept one pixel too few once p H W reached
+    a million (1024 x 2048 at 0.5: 1048575). The count against exact decimal arithmetic, for image sizes up
+    to 8K and fractions of a few decimals, as a number and as a tensor under XLA."""
+    from fractions import Fraction
+
+    cases = [(p, h * w) for p in (0.01, 0.07, 0.15, 0.25, 0.3, 0.5, 0.6, 0.99) for h, w in
+             ((10, 10), (512, 512), (1024, 2048), (2160, 3840), (4320, 7680), (1, 7))]
+    counted = tf.function(lambda n, p: L.top_k_count(n, p), jit_compile=True)
+    for p, n in cases:
+        exact = max(1, math.ceil(Fraction(str(p)) * n))
+        assert int(L.top_k_count(n, p)) == exact, (p, n)
+        assert int(counted(tf.constant(n), p)) == exact, (p, n)
+
+
 def test_top_k_keeps_exactly_k_pixels_when_weighted_losses_tie_at_zero():
     """QA 26: with fewer than k pixels of non-zero weighted loss (class weight 0 here) the k-th value was 0
     and every pixel tied with it was kept and counted: top_k 0.25 gave the top_k 1.0 value. Hand case: 4x4,
@@ -792,6 +807,11 @@ def test_dice_term_is_marginal_only_when_asked():
     (lambda y, z, l: L.focal_loss(y, z, gamma=[1.0, 2.0]), r"gamma must be one number, got shape \(2,\)"),
     (lambda y, z, l: L.dice_loss(y, z, smooth=[1.0, 2.0]), r"smooth must be one number"),
     (lambda y, z, l: L.tversky_loss(y, z, alpha=[0.3, 0.4]), r"alpha must be one number"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, label_smoothing=[0.1, 0.2]), r"label_smoothing must be one number"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, top_k_percent_pixels=[0.5]), r"top_k_percent_pixels must be one"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, low_confidence=([0.5, 0.6], 0.5)), r"low_confidence tau must be one"),
+    (lambda y, z, l: L.weighted_cross_entropy(y, z, low_confidence=(0.5, [1.0, 2.0])),
+     r"low_confidence alpha must be one"),
     # a scheme name belongs to the loss config: a bare TypeError before
     (lambda y, z, l: L.weighted_cross_entropy(y, z, class_weights="median_frequency"),
      r"class_weights must be 4 numbers, got 'median_frequency': a scheme name is resolved by SegmentationLoss"),

@@ -57,6 +57,24 @@ def test_run_refuses_bad_reference_masks_before_anything_runs(tmp_path, capsys):
     assert not (out / "metadata.sqlite").exists()  # no component ran
 
 
+def test_a_config_s_reference_mask_of_another_size_than_its_image_is_refused(tmp_path, capsys):
+    """QA 65: with the span's copies (6ee0e25) a data.reference_masks_dir beside an images/ + masks/ folder
+    was checked without its images: a mask of another size passed, the run trained, and SegEvaluator
+    skipped that image afterwards."""
+    data = _data(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    first = sorted((data / "masks_full").glob("*.png"))[0]
+    Image.fromarray(np.zeros((5, 7), np.uint8)).save(mine / first.name)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  reference_masks_dir: {mine}\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", "--config", str(config), "--data", str(data), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{first.name} is 7x5 pixels, its image" in err, err
+    assert not (out / "metadata.sqlite").exists()
+
+
 def test_a_reference_mask_named_in_nfd_is_found_for_its_image(tmp_path):
     """QA (session 18, real data): macOS writes "café" as NFD. Ingest gives the image the NFC source_id, and
     the evaluator looked up reference masks only by that spelling: the image was scored silently against

@@ -84,6 +84,8 @@ def test_the_complete_masks_stay_with_the_span_for_later_runs_over_the_span_fold
     # corrected complete masks of unchanged data: the span is reused and takes them
     corrected = sorted((second / "masks_full").glob("*.png"))[0]
     corrected.write_bytes(encode_png(np.zeros((16, 16), np.uint8)))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (data / "Span-1" / f".reference_masks.tmp-{int(dead.stdout)}").mkdir()  # a killed sync's (QA 65)
     _, reference = prepare_data(config_from_dict({"data": {"dir": str(second)}, "output_dir": str(out)}), paths)
     assert list_spans(data) == [0, 1] and reference == str(data / "Span-1" / "reference_masks")
     assert _same_pngs(data / "Span-1" / "reference_masks", second / "masks_full")

@@ -38,14 +38,14 @@ def test_counts_follow_importexamplegen_s_split(tmp_path):
 def test_a_record_that_is_not_an_example_is_named(tmp_path):
     spans = span(tmp_path, [record("a"), record("b"), b"this is not a tf.train.Example at all"])
     path = spans / "Span-3" / "data-00000-of-00001.tfrecord"
-    with pytest.raises(SpanRecordError, match=re.escape(f"{path}: record 2 is not a tf.train.Example (37 bytes)")):
+    with pytest.raises(SpanRecordError, match=re.escape(f"{path}: record 3 is not a tf.train.Example (37 bytes)")):
         check_span_records(spans, [3], CONFIG)
 
 
 def test_a_record_without_the_split_feature_is_named(tmp_path):
     spans = span(tmp_path, [record("a"), record("b")])
     group_config = config_from_dict({"data": {"split_by": "group"}})
-    with pytest.raises(SpanRecordError, match=r"record 0 has no image/group_id feature, which ImportExampleGen splits on "
+    with pytest.raises(SpanRecordError, match=r"record 1 has no image/group_id feature, which ImportExampleGen splits on "
                                               r"\(data.split_by: group\).*`segbalance ingest` --groups"):
         check_span_records(spans, [3], group_config)
 
@@ -54,7 +54,7 @@ def test_a_cut_file_is_named(tmp_path):
     spans = span(tmp_path, [record("a"), record("b")])
     path = spans / "Span-3" / "data-00000-of-00001.tfrecord"
     path.write_bytes(path.read_bytes()[:-30])
-    with pytest.raises(SpanRecordError, match=re.escape(f"{path}: not a readable TFRecord file (after record 0")):
+    with pytest.raises(SpanRecordError, match=re.escape(f"{path}: not a readable TFRecord file (after 1 good record: truncated: record 2 ")):
         check_span_records(spans, [3], CONFIG)
 
 
@@ -72,7 +72,7 @@ def test_run_stops_on_a_bad_record_before_any_component(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["run", "--data", str(spans), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "record 12 is not a tf.train.Example" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "record 13 is not a tf.train.Example" in err and "Traceback" not in err
     assert not (out / "metadata.sqlite").exists()
 
 
@@ -133,7 +133,7 @@ def test_a_span_ingest_wrote_is_counted_from_its_report_and_read_once_changed(tm
         write_tfrecord(tmp_path / "extra.tfrecord", [b"not an example"])
         handle.write((tmp_path / "extra.tfrecord").read_bytes())
     time.sleep(0.01)
-    with pytest.raises(SpanRecordError, match="record 20 is not a tf.train.Example"):
+    with pytest.raises(SpanRecordError, match="record 21 is not a tf.train.Example"):
         check_span_records(spans, [0], CONFIG)
 
 
@@ -184,7 +184,7 @@ def test_one_source_id_on_two_different_records_is_refused(tmp_path):
     span(tmp_path, [record("e"), other], name="data-00002.tfrecord")
     first, second = spans / "Span-3" / "data-00000-of-00001.tfrecord", spans / "Span-3" / "data-00002.tfrecord"
     with pytest.raises(SpanRecordError, match=re.escape(f"image/source_id 'a' names two different records ({first} "
-                                                        f"record 0, and {second} record 1): give the images unique")):
+                                                        f"record 1, and {second} record 2): give the images unique")):
         check_span_records(spans, [3], CONFIG)
 
 
@@ -291,5 +291,5 @@ def test_an_id_repeated_in_one_file_before_a_bad_record_names_the_bad_record(tmp
     traceback. The bad record is named, as without the repeat."""
     spans = span(tmp_path, [record("a"), record("a"), *[record(f"x{i}") for i in range(10)],
                             b"this is not a tf.train.Example at all"])
-    with pytest.raises(SpanRecordError, match=r"record 12 is not a tf.train.Example \(37 bytes\)"):
+    with pytest.raises(SpanRecordError, match=r"record 13 is not a tf.train.Example \(37 bytes\)"):
         check_span_records(spans, [3], CONFIG)

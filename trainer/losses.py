@@ -127,7 +127,8 @@ def check_scalar(**values) -> None:
 
 def check_in_range(name: str, value, low: float, high: float, low_open: bool = False,
                    high_open: bool = False) -> None:
-    """ValueError naming ``name`` when its (known) value lies outside the interval."""
+    """ValueError naming ``name`` when its (known) value is not one number inside the interval."""
+    check_scalar(**{name: value})  # (QA 65: a list of values in range failed later, naming nothing)
     array = _concrete(value)
     if array is None:
         return
@@ -275,6 +276,7 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
     if low_confidence is not None:
         low_confidence = _tau_alpha(low_confidence)
         check_in_range("low_confidence tau", low_confidence[0], 0.0, 1.0, low_open=True)
+        check_scalar(**{"low_confidence alpha": low_confidence[1]})
         check_non_negative(**{"low_confidence alpha": low_confidence[1]})
     if fn_weights is not None or fp_weights is not None or low_confidence is not None:
         probs = ops.stop_gradient(ops.softmax(logits, axis=-1))
@@ -293,6 +295,15 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
     return weight
 
 
+def top_k_count(pixels, fraction: float):
+    """``ceil(fraction * pixels)`` (at least 1) as int32, ``pixels`` a number or an integer tensor: the
+    product in float64 to a relative 1e-12 first, since 0.3 * 100 is 30.000000000000004 (float32:
+    30.000002), whose ceiling kept 31 (QA 62); float32 with a tolerance of 1e-6 lost a pixel from
+    fraction * pixels = 1e6 on (QA 65)."""
+    scaled = ops.cast(pixels, "float64") * (fraction * (1.0 - 1e-12))
+    return ops.maximum(1, ops.cast(ops.ceil(scaled), "int32"))
+
+
 def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
     """sum(weight * loss) / global number of valid pixels (see module docstring).
 
@@ -305,9 +316,7 @@ def reduce_pixels(per_pixel, weight, valid, top_k_percent_pixels: float = 1.0):
     if top_k_percent_pixels < 1.0:
         # the image size from the tensor, not its static shape: a training step traces with [B, None, None]
         pixels = math.prod(ops.shape(weighted)[1:])
-        # p H W to a relative 1e-6 first: float32(0.3) * 100 is 30.000002, whose ceiling kept 31 (QA 62)
-        k = ops.maximum(1, ops.cast(ops.ceil(ops.cast(pixels, "float32") * (top_k_percent_pixels * (1.0 - 1e-6))),
-                                    "int32"))
+        k = top_k_count(pixels, top_k_percent_pixels)
         flat = ops.reshape(weighted, (-1, pixels))
         flat_valid = ops.reshape(valid, (-1, pixels))
         # exactly k pixels per image: ignored pixels last (score -1 < any loss), ties at the k-th value

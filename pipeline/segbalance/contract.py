@@ -23,6 +23,7 @@ GROUP_KEY = "image/group_id"  # bytes, optional: the scene / scan / tile an imag
 # in a data folder beside images/ (sample-data, a user's) and in each Span-N/ that `run` ingested:
 # {"class_names": [...]}
 CLASS_NAMES_FILE = "classes.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # the image files ingest reads
 REFERENCE_MASKS_FOLDER = "reference_masks"  # in a Span-N/: the complete masks of its records, for evaluation
 GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 
