@@ -303,7 +303,8 @@ def check_output_beside_data(output: Path, data: Path, examples_dir: Path, optio
                           f"choose an output folder outside the data (nothing was written)")
     spans = any(data.glob("Span-*"))
     if not spans and (data == examples_dir or examples_dir in data.parents):
-        raise OutputError(f"--data {data} lies in {examples_dir}, where run writes the spans it ingests: move "
+        # named as a folder, not as --data: it may come from data.dir in the config (QA 65, L1)
+        raise OutputError(f"the data folder {data} lies in {examples_dir}, where run writes the spans it ingests: move "
                           f"images/ and masks/ out of it, or give another {option} (nothing was written)")
 
 

@@ -32,6 +32,11 @@ def ws(tmp_path_factory):
     (root / "user_output.yaml").write_text(f"output_dir: {root / 'user'}\n")  # the output folder from the config
     (root / "fewnames.yaml").write_text("classes: {names: [a, b]}\n")  # names for sample data of 4 classes
     (root / "numbernames.yaml").write_text("classes: {names: 5}\n")
+    raw = root / "runout" / "data" / "raw"  # images/ + masks/ inside OUTPUT/data, where run writes spans
+    for sub in ("images", "masks"):
+        (raw / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(raw / sub / "a.png")
+    (root / "data_in_output.yaml").write_text(f"data:\n  dir: {raw}\n")
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
     (root / "user" / "notes.txt").write_text("mine\n")
@@ -211,6 +216,10 @@ def _cases():
          "segbalance pipeline"),
         ("run output inside the data", ["run", "--data", "{w}/data", "--output-dir", "{w}/data/out"],
          "is inside the data folder {w}/data"),
+        # the data folder from the config, in the folder run writes its spans to: no --data flag to name
+        ("run data from the config inside the output's data", ["run", "--config", "{w}/data_in_output.yaml",
+                                                               "--output-dir", "{w}/runout"],
+         "the data folder {w}/runout/data/raw lies in {w}/runout/data"),
         # experiment (refused before any training)
         ("experiment output is a file", ["experiment", "--output", "{w}/afile.txt"], "{w}/afile.txt"),
         ("experiment output holds another tool's results.json", ["experiment", "--output", "{w}/myresults"],
