@@ -680,13 +680,8 @@ def clean_stale(parent: Path) -> List[Path]:
     if not parent.is_dir():
         return removed
     for path in sorted(parent.iterdir()):
-        for prefix in (TMP_PREFIX, OLD_PREFIX):
-            pid = path.name[len(prefix):]
-            if path.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and path.is_dir():
-                break
-        else:
-            continue
-        if output_guard.pid_alive(int(pid)) or output_guard.foreign_entries(path, (*OWNED, "*" + PARTIAL_SUFFIX)):
+        prefix = next((p for p in (TMP_PREFIX, OLD_PREFIX) if output_guard.left_by_dead_process(path.name, p)), None)
+        if prefix is None or not path.is_dir() or output_guard.foreign_entries(path, (*OWNED, "*" + PARTIAL_SUFFIX)):
             continue
         if prefix == OLD_PREFIX:
             marker = output_guard.read_marker(path) or {}

@@ -227,8 +227,7 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
     The text goes to a hidden file of this process beside it first."""
     path = Path(os.path.realpath(path))  # a symbolic link keeps pointing to the page (QA 59: it became a file)
     for stale in path.parent.glob(f".{glob_escape(path.name)}.*.partial"):  # of a writer killed before its rename
-        pid = stale.name[len(path.name) + 2:-len(".partial")]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+        if left_by_dead_process(stale.name, f".{path.name}.", ".partial"):
             stale.unlink(missing_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -238,6 +237,15 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def left_by_dead_process(name: str, prefix: str, suffix: str = "") -> bool:
+    """Whether ``name`` is ``prefix + PID + suffix`` of another process that no longer runs: what a writer
+    killed before its rename left (a partial file, a temporary or set-aside folder)."""
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return False
+    pid = name[len(prefix):len(name) - len(suffix)]
+    return pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
 def pid_alive(pid: int) -> bool:

@@ -91,11 +91,10 @@ def sync_span_references(span_dir: Path, folder: Path) -> int:
     """Make ``span_dir/reference_masks`` hold ``folder``'s masks of the span's records (its ingest
     report's ``written``), replacing what it held in one rename; the number it holds. A span reused
     when only the complete masks changed (they are not part of what makes a span new) gets them."""
-    from segbalance.pipeline.output_guard import pid_alive
+    from segbalance.pipeline.output_guard import left_by_dead_process
 
     for left in span_dir.glob(f".{REFERENCE_MASKS_FOLDER}.*-*"):  # a killed sync's (QA 65: nothing removed them)
-        pid = left.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if any(left_by_dead_process(left.name, f".{REFERENCE_MASKS_FOLDER}.{kind}-") for kind in ("tmp", "old")):
             shutil.rmtree(left, ignore_errors=True)
     report = span_dir / "ingest_report.json"
     written = json.loads(report.read_text()).get("written", []) if report.is_file() else []
