@@ -125,6 +125,13 @@ def check_scalar(**values) -> None:
             raise ValueError(f"{name} must be one number, got shape {tuple(np.shape(value))}")
 
 
+def check_non_negative_number(**values) -> None:
+    """ValueError naming the first argument that is not one finite number >= 0 (``check_scalar`` and
+    ``check_non_negative``): a smoothing term, an exponent, a weight parameter."""
+    check_scalar(**values)
+    check_non_negative(**values)
+
+
 def check_in_range(name: str, value, low: float, high: float, low_open: bool = False,
                    high_open: bool = False) -> None:
     """ValueError naming ``name`` when its (known) value is not one number inside the interval."""
@@ -276,8 +283,7 @@ def pixel_weight_map(labels, valid, logits, class_weights=None, pixel_weights=No
     if low_confidence is not None:
         low_confidence = _tau_alpha(low_confidence)
         check_in_range("low_confidence tau", low_confidence[0], 0.0, 1.0, low_open=True)
-        check_scalar(**{"low_confidence alpha": low_confidence[1]})
-        check_non_negative(**{"low_confidence alpha": low_confidence[1]})
+        check_non_negative_number(**{"low_confidence alpha": low_confidence[1]})
     if fn_weights is not None or fp_weights is not None or low_confidence is not None:
         probs = ops.stop_gradient(ops.softmax(logits, axis=-1))
         pred = ops.cast(ops.argmax(probs, axis=-1), "int32")
@@ -378,8 +384,8 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=None, class_weights=None, ignore
     gamma = 0 is cross entropy (the same fused kernel as ``weighted_cross_entropy``: equal values and
     gradients); for gamma > 0 see ``_focal_terms`` (finite gradients for 0 < gamma < 1 too).
     """
-    check_scalar(gamma=gamma)
-    check_non_negative(gamma=gamma, alpha=alpha)
+    check_non_negative_number(gamma=gamma)
+    check_non_negative(alpha=alpha)
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     if isinstance(gamma, (int, float)) and float(gamma) == 0.0:
         per_pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -488,8 +494,7 @@ def exclusion_loss(y_true, logits, labeled, form="ce", ignore_index=DEFAULT_IGNO
     rescaled to mean 1 as in the region losses, so the value is in [0, 1) and does not depend
     on the weights' scale; images without annotated foreground are skipped).
     """
-    check_scalar(smooth=smooth)
-    check_non_negative(smooth=smooth)
+    check_non_negative_number(smooth=smooth)
     labels, valid, logits, c = prepare(y_true, logits, ignore_index)
     labeled_mask = _labeled_mask(labeled, c, logits.shape[0])  # [B,1,1,C]
     unlabeled = 1.0 - labeled_mask
@@ -578,8 +583,7 @@ def dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAULT_IGNORE_IN
     counted against that class (in the plain form it is a false positive wherever the mask says
     background). With every class labelled it equals the plain form.
     """
-    check_scalar(smooth=smooth)
-    check_non_negative(smooth=smooth)
+    check_non_negative_number(smooth=smooth)
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights, labeled)
     dice = _ratio(2.0 * inter + smooth, pred + truth + smooth, 1.0)
     return _replica_share(1.0 - _weighted_class_mean(dice, class_weights, c))
@@ -599,8 +603,7 @@ def generalized_dice_loss(y_true, logits, class_weights=None, ignore_index=DEFAU
     false positives (P_c) still count in the denominator. ``class_weights`` replaces w_c.
     With ``s = 0`` and a zero denominator (no valid pixel) the score is 1: loss 0, zero gradient.
     """
-    check_scalar(smooth=smooth)
-    check_non_negative(smooth=smooth)
+    check_non_negative_number(smooth=smooth)
     inter, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     if class_weights is None:
         present = ops.greater(truth, 0.0)
@@ -623,8 +626,7 @@ def tversky_loss(y_true, logits, alpha=0.5, beta=0.5, class_weights=None, ignore
     and ``beta`` to false positives (the reverse of its docstring); ours follow the paper.
     A zero denominator (``s = 0``, nothing in the class) scores 1, as in ``dice_loss``.
     """
-    check_scalar(alpha=alpha, beta=beta, smooth=smooth)
-    check_non_negative(alpha=alpha, beta=beta, smooth=smooth)
+    check_non_negative_number(alpha=alpha, beta=beta, smooth=smooth)
     tp, pred, truth, c = _class_sums(y_true, logits, ignore_index, pixel_weights)
     fp = pred - tp
     fn = truth - tp

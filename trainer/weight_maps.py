@@ -34,16 +34,9 @@ import keras
 from keras import ops
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX  # noqa: E402
-from segbalance.trainer.losses import check_non_negative, check_scalar
+from segbalance.trainer.losses import check_non_negative, check_non_negative_number, check_scalar
 
 _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32)
-
-
-def _check_weights(**values) -> None:
-    """ValueError naming a weight parameter that is not one finite number >= 0: a negative or NaN
-    one made the map negative or NaN, which a traced training step uses without a check (QA 62)."""
-    check_scalar(**values)
-    check_non_negative(**values)
 
 
 def _squeeze_mask(mask):
@@ -91,7 +84,8 @@ def edge_weights(image=None, mask=None, *, num_classes: Optional[int] = None, im
     """
     if image is None and mask is None:
         raise ValueError("edge_weights needs an image, a mask or both")
-    _check_weights(image_weight=image_weight, boundary_weight=boundary_weight)
+    # a negative or NaN weight parameter made the map so, which a traced fit step uses unchecked (QA 62)
+    check_non_negative_number(image_weight=image_weight, boundary_weight=boundary_weight)
     weight = None
     if image is not None:
         g = sobel_magnitude(image)
@@ -114,14 +108,14 @@ def intensity_range_weights(image, ranges: Sequence[Tuple[float, float, float]],
     """
     if not ranges:
         raise ValueError("intensity_range_weights needs at least one (lo, hi, weight) range")
-    _check_weights(default=default)
+    check_non_negative_number(default=default)
     value = _intensity(image, channel)
     weight = ops.full(ops.shape(value), float(default), dtype="float32")
     for i, item in enumerate(ranges):
         if len(item) != 3:
             raise ValueError(f"intensity range {i} must be (lo, hi, weight), got {item!r}")
         lo, hi, w = (float(v) for v in item)
-        _check_weights(**{f"intensity range {i} weight": w})
+        check_non_negative_number(**{f"intensity range {i} weight": w})
         if not lo < hi:
             raise ValueError(f"intensity range {i}: lo={lo} must be < hi={hi}")
         inside = ops.logical_and(ops.greater_equal(value, lo), ops.less(value, hi))
@@ -137,7 +131,7 @@ def feature_extractor_weights(image, extractor, *, strength: float = 1.0, reduce
     (``"l2"`` norm or ``"mean_abs"`` over F) is resized bilinearly to [H,W] and min-max
     normalised per image to [0, 1]; a constant activation gives 0 (weights 1).
     """
-    _check_weights(strength=strength)
+    check_non_negative_number(strength=strength)
     if reduce not in ("l2", "mean_abs"):
         raise ValueError(f"feature_extractor_weights: reduce must be 'l2' or 'mean_abs', got {reduce!r}")
     image = ops.convert_to_tensor(image)
@@ -180,7 +174,7 @@ def unet_border_weights(mask, *, w0: float = 10.0, sigma: float = 5.0, class_wei
         mask = mask[..., 0]
     if mask.ndim != 3:
         raise ValueError(f"unet_border_weights expects masks [B,H,W], got shape {mask.shape}")
-    _check_weights(w0=w0)
+    check_non_negative_number(w0=w0)
     check_scalar(sigma=sigma)
     if not (np.isfinite(sigma) and sigma > 0):  # NaN passed 'sigma <= 0' and made every border term NaN
         raise ValueError(f"sigma must be finite and > 0, got {sigma}")
