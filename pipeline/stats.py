@@ -142,13 +142,18 @@ def _main(args) -> int:
 def remove_empty_outputs(folder: Path) -> None:
     """Remove the per-image tables without rows and an empty quarantine list a failed job wrote in ``folder``
     (a quarantine list with records stays: the error names it)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from segbalance.components import class_stats_beam as layout
 
     for pattern in (f"{layout.PER_IMAGE_PREFIX}-*.parquet", f"{layout.UNCOUNTED_PER_IMAGE_PREFIX}-*.parquet"):
         for table in folder.glob(pattern):
-            if pq.ParquetFile(table).metadata.num_rows == 0:
+            try:
+                empty = pq.ParquetFile(table).metadata.num_rows == 0
+            except (OSError, pa.ArrowException):  # cut short by the failure: not known to be empty, kept (the
+                continue  # error is reported, not replaced by this one's traceback)
+            if empty:
                 table.unlink()
     quarantine = folder / layout.QUARANTINE_FILE
     if quarantine.is_file() and quarantine.stat().st_size == 0:

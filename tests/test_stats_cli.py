@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -447,6 +448,25 @@ def test_a_failed_job_leaves_no_empty_tables_behind(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "quarantine.jsonl" in err, err
     assert sorted(p.name for p in out.iterdir()) == [".segbalance.json", "quarantine.jsonl"]
+
+
+def test_a_table_a_failed_job_cut_short_is_kept_and_the_error_reported(tmp_path, capsys, monkeypatch):
+    """A job that fails while writing a per-image table (a full disk, say) leaves it cut short: not known to
+    be empty, so kept, and reading it must not replace the job's error with a pyarrow traceback."""
+    from segbalance.components import class_stats_beam
+
+    def cut_short(patterns, output, *args, **kwargs):
+        (Path(output) / "per_image-00000-of-00001.parquet").write_bytes(b"PAR1 cut")
+        raise ValueError("writing per_image-00000-of-00001.parquet: No space left on device")
+
+    monkeypatch.setattr(class_stats_beam, "run_class_stats", cut_short)
+    records, _ = make_records(n=2)
+    write_tfrecord(tmp_path / "data.tfrecord", records)
+    out = tmp_path / "out"
+    assert cli.main(["stats", str(tmp_path / "data.tfrecord"), "--num-classes", "4", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err, err
+    assert (out / "per_image-00000-of-00001.parquet").read_bytes() == b"PAR1 cut"
 
 
 @pytest.mark.parametrize("kept, said", [(28, "has 28 of its"), ("all", "has all"), (0, "has 0 of its")])
