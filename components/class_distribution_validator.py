@@ -57,6 +57,7 @@ def ungrouped_note(accepted_groups, new_groups) -> Optional[str]:
                 "its own (ingest with --groups FILE.json, or give run --data a groups.json beside images/)")
     return None
 
+
 class ClassDistributionValidatorSpec(ComponentSpec):
     PARAMETERS = {
         "js_divergence": ExecutionParameter(type=float),
