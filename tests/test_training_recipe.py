@@ -12,7 +12,7 @@ import tensorflow as tf
 from segbalance.contract import UserError
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.optimization import WarmupDecay, make_optimizer, make_schedule
-from segbalance.trainer.training_callbacks import BestEpoch
+from segbalance.trainer.training_callbacks import BestEpoch, StopOnDivergence, TrainingDivergedError
 from segbalance.trainer.training_config import Augmentation, TrainingConfig
 from segbalance.trainer.typed_config import ConfigError, from_dict
 
@@ -263,6 +263,36 @@ def test_a_nan_is_no_improvement_and_no_crash(capsys):
     after = BestEpoch(patience=2)
     drive(after, model, [0.3, math.nan, math.nan, 0.9])
     assert after.best_epoch == 0 and after.stopped_epoch == 2
+
+
+def test_a_diverged_epoch_is_named_with_what_is_not_finite():
+    """Session 30: Keras trained on after a NaN, BestEpoch 'restored' NaN weights and run_fn exported them."""
+    model = Scripted()
+    stop = StopOnDivergence("lower training.learning_rate (now 3)")
+    stop.set_model(model)
+    stop.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.7})
+    stop.on_epoch_end(1, {})  # no loss in the logs: nothing to judge
+    with pytest.raises(TrainingDivergedError, match=r"^the training diverged in epoch 1: the training loss is nan; "
+                       r"nothing of that epoch is kept \(no epoch finished before it\): lower training.learning_rate "
+                       r"\(now 3\)$"):
+        stop.on_epoch_end(0, {"loss": math.nan})
+    with pytest.raises(TrainingDivergedError, match=r"in epoch 4: the validation loss is inf; .*\(the backup keeps "
+                                                    r"epoch 3\)"):
+        stop.on_epoch_end(3, {"loss": 0.5, "val_loss": math.inf})
+    model.w.assign(math.nan)  # the last step of an epoch broke the weights; the epoch's mean loss is a number
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2: 1 weight variable\(s\) hold NaN or infinity "
+                                                    rf"\({model.w.path}\)"):
+        stop.on_epoch_end(1, {"loss": 0.5})
+    assert issubclass(TrainingDivergedError, UserError)  # segbalance run: one line, exit 2
+
+
+def test_divergence_advice_names_the_settings_to_change():
+    from segbalance.trainer.task import divergence_advice
+
+    assert divergence_advice(TrainingConfig(learning_rate=0.5)) == "lower training.learning_rate (now 0.5)"
+    assert divergence_advice(TrainingConfig(learning_rate=0.5, mixed_precision=True, warm_start=True)) == (
+        "lower training.learning_rate (now 0.5) or set training.mixed_precision: false, and check the starting "
+        "weights (training.warm_start, training.backbone_weights)")
 
 
 def test_no_early_stop_before_min_epochs_and_patience_counts_from_there():
@@ -537,6 +567,64 @@ class CorruptAfterTraining(keras.callbacks.Callback):
             bias = self.model.get_layer("logits").bias
             self.model.set_weights(weights)
             bias.assign(np.array([0.0, 0.0, 10.0], np.float32))
+
+
+class BreakWeights(keras.callbacks.Callback):
+    """After the last training step of epoch ``epoch``, every weight NaN (what a diverged step leaves)."""
+
+    def __init__(self, epoch: int, steps: int):
+        super().__init__()
+        self.epoch, self.steps, self.current = epoch, steps, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.steps - 1:
+            self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
+
+
+@pytest.mark.slow
+def test_a_diverged_training_exports_nothing_and_its_backup_keeps_the_last_finite_epoch(tmp_path, monkeypatch):
+    """Session 30: a learning rate of 1e6 exported a model of NaN weights (BestEpoch 'restored' them; its
+    val_miou, 0.29, came from predicting the first class everywhere). Now the training stops at that
+    epoch's end before BestEpoch, EpochLog or the backup record it; a rerun resumes after the last finite
+    epoch. A NaN first loss (the starting weights) stops it before any step."""
+    from segbalance.trainer import task
+    from tests import trainer_inputs as ti
+
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 3, "steps_per_epoch": 2}
+    args = ti.fn_args_for(uris, str(tmp_path), {**config, "_extra_callbacks": [BreakWeights(1, 2)]})
+    with pytest.raises(TrainingDivergedError, match=r"diverged in epoch 2: .*weight variable\(s\) hold NaN .*"
+                                                    r"\(the backup keeps epoch 1\): lower training.learning_rate"):
+        task.run_fn(args)
+    assert not os.path.exists(args.serving_model_dir)
+    [backup] = [d for d in tmp_path.glob("**/backup-*") if d.is_dir()]
+    assert json.loads((backup / "epoch_logs.json").read_text()).keys() == {"0"}
+    assert json.loads((backup / BestEpoch.STATE).read_text())["best_epoch"] == 0
+    begun = []
+    watch = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: begun.append(epoch))
+    again = ti.fn_args_for(uris, str(tmp_path), {**config, "_extra_callbacks": [watch]})  # the same backup
+    task.run_fn(again)
+    assert begun == [1, 2]  # resumed after epoch 1, the last finite one
+    with open(os.path.join(again.model_run_dir, task.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    assert summary["epochs_run"] == [0, 1, 2] and np.isfinite(summary["history"]["val_loss"]).all()
+    served = keras.saving.load_model(os.path.join(again.serving_model_dir, "model.keras"), compile=False)
+    assert all(np.isfinite(w).all() for w in served.get_weights())
+
+    built = model_lib.build_model
+
+    def broken(*a, **k):
+        model = built(*a, **k)
+        model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+        return model
+
+    monkeypatch.setattr(model_lib, "build_model", broken)
+    with pytest.raises(TrainingDivergedError, match=r"^the loss of the first training batch is nan before any "
+                                                    r"training step: lower training.learning_rate"):
+        task.run_fn(ti.fn_args_for(uris, str(tmp_path / "nan_start"), config))
 
 
 def exported_val_miou(uris, args, partial_rule=True):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from typing import List, Optional, Sequence
@@ -59,7 +60,8 @@ from segbalance.trainer.optimization import make_optimizer, plateau_callback
 from segbalance.trainer.segmentation_loss import SegmentationLoss
 from segbalance.trainer.serving import KERAS_FILE, export_serving_model
 from segbalance.trainer.training_callbacks import (BACKUP_METADATA, BestEpoch, ClassWeightDecay, EpochLog,
-                                                   FreezeEncoder, SafeBackupAndRestore, set_aside_unreadable_backup)
+                                                   FreezeEncoder, SafeBackupAndRestore, StopOnDivergence,
+                                                   TrainingDivergedError, set_aside_unreadable_backup)
 from segbalance.trainer.remote_files import local_copy_of
 from segbalance.trainer.training_config import TrainerConfig
 
@@ -236,11 +238,17 @@ def run_fn(fn_args) -> None:
             # (docs/benchmarks.md, "Test suite", session 22)
             model.optimizer.build(model.trainable_variables)
         first_loss = float(loss(*_first_batch_targets(train_ds, model)))
+        advice = divergence_advice(t)
+        if not math.isfinite(first_loss):  # before any step: the starting weights (backbone, warm start) or data
+            raise TrainingDivergedError(f"the loss of the first training batch is {first_loss} before any training "
+                                        f"step: {advice}")
         best = BestEpoch(patience=t.early_stopping_patience, restore=t.restore_best, state_dir=backup,
                          min_epochs=t.min_epochs)
         # before BackupAndRestore: the encoder state and the optimizer are set before it restores, and
         # the best weights are put back before it deletes its folder (which holds BestEpoch's state)
-        callbacks = [FreezeEncoder(model_lib.ENCODER, t.freeze_encoder_epochs)] if t.freeze_encoder_epochs else []
+        callbacks = [StopOnDivergence(advice)]  # first: a diverged epoch reaches no other callback
+        if t.freeze_encoder_epochs:
+            callbacks.append(FreezeEncoder(model_lib.ENCODER, t.freeze_encoder_epochs))
         if loss.class_weight_mix is not None:  # loss.class_weight_decay_epochs
             callbacks.append(ClassWeightDecay(loss))
         plateau = plateau_callback(t, state_dir=backup)
@@ -314,6 +322,16 @@ def training_notes(training, labeled: dict, num_classes: int, validation_records
                          f"replicas), so {', '.join(uses)} have nothing to go by: the last epoch is exported and "
                          f"the rate is not cut; raise data.eval_fraction or add data")
     return notes
+
+
+def divergence_advice(training) -> str:
+    """What to change when the loss or the weights stop being finite (TrainingDivergedError)."""
+    advice = f"lower training.learning_rate (now {training.learning_rate:g})"
+    if training.mixed_precision:
+        advice += " or set training.mixed_precision: false"
+    if training.warm_start or training.backbone_weights:
+        advice += ", and check the starting weights (training.warm_start, training.backbone_weights)"
+    return advice
 
 
 def warm_start(model, base_model: Optional[str], backbone_weights: Optional[str] = None,

@@ -24,6 +24,14 @@ an h5py traceback). ``set_aside_unreadable_backup`` moves such a backup (from an
 damaged disk) aside with one line, and the training starts again from its first epoch. The state files
 of ``BestEpoch`` and the plateau schedule are replaced whole too (``replace_file``).
 
+``StopOnDivergence`` ends a training whose loss or weights are no longer finite numbers with a
+``TrainingDivergedError`` (one line, exit 2 from ``segbalance run``). Keras trains on after a NaN: the
+weights stay NaN, the model then predicts the first class everywhere, and its validation mIoU is a number
+(session 30: a learning rate of 1e6 exported a model of NaN weights that BestEpoch had "restored", val_miou
+0.29). It raises at the end of an epoch whose training or validation loss or a weight is not finite,
+first in the callback list, so BestEpoch, EpochLog and the backup never record that epoch: the backup
+keeps the last finite one.
+
 ``ClassWeightDecay`` moves a ``SegmentationLoss``'s class weights toward 1 (the loss's
 ``class_weight_decay_epochs``): at each epoch's start it sets the loss's mix from the epoch
 number (so a resumed training continues the decay where it was) and writes it to the
@@ -41,6 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from segbalance.contract import UserError
 from segbalance.trainer.remote_files import is_remote, local_copy_of
 
 MONITOR = "val_miou"
@@ -213,6 +222,39 @@ class EpochLog(keras.callbacks.Callback):
         """``History.history``'s form over every epoch (a metric an epoch lacks: NaN)."""
         keys = list(dict.fromkeys(key for epoch in self.epochs() for key in self.rows[epoch]))
         return {key: [self.rows[epoch].get(key, math.nan) for epoch in self.epochs()] for key in keys}
+
+
+class TrainingDivergedError(UserError, ValueError):
+    """The training loss or the model's weights stopped being finite numbers: the settings are the user's
+    to change (a lower learning rate, say), so `segbalance run` prints it as one line and exits 2."""
+
+
+def non_finite_weights(model) -> List[str]:
+    """Paths of the model's variables that hold a NaN or an infinity."""
+    return [variable.path for variable in model.weights
+            if not bool(keras.ops.all(keras.ops.isfinite(variable)))]
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises TrainingDivergedError at the end of an epoch whose mean training or validation loss is not
+    finite or after which a weight is not (module docstring); ``advice`` says what to change. Place it first."""
+
+    def __init__(self, advice: str):
+        super().__init__()
+        self.advice = advice
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        found = [f"the {name} loss is {float(logs[key])}" for key, name in (("loss", "training"), ("val_loss", "validation"))
+                 if logs.get(key) is not None and not math.isfinite(float(logs[key]))]
+        broken = non_finite_weights(self.model)
+        if broken:
+            found.append(f"{len(broken)} weight variable(s) hold NaN or infinity ({', '.join(broken[:2])}"
+                         f"{', ...' if len(broken) > 2 else ''})")
+        if found:
+            kept = f"the backup keeps epoch {epoch}" if epoch else "no epoch finished before it"
+            raise TrainingDivergedError(f"the training diverged in epoch {epoch + 1}: {' and '.join(found)}; "
+                                        f"nothing of that epoch is kept ({kept}): {self.advice}")
 
 
 class FreezeEncoder(keras.callbacks.Callback):
