@@ -146,6 +146,7 @@ class IngestOptions:
     labeled: Optional[Dict[str, List[int]]] = None
     groups: Optional[Dict[str, str]] = None  # source_id -> group (image/group_id)
     groups_source: str = "--groups"  # what messages call the groups (`segbalance run`: DIR/groups.json)
+    labeled_source: str = "--labeled"  # what messages call the labelled sets (`segbalance run`: DIR/labeled.json)
     reference_masks: Optional[Path] = None  # complete masks (<stem>.png), kept in TARGET/reference_masks/
 
 
@@ -205,6 +206,20 @@ def failed_report_path(target: Path) -> Path:
 
 def _sample(names: Sequence[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _no_key_matches(source: str, keys: List[str], images: Dict[str, Path], images_dir: Path) -> IngestError:
+    """A labelled-sets file none of whose keys is an image's stem (QA 68: keys written as file names
+    left every image 'complete'; the run trained and pushed as if nothing were missing)."""
+    stem = sorted(images)[0]
+    as_names = [key for key in keys if Path(key).stem in images and Path(key).suffix]
+    hint = f"; they look like file names: drop the suffixes ({as_names[0]!r} -> {Path(as_names[0]).stem!r})" \
+        if as_names else ""
+    error = IngestError(f"{source}: none of its {len(keys)} keys is the stem of an image file in {images_dir} "
+                        f"(first: {_sample(keys, 3)}){hint}; keys are file stems, e.g. {stem!r} for "
+                        f"{images[stem].name}; nothing was written")
+    error.codes = frozenset({"labeled_unmatched"})
+    return error
 
 
 # --------------------------------------------------------------------------- inputs
@@ -715,7 +730,7 @@ def ingest(
     ``marker_extra``: more fields for the target's marker, written with the records in one rename
     (`segbalance run` records there which source folder the span holds)."""
     options = options or IngestOptions()
-    options = replace(options, labeled=_nfc_keys(options.labeled, "--labeled"),
+    options = replace(options, labeled=_nfc_keys(options.labeled, options.labeled_source),
                       groups=_nfc_keys(options.groups, "--groups"))
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     # absolute ("." has no name to rename and no parent to hold the temporary folder) ...
@@ -766,9 +781,11 @@ def ingest(
               f"(not in sub-folders) ending in {', '.join(IMAGE_SUFFIXES)}", file=sys.stderr)
     if options.labeled is not None:
         result.labeled_unmatched = sorted(set(options.labeled) - set(images))
+        if options.labeled and images and len(result.labeled_unmatched) == len(options.labeled):
+            raise _no_key_matches(options.labeled_source, result.labeled_unmatched, images, images_dir)
         if result.labeled_unmatched:
-            print(f"ingest: warning: {len(result.labeled_unmatched)} --labeled stems match no image file in "
-                  f"{images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
+            print(f"ingest: warning: {len(result.labeled_unmatched)} {options.labeled_source} stems match no image "
+                  f"file in {images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
     result.num_pairs = len(pairs)
     if options.groups is not None:

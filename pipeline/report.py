@@ -25,6 +25,7 @@ import os
 from collections import Counter
 from typing import List, Optional
 
+from segbalance.contract import counted
 from segbalance.pipeline import report_charts as charts
 from segbalance.pipeline.output_guard import write_text_atomic
 from segbalance.pipeline import report_images
@@ -213,7 +214,9 @@ def gaps_sections(frame, quarantine: List[dict], names: List[str], records: dict
                           if i < thumbs else "-"] for i, q in enumerate(shown)], left=3))
     else:
         body = '<p class="ok">No record was quarantined.</p>'
-    return [Section("gaps", "Annotation gaps", "\n".join(gaps), f"{with_gaps} images with missing classes"),
+    # (QA 68: "images with missing classes" counted the suspect-only ones too, unlike class_stats.json)
+    return [Section("gaps", "Annotation gaps", "\n".join(gaps),
+                    f"{counted(with_gaps, 'image')} with missing or suspect-missing classes"),
             Section("quarantine", "Quarantined records", body,
                     f'<span class="bad">{len(quarantine)} quarantined records</span>' if quarantine
                     else '<span class="ok">no quarantined record</span>')]
@@ -226,7 +229,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
         return None
     from segbalance.pipeline.ingest_reports import current_ingest_report
 
-    rows, total, written, codes = [], 0, 0, Counter()
+    rows, total, written, codes, unmatched = [], 0, 0, Counter(), Counter()
     changed = [os.path.dirname(p) for p in report_paths if current_ingest_report(os.path.dirname(p)) is None]
     note = (f'<p class="note">Records were added to or changed in {esc(", ".join(changed))} after ingest wrote '
             f"its report: the counts here are ingest's, not the span's.</p>" if changed else "")
@@ -237,13 +240,20 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
         total += int(report.get("num_bad", len(bad)))
         written += int(report.get("num_written", 0))
         codes.update(b.get("code", "?") for b in bad)
+        unmatched.update({name: int(report.get(f"num_{name}_unmatched") or 0) for name in ("labeled", "groups")})
         rows += [[span, os.path.basename(b.get("image") or b.get("mask") or str(b.get("source_id"))),
                   b.get("code", ""), b.get("reason", "")] for b in bad]
     where = "; ".join(report_paths)
+    keys = [f"{unmatched[name]} {what} keys" for name, what in (("labeled", "labelled-set"), ("groups", "group"))
+            if unmatched[name]]
+    if keys:  # labelled sets or groups of no image: not used (QA 68: said once on the console, then nowhere)
+        note += (f'<p class="bad">{esc(" and ".join(keys))} name no image, so they are not used (keys are image '
+                 f"file stems; listed in the reports' labeled_unmatched / groups_unmatched).</p>")
     if not total:
         return Section("ingest", "Ingest",
                        f'<p class="ok">Every image pair was ingested ({written} records; {esc(where)}).</p>' + note,
-                       '<span class="ok">every image pair ingested</span>')
+                       f'<span class="bad">{esc(" and ".join(keys))} unmatched</span>' if keys
+                       else '<span class="ok">every image pair ingested</span>')
     shown = rows[:MAX_QUARANTINE_ROWS]
     body = (f'<p class="bad">{total} image pairs were not ingested (they are in no record, so no count, '
             f"weight or score includes them); {written} were:</p>"

@@ -200,7 +200,8 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                                options=ingest.IngestOptions(num_classes=config.num_classes,
                                                             ignore_index=config.classes.ignore_index,
                                                             labeled=labeled, groups=groups,
-                                                            groups_source=str(groups_file)),
+                                                            groups_source=str(groups_file),
+                                                            labeled_source=str(labeled_file)),
                                marker_extra={SOURCE_KEY: recorded})
     except ingest.IngestError as exc:
         if "ungrouped_images" in exc.codes and config.data.split_by == "record":
@@ -215,6 +216,9 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         raise ConfigError(
             f"classes.names lists {config.num_classes} classes but {len(out_of_range)} masks have larger class ids "
             f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); {add_names} (or fix those masks)")
+    if config.num_classes > 1 and result.written and result.max_class_id <= 0 and result.masks_with_ignore:
+        shutil.rmtree(result.target)  # written by this call a moment ago: a span that trains no class is not kept
+        raise ConfigError(binary_masks_message(result, source, examples_dir, span, config))
     if full is not None:  # checked after the masks' own ids, which say more (a class count too small shows in both)
         try:
             keep_references(result.target, full, config, source / "images")
@@ -233,6 +237,18 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
                   f"{', '.join(unmatched[:3])}); keys are image file stems (e.g. 'img_001' for images/img_001.png)",
                   flush=True)
     return span
+
+
+def binary_masks_message(result, source: Path, examples_dir: Path, span: int, config: PipelineConfig) -> str:
+    """Why a run refuses masks that hold only class 0 and the ignore index: binary masks saved as 0/255
+    (QA 68: their foreground was ignored, never learnt; a model with IoU 0 on it was blessed and pushed, and
+    `ingest`'s warning reached only the log)."""
+    ii = config.classes.ignore_index
+    return (f"no mask in {source / 'masks'} holds a class id other than 0 (background), and "
+            f"{result.masks_with_ignore} of {len(result.written)} hold {ii}, the ignore index: binary masks saved as "
+            f"0/{ii} would train no {config.classes.names[1]!r}. Save the foreground as 1, or ingest them once with "
+            f"`segbalance ingest {source / 'images'} {source / 'masks'} --palette PALETTE.json --output {examples_dir} "
+            f"--span {span}` (PALETTE.json: {{\"0\": 0, \"1\": {ii}}}), then `segbalance run --data {examples_dir}`")
 
 
 def keep_references(span_dir: Path, full: Path, config: PipelineConfig, images: Path) -> None:
@@ -571,6 +587,11 @@ def print_summary(summary: dict) -> None:
         for span, skipped in sorted((data.get("not_ingested") or {}).items(), key=lambda item: int(item[0])):
             print(f"  not ingested:     {skipped['pairs']} image pair(s) of span {span} (each with its reason: "
                   f"{skipped['report']})")
+        for span, keys in sorted((data.get("unmatched_keys") or {}).items(), key=lambda item: int(item[0])):
+            counts = [f"{keys[name]} {what} keys" for name, what in (("labeled", "labelled-set"), ("groups", "group"))
+                      if keys.get(name)]
+            print(f"  unmatched keys:   {' and '.join(counts)} of span {span} name no image, so they are not used "
+                  f"(keys are image file stems; listed in {keys['report']})")
     quarantined = summary.get("quarantined") or {}
     if quarantined.get("records"):
         print(f"  quarantined:      {quarantined['records']} of {quarantined['read']} records ("

@@ -183,26 +183,38 @@ def data_used(store) -> Optional[dict]:
 
     from tfx.utils import io_utils
 
-    from segbalance.pipeline.ingest import REPORT_NAME
-
     used = {"examples": examples.uri, "span": span, "input_base": input_base, "pattern": pattern,
             "files_unchanged": io_utils.generate_fingerprint(split["name"], pattern)
             == _custom(examples, "input_fingerprint")}
     used["spans"] = sorted(span_dirs)
     used["span_folders"] = {str(k): v for k, v in sorted(span_dirs.items())}
+    used.update(records={}, not_ingested={}, unmatched_keys={})
+    for number, folder in span_dirs.items():
+        for key, value in span_ingest_facts(folder).items():
+            used[key][str(number)] = value
+    return used
+
+
+def span_ingest_facts(folder: str) -> dict:
+    """What a span's ``ingest_report.json`` says: ``records`` (its count, only while the report is current:
+    a file added after ingest is not counted, QA 25), ``not_ingested`` (image pairs skipped, each with its
+    reason in the report) and ``unmatched_keys`` (labelled-set and group keys of no image: not used; QA 68:
+    said once on the console, then never again); a key is left out when there is nothing to say."""
+    from segbalance.pipeline.ingest import REPORT_NAME
     from segbalance.pipeline.ingest_reports import current_ingest_report
 
-    records, not_ingested = {}, {}
-    for number, folder in span_dirs.items():
-        current = current_ingest_report(folder)  # a file added after ingest: its count is not the span's (QA 25)
-        report = current or _read_json(os.path.join(folder, REPORT_NAME))  # (read once when it is current)
-        if current and isinstance(current.get("num_written"), int):
-            records[str(number)] = current["num_written"]
-        if report and report.get("num_bad"):  # image pairs ingest skipped, each with its reason in the report
-            not_ingested[str(number)] = {"pairs": int(report["num_bad"]), "report": os.path.join(folder, REPORT_NAME)}
-    used["records"] = records
-    used["not_ingested"] = not_ingested
-    return used
+    path = os.path.join(folder, REPORT_NAME)
+    current = current_ingest_report(folder)
+    report = current or _read_json(path) or {}  # (read once when it is current)
+    facts = {}
+    if current and isinstance(current.get("num_written"), int):
+        facts["records"] = current["num_written"]
+    if report.get("num_bad"):
+        facts["not_ingested"] = {"pairs": int(report["num_bad"]), "report": path}
+    keys = {name: int(report.get(f"num_{name}_unmatched") or 0) for name in ("labeled", "groups")}
+    if any(keys.values()):
+        facts["unmatched_keys"] = {**keys, "report": path}
+    return facts
 
 
 def summarize(paths: dict) -> dict:

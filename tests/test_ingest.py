@@ -256,6 +256,24 @@ def test_labeled_stems_without_image_are_a_warning_or_a_strict_error(tmp_path, c
     assert _report(tmp_path / "out")["num_labeled_unmatched"] == 0
 
 
+def test_labeled_keys_of_which_none_is_a_stem_are_refused(tmp_path, capsys):
+    """QA 68: keys written as file names matched no image; the sets were unused (every image 'complete')
+    after one warning, and the run trained and pushed. None matching is refused, nothing written."""
+    _dataset(tmp_path, n=2)
+    (tmp_path / "labeled.json").write_text(json.dumps({"img0.png": [0, 1], "img1.PNG": [0]}))
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json")) == 2
+    _one_error_line(capsys.readouterr().err, "--labeled: none of its 2 keys is the stem of an image file in "
+                    f"{tmp_path / 'images'} (first: img0.png, img1.PNG); they look like file names: drop the suffixes "
+                    "('img0.png' -> 'img0'); keys are file stems, e.g. 'img0' for img0.png; nothing was written")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "labeled.json").write_text(json.dumps({"ghost": [0]}))
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json")) == 2
+    err = capsys.readouterr().err
+    assert "none of its 1 keys is the stem of an image file" in err and "look like file names" not in err
+    (tmp_path / "labeled.json").write_text(json.dumps({}))  # an empty file: no labelled sets, as before
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json")) == 0
+
+
 def test_groups_are_written_and_every_image_needs_one(tmp_path, capsys):
     """--groups: image/group_id on every record (data.split_by: group splits on it); an image without a
     group stops the command (exit 2, one line, nothing written); a stem without image is a warning, an

@@ -82,6 +82,8 @@ def test_annotation_gaps_are_ranked_by_missing_classes(report):
                 sorted((sid for sid, s in score.items() if s > 0), key=lambda sid: (-score[sid], sid))]
     assert shown == expected and shown  # all of them: fewer than TOP_IMAGES
     assert f"{len(expected)} images have missing or suspect-missing classes" in gaps
+    summary = text.split('<h2 id="summary">')[1].split("</ul>")[0]  # the same count, named the same (QA 68)
+    assert f"{len(expected)} images with missing or suspect-missing classes" in summary
 
 
 def test_user_strings_are_escaped_and_nothing_loads_from_the_network(report):
@@ -702,6 +704,43 @@ def test_image_pairs_ingest_skipped_are_in_the_report_and_the_summary(tmp_path, 
     print_summary(summary)
     assert f"  not ingested:     2 image pair(s) of span 4 (each with its reason: {ingest_report})" in \
         capsys.readouterr().out
+
+
+def test_labelled_set_keys_of_no_image_are_in_the_report_and_every_run_summary(tmp_path, capsys):
+    """QA 68: labeled.json keys that name no image (their labelled sets unused) were one console warning
+    at ingest; a cached re-run, run_summary.json and the report never said so again."""
+    from segbalance.pipeline import sample_data
+    from segbalance.pipeline.run import print_summary
+    from segbalance.pipeline.run_summary import span_ingest_facts
+    from tests.report_inputs import write_report_inputs
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=3, size=16, seed=1)
+    (tmp_path / "labeled.json").write_text(json.dumps({"shapes_00000": [0, 1], "shapes_00001.png": [0],
+                                                       "ghost": [0]}))
+    assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                     "--span", "2", "--labeled", str(tmp_path / "labeled.json")]) == 0
+    span = tmp_path / "spans" / "Span-2"
+    report_path = str(span / "ingest_report.json")
+    facts = span_ingest_facts(str(span))
+    assert facts == {"records": 3, "unmatched_keys": {"labeled": 2, "groups": 0, "report": report_path}}
+    (tmp_path / "inputs").mkdir()
+    sources = write_report_inputs(tmp_path / "inputs")
+    sources.ingest_reports = [report_path]
+    page = tmp_path / "report.html"
+    render_report(sources, str(page))
+    text = section(page.read_text(), "ingest")
+    assert "Every image pair was ingested (3 records" in text
+    assert ('<p class="bad">2 labelled-set keys name no image, so they are not used (keys are image file stems; '
+            "listed in the reports' labeled_unmatched / groups_unmatched).</p>") in text
+    assert "2 labelled-set keys unmatched" in page.read_text().split('<h2 id="summary">')[1].split("</ul>")[0]
+    summary = {"seconds": 1, "output_dir": "o", "metadata": "m", "log": "l",
+               "data": {"spans": [2], "span_folders": {"2": str(span)}, "records": {"2": 3}, "not_ingested": {},
+                        "unmatched_keys": {"2": facts["unmatched_keys"]}}}
+    capsys.readouterr()
+    print_summary(summary)
+    assert (f"  unmatched keys:   2 labelled-set keys of span 2 name no image, so they are not used (keys are image "
+            f"file stems; listed in {report_path})") in capsys.readouterr().out
+    assert span_ingest_facts(str(tmp_path / "nothing")) == {}
 
 
 def test_the_drift_section_shows_vanished_classes_with_their_chance(tmp_path):

@@ -473,6 +473,39 @@ def test_a_sample_kind_brings_its_class_names_but_never_replaces_the_users(tmp_p
     assert mine.classes.names == ["bg", "cell", "edge"]
 
 
+def test_run_refuses_binary_masks_saved_as_0_255_and_says_how_to_map_them(tmp_path):
+    """QA 68 (real data): `run --data` over 0/255 masks trained no foreground (class weights [1, 0], every
+    foreground pixel ignored), blessed and pushed a model with IoU 0 on it; ingest's warning reached the log
+    file only. Refused (exit 2), the span just written removed; masks saved as 0/1 run."""
+    import numpy as np
+    from PIL import Image
+
+    from segbalance.pipeline.config import ConfigError, config_from_dict
+    from segbalance.pipeline.run import ingest_as_next_span
+    from segbalance.pipeline.spans import list_spans
+
+    data = tmp_path / "binary"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 3:6] = 255
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(data / "images" / f"b{i}.png")
+        Image.fromarray(mask).save(data / "masks" / f"b{i}.png")
+    config = config_from_dict({"classes": {"names": ["background", "lesion"]}})
+    out = tmp_path / "examples"
+    with pytest.raises(ConfigError, match=re.escape(
+            f"no mask in {data / 'masks'} holds a class id other than 0 (background), and 3 of 3 hold 255, the "
+            f"ignore index: binary masks saved as 0/255 would train no 'lesion'. Save the foreground as 1, or ingest "
+            f"them once with `segbalance ingest {data / 'images'} {data / 'masks'} --palette PALETTE.json --output "
+            f"{out} --span 0` (PALETTE.json: {{\"0\": 0, \"1\": 255}}), then `segbalance run --data {out}`")):
+        ingest_as_next_span(config, data, out)
+    assert list_spans(out) == []
+    for i in range(3):
+        Image.fromarray(mask // 255).save(data / "masks" / f"b{i}.png")
+    assert ingest_as_next_span(config, data, out) == 0 and list_spans(out) == [0]
+
+
 def test_run_on_colour_masks_says_how_to_ingest_them_and_warns_of_unmatched_labeled_keys(tmp_path, capsys):
     """`run --data` told the user to pass --palette, an option `run` does not have; labeled.json keys
     that matched no image were reported in the log file only (their labelled sets silently unused)."""
@@ -494,9 +527,17 @@ def test_run_on_colour_masks_says_how_to_ingest_them_and_warns_of_unmatched_labe
     with pytest.raises(IngestError, match=r"colour \(RGB\) masks need a palette, which `run` does not take: "
                                           r"ingest them once with `segbalance ingest .* --palette PALETTE.json"):
         ingest_as_next_span(config_from_dict({}), data, tmp_path / "out1")
-    for i in range(2):  # now greyscale masks, and a labeled.json keyed by file names instead of stems
-        Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "masks" / f"a{i}.png")
+    for i in range(2):  # now masks of classes 0 and 1, and a labeled.json keyed by file names instead of stems
+        Image.fromarray(np.eye(8, dtype=np.uint8)).save(data / "masks" / f"a{i}.png")
     (data / "labeled.json").write_text(json.dumps({"a0.png": [0, 1], "a1.png": [0]}))
+    # none matches (QA 68: every image trained as complete, pushed, the warning once): refused, nothing written
+    with pytest.raises(IngestError, match=rf"^{re.escape(str(data / 'labeled.json'))}: none of its 2 keys is the stem "
+                                          r"of an image file in .*images \(first: a0.png, a1.png\); they look like "
+                                          r"file names: drop the suffixes \('a0.png' -> 'a0'\); keys are file stems, "
+                                          r"e.g. 'a0' for a0.png; nothing was written$"):
+        ingest_as_next_span(config_from_dict({}), data, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("Span-*"))
+    (data / "labeled.json").write_text(json.dumps({"a0": [0, 1], "a1.png": [0]}))  # one of two: a warning
     ingest_as_next_span(config_from_dict({}), data, tmp_path / "out2")
     out = capsys.readouterr().out
-    assert "ingest: warning: 2 keys of" in out and "labeled.json match no image file (first: a0.png, a1.png)" in out
+    assert "ingest: warning: 1 keys of" in out and "labeled.json match no image file (first: a1.png)" in out
