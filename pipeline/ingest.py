@@ -222,6 +222,23 @@ def _no_key_matches(source: str, keys: List[str], images: Dict[str, Path], image
     return error
 
 
+GREY_LEVELS = "grey levels"  # in a reason: the mask may hold its classes as grey levels (run's advice names it)
+
+
+def _grey_level_hint(mask: np.ndarray, options: IngestOptions) -> str:
+    """For a single-channel mask with ids out of range and no more values than classes (a mask saved for
+    viewing, 0/85/170/255): the --palette that maps its values in order (QA 68: the advice was to add 171
+    class names; the 255 pixels would have been 'no label')."""
+    values = np.unique(mask).tolist()
+    if options.palette is not None or len(values) > (options.num_classes or 255):
+        return ""
+    palette = json.dumps({str(i): v for i, v in enumerate(values)})
+    ignored = (f"; {options.ignore_index} is the ignore index: unmapped, its pixels are 'no label'"
+               if options.ignore_index in values else "")
+    return f"; if it holds its classes as {GREY_LEVELS} ({', '.join(map(str, values))}), map them with --palette " \
+           f"FILE holding {palette} (in class order){ignored}"
+
+
 # --------------------------------------------------------------------------- inputs
 @dataclass
 class Listing:
@@ -594,7 +611,7 @@ def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.nd
         shown = ids if len(ids) <= 10 else ids[:5] + ids[-5:]  # the smallest (negatives) and the largest
         limit_text = f"num_classes={options.num_classes}" if options.num_classes else "255 values"
         raise PairError(OUT_OF_RANGE, f"mask {name} has class ids {shown} outside [0, {limit_text}) that are not "
-                                      f"ignore_index={options.ignore_index}")
+                                      f"ignore_index={options.ignore_index}{_grey_level_hint(mask, options)}")
     return mask.astype(np.uint8)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from segbalance.pipeline import report_charts as charts
 from segbalance.pipeline import report_images as images
-from segbalance.pipeline.report_html import Raw, Section, esc, figure, fmt, table
+from segbalance.pipeline.report_html import Raw, Section, esc, figure, fmt, share, table
 
 THUMBS_PER_CLASS = 8  # images per class strip (sampled with SEED among the images with the class)
 MAX_QUARANTINE_THUMBS = 40  # quarantined records shown with a thumbnail (the table lists up to 200)
@@ -83,8 +83,8 @@ def class_examples_section(names: Sequence[str], stats: dict, samples: Dict[int,
         strip = []
         for source_id in ids:
             counts = pixels.get(source_id)
-            share = f" ({counts[c] / max(1, sum(counts)):.1%})" if counts is not None else ""
-            strip.append(overlay_figure(records, source_id, len(names), f"{source_id}{share}"))
+            caption = f"{source_id} ({share(counts[c], sum(counts))})" if counts is not None else source_id
+            strip.append(overlay_figure(records, source_id, len(names), caption))
         parts.append('<div class="strip">' + "".join(strip) + "</div>")
     return Section("examples", "Class examples", "\n".join(parts), None)
 

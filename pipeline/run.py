@@ -190,9 +190,10 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         raise ConfigError(f"classes.names lists {config.num_classes} classes, but {labeled_file} lists class ids "
                           f"{too_large[:10]}; {add_names} (or fix {labeled_file})")
     span = next_span(examples_dir)
-    palette_hint = (f"colour (RGB) masks need a palette, which `run` does not take: ingest them once with "
-                    f"`segbalance ingest {source / 'images'} {source / 'masks'} --palette PALETTE.json --output "
-                    f"{examples_dir} --span {span}`, then `segbalance run --data {examples_dir}`")
+    ingest_once = (f"ingest them once with `segbalance ingest {source / 'images'} {source / 'masks'} --palette "
+                   f"PALETTE.json --output {examples_dir} --span {span}`, then `segbalance run --data {examples_dir}`")
+    palette_hint = f"colour (RGB) masks need a palette, which `run` does not take: {ingest_once}"
+    grey_hint = f"masks that hold their classes as grey levels need a palette, which `run` does not take: {ingest_once}"
     recorded = {"fingerprint": fingerprint, "source": str(source), "span": span,
                 "plain_fingerprint": plain_fingerprint, "with_groups": groups is not None}
     try:  # what run ingested is recorded in the span's own marker, renamed into place with its records
@@ -207,18 +208,22 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         if "ungrouped_images" in exc.codes and config.data.split_by == "record":
             raise ingest.IngestError(f"{exc}; or remove {groups_file} (with data.split_by: record it only lets "
                                      f"the drift gate count in groups)") from None
-        if "rgb_mask_without_palette" not in exc.codes:  # nothing written, pairs refused for want of a palette
-            raise
-        raise ingest.IngestError(f"{exc}; {palette_hint}") from None
+        if "rgb_mask_without_palette" in exc.codes:  # nothing written, pairs refused for want of a palette
+            raise ingest.IngestError(f"{exc}; {palette_hint}") from None
+        if ingest.GREY_LEVELS in str(exc):  # (the first bad pair's reason offers a --palette of grey levels)
+            raise ingest.IngestError(f"{exc}; {grey_hint}") from None
+        raise
     out_of_range = [b for b in result.bad if b.get("code") == "class_ids_out_of_range"]
     if out_of_range:
         shutil.rmtree(result.target)  # written by this call a moment ago; it must not become the latest span
+        grey = f"; {grey_hint}" if ingest.GREY_LEVELS in out_of_range[0]["reason"] else ""
         raise ConfigError(
             f"classes.names lists {config.num_classes} classes but {len(out_of_range)} masks have larger class ids "
-            f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); {add_names} (or fix those masks)")
+            f"(first: {out_of_range[0]['source_id']}: {out_of_range[0]['reason']}); {add_names} (or fix those "
+            f"masks){grey}")
     if config.num_classes > 1 and result.written and result.max_class_id <= 0 and result.masks_with_ignore:
         shutil.rmtree(result.target)  # written by this call a moment ago: a span that trains no class is not kept
-        raise ConfigError(binary_masks_message(result, source, examples_dir, span, config))
+        raise ConfigError(binary_masks_message(result, source, config, ingest_once))
     if full is not None:  # checked after the masks' own ids, which say more (a class count too small shows in both)
         try:
             keep_references(result.target, full, config, source / "images")
@@ -239,16 +244,15 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     return span
 
 
-def binary_masks_message(result, source: Path, examples_dir: Path, span: int, config: PipelineConfig) -> str:
+def binary_masks_message(result, source: Path, config: PipelineConfig, ingest_once: str) -> str:
     """Why a run refuses masks that hold only class 0 and the ignore index: binary masks saved as 0/255
     (QA 68: their foreground was ignored, never learnt; a model with IoU 0 on it was blessed and pushed, and
     `ingest`'s warning reached only the log)."""
     ii = config.classes.ignore_index
     return (f"no mask in {source / 'masks'} holds a class id other than 0 (background), and "
             f"{result.masks_with_ignore} of {len(result.written)} hold {ii}, the ignore index: binary masks saved as "
-            f"0/{ii} would train no {config.classes.names[1]!r}. Save the foreground as 1, or ingest them once with "
-            f"`segbalance ingest {source / 'images'} {source / 'masks'} --palette PALETTE.json --output {examples_dir} "
-            f"--span {span}` (PALETTE.json: {{\"0\": 0, \"1\": {ii}}}), then `segbalance run --data {examples_dir}`")
+            f"0/{ii} would train no {config.classes.names[1]!r}. Save the foreground as 1, or {ingest_once} "
+            f"(PALETTE.json: {{\"0\": 0, \"1\": {ii}}})")
 
 
 def keep_references(span_dir: Path, full: Path, config: PipelineConfig, images: Path) -> None:

@@ -286,6 +286,7 @@ def test_too_few_class_names_for_the_mask_ids_stops_the_run(tmp_path, capsys):
     assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--data", str(raw), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert "classes.names lists 2 classes but" in err and "masks have larger class ids" in err
+    assert "grey levels" not in err  # more values in a mask than classes: not a mask saved for viewing
     assert not (out / "metadata.sqlite").exists()
 
 

@@ -376,6 +376,8 @@ def test_class_examples_show_images_with_the_class_rarest_first(report):
         with_class = [sid for sid, (_, mask, _) in pairs.items() if (mask == c).any()]
         shown = [alt[: -len(" with its mask")] for alt, _, _ in thumbs(strip)]
         assert len(shown) == min(8, len(with_class)) and set(shown) <= set(with_class), NAMES[c]
+        # every image shown holds the class: its share is never printed as nothing (QA 68: "0.0%")
+        assert "(0.0%)" not in strip and len(re.findall(r"\((?:<|&lt;)?[0-9.]+%\)", strip)) >= len(shown)
     # a thumbnail is the image with the mask at alpha 0.5 in the VOC colours (ignore: the image)
     alt, kind, pixels = thumbs(strips[-1])[0]
     image, mask, _ = pairs[alt[: -len(" with its mask")]]
@@ -385,6 +387,15 @@ def test_class_examples_show_images_with_the_class_rarest_first(report):
     assert kind == "jpeg" and pixels.shape == image.shape
     error = np.abs(pixels.astype(float) - expected).mean()  # JPEG (quality 80) of a noisy 40 px image
     assert error < 10 and error < np.abs(pixels.astype(float) - image).mean() / 3  # far closer than no overlay
+
+
+def test_a_share_never_rounds_a_part_to_nothing_or_to_the_whole():
+    from segbalance.pipeline.report_html import share
+
+    assert [share(10, 45901), share(45891, 45901), share(0, 5), share(5, 5), share(1, 3), share(0, 0)] == [
+        "<0.1%", ">99.9%", "0.0%", "100.0%", "33.3%", "0.0%"]
+    assert [share(1, 2000), share(1999, 2000), share(1, 2001), share(1998, 2000)] == [
+        "0.1%", ">99.9%", "<0.1%", "99.9%"]
 
 
 def test_gap_cases_and_quarantine_thumbnails(report):

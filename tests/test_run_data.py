@@ -498,12 +498,60 @@ def test_run_refuses_binary_masks_saved_as_0_255_and_says_how_to_map_them(tmp_pa
             f"no mask in {data / 'masks'} holds a class id other than 0 (background), and 3 of 3 hold 255, the "
             f"ignore index: binary masks saved as 0/255 would train no 'lesion'. Save the foreground as 1, or ingest "
             f"them once with `segbalance ingest {data / 'images'} {data / 'masks'} --palette PALETTE.json --output "
-            f"{out} --span 0` (PALETTE.json: {{\"0\": 0, \"1\": 255}}), then `segbalance run --data {out}`")):
+            f"{out} --span 0`, then `segbalance run --data {out}` (PALETTE.json: {{\"0\": 0, \"1\": 255}})")):
         ingest_as_next_span(config, data, out)
     assert list_spans(out) == []
     for i in range(3):
         Image.fromarray(mask // 255).save(data / "masks" / f"b{i}.png")
     assert ingest_as_next_span(config, data, out) == 0 and list_spans(out) == [0]
+
+
+def test_masks_saved_as_grey_levels_get_the_palette_that_maps_them(tmp_path):
+    """QA 68: a mask of 4 classes saved for viewing (0/85/170/255) was refused with "add the missing class
+    names" (171 of them); the reason now shows the grey-value --palette, and run how to ingest with it."""
+    import numpy as np
+    from PIL import Image
+
+    from segbalance.pipeline import ingest
+    from segbalance.pipeline.config import ConfigError, config_from_dict
+    from segbalance.pipeline.run import ingest_as_next_span
+    from segbalance.trainer.example_codec import decode_array
+
+    data = tmp_path / "grey"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    ids = np.repeat(np.arange(4, dtype=np.uint8), 4).reshape(2, 8)
+    for i in range(2):
+        Image.fromarray(np.full((2, 8, 3), 9 * i, np.uint8)).save(data / "images" / f"g{i}.png")
+        Image.fromarray((ids * 85).astype(np.uint8)).save(data / "masks" / f"g{i}.png")
+    config = config_from_dict({"classes": {"names": ["bg", "a", "b", "c"]}})
+    out = tmp_path / "examples"
+    with pytest.raises(ingest.IngestError) as refused:  # every mask refused: ingest's own error, with run's advice
+        ingest_as_next_span(config, data, out)
+    assert "all 2 pairs were bad" in str(refused.value) and "map them with --palette FILE holding" in str(refused.value)
+    assert str(refused.value).endswith(f"`, then `segbalance run --data {out}`")
+    Image.fromarray(ids).save(data / "masks" / "g1.png")  # one mask of ids among the grey-level one
+    with pytest.raises(ConfigError) as refused:
+        ingest_as_next_span(config, data, out)
+    message = str(refused.value)
+    assert ("mask g0.png has class ids [85, 170] outside [0, num_classes=4) that are not ignore_index=255; if it holds "
+            'its classes as grey levels (0, 85, 170, 255), map them with --palette FILE holding {"0": 0, "1": 85, '
+            '"2": 170, "3": 255} (in class order); 255 is the ignore index: unmapped, its pixels are \'no label\'') \
+        in message
+    assert message.endswith(f"masks that hold their classes as grey levels need a palette, which `run` does not take: "
+                            f"ingest them once with `segbalance ingest {data / 'images'} {data / 'masks'} --palette "
+                            f"PALETTE.json --output {out} --span 0`, then `segbalance run --data {out}`")
+    (tmp_path / "grey.json").write_text(json.dumps({"0": 0, "1": 85, "2": 170, "3": 255}))  # the advice, followed
+    result = ingest.ingest(data / "images", data / "masks", out, span=0, options=ingest.IngestOptions(
+        num_classes=4, palette=ingest.load_palette(tmp_path / "grey.json")))
+    assert [b["code"] for b in result.bad] == ["value_not_in_palette"] and result.written == ["g0"]  # g1: ids
+    import tensorflow as tf
+
+    from segbalance.trainer.example_codec import parse_record
+
+    files = [str(f) for f in (out / "Span-0").glob("*.tfrecord")]
+    records = [parse_record(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+    assert [decode_array(r.mask_bytes).tolist() for r in records] == [ids.tolist()]
 
 
 def test_run_on_colour_masks_says_how_to_ingest_them_and_warns_of_unmatched_labeled_keys(tmp_path, capsys):
