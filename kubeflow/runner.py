@@ -161,6 +161,10 @@ def compile_pipeline(config: PipelineConfig, output: str, image: Optional[str], 
                   else "no data.dir in the config: ")
         print(f"compile-kfp: {sample}the pipeline reads the spans in {examples_root(config, pipeline_root)} "
               f"(segbalance ingest --span N)", flush=True)
+    if config.output_dir != type(config)().output_dir:  # QA 67: accepted and ignored without a word
+        print(f"compile-kfp: note: output_dir ({config.output_dir}) is for local runs and not compiled: the pipeline "
+              f"writes under --pipeline-root, its pushed models in {pipeline_root.rstrip('/')}/serving_model",
+              flush=True)
     if config.data.dir is None and config.data.sample.kind != "shapes" and \
             config.classes.names == type(config.classes)().names:  # QA 27: said of the data only
         print(f"compile-kfp: note: nor are the {config.data.sample.kind} sample's class names: the pipeline trains "

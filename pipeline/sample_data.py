@@ -62,7 +62,7 @@ import numpy as np
 
 from segbalance.contract import GROUPS_FILE, UserError
 from segbalance.pipeline import output_guard
-from segbalance.pipeline.config import SAMPLE_KINDS
+from segbalance.pipeline.config import SAMPLE_KINDS, SampleConfig
 from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
 
 SHAPES_CLASSES = ["background", "ellipse", "rectangle", "circle"]
@@ -431,10 +431,10 @@ def sample_class_names(kind: str, cache_dir=None) -> List[str]:
 def write_sample_data(
     kind: str,
     output: os.PathLike,
-    num_images: int = 200,
-    size: int = 64,
-    seed: int = 0,
-    drop_fraction: float = 0.0,
+    num_images: int = SampleConfig.num_images,
+    size: int = SampleConfig.size,
+    seed: int = SampleConfig.seed,
+    drop_fraction: float = 0.0,  # complete masks (the run's sample: data.sample.drop_fraction)
     part: str = "all",
     cache_dir: Optional[os.PathLike] = None,
 ) -> Path:
@@ -554,12 +554,17 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("kind", choices=KINDS, help="which sample data set")
     parser.add_argument("--output", required=True, help="folder to write (created if missing)")
-    parser.add_argument("--num-images", type=int, default=200, help="number of images (default 200)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    # the defaults of the config's data.sample (QA 67: 200 here, 240 there), except the drop: complete masks
+    parser.add_argument("--num-images", type=int, default=SampleConfig.num_images,
+                        help=f"number of images (default {SampleConfig.num_images}, as data.sample.num_images)")
+    parser.add_argument("--size", type=int, default=SampleConfig.size,
+                        help=f"image side in pixels (default {SampleConfig.size})")
+    parser.add_argument("--seed", type=int, default=SampleConfig.seed,
+                        help=f"random seed (default {SampleConfig.seed})")
     parser.add_argument("--drop-fraction", type=float, default=0.0,
                         help="fraction of the images with a foreground class whose annotation loses some of them "
-                             "(masks_full/ keeps them)")
+                             f"(masks_full/ keeps them); default 0: complete masks (the sample `segbalance run` "
+                             f"writes drops {SampleConfig.drop_fraction}: data.sample.drop_fraction)")
     parser.add_argument("--part", choices=PARTS, default="all",
                         help="real kinds: the training (left 60 %%) or held-out (right 40 %%) part of each image")
     parser.add_argument("--cache-dir", help="package kinds: folder holding the archives (default "

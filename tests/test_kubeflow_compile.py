@@ -196,8 +196,14 @@ def test_sample_options_are_said_to_be_left_out(tmp_path, capsys):
     assert "class names" not in out  # shapes: the default names are its own
     # QA 63: without data.dir and data.sample, where the pipeline reads was nowhere said
     compile_pipeline(config_from_dict({**TINY, "data": {}}), str(tmp_path / "p.json"), IMAGE, str(tmp_path / "root"))
+    out = capsys.readouterr().out
     assert (f"compile-kfp: no data.dir in the config: the pipeline reads the spans in {tmp_path / 'root'}/data "
-            f"(segbalance ingest --span N)") in capsys.readouterr().out
+            f"(segbalance ingest --span N)") in out
+    assert "output_dir" not in out  # left at its default: nothing to say
+    compile_pipeline(config_from_dict({**TINY, "output_dir": "runs/mine"}), str(tmp_path / "p.json"), IMAGE,
+                     str(tmp_path / "root"))
+    assert (f"compile-kfp: note: output_dir (runs/mine) is for local runs and not compiled: the pipeline writes under "
+            f"--pipeline-root, its pushed models in {tmp_path / 'root'}/serving_model") in capsys.readouterr().out
     # QA 27: a real kind's class names are not compiled either (config validate shows them; the spec has 4)
     config = config_from_dict({**TINY, "data": {"sample": {"kind": "voc"}}})
     compile_pipeline(config, str(tmp_path / "p.json"), IMAGE, str(tmp_path / "root"))

@@ -390,3 +390,16 @@ def test_cached_sample_reuses_a_finished_write_and_redoes_a_killed_one(tmp_path,
     monkeypatch.undo()
     assert sample_data.cached_sample(folder, **small) is False  # not vouched for by the old marker
     assert {p.name: p.read_bytes() for p in (folder / "images").iterdir()} == first
+
+
+def test_the_sample_data_command_s_defaults_are_the_config_s():
+    """QA 67: `sample-data` wrote 200 images by default, the run's sample (data.sample) 240; the drop stays 0
+    (complete masks) and its help names the run's."""
+    from segbalance.pipeline.cli import build_parser
+    from segbalance.pipeline.config import SampleConfig
+
+    args = build_parser().parse_args(["sample-data", "shapes", "--output", "x"])
+    assert (args.num_images, args.size, args.seed, args.drop_fraction) == (
+        SampleConfig().num_images, SampleConfig().size, SampleConfig().seed, 0.0)
+    assert sample_data.write_sample_data.__defaults__[:4] == (
+        SampleConfig().num_images, SampleConfig().size, SampleConfig().seed, 0.0)

@@ -17,7 +17,11 @@ With ``n_c`` the pixel count of class c, ``N = sum(n)``, ``f_c = n_c / N`` and C
 ==================== ==========================================================
 
 Then, in this order: optional ``damping="sqrt"`` (square root of the weights), clipping to
-``clip=(w_min, w_max)``, normalisation to mean 1 over the *present* classes.
+``clip=(w_min, w_max)``, normalisation to mean 1 over the *present* classes. This function is the
+formulas: its own ``clip`` default is none. The pipeline, ``segbalance stats`` and SegmentationLoss pass
+the ``stats.clip`` option, whose default is ``DEFAULT_CLIP`` ([0.5, 5.0]): for ClassStats' weights call it
+with ``clip=DEFAULT_CLIP`` (QA 67: a direct call gave [0.016, 0.311, 0.327, 3.346] where the pipeline gave
+[0.267, 0.52, 0.547, 2.666]).
 
 Clipping comes before normalisation, so after normalisation the ratio between weights is
 bounded by ``w_max / w_min`` but the values themselves are rescaled (mean 1).
