@@ -17,6 +17,9 @@ def test_labeled_table_rows_and_default():
     np.testing.assert_array_equal(got, [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0]])  # background always labelled
     empty_table, empty = data.labeled_table({}, 3)
     assert empty_table is None and empty.numpy().tolist() == [[1, 1, 1]]
+    for bad in ([0, 4], [-1]):  # QA 66: an IndexError naming nothing; -1 marked the last class
+        with pytest.raises(ValueError, match=rf"labelled classes of 'b': ids \[{bad[-1]}\] outside \[0, 4\)"):
+            data.labeled_table({"a": [0], "b": bad}, 4)
 
 
 def blocks(batch=3, size=32, seed=0):

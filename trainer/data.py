@@ -49,7 +49,12 @@ def labeled_table(labeled_by_id: Dict[str, Sequence[int]], num_classes: int):
     ids = list(labeled_by_id)
     matrix = np.zeros((len(ids) + 1, num_classes), np.float32)
     for row, sid in enumerate(ids):
-        matrix[row, [int(c) for c in labeled_by_id[sid]]] = 1.0
+        classes = [int(c) for c in labeled_by_id[sid]]
+        outside = [c for c in classes if not 0 <= c < num_classes]
+        if outside:  # (QA 66: an IndexError naming nothing, and a negative id marked a class from the end)
+            raise ValueError(f"labelled classes of {sid!r}: ids {outside} outside [0, {num_classes}) (a per-image "
+                             f"table of another class count? ClassStatsGen quarantines such records)")
+        matrix[row, classes] = 1.0
         matrix[row, 0] = 1.0
     matrix[-1] = 1.0
     if ids:
