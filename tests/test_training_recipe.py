@@ -69,6 +69,8 @@ def test_schedule_serialises():
     schedule = WarmupDecay(0.1, "polynomial", 5, 20, 0.1, 2.0)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert isinstance(again, WarmupDecay) and again.get_config() == schedule.get_config()
+    with pytest.raises(TypeError, match="kind"):  # QA 67: a constant rate by default, where the config's is cosine
+        WarmupDecay(0.1)
 
 
 def test_optimizer_choice_momentum_nesterov_weight_decay():

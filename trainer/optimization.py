@@ -36,7 +36,7 @@ from segbalance.trainer.training_callbacks import replace_file
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     KINDS = ("constant", "cosine", "polynomial")
 
-    def __init__(self, learning_rate: float, kind: str = "constant", warmup_steps: int = 0, decay_steps: int = 1,
+    def __init__(self, learning_rate: float, kind: str, warmup_steps: int = 0, decay_steps: int = 1,
                  final_fraction: float = 0.0, power: float = 1.0):
         if kind not in self.KINDS:
             raise ValueError(f"unknown schedule {kind!r}; use one of {', '.join(self.KINDS)}")
