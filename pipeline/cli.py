@@ -149,6 +149,19 @@ def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
     return found
 
 
+_PATHLIB_LOOP = re.compile(r"^Symlink loop from '(.*)'$")
+
+
+def looping_link(exc: Optional[BaseException]) -> Optional[str]:
+    """The path of a symbolic link that loops which ``exc`` (or one it was raised from) failed on: pathlib's
+    ``RuntimeError`` from ``resolve()`` or an OSError ELOOP; None otherwise."""
+    for raised in _chain(exc):
+        match = _PATHLIB_LOOP.match(str(raised)) if isinstance(raised, RuntimeError) else None
+        if match:
+            return match.group(1)
+    return failed_path(exc, errno.ELOOP)
+
+
 # options whose value is itself a list of flags: ``--beam-args --runner=DirectRunner`` is taken as
 # ``--beam-args=--runner=DirectRunner`` (argparse reads a value starting with "-" as an option; QA 63)
 FLAG_VALUED_OPTIONS = ("--beam-args",)
@@ -220,7 +233,7 @@ def _reader_gone(debug: bool = False) -> int:
 
 
 def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bool = False) -> int:
-    """``call()``'s exit code; a user's mistake, a refused permission or a full disk is one line on
+    """``call()``'s exit code; a user's mistake, a refused permission, a full disk or a looping link is one line on
     stderr (``PROG: error: ...``, exit code 2; ``debug`` adds the traceback), Ctrl-C exits 130,
     and any other exception (a bug) keeps its traceback."""
     try:
@@ -244,12 +257,15 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
     except Exception as exc:
         if stop_signals.received() is not None:  # the stop, raised inside TensorFlow's callbacks as another type
             return _stopped(prog, stop_signals.received(), debug)
-        full, read_only = no_space_left(exc), failed_path(exc, errno.EROFS)
-        if full is None and read_only is None:  # a bug: keep the traceback
+        full, read_only, loop = no_space_left(exc), failed_path(exc, errno.EROFS), looping_link(exc)
+        if full is None and read_only is None and loop is None:  # a bug: keep the traceback
             raise
         if debug:
             traceback.print_exc()
-        if full is not None:
+        if loop is not None:  # the user's path (QA 69: pathlib's RuntimeError, a traceback and exit 1)
+            print(f"{prog}: error: {loop} is a link that loops (it leads back to itself): point it at a real file "
+                  f"or folder, or give another path", file=sys.stderr, flush=True)
+        elif full is not None:
             print(f"{prog}: error: no space left on the device (writing {full}): free space there "
                   f"(the temporary folder, TMPDIR, counts too) and run the same command again; a run resumes where "
                   f"it stopped", file=sys.stderr, flush=True)

@@ -877,6 +877,11 @@ def plan_from_args(args) -> Plan:
                         ("min_epochs", args.min_epochs), ("split_by", args.split_by)):
         if value is not None:
             setattr(plan, attr, value)
+    if args.min_epochs is not None and args.min_epochs > plan.max_epochs:  # (the default 50 is held to the cap)
+        from segbalance.contract import UserError
+
+        raise UserError(f"--min-epochs {args.min_epochs} is more than --max-epochs {plan.max_epochs}: no training "
+                        f"could stop before the cap; give a --min-epochs of at most {plan.max_epochs}")
     if getattr(args, "config", None):
         from segbalance.pipeline.config import read_values
         from segbalance.pipeline.experiment_config import owned_notes, split_owned

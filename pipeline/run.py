@@ -55,9 +55,9 @@ def _fingerprint(folder: Path, options: dict) -> str:
     grouped = [GROUPS_FILE] if options.get("split_by") == "group" else []
     for sub in ("images", "masks", "labeled.json", *grouped):
         path = folder / sub
-        files = sorted(path.iterdir()) if path.is_dir() else ([path] if path.is_file() else [])
+        files = sorted(path.iterdir()) if path.is_dir() else ([path] if os.path.lexists(path) else [])
         for f in files:
-            st = f.stat()
+            st = f.stat() if f.exists() else f.lstat()  # a link to nothing: ingest names it (QA 69: a traceback)
             digest.update(f"{sub}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -149,7 +149,9 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     from segbalance.pipeline.spans import list_spans, next_span
 
     groups_file = source / GROUPS_FILE
-    groups = ingest.load_groups(groups_file) if groups_file.is_file() else None
+    # there in any form (a folder, a link to nothing): read, so that it is refused by name (QA 69: a folder
+    # named labeled.json was passed over, the images trained as complete)
+    groups = ingest.load_groups(groups_file) if os.path.lexists(groups_file) else None
     if config.data.split_by == "group":
         check_group_split(config, groups, groups_file)
     # "split_by": "group" means "with group ids" (the key of earlier versions, kept: their spans stay reused)
@@ -181,7 +183,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         # the earlier spans the new one joins in the window: refused before the new span is written
         check_span_groups(examples_dir, num_spans=config.data.num_spans - 1)
     labeled_file = source / "labeled.json"
-    labeled = ingest.load_labeled(labeled_file, None) if labeled_file.is_file() else None  # names the file
+    labeled = ingest.load_labeled(labeled_file, None) if os.path.lexists(labeled_file) else None  # names the file
     too_large = sorted({c for ids in (labeled or {}).values() for c in ids if c >= config.num_classes})
     names_file = source / CLASS_NAMES_FILE
     add_names = (f"add the missing class names to {names_file}" if names_file.is_file() else

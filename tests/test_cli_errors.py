@@ -604,3 +604,27 @@ def test_a_config_file_that_is_not_utf8_is_one_line(argv, tmp_path, capsys):
     where = raw.index(b"\xdf")
     assert err.count("\n") == 1 and f"config file {config} is not UTF-8 text (byte 0xdf at position {where})" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["run", "--data", "{loop}", "--output-dir", "{d}/out"],
+                                  ["ingest", "{loop}", "{d}/masks", "--output", "{d}/out"],
+                                  ["ingest", "{d}/images", "{d}/masks", "--output", "{loop}"],
+                                  ["compile-kfp", "--output", "{loop}", "--image", "gcr.io/p/s:1", "--pipeline-root",
+                                   "gs://b/r"],
+                                  ["config", "validate", "{d}/loop.yaml"]])
+def test_a_link_that_loops_is_one_line_exit_2(argv, tmp_path, capsys, monkeypatch):
+    """QA 69: pathlib's RuntimeError ('Symlink loop from ...') was a traceback and exit 1 in five commands."""
+    from segbalance.pipeline import sample_data
+
+    sample_data.write_sample_data("shapes", tmp_path, num_images=2, size=16)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    (tmp_path / "loop.yaml").write_text(f"data:\n  dir: {loop}\n")
+    before = sorted(str(p) for p in tmp_path.rglob("*") if p != loop)
+    monkeypatch.setenv("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")
+    assert cli.main([a.format(loop=loop, d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"error: {loop} is a link that loops (it leads back to itself): point it at a real file or folder" in err
+    assert loop.is_symlink() and os.readlink(loop) == str(loop)  # the user's link as it was
+    assert sorted(str(p) for p in tmp_path.rglob("*") if p != loop and "out" not in p.parts) == before

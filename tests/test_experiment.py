@@ -176,6 +176,10 @@ def test_bad_option_is_one_line_before_anything_runs(tmp_path, capsys):
     (["--terms", "ce,ce"], "--terms: ce given twice; name each once"),  # QA 25: trained twice, two rows
     (["--datasets", "shapes,nuclei,shapes"], "--datasets: shapes given twice"),
     (["--drops", "0.3,0.3"], "--drops: [0.3, 0.3]: a drop rate given twice"),
+    # QA 69: trained on without a word (the default 50 is held to a lower --max-epochs; a given one is a mistake)
+    (["--min-epochs", "50", "--max-epochs", "10"], "--min-epochs 50 is more than --max-epochs 10: no training could "
+     "stop before the cap; give a --min-epochs of at most 10"),
+    (["--quick", "--min-epochs", "3"], "--min-epochs 3 is more than --max-epochs 2"),
 ])
 def test_rescore_and_cells_options_are_checked_before_anything_runs(options, message, tmp_path, capsys):
     assert cli.main(["experiment", "--output", str(tmp_path / "o"), *options]) == 2

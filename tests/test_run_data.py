@@ -473,6 +473,29 @@ def test_a_sample_kind_brings_its_class_names_but_never_replaces_the_users(tmp_p
     assert mine.classes.names == ["bg", "cell", "edge"]
 
 
+def test_a_link_to_nothing_among_the_images_is_a_bad_pair_and_a_folder_named_labeled_json_is_refused(tmp_path):
+    """QA 69: run --data stopped with a FileNotFoundError traceback (its fingerprint stat()ed the link) where
+    ingest skips the pair naming the link; a folder named labeled.json was passed over (images trained as
+    complete) where ingest --labeled refuses it."""
+    from segbalance.pipeline import sample_data
+    from segbalance.pipeline.config import config_from_dict
+    from segbalance.pipeline.ingest import IngestError
+    from segbalance.pipeline.run import ingest_as_next_span
+
+    data = sample_data.write_sample_data("shapes", tmp_path / "data", num_images=3, size=16)
+    (data / "images" / "zz.png").symlink_to(tmp_path / "gone.png")
+    (data / "masks" / "zz.png").write_bytes((data / "masks" / "shapes_00000.png").read_bytes())
+    out = tmp_path / "examples"
+    assert ingest_as_next_span(config_from_dict({}), data, out) == 0
+    report = json.loads((out / "Span-0" / "ingest_report.json").read_text())
+    assert report["num_written"] == 3
+    assert [(b["source_id"], b["code"]) for b in report["bad"]] == [("zz", "broken_link")]
+    (data / "labeled.json").unlink(missing_ok=True)
+    (data / "labeled.json").mkdir()
+    with pytest.raises(IngestError, match=re.escape(f"labeled file {data / 'labeled.json'} is a folder")):
+        ingest_as_next_span(config_from_dict({}), data, tmp_path / "examples2")
+
+
 def test_run_refuses_binary_masks_saved_as_0_255_and_says_how_to_map_them(tmp_path):
     """QA 68 (real data): `run --data` over 0/255 masks trained no foreground (class weights [1, 0], every
     foreground pixel ignored), blessed and pushed a model with IoU 0 on it; ingest's warning reached the log
