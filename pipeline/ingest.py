@@ -764,7 +764,8 @@ def ingest(
         raise IngestError(f"--ignore-index {problem}")
     target = output / f"Span-{span}" if span is not None else output
     clean_stale(target.parent)  # first: a span it restores needs --overwrite like any other
-    if target.is_symlink():  # ... and the real folder: renaming the link aside would replace the link
+    if target.is_symlink() and target.exists():  # ... and the real folder: renaming the link aside would replace
+        # the link (a link to nothing is refused below, as with --span: QA 69, it made the folders it named)
         target = target.resolve()
         clean_stale(target.parent)
     if span is not None:  # OUTPUT itself must be a folder (or not exist yet) and not an input

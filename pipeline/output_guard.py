@@ -274,6 +274,9 @@ def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "r
     if path.is_dir() or named.endswith((os.sep, "/")):
         raise OutputError(f"{option} {named} is a folder; give a file name, e.g. {path / example}")
     check_is_folder(path.parent, f"{option} {path}: its folder")
+    if path.is_symlink() and not path.exists():  # (QA 69: the user's looping link was replaced by the page)
+        raise OutputError(f"{option} {path} is a link to nothing (or one that loops): give another file name, or "
+                          f"point the link at a file (nothing was written)")
     if path.exists():
         with open(path, "rb") as f:
             head = (f.read() if read is None else f.read(read)).decode("utf-8", errors="replace")

@@ -23,6 +23,7 @@ import glob
 import json
 import os
 from collections import Counter
+from pathlib import Path
 from typing import List, Optional
 
 from segbalance.contract import counted
@@ -443,6 +444,14 @@ def _main(args) -> int:
     from segbalance.pipeline.output_guard import check_output_file
 
     check_output_file(args.output, "--output", is_report)  # never overwrite a file segbalance did not write
+    stats_dir = Path(args.path)
+    if (stats_dir / STATS_FILE).is_file() and stats_dir.resolve() in Path(args.output).resolve().parents:
+        # (QA 69: written into the folder it reads; `stats --output` there then refused a folder of others' files)
+        from segbalance.pipeline.cli import error_line
+
+        return error_line("segbalance report", f"--output {args.output} lies inside {args.path}, the statistics "
+                          f"folder it reads (an input): write the page elsewhere, e.g. "
+                          f"{stats_dir.resolve().parent / 'report.html'}", args)
     try:
         path = render_report(find_sources(args.path), args.output)
     except (OSError, ValueError) as exc:  # FileNotFoundError, a folder or file in the way of --output

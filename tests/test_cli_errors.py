@@ -240,6 +240,9 @@ def _cases():
                                         "--config", "{w}/nope.yaml"],
          "{w}/nope.yaml"),
         ("compile-kfp span not a number", ["compile-kfp", "--output", "{w}/new.json", "--span", "last"], "--span"),
+        ("compile-kfp span negative", ["compile-kfp", "--output", "{w}/new.json", "--span", "-1", "--image",
+                                       "gcr.io/p/s:1", "--pipeline-root", "gs://b/r"],
+         "--span must be >= 0, got -1"),  # QA 69: compiled a span range -1..-1
         # schedule
         ("schedule cron", ["schedule", "--cron", "every monday"], "every monday"),
         ("schedule cron field", ["schedule", "--cron", "0 25 * * 1"], "0 25 * * 1"),
@@ -628,3 +631,32 @@ def test_a_link_that_loops_is_one_line_exit_2(argv, tmp_path, capsys, monkeypatc
     assert f"error: {loop} is a link that loops (it leads back to itself): point it at a real file or folder" in err
     assert loop.is_symlink() and os.readlink(loop) == str(loop)  # the user's link as it was
     assert sorted(str(p) for p in tmp_path.rglob("*") if p != loop and "out" not in p.parts) == before
+
+
+def test_outputs_that_are_links_to_nothing_or_inside_the_input_are_refused(tmp_path, capsys):
+    """QA 69: report --output replaced the user's looping link with the page, and wrote into the statistics
+    folder it read; ingest --output (no --span) wrote through a link to nothing, making the folders it named."""
+    from segbalance.pipeline import sample_data
+    from tests.report_inputs import write_report_inputs
+
+    (tmp_path / "inputs").mkdir()
+    stats = write_report_inputs(tmp_path / "inputs").class_stats_dir
+    loop = tmp_path / "loop.html"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere" / "deep")
+    before = sorted(os.listdir(stats))
+    for argv, line in (
+            (["report", stats, "--output", str(loop)], f"--output {loop} is a link to nothing (or one that loops)"),
+            (["report", stats, "--output", os.path.join(stats, "r.html")],
+             f"--output {os.path.join(stats, 'r.html')} lies inside {stats}, the statistics folder it reads"),
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and line in err, err
+    assert os.readlink(loop) == str(loop) and sorted(os.listdir(stats)) == before
+    data = sample_data.write_sample_data("shapes", tmp_path / "d", num_images=2, size=16)
+    assert cli.main(["ingest", str(data / "images"), str(data / "masks"), "--output", str(dangling)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {dangling} is a link to a folder that does not exist" in err and err.count("\n") == 1
+    assert not (tmp_path / "nowhere").exists() and dangling.is_symlink()
