@@ -320,10 +320,12 @@ def read_values(path) -> dict:
 
 def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None,
                 sample_names: Optional[Callable[[str], List[str]]] = None, sample_check: str = "error",
-                **overrides: Any) -> PipelineConfig:
+                option_names: Optional[Dict[str, str]] = None, **overrides: Any) -> PipelineConfig:
     """Defaults, updated from a YAML/JSON file, then from top-level ``overrides``; ``notes``, when
     given, receives what the user may not expect (``replaced_loss_defaults``); ``sample_names``: for
-    a local run's config, whose ``data.sample`` names the classes (``names_from_data``)."""
+    a local run's config, whose ``data.sample`` names the classes (``names_from_data``).
+    ``option_names``: {dotted field: the command-line option that gave it}, named in an error about that
+    value instead of the field (QA 69: `run --data nope` said "data.dir: nope is not a folder")."""
     values: dict = read_values(path) if path is not None else {}
     given = []
     for dotted, value in overrides.items():
@@ -345,4 +347,8 @@ def load_config(path: Optional[str] = None, notes: Optional[List[str]] = None,
         message = str(exc)
         from_file = path is not None and str(path) not in message and not any(
             message.startswith(name) for name in given)  # a command-line value is not in the file
+        for name in given:
+            option = (option_names or {}).get(name)
+            if option and message.startswith(f"{name}:"):
+                message = option + message[len(name):]
         raise ConfigError(f"{message} (in {path})" if from_file else message) from None

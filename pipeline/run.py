@@ -670,7 +670,10 @@ def _main(args) -> int:
     try:
         from segbalance.pipeline.sample_data import sample_class_names
 
+        if args.data == "":  # (QA 69: read as ".", this folder)
+            raise ConfigError("--data is empty: give the data folder (with images/ and masks/, or Span-N/ folders)")
         config = load_config(args.config, notes, sample_class_names,
+                             option_names={"data.dir": "--data", "output_dir": "--output-dir"},
                              **{"data.dir": args.data, "output_dir": args.output_dir})
     except ConfigError as exc:
         return error_line("segbalance run", str(exc), args)

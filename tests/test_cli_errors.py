@@ -182,7 +182,8 @@ def _cases():
         ("run config missing", ["run", "--config", "{w}/nope.yaml"], "{w}/nope.yaml"),
         ("run config is a folder", ["run", "--config", "{w}/emptydir"], "{w}/emptydir"),
         ("run config syntax", ["run", "--config", "{w}/bad.yaml"], "{w}/bad.yaml"),
-        ("run data missing", ["run", "--data", "{w}/nope", "--output-dir", "{w}/new"], "{w}/nope"),
+        ("run data missing", ["run", "--data", "{w}/nope", "--output-dir", "{w}/new"], "--data: {w}/nope is not a"),
+        ("run data empty string", ["run", "--data", "", "--output-dir", "{w}/new"], "--data is empty"),  # QA 69
         # QA 27: it failed at SegTrainer's first step, with TensorFlow's traceback
         ("run devices not here", ["run", "--config", "{w}/devices.yaml", "--output-dir", "{w}/new"],
          "training.devices: '/gpu:7' is not a device of this machine"),
