@@ -80,6 +80,9 @@ def check_is_folder(path: Path, option: str) -> None:
     for parent in [path, *path.parents]:
         if parent.is_symlink() and not parent.exists():  # mkdir: FileExistsError, a traceback (QA 25)
             where = "" if parent == path else f" ({parent} is one)"
+            if _loops(parent):  # (QA 69: "create that folder", which a loop makes impossible)
+                raise OutputError(f"{option} {path} is a link that loops{where} (it leads back to itself): point it "
+                                  f"at a real folder, or give another path")
             raise OutputError(f"{option} {path} is a link to a folder that does not exist{where}: "
                               f"{os.readlink(parent)}; create that folder or give another path")
         if parent.exists() and not parent.is_dir():
@@ -87,6 +90,14 @@ def check_is_folder(path: Path, option: str) -> None:
             raise OutputError(f"{option} {path} is not a folder{where}: give a folder path")
         if parent.exists():
             break
+
+
+def _loops(link: Path) -> bool:
+    try:
+        os.stat(link)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def make_folder(path: Path, option: str) -> None:

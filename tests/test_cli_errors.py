@@ -661,3 +661,16 @@ def test_outputs_that_are_links_to_nothing_or_inside_the_input_are_refused(tmp_p
     err = capsys.readouterr().err
     assert f"--output {dangling} is a link to a folder that does not exist" in err and err.count("\n") == 1
     assert not (tmp_path / "nowhere").exists() and dangling.is_symlink()
+
+
+@pytest.mark.parametrize("argv", [["run", "--output-dir", "{loop}"], ["sample-data", "shapes", "--output", "{loop}"],
+                                  ["stats", "{d}/*.gz", "--num-classes", "2", "--output", "{loop}"]])
+def test_an_output_folder_that_is_a_looping_link_is_not_told_to_create_it(argv, tmp_path, capsys):
+    """QA 69: a looping --output link got "create that folder", which the loop makes impossible."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert cli.main([a.format(loop=loop, d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{loop} is a link that loops (it leads back to itself): point it at a real " \
+                                   f"folder, or give another path" in err, err
+    assert os.readlink(loop) == str(loop)
