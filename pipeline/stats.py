@@ -63,7 +63,9 @@ FLAG_OF = {"stats.labeled_policy": "--labeled-policy", "stats.suspect_threshold"
 
 # the config's words that have flags of their own here (review 27)
 REWORDED = ((re.compile(r"^(\d+) class names for num_classes=(\d+)$"), r"--class-names gives \1 names for --num-classes \2"),
-            (re.compile(r" or null \(1 - 1/N\)"), " (leave it out for 1 - 1/N)"))
+            (re.compile(r" or null \(1 - 1/N\)"), " (leave it out for 1 - 1/N)"),
+            # (QA 69: these named no option)
+            (re.compile(r"^(class names must be unique|class name \d+ is empty)"), r"--class-names: \1"))
 
 
 def as_flags(message: str) -> str:
@@ -97,7 +99,7 @@ def _main(args) -> int:
         Path(args.output).mkdir(parents=True, exist_ok=True)
         output_guard.write_marker(args.output, "stats")  # what the job writes next is ours
     try:
-        names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+        names = [n.strip() for n in args.class_names.split(",")] if args.class_names is not None else None
         # the pipeline's own `stats` section: the same checks (a bad value names its field)
         section = StatsConfig(labeled_policy=args.labeled_policy, suspect_threshold=args.suspect_threshold,
                               clip=_clip(args.weight_clip), damping=args.weight_damping,
@@ -108,7 +110,10 @@ def _main(args) -> int:
         # a local pattern is stored absolute (class_stats.json "inputs"): the report reads the records from
         # wherever it is run, and a relative pattern read elsewhere said the records had been moved
         pattern = args.glob if "://" in args.glob else os.path.abspath(args.glob)
-        beam_args = shlex.split(args.beam_args)
+        try:
+            beam_args = shlex.split(args.beam_args)
+        except ValueError as exc:  # (QA 69: "No closing quotation", naming no option)
+            raise ValueError(f"--beam-args {args.beam_args!r}: {exc}; close the quote") from None
         problem = beam_args_problem(beam_args)
         if problem:
             raise ValueError(f"--beam-args: {problem}")

@@ -401,12 +401,18 @@ def test_repeated_source_ids_and_the_bad_id_hint_follow_the_trainer_s_rules(tmp_
     out = capsys.readouterr().out
     assert "stats: 4 records, 0 quarantined" in out
     assert "warning: 1 image/source_id value(s) name more than one record (e.g. 'same')" in out
-    for names, message in (("bg,", "class name 1 is empty"), ("bg,BG", "class names must be unique (ignoring case): "
-                                                                     "'BG', 'bg' name the same class")):
+    for names, message in (("bg,", "error: --class-names: class name 1 is empty"),
+                           ("bg,BG", "error: --class-names: class names must be unique (ignoring case): 'BG', 'bg' "
+                                     "name the same class"),
+                           ("", "error: --class-names gives 1 names for --num-classes 2"),  # QA 69: passed
+                           ):
         assert cli.main(["stats", glob, "--num-classes", "2", "--class-names", names,
                          "--output", str(tmp_path / "n")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    assert cli.main(["stats", glob, "--num-classes", "2", "--output", str(tmp_path / "q"), "--beam-args",
+                     "--foo='x"]) == 2
+    assert "error: --beam-args \"--foo='x\": No closing quotation; close the quote" in capsys.readouterr().err
     ids = [f"r{i}" for i in range(10)]
     (tmp_path / "ten").mkdir()
     glob = _one_file(tmp_path / "ten", ids, bad={"r0"})
