@@ -367,6 +367,22 @@ def test_class_stats_json_that_is_not_json(stats_run, tmp_path):
         class_stats_io.read_class_stats(str(tmp_path / "edited"))
 
 
+@pytest.mark.parametrize("content", [b'{"source_id": "a", "reason": "x"}\n\xf2\x28', b'{"source_id": "a"\n'])
+def test_a_damaged_quarantine_list_is_named(stats_run, tmp_path, capsys, content):
+    """QA 69: report said only "'utf-8' codec can't decode byte 0xf2 in position 2", naming no file."""
+    import shutil
+
+    src, _, _ = stats_run
+    shutil.copytree(src / "out", tmp_path / "edited")
+    path = tmp_path / "edited" / "quarantine.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(class_stats_io.ClassStatsFileError, match=rf"^{re.escape(str(path))} is not JSON lines .*"
+                                                                 r"regenerate it"):
+        class_stats_io.read_quarantine(str(tmp_path / "edited"))
+    assert cli.main(["report", str(tmp_path / "edited"), "--output", str(tmp_path / "r.html")]) == 2
+    assert f"error: {path} is not JSON lines" in _one_error_line(capsys.readouterr().err)
+
+
 def test_a_num_classes_below_the_masks_ids_is_pointed_out(stats_run, tmp_path, capsys):
     """Most records quarantined for class ids >= C and exit 0 with no hint: the likely cause is
     --num-classes, so say so."""

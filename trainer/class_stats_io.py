@@ -150,5 +150,9 @@ def read_quarantine(uri: str) -> List[dict]:
     path = os.path.join(uri, QUARANTINE_FILE)
     if not tf.io.gfile.exists(path):
         return []
-    with tf.io.gfile.GFile(path) as f:
-        return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            lines = f.read().decode("utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except ValueError as exc:  # a damaged file (QA 69: the decoder's words alone, naming no file)
+        raise ClassStatsFileError(f"{path} is not JSON lines ({exc}); {FIX}") from None
