@@ -51,6 +51,11 @@ KUBEFLOW_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_wo
 SAMPLE_KINDS = ("shapes", "voc", "arc2017", "nuclei", "buildings", "lesions", "labelme")
 
 
+# the side of a sample image, smallest and largest: below 16 the shapes do not fit (sample-data refused what
+# data.sample accepted from 8); above 4096 an image is 50 MB and more (QA 69: --size 100000, a MemoryError)
+SAMPLE_SIZES = (16, 4096)
+
+
 @dataclass
 class SampleConfig:
     """Sample data generated when ``data.dir`` is not set (``segbalance sample-data``)."""
@@ -63,7 +68,8 @@ class SampleConfig:
 
     def validate(self, where: str) -> None:
         require(self.num_images >= 1, f"{where}.num_images", "must be >= 1")
-        require(self.size >= 8, f"{where}.size", "must be >= 8")
+        require(SAMPLE_SIZES[0] <= self.size <= SAMPLE_SIZES[1], f"{where}.size",
+                f"must be from {SAMPLE_SIZES[0]} to {SAMPLE_SIZES[1]} pixels")
         require(0.0 <= self.drop_fraction <= 1.0, f"{where}.drop_fraction", "must be in [0, 1]")
         # NumPy's seed range (QA 27: -1 passed `config validate`, and run named sample-data's --seed)
         require(0 <= self.seed < 2 ** 32, f"{where}.seed", "must be from 0 to 2**32 - 1")

@@ -62,7 +62,7 @@ import numpy as np
 
 from segbalance.contract import GROUPS_FILE, UserError
 from segbalance.pipeline import output_guard
-from segbalance.pipeline.config import SAMPLE_KINDS, SampleConfig
+from segbalance.pipeline.config import SAMPLE_KINDS, SAMPLE_SIZES, SampleConfig
 from segbalance.trainer.example_codec import DEFAULT_IGNORE_INDEX, encode_png
 
 SHAPES_CLASSES = ["background", "ellipse", "rectangle", "circle"]
@@ -444,8 +444,8 @@ def write_sample_data(
         raise SampleDataError(f"unknown sample kind {kind!r}; choose one of {', '.join(KINDS)}")
     if num_images < 1:
         raise SampleDataError(f"--num-images must be >= 1, got {num_images}")
-    if size < 16:
-        raise SampleDataError(f"--size must be >= 16 pixels, got {size}")
+    if not SAMPLE_SIZES[0] <= size <= SAMPLE_SIZES[1]:
+        raise SampleDataError(f"--size must be from {SAMPLE_SIZES[0]} to {SAMPLE_SIZES[1]} pixels, got {size}")
     if not 0.0 <= drop_fraction <= 1.0:
         raise SampleDataError(f"--drop-fraction must be in [0, 1], got {drop_fraction}")
     if not 0 <= seed < 2 ** 32:  # NumPy's seed range

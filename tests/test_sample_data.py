@@ -197,7 +197,8 @@ def _tree(root):
 def test_bad_arguments_are_one_line_on_stderr(tmp_path, capsys):
     """They were printed on stdout; --size below 16 and --num-images 0 write nothing."""
     for extra, message in ((["--num-images", "0"], "--num-images must be >= 1, got 0"),
-                           (["--size", "8"], "--size must be >= 16 pixels, got 8"),
+                           (["--size", "8"], "--size must be from 16 to 4096 pixels, got 8"),
+                           (["--size", "100000"], "--size must be from 16 to 4096 pixels, got 100000"),  # QA 69
                            (["--drop-fraction", "-0.1"], "--drop-fraction must be in [0, 1], got -0.1"),
                            (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1")):  # was a traceback
         assert cli.main(["sample-data", "shapes", "--output", str(tmp_path / "o"), *extra]) == 2
@@ -403,3 +404,12 @@ def test_the_sample_data_command_s_defaults_are_the_config_s():
         SampleConfig().num_images, SampleConfig().size, SampleConfig().seed, 0.0)
     assert sample_data.write_sample_data.__defaults__[:4] == (
         SampleConfig().num_images, SampleConfig().size, SampleConfig().seed, 0.0)
+
+
+@pytest.mark.parametrize("size", [8, 5000])
+def test_the_run_s_sample_size_has_the_command_s_bounds(size):
+    """data.sample.size 8 passed the config and then failed in the sample writer with a message naming --size."""
+    from segbalance.pipeline.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"data.sample.size: must be from 16 to 4096 pixels"):
+        config_from_dict({"data": {"sample": {"size": size}}})
