@@ -262,14 +262,25 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
 
         # ConfigError (exit 2) names the file and field, before any output; checked as the local run will
         config = load_config(args.config, None, sample_class_names, sample_check="off")  # its run has --data
+        output_dir = args.output_dir or config.output_dir
+        data = args.data or config.data.dir or os.path.join(output_dir, "data")
+        # what every scheduled run would refuse is refused now (QA 69: the lines were printed for them)
+        from pathlib import Path
+
+        from segbalance.pipeline.output_guard import check_is_folder
+
+        check_is_folder(Path(output_dir), "--output-dir" if args.output_dir else "output_dir")
+        if "://" not in data:
+            check_is_folder(Path(data), "--data" if args.data else "the data folder")
         request = recurring_run_request(args.package, args.cron, "<experiment id of " + args.experiment + ">",
                                         args.job_name, args.pipeline_root)
         print("# Kubeflow: kfp.Client(host=...).create_recurring_run(**request) with")
         print(json.dumps(request, indent=1))
         print()
-        output_dir = args.output_dir or config.output_dir
-        data = args.data or config.data.dir or os.path.join(output_dir, "data")
         print(local_schedule(args.cron, data, output_dir, os.getcwd(), args.config))
+        if "://" not in data and not os.path.isdir(data):  # it may come later (a mount, the first ingest)
+            print(f"# note: {data} does not exist now: each scheduled run stops with exit 2 until it holds images/ "
+                  f"and masks/ or Span-N/ folders")
         return 0
     except UserError as exc:
         from segbalance.pipeline.cli import error_line

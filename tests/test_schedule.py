@@ -340,3 +340,21 @@ def test_a_bad_or_misplaced_config_is_refused(tmp_path, capsys, monkeypatch, ext
     captured = capsys.readouterr()
     assert message in captured.err and captured.err.count("\n") == 1
     assert captured.out == ""  # nothing printed before the error
+
+
+def test_a_local_schedule_refuses_what_every_run_would_and_notes_missing_data(tmp_path, capsys, monkeypatch):
+    """QA 69: the crontab and systemd lines were printed for an --output-dir or --data that is a file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine\n")
+    for extra, message in ((["--output-dir", "afile"], "--output-dir afile is not a folder"),
+                           (["--data", "afile"], "--data afile is not a folder")):
+        assert cli.main(["schedule", "--cron", "0 3 * * 1", *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert cli.main(["schedule", "--cron", "0 3 * * 1", "--data", "later", "--output-dir", "out"]) == 0
+    assert ("# note: later does not exist now: each scheduled run stops with exit 2 until it holds images/ and "
+            "masks/ or Span-N/ folders") in capsys.readouterr().out
+    (tmp_path / "later").mkdir()
+    assert cli.main(["schedule", "--cron", "0 3 * * 1", "--data", "later", "--output-dir", "out"]) == 0
+    assert "# note:" not in capsys.readouterr().out
+    assert (tmp_path / "afile").read_text() == "mine\n" and not (tmp_path / "out").exists()
