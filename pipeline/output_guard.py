@@ -100,11 +100,15 @@ def _loops(link: Path) -> bool:
     return False
 
 
-def make_folder(path: Path, option: str) -> None:
-    """``mkdir -p path``; a path that cannot be made (``/proc/x``, a name too long) is one line naming the
-    option (a refused permission, a full disk and a read-only mount are the command line's own lines)."""
+def make_folder(path: Path, option: str) -> bool:
+    """``mkdir -p path``; True when this call made ``path`` (not merely found it absent a moment before: two
+    runs may start on one new folder). A path that cannot be made (``/proc/x``, a name too long) is one line
+    naming the option (a refused permission, a full disk and a read-only mount are the command line's own)."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        return False
     except PermissionError:
         raise
     except OSError as exc:

@@ -486,13 +486,8 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     if config.data.dir is not None and "://" not in config.data.dir:
         check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
                                   Path(paths["examples_dir"]), output_option)
-    parent = os.path.dirname(os.path.abspath(paths["output_dir"]))
-    os.makedirs(parent, exist_ok=True)
-    try:  # made by this call (not merely absent a moment ago: two runs may start on one new folder)
-        os.mkdir(paths["output_dir"])
-        created = True
-    except FileExistsError:
-        created = False
+    # made by this call or found; one that cannot be made is one line (QA 69: /proc/x, a traceback)
+    created = output_guard.make_folder(Path(paths["output_dir"]), output_option)
     output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours
     pipeline_started = False  # from then on the folder holds a run's artifacts and metadata: kept
     with exclusive_run(paths["output_dir"], output_option):  # one run per folder; a second is refused (exit 2)

@@ -505,6 +505,18 @@ def test_an_unwritable_output_is_one_line_not_a_traceback(argv, capsys):
     assert err.count("\n") == 1 and "permission denied: /sys/segbalance_test" in err and "Traceback" not in err
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs procfs (no folder can be made there)")
+@pytest.mark.parametrize("argv", [["run", "--output-dir", "/proc/segbalance_test"],
+                                  ["experiment", "--quick", "--output", "/proc/segbalance_test"]])
+def test_an_output_that_cannot_be_made_is_one_line_not_a_traceback(argv, capsys):
+    """QA 69: run's own mkdir let /proc's ENOENT through as a traceback (make_folder said it for the others)."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "/proc/segbalance_test" in err and ": cannot create the folder (No such file or directory); give a " \
+                                               "folder path" in err
+
+
 def _full_disk_inside_tfx():
     """What the CI run hit: TFX's copy fails with ENOSPC (a shutil.Error listing it as text), and its
     launcher raises again while publishing the failed execution."""
