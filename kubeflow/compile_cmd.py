@@ -34,10 +34,6 @@ def _main(args) -> int:
     from segbalance.kubeflow.runner import CompileError, compile_pipeline, is_compiled_pipeline
     from segbalance.pipeline.output_guard import check_output_file
 
-    if args.span is not None and args.span < 0:  # (QA 69: compiled a range of span -1, which never exists)
-        from segbalance.pipeline.cli import error_line
-
-        return error_line("segbalance compile-kfp", f"--span must be >= 0, got {args.span}", args)
     # a folder, or a file that is not a compiled pipeline, is refused before the slow compile
     check_output_file(args.output, "--output", is_compiled_pipeline, example="pipeline.yaml", read=None)
     os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")  # module code is in the image

@@ -112,16 +112,20 @@ def examples_root(config: PipelineConfig, pipeline_root: str) -> str:
     return config.data.dir or pipeline_root.rstrip("/") + "/data"
 
 
+def check_span_number(span: Optional[int]) -> None:
+    if span is not None and span < 0:  # (QA 69: with remote data a range of span -1 was compiled)
+        raise CompileError(f"--span {span}: spans are numbered from 0 (segbalance ingest --span N, N >= 0)")
+
+
 def check_span(examples_dir: str, span: Optional[int]) -> None:
     """A local examples folder must hold the requested span (or any span); remote ones are not listed."""
+    check_span_number(span)
     if URI_PATTERN.match(examples_dir) and not examples_dir.startswith("file://"):
         return
     import glob
 
     spans = sorted(int(p.rsplit("-", 1)[1]) for p in glob.glob(os.path.join(examples_dir, "Span-*"))
                    if p.rsplit("-", 1)[1].isdigit())
-    if span is not None and span < 0:
-        raise CompileError(f"--span {span}: spans are numbered from 0 (segbalance ingest --span N, N >= 0)")
     if span is not None and span not in spans:
         raise CompileError(f"span {span} does not exist in {examples_dir} (spans there: {spans or 'none'}); "
                            f"ingest it with `segbalance ingest ... --output {examples_dir} --span {span}`")
@@ -152,6 +156,7 @@ def compile_pipeline(config: PipelineConfig, output: str, image: Optional[str], 
     import tempfile
 
     check_inputs(config, image, pipeline_root)
+    check_span_number(span)  # before the notes: a refusal prints one line only
     check_writable(output)
     config, changed = with_absolute_paths(config)
     for change in changed:

@@ -290,8 +290,9 @@ def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "r
         raise OutputError(f"{option} {named} is a folder; give a file name, e.g. {path / example}")
     check_is_folder(path.parent, f"{option} {path}: its folder")
     if path.is_symlink() and not path.exists():  # (QA 69: the user's looping link was replaced by the page)
-        raise OutputError(f"{option} {path} is a link to nothing (or one that loops): give another file name, or "
-                          f"point the link at a file (nothing was written)")
+        what = "a link that loops (it leads back to itself)" if _loops(path) else "a link to nothing"
+        raise OutputError(f"{option} {path} is {what}: point it at a real file, or give another file name (nothing "
+                          f"was written)")
     if path.exists():
         with open(path, "rb") as f:
             head = (f.read() if read is None else f.read(read)).decode("utf-8", errors="replace")
