@@ -410,8 +410,15 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
                 f"{n} (in {baseline_images[n]} of {baseline['num_records']} images before, none of "
                 f"{current['num_records']} now; chance {c:.2g} if unchanged)" for n, c in unlikely.items()))
         if result["missing_rate_change"] is not None and beyond("missing_rate_change"):
-            anomalies.append(f"fraction of images with missing annotations changed from "
-                             f"{result['baseline_missing_rate']:.3f} to {result['missing_rate']:.3f} (limit "
-                             f"{thresholds['missing_rate_change']}{limit('missing_rate_change')})")
+            change = (f"fraction of images with missing annotations changed from {result['baseline_missing_rate']:.3f}"
+                      f" to {result['missing_rate']:.3f} (limit {thresholds['missing_rate_change']}"
+                      f"{limit('missing_rate_change')})")
+            if result["missing_rate"] > result["baseline_missing_rate"]:
+                anomalies.append(change)
+            else:  # annotations more complete than those accepted: no risk to the model (QA 70: blocked)
+                result["note"] = "; ".join(filter(None, [result.get("note"), f"{change}: more complete, not blocked"]))
+            if anomalies and anomalies[0] != change:  # the frequencies moved with the annotation, perhaps not the data
+                anomalies[0] += (f" (the annotation changed too: a class an annotator left out counts as background, "
+                                 f"so pixel frequencies move with the fraction of images missing classes)")
     result["status"] = "ok" if not anomalies else ("warned" if action == "warn" else "blocked")
     return result
