@@ -61,6 +61,15 @@ def test_blessing_rule(miou, baseline, blessed):
     assert ok is blessed and f"{miou:.4f}" in reason
 
 
+def test_the_blessing_reason_says_how_the_model_compares():
+    """QA 70: a model 0.08 better than the blessed one was "within 0.0200" of it."""
+    assert em.decide_blessing(0.3019, 0.2, 0.2185, 0.02)[1] == (
+        "mIoU 0.3019 >= threshold 0.2000 and +0.0834 against the latest blessed model's 0.2185")
+    assert em.decide_blessing(0.5, 0.3, 0.51, 0.02)[1] == (
+        "mIoU 0.5000 >= threshold 0.3000 and -0.0100, within the tolerance 0.0200 of the latest blessed model's "
+        "0.5100")
+
+
 class _RedIsClassOne(tf.Module):
     """A real serving model: class 1 where the red channel > threshold, else 0."""
 
