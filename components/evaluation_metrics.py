@@ -85,7 +85,8 @@ def decide_blessing(miou: float, threshold: float, baseline_miou: Optional[float
     # (QA 70: "within 0.0200 of the latest blessed model's 0.2185" was said of 0.3019)
     relation = (f"{miou - baseline_miou:+.4f} against" if miou >= baseline_miou
                 else f"{miou - baseline_miou:+.4f}, within the tolerance {tolerance:.4f} of")
-    return True, f"mIoU {miou:.4f} >= threshold {threshold:.4f} and {relation} the latest blessed model's {baseline_miou:.4f}"
+    return True, (f"mIoU {miou:.4f} >= threshold {threshold:.4f} and {relation} the latest blessed model's "
+                  f"{baseline_miou:.4f}")
 
 
 # --------------------------------------------------------------------------- per image (the report's worst images)
