@@ -104,14 +104,27 @@ def sync_span_references(span_dir: Path, folder: Path) -> int:
     target = span_dir / REFERENCE_MASKS_FOLDER
     if count and target.is_dir() and _same_files(staging, target):
         shutil.rmtree(staging)
-        return count
-    old = span_dir / f".{REFERENCE_MASKS_FOLDER}.old-{os.getpid()}"
-    if target.is_dir():
-        target.rename(old)
-    if count:
-        staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    else:
+        old = span_dir / f".{REFERENCE_MASKS_FOLDER}.old-{os.getpid()}"
+        if target.is_dir():
+            target.rename(old)
+        if count:
+            staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    _record_count(report, count)
     return count
+
+
+def _record_count(report: Path, count: int) -> None:
+    """The span's ingest report counts the copies it holds (QA 70: `run` copies them after ingest, whose
+    report said 0 for a span holding 100)."""
+    from segbalance.pipeline.output_guard import write_text_atomic
+
+    if not report.is_file():
+        return
+    content = json.loads(report.read_text())
+    if content.get("num_reference_masks") != count:
+        write_text_atomic(report, json.dumps({**content, "num_reference_masks": count}, indent=1))
 
 
 def _same_files(a: Path, b: Path) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from segbalance.pipeline import cli, sample_data
 from segbalance.pipeline.config import config_from_dict
 from segbalance.pipeline.dag import local_paths
+from segbalance.pipeline.ingest_reports import current_ingest_report
 from segbalance.pipeline.run import prepare_data
 from segbalance.pipeline.run_log import ComponentProgress, LibraryLog, route_absl, unroute_absl
 from segbalance.pipeline.spans import list_spans, next_span
@@ -61,6 +62,10 @@ def test_the_complete_masks_stay_with_the_span_for_later_runs_over_the_span_fold
     assert list_spans(data) == [0, 1]
     assert _same_pngs(data / "Span-0" / "reference_masks", first / "masks_full")
     assert len(list((data / "Span-1" / "reference_masks").glob("*.png"))) == 3
+    # the spans' ingest reports count them (QA 70: 0, since run copies them after ingest wrote its report)
+    assert [json.loads((data / f"Span-{n}" / "ingest_report.json").read_text())["num_reference_masks"]
+            for n in (0, 1)] == [4, 3]
+    assert current_ingest_report(data / "Span-1")["num_reference_masks"] == 3  # still the span's current report
     capsys.readouterr()
     # the scheduled run: the span folder itself
     examples_dir, reference = prepare_data(config_from_dict({"data": {"dir": str(data)}, "output_dir": str(out)}),
