@@ -496,6 +496,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         previous = run_summary.set_aside_summary(paths["output_dir"])  # never read as this run's
         log_path = None
         try:
+            run_summary.write_summary(paths["output_dir"], run_summary.running_summary(previous))
             abandoned = cancel_abandoned(paths["metadata"])
             if abandoned:
                 print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
@@ -536,7 +537,8 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                     unroute_absl(progress)
                 summary = run_summary.summarize(paths)
             summary = {"status": "blocked" if exit_status(summary) == EXIT_DRIFT_BLOCKED else "done", **summary,
-                       "log": log_path, "previous_summary": previous}
+                       "log": log_path, "previous_summary": previous,
+                       **({"canceled_executions": abandoned} if abandoned else {})}
             summary["seconds"] = round(time.time() - started, 1)
             summary["cached_components"] = sorted(progress.cached)
             if summary.get("report_artifact"):
@@ -558,9 +560,10 @@ def remove_scaffolding(folder: Path) -> None:
     """Remove a run folder this run created when it holds nothing but the run's marker, lock file, log,
     span window (links) and empty folders (a refusal before any component ran). A failed ingest's
     report, which the error names, keeps the folder."""
-    from segbalance.pipeline.output_guard import LOCK_FILE, MARKER
+    from segbalance.pipeline.output_guard import LOCK_FILE, MARKER, SUMMARY_FILE
 
-    scaffolding = {MARKER, LOCK_FILE, "logs", "span_window"}  # span_window: links to the user's spans
+    # span_window: links to the user's spans; the summary: this run's `running` one
+    scaffolding = {MARKER, LOCK_FILE, SUMMARY_FILE, "logs", "span_window"}
     if any(p.is_file() and p.relative_to(folder).parts[0] not in scaffolding for p in folder.rglob("*")):
         return
     shutil.rmtree(folder, ignore_errors=True)

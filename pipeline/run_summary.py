@@ -316,6 +316,16 @@ def set_aside_summary(output_dir: str) -> Optional[str]:
     return previous
 
 
+def running_summary(previous: Optional[str]) -> dict:
+    """What run_summary.json says while a run is under way, and after a run that was killed (SIGKILL, power
+    loss): ``running`` with a process id that no longer runs (QA 70: a killed run left no summary at all)."""
+    import datetime
+
+    return {"status": "running", "pid": os.getpid(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "previous_summary": previous}
+
+
 def write_summary(output_dir: str, summary: dict) -> str:
     """OUTPUT/run_summary.json, written beside and renamed over (never half-written)."""
     path = os.path.join(output_dir, SUMMARY_FILE)

@@ -155,6 +155,8 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     assert "Not using the in-place Transform" in shown
     if importlib.util.find_spec("snappy") is None:
         assert "Couldn't find python-snappy" in shown
+    killed = json.loads((out / "run_summary.json").read_text())  # QA 70: no summary at all was left
+    assert killed["status"] == "running" and killed["pid"] != os.getpid()
     stats_dir = run_summary.latest_artifact(run_summary.open_store(str(out / "metadata.sqlite")),
                                             "segbalance.ClassStats").uri
     stats_before = (Path(stats_dir) / "class_stats.json").read_bytes()
@@ -177,7 +179,9 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     canceled = [e for e in store.get_executions() if ABANDONED_NOTE in e.custom_properties]
     assert len(canceled) == 1 and "killed" in canceled[0].custom_properties[ABANDONED_NOTE].string_value
     assert states["ClassStatsGen"] == ["COMPLETE", "CACHED"], states
-    assert json.loads((out / "run_summary.json").read_text())["pushed_model"]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["pushed_model"] and summary["canceled_executions"] == 1
+    assert json.loads(Path(summary["previous_summary"]).read_text())["status"] == "running"  # the killed run's
 
 
 def test_default_config_is_what_make_run_uses():

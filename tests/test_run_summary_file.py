@@ -58,6 +58,35 @@ def test_a_run_that_does_not_finish_replaces_the_summary_and_keeps_the_earlier_o
     capsys.readouterr()
 
 
+def test_a_run_under_way_says_so_and_one_killed_outright_is_the_next_run_s_previous_summary(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """QA 70: a SIGKILLed run left no run_summary.json (it had set the earlier one aside), and the next run said
+    previous_summary null and nothing of the steps it found unfinished."""
+    import os
+    import subprocess
+    import sys
+
+    out = an_earlier_run(tmp_path)
+    seen = {}
+
+    def prepare_data(config, paths):  # while the run is under way
+        seen.update(json.loads((out / SUMMARY_FILE).read_text()))
+        raise DataProblem("stop here")
+
+    monkeypatch.setattr(run, "prepare_data", prepare_data)
+    assert cli.main(["run", "--output-dir", str(out)]) == 2
+    assert seen["status"] == "running" and seen["pid"] == os.getpid() and seen["started"].endswith("+00:00")
+    assert seen["previous_summary"] == str(out / PREVIOUS_SUMMARY_FILE)
+    # what a run killed outright leaves: its `running` summary, with a process id that no longer runs
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    (out / SUMMARY_FILE).write_text(json.dumps({**seen, "pid": dead}))
+    assert cli.main(["run", "--output-dir", str(out)]) == 2
+    assert json.loads((out / SUMMARY_FILE).read_text())["previous_summary"] == str(out / PREVIOUS_SUMMARY_FILE)
+    assert json.loads((out / PREVIOUS_SUMMARY_FILE).read_text())["pid"] == dead  # the killed run's, kept
+    capsys.readouterr()
+
+
 def test_a_refusal_in_a_new_folder_leaves_no_folder_and_no_summary(tmp_path, monkeypatch, capsys):
     def prepare_data(config, paths):
         raise DataProblem("no images")
