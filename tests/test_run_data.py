@@ -534,6 +534,35 @@ def test_run_refuses_binary_masks_saved_as_0_255_and_says_how_to_map_them(tmp_pa
     assert ingest_as_next_span(config, data, out) == 0 and list_spans(out) == [0]
 
 
+def test_a_few_masks_with_ids_the_classes_lack_are_skipped_more_refuse_the_data(tmp_path, capsys):
+    """QA 70: one pixel of id 7 in one of 100 masks refused the whole scheduled delivery (exit 2, "add the
+    missing class names"); ingest skips that pair. Up to MAX_BAD_ID_FRACTION of the masks (the trainer's
+    rule for such records) are skipped and listed; more means the config lacks class names: refused."""
+    import numpy as np
+    from PIL import Image
+
+    from segbalance.contract import MAX_BAD_ID_FRACTION
+    from segbalance.pipeline.config import ConfigError
+    from segbalance.pipeline.run import ingest_as_next_span
+
+    data = sample_data.write_sample_data("shapes", tmp_path / "data", num_images=10, size=16)
+    broken = np.array(Image.open(data / "masks" / "shapes_00003.png"))
+    broken[0, 0] = 7
+    Image.fromarray(broken).save(data / "masks" / "shapes_00003.png")
+    assert 1 / 10 <= MAX_BAD_ID_FRACTION
+    out = tmp_path / "examples"
+    assert ingest_as_next_span(config_from_dict({}), data, out) == 0
+    printed = capsys.readouterr().out
+    assert ("ingest: warning: 1 of 10 masks hold class ids the 4 classes lack (first: shapes_00003: mask "
+            "shapes_00003.png has class ids [7]") in printed and "skipped as bad pairs" in printed
+    report = json.loads((out / "Span-0" / "ingest_report.json").read_text())
+    assert report["num_written"] == 9 and [b["source_id"] for b in report["bad"]] == ["shapes_00003"]
+    Image.fromarray(broken).save(data / "masks" / "shapes_00004.png")  # 2 of 10: the classes are too few
+    with pytest.raises(ConfigError, match=r"classes.names lists 4 classes but 2 masks have larger class ids"):
+        ingest_as_next_span(config_from_dict({}), data, out)
+    assert list_spans(out) == [0]
+
+
 def test_masks_saved_as_grey_levels_get_the_palette_that_maps_them(tmp_path):
     """QA 68: a mask of 4 classes saved for viewing (0/85/170/255) was refused with "add the missing class
     names" (171 of them); the reason now shows the grey-value --palette, and run how to ingest with it."""
