@@ -177,6 +177,7 @@ def class_presence(rows: np.ndarray, groups=None) -> Tuple[np.ndarray, int, str]
 
 
 SAMPLED = ("js_divergence", "max_abs_change", "missing_rate_change")  # the measures sampling_limits bounds
+FREQUENCY_ANOMALIES = ("Jensen-Shannon divergence", "pixel frequency of")  # how their anomalies begin
 MIN_HOLDING = 2  # accepted units that must hold a class for the sampled frequency measures to count it
 DRAWS = 2000  # bootstrap draws: the 99.5th percentile of 2,000 lies within about 10 % of its limit
 _GATHER = 4_000_000  # values gathered at once (draws x images x classes), to bound the memory of one step
@@ -410,15 +411,19 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
                 f"{n} (in {baseline_images[n]} of {baseline['num_records']} images before, none of "
                 f"{current['num_records']} now; chance {c:.2g} if unchanged)" for n, c in unlikely.items()))
         if result["missing_rate_change"] is not None and beyond("missing_rate_change"):
-            change = (f"fraction of images with missing annotations changed from {result['baseline_missing_rate']:.3f}"
-                      f" to {result['missing_rate']:.3f} (limit {thresholds['missing_rate_change']}"
-                      f"{limit('missing_rate_change')})")
-            if result["missing_rate"] > result["baseline_missing_rate"]:
-                anomalies.append(change)
-            else:  # annotations more complete than those accepted: no risk to the model (QA 70: blocked)
-                result["note"] = "; ".join(filter(None, [result.get("note"), f"{change}: more complete, not blocked"]))
-            if anomalies and anomalies[0] != change:  # the frequencies moved with the annotation, perhaps not the data
-                anomalies[0] += (f" (the annotation changed too: a class an annotator left out counts as background, "
-                                 f"so pixel frequencies move with the fraction of images missing classes)")
+            # a fall blocks too: more complete annotations, or a labelled-sets file missing from this delivery
+            # (QA 71: every image then counts as complete; passing a fall let such data through)
+            fell = result["missing_rate"] < result["baseline_missing_rate"]
+            fall = ("; if the annotations are complete now, accept it (drift.action: warn once); if this delivery "
+                    "lacks its labeled.json, add it" if fell else "")
+            anomalies.append(f"fraction of images with missing annotations changed from "
+                             f"{result['baseline_missing_rate']:.3f} to {result['missing_rate']:.3f} (limit "
+                             f"{thresholds['missing_rate_change']}{limit('missing_rate_change')}){fall}")
+            for i, anomaly in enumerate(anomalies):  # the frequencies moved with the annotation, perhaps not the data
+                if anomaly.startswith(FREQUENCY_ANOMALIES):  # (QA 70; QA 71: said of other anomalies too)
+                    anomalies[i] += (" (the annotation changed too: a class an annotator left out counts as "
+                                     "background, so pixel frequencies move with the fraction of images missing "
+                                     "classes)")
+                    break
     result["status"] = "ok" if not anomalies else ("warned" if action == "warn" else "blocked")
     return result

@@ -12,7 +12,8 @@ Pairs files by stem (``a.jpg`` + ``a.png``), checks every pair and writes
   values, single-channel masks by their values, e.g. binary masks saved as 0/255);
 - ``image/segmentation/class/labeled`` from ``--labeled FILE.json``
   (``{source_id: [class ids]}``) for the ids it lists; a stem there that matches no image
-  file is a warning (counted in the report), an error with ``--strict``.
+  file is a warning (counted in the report), an error with ``--strict``; a file none of whose
+  keys matches an image is refused (exit 2, nothing written: its keys are likely file names).
 - ``image/group_id`` from ``--groups FILE.json`` (``{source_id: group}``: the scene, scan or
   tile each image was cut from; ``data.split_by: group`` then keeps a group's images in one
   split, so validation crops do not overlap training crops). With ``--groups`` every image
@@ -230,7 +231,10 @@ def _grey_level_hint(mask: np.ndarray, options: IngestOptions) -> str:
     viewing, 0/85/170/255): the --palette that maps its values in order (QA 68: the advice was to add 171
     class names; the 255 pixels would have been 'no label')."""
     values = np.unique(mask).tolist()
-    if options.palette is not None or len(values) > (options.num_classes or 255):
+    classes = options.num_classes or 255
+    # a value among the class ids 1..C-1 says the mask holds ids (one more class, or a broken pixel: QA 71, the
+    # palette would have renumbered them), not grey levels
+    if options.palette is not None or len(values) > classes or any(0 < v < classes for v in values):
         return ""
     palette = json.dumps({str(i): v for i, v in enumerate(values)})
     ignored = (f"; {options.ignore_index} is the ignore index: unmapped, its pixels are 'no label'"

@@ -118,9 +118,10 @@ def sync_span_references(span_dir: Path, folder: Path) -> int:
 def _record_count(report: Path, count: int) -> None:
     """The span's ingest report counts the copies it holds (QA 70: `run` copies them after ingest, whose
     report said 0 for a span holding 100)."""
+    from segbalance.pipeline.ingest_reports import current_ingest_report
     from segbalance.pipeline.output_guard import write_text_atomic
 
-    if not report.is_file():
+    if current_ingest_report(report.parent) is None:  # none, or stale: rewriting it would make it look current
         return
     content = json.loads(report.read_text())
     if content.get("num_reference_masks") != count:

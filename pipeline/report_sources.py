@@ -92,9 +92,11 @@ def unfinished_run_note(run_dir: str) -> Optional[str]:
     except (OSError, ValueError):
         return None
     status = summary.get("status") if isinstance(summary, dict) else None
-    if status not in ("interrupted", "failed", "refused"):
+    if status not in ("interrupted", "failed", "refused", "running"):  # running: under way, or killed (QA 71)
         return None
-    error = f" ({summary['error']})" if summary.get("error") else ""
+    error = (f" ({summary['error']})" if summary.get("error") else
+             f" (process {summary.get('pid')}, started {summary.get('started')}: under way, or killed)"
+             if status == "running" else "")
     return (f"The latest run in this folder did not finish: {SUMMARY_FILE} says {status}{error}. This page shows "
             f"what the ML Metadata store records (the last run that wrote a report, else this one): the sections of "
             f"the steps it did not reach are missing. Run the same `segbalance run` command again to finish it.")

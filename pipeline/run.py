@@ -218,9 +218,10 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
     out_of_range = [b for b in result.bad if b.get("code") == "class_ids_out_of_range"]
     # a few such masks are broken files, skipped and listed like any bad pair (QA 70: one pixel of id 7 among
     # 100 masks refused the delivery); more, and the config lacks class names, as the trainer judges it
-    few = len(out_of_range) <= MAX_BAD_ID_FRACTION * max(1, result.num_pairs)
+    readable = len(result.written) + len(out_of_range)  # (QA 71: pairs broken otherwise do not count)
+    few = len(out_of_range) <= MAX_BAD_ID_FRACTION * max(1, readable)
     if out_of_range and few:
-        print(f"ingest: warning: {len(out_of_range)} of {result.num_pairs} masks hold class ids the "
+        print(f"ingest: warning: {len(out_of_range)} of {readable} masks hold class ids the "
               f"{config.num_classes} classes lack (first: {out_of_range[0]['source_id']}: "
               f"{out_of_range[0]['reason']}): skipped as bad pairs; if the data has more classes, {add_names}",
               flush=True)
@@ -501,10 +502,14 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     with exclusive_run(paths["output_dir"], output_option):  # one run per folder; a second is refused (exit 2)
         from segbalance.pipeline import run_summary
 
+        killed = run_summary.take_killed_run(paths["output_dir"])  # its stub: the summary before it stays previous
         previous = run_summary.set_aside_summary(paths["output_dir"])  # never read as this run's
+        if killed:  # the one before the killed run, still in place
+            previous = run_summary.kept_previous_summary(paths["output_dir"])
+        killed_note = {"killed_run": killed} if killed else {}  # recorded in whatever summary this run leaves
         log_path = None
         try:
-            run_summary.write_summary(paths["output_dir"], run_summary.running_summary(previous))
+            run_summary.write_summary(paths["output_dir"], {**run_summary.running_summary(previous), **killed_note})
             abandoned = cancel_abandoned(paths["metadata"])
             if abandoned:
                 print(f"metadata: {abandoned} execution(s) an earlier run left unfinished (it was stopped) marked "
@@ -546,7 +551,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                 summary = run_summary.summarize(paths)
             summary = {"status": "blocked" if exit_status(summary) == EXIT_DRIFT_BLOCKED else "done", **summary,
                        "log": log_path, "previous_summary": previous,
-                       **({"canceled_executions": abandoned} if abandoned else {})}
+                       **({"canceled_executions": abandoned} if abandoned else {}), **killed_note}
             summary["seconds"] = round(time.time() - started, 1)
             summary["cached_components"] = sorted(progress.cached)
             if summary.get("report_artifact"):
@@ -560,7 +565,8 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
             if os.path.isdir(paths["output_dir"]):
                 with contextlib.suppress(OSError):  # (a full disk): the run's own error is the one to show
                     run_summary.write_summary(paths["output_dir"],
-                                              run_summary.unfinished_summary(exc, log_path, previous))
+                                              {**run_summary.unfinished_summary(exc, log_path, previous),
+                                               **killed_note})
             raise
 
 

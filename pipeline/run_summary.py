@@ -316,6 +316,28 @@ def set_aside_summary(output_dir: str) -> Optional[str]:
     return previous
 
 
+def take_killed_run(output_dir: str) -> Optional[dict]:
+    """The ``running`` summary a run that holds the folder's lock finds is a killed run's (SIGKILL, power
+    loss): removed, so that run_summary.previous.json keeps the last summary before it (QA 71: the stub
+    replaced it), and returned as ``{"pid", "started"}``; None when there is none."""
+    path = os.path.join(output_dir, SUMMARY_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "running":
+        return None
+    os.remove(path)
+    return {"pid": summary.get("pid"), "started": summary.get("started")}
+
+
+def kept_previous_summary(output_dir: str) -> Optional[str]:
+    """OUTPUT/run_summary.previous.json when there is one."""
+    path = os.path.join(output_dir, PREVIOUS_SUMMARY_FILE)
+    return path if os.path.isfile(path) else None
+
+
 def running_summary(previous: Optional[str]) -> dict:
     """What run_summary.json says while a run is under way, and after a run that was killed (SIGKILL, power
     loss): ``running`` with a process id that no longer runs (QA 70: a killed run left no summary at all)."""

@@ -44,23 +44,26 @@ def test_hand_computed_shift_with_a_new_class():
     assert result["frequency_change"] == pytest.approx({"bg": 0.0, "a": -0.5, "b": 0.5})
 
 
-def test_annotations_more_complete_than_those_accepted_do_not_block_and_the_frequencies_say_why():
+def test_a_changed_annotation_rate_says_what_to_do_and_the_frequencies_say_why():
     """QA 70 (real data): after a span with 60 % of its images partially annotated was accepted, the next
-    complete span of the same data was blocked: the missing rate fell (0.338 -> 0) and the background share,
-    inflated by the erased classes, moved; the reason called it a class-distribution change."""
+    complete span of the same data was blocked as a class-distribution change. A fall still blocks (QA 71: a
+    delivery without its labeled.json falls the same way), but says what to do; a frequency anomaly says the
+    annotation moved with it."""
     same = stats([50, 30, 20], missing=0)
     result = drift_metrics.compare(same, stats([50, 30, 20], missing=6), TIGHT)  # complete after partial
-    assert result["missing_rate_change"] == pytest.approx(0.6) and result["status"] == "ok"
-    assert result["anomalies"] == [] and result["note"] == (
-        "fraction of images with missing annotations changed from 0.600 to 0.000 (limit 0.1): more complete, "
-        "not blocked")
-    result = drift_metrics.compare(stats([50, 30, 20], missing=6), same, TIGHT)  # partial after complete: blocks
+    assert result["missing_rate_change"] == pytest.approx(0.6) and result["status"] == "blocked"
+    assert result["anomalies"] == [
+        "fraction of images with missing annotations changed from 0.600 to 0.000 (limit 0.1); if the annotations "
+        "are complete now, accept it (drift.action: warn once); if this delivery lacks its labeled.json, add it"]
+    result = drift_metrics.compare(stats([50, 30, 20], missing=6), same, TIGHT)  # partial after complete
     assert result["status"] == "blocked" and result["anomalies"] == [
         "fraction of images with missing annotations changed from 0.000 to 0.600 (limit 0.1)"]
     result = drift_metrics.compare(stats([70, 10, 20], missing=0), stats([50, 30, 20], missing=6), TIGHT)
-    assert result["status"] == "blocked" and result["anomalies"][0].endswith(
-        "(the annotation changed too: a class an annotator left out counts as background, so pixel frequencies "
-        "move with the fraction of images missing classes)")
+    assert result["status"] == "blocked" and result["anomalies"][0].startswith("Jensen-Shannon") and \
+        result["anomalies"][0].endswith("(the annotation changed too: a class an annotator left out counts as "
+                                        "background, so pixel frequencies move with the fraction of images missing "
+                                        "classes)")
+    assert "annotation changed" not in " ".join(result["anomalies"][1:])
     plain = drift_metrics.compare(stats([70, 10, 20], missing=6), stats([50, 30, 20], missing=6), TIGHT)
     assert plain["status"] == "blocked" and "annotation changed" not in " ".join(plain["anomalies"])
 

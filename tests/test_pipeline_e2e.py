@@ -181,7 +181,8 @@ def test_crash_during_training_then_rerun_completes(tmp_path):
     assert states["ClassStatsGen"] == ["COMPLETE", "CACHED"], states
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["pushed_model"] and summary["canceled_executions"] == 1
-    assert json.loads(Path(summary["previous_summary"]).read_text())["status"] == "running"  # the killed run's
+    assert summary["killed_run"] == {"pid": killed["pid"], "started": killed["started"]}
+    assert summary["previous_summary"] is None  # the killed run was the first: none before it
 
 
 def test_default_config_is_what_make_run_uses():

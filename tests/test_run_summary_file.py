@@ -80,10 +80,16 @@ def test_a_run_under_way_says_so_and_one_killed_outright_is_the_next_run_s_previ
     # what a run killed outright leaves: its `running` summary, with a process id that no longer runs
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
+    refused = json.loads((out / SUMMARY_FILE).read_text())
+    (out / PREVIOUS_SUMMARY_FILE).write_text(json.dumps(EARLIER))  # the last finished run's summary
     (out / SUMMARY_FILE).write_text(json.dumps({**seen, "pid": dead}))
+    assert refused["status"] == "refused"
     assert cli.main(["run", "--output-dir", str(out)]) == 2
-    assert json.loads((out / SUMMARY_FILE).read_text())["previous_summary"] == str(out / PREVIOUS_SUMMARY_FILE)
-    assert json.loads((out / PREVIOUS_SUMMARY_FILE).read_text())["pid"] == dead  # the killed run's, kept
+    after = json.loads((out / SUMMARY_FILE).read_text())
+    assert after["previous_summary"] == str(out / PREVIOUS_SUMMARY_FILE) and after["status"] == "refused"
+    assert after["killed_run"] == {"pid": dead, "started": seen["started"]}
+    # QA 71: the killed run's stub replaced the finished run's summary; it is kept
+    assert json.loads((out / PREVIOUS_SUMMARY_FILE).read_text()) == EARLIER
     capsys.readouterr()
 
 

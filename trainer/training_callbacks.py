@@ -245,7 +245,8 @@ class StopOnDivergence(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        found = [f"the {name} loss is {float(logs[key])}" for key, name in (("loss", "training"), ("val_loss", "validation"))
+        found = [f"the {name} loss is {float(logs[key])}"
+                 for key, name in (("loss", "training"), ("val_loss", "validation"))
                  if logs.get(key) is not None and not math.isfinite(float(logs[key]))]
         broken = non_finite_weights(self.model)
         if broken:
