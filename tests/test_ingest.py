@@ -1116,3 +1116,15 @@ def test_reference_masks_are_kept_with_the_records(tmp_path, capsys):
     assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "3",
                      "--num-classes", "3", "--reference-masks", str(tmp_path / "none")]) == 0
     assert "holds no <source_id>.png of the written records" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values, hint", [([0, 85, 170, 255], True), ([0, 1, 2, 7], False), ([0, 2, 4], False)])
+def test_the_grey_level_palette_is_offered_only_for_masks_without_class_ids(tmp_path, values, hint):
+    """QA 68 offered it for 0/85/170/255; QA 71: also for ids 0..2 with one broken pixel of 7, or for a class
+    the config lacks (0/2/4 of 3 classes), where following it renumbered the ids."""
+    mask = np.array([values * 2], np.uint8)
+    _write(tmp_path / "images" / "m.png", np.zeros((*mask.shape, 3), np.uint8))
+    _write(tmp_path / "masks" / "m.png", mask)
+    assert _run(tmp_path, num_classes=len(values) if hint else 3 + (7 in values)) == 2
+    failed = json.loads((tmp_path / "ingest_report.out.failed.json").read_text())
+    assert ("grey levels" in failed["bad"][0]["reason"]) is hint, failed["bad"][0]["reason"]

@@ -227,6 +227,11 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     assert cli.main(["report", str(run), "--output", str(tmp_path / "run.html")]) == 0
     head = (tmp_path / "run.html").read_text().split('<h2 id="summary">')[0]
     assert '<p class="bad">The latest run in this folder did not finish' in head and "Run the same" in head
+    # a run under way, or killed outright (QA 71: its `running` summary was not read as unfinished)
+    (run / "run_summary.json").write_text(json.dumps({"status": "running", "pid": 7, "started": "2026-12-07"}))
+    assert find_sources(str(run)).note.startswith(
+        "The latest run in this folder did not finish: run_summary.json says running (process 7, started "
+        "2026-12-07: under way, or killed).")
     (run / "run_summary.json").write_text(json.dumps({"status": "done"}))
     assert find_sources(str(run)).note is None
 

@@ -555,6 +555,7 @@ def test_a_few_masks_with_ids_the_classes_lack_are_skipped_more_refuse_the_data(
     printed = capsys.readouterr().out
     assert ("ingest: warning: 1 of 10 masks hold class ids the 4 classes lack (first: shapes_00003: mask "
             "shapes_00003.png has class ids [7]") in printed and "skipped as bad pairs" in printed
+    assert "grey levels" not in printed  # it holds class ids 1..3 too: not a mask of grey levels (QA 71)
     report = json.loads((out / "Span-0" / "ingest_report.json").read_text())
     assert report["num_written"] == 9 and [b["source_id"] for b in report["bad"]] == ["shapes_00003"]
     Image.fromarray(broken).save(data / "masks" / "shapes_00004.png")  # 2 of 10: the classes are too few
