@@ -77,13 +77,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from segbalance.contract import (CLASS_NAMES_FILE, IMAGE_SUFFIXES, MAX_CLASSES, REFERENCE_MASKS_FOLDER, UserError,
                                  ignore_index_problem, source_id_of)
 from segbalance.pipeline import output_guard
+from segbalance.pipeline.ingest_reports import REPORT_NAME  # noqa: F401 (ingest writes it; re-exported)
 from segbalance.trainer import example_codec as codec
 
 # Mask files are listed with every image suffix, so a .jpg mask is a bad pair that says why
 # (masks must be lossless) instead of an image "without mask".
 MASK_SUFFIXES = IMAGE_SUFFIXES
 LOSSLESS_MASK_FORMATS = ("PNG", "BMP", "TIFF")  # PIL format names
-REPORT_NAME = "ingest_report.json"
 # what ingest writes into TARGET (and the marker), and the class names `run` keeps beside a span's records
 # (QA 59: `ingest --overwrite` refused every span run had ingested)
 OWNED = ("data-*-of-*.tfrecord", REPORT_NAME, CLASS_NAMES_FILE, REFERENCE_MASKS_FOLDER, f".{REFERENCE_MASKS_FOLDER}.*")

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
+REPORT_NAME = "ingest_report.json"  # beside a span's records (ingest re-exports it; here: no import of ingest)
+
 
 def ingest_report(folder: Path, files: List[Path]) -> Optional[dict]:
     """The ``ingest_report.json`` of a span folder when `segbalance ingest` wrote it after every one of
     the folder's ``files`` (nobody changed the records since) and it lists them; else None."""
-    from segbalance.pipeline.ingest import REPORT_NAME
-
     report_path = folder / REPORT_NAME
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))

@@ -82,12 +82,13 @@ def test_a_run_under_way_says_so_and_one_killed_outright_is_the_next_run_s_previ
                               text=True).stdout)
     refused = json.loads((out / SUMMARY_FILE).read_text())
     (out / PREVIOUS_SUMMARY_FILE).write_text(json.dumps(EARLIER))  # the last finished run's summary
-    (out / SUMMARY_FILE).write_text(json.dumps({**seen, "pid": dead}))
+    stub = {**seen, "pid": dead}
+    (out / SUMMARY_FILE).write_text(json.dumps(stub))
     assert refused["status"] == "refused"
     assert cli.main(["run", "--output-dir", str(out)]) == 2
     after = json.loads((out / SUMMARY_FILE).read_text())
     assert after["previous_summary"] == str(out / PREVIOUS_SUMMARY_FILE) and after["status"] == "refused"
-    assert after["killed_run"] == {"pid": dead, "started": seen["started"]}
+    assert after["killed_run"] == {"pid": dead, "started": stub["started"]}
     # QA 71: the killed run's stub replaced the finished run's summary; it is kept
     assert json.loads((out / PREVIOUS_SUMMARY_FILE).read_text()) == EARLIER
     capsys.readouterr()
