@@ -177,7 +177,6 @@ def class_presence(rows: np.ndarray, groups=None) -> Tuple[np.ndarray, int, str]
 
 
 SAMPLED = ("js_divergence", "max_abs_change", "missing_rate_change")  # the measures sampling_limits bounds
-FREQUENCY_ANOMALIES = ("Jensen-Shannon divergence", "pixel frequency of")  # how their anomalies begin
 MIN_HOLDING = 2  # accepted units that must hold a class for the sampled frequency measures to count it
 DRAWS = 2000  # bootstrap draws: the 99.5th percentile of 2,000 lies within about 10 % of its limit
 _GATHER = 4_000_000  # values gathered at once (draws x images x classes), to bound the memory of one step
@@ -378,13 +377,19 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
             result["missing_rate_change"] = abs(result["missing_rate"] - result["baseline_missing_rate"])
         without = (f"; without {', '.join(result['unsampled_classes'])}, too rare in the accepted data to sample"
                    if unsampled else "")
+        annotation_moved = result["missing_rate_change"] is not None and beyond("missing_rate_change")
+        # said once, of the first frequency anomaly: the frequencies moved with the annotation, perhaps not the
+        # data (QA 70; QA 71: not of other anomalies)
+        remark = (" (the annotation changed too: a class an annotator left out counts as background, so pixel "
+                  "frequencies move with the fraction of images missing classes)" if annotation_moved else "")
         if beyond("js_divergence"):
             anomalies.append(f"Jensen-Shannon divergence of class pixel frequencies {result['js_divergence']:.4f} "
-                             f"> {thresholds['js_divergence']}{limit('js_divergence')}{without}")
+                             f"> {thresholds['js_divergence']}{limit('js_divergence')}{without}{remark}")
+            remark = ""
         if beyond("max_abs_change"):
             anomalies.append(f"pixel frequency of {names[worst]} changed by {change[worst]:+.4f} "
                              f"({qs[worst]:.4f} -> {ps[worst]:.4f}; limit {thresholds['max_abs_change']}"
-                             f"{limit('max_abs_change')}{without})")
+                             f"{limit('max_abs_change')}{without}){remark}")
         if presence is None and result["new_classes"]:
             anomalies.append(f"classes absent before appear now: {', '.join(result['new_classes'])}")
         elif presence is not None:  # a class new now, or held by one accepted unit: judged by how many hold it
@@ -410,7 +415,7 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
             anomalies.append("classes present before have no pixels now: " + ", ".join(
                 f"{n} (in {baseline_images[n]} of {baseline['num_records']} images before, none of "
                 f"{current['num_records']} now; chance {c:.2g} if unchanged)" for n, c in unlikely.items()))
-        if result["missing_rate_change"] is not None and beyond("missing_rate_change"):
+        if annotation_moved:
             # a fall blocks too: more complete annotations, or a labelled-sets file missing from this delivery
             # (QA 71: every image then counts as complete; passing a fall let such data through)
             fell = result["missing_rate"] < result["baseline_missing_rate"]
@@ -419,11 +424,5 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
             anomalies.append(f"fraction of images with missing annotations changed from "
                              f"{result['baseline_missing_rate']:.3f} to {result['missing_rate']:.3f} (limit "
                              f"{thresholds['missing_rate_change']}{limit('missing_rate_change')}){fall}")
-            for i, anomaly in enumerate(anomalies):  # the frequencies moved with the annotation, perhaps not the data
-                if anomaly.startswith(FREQUENCY_ANOMALIES):  # (QA 70; QA 71: said of other anomalies too)
-                    anomalies[i] += (" (the annotation changed too: a class an annotator left out counts as "
-                                     "background, so pixel frequencies move with the fraction of images missing "
-                                     "classes)")
-                    break
     result["status"] = "ok" if not anomalies else ("warned" if action == "warn" else "blocked")
     return result
