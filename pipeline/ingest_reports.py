@@ -32,3 +32,17 @@ def current_ingest_report(folder: os.PathLike) -> Optional[dict]:
     folder = Path(folder)
     files = sorted(p for p in folder.glob("data-*") if p.is_file())
     return ingest_report(folder, files) if files else None
+
+
+UNMATCHED = (("labeled", "labelled-set"), ("groups", "group"))  # the report's num_<key>_unmatched, and its words
+
+
+def unmatched_key_counts(report: dict) -> dict:
+    """{"labeled": n, "groups": n}: the keys of the labelled sets and of the groups an ingest report says
+    matched no image (their sets and groups are not used)."""
+    return {key: int(report.get(f"num_{key}_unmatched") or 0) for key, _ in UNMATCHED}
+
+
+def describe_unmatched_keys(counts: dict) -> str:
+    """'2 labelled-set keys and 1 group keys' for the non-zero ``counts`` ('' when none)."""
+    return " and ".join(f"{counts[key]} {words} keys" for key, words in UNMATCHED if counts.get(key))

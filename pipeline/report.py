@@ -228,7 +228,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
     became records, so ClassStats cannot count them; None without a report."""
     if not report_paths:
         return None
-    from segbalance.pipeline.ingest_reports import current_ingest_report
+    from segbalance.pipeline.ingest_reports import current_ingest_report, describe_unmatched_keys, unmatched_key_counts
 
     rows, total, written, codes, unmatched = [], 0, 0, Counter(), Counter()
     changed = [os.path.dirname(p) for p in report_paths if current_ingest_report(os.path.dirname(p)) is None]
@@ -241,19 +241,18 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
         total += int(report.get("num_bad", len(bad)))
         written += int(report.get("num_written", 0))
         codes.update(b.get("code", "?") for b in bad)
-        unmatched.update({name: int(report.get(f"num_{name}_unmatched") or 0) for name in ("labeled", "groups")})
+        unmatched.update(unmatched_key_counts(report))
         rows += [[span, os.path.basename(b.get("image") or b.get("mask") or str(b.get("source_id"))),
                   b.get("code", ""), b.get("reason", "")] for b in bad]
     where = "; ".join(report_paths)
-    keys = [f"{unmatched[name]} {what} keys" for name, what in (("labeled", "labelled-set"), ("groups", "group"))
-            if unmatched[name]]
+    keys = describe_unmatched_keys(unmatched)
     if keys:  # labelled sets or groups of no image: not used (QA 68: said once on the console, then nowhere)
-        note += (f'<p class="bad">{esc(" and ".join(keys))} name no image, so they are not used (keys are image '
+        note += (f'<p class="bad">{esc(keys)} name no image, so they are not used (keys are image '
                  f"file stems; listed in the reports' labeled_unmatched / groups_unmatched).</p>")
     if not total:
         return Section("ingest", "Ingest",
                        f'<p class="ok">Every image pair was ingested ({written} records; {esc(where)}).</p>' + note,
-                       f'<span class="bad">{esc(" and ".join(keys))} unmatched</span>' if keys
+                       f'<span class="bad">{esc(keys)} unmatched</span>' if keys
                        else '<span class="ok">every image pair ingested</span>')
     shown = rows[:MAX_QUARANTINE_ROWS]
     body = (f'<p class="bad">{total} image pairs were not ingested (they are in no record, so no count, '

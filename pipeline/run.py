@@ -597,6 +597,8 @@ def describe_data(data: dict) -> str:
 
 
 def print_summary(summary: dict) -> None:
+    from segbalance.pipeline.ingest_reports import describe_unmatched_keys
+
     print("")
     print(f"pipeline finished in {summary['seconds']}s (output: {summary['output_dir']})")
     data = summary.get("data")
@@ -606,10 +608,8 @@ def print_summary(summary: dict) -> None:
             print(f"  not ingested:     {skipped['pairs']} image pair(s) of span {span} (each with its reason: "
                   f"{skipped['report']})")
         for span, keys in sorted((data.get("unmatched_keys") or {}).items(), key=lambda item: int(item[0])):
-            counts = [f"{keys[name]} {what} keys" for name, what in (("labeled", "labelled-set"), ("groups", "group"))
-                      if keys.get(name)]
-            print(f"  unmatched keys:   {' and '.join(counts)} of span {span} name no image, so they are not used "
-                  f"(keys are image file stems; listed in {keys['report']})")
+            print(f"  unmatched keys:   {describe_unmatched_keys(keys)} of span {span} name no image, so they are not "
+                  f"used (keys are image file stems; listed in {keys['report']})")
     quarantined = summary.get("quarantined") or {}
     if quarantined.get("records"):
         print(f"  quarantined:      {quarantined['records']} of {quarantined['read']} records ("

@@ -200,8 +200,7 @@ def span_ingest_facts(folder: str) -> dict:
     a file added after ingest is not counted, QA 25), ``not_ingested`` (image pairs skipped, each with its
     reason in the report) and ``unmatched_keys`` (labelled-set and group keys of no image: not used; QA 68:
     said once on the console, then never again); a key is left out when there is nothing to say."""
-    from segbalance.pipeline.ingest import REPORT_NAME
-    from segbalance.pipeline.ingest_reports import current_ingest_report
+    from segbalance.pipeline.ingest_reports import REPORT_NAME, current_ingest_report, unmatched_key_counts
 
     path = os.path.join(folder, REPORT_NAME)
     current = current_ingest_report(folder)
@@ -211,7 +210,7 @@ def span_ingest_facts(folder: str) -> dict:
         facts["records"] = current["num_written"]
     if report.get("num_bad"):
         facts["not_ingested"] = {"pairs": int(report["num_bad"]), "report": path}
-    keys = {name: int(report.get(f"num_{name}_unmatched") or 0) for name in ("labeled", "groups")}
+    keys = unmatched_key_counts(report)
     if any(keys.values()):
         facts["unmatched_keys"] = {**keys, "report": path}
     return facts
