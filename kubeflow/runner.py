@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from segbalance.contract import UserError
+from segbalance.contract import MAX_SPAN, UserError
 from segbalance.pipeline.output_guard import write_text_atomic
 from segbalance.pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
 
@@ -77,10 +77,19 @@ def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Op
     check_pipeline_root(pipeline_root)
 
 
+# the object stores Kubeflow Pipelines keeps artifacts in (its Go CDK): GCS, S3 and its own MinIO
+PIPELINE_ROOT_SCHEMES = ("gs", "s3", "minio")
+
+
 def check_pipeline_root(pipeline_root: str) -> None:
     if not (URI_PATTERN.match(pipeline_root) or os.path.isabs(pipeline_root)):
         raise CompileError(f"--pipeline-root {pipeline_root!r} is neither a URI (gs://..., s3://...) nor an "
                            f"absolute path")
+    scheme = pipeline_root.split("://", 1)[0] if URI_PATTERN.match(pipeline_root) else None
+    if scheme is not None and scheme not in PIPELINE_ROOT_SCHEMES:  # (QA 69: ftp://... compiled)
+        raise CompileError(f"--pipeline-root {pipeline_root!r}: Kubeflow Pipelines keeps artifacts in "
+                           f"{', '.join(s + '://' for s in PIPELINE_ROOT_SCHEMES)} buckets (or an absolute path "
+                           f"its pods mount), not {scheme}://")
 
 
 def _is_local_relative(path: Optional[str]) -> bool:
@@ -113,8 +122,8 @@ def examples_root(config: PipelineConfig, pipeline_root: str) -> str:
 
 
 def check_span_number(span: Optional[int]) -> None:
-    if span is not None and span < 0:  # (QA 69: with remote data a range of span -1 was compiled)
-        raise CompileError(f"--span {span}: spans are numbered from 0 (segbalance ingest --span N, N >= 0)")
+    if span is not None and not 0 <= span <= MAX_SPAN:  # (QA 69: with remote data a range of span -1 was compiled)
+        raise CompileError(f"--span {span}: spans are numbered from 0 to {MAX_SPAN} (segbalance ingest --span N)")
 
 
 def check_span(examples_dir: str, span: Optional[int]) -> None:

@@ -48,8 +48,37 @@ COMMAND_MODULES = [
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr (not the usage block), exit code 2."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # for dash_hint (each sub-parser its own)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}{self.dash_hint(message)} (see `{self.prog} --help`)\n")
+
+    def dash_hint(self, message: str) -> str:
+        """What to write for a file name or value that starts with one '-' (QA 69 F21): argparse reads it as an
+        option and says a value or an argument is missing, naming neither the word nor the fix."""
+        if not any(part in message for part in ("expected one argument", "arguments are required",
+                                                "unrecognized arguments")):
+            return ""
+        given = getattr(self, "_given", [])
+        for token in given[:given.index("--")] if "--" in given else given:
+            name = token.split("=", 1)[0]
+            if (len(token) > 1 and token.startswith("-") and not token.startswith("--")
+                    and not self._negative_number_matcher.match(token)
+                    and not any(option.startswith(name) for option in self._option_string_actions)):
+                option = re.match(r"argument (--[\w-]+)(?:/-\w)?: expected one argument", message)
+                value = f"{option.group(1)}={token} or ./{token}" if option else f"./{token}"
+                return f"; {token!r} is read as an option: write {value} for a name that starts with '-'"
+        return ""
+        given = getattr(self, "_given", [])
+        for token in given[:given.index("--")] if "--" in given else given:
+            name = token.split("=", 1)[0]
+            if (len(token) > 1 and token.startswith("-") and not self._negative_number_matcher.match(token)
+                    and not any(option.startswith(name) for option in self._option_string_actions)):
+                return (f"; {token!r} is read as an option: write ./{token} for a file or folder whose name "
+                        f"starts with '-', or OPTION={token} for an option's value")
+        return ""
 
 
 def one_line(text: str) -> str:

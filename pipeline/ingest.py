@@ -74,8 +74,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segbalance.contract import (CLASS_NAMES_FILE, IMAGE_SUFFIXES, MAX_CLASSES, REFERENCE_MASKS_FOLDER, UserError,
-                                 ignore_index_problem, source_id_of)
+from segbalance.contract import (CLASS_NAMES_FILE, IMAGE_SUFFIXES, MAX_CLASSES, MAX_SPAN, REFERENCE_MASKS_FOLDER,
+                                 UserError, counted, ignore_index_problem, source_id_of)
 from segbalance.pipeline import output_guard
 from segbalance.pipeline.ingest_reports import REPORT_NAME  # noqa: F401 (ingest writes it; re-exported)
 from segbalance.trainer import example_codec as codec
@@ -758,8 +758,8 @@ def ingest(
     output = Path(os.path.abspath(output))
     if shards < 1:
         raise IngestError(f"--shards must be >= 1, got {shards}")
-    if span is not None and span < 0:
-        raise IngestError(f"--span must be >= 0, got {span}")
+    if span is not None and not 0 <= span <= MAX_SPAN:  # (QA 69: Span-10**20 was written; TFX takes int32 spans)
+        raise IngestError(f"--span must be from 0 to {MAX_SPAN}, got {span}")
     if options.num_classes is not None and not 1 <= options.num_classes <= MAX_CLASSES:
         raise IngestError(f"--num-classes must be between 1 and {MAX_CLASSES} (masks are 8-bit), "
                           f"got {options.num_classes}")
@@ -810,6 +810,10 @@ def ingest(
                   f"file in {images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
     result.num_pairs = len(pairs)
+    if 0 < len(pairs) < shards:  # (QA 69: --shards 100000 wrote 99,994 empty files beside 6 records)
+        print(f"ingest: note: --shards {shards} is more than the {counted(len(pairs), 'image pair')}: writing "
+              f"{counted(len(pairs), 'shard')}, one record each", file=sys.stderr)
+        shards = len(pairs)
     if options.groups is not None:
         ungrouped = [stem for stem, _, _ in pairs if stem not in options.groups]
         if ungrouped:

@@ -124,6 +124,14 @@ def _cases():
          "--shards"),
         ("ingest span -1", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new", "--span", "-1"],
          "--span"),
+        # QA 69 F12: TFX holds span numbers as int32 (a Span-10**20 was written, then no pipeline could read it)
+        ("ingest span 2**31", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new", "--span",
+                               str(2 ** 31)], "--span must be from 0 to 2147483647, got 2147483648"),
+        # QA 69 F21: a name starting with '-' is read as an option; argparse named neither it nor the fix
+        ("ingest images folder starting with a dash", ["ingest", "-imgs", "{w}/data/masks", "--output", "{w}/new"],
+         "'-imgs' is read as an option: write ./-imgs for a name that starts with '-'"),
+        ("run config starting with a dash", ["run", "--config", "-x.yaml"],
+         "'-x.yaml' is read as an option: write --config=-x.yaml or ./-x.yaml"),
         ("ingest ignore-index 300", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
                                      "--ignore-index", "300"], "--ignore-index"),
         # an ignore index inside the class range turned that class's pixels into "no label" (QA, session 18)
@@ -244,6 +252,10 @@ def _cases():
         ("compile-kfp span negative", ["compile-kfp", "--output", "{w}/new.json", "--span", "-1", "--image",
                                        "gcr.io/p/s:1", "--pipeline-root", "gs://b/r"],
          "--span -1: spans are numbered from 0"),  # QA 69: with remote data it compiled a span range -1..-1
+        ("compile-kfp ftp pipeline root", ["compile-kfp", "--output", "{w}/new.json", "--image", "gcr.io/p/s:1",
+                                           "--pipeline-root", "ftp://b/r"],  # QA 69 F22: it compiled
+         "Kubeflow Pipelines keeps artifacts in gs://, s3://, minio:// buckets (or an absolute path its pods mount), "
+         "not ftp://"),
         # schedule
         ("schedule cron", ["schedule", "--cron", "every monday"], "every monday"),
         ("schedule cron field", ["schedule", "--cron", "0 25 * * 1"], "0 25 * * 1"),

@@ -116,6 +116,9 @@ def test_yaml_file_and_overrides(tmp_path):
     ({"training": {"image_size": [48, 40], "backbone": "MobileNetV2"}},
      "training.image_size: [48, 40] must be divisible by 16 (the MobileNetV2 encoder halves it depth + 1"),
     ({"training": {"pixel_weights": {"type": "sobel"}}}, "training.pixel_weights.type: unknown type 'sobel'"),
+    # QA 69 F16: no upper bound; a huge size ran out of memory in the first batch
+    ({"training": {"image_size": [65536, 64]}}, "training.image_size: give [height, width], each from 8 to 8192 "
+                                                "pixels"),
     # QA (session 23): passed the check and stopped SegTrainer (TensorFlow's integers)
     ({"training": {"batch_size": 10 ** 20}}, "training.batch_size: must be <= 2147483647"),
     ({"training": {"epochs": 2 ** 31}}, "training.epochs: must be <= 2147483647"),

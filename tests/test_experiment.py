@@ -54,7 +54,7 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
     ({"seeds": [1, 1]}, "--seeds: [1, 1]: give distinct seeds"),
     ({"test_images": 0}, "--num-images and --test-images must be >= 1, got 200 and 0"),
     # checked without --config too (they failed in the first group's pipeline run)
-    ({"size": 0}, "--size / --batch-size: training.image_size: give [height, width], each >= 8"),
+    ({"size": 0}, "--size / --batch-size: training.image_size: give [height, width], each from 8 to 8192 pixels"),
     ({"size": 30}, "--size / --batch-size: training.image_size: [30, 30] must be divisible by 4"),
     ({"batch_size": 0}, "--size / --batch-size: training.batch_size: must be >= 1"),
 ])

@@ -67,6 +67,18 @@ def test_round_trip_folder_to_tfrecord_to_arrays(tmp_path):
     assert report["num_written"] == 5 and report["num_bad"] == 0
 
 
+def test_more_shards_than_pairs_writes_one_shard_per_pair(tmp_path, capsys):
+    """QA 69 F12: --shards 100000 over 6 pairs wrote 99,994 empty shard files."""
+    pairs = _dataset(tmp_path, n=3)
+    assert _run(tmp_path, "--shards", "50") == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("data-*")) == [
+        f"data-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert {r.source_id for r in _records(tmp_path / "out")} == pairs.keys()
+    assert all(sum(1 for _ in tf.data.TFRecordDataset(str(f))) == 1 for f in (tmp_path / "out").glob("data-*"))
+    assert "ingest: note: --shards 50 is more than the 3 image pairs: writing 3 shards, one record each" \
+        in capsys.readouterr().err
+
+
 def test_jpeg_images_kept_and_palette_masks_mapped(tmp_path):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)

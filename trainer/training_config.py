@@ -15,7 +15,7 @@ module instead of repeating the table.
 
 ``training``
   ============================ ==========================================================
-  ``image_size`` [64, 64]      [H, W] the model sees (Transform resizes); each must be
+  ``image_size`` [64, 64]      [H, W] the model sees (Transform resizes), each 8..8192 and
                                divisible by ``2**depth`` (U-Net) or ``2**(depth+1)``
                                (with a ``backbone``), the factor the encoder halves by
   ``epochs`` 24                passes over the training split (or ``steps_per_epoch``);
@@ -108,6 +108,8 @@ from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 from segbalance.contract import DEFAULT_IGNORE_INDEX, ignore_index_problem, same_class_names
 from segbalance.trainer.loss_config import LossConfig, default_training_loss
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 8192  # each side of training.image_size, in pixels
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -345,7 +347,9 @@ class TrainingConfig:
         require(self.devices is None or (len(self.devices) > 0 and all(d.strip() for d in self.devices)),
                 f"{where}.devices", "list device names (e.g. ['/gpu:0', '/gpu:1']) or null")
         size = self.image_size
-        require(len(size) == 2 and all(s >= 8 for s in size), f"{where}.image_size", "give [height, width], each >= 8")
+        require(len(size) == 2 and all(MIN_IMAGE_SIZE <= s <= MAX_IMAGE_SIZE for s in size), f"{where}.image_size",
+                f"give [height, width], each from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels (QA 69: a larger size "
+                f"ran out of memory in the first batch; train on crops of bigger images)")
         factor = size_factor(self.depth, self.backbone)
         if any(s % factor for s in size):
             fix = [max(factor, round(s / factor) * factor) for s in size]

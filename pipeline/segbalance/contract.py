@@ -25,6 +25,8 @@ GROUP_KEY = "image/group_id"  # bytes, optional: the scene / scan / tile an imag
 CLASS_NAMES_FILE = "classes.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # the image files ingest reads
 REFERENCE_MASKS_FOLDER = "reference_masks"  # in a Span-N/: the complete masks of its records, for evaluation
+# span numbers (Span-N folders): TFX's RangeConfig holds them as int32, so 0..2**31 - 1
+MAX_SPAN = 2 ** 31 - 1
 GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 
 
