@@ -54,6 +54,18 @@ def test_keras_file_reloads_safely_and_predicts_like_the_signature(exported):
     np.testing.assert_allclose(probs, served, atol=1e-5)
 
 
+def test_tf_serving_s_loader_serves_it_like_the_tf2_signature(exported):
+    """TF Serving loads a SavedModel as a v1 Session on the 'serve' MetaGraph (C++ LoadSavedModel) and feeds the
+    SignatureDef's tensor names; QA 74: every request failed there ("Could not find variable ..."), while TF2's
+    loader, which every other test uses, rebinds the weights through the object graph."""
+    serve, path, _ = exported
+    images = pngs(20, 28, n=2, seed=3)
+    served = ti.serve_like_tf_serving(path, images)
+    out = serve(images=tf.constant(images))
+    np.testing.assert_array_equal(served["class_ids"], out["class_ids"].numpy())
+    np.testing.assert_allclose(served["probabilities"], out["probabilities"].numpy(), atol=1e-6)
+
+
 def test_jpeg_and_grey_inputs_and_mixed_sizes_error(exported):
     serve, _, _ = exported
     rgb = ti.make_image_and_mask(np.random.default_rng(2), 24, 20)[0]

@@ -192,7 +192,11 @@ def test_mixed_precision_on_two_mirrored_devices(tmp_path, mirrored_strategy):
     serve = tf.saved_model.load(args.serving_model_dir).signatures["serving_default"]
     image = ti.make_image_and_mask(np.random.default_rng(0), 24, 24)[0]
     from segbalance.trainer.example_codec import encode_png
-    assert serve(images=tf.constant([encode_png(image)]))["class_ids"].shape == (1, 24, 24)
+    out = serve(images=tf.constant([encode_png(image)]))
+    assert out["class_ids"].shape == (1, 24, 24)
+    # the weights of a model trained under a strategy reach TF Serving's loader too (QA 74)
+    served = ti.serve_like_tf_serving(args.serving_model_dir, [encode_png(image)])
+    np.testing.assert_array_equal(served["class_ids"], out["class_ids"].numpy())
 
 
 @pytest.mark.slow

@@ -205,3 +205,15 @@ def run_executor(uris: Dict[str, str], out_dir: str, config: dict, class_stats_u
     SegTrainerExecutor().Do(inputs, outputs, properties)
     with open(os.path.join(out_dir, "model_run", "training_summary.json")) as f:
         return json.load(f)
+
+
+def serve_like_tf_serving(path: str, images) -> dict:
+    """The serving signature's outputs as TF Serving computes them: a v1 Session on the SavedModel's 'serve'
+    MetaGraph (C++ LoadSavedModel), fed and fetched by the SignatureDef's tensor names (QA 74)."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def["serving_default"]
+        names = sorted(signature.outputs)
+        values = session.run([signature.outputs[n].name for n in names], {signature.inputs["images"].name: images})
+    return dict(zip(names, values))

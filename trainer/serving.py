@@ -102,6 +102,11 @@ def export_serving_model(model, tf_transform_output, export_dir: str) -> str:
     """Write the SavedModel (signature above) and ``model.keras`` into ``export_dir``."""
     spec = tf_transform_output.raw_feature_spec()[codec.IMAGE_KEY]
     server = SegmentationServer(model, tf_transform_output, isinstance(spec, tf.io.FixedLenFeature))
+    # The variables the traced signature reads, tracked as themselves (QA 74): a Keras 3 model held by a tf.Module
+    # saves its weights under other handles than the ones the graph reads; TF2's loader rebinds them through the
+    # object graph, but TF Serving's (C++ LoadSavedModel, a v1 Session) failed every request with "Could not find
+    # variable down0_bn1/moving_mean" (keras-team/keras#19274, tensorflow/serving#2250)
+    server.captured_variables = list(server.serve.get_concrete_function().variables)
     tf.saved_model.save(server, export_dir, signatures={"serving_default": server.serve})
     model.save(os.path.join(export_dir, KERAS_FILE))
     return export_dir
