@@ -790,6 +790,35 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
     return report
 
 
+def check_report_kept(output: Path, work: Path, plan: Plan, select: Optional[Callable[[dict], bool]] = None) -> None:
+    """Refuse (UserError) to write a report over ``output``'s results.json when it holds trainings that this run's
+    report would not: rows neither in ``work``'s results.jsonl (those ``select`` keeps, on a report) nor, on a
+    training run (``select`` None), cells of ``plan`` trained with its values. QA 72: `experiment --quick` run in
+    the repository replaced the published 96-row report (its default --output is docs/results) with 2 rows."""
+    from segbalance.contract import UserError
+
+    path = output / "results.json"
+    if not is_results_file(path):
+        return
+    earlier = json.loads(path.read_text(encoding="utf-8"))["results"]
+    kept = {row_key(row) for row in load_results(work, report_only=True) if select is None or select(row)}
+    planned = set() if select is not None else {
+        (f"{dataset}_drop{drop}", cell_name(*cell), seed)
+        for dataset in plan.datasets for drop in plan.drop_fractions for cell in plan.cells() for seed in plan.seeds}
+
+    def trained_again(row: dict) -> bool:
+        return ((row["group"], row["loss"], row["seed"]) in planned
+                and not value_differences(row, plan_values(plan, row.get("test_images"))))
+
+    lost = [row for row in earlier if row_key(row) not in kept and not trained_again(row)]
+    if lost:
+        example = lost[0]
+        raise UserError(f"--output {output} holds a report of {counted(len(earlier), 'training')}, "
+                        f"{len(lost)} of them neither in {work / RESULTS_LOG} nor trained by this run (e.g. "
+                        f"{example['group']} {example['loss']} seed {example['seed']}), which its report would "
+                        f"replace: give another --output, the --work-dir that holds them, or --overwrite")
+
+
 def _names(text: str) -> List[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -828,6 +857,9 @@ def add_parser(subparsers) -> None:
                         help="with --report-only: score the selected rows whose models are still in the work "
                              "folder again on --test-images held-out crops, written to WORK/rescore_testN (rows "
                              "without their model are left out)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a report in --output that holds trainings this run's work folder does not "
+                             "(refused otherwise)")
     parser.add_argument("--work-dir", help="scratch folder (default OUTPUT/_work, removed at the end); "
                         "give one to resume a stopped run")
     parser.add_argument("--datasets", type=_names, help=f"comma-separated, of {', '.join(DATASETS)} "
@@ -934,6 +966,8 @@ def _main(args) -> int:
                         *(["--rescore"] if args.rescore else []), *given])
     if args.report_only and not args.work_dir:
         raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
+    if not args.overwrite:
+        check_report_kept(output, work, plan, row_selector(args, plan) if args.report_only else None)
     report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
                             select=row_selector(args, plan), rescore=args.rescore, mark=True, scratch=scratch)
     if scratch:

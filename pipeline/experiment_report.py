@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -541,6 +542,10 @@ def _set_sections(results: list, output: Path, test_items: dict, example_drop: f
     ]
 
 
+# the PNGs a report writes (``_set_sections``): a report removes an earlier one's that it does not write again
+REPORT_PLOT = re.compile(r"(miou_vs_drop|per_class_iou_.+|training_curves_.+|examples_.+)\.png")
+
+
 def write(report: dict, output: Path, test_items: dict, example_drop: float) -> None:
     """results.json (every row with its curves), results.md and the PNGs. ``test_items``: per data set.
     Rows trained with other values (``training_sets``) are reported set by set, each with its own
@@ -548,6 +553,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
     ``training_sets``: cells are never ranked across sets."""
     results = report["results"]
     plan = report["plan"]
+    earlier_plots = {p.name for p in output.glob("*.png") if REPORT_PLOT.fullmatch(p.name)}
     sets = training_sets(results)
     several = len(sets) > 1
     bodies = []
@@ -585,3 +591,5 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
         "prediction used and why the blog's custom value fell below the complete-annotation CE.", "",
     ]
     (output / "results.md").write_text("\n".join(lines))
+    for stale in earlier_plots - set(re.findall(r"\]\(([^)]+\.png)\)", "\n".join(lines))):  # an earlier report's
+        (output / stale).unlink(missing_ok=True)  # plots of data sets or sets this one lacks (QA 72: left beside it)

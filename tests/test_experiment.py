@@ -533,6 +533,41 @@ def test_report_only_covers_the_rows_the_given_options_select(tmp_path):
     assert "--report-only" in plain["command"] and "--weightings none" in plain["command"]
 
 
+def test_a_report_holding_trainings_this_run_lacks_is_not_replaced_without_overwrite(tmp_path, capsys):
+    """QA 72: `experiment --quick` in the repository replaced the published 96-row report in docs/results (the
+    default --output) with 2 rows, and left that report's plots of other data sets beside the new one."""
+    from segbalance.pipeline import cli
+
+    work = tmp_path / "work"
+    work.mkdir()
+    names = ["background", "ellipse", "rectangle", "circle"]
+    rows = [{**_row("shapes", drop, "ce/none/none", seed, miou, epochs_run=3, best=1, max_epochs=2), "terms": "ce",
+             "weighting": "none", "missing": "none", "class_names": names, "per_class_iou": [0.9, 0.5, 0.4, 0.2],
+             "history": {"loss": [1.0, 0.8, 0.7], "val_miou": [0.3, 0.5, 0.4]}, "class_weights": None,
+             "seconds": 60.0} for drop, seed, miou in ((0.0, 0, 0.5), (0.0, 1, 0.6), (0.6, 0, 0.4))]
+    (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    report = ["experiment", "--quick", "--report-only", "--output", str(out), "--work-dir", str(work)]
+    assert cli.main(report) == 0
+    assert cli.main(report) == 0  # the same rows again: nothing lost
+    before = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*report, "--seeds", "1"]) == 2  # a report of one of the three rows
+    err = capsys.readouterr().err
+    assert f"--output {out} holds a report of 3 trainings, 2 of them neither in {work / 'results.jsonl'} nor " \
+           f"trained by this run (e.g. shapes_drop0.0 ce/none/none seed 0)" in err and "--overwrite" in err
+    assert (out / "results.json").read_bytes() == before
+    # a training run with another plan (--quick: other epochs than these rows') is refused before it trains
+    assert cli.main(["experiment", "--quick", "--output", str(out)]) == 2
+    assert not (out / "_work").exists() and (out / "results.json").read_bytes() == before
+    (out / "per_class_iou_nuclei.png").write_bytes(b"an earlier report's plot")
+    (out / "notes.png").write_bytes(b"not a plot the report writes")
+    assert cli.main([*report, "--seeds", "1", "--overwrite"]) == 0
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())["results"]] == [1]
+    assert not (out / "per_class_iou_nuclei.png").exists() and (out / "notes.png").exists()
+    assert (out / "per_class_iou_shapes.png").exists() and (out / "miou_vs_drop.png").exists()
+
+
 def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(tmp_path, capsys):
     """At drop 0 every class is annotated everywhere: marginal CE == CE, so the marginal cell's row is
     the "none" cell's (marked), and nothing trains; with dropped annotations it would train."""
