@@ -80,7 +80,7 @@ def check_is_folder(path: Path, option: str) -> None:
     for parent in [path, *path.parents]:
         if parent.is_symlink() and not parent.exists():  # mkdir: FileExistsError, a traceback (QA 25)
             where = "" if parent == path else f" ({parent} is one)"
-            if _loops(parent):  # (QA 69: "create that folder", which a loop makes impossible)
+            if link_loops(parent):  # (QA 69: "create that folder", which a loop makes impossible)
                 raise OutputError(f"{option} {path} is a link that loops{where} (it leads back to itself): point it "
                                   f"at a real folder, or give another path")
             raise OutputError(f"{option} {path} is a link to a folder that does not exist{where}: "
@@ -92,7 +92,7 @@ def check_is_folder(path: Path, option: str) -> None:
             break
 
 
-def _loops(link: Path) -> bool:
+def link_loops(link: Path) -> bool:
     try:
         os.stat(link)
     except OSError as exc:
@@ -290,7 +290,7 @@ def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "r
         raise OutputError(f"{option} {named} is a folder; give a file name, e.g. {path / example}")
     check_is_folder(path.parent, f"{option} {path}: its folder")
     if path.is_symlink() and not path.exists():  # (QA 69: the user's looping link was replaced by the page)
-        what = "a link that loops (it leads back to itself)" if _loops(path) else "a link to nothing"
+        what = "a link that loops (it leads back to itself)" if link_loops(path) else "a link to nothing"
         raise OutputError(f"{option} {path} is {what}: point it at a real file, or give another file name (nothing "
                           f"was written)")
     if path.exists():

@@ -32,7 +32,8 @@ from segbalance.pipeline.output_guard import write_text_atomic
 from segbalance.pipeline import report_images
 from segbalance.pipeline import report_pictures as pictures
 from segbalance.pipeline.report_sources import DRIFT_FILE, EVALUATION_FILE, STATS_FILE, ReportSources, find_sources
-from segbalance.pipeline.report_html import STYLE, Raw, Section, esc, fmt, table  # noqa: F401 (re-exported)
+from segbalance.pipeline.report_html import (GENERATOR, PAGE_START, STYLE, Raw, Section, esc, fmt,  # noqa: F401
+                                             is_report, table)  # (re-exported)
 
 TOP_IMAGES = 25
 MAX_QUARANTINE_ROWS = 200
@@ -413,20 +414,11 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
         '<p class="note">Inputs: ' + "; ".join(f"{esc(n)}: {esc(v) if v else 'not given'}" for n, v in inputs) + "</p>",
     ]
     body = head + [f'<h2 id="{s.anchor}">{esc(s.title)}</h2>\n{s.body}' for s in sections]
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{esc(title)}</title>'
+    page = (f'{PAGE_START}{GENERATOR}<title>{esc(title)}</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
     write_text_atomic(output_html, page)  # a killed write left an empty file the next call refused as not ours
     return output_html
-
-
-GENERATOR = '<meta name="generator" content="segbalance report">'
-
-
-def is_report(head: str) -> bool:
-    """Whether a file's first KB are a page this module wrote (pages before GENERATOR: by their title)."""
-    return GENERATOR in head or (head.startswith('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>')
-                                 and "segbalance" in head[:300])
 
 
 def add_parser(subparsers) -> None:

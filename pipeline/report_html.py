@@ -7,6 +7,19 @@ from __future__ import annotations
 import html
 from typing import List, NamedTuple, Optional
 
+PAGE_START = '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'  # how every page begins
+GENERATOR = '<meta name="generator" content="segbalance report">'  # right after PAGE_START
+# pages from before GENERATOR began with their title, always the default one
+_OLDER_PAGE_START = f"{PAGE_START}<title>segbalance data report</title><style>"
+
+
+def is_report(head: str) -> bool:
+    """Whether a file's first KB are a page ``report.render_report`` wrote: GENERATOR where the page puts it
+    (QA 73: anywhere in the head, or a hand-written page starting as ours with "segbalance" in its first 300
+    characters, was taken for one and overwritten), or an older page's opening."""
+    return head.startswith(PAGE_START + GENERATOR) or head.startswith(_OLDER_PAGE_START)
+
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;
 color:#222;padding:0 16px} h1{font-size:1.6em} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}

@@ -322,6 +322,29 @@ def keep_class_names(span_dir: Path, names: list) -> None:
     write_text_atomic(target, text)
 
 
+def check_report_page(path: Path, option: str) -> None:
+    """OUTPUT/report.html, which a run replaces with the run's page at its end, must be absent or a page segbalance
+    wrote (through a link too: a link to one is written through). QA 73: a user's file there, or behind a link
+    there (outside the run folder), was overwritten; a folder there was a traceback after the whole pipeline."""
+    from segbalance.pipeline.output_guard import OutputError, link_loops
+    from segbalance.pipeline.report_html import is_report
+
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() and not path.exists():
+        what = "a link that loops" if link_loops(path) else f"a link to nothing ({os.readlink(path)})"
+    elif not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+    else:
+        with open(path, "rb") as f:
+            if is_report(f.read(4096).decode("utf-8", errors="replace")):
+                return
+        what = (f"a link to {os.path.realpath(path)}, a file" if path.is_symlink() else "a file") + \
+            " segbalance did not write"
+    raise OutputError(f"{option} {path.parent}: its report.html, which a run replaces with its data report, is {what}: "
+                      f"move it out of the folder and run again (nothing was written)")
+
+
 def check_output_beside_data(output: Path, data: Path, examples_dir: Path, option: str = "--output-dir") -> None:
     """The run directory must not be, or lie inside, the data folder (the run would write into the
     user's data); an images/ + masks/ folder must not lie in OUTPUT/data, where run writes spans.
@@ -492,6 +515,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
     from segbalance.pipeline import output_guard
 
     output_guard.check_run_dir(paths["output_dir"], output_option)  # new, empty or an earlier run's: never a user's folder
+    check_report_page(Path(paths["report"]), output_option)
     if config.data.dir is not None and "://" not in config.data.dir:
         check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
                                   Path(paths["examples_dir"]), output_option)
@@ -554,8 +578,10 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                        **({"canceled_executions": abandoned} if abandoned else {}), **killed_note}
             summary["seconds"] = round(time.time() - started, 1)
             summary["cached_components"] = sorted(progress.cached)
-            if summary.get("report_artifact"):
-                shutil.copyfile(summary["report_artifact"], paths["report"])
+            if summary.get("report_artifact"):  # in one rename (a link to a page: the page, as report --output)
+                from segbalance.pipeline.output_guard import write_text_atomic
+
+                write_text_atomic(paths["report"], Path(summary["report_artifact"]).read_text(encoding="utf-8"))
                 summary["report"] = paths["report"]
             run_summary.write_summary(paths["output_dir"], summary)
             return summary

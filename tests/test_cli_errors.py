@@ -76,6 +76,21 @@ def ws(tmp_path_factory):
     (root / "masks_is_file").mkdir()
     (root / "masks_is_file" / "images").mkdir()
     (root / "masks_is_file" / "masks").write_text("x")
+    # QA 73: pages of the user's taken for reports and overwritten by `report --output`
+    (root / "mynotes.html").write_text('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>My notes '
+                                       'about segbalance</title></head><body><p>mine</p></body></html>\n')
+    (root / "quoting.html").write_text('<html><body><p>my copy</p>\n<!-- <meta name="generator" content="segbalance '
+                                       'report"> -->\n</body></html>\n')
+    # QA 73: an earlier run's folder whose report.html a run overwrote: a user's file, one behind a link (outside
+    # the folder), or a folder (a traceback once the whole pipeline had run)
+    from segbalance.pipeline import output_guard
+
+    for name in ("run_userpage", "run_linkpage", "run_folderpage"):
+        (root / name).mkdir()
+        output_guard.write_marker(root / name, "run")
+    (root / "run_userpage" / "report.html").write_text("<html>my own page</html>\n")
+    (root / "run_linkpage" / "report.html").symlink_to(root / "mynotes.html")
+    (root / "run_folderpage" / "report.html").mkdir()
     return root
 
 
@@ -186,6 +201,20 @@ def _cases():
          "--output {w}/newdir/ is a folder; give a file name, e.g. {w}/newdir/report.html"),
         ("report output is a user's file", ["report", "{w}/emptydir", "--output", "{w}/report.txt"],
          "{w}/report.txt"),
+        ("report output is a user's page starting as ours", ["report", "{w}/emptydir", "--output", "{w}/mynotes.html"],
+         "--output {w}/mynotes.html exists and was not written by segbalance"),
+        ("report output is a user's page quoting the generator", ["report", "{w}/emptydir", "--output",
+                                                                  "{w}/quoting.html"],
+         "--output {w}/quoting.html exists and was not written by segbalance"),
+        ("run folder's report.html is a user's file", ["run", "--data", "{w}/data", "--output-dir", "{w}/run_userpage"],
+         "--output-dir {w}/run_userpage: its report.html, which a run replaces with its data report, is a file "
+         "segbalance did not write: move it out of the folder"),
+        ("run folder's report.html links to a user's file", ["run", "--data", "{w}/data", "--output-dir",
+                                                             "{w}/run_linkpage"],
+         "its report.html, which a run replaces with its data report, is a link to {w}/mynotes.html, a file "
+         "segbalance did not write"),
+        ("run folder's report.html is a folder", ["run", "--data", "{w}/data", "--output-dir", "{w}/run_folderpage"],
+         "its report.html, which a run replaces with its data report, is a folder"),
         # run (errors found before the pipeline starts)
         ("run config missing", ["run", "--config", "{w}/nope.yaml"], "{w}/nope.yaml"),
         ("run config is a folder", ["run", "--config", "{w}/emptydir"], "{w}/emptydir"),
