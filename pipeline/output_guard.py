@@ -293,6 +293,8 @@ def check_output_file(path: os.PathLike, option: str, is_ours, example: str = "r
         what = "a link that loops (it leads back to itself)" if link_loops(path) else "a link to nothing"
         raise OutputError(f"{option} {path} is {what}: point it at a real file, or give another file name (nothing "
                           f"was written)")
+    if path.exists() and not path.is_file():  # a FIFO or a terminal: reading its head waited for ever (QA 73)
+        raise OutputError(f"{option} {path} is not a regular file; give a file name (nothing was written)")
     if path.exists():
         with open(path, "rb") as f:
             head = (f.read() if read is None else f.read(read)).decode("utf-8", errors="replace")

@@ -256,7 +256,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
                        f'<span class="bad">{esc(keys)} unmatched</span>' if keys
                        else '<span class="ok">every image pair ingested</span>')
     shown = rows[:MAX_QUARANTINE_ROWS]
-    body = (f'<p class="bad">{total} image pairs were not ingested (they are in no record, so no count, '
+    body = (f'<p class="bad">{counted(total, "image pair")} {"was" if total == 1 else "were"} not ingested (they are in no record, so no count, '
             f"weight or score includes them); {written} were:</p>"
             + table(["reason", "pairs"], [[code, n] for code, n in codes.most_common()])
             + (f"<p>First {len(shown)}:</p>" if len(shown) < len(rows) else "")
@@ -399,7 +399,7 @@ def render_report(sources: ReportSources, output_html: str, title: str = "segbal
         sections.append(spans)
     shown = sources.shown_as or {}
     inputs = [(name, getattr(sources, name)) for name in ReportSources.__dataclass_fields__
-              if name not in ("spans", "note", "shown_as")]
+              if name not in ("spans", "note", "shown_as", "recorded")]  # (QA 73: "recorded: not given")
     inputs = [(name, shown.get(value, value) if isinstance(value, str) else value) for name, value in inputs]
     inputs = [(name, "; ".join(value) if isinstance(value, list) else value) for name, value in inputs]
     if sources.spans:

@@ -58,10 +58,31 @@ def short_labels(names: Sequence[str], limit: int = LABEL_LIMIT) -> List[str]:
         head = (limit - 1) // 2
         return name[:head] + "\u2026" + name[len(name) - (limit - 1 - head):]
 
-    shown = [short(str(n)) for n in names]
+    shown = [short(str(n)) if drawable(str(n)) else f"class {i}" for i, n in enumerate(names)]
     if len(set(shown)) < len(shown):
         shown = [f"{i}: {s}" for i, s in enumerate(shown)]
     return plains(shown)
+
+
+def drawable(text: str) -> bool:
+    """Whether the charts' fonts have a glyph for every character of ``text`` (QA 73: CJK and emoji class names
+    were empty boxes, so the bars of 人, 車 and 犬 could not be told apart, and matplotlib warned for each glyph);
+    a name that is not is shown as ``class ID`` (the tables' rows are in id order, with the names)."""
+    fonts = _chart_fonts()
+    return all(any(font.get_char_index(ord(c)) for font in fonts) for c in text if not c.isspace())
+
+
+_FONTS: list = []
+
+
+def _chart_fonts() -> list:
+    """The fonts matplotlib draws chart text with (its font list, with fallback), loaded once."""
+    if not _FONTS:
+        from matplotlib import font_manager, ft2font
+
+        paths = font_manager.fontManager._find_fonts_by_props(font_manager.FontProperties())  # noqa: SLF001
+        _FONTS.extend(ft2font.FT2Font(str(path)) for path in paths)
+    return _FONTS
 
 
 def to_img(fig, alt: str) -> str:

@@ -730,3 +730,11 @@ def test_an_output_folder_that_is_a_looping_link_is_not_told_to_create_it(argv, 
     assert err.count("\n") == 1 and f"{loop} is a link that loops (it leads back to itself): point it at a real " \
                                    f"folder, or give another path" in err, err
     assert os.readlink(loop) == str(loop)
+
+
+def test_an_output_that_is_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
+    """QA 73: `report --output` on a FIFO read its head to tell whether it was a report, and waited for ever."""
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)
+    assert cli.main(["report", str(tmp_path), "--output", str(fifo)]) == 2
+    assert f"--output {fifo} is not a regular file" in capsys.readouterr().err

@@ -494,6 +494,19 @@ def _png_size(img_tag: str):
     return Image.open(io.BytesIO(base64.b64decode(img_tag.split("base64,")[1].split('"')[0]))).size
 
 
+def test_names_the_chart_font_cannot_draw_are_shown_as_class_ids(recwarn):
+    """QA 73: CJK and emoji names were rows of empty boxes in every chart (人, 車 and 犬 alike), with a matplotlib
+    warning per missing glyph on the console."""
+    from matplotlib import font_manager, ft2font
+
+    font = ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))  # the chart font, read directly
+    assert font.get_char_index(ord("車")) == 0 and font.get_char_index(ord("ß")) > 0  # (this venv's DejaVu Sans)
+    assert report_charts.short_labels(["背景", "Straße", "車 🚗", "bell\x07", "a b"]) == \
+        ["class 0", "Straße", "class 2", "class 3", "a b"]
+    report_charts.weight_bars(["背景", "人", "車"], {"uniform": [1.0, 1.0, 1.0]})
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
 def test_long_class_names_are_shortened_in_charts_not_in_tables():
     """A 400-character class name made a 2,831 x 1,856 pixel IoU chart, mostly its tick label."""
     long_names = ["background", "ontology/vehicle/car/sedan/four-door/" + "red" * 30, "x" * 400]
