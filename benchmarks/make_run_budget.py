@@ -83,6 +83,8 @@ def run_once(epochs: int, work: Path, default_epochs: int, variant=None) -> dict
         "blessed": summary.get("blessed"), "pushed_this_run": summary.get("pushed_this_run"),
         "best_epoch": None if training.get("best_epoch") is None else training["best_epoch"] + 1,
         "best_val_miou": training.get("best_val_miou"),
+        # the loss of the first batch before any update: where two runs of one seed part (README, "The pipeline")
+        "initial_loss": training.get("initial_loss"),
         "val_miou": [round(v, 4) for v in training["history"]["val_miou"]],
         "wall_s": round(wall, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
