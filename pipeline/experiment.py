@@ -22,7 +22,8 @@ rates, the curves (PNG) and which cells hit the epoch cap before the plateau. Ev
 training is appended to ``WORK/results.jsonl``, so a stopped run resumes where it stopped, and
 a later run in the same ``--work-dir`` (more seeds for some cells, another data set) adds to it:
 the report covers every row there. A row counts as done only for a run with the values it was
-trained with (``--config`` digest, epochs, patience, size, batch, crops, split, test crops); a
+trained with (``--config`` digest, the code's training defaults (rows from before session 31 do
+not record them), epochs, patience, size, batch, crops, split, test crops); a
 cell trained otherwise trains again, and a report of rows trained with several sets of values
 reports each set on its own (ranks within a set, never across).
 ``--quick``: shapes, drop 0.3, 2 cells, 1 seed, 2 epochs (the test suite's version).
@@ -47,7 +48,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from segbalance.contract import counted
-from segbalance.pipeline.experiment_config import PROTOCOL, trained_with
+from segbalance.pipeline.experiment_config import PROTOCOL, source_commit, trained_with
 from segbalance.trainer.class_weights import DEFAULT_CLIP
 from segbalance.trainer.loss_config import default_training_loss
 
@@ -475,9 +476,9 @@ def row_key(row: dict) -> tuple:
 def plan_values(plan: Plan, test_images: Optional[int] = None) -> dict:
     """The values a row trained under ``plan`` records (``trained_with``); ``test_images``: the size
     of the test set its group is scored on (default the plan's)."""
-    from segbalance.pipeline.experiment_config import config_digest
+    from segbalance.pipeline.experiment_config import config_digest, defaults_digest
 
-    return {"config_digest": config_digest(plan.config_values),
+    return {"config_digest": config_digest(plan.config_values), "defaults_digest": defaults_digest(),
             **{key: getattr(plan, key) for key in PROTOCOL}, "min_epochs": min(plan.min_epochs, plan.max_epochs),
             **({} if test_images is None else {"test_images": test_images})}
 
@@ -495,6 +496,8 @@ def describe_values(values: dict) -> List[str]:
     for key, value in values.items():
         if key == "config_digest":
             out.append(f"--config values of digest {value}" if value else "no --config")
+        elif key == "defaults_digest":
+            out.append(f"code whose training defaults have digest {value}")
         else:
             out.append(f"--{key.replace('_', '-')} {value}")
     return out
@@ -607,6 +610,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "num_images": plan.num_images,
                "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
                "split_by": plan.split_by, "config_digest": wanted["config_digest"],
+               "defaults_digest": wanted["defaults_digest"], "code_commit": source_commit(),
                **({"config": plan.config} if wanted["config_digest"] else {}),  # the file, for the report
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}

@@ -143,5 +143,38 @@ PROTOCOL = ("max_epochs", "patience", "min_epochs", "lr_schedule", "size", "batc
 
 def trained_with(row: dict) -> tuple:
     """What a row was trained (and scored) with: its ``config_digest`` (rows from before the field: None,
-    the defaults) and the PROTOCOL fields it records. Rows of one cell with other values are other rows."""
-    return (("config_digest", row.get("config_digest")), *((key, row[key]) for key in PROTOCOL if key in row))
+    the defaults), its ``defaults_digest`` and the PROTOCOL fields it records. Rows of one cell with other
+    values are other rows."""
+    return (("config_digest", row.get("config_digest")),
+            *((key, row[key]) for key in ("defaults_digest", *PROTOCOL) if key in row))
+
+
+def defaults_digest() -> str:
+    """A digest of the schema's defaults for what a cell trains with (the ``training`` and ``stats`` sections),
+    which ``config_digest`` takes for granted: rows record it, so a row trained by code with other defaults (an
+    optimizer, a clip, an augmentation) is not reused or ranked as this code's (QA 72; rows from before session 31
+    do not record it and count as any value)."""
+    from segbalance.pipeline.config import PipelineConfig
+    from segbalance.trainer.typed_config import build, to_dict
+
+    defaults = to_dict(build(PipelineConfig, {}))
+    return json_digest({section: defaults[section] for section in ("training", "stats")}, 12)
+
+
+def source_commit() -> Optional[str]:
+    """The git commit of the code that runs (its checkout's HEAD, "+changes" when files differ from it), or None
+    outside a git checkout; rows record it (QA 72: no row said which code trained it)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty else "")

@@ -462,6 +462,9 @@ def set_label(values: dict, rows: list) -> str:
             parts.append("no --config (the defaults)" if value is None else
                          f"--config {files} (values of digest {value})" if files else
                          f"--config values of digest {value}")
+        elif key == "defaults_digest":
+            parts.append(f"code whose training defaults have digest {value}" if value != NOT_RECORDED else
+                         "code from before session 31 (defaults not recorded)")
         else:
             option = "--" + key.replace("_", "-")
             parts.append(f"{option} {NOT_RECORDED} (rows from before the field)" if value == NOT_RECORDED

@@ -814,15 +814,17 @@ def test_a_row_trained_with_other_values_is_trained_again_and_stays_beside_the_n
     from segbalance.pipeline.experiment import RESULTS_LOG, run_group
 
     plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"],
-                missing=["none", "marginal"], seeds=[0, 1, 2, 3], num_images=8, test_images=4, size=32,
+                missing=["none", "marginal"], seeds=[0, 1, 2, 3, 4], num_images=8, test_images=4, size=32,
                 max_epochs=10)
     work = tmp_path / "work"
     train, _ = dataset_folders("shapes", plan, 0.0, work)
     config = experiment.experiment_config(plan, train, work / "run", NAMES)
     ours = experiment.plan_values(plan)  # what a row trained by this plan records
-    assert ours == {"config_digest": None, "max_epochs": 10, "patience": 20, "min_epochs": 10,
-                    "lr_schedule": "plateau", "size": 32, "batch_size": 16, "num_images": 8, "split_by": "record",
-                    "test_images": 4}
+    from segbalance.pipeline.experiment_config import defaults_digest
+
+    assert ours == {"config_digest": None, "defaults_digest": defaults_digest(), "max_epochs": 10, "patience": 20,
+                    "min_epochs": 10, "lr_schedule": "plateau", "size": 32, "batch_size": 16, "num_images": 8,
+                    "split_by": "record", "test_images": 4}
 
     def row(seed, miou, **changes):
         return {**_row("shapes", 0.0, "ce/none/none", seed, miou), "terms": "ce", "weighting": "none",
@@ -831,29 +833,32 @@ def test_a_row_trained_with_other_values_is_trained_again_and_stays_beside_the_n
     earlier = [row(0, 0.9, config_digest="0123456789ab", config="b.yaml"),  # another --config
                row(1, 0.8, max_epochs=150),  # another --max-epochs
                row(2, 0.7, test_images=60),  # scored on another test set
-               row(3, 0.6)]  # this plan's values: its row
+               row(3, 0.6),  # this plan's values: its row
+               row(4, 0.55, defaults_digest="0123456789ab")]  # code with other defaults (QA 72)
     (work / RESULTS_LOG).write_text("".join(json.dumps(r) + "\n" for r in earlier))
     results = load_results(work)
     trained = []
     fake_cells(monkeypatch, trained, miou=0.5)
     run_group("shapes", 0.0, plan, config, [None] * 4, work, results)
-    assert trained == [0, 1, 2]
+    assert trained == [0, 1, 2, 4]
     printed = capsys.readouterr().out
     for seed, other in ((0, "--config values of digest 0123456789ab"), (1, "--max-epochs 150"),
-                        (2, "--test-images 60")):
+                        (2, "--test-images 60"), (4, "code whose training defaults have digest 0123456789ab")):
         assert (f"ce/none/none seed {seed}: its row in results.jsonl was trained with {other}: trained again with "
                 f"this run's values (that row stays)") in printed
     assert "ce/none/none seed 3: done earlier, reused" in printed
     rows = load_results(work)  # the earlier rows stay, each new row beside them
-    assert [r for r in rows if r in earlier] == earlier and len(rows) == 4 + 3 + 4
+    assert [r for r in rows if r in earlier] == earlier and len(rows) == 5 + 4 + 5
     new = {(r["loss"], r["seed"]): r for r in rows if r not in earlier}
     assert all(experiment.protocol_differences(r, plan, 4) == "" for r in new.values())
     # the fully annotated marginal cell is the twin of this run's row, never of one trained otherwise
-    assert [new[("ce/none/marginal", s)]["miou"] for s in range(4)] == [0.5, 0.5, 0.5, 0.6]
-    assert all(new[("ce/none/marginal", s)]["same_training_as"] == "ce/none/none" for s in range(4))
+    assert [new[("ce/none/marginal", s)]["miou"] for s in range(5)] == [0.5, 0.5, 0.5, 0.6, 0.5]
+    assert all(new[("ce/none/marginal", s)]["same_training_as"] == "ce/none/none" for s in range(5))
+    assert {r.get("code_commit") for r in new.values() if "same_training_as" not in r} == {
+        experiment.source_commit()}  # the code that trained each row (None outside a git checkout)
     # a second run reuses this run's rows and trains nothing
     run_group("shapes", 0.0, plan, config, [None] * 4, work, load_results(work))
-    assert trained == [0, 1, 2] and capsys.readouterr().out.count("done earlier, reused") == 8
+    assert trained == [0, 1, 2, 4] and capsys.readouterr().out.count("done earlier, reused") == 10
     # a kept model per set of values: another --max-epochs trained into the earlier row's folder (QA 25)
     import dataclasses
 
