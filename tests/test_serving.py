@@ -66,6 +66,38 @@ def test_tf_serving_s_loader_serves_it_like_the_tf2_signature(exported):
     np.testing.assert_allclose(served["probabilities"], out["probabilities"].numpy(), atol=1e-6)
 
 
+BLOCK_SEGBALANCE = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "segbalance":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_keras_file_loads_without_segbalance_as_readme_says(exported, tmp_path):
+    """QA 74: model.keras names segbalance's model, loss, metric and schedule classes, so a deployer without
+    segbalance could not load it; README gives the call that does (compile=False, the model class as keras.Model)
+    and this runs it in a process where `import segbalance` fails."""
+    import subprocess
+    import sys
+
+    _, path, _ = exported
+    inputs = np.random.default_rng(4).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    np.save(tmp_path / "inputs.npy", inputs)
+    script = BLOCK_SEGBALANCE + f"""
+import keras, numpy as np
+model = keras.saving.load_model({os.path.join(path, KERAS_FILE)!r}, compile=False,
+                                custom_objects={{"segbalance>SegmentationModel": keras.Model}})
+np.save({str(tmp_path / "outputs.npy")!r}, model.predict(np.load({str(tmp_path / "inputs.npy")!r}), verbose=0))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = keras.saving.load_model(os.path.join(path, KERAS_FILE), safe_mode=True).predict(inputs, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "outputs.npy"), ours, atol=1e-5)
+
+
 def test_jpeg_and_grey_inputs_and_mixed_sizes_error(exported):
     serve, _, _ = exported
     rgb = ti.make_image_and_mask(np.random.default_rng(2), 24, 20)[0]
