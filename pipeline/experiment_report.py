@@ -60,6 +60,16 @@ def budget_score(epochs: int) -> Callable[[dict], float]:
     return lambda row: max(row["history"]["val_miou"][:epochs])
 
 
+def shorter_note(results: list, epochs: int) -> str:
+    """Said of a short-budget ranking where trainings ran fewer than ``epochs`` epochs (QA 72: `--quick`'s 2 epochs
+    were ranked "within the first 10 epochs" without a word): for those it is the best of the whole run."""
+    short = sum(len(row["history"]["val_miou"]) < epochs for row in results)
+    if not short:
+        return ""
+    return (f"; {'every training' if short == len(results) else counted(short, 'training') + ' of ' + str(len(results))}"
+            f" ran fewer than {epochs} epochs, so for {'them' if short > 1 else 'it'} this is the best of the whole run")
+
+
 def mean_ranks(results: list, score: Callable[[dict], float] = test_miou) -> List[dict]:
     """Rank the cells (losses) within each (data set, drop) group by their mean ``score`` over seeds
     (test mIoU unless told; 1 = best, ties share the mean rank); average the ranks over the groups.
@@ -534,7 +544,7 @@ def _set_sections(results: list, output: Path, test_items: dict, example_drop: f
         *[line for epochs in BUDGETS for line in (
             f"Mean rank by the best **validation** mIoU within the first {epochs} epochs (what the best-epoch "
             f"export gives with `training.epochs: {epochs}`; read from the same trainings' curves, so a "
-            f"schedule that depends on the epoch count is not re-run):", "",
+            f"schedule that depends on the epoch count is not re-run){shorter_note(results, epochs)}:", "",
             *rank_table(results, budget_score(epochs)), "")],
         *rescored_table(results),
         "## Convergence", "",

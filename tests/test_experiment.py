@@ -293,6 +293,13 @@ def test_budget_ranks_use_the_best_validation_miou_within_the_budget():
     assert [d["loss"] for d in experiment_report.mean_ranks([fast, slow], experiment_report.budget_score(2))] \
         == ["fast", "slow"]
     assert [d["loss"] for d in experiment_report.mean_ranks([fast, slow])] == ["slow", "fast"]
+    # QA 72: a ranking "within the first 10 epochs" of trainings that ran 4 says so
+    assert experiment_report.shorter_note([fast, slow], 4) == ""
+    assert experiment_report.shorter_note([fast, slow], 10) == \
+        "; every training ran fewer than 10 epochs, so for them this is the best of the whole run"
+    longer = {**slow, "history": {"val_miou": [0.1] * 12}}
+    assert experiment_report.shorter_note([fast, longer], 10) == \
+        "; 1 training of 2 ran fewer than 10 epochs, so for it this is the best of the whole run"
 
 
 def test_convergence_table_counts_early_stops_and_capped_trainings():
