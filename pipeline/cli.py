@@ -62,22 +62,23 @@ class ArgumentParser(argparse.ArgumentParser):
                                                 "unrecognized arguments")):
             return ""
         given = getattr(self, "_given", [])
-        for token in given[:given.index("--")] if "--" in given else given:
+        tokens = given[:given.index("--")] if "--" in given else given
+
+        def unknown(token: str) -> bool:  # a word starting with one '-' that names no option of this command
             name = token.split("=", 1)[0]
-            if (len(token) > 1 and token.startswith("-") and not token.startswith("--")
+            return (len(token) > 1 and token.startswith("-") and not token.startswith("--")
                     and not self._negative_number_matcher.match(token)
-                    and not any(option.startswith(name) for option in self._option_string_actions)):
-                option = re.match(r"argument (--[\w-]+)(?:/-\w)?: expected one argument", message)
-                value = f"{option.group(1)}={token} or ./{token}" if option else f"./{token}"
-                return f"; {token!r} is read as an option: write {value} for a name that starts with '-'"
-        return ""
-        given = getattr(self, "_given", [])
-        for token in given[:given.index("--")] if "--" in given else given:
-            name = token.split("=", 1)[0]
-            if (len(token) > 1 and token.startswith("-") and not self._negative_number_matcher.match(token)
-                    and not any(option.startswith(name) for option in self._option_string_actions)):
-                return (f"; {token!r} is read as an option: write ./{token} for a file or folder whose name "
-                        f"starts with '-', or OPTION={token} for an option's value")
+                    and not any(option.startswith(name) for option in self._option_string_actions))
+
+        option = re.match(r"argument (--[\w-]+)(?:/-\w)?: expected one argument", message)
+        if option:  # the word right after the option is its value (QA 75: another word was paired with it)
+            values = [b for a, b in zip(tokens, tokens[1:]) if a == option.group(1) and unknown(b)]
+            return (f"; {values[0]!r} is read as an option: write {option.group(1)}={values[0]} for a value that "
+                    f"starts with '-'") if values else ""
+        for token in filter(unknown, tokens):
+            if "-" + token.split("=", 1)[0] in self._option_string_actions:  # -output for --output
+                return f"; {token!r} is not an option: write -{token}"
+            return f"; {token!r} is read as an option: write ./{token} for a file or folder whose name starts with '-'"
         return ""
 
 

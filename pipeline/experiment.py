@@ -34,7 +34,9 @@ reports each set on its own (ranks within a set, never across).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import json
 import os
 import platform
@@ -805,16 +807,21 @@ def check_report_kept(output: Path, work: Path, plan: Plan, select: Optional[Cal
     if not is_results_file(path):
         return
     earlier = json.loads(path.read_text(encoding="utf-8"))["results"]
-    kept = {row_key(row) for row in load_results(work, report_only=True) if select is None or select(row)}
+
+    def training(row: dict) -> tuple:  # ``row_key`` but the test set: --rescore rewrites it (QA 75)
+        return row["group"], row["loss"], row["seed"], tuple(v for v in trained_with(row) if v[0] != "test_images")
+
+    with contextlib.redirect_stdout(io.StringIO()):  # (its note on a cut last row is load_results' to print)
+        kept = {training(row) for row in load_results(work, report_only=True) if select is None or select(row)}
     planned = set() if select is not None else {
         (f"{dataset}_drop{drop}", cell_name(*cell), seed)
         for dataset in plan.datasets for drop in plan.drop_fractions for cell in plan.cells() for seed in plan.seeds}
 
-    def trained_again(row: dict) -> bool:
+    def trained_again(row: dict) -> bool:  # scored on this plan's test set too (QA 75: the row's own was compared)
         return ((row["group"], row["loss"], row["seed"]) in planned
-                and not value_differences(row, plan_values(plan, row.get("test_images"))))
+                and not value_differences(row, plan_values(plan, plan.test_images)))
 
-    lost = [row for row in earlier if row_key(row) not in kept and not trained_again(row)]
+    lost = [row for row in earlier if training(row) not in kept and not trained_again(row)]
     if lost:
         example = lost[0]
         raise UserError(f"--output {output} holds a report of {counted(len(earlier), 'training')}, "

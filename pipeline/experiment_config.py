@@ -167,8 +167,14 @@ def source_commit() -> Optional[str]:
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]  # the checkout (pipeline/ is one of its folders), or site-packages
+    if not (root / "pyproject.toml").is_file():  # an installed copy: git would find whatever project holds the venv
+        return None
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:  # (QA 75: the user's project's)
+            return None
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10)
         if head.returncode != 0:

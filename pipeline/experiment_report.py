@@ -437,6 +437,17 @@ def twins_note(results: list) -> str:
             f"equals CE, marginal Dice equals Dice): {pairs}. ")
 
 
+def commits_note(results: list) -> str:
+    """Says when the rows were trained by more than one version of the code (``code_commit``): sets split on the
+    values a row records, and a code change that keeps the defaults (session 31's Transform statistics) is none
+    of them (QA 75)."""
+    commits = list(dict.fromkeys(r.get("code_commit") or NOT_RECORDED for r in results if not r.get("same_training_as")))
+    if len(commits) < 2:
+        return ""
+    return (f"The rows were trained by {len(commits)} versions of the code ({', '.join(commits)}; `code_commit`), "
+            f"ranked together here where their recorded values agree. ")
+
+
 NOT_RECORDED = "not recorded"  # a field a row from before it was recorded lacks
 
 
@@ -556,7 +567,7 @@ def _set_sections(results: list, output: Path, test_items: dict, example_drop: f
 
 
 # the PNGs a report writes (``_set_sections``): a report removes an earlier one's that it does not write again
-REPORT_PLOT = re.compile(r"(miou_vs_drop|per_class_iou_.+|training_curves_.+|examples_.+)\.png")
+REPORT_PLOT = re.compile(r"(miou_vs_drop(_set\d+)?|per_class_iou_.+|training_curves_.+|examples_.+)\.png")
 
 
 def write(report: dict, output: Path, test_items: dict, example_drop: float) -> None:
@@ -584,7 +595,7 @@ def write(report: dict, output: Path, test_items: dict, example_drop: float) -> 
     trained = [r for r in results if not r.get("same_training_as")]
     produced = (f"Produced by `{report['command']}` on {report['date']} ({len(trained)} trainings, "
                 f"{training_time(sum(r.get('seconds', 0) for r in trained))} of training time on {report['machine']}). "
-                f"{twins_note(results)}")
+                f"{twins_note(results)}{commits_note(results)}")
     if not several:
         body = [produced + protocol_text(results, plan), "", *bodies[0]]
     else:

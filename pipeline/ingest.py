@@ -812,7 +812,7 @@ def ingest(
     result.num_pairs = len(pairs)
     if 0 < len(pairs) < shards:  # (QA 69: --shards 100000 wrote 99,994 empty files beside 6 records)
         print(f"ingest: note: --shards {shards} is more than the {counted(len(pairs), 'image pair')}: writing "
-              f"{counted(len(pairs), 'shard')}, one record each", file=sys.stderr)
+              f"{counted(len(pairs), 'shard')}, at most one pair each", file=sys.stderr)
         shards = len(pairs)
     if options.groups is not None:
         ungrouped = [stem for stem, _, _ in pairs if stem not in options.groups]

@@ -144,9 +144,14 @@ def _cases():
                                str(2 ** 31)], "--span must be from 0 to 2147483647, got 2147483648"),
         # QA 69 F21: a name starting with '-' is read as an option; argparse named neither it nor the fix
         ("ingest images folder starting with a dash", ["ingest", "-imgs", "{w}/data/masks", "--output", "{w}/new"],
-         "'-imgs' is read as an option: write ./-imgs for a name that starts with '-'"),
+         "'-imgs' is read as an option: write ./-imgs for a file or folder whose name starts with '-'"),
         ("run config starting with a dash", ["run", "--config", "-x.yaml"],
-         "'-x.yaml' is read as an option: write --config=-x.yaml or ./-x.yaml"),
+         "'-x.yaml' is read as an option: write --config=-x.yaml for a value that starts with '-'"),
+        # QA 75: the hint paired another word with the option, and told `-output` to be ./-output
+        ("ingest value after a dashed folder", ["ingest", "-imgs", "{w}/data/masks", "--output", "{w}/new", "--span",
+                                                "-3x"], "'-3x' is read as an option: write --span=-3x"),
+        ("ingest option with one dash", ["ingest", "{w}/data/images", "{w}/data/masks", "-output", "{w}/new"],
+         "'-output' is not an option: write --output"),
         ("ingest ignore-index 300", ["ingest", "{w}/data/images", "{w}/data/masks", "--output", "{w}/new",
                                      "--ignore-index", "300"], "--ignore-index"),
         # an ignore index inside the class range turned that class's pixels into "no label" (QA, session 18)
@@ -734,7 +739,19 @@ def test_an_output_folder_that_is_a_looping_link_is_not_told_to_create_it(argv, 
 
 def test_an_output_that_is_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
     """QA 73: `report --output` on a FIFO read its head to tell whether it was a report, and waited for ever."""
+    import signal
+
     fifo = tmp_path / "pipe.html"
     os.mkfifo(fifo)
-    assert cli.main(["report", str(tmp_path), "--output", str(fifo)]) == 2
+
+    def waited(signum, frame):
+        raise AssertionError("report waited on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(60)
+    try:
+        assert cli.main(["report", str(tmp_path), "--output", str(fifo)]) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert f"--output {fifo} is not a regular file" in capsys.readouterr().err

@@ -293,6 +293,11 @@ def test_budget_ranks_use_the_best_validation_miou_within_the_budget():
     assert [d["loss"] for d in experiment_report.mean_ranks([fast, slow], experiment_report.budget_score(2))] \
         == ["fast", "slow"]
     assert [d["loss"] for d in experiment_report.mean_ranks([fast, slow])] == ["slow", "fast"]
+    # QA 75: rows trained by several versions of the code say so
+    assert experiment_report.commits_note([fast, slow]) == ""
+    assert experiment_report.commits_note([{**fast, "code_commit": "a1"}, slow]) == (
+        "The rows were trained by 2 versions of the code (a1, not recorded; `code_commit`), ranked together here "
+        "where their recorded values agree. ")
     # QA 72: a ranking "within the first 10 epochs" of trainings that ran 4 says so
     assert experiment_report.shorter_note([fast, slow], 4) == ""
     assert experiment_report.shorter_note([fast, slow], 10) == \
@@ -568,11 +573,37 @@ def test_a_report_holding_trainings_this_run_lacks_is_not_replaced_without_overw
     assert cli.main(["experiment", "--quick", "--output", str(out)]) == 2
     assert not (out / "_work").exists() and (out / "results.json").read_bytes() == before
     (out / "per_class_iou_nuclei.png").write_bytes(b"an earlier report's plot")
+    (out / "miou_vs_drop_set2.png").write_bytes(b"an earlier report's plot of its second set")
     (out / "notes.png").write_bytes(b"not a plot the report writes")
     assert cli.main([*report, "--seeds", "1", "--overwrite"]) == 0
     assert [r["seed"] for r in json.loads((out / "results.json").read_text())["results"]] == [1]
     assert not (out / "per_class_iou_nuclei.png").exists() and (out / "notes.png").exists()
+    assert not (out / "miou_vs_drop_set2.png").exists()
     assert (out / "per_class_iou_shapes.png").exists() and (out / "miou_vs_drop.png").exists()
+    # QA 75: a --rescore report's rows record the rescore's test set; its own command, run again, was refused
+    report_json = json.loads((out / "results.json").read_text())
+    for row in report_json["results"]:
+        row["test_images"] = 12
+    (out / "results.json").write_text(json.dumps(report_json))
+    assert cli.main([*report, "--seeds", "1"]) == 0
+
+
+def test_a_training_run_scored_on_another_test_set_does_not_replace_a_report_silently(tmp_path):
+    """QA 75: the check compared an earlier row's test set size with itself, so a training run with another
+    --test-images replaced the rows of a report without --overwrite."""
+    import dataclasses
+
+    from segbalance.pipeline.experiment import cell_name, check_report_kept, plan_values
+
+    plan = Plan.quick()
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    rows = [{**_row("shapes", drop, cell_name(*cell), seed, 0.5), **plan_values(plan, plan.test_images)}
+            for drop in plan.drop_fractions for cell in plan.cells() for seed in plan.seeds]
+    (out / "results.json").write_text(json.dumps({"plan": {}, "command": "x", "results": rows}))
+    check_report_kept(out, work, plan)  # the same cells, values and test set: trained again, nothing lost
+    with pytest.raises(UserError, match=r"holds a report of 2 trainings, 2 of them neither in"):
+        check_report_kept(out, work, dataclasses.replace(plan, test_images=plan.test_images + 1))
 
 
 def test_fully_annotated_cells_reuse_the_plain_training_instead_of_repeating_it(tmp_path, capsys):

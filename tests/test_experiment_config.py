@@ -1,5 +1,6 @@
 """`segbalance experiment --config FILE`: the user's recipe reaches every cell, the protocol stays the experiment's."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -200,3 +201,33 @@ def test_library_output_of_a_cell_goes_to_the_log_not_the_console(tmp_path, capf
     assert "PredictCost" not in err and "experiment: our own line" in out
     (log,) = list((tmp_path / "logs").glob("run-*.log"))
     assert "Error in PredictCost()" in log.read_text()
+
+
+def test_rows_record_the_commit_of_a_segbalance_checkout_only(tmp_path):
+    """QA 75: an installed segbalance inside a user's git project recorded that project's commit."""
+    import shutil
+    import subprocess
+
+    import segbalance.pipeline.experiment_config as module
+
+    def git(*args, cwd):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    checkout = Path(module.__file__).resolve().parents[1]
+    expected = None
+    if (checkout / ".git").exists():
+        expected = git("rev-parse", "--short=12", "HEAD", cwd=checkout)
+        if git("status", "--porcelain", "--untracked-files=no", cwd=checkout):
+            expected += "+changes"
+    assert module.source_commit() == expected
+    # a copy installed in a venv inside the user's own repository (the wheel's layout)
+    project = tmp_path / "project"
+    installed = project / ".venv" / "lib" / "site-packages" / "segbalance" / "pipeline"
+    installed.mkdir(parents=True)
+    shutil.copy(module.__file__, installed / "experiment_config.py")
+    git("init", "-q", cwd=project)
+    (project / "notes.txt").write_text("mine\n")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x", cwd=project)
+    namespace = {"__file__": str(installed / "experiment_config.py"), "__name__": "installed_copy"}
+    exec(compile((installed / "experiment_config.py").read_text(), namespace["__file__"], "exec"), namespace)
+    assert namespace["source_commit"]() is None

@@ -75,7 +75,7 @@ def test_more_shards_than_pairs_writes_one_shard_per_pair(tmp_path, capsys):
         f"data-0000{i}-of-00003.tfrecord" for i in range(3)]
     assert {r.source_id for r in _records(tmp_path / "out")} == pairs.keys()
     assert all(sum(1 for _ in tf.data.TFRecordDataset(str(f))) == 1 for f in (tmp_path / "out").glob("data-*"))
-    assert "ingest: note: --shards 50 is more than the 3 image pairs: writing 3 shards, one record each" \
+    assert "ingest: note: --shards 50 is more than the 3 image pairs: writing 3 shards, at most one pair each" \
         in capsys.readouterr().err
 
 

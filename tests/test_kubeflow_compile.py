@@ -86,6 +86,8 @@ def test_latest_class_stats_query_asks_for_class_stats(compiled):
     ({"image": "Not An Image!"}, "does not look like a container image"),
     ({"pipeline_root": "relative/root"}, "neither a URI"),
     ({"span": 7}, "span 7 does not exist"),
+    ({"pipeline_root": "ftp://host/root"}, "not ftp://"),  # QA 69: compiled
+    ({"span": 2 ** 31}, "spans are numbered from 0 to 2147483647"),  # TFX's RangeConfig holds int32
 ])
 def test_bad_inputs_fail_before_compiling(span_data, change, message):
     out = span_data / "bad.json"
@@ -222,6 +224,13 @@ def test_image_references_follow_docker_s_grammar(image, valid):
     from segbalance.kubeflow.runner import IMAGE_PATTERN
 
     assert bool(IMAGE_PATTERN.match(image)) is valid
+
+
+@pytest.mark.parametrize("root", ["gs://bucket/root", "s3://bucket/root", "minio://mlpipeline/root", "/mnt/root"])
+def test_the_stores_kubeflow_keeps_artifacts_in_are_pipeline_roots(root):
+    from segbalance.kubeflow.runner import check_pipeline_root
+
+    check_pipeline_root(root)  # KFP's Go CDK: GCS, S3 and its own MinIO; or a path its pods mount
 
 
 def test_an_output_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):

@@ -86,6 +86,18 @@ def test_annotation_gaps_are_ranked_by_missing_classes(report):
     assert f"{len(expected)} images with missing or suspect-missing classes" in summary
 
 
+def test_a_page_is_ours_by_its_opening_only():
+    """QA 73: a user's page quoting the generator meta, or opening as ours with "segbalance" in its title, was taken
+    for a report and overwritten; pages written before the generator meta still count (QA 75: untested)."""
+    from segbalance.pipeline.report_html import GENERATOR, PAGE_START, is_report
+
+    assert is_report(f"{PAGE_START}{GENERATOR}<title>anything</title>")
+    assert is_report(f"{PAGE_START}<title>segbalance data report</title><style>body{{}}</style>")  # an older page
+    assert not is_report(f"{PAGE_START}<title>My notes about segbalance</title></head>")
+    assert not is_report(f"<html><body><!-- {GENERATOR} --></body></html>")
+    assert not is_report("")
+
+
 def test_user_strings_are_escaped_and_nothing_loads_from_the_network(report):
     _, _, _, text = report
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text

@@ -348,8 +348,8 @@ class TrainingConfig:
                 f"{where}.devices", "list device names (e.g. ['/gpu:0', '/gpu:1']) or null")
         size = self.image_size
         require(len(size) == 2 and all(MIN_IMAGE_SIZE <= s <= MAX_IMAGE_SIZE for s in size), f"{where}.image_size",
-                f"give [height, width], each from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels (QA 69: a larger size "
-                f"ran out of memory in the first batch; train on crops of bigger images)")
+                f"give [height, width], each from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels (train on crops of "
+                f"bigger images)")  # (QA 69: a larger size ran out of memory in the first batch)
         factor = size_factor(self.depth, self.backbone)
         if any(s % factor for s in size):
             fix = [max(factor, round(s / factor) * factor) for s in size]
