@@ -64,6 +64,12 @@ def test_tf_serving_s_loader_serves_it_like_the_tf2_signature(exported):
     out = serve(images=tf.constant(images))
     np.testing.assert_array_equal(served["class_ids"], out["class_ids"].numpy())
     np.testing.assert_allclose(served["probabilities"], out["probabilities"].numpy(), atol=1e-6)
+    # each weight saved once, and no optimizer slot (QA 75: the fix first saved some weights twice, and the
+    # tracked model had always brought its Adam moments: 162 KB of variables where 40 KB are the model's)
+    model = keras.saving.load_model(os.path.join(path, KERAS_FILE), safe_mode=True)
+    saved = [name for name, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))]
+    assert len(saved) == len(model.weights) + 1 and "_CHECKPOINTABLE_OBJECT_GRAPH" in saved
+    assert not [name for name in saved if "optimizer" in name]
 
 
 BLOCK_SEGBALANCE = """

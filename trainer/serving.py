@@ -61,7 +61,9 @@ class SegmentationServer(tf.Module):
 
     def __init__(self, model, tf_transform_output, image_feature_dense: bool):
         super().__init__()
-        self.model = model
+        # the model's call, not the model: a tracked Keras model saved its weights a second time (beside the
+        # variables the signature reads, tracked in export_serving_model) and its optimizer's slots with them
+        self._model = model.__call__
         layer = tf_transform_output.transform_features_layer()
         # What the tf.Transform layer itself tracks (its loaded Transform graph and the resources it
         # holds), so the export saves them; the serving function calls the graph directly. Tracking the
@@ -92,7 +94,7 @@ class SegmentationServer(tf.Module):
             indices = tf.stack([tf.range(count), tf.zeros([count], tf.int64)], axis=1)
             raw = {codec.IMAGE_KEY: tf.SparseTensor(indices, images, tf.stack([count, 1]))}
         features = self._transform(raw)
-        logits = tf.cast(self.model(features[IMAGE], training=False), tf.float32)
+        logits = tf.cast(self._model(features[IMAGE], training=False), tf.float32)
         logits = tf.image.resize(logits, original_size, method="bilinear")
         probabilities = tf.nn.softmax(logits, axis=-1)
         return {"class_ids": tf.argmax(logits, axis=-1), "probabilities": probabilities}
