@@ -817,9 +817,11 @@ def check_report_kept(output: Path, work: Path, plan: Plan, select: Optional[Cal
         (f"{dataset}_drop{drop}", cell_name(*cell), seed)
         for dataset in plan.datasets for drop in plan.drop_fractions for cell in plan.cells() for seed in plan.seeds}
 
-    def trained_again(row: dict) -> bool:  # scored on this plan's test set too (QA 75: the row's own was compared)
-        return ((row["group"], row["loss"], row["seed"]) in planned
-                and not value_differences(row, plan_values(plan, plan.test_images)))
+    # scored on this plan's test set too (QA 75: the row's own was compared)
+    wanted = plan_values(plan, plan.test_images)
+
+    def trained_again(row: dict) -> bool:
+        return (row["group"], row["loss"], row["seed"]) in planned and not value_differences(row, wanted)
 
     lost = [row for row in earlier if training(row) not in kept and not trained_again(row)]
     if lost:
@@ -977,10 +979,11 @@ def _main(args) -> int:
                         *(["--rescore"] if args.rescore else []), *given])
     if args.report_only and not args.work_dir:
         raise UserError("--report-only reports the rows of an earlier run: give its --work-dir")
+    select = row_selector(args, plan)
     if not args.overwrite:
-        check_report_kept(output, work, plan, row_selector(args, plan) if args.report_only else None)
+        check_report_kept(output, work, plan, select if args.report_only else None)
     report = run_experiment(output, plan, work, command=command, report_only=args.report_only,
-                            select=row_selector(args, plan), rescore=args.rescore, mark=True, scratch=scratch)
+                            select=select, rescore=args.rescore, mark=True, scratch=scratch)
     if scratch:
         shutil.rmtree(work, ignore_errors=True)
     elif not args.work_dir:

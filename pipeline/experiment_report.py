@@ -66,8 +66,9 @@ def shorter_note(results: list, epochs: int) -> str:
     short = sum(len(row["history"]["val_miou"]) < epochs for row in results)
     if not short:
         return ""
-    return (f"; {'every training' if short == len(results) else counted(short, 'training') + ' of ' + str(len(results))}"
-            f" ran fewer than {epochs} epochs, so for {'them' if short > 1 else 'it'} this is the best of the whole run")
+    which = "every training" if short == len(results) else f"{counted(short, 'training')} of {len(results)}"
+    return (f"; {which} ran fewer than {epochs} epochs, so for {'them' if short > 1 else 'it'} this is the best of "
+            f"the whole run")
 
 
 def mean_ranks(results: list, score: Callable[[dict], float] = test_miou) -> List[dict]:
@@ -441,7 +442,8 @@ def commits_note(results: list) -> str:
     """Says when the rows were trained by more than one version of the code (``code_commit``): sets split on the
     values a row records, and a code change that keeps the defaults (session 31's Transform statistics) is none
     of them (QA 75)."""
-    commits = list(dict.fromkeys(r.get("code_commit") or NOT_RECORDED for r in results if not r.get("same_training_as")))
+    commits = list(dict.fromkeys(r.get("code_commit") or NOT_RECORDED for r in results
+                                 if not r.get("same_training_as")))
     if len(commits) < 2:
         return ""
     return (f"The rows were trained by {len(commits)} versions of the code ({', '.join(commits)}; `code_commit`), "

@@ -32,8 +32,8 @@ from segbalance.pipeline.output_guard import write_text_atomic
 from segbalance.pipeline import report_images
 from segbalance.pipeline import report_pictures as pictures
 from segbalance.pipeline.report_sources import DRIFT_FILE, EVALUATION_FILE, STATS_FILE, ReportSources, find_sources
-from segbalance.pipeline.report_html import (GENERATOR, PAGE_START, STYLE, Raw, Section, esc, fmt,  # noqa: F401
-                                             is_report, table)  # (re-exported)
+from segbalance.pipeline.report_html import (DEFAULT_TITLE, GENERATOR, PAGE_START, STYLE, Raw, Section,  # noqa: F401
+                                             esc, fmt, is_report, table)  # (re-exported)
 
 TOP_IMAGES = 25
 MAX_QUARANTINE_ROWS = 200
@@ -256,7 +256,8 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
                        f'<span class="bad">{esc(keys)} unmatched</span>' if keys
                        else '<span class="ok">every image pair ingested</span>')
     shown = rows[:MAX_QUARANTINE_ROWS]
-    body = (f'<p class="bad">{counted(total, "image pair")} {"was" if total == 1 else "were"} not ingested (they are in no record, so no count, '
+    body = (f'<p class="bad">{counted(total, "image pair")} {"was" if total == 1 else "were"} not ingested '
+            f"(they are in no record, so no count, "
             f"weight or score includes them); {written} were:</p>"
             + table(["reason", "pairs"], [[code, n] for code, n in codes.most_common()])
             + (f"<p>First {len(shown)}:</p>" if len(shown) < len(rows) else "")
@@ -358,7 +359,7 @@ def read_stats(class_stats_dir: str) -> dict:
     return stats  # check_class_stats has already compared the per-class lengths
 
 
-def render_report(sources: ReportSources, output_html: str, title: str = "segbalance data report") -> str:
+def render_report(sources: ReportSources, output_html: str, title: str = DEFAULT_TITLE) -> str:
     """Write the page to ``output_html`` (folders created) and return its path."""
     from segbalance.trainer.class_stats_io import read_per_image, read_quarantine
 

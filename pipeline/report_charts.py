@@ -9,6 +9,7 @@ full names."""
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from typing import Dict, List, Sequence
@@ -72,17 +73,13 @@ def drawable(text: str) -> bool:
     return all(any(font.get_char_index(ord(c)) for font in fonts) for c in text if not c.isspace())
 
 
-_FONTS: list = []
-
-
-def _chart_fonts() -> list:
+@functools.lru_cache(maxsize=1)
+def _chart_fonts() -> tuple:
     """The fonts matplotlib draws chart text with (its font list, with fallback), loaded once."""
-    if not _FONTS:
-        from matplotlib import font_manager, ft2font
+    from matplotlib import font_manager, ft2font
 
-        paths = font_manager.fontManager._find_fonts_by_props(font_manager.FontProperties())  # noqa: SLF001
-        _FONTS.extend(ft2font.FT2Font(str(path)) for path in paths)
-    return _FONTS
+    paths = font_manager.fontManager._find_fonts_by_props(font_manager.FontProperties())  # noqa: SLF001
+    return tuple(ft2font.FT2Font(str(path)) for path in paths)
 
 
 def to_img(fig, alt: str) -> str:

@@ -9,8 +9,9 @@ from typing import List, NamedTuple, Optional
 
 PAGE_START = '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'  # how every page begins
 GENERATOR = '<meta name="generator" content="segbalance report">'  # right after PAGE_START
+DEFAULT_TITLE = "segbalance data report"
 # pages from before GENERATOR began with their title, always the default one
-_OLDER_PAGE_START = f"{PAGE_START}<title>segbalance data report</title><style>"
+_OLDER_PAGE_START = f"{PAGE_START}<title>{DEFAULT_TITLE}</title><style>"
 
 
 def is_report(head: str) -> bool:
