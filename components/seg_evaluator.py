@@ -42,7 +42,8 @@ from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
 from segbalance.trainer.model_classes import class_mismatch, read_model_classes
 
-from segbalance.contract import DEFAULT_IGNORE_INDEX, EVALUATION_FILE, is_version_folder, source_id_of  # noqa: E402
+from segbalance.contract import (DEFAULT_IGNORE_INDEX, EVALUATION_FILE, PUSH_RECORD_FILE,  # noqa: E402
+                                 is_version_folder, source_id_of)
 
 WORST_IMAGES = 8  # per_image.json: downscaled image, truth and prediction of the N lowest-mIoU eval images
 MAX_GAP_PREDICTIONS = 100  # ... and the prediction of at most this many eval images with missing classes
@@ -315,7 +316,8 @@ class PerImageResults:
 
 def _tree_digest(folder: str) -> Optional[str]:
     """SHA-256 over every file below ``folder`` (relative path and bytes; the graph *and* the
-    variables: two models of one architecture share saved_model.pb), or None if it is no folder."""
+    variables: two models of one architecture share saved_model.pb), or None if it is no folder. The
+    Pusher's ``push_record.json`` at the top of a version folder is not part of the model: skipped."""
     import tensorflow as tf
 
     if not tf.io.gfile.isdir(folder):
@@ -324,6 +326,8 @@ def _tree_digest(folder: str) -> Optional[str]:
     for root, _, files in sorted(tf.io.gfile.walk(folder)):
         for name in sorted(files):
             path = os.path.join(root, name)
+            if name == PUSH_RECORD_FILE and os.path.normpath(root) == os.path.normpath(folder):
+                continue
             digest.update(os.path.relpath(path, folder).encode() + b"\0")
             with tf.io.gfile.GFile(path, "rb") as f:
                 digest.update(f.read())
@@ -465,6 +469,9 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         blessing.set_int_custom_property("current_model_id", model.id)
         blessing.set_int_custom_property("blessed", int(blessed))
         blessing.set_float_custom_property("miou", result["miou"])
+        blessing.set_string_custom_property("reason", reason)
+        # the Pusher copies this evaluation into the version folder it pushes (staged_pusher.push_record)
+        blessing.set_string_custom_property("evaluation_uri", evaluation.uri)
         marker = "BLESSED" if blessed else "NOT_BLESSED"
         io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
         logging.info("SegEvaluator: %s", reason)

@@ -10,9 +10,16 @@ push leaves only the hidden staging folder: ``remove_stale_staging`` (``segbalan
 while it holds the run folder's lock; every push removes those over a day old, where no lock guards
 the folder: a Kubeflow run) removes those, and SegEvaluator blesses the model again, so
 the re-run pushes it (``seg_evaluator.pushed_copy`` finds no version holding it).
+
+Each version folder also holds ``push_record.json`` (``push_record``), written into the staged copy before the
+rename: the version, when, the model artifact, the blessing's decision and SegEvaluator's whole evaluation
+(mIoU, per-class IoU, confusion matrix, class names, the images and split it scored): a deployer looking
+at a served version knows what it is without the run's metadata (QA 74).
 """
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import time
 import uuid
@@ -27,6 +34,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
+from segbalance.contract import EVALUATION_FILE, PUSH_RECORD_FILE
 from segbalance.trainer.remote_files import is_remote
 
 STAGING_PREFIX = ".incoming-"
@@ -77,6 +85,25 @@ def move_folder(source: str, target: str) -> None:
         raise RuntimeError(f"Pusher: {target} holds no saved_model.pb after the copy from {source}")
 
 
+def push_record(version: str, model: types.Artifact, blessing: Optional[types.Artifact]) -> Dict[str, Any]:
+    """What ``push_record.json`` says about a pushed version (module docstring). The evaluation is read from
+    the blessing's ``evaluation_uri`` (SegEvaluator sets it); a blessing of another evaluator has none: null."""
+    record: Dict[str, Any] = {
+        "version": version,
+        "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"uri": model.uri, "artifact_id": model.id},
+        "blessing": None, "evaluation": None}
+    if blessing is not None:
+        properties = {name: blessing.get_custom_property(name) for name in ("miou", "reason", "evaluation_uri",
+                      "baseline_model_uri", "baseline_skipped") if blessing.has_custom_property(name)}
+        record["blessing"] = {"uri": blessing.uri, "artifact_id": blessing.id, **properties}
+        evaluation_file = os.path.join(properties.get("evaluation_uri", ""), EVALUATION_FILE)
+        if "evaluation_uri" in properties and fileio.exists(evaluation_file):
+            with fileio.open(evaluation_file, "r") as f:
+                record["evaluation"] = json.loads(f.read())
+    return record
+
+
 class StagedPushExecutor(pusher_executor.Executor):
     """TFX's Pusher executor with the push staged (module docstring); filesystem destinations only."""
 
@@ -85,6 +112,8 @@ class StagedPushExecutor(pusher_executor.Executor):
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         self._base = destination.filesystem.base_directory
+        self._model = input_dict[standard_component_specs.MODEL_KEY][0]
+        self._blessing = (input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or [None])[0]
         for stale in remove_stale_staging(self._base, older_than_s=STALE_AFTER_S):  # on a cluster nothing else does
             print(f"Pusher: removed {stale}, the unfinished copy of a push stopped over a day ago (never served)",
                   flush=True)
@@ -105,6 +134,9 @@ class StagedPushExecutor(pusher_executor.Executor):
         while fileio.exists(final):  # a push in the same second: the next free version, never over one
             version += 1
             final = os.path.join(self._base, str(version))
+        record = push_record(str(version), self._model, self._blessing)
+        with fileio.open(os.path.join(pushed_destination, PUSH_RECORD_FILE), "w") as f:
+            f.write(json.dumps(record, indent=1))
         move_folder(pushed_destination, final)
         super()._MarkPushed(model_push, final, str(version))
 

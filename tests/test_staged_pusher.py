@@ -1,5 +1,6 @@
 """StagedPushExecutor: a version folder appears whole or not at all (a push stopped mid-copy left an empty or
 saved_model.pb-less folder as the highest version, QA session 24); stale staging folders are ours to remove."""
+import json
 import os
 
 import pytest
@@ -23,11 +24,17 @@ def _model(tmp_path):
     return model
 
 
-def _push(tmp_path, name="push"):
+def _push(tmp_path, name="push", evaluation=None):
     model = _model(tmp_path)
     blessing = standard_artifacts.ModelBlessing()
     blessing.uri = str(tmp_path / "blessing")
     blessing.set_int_custom_property("blessed", 1)
+    if evaluation is not None:  # as SegEvaluator records it
+        (tmp_path / "evaluation").mkdir(exist_ok=True)
+        (tmp_path / "evaluation" / "evaluation.json").write_text(json.dumps(evaluation))
+        blessing.set_string_custom_property("evaluation_uri", str(tmp_path / "evaluation"))
+        blessing.set_float_custom_property("miou", evaluation["miou"])
+        blessing.set_string_custom_property("reason", "mIoU 0.7000 >= threshold 0.0000")
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(tmp_path / name)
     destination = pusher_pb2.PushDestination(
@@ -52,7 +59,9 @@ def test_a_push_renames_a_complete_copy_into_place(tmp_path, monkeypatch):
         assert pushed.get_int_custom_property("pushed") == 1
         assert pushed.get_string_custom_property("pushed_destination") == str(serving / version)
         assert pushed.get_string_custom_property("pushed_version") == version
-        assert _files(serving / version) == _files(tmp_path / "model" / "Format-Serving")
+        assert _files(serving / version) == sorted(_files(tmp_path / "model" / "Format-Serving")
+                                                   + ["push_record.json"])
+        assert json.loads((serving / version / "push_record.json").read_text())["version"] == version
     assert seg_evaluator.pushed_copy(str(tmp_path / "model" / "Format-Serving"), str(serving)) == str(
         serving / "1700000000")
 
@@ -102,3 +111,22 @@ def test_a_push_removes_staging_folders_over_a_day_old_and_keeps_recent_ones(tmp
     assert f"Pusher: removed {old}" in capsys.readouterr().out
     assert staged_pusher.staging_started(old.name) == int(old.name.split("-")[1])
     assert staged_pusher.staging_started("1700000000") is None
+
+
+def test_the_version_folder_holds_the_evaluation_that_blessed_it(tmp_path):
+    evaluation = {"miou": 0.7, "per_class_iou": [0.9, 0.5], "class_names": ["background", "car"], "num_images": 3}
+    pushed = _push(tmp_path, evaluation=evaluation)
+    version = tmp_path / "serving" / pushed.get_string_custom_property("pushed_version")
+    record = json.loads((version / "push_record.json").read_text())
+    assert record["evaluation"] == evaluation
+    assert record["blessing"]["miou"] == 0.7 and record["blessing"]["reason"].startswith("mIoU 0.7000")
+    assert record["blessing"]["evaluation_uri"] == str(tmp_path / "evaluation")
+    assert record["model"]["uri"] == str(tmp_path / "model") and record["pushed_at"].endswith("+00:00")
+    # the record is not part of the model: the pushed copy is still found, file for file
+    assert seg_evaluator.pushed_copy(str(tmp_path / "model" / "Format-Serving"), str(tmp_path / "serving")) == str(
+        version)
+    # a blessing without an evaluation (another evaluator's): the record says so instead of failing the push
+    other = _push(tmp_path / "other")
+    record = json.loads((tmp_path / "other" / "serving" / other.get_string_custom_property("pushed_version")
+                         / "push_record.json").read_text())
+    assert record["evaluation"] is None and "evaluation_uri" not in record["blessing"]

@@ -78,6 +78,9 @@ EVALUATION_FILE = "evaluation.json"  # SegEvaluator's evaluation artifact
 REPORT_FILE = "report.html"  # HtmlReport
 TRAINING_SUMMARY_FILE = "training_summary.json"  # in the Model run directory
 KERAS_FILE = "model.keras"  # beside the SavedModel in the serving model
+# written by the Pusher into each pushed version folder, beside the model: where the model came from and how it
+# scored (SegEvaluator's evaluation.json inside); not part of the model (seg_evaluator.pushed_copy skips it)
+PUSH_RECORD_FILE = "push_record.json"
 
 
 def is_version_folder(name: str) -> bool:
