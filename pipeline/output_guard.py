@@ -236,15 +236,34 @@ def is_run_store(path: Path) -> bool:
             return False
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+PARTIAL_MARK = ".segbalance-"  # in the hidden copy's name: .NAME.segbalance-PID.partial
+
+
+def partial_prefix(path: Path) -> str:
+    """``.NAME.segbalance-``: the start of ``write_text_atomic``'s hidden copy of ``path``, NAME cut (at a
+    character) so that the whole name, with any process id, fits one file name: a 245-character page name
+    failed naming it (QA 73 L4)."""
+    room = NAME_MAX - 1 - len(PARTIAL_MARK) - len("4294967295.partial")
+    return f".{os.fsencode(path.name)[:room].decode('utf-8', 'ignore')}{PARTIAL_MARK}"
+
+
+def partial_path(path: Path, pid: int) -> Path:
+    """The hidden copy ``write_text_atomic`` writes before its rename: ``.NAME.segbalance-PID.partial``."""
+    return path.with_name(f"{partial_prefix(path)}{pid}.partial")
+
+
 def write_text_atomic(path: os.PathLike, text: str) -> None:
     """``path`` replaced by ``text`` in one rename: a command killed while writing (or a full disk) leaves
     the earlier file whole, never a cut one (which the next run could not tell as its own, and refused).
-    The text goes to a hidden file of this process beside it first."""
+    The text goes to a hidden file of this process beside it first (``partial_path``); a dead writer's is
+    removed, recognised by the ``segbalance`` mark in its name (a user's ``.NAME.123.partial`` is not ours)."""
     path = Path(os.path.realpath(path))  # a symbolic link keeps pointing to the page (QA 59: it became a file)
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.partial"):  # of a writer killed before its rename
-        if left_by_dead_process(stale.name, f".{path.name}.", ".partial"):
+    prefix = partial_prefix(path)
+    for stale in path.parent.glob(f"{glob_escape(prefix)}*.partial"):  # of a writer killed before its rename
+        if left_by_dead_process(stale.name, prefix, ".partial"):
             stale.unlink(missing_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = partial_path(path, os.getpid())
     try:
         partial.write_text(text, encoding="utf-8")
         if path.exists():

@@ -167,9 +167,29 @@ def test_a_file_written_in_one_rename_keeps_its_link_and_mode_and_clears_a_kille
     os.chmod(pages / "report.html", 0o640)
     (tmp_path / "report.html").symlink_to(pages / "report.html")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    leftover = pages / f".report.html.{int(dead.stdout)}.partial"
+    leftover = pages / f".report.html.segbalance-{int(dead.stdout)}.partial"
     leftover.write_text("cut")
+    users = pages / f".report.html.{int(dead.stdout)}.partial"  # a look-alike without our mark: the user's (QA 73 L4)
+    users.write_text("mine")
     write_text_atomic(tmp_path / "report.html", "new")
     assert (tmp_path / "report.html").is_symlink() and (pages / "report.html").read_text() == "new"
     assert (pages / "report.html").stat().st_mode & 0o777 == 0o640
-    assert sorted(p.name for p in pages.iterdir()) == ["report.html"]  # the dead writer's copy is gone
+    assert sorted(p.name for p in pages.iterdir()) == [users.name, "report.html"]  # the dead writer's copy is gone
+
+
+def test_a_file_with_the_longest_name_is_written_in_one_rename(tmp_path):
+    """QA 73 L4: a 245-character page name failed: the hidden copy's name (NAME.PID.partial) was too long."""
+    import os
+
+    from segbalance.pipeline.output_guard import NAME_MAX, partial_path, write_text_atomic
+
+    for name in ("r" * 250 + ".html", "é" * 125 + ".html"):  # 255 bytes each (é is two)
+        assert len(os.fsencode(name)) == NAME_MAX
+        write_text_atomic(tmp_path / name, "page")
+        assert (tmp_path / name).read_text() == "page"
+        assert len(os.fsencode(partial_path(tmp_path / name, 4194304).name)) <= NAME_MAX
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        partial_path(tmp_path / name, int(dead.stdout)).write_text("cut")  # a killed writer's: removed on the next
+        write_text_atomic(tmp_path / name, "page 2")
+        assert (tmp_path / name).read_text() == "page 2"
+    assert sorted(os.listdir(tmp_path)) == sorted(("r" * 250 + ".html", "é" * 125 + ".html"))
