@@ -1,6 +1,7 @@
 """`segbalance ingest IMAGES_DIR MASKS_DIR --output DIR`: image/mask folders -> TFRecords.
 
-Pairs files by stem (``a.jpg`` + ``a.png``), checks every pair and writes
+Pairs files by stem (``a.jpg`` + ``a.png``; ``--image-stem-suffix`` / ``--mask-stem-suffix`` drop an ending
+first: ``a_leftImg8bit.png`` + ``a_gtFine_labelIds.png``), checks every pair and writes
 `tf.train.Example` records with the Model Garden keys (``trainer/example_codec.py``):
 
 - images (PNG/JPEG kept byte-for-byte; other formats re-encoded to PNG as RGB or greyscale, a
@@ -78,6 +79,8 @@ from segbalance.contract import (CLASS_NAMES_FILE, IMAGE_SUFFIXES, MAX_CLASSES, 
                                  UserError, counted, ignore_index_problem, source_id_of)
 from segbalance.pipeline import output_guard
 from segbalance.pipeline.ingest_reports import REPORT_NAME  # noqa: F401 (ingest writes it; re-exported)
+from segbalance.pipeline.stem_pairing import (strip_stem_suffix, suggest_stem_suffixes, suggestion_options,
+                                              suggestion_text)
 from segbalance.trainer import example_codec as codec
 
 # Mask files are listed with every image suffix, so a .jpg mask is a bad pair that says why
@@ -89,6 +92,7 @@ LOSSLESS_MASK_FORMATS = ("PNG", "BMP", "TIFF")  # PIL format names
 OWNED = ("data-*-of-*.tfrecord", REPORT_NAME, CLASS_NAMES_FILE, REFERENCE_MASKS_FOLDER, f".{REFERENCE_MASKS_FOLDER}.*")
 TMP_PREFIX = ".segbalance-ingest-tmp-"  # hidden, no "Span-" and no "data-": no data glob matches
 OLD_PREFIX = ".segbalance-ingest-old-"
+NAMES_DIFFER = "names_differ_by_an_ending"  # an error's code: no file paired, stem endings would pair them
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord
 PROGRESS_MIN_FILES = 100
 OUT_OF_RANGE = "class_ids_out_of_range"  # the bad-pair code `run` looks for (classes.names too short)
@@ -96,10 +100,11 @@ OUT_OF_RANGE = "class_ids_out_of_range"  # the bad-pair code `run` looks for (cl
 
 class IngestError(UserError):
     """A problem with the whole input (not one pair): the command stops with exit code 2. ``codes``:
-    the bad pairs' codes when nothing was written for them, or ``ungrouped_images`` (what a caller
-    may add advice for)."""
+    the bad pairs' codes when nothing was written for them, ``ungrouped_images`` or ``NAMES_DIFFER`` (what a
+    caller may add advice for; ``pairing_options``: the ingest options that would pair the files)."""
 
     codes: frozenset = frozenset()
+    pairing_options: str = ""
 
 
 class LabeledRangeError(IngestError):
@@ -149,6 +154,10 @@ class IngestOptions:
     groups_source: str = "--groups"  # what messages call the groups (`segbalance run`: DIR/groups.json)
     labeled_source: str = "--labeled"  # what messages call the labelled sets (`segbalance run`: DIR/labeled.json)
     reference_masks: Optional[Path] = None  # complete masks (<stem>.png), kept in TARGET/reference_masks/
+    # endings dropped from the file stems before pairing (pipeline/stem_pairing.py): Cityscapes' _leftImg8bit /
+    # _gtFine_labelIds; the reference masks' stems lose the mask ending too
+    image_stem_suffix: str = ""
+    mask_stem_suffix: str = ""
 
 
 @dataclass
@@ -166,6 +175,8 @@ class IngestResult:
     ignore_index: int = codec.DEFAULT_IGNORE_INDEX
     max_class_id: int = -1  # the largest class id in the written masks (ignore_index not counted; -1: none)
     masks_with_ignore: int = 0  # written masks holding ignore_index pixels
+    pairing_hint: str = ""  # no file paired: the stem endings that would pair them (stem_pairing), or ""
+    pairing_options: str = ""  # ... as ingest options
     num_reference_masks: int = 0  # complete masks kept for evaluation (--reference-masks)
 
     def report(self) -> dict:
@@ -263,9 +274,9 @@ class Listing:
         return sorted([*self.other_suffix.values(), *inside])
 
 
-def list_folder(folder: Path, suffixes: Sequence[str], what: str) -> Listing:
-    """The files of ``folder`` (not recursive; hidden names skipped) by NFC stem; IngestError for a
-    missing folder or two files with one stem."""
+def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: str = "") -> Listing:
+    """The files of ``folder`` (not recursive; hidden names skipped) by NFC stem, ``stem_suffix`` dropped
+    (``stem_pairing``); IngestError for a missing folder or two files with one stem."""
     if not folder.is_dir():
         raise IngestError(f"{what} folder {folder} does not exist or is not a folder")
     listing = Listing({}, {}, [])
@@ -276,9 +287,9 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str) -> Listing:
             listing.subfolders.append(path)
         elif path.is_symlink() and not path.exists():  # a dangling link: named as one, never "has no image"
             target = listing.broken if path.suffix.lower() in suffixes else listing.other_suffix
-            target.setdefault(source_id_of(path.stem), path)
+            target.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
         elif path.is_file():
-            stem = source_id_of(path.stem)
+            stem = strip_stem_suffix(source_id_of(path.stem), stem_suffix)
             if path.suffix.lower() not in suffixes:
                 listing.other_suffix.setdefault(stem, path)
             elif stem in listing.files:
@@ -784,8 +795,8 @@ def ingest(
     if holds_data and not overwrite:
         raise IngestError(f"{target} already holds data; pass --overwrite to replace it, or choose another --span/--output")
 
-    image_list = list_folder(images_dir, IMAGE_SUFFIXES, "image")
-    mask_list = list_folder(masks_dir, MASK_SUFFIXES, "mask")
+    image_list = list_folder(images_dir, IMAGE_SUFFIXES, "image", options.image_stem_suffix)
+    mask_list = list_folder(masks_dir, MASK_SUFFIXES, "mask", options.mask_stem_suffix)
     images, masks = image_list.files, mask_list.files
     if images_dir.resolve() == masks_dir.resolve():
         raise IngestError(f"IMAGES_DIR and MASKS_DIR are the same folder ({images_dir}): keep masks in their own folder")
@@ -810,6 +821,10 @@ def ingest(
                   f"file in {images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
     result.num_pairs = len(pairs)
+    suggestion = None if pairs or not images or not masks else suggest_stem_suffixes(images, masks)
+    if suggestion:  # (Cityscapes, ISIC, ... name a mask after its image with an ending added)
+        result.pairing_hint = suggestion_text(suggestion, images[min(images)].name, masks[min(masks)].name)
+        result.pairing_options = suggestion_options(suggestion)
     if 0 < len(pairs) < shards:  # (QA 69: --shards 100000 wrote 99,994 empty files beside 6 records)
         print(f"ingest: note: --shards {shards} is more than the {counted(len(pairs), 'image pair')}: writing "
               f"{counted(len(pairs), 'shard')}, at most one pair each", file=sys.stderr)
@@ -866,16 +881,18 @@ def ingest(
             report_path = failed_report_path(target)
             report_path.write_text(json.dumps(result.failed_report(problem), indent=1))
             error = IngestError(f"{problem}; report: {report_path}")
-            error.codes = frozenset(b["code"] for b in result.bad)
+            error.codes = frozenset(b["code"] for b in result.bad) | ({NAMES_DIFFER} if result.pairing_hint else set())
+            error.pairing_options = result.pairing_options
             raise error
         if options.reference_masks is not None:  # unusable ones are named before anything is in place (after
             # the masks' own checks, which say more: a class count too small shows in both)
             from segbalance.pipeline.reference_masks import check_reference_masks, copy_reference_masks
 
             check_reference_masks(Path(options.reference_masks), options.num_classes or MAX_CLASSES + 1,
-                                  options.ignore_index, images_dir)
+                                  options.ignore_index, images_dir, options.image_stem_suffix,
+                                  options.mask_stem_suffix)
             result.num_reference_masks = copy_reference_masks(Path(options.reference_masks), result.written,
-                                                              tmp / REFERENCE_MASKS_FOLDER)
+                                                              tmp / REFERENCE_MASKS_FOLDER, options.mask_stem_suffix)
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
         output_guard.write_marker(tmp, "ingest", target=target.name, **(marker_extra or {}))
         if not overwrite and target.is_dir() and any(target.iterdir()):  # another command wrote it meanwhile
@@ -964,6 +981,9 @@ def _nothing_written_reason(result: IngestResult, images_dir: Path, masks_dir: P
     """Why nothing may be written (None: write the span)."""
     first_bad = f"first: {result.bad[0]['source_id']}: {result.bad[0]['reason']}" if result.bad else ""
     if not result.written:
+        if result.pairing_hint:
+            return (f"no image file pairs with a mask file of the same stem in {images_dir} and {masks_dir}: "
+                    f"{result.pairing_hint}")
         if result.bad:
             return (f"no record was written from {images_dir} and {masks_dir}: "
                     f"all {len(result.bad)} pairs were bad ({first_bad})")
@@ -1007,6 +1027,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--reference-masks", metavar="DIR",
                         help="complete masks (<stem>.png, e.g. masks_full/) kept with the records in "
                              "TARGET/reference_masks/: `segbalance run` scores the eval images against them")
+    parser.add_argument("--image-stem-suffix", default="", metavar="TEXT",
+                        help="an ending of the image file names, dropped before pairing: a_leftImg8bit.png pairs as "
+                             "a (the record's source_id)")
+    parser.add_argument("--mask-stem-suffix", default="", metavar="TEXT",
+                        help="an ending of the mask (and --reference-masks) file names, dropped before pairing: "
+                             "a_gtFine_labelIds.png, a_mask.png pair as a")
     parser.add_argument("--shards", type=int, default=1, help="output files, written in parallel (default 1)")
     parser.add_argument("--strict", action="store_true",
                         help="any bad pair, or a --labeled / --groups stem with no image, stops the command "
@@ -1032,6 +1058,8 @@ def _main(args) -> int:
         labeled=load_labeled(args.labeled, num_classes) if args.labeled else None,
         groups=load_groups(args.groups) if args.groups else None,
         reference_masks=Path(args.reference_masks) if args.reference_masks else None,
+        image_stem_suffix=args.image_stem_suffix,
+        mask_stem_suffix=args.mask_stem_suffix,
     )
     result = ingest(args.images_dir, args.masks_dir, args.output, args.span, options, args.shards,
                     args.overwrite, args.strict)

@@ -21,8 +21,10 @@ class ReferenceMaskError(UserError):
     """Reference masks that cannot be scored against (the message names them)."""
 
 
-def image_sizes(images_dir: Path) -> Dict[str, Tuple[int, int]]:
-    """{source_id of the file stem: (height, width) as ingest stores the image (EXIF orientation applied)}; headers only."""
+def image_sizes(images_dir: Path, stem_suffix: str = "") -> Dict[str, Tuple[int, int]]:
+    """{source_id of the file stem (``stem_suffix`` dropped, as ingest pairs them): (height, width) as ingest
+    stores the image (EXIF orientation applied)}; headers only."""
+    from segbalance.pipeline.stem_pairing import strip_stem_suffix
     from PIL import Image
 
     from segbalance.trainer.example_codec import shown_size
@@ -33,22 +35,32 @@ def image_sizes(images_dir: Path) -> Dict[str, Tuple[int, int]]:
             continue
         try:
             with Image.open(path) as image:
-                sizes[source_id_of(path.stem)] = shown_size(image)  # ingest turns any format by its EXIF tag
+                sizes[strip_stem_suffix(source_id_of(path.stem), stem_suffix)] = shown_size(image)  # ingest turns any format by its EXIF tag
         except Exception:  # ingest names an unreadable image itself
             continue
     return sizes
 
 
+def _paths(folder: Path, stem_suffix: str) -> Dict[str, str]:
+    """``reference_paths`` of ``folder`` keyed by stem with ``stem_suffix`` dropped (ingest's mask ending)."""
+    from segbalance.components.seg_evaluator import reference_paths
+    from segbalance.pipeline.stem_pairing import strip_stem_suffix
+
+    return {strip_stem_suffix(stem, stem_suffix): path for stem, path in reference_paths(str(folder)).items()}
+
+
 def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
-                          images_dir: Optional[Path] = None) -> int:
-    """The number of reference masks in ``folder`` (for the images of ``images_dir`` when given);
-    ReferenceMaskError naming the unusable ones (the first five, and how many in all)."""
-    from segbalance.components.seg_evaluator import reference_mask_problem, reference_paths
+                          images_dir: Optional[Path] = None, image_stem_suffix: str = "",
+                          mask_stem_suffix: str = "") -> int:
+    """The number of reference masks in ``folder`` (for the images of ``images_dir`` when given; the stem
+    endings as ingest drops them); ReferenceMaskError naming the unusable ones (the first five, and how many
+    in all)."""
+    from segbalance.components.seg_evaluator import reference_mask_problem
     from segbalance.trainer import example_codec as codec
 
-    sizes = image_sizes(images_dir) if images_dir is not None and images_dir.is_dir() else None
+    sizes = image_sizes(images_dir, image_stem_suffix) if images_dir is not None and images_dir.is_dir() else None
     problems, checked = [], 0
-    for stem, name in sorted(reference_paths(str(folder)).items()):
+    for stem, name in sorted(_paths(folder, mask_stem_suffix).items()):
         path, source_id = Path(name), source_id_of(stem)
         if sizes is not None and source_id not in sizes:
             continue  # no image of that name: the evaluator never reads it
@@ -69,14 +81,14 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
     return checked
 
 
-def copy_reference_masks(folder: Path, source_ids: Iterable[str], target: Path) -> int:
-    """Copy the reference masks of ``source_ids`` found in ``folder`` to ``target/<source_id>.png``
-    (made when one is found); the number copied. A span keeps them beside its records, so a later run
-    over the span folder (``run --data OUTPUT/data``, the scheduled run) scores its eval images
-    against the same truth as the run that ingested them."""
-    from segbalance.components.seg_evaluator import reference_lookup, reference_paths
+def copy_reference_masks(folder: Path, source_ids: Iterable[str], target: Path, stem_suffix: str = "") -> int:
+    """Copy the reference masks of ``source_ids`` found in ``folder`` (``<source_id>.png``, or with the mask
+    ending ``stem_suffix``) to ``target/<source_id>.png`` (made when one is found); the number copied. A span
+    keeps them beside its records, so a later run over the span folder (``run --data OUTPUT/data``, the
+    scheduled run) scores its eval images against the same truth as the run that ingested them."""
+    from segbalance.components.seg_evaluator import reference_lookup
 
-    find = reference_lookup(reference_paths(str(folder)))
+    find = reference_lookup(_paths(folder, stem_suffix))
     copied = 0
     for source_id in source_ids:
         path = find(source_id)

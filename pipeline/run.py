@@ -210,6 +210,11 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         if "ungrouped_images" in exc.codes and config.data.split_by == "record":
             raise ingest.IngestError(f"{exc}; or remove {groups_file} (with data.split_by: record it only lets "
                                      f"the drift gate count in groups)") from None
+        if ingest.NAMES_DIFFER in exc.codes:  # (Cityscapes-like names: a_leftImg8bit.png / a_gtFine_labelIds.png)
+            raise ingest.IngestError(
+                f"{exc}; `run` does not take these options: ingest them once with `segbalance ingest "
+                f"{source / 'images'} {source / 'masks'} {exc.pairing_options} --output {examples_dir} --span {span}`, "
+                f"then `segbalance run --data {examples_dir}`") from None
         if "rgb_mask_without_palette" in exc.codes:  # nothing written, pairs refused for want of a palette
             raise ingest.IngestError(f"{exc}; {palette_hint}") from None
         if ingest.GREY_LEVELS in str(exc):  # (the first bad pair's reason offers a --palette of grey levels)

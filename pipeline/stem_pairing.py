@@ -1,0 +1,78 @@
+"""Pairing image and mask files whose names differ by an ending: ``aachen_000000_000019_leftImg8bit.png`` with
+``aachen_000000_000019_gtFine_labelIds.png`` (Cityscapes), ``ISIC_0000000.jpg`` with
+``ISIC_0000000_segmentation.png``, ``car_01.jpg`` with ``car_01_mask.png``.
+
+``segbalance ingest --image-stem-suffix S --mask-stem-suffix T`` drops those endings from the file stems
+before pairing (``strip_stem_suffix``); the stem that is left is the record's ``image/source_id``. When no file
+pairs at all, ``suggest_stem_suffixes`` looks for endings that would pair them, so the error says which options
+to pass instead of only "image has no mask".
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Iterable, List, Optional, Tuple
+
+from segbalance.contract import source_id_of
+
+SEPARATORS = "_-. "  # an ending suggested starts at one of these (or is the whole common ending)
+MAX_SUGGESTION_FILES = 5000  # the suggestion tries these many stems of each side (it runs only when nothing pairs)
+
+
+def strip_stem_suffix(stem: str, suffix: str) -> str:
+    """``stem`` without ``suffix`` at its end (compared in Unicode NFC, as stems are); a stem that does not end
+    in it, or is nothing but it, is kept whole."""
+    suffix = source_id_of(suffix)
+    if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
+        return stem[:-len(suffix)]
+    return stem
+
+
+def common_ending(stems: List[str]) -> str:
+    """The longest ending every stem shares."""
+    if not stems:
+        return ""
+    first = stems[0]
+    n = len(first)
+    for stem in stems[1:]:
+        k = 0
+        while k < min(n, len(stem)) and first[len(first) - 1 - k] == stem[len(stem) - 1 - k]:
+            k += 1
+        n = k
+    return first[len(first) - n:] if n else ""
+
+
+def _candidates(stems: List[str]) -> List[str]:
+    """Endings to try: "" and each tail of the common ending that starts at a separator, or the whole of it."""
+    ending = common_ending(stems)
+    tails = {ending[i:] for i in range(len(ending)) if ending[i] in SEPARATORS}
+    return ["", *sorted(tails | ({ending} if ending else set()), key=len)]
+
+
+def suggest_stem_suffixes(image_stems: Iterable[str], mask_stems: Iterable[str]) -> Optional[Tuple[str, str, int]]:
+    """(image ending, mask ending, pairs) that pair the most files once dropped, or None when no ending pairs
+    any; only asked when no stem pairs as it is."""
+    images = sorted(image_stems)[:MAX_SUGGESTION_FILES]
+    masks = sorted(mask_stems)[:MAX_SUGGESTION_FILES]
+    best: Optional[Tuple[str, str, int]] = None
+    for image_end in _candidates(images):
+        stripped = {strip_stem_suffix(s, image_end) for s in images}
+        for mask_end in _candidates(masks):
+            if not image_end and not mask_end:
+                continue
+            pairs = len(stripped & {strip_stem_suffix(s, mask_end) for s in masks})
+            if pairs and (best is None or pairs > best[2]):
+                best = (image_end, mask_end, pairs)
+    return best
+
+
+def suggestion_options(suggestion: Tuple[str, str, int]) -> str:
+    """The ingest options of a suggestion, as a shell takes them (``=``: an ending may start with '-')."""
+    image_end, mask_end, _ = suggestion
+    return " ".join(f"--{side}-stem-suffix={shlex.quote(end)}" for side, end in (("image", image_end),
+                                                                                  ("mask", mask_end)) if end)
+
+
+def suggestion_text(suggestion: Tuple[str, str, int], image_name: str, mask_name: str) -> str:
+    """What to pass, for the error of an ingest that paired nothing."""
+    return (f"the file names differ by an ending (e.g. {image_name} / {mask_name}): "
+            f"{suggestion_options(suggestion)} drops it before pairing and pairs {suggestion[2]} files")
