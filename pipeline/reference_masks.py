@@ -35,7 +35,8 @@ def image_sizes(images_dir: Path, stem_suffix: str = "") -> Dict[str, Tuple[int,
             continue
         try:
             with Image.open(path) as image:
-                sizes[strip_stem_suffix(source_id_of(path.stem), stem_suffix)] = shown_size(image)  # ingest turns any format by its EXIF tag
+                # ingest turns any format by its EXIF tag
+                sizes[strip_stem_suffix(source_id_of(path.stem), stem_suffix)] = shown_size(image)
         except Exception:  # ingest names an unreadable image itself
             continue
     return sizes
