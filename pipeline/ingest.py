@@ -149,6 +149,7 @@ class IngestOptions:
     num_classes: Optional[int] = None
     ignore_index: int = codec.DEFAULT_IGNORE_INDEX
     palette: Optional[Dict[Union[Tuple[int, int, int], int], int]] = None  # colours and grey values -> ids
+    palette_source: str = "--palette"  # what messages call the mapping (--value-map: grey values only)
     labeled: Optional[Dict[str, List[int]]] = None
     groups: Optional[Dict[str, str]] = None  # source_id -> group (image/group_id)
     groups_source: str = "--groups"  # what messages call the groups (`segbalance run`: DIR/groups.json)
@@ -363,6 +364,25 @@ def load_palette(path: os.PathLike) -> Dict[Union[Tuple[int, int, int], int], in
                               f"{class_id}; give each class its own colour")
         palette[rgb] = class_id
     return palette
+
+
+def load_value_map(path: os.PathLike, ignore_index: int) -> Dict[int, int]:
+    """A ``--value-map`` file: JSON ``{"mask value": class id}`` for single-channel masks whose values are not
+    the class ids, several values to one id allowed (Cityscapes' labelIds -> trainIds: 34 values to 19 classes
+    and ``ignore_index``); every value in the masks must be listed. The same mapping as grey values in
+    ``--palette``, which gives each class one value."""
+    raw = _json_object(Path(path), "--value-map", 'write {"mask value": class id, ...}, e.g. {"7": 0, "0": 255}')
+    mapping: Dict[int, int] = {}
+    for key, value in raw.items():
+        if not (isinstance(key, str) and key.strip().isdigit() and int(key) <= 65535):
+            raise IngestError(f"--value-map {path}: key {json.dumps(key)} is not a mask value (0..65535)")
+        if not (_is_int(value) and (0 <= value < MAX_CLASSES or value == ignore_index)):
+            raise IngestError(f"--value-map {path}: value {json.dumps(key)} maps to {json.dumps(value)[:40]}, not a "
+                              f"class id 0..{MAX_CLASSES - 1} or the ignore index {ignore_index}")
+        mapping[int(key)] = int(value)
+    if not mapping:
+        raise IngestError(f"--value-map {path} maps no value; give every mask value its class id")
+    return mapping
 
 
 def _is_int(value) -> bool:
@@ -597,6 +617,10 @@ def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.nd
                                                             f"'{{\"0\": [0, 0, 0], \"1\": [1, 1, 1], ...}}'")
             raise PairError("rgb_mask_without_palette", f"mask {name} is {channels} channels, and no --palette "
                                                         f"was given to map colours to class ids")
+        if not _has_colours(options.palette):  # --value-map (or grey values in --palette): no colour to map
+            raise PairError("rgb_mask_without_palette", f"mask {name} is RGB, and {options.palette_source} maps "
+                                                        f"the values of single-channel masks: map colours with "
+                                                        f"--palette")
         colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
         lookup = np.empty(len(colours), dtype=np.int64)
         for i, colour in enumerate(colours):
@@ -612,9 +636,11 @@ def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.nd
         lookup = np.empty(len(values), dtype=np.int64)
         for i, value in enumerate(values.tolist()):
             if value not in options.palette:
-                raise PairError("value_not_in_palette", f"mask {name} value {value} is not in --palette, which maps "
-                                                        f"single-channel masks by their grey values: give every "
-                                                        f"value its class (\"{options.ignore_index}\": V for 'no label')")
+                no_label = (f'"{value}": {options.ignore_index}' if options.palette_source == "--value-map" else
+                            f'"{options.ignore_index}": {value}')
+                raise PairError("value_not_in_palette", f"mask {name} value {value} is not in {options.palette_source},"
+                                                        f" which maps single-channel masks by their grey values: give "
+                                                        f"every value its class ({no_label} for 'no label')")
             lookup[i] = options.palette[value]
         mask = lookup[inverse.reshape(-1)].reshape(mask.shape)
     if mask.ndim != 2:
@@ -1024,6 +1050,10 @@ def add_parser(subparsers) -> None:
                         help='JSON [[r,g,b], ...] per class id, for RGB colour masks, or {"id": [r,g,b] or grey value} '
                              '(e.g. {"0": 0, "1": 255} for binary 0/255 masks; {"255": [224,224,192]}: a VOC border '
                              'colour as ignore)')
+    parser.add_argument("--value-map", metavar="FILE",
+                        help='JSON {"mask value": class id} for single-channel masks whose values are not the class '
+                             'ids, several values to one id allowed (Cityscapes labelIds -> trainIds: {"7": 0, '
+                             '"8": 1, "0": 255, ...}); every value in the masks must be listed; not with --palette')
     parser.add_argument("--reference-masks", metavar="DIR",
                         help="complete masks (<stem>.png, e.g. masks_full/) kept with the records in "
                              "TARGET/reference_masks/: `segbalance run` scores the eval images against them")
@@ -1047,6 +1077,9 @@ def _main(args) -> int:
     if args.num_classes is not None and not 1 <= args.num_classes <= MAX_CLASSES:
         raise IngestError(f"--num-classes must be between 1 and {MAX_CLASSES} (masks are 8-bit), got "
                           f"{args.num_classes}; leave it out to read the class count from classes.json")
+    if args.palette and args.value_map:
+        raise IngestError("--palette and --value-map both map mask values to class ids: give one (--value-map for "
+                          "several values per class, --palette for colours)")
     num_classes = args.num_classes if args.num_classes is not None else infer_num_classes(Path(args.images_dir))
     if args.reference_masks is not None and not Path(args.reference_masks).is_dir():
         raise IngestError(f"--reference-masks {args.reference_masks} is not a folder: give the folder of complete "
@@ -1054,7 +1087,9 @@ def _main(args) -> int:
     options = IngestOptions(
         num_classes=num_classes,
         ignore_index=args.ignore_index,
-        palette=load_palette(args.palette) if args.palette else None,
+        palette=(load_palette(args.palette) if args.palette else
+                 load_value_map(args.value_map, args.ignore_index) if args.value_map else None),
+        palette_source="--value-map" if args.value_map else "--palette",
         labeled=load_labeled(args.labeled, num_classes) if args.labeled else None,
         groups=load_groups(args.groups) if args.groups else None,
         reference_masks=Path(args.reference_masks) if args.reference_masks else None,
