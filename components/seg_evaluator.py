@@ -5,7 +5,10 @@ TFMA has no segmentation metrics, so this component runs the exported serving mo
 predicted class ids with the masks. With ``reference_masks_dir`` set (the sample data's
 ``masks_full/``), an image whose ``source_id`` has a PNG there is scored against that
 complete mask instead of its (possibly partial) annotation, so the cost of missing
-annotations shows in the numbers.
+annotations shows in the numbers. Without it, ``span_references_root`` (a compiled Kubeflow pipeline:
+the folder of ``Span-N/`` data) finds the complete masks that ``segbalance ingest --reference-masks``
+kept with the span ExampleGen read at run time, ``Span-N/reference_masks/`` (``span_reference_dir``),
+as a local run does before it starts.
 
 Blessing: mIoU >= ``miou_threshold`` and, when a ``baseline_model`` (latest blessed model,
 from a Resolver) is given, not worse than the baseline's mIoU on the same images by more
@@ -32,6 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
@@ -43,7 +47,7 @@ from segbalance.trainer import example_codec as codec
 from segbalance.trainer.model_classes import class_mismatch, read_model_classes
 
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, EVALUATION_FILE, PUSH_RECORD_FILE,  # noqa: E402
-                                 is_version_folder, source_id_of)
+                                 REFERENCE_MASKS_FOLDER, is_version_folder, source_id_of)
 
 WORST_IMAGES = 8  # per_image.json: downscaled image, truth and prediction of the N lowest-mIoU eval images
 MAX_GAP_PREDICTIONS = 100  # ... and the prediction of at most this many eval images with missing classes
@@ -153,6 +157,22 @@ def reference_lookup(paths: Dict[str, str]) -> Callable[[str], Optional[str]]:
         if key not in by_nfc or stem == key:
             by_nfc[key] = path
     return lambda source_id: paths.get(source_id) or by_nfc.get(source_id_of(source_id))
+
+
+def examples_span(examples: types.Artifact) -> Optional[int]:
+    """The span ExampleGen read (a custom property after the Kubeflow driver, a property locally), or None."""
+    if examples.has_custom_property("span"):
+        return int(examples.get_int_custom_property("span"))
+    if examples.has_property("span"):
+        return int(examples.span)
+    return None
+
+
+def span_reference_dir(root: str, examples: types.Artifact) -> Optional[str]:
+    """``root/Span-N/reference_masks`` of the span the examples came from, when that folder exists."""
+    span = examples_span(examples)
+    folder = f"{root.rstrip('/')}/Span-{span}/{REFERENCE_MASKS_FOLDER}"
+    return folder if span is not None and fileio.isdir(folder) else None
 
 
 def load_eval_set(records, reference_masks_dir: Optional[str],
@@ -359,6 +379,8 @@ class SegEvaluatorSpec(ComponentSpec):
         "tolerance": ExecutionParameter(type=float),
         "split": ExecutionParameter(type=str),
         "reference_masks_dir": ExecutionParameter(type=str, optional=True),
+        # without reference_masks_dir: the folder of Span-N/ data, whose read span's reference_masks/ is used
+        "span_references_root": ExecutionParameter(type=str, optional=True),
         # the Pusher's base directory: a model blessed before but never pushed there (a run stopped
         # between SegEvaluator and Pusher) is blessed again, so the re-run pushes it
         "push_destination": ExecutionParameter(type=str, optional=True),
@@ -392,7 +414,13 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
 
         labeled: Dict[str, Optional[List[int]]] = {}
         references: set = set()
-        items, counts = load_eval_set(iter_split_records(examples, split), exec_properties.get("reference_masks_dir"),
+        reference_dir = exec_properties.get("reference_masks_dir")
+        if not reference_dir and exec_properties.get("span_references_root"):
+            reference_dir = span_reference_dir(exec_properties["span_references_root"], examples)
+            if reference_dir:
+                print(f"SegEvaluator: scoring against the complete masks kept with the span, {reference_dir}",
+                      flush=True)
+        items, counts = load_eval_set(iter_split_records(examples, split), reference_dir,
                                       labeled, references, num_classes, ignore_index)
         stats = (input_dict.get("class_stats") or [None])[0]
         if stats is not None:  # the sets validation used (labeled_policy applied); a record's own field otherwise
@@ -491,7 +519,7 @@ class SegEvaluator(base_component.BaseComponent):
                  tolerance: float = EvaluationConfig.tolerance, split: str = "eval",
                  reference_masks_dir: Optional[str] = None, baseline_model: Optional[types.BaseChannel] = None,
                  drift_report: Optional[types.BaseChannel] = None, push_destination: Optional[str] = None,
-                 class_stats: Optional[types.BaseChannel] = None):
+                 class_stats: Optional[types.BaseChannel] = None, span_references_root: Optional[str] = None):
         if len(class_names) != num_classes:
             raise ValueError(f"SegEvaluator: {len(class_names)} class names for num_classes={num_classes}")
         spec = SegEvaluatorSpec(
@@ -500,6 +528,7 @@ class SegEvaluator(base_component.BaseComponent):
             num_classes=num_classes, class_names=json.dumps(list(class_names)), ignore_index=ignore_index,
             miou_threshold=float(miou_threshold), tolerance=float(tolerance), split=split,
             reference_masks_dir=reference_masks_dir, push_destination=push_destination,
+            span_references_root=span_references_root,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         )

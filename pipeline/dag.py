@@ -204,6 +204,8 @@ def create_pipeline(
             num_classes=config.num_classes, class_names=names, ignore_index=config.classes.ignore_index,
             miou_threshold=config.evaluation.miou_threshold, tolerance=config.evaluation.tolerance,
             reference_masks_dir=reference_masks_dir, push_destination=serving_model_dir, class_stats=class_stats,
+            # a compiled pipeline learns its span at run time: the evaluator finds the span's complete masks
+            span_references_root=examples_dir if for_kubeflow and reference_masks_dir is None else None,
             **evaluator_kwargs)
         pusher = StagedPusher(  # tfx.components.Pusher, its version folder appearing whole
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],

@@ -137,7 +137,7 @@ def _examples(tmp_path, masks, images, labeled=None):
 
 
 def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labeled=None, erase=(),
-         push_destination=None, stats_policy=None):
+         push_destination=None, stats_policy=None, span=None, span_references_root=None):
     """``erase``: indexes of images whose annotator skipped the red class (its pixels marked 0)."""
     rng = np.random.default_rng(1)
     images, masks = [], []
@@ -150,6 +150,8 @@ def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labe
     for i in erase:
         masks[i][masks[i] == 1] = 0
     examples = _examples(tmp_path, masks, images, labeled)
+    if span is not None:  # as the Kubeflow ExampleGen driver records it
+        examples.set_int_custom_property("span", span)
     evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
     evaluation.uri, blessing.uri = str(tmp_path / "eval"), str(tmp_path / "blessing")
     os.makedirs(evaluation.uri), os.makedirs(blessing.uri)
@@ -169,7 +171,8 @@ def _run(tmp_path, model, baseline=None, reference_dir=None, threshold=0.3, labe
     SegEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]}, {
         "num_classes": 2, "class_names": '["bg", "red"]', "ignore_index": 255, "miou_threshold": threshold,
         "tolerance": 0.05, "split": "eval", "reference_masks_dir": reference_dir,
-        **({"push_destination": push_destination} if push_destination else {})})
+        **({"push_destination": push_destination} if push_destination else {}),
+        **({"span_references_root": span_references_root} if span_references_root else {})})
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     return result, blessing, images, masks
 
@@ -207,6 +210,36 @@ def test_executor_scores_against_reference_masks(tmp_path):
     result, _, _, _ = _run(tmp_path, model, reference_dir=str(reference))
     assert result["truth_sources"]["reference_masks"] == 1 and result["truth_sources"]["annotation_masks"] == 2
     assert result["miou"] < 1.0
+
+
+@pytest.mark.parametrize("span, found", [(3, 1), (2, 0)])
+def test_a_compiled_pipeline_scores_against_the_read_span_s_reference_masks(tmp_path, capsys, span, found):
+    """Kubeflow learns the span at run time: without data.reference_masks_dir the evaluator takes the complete
+    masks ingest kept with that span (Span-N/reference_masks), as a local run does; another span's are not used."""
+    root = tmp_path / "data"
+    for n in (1, 3):
+        (root / f"Span-{n}" / "reference_masks").mkdir(parents=True)
+        (root / f"Span-{n}" / "reference_masks" / "img2.png").write_bytes(codec.encode_png(np.zeros((5, 5), np.uint8)))
+    (root / "Span-2").mkdir()
+    model = _save_model(tmp_path / "model", 128.0)
+    result, _, _, _ = _run(tmp_path, model, span=span, span_references_root=str(root))
+    assert result["truth_sources"]["reference_masks"] == found
+    assert result["truth_sources"]["annotation_masks"] == 3 - found
+    said = f"SegEvaluator: scoring against the complete masks kept with the span, {root}/Span-{span}/reference_masks"
+    assert (said in capsys.readouterr().out) == bool(found)
+
+
+def test_a_compiled_pipeline_passes_its_data_folder_to_the_evaluator(tmp_path):
+    from segbalance.pipeline.config import PipelineConfig
+    from segbalance.pipeline.dag import create_pipeline
+
+    config = PipelineConfig()
+    for kubeflow, reference, expected in ((True, None, str(tmp_path)), (True, "/full", None), (False, None, None)):
+        pipeline = create_pipeline(config, examples_dir=str(tmp_path), pipeline_root=str(tmp_path / "root"),
+                                   serving_model_dir=str(tmp_path / "serving"), reference_masks_dir=reference,
+                                   for_kubeflow=kubeflow)
+        (evaluator,) = [c for c in pipeline.components if c.id == "SegEvaluator"]
+        assert evaluator.exec_properties.get("span_references_root") == expected, (kubeflow, reference)
 
 
 def test_a_reference_mask_it_cannot_score_against_skips_its_image_and_says_why(tmp_path):
