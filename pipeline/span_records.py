@@ -63,6 +63,18 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     default 4 classes trained for half a minute, then stopped with a traceback: QA, session 18). A
     ``data.num_spans`` window's links are followed to the spans' own folders. Spans without a current
     report are checked by the trainer. ``reports``: ``span_reports``."""
+    largest_ids = [r.get("max_class_id") for r in reports.values() if r is not None]
+    if (config.num_classes > 1 and reports and len(largest_ids) == len(reports)
+            and all(isinstance(i, int) and i <= 0 for i in largest_ids)):
+        # (QA 76: such spans trained background only, and the model was blessed and pushed)
+        ignored = sum(int(r.get("masks_with_ignore") or 0) for r in reports.values())
+        ii = config.classes.ignore_index
+        binary = (f"; {ignored} masks hold {ii}, the ignore index: binary masks saved as 0/{ii} mark their "
+                  f"foreground 'no label': ingest them again with --palette holding {{\"0\": 0, \"1\": {ii}}}"
+                  if ignored else "")
+        raise SpanRecordError(f"{', '.join(str(f) for f in reports)}: no mask holds a class id other than 0 "
+                              f"(background; ingest_report.json max_class_id): there is nothing to learn for the "
+                              f"other classes{binary}")
     for folder, report in reports.items():
         if report is None:
             continue

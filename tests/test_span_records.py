@@ -293,3 +293,33 @@ def test_an_id_repeated_in_one_file_before_a_bad_record_names_the_bad_record(tmp
                             b"this is not a tf.train.Example at all"])
     with pytest.raises(SpanRecordError, match=r"record 13 is not a tf.train.Example \(37 bytes\)"):
         check_span_records(spans, [3], CONFIG)
+
+
+def test_a_span_of_binary_masks_saved_as_0_and_255_is_refused_first(tmp_path, capsys):
+    """QA 76: `run --data` on such Span-N folders trained background only, blessed the model (mIoU 0.30) and
+    pushed it; the images/ + masks/ path refused the same masks."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / "raw" / folder).mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "raw" / "images" / f"b{i}.png")
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:5, 2:6] = 255  # the foreground, saved as 255
+        Image.fromarray(mask).save(tmp_path / "raw" / "masks" / f"b{i}.png")
+    assert cli.main(["ingest", str(tmp_path / "raw" / "images"), str(tmp_path / "raw" / "masks"), "--output",
+                     str(tmp_path / "spans"), "--span", "0", "--num-classes", "2"]) == 0
+    capsys.readouterr()
+    two = config_from_dict({"classes": {"names": ["background", "lesion"]}})
+    with pytest.raises(SpanRecordError, match=re.escape("no mask holds a class id other than 0 (background; "
+                                                        "ingest_report.json max_class_id): there is nothing to learn "
+                                                        "for the other classes; 12 masks hold 255")):
+        check_span_records(tmp_path / "spans", [0], two)
+    config = tmp_path / "two.yaml"
+    config.write_text("classes: {names: [background, lesion]}\n")
+    assert cli.main(["run", "--config", str(config), "--data", str(tmp_path / "spans"),
+                     "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--palette holding {"0": 0, "1": 255}' in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -41,12 +41,21 @@ def test_checks_before_training():
                            "reason": "class id 7 >= num_classes 3"} for i in range(7)]),
          "2 of 10 records have class ids >= num_classes=3"),
         (dict(num_train=0), "the training split is empty"),
+        # QA 76: a training split with no foreground pixel (binary masks saved as 0/255) trained background only
+        (dict(stats_changes={"pixel_counts": [500, 0, 0], "ignored_pixels": 120}),
+         "the training split holds no pixel of any class but 'background' \\(class 0\\) in 10 records \\(120 "
+         "pixels marked 'no label', 255\\)"),
         (dict(cfg_changes={"pixel_weights": {"type": "blur"}}), "training.pixel_weights.type: unknown type 'blur'"),
         (dict(cfg_changes={"image_size": [18, 18]}), r"training.image_size: \[18, 18\] must be divisible by 4"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             check(**kwargs)
+
+
+def test_one_foreground_pixel_is_enough_to_train():
+    check(stats_changes={"pixel_counts": [500, 0, 1]})
+    check(stats_changes={"pixel_counts": [0, 7, 0]})  # no background at all is not refused
 
 
 def test_resolve_class_weights_from_the_artifact():

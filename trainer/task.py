@@ -113,6 +113,16 @@ def check_inputs(config: TrainerConfig, stats: dict, quarantine: list, num_train
                          f"than the config; add them to classes.names")
     if num_train == 0:
         raise DataMismatchError("the training split is empty: ingest more data or lower data.eval_fraction")
+    counts = stats.get("pixel_counts")
+    if counts is not None and num_classes > 1 and stats["num_records"] and not any(counts[1:]):
+        # (QA 76: Span-N data whose foreground was all 'no label' trained background only, and was blessed and
+        # pushed; `run` of an images/ + masks/ folder refuses it before ingest, this holds for any data)
+        raise DataMismatchError(
+            f"the training split holds no pixel of any class but {config.classes.names[0]!r} (class 0) in "
+            f"{stats['num_records']} records ({stats.get('ignored_pixels', 0)} pixels marked 'no label', "
+            f"{ignore_index}): there is nothing to learn for the other classes; check the masks (binary masks "
+            f"saved as 0/{ignore_index} mark their foreground 'no label': ingest them again with --palette "
+            f"holding {{\"0\": 0, \"1\": {ignore_index}}})")
 
 
 class DevicesError(ValueError, UserError):
