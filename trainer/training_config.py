@@ -30,13 +30,15 @@ module instead of repeating the table.
   ``lr_schedule``              ``type``: ``constant``, ``cosine`` (default; to
                                ``final_fraction`` x the peak, 0) or ``polynomial``
                                (``power`` 1 = linear, to ``final_fraction``), each after a
-                               linear warm-up from 0 over ``warmup_epochs`` (0: none);
-                               the decay spans the remaining steps of ``epochs``
+                               linear warm-up from 0 over ``warmup_epochs`` (1; 0:
+                               none; README "The pipeline": 5 seeds of ``make run``'s
+                               job); the decay spans the remaining steps of ``epochs``
                                (``trainer/optimization.py``); or ``plateau``: the rate
                                is multiplied by ``factor`` (0.5) when validation mIoU
                                has not improved for ``patience`` (3) epochs, down to
                                ``final_fraction`` x the peak (Keras'
-                               ``ReduceLROnPlateau``; no warm-up; the rate reached is
+                               ``ReduceLROnPlateau``; no warm-up: it does not read
+                               ``warmup_epochs``; the rate reached is
                                kept by a resumed training, the epochs counted toward
                                the next cut start again); a field the type does not
                                read, set away from its default, is refused
@@ -201,7 +203,7 @@ class LearningRateSchedule:
     """``training.lr_schedule`` (module docstring); values: ``trainer/optimization.py``."""
 
     type: Literal["constant", "cosine", "polynomial", "plateau"] = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 1.0  # (plateau reads none: its default is ignored there, as other types' fields)
     final_fraction: float = 0.0
     power: float = 1.0
     factor: float = 0.5
@@ -221,8 +223,10 @@ class LearningRateSchedule:
                 raise ConfigError(f"{where}.{name}: {getattr(self, name)} is read by the {users} schedule only; "
                                   f"type {self.type} would ignore it: remove it or change type")
         require(is_number(self.warmup_epochs, 0.0), f"{where}.warmup_epochs", "must be a number >= 0")
-        require(self.type != "plateau" or self.warmup_epochs == 0, f"{where}.warmup_epochs",
-                "plateau has no warm-up: set warmup_epochs: 0 (or use cosine / polynomial with warm-up)")
+        default_warmup = type(self).warmup_epochs
+        require(self.type != "plateau" or self.warmup_epochs in (0, default_warmup), f"{where}.warmup_epochs",
+                f"{self.warmup_epochs}: plateau has no warm-up: remove warmup_epochs (or use cosine / polynomial / "
+                f"constant with warm-up)")
         require(is_number(self.factor) and 0 < self.factor < 1, f"{where}.factor", "must be between 0 and 1")
         require(isinstance(self.patience, int) and not isinstance(self.patience, bool) and self.patience >= 1,
                 f"{where}.patience", "must be an integer >= 1 (epochs without a better val mIoU)")
