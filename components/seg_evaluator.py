@@ -220,10 +220,22 @@ def load_eval_set(records, reference_masks_dir: Optional[str],
     return items, counts
 
 
+# what one request of the serving model may hold in its float32 outputs at the input size (logits resized,
+# probabilities): 2 x H x W x C x 4 bytes an image (QA 76: 16 images of 1024x2048 at 150 classes were ~42 GB)
+PREDICT_BUDGET_BYTES = 1 << 30
+
+
+def batch_size_for(size: Tuple[int, int], num_classes: int, largest: int = 16) -> int:
+    """Images of ``size`` per serving request: at most ``largest``, within ``PREDICT_BUDGET_BYTES``, at least 1."""
+    per_image = 2 * int(size[0]) * int(size[1]) * num_classes * 4
+    return max(1, min(largest, PREDICT_BUDGET_BYTES // max(1, per_image)))
+
+
 def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_size: int = 16,
                    on_image: Optional[Callable] = None, partial: Optional[Dict[str, List[int]]] = None,
                    counts: Optional[dict] = None) -> np.ndarray:
-    """Accumulated confusion matrix; images are batched by identical size.
+    """Accumulated confusion matrix; images are batched by identical size, at most ``batch_size`` a request
+    and fewer where large images of many classes would need more memory (``batch_size_for``).
 
     ``partial``: {source_id: labelled class ids} of the images scored against a partial
     annotation; there a background pixel predicted as an unlabelled class is not scored
@@ -235,9 +247,10 @@ def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_si
     by_size: Dict[tuple, list] = {}
     for item in items:
         by_size.setdefault(item[2].shape[:2], []).append(item)
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
+    for size, group in by_size.items():
+        step = batch_size_for(size, num_classes, batch_size)
+        for start in range(0, len(group), step):
+            chunk = group[start:start + step]
             pred = predict([image for _, image, _ in chunk])
             for (source_id, image, truth), p in zip(chunk, pred):
                 if p.shape != truth.shape:

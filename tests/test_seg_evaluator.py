@@ -475,3 +475,23 @@ def test_a_baseline_of_the_same_classes_is_compared(tmp_path, monkeypatch):
         assert not result["blessed"] and "latest blessed" in result["reason"]
         # each model is loaded once, also the one without classes.json (read for its channel count)
         assert sorted(loads) == sorted({*loads}) and len(loads) == 2, loads
+
+
+def test_requests_to_the_serving_model_stay_within_a_memory_budget():
+    """QA 76: the evaluator sent 16 images of one size per request, whatever the size and class count; the
+    serving model's float32 outputs at the input size then needed ~42 GB for 1024x2048 images of 150 classes."""
+    from segbalance.components.seg_evaluator import PREDICT_BUDGET_BYTES, batch_size_for, confusion_over
+
+    assert batch_size_for((64, 64), 4) == 16  # small images: as before
+    assert batch_size_for((1024, 2048), 19) == 3 and 3 * 2 * 1024 * 2048 * 19 * 4 <= PREDICT_BUDGET_BYTES
+    assert batch_size_for((1024, 2048), 150) == 1 and batch_size_for((4096, 4096), 255) == 1  # never 0
+    requests = []
+
+    def predict(images):
+        requests.append(len(images))
+        return [np.zeros(i.shape[:2], np.int64) for i in images]
+
+    big = [(f"b{i}", np.zeros((1024, 2048, 3), np.uint8), np.zeros((1024, 2048), np.uint8)) for i in range(7)]
+    small = [(f"s{i}", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)) for i in range(20)]
+    cm = confusion_over(predict, big + small, 19, 255)
+    assert requests == [3, 3, 1, 16, 4] and cm[0, 0] == 7 * 1024 * 2048 + 20 * 64
