@@ -17,15 +17,47 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 
-def _class_axis(ax, class_names: Sequence[str], ylabel: str, legend: bool = False) -> None:
-    """One tick per class (``short_labels``, turned 30 degrees), the y label, a y grid and, with
-    ``legend``, the legend outside the plot on the right."""
-    ax.set_xticks(np.arange(len(class_names)))
-    ax.set_xticklabels(short_labels(class_names), rotation=30, ha="right")
-    ax.set_ylabel(ylabel)
+# More classes than this: bar charts run down the page, one row per class (QA 76: at 150-255 classes the
+# columns made 8,000-15,000 px wide charts that the page shrank to unreadable strips), and the heat maps and the
+# span chart show the classes with the most pixels (the tables and the JSON keep them all)
+MANY_CLASSES = 40
+SPAN_CHART_CLASSES = 20  # lines (and legend entries) of the span chart
+
+
+def _class_axis(ax, class_names: Sequence[str], ylabel: str, legend: bool = False, rows: bool = False) -> None:
+    """One tick per class (``short_labels``, turned 30 degrees; with ``rows``, one per row of a horizontal bar
+    chart, the first class at the top), the value axis label, its grid and, with ``legend``, the legend
+    outside the plot on the right."""
+    if rows:
+        ax.set_yticks(np.arange(len(class_names)))
+        ax.set_yticklabels(short_labels(class_names), fontsize=8)
+        ax.set_ylim(len(class_names) - 0.5, -0.5)
+        ax.set_xlabel(ylabel)
+    else:
+        ax.set_xticks(np.arange(len(class_names)))
+        ax.set_xticklabels(short_labels(class_names), rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
     if legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x" if rows else "y", alpha=0.3)
+
+
+def _class_figure(plt, num_classes: int, per_class: float, height: float):
+    """(figure, axes, rows): columns for a few classes, one row per class (0.22 inch each) for many."""
+    rows = num_classes > MANY_CLASSES
+    size = (9, 0.22 * num_classes + 1.2) if rows else (max(6, per_class * num_classes), height)
+    fig, ax = plt.subplots(figsize=size)
+    return fig, ax, rows
+
+
+def _bars(ax, rows: bool, positions, values, width, **kwargs):
+    return ax.barh(positions, values, width, **kwargs) if rows else ax.bar(positions, values, width, **kwargs)
+
+
+def most_pixels(totals: Sequence[float], limit: int) -> List[int]:
+    """The ids of the ``limit`` classes with the largest ``totals`` (ties: the lower id), in id order."""
+    order = sorted(range(len(totals)), key=lambda c: (-float(totals[c]), c))
+    return sorted(order[:limit])
 
 
 def _plt():
@@ -94,12 +126,12 @@ def to_img(fig, alt: str) -> str:
 def frequency_bars(class_names: Sequence[str], pixel_freq: Sequence[float], image_freq: Sequence[float]) -> str:
     plt = _plt()
     x = np.arange(len(class_names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names)), 3.6))
+    fig, ax, rows = _class_figure(plt, len(class_names), 0.7, 3.6)
     floor = 1e-7  # log scale: show zero as the floor
-    ax.bar(x - 0.2, np.maximum(pixel_freq, floor), 0.4, label="pixel frequency")
-    ax.bar(x + 0.2, np.maximum(image_freq, floor), 0.4, label="image frequency")
-    ax.set_yscale("log")
-    _class_axis(ax, class_names, "fraction (log scale)", legend=True)
+    _bars(ax, rows, x - 0.2, np.maximum(pixel_freq, floor), 0.4, label="pixel frequency")
+    _bars(ax, rows, x + 0.2, np.maximum(image_freq, floor), 0.4, label="image frequency")
+    (ax.set_xscale if rows else ax.set_yscale)("log")
+    _class_axis(ax, class_names, "fraction (log scale)", legend=True, rows=rows)
     return to_img(fig, "class pixel and image frequencies")
 
 
@@ -107,10 +139,10 @@ def weight_bars(class_names: Sequence[str], weights: Dict[str, List[float]]) -> 
     plt = _plt()
     x = np.arange(len(class_names))
     width = 0.8 / max(1, len(weights))
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(class_names)), 3.6))
+    fig, ax, rows = _class_figure(plt, len(class_names), 0.8, 3.6)
     for i, (scheme, values) in enumerate(weights.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=plain(scheme))
-    _class_axis(ax, class_names, "class weight", legend=True)
+        _bars(ax, rows, x + i * width - 0.4 + width / 2, values, width, label=plain(scheme))
+    _class_axis(ax, class_names, "class weight", legend=True, rows=rows)
     return to_img(fig, "class weights of every scheme")
 
 
@@ -118,6 +150,11 @@ def heatmap(matrix, labels: Sequence[str], title: str, row_label: str, col_label
     plt = _plt()
     values = np.asarray(matrix, dtype=np.float64)
     shown = values / np.maximum(values.sum(axis=1, keepdims=True), 1) if normalise_rows else values
+    if len(labels) > MANY_CLASSES:  # (QA 76: 255 classes drew a 90-megapixel PNG with sub-pixel labels)
+        kept = most_pixels(values.sum(axis=0) + values.sum(axis=1), MANY_CLASSES)
+        title = f"{title}: the {MANY_CLASSES} of {len(labels)} classes with the largest totals"
+        labels = [f"{c}: {labels[c]}" for c in kept]
+        values, shown = values[np.ix_(kept, kept)], shown[np.ix_(kept, kept)]
     size = max(4, 0.55 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     image = ax.imshow(shown, cmap="viridis")
@@ -142,13 +179,16 @@ def heatmap(matrix, labels: Sequence[str], title: str, row_label: str, col_label
 def iou_bars(class_names: Sequence[str], iou: Sequence) -> str:
     plt = _plt()
     values = [np.nan if v is None else v for v in iou]  # None: neither in the labels nor predicted
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names)), 3.2))
-    ax.bar(range(len(class_names)), values, color="#4c72b0")
+    fig, ax, rows = _class_figure(plt, len(class_names), 0.7, 3.2)
+    _bars(ax, rows, range(len(class_names)), values, 0.8, color="#4c72b0")
     for c, v in enumerate(iou):
         if v is None:  # no bar, which would read as an IoU of 0
-            ax.text(c, 0.02, "n/a", ha="center", va="bottom", fontsize=8, color="#555555")
-    ax.set_ylim(0, 1)
-    _class_axis(ax, class_names, "IoU")
+            if rows:
+                ax.text(0.02, c, "n/a", ha="left", va="center", fontsize=8, color="#555555")
+            else:
+                ax.text(c, 0.02, "n/a", ha="center", va="bottom", fontsize=8, color="#555555")
+    (ax.set_xlim if rows else ax.set_ylim)(0, 1)
+    _class_axis(ax, class_names, "IoU", rows=rows)
     return to_img(fig, "per-class IoU")
 
 
@@ -177,9 +217,14 @@ def span_lines(spans: Sequence[int], class_names: Sequence[str], frequencies, co
     plt = _plt()
     values = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-7)  # [spans, C]; log scale floor
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(spans) + 4), 3.6))
-    for c, name in enumerate(short_labels(class_names)):
-        ax.plot(range(len(spans)), values[:, c], "-o", color=np.asarray(colours[c]) / 255.0, label=name,
+    names = short_labels(class_names)
+    drawn = (range(len(class_names)) if len(class_names) <= SPAN_CHART_CLASSES else
+             most_pixels(values.mean(axis=0), SPAN_CHART_CLASSES))  # (QA 76: a 2,300 px legend at 150 classes)
+    for c in drawn:
+        ax.plot(range(len(spans)), values[:, c], "-o", color=np.asarray(colours[c]) / 255.0, label=names[c],
                 markersize=4)
+    if len(drawn) < len(class_names):
+        ax.set_title(f"the {len(drawn)} of {len(class_names)} classes with the most pixels", fontsize=9)
     for i, flag in enumerate(blocked):
         if flag:
             ax.axvspan(i - 0.3, i + 0.3, color="#b00020", alpha=0.12)
