@@ -156,11 +156,15 @@ def classes_sections(stats: dict) -> List[Section]:
                        + ", ".join(f"{esc(s)} {c['read']} / {c['kept']} / {c['quarantined']}"
                                    for s, c in stats["split_counts"].items())
                        + f"; counted for the statistics: {esc(', '.join(stats.get('splits', [])))}.</p>")
+    counted = stats.get("splits") or []  # (QA 76: a class of the eval images only read as absent from the data)
+    where = f" in the {' and '.join(counted)} split{'s' if len(counted) > 1 else ''}" if counted else ""
     if zero:
-        body.insert(0, f'<p class="bad">Classes with no pixels: {esc(", ".join(zero))}. '
+        uncounted = (f" (the split{'s' if len(counted) > 1 else ''} counted; a class found in the other splits "
+                     f"only is still scored by the evaluation)" if counted else "")
+        body.insert(0, f'<p class="bad">Classes with no pixels{esc(where)}: {esc(", ".join(zero))}{esc(uncounted)}. '
                        f'{esc(stats.get("zero_count_note", ""))}</p>')
     summary = (f"{len(names)} classes, rarest {esc(names[min(range(len(names)), key=lambda c: pixels[c])])}"
-               + (f'; <span class="bad">no pixels: {esc(", ".join(zero))}</span>' if zero else ""))
+               + (f'; <span class="bad">no pixels{esc(where)}: {esc(", ".join(zero))}</span>' if zero else ""))
     weights = stats["weights"]
     options = stats.get("weight_options") or {}
     weight_body = [

@@ -54,6 +54,13 @@ def _bars(ax, rows: bool, positions, values, width, **kwargs):
     return ax.barh(positions, values, width, **kwargs) if rows else ax.bar(positions, values, width, **kwargs)
 
 
+def log_floor(values: Sequence[float]) -> float:
+    """Where a log-scale chart draws 0: 1e-7, or a tenth of the smallest value above 0 when that is smaller (QA 76:
+    one pixel in 22 million, 4.5e-8, was drawn at 1e-7 like a class with none)."""
+    positive = [float(v) for v in values if v and v > 0]
+    return min([1e-7] + [v / 10 for v in positive])
+
+
 def most_pixels(totals: Sequence[float], limit: int) -> List[int]:
     """The ids of the ``limit`` classes with the largest ``totals`` (ties: the lower id), in id order."""
     order = sorted(range(len(totals)), key=lambda c: (-float(totals[c]), c))
@@ -127,7 +134,7 @@ def frequency_bars(class_names: Sequence[str], pixel_freq: Sequence[float], imag
     plt = _plt()
     x = np.arange(len(class_names))
     fig, ax, rows = _class_figure(plt, len(class_names), 0.7, 3.6)
-    floor = 1e-7  # log scale: show zero as the floor
+    floor = log_floor([*pixel_freq, *image_freq])  # log scale: show zero as the floor
     _bars(ax, rows, x - 0.2, np.maximum(pixel_freq, floor), 0.4, label="pixel frequency")
     _bars(ax, rows, x + 0.2, np.maximum(image_freq, floor), 0.4, label="image frequency")
     (ax.set_xscale if rows else ax.set_yscale)("log")
@@ -215,7 +222,8 @@ def span_lines(spans: Sequence[int], class_names: Sequence[str], frequencies, co
     """Pixel frequency of every class per span (one line per class, the page's class colours);
     spans whose drift gate blocked are marked."""
     plt = _plt()
-    values = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-7)  # [spans, C]; log scale floor
+    values = np.asarray(frequencies, dtype=np.float64)
+    values = np.maximum(values, log_floor(values.ravel()))  # [spans, C]; log scale floor
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(spans) + 4), 3.6))
     names = short_labels(class_names)
     drawn = (range(len(class_names)) if len(class_names) <= SPAN_CHART_CLASSES else

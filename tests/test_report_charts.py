@@ -53,3 +53,8 @@ def test_heat_maps_and_the_span_chart_show_the_classes_with_the_most_pixels():
     assert height < 800, (width, height)  # the legend was 2,300 px tall
     few = charts.heatmap(matrix[:5, :5], names[:5], "confusion", "truth", "prediction")
     assert "largest totals" not in few
+
+
+def test_a_rare_class_is_drawn_above_the_log_scale_floor():
+    assert charts.log_floor([0.5, 0.0, 4.5e-8]) == 4.5e-9  # (it was drawn at 1e-7, as if it had no pixels)
+    assert charts.log_floor([0.5, 0.0, 0.01]) == 1e-7 and charts.log_floor([0.0]) == 1e-7
