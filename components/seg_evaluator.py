@@ -488,7 +488,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
                                           f"not blessed again, so it is not pushed twice")
             else:  # its own baseline: not "no blessed model yet"
                 reason = (f"mIoU {result['miou']:.4f} >= threshold {threshold:.4f}; blessed before but not in "
-                          f"{destination} (the run stopped before Pusher): blessed again so it is pushed")
+                          f"{destination} (the run stopped before Pusher had finished): blessed again so it is pushed")
 
         result.update({
             "class_names": class_names,

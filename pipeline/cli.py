@@ -148,8 +148,12 @@ def failed_path(exc: Optional[BaseException], code: int) -> Optional[str]:
                 if isinstance(failure, tuple) and len(failure) == 3 and f"[Errno {code}]" in str(failure[2]):
                     return str(failure[1])
         elif isinstance(raised, OSError) and raised.errno == code:
-            return str(raised.filename or "?")
+            named = None if raised.filename else _NAMED_FILE.search(str(raised))  # h5py's error names it in text
+            return str(raised.filename or (named.group(1) if named else "?"))
     return None
+
+
+_NAMED_FILE = re.compile(r"filename = '([^']+)'")  # h5py: "Can't close file (... filename = '/x.h5', ...)"
 
 
 def _chain(exc: Optional[BaseException]):
@@ -165,6 +169,25 @@ def _chain(exc: Optional[BaseException]):
 # device") and SQLite's through ML Metadata ("database or disk is full"); QA 27: a traceback and exit 1
 _TF_FULL = re.compile(r"(\S+); No space left on device")
 _SQLITE_FULL = "database or disk is full"
+
+
+# TensorFlow's file errors are no OSError: PermissionDeniedError "PATH; Read-only file system" / "PATH; Permission
+# denied" (QA 77: a read-only pipeline_root part-way through a run was a traceback and exit 1)
+_TF_READ_ONLY = re.compile(r"(\S+); Read-only file system")
+_TF_DENIED = re.compile(r"(\S+); Permission denied")
+
+
+def _tf_path(exc: Optional[BaseException], pattern) -> Optional[str]:
+    for raised in _chain(exc):
+        match = pattern.search(str(raised)) if not isinstance(raised, OSError) else None
+        if match:
+            return match.group(1)
+    return None
+
+
+def read_only_path(exc: Optional[BaseException]) -> Optional[str]:
+    """What a read-only file system refused to write (``failed_path`` EROFS, or TensorFlow's words), or None."""
+    return failed_path(exc, errno.EROFS) or _tf_path(exc, _TF_READ_ONLY)
 
 
 def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
@@ -287,12 +310,16 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
     except Exception as exc:
         if stop_signals.received() is not None:  # the stop, raised inside TensorFlow's callbacks as another type
             return _stopped(prog, stop_signals.received(), debug)
-        full, read_only, loop = no_space_left(exc), failed_path(exc, errno.EROFS), looping_link(exc)
-        if full is None and read_only is None and loop is None:  # a bug: keep the traceback
+        full, read_only, loop = no_space_left(exc), read_only_path(exc), looping_link(exc)
+        denied = _tf_path(exc, _TF_DENIED)
+        if full is None and read_only is None and loop is None and denied is None:  # a bug: keep the traceback
             raise
         if debug:
             traceback.print_exc()
-        if loop is not None:  # the user's path (QA 69: pathlib's RuntimeError, a traceback and exit 1)
+        if denied is not None and read_only is None and full is None and loop is None:
+            print(f"{prog}: error: permission denied: {denied}: choose a folder you can write (and read), or change "
+                  f"its permissions", file=sys.stderr, flush=True)
+        elif loop is not None:  # the user's path (QA 69: pathlib's RuntimeError, a traceback and exit 1)
             print(f"{prog}: error: {loop} is a link that loops (it leads back to itself): point it at a real file "
                   f"or folder, or give another path", file=sys.stderr, flush=True)
         elif full is not None:
@@ -314,7 +341,7 @@ def _stopped(prog: str, signum: int, debug: bool) -> int:
     if signum == signal.SIGTERM:
         print(f"{prog}: stopped (SIGTERM); run the same command again to resume", file=sys.stderr, flush=True)
         return 128 + signal.SIGTERM
-    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+    print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr, flush=True)
     return 130
 
 if __name__ == "__main__":

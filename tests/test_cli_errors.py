@@ -451,7 +451,7 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
 
     monkeypatch.setattr(sample_data, "write_sample_data", interrupted)
     assert cli.main(["sample-data", "shapes", "--output", "x"]) == 130
-    assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"
+    assert capsys.readouterr().err == "segbalance sample-data: interrupted; run the same command again to resume\n"
 
 
 def test_a_run_folder_with_a_damaged_metadata_store_is_one_line(tmp_path, capsys):
@@ -496,7 +496,8 @@ def test_sigterm_stops_like_ctrl_c_exit_143(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("signum, status, line", [
-    ("SIGTERM", 143, "stopped (SIGTERM); run the same command again to resume"), ("SIGINT", 130, "interrupted")])
+    ("SIGTERM", 143, "stopped (SIGTERM); run the same command again to resume"),
+    ("SIGINT", 130, "interrupted; run the same command again to resume")])
 def test_a_stop_raised_inside_tensorflow_as_another_error_is_still_a_stop(monkeypatch, capsys, signum, status, line):
     """QA: SIGTERM while SegEvaluator loaded a SavedModel arrived through TensorFlow's pybind11 callback as a
     RuntimeError ("MISMATCH of original and normalized active exception types ... REPLACED BY Terminated"):
@@ -605,6 +606,11 @@ def _wrapped(inner: BaseException) -> BaseException:
                                                   "space left on device [Op:CreateSummaryFileWriter]"), "/out/logs/events.out"),
     (_wrapped(RuntimeError("Failed to establish connection to Metadata storage with error: Error when executing query: "
                            "database or disk is full query: COMMIT;")), "the ML Metadata store (metadata.sqlite)"),
+    # QA 77: h5py's error (BackupAndRestore's weights file) names the file in its text only: it was "writing ?"
+    (OSError(28, "Can't close file (file write failed: time = Mon Dec  7 05:40:01 2026, filename = "
+                 "'/out/pipeline_root/SegTrainer/model_run/backup-1/incoming.weights.h5', file descriptor = 41, "
+                 "errno = 28, error message = 'No space left on device')"),
+     "/out/pipeline_root/SegTrainer/model_run/backup-1/incoming.weights.h5"),
 ])
 def test_a_full_disk_is_one_line_exit_2(raised, where, monkeypatch, capsys):
     from segbalance.pipeline import sample_data
@@ -638,6 +644,30 @@ def test_a_read_only_file_system_is_one_line_exit_2(command, monkeypatch, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"error: read-only file system: {tmp_path / 'x' / '.segbalance.json'}: choose a folder" in err
+
+
+class PermissionDenied(Exception):
+    """Stands for tensorflow.errors.PermissionDeniedError (its str() is its message)."""
+
+
+@pytest.mark.parametrize("raised, line", [
+    (_wrapped(PermissionDenied("/out/pipeline_root/SegTrainer; Read-only file system")),
+     "error: read-only file system: /out/pipeline_root/SegTrainer: choose a folder"),
+    (_wrapped(PermissionDenied("/out/pipeline_root/SegTrainer/model; Permission denied")),
+     "error: permission denied: /out/pipeline_root/SegTrainer/model: choose a folder you can write"),
+])
+def test_tensorflow_s_words_for_an_unwritable_folder_are_one_line_exit_2(raised, line, monkeypatch, capsys):
+    """QA 77: a pipeline_root made read-only part-way through a run was TensorFlow's PermissionDeniedError (not
+    an OSError), a traceback and exit 1."""
+    from segbalance.pipeline import sample_data
+
+    def unwritable(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(sample_data, "write_sample_data", unwritable)
+    assert cli.main(["sample-data", "shapes", "--output", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and line in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("raised", [OSError(5, "Input/output error", "/out/x"), RuntimeError("a bug"),
