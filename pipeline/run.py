@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Optional, Tuple
@@ -593,6 +594,13 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         except BaseException as exc:
             if isinstance(exc, UserError) and created and not pipeline_started:  # refused before any component,
                 remove_scaffolding(Path(paths["output_dir"]))  # in a folder this run made: none left behind (QA)
+            if pipeline_started:  # still under the lock: its own unfinished steps are not left RUNNING (QA 77)
+                signum = stop_signals.stopped(exc)
+                why = (f"stopped by {signal.Signals(signum).name}" if signum is not None else
+                       f"the run failed ({type(exc).__name__})")
+                with contextlib.suppress(Exception):  # (a full disk may refuse the store too: the next run marks them)
+                    cancel_abandoned(paths["metadata"], note=f"{why} before this execution ended; marked CANCELED by "
+                                                             f"the same run, {time.strftime('%Y-%m-%d %H:%M:%S')}")
             if os.path.isdir(paths["output_dir"]):
                 with contextlib.suppress(OSError):  # (a full disk): the run's own error is the one to show
                     run_summary.write_summary(paths["output_dir"],

@@ -18,7 +18,7 @@ import contextlib
 import fcntl
 import os
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 from segbalance.pipeline.output_guard import LOCK_FILE, OutputError
 
@@ -47,9 +47,10 @@ def exclusive_run(output_dir: str, option: str = "--output-dir") -> Iterator[Non
         handle.close()  # releases the lock
 
 
-def cancel_abandoned(metadata_path: str) -> int:
+def cancel_abandoned(metadata_path: str, note: Optional[str] = None) -> int:
     """Mark the executions left NEW or RUNNING in the store CANCELED (call while holding the run
-    lock: no run is using the store); returns how many. A missing store has none."""
+    lock: no run is using the store); returns how many. A missing store has none. ``note``: why (default:
+    an earlier run that stopped, found by the next run; a run that stops cleanly marks its own with its reason)."""
     if not os.path.isfile(metadata_path):
         return 0
     from ml_metadata.proto import metadata_store_pb2
@@ -62,7 +63,7 @@ def cancel_abandoned(metadata_path: str) -> int:
     found = time.strftime("%Y-%m-%d %H:%M:%S")
     for execution in left:
         execution.last_known_state = state.CANCELED
-        execution.custom_properties[ABANDONED_NOTE].string_value = (
+        execution.custom_properties[ABANDONED_NOTE].string_value = note or (
             f"the run that started this execution stopped before it ended (killed?); marked CANCELED by the "
             f"next run, {found}")
     if left:

@@ -146,6 +146,16 @@ def test_a_stopped_pipeline_says_so_in_one_line_and_a_failed_one_names_its_log(t
     from segbalance.pipeline import local_dag
 
     def run_dag_locally(pipeline):
+        from ml_metadata import metadata_store
+        from ml_metadata.proto import metadata_store_pb2
+
+        connection = metadata_store_pb2.ConnectionConfig()
+        connection.sqlite.filename_uri = str(tmp_path / "out" / "metadata.sqlite")
+        connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        store = metadata_store.MetadataStore(connection)  # a step under way
+        type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name="SegTrainer"))
+        store.put_executions([metadata_store_pb2.Execution(
+            type_id=type_id, last_known_state=metadata_store_pb2.Execution.RUNNING)])
         if stop == "SIGTERM":
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(1000):  # the handler runs between bytecodes
@@ -164,6 +174,17 @@ def test_a_stopped_pipeline_says_so_in_one_line_and_a_failed_one_names_its_log(t
     captured = capsys.readouterr()
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     named = f"segbalance run: the pipeline stopped; library messages are in {summary['log']}"
+    # QA 77: the step under way was left RUNNING in ML Metadata until the next run called it killed
+    from ml_metadata.proto import metadata_store_pb2
+
+    from segbalance.pipeline.run_lock import ABANDONED_NOTE
+    from segbalance.pipeline.run_summary import open_store
+
+    [execution] = open_store(str(tmp_path / "out" / "metadata.sqlite")).get_executions()
+    assert execution.last_known_state == metadata_store_pb2.Execution.CANCELED
+    why = "stopped by SIGTERM" if stop == "SIGTERM" else "the run failed (RuntimeError)"
+    assert execution.custom_properties[ABANDONED_NOTE].string_value.startswith(
+        f"{why} before this execution ended; marked CANCELED by the same run")
     if stop == "SIGTERM":
         assert summary["status"] == "interrupted" and named not in captured.out
         assert captured.err == "segbalance run: stopped (SIGTERM); run the same command again to resume\n"
