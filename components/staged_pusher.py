@@ -92,15 +92,17 @@ def push_record(version: str, model: types.Artifact, blessing: Optional[types.Ar
         "version": version,
         "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"uri": model.uri, "artifact_id": model.id},
-        "blessing": None, "evaluation": None}
+        "miou": None, "blessing": None, "evaluation": None}
     if blessing is not None:
-        properties = {name: blessing.get_custom_property(name) for name in ("miou", "reason", "evaluation_uri",
+        # (not its "miou" property: ML Metadata's SQLite store keeps 6 significant digits of a float; QA 78)
+        properties = {name: blessing.get_custom_property(name) for name in ("reason", "evaluation_uri",
                       "baseline_model_uri", "baseline_skipped") if blessing.has_custom_property(name)}
         record["blessing"] = {"uri": blessing.uri, "artifact_id": blessing.id, **properties}
         evaluation_file = os.path.join(properties.get("evaluation_uri", ""), EVALUATION_FILE)
         if "evaluation_uri" in properties and fileio.exists(evaluation_file):
             with fileio.open(evaluation_file, "r") as f:
                 record["evaluation"] = json.loads(f.read())
+            record["miou"] = record["evaluation"].get("miou")
     return record
 
 

@@ -119,7 +119,7 @@ def test_the_version_folder_holds_the_evaluation_that_blessed_it(tmp_path):
     version = tmp_path / "serving" / pushed.get_string_custom_property("pushed_version")
     record = json.loads((version / "push_record.json").read_text())
     assert record["evaluation"] == evaluation
-    assert record["blessing"]["miou"] == 0.7 and record["blessing"]["reason"].startswith("mIoU 0.7000")
+    assert record["miou"] == 0.7 and record["blessing"]["reason"].startswith("mIoU 0.7000")
     assert record["blessing"]["evaluation_uri"] == str(tmp_path / "evaluation")
     assert record["model"]["uri"] == str(tmp_path / "model") and record["pushed_at"].endswith("+00:00")
     # the record is not part of the model: the pushed copy is still found, file for file
@@ -129,4 +129,4 @@ def test_the_version_folder_holds_the_evaluation_that_blessed_it(tmp_path):
     other = _push(tmp_path / "other")
     record = json.loads((tmp_path / "other" / "serving" / other.get_string_custom_property("pushed_version")
                          / "push_record.json").read_text())
-    assert record["evaluation"] is None and "evaluation_uri" not in record["blessing"]
+    assert record["evaluation"] is None and record["miou"] is None and "evaluation_uri" not in record["blessing"]
