@@ -176,8 +176,6 @@ class IngestResult:
     ignore_index: int = codec.DEFAULT_IGNORE_INDEX
     max_class_id: int = -1  # the largest class id in the written masks (ignore_index not counted; -1: none)
     masks_with_ignore: int = 0  # written masks holding ignore_index pixels
-    pairing_hint: str = ""  # no file paired: the stem endings that would pair them (stem_pairing), or ""
-    pairing_options: str = ""  # ... as ingest options
     num_reference_masks: int = 0  # complete masks kept for evaluation (--reference-masks)
 
     def report(self) -> dict:
@@ -264,15 +262,23 @@ class Listing:
     other_suffix: Dict[str, Path]  # non-hidden files directly in the folder with another suffix, by stem
     subfolders: List[Path]  # non-hidden sub-folders (ingest does not recurse)
     broken: Dict[str, Path] = field(default_factory=dict)  # links to nothing, with a suffix ingest reads, by stem
+    # with a stem ending to drop (--image/--mask-stem-suffix): the files whose names lack it (Cityscapes' gtFine
+    # folder holds _color, _instanceIds and _labelIds masks of each image: the others are not this data's masks)
+    without_ending: List[Path] = field(default_factory=list)
 
     def skipped(self) -> List[Path]:
-        """Every non-hidden file ingest does not read: other suffixes, and files in sub-folders."""
+        """Every non-hidden file ingest does not read: other suffixes, names without the stem ending, and files in
+        sub-folders."""
         inside = []
         for sub in self.subfolders:
             for root, dirs, names in os.walk(sub):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 inside += [Path(root, n) for n in sorted(names) if not n.startswith(".")]
-        return sorted([*self.other_suffix.values(), *inside])
+        return sorted([*self.other_suffix.values(), *self.without_ending, *inside])
+
+    def whole_stems(self) -> Dict[str, Path]:
+        """The files ingest reads and those left out for lacking the stem ending, by their whole (NFC) stems."""
+        return {source_id_of(p.stem): p for p in [*self.files.values(), *self.without_ending]}
 
 
 def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: str = "") -> Listing:
@@ -291,7 +297,9 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
             target.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
         elif path.is_file():
             stem = strip_stem_suffix(source_id_of(path.stem), stem_suffix)
-            if path.suffix.lower() not in suffixes:
+            if stem_suffix and stem == source_id_of(path.stem) and path.suffix.lower() in suffixes:
+                listing.without_ending.append(path)  # not ending in it: not one of the files meant (skipped, said)
+            elif path.suffix.lower() not in suffixes:
                 listing.other_suffix.setdefault(stem, path)
             elif stem in listing.files:
                 raise IngestError(f"two {what} files share the stem {stem!r}: {listing.files[stem].name}, {path.name}; "
@@ -826,17 +834,38 @@ def ingest(
     images, masks = image_list.files, mask_list.files
     if images_dir.resolve() == masks_dir.resolve():
         raise IngestError(f"IMAGES_DIR and MASKS_DIR are the same folder ({images_dir}): keep masks in their own folder")
-    if not images and not masks:
+    if not images and not masks and not image_list.without_ending and not mask_list.without_ending:
         raise IngestError(_no_files_message(images_dir, masks_dir, image_list, mask_list))
+    if not set(images) & set(masks):  # nothing pairs: endings that would (Cityscapes, ISIC, ...), before anything
+        # else is said of the files (QA 78: run's labeled.json check spoke first); from the whole stems, not those
+        # the given endings shortened (the suggestion then names the whole endings)
+        whole_images, whole_masks = image_list.whole_stems(), mask_list.whole_stems()
+        suggestion = suggest_stem_suffixes(whole_images, whole_masks) if whole_images and whole_masks else None
+        if suggestion:
+            text = suggestion_text(suggestion, whole_images[min(whole_images)].name, whole_masks[min(whole_masks)].name)
+            error = IngestError(f"no image file pairs with a mask file of the same stem in {images_dir} and "
+                                f"{masks_dir}: {text}; nothing was written")
+            error.codes = frozenset({NAMES_DIFFER})
+            error.pairing_options = suggestion_options(suggestion)
+            raise error
     result = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
     result.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
     for item in result.bad:
         print(f"ingest: skipped {item['source_id']}: {item['reason']}", file=sys.stderr)
     named = {item.get("image") for item in result.bad} | {item.get("mask") for item in result.bad}
     result.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped() if str(f) not in named]
-    if result.skipped_files:
-        print(f"ingest: warning: skipped {len(result.skipped_files)} files that ingest does not read "
-              f"({_sample(result.skipped_files, 3)}): it reads only files directly in {images_dir} and {masks_dir} "
+    for listing, what, ending in ((image_list, "image", options.image_stem_suffix),
+                                  (mask_list, "mask", options.mask_stem_suffix)):
+        if listing.without_ending:
+            print(f"ingest: warning: skipped {len(listing.without_ending)} {what} files whose names do not end in "
+                  f"{ending!r} ({_sample([p.name for p in listing.without_ending], 3)}): not read; they are listed "
+                  f"in the report (skipped_files)", file=sys.stderr)
+    without_ending = {str(p) for p in image_list.without_ending + mask_list.without_ending}
+    if set(result.skipped_files) - without_ending:
+        print(f"ingest: warning: skipped {len(set(result.skipped_files) - without_ending)} files that ingest does "
+              f"not read "
+              f"({_sample(sorted(set(result.skipped_files) - without_ending), 3)}): it reads only files directly in "
+              f"{images_dir} and {masks_dir} "
               f"(not in sub-folders) ending in {', '.join(IMAGE_SUFFIXES)}", file=sys.stderr)
     if options.labeled is not None:
         result.labeled_unmatched = sorted(set(options.labeled) - set(images))
@@ -847,10 +876,6 @@ def ingest(
                   f"file in {images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
     result.num_pairs = len(pairs)
-    suggestion = None if pairs or not images or not masks else suggest_stem_suffixes(images, masks)
-    if suggestion:  # (Cityscapes, ISIC, ... name a mask after its image with an ending added)
-        result.pairing_hint = suggestion_text(suggestion, images[min(images)].name, masks[min(masks)].name)
-        result.pairing_options = suggestion_options(suggestion)
     if 0 < len(pairs) < shards:  # (QA 69: --shards 100000 wrote 99,994 empty files beside 6 records)
         print(f"ingest: note: --shards {shards} is more than the {counted(len(pairs), 'image pair')}: writing "
               f"{counted(len(pairs), 'shard')}, at most one pair each", file=sys.stderr)
@@ -907,8 +932,7 @@ def ingest(
             report_path = failed_report_path(target)
             report_path.write_text(json.dumps(result.failed_report(problem), indent=1))
             error = IngestError(f"{problem}; report: {report_path}")
-            error.codes = frozenset(b["code"] for b in result.bad) | ({NAMES_DIFFER} if result.pairing_hint else set())
-            error.pairing_options = result.pairing_options
+            error.codes = frozenset(b["code"] for b in result.bad)
             raise error
         if options.reference_masks is not None:  # unusable ones are named before anything is in place (after
             # the masks' own checks, which say more: a class count too small shows in both)
@@ -1007,9 +1031,6 @@ def _nothing_written_reason(result: IngestResult, images_dir: Path, masks_dir: P
     """Why nothing may be written (None: write the span)."""
     first_bad = f"first: {result.bad[0]['source_id']}: {result.bad[0]['reason']}" if result.bad else ""
     if not result.written:
-        if result.pairing_hint:
-            return (f"no image file pairs with a mask file of the same stem in {images_dir} and {masks_dir}: "
-                    f"{result.pairing_hint}")
         if result.bad:
             return (f"no record was written from {images_dir} and {masks_dir}: "
                     f"all {len(result.bad)} pairs were bad ({first_bad})")

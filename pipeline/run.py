@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -193,10 +194,21 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         raise ConfigError(f"classes.names lists {config.num_classes} classes, but {labeled_file} lists class ids "
                           f"{too_large[:10]}; {add_names} (or fix {labeled_file})")
     span = next_span(examples_dir)
-    ingest_once = (f"ingest them once with `segbalance ingest {source / 'images'} {source / 'masks'} --palette "
-                   f"PALETTE.json --output {examples_dir} --span {span}`, then `segbalance run --data {examples_dir}`")
-    palette_hint = f"colour (RGB) masks need a palette, which `run` does not take: {ingest_once}"
-    grey_hint = f"masks that hold their classes as grey levels need a palette, which `run` does not take: {ingest_once}"
+
+    def ingest_once(options: str) -> str:
+        """The ingest to run once for what `run` takes no option for, with everything the folder holds (QA 78: the
+        advice left out labeled.json, groups.json and masks_full/, so following it lost the partial annotations)."""
+        extra = [f"--{flag} {shlex.quote(str(source / name))}" for flag, name in (
+            ("labeled", "labeled.json"), ("groups", GROUPS_FILE), ("reference-masks", "masks_full"))
+            if os.path.lexists(source / name)]
+        command = " ".join(["segbalance ingest", shlex.quote(str(source / "images")), shlex.quote(str(source / "masks")),
+                            options, *extra, "--output", shlex.quote(str(examples_dir)), "--span", str(span)])
+        return (f"ingest them once with `{command}`, then `segbalance run --data {shlex.quote(str(examples_dir))}` "
+                f"(with the same --config and --output-dir)")
+
+    palette = ingest_once("--palette PALETTE.json")
+    palette_hint = f"colour (RGB) masks need a palette, which `run` does not take: {palette}"
+    grey_hint = f"masks that hold their classes as grey levels need a palette, which `run` does not take: {palette}"
     recorded = {"fingerprint": fingerprint, "source": str(source), "span": span,
                 "plain_fingerprint": plain_fingerprint, "with_groups": groups is not None}
     try:  # what run ingested is recorded in the span's own marker, renamed into place with its records
@@ -212,10 +224,10 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
             raise ingest.IngestError(f"{exc}; or remove {groups_file} (with data.split_by: record it only lets "
                                      f"the drift gate count in groups)") from None
         if ingest.NAMES_DIFFER in exc.codes:  # (Cityscapes-like names: a_leftImg8bit.png / a_gtFine_labelIds.png)
-            raise ingest.IngestError(
-                f"{exc}; `run` does not take these options: ingest them once with `segbalance ingest "
-                f"{source / 'images'} {source / 'masks'} {exc.pairing_options} --output {examples_dir} --span {span}`, "
-                f"then `segbalance run --data {examples_dir}`") from None
+            keys = (f" (the keys of {labeled_file.name} and {GROUPS_FILE} are then the stems without the endings)"
+                    if labeled is not None or groups is not None else "")
+            raise ingest.IngestError(f"{exc}; `run` does not take these options: "
+                                     f"{ingest_once(exc.pairing_options)}{keys}") from None
         if "rgb_mask_without_palette" in exc.codes:  # nothing written, pairs refused for want of a palette
             raise ingest.IngestError(f"{exc}; {palette_hint}") from None
         if ingest.GREY_LEVELS in str(exc):  # (the first bad pair's reason offers a --palette of grey levels)
@@ -240,7 +252,7 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
             f"masks){grey}")
     if config.num_classes > 1 and result.written and result.max_class_id <= 0 and result.masks_with_ignore:
         shutil.rmtree(result.target)  # written by this call a moment ago: a span that trains no class is not kept
-        raise ConfigError(binary_masks_message(result, source, config, ingest_once))
+        raise ConfigError(binary_masks_message(result, source, config, palette))
     if full is not None:  # checked after the masks' own ids, which say more (a class count too small shows in both)
         try:
             keep_references(result.target, full, config, source / "images")

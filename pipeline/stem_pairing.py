@@ -10,7 +10,7 @@ to pass instead of only "image has no mask".
 from __future__ import annotations
 
 import shlex
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Set, Tuple
 
 from segbalance.contract import source_id_of
 
@@ -48,31 +48,57 @@ def _candidates(stems: List[str]) -> List[str]:
     return ["", *sorted(tails | ({ending} if ending else set()), key=len)]
 
 
-def suggest_stem_suffixes(image_stems: Iterable[str], mask_stems: Iterable[str]) -> Optional[Tuple[str, str, int]]:
-    """(image ending, mask ending, pairs) that pair the most files once dropped, or None when no ending pairs
-    any; only asked when no stem pairs as it is."""
+def endings_after(stems: Iterable[str], bases: Set[str]) -> Set[str]:
+    """The endings that follow one of ``bases`` at a separator in ``stems`` (``a_gtFine_color`` after ``a``):
+    a folder holding several kinds of mask per image has no ending common to all its names."""
+    found = set()
+    for stem in stems:
+        for i in range(1, len(stem)):
+            if stem[i] in SEPARATORS and stem[:i] in bases:
+                found.add(stem[i:])
+    return found
+
+
+Suggestion = Tuple[str, Tuple[str, ...], int]  # (image ending, mask endings that pair as many, pairs)
+
+
+def suggest_stem_suffixes(image_stems: Iterable[str], mask_stems: Iterable[str]) -> Optional[Suggestion]:
+    """The image ending and the mask endings (several when the masks come in several kinds, each pairing as many
+    files) that pair the most files once dropped, or None when no ending pairs any; only asked when no stem pairs
+    as it is."""
     images = sorted(image_stems)[:MAX_SUGGESTION_FILES]
     masks = sorted(mask_stems)[:MAX_SUGGESTION_FILES]
-    best: Optional[Tuple[str, str, int]] = None
+    best: Optional[Suggestion] = None
     for image_end in _candidates(images):
         stripped = {strip_stem_suffix(s, image_end) for s in images}
-        for mask_end in _candidates(masks):
+        for mask_end in sorted(set(_candidates(masks)) | endings_after(masks, stripped), key=lambda e: (len(e), e)):
             if not image_end and not mask_end:
                 continue
             pairs = len(stripped & {strip_stem_suffix(s, mask_end) for s in masks})
             if pairs and (best is None or pairs > best[2]):
-                best = (image_end, mask_end, pairs)
+                best = (image_end, (mask_end,), pairs)
+            elif pairs and best is not None and pairs == best[2] and image_end == best[0] and mask_end:
+                best = (image_end, (*best[1], mask_end), pairs)
     return best
 
 
-def suggestion_options(suggestion: Tuple[str, str, int]) -> str:
-    """The ingest options of a suggestion, as a shell takes them (``=``: an ending may start with '-')."""
-    image_end, mask_end, _ = suggestion
-    return " ".join(f"--{side}-stem-suffix={shlex.quote(end)}" for side, end in (("image", image_end),
-                                                                                  ("mask", mask_end)) if end)
+def suggestion_options(suggestion: Suggestion) -> str:
+    """The ingest options of a suggestion, as a shell takes them (``=``: an ending may start with '-'); with
+    several mask endings, ``--mask-stem-suffix=ENDING`` (the message lists them)."""
+    image_end, mask_ends, _ = suggestion
+    mask_end = mask_ends[0] if len(mask_ends) == 1 else "ENDING"
+    return " ".join(f"--{side}-stem-suffix={shlex.quote(end) if end != 'ENDING' else end}"
+                    for side, end in (("image", image_end), ("mask", mask_end)) if end)
 
 
-def suggestion_text(suggestion: Tuple[str, str, int], image_name: str, mask_name: str) -> str:
+def suggestion_text(suggestion: Suggestion, image_name: str, mask_name: str) -> str:
     """What to pass, for the error of an ingest that paired nothing."""
+    image_end, mask_ends, pairs = suggestion
+    if len(mask_ends) > 1:
+        kinds = ", ".join(repr(e) for e in mask_ends)
+        return (f"the file names differ by an ending (e.g. {image_name} / {mask_name}), and there are {len(mask_ends)} "
+                f"kinds of mask per image ({kinds}): pass {suggestion_options(suggestion)} with the ending of the "
+                f"masks that hold class ids (the others are then skipped); it pairs {pairs} files")
+    more = "at least " if pairs >= MAX_SUGGESTION_FILES else ""
     return (f"the file names differ by an ending (e.g. {image_name} / {mask_name}): "
-            f"{suggestion_options(suggestion)} drops it before pairing and pairs {suggestion[2]} files")
+            f"{suggestion_options(suggestion)} drops it before pairing and pairs {more}{pairs} files")

@@ -526,7 +526,8 @@ def test_run_refuses_binary_masks_saved_as_0_255_and_says_how_to_map_them(tmp_pa
             f"no mask in {data / 'masks'} holds a class id other than 0 (background), and 3 of 3 hold 255, the "
             f"ignore index: binary masks saved as 0/255 would train no 'lesion'. Save the foreground as 1, or ingest "
             f"them once with `segbalance ingest {data / 'images'} {data / 'masks'} --palette PALETTE.json --output "
-            f"{out} --span 0`, then `segbalance run --data {out}` (PALETTE.json: {{\"0\": 0, \"1\": 255}})")):
+            f"{out} --span 0`, then `segbalance run --data {out}` (with the same --config and --output-dir) "
+            f"(PALETTE.json: {{\"0\": 0, \"1\": 255}})")):
         ingest_as_next_span(config, data, out)
     assert list_spans(out) == []
     for i in range(3):
@@ -587,7 +588,8 @@ def test_masks_saved_as_grey_levels_get_the_palette_that_maps_them(tmp_path):
     with pytest.raises(ingest.IngestError) as refused:  # every mask refused: ingest's own error, with run's advice
         ingest_as_next_span(config, data, out)
     assert "all 2 pairs were bad" in str(refused.value) and "map them with --palette FILE holding" in str(refused.value)
-    assert str(refused.value).endswith(f"`, then `segbalance run --data {out}`")
+    assert str(refused.value).endswith(f"`, then `segbalance run --data {out}` (with the same --config and "
+                                       f"--output-dir)")
     Image.fromarray(ids).save(data / "masks" / "g1.png")  # one mask of ids among the grey-level one
     with pytest.raises(ConfigError) as refused:
         ingest_as_next_span(config, data, out)
@@ -598,7 +600,8 @@ def test_masks_saved_as_grey_levels_get_the_palette_that_maps_them(tmp_path):
         in message
     assert message.endswith(f"masks that hold their classes as grey levels need a palette, which `run` does not take: "
                             f"ingest them once with `segbalance ingest {data / 'images'} {data / 'masks'} --palette "
-                            f"PALETTE.json --output {out} --span 0`, then `segbalance run --data {out}`")
+                            f"PALETTE.json --output {out} --span 0`, then `segbalance run --data {out}` (with the "
+                            f"same --config and --output-dir)")
     (tmp_path / "grey.json").write_text(json.dumps({"0": 0, "1": 85, "2": 170, "3": 255}))  # the advice, followed
     result = ingest.ingest(data / "images", data / "masks", out, span=0, options=ingest.IngestOptions(
         num_classes=4, palette=ingest.load_palette(tmp_path / "grey.json")))

@@ -29,24 +29,33 @@ def test_common_ending():
     assert common_ending(["a", "b"]) == "" and common_ending([]) == "" and common_ending(["abc"]) == "abc"
 
 
+GTFINE = ["_gtFine_color", "_gtFine_instanceIds", "_gtFine_labelIds"]  # Cityscapes: three masks per image
+
+
 @pytest.mark.parametrize("images, masks, expected", [
     ([f"{s}_leftImg8bit" for s in CITYSCAPES], [f"{s}_gtFine_labelIds" for s in CITYSCAPES],
-     ("_leftImg8bit", "_gtFine_labelIds", 3)),
+     ("_leftImg8bit", ("_gtFine_labelIds",), 3)),
     (["ISIC_0000000", "ISIC_0000001"], ["ISIC_0000000_segmentation", "ISIC_0000001_segmentation"],
-     ("", "_segmentation", 2)),
-    (["car_01", "car_11"], ["car_01-mask", "car_11-mask"], ("", "-mask", 2)),  # not "1-mask": at a separator
-    (["scan1_img", "scan2_img"], ["scan1", "scan2"], ("_img", "", 2)),
+     ("", ("_segmentation",), 2)),
+    (["car_01", "car_11"], ["car_01-mask", "car_11-mask"], ("", ("-mask",), 2)),  # not "1-mask": at a separator
+    (["scan1_img", "scan2_img"], ["scan1", "scan2"], ("_img", ("",), 2)),
     (["a", "b"], ["c", "d"], None),  # nothing would pair
+    # QA 78: no ending common to every mask name; each kind pairs as many, so each is named
+    ([f"{s}_leftImg8bit" for s in CITYSCAPES], [s + e for s in CITYSCAPES for e in GTFINE],
+     ("_leftImg8bit", ("_gtFine_color", "_gtFine_labelIds", "_gtFine_instanceIds"), 3)),
 ])
 def test_suggested_endings(images, masks, expected):
     assert suggest_stem_suffixes(images, masks) == expected
 
 
 def test_the_suggestion_is_a_command_line_a_shell_takes():
-    text = suggestion_text(("", "-mask", 2), "car_01.jpg", "car_01-mask.png")
+    text = suggestion_text(("", ("-mask",), 2), "car_01.jpg", "car_01-mask.png")
     assert "--mask-stem-suffix=-mask" in text and "--image-stem-suffix" not in text  # '=': not read as an option
     assert "car_01.jpg / car_01-mask.png" in text and "pairs 2 files" in text
-    assert "--image-stem-suffix='_left img'" in suggestion_text(("_left img", "_m", 1), "a", "b")
+    assert "--image-stem-suffix='_left img'" in suggestion_text(("_left img", ("_m",), 1), "a", "b")
+    several = suggestion_text(("_leftImg8bit", tuple(GTFINE), 3), "a_leftImg8bit.png", "a_gtFine_color.png")
+    assert "there are 3 kinds of mask per image ('_gtFine_color', '_gtFine_instanceIds', '_gtFine_labelIds')" in several
+    assert "--image-stem-suffix=_leftImg8bit --mask-stem-suffix=ENDING with the ending of the masks that hold" in several
 
 
 def _cityscapes(root):
@@ -92,13 +101,52 @@ def test_run_on_such_a_folder_says_how_to_ingest_it(tmp_path):
     import subprocess
     import sys
 
-    _cityscapes(tmp_path / "data")
-    (tmp_path / "data" / "classes.json").write_text(json.dumps({"class_names": ["road", "car", "person"]}))
-    result = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "run", "--data", str(tmp_path / "data"),
+    data = tmp_path / "data"
+    _cityscapes(data)
+    (data / "classes.json").write_text(json.dumps({"class_names": ["road", "car", "person"]}))
+    # keyed by the stems without the endings, as ingest with the endings reads them (QA 78: the labeled.json check
+    # spoke first, and the advice left out labeled.json and masks_full/, so following it lost the partial sets)
+    (data / "labeled.json").write_text(json.dumps({CITYSCAPES[0]: [0, 1]}))
+    result = subprocess.run([sys.executable, "-m", "segbalance.pipeline.cli", "run", "--data", str(data),
                              "--output-dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and "no image file pairs with a mask file of the same stem" in line
-    assert (f"segbalance ingest {tmp_path / 'data' / 'images'} {tmp_path / 'data' / 'masks'} "
-            f"--image-stem-suffix=_leftImg8bit --mask-stem-suffix=_gtFine_labelIds --output "
-            f"{tmp_path / 'out' / 'data'} --span 0`, then `segbalance run --data {tmp_path / 'out' / 'data'}`") in line
+    command = (f"segbalance ingest {data / 'images'} {data / 'masks'} --image-stem-suffix=_leftImg8bit "
+               f"--mask-stem-suffix=_gtFine_labelIds --labeled {data / 'labeled.json'} --reference-masks "
+               f"{data / 'masks_full'} --output {tmp_path / 'out' / 'data'} --span 0")
+    assert f"`{command}`, then `segbalance run --data {tmp_path / 'out' / 'data'}`" in line, line
+    assert "the keys of labeled.json and groups.json are then the stems without the endings" in line
+    followed = cli.main(command.split()[1:] + ["--num-classes", "3"])  # the advice, followed
+    report = json.loads((tmp_path / "out" / "data" / "Span-0" / "ingest_report.json").read_text())
+    assert followed == 0 and report["num_written"] == 3 and report["num_reference_masks"] == 3
+    assert report.get("labeled_unmatched", []) == []
+
+
+def test_masks_of_other_kinds_are_skipped_not_bad_pairs(tmp_path, capsys):
+    """QA 78: Cityscapes' gtFine folder holds _color, _instanceIds and _labelIds masks of each image; the other
+    kinds were bad pairs (so --strict could never pass) and no ending was suggested (none is common to all)."""
+    masks = _cityscapes(tmp_path)
+    for stem in CITYSCAPES:
+        Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(tmp_path / "masks" / f"{stem}_gtFine_color.png")
+    assert _ingest(tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "there are 2 kinds of mask per image ('_gtFine_color', '_gtFine_labelIds')" in err
+    assert _ingest(tmp_path, "--image-stem-suffix", "_leftImg8bit", "--mask-stem-suffix", "_gtFine_labelIds",
+                   "--strict") == 0
+    err = capsys.readouterr().err
+    assert "skipped 3 mask files whose names do not end in '_gtFine_labelIds'" in err
+    report = json.loads((tmp_path / "out" / "Span-0" / "ingest_report.json").read_text())
+    assert report["num_written"] == 3 and report["bad"] == []
+    assert sorted(report["skipped_files"]) == sorted(str(tmp_path / "masks" / f"{s}_gtFine_color.png")
+                                                     for s in CITYSCAPES)
+    assert len(masks) == 3
+
+
+def test_the_suggestion_names_the_whole_ending_when_a_given_one_was_too_short(tmp_path, capsys):
+    """QA 78: with --mask-stem-suffix=_labelIds the suggestion was computed on the shortened stems and proposed
+    _gtFine, then, given that, another ending: now it names the whole ending to pass."""
+    _cityscapes(tmp_path)
+    assert _ingest(tmp_path, "--mask-stem-suffix", "_labelIds") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--image-stem-suffix=_leftImg8bit --mask-stem-suffix=_gtFine_labelIds" in err
