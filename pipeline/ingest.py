@@ -343,7 +343,7 @@ def load_palette(path: os.PathLike) -> Dict[Union[Tuple[int, int, int], int], in
                           f"or an object {{\"id\": [r, g, b]}}; it holds {json.dumps(raw)[:40]}")
     items = []
     for key, value in (enumerate(raw) if isinstance(raw, list) else raw.items()):
-        if not (_is_int(key) or (isinstance(key, str) and key.strip().isdigit())):
+        if not (_is_int(key) or (isinstance(key, str) and key.strip().isascii() and key.strip().isdigit())):
             raise IngestError(f"--palette {path}: key {json.dumps(key)} is not a class id (0, 1, 2, ...)")
         if _is_int(value):
             items.append((int(key), value))
@@ -374,20 +374,25 @@ def load_palette(path: os.PathLike) -> Dict[Union[Tuple[int, int, int], int], in
     return palette
 
 
-def load_value_map(path: os.PathLike, ignore_index: int) -> Dict[int, int]:
+def load_value_map(path: os.PathLike, ignore_index: int, num_classes: Optional[int] = None) -> Dict[int, int]:
     """A ``--value-map`` file: JSON ``{"mask value": class id}`` for single-channel masks whose values are not
     the class ids, several values to one id allowed (Cityscapes' labelIds -> trainIds: 34 values to 19 classes
     and ``ignore_index``); every value in the masks must be listed. The same mapping as grey values in
     ``--palette``, which gives each class one value."""
     raw = _json_object(Path(path), "--value-map", 'write {"mask value": class id, ...}, e.g. {"7": 0, "0": 255}')
     mapping: Dict[int, int] = {}
+    classes = MAX_CLASSES if num_classes is None else num_classes
     for key, value in raw.items():
-        if not (isinstance(key, str) and key.strip().isdigit() and int(key) <= 65535):
+        digits = key.strip() if isinstance(key, str) else ""
+        if not (digits.isascii() and digits.isdigit() and int(digits) <= 65535):  # (QA 78: "²" was a traceback)
             raise IngestError(f"--value-map {path}: key {json.dumps(key)} is not a mask value (0..65535)")
-        if not (_is_int(value) and (0 <= value < MAX_CLASSES or value == ignore_index)):
+        if not (_is_int(value) and (0 <= value < classes or value == ignore_index)):
             raise IngestError(f"--value-map {path}: value {json.dumps(key)} maps to {json.dumps(value)[:40]}, not a "
-                              f"class id 0..{MAX_CLASSES - 1} or the ignore index {ignore_index}")
-        mapping[int(key)] = int(value)
+                              f"class id 0..{classes - 1} or the ignore index {ignore_index}")
+        if int(digits) in mapping and mapping[int(digits)] != value:  # (QA 78: "7" and "007": the last one won)
+            raise IngestError(f"--value-map {path}: value {int(digits)} is given twice, to class "
+                              f"{mapping[int(digits)]} and class {value}; keep one")
+        mapping[int(digits)] = int(value)
     if not mapping:
         raise IngestError(f"--value-map {path} maps no value; give every mask value its class id")
     return mapping
@@ -1109,7 +1114,7 @@ def _main(args) -> int:
         num_classes=num_classes,
         ignore_index=args.ignore_index,
         palette=(load_palette(args.palette) if args.palette else
-                 load_value_map(args.value_map, args.ignore_index) if args.value_map else None),
+                 load_value_map(args.value_map, args.ignore_index, num_classes) if args.value_map else None),
         palette_source="--value-map" if args.value_map else "--palette",
         labeled=load_labeled(args.labeled, num_classes) if args.labeled else None,
         groups=load_groups(args.groups) if args.groups else None,

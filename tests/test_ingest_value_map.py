@@ -76,10 +76,14 @@ def test_a_colour_mask_with_a_value_map_says_to_use_a_palette(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ({"road": 0}, 'key "road" is not a mask value'),
     ({"70000": 0}, 'key "70000" is not a mask value (0..65535)'),
-    ({"7": 300}, 'value "7" maps to 300, not a class id 0..254 or the ignore index 255'),
+    ({"7": 300}, 'value "7" maps to 300, not a class id 0..2 or the ignore index 255'),  # --num-classes 3
     ({"7": "0"}, 'value "7" maps to "0"'),
     ([0, 1], "the top level must be an object"),
     ({}, "maps no value"),
+    ({"\u00b2": 0}, 'key "\\u00b2" is not a mask value'),  # a superscript two: isdigit, no int (QA 78: traceback)
+    ({"\u0667": 0}, 'key "\\u0667" is not a mask value'),  # an Arabic-Indic seven: was read as 7
+    ({"7": 0, "007": 1}, "value 7 is given twice, to class 0 and class 1; keep one"),
+    ({"7": 3}, 'value "7" maps to 3, not a class id 0..2 or the ignore index 255'),  # 3 classes (QA 78 L2)
 ])
 def test_a_bad_value_map_is_one_line_naming_the_file(tmp_path, capsys, content, message):
     _data(tmp_path, {"a": np.full((4, 4), 7, np.uint8)})
