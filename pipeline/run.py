@@ -201,8 +201,9 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         extra = [f"--{flag} {shlex.quote(str(source / name))}" for flag, name in (
             ("labeled", "labeled.json"), ("groups", GROUPS_FILE), ("reference-masks", "masks_full"))
             if os.path.lexists(source / name)]
-        command = " ".join(["segbalance ingest", shlex.quote(str(source / "images")), shlex.quote(str(source / "masks")),
-                            options, *extra, "--output", shlex.quote(str(examples_dir)), "--span", str(span)])
+        command = " ".join(["segbalance ingest", shlex.quote(str(source / "images")),
+                            shlex.quote(str(source / "masks")), options, *extra, "--output",
+                            shlex.quote(str(examples_dir)), "--span", str(span)])
         return (f"ingest them once with `{command}`, then `segbalance run --data {shlex.quote(str(examples_dir))}` "
                 f"(with the same --config and --output-dir)")
 

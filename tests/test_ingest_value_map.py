@@ -20,7 +20,8 @@ def _data(root, masks):
     for folder in ("images", "masks"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     for stem, mask in masks.items():
-        Image.fromarray(rng.integers(0, 256, (*mask.shape[:2], 3), dtype=np.uint8)).save(root / "images" / f"{stem}.png")
+        image = rng.integers(0, 256, (*mask.shape[:2], 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{stem}.png")
         Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
 
 

@@ -55,7 +55,7 @@ def test_the_suggestion_is_a_command_line_a_shell_takes():
     assert "--image-stem-suffix='_left img'" in suggestion_text(("_left img", ("_m",), 1), "a", "b")
     several = suggestion_text(("_leftImg8bit", tuple(GTFINE), 3), "a_leftImg8bit.png", "a_gtFine_color.png")
     assert "there are 3 kinds of mask per image ('_gtFine_color', '_gtFine_instanceIds', '_gtFine_labelIds')" in several
-    assert "--image-stem-suffix=_leftImg8bit --mask-stem-suffix=ENDING with the ending of the masks that hold" in several
+    assert "--image-stem-suffix=_leftImg8bit --mask-stem-suffix=ENDING with the ending of the masks" in several
 
 
 def _cityscapes(root):
