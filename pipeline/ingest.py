@@ -943,11 +943,16 @@ def ingest(
             # the masks' own checks, which say more: a class count too small shows in both)
             from segbalance.pipeline.reference_masks import check_reference_masks, copy_reference_masks
 
+            def to_ids(data: bytes, name: str) -> np.ndarray:  # mapped as the masks are (--palette / --value-map)
+                return _mask_ids(read_mask(data, name, colours=_has_colours(options.palette)), options, name)
+
+            mapped = to_ids if options.palette is not None else None
             check_reference_masks(Path(options.reference_masks), options.num_classes or MAX_CLASSES + 1,
                                   options.ignore_index, images_dir, options.image_stem_suffix,
-                                  options.mask_stem_suffix)
+                                  options.mask_stem_suffix, to_ids=mapped)
             result.num_reference_masks = copy_reference_masks(Path(options.reference_masks), result.written,
-                                                              tmp / REFERENCE_MASKS_FOLDER, options.mask_stem_suffix)
+                                                              tmp / REFERENCE_MASKS_FOLDER, options.mask_stem_suffix,
+                                                              to_ids=mapped)
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
         output_guard.write_marker(tmp, "ingest", target=target.name, **(marker_extra or {}))
         if not overwrite and target.is_dir() and any(target.iterdir()):  # another command wrote it meanwhile

@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import numpy as np
 
 from segbalance.contract import IMAGE_SUFFIXES, REFERENCE_MASKS_FOLDER, UserError, source_id_of
 
@@ -52,13 +54,16 @@ def _paths(folder: Path, stem_suffix: str) -> Dict[str, str]:
 
 def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
                           images_dir: Optional[Path] = None, image_stem_suffix: str = "",
-                          mask_stem_suffix: str = "") -> int:
+                          mask_stem_suffix: str = "", to_ids: Optional[Callable[[bytes, str], np.ndarray]] = None
+                          ) -> int:
     """The number of reference masks in ``folder`` (for the images of ``images_dir`` when given; the stem
     endings as ingest drops them); ReferenceMaskError naming the unusable ones (the first five, and how many
-    in all)."""
+    in all). ``to_ids(bytes, name)``: the class ids of a mask file, mapped as ingest maps the masks (its
+    ``--palette`` / ``--value-map``; QA 78: Cityscapes' labelIds reference masks were all refused)."""
     from segbalance.components.seg_evaluator import reference_mask_problem
     from segbalance.trainer import example_codec as codec
 
+    to_ids = to_ids or (lambda data, name: codec.decode_array(data, what="mask"))
     sizes = image_sizes(images_dir, image_stem_suffix) if images_dir is not None and images_dir.is_dir() else None
     problems, checked = [], 0
     for stem, name in sorted(_paths(folder, mask_stem_suffix).items()):
@@ -67,7 +72,7 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
             continue  # no image of that name: the evaluator never reads it
         checked += 1
         try:
-            problem = reference_mask_problem(codec.decode_array(path.read_bytes(), what="mask"),
+            problem = reference_mask_problem(to_ids(path.read_bytes(), path.name),
                                              sizes[source_id] if sizes else None, num_classes, ignore_index)
         except ValueError as exc:  # DecodeError
             problem = str(exc)
@@ -82,12 +87,15 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
     return checked
 
 
-def copy_reference_masks(folder: Path, source_ids: Iterable[str], target: Path, stem_suffix: str = "") -> int:
+def copy_reference_masks(folder: Path, source_ids: Iterable[str], target: Path, stem_suffix: str = "",
+                         to_ids: Optional[Callable[[bytes, str], np.ndarray]] = None) -> int:
     """Copy the reference masks of ``source_ids`` found in ``folder`` (``<source_id>.png``, or with the mask
     ending ``stem_suffix``) to ``target/<source_id>.png`` (made when one is found); the number copied. A span
     keeps them beside its records, so a later run over the span folder (``run --data OUTPUT/data``, the
-    scheduled run) scores its eval images against the same truth as the run that ingested them."""
+    scheduled run) scores its eval images against the same truth as the run that ingested them. With
+    ``to_ids`` (``check_reference_masks``) the copy is the mapped ids, as an 8-bit PNG."""
     from segbalance.components.seg_evaluator import reference_lookup
+    from segbalance.trainer import example_codec as codec
 
     find = reference_lookup(_paths(folder, stem_suffix))
     copied = 0
@@ -95,7 +103,11 @@ def copy_reference_masks(folder: Path, source_ids: Iterable[str], target: Path, 
         path = find(source_id)
         if path is not None:
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target / f"{source_id}.png")
+            if to_ids is None:
+                shutil.copyfile(path, target / f"{source_id}.png")
+            else:
+                ids = to_ids(Path(path).read_bytes(), Path(path).name)
+                (target / f"{source_id}.png").write_bytes(codec.encode_png(ids.astype(np.uint8)))
             copied += 1
     return copied
 

@@ -99,3 +99,26 @@ def test_palette_and_value_map_together_are_refused(tmp_path, capsys):
     _data(tmp_path, {"a": np.full((4, 4), 7, np.uint8)})
     assert _ingest(tmp_path, "--value-map", _map_file(tmp_path, TABLE), "--palette", _map_file(tmp_path, TABLE)) == 2
     assert "--palette and --value-map both map mask values" in capsys.readouterr().err
+
+
+def test_reference_masks_are_mapped_as_the_masks_are(tmp_path, capsys):
+    """QA 78 L5: Cityscapes' reference masks hold labelIds too; with --value-map every one was refused as out of
+    range. They are mapped with the same table, and kept in the span as ids."""
+    rng = np.random.default_rng(2)
+    masks = {f"f{i}": rng.choice(sorted(TABLE), size=(6, 7)).astype(np.uint8) for i in range(3)}
+    _data(tmp_path, masks)
+    (tmp_path / "full").mkdir()
+    full = {stem: rng.choice(sorted(TABLE), size=(6, 7)).astype(np.uint8) for stem in masks}
+    for stem, mask in full.items():
+        Image.fromarray(mask).save(tmp_path / "full" / f"{stem}.png")
+    assert _ingest(tmp_path, "--value-map", _map_file(tmp_path, TABLE), "--reference-masks",
+                   str(tmp_path / "full")) == 0
+    lookup = np.vectorize(TABLE.__getitem__)
+    for stem, mask in full.items():
+        kept = codec.decode_array((tmp_path / "out" / "reference_masks" / f"{stem}.png").read_bytes(), what="mask")
+        np.testing.assert_array_equal(kept, lookup(mask).astype(np.uint8))
+    Image.fromarray(np.full((6, 7), 33, np.uint8)).save(tmp_path / "full" / "f1.png")  # a value the map lacks
+    assert _ingest(tmp_path, "--value-map", _map_file(tmp_path, TABLE), "--reference-masks", str(tmp_path / "full"),
+                   "--overwrite") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "f1.png" in err and "value 33 is not in --value-map" in err
