@@ -841,6 +841,17 @@ def ingest(
         raise IngestError(f"IMAGES_DIR and MASKS_DIR are the same folder ({images_dir}): keep masks in their own folder")
     if not images and not masks and not image_list.without_ending and not mask_list.without_ending:
         raise IngestError(_no_files_message(images_dir, masks_dir, image_list, mask_list))
+    # a file without the given ending whose whole stem names a file of the other folder pairs as it did without the
+    # option (QA 79: its image was told it had no mask); the others without it stay skipped
+    def take_whole(mine: Listing, others: set) -> None:
+        for path in list(mine.without_ending):
+            stem = source_id_of(path.stem)
+            if stem in others and stem not in mine.files:
+                mine.files[stem] = path
+                mine.without_ending.remove(path)
+
+    take_whole(image_list, {source_id_of(p.stem) for p in mask_list.without_ending} | set(masks))
+    take_whole(mask_list, set(images))
     if not set(images) & set(masks):  # nothing pairs: endings that would (Cityscapes, ISIC, ...), before anything
         # else is said of the files (QA 78: run's labeled.json check spoke first); from the whole stems, not those
         # the given endings shortened (the suggestion then names the whole endings)
@@ -848,8 +859,14 @@ def ingest(
         suggestion = suggest_stem_suffixes(whole_images, whole_masks) if whole_images and whole_masks else None
         if suggestion:
             text = suggestion_text(suggestion, whole_images[min(whole_images)].name, whole_masks[min(whole_masks)].name)
-            error = IngestError(f"no image file pairs with a mask file of the same stem in {images_dir} and "
-                                f"{masks_dir}: {text}; nothing was written")
+            failed = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
+            failed.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
+            failed.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped()]
+            problem = f"no image file pairs with a mask file of the same stem in {images_dir} and {masks_dir}: {text}"
+            report_path = failed_report_path(target)  # as for any ingest that writes nothing (QA 79)
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(json.dumps(failed.failed_report(problem), indent=1))
+            error = IngestError(f"{problem}; nothing was written; report: {report_path}")
             error.codes = frozenset({NAMES_DIFFER})
             error.pairing_options = suggestion_options(suggestion)
             raise error

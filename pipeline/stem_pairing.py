@@ -69,16 +69,18 @@ def suggest_stem_suffixes(image_stems: Iterable[str], mask_stems: Iterable[str])
     images = sorted(image_stems)[:MAX_SUGGESTION_FILES]
     masks = sorted(mask_stems)[:MAX_SUGGESTION_FILES]
     best: Optional[Suggestion] = None
+    best_paired: Set[str] = set()
     for image_end in _candidates(images):
         stripped = {strip_stem_suffix(s, image_end) for s in images}
         for mask_end in sorted(set(_candidates(masks)) | endings_after(masks, stripped), key=lambda e: (len(e), e)):
             if not image_end and not mask_end:
                 continue
-            pairs = len(stripped & {strip_stem_suffix(s, mask_end) for s in masks})
-            if pairs and (best is None or pairs > best[2]):
-                best = (image_end, (mask_end,), pairs)
-            elif pairs and best is not None and pairs == best[2] and image_end == best[0] and mask_end:
-                best = (image_end, (*best[1], mask_end), pairs)
+            paired = stripped & {strip_stem_suffix(s, mask_end) for s in masks}
+            if paired and (best is None or len(paired) > best[2]):
+                best, best_paired = (image_end, (mask_end,), len(paired)), paired
+            elif (best is not None and paired == best_paired and image_end == best[0] and mask_end and all(best[1])
+                  and len(paired) > 1):  # another kind of mask of the same images (QA 79: not '', not other images)
+                best = (image_end, (*best[1], mask_end), len(paired))
     return best
 
 

@@ -43,6 +43,10 @@ GTFINE = ["_gtFine_color", "_gtFine_instanceIds", "_gtFine_labelIds"]  # Citysca
     # QA 78: no ending common to every mask name; each kind pairs as many, so each is named
     ([f"{s}_leftImg8bit" for s in CITYSCAPES], [s + e for s in CITYSCAPES for e in GTFINE],
      ("_leftImg8bit", ("_gtFine_color", "_gtFine_labelIds", "_gtFine_instanceIds"), 3)),
+    # QA 79: '' is no kind of mask (it cannot be passed), nor are endings that pair other images
+    ([f"{s}_leftImg8bit" for s in CITYSCAPES], [*CITYSCAPES, *(s + "_gtFine_color" for s in CITYSCAPES)],
+     ("_leftImg8bit", ("",), 3)),
+    (["a", "b"], ["a_x", "b_y"], ("", ("_x",), 1)),
 ])
 def test_suggested_endings(images, masks, expected):
     assert suggest_stem_suffixes(images, masks) == expected
@@ -150,3 +154,31 @@ def test_the_suggestion_names_the_whole_ending_when_a_given_one_was_too_short(tm
     assert _ingest(tmp_path, "--mask-stem-suffix", "_labelIds") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--image-stem-suffix=_leftImg8bit --mask-stem-suffix=_gtFine_labelIds" in err
+
+
+def test_a_file_without_the_given_ending_still_pairs_by_its_whole_stem(tmp_path, capsys):
+    """QA 79: with --mask-stem-suffix, a mask named exactly as its image was skipped, and its image was told it had
+    no mask, though the file was there; it pairs as it did without the option."""
+    masks = _cityscapes(tmp_path)
+    odd = CITYSCAPES[0]
+    (tmp_path / "images" / f"{odd}_leftImg8bit.png").rename(tmp_path / "images" / f"{odd}.png")
+    (tmp_path / "masks" / f"{odd}_gtFine_labelIds.png").rename(tmp_path / "masks" / f"{odd}.png")
+    assert _ingest(tmp_path, "--image-stem-suffix", "_leftImg8bit", "--mask-stem-suffix", "_gtFine_labelIds",
+                   "--strict") == 0
+    report = json.loads((tmp_path / "out" / "Span-0" / "ingest_report.json").read_text())
+    assert report["num_written"] == 3 and report["bad"] == [] and report["skipped_files"] == []
+    assert len(masks) == 3
+
+
+def test_nothing_paired_leaves_the_failed_report_the_error_names(tmp_path, capsys):
+    """QA 79: the early refusal wrote no ingest_report.NAME.failed.json, which README promises for an ingest that
+    writes nothing."""
+    _cityscapes(tmp_path)
+    assert _ingest(tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    failed = tmp_path / "out" / "ingest_report.Span-0.failed.json"
+    assert err.endswith(f"nothing was written; report: {failed}")
+    report = json.loads(failed.read_text())
+    assert report["num_written"] == 0 and "--image-stem-suffix=_leftImg8bit" in report["error"]
+    assert {b["code"] for b in report["bad"]} == {"no_mask", "no_image"} and len(report["bad"]) == 6
+    assert not (tmp_path / "out" / "Span-0").exists()
