@@ -103,6 +103,8 @@ def push_record(version: str, model: types.Artifact, blessing: Optional[types.Ar
             with fileio.open(evaluation_file, "r") as f:
                 record["evaluation"] = json.loads(f.read())
             record["miou"] = record["evaluation"].get("miou")
+        elif blessing.has_custom_property("miou"):  # no evaluation file: the blessing's (6 significant digits)
+            record["miou"] = blessing.get_custom_property("miou")
     return record
 
 

@@ -173,8 +173,8 @@ _SQLITE_FULL = "database or disk is full"
 
 # TensorFlow's file errors are no OSError: PermissionDeniedError "PATH; Read-only file system" / "PATH; Permission
 # denied" (QA 77: a read-only pipeline_root part-way through a run was a traceback and exit 1)
-_TF_READ_ONLY = re.compile(r"(\S+); Read-only file system")
-_TF_DENIED = re.compile(r"(\S+); Permission denied")
+_TF_READ_ONLY = re.compile(r"((?:/|[a-z][a-z0-9+.-]*://)[^;\n]*); Read-only file system")  # a path may hold spaces
+_TF_DENIED = re.compile(r"((?:/|[a-z][a-z0-9+.-]*://)[^;\n]*); (?:Permission denied|Operation not permitted)")
 
 
 def _tf_path(exc: Optional[BaseException], pattern) -> Optional[str]:
@@ -341,7 +341,8 @@ def _stopped(prog: str, signum: int, debug: bool) -> int:
     if signum == signal.SIGTERM:
         print(f"{prog}: stopped (SIGTERM); run the same command again to resume", file=sys.stderr, flush=True)
         return 128 + signal.SIGTERM
-    print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr, flush=True)
+    again = "; run the same command again to resume" if prog.endswith(" run") else ""  # others start over
+    print(f"{prog}: interrupted{again}", file=sys.stderr, flush=True)
     return 130
 
 if __name__ == "__main__":

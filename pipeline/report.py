@@ -159,8 +159,9 @@ def classes_sections(stats: dict) -> List[Section]:
     counted = stats.get("splits") or []  # (QA 76: a class of the eval images only read as absent from the data)
     where = f" in the {' and '.join(counted)} split{'s' if len(counted) > 1 else ''}" if counted else ""
     if zero:
-        uncounted = (f" (the split{'s' if len(counted) > 1 else ''} counted; a class found in the other splits "
-                     f"only is still scored by the evaluation)" if counted else "")
+        others = set(stats.get("checked_splits") or []) - set(counted)  # a run's eval split; none for `stats`
+        uncounted = (f" (the split{'s' if len(counted) > 1 else ''} counted; a class found only in "
+                     f"{', '.join(sorted(others))} is still scored by the evaluation)" if others else "")
         body.insert(0, f'<p class="bad">Classes with no pixels{esc(where)}: {esc(", ".join(zero))}{esc(uncounted)}. '
                        f'{esc(stats.get("zero_count_note", ""))}</p>')
     summary = (f"{len(names)} classes, rarest {esc(names[min(range(len(names)), key=lambda c: pixels[c])])}"

@@ -225,8 +225,9 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
             raise ingest.IngestError(f"{exc}; or remove {groups_file} (with data.split_by: record it only lets "
                                      f"the drift gate count in groups)") from None
         if ingest.NAMES_DIFFER in exc.codes:  # (Cityscapes-like names: a_leftImg8bit.png / a_gtFine_labelIds.png)
-            keys = (f" (the keys of {labeled_file.name} and {GROUPS_FILE} are then the stems without the endings)"
-                    if labeled is not None or groups is not None else "")
+            named = " and ".join(n for n, there in ((labeled_file.name, labeled is not None),
+                                                     (GROUPS_FILE, groups is not None)) if there)
+            keys = f" (the keys of {named} are then the stems without the endings)" if named else ""
             raise ingest.IngestError(f"{exc}; `run` does not take these options: "
                                      f"{ingest_once(exc.pairing_options)}{keys}") from None
         if "rgb_mask_without_palette" in exc.codes:  # nothing written, pairs refused for want of a palette

@@ -451,7 +451,7 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
 
     monkeypatch.setattr(sample_data, "write_sample_data", interrupted)
     assert cli.main(["sample-data", "shapes", "--output", "x"]) == 130
-    assert capsys.readouterr().err == "segbalance sample-data: interrupted; run the same command again to resume\n"
+    assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"  # (run: "; run the same command again to resume")
 
 
 def test_a_run_folder_with_a_damaged_metadata_store_is_one_line(tmp_path, capsys):
@@ -497,7 +497,7 @@ def test_sigterm_stops_like_ctrl_c_exit_143(monkeypatch, capsys):
 
 @pytest.mark.parametrize("signum, status, line", [
     ("SIGTERM", 143, "stopped (SIGTERM); run the same command again to resume"),
-    ("SIGINT", 130, "interrupted; run the same command again to resume")])
+    ("SIGINT", 130, "interrupted")])
 def test_a_stop_raised_inside_tensorflow_as_another_error_is_still_a_stop(monkeypatch, capsys, signum, status, line):
     """QA: SIGTERM while SegEvaluator loaded a SavedModel arrived through TensorFlow's pybind11 callback as a
     RuntimeError ("MISMATCH of original and normalized active exception types ... REPLACED BY Terminated"):
@@ -655,6 +655,10 @@ class PermissionDenied(Exception):
      "error: read-only file system: /out/pipeline_root/SegTrainer: choose a folder"),
     (_wrapped(PermissionDenied("/out/pipeline_root/SegTrainer/model; Permission denied")),
      "error: permission denied: /out/pipeline_root/SegTrainer/model: choose a folder you can write"),
+    # QA 79: a path with a space was cut at it; "Operation not permitted" was a traceback
+    (PermissionDenied("{{function_node x}} /data/my models/run 1/pipeline_root; Read-only file system"),
+     "error: read-only file system: /data/my models/run 1/pipeline_root: choose a folder"),
+    (PermissionDenied("/sys/fs/x; Operation not permitted"), "error: permission denied: /sys/fs/x: choose a folder"),
 ])
 def test_tensorflow_s_words_for_an_unwritable_folder_are_one_line_exit_2(raised, line, monkeypatch, capsys):
     """QA 77: a pipeline_root made read-only part-way through a run was TensorFlow's PermissionDeniedError (not
@@ -785,3 +789,13 @@ def test_an_output_that_is_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert f"--output {fifo} is not a regular file" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_resume_only_where_the_command_resumes(capsys):
+    """QA 79: Ctrl-C told `ingest` and `report` to run again "to resume"; they start over. `run` resumes."""
+    import signal
+
+    assert cli._stopped("segbalance run", signal.SIGINT, False) == 130
+    assert cli._stopped("segbalance ingest", signal.SIGINT, False) == 130
+    assert capsys.readouterr().err == ("segbalance run: interrupted; run the same command again to resume\n"
+                                       "segbalance ingest: interrupted\n")

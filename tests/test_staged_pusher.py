@@ -130,3 +130,13 @@ def test_the_version_folder_holds_the_evaluation_that_blessed_it(tmp_path):
     record = json.loads((tmp_path / "other" / "serving" / other.get_string_custom_property("pushed_version")
                          / "push_record.json").read_text())
     assert record["evaluation"] is None and record["miou"] is None and "evaluation_uri" not in record["blessing"]
+
+
+def test_without_an_evaluation_file_the_record_takes_the_blessing_s_miou(tmp_path):
+    """QA 79 L7: the evaluation file gone (or another evaluator's blessing with an miou): its value, not null."""
+    from segbalance.components.staged_pusher import push_record
+
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.set_float_custom_property("miou", 0.61)
+    blessing.set_string_custom_property("evaluation_uri", str(tmp_path / "evaluation"))  # its file is gone
+    assert push_record("1", _model(tmp_path), blessing)["miou"] == pytest.approx(0.61)

@@ -120,7 +120,7 @@ def test_run_on_such_a_folder_says_how_to_ingest_it(tmp_path):
                f"--mask-stem-suffix=_gtFine_labelIds --labeled {data / 'labeled.json'} --reference-masks "
                f"{data / 'masks_full'} --output {tmp_path / 'out' / 'data'} --span 0")
     assert f"`{command}`, then `segbalance run --data {tmp_path / 'out' / 'data'}`" in line, line
-    assert "the keys of labeled.json and groups.json are then the stems without the endings" in line
+    assert "the keys of labeled.json are then the stems without the endings" in line
     followed = cli.main(command.split()[1:] + ["--num-classes", "3"])  # the advice, followed
     report = json.loads((tmp_path / "out" / "data" / "Span-0" / "ingest_report.json").read_text())
     assert followed == 0 and report["num_written"] == 3 and report["num_reference_masks"] == 3
