@@ -451,7 +451,7 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
 
     monkeypatch.setattr(sample_data, "write_sample_data", interrupted)
     assert cli.main(["sample-data", "shapes", "--output", "x"]) == 130
-    assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"  # (run: "; run the same command again to resume")
+    assert capsys.readouterr().err == "segbalance sample-data: interrupted\n"  # (run adds how to resume)
 
 
 def test_a_run_folder_with_a_damaged_metadata_store_is_one_line(tmp_path, capsys):
