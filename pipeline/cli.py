@@ -316,19 +316,19 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
             raise
         if debug:
             traceback.print_exc()
-        if denied is not None and read_only is None and full is None and loop is None:
-            print(f"{prog}: error: permission denied: {denied}: choose a folder you can write (and read), or change "
-                  f"its permissions", file=sys.stderr, flush=True)
-        elif loop is not None:  # the user's path (QA 69: pathlib's RuntimeError, a traceback and exit 1)
+        if loop is not None:  # the user's path (QA 69: pathlib's RuntimeError, a traceback and exit 1)
             print(f"{prog}: error: {loop} is a link that loops (it leads back to itself): point it at a real file "
                   f"or folder, or give another path", file=sys.stderr, flush=True)
         elif full is not None:
             print(f"{prog}: error: no space left on the device (writing {full}): free space there "
                   f"(the temporary folder, TMPDIR, counts too) and run the same command again; a run resumes where "
                   f"it stopped", file=sys.stderr, flush=True)
-        else:  # a read-only mount (a container's readOnly volume, say): as unwritable as a denied permission
+        elif read_only is not None:  # a read-only mount (a container's readOnly volume, say)
             print(f"{prog}: error: read-only file system: {read_only}: choose a folder on a file system you can "
                   f"write, or mount it read-write", file=sys.stderr, flush=True)
+        else:  # TensorFlow's PermissionDeniedError: as the PermissionError above
+            print(f"{prog}: error: permission denied: {denied}: choose a folder you can write (and read), or change "
+                  f"its permissions", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the commands' own clean-up (finally blocks) has run
         return _stopped(prog, stop_signals.stopped(exc), debug)

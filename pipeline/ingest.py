@@ -208,6 +208,13 @@ class IngestResult:
         report.update(error=error, num_written=0, written=[], good_not_written=self.written)
         return report
 
+    def write_failed_report(self, error: str) -> Path:
+        """``failed_report`` written beside the target (``failed_report_path``); its path, for the error."""
+        path = failed_report_path(self.target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.failed_report(error), indent=1))
+        return path
+
 
 def failed_report_path(target: Path) -> Path:
     """Where the report goes when nothing is written: beside TARGET (never inside it, so no empty
@@ -863,9 +870,7 @@ def ingest(
             failed.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
             failed.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped()]
             problem = f"no image file pairs with a mask file of the same stem in {images_dir} and {masks_dir}: {text}"
-            report_path = failed_report_path(target)  # as for any ingest that writes nothing (QA 79)
-            report_path.parent.mkdir(parents=True, exist_ok=True)
-            report_path.write_text(json.dumps(failed.failed_report(problem), indent=1))
+            report_path = failed.write_failed_report(problem)  # as for any ingest that writes nothing (QA 79)
             error = IngestError(f"{problem}; nothing was written; report: {report_path}")
             error.codes = frozenset({NAMES_DIFFER})
             error.pairing_options = suggestion_options(suggestion)
@@ -883,11 +888,10 @@ def ingest(
                   f"{ending!r} ({_sample([p.name for p in listing.without_ending], 3)}): not read; they are listed "
                   f"in the report (skipped_files)", file=sys.stderr)
     without_ending = {str(p) for p in image_list.without_ending + mask_list.without_ending}
-    if set(result.skipped_files) - without_ending:
-        print(f"ingest: warning: skipped {len(set(result.skipped_files) - without_ending)} files that ingest does "
-              f"not read "
-              f"({_sample(sorted(set(result.skipped_files) - without_ending), 3)}): it reads only files directly in "
-              f"{images_dir} and {masks_dir} "
+    unread = sorted(set(result.skipped_files) - without_ending)  # (those without the ending: said above)
+    if unread:
+        print(f"ingest: warning: skipped {len(unread)} files that ingest does not read ({_sample(unread, 3)}): it "
+              f"reads only files directly in {images_dir} and {masks_dir} "
               f"(not in sub-folders) ending in {', '.join(IMAGE_SUFFIXES)}", file=sys.stderr)
     if options.labeled is not None:
         result.labeled_unmatched = sorted(set(options.labeled) - set(images))
@@ -951,8 +955,7 @@ def ingest(
             result.num_groups = len({options.groups[stem] for stem in result.written})
         problem = _nothing_written_reason(result, images_dir, masks_dir, strict)
         if problem:
-            report_path = failed_report_path(target)
-            report_path.write_text(json.dumps(result.failed_report(problem), indent=1))
+            report_path = result.write_failed_report(problem)
             error = IngestError(f"{problem}; report: {report_path}")
             error.codes = frozenset(b["code"] for b in result.bad)
             raise error

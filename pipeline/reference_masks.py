@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from segbalance.contract import IMAGE_SUFFIXES, REFERENCE_MASKS_FOLDER, UserError, source_id_of
+from segbalance.pipeline.stem_pairing import strip_stem_suffix
 
 
 class ReferenceMaskError(UserError):
@@ -26,7 +27,6 @@ class ReferenceMaskError(UserError):
 def image_sizes(images_dir: Path, stem_suffix: str = "") -> Dict[str, Tuple[int, int]]:
     """{source_id of the file stem (``stem_suffix`` dropped, as ingest pairs them): (height, width) as ingest
     stores the image (EXIF orientation applied)}; headers only."""
-    from segbalance.pipeline.stem_pairing import strip_stem_suffix
     from PIL import Image
 
     from segbalance.trainer.example_codec import shown_size
@@ -47,7 +47,6 @@ def image_sizes(images_dir: Path, stem_suffix: str = "") -> Dict[str, Tuple[int,
 def _paths(folder: Path, stem_suffix: str) -> Dict[str, str]:
     """``reference_paths`` of ``folder`` keyed by stem with ``stem_suffix`` dropped (ingest's mask ending)."""
     from segbalance.components.seg_evaluator import reference_paths
-    from segbalance.pipeline.stem_pairing import strip_stem_suffix
 
     return {strip_stem_suffix(stem, stem_suffix): path for stem, path in reference_paths(str(folder)).items()}
 

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from segbalance.contract import UserError, counted
+from segbalance.contract import UserError, binary_masks_advice, counted
 from segbalance.pipeline.ingest_reports import ingest_report
 
 
@@ -69,9 +69,7 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
         # (QA 76: such spans trained background only, and the model was blessed and pushed)
         ignored = sum(int(r.get("masks_with_ignore") or 0) for r in reports.values())
         ii = config.classes.ignore_index
-        binary = (f"; {ignored} masks hold {ii}, the ignore index: binary masks saved as 0/{ii} mark their "
-                  f"foreground 'no label': ingest them again with --palette holding {{\"0\": 0, \"1\": {ii}}}"
-                  if ignored else "")
+        binary = f"; {ignored} masks hold {ii}, the ignore index: {binary_masks_advice(ii)}" if ignored else ""
         raise SpanRecordError(f"{', '.join(str(f) for f in reports)}: no mask holds a class id other than 0 "
                               f"(background; ingest_report.json max_class_id): there is nothing to learn for the "
                               f"other classes{binary}")

@@ -88,9 +88,10 @@ def suggestion_options(suggestion: Suggestion) -> str:
     """The ingest options of a suggestion, as a shell takes them (``=``: an ending may start with '-'); with
     several mask endings, ``--mask-stem-suffix=ENDING`` (the message lists them)."""
     image_end, mask_ends, _ = suggestion
-    mask_end = mask_ends[0] if len(mask_ends) == 1 else "ENDING"
-    return " ".join(f"--{side}-stem-suffix={shlex.quote(end) if end != 'ENDING' else end}"
-                    for side, end in (("image", image_end), ("mask", mask_end)) if end)
+    options = [f"--image-stem-suffix={shlex.quote(image_end)}"] if image_end else []
+    if len(mask_ends) > 1 or mask_ends[0]:
+        options.append(f"--mask-stem-suffix={shlex.quote(mask_ends[0]) if len(mask_ends) == 1 else 'ENDING'}")
+    return " ".join(options)
 
 
 def suggestion_text(suggestion: Suggestion, image_name: str, mask_name: str) -> str:

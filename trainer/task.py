@@ -50,7 +50,8 @@ from typing import List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from segbalance.contract import MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE, UserError, message_excerpt
+from segbalance.contract import (MAX_BAD_ID_FRACTION, TRAINING_SUMMARY_FILE, UserError, binary_masks_advice,
+                                 message_excerpt)
 from segbalance.trainer.class_stats_io import labeled_by_source_id, read_class_stats, read_quarantine
 from segbalance.trainer import data, model as model_lib
 from segbalance.trainer.loss_config import LossConfig
@@ -120,9 +121,8 @@ def check_inputs(config: TrainerConfig, stats: dict, quarantine: list, num_train
         raise DataMismatchError(
             f"the training split holds no pixel of any class but {config.classes.names[0]!r} (class 0) in "
             f"{stats['num_records']} records ({stats.get('ignored_pixels', 0)} pixels marked 'no label', "
-            f"{ignore_index}): there is nothing to learn for the other classes; check the masks (binary masks "
-            f"saved as 0/{ignore_index} mark their foreground 'no label': ingest them again with --palette "
-            f"holding {{\"0\": 0, \"1\": {ignore_index}}})")
+            f"{ignore_index}): there is nothing to learn for the other classes; check the masks "
+            f"({binary_masks_advice(ignore_index)})")
 
 
 class DevicesError(ValueError, UserError):

@@ -45,6 +45,12 @@ DEFAULT_IGNORE_INDEX = 255
 MAX_CLASSES = 255  # masks are 8-bit PNG: class ids 0..254, and one value (255 by default) for "no label"
 
 
+def binary_masks_advice(ignore_index: int) -> str:
+    """What to do with binary masks saved as 0/``ignore_index`` (their foreground reads as 'no label')."""
+    return (f"binary masks saved as 0/{ignore_index} mark their foreground 'no label': ingest them again with "
+            f"--palette holding {{\"0\": 0, \"1\": {ignore_index}}}")
+
+
 def ignore_index_problem(num_classes: Optional[int], ignore_index: int) -> Optional[str]:
     """Why ``ignore_index`` cannot mean "no label" in 8-bit masks of class ids ``0..num_classes-1``
     (None: it can; ``num_classes`` None: not known yet). One rule for the config, ingest and stats:
