@@ -57,14 +57,20 @@ class DataReportExecutor(base_executor.BaseExecutor):
 
         output = artifact_utils.get_single_instance(output_dict["report"])
         target = os.path.join(output.uri, REPORT_FILE)
-        staging = tempfile.mkdtemp(prefix="segbalance-report-")  # local copies of remote artifacts
+        staging: List[str] = []  # a folder for local copies of remote artifacts, made only when one is read (a
+        # killed local run left an empty one in /tmp each time: QA 77)
         shown: Dict[str, str] = {}
+
+        def staged(name):
+            if not staging:
+                staging.append(tempfile.mkdtemp(prefix="segbalance-report-"))
+            return os.path.join(staging[0], name)
 
         def local(key, only=None):
             remote = uri(key)
             if remote is None or not is_remote(remote):
                 return remote
-            folder = copy_artifact(remote, os.path.join(staging, key), only)
+            folder = copy_artifact(remote, staged(key), only)
             shown[folder] = remote
             return folder
 
@@ -81,12 +87,13 @@ class DataReportExecutor(base_executor.BaseExecutor):
             given = [key for key in ("statistics", "anomalies", "evaluation", "drift", "model_run") if uri(key)]
             print(f"DataReport: rendering {uri('class_stats')} with {', '.join(given) or 'no other input'}",
                   flush=True)
-            path = render_report(sources, os.path.join(staging, REPORT_FILE) if is_remote(target) else target)
+            path = render_report(sources, staged(REPORT_FILE) if is_remote(target) else target)
             if path != target:
                 tf.io.gfile.makedirs(output.uri)
                 tf.io.gfile.copy(path, target, overwrite=True)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            for folder in staging:
+                shutil.rmtree(folder, ignore_errors=True)
         logging.info("DataReport: wrote %s", target)
         print(f"DataReport: wrote {target} ({tf.io.gfile.stat(target).length // 1024} KiB)", flush=True)
 

@@ -189,3 +189,70 @@ def test_partial_annotation_rule_with_class_id_predictions():
     sparse.update_state({"mask": mask, "labeled": labeled}, ids)
     dense.update_state({"mask": mask, "labeled": labeled}, np.eye(C, dtype=np.float32)[ids])
     assert float(sparse.result()) == pytest.approx(float(dense.result())) == pytest.approx(0.5)
+
+
+def keras_class_iou(masks, logits, class_id, num_classes):
+    """Keras' own IoU of one class (independent of the shared matrix) over the batches."""
+    metric = keras.metrics.IoU(num_classes, [class_id], ignore_class=IGNORE, sparse_y_pred=False)
+    for mask, lg in zip(masks, logits):
+        metric.update_state(mask, lg)
+    return float(metric.result())
+
+
+def test_per_class_metrics_share_the_miou_matrix_and_match_keras_iou():
+    """segmentation_metrics keeps one confusion matrix (miou's); each class's metric equals Keras' IoU of that
+    class, an absent class included (0), and resetting miou resets them all (QA 76 M4)."""
+    from segbalance.trainer.metrics import SharedClassIoU
+
+    rng = np.random.default_rng(5)
+    metrics = segmentation_metrics(list("wxyz"), IGNORE)
+    miou, per_class = metrics[0], metrics[1:]
+    assert all(isinstance(m, SharedClassIoU) and not m.variables for m in per_class)
+    assert len([v for m in metrics for v in m.variables]) == 1  # one C x C matrix in all
+    masks, logits = zip(*(batch(rng, absent=3) for _ in range(3)))
+    for mask, lg in zip(masks, logits):
+        miou.update_state(mask, lg)  # the per-class metrics need no update of their own
+    got = results(metrics)
+    for c, m in enumerate(per_class):
+        assert got[m.name] == pytest.approx(keras_class_iou(masks, logits, c, C), rel=1e-7, abs=1e-12)
+    assert got["iou_z"] == 0.0 and got["iou_w"] > 0.0
+    for m in per_class:  # what compile / reset_metrics do: no-ops that keep the shared counts
+        m.update_state(masks[0], logits[0])
+        m.reset_state()
+    assert results(metrics) == got
+    miou.reset_state()
+    assert all(v == 0.0 for v in results(metrics).values())
+
+
+def test_shared_class_iou_config_reloads_as_a_class_iou():
+    rng = np.random.default_rng(6)
+    view = segmentation_metrics(list("wxyz"), IGNORE)[2]
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(view))
+    assert type(clone) is ClassIoU and clone.name == "iou_x"
+    assert clone.get_config() == view.get_config() == ClassIoU(C, [1], name="iou_x", ignore_class=IGNORE).get_config()
+    mask, lg = batch(rng)
+    clone.update_state(mask, lg)
+    assert float(clone.result()) == pytest.approx(keras_class_iou([mask], [lg], 1, C), rel=1e-7)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_saved_compiled_model_reloads_with_its_metrics(tmp_path, jit_compile):
+    """model.keras keeps the compile config: loaded with compile=True, evaluate gives the same per-class IoU
+    (the shared views come back as standalone ClassIoU metrics)."""
+    from segbalance.trainer.segmentation_loss import SegmentationLoss
+    from segbalance.trainer.segmentation_model import SegmentationModel
+
+    rng = np.random.default_rng(7)
+    inputs = keras.Input((6, 5, 3))
+    model = SegmentationModel(inputs=inputs, outputs=keras.layers.Conv2D(C, 1)(inputs))
+    model.compile(loss=SegmentationLoss({"terms": [{"type": "ce"}]}, ignore_index=IGNORE),
+                  metrics=segmentation_metrics(list("wxyz"), IGNORE), jit_compile=jit_compile)
+    images = rng.normal(size=(3, 6, 5, 3)).astype(np.float32)
+    mask, _ = batch(rng, b=3)
+    got = model.evaluate(images, mask, batch_size=1, verbose=0, return_dict=True)
+    iou, miou = numpy_iou([mask], [model.predict(images, verbose=0)])
+    np.testing.assert_allclose([got[f"iou_{n}"] for n in "wxyz"], np.nan_to_num(iou), rtol=1e-5)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    again = loaded.evaluate(images, mask, batch_size=1, verbose=0, return_dict=True)
+    assert again == pytest.approx(got, rel=1e-6)

@@ -300,7 +300,7 @@ def test_data_report_executor_writes_report_html(report, tmp_path, capsys):
                    class_stats=types.Channel(type=ClassStats))
 
 
-def test_data_report_reads_and_writes_artifacts_on_a_remote_file_system(report, tmp_path, capsys):
+def test_data_report_reads_and_writes_artifacts_on_a_remote_file_system(report, tmp_path, capsys, monkeypatch):
     """A Kubeflow run's artifacts are on gs:// (s3://, ...): the report read them with local file calls, found
     no class_stats.json and failed the run's last step (nor could it write its page there). Here TensorFlow's
     ram:// file system stands in for gs://, records included: the page equals the one of the local folders,
@@ -347,8 +347,17 @@ def test_data_report_reads_and_writes_artifacts_on_a_remote_file_system(report, 
             return f.read()
 
     before = set(Path(tempfile.gettempdir()).glob("segbalance-report-*"))  # another process's (a killed run's)
+    made, mkdtemp = [], tempfile.mkdtemp
+
+    def recorded_mkdtemp(**kwargs):
+        made.append(mkdtemp(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recorded_mkdtemp)
     far = run({key: f"{remote}/{key}" for key in types}, f"{remote}/out")
+    assert len(made) == 1
     near = run(local_dirs, str(tmp_path / "out"))
+    assert len(made) == 1  # a local run makes no staging folder (a killed one left an empty one behind: QA 77)
     assert f"DataReport: wrote {remote}/out/report.html" in capsys.readouterr().out
     inputs = re.compile(r'<p class="note">Inputs: .*?</p>')
     assert f"class_stats_dir: {remote}/class_stats" in inputs.search(far).group(0)  # the addresses, not copies

@@ -6,7 +6,8 @@ per-batch values), with the prediction the arg-max of the logits. Pixels whose t
 non-zero (a class absent from both truth and prediction is undefined, not 0 or 1).
 
 Keras' ``IoU`` / ``MeanIoU`` do the counting (a confusion matrix variable, so the metrics
-are correct under ``MirroredStrategy``); the subclasses here also accept ``y_true`` as the
+are correct under ``MirroredStrategy``; ``segmentation_metrics`` keeps one, in ``miou``, which the
+per-class metrics read); the subclasses here also accept ``y_true`` as the
 dict the trainer's dataset yields (``{"mask", "labeled", ...}``), so they work with or without
 ``SegmentationModel.compute_metrics`` unpacking it.
 
@@ -85,6 +86,60 @@ class MeanIoU(keras.metrics.MeanIoU):
         return super().update_state(truth, y_pred, sample_weight)
 
 
+@keras.saving.register_keras_serializable(package="segbalance")
+class SharedClassIoU(keras.metrics.Metric):
+    """IoU of one class read from another IoU metric's confusion matrix (``source``, the ``miou`` of
+    ``segmentation_metrics``): it counts nothing itself, so its ``update_state`` and ``reset_state`` do
+    nothing and only ``source`` must see the data. The value is ``ClassIoU(num_classes, [class_id])``'s
+    on the same data (same formula, same epsilon), and its config is that ``ClassIoU``'s: a saved model
+    reloads it as a ``ClassIoU`` of its own.
+
+    Why (QA 76 M4): one ``ClassIoU`` per class kept C confusion matrices and took C arg-maxes of the
+    [B,H,W,C] logits per step; at 255 classes the metrics alone took about 3 s a step on 2 CPU cores."""
+
+    def __init__(self, source: keras.metrics.IoU, class_id: int, name=None, **kwargs):
+        super().__init__(name=name, dtype=source.dtype, **kwargs)
+        object.__setattr__(self, "_source", source)  # not tracked: its variables stay the source's own
+        self.class_id = int(class_id)
+
+    @property
+    def num_classes(self) -> int:
+        return self._source.num_classes
+
+    @property
+    def ignore_class(self):
+        return self._source.ignore_class
+
+    @property
+    def target_class_ids(self) -> List[int]:
+        return [self.class_id]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        pass
+
+    def reset_state(self):
+        pass
+
+    def result(self):
+        cm = self._source.total_cm
+        true_positive = ops.cast(cm[self.class_id, self.class_id], self.dtype)
+        denominator = (ops.cast(ops.sum(cm[:, self.class_id]), self.dtype)
+                       + ops.cast(ops.sum(cm[self.class_id, :]), self.dtype) - true_positive)
+        valid = ops.cast(ops.greater(denominator, 1e-9), self.dtype)
+        iou = ops.divide(true_positive, denominator + keras.backend.epsilon())
+        return ops.divide(iou, valid + keras.backend.epsilon())
+
+    def get_config(self):
+        source = self._source
+        return dict(super().get_config(), num_classes=self.num_classes, target_class_ids=self.target_class_ids,
+                    ignore_class=self.ignore_class, sparse_y_true=source.sparse_y_true,
+                    sparse_y_pred=source.sparse_y_pred, axis=source.axis)
+
+    @classmethod
+    def from_config(cls, config):
+        return ClassIoU(**config)
+
+
 def metric_name(class_name: str) -> str:
     """``iou_<class name>`` with accents dropped and anything but letters, digits and _ replaced
     (may be ``iou_`` alone for a name with no such character: ``metric_names`` makes them unique)."""
@@ -111,9 +166,10 @@ def metric_names(class_names: Sequence[str]) -> List[str]:
 
 def segmentation_metrics(class_names: Sequence[str], ignore_index: int = DEFAULT_IGNORE_INDEX
                          ) -> List[keras.metrics.Metric]:
-    """``[miou, iou_<name> for each class]``; logged by ``fit`` as ``miou``, ``val_iou_<name>``, ..."""
+    """``[miou, iou_<name> for each class]``; logged by ``fit`` as ``miou``, ``val_iou_<name>``, ...
+
+    ``miou`` keeps the one confusion matrix; the per-class metrics read it (``SharedClassIoU``): pass
+    them all to ``compile`` together, or update ``miou`` yourself."""
     num_classes = len(class_names)
-    metrics = [MeanIoU(num_classes, name="miou", ignore_class=ignore_index)]
-    for c, name in enumerate(metric_names(class_names)):
-        metrics.append(ClassIoU(num_classes, [c], name=name, ignore_class=ignore_index))
-    return metrics
+    miou = MeanIoU(num_classes, name="miou", ignore_class=ignore_index)
+    return [miou] + [SharedClassIoU(miou, c, name=name) for c, name in enumerate(metric_names(class_names))]
