@@ -60,7 +60,8 @@ from segbalance.contract import (DEFAULT_IGNORE_INDEX, GROUP_KEY, IMAGE_KEY, LAB
 from segbalance.components.component_config import StatsConfig
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
-from segbalance.trainer.example_codec import TURNED_FORMATS, shown_size
+from segbalance.trainer.example_codec import TURNED_FORMATS, exif_orientation, shown_size
+from segbalance.trainer.png_chunks import png_damage
 
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
@@ -333,6 +334,14 @@ def decode_mask_counts(data: bytes):
                 raise Quarantined("bad_mask", f"mask is a {bits}-bit greyscale PNG: TensorFlow scales its values to "
                                               f"8 bits (id 1 of a {bits}-bit mask reads as {255 // (2 ** bits - 1)}); "
                                               f"write the ids as an 8-bit greyscale PNG")
+            damage = png_damage(data)  # as libpng reads it: Pillow's verify misses a cut IEND (QA 80 H1)
+            if damage:
+                raise Quarantined("bad_mask", f"mask is a damaged PNG ({damage}): TensorFlow cannot decode it")
+            orientation = exif_orientation(img)
+            if orientation != 1:  # the trainer turns the image by its tag, never the mask (QA 80 M2)
+                raise Quarantined("bad_mask", f"mask has an EXIF orientation tag ({orientation}), which the trainer "
+                                              f"does not apply to masks: store it as shown, without the tag "
+                                              f"(segbalance ingest turns such masks)")
             img.verify()  # every chunk's CRC and the end chunk: TensorFlow refuses a damaged PNG that Pillow reads
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -366,7 +375,8 @@ def check_bmp(data: bytes, mode: str) -> None:
 def check_image(data: Optional[bytes], mask_shape) -> None:
     """Quarantined unless ``data`` is an image Transform decodes, of the mask's height and width.
 
-    PNG: the header and every chunk's CRC (``verify``, no decompression); other formats: a full decode.
+    PNG: the header, every chunk's CRC and their order (``png_damage``, ``verify``; no decompression); other
+    formats: a full decode.
     """
     from PIL import Image
 
@@ -380,9 +390,14 @@ def check_image(data: Optional[bytes], mask_shape) -> None:
             height, width = shown_size(img, turn=fmt in TURNED_FORMATS)
             turned = (height, width) != img.size[::-1]
             if fmt == "PNG":
+                damage = png_damage(data)  # as libpng reads it: Pillow's verify misses a cut IEND (QA 80 H1)
+                if damage:
+                    raise Quarantined("bad_image", f"image is a damaged PNG ({damage}): TensorFlow cannot decode it")
                 img.verify()
             else:
                 img.load()
+    except Quarantined:
+        raise
     except Exception as exc:  # noqa: BLE001
         reason = "not an image format PIL reads" if type(exc).__name__ == "UnidentifiedImageError" else str(exc)
         raise Quarantined("bad_image", f"cannot decode image: {reason}") from exc

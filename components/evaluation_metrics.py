@@ -9,6 +9,16 @@ from typing import Optional, Tuple
 import numpy as np
 
 
+# what one request of the serving model may hold in its float32 outputs at the input size (logits resized,
+# probabilities): 2 x H x W x C x 4 bytes an image (QA 76: 16 images of 1024x2048 at 150 classes were ~42 GB)
+PREDICT_BUDGET_BYTES = 1 << 30
+
+
+def request_bytes(size: Tuple[int, int], num_classes: int) -> int:
+    """Bytes of the serving model's float32 outputs for one image of ``size`` (H, W): 2 x H x W x C x 4."""
+    return 2 * int(size[0]) * int(size[1]) * int(num_classes) * 4
+
+
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
     """[C, C] int64 counts, rows = true class, columns = predicted; ignore pixels skipped.
 

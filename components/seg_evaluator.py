@@ -41,6 +41,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils, path_utils
 
 from segbalance.components import evaluation_metrics
+from segbalance.components.evaluation_metrics import PREDICT_BUDGET_BYTES, request_bytes  # noqa: F401 (re-exported)
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
@@ -220,15 +221,9 @@ def load_eval_set(records, reference_masks_dir: Optional[str],
     return items, counts
 
 
-# what one request of the serving model may hold in its float32 outputs at the input size (logits resized,
-# probabilities): 2 x H x W x C x 4 bytes an image (QA 76: 16 images of 1024x2048 at 150 classes were ~42 GB)
-PREDICT_BUDGET_BYTES = 1 << 30
-
-
 def batch_size_for(size: Tuple[int, int], num_classes: int, largest: int = 16) -> int:
     """Images of ``size`` per serving request: at most ``largest``, within ``PREDICT_BUDGET_BYTES``, at least 1."""
-    per_image = 2 * int(size[0]) * int(size[1]) * num_classes * 4
-    return max(1, min(largest, PREDICT_BUDGET_BYTES // max(1, per_image)))
+    return max(1, min(largest, PREDICT_BUDGET_BYTES // max(1, request_bytes(size, num_classes))))
 
 
 def confusion_over(predict, items, num_classes: int, ignore_index: int, batch_size: int = 16,

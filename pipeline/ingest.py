@@ -69,12 +69,14 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segbalance.components.evaluation_metrics import PREDICT_BUDGET_BYTES, request_bytes
 from segbalance.contract import (CLASS_NAMES_FILE, IMAGE_SUFFIXES, MAX_CLASSES, MAX_SPAN, REFERENCE_MASKS_FOLDER,
                                  UserError, counted, ignore_index_problem, source_id_of)
 from segbalance.pipeline import output_guard
@@ -82,6 +84,7 @@ from segbalance.pipeline.ingest_reports import REPORT_NAME  # noqa: F401 (ingest
 from segbalance.pipeline.stem_pairing import (strip_stem_suffix, suggest_stem_suffixes, suggestion_options,
                                               suggestion_text)
 from segbalance.trainer import example_codec as codec
+from segbalance.trainer.png_chunks import png_damage
 
 # Mask files are listed with every image suffix, so a .jpg mask is a bad pair that says why
 # (masks must be lossless) instead of an image "without mask".
@@ -177,6 +180,8 @@ class IngestResult:
     max_class_id: int = -1  # the largest class id in the written masks (ignore_index not counted; -1: none)
     masks_with_ignore: int = 0  # written masks holding ignore_index pixels
     num_reference_masks: int = 0  # complete masks kept for evaluation (--reference-masks)
+    # written images too large for one evaluation request ({source_id, height, width}; ``large_image_note``)
+    large_images: List[dict] = field(default_factory=list)
 
     def report(self) -> dict:
         return {
@@ -194,12 +199,14 @@ class IngestResult:
             "max_class_id": self.max_class_id,
             "masks_with_ignore": self.masks_with_ignore,
             "num_reference_masks": self.num_reference_masks,
+            "num_large_images": len(self.large_images),
             "bad": self.bad,
             "written": self.written,
             "labeled_unmatched": self.labeled_unmatched,
             "groups_unmatched": self.groups_unmatched,
             "skipped_files": self.skipped_files,
             "exif_rotated_source_ids": self.exif_rotated,
+            "large_images": self.large_images,
         }
 
     def failed_report(self, error: str) -> dict:
@@ -218,8 +225,11 @@ class IngestResult:
 
 def failed_report_path(target: Path) -> Path:
     """Where the report goes when nothing is written: beside TARGET (never inside it, so no empty
-    span is created), under a name that does not start with ``Span-`` (not taken for a span)."""
-    return target.parent / f"ingest_report.{target.name}.failed.json"
+    span is created), under a name that does not start with ``Span-`` (not taken for a span). TARGET's name is cut
+    to fit one file name (QA 80 L1: a 245-character TARGET failed with a traceback after its data was written)."""
+    prefix, suffix = "ingest_report.", ".failed.json"
+    name = output_guard.cut_name(target.name, output_guard.NAME_MAX - len(prefix) - len(suffix))
+    return target.parent / f"{prefix}{name}{suffix}"
 
 
 def _sample(names: Sequence[str], limit: int = 5) -> str:
@@ -309,7 +319,10 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
             elif path.suffix.lower() not in suffixes:
                 listing.other_suffix.setdefault(stem, path)
             elif stem in listing.files:
-                raise IngestError(f"two {what} files share the stem {stem!r}: {listing.files[stem].name}, {path.name}; "
+                other = listing.files[stem].name
+                forms = (" (the same name in different Unicode forms, NFC / NFD)"
+                         if source_id_of(other) == source_id_of(path.name) else "")  # QA 80 L4: names looked alike
+                raise IngestError(f"two {what} files share the stem {stem!r}: {other}, {path.name}{forms}; "
                                   f"keep one")
             else:
                 listing.files[stem] = path
@@ -522,15 +535,20 @@ def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
     """Decode mask bytes to ids [H, W] (or colours [H, W, 3] for --palette); ValueError says what the
     file is when it cannot be a mask: lossy (JPEG) data, an alpha channel, an unreadable file.
     ``colours`` (a --palette was given): a palette ("P") PNG gives its pixels' colours, which --palette
-    maps, not its palette indices (whose order need not be the --palette's)."""
+    maps, not its palette indices (whose order need not be the --palette's). A mask with an EXIF orientation tag
+    is turned as shown, like its image (``read_image``; QA 80 M2: it was stored as written, 90 degrees off its
+    turned image)."""
     if codec.image_format(data) == b"jpeg":
         under = f" under a {Path(name).suffix} name" if Path(name).suffix.lower() not in (".jpg", ".jpeg") else ""
         raise PairError("lossy_mask", f"mask {name} is JPEG data{under}: JPEG is lossy and changes class ids at "
                                       f"region edges; masks must be lossless PNG")
+    _check_png_chunks(data, f"mask {name}")
     with _decoding(f"mask {name}", "expected PNG data"):
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            fmt, mode = img.format, img.mode
+        with Image.open(io.BytesIO(data)) as stored:
+            turned = codec.exif_orientation(stored) in range(2, 9)  # from the header, as for images
+            stored.load()
+            fmt, mode = stored.format, stored.mode
+            img = ImageOps.exif_transpose(stored) if turned else stored  # flips and quarter turns: ids kept
             if fmt not in LOSSLESS_MASK_FORMATS:
                 raise PairError("lossy_mask", f"mask {name} is {fmt} data; masks must be lossless PNG")
             if fmt == "TIFF" and "jpeg" in str(img.info.get("compression", "")).lower():
@@ -565,10 +583,20 @@ def _png_grey_depth(data: bytes) -> Optional[int]:
     return None
 
 
+def _check_png_chunks(data: bytes, what: str) -> None:
+    """PairError for a PNG libpng (TensorFlow's decoder) refuses, checked before Pillow opens it: Pillow reads a
+    PNG cut in its IEND chunk or with a wrong IEND CRC or an unknown critical chunk (QA 80 H1: the run then
+    stopped with a traceback), and called a wrong checksum before the pixels "not an image PIL can read" (L5)."""
+    damage = png_damage(data)
+    if damage:
+        raise PairError("undecodable", f"{what} is a damaged PNG ({damage}): TensorFlow cannot decode it; export "
+                                       f"or copy the file again")
+
+
 def _check_complete(data: bytes, what: str) -> None:
     """PairError unless the file is complete: Pillow decodes a PNG with a bad chunk checksum or
-    without its end chunk, TensorFlow does not (the pipeline would then drop the record).
-    ``verify`` (on a fresh open: it consumes the file) checks PNG chunk CRCs and the IEND chunk."""
+    without its end chunk, TensorFlow does not (the pipeline would then stop on the record).
+    ``verify`` (on a fresh open: it consumes the file) checks what ``_check_png_chunks`` left to it."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.verify()
@@ -601,6 +629,7 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
     image with an EXIF orientation tag is turned as viewers (and annotation tools) show it and
     re-encoded to PNG: masks are drawn on the image as shown. PairError says what is wrong."""
     what = f"image {name}"
+    _check_png_chunks(data, what)
     with _decoding(what, "PNG, JPEG, BMP or TIFF"):
         with Image.open(io.BytesIO(data)) as img:
             rotated = codec.exif_orientation(img) in range(2, 9)  # from the header, as the trainer reads it
@@ -679,18 +708,21 @@ def _mask_ids(mask: np.ndarray, options: IngestOptions, name: str = "") -> np.nd
 def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOptions,
                 notes: Optional[List[str]] = None) -> bytes:
     """Check one pair and return its serialized Example; PairError (a ValueError) says what is
-    wrong. ``notes`` gets "exif_rotated" when the image was turned upright by its EXIF tag, and
-    ``MAX_ID_NOTE`` + the mask's largest class id (ignore_index not counted)."""
+    wrong. ``notes`` gets "exif_rotated" when the image was turned upright by its EXIF tag,
+    ``MAX_ID_NOTE`` + the mask's largest class id (ignore_index not counted), and ``LARGE_NOTE`` + HxW for an
+    image too large for one evaluation request (``large_image_note``)."""
     image_bytes, (height, width), rotated = read_image(image_path.read_bytes(), image_path.name)
     mask_bytes = mask_path.read_bytes()
     mask = read_mask(mask_bytes, mask_path.name, colours=_has_colours(options.palette))
+    mask_turned = _exif_turned(mask_bytes)
     if (height, width) != mask.shape[:2]:
-        upright = " (turned upright by its EXIF orientation tag)" if rotated else ""
-        raise PairError("size_mismatch", f"image{upright} is {width}x{height} but mask is "
-                                         f"{mask.shape[1]}x{mask.shape[0]} (WxH)")
+        upright = " (turned upright by its EXIF orientation tag)"
+        raise PairError("size_mismatch", f"image{upright * rotated} is {width}x{height} but "
+                                         f"mask{upright * mask_turned} is {mask.shape[1]}x{mask.shape[0]} (WxH)")
     ids = _mask_ids(mask, options, mask_path.name)
-    if options.palette is not None or not (mask.ndim == 2 and mask.dtype == np.uint8
-                                           and codec.image_format(mask_bytes) == b"png" and _is_grey_png(mask_bytes)):
+    if options.palette is not None or mask_turned or not (mask.ndim == 2 and mask.dtype == np.uint8 and
+                                                          codec.image_format(mask_bytes) == b"png"
+                                                          and _is_grey_png(mask_bytes)):
         mask_bytes = codec.encode_png(ids)
     labeled = options.labeled.get(stem) if options.labeled is not None else None
     group = options.groups[stem] if options.groups is not None else None
@@ -698,6 +730,8 @@ def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOpt
     if notes is not None:
         if rotated:
             notes.append("exif_rotated")
+        if request_bytes((height, width), options.num_classes or 2) > PREDICT_BUDGET_BYTES:
+            notes.append(f"{LARGE_NOTE}{height}x{width}")
         labelled = ids[ids != options.ignore_index]
         if labelled.size:
             notes.append(f"{MAX_ID_NOTE}{int(labelled.max())}")
@@ -707,6 +741,31 @@ def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOpt
 
 
 MAX_ID_NOTE = "max_class_id="  # encode_pair's note of a mask's largest class id
+LARGE_NOTE = "large="  # encode_pair's note of an image too large for one evaluation request: large=HxW
+
+
+def large_image_note(large: List[dict], num_classes: Optional[int]) -> str:
+    """The warning for images whose one evaluation request exceeds SegEvaluator's budget (QA 80 M1: three
+    13000x13000 PNGs of 569 KB took a run past 12 GB): every component decodes them whole, and SegEvaluator
+    predicts at the input size (2 x H x W x C float32), however small the training size."""
+    classes = num_classes or 2
+    shown = ", ".join(f"{e['source_id']} ({e['width']}x{e['height']}, about "
+                      f"{request_bytes((e['height'], e['width']), classes) / 2 ** 30:.1f} GiB)" for e in large[:3])
+    more = f" and {len(large) - 3} more" if len(large) > 3 else ""
+    return (f"ingest: warning: {len(large)} images are too large for one evaluation request "
+            f"({PREDICT_BUDGET_BYTES / 2 ** 30:.0f} GiB at {classes}{'' if num_classes else ' or more'} classes): "
+            f"{shown}{more}. Every component decodes them at full size and the evaluation predicts at that size, "
+            f"whatever training.image_size is; if memory is short, downscale them with their masks "
+            f"(nearest-neighbour) before ingest (listed in {REPORT_NAME}: large_images)")
+
+
+def _exif_turned(data: bytes) -> bool:
+    """Whether a file's EXIF orientation tag (header only) turns or flips it as shown."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return codec.exif_orientation(img) in range(2, 9)
+    except Exception:  # read_mask has named an unreadable file already
+        return False
 
 
 def _has_colours(palette: Optional[dict]) -> bool:
@@ -734,14 +793,16 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int]:
+def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int, List[dict]]:
     """(written stems, bad-pair entries, written stems whose image was turned upright, the largest class id,
-    the number of written masks holding the ignore index)."""
+    the number of written masks holding the ignore index, the large images: ``large_image_note``)."""
     import tensorflow as tf
 
     shard_path, name, pairs, options, progress_every = args  # name: the shard's final name
-    written, bad, rotated, max_id, with_ignore = [], [], [], -1, 0
-    with tf.io.TFRecordWriter(str(shard_path)) as writer:
+    written, bad, rotated, max_id, with_ignore, large = [], [], [], -1, 0, []
+    # Pillow's warning above 89 megapixels names no file and shows once; large_image_note names every such image
+    with warnings.catch_warnings(), tf.io.TFRecordWriter(str(shard_path)) as writer:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for n, (stem, image_path, mask_path) in enumerate(pairs, start=1):
             notes: List[str] = []
             try:
@@ -751,6 +812,10 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int]:
                     rotated.append(stem)
                 max_id = max([max_id] + [int(n[len(MAX_ID_NOTE):]) for n in notes if n.startswith(MAX_ID_NOTE)])
                 with_ignore += "has_ignore" in notes
+                for note in notes:
+                    if note.startswith(LARGE_NOTE):
+                        height, width = note[len(LARGE_NOTE):].split("x")
+                        large.append({"source_id": stem, "height": int(height), "width": int(width)})
             except (ValueError, OSError) as exc:
                 code = getattr(exc, "code", "undecodable" if isinstance(exc, ValueError) else "unreadable")
                 bad.append(_bad(stem, code, str(exc), image_path, mask_path))
@@ -760,7 +825,7 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int]:
                 # the text and the newline separately, so lines of two workers could merge
                 sys.stdout.write(f"ingest: {name}: {n}/{len(pairs)} pairs\n")
                 sys.stdout.flush()
-    return written, bad, rotated, max_id, with_ignore
+    return written, bad, rotated, max_id, with_ignore, large
 
 
 def clean_stale(parent: Path) -> List[Path]:
@@ -837,7 +902,7 @@ def ingest(
                           f"span there, or choose another --output")
     holds_data = output_guard.check_output_folder(
         target, command="ingest", option="--output",
-        owned=OWNED, key_file=REPORT_NAME, inputs=(images_dir, masks_dir))
+        owned=owned_names(target), key_file=REPORT_NAME, inputs=(images_dir, masks_dir))
     if holds_data and not overwrite:
         raise IngestError(f"{target} already holds data; pass --overwrite to replace it, or choose another --span/--output")
 
@@ -934,7 +999,8 @@ def ingest(
                 outcomes = list(pool.map(_write_shard, jobs))
         else:
             outcomes = [_write_shard(jobs[0])]
-        for written, bad, rotated, max_id, with_ignore in outcomes:
+        for written, bad, rotated, max_id, with_ignore, large in outcomes:
+            result.large_images.extend(large)
             result.written.extend(written)
             result.bad.extend(bad)
             result.exif_rotated.extend(rotated)
@@ -942,6 +1008,9 @@ def ingest(
             result.masks_with_ignore += with_ignore
         result.written.sort()
         result.exif_rotated.sort()
+        result.large_images.sort(key=lambda e: e["source_id"])
+        if result.large_images:
+            print(large_image_note(result.large_images, options.num_classes), file=sys.stderr, flush=True)
         if result.exif_rotated:
             print(f"ingest: {len(result.exif_rotated)} images had an EXIF orientation tag: stored turned upright, as "
                   f"viewers and annotation tools show them ({_sample(result.exif_rotated, 3)})", flush=True)
@@ -974,7 +1043,8 @@ def ingest(
                                                               tmp / REFERENCE_MASKS_FOLDER, options.mask_stem_suffix,
                                                               to_ids=mapped)
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
-        output_guard.write_marker(tmp, "ingest", target=target.name, **(marker_extra or {}))
+        output_guard.write_marker(tmp, "ingest", target=target.name, shards=[job[1] for job in jobs],
+                                  **(marker_extra or {}))
         if not overwrite and target.is_dir() and any(target.iterdir()):  # another command wrote it meanwhile
             raise IngestError(f"{target} was written by another command while this ingest ran; nothing was "
                               f"replaced: pass --overwrite to replace it, or choose another --span/--output")
@@ -997,6 +1067,16 @@ def ingest(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def owned_names(target: Path) -> Sequence[str]:
+    """What ``--overwrite`` may replace in ``target``: ``OWNED``, with the shards the marker names instead of any
+    ``data-*-of-*`` name where it names them (QA 80 L2: a user's own ``data-00003-of-00004.tfrecord`` put in a
+    folder ingest wrote was deleted for its name; folders of earlier versions have no list)."""
+    shards = (output_guard.read_marker(target) or {}).get("shards") if target.is_dir() else None
+    if not (isinstance(shards, list) and all(isinstance(name, str) for name in shards)):
+        return OWNED
+    return (*(glob_escape(name) for name in shards), *OWNED[1:])
 
 
 def _cwd_inside(folder: Path) -> bool:

@@ -244,8 +244,13 @@ def partial_prefix(path: Path) -> str:
     """``.NAME.segbalance-``: the start of ``write_text_atomic``'s hidden copy of ``path``, NAME cut (at a
     character) so that the whole name, with any process id, fits one file name: a 245-character page name
     failed naming it (QA 73 L4)."""
-    room = NAME_MAX - 1 - len(PARTIAL_MARK) - len("4294967295.partial")
-    return f".{os.fsencode(path.name)[:room].decode('utf-8', 'ignore')}{PARTIAL_MARK}"
+    return f".{cut_name(path.name, NAME_MAX - 1 - len(PARTIAL_MARK) - len('4294967295.partial'))}{PARTIAL_MARK}"
+
+
+def cut_name(name: str, room: int) -> str:
+    """``name`` cut (at a character) to at most ``room`` bytes of the file system's encoding: a name made of a
+    user's name and more must still fit one file name (NAME_MAX)."""
+    return os.fsencode(name)[:room].decode("utf-8", "ignore")
 
 
 def partial_path(path: Path, pid: int) -> Path:

@@ -1,5 +1,6 @@
 """ClassStats Beam job (components/class_stats_beam.py): every number against an independent NumPy
 count on random masks with ignore pixels, labelled fields, an absent class and bad records."""
+import io
 import json
 
 import zlib
@@ -490,16 +491,43 @@ def test_masks_tensorflow_rescales_or_refuses_are_quarantined():
     idat = good.find(b"IDAT") - 4
     crc_at = idat + 8 + int.from_bytes(good[idat:idat + 4], "big")
     damaged = {"cut": good[:-20], "no end chunk": good[:good.rfind(b"IEND") - 4],
-               "wrong CRC": good[:crc_at] + bytes([good[crc_at] ^ 1]) + good[crc_at + 1:]}
+               "wrong CRC": good[:crc_at] + bytes([good[crc_at] ^ 1]) + good[crc_at + 1:],
+               # QA 80 H1: Pillow's verify passed these two
+               "cut 1 byte": good[:-1], "wrong IEND CRC": good[:-1] + bytes([good[-1] ^ 1])}
     for what, data in damaged.items():
         with pytest.raises(tf.errors.InvalidArgumentError):
             tf.io.decode_png(data, channels=1, dtype=tf.uint8)
-        with pytest.raises(csb.Quarantined, match="cannot decode mask"):
+        with pytest.raises(csb.Quarantined, match=r"mask is a damaged PNG \(.*\): TensorFlow cannot decode it"):
             csb.decode_mask_counts(data)
+    image = codec.encode_png(np.zeros((6, 8, 3), np.uint8))
+    for data in (image[:-1], image[:-1] + bytes([image[-1] ^ 1]), image[:-12]):  # images too (QA 80 H1)
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_png(data, channels=3)
+        with pytest.raises(csb.Quarantined, match=r"image is a damaged PNG \(.*\): TensorFlow cannot decode it"):
+            csb.check_image(data, (6, 8))
+    csb.check_image(image, (6, 8))  # the whole file passes
     # QA 64: PIL's reason held "<_io.BytesIO object at 0x7f...>", another address on every run
     with pytest.raises(csb.Quarantined) as raised:
         csb.decode_mask_counts(b"\x89PNG\r\n\x1a\nthis is not a png")
     assert "object at 0x" not in str(raised.value) and str(raised.value).startswith("cannot decode mask: ")
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_mask_with_an_exif_orientation_is_quarantined(orientation):
+    """QA 80 M2: the trainer turns an image by its EXIF tag but decodes the mask as stored, so a tagged mask in
+    a user's own records is off its image (silently, on a square picture); ingest turns them. Tag 1 (upright)
+    is no turn."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(np.eye(4, dtype=np.uint8)).save(buffer, format="PNG", exif=exif.tobytes())
+    if orientation == 1:
+        assert csb.decode_mask_counts(buffer.getvalue())[0][:2].tolist() == [12, 4]
+        return
+    with pytest.raises(csb.Quarantined, match=r"mask has an EXIF orientation tag \(6\), which the trainer does not"):
+        csb.decode_mask_counts(buffer.getvalue())
 
 
 def test_a_group_id_of_another_type_costs_the_record_its_group_not_the_record():

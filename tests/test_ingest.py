@@ -1,5 +1,7 @@
 """`segbalance ingest`: round trip, every bad input, atomic output, CLI exit codes."""
 import contextlib
+import unicodedata
+import os
 import json
 import re
 import subprocess
@@ -523,14 +525,19 @@ def test_overwrite_replaces_only_what_ingest_wrote(tmp_path, capsys):
     (other / "notes.txt").unlink()
     # an ingest output carries the marker; --overwrite replaces it
     assert _run(tmp_path) == 0
-    assert json.loads((other / output_guard.MARKER).read_text()) == {"written_by": "ingest", "target": "out"}
+    assert json.loads((other / output_guard.MARKER).read_text()) == {
+        "written_by": "ingest", "target": "out", "shards": ["data-00000-of-00001.tfrecord"]}
     assert _run(tmp_path, "--overwrite") == 0
-    # ... unless someone put a file of theirs into it
-    (other / "notes.txt").write_text("mine")
-    assert _run(tmp_path, "--overwrite") == 2
-    _one_error_line(capsys.readouterr().err, f"--output {other} is not empty: it holds notes.txt")
-    assert (other / "notes.txt").read_text() == "mine" and (other / ingest.REPORT_NAME).is_file()
-    (other / "notes.txt").unlink()
+    # ... unless someone put a file of theirs into it, a shard-like name included (QA 80 L2: it was deleted)
+    for name in ("notes.txt", "data-00003-of-00004.tfrecord"):
+        (other / name).write_text("mine")
+        assert _run(tmp_path, "--overwrite") == 2
+        _one_error_line(capsys.readouterr().err, f"--output {other} is not empty: it holds {name}")
+        assert (other / name).read_text() == "mine" and (other / ingest.REPORT_NAME).is_file()
+        (other / name).unlink()
+    assert _run(tmp_path, "--overwrite", "--shards", "2") == 0  # the shards it wrote itself are its own
+    assert _run(tmp_path, "--overwrite") == 0
+    assert sorted(p.name for p in other.glob("data-*")) == ["data-00000-of-00001.tfrecord"]
     # a folder written before the marker existed (report + shards only) is still ours
     (other / output_guard.MARKER).unlink()
     assert _run(tmp_path, "--overwrite") == 0
@@ -761,6 +768,58 @@ def test_exif_rotated_images_are_stored_upright_and_counted(tmp_path, capsys):
     assert bad["code"] == "size_mismatch" and "turned upright by its EXIF orientation tag" in bad["reason"]
 
 
+def _png_with_orientation(array, orientation, **save):
+    import io as _io
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = _io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", exif=exif.tobytes(), **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation, turn", [(6, lambda a: np.rot90(a, k=-1)), (3, lambda a: a[::-1, ::-1]),
+                                               (2, lambda a: a[:, ::-1]), (8, lambda a: np.rot90(a, k=1))])
+def test_a_masks_exif_orientation_turns_it_like_its_image(tmp_path, orientation, turn):
+    """QA 80 M2: image and mask carry the same EXIF tag (both shown turned, so they fit as shown); the image
+    was stored turned and the mask as written, 90 degrees off on a square picture. Reference: NumPy's turn of
+    the stored ids (orientation 6: clockwise for display); the image's colour encodes each pixel's class."""
+    rng = np.random.default_rng(14)
+    ids = rng.integers(0, 3, size=(5, 5)).astype(np.uint8)
+    ids[0, :] = 2  # not symmetric under any of the turns
+    ids[:, 0] = 1
+    colours = np.array([[0, 0, 0], [200, 0, 0], [0, 200, 0]], np.uint8)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "images" / "t.png").write_bytes(_png_with_orientation(colours[ids], orientation))
+    (tmp_path / "masks" / "t.png").write_bytes(_png_with_orientation(ids, orientation))
+    palette = Image.fromarray(ids, mode="P")  # a palette mask with the tag: its indices turned, kept as ids
+    palette.putpalette([0, 0, 0, 9, 9, 9, 7, 7, 7])
+    (tmp_path / "images" / "p.png").write_bytes(_png_with_orientation(colours[ids], orientation))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    palette.save(tmp_path / "masks" / "p.png", format="PNG", exif=exif.tobytes())
+    assert _run(tmp_path) == 0
+    records = {r.source_id: r for r in _records(tmp_path / "out")}
+    assert sorted(records) == ["p", "t"]
+    for record in records.values():
+        image, mask = codec.decode_array(record.image_bytes), codec.decode_array(record.mask_bytes)
+        np.testing.assert_array_equal(mask, turn(ids))
+        np.testing.assert_array_equal(image, colours[mask])  # pixel for pixel on its image
+        np.testing.assert_array_equal(tf.io.decode_png(record.mask_bytes, channels=1).numpy()[..., 0], turn(ids))
+
+
+def test_a_turned_mask_that_does_not_fit_says_so(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    _write(tmp_path / "images" / "w.png", np.zeros((4, 6, 3), np.uint8))  # no tag
+    (tmp_path / "masks" / "w.png").write_bytes(_png_with_orientation(np.zeros((4, 6), np.uint8), 6))
+    _write(tmp_path / "images" / "g.png", np.zeros((4, 6, 3), np.uint8))
+    _write(tmp_path / "masks" / "g.png", np.ones((4, 6), np.uint8))
+    assert _run(tmp_path) == 0
+    (bad,) = _report(tmp_path / "out")["bad"]
+    assert bad["reason"] == "image is 6x4 but mask (turned upright by its EXIF orientation tag) is 4x6 (WxH)"
+
+
 @pytest.mark.parametrize("content, message", [
     ("[[0, 0, 0], [255, 0, 0], [0, 255, 0], [255, 0, 0]]",
      "colour [255, 0, 0] is given to class 1 and class 3; give each class its own colour"),
@@ -886,7 +945,10 @@ def test_damaged_pngs_are_bad_pairs(tmp_path):
     rng = np.random.default_rng(13)
     image = _png_bytes(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8))
     mask = _png_bytes(np.ones((6, 6), np.uint8))
-    cases = {"imgcrc": (_bad_crc(image), mask), "noiend": (image[:-12], mask), "maskcrc": (image, _bad_crc(mask))}
+    # QA 80 H1: a file 1 byte short (its IEND CRC cut) and a wrong IEND CRC passed Pillow's verify
+    iend_crc = image[:-1] + bytes([image[-1] ^ 1])
+    cases = {"imgcrc": (_bad_crc(image), mask), "noiend": (image[:-12], mask), "maskcrc": (image, _bad_crc(mask)),
+             "imgcut1": (image[:-1], mask), "maskcut1": (image, mask[:-1]), "iendcrc": (iend_crc, mask)}
     for stem, (image_bytes, mask_bytes) in cases.items():
         (tmp_path / "images" / f"{stem}.png").write_bytes(image_bytes)
         (tmp_path / "masks" / f"{stem}.png").write_bytes(mask_bytes)
@@ -896,10 +958,14 @@ def test_damaged_pngs_are_bad_pairs(tmp_path):
     assert _run(tmp_path) == 0
     bad = {b["source_id"]: b for b in _report(tmp_path / "out")["bad"]}
     assert sorted(bad) == sorted(cases) and {b["code"] for b in bad.values()} == {"undecodable"}
-    assert bad["imgcrc"]["reason"].startswith("image imgcrc.png is damaged (") and "checksum" in bad["imgcrc"]["reason"]
-    assert bad["noiend"]["reason"].startswith("image noiend.png is damaged (")
-    assert "truncated" in bad["noiend"]["reason"]
-    assert bad["maskcrc"]["reason"].startswith("mask maskcrc.png is damaged (")
+    assert bad["imgcrc"]["reason"] == ("image imgcrc.png is a damaged PNG (the checksum (CRC) of its 'IDAT' chunk is "
+                                       "wrong): TensorFlow cannot decode it; export or copy the file again")
+    assert bad["noiend"]["reason"].startswith("image noiend.png is a damaged PNG (it ends before its IEND chunk (the "
+                                              "file is cut short))")
+    assert bad["maskcrc"]["reason"].startswith("mask maskcrc.png is a damaged PNG (the checksum (CRC) of its 'IDAT'")
+    assert bad["imgcut1"]["reason"].startswith("image imgcut1.png is a damaged PNG (its 'IEND' chunk is cut short")
+    assert bad["maskcut1"]["reason"].startswith("mask maskcut1.png is a damaged PNG (its 'IEND' chunk is cut short")
+    assert bad["iendcrc"]["reason"].startswith("image iendcrc.png is a damaged PNG (the checksum (CRC) of its 'IEND'")
     assert {r.source_id for r in _records(tmp_path / "out")} == {"img0"}
 
 
@@ -1140,3 +1206,69 @@ def test_the_grey_level_palette_is_offered_only_for_masks_without_class_ids(tmp_
     assert _run(tmp_path, num_classes=len(values) if hint else 3 + (7 in values)) == 2
     failed = json.loads((tmp_path / "ingest_report.out.failed.json").read_text())
     assert ("grey levels" in failed["bad"][0]["reason"]) is hint, failed["bad"][0]["reason"]
+
+
+def test_images_too_large_for_one_evaluation_request_are_named(tmp_path, capsys):
+    """QA 80 M1: three 13000x13000 PNGs of 569 KB took a run past 12 GB (SegEvaluator predicts at the input size)
+    and ingest said only Pillow's warning, once, without a file name. Now every such image is named, with the
+    memory one request takes (2 x H x W x C float32: by hand, 2 * 6800 * 6800 * 3 * 4 bytes = 1.03 GiB)."""
+    _dataset(tmp_path, n=2)
+    side = 6800  # over 1 GiB at 3 classes; 6600 would not be: 0.97 GiB
+    _write(tmp_path / "images" / "big.png", np.zeros((side, side), np.uint8))
+    _write(tmp_path / "masks" / "big.png", np.ones((side, side), np.uint8))
+    _write(tmp_path / "images" / "under.png", np.zeros((6600, 6600), np.uint8))
+    _write(tmp_path / "masks" / "under.png", np.ones((6600, 6600), np.uint8))
+    assert _run(tmp_path) == 0
+    err = capsys.readouterr().err
+    assert ("ingest: warning: 1 images are too large for one evaluation request (1 GiB at 3 classes): big "
+            "(6800x6800, about 1.0 GiB).") in err and "under" not in err
+    report = _report(tmp_path / "out")
+    assert report["num_large_images"] == 1 and report["large_images"] == [
+        {"source_id": "big", "height": side, "width": side}]
+    assert len(report["written"]) == 4  # written all the same
+
+
+def test_a_wrong_text_chunk_checksum_is_called_damaged(tmp_path):
+    """QA 80 L5: Pillow fails at open on a wrong CRC before the pixels, and the reason was 'not an image PIL can
+    read' beside 'is damaged' for the same fault in IDAT."""
+    from PIL import PngImagePlugin
+    import io as _io
+
+    _dataset(tmp_path, n=1)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("k", "v")
+    buffer = _io.BytesIO()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(buffer, format="PNG", pnginfo=info)
+    data = bytearray(buffer.getvalue())
+    data[data.find(b"tEXt") + 4] ^= 1  # first byte of the text: its CRC no longer matches
+    (tmp_path / "images" / "t.png").write_bytes(bytes(data))
+    _write(tmp_path / "masks" / "t.png", np.zeros((4, 5), np.uint8))
+    assert _run(tmp_path) == 0
+    (bad,) = _report(tmp_path / "out")["bad"]
+    assert bad["reason"] == ("image t.png is a damaged PNG (the checksum (CRC) of its 'tEXt' chunk is wrong): "
+                             "TensorFlow cannot decode it; export or copy the file again")
+
+
+def test_a_long_output_name_gets_its_failed_report_beside_it(tmp_path):
+    """QA 80 L1: ``ingest_report.<TARGET name>.failed.json`` of a 245-character TARGET exceeded one file name:
+    a traceback (exit 1) after a good ingest, and instead of the exit-2 line when every pair was bad."""
+    _dataset(tmp_path, n=1)
+    target = tmp_path / ("q" * 245)
+    argv = ["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(target), "--num-classes", "3"]
+    assert cli.main(argv) == 0 and len(_records(target)) == 1
+    _write(tmp_path / "masks" / "img0.png", np.full((12, 10), 9, np.uint8))  # every pair bad now
+    assert cli.main(argv + ["--overwrite"]) == 2
+    (failed,) = tmp_path.glob("ingest_report.*.failed.json")
+    assert len(os.fsencode(failed.name)) == 255 and failed.name.startswith("ingest_report.qqq")
+    assert _report(target)  # the earlier good ingest's data and report are kept
+    assert json.loads(failed.read_text())["num_bad"] == 1
+
+
+def test_two_files_whose_names_differ_only_in_unicode_form_are_told_apart(tmp_path, capsys):
+    """QA 80 L4: 'café.png' in NFC and in NFD beside it: the refusal showed two names that look the same."""
+    _dataset(tmp_path, n=1)
+    for form in ("NFC", "NFD"):
+        _write(tmp_path / "images" / unicodedata.normalize(form, "café.png"), np.zeros((12, 10, 3), np.uint8))
+    _write(tmp_path / "masks" / "café.png", np.zeros((12, 10), np.uint8))
+    assert _run(tmp_path) == 2
+    assert "(the same name in different Unicode forms, NFC / NFD); keep one" in capsys.readouterr().err
