@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import os
@@ -282,6 +283,9 @@ class Listing:
     # with a stem ending to drop (--image/--mask-stem-suffix): the files whose names lack it (Cityscapes' gtFine
     # folder holds _color, _instanceIds and _labelIds masks of each image: the others are not this data's masks)
     without_ending: List[Path] = field(default_factory=list)
+    # folders and special files (FIFO, socket, device) named like a file ingest reads, by stem (QA 80 L3: their
+    # partner was told it had no image / mask, and a FIFO was in no list)
+    not_files: Dict[str, Path] = field(default_factory=dict)
 
     def skipped(self) -> List[Path]:
         """Every non-hidden file ingest does not read: other suffixes, names without the stem ending, and files in
@@ -291,7 +295,8 @@ class Listing:
             for root, dirs, names in os.walk(sub):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 inside += [Path(root, n) for n in sorted(names) if not n.startswith(".")]
-        return sorted([*self.other_suffix.values(), *self.without_ending, *inside])
+        special = [p for p in self.not_files.values() if not p.is_dir()]  # a folder's files are listed instead
+        return sorted([*self.other_suffix.values(), *self.without_ending, *special, *inside])
 
     def whole_stems(self) -> Dict[str, Path]:
         """The files ingest reads and those left out for lacking the stem ending, by their whole (NFC) stems."""
@@ -307,8 +312,11 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        if path.is_dir():
-            listing.subfolders.append(path)
+        if path.is_dir() or not (path.is_file() or path.is_symlink()):
+            if path.is_dir():
+                listing.subfolders.append(path)
+            if path.suffix.lower() in suffixes:
+                listing.not_files.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
         elif path.is_symlink() and not path.exists():  # a dangling link: named as one, never "has no image"
             target = listing.broken if path.suffix.lower() in suffixes else listing.other_suffix
             target.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
@@ -1093,7 +1101,16 @@ def _unpaired(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list:
     images, masks, bad = image_list.files, mask_list.files, []
     supported = ", ".join(IMAGE_SUFFIXES)
 
+    def not_a_file(path: Path) -> str:
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        return f"{path.name} in {path.parent} is {kind}"
+
     def dangling(link: Path) -> str:
+        try:
+            os.stat(link)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # QA 80 L3: a loop was called a link to a file "which does not exist"
+                return f"{link.name} is a link in a loop of links ({os.readlink(link)} leads back to it)"
         return f"{link.name} is a link to {os.readlink(link)}, which does not exist"
 
     for stem in sorted((set(image_list.broken) | set(mask_list.broken)) - set(images) - set(masks)):
@@ -1109,6 +1126,9 @@ def _unpaired(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list:
         elif other is not None:
             bad.append(_bad(stem, "unsupported_mask_extension", f"mask {other.name} has the suffix {other.suffix}, "
                             f"which ingest does not read ({supported}): save it as PNG", images[stem], other))
+        elif stem in mask_list.not_files:
+            bad.append(_bad(stem, "no_mask", f"image has no mask file: {not_a_file(mask_list.not_files[stem])}",
+                            image=images[stem]))
         else:
             bad.append(_bad(stem, "no_mask", f"image has no mask {stem}.* in {masks_dir}", image=images[stem]))
     for stem in sorted(set(masks) - set(images)):
@@ -1119,6 +1139,9 @@ def _unpaired(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list:
         elif other is not None:
             bad.append(_bad(stem, "unsupported_image_extension", f"image {other.name} has the suffix {other.suffix}, "
                             f"which ingest does not read ({supported}): convert it to PNG or JPEG", other, masks[stem]))
+        elif stem in image_list.not_files:
+            bad.append(_bad(stem, "no_image", f"mask has no image file: {not_a_file(image_list.not_files[stem])}",
+                            mask=masks[stem]))
         else:
             bad.append(_bad(stem, "no_image", f"mask has no image {stem}.* in {images_dir}", mask=masks[stem]))
     return bad

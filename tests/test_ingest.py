@@ -1272,3 +1272,24 @@ def test_two_files_whose_names_differ_only_in_unicode_form_are_told_apart(tmp_pa
     _write(tmp_path / "masks" / "café.png", np.zeros((12, 10), np.uint8))
     assert _run(tmp_path) == 2
     assert "(the same name in different Unicode forms, NFC / NFD); keep one" in capsys.readouterr().err
+
+
+def test_folders_fifos_and_link_loops_named_like_images_are_called_what_they_are(tmp_path):
+    """QA 80 L3: a folder or FIFO named d.png / f.png among the images gave their masks "mask has no image d.* in
+    ..." (the FIFO was in no list), and a loop of links was "a link to ..., which does not exist"."""
+    _dataset(tmp_path, n=1)
+    for stem in ("d", "f", "loop_a"):
+        _write(tmp_path / "masks" / f"{stem}.png", np.zeros((12, 10), np.uint8))
+    (tmp_path / "images" / "d.png").mkdir()
+    os.mkfifo(tmp_path / "images" / "f.png")
+    (tmp_path / "images" / "loop_a.png").symlink_to("loop_b.png")
+    (tmp_path / "images" / "loop_b.png").symlink_to("loop_a.png")
+    (tmp_path / "masks" / "loop_b.png").symlink_to("loop_a.png")  # a loop on both sides
+    assert _run(tmp_path) == 0
+    report = _report(tmp_path / "out")
+    bad = {b["source_id"]: b["reason"] for b in report["bad"]}
+    images = tmp_path / "images"
+    assert bad["d"] == f"mask has no image file: d.png in {images} is a folder"
+    assert bad["f"] == f"mask has no image file: f.png in {images} is not a regular file (a FIFO, socket or device)"
+    assert bad["loop_a"] == "image loop_a.png is a link in a loop of links (loop_b.png leads back to it)"
+    assert str(images / "f.png") in report["skipped_files"]
