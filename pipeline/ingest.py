@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fnmatch
 import io
 import json
 import os
@@ -312,11 +313,14 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        if path.is_dir() or not (path.is_file() or path.is_symlink()):
+        if path.is_dir() or (path.exists() and not path.is_file()):  # a folder, a FIFO, ... or a link to one
+            stem = strip_stem_suffix(source_id_of(path.stem), stem_suffix)
             if path.is_dir():
                 listing.subfolders.append(path)
             if path.suffix.lower() in suffixes:
-                listing.not_files.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
+                listing.not_files.setdefault(stem, path)
+            elif not path.is_dir():  # QA 82 L3: a FIFO with another suffix was in no list
+                listing.other_suffix.setdefault(stem, path)
         elif path.is_symlink() and not path.exists():  # a dangling link: named as one, never "has no image"
             target = listing.broken if path.suffix.lower() in suffixes else listing.other_suffix
             target.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
@@ -595,7 +599,7 @@ def _check_png_chunks(data: bytes, what: str) -> None:
     """PairError for a PNG libpng (TensorFlow's decoder) refuses, checked before Pillow opens it: Pillow reads a
     PNG cut in its IEND chunk or with a wrong IEND CRC or an unknown critical chunk (QA 80 H1: the run then
     stopped with a traceback), and called a wrong checksum before the pixels "not an image PIL can read" (L5)."""
-    damage = png_damage(data)
+    damage = png_damage(data, pixels=True)  # the pixel stream too (QA 82 M1: rows cut short passed Pillow)
     if damage:
         raise PairError("undecodable", f"{what} is a damaged PNG ({damage}): TensorFlow cannot decode it; export "
                                        f"or copy the file again")
@@ -738,7 +742,8 @@ def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOpt
     if notes is not None:
         if rotated:
             notes.append("exif_rotated")
-        if request_bytes((height, width), options.num_classes or 2) > PREDICT_BUDGET_BYTES:
+        # a candidate at the most classes it may have; ``large_images`` keeps those over the budget at the data's
+        if request_bytes((height, width), options.num_classes or MAX_CLASSES) > PREDICT_BUDGET_BYTES:
             notes.append(f"{LARGE_NOTE}{height}x{width}")
         labelled = ids[ids != options.ignore_index]
         if labelled.size:
@@ -752,16 +757,22 @@ MAX_ID_NOTE = "max_class_id="  # encode_pair's note of a mask's largest class id
 LARGE_NOTE = "large="  # encode_pair's note of an image too large for one evaluation request: large=HxW
 
 
-def large_image_note(large: List[dict], num_classes: Optional[int]) -> str:
-    """The warning for images whose one evaluation request exceeds SegEvaluator's budget (QA 80 M1: three
-    13000x13000 PNGs of 569 KB took a run past 12 GB): every component decodes them whole, and SegEvaluator
-    predicts at the input size (2 x H x W x C float32), however small the training size."""
-    classes = num_classes or 2
+def large_images(candidates: List[dict], classes: int) -> List[dict]:
+    """The candidates (``LARGE_NOTE``) whose one evaluation request at ``classes`` exceeds SegEvaluator's budget."""
+    return [e for e in candidates if request_bytes((e["height"], e["width"]), classes) > PREDICT_BUDGET_BYTES]
+
+
+def large_image_note(large: List[dict], classes: int, given: bool) -> str:
+    """The warning for images whose one evaluation request exceeds SegEvaluator's budget at ``classes`` (``given``:
+    --num-classes; else the masks' largest id + 1, and the data may have more) (QA 80 M1: three 13000x13000 PNGs
+    of 569 KB took a run past 12 GB): every component decodes them whole, and SegEvaluator predicts at the input
+    size (2 x H x W x C float32), however small the training size."""
     shown = ", ".join(f"{e['source_id']} ({e['width']}x{e['height']}, about "
                       f"{request_bytes((e['height'], e['width']), classes) / 2 ** 30:.1f} GiB)" for e in large[:3])
     more = f" and {len(large) - 3} more" if len(large) > 3 else ""
-    return (f"ingest: warning: {len(large)} images are too large for one evaluation request "
-            f"({PREDICT_BUDGET_BYTES / 2 ** 30:.0f} GiB at {classes}{'' if num_classes else ' or more'} classes): "
+    images = "1 image is" if len(large) == 1 else f"{len(large)} images are"
+    return (f"ingest: warning: {images} too large for one evaluation request "
+            f"({PREDICT_BUDGET_BYTES / 2 ** 30:.0f} GiB at {classes}{'' if given else ' or more'} classes): "
             f"{shown}{more}. Every component decodes them at full size and the evaluation predicts at that size, "
             f"whatever training.image_size is; if memory is short, downscale them with their masks "
             f"(nearest-neighbour) before ingest (listed in {REPORT_NAME}: large_images)")
@@ -1016,9 +1027,11 @@ def ingest(
             result.masks_with_ignore += with_ignore
         result.written.sort()
         result.exif_rotated.sort()
-        result.large_images.sort(key=lambda e: e["source_id"])
+        classes = options.num_classes or max(result.max_class_id + 1, 2)  # QA 82 M3: not 2 without --num-classes
+        result.large_images = sorted(large_images(result.large_images, classes), key=lambda e: e["source_id"])
         if result.large_images:
-            print(large_image_note(result.large_images, options.num_classes), file=sys.stderr, flush=True)
+            print(large_image_note(result.large_images, classes, options.num_classes is not None), file=sys.stderr,
+                  flush=True)
         if result.exif_rotated:
             print(f"ingest: {len(result.exif_rotated)} images had an EXIF orientation tag: stored turned upright, as "
                   f"viewers and annotation tools show them ({_sample(result.exif_rotated, 3)})", flush=True)
@@ -1082,9 +1095,10 @@ def owned_names(target: Path) -> Sequence[str]:
     ``data-*-of-*`` name where it names them (QA 80 L2: a user's own ``data-00003-of-00004.tfrecord`` put in a
     folder ingest wrote was deleted for its name; folders of earlier versions have no list)."""
     shards = (output_guard.read_marker(target) or {}).get("shards") if target.is_dir() else None
-    if not (isinstance(shards, list) and all(isinstance(name, str) for name in shards)):
-        return OWNED
-    return (*(glob_escape(name) for name in shards), *OWNED[1:])
+    # only shard names count (QA 82 L4: a marker edited to list notes.txt had it deleted)
+    names = [n for n in shards if isinstance(n, str) and fnmatch.fnmatchcase(n, OWNED[0])] if isinstance(
+        shards, list) else []
+    return (*(glob_escape(name) for name in names), *OWNED[1:]) if names else OWNED
 
 
 def _cwd_inside(folder: Path) -> bool:
@@ -1110,7 +1124,7 @@ def _unpaired(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list:
             os.stat(link)
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # QA 80 L3: a loop was called a link to a file "which does not exist"
-                return f"{link.name} is a link in a loop of links ({os.readlink(link)} leads back to it)"
+                return f"{link.name} is a link to {os.readlink(link)}, which leads into a loop of links"
         return f"{link.name} is a link to {os.readlink(link)}, which does not exist"
 
     for stem in sorted((set(image_list.broken) | set(mask_list.broken)) - set(images) - set(masks)):

@@ -249,8 +249,10 @@ def partial_prefix(path: Path) -> str:
 
 def cut_name(name: str, room: int) -> str:
     """``name`` cut (at a character) to at most ``room`` bytes of the file system's encoding: a name made of a
-    user's name and more must still fit one file name (NAME_MAX)."""
-    return os.fsencode(name)[:room].decode("utf-8", "ignore")
+    user's name and more must still fit one file name (NAME_MAX). A name that fits is kept as it is (QA 82 L2: a
+    name with bytes that are not UTF-8 lost them, and two targets shared one failed report)."""
+    encoded = os.fsencode(name)
+    return name if len(encoded) <= room else encoded[:room].decode("utf-8", "ignore")
 
 
 def partial_path(path: Path, pid: int) -> Path:

@@ -512,18 +512,24 @@ def test_masks_tensorflow_rescales_or_refuses_are_quarantined():
     assert "object at 0x" not in str(raised.value) and str(raised.value).startswith("cannot decode mask: ")
 
 
-@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("orientation", [1, 6, 0, 9, "malformed"])
 def test_a_mask_with_an_exif_orientation_is_quarantined(orientation):
     """QA 80 M2: the trainer turns an image by its EXIF tag but decodes the mask as stored, so a tagged mask in
     a user's own records is off its image (silently, on a square picture); ingest turns them. Tag 1 (upright)
-    is no turn."""
+    is no turn, and so are tags outside 1-8 and a block that cannot be read, as in the trainer's graph (QA 82 M2,
+    L1: those were quarantined)."""
     from PIL import Image
 
+    from segbalance.trainer import exif_orientation as graph
+
     exif = Image.Exif()
-    exif[0x0112] = orientation
+    exif[0x0112] = 1 if orientation == "malformed" else orientation
     buffer = io.BytesIO()
-    Image.fromarray(np.eye(4, dtype=np.uint8)).save(buffer, format="PNG", exif=exif.tobytes())
-    if orientation == 1:
+    Image.fromarray(np.eye(4, dtype=np.uint8)).save(
+        buffer, format="PNG", exif=b"garbage!" if orientation == "malformed" else exif.tobytes())
+    assert (b"eXIf" in buffer.getvalue()) and int(graph.orientation(tf.constant(buffer.getvalue()))) == (
+        6 if orientation == 6 else 1)  # what the trainer reads
+    if orientation != 6:
         assert csb.decode_mask_counts(buffer.getvalue())[0][:2].tolist() == [12, 4]
         return
     with pytest.raises(csb.Quarantined, match=r"mask has an EXIF orientation tag \(6\), which the trainer does not"):

@@ -1,11 +1,12 @@
 """`segbalance ingest`: round trip, every bad input, atomic output, CLI exit codes."""
 import contextlib
-import unicodedata
-import os
 import json
+import os
 import re
 import subprocess
 import sys
+import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -535,6 +536,11 @@ def test_overwrite_replaces_only_what_ingest_wrote(tmp_path, capsys):
         _one_error_line(capsys.readouterr().err, f"--output {other} is not empty: it holds {name}")
         assert (other / name).read_text() == "mine" and (other / ingest.REPORT_NAME).is_file()
         (other / name).unlink()
+    marker = json.loads((other / output_guard.MARKER).read_text())
+    (other / "notes.txt").write_text("mine")  # a marker edited to claim it (QA 82 L4: it was deleted)
+    (other / output_guard.MARKER).write_text(json.dumps({**marker, "shards": [*marker["shards"], "notes.txt"]}))
+    assert _run(tmp_path, "--overwrite") == 2 and (other / "notes.txt").read_text() == "mine"
+    (other / "notes.txt").unlink()
     assert _run(tmp_path, "--overwrite", "--shards", "2") == 0  # the shards it wrote itself are its own
     assert _run(tmp_path, "--overwrite") == 0
     assert sorted(p.name for p in other.glob("data-*")) == ["data-00000-of-00001.tfrecord"]
@@ -1220,7 +1226,7 @@ def test_images_too_large_for_one_evaluation_request_are_named(tmp_path, capsys)
     _write(tmp_path / "masks" / "under.png", np.ones((6600, 6600), np.uint8))
     assert _run(tmp_path) == 0
     err = capsys.readouterr().err
-    assert ("ingest: warning: 1 images are too large for one evaluation request (1 GiB at 3 classes): big "
+    assert ("ingest: warning: 1 image is too large for one evaluation request (1 GiB at 3 classes): big "
             "(6800x6800, about 1.0 GiB).") in err and "under" not in err
     report = _report(tmp_path / "out")
     assert report["num_large_images"] == 1 and report["large_images"] == [
@@ -1264,6 +1270,15 @@ def test_a_long_output_name_gets_its_failed_report_beside_it(tmp_path):
     assert json.loads(failed.read_text())["num_bad"] == 1
 
 
+def test_the_failed_report_name_keeps_a_name_that_fits():
+    """QA 82 L2: bytes that are not UTF-8 were dropped from every name, so targets 'out' and 'out\\xff' shared one
+    failed report."""
+    odd = Path("/data") / os.fsdecode(b"out\xff")
+    assert ingest.failed_report_path(odd) != ingest.failed_report_path(Path("/data/out"))
+    assert ingest.failed_report_path(odd).name == "ingest_report." + odd.name + ".failed.json"
+    assert len(os.fsencode(ingest.failed_report_path(Path("/d") / ("é" * 200)).name)) <= 255
+
+
 def test_two_files_whose_names_differ_only_in_unicode_form_are_told_apart(tmp_path, capsys):
     """QA 80 L4: 'café.png' in NFC and in NFD beside it: the refusal showed two names that look the same."""
     _dataset(tmp_path, n=1)
@@ -1291,5 +1306,62 @@ def test_folders_fifos_and_link_loops_named_like_images_are_called_what_they_are
     images = tmp_path / "images"
     assert bad["d"] == f"mask has no image file: d.png in {images} is a folder"
     assert bad["f"] == f"mask has no image file: f.png in {images} is not a regular file (a FIFO, socket or device)"
-    assert bad["loop_a"] == "image loop_a.png is a link in a loop of links (loop_b.png leads back to it)"
+    assert bad["loop_a"] == "image loop_a.png is a link to loop_b.png, which leads into a loop of links"
     assert str(images / "f.png") in report["skipped_files"]
+
+
+def test_links_to_special_files_and_fifos_of_other_suffixes_are_listed(tmp_path):
+    """QA 82 L3: a link to a FIFO named lf.png got the old 'has no image' reason and was in no list, and a FIFO
+    named notes.fifo was in no list either; a link into a loop named the wrong file as leading back."""
+    _dataset(tmp_path, n=1)
+    images = tmp_path / "images"
+    for stem in ("lf", "into"):
+        _write(tmp_path / "masks" / f"{stem}.png", np.zeros((12, 10), np.uint8))
+    os.mkfifo(tmp_path / "fifo")
+    (images / "lf.png").symlink_to(tmp_path / "fifo")
+    os.mkfifo(images / "notes.fifo")
+    (images / "loop_a").symlink_to("loop_b")
+    (images / "loop_b").symlink_to("loop_a")
+    (images / "into.png").symlink_to("loop_a")
+    assert _run(tmp_path) == 0
+    report = _report(tmp_path / "out")
+    bad = {b["source_id"]: b["reason"] for b in report["bad"]}
+    assert bad["lf"] == f"mask has no image file: lf.png in {images} is not a regular file (a FIFO, socket or device)"
+    assert bad["into"] == "image into.png is a link to loop_a, which leads into a loop of links"
+    assert {str(images / "lf.png"), str(images / "notes.fifo")} <= set(report["skipped_files"])
+
+
+def test_without_num_classes_large_images_are_judged_at_the_masks_classes(tmp_path, capsys):
+    """QA 82 M3: without --num-classes the check assumed 2 classes, so a 2600x2600 image whose mask holds ids
+    0..19 (2 * 2600 * 2600 * 20 * 4 bytes = 1.01 GiB a request) was not named."""
+    (tmp_path / "images").mkdir()
+    _write(tmp_path / "images" / "wide.png", np.zeros((2600, 2600), np.uint8))
+    ids = np.zeros((2600, 2600), np.uint8)
+    ids[:20, 0] = np.arange(20)
+    _write(tmp_path / "masks" / "wide.png", ids)
+    argv = ["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    assert ("1 image is too large for one evaluation request (1 GiB at 20 or more classes): wide (2600x2600, "
+            "about 1.0 GiB)") in capsys.readouterr().err
+    assert _report(tmp_path / "out")["large_images"] == [{"source_id": "wide", "height": 2600, "width": 2600}]
+    ids[:20, 0] = 0  # ids 0 only: 2 classes, 0.1 GiB a request
+    _write(tmp_path / "masks" / "wide.png", ids)
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert "too large" not in capsys.readouterr().err and _report(tmp_path / "out")["large_images"] == []
+
+
+@pytest.mark.parametrize("exif", [0, 9, "malformed"])
+def test_masks_with_no_valid_orientation_are_kept_as_they_are(tmp_path, exif):
+    """QA 82 M2, L1: a tag outside 1-8 is no turn (the trainer's graph reads 1), and a malformed EXIF block was a
+    bad pair ('cannot decode mask: not a TIFF file') although its pixels decode."""
+    _dataset(tmp_path, n=1)
+    ids = np.tril(np.ones((12, 10), np.uint8))
+    block = b"garbage!"
+    if exif != "malformed":
+        tag = Image.Exif()
+        tag[0x0112] = exif
+        block = tag.tobytes()
+    Image.fromarray(ids).save(tmp_path / "masks" / "img0.png", format="PNG", exif=block)
+    assert _run(tmp_path) == 0
+    (record,) = _records(tmp_path / "out")
+    np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), ids)

@@ -48,14 +48,21 @@ def exif_orientation(image: Image.Image) -> int:
     graph reads it (``trainer/exif_orientation.py``): for a JPEG (or MPO) its Exif segment, for a PNG
     its eXIf chunk before the pixel data, where the PNG specification puts it (PIL's ``getexif``
     would also take an XMP ``tiff:Orientation``, which viewers and the graph ignore, and decode a
-    whole PNG to look for a later chunk); other formats by ``getexif``. Call it before ``load()``."""
-    if image.format not in TURNED_FORMATS:
-        return int(image.getexif().get(EXIF_ORIENTATION, 1))
-    if not image.info.get("exif"):
+    whole PNG to look for a later chunk); other formats by ``getexif``. Call it before ``load()``. As in the
+    graph, 1 also for a tag outside 1-8 and for an EXIF block that cannot be read (QA 82: a mask with tag 0 was
+    quarantined, and one with a malformed block refused, though the trainer reads both as they are)."""
+    try:
+        if image.format not in TURNED_FORMATS:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+        elif not image.info.get("exif"):
+            return 1
+        else:
+            exif = Image.Exif()
+            exif.load(image.info["exif"])
+            value = exif.get(EXIF_ORIENTATION, 1)
+        return int(value) if int(value) in range(1, 9) else 1
+    except Exception:  # noqa: BLE001 (Pillow raises several types for a malformed block)
         return 1
-    exif = Image.Exif()
-    exif.load(image.info["exif"])
-    return int(exif.get(EXIF_ORIENTATION, 1))
 
 
 def shown_size(image: Image.Image, turn: bool = True) -> tuple:
