@@ -334,7 +334,7 @@ def decode_mask_counts(data: bytes):
                 raise Quarantined("bad_mask", f"mask is a {bits}-bit greyscale PNG: TensorFlow scales its values to "
                                               f"8 bits (id 1 of a {bits}-bit mask reads as {255 // (2 ** bits - 1)}); "
                                               f"write the ids as an 8-bit greyscale PNG")
-            # as libpng reads it: Pillow's verify misses a cut IEND (QA 80 H1) and its decode a short pixel stream (QA 82)
+            # as libpng reads it: Pillow's verify misses a cut IEND (QA 80 H1), its decode a short pixel stream (QA 82)
             damage = png_damage(data, pixels=True)
             if damage:
                 raise Quarantined("bad_mask", f"mask is a damaged PNG ({damage}): TensorFlow cannot decode it")
