@@ -415,6 +415,14 @@ def test_training_notes_name_the_options_this_data_leaves_without_effect():
     assert none.startswith("no validation batches") and \
         "so restore_best, early_stopping_patience, lr_schedule.type: plateau have nothing to go by" in none
     assert task.training_notes(training(restore_best=False, loss={"terms": [{"type": "ce"}]}), complete, 3, 0) == []
+    # QA 81: SGD at the default rate chosen for Adam learned far worse; mixed precision and XLA on a CPU crawl
+    sgd, = task.training_notes(training(optimizer="sgd"), partial, 3, 5)
+    assert sgd.startswith("optimizer sgd at learning_rate 0.003, the default chosen for Adam") and \
+        sgd.endswith("set training.learning_rate for SGD")
+    assert task.training_notes(training(optimizer="sgd", learning_rate=0.05), partial, 3, 5) == []
+    cpu, = task.training_notes(training(mixed_precision=True, jit_compile=True), partial, 3, 5)
+    assert cpu.startswith("no GPU is visible, and mixed_precision (about 40x slower") and "and jit_compile (" in cpu
+    assert task.training_notes(training(mixed_precision=True), partial, 3, 5, gpus=1) == []
 
 
 def test_run_fn_says_when_the_missing_label_handling_acts_as_the_plain_loss(tmp_path, capsys, monkeypatch):

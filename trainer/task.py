@@ -273,7 +273,8 @@ def run_fn(fn_args) -> None:
         print(f"SegTrainer: {num_train} training records, {strategy.num_replicas_in_sync} replica(s), "
               f"class weights {class_weights}, backup {backup}", flush=True)
         for note in training_notes(t, labeled, num_classes, num_eval if eval_ds is not None else 0,
-                                   stats.get("labeled_policy", "complete")):
+                                   stats.get("labeled_policy", "complete"),
+                                   gpus=len(tf.config.list_logical_devices("GPU"))):
             print(f"SegTrainer: note: {note}", flush=True)
         with warnings.catch_warnings():
             # Keras 3.6 warns "Your input ran out of data" at the end of every finite pass: the validation
@@ -309,10 +310,21 @@ def run_fn(fn_args) -> None:
 
 
 def training_notes(training, labeled: dict, num_classes: int, validation_records: int,
-                   labeled_policy: str = "complete") -> List[str]:
-    """Options of ``training`` that this data leaves without effect, each said once before training;
-    ``labeled_policy``: the ClassStats' (what a record without a labelled set meant)."""
+                   labeled_policy: str = "complete", gpus: int = 0) -> List[str]:
+    """Options of ``training`` that this data (or this machine: ``gpus`` visible) leaves without effect or makes
+    costly, each said once before training; ``labeled_policy``: the ClassStats' (what a record without a
+    labelled set meant)."""
     notes = []
+    if training.optimizer == "sgd" and training.learning_rate == type(training).learning_rate:
+        notes.append(f"optimizer sgd at learning_rate {training.learning_rate:g}, the default chosen for Adam: on "
+                     f"the shapes sample SGD pushed 0.59-0.65 at this rate against Adam's 0.76-0.78, and 0.73 at "
+                     f"0.05 (docs/results/recipe_options); set training.learning_rate for SGD")
+    slow = [f"{name} ({cost})" for name, on, cost in (
+        ("mixed_precision", training.mixed_precision, "about 40x slower a step on a 2-core CPU: float16 is emulated"),
+        ("jit_compile", training.jit_compile, "about 2.5x slower on a 2-core CPU")) if on]
+    if slow and not gpus:
+        notes.append(f"no GPU is visible, and {' and '.join(slow)} are meant for GPUs (docs/results/recipe_options); "
+                     f"set them false to train on this CPU at full speed")
     options = training.loss.label_set_options()
     if options and all(set(range(num_classes)) <= {0, *map(int, row)} for row in labeled.values()):
         why, fix = ("no image/segmentation/class/labeled sets in the records, or complete ones",
