@@ -421,7 +421,11 @@ def test_training_notes_name_the_options_this_data_leaves_without_effect():
         sgd.endswith("set training.learning_rate for SGD")
     assert task.training_notes(training(optimizer="sgd", learning_rate=0.05), partial, 3, 5) == []
     cpu, = task.training_notes(training(mixed_precision=True, jit_compile=True), partial, 3, 5)
-    assert cpu.startswith("no GPU is visible, and mixed_precision (about 40x slower") and "and jit_compile (" in cpu
+    assert cpu.startswith("no GPU is visible, and mixed_precision (a step took 20 to 60 times as long") and \
+        "and jit_compile (" in cpu and cpu.endswith("set them false to train on this CPU at full speed")
+    xla, = task.training_notes(training(jit_compile=True), partial, 3, 5)
+    assert "jit_compile (a step took 1.2 to 2.8 times as long on a 2-core CPU) is meant for GPUs" in xla and \
+        xla.endswith("set it false to train on this CPU at full speed")
     assert task.training_notes(training(mixed_precision=True), partial, 3, 5, gpus=1) == []
 
 

@@ -318,13 +318,15 @@ def training_notes(training, labeled: dict, num_classes: int, validation_records
     if training.optimizer == "sgd" and training.learning_rate == type(training).learning_rate:
         notes.append(f"optimizer sgd at learning_rate {training.learning_rate:g}, the default chosen for Adam: on "
                      f"the shapes sample SGD pushed 0.59-0.65 at this rate against Adam's 0.76-0.78, and 0.73 at "
-                     f"0.05 (docs/results/recipe_options); set training.learning_rate for SGD")
+                     f"0.05 (README, Trainer); set training.learning_rate for SGD")
     slow = [f"{name} ({cost})" for name, on, cost in (
-        ("mixed_precision", training.mixed_precision, "about 40x slower a step on a 2-core CPU: float16 is emulated"),
-        ("jit_compile", training.jit_compile, "about 2.5x slower on a 2-core CPU")) if on]
+        ("mixed_precision", training.mixed_precision, "a step took 20 to 60 times as long on a 2-core CPU: float16 "
+                                                      "is emulated"),
+        ("jit_compile", training.jit_compile, "a step took 1.2 to 2.8 times as long on a 2-core CPU")) if on]
     if slow and not gpus:
-        notes.append(f"no GPU is visible, and {' and '.join(slow)} are meant for GPUs (docs/results/recipe_options); "
-                     f"set them false to train on this CPU at full speed")
+        one = len(slow) == 1
+        notes.append(f"no GPU is visible, and {' and '.join(slow)} {'is' if one else 'are'} meant for GPUs (README, "
+                     f"Trainer); set {'it' if one else 'them'} false to train on this CPU at full speed")
     options = training.loss.label_set_options()
     if options and all(set(range(num_classes)) <= {0, *map(int, row)} for row in labeled.values()):
         why, fix = ("no image/segmentation/class/labeled sets in the records, or complete ones",
