@@ -202,6 +202,16 @@ def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
     return found
 
 
+# TensorFlow's decoders failing on a record's bytes inside Transform, the trainer or the evaluator (QA 80 H1: a
+# traceback and exit 1 that named no file): "Invalid PNG data, size N", "jpeg::Uncompress failed. Invalid JPEG data"
+_TF_UNDECODABLE = re.compile(r"(Invalid PNG data, size \d+|Invalid JPEG data[^.\n]*|Unknown image file format[^.\n]*)")
+
+
+def undecodable_data(exc: Optional[BaseException]) -> Optional[str]:
+    """TensorFlow's words when one of its image decoders refused a record's bytes (in ``exc``'s chain), or None."""
+    return _tf_path(exc, _TF_UNDECODABLE)
+
+
 _PATHLIB_LOOP = re.compile(r"^Symlink loop from '(.*)'$")
 
 
@@ -311,12 +321,17 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
         if stop_signals.received() is not None:  # the stop, raised inside TensorFlow's callbacks as another type
             return _stopped(prog, stop_signals.received(), debug)
         full, read_only, loop = no_space_left(exc), read_only_path(exc), looping_link(exc)
-        denied = _tf_path(exc, _TF_DENIED)
-        if full is None and read_only is None and loop is None and denied is None:  # a bug: keep the traceback
-            raise
+        denied, undecodable = _tf_path(exc, _TF_DENIED), undecodable_data(exc)
+        if full is None and read_only is None and loop is None and denied is None and undecodable is None:
+            raise  # a bug: keep the traceback
         if debug:
             traceback.print_exc()
-        if loop is not None:  # the user's path (QA 69: pathlib's RuntimeError, a traceback and exit 1)
+        if undecodable is not None:  # the user's data: ClassStatsGen does not inflate images (cost; README)
+            print(f"{prog}: error: TensorFlow could not decode an image or mask of the records ({undecodable}): "
+                  f"the statistics check each record's PNG chunks but not an image's pixel data; write the records "
+                  f"again with `segbalance ingest` from the source files (it checks every file's pixel data and "
+                  f"names each damaged one)", file=sys.stderr, flush=True)
+        elif loop is not None:  # the user's path (QA 69: pathlib's RuntimeError, a traceback and exit 1)
             print(f"{prog}: error: {loop} is a link that loops (it leads back to itself): point it at a real file "
                   f"or folder, or give another path", file=sys.stderr, flush=True)
         elif full is not None:

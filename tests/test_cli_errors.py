@@ -674,6 +674,59 @@ def test_tensorflow_s_words_for_an_unwritable_folder_are_one_line_exit_2(raised,
     assert err.count("\n") == 1 and line in err and "Traceback" not in err, err
 
 
+def _undecodable_png_error():
+    """TensorFlow's own error for a PNG whose pixel data is damaged (a broken zlib stream; every CRC right)."""
+    import io
+    import struct
+    import zlib
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 9, 3), np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    at = data.find(b"IDAT")
+    body = bytearray(data[at + 4:at + 4 + int.from_bytes(data[at - 4:at], "big")])
+    body[5] ^= 0xFF
+    damaged = data[:at] + b"IDAT" + bytes(body) + struct.pack(">I", zlib.crc32(b"IDAT" + bytes(body))) + \
+        data[at + 8 + len(body):]
+    try:
+        tf.io.decode_png(damaged, channels=3)
+    except tf.errors.InvalidArgumentError as exc:
+        return exc
+    raise AssertionError("TensorFlow decoded the damaged PNG")
+
+
+@pytest.mark.parametrize("jpeg", [False, True])
+def test_records_tensorflow_cannot_decode_are_one_line_exit_2(jpeg, monkeypatch, capsys):
+    """QA 80 H1: a record whose image TensorFlow could not decode stopped a run inside Transform with three
+    tracebacks and exit 1. ClassStatsGen does not inflate images' pixel data (cost), so such a record of a user's
+    own may still reach Transform: the line says what to do. TensorFlow's own error, wrapped as TFX wraps it."""
+    from segbalance.pipeline import sample_data
+
+    if jpeg:
+        import tensorflow as tf
+
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            tf.io.decode_jpeg(b"\xff\xd8\xff\xe0 not a JPEG")
+        raised = _wrapped(caught.value)
+    else:
+        raised = _wrapped(_undecodable_png_error())
+
+    def undecodable(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(sample_data, "write_sample_data", undecodable)
+    assert cli.main(["sample-data", "shapes", "--output", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    what = "Invalid JPEG data or crop window" if jpeg else "Invalid PNG data, size "
+    assert f"error: TensorFlow could not decode an image or mask of the records ({what}" in err
+    assert err.rstrip().endswith("(it checks every file's pixel data and names each damaged one)")
+
+
 @pytest.mark.parametrize("raised", [OSError(5, "Input/output error", "/out/x"), RuntimeError("a bug"),
                                     ValueError("a bug")])
 def test_other_failures_keep_their_traceback(raised, monkeypatch):
