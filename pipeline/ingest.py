@@ -287,6 +287,7 @@ class Listing:
     # folders and special files (FIFO, socket, device) named like a file ingest reads, by stem (QA 80 L3: their
     # partner was told it had no image / mask, and a FIFO was in no list)
     not_files: Dict[str, Path] = field(default_factory=dict)
+    other_special: List[Path] = field(default_factory=list)  # special files of other suffixes (skipped, listed)
 
     def skipped(self) -> List[Path]:
         """Every non-hidden file ingest does not read: other suffixes, names without the stem ending, and files in
@@ -297,7 +298,7 @@ class Listing:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 inside += [Path(root, n) for n in sorted(names) if not n.startswith(".")]
         special = [p for p in self.not_files.values() if not p.is_dir()]  # a folder's files are listed instead
-        return sorted([*self.other_suffix.values(), *self.without_ending, *special, *inside])
+        return sorted([*self.other_suffix.values(), *self.without_ending, *special, *self.other_special, *inside])
 
     def whole_stems(self) -> Dict[str, Path]:
         """The files ingest reads and those left out for lacking the stem ending, by their whole (NFC) stems."""
@@ -319,8 +320,8 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
                 listing.subfolders.append(path)
             if path.suffix.lower() in suffixes:
                 listing.not_files.setdefault(stem, path)
-            elif not path.is_dir():  # QA 82 L3: a FIFO with another suffix was in no list
-                listing.other_suffix.setdefault(stem, path)
+            elif not path.is_dir():  # QA 82 L3: a FIFO with another suffix was in no list (QA 83: nor a file to
+                listing.other_special.append(path)  # convert, as other_suffix's are)
         elif path.is_symlink() and not path.exists():  # a dangling link: named as one, never "has no image"
             target = listing.broken if path.suffix.lower() in suffixes else listing.other_suffix
             target.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
@@ -771,8 +772,9 @@ def large_image_note(large: List[dict], classes: int, given: bool) -> str:
                       f"{request_bytes((e['height'], e['width']), classes) / 2 ** 30:.1f} GiB)" for e in large[:3])
     more = f" and {len(large) - 3} more" if len(large) > 3 else ""
     images = "1 image is" if len(large) == 1 else f"{len(large)} images are"
+    more_classes = "" if given or classes >= MAX_CLASSES else " or more"
     return (f"ingest: warning: {images} too large for one evaluation request "
-            f"({PREDICT_BUDGET_BYTES / 2 ** 30:.0f} GiB at {classes}{'' if given else ' or more'} classes): "
+            f"({PREDICT_BUDGET_BYTES / 2 ** 30:.0f} GiB at {classes}{more_classes} classes): "
             f"{shown}{more}. Every component decodes them at full size and the evaluation predicts at that size, "
             f"whatever training.image_size is; if memory is short, downscale them with their masks "
             f"(nearest-neighbour) before ingest (listed in {REPORT_NAME}: large_images)")

@@ -1329,6 +1329,13 @@ def test_links_to_special_files_and_fifos_of_other_suffixes_are_listed(tmp_path)
     assert bad["lf"] == f"mask has no image file: lf.png in {images} is not a regular file (a FIFO, socket or device)"
     assert bad["into"] == "image into.png is a link to loop_a, which leads into a loop of links"
     assert {str(images / "lf.png"), str(images / "notes.fifo")} <= set(report["skipped_files"])
+    # QA 83 L6: a FIFO named like a WebP image beside a mask was told "convert it to PNG"
+    os.mkfifo(images / "w.webp")
+    _write(tmp_path / "masks" / "w.png", np.zeros((12, 10), np.uint8))
+    assert _run(tmp_path, "--overwrite") == 0
+    report = _report(tmp_path / "out")
+    assert {b["source_id"]: b["reason"] for b in report["bad"]}["w"] == f"mask has no image w.* in {images}"
+    assert str(images / "w.webp") in report["skipped_files"]
 
 
 def test_without_num_classes_large_images_are_judged_at_the_masks_classes(tmp_path, capsys):
@@ -1365,3 +1372,14 @@ def test_masks_with_no_valid_orientation_are_kept_as_they_are(tmp_path, exif):
     assert _run(tmp_path) == 0
     (record,) = _records(tmp_path / "out")
     np.testing.assert_array_equal(codec.decode_array(record.mask_bytes), ids)
+
+
+def test_large_images_at_the_most_classes_say_no_or_more(tmp_path, capsys):
+    """QA 83 L6: masks reaching id 254 (255 classes, the most there can be) were '255 or more classes'."""
+    (tmp_path / "images").mkdir()
+    _write(tmp_path / "images" / "m.png", np.zeros((800, 800), np.uint8))  # 2 * 800 * 800 * 255 * 4 B = 1.2 GiB
+    ids = np.zeros((800, 800), np.uint8)
+    ids[0, 0] = 254
+    _write(tmp_path / "masks" / "m.png", ids)
+    assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(tmp_path / "o")]) == 0
+    assert "(1 GiB at 255 classes): m (800x800, about 1.2 GiB)" in capsys.readouterr().err
