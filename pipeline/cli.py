@@ -177,7 +177,9 @@ _TF_READ_ONLY = re.compile(r"((?:/|[a-z][a-z0-9+.-]*://)[^;\n]*); Read-only file
 _TF_DENIED = re.compile(r"((?:/|[a-z][a-z0-9+.-]*://)[^;\n]*); (?:Permission denied|Operation not permitted)")
 
 
-def _tf_path(exc: Optional[BaseException], pattern) -> Optional[str]:
+def _tf_words(exc: Optional[BaseException], pattern) -> Optional[str]:
+    """``pattern``'s first group in the message of an error in ``exc``'s chain that is not an OSError (TensorFlow's
+    errors carry a path, or a decoder's reason, only in their text), or None."""
     for raised in _chain(exc):
         match = pattern.search(str(raised)) if not isinstance(raised, OSError) else None
         if match:
@@ -187,7 +189,7 @@ def _tf_path(exc: Optional[BaseException], pattern) -> Optional[str]:
 
 def read_only_path(exc: Optional[BaseException]) -> Optional[str]:
     """What a read-only file system refused to write (``failed_path`` EROFS, or TensorFlow's words), or None."""
-    return failed_path(exc, errno.EROFS) or _tf_path(exc, _TF_READ_ONLY)
+    return failed_path(exc, errno.EROFS) or _tf_words(exc, _TF_READ_ONLY)
 
 
 def no_space_left(exc: Optional[BaseException]) -> Optional[str]:
@@ -209,7 +211,7 @@ _TF_UNDECODABLE = re.compile(r"(Invalid PNG data, size \d+|Invalid JPEG data[^.\
 
 def undecodable_data(exc: Optional[BaseException]) -> Optional[str]:
     """TensorFlow's words when one of its image decoders refused a record's bytes (in ``exc``'s chain), or None."""
-    return _tf_path(exc, _TF_UNDECODABLE)
+    return _tf_words(exc, _TF_UNDECODABLE)
 
 
 _PATHLIB_LOOP = re.compile(r"^Symlink loop from '(.*)'$")
@@ -321,7 +323,7 @@ def run_reporting_errors(call: Callable[[], Optional[int]], prog: str, debug: bo
         if stop_signals.received() is not None:  # the stop, raised inside TensorFlow's callbacks as another type
             return _stopped(prog, stop_signals.received(), debug)
         full, read_only, loop = no_space_left(exc), read_only_path(exc), looping_link(exc)
-        denied, undecodable = _tf_path(exc, _TF_DENIED), undecodable_data(exc)
+        denied, undecodable = _tf_words(exc, _TF_DENIED), undecodable_data(exc)
         if full is None and read_only is None and loop is None and denied is None and undecodable is None:
             raise  # a bug: keep the traceback
         if debug:

@@ -314,22 +314,21 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
+        stem = strip_stem_suffix(source_id_of(path.stem), stem_suffix)
+        read = path.suffix.lower() in suffixes
         if path.is_dir() or (path.exists() and not path.is_file()):  # a folder, a FIFO, ... or a link to one
-            stem = strip_stem_suffix(source_id_of(path.stem), stem_suffix)
             if path.is_dir():
                 listing.subfolders.append(path)
-            if path.suffix.lower() in suffixes:
+            if read:
                 listing.not_files.setdefault(stem, path)
-            elif not path.is_dir():  # QA 82 L3: a FIFO with another suffix was in no list (QA 83: nor a file to
-                listing.other_special.append(path)  # convert, as other_suffix's are)
+            elif not path.is_dir():  # QA 82 L3: a FIFO of another suffix was in no list; not one to convert (QA 83)
+                listing.other_special.append(path)
         elif path.is_symlink() and not path.exists():  # a dangling link: named as one, never "has no image"
-            target = listing.broken if path.suffix.lower() in suffixes else listing.other_suffix
-            target.setdefault(strip_stem_suffix(source_id_of(path.stem), stem_suffix), path)
+            (listing.broken if read else listing.other_suffix).setdefault(stem, path)
         elif path.is_file():
-            stem = strip_stem_suffix(source_id_of(path.stem), stem_suffix)
-            if stem_suffix and stem == source_id_of(path.stem) and path.suffix.lower() in suffixes:
+            if stem_suffix and stem == source_id_of(path.stem) and read:
                 listing.without_ending.append(path)  # not ending in it: not one of the files meant (skipped, said)
-            elif path.suffix.lower() not in suffixes:
+            elif not read:
                 listing.other_suffix.setdefault(stem, path)
             elif stem in listing.files:
                 other = listing.files[stem].name

@@ -94,8 +94,9 @@ class SharedClassIoU(keras.metrics.Metric):
     on the same data (same formula, same epsilon), and its config is that ``ClassIoU``'s: a saved model
     reloads it as a ``ClassIoU`` of its own.
 
-    Why (QA 76 M4): one ``ClassIoU`` per class kept C confusion matrices and took C arg-maxes of the
-    [B,H,W,C] logits per step; at 255 classes the metrics alone took about 3 s a step on 2 CPU cores."""
+    Why (QA 76 M4): one ``ClassIoU`` per class kept C confusion matrices and updated each every step;
+    with one matrix the metrics cost 1.8x / 3.0x less CPU at 21 / 255 classes (``benchmarks/metrics_shared_cm.py``,
+    docs/benchmarks.md)."""
 
     def __init__(self, source: keras.metrics.IoU, class_id: int, name=None, **kwargs):
         super().__init__(name=name, dtype=source.dtype, **kwargs)
