@@ -574,6 +574,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
 
                 from segbalance.pipeline.dag import create_pipeline
                 from segbalance.pipeline.local_dag import run_dag_locally
+                from segbalance.pipeline.undecodable_records import name_undecodable_records
 
                 pipeline = create_pipeline(
                     config, examples_dir=examples_dir, pipeline_root=paths["pipeline_root"],
@@ -589,6 +590,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
                 except BaseException as exc:
                     if stop_signals.stopped(exc) is None:  # a stop says so in one line (cli), not two
                         print(f"segbalance run: the pipeline stopped; library messages are in {log.path}", flush=True)
+                        name_undecodable_records(exc, Path(examples_dir))  # (QA 80 H1: Transform names no record)
                     raise
                 finally:
                     unroute_absl(progress)

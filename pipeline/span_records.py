@@ -105,7 +105,7 @@ class _SourceIds:
 
     def add(self, example, path: Path, index: int) -> None:
         self.current = path
-        source_id, image, mask = _identity(example)
+        source_id, image, mask = record_identity(example)
         if source_id is None:
             return
         cheap = (len(image), len(mask), zlib.crc32(mask))
@@ -130,15 +130,15 @@ class _SourceIds:
             return self.digests[path][index]
         current = path == self.current
         digests = []
-        for n, record in enumerate(_records(path)):
-            digests.append(_digest(*_identity(example_pb2.Example.FromString(record))[1:]))
+        for n, record in enumerate(read_records(path)):
+            digests.append(_digest(*record_identity(example_pb2.Example.FromString(record))[1:]))
             if current and n == index:
                 return digests[index]
         self.digests[path] = digests
         return digests[index]
 
 
-def _records(path: Path):
+def read_records(path: Path):
     """The serialized records of a TFRecord file (``.gz``: gunzipped)."""
     from segbalance.components.tfrecord_file import iter_tfrecords
 
@@ -147,7 +147,7 @@ def _records(path: Path):
         yield from iter_tfrecords(handle)
 
 
-def _identity(example):
+def record_identity(example):
     """(source_id or None, image bytes, mask bytes) of a tf.train.Example."""
     from segbalance.contract import IMAGE_KEY, MASK_KEY, SOURCE_ID_KEY
 
@@ -190,7 +190,7 @@ def check_span_records(spans_dir: Path, spans: List[int], config) -> Dict[str, o
         path = Path(os.path.realpath(path))  # a window's link: name (and read) the user's own file
         index = -1
         try:
-            for index, serialized in enumerate(_records(path)):
+            for index, serialized in enumerate(read_records(path)):
                 try:
                     example = example_pb2.Example.FromString(serialized)
                 except DecodeError:
