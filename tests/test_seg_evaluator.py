@@ -495,3 +495,39 @@ def test_requests_to_the_serving_model_stay_within_a_memory_budget():
     small = [(f"s{i}", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)) for i in range(20)]
     cm = confusion_over(predict, big + small, 19, 255)
     assert requests == [3, 3, 1, 16, 4] and cm[0, 0] == 7 * 1024 * 2048 + 20 * 64
+
+
+def test_the_eval_set_keeps_masks_encoded_and_scores_them_as_decoded(tmp_path):
+    """QA 80 M1: the evaluation set held every decoded truth mask (4 MB a 2000 x 2000 image) for the whole
+    evaluation; it now keeps each mask's PNG bytes and decodes it when its batch is scored. The scores are the
+    ones the decoded arrays give (a NumPy confusion matrix of the same masks and predictions)."""
+    from segbalance.components.seg_evaluator import EncodedMask, confusion_over, load_eval_set
+
+    rng = np.random.default_rng(3)
+    masks = [rng.integers(0, 3, (40, 60)).astype(np.uint8) for _ in range(5)]
+    masks[2][:5] = 255
+    full = tmp_path / "full"
+    full.mkdir()
+    reference = np.full((40, 60), 2, np.uint8)
+    (full / "r3.png").write_bytes(codec.encode_png(reference))  # record 3 is scored against a reference mask
+    image = codec.encode_png(np.zeros((40, 60, 3), np.uint8))
+    records = [codec.build_example(image, codec.encode_png(m), source_id=f"r{i}", height=40, width=60)
+               .SerializeToString() for i, m in enumerate(masks)]
+    items, counts = load_eval_set(records, str(full), num_classes=3)
+    assert counts["reference_masks"] == 1 and counts["annotation_masks"] == 4
+    truths = [reference if i == 3 else m for i, m in enumerate(masks)]
+    for (source_id, _, truth), expected in zip(items, truths):
+        assert isinstance(truth, EncodedMask) and truth.shape == expected.shape
+        assert len(truth.data) < expected.nbytes  # bytes, not the array
+        np.testing.assert_array_equal(np.asarray(truth), expected)
+    predictions = {f"r{i}": rng.integers(0, 3, (40, 60)) for i in range(5)}
+    calls = iter(predictions.values())
+    seen = []
+    cm = confusion_over(lambda images: [next(calls) for _ in images], items, 3, 255,
+                        on_image=lambda sid, img, truth, p, image_cm: seen.append(type(truth)))
+    expected_cm = np.zeros((3, 3), np.int64)
+    for truth, p in zip(truths, predictions.values()):
+        valid = truth != 255
+        np.add.at(expected_cm, (truth[valid].astype(int), p[valid]), 1)
+    np.testing.assert_array_equal(cm, expected_cm)
+    assert seen == [np.ndarray] * 5  # per-image results get arrays
