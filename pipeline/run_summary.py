@@ -1,6 +1,8 @@
 """What a local run produced, read back from its ML Metadata store (SQLite)."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
 import os
@@ -348,12 +350,39 @@ def running_summary(previous: Optional[str]) -> dict:
 
 
 def write_summary(output_dir: str, summary: dict) -> str:
-    """OUTPUT/run_summary.json, written beside and renamed over (never half-written)."""
+    """OUTPUT/run_summary.json, written beside and renamed over (never half-written). On a full disk
+    (ENOSPC), which has no block for the new file, it is written over the summary already there when it fits
+    the blocks that file holds (``_over_its_own_blocks``), so a run that fails on a full disk does not leave
+    its ``running`` summary behind (QA 77); otherwise the OSError stands and the earlier file stays whole."""
     path = os.path.join(output_dir, SUMMARY_FILE)
-    with open(f"{path}.partial", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(f"{path}.partial", path)
+    text = json.dumps(summary, indent=1)
+    try:
+        with open(f"{path}.partial", "w") as f:
+            f.write(text)
+        os.replace(f"{path}.partial", path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path}.partial")
+        if exc.errno != errno.ENOSPC or not _over_its_own_blocks(path, text.encode()):
+            raise
     return path
+
+
+def _over_its_own_blocks(path: str, data: bytes) -> bool:
+    """``data`` written over ``path`` in place when it fits the blocks the file has on disk (no block to
+    allocate, so the write cannot fail for space part-way and leave a torn file); False when it does not
+    fit, or ``path`` is missing or cannot be written."""
+    try:
+        if len(data) > os.stat(path).st_blocks * 512:
+            return False
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError:
+        return False
 
 
 def unfinished_summary(exc: BaseException, log: Optional[str], previous: Optional[str]) -> dict:

@@ -190,3 +190,48 @@ def test_a_stopped_pipeline_says_so_in_one_line_and_a_failed_one_names_its_log(t
         assert captured.err == "segbalance run: stopped (SIGTERM); run the same command again to resume\n"
     else:
         assert summary["status"] == "failed" and named in captured.out
+
+
+def _full_disk_for_new_files(monkeypatch, errno_=28):
+    """The summary module's ``open``: a new file (the ``.partial`` beside the summary) is refused as a full
+    disk refuses it; the existing summary opens as usual."""
+    import builtins
+
+    from segbalance.pipeline import run_summary
+
+    def full(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".partial"):
+            raise OSError(errno_, "No space left on device" if errno_ == 28 else "refused", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(run_summary, "open", full, raising=False)
+
+
+def test_on_a_full_disk_the_failure_summary_is_written_over_the_running_one(tmp_path, monkeypatch):
+    """QA 77: a run that failed on a full disk left run_summary.json saying ``running`` (the new file had no
+    block). It now takes the blocks of the summary already there, when the new one fits them."""
+    from segbalance.pipeline.run_summary import running_summary
+
+    write_summary(str(tmp_path), running_summary(None))
+    _full_disk_for_new_files(monkeypatch)
+    failed = unfinished_summary(OSError(28, "No space left on device", "/out/x"), "run.log", None)
+    write_summary(str(tmp_path), failed)
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == failed
+    assert [p.name for p in tmp_path.iterdir()] == [SUMMARY_FILE]  # no .partial left
+    # a summary that does not fit the file's blocks is not written over it: the OSError stands, the file whole
+    with pytest.raises(OSError, match="No space left"):
+        write_summary(str(tmp_path), {**failed, "error": "x" * (1 << 16)})
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == failed
+
+
+def test_other_write_errors_and_no_earlier_summary_keep_the_error(tmp_path, monkeypatch):
+    _full_disk_for_new_files(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):  # nothing to write over
+        write_summary(str(tmp_path), {"status": "failed"})
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    write_summary(str(tmp_path), {"status": "running"})
+    _full_disk_for_new_files(monkeypatch, errno_=13)  # not a full disk: never written in place
+    with pytest.raises(OSError, match="refused"):
+        write_summary(str(tmp_path), {"status": "failed"})
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == {"status": "running"}
