@@ -25,6 +25,8 @@ Output (``TARGET`` = ``DIR/Span-N`` with ``--span N``, else ``DIR``)::
 
     TARGET/data-00000-of-0000K.tfrecord   K = --shards, written in parallel when K > 1
     TARGET/ingest_report.json            counts, written records, bad pairs with reasons
+    TARGET/classes.json                  the class names of a classes.json beside IMAGES_DIR (when there is
+                                         one and it names --num-classes classes): a run of the span trains them
 
 Masks must be lossless: PNG (or BMP/TIFF). JPEG data in a mask (a ``.jpg`` mask, or JPEG
 bytes under a ``.png`` name) is a bad pair: JPEG changes class ids at region edges. 1-bit
@@ -160,6 +162,9 @@ class IngestOptions:
     groups_source: str = "--groups"  # what messages call the groups (`segbalance run`: DIR/groups.json)
     labeled_source: str = "--labeled"  # what messages call the labelled sets (`segbalance run`: DIR/labeled.json)
     reference_masks: Optional[Path] = None  # complete masks (<stem>.png), kept in TARGET/reference_masks/
+    # the classes' names (classes.json beside IMAGES_DIR), kept in TARGET/classes.json: a run of the span trains
+    # them (QA 84 H1: a span ingest wrote had none, and a later run trained the four default names)
+    class_names: Optional[List[str]] = None
     # endings dropped from the file stems before pairing (pipeline/stem_pairing.py): Cityscapes' _leftImg8bit /
     # _gtFine_labelIds; the reference masks' stems lose the mask ending too
     image_stem_suffix: str = ""
@@ -506,12 +511,6 @@ def read_class_names(classes: Path, instead: str = "pass --num-classes") -> Opti
     if len(names) > MAX_CLASSES:
         raise IngestError(f"classes file {classes}: {len(names)} class names; masks are 8-bit, at most {MAX_CLASSES}")
     return names
-
-
-def infer_num_classes(images_dir: Path) -> Optional[int]:
-    """C from a ``classes.json`` beside the image folder (as ``sample-data`` writes); None without one."""
-    names = read_class_names(Path(images_dir).parent / "classes.json")
-    return None if names is None else len(names)
 
 
 # --------------------------------------------------------------------------- one pair
@@ -908,6 +907,9 @@ def ingest(
     problem = ignore_index_problem(options.num_classes, options.ignore_index)
     if problem:
         raise IngestError(f"--ignore-index {problem}")
+    if options.class_names is not None and len(options.class_names) != options.num_classes:
+        raise IngestError(f"{len(options.class_names)} class names for --num-classes {options.num_classes}: give "
+                          f"as many names as classes")
     target = output / f"Span-{span}" if span is not None else output
     clean_stale(target.parent)  # first: a span it restores needs --overwrite like any other
     if target.is_symlink() and target.exists():  # ... and the real folder: renaming the link aside would replace
@@ -1065,6 +1067,8 @@ def ingest(
                                                               tmp / REFERENCE_MASKS_FOLDER, options.mask_stem_suffix,
                                                               to_ids=mapped)
         (tmp / REPORT_NAME).write_text(json.dumps(result.report(), indent=1))
+        if options.class_names is not None:  # (`run --data` reads them: ``spans.class_names_file``)
+            (tmp / CLASS_NAMES_FILE).write_text(json.dumps({"class_names": list(options.class_names)}, indent=1))
         output_guard.write_marker(tmp, "ingest", target=target.name, shards=[job[1] for job in jobs],
                                   **(marker_extra or {}))
         if not overwrite and target.is_dir() and any(target.iterdir()):  # another command wrote it meanwhile
@@ -1249,7 +1253,14 @@ def _main(args) -> int:
     if args.palette and args.value_map:
         raise IngestError("--palette and --value-map both map mask values to class ids: give one (--value-map for "
                           "several values per class, --palette for colours)")
-    num_classes = args.num_classes if args.num_classes is not None else infer_num_classes(Path(args.images_dir))
+    names_file = Path(args.images_dir).parent / CLASS_NAMES_FILE
+    names = read_class_names(names_file)
+    num_classes = args.num_classes if args.num_classes is not None else None if names is None else len(names)
+    if names is not None and len(names) != num_classes:
+        print(f"ingest: note: {names_file} names {len(names)} classes, --num-classes is {num_classes}: its names "
+              f"are not kept with the records; a run of them needs the classes' names in its config",
+              file=sys.stderr)
+        names = None
     if args.reference_masks is not None and not Path(args.reference_masks).is_dir():
         raise IngestError(f"--reference-masks {args.reference_masks} is not a folder: give the folder of complete "
                           f"masks (<stem>.png), or leave the option out")
@@ -1262,6 +1273,7 @@ def _main(args) -> int:
         labeled=load_labeled(args.labeled, num_classes) if args.labeled else None,
         groups=load_groups(args.groups) if args.groups else None,
         reference_masks=Path(args.reference_masks) if args.reference_masks else None,
+        class_names=names,
         image_stem_suffix=args.image_stem_suffix,
         mask_stem_suffix=args.mask_stem_suffix,
     )

@@ -59,7 +59,8 @@ def counts_from_ingest_reports(reports: Dict[Path, Optional[dict]], config, file
 
 def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     """SpanRecordError when an ingest report of the spans read records class ids the config has no name
-    for, or another ignore index than the config's on masks that hold it (a Span-N folder run with the
+    for, another class count than the config's (ingest's --num-classes or classes.json), or another ignore
+    index than the config's on masks that hold it (a Span-N folder run with the
     default 4 classes trained for half a minute, then stopped with a traceback: QA, session 18). A
     ``data.num_spans`` window's links are followed to the spans' own folders. Spans without a current
     report are checked by the trainer. ``reports``: ``span_reports``."""
@@ -77,7 +78,15 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
         if report is None:
             continue
         where = f"{folder} ({folder.name}/ingest_report.json)"
-        largest, ignore = report.get("max_class_id"), report.get("ignore_index")
+        largest, ignore, declared = report.get("max_class_id"), report.get("ignore_index"), report.get("num_classes")
+        if isinstance(declared, int) and declared != config.num_classes:  # (QA 84 H1: a 3-class span trained the
+            # four default names when no classes.json named its classes)
+            names = ", ".join(config.classes.names[:6]) + (", ..." if config.num_classes > 6 else "")
+            raise SpanRecordError(
+                f"{where}: ingested for {declared} classes (ingest --num-classes or its classes.json), but the "
+                f"config has {config.num_classes} ({names}): name the span's {declared} classes in id order in the "
+                f"config's classes.names, or in a classes.json ({{\"class_names\": [...]}}) in "
+                f"{folder.parent}, or ingest the span again for {config.num_classes} classes")
         if isinstance(largest, int) and largest >= config.num_classes:
             raise SpanRecordError(
                 f"{where}: its masks hold class ids up to {largest}, but classes.names lists {config.num_classes} "

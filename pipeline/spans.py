@@ -25,11 +25,17 @@ WINDOW_LINK = re.compile(r"^data-span(\d+)-")  # a window link's name: data-span
 
 
 def class_names_file(folder: Path) -> Path:
-    """Where a data folder's class names are: its latest ``Span-N/classes.json`` (written by `run` with the
-    span), else ``folder/classes.json`` (the user's, or a folder of images/ and masks/)."""
-    spans = list_spans(folder)
-    latest = Path(folder) / f"Span-{spans[-1]}" / CLASS_NAMES_FILE if spans else None
-    return latest if latest is not None and latest.is_file() else Path(folder) / CLASS_NAMES_FILE
+    """Where a data folder's class names are: the ``Span-N/classes.json`` of its latest span that has one
+    (`run` writes it with each span it ingests, `ingest` from a classes.json beside its images), else
+    ``folder/classes.json`` (the user's, or a folder of images/ and masks/). QA 84 H1: a span ingested by hand
+    without one made a later run take the four default names; it now takes the names of the spans before it
+    (a span whose class ids go past them, or that was ingested for another class count, is refused by the
+    record check before the run: ``span_records.check_class_ids``)."""
+    for span in reversed(list_spans(folder)):
+        names = Path(folder) / f"Span-{span}" / CLASS_NAMES_FILE
+        if names.is_file():
+            return names
+    return Path(folder) / CLASS_NAMES_FILE
 
 
 def list_spans(examples_dir: Path) -> List[int]:

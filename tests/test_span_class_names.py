@@ -1,0 +1,123 @@
+"""QA 84 H1: a span written by `segbalance ingest` kept no class names, so a later run over the span folder
+(`run --data OUTPUT/data`, what `segbalance schedule` prints, or `data.dir` in a config) trained the four
+default names on the user's 3-class data, and following the drift gate's advice pushed that model. Now ingest
+keeps a classes.json beside IMAGES_DIR with the span, a run takes the names of the latest span that has them,
+and a span ingested for another class count than the config's is refused before the run."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from segbalance.pipeline import cli
+from segbalance.pipeline.config import config_from_dict, load_config
+from segbalance.pipeline.span_records import SpanRecordError, check_span_records
+from segbalance.pipeline.spans import class_names_file
+
+NAMES = ["background", "square", "disk"]
+
+
+def _three_class_folder(root, n=12, size=32, names=True, seed=0):
+    """``root/images`` + ``root/masks`` (a square, class 1, and a disk, class 2) and, with ``names``,
+    ``root/classes.json``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        x, y = rng.integers(2, size // 2, 2)
+        mask[y:y + 8, x:x + 8] = 1
+        mask[(yy - size * 3 // 4) ** 2 + (xx - size * 3 // 4) ** 2 < 25] = 2
+        image = rng.integers(0, 60, (size, size, 3)).astype(np.uint8) + (mask[..., None] * 80).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{root.name}{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{root.name}{i:02d}.png")
+    if names:
+        (root / "classes.json").write_text(json.dumps({"class_names": NAMES}))
+    return root
+
+
+def _ingest(source, out, span, *extra):
+    return cli.main(["ingest", str(source / "images"), str(source / "masks"), "--output", str(out), "--span",
+                     str(span), *extra])
+
+
+def test_ingest_keeps_the_names_of_a_classes_json_beside_the_images_with_the_span(tmp_path, capsys):
+    first = _three_class_folder(tmp_path / "first")
+    assert _ingest(first, tmp_path / "data", 0) == 0
+    kept = tmp_path / "data" / "Span-0" / "classes.json"
+    assert json.loads(kept.read_text()) == {"class_names": NAMES}
+    assert json.loads((tmp_path / "data" / "Span-0" / "ingest_report.json").read_text())["num_classes"] == 3
+    # --num-classes that agrees: kept too; one that does not: the names are not kept, and it says so
+    assert _ingest(first, tmp_path / "data", 1, "--num-classes", "3") == 0
+    assert json.loads((tmp_path / "data" / "Span-1" / "classes.json").read_text()) == {"class_names": NAMES}
+    capsys.readouterr()
+    assert _ingest(first, tmp_path / "data", 2, "--num-classes", "4") == 0
+    assert not (tmp_path / "data" / "Span-2" / "classes.json").exists()
+    err = capsys.readouterr().err
+    assert f"ingest: note: {first / 'classes.json'} names 3 classes, --num-classes is 4: its names are not kept" in err
+    # --overwrite replaces the span's classes.json (ingest's own file) with the new data's
+    (first / "classes.json").write_text(json.dumps({"class_names": ["bg", "sq", "dk"]}))
+    assert _ingest(first, tmp_path / "data", 0, "--overwrite") == 0
+    assert json.loads(kept.read_text()) == {"class_names": ["bg", "sq", "dk"]}
+
+
+def test_a_run_takes_the_names_of_the_latest_span_that_has_them(tmp_path):
+    data = tmp_path / "data"
+    assert class_names_file(data) == data / "classes.json"  # no span: the folder's own
+    assert _ingest(_three_class_folder(tmp_path / "first"), data, 0) == 0
+    assert _ingest(_three_class_folder(tmp_path / "second", names=False), data, 1, "--num-classes", "3") == 0
+    assert not (data / "Span-1" / "classes.json").exists()
+    assert class_names_file(data) == data / "Span-0" / "classes.json"
+    config = load_config_text(tmp_path, {"data": {"dir": str(data)}})
+    assert config.classes.names == NAMES  # not the four default names
+    assert check_span_records(data, [1], config)["train"] > 0
+    (data / "Span-1" / "classes.json").write_text(json.dumps({"class_names": ["bg", "a", "b"]}))
+    assert class_names_file(data) == data / "Span-1" / "classes.json"  # the latest span's own, when it has them
+
+
+def load_config_text(tmp_path, values):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return load_config(str(path))
+
+
+def test_a_span_ingested_for_another_class_count_is_refused(tmp_path, capsys):
+    """No names anywhere: --num-classes 3 and a config with the default four names is refused before the run,
+    with what to do (it trained the default names)."""
+    data = tmp_path / "data"
+    assert _ingest(_three_class_folder(tmp_path / "only", names=False), data, 0, "--num-classes", "3") == 0
+    config = config_from_dict({"data": {"dir": str(data)}})
+    assert config.num_classes == 4
+    with pytest.raises(SpanRecordError) as caught:
+        check_span_records(data, [0], config)
+    message = str(caught.value)
+    assert message.startswith(f"{data / 'Span-0'} (Span-0/ingest_report.json): ingested for 3 classes (ingest "
+                              f"--num-classes or its classes.json), but the config has 4 (background, ellipse, "
+                              f"rectangle, circle): name the span's 3 classes in id order")
+    assert f"in a classes.json ({{\"class_names\": [...]}}) in {data}" in message
+    assert check_span_records(data, [0], config_from_dict({"classes": {"names": NAMES}}))["train"] > 0
+    capsys.readouterr()
+    assert cli.main(["run", "--data", str(data), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ingested for 3 classes" in err and "Traceback" not in err
+
+
+def test_a_run_over_spans_ingested_by_hand_trains_their_classes(tmp_path, capsys):
+    """End to end, QA 84's journey: the first span ingested from a folder with classes.json, the next one from a
+    folder without; `run --config` over the span folder trains and pushes the three named classes."""
+    data = tmp_path / "data"
+    assert _ingest(_three_class_folder(tmp_path / "first"), data, 0) == 0
+    assert _ingest(_three_class_folder(tmp_path / "second", names=False, seed=1), data, 1, "--num-classes", "3") == 0
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"dir": str(data)}, "training": {
+        "image_size": [32, 32], "epochs": 1, "batch_size": 8, "depth": 2, "base_filters": 8},
+        "evaluation": {"miou_threshold": 0.0}}))
+    capsys.readouterr()
+    assert cli.main(["run", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"classes: 3 from the classes of {data / 'Span-0' / 'classes.json'}: background, square, disk" in out
+    pushed = sorted((tmp_path / "out" / "serving_model").iterdir())
+    assert pushed, out
+    assert json.loads((pushed[-1] / "classes.json").read_text()) == {"class_names": NAMES, "num_classes": 3}
