@@ -57,6 +57,7 @@ from segbalance.trainer.loss_config import default_training_loss
 CE = {"type": "ce", "weight": 1.0}
 DICE = {"type": "dice", "weight": 1.0}
 FOCAL = {"type": "focal", "weight": 1.0, "gamma": 2.0}
+EXCLUSION = {"type": "exclusion", "weight": 1.0}  # form ce: a pixel annotated as a labelled class is no unlabelled one
 CLIP = DEFAULT_CLIP  # raw-weight clipping range of the "_clipped" variants (before normalisation): stats.clip's
 IMBALANCE_LOSSES = {
     "unweighted": {"terms": [CE]},
@@ -84,9 +85,12 @@ WEIGHTINGS = {"none": None, "inverse_frequency": "inverse_frequency", "inverse_f
 # the weights' early rare-class learning, then convergence on the unweighted loss.
 DECAY_EPOCHS = {"median_frequency_clipped_decay": default_training_loss().class_weight_decay_epochs}  # the default's
 MISSING = {"none": None, "ignore_predicted": "ignore_predicted", "marginal": "marginal",
-           "marginal_dice": "marginal"}
+           "marginal_dice": "marginal", "marginal_exclusion": "marginal"}
 # Missing-label handlings that also make the Dice terms marginal (loss_config.Dice.marginal).
 MARGINAL_DICE = ("marginal_dice",)
+# Missing-label handlings that add loss terms: marginal + exclusion (issue 9's "marginal + exclusion", Shi et al.
+# 2021's pair: the merged background, and a labelled pixel pushed away from the image's unlabelled classes).
+EXTRA_TERMS = {"marginal_exclusion": [EXCLUSION]}
 # How the cells' validation mIoU (best epoch, early stop, plateau) treats partial annotations, recorded in each
 # row. Rows without the field were trained before 2026-12-03 (session 6), when a background pixel predicted as
 # a class the image left unlabelled counted as a miss; identical to this rule where every class is labelled.
@@ -120,6 +124,7 @@ def cell_loss(terms: str, weighting: str, missing: str) -> dict:
         for term in loss["terms"]:
             if term["type"] == "dice":
                 term["marginal"] = True
+    loss["terms"] += copy.deepcopy(EXTRA_TERMS.get(missing, []))
     return loss
 
 

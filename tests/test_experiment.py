@@ -32,6 +32,14 @@ def test_cells_cross_terms_weightings_and_missing_label_handling():
         "missing_labels": "marginal"}
     assert cell_loss("ce_dice", "none", "marginal")["terms"][1] == {"type": "dice", "weight": 1.0}  # unchanged
     Plan(missing=["marginal_dice"]).check()
+    # marginal_exclusion (issue 9's "marginal + exclusion"; QA 86 M1: no option reached it): marginal CE and an
+    # exclusion term, after the cell's own terms
+    assert cell_loss("ce", "median_frequency", "marginal_exclusion") == {
+        "terms": [{"type": "ce", "weight": 1.0}, {"type": "exclusion", "weight": 1.0}],
+        "class_weights": "median_frequency", "missing_labels": "marginal"}
+    assert [t["type"] for t in cell_loss("ce_dice", "none", "marginal_exclusion")["terms"]] == ["ce", "dice",
+                                                                                                  "exclusion"]
+    Plan(terms=["ce", "ce_dice"], missing=["none", "marginal", "marginal_exclusion"]).check()
 
 
 @pytest.mark.parametrize("change, message", [
