@@ -1253,14 +1253,16 @@ def _main(args) -> int:
     if args.palette and args.value_map:
         raise IngestError("--palette and --value-map both map mask values to class ids: give one (--value-map for "
                           "several values per class, --palette for colours)")
-    names_file = Path(args.images_dir).parent / CLASS_NAMES_FILE
-    names = read_class_names(names_file)
+    names_file, names_note = Path(args.images_dir).parent / CLASS_NAMES_FILE, None
+    try:
+        names = read_class_names(names_file)
+    except IngestError:  # with --num-classes the file is not needed (QA 87 M2: it was never read before)
+        if args.num_classes is None:
+            raise
+        names, names_note = None, f"{names_file} is not a classes file ({{\"class_names\": [...]}})"
     num_classes = args.num_classes if args.num_classes is not None else None if names is None else len(names)
     if names is not None and len(names) != num_classes:
-        print(f"ingest: note: {names_file} names {len(names)} classes, --num-classes is {num_classes}: its names "
-              f"are not kept with the records; a run of them needs the classes' names in its config",
-              file=sys.stderr)
-        names = None
+        names, names_note = None, f"{names_file} names {len(names)} classes, --num-classes is {num_classes}"
     if args.reference_masks is not None and not Path(args.reference_masks).is_dir():
         raise IngestError(f"--reference-masks {args.reference_masks} is not a folder: give the folder of complete "
                           f"masks (<stem>.png), or leave the option out")
@@ -1287,6 +1289,9 @@ def _main(args) -> int:
     print(f"ingest: wrote {len(result.written)} records to {result.target} "
           f"({len(result.bad)} bad{unmatched}{references}, report {result.target / REPORT_NAME}, "
           f"{time.time() - started:.1f}s)")
+    if names_note:  # (after the records are written: a refused command keeps nothing, and says one line)
+        print(f"ingest: note: {names_note}: its names are not kept with the records; a run of them needs the "
+              f"classes' names in its config", file=sys.stderr)
     if result.num_classes is None and result.written:  # F6 (QA session 18): say that nothing checked the ids
         print(f"ingest: note: class ids were not checked (no classes.json beside {args.images_dir}, no "
               f"--num-classes); the largest id in the masks is {result.max_class_id} (recorded in the report): "

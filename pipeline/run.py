@@ -296,13 +296,17 @@ def keep_references(span_dir: Path, full: Path, config: PipelineConfig, images: 
     sync_span_references(span_dir, full)
 
 
-def adopt_class_names(config: PipelineConfig, names: list, origin: str, announce: bool = True) -> None:
+def adopt_class_names(config: PipelineConfig, names: list, origin: str, binding: bool = True,
+                      announce: bool = True) -> None:
     """The data's own class names (a sample kind's, or DATA/classes.json) for a config that left
-    ``classes.names`` at its default; names the user gave that differ are a ConfigError. The config
+    ``classes.names`` at its default; names the user gave that differ are a ConfigError, unless not
+    ``binding`` (an earlier span's names, ``data_class_names``: the user's own are kept, QA 87 M1). The config
     is checked again with the new class count (per-class vectors, ignore index)."""
     from segbalance.pipeline.config import validate
 
     if config.classes.names != names:
+        if config.classes.names != ClassesConfig().names and not binding:
+            return
         if config.classes.names != ClassesConfig().names:  # the user's own names: never replaced
             raise ConfigError(f"classes.names {config.classes.names} are not {origin} {names}: remove classes.names "
                               f"(the data names its classes), or make the two agree")
@@ -312,18 +316,21 @@ def adopt_class_names(config: PipelineConfig, names: list, origin: str, announce
         print(f"classes: {len(names)} from {origin}: {', '.join(names)}", flush=True)
 
 
-def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str]]:
-    """(names, where) from the ``classes.json`` of a local ``data.dir`` (of its latest ``Span-N/`` where run
-    ingested it, ``class_names_file``); None without one (or for sample data, or a remote folder). A
+def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str, bool]]:
+    """(names, where, binding) from the ``classes.json`` of a local ``data.dir`` (of its latest ``Span-N/`` where
+    run ingested it, ``class_names_file``); ``binding`` is False for an earlier span's names, which a config's
+    own names overrule (``adopt_class_names``); None without one (or for sample data, or a remote folder). A
     malformed file is an IngestError naming it."""
     if config.data.dir is None or "://" in config.data.dir:
         return None
     from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
     from segbalance.pipeline.spans import class_names_file
 
-    classes = class_names_file(Path(config.data.dir).resolve())
+    folder = Path(config.data.dir).resolve()
+    classes = class_names_file(folder)
     names = read_class_names(classes, instead=CONFIG_CLASSES_HINT)
-    return None if names is None else (names, f"the classes of {classes}")
+    return None if names is None else (names, f"the classes of {classes}", classes == class_names_file(
+        folder, older_spans=False))
 
 
 def keep_class_names(span_dir: Path, names: list) -> None:

@@ -369,9 +369,12 @@ def write_summary(output_dir: str, summary: dict) -> str:
 
 
 def _over_its_own_blocks(path: str, data: bytes) -> bool:
-    """``data`` written over ``path`` in place when it fits the blocks the file has on disk (no block to
-    allocate, so the write cannot fail for space part-way and leave a torn file); False when it does not
-    fit, or ``path`` is missing or cannot be written."""
+    """``data`` written over ``path`` in place when it fits the blocks the file has on disk: on a file system
+    that overwrites in place (ext4, XFS, tmpfs: checked on a full tmpfs and ext4, QA 87) no block is allocated,
+    so the write does not fail for space part-way. A copy-on-write one (btrfs, ZFS) allocates anyway and may
+    refuse it, and a reader during the write may see a mix: the fallback of a full disk only, where the
+    alternative is a summary that says ``running`` for a run that ended. False when it does not fit, or
+    ``path`` is missing or cannot be written."""
     try:
         if len(data) > os.stat(path).st_blocks * 512:
             return False

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from segbalance.contract import UserError, binary_masks_advice, counted
+from segbalance.contract import CLASS_NAMES_FILE, UserError, binary_masks_advice, counted
 from segbalance.pipeline.ingest_reports import ingest_report
 
 
@@ -59,11 +59,16 @@ def counts_from_ingest_reports(reports: Dict[Path, Optional[dict]], config, file
 
 def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     """SpanRecordError when an ingest report of the spans read records class ids the config has no name
-    for, another class count than the config's (ingest's --num-classes or classes.json), or another ignore
-    index than the config's on masks that hold it (a Span-N folder run with the
+    for, a latest span ingested for another class count than the config's default names (nothing named its
+    classes), or another ignore index than the config's on masks that hold it (a Span-N folder run with the
     default 4 classes trained for half a minute, then stopped with a traceback: QA, session 18). A
     ``data.num_spans`` window's links are followed to the spans' own folders. Spans without a current
     report are checked by the trainer. ``reports``: ``span_reports``."""
+    from segbalance.pipeline.config import ClassesConfig
+    from segbalance.pipeline.spans import SPAN_DIR
+
+    numbered = {folder: int(SPAN_DIR.match(folder.name).group(1)) for folder in reports if SPAN_DIR.match(folder.name)}
+    latest = max(numbered, key=numbered.get) if numbered else None
     largest_ids = [r.get("max_class_id") for r in reports.values() if r is not None]
     if (config.num_classes > 1 and reports and len(largest_ids) == len(reports)
             and all(isinstance(i, int) and i <= 0 for i in largest_ids)):
@@ -79,14 +84,17 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
             continue
         where = f"{folder} ({folder.name}/ingest_report.json)"
         largest, ignore, declared = report.get("max_class_id"), report.get("ignore_index"), report.get("num_classes")
-        if isinstance(declared, int) and declared != config.num_classes:  # (QA 84 H1: a 3-class span trained the
-            # four default names when no classes.json named its classes)
-            names = ", ".join(config.classes.names[:6]) + (", ..." if config.num_classes > 6 else "")
+        if (folder == latest and isinstance(declared, int) and declared != config.num_classes
+                and config.classes.names == ClassesConfig().names):  # (QA 84 H1: a 3-class span was trained as
+            # the four default classes when nothing named its classes; an earlier span of a window may have had
+            # fewer classes, QA 87 H1, and a user's own names are theirs to give)
+            own = (f", or in {Path(config.data.dir) / CLASS_NAMES_FILE} ({{\"class_names\": [...]}})"
+                   if config.data.dir and "://" not in config.data.dir else "")
             raise SpanRecordError(
-                f"{where}: ingested for {declared} classes (ingest --num-classes or its classes.json), but the "
-                f"config has {config.num_classes} ({names}): name the span's {declared} classes in id order in the "
-                f"config's classes.names, or in a classes.json ({{\"class_names\": [...]}}) in "
-                f"{folder.parent}, or ingest the span again for {config.num_classes} classes")
+                f"{where}: ingested for {declared} classes (ingest --num-classes), but no classes.json names them "
+                f"and the config's classes.names are the {config.num_classes} default names "
+                f"({', '.join(config.classes.names)}): name the span's {declared} classes in id order in the "
+                f"config's classes.names{own}")
         if isinstance(largest, int) and largest >= config.num_classes:
             raise SpanRecordError(
                 f"{where}: its masks hold class ids up to {largest}, but classes.names lists {config.num_classes} "

@@ -24,18 +24,26 @@ SPAN_DIR = re.compile(r"^Span-(\d+)$")
 WINDOW_LINK = re.compile(r"^data-span(\d+)-")  # a window link's name: data-span<M>-<file of span M>
 
 
-def class_names_file(folder: Path) -> Path:
-    """Where a data folder's class names are: the ``Span-N/classes.json`` of its latest span that has one
-    (`run` writes it with each span it ingests, `ingest` from a classes.json beside its images), else
-    ``folder/classes.json`` (the user's, or a folder of images/ and masks/). QA 84 H1: a span ingested by hand
-    without one made a later run take the four default names; it now takes the names of the spans before it
-    (a span whose class ids go past them, or that was ingested for another class count, is refused by the
-    record check before the run: ``span_records.check_class_ids``)."""
-    for span in reversed(list_spans(folder)):
+def class_names_file(folder: Path, older_spans: bool = True) -> Path:
+    """Where a data folder's class names are: its latest ``Span-N/classes.json`` (`run` writes it with each
+    span it ingests, `ingest` from a classes.json beside its images), else ``folder/classes.json`` (the
+    user's, or a folder of images/ and masks/), else, with ``older_spans``, the ``classes.json`` of the newest
+    earlier span that has one. QA 84 H1: after a span ingested by hand without names a run took the four
+    default names; it now takes the names of the spans before it (QA 87 M1: after the folder's own file, and
+    only for a config that names no classes; a span whose ids go past them is refused by the record check,
+    ``span_records.check_class_ids``)."""
+    spans = list_spans(folder)
+    latest = Path(folder) / f"Span-{spans[-1]}" / CLASS_NAMES_FILE if spans else None
+    own = Path(folder) / CLASS_NAMES_FILE
+    if latest is not None and latest.is_file():
+        return latest
+    if own.is_file() or not older_spans:
+        return own
+    for span in reversed(spans[:-1]):
         names = Path(folder) / f"Span-{span}" / CLASS_NAMES_FILE
         if names.is_file():
             return names
-    return Path(folder) / CLASS_NAMES_FILE
+    return own
 
 
 def list_spans(examples_dir: Path) -> List[int]:

@@ -673,7 +673,7 @@ def test_every_missing_label_handling_is_the_plain_loss_when_every_class_is_labe
     mask[0][mask[0] == 2] = 0  # the unlabelled class is background in that image's mask
     changed = {m for m in MISSING if m != "none"
                and value_and_grad(m, partial)[0] != pytest.approx(value_and_grad("none", partial)[0], rel=1e-4)}
-    assert changed == {"ignore_predicted", "marginal", "marginal_dice"}
+    assert changed == {"ignore_predicted", "marginal", "marginal_dice", "marginal_exclusion"}
 
 
 def test_a_fully_annotated_twin_is_found_under_any_missing_label_handling(tmp_path, capsys):

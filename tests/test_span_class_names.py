@@ -83,25 +83,79 @@ def load_config_text(tmp_path, values):
     return load_config(str(path))
 
 
-def test_a_span_ingested_for_another_class_count_is_refused(tmp_path, capsys):
-    """No names anywhere: --num-classes 3 and a config with the default four names is refused before the run,
-    with what to do (it trained the default names)."""
+def test_a_span_ingested_for_another_class_count_is_refused_when_nothing_names_its_classes(tmp_path, capsys):
+    """No names anywhere: --num-classes 3 and a config left at the four default names is refused before the
+    run, with what to do (it trained the default names). A user's own names are theirs to give (ids beyond
+    them are refused by the largest-id check)."""
     data = tmp_path / "data"
     assert _ingest(_three_class_folder(tmp_path / "only", names=False), data, 0, "--num-classes", "3") == 0
     config = config_from_dict({"data": {"dir": str(data)}})
     assert config.num_classes == 4
     with pytest.raises(SpanRecordError) as caught:
         check_span_records(data, [0], config)
-    message = str(caught.value)
-    assert message.startswith(f"{data / 'Span-0'} (Span-0/ingest_report.json): ingested for 3 classes (ingest "
-                              f"--num-classes or its classes.json), but the config has 4 (background, ellipse, "
-                              f"rectangle, circle): name the span's 3 classes in id order")
-    assert f"in a classes.json ({{\"class_names\": [...]}}) in {data}" in message
+    assert str(caught.value) == (
+        f"{data / 'Span-0'} (Span-0/ingest_report.json): ingested for 3 classes (ingest --num-classes), but no "
+        f"classes.json names them and the config's classes.names are the 4 default names (background, ellipse, "
+        f"rectangle, circle): name the span's 3 classes in id order in the config's classes.names, or in "
+        f"{data / 'classes.json'} ({{\"class_names\": [...]}})")
     assert check_span_records(data, [0], config_from_dict({"classes": {"names": NAMES}}))["train"] > 0
+    five = ["background", "square", "disk", "star", "ring"]  # more names than the span's: the user's choice
+    assert check_span_records(data, [0], config_from_dict({"classes": {"names": five}}))["train"] > 0
     capsys.readouterr()
     assert cli.main(["run", "--data", str(data), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ingested for 3 classes" in err and "Traceback" not in err
+    (data / "classes.json").write_text(json.dumps({"class_names": NAMES}))  # what the message says: then it runs
+    assert check_span_records(data, [0], load_config_text(tmp_path, {"data": {"dir": str(data)}}))["train"] > 0
+
+
+def test_a_window_whose_data_gained_a_class_is_not_refused(tmp_path):
+    """QA 87 H1: an earlier span of a data.num_spans window ingested for fewer classes (its ids fit the new
+    names) was refused; and the folder's own classes.json wins over an earlier span's names (QA 87 M1)."""
+    data = tmp_path / "data"
+    assert _ingest(_three_class_folder(tmp_path / "first"), data, 0) == 0  # 3 names kept
+    four = NAMES + ["triangle"]
+    second = _three_class_folder(tmp_path / "second", names=False, seed=1)
+    (second / "classes.json").write_text(json.dumps({"class_names": four}))
+    assert _ingest(second, data, 1) == 0  # declared 4, names kept
+    config = load_config_text(tmp_path, {"data": {"dir": str(data)}})
+    assert config.classes.names == four
+    assert check_span_records(data, [0, 1], config)["train"] > 0
+    # the latest span without names: the folder's own classes.json comes before Span-0's
+    (data / "Span-1" / "classes.json").unlink()
+    (data / "classes.json").write_text(json.dumps({"class_names": four}))
+    assert class_names_file(data) == data / "classes.json"
+    assert load_config_text(tmp_path, {"data": {"dir": str(data)}}).classes.names == four
+    assert check_span_records(data, [0, 1], config)["train"] > 0
+    # without it, Span-0's names are taken only for a config that names none: a user's own are not refused
+    (data / "classes.json").unlink()
+    assert class_names_file(data) == data / "Span-0" / "classes.json"
+    assert class_names_file(data, older_spans=False) == data / "classes.json"
+    from segbalance.pipeline.run import data_class_names
+
+    from segbalance.pipeline.run import adopt_class_names
+
+    own = config_from_dict({"data": {"dir": str(data)}, "classes": {"names": four}})
+    names, origin, binding = data_class_names(own)
+    assert names == NAMES and not binding  # an earlier span's: the config's own names stay
+    adopt_class_names(own, names, origin, binding=binding)
+    assert own.classes.names == four
+    assert data_class_names(config_from_dict({"data": {"dir": str(data)}}))[0] == NAMES
+    (data / "Span-1" / "classes.json").write_text(json.dumps({"class_names": NAMES}))  # the latest span's: binding
+    assert data_class_names(own)[2]
+
+
+def test_ingest_with_num_classes_does_not_need_a_readable_classes_json(tmp_path, capsys):
+    """QA 87 M2: with --num-classes, a classes.json beside IMAGES_DIR in another format stopped ingest (before,
+    it was not read at all); it is now left out, with a note after the records are written."""
+    source = _three_class_folder(tmp_path / "src", names=False)
+    (source / "classes.json").write_text(json.dumps({"0": "background", "1": "a", "2": "b"}))
+    assert _ingest(source, tmp_path / "data", 0, "--num-classes", "3") == 0
+    assert not (tmp_path / "data" / "Span-0" / "classes.json").exists()
+    err = capsys.readouterr().err
+    assert f"ingest: note: {source / 'classes.json'} is not a classes file" in err
+    assert _ingest(source, tmp_path / "data", 1) == 2  # without --num-classes it is needed: refused, as before
+    assert "expected {\"class_names\": [\"background\", ...]}" in capsys.readouterr().err
 
 
 def test_a_run_over_spans_ingested_by_hand_trains_their_classes(tmp_path, capsys):

@@ -102,6 +102,14 @@ def test_only_a_decoder_s_failure_is_diagnosed_and_an_unreadable_span_keeps_the_
     assert isinstance(caught.value.__cause__, RuntimeError)  # the failure it explains stays its cause
     (tmp_path / "Span-0" / "data-00000-of-00001.tfrecord").write_bytes(b"not a TFRecord file")
     name_undecodable_records(_decode_error(_damaged_png(_png(0))), tmp_path)  # cannot read: returns
+    # a file that cannot be read, or a record that is no Example, is passed over; the rest is still named
+    # (QA 87 L2: the whole scan was given up)
+    (tmp_path / "Span-0" / "data-00001-of-00002.tfrecord").write_bytes(b"not a TFRecord file either")
+    damaged = _write_span(tmp_path / "Span-0", [_damaged_png(_png(1))], "data-00002-of-00003.tfrecord")
+    with tf.io.TFRecordWriter(str(tmp_path / "Span-0" / "data-00000-of-00001.tfrecord")) as writer:
+        writer.write(b"\x0a\xff not an Example")
+    assert [(f.path, f.source_id) for f in undecodable_images(tmp_path, [0])] == [(damaged, "img0")]
+    (tmp_path / "Span-0" / "data-00002-of-00003.tfrecord").unlink()
     _write_span(tmp_path / "Span-1", [_png(0)])
     name_undecodable_records(_decode_error(_damaged_png(_png(0))), tmp_path)  # every image decodes: returns
 
@@ -125,7 +133,8 @@ def test_a_run_that_stops_in_transform_names_the_record(tmp_path, capsys):
     config.write_text(yaml.safe_dump({**TINY, "data": {"dir": str(root / "data")}}))
     assert cli.main(["run", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
-    assert "reading the span's records again to name the images TensorFlow cannot decode" in captured.out
+    assert ("decoding the images of the span's 1 data file(s) again to name those TensorFlow cannot decode"
+            in captured.out)
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
     assert (f"error: TensorFlow cannot decode the image of 1 record: {shard} record 5 (image/source_id "
             f"{source_id!r}: Invalid PNG data, size ") in captured.err
