@@ -147,6 +147,13 @@ def build_pipeline(config: PipelineConfig, pipeline_root: str, with_drift: bool 
 
     examples_dir = examples_root(config, pipeline_root)
     check_span(examples_dir, span)
+    if os.path.isdir(examples_dir):  # local spans: their ingest reports' class counts and ids, as `run` checks
+        from segbalance.pipeline.span_records import SpanRecordError, check_declared_classes
+
+        try:
+            check_declared_classes(Path(examples_dir), config, span)
+        except SpanRecordError as exc:
+            raise CompileError(str(exc)) from None
     if config.data.split_by == "group" and os.path.isdir(examples_dir):  # local spans: their records are read
         from segbalance.pipeline.run import check_span_groups
 

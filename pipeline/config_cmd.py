@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 PROG = "segbalance config"
 
@@ -58,6 +59,15 @@ def _main(args) -> int:
         found = data_class_names(config)  # what a run does: the data's classes.json names the classes
         if found is not None:
             adopt_class_names(config, *found, announce=False)
+        if config.data.dir and "://" not in config.data.dir:  # the spans' ingest reports, as `run` checks them
+            from segbalance.pipeline.span_records import SpanRecordError, check_declared_classes
+
+            try:
+                check_declared_classes(Path(config.data.dir).resolve(), config)
+            except SpanRecordError as exc:
+                if action == "validate":
+                    raise ConfigError(str(exc)) from None
+                notes.append(f"`segbalance run` refuses this data: {exc}")  # `show` still shows the config
         missing = [problem for problem in (
             weights_file_problem(config.training.backbone, config.training.backbone_weights),
             pixel_weights_file_problem(config.training.pixel_weights)) if problem]
@@ -75,7 +85,7 @@ def _main(args) -> int:
     if action == "show":
         sys.stdout.write(effective_yaml(config))
     else:
-        origin = f" from {found[1]}" if found is not None else ""
+        origin = f" from {found[1]}" if found is not None and config.classes.names == found[0] else ""
         print(f"{path}: valid ({config.num_classes} classes{origin}, {config.training.epochs} epochs, "
               f"{len(config.training.loss.terms)} loss term(s))")
     return 0

@@ -1256,10 +1256,10 @@ def _main(args) -> int:
     names_file, names_note = Path(args.images_dir).parent / CLASS_NAMES_FILE, None
     try:
         names = read_class_names(names_file)
-    except IngestError:  # with --num-classes the file is not needed (QA 87 M2: it was never read before)
+    except IngestError as exc:  # with --num-classes the file is not needed (QA 87 M2: it was never read before)
         if args.num_classes is None:
             raise
-        names, names_note = None, f"{names_file} is not a classes file ({{\"class_names\": [...]}})"
+        names, names_note = None, str(exc).split("; fix it")[0]
     num_classes = args.num_classes if args.num_classes is not None else None if names is None else len(names)
     if names is not None and len(names) != num_classes:
         names, names_note = None, f"{names_file} names {len(names)} classes, --num-classes is {num_classes}"

@@ -91,19 +91,38 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
             own = (f", or in {Path(config.data.dir) / CLASS_NAMES_FILE} ({{\"class_names\": [...]}})"
                    if config.data.dir and "://" not in config.data.dir else "")
             raise SpanRecordError(
-                f"{where}: ingested for {declared} classes (ingest --num-classes), but no classes.json names them "
+                f"{where}: ingested for {declared} classes (its ingest_report.json num_classes), but no "
+                f"classes.json names them "
                 f"and the config's classes.names are the {config.num_classes} default names "
                 f"({', '.join(config.classes.names)}): name the span's {declared} classes in id order in the "
                 f"config's classes.names{own}")
         if isinstance(largest, int) and largest >= config.num_classes:
+            # (QA 88: an earlier span of a window, whose latest span's classes.json names fewer classes: naming
+            # them in the config conflicts with that file)
+            earlier = (f", or in the latest span's classes.json, which names the classes of every span read; or "
+                       f"lower data.num_spans ({config.data.num_spans}) to leave {folder.name} out of the window"
+                       if latest is not None and folder != latest else "")
             raise SpanRecordError(
                 f"{where}: its masks hold class ids up to {largest}, but classes.names lists {config.num_classes} "
-                f"classes: name all {largest + 1} (or more) classes in the config's classes.names, in id order")
+                f"classes: name all {largest + 1} (or more) classes in the config's classes.names, in id "
+                f"order{earlier}")
         if isinstance(ignore, int) and ignore != config.classes.ignore_index and report.get("masks_with_ignore", 1):
             raise SpanRecordError(
                 f"{where}: its masks mark 'no label' with {ignore} (ingest --ignore-index), the config with "
                 f"classes.ignore_index {config.classes.ignore_index}: set classes.ignore_index: {ignore}, or ingest "
                 f"the span again with --ignore-index {config.classes.ignore_index}")
+
+
+def check_declared_classes(spans_dir: Path, config, span: Optional[int] = None) -> None:
+    """``check_class_ids`` over the spans a run of ``config`` would read in a local ``spans_dir`` (the latest,
+    or ``span``, and the ``data.num_spans`` window before it), from their ingest reports only (no record is
+    read): `config validate` and `compile-kfp` refuse what `run` would (QA 88: they said valid, and compiled
+    a 3-class span under the four default names)."""
+    from segbalance.pipeline.spans import list_spans
+
+    spans = [s for s in list_spans(spans_dir) if span is None or s <= span][-config.data.num_spans:]
+    if spans:
+        check_class_ids(span_reports(span_files(spans_dir, spans)), config)
 
 
 class _SourceIds:

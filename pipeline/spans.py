@@ -12,6 +12,7 @@ spans or their files change: an unchanged window is a cache hit.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ def class_names_file(folder: Path, older_spans: bool = True) -> Path:
     """Where a data folder's class names are: its latest ``Span-N/classes.json`` (`run` writes it with each
     span it ingests, `ingest` from a classes.json beside its images), else ``folder/classes.json`` (the
     user's, or a folder of images/ and masks/), else, with ``older_spans``, the ``classes.json`` of the newest
-    earlier span that has one. QA 84 H1: after a span ingested by hand without names a run took the four
+    earlier span that has one, unless it names another count than the latest span was ingested for. QA 84 H1: after a span ingested by hand without names a run took the four
     default names; it now takes the names of the spans before it (QA 87 M1: after the folder's own file, and
     only for a config that names no classes; a span whose ids go past them is refused by the record check,
     ``span_records.check_class_ids``)."""
@@ -39,11 +40,24 @@ def class_names_file(folder: Path, older_spans: bool = True) -> Path:
         return latest
     if own.is_file() or not older_spans:
         return own
+    from segbalance.pipeline.ingest_reports import current_ingest_report
+
+    report = current_ingest_report(latest.parent) if latest is not None else None
+    declared = report.get("num_classes") if report else None
     for span in reversed(spans[:-1]):
         names = Path(folder) / f"Span-{span}" / CLASS_NAMES_FILE
-        if names.is_file():
-            return names
+        if names.is_file():  # not names of another count than the latest span was ingested for (QA 88: a 3-class
+            # span was trained under an earlier span's 4 names)
+            return names if not isinstance(declared, int) or _name_count(names) in (declared, None) else own
     return own
+
+
+def _name_count(path: Path):
+    """How many names a classes.json holds; None when it cannot be read (its reader then names the problem)."""
+    try:
+        return len(json.loads(path.read_text(encoding="utf-8"))["class_names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def list_spans(examples_dir: Path) -> List[int]:

@@ -81,6 +81,8 @@ def name_undecodable_records(exc: BaseException, examples_dir: Path) -> None:
         return
     spans = list_spans(examples_dir)[-1:]
     files = len(span_files(examples_dir, spans))
+    if not files:  # (a remote examples folder: nothing here to read)
+        return
     print(f"segbalance run: decoding the images of the span's {files} data file(s) again to name those TensorFlow "
           f"cannot decode", flush=True)
     found = undecodable_images(examples_dir, spans)

@@ -94,7 +94,7 @@ def test_a_span_ingested_for_another_class_count_is_refused_when_nothing_names_i
     with pytest.raises(SpanRecordError) as caught:
         check_span_records(data, [0], config)
     assert str(caught.value) == (
-        f"{data / 'Span-0'} (Span-0/ingest_report.json): ingested for 3 classes (ingest --num-classes), but no "
+        f"{data / 'Span-0'} (Span-0/ingest_report.json): ingested for 3 classes (its ingest_report.json num_classes), but no "
         f"classes.json names them and the config's classes.names are the 4 default names (background, ellipse, "
         f"rectangle, circle): name the span's 3 classes in id order in the config's classes.names, or in "
         f"{data / 'classes.json'} ({{\"class_names\": [...]}})")
@@ -127,21 +127,24 @@ def test_a_window_whose_data_gained_a_class_is_not_refused(tmp_path):
     assert class_names_file(data) == data / "classes.json"
     assert load_config_text(tmp_path, {"data": {"dir": str(data)}}).classes.names == four
     assert check_span_records(data, [0, 1], config)["train"] > 0
-    # without it, Span-0's names are taken only for a config that names none: a user's own are not refused
+    # without it: Span-0's three names are not the names of Span-1, ingested for four (QA 88)
     (data / "classes.json").unlink()
+    assert class_names_file(data) == data / "classes.json"
+    # an earlier span's names of the latest span's count are taken for a config that names none; a user's own
+    # names are not refused for them
+    other = ["bg", "x", "y", "z"]
+    (data / "Span-0" / "classes.json").write_text(json.dumps({"class_names": other}))
     assert class_names_file(data) == data / "Span-0" / "classes.json"
     assert class_names_file(data, older_spans=False) == data / "classes.json"
-    from segbalance.pipeline.run import data_class_names
-
-    from segbalance.pipeline.run import adopt_class_names
+    from segbalance.pipeline.run import adopt_class_names, data_class_names
 
     own = config_from_dict({"data": {"dir": str(data)}, "classes": {"names": four}})
     names, origin, binding = data_class_names(own)
-    assert names == NAMES and not binding  # an earlier span's: the config's own names stay
+    assert names == other and not binding  # an earlier span's: the config's own names stay
     adopt_class_names(own, names, origin, binding=binding)
     assert own.classes.names == four
-    assert data_class_names(config_from_dict({"data": {"dir": str(data)}}))[0] == NAMES
-    (data / "Span-1" / "classes.json").write_text(json.dumps({"class_names": NAMES}))  # the latest span's: binding
+    assert data_class_names(config_from_dict({"data": {"dir": str(data)}}))[0] == other
+    (data / "Span-1" / "classes.json").write_text(json.dumps({"class_names": other}))  # the latest span's: binding
     assert data_class_names(own)[2]
 
 
@@ -153,7 +156,7 @@ def test_ingest_with_num_classes_does_not_need_a_readable_classes_json(tmp_path,
     assert _ingest(source, tmp_path / "data", 0, "--num-classes", "3") == 0
     assert not (tmp_path / "data" / "Span-0" / "classes.json").exists()
     err = capsys.readouterr().err
-    assert f"ingest: note: {source / 'classes.json'} is not a classes file" in err
+    assert f"ingest: note: classes file {source / 'classes.json'}: expected {{\"class_names\"" in err
     assert _ingest(source, tmp_path / "data", 1) == 2  # without --num-classes it is needed: refused, as before
     assert "expected {\"class_names\": [\"background\", ...]}" in capsys.readouterr().err
 
@@ -175,3 +178,60 @@ def test_a_run_over_spans_ingested_by_hand_trains_their_classes(tmp_path, capsys
     pushed = sorted((tmp_path / "out" / "serving_model").iterdir())
     assert pushed, out
     assert json.loads((pushed[-1] / "classes.json").read_text()) == {"class_names": NAMES, "num_classes": 3}
+
+
+def test_an_earlier_span_s_names_of_another_count_are_not_taken(tmp_path, capsys, monkeypatch):
+    """QA 88: Span-1 ingested by hand for 3 classes without names, after a Span-0 whose classes.json names 4:
+    the run took Span-0's four names for Span-1 and trained it as 4 classes. Names of another count than the
+    latest span was ingested for are not its names; nothing then names its classes, which is refused by `run`,
+    `config validate` and `compile-kfp`, and noted by `config show`."""
+    data = tmp_path / "data"
+    first = _three_class_folder(tmp_path / "first", names=False)
+    (first / "classes.json").write_text(json.dumps({"class_names": ["background", "a", "b", "c"]}))
+    assert _ingest(first, data, 0) == 0
+    assert _ingest(_three_class_folder(tmp_path / "second", names=False, seed=1), data, 1, "--num-classes", "3") == 0
+    assert class_names_file(data) == data / "classes.json"  # not Span-0's four
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"data": {"dir": str(data)}}))
+    config = load_config(str(config_file))
+    assert config.classes.names == ["background", "ellipse", "rectangle", "circle"]
+    with pytest.raises(SpanRecordError, match="Span-1/ingest_report.json\\): ingested for 3 classes"):
+        check_span_records(data, [1], config)
+    capsys.readouterr()
+    assert cli.main(["config", "validate", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ingested for 3 classes" in err
+    assert cli.main(["config", "show", "--config", str(config_file)]) == 0
+    assert "note: `segbalance run` refuses this data: " in capsys.readouterr().err
+    monkeypatch.setenv("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")
+    assert cli.main(["compile-kfp", "--config", str(config_file), "--output", str(tmp_path / "p.json"), "--image",
+                     "gcr.io/p/s:1", "--pipeline-root", str(tmp_path / "root")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ingested for 3 classes" in err and not (tmp_path / "p.json").exists()
+    # an earlier span's names of the latest span's count are taken (QA 84 H1's journey)
+    (data / "Span-0" / "classes.json").write_text(json.dumps({"class_names": NAMES}))
+    assert class_names_file(data) == data / "Span-0" / "classes.json"
+    assert load_config(str(config_file)).classes.names == NAMES
+    assert cli.main(["config", "validate", str(config_file)]) == 0
+
+
+def test_a_window_s_earlier_span_with_more_classes_says_how_to_leave_it_out(tmp_path):
+    """QA 88: a window whose latest span names fewer classes than an earlier span's ids need: naming them in the
+    config conflicts with the latest span's classes.json, so the message also names that file and the window."""
+    data = tmp_path / "data"
+    first = _three_class_folder(tmp_path / "first", names=False)
+    (first / "classes.json").write_text(json.dumps({"class_names": NAMES}))
+    assert _ingest(first, data, 0) == 0
+    second = _three_class_folder(tmp_path / "second", names=False, seed=1)
+    (second / "classes.json").write_text(json.dumps({"class_names": ["background", "square"]}))
+    for mask in (second / "masks").iterdir():  # the disk class is gone from the new data
+        array = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(array == 2, 0, array).astype(np.uint8)).save(mask)
+    assert _ingest(second, data, 1) == 0
+    config = load_config_text(tmp_path, {"data": {"dir": str(data), "num_spans": 2}})
+    assert config.classes.names == ["background", "square"]
+    with pytest.raises(SpanRecordError) as caught:
+        check_span_records(data, [0, 1], config)
+    assert str(caught.value).startswith(f"{data / 'Span-0'} (Span-0/ingest_report.json): its masks hold class ids "
+                                        f"up to 2, but classes.names lists 2 classes")
+    assert str(caught.value).endswith("or lower data.num_spans (2) to leave Span-0 out of the window")
