@@ -29,10 +29,10 @@ def class_names_file(folder: Path, older_spans: bool = True) -> Path:
     """Where a data folder's class names are: its latest ``Span-N/classes.json`` (`run` writes it with each
     span it ingests, `ingest` from a classes.json beside its images), else ``folder/classes.json`` (the
     user's, or a folder of images/ and masks/), else, with ``older_spans``, the ``classes.json`` of the newest
-    earlier span that has one, unless it names another count than the latest span was ingested for. QA 84 H1: after a span ingested by hand without names a run took the four
-    default names; it now takes the names of the spans before it (QA 87 M1: after the folder's own file, and
-    only for a config that names no classes; a span whose ids go past them is refused by the record check,
-    ``span_records.check_class_ids``)."""
+    earlier span that has one, unless it names another count than the latest span was ingested for (QA 88).
+    QA 84 H1: after a span ingested by hand without names a run took the four default names; it now takes the
+    names of the spans before it (QA 87 M1: after the folder's own file, and only for a config that names no
+    classes; a span whose ids go past them is refused by the record check, ``span_records.check_class_ids``)."""
     spans = list_spans(folder)
     latest = Path(folder) / f"Span-{spans[-1]}" / CLASS_NAMES_FILE if spans else None
     own = Path(folder) / CLASS_NAMES_FILE

@@ -94,10 +94,10 @@ def test_a_span_ingested_for_another_class_count_is_refused_when_nothing_names_i
     with pytest.raises(SpanRecordError) as caught:
         check_span_records(data, [0], config)
     assert str(caught.value) == (
-        f"{data / 'Span-0'} (Span-0/ingest_report.json): ingested for 3 classes (its ingest_report.json num_classes), but no "
-        f"classes.json names them and the config's classes.names are the 4 default names (background, ellipse, "
-        f"rectangle, circle): name the span's 3 classes in id order in the config's classes.names, or in "
-        f"{data / 'classes.json'} ({{\"class_names\": [...]}})")
+        f"{data / 'Span-0'} (Span-0/ingest_report.json): ingested for 3 classes (its ingest_report.json "
+        f"num_classes), but no classes.json names them and the config's classes.names are the 4 default names "
+        f"(background, ellipse, rectangle, circle): name the span's 3 classes in id order in the config's "
+        f"classes.names, or in {data / 'classes.json'} ({{\"class_names\": [...]}})")
     assert check_span_records(data, [0], config_from_dict({"classes": {"names": NAMES}}))["train"] > 0
     five = ["background", "square", "disk", "star", "ring"]  # more names than the span's: the user's choice
     assert check_span_records(data, [0], config_from_dict({"classes": {"names": five}}))["train"] > 0
