@@ -305,9 +305,9 @@ def adopt_class_names(config: PipelineConfig, names: list, origin: str, binding:
     from segbalance.pipeline.config import validate
 
     if config.classes.names != names:
-        if config.classes.names != ClassesConfig().names and not binding:
-            return
         if config.classes.names != ClassesConfig().names:  # the user's own names: never replaced
+            if not binding:  # an earlier span's names: the user's own stay, unrefused
+                return
             raise ConfigError(f"classes.names {config.classes.names} are not {origin} {names}: remove classes.names "
                               f"(the data names its classes), or make the two agree")
         config.classes.names = list(names)
