@@ -85,6 +85,12 @@ def name_undecodable_records(exc: BaseException, examples_dir: Path) -> None:
         return
     print(f"segbalance run: decoding the images of the span's {files} data file(s) again to name those TensorFlow "
           f"cannot decode", flush=True)
-    found = undecodable_images(examples_dir, spans)
+    try:
+        found = undecodable_images(examples_dir, spans)
+    except KeyboardInterrupt:  # (Ctrl-C, SIGTERM: the stop stands, and what stopped the run is still said; QA 87 L1)
+        print(f"segbalance run: stopped while naming them; the run had failed on an image TensorFlow cannot decode "
+              f"({undecodable_data(exc)}): run again to name the records, or write the span again with `segbalance "
+              f"ingest` from the source files (it checks every file's pixel data)", flush=True)
+        raise
     if found:
         raise SpanRecordError(undecodable_message(found)) from exc

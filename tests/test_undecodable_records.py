@@ -140,3 +140,21 @@ def test_a_run_that_stops_in_transform_names_the_record(tmp_path, capsys):
             f"{source_id!r}: Invalid PNG data, size ") in captured.err
     summary = yaml.safe_load((tmp_path / "out" / "run_summary.json").read_text())
     assert summary["status"] == "refused" and source_id in summary["error"]
+
+
+def test_a_stop_during_the_scan_stands_and_still_says_what_stopped_the_run(tmp_path, monkeypatch, capsys):
+    """QA 87 L1: Ctrl-C while the records were decoded again lost the decoder's words (only 'interrupted' was said)."""
+    from segbalance.pipeline import undecodable_records
+
+    _write_span(tmp_path / "Span-0", [_damaged_png(_png(0))])
+
+    def interrupted(*args):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(undecodable_records, "undecodable_images", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        name_undecodable_records(_decode_error(_damaged_png(_png(0))), tmp_path)
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1].startswith("segbalance run: stopped while naming them; the run had failed on an image "
+                               "TensorFlow cannot decode (Invalid PNG data, size "), said
+    assert "run again to name the records" in said[-1]
