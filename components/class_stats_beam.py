@@ -62,6 +62,7 @@ from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecord
 from segbalance.trainer import class_weights
 from segbalance.trainer.example_codec import TURNED_FORMATS, exif_orientation, shown_size
 from segbalance.trainer.png_chunks import png_damage
+from segbalance.trainer.remote_files import is_remote
 
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
@@ -163,13 +164,13 @@ def match_input_files(pattern: str) -> List[str]:
     (sorted; wildcards may be in folder parts, e.g. ``out*/data-*``, which Beam's local match
     does not expand; hidden names such as the ``.segbalance.json`` marker are not matched by a
     wildcard); a remote pattern goes to Beam's filesystems (:func:`match_files`)."""
-    if "://" in pattern:
+    if is_remote(pattern):
         return match_files(pattern)
     return sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
 
 
 def _is_dir(path: str) -> bool:
-    return "://" not in path and os.path.isdir(path)
+    return not is_remote(path) and os.path.isdir(path)
 
 
 # --------------------------------------------------------------------------- per record
@@ -833,13 +834,13 @@ def _beam_temp_dirs(folders: Iterable[str]) -> set:
     found = set()
     for folder in folders:
         found.update(match_files(FileSystems.join(folder, "beam-temp-*")))
-        if "://" not in folder and os.path.isdir(folder):
+        if not is_remote(folder) and os.path.isdir(folder):
             found.update(os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("beam-temp-"))
     return found
 
 
 def _remove_tree(path: str) -> None:
-    if "://" not in path and os.path.isdir(path):
+    if not is_remote(path) and os.path.isdir(path):
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
@@ -890,7 +891,7 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
     except BaseException:
         for temp in sorted(_beam_temp_dirs(write_dirs) - temp_before):  # the sinks' leftovers of this run
             _remove_tree(temp)
-        if created and "://" not in output_dir and os.path.isdir(output_dir) and not os.listdir(output_dir):
+        if created and not is_remote(output_dir) and os.path.isdir(output_dir) and not os.listdir(output_dir):
             os.rmdir(output_dir)  # a folder this call made and left empty
         raise
 

@@ -24,6 +24,7 @@ import sys
 from typing import Callable, List, Optional
 
 from segbalance.contract import UserError, message_excerpt
+from segbalance.trainer.remote_files import is_remote
 
 FIELD = re.compile(r"^(\*|\d+(-\d+)?(,\d+(-\d+)?)*)(/\d+)?$")
 DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
@@ -270,7 +271,7 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         from segbalance.pipeline.output_guard import check_is_folder
 
         check_is_folder(Path(output_dir), "--output-dir" if args.output_dir else "output_dir")
-        if "://" not in data:
+        if not is_remote(data):
             check_is_folder(Path(data), "--data" if args.data else "the data folder")
         request = recurring_run_request(args.package, args.cron, "<experiment id of " + args.experiment + ">",
                                         args.job_name, args.pipeline_root)
@@ -278,7 +279,7 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         print(json.dumps(request, indent=1))
         print()
         print(local_schedule(args.cron, data, output_dir, os.getcwd(), args.config))
-        if "://" not in data and not os.path.isdir(data):  # it may come later (a mount, the first ingest)
+        if not is_remote(data) and not os.path.isdir(data):  # it may come later (a mount, the first ingest)
             print(f"# note: {data} does not exist now: each scheduled run stops with exit 2 until it holds images/ "
                   f"and masks/ or Span-N/ folders")
         return 0

@@ -39,6 +39,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional
 from segbalance.components.component_config import DriftConfig, EvaluationConfig, StatsConfig
 from segbalance.contract import DRIFT_ACTIONS, UserError  # noqa: F401 (DRIFT_ACTIONS re-exported beside DriftConfig)
 from segbalance.trainer.loss_config import LossConfig
+from segbalance.trainer.remote_files import is_remote
 from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, TrainingConfig
 from segbalance.trainer.typed_config import ConfigError, from_dict, require, to_dict, validate_tree
 
@@ -99,10 +100,10 @@ class DataConfig:
                               f"hashes records into 10 buckets): use {near}")
         require(self.num_spans >= 1, f"{where}.num_spans", "give the number of latest spans to train on, >= 1")
         ref = self.reference_masks_dir
-        if ref is not None and "://" not in ref:  # without it scoring would fall back to the partial masks
+        if ref is not None and not is_remote(ref):  # without it scoring would fall back to the partial masks
             require(Path(ref).is_dir(), f"{where}.reference_masks_dir",
                     f"{ref} is not a folder; point it at the complete masks (one per image, same stems) or remove it")
-        if self.dir is not None and "://" not in self.dir:  # remote URIs are read by the cluster
+        if self.dir is not None and not is_remote(self.dir):  # remote URIs are read by the cluster
             path = Path(self.dir)
             require(path.is_dir(), f"{where}.dir",
                     f"{path} is not a folder; point it at a folder with images/ and masks/")
@@ -223,7 +224,7 @@ def names_from_data(values: dict, sample_names: Optional[Callable[[str], List[st
         if problem and notes is not None:
             notes.append(f"{problem} (a local run without data.dir or --data refuses it)")
         return
-    if isinstance(directory, str) and "://" not in directory:
+    if isinstance(directory, str) and not is_remote(directory):
         from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
 
         from segbalance.pipeline.spans import class_names_file

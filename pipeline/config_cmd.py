@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from segbalance.trainer.remote_files import is_remote
+
 PROG = "segbalance config"
 
 
@@ -59,7 +61,7 @@ def _main(args) -> int:
         found = data_class_names(config)  # what a run does: the data's classes.json names the classes
         if found is not None:
             adopt_class_names(config, *found, announce=False)
-        if config.data.dir and "://" not in config.data.dir:  # the spans' ingest reports, as `run` checks them
+        if config.data.dir and not is_remote(config.data.dir):  # the spans' ingest reports, as `run` checks them
             from segbalance.pipeline.span_records import SpanRecordError, check_declared_classes
 
             try:

@@ -42,6 +42,7 @@ from typing import Optional, Tuple
 from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, MAX_BAD_ID_FRACTION, UserError
 from segbalance.pipeline import stop_signals
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config, read_values
+from segbalance.trainer.remote_files import is_remote
 from segbalance.trainer.training_config import ClassesConfig
 
 FINGERPRINT_FILE = "source_fingerprint.json"  # read only: where versions before the span's marker recorded it
@@ -321,7 +322,7 @@ def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str, bool]]
     run ingested it, ``class_names_file``); ``binding`` is False for an earlier span's names, which a config's
     own names overrule (``adopt_class_names``); None without one (or for sample data, or a remote folder). A
     malformed file is an IngestError naming it."""
-    if config.data.dir is None or "://" in config.data.dir:
+    if config.data.dir is None or is_remote(config.data.dir):
         return None
     from segbalance.pipeline.ingest import CONFIG_CLASSES_HINT, read_class_names
     from segbalance.pipeline.spans import class_names_file
@@ -470,7 +471,7 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
               f"linked in {read_dir}", flush=True)
     if reference is None:  # the complete masks the spans read keep (ingest --reference-masks, run of masks_full/)
         reference = span_references(read_dir)
-    if reference is not None and "://" not in reference:  # before any component runs
+    if reference is not None and not is_remote(reference):  # before any component runs
         from segbalance.pipeline.reference_masks import check_reference_masks
 
         # sizes against the images where they are here (a config's folder beside images/ + masks/; QA 65: lost
@@ -543,7 +544,7 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
 
     output_guard.check_run_dir(paths["output_dir"], output_option)  # new, empty or an earlier run's: never a user's folder
     check_report_page(Path(paths["report"]), output_option)
-    if config.data.dir is not None and "://" not in config.data.dir:
+    if config.data.dir is not None and not is_remote(config.data.dir):
         check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
                                   Path(paths["examples_dir"]), output_option)
     # made by this call or found; one that cannot be made is one line (QA 69: /proc/x, a traceback)

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 from segbalance.contract import CLASS_NAMES_FILE, UserError, binary_masks_advice, counted
 from segbalance.pipeline.ingest_reports import ingest_report
+from segbalance.trainer.remote_files import is_remote
 
 
 class SpanRecordError(UserError):
@@ -89,7 +90,7 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
             # the four default classes when nothing named its classes; an earlier span of a window may have had
             # fewer classes, QA 87 H1, and a user's own names are theirs to give)
             own = (f", or in {Path(config.data.dir) / CLASS_NAMES_FILE} ({{\"class_names\": [...]}})"
-                   if config.data.dir and "://" not in config.data.dir else "")
+                   if config.data.dir and not is_remote(config.data.dir) else "")
             raise SpanRecordError(
                 f"{where}: ingested for {declared} classes (its ingest_report.json num_classes), but no "
                 f"classes.json names them "

@@ -15,6 +15,8 @@ import shlex
 import shutil
 from pathlib import Path
 
+from segbalance.trainer.remote_files import is_remote
+
 
 def add_parser(subparsers) -> None:
     from segbalance.contract import DEFAULT_IGNORE_INDEX
@@ -90,7 +92,7 @@ def _main(args) -> int:
     from segbalance.pipeline.beam_options import beam_args_problem
     from segbalance.pipeline.config import StatsConfig
 
-    local = "://" not in args.output
+    local = not is_remote(args.output)
     created = local and not Path(args.output).exists()
     if local:  # new, empty, or an earlier `segbalance stats` output (its marker): never a user's folder
         owned = (layout.STATS_FILE, layout.QUARANTINE_FILE, layout.TOTALS_FILE, "beam-temp-*",
@@ -109,7 +111,7 @@ def _main(args) -> int:
                                args.suspect_threshold, section.weight_options())
         # a local pattern is stored absolute (class_stats.json "inputs"): the report reads the records from
         # wherever it is run, and a relative pattern read elsewhere said the records had been moved
-        pattern = args.glob if "://" in args.glob else os.path.abspath(args.glob)
+        pattern = args.glob if is_remote(args.glob) else os.path.abspath(args.glob)
         try:
             beam_args = shlex.split(args.beam_args)
         except ValueError as exc:  # (QA 69: "No closing quotation", naming no option)

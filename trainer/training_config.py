@@ -109,6 +109,7 @@ from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
 from segbalance.contract import DEFAULT_IGNORE_INDEX, ignore_index_problem, same_class_names
 from segbalance.trainer.loss_config import LossConfig, default_training_loss
+from segbalance.trainer.remote_files import is_remote
 from segbalance.trainer.typed_config import ConfigError, from_dict, is_number, require, to_dict
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 8192  # each side of training.image_size, in pixels
@@ -370,7 +371,7 @@ def weights_file_problem(backbone: Optional[str], weights: Optional[str]) -> Opt
 
     if not backbone or weights in (None, "imagenet") or os.path.isfile(weights):
         return None
-    if "://" in weights:  # checked where the pipeline trains (remote_weights_problem), not by `config validate`
+    if is_remote(weights):  # checked where the pipeline trains (remote_weights_problem), not by `config validate`
         return None
     return (f"training.backbone_weights: {weights} is not a file; give the path of a {backbone} weights file "
             f"(model.save_weights), imagenet or null")
@@ -382,7 +383,7 @@ def pixel_weights_file_problem(pixel_weights) -> Optional[str]:
     import os
 
     model = getattr(pixel_weights, "model", None)
-    if not isinstance(model, str) or "://" in model or os.path.isfile(model):
+    if not isinstance(model, str) or is_remote(model) or os.path.isfile(model):
         return None
     return f"training.pixel_weights.model: {model} is not a file; give the path of a saved Keras model (.keras)"
 
