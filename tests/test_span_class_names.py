@@ -109,9 +109,11 @@ def test_a_span_ingested_for_another_class_count_is_refused_when_nothing_names_i
     assert check_span_records(data, [0], load_config_text(tmp_path, {"data": {"dir": str(data)}}))["train"] > 0
 
 
-def test_a_window_whose_data_gained_a_class_is_not_refused(tmp_path):
-    """QA 87 H1: an earlier span of a data.num_spans window ingested for fewer classes (its ids fit the new
-    names) was refused; and the folder's own classes.json wins over an earlier span's names (QA 87 M1)."""
+def test_a_window_that_gained_a_class_trains_and_takes_names_latest_span_folder_then_earlier_span(tmp_path):
+    """A data.num_spans window: an earlier span ingested for fewer classes (its ids fit the new names) is not
+    refused (QA 87 H1); the names come from the latest span's classes.json, else the folder's own (before an
+    earlier span's, QA 87 M1), else an earlier span's only when they are as many as the latest span was ingested
+    for (QA 88); an earlier span's names never replace a config's own (QA 87 M1), the latest span's do."""
     data = tmp_path / "data"
     assert _ingest(_three_class_folder(tmp_path / "first"), data, 0) == 0  # 3 names kept
     four = NAMES + ["triangle"]
