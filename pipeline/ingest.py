@@ -946,22 +946,30 @@ def ingest(
 
     take_whole(image_list, {source_id_of(p.stem) for p in mask_list.without_ending} | set(masks))
     take_whole(mask_list, set(images))
-    if not set(images) & set(masks):  # nothing pairs: endings that would (Cityscapes, ISIC, ...), before anything
+    paired = set(images) & set(masks)
+    if not paired:  # nothing pairs: endings that would (Cityscapes, ISIC, ...), before anything
         # else is said of the files (QA 78: run's labeled.json check spoke first); from the whole stems, not those
         # the given endings shortened (the suggestion then names the whole endings)
         whole_images, whole_masks = image_list.whole_stems(), mask_list.whole_stems()
         suggestion = suggest_stem_suffixes(whole_images, whole_masks) if whole_images and whole_masks else None
         if suggestion:
             text = suggestion_text(suggestion, whole_images[min(whole_images)].name, whole_masks[min(whole_masks)].name)
-            failed = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
-            failed.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
-            failed.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped()]
-            problem = f"no image file pairs with a mask file of the same stem in {images_dir} and {masks_dir}: {text}"
-            report_path = failed.write_failed_report(problem)  # as for any ingest that writes nothing (QA 79)
-            error = IngestError(f"{problem}; nothing was written; report: {report_path}")
-            error.codes = frozenset({NAMES_DIFFER})
-            error.pairing_options = suggestion_options(suggestion)
-            raise error
+            raise _names_differ(f"no image file pairs with a mask file of the same stem in {images_dir} and "
+                                f"{masks_dir}: {text}", suggestion, target, options, images_dir, masks_dir,
+                                image_list, mask_list)
+    else:  # some pair: do the files left without a partner differ by an ending? (QA 89 M1: 3 of 40 written, exit 0)
+        whole_images = {source_id_of(p.stem): p for stem, p in images.items() if stem not in paired}
+        whole_masks = {source_id_of(p.stem): p for stem, p in masks.items() if stem not in paired}
+        suggestion = suggest_stem_suffixes(whole_images, whole_masks) if whole_images and whole_masks else None
+        if suggestion:
+            text = suggestion_text(suggestion, whole_images[min(whole_images)].name, whole_masks[min(whole_masks)].name)
+            problem = (f"{len(paired)} image file(s) pair with a mask file of the same stem in {images_dir} and "
+                       f"{masks_dir}, and {suggestion[2]} more of those without a partner once an ending is dropped: "
+                       f"{text} (the files that pair as they are still pair)")
+            if suggestion[2] > len(paired):  # most of the data would be left out: refused, as when nothing pairs
+                raise _names_differ(problem, suggestion, target, options, images_dir, masks_dir, image_list,
+                                    mask_list)
+            print(f"ingest: warning: {problem}; without it they are skipped (listed below)", file=sys.stderr)
     result = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
     result.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
     for item in result.bad:
@@ -1112,6 +1120,20 @@ def _cwd_inside(folder: Path) -> bool:
     except OSError:  # the current folder was deleted
         return False
     return cwd == folder or folder in cwd.parents
+
+
+def _names_differ(problem: str, suggestion, target: Path, options: IngestOptions, images_dir: Path,
+                  masks_dir: Path, image_list: Listing, mask_list: Listing) -> IngestError:
+    """The error (code ``NAMES_DIFFER``, its ``pairing_options``) of an ingest refused because the files' names
+    differ by an ending; its failed report written, as for any ingest that writes nothing (QA 79)."""
+    failed = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
+    failed.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
+    failed.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped()]
+    report_path = failed.write_failed_report(problem)
+    error = IngestError(f"{problem}; nothing was written; report: {report_path}")
+    error.codes = frozenset({NAMES_DIFFER})
+    error.pairing_options = suggestion_options(suggestion)
+    return error
 
 
 def _unpaired(images_dir: Path, masks_dir: Path, image_list: Listing, mask_list: Listing) -> List[dict]:

@@ -4,8 +4,9 @@
 
 ``segbalance ingest --image-stem-suffix S --mask-stem-suffix T`` drops those endings from the file stems
 before pairing (``strip_stem_suffix``); the stem that is left is the record's ``image/source_id``. When no file
-pairs at all, ``suggest_stem_suffixes`` looks for endings that would pair them, so the error says which options
-to pass instead of only "image has no mask".
+pairs at all, or some files are left without a partner, ``suggest_stem_suffixes`` looks for endings that would pair
+them, so ingest says which options to pass instead of only "image has no mask" (an error when they would pair more
+files than pair as they are, else a warning: QA 89 M1).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Iterable, List, Optional, Set, Tuple
 from segbalance.contract import source_id_of
 
 SEPARATORS = "_-. "  # an ending suggested starts at one of these (or is the whole common ending)
-MAX_SUGGESTION_FILES = 5000  # the suggestion tries these many stems of each side (it runs only when nothing pairs)
+MAX_SUGGESTION_FILES = 5000  # the suggestion tries these many stems of each side (those without a partner)
 
 
 def strip_stem_suffix(stem: str, suffix: str) -> str:
@@ -64,8 +65,8 @@ Suggestion = Tuple[str, Tuple[str, ...], int]  # (image ending, mask endings tha
 
 def suggest_stem_suffixes(image_stems: Iterable[str], mask_stems: Iterable[str]) -> Optional[Suggestion]:
     """The image ending and the mask endings (several when the masks come in several kinds, each pairing as many
-    files) that pair the most files once dropped, or None when no ending pairs any; only asked when no stem pairs
-    as it is."""
+    files) that pair the most files once dropped, or None when no ending pairs any; asked of the stems that have
+    no partner as they are."""
     images = sorted(image_stems)[:MAX_SUGGESTION_FILES]
     masks = sorted(mask_stems)[:MAX_SUGGESTION_FILES]
     best: Optional[Suggestion] = None
@@ -95,7 +96,7 @@ def suggestion_options(suggestion: Suggestion) -> str:
 
 
 def suggestion_text(suggestion: Suggestion, image_name: str, mask_name: str) -> str:
-    """What to pass, for the error of an ingest that paired nothing."""
+    """What to pass, for an ingest whose files (all or some) pair only once an ending is dropped."""
     image_end, mask_ends, pairs = suggestion
     if len(mask_ends) > 1:
         kinds = ", ".join(repr(e) for e in mask_ends)

@@ -182,3 +182,47 @@ def test_nothing_paired_leaves_the_failed_report_the_error_names(tmp_path, capsy
     assert report["num_written"] == 0 and "--image-stem-suffix=_leftImg8bit" in report["error"]
     assert {b["code"] for b in report["bad"]} == {"no_mask", "no_image"} and len(report["bad"]) == 6
     assert not (tmp_path / "out" / "Span-0").exists()
+
+
+def _car_masks(root, bare: int, suffixed: int):
+    """``bare`` images whose masks share their stem and ``suffixed`` whose masks end in ``_mask``."""
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(bare + suffixed):
+        Image.fromarray(np.full((8, 16, 3), i, np.uint8)).save(root / "images" / f"car_{i:02d}.png")
+        name = f"car_{i:02d}.png" if i < bare else f"car_{i:02d}_mask.png"
+        Image.fromarray(np.full((8, 16), i % 3, np.uint8)).save(root / "masks" / name)
+
+
+def test_files_left_without_a_partner_that_an_ending_would_pair_are_said(tmp_path, capsys):
+    """QA 89 M1: with most masks named STEM_mask.png and a few bare stems, ingest wrote the few (3 of 40), exit 0,
+    and only "image has no mask" / "mask has no image" lines: the ending was suggested only when nothing paired."""
+    _car_masks(tmp_path, bare=3, suffixed=5)  # the ending would pair more than pair as they are: refused
+    assert _ingest(tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"segbalance ingest: error: 3 image file(s) pair with a mask file of the same stem in "
+                             f"{tmp_path / 'images'} and {tmp_path / 'masks'}, and 5 more of those without a partner "
+                             f"once an ending is dropped: ")
+    assert "--mask-stem-suffix=_mask drops it before pairing and pairs 5 files" in err[0]
+    assert err[0].endswith(f"nothing was written; report: {tmp_path / 'out' / 'ingest_report.Span-0.failed.json'}")
+    assert not (tmp_path / "out" / "Span-0").exists()
+    assert _ingest(tmp_path, "--mask-stem-suffix=_mask", "--strict") == 0  # the advice: all 8 pair
+    assert json.loads((tmp_path / "out" / "Span-0" / "ingest_report.json").read_text())["num_written"] == 8
+    capsys.readouterr()
+    other = tmp_path / "fewer"  # the ending would pair fewer than pair as they are: a warning, the rest written
+    _car_masks(other, bare=5, suffixed=2)
+    assert _ingest(other) == 0
+    err = capsys.readouterr().err.splitlines()
+    warning = [line for line in err if line.startswith("ingest: warning: 5 image file(s) pair")]
+    assert len(warning) == 1 and "--mask-stem-suffix=_mask drops it before pairing and pairs 2 files" in warning[0]
+    assert err.index(warning[0]) < min(i for i, line in enumerate(err) if line.startswith("ingest: skipped"))
+    report = json.loads((other / "out" / "Span-0" / "ingest_report.json").read_text())
+    assert report["num_written"] == 5 and len(report["bad"]) == 4  # 2 images without mask, 2 masks without image
+    capsys.readouterr()
+    unlabelled = tmp_path / "unlabelled"  # images without masks that no ending pairs: nothing more said
+    _car_masks(unlabelled, bare=4, suffixed=0)
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(unlabelled / "images" / "street.png")
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(unlabelled / "masks" / "road_mask.png")
+    assert _ingest(unlabelled) == 0
+    assert "more of those without a partner" not in capsys.readouterr().err
