@@ -15,6 +15,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from segbalance.contract import CLASS_NAMES_FILE
 from segbalance.trainer.remote_files import is_remote
 
 
@@ -34,7 +35,11 @@ def add_parser(subparsers) -> None:
                              f"classes, C..255")
     parser.add_argument("--labeled-policy", choices=("complete", "partial"), default=default.labeled_policy,
                         help="records without a labeled field: all classes labelled, or only the present ones")
-    parser.add_argument("--class-names", help="comma-separated names, C of them")
+    parser.add_argument("--class-names", help="comma-separated names, C of them (default: the classes.json beside "
+                        "the records, as `segbalance ingest` writes it, when it names C)")
+    parser.add_argument("--classes-file", metavar="FILE",
+                        help='a classes.json ({"class_names": [...]}, C names) instead of --class-names: names '
+                             'with commas')
     parser.add_argument("--suspect-threshold", type=float, default=default.suspect_threshold,
                         help="flag an absent class as suspect_missing when it co-occurs with each present "
                              "foreground class in at least this fraction of their images")
@@ -101,7 +106,7 @@ def _main(args) -> int:
         Path(args.output).mkdir(parents=True, exist_ok=True)
         output_guard.write_marker(args.output, "stats")  # what the job writes next is ours
     try:
-        names = [n.strip() for n in args.class_names.split(",")] if args.class_names is not None else None
+        names = class_names_of(args)
         # the pipeline's own `stats` section: the same checks (a bad value names its field)
         section = StatsConfig(labeled_policy=args.labeled_policy, suspect_threshold=args.suspect_threshold,
                               clip=_clip(args.weight_clip), damping=args.weight_damping,
@@ -144,6 +149,58 @@ def _main(args) -> int:
         print(f"warning: {too_large} of {read} records have mask class ids >= --num-classes {args.num_classes} "
               f"(listed in {args.output}/quarantine.jsonl): is --num-classes too small?")
     return 0
+
+
+def class_names_of(args) -> "list | None":
+    """The class names: ``--class-names``, ``--classes-file``, else those of the classes.json beside the records
+    (in their folder, or a Span-N folder's parent), printed with where they came from; None (``class_0``, ...)
+    without any (QA 89 M2: a span written by `segbalance ingest` was counted under placeholder names)."""
+    from segbalance.pipeline.ingest import IngestError, read_class_names
+    from segbalance.pipeline.spans import SPAN_DIR
+
+    if args.class_names is not None and args.classes_file is not None:
+        raise ValueError("--class-names and --classes-file both name the classes: give one")
+    if args.class_names is not None:
+        return [n.strip() for n in args.class_names.split(",")]
+    if args.classes_file is not None:
+        if not Path(args.classes_file).is_file():
+            raise ValueError(f"--classes-file {args.classes_file} is not a file: give a classes.json")
+        try:
+            names = read_class_names(Path(args.classes_file), instead="or pass --class-names")
+        except IngestError as exc:
+            raise ValueError(f"--classes-file: {exc}") from None
+        if len(names) != args.num_classes:
+            raise ValueError(f"--classes-file {args.classes_file} names {len(names)} classes for --num-classes "
+                             f"{args.num_classes}: give {args.num_classes} names")
+        return names
+    if is_remote(args.glob):
+        return None
+    import glob
+
+    found = {}
+    for folder in sorted({Path(f).parent for f in glob.glob(args.glob)}):
+        for candidate in (folder / CLASS_NAMES_FILE, folder.parent / CLASS_NAMES_FILE):
+            if candidate.is_file() and (candidate.parent == folder or SPAN_DIR.match(folder.name)):
+                try:
+                    found[candidate] = read_class_names(candidate)
+                except IngestError as exc:
+                    print(f"note: {exc}; the classes are named class_0, class_1, ...")
+                    return None
+                break
+    kinds = {tuple(names) for names in found.values()}
+    if len(kinds) > 1:
+        print(f"note: the records' classes.json files name different classes ({', '.join(map(str, found))}): the "
+              f"classes are named class_0, class_1, ...; give --class-names or --classes-file")
+        return None
+    if not kinds:
+        return None
+    names = list(kinds.pop())
+    if len(names) != args.num_classes:
+        print(f"note: {', '.join(map(str, found))} names {len(names)} classes, not --num-classes {args.num_classes}: "
+              f"its names are not used (class_0, class_1, ...)")
+        return None
+    print(f"classes: {len(names)} from {', '.join(map(str, found))}: {', '.join(map(repr, names))}")
+    return names
 
 
 def remove_empty_outputs(folder: Path) -> None:

@@ -509,3 +509,50 @@ def test_a_truncated_record_is_counted_from_one_with_the_bytes_it_has(tmp_path, 
     assert message.startswith(f"truncated: record 2 (at byte {first}) {said}"), message
     if kept == "all":
         assert f"all {len(records[1])} of its bytes but not its 4-byte checksum" in message
+
+
+def test_the_classes_json_beside_the_records_names_the_classes(tmp_path, capsys):
+    """QA 89 M2: `stats` on a span written by `segbalance ingest` named the classes class_0.. though the span's
+    classes.json named them; a name with a comma could not be given (--class-names is comma-separated)."""
+    import json
+
+    records, _ = make_records(seed=3)
+    span = tmp_path / "data" / "Span-0"
+    span.mkdir(parents=True)
+    write_tfrecord(span / "data-00000-of-00001.tfrecord", records)
+    names = ["background", "building, house", "edge", "contact"]
+
+    def stats(out, *extra):
+        code = cli.main(["stats", str(span / "data-*"), "--num-classes", "4", "--output", str(tmp_path / out), *extra])
+        return code, capsys.readouterr()
+
+    def named(out):
+        return json.loads((tmp_path / out / "class_stats.json").read_text())["class_names"]
+
+    assert stats("none")[0] == 0 and named("none") == ["class_0", "class_1", "class_2", "class_3"]
+    (tmp_path / "data" / "classes.json").write_text(json.dumps({"class_names": names}))  # the data folder's own
+    code, said = stats("folder")
+    assert code == 0 and named("folder") == names
+    assert f"classes: 4 from {tmp_path / 'data' / 'classes.json'}: 'background', 'building, house'" in said.out
+    (span / "classes.json").write_text(json.dumps({"class_names": names[:3] + ["touching"]}))  # the span's first
+    assert stats("span")[0] == 0 and named("span") == names[:3] + ["touching"]
+    code, said = stats("flag", "--class-names", "a,b,c,d")  # a flag wins
+    assert code == 0 and named("flag") == ["a", "b", "c", "d"]
+    code, said = stats("other_count", "--num-classes", "5")  # a file of another count: not used, said
+    assert code == 0 and named("other_count") == [f"class_{i}" for i in range(5)]
+    assert f"note: {span / 'classes.json'} names 4 classes, not --num-classes 5: its names are not used" in said.out
+    (span / "classes.json").write_text("{not json")  # a damaged file: said, not a failure of the statistics
+    code, said = stats("damaged")
+    assert code == 0 and named("damaged")[0] == "class_0" and "note: " in said.out and "classes.json" in said.out
+    given = tmp_path / "names.json"
+    given.write_text(json.dumps({"class_names": names}))
+    assert stats("file", "--classes-file", str(given))[0] == 0 and named("file") == names
+    code, said = stats("both", "--classes-file", str(given), "--class-names", "a,b,c,d")
+    assert code == 2 and said.err.strip().splitlines() == [
+        "segbalance stats: error: --class-names and --classes-file both name the classes: give one"]
+    code, said = stats("missing", "--classes-file", str(tmp_path / "nope.json"))
+    assert code == 2 and "--classes-file " in said.err and "is not a file" in said.err
+    given.write_text(json.dumps({"class_names": names[:3]}))
+    code, said = stats("short", "--classes-file", str(given))
+    assert code == 2 and said.err.strip() == (f"segbalance stats: error: --classes-file {given} names 3 classes for "
+                                              f"--num-classes 4: give 4 names")
