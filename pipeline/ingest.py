@@ -529,9 +529,12 @@ _MASK_MODE_NAMES = {
 
 
 @contextlib.contextmanager
-def _decoding(what: str, expected: str):
+def _decoding(what: str, expected: str, data: bytes):
     """Any decoding failure of PIL inside the block becomes PairError("undecodable") naming ``what``
-    (PIL raises many types for truncated or corrupt data); a PairError passes through."""
+    (PIL raises many types for truncated or corrupt data); a PairError passes through. An empty file (``data``)
+    is said to be empty (QA 89 L2: "not an image PIL can read" hid a copy that failed)."""
+    if not data:
+        raise PairError("undecodable", f"{what} is an empty file (0 bytes): copy it again from its source")
     try:
         yield
     except UnidentifiedImageError:
@@ -554,7 +557,7 @@ def read_mask(data: bytes, name: str, colours: bool = False) -> np.ndarray:
         raise PairError("lossy_mask", f"mask {name} is JPEG data{under}: JPEG is lossy and changes class ids at "
                                       f"region edges; masks must be lossless PNG")
     _check_png_chunks(data, f"mask {name}")
-    with _decoding(f"mask {name}", "expected PNG data"):
+    with _decoding(f"mask {name}", "expected PNG data", data):
         with Image.open(io.BytesIO(data)) as stored:
             turned = codec.exif_orientation(stored) in range(2, 9)  # from the header, as for images
             stored.load()
@@ -641,7 +644,7 @@ def read_image(data: bytes, name: str) -> Tuple[bytes, Tuple[int, int], bool]:
     re-encoded to PNG: masks are drawn on the image as shown. PairError says what is wrong."""
     what = f"image {name}"
     _check_png_chunks(data, what)
-    with _decoding(what, "PNG, JPEG, BMP or TIFF"):
+    with _decoding(what, "PNG, JPEG, BMP or TIFF", data):
         with Image.open(io.BytesIO(data)) as img:
             rotated = codec.exif_orientation(img) in range(2, 9)  # from the header, as the trainer reads it
             img.load()

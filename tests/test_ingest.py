@@ -671,6 +671,18 @@ def test_undecodable_files_are_named_without_python_object_reprs(tmp_path, case,
     assert where in bad["reason"] and "BytesIO" not in bad["reason"] and "0x" not in bad["reason"], bad["reason"]
 
 
+@pytest.mark.parametrize("folder, what", [("images", "image"), ("masks", "mask")])
+def test_an_empty_file_is_said_to_be_empty(tmp_path, folder, what):
+    """QA 89 L2: a 0-byte image or mask (a copy that failed) was "not an image PIL can read"."""
+    _dataset(tmp_path, n=2)
+    victim = sorted((tmp_path / folder).iterdir())[0]
+    victim.write_bytes(b"")
+    assert _run(tmp_path) == 0
+    (bad,) = _report(tmp_path / "out")["bad"]
+    assert bad["code"] == "undecodable"
+    assert bad["reason"] == f"{what} {victim.name} is an empty file (0 bytes): copy it again from its source"
+
+
 # --------------------------------------------------------------------------- class count (items 6, 8)
 @pytest.mark.parametrize("value", ["0", "-1", "256"])
 def test_num_classes_out_of_range_is_refused_not_replaced_by_classes_json(tmp_path, value, capsys):
