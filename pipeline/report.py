@@ -164,7 +164,9 @@ def classes_sections(stats: dict) -> List[Section]:
                      f"{', '.join(sorted(others))} is still scored by the evaluation)" if others else "")
         body.insert(0, f'<p class="bad">Classes with no pixels{esc(where)}: {esc(", ".join(zero))}{esc(uncounted)}. '
                        f'{esc(stats.get("zero_count_note", ""))}</p>')
-    summary = (f"{len(names)} classes, rarest {esc(names[min(range(len(names)), key=lambda c: pixels[c])])}"
+    seen = [c for c in range(len(names)) if pixels[c] > 0]  # (QA 89 L5: a class of no pixel was called the rarest)
+    rarest = f", rarest {esc(names[min(seen, key=lambda c: pixels[c])])}" if seen else ""
+    summary = (f"{len(names)} classes{rarest}"
                + (f'; <span class="bad">no pixels{esc(where)}: {esc(", ".join(zero))}</span>' if zero else ""))
     weights = stats["weights"]
     options = stats.get("weight_options") or {}

@@ -860,3 +860,18 @@ def test_the_drift_section_shows_what_sampling_alone_gives(tmp_path):
     del drift["sampling"]  # a decision from before session 19: three columns, no sentence
     (tmp_path / "drift.json").write_text(json.dumps(drift))
     assert "sampling alone" not in drift_section(str(tmp_path)).body
+
+
+def test_the_rarest_class_of_the_summary_has_pixels(report):
+    """QA 89 L5: a class with no pixel (listed apart) was called the rarest."""
+    from segbalance.pipeline.report import classes_sections
+
+    _, _, stats, _ = report
+    names = stats["class_names"]
+    counts = [0, 50, 7, 30][:len(names)] + [40] * max(0, len(names) - 4)
+    zero = [c for c, n in enumerate(counts) if n == 0]
+    shown = {**stats, "pixel_counts": counts, "zero_count_classes": zero}
+    summary = classes_sections(shown)[0].summary
+    assert summary.startswith(f"{len(names)} classes, rarest {html.escape(names[2])}; "), summary
+    nothing = {**stats, "pixel_counts": [0] * len(names), "zero_count_classes": list(range(len(names)))}
+    assert "rarest" not in classes_sections(nothing)[0].summary
