@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple
 
-from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, MAX_BAD_ID_FRACTION, UserError
+from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, MAX_BAD_ID_FRACTION, UserError, names_listed
 from segbalance.pipeline import stop_signals
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config, read_values
 from segbalance.trainer.remote_files import is_remote
@@ -314,7 +314,7 @@ def adopt_class_names(config: PipelineConfig, names: list, origin: str, binding:
         config.classes.names = list(names)
         validate(config)
     if announce:
-        print(f"classes: {len(names)} from {origin}: {', '.join(names)}", flush=True)
+        print(f"classes: {len(names)} from {origin}: {names_listed(names)}", flush=True)
 
 
 def data_class_names(config: PipelineConfig) -> Optional[Tuple[list, str, bool]]:

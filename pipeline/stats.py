@@ -15,7 +15,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from segbalance.contract import CLASS_NAMES_FILE
+from segbalance.contract import CLASS_NAMES_FILE, names_listed
 from segbalance.trainer.remote_files import is_remote
 
 
@@ -199,7 +199,7 @@ def class_names_of(args) -> "list | None":
         print(f"note: {', '.join(map(str, found))} names {len(names)} classes, not --num-classes {args.num_classes}: "
               f"its names are not used (class_0, class_1, ...)")
         return None
-    print(f"classes: {len(names)} from {', '.join(map(str, found))}: {', '.join(map(repr, names))}")
+    print(f"classes: {len(names)} from {', '.join(map(str, found))}: {names_listed(names)}")
     return names
 
 

@@ -237,3 +237,17 @@ def test_a_window_s_earlier_span_with_more_classes_says_how_to_leave_it_out(tmp_
     assert str(caught.value).startswith(f"{data / 'Span-0'} (Span-0/ingest_report.json): its masks hold class ids "
                                         f"up to 2, but classes.names lists 2 classes")
     assert str(caught.value).endswith("or lower data.num_spans (2) to leave Span-0 out of the window")
+
+
+def test_the_classes_line_quotes_names_when_one_holds_a_comma(capsys):
+    """QA 89 L6: 'classes: 4 from ...: Hintergrund, Gebäude, Haus, edge, 接触' read as five names."""
+    from segbalance.contract import names_listed
+    from segbalance.pipeline.run import adopt_class_names
+
+    assert names_listed(["background", "square", "disk"]) == "background, square, disk"  # as before
+    names = ["Hintergrund", "Gebäude, Haus", "edge", "接触"]
+    assert names_listed(names) == "'Hintergrund', 'Gebäude, Haus', 'edge', '接触'"
+    config = config_from_dict({})
+    adopt_class_names(config, names, "the classes of x/classes.json")
+    assert config.classes.names == names
+    assert capsys.readouterr().out == f"classes: 4 from the classes of x/classes.json: {names_listed(names)}\n"

@@ -131,6 +131,12 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def names_listed(names: Sequence[str]) -> str:
+    """Class names for a line, comma-separated; each quoted when one holds a comma (QA 89 L6: 'Gebäude, Haus'
+    read as two names)."""
+    return ", ".join(map(repr, names) if any("," in n for n in names) else names)
+
+
 class UserError(Exception):
     """A user's mistake (a bad path, option, file or value), not a bug.
 
