@@ -238,7 +238,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
         return None
     from segbalance.pipeline.ingest_reports import current_ingest_report, describe_unmatched_keys, unmatched_key_counts
 
-    rows, total, written, codes, unmatched = [], 0, 0, Counter(), Counter()
+    rows, total, written, codes, unmatched, unread = [], 0, 0, Counter(), Counter(), []
     changed = [os.path.dirname(p) for p in report_paths if current_ingest_report(os.path.dirname(p)) is None]
     note = (f'<p class="note">Records were added to or changed in {esc(", ".join(changed))} after ingest wrote '
             f"its report: the counts here are ingest's, not the span's.</p>" if changed else "")
@@ -250,6 +250,7 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
         written += int(report.get("num_written", 0))
         codes.update(b.get("code", "?") for b in bad)
         unmatched.update(unmatched_key_counts(report))
+        unread += [str(f) for f in report.get("skipped_files") or []]
         rows += [[span, os.path.basename(b.get("image") or b.get("mask") or str(b.get("source_id"))),
                   b.get("code", ""), b.get("reason", "")] for b in bad]
     where = "; ".join(report_paths)
@@ -257,6 +258,12 @@ def not_ingested_section(report_paths: List[str]) -> Optional[Section]:
     if keys:  # labelled sets or groups of no image: not used (QA 68: said once on the console, then nowhere)
         note += (f'<p class="bad">{esc(keys)} name no image, so they are not used (keys are image '
                  f"file stems; listed in the reports' labeled_unmatched / groups_unmatched).</p>")
+    if unread:  # (QA 89 L1: said by `segbalance ingest` only; neither run's console nor this page counted them)
+        first = ", ".join(os.path.basename(f) for f in unread[:5]) + (", ..." if len(unread) > 5 else "")
+        were = "was" if len(unread) == 1 else "were"
+        note += (f'<p class="note">{counted(len(unread), "file")} in the data folders {were} '
+                 f"not read: not images or masks ingest reads (another suffix, a sub-folder, no stem ending; "
+                 f"{esc(first)}; listed in the reports' skipped_files).</p>")
     if not total:
         return Section("ingest", "Ingest",
                        f'<p class="ok">Every image pair was ingested ({written} records; {esc(where)}).</p>' + note,

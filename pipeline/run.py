@@ -670,6 +670,9 @@ def print_summary(summary: dict) -> None:
         for span, skipped in sorted((data.get("not_ingested") or {}).items(), key=lambda item: int(item[0])):
             print(f"  not ingested:     {skipped['pairs']} image pair(s) of span {span} (each with its reason: "
                   f"{skipped['report']})")
+        for span, unread in sorted((data.get("files_not_read") or {}).items(), key=lambda item: int(item[0])):
+            print(f"  not read:         {unread['files']} file(s) in the data folders of span {span}, not images or "
+                  f"masks ingest reads (listed in {unread['report']} skipped_files)")
         for span, keys in sorted((data.get("unmatched_keys") or {}).items(), key=lambda item: int(item[0])):
             print(f"  unmatched keys:   {describe_unmatched_keys(keys)} of span {span} name no image, so they are not "
                   f"used (keys are image file stems; listed in {keys['report']})")

@@ -190,7 +190,7 @@ def data_used(store) -> Optional[dict]:
             == _custom(examples, "input_fingerprint")}
     used["spans"] = sorted(span_dirs)
     used["span_folders"] = {str(k): v for k, v in sorted(span_dirs.items())}
-    used.update(records={}, not_ingested={}, unmatched_keys={})
+    used.update(records={}, not_ingested={}, files_not_read={}, unmatched_keys={})
     for number, folder in span_dirs.items():
         for key, value in span_ingest_facts(folder).items():
             used[key][str(number)] = value
@@ -200,8 +200,10 @@ def data_used(store) -> Optional[dict]:
 def span_ingest_facts(folder: str) -> dict:
     """What a span's ``ingest_report.json`` says: ``records`` (its count, only while the report is current:
     a file added after ingest is not counted, QA 25), ``not_ingested`` (image pairs skipped, each with its
-    reason in the report) and ``unmatched_keys`` (labelled-set and group keys of no image: not used; QA 68:
-    said once on the console, then never again); a key is left out when there is nothing to say."""
+    reason in the report), ``files_not_read`` (files of the data folders ingest does not read: no image or mask
+    suffix, a sub-folder, no stem ending; listed in the report's ``skipped_files``, QA 89 L1) and
+    ``unmatched_keys`` (labelled-set and group keys of no image: not used; QA 68: said once on the console, then
+    never again); a key is left out when there is nothing to say."""
     from segbalance.pipeline.ingest_reports import REPORT_NAME, current_ingest_report, unmatched_key_counts
 
     path = os.path.join(folder, REPORT_NAME)
@@ -212,6 +214,8 @@ def span_ingest_facts(folder: str) -> dict:
         facts["records"] = current["num_written"]
     if report.get("num_bad"):
         facts["not_ingested"] = {"pairs": int(report["num_bad"]), "report": path}
+    if report.get("num_skipped_files"):
+        facts["files_not_read"] = {"files": int(report["num_skipped_files"]), "report": path}
     keys = unmatched_key_counts(report)
     if any(keys.values()):
         facts["unmatched_keys"] = {**keys, "report": path}

@@ -795,6 +795,41 @@ def test_labelled_set_keys_of_no_image_are_in_the_report_and_every_run_summary(t
     assert span_ingest_facts(str(tmp_path / "nothing")) == {}
 
 
+def test_files_ingest_did_not_read_are_counted_by_the_run_summary_and_the_report(tmp_path, capsys):
+    """QA 89 L1: notes.txt and Thumbs.db in the data folders were said by `segbalance ingest` only; `run --data`'s
+    console and the report counted the bad pairs, so the inputs did not add up (32 + 8 of 42)."""
+    from segbalance.pipeline import sample_data
+    from segbalance.pipeline.run import print_summary
+    from segbalance.pipeline.run_summary import span_ingest_facts
+    from tests.report_inputs import write_report_inputs
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=3, size=16, seed=1)
+    (raw / "images" / "notes.txt").write_text("delivered 2026-12-01")
+    (raw / "masks" / "Thumbs.db").write_bytes(b"\0" * 8)
+    assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                     "--span", "0"]) == 0
+    span = tmp_path / "spans" / "Span-0"
+    report_path = str(span / "ingest_report.json")
+    facts = span_ingest_facts(str(span))
+    assert facts == {"records": 3, "files_not_read": {"files": 2, "report": report_path}}
+    summary = {"seconds": 1, "output_dir": "o", "metadata": "m", "log": "l",
+               "data": {"spans": [0], "span_folders": {"0": str(span)}, "records": {"0": 3},
+                        "files_not_read": {"0": facts["files_not_read"]}}}
+    capsys.readouterr()
+    print_summary(summary)
+    assert (f"  not read:         2 file(s) in the data folders of span 0, not images or masks ingest reads (listed "
+            f"in {report_path} skipped_files)") in capsys.readouterr().out
+    (tmp_path / "inputs").mkdir()
+    sources = write_report_inputs(tmp_path / "inputs")
+    sources.ingest_reports = [report_path]
+    page = tmp_path / "report.html"
+    render_report(sources, str(page))
+    text = section(page.read_text(), "ingest")
+    assert "Every image pair was ingested (3 records" in text
+    assert ("2 files in the data folders were not read: not images or masks ingest reads (another suffix, a "
+            "sub-folder, no stem ending; ") in text and "notes.txt" in text and "Thumbs.db" in text
+
+
 def test_the_drift_section_shows_vanished_classes_with_their_chance(tmp_path):
     from segbalance.pipeline.report import drift_section
 
