@@ -315,7 +315,7 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
     (``stem_pairing``); IngestError for a missing folder or two files with one stem."""
     if not folder.is_dir():
         raise IngestError(f"{what} folder {folder} does not exist or is not a folder")
-    listing = Listing({}, {}, [])
+    listing, twins = Listing({}, {}, []), {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
@@ -336,13 +336,23 @@ def list_folder(folder: Path, suffixes: Sequence[str], what: str, stem_suffix: s
             elif not read:
                 listing.other_suffix.setdefault(stem, path)
             elif stem in listing.files:
-                other = listing.files[stem].name
-                forms = (" (the same name in different Unicode forms, NFC / NFD)"
-                         if source_id_of(other) == source_id_of(path.name) else "")  # QA 80 L4: names looked alike
-                raise IngestError(f"two {what} files share the stem {stem!r}: {other}, {path.name}{forms}; "
-                                  f"keep one")
+                twins.setdefault(stem, [listing.files[stem].name]).append(path.name)
             else:
                 listing.files[stem] = path
+    if twins:  # every stem named at once (QA 89 L4: one per run)
+        def shown(stem: str) -> str:
+            names = twins[stem]
+            forms = (" (the same name in different Unicode forms, NFC / NFD)"  # QA 80 L4: names looked alike
+                     if len({source_id_of(n) for n in names}) < len(names) else "")
+            return f"{stem!r}: {', '.join(names)}{forms}"
+
+        if len(twins) == 1:
+            (stem, names), = twins.items()
+            raise IngestError(f"{'two' if len(names) == 2 else len(names)} {what} files share the stem {shown(stem)}; "
+                              f"keep one")
+        more = f"; and {len(twins) - 3} more" if len(twins) > 3 else ""
+        raise IngestError(f"{len(twins)} stems are each shared by several {what} files: "
+                          f"{'; '.join(shown(s) for s in sorted(twins)[:3])}{more}; keep one file of each")
     for stem in sorted(set(listing.broken) & set(listing.files)):  # as for two files: not one left out unsaid
         raise IngestError(f"two {what} files share the stem {stem!r}: {listing.files[stem].name}, "
                           f"{listing.broken[stem].name} (a link to nothing); keep one")

@@ -3,6 +3,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -1127,6 +1128,25 @@ def test_a_link_to_nothing_is_named_as_one(tmp_path, capsys):
     assert bad["both"]["image"] == str(tmp_path / "images" / "both.jpg")
     assert report["skipped_files"] == [str(tmp_path / "images" / "notes.txt")]
     assert "ingest: skipped imglink: image imglink.png is a link to" in capsys.readouterr().err
+
+
+def test_every_stem_shared_by_several_files_is_named_at_once(tmp_path, capsys):
+    """QA 89 L4: only the first stem with two image files was named, so a user fixed one per run."""
+    _dataset(tmp_path, n=5)
+    for stem in ("img0", "img2", "img3", "img4"):
+        shutil.copy(tmp_path / "images" / f"{stem}.png", tmp_path / "images" / f"{stem}.jpg")
+    shutil.copy(tmp_path / "images" / "img2.png", tmp_path / "images" / "img2.tif")
+    assert _run(tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["segbalance ingest: error: 4 stems are each shared by several image files: 'img0': img0.jpg, "
+                   "img0.png; 'img2': img2.jpg, img2.png, img2.tif; 'img3': img3.jpg, img3.png; and 1 more; keep one "
+                   "file of each"], err
+    for stem in ("img2", "img3", "img4"):
+        (tmp_path / "images" / f"{stem}.jpg").unlink()
+    (tmp_path / "images" / "img2.tif").unlink()
+    assert _run(tmp_path) == 2  # one: as before
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "two image files share the stem 'img0': img0.jpg, img0.png; keep one")
 
 
 def test_a_link_to_nothing_beside_a_file_of_its_stem_is_refused_like_two_files(tmp_path, capsys):
