@@ -94,7 +94,12 @@ def check_data_folder(source: Path) -> None:
                               f"(one per image, same file stem), or point --data at Span-N/ folders written by "
                               f"`segbalance ingest`")
         if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
-            raise IngestError(f"data folder {source}: {folder} holds no {what} files ({', '.join(suffixes)})")
+            subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                          and any(f.is_file() and f.suffix.lower() in suffixes for f in p.iterdir()))
+            inside = (f"; its sub-folders {', '.join(subs[:3])}{', ...' if len(subs) > 3 else ''} hold some, and run "
+                      f"reads only the files directly in {sub}/: give one data set's files there (a train / val "
+                      f"split is made by the pipeline, data.split_by)" if subs else "")  # (QA 89 L3)
+            raise IngestError(f"data folder {source}: {folder} holds no {what} files ({', '.join(suffixes)}){inside}")
 
 
 def _ensure_sample(config: PipelineConfig, sample_dir: Path) -> Path:

@@ -265,6 +265,21 @@ def test_run_data_mistakes_are_one_line_and_leave_nothing(tmp_path):
     out = tmp_path / "out_b"
     line = _one_error_line(_run_cli("--data", empty, "--output-dir", out), empty / "images")
     assert "holds no image files" in line and not out.exists()
+    from segbalance.pipeline.ingest import IngestError
+    from segbalance.pipeline.run import check_data_folder
+
+    split = _raw(tmp_path / "split", seed=1, num_images=2)  # QA 89 L3: images/train, images/val said nothing of them
+    for sub in ("images", "masks"):
+        for part in ("train", "val"):
+            (split / sub / part).mkdir()
+        for i, path in enumerate(sorted(p for p in (split / sub).iterdir() if p.is_file())):
+            path.rename(split / sub / ("train", "val")[i % 2] / path.name)
+    with pytest.raises(IngestError) as caught:
+        check_data_folder(split)
+    assert str(caught.value) == (
+        f"data folder {split}: {split / 'images'} holds no image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff); its "
+        f"sub-folders train, val hold some, and run reads only the files directly in images/: give one data set's "
+        f"files there (a train / val split is made by the pipeline, data.split_by)")
 
     bad = _raw(tmp_path / "bad", seed=2, num_images=3)
     for path in (bad / "masks").iterdir():  # every mask has the wrong size: every pair is bad

@@ -226,3 +226,23 @@ def test_files_left_without_a_partner_that_an_ending_would_pair_are_said(tmp_pat
     Image.fromarray(np.zeros((8, 16), np.uint8)).save(unlabelled / "masks" / "road_mask.png")
     assert _ingest(unlabelled) == 0
     assert "more of those without a partner" not in capsys.readouterr().err
+
+
+def test_stems_that_differ_in_letter_case_only_are_said(tmp_path, capsys):
+    """QA 89 L3: images B000.png with masks b000.png: 'image has no mask' 40 times and nothing of the case."""
+    _car_masks(tmp_path, bare=4, suffixed=0)
+    for path in sorted((tmp_path / "masks").iterdir())[:3]:
+        path.rename(path.with_name(path.name.upper().replace(".PNG", ".png")))
+    assert _ingest(tmp_path) == 2  # 3 pair only by case, 1 as it is: refused
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"segbalance ingest: error: 3 image file(s) in {tmp_path / 'images'} pair with a mask in "
+                   f"{tmp_path / 'masks'} only when letter case is ignored (car_00.png / CAR_00.png): ingest pairs "
+                   f"stems exactly; rename the files of one folder so that the stems match; nothing was written; "
+                   f"report: {tmp_path / 'out' / 'ingest_report.Span-0.failed.json'}"], err
+    (tmp_path / "masks" / "CAR_00.png").rename(tmp_path / "masks" / "car_00.png")
+    (tmp_path / "masks" / "CAR_01.png").rename(tmp_path / "masks" / "car_01.png")
+    assert _ingest(tmp_path) == 0  # 1 pairs only by case, 3 as they are: a warning, the 3 written
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("ingest: warning: 1 image file(s) in ") and "(car_02.png / CAR_02.png)" in line
+               for line in err), err
+    assert json.loads((tmp_path / "out" / "Span-0" / "ingest_report.json").read_text())["num_written"] == 3
