@@ -974,6 +974,10 @@ def ingest(
         whole_images = {source_id_of(p.stem): p for stem, p in images.items() if stem not in paired}
         whole_masks = {source_id_of(p.stem): p for stem, p in masks.items() if stem not in paired}
         suggestion = suggest_stem_suffixes(whole_images, whole_masks) if whole_images and whole_masks else None
+        if suggestion and (suggestion[2] < 2 or _takes_paired(suggestion, whole_images, whole_masks, paired)):
+            suggestion = None  # one file: any two names "differ by an ending" (frame_0100 / frame_0007, QA 90 M3);
+            # an ending of files of images that pair already: another kind of mask (s0.png / s0_color.png), whose
+            # option would take their class-id masks away (QA 90 M2)
         if suggestion:
             text = suggestion_text(suggestion, whole_images[min(whole_images)].name, whole_masks[min(whole_masks)].name)
             problem = (f"{len(paired)} image file(s) pair with a mask file of the same stem in {images_dir} and "
@@ -989,11 +993,14 @@ def ingest(
     for stem, path in masks.items():
         if stem not in paired:
             folded.setdefault(stem.casefold(), path)
-    by_case = [(path, folded[stem.casefold()]) for stem, path in sorted(images.items())
-               if stem not in paired and stem.casefold() in folded]
+    by_case = {}  # one pair per stem as case-folded, however many files of one folder fold to it (QA 90 L3)
+    for stem, path in sorted(images.items()):
+        if stem not in paired and stem.casefold() in folded:
+            by_case.setdefault(stem.casefold(), (path, folded[stem.casefold()]))
     if by_case:
+        first = next(iter(by_case.values()))
         problem = (f"{len(by_case)} image file(s) in {images_dir} pair with a mask in {masks_dir} only when letter "
-                   f"case is ignored ({by_case[0][0].name} / {by_case[0][1].name}): ingest pairs stems exactly; "
+                   f"case is ignored ({first[0].name} / {first[1].name}): ingest pairs stems exactly; "
                    f"rename the files of one folder so that the stems match")
         if len(by_case) > len(paired):
             raise _names_differ(problem, None, target, options, images_dir, masks_dir, image_list, mask_list)
@@ -1148,6 +1155,15 @@ def _cwd_inside(folder: Path) -> bool:
     except OSError:  # the current folder was deleted
         return False
     return cwd == folder or folder in cwd.parents
+
+
+def _takes_paired(suggestion, images: Dict[str, Path], masks: Dict[str, Path], paired: set) -> bool:
+    """Whether the endings of ``suggestion`` (found among the files without a partner, ``images`` / ``masks`` by
+    whole stem) are those of files whose stem, the ending dropped, pairs already: then its option would pair
+    those files instead (``take_whole`` keeps a file without the ending only when none with it has its stem)."""
+    image_end, mask_ends, _ = suggestion
+    return (any(strip_stem_suffix(stem, end) in paired for stem in masks for end in mask_ends if end)
+            or bool(image_end) and any(strip_stem_suffix(stem, image_end) in paired for stem in images))
 
 
 def _names_differ(problem: str, suggestion, target: Path, options: IngestOptions, images_dir: Path,

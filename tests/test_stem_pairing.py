@@ -8,8 +8,8 @@ import tensorflow as tf
 from PIL import Image
 
 from segbalance.pipeline import cli
-from segbalance.pipeline.stem_pairing import (common_ending, strip_stem_suffix, suggest_stem_suffixes,
-                                              suggestion_text)
+from segbalance.pipeline.stem_pairing import (common_ending, endings_after, strip_stem_suffix,
+                                              suggest_stem_suffixes, suggestion_text)
 from segbalance.trainer import example_codec as codec
 
 CITYSCAPES = ["aachen_000000_000019", "aachen_000001_000019", "bochum_000000_000313"]
@@ -79,6 +79,17 @@ def _cityscapes(root):
 def _ingest(root, *extra):
     return cli.main(["ingest", str(root / "images"), str(root / "masks"), "--output", str(root / "out"),
                      "--num-classes", "3", "--span", "0", *extra])
+
+
+def test_endings_after_gives_the_bases_each_ending_pairs():
+    """The pairs of each ending, counted while the endings are found (QA 90 L4: recounted per ending, 16 s for
+    5,000 masks of odd endings), are those strip_stem_suffix gives."""
+    masks = ["a_x", "b_x", "a_gt_y", "c_x", "z"]
+    bases = {"a", "b", "a_gt"}
+    found = endings_after(masks, bases)
+    assert found == {"_x": {"a", "b"}, "_gt_y": {"a"}, "_y": {"a_gt"}}
+    for ending, paired in found.items():
+        assert paired == bases & {strip_stem_suffix(s, ending) for s in masks}
 
 
 def test_ingest_pairs_names_that_differ_by_an_ending(tmp_path, capsys):
@@ -220,6 +231,20 @@ def test_files_left_without_a_partner_that_an_ending_would_pair_are_said(tmp_pat
     report = json.loads((other / "out" / "Span-0" / "ingest_report.json").read_text())
     assert report["num_written"] == 5 and len(report["bad"]) == 4  # 2 images without mask, 2 masks without image
     capsys.readouterr()
+    frames = tmp_path / "frames"  # one image and one mask left over: any two names differ by an ending (QA 90 M3)
+    _car_masks(frames, bare=3, suffixed=0)
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(frames / "images" / "car_0100.png")
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(frames / "masks" / "car_0007.png")
+    assert _ingest(frames) == 0
+    assert "more of those without a partner" not in capsys.readouterr().err
+    kinds = tmp_path / "kinds"  # colour renders of every mask beside the class-id masks of 4 of 6 images: their
+    _car_masks(kinds, bare=4, suffixed=0)  # ending is another kind of mask, not a way to pair (QA 90 M2: its option
+    for i in range(6):  # swapped the class-id masks of the 4 images that pair for the colour ones)
+        Image.fromarray(np.full((8, 16), 2, np.uint8)).save(kinds / "masks" / f"car_{i:02d}_color.png")
+    for i in (4, 5):
+        Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(kinds / "images" / f"car_{i:02d}.png")
+    assert _ingest(kinds) == 0
+    assert "more of those without a partner" not in capsys.readouterr().err
     unlabelled = tmp_path / "unlabelled"  # images without masks that no ending pairs: nothing more said
     _car_masks(unlabelled, bare=4, suffixed=0)
     Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(unlabelled / "images" / "street.png")
@@ -239,6 +264,13 @@ def test_stems_that_differ_in_letter_case_only_are_said(tmp_path, capsys):
                    f"{tmp_path / 'masks'} only when letter case is ignored (car_00.png / CAR_00.png): ingest pairs "
                    f"stems exactly; rename the files of one folder so that the stems match; nothing was written; "
                    f"report: {tmp_path / 'out' / 'ingest_report.Span-0.failed.json'}"], err
+    folded = tmp_path / "folded"  # two images that fold to one mask's stem pair one file at most (QA 90 L3)
+    _car_masks(folded, bare=1, suffixed=0)
+    for name in ("Ab", "aB"):
+        Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(folded / "images" / f"{name}.png")
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(folded / "masks" / "AB.png")
+    assert _ingest(folded) == 0  # 1 by case against 1 as it is: a warning
+    assert any(line.startswith("ingest: warning: 1 image file(s) in ") for line in capsys.readouterr().err.splitlines())
     (tmp_path / "masks" / "CAR_00.png").rename(tmp_path / "masks" / "car_00.png")
     (tmp_path / "masks" / "CAR_01.png").rename(tmp_path / "masks" / "car_01.png")
     assert _ingest(tmp_path) == 0  # 1 pairs only by case, 3 as they are: a warning, the 3 written
