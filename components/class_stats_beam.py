@@ -56,7 +56,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, GROUP_KEY, IMAGE_KEY, LABELED_KEY, MASK_KEY,  # noqa: F401
                                  MAX_CLASSES, PER_IMAGE_PREFIX, QUARANTINE_FILE, SOURCE_ID_KEY, STATS_FILE,
-                                 UNCOUNTED_PER_IMAGE_PREFIX, UserError, ignore_index_problem, same_class_names)
+                                 UNCOUNTED_PER_IMAGE_PREFIX, UserError, class_names_problem, ignore_index_problem)
 from segbalance.components.component_config import StatsConfig
 from segbalance.components.tfrecord_file import TFRecordFileError, iter_tfrecords  # noqa: F401
 from segbalance.trainer import class_weights
@@ -111,13 +111,9 @@ class StatsOptions:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
-        empty = [i for i, name in enumerate(self.class_names) if not str(name).strip()]
-        if empty:  # the pipeline's classes.names refuses these too (ClassesConfig.validate)
-            raise ValueError(f"class name {empty[0]} is empty: give every class a name")
-        repeated = sorted({name for pair in same_class_names(self.class_names) for name in pair})
-        if repeated:
-            raise ValueError(f"class names must be unique (ignoring case): {', '.join(map(repr, repeated))} "
-                             f"name the same class")
+        problem = class_names_problem(self.class_names)  # the pipeline's classes.names refuses these too
+        if problem:
+            raise ValueError(problem)
         if not 0.0 < self.suspect_threshold <= 1.0:
             raise ValueError(f"suspect_threshold must be in (0, 1], got {self.suspect_threshold}")
         class_weights.check_weight_options(self.weight_options)

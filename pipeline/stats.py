@@ -15,7 +15,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from segbalance.contract import CLASS_NAMES_FILE, names_listed
+from segbalance.contract import CLASS_NAMES_FILE, class_names_problem, names_listed
 from segbalance.trainer.remote_files import is_remote
 
 
@@ -166,12 +166,14 @@ def class_names_of(args) -> "list | None":
         if not Path(args.classes_file).is_file():
             raise ValueError(f"--classes-file {args.classes_file} is not a file: give a classes.json")
         try:
-            names = read_class_names(Path(args.classes_file), instead="or pass --class-names")
+            names = read_class_names(Path(args.classes_file), instead="pass --class-names")
         except IngestError as exc:
             raise ValueError(f"--classes-file: {exc}") from None
         if len(names) != args.num_classes:
             raise ValueError(f"--classes-file {args.classes_file} names {len(names)} classes for --num-classes "
                              f"{args.num_classes}: give {args.num_classes} names")
+        if class_names_problem(names):  # (QA 90 M1: blamed on --class-names, the file not named)
+            raise ValueError(f"--classes-file {args.classes_file}: {class_names_problem(names)}")
         return names
     if is_remote(args.glob):
         return None
@@ -182,9 +184,13 @@ def class_names_of(args) -> "list | None":
         for candidate in (folder / CLASS_NAMES_FILE, folder.parent / CLASS_NAMES_FILE):
             if candidate.is_file() and (candidate.parent == folder or SPAN_DIR.match(folder.name)):
                 try:
-                    found[candidate] = read_class_names(candidate)
+                    found[candidate] = read_class_names(candidate, instead="give --class-names or --classes-file")
                 except IngestError as exc:
                     print(f"note: {exc}; the classes are named class_0, class_1, ...")
+                    return None
+                if class_names_problem(found[candidate]):  # (QA 90 M1: ingest keeps such a file; stats failed)
+                    print(f"note: {candidate}: {class_names_problem(found[candidate])}; the classes are named "
+                          f"class_0, class_1, ...")
                     return None
                 break
     kinds = {tuple(names) for names in found.values()}

@@ -544,6 +544,14 @@ def test_the_classes_json_beside_the_records_names_the_classes(tmp_path, capsys)
     (span / "classes.json").write_text("{not json")  # a damaged file: said, not a failure of the statistics
     code, said = stats("damaged")
     assert code == 0 and named("damaged")[0] == "class_0" and "note: " in said.out and "classes.json" in said.out
+    (span / "classes.json").write_text(json.dumps({"class_names": ["bg", "road", "Road", "car"]}))
+    code, said = stats("same")  # a file ingest keeps (QA 90 M1: exit 2, blamed on --class-names)
+    assert code == 0 and named("same")[0] == "class_0"
+    assert (f"note: {span / 'classes.json'}: class names must be unique (ignoring case): 'Road', 'road' name the "
+            f"same class; the classes are named class_0, class_1, ...") in said.out
+    (span / "classes.json").write_text(json.dumps(["bg", "road", "car", "x"]))  # not the format: what to give
+    code, said = stats("list")
+    assert code == 0 and "fix it, or give --class-names or --classes-file; the classes are named" in said.out
     given = tmp_path / "names.json"
     given.write_text(json.dumps({"class_names": names}))
     assert stats("file", "--classes-file", str(given))[0] == 0 and named("file") == names
@@ -552,6 +560,13 @@ def test_the_classes_json_beside_the_records_names_the_classes(tmp_path, capsys)
         "segbalance stats: error: --class-names and --classes-file both name the classes: give one"]
     code, said = stats("missing", "--classes-file", str(tmp_path / "nope.json"))
     assert code == 2 and "--classes-file " in said.err and "is not a file" in said.err
+    given.write_text(json.dumps({"class_names": ["a", "A", "b", "c"]}))
+    code, said = stats("file_same", "--classes-file", str(given))
+    assert code == 2 and said.err.strip() == (f"segbalance stats: error: --classes-file {given}: class names must be "
+                                              f"unique (ignoring case): 'A', 'a' name the same class")
+    given.write_text("[]")
+    code, said = stats("file_list", "--classes-file", str(given))
+    assert code == 2 and said.err.strip().endswith("fix it, or pass --class-names"), said.err
     given.write_text(json.dumps({"class_names": names[:3]}))
     code, said = stats("short", "--classes-file", str(given))
     assert code == 2 and said.err.strip() == (f"segbalance stats: error: --classes-file {given} names 3 classes for "

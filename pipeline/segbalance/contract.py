@@ -131,6 +131,17 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def class_names_problem(names: Sequence[str]) -> Optional[str]:
+    """What makes ``names`` unusable as class names (an empty one, two that name one class), or None."""
+    empty = [i for i, name in enumerate(names) if not str(name).strip()]
+    if empty:
+        return f"class name {empty[0]} is empty: give every class a name"
+    repeated = sorted({name for pair in same_class_names(names) for name in pair})
+    if repeated:
+        return f"class names must be unique (ignoring case): {', '.join(map(repr, repeated))} name the same class"
+    return None
+
+
 def names_listed(names: Sequence[str]) -> str:
     """Class names for a line, comma-separated; each quoted when one holds a comma (QA 89 L6: 'Gebäude, Haus'
     read as two names)."""
