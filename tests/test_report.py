@@ -758,13 +758,22 @@ def test_image_pairs_ingest_skipped_are_in_the_report_and_the_summary(tmp_path, 
         capsys.readouterr().out
 
 
+def _ingest_section(tmp_path, report_path):
+    """(page, its Ingest section's HTML) of a report whose run read the span of ``report_path``."""
+    (tmp_path / "inputs").mkdir()
+    sources = write_report_inputs(tmp_path / "inputs")
+    sources.ingest_reports = [report_path]
+    page = tmp_path / "report.html"
+    render_report(sources, str(page))
+    return page, section(page.read_text(), "ingest")
+
+
 def test_labelled_set_keys_of_no_image_are_in_the_report_and_every_run_summary(tmp_path, capsys):
     """QA 68: labeled.json keys that name no image (their labelled sets unused) were one console warning
     at ingest; a cached re-run, run_summary.json and the report never said so again."""
     from segbalance.pipeline import sample_data
     from segbalance.pipeline.run import print_summary
     from segbalance.pipeline.run_summary import span_ingest_facts
-    from tests.report_inputs import write_report_inputs
 
     raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=3, size=16, seed=1)
     (tmp_path / "labeled.json").write_text(json.dumps({"shapes_00000": [0, 1], "shapes_00001.png": [0],
@@ -775,12 +784,7 @@ def test_labelled_set_keys_of_no_image_are_in_the_report_and_every_run_summary(t
     report_path = str(span / "ingest_report.json")
     facts = span_ingest_facts(str(span))
     assert facts == {"records": 3, "unmatched_keys": {"labeled": 2, "groups": 0, "report": report_path}}
-    (tmp_path / "inputs").mkdir()
-    sources = write_report_inputs(tmp_path / "inputs")
-    sources.ingest_reports = [report_path]
-    page = tmp_path / "report.html"
-    render_report(sources, str(page))
-    text = section(page.read_text(), "ingest")
+    page, text = _ingest_section(tmp_path, report_path)
     assert "Every image pair was ingested (3 records" in text
     assert ('<p class="bad">2 labelled-set keys name no image, so they are not used (keys are image file stems; '
             "listed in the reports' labeled_unmatched / groups_unmatched).</p>") in text
@@ -801,7 +805,6 @@ def test_files_ingest_did_not_read_are_counted_by_the_run_summary_and_the_report
     from segbalance.pipeline import sample_data
     from segbalance.pipeline.run import print_summary
     from segbalance.pipeline.run_summary import span_ingest_facts
-    from tests.report_inputs import write_report_inputs
 
     raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=3, size=16, seed=1)
     (raw / "images" / "notes.txt").write_text("delivered 2026-12-01")
@@ -819,12 +822,7 @@ def test_files_ingest_did_not_read_are_counted_by_the_run_summary_and_the_report
     print_summary(summary)
     assert (f"  not read:         2 file(s) in the data folders of span 0, not images or masks ingest reads (listed "
             f"in {report_path} skipped_files)") in capsys.readouterr().out
-    (tmp_path / "inputs").mkdir()
-    sources = write_report_inputs(tmp_path / "inputs")
-    sources.ingest_reports = [report_path]
-    page = tmp_path / "report.html"
-    render_report(sources, str(page))
-    text = section(page.read_text(), "ingest")
+    _, text = _ingest_section(tmp_path, report_path)
     assert "Every image pair was ingested (3 records" in text
     assert ("2 files in the data folders were not read: not images or masks ingest reads (another suffix, a "
             "sub-folder, no stem ending; ") in text and "notes.txt" in text and "Thumbs.db" in text
