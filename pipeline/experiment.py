@@ -554,11 +554,16 @@ def complete_twin(done: dict, group: str, cell: tuple, seed: int) -> Optional[di
 
 
 def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, results: list,
-              keep: set = frozenset()) -> None:
+              keep: set = frozenset(), commit: Optional[str] = "") -> None:
     """Every (cell, seed) of one data set at one drop rate; rows go to ``results`` and results.jsonl.
-    Cells in ``keep`` keep their serving model (for the example pictures)."""
+    Cells in ``keep`` keep their serving model (for the example pictures). ``commit``: the code's
+    ``source_commit()`` when the experiment started (default: taken now), recorded as each row's
+    ``code_commit``."""
     from segbalance.pipeline.dag import trainer_custom_config
 
+    # the code that trains: taken before the first training, not when a row is written (session 35: a checkout
+    # moved on during a 49-minute training, and the row named the new commit)
+    commit = source_commit() if commit == "" else commit
     name = f"{dataset}_drop{drop}"
     # only rows trained with this run's values count as done (and as a fully annotated cell's twin); a row
     # trained with other values (another --config, --max-epochs, ...) stays in results.jsonl beside the new one
@@ -617,7 +622,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "num_images": plan.num_images,
                "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
                "split_by": plan.split_by, "config_digest": wanted["config_digest"],
-               "defaults_digest": wanted["defaults_digest"], "code_commit": source_commit(),
+               "defaults_digest": wanted["defaults_digest"], "code_commit": commit,
                **({"config": plan.config} if wanted["config_digest"] else {}),  # the file, for the report
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
@@ -777,6 +782,7 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
                                           work / f"rescore_test{plan.test_images}") if rescore
                               else reported_test_folder(dataset, plan, work))
     else:
+        commit = source_commit()  # the code imported now trains every row (a checkout may move on meanwhile)
         for dataset in plan.datasets:
             for drop in plan.drop_fractions:
                 train_dir, test_dir = dataset_folders(dataset, plan, drop, work)
@@ -784,7 +790,7 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
                 names = json.loads((train_dir / "classes.json").read_text())["class_names"]
                 config = experiment_config(plan, train_dir, work / f"run_{dataset}_drop{drop}", names)
                 keep = example_cells(plan) if drop == example_drop else set()
-                run_group(dataset, drop, plan, config, load_test_items(test_dir), work, results, keep)
+                run_group(dataset, drop, plan, config, load_test_items(test_dir), work, results, keep, commit)
     if rescore:
         results = rescore_rows(results, tests)
     report = {

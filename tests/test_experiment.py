@@ -1,4 +1,5 @@
 """`segbalance experiment`: the crossed grid, mean ranks, data folders, and the --quick run end to end."""
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -1103,3 +1104,25 @@ def test_counts_and_training_time_read_as_words():
     assert [counted(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
     assert [training_time(s) for s in (20, 90, 359, 360, 3600, 9000)] == \
         ["1 min", "2 min", "6 min", "0.1 h", "1.0 h", "2.5 h"]
+
+
+def test_each_row_records_the_commit_of_the_code_that_trained_it(tmp_path, monkeypatch):
+    """Session 35: the commit was read when a row was written, after its training (49 minutes), so a checkout
+    that moved on meanwhile was named as the code that trained it."""
+    from segbalance.pipeline import experiment
+    from segbalance.pipeline.experiment import run_group
+
+    plan = Plan(datasets=["shapes"], drop_fractions=[0.0], terms=["ce"], weightings=["none"], missing=["none"],
+                seeds=[0, 1, 2], num_images=8, test_images=4, size=32, max_epochs=10)
+    work = tmp_path / "work"
+    train, _ = dataset_folders("shapes", plan, 0.0, work)
+    config = experiment.experiment_config(plan, train, work / "run", NAMES)
+    checkout = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc", "dddddddddddd"])  # HEAD moves at each look
+    monkeypatch.setattr(experiment, "source_commit", lambda: next(checkout))
+    fake_cells(monkeypatch, [], miou=0.5)
+    results = []
+    run_group("shapes", 0.0, plan, config, [None] * 4, work, results)
+    assert [r["code_commit"] for r in results] == ["aaaaaaaaaaaa"] * 3
+    run_group("shapes", 0.0, dataclasses.replace(plan, seeds=[3]), config, [None] * 4, work, results,
+              commit="eeeeeeeeeeee")  # the experiment's own, taken when it started
+    assert results[-1]["code_commit"] == "eeeeeeeeeeee"
