@@ -79,7 +79,8 @@ def suggest_stem_suffixes(image_stems: Iterable[str], mask_stems: Iterable[str])
         for mask_end in sorted(set(_candidates(masks)) | set(after), key=lambda e: (len(e), e)):
             if not image_end and not mask_end:
                 continue
-            paired = after[mask_end] if mask_end in after else stripped & {strip_stem_suffix(s, mask_end) for s in masks}
+            paired = (after[mask_end] if mask_end in after
+                      else stripped & {strip_stem_suffix(s, mask_end) for s in masks})
             if paired and (best is None or len(paired) > best[2]):
                 best, best_paired = (image_end, (mask_end,), len(paired)), paired
             elif (best is not None and paired == best_paired and image_end == best[0] and mask_end and all(best[1])
