@@ -960,6 +960,15 @@ def ingest(
     take_whole(image_list, {source_id_of(p.stem) for p in mask_list.without_ending} | set(masks))
     take_whole(mask_list, set(images))
     paired = set(images) & set(masks)
+
+    def refuse_or_warn(problem: str, pairs: int, suggestion=None, skipped: str = "they are skipped") -> None:
+        """Names that differ (by an ending: ``suggestion``; by letter case) would pair ``pairs`` more files: an
+        error when they outnumber those that pair as they are (most of the data would be left out: all of it
+        when nothing pairs), else a warning before the skipped pairs."""
+        if pairs > len(paired):
+            raise _names_differ(problem, suggestion, target, options, images_dir, masks_dir, image_list, mask_list)
+        print(f"ingest: warning: {problem}; {skipped} (listed below)", file=sys.stderr)
+
     if not paired:  # nothing pairs: endings that would (Cityscapes, ISIC, ...), before anything
         # else is said of the files (QA 78: run's labeled.json check spoke first); from the whole stems, not those
         # the given endings shortened (the suggestion then names the whole endings)
@@ -967,9 +976,8 @@ def ingest(
         suggestion = suggest_stem_suffixes(whole_images, whole_masks) if whole_images and whole_masks else None
         if suggestion:
             text = suggestion_text(suggestion, whole_images[min(whole_images)].name, whole_masks[min(whole_masks)].name)
-            raise _names_differ(f"no image file pairs with a mask file of the same stem in {images_dir} and "
-                                f"{masks_dir}: {text}", suggestion, target, options, images_dir, masks_dir,
-                                image_list, mask_list)
+            refuse_or_warn(f"no image file pairs with a mask file of the same stem in {images_dir} and {masks_dir}: "
+                           f"{text}", suggestion[2], suggestion)
     else:  # some pair: do the files left without a partner differ by an ending? (QA 89 M1: 3 of 40 written, exit 0)
         whole_images = {source_id_of(p.stem): p for stem, p in images.items() if stem not in paired}
         whole_masks = {source_id_of(p.stem): p for stem, p in masks.items() if stem not in paired}
@@ -980,13 +988,10 @@ def ingest(
             # option would take their class-id masks away (QA 90 M2)
         if suggestion:
             text = suggestion_text(suggestion, whole_images[min(whole_images)].name, whole_masks[min(whole_masks)].name)
-            problem = (f"{len(paired)} image file(s) pair with a mask file of the same stem in {images_dir} and "
-                       f"{masks_dir}, and {suggestion[2]} more of those without a partner once an ending is dropped: "
-                       f"{text} (the files that pair as they are still pair)")
-            if suggestion[2] > len(paired):  # most of the data would be left out: refused, as when nothing pairs
-                raise _names_differ(problem, suggestion, target, options, images_dir, masks_dir, image_list,
-                                    mask_list)
-            print(f"ingest: warning: {problem}; without it they are skipped (listed below)", file=sys.stderr)
+            refuse_or_warn(f"{len(paired)} image file(s) pair with a mask file of the same stem in {images_dir} and "
+                           f"{masks_dir}, and {suggestion[2]} more of those without a partner once an ending is "
+                           f"dropped: {text} (the files that pair as they are still pair)", suggestion[2], suggestion,
+                           "without it they are skipped")
     # stems that differ in letter case only (B000.png / b000.png, a delivery from Windows or macOS): ingest pairs
     # stems exactly; said as for an ending (QA 89 L3: "image has no mask" 40 times)
     folded = {}
@@ -999,12 +1004,9 @@ def ingest(
             by_case.setdefault(stem.casefold(), (path, folded[stem.casefold()]))
     if by_case:
         first = next(iter(by_case.values()))
-        problem = (f"{len(by_case)} image file(s) in {images_dir} pair with a mask in {masks_dir} only when letter "
-                   f"case is ignored ({first[0].name} / {first[1].name}): ingest pairs stems exactly; "
-                   f"rename the files of one folder so that the stems match")
-        if len(by_case) > len(paired):
-            raise _names_differ(problem, None, target, options, images_dir, masks_dir, image_list, mask_list)
-        print(f"ingest: warning: {problem}; they are skipped (listed below)", file=sys.stderr)
+        refuse_or_warn(f"{len(by_case)} image file(s) in {images_dir} pair with a mask in {masks_dir} only when "
+                       f"letter case is ignored ({first[0].name} / {first[1].name}): ingest pairs stems exactly; "
+                       f"rename the files of one folder so that the stems match", len(by_case))
     result = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
     result.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
     for item in result.bad:
