@@ -172,15 +172,16 @@ def class_names_of(args) -> "list | None":
         if len(names) != args.num_classes:
             raise ValueError(f"--classes-file {args.classes_file} names {len(names)} classes for --num-classes "
                              f"{args.num_classes}: give {args.num_classes} names")
-        if class_names_problem(names):  # (QA 90 M1: blamed on --class-names, the file not named)
-            raise ValueError(f"--classes-file {args.classes_file}: {class_names_problem(names)}")
+        problem = class_names_problem(names)
+        if problem:  # (QA 90 M1: blamed on --class-names, the file not named)
+            raise ValueError(f"--classes-file {args.classes_file}: {problem}")
         return names
     if is_remote(args.glob):
         return None
-    import glob
+    from segbalance.components.class_stats_beam import match_input_files
 
-    found = {}
-    for folder in sorted({Path(f).parent for f in glob.glob(args.glob)}):
+    found = {}  # (the files the job reads: its own match, ~ expanded, folders left out)
+    for folder in sorted({Path(f).parent for f in match_input_files(args.glob)}):
         for candidate in (folder / CLASS_NAMES_FILE, folder.parent / CLASS_NAMES_FILE):
             if candidate.is_file() and (candidate.parent == folder or SPAN_DIR.match(folder.name)):
                 try:
@@ -188,9 +189,9 @@ def class_names_of(args) -> "list | None":
                 except IngestError as exc:
                     print(f"note: {exc}; the classes are named class_0, class_1, ...")
                     return None
-                if class_names_problem(found[candidate]):  # (QA 90 M1: ingest keeps such a file; stats failed)
-                    print(f"note: {candidate}: {class_names_problem(found[candidate])}; the classes are named "
-                          f"class_0, class_1, ...")
+                problem = class_names_problem(found[candidate])
+                if problem:  # (QA 90 M1: ingest keeps such a file; stats failed)
+                    print(f"note: {candidate}: {problem}; the classes are named class_0, class_1, ...")
                     return None
                 break
     kinds = {tuple(names) for names in found.values()}
