@@ -68,7 +68,7 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     from segbalance.pipeline.config import ClassesConfig
     from segbalance.pipeline.spans import SPAN_DIR
 
-    numbered = {folder: int(SPAN_DIR.match(folder.name).group(1)) for folder in reports if SPAN_DIR.match(folder.name)}
+    numbered = {folder: int(match.group(1)) for folder in reports if (match := SPAN_DIR.match(folder.name))}
     latest = max(numbered, key=numbered.get) if numbered else None
     largest_ids = [r.get("max_class_id") for r in reports.values() if r is not None]
     if (config.num_classes > 1 and reports and len(largest_ids) == len(reports)
