@@ -112,6 +112,7 @@ class IngestError(UserError):
 
     codes: frozenset = frozenset()
     pairing_options: str = ""
+    problem: str = ""  # the problem without the advice (what a caller that can go on says in a note)
 
 
 class LabeledRangeError(IngestError):
@@ -516,8 +517,11 @@ def read_class_names(classes: Path, instead: str = "pass --num-classes") -> Opti
     raw = _read_json(classes, "classes file")
     names = raw.get("class_names") if isinstance(raw, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise IngestError(f"classes file {classes}: expected {{\"class_names\": [\"background\", ...]}} with at "
-                          f"least one name (strings); fix it, or {instead}")
+        problem = (f"classes file {classes}: expected {{\"class_names\": [\"background\", ...]}} with at least one "
+                   f"name (strings)")
+        error = IngestError(f"{problem}; fix it, or {instead}")
+        error.problem = problem
+        raise error
     if len(names) > MAX_CLASSES:
         raise IngestError(f"classes file {classes}: {len(names)} class names; masks are 8-bit, at most {MAX_CLASSES}")
     return names
@@ -1329,7 +1333,7 @@ def _main(args) -> int:
     except IngestError as exc:  # with --num-classes the file is not needed (QA 87 M2: it was never read before)
         if args.num_classes is None:
             raise
-        names, names_note = None, str(exc).split("; fix it")[0]
+        names, names_note = None, exc.problem or str(exc)
     num_classes = args.num_classes if args.num_classes is not None else None if names is None else len(names)
     if names is not None and len(names) != num_classes:
         names, names_note = None, f"{names_file} names {len(names)} classes, --num-classes is {num_classes}"
