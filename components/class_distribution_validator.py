@@ -67,6 +67,7 @@ class ClassDistributionValidatorSpec(ComponentSpec):
         "vanished_class_chance": ExecutionParameter(type=float, optional=True),
         "new_class_chance": ExecutionParameter(type=float, optional=True),
         "significance": ExecutionParameter(type=float, optional=True),
+        "baseline_min_share": ExecutionParameter(type=float, optional=True),
         "action": ExecutionParameter(type=str),
     }
     INPUTS = {
@@ -146,6 +147,13 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         # what the next run compares with, and a copy of its counts (the artifact may be deleted): a blocked
         # distribution is not accepted
         accepted = (base.uri, base.stats) if result["status"] == "blocked" else (current_artifact.uri, current)
+        kept = kept_baseline(result["status"], base, current_artifact.uri, current, option("baseline_min_share"))
+        if kept:  # a small span within the thresholds does not replace a larger accepted one
+            accepted = (base.uri, base.stats)
+            notes.append(kept)
+        if result.get("unsampled_classes") and not result["anomalies"]:  # said with an anomaly; else here (QA 92)
+            notes.append(f"{', '.join(result['unsampled_classes'])} left out of the frequency measures: too rare in "
+                         f"the accepted data to sample (judged by how many images hold them)")
         result["accepted"] = accepted[0]
         result["accepted_counts"] = drift_fields(accepted[1]) if accepted[1] is not None else None
         notes = [n for n in notes if n]
@@ -179,6 +187,22 @@ class ClassDistributionValidatorExecutor(base_executor.BaseExecutor):
         print(f"ClassDistributionValidator: {result['status']} ({detail}){after}", flush=True)
 
 
+def kept_baseline(status: str, base, current_uri: str, current: dict, min_share: float) -> Optional[str]:
+    """The note when a run that passed keeps the accepted ClassStats as the next baseline: its own count fewer
+    images than ``min_share`` of theirs (``drift.baseline_min_share``); None when its own become the baseline.
+    QA 92: a 6-image span that passed became the whole baseline; the next run's limits, widened for 5 accepted
+    images, and its measures, without the classes fewer than 2 of them held, let a shift the 66-image baseline
+    had blocked pass and be pushed. A run that warns (an accepted change) always replaces the baseline."""
+    if status != "ok" or base.stats is None or base.uri in (None, current_uri):
+        return None
+    new, before = int(current.get("num_records") or 0), int(base.stats.get("num_records") or 0)
+    if not new < min_share * before:
+        return None
+    return (f"the baseline stays the ClassStats the last gate accepted ({base.uri}): these count "
+            f"{counted(new, 'image')}, fewer than {min_share:g} of the {before} those counted "
+            f"(drift.baseline_min_share); to make these the baseline, run once with drift.action: warn")
+
+
 ACCEPT_ADVICE = ("if this class distribution is expected, accept it: run once with drift.action: warn (on Kubeflow: "
                  "a pipeline compiled with it); later runs compare with the ClassStats of the last run that was "
                  "not blocked")
@@ -200,12 +224,14 @@ class ClassDistributionValidator(base_component.BaseComponent):
                  previous_report: Optional[types.BaseChannel] = None,
                  vanished_class_chance: float = DriftConfig.vanished_class_chance,
                  significance: float = DriftConfig.significance,
-                 new_class_chance: float = DriftConfig.new_class_chance):
+                 new_class_chance: float = DriftConfig.new_class_chance,
+                 baseline_min_share: float = DriftConfig.baseline_min_share):
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         super().__init__(spec=ClassDistributionValidatorSpec(
             class_stats=class_stats, baseline_class_stats=baseline_class_stats, previous_report=previous_report,
             js_divergence=float(js_divergence), max_abs_change=float(max_abs_change),
             missing_rate_change=float(missing_rate_change), vanished_class_chance=float(vanished_class_chance),
-            significance=float(significance), new_class_chance=float(new_class_chance), action=action,
+            significance=float(significance), new_class_chance=float(new_class_chance),
+            baseline_min_share=float(baseline_min_share), action=action,
             drift_report=types.Channel(type=DriftReport)))

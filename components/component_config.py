@@ -74,6 +74,11 @@ class DriftConfig:
     # a change blocks only where sampling alone (this many new images drawn from the accepted ones: bootstrap
     # draws of their per-image table) exceeds it with a chance below this; 0: the thresholds alone decide
     significance: float = 0.005
+    # a run that passes (status ok) makes its ClassStats the baseline of the next only when they count at least
+    # this share of the images the accepted ones counted; else the accepted ones stay (QA 92: a 6-image span
+    # that passed became the whole baseline, and a shift the 66-image one blocked then passed); 0: every
+    # passing run's ClassStats become the baseline, as before session 36. A run that warns always does.
+    baseline_min_share: float = 0.5
     # "block": the model is trained but not blessed, so not pushed; "block_training": trainer,
     # evaluator and pusher do not run; "warn": recorded only
     action: str = "block"
@@ -88,4 +93,6 @@ class DriftConfig:
                     "must be in [0, 1] (a chance; 0 never fires)")
         require(is_number(self.significance, 0.0) and self.significance <= 0.5, f"{where}.significance",
                 "must be in [0, 0.5] (a chance; 0 turns the sampling limit off)")
+        require(is_number(self.baseline_min_share, 0.0) and self.baseline_min_share <= 1.0,
+                f"{where}.baseline_min_share", "must be in [0, 1] (a share of the accepted images; 0 turns it off)")
         require(self.action in DRIFT_ACTIONS, f"{where}.action", f"use one of {', '.join(DRIFT_ACTIONS)}")

@@ -174,7 +174,7 @@ def create_pipeline(
             js_divergence=config.drift.js_divergence, max_abs_change=config.drift.max_abs_change,
             missing_rate_change=config.drift.missing_rate_change,
             vanished_class_chance=config.drift.vanished_class_chance, significance=config.drift.significance,
-            new_class_chance=config.drift.new_class_chance,
+            new_class_chance=config.drift.new_class_chance, baseline_min_share=config.drift.baseline_min_share,
             action=config.drift.action)
         components += [previous, drift_gate]
 

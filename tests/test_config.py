@@ -109,6 +109,8 @@ def test_yaml_file_and_overrides(tmp_path):
      "training.loss.low_confidence.tau: 2.0: give the top-probability threshold, in (0, 1]"),
     ({"drift": {"js_divergence": 5}}, "drift.js_divergence: must be in [0, 1]"),
     ({"drift": {"significance": 0.7}}, "drift.significance: must be in [0, 0.5]"),
+    ({"drift": {"baseline_min_share": 1.5}}, "drift.baseline_min_share: must be in [0, 1]"),
+    ({"drift": {"baseline_min_share": -0.1}}, "drift.baseline_min_share: must be in [0, 1]"),
     ({"training": {"devices": []}}, "training.devices: list device names"),
     # the U-Net halves the size `depth` times (a backbone once more): refused when the config loads
     ({"training": {"image_size": [36, 36]}}, "training.image_size: [36, 36] must be divisible by 8 (the U-Net "

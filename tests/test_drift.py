@@ -1107,3 +1107,44 @@ def test_a_normal_group_holding_a_class_no_accepted_group_holds_is_not_blocked()
                                    presence=presence)
     assert result["new_class_chances"] == {"b": pytest.approx(1 / 21)}
     assert result["unsampled_classes"] == ["b"] and result["status"] == "ok", result["anomalies"]
+
+
+def test_a_small_span_that_passes_does_not_replace_a_larger_baseline(tmp_path):
+    """QA 92 H1: a 6-image span that passed became the whole baseline; the next delivery, a shift the 66-image
+    baseline blocked, was then judged against it (limits widened for 5 images, the classes fewer than 2 of them
+    held left out of the measures), passed and was pushed. A passing span counting fewer images than
+    drift.baseline_min_share of the accepted ones keeps those as the baseline; one that warns replaces it."""
+    normal = {f"n{i}": ((60, 30, 10), []) for i in range(40)}
+    big = _window_stats(tmp_path, "big", normal)
+    first, _ = _gate(tmp_path, "g0", big, [], thresholds=WINDOW)
+    small = _window_stats(tmp_path, "small", {f"s{i}": ((60, 30, 10), []) for i in range(4)})
+    kept, drift = _gate(tmp_path, "g1", small, [big], [first], thresholds=WINDOW)
+    assert drift["status"] == "ok" and drift["accepted"] == big.uri, drift
+    assert drift["accepted_counts"]["num_records"] == 40
+    assert f"the baseline stays the ClassStats the last gate accepted ({big.uri}): these count 4 images, fewer " \
+           f"than 0.5 of the 40 those counted" in drift["note"]
+    shifted = _window_stats(tmp_path, "shifted", {f"d{i}": ((40, 30, 30), []) for i in range(20)})
+    _, after = _gate(tmp_path, "g2", shifted, [small], [kept], thresholds=WINDOW)
+    assert after["baseline"] == big.uri and after["status"] == "blocked", after  # judged against the 40 images
+    # as before session 36 with the option at 0: the small span becomes the baseline
+    _, off = _gate(tmp_path, "g3", small, [big], [first], thresholds={**WINDOW, "baseline_min_share": 0.0})
+    assert off["accepted"] == small.uri and "baseline stays" not in off.get("note", "")
+    # a span of at least half as many images replaces it; a warned one always does
+    half = _window_stats(tmp_path, "half", {f"h{i}": ((60, 30, 10), []) for i in range(20)})
+    _, replaced = _gate(tmp_path, "g4", half, [big], [first], thresholds=WINDOW)
+    assert replaced["status"] == "ok" and replaced["accepted"] == half.uri
+    tiny_shift = _window_stats(tmp_path, "tiny_shift", {f"t{i}": ((10, 10, 80), []) for i in range(4)})
+    _, warned = _gate(tmp_path, "g5", tiny_shift, [big], [first], action="warn", thresholds=WINDOW)
+    assert warned["status"] == "warned" and warned["accepted"] == tiny_shift.uri
+
+
+def test_classes_left_out_of_the_measures_are_said_when_nothing_blocks(tmp_path):
+    """QA 92 H1: classes fewer than 2 accepted images hold are left out of the JS divergence and the largest
+    change; an anomaly line said so, a decision that passed did not."""
+    accepted = {**{f"n{i}": ((60, 40, 0), []) for i in range(19)}, "r0": ((60, 30, 10), [])}
+    base = _window_stats(tmp_path, "base", accepted)
+    first, _ = _gate(tmp_path, "g0", base, [], thresholds=WINDOW)
+    new = _window_stats(tmp_path, "new", {f"m{i}": ((60, 40, 0), []) for i in range(20)})
+    _, drift = _gate(tmp_path, "g1", new, [base], [first], thresholds=WINDOW)
+    assert drift["status"] == "ok" and drift["unsampled_classes"] == ["b"], drift
+    assert "b left out of the frequency measures: too rare in the accepted data to sample" in drift["note"]

@@ -336,7 +336,8 @@ def test_every_drift_field_reaches_the_gate_in_the_kfp_spec(span_data, tmp_path)
     from segbalance.pipeline.config import DriftConfig
 
     values = {"js_divergence": 0.07, "max_abs_change": 0.15, "missing_rate_change": 0.3,
-              "vanished_class_chance": 0.002, "significance": 0.02, "action": "warn", "new_class_chance": 0.003}
+              "vanished_class_chance": 0.002, "significance": 0.02, "action": "warn", "new_class_chance": 0.003,
+              "baseline_min_share": 0.25}
     assert set(values) == {f.name for f in dataclasses.fields(DriftConfig)}
     assert all(values[k] != v for k, v in dataclasses.asdict(DriftConfig()).items())
     spec = compile_into(span_data, name="drift_fields.json", drift=values)[1]
