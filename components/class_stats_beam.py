@@ -455,10 +455,20 @@ def check_record(fields, serialized: bytes, split: str, options: "StatsOptions")
         "pixel_counts": counts.astype(np.int64).tolist(),
         "ignored_pixels": ignored,
         "group_id": fields.group,
-        # the image's and mask's bytes (CRC-32): the drift gate tells a file delivered again from another
-        # file under the same name with the same counts (two all-background crops numbered alike)
-        "content_crc32": zlib.crc32(fields.mask_bytes, zlib.crc32(fields.image_bytes or b"")),
+        "content_crc32": content_crc32(fields),
     }
+
+
+def content_crc32(fields: "RecordFields") -> int:
+    """CRC-32 of a record's image and mask bytes and, where it lists them, its labelled class ids: the drift
+    gate tells a file delivered again from another file under the same name with the same counts (two
+    all-background crops numbered alike), and a delivery ingested again with its labeled.json from the one it
+    blocked without (QA 92 M1: it stayed blocked as the same images). A record without the field keeps the
+    CRC of its bytes alone (as before session 36)."""
+    crc = zlib.crc32(fields.mask_bytes, zlib.crc32(fields.image_bytes or b""))
+    if fields.labeled is None:
+        return crc
+    return zlib.crc32(json.dumps(sorted(set(int(c) for c in fields.labeled))).encode(), crc)
 
 
 def image_row(serialized: bytes, split: str, options: StatsOptions, decoder=None):

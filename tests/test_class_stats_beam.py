@@ -144,9 +144,11 @@ def test_per_image_rows(stats_run):
             assert list(row[key]) == expected[key], (row["source_id"], key)
         assert list(row["pixel_counts"]) == expected["pixel_counts"].tolist()
         assert row["group_id"] == record_group(int(row["source_id"][3:])), row["source_id"]  # None: no group
-        mask = next(m for sid, m, _ in good if sid == row["source_id"])
+        mask, listed = next((m, lab) for sid, m, lab in good if sid == row["source_id"])
         image = codec.encode_png(np.zeros((*mask.shape, 3), np.uint8))
-        assert row["content_crc32"] == zlib.crc32(codec.encode_png(mask), zlib.crc32(image)), row["source_id"]
+        crc = zlib.crc32(codec.encode_png(mask), zlib.crc32(image))  # the bytes; and the labelled ids listed
+        expected = crc if listed is None else zlib.crc32(("[" + ", ".join(map(str, sorted(listed))) + "]").encode(), crc)
+        assert row["content_crc32"] == expected, row["source_id"]
     assert table["group_id"].isna().sum() == sum(record_group(int(sid[3:])) is None for sid in ref) > 0
     labeled = class_stats_io.labeled_by_source_id(str(tmp / "out"))
     assert labeled["img0"] == [0, 1] + ([2] if 2 in ref["img0"]["present"] else [])
@@ -626,3 +628,17 @@ def test_a_turned_image_s_mask_must_fit_the_shown_image(fmt):
     assert stored.tag == csb.QUARANTINE and stored.value["kind"] == "size_mismatch"
     assert "image is 4x2 as shown (its EXIF orientation turns it by 90 degrees) but its mask is 2x4" in \
         stored.value["reason"]
+
+
+def test_a_record_ingested_again_with_its_labelled_classes_is_another_content():
+    """QA 92 M1: a delivery blocked without its labeled.json stayed blocked when ingested again with it (the
+    drift gate held back the same names, counts and bytes). The labelled ids are part of a record's content;
+    a record without them keeps the CRC of its bytes (blocked images recorded before stay known)."""
+    mask = codec.encode_png(np.array([[0, 1], [2, 0]], np.uint8))
+    image = codec.encode_png(np.zeros((2, 2, 3), np.uint8))
+    options = csb.StatsOptions(num_classes=3)
+    row = lambda labeled: csb.image_row(codec.build_example(image, mask, "a", 2, 2, labeled).SerializeToString(),  # noqa
+                                    "train", options)["content_crc32"]
+    assert row(None) == zlib.crc32(mask, zlib.crc32(image))
+    assert len({row(None), row([0, 1]), row([0, 1, 2])}) == 3
+    assert row([1, 0]) == row([0, 1])  # the set, not its order
