@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple
 
-from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, MAX_BAD_ID_FRACTION, UserError, names_listed
+from segbalance.contract import CLASS_NAMES_FILE, GROUPS_FILE, UserError, names_listed
 from segbalance.pipeline import stop_signals
 from segbalance.pipeline.config import ConfigError, PipelineConfig, load_config, read_values
 from segbalance.trainer.remote_files import is_remote
@@ -241,11 +241,10 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         if ingest.GREY_LEVELS in str(exc):  # (the first bad pair's reason offers a --palette of grey levels)
             raise ingest.IngestError(f"{exc}; {grey_hint}") from None
         raise
-    out_of_range = [b for b in result.bad if b.get("code") == "class_ids_out_of_range"]
-    # a few such masks are broken files, skipped and listed like any bad pair (QA 70: one pixel of id 7 among
-    # 100 masks refused the delivery); more, and the config lacks class names, as the trainer judges it
-    readable = len(result.written) + len(out_of_range)  # (QA 71: pairs broken otherwise do not count)
-    few = len(out_of_range) <= MAX_BAD_ID_FRACTION * max(1, readable)
+    # a few such masks are broken files, skipped and listed like any bad pair; more, and the config lacks class
+    # names, as the trainer judges it (said here in the config's terms, so ingested first and removed)
+    out_of_range, readable = ingest.unnamed_ids(result)
+    few = not ingest.too_many_unnamed_ids(out_of_range, readable)
     if out_of_range and few:
         print(f"ingest: warning: {len(out_of_range)} of {readable} masks hold class ids the "
               f"{config.num_classes} classes lack (first: {out_of_range[0]['source_id']}: "
@@ -478,6 +477,11 @@ def prepare_data(config: PipelineConfig, paths: dict) -> Tuple[str, Optional[str
         reference = span_references(read_dir)
     if reference is not None and not is_remote(reference):  # before any component runs
         from segbalance.pipeline.reference_masks import check_reference_masks
+        from segbalance.pipeline.span_records import check_declared_classes
+
+        # the spans' own ids first (their ingest reports): reference masks holding a class the config lacks mostly
+        # mean the spans hold it too, and the advice is to name it, not to drop the masks (QA 92 M2)
+        check_declared_classes(spans_dir, config)
 
         # sizes against the images where they are here (a config's folder beside images/ + masks/; QA 65: lost
         # in 6ee0e25); a span's copies were checked so when they were made
@@ -714,8 +718,10 @@ def drift_line(drift: dict) -> str:
     if status == "blocked":
         stopped = "nothing was trained" if drift.get("action") == "block_training" else "the model was not pushed"
         status += f" ({stopped}; exit status {EXIT_DRIFT_BLOCKED})"
-    elif status == "warned":
+    elif status == "warned" and drift.get("action") in (None, "warn"):
         status += " (drift.action: warn; recorded only)"
+    elif status == "warned":  # a gate that blocks repeats the decision on data a warn run accepted (QA 92 L1)
+        status += " (the same data a run with drift.action: warn accepted; recorded only)"
     return f"{status}, {drift['report']}"
 
 

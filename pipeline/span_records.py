@@ -66,6 +66,7 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     ``data.num_spans`` window's links are followed to the spans' own folders. Spans without a current
     report are checked by the trainer. ``reports``: ``span_reports``."""
     from segbalance.pipeline.config import ClassesConfig
+    from segbalance.pipeline.ingest import OUT_OF_RANGE, too_many_unnamed_ids, unnamed_ids_problem
     from segbalance.pipeline.spans import SPAN_DIR
 
     numbered = {folder: int(match.group(1)) for folder in reports if (match := SPAN_DIR.match(folder.name))}
@@ -107,6 +108,15 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
                 f"{where}: its masks hold class ids up to {largest}, but classes.names lists {config.num_classes} "
                 f"classes: name all {largest + 1} (or more) classes in the config's classes.names, in id "
                 f"order{earlier}")
+        skipped = [b for b in report.get("bad") or [] if isinstance(b, dict) and b.get("code") == OUT_OF_RANGE]
+        readable = len(report.get("written") or []) + len(skipped)
+        if too_many_unnamed_ids(skipped, readable):  # (QA 92 M4: a span ingested with a classes.json a class
+            # short kept 39 of 80 pairs and was trained on; `run --data` refuses such a folder)
+            raise SpanRecordError(
+                f"{where}: {unnamed_ids_problem(skipped, readable, declared)}: ingest skipped them, so the span "
+                f"holds {len(report.get('written') or [])} of its images; if the data has more classes, name them all "
+                f"in the classes.json beside the images and ingest the span again with --overwrite, else fix those "
+                f"masks")
         if isinstance(ignore, int) and ignore != config.classes.ignore_index and report.get("masks_with_ignore", 1):
             raise SpanRecordError(
                 f"{where}: its masks mark 'no label' with {ignore} (ingest --ignore-index), the config with "

@@ -167,6 +167,8 @@ def test_the_exit_status_tells_a_scheduler_that_the_drift_gate_blocked(tmp_path,
 
     cases = [({"status": "ok", "action": "block"}, 0, "ok, "),
              ({"status": "warned", "action": "warn"}, 0, "warned (drift.action: warn; recorded only), "),
+             ({"status": "warned", "action": "block"}, 0,  # QA 92 L1: said "drift.action: warn"
+              "warned (the same data a run with drift.action: warn accepted; recorded only), "),
              ({"status": "blocked", "action": "block"}, 3, "blocked (the model was not pushed; exit status 3), "),
              ({"status": "blocked", "action": "block_training"}, 3,
               "blocked (nothing was trained; exit status 3), "),

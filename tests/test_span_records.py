@@ -170,6 +170,15 @@ def test_a_span_whose_masks_hold_more_classes_than_the_config_names_is_refused_f
     assert len(err) == 1 and "name all 4 (or more) classes" in err[0]
     assert "output in" not in printed.out  # the run never started: the error is the one line it prints
     assert not (tmp_path / "out").exists()  # refused before any component: no empty run folder left behind
+    # QA 92 M2: with the span's complete masks kept beside it (ids up to 3 too), the span's ids are named first,
+    # not the reference masks (whose advice was to re-save or remove them)
+    (tmp_path / "spans" / "Span-0" / "reference_masks").mkdir()
+    for mask in (raw / "masks").iterdir():
+        (tmp_path / "spans" / "Span-0" / "reference_masks" / mask.name).write_bytes(mask.read_bytes())
+    assert cli.main(["run", "--config", str(config), "--data", str(tmp_path / "spans"),
+                     "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "name all 4 (or more) classes" in err[0] and "reference masks" not in err[0], err
 
 
 def test_one_source_id_on_two_different_records_is_refused(tmp_path):
@@ -323,3 +332,47 @@ def test_a_span_of_binary_masks_saved_as_0_and_255_is_refused_first(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and '--palette holding {"0": 0, "1": 255}' in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_span_ingest_kept_a_minority_of_for_want_of_class_names_is_refused(tmp_path, capsys):
+    """QA 92 M4: `ingest --span N` with a classes.json a class short skipped 41 of 80 pairs as bad (ids
+    outside the classes) and exited 0, and the scheduled run trained on the 39 left, where `run --data`
+    refuses the same folder (more than 10 % of the masks). Ingest now warns, and a run refuses the span."""
+    import json
+
+    from segbalance.contract import MAX_BAD_ID_FRACTION
+    from segbalance.pipeline import sample_data
+
+    raw = sample_data.write_sample_data("shapes", tmp_path / "raw", num_images=16, size=16, seed=5)
+    (raw / "classes.json").write_text(json.dumps({"class_names": ["background", "ellipse"]}))  # a stale file
+    assert cli.main(["ingest", str(raw / "images"), str(raw / "masks"), "--output", str(tmp_path / "spans"),
+                     "--span", "0"]) == 0  # bad pairs are skipped, the rest written, as documented
+    report = json.loads((tmp_path / "spans" / "Span-0" / "ingest_report.json").read_text())
+    largest = [int(codec.decode_array(p.read_bytes(), what="mask").max()) for p in sorted((raw / "masks").iterdir())]
+    skipped = sum(m > 1 for m in largest)  # ids 2 and 3 are outside the 2 named classes
+    assert report["num_bad"] == skipped and report["num_written"] == 16 - skipped
+    assert skipped > MAX_BAD_ID_FRACTION * 16
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ingest: warning: ")]
+    assert any(f"{skipped} of 16 masks hold class ids the 2 classes lack" in line
+               and "`segbalance run` refuses this span" in line for line in warning), warning
+    config = tmp_path / "two.yaml"
+    config.write_text("classes: {names: [background, ellipse]}\n")
+    assert cli.main(["run", "--config", str(config), "--data", str(tmp_path / "spans"),
+                     "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{skipped} of 16 masks hold class ids the 2 classes lack" in err[0], err
+    assert f"the span holds {16 - skipped} of its images" in err[0] and "--overwrite" in err[0]
+    assert not (tmp_path / "out").exists()
+    # one such mask among many is a broken file: skipped, no warning, and the run reads the span
+    one = sample_data.write_sample_data("shapes", tmp_path / "one", num_images=16, size=16, seed=5)
+    keep = [p for p in sorted((one / "masks").iterdir()) if int(codec.decode_array(p.read_bytes(), what="mask").max()) > 1]
+    for extra in keep[1:]:  # all but one mask with ids 2-3 made 2-class masks
+        ids = codec.decode_array(extra.read_bytes(), what="mask")
+        extra.write_bytes(codec.encode_png(np.minimum(ids, 1).astype(np.uint8)))
+    (one / "classes.json").write_text(json.dumps({"class_names": ["background", "ellipse"]}))
+    assert cli.main(["ingest", str(one / "images"), str(one / "masks"), "--output", str(tmp_path / "spans1"),
+                     "--span", "0"]) == 0
+    assert "ingest: warning: " not in capsys.readouterr().err
+    checked = check_span_records(tmp_path / "spans1", [0], config_from_dict({"classes": {"names": ["background",
+                                                                                                   "ellipse"]}}))
+    assert checked["train"] + checked["eval"] == 15
