@@ -15,7 +15,9 @@ from a Resolver) is given, not worse than the baseline's mIoU on the same images
 than ``tolerance``. A baseline whose classes are not this run's, id for id (its
 ``classes.json``, ``trainer/model_classes.py``: other names, count or order; a model without one:
 the channel count of its ``probabilities`` output), is not compared: ``evaluation.json``'s
-``baseline_skipped`` and the reason say why, and the threshold alone decides. Outputs a
+``baseline_skipped`` and the reason say why, and the threshold alone decides, except where the
+baseline's classes are this run's first ones (classes added at the end, ``shared_classes``): both are
+scored on those, and a model worse there by more than ``tolerance`` is not blessed. Outputs a
 standard ``ModelEvaluation`` (``evaluation.json``) and a ``ModelBlessing`` with the ``blessed`` /
 ``current_model_id`` properties that ``Pusher`` and the latest-blessed-model resolver read.
 
@@ -45,7 +47,7 @@ from segbalance.components.evaluation_metrics import PREDICT_BUDGET_BYTES, reque
 from segbalance.components.artifacts import ClassStats, DriftReport
 from segbalance.components.component_config import EvaluationConfig
 from segbalance.trainer import example_codec as codec
-from segbalance.trainer.model_classes import class_mismatch, read_model_classes
+from segbalance.trainer.model_classes import class_mismatch, read_model_classes, shared_prefix
 
 from segbalance.contract import (DEFAULT_IGNORE_INDEX, EVALUATION_FILE, PUSH_RECORD_FILE,  # noqa: E402
                                  REFERENCE_MASKS_FOLDER, is_version_folder, source_id_of)
@@ -91,6 +93,23 @@ def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Tuple[Opt
         if probabilities is not None and probabilities.shape.rank and probabilities.shape[-1] is not None:
             channels = int(probabilities.shape[-1])
     return class_mismatch(class_names, recorded, channels), loaded
+
+
+def shared_classes(cm: np.ndarray, baseline_dir: str, loaded, class_names: List[str], items, ignore_index: int,
+                   partial) -> Optional[dict]:
+    """``{"classes", "miou", "baseline_miou"}``: this model's and the baseline's mIoU over the classes both
+    predict, where the baseline's recorded classes are this run's first ones (``shared_prefix``: classes
+    added at the end); None otherwise. QA 92 M3: a model trained after a fifth class was added scored 0.375
+    over the four old classes where the model it replaced scored 0.721, and was pushed, the threshold alone
+    deciding. The baseline predicts on the same images (its ids are this run's, below ``len(classes)``)."""
+    count = shared_prefix(class_names, read_model_classes(baseline_dir))
+    if not count:
+        return None
+    baseline_cm = confusion_over(load_predictor(baseline_dir, loaded), items, len(class_names), ignore_index,
+                                 partial=partial)
+    ours, theirs = (evaluation_metrics.per_class_iou(m)[:count] for m in (cm, baseline_cm))
+    mean = lambda iou: float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0  # noqa: E731
+    return {"classes": list(class_names[:count]), "miou": mean(ours), "baseline_miou": mean(theirs)}
 
 
 def iter_split_records(examples: types.Artifact, split: str) -> Iterator[bytes]:
@@ -470,7 +489,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
 
         class_names = json.loads(exec_properties["class_names"])
         threshold = float(exec_properties["miou_threshold"])
-        baseline_miou, baseline_skipped = None, None
+        baseline_miou, baseline_skipped, shared = None, None, None
         baselines = input_dict.get("baseline_model") or []
         if baselines and baselines[0].id != model.id:
             baseline_dir = path_utils.serving_model_path(baselines[0].uri)
@@ -478,6 +497,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
             if mismatch:  # its ids mean other classes (or lie outside [0, C)): no comparison on these images
                 baseline_skipped = f"the latest blessed model {baselines[0].uri} was not compared: {mismatch}"
                 blessing.set_string_custom_property("baseline_skipped", baseline_skipped)
+                shared = shared_classes(cm, baseline_dir, loaded_baseline, class_names, items, ignore_index, partial)
             else:
                 baseline_cm = confusion_over(load_predictor(baseline_dir, loaded_baseline), items, num_classes,
                                              ignore_index, partial=partial)
@@ -490,6 +510,17 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
             if blessed:  # not "no blessed model yet": there is one, of other classes
                 reason = f"mIoU {result['miou']:.4f} >= threshold {threshold:.4f}"
             reason = f"{reason}; {baseline_skipped}"
+        if shared is not None:  # classes added at the end: compared on the ones both models predict (QA 92 M3)
+            blessing.set_string_custom_property("shared_classes", json.dumps(shared))
+            on = (f"on the classes both models predict ({', '.join(shared['classes'])}) its "
+                  f"mIoU is {shared['miou']:.4f}, the latest blessed model's {shared['baseline_miou']:.4f}")
+            tolerance = float(exec_properties["tolerance"])
+            if blessed and shared["miou"] < shared["baseline_miou"] - tolerance:
+                blessed, reason = False, (f"{on}: worse by more than the tolerance {tolerance:.4f} (full mIoU "
+                                          f"{result['miou']:.4f}; {baseline_skipped}); if the new classes are worth "
+                                          f"it, raise evaluation.tolerance for one run")
+            else:
+                reason = f"{reason}; {on}"
         drift = (input_dict.get("drift_report") or [None])[0]
         if blessed and drift is not None and drift.get_int_custom_property("blocked") == 1:
             blessed, reason = False, (f"class-distribution drift blocked the push (see {drift.uri}/drift.json); "
@@ -516,6 +547,7 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
             "tolerance": float(exec_properties["tolerance"]),
             "baseline_miou": baseline_miou,
             "baseline_skipped": baseline_skipped,
+            "shared_classes": shared,
             "model_uri": model.uri,
         })
         io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE), json.dumps(result, indent=1))

@@ -60,3 +60,39 @@ def test_a_trained_baseline_of_other_classes_is_skipped(tmp_path):
         assert why in result["baseline_skipped"], result["baseline_skipped"]
         assert result["blessed"] and result["baseline_miou"] is None and why in result["reason"]
         assert blessing.get_int_custom_property("blessed") == 1
+
+
+def test_a_baseline_of_fewer_classes_is_compared_on_the_classes_both_predict(tmp_path):
+    """QA 92 M3: after a class was added at the end, the latest blessed model (its classes this run's first ones)
+    was skipped and the threshold alone decided: a model half as good on the old classes was pushed. It is now
+    compared on the classes both predict (here 'bg'; the IoU computed by hand from the masks)."""
+    import numpy as np
+
+    from tests.test_seg_evaluator import _save_classes_model
+
+    baseline = _save_classes_model(tmp_path / "baseline", 0, 1, ["bg"])  # every pixel background
+    baseline.id = 1
+    good = _save_model(tmp_path / "good", 128.0)  # red where the red channel > 128: every pixel right
+    good.id = 2
+    result, blessing, _, masks = _run(tmp_path / "a", good, baseline=baseline)
+    valid = np.concatenate([m[m != 255] for m in masks])
+    baseline_bg = float((valid == 0).sum() / valid.size)  # all predicted bg: TP = bg pixels, FP = red ones
+    assert 0 < baseline_bg < 0.95
+    assert result["shared_classes"] == {"classes": ["bg"], "miou": 1.0, "baseline_miou": pytest.approx(baseline_bg)}
+    assert result["blessed"] and "trained for classes ['bg']" in result["baseline_skipped"]
+    assert result["reason"].endswith(f"on the classes both models predict (bg) its mIoU is 1.0000, the latest "
+                                     f"blessed model's {baseline_bg:.4f}")
+    assert json.loads(blessing.get_string_custom_property("shared_classes"))["classes"] == ["bg"]
+    worse = _save_model(tmp_path / "worse", -1.0)  # every pixel red: bg IoU 0, far below the baseline's
+    worse.id = 3
+    result, blessing, _, _ = _run(tmp_path / "b", worse, baseline=baseline, threshold=0.0)
+    assert result["shared_classes"]["miou"] == 0.0 and not result["blessed"]
+    assert result["reason"].startswith(f"on the classes both models predict (bg) its mIoU is 0.0000, the latest "
+                                       f"blessed model's {baseline_bg:.4f}: worse by more than the tolerance 0.0500")
+    assert "raise evaluation.tolerance for one run" in result["reason"]
+    assert blessing.get_int_custom_property("blessed") == 0
+    # names in another order, or other names: not compared at all, as before
+    other = _save_classes_model(tmp_path / "other", 0, 1, ["red"])
+    other.id = 4
+    result, _, _, _ = _run(tmp_path / "c", good, baseline=other)
+    assert result["shared_classes"] is None and result["blessed"]

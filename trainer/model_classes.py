@@ -50,3 +50,12 @@ def class_mismatch(class_names: Sequence[str], model_names: Optional[Sequence[st
     elif model_num_classes is not None and model_num_classes != len(class_names):
         return f"it predicts {model_num_classes} classes, this run has {len(class_names)} ({list(class_names)})"
     return None
+
+
+def shared_prefix(class_names: Sequence[str], model_names: Optional[Sequence[str]]) -> int:
+    """How many classes a model of fewer classes predicts id for id with this run: its recorded names are this
+    run's first ones (classes added at the end, as a new class is); 0 otherwise (other names, another order, or
+    none recorded)."""
+    if model_names is None or not len(model_names) < len(class_names):
+        return 0
+    return len(model_names) if list(class_names[:len(model_names)]) == list(model_names) else 0
