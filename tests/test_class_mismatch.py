@@ -96,3 +96,20 @@ def test_a_baseline_of_fewer_classes_is_compared_on_the_classes_both_predict(tmp
     other.id = 4
     result, _, _, _ = _run(tmp_path / "c", good, baseline=other)
     assert result["shared_classes"] is None and result["blessed"]
+
+
+def test_a_deleted_blessed_model_is_skipped_not_a_crash(tmp_path):
+    """QA 91 H2: pipeline_root/SegTrainer/model/N of the latest blessed model deleted (a clean-up): every later
+    run trained, then stopped in SegEvaluator ("SavedModel file does not exist"), run after run. The baseline is
+    skipped with the reason, and the threshold decides."""
+    model = _save_model(tmp_path / "model", 128.0)
+    model.id = 2
+    baseline = _save_model(tmp_path / "baseline", 128.0)
+    baseline.id = 1
+    shutil.rmtree(tmp_path / "baseline")
+    result, blessing, _, _ = _run(tmp_path / "a", model, baseline=baseline)
+    serving = os.path.join(str(tmp_path / "baseline"), "Format-Serving")
+    assert result["baseline_skipped"] == (f"the latest blessed model {tmp_path / 'baseline'} was not compared: its "
+                                          f"{serving} is gone (deleted after it was blessed)")
+    assert result["blessed"] and result["baseline_miou"] is None and result["shared_classes"] is None
+    assert result["reason"] == f"mIoU 1.0000 >= threshold 0.3000; {result['baseline_skipped']}"
