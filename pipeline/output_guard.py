@@ -175,6 +175,19 @@ RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_
              LOCK_FILE)
 
 
+def check_store_beside_artifacts(path: Path, option: str) -> None:
+    """OutputError for a run folder holding earlier runs' artifacts (``pipeline_root/``) without the ML Metadata
+    store that records them: a new store numbers its executions from 1 again, so its artifacts land in the
+    earlier runs' folders (QA 91 H1: the next run overwrote their Examples, ClassStats and drift.json, and
+    stopped in Transform on a folder not empty)."""
+    root = path / "pipeline_root"
+    if root.is_dir() and any(root.iterdir()) and not (path / RUN_KEY_FILE).exists():
+        raise OutputError(f"{option} {path} holds pipeline_root/ (the artifacts of earlier runs) but no {RUN_KEY_FILE}, "
+                          f"the store that records them: a new store would write into their folders; move "
+                          f"pipeline_root/ aside too (with the store, if you moved it), or give a new {option} "
+                          f"(nothing was written or deleted)")
+
+
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     """``segbalance run``'s output directory: new, empty, or an earlier run's (True).
 
@@ -188,6 +201,7 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     if not path.is_dir() or not any(path.iterdir()):
         return False
     if written_by(path) == "run":
+        check_store_beside_artifacts(path, option)
         return True
     foreign = foreign_entries(path, RUN_OWNED)
     if foreign and RUN_KEY_FILE in {p.name for p in path.iterdir()} and is_run_store(path / RUN_KEY_FILE):

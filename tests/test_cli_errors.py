@@ -465,8 +465,27 @@ def test_a_run_folder_with_a_damaged_metadata_store_is_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "metadata.sqlite cannot be opened as an ML Metadata store (file is not a database)" in err
-    assert "move it aside and run `segbalance run` again" in err
+    assert "move it aside with the pipeline_root/ folder beside it" in err and "run `segbalance run` again" in err
     assert (tmp_path / "metadata.sqlite").read_bytes() == b"garbage"
+
+
+def test_a_run_folder_whose_store_was_moved_from_its_artifacts_is_refused(tmp_path, capsys):
+    """QA 91 H1: the store moved aside (as the damaged-store line said), the next run's new store numbered its
+    executions from 1 and wrote into the earlier runs' artifact folders (their Examples, ClassStats, drift.json
+    overwritten; a traceback in Transform). Such a folder is refused, one line, nothing written."""
+    from segbalance.pipeline import output_guard
+
+    output_guard.write_marker(tmp_path, "run")
+    old = tmp_path / "pipeline_root" / "ClassStatsGen" / "class_stats" / "4"
+    old.mkdir(parents=True)
+    (old / "class_stats.json").write_text("{}")
+    assert cli.main(["run", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "holds pipeline_root/ (the artifacts of earlier runs) but no metadata.sqlite" in err
+    assert "move pipeline_root/ aside too" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".segbalance.json", "pipeline_root"]
+    assert (old / "class_stats.json").read_text() == "{}"
 
 
 def test_sigterm_stops_like_ctrl_c_exit_143(monkeypatch, capsys):
@@ -852,3 +871,20 @@ def test_ctrl_c_says_resume_only_where_the_command_resumes(capsys):
     assert cli._stopped("segbalance ingest", signal.SIGINT, False) == 130
     assert capsys.readouterr().err == ("segbalance run: interrupted; run the same command again to resume\n"
                                        "segbalance ingest: interrupted\n")
+
+
+def test_a_store_a_killed_run_left_mid_write_is_not_called_damaged(tmp_path, capsys):
+    """QA 91 M1: a run killed while it wrote metadata.sqlite leaves metadata.sqlite-journal beside it; `report`
+    (read-only) said "empty or damaged; move it aside", which parts the store from its journal and damages it.
+    `run` (read-write) rolls the write back. The line now says so."""
+    from segbalance.pipeline import output_guard
+
+    output_guard.write_marker(tmp_path, "run")
+    (tmp_path / "metadata.sqlite").write_bytes(b"garbage")
+    (tmp_path / "metadata.sqlite-journal").write_bytes(b"journal")
+    assert cli.main(["report", str(tmp_path), "--output", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "move it aside" not in err, err
+    assert "a run was stopped while it wrote the store (metadata.sqlite-journal is beside it); run `segbalance " \
+           "run` in this folder once" in err
+    assert (tmp_path / "metadata.sqlite-journal").read_bytes() == b"journal"
