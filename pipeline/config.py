@@ -107,7 +107,18 @@ class DataConfig:
             path = Path(self.dir)
             require(path.is_dir(), f"{where}.dir",
                     f"{path} is not a folder; point it at a folder with images/ and masks/")
-            require((path / "images").is_dir() or any(path.glob("Span-*")), f"{where}.dir", no_data_hint(path))
+            require((path / "images").is_dir() or any(path.glob("Span-*")) or moved_aside_span(path), f"{where}.dir",
+                    no_data_hint(path))
+
+
+def moved_aside_span(path: Path) -> bool:
+    """Whether ``path`` holds a span a killed `ingest --overwrite` moved aside (its only one, say): the run puts it
+    back before it chooses the latest span (``ingest.clean_stale``). QA 91 M3: the folder was refused as
+    holding nothing to train on, and the span stayed hidden."""
+    from segbalance.pipeline.output_guard import left_by_dead_process
+
+    old_prefix = ".segbalance-ingest-old-"  # ingest.OLD_PREFIX (not imported: config stays light)
+    return any(left_by_dead_process(p.name, old_prefix) and p.is_dir() for p in path.iterdir())
 
 
 def no_data_hint(path: Path) -> str:

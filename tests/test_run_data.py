@@ -169,6 +169,16 @@ def test_a_span_a_killed_ingest_moved_aside_is_restored_before_run_picks_the_lat
     assert prepare_data(config, local_paths(str(tmp_path / "out")))[0] == str(spans)
     assert list_spans(spans) == [0, 1] and _written(spans / "Span-1") == ["s1_shapes_00000", "s1_shapes_00001"]
     assert "restored" in capsys.readouterr().err
+    # QA 91 M3: the folder's only span moved aside: the config check refused it as holding nothing to train on
+    only = tmp_path / "only"
+    only.mkdir()
+    (spans / "Span-0").rename(only / f"{ingest.OLD_PREFIX}{int(dead.stdout)}")
+    config = config_from_dict({"data": {"dir": str(only)}, "output_dir": str(tmp_path / "out_only")})
+    assert prepare_data(config, local_paths(str(tmp_path / "out_only")))[0] == str(only)
+    assert list_spans(only) == [0] and _written(only / "Span-0") == ["s0_shapes_00000", "s0_shapes_00001"]
+    (only / "Span-0").rename(only / "elsewhere")  # nothing moved aside by ingest: refused as before
+    with pytest.raises(ValueError, match="has no images/ folder and no Span-N/ folders"):
+        config_from_dict({"data": {"dir": str(only)}})
     # the same through run's own OUTPUT/data
     out = tmp_path / "out2"
     config = config_from_dict({"data": {"dir": str(raw[1])}, "output_dir": str(out)})
