@@ -99,7 +99,10 @@ def unfinished_run_note(run_dir: str) -> Optional[str]:
              if status == "running" else "")
     return (f"The latest run in this folder did not finish: {SUMMARY_FILE} says {status}{error}. This page shows "
             f"what the ML Metadata store records (the last run that wrote a report, else this one): the sections of "
-            f"the steps it did not reach are missing. Run the same `segbalance run` command again to finish it.")
+            f"the steps it did not reach are missing. "
+            + ("Do what the error says, then run the `segbalance run` command again (the same command alone is "
+               "refused again)." if status == "refused" else
+               "Run the same `segbalance run` command again to finish it."))
 
 
 def sources_from_metadata(metadata: str) -> ReportSources:

@@ -245,6 +245,12 @@ def test_run_dir_sources_come_from_ml_metadata(report, tmp_path, capsys):
     assert find_sources(str(run)).note.startswith(
         "The latest run in this folder did not finish: run_summary.json says running (process 7, started "
         "2026-12-07: under way, or killed).")
+    # a refused run (QA 92 L3: the page said to run the same command again, which is refused again)
+    (run / "run_summary.json").write_text(json.dumps({"status": "refused", "error": "3 records, all in train"}))
+    note = find_sources(str(run)).note
+    assert "says refused (3 records, all in train)" in note and "Run the same" not in note
+    assert note.endswith("Do what the error says, then run the `segbalance run` command again (the same command "
+                         "alone is refused again).")
     (run / "run_summary.json").write_text(json.dumps({"status": "done"}))
     assert find_sources(str(run)).note is None
 
