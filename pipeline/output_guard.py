@@ -182,10 +182,10 @@ def check_store_beside_artifacts(path: Path, option: str) -> None:
     stopped in Transform on a folder not empty)."""
     root = path / "pipeline_root"
     if root.is_dir() and any(root.iterdir()) and not (path / RUN_KEY_FILE).exists():
-        raise OutputError(f"{option} {path} holds pipeline_root/ (the artifacts of earlier runs) but no {RUN_KEY_FILE}, "
-                          f"the store that records them: a new store would write into their folders; move "
-                          f"pipeline_root/ aside too (with the store, if you moved it), or give a new {option} "
-                          f"(nothing was written or deleted)")
+        raise OutputError(f"{option} {path} holds pipeline_root/ (the artifacts of earlier runs) but no "
+                          f"{RUN_KEY_FILE}, the store that records them: a new store would write into their "
+                          f"folders; move pipeline_root/ aside too (with the store, if you moved it), or give a new "
+                          f"{option} (nothing was written or deleted)")
 
 
 def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:

@@ -40,10 +40,11 @@ def open_store(metadata_path: str, writable: bool = False):
                   else found.group(1) if found else message_excerpt(exc, 200))
         if not writable and os.path.exists(metadata_path + "-journal"):  # QA 91 M1: not damaged, and moving it
             # away from its journal would damage it
+            journal = os.path.basename(metadata_path) + "-journal"
             raise MetadataStoreError(f"{metadata_path} cannot be read ({reason}): a run was stopped while it wrote "
-                                     f"the store ({os.path.basename(metadata_path)}-journal is beside it); run `segbalance "
-                                     f"run` in this folder once, which rolls the unfinished write back, and keep the "
-                                     f"two files together") from exc
+                                     f"the store ({journal} is beside it); run `segbalance run` in this folder "
+                                     f"once, which rolls the unfinished write back, and keep the two files "
+                                     f"together") from exc
         raise MetadataStoreError(f"{metadata_path} cannot be opened as an ML Metadata store ({reason}): it is empty "
                                  f"or damaged; move it aside with the pipeline_root/ folder beside it (the "
                                  f"artifacts it records: a new store would write into their folders), or give a new "

@@ -147,7 +147,8 @@ def test_per_image_rows(stats_run):
         mask, listed = next((m, lab) for sid, m, lab in good if sid == row["source_id"])
         image = codec.encode_png(np.zeros((*mask.shape, 3), np.uint8))
         crc = zlib.crc32(codec.encode_png(mask), zlib.crc32(image))  # the bytes; and the labelled ids listed
-        expected = crc if listed is None else zlib.crc32(("[" + ", ".join(map(str, sorted(listed))) + "]").encode(), crc)
+        ids = ("[" + ", ".join(map(str, sorted(listed))) + "]").encode() if listed is not None else None
+        expected = crc if ids is None else zlib.crc32(ids, crc)
         assert row["content_crc32"] == expected, row["source_id"]
     assert table["group_id"].isna().sum() == sum(record_group(int(sid[3:])) is None for sid in ref) > 0
     labeled = class_stats_io.labeled_by_source_id(str(tmp / "out"))
@@ -637,8 +638,9 @@ def test_a_record_ingested_again_with_its_labelled_classes_is_another_content():
     mask = codec.encode_png(np.array([[0, 1], [2, 0]], np.uint8))
     image = codec.encode_png(np.zeros((2, 2, 3), np.uint8))
     options = csb.StatsOptions(num_classes=3)
-    row = lambda labeled: csb.image_row(codec.build_example(image, mask, "a", 2, 2, labeled).SerializeToString(),  # noqa
-                                    "train", options)["content_crc32"]
+    def row(labeled):
+        record = codec.build_example(image, mask, "a", 2, 2, labeled).SerializeToString()
+        return csb.image_row(record, "train", options)["content_crc32"]
     assert row(None) == zlib.crc32(mask, zlib.crc32(image))
     assert len({row(None), row([0, 1]), row([0, 1, 2])}) == 3
     assert row([1, 0]) == row([0, 1])  # the set, not its order

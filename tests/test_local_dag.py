@@ -126,7 +126,7 @@ def test_every_drift_field_reaches_the_local_gate(tmp_path):
     from segbalance.pipeline.dag import create_pipeline
 
     values = {"js_divergence": 0.07, "max_abs_change": 0.15, "missing_rate_change": 0.3, "vanished_class_chance": 0.002,
-              "significance": 0.02, "action": "warn", "new_class_chance": 0.003}
+              "significance": 0.02, "action": "warn", "new_class_chance": 0.003, "baseline_min_share": 0.25}
     assert set(values) == {f.name for f in dataclasses.fields(DriftConfig)}
     assert all(values[k] != v for k, v in dataclasses.asdict(DriftConfig()).items())
     config = config_from_dict({"classes": {"names": ["background", "a"]}, "drift": values})

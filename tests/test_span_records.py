@@ -365,7 +365,8 @@ def test_a_span_ingest_kept_a_minority_of_for_want_of_class_names_is_refused(tmp
     assert not (tmp_path / "out").exists()
     # one such mask among many is a broken file: skipped, no warning, and the run reads the span
     one = sample_data.write_sample_data("shapes", tmp_path / "one", num_images=16, size=16, seed=5)
-    keep = [p for p in sorted((one / "masks").iterdir()) if int(codec.decode_array(p.read_bytes(), what="mask").max()) > 1]
+    keep = [p for p in sorted((one / "masks").iterdir())
+            if int(codec.decode_array(p.read_bytes(), what="mask").max()) > 1]
     for extra in keep[1:]:  # all but one mask with ids 2-3 made 2-class masks
         ids = codec.decode_array(extra.read_bytes(), what="mask")
         extra.write_bytes(codec.encode_png(np.minimum(ids, 1).astype(np.uint8)))
