@@ -149,7 +149,9 @@ def failed_path(exc: Optional[BaseException], code: int) -> Optional[str]:
                     return str(failure[1])
         elif isinstance(raised, OSError) and raised.errno == code:
             named = None if raised.filename else _NAMED_FILE.search(str(raised))  # h5py's error names it in text
-            return str(raised.filename or (named.group(1) if named else "?"))
+            # a copy's (shutil's sendfile) names source and destination: the destination is on the full disk (QA 91
+            # L1: the message sent the user to free space on the disk of their input files)
+            return str(raised.filename2 or raised.filename or (named.group(1) if named else "?"))
     return None
 
 

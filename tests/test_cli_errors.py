@@ -615,6 +615,9 @@ def _wrapped(inner: BaseException) -> BaseException:
 
 @pytest.mark.parametrize("raised, where", [
     (OSError(28, "No space left on device", "/out/model/variables.data"), "/out/model/variables.data"),
+    # QA 91 L1: a copy (shutil's sendfile) names its source first; the destination is the full one
+    (OSError(28, "No space left on device", "/data/masks_full/a.png", None, "/out/data/Span-0/.refs/a.png"),
+     "/out/data/Span-0/.refs/a.png"),
     (_full_disk_inside_tfx(), "/tmp/tmpx/build/tfx/tfx/py.typed"),
     # QA 27 (a tmpfs filled at each step): TensorFlow's and SQLite's words for it were a traceback, exit 1
     (_wrapped(ResourceExhausted("/out/pipeline_root/SegTrainer/model/10/Format-Serving/"
