@@ -84,6 +84,9 @@ def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Tuple[Opt
     loading it a second time."""
     import tensorflow as tf
 
+    if not fileio.exists(os.path.join(model_dir, "saved_model.pb")):  # QA 91 H2: a blessed model's folder deleted
+        # (a clean-up) stopped every later run here, after training
+        return f"its {model_dir} is gone (deleted after it was blessed)", None
     recorded = read_model_classes(model_dir)
     channels, loaded = None, None
     if recorded is None:
@@ -493,15 +496,11 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         baselines = input_dict.get("baseline_model") or []
         if baselines and baselines[0].id != model.id:
             baseline_dir = path_utils.serving_model_path(baselines[0].uri)
-            # QA 91 H2: a blessed model's folder deleted (a clean-up) stopped every later run here, after training
-            gone = not fileio.exists(os.path.join(baseline_dir, "saved_model.pb"))
-            mismatch, loaded_baseline = (f"its {baseline_dir} is gone (deleted after it was blessed)", None) if gone \
-                else baseline_class_mismatch(baseline_dir, class_names)
+            mismatch, loaded_baseline = baseline_class_mismatch(baseline_dir, class_names)
             if mismatch:  # its ids mean other classes (or lie outside [0, C)): no comparison on these images
                 baseline_skipped = f"the latest blessed model {baselines[0].uri} was not compared: {mismatch}"
                 blessing.set_string_custom_property("baseline_skipped", baseline_skipped)
-                shared = None if gone else shared_classes(cm, baseline_dir, loaded_baseline, class_names, items,
-                                                          ignore_index, partial)
+                shared = shared_classes(cm, baseline_dir, loaded_baseline, class_names, items, ignore_index, partial)
             else:
                 baseline_cm = confusion_over(load_predictor(baseline_dir, loaded_baseline), items, num_classes,
                                              ignore_index, partial=partial)

@@ -115,10 +115,9 @@ def moved_aside_span(path: Path) -> bool:
     """Whether ``path`` holds a span a killed `ingest --overwrite` moved aside (its only one, say): the run puts it
     back before it chooses the latest span (``ingest.clean_stale``). QA 91 M3: the folder was refused as
     holding nothing to train on, and the span stayed hidden."""
-    from segbalance.pipeline.output_guard import left_by_dead_process
+    from segbalance.pipeline.output_guard import INGEST_OLD_PREFIX, left_by_dead_process
 
-    old_prefix = ".segbalance-ingest-old-"  # ingest.OLD_PREFIX (not imported: config stays light)
-    return any(left_by_dead_process(p.name, old_prefix) and p.is_dir() for p in path.iterdir())
+    return any(left_by_dead_process(p.name, INGEST_OLD_PREFIX) and p.is_dir() for p in path.iterdir())
 
 
 def no_data_hint(path: Path) -> str:

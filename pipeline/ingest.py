@@ -98,7 +98,7 @@ LOSSLESS_MASK_FORMATS = ("PNG", "BMP", "TIFF")  # PIL format names
 # (QA 59: `ingest --overwrite` refused every span run had ingested)
 OWNED = ("data-*-of-*.tfrecord", REPORT_NAME, CLASS_NAMES_FILE, REFERENCE_MASKS_FOLDER, f".{REFERENCE_MASKS_FOLDER}.*")
 TMP_PREFIX = ".segbalance-ingest-tmp-"  # hidden, no "Span-" and no "data-": no data glob matches
-OLD_PREFIX = ".segbalance-ingest-old-"
+OLD_PREFIX = output_guard.INGEST_OLD_PREFIX
 NAMES_DIFFER = "names_differ_by_an_ending"  # an error's code: no file paired, stem endings would pair them
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord
 PROGRESS_MIN_FILES = 100
@@ -1253,11 +1253,12 @@ def _no_files_message(images_dir: Path, masks_dir: Path, image_list: Listing, ma
     return message
 
 
-def unnamed_ids(result: IngestResult) -> Tuple[List[dict], int]:
+def unnamed_ids(bad: Sequence, written: Sequence) -> Tuple[List[dict], int]:
     """(the bad pairs whose masks hold class ids the classes lack, the masks readable enough to tell: those and
-    the written ones; QA 71: pairs broken otherwise do not count)."""
-    out_of_range = [b for b in result.bad if b.get("code") == OUT_OF_RANGE]
-    return out_of_range, len(result.written) + len(out_of_range)
+    the written ones; QA 71: pairs broken otherwise do not count), from an ingest's ``bad`` and ``written``
+    (an ``IngestResult``'s, or its ``ingest_report.json``'s)."""
+    out_of_range = [b for b in bad if isinstance(b, dict) and b.get("code") == OUT_OF_RANGE]
+    return out_of_range, len(written) + len(out_of_range)
 
 
 def too_many_unnamed_ids(out_of_range: List[dict], readable: int) -> bool:
@@ -1376,7 +1377,7 @@ def _main(args) -> int:
     )
     result = ingest(args.images_dir, args.masks_dir, args.output, args.span, options, args.shards,
                     args.overwrite, args.strict)
-    out_of_range, readable = unnamed_ids(result)
+    out_of_range, readable = unnamed_ids(result.bad, result.written)
     if too_many_unnamed_ids(out_of_range, readable):  # the span is written (bad pairs are skipped), but a run
         # refuses it (``span_records.check_class_ids``), as `run --data` refuses the folder
         print(f"ingest: warning: {unnamed_ids_problem(out_of_range, readable, num_classes)}: if the data has more "

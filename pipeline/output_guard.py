@@ -175,6 +175,9 @@ RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_
              LOCK_FILE)
 
 
+INGEST_OLD_PREFIX = ".segbalance-ingest-old-"  # a span `ingest --overwrite` sets aside while it replaces it
+
+
 def check_store_beside_artifacts(path: Path, option: str) -> None:
     """OutputError for a run folder holding earlier runs' artifacts (``pipeline_root/``) without the ML Metadata
     store that records them: a new store numbers its executions from 1 again, so its artifacts land in the

@@ -243,13 +243,11 @@ def ingest_as_next_span(config: PipelineConfig, source: Path, examples_dir: Path
         raise
     # a few such masks are broken files, skipped and listed like any bad pair; more, and the config lacks class
     # names, as the trainer judges it (said here in the config's terms, so ingested first and removed)
-    out_of_range, readable = ingest.unnamed_ids(result)
+    out_of_range, readable = ingest.unnamed_ids(result.bad, result.written)
     few = not ingest.too_many_unnamed_ids(out_of_range, readable)
     if out_of_range and few:
-        print(f"ingest: warning: {len(out_of_range)} of {readable} masks hold class ids the "
-              f"{config.num_classes} classes lack (first: {out_of_range[0]['source_id']}: "
-              f"{out_of_range[0]['reason']}): skipped as bad pairs; if the data has more classes, {add_names}",
-              flush=True)
+        print(f"ingest: warning: {ingest.unnamed_ids_problem(out_of_range, readable, config.num_classes)}: skipped as "
+              f"bad pairs; if the data has more classes, {add_names}", flush=True)
     elif out_of_range:
         shutil.rmtree(result.target)  # written by this call a moment ago; it must not become the latest span
         grey = f"; {grey_hint}" if ingest.GREY_LEVELS in out_of_range[0]["reason"] else ""

@@ -66,7 +66,7 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
     ``data.num_spans`` window's links are followed to the spans' own folders. Spans without a current
     report are checked by the trainer. ``reports``: ``span_reports``."""
     from segbalance.pipeline.config import ClassesConfig
-    from segbalance.pipeline.ingest import OUT_OF_RANGE, too_many_unnamed_ids, unnamed_ids_problem
+    from segbalance.pipeline.ingest import too_many_unnamed_ids, unnamed_ids, unnamed_ids_problem
     from segbalance.pipeline.spans import SPAN_DIR
 
     numbered = {folder: int(match.group(1)) for folder in reports if (match := SPAN_DIR.match(folder.name))}
@@ -108,8 +108,7 @@ def check_class_ids(reports: Dict[Path, Optional[dict]], config) -> None:
                 f"{where}: its masks hold class ids up to {largest}, but classes.names lists {config.num_classes} "
                 f"classes: name all {largest + 1} (or more) classes in the config's classes.names, in id "
                 f"order{earlier}")
-        skipped = [b for b in report.get("bad") or [] if isinstance(b, dict) and b.get("code") == OUT_OF_RANGE]
-        readable = len(report.get("written") or []) + len(skipped)
+        skipped, readable = unnamed_ids(report.get("bad") or [], report.get("written") or [])
         if too_many_unnamed_ids(skipped, readable):  # (QA 92 M4: a span ingested with a classes.json a class
             # short kept 39 of 80 pairs and was trained on; `run --data` refuses such a folder)
             raise SpanRecordError(
