@@ -36,8 +36,24 @@ class OutputError(UserError):
     """An output path that must not be written (it is a file, holds inputs, or holds others' files)."""
 
 
+def open_own_file(path: os.PathLike, mode: str):
+    """``open(path, mode)`` ("r", "w" or "a+") for a file segbalance keeps in its folders (the marker, the lock
+    file), never through a symbolic link: the link's target is someone else's file (QA 91 L4: a link named
+    .segbalance.lock had its target emptied). A link there is an OutputError naming it."""
+    flags = {"r": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND}
+    try:
+        fd = os.open(path, flags[mode] | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OutputError(f"{path} is a symbolic link where segbalance keeps a file of its own: remove the link "
+                          f"(its target is left alone) and run again") from None
+    return os.fdopen(fd, mode)
+
+
 def write_marker(folder: os.PathLike, command: str, **extra) -> None:
-    Path(folder, MARKER).write_text(json.dumps({"written_by": command, **extra}) + "\n")
+    with open_own_file(Path(folder, MARKER), "w") as f:
+        f.write(json.dumps({"written_by": command, **extra}) + "\n")
 
 
 def read_marker(folder: os.PathLike) -> Optional[dict]:

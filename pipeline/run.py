@@ -623,21 +623,33 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
             run_summary.write_summary(paths["output_dir"], summary)
             return summary
         except BaseException as exc:
-            if isinstance(exc, UserError) and created and not pipeline_started:  # refused before any component,
-                remove_scaffolding(Path(paths["output_dir"]))  # in a folder this run made: none left behind (QA)
-            if pipeline_started:  # still under the lock: its own unfinished steps are not left RUNNING (QA 77)
-                signum = stop_signals.stopped(exc)
-                why = (f"stopped by {signal.Signals(signum).name}" if signum is not None else
-                       f"the run failed ({type(exc).__name__})")
-                with contextlib.suppress(Exception):  # (a full disk may refuse the store too: the next run marks them)
-                    cancel_abandoned(paths["metadata"], note=f"{why} before this execution ended; marked CANCELED by "
-                                                             f"the same run, {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            if os.path.isdir(paths["output_dir"]):
-                with contextlib.suppress(OSError):  # (a full disk): the run's own error is the one to show
-                    run_summary.write_summary(paths["output_dir"],
-                                              {**run_summary.unfinished_summary(exc, log_path, previous),
-                                               **killed_note})
+            with stop_signals.deferred():  # a second Ctrl-C does not cut the clean-up short
+                clean_up_stopped_run(exc, paths, created=created, pipeline_started=pipeline_started,
+                                     log_path=log_path, previous=previous, killed_note=killed_note)
             raise
+
+
+def clean_up_stopped_run(exc: BaseException, paths: dict, *, created: bool, pipeline_started: bool,
+                         log_path: Optional[str], previous: Optional[str], killed_note: dict) -> None:
+    """What a run that did not finish leaves: no folder of its own when refused before any component, its
+    unfinished executions CANCELED, and a run summary that says how it ended."""
+    if isinstance(exc, UserError) and created and not pipeline_started:  # refused before any component,
+        remove_scaffolding(Path(paths["output_dir"]))  # in a folder this run made: none left behind (QA)
+    if pipeline_started:  # still under the lock: its own unfinished steps are not left RUNNING (QA 77)
+        from segbalance.pipeline.run_lock import cancel_abandoned
+
+        signum = stop_signals.stopped(exc)
+        why = (f"stopped by {signal.Signals(signum).name}" if signum is not None else
+               f"the run failed ({type(exc).__name__})")
+        with contextlib.suppress(Exception):  # (a full disk may refuse the store too: the next run marks them)
+            cancel_abandoned(paths["metadata"], note=f"{why} before this execution ended; marked CANCELED by "
+                                                     f"the same run, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    if os.path.isdir(paths["output_dir"]):
+        from segbalance.pipeline import run_summary
+
+        with contextlib.suppress(OSError):  # (a full disk): the run's own error is the one to show
+            run_summary.write_summary(paths["output_dir"], {**run_summary.unfinished_summary(exc, log_path, previous),
+                                                            **killed_note})
 
 
 def remove_scaffolding(folder: Path) -> None:

@@ -15,36 +15,64 @@ happened.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
 from typing import Iterator, Optional
 
-from segbalance.pipeline.output_guard import LOCK_FILE, OutputError
+from segbalance.pipeline.output_guard import LOCK_FILE, OutputError, open_own_file
 
 ABANDONED_NOTE = "segbalance_abandoned"  # custom property of an execution a killed run left RUNNING
 
 
 @contextlib.contextmanager
 def exclusive_run(output_dir: str, option: str = "--output-dir") -> Iterator[None]:
-    """Hold the output folder's run lock for the block; OutputError (exit 2) when another run holds it."""
+    """Hold the output folder's run lock for the block; OutputError (exit 2) when another run holds it.
+
+    The lock is taken on the folder itself and on its lock file: a lock file deleted during a run (a clean-up)
+    left the folder's lock to a new file, and a second run came in (QA 91 M2); the file's lock keeps earlier
+    versions out, and the file names the holder. Neither is written through a symbolic link (QA 91 L4)."""
     path = os.path.join(output_dir, LOCK_FILE)
-    handle = open(path, "a+")
+    folder = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    handle = None
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(folder)
+            handle = open_own_file(path, "a+")
+            _lock(handle.fileno())
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise OutputError(f"{option} {output_dir} is in use by another segbalance run ({holder}): wait for it to "
-                              f"finish, or give another {option}") from None
+            raise OutputError(f"{option} {output_dir} is in use by another segbalance run ({_holder(path)}): wait "
+                              f"for it to finish, or give another {option}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
         yield
     finally:
-        handle.close()  # releases the lock
+        if handle is not None:
+            handle.close()  # releases the locks
+        os.close(folder)
+
+
+def _lock(fd: int) -> None:
+    """An exclusive lock on ``fd`` now, or BlockingIOError; a file system that cannot lock a folder (some
+    network file systems) leaves the lock file's lock alone to do the work."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+
+
+def _holder(path: str) -> str:
+    """What the lock file says of the run holding it (a run writes its pid and start time there)."""
+    with contextlib.suppress(OSError, OutputError, UnicodeDecodeError):
+        with open_own_file(path, "r") as f:
+            return f.read().strip() or "another process"
+    return "another process"
 
 
 def cancel_abandoned(metadata_path: str, note: Optional[str] = None) -> int:

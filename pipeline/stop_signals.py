@@ -61,3 +61,25 @@ def handled() -> Iterator[None]:
             if handler is not None:  # None: a handler not installed from Python (nothing to restore)
                 signal.signal(signum, handler)
         _received = None  # the next command (in this process: tests, an API user) starts clean
+
+
+def _record(signum, frame):
+    global _received
+    _received = _received or signum
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A clean-up that must finish (a stopped run's summary): a stop signal during the block is recorded, not
+    raised, as the command is already stopping (QA 91 L2: a held-down Ctrl-C raised a second KeyboardInterrupt
+    in the clean-up, and run_summary.json kept saying ``running``). Main thread only, as ``handled``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _record) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)

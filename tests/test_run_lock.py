@@ -50,6 +50,45 @@ def test_the_lock_goes_with_a_killed_process(tmp_path):
         pass
 
 
+def test_deleting_the_lock_file_during_a_run_does_not_let_a_second_run_in(tmp_path):
+    """QA 91 M2: the lock was the lock file's alone; a clean-up that deleted it let the next run lock a new file
+    beside the first run, in the same folder. The folder itself is locked too."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive_run(str(out)):
+        os.remove(out / LOCK_FILE)
+        with pytest.raises(OutputError, match=r"is in use by another segbalance run \(another process\)"):
+            with exclusive_run(str(out)):
+                pass
+        assert not (out / LOCK_FILE).exists()  # the refused run wrote nothing
+    with exclusive_run(str(out)):
+        pass
+
+
+@pytest.mark.parametrize("name", [LOCK_FILE, ".segbalance.json"])
+def test_the_lock_file_and_marker_are_never_written_through_a_link(tmp_path, capsys, name):
+    """QA 91 L4: a symbolic link named .segbalance.lock had its target (someone else's file) emptied and
+    rewritten by the run, the marker's too; now the run stops with one line naming the link."""
+    from segbalance.pipeline.output_guard import write_marker
+
+    out, theirs = tmp_path / "out", tmp_path / "theirs.txt"
+    out.mkdir()
+    if name == LOCK_FILE:
+        write_marker(str(out), "run")  # an earlier run's folder
+    theirs.write_text('{"written_by": "run", "theirs": 1}\n')  # (read as an earlier run's marker)
+    (out / name).symlink_to(theirs)
+    with pytest.raises(OutputError, match="is a symbolic link where segbalance keeps a file of its own"):
+        if name == LOCK_FILE:
+            with exclusive_run(str(out)):
+                pass
+        else:
+            write_marker(str(out), "run")
+    assert cli.main(["run", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / name} is a symbolic link" in err and "Traceback" not in err
+    assert theirs.read_text() == '{"written_by": "run", "theirs": 1}\n' and (out / name).is_symlink()
+
+
 def test_executions_left_running_are_marked_canceled_with_a_note(tmp_path):
     from ml_metadata.proto import metadata_store_pb2
 

@@ -431,7 +431,27 @@ def test_a_backup_stopped_while_saving_keeps_the_previous_epoch_whole(tmp_path, 
     restored.load_weights(str(backup / "latest.weights.h5"))
     assert all(np.array_equal(a, b) for a, b in zip(restored.get_weights(), epoch_1))
     (backup / "training_metadata.json").write_text('{"epoch": ')  # cut short too: found unreadable
-    assert unreadable_backup(str(backup)).startswith("JSONDecodeError")
+    assert unreadable_backup(str(backup)).startswith("training_metadata.json: JSONDecodeError")
+
+
+@pytest.mark.parametrize("name, content", [("best_epoch.json", b'{"best": 0.5, "be'),
+                                           ("epoch_logs.json", b"[]"),
+                                           ("best_epoch_weights.npz", b"PK\x03\x04" + b"\0" * 40)])
+def test_a_damaged_state_file_beside_the_backup_makes_it_unreadable(tmp_path, name, content):
+    """QA 91 L3: a cut-short best_epoch.json in the training backup was a traceback at every retry (BestEpoch
+    read it after the backup was judged readable); now the backup is set aside and the training starts again."""
+    from segbalance.trainer.training_callbacks import BestEpoch, EpochLog, unreadable_backup
+
+    backup = tmp_path / "backup"
+    best, log = BestEpoch(state_dir=str(backup)), EpochLog(state_dir=str(backup))
+    for callback in (best, log):
+        callback.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+        callback.on_train_begin()
+        callback.on_epoch_end(0, {"val_miou": 0.5})
+    assert sorted(os.listdir(backup)) == ["best_epoch.json", "best_epoch_weights.npz", "epoch_logs.json"]
+    assert unreadable_backup(str(backup)) is None
+    (backup / name).write_bytes(content)
+    assert unreadable_backup(str(backup)).startswith(f"{name}: ")
 
 
 # --------------------------------------------------------------------------- backbone weights

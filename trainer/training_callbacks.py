@@ -42,7 +42,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
+import zipfile
 from typing import Dict, List, Optional
 
 import keras
@@ -90,19 +92,31 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 def unreadable_backup(backup_dir: str) -> Optional[str]:
-    """Why the BackupAndRestore files in ``backup_dir`` cannot be read (None: readable, or no backup)."""
+    """Why the files in the training backup ``backup_dir`` cannot be read (None: readable, or no backup):
+    BackupAndRestore's, and the state files of the callbacks kept beside them (``*.json``, ``*.npz``: a
+    damaged ``best_epoch.json`` was a traceback at every retry, QA 91 L3)."""
     import h5py
 
     weights, metadata = (f"{backup_dir.rstrip('/')}/{name}" for name in (BACKUP_WEIGHTS, BACKUP_METADATA))
+    path = backup_dir
     try:
         if tf.io.gfile.exists(metadata):
+            path = metadata
             with tf.io.gfile.GFile(metadata) as f:
                 int(json.loads(f.read())["epoch"])
         if tf.io.gfile.exists(weights):
+            path = weights
             with tf.io.gfile.GFile(weights, "rb") as f, h5py.File(io.BytesIO(f.read()), "r") as h5:
                 h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        for path in sorted(tf.io.gfile.glob(f"{backup_dir.rstrip('/')}/*.json")):
+            with tf.io.gfile.GFile(path) as f:
+                if not isinstance(json.loads(f.read()), dict):
+                    raise ValueError("not a JSON object")
+        for path in sorted(tf.io.gfile.glob(f"{backup_dir.rstrip('/')}/*.npz")):
+            with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read())) as arrays:
+                [arrays[name] for name in arrays.files]
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        return f"{os.path.basename(path)}: {type(exc).__name__}: {' '.join(str(exc).split())}"
     return None
 
 
