@@ -227,7 +227,8 @@ def training_section(model_run_dir: str) -> Section:
 
 
 def spans_section(spans, names: Sequence[str]) -> Optional[Section]:
-    """Per-class pixel frequency across spans and the drift decision per span (None with < 2 spans)."""
+    """Per-class pixel frequency across spans and the drift decision per span (None with < 2 spans); a span whose
+    statistics count other classes than ``names`` (before a class was added) is named and left out."""
     if not spans or len(spans) < 2:
         return None
     rows, frequencies, blocked, notes, spans_shown = [], [], [], [], []
@@ -249,19 +250,20 @@ def spans_section(spans, names: Sequence[str]) -> Optional[Section]:
             decision += f" (action {item.drift_action})"
         label = item.span if not item.window else f"{item.span} (window {', '.join(map(str, item.window))})"
         rows.append([label, stats.get("num_records"), decision, *frequency])
-    if len(rows) < 2:
-        return None
-    body = [f"<p>{len(rows)} spans. The drift gate compares each span's class statistics with the last "
+    # (QA 92 L4: the week a class was added, every earlier span was left out and the section with it, unsaid)
+    shown = f"{len(rows)} spans" if not notes else f"{len(rows)} of {len(spans)} spans"
+    body = [f"<p>{shown}. The drift gate compares each span's class statistics with the last "
             "accepted ones (of the latest run it did not block); its decision is the one recorded for that span's "
-            "statistics.</p>",
-            charts.span_lines(spans_shown, names, frequencies, images.palette(len(names)), blocked),
-            table(["span", "records", "drift decision", *names], rows, left=1)]
+            "statistics.</p>"]
+    if len(rows) > 1:
+        body.append(charts.span_lines(spans_shown, names, frequencies, images.palette(len(names)), blocked))
+    if rows:
+        body.append(table(["span", "records", "drift decision", *names], rows, left=1))
     if any(item.window for item in spans):
         body.append("<p>A row of a <code>data.num_spans</code> window counts every span of the window under its "
                     "latest span; the window is named where its links are still in the run folder (the links of "
                     "earlier windows are replaced by the latest window's).</p>")
     body += [f'<p class="bad">{esc(n)}</p>' for n in notes]
     flagged = [str(span) for span, b in zip(spans_shown, blocked) if b]
-    summary = f"{len(rows)} spans" + (f', <span class="bad">drift blocked span {esc(", ".join(flagged))}</span>'
-                                      if flagged else "")
+    summary = shown + (f', <span class="bad">drift blocked span {esc(", ".join(flagged))}</span>' if flagged else "")
     return Section("spans", "Spans", "\n".join(body), summary)

@@ -1,6 +1,7 @@
 """The offline HTML report (pipeline/report.py): content, escaping, optional and unreadable
 sections, error messages, sources from a STATS_DIR and from a run's ML Metadata, the CLI and
 the DataReport component's executor. The browser check is in test_report_browser.py."""
+import dataclasses
 import html
 import os
 import tempfile
@@ -496,6 +497,17 @@ def test_training_curves_and_spans(report):
     assert "drift blocked span 3" in text
     one = ReportSources(**{**sources.__dict__, "spans": sources.spans[:1]})
     assert pictures.spans_section(one.spans, NAMES) is None  # one span: no section
+    # QA 92 L4: the run after a class was added left out every earlier span, and with them the section, unsaid
+    tmp = Path(sources.spans[-1].class_stats_dir).parent / "added_class"
+    tmp.mkdir(exist_ok=True)
+    stats = json.loads((Path(sources.spans[-1].class_stats_dir) / "class_stats.json").read_text())
+    (tmp / "class_stats.json").write_text(json.dumps({**stats, "pixel_counts": stats["pixel_counts"] + [5]}))
+    latest = dataclasses.replace(sources.spans[-1], class_stats_dir=str(tmp))
+    added = pictures.spans_section([*sources.spans[:-1], latest], NAMES + ["added"])
+    assert added.summary.startswith("1 of 3 spans, ") and "drift blocked span 3" in added.summary
+    assert "<img" not in added.body and added.body.count("<table") == 1  # one span: its row, no chart
+    for span in sources.spans[:-1]:
+        assert f"span {span.span}: {len(NAMES)} classes in " in html.unescape(added.body)
 
 
 def test_metacharacters_render_as_text_everywhere(report):
