@@ -829,6 +829,26 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _write_shards(jobs: list) -> list:
+    """``_write_shard`` of each job in worker processes. A stop (Ctrl-C, SIGTERM) or a failure ends the workers
+    at once: leaving the pool's block waited for every shard to be written (QA 91 L6: SIGTERM to `ingest
+    --shards K` stopped it only when the shards were done), and the next ingest writes them again anyway."""
+    pool = ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        outcomes = list(pool.map(_write_shard, jobs))
+    except BaseException:
+        workers = list((getattr(pool, "_processes", None) or {}).values())  # (the executor names them nowhere else)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join()
+        raise
+    pool.shutdown()
+    return outcomes
+
+
 def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int, List[dict]]:
     """(written stems, bad-pair entries, written stems whose image was turned upright, the largest class id,
     the number of written masks holding the ignore index, the large images: ``large_image_note``)."""
@@ -1064,12 +1084,7 @@ def ingest(
         progress = max(1, len(pairs) // shards // 10) if len(pairs) > PROGRESS_MIN_FILES else 0
         jobs = [(tmp / f"shard-{i:05d}-of-{shards:05d}{PARTIAL_SUFFIX}", f"data-{i:05d}-of-{shards:05d}.tfrecord",
                  chunk, options, progress) for i, chunk in enumerate(chunks)]
-        if shards > 1:
-            with ProcessPoolExecutor(max_workers=min(shards, os.cpu_count() or 1), initializer=die_with_parent,
-                                     initargs=(os.getpid(),)) as pool:
-                outcomes = list(pool.map(_write_shard, jobs))
-        else:
-            outcomes = [_write_shard(jobs[0])]
+        outcomes = _write_shards(jobs) if shards > 1 else [_write_shard(jobs[0])]
         for written, bad, rotated, max_id, with_ignore, large in outcomes:
             result.large_images.extend(large)
             result.written.extend(written)

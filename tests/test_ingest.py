@@ -71,6 +71,44 @@ def test_round_trip_folder_to_tfrecord_to_arrays(tmp_path):
     assert report["num_written"] == 5 and report["num_bad"] == 0
 
 
+def _slow_shard(args):
+    """A shard worker that takes long (module level: the pool pickles it by name): says it started, then waits."""
+    import time
+
+    Path(args[0]).with_name(f"started-{os.getpid()}").write_text("")
+    time.sleep(40)
+
+
+def test_sigterm_ends_the_shard_workers_at_once(tmp_path, monkeypatch, capsys):
+    """QA 91 L6: SIGTERM to `ingest --shards K` stopped it only once every shard was written (leaving the
+    worker pool's block waits for them). The workers are ended at once, and nothing is left."""
+    import signal
+    import threading
+    import time
+
+    _dataset(tmp_path, n=4)
+    monkeypatch.setattr(ingest, "_write_shard", _slow_shard)
+    workers = []
+
+    def stop_when_both_started():
+        for _ in range(600):
+            workers[:] = [int(p.name.split("-")[1]) for p in tmp_path.glob(".segbalance-ingest-tmp-*/started-*")]
+            if len(workers) == 2:
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    started = time.monotonic()
+    threading.Thread(target=stop_when_both_started, daemon=True).start()
+    assert _run(tmp_path, "--shards", "2") == 143
+    assert time.monotonic() - started < 30  # the workers' 40 s were not waited for
+    assert len(workers) == 2
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".segbalance-ingest-tmp-*"))
+
+
 def test_more_shards_than_pairs_writes_one_shard_per_pair(tmp_path, capsys):
     """QA 69 F12: --shards 100000 over 6 pairs wrote 99,994 empty shard files."""
     pairs = _dataset(tmp_path, n=3)
