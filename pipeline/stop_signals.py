@@ -46,20 +46,30 @@ def stopped(exc: BaseException) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def handled() -> Iterator[None]:
-    """Install the handlers for the block (main thread only: elsewhere nothing changes), then restore."""
-    global _received
-    _received = None
+def _installed(handler) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM during the block (main thread only: elsewhere nothing changes), then
+    the handlers before it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            if handler is not None:  # None: a handler not installed from Python (nothing to restore)
-                signal.signal(signum, handler)
+        for signum, before in previous.items():
+            if before is not None:  # None: a handler not installed from Python (nothing to restore)
+                signal.signal(signum, before)
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Install the handlers for the block, then restore (main thread only: elsewhere nothing changes)."""
+    global _received
+    _received = None
+    try:
+        with _installed(_on_signal):
+            yield
+    finally:
         _received = None  # the next command (in this process: tests, an API user) starts clean
 
 
@@ -68,18 +78,8 @@ def _record(signum, frame):
     _received = _received or signum
 
 
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred():
     """A clean-up that must finish (a stopped run's summary): a stop signal during the block is recorded, not
     raised, as the command is already stopping (QA 91 L2: a held-down Ctrl-C raised a second KeyboardInterrupt
     in the clean-up, and run_summary.json kept saying ``running``). Main thread only, as ``handled``."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, _record) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
+    return _installed(_record)
