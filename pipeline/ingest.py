@@ -97,7 +97,7 @@ LOSSLESS_MASK_FORMATS = ("PNG", "BMP", "TIFF")  # PIL format names
 # what ingest writes into TARGET (and the marker), and the class names `run` keeps beside a span's records
 # (QA 59: `ingest --overwrite` refused every span run had ingested)
 OWNED = ("data-*-of-*.tfrecord", REPORT_NAME, CLASS_NAMES_FILE, REFERENCE_MASKS_FOLDER, f".{REFERENCE_MASKS_FOLDER}.*")
-TMP_PREFIX = ".segbalance-ingest-tmp-"  # hidden, no "Span-" and no "data-": no data glob matches
+TMP_PREFIX = output_guard.INGEST_TMP_PREFIX
 OLD_PREFIX = output_guard.INGEST_OLD_PREFIX
 NAMES_DIFFER = "names_differ_by_an_ending"  # an error's code: no file paired, stem endings would pair them
 PARTIAL_SUFFIX = ".partial"  # shards in the temporary folder: shard-I-of-K.partial -> data-I-of-K.tfrecord

@@ -192,6 +192,37 @@ RUN_OWNED = (RUN_KEY_FILE, "metadata.sqlite-journal", "pipeline_root", "serving_
 
 
 INGEST_OLD_PREFIX = ".segbalance-ingest-old-"  # a span `ingest --overwrite` sets aside while it replaces it
+INGEST_TMP_PREFIX = ".segbalance-ingest-tmp-"  # hidden, no "Span-" and no "data-": no data glob matches
+
+
+def ingest_wrote(entry: Path) -> bool:
+    """Whether ``entry``, in a folder of spans, is `segbalance ingest`'s: a ``Span-N`` folder it wrote (its
+    marker, or from before markers its report), its temporary or set-aside folder, its report of a failure, or
+    the folder's ``classes.json`` (the spans' names, which a run reads and never writes)."""
+    name = entry.name
+    if name.startswith((INGEST_TMP_PREFIX, INGEST_OLD_PREFIX)) or name == "classes.json":
+        return True
+    if name.startswith("ingest_report.") and name.endswith(".failed.json"):
+        return True
+    return (fnmatch.fnmatchcase(name, "Span-*") and entry.is_dir()
+            and (written_by(entry) == "ingest" or (entry / "ingest_report.json").is_file()))
+
+
+def check_spans_folder(path: Path, option: str) -> None:
+    """OutputError unless ``path/data``, the only entry of a new run folder, holds nothing but what ingest
+    writes (``ingest --output OUT/data --span N`` before the first run). QA 94 M1: a user's data set laid out as
+    OUT/data/images + masks gained a Span-0/ of the sample data (a run without --data), and a file named data
+    got a run's marker, logs and sample data before the run refused it."""
+    data = path / "data"
+    if not data.is_dir():
+        raise OutputError(f"{option} {path} holds a file named data, where a run keeps its spans: move it, or "
+                          f"choose a new or empty folder (nothing was written or deleted)")
+    theirs = sorted(p.name for p in data.iterdir() if not ingest_wrote(p))
+    if theirs:
+        raise OutputError(f"{option} {path} is not a segbalance run directory: its data/ holds {_sample(theirs)}, "
+                          f"which are not spans segbalance ingest wrote (a run writes its spans there); to train on "
+                          f"that folder, give it as --data and another {option}; else choose a new or empty folder "
+                          f"(nothing was written or deleted)")
 
 
 def check_store_beside_artifacts(path: Path, option: str) -> None:
@@ -212,7 +243,7 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
 
     An earlier run's: its marker (``run`` writes one), or, from before markers, the ML Metadata
     store of a segbalance pipeline (``is_run_store``) beside only names a run writes. A folder
-    holding only ``data/`` (spans ingested there before the first run) is new. Anything else is
+    holding only ``data/`` (spans ingested there before the first run: ``check_spans_folder``) is new. Anything else is
     refused: names alone (a user's report.html, logs/) do not make a folder ours, nor does a
     metadata.sqlite beside the user's own files, or another pipeline's or program's."""
     path = Path(folder)
@@ -234,6 +265,7 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
                           f"{_sample(foreign)}; choose a new or empty folder (nothing was written or deleted)")
     names = {p.name for p in path.iterdir()}
     if names <= {"data"}:
+        check_spans_folder(path, option)
         return False
     if RUN_KEY_FILE in names and is_run_store(path / RUN_KEY_FILE):
         return True

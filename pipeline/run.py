@@ -381,12 +381,12 @@ def check_output_beside_data(output: Path, data: Path, examples_dir: Path, optio
     (A Span-N folder there, OUTPUT/data itself, is the documented retraining layout.)"""
     from segbalance.pipeline.output_guard import OutputError
 
-    output = output.resolve()
+    output, spans_dir = output.resolve(), examples_dir.resolve()  # (QA 94 L5: OUTPUT/data a link to the data)
     if output == data or data in output.parents:
         raise OutputError(f"{option} {output} {'is' if output == data else 'is inside'} the data folder {data}: "
                           f"choose an output folder outside the data (nothing was written)")
     spans = any(data.glob("Span-*"))
-    if not spans and (data == examples_dir or examples_dir in data.parents):
+    if not spans and (data == spans_dir or spans_dir in data.parents):
         # named as a folder, not as --data: it may come from data.dir in the config (QA 65, L1)
         raise OutputError(f"the data folder {data} lies in {examples_dir}, where run writes the spans it ingests: move "
                           f"images/ and masks/ out of it, or give another {option} (nothing was written)")
@@ -549,11 +549,11 @@ def run_local(config: PipelineConfig, with_drift: bool = True, verbose: bool = F
         feature_extractor(config.training.pixel_weights.model, config.training.pixel_weights.layer)  # loads or refuses
     from segbalance.pipeline import output_guard
 
+    if config.data.dir is not None and not is_remote(config.data.dir):  # (first: it says more of a data folder in
+        check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),  # OUTPUT/data)
+                                  Path(paths["examples_dir"]), output_option)
     output_guard.check_run_dir(paths["output_dir"], output_option)  # new, empty or an earlier run's: never a user's folder
     check_report_page(Path(paths["report"]), output_option)
-    if config.data.dir is not None and not is_remote(config.data.dir):
-        check_output_beside_data(Path(paths["output_dir"]), Path(config.data.dir).resolve(),
-                                  Path(paths["examples_dir"]), output_option)
     # made by this call or found; one that cannot be made is one line (QA 69: /proc/x, a traceback)
     created = output_guard.make_folder(Path(paths["output_dir"]), output_option)
     output_guard.write_marker(paths["output_dir"], "run")  # a later run may write here again; nothing else is ours

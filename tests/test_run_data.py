@@ -106,6 +106,44 @@ def test_next_span_is_one_above_every_span_folder(tmp_path):
     assert list_spans(tmp_path) == [2] and next_span(tmp_path) == 8
 
 
+def _tree(folder: Path) -> dict:
+    """Every entry under ``folder``: a file's bytes, a link's target, a folder's name (what a run must not change)."""
+    return {str(p.relative_to(folder)): (os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else "/")
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_a_user_s_data_folder_named_data_in_the_output_folder_is_never_written_into(tmp_path, capsys):
+    """QA 94 M1: `run --output-dir P` took a user's P/data (their images/ + masks/) for the spans folder and
+    ingested the sample data into it (a file named data got the run's marker, logs and sample data before the
+    refusal); QA 94 L5: P/data a link to the --data folder was refused only after P was written into."""
+    from segbalance.pipeline.output_guard import INGEST_OLD_PREFIX, check_run_dir
+
+    mine = tmp_path / "mine"
+    _raw(mine / "data", seed=1, num_images=2)
+    file_named_data = tmp_path / "file"
+    file_named_data.mkdir()
+    (file_named_data / "data").write_text("my data\n")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "data").symlink_to(mine / "data")
+    before = {folder: _tree(folder) for folder in (mine, file_named_data, linked)}
+    cases = [(["--output-dir", str(mine)], "groups.json, images (+3 more), which are not spans segbalance ingest "
+                                           "wrote"),  # (sample data: no --data)
+             (["--output-dir", str(file_named_data)], f"{file_named_data} holds a file named data"),
+             (["--output-dir", str(linked), "--data", str(mine / "data")], f"lies in {linked / 'data'}")]
+    for argv, line in cases:
+        assert cli.main(["run", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and line in err and "nothing was written" in err, err
+    assert {folder: _tree(folder) for folder in before} == before
+    # what ingest writes there before a first run (ingest --output OUT/data --span N) is a new run folder's
+    out = tmp_path / "out"
+    assert cli.main(["ingest", str(mine / "data" / "images"), str(mine / "data" / "masks"), "--output",
+                     str(out / "data"), "--span", "2"]) == 0
+    (out / "data" / "classes.json").write_text(json.dumps({"class_names": ["a", "b", "c", "d"]}))
+    (out / "data" / f"{INGEST_OLD_PREFIX}123").mkdir()
+    (out / "data" / "ingest_report.Span-3.failed.json").write_text("{}")
+    assert check_run_dir(out) is False
 def test_fresh_data_becomes_the_next_span_and_is_what_run_reads(tmp_path, capsys):
     """issue 13 item 2: ingest --span 2 into OUTPUT/data, then run --data NEW: NEW must be read."""
     out = tmp_path / "out"
