@@ -156,16 +156,16 @@ def _image_size(record) -> Optional[Tuple[int, int]]:
 
 
 def reference_paths(folder: str) -> Dict[str, str]:
-    """{file stem as written: path} of the reference masks ``folder/<name>.png``; local or remote
+    """{file stem as written: path} of the reference masks ``folder/<name>.png`` (or ``.PNG``); local or remote
     (``tf.io.gfile``). ``reference_lookup`` finds a record's file in it."""
     import tensorflow as tf
 
     paths: Dict[str, str] = {}
     if not tf.io.gfile.isdir(folder):  # checked before the run where it is local (config, reference_masks)
         return paths
-    for name in sorted(tf.io.gfile.listdir(folder)):
+    for name in sorted(tf.io.gfile.listdir(folder), key=lambda n: n.endswith(".png")):  # x.png over x.PNG
         name = name.rstrip("/")
-        if name.endswith(".png"):
+        if name.lower().endswith(".png"):  # (QA 94 M2: a .PNG was passed over, unsaid, as masks/ reads it)
             paths[name[:-len(".png")]] = os.path.join(folder, name)
     return paths
 

@@ -223,12 +223,27 @@ class IngestResult:
         report.update(error=error, num_written=0, written=[], good_not_written=self.written)
         return report
 
-    def write_failed_report(self, error: str) -> Path:
-        """``failed_report`` written beside the target (``failed_report_path``); its path, for the error."""
+    def write_failed_report(self, error: str) -> str:
+        """``failed_report`` written beside the target (``failed_report_path``); its path, for the error (or why it
+        was not written: a file of that name that is not an earlier failure's report is left as it is)."""
         path = failed_report_path(self.target)
+        if (path.exists() or path.is_symlink()) and not is_failed_report(path):  # (QA 94 L11: a user's file)
+            return f"not written ({path} is a file ingest did not write)"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.failed_report(error), indent=1))
-        return path
+        output_guard.write_text_atomic(path, json.dumps(self.failed_report(error), indent=1))
+        return str(path)
+
+
+def is_failed_report(path: Path) -> bool:
+    """Whether ``path`` is a report an ingest that wrote nothing left (``write_failed_report``): a file, not a
+    link, of JSON with its ``error`` and ``num_written`` 0. Only such a file is replaced or removed."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "error" in report and report.get("num_written") == 0
 
 
 def failed_report_path(target: Path) -> Path:
@@ -1153,7 +1168,8 @@ def ingest(
                       f"old, deleted one: run `cd {target}`", file=sys.stderr)
         else:
             tmp.rename(target)
-        failed_report_path(target).unlink(missing_ok=True)  # an earlier failure's report is out of date
+        if is_failed_report(failed_report_path(target)):  # an earlier failure's report is out of date
+            failed_report_path(target).unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -65,10 +66,14 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
     to_ids = to_ids or (lambda data, name: codec.decode_array(data, what="mask"))
     sizes = image_sizes(images_dir, image_stem_suffix) if images_dir is not None and images_dir.is_dir() else None
     problems, checked = [], 0
-    for stem, name in sorted(_paths(folder, mask_stem_suffix).items()):
+    paths = _paths(folder, mask_stem_suffix)
+    unused = [f"{p.name}{'/' if p.is_dir() else ''}" for p in sorted(folder.iterdir())
+              if not p.name.startswith(".") and str(p) not in paths.values()]  # not a .png (hidden files aside)
+    for stem, name in sorted(paths.items()):
         path, source_id = Path(name), source_id_of(stem)
         if sizes is not None and source_id not in sizes:
-            continue  # no image of that name: the evaluator never reads it
+            unused.append(f"{path.name} (no image {source_id})")  # the evaluator never reads it
+            continue
         checked += 1
         try:
             problem = reference_mask_problem(to_ids(path.read_bytes(), path.name),
@@ -83,6 +88,10 @@ def check_reference_masks(folder: Path, num_classes: int, ignore_index: int,
             f"({'; '.join(problems[:5])}{'; ...' if len(problems) > 5 else ''}): save each as an 8-bit greyscale PNG "
             f"of class ids 0..{num_classes - 1} (ignore: {ignore_index}) the size of its image, or remove it "
             f"(that image is then scored against its own annotation)")
+    if unused:  # (QA 94 M2: a typo in a name, a .PNG, a mask without its image were passed over, unsaid)
+        print(f"reference masks: warning: {len(unused)} file(s) in {folder} are not used ({', '.join(unused[:5])}"
+              f"{', ...' if len(unused) > 5 else ''}): an eval image is scored against FOLDER/<its stem>.png where "
+              f"that is there, else against its own annotation", file=sys.stderr, flush=True)
     return checked
 
 

@@ -310,6 +310,26 @@ def test_labeled_stems_without_image_are_a_warning_or_a_strict_error(tmp_path, c
     assert _report(tmp_path / "out")["num_labeled_unmatched"] == 0
 
 
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_named_like_the_failed_report_that_ingest_did_not_write_is_left_alone(tmp_path, capsys, kind):
+    """QA 94 L11: the failed report was written over a file of its name beside the target (through a link: into
+    the link's target), and the next ingest that wrote its data deleted that file."""
+    _dataset(tmp_path, n=2)
+    (tmp_path / "labeled.json").write_text(json.dumps({"img0": [0, 1], "ghost": [0]}))  # --strict: refused
+    theirs, named = tmp_path / "notes.txt", tmp_path / "ingest_report.out.failed.json"
+    theirs.write_text("my own notes\n")
+    if kind == "link":
+        named.symlink_to(theirs)
+    else:
+        theirs.rename(named)
+        theirs = named
+    assert _run(tmp_path, "--labeled", str(tmp_path / "labeled.json"), "--strict") == 2
+    assert f"report: not written ({named} is a file ingest did not write)" in capsys.readouterr().err
+    assert theirs.read_text() == "my own notes\n" and named.is_symlink() == (kind == "link")
+    assert _run(tmp_path) == 0  # a successful ingest removes an earlier failure's report only
+    assert theirs.read_text() == "my own notes\n" and named.is_symlink() == (kind == "link")
+
+
 def test_labeled_keys_of_which_none_is_a_stem_are_refused(tmp_path, capsys):
     """QA 68: keys written as file names matched no image; the sets were unused (every image 'complete')
     after one warning, and the run trained and pushed. None matching is refused, nothing written."""

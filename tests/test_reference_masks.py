@@ -36,6 +36,32 @@ def test_good_reference_masks_pass_and_bad_ones_are_named(tmp_path):
         check_reference_masks(full, 4, 255)
 
 
+def test_reference_files_that_are_not_used_are_named_and_a_png_in_capitals_is_used(tmp_path, capsys):
+    """QA 94 M2: a mask saved as .PNG, a typo in a name, a mask without its image, other files and folders in
+    masks_full/ were passed over without a word: the image whose complete mask it was is then scored against
+    its partial annotation."""
+    from segbalance.components.seg_evaluator import reference_paths
+
+    data = _data(tmp_path)
+    full = data / "masks_full"
+    names = sorted(p.name for p in full.glob("*.png"))
+    (full / names[0]).rename(full / names[0].replace(".png", ".PNG"))
+    (full / "shapes_0001.png").write_bytes((full / names[1]).read_bytes())  # a typo: no such image
+    (full / "notes.txt").write_text("mine")
+    (full / "sub").mkdir()
+    (full / ".DS_Store").write_bytes(b"")
+    assert check_reference_masks(full, 4, 255, data / "images") == 4  # the .PNG one included
+    assert reference_paths(str(full))[names[0][:-4]] == str(full / names[0].replace(".png", ".PNG"))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"reference masks: warning: 3 file(s) in {full} are not used (")
+    assert "notes.txt, sub/, shapes_0001.png (no image shapes_0001)" in err
+    (full / names[1]).rename(full / names[1].replace(".png", ".PNG"))
+    (full / names[1]).write_bytes((full / names[1].replace(".png", ".PNG")).read_bytes())  # both spellings
+    assert check_reference_masks(full, 4, 255, data / "images") == 4
+    assert reference_paths(str(full))[names[1][:-4]] == str(full / names[1])  # the .png one
+    assert f"{names[1].replace('.png', '.PNG')}" in capsys.readouterr().err
+
+
 def test_sizes_follow_the_exif_orientation_ingest_applies(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
