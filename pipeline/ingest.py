@@ -968,15 +968,17 @@ def ingest(
         # the link (a link to nothing is refused below, as with --span: QA 69, it made the folders it named)
         target = target.resolve()
         clean_stale(target.parent)
+    # (QA 94 L2: the reference masks are an input too; an output inside them was written there)
+    inputs = (images_dir, masks_dir, *([Path(options.reference_masks)] if options.reference_masks else []))
     if span is not None:  # OUTPUT itself must be a folder (or not exist yet) and not an input
-        output_guard.check_not_inputs(output, "--output", (images_dir, masks_dir))
+        output_guard.check_not_inputs(output, "--output", inputs)
     elif target.is_dir() and any(p.name.startswith("Span-") and p.is_dir() for p in target.iterdir()):
         spans = sorted(p.name for p in target.iterdir() if p.name.startswith("Span-"))
         raise IngestError(f"--output {target} holds spans ({', '.join(spans[:5])}): add --span N to write another "
                           f"span there, or choose another --output")
     holds_data = output_guard.check_output_folder(
         target, command="ingest", option="--output",
-        owned=owned_names(target), key_file=REPORT_NAME, inputs=(images_dir, masks_dir))
+        owned=owned_names(target), key_file=REPORT_NAME, inputs=inputs)
     if holds_data and not overwrite:
         raise IngestError(f"{target} already holds data; pass --overwrite to replace it, or choose another --span/--output")
 

@@ -82,6 +82,20 @@ def next_span(examples_dir: Path) -> int:
     return max(numbers) + 1 if numbers else 0
 
 
+def check_only_links(folder: Path) -> None:
+    """OutputError unless ``folder`` (a span window, or its staging or set-aside copy, which ``span_window``
+    replaces) is absent or holds links and folders only: QA 94 L7, a user's files there were deleted with it."""
+    from segbalance.pipeline.output_guard import OutputError
+
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    theirs = ([folder] if folder.is_symlink() or not folder.is_dir() else
+              [p for p in sorted(folder.rglob("*")) if not (p.is_symlink() or p.is_dir())])
+    if theirs:
+        raise OutputError(f"{folder} holds {theirs[0]}, which a run does not write (it keeps links to the spans "
+                          f"there): move it out of the run folder and run again (nothing was deleted)")
+
+
 def span_window(examples_dir: Path, num_spans: int, window_dir: Path) -> List[int]:
     """Rebuild ``window_dir`` as the last ``num_spans`` spans of ``examples_dir``; the spans used."""
     if num_spans < 1:
@@ -92,7 +106,9 @@ def span_window(examples_dir: Path, num_spans: int, window_dir: Path) -> List[in
         raise ValueError(f"{examples_dir} has no Span-N/ folder with data-* files: run `segbalance ingest "
                          f"IMAGES MASKS --output {examples_dir} --span N` first")
     chosen = spans[-num_spans:]
-    staging = window_dir.with_name(window_dir.name + ".tmp")
+    staging, old = (window_dir.with_name(window_dir.name + end) for end in (".tmp", ".old"))
+    for folder in (staging, old, window_dir):
+        check_only_links(folder)
     shutil.rmtree(staging, ignore_errors=True)
     target = staging / f"Span-{chosen[-1]}"
     target.mkdir(parents=True)
@@ -107,7 +123,6 @@ def span_window(examples_dir: Path, num_spans: int, window_dir: Path) -> List[in
                 link.unlink()
             os.symlink(reference, link)
     # Swap in the complete window only: a crash before this leaves the previous window intact.
-    old = window_dir.with_name(window_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if window_dir.exists():
         window_dir.rename(old)

@@ -1290,6 +1290,14 @@ def test_reference_masks_are_kept_with_the_records(tmp_path, capsys):
     assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(out), "--span", "3",
                      "--num-classes", "3", "--reference-masks", str(tmp_path / "none")]) == 0
     assert "holds no <source_id>.png of the written records" in capsys.readouterr().err
+    # QA 94 L2: an output inside the reference masks (an input too) was written there
+    _write(full / "img0.png", np.minimum(pairs["img0"][1], 2))
+    before = sorted(p.name for p in full.iterdir())
+    for output, span in ((full / "out", []), (full, ["--span", "4"])):
+        assert cli.main(["ingest", str(tmp_path / "images"), str(tmp_path / "masks"), "--output", str(output),
+                         *span, "--num-classes", "3", "--reference-masks", str(full)]) == 2
+        assert f"the input folder {full}: choose an output folder outside the inputs" in capsys.readouterr().err
+    assert sorted(p.name for p in full.iterdir()) == before
 
 
 @pytest.mark.parametrize("values, hint", [([0, 85, 170, 255], True), ([0, 1, 2, 7], False), ([0, 2, 4], False)])

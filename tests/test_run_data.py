@@ -188,6 +188,17 @@ def test_fresh_data_becomes_the_next_span_and_is_what_run_reads(tmp_path, capsys
     links = sorted(p.name for p in (out / "span_window" / "Span-6").glob("data-*"))
     assert [n.split("-")[1] for n in links] == ["span5", "span6"]
     assert sorted(p.name for p in (out / "span_window" / "Span-6").iterdir()) == links + ["reference_masks"]
+    # QA 94 L7: the window's staging and set-aside folders were deleted with whatever they held
+    from segbalance.pipeline.output_guard import OutputError
+
+    for name in ("span_window.old", "span_window.tmp", "span_window"):
+        (out / name).mkdir(exist_ok=True)
+        (out / name / "mine.txt").write_text("mine\n")
+        with pytest.raises(OutputError, match=f"{out / name} holds {out / name / 'mine.txt'}, which a run does not"):
+            prepare_data(windowed, paths)
+        assert (out / name / "mine.txt").read_text() == "mine\n"
+        (out / name / "mine.txt").unlink()
+    assert prepare_data(windowed, paths)[0] == str(out / "span_window")  # links and folders only: replaced
 
 
 def test_a_span_a_killed_ingest_moved_aside_is_restored_before_run_picks_the_latest(tmp_path, capsys):
