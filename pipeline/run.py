@@ -513,9 +513,11 @@ def check_records_to_read(config: PipelineConfig, examples_dir: Path) -> None:
     repeated = split["repeated"]
     if repeated:  # QA 25: a drop folder ingested whole each time put its old images in every span of a window
         names = ", ".join(sorted(repeated)[:3]) + (", ..." if len(repeated) > 3 else "")
-        print(f"data: note: {sum(repeated.values())} records repeat an identical record of another span "
-              f"({len(repeated)} images: {names}): each copy is counted and trained on; give a new span only its "
-              f"new images, or set data.num_spans: 1", flush=True)
+        where, advice = (("of another span", "give a new span only its new images, or set data.num_spans: 1")
+                         if config.data.num_spans > 1 else  # (QA 94 L10: one span's copies were said another's)
+                         ("in the span", "remove the copies from the data and ingest it again as a new span"))
+        print(f"data: note: {sum(repeated.values())} records repeat an identical record {where} ({len(repeated)} "
+              f"images: {names}): each copy is counted and trained on; {advice}", flush=True)
 
 
 # --------------------------------------------------------------------------- run

@@ -203,10 +203,15 @@ def test_a_window_repeating_a_span_s_images_says_so(tmp_path, capsys):
     from segbalance.pipeline.run import check_records_to_read
 
     spans = span(tmp_path, [record(f"img_{i}") for i in range(12)] + [record("img_0"), record("img_1")])
-    check_records_to_read(CONFIG, spans)
+    window = config_from_dict({"data": {"num_spans": 2}})
+    check_records_to_read(window, spans)
     out = capsys.readouterr().out
     assert ("data: note: 2 records repeat an identical record of another span (2 images: img_0, img_1): each copy "
             "is counted and trained on; give a new span only its new images, or set data.num_spans: 1") in out
+    check_records_to_read(CONFIG, spans)  # one span (QA 94 L10: its copies were said to be another span's)
+    assert ("data: note: 2 records repeat an identical record in the span (2 images: img_0, img_1): each copy is "
+            "counted and trained on; remove the copies from the data and ingest it again as a new span"
+            ) in capsys.readouterr().out
     other = span(tmp_path / "unique", [record(f"img_{i}") for i in range(12)])
     check_records_to_read(CONFIG, other)
     assert "note" not in capsys.readouterr().out
