@@ -358,3 +358,13 @@ def test_a_local_schedule_refuses_what_every_run_would_and_notes_missing_data(tm
     assert cli.main(["schedule", "--cron", "0 3 * * 1", "--data", "later", "--output-dir", "out"]) == 0
     assert "# note:" not in capsys.readouterr().out
     assert (tmp_path / "afile").read_text() == "mine\n" and not (tmp_path / "out").exists()
+    # QA 94 L6: an output folder in the data, or a user's folder, was scheduled (each run then refused)
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("mine\n")
+    for extra, message in ((["--data", "later", "--output-dir", "later/out"], "is inside the data folder"),
+                           (["--data", "later", "--output-dir", "user"], "is not a segbalance run directory")):
+        assert cli.main(["schedule", "--cron", "0 3 * * 1", *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "later", "user"] and not any(
+        (tmp_path / "later").iterdir())
