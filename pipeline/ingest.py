@@ -34,7 +34,7 @@ masks are read as ids 0/1, 2- and 4-bit greyscale PNG masks by their stored valu
 0..15); masks with an alpha channel (LA, PA, transparent RGBA) are bad pairs, named for what they are.
 Every file must decode completely (a PNG with a bad chunk checksum or without its end chunk
 is a bad pair). Each bad pair in the report has a ``code`` (e.g. ``class_ids_out_of_range``,
-``size_mismatch``, ``no_mask``, ``no_image``, ``undecodable``) beside its ``reason`` text.
+``size_mismatch``, ``no_mask``, ``no_image``, ``undecodable``, ``name_not_utf8``) beside its ``reason`` text.
 
 Only files directly in IMAGES_DIR / MASKS_DIR with an image suffix are read; other files (in
 sub-folders, other suffixes such as ``.webp``; not hidden ones) are named in a warning and
@@ -125,6 +125,13 @@ class PairError(ValueError):
     def __init__(self, code: str, reason: str):
         super().__init__(reason)
         self.code = code
+
+
+def shown(text: str) -> str:
+    """``text`` as one printable line: a newline, another control character or a byte of a name that is not
+    UTF-8 (a lone surrogate) as its Python escape (QA 94 L8: a file name with a newline split a skip line)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
 
 
 def _bad(stem: str, code: str, reason: str, image: Optional[Path] = None, mask: Optional[Path] = None) -> dict:
@@ -754,6 +761,11 @@ def encode_pair(stem: str, image_path: Path, mask_path: Path, options: IngestOpt
     wrong. ``notes`` gets "exif_rotated" when the image was turned upright by its EXIF tag,
     ``MAX_ID_NOTE`` + the mask's largest class id (ignore_index not counted), and ``LARGE_NOTE`` + HxW for an
     image too large for one evaluation request (``large_image_note``)."""
+    try:
+        stem.encode("utf-8")
+    except UnicodeEncodeError:  # (QA 94 L8: the reason was Python's codec error)
+        raise PairError("name_not_utf8", f"its file name is not UTF-8 text ({shown(stem)}), which a record's "
+                                         f"image/source_id must be: rename the image and its mask") from None
     image_bytes, (height, width), rotated = read_image(image_path.read_bytes(), image_path.name)
     mask_bytes = mask_path.read_bytes()
     mask = read_mask(mask_bytes, mask_path.name, colours=_has_colours(options.palette))
@@ -890,7 +902,7 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int, List
             except (ValueError, OSError) as exc:
                 code = getattr(exc, "code", "undecodable" if isinstance(exc, ValueError) else "unreadable")
                 bad.append(_bad(stem, code, str(exc), image_path, mask_path))
-                print(f"ingest: skipped {stem}: {exc}", file=sys.stderr, flush=True)
+                print(f"ingest: skipped {shown(stem)}: {shown(str(exc))}", file=sys.stderr, flush=True)
             if progress_every and n % progress_every == 0:
                 # one write per line: shard worker processes share stdout, and print() writes
                 # the text and the newline separately, so lines of two workers could merge
@@ -1051,7 +1063,7 @@ def ingest(
     result = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
     result.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
     for item in result.bad:
-        print(f"ingest: skipped {item['source_id']}: {item['reason']}", file=sys.stderr)
+        print(f"ingest: skipped {shown(item['source_id'])}: {shown(item['reason'])}", file=sys.stderr)
     named = {item.get("image") for item in result.bad} | {item.get("mask") for item in result.bad}
     result.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped() if str(f) not in named]
     for listing, what, ending in ((image_list, "image", options.image_stem_suffix),

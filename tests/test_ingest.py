@@ -109,6 +109,27 @@ def test_sigterm_ends_the_shard_workers_at_once(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".segbalance-ingest-tmp-*"))
 
 
+def test_a_name_that_is_not_utf8_or_holds_a_newline_is_one_line_with_what_to_do(tmp_path, capsys):
+    """QA 94 L8: a file name that is not UTF-8 made a good pair a bad one whose reason was Python's codec error,
+    and a name with a newline split its skip line in two."""
+    _dataset(tmp_path, n=2)
+    image, mask = (tmp_path / "images" / "img0.png").read_bytes(), (tmp_path / "masks" / "img0.png").read_bytes()
+    not_utf8 = os.fsdecode(b"bad\xff")
+    for folder, data in (("images", image), ("masks", mask)):
+        (tmp_path / folder / f"{not_utf8}.png").write_bytes(data)
+        (tmp_path / folder / "new\nline.png").write_bytes(data)
+    (tmp_path / "images" / "orphan\nimage.png").write_bytes(image)
+    assert _run(tmp_path) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ingest: skipped")]
+    assert sorted(lines) == [
+        "ingest: skipped bad\\udcff: its file name is not UTF-8 text (bad\\udcff), which a record's image/source_id "
+        "must be: rename the image and its mask",
+        f"ingest: skipped orphan\\nimage: image has no mask orphan\\nimage.* in {tmp_path / 'masks'}"]
+    bad = {entry["code"] for entry in _report(tmp_path / "out")["bad"]}
+    assert bad == {"name_not_utf8", "no_mask"}
+    assert sorted(r.source_id for r in _records(tmp_path / "out")) == ["img0", "img1", "new\nline"]
+
+
 def test_more_shards_than_pairs_writes_one_shard_per_pair(tmp_path, capsys):
     """QA 69 F12: --shards 100000 over 6 pairs wrote 99,994 empty shard files."""
     pairs = _dataset(tmp_path, n=3)
