@@ -102,7 +102,11 @@ def _main(args) -> int:
     if local:  # new, empty, or an earlier `segbalance stats` output (its marker): never a user's folder
         owned = (layout.STATS_FILE, layout.QUARANTINE_FILE, layout.TOTALS_FILE, "beam-temp-*",
                  f"{layout.PER_IMAGE_PREFIX}-*.parquet", f"{layout.UNCOUNTED_PER_IMAGE_PREFIX}-*.parquet")
-        output_guard.check_output_folder(args.output, command="stats", option="--output", owned=owned)
+        import glob
+
+        # (QA 94 L3: an output inside the records' folder, a span, was written there)
+        inputs = sorted({os.path.dirname(os.path.abspath(f)) for f in glob.glob(args.glob)})
+        output_guard.check_output_folder(args.output, command="stats", option="--output", owned=owned, inputs=inputs)
         Path(args.output).mkdir(parents=True, exist_ok=True)
         output_guard.write_marker(args.output, "stats")  # what the job writes next is ours
     try:

@@ -132,6 +132,12 @@ def test_a_folder_stats_did_not_write_is_refused_and_left_as_it_was(stats_run, t
     assert {p.name: p.read_text() for p in mine.iterdir()} == files
     # an ingest output (the records' own folder) is not a stats folder either
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(src)]) == 2
+    before = sorted(p.name for p in src.iterdir())
+    capsys.readouterr()
+    # nor a new folder inside it (QA 94 L3: written there, ingest --overwrite then refused the span)
+    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(src / "st")]) == 2
+    assert f"{src / 'st'} is inside the input folder {src}" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == before
 
 
 def test_weight_flags(stats_run, tmp_path):
