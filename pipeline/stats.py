@@ -104,8 +104,10 @@ def _main(args) -> int:
                  f"{layout.PER_IMAGE_PREFIX}-*.parquet", f"{layout.UNCOUNTED_PER_IMAGE_PREFIX}-*.parquet")
         import glob
 
-        # (QA 94 L3: an output inside the records' folder, a span, was written there)
-        inputs = sorted({os.path.dirname(os.path.abspath(f)) for f in glob.glob(args.glob)})
+        # (QA 94 L3: an output inside the records' folder, a span ingest wrote, was written there, and ingest
+        # --overwrite then refused the span; a folder of the user's own records may hold it)
+        inputs = sorted(folder for folder in {os.path.dirname(os.path.abspath(f)) for f in glob.glob(args.glob)}
+                        if output_guard.written_by(folder) == "ingest")
         output_guard.check_output_folder(args.output, command="stats", option="--output", owned=owned, inputs=inputs)
         Path(args.output).mkdir(parents=True, exist_ok=True)
         output_guard.write_marker(args.output, "stats")  # what the job writes next is ours

@@ -1,6 +1,7 @@
 """`segbalance stats`: same numbers as the Beam job in memory, with 2 worker processes, errors."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from segbalance.trainer import class_stats_io
-from segbalance.pipeline import cli
+from segbalance.pipeline import cli, output_guard
 from segbalance.pipeline.config import StatsConfig
 from tests.test_class_stats_beam import (make_records, numpy_present_image_pixels, numpy_reference,  # noqa: F401
                                          numpy_suspects, stats_run, write_tfrecord)
@@ -132,12 +133,15 @@ def test_a_folder_stats_did_not_write_is_refused_and_left_as_it_was(stats_run, t
     assert {p.name: p.read_text() for p in mine.iterdir()} == files
     # an ingest output (the records' own folder) is not a stats folder either
     assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(src)]) == 2
-    before = sorted(p.name for p in src.iterdir())
+    # nor a new folder inside a span ingest wrote (QA 94 L3: written there, ingest --overwrite then refused the span)
+    span = tmp_path / "Span-0"
+    shutil.copytree(src, span, ignore=shutil.ignore_patterns("out"))
+    output_guard.write_marker(span, "ingest")
+    before = sorted(p.name for p in span.iterdir())
     capsys.readouterr()
-    # nor a new folder inside it (QA 94 L3: written there, ingest --overwrite then refused the span)
-    assert cli.main(["stats", str(src / "data-*"), "--num-classes", "4", "--output", str(src / "st")]) == 2
-    assert f"{src / 'st'} is inside the input folder {src}" in capsys.readouterr().err
-    assert sorted(p.name for p in src.iterdir()) == before
+    assert cli.main(["stats", str(span / "data-*"), "--num-classes", "4", "--output", str(span / "st")]) == 2
+    assert f"{span / 'st'} is inside the input folder {span}" in capsys.readouterr().err
+    assert sorted(p.name for p in span.iterdir()) == before
 
 
 def test_weight_flags(stats_run, tmp_path):
