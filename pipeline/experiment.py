@@ -622,7 +622,7 @@ def run_group(dataset: str, drop: float, plan: Plan, config, items, work: Path, 
                "num_images": plan.num_images,
                "test_images": len(items), "size": plan.size, "batch_size": plan.batch_size, "validation": VALIDATION,
                "split_by": plan.split_by, "config_digest": wanted["config_digest"],
-               "defaults_digest": wanted["defaults_digest"], "code_commit": commit,
+               "defaults_digest": wanted["defaults_digest"], "code_commit": commit, "machine": machine_name(),
                **({"config": plan.config} if wanted["config_digest"] else {}),  # the file, for the report
                **{k: outcome[k] for k in ("seconds", "history", "class_weights", "epochs_run", "best_epoch",
                                           "stopped_epoch")}}
@@ -797,7 +797,7 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
         "plan": rows_plan(asdict(plan), results) if report_only else asdict(plan), "results": results,
         "seed004": seed004.revisit(),
         "seconds": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"), "command": command,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "machine": machine_name(),
     }
     experiment_report.write(report, output, {d: load_test_items(t) for d, t in tests.items()}, example_drop)
     if report.get("training_sets"):
@@ -805,6 +805,16 @@ def _train_and_report(output: Path, plan: Plan, work: Path, command: str, report
               f"{'; '.join(s['label'] for s in report['training_sets'])}): results.md reports each set on its own",
               flush=True)
     return report
+
+
+def machine_name() -> str:
+    """The machine, with its CPU model where Linux names it: one commit trains other numbers on the Intel and on
+    the AMD machine (QA 93: "x86_64, 2 CPU cores, Linux" told them apart nowhere)."""
+    model = None
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    return ", ".join(filter(None, [platform.machine(), model, f"{os.cpu_count()} CPU cores", platform.system()]))
 
 
 def check_report_kept(output: Path, work: Path, plan: Plan, select: Optional[Callable[[dict], bool]] = None) -> None:

@@ -1126,3 +1126,7 @@ def test_each_row_records_the_commit_of_the_code_that_trained_it(tmp_path, monke
     run_group("shapes", 0.0, dataclasses.replace(plan, seeds=[3]), config, [None] * 4, work, results,
               commit="eeeeeeeeeeee")  # the experiment's own, taken when it started
     assert results[-1]["code_commit"] == "eeeeeeeeeeee"
+    # and the machine, with its CPU model (QA 93: the Intel and AMD machines train other numbers, unrecorded)
+    models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    assert {r["machine"] for r in results} == {experiment.machine_name()}
+    assert models[0] in results[0]["machine"] and f"{os.cpu_count()} CPU cores" in results[0]["machine"]
