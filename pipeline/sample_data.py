@@ -529,8 +529,12 @@ def prepare_output(output: Path) -> None:
     # whose images a sample-data aimed at them deleted when their names looked like a sample's (QA 56)
     holds = output_guard.check_output_folder(output, command="sample-data", option="--output", owned=OWNED)
     if holds:
-        folders = [output / sub for sub in SUBFOLDERS if (output / sub).is_dir()]
-        foreign = [f"{d.name}/{p.name}" for d in folders for p in sorted(d.iterdir()) if not OWNED_FILE.match(p.name)]
+        # a link in place of a folder sends the files into someone else's folder, whose sample-named files
+        # would be deleted (QA 94 L9): refused as theirs
+        links = [f"{sub} (a link to {os.readlink(output / sub)})" for sub in SUBFOLDERS if (output / sub).is_symlink()]
+        folders = [output / sub for sub in SUBFOLDERS if (output / sub).is_dir() and not (output / sub).is_symlink()]
+        foreign = links + [f"{d.name}/{p.name}" for d in folders for p in sorted(d.iterdir())
+                           if not OWNED_FILE.match(p.name)]
         if foreign:
             raise output_guard.OutputError(
                 f"--output {output} is not empty: it holds {', '.join(foreign[:3])}, which segbalance sample-data "

@@ -1,5 +1,6 @@
 """`segbalance sample-data`: determinism, skew, dropped annotations, real samples."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -240,6 +241,16 @@ def test_output_must_be_new_empty_or_an_earlier_sample(tmp_path, capsys):
     assert cli.main(["sample-data", "voc", "--output", str(out), "--num-images", "2", "--size", "16"]) == 2
     assert "it holds masks/extra.png, which segbalance sample-data did not write" in capsys.readouterr().err
     assert (out / "masks" / "extra.png").read_bytes() == b"mine" and len(list((out / "images").iterdir())) == 2
+    # ... nor when one of its folders is a link to someone else's (QA 94 L9: their sample-named files were replaced)
+    (out / "masks" / "extra.png").unlink()
+    theirs = tmp_path / "corrected"
+    shutil.copytree(out / "masks", theirs)
+    shutil.rmtree(out / "masks")
+    (out / "masks").symlink_to(theirs)
+    before = _tree(theirs)
+    assert cli.main(["sample-data", "voc", "--output", str(out), "--num-images", "2", "--size", "16"]) == 2
+    assert f"it holds masks (a link to {theirs}), which segbalance sample-data did not write" in capsys.readouterr().err
+    assert _tree(theirs) == before and (out / "masks").is_symlink()
 
 
 # --------------------------------------------------------------------------- package kinds
