@@ -986,10 +986,11 @@ def _main(args) -> int:
     # a file there: one line now, not a traceback after the first training
     check_output_folder(output, command="experiment", option="--output", owned=None, key_file="results.json",
                         key_check=is_results_file)
-    check_is_folder(work, "--work-dir" if args.work_dir else "--output (its _work folder)")
-    if args.work_dir:
-        check_output_folder(work, command="experiment", option="--work-dir", owned=None, key_file=RESULTS_LOG,
-                            key_check=is_results_log)
+    work_option = "--work-dir" if args.work_dir else "--output (its _work folder)"
+    check_is_folder(work, work_option)
+    # OUTPUT/_work too: a user's folder of that name was used and marked (QA 94 L4)
+    check_output_folder(work, command="experiment", option=work_option, owned=None, key_file=RESULTS_LOG,
+                        key_check=is_results_log)
     if args.report_only and not (work / RESULTS_LOG).is_file():
         raise UserError(f"--report-only: {work} holds no {RESULTS_LOG}; give the --work-dir of an earlier run")
     # what this run was given, so the command in results.md / results.json runs again as it is

@@ -788,6 +788,15 @@ def test_an_output_or_work_folder_the_experiment_did_not_write_is_refused(tmp_pa
     assert (mine / "_work" / "precious.txt").read_text() == "keep" and (mine / "results.md").read_text() == "my notes"
     assert cli.main(["experiment", "--quick", "--output", str(tmp_path / "o"), "--work-dir", str(mine)]) == 2
     assert "--work-dir" in capsys.readouterr().err
+    # QA 94 L4: an earlier experiment's output holding a user's folder named _work: used as it was, and marked
+    from segbalance.pipeline.output_guard import write_marker
+
+    (mine / "results.md").unlink()
+    write_marker(mine, "experiment")
+    assert cli.main(["experiment", "--quick", "--output", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output (its _work folder) {mine / '_work'} is not empty and was not written by segbalance" in err
+    assert sorted(p.name for p in (mine / "_work").iterdir()) == ["precious.txt"]
 
 
 @pytest.mark.parametrize("option", ["--output", "--work-dir"])
