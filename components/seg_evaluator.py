@@ -76,17 +76,17 @@ def load_predictor(model_dir: str, loaded=None) -> Callable[[List[bytes]], np.nd
     return predict
 
 
-def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Tuple[Optional[str], Any]:
+def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Tuple[Optional[str], Any, Optional[list]]:
     """(why the serving model in ``model_dir`` does not predict ``class_names`` id for id, or None;
-    the SavedModel when reading it was needed, else None): its recorded ``classes.json``; without
-    one (exported before it existed), the class count of its ``probabilities`` output (names
-    unknown: same count, compared). The caller scores with the returned SavedModel rather than
+    the SavedModel when reading it was needed, else None; its recorded class names, or None): its recorded
+    ``classes.json``; without one (exported before it existed), the class count of its ``probabilities`` output
+    (names unknown: same count, compared). The caller scores with the returned SavedModel rather than
     loading it a second time."""
     import tensorflow as tf
 
     if not fileio.exists(os.path.join(model_dir, "saved_model.pb")):  # QA 91 H2: a blessed model's folder deleted
         # (a clean-up) stopped every later run here, after training
-        return f"its {model_dir} is gone (deleted after it was blessed)", None
+        return f"its {model_dir} is gone (deleted after it was blessed)", None, None
     recorded = read_model_classes(model_dir)
     channels, loaded = None, None
     if recorded is None:
@@ -95,17 +95,18 @@ def baseline_class_mismatch(model_dir: str, class_names: List[str]) -> Tuple[Opt
         probabilities = outputs.get("probabilities")
         if probabilities is not None and probabilities.shape.rank and probabilities.shape[-1] is not None:
             channels = int(probabilities.shape[-1])
-    return class_mismatch(class_names, recorded, channels), loaded
+    return class_mismatch(class_names, recorded, channels), loaded, recorded
 
 
-def shared_classes(cm: np.ndarray, baseline_dir: str, loaded, class_names: List[str], items, ignore_index: int,
-                   partial) -> Optional[dict]:
+def shared_classes(cm: np.ndarray, baseline_dir: str, loaded, baseline_names: Optional[list], class_names: List[str],
+                   items, ignore_index: int, partial) -> Optional[dict]:
     """``{"classes", "miou", "baseline_miou"}``: this model's and the baseline's mIoU over the classes both
     predict, where the baseline's recorded classes are this run's first ones (``shared_prefix``: classes
     added at the end); None otherwise. QA 92 M3: a model trained after a fifth class was added scored 0.375
     over the four old classes where the model it replaced scored 0.721, and was pushed, the threshold alone
-    deciding. The baseline predicts on the same images (its ids are this run's, below ``len(classes)``)."""
-    count = shared_prefix(class_names, read_model_classes(baseline_dir))
+    deciding. The baseline predicts on the same images (its ids are this run's, below ``len(classes)``).
+    ``baseline_names``: its recorded classes (``baseline_class_mismatch``)."""
+    count = shared_prefix(class_names, baseline_names)
     if not count:
         return None
     baseline_cm = confusion_over(load_predictor(baseline_dir, loaded), items, len(class_names), ignore_index,
@@ -496,11 +497,12 @@ class SegEvaluatorExecutor(base_executor.BaseExecutor):
         baselines = input_dict.get("baseline_model") or []
         if baselines and baselines[0].id != model.id:
             baseline_dir = path_utils.serving_model_path(baselines[0].uri)
-            mismatch, loaded_baseline = baseline_class_mismatch(baseline_dir, class_names)
+            mismatch, loaded_baseline, baseline_names = baseline_class_mismatch(baseline_dir, class_names)
             if mismatch:  # its ids mean other classes (or lie outside [0, C)): no comparison on these images
                 baseline_skipped = f"the latest blessed model {baselines[0].uri} was not compared: {mismatch}"
                 blessing.set_string_custom_property("baseline_skipped", baseline_skipped)
-                shared = shared_classes(cm, baseline_dir, loaded_baseline, class_names, items, ignore_index, partial)
+                shared = shared_classes(cm, baseline_dir, loaded_baseline, baseline_names, class_names, items,
+                                        ignore_index, partial)
             else:
                 baseline_cm = confusion_over(load_predictor(baseline_dir, loaded_baseline), items, num_classes,
                                              ignore_index, partial=partial)

@@ -268,6 +268,7 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         # what every scheduled run would refuse is refused now (QA 69: the lines were printed for them)
         from pathlib import Path
 
+        from segbalance.pipeline.dag import local_paths
         from segbalance.pipeline.output_guard import check_is_folder, check_run_dir
         from segbalance.pipeline.run import check_output_beside_data
 
@@ -276,7 +277,8 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         if not is_remote(data):
             check_is_folder(Path(data), "--data" if args.data else "the data folder")
             if os.path.isdir(data):  # (QA 94 L6: an output folder in the data, or a user's: refused every night)
-                check_output_beside_data(Path(output_dir), Path(data).resolve(), Path(output_dir, "data"), option)
+                check_output_beside_data(Path(output_dir), Path(data).resolve(),
+                                         Path(local_paths(output_dir)["examples_dir"]), option)
         check_run_dir(Path(output_dir), option)
         request = recurring_run_request(args.package, args.cron, "<experiment id of " + args.experiment + ">",
                                         args.job_name, args.pipeline_root)

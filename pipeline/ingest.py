@@ -257,9 +257,10 @@ def failed_report_path(target: Path) -> Path:
     """Where the report goes when nothing is written: beside TARGET (never inside it, so no empty
     span is created), under a name that does not start with ``Span-`` (not taken for a span). TARGET's name is cut
     to fit one file name (QA 80 L1: a 245-character TARGET failed with a traceback after its data was written)."""
-    prefix, suffix = "ingest_report.", ".failed.json"
-    name = output_guard.cut_name(target.name, output_guard.NAME_MAX - len(prefix) - len(suffix))
-    return target.parent / f"{prefix}{name}{suffix}"
+    from segbalance.pipeline.ingest_reports import FAILED_PREFIX, FAILED_SUFFIX
+
+    name = output_guard.cut_name(target.name, output_guard.NAME_MAX - len(FAILED_PREFIX) - len(FAILED_SUFFIX))
+    return target.parent / f"{FAILED_PREFIX}{name}{FAILED_SUFFIX}"
 
 
 def _sample(names: Sequence[str], limit: int = 5) -> str:
@@ -1182,8 +1183,9 @@ def ingest(
                       f"old, deleted one: run `cd {target}`", file=sys.stderr)
         else:
             tmp.rename(target)
-        if is_failed_report(failed_report_path(target)):  # an earlier failure's report is out of date
-            failed_report_path(target).unlink()
+        earlier = failed_report_path(target)
+        if is_failed_report(earlier):  # an earlier failure's report is out of date
+            earlier.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 REPORT_NAME = "ingest_report.json"  # beside a span's records (ingest re-exports it; here: no import of ingest)
+# the report of an ingest that wrote nothing, beside its target: FAILED_PREFIX + target name + FAILED_SUFFIX
+FAILED_PREFIX, FAILED_SUFFIX = "ingest_report.", ".failed.json"
 
 
 def ingest_report(folder: Path, files: List[Path]) -> Optional[dict]:

@@ -199,13 +199,15 @@ def ingest_wrote(entry: Path) -> bool:
     """Whether ``entry``, in a folder of spans, is `segbalance ingest`'s: a ``Span-N`` folder it wrote (its
     marker, or from before markers its report), its temporary or set-aside folder, its report of a failure, or
     the folder's ``classes.json`` (the spans' names, which a run reads and never writes)."""
+    from segbalance.pipeline.ingest_reports import FAILED_PREFIX, FAILED_SUFFIX, REPORT_NAME
+
     name = entry.name
     if name.startswith((INGEST_TMP_PREFIX, INGEST_OLD_PREFIX)) or name == "classes.json":
         return True
-    if name.startswith("ingest_report.") and name.endswith(".failed.json"):
+    if name.startswith(FAILED_PREFIX) and name.endswith(FAILED_SUFFIX):
         return True
     return (fnmatch.fnmatchcase(name, "Span-*") and entry.is_dir()
-            and (written_by(entry) == "ingest" or (entry / "ingest_report.json").is_file()))
+            and (written_by(entry) == "ingest" or (entry / REPORT_NAME).is_file()))
 
 
 def check_spans_folder(path: Path, option: str) -> None:

@@ -124,12 +124,13 @@ def sync_span_references(span_dir: Path, folder: Path) -> int:
     """Make ``span_dir/reference_masks`` hold ``folder``'s masks of the span's records (its ingest
     report's ``written``), replacing what it held in one rename; the number it holds. A span reused
     when only the complete masks changed (they are not part of what makes a span new) gets them."""
+    from segbalance.pipeline.ingest_reports import REPORT_NAME
     from segbalance.pipeline.output_guard import left_by_dead_process
 
     for left in span_dir.glob(f".{REFERENCE_MASKS_FOLDER}.*-*"):  # a killed sync's (QA 65: nothing removed them)
         if any(left_by_dead_process(left.name, f".{REFERENCE_MASKS_FOLDER}.{kind}-") for kind in ("tmp", "old")):
             shutil.rmtree(left, ignore_errors=True)
-    report = span_dir / "ingest_report.json"
+    report = span_dir / REPORT_NAME
     written = json.loads(report.read_text()).get("written", []) if report.is_file() else []
     staging = span_dir / f".{REFERENCE_MASKS_FOLDER}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

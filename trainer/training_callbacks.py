@@ -97,21 +97,20 @@ def unreadable_backup(backup_dir: str) -> Optional[str]:
     damaged ``best_epoch.json`` was a traceback at every retry, QA 91 L3)."""
     import h5py
 
-    weights, metadata = (f"{backup_dir.rstrip('/')}/{name}" for name in (BACKUP_WEIGHTS, BACKUP_METADATA))
+    weights = f"{backup_dir.rstrip('/')}/{BACKUP_WEIGHTS}"
     path = backup_dir
     try:
-        if tf.io.gfile.exists(metadata):
-            path = metadata
-            with tf.io.gfile.GFile(metadata) as f:
-                int(json.loads(f.read())["epoch"])
+        for path in sorted(tf.io.gfile.glob(f"{backup_dir.rstrip('/')}/*.json")):  # BackupAndRestore's metadata too
+            with tf.io.gfile.GFile(path) as f:
+                state = json.loads(f.read())
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            if os.path.basename(path) == BACKUP_METADATA:
+                int(state["epoch"])
         if tf.io.gfile.exists(weights):
             path = weights
             with tf.io.gfile.GFile(weights, "rb") as f, h5py.File(io.BytesIO(f.read()), "r") as h5:
                 h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
-        for path in sorted(tf.io.gfile.glob(f"{backup_dir.rstrip('/')}/*.json")):
-            with tf.io.gfile.GFile(path) as f:
-                if not isinstance(json.loads(f.read()), dict):
-                    raise ValueError("not a JSON object")
         for path in sorted(tf.io.gfile.glob(f"{backup_dir.rstrip('/')}/*.npz")):
             with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read())) as arrays:
                 [arrays[name] for name in arrays.files]
