@@ -379,9 +379,12 @@ def compare(current: dict, baseline: Optional[dict], thresholds: Dict[str, float
                    if unsampled else "")
         annotation_moved = result["missing_rate_change"] is not None and beyond("missing_rate_change")
         # said once, of the first frequency anomaly: the frequencies moved with the annotation, perhaps not the
-        # data (QA 70; QA 71: not of other anomalies)
+        # data (QA 70; QA 71: not of other anomalies). Only when background (class 0) moved the way the
+        # annotation moves it: up when more images miss classes, down when fewer (QA 92 L2: a delivery without
+        # its labeled.json counts as complete, and the remark was put beside a rise it could not have caused)
+        explains = annotation_moved and change[0] * (result["missing_rate"] - result["baseline_missing_rate"]) > 0
         remark = (" (the annotation changed too: a class an annotator left out counts as background, so pixel "
-                  "frequencies move with the fraction of images missing classes)" if annotation_moved else "")
+                  "frequencies move with the fraction of images missing classes)" if explains else "")
         if beyond("js_divergence"):
             anomalies.append(f"Jensen-Shannon divergence of class pixel frequencies {result['js_divergence']:.4f} "
                              f"> {thresholds['js_divergence']}{limit('js_divergence')}{without}{remark}")
