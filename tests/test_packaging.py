@@ -117,3 +117,24 @@ def test_every_root_export_resolves():
 
     for name in segbalance.__all__:
         assert getattr(segbalance, name).__name__ == name, name
+
+
+def test_every_config_section_is_a_root_export():
+    """Issue 14: the root exports the config classes. QA 96: DriftConfig and EvaluationConfig (sections of
+    PipelineConfig), and SampleConfig, LearningRateSchedule and Augmentation (sections of those) were not."""
+    import dataclasses
+
+    import segbalance
+    from segbalance.pipeline.config import PipelineConfig
+
+    def sections(config) -> list:
+        found = []
+        for item in dataclasses.fields(config):
+            value = getattr(config, item.name)
+            if dataclasses.is_dataclass(value):
+                found += [type(value), *sections(value)]
+        return found
+
+    classes = sections(PipelineConfig())
+    assert len(classes) >= 10 and PipelineConfig.__name__ in segbalance.__all__
+    assert [c.__name__ for c in classes if getattr(segbalance, c.__name__, None) is not c] == []
