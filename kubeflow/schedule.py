@@ -67,30 +67,44 @@ def kfp_cron(cron: str) -> str:
 def kfp_day_of_week(field: str) -> str:
     """A day-of-week field with 7 in it, as the list of days 0-6 it means ('1-7' -> '0,1,2,3,4,5,6');
     without a 7, unchanged."""
-    base, _, step = field.partition("/")
-    if "7" not in re.findall(r"\d+", base):
+    if "7" not in re.findall(r"\d+", field.partition("/")[0]):
         return field
-    days = set()
-    parts = base.split(",")
+    return ",".join(str(d) for d in sorted({d % 7 for d in cron_values(field, *RANGES[4])}))
+
+
+def cron_values(field: str, lo: int, hi: int) -> List[int]:
+    """The numbers a cron field (checked by ``check_cron``) matches, in ``lo..hi``. A step binds to the last
+    element of a list ('1-10,20-30/5': 1 to 10, 20, 25, 30); 'N/step' runs from N to ``hi``, as '*/step' from
+    ``lo``."""
+    base, _, step = field.partition("/")
+    parts, values = base.split(","), set()
     for i, part in enumerate(parts):
-        every = int(step) if step and i == len(parts) - 1 else 1  # the step binds to the last element
-        first, _, last = part.partition("-")
-        days.update(range(int(first), int(last or (7 if every > 1 else first)) + 1, every))
-    return ",".join(str(d) for d in sorted({d % 7 for d in days}))
+        every = int(step) if step and i == len(parts) - 1 else 1
+        first, _, last = (f"{lo}-{hi}" if part == "*" else part).partition("-")
+        values.update(range(int(first), int(last or (hi if step and i == len(parts) - 1 else first)) + 1, every))
+    return sorted(values)
 
 
 def systemd_on_calendar(cron: str) -> List[str]:
-    """The timer's ``OnCalendar=`` values for a cron expression (a timer fires on any of them). Cron runs
-    on a day that matches the day of month **or** the day of week when both are restricted, and one
-    calendar event needs both: such an expression gives two events, one per field."""
-    minute, hour, dom, month, dow = check_cron(cron)
-    if any("/" in f or "-" in f for f in (minute, hour, dom, month, dow)):
-        raise ScheduleError("steps and ranges are not translated to systemd; use the crontab line")
-    time_of_day = f"{hour.zfill(2) if hour != '*' else '*'}:{minute.zfill(2) if minute != '*' else '*'}:00"
-    days = "" if dow == "*" else ",".join(DAYS[int(d) % 7] for d in dow.split(",")) + " "
-    if dom != "*" and dow != "*":
-        return [f"*-{month}-{dom} {time_of_day}", f"{days}*-{month}-* {time_of_day}"]
-    return [f"{days}*-{month}-{dom} {time_of_day}"]
+    """The timer's ``OnCalendar=`` values for a cron expression (a timer fires on any of them): each field
+    as the list of numbers it matches (systemd has no cron steps; its own ranges and lists read alike), days
+    of week by name. Cron (Vixie's, Debian's) runs on a day that matches the day of month **or** the day of
+    week when both fields are restricted (neither starts with '*'), and one calendar event needs both: such
+    an expression gives two events, one per field."""
+    fields = check_cron(cron)
+
+    def listed(index: int, width: int = 1) -> str:
+        values = cron_values(fields[index], *RANGES[index])
+        whole = set(range(RANGES[index][0], RANGES[index][1] + 1))
+        return "*" if fields[index] == "*" or set(values) >= whole else ",".join(str(v).zfill(width) for v in values)
+
+    minute, hour, dom, month = listed(0, 2), listed(1, 2), listed(2), listed(3)
+    days = list(dict.fromkeys(DAYS[d % 7] for d in cron_values(fields[4], *RANGES[4])))
+    days_of_week = "" if len(days) == 7 else ",".join(days) + " "
+    time_of_day = f"{hour}:{minute}:00"
+    if not fields[2].startswith("*") and not fields[4].startswith("*"):
+        return [f"*-{month}-{dom} {time_of_day}", f"{days_of_week}*-{month}-* {time_of_day}"]
+    return [f"{days_of_week}*-{month}-{dom} {time_of_day}"]
 
 
 def crontab_command(command: str) -> str:
@@ -176,17 +190,13 @@ def local_schedule(cron: str, data_dir: str, output_dir: str, workdir: str, conf
               "130 / 143 stopped by Ctrl-C / SIGTERM (systemctl stop): the next run resumes",
               "# crontab (crontab -e):",
               f"{' '.join(check_cron(cron))} {crontab_command(f'{command} >> {shlex.quote(log)} 2>&1')}"]
-    try:
-        calendars = systemd_on_calendar(cron)
-        lines += ["", "# systemd: ~/.config/systemd/user/segbalance.service", "[Unit]",
-                  "Description=segbalance retraining on the latest span", "[Service]", "Type=oneshot",
-                  f"ExecStart=/bin/sh -c {systemd_exec_arg(command)}", "",
-                  "# ~/.config/systemd/user/segbalance.timer (systemctl --user enable --now segbalance.timer)",
-                  "[Unit]", "Description=segbalance retraining schedule", "[Timer]",
-                  *(f"OnCalendar={calendar}" for calendar in calendars), "Persistent=true", "[Install]",
-                  "WantedBy=timers.target"]
-    except ScheduleError as exc:
-        lines += ["", f"# systemd timer: not generated ({exc})"]
+    lines += ["", "# systemd: ~/.config/systemd/user/segbalance.service", "[Unit]",
+              "Description=segbalance retraining on the latest span", "[Service]", "Type=oneshot",
+              f"ExecStart=/bin/sh -c {systemd_exec_arg(command)}", "",
+              "# ~/.config/systemd/user/segbalance.timer (systemctl --user enable --now segbalance.timer)",
+              "[Unit]", "Description=segbalance retraining schedule", "[Timer]",
+              *(f"OnCalendar={calendar}" for calendar in systemd_on_calendar(cron)), "Persistent=true", "[Install]",
+              "WantedBy=timers.target"]
     return "\n".join(lines)
 
 

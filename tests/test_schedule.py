@@ -1,5 +1,6 @@
 """`segbalance schedule`: a KFP recurring run through a client object (a fake one that records
 the calls), and, without a host, the printed request, crontab line and systemd timer."""
+import datetime
 import json
 import os
 import re
@@ -110,12 +111,69 @@ def test_bad_cron_expressions(cron, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_steps_get_a_crontab_line_but_no_systemd_translation():
+def test_steps_ranges_and_lists_get_a_systemd_timer():
+    """QA 96 L3: an expression with a step or a range ('0 3 * * 1-5', '*/15 * * * *') had a crontab line but no
+    timer ('steps and ranges are not translated to systemd')."""
     text = schedule.local_schedule("*/15 * * * *", "d", "o", "/w")
     assert next(line for line in text.splitlines() if line.startswith("*/15")).startswith("*/15 * * * * cd /w && ")
-    assert "systemd timer: not generated" in text
+    assert "OnCalendar=*-*-* *:00,15,30,45:00" in text and "not generated" not in text
+    assert schedule.systemd_on_calendar("0 3 * * 1-5") == ["Mon,Tue,Wed,Thu,Fri *-*-* 03:00:00"]
     assert schedule.systemd_on_calendar("0 3 * * 0") == ["Sun *-*-* 03:00:00"]
+    assert schedule.systemd_on_calendar("0 3 * * 1-7") == ["*-*-* 03:00:00"]  # every day: no day names
     assert schedule.systemd_on_calendar("5 * 1 6 *") == ["*-6-1 *:05:00"]
+    assert schedule.systemd_on_calendar("10/20 9-17/4 * 1,6 *") == ["*-1,6-* 09,13,17:10,30,50:00"]
+    assert schedule.systemd_on_calendar("0 0 */10 * 1") == ["Mon *-*-1,11,21,31 00:00:00"]  # '*': both must hold
+    assert schedule.cron_values("1-10,20-30/5", 0, 59) == [*range(1, 11), 20, 25, 30]  # the step binds to the last
+
+
+def _cron_times(cron: str, start: datetime.datetime, count: int) -> list:
+    """The first ``count`` minutes from ``start`` cron (Vixie's rules) runs ``cron`` at, by trying every minute:
+    an independent reading of the five fields."""
+    def numbers(field, lo, hi):
+        head, _, step = field.partition("/")
+        items = head.split(",")
+        found = set()
+        for k, item in enumerate(items):
+            stride = int(step) if step and k == len(items) - 1 else 1
+            if item == "*":
+                low, high = lo, hi
+            elif "-" in item:
+                low, high = map(int, item.split("-"))
+            else:
+                low = int(item)
+                high = hi if step and k == len(items) - 1 else low
+            found |= set(range(low, high + 1, stride))
+        return found
+
+    minute, hour, dom, month, dow = cron.split()
+    sets = [numbers(minute, 0, 59), numbers(hour, 0, 23), numbers(dom, 1, 31), numbers(month, 1, 12),
+            {d % 7 for d in numbers(dow, 0, 7)}]
+    times, t = [], start
+    while len(times) < count:
+        day_of_month, day_of_week = t.day in sets[2], t.isoweekday() % 7 in sets[4]
+        either = not dom.startswith("*") and not dow.startswith("*")
+        day = (day_of_month or day_of_week) if either else (day_of_month and day_of_week)
+        if t.minute in sets[0] and t.hour in sets[1] and t.month in sets[3] and day:
+            times.append(t)
+        t += datetime.timedelta(minutes=1)
+    return times
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze (systemd's own parser)")
+@pytest.mark.parametrize("cron", ["0 3 * * 1-5", "*/15 * * * *", "5 1-3,22 * * 0", "0 12 13 * 5", "30 4 */2 * 1",
+                                  "0 0 1-7 * 1", "10/20 9-17/4 * 1,6 *", "0 3 * * 1-7", "0 6 1,15 2-11/3 6-7"])
+def test_timer_fires_when_cron_would(cron):
+    """systemd's own reading of the timer's OnCalendar= lines (the first 12 times after New Year, merged over
+    the lines) against every minute cron's rules match."""
+    start = datetime.datetime(2026, 1, 1, 0, 1)  # systemd: the times after its base time
+    fired = set()
+    for calendar in schedule.systemd_on_calendar(cron):
+        done = subprocess.run(["systemd-analyze", "calendar", "--iterations=12", "--base-time=2026-01-01 00:00:00 UTC",
+                               calendar], capture_output=True, text=True, env={**os.environ, "TZ": "UTC"})
+        assert done.returncode == 0, done.stderr
+        fired |= {datetime.datetime.strptime(m, "%Y-%m-%d %H:%M:%S")
+                  for m in re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\S+ \S+) UTC", done.stdout)}
+    assert sorted(fired)[:12] == _cron_times(cron, start, 12)
 
 
 def test_day_of_month_and_day_of_week_both_set_run_on_either_as_in_cron(capsys):
