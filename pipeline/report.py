@@ -185,26 +185,41 @@ def classes_sections(stats: dict) -> List[Section]:
     return sections
 
 
-def gap_rows(frame, top: int = TOP_IMAGES):
-    """(number of images with gaps, the ``top`` of them with the most missing + suspect-missing classes)."""
+def gap_rows(frame, top: int = TOP_IMAGES, first=()):
+    """(the images with gaps, the ``top`` of them: those in ``first`` (the evaluation's predicted gap images),
+    then those with the most missing + suspect-missing classes)."""
     if not len(frame):
-        return 0, frame
+        return frame, frame
     frame = frame.assign(score=[len(m) + len(s) for m, s in zip(frame["missing"], frame["suspect_missing"])])
-    frame = frame[frame["score"] > 0]
-    return len(frame), frame.sort_values(["score", "source_id"], ascending=[False, True]).head(top)
+    frame = frame[frame["score"] > 0].assign(later=lambda f: ~f["source_id"].isin(set(first)))
+    return frame, frame.sort_values(["later", "score", "source_id"], ascending=[True, False, True]).head(top)
+
+
+def predicted_gaps(per_image: Optional[dict]) -> List[str]:
+    """The source ids of the gap images the evaluation predicted (``per_image.json``)."""
+    return [g["source_id"] for g in (per_image or {}).get("gap_predictions", [])]
 
 
 def gaps_sections(frame, quarantine: List[dict], names: List[str], records: dict, evaluation_dir: Optional[str],
                   per_image: Optional[dict], top: int = TOP_IMAGES) -> List[Section]:
-    with_gaps, shown_gaps = gap_rows(frame, top)
+    """``frame``: the per-image rows of every checked split (QA 96 M1: of the counted one only, no eval image
+    was shown, so no gap case ever had the model's prediction)."""
+    gap_frame, shown_gaps = gap_rows(frame, top, predicted_gaps(per_image))
+    with_gaps = len(gap_frame)
+    by_split = Counter(gap_frame["split"]) if with_gaps else Counter()
+    splits = f" ({', '.join(f'{n} of {split}' for split, n in sorted(by_split.items()))})" if len(by_split) > 1 else ""
     label = lambda ids: ", ".join(str(names[int(c)]) for c in ids) or "-"  # noqa: E731
-    rows = [[r.source_id, label(r.present), label(r.missing), label(r.suspect_missing)]
+    rows = [[r.source_id, r.split, label(r.present), label(r.missing), label(r.suspect_missing)]
             for r in shown_gaps.itertuples()] if with_gaps else []
     gaps = ['<p class="note"><b>missing</b>: not labelled in the image, so its absence proves nothing; '
             "<b>suspect missing</b>: absent although it almost always appears with the image's classes.</p>"]
     if rows:
-        gaps += [f"<p>{with_gaps} images have missing or suspect-missing classes; the {len(rows)} with the most:</p>",
-                 table(["image", "present", "missing", "suspect missing"], rows, left=4),
+        predicted = int((~shown_gaps["later"]).sum())
+        which = f"the {predicted} the model predicted (evaluation)" if predicted else ""
+        if predicted < len(rows):
+            which += f"{', then ' if predicted else ''}the {len(rows) - predicted} with the most"
+        gaps += [f"<p>{with_gaps} images have missing or suspect-missing classes{splits}; {which}:</p>",
+                 table(["image", "split", "present", "missing", "suspect missing"], rows, left=5),
                  pictures.gap_cases([{"source_id": r.source_id, "missing": r.missing,
                                       "suspect_missing": r.suspect_missing} for r in shown_gaps.itertuples()],
                                     records, names, evaluation_dir, per_image)]
@@ -225,7 +240,7 @@ def gaps_sections(frame, quarantine: List[dict], names: List[str], records: dict
         body = '<p class="ok">No record was quarantined.</p>'
     # (QA 68: "images with missing classes" counted the suspect-only ones too, unlike class_stats.json)
     return [Section("gaps", "Annotation gaps", "\n".join(gaps),
-                    f"{counted(with_gaps, 'image')} with missing or suspect-missing classes"),
+                    f"{counted(with_gaps, 'image')} with missing or suspect-missing classes{splits}"),
             Section("quarantine", "Quarantined records", body,
                     f'<span class="bad">{len(quarantine)} quarantined records</span>' if quarantine
                     else '<span class="ok">no quarantined record</span>')]
@@ -375,7 +390,7 @@ def read_stats(class_stats_dir: str) -> dict:
 
 def render_report(sources: ReportSources, output_html: str, title: str = DEFAULT_TITLE) -> str:
     """Write the page to ``output_html`` (folders created) and return its path."""
-    from segbalance.trainer.class_stats_io import read_per_image, read_quarantine
+    from segbalance.trainer.class_stats_io import read_every_per_image, read_per_image, read_quarantine
 
     if os.path.isdir(output_html):
         raise ValueError(f"the output {output_html} is a folder: give the report's file name, e.g. "
@@ -386,8 +401,9 @@ def render_report(sources: ReportSources, output_html: str, title: str = DEFAULT
     frame = read_per_image(sources.class_stats_dir)
     quarantine = read_quarantine(sources.class_stats_dir)
     per_image = pictures.read_per_image_eval(sources.evaluation_dir)
+    checked = read_every_per_image(sources.class_stats_dir, frame)  # every split's gaps: eval's have predictions
     samples = pictures.class_samples(frame, stats["pixel_counts"])
-    _, top_gaps = gap_rows(frame)
+    _, top_gaps = gap_rows(checked, first=predicted_gaps(per_image))
     wanted = {sid for ids in samples.values() for sid in ids} | set(top_gaps["source_id"] if len(top_gaps) else [])
     wanted |= {str(q.get("source_id")) for q in quarantine[:pictures.MAX_QUARANTINE_THUMBS]}
     # every checked split's files: a quarantined eval record is found there too (not "record not found")
@@ -402,7 +418,7 @@ def render_report(sources: ReportSources, output_html: str, title: str = DEFAULT
     not_ingested = not_ingested_section(sources.ingest_reports or [])
     if not_ingested is not None:
         sections.append(not_ingested)
-    sections += gaps_sections(frame, quarantine, names, records, sources.evaluation_dir, per_image)
+    sections += gaps_sections(checked, quarantine, names, records, sources.evaluation_dir, per_image)
     if sources.model_run_dir:
         sections.append(pictures.training_section(sources.model_run_dir))
     if sources.evaluation_dir:

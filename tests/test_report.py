@@ -926,3 +926,49 @@ def test_the_rarest_class_of_the_summary_has_pixels(report):
     assert summary.startswith(f"{len(names)} classes, rarest {html.escape(names[2])}; "), summary
     nothing = {**stats, "pixel_counts": [0] * len(names), "zero_count_classes": list(range(len(names)))}
     assert "rarest" not in classes_sections(nothing)[0].summary
+
+
+def test_eval_images_gaps_are_shown_with_the_models_prediction(tmp_path):
+    """QA 96 M1: in a pipeline run SegEvaluator predicts eval images only, and the gaps section read the counted
+    (train) split's rows only: no gap case ever had the model's prediction, and the count left eval out."""
+    from segbalance.components import class_stats_beam as csb
+    from segbalance.trainer.class_stats_io import read_every_per_image
+    from tests.report_inputs import write_per_image_eval
+    from tests.test_class_stats_beam import write_tfrecord
+
+    records, pairs = shape_records(n=12)
+    ids = list(pairs)
+    train, evaluation = records[:8], records[8:12]  # img8..img11 are eval (no quarantined record)
+    write_tfrecord(tmp_path / "train.tfrecord", train)
+    write_tfrecord(tmp_path / "eval.tfrecord", evaluation)
+    csb.run_class_stats({"train": str(tmp_path / "train.tfrecord"), "eval": str(tmp_path / "eval.tfrecord")},
+                        str(tmp_path / "stats"), csb.StatsOptions(num_classes=4, class_names=NAMES),
+                        count_splits=["train"])
+    (tmp_path / "evaluation").mkdir()
+    per_image = write_per_image_eval(tmp_path / "evaluation", {sid: pairs[sid] for sid in ids[8:]})
+    predicted = [g["source_id"] for g in per_image["gap_predictions"]]
+    assert predicted and set(predicted) <= set(ids[8:])
+    render_report(ReportSources(class_stats_dir=str(tmp_path / "stats"), evaluation_dir=str(tmp_path / "evaluation")),
+                  str(tmp_path / "report.html"))
+    text = (tmp_path / "report.html").read_text()
+    gaps = section(text, "gaps")
+    frame = read_every_per_image(str(tmp_path / "stats"))
+    score = {r.source_id: len(r.missing) + len(r.suspect_missing) for r in frame.itertuples()}
+    split = {r.source_id: r.split for r in frame.itertuples()}
+    with_gaps = [sid for sid in score if score[sid] > 0]
+    rows = [html.unescape(sid) for sid in re.findall(r'<tr><td class="l">([^<]+)</td>', gaps)]
+    # the predicted eval images first, then the rest by most gaps
+    most = lambda sid: (-score[sid], sid)  # noqa: E731
+    assert rows == sorted(predicted, key=most) + sorted(set(with_gaps) - set(predicted), key=most)
+    cases = gaps.split('<div class="case">')[1:]
+    for sid, case in zip(rows, cases):
+        assert (f"prediction for {sid}" in [alt for alt, _, _ in thumbs(case)]) == (sid in predicted), sid
+    by_split = {s: sum(split[sid] == s for sid in with_gaps) for s in ("eval", "train")}
+    assert by_split["eval"] and by_split["train"]
+    counts = f"{len(with_gaps)} images have missing or suspect-missing classes ({by_split['eval']} of eval, " \
+             f"{by_split['train']} of train); the {len(predicted)} the model predicted (evaluation), then the " \
+             f"{len(rows) - len(predicted)} with the most"
+    assert counts in gaps
+    summary = section(text, "summary")
+    assert f"{len(with_gaps)} images with missing or suspect-missing classes ({by_split['eval']} of eval" in summary
+    assert re.findall(r'<tr><td class="l">[^<]+</td><td class="l">(\w+)</td>', gaps) == [split[s] for s in rows]

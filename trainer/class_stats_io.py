@@ -113,11 +113,14 @@ def read_per_image(uri: str, prefix: str = PER_IMAGE_PREFIX):
     return pd.concat([pq.read_table(readable(f)).to_pandas() for f in files], ignore_index=True)
 
 
-def read_every_per_image(uri: str):
-    """The per-image rows of every split ClassStatsGen checked, counted or not, as one DataFrame."""
+def read_every_per_image(uri: str, counted=None):
+    """The per-image rows of every split ClassStatsGen checked, counted or not, as one DataFrame; ``counted``:
+    the counted splits' rows when already read (``read_per_image``)."""
     import pandas as pd
 
-    return pd.concat([read_per_image(uri), read_per_image(uri, UNCOUNTED_PER_IMAGE_PREFIX)], ignore_index=True)
+    counted = read_per_image(uri) if counted is None else counted
+    checked = read_per_image(uri, UNCOUNTED_PER_IMAGE_PREFIX)
+    return pd.concat([counted, checked], ignore_index=True) if len(checked) else counted
 
 
 class DuplicateSourceIdError(UserError, ValueError):
