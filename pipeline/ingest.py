@@ -882,7 +882,9 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int, List
     the number of written masks holding the ignore index, the large images: ``large_image_note``)."""
     import tensorflow as tf
 
-    shard_path, name, pairs, options, progress_every = args  # name: the shard's final name
+    # name: the shard's final name; strict: a bad pair fails the whole ingest, whose one error line and failed
+    # report name every bad pair (QA 96 L4: a 'skipped' line each came before it)
+    shard_path, name, pairs, options, progress_every, strict = args
     written, bad, rotated, max_id, with_ignore, large = [], [], [], -1, 0, []
     # Pillow's warning above 89 megapixels names no file and shows once; large_image_note names every such image
     with warnings.catch_warnings(), tf.io.TFRecordWriter(str(shard_path)) as writer:
@@ -903,7 +905,8 @@ def _write_shard(args) -> Tuple[List[str], List[dict], List[str], int, int, List
             except (ValueError, OSError) as exc:
                 code = getattr(exc, "code", "undecodable" if isinstance(exc, ValueError) else "unreadable")
                 bad.append(_bad(stem, code, str(exc), image_path, mask_path))
-                print(f"ingest: skipped {shown(stem)}: {shown(str(exc))}", file=sys.stderr, flush=True)
+                if not strict:
+                    print(f"ingest: skipped {shown(stem)}: {shown(str(exc))}", file=sys.stderr, flush=True)
             if progress_every and n % progress_every == 0:
                 # one write per line: shard worker processes share stdout, and print() writes
                 # the text and the newline separately, so lines of two workers could merge
@@ -1063,7 +1066,7 @@ def ingest(
                        f"rename the files of one folder so that the stems match", len(by_case))
     result = IngestResult(target=target, num_classes=options.num_classes, ignore_index=options.ignore_index)
     result.bad = _unpaired(images_dir, masks_dir, image_list, mask_list)
-    for item in result.bad:
+    for item in result.bad if not strict else []:  # with --strict: in the error line and the failed report
         print(f"ingest: skipped {shown(item['source_id'])}: {shown(item['reason'])}", file=sys.stderr)
     named = {item.get("image") for item in result.bad} | {item.get("mask") for item in result.bad}
     result.skipped_files = [str(f) for f in image_list.skipped() + mask_list.skipped() if str(f) not in named]
@@ -1083,7 +1086,7 @@ def ingest(
         result.labeled_unmatched = sorted(set(options.labeled) - set(images))
         if options.labeled and images and len(result.labeled_unmatched) == len(options.labeled):
             raise _no_key_matches(options.labeled_source, result.labeled_unmatched, images, images_dir)
-        if result.labeled_unmatched:
+        if result.labeled_unmatched and not strict:
             print(f"ingest: warning: {len(result.labeled_unmatched)} {options.labeled_source} stems match no image "
                   f"file in {images_dir}: {_sample(result.labeled_unmatched)}", file=sys.stderr)
     pairs = [(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
@@ -1101,7 +1104,7 @@ def ingest(
             error.codes = frozenset({"ungrouped_images"})
             raise error
         result.groups_unmatched = sorted(set(options.groups) - set(images))
-        if result.groups_unmatched:
+        if result.groups_unmatched and not strict:
             print(f"ingest: warning: {len(result.groups_unmatched)} {options.groups_source} stems match no image file "
                   f"in {images_dir}: {_sample(result.groups_unmatched)}", file=sys.stderr)
 
@@ -1113,7 +1116,7 @@ def ingest(
         chunks = [pairs[i::shards] for i in range(shards)]
         progress = max(1, len(pairs) // shards // 10) if len(pairs) > PROGRESS_MIN_FILES else 0
         jobs = [(tmp / f"shard-{i:05d}-of-{shards:05d}{PARTIAL_SUFFIX}", f"data-{i:05d}-of-{shards:05d}.tfrecord",
-                 chunk, options, progress) for i, chunk in enumerate(chunks)]
+                 chunk, options, progress, strict) for i, chunk in enumerate(chunks)]
         outcomes = _write_shards(jobs) if shards > 1 else [_write_shard(jobs[0])]
         for written, bad, rotated, max_id, with_ignore, large in outcomes:
             result.large_images.extend(large)
