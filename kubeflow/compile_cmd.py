@@ -1,4 +1,4 @@
-"""`segbalance compile-kfp --output pipeline.yaml --pipeline-root URI [--image IMAGE] [--config FILE]`.
+"""`segbalance compile-kfp --output pipeline.yaml [--image IMAGE] [--pipeline-root URI] [--config FILE]`.
 
 Compiles the pipeline (the same ``create_pipeline`` as ``segbalance run``, with the drift
 gate). ``--output NAME.yaml`` (or ``.yml``) writes the Kubeflow Pipelines v2 package that
@@ -12,6 +12,7 @@ import argparse
 import os
 
 DEFAULT_IMAGE_ENV = "SEGBALANCE_IMAGE"
+DEFAULT_PIPELINE_ROOT_ENV = "SEGBALANCE_PIPELINE_ROOT"  # as the image: one per deployment, so the shell may hold it
 
 
 def add_parser(subparsers) -> None:
@@ -22,8 +23,9 @@ def add_parser(subparsers) -> None:
                         help="NAME.yaml: the KFP package (kfp.Client, schedule); NAME.json: Vertex AI PipelineJob")
     parser.add_argument("--image", default=os.environ.get(DEFAULT_IMAGE_ENV),
                         help=f"container image with this package (default: ${DEFAULT_IMAGE_ENV})")
-    parser.add_argument("--pipeline-root", metavar="URI", required=True,
-                        help="artifact root, e.g. gs://bucket/segbalance (an absolute path for a local run)")
+    parser.add_argument("--pipeline-root", metavar="URI", default=os.environ.get(DEFAULT_PIPELINE_ROOT_ENV),
+                        help=f"artifact root, e.g. gs://bucket/segbalance (an absolute path for a local run; "
+                             f"default: ${DEFAULT_PIPELINE_ROOT_ENV})")
     parser.add_argument("--config", metavar="FILE", help="pipeline config (YAML/JSON); data.dir = the Span-N folder")
     parser.add_argument("--span", type=int, help="read this span instead of the latest")
     parser.set_defaults(func=_main)

@@ -73,7 +73,8 @@ def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Op
                            f"(the latest, or --span N): set data.num_spans: 1 for compile-kfp, or merge the spans "
                            f"into one with `segbalance ingest`")
     if not pipeline_root:
-        raise CompileError("no --pipeline-root: give a bucket URI such as gs://my-bucket/segbalance")
+        raise CompileError("no --pipeline-root: give a bucket URI such as gs://my-bucket/segbalance, or set "
+                           "$SEGBALANCE_PIPELINE_ROOT")
     check_pipeline_root(pipeline_root)
 
 

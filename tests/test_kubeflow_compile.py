@@ -183,6 +183,14 @@ def test_a_yaml_output_is_the_package_kfp_client_submits(span_data, tmp_path, mo
     # compiling again over its own package is fine; a YAML file of the user's is not overwritten
     assert cli.main(["compile-kfp", "--output", str(out), "--image", IMAGE, "--pipeline-root", "gs://b/root",
                      "--config", str(cfg)]) == 0
+    # the pipeline root from the environment, as the image (issue 8: [--pipeline-root URI]; QA 96 L2: required)
+    monkeypatch.setenv("SEGBALANCE_PIPELINE_ROOT", "gs://b/from-env")
+    assert cli.main(["compile-kfp", "--output", str(out), "--image", IMAGE, "--config", str(cfg)]) == 0
+    assert kfp_client._extract_pipeline_yaml(str(out)).pipeline_spec.default_pipeline_root == "gs://b/from-env"
+    monkeypatch.delenv("SEGBALANCE_PIPELINE_ROOT")
+    assert cli.main(["compile-kfp", "--output", str(out), "--image", IMAGE, "--config", str(cfg)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "no --pipeline-root: give a bucket URI such as gs://my-bucket/segbalance, or set $SEGBALANCE_PIPELINE_ROOT")
     (tmp_path / "mine.yaml").write_text("my: notes\n")
     assert cli.main(["compile-kfp", "--output", str(tmp_path / "mine.yaml"), "--image", IMAGE, "--pipeline-root",
                      "gs://b/root", "--config", str(cfg)]) == 2
