@@ -327,8 +327,8 @@ def test_weight_options_reach_every_scheme(tmp_path, stats_run):
 
 
 def test_the_job_imports_no_tensorflow(stats_run, tmp_path):
-    """The Beam job (its DoFns, CombineFns, the reader, tfx_bsl's decoder, the driver) in a fresh
-    interpreter: same numbers as the in-process run, and ``tensorflow`` never imported."""
+    """The Beam job (its DoFns, CombineFns, the reader, tfx_bsl's decoder, the driver) and the `segbalance stats`
+    command in a fresh interpreter: same numbers as the in-process run, and ``tensorflow`` never imported."""
     import subprocess
     import sys
 
@@ -345,6 +345,9 @@ records = [r for path in csb.match_files({str(src / "data-*")!r}) for r in read.
 outputs = list(rows.process(records))
 stats = csb.run_class_stats({{"train": {str(src / "data-*")!r}}}, {str(tmp_path / "out")!r}, options,
                             beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+# ... and the whole `segbalance stats` command, its checks after the job included (QA 96: they imported it)
+from segbalance.pipeline import cli
+assert cli.main(["stats", {str(src / "data-*")!r}, "--num-classes", "{C}", "--output", {str(tmp_path / "cli")!r}]) == 0
 print(json.dumps({{"tf": sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.")),
                   "records": len(records), "outputs": len(outputs), "pixel_counts": stats["pixel_counts"]}}))
 """

@@ -1,6 +1,7 @@
 """Read a ClassStats directory (artifact URI or `segbalance stats --output`)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Dict, List
@@ -92,6 +93,12 @@ def read_class_stats(uri: str) -> dict:
 
 
 def per_image_files(uri: str, prefix: str = PER_IMAGE_PREFIX) -> List[str]:
+    """The per-image Parquet shards of a ClassStats folder; a local folder without TensorFlow (`segbalance stats`
+    imports none: QA 96 saw its repeated-id check import it after the job) and with its name taken literally."""
+    from segbalance.trainer.remote_files import is_remote
+
+    if not is_remote(uri):
+        return sorted(glob.glob(os.path.join(glob.escape(uri), f"{prefix}-*.parquet")))
     import tensorflow as tf
 
     return sorted(tf.io.gfile.glob(os.path.join(uri, f"{prefix}-*.parquet")))
