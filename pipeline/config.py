@@ -38,6 +38,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional
 
 from segbalance.components.component_config import DriftConfig, EvaluationConfig, StatsConfig
 from segbalance.contract import DRIFT_ACTIONS, UserError  # noqa: F401 (DRIFT_ACTIONS re-exported beside DriftConfig)
+from segbalance.contract import pattern_characters_problem
 from segbalance.trainer.loss_config import LossConfig
 from segbalance.trainer.remote_files import is_remote
 from segbalance.trainer.training_config import ClassesConfig, TrainerConfig, TrainingConfig
@@ -109,6 +110,9 @@ class DataConfig:
                     f"{path} is not a folder; point it at a folder with images/ and masks/")
             require((path / "images").is_dir() or any(path.glob("Span-*")) or moved_aside_span(path), f"{where}.dir",
                     no_data_hint(path))
+            if not (path / "images").is_dir():  # spans ImportExampleGen reads (images/ + masks/ are ingested first)
+                problem = pattern_characters_problem(str(path))
+                require(problem is None, f"{where}.dir", f"{path}: {problem}")
 
 
 def moved_aside_span(path: Path) -> bool:

@@ -963,7 +963,7 @@ def plan_from_args(args) -> Plan:
 def _main(args) -> int:
     plan = plan_from_args(args)  # a bad option: one line before anything is imported or written
     from segbalance.contract import UserError
-    from segbalance.pipeline.output_guard import check_is_folder, check_output_folder, read_marker
+    from segbalance.pipeline.output_guard import check_is_folder, check_literal_path, check_output_folder, read_marker
 
     if (args.rescore or args.cells) and not args.report_only:
         raise UserError("--rescore and --cells work on the rows of an earlier run: add --report-only and its "
@@ -987,6 +987,7 @@ def _main(args) -> int:
     check_output_folder(output, command="experiment", option="--output", owned=None, key_file="results.json",
                         key_check=is_results_file)
     work_option = "--work-dir" if args.work_dir else "--output (its _work folder)"
+    check_literal_path(work, work_option)  # the trainings' run folders are in it
     check_is_folder(work, work_option)
     # OUTPUT/_work too: a user's folder of that name was used and marked (QA 94 L4)
     check_output_folder(work, command="experiment", option=work_option, owned=None, key_file=RESULTS_LOG,

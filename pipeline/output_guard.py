@@ -108,6 +108,15 @@ def check_is_folder(path: Path, option: str) -> None:
             break
 
 
+def check_literal_path(path: os.PathLike, option: str) -> None:
+    """Refuse an output folder Beam or TFX would read as a file-name pattern (``contract.PATTERN_CHARACTERS``)."""
+    from segbalance.contract import pattern_characters_problem
+
+    problem = pattern_characters_problem(str(path))
+    if problem:
+        raise OutputError(f"{option} {path}: {problem}")
+
+
 def link_loops(link: Path) -> bool:
     try:
         os.stat(link)
@@ -249,6 +258,7 @@ def check_run_dir(folder: os.PathLike, option: str = "--output-dir") -> bool:
     refused: names alone (a user's report.html, logs/) do not make a folder ours, nor does a
     metadata.sqlite beside the user's own files, or another pipeline's or program's."""
     path = Path(folder)
+    check_literal_path(path, option)
     check_is_folder(path, option)
     if not path.is_dir() or not any(path.iterdir()):
         return False

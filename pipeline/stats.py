@@ -108,6 +108,7 @@ def _main(args) -> int:
         # --overwrite then refused the span; a folder of the user's own records may hold it)
         inputs = sorted(folder for folder in {os.path.dirname(os.path.abspath(f)) for f in glob.glob(args.glob)}
                         if output_guard.written_by(folder) == "ingest")
+        output_guard.check_literal_path(args.output, "--output")  # Beam writes it: its name is matched as a pattern
         output_guard.check_output_folder(args.output, command="stats", option="--output", owned=owned, inputs=inputs)
         Path(args.output).mkdir(parents=True, exist_ok=True)
         output_guard.write_marker(args.output, "stats")  # what the job writes next is ours

@@ -39,6 +39,7 @@ def ws(tmp_path_factory):
     (root / "data_in_output.yaml").write_text(f"data:\n  dir: {raw}\n")
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
+    (root / "spans[1]" / "Span-0").mkdir(parents=True)  # a folder of spans whose name Beam reads as a pattern
     (root / "user" / "notes.txt").write_text("mine\n")
     (root / "report.txt").write_text("my own notes, not a report\n")
     (root / "myreport").mkdir()  # only names a run writes, but the user's: a run overwrote report.html
@@ -265,6 +266,15 @@ def _cases():
          "the data folder {w}/runout/data/raw lies in {w}/runout/data"),
         # experiment (refused before any training)
         ("experiment output is a file", ["experiment", "--output", "{w}/afile.txt"], "{w}/afile.txt"),
+        # a path Beam and TFX read as a pattern: a traceback in ImportExampleGen or Beam's write (QA 96, seen beside)
+        ("run output path with a pattern character", ["run", "--output-dir", "{w}/new/out[1]"],
+         "--output-dir {w}/new/out[1]: its path holds '[', which Beam and TFX read as a file-name pattern"),
+        ("run spans folder with a pattern character", ["run", "--data", "{w}/spans[1]", "--output-dir", "{w}/new/o"],
+         "--data: {w}/spans[1]: its path holds '['"),
+        ("stats output path with pattern characters", ["stats", "{w}/afile.txt", "--num-classes", "2", "--output",
+                                                       "{w}/new/o*?"], "--output {w}/new/o*?: its path holds '*' and '?'"),
+        ("experiment work folder with a pattern character", ["experiment", "--output", "{w}/new", "--work-dir",
+                                                             "{w}/new/w?"], "--work-dir {w}/new/w?: its path holds '?'"),
         ("experiment output holds another tool's results.json", ["experiment", "--output", "{w}/myresults"],
          "{w}/myresults is not empty and was not written by segbalance experiment"),
         ("experiment work-dir below a file", ["experiment", "--output", "{w}/new", "--work-dir", "{w}/afile.txt/w"],

@@ -498,6 +498,32 @@ def test_warm_start_refuses_a_base_model_of_other_class_names(tmp_path, capsys):
     assert task.warm_start(other, str(tmp_path), None, new) == str(tmp_path / "model.keras")
 
 
+class StopBeforeExport(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        raise KeyboardInterrupt("simulated stop after the last epoch, before the export")
+
+
+def test_a_retry_after_a_stop_before_the_export_trains_no_epoch(tmp_path):
+    """README: a retry after a stop during the export trains no epoch; its summary still lists every epoch of the
+    training (QA 95 L1: the README said `epochs_run` was [] then), and the best epoch's weights are exported."""
+    uris = ti.tiny_pipeline()
+    config = {**ti.CONFIG, "epochs": 2}
+    first = ti.fn_args_for(uris, str(tmp_path), {**config, "_extra_callbacks": [StopBeforeExport()]})
+    first.model_run_dir = str(tmp_path / "model_run_1")
+    with pytest.raises(KeyboardInterrupt):
+        task.run_fn(first)
+    assert not os.path.exists(os.path.join(first.serving_model_dir, "saved_model.pb"))
+    record = Record()
+    second = ti.fn_args_for(uris, str(tmp_path), {**config, "_extra_callbacks": [record]})
+    second.model_run_dir = str(tmp_path / "model_run_2")
+    task.run_fn(second)
+    summary = summary_of(second)
+    assert record.epochs == [] and summary["epochs_run"] == [0, 1] and len(summary["history"]["val_miou"]) == 2
+    assert summary["best_epoch"] == int(np.argmax(summary["history"]["val_miou"]))
+    assert os.path.exists(os.path.join(second.serving_model_dir, "saved_model.pb"))
+    assert not [d for d in os.listdir(tmp_path) if d.startswith("backup-")]  # removed once exported
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("steps_per_epoch", [None, 3])  # one pass an epoch; or 3 batches of an endless stream
 def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path, steps_per_epoch):

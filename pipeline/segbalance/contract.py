@@ -8,6 +8,7 @@ of the import order checked by ``python -m segbalance.pipeline.import_check``:
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence, Tuple
 
 # --- tf.train.Example keys (TF Model Garden segmentation keys; README "Data format") ---------
@@ -27,6 +28,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # the image
 REFERENCE_MASKS_FOLDER = "reference_masks"  # in a Span-N/: the complete masks of its records, for evaluation
 # span numbers (Span-N folders): TFX's RangeConfig holds them as int32, so 0..2**31 - 1
 MAX_SPAN = 2 ** 31 - 1
+# what Beam's and TensorFlow's file matching read as a pattern: a folder whose path holds one is not found again
+# (`run --output-dir 'out[1]'`: ImportExampleGen's "Cannot find matching for split"; stats: Beam's write failed)
+PATTERN_CHARACTERS = ("*", "?", "[")
+
+
+def pattern_characters_problem(path: str) -> Optional[str]:
+    """Why a local folder cannot hold or be the pipeline's files (its absolute path holds a pattern character), or
+    None."""
+    found = [c for c in PATTERN_CHARACTERS if c in os.path.abspath(path)]
+    if not found:
+        return None
+    return (f"its path holds {' and '.join(repr(c) for c in found)}, which Beam and TFX read as a file-name pattern, "
+            f"so they would not find the files in it: rename the folder, or give a path without *, ? or [")
 GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 
 
