@@ -19,9 +19,10 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from segbalance.contract import MAX_SPAN, UserError
+from segbalance.contract import MAX_SPAN, UserError, pattern_characters_problem
 from segbalance.pipeline.output_guard import write_text_atomic
 from segbalance.pipeline.config import PIPELINE_NAME_PATTERN, PipelineConfig
+from segbalance.trainer.remote_files import is_remote
 
 URI_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]+$")
 # Docker's reference grammar (distribution/reference): [registry[:port]/]path[:tag][@digest]; the
@@ -76,6 +77,9 @@ def check_inputs(config: PipelineConfig, image: Optional[str], pipeline_root: Op
         raise CompileError("no --pipeline-root: give a bucket URI such as gs://my-bucket/segbalance, or set "
                            "$SEGBALANCE_PIPELINE_ROOT")
     check_pipeline_root(pipeline_root)
+    problem = config.data.dir and is_remote(config.data.dir) and pattern_characters_problem(config.data.dir)
+    if problem:  # (a local data.dir is checked with the config)
+        raise CompileError(f"data.dir {config.data.dir}: {problem}")
 
 
 # the object stores Kubeflow Pipelines keeps artifacts in (its Go CDK): GCS, S3 and its own MinIO
@@ -91,6 +95,9 @@ def check_pipeline_root(pipeline_root: str) -> None:
         raise CompileError(f"--pipeline-root {pipeline_root!r}: Kubeflow Pipelines keeps artifacts in "
                            f"{', '.join(s + '://' for s in PIPELINE_ROOT_SCHEMES)} buckets (or an absolute path "
                            f"its pods mount), not {scheme}://")
+    problem = pattern_characters_problem(pipeline_root)  # its data/ is read by ImportExampleGen (QA 97)
+    if problem:
+        raise CompileError(f"--pipeline-root {pipeline_root}: {problem}")
 
 
 def _is_local_relative(path: Optional[str]) -> bool:

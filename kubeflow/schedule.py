@@ -53,6 +53,11 @@ def check_cron(cron: str) -> list:
                                     f"rejects it (write {last}-{first}, or a list)")
         if "/" in field and int(field.split("/")[1]) == 0:
             raise ScheduleError(f"--cron {cron!r}: the {name} step /0 never advances; cron rejects it (use /1 or more)")
+        stepped = field.split("/")[0].split(",")[-1]
+        if "/" in field and stepped != "*" and "-" not in stepped:  # Debian's cron: "bad minute", the file ignored
+            raise ScheduleError(f"--cron {cron!r}: the {name} field {field!r} steps from a single number, which cron "
+                                f"rejects; write {stepped}-{hi}/{field.split('/')[1]} for every "
+                                f"{field.split('/')[1]} from {stepped}")
     return fields
 
 
@@ -73,15 +78,14 @@ def kfp_day_of_week(field: str) -> str:
 
 
 def cron_values(field: str, lo: int, hi: int) -> List[int]:
-    """The numbers a cron field (checked by ``check_cron``) matches, in ``lo..hi``. A step binds to the last
-    element of a list ('1-10,20-30/5': 1 to 10, 20, 25, 30); 'N/step' runs from N to ``hi``, as '*/step' from
-    ``lo``."""
+    """The numbers a cron field (checked by ``check_cron``: a step follows '*' or a range) matches, in ``lo..hi``.
+    A step binds to the last element of a list ('1-10,20-30/5': 1 to 10, 20, 25, 30)."""
     base, _, step = field.partition("/")
     parts, values = base.split(","), set()
     for i, part in enumerate(parts):
         every = int(step) if step and i == len(parts) - 1 else 1
         first, _, last = (f"{lo}-{hi}" if part == "*" else part).partition("-")
-        values.update(range(int(first), int(last or (hi if step and i == len(parts) - 1 else first)) + 1, every))
+        values.update(range(int(first), int(last or first) + 1, every))
     return sorted(values)
 
 
@@ -279,13 +283,15 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         from pathlib import Path
 
         from segbalance.pipeline.dag import local_paths
-        from segbalance.pipeline.output_guard import check_is_folder, check_run_dir
+        from segbalance.pipeline.output_guard import check_is_folder, check_literal_path, check_run_dir
         from segbalance.pipeline.run import check_output_beside_data
 
         option = "--output-dir" if args.output_dir else "output_dir"
         check_is_folder(Path(output_dir), option)
         if not is_remote(data):
             check_is_folder(Path(data), "--data" if args.data else "the data folder")
+            if not (Path(data) / "images").is_dir():  # spans ImportExampleGen reads (images/ + masks/ are ingested)
+                check_literal_path(data, "--data" if args.data else "the data folder")
             if os.path.isdir(data):  # (QA 94 L6: an output folder in the data, or a user's: refused every night)
                 check_output_beside_data(Path(output_dir), Path(data).resolve(),
                                          Path(local_paths(output_dir)["examples_dir"]), option)

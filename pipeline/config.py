@@ -111,7 +111,7 @@ class DataConfig:
             require((path / "images").is_dir() or any(path.glob("Span-*")) or moved_aside_span(path), f"{where}.dir",
                     no_data_hint(path))
             if not (path / "images").is_dir():  # spans ImportExampleGen reads (images/ + masks/ are ingested first)
-                problem = pattern_characters_problem(str(path))
+                problem = pattern_characters_problem(str(path.resolve()), str(path))  # run reads it resolved
                 require(problem is None, f"{where}.dir", f"{path}: {problem}")
 
 

@@ -1022,7 +1022,8 @@ def ingest(
         """Names that differ (by an ending: ``suggestion``; by letter case) would pair ``pairs`` more files: an
         error when they outnumber those that pair as they are (most of the data would be left out: all of it
         when nothing pairs), else a warning before the skipped pairs."""
-        if pairs > len(paired):
+        if pairs > len(paired) or strict:  # --strict: the pairs left out fail it, and this is why (QA 98: a
+            # warning said they were "listed below", then the error line listed nothing of the names)
             raise _names_differ(problem, suggestion, target, options, images_dir, masks_dir, image_list, mask_list)
         print(f"ingest: warning: {problem}; {skipped} (listed below)", file=sys.stderr)
 

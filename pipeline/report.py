@@ -186,12 +186,14 @@ def classes_sections(stats: dict) -> List[Section]:
 
 
 def gap_rows(frame, top: int = TOP_IMAGES, first=()):
-    """(the images with gaps, the ``top`` of them: those in ``first`` (the evaluation's predicted gap images),
-    then those with the most missing + suspect-missing classes)."""
+    """(the images with gaps, the ``top`` of them: the first half at most from ``first`` (the evaluation's predicted
+    gap images, in its order: at most 100 of them would fill every row), then those with the most missing +
+    suspect-missing classes)."""
     if not len(frame):
         return frame, frame
     frame = frame.assign(score=[len(m) + len(s) for m, s in zip(frame["missing"], frame["suspect_missing"])])
-    frame = frame[frame["score"] > 0].assign(later=lambda f: ~f["source_id"].isin(set(first)))
+    first = set(list(first)[:max(1, top // 2)])
+    frame = frame[frame["score"] > 0].assign(later=lambda f: ~f["source_id"].isin(first))
     return frame, frame.sort_values(["later", "score", "source_id"], ascending=[True, False, True]).head(top)
 
 

@@ -40,6 +40,7 @@ def ws(tmp_path_factory):
     (root / "bad.json").write_text('{"img0": [0, 1')
     (root / "user").mkdir()  # somebody's folder: never written into
     (root / "spans[1]" / "Span-0").mkdir(parents=True)  # a folder of spans whose name Beam reads as a pattern
+    (root / "spanslink").symlink_to(root / "spans[1]")  # ... behind a link (run reads the folder it leads to)
     (root / "user" / "notes.txt").write_text("mine\n")
     (root / "report.txt").write_text("my own notes, not a report\n")
     (root / "myreport").mkdir()  # only names a run writes, but the user's: a run overwrote report.html
@@ -269,6 +270,18 @@ def _cases():
         # a path Beam and TFX read as a pattern: a traceback in ImportExampleGen or Beam's write (QA 96, seen beside)
         ("run output path with a pattern character", ["run", "--output-dir", "{w}/new/out[1]"],
          "--output-dir {w}/new/out[1]: its path holds '[', which Beam and TFX read as a file-name pattern"),
+        ("run output path with a backslash", ["run", "--output-dir", "{w}/new/run\\x"],  # TensorFlow's escape
+         "--output-dir {w}/new/run\\x: its path holds '\\\\'"),
+        ("schedule spans folder with a pattern character",
+         ["schedule", "--cron", "0 3 * * 1", "--data", "{w}/spans[1]", "--output-dir", "{w}/new/o"],
+         "--data {w}/spans[1]: its path"),
+        ("run output path with a regex character", ["run", "--output-dir", "{w}/new/out$1"],  # TFX's regex of it
+         "--output-dir {w}/new/out$1: its path holds '$'"),
+        ("run spans folder behind a link", ["run", "--data", "{w}/spanslink", "--output-dir", "{w}/new/o"],
+         "--data: {w}/spanslink: its path ({w}/spans[1]) holds '['"),
+        ("compile-kfp pipeline root with a pattern character", ["compile-kfp", "--output", "{w}/new.json", "--image",
+                                                                "gcr.io/p/s:1", "--pipeline-root", "gs://b/r[1]"],
+         "--pipeline-root gs://b/r[1]: its path holds '['"),
         ("run spans folder with a pattern character", ["run", "--data", "{w}/spans[1]", "--output-dir", "{w}/new/o"],
          "--data: {w}/spans[1]: its path holds '['"),
         ("stats output path with pattern characters",

@@ -972,3 +972,18 @@ def test_eval_images_gaps_are_shown_with_the_models_prediction(tmp_path):
     summary = section(text, "summary")
     assert f"{len(with_gaps)} images with missing or suspect-missing classes ({by_split['eval']} of eval" in summary
     assert re.findall(r'<tr><td class="l">[^<]+</td><td class="l">(\w+)</td>', gaps) == [split[s] for s in rows]
+
+
+def test_predicted_gap_images_take_half_of_the_rows_at_most():
+    """QA 98: SegEvaluator predicts up to 100 gap images, which filled all 25 rows: no training image was shown."""
+    import pandas as pd
+
+    from segbalance.pipeline.report import gap_rows
+
+    rows = [{"source_id": f"e{i:02d}", "split": "eval", "missing": [1], "suspect_missing": []} for i in range(30)]
+    rows += [{"source_id": f"t{i:02d}", "split": "train", "missing": [1, 2], "suspect_missing": [3]} for i in range(5)]
+    predicted = [f"e{i:02d}" for i in range(29, -1, -1)]  # the evaluator's order
+    every, shown = gap_rows(pd.DataFrame(rows), top=25, first=predicted)
+    assert len(every) == 35
+    assert list(shown["source_id"]) == sorted(predicted[:12]) + [f"t{i:02d}" for i in range(5)] + \
+        sorted(set(predicted) - set(predicted[:12]))[:8]

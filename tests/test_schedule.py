@@ -105,6 +105,9 @@ def test_without_host_prints_the_request_crontab_and_systemd_timer(capsys):
     ("*/0 * * * *", "the minute step /0 never advances"),
     ("0 5-1 * * *", "the hour range 5-1 runs backwards"),
     ("0 3 0 * *", "day of month 0 is outside 1-31"),
+    ("10/20 * * * *", "the minute field '10/20' steps from a single number, which cron rejects; write "
+                      "10-59/20 for every 20 from 10"),  # Debian's cron: "bad minute", the whole crontab ignored
+    ("0 3 * * 1,3/2", "write 3-7/2"),
 ])
 def test_bad_cron_expressions(cron, message, capsys):
     assert cli.main(["schedule", "--cron", cron]) == 2
@@ -121,7 +124,7 @@ def test_steps_ranges_and_lists_get_a_systemd_timer():
     assert schedule.systemd_on_calendar("0 3 * * 0") == ["Sun *-*-* 03:00:00"]
     assert schedule.systemd_on_calendar("0 3 * * 1-7") == ["*-*-* 03:00:00"]  # every day: no day names
     assert schedule.systemd_on_calendar("5 * 1 6 *") == ["*-6-1 *:05:00"]
-    assert schedule.systemd_on_calendar("10/20 9-17/4 * 1,6 *") == ["*-1,6-* 09,13,17:10,30,50:00"]
+    assert schedule.systemd_on_calendar("10-59/20 9-17/4 * 1,6 *") == ["*-1,6-* 09,13,17:10,30,50:00"]
     assert schedule.systemd_on_calendar("0 0 */10 * 1") == ["Mon *-*-1,11,21,31 00:00:00"]  # '*': both must hold
     assert schedule.cron_values("1-10,20-30/5", 0, 59) == [*range(1, 11), 20, 25, 30]  # the step binds to the last
 
@@ -140,8 +143,7 @@ def _cron_times(cron: str, start: datetime.datetime, count: int) -> list:
             elif "-" in item:
                 low, high = map(int, item.split("-"))
             else:
-                low = int(item)
-                high = hi if step and k == len(items) - 1 else low
+                low = high = int(item)
             found |= set(range(low, high + 1, stride))
         return found
 
@@ -161,7 +163,7 @@ def _cron_times(cron: str, start: datetime.datetime, count: int) -> list:
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze (systemd's own parser)")
 @pytest.mark.parametrize("cron", ["0 3 * * 1-5", "*/15 * * * *", "5 1-3,22 * * 0", "0 12 13 * 5", "30 4 */2 * 1",
-                                  "0 0 1-7 * 1", "10/20 9-17/4 * 1,6 *", "0 3 * * 1-7", "0 6 1,15 2-11/3 6-7"])
+                                  "0 0 1-7 * 1", "10-59/20 9-17/4 * 1,6 *", "0 3 * * 1-7", "0 6 1,15 2-11/3 6-7"])
 def test_timer_fires_when_cron_would(cron):
     """systemd's own reading of the timer's OnCalendar= lines (the first 12 times after New Year, merged over
     the lines) against every minute cron's rules match."""

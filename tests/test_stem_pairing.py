@@ -271,6 +271,11 @@ def test_stems_that_differ_in_letter_case_only_are_said(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 16), np.uint8)).save(folded / "masks" / "AB.png")
     assert _ingest(folded) == 0  # 1 by case against 1 as it is: a warning
     assert any(line.startswith("ingest: warning: 1 image file(s) in ") for line in capsys.readouterr().err.splitlines())
+    # --strict: the pair left out fails the ingest, and the one line says why (QA 98: a warning came first)
+    assert _ingest(folded, "--strict", "--overwrite") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("segbalance ingest: error: 1 image file(s) in ")
+    assert "only when letter case is ignored" in line
     (tmp_path / "masks" / "CAR_00.png").rename(tmp_path / "masks" / "car_00.png")
     (tmp_path / "masks" / "CAR_01.png").rename(tmp_path / "masks" / "car_01.png")
     assert _ingest(tmp_path) == 0  # 1 pairs only by case, 3 as they are: a warning, the 3 written

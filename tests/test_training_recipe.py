@@ -439,10 +439,11 @@ def test_a_backup_stopped_while_saving_keeps_the_previous_epoch_whole(tmp_path, 
                                            ("best_epoch_weights.npz", b"PK\x03\x04" + b"\0" * 40)])
 def test_a_damaged_state_file_beside_the_backup_makes_it_unreadable(tmp_path, name, content):
     """QA 91 L3: a cut-short best_epoch.json in the training backup was a traceback at every retry (BestEpoch
-    read it after the backup was judged readable); now the backup is set aside and the training starts again."""
+    read it after the backup was judged readable); now the backup is set aside and the training starts again.
+    A training.backup_dir holding '[' (QA 97): its files were globbed, none matched, and the damage went unseen."""
     from segbalance.trainer.training_callbacks import BestEpoch, EpochLog, unreadable_backup
 
-    backup = tmp_path / "backup"
+    backup = tmp_path / "backup[1]"
     best, log = BestEpoch(state_dir=str(backup)), EpochLog(state_dir=str(backup))
     for callback in (best, log):
         callback.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))

@@ -97,10 +97,13 @@ def unreadable_backup(backup_dir: str) -> Optional[str]:
     damaged ``best_epoch.json`` was a traceback at every retry, QA 91 L3)."""
     import h5py
 
-    weights = f"{backup_dir.rstrip('/')}/{BACKUP_WEIGHTS}"
+    folder = backup_dir.rstrip("/")
+    weights = f"{folder}/{BACKUP_WEIGHTS}"
+    # listed, not globbed: a training.backup_dir holding '[' matched no file, and a damaged one went unseen (QA 97)
+    names = sorted(tf.io.gfile.listdir(folder)) if tf.io.gfile.isdir(folder) else []
     path = backup_dir
     try:
-        for path in sorted(tf.io.gfile.glob(f"{backup_dir.rstrip('/')}/*.json")):  # BackupAndRestore's metadata too
+        for path in [f"{folder}/{n}" for n in names if n.endswith(".json")]:  # BackupAndRestore's metadata too
             with tf.io.gfile.GFile(path) as f:
                 state = json.loads(f.read())
             if not isinstance(state, dict):
@@ -111,7 +114,7 @@ def unreadable_backup(backup_dir: str) -> Optional[str]:
             path = weights
             with tf.io.gfile.GFile(weights, "rb") as f, h5py.File(io.BytesIO(f.read()), "r") as h5:
                 h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
-        for path in sorted(tf.io.gfile.glob(f"{backup_dir.rstrip('/')}/*.npz")):
+        for path in [f"{folder}/{n}" for n in names if n.endswith(".npz")]:
             with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read())) as arrays:
                 [arrays[name] for name in arrays.files]
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:

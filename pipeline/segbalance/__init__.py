@@ -56,6 +56,19 @@ _EXPORTS: Dict[str, str] = {
     "TrainingConfig": "segbalance.trainer.training_config",
     "LearningRateSchedule": "segbalance.trainer.training_config",
     "Augmentation": "segbalance.trainer.training_config",
+    # training.pixel_weights: one of these (its `type`)
+    "EdgeWeights": "segbalance.trainer.training_config",
+    "UnetBorderWeights": "segbalance.trainer.training_config",
+    "IntensityRangeWeights": "segbalance.trainer.training_config",
+    "FeatureExtractorWeights": "segbalance.trainer.training_config",
+    # training.loss.terms entries (their `type`) and training.loss.low_confidence
+    "CE": "segbalance.trainer.loss_config",
+    "Focal": "segbalance.trainer.loss_config",
+    "Dice": "segbalance.trainer.loss_config",
+    "GeneralizedDice": "segbalance.trainer.loss_config",
+    "Tversky": "segbalance.trainer.loss_config",
+    "Exclusion": "segbalance.trainer.loss_config",
+    "LowConfidence": "segbalance.trainer.loss_config",
     "TrainerConfig": "segbalance.trainer.training_config",
     "LossConfig": "segbalance.trainer.loss_config",
 }

@@ -9,6 +9,7 @@ of the import order checked by ``python -m segbalance.pipeline.import_check``:
 from __future__ import annotations
 
 import os
+import re
 from typing import List, Optional, Sequence, Tuple
 
 # --- tf.train.Example keys (TF Model Garden segmentation keys; README "Data format") ---------
@@ -28,19 +29,28 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # the image
 REFERENCE_MASKS_FOLDER = "reference_masks"  # in a Span-N/: the complete masks of its records, for evaluation
 # span numbers (Span-N folders): TFX's RangeConfig holds them as int32, so 0..2**31 - 1
 MAX_SPAN = 2 ** 31 - 1
-# what Beam's and TensorFlow's file matching read as a pattern: a folder whose path holds one is not found again
-# (`run --output-dir 'out[1]'`: ImportExampleGen's "Cannot find matching for split"; stats: Beam's write failed)
-PATTERN_CHARACTERS = ("*", "?", "[")
+# what Beam's and TensorFlow's file matching read as a pattern (a backslash: TensorFlow's escape), and the regular
+# expression characters TFX's ImportExampleGen leaves unescaped when it turns the folder it reads into a regular
+# expression (example_gen.utils._glob_to_regex escapes only . + ( ) and the glob's * ?): a folder whose path holds
+# one is not found again (`run --output-dir 'out[1]'`: "Cannot find matching for split"; 'out$1': "Glob pattern
+# does not match regex pattern"; stats: Beam's write failed, or left its temporary folders behind)
+PATTERN_CHARACTERS = ("*", "?", "[", "\\", "$", "^", "|")
+REGEX_REPEAT = re.compile(r"\{\d+(,\d*)?\}")  # {2} or {1,3}: a repeat in a regular expression ('b{x' is literal)
 
 
-def pattern_characters_problem(path: str) -> Optional[str]:
-    """Why a local folder cannot hold or be the pipeline's files (its absolute path holds a pattern character), or
-    None."""
-    found = [c for c in PATTERN_CHARACTERS if c in os.path.abspath(path)]
+def pattern_characters_problem(path: str, given: Optional[str] = None) -> Optional[str]:
+    """Why a folder cannot hold or be the pipeline's files (its path, absolute when local, holds a pattern or
+    regular-expression character: ``PATTERN_CHARACTERS``, ``REGEX_REPEAT``), or None. ``given``: how the user
+    named it (a link to ``path``, a relative path); the message shows ``path`` where the two differ."""
+    full = path if "://" in path else os.path.abspath(path)
+    path = path if given is None else given
+    found = [repr(c) for c in PATTERN_CHARACTERS if c in full] + [repr(m.group(0)) for m in REGEX_REPEAT.finditer(full)]
     if not found:
         return None
-    return (f"its path holds {' and '.join(repr(c) for c in found)}, which Beam and TFX read as a file-name pattern, "
-            f"so they would not find the files in it: rename the folder, or give a path without *, ? or [")
+    where = f"its path ({full})" if full.rstrip("/") != str(path).rstrip("/") else "its path"
+    return (f"{where} holds {' and '.join(found)}, which Beam and TFX read as a file-name pattern (their reads and "
+            f"writes there fail or leave files behind): rename the folder, or give a path without * ? [ \\ $ ^ | or "
+            f"{{n}}")
 GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 
 
