@@ -283,15 +283,17 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         from pathlib import Path
 
         from segbalance.pipeline.dag import local_paths
-        from segbalance.pipeline.output_guard import check_is_folder, check_literal_path, check_run_dir
+        from segbalance.pipeline.config import spans_folder_problem
+        from segbalance.pipeline.output_guard import check_is_folder, check_run_dir
         from segbalance.pipeline.run import check_output_beside_data
 
         option = "--output-dir" if args.output_dir else "output_dir"
         check_is_folder(Path(output_dir), option)
         if not is_remote(data):
             check_is_folder(Path(data), "--data" if args.data else "the data folder")
-            if not (Path(data) / "images").is_dir():  # spans ImportExampleGen reads (images/ + masks/ are ingested)
-                check_literal_path(data, "--data" if args.data else "the data folder")
+            problem = spans_folder_problem(Path(data))
+            if problem:
+                raise ScheduleError(f"{'--data' if args.data else 'the data folder'} {data}: {problem}")
             if os.path.isdir(data):  # (QA 94 L6: an output folder in the data, or a user's: refused every night)
                 check_output_beside_data(Path(output_dir), Path(data).resolve(),
                                          Path(local_paths(output_dir)["examples_dir"]), option)

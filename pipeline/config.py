@@ -110,9 +110,17 @@ class DataConfig:
                     f"{path} is not a folder; point it at a folder with images/ and masks/")
             require((path / "images").is_dir() or any(path.glob("Span-*")) or moved_aside_span(path), f"{where}.dir",
                     no_data_hint(path))
-            if not (path / "images").is_dir():  # spans ImportExampleGen reads (images/ + masks/ are ingested first)
-                problem = pattern_characters_problem(str(path.resolve()), str(path))  # run reads it resolved
-                require(problem is None, f"{where}.dir", f"{path}: {problem}")
+            problem = spans_folder_problem(path)
+            require(problem is None, f"{where}.dir", f"{path}: {problem}")
+
+
+def spans_folder_problem(path: Path) -> Optional[str]:
+    """Why ImportExampleGen cannot read the spans of a local data folder (``pattern_characters_problem`` of the
+    folder a link leads to: `run` reads it resolved), or None; a folder of images/ + masks/ is ingested into the
+    run folder first, and read from there."""
+    if (path / "images").is_dir():
+        return None
+    return pattern_characters_problem(str(path.resolve()), str(path))
 
 
 def moved_aside_span(path: Path) -> bool:
