@@ -165,6 +165,19 @@ def match_input_files(pattern: str) -> List[str]:
     return sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
 
 
+def escaped_folder_hint(pattern: str) -> str:
+    """When nothing matches a local ``pattern`` whose folder part is an existing folder named with a pattern
+    character ('o[1]/data-*': '[1]' matches the letter 1, not the name), the pattern that reads its files; else ""
+    (QA 97: "check the path" named no cause)."""
+    folder, name = os.path.split(pattern)
+    if is_remote(pattern) or not glob.has_magic(folder) or not os.path.isdir(folder):
+        return ""
+    escaped = os.path.join(glob.escape(folder), name)
+    if not match_input_files(escaped):
+        return ""
+    return f"; the folder {folder} exists and its name holds a pattern character: give {escaped} ('[' as '[[]')"
+
+
 def _is_dir(path: str) -> bool:
     return not is_remote(path) and os.path.isdir(path)
 
@@ -866,7 +879,8 @@ def run_class_stats(file_patterns: Dict[str, str], output_dir: str, options: Sta
     for split, pattern in sorted(file_patterns.items()):
         files[split] = match_input_files(pattern)
         if not files[split]:
-            raise ClassStatsError(f"no files match {pattern} (split {split!r}): check the path")
+            raise ClassStatsError(f"no files match {pattern} (split {split!r}): check the path"
+                                  f"{escaped_folder_hint(pattern)}")
     count_splits = sorted(file_patterns) if count_splits is None else sorted(count_splits)
     unknown = [s for s in count_splits if s not in file_patterns]
     if unknown:

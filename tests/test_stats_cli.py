@@ -197,6 +197,15 @@ def test_weight_defaults_are_the_pipeline_config_s(stats_run, tmp_path):
 def test_errors_name_the_input(tmp_path, capsys):
     assert cli.main(["stats", str(tmp_path / "none*"), "--num-classes", "4", "--output", str(tmp_path / "x")]) == 2
     assert f"no files match {tmp_path / 'none*'}" in capsys.readouterr().err
+    # records in a folder whose name holds '[': the pattern that reads them (QA 97: only "check the path")
+    (tmp_path / "o[1]").mkdir()
+    write_tfrecord(tmp_path / "o[1]" / "data.tfrecord", make_records(n=3)[0])
+    assert cli.main(["stats", str(tmp_path / "o[1]" / "*.tfrecord"), "--num-classes", "4", "--output",
+                     str(tmp_path / "z")]) == 2
+    escaped = f"{tmp_path}/o[[]1]/*.tfrecord"
+    assert capsys.readouterr().err.strip().endswith(
+        f"the folder {tmp_path / 'o[1]'} exists and its name holds a pattern character: give {escaped} ('[' as '[[]')")
+    assert cli.main(["stats", escaped, "--num-classes", "4", "--output", str(tmp_path / "z")]) == 0
     write_tfrecord(tmp_path / "bad.tfrecord", make_records(n=0)[0])
     assert cli.main(["stats", str(tmp_path / "bad.tfrecord"), "--num-classes", "4", "--output",
                      str(tmp_path / "y")]) == 2
