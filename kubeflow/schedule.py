@@ -290,10 +290,11 @@ def _main(args, client_factory: Optional[Callable] = None) -> int:
         option = "--output-dir" if args.output_dir else "output_dir"
         check_is_folder(Path(output_dir), option)
         if not is_remote(data):
-            check_is_folder(Path(data), "--data" if args.data else "the data folder")
+            data_option = "--data" if args.data else "the data folder"
+            check_is_folder(Path(data), data_option)
             problem = spans_folder_problem(Path(data))
             if problem:
-                raise ScheduleError(f"{'--data' if args.data else 'the data folder'} {data}: {problem}")
+                raise ScheduleError(f"{data_option} {data}: {problem}")
             if os.path.isdir(data):  # (QA 94 L6: an output folder in the data, or a user's: refused every night)
                 check_output_beside_data(Path(output_dir), Path(data).resolve(),
                                          Path(local_paths(output_dir)["examples_dir"]), option)

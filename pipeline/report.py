@@ -202,11 +202,11 @@ def predicted_gaps(per_image: Optional[dict]) -> List[str]:
     return [g["source_id"] for g in (per_image or {}).get("gap_predictions", [])]
 
 
-def gaps_sections(frame, quarantine: List[dict], names: List[str], records: dict, evaluation_dir: Optional[str],
-                  per_image: Optional[dict], top: int = TOP_IMAGES) -> List[Section]:
-    """``frame``: the per-image rows of every checked split (QA 96 M1: of the counted one only, no eval image
-    was shown, so no gap case ever had the model's prediction)."""
-    gap_frame, shown_gaps = gap_rows(frame, top, predicted_gaps(per_image))
+def gaps_sections(gaps: tuple, quarantine: List[dict], names: List[str], records: dict, evaluation_dir: Optional[str],
+                  per_image: Optional[dict]) -> List[Section]:
+    """``gaps``: ``gap_rows`` of the per-image rows of every checked split (QA 96 M1: of the counted one only, no
+    eval image was shown, so no gap case ever had the model's prediction)."""
+    gap_frame, shown_gaps = gaps
     with_gaps = len(gap_frame)
     by_split = Counter(gap_frame["split"]) if with_gaps else Counter()
     splits = f" ({', '.join(f'{n} of {split}' for split, n in sorted(by_split.items()))})" if len(by_split) > 1 else ""
@@ -405,8 +405,8 @@ def render_report(sources: ReportSources, output_html: str, title: str = DEFAULT
     per_image = pictures.read_per_image_eval(sources.evaluation_dir)
     checked = read_every_per_image(sources.class_stats_dir, frame)  # every split's gaps: eval's have predictions
     samples = pictures.class_samples(frame, stats["pixel_counts"])
-    _, top_gaps = gap_rows(checked, first=predicted_gaps(per_image))
-    wanted = {sid for ids in samples.values() for sid in ids} | set(top_gaps["source_id"] if len(top_gaps) else [])
+    gaps = gap_rows(checked, first=predicted_gaps(per_image))  # (all with gaps, those shown)
+    wanted = {sid for ids in samples.values() for sid in ids} | set(gaps[1]["source_id"] if len(gaps[1]) else [])
     wanted |= {str(q.get("source_id")) for q in quarantine[:pictures.MAX_QUARANTINE_THUMBS]}
     # every checked split's files: a quarantined eval record is found there too (not "record not found")
     records, problems = report_images.load_records(stats.get("checked_inputs") or stats.get("inputs") or [], wanted)
@@ -420,7 +420,7 @@ def render_report(sources: ReportSources, output_html: str, title: str = DEFAULT
     not_ingested = not_ingested_section(sources.ingest_reports or [])
     if not_ingested is not None:
         sections.append(not_ingested)
-    sections += gaps_sections(checked, quarantine, names, records, sources.evaluation_dir, per_image)
+    sections += gaps_sections(gaps, quarantine, names, records, sources.evaluation_dir, per_image)
     if sources.model_run_dir:
         sections.append(pictures.training_section(sources.model_run_dir))
     if sources.evaluation_dir:

@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # the image
 REFERENCE_MASKS_FOLDER = "reference_masks"  # in a Span-N/: the complete masks of its records, for evaluation
 # span numbers (Span-N folders): TFX's RangeConfig holds them as int32, so 0..2**31 - 1
 MAX_SPAN = 2 ** 31 - 1
+GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
 # what Beam's and TensorFlow's file matching read as a pattern (a backslash: TensorFlow's escape), and the regular
 # expression characters TFX's ImportExampleGen leaves unescaped when it turns the folder it reads into a regular
 # expression (example_gen.utils._glob_to_regex escapes only . + ( ) and the glob's * ?): a folder whose path holds
@@ -51,8 +52,6 @@ def pattern_characters_problem(path: str, given: Optional[str] = None) -> Option
     return (f"{where} holds {' and '.join(found)}, which Beam and TFX read as a file-name pattern (their reads and "
             f"writes there fail or leave files behind): rename the folder, or give a path without * ? [ \\ $ ^ | or "
             f"{{n}}")
-GROUPS_FILE = "groups.json"  # in a data folder, beside images/: {image stem: group}, ingested as GROUP_KEY
-
 
 
 def source_id_of(stem: str) -> str:
